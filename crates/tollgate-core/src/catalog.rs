@@ -1,0 +1,109 @@
+//! The catalog: endpoints, their versioned prices, machine prices and the concurrency table.
+//!
+//! [`Catalog`] is the in-memory snapshot that rating reads. Prices are never edited in place:
+//! each change is a new [`PriceVersion`] effective from a time, and a request is billed with the
+//! version in force when it was submitted. Account-specific (enterprise) prices are versions
+//! scoped to one account and win over the public price. The text format operators write lives
+//! in [`document`].
+
+pub mod document;
+
+use crate::concurrency::ConcurrencyTable;
+use crate::ids::{AccountId, EndpointId, MachineType};
+use crate::policy::FourXxPolicy;
+use crate::price::{MachinePrices, PriceRule};
+use crate::time::Timestamp;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Lifecycle state shown by the models API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointStatus {
+    #[default]
+    Active,
+    Deprecated,
+}
+
+/// One model endpoint and how it is billed, apart from its (versioned) price.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointDef {
+    pub id: EndpointId,
+    pub display_name: String,
+    pub category: String,
+    pub description: String,
+    pub status: EndpointStatus,
+    /// A partner-API model: percent discounts do not apply.
+    pub partner: bool,
+    /// What a 4xx costs.
+    pub four_xx: FourXxPolicy,
+    /// The machine that serves it: prices `gpu_second` units and billed 4xx seconds.
+    pub machine_type: Option<MachineType>,
+    /// Billable units held at start when the runner does not say (`hold_units`).
+    pub hold_units: Decimal,
+    /// A started request not completed within this time expires unbilled.
+    pub hold_timeout_s: u32,
+}
+
+/// A price in force from `effective_from` until the next version of the same scope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceVersion {
+    /// Store-assigned, increasing; recorded on every line item.
+    pub id: i64,
+    pub endpoint: EndpointId,
+    /// `Some` for an account's negotiated price.
+    pub account: Option<AccountId>,
+    pub effective_from: Timestamp,
+    pub rule: PriceRule,
+}
+
+/// The snapshot rating reads.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    pub endpoints: BTreeMap<EndpointId, EndpointDef>,
+    /// Per (endpoint, account scope), sorted by `effective_from` then `id`.
+    pub versions: BTreeMap<(EndpointId, Option<AccountId>), Vec<PriceVersion>>,
+    pub machines: MachinePrices,
+    pub concurrency: ConcurrencyTable,
+}
+
+impl Catalog {
+    /// Adds a version, keeping each scope's list ordered.
+    pub fn insert_version(&mut self, v: PriceVersion) {
+        let list = self
+            .versions
+            .entry((v.endpoint.clone(), v.account.clone()))
+            .or_default();
+        list.push(v);
+        list.sort_by_key(|v| (v.effective_from, v.id));
+    }
+
+    fn latest_at(list: Option<&Vec<PriceVersion>>, at: Timestamp) -> Option<&PriceVersion> {
+        list?.iter().rev().find(|v| v.effective_from <= at)
+    }
+
+    /// The price in force for `account` at `at`: the account's own version if it has one in
+    /// force, else the public one.
+    pub fn price_at(
+        &self,
+        endpoint: &EndpointId,
+        account: &AccountId,
+        at: Timestamp,
+    ) -> Option<&PriceVersion> {
+        Self::latest_at(
+            self.versions
+                .get(&(endpoint.clone(), Some(account.clone()))),
+            at,
+        )
+        .or_else(|| Self::latest_at(self.versions.get(&(endpoint.clone(), None)), at))
+    }
+
+    pub fn version(&self, id: i64) -> Option<&PriceVersion> {
+        self.versions.values().flatten().find(|v| v.id == id)
+    }
+
+    pub fn machine_price(&self, machine: Option<&MachineType>) -> Option<Decimal> {
+        machine.and_then(|m| self.machines.get(m)).copied()
+    }
+}

@@ -1,0 +1,108 @@
+//! Identifiers, parsed once at the boundary. After parsing, no function takes a raw string
+//! where an id is meant.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {kind}: {reason}")]
+pub struct IdError {
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+macro_rules! text_id {
+    ($(#[$m:meta])* $name:ident, $kind:literal, $max:expr, $valid:expr) => {
+        $(#[$m])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(s: &str) -> Result<Self, IdError> {
+                let err = |reason: &str| IdError { kind: $kind, reason: reason.to_string() };
+                if s.is_empty() {
+                    return Err(err("must not be empty"));
+                }
+                if s.len() > $max {
+                    return Err(err(concat!("longer than ", stringify!($max), " bytes")));
+                }
+                let valid: fn(char) -> bool = $valid;
+                if let Some(c) = s.chars().find(|c| !valid(*c)) {
+                    return Err(err(&format!("character {c:?} is not allowed")));
+                }
+                Ok(Self(s.to_string()))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                Self::parse(&s)
+            }
+        }
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+fn slug_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+fn endpoint_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')
+}
+fn client_id_char(c: char) -> bool {
+    c.is_ascii_graphic()
+}
+
+text_id!(
+    /// A customer account, named by its username.
+    AccountId, "username", 64, slug_char
+);
+text_id!(
+    /// A model endpoint such as `fal-ai/flux/dev`.
+    EndpointId, "endpoint_id", 200, endpoint_char
+);
+text_id!(
+    /// A request, named by the gateway (a UUID for lifecycle requests; any printable id for
+    /// usage events).
+    RequestId, "request_id", 128, client_id_char
+);
+text_id!(
+    /// The client's idempotency id of a purchase.
+    PurchaseId, "purchase_id", 128, client_id_char
+);
+text_id!(
+    /// The public half of an API key.
+    ApiKeyId, "key_id", 64, slug_char
+);
+text_id!(
+    /// A GPU or CPU machine type such as `GPU-H100`.
+    MachineType, "machine_type", 64, slug_char
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_validated_at_parse() {
+        assert!(EndpointId::parse("fal-ai/flux/dev").is_ok());
+        assert!(EndpointId::parse("").is_err());
+        assert!(EndpointId::parse("fal ai").is_err());
+        assert!(AccountId::parse("acme").is_ok());
+        assert!(AccountId::parse("acme/x").is_err());
+        assert!(RequestId::parse(&"x".repeat(129)).is_err());
+    }
+}

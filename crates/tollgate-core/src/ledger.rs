@@ -1,0 +1,243 @@
+//! The double-entry ledger: customer credit accounts, system accounts and the transfers between
+//! them. Transfers are never edited; a hold is a pending transfer that is later posted (fully or
+//! partly, the rest released), voided or expired.
+
+use crate::ids::AccountId;
+use crate::money::{MoneyError, Nanos};
+use serde::{Deserialize, Serialize};
+
+/// One side of a transfer.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum LedgerAccount {
+    /// A customer's prepaid credits.
+    Customer(AccountId),
+    /// Where paid credits come from (the operator's sales).
+    Purchases,
+    /// Where free credits and coupons come from.
+    Grants,
+    /// Where charges go.
+    Revenue,
+}
+
+impl LedgerAccount {
+    pub fn code(&self) -> String {
+        match self {
+            LedgerAccount::Customer(a) => format!("customer:{a}"),
+            LedgerAccount::Purchases => "system:purchases".into(),
+            LedgerAccount::Grants => "system:grants".into(),
+            LedgerAccount::Revenue => "system:revenue".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferKind {
+    /// Paid credits bought.
+    Purchase,
+    /// Free credits granted.
+    Grant,
+    /// A pending transfer reserving the estimated cost of a started request.
+    Hold,
+    /// A hold posted with the actual cost (the remainder released).
+    Post,
+    /// A hold voided: nothing charged (server error, cancel, free outcome).
+    Void,
+    /// A hold that timed out: nothing charged.
+    Expire,
+    /// A charge without a hold (usage events reported after the fact).
+    Charge,
+}
+
+impl TransferKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferKind::Purchase => "purchase",
+            TransferKind::Grant => "grant",
+            TransferKind::Hold => "hold",
+            TransferKind::Post => "post",
+            TransferKind::Void => "void",
+            TransferKind::Expire => "expire",
+            TransferKind::Charge => "charge",
+        }
+    }
+    /// Whether the transfer moves posted money (as opposed to reserving or releasing it).
+    pub fn is_posted(self) -> bool {
+        matches!(
+            self,
+            TransferKind::Purchase
+                | TransferKind::Grant
+                | TransferKind::Post
+                | TransferKind::Charge
+        )
+    }
+}
+
+/// One movement of money: `amount` leaves `debit` and arrives at `credit`. Pending kinds
+/// (hold, void, expire) record reservations and their release; only posted kinds change
+/// balances, and every posted transfer balances by construction (one amount, two sides).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    pub kind: TransferKind,
+    pub debit: LedgerAccount,
+    pub credit: LedgerAccount,
+    pub amount: Nanos,
+}
+
+/// Why a hold cannot be placed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HoldError {
+    #[error("insufficient credits: {available} available, {required} required")]
+    InsufficientCredits { available: Nanos, required: Nanos },
+    #[error(transparent)]
+    Money(#[from] MoneyError),
+}
+
+/// A customer's credit position.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditAccount {
+    pub id: AccountId,
+    /// Credits bought or granted minus posted charges.
+    pub balance: Nanos,
+    /// Sum of open holds.
+    pub held: Nanos,
+    /// The lowest `balance - held` a hold may leave; `None` for invoice-billed accounts, which
+    /// are never limited by credit and never locked.
+    pub floor: Option<Nanos>,
+    /// The account is locked while its balance is at or below this amount.
+    pub lock_threshold: Nanos,
+}
+
+/// The result of settling a hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settlement {
+    pub posted: Nanos,
+    /// Held but not charged: returned to the available balance.
+    pub released: Nanos,
+}
+
+impl CreditAccount {
+    pub fn new_prepaid(id: AccountId) -> Self {
+        CreditAccount {
+            id,
+            balance: Nanos::ZERO,
+            held: Nanos::ZERO,
+            floor: Some(Nanos::ZERO),
+            lock_threshold: Nanos::ZERO,
+        }
+    }
+
+    fn me(&self) -> LedgerAccount {
+        LedgerAccount::Customer(self.id.clone())
+    }
+
+    /// `balance - held`: what new holds may use.
+    pub fn available(&self) -> Nanos {
+        Nanos(self.balance.0 - self.held.0)
+    }
+
+    /// Derived, never stored: a top-up unlocks in the same commit because there is no flag to
+    /// forget to clear.
+    pub fn is_locked(&self) -> bool {
+        self.floor.is_some() && self.balance <= self.lock_threshold
+    }
+
+    /// Adds credits (paid or free).
+    pub fn add_credits(&mut self, amount: Nanos, paid: bool) -> Result<Transfer, MoneyError> {
+        self.balance = self.balance.checked_add(amount)?;
+        Ok(Transfer {
+            kind: if paid {
+                TransferKind::Purchase
+            } else {
+                TransferKind::Grant
+            },
+            debit: if paid {
+                LedgerAccount::Purchases
+            } else {
+                LedgerAccount::Grants
+            },
+            credit: self.me(),
+            amount,
+        })
+    }
+
+    /// Reserves `amount`. Fails, changing nothing, if it would leave the available balance
+    /// below the floor.
+    pub fn hold(&mut self, amount: Nanos) -> Result<Transfer, HoldError> {
+        let after = self.available().checked_sub(amount)?;
+        if let Some(floor) = self.floor {
+            if after < floor {
+                return Err(HoldError::InsufficientCredits {
+                    available: self.available().checked_sub(floor)?.max(Nanos::ZERO),
+                    required: amount,
+                });
+            }
+        }
+        self.held = self.held.checked_add(amount)?;
+        Ok(Transfer {
+            kind: TransferKind::Hold,
+            debit: self.me(),
+            credit: LedgerAccount::Revenue,
+            amount,
+        })
+    }
+
+    /// Posts a hold of `held` with the actual `cost`. The whole cost is charged: a hold is an
+    /// estimate, and a cost above it is drawn from the available balance (the response reports
+    /// it; the account locks if its balance is exhausted). The rest of the hold is released.
+    pub fn settle(
+        &mut self,
+        held: Nanos,
+        cost: Nanos,
+    ) -> Result<(Settlement, Vec<Transfer>), MoneyError> {
+        let held_after = self.held.checked_sub(held)?;
+        let balance_after = self.balance.checked_sub(cost)?;
+        self.held = held_after;
+        self.balance = balance_after;
+        let released = Nanos(held.0.saturating_sub(cost.0).max(0));
+        let mut transfers = vec![Transfer {
+            kind: TransferKind::Post,
+            debit: self.me(),
+            credit: LedgerAccount::Revenue,
+            amount: cost,
+        }];
+        if released > Nanos::ZERO {
+            transfers.push(Transfer {
+                kind: TransferKind::Void,
+                debit: self.me(),
+                credit: LedgerAccount::Revenue,
+                amount: released,
+            });
+        }
+        Ok((
+            Settlement {
+                posted: cost,
+                released,
+            },
+            transfers,
+        ))
+    }
+
+    /// Releases a hold without charging (`kind` is `Void` or `Expire`).
+    pub fn release(&mut self, held: Nanos, kind: TransferKind) -> Result<Transfer, MoneyError> {
+        self.held = self.held.checked_sub(held)?;
+        Ok(Transfer {
+            kind,
+            debit: self.me(),
+            credit: LedgerAccount::Revenue,
+            amount: held,
+        })
+    }
+
+    /// Charges without a hold (usage reported after the fact: the work is done, so it is
+    /// billed in full).
+    pub fn charge(&mut self, cost: Nanos) -> Result<Transfer, MoneyError> {
+        self.balance = self.balance.checked_sub(cost)?;
+        Ok(Transfer {
+            kind: TransferKind::Charge,
+            debit: self.me(),
+            credit: LedgerAccount::Revenue,
+            amount: cost,
+        })
+    }
+}

@@ -1,0 +1,21 @@
+//! tollgate's pure billing core: money, identifiers, price rules and rating, discounts, the
+//! outcome policy, the double-entry ledger, concurrency tiers, the catalog, and the request
+//! state machine that applies one operation at a time to a batch's state.
+//!
+//! Architecture invariant: nothing here does I/O, reads a clock, spawns, or uses floats.
+//! Callers pass `now`; the engine loads what a batch needs and persists what it returns.
+
+pub mod catalog;
+pub mod concurrency;
+pub mod ids;
+pub mod ledger;
+pub mod machine;
+pub mod money;
+pub mod policy;
+pub mod price;
+pub mod pricing;
+pub mod serde_decimal;
+pub mod time;
+
+pub use money::Nanos;
+pub use time::Timestamp;

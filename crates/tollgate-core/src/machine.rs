@@ -1,0 +1,1057 @@
+//! The request state machine: one operation at a time against a batch's state.
+//!
+//! The engine loads into a [`BatchState`] the rows that a batch of operations touches
+//! (accounts, requests, purchases), then calls [`apply`] for each operation in arrival order.
+//! `apply` either rejects an operation, changing nothing, or mutates the state and records the
+//! effects (transfers, line items, new purchases, dirty rows) that the store then writes in the
+//! same db transaction. Every operation is idempotent on its client id: a repeat returns the
+//! first answer and records nothing.
+//!
+//! Request lifecycle: `IN_QUEUE` (submitted; queue time is never billed) → `IN_PROGRESS`
+//! (started: a concurrency slot is taken and the estimated cost held) → `COMPLETED` / `FAILED`
+//! (settled with the actual cost; a 5xx voids the hold) or `CANCELLED` or `EXPIRED` (hold voided,
+//! nothing billed).
+
+use crate::catalog::{Catalog, EndpointDef, PriceVersion};
+use crate::ids::{AccountId, ApiKeyId, EndpointId, MachineType, PurchaseId, RequestId};
+use crate::ledger::{CreditAccount, HoldError, Transfer, TransferKind};
+use crate::money::{MoneyError, Nanos};
+use crate::policy::{billing_for, BadStatus, Billing};
+use crate::price::{Output, PriceRule, RateError, Rated, Unit, Usage};
+use crate::pricing::{Charge, Discounts};
+use crate::time::Timestamp;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+
+/// Events may be reported late, but not from the future beyond this clock skew.
+pub const MAX_EVENT_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// A customer account as the state machine sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountState {
+    pub credit: CreditAccount,
+    pub in_progress: u32,
+    /// A contractual limit that replaces the tier table.
+    pub concurrency_override: Option<u32>,
+    /// Paid purchases within the trailing 28 days of the batch's `now` (loaded, then kept up
+    /// to date by purchases in the batch).
+    pub paid_28d: Nanos,
+    pub paid_lifetime: Nanos,
+    pub discounts: Discounts,
+    /// The calendar month (UTC, `yyyymm`) that `month_subtotal` counts, for volume tiers.
+    pub month: i32,
+    pub month_subtotal: Nanos,
+}
+
+impl AccountState {
+    pub fn new(credit: CreditAccount) -> Self {
+        AccountState {
+            credit,
+            in_progress: 0,
+            concurrency_override: None,
+            paid_28d: Nanos::ZERO,
+            paid_lifetime: Nanos::ZERO,
+            discounts: Discounts::default(),
+            month: 0,
+            month_subtotal: Nanos::ZERO,
+        }
+    }
+
+    pub fn concurrency_limit(&self, catalog: &Catalog) -> u32 {
+        self.concurrency_override
+            .unwrap_or_else(|| catalog.concurrency.limit_for(self.paid_28d))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RequestStatus {
+    InQueue,
+    InProgress,
+    Completed,
+    Failed,
+    Cancelled,
+    Expired,
+}
+
+impl RequestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestStatus::InQueue => "IN_QUEUE",
+            RequestStatus::InProgress => "IN_PROGRESS",
+            RequestStatus::Completed => "COMPLETED",
+            RequestStatus::Failed => "FAILED",
+            RequestStatus::Cancelled => "CANCELLED",
+            RequestStatus::Expired => "EXPIRED",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "IN_QUEUE" => RequestStatus::InQueue,
+            "IN_PROGRESS" => RequestStatus::InProgress,
+            "COMPLETED" => RequestStatus::Completed,
+            "FAILED" => RequestStatus::Failed,
+            "CANCELLED" => RequestStatus::Cancelled,
+            "EXPIRED" => RequestStatus::Expired,
+            _ => return None,
+        })
+    }
+    pub fn is_final(self) -> bool {
+        !matches!(self, RequestStatus::InQueue | RequestStatus::InProgress)
+    }
+}
+
+/// How a request reached tollgate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Submit, start, complete.
+    Lifecycle,
+    /// A usage event reported after the fact.
+    Event,
+}
+
+/// The settled result of a request, stored with it so that a repeat returns it unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completion {
+    pub status_code: u16,
+    pub billed: bool,
+    pub unit: String,
+    pub charge: Charge,
+    /// The account balance right after this request settled.
+    pub balance_after: Nanos,
+}
+
+/// One request, in any state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub id: RequestId,
+    pub source: Source,
+    pub account: AccountId,
+    pub endpoint: EndpointId,
+    pub api_key: Option<ApiKeyId>,
+    /// The price version in force at submission: the request is billed with it.
+    pub price_version: i64,
+    pub status: RequestStatus,
+    pub submitted_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    pub hold: Nanos,
+    pub hold_expires_at: Option<Timestamp>,
+    pub machine_type: Option<MachineType>,
+    pub num_gpus: u32,
+    pub queue_ms: Option<i64>,
+    pub inference_ms: Option<i64>,
+    pub completion: Option<Completion>,
+}
+
+/// A billed request: the row that usage, billing events and invoices are made of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineItem {
+    pub request_id: RequestId,
+    pub account: AccountId,
+    pub endpoint: EndpointId,
+    pub api_key: Option<ApiKeyId>,
+    pub price_version: i64,
+    pub unit: String,
+    pub charge: Charge,
+    pub status_code: u16,
+    pub billed_at: Timestamp,
+    pub queue_ms: Option<i64>,
+    pub inference_ms: Option<i64>,
+}
+
+/// A purchase and the answer it got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PurchaseRecord {
+    pub account: AccountId,
+    pub purchase_id: PurchaseId,
+    pub amount: Nanos,
+    pub paid: bool,
+    pub created_at: Timestamp,
+    pub balance_after: Nanos,
+    pub concurrency_limit_after: u32,
+    pub locked_after: bool,
+}
+
+/// A transfer with what caused it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferRecord {
+    pub transfer: Transfer,
+    pub request_id: Option<RequestId>,
+    pub purchase_id: Option<PurchaseId>,
+    pub at: Timestamp,
+}
+
+/// Everything that moves money or changes a request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Submit {
+        request_id: RequestId,
+        account: AccountId,
+        api_key: Option<ApiKeyId>,
+        endpoint: EndpointId,
+    },
+    Start {
+        request_id: RequestId,
+        machine_type: Option<MachineType>,
+        num_gpus: Option<u32>,
+        hold_units: Option<Decimal>,
+    },
+    Complete {
+        request_id: RequestId,
+        status_code: u16,
+        output: Output,
+        billable_units: Option<Decimal>,
+        inference_seconds: Option<Decimal>,
+    },
+    Cancel {
+        request_id: RequestId,
+    },
+    /// Voids a started request whose hold timed out (issued by the sweeper; a no-op unless
+    /// the request is still in progress and past its deadline).
+    Expire {
+        request_id: RequestId,
+    },
+    Purchase {
+        account: AccountId,
+        purchase_id: PurchaseId,
+        amount: Nanos,
+        paid: bool,
+    },
+    UsageEvent(UsageEvent),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsageEvent {
+    pub event_id: RequestId,
+    pub account: AccountId,
+    pub endpoint: EndpointId,
+    pub api_key: Option<ApiKeyId>,
+    pub timestamp: Timestamp,
+    pub status_code: u16,
+    pub output: Output,
+    pub billable_units: Option<Decimal>,
+    pub queue_seconds: Option<Decimal>,
+    pub inference_seconds: Option<Decimal>,
+    pub machine_type: Option<MachineType>,
+    pub num_gpus: Option<u32>,
+}
+
+impl Op {
+    /// The request this operation names, if any.
+    pub fn request_id(&self) -> Option<&RequestId> {
+        match self {
+            Op::Submit { request_id, .. }
+            | Op::Start { request_id, .. }
+            | Op::Complete { request_id, .. }
+            | Op::Cancel { request_id }
+            | Op::Expire { request_id } => Some(request_id),
+            Op::UsageEvent(e) => Some(&e.event_id),
+            Op::Purchase { .. } => None,
+        }
+    }
+    /// The account this operation names directly (others are found through their request).
+    pub fn account(&self) -> Option<&AccountId> {
+        match self {
+            Op::Submit { account, .. } | Op::Purchase { account, .. } => Some(account),
+            Op::UsageEvent(e) => Some(&e.account),
+            _ => None,
+        }
+    }
+}
+
+/// Answers, one per accepted operation. `replayed` marks a repeat that changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Submitted {
+        request: RequestRecord,
+        replayed: bool,
+    },
+    Started {
+        hold: Nanos,
+        limit: u32,
+        in_progress: u32,
+        replayed: bool,
+    },
+    Completed {
+        request: RequestRecord,
+        completion: Completion,
+        replayed: bool,
+    },
+    Cancelled {
+        replayed: bool,
+    },
+    Expired {
+        expired: bool,
+    },
+    Purchased {
+        purchase: PurchaseRecord,
+        replayed: bool,
+    },
+}
+
+/// Why an operation was refused. Nothing was changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("unknown request {0}")]
+    UnknownRequest(RequestId),
+    #[error("unknown endpoint {0}")]
+    UnknownEndpoint(EndpointId),
+    #[error("unknown account {0}")]
+    UnknownAccount(AccountId),
+    #[error("endpoint {0} has no price in force")]
+    NoPrice(EndpointId),
+    #[error("unknown machine type {0}")]
+    UnknownMachine(MachineType),
+    #[error("account {account} is locked: balance {balance} is at or below its lock threshold")]
+    AccountLocked { account: AccountId, balance: Nanos },
+    #[error("concurrency limit reached: {in_progress} of {limit} requests in progress")]
+    ConcurrencyLimit { limit: u32, in_progress: u32 },
+    #[error("insufficient credits: {available} available, {required} required")]
+    InsufficientCredits { available: Nanos, required: Nanos },
+    #[error("request {id} is {status:?}; cannot {action}")]
+    WrongState {
+        id: RequestId,
+        status: RequestStatus,
+        action: &'static str,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("invalid usage: {0}")]
+    InvalidUsage(#[from] RateError),
+    #[error(transparent)]
+    BadStatus(#[from] BadStatus),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Money(#[from] MoneyError),
+}
+
+/// The rows a batch touches, and the effects of the operations applied so far.
+#[derive(Debug, Default)]
+pub struct BatchState {
+    pub accounts: HashMap<AccountId, AccountState>,
+    pub requests: HashMap<RequestId, RequestRecord>,
+    pub purchases: HashMap<(AccountId, PurchaseId), PurchaseRecord>,
+    pub dirty_accounts: BTreeSet<AccountId>,
+    pub dirty_requests: BTreeSet<RequestId>,
+    pub new_purchases: Vec<PurchaseRecord>,
+    pub transfers: Vec<TransferRecord>,
+    pub line_items: Vec<LineItem>,
+}
+
+/// `yyyymm` of a timestamp, UTC.
+pub fn month_of(at: Timestamp) -> i32 {
+    use chrono::Datelike;
+    let d = chrono::DateTime::from_timestamp_millis(at.0).unwrap_or_default();
+    d.year() * 100 + d.month() as i32
+}
+
+fn seconds_to_ms(s: Decimal) -> i64 {
+    use rust_decimal::prelude::ToPrimitive;
+    (s * Decimal::from(1000))
+        .round()
+        .to_i64()
+        .unwrap_or(i64::MAX)
+}
+
+fn ms_to_seconds(ms: i64) -> Decimal {
+    Decimal::new(ms, 3)
+}
+
+/// The unit and rule used to bill a 4xx's inference seconds.
+fn inference_seconds_rule() -> PriceRule {
+    PriceRule {
+        unit: Unit::GpuSecond,
+        unit_price: None,
+        per: None,
+        rounding: Default::default(),
+        min_units: None,
+        megapixel_divisor: None,
+        include_input_images: false,
+        base: None,
+        rates: vec![],
+        multipliers: vec![],
+        add_ons: vec![],
+        tokens: None,
+        cost_step: None,
+    }
+}
+
+struct Ctx<'a> {
+    catalog: &'a Catalog,
+    now: Timestamp,
+}
+
+impl BatchState {
+    fn account_mut(&mut self, id: &AccountId) -> Result<&mut AccountState, Rejection> {
+        self.accounts
+            .get_mut(id)
+            .ok_or_else(|| Rejection::UnknownAccount(id.clone()))
+    }
+
+    fn record(&mut self, t: Transfer, req: Option<&RequestId>, at: Timestamp) {
+        self.transfers.push(TransferRecord {
+            transfer: t,
+            request_id: req.cloned(),
+            purchase_id: None,
+            at,
+        });
+    }
+
+    fn put_request(&mut self, r: RequestRecord) {
+        self.dirty_requests.insert(r.id.clone());
+        self.requests.insert(r.id.clone(), r);
+    }
+}
+
+/// Applies one operation at `now`. On `Err` nothing in `state` changed.
+pub fn apply(
+    state: &mut BatchState,
+    catalog: &Catalog,
+    now: Timestamp,
+    op: Op,
+) -> Result<Outcome, Rejection> {
+    let cx = Ctx { catalog, now };
+    match op {
+        Op::Submit {
+            request_id,
+            account,
+            api_key,
+            endpoint,
+        } => submit(state, &cx, request_id, account, api_key, endpoint),
+        Op::Start {
+            request_id,
+            machine_type,
+            num_gpus,
+            hold_units,
+        } => start(state, &cx, request_id, machine_type, num_gpus, hold_units),
+        Op::Complete {
+            request_id,
+            status_code,
+            output,
+            billable_units,
+            inference_seconds,
+        } => complete(
+            state,
+            &cx,
+            request_id,
+            status_code,
+            output,
+            billable_units,
+            inference_seconds,
+        ),
+        Op::Cancel { request_id } => release(state, &cx, request_id, TransferKind::Void),
+        Op::Expire { request_id } => release(state, &cx, request_id, TransferKind::Expire),
+        Op::Purchase {
+            account,
+            purchase_id,
+            amount,
+            paid,
+        } => purchase(state, &cx, account, purchase_id, amount, paid),
+        Op::UsageEvent(e) => usage_event(state, &cx, e),
+    }
+}
+
+fn endpoint_and_price<'c>(
+    cx: &Ctx<'c>,
+    endpoint: &EndpointId,
+    account: &AccountId,
+    at: Timestamp,
+) -> Result<(&'c EndpointDef, &'c PriceVersion), Rejection> {
+    let def = cx
+        .catalog
+        .endpoints
+        .get(endpoint)
+        .ok_or_else(|| Rejection::UnknownEndpoint(endpoint.clone()))?;
+    let price = cx
+        .catalog
+        .price_at(endpoint, account, at)
+        .ok_or_else(|| Rejection::NoPrice(endpoint.clone()))?;
+    Ok((def, price))
+}
+
+fn submit(
+    state: &mut BatchState,
+    cx: &Ctx,
+    request_id: RequestId,
+    account: AccountId,
+    api_key: Option<ApiKeyId>,
+    endpoint: EndpointId,
+) -> Result<Outcome, Rejection> {
+    if let Some(existing) = state.requests.get(&request_id) {
+        if existing.source != Source::Lifecycle
+            || existing.account != account
+            || existing.endpoint != endpoint
+        {
+            return Err(Rejection::Conflict(format!(
+                "request_id {request_id} was already used for another request"
+            )));
+        }
+        return Ok(Outcome::Submitted {
+            request: existing.clone(),
+            replayed: true,
+        });
+    }
+    let (_, price) = endpoint_and_price(cx, &endpoint, &account, cx.now)?;
+    let acct = state.account_mut(&account)?;
+    if acct.credit.is_locked() {
+        return Err(Rejection::AccountLocked {
+            account,
+            balance: acct.credit.balance,
+        });
+    }
+    let record = RequestRecord {
+        id: request_id,
+        source: Source::Lifecycle,
+        account,
+        endpoint,
+        api_key,
+        price_version: price.id,
+        status: RequestStatus::InQueue,
+        submitted_at: cx.now,
+        started_at: None,
+        finished_at: None,
+        hold: Nanos::ZERO,
+        hold_expires_at: None,
+        machine_type: None,
+        num_gpus: 1,
+        queue_ms: None,
+        inference_ms: None,
+        completion: None,
+    };
+    state.put_request(record.clone());
+    Ok(Outcome::Submitted {
+        request: record,
+        replayed: false,
+    })
+}
+
+fn lookup<'s>(state: &'s BatchState, id: &RequestId) -> Result<&'s RequestRecord, Rejection> {
+    state
+        .requests
+        .get(id)
+        .filter(|r| r.source == Source::Lifecycle)
+        .ok_or_else(|| Rejection::UnknownRequest(id.clone()))
+}
+
+fn version<'c>(cx: &Ctx<'c>, req: &RequestRecord) -> Result<&'c PriceVersion, Rejection> {
+    cx.catalog
+        .version(req.price_version)
+        .ok_or_else(|| Rejection::NoPrice(req.endpoint.clone()))
+}
+
+fn discount_for(acct: &mut AccountState, def: &EndpointDef, now: Timestamp) -> Option<Decimal> {
+    let month = month_of(now);
+    if acct.month != month {
+        acct.month = month;
+        acct.month_subtotal = Nanos::ZERO;
+    }
+    if def.partner {
+        None
+    } else {
+        acct.discounts.percent_for(acct.month_subtotal)
+    }
+}
+
+fn start(
+    state: &mut BatchState,
+    cx: &Ctx,
+    request_id: RequestId,
+    machine_type: Option<MachineType>,
+    num_gpus: Option<u32>,
+    hold_units: Option<Decimal>,
+) -> Result<Outcome, Rejection> {
+    let req = lookup(state, &request_id)?.clone();
+    match req.status {
+        RequestStatus::InQueue => {}
+        RequestStatus::InProgress => {
+            let acct = state.account_mut(&req.account)?;
+            return Ok(Outcome::Started {
+                hold: req.hold,
+                limit: acct.concurrency_limit(cx.catalog),
+                in_progress: acct.in_progress,
+                replayed: true,
+            });
+        }
+        status => {
+            return Err(Rejection::WrongState {
+                id: request_id,
+                status,
+                action: "start",
+            })
+        }
+    }
+    let num_gpus = num_gpus.unwrap_or(1);
+    if num_gpus == 0 || num_gpus > 64 {
+        return Err(Rejection::Invalid(
+            "num_gpus must be between 1 and 64".into(),
+        ));
+    }
+    if let Some(u) = hold_units {
+        if u.is_sign_negative() || u > Decimal::from(crate::price::limits::MAX_BILLABLE_UNITS) {
+            return Err(Rejection::Invalid(
+                "hold_units must be between 0 and 10^12".into(),
+            ));
+        }
+    }
+    let def = cx
+        .catalog
+        .endpoints
+        .get(&req.endpoint)
+        .ok_or_else(|| Rejection::UnknownEndpoint(req.endpoint.clone()))?;
+    let rule = &version(cx, &req)?.rule;
+    let machine = machine_type.or_else(|| def.machine_type.clone());
+    if let Some(m) = &machine {
+        if !cx.catalog.machines.contains_key(m) {
+            return Err(Rejection::UnknownMachine(m.clone()));
+        }
+    }
+    let machine_price = cx.catalog.machine_price(machine.as_ref());
+
+    let acct = state.account_mut(&req.account)?;
+    if acct.credit.is_locked() {
+        return Err(Rejection::AccountLocked {
+            account: req.account.clone(),
+            balance: acct.credit.balance,
+        });
+    }
+    let limit = acct.concurrency_limit(cx.catalog);
+    if acct.in_progress >= limit {
+        return Err(Rejection::ConcurrencyLimit {
+            limit,
+            in_progress: acct.in_progress,
+        });
+    }
+    // The hold is the estimate priced as the bill will be: same rule, same discount.
+    let mut units = hold_units.unwrap_or(def.hold_units);
+    if rule.unit == Unit::GpuSecond {
+        units *= Decimal::from(num_gpus);
+    }
+    let subtotal = rule.estimate_units(units, machine_price)?;
+    let mut probe = acct.clone();
+    let percent = discount_for(&mut probe, def, cx.now);
+    let hold = Charge::new(
+        &Rated {
+            quantity: units,
+            unit_price: Decimal::ZERO,
+            subtotal,
+        },
+        percent,
+    )?
+    .total_nanos;
+    let transfer = acct.credit.hold(hold).map_err(|e| match e {
+        HoldError::InsufficientCredits {
+            available,
+            required,
+        } => Rejection::InsufficientCredits {
+            available,
+            required,
+        },
+        HoldError::Money(m) => Rejection::Money(m),
+    })?;
+    acct.in_progress += 1;
+    let in_progress = acct.in_progress;
+    let account = req.account.clone();
+    state.dirty_accounts.insert(account);
+    state.record(transfer, Some(&request_id), cx.now);
+    let timeout_ms = i64::from(def.hold_timeout_s) * 1000;
+    state.put_request(RequestRecord {
+        status: RequestStatus::InProgress,
+        started_at: Some(cx.now),
+        queue_ms: Some(cx.now.ms_since(req.submitted_at)),
+        hold,
+        hold_expires_at: Some(cx.now.plus_ms(timeout_ms)),
+        machine_type: machine,
+        num_gpus,
+        ..req
+    });
+    Ok(Outcome::Started {
+        hold,
+        limit,
+        in_progress,
+        replayed: false,
+    })
+}
+
+/// Rates a finished request. Pure: reads the account only for its discount position.
+#[allow(clippy::too_many_arguments)]
+fn rate_finished(
+    cx: &Ctx,
+    acct: &mut AccountState,
+    def: &EndpointDef,
+    rule: &PriceRule,
+    status_code: u16,
+    output: Output,
+    billable_units: Option<Decimal>,
+    inference_seconds: Decimal,
+    machine: Option<&MachineType>,
+    num_gpus: u32,
+) -> Result<(bool, String, Charge), Rejection> {
+    let billing = billing_for(status_code, def.four_xx)?;
+    let usage = Usage {
+        output,
+        billable_units,
+        inference_seconds,
+        num_gpus,
+        machine_price_per_second: cx.catalog.machine_price(machine),
+    };
+    // Validate even what will not be billed: bad input is refused, never silently accepted.
+    usage.validate()?;
+    let (rule, billed) = match billing {
+        Billing::Output => (rule.clone(), true),
+        Billing::InferenceSeconds => (inference_seconds_rule(), true),
+        Billing::Free => return Ok((false, rule.unit_label(), Charge::FREE)),
+    };
+    let usage = if billing == Billing::InferenceSeconds {
+        Usage {
+            billable_units: None,
+            output: Output::default(),
+            ..usage
+        }
+    } else {
+        usage
+    };
+    let rated = rule.rate(&usage)?;
+    let percent = discount_for(acct, def, cx.now);
+    let charge = Charge::new(&rated, percent)?;
+    Ok((billed, rule.unit_label(), charge))
+}
+
+fn complete(
+    state: &mut BatchState,
+    cx: &Ctx,
+    request_id: RequestId,
+    status_code: u16,
+    output: Output,
+    billable_units: Option<Decimal>,
+    inference_seconds: Option<Decimal>,
+) -> Result<Outcome, Rejection> {
+    let req = lookup(state, &request_id)?.clone();
+    match req.status {
+        RequestStatus::InProgress => {}
+        RequestStatus::Completed | RequestStatus::Failed => {
+            let completion = req
+                .completion
+                .clone()
+                .expect("finished requests carry a completion");
+            return Ok(Outcome::Completed {
+                request: req,
+                completion,
+                replayed: true,
+            });
+        }
+        status => {
+            return Err(Rejection::WrongState {
+                id: request_id,
+                status,
+                action: "complete",
+            })
+        }
+    }
+    let def = cx
+        .catalog
+        .endpoints
+        .get(&req.endpoint)
+        .ok_or_else(|| Rejection::UnknownEndpoint(req.endpoint.clone()))?;
+    let rule = &version(cx, &req)?.rule;
+    let measured_ms = cx.now.ms_since(req.started_at.unwrap_or(cx.now));
+    let inference = inference_seconds.unwrap_or_else(|| ms_to_seconds(measured_ms));
+
+    let acct = state.account_mut(&req.account)?;
+    let mut next = acct.clone();
+    let (billed, unit, charge) = rate_finished(
+        cx,
+        &mut next,
+        def,
+        rule,
+        status_code,
+        output,
+        billable_units,
+        inference,
+        req.machine_type.as_ref(),
+        req.num_gpus,
+    )?;
+    let transfers = if billed {
+        next.month_subtotal = next.month_subtotal.checked_add(charge.subtotal_nanos)?;
+        next.credit.settle(req.hold, charge.total_nanos)?.1
+    } else {
+        vec![next.credit.release(req.hold, TransferKind::Void)?]
+    };
+    next.in_progress = next.in_progress.saturating_sub(1);
+    let completion = Completion {
+        status_code,
+        billed,
+        unit,
+        charge,
+        balance_after: next.credit.balance,
+    };
+    *acct = next;
+    state.dirty_accounts.insert(req.account.clone());
+    for t in transfers {
+        state.record(t, Some(&request_id), cx.now);
+    }
+    let done = RequestRecord {
+        status: if status_code < 400 {
+            RequestStatus::Completed
+        } else {
+            RequestStatus::Failed
+        },
+        finished_at: Some(cx.now),
+        inference_ms: Some(seconds_to_ms(inference)),
+        hold_expires_at: None,
+        completion: Some(completion.clone()),
+        ..req
+    };
+    if billed {
+        state.line_items.push(line_item(&done, &completion, cx.now));
+    }
+    state.put_request(done.clone());
+    Ok(Outcome::Completed {
+        request: done,
+        completion,
+        replayed: false,
+    })
+}
+
+fn line_item(req: &RequestRecord, c: &Completion, at: Timestamp) -> LineItem {
+    LineItem {
+        request_id: req.id.clone(),
+        account: req.account.clone(),
+        endpoint: req.endpoint.clone(),
+        api_key: req.api_key.clone(),
+        price_version: req.price_version,
+        unit: c.unit.clone(),
+        charge: c.charge.clone(),
+        status_code: c.status_code,
+        billed_at: at,
+        queue_ms: req.queue_ms,
+        inference_ms: req.inference_ms,
+    }
+}
+
+/// Cancel (`Void`) or expire (`Expire`) a request: nothing billed, hold and slot released.
+fn release(
+    state: &mut BatchState,
+    cx: &Ctx,
+    request_id: RequestId,
+    kind: TransferKind,
+) -> Result<Outcome, Rejection> {
+    let req = lookup(state, &request_id)?.clone();
+    let expiring = kind == TransferKind::Expire;
+    let target = if expiring {
+        RequestStatus::Expired
+    } else {
+        RequestStatus::Cancelled
+    };
+    match req.status {
+        RequestStatus::InProgress => {
+            if expiring && req.hold_expires_at.is_none_or(|t| t > cx.now) {
+                return Ok(Outcome::Expired { expired: false });
+            }
+        }
+        RequestStatus::InQueue if !expiring => {}
+        s if s == target => {
+            return Ok(if expiring {
+                Outcome::Expired { expired: false }
+            } else {
+                Outcome::Cancelled { replayed: true }
+            })
+        }
+        _ if expiring => return Ok(Outcome::Expired { expired: false }),
+        status => {
+            return Err(Rejection::WrongState {
+                id: request_id,
+                status,
+                action: "cancel",
+            })
+        }
+    }
+    if req.status == RequestStatus::InProgress {
+        let acct = state.account_mut(&req.account)?;
+        let mut next = acct.clone();
+        let t = next.credit.release(req.hold, kind)?;
+        next.in_progress = next.in_progress.saturating_sub(1);
+        *acct = next;
+        state.dirty_accounts.insert(req.account.clone());
+        state.record(t, Some(&request_id), cx.now);
+    }
+    state.put_request(RequestRecord {
+        status: target,
+        finished_at: Some(cx.now),
+        hold_expires_at: None,
+        ..req
+    });
+    Ok(if expiring {
+        Outcome::Expired { expired: true }
+    } else {
+        Outcome::Cancelled { replayed: false }
+    })
+}
+
+fn purchase(
+    state: &mut BatchState,
+    cx: &Ctx,
+    account: AccountId,
+    purchase_id: PurchaseId,
+    amount: Nanos,
+    paid: bool,
+) -> Result<Outcome, Rejection> {
+    let key = (account.clone(), purchase_id.clone());
+    if let Some(first) = state.purchases.get(&key) {
+        if first.amount != amount || first.paid != paid {
+            return Err(Rejection::Conflict(format!(
+                "purchase_id {purchase_id} was already used with a different amount or kind"
+            )));
+        }
+        return Ok(Outcome::Purchased {
+            purchase: first.clone(),
+            replayed: true,
+        });
+    }
+    if amount <= Nanos::ZERO {
+        return Err(Rejection::Invalid("amount_usd must be positive".into()));
+    }
+    let acct = state.account_mut(&account)?;
+    let mut next = acct.clone();
+    let t = next.credit.add_credits(amount, paid)?;
+    next.paid_lifetime = next
+        .paid_lifetime
+        .checked_add(if paid { amount } else { Nanos::ZERO })?;
+    next.paid_28d = next
+        .paid_28d
+        .checked_add(if paid { amount } else { Nanos::ZERO })?;
+    let record = PurchaseRecord {
+        account: account.clone(),
+        purchase_id: purchase_id.clone(),
+        amount,
+        paid,
+        created_at: cx.now,
+        balance_after: next.credit.balance,
+        concurrency_limit_after: next.concurrency_limit(cx.catalog),
+        locked_after: next.credit.is_locked(),
+    };
+    *acct = next;
+    state.dirty_accounts.insert(account);
+    state.transfers.push(TransferRecord {
+        transfer: t,
+        request_id: None,
+        purchase_id: Some(purchase_id),
+        at: cx.now,
+    });
+    state.purchases.insert(key, record.clone());
+    state.new_purchases.push(record.clone());
+    Ok(Outcome::Purchased {
+        purchase: record,
+        replayed: false,
+    })
+}
+
+fn usage_event(state: &mut BatchState, cx: &Ctx, e: UsageEvent) -> Result<Outcome, Rejection> {
+    if let Some(existing) = state.requests.get(&e.event_id) {
+        if existing.source != Source::Event
+            || existing.account != e.account
+            || existing.endpoint != e.endpoint
+        {
+            return Err(Rejection::Conflict(format!(
+                "event_id {} was already used for another request",
+                e.event_id
+            )));
+        }
+        return Ok(Outcome::Completed {
+            request: existing.clone(),
+            completion: existing.completion.clone().expect("events are settled"),
+            replayed: true,
+        });
+    }
+    if e.timestamp > cx.now.plus_ms(MAX_EVENT_SKEW_MS) {
+        return Err(Rejection::Invalid("timestamp is in the future".into()));
+    }
+    let num_gpus = e.num_gpus.unwrap_or(1);
+    if num_gpus == 0 || num_gpus > 64 {
+        return Err(Rejection::Invalid(
+            "num_gpus must be between 1 and 64".into(),
+        ));
+    }
+    let (def, price) = endpoint_and_price(cx, &e.endpoint, &e.account, e.timestamp)?;
+    let machine = e.machine_type.clone().or_else(|| def.machine_type.clone());
+    if let Some(m) = &machine {
+        if !cx.catalog.machines.contains_key(m) {
+            return Err(Rejection::UnknownMachine(m.clone()));
+        }
+    }
+    let inference = e.inference_seconds.unwrap_or_default();
+    let queue = e.queue_seconds.unwrap_or_default();
+    if queue.is_sign_negative() || queue > Decimal::from(crate::price::limits::MAX_SECONDS) {
+        return Err(Rejection::Invalid(
+            "queue_seconds must be between 0 and one year".into(),
+        ));
+    }
+    let acct = state.account_mut(&e.account)?;
+    let mut next = acct.clone();
+    let (billed, unit, charge) = rate_finished(
+        cx,
+        &mut next,
+        def,
+        &price.rule,
+        e.status_code,
+        e.output,
+        e.billable_units,
+        inference,
+        machine.as_ref(),
+        num_gpus,
+    )?;
+    let mut transfer = None;
+    if billed {
+        next.month_subtotal = next.month_subtotal.checked_add(charge.subtotal_nanos)?;
+        transfer = Some(next.credit.charge(charge.total_nanos)?);
+    }
+    let completion = Completion {
+        status_code: e.status_code,
+        billed,
+        unit,
+        charge,
+        balance_after: next.credit.balance,
+    };
+    *acct = next;
+    state.dirty_accounts.insert(e.account.clone());
+    if let Some(t) = transfer {
+        state.record(t, Some(&e.event_id), cx.now);
+    }
+    let record = RequestRecord {
+        id: e.event_id,
+        source: Source::Event,
+        account: e.account,
+        endpoint: e.endpoint,
+        api_key: e.api_key,
+        price_version: price.id,
+        status: if e.status_code < 400 {
+            RequestStatus::Completed
+        } else {
+            RequestStatus::Failed
+        },
+        submitted_at: e.timestamp,
+        started_at: None,
+        finished_at: Some(e.timestamp),
+        hold: Nanos::ZERO,
+        hold_expires_at: None,
+        machine_type: machine,
+        num_gpus,
+        queue_ms: Some(seconds_to_ms(queue)),
+        inference_ms: Some(seconds_to_ms(inference)),
+        completion: Some(completion.clone()),
+    };
+    if billed {
+        state
+            .line_items
+            .push(line_item(&record, &completion, record.submitted_at));
+    }
+    state.put_request(record.clone());
+    Ok(Outcome::Completed {
+        request: record,
+        completion,
+        replayed: false,
+    })
+}

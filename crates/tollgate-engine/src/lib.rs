@@ -1,0 +1,448 @@
+//! The single write path.
+//!
+//! Callers hand operations to [`Engine`]; a dedicated writer thread takes whatever has queued
+//! up (up to [`MAX_BATCH_OPS`]), opens one db transaction, loads and locks the rows the batch
+//! touches, applies each operation in arrival order with the pure core, persists the effects,
+//! commits, and only then answers every caller. Thousands of concurrent requests cost a few
+//! commits, and an answer always means the commit is durable.
+//!
+//! Architecture invariant: every write to the database goes through the writer thread. Reads
+//! go through [`Engine::read`] on separate connections and never wait for a batch.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+use tollgate_core::catalog::document::CatalogDocument;
+use tollgate_core::catalog::Catalog;
+use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId};
+use tollgate_core::machine::{apply, BatchState, Op, Outcome, Rejection};
+use tollgate_core::price::PriceRule;
+use tollgate_core::Timestamp;
+use tollgate_store::sqlite::{SETTING_CONCURRENCY, SETTING_MACHINES, SETTING_PRICES_READ_ON};
+use tollgate_store::{
+    AccountTerms, ApiKeyRecord, BillingMode, Reader, ReaderFactory, Store, StoreError, Tx,
+};
+
+/// The most operations one db transaction applies.
+pub const MAX_BATCH_OPS: usize = 8192;
+/// Expired holds voided per sweep batch.
+const SWEEP_LIMIT: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the engine has stopped")]
+    Stopped,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The source of `now`. Tests may substitute one they control.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970");
+        Timestamp(d.as_millis() as i64)
+    })
+}
+
+/// Operator changes that are not money movements. They take the same path, so the writer is
+/// the only writer.
+#[derive(Debug, Clone)]
+pub enum AdminCmd {
+    CreateAccount {
+        username: AccountId,
+        billing: BillingMode,
+    },
+    SetTerms {
+        username: AccountId,
+        terms: AccountTerms,
+    },
+    /// New prices for one account; each is a new account-scoped price version.
+    SetAccountPrices {
+        username: AccountId,
+        prices: Vec<(EndpointId, PriceRule)>,
+        effective_from: Option<Timestamp>,
+    },
+    InsertKey(ApiKeyRecord),
+    RevokeKey {
+        key_id: ApiKeyId,
+        account: Option<AccountId>,
+    },
+    ApplyCatalog(Box<CatalogDocument>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminReply {
+    Done,
+    Revoked(bool),
+    CatalogApplied {
+        endpoints: usize,
+        versions_created: usize,
+    },
+}
+
+type OpsReply = oneshot::Sender<Result<Vec<Result<Outcome, Rejection>>, EngineError>>;
+
+enum Job {
+    Ops {
+        ops: Vec<Op>,
+        reply: OpsReply,
+    },
+    Sweep {
+        reply: OpsReply,
+    },
+    Admin {
+        cmd: AdminCmd,
+        reply: oneshot::Sender<Result<AdminReply, EngineError>>,
+    },
+}
+
+impl Job {
+    fn len(&self) -> usize {
+        match self {
+            Job::Ops { ops, .. } => ops.len(),
+            _ => 1,
+        }
+    }
+}
+
+struct Shared {
+    catalog: RwLock<Arc<Catalog>>,
+    readers: Mutex<Vec<Box<dyn Reader>>>,
+    open_reader: ReaderFactory,
+    clock: Clock,
+}
+
+/// A handle to the write path and the read pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+}
+
+impl Engine {
+    /// Starts the writer thread over `store`.
+    pub fn start(store: Box<dyn Store>, clock: Clock) -> Result<Engine, EngineError> {
+        let open_reader = store.reader_factory();
+        let mut first = open_reader()?;
+        let catalog = Arc::new(first.load_catalog()?);
+        let (tx, rx) = mpsc::channel::<Job>(65_536);
+        let shared = Arc::new(Shared {
+            catalog: RwLock::new(catalog),
+            readers: Mutex::new(vec![first]),
+            open_reader,
+            clock,
+        });
+        let writer_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("tollgate-writer".into())
+            .spawn(move || writer(store, rx, writer_shared))
+            .map_err(|e| EngineError::Invalid(format!("cannot start the writer: {e}")))?;
+        Ok(Engine { jobs: tx, shared })
+    }
+
+    pub fn now(&self) -> Timestamp {
+        (self.shared.clock)()
+    }
+
+    /// The catalog snapshot in force.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.shared.catalog.read().expect("catalog lock").clone()
+    }
+
+    /// Applies one operation; returns once its batch is durably committed.
+    pub async fn execute(&self, op: Op) -> Result<Result<Outcome, Rejection>, EngineError> {
+        let mut all = self.execute_many(vec![op]).await?;
+        Ok(all.pop().expect("one answer per operation"))
+    }
+
+    /// Applies operations in order within one batch; one answer per operation, in order.
+    pub async fn execute_many(
+        &self,
+        ops: Vec<Op>,
+    ) -> Result<Vec<Result<Outcome, Rejection>>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Ops { ops, reply })
+            .await
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Voids every hold that has expired by now. Returns how many requests expired.
+    pub async fn sweep_expired(&self) -> Result<usize, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Sweep { reply })
+            .await
+            .map_err(|_| EngineError::Stopped)?;
+        let results = rx.await.map_err(|_| EngineError::Stopped)??;
+        Ok(results
+            .iter()
+            .filter(|r| matches!(r, Ok(Outcome::Expired { expired: true })))
+            .count())
+    }
+
+    pub async fn admin(&self, cmd: AdminCmd) -> Result<AdminReply, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Admin { cmd, reply })
+            .await
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Runs a query on a pooled read connection, off the async runtime.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, EngineError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Reader) -> Result<T, StoreError> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = shared.readers.lock().expect("reader pool").pop();
+            let mut reader = match pooled {
+                Some(r) => r,
+                None => (shared.open_reader)()?,
+            };
+            let out = f(&mut *reader);
+            shared.readers.lock().expect("reader pool").push(reader);
+            Ok(out?)
+        })
+        .await
+        .map_err(|e| EngineError::Invalid(format!("query task failed: {e}")))?
+    }
+}
+
+fn writer(mut store: Box<dyn Store>, mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
+    let mut pending: Vec<Job> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut size = first.len();
+        pending.push(first);
+        while size < MAX_BATCH_OPS {
+            match rx.try_recv() {
+                Ok(job) => {
+                    size += job.len();
+                    pending.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        run_jobs(&mut *store, &shared, std::mem::take(&mut pending));
+    }
+}
+
+/// Groups consecutive operation jobs into one batch; admin commands run in their own db
+/// transaction, in order.
+fn run_jobs(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) {
+    let mut batch: Vec<Job> = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Admin { cmd, reply } => {
+                run_batch(store, shared, std::mem::take(&mut batch));
+                let _ = reply.send(run_admin(store, shared, cmd));
+            }
+            other => batch.push(other),
+        }
+    }
+    run_batch(store, shared, batch);
+}
+
+fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) {
+    if jobs.is_empty() {
+        return;
+    }
+    let catalog = shared.catalog.read().expect("catalog lock").clone();
+    let now = (shared.clock)();
+    let mut answers: Vec<Vec<Result<Outcome, Rejection>>> = Vec::new();
+    let mut result = store.transaction(&mut |tx| {
+        answers.clear();
+        let mut ops_per_job: Vec<Vec<Op>> = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            ops_per_job.push(match job {
+                Job::Ops { ops, .. } => ops.clone(),
+                Job::Sweep { .. } => tx
+                    .due_expiries(now, SWEEP_LIMIT)?
+                    .into_iter()
+                    .map(|request_id| Op::Expire { request_id })
+                    .collect(),
+                Job::Admin { .. } => unreachable!("admin jobs run alone"),
+            });
+        }
+        let mut state = load(tx, now, ops_per_job.iter().flatten())?;
+        for ops in ops_per_job {
+            answers.push(
+                ops.into_iter()
+                    .map(|op| apply(&mut state, &catalog, now, op))
+                    .collect(),
+            );
+        }
+        tx.persist(&state)
+    });
+    if result.is_err() {
+        tracing::error!(error = ?result, "batch failed; every operation in it is answered with an error");
+    }
+    let mut answers = answers.into_iter();
+    for job in jobs {
+        let reply = match job {
+            Job::Ops { reply, .. } | Job::Sweep { reply } => reply,
+            Job::Admin { .. } => unreachable!(),
+        };
+        let msg = match &mut result {
+            Ok(()) => Ok(answers.next().expect("one answer list per job")),
+            Err(e) => Err(EngineError::Store(StoreError::Db(e.to_string()))),
+        };
+        let _ = reply.send(msg);
+    }
+}
+
+/// Loads every row the operations touch: requests first (they name their accounts), then the
+/// accounts in sorted order (the lock order on a shared database), then purchases.
+fn load<'a>(
+    tx: &mut dyn Tx,
+    now: Timestamp,
+    ops: impl Iterator<Item = &'a Op> + Clone,
+) -> Result<BatchState, StoreError> {
+    let mut state = BatchState::default();
+    let request_ids: Vec<_> = ops
+        .clone()
+        .filter_map(|op| op.request_id().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    tx.load_requests(&request_ids, &mut state.requests)?;
+    let mut accounts: BTreeSet<AccountId> =
+        ops.clone().filter_map(|op| op.account().cloned()).collect();
+    accounts.extend(state.requests.values().map(|r| r.account.clone()));
+    let accounts: Vec<_> = accounts.into_iter().collect();
+    tx.lock_accounts(&accounts, now, &mut state.accounts)?;
+    let purchases: Vec<(AccountId, PurchaseId)> = ops
+        .filter_map(|op| match op {
+            Op::Purchase {
+                account,
+                purchase_id,
+                ..
+            } => Some((account.clone(), purchase_id.clone())),
+            _ => None,
+        })
+        .collect();
+    tx.load_purchases(&purchases, &mut state.purchases)?;
+    Ok(state)
+}
+
+fn run_admin(
+    store: &mut dyn Store,
+    shared: &Shared,
+    cmd: AdminCmd,
+) -> Result<AdminReply, EngineError> {
+    let now = (shared.clock)();
+    let mut reply = AdminReply::Done;
+    let mut new_catalog: Option<Catalog> = None;
+    let mut invalid: Option<String> = None;
+    store
+        .transaction(&mut |tx| {
+            invalid = None;
+            match &cmd {
+                AdminCmd::CreateAccount { username, billing } => {
+                    tx.create_account(username, *billing, now)?
+                }
+                AdminCmd::SetTerms { username, terms } => tx.set_account_terms(username, terms)?,
+                AdminCmd::InsertKey(k) => tx.insert_api_key(k)?,
+                AdminCmd::RevokeKey { key_id, account } => {
+                    reply = AdminReply::Revoked(tx.revoke_api_key(key_id, account.as_ref(), now)?)
+                }
+                AdminCmd::SetAccountPrices {
+                    username,
+                    prices,
+                    effective_from,
+                } => {
+                    let catalog = tx.load_catalog()?;
+                    let at = effective_from.unwrap_or(now);
+                    for (endpoint, rule) in prices {
+                        if !catalog.endpoints.contains_key(endpoint) {
+                            invalid = Some(format!("unknown endpoint {endpoint}"));
+                            return Ok(());
+                        }
+                        tx.insert_price_version(endpoint, Some(username), at, rule, now)?;
+                    }
+                    new_catalog = Some(tx.load_catalog()?);
+                }
+                AdminCmd::ApplyCatalog(doc) => {
+                    let (endpoints, versions_created) = apply_catalog(tx, doc, now, &mut invalid)?;
+                    if invalid.is_some() {
+                        return Ok(());
+                    }
+                    reply = AdminReply::CatalogApplied {
+                        endpoints,
+                        versions_created,
+                    };
+                    new_catalog = Some(tx.load_catalog()?);
+                }
+            }
+            match &invalid {
+                // Abort the db transaction: nothing is applied.
+                Some(msg) => Err(StoreError::Db(format!("invalid: {msg}"))),
+                None => Ok(()),
+            }
+        })
+        .map_err(|e| match invalid.take() {
+            Some(msg) => EngineError::Invalid(msg),
+            None => EngineError::Store(e),
+        })?;
+    if let Some(c) = new_catalog {
+        *shared.catalog.write().expect("catalog lock") = Arc::new(c);
+    }
+    Ok(reply)
+}
+
+/// Applies a catalog document: endpoint metadata is replaced; a price that differs from the
+/// public price in force becomes a new version effective from the document's `effective_from`
+/// (default: now). Versions are never edited and never back-dated before an existing one.
+fn apply_catalog(
+    tx: &mut dyn Tx,
+    doc: &CatalogDocument,
+    now: Timestamp,
+    invalid: &mut Option<String>,
+) -> Result<(usize, usize), StoreError> {
+    let current = tx.load_catalog()?;
+    let at = doc.effective_from.unwrap_or(now);
+    let mut created = 0;
+    for entry in &doc.endpoints {
+        let id = &entry.def.id;
+        let latest = current
+            .versions
+            .get(&(id.clone(), None))
+            .and_then(|v| v.last());
+        if let Some(v) = latest {
+            if v.rule == entry.rule {
+                tx.upsert_endpoint(&entry.def, now)?;
+                continue;
+            }
+            if at < v.effective_from {
+                *invalid = Some(format!(
+                    "line {}, field `effective_from`: the price of {id} already has a version \
+                     effective from a later time; versions cannot be back-dated",
+                    entry.line
+                ));
+                return Ok((0, 0));
+            }
+        }
+        tx.upsert_endpoint(&entry.def, now)?;
+        tx.insert_price_version(id, None, at, &entry.rule, now)?;
+        created += 1;
+    }
+    let machines = serde_json::to_string(&doc.machines).expect("machines serialize");
+    tx.set_setting(SETTING_MACHINES, &machines)?;
+    if let Some(c) = &doc.concurrency {
+        let table = serde_json::to_string(c).expect("table serializes");
+        tx.set_setting(SETTING_CONCURRENCY, &table)?;
+    }
+    tx.set_setting(SETTING_PRICES_READ_ON, &doc.prices_read_on)?;
+    Ok((doc.endpoints.len(), created))
+}

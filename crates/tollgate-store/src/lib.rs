@@ -1,0 +1,231 @@
+//! Durable storage for tollgate.
+//!
+//! [`Store`] is the interface the engine writes through: one db transaction per batch, in
+//! which the engine loads (and, on a shared database, locks) the rows a batch touches, applies
+//! the pure core, and persists the effects. [`Reader`] answers queries from a separate
+//! connection so reads never wait for the writer. [`sqlite`] implements both on one SQLite
+//! file in WAL mode with `synchronous=FULL`, so a commit that returned is on disk.
+//!
+//! Architecture invariant: the store holds no billing logic. It loads rows into core types and
+//! writes what the core decided; every rule lives in `tollgate-core`.
+
+pub mod sqlite;
+
+use std::collections::HashMap;
+use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
+use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId, RequestId};
+use tollgate_core::machine::{AccountState, BatchState, PurchaseRecord, RequestRecord};
+use tollgate_core::price::PriceRule;
+use tollgate_core::pricing::Discounts;
+use tollgate_core::{Nanos, Timestamp};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0} not found")]
+    NotFound(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Db(e.to_string())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Who holds a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// A customer key for inference and read-only platform calls.
+    Api,
+    /// A customer key that may also read usage, billing and manage keys.
+    Admin,
+    /// The platform's own key: moves money, reports usage, manages the catalog.
+    Operator,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Api => "API",
+            Scope::Admin => "ADMIN",
+            Scope::Operator => "OPERATOR",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "API" => Some(Scope::Api),
+            "ADMIN" => Some(Scope::Admin),
+            "OPERATOR" => Some(Scope::Operator),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub key_id: ApiKeyId,
+    /// `None` for operator keys.
+    pub account: Option<AccountId>,
+    pub scope: Scope,
+    pub alias: String,
+    pub secret_sha256: String,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// How an account pays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BillingMode {
+    /// Prepaid credits; holds are limited by the balance; locks when exhausted.
+    Prepaid,
+    /// Invoiced afterwards: never limited by credit, never locked.
+    Invoice,
+}
+
+impl BillingMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BillingMode::Prepaid => "prepaid",
+            BillingMode::Invoice => "invoice",
+        }
+    }
+}
+
+/// An account with what only reads need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountRow {
+    pub state: AccountState,
+    pub created_at: Timestamp,
+    pub billing: BillingMode,
+}
+
+/// Operator-set terms of an account. `None` leaves a term unchanged.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccountTerms {
+    pub lock_threshold: Option<Nanos>,
+    /// `Some(None)` removes the override.
+    pub concurrency_override: Option<Option<u32>>,
+    pub discounts: Option<Discounts>,
+}
+
+/// Totals that must agree for the ledger to reconcile.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconciliation {
+    /// Accounts whose stored balance differs from the sum of their posted transfers, with
+    /// (stored, from transfers).
+    pub balance_mismatches: Vec<(AccountId, Nanos, Nanos)>,
+    /// Accounts whose stored held amount differs from the sum of their open holds.
+    pub held_mismatches: Vec<(AccountId, Nanos, Nanos)>,
+    /// Accounts whose in-progress count differs from their requests in progress.
+    pub in_progress_mismatches: Vec<(AccountId, u32, u32)>,
+    /// Line items whose total differs from the posted charges of their request.
+    pub line_item_mismatches: Vec<RequestId>,
+    /// Posted to revenue (post and charge transfers).
+    pub revenue_nanos: i128,
+    /// Sum of line item totals.
+    pub billed_nanos: i128,
+    /// Sum of the purchases table.
+    pub purchased_nanos: i128,
+    /// Credited by purchase and grant transfers.
+    pub credited_nanos: i128,
+}
+
+impl Reconciliation {
+    pub fn is_clean(&self) -> bool {
+        self.balance_mismatches.is_empty()
+            && self.held_mismatches.is_empty()
+            && self.in_progress_mismatches.is_empty()
+            && self.line_item_mismatches.is_empty()
+            && self.revenue_nanos == self.billed_nanos
+            && self.purchased_nanos == self.credited_nanos
+    }
+}
+
+/// One db transaction of the write path. Dropped without [`Store::transaction`] returning
+/// `Ok`, it rolls back.
+pub trait Tx {
+    /// Loads the named requests that exist.
+    fn load_requests(
+        &mut self,
+        ids: &[RequestId],
+        out: &mut HashMap<RequestId, RequestRecord>,
+    ) -> Result<()>;
+    /// Loads, and on a shared database locks, the named accounts. `ids` come sorted so that
+    /// concurrent writers lock in one order. `paid_28d` is computed for `now`.
+    fn lock_accounts(
+        &mut self,
+        ids: &[AccountId],
+        now: Timestamp,
+        out: &mut HashMap<AccountId, AccountState>,
+    ) -> Result<()>;
+    fn load_purchases(
+        &mut self,
+        keys: &[(AccountId, PurchaseId)],
+        out: &mut HashMap<(AccountId, PurchaseId), PurchaseRecord>,
+    ) -> Result<()>;
+    /// Writes what the core decided: dirty accounts and requests, new purchases, transfers
+    /// and line items.
+    fn persist(&mut self, state: &BatchState) -> Result<()>;
+    /// In-progress requests whose hold expired at `now`, oldest first.
+    fn due_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<RequestId>>;
+
+    fn create_account(
+        &mut self,
+        username: &AccountId,
+        billing: BillingMode,
+        now: Timestamp,
+    ) -> Result<()>;
+    fn set_account_terms(&mut self, username: &AccountId, terms: &AccountTerms) -> Result<()>;
+    fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<()>;
+    /// Revokes a key of `account` (or an operator key when `None`). Returns whether a live key
+    /// was revoked.
+    fn revoke_api_key(
+        &mut self,
+        key_id: &ApiKeyId,
+        account: Option<&AccountId>,
+        now: Timestamp,
+    ) -> Result<bool>;
+    fn upsert_endpoint(&mut self, def: &EndpointDef, now: Timestamp) -> Result<()>;
+    fn insert_price_version(
+        &mut self,
+        endpoint: &EndpointId,
+        account: Option<&AccountId>,
+        effective_from: Timestamp,
+        rule: &PriceRule,
+        now: Timestamp,
+    ) -> Result<i64>;
+    fn set_setting(&mut self, key: &str, value: &str) -> Result<()>;
+    fn load_catalog(&mut self) -> Result<Catalog>;
+}
+
+/// The write side: one writer per process.
+pub trait Store: Send {
+    /// Runs `f` in one db transaction and commits if it returns `Ok`. When this returns `Ok`,
+    /// the commit is durable.
+    fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
+    /// Opens read connections, from any thread.
+    fn reader_factory(&self) -> ReaderFactory;
+}
+
+/// Opens a new read connection.
+pub type ReaderFactory = std::sync::Arc<dyn Fn() -> Result<Box<dyn Reader>> + Send + Sync>;
+
+/// The read side: queries that never wait for the writer.
+pub trait Reader: Send {
+    fn account(&mut self, username: &AccountId, now: Timestamp) -> Result<Option<AccountRow>>;
+    fn request(&mut self, id: &RequestId) -> Result<Option<RequestRecord>>;
+    fn api_key(&mut self, key_id: &ApiKeyId) -> Result<Option<ApiKeyRecord>>;
+    fn api_keys(&mut self, account: &AccountId) -> Result<Vec<ApiKeyRecord>>;
+    fn load_catalog(&mut self) -> Result<Catalog>;
+    fn price_versions(&mut self) -> Result<Vec<PriceVersion>>;
+    fn setting(&mut self, key: &str) -> Result<Option<String>>;
+    /// Checks the ledger end to end (used by tests and `tollgate` operators).
+    fn reconcile(&mut self) -> Result<Reconciliation>;
+}

@@ -1,0 +1,716 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`.
+//!
+//! One writer connection (the engine's) and any number of reader connections. WAL lets readers
+//! see the last commit while the writer works; `synchronous=FULL` makes every commit durable
+//! before it returns, which is what lets the engine acknowledge after commit.
+
+use crate::{
+    AccountRow, AccountTerms, ApiKeyRecord, BillingMode, Reader, ReaderFactory, Reconciliation,
+    Result, Scope, Store, StoreError, Tx,
+};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
+use tollgate_core::concurrency::{ConcurrencyTable, TIER_WINDOW_MS};
+use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, MachineType, PurchaseId, RequestId};
+use tollgate_core::ledger::CreditAccount;
+use tollgate_core::machine::{
+    AccountState, BatchState, PurchaseRecord, RequestRecord, RequestStatus, Source,
+};
+use tollgate_core::price::{MachinePrices, PriceRule};
+use tollgate_core::{Nanos, Timestamp};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+
+/// Settings keys.
+pub const SETTING_MACHINES: &str = "machines";
+pub const SETTING_CONCURRENCY: &str = "concurrency";
+pub const SETTING_PRICES_READ_ON: &str = "prices_read_on";
+
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Connection,
+}
+
+fn open_conn(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and runs pending migrations.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore> {
+        let path = path.as_ref().to_path_buf();
+        let mut conn = open_conn(&path)?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore { path, conn })
+    }
+
+    /// The schema version after migrations.
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let done: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if done as usize > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {done} is newer than this tollgate ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut w = SqliteTx { conn: &tx };
+        f(&mut w)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn reader_factory(&self) -> ReaderFactory {
+        let path = self.path.clone();
+        std::sync::Arc::new(move || {
+            let conn = open_conn(&path)?;
+            Ok(Box::new(SqliteReader { conn }) as Box<dyn Reader>)
+        })
+    }
+}
+
+struct SqliteTx<'a> {
+    conn: &'a Connection,
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn parse_id<T, E: std::fmt::Display>(
+    f: impl Fn(&str) -> std::result::Result<T, E>,
+    s: &str,
+) -> Result<T> {
+    f(s).map_err(|e| corrupt("id", e))
+}
+
+fn json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| corrupt(what, e))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("core types serialize")
+}
+
+const ACCOUNT_COLS: &str = "username, billing, balance_nanos, held_nanos, in_progress, \
+     lock_threshold_nanos, concurrency_override, discounts, paid_lifetime_nanos, month, \
+     month_subtotal_nanos, created_at";
+
+fn paid_28d(conn: &Connection, account: &str, now: Timestamp) -> Result<Nanos> {
+    let mut st = conn.prepare_cached(
+        "SELECT COALESCE(SUM(amount_nanos), 0) FROM purchases \
+         WHERE account = ?1 AND paid = 1 AND created_at > ?2",
+    )?;
+    let n: i64 = st.query_row(params![account, now.minus_ms(TIER_WINDOW_MS).0], |r| {
+        r.get(0)
+    })?;
+    Ok(Nanos(n))
+}
+
+fn account_row(conn: &Connection, r: &Row, now: Timestamp) -> Result<AccountRow> {
+    let username: String = r.get(0)?;
+    let billing = match r.get::<_, String>(1)?.as_str() {
+        "invoice" => BillingMode::Invoice,
+        _ => BillingMode::Prepaid,
+    };
+    let id = parse_id(AccountId::parse, &username)?;
+    let credit = CreditAccount {
+        id,
+        balance: Nanos(r.get(2)?),
+        held: Nanos(r.get(3)?),
+        floor: match billing {
+            BillingMode::Prepaid => Some(Nanos::ZERO),
+            BillingMode::Invoice => None,
+        },
+        lock_threshold: Nanos(r.get(5)?),
+    };
+    let state = AccountState {
+        credit,
+        in_progress: r.get(4)?,
+        concurrency_override: r.get(6)?,
+        paid_28d: paid_28d(conn, &username, now)?,
+        paid_lifetime: Nanos(r.get(8)?),
+        discounts: json("discounts", &r.get::<_, String>(7)?)?,
+        month: r.get(9)?,
+        month_subtotal: Nanos(r.get(10)?),
+    };
+    Ok(AccountRow {
+        state,
+        created_at: Timestamp(r.get(11)?),
+        billing,
+    })
+}
+
+fn get_account(conn: &Connection, id: &AccountId, now: Timestamp) -> Result<Option<AccountRow>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {ACCOUNT_COLS} FROM accounts WHERE username = ?1"
+    ))?;
+    let mut rows = st.query([id.as_str()])?;
+    match rows.next()? {
+        Some(r) => Ok(Some(account_row(conn, r, now)?)),
+        None => Ok(None),
+    }
+}
+
+const REQUEST_COLS: &str = "request_id, source, account, endpoint_id, api_key, price_version, \
+     status, submitted_at, started_at, finished_at, hold_nanos, hold_expires_at, machine_type, \
+     num_gpus, queue_ms, inference_ms, completion";
+
+fn request_row(r: &Row) -> Result<RequestRecord> {
+    let status: String = r.get(6)?;
+    let completion: Option<String> = r.get(16)?;
+    Ok(RequestRecord {
+        id: parse_id(RequestId::parse, &r.get::<_, String>(0)?)?,
+        source: match r.get::<_, String>(1)?.as_str() {
+            "event" => Source::Event,
+            _ => Source::Lifecycle,
+        },
+        account: parse_id(AccountId::parse, &r.get::<_, String>(2)?)?,
+        endpoint: parse_id(EndpointId::parse, &r.get::<_, String>(3)?)?,
+        api_key: r
+            .get::<_, Option<String>>(4)?
+            .map(|k| parse_id(ApiKeyId::parse, &k))
+            .transpose()?,
+        price_version: r.get(5)?,
+        status: RequestStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        submitted_at: Timestamp(r.get(7)?),
+        started_at: r.get::<_, Option<i64>>(8)?.map(Timestamp),
+        finished_at: r.get::<_, Option<i64>>(9)?.map(Timestamp),
+        hold: Nanos(r.get(10)?),
+        hold_expires_at: r.get::<_, Option<i64>>(11)?.map(Timestamp),
+        machine_type: r
+            .get::<_, Option<String>>(12)?
+            .map(|m| parse_id(MachineType::parse, &m))
+            .transpose()?,
+        num_gpus: r.get(13)?,
+        queue_ms: r.get(14)?,
+        inference_ms: r.get(15)?,
+        completion: completion.map(|c| json("completion", &c)).transpose()?,
+    })
+}
+
+fn get_request(conn: &Connection, id: &RequestId) -> Result<Option<RequestRecord>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {REQUEST_COLS} FROM requests WHERE request_id = ?1"
+    ))?;
+    let mut rows = st.query([id.as_str()])?;
+    match rows.next()? {
+        Some(r) => Ok(Some(request_row(r)?)),
+        None => Ok(None),
+    }
+}
+
+fn key_row(r: &Row) -> Result<ApiKeyRecord> {
+    let scope: String = r.get(2)?;
+    Ok(ApiKeyRecord {
+        key_id: parse_id(ApiKeyId::parse, &r.get::<_, String>(0)?)?,
+        account: r
+            .get::<_, Option<String>>(1)?
+            .map(|a| parse_id(AccountId::parse, &a))
+            .transpose()?,
+        scope: Scope::parse(&scope).ok_or_else(|| corrupt("scope", &scope))?,
+        alias: r.get(3)?,
+        secret_sha256: r.get(4)?,
+        created_at: Timestamp(r.get(5)?),
+        revoked_at: r.get::<_, Option<i64>>(6)?.map(Timestamp),
+    })
+}
+
+const KEY_COLS: &str = "key_id, account, scope, alias, secret_sha256, created_at, revoked_at";
+
+fn setting(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
+}
+
+fn price_versions(conn: &Connection) -> Result<Vec<PriceVersion>> {
+    let mut st = conn.prepare_cached(
+        "SELECT id, endpoint_id, account, effective_from, rule FROM price_versions ORDER BY id",
+    )?;
+    let mut rows = st.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(PriceVersion {
+            id: r.get(0)?,
+            endpoint: parse_id(EndpointId::parse, &r.get::<_, String>(1)?)?,
+            account: r
+                .get::<_, Option<String>>(2)?
+                .map(|a| parse_id(AccountId::parse, &a))
+                .transpose()?,
+            effective_from: Timestamp(r.get(3)?),
+            rule: json::<PriceRule>("price rule", &r.get::<_, String>(4)?)?,
+        });
+    }
+    Ok(out)
+}
+
+fn load_catalog(conn: &Connection) -> Result<Catalog> {
+    let mut catalog = Catalog::default();
+    let mut st = conn.prepare_cached("SELECT def FROM endpoints")?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let def: EndpointDef = json("endpoint", &r.get::<_, String>(0)?)?;
+        catalog.endpoints.insert(def.id.clone(), def);
+    }
+    for v in price_versions(conn)? {
+        catalog.insert_version(v);
+    }
+    if let Some(m) = setting(conn, SETTING_MACHINES)? {
+        catalog.machines = json::<MachinePrices>("machines", &m)?;
+    }
+    if let Some(c) = setting(conn, SETTING_CONCURRENCY)? {
+        catalog.concurrency = json::<ConcurrencyTable>("concurrency", &c)?;
+    }
+    Ok(catalog)
+}
+
+impl Tx for SqliteTx<'_> {
+    fn load_requests(
+        &mut self,
+        ids: &[RequestId],
+        out: &mut HashMap<RequestId, RequestRecord>,
+    ) -> Result<()> {
+        for id in ids {
+            if let Some(r) = get_request(self.conn, id)? {
+                out.insert(id.clone(), r);
+            }
+        }
+        Ok(())
+    }
+
+    fn lock_accounts(
+        &mut self,
+        ids: &[AccountId],
+        now: Timestamp,
+        out: &mut HashMap<AccountId, AccountState>,
+    ) -> Result<()> {
+        // SQLite has one writer: the IMMEDIATE transaction already excludes other writers.
+        for id in ids {
+            if let Some(a) = get_account(self.conn, id, now)? {
+                out.insert(id.clone(), a.state);
+            }
+        }
+        Ok(())
+    }
+
+    fn load_purchases(
+        &mut self,
+        keys: &[(AccountId, PurchaseId)],
+        out: &mut HashMap<(AccountId, PurchaseId), PurchaseRecord>,
+    ) -> Result<()> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT amount_nanos, paid, created_at, balance_after, limit_after, locked_after \
+             FROM purchases WHERE account = ?1 AND purchase_id = ?2",
+        )?;
+        for (account, pid) in keys {
+            let found = st
+                .query_row(params![account.as_str(), pid.as_str()], |r| {
+                    Ok(PurchaseRecord {
+                        account: account.clone(),
+                        purchase_id: pid.clone(),
+                        amount: Nanos(r.get(0)?),
+                        paid: r.get(1)?,
+                        created_at: Timestamp(r.get(2)?),
+                        balance_after: Nanos(r.get(3)?),
+                        concurrency_limit_after: r.get(4)?,
+                        locked_after: r.get(5)?,
+                    })
+                })
+                .optional()?;
+            if let Some(p) = found {
+                out.insert((account.clone(), pid.clone()), p);
+            }
+        }
+        Ok(())
+    }
+
+    fn persist(&mut self, s: &BatchState) -> Result<()> {
+        let c = self.conn;
+        let mut st = c.prepare_cached(
+            "UPDATE accounts SET balance_nanos = ?2, held_nanos = ?3, in_progress = ?4, \
+             paid_lifetime_nanos = ?5, month = ?6, month_subtotal_nanos = ?7 WHERE username = ?1",
+        )?;
+        for id in &s.dirty_accounts {
+            let a = &s.accounts[id];
+            st.execute(params![
+                id.as_str(),
+                a.credit.balance.0,
+                a.credit.held.0,
+                a.in_progress,
+                a.paid_lifetime.0,
+                a.month,
+                a.month_subtotal.0
+            ])?;
+        }
+        let mut st = c.prepare_cached(&format!(
+            "INSERT OR REPLACE INTO requests ({REQUEST_COLS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+        ))?;
+        for id in &s.dirty_requests {
+            let r = &s.requests[id];
+            st.execute(params![
+                r.id.as_str(),
+                match r.source {
+                    Source::Lifecycle => "lifecycle",
+                    Source::Event => "event",
+                },
+                r.account.as_str(),
+                r.endpoint.as_str(),
+                r.api_key.as_ref().map(|k| k.as_str()),
+                r.price_version,
+                r.status.as_str(),
+                r.submitted_at.0,
+                r.started_at.map(|t| t.0),
+                r.finished_at.map(|t| t.0),
+                r.hold.0,
+                r.hold_expires_at.map(|t| t.0),
+                r.machine_type.as_ref().map(|m| m.as_str()),
+                r.num_gpus,
+                r.queue_ms,
+                r.inference_ms,
+                r.completion.as_ref().map(to_json),
+            ])?;
+        }
+        let mut st = c.prepare_cached(
+            "INSERT INTO purchases (account, purchase_id, amount_nanos, paid, created_at, \
+             balance_after, limit_after, locked_after) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for p in &s.new_purchases {
+            st.execute(params![
+                p.account.as_str(),
+                p.purchase_id.as_str(),
+                p.amount.0,
+                p.paid,
+                p.created_at.0,
+                p.balance_after.0,
+                p.concurrency_limit_after,
+                p.locked_after
+            ])?;
+        }
+        let mut st = c.prepare_cached(
+            "INSERT INTO transfers (kind, debit, credit, amount_nanos, request_id, purchase_id, at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for t in &s.transfers {
+            st.execute(params![
+                t.transfer.kind.as_str(),
+                t.transfer.debit.code(),
+                t.transfer.credit.code(),
+                t.transfer.amount.0,
+                t.request_id.as_ref().map(|r| r.as_str()),
+                t.purchase_id.as_ref().map(|p| p.as_str()),
+                t.at.0
+            ])?;
+        }
+        let mut st = c.prepare_cached(
+            "INSERT INTO line_items (request_id, account, endpoint_id, api_key, price_version, \
+             unit, quantity, unit_price, percent_discount, subtotal_nanos, discount_nanos, \
+             total_nanos, status_code, billed_at, queue_ms, inference_ms) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        )?;
+        for l in &s.line_items {
+            st.execute(params![
+                l.request_id.as_str(),
+                l.account.as_str(),
+                l.endpoint.as_str(),
+                l.api_key.as_ref().map(|k| k.as_str()),
+                l.price_version,
+                l.unit,
+                l.charge.quantity.to_string(),
+                l.charge.unit_price.to_string(),
+                l.charge.percent_discount.map(|p| p.to_string()),
+                l.charge.subtotal_nanos.0,
+                l.charge.discount_nanos.0,
+                l.charge.total_nanos.0,
+                l.status_code,
+                l.billed_at.0,
+                l.queue_ms,
+                l.inference_ms
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn due_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<RequestId>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT request_id FROM requests WHERE hold_expires_at IS NOT NULL \
+             AND hold_expires_at <= ?1 ORDER BY hold_expires_at LIMIT ?2",
+        )?;
+        let ids = st
+            .query_map(params![now.0, limit as i64], |r| r.get::<_, String>(0))?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        ids.iter().map(|s| parse_id(RequestId::parse, s)).collect()
+    }
+
+    fn create_account(
+        &mut self,
+        username: &AccountId,
+        billing: BillingMode,
+        now: Timestamp,
+    ) -> Result<()> {
+        let n = self.conn.execute(
+            "INSERT INTO accounts (username, created_at, billing) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (username) DO NOTHING",
+            params![username.as_str(), now.0, billing.as_str()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(format!("account {username}")));
+        }
+        Ok(())
+    }
+
+    fn set_account_terms(&mut self, username: &AccountId, t: &AccountTerms) -> Result<()> {
+        let exists = get_account(self.conn, username, Timestamp(0))?.is_some();
+        if !exists {
+            return Err(StoreError::NotFound(format!("account {username}")));
+        }
+        if let Some(l) = t.lock_threshold {
+            self.conn.execute(
+                "UPDATE accounts SET lock_threshold_nanos = ?2 WHERE username = ?1",
+                params![username.as_str(), l.0],
+            )?;
+        }
+        if let Some(o) = t.concurrency_override {
+            self.conn.execute(
+                "UPDATE accounts SET concurrency_override = ?2 WHERE username = ?1",
+                params![username.as_str(), o],
+            )?;
+        }
+        if let Some(d) = &t.discounts {
+            self.conn.execute(
+                "UPDATE accounts SET discounts = ?2 WHERE username = ?1",
+                params![username.as_str(), to_json(d)],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn insert_api_key(&mut self, k: &ApiKeyRecord) -> Result<()> {
+        self.conn.execute(
+            &format!(
+                "INSERT INTO api_keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (key_id) DO UPDATE SET secret_sha256 = excluded.secret_sha256, \
+                 scope = excluded.scope, revoked_at = NULL \
+                 WHERE api_keys.account IS NULL AND excluded.account IS NULL"
+            ),
+            params![
+                k.key_id.as_str(),
+                k.account.as_ref().map(|a| a.as_str()),
+                k.scope.as_str(),
+                k.alias,
+                k.secret_sha256,
+                k.created_at.0,
+                k.revoked_at.map(|t| t.0)
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn revoke_api_key(
+        &mut self,
+        key_id: &ApiKeyId,
+        account: Option<&AccountId>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE api_keys SET revoked_at = ?3 WHERE key_id = ?1 AND account IS ?2 \
+             AND revoked_at IS NULL",
+            params![key_id.as_str(), account.map(|a| a.as_str()), now.0],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn upsert_endpoint(&mut self, def: &EndpointDef, now: Timestamp) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO endpoints (endpoint_id, def, updated_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (endpoint_id) DO UPDATE SET def = excluded.def, \
+             updated_at = excluded.updated_at",
+            params![def.id.as_str(), to_json(def), now.0],
+        )?;
+        Ok(())
+    }
+
+    fn insert_price_version(
+        &mut self,
+        endpoint: &EndpointId,
+        account: Option<&AccountId>,
+        effective_from: Timestamp,
+        rule: &PriceRule,
+        now: Timestamp,
+    ) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO price_versions (endpoint_id, account, effective_from, rule, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                endpoint.as_str(),
+                account.map(|a| a.as_str()),
+                effective_from.0,
+                to_json(rule),
+                now.0
+            ],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    fn set_setting(&mut self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    fn load_catalog(&mut self) -> Result<Catalog> {
+        load_catalog(self.conn)
+    }
+}
+
+/// A read-only connection.
+pub struct SqliteReader {
+    conn: Connection,
+}
+
+impl Reader for SqliteReader {
+    fn account(&mut self, username: &AccountId, now: Timestamp) -> Result<Option<AccountRow>> {
+        get_account(&self.conn, username, now)
+    }
+
+    fn request(&mut self, id: &RequestId) -> Result<Option<RequestRecord>> {
+        get_request(&self.conn, id)
+    }
+
+    fn api_key(&mut self, key_id: &ApiKeyId) -> Result<Option<ApiKeyRecord>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {KEY_COLS} FROM api_keys WHERE key_id = ?1"
+        ))?;
+        let mut rows = st.query([key_id.as_str()])?;
+        match rows.next()? {
+            Some(r) => Ok(Some(key_row(r)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn api_keys(&mut self, account: &AccountId) -> Result<Vec<ApiKeyRecord>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {KEY_COLS} FROM api_keys WHERE account = ?1 ORDER BY created_at, key_id"
+        ))?;
+        let mut rows = st.query([account.as_str()])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(key_row(r)?);
+        }
+        Ok(out)
+    }
+
+    fn load_catalog(&mut self) -> Result<Catalog> {
+        load_catalog(&self.conn)
+    }
+
+    fn price_versions(&mut self) -> Result<Vec<PriceVersion>> {
+        price_versions(&self.conn)
+    }
+
+    fn setting(&mut self, key: &str) -> Result<Option<String>> {
+        setting(&self.conn, key)
+    }
+
+    fn reconcile(&mut self) -> Result<Reconciliation> {
+        let tx = self.conn.transaction()?;
+        let mut rec = Reconciliation::default();
+        let one = |sql: &str| -> Result<i128> {
+            let v: i64 = tx.query_row(sql, [], |r| r.get(0))?;
+            Ok(v as i128)
+        };
+        rec.revenue_nanos = one(
+            "SELECT COALESCE(SUM(amount_nanos), 0) FROM transfers WHERE kind IN ('post', 'charge')",
+        )?;
+        rec.billed_nanos = one("SELECT COALESCE(SUM(total_nanos), 0) FROM line_items")?;
+        rec.purchased_nanos = one("SELECT COALESCE(SUM(amount_nanos), 0) FROM purchases")?;
+        rec.credited_nanos = one(
+            "SELECT COALESCE(SUM(amount_nanos), 0) FROM transfers WHERE kind IN ('purchase', 'grant')",
+        )?;
+        let mut st = tx.prepare(
+            "SELECT a.username, a.balance_nanos, a.held_nanos, a.in_progress, \
+               COALESCE((SELECT SUM(CASE WHEN t.credit = 'customer:' || a.username THEN t.amount_nanos \
+                                         ELSE -t.amount_nanos END) FROM transfers t \
+                          WHERE (t.credit = 'customer:' || a.username OR t.debit = 'customer:' || a.username) \
+                            AND t.kind IN ('purchase', 'grant', 'post', 'charge')), 0), \
+               COALESCE((SELECT SUM(hold_nanos) FROM requests r WHERE r.account = a.username \
+                          AND r.status = 'IN_PROGRESS'), 0), \
+               (SELECT COUNT(*) FROM requests r WHERE r.account = a.username \
+                          AND r.status = 'IN_PROGRESS') \
+             FROM accounts a ORDER BY a.username",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let id = parse_id(AccountId::parse, &r.get::<_, String>(0)?)?;
+            let (balance, held, in_progress): (i64, i64, u32) = (r.get(1)?, r.get(2)?, r.get(3)?);
+            let (from_transfers, open_holds, open): (i64, i64, u32) =
+                (r.get(4)?, r.get(5)?, r.get(6)?);
+            if balance != from_transfers {
+                rec.balance_mismatches
+                    .push((id.clone(), Nanos(balance), Nanos(from_transfers)));
+            }
+            if held != open_holds {
+                rec.held_mismatches
+                    .push((id.clone(), Nanos(held), Nanos(open_holds)));
+            }
+            if in_progress != open {
+                rec.in_progress_mismatches.push((id, in_progress, open));
+            }
+        }
+        drop(rows);
+        drop(st);
+        let mut st = tx.prepare(
+            "SELECT l.request_id FROM line_items l WHERE l.total_nanos != \
+               COALESCE((SELECT SUM(amount_nanos) FROM transfers t WHERE t.request_id = l.request_id \
+                          AND t.kind IN ('post', 'charge')), 0)",
+        )?;
+        let ids = st
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        for s in ids {
+            rec.line_item_mismatches
+                .push(parse_id(RequestId::parse, &s)?);
+        }
+        Ok(rec)
+    }
+}
+
+/// Parses a stored decimal.
+pub fn decimal(s: &str) -> Result<rust_decimal::Decimal> {
+    rust_decimal::Decimal::from_str(s).map_err(|e| corrupt("decimal", e))
+}

@@ -1,0 +1,198 @@
+//! Operator commands: thin clients of the admin API, so the CLI can never do what the API
+//! would refuse.
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// The tollgate server.
+    #[arg(long, env = "TOLLGATE_URL", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// An operator key, `<key_id>:<key_secret>`.
+    #[arg(long, env = "TOLLGATE_OPERATOR_KEY", hide_env_values = true)]
+    operator_key: String,
+}
+
+#[derive(Subcommand)]
+pub enum AccountCmd {
+    /// Create a customer account.
+    Create {
+        username: String,
+        /// `prepaid` (default: credits, holds, locking) or `invoice` (never locked).
+        #[arg(long, default_value = "prepaid")]
+        billing: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show an account's balance, holds, concurrency and lock state.
+    Show {
+        username: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Args)]
+pub struct CreditsArgs {
+    #[command(subcommand)]
+    cmd: CreditsCmd,
+}
+
+#[derive(Subcommand)]
+enum CreditsCmd {
+    /// Add credits: a purchase, idempotent on --purchase-id.
+    Add {
+        username: String,
+        /// Amount in USD, e.g. 25.00.
+        amount_usd: String,
+        /// The idempotency id of this purchase (default: a new UUID). Repeating a command with
+        /// the same id adds nothing.
+        #[arg(long)]
+        purchase_id: Option<String>,
+        /// Free credits (do not raise the concurrency tier).
+        #[arg(long)]
+        free: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeyCmd {
+    /// Create a key for a customer account; the secret is printed once.
+    Create {
+        username: String,
+        /// API (inference, pricing) or ADMIN (also usage, billing, keys).
+        #[arg(long, default_value = "API")]
+        scope: String,
+        #[arg(long, default_value = "")]
+        alias: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CatalogCmd {
+    /// Apply a catalog file (TOML, see catalog/README.md). Invalid files change nothing.
+    Apply {
+        file: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+fn call(
+    conn: &Conn,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let url = format!("{}{}", conn.server.trim_end_matches('/'), path);
+    let client = reqwest::blocking::Client::new();
+    let mut req = client
+        .request(method, &url)
+        .header("Authorization", format!("Key {}", conn.operator_key));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    send(req, &url)
+}
+
+fn send(req: reqwest::blocking::RequestBuilder, url: &str) -> anyhow::Result<Value> {
+    let resp = req
+        .send()
+        .with_context(|| format!("cannot reach tollgate at {url}"))?;
+    let status = resp.status();
+    let text = resp.text()?;
+    let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if !status.is_success() {
+        let msg = value["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| value.to_string());
+        bail!("{status}: {msg}");
+    }
+    Ok(value)
+}
+
+fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).expect("json prints"));
+}
+
+pub fn account(cmd: AccountCmd) -> anyhow::Result<()> {
+    match cmd {
+        AccountCmd::Create {
+            username,
+            billing,
+            conn,
+        } => print(&call(
+            &conn,
+            reqwest::Method::POST,
+            "/v1/admin/accounts",
+            Some(json!({"username": username, "billing": billing})),
+        )?),
+        AccountCmd::Show { username, conn } => print(&call(
+            &conn,
+            reqwest::Method::GET,
+            &format!("/v1/admin/accounts/{username}"),
+            None,
+        )?),
+    }
+    Ok(())
+}
+
+pub fn credits(args: CreditsArgs) -> anyhow::Result<()> {
+    let CreditsCmd::Add {
+        username,
+        amount_usd,
+        purchase_id,
+        free,
+        conn,
+    } = args.cmd;
+    let purchase_id = purchase_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    print(&call(
+        &conn,
+        reqwest::Method::POST,
+        &format!("/v1/admin/accounts/{username}/purchases"),
+        Some(json!({
+            "purchase_id": purchase_id,
+            "amount_usd": amount_usd,
+            "kind": if free { "free" } else { "paid" },
+        })),
+    )?);
+    Ok(())
+}
+
+pub fn key(cmd: KeyCmd) -> anyhow::Result<()> {
+    let KeyCmd::Create {
+        username,
+        scope,
+        alias,
+        conn,
+    } = cmd;
+    print(&call(
+        &conn,
+        reqwest::Method::POST,
+        &format!("/v1/admin/accounts/{username}/keys"),
+        Some(json!({"scope": scope, "alias": alias})),
+    )?);
+    Ok(())
+}
+
+pub fn catalog(cmd: CatalogCmd) -> anyhow::Result<()> {
+    let CatalogCmd::Apply { file, conn } = cmd;
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let url = format!("{}/v1/admin/catalog", conn.server.trim_end_matches('/'));
+    let req = reqwest::blocking::Client::new()
+        .put(&url)
+        .header("Authorization", format!("Key {}", conn.operator_key))
+        .header("Content-Type", "application/toml")
+        .body(text);
+    print(&send(req, &url)?);
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! The `tollgate` binary: the server (`serve`, `serve --demo`), `migrate`, and operator
+//! commands that are clients of the admin API.
+
+mod client;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// tollgate: a self-hosted billing engine for AI model APIs.
+///
+/// Prices every request in its model's own unit, draws the cost from prepaid credits in real
+/// time (hold at start, settle at completion, server errors free), limits concurrency by
+/// purchase history, and answers billing queries in the shape of fal's Platform APIs.
+#[derive(Parser)]
+#[command(name = "tollgate", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    ///
+    /// The operator key comes from TOLLGATE_OPERATOR_KEY (`<key_id>:<key_secret>`). With
+    /// --demo, starts on a fresh database with the sample catalog, an operator key and a demo
+    /// account with credits and keys, and prints commands to try.
+    Serve(serve::ServeArgs),
+    /// Create or upgrade the database schema, then exit.
+    Migrate {
+        /// The database file.
+        #[arg(long, default_value = serve::DEFAULT_DB)]
+        db: PathBuf,
+    },
+    /// Manage accounts (operator).
+    #[command(subcommand)]
+    Account(client::AccountCmd),
+    /// Add credits to an account (operator).
+    Credits(client::CreditsArgs),
+    /// Create an API key for an account (operator).
+    #[command(subcommand)]
+    Key(client::KeyCmd),
+    /// Apply a catalog file (operator).
+    #[command(subcommand)]
+    Catalog(client::CatalogCmd),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Migrate { db } => {
+            let store = tollgate_store::sqlite::SqliteStore::open(&db)?;
+            println!(
+                "{}: schema at version {}",
+                db.display(),
+                store.schema_version()?
+            );
+            Ok(())
+        }
+        Command::Account(cmd) => client::account(cmd),
+        Command::Credits(args) => client::credits(args),
+        Command::Key(cmd) => client::key(cmd),
+        Command::Catalog(cmd) => client::catalog(cmd),
+    }
+}

@@ -1,0 +1,255 @@
+//! `tollgate serve`: open the store, start the engine and the hold-expiry sweeper, serve HTTP.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tollgate_api::auth::{mint_key, split_key};
+use tollgate_api::AppState;
+use tollgate_core::catalog::document;
+use tollgate_core::ids::{AccountId, PurchaseId};
+use tollgate_core::machine::Op;
+use tollgate_core::Nanos;
+use tollgate_engine::{system_clock, AdminCmd, Engine};
+use tollgate_store::sqlite::SqliteStore;
+use tollgate_store::{ApiKeyRecord, BillingMode, Scope};
+
+pub const DEFAULT_DB: &str = "tollgate.db";
+pub const DEMO_DB: &str = "tollgate-demo.db";
+/// The sample catalog shipped with tollgate (see catalog/README.md).
+pub const SAMPLE_CATALOG: &str = include_str!("../../../catalog/sample.toml");
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The database file (created if missing). Default: tollgate.db, or tollgate-demo.db with
+    /// --demo.
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Start a demo: a fresh database with the sample catalog, an operator key and a demo
+    /// account with credits and keys, and print commands to try.
+    #[arg(long)]
+    demo: bool,
+    /// Apply this catalog file at start (prices that changed become new versions).
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// How often expired holds are voided, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    sweep_interval_ms: u64,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(args))
+}
+
+fn remove_db(path: &Path) -> anyhow::Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let p = PathBuf::from(format!("{}{suffix}", path.display()));
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let db = match (&args.db, args.demo) {
+        (Some(p), true) if p.exists() => bail!(
+            "--demo starts on a fresh database, and {} already exists; pick another --db or \
+             leave --db out to use {DEMO_DB} (recreated at every demo start)",
+            p.display()
+        ),
+        (Some(p), _) => p.clone(),
+        (None, true) => {
+            remove_db(Path::new(DEMO_DB))?;
+            PathBuf::from(DEMO_DB)
+        }
+        (None, false) => PathBuf::from(DEFAULT_DB),
+    };
+    let store = SqliteStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
+    let engine = Engine::start(Box::new(store), system_clock())?;
+
+    if let Some(path) = &args.catalog {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        apply_catalog(&engine, &text, &path.display().to_string()).await?;
+    }
+    let operator_key = match std::env::var("TOLLGATE_OPERATOR_KEY") {
+        Ok(k) if !k.trim().is_empty() => {
+            let (key_id, secret) = split_key(k.trim())
+                .map_err(|e| anyhow::anyhow!("TOLLGATE_OPERATOR_KEY: {}", e.message))?;
+            engine
+                .admin(AdminCmd::InsertKey(ApiKeyRecord {
+                    key_id,
+                    account: None,
+                    scope: Scope::Operator,
+                    alias: "TOLLGATE_OPERATOR_KEY".into(),
+                    secret_sha256: tollgate_api::auth::hash_secret(secret),
+                    created_at: engine.now(),
+                    revoked_at: None,
+                }))
+                .await?;
+            Some(k.trim().to_string())
+        }
+        _ if args.demo => {
+            let key = mint_key(None, Scope::Operator, "demo operator".into(), engine.now());
+            engine
+                .admin(AdminCmd::InsertKey(key.record.clone()))
+                .await?;
+            Some(key.key())
+        }
+        _ => {
+            tracing::warn!(
+                "TOLLGATE_OPERATOR_KEY is not set: operator keys already in {} still work, \
+                 but no new one is registered",
+                db.display()
+            );
+            None
+        }
+    };
+
+    let demo = if args.demo {
+        apply_catalog(&engine, SAMPLE_CATALOG, "the sample catalog").await?;
+        Some(create_demo_account(&engine).await?)
+    } else {
+        if engine.catalog().endpoints.is_empty() {
+            tracing::warn!(
+                "the catalog is empty: apply one with `tollgate catalog apply catalog/sample.toml` \
+                 or start with --catalog FILE"
+            );
+        }
+        None
+    };
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let sweeper = tollgate_api::spawn_sweeper(
+        engine.clone(),
+        Duration::from_millis(args.sweep_interval_ms.max(10)),
+    );
+    println!(
+        "tollgate listening on http://{addr} (database {})",
+        db.display()
+    );
+    if let (Some(demo), Some(op)) = (&demo, &operator_key) {
+        print_demo(addr, op, demo);
+    }
+    let app = tollgate_api::router(AppState { engine });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    sweeper.abort();
+    Ok(())
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+async fn apply_catalog(engine: &Engine, text: &str, name: &str) -> anyhow::Result<()> {
+    let doc = document::parse(text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let reply = engine.admin(AdminCmd::ApplyCatalog(Box::new(doc))).await?;
+    tracing::info!(?reply, "applied {name}");
+    Ok(())
+}
+
+struct Demo {
+    admin_key: String,
+    api_key: String,
+}
+
+async fn create_demo_account(engine: &Engine) -> anyhow::Result<Demo> {
+    let username = AccountId::parse("demo").expect("valid");
+    engine
+        .admin(AdminCmd::CreateAccount {
+            username: username.clone(),
+            billing: BillingMode::Prepaid,
+        })
+        .await?;
+    engine
+        .execute(Op::Purchase {
+            account: username.clone(),
+            purchase_id: PurchaseId::parse("demo-welcome-credits").expect("valid"),
+            amount: Nanos::parse_usd("25.00").expect("valid"),
+            paid: true,
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!("demo purchase: {e}"))?;
+    let admin = mint_key(
+        Some(username.clone()),
+        Scope::Admin,
+        "demo admin".into(),
+        engine.now(),
+    );
+    let api = mint_key(Some(username), Scope::Api, "demo api".into(), engine.now());
+    engine
+        .admin(AdminCmd::InsertKey(admin.record.clone()))
+        .await?;
+    engine
+        .admin(AdminCmd::InsertKey(api.record.clone()))
+        .await?;
+    Ok(Demo {
+        admin_key: admin.key(),
+        api_key: api.key(),
+    })
+}
+
+fn print_demo(addr: SocketAddr, operator_key: &str, demo: &Demo) {
+    let request_id = uuid::Uuid::new_v4();
+    println!(
+        r#"
+Demo ready: sample catalog applied, account `demo` bought 25.00 USD of credits.
+
+  operator key : {operator_key}
+  demo ADMIN key: {admin}
+  demo API key  : {api}
+
+Try it (paste into another shell):
+
+  export TG=http://{addr} OP='Key {operator_key}' DEMO='{api}' REQ={request_id}
+
+  # the customer's balance, as fal's Platform API shows it
+  curl -s "$TG/v1/account/billing?expand=credits" -H 'Authorization: Key {admin}'
+
+  # a request's life: submit (queued, free) -> start (holds the estimate) -> complete (settles)
+  curl -s -X POST $TG/v1/requests -H "Authorization: $OP" -H 'Content-Type: application/json' \
+    -d "{{\"request_id\": \"$REQ\", \"endpoint_id\": \"fal-ai/flux/dev\", \"caller_key\": \"$DEMO\"}}"
+  curl -s -X POST $TG/v1/requests/$REQ/start -H "Authorization: $OP"
+  curl -s -X POST $TG/v1/requests/$REQ/complete -H "Authorization: $OP" -H 'Content-Type: application/json' \
+    -d '{{"status_code": 200, "output": {{"images": [{{"width": 1920, "height": 1080}}]}}}}'
+
+  # 1920x1080 is 2 megapixels at 0.025 USD: the balance is now 24.95 USD
+  curl -s $TG/v1/admin/accounts/demo -H "Authorization: $OP"
+
+  # a server error is never billed; the API contract is at $TG/v1/openapi.json
+"#,
+        admin = demo.admin_key,
+        api = demo.api_key,
+    );
+}
