@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Starts `tollgate serve --demo`, runs the request the demo suggests (submit, start, complete),
+# checks the balance moved by exactly the billed cost, and stops the server.
+set -euo pipefail
+bin=$(realpath "$1")
+work=$(mktemp -d)
+out="$work/demo.out"
+cleanup() {
+  [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cd "$work"
+"$bin" serve --demo --listen 127.0.0.1:0 >"$out" 2>"$work/demo.err" &
+pid=$!
+for _ in $(seq 1 100); do
+  grep -q "Try it" "$out" 2>/dev/null && break
+  sleep 0.1
+done
+grep -q "Try it" "$out" || { echo "the demo did not start"; cat "$out" "$work/demo.err"; exit 1; }
+
+# The demo prints an `export TG=... OP=... DEMO=... REQ=...` line to paste: use it as printed.
+eval "$(grep -m1 'export TG=' "$out")"
+json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+
+before=$(curl -sf "$TG/v1/admin/accounts/demo" -H "Authorization: $OP" | json "['balance_nano_usd']")
+curl -sf -X POST "$TG/v1/requests" -H "Authorization: $OP" -H 'Content-Type: application/json' \
+  -d "{\"request_id\": \"$REQ\", \"endpoint_id\": \"fal-ai/flux/dev\", \"caller_key\": \"$DEMO\"}" >/dev/null
+curl -sf -X POST "$TG/v1/requests/$REQ/start" -H "Authorization: $OP" >/dev/null
+cost=$(curl -sf -X POST "$TG/v1/requests/$REQ/complete" -H "Authorization: $OP" \
+  -H 'Content-Type: application/json' \
+  -d '{"status_code": 200, "output": {"images": [{"width": 1920, "height": 1080}]}}' \
+  | json "['cost_estimate_nano_usd']")
+after=$(curl -sf "$TG/v1/admin/accounts/demo" -H "Authorization: $OP" | json "['balance_nano_usd']")
+clean=$(curl -sf "$TG/v1/admin/reconciliation" -H "Authorization: $OP" | json "['clean']")
+
+echo "balance before $before, cost $cost, balance after $after, ledger clean: $clean"
+[ "$cost" = "50000000" ] || { echo "flux/dev 1920x1080 should cost 0.05 USD (50000000 nano-USD)"; exit 1; }
+[ "$((before - cost))" = "$after" ] || { echo "the balance did not move by exactly the cost"; exit 1; }
+[ "$clean" = "True" ] || { echo "the ledger does not reconcile"; exit 1; }
+
+kill -TERM "$pid"
+wait "$pid" || { echo "the server did not stop cleanly"; exit 1; }
+pid=
+echo "demo smoke test passed"
