@@ -234,7 +234,16 @@ fn writer(mut store: Box<dyn Store>, mut rx: mpsc::Receiver<Job>, shared: Arc<Sh
                 Err(_) => break,
             }
         }
-        run_jobs(&mut *store, &shared, std::mem::take(&mut pending));
+        let jobs = std::mem::take(&mut pending);
+        // A bug that panics inside one batch must not take the write path down: the db
+        // transaction rolls back when unwound, the batch's callers see an error, and the next
+        // batch runs.
+        let run = std::panic::AssertUnwindSafe(|| run_jobs(&mut *store, &shared, jobs));
+        if std::panic::catch_unwind(run).is_err() {
+            tracing::error!(
+                "a batch panicked; its operations were rolled back and answered with an error"
+            );
+        }
     }
 }
 

@@ -662,38 +662,63 @@ impl Reader for SqliteReader {
         rec.credited_nanos = one(
             "SELECT COALESCE(SUM(amount_nanos), 0) FROM transfers WHERE kind IN ('purchase', 'grant')",
         )?;
-        let mut st = tx.prepare(
-            "SELECT a.username, a.balance_nanos, a.held_nanos, a.in_progress, \
-               COALESCE((SELECT SUM(CASE WHEN t.credit = 'customer:' || a.username THEN t.amount_nanos \
-                                         ELSE -t.amount_nanos END) FROM transfers t \
-                          WHERE (t.credit = 'customer:' || a.username OR t.debit = 'customer:' || a.username) \
-                            AND t.kind IN ('purchase', 'grant', 'post', 'charge')), 0), \
-               COALESCE((SELECT SUM(hold_nanos) FROM requests r WHERE r.account = a.username \
-                          AND r.status = 'IN_PROGRESS'), 0), \
-               (SELECT COUNT(*) FROM requests r WHERE r.account = a.username \
-                          AND r.status = 'IN_PROGRESS') \
-             FROM accounts a ORDER BY a.username",
-        )?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            let id = parse_id(AccountId::parse, &r.get::<_, String>(0)?)?;
-            let (balance, held, in_progress): (i64, i64, u32) = (r.get(1)?, r.get(2)?, r.get(3)?);
-            let (from_transfers, open_holds, open): (i64, i64, u32) =
-                (r.get(4)?, r.get(5)?, r.get(6)?);
-            if balance != from_transfers {
-                rec.balance_mismatches
-                    .push((id.clone(), Nanos(balance), Nanos(from_transfers)));
-            }
-            if held != open_holds {
-                rec.held_mismatches
-                    .push((id.clone(), Nanos(held), Nanos(open_holds)));
-            }
-            if in_progress != open {
-                rec.in_progress_mismatches.push((id, in_progress, open));
+        // Balances as the ledger sees them: posted transfers summed per side, grouped once.
+        let mut from_ledger: HashMap<String, i64> = HashMap::new();
+        {
+            let mut st = tx.prepare(
+                "SELECT code, SUM(amount) FROM ( \
+                   SELECT credit AS code, amount_nanos AS amount FROM transfers \
+                     WHERE kind IN ('purchase', 'grant', 'post', 'charge') \
+                   UNION ALL \
+                   SELECT debit, -amount_nanos FROM transfers \
+                     WHERE kind IN ('purchase', 'grant', 'post', 'charge')) GROUP BY code",
+            )?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                from_ledger.insert(r.get(0)?, r.get(1)?);
             }
         }
-        drop(rows);
-        drop(st);
+        let mut open: HashMap<String, (i64, u32)> = HashMap::new();
+        {
+            let mut st = tx.prepare(
+                "SELECT account, SUM(hold_nanos), COUNT(*) FROM requests \
+                 WHERE status = 'IN_PROGRESS' GROUP BY account",
+            )?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                open.insert(r.get(0)?, (r.get(1)?, r.get(2)?));
+            }
+        }
+        {
+            let mut st = tx.prepare(
+                "SELECT username, balance_nanos, held_nanos, in_progress FROM accounts \
+                 ORDER BY username",
+            )?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let name: String = r.get(0)?;
+                let id = parse_id(AccountId::parse, &name)?;
+                let (balance, held, in_progress): (i64, i64, u32) =
+                    (r.get(1)?, r.get(2)?, r.get(3)?);
+                let ledger = from_ledger
+                    .get(&format!("customer:{name}"))
+                    .copied()
+                    .unwrap_or(0);
+                let (open_holds, open_count) = open.get(&name).copied().unwrap_or((0, 0));
+                if balance != ledger {
+                    rec.balance_mismatches
+                        .push((id.clone(), Nanos(balance), Nanos(ledger)));
+                }
+                if held != open_holds {
+                    rec.held_mismatches
+                        .push((id.clone(), Nanos(held), Nanos(open_holds)));
+                }
+                if in_progress != open_count {
+                    rec.in_progress_mismatches
+                        .push((id, in_progress, open_count));
+                }
+            }
+        }
         let mut st = tx.prepare(
             "SELECT l.request_id FROM line_items l WHERE l.total_nanos != \
                COALESCE((SELECT SUM(amount_nanos) FROM transfers t WHERE t.request_id = l.request_id \

@@ -93,6 +93,7 @@ CREATE TABLE transfers (
     purchase_id   TEXT,
     at            INTEGER NOT NULL
 );
+CREATE INDEX transfers_by_request ON transfers (request_id) WHERE request_id IS NOT NULL;
 
 -- One row per billed request. Append-only.
 CREATE TABLE line_items (
