@@ -626,27 +626,63 @@ impl PriceRule {
         })
     }
 
-    /// The exact USD cost of `units` billable units at the headline rate (used for holds).
+    /// An upper bound of the exact USD cost of `units` billable units, whatever the output's
+    /// attributes: the highest rate (the headline or any attribute rate, or the dearest token
+    /// component), every multiplier above 1, every add-on, the cost step. Used for holds, so
+    /// that a request's settlement stays within what it held when `units` is an upper bound.
     pub fn estimate_units(
         &self,
         units: Decimal,
         machine_price: Option<Decimal>,
     ) -> Result<Decimal, RateError> {
-        let rate = self
+        let overflow = || RateError::Overflow;
+        let mut rate = self
             .headline_unit_price(machine_price)
             .ok_or(RateError::NoPrice)?;
-        let per = match self.unit {
-            Unit::Token => self.tokens.as_ref().map(|t| t.per).unwrap_or(Decimal::ONE),
-            _ => Decimal::ONE,
-        };
+        let mut per = Decimal::ONE;
+        if let (Unit::Token, Some(t)) = (self.unit, &self.tokens) {
+            per = t.per;
+            rate = [
+                t.input,
+                t.cached_input,
+                t.output,
+                t.image_input,
+                t.image_cached_input,
+                t.image_output,
+            ]
+            .into_iter()
+            .fold(rate, Decimal::max);
+        }
+        rate = self
+            .rates
+            .iter()
+            .map(|r| r.unit_price)
+            .fold(rate, Decimal::max);
+        let factor = self
+            .multipliers
+            .iter()
+            .filter(|m| m.factor > Decimal::ONE)
+            .try_fold(Decimal::ONE, |acc, m| acc.checked_mul(m.factor))
+            .ok_or_else(overflow)?;
         let q = match self.min_units {
             Some(m) if units < m => m,
             _ => units,
         };
-        let cost = match &self.base {
-            Some(b) => b.price + (q - b.units).max(Decimal::ZERO) * rate,
-            None => q.checked_mul(rate).ok_or(RateError::Overflow)? / per,
-        };
+        let base = match &self.base {
+            Some(b) => (q - b.units)
+                .max(Decimal::ZERO)
+                .checked_mul(rate)
+                .and_then(|x| x.checked_add(b.price)),
+            None => q.checked_mul(rate).and_then(|x| x.checked_div(per)),
+        }
+        .ok_or_else(overflow)?;
+        let mut cost = base.checked_mul(factor).ok_or_else(overflow)?;
+        for a in &self.add_ons {
+            cost = cost.checked_add(a.price).ok_or_else(overflow)?;
+        }
+        if let Some(step) = self.cost_step.filter(|s| !s.is_zero()) {
+            cost = (cost / step).ceil() * step;
+        }
         Ok(cost)
     }
 
@@ -751,3 +787,66 @@ impl PriceRule {
 
 /// Per-second prices by machine type: the fallback for endpoints without an output price.
 pub type MachinePrices = BTreeMap<MachineType, Decimal>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    fn rule(toml_text: &str) -> PriceRule {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn the_hold_estimate_bounds_every_attribute_combination() {
+        // veo3.1-like: 0.20/s, audio 0.40, 4k 0.40, 4k+audio 0.60; plus a x1.5 multiplier and
+        // an add-on, to check that every surcharge is in the bound.
+        let r = rule(
+            r#"
+            unit = "video_second"
+            unit_price = "0.20"
+            rates = [
+              { when = { resolution = "4k", audio = true }, unit_price = "0.60" },
+              { when = { audio = true }, unit_price = "0.40" },
+            ]
+            multipliers = [{ when = { fast = true }, factor = "1.5" }, { when = { draft = true }, factor = "0.5" }]
+            add_ons = [{ name = "web search", when = { web_search = true }, price = "0.015" }]
+            "#,
+        );
+        let bound = r.estimate_units(d("8"), None).unwrap();
+        assert_eq!(bound, d("7.215")); // 8 s x 0.60 x 1.5 + 0.015
+        let worst = Usage {
+            output: Output {
+                video_seconds: Some(d("8")),
+                attributes: [
+                    ("resolution".to_string(), AttrValue::Text("4K".into())),
+                    ("audio".to_string(), AttrValue::Bool(true)),
+                    ("fast".to_string(), AttrValue::Bool(true)),
+                    ("web_search".to_string(), AttrValue::Bool(true)),
+                ]
+                .into_iter()
+                .collect(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(r.rate(&worst).unwrap().subtotal, bound);
+    }
+
+    #[test]
+    fn the_hold_estimate_of_tokens_uses_the_dearest_component() {
+        let r = rule(
+            r#"
+            unit = "token"
+            tokens = { per = "1000000", input = "5.00", output = "10.00", image_output = "30.00" }
+            cost_step = "0.0001"
+            "#,
+        );
+        // 10,000 tokens at 30 USD per 1M = 0.30
+        assert_eq!(r.estimate_units(d("10000"), None).unwrap(), d("0.3"));
+    }
+}
