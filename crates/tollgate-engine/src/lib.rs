@@ -446,7 +446,11 @@ fn apply_catalog(
         tx.insert_price_version(id, None, at, &entry.rule, now)?;
         created += 1;
     }
-    let machines = serde_json::to_string(&doc.machines).expect("machines serialize");
+    // Documents merge into the catalog: endpoints and machine types a document does not name
+    // are kept, so a document that adds one endpoint cannot erase the machine prices.
+    let mut machines = current.machines.clone();
+    machines.extend(doc.machines.clone());
+    let machines = serde_json::to_string(&machines).expect("machines serialize");
     tx.set_setting(SETTING_MACHINES, &machines)?;
     if let Some(c) = &doc.concurrency {
         let table = serde_json::to_string(c).expect("table serializes");
