@@ -1,0 +1,1266 @@
+//! The OpenAPI document served at `GET /v1/openapi.json` is kept true here:
+//! 1. it parses and is snapshot-tested;
+//! 2. it documents exactly the routes of `router()`;
+//! 3. real responses of a representative flow validate against the schemas it declares for
+//!    their path, method and status (an undocumented status is a failure), and the requests
+//!    sent agree with its request schemas.
+
+use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use tollgate_api::auth::mint_key;
+use tollgate_api::AppState;
+use tollgate_core::catalog::document;
+use tollgate_engine::{AdminCmd, Engine};
+use tollgate_store::sqlite::SqliteStore;
+use tollgate_store::Scope;
+
+const SAMPLE_CATALOG: &str = include_str!("../../../catalog/sample.toml");
+const ROUTER_SOURCE: &str = include_str!("../src/lib.rs");
+const HTTP_METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+// ---------------------------------------------------------------------------------------------
+// A server on 127.0.0.1:0 over a temporary database, with the sample catalog and an operator key.
+
+struct Server {
+    base: String,
+    operator: String,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn spawn() -> Server {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path().join("tollgate.db")).expect("open store");
+    let engine =
+        Engine::start(Box::new(store), tollgate_engine::system_clock()).expect("start engine");
+    let catalog = document::parse(SAMPLE_CATALOG).expect("sample catalog parses");
+    engine
+        .admin(AdminCmd::ApplyCatalog(Box::new(catalog)))
+        .await
+        .expect("apply catalog");
+    let key = mint_key(None, Scope::Operator, "test operator".into(), engine.now());
+    engine
+        .admin(AdminCmd::InsertKey(key.record.clone()))
+        .await
+        .expect("insert operator key");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let app = tollgate_api::router(AppState { engine });
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("serve");
+    });
+    Server {
+        base: format!("http://{addr}"),
+        operator: key.key(),
+        client: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+async fn fetch_document(s: &Server) -> Value {
+    let r = s
+        .client
+        .get(format!("{}/v1/openapi.json", s.base))
+        .send()
+        .await
+        .expect("GET /v1/openapi.json");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        r.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    let text = r.text().await.expect("body");
+    serde_json::from_str(&text).expect("the served document is JSON")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The document: lookups and schema validation.
+
+struct Doc {
+    root: Value,
+}
+
+impl Doc {
+    /// Resolves a local `$ref` (`#/components/...`).
+    fn resolve(&self, r: &str) -> &Value {
+        let ptr = r
+            .strip_prefix('#')
+            .unwrap_or_else(|| panic!("non-local $ref {r}"));
+        self.root
+            .pointer(ptr)
+            .unwrap_or_else(|| panic!("dangling $ref {r}"))
+    }
+
+    /// Follows an object's own `$ref`, if any.
+    fn deref<'a>(&'a self, v: &'a Value) -> &'a Value {
+        match v.get("$ref").and_then(Value::as_str) {
+            Some(r) => self.deref(self.resolve(r)),
+            None => v,
+        }
+    }
+
+    /// The documented path template matching a concrete path (query string ignored).
+    fn template(&self, path: &str) -> Option<String> {
+        let path = path.split('?').next().unwrap_or(path);
+        let segs: Vec<&str> = path.split('/').collect();
+        self.root["paths"]
+            .as_object()
+            .expect("paths")
+            .keys()
+            .find(|t| {
+                let ts: Vec<&str> = t.split('/').collect();
+                ts.len() == segs.len()
+                    && ts
+                        .iter()
+                        .zip(&segs)
+                        .all(|(t, s)| (t.starts_with('{') && t.ends_with('}')) || t == s)
+            })
+            .cloned()
+    }
+
+    fn operation(&self, method: &Method, template: &str) -> &Value {
+        let op = &self.root["paths"][template][method.as_str().to_ascii_lowercase()];
+        assert!(
+            op.is_object(),
+            "{method} {template} is not documented in the OpenAPI document"
+        );
+        op
+    }
+
+    /// Validates `instance` against `schema`, whose `$ref`s point into this document's
+    /// components: the schema is compiled as a root that carries the components beside it.
+    fn validate(&self, schema: &Value, instance: &Value) -> Result<(), String> {
+        let mut root = schema.clone();
+        let obj = root.as_object_mut().expect("a schema object");
+        obj.insert("components".into(), self.root["components"].clone());
+        let validator = jsonschema::draft202012::options()
+            .should_validate_formats(true)
+            .build(&root)
+            .map_err(|e| format!("the schema does not compile: {e}"))?;
+        let errors: Vec<String> = validator
+            .iter_errors(instance)
+            .map(|e| format!("{e} (at `{}`)", e.instance_path))
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("\n  "))
+        }
+    }
+
+    fn component(&self, name: &str) -> Value {
+        json!({ "$ref": format!("#/components/schemas/{name}") })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Driving the API and checking every answer against the document.
+
+enum Body {
+    None,
+    /// A body the document's request schema must accept.
+    Json(Value),
+    /// A body the document's request schema must refuse (and the server too).
+    Invalid(Value),
+    /// A body of the documented shape that the server refuses for a reason the schema does not
+    /// express (an unknown account, a semantic limit).
+    Unchecked(Value),
+    /// Raw bytes with a content type.
+    Raw(String, &'static str),
+}
+
+struct Resp {
+    status: u16,
+    headers: HeaderMap,
+    json: Value,
+}
+
+impl Resp {
+    fn error_type(&self) -> &str {
+        self.json["error"]["type"].as_str().unwrap_or("")
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Custom headers whose presence the document must declare.
+const CUSTOM_HEADERS: [&str; 3] = [
+    "idempotent-replayed",
+    "x-fal-needs-retry",
+    "x-fal-billable-units",
+];
+
+struct Flow {
+    s: Server,
+    doc: Doc,
+    /// (method, template) -> statuses seen.
+    seen: BTreeMap<(String, String), BTreeSet<u16>>,
+}
+
+fn key(k: &str) -> Option<String> {
+    Some(format!("Key {k}"))
+}
+
+impl Flow {
+    fn op(&self) -> Option<String> {
+        key(&self.s.operator)
+    }
+
+    async fn call(&mut self, method: Method, path: &str, auth: Option<String>, body: Body) -> Resp {
+        let template = self
+            .doc
+            .template(path)
+            .unwrap_or_else(|| panic!("{method} {path}: no documented path matches"));
+        let op = self.doc.operation(&method, &template).clone();
+        let what = format!("{method} {path}");
+
+        // The request against the documented request body.
+        let request_schema = |ct: &str| -> Value {
+            let rb = self.doc.deref(&op["requestBody"]);
+            rb["content"][ct]["schema"].clone()
+        };
+        let mut req = self
+            .s
+            .client
+            .request(method.clone(), format!("{}{}", self.s.base, path));
+        if let Some(a) = &auth {
+            req = req.header(AUTHORIZATION, a);
+        }
+        match body {
+            Body::None => {}
+            Body::Json(v) => {
+                let schema = request_schema("application/json");
+                assert!(
+                    schema.is_object(),
+                    "{what}: no JSON request body is documented"
+                );
+                if let Err(e) = self.doc.validate(&schema, &v) {
+                    panic!("{what}: the document refuses a valid request body {v}:\n  {e}");
+                }
+                req = req.json(&v);
+            }
+            Body::Invalid(v) => {
+                let schema = request_schema("application/json");
+                assert!(
+                    schema.is_object(),
+                    "{what}: no JSON request body is documented"
+                );
+                assert!(
+                    self.doc.validate(&schema, &v).is_err(),
+                    "{what}: the document accepts a request body the server refuses: {v}"
+                );
+                req = req.json(&v);
+            }
+            Body::Unchecked(v) => req = req.json(&v),
+            Body::Raw(text, ct) => req = req.header(CONTENT_TYPE, ct).body(text),
+        }
+        let r = req.send().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.expect("body");
+
+        // The answer against the documented response.
+        let documented = &op["responses"][status.to_string()];
+        assert!(
+            documented.is_object(),
+            "{what}: status {status} is not documented for {method} {template}; body: {text}"
+        );
+        let documented = self.doc.deref(documented);
+        let schema = &documented["content"]["application/json"]["schema"];
+        assert!(
+            schema.is_object(),
+            "{what}: status {status} documents no application/json body"
+        );
+        assert_eq!(
+            headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+            Some("application/json"),
+            "{what}: content type of a JSON answer"
+        );
+        let json: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{what}: answer {status} is not JSON ({e}): {text}"));
+        if let Err(e) = self.doc.validate(schema, &json) {
+            panic!(
+                "{what}: answer {status} does not match the document:\n  {e}\nbody: {}",
+                serde_json::to_string_pretty(&json).expect("json")
+            );
+        }
+        // Headers: the required ones are present, every present one matches its schema, and
+        // the custom headers only appear where documented.
+        let declared = documented["headers"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        for (name, h) in &declared {
+            let h = self.doc.deref(h);
+            match headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {
+                Some(v) => {
+                    if let Err(e) = self.doc.validate(&h["schema"], &json!(v)) {
+                        panic!("{what}: header {name}: {v:?} does not match: {e}");
+                    }
+                }
+                None => assert!(
+                    !h["required"].as_bool().unwrap_or(false),
+                    "{what}: required header {name} is missing"
+                ),
+            }
+        }
+        for name in CUSTOM_HEADERS {
+            if headers.contains_key(name) {
+                assert!(
+                    declared.contains_key(name),
+                    "{what}: header {name} is sent but not documented for status {status}"
+                );
+            }
+        }
+        self.seen
+            .entry((method.to_string(), template))
+            .or_default()
+            .insert(status);
+        Resp {
+            status,
+            headers,
+            json,
+        }
+    }
+
+    async fn get(&mut self, path: &str, auth: Option<String>) -> Resp {
+        self.call(Method::GET, path, auth, Body::None).await
+    }
+    async fn post(&mut self, path: &str, auth: Option<String>, body: Body) -> Resp {
+        self.call(Method::POST, path, auth, body).await
+    }
+    async fn put(&mut self, path: &str, auth: Option<String>, body: Body) -> Resp {
+        self.call(Method::PUT, path, auth, body).await
+    }
+
+    async fn create_account(&mut self, username: &str) {
+        let r = self
+            .post(
+                "/v1/admin/accounts",
+                self.op(),
+                Body::Json(json!({ "username": username })),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.json);
+    }
+
+    async fn create_key(&mut self, username: &str, scope: &str) -> String {
+        let r = self
+            .post(
+                &format!("/v1/admin/accounts/{username}/keys"),
+                self.op(),
+                Body::Json(json!({ "scope": scope, "alias": format!("{scope} key") })),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.json);
+        assert_eq!(r.json["scope"], scope);
+        r.json["key"].as_str().expect("key").to_string()
+    }
+
+    async fn purchase(&mut self, username: &str, id: &str, amount: &str) -> Resp {
+        self.post(
+            &format!("/v1/admin/accounts/{username}/purchases"),
+            self.op(),
+            Body::Json(json!({ "purchase_id": id, "amount_usd": amount })),
+        )
+        .await
+    }
+
+    async fn submit(&mut self, id: &str, endpoint: &str, caller: &str) -> Resp {
+        self.post(
+            "/v1/requests",
+            self.op(),
+            Body::Json(json!({ "request_id": id, "endpoint_id": endpoint, "caller_key": caller })),
+        )
+        .await
+    }
+
+    async fn start(&mut self, id: &str) -> Resp {
+        self.post(&format!("/v1/requests/{id}/start"), self.op(), Body::None)
+            .await
+    }
+
+    async fn complete(&mut self, id: &str, body: Value) -> Resp {
+        self.post(
+            &format!("/v1/requests/{id}/complete"),
+            self.op(),
+            Body::Json(body),
+        )
+        .await
+    }
+}
+
+fn uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn full_hd() -> Value {
+    json!({ "images": [{ "width": 1920, "height": 1080 }] })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The served document parses and matches its snapshot.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_document_matches_snapshot() {
+    let s = spawn().await;
+    let doc = fetch_document(&s).await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let file: Value = serde_json::from_str(tollgate_api::openapi::DOCUMENT).expect("JSON");
+    assert_eq!(doc, file, "the served document is the embedded file");
+    insta::assert_json_snapshot!("openapi_document", doc);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Every route of the router is documented, and every documented operation is routed.
+
+/// `(METHOD, path)` of every `.route("path", get(..).post(..))` in the router's source.
+fn routes_in_source(src: &str) -> BTreeSet<(String, String)> {
+    let code: String = src
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for unsupported in [".nest(", ".merge(", ".route_service(", ".nest_service("] {
+        assert!(
+            !code.contains(unsupported),
+            "the router uses `{unsupported}`: teach this parser to follow it"
+        );
+    }
+    let mut out = BTreeSet::new();
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find(".route(") {
+        let after = &rest[i + ".route(".len()..];
+        // The call's arguments: up to the matching `)`, skipping string literals.
+        let (mut depth, mut in_str, mut prev, mut end) = (1, false, ' ', None);
+        for (j, c) in after.char_indices() {
+            if in_str {
+                if c == '"' && prev != '\\' {
+                    in_str = false;
+                }
+            } else {
+                match c {
+                    '"' => in_str = true,
+                    '(' => depth += 1,
+                    ')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = Some(j);
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            prev = c;
+        }
+        let end = end.expect("a .route( call is closed");
+        let args = &after[..end];
+        let open = args.find('"').expect("a route path literal");
+        let close = open + 1 + args[open + 1..].find('"').expect("closed literal");
+        let path = &args[open + 1..close];
+        let handlers = &args[close + 1..];
+        let mut methods = 0;
+        for m in HTTP_METHODS {
+            let mut from = 0;
+            while let Some(k) = handlers[from..].find(m) {
+                let at = from + k;
+                let before = handlers[..at].chars().next_back();
+                let after_m = handlers[at + m.len()..].chars().next();
+                let ident = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+                if !ident(before) && after_m == Some('(') {
+                    out.insert((m.to_ascii_uppercase(), path.to_string()));
+                    methods += 1;
+                }
+                from = at + m.len();
+            }
+        }
+        assert!(methods > 0, "route {path}: no method found in `{handlers}`");
+        rest = &after[end..];
+    }
+    out
+}
+
+fn operations_in_document(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for m in HTTP_METHODS {
+            if item.get(m).is_some() {
+                out.insert((m.to_ascii_uppercase(), path.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn route_parser_reads_chained_methods() {
+    let src = r#"
+        Router::new()
+            // .route("/commented", get(x))
+            .route("/a/{id}", get(h::a).post(h::b))
+            .route(
+                "/b",
+                put(h::c),
+            )
+            .route("/c", axum::routing::delete(h::budget_getter))
+    "#;
+    let got = routes_in_source(src);
+    let want: BTreeSet<(String, String)> = [
+        ("GET", "/a/{id}"),
+        ("POST", "/a/{id}"),
+        ("PUT", "/b"),
+        ("DELETE", "/c"),
+    ]
+    .iter()
+    .map(|(m, p)| (m.to_string(), p.to_string()))
+    .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn every_route_is_documented_and_every_operation_is_routed() {
+    let doc: Value = serde_json::from_str(tollgate_api::openapi::DOCUMENT).expect("JSON");
+    let routed = routes_in_source(ROUTER_SOURCE);
+    assert!(routed.len() >= 15, "parsed only {routed:?}");
+    let documented = operations_in_document(&doc);
+    let undocumented: Vec<_> = routed.difference(&documented).collect();
+    let unrouted: Vec<_> = documented.difference(&routed).collect();
+    assert!(
+        undocumented.is_empty() && unrouted.is_empty(),
+        "routed but not documented: {undocumented:?}\ndocumented but not routed: {unrouted:?}"
+    );
+}
+
+/// Every `$ref` resolves; every operation has an id, a description, a security requirement
+/// naming the `Key` scheme's scopes, declares its path parameters, and every error status uses
+/// the error envelope.
+#[test]
+fn document_is_internally_consistent() {
+    let root: Value = serde_json::from_str(tollgate_api::openapi::DOCUMENT).expect("JSON");
+    let doc = Doc { root };
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r.clone());
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc.root, &mut all);
+    assert!(!all.is_empty());
+    for r in &all {
+        doc.resolve(r);
+    }
+    let scheme = &doc.root["components"]["securitySchemes"]["Key"];
+    assert_eq!(scheme["type"], "apiKey");
+    assert_eq!(scheme["in"], "header");
+    assert_eq!(scheme["name"], "Authorization");
+    let mut ids = BTreeSet::new();
+    for (path, item) in doc.root["paths"].as_object().expect("paths") {
+        for m in HTTP_METHODS {
+            let Some(op) = item.get(m) else { continue };
+            let what = format!("{m} {path}");
+            assert!(ids.insert(op["operationId"].as_str().expect("operationId").to_string()));
+            assert!(
+                op["description"].as_str().is_some_and(|d| d.len() > 40),
+                "{what}: describe it"
+            );
+            let security = op["security"].as_array().expect("explicit security");
+            for req in security {
+                for scope in req["Key"].as_array().expect("the Key scheme") {
+                    assert!(["OPERATOR", "ADMIN", "API"].contains(&scope.as_str().unwrap()));
+                }
+            }
+            let params: BTreeSet<String> = op["parameters"]
+                .as_array()
+                .map(|ps| {
+                    ps.iter()
+                        .filter(|p| p["in"] == "path")
+                        .map(|p| p["name"].as_str().expect("name").to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let in_path: BTreeSet<String> = path
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+                .map(str::to_string)
+                .collect();
+            assert_eq!(params, in_path, "{what}: path parameters");
+            for (status, r) in op["responses"].as_object().expect("responses") {
+                let r = doc.deref(r);
+                assert!(r["description"].is_string(), "{what} {status}: description");
+                if status.starts_with('4') || status.starts_with('5') {
+                    let schema = &r["content"]["application/json"]["schema"];
+                    let sample = json!({ "error": { "type": "not_found", "message": "x" } });
+                    let missing = json!({ "error": { "message": "x" } });
+                    if schema["$ref"] == "#/components/schemas/ErrorResponse" {
+                        assert!(doc.validate(schema, &sample).is_ok());
+                    }
+                    assert!(
+                        doc.validate(schema, &missing).is_err(),
+                        "{what} {status}: not the error envelope"
+                    );
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Real responses validate against the document.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_responses_match_the_document() {
+    let s = spawn().await;
+    let root = fetch_document(&s).await;
+    let mut f = Flow {
+        s,
+        doc: Doc { root },
+        seen: BTreeMap::new(),
+    };
+
+    // --- the document itself
+    let r = f.get("/v1/openapi.json", None).await;
+    assert_eq!(r.status, 200);
+
+    // --- authentication: 401 without, with a malformed and with an unknown key
+    let r = f.get("/v1/admin/reconciliation", None).await;
+    assert_eq!((r.status, r.error_type()), (401, "authorization_error"));
+    let r = f
+        .get("/v1/admin/reconciliation", Some("Bearer abc".into()))
+        .await;
+    assert_eq!(r.status, 401);
+    let r = f
+        .get("/v1/admin/reconciliation", key("no-such-key:secret"))
+        .await;
+    assert_eq!(r.status, 401);
+
+    // --- accounts
+    f.create_account("acme").await;
+    let r = f
+        .post(
+            "/v1/admin/accounts",
+            f.op(),
+            Body::Json(json!({ "username": "acme" })),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (409, "conflict"));
+    let r = f
+        .post(
+            "/v1/admin/accounts",
+            f.op(),
+            Body::Invalid(json!({ "username": 5 })),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (400, "validation_error"));
+    assert_eq!(r.json["error"]["field"], "username");
+    let r = f
+        .post(
+            "/v1/admin/accounts",
+            f.op(),
+            Body::Raw("{\"username\": ".into(), "application/json"),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (400, "validation_error"));
+    let r = f
+        .post(
+            "/v1/admin/accounts",
+            f.op(),
+            Body::Invalid(json!({ "username": "x", "plan": "gold" })),
+        )
+        .await;
+    assert_eq!(r.status, 400, "unknown fields are refused");
+    let r = f
+        .post(
+            "/v1/admin/accounts",
+            f.op(),
+            Body::Json(json!({ "username": "bigco", "billing": "invoice" })),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["billing"].as_str()),
+        (201, Some("invoice"))
+    );
+
+    let r = f.get("/v1/admin/accounts/acme", f.op()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["locked"], true, "no credits yet: locked");
+    assert_eq!(r.json["concurrency_override"], Value::Null);
+    let r = f.get("/v1/admin/accounts/nobody", f.op()).await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+    let r = f.get("/v1/admin/accounts/not%20valid", f.op()).await;
+    assert_eq!(r.status, 400);
+
+    // --- keys
+    let api = f.create_key("acme", "API").await;
+    let admin = f.create_key("acme", "ADMIN").await;
+    let r = f
+        .post(
+            "/v1/admin/accounts/acme/keys",
+            f.op(),
+            Body::Invalid(json!({ "scope": "OPERATOR" })),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = f
+        .post(
+            "/v1/admin/accounts/nobody/keys",
+            f.op(),
+            Body::Json(json!({ "scope": "API" })),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+
+    // A customer key on operator endpoints: 403.
+    let r = f.get("/v1/admin/reconciliation", key(&api)).await;
+    assert_eq!((r.status, r.error_type()), (403, "authorization_error"));
+    let r = f
+        .post(
+            "/v1/admin/accounts",
+            key(&admin),
+            Body::Json(json!({ "username": "sneaky" })),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+
+    // --- a locked account cannot submit: 403 account_locked
+    let r = f.submit(&uuid(), "fal-ai/flux/dev", &api).await;
+    assert_eq!((r.status, r.error_type()), (403, "account_locked"));
+    assert_eq!(r.json["error"]["balance_nano_usd"], 0);
+
+    // --- purchases
+    let r = f.purchase("acme", "p-1", "25.00").await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.json["amount_nano_usd"], 25_000_000_000i64);
+    assert_eq!(r.json["locked"], false);
+    assert_eq!(r.json["concurrency_limit"], 4);
+    assert!(r.header("idempotent-replayed").is_none());
+    let first = r.json.clone();
+    let r = f.purchase("acme", "p-1", "25.00").await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.header("idempotent-replayed"), Some("true"));
+    assert_eq!(r.json, first, "a replay answers the first answer");
+    let r = f.purchase("acme", "p-1", "26.00").await;
+    assert_eq!((r.status, r.error_type()), (409, "conflict"));
+    let r = f
+        .post(
+            "/v1/admin/accounts/acme/purchases",
+            f.op(),
+            Body::Invalid(json!({ "purchase_id": "p-2", "amount_usd": 25 })),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json["error"]["field"], "amount_usd");
+    let r = f
+        .post(
+            "/v1/admin/accounts/acme/purchases",
+            f.op(),
+            Body::Unchecked(json!({ "purchase_id": "p-3", "amount_usd": "0" })),
+        )
+        .await;
+    assert_eq!(r.status, 400, "zero is refused");
+    let r = f.purchase("nobody", "p-1", "1.00").await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+    let r = f
+        .post(
+            "/v1/admin/accounts/acme/purchases",
+            f.op(),
+            Body::Json(json!({ "purchase_id": "gift-1", "amount_usd": "1.5", "kind": "free" })),
+        )
+        .await;
+    assert_eq!((r.status, r.json["kind"].as_str()), (201, Some("free")));
+
+    let r = f.get("/v1/admin/accounts/acme", f.op()).await;
+    assert_eq!(r.json["balance_nano_usd"], 26_500_000_000i64);
+    assert_eq!(r.json["paid_lifetime_nano_usd"], 25_000_000_000i64);
+
+    // --- the life of one request
+    let r1 = uuid();
+    let r = f.submit(&r1, "fal-ai/flux/dev", &api).await;
+    assert_eq!(
+        (r.status, r.json["status"].as_str()),
+        (201, Some("IN_QUEUE"))
+    );
+    let r = f.submit(&r1, "fal-ai/flux/dev", &api).await;
+    assert_eq!(
+        (r.status, r.json["status"].as_str()),
+        (200, Some("IN_QUEUE"))
+    );
+    let r = f.submit(&r1, "fal-ai/flux/schnell", &api).await;
+    assert_eq!((r.status, r.error_type()), (409, "conflict"));
+    let r = f.submit(&uuid(), "fal-ai/no-such-model", &api).await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+    let r = f
+        .submit(&uuid(), "fal-ai/flux/dev", "no-such-key:secret")
+        .await;
+    assert_eq!((r.status, r.error_type()), (401, "authorization_error"));
+    let operator = f.s.operator.clone();
+    let r = f.submit(&uuid(), "fal-ai/flux/dev", &operator).await;
+    assert_eq!(r.status, 401, "an operator key is not a caller key");
+    let r = f
+        .post(
+            "/v1/requests",
+            f.op(),
+            Body::Invalid(json!({ "request_id": "not-a-uuid", "endpoint_id": "fal-ai/flux/dev", "caller_key": api })),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["error"]["field"].as_str()),
+        (400, Some("request_id"))
+    );
+
+    let r = f.get(&format!("/v1/requests/{r1}"), f.op()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["status"], "IN_QUEUE");
+    assert_eq!(r.json["started_at"], Value::Null);
+    assert!(r.json.get("billing").is_none());
+
+    let r = f.start(&r1).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["hold_nano_usd"], 100_000_000, "4 MP at 0.025");
+    assert_eq!(r.json["hold"], json!(0.1));
+    assert_eq!(
+        r.json["concurrency"],
+        json!({ "limit": 4, "in_progress": 1 })
+    );
+    let r = f.start(&r1).await;
+    assert_eq!(r.status, 200, "a repeat start holds nothing new");
+    assert_eq!(r.json["hold_nano_usd"], 100_000_000);
+    let r = f
+        .post(
+            &format!("/v1/requests/{}/start", uuid()),
+            f.op(),
+            Body::Json(json!({ "num_gpus": 1 })),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+    let r = f
+        .post("/v1/requests/not-a-uuid/start", f.op(), Body::None)
+        .await;
+    assert_eq!(r.status, 400);
+
+    let r = f.get(&format!("/v1/requests/{r1}"), f.op()).await;
+    assert_eq!(r.json["status"], "IN_PROGRESS");
+    assert!(r.json["hold_expires_at"].is_string());
+    assert!(r.json["queue_seconds"].is_number());
+
+    let r = f
+        .complete(&r1, json!({ "status_code": 200, "output": full_hd() }))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-fal-billable-units"), Some("2"));
+    assert!(r.header("idempotent-replayed").is_none());
+    assert_eq!(r.json["status"], "COMPLETED");
+    assert_eq!(r.json["billed"], true);
+    assert_eq!(r.json["unit"], "megapixel");
+    assert_eq!(r.json["output_units"], json!(2.0));
+    assert_eq!(r.json["unit_price"], json!(0.025));
+    assert_eq!(r.json["percent_discount"], Value::Null);
+    assert_eq!(r.json["cost_total"], json!(0.05));
+    assert_eq!(r.json["cost_estimate_nano_usd"], 50_000_000);
+    assert_eq!(r.json["balance_nano_usd"], 26_450_000_000i64);
+    let billed = r.json.clone();
+    let r = f
+        .complete(&r1, json!({ "status_code": 200, "output": full_hd() }))
+        .await;
+    assert_eq!(r.header("idempotent-replayed"), Some("true"));
+    assert_eq!(r.json, billed, "a repeat complete answers the first answer");
+    let r = f
+        .post(
+            &format!("/v1/requests/{r1}/complete"),
+            f.op(),
+            Body::Invalid(json!({ "status_code": 200, "output": { "pixels": 5 } })),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.json["error"]["field"]
+        .as_str()
+        .is_some_and(|f| f.starts_with("output")));
+
+    let r = f.get(&format!("/v1/requests/{r1}"), f.op()).await;
+    assert_eq!(r.json["status"], "COMPLETED");
+    assert_eq!(r.json["billing"], billed);
+    assert!(r.json["inference_seconds"].is_number());
+    let r = f.get(&format!("/v1/requests/{}", uuid()), f.op()).await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+
+    // Finished requests can be neither started nor cancelled again.
+    let r = f.start(&r1).await;
+    assert_eq!((r.status, r.error_type()), (409, "conflict"));
+    let r = f
+        .post(&format!("/v1/requests/{r1}/cancel"), f.op(), Body::None)
+        .await;
+    assert_eq!((r.status, r.error_type()), (409, "conflict"));
+
+    // Completing a request never started: 409. Cancelling it: 200, twice.
+    let r2 = uuid();
+    assert_eq!(f.submit(&r2, "fal-ai/flux/dev", &api).await.status, 201);
+    let r = f.complete(&r2, json!({ "status_code": 200 })).await;
+    assert_eq!((r.status, r.error_type()), (409, "conflict"));
+    for _ in 0..2 {
+        let r = f
+            .post(&format!("/v1/requests/{r2}/cancel"), f.op(), Body::None)
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.json,
+            json!({ "request_id": r2, "status": "CANCELLED", "billed": false })
+        );
+    }
+    let r = f
+        .post(
+            &format!("/v1/requests/{}/cancel", uuid()),
+            f.op(),
+            Body::None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = f.get(&format!("/v1/requests/{r2}"), f.op()).await;
+    assert_eq!(r.json["status"], "CANCELLED");
+
+    // A server error is not billed; the hold is voided.
+    let r3 = uuid();
+    assert_eq!(f.submit(&r3, "fal-ai/flux/dev", &api).await.status, 201);
+    let r = f
+        .post(
+            &format!("/v1/requests/{r3}/start"),
+            f.op(),
+            Body::Json(json!({ "hold_units": "2" })),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["hold_nano_usd"].as_i64()),
+        (200, Some(50_000_000))
+    );
+    let r = f
+        .complete(&r3, json!({ "status_code": 503, "output": full_hd() }))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        (r.json["status"].as_str(), r.json["billed"].as_bool()),
+        (Some("FAILED"), Some(false))
+    );
+    assert_eq!(r.json["cost_estimate_nano_usd"], 0);
+    assert_eq!(r.header("x-fal-billable-units"), Some("0"));
+    // A bad status code is refused and changes nothing; cancelling a started request
+    // releases its hold.
+    let r4 = uuid();
+    assert_eq!(f.submit(&r4, "fal-ai/flux/dev", &api).await.status, 201);
+    assert_eq!(f.start(&r4).await.status, 200);
+    let r = f
+        .post(
+            &format!("/v1/requests/{r4}/complete"),
+            f.op(),
+            Body::Invalid(json!({ "status_code": 700 })),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (400, "validation_error"));
+    let r = f.get(&format!("/v1/requests/{r4}"), f.op()).await;
+    assert_eq!(r.json["status"], "IN_PROGRESS");
+    let r = f
+        .post(&format!("/v1/requests/{r4}/cancel"), f.op(), Body::None)
+        .await;
+    assert_eq!(r.status, 200);
+    let r = f.get("/v1/admin/accounts/acme", f.op()).await;
+    assert_eq!(
+        (
+            r.json["held_nano_usd"].as_i64(),
+            r.json["in_progress"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+
+    // --- usage events
+    let now = chrono::Utc::now().to_rfc3339();
+    let event = |id: &str, endpoint: &str, user: &str| {
+        json!({
+            "event_id": id,
+            "endpoint_id": endpoint,
+            "username": user,
+            "timestamp": now,
+            "status_code": 200,
+            "output": { "images": [{ "width": 1024, "height": 1024 }] },
+            "queue_seconds": "1.5",
+            "inference_seconds": 2.25,
+        })
+    };
+    let r = f
+        .post(
+            "/v1/usage-events",
+            f.op(),
+            Body::Json(json!({ "events": [
+                event("evt-1", "fal-ai/flux/dev", "acme"),
+                event("evt-2", "fal-ai/no-such-model", "acme"),
+                event("evt-3", "fal-ai/flux/dev", "nobody"),
+            ] })),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let results = r.json["results"].as_array().expect("results").clone();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0]["event_id"], "evt-1");
+    assert_eq!(results[0]["duplicate"], false);
+    assert_eq!(results[0]["cost_estimate_nano_usd"], 25_000_000);
+    assert_eq!(results[1]["status_code"], 404);
+    assert_eq!(results[1]["error"]["type"], "not_found");
+    assert_eq!(results[2]["status_code"], 404);
+    let r = f
+        .post(
+            "/v1/usage-events",
+            f.op(),
+            Body::Json(json!({ "events": [event("evt-1", "fal-ai/flux/dev", "acme")] })),
+        )
+        .await;
+    assert_eq!(r.json["results"][0]["duplicate"], true);
+    assert_eq!(
+        r.json["results"][0]["cost_estimate_nano_usd"],
+        results[0]["cost_estimate_nano_usd"]
+    );
+    let mut bad = event("evt-4", "fal-ai/flux/dev", "acme");
+    bad["timestamp"] = json!("yesterday");
+    let r = f
+        .post(
+            "/v1/usage-events",
+            f.op(),
+            Body::Invalid(json!({ "events": [event("evt-5", "fal-ai/flux/dev", "acme"), bad] })),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json["error"]["index"], 1);
+    assert_eq!(r.json["error"]["field"], "timestamp");
+    let r = f.get("/v1/requests/evt-5", f.op()).await;
+    assert_eq!(r.status, 404, "nothing of a refused call was written");
+    let r = f.get("/v1/requests/evt-1", f.op()).await;
+    assert_eq!(
+        (r.status, r.json["billing"]["billed"].as_bool()),
+        (200, Some(true))
+    );
+    let mut missing = event("evt-6", "fal-ai/flux/dev", "acme");
+    missing.as_object_mut().expect("object").remove("username");
+    let r = f
+        .post(
+            "/v1/usage-events",
+            f.op(),
+            Body::Invalid(json!({ "events": [missing] })),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+
+    // --- account terms: discount, an account price, a concurrency limit of 1
+    let r = f
+        .put(
+            "/v1/admin/accounts/acme/pricing",
+            f.op(),
+            Body::Json(json!({
+                "percent_discount": "10",
+                "volume_tiers": [{ "from_usd": "100", "percent": "15" }],
+                "concurrency_limit": 1,
+                "lock_threshold_usd": "0",
+                "prices": { "fal-ai/flux/dev": { "unit": "megapixel", "unit_price": "0.02", "rounding": "up" } },
+            })),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["price_versions_created"], 1);
+    assert_eq!(r.json["account"]["concurrency_limit"], 1);
+    assert_eq!(r.json["account"]["concurrency_override"], 1);
+    assert_eq!(
+        r.json["account"]["discounts"],
+        json!({ "percent_discount": "10", "volume_tiers": [{ "from_usd": "100", "percent": "15" }] })
+    );
+    let r = f
+        .put(
+            "/v1/admin/accounts/acme/pricing",
+            f.op(),
+            Body::Unchecked(json!({ "prices": { "fal-ai/no-such-model": { "unit": "image", "unit_price": "1" } } })),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+    let r = f
+        .put(
+            "/v1/admin/accounts/acme/pricing",
+            f.op(),
+            Body::Invalid(json!({ "concurrency_limit": 0 })),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["error"]["field"].as_str()),
+        (400, Some("concurrency_limit"))
+    );
+    let r = f
+        .put(
+            "/v1/admin/accounts/nobody/pricing",
+            f.op(),
+            Body::Json(json!({ "percent_discount": "5" })),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+
+    // Concurrency: the second start is refused with 429 and stays IN_QUEUE.
+    let (a, b) = (uuid(), uuid());
+    assert_eq!(f.submit(&a, "fal-ai/flux/dev", &api).await.status, 201);
+    assert_eq!(f.submit(&b, "fal-ai/flux/dev", &api).await.status, 201);
+    assert_eq!(f.start(&a).await.status, 200);
+    let r = f.start(&b).await;
+    assert_eq!(
+        (r.status, r.error_type()),
+        (429, "concurrent_requests_limit")
+    );
+    assert_eq!(r.header("x-fal-needs-retry"), Some("1"));
+    assert_eq!(
+        (
+            r.json["error"]["limit"].as_u64(),
+            r.json["error"]["in_progress"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let r = f.get(&format!("/v1/requests/{b}"), f.op()).await;
+    assert_eq!(r.json["status"], "IN_QUEUE");
+    let r = f
+        .complete(
+            &a,
+            json!({ "status_code": 200, "output": full_hd(), "inference_seconds": "3.5" }),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["unit_price"], json!(0.02), "the account's price");
+    assert_eq!(r.json["percent_discount"], json!(10.0));
+    assert_eq!(r.json["cost_subtotal_nano_usd"], 40_000_000);
+    assert_eq!(r.json["cost_discount_nano_usd"], 4_000_000);
+    assert_eq!(r.json["cost_estimate_nano_usd"], 36_000_000);
+    assert_eq!(f.start(&b).await.status, 200, "the slot is free again");
+
+    // --- insufficient credits: 402
+    f.create_account("tiny").await;
+    let tiny = f.create_key("tiny", "API").await;
+    assert_eq!(f.purchase("tiny", "p-1", "0.05").await.status, 201);
+    let t1 = uuid();
+    assert_eq!(f.submit(&t1, "fal-ai/flux/dev", &tiny).await.status, 201);
+    let r = f.start(&t1).await;
+    assert_eq!((r.status, r.error_type()), (402, "insufficient_credits"));
+    assert_eq!(r.json["error"]["available_nano_usd"], 50_000_000);
+    assert_eq!(r.json["error"]["required_nano_usd"], 100_000_000);
+
+    // --- the catalog
+    let r = f
+        .put(
+            "/v1/admin/catalog",
+            f.op(),
+            Body::Raw(SAMPLE_CATALOG.to_string(), "application/toml"),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["endpoints"], 34);
+    assert_eq!(
+        r.json["price_versions_created"], 0,
+        "the same document again"
+    );
+    let broken = SAMPLE_CATALOG.replacen(
+        "price = { unit = \"megapixel\", unit_price = \"0.025\" }",
+        "price = { unit = \"megapixel\", unit_price = 0.025 }",
+        1,
+    );
+    assert_ne!(broken, SAMPLE_CATALOG);
+    let r = f
+        .put(
+            "/v1/admin/catalog",
+            f.op(),
+            Body::Raw(broken, "application/toml"),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (400, "validation_error"));
+    assert!(r.json["error"]["line"].as_u64().is_some_and(|l| l > 1));
+    assert!(r.json["error"]["field"]
+        .as_str()
+        .is_some_and(|f| f.ends_with("price.unit_price")));
+    let r = f
+        .put(
+            "/v1/admin/catalog",
+            f.op(),
+            Body::Raw("{}".into(), "application/json"),
+        )
+        .await;
+    assert_eq!(r.status, 415);
+    let r = f
+        .put(
+            "/v1/admin/catalog",
+            key(&admin),
+            Body::Raw(SAMPLE_CATALOG.to_string(), "application/toml"),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+
+    // --- the customer's billing
+    let r = f
+        .get("/v1/account/billing?expand=credits", key(&admin))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["username"], "acme");
+    assert_eq!(r.json["credits"]["currency"], "USD");
+    let r_admin = f.get("/v1/admin/accounts/acme", f.op()).await;
+    assert_eq!(
+        r.json["credits"]["current_balance_nano_usd"],
+        r_admin.json["balance_nano_usd"]
+    );
+    let r = f.get("/v1/account/billing", key(&admin)).await;
+    assert_eq!(r.json, json!({ "username": "acme" }));
+    let r = f.get("/v1/account/billing?expand=credits", key(&api)).await;
+    assert_eq!((r.status, r.error_type()), (403, "authorization_error"));
+    let r = f.get("/v1/account/billing?expand=credits", f.op()).await;
+    assert_eq!(r.status, 403, "an operator key is not a customer key");
+    let r = f.get("/v1/account/billing?expand=nope", key(&admin)).await;
+    assert_eq!(
+        (r.status, r.json["error"]["field"].as_str()),
+        (400, Some("expand"))
+    );
+    let r = f.get("/v1/account/billing?expand=credits", None).await;
+    assert_eq!(r.status, 401);
+
+    // --- reconciliation
+    let r = f.get("/v1/admin/reconciliation", f.op()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["clean"], true, "{}", r.json);
+    assert_eq!(r.json["revenue_nano_usd"], r.json["billed_nano_usd"]);
+
+    // --- an unknown path answers the error envelope
+    let resp =
+        f.s.client
+            .get(format!("{}/v1/no-such-thing", f.s.base))
+            .send()
+            .await
+            .expect("GET");
+    assert_eq!(resp.status().as_u16(), 404);
+    let body: Value = resp.json().await.expect("JSON");
+    let envelope = f.doc.component("ErrorResponse");
+    f.doc.validate(&envelope, &body).expect("error envelope");
+
+    // --- every operation was exercised with a success
+    let documented = operations_in_document(&f.doc.root);
+    for (m, p) in &documented {
+        let statuses = f
+            .seen
+            .get(&(m.clone(), p.clone()))
+            .unwrap_or_else(|| panic!("{m} {p} was never called"));
+        assert!(
+            statuses.iter().any(|s| (200..300).contains(s)),
+            "{m} {p}: no success seen ({statuses:?})"
+        );
+    }
+    let all: BTreeSet<u16> = f.seen.values().flatten().copied().collect();
+    for status in [200, 201, 400, 401, 402, 403, 404, 409, 415, 429] {
+        assert!(all.contains(&status), "status {status} was never exercised");
+    }
+}
