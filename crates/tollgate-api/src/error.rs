@@ -73,7 +73,16 @@ impl IntoResponse for ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::Invalid(msg) => ApiError::validation(msg),
+            EngineError::Invalid(input) => {
+                let mut e = ApiError::validation(input.message);
+                if let Some(f) = input.field {
+                    e = e.with("field", f);
+                }
+                if let Some(l) = input.line {
+                    e = e.with("line", l);
+                }
+                e
+            }
             other => {
                 tracing::error!(error = %other, "engine error");
                 ApiError::server("the operation could not be committed; it is safe to retry")
@@ -147,4 +156,41 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
                 .with("field", path)
         }
     })
+}
+
+/// Gives every error the same envelope, including those axum answers by itself (405 for a
+/// method a path does not have, 413 for an oversized body, 400 for an undecodable path).
+pub async fn envelope(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let kind = match status.as_u16() {
+        401 | 403 => "authorization_error",
+        404 => "not_found",
+        429 => "rate_limited",
+        500.. => "server_error",
+        _ => "validation_error",
+    };
+    let mut out = ApiError::new(status, kind, message).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }

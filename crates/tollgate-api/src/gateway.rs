@@ -82,6 +82,7 @@ pub async fn submit(
     let Outcome::Submitted { request, replayed } = outcome else {
         return Err(ApiError::server("unexpected outcome"));
     };
+    // A repeat gets the first answer (the request was queued), whatever happened since.
     let status = if replayed {
         StatusCode::OK
     } else {
@@ -89,7 +90,7 @@ pub async fn submit(
     };
     Ok((
         status,
-        Json(json!({ "request_id": request.id.as_str(), "status": request.status.as_str() })),
+        Json(json!({ "request_id": request.id.as_str(), "status": "IN_QUEUE" })),
     )
         .into_response())
 }

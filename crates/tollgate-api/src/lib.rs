@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/usage-events", post(gateway::usage_events))
         .route("/v1/account/billing", get(customer::billing))
         .fallback(|| async { error::ApiError::not_found("no such path; see GET /v1/openapi.json") })
+        .layer(axum::middleware::map_response(error::envelope))
         .layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state(state)
 }

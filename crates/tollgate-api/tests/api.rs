@@ -1397,3 +1397,43 @@ async fn a_burst_of_starts_cannot_overspend() {
     );
     app.assert_reconciled().await;
 }
+
+// 15 --------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_uses_the_envelope_and_names_where() {
+    let app = TestApp::spawn().await;
+    // Answers axum gives by itself get fal's envelope too.
+    let r = app.op(Method::DELETE, "/v1/admin/catalog", json!({})).await;
+    r.expect_error(405, "validation_error");
+    assert!(r.header("allow").is_some(), "405 keeps its Allow header");
+    let r = app.op_get("/v1/admin/accounts/%FF").await;
+    r.expect_error(400, "validation_error");
+
+    // A catalog whose price would be back-dated before the version in force is refused with
+    // the line and the field, and nothing of it is applied.
+    let backdated = r#"
+prices_read_on = "2026-09-15"
+effective_from = "2020-01-01T00:00:00Z"
+
+[[endpoint]]
+id = "fal-ai/flux/dev"
+name = "FLUX.1 [dev]"
+category = "text-to-image"
+price = { unit = "megapixel", unit_price = "0.5", rounding = "up" }
+"#;
+    let r = app.apply_catalog(backdated).await;
+    let err = r.expect_error(400, "validation_error");
+    assert_eq!(err["field"], "effective_from");
+    assert_eq!(err["line"], 5);
+    let c = app.customer("envelope", Some(("1.00", "paid"))).await;
+    let id = app.submit_ok(&c.key, FLUX_DEV).await;
+    app.start(&id, None).await.expect(200);
+    let done = app.complete(&id, ok_2mp()).await;
+    assert_eq!(int(&done.expect(200)["cost_estimate_nano_usd"]), FLUX_2MP);
+
+    // A repeated submit answers what the first did, whatever happened since.
+    let again = app.submit_id(&id, &c.key, FLUX_DEV).await;
+    assert_eq!(again.expect(200)["status"], "IN_QUEUE");
+    app.assert_reconciled().await;
+}

@@ -35,8 +35,30 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("the engine has stopped")]
     Stopped,
+    /// The command's input was refused; nothing was written.
+    #[error("{}", .0.message)]
+    Invalid(InvalidInput),
+    /// Something other than the store failed (a thread could not start, a task panicked).
     #[error("{0}")]
-    Invalid(String),
+    Internal(String),
+}
+
+/// Refused input, with where it was found when it came from a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidInput {
+    pub message: String,
+    pub field: Option<String>,
+    pub line: Option<usize>,
+}
+
+impl InvalidInput {
+    pub fn new(message: impl Into<String>) -> Self {
+        InvalidInput {
+            message: message.into(),
+            field: None,
+            line: None,
+        }
+    }
 }
 
 /// The source of `now`. Tests may substitute one they control.
@@ -143,7 +165,7 @@ impl Engine {
         std::thread::Builder::new()
             .name("tollgate-writer".into())
             .spawn(move || writer(store, rx, writer_shared))
-            .map_err(|e| EngineError::Invalid(format!("cannot start the writer: {e}")))?;
+            .map_err(|e| EngineError::Internal(format!("cannot start the writer: {e}")))?;
         Ok(Engine { jobs: tx, shared })
     }
 
@@ -216,7 +238,7 @@ impl Engine {
             Ok(out?)
         })
         .await
-        .map_err(|e| EngineError::Invalid(format!("query task failed: {e}")))?
+        .map_err(|e| EngineError::Internal(format!("query task failed: {e}")))?
     }
 }
 
@@ -345,6 +367,12 @@ fn load<'a>(
     Ok(state)
 }
 
+/// Aborts an admin command's db transaction, so nothing of refused input is applied; the
+/// reason travels beside it in an `InvalidInput`.
+fn refused() -> StoreError {
+    StoreError::Db("refused input".into())
+}
+
 fn run_admin(
     store: &mut dyn Store,
     shared: &Shared,
@@ -353,7 +381,7 @@ fn run_admin(
     let now = (shared.clock)();
     let mut reply = AdminReply::Done;
     let mut new_catalog: Option<Catalog> = None;
-    let mut invalid: Option<String> = None;
+    let mut invalid: Option<InvalidInput> = None;
     store
         .transaction(&mut |tx| {
             invalid = None;
@@ -375,8 +403,9 @@ fn run_admin(
                     let at = effective_from.unwrap_or(now);
                     for (endpoint, rule) in prices {
                         if !catalog.endpoints.contains_key(endpoint) {
-                            invalid = Some(format!("unknown endpoint {endpoint}"));
-                            return Ok(());
+                            invalid =
+                                Some(InvalidInput::new(format!("unknown endpoint {endpoint}")));
+                            return Err(refused());
                         }
                         tx.insert_price_version(endpoint, Some(username), at, rule, now)?;
                     }
@@ -385,7 +414,7 @@ fn run_admin(
                 AdminCmd::ApplyCatalog(doc) => {
                     let (endpoints, versions_created) = apply_catalog(tx, doc, now, &mut invalid)?;
                     if invalid.is_some() {
-                        return Ok(());
+                        return Err(refused());
                     }
                     reply = AdminReply::CatalogApplied {
                         endpoints,
@@ -396,7 +425,7 @@ fn run_admin(
             }
             match &invalid {
                 // Abort the db transaction: nothing is applied.
-                Some(msg) => Err(StoreError::Db(format!("invalid: {msg}"))),
+                Some(msg) => Err(StoreError::Db(format!("invalid: {}", msg.message))),
                 None => Ok(()),
             }
         })
@@ -417,7 +446,7 @@ fn apply_catalog(
     tx: &mut dyn Tx,
     doc: &CatalogDocument,
     now: Timestamp,
-    invalid: &mut Option<String>,
+    invalid: &mut Option<InvalidInput>,
 ) -> Result<(usize, usize), StoreError> {
     let current = tx.load_catalog()?;
     let at = doc.effective_from.unwrap_or(now);
@@ -434,11 +463,15 @@ fn apply_catalog(
                 continue;
             }
             if at < v.effective_from {
-                *invalid = Some(format!(
-                    "line {}, field `effective_from`: the price of {id} already has a version \
-                     effective from a later time; versions cannot be back-dated",
-                    entry.line
-                ));
+                *invalid = Some(InvalidInput {
+                    message: format!(
+                        "line {}, field `effective_from`: the price of {id} already has a \
+                         version effective from a later time; versions cannot be back-dated",
+                        entry.line
+                    ),
+                    field: Some("effective_from".into()),
+                    line: Some(entry.line),
+                });
                 return Ok((0, 0));
             }
         }
