@@ -127,7 +127,16 @@ pub struct AccountView {
     pub paid_lifetime_nano_usd: i64,
     pub concurrency_override: Option<u32>,
     pub discounts: Discounts,
+    /// What is left of each purchase, in spending order (earliest expiry first).
+    pub credits: Vec<CreditLotView>,
     pub created_at: String,
+}
+
+#[derive(Serialize)]
+pub struct CreditLotView {
+    pub purchase_id: String,
+    pub remaining_nano_usd: i64,
+    pub expires_at: Option<String>,
 }
 
 pub fn account_view(state: &AppState, row: &AccountRow) -> AccountView {
@@ -146,6 +155,15 @@ pub fn account_view(state: &AppState, row: &AccountRow) -> AccountView {
         paid_lifetime_nano_usd: s.paid_lifetime.0,
         concurrency_override: s.concurrency_override,
         discounts: s.discounts.clone(),
+        credits: s
+            .lots
+            .iter()
+            .map(|l| CreditLotView {
+                purchase_id: l.purchase_id.to_string(),
+                remaining_nano_usd: l.remaining.0,
+                expires_at: l.expires_at.map(rfc3339),
+            })
+            .collect(),
         created_at: rfc3339(row.created_at),
     }
 }
@@ -168,6 +186,8 @@ struct PurchaseBody {
     amount_usd: serde_json::Value,
     #[serde(default)]
     kind: Option<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
 }
 
 pub async fn purchase(
@@ -210,6 +230,16 @@ pub async fn purchase(
             .with("field", "kind"))
         }
     };
+    let expires_at = req
+        .expires_at
+        .as_deref()
+        .map(|s| parse_time("expires_at", s))
+        .transpose()?;
+    if expires_at.is_some_and(|e| e <= state.engine.now()) {
+        return Err(
+            ApiError::validation("expires_at must be in the future").with("field", "expires_at")
+        );
+    }
     let outcome = state
         .engine
         .execute(Op::Purchase {
@@ -217,6 +247,7 @@ pub async fn purchase(
             purchase_id,
             amount,
             paid,
+            expires_at,
         })
         .await??;
     let Outcome::Purchased {
@@ -236,6 +267,7 @@ pub async fn purchase(
             "concurrency_limit": p.concurrency_limit_after,
             "locked": p.locked_after,
             "created_at": rfc3339(p.created_at),
+            "expires_at": p.expires_at.map(rfc3339),
         })),
     )
         .into_response();
@@ -467,6 +499,8 @@ pub async fn reconciliation(
         "billed_nano_usd": r.billed_nanos.to_string(),
         "purchased_nano_usd": r.purchased_nanos.to_string(),
         "credited_nano_usd": r.credited_nanos.to_string(),
+        "expired_nano_usd": r.expired_nanos.to_string(),
+        "lot_mismatches": pairs(&r.lot_mismatches),
         "balance_mismatches": pairs(&r.balance_mismatches),
         "held_mismatches": pairs(&r.held_mismatches),
         "in_progress_mismatches": r.in_progress_mismatches.iter().map(|(a, s, t)| json!({"username": a.as_str(), "stored": s, "from_requests": t})).collect::<Vec<_>>(),

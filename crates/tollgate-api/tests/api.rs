@@ -1437,3 +1437,354 @@ price = { unit = "megapixel", unit_price = "0.5", rounding = "up" }
     assert_eq!(again.expect(200)["status"], "IN_QUEUE");
     app.assert_reconciled().await;
 }
+
+// 16 --------------------------------------------------------------------------------------------
+// Credit expiry: a purchase is a credit lot; lots are spent soonest expiry first and what is
+// left of a lot past its date is expired by the sweeper, never what an open hold reserves.
+
+/// An RFC 3339 time `ms` milliseconds from now (negative: in the past).
+fn in_ms(ms: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::milliseconds(ms))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// `POST /v1/admin/accounts/{u}/purchases`, with `expires_at` when given.
+async fn buy(
+    app: &TestApp,
+    username: &str,
+    purchase_id: &str,
+    amount: &str,
+    kind: &str,
+    expires_at: Option<&str>,
+) -> common::Resp {
+    let mut body = json!({ "purchase_id": purchase_id, "amount_usd": amount, "kind": kind });
+    if let Some(at) = expires_at {
+        body["expires_at"] = json!(at);
+    }
+    app.op(
+        Method::POST,
+        &format!("/v1/admin/accounts/{username}/purchases"),
+        body,
+    )
+    .await
+}
+
+/// The account's credit lots, in the order shown: (purchase id, remaining nano-USD).
+async fn lots(app: &TestApp, username: &str) -> Vec<(String, i64)> {
+    let a = app.account(username).await;
+    let credits = a["credits"].as_array().expect("credits is an array");
+    let lots: Vec<(String, i64)> = credits
+        .iter()
+        .map(|l| {
+            (
+                l["purchase_id"].as_str().expect("purchase_id").to_string(),
+                int(&l["remaining_nano_usd"]),
+            )
+        })
+        .collect();
+    // The lots hold exactly the (non-negative) balance.
+    let sum: i64 = lots.iter().map(|(_, r)| r).sum();
+    assert_eq!(sum, int(&a["balance_nano_usd"]).max(0), "{a}");
+    lots
+}
+
+/// Polls the account (up to ~5 s, the sweeper runs every 100 ms) until `done` holds; returns
+/// the last view.
+async fn poll_account(app: &TestApp, username: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut a = app.account(username).await;
+    for _ in 0..50 {
+        if done(&a) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a = app.account(username).await;
+    }
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unspent_credits_expire_at_their_date() {
+    let app = TestApp::spawn().await;
+    let c = app.customer("expiring", None).await;
+    // Another account, with credits that expire in a year: untouched.
+    app.customer("lasting", Some(("1.00", "paid"))).await;
+
+    let expires_at = in_ms(1500);
+    let p = buy(
+        &app,
+        "expiring",
+        "short-lived",
+        "2.00",
+        "paid",
+        Some(&expires_at),
+    )
+    .await;
+    let p = p.expect(201).clone();
+    assert_eq!(p["expires_at"], json!(expires_at));
+    assert_eq!(int(&p["balance_nano_usd"]), 2 * USD);
+    let a = app.account("expiring").await;
+    assert_eq!(
+        a["credits"],
+        json!([{ "purchase_id": "short-lived", "remaining_nano_usd": 2 * USD, "expires_at": expires_at }])
+    );
+
+    // Some of it is spent before the date.
+    let id = started(&app, &c.key, FLUX_DEV, FLUX_HOLD).await;
+    let done = app.complete(&id, ok_2mp()).await;
+    let left = 2 * USD - FLUX_2MP;
+    assert_eq!(int(&done.expect(200)["balance_nano_usd"]), left);
+    assert_eq!(
+        lots(&app, "expiring").await,
+        vec![("short-lived".into(), left)]
+    );
+
+    // After the date, the sweeper expires exactly the unspent rest.
+    let a = poll_account(&app, "expiring", |a| int(&a["balance_nano_usd"]) != left).await;
+    assert_eq!(int(&a["balance_nano_usd"]), 0, "{a}");
+    assert_eq!(int(&a["held_nano_usd"]), 0);
+    assert_eq!(a["credits"], json!([]));
+    assert_eq!(a["locked"], true, "no credits left: locked");
+    let rec = app.reconciliation().await;
+    assert_eq!(rec["expired_nano_usd"], left.to_string(), "{rec}");
+    assert_eq!(rec["lot_mismatches"], json!([]));
+    assert_eq!(rec["billed_nano_usd"], FLUX_2MP.to_string());
+    assert_eq!(rec["clean"], true);
+
+    // Later sweeps find nothing more to expire.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let rec = app.reconciliation().await;
+    assert_eq!(rec["expired_nano_usd"], left.to_string(), "{rec}");
+    assert_eq!(app.position("expiring").await, (0, 0, 0));
+    assert_eq!(app.position("lasting").await, (USD, 0, 0));
+    assert_eq!(
+        lots(&app, "lasting").await,
+        vec![("initial-lasting".into(), USD)]
+    );
+    app.assert_reconciled().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charges_spend_the_soonest_expiring_credits_first() {
+    let app = TestApp::spawn().await;
+    let c = app.customer("orderly", None).await;
+    let in_a_day = in_ms(86_400_000);
+    let in_two_days = in_ms(2 * 86_400_000);
+    for (pid, kind, expires_at) in [
+        ("never", "free", None),
+        ("in-a-year", "paid", None),
+        ("in-two-days", "paid", Some(in_two_days.as_str())),
+        ("in-a-day", "paid", Some(in_a_day.as_str())),
+    ] {
+        buy(&app, "orderly", pid, "1.00", kind, expires_at)
+            .await
+            .expect(201);
+    }
+    let m = 1_000_000i64;
+    let shown = |v: &[(&str, i64)]| -> Vec<(String, i64)> {
+        v.iter().map(|(p, r)| (p.to_string(), r * m)).collect()
+    };
+    // Spending order: soonest expiry first, credits that never expire last.
+    assert_eq!(
+        lots(&app, "orderly").await,
+        shown(&[
+            ("in-a-day", 1000),
+            ("in-two-days", 1000),
+            ("in-a-year", 1000),
+            ("never", 1000),
+        ])
+    );
+    let a = app.account("orderly").await;
+    assert_eq!(a["credits"][0]["expires_at"], json!(in_a_day));
+    assert_eq!(a["credits"][1]["expires_at"], json!(in_two_days));
+    assert_eq!(a["credits"][3]["expires_at"], Value::Null);
+
+    // A settled hold takes from the lot that expires first.
+    let id = started(&app, &c.key, FLUX_DEV, FLUX_HOLD).await;
+    app.complete(&id, ok_2mp()).await.expect(200);
+    assert_eq!(
+        lots(&app, "orderly").await,
+        shown(&[
+            ("in-a-day", 950),
+            ("in-two-days", 1000),
+            ("in-a-year", 1000),
+            ("never", 1000),
+        ])
+    );
+
+    // A usage event of 1.20 (3 x 16 MP) empties that lot and goes on to the next.
+    let big = |n: usize| json!({ "images": vec![json!({ "width": 4000, "height": 4000 }); n] });
+    let mut e = event(&new_id(), FLUX_DEV, "orderly", 200);
+    e["output"] = big(3);
+    let r = app.usage_events(json!([e])).await;
+    let r = r.expect(200);
+    assert_eq!(
+        int(&r["results"][0]["cost_estimate_nano_usd"]),
+        1200 * m,
+        "{r}"
+    );
+    assert_eq!(
+        lots(&app, "orderly").await,
+        shown(&[("in-two-days", 750), ("in-a-year", 1000), ("never", 1000)])
+    );
+
+    // 2.40 more: the rest of the dated lots, then the credits that never expire.
+    let mut e = event(&new_id(), FLUX_DEV, "orderly", 200);
+    e["output"] = big(6);
+    let r = app.usage_events(json!([e])).await;
+    assert_eq!(
+        int(&r.expect(200)["results"][0]["cost_estimate_nano_usd"]),
+        2400 * m
+    );
+    assert_eq!(lots(&app, "orderly").await, shown(&[("never", 350)]));
+    assert_eq!(app.position("orderly").await, (350 * m, 0, 0));
+    let rec = app.reconciliation().await;
+    assert_eq!(rec["expired_nano_usd"], "0");
+    app.assert_reconciled().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_is_honoured_across_the_expiry_of_its_credits() {
+    let app = TestApp::spawn().await;
+    let c = app.customer("honoured", None).await;
+    let expires_at = in_ms(1500);
+    buy(&app, "honoured", "brief", "1.00", "paid", Some(&expires_at))
+        .await
+        .expect(201);
+    let id = started(&app, &c.key, FLUX_DEV, FLUX_HOLD).await;
+
+    // Past the date, everything but the hold expires.
+    let a = poll_account(&app, "honoured", |a| int(&a["balance_nano_usd"]) != USD).await;
+    assert_eq!(int(&a["balance_nano_usd"]), FLUX_HOLD, "{a}");
+    assert_eq!(int(&a["held_nano_usd"]), FLUX_HOLD);
+    assert_eq!(int(&a["in_progress"]), 1);
+    assert_eq!(
+        a["credits"],
+        json!([{ "purchase_id": "brief", "remaining_nano_usd": FLUX_HOLD, "expires_at": expires_at }])
+    );
+    let rec = app.reconciliation().await;
+    assert_eq!(rec["expired_nano_usd"], (USD - FLUX_HOLD).to_string());
+    assert_eq!(rec["clean"], true, "{rec}");
+    // Later sweeps leave the held credits alone.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(app.position("honoured").await, (FLUX_HOLD, FLUX_HOLD, 1));
+    assert_eq!(app.status_of(&id).await, "IN_PROGRESS");
+
+    // The request completes after the date and is billed normally from the held credits.
+    let done = app.complete(&id, ok_2mp()).await;
+    let done = done.expect(200);
+    assert_eq!(done["status"], "COMPLETED");
+    assert_eq!(done["billed"], true);
+    assert_eq!(int(&done["cost_estimate_nano_usd"]), FLUX_2MP);
+    assert_eq!(int(&done["balance_nano_usd"]), FLUX_HOLD - FLUX_2MP);
+
+    // Then what is left of the lot expires at the next sweep.
+    let a = poll_account(&app, "honoured", |a| int(&a["balance_nano_usd"]) == 0).await;
+    assert_eq!(int(&a["balance_nano_usd"]), 0, "{a}");
+    assert_eq!(a["credits"], json!([]));
+    assert_eq!(app.position("honoured").await, (0, 0, 0));
+    let rec = app.reconciliation().await;
+    assert_eq!(rec["expired_nano_usd"], (USD - FLUX_2MP).to_string());
+    assert_eq!(rec["billed_nano_usd"], FLUX_2MP.to_string());
+    assert_eq!(rec["revenue_nano_usd"], FLUX_2MP.to_string());
+    assert_eq!(rec["lot_mismatches"], json!([]));
+    app.assert_reconciled().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purchase_expiry_is_validated_and_defaulted() {
+    let app = TestApp::spawn().await;
+    app.customer("dated", None).await;
+    let before = app.reconciliation().await;
+
+    // In the past (or now): refused, nothing written.
+    let r = buy(
+        &app,
+        "dated",
+        "stale",
+        "5.00",
+        "paid",
+        Some(&in_ms(-60_000)),
+    )
+    .await;
+    let err = r.expect_error(400, "validation_error");
+    assert_eq!(err["field"], "expires_at", "{}", r.text);
+    // Not a time: refused, naming the field.
+    let r = buy(&app, "dated", "stale", "5.00", "paid", Some("next tuesday")).await;
+    assert_eq!(
+        r.expect_error(400, "validation_error")["field"],
+        "expires_at"
+    );
+    let r = app
+        .op(
+            Method::POST,
+            "/v1/admin/accounts/dated/purchases",
+            json!({ "purchase_id": "stale", "amount_usd": "5.00", "expires_at": 1_900_000_000 }),
+        )
+        .await;
+    r.expect_error(400, "validation_error");
+    assert_eq!(app.position("dated").await, (0, 0, 0));
+    assert_eq!(lots(&app, "dated").await, vec![]);
+    assert_eq!(app.reconciliation().await, before);
+
+    // A paid purchase without a date expires a year (365 days) after it was made.
+    let r = buy(&app, "dated", "stale", "5.00", "paid", None).await;
+    let paid = r.expect(201).clone();
+    assert_eq!(
+        r.header("idempotent-replayed"),
+        None,
+        "the refused id was not used"
+    );
+    assert_eq!(
+        millis(&paid["expires_at"]),
+        millis(&paid["created_at"]) + 365 * 86_400_000
+    );
+    // A free one never expires, unless given a date.
+    let free = buy(&app, "dated", "gift", "1.00", "free", None).await;
+    let free = free.expect(201).clone();
+    assert_eq!(free["expires_at"], Value::Null);
+    let at = in_ms(7 * 86_400_000);
+    let coupon = buy(&app, "dated", "coupon", "1.00", "free", Some(&at)).await;
+    assert_eq!(coupon.expect(201)["expires_at"], json!(at));
+    let a = app.account("dated").await;
+    assert_eq!(
+        a["credits"],
+        json!([
+            { "purchase_id": "coupon", "remaining_nano_usd": USD, "expires_at": at },
+            { "purchase_id": "stale", "remaining_nano_usd": 5 * USD, "expires_at": paid["expires_at"] },
+            { "purchase_id": "gift", "remaining_nano_usd": USD, "expires_at": null },
+        ])
+    );
+
+    // Repeats: the same date (or none) is the same purchase; another date is a conflict.
+    let again = buy(&app, "dated", "coupon", "1.00", "free", Some(&at)).await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.expect(201)["expires_at"], json!(at));
+    let again = buy(&app, "dated", "coupon", "1.00", "free", None).await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.expect(201)["expires_at"], json!(at));
+    buy(
+        &app,
+        "dated",
+        "coupon",
+        "1.00",
+        "free",
+        Some(&in_ms(30 * 86_400_000)),
+    )
+    .await
+    .expect_error(409, "conflict");
+    let again = buy(
+        &app,
+        "dated",
+        "stale",
+        "5.00",
+        "paid",
+        Some(&in_ms(3_600_000)),
+    )
+    .await;
+    again.expect_error(409, "conflict");
+    assert_eq!(app.position("dated").await, (7 * USD, 0, 0));
+    let rec = app.reconciliation().await;
+    assert_eq!(rec["purchased_nano_usd"], (7 * USD).to_string());
+    assert_eq!(rec["expired_nano_usd"], "0");
+    app.assert_reconciled().await;
+}

@@ -17,6 +17,8 @@ pub enum LedgerAccount {
     Grants,
     /// Where charges go.
     Revenue,
+    /// Where credits go when they expire unspent.
+    Expired,
 }
 
 impl LedgerAccount {
@@ -26,6 +28,7 @@ impl LedgerAccount {
             LedgerAccount::Purchases => "system:purchases".into(),
             LedgerAccount::Grants => "system:grants".into(),
             LedgerAccount::Revenue => "system:revenue".into(),
+            LedgerAccount::Expired => "system:expired".into(),
         }
     }
 }
@@ -47,6 +50,8 @@ pub enum TransferKind {
     Expire,
     /// A charge without a hold (usage events reported after the fact).
     Charge,
+    /// Credits that reached their expiry date unspent.
+    CreditExpiry,
 }
 
 impl TransferKind {
@@ -59,6 +64,7 @@ impl TransferKind {
             TransferKind::Void => "void",
             TransferKind::Expire => "expire",
             TransferKind::Charge => "charge",
+            TransferKind::CreditExpiry => "credit_expiry",
         }
     }
     /// Whether the transfer moves posted money (as opposed to reserving or releasing it).
@@ -69,6 +75,7 @@ impl TransferKind {
                 | TransferKind::Grant
                 | TransferKind::Post
                 | TransferKind::Charge
+                | TransferKind::CreditExpiry
         )
     }
 }
@@ -227,6 +234,24 @@ impl CreditAccount {
             credit: LedgerAccount::Revenue,
             amount: held,
         })
+    }
+
+    /// Removes expiring credits, never below what open holds reserve: credits a running request
+    /// holds are honoured, and what is left of them expires once the hold is settled.
+    /// Returns the amount removed and its transfer (`None` when nothing can expire yet).
+    pub fn expire_credits(&mut self, due: Nanos) -> Result<Option<Transfer>, MoneyError> {
+        let free = self.balance.checked_sub(self.held)?.max(Nanos::ZERO);
+        let amount = due.min(free);
+        if amount <= Nanos::ZERO {
+            return Ok(None);
+        }
+        self.balance = self.balance.checked_sub(amount)?;
+        Ok(Some(Transfer {
+            kind: TransferKind::CreditExpiry,
+            debit: self.me(),
+            credit: LedgerAccount::Expired,
+            amount,
+        }))
     }
 
     /// Charges without a hold (usage reported after the fact: the work is done, so it is

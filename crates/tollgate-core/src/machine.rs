@@ -24,6 +24,10 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 
+/// Paid credits expire this long after purchase unless the purchase says otherwise (fal's
+/// rule: 365 days).
+pub const PAID_CREDITS_EXPIRE_MS: i64 = 365 * crate::time::MS_PER_DAY;
+
 /// Events may be reported late, but not from the future beyond this clock skew.
 pub const MAX_EVENT_SKEW_MS: i64 = 5 * 60 * 1000;
 
@@ -42,6 +46,31 @@ pub struct AccountState {
     /// The calendar month (UTC, `yyyymm`) that `month_subtotal` counts, for volume tiers.
     pub month: i32,
     pub month_subtotal: Nanos,
+    /// Credit lots with something left when loaded (a lot spent within the batch stays, at
+    /// zero, so that the store writes it), in spending order: earliest expiry first, lots that
+    /// never expire last, then by creation time and purchase id (a total order, so memory and
+    /// database agree). Invariant: their `remaining` sums to `max(balance, 0)`.
+    pub lots: Vec<Lot>,
+}
+
+/// What is left of one purchase.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lot {
+    pub purchase_id: PurchaseId,
+    pub remaining: Nanos,
+    pub expires_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+}
+
+impl Lot {
+    fn spend_order(&self) -> (bool, Option<Timestamp>, Timestamp, &PurchaseId) {
+        (
+            self.expires_at.is_none(),
+            self.expires_at,
+            self.created_at,
+            &self.purchase_id,
+        )
+    }
 }
 
 impl AccountState {
@@ -55,7 +84,29 @@ impl AccountState {
             discounts: Discounts::default(),
             month: 0,
             month_subtotal: Nanos::ZERO,
+            lots: Vec::new(),
         }
+    }
+
+    /// Spends `amount` from the lots, those that expire first first.
+    fn spend_lots(&mut self, mut amount: Nanos) {
+        for lot in &mut self.lots {
+            if amount <= Nanos::ZERO {
+                break;
+            }
+            let take = lot.remaining.min(amount);
+            lot.remaining = Nanos(lot.remaining.0 - take.0);
+            amount = Nanos(amount.0 - take.0);
+        }
+    }
+
+    /// Adds a lot for new credits; an overdrawn balance is repaid from it first.
+    fn add_lot(&mut self, lot: Lot, balance_before: Nanos) {
+        let debt = Nanos((-balance_before.0).max(0));
+        let remaining = Nanos((lot.remaining.0 - debt.0).max(0));
+        self.lots.push(Lot { remaining, ..lot });
+        self.lots
+            .sort_by(|a, b| a.spend_order().cmp(&b.spend_order()));
     }
 
     pub fn concurrency_limit(&self, catalog: &Catalog) -> u32 {
@@ -170,6 +221,8 @@ pub struct PurchaseRecord {
     pub amount: Nanos,
     pub paid: bool,
     pub created_at: Timestamp,
+    /// When what is left of these credits expires (`None`: never).
+    pub expires_at: Option<Timestamp>,
     pub balance_after: Nanos,
     pub concurrency_limit_after: u32,
     pub locked_after: bool,
@@ -219,6 +272,12 @@ pub enum Op {
         purchase_id: PurchaseId,
         amount: Nanos,
         paid: bool,
+        /// `None`: paid credits expire after [`PAID_CREDITS_EXPIRE_MS`], free ones never.
+        expires_at: Option<Timestamp>,
+    },
+    /// Expires an account's credits that are past their date (issued by the sweeper).
+    ExpireCredits {
+        account: AccountId,
     },
     UsageEvent(UsageEvent),
 }
@@ -249,13 +308,15 @@ impl Op {
             | Op::Cancel { request_id }
             | Op::Expire { request_id } => Some(request_id),
             Op::UsageEvent(e) => Some(&e.event_id),
-            Op::Purchase { .. } => None,
+            Op::Purchase { .. } | Op::ExpireCredits { .. } => None,
         }
     }
     /// The account this operation names directly (others are found through their request).
     pub fn account(&self) -> Option<&AccountId> {
         match self {
-            Op::Submit { account, .. } | Op::Purchase { account, .. } => Some(account),
+            Op::Submit { account, .. }
+            | Op::Purchase { account, .. }
+            | Op::ExpireCredits { account } => Some(account),
             Op::UsageEvent(e) => Some(&e.account),
             _ => None,
         }
@@ -289,6 +350,9 @@ pub enum Outcome {
     Purchased {
         purchase: PurchaseRecord,
         replayed: bool,
+    },
+    CreditsExpired {
+        amount: Nanos,
     },
 }
 
@@ -450,7 +514,9 @@ pub fn apply(
             purchase_id,
             amount,
             paid,
-        } => purchase(state, &cx, account, purchase_id, amount, paid),
+            expires_at,
+        } => purchase(state, &cx, account, purchase_id, amount, paid, expires_at),
+        Op::ExpireCredits { account } => expire_credits(state, &cx, account),
         Op::UsageEvent(e) => usage_event(state, &cx, e),
     }
 }
@@ -776,6 +842,7 @@ fn complete(
     )?;
     let transfers = if billed {
         next.month_subtotal = next.month_subtotal.checked_add(charge.subtotal_nanos)?;
+        next.spend_lots(charge.total_nanos);
         next.credit.settle(req.hold, charge.total_nanos)?.1
     } else {
         vec![next.credit.release(req.hold, TransferKind::Void)?]
@@ -891,6 +958,7 @@ fn release(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn purchase(
     state: &mut BatchState,
     cx: &Ctx,
@@ -898,12 +966,16 @@ fn purchase(
     purchase_id: PurchaseId,
     amount: Nanos,
     paid: bool,
+    expires_at: Option<Timestamp>,
 ) -> Result<Outcome, Rejection> {
     let key = (account.clone(), purchase_id.clone());
     if let Some(first) = state.purchases.get(&key) {
-        if first.amount != amount || first.paid != paid {
+        if first.amount != amount
+            || first.paid != paid
+            || expires_at.is_some_and(|e| first.expires_at != Some(e))
+        {
             return Err(Rejection::Conflict(format!(
-                "purchase_id {purchase_id} was already used with a different amount or kind"
+                "purchase_id {purchase_id} was already used with a different amount, kind or expiry"
             )));
         }
         return Ok(Outcome::Purchased {
@@ -914,21 +986,36 @@ fn purchase(
     if amount <= Nanos::ZERO {
         return Err(Rejection::Invalid("amount_usd must be positive".into()));
     }
+    if expires_at.is_some_and(|e| e <= cx.now) {
+        return Err(Rejection::Invalid(
+            "expires_at must be in the future".into(),
+        ));
+    }
+    let expires_at = expires_at.or(paid.then(|| cx.now.plus_ms(PAID_CREDITS_EXPIRE_MS)));
     let acct = state.account_mut(&account)?;
     let mut next = acct.clone();
+    let balance_before = next.credit.balance;
     let t = next.credit.add_credits(amount, paid)?;
-    next.paid_lifetime = next
-        .paid_lifetime
-        .checked_add(if paid { amount } else { Nanos::ZERO })?;
-    next.paid_28d = next
-        .paid_28d
-        .checked_add(if paid { amount } else { Nanos::ZERO })?;
+    next.add_lot(
+        Lot {
+            purchase_id: purchase_id.clone(),
+            remaining: amount,
+            expires_at,
+            created_at: cx.now,
+        },
+        balance_before,
+    );
+    if paid {
+        next.paid_lifetime = next.paid_lifetime.checked_add(amount)?;
+        next.paid_28d = next.paid_28d.checked_add(amount)?;
+    }
     let record = PurchaseRecord {
         account: account.clone(),
         purchase_id: purchase_id.clone(),
         amount,
         paid,
         created_at: cx.now,
+        expires_at,
         balance_after: next.credit.balance,
         concurrency_limit_after: next.concurrency_limit(cx.catalog),
         locked_after: next.credit.is_locked(),
@@ -947,6 +1034,44 @@ fn purchase(
         purchase: record,
         replayed: false,
     })
+}
+
+/// Expires what is left of the account's lots whose date has passed, lot by lot, never
+/// below what open holds reserve.
+fn expire_credits(
+    state: &mut BatchState,
+    cx: &Ctx,
+    account: AccountId,
+) -> Result<Outcome, Rejection> {
+    let acct = state.account_mut(&account)?;
+    let mut next = acct.clone();
+    let mut expired = Nanos::ZERO;
+    let mut transfers = Vec::new();
+    for i in 0..next.lots.len() {
+        let lot = &next.lots[i];
+        if lot.remaining <= Nanos::ZERO || lot.expires_at.is_none_or(|e| e > cx.now) {
+            continue;
+        }
+        let (due, purchase_id) = (lot.remaining, lot.purchase_id.clone());
+        if let Some(t) = next.credit.expire_credits(due)? {
+            next.lots[i].remaining = next.lots[i].remaining.checked_sub(t.amount)?;
+            expired = expired.checked_add(t.amount)?;
+            transfers.push((t, purchase_id));
+        }
+    }
+    if expired > Nanos::ZERO {
+        *acct = next;
+        state.dirty_accounts.insert(account);
+        for (t, purchase_id) in transfers {
+            state.transfers.push(TransferRecord {
+                transfer: t,
+                request_id: None,
+                purchase_id: Some(purchase_id),
+                at: cx.now,
+            });
+        }
+    }
+    Ok(Outcome::CreditsExpired { amount: expired })
 }
 
 fn usage_event(state: &mut BatchState, cx: &Ctx, e: UsageEvent) -> Result<Outcome, Rejection> {
@@ -1006,6 +1131,7 @@ fn usage_event(state: &mut BatchState, cx: &Ctx, e: UsageEvent) -> Result<Outcom
     let mut transfer = None;
     if billed {
         next.month_subtotal = next.month_subtotal.checked_add(charge.subtotal_nanos)?;
+        next.spend_lots(charge.total_nanos);
         transfer = Some(next.credit.charge(charge.total_nanos)?);
     }
     let completion = Completion {

@@ -4,8 +4,8 @@
 //! Sequences run over a few accounts and small pools of request, event and purchase ids, so that
 //! duplicates, conflicts and out-of-order calls (complete before start, start after cancel, ...)
 //! happen often; `now` only moves forward, sometimes far enough for holds to time out and for
-//! the calendar month to change. After every operation the whole state is checked against the
-//! ledger's invariants.
+//! the calendar month to change, and for credit lots bought with a short expiry to expire. After
+//! every operation the whole state is checked against the ledger's invariants.
 
 use proptest::prelude::*;
 use rust_decimal::Decimal;
@@ -14,8 +14,8 @@ use tollgate_core::catalog::{Catalog, EndpointDef, EndpointStatus, PriceVersion}
 use tollgate_core::ids::{AccountId, EndpointId, MachineType, PurchaseId, RequestId};
 use tollgate_core::ledger::{CreditAccount, LedgerAccount, TransferKind};
 use tollgate_core::machine::{
-    apply, AccountState, BatchState, LineItem, Op, Outcome, PurchaseRecord, Rejection,
-    RequestRecord, RequestStatus, Source, UsageEvent,
+    apply, AccountState, BatchState, LineItem, Lot, Op, Outcome, PurchaseRecord, Rejection,
+    RequestRecord, RequestStatus, Source, UsageEvent, PAID_CREDITS_EXPIRE_MS,
 };
 use tollgate_core::policy::FourXxPolicy;
 use tollgate_core::price::{Dims, Output, PriceRule, Rounding, Unit};
@@ -200,6 +200,11 @@ enum Step {
         pid: usize,
         amount: usize,
         paid: bool,
+        /// An explicit expiry this many ms after `now` (0: now, which is refused).
+        expires_in_ms: Option<i64>,
+    },
+    ExpireCredits {
+        account: usize,
     },
     Event {
         id: usize,
@@ -267,6 +272,16 @@ fn num_gpus() -> impl Strategy<Value = Option<u32>> {
     prop_oneof![6 => Just(None), 3 => (1u32..=4).prop_map(Some), 1 => Just(Some(0u32))]
 }
 
+/// Mostly the default expiry, often one a few seconds away (so that lots expire within a
+/// sequence), now and then `now` itself (refused).
+fn expires_in_ms() -> impl Strategy<Value = Option<i64>> {
+    prop_oneof![
+        5 => Just(None),
+        4 => (1i64..20_000).prop_map(Some),
+        1 => Just(Some(0i64)),
+    ]
+}
+
 fn step() -> impl Strategy<Value = Step> {
     let req = 0..REQUEST_IDS.len();
     prop_oneof![
@@ -282,8 +297,21 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (req.clone(), usage()).prop_map(|(req, usage)| Step::Complete { req, usage }),
         1 => req.clone().prop_map(|req| Step::Cancel { req }),
         1 => req.prop_map(|req| Step::Expire { req }),
-        4 => (account_ix(), 0..PURCHASE_IDS.len(), 0..AMOUNTS.len(), prop::bool::weighted(0.8))
-            .prop_map(|(account, pid, amount, paid)| Step::Purchase { account, pid, amount, paid }),
+        4 => (
+            account_ix(),
+            0..PURCHASE_IDS.len(),
+            0..AMOUNTS.len(),
+            prop::bool::weighted(0.8),
+            expires_in_ms(),
+        )
+            .prop_map(|(account, pid, amount, paid, expires_in_ms)| Step::Purchase {
+                account,
+                pid,
+                amount,
+                paid,
+                expires_in_ms,
+            }),
+        2 => account_ix().prop_map(|account| Step::ExpireCredits { account }),
         2 => (
             0..EVENT_IDS.len(),
             account_ix(),
@@ -370,11 +398,16 @@ fn to_op(step: &Step, now: Timestamp) -> Op {
             pid,
             amount,
             paid,
+            expires_in_ms,
         } => Op::Purchase {
             account: account_id(*account),
             purchase_id: PurchaseId::parse(PURCHASE_IDS[*pid]).unwrap(),
             amount: Nanos(AMOUNTS[*amount]),
             paid: *paid,
+            expires_at: expires_in_ms.map(|ms| now.plus_ms(ms)),
+        },
+        Step::ExpireCredits { account } => Op::ExpireCredits {
+            account: account_id(*account),
         },
         Step::Event {
             id,
@@ -437,11 +470,85 @@ fn is_replay(o: &Outcome) -> bool {
         | Outcome::Cancelled { replayed }
         | Outcome::Purchased { replayed, .. } => *replayed,
         Outcome::Expired { expired } => !*expired,
+        Outcome::CreditsExpired { amount } => *amount == Nanos::ZERO,
     }
 }
 
 fn customer(a: &AccountId) -> LedgerAccount {
     LedgerAccount::Customer(a.clone())
+}
+
+/// A lot's place in the spending order: earliest expiry first, lots that never expire last,
+/// then the older first, then by purchase id.
+fn spend_key(l: &Lot) -> (bool, Option<Timestamp>, Timestamp, PurchaseId) {
+    (
+        l.expires_at.is_none(),
+        l.expires_at,
+        l.created_at,
+        l.purchase_id.clone(),
+    )
+}
+
+fn lot_sum(a: &AccountState) -> i64 {
+    a.lots.iter().map(|l| l.remaining.0).sum()
+}
+
+/// Pairs each lot of `b` (before) with the same purchase's lot in `a` (after) and checks that
+/// only `remaining` changed and never went up. Returns (lot after, amount taken from it).
+fn lot_cuts<'a>(
+    b: &AccountState,
+    a: &'a AccountState,
+) -> Result<Vec<(&'a Lot, i64)>, TestCaseError> {
+    prop_assert_eq!(a.lots.len(), b.lots.len(), "a lot was added or dropped");
+    let mut cuts = Vec::new();
+    for lb in &b.lots {
+        let la = a.lots.iter().find(|l| l.purchase_id == lb.purchase_id);
+        prop_assert!(la.is_some(), "lot {} disappeared", lb.purchase_id);
+        let la = la.unwrap();
+        prop_assert_eq!(
+            &Lot {
+                remaining: lb.remaining,
+                ..la.clone()
+            },
+            lb,
+            "only what is left of a lot may change"
+        );
+        let cut = lb.remaining.0 - la.remaining.0;
+        prop_assert!(cut >= 0, "lot {} went up by {}", lb.purchase_id, -cut);
+        cuts.push((la, cut));
+    }
+    Ok(cuts)
+}
+
+/// A charge of `cost` took `min(cost, what the lots held)` from the lots, in spending order:
+/// no lot that comes earlier in the order has anything left while a later one was cut.
+fn check_spending(b: &AccountState, a: &AccountState, cost: Nanos) -> Result<(), TestCaseError> {
+    let cuts = lot_cuts(b, a)?;
+    let taken: i64 = cuts.iter().map(|(_, c)| c).sum();
+    prop_assert_eq!(
+        taken,
+        cost.0.min(lot_sum(b)),
+        "a charge of {} took {} from the lots",
+        cost,
+        taken
+    );
+    for (cut_lot, cut) in &cuts {
+        if *cut == 0 {
+            continue;
+        }
+        for (other, _) in &cuts {
+            if spend_key(other) < spend_key(cut_lot) {
+                prop_assert_eq!(
+                    other.remaining,
+                    Nanos::ZERO,
+                    "lot {} was spent while {}, which expires earlier, still has credits",
+                    cut_lot.purchase_id,
+                    other.purchase_id
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks the state after `op` was applied at `now` with `result`, given the state before.
@@ -467,6 +574,17 @@ fn check_step(
     }
 
     check_ledger(catalog, s)?;
+
+    // Only ExpireCredits expires credits.
+    if !matches!(op, Op::ExpireCredits { .. }) {
+        prop_assert!(
+            new_transfers
+                .iter()
+                .all(|t| t.transfer.kind != TransferKind::CreditExpiry),
+            "{:?} expired credits",
+            op
+        );
+    }
 
     // Finished requests never change again.
     for (id, r) in &before.requests {
@@ -509,6 +627,7 @@ fn check_step(
             let b = &before.accounts[&r.account];
             prop_assert_eq!(a.credit.held, Nanos(b.credit.held.0 + hold.0));
             prop_assert_eq!(a.credit.balance, b.credit.balance);
+            prop_assert_eq!(&a.lots, &b.lots, "a hold spends no lot");
             prop_assert_eq!(new_transfers.len(), 1);
             let t = &new_transfers[0].transfer;
             prop_assert_eq!(t.kind, TransferKind::Hold);
@@ -562,6 +681,7 @@ fn check_step(
                 prop_assert_eq!(new_items.len(), 1);
                 prop_assert_eq!(&new_items[0].request_id, request_id);
                 prop_assert_eq!(new_items[0].charge.total_nanos, cost);
+                check_spending(b, a, cost)?;
             } else {
                 prop_assert_eq!(cost, Nanos::ZERO);
                 prop_assert_eq!(new_transfers.len(), 1);
@@ -569,6 +689,7 @@ fn check_step(
                 prop_assert_eq!(new_transfers[0].transfer.amount, hold);
                 prop_assert_eq!(a.credit.balance, b.credit.balance);
                 prop_assert!(new_items.is_empty());
+                prop_assert_eq!(&a.lots, &b.lots);
             }
         }
         (Op::Cancel { request_id } | Op::Expire { request_id }, o)
@@ -583,6 +704,7 @@ fn check_step(
             let b = &before.accounts[&r.account];
             prop_assert!(new_items.is_empty());
             prop_assert_eq!(a.credit.balance, b.credit.balance);
+            prop_assert_eq!(&a.lots, &b.lots, "releasing a hold spends no lot");
             if matches!(o, Outcome::Expired { .. }) {
                 prop_assert_eq!(prev.status, RequestStatus::InProgress);
                 prop_assert_eq!(r.status, RequestStatus::Expired);
@@ -607,7 +729,11 @@ fn check_step(
         }
         (
             Op::Purchase {
-                account, amount, ..
+                account,
+                purchase_id,
+                amount,
+                paid,
+                expires_at,
             },
             Outcome::Purchased {
                 purchase,
@@ -622,6 +748,113 @@ fn check_step(
             prop_assert_eq!(new_transfers.len(), 1);
             prop_assert_eq!(&new_transfers[0].transfer.credit, &customer(account));
             prop_assert_eq!(new_transfers[0].transfer.amount, *amount);
+            // An explicit expiry is in the future; without one, paid credits expire after a
+            // year and free credits never.
+            prop_assert!(expires_at.is_none_or(|e| e > now), "accepted a past expiry");
+            let expiry = expires_at.or(paid.then(|| now.plus_ms(PAID_CREDITS_EXPIRE_MS)));
+            prop_assert_eq!(purchase.expires_at, expiry);
+            // The new lot repays any debt first; the other lots are untouched.
+            let debt = (-b.credit.balance.0).max(0);
+            let lot = Lot {
+                purchase_id: purchase_id.clone(),
+                remaining: Nanos((amount.0 - debt).max(0)),
+                expires_at: expiry,
+                created_at: now,
+            };
+            prop_assert_eq!(a.lots.len(), b.lots.len() + 1);
+            prop_assert!(a.lots.contains(&lot), "{:?} not in {:?}", lot, a.lots);
+            for l in &b.lots {
+                prop_assert!(a.lots.contains(l), "a purchase changed lot {:?}", l);
+            }
+        }
+        (
+            Op::Purchase {
+                account,
+                purchase_id,
+                amount,
+                paid,
+                expires_at,
+            },
+            Outcome::Purchased {
+                purchase,
+                replayed: true,
+            },
+        ) => {
+            // A repeat is the same purchase: same amount, kind and (when given) expiry.
+            let first = before
+                .purchases
+                .get(&(account.clone(), purchase_id.clone()));
+            prop_assert_eq!(Some(purchase), first);
+            prop_assert_eq!(purchase.amount, *amount);
+            prop_assert_eq!(purchase.paid, *paid);
+            prop_assert!(
+                expires_at.is_none_or(|e| purchase.expires_at == Some(e)),
+                "replayed {:?} for a purchase with expiry {:?}",
+                purchase,
+                expires_at
+            );
+        }
+        (Op::ExpireCredits { account }, Outcome::CreditsExpired { amount }) => {
+            let a = &s.accounts[account];
+            let b = &before.accounts[account];
+            prop_assert!(amount.0 >= 0);
+            prop_assert_eq!(a.credit.held, b.credit.held);
+            prop_assert_eq!(a.credit.balance, Nanos(b.credit.balance.0 - amount.0));
+            prop_assert!(new_items.is_empty());
+            // Never into what open holds reserve.
+            prop_assert!(
+                amount.0 <= b.credit.available().0.max(0),
+                "expired {} with only {} not held",
+                amount,
+                b.credit.available()
+            );
+            if amount.0 > 0 {
+                prop_assert!(a.credit.available() >= Nanos::ZERO);
+            }
+            // Lot by lot, only lots past their date, each with its own transfer.
+            let cuts = lot_cuts(b, a)?;
+            let mut total = 0;
+            for (lot, cut) in &cuts {
+                total += cut;
+                let ts: Vec<_> = new_transfers
+                    .iter()
+                    .filter(|t| t.purchase_id.as_ref() == Some(&lot.purchase_id))
+                    .collect();
+                if *cut == 0 {
+                    prop_assert!(ts.is_empty());
+                    continue;
+                }
+                prop_assert!(
+                    lot.expires_at.is_some_and(|e| e <= now),
+                    "lot {} expired before its date {:?} (now {:?})",
+                    lot.purchase_id,
+                    lot.expires_at,
+                    now
+                );
+                prop_assert_eq!(ts.len(), 1);
+                let t = &ts[0].transfer;
+                prop_assert_eq!(t.kind, TransferKind::CreditExpiry);
+                prop_assert_eq!(&t.debit, &customer(account));
+                prop_assert_eq!(&t.credit, &LedgerAccount::Expired);
+                prop_assert_eq!(t.amount.0, *cut);
+            }
+            prop_assert_eq!(total, amount.0);
+            let transferred: i64 = new_transfers.iter().map(|t| t.transfer.amount.0).sum();
+            prop_assert_eq!(transferred, amount.0);
+            // And it did its job: what is due is gone, unless open holds reserve all that is
+            // left.
+            let due_left: i64 = a
+                .lots
+                .iter()
+                .filter(|l| l.expires_at.is_some_and(|e| e <= now))
+                .map(|l| l.remaining.0)
+                .sum();
+            prop_assert!(
+                due_left == 0 || a.credit.available() <= Nanos::ZERO,
+                "{} due credits left with {} available",
+                due_left,
+                a.credit.available()
+            );
         }
         (
             Op::UsageEvent(e),
@@ -643,6 +876,9 @@ fn check_step(
             if completion.billed {
                 prop_assert_eq!(new_transfers[0].transfer.kind, TransferKind::Charge);
                 prop_assert_eq!(new_transfers[0].transfer.amount, cost);
+                check_spending(b, a, cost)?;
+            } else {
+                prop_assert_eq!(&a.lots, &b.lots);
             }
         }
         (
@@ -682,7 +918,9 @@ fn check_ledger(catalog: &Catalog, s: &BatchState) -> Result<(), TestCaseError> 
                 TransferKind::Purchase | TransferKind::Grant if t.credit == me => {
                     from_transfers += t.amount.0
                 }
-                TransferKind::Post | TransferKind::Charge if t.debit == me => {
+                TransferKind::Post | TransferKind::Charge | TransferKind::CreditExpiry
+                    if t.debit == me =>
+                {
                     from_transfers -= t.amount.0
                 }
                 _ => {}
@@ -704,6 +942,43 @@ fn check_ledger(catalog: &Catalog, s: &BatchState) -> Result<(), TestCaseError> 
         prop_assert_eq!(a.in_progress as usize, open.len(), "{}: in_progress", id);
         prop_assert!(a.credit.held >= Nanos::ZERO);
         prop_assert!(a.in_progress <= a.concurrency_limit(catalog));
+
+        // The lots hold exactly the credits: what is left of them sums to the balance, or to
+        // zero while the account is overdrawn.
+        prop_assert_eq!(
+            lot_sum(a),
+            a.credit.balance.0.max(0),
+            "{}: lots {:?} != max(balance {}, 0)",
+            id,
+            a.lots,
+            a.credit.balance
+        );
+        prop_assert!(
+            a.lots
+                .windows(2)
+                .all(|w| spend_key(&w[0]) <= spend_key(&w[1])),
+            "{}: lots out of spending order: {:?}",
+            id,
+            a.lots
+        );
+        let mut pids = BTreeSet::new();
+        for l in &a.lots {
+            prop_assert!(
+                pids.insert(&l.purchase_id),
+                "two lots for {}",
+                l.purchase_id
+            );
+            prop_assert!(l.remaining >= Nanos::ZERO);
+            let p = s.purchases.get(&(id.clone(), l.purchase_id.clone()));
+            prop_assert!(p.is_some(), "lot {} without a purchase", l.purchase_id);
+            let p = p.unwrap();
+            prop_assert!(l.remaining <= p.amount);
+            prop_assert_eq!(l.expires_at, p.expires_at);
+            prop_assert_eq!(l.created_at, p.created_at);
+            if !p.paid && l.expires_at.is_some() {
+                prop_assert!(l.expires_at > Some(l.created_at));
+            }
+        }
     }
     // Line items: one per billed request, each equal to the posted charges of its request, and
     // together equal to all posted charges.
@@ -763,6 +1038,15 @@ fn run_checked(
     catalog: &Catalog,
     steps: &[Timed],
 ) -> Result<(BatchState, Vec<Result<Outcome, Rejection>>), TestCaseError> {
+    run_observed(catalog, steps, |_, _, _, _, _| {})
+}
+
+/// [`run_checked`], showing each step to `observe` (state before, state after, op, now, answer).
+fn run_observed(
+    catalog: &Catalog,
+    steps: &[Timed],
+    mut observe: impl FnMut(&Snapshot, &BatchState, &Op, Timestamp, &Result<Outcome, Rejection>),
+) -> Result<(BatchState, Vec<Result<Outcome, Rejection>>), TestCaseError> {
     let mut s = fresh_state();
     let mut now = Timestamp(T0);
     let mut answers = Vec::new();
@@ -772,6 +1056,7 @@ fn run_checked(
         let before = snapshot(&s);
         let result = apply(&mut s, catalog, now, op.clone());
         check_step(catalog, &before, &s, &op, now, &result)?;
+        observe(&before, &s, &op, now, &result);
         answers.push(result);
     }
     Ok((s, answers))
@@ -891,6 +1176,7 @@ fn cost_of(
             purchase_id: PurchaseId::parse("fund").unwrap(),
             amount: Nanos(1_000 * 1_000_000_000),
             paid: true,
+            expires_at: None,
         },
     ));
     ok(apply(
@@ -1012,6 +1298,7 @@ fn a_hold_settles_with_post_plus_void_equal_to_the_hold() {
             pid: 0,
             amount: 1,
             paid: true,
+            expires_in_ms: None,
         },
         Step::Submit {
             req: 0,
@@ -1073,6 +1360,7 @@ fn a_due_hold_expires_once_and_a_late_complete_is_refused() {
                 pid: 0,
                 amount: 2,
                 paid: true,
+                expires_in_ms: None,
             },
         ),
         step(
@@ -1133,6 +1421,155 @@ fn a_due_hold_expires_once_and_a_late_complete_is_refused() {
     assert!(s.line_items.is_empty());
 }
 
+/// Credits bought with an expiry expire at their date, never before, and never into what an
+/// open hold reserves: the held part is billed when the request completes, and what is left
+/// expires at the next ExpireCredits.
+#[test]
+fn credits_expire_at_their_date_but_a_hold_is_honoured() {
+    let catalog = catalog();
+    let step = |dt_ms, step| Timed { dt_ms, step };
+    let timed = vec![
+        // 0.50 USD expiring in 10 s.
+        step(
+            0,
+            Step::Purchase {
+                account: 0,
+                pid: 0,
+                amount: 1,
+                paid: true,
+                expires_in_ms: Some(10_000),
+            },
+        ),
+        step(
+            0,
+            Step::Submit {
+                req: 0,
+                account: 0,
+                endpoint: 0,
+            },
+        ),
+        // Holds 4 MP = 0.10.
+        step(
+            0,
+            Step::Start {
+                req: 0,
+                num_gpus: None,
+                hold_units: None,
+            },
+        ),
+        step(9_999, Step::ExpireCredits { account: 0 }),
+        step(1, Step::ExpireCredits { account: 0 }),
+        step(0, Step::ExpireCredits { account: 0 }),
+        // 1 MP = 0.025 billed from the held credits.
+        step(
+            1_000,
+            Step::Complete {
+                req: 0,
+                usage: Usage {
+                    status: 200,
+                    images: vec![(1000, 1000)],
+                    video_cs: None,
+                    billable_units: None,
+                    inference_ms: Some(1000),
+                },
+            },
+        ),
+        step(0, Step::ExpireCredits { account: 0 }),
+        step(0, Step::ExpireCredits { account: 0 }),
+    ];
+    let (s, answers) = run_checked(&catalog, &timed).unwrap();
+    let expired = |n: i64| Ok(Outcome::CreditsExpired { amount: Nanos(n) });
+    assert_eq!(answers[3], expired(0), "not yet due");
+    assert_eq!(answers[4], expired(400_000_000), "all but the hold");
+    assert_eq!(answers[5], expired(0));
+    match &answers[6] {
+        Ok(Outcome::Completed { completion, .. }) => {
+            assert!(completion.billed);
+            assert_eq!(completion.charge.total_nanos, Nanos(25_000_000));
+            assert_eq!(completion.balance_after, Nanos(75_000_000));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        answers[7],
+        expired(75_000_000),
+        "the rest, once the hold settled"
+    );
+    assert_eq!(answers[8], expired(0));
+    let a = &s.accounts[&account_id(0)];
+    assert_eq!(a.credit.balance, Nanos::ZERO);
+    assert_eq!(a.credit.held, Nanos::ZERO);
+    assert_eq!(lot_sum(a), 0);
+    let expiries: Vec<i64> = s
+        .transfers
+        .iter()
+        .filter(|t| t.transfer.kind == TransferKind::CreditExpiry)
+        .map(|t| t.transfer.amount.0)
+        .collect();
+    assert_eq!(expiries, vec![400_000_000, 75_000_000]);
+}
+
+/// Charges take the credits that expire soonest first, and credits that never expire last.
+#[test]
+fn charges_spend_the_soonest_expiring_credits_first() {
+    let catalog = catalog();
+    let event = |id, mp: u64| Step::Event {
+        id,
+        account: 0,
+        endpoint: 0,
+        back_ms: 0,
+        usage: Usage {
+            status: 200,
+            images: vec![(1000, 1000 * mp)],
+            video_cs: None,
+            billable_units: None,
+            inference_ms: None,
+        },
+        num_gpus: None,
+    };
+    let purchase = |pid, amount, paid, expires_in_ms| Step::Purchase {
+        account: 0,
+        pid,
+        amount,
+        paid,
+        expires_in_ms,
+    };
+    let timed: Vec<Timed> = vec![
+        // p0: 0.50 free, never expires; p1: 0.50 paid, a year; p2: 0.05 paid, in 60 s.
+        purchase(0, 1, false, None),
+        purchase(1, 1, true, None),
+        purchase(2, 0, true, Some(60_000)),
+        // 0.025 + 0.10 + 0.50: p2 first, then p1, then p0.
+        event(0, 1),
+        event(1, 4),
+        event(2, 20),
+    ]
+    .into_iter()
+    .map(|step| Timed { dt_ms: 1000, step })
+    .collect();
+    let mut lots_after = Vec::new();
+    run_observed(&catalog, &timed, |_, s, _, _, _| {
+        let left = |pid: &str| {
+            s.accounts[&account_id(0)]
+                .lots
+                .iter()
+                .find(|l| l.purchase_id.as_str() == pid)
+                .map(|l| l.remaining.0)
+        };
+        lots_after.push([left("p0"), left("p1"), left("p2")]);
+    })
+    .unwrap();
+    let m = 1_000_000i64;
+    assert_eq!(
+        lots_after[3..],
+        [
+            [Some(500 * m), Some(500 * m), Some(25 * m)],
+            [Some(500 * m), Some(425 * m), Some(0)],
+            [Some(425 * m), Some(0), Some(0)],
+        ]
+    );
+}
+
 /// The generator reaches every path the properties are about (otherwise they could pass
 /// vacuously): a fixed-seed sample of sequences must hit each of these outcomes.
 #[test]
@@ -1147,10 +1584,68 @@ fn generated_sequences_reach_every_path() {
             .new_tree(&mut runner)
             .unwrap()
             .current();
-        let (_, answers) = run_checked(&catalog, &steps).unwrap();
-        for (t, a) in steps.iter().zip(&answers) {
-            let op = to_op(&t.step, Timestamp(T0));
-            seen.insert(match (&op, a) {
+        run_observed(&catalog, &steps, |before, s, op, now, a| {
+            // Paths of the credit lots.
+            match (op, a) {
+                (Op::ExpireCredits { account }, Ok(_)) => {
+                    let acct = &s.accounts[account];
+                    if acct.credit.held > Nanos::ZERO
+                        && acct.lots.iter().any(|l| {
+                            l.remaining > Nanos::ZERO && l.expires_at.is_some_and(|e| e <= now)
+                        })
+                    {
+                        seen.insert("credit expiry held back by a hold");
+                    }
+                }
+                (
+                    Op::Purchase {
+                        expires_at: Some(_),
+                        ..
+                    },
+                    Ok(Outcome::Purchased {
+                        replayed: false, ..
+                    }),
+                ) => {
+                    seen.insert("purchased with an expiry");
+                }
+                _ => {}
+            }
+            if let Ok(Outcome::Purchased {
+                purchase,
+                replayed: false,
+            }) = a
+            {
+                if purchase.balance_after.0 - purchase.amount.0 < 0 {
+                    seen.insert("purchase repaid a debt");
+                }
+            }
+            if let Ok(Outcome::Completed {
+                request,
+                completion,
+                replayed: false,
+            }) = a
+            {
+                if completion.billed {
+                    let (b, acct) = (
+                        &before.accounts[&request.account],
+                        &s.accounts[&request.account],
+                    );
+                    let open: BTreeSet<_> = b
+                        .lots
+                        .iter()
+                        .filter(|l| l.remaining > Nanos::ZERO)
+                        .map(|l| l.expires_at)
+                        .collect();
+                    if open.len() >= 2 {
+                        seen.insert("charge with lots of different expiries");
+                    }
+                    let cut = b.lots.iter().filter(|l| !acct.lots.contains(l)).count();
+                    if cut >= 2 {
+                        seen.insert("charge spanning lots");
+                    }
+                }
+            }
+            seen.insert(match (op, a) {
                 (_, Ok(o)) if is_replay(o) => match o {
                     Outcome::Submitted { .. } => "submit replayed",
                     Outcome::Started { .. } => "start replayed",
@@ -1158,6 +1653,7 @@ fn generated_sequences_reach_every_path() {
                     Outcome::Cancelled { .. } => "cancel replayed",
                     Outcome::Expired { .. } => "expire no-op",
                     Outcome::Purchased { .. } => "purchase replayed",
+                    Outcome::CreditsExpired { .. } => "credit expiry no-op",
                 },
                 (Op::UsageEvent(_), Ok(Outcome::Completed { completion, .. })) => {
                     if completion.billed {
@@ -1190,6 +1686,7 @@ fn generated_sequences_reach_every_path() {
                 (_, Ok(Outcome::Cancelled { .. })) => "cancelled",
                 (_, Ok(Outcome::Expired { .. })) => "expired",
                 (_, Ok(Outcome::Purchased { .. })) => "purchased",
+                (_, Ok(Outcome::CreditsExpired { .. })) => "credits expired",
                 (_, Err(Rejection::AccountLocked { .. })) => "locked",
                 (_, Err(Rejection::ConcurrencyLimit { .. })) => "concurrency limit",
                 (_, Err(Rejection::InsufficientCredits { .. })) => "insufficient credits",
@@ -1203,7 +1700,8 @@ fn generated_sequences_reach_every_path() {
                 (_, Err(Rejection::Invalid(_))) => "invalid",
                 (_, Err(e)) => panic!("unexpected rejection {e}"),
             });
-        }
+        })
+        .unwrap();
     }
     let all = [
         "submit replayed",
@@ -1212,6 +1710,7 @@ fn generated_sequences_reach_every_path() {
         "cancel replayed",
         "expire no-op",
         "purchase replayed",
+        "credit expiry no-op",
         "event billed",
         "event free",
         "complete free",
@@ -1222,6 +1721,12 @@ fn generated_sequences_reach_every_path() {
         "cancelled",
         "expired",
         "purchased",
+        "purchased with an expiry",
+        "purchase repaid a debt",
+        "credits expired",
+        "credit expiry held back by a hold",
+        "charge with lots of different expiries",
+        "charge spanning lots",
         "locked",
         "concurrency limit",
         "insufficient credits",

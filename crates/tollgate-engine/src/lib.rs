@@ -9,7 +9,7 @@
 //! Architecture invariant: every write to the database goes through the writer thread. Reads
 //! go through [`Engine::read`] on separate connections and never wait for a batch.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
@@ -134,8 +134,14 @@ impl Job {
     }
 }
 
+/// How long a key read from the database is trusted before it is read again. Within one
+/// process, inserting or revoking a key updates the cache at once; the bound matters only
+/// when several processes share a database.
+pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct Shared {
     catalog: RwLock<Arc<Catalog>>,
+    keys: Mutex<HashMap<ApiKeyId, (ApiKeyRecord, std::time::Instant)>>,
     readers: Mutex<Vec<Box<dyn Reader>>>,
     open_reader: ReaderFactory,
     clock: Clock,
@@ -158,6 +164,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             catalog: RwLock::new(catalog),
             readers: Mutex::new(vec![first]),
+            keys: Mutex::new(HashMap::new()),
             open_reader,
             clock,
         });
@@ -197,7 +204,8 @@ impl Engine {
         rx.await.map_err(|_| EngineError::Stopped)?
     }
 
-    /// Voids every hold that has expired by now. Returns how many requests expired.
+    /// Voids every hold that has expired by now, and expires credits past their date. Returns
+    /// how many requests expired.
     pub async fn sweep_expired(&self) -> Result<usize, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.jobs
@@ -218,6 +226,26 @@ impl Engine {
             .await
             .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// The key with this id, from a short-lived cache in front of the database (API keys are
+    /// checked on every call).
+    pub async fn api_key(&self, key_id: &ApiKeyId) -> Result<Option<ApiKeyRecord>, EngineError> {
+        if let Some((record, at)) = self.shared.keys.lock().expect("key cache").get(key_id) {
+            if at.elapsed() < KEY_CACHE_TTL {
+                return Ok(Some(record.clone()));
+            }
+        }
+        let id = key_id.clone();
+        let found = self.read(move |r| r.api_key(&id)).await?;
+        if let Some(record) = &found {
+            let mut cache = self.shared.keys.lock().expect("key cache");
+            if cache.len() > 100_000 {
+                cache.clear();
+            }
+            cache.insert(key_id.clone(), (record.clone(), std::time::Instant::now()));
+        }
+        Ok(found)
     }
 
     /// Runs a query on a pooled read connection, off the async runtime.
@@ -298,11 +326,19 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) {
         for job in &jobs {
             ops_per_job.push(match job {
                 Job::Ops { ops, .. } => ops.clone(),
-                Job::Sweep { .. } => tx
-                    .due_expiries(now, SWEEP_LIMIT)?
-                    .into_iter()
-                    .map(|request_id| Op::Expire { request_id })
-                    .collect(),
+                Job::Sweep { .. } => {
+                    let holds = tx.due_expiries(now, SWEEP_LIMIT)?;
+                    let credits = tx.due_credit_expiries(now, SWEEP_LIMIT)?;
+                    holds
+                        .into_iter()
+                        .map(|request_id| Op::Expire { request_id })
+                        .chain(
+                            credits
+                                .into_iter()
+                                .map(|account| Op::ExpireCredits { account }),
+                        )
+                        .collect()
+                }
                 Job::Admin { .. } => unreachable!("admin jobs run alone"),
             });
         }
@@ -435,6 +471,11 @@ fn run_admin(
         })?;
     if let Some(c) = new_catalog {
         *shared.catalog.write().expect("catalog lock") = Arc::new(c);
+    }
+    if let AdminCmd::InsertKey(ApiKeyRecord { key_id, .. }) | AdminCmd::RevokeKey { key_id, .. } =
+        &cmd
+    {
+        shared.keys.lock().expect("key cache").remove(key_id);
     }
     Ok(reply)
 }

@@ -2,7 +2,9 @@
 //!
 //! Operations go one at a time (`execute`), in ordered groups (`execute_many`: one batch, one
 //! `now`), and in concurrent groups with duplicates (several `execute` / `execute_many` calls in
-//! flight at once). Whatever the interleaving, the ledger must reconcile. When nothing is
+//! flight at once). Purchases often carry an expiry a few seconds away, so that credits expire
+//! (by `ExpireCredits` and by the sweeper) within a run. Whatever the interleaving, the ledger
+//! must reconcile, credit lots included. When nothing is
 //! concurrent the order is known, and the engine must then agree exactly, answer by answer and
 //! row by row, with a pure replay of the same operations through
 //! `tollgate_core::machine::apply` on an in-memory state.
@@ -142,6 +144,11 @@ enum Step {
         pid: usize,
         amount: usize,
         paid: bool,
+        /// An explicit expiry this many ms after `now` (0: now, which is refused).
+        expires_in_ms: Option<i64>,
+    },
+    ExpireCredits {
+        account: usize,
     },
     Event {
         id: usize,
@@ -216,6 +223,15 @@ fn num_gpus() -> impl Strategy<Value = Option<u32>> {
     prop_oneof![6 => Just(None), 3 => (1u32..=4).prop_map(Some), 1 => Just(Some(0u32))]
 }
 
+/// Mostly the default expiry, often one a few seconds away, now and then `now` (refused).
+fn expires_in_ms() -> impl Strategy<Value = Option<i64>> {
+    prop_oneof![
+        5 => Just(None),
+        4 => (1i64..20_000).prop_map(Some),
+        1 => Just(Some(0i64)),
+    ]
+}
+
 fn step() -> impl Strategy<Value = Step> {
     let req = 0..REQUEST_IDS.len();
     prop_oneof![
@@ -231,8 +247,21 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (req.clone(), usage()).prop_map(|(req, usage)| Step::Complete { req, usage }),
         1 => req.clone().prop_map(|req| Step::Cancel { req }),
         1 => req.prop_map(|req| Step::Expire { req }),
-        4 => (account_ix(), 0..PURCHASE_IDS.len(), 0..AMOUNTS.len(), prop::bool::weighted(0.8))
-            .prop_map(|(account, pid, amount, paid)| Step::Purchase { account, pid, amount, paid }),
+        4 => (
+            account_ix(),
+            0..PURCHASE_IDS.len(),
+            0..AMOUNTS.len(),
+            prop::bool::weighted(0.8),
+            expires_in_ms(),
+        )
+            .prop_map(|(account, pid, amount, paid, expires_in_ms)| Step::Purchase {
+                account,
+                pid,
+                amount,
+                paid,
+                expires_in_ms,
+            }),
+        2 => account_ix().prop_map(|account| Step::ExpireCredits { account }),
         2 => (
             0..EVENT_IDS.len(),
             account_ix(),
@@ -340,11 +369,16 @@ fn to_op(step: &Step, now: Timestamp) -> Op {
             pid,
             amount,
             paid,
+            expires_in_ms,
         } => Op::Purchase {
             account: account_id(*account),
             purchase_id: PurchaseId::parse(PURCHASE_IDS[*pid]).unwrap(),
             amount: Nanos(AMOUNTS[*amount]),
             paid: *paid,
+            expires_at: expires_in_ms.map(|ms| now.plus_ms(ms)),
+        },
+        Step::ExpireCredits { account } => Op::ExpireCredits {
+            account: account_id(*account),
         },
         Step::Event {
             id,
@@ -508,8 +542,42 @@ fn assert_clean(rec: &Reconciliation) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// Expires every due hold, the way the sweeper does, in the pure mirror. Returns how many.
+/// Whether the account has credits left in a lot past its date.
+fn has_due_credits(a: &AccountState, now: Timestamp) -> bool {
+    a.lots
+        .iter()
+        .any(|l| l.remaining > Nanos::ZERO && l.expires_at.is_some_and(|e| e <= now))
+}
+
+/// The account as the store returns it: lots spent to zero are not loaded.
+fn as_stored(a: &AccountState) -> AccountState {
+    let mut a = a.clone();
+    a.lots.retain(|l| l.remaining > Nanos::ZERO);
+    a
+}
+
+/// Expires every due hold, then the credits past their date, the way the sweeper does, in the
+/// pure mirror. Returns how many requests expired.
 fn mirror_sweep(s: &mut BatchState, catalog: &Catalog, now: Timestamp) -> usize {
+    let expired = mirror_expire_holds(s, catalog, now);
+    let mut due: Vec<AccountId> = s
+        .accounts
+        .iter()
+        .filter(|(_, a)| has_due_credits(a, now))
+        .map(|(id, _)| id.clone())
+        .collect();
+    due.sort();
+    for account in due {
+        let answer = apply(s, catalog, now, Op::ExpireCredits { account });
+        assert!(
+            matches!(answer, Ok(Outcome::CreditsExpired { .. })),
+            "{answer:?}"
+        );
+    }
+    expired
+}
+
+fn mirror_expire_holds(s: &mut BatchState, catalog: &Catalog, now: Timestamp) -> usize {
     let mut due: Vec<(Timestamp, RequestId)> = s
         .requests
         .values()
@@ -536,30 +604,44 @@ fn mirror_sweep(s: &mut BatchState, catalog: &Catalog, now: Timestamp) -> usize 
         .count()
 }
 
-/// Every hold left open expires an hour later; after that nothing is held or in progress and
-/// the ledger still reconciles.
+/// Every hold left open expires an hour later, and so do the credits due by then: the sweep
+/// that frees the holds also expires all of them. After that nothing is held or in progress,
+/// nothing due is left, and the ledger still reconciles.
 async fn sweep_everything(h: &Harness) -> Result<(), TestCaseError> {
+    let later = h.now().plus_ms(3_600_000);
     let mut open = 0;
+    let mut before = Vec::new();
     for i in 0..REAL_ACCOUNTS {
-        open += h.account(i).await?.in_progress as usize;
+        let a = h.account(i).await?;
+        open += a.in_progress as usize;
+        let due: i64 = a
+            .lots
+            .iter()
+            .filter(|l| l.expires_at.is_some_and(|e| e <= later))
+            .map(|l| l.remaining.0)
+            .sum();
+        before.push((a.credit.balance, due));
     }
-    let balances_before: Vec<Nanos> = {
-        let mut v = Vec::new();
-        for i in 0..REAL_ACCOUNTS {
-            v.push(h.account(i).await?.credit.balance);
-        }
-        v
-    };
+    let expired_before = h.reconcile().await?.expired_nanos;
     h.advance(3_600_000);
     prop_assert_eq!(h.engine.sweep_expired().await.map_err(fail)?, open);
     prop_assert_eq!(h.engine.sweep_expired().await.map_err(fail)?, 0);
-    for (i, balance) in balances_before.into_iter().enumerate() {
+    let mut expired = 0;
+    for (i, (balance, due)) in before.into_iter().enumerate() {
         let a = h.account(i).await?;
         prop_assert_eq!(a.credit.held, Nanos::ZERO);
         prop_assert_eq!(a.in_progress, 0);
-        prop_assert_eq!(a.credit.balance, balance, "expiry never charges");
+        prop_assert_eq!(
+            a.credit.balance,
+            Nanos(balance.0 - due),
+            "releasing holds never charges; only the credits due expire"
+        );
+        prop_assert!(!has_due_credits(&a, later), "{:?}", a.lots);
+        expired += i128::from(due);
     }
-    assert_clean(&h.reconcile().await?)
+    let rec = h.reconcile().await?;
+    prop_assert_eq!(rec.expired_nanos, expired_before + expired);
+    assert_clean(&rec)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -600,7 +682,7 @@ async fn run_ordered(groups: Vec<Group>) -> Result<(), TestCaseError> {
         let stored = h.account(i).await?;
         prop_assert_eq!(
             &stored,
-            &mirror.accounts[&account_id(i)],
+            &as_stored(&mirror.accounts[&account_id(i)]),
             "account {}",
             name
         );
@@ -635,6 +717,7 @@ async fn run_ordered(groups: Vec<Group>) -> Result<(), TestCaseError> {
         rec.credited_nanos,
         sum(&[TransferKind::Purchase, TransferKind::Grant])
     );
+    prop_assert_eq!(rec.expired_nanos, sum(&[TransferKind::CreditExpiry]));
     sweep_everything(&h).await
 }
 
@@ -653,6 +736,8 @@ struct Answers {
     holds: HashMap<RequestId, Nanos>,
     replayed_holds: Vec<(RequestId, Nanos)>,
     finals: HashMap<RequestId, RequestStatus>,
+    /// Credits that ExpireCredits answers said expired (the sweeper expires more, silently).
+    expired_by_answers: i128,
 }
 
 impl Answers {
@@ -710,6 +795,12 @@ impl Answers {
                     .finals
                     .insert(rid.expect("named"), RequestStatus::Expired);
                 prop_assert!(first.is_none());
+            }
+            Outcome::CreditsExpired { amount } => {
+                let expiring = matches!(op, Op::ExpireCredits { .. });
+                prop_assert!(expiring, "{:?} answered CreditsExpired", op);
+                prop_assert!(*amount >= Nanos::ZERO);
+                self.expired_by_answers += i128::from(amount.0);
             }
             _ => {}
         }
@@ -800,7 +891,7 @@ async fn run_any(groups: Vec<Group>) -> Result<(), TestCaseError> {
         prop_assert_eq!(Some(hold), answers.holds.get(id), "repeat start of {}", id);
     }
     // Each account's balance is what the answers add up to: every purchase credited once,
-    // every billed completion charged once.
+    // every billed completion charged once, less the credits that expired.
     let mut expected: BTreeMap<AccountId, i64> = BTreeMap::new();
     for p in answers.purchases.values() {
         *expected.entry(p.account.clone()).or_default() += p.amount.0;
@@ -828,13 +919,19 @@ async fn run_any(groups: Vec<Group>) -> Result<(), TestCaseError> {
             prop_assert_eq!(*hold, r.hold, "hold of {}", id);
         }
     }
+    let mut expired = 0i128;
     for (i, name) in ACCOUNTS.iter().enumerate().take(REAL_ACCOUNTS) {
         let a = h.account(i).await?;
         let want = expected.get(&account_id(i)).copied().unwrap_or(0);
-        prop_assert_eq!(a.credit.balance.0, want, "balance of {}", name);
+        let gone = want - a.credit.balance.0;
+        prop_assert!(gone >= 0, "balance of {} above what it was paid", name);
+        expired += i128::from(gone);
         prop_assert!(a.credit.held >= Nanos::ZERO);
         prop_assert!(a.in_progress <= a.concurrency_limit(&h.catalog()));
     }
+    let rec = h.reconcile().await?;
+    prop_assert_eq!(rec.expired_nanos, expired, "all that is missing expired");
+    prop_assert!(rec.expired_nanos >= answers.expired_by_answers);
     sweep_everything(&h).await
 }
 
@@ -876,6 +973,7 @@ fn the_sweeper_expires_a_timed_out_hold_once() {
             purchase_id: PurchaseId::parse("p").unwrap(),
             amount: Nanos(1_000_000_000),
             paid: true,
+            expires_at: None,
         })
         .await;
         assert!(bought.is_ok(), "{bought:?}");
@@ -950,4 +1048,160 @@ fn the_sweeper_expires_a_timed_out_hold_once() {
         assert_eq!(rec.revenue_nanos, 0);
         assert_eq!(rec.credited_nanos, 1_000_000_000);
     });
+}
+
+/// The sweeper expires credits past their date, but never the part an open hold reserves:
+/// the request is billed from it, and what is left expires at the next sweep.
+#[test]
+fn the_sweeper_expires_credits_past_their_date_but_honours_holds() {
+    runtime().block_on(async {
+        let h = Harness::new().await.unwrap();
+        let alice = account_id(0);
+        let rid = RequestId::parse("held-across-expiry").unwrap();
+        let run = |op: Op| {
+            let engine = h.engine.clone();
+            async move { engine.execute(op).await.unwrap() }
+        };
+        let t0 = h.now();
+        let bought = run(Op::Purchase {
+            account: alice.clone(),
+            purchase_id: PurchaseId::parse("short").unwrap(),
+            amount: Nanos(1_000_000_000),
+            paid: true,
+            expires_at: Some(t0.plus_ms(10_000)),
+        })
+        .await;
+        match &bought {
+            Ok(Outcome::Purchased { purchase, .. }) => {
+                assert_eq!(purchase.expires_at, Some(t0.plus_ms(10_000)))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(run(Op::Submit {
+            request_id: rid.clone(),
+            account: alice.clone(),
+            api_key: None,
+            endpoint: EndpointId::parse("test/megapixel").unwrap(),
+        })
+        .await
+        .is_ok());
+        // 4 MP at 0.025: 0.10 held.
+        let started = run(Op::Start {
+            request_id: rid.clone(),
+            machine_type: None,
+            num_gpus: None,
+            hold_units: None,
+        })
+        .await;
+        assert!(
+            matches!(
+                started,
+                Ok(Outcome::Started {
+                    hold: Nanos(100_000_000),
+                    ..
+                })
+            ),
+            "{started:?}"
+        );
+
+        // Not yet due.
+        h.advance(9_999);
+        assert_eq!(h.engine.sweep_expired().await.unwrap(), 0);
+        assert_eq!(
+            h.account(0).await.unwrap().credit.balance,
+            Nanos(1_000_000_000)
+        );
+
+        // Due: all but the hold expires.
+        h.advance(1);
+        assert_eq!(h.engine.sweep_expired().await.unwrap(), 0);
+        let a = h.account(0).await.unwrap();
+        assert_eq!(a.credit.balance, Nanos(100_000_000));
+        assert_eq!(a.credit.held, Nanos(100_000_000));
+        assert_eq!(a.lots.len(), 1);
+        assert_eq!(a.lots[0].remaining, Nanos(100_000_000));
+        let rec = h.reconcile().await.unwrap();
+        assert!(rec.is_clean(), "{rec:#?}");
+        assert_eq!(rec.expired_nanos, 900_000_000);
+
+        // The request completes after the date and is billed normally: 1 MP.
+        let done = run(Op::Complete {
+            request_id: rid.clone(),
+            status_code: 200,
+            output: Output {
+                images: vec![Dims {
+                    width: 1000,
+                    height: 1000,
+                }],
+                ..Output::default()
+            },
+            billable_units: None,
+            inference_seconds: None,
+        })
+        .await;
+        match &done {
+            Ok(Outcome::Completed { completion, .. }) => {
+                assert!(completion.billed);
+                assert_eq!(completion.charge.total_nanos, Nanos(25_000_000));
+                assert_eq!(completion.balance_after, Nanos(75_000_000));
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // The next sweep expires the rest.
+        assert_eq!(h.engine.sweep_expired().await.unwrap(), 0);
+        let a = h.account(0).await.unwrap();
+        assert_eq!(a.credit.balance, Nanos::ZERO);
+        assert_eq!(a.credit.held, Nanos::ZERO);
+        assert!(a.lots.is_empty(), "{:?}", a.lots);
+        let rec = h.reconcile().await.unwrap();
+        assert!(rec.is_clean(), "{rec:#?}");
+        assert_eq!(rec.expired_nanos, 975_000_000);
+        assert_eq!(rec.revenue_nanos, 25_000_000);
+        // Nothing more to expire.
+        assert_eq!(h.engine.sweep_expired().await.unwrap(), 0);
+        assert_eq!(h.reconcile().await.unwrap().expired_nanos, 975_000_000);
+    });
+}
+
+/// Lots with the same expiry bought in the same batch (same creation time) are spent in one
+/// fixed order, whether the state comes from memory or from the database.
+#[test]
+fn lots_bought_together_are_spent_in_one_order() {
+    let purchase = |pid| Step::Purchase {
+        account: 0,
+        pid,
+        amount: 1,
+        paid: true,
+        expires_in_ms: None,
+    };
+    let event = |id| Step::Event {
+        id,
+        account: 0,
+        endpoint: 0,
+        back_ms: 0,
+        usage: Usage {
+            status: 200,
+            images: vec![(1000, 1000)],
+            video_cs: None,
+            billable_units: None,
+            inference_ms: None,
+        },
+        num_gpus: None,
+    };
+    let groups = vec![
+        Group {
+            dt_ms: 0,
+            send: Delivery::Many(vec![purchase(3), purchase(1)]),
+        },
+        Group {
+            dt_ms: 1000,
+            send: Delivery::One(event(0)),
+        },
+        Group {
+            dt_ms: 1000,
+            send: Delivery::Many(vec![purchase(2), purchase(0), event(1)]),
+        },
+    ];
+    runtime().block_on(run_ordered(groups)).unwrap();
 }

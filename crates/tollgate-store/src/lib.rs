@@ -125,6 +125,9 @@ pub struct Reconciliation {
     pub held_mismatches: Vec<(AccountId, Nanos, Nanos)>,
     /// Accounts whose in-progress count differs from their requests in progress.
     pub in_progress_mismatches: Vec<(AccountId, u32, u32)>,
+    /// Accounts whose credit lots do not add up to their (non-negative) balance, with
+    /// (balance, sum of lots).
+    pub lot_mismatches: Vec<(AccountId, Nanos, Nanos)>,
     /// Line items whose total differs from the posted charges of their request.
     pub line_item_mismatches: Vec<RequestId>,
     /// Posted to revenue (post and charge transfers).
@@ -135,6 +138,8 @@ pub struct Reconciliation {
     pub purchased_nanos: i128,
     /// Credited by purchase and grant transfers.
     pub credited_nanos: i128,
+    /// Credits expired unspent.
+    pub expired_nanos: i128,
 }
 
 impl Reconciliation {
@@ -142,6 +147,7 @@ impl Reconciliation {
         self.balance_mismatches.is_empty()
             && self.held_mismatches.is_empty()
             && self.in_progress_mismatches.is_empty()
+            && self.lot_mismatches.is_empty()
             && self.line_item_mismatches.is_empty()
             && self.revenue_nanos == self.billed_nanos
             && self.purchased_nanos == self.credited_nanos
@@ -175,6 +181,8 @@ pub trait Tx {
     fn persist(&mut self, state: &BatchState) -> Result<()>;
     /// In-progress requests whose hold expired at `now`, oldest first.
     fn due_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<RequestId>>;
+    /// Accounts with credits left in a lot whose expiry date has passed at `now`.
+    fn due_credit_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<AccountId>>;
 
     fn create_account(
         &mut self,

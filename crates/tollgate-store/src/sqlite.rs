@@ -17,7 +17,7 @@ use tollgate_core::concurrency::{ConcurrencyTable, TIER_WINDOW_MS};
 use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, MachineType, PurchaseId, RequestId};
 use tollgate_core::ledger::CreditAccount;
 use tollgate_core::machine::{
-    AccountState, BatchState, PurchaseRecord, RequestRecord, RequestStatus, Source,
+    AccountState, BatchState, Lot, PurchaseRecord, RequestRecord, RequestStatus, Source,
 };
 use tollgate_core::price::{MachinePrices, PriceRule};
 use tollgate_core::{Nanos, Timestamp};
@@ -33,6 +33,78 @@ pub const SETTING_PRICES_READ_ON: &str = "prices_read_on";
 pub struct SqliteStore {
     path: PathBuf,
     conn: Connection,
+    cache: AccountCache,
+    _checkpointer: Checkpointer,
+}
+
+/// The writer's copy of the account rows it has read or written. The store is the only writer
+/// of its file, so what it committed is what is there; `PRAGMA data_version` changes when any
+/// other connection commits, and then the cache is dropped. A batch that fails drops it too.
+#[derive(Default)]
+struct AccountCache {
+    accounts: HashMap<AccountId, CachedAccount>,
+    data_version: i64,
+}
+
+#[derive(Clone)]
+struct CachedAccount {
+    /// `paid_28d` is recomputed from `recent_paid` for each batch's `now`.
+    state: AccountState,
+    /// Paid purchases that may still be in the 28-day window: (created_at, amount).
+    recent_paid: Vec<(Timestamp, Nanos)>,
+}
+
+impl CachedAccount {
+    fn state_at(&mut self, now: Timestamp) -> AccountState {
+        let since = now.minus_ms(TIER_WINDOW_MS);
+        self.recent_paid.retain(|(at, _)| *at > since);
+        let mut state = self.state.clone();
+        state.paid_28d = Nanos(self.recent_paid.iter().map(|(_, n)| n.0).sum());
+        state
+    }
+}
+
+/// Copies the WAL back into the database file from a thread of its own, so the writer's
+/// commits never pay for it (the writer's automatic checkpoints are off).
+struct Checkpointer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How often the checkpointer runs.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Checkpointer> {
+        let conn = open_conn(path)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("tollgate-checkpoint".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(CHECKPOINT_EVERY);
+                    // PASSIVE never blocks the writer or readers; SQLite restarts the WAL from
+                    // its beginning once everything in it has been copied back.
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            })
+            .map_err(|e| StoreError::Db(format!("cannot start the checkpointer: {e}")))?;
+        Ok(Checkpointer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn open_conn(path: &Path) -> Result<Connection> {
@@ -42,6 +114,10 @@ fn open_conn(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.set_prepared_statement_cache_capacity(64);
+    // Keep the working set of the B-trees in memory (64 MiB per connection; the writer gets
+    // more below) and read through the OS page cache without copies.
+    conn.pragma_update(None, "cache_size", -65_536)?;
+    conn.pragma_update(None, "mmap_size", 1_i64 << 30)?;
     Ok(conn)
 }
 
@@ -51,7 +127,15 @@ impl SqliteStore {
         let path = path.as_ref().to_path_buf();
         let mut conn = open_conn(&path)?;
         migrate(&mut conn)?;
-        Ok(SqliteStore { path, conn })
+        conn.pragma_update(None, "cache_size", -262_144)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let _checkpointer = Checkpointer::start(&path)?;
+        Ok(SqliteStore {
+            path,
+            conn,
+            cache: AccountCache::default(),
+            _checkpointer,
+        })
     }
 
     /// The schema version after migrations.
@@ -81,13 +165,40 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 
 impl Store for SqliteStore {
     fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if version != self.cache.data_version {
+            self.cache.accounts.clear();
+            self.cache.data_version = version;
+        }
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut w = SqliteTx { conn: &tx };
-        f(&mut w)?;
-        tx.commit()?;
-        Ok(())
+        let mut w = SqliteTx {
+            conn: &tx,
+            cache: &mut self.cache.accounts,
+            written: HashMap::new(),
+            forget: Vec::new(),
+        };
+        let outcome = f(&mut w);
+        let (written, forget) = (
+            std::mem::take(&mut w.written),
+            std::mem::take(&mut w.forget),
+        );
+        match outcome.and_then(|()| Ok(tx.commit()?)) {
+            Ok(()) => {
+                for id in forget {
+                    self.cache.accounts.remove(&id);
+                }
+                self.cache.accounts.extend(written);
+                Ok(())
+            }
+            Err(e) => {
+                self.cache.accounts.clear();
+                Err(e)
+            }
+        }
     }
 
     fn reader_factory(&self) -> ReaderFactory {
@@ -101,6 +212,12 @@ impl Store for SqliteStore {
 
 struct SqliteTx<'a> {
     conn: &'a Connection,
+    /// The cache as of the last commit (read-only during the transaction).
+    cache: &'a mut HashMap<AccountId, CachedAccount>,
+    /// Accounts as this transaction leaves them; cached only once it commits.
+    written: HashMap<AccountId, CachedAccount>,
+    /// Accounts changed outside the state machine (terms); dropped once it commits.
+    forget: Vec<AccountId>,
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -137,6 +254,42 @@ fn paid_28d(conn: &Connection, account: &str, now: Timestamp) -> Result<Nanos> {
     Ok(Nanos(n))
 }
 
+/// Paid purchases of the account within the tier window of `now`.
+fn recent_paid(
+    conn: &Connection,
+    account: &str,
+    now: Timestamp,
+) -> Result<Vec<(Timestamp, Nanos)>> {
+    let mut st = conn.prepare_cached(
+        "SELECT created_at, amount_nanos FROM purchases \
+         WHERE account = ?1 AND paid = 1 AND created_at > ?2",
+    )?;
+    let rows = st.query_map(params![account, now.minus_ms(TIER_WINDOW_MS).0], |r| {
+        Ok((Timestamp(r.get(0)?), Nanos(r.get(1)?)))
+    })?;
+    Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+}
+
+/// The account's lots with something left, in spending order.
+fn open_lots(conn: &Connection, account: &str) -> Result<Vec<Lot>> {
+    let mut st = conn.prepare_cached(
+        "SELECT purchase_id, remaining_nanos, expires_at, created_at FROM purchases \
+         WHERE account = ?1 AND remaining_nanos > 0 \
+         ORDER BY expires_at IS NULL, expires_at, created_at, purchase_id",
+    )?;
+    let mut rows = st.query([account])?;
+    let mut lots = Vec::new();
+    while let Some(r) = rows.next()? {
+        lots.push(Lot {
+            purchase_id: parse_id(PurchaseId::parse, &r.get::<_, String>(0)?)?,
+            remaining: Nanos(r.get(1)?),
+            expires_at: r.get::<_, Option<i64>>(2)?.map(Timestamp),
+            created_at: Timestamp(r.get(3)?),
+        });
+    }
+    Ok(lots)
+}
+
 fn account_row(conn: &Connection, r: &Row, now: Timestamp) -> Result<AccountRow> {
     let username: String = r.get(0)?;
     let billing = match r.get::<_, String>(1)?.as_str() {
@@ -163,6 +316,7 @@ fn account_row(conn: &Connection, r: &Row, now: Timestamp) -> Result<AccountRow>
         discounts: json("discounts", &r.get::<_, String>(7)?)?,
         month: r.get(9)?,
         month_subtotal: Nanos(r.get(10)?),
+        lots: open_lots(conn, &username)?,
     };
     Ok(AccountRow {
         state,
@@ -318,8 +472,17 @@ impl Tx for SqliteTx<'_> {
     ) -> Result<()> {
         // SQLite has one writer: the IMMEDIATE transaction already excludes other writers.
         for id in ids {
+            if let Some(c) = self.cache.get_mut(id) {
+                out.insert(id.clone(), c.state_at(now));
+                continue;
+            }
             if let Some(a) = get_account(self.conn, id, now)? {
-                out.insert(id.clone(), a.state);
+                let mut cached = CachedAccount {
+                    state: a.state,
+                    recent_paid: recent_paid(self.conn, id.as_str(), now)?,
+                };
+                out.insert(id.clone(), cached.state_at(now));
+                self.cache.insert(id.clone(), cached);
             }
         }
         Ok(())
@@ -331,8 +494,8 @@ impl Tx for SqliteTx<'_> {
         out: &mut HashMap<(AccountId, PurchaseId), PurchaseRecord>,
     ) -> Result<()> {
         let mut st = self.conn.prepare_cached(
-            "SELECT amount_nanos, paid, created_at, balance_after, limit_after, locked_after \
-             FROM purchases WHERE account = ?1 AND purchase_id = ?2",
+            "SELECT amount_nanos, paid, created_at, balance_after, limit_after, locked_after, \
+             expires_at FROM purchases WHERE account = ?1 AND purchase_id = ?2",
         )?;
         for (account, pid) in keys {
             let found = st
@@ -346,6 +509,7 @@ impl Tx for SqliteTx<'_> {
                         balance_after: Nanos(r.get(3)?),
                         concurrency_limit_after: r.get(4)?,
                         locked_after: r.get(5)?,
+                        expires_at: r.get::<_, Option<i64>>(6)?.map(Timestamp),
                     })
                 })
                 .optional()?;
@@ -364,6 +528,27 @@ impl Tx for SqliteTx<'_> {
         )?;
         for id in &s.dirty_accounts {
             let a = &s.accounts[id];
+            let mut recent = self
+                .written
+                .get(id)
+                .or_else(|| self.cache.get(id))
+                .map(|c| c.recent_paid.clone())
+                .unwrap_or_default();
+            recent.extend(
+                s.new_purchases
+                    .iter()
+                    .filter(|p| p.paid && &p.account == id)
+                    .map(|p| (p.created_at, p.amount)),
+            );
+            let mut state = a.clone();
+            state.lots.retain(|l| l.remaining > Nanos::ZERO);
+            self.written.insert(
+                id.clone(),
+                CachedAccount {
+                    state,
+                    recent_paid: recent,
+                },
+            );
             st.execute(params![
                 id.as_str(),
                 a.credit.balance.0,
@@ -405,7 +590,8 @@ impl Tx for SqliteTx<'_> {
         }
         let mut st = c.prepare_cached(
             "INSERT INTO purchases (account, purchase_id, amount_nanos, paid, created_at, \
-             balance_after, limit_after, locked_after) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             balance_after, limit_after, locked_after, expires_at, remaining_nanos) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?3)",
         )?;
         for p in &s.new_purchases {
             st.execute(params![
@@ -416,8 +602,24 @@ impl Tx for SqliteTx<'_> {
                 p.created_at.0,
                 p.balance_after.0,
                 p.concurrency_limit_after,
-                p.locked_after
+                p.locked_after,
+                p.expires_at.map(|t| t.0),
             ])?;
+        }
+        // What is left of each lot of the accounts that changed (after the new purchases, so
+        // a lot bought and spent in the same batch is written as spent).
+        let mut st = c.prepare_cached(
+            "UPDATE purchases SET remaining_nanos = ?3 WHERE account = ?1 AND purchase_id = ?2 \
+             AND remaining_nanos != ?3",
+        )?;
+        for id in &s.dirty_accounts {
+            for lot in &s.accounts[id].lots {
+                st.execute(params![
+                    id.as_str(),
+                    lot.purchase_id.as_str(),
+                    lot.remaining.0
+                ])?;
+            }
         }
         let mut st = c.prepare_cached(
             "INSERT INTO transfers (kind, debit, credit, amount_nanos, request_id, purchase_id, at) \
@@ -474,6 +676,20 @@ impl Tx for SqliteTx<'_> {
         ids.iter().map(|s| parse_id(RequestId::parse, s)).collect()
     }
 
+    fn due_credit_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<AccountId>> {
+        let mut st = self.conn.prepare_cached(
+            // Accounts whose due credits are all reserved by holds are left out: nothing of
+            // theirs can expire until the holds settle, and they must not crowd out others.
+            "SELECT DISTINCT p.account FROM purchases p JOIN accounts a ON a.username = p.account \
+             WHERE p.remaining_nanos > 0 AND p.expires_at IS NOT NULL AND p.expires_at <= ?1 \
+             AND a.balance_nanos > a.held_nanos LIMIT ?2",
+        )?;
+        let ids = st
+            .query_map(params![now.0, limit as i64], |r| r.get::<_, String>(0))?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        ids.iter().map(|s| parse_id(AccountId::parse, s)).collect()
+    }
+
     fn create_account(
         &mut self,
         username: &AccountId,
@@ -492,6 +708,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn set_account_terms(&mut self, username: &AccountId, t: &AccountTerms) -> Result<()> {
+        self.forget.push(username.clone());
         let exists = get_account(self.conn, username, Timestamp(0))?.is_some();
         if !exists {
             return Err(StoreError::NotFound(format!("account {username}")));
@@ -668,14 +885,27 @@ impl Reader for SqliteReader {
             let mut st = tx.prepare(
                 "SELECT code, SUM(amount) FROM ( \
                    SELECT credit AS code, amount_nanos AS amount FROM transfers \
-                     WHERE kind IN ('purchase', 'grant', 'post', 'charge') \
+                     WHERE kind IN ('purchase', 'grant', 'post', 'charge', 'credit_expiry') \
                    UNION ALL \
                    SELECT debit, -amount_nanos FROM transfers \
-                     WHERE kind IN ('purchase', 'grant', 'post', 'charge')) GROUP BY code",
+                     WHERE kind IN ('purchase', 'grant', 'post', 'charge', 'credit_expiry')) \
+                 GROUP BY code",
             )?;
             let mut rows = st.query([])?;
             while let Some(r) = rows.next()? {
                 from_ledger.insert(r.get(0)?, r.get(1)?);
+            }
+        }
+        rec.expired_nanos = one(
+            "SELECT COALESCE(SUM(amount_nanos), 0) FROM transfers WHERE kind = 'credit_expiry'",
+        )?;
+        let mut lots: HashMap<String, i64> = HashMap::new();
+        {
+            let mut st =
+                tx.prepare("SELECT account, SUM(remaining_nanos) FROM purchases GROUP BY account")?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                lots.insert(r.get(0)?, r.get(1)?);
             }
         }
         let mut open: HashMap<String, (i64, u32)> = HashMap::new();
@@ -713,6 +943,11 @@ impl Reader for SqliteReader {
                     rec.held_mismatches
                         .push((id.clone(), Nanos(held), Nanos(open_holds)));
                 }
+                let left = lots.get(&name).copied().unwrap_or(0);
+                if left != balance.max(0) {
+                    rec.lot_mismatches
+                        .push((id.clone(), Nanos(balance.max(0)), Nanos(left)));
+                }
                 if in_progress != open_count {
                     rec.in_progress_mismatches
                         .push((id, in_progress, open_count));
@@ -720,9 +955,16 @@ impl Reader for SqliteReader {
             }
         }
         let mut st = tx.prepare(
-            "SELECT l.request_id FROM line_items l WHERE l.total_nanos != \
-               COALESCE((SELECT SUM(amount_nanos) FROM transfers t WHERE t.request_id = l.request_id \
-                          AND t.kind IN ('post', 'charge')), 0)",
+            "WITH charged AS (SELECT request_id, SUM(amount_nanos) AS amount FROM transfers \
+                 WHERE kind IN ('post', 'charge') AND request_id IS NOT NULL \
+                 GROUP BY request_id), \
+               billed AS (SELECT request_id, SUM(total_nanos) AS amount FROM line_items \
+                 GROUP BY request_id) \
+             SELECT b.request_id FROM billed b LEFT JOIN charged c USING (request_id) \
+               WHERE b.amount != COALESCE(c.amount, 0) \
+             UNION \
+             SELECT c.request_id FROM charged c LEFT JOIN billed b USING (request_id) \
+               WHERE b.request_id IS NULL AND c.amount != 0",
         )?;
         let ids = st
             .query_map([], |r| r.get::<_, String>(0))?

@@ -198,6 +198,7 @@ async fn create_demo_account(engine: &Engine) -> anyhow::Result<Demo> {
             purchase_id: PurchaseId::parse("demo-welcome-credits").expect("valid"),
             amount: Nanos::parse_usd("25.00").expect("valid"),
             paid: true,
+            expires_at: None,
         })
         .await?
         .map_err(|e| anyhow::anyhow!("demo purchase: {e}"))?;

@@ -69,18 +69,25 @@ CREATE TABLE requests (
 ) WITHOUT ROWID;
 CREATE INDEX requests_hold_expiry ON requests (hold_expires_at) WHERE hold_expires_at IS NOT NULL;
 
+-- A purchase is also a credit lot: `remaining_nanos` is what is left of it, spent earliest
+-- expiry first, and expired by the sweeper after `expires_at`.
 CREATE TABLE purchases (
     account          TEXT    NOT NULL,
     purchase_id      TEXT    NOT NULL,
     amount_nanos     INTEGER NOT NULL CHECK (amount_nanos > 0),
     paid             INTEGER NOT NULL,
     created_at       INTEGER NOT NULL,
+    expires_at       INTEGER,
+    remaining_nanos  INTEGER NOT NULL CHECK (remaining_nanos >= 0),
     balance_after    INTEGER NOT NULL,
     limit_after      INTEGER NOT NULL,
     locked_after     INTEGER NOT NULL,
     PRIMARY KEY (account, purchase_id)
 ) WITHOUT ROWID;
 CREATE INDEX purchases_by_time ON purchases (account, created_at);
+CREATE INDEX purchases_open_lots ON purchases (account) WHERE remaining_nanos > 0;
+CREATE INDEX purchases_expiring ON purchases (expires_at)
+    WHERE remaining_nanos > 0 AND expires_at IS NOT NULL;
 
 -- Append-only.
 CREATE TABLE transfers (
@@ -93,11 +100,13 @@ CREATE TABLE transfers (
     purchase_id   TEXT,
     at            INTEGER NOT NULL
 );
-CREATE INDEX transfers_by_request ON transfers (request_id) WHERE request_id IS NOT NULL;
 
--- One row per billed request. Append-only.
+-- One row per billed request. Append-only, in billing order: the request id is unique by
+-- construction (the requests table is the idempotency key), so no second index on it is
+-- kept here; an index written at random positions per insert is what a commit pays for most.
 CREATE TABLE line_items (
-    request_id        TEXT PRIMARY KEY,
+    id                INTEGER PRIMARY KEY,
+    request_id        TEXT    NOT NULL,
     account           TEXT    NOT NULL,
     endpoint_id       TEXT    NOT NULL,
     api_key           TEXT,
@@ -113,5 +122,5 @@ CREATE TABLE line_items (
     billed_at         INTEGER NOT NULL,
     queue_ms          INTEGER,
     inference_ms      INTEGER
-) WITHOUT ROWID;
+);
 CREATE INDEX line_items_by_account_time ON line_items (account, billed_at);
