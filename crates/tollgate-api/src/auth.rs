@@ -78,10 +78,9 @@ fn same(a: &str, b: &str) -> bool {
 /// Verifies a full `key_id:key_secret` against the store.
 pub async fn verify_key(state: &AppState, key: &str) -> Result<Principal, ApiError> {
     let (key_id, secret) = split_key(key.trim())?;
-    let lookup = key_id.clone();
     let record = state
         .engine
-        .read(move |r| r.api_key(&lookup))
+        .api_key(&key_id)
         .await?
         .ok_or_else(|| ApiError::unauthorized("unknown API key"))?;
     if !same(&record.secret_sha256, &hash_secret(secret)) {

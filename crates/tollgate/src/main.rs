@@ -1,6 +1,7 @@
 //! The `tollgate` binary: the server (`serve`, `serve --demo`), `migrate`, and operator
 //! commands that are clients of the admin API.
 
+mod bench;
 mod client;
 mod serve;
 
@@ -44,6 +45,14 @@ enum Command {
     /// Apply a catalog file (operator).
     #[command(subcommand)]
     Catalog(client::CatalogCmd),
+    /// Measure tollgate's write path against the naive design and the disk's limit.
+    ///
+    /// Runs every row in one process on this machine: the disk's fdatasync limit, the naive
+    /// per-request db transaction on SQLite (and PostgreSQL with --postgres-url), tollgate's
+    /// settle throughput and admission latency in-process and over HTTP (with wrk), the hot
+    /// account, scale with many accounts and a long history, and a replay of the Azure LLM
+    /// trace. Prints a table and ratios; --json writes the same figures.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,5 +72,6 @@ fn main() -> anyhow::Result<()> {
         Command::Credits(args) => client::credits(args),
         Command::Key(cmd) => client::key(cmd),
         Command::Catalog(cmd) => client::catalog(cmd),
+        Command::Bench(args) => bench::run(args),
     }
 }

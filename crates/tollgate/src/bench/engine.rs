@@ -1,0 +1,561 @@
+//! tollgate's write path in-process: the real engine and SQLite store, many concurrent
+//! callers, every answer after a durable commit.
+
+use super::baseline::{ACCOUNTS, COST_NANOS};
+use super::report::{histogram, record, Row};
+use super::{BenchArgs, Plan};
+use hdrhistogram::Histogram;
+use rust_decimal::Decimal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tollgate_core::catalog::document;
+use tollgate_core::ids::{AccountId, EndpointId, RequestId};
+use tollgate_core::machine::{Op, Outcome, UsageEvent};
+use tollgate_core::price::{Dims, Output, Tokens};
+use tollgate_engine::{system_clock, AdminCmd, Engine};
+use tollgate_store::sqlite::SqliteStore;
+
+/// The bench's catalog: a flat image price (0.001 USD, the naive baseline's cost) and a
+/// token-priced LLM endpoint for the trace replay.
+pub const BENCH_CATALOG: &str = r#"
+prices_read_on = "2026-09-15"
+
+[[endpoint]]
+id = "bench/image"
+name = "Bench image model"
+category = "text-to-image"
+hold_units = "1"
+price = { unit = "image", unit_price = "0.001" }
+
+[[endpoint]]
+id = "bench/llm"
+name = "Bench LLM"
+category = "llm"
+hold_units = "16384"
+price = { unit = "token", tokens = { per = "1000000", input = "0.15", output = "0.60" } }
+"#;
+
+/// Each bench account starts with this much (1,000,000 USD), as free credits.
+const START_BALANCE: i64 = 1_000_000 * 1_000_000_000;
+
+pub fn account_name(i: usize) -> String {
+    format!("bench-{i}")
+}
+
+/// A fresh database with `accounts` funded accounts and `history` billed requests already in
+/// it, written directly in bulk (setting up a million accounts through the API would take
+/// longer than the bench).
+pub fn seed(dir: &Path, accounts: usize, history: usize) -> anyhow::Result<PathBuf> {
+    let path = dir.join("bench.db");
+    drop(SqliteStore::open(&path)?);
+    let mut c = rusqlite::Connection::open(&path)?;
+    c.pragma_update(None, "synchronous", "OFF")?;
+    let tx = c.transaction()?;
+    {
+        let mut acct = tx.prepare(
+            "INSERT INTO accounts (username, created_at, billing, balance_nanos, \
+             concurrency_override) VALUES (?1, 0, 'prepaid', ?2, 1000000)",
+        )?;
+        let mut lot = tx.prepare(
+            "INSERT INTO purchases (account, purchase_id, amount_nanos, paid, created_at, \
+             balance_after, limit_after, locked_after, expires_at, remaining_nanos) \
+             VALUES (?1, 'seed', ?2, 0, 0, ?2, 1000000, 0, NULL, ?2)",
+        )?;
+        let mut grant = tx.prepare(
+            "INSERT INTO transfers (kind, debit, credit, amount_nanos, purchase_id, at) \
+             VALUES ('grant', 'system:grants', ?1, ?2, 'seed', 0)",
+        )?;
+        for i in 0..accounts {
+            let name = account_name(i);
+            acct.execute(rusqlite::params![name, START_BALANCE])?;
+            lot.execute(rusqlite::params![name, START_BALANCE])?;
+            grant.execute(rusqlite::params![format!("customer:{name}"), START_BALANCE])?;
+        }
+        let mut req = tx.prepare(
+            "INSERT INTO requests (request_id, source, account, endpoint_id, price_version, \
+             status, submitted_at, finished_at, hold_nanos, num_gpus, queue_ms, inference_ms) \
+             VALUES (?1, 'event', ?2, 'bench/image', 1, 'COMPLETED', ?3, ?3, 0, 1, 0, 0)",
+        )?;
+        let mut item = tx.prepare(
+            "INSERT INTO line_items (request_id, account, endpoint_id, price_version, unit, \
+             quantity, unit_price, subtotal_nanos, discount_nanos, total_nanos, status_code, \
+             billed_at) VALUES (?1, ?2, 'bench/image', 1, 'image', '1', '0.001', ?3, 0, ?3, \
+             200, ?4)",
+        )?;
+        for i in 0..history {
+            let id = format!("hist-{i:012}");
+            let account = account_name(i % accounts.max(1));
+            req.execute(rusqlite::params![id, account, i as i64])?;
+            item.execute(rusqlite::params![id, account, COST_NANOS, i as i64])?;
+        }
+    }
+    tx.commit()?;
+    Ok(path)
+}
+
+pub async fn start_engine(path: &Path) -> anyhow::Result<Engine> {
+    let engine = Engine::start(Box::new(SqliteStore::open(path)?), system_clock())?;
+    let doc = document::parse(BENCH_CATALOG).map_err(|e| anyhow::anyhow!("{e}"))?;
+    engine.admin(AdminCmd::ApplyCatalog(Box::new(doc))).await?;
+    Ok(engine)
+}
+
+fn image_event(event_id: String, account: AccountId, at: tollgate_core::Timestamp) -> Op {
+    Op::UsageEvent(UsageEvent {
+        event_id: RequestId::parse(&event_id).expect("valid id"),
+        account,
+        endpoint: EndpointId::parse("bench/image").expect("valid"),
+        api_key: None,
+        timestamp: at,
+        status_code: 200,
+        output: Output {
+            images: vec![Dims {
+                width: 1024,
+                height: 1024,
+            }],
+            ..Default::default()
+        },
+        billable_units: None,
+        queue_seconds: None,
+        inference_seconds: None,
+        machine_type: None,
+        num_gpus: None,
+    })
+}
+
+/// Spawns `clients` tasks running `op(engine, client, n)` until the time is up; returns the
+/// number of completed iterations, the elapsed time and the latency histogram `op` recorded.
+async fn drive<F, Fut>(
+    engine: &Engine,
+    clients: usize,
+    duration: Duration,
+    op: F,
+) -> anyhow::Result<(u64, Duration, Histogram<u64>)>
+where
+    F: Fn(Engine, usize, u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<Duration>> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (engine, stop, op) = (engine.clone(), stop.clone(), op.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let latency = op(engine.clone(), c, n).await?;
+                record(&mut h, latency);
+                n += 1;
+            }
+            anyhow::Ok((n, h))
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    let mut all = histogram();
+    for t in tasks {
+        let (n, h) = t.await??;
+        total += n;
+        all.add(h).expect("same bounds");
+    }
+    Ok((total, start.elapsed(), all))
+}
+
+fn pick(client: usize, n: u64, accounts: usize) -> usize {
+    (client.wrapping_mul(7919).wrapping_add(n as usize)) % accounts
+}
+
+/// Usage events, one per call, from `clients` concurrent callers.
+async fn usage_events(
+    engine: &Engine,
+    plan: &Plan,
+    accounts: usize,
+    hot: bool,
+    tag: &'static str,
+) -> anyhow::Result<(u64, Duration, Histogram<u64>)> {
+    let names: Arc<Vec<AccountId>> = Arc::new(
+        (0..accounts)
+            .map(|i| AccountId::parse(&account_name(i)).expect("valid"))
+            .collect(),
+    );
+    drive(engine, plan.clients, plan.duration, move |engine, c, n| {
+        let names = names.clone();
+        async move {
+            let account = names[if hot { 0 } else { pick(c, n, names.len()) }].clone();
+            let op = image_event(format!("{tag}-{c}-{n}"), account, engine.now());
+            let t = Instant::now();
+            match engine.execute(op).await? {
+                Ok(Outcome::Completed {
+                    replayed: false, ..
+                }) => Ok(t.elapsed()),
+                other => anyhow::bail!("usage event not billed: {other:?}"),
+            }
+        }
+    })
+    .await
+}
+
+/// Submit, start, complete; returns the latency of `start` (the admission decision).
+async fn lifecycle(engine: Engine, account: AccountId, id: String) -> anyhow::Result<Duration> {
+    let request_id = RequestId::parse(&id).expect("valid id");
+    let submitted = engine
+        .execute(Op::Submit {
+            request_id: request_id.clone(),
+            account,
+            api_key: None,
+            endpoint: EndpointId::parse("bench/image").expect("valid"),
+        })
+        .await?;
+    anyhow::ensure!(submitted.is_ok(), "submit refused: {submitted:?}");
+    let t = Instant::now();
+    let started = engine
+        .execute(Op::Start {
+            request_id: request_id.clone(),
+            machine_type: None,
+            num_gpus: None,
+            hold_units: None,
+        })
+        .await?;
+    let admission = t.elapsed();
+    anyhow::ensure!(started.is_ok(), "start refused: {started:?}");
+    let done = engine
+        .execute(Op::Complete {
+            request_id,
+            status_code: 200,
+            output: Output {
+                images: vec![Dims {
+                    width: 1024,
+                    height: 1024,
+                }],
+                ..Default::default()
+            },
+            billable_units: None,
+            inference_seconds: None,
+        })
+        .await?;
+    anyhow::ensure!(done.is_ok(), "complete refused: {done:?}");
+    Ok(admission)
+}
+
+async fn lifecycles(
+    engine: &Engine,
+    clients: usize,
+    duration: Duration,
+    accounts: usize,
+    hot: bool,
+    tag: &'static str,
+) -> anyhow::Result<(u64, Duration, Histogram<u64>)> {
+    drive(engine, clients, duration, move |engine, c, n| {
+        let account = AccountId::parse(&account_name(if hot { 0 } else { pick(c, n, accounts) }))
+            .expect("valid");
+        lifecycle(engine, account, format!("{tag}-{c}-{n}"))
+    })
+    .await
+}
+
+async fn reconciled(engine: &Engine) -> anyhow::Result<String> {
+    let r = engine.read(|r| r.reconcile()).await?;
+    anyhow::ensure!(
+        r.is_clean(),
+        "the ledger does not reconcile after the bench: {r:?}"
+    );
+    Ok(format!(
+        "ledger reconciled, {} nano-USD billed",
+        r.billed_nanos
+    ))
+}
+
+pub async fn run(
+    plan: &Plan,
+    args: &BenchArgs,
+    wanted: &dyn Fn(&str) -> bool,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let c = plan.clients;
+    for (name, hot) in [
+        ("settle.usage_events.inprocess", false),
+        ("hot_account.usage_events.inprocess", true),
+    ] {
+        if !wanted(name) {
+            continue;
+        }
+        let dir = tempfile::tempdir()?;
+        let engine = start_engine(&seed(dir.path(), ACCOUNTS, 0)?).await?;
+        let (n, el, h) = usage_events(&engine, plan, ACCOUNTS, hot, "ev").await?;
+        let note = format!(
+            "events/s, one per call; latency per call; {}",
+            reconciled(&engine).await?
+        );
+        rows.push(Row::new(name, "tollgate", c, n, el, Some(&h), note));
+    }
+    for (name, hot) in [
+        ("settle.lifecycle.inprocess", false),
+        ("hot_account.lifecycle.inprocess", true),
+    ] {
+        if !wanted(name) {
+            continue;
+        }
+        let dir = tempfile::tempdir()?;
+        let engine = start_engine(&seed(dir.path(), ACCOUNTS, 0)?).await?;
+        let (n, el, h) = lifecycles(&engine, c, plan.duration, ACCOUNTS, hot, "lc").await?;
+        let note = format!(
+            "requests/s (submit+start+complete = 3 calls); latency of start; {}",
+            reconciled(&engine).await?
+        );
+        rows.push(Row::new(name, "tollgate", c, n, el, Some(&h), note));
+    }
+    if wanted("admission.start.inprocess") {
+        rows.push(admission(plan).await?);
+    }
+    scale(plan, wanted, rows).await?;
+    for path in trace_files(args) {
+        let name = format!(
+            "trace.replay.{}",
+            path.file_stem().and_then(|s| s.to_str()).unwrap_or("trace")
+        );
+        if wanted(&name) {
+            rows.push(replay(plan, &name, &path).await?);
+        }
+    }
+    Ok(())
+}
+
+/// Start latency with 1,000 requests already in progress.
+async fn admission(plan: &Plan) -> anyhow::Result<Row> {
+    const OPEN: usize = 1000;
+    let dir = tempfile::tempdir()?;
+    let engine = start_engine(&seed(dir.path(), ACCOUNTS, 0)?).await?;
+    let mut opened = Vec::new();
+    for i in 0..OPEN {
+        let engine = engine.clone();
+        opened.push(tokio::spawn(async move {
+            let id = RequestId::parse(&format!("open-{i}")).expect("valid");
+            let account = AccountId::parse(&account_name(i % ACCOUNTS)).expect("valid");
+            engine
+                .execute(Op::Submit {
+                    request_id: id.clone(),
+                    account,
+                    api_key: None,
+                    endpoint: EndpointId::parse("bench/image").expect("valid"),
+                })
+                .await??;
+            engine
+                .execute(Op::Start {
+                    request_id: id,
+                    machine_type: None,
+                    num_gpus: None,
+                    hold_units: None,
+                })
+                .await??;
+            anyhow::Ok(())
+        }));
+    }
+    for o in opened {
+        o.await??;
+    }
+    let clients = 64;
+    let (n, el, h) = lifecycles(&engine, clients, plan.duration, ACCOUNTS, false, "adm").await?;
+    Ok(Row::new(
+        "admission.start.inprocess",
+        "tollgate",
+        clients,
+        n,
+        el,
+        Some(&h),
+        format!("start decisions/s with {OPEN} requests in progress + {clients} callers; latency of start"),
+    ))
+}
+
+/// The same settle benchmark with more accounts and with a long history.
+async fn scale(
+    plan: &Plan,
+    wanted: &dyn Fn(&str) -> bool,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let (accounts, history): (&[usize], usize) = if plan.quick {
+        (&[1_000, 100_000], 100_000)
+    } else {
+        (&[1_000, 100_000, 1_000_000], 10_000_000)
+    };
+    let mut cases: Vec<(String, usize, usize)> = accounts
+        .iter()
+        .map(|&a| (format!("scale.usage_events.accounts_{}", human(a)), a, 0))
+        .collect();
+    cases.push((
+        format!("scale.usage_events.line_items_{}", human(history)),
+        ACCOUNTS,
+        history,
+    ));
+    for (name, accounts, history) in cases {
+        if !wanted(&name) {
+            continue;
+        }
+        let dir = tempfile::tempdir()?;
+        let t = Instant::now();
+        let path = seed(dir.path(), accounts, history)?;
+        eprintln!(
+            "  (seeded {accounts} accounts and {history} line items in {:.1} s)",
+            t.elapsed().as_secs_f64()
+        );
+        let engine = start_engine(&path).await?;
+        let (n, el, h) = usage_events(&engine, plan, accounts, false, "sc").await?;
+        rows.push(Row::new(
+            &name,
+            "tollgate",
+            plan.clients,
+            n,
+            el,
+            Some(&h),
+            format!("events/s over {accounts} accounts, {history} line items before the run"),
+        ));
+    }
+    Ok(())
+}
+
+fn human(n: usize) -> String {
+    match n {
+        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}
+
+fn trace_files(args: &BenchArgs) -> Vec<PathBuf> {
+    if !args.trace.is_empty() {
+        return args.trace.clone();
+    }
+    let mut found: Vec<PathBuf> = ["../shared/data", "../../shared/data"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("azure-llm-inference-trace-") && n.ends_with(".csv"))
+        })
+        .collect();
+    found.sort();
+    found.dedup_by(|a, b| a.file_name() == b.file_name());
+    found
+}
+
+/// Replays a trace (`TIMESTAMP,ContextTokens,GeneratedTokens`) as usage events of the token
+/// priced endpoint, as fast as possible, and checks the billed total against a recomputation
+/// straight from the file.
+async fn replay(plan: &Plan, name: &str, path: &Path) -> anyhow::Result<Row> {
+    let text = std::fs::read_to_string(path)?;
+    let mut rows: Vec<(u64, u64)> = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let mut f = line.split(',');
+        let (_, ctx, gen) = (f.next(), f.next(), f.next());
+        let parse = |s: Option<&str>| -> anyhow::Result<u64> {
+            Ok(
+                s.ok_or_else(|| anyhow::anyhow!("{}:{}: missing column", path.display(), i + 1))?
+                    .trim()
+                    .parse()?,
+            )
+        };
+        rows.push((parse(ctx)?, parse(gen)?));
+    }
+    // The recomputation, in integers: 0.15 USD per 1M input tokens is 150 nano-USD a token,
+    // 0.60 USD per 1M output tokens is 600.
+    let expected: i64 = rows
+        .iter()
+        .map(|&(c, g)| c as i64 * 150 + g as i64 * 600)
+        .sum();
+    let dir = tempfile::tempdir()?;
+    let engine = start_engine(&seed(dir.path(), 1, 0)?).await?;
+    let account = AccountId::parse(&account_name(0)).expect("valid");
+    let now = engine.now();
+    let ops: Vec<Op> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, &(ctx, gen))| {
+            Op::UsageEvent(UsageEvent {
+                event_id: RequestId::parse(&format!("trace-{i}")).expect("valid"),
+                account: account.clone(),
+                endpoint: EndpointId::parse("bench/llm").expect("valid"),
+                api_key: None,
+                timestamp: now,
+                status_code: 200,
+                output: Output {
+                    tokens: Some(Tokens {
+                        input: ctx,
+                        output: gen,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                billable_units: None,
+                queue_seconds: None,
+                inference_seconds: Some(Decimal::ZERO),
+                machine_type: None,
+                num_gpus: None,
+            })
+        })
+        .collect();
+    let events = ops.len() as u64;
+    let chunk = if plan.quick { 500 } else { 1000 };
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    let mut h = histogram();
+    // A few concurrent callers, each sending chunks as a platform's metering pipeline would.
+    let chunks: Vec<Vec<Op>> = ops.chunks(chunk).map(|c| c.to_vec()).collect();
+    let per_caller = chunks.len().div_ceil(4).max(1);
+    for group in chunks.chunks(per_caller).map(|g| g.to_vec()) {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            for c in group {
+                let t = Instant::now();
+                for a in engine.execute_many(c).await? {
+                    anyhow::ensure!(
+                        matches!(
+                            a,
+                            Ok(Outcome::Completed {
+                                replayed: false,
+                                ..
+                            })
+                        ),
+                        "trace event not billed: {a:?}"
+                    );
+                }
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    for t in tasks {
+        for l in t.await?? {
+            record(&mut h, l);
+        }
+    }
+    let elapsed = start.elapsed();
+    let r = engine.read(|r| r.reconcile()).await?;
+    anyhow::ensure!(
+        r.is_clean(),
+        "the ledger does not reconcile after the replay"
+    );
+    anyhow::ensure!(
+        r.billed_nanos == expected as i128,
+        "billed {} nano-USD, the file says {expected}",
+        r.billed_nanos
+    );
+    Ok(Row::new(
+        name,
+        "tollgate",
+        4,
+        events,
+        elapsed,
+        Some(&h),
+        format!(
+            "events/s, {events} events in chunks of {chunk}; latency per chunk; billed {} nano-USD = recomputed from the file",
+            r.billed_nanos
+        ),
+    ))
+}

@@ -1,0 +1,83 @@
+//! `tollgate bench`: tollgate's write path measured side by side with the naive design and the
+//! disk's limit, in one run on the machine at hand. Prints a table and writes the same figures
+//! as JSON.
+//!
+//! Throughput and latency figures are measurements, not money: this module is the one place
+//! outside rendering where float arithmetic is allowed.
+#![allow(clippy::float_arithmetic)]
+
+mod baseline;
+mod engine;
+mod http;
+mod report;
+
+use clap::Args;
+use report::Row;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Clone)]
+pub struct BenchArgs {
+    /// A short smoke run of every row (about a second each, small scales).
+    #[arg(long)]
+    pub quick: bool,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Seconds per measured row (default 5; 1 with --quick).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Run only the rows whose workload name contains this text (repeatable).
+    #[arg(long)]
+    pub only: Vec<String>,
+    /// A PostgreSQL URL for the naive PostgreSQL baseline (also read from
+    /// TOLLGATE_BENCH_POSTGRES_URL). The bench creates and drops its own tables.
+    #[arg(long, env = "TOLLGATE_BENCH_POSTGRES_URL")]
+    pub postgres_url: Option<String>,
+    /// The Azure LLM trace files to replay (default: ../shared/data/azure-llm-inference-trace-*.csv
+    /// beside the working directory, when present).
+    #[arg(long)]
+    pub trace: Vec<PathBuf>,
+}
+
+/// How long and how large each row runs.
+#[derive(Clone, Copy)]
+pub struct Plan {
+    pub quick: bool,
+    pub duration: Duration,
+    pub clients: usize,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let secs = args.seconds.unwrap_or(if args.quick { 1.0 } else { 5.0 });
+    let plan = Plan {
+        quick: args.quick,
+        duration: Duration::from_millis((secs * 1000.0) as u64),
+        clients: 256,
+    };
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.contains(o));
+    let mut rows: Vec<Row> = Vec::new();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    eprintln!(
+        "tollgate bench: {} s per row{}; {} cores",
+        secs,
+        if args.quick { " (quick)" } else { "" },
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+
+    // The disk's limit and the naive design, measured first, in the same run.
+    baseline::run(&plan, &args, &wanted, &mut rows)?;
+    rt.block_on(engine::run(&plan, &args, &wanted, &mut rows))?;
+    rt.block_on(http::run(&plan, &wanted, &mut rows))?;
+
+    report::print(&rows);
+    if let Some(path) = &args.json {
+        report::write_json(path, &rows, &plan)?;
+        eprintln!("figures written to {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! Bench figures: one row per (workload, system, clients), printed as a table with ratios to
+//! the baselines, and written as JSON.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub workload: String,
+    /// `tollgate`, `naive-sqlite`, `naive-postgres` or `disk`.
+    pub system: String,
+    pub clients: usize,
+    pub ops_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p999_us: Option<u64>,
+    /// What an op is, and anything checked along the way.
+    pub note: String,
+}
+
+/// Microsecond latencies, up to a minute.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+pub fn record(h: &mut Histogram<u64>, d: Duration) {
+    h.saturating_record(d.as_micros().max(1) as u64);
+}
+
+impl Row {
+    pub fn new(
+        workload: &str,
+        system: &str,
+        clients: usize,
+        ops: u64,
+        elapsed: Duration,
+        latency: Option<&Histogram<u64>>,
+        note: impl Into<String>,
+    ) -> Row {
+        let q = |p: f64| {
+            latency
+                .filter(|h| !h.is_empty())
+                .map(|h| h.value_at_quantile(p))
+        };
+        Row::with_latencies(
+            workload,
+            system,
+            clients,
+            ops,
+            elapsed,
+            [q(0.50), q(0.99), q(0.999)],
+            note,
+        )
+    }
+
+    /// A row whose percentiles were measured elsewhere (e.g. by wrk).
+    pub fn with_latencies(
+        workload: &str,
+        system: &str,
+        clients: usize,
+        ops: u64,
+        elapsed: Duration,
+        [p50, p99, p999]: [Option<u64>; 3],
+        note: impl Into<String>,
+    ) -> Row {
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let row = Row {
+            workload: workload.into(),
+            system: system.into(),
+            clients,
+            ops_per_s: (ops as f64 / secs).round(),
+            p50_us: p50,
+            p99_us: p99,
+            p999_us: p999,
+            note: note.into(),
+        };
+        eprintln!("  {}", line(&row));
+        row
+    }
+}
+
+fn fmt_opt(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn line(r: &Row) -> String {
+    format!(
+        "{:<44} {:<15} {:>7} {:>12.0} {:>8} {:>8} {:>8}  {}",
+        r.workload,
+        r.system,
+        r.clients,
+        r.ops_per_s,
+        fmt_opt(r.p50_us),
+        fmt_opt(r.p99_us),
+        fmt_opt(r.p999_us),
+        r.note
+    )
+}
+
+/// The baselines every tollgate figure is compared with.
+fn baselines(rows: &[Row]) -> Vec<&Row> {
+    rows.iter().filter(|r| r.system != "tollgate").collect()
+}
+
+pub fn print(rows: &[Row]) {
+    println!();
+    println!(
+        "{:<44} {:<15} {:>7} {:>12} {:>8} {:>8} {:>8}  note",
+        "workload", "system", "clients", "ops/s", "p50 us", "p99 us", "p999 us"
+    );
+    for r in rows {
+        println!("{}", line(r));
+    }
+    let base = baselines(rows);
+    if base.is_empty() {
+        return;
+    }
+    println!();
+    println!("tollgate's throughput as a multiple of each baseline (same run, same machine):");
+    print!("{:<44}", "");
+    for b in &base {
+        print!(" {:>22}", short(&b.workload));
+    }
+    println!();
+    for r in rows
+        .iter()
+        .filter(|r| r.system == "tollgate" && r.ops_per_s > 0.0)
+    {
+        print!("{:<44}", r.workload);
+        for b in &base {
+            if b.ops_per_s > 0.0 {
+                print!(" {:>21.1}x", r.ops_per_s / b.ops_per_s);
+            } else {
+                print!(" {:>22}", "-");
+            }
+        }
+        println!();
+    }
+}
+
+fn short(w: &str) -> String {
+    w.chars()
+        .rev()
+        .take(22)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect()
+}
+
+pub fn write_json(path: &Path, rows: &[Row], plan: &super::Plan) -> anyhow::Result<()> {
+    let machine = serde_json::json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+    });
+    let ratios: Vec<serde_json::Value> =
+        rows.iter()
+            .filter(|r| r.system == "tollgate")
+            .flat_map(|r| {
+                baselines(rows).into_iter().filter(|b| b.ops_per_s > 0.0).map(move |b| {
+                serde_json::json!({
+                    "workload": r.workload, "baseline": b.workload, "baseline_system": b.system,
+                    "ratio": (r.ops_per_s / b.ops_per_s * 100.0).round() / 100.0,
+                })
+            })
+            })
+            .collect();
+    let doc = serde_json::json!({
+        "quick": plan.quick,
+        "seconds_per_row": plan.duration.as_secs_f64(),
+        "machine": machine,
+        "rows": rows,
+        "ratios": ratios,
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+    Ok(())
+}
