@@ -218,7 +218,7 @@ fn naive_postgres(
                  at BIGINT NOT NULL);",
         )?;
         c.execute(
-            "INSERT INTO tollgate_bench_accounts SELECT g, $1 FROM generate_series(0, $2) g",
+            "INSERT INTO tollgate_bench_accounts SELECT g, $1 FROM generate_series(0::bigint, $2::bigint) g",
             &[&(i64::MAX / 4), &(ACCOUNTS as i64 - 1)],
         )?;
     }

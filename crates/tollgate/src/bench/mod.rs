@@ -27,6 +27,9 @@ pub struct BenchArgs {
     /// Seconds per measured row (default 5; 1 with --quick).
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// Concurrent callers of the in-process settle rows.
+    #[arg(long, default_value_t = 256)]
+    pub clients: usize,
     /// Run only the rows whose workload name contains this text (repeatable).
     #[arg(long)]
     pub only: Vec<String>,
@@ -53,7 +56,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let plan = Plan {
         quick: args.quick,
         duration: Duration::from_millis((secs * 1000.0) as u64),
-        clients: 256,
+        clients: args.clients.max(1),
     };
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.contains(o));
     let mut rows: Vec<Row> = Vec::new();
