@@ -165,16 +165,15 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 
 impl Store for SqliteStore {
     fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
-        let version: i64 = self
+        let tx = self
             .conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Checked with the write lock held: no other connection can commit until we are done.
+        let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
         if version != self.cache.data_version {
             self.cache.accounts.clear();
             self.cache.data_version = version;
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut w = SqliteTx {
             conn: &tx,
             cache: &mut self.cache.accounts,
