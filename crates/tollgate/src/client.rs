@@ -13,13 +13,37 @@ pub struct Conn {
     server: String,
     /// An operator key, `<key_id>:<key_secret>`.
     #[arg(long, env = "TOLLGATE_OPERATOR_KEY", hide_env_values = true)]
-    operator_key: String,
+    operator_key: Option<String>,
+}
+
+impl Conn {
+    fn operator_key(&self) -> anyhow::Result<&str> {
+        match self.operator_key.as_deref().map(str::trim) {
+            Some(k) if !k.is_empty() => Ok(k),
+            _ => bail!(
+                "no operator key: set TOLLGATE_OPERATOR_KEY=<key_id>:<key_secret> or pass \
+                 --operator-key"
+            ),
+        }
+    }
+
+    fn url(&self, path: &str) -> anyhow::Result<String> {
+        let server = self.server.trim_end_matches('/');
+        if !(server.starts_with("http://") || server.starts_with("https://")) {
+            bail!(
+                "--server / TOLLGATE_URL must be a URL such as http://127.0.0.1:8080, not \
+                 `{server}`"
+            );
+        }
+        Ok(format!("{server}{path}"))
+    }
 }
 
 #[derive(Subcommand)]
 pub enum AccountCmd {
     /// Create a customer account.
     Create {
+        /// The account's username.
         username: String,
         /// `prepaid` (default: credits, holds, locking) or `invoice` (never locked).
         #[arg(long, default_value = "prepaid")]
@@ -29,6 +53,7 @@ pub enum AccountCmd {
     },
     /// Show an account's balance, holds, concurrency and lock state.
     Show {
+        /// The account's username.
         username: String,
         #[command(flatten)]
         conn: Conn,
@@ -45,6 +70,7 @@ pub struct CreditsArgs {
 enum CreditsCmd {
     /// Add credits: a purchase, idempotent on --purchase-id.
     Add {
+        /// The account's username.
         username: String,
         /// Amount in USD, e.g. 25.00.
         amount_usd: String,
@@ -64,6 +90,7 @@ enum CreditsCmd {
 pub enum KeyCmd {
     /// Create a key for a customer account; the secret is printed once.
     Create {
+        /// The account's username.
         username: String,
         /// API (inference, pricing) or ADMIN (also usage, billing, keys).
         #[arg(long, default_value = "API")]
@@ -91,11 +118,11 @@ fn call(
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
-    let url = format!("{}{}", conn.server.trim_end_matches('/'), path);
+    let url = conn.url(path)?;
     let client = reqwest::blocking::Client::new();
     let mut req = client
         .request(method, &url)
-        .header("Authorization", format!("Key {}", conn.operator_key));
+        .header("Authorization", format!("Key {}", conn.operator_key()?));
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -114,7 +141,11 @@ fn send(req: reqwest::blocking::RequestBuilder, url: &str) -> anyhow::Result<Val
             .as_str()
             .map(str::to_string)
             .unwrap_or_else(|| value.to_string());
-        bail!("{status}: {msg}");
+        let hint = match status.as_u16() {
+            401 | 403 => " (check the operator key: --operator-key or TOLLGATE_OPERATOR_KEY)",
+            _ => "",
+        };
+        bail!("{status}: {msg}{hint}");
     }
     Ok(value)
 }
@@ -187,10 +218,10 @@ pub fn catalog(cmd: CatalogCmd) -> anyhow::Result<()> {
     let CatalogCmd::Apply { file, conn } = cmd;
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read {}", file.display()))?;
-    let url = format!("{}/v1/admin/catalog", conn.server.trim_end_matches('/'));
+    let url = conn.url("/v1/admin/catalog")?;
     let req = reqwest::blocking::Client::new()
         .put(&url)
-        .header("Authorization", format!("Key {}", conn.operator_key))
+        .header("Authorization", format!("Key {}", conn.operator_key()?))
         .header("Content-Type", "application/toml")
         .body(text);
     print(&send(req, &url)?);

@@ -5,15 +5,15 @@
 //!
 //! Timing only decides when the server is killed; no assertion depends on it.
 
+mod common;
+
+use common::{client, Server, SAMPLE_CATALOG};
 use reqwest::blocking::{Client, RequestBuilder};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const OP_KEY: &str = "crash-op:secret123";
@@ -35,91 +35,6 @@ const PURCHASES: [(&str, i64); 3] = [
     ("0.000000001", 1),
     ("7.777777777", 7_777_777_777),
 ];
-
-/// A running `tollgate serve`; killed (SIGKILL) when dropped, so a panic never leaks it.
-struct Server {
-    child: Child,
-    base: String,
-    stderr: PathBuf,
-}
-
-impl Server {
-    fn start(db: &Path, stderr: PathBuf) -> Server {
-        let catalog = concat!(env!("CARGO_MANIFEST_DIR"), "/../../catalog/sample.toml");
-        let err_file = File::create(&stderr).expect("create the stderr log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .arg("serve")
-            .arg("--db")
-            .arg(db)
-            .args(["--listen", "127.0.0.1:0", "--catalog", catalog])
-            .env("TOLLGATE_OPERATOR_KEY", OP_KEY)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(err_file))
-            .spawn()
-            .expect("spawn tollgate serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut server = Server {
-            child,
-            base: String::new(),
-            stderr,
-        };
-        let (tx, rx) = mpsc::channel::<String>();
-        // Drains stdout for the life of the process.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix("tollgate listening on http://") {
-                        let addr = rest.split_whitespace().next().expect("an address");
-                        server.base = format!("http://{addr}");
-                        return server;
-                    }
-                }
-                Err(e) => {
-                    let status = server.child.try_wait().ok().flatten();
-                    panic!(
-                        "tollgate serve never printed `tollgate listening on http://` ({e:?}; \
-                         exit status {status:?}); stderr:\n{}",
-                        server.stderr_text()
-                    );
-                }
-            }
-        }
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn client() -> Client {
-    Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("http client")
-}
 
 /// A fully received HTTP answer.
 #[derive(Debug, Clone)]
@@ -488,7 +403,12 @@ fn acknowledged_operations_survive_sigkill_and_retries_never_double_charge() {
     let c = client();
 
     // ---- first life: setup, then a burst, then SIGKILL ------------------------------------
-    let mut server = Server::start(&db, dir.path().join("stderr-1.log"));
+    let mut server = Server::start(
+        &db,
+        dir.path().join("stderr-1.log"),
+        OP_KEY,
+        Some(Path::new(SAMPLE_CATALOG)),
+    );
     let base = server.base.clone();
     let mut keys = Vec::new();
     for u in ACCOUNTS {
@@ -584,7 +504,12 @@ fn acknowledged_operations_survive_sigkill_and_retries_never_double_charge() {
     );
 
     // ---- second life on the same database file -------------------------------------------
-    let server2 = Server::start(&db, dir.path().join("stderr-2.log"));
+    let server2 = Server::start(
+        &db,
+        dir.path().join("stderr-2.log"),
+        OP_KEY,
+        Some(Path::new(SAMPLE_CATALOG)),
+    );
     let base = server2.base.clone();
 
     // Every request / event id ever sent, with its account; every purchase ever sent.
