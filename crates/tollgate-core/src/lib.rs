@@ -15,6 +15,8 @@ pub mod policy;
 pub mod price;
 pub mod pricing;
 pub mod serde_decimal;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 
 pub use money::Nanos;
