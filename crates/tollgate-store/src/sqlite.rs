@@ -559,8 +559,14 @@ impl Tx for SqliteTx<'_> {
             ])?;
         }
         let mut st = c.prepare_cached(&format!(
-            "INSERT OR REPLACE INTO requests ({REQUEST_COLS}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+            "INSERT INTO requests ({REQUEST_COLS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
+             ON CONFLICT (request_id) DO UPDATE SET status = excluded.status, \
+             started_at = excluded.started_at, finished_at = excluded.finished_at, \
+             hold_nanos = excluded.hold_nanos, hold_expires_at = excluded.hold_expires_at, \
+             machine_type = excluded.machine_type, num_gpus = excluded.num_gpus, \
+             queue_ms = excluded.queue_ms, inference_ms = excluded.inference_ms, \
+             completion = excluded.completion"
         ))?;
         for id in &s.dirty_requests {
             let r = &s.requests[id];

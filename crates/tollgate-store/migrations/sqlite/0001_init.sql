@@ -48,8 +48,12 @@ CREATE TABLE settings (
     value  TEXT NOT NULL
 ) WITHOUT ROWID;
 
+-- Rows are kept in arrival order (rowid), so the requests in flight, which start and complete
+-- update, sit together in the last pages; only the narrow unique index on request_id (the
+-- idempotency key) takes an insert at a random position.
 CREATE TABLE requests (
-    request_id       TEXT PRIMARY KEY,
+    id               INTEGER PRIMARY KEY,
+    request_id       TEXT    NOT NULL UNIQUE,
     source           TEXT    NOT NULL,
     account          TEXT    NOT NULL,
     endpoint_id      TEXT    NOT NULL,
@@ -66,7 +70,7 @@ CREATE TABLE requests (
     queue_ms         INTEGER,
     inference_ms     INTEGER,
     completion       TEXT
-) WITHOUT ROWID;
+);
 CREATE INDEX requests_hold_expiry ON requests (hold_expires_at) WHERE hold_expires_at IS NOT NULL;
 
 -- A purchase is also a credit lot: `remaining_nanos` is what is left of it, spent earliest
