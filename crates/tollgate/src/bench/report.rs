@@ -121,10 +121,13 @@ pub fn print(rows: &[Row]) {
         return;
     }
     println!();
-    println!("tollgate's throughput as a multiple of each baseline (same run, same machine):");
+    println!(
+        "tollgate's throughput as a multiple of each baseline (same run, same machine; \
+         sqlite/postgres = the naive per-request transaction with N clients, fsync = the disk):"
+    );
     print!("{:<44}", "");
     for b in &base {
-        print!(" {:>22}", short(&b.workload));
+        print!(" {:>16}", short(b));
     }
     println!();
     for r in rows
@@ -134,23 +137,30 @@ pub fn print(rows: &[Row]) {
         print!("{:<44}", r.workload);
         for b in &base {
             if b.ops_per_s > 0.0 {
-                print!(" {:>21.1}x", r.ops_per_s / b.ops_per_s);
+                print!(" {:>15.1}x", r.ops_per_s / b.ops_per_s);
             } else {
-                print!(" {:>22}", "-");
+                print!(" {:>16}", "-");
             }
         }
         println!();
     }
 }
 
-fn short(w: &str) -> String {
-    w.chars()
-        .rev()
-        .take(22)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect()
+/// A baseline's column label: what it is, in a few characters.
+fn short(b: &Row) -> String {
+    match b.system.as_str() {
+        "disk" => b.workload.replace("disk.fdatasync.", "fsync "),
+        system => format!(
+            "{} {}{}",
+            system.trim_start_matches("naive-"),
+            if b.workload.starts_with("hot_account") {
+                "hot x"
+            } else {
+                "x"
+            },
+            b.clients
+        ),
+    }
 }
 
 pub fn write_json(path: &Path, rows: &[Row], plan: &super::Plan) -> anyhow::Result<()> {
