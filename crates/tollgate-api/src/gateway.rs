@@ -351,7 +351,7 @@ pub async fn usage_events(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventResults>, ApiError> {
     operator(&state, &headers).await?;
     let req: EventsBody = parse_json(&body)?;
     if req.events.len() > MAX_EVENTS_PER_CALL {
@@ -376,25 +376,55 @@ pub async fn usage_events(
         .map(|op| op.request_id().expect("events have ids").to_string())
         .collect();
     let answers = state.engine.execute_many(ops).await?;
-    let results: Vec<Value> = answers
+    let results: Vec<EventResult> = answers
         .into_iter()
         .zip(ids)
-        .map(|(a, id)| match a {
-            Ok(Outcome::Completed { request, completion, replayed }) => {
-                let mut v = serde_json::to_value(billing_result(&request, &completion)).expect("serializes");
-                v["event_id"] = json!(id);
-                v["duplicate"] = json!(replayed);
-                v
-            }
-            Ok(_) => json!({ "event_id": id, "error": { "type": "server_error", "message": "unexpected outcome" } }),
+        .map(|(a, event_id)| match a {
+            Ok(Outcome::Completed {
+                request,
+                completion,
+                replayed,
+            }) => EventResult::Billed {
+                event_id,
+                duplicate: replayed,
+                result: billing_result(&request, &completion),
+            },
+            Ok(_) => EventResult::Refused {
+                event_id,
+                status_code: 500,
+                error: ApiError::server("unexpected outcome").body()["error"].take(),
+            },
             Err(rej) => {
                 let e = ApiError::from(rej);
-                let mut v = e.body();
-                v["event_id"] = json!(id);
-                v["status_code"] = json!(e.status.as_u16());
-                v
+                EventResult::Refused {
+                    event_id,
+                    status_code: e.status.as_u16(),
+                    error: e.body()["error"].take(),
+                }
             }
         })
         .collect();
-    Ok(Json(json!({ "results": results })))
+    Ok(Json(EventResults { results }))
+}
+
+#[derive(Serialize)]
+pub struct EventResults {
+    results: Vec<EventResult>,
+}
+
+/// One event's answer, serialized directly (a bulk call answers thousands of them).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum EventResult {
+    Billed {
+        event_id: String,
+        duplicate: bool,
+        #[serde(flatten)]
+        result: BillingResult,
+    },
+    Refused {
+        event_id: String,
+        status_code: u16,
+        error: Value,
+    },
 }
