@@ -2,7 +2,7 @@
 
 use crate::auth::customer;
 use crate::error::ApiError;
-use crate::money::Usd;
+use crate::money::Number;
 use crate::AppState;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
@@ -59,7 +59,7 @@ pub async fn billing(
         // fal's schema: current_balance >= 0; an overdrawn balance shows as 0 here and exactly
         // in the operator API.
         let balance = row.state.credit.balance.max(tollgate_core::Nanos::ZERO);
-        body["credits"] = json!({ "current_balance": Usd::nanos(balance), "currency": "USD", "current_balance_nano_usd": balance.0 });
+        body["credits"] = json!({ "current_balance": Number::usd(balance), "currency": "USD", "current_balance_nano_usd": balance.0 });
     }
     Ok(Json(body))
 }

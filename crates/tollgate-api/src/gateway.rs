@@ -4,7 +4,7 @@
 use crate::admin::{parse_account, parse_time, rfc3339};
 use crate::auth::{operator, verify_key};
 use crate::error::{parse_json, ApiError};
-use crate::money::{opt_usd, Num, Usd};
+use crate::money::Number;
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -141,7 +141,7 @@ pub async fn start(
         "request_id": request_id.as_str(),
         "status": "IN_PROGRESS",
         "hold_nano_usd": hold.0,
-        "hold": Usd::nanos(hold),
+        "hold": Number::usd(hold),
         "concurrency": { "limit": limit, "in_progress": in_progress },
     })))
 }
@@ -166,12 +166,12 @@ pub struct BillingResult {
     pub billed: bool,
     pub endpoint_id: String,
     pub unit: String,
-    pub output_units: Num,
-    pub unit_price: Usd,
-    pub percent_discount: Option<Num>,
-    pub cost_subtotal: Usd,
-    pub cost_discount: Usd,
-    pub cost_total: Usd,
+    pub output_units: Number,
+    pub unit_price: Number,
+    pub percent_discount: Option<Number>,
+    pub cost_subtotal: Number,
+    pub cost_discount: Number,
+    pub cost_total: Number,
     pub cost_subtotal_nano_usd: i64,
     pub cost_discount_nano_usd: i64,
     pub cost_estimate_nano_usd: i64,
@@ -187,12 +187,12 @@ pub fn billing_result(r: &RequestRecord, c: &Completion) -> BillingResult {
         billed: c.billed,
         endpoint_id: r.endpoint.to_string(),
         unit: c.unit.clone(),
-        output_units: Usd(ch.quantity),
-        unit_price: Usd(ch.unit_price),
-        percent_discount: opt_usd(ch.percent_discount),
-        cost_subtotal: Usd::nanos(ch.subtotal_nanos),
-        cost_discount: Usd::nanos(ch.discount_nanos),
-        cost_total: Usd::nanos(ch.total_nanos),
+        output_units: Number(ch.quantity),
+        unit_price: Number(ch.unit_price),
+        percent_discount: ch.percent_discount.map(Number),
+        cost_subtotal: Number::usd(ch.subtotal_nanos),
+        cost_discount: Number::usd(ch.discount_nanos),
+        cost_total: Number::usd(ch.total_nanos),
         cost_subtotal_nano_usd: ch.subtotal_nanos.0,
         cost_discount_nano_usd: ch.discount_nanos.0,
         cost_estimate_nano_usd: ch.total_nanos.0,
@@ -259,8 +259,8 @@ pub async fn cancel(
     ))
 }
 
-fn ms_to_seconds(ms: Option<i64>) -> Option<Num> {
-    ms.map(|m| Usd(Decimal::new(m, 3)))
+fn ms_to_seconds(ms: Option<i64>) -> Option<Number> {
+    ms.map(|m| Number(Decimal::new(m, 3)))
 }
 
 pub async fn show(

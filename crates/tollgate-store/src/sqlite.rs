@@ -11,7 +11,6 @@ use crate::{
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
 use tollgate_core::concurrency::{ConcurrencyTable, TIER_WINDOW_MS};
 use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, MachineType, PurchaseId, RequestId};
@@ -980,9 +979,4 @@ impl Reader for SqliteReader {
         }
         Ok(rec)
     }
-}
-
-/// Parses a stored decimal.
-pub fn decimal(s: &str) -> Result<rust_decimal::Decimal> {
-    rust_decimal::Decimal::from_str(s).map_err(|e| corrupt("decimal", e))
 }
