@@ -230,7 +230,8 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    pub fn total(&self) -> u64 {
+    /// The counts by component, in the order of [`TokenPrices::components`].
+    pub fn components(&self) -> [u64; 6] {
         [
             self.input,
             self.cached_input,
@@ -239,8 +240,26 @@ impl Tokens {
             self.image_cached_input,
             self.image_output,
         ]
-        .iter()
-        .fold(0u64, |a, b| a.saturating_add(*b))
+    }
+
+    pub fn total(&self) -> u64 {
+        self.components()
+            .iter()
+            .fold(0u64, |a, b| a.saturating_add(*b))
+    }
+}
+
+impl TokenPrices {
+    /// The prices by component, in the order of [`Tokens::components`].
+    pub fn components(&self) -> [Decimal; 6] {
+        [
+            self.input,
+            self.cached_input,
+            self.output,
+            self.image_input,
+            self.image_cached_input,
+            self.image_output,
+        ]
     }
 }
 
@@ -390,14 +409,7 @@ impl Usage {
         check_count("output.frames", o.frames)?;
         check_count("output.input_frames", o.input_frames)?;
         if let Some(t) = &o.tokens {
-            for v in [
-                t.input,
-                t.cached_input,
-                t.output,
-                t.image_input,
-                t.image_cached_input,
-                t.image_output,
-            ] {
+            for v in t.components() {
                 check_count("output.tokens", Some(v))?;
             }
         }
@@ -558,16 +570,8 @@ impl PriceRule {
             (Some(tp), None) => {
                 composite = true;
                 let t = usage.output.tokens.unwrap_or_default();
-                let parts = [
-                    (t.input, tp.input),
-                    (t.cached_input, tp.cached_input),
-                    (t.output, tp.output),
-                    (t.image_input, tp.image_input),
-                    (t.image_cached_input, tp.image_cached_input),
-                    (t.image_output, tp.image_output),
-                ];
                 let mut sum = Decimal::ZERO;
-                for (n, price) in parts {
+                for (n, price) in t.components().into_iter().zip(tp.components()) {
                     sum = add(sum, mul(dec(n), price)?)?;
                 }
                 mul(sum.checked_div(tp.per).ok_or_else(overflow)?, factor)?
@@ -642,16 +646,7 @@ impl PriceRule {
         let mut per = Decimal::ONE;
         if let (Unit::Token, Some(t)) = (self.unit, &self.tokens) {
             per = t.per;
-            rate = [
-                t.input,
-                t.cached_input,
-                t.output,
-                t.image_input,
-                t.image_cached_input,
-                t.image_output,
-            ]
-            .into_iter()
-            .fold(rate, Decimal::max);
+            rate = t.components().into_iter().fold(rate, Decimal::max);
         }
         rate = self
             .rates

@@ -102,6 +102,17 @@ pub async fn start_engine(path: &Path) -> anyhow::Result<Engine> {
     Ok(engine)
 }
 
+/// What every bench image request produces: one 1024x1024 image (0.001 USD).
+fn one_image() -> Output {
+    Output {
+        images: vec![Dims {
+            width: 1024,
+            height: 1024,
+        }],
+        ..Default::default()
+    }
+}
+
 fn image_event(event_id: String, account: AccountId, at: tollgate_core::Timestamp) -> Op {
     Op::UsageEvent(UsageEvent {
         event_id: RequestId::parse(&event_id).expect("valid id"),
@@ -110,13 +121,7 @@ fn image_event(event_id: String, account: AccountId, at: tollgate_core::Timestam
         api_key: None,
         timestamp: at,
         status_code: 200,
-        output: Output {
-            images: vec![Dims {
-                width: 1024,
-                height: 1024,
-            }],
-            ..Default::default()
-        },
+        output: one_image(),
         billable_units: None,
         queue_seconds: None,
         inference_seconds: None,
@@ -226,13 +231,7 @@ async fn lifecycle(engine: Engine, account: AccountId, id: String) -> anyhow::Re
         .execute(Op::Complete {
             request_id,
             status_code: 200,
-            output: Output {
-                images: vec![Dims {
-                    width: 1024,
-                    height: 1024,
-                }],
-                ..Default::default()
-            },
+            output: one_image(),
             billable_units: None,
             inference_seconds: None,
         })
