@@ -58,6 +58,7 @@ pub fn run(
 
 /// Appends 64-byte records and calls fdatasync after every `batch` of them.
 fn disk(plan: &Plan, batch: usize) -> anyhow::Result<Row> {
+    super::quiesce();
     let dir = tempfile::tempdir()?;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -140,6 +141,7 @@ fn drive<S: Send + 'static>(
 }
 
 fn naive_sqlite(plan: &Plan, name: &str, clients: usize, hot: bool) -> anyhow::Result<Row> {
+    super::quiesce();
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("naive.db");
     let open = |p: &std::path::Path| -> anyhow::Result<rusqlite::Connection> {
@@ -222,6 +224,7 @@ fn naive_postgres(
             &[&(i64::MAX / 4), &(ACCOUNTS as i64 - 1)],
         )?;
     }
+    super::quiesce();
     let (ops, elapsed, h) = drive(
         plan,
         clients,

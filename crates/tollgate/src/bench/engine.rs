@@ -92,6 +92,7 @@ pub fn seed(dir: &Path, accounts: usize, history: usize) -> anyhow::Result<PathB
         }
     }
     tx.commit()?;
+    super::quiesce();
     Ok(path)
 }
 
@@ -310,7 +311,6 @@ pub async fn run(
     if wanted("admission.start.inprocess") {
         rows.push(admission(plan).await?);
     }
-    scale(plan, wanted, rows).await?;
     for path in trace_files(args) {
         let name = format!(
             "trace.replay.{}",
@@ -370,7 +370,7 @@ async fn admission(plan: &Plan) -> anyhow::Result<Row> {
 }
 
 /// The same settle benchmark with more accounts and with a long history.
-async fn scale(
+pub async fn scale(
     plan: &Plan,
     wanted: &dyn Fn(&str) -> bool,
     rows: &mut Vec<Row>,

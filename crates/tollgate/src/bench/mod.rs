@@ -43,6 +43,13 @@ pub struct BenchArgs {
     pub trace: Vec<PathBuf>,
 }
 
+/// Lets the disk finish what earlier rows left to write back, so that no row pays for
+/// another's writes (the scale rows seed gigabytes).
+pub fn quiesce() {
+    let _ = std::process::Command::new("sync").status();
+    std::thread::sleep(Duration::from_millis(200));
+}
+
 /// How long and how large each row runs.
 #[derive(Clone, Copy)]
 pub struct Plan {
@@ -76,6 +83,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     baseline::run(&plan, &args, &wanted, &mut rows)?;
     rt.block_on(engine::run(&plan, &args, &wanted, &mut rows))?;
     rt.block_on(http::run(&plan, &wanted, &mut rows))?;
+    // Last: seeding millions of rows leaves the disk busy writing back for a while.
+    rt.block_on(engine::scale(&plan, &wanted, &mut rows))?;
 
     report::print(&rows);
     if let Some(path) = &args.json {
