@@ -127,4 +127,3 @@ CREATE TABLE line_items (
     queue_ms          INTEGER,
     inference_ms      INTEGER
 );
-CREATE INDEX line_items_by_account_time ON line_items (account, billed_at);
