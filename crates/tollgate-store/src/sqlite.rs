@@ -682,11 +682,14 @@ impl Tx for SqliteTx<'_> {
 
     fn due_credit_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<AccountId>> {
         let mut st = self.conn.prepare_cached(
-            // Accounts whose due credits are all reserved by holds are left out: nothing of
-            // theirs can expire until the holds settle, and they must not crowd out others.
+            // Accounts whose due credits are all reserved by holds are left out (nothing of
+            // theirs can expire, and they must not crowd out others), unless one of those holds
+            // expires in this same sweep, which runs hold expiries first.
             "SELECT DISTINCT p.account FROM purchases p JOIN accounts a ON a.username = p.account \
              WHERE p.remaining_nanos > 0 AND p.expires_at IS NOT NULL AND p.expires_at <= ?1 \
-             AND a.balance_nanos > a.held_nanos LIMIT ?2",
+             AND (a.balance_nanos > a.held_nanos OR EXISTS (SELECT 1 FROM requests r \
+               WHERE r.hold_expires_at IS NOT NULL AND r.hold_expires_at <= ?1 \
+               AND r.account = p.account)) LIMIT ?2",
         )?;
         let ids = st
             .query_map(params![now.0, limit as i64], |r| r.get::<_, String>(0))?
