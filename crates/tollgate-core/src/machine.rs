@@ -427,21 +427,7 @@ fn ms_to_seconds(ms: i64) -> Decimal {
 
 /// The unit and rule used to bill a 4xx's inference seconds.
 fn inference_seconds_rule() -> PriceRule {
-    PriceRule {
-        unit: Unit::GpuSecond,
-        unit_price: None,
-        per: None,
-        rounding: Default::default(),
-        min_units: None,
-        megapixel_divisor: None,
-        include_input_images: false,
-        base: None,
-        rates: vec![],
-        multipliers: vec![],
-        add_ons: vec![],
-        tokens: None,
-        cost_step: None,
-    }
+    PriceRule::per_unit(Unit::GpuSecond, None)
 }
 
 struct Ctx<'a> {

@@ -443,6 +443,25 @@ fn dec(n: u64) -> Decimal {
 }
 
 impl PriceRule {
+    /// A plain price: `unit_price` USD per unit, nothing else.
+    pub fn per_unit(unit: Unit, unit_price: Option<Decimal>) -> PriceRule {
+        PriceRule {
+            unit,
+            unit_price,
+            per: None,
+            rounding: Rounding::Exact,
+            min_units: None,
+            megapixel_divisor: None,
+            include_input_images: false,
+            base: None,
+            rates: vec![],
+            multipliers: vec![],
+            add_ons: vec![],
+            tokens: None,
+            cost_step: None,
+        }
+    }
+
     /// The headline USD price per unit, as shown by the pricing API (before account discounts).
     pub fn headline_unit_price(&self, machine_price: Option<Decimal>) -> Option<Decimal> {
         match self.unit {

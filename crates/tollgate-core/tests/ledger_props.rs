@@ -19,7 +19,7 @@ use tollgate_core::machine::{
     RequestRecord, RequestStatus, Source, PAID_CREDITS_EXPIRE_MS,
 };
 use tollgate_core::policy::FourXxPolicy;
-use tollgate_core::price::{Dims, Output, PriceRule, Rounding, Unit};
+use tollgate_core::price::{Dims, Output, PriceRule, Unit};
 use tollgate_core::testing::{
     account_id, due_credits, fresh_state, to_op, Statuses, Step, Timed, Usage, EP_GPU, EP_MP,
     EP_VIDEO, REAL_ACCOUNTS, T0,
@@ -36,21 +36,7 @@ fn d(s: &str) -> Decimal {
 }
 
 fn rule(unit: Unit, unit_price: Option<&str>) -> PriceRule {
-    PriceRule {
-        unit,
-        unit_price: unit_price.map(d),
-        per: None,
-        rounding: Rounding::Exact,
-        min_units: None,
-        megapixel_divisor: None,
-        include_input_images: false,
-        base: None,
-        rates: vec![],
-        multipliers: vec![],
-        add_ons: vec![],
-        tokens: None,
-        cost_step: None,
-    }
+    PriceRule::per_unit(unit, unit_price.map(d))
 }
 
 fn endpoint(
