@@ -211,9 +211,6 @@ pub async fn purchase(
     let amount = Nanos::parse_usd(&amount_text).map_err(|e| {
         ApiError::validation(format!("amount_usd: {e}")).with("field", "amount_usd")
     })?;
-    if amount <= Nanos::ZERO {
-        return Err(ApiError::validation("amount_usd must be positive").with("field", "amount_usd"));
-    }
     if amount > Nanos(MAX_PURCHASE_USD * tollgate_core::money::NANOS_PER_USD) {
         return Err(ApiError::validation(format!(
             "amount_usd exceeds the largest single purchase ({MAX_PURCHASE_USD} USD)"
@@ -235,11 +232,6 @@ pub async fn purchase(
         .as_deref()
         .map(|s| parse_time("expires_at", s))
         .transpose()?;
-    if expires_at.is_some_and(|e| e <= state.engine.now()) {
-        return Err(
-            ApiError::validation("expires_at must be in the future").with("field", "expires_at")
-        );
-    }
     let outcome = state
         .engine
         .execute(Op::Purchase {

@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use tollgate_core::machine::Rejection;
+use tollgate_core::price::RateError;
 use tollgate_engine::EngineError;
 
 #[derive(Debug)]
@@ -49,13 +50,18 @@ impl ApiError {
         self.extra.insert(key.to_string(), value.into());
         self
     }
-    /// The body's `error` object.
-    pub fn body(&self) -> Value {
+    /// The `error` object: type, message and the extra fields.
+    pub fn object(&self) -> Value {
         let mut err = Map::new();
         err.insert("type".into(), json!(self.kind));
         err.insert("message".into(), json!(self.message));
         err.extend(self.extra.clone());
-        json!({ "error": err })
+        Value::Object(err)
+    }
+
+    /// The whole body: fal's envelope around [`ApiError::object`].
+    pub fn body(&self) -> Value {
+        json!({ "error": self.object() })
     }
 }
 
@@ -105,10 +111,13 @@ impl From<Rejection> for ApiError {
             | Rejection::UnknownEndpoint(_)
             | Rejection::UnknownAccount(_) => ApiError::not_found(msg),
             Rejection::NoPrice(_) => ApiError::not_found(msg),
+            Rejection::Invalid { field, .. }
+            | Rejection::InvalidUsage(RateError::Invalid { field, .. }) => {
+                ApiError::validation(msg).with("field", field)
+            }
             Rejection::UnknownMachine(_)
             | Rejection::InvalidUsage(_)
             | Rejection::BadStatus(_)
-            | Rejection::Invalid(_)
             | Rejection::Money(_) => ApiError::validation(msg),
             Rejection::AccountLocked { balance, .. } => ApiError::new(
                 StatusCode::FORBIDDEN,

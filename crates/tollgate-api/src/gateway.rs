@@ -384,7 +384,7 @@ pub async fn usage_events(
                 request,
                 completion,
                 replayed,
-            }) => EventResult::Billed {
+            }) => EventResult::Settled {
                 event_id,
                 duplicate: replayed,
                 result: billing_result(&request, &completion),
@@ -392,14 +392,14 @@ pub async fn usage_events(
             Ok(_) => EventResult::Refused {
                 event_id,
                 status_code: 500,
-                error: ApiError::server("unexpected outcome").body()["error"].take(),
+                error: ApiError::server("unexpected outcome").object(),
             },
             Err(rej) => {
                 let e = ApiError::from(rej);
                 EventResult::Refused {
                     event_id,
                     status_code: e.status.as_u16(),
-                    error: e.body()["error"].take(),
+                    error: e.object(),
                 }
             }
         })
@@ -416,7 +416,8 @@ pub struct EventResults {
 #[derive(Serialize)]
 #[serde(untagged)]
 enum EventResult {
-    Billed {
+    /// Billed, or free (a 5xx): `billed` in the result says which.
+    Settled {
         event_id: String,
         duplicate: bool,
         #[serde(flatten)]

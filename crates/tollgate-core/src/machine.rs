@@ -88,6 +88,14 @@ impl AccountState {
         }
     }
 
+    /// What billing a charge changes besides the balance: the month's subtotal (volume tiers)
+    /// and the lots it is paid from.
+    fn record_charge(&mut self, charge: &Charge) -> Result<(), MoneyError> {
+        self.month_subtotal = self.month_subtotal.checked_add(charge.subtotal_nanos)?;
+        self.spend_lots(charge.total_nanos);
+        Ok(())
+    }
+
     /// Spends `amount` from the lots, those that expire first first.
     fn spend_lots(&mut self, mut amount: Nanos) {
         for lot in &mut self.lots {
@@ -387,8 +395,8 @@ pub enum Rejection {
     InvalidUsage(#[from] RateError),
     #[error(transparent)]
     BadStatus(#[from] BadStatus),
-    #[error("invalid request: {0}")]
-    Invalid(String),
+    #[error("`{field}` {reason}")]
+    Invalid { field: &'static str, reason: String },
     #[error(transparent)]
     Money(#[from] MoneyError),
 }
@@ -638,15 +646,17 @@ fn start(
     }
     let num_gpus = num_gpus.unwrap_or(1);
     if num_gpus == 0 || num_gpus > 64 {
-        return Err(Rejection::Invalid(
-            "num_gpus must be between 1 and 64".into(),
-        ));
+        return Err(Rejection::Invalid {
+            field: "num_gpus",
+            reason: "must be between 1 and 64".into(),
+        });
     }
     if let Some(u) = hold_units {
         if u.is_sign_negative() || u > Decimal::from(crate::price::limits::MAX_BILLABLE_UNITS) {
-            return Err(Rejection::Invalid(
-                "hold_units must be between 0 and 10^12".into(),
-            ));
+            return Err(Rejection::Invalid {
+                field: "hold_units",
+                reason: "must be between 0 and 10^12".into(),
+            });
         }
     }
     let def = cx
@@ -827,8 +837,7 @@ fn complete(
         req.num_gpus,
     )?;
     let transfers = if billed {
-        next.month_subtotal = next.month_subtotal.checked_add(charge.subtotal_nanos)?;
-        next.spend_lots(charge.total_nanos);
+        next.record_charge(&charge)?;
         next.credit.settle(req.hold, charge.total_nanos)?.1
     } else {
         vec![next.credit.release(req.hold, TransferKind::Void)?]
@@ -970,12 +979,16 @@ fn purchase(
         });
     }
     if amount <= Nanos::ZERO {
-        return Err(Rejection::Invalid("amount_usd must be positive".into()));
+        return Err(Rejection::Invalid {
+            field: "amount_usd",
+            reason: "must be positive".into(),
+        });
     }
     if expires_at.is_some_and(|e| e <= cx.now) {
-        return Err(Rejection::Invalid(
-            "expires_at must be in the future".into(),
-        ));
+        return Err(Rejection::Invalid {
+            field: "expires_at",
+            reason: "must be in the future".into(),
+        });
     }
     let expires_at = expires_at.or(paid.then(|| cx.now.plus_ms(PAID_CREDITS_EXPIRE_MS)));
     let acct = state.account_mut(&account)?;
@@ -1078,13 +1091,17 @@ fn usage_event(state: &mut BatchState, cx: &Ctx, e: UsageEvent) -> Result<Outcom
         });
     }
     if e.timestamp > cx.now.plus_ms(MAX_EVENT_SKEW_MS) {
-        return Err(Rejection::Invalid("timestamp is in the future".into()));
+        return Err(Rejection::Invalid {
+            field: "timestamp",
+            reason: "is in the future".into(),
+        });
     }
     let num_gpus = e.num_gpus.unwrap_or(1);
     if num_gpus == 0 || num_gpus > 64 {
-        return Err(Rejection::Invalid(
-            "num_gpus must be between 1 and 64".into(),
-        ));
+        return Err(Rejection::Invalid {
+            field: "num_gpus",
+            reason: "must be between 1 and 64".into(),
+        });
     }
     let (def, price) = endpoint_and_price(cx, &e.endpoint, &e.account, e.timestamp)?;
     let machine = e.machine_type.clone().or_else(|| def.machine_type.clone());
@@ -1096,9 +1113,10 @@ fn usage_event(state: &mut BatchState, cx: &Ctx, e: UsageEvent) -> Result<Outcom
     let inference = e.inference_seconds.unwrap_or_default();
     let queue = e.queue_seconds.unwrap_or_default();
     if queue.is_sign_negative() || queue > Decimal::from(crate::price::limits::MAX_SECONDS) {
-        return Err(Rejection::Invalid(
-            "queue_seconds must be between 0 and one year".into(),
-        ));
+        return Err(Rejection::Invalid {
+            field: "queue_seconds",
+            reason: "must be between 0 and one year".into(),
+        });
     }
     let acct = state.account_mut(&e.account)?;
     let mut next = acct.clone();
@@ -1116,8 +1134,7 @@ fn usage_event(state: &mut BatchState, cx: &Ctx, e: UsageEvent) -> Result<Outcom
     )?;
     let mut transfer = None;
     if billed {
-        next.month_subtotal = next.month_subtotal.checked_add(charge.subtotal_nanos)?;
-        next.spend_lots(charge.total_nanos);
+        next.record_charge(&charge)?;
         transfer = Some(next.credit.charge(charge.total_nanos)?);
     }
     let completion = Completion {

@@ -1364,7 +1364,7 @@ fn generated_sequences_reach_every_path() {
                 (_, Err(Rejection::UnknownAccount(_))) => "unknown account",
                 (_, Err(Rejection::InvalidUsage(_))) => "invalid usage",
                 (_, Err(Rejection::BadStatus(_))) => "bad status",
-                (_, Err(Rejection::Invalid(_))) => "invalid",
+                (_, Err(Rejection::Invalid { .. })) => "invalid",
                 (_, Err(e)) => panic!("unexpected rejection {e}"),
             });
         })

@@ -45,12 +45,15 @@ struct AccountCache {
     data_version: i64,
 }
 
+/// Paid purchases as (created_at, amount): what the concurrency tier is summed from.
+type PaidPurchases = Vec<(Timestamp, Nanos)>;
+
 #[derive(Clone)]
 struct CachedAccount {
     /// `paid_28d` is recomputed from `recent_paid` for each batch's `now`.
     state: AccountState,
     /// Paid purchases that may still be in the 28-day window: (created_at, amount).
-    recent_paid: Vec<(Timestamp, Nanos)>,
+    recent_paid: PaidPurchases,
 }
 
 impl CachedAccount {
@@ -241,23 +244,8 @@ const ACCOUNT_COLS: &str = "username, billing, balance_nanos, held_nanos, in_pro
      lock_threshold_nanos, concurrency_override, discounts, paid_lifetime_nanos, month, \
      month_subtotal_nanos, created_at";
 
-fn paid_28d(conn: &Connection, account: &str, now: Timestamp) -> Result<Nanos> {
-    let mut st = conn.prepare_cached(
-        "SELECT COALESCE(SUM(amount_nanos), 0) FROM purchases \
-         WHERE account = ?1 AND paid = 1 AND created_at > ?2",
-    )?;
-    let n: i64 = st.query_row(params![account, now.minus_ms(TIER_WINDOW_MS).0], |r| {
-        r.get(0)
-    })?;
-    Ok(Nanos(n))
-}
-
 /// Paid purchases of the account within the tier window of `now`.
-fn recent_paid(
-    conn: &Connection,
-    account: &str,
-    now: Timestamp,
-) -> Result<Vec<(Timestamp, Nanos)>> {
+fn recent_paid(conn: &Connection, account: &str, now: Timestamp) -> Result<PaidPurchases> {
     let mut st = conn.prepare_cached(
         "SELECT created_at, amount_nanos FROM purchases \
          WHERE account = ?1 AND paid = 1 AND created_at > ?2",
@@ -288,7 +276,13 @@ fn open_lots(conn: &Connection, account: &str) -> Result<Vec<Lot>> {
     Ok(lots)
 }
 
-fn account_row(conn: &Connection, r: &Row, now: Timestamp) -> Result<AccountRow> {
+/// An account row; `recent_paid` are its paid purchases in the tier window (see
+/// [`recent_paid`]), from which `paid_28d` is summed.
+fn account_row(
+    conn: &Connection,
+    r: &Row,
+    recent_paid: &[(Timestamp, Nanos)],
+) -> Result<AccountRow> {
     let username: String = r.get(0)?;
     let billing = match r.get::<_, String>(1)?.as_str() {
         "invoice" => BillingMode::Invoice,
@@ -309,7 +303,7 @@ fn account_row(conn: &Connection, r: &Row, now: Timestamp) -> Result<AccountRow>
         credit,
         in_progress: r.get(4)?,
         concurrency_override: r.get(6)?,
-        paid_28d: paid_28d(conn, &username, now)?,
+        paid_28d: Nanos(recent_paid.iter().map(|(_, n)| n.0).sum()),
         paid_lifetime: Nanos(r.get(8)?),
         discounts: json("discounts", &r.get::<_, String>(7)?)?,
         month: r.get(9)?,
@@ -323,15 +317,27 @@ fn account_row(conn: &Connection, r: &Row, now: Timestamp) -> Result<AccountRow>
     })
 }
 
-fn get_account(conn: &Connection, id: &AccountId, now: Timestamp) -> Result<Option<AccountRow>> {
+/// The account and its paid purchases in the tier window of `now`.
+fn load_account(
+    conn: &Connection,
+    id: &AccountId,
+    now: Timestamp,
+) -> Result<Option<(AccountRow, PaidPurchases)>> {
     let mut st = conn.prepare_cached(&format!(
         "SELECT {ACCOUNT_COLS} FROM accounts WHERE username = ?1"
     ))?;
     let mut rows = st.query([id.as_str()])?;
     match rows.next()? {
-        Some(r) => Ok(Some(account_row(conn, r, now)?)),
+        Some(r) => {
+            let recent = recent_paid(conn, id.as_str(), now)?;
+            Ok(Some((account_row(conn, r, &recent)?, recent)))
+        }
         None => Ok(None),
     }
+}
+
+fn get_account(conn: &Connection, id: &AccountId, now: Timestamp) -> Result<Option<AccountRow>> {
+    Ok(load_account(conn, id, now)?.map(|(row, _)| row))
 }
 
 const REQUEST_COLS: &str = "request_id, source, account, endpoint_id, api_key, price_version, \
@@ -474,10 +480,10 @@ impl Tx for SqliteTx<'_> {
                 out.insert(id.clone(), c.state_at(now));
                 continue;
             }
-            if let Some(a) = get_account(self.conn, id, now)? {
+            if let Some((row, recent_paid)) = load_account(self.conn, id, now)? {
                 let mut cached = CachedAccount {
-                    state: a.state,
-                    recent_paid: recent_paid(self.conn, id.as_str(), now)?,
+                    state: row.state,
+                    recent_paid,
                 };
                 out.insert(id.clone(), cached.state_at(now));
                 self.cache.insert(id.clone(), cached);

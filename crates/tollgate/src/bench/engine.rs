@@ -131,28 +131,30 @@ fn image_event(event_id: String, account: AccountId, at: tollgate_core::Timestam
     })
 }
 
-/// Spawns `clients` tasks running `op(engine, client, n)` until the time is up; returns the
-/// number of completed iterations, the elapsed time and the latency histogram `op` recorded.
-async fn drive<F, Fut>(
-    engine: &Engine,
+/// Spawns `clients` tasks running `op(ctx, client, n)` until the time is up; `op` returns the
+/// latency it measured. Returns the number of completed iterations, the elapsed time and the
+/// latency histogram.
+pub async fn drive<C, F, Fut>(
+    ctx: &C,
     clients: usize,
     duration: Duration,
     op: F,
 ) -> anyhow::Result<(u64, Duration, Histogram<u64>)>
 where
-    F: Fn(Engine, usize, u64) -> Fut + Send + Sync + Clone + 'static,
+    C: Clone + Send + 'static,
+    F: Fn(C, usize, u64) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = anyhow::Result<Duration>> + Send,
 {
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (engine, stop, op) = (engine.clone(), stop.clone(), op.clone());
+        let (ctx, stop, op) = (ctx.clone(), stop.clone(), op.clone());
         tasks.push(tokio::spawn(async move {
             let mut h = histogram();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let latency = op(engine.clone(), c, n).await?;
+                let latency = op(ctx.clone(), c, n).await?;
                 record(&mut h, latency);
                 n += 1;
             }

@@ -2,11 +2,10 @@
 //! load generator) with Lua scripts, so the HTTP layer is counted.
 
 use super::baseline::{ACCOUNTS, COST_NANOS};
-use super::engine::{account_name, seed, start_engine};
-use super::report::{histogram, record, Row};
+use super::engine::{account_name, drive, seed, start_engine};
+use super::report::Row;
 use super::Plan;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tollgate_api::auth::mint_key;
@@ -14,12 +13,24 @@ use tollgate_core::ids::AccountId;
 use tollgate_engine::{AdminCmd, Engine};
 use tollgate_store::Scope;
 
-const EVENTS_SCRIPT: &str = r#"
+/// What both scripts share, prepended to each: a number per wrk thread (`tid`, so ids never
+/// collide) and the result line the bench reads.
+const SCRIPT_COMMON: &str = r#"
 local threads = 0
 function setup(thread)
   thread:set("tid", threads)
   threads = threads + 1
 end
+function done(summary, latency, requests)
+  io.write(string.format("TOLLGATE_WRK requests=%d duration_us=%d errors=%d non2xx=%d p50=%d p99=%d p999=%d\n",
+    summary.requests, summary.duration,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.errors.status, latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+"#;
+
+/// `k` usage events per call, spread over `accounts` (or all on one, "hot").
+const EVENTS_SCRIPT: &str = r#"
 function init(args)
   n = 0
   k = tonumber(args[1])
@@ -39,23 +50,12 @@ function request()
   end
   return wrk.format("POST", "/v1/usage-events", headers, '{"events":[' .. table.concat(parts, ",") .. ']}')
 end
-function done(summary, latency, requests)
-  io.write(string.format("TOLLGATE_WRK requests=%d duration_us=%d errors=%d non2xx=%d p50=%d p99=%d p999=%d\n",
-    summary.requests, summary.duration,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    summary.errors.status, latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
-end
 "#;
 
 /// Each request id goes submit -> start -> complete. Answers carry the request id and its
 /// status, so `response()` queues the id's next step and `request()` sends queued steps first,
 /// else submits a new id: any number of connections per wrk thread.
 const LIFECYCLE_SCRIPT: &str = r#"
-local threads = 0
-function setup(thread)
-  thread:set("tid", threads)
-  threads = threads + 1
-end
 function init(args)
   n = 0
   queue = {}
@@ -97,12 +97,6 @@ function response(status, headers, body)
     tail = tail + 1
     queue[tail] = { id = id, action = next_action }
   end
-end
-function done(summary, latency, requests)
-  io.write(string.format("TOLLGATE_WRK requests=%d duration_us=%d errors=%d non2xx=%d p50=%d p99=%d p999=%d\n",
-    summary.requests, summary.duration,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    summary.errors.status, latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
 end
 "#;
 
@@ -162,7 +156,7 @@ async fn wrk(
 ) -> anyhow::Result<WrkResult> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("script.lua");
-    std::fs::write(&path, script)?;
+    std::fs::write(&path, format!("{SCRIPT_COMMON}{script}"))?;
     let secs = plan.duration.as_secs().max(1);
     let mut cmd = Command::new("wrk");
     cmd.arg(format!("-t{threads}"))
@@ -315,57 +309,41 @@ async fn customer_keys(engine: &Engine, n: usize) -> anyhow::Result<Vec<String>>
 /// The latency of `start` over HTTP while 32 callers run submit -> start -> complete.
 async fn admission_http(plan: &Plan) -> anyhow::Result<Row> {
     let s = server().await?;
-    let keys = Arc::new(customer_keys(&s.engine, 16).await?);
-    let client = reqwest::Client::new();
-    let stop = Arc::new(AtomicBool::new(false));
+    let ctx = Arc::new((
+        reqwest::Client::new(),
+        s.url.clone(),
+        s.operator.clone(),
+        customer_keys(&s.engine, 16).await?,
+    ));
     let clients = 32;
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let (client, stop, keys) = (client.clone(), stop.clone(), keys.clone());
-        let (url, auth) = (s.url.clone(), s.operator.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut h = histogram();
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let id = uuid::Uuid::new_v4().to_string();
-                let body = serde_json::json!({
-                    "request_id": id, "endpoint_id": "bench/image",
-                    "caller_key": keys[c % keys.len()],
-                });
-                let post = |path: String| client.post(format!("{url}{path}")).header("Authorization", &auth);
-                let r = post("/v1/requests".into()).json(&body).send().await?;
-                anyhow::ensure!(r.status().is_success(), "submit: {}", r.status());
-                let t = Instant::now();
-                let r = post(format!("/v1/requests/{id}/start")).send().await?;
-                record(&mut h, t.elapsed());
-                anyhow::ensure!(r.status().is_success(), "start: {}", r.status());
-                let r = post(format!("/v1/requests/{id}/complete"))
-                    .json(&serde_json::json!({"status_code": 200, "output": {"images": [{"width": 1024, "height": 1024}]}}))
-                    .send()
-                    .await?;
-                anyhow::ensure!(r.status().is_success(), "complete: {}", r.status());
-                n += 1;
-            }
-            anyhow::Ok((n, h))
-        }));
-    }
-    tokio::time::sleep(plan.duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    let mut all = histogram();
-    for t in tasks {
-        let (n, h) = t.await??;
-        total += n;
-        all.add(h).expect("same bounds");
-    }
+    let (total, elapsed, latency) = drive(&ctx, clients, plan.duration, |ctx, c, _| async move {
+        let (client, url, auth, keys) = &*ctx;
+        let id = uuid::Uuid::new_v4().to_string();
+        let body = serde_json::json!({
+            "request_id": id, "endpoint_id": "bench/image", "caller_key": keys[c % keys.len()],
+        });
+        let post = |path: String| client.post(format!("{url}{path}")).header("Authorization", auth);
+        let r = post("/v1/requests".into()).json(&body).send().await?;
+        anyhow::ensure!(r.status().is_success(), "submit: {}", r.status());
+        let t = Instant::now();
+        let r = post(format!("/v1/requests/{id}/start")).send().await?;
+        let admission = t.elapsed();
+        anyhow::ensure!(r.status().is_success(), "start: {}", r.status());
+        let r = post(format!("/v1/requests/{id}/complete"))
+            .json(&serde_json::json!({"status_code": 200, "output": {"images": [{"width": 1024, "height": 1024}]}}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "complete: {}", r.status());
+        Ok(admission)
+    })
+    .await?;
     Ok(Row::new(
         "admission.start.http",
         "tollgate",
         clients,
         total,
-        start.elapsed(),
-        Some(&all),
+        elapsed,
+        Some(&latency),
         "requests/s (submit+start+complete over HTTP, reqwest); latency of start",
     ))
 }
