@@ -76,6 +76,10 @@ struct Checkpointer {
 /// How often the checkpointer runs.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// The WAL length, in frames (about 4 KiB each), past which the checkpointer makes the writer
+/// start the WAL over: 64 MiB.
+const WAL_RESTART_FRAMES: i64 = 16_384;
+
 impl Checkpointer {
     fn start(path: &Path) -> Result<Checkpointer> {
         let conn = open_conn(path)?;
@@ -86,9 +90,18 @@ impl Checkpointer {
             .spawn(move || {
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(CHECKPOINT_EVERY);
-                    // PASSIVE never blocks the writer or readers; SQLite restarts the WAL from
-                    // its beginning once everything in it has been copied back.
-                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    // PASSIVE never blocks the writer or readers. But the writer only starts
+                    // the WAL over when every frame in it has been copied back, which a writer
+                    // that never pauses does not allow: under sustained load the WAL would grow
+                    // without bound, and every commit would pay for extending the file. So
+                    // once it is past the limit, a RESTART holds the next commit back for the
+                    // little PASSIVE left, and that commit starts the WAL over.
+                    let frames: i64 = conn
+                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+                        .unwrap_or(0);
+                    if frames > WAL_RESTART_FRAMES {
+                        let _ = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+                    }
                 }
                 let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
             })
