@@ -14,6 +14,7 @@ pub mod money;
 pub mod policy;
 pub mod price;
 pub mod pricing;
+pub mod rollup;
 pub mod serde_decimal;
 #[cfg(feature = "testing")]
 pub mod testing;

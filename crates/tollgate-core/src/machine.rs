@@ -412,6 +412,8 @@ pub struct BatchState {
     pub new_purchases: Vec<PurchaseRecord>,
     pub transfers: Vec<TransferRecord>,
     pub line_items: Vec<LineItem>,
+    /// Requests completed (billed or not) by this batch, in order: the analytics rollups.
+    pub completed: Vec<RequestId>,
 }
 
 /// `yyyymm` of a timestamp, UTC.
@@ -870,6 +872,7 @@ fn complete(
     if billed {
         state.line_items.push(line_item(&done, &completion, cx.now));
     }
+    state.completed.push(done.id.clone());
     state.put_request(done.clone());
     Ok(Outcome::Completed {
         request: done,

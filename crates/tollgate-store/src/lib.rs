@@ -14,9 +14,10 @@ pub mod sqlite;
 use std::collections::HashMap;
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
 use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId, RequestId};
-use tollgate_core::machine::{AccountState, BatchState, PurchaseRecord, RequestRecord};
+use tollgate_core::machine::{AccountState, BatchState, LineItem, PurchaseRecord, RequestRecord};
 use tollgate_core::price::PriceRule;
 use tollgate_core::pricing::Discounts;
+use tollgate_core::rollup::{ActivityKey, ActivityTotals, UsageKey, UsageTotals};
 use tollgate_core::{Nanos, Timestamp};
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +131,9 @@ pub struct Reconciliation {
     pub lot_mismatches: Vec<(AccountId, Nanos, Nanos)>,
     /// Line items whose total differs from the posted charges of their request.
     pub line_item_mismatches: Vec<RequestId>,
+    /// Accounts whose usage rollups do not add up to their line items, with (rollups, line
+    /// items).
+    pub rollup_mismatches: Vec<(AccountId, Nanos, Nanos)>,
     /// Posted to revenue (post and charge transfers).
     pub revenue_nanos: i128,
     /// Sum of line item totals.
@@ -149,9 +153,35 @@ impl Reconciliation {
             && self.in_progress_mismatches.is_empty()
             && self.lot_mismatches.is_empty()
             && self.line_item_mismatches.is_empty()
+            && self.rollup_mismatches.is_empty()
             && self.revenue_nanos == self.billed_nanos
             && self.purchased_nanos == self.credited_nanos
     }
+}
+
+/// A rollup read: one account, whole minutes `[from, to)`, optionally only some endpoints and
+/// keys (empty: all).
+#[derive(Clone, Debug)]
+pub struct RollupQuery {
+    pub account: AccountId,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub endpoints: Vec<EndpointId>,
+    pub api_keys: Vec<ApiKeyId>,
+}
+
+/// A page of one account's billing events (line items) in `[from, to)`, ordered by
+/// (billed_at, request_id), strictly after `after`.
+#[derive(Clone, Debug)]
+pub struct BillingEventsQuery {
+    pub account: AccountId,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub endpoints: Vec<EndpointId>,
+    pub request_ids: Vec<RequestId>,
+    pub api_keys: Vec<ApiKeyId>,
+    pub after: Option<(Timestamp, RequestId)>,
+    pub limit: usize,
 }
 
 /// One db transaction of the write path. Dropped without [`Store::transaction`] returning
@@ -236,4 +266,18 @@ pub trait Reader: Send {
     fn setting(&mut self, key: &str) -> Result<Option<String>>;
     /// Checks the ledger end to end (used by tests and `tollgate` operators).
     fn reconcile(&mut self) -> Result<Reconciliation>;
+    /// Usage rollup rows of one account, in minute order.
+    fn usage(&mut self, q: &RollupQuery) -> Result<Vec<(UsageKey, UsageTotals)>>;
+    /// Analytics rollup rows of one account (`api_keys` does not apply), by endpoint then
+    /// minute.
+    fn activity(&mut self, q: &RollupQuery) -> Result<Vec<(ActivityKey, ActivityTotals)>>;
+    /// One account's line items in keyset order.
+    fn billing_events(&mut self, q: &BillingEventsQuery) -> Result<Vec<LineItem>>;
+    /// Billed requests of an account for one endpoint since `since`, and their total.
+    fn endpoint_history(
+        &mut self,
+        account: &AccountId,
+        endpoint: &EndpointId,
+        since: Timestamp,
+    ) -> Result<(u64, Nanos)>;
 }

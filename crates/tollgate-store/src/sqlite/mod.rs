@@ -5,8 +5,8 @@
 //! before it returns, which is what lets the engine acknowledge after commit.
 
 use crate::{
-    AccountRow, AccountTerms, ApiKeyRecord, BillingMode, Reader, ReaderFactory, Reconciliation,
-    Result, Scope, Store, StoreError, Tx,
+    AccountRow, AccountTerms, ApiKeyRecord, BillingEventsQuery, BillingMode, Reader, ReaderFactory,
+    Reconciliation, Result, RollupQuery, Scope, Store, StoreError, Tx,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::HashMap;
@@ -16,13 +16,26 @@ use tollgate_core::concurrency::{ConcurrencyTable, TIER_WINDOW_MS};
 use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, MachineType, PurchaseId, RequestId};
 use tollgate_core::ledger::CreditAccount;
 use tollgate_core::machine::{
-    AccountState, BatchState, Lot, PurchaseRecord, RequestRecord, RequestStatus, Source,
+    AccountState, BatchState, LineItem, Lot, PurchaseRecord, RequestRecord, RequestStatus, Source,
 };
 use tollgate_core::price::{MachinePrices, PriceRule};
+use tollgate_core::rollup::{ActivityKey, ActivityTotals, UsageKey, UsageTotals};
 use tollgate_core::{Nanos, Timestamp};
 
-/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+mod rollups;
+
+/// A schema migration: its SQL, then what must be computed from the rows it reshaped.
+type Migration = (&'static str, Option<fn(&Connection) -> Result<()>>);
+
+/// Schema migrations, applied in order, each in one transaction; `PRAGMA user_version` records
+/// how many ran.
+const MIGRATIONS: &[Migration] = &[
+    (include_str!("../../migrations/sqlite/0001_init.sql"), None),
+    (
+        include_str!("../../migrations/sqlite/0002_rollups.sql"),
+        Some(rollups::backfill),
+    ),
+];
 
 /// Settings keys.
 pub const SETTING_MACHINES: &str = "machines";
@@ -129,6 +142,7 @@ fn open_conn(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.set_prepared_statement_cache_capacity(64);
+    rollups::register_functions(&conn)?;
     // Keep the working set of the B-trees in memory (64 MiB per connection; the writer gets
     // more below) and read through the OS page cache without copies.
     conn.pragma_update(None, "cache_size", -65_536)?;
@@ -169,9 +183,12 @@ fn migrate(conn: &mut Connection) -> Result<()> {
             MIGRATIONS.len()
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+    for (i, (sql, then)) in MIGRATIONS.iter().enumerate().skip(done as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
+        if let Some(then) = then {
+            then(&tx)?;
+        }
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
     }
@@ -659,12 +676,11 @@ impl Tx for SqliteTx<'_> {
                 t.at.0
             ])?;
         }
-        let mut st = c.prepare_cached(
-            "INSERT INTO line_items (request_id, account, endpoint_id, api_key, price_version, \
-             unit, quantity, unit_price, percent_discount, subtotal_nanos, discount_nanos, \
-             total_nanos, status_code, billed_at, queue_ms, inference_ms) VALUES \
+        let mut st = c.prepare_cached(&format!(
+            "INSERT INTO line_items ({}) VALUES \
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-        )?;
+            rollups::LINE_ITEM_COLS
+        ))?;
         for l in &s.line_items {
             st.execute(params![
                 l.request_id.as_str(),
@@ -685,6 +701,8 @@ impl Tx for SqliteTx<'_> {
                 l.inference_ms
             ])?;
         }
+        let deltas = tollgate_core::rollup::deltas(s).map_err(|e| StoreError::Db(e.to_string()))?;
+        rollups::write(c, &deltas)?;
         Ok(())
     }
 
@@ -890,9 +908,33 @@ impl Reader for SqliteReader {
         setting(&self.conn, key)
     }
 
+    fn usage(&mut self, q: &RollupQuery) -> Result<Vec<(UsageKey, UsageTotals)>> {
+        rollups::usage(&self.conn, q)
+    }
+
+    fn activity(&mut self, q: &RollupQuery) -> Result<Vec<(ActivityKey, ActivityTotals)>> {
+        rollups::activity(&self.conn, q)
+    }
+
+    fn billing_events(&mut self, q: &BillingEventsQuery) -> Result<Vec<LineItem>> {
+        rollups::billing_events(&self.conn, q)
+    }
+
+    fn endpoint_history(
+        &mut self,
+        account: &AccountId,
+        endpoint: &EndpointId,
+        since: Timestamp,
+    ) -> Result<(u64, Nanos)> {
+        rollups::endpoint_history(&self.conn, account, endpoint, since)
+    }
+
     fn reconcile(&mut self) -> Result<Reconciliation> {
         let tx = self.conn.transaction()?;
-        let mut rec = Reconciliation::default();
+        let mut rec = Reconciliation {
+            rollup_mismatches: rollups::mismatches(&tx)?,
+            ..Reconciliation::default()
+        };
         let one = |sql: &str| -> Result<i128> {
             let v: i64 = tx.query_row(sql, [], |r| r.get(0))?;
             Ok(v as i128)

@@ -1,0 +1,364 @@
+//! The rollups and line items behind the customer-facing reads: written by the batch that
+//! bills, read by usage, billing events, analytics and estimates.
+//!
+//! Rollup rows are added to with `INSERT ... ON CONFLICT DO UPDATE`; the two figures SQL cannot
+//! add exactly (decimal quantities, duration histograms) are added by functions registered on
+//! every connection, which call the core's own addition.
+
+use super::{corrupt, parse_id};
+use crate::{BillingEventsQuery, Result, RollupQuery, StoreError};
+use rusqlite::functions::FunctionFlags;
+use rusqlite::{params, params_from_iter, Connection, Row};
+use rust_decimal::Decimal;
+use std::str::FromStr;
+use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, RequestId};
+use tollgate_core::machine::{BatchState, LineItem, RequestRecord};
+use tollgate_core::pricing::Charge;
+use tollgate_core::rollup::{
+    self, ActivityKey, ActivityTotals, Deltas, Durations, UsageKey, UsageTotals,
+};
+use tollgate_core::{Nanos, Timestamp};
+
+/// Registers `tollgate_dec_add(a, b)` (exact decimal text) and
+/// `tollgate_durations_merge(a, b)` (histogram blobs).
+pub(super) fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function("tollgate_dec_add", 2, flags, |ctx| {
+        let parse = |i: usize| -> rusqlite::Result<Decimal> {
+            let s: String = ctx.get(i)?;
+            Decimal::from_str(&s).map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+        };
+        let sum = parse(0)?
+            .checked_add(parse(1)?)
+            .ok_or_else(|| rusqlite::Error::UserFunctionError("decimal overflow".into()))?;
+        Ok(sum.normalize().to_string())
+    })?;
+    conn.create_scalar_function("tollgate_durations_merge", 2, flags, |ctx| {
+        let parse = |i: usize| -> rusqlite::Result<Durations> {
+            let b: Vec<u8> = ctx.get(i)?;
+            Durations::from_bytes(&b).map_err(|e| rusqlite::Error::UserFunctionError(e.into()))
+        };
+        let mut a = parse(0)?;
+        a.merge(&parse(1)?);
+        Ok(a.to_bytes())
+    })?;
+    Ok(())
+}
+
+/// Adds a batch's rollup deltas to their rows.
+pub(super) fn write(conn: &Connection, d: &Deltas) -> Result<()> {
+    let mut st = conn.prepare_cached(
+        "INSERT INTO usage_minutes (account, minute, endpoint_id, api_key, unit, unit_price, \
+         percent_discount, quantity, requests, subtotal_nanos, discount_nanos, total_nanos) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+         ON CONFLICT DO UPDATE SET quantity = tollgate_dec_add(quantity, excluded.quantity), \
+         requests = requests + excluded.requests, \
+         subtotal_nanos = subtotal_nanos + excluded.subtotal_nanos, \
+         discount_nanos = discount_nanos + excluded.discount_nanos, \
+         total_nanos = total_nanos + excluded.total_nanos",
+    )?;
+    for (k, t) in &d.usage {
+        st.execute(params![
+            k.account.as_str(),
+            k.minute.0,
+            k.endpoint.as_str(),
+            k.api_key.as_ref().map(|k| k.as_str()).unwrap_or(""),
+            k.unit,
+            k.unit_price.to_string(),
+            k.percent_discount
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            t.quantity.normalize().to_string(),
+            t.requests as i64,
+            t.subtotal.0,
+            t.discount.0,
+            t.total.0,
+        ])?;
+    }
+    let mut st = conn.prepare_cached(
+        "INSERT INTO activity_minutes (account, endpoint_id, minute, requests, successes, \
+         user_errors, errors, billable_ms, prepare_ms, duration_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+         ON CONFLICT DO UPDATE SET requests = requests + excluded.requests, \
+         successes = successes + excluded.successes, \
+         user_errors = user_errors + excluded.user_errors, errors = errors + excluded.errors, \
+         billable_ms = billable_ms + excluded.billable_ms, \
+         prepare_ms = tollgate_durations_merge(prepare_ms, excluded.prepare_ms), \
+         duration_ms = tollgate_durations_merge(duration_ms, excluded.duration_ms)",
+    )?;
+    for (k, t) in &d.activity {
+        st.execute(params![
+            k.account.as_str(),
+            k.endpoint.as_str(),
+            k.minute.0,
+            t.requests as i64,
+            t.successes as i64,
+            t.user_errors as i64,
+            t.errors as i64,
+            t.billable_ms,
+            t.prepare_ms.to_bytes(),
+            t.duration_ms.to_bytes(),
+        ])?;
+    }
+    Ok(())
+}
+
+pub(super) const LINE_ITEM_COLS: &str = "request_id, account, endpoint_id, api_key, \
+    price_version, unit, quantity, unit_price, percent_discount, subtotal_nanos, \
+    discount_nanos, total_nanos, status_code, billed_at, queue_ms, inference_ms";
+
+fn decimal(what: &str, s: &str) -> Result<Decimal> {
+    Decimal::from_str(s).map_err(|e| corrupt(what, e))
+}
+
+pub(super) fn line_item_row(r: &Row) -> Result<LineItem> {
+    Ok(LineItem {
+        request_id: parse_id(RequestId::parse, &r.get::<_, String>(0)?)?,
+        account: parse_id(AccountId::parse, &r.get::<_, String>(1)?)?,
+        endpoint: parse_id(EndpointId::parse, &r.get::<_, String>(2)?)?,
+        api_key: r
+            .get::<_, Option<String>>(3)?
+            .map(|k| parse_id(ApiKeyId::parse, &k))
+            .transpose()?,
+        price_version: r.get(4)?,
+        unit: r.get(5)?,
+        charge: Charge {
+            quantity: decimal("quantity", &r.get::<_, String>(6)?)?,
+            unit_price: decimal("unit_price", &r.get::<_, String>(7)?)?,
+            percent_discount: r
+                .get::<_, Option<String>>(8)?
+                .map(|p| decimal("percent_discount", &p))
+                .transpose()?,
+            subtotal_nanos: Nanos(r.get(9)?),
+            discount_nanos: Nanos(r.get(10)?),
+            total_nanos: Nanos(r.get(11)?),
+        },
+        status_code: r.get(12)?,
+        billed_at: Timestamp(r.get(13)?),
+        queue_ms: r.get(14)?,
+        inference_ms: r.get(15)?,
+    })
+}
+
+/// Rebuilds every rollup from the line items and completed requests (the migration that
+/// introduced them runs it once, over what earlier versions stored).
+pub(super) fn backfill(conn: &Connection) -> Result<()> {
+    let mut state = BatchState::default();
+    {
+        let mut st = conn.prepare(&format!("SELECT {LINE_ITEM_COLS} FROM line_items"))?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            state.line_items.push(line_item_row(r)?);
+        }
+        let mut st = conn.prepare(&format!(
+            "SELECT {} FROM requests WHERE status IN ('COMPLETED', 'FAILED')",
+            super::REQUEST_COLS
+        ))?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let req: RequestRecord = super::request_row(r)?;
+            state.completed.push(req.id.clone());
+            state.requests.insert(req.id.clone(), req);
+        }
+    }
+    let d = rollup::deltas(&state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    write(conn, &d)
+}
+
+fn in_list(column: &str, n: usize) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" AND {column} IN ({})", vec!["?"; n].join(", "))
+    }
+}
+
+/// Usage rows of one account in whole minutes [from, to), in minute order.
+pub(super) fn usage(conn: &Connection, q: &RollupQuery) -> Result<Vec<(UsageKey, UsageTotals)>> {
+    let sql = format!(
+        "SELECT minute, endpoint_id, api_key, unit, unit_price, percent_discount, quantity, \
+         requests, subtotal_nanos, discount_nanos, total_nanos FROM usage_minutes \
+         WHERE account = ? AND minute >= ? AND minute < ?{}{} ORDER BY minute",
+        in_list("endpoint_id", q.endpoints.len()),
+        in_list("api_key", q.api_keys.len())
+    );
+    let mut args: Vec<rusqlite::types::Value> = vec![
+        q.account.as_str().to_string().into(),
+        q.from.0.into(),
+        q.to.0.into(),
+    ];
+    args.extend(q.endpoints.iter().map(|e| e.as_str().to_string().into()));
+    args.extend(q.api_keys.iter().map(|k| k.as_str().to_string().into()));
+    let mut st = conn.prepare_cached(&sql)?;
+    let mut rows = st.query(params_from_iter(args))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let key: String = r.get(2)?;
+        let percent: String = r.get(5)?;
+        out.push((
+            UsageKey {
+                account: q.account.clone(),
+                minute: Timestamp(r.get(0)?),
+                endpoint: parse_id(EndpointId::parse, &r.get::<_, String>(1)?)?,
+                api_key: (!key.is_empty())
+                    .then(|| parse_id(ApiKeyId::parse, &key))
+                    .transpose()?,
+                unit: r.get(3)?,
+                unit_price: decimal("unit_price", &r.get::<_, String>(4)?)?,
+                percent_discount: (!percent.is_empty())
+                    .then(|| decimal("percent_discount", &percent))
+                    .transpose()?,
+            },
+            UsageTotals {
+                quantity: decimal("quantity", &r.get::<_, String>(6)?)?,
+                requests: r.get::<_, i64>(7)? as u64,
+                subtotal: Nanos(r.get(8)?),
+                discount: Nanos(r.get(9)?),
+                total: Nanos(r.get(10)?),
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// Analytics rows of one account in whole minutes [from, to), per endpoint in minute order.
+pub(super) fn activity(
+    conn: &Connection,
+    q: &RollupQuery,
+) -> Result<Vec<(ActivityKey, ActivityTotals)>> {
+    let sql = format!(
+        "SELECT endpoint_id, minute, requests, successes, user_errors, errors, billable_ms, \
+         prepare_ms, duration_ms FROM activity_minutes \
+         WHERE account = ? AND minute >= ? AND minute < ?{} ORDER BY endpoint_id, minute",
+        in_list("endpoint_id", q.endpoints.len()),
+    );
+    let mut args: Vec<rusqlite::types::Value> = vec![
+        q.account.as_str().to_string().into(),
+        q.from.0.into(),
+        q.to.0.into(),
+    ];
+    args.extend(q.endpoints.iter().map(|e| e.as_str().to_string().into()));
+    let mut st = conn.prepare_cached(&sql)?;
+    let mut rows = st.query(params_from_iter(args))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let durations = |i: usize| -> Result<Durations> {
+            Durations::from_bytes(&r.get::<_, Vec<u8>>(i)?).map_err(|e| corrupt("durations", e))
+        };
+        out.push((
+            ActivityKey {
+                account: q.account.clone(),
+                endpoint: parse_id(EndpointId::parse, &r.get::<_, String>(0)?)?,
+                minute: Timestamp(r.get(1)?),
+            },
+            ActivityTotals {
+                requests: r.get::<_, i64>(2)? as u64,
+                successes: r.get::<_, i64>(3)? as u64,
+                user_errors: r.get::<_, i64>(4)? as u64,
+                errors: r.get::<_, i64>(5)? as u64,
+                billable_ms: r.get(6)?,
+                prepare_ms: durations(7)?,
+                duration_ms: durations(8)?,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// One account's line items in [from, to), ordered by (billed_at, request_id), after the
+/// keyset position, at most `limit`.
+pub(super) fn billing_events(conn: &Connection, q: &BillingEventsQuery) -> Result<Vec<LineItem>> {
+    let cols = LINE_ITEM_COLS
+        .split(", ")
+        .map(|c| format!("li.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // By request id: through the requests table's unique index (a billed request's line item
+    // carries the request's finish time), not a scan of the account's range.
+    let from = if q.request_ids.is_empty() {
+        "line_items li".to_string()
+    } else {
+        format!(
+            "requests r JOIN line_items li ON li.account = r.account \
+             AND li.billed_at = r.finished_at AND li.request_id = r.request_id \
+             AND r.request_id IN ({})",
+            vec!["?"; q.request_ids.len()].join(", ")
+        )
+    };
+    let after = if q.after.is_some() {
+        " AND (li.billed_at, li.request_id) > (?, ?)"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT {cols} FROM {from} WHERE li.account = ? AND li.billed_at >= ? \
+         AND li.billed_at < ?{after}{}{} ORDER BY li.billed_at, li.request_id LIMIT ?",
+        in_list("li.endpoint_id", q.endpoints.len()),
+        in_list("li.api_key", q.api_keys.len()),
+    );
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    args.extend(q.request_ids.iter().map(|r| r.as_str().to_string().into()));
+    args.push(q.account.as_str().to_string().into());
+    args.push(q.from.0.into());
+    args.push(q.to.0.into());
+    if let Some((at, id)) = &q.after {
+        args.push(at.0.into());
+        args.push(id.as_str().to_string().into());
+    }
+    args.extend(q.endpoints.iter().map(|e| e.as_str().to_string().into()));
+    args.extend(q.api_keys.iter().map(|k| k.as_str().to_string().into()));
+    args.push((q.limit as i64).into());
+    let mut st = conn.prepare_cached(&sql)?;
+    let mut rows = st.query(params_from_iter(args))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(line_item_row(r)?);
+    }
+    Ok(out)
+}
+
+/// Billed requests of an account for one endpoint since `since`, and their total.
+pub(super) fn endpoint_history(
+    conn: &Connection,
+    account: &AccountId,
+    endpoint: &EndpointId,
+    since: Timestamp,
+) -> Result<(u64, Nanos)> {
+    let mut st = conn.prepare_cached(
+        "SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(total_nanos), 0) FROM usage_minutes \
+         WHERE account = ?1 AND minute >= ?2 AND endpoint_id = ?3",
+    )?;
+    let (n, total): (i64, i64) = st.query_row(
+        params![
+            account.as_str(),
+            rollup::minute_of(since).0,
+            endpoint.as_str()
+        ],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok((n as u64, Nanos(total)))
+}
+
+/// Accounts whose usage rollups do not add up to their line items, with (rollups, line items).
+pub(super) fn mismatches(conn: &Connection) -> Result<Vec<(AccountId, Nanos, Nanos)>> {
+    let mut st = conn.prepare(
+        "WITH r AS (SELECT account, SUM(total_nanos) AS t, SUM(requests) AS n \
+                    FROM usage_minutes GROUP BY account), \
+              l AS (SELECT account, SUM(total_nanos) AS t, COUNT(*) AS n \
+                    FROM line_items GROUP BY account) \
+         SELECT l.account, COALESCE(r.t, 0), l.t FROM l LEFT JOIN r USING (account) \
+           WHERE COALESCE(r.t, 0) != l.t OR COALESCE(r.n, 0) != l.n \
+         UNION \
+         SELECT r.account, r.t, 0 FROM r LEFT JOIN l USING (account) WHERE l.account IS NULL",
+    )?;
+    let mut rows = st.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push((
+            parse_id(AccountId::parse, &r.get::<_, String>(0)?)?,
+            Nanos(r.get(1)?),
+            Nanos(r.get(2)?),
+        ));
+    }
+    Ok(out)
+}
