@@ -611,11 +611,25 @@ fn discount_for(acct: &mut AccountState, def: &EndpointDef, now: Timestamp) -> O
         acct.month = month;
         acct.month_subtotal = Nanos::ZERO;
     }
+    percent_discount_at(acct, def, now)
+}
+
+/// The percent discount a request to `def` billed at `now` gets: none for partner models, else
+/// the account's flat percent or its volume tier for this month's subtotal so far.
+pub fn percent_discount_at(
+    acct: &AccountState,
+    def: &EndpointDef,
+    now: Timestamp,
+) -> Option<Decimal> {
     if def.partner {
-        None
-    } else {
-        acct.discounts.percent_for(acct.month_subtotal)
+        return None;
     }
+    let month_subtotal = if acct.month == month_of(now) {
+        acct.month_subtotal
+    } else {
+        Nanos::ZERO
+    };
+    acct.discounts.percent_for(month_subtotal)
 }
 
 fn start(
@@ -1180,6 +1194,7 @@ fn usage_event(state: &mut BatchState, cx: &Ctx, e: UsageEvent) -> Result<Outcom
             .line_items
             .push(line_item(&record, &completion, record.submitted_at));
     }
+    state.completed.push(record.id.clone());
     state.put_request(record.clone());
     Ok(Outcome::Completed {
         request: record,

@@ -49,8 +49,8 @@ CREATE TABLE usage_minutes (
     PRIMARY KEY (account, minute, endpoint_id, api_key, unit, unit_price, percent_discount)
 ) WITHOUT ROWID;
 
--- Completed requests per account, endpoint and minute, with mergeable histograms (HdrHistogram
--- V2 encoding) of their queue and execution durations in ms.
+-- Completed requests per account, endpoint and minute, with mergeable histograms of their queue
+-- and execution durations in ms (tollgate_core::rollup::Durations: sparse (bucket, count) pairs).
 CREATE TABLE activity_minutes (
     account      TEXT    NOT NULL,
     endpoint_id  TEXT    NOT NULL,
