@@ -497,5 +497,6 @@ pub async fn reconciliation(
         "held_mismatches": pairs(&r.held_mismatches),
         "in_progress_mismatches": r.in_progress_mismatches.iter().map(|(a, s, t)| json!({"username": a.as_str(), "stored": s, "from_requests": t})).collect::<Vec<_>>(),
         "line_item_mismatches": r.line_item_mismatches.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+        "rollup_mismatches": r.rollup_mismatches.iter().map(|(a, s, t)| json!({"username": a.as_str(), "rollups_nano_usd": s.0, "line_items_nano_usd": t.0})).collect::<Vec<_>>(),
     })))
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod gateway;
 pub mod money;
 pub mod openapi;
+pub mod platform;
 
 use axum::routing::{get, post, put};
 use axum::Router;
@@ -52,7 +53,27 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/requests/{request_id}/cancel", post(gateway::cancel))
         .route("/v1/usage-events", post(gateway::usage_events))
+        .route(
+            "/v1/keys",
+            get(platform::keys::list).post(platform::keys::create),
+        )
+        .route(
+            "/v1/keys/{key_id}",
+            axum::routing::delete(platform::keys::revoke),
+        )
+        .route("/v1/models", get(platform::models::list))
+        .route("/v1/models/pricing", get(platform::models::pricing))
+        .route(
+            "/v1/models/pricing/estimate",
+            post(platform::models::estimate),
+        )
         .route("/v1/account/billing", get(customer::billing))
+        .route("/v1/models/usage", get(platform::usage::usage))
+        .route(
+            "/v1/models/billing-events",
+            get(platform::usage::billing_events),
+        )
+        .route("/v1/models/analytics", get(platform::analytics::analytics))
         .fallback(|| async { error::ApiError::not_found("no such path; see GET /v1/openapi.json") })
         .layer(axum::middleware::map_response(error::envelope))
         .layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024))

@@ -274,23 +274,33 @@ impl Flow {
         );
         let documented = self.doc.deref(documented);
         let schema = &documented["content"]["application/json"]["schema"];
-        assert!(
-            schema.is_object(),
-            "{what}: status {status} documents no application/json body"
-        );
-        assert_eq!(
-            headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()),
-            Some("application/json"),
-            "{what}: content type of a JSON answer"
-        );
-        let json: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{what}: answer {status} is not JSON ({e}): {text}"));
-        if let Err(e) = self.doc.validate(schema, &json) {
-            panic!(
-                "{what}: answer {status} does not match the document:\n  {e}\nbody: {}",
-                serde_json::to_string_pretty(&json).expect("json")
+        // An answer documented without content (a 204) must have an empty body.
+        let json = if documented.get("content").is_none() {
+            assert!(
+                text.is_empty(),
+                "{what}: answer {status} documents no body, got: {text}"
             );
-        }
+            Value::Null
+        } else {
+            assert!(
+                schema.is_object(),
+                "{what}: status {status} documents no application/json body"
+            );
+            assert_eq!(
+                headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+                Some("application/json"),
+                "{what}: content type of a JSON answer"
+            );
+            let json: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{what}: answer {status} is not JSON ({e}): {text}"));
+            if let Err(e) = self.doc.validate(schema, &json) {
+                panic!(
+                    "{what}: answer {status} does not match the document:\n  {e}\nbody: {}",
+                    serde_json::to_string_pretty(&json).expect("json")
+                );
+            }
+            json
+        };
         // Headers: the required ones are present, every present one matches its schema, and
         // the custom headers only appear where documented.
         let declared = documented["headers"]
@@ -1228,6 +1238,132 @@ async fn real_responses_match_the_document() {
     );
     let r = f.get("/v1/account/billing?expand=credits", None).await;
     assert_eq!(r.status, 401);
+
+    // --- the customer's usage, billing events and analytics
+    let r = f
+        .get(
+            "/v1/models/usage?expand=time_series,summary,auth_method_structured",
+            key(&admin),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(!r.json["summary"].as_array().expect("summary").is_empty());
+    let r = f
+        .get("/v1/models/usage?timezone=Nowhere", key(&admin))
+        .await;
+    assert_eq!(
+        (r.status, r.json["error"]["field"].as_str()),
+        (400, Some("timezone"))
+    );
+    let r = f.get("/v1/models/usage", key(&api)).await;
+    assert_eq!(r.status, 403);
+    let r = f
+        .get("/v1/models/billing-events?expand=auth_method", key(&admin))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(!r.json["billing_events"]
+        .as_array()
+        .expect("events")
+        .is_empty());
+    let r = f
+        .get("/v1/models/billing-events?limit=0", key(&admin))
+        .await;
+    assert_eq!(r.status, 400);
+    let r = f
+        .get(
+            "/v1/models/analytics?endpoint_id=fal-ai/flux/dev\
+             &expand=time_series,summary,request_count,p50_duration",
+            key(&api),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = f.get("/v1/models/analytics", key(&api)).await;
+    assert_eq!(
+        (r.status, r.json["error"]["field"].as_str()),
+        (400, Some("endpoint_id"))
+    );
+
+    // --- the customer's keys, models, prices and estimates
+    let r = f
+        .post(
+            "/v1/keys",
+            key(&admin),
+            Body::Json(json!({ "alias": "ci" })),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let made = r.json["key_id"].as_str().expect("key_id").to_string();
+    let r = f.get("/v1/keys?limit=1", key(&admin)).await;
+    assert_eq!((r.status, r.json["has_more"].as_bool()), (200, Some(true)));
+    let r = f
+        .post(
+            "/v1/keys",
+            key(&admin),
+            Body::Invalid(json!({ "alias": "" })),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["error"]["field"].as_str()),
+        (400, Some("alias"))
+    );
+    let r = f.get("/v1/keys", key(&api)).await;
+    assert_eq!(r.status, 403);
+    for _ in 0..2 {
+        let r = f
+            .call(
+                Method::DELETE,
+                &format!("/v1/keys/{made}"),
+                key(&admin),
+                Body::None,
+            )
+            .await;
+        assert_eq!(r.status, 204);
+    }
+    let r = f
+        .get("/v1/models?q=flux&limit=2&expand=enterprise_status", None)
+        .await;
+    assert_eq!((r.status, r.json["has_more"].as_bool()), (200, Some(true)));
+    let r = f.get("/v1/models?status=retired", None).await;
+    assert_eq!(r.status, 400);
+    let r = f
+        .get(
+            "/v1/models/pricing?endpoint_id=fal-ai/flux/dev,fal-ai/whisper",
+            key(&api),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = f
+        .get(
+            "/v1/models/pricing?endpoint_id=fal-ai/no-such-model",
+            key(&api),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+    let r = f
+        .post(
+            "/v1/models/pricing/estimate",
+            key(&api),
+            Body::Json(json!({
+                "estimate_type": "historical_api_price",
+                "endpoints": { "fal-ai/flux/dev": { "call_quantity": 10 } },
+            })),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = f
+        .post(
+            "/v1/models/pricing/estimate",
+            key(&api),
+            Body::Invalid(json!({
+                "estimate_type": "unit_price",
+                "endpoints": { "fal-ai/flux/dev": { "unit_quantity": 0 } },
+            })),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["error"]["field"].as_str()),
+        (400, Some("endpoints.fal-ai/flux/dev.unit_quantity"))
+    );
 
     // --- reconciliation
     let r = f.get("/v1/admin/reconciliation", f.op()).await;

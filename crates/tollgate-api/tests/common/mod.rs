@@ -8,17 +8,21 @@
 
 #![allow(dead_code)]
 
+pub mod fal;
+
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tollgate_api::auth::mint_key;
 use tollgate_api::AppState;
 use tollgate_core::catalog::document;
-use tollgate_engine::{system_clock, AdminCmd, AdminReply, Engine};
+use tollgate_core::Timestamp;
+use tollgate_engine::{system_clock, AdminCmd, AdminReply, Clock, Engine};
 use tollgate_store::sqlite::SqliteStore;
 use tollgate_store::Scope;
 
@@ -103,6 +107,8 @@ pub struct TestApp {
     /// `key_id:secret` of the operator key.
     pub operator_key: String,
     pub engine: Engine,
+    /// The time the engine sees, in ms, when the test controls it ([`TestApp::spawn_at`]).
+    manual_clock: Option<Arc<AtomicI64>>,
     reconciled: AtomicBool,
     _dir: tempfile::TempDir,
 }
@@ -161,9 +167,34 @@ impl TestApp {
     /// Starts an isolated tollgate: temp database, engine, sample catalog, operator key,
     /// HTTP server on 127.0.0.1:0, hold-expiry sweeper every 100 ms.
     pub async fn spawn() -> TestApp {
+        Self::spawn_with(None).await
+    }
+
+    /// Like [`TestApp::spawn`], with the engine's clock stopped at `ms` (since the epoch) until
+    /// the test moves it with [`TestApp::set_now`].
+    pub async fn spawn_at(ms: i64) -> TestApp {
+        Self::spawn_with(Some(Arc::new(AtomicI64::new(ms)))).await
+    }
+
+    /// Moves the engine's clock (only for an app from [`TestApp::spawn_at`]).
+    pub fn set_now(&self, ms: i64) {
+        self.manual_clock
+            .as_ref()
+            .expect("set_now needs TestApp::spawn_at")
+            .store(ms, Ordering::SeqCst);
+    }
+
+    async fn spawn_with(manual_clock: Option<Arc<AtomicI64>>) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SqliteStore::open(dir.path().join("tollgate.db")).expect("open sqlite store");
-        let engine = Engine::start(Box::new(store), system_clock()).expect("start engine");
+        let clock: Clock = match &manual_clock {
+            None => system_clock(),
+            Some(now) => {
+                let now = now.clone();
+                Arc::new(move || Timestamp(now.load(Ordering::SeqCst)))
+            }
+        };
+        let engine = Engine::start(Box::new(store), clock).expect("start engine");
 
         let doc = document::parse(SAMPLE_CATALOG).expect("the sample catalog parses");
         let reply = engine
@@ -198,6 +229,7 @@ impl TestApp {
             client: reqwest::Client::new(),
             operator_key: key.key(),
             engine,
+            manual_clock,
             reconciled: AtomicBool::new(false),
             _dir: dir,
         }
@@ -408,6 +440,7 @@ impl TestApp {
             "held_mismatches",
             "in_progress_mismatches",
             "line_item_mismatches",
+            "rollup_mismatches",
         ] {
             assert_eq!(r[list], json!([]), "{list}: {r}");
         }
