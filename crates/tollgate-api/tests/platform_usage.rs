@@ -282,42 +282,50 @@ async fn series_summary_billing_events_and_ledger_agree_to_the_nano() {
     let expected = 3 * FLUX_2MP + 2 * 45_000_000 + 33_300_000 + 12_487_500;
     assert_eq!(ledger, expected);
 
+    // Whole days, and a range whose ends split hours (read from minute rows at the edges and
+    // hour rows between them where the buckets allow); both hold every event.
+    let ranges = [
+        ("2025-11-01T00:00:00Z", "2025-11-04T00:00:00Z"),
+        ("2025-11-01T23:10:00Z", "2025-11-03T05:45:00Z"),
+    ];
     for tz in [
         "UTC",
         "America/New_York",
         "Asia/Kathmandu",
         "Australia/Lord_Howe",
     ] {
-        for timeframe in ["hour", "day", "week", "month"] {
-            for bound in ["true", "false"] {
-                let q = format!(
-                    "start=2025-11-01T00:00:00Z&end=2025-11-04T00:00:00Z&timezone={tz}\
+        for (timeframe, bound, (start, end)) in ["hour", "day", "week", "month"]
+            .into_iter()
+            .flat_map(|t| ["true", "false"].map(|b| (t, b)))
+            .flat_map(|(t, b)| ranges.map(|r| (t, b, r)))
+        {
+            let q = format!(
+                "start={start}&end={end}&timezone={tz}\
                      &timeframe={timeframe}&bound_to_timeframe={bound}\
                      &expand=time_series,summary&limit=2"
-                );
-                let (rows, summary) = usage_pages(&app, &admin, &q).await;
-                let row_refs: Vec<&Value> = rows.iter().map(|(_, r)| r).collect();
-                let summary_refs: Vec<&Value> = summary.iter().collect();
-                let series_total = nanos(&row_refs, "cost_total");
-                assert_eq!(series_total, nanos(&summary_refs, "cost_total"), "{q}");
-                assert_eq!(series_total, ledger, "{q}");
-                assert_eq!(
-                    nanos(&row_refs, "cost_subtotal") - nanos(&row_refs, "cost_discount"),
-                    series_total,
-                    "{q}"
-                );
-                // Paging neither repeats nor skips a (bucket, group) row.
-                let keys: BTreeSet<String> = rows
-                    .iter()
-                    .map(|(b, r)| {
-                        format!(
-                            "{b}|{}|{}|{}|{}",
-                            r["endpoint_id"], r["unit"], r["unit_price"], r["percent_discount"]
-                        )
-                    })
-                    .collect();
-                assert_eq!(keys.len(), rows.len(), "a row repeated: {q}");
-            }
+            );
+            let (rows, summary) = usage_pages(&app, &admin, &q).await;
+            let row_refs: Vec<&Value> = rows.iter().map(|(_, r)| r).collect();
+            let summary_refs: Vec<&Value> = summary.iter().collect();
+            let series_total = nanos(&row_refs, "cost_total");
+            assert_eq!(series_total, nanos(&summary_refs, "cost_total"), "{q}");
+            assert_eq!(series_total, ledger, "{q}");
+            assert_eq!(
+                nanos(&row_refs, "cost_subtotal") - nanos(&row_refs, "cost_discount"),
+                series_total,
+                "{q}"
+            );
+            // Paging neither repeats nor skips a (bucket, group) row.
+            let keys: BTreeSet<String> = rows
+                .iter()
+                .map(|(b, r)| {
+                    format!(
+                        "{b}|{}|{}|{}|{}",
+                        r["endpoint_id"], r["unit"], r["unit_price"], r["percent_discount"]
+                    )
+                })
+                .collect();
+            assert_eq!(keys.len(), rows.len(), "a row repeated: {q}");
         }
     }
 
@@ -603,5 +611,61 @@ async fn bad_parameters_are_refused_naming_the_parameter() {
         r.expect_error(400, "validation_error")["field"],
         "request_id"
     );
+    app.assert_reconciled().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blended_prices_sum_into_one_usage_row_per_price_version() {
+    // Token prices give every request its own effective rate; usage still shows one row per
+    // bucket, priced at the row's average, and it adds up exactly.
+    const GPT_IMAGE: &str = "openai/gpt-image-2";
+    let app = TestApp::spawn_at(at("2025-11-01T10:00:00Z")).await;
+    app.customer("llm", Some(("10.00", "paid"))).await;
+    let admin = app.create_key("llm", "ADMIN").await;
+    let events: Vec<Value> = [(1000, 2000), (333, 777), (10, 10)]
+        .iter()
+        .enumerate()
+        .map(|(i, (input, output))| {
+            json!({
+                "event_id": format!("tok-{i}"),
+                "endpoint_id": GPT_IMAGE,
+                "username": "llm",
+                "timestamp": "2025-11-01T10:00:00Z",
+                "status_code": 200,
+                "output": { "tokens": { "input": input, "output": output } },
+            })
+        })
+        .collect();
+    bill_at(&app, "2025-11-01T10:00:30Z", events).await;
+    app.set_now(at("2025-11-01T11:00:00Z"));
+
+    let q = "start=2025-11-01T10:00:00Z&end=2025-11-01T11:00:00Z&timeframe=hour\
+             &expand=time_series,summary";
+    let body = app
+        .customer_get(&admin, &format!("/v1/models/usage?{q}"))
+        .await
+        .expect(200)
+        .clone();
+    assert_fal_schema("GET", "/models/usage", 200, &body);
+    let rows = body["time_series"][0]["results"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        1,
+        "one row for three different effective rates: {rows:?}"
+    );
+    let row = &rows[0];
+    let events = event_pages(&app, &admin, "start=2025-11-01T10:00:00Z").await;
+    assert_eq!(events.len(), 3);
+    let quantity: Decimal = events.iter().map(|e| dec(&e["output_units"])).sum();
+    assert_eq!(dec(&row["quantity"]), quantity);
+    let refs: Vec<&Value> = events.iter().collect();
+    assert_eq!(nanos(&[row], "cost_total"), nanos(&refs, "cost_total"));
+    // 0.025 + 0.0095 + 0.0002 USD (each rounded up to 0.0001, no discount for a partner model).
+    assert_eq!(dec(&row["cost_total"]), d("0.0347"));
+    assert_eq!(
+        dec(&row["unit_price"]),
+        (d("0.0347") / quantity).round_dp(12).normalize()
+    );
+    assert_eq!(body["summary"][0]["unit_price"], row["unit_price"]);
     app.assert_reconciled().await;
 }

@@ -716,6 +716,7 @@ fn start(
             quantity: units,
             unit_price: Decimal::ZERO,
             subtotal,
+            blended: false,
         },
         percent,
     )?

@@ -321,6 +321,9 @@ pub struct Rated {
     pub unit_price: Decimal,
     /// Exact USD before any discount.
     pub subtotal: Decimal,
+    /// `unit_price` is `subtotal / quantity` (token, first-block, add-on and cost-step prices),
+    /// not a listed rate: usage groups such requests by price version instead of by price.
+    pub blended: bool,
 }
 
 /// Why a usage report cannot be rated. Nothing is billed or written when rating fails.
@@ -629,7 +632,8 @@ impl PriceRule {
             composite |= rounded != subtotal;
             subtotal = rounded;
         }
-        let unit_price = if composite || self.tokens.is_some() {
+        let blended = composite || self.tokens.is_some();
+        let unit_price = if blended {
             if quantity.is_zero() {
                 Decimal::ZERO
             } else {
@@ -646,6 +650,7 @@ impl PriceRule {
             quantity: quantity.normalize(),
             unit_price,
             subtotal: subtotal.normalize(),
+            blended,
         })
     }
 

@@ -83,6 +83,9 @@ pub struct Charge {
     pub discount_nanos: Nanos,
     /// What the account pays: `subtotal_nanos - discount_nanos`, exactly.
     pub total_nanos: Nanos,
+    /// `unit_price` is an effective average, not a listed rate ([`crate::price::Rated`]).
+    #[serde(default)]
+    pub blended: bool,
 }
 
 impl Charge {
@@ -93,6 +96,7 @@ impl Charge {
         subtotal_nanos: Nanos::ZERO,
         discount_nanos: Nanos::ZERO,
         total_nanos: Nanos::ZERO,
+        blended: false,
     };
 
     /// Applies `percent` to the exact subtotal, then rounds: the total is the exact discounted
@@ -119,6 +123,7 @@ impl Charge {
             subtotal_nanos,
             discount_nanos: subtotal_nanos.checked_sub(total_nanos)?,
             total_nanos,
+            blended: rated.blended,
         })
     }
 }

@@ -11,27 +11,90 @@ use crate::machine::{BatchState, LineItem, RequestRecord};
 use crate::money::{MoneyError, Nanos};
 use crate::time::Timestamp;
 use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Rollups are kept per minute (UTC). Every time zone's offset is a whole number of minutes, so
-/// any bucket in any zone is a whole number of rollup rows.
-pub const MINUTE_MS: i64 = 60_000;
+/// The two granularities rollups are kept at (UTC). Every time zone's offset is a whole number
+/// of minutes, so any bucket in any zone is a whole number of minute rows; hour rows stand in
+/// for their 60 minutes wherever the buckets do not split a UTC hour, so a month's query reads
+/// hundreds of rows rather than tens of thousands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grain {
+    Minute,
+    Hour,
+}
+
+impl Grain {
+    pub fn ms(self) -> i64 {
+        match self {
+            Grain::Minute => 60_000,
+            Grain::Hour => 3_600_000,
+        }
+    }
+
+    /// The start of the slot containing `t`.
+    pub fn slot_of(self, t: Timestamp) -> Timestamp {
+        Timestamp(t.0.div_euclid(self.ms()) * self.ms())
+    }
+
+    pub fn is_boundary(self, t: Timestamp) -> bool {
+        t.0.rem_euclid(self.ms()) == 0
+    }
+}
 
 pub fn minute_of(t: Timestamp) -> Timestamp {
-    Timestamp(t.0.div_euclid(MINUTE_MS) * MINUTE_MS)
+    Grain::Minute.slot_of(t)
 }
 
 /// One usage row: fal's usage line grouping (endpoint, unit, unit price, percent discount) per
-/// account, key and minute.
+/// account, key and slot (the start of its minute or hour).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UsageKey {
     pub account: AccountId,
-    pub minute: Timestamp,
+    pub slot: Timestamp,
     pub endpoint: EndpointId,
     pub api_key: Option<ApiKeyId>,
     pub unit: String,
-    pub unit_price: Decimal,
+    pub price: UsagePrice,
     pub percent_discount: Option<Decimal>,
+}
+
+/// How a usage row is priced: at a listed rate, or, for blended prices (tokens, first blocks,
+/// add-ons, cost steps: each request has its own effective rate), as the average of the
+/// requests billed under one price version, so such traffic still sums into one row per
+/// minute instead of one per request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum UsagePrice {
+    Rate(Decimal),
+    Blended { version: i64 },
+}
+
+impl UsagePrice {
+    fn of(item: &LineItem) -> UsagePrice {
+        if item.charge.blended {
+            UsagePrice::Blended {
+                version: item.price_version,
+            }
+        } else {
+            UsagePrice::Rate(item.charge.unit_price.normalize())
+        }
+    }
+
+    /// The unit price a row shows: the rate, or the row's subtotal over its quantity (to 12
+    /// decimal places).
+    pub fn unit_price(self, totals: &UsageTotals) -> Decimal {
+        match self {
+            UsagePrice::Rate(p) => p,
+            UsagePrice::Blended { .. } if totals.quantity.is_zero() => Decimal::ZERO,
+            UsagePrice::Blended { .. } => totals
+                .subtotal
+                .to_usd()
+                .checked_div(totals.quantity)
+                .unwrap_or_default()
+                .round_dp(12)
+                .normalize(),
+        }
+    }
 }
 
 /// What a usage row sums.
@@ -69,12 +132,12 @@ impl UsageTotals {
     }
 }
 
-/// One analytics row: per account, endpoint and minute.
+/// One analytics row: per account, endpoint and slot (the start of its minute or hour).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ActivityKey {
     pub account: AccountId,
     pub endpoint: EndpointId,
-    pub minute: Timestamp,
+    pub slot: Timestamp,
 }
 
 /// What an analytics row sums: completed requests by outcome, their queue ("prepare") and
@@ -201,11 +264,33 @@ impl Durations {
     }
 }
 
-/// The rollup deltas of one batch.
+/// The rollup deltas of one batch, per minute (as [`deltas`] makes them) or per hour.
 #[derive(Debug, Default)]
 pub struct Deltas {
     pub usage: BTreeMap<UsageKey, UsageTotals>,
     pub activity: BTreeMap<ActivityKey, ActivityTotals>,
+}
+
+impl Deltas {
+    /// The same deltas summed per `grain` slot.
+    pub fn coarsen(&self, grain: Grain) -> Result<Deltas, MoneyError> {
+        let mut out = Deltas::default();
+        for (k, t) in &self.usage {
+            let key = UsageKey {
+                slot: grain.slot_of(k.slot),
+                ..k.clone()
+            };
+            out.usage.entry(key).or_default().add(t)?;
+        }
+        for (k, t) in &self.activity {
+            let key = ActivityKey {
+                slot: grain.slot_of(k.slot),
+                ..k.clone()
+            };
+            out.activity.entry(key).or_default().add(t);
+        }
+        Ok(out)
+    }
 }
 
 /// Folds a batch's new line items and completions into rollup deltas.
@@ -214,11 +299,11 @@ pub fn deltas(state: &BatchState) -> Result<Deltas, MoneyError> {
     for item in &state.line_items {
         let key = UsageKey {
             account: item.account.clone(),
-            minute: minute_of(item.billed_at),
+            slot: minute_of(item.billed_at),
             endpoint: item.endpoint.clone(),
             api_key: item.api_key.clone(),
             unit: item.unit.clone(),
-            unit_price: item.charge.unit_price.normalize(),
+            price: UsagePrice::of(item),
             percent_discount: item.charge.percent_discount.map(|p| p.normalize()),
         };
         out.usage
@@ -242,7 +327,7 @@ fn add_completion(activity: &mut BTreeMap<ActivityKey, ActivityTotals>, r: &Requ
         .entry(ActivityKey {
             account: r.account.clone(),
             endpoint: r.endpoint.clone(),
-            minute: minute_of(at),
+            slot: minute_of(at),
         })
         .or_default();
     row.requests += 1;
@@ -267,10 +352,74 @@ mod tests {
     use super::*;
 
     #[test]
-    fn minutes_floor_including_before_the_epoch() {
+    fn slots_floor_including_before_the_epoch() {
         assert_eq!(minute_of(Timestamp(119_999)), Timestamp(60_000));
         assert_eq!(minute_of(Timestamp(120_000)), Timestamp(120_000));
         assert_eq!(minute_of(Timestamp(-1)), Timestamp(-60_000));
+        assert_eq!(
+            Grain::Hour.slot_of(Timestamp(7_199_999)),
+            Timestamp(3_600_000)
+        );
+        assert!(Grain::Hour.is_boundary(Timestamp(-3_600_000)));
+        assert!(!Grain::Hour.is_boundary(Timestamp(60_000)));
+    }
+
+    #[test]
+    fn hour_deltas_are_the_sums_of_their_minutes() {
+        let account = AccountId::parse("acme").unwrap();
+        let endpoint = EndpointId::parse("fal-ai/flux/dev").unwrap();
+        let mut d = Deltas::default();
+        for (minute, n, ms) in [(0, 1, 100), (59, 2, 200), (60, 4, 400)] {
+            let key = UsageKey {
+                account: account.clone(),
+                slot: Timestamp(minute * 60_000),
+                endpoint: endpoint.clone(),
+                api_key: None,
+                unit: "image".into(),
+                price: UsagePrice::Rate(Decimal::new(25, 3)),
+                percent_discount: None,
+            };
+            let totals = UsageTotals {
+                quantity: Decimal::new(n, 1),
+                requests: n as u64,
+                subtotal: Nanos(n),
+                discount: Nanos::ZERO,
+                total: Nanos(n),
+            };
+            d.usage.insert(key, totals);
+            let mut a = ActivityTotals {
+                requests: n as u64,
+                ..ActivityTotals::default()
+            };
+            a.duration_ms.record(ms);
+            d.activity.insert(
+                ActivityKey {
+                    account: account.clone(),
+                    endpoint: endpoint.clone(),
+                    slot: Timestamp(minute * 60_000),
+                },
+                a,
+            );
+        }
+        let h = d.coarsen(Grain::Hour).unwrap();
+        let usage: Vec<_> = h
+            .usage
+            .iter()
+            .map(|(k, t)| (k.slot.0, t.requests, t.quantity))
+            .collect();
+        assert_eq!(
+            usage,
+            [
+                (0, 3, Decimal::new(3, 1)),
+                (3_600_000, 4, Decimal::new(4, 1))
+            ]
+        );
+        let activity: Vec<_> = h
+            .activity
+            .iter()
+            .map(|(k, t)| (k.slot.0, t.requests, t.duration_ms.count()))
+            .collect();
+        assert_eq!(activity, [(0, 3, 2), (3_600_000, 4, 1)]);
     }
 
     #[test]

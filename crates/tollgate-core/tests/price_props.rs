@@ -316,7 +316,7 @@ proptest! {
     ) {
         // Up to a billion USD (the nano-USD range ends near 9.2 billion), with 0 to 12 places.
         let subtotal = (Decimal::from(whole_usd) + Decimal::new(fraction, 12)).trunc_with_scale(places);
-        let rated = Rated { quantity: Decimal::ONE, unit_price: subtotal, subtotal };
+        let rated = Rated { quantity: Decimal::ONE, unit_price: subtotal, subtotal, blended: false };
         check_charge(&rated, pct)?;
     }
 }

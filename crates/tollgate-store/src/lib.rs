@@ -168,6 +168,9 @@ pub struct RollupQuery {
     pub to: Timestamp,
     pub endpoints: Vec<EndpointId>,
     pub api_keys: Vec<ApiKeyId>,
+    /// The caller groups rows into buckets that never split a UTC hour, so hour rows may stand
+    /// in for their minutes (the rows' `slot` is then the hour's start).
+    pub whole_hours: bool,
 }
 
 /// A page of one account's billing events (line items) in `[from, to)`, ordered by
@@ -266,18 +269,18 @@ pub trait Reader: Send {
     fn setting(&mut self, key: &str) -> Result<Option<String>>;
     /// Checks the ledger end to end (used by tests and `tollgate` operators).
     fn reconcile(&mut self) -> Result<Reconciliation>;
-    /// Usage rollup rows of one account, in minute order.
+    /// Usage rollup rows of one account, in slot order.
     fn usage(&mut self, q: &RollupQuery) -> Result<Vec<(UsageKey, UsageTotals)>>;
-    /// Analytics rollup rows of one account (`api_keys` does not apply), by endpoint then
-    /// minute.
+    /// Analytics rollup rows of one account (`api_keys` does not apply), in slot order.
     fn activity(&mut self, q: &RollupQuery) -> Result<Vec<(ActivityKey, ActivityTotals)>>;
     /// One account's line items in keyset order.
     fn billing_events(&mut self, q: &BillingEventsQuery) -> Result<Vec<LineItem>>;
-    /// Billed requests of an account for one endpoint since `since`, and their total.
+    /// Billed requests of an account for one endpoint in `[since, until)`, and their total.
     fn endpoint_history(
         &mut self,
         account: &AccountId,
         endpoint: &EndpointId,
         since: Timestamp,
+        until: Timestamp,
     ) -> Result<(u64, Nanos)>;
 }

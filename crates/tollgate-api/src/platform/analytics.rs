@@ -176,6 +176,7 @@ pub async fn analytics(
         to: range.end,
         endpoints,
         api_keys: Vec::new(),
+        whole_hours: range.whole_hours(),
     };
     let rows = state.engine.read(move |r| r.activity(&rq)).await?;
     let mut buckets: BTreeMap<(Timestamp, EndpointId), ActivityTotals> = BTreeMap::new();
@@ -186,7 +187,7 @@ pub async fn analytics(
         }
         if time_series {
             buckets
-                .entry((range.bucket_start(k.minute), k.endpoint.clone()))
+                .entry((range.bucket_start(k.slot), k.endpoint.clone()))
                 .or_default()
                 .add(t);
         }

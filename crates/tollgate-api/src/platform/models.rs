@@ -231,6 +231,7 @@ fn cost_of_units(
         quantity: units,
         unit_price,
         subtotal,
+        blended: false,
     };
     Ok(Some(
         Charge::new(&rated, percent_discount_at(acct, def, now))?.total_nanos,
@@ -507,7 +508,7 @@ pub async fn estimate(
                 .read(move |r| {
                     endpoints
                         .iter()
-                        .map(|e| r.endpoint_history(&account, e, since))
+                        .map(|e| r.endpoint_history(&account, e, since, now))
                         .collect::<Result<Vec<_>, _>>()
                 })
                 .await?;

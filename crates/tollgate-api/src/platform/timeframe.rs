@@ -179,6 +179,19 @@ pub fn resolve(q: &Query, now: Timestamp) -> Result<Range, ApiError> {
 }
 
 impl Range {
+    /// Whether no bucket boundary inside the range splits a UTC hour, so that the store may
+    /// read hour rollups for the range's whole hours (true for hour and longer timeframes in
+    /// zones whose offsets are whole hours; false for minute buckets and for zones such as
+    /// Asia/Kathmandu).
+    pub fn whole_hours(&self) -> bool {
+        self.timeframe != Timeframe::Minute
+            && self
+                .buckets()
+                .iter()
+                .skip(1)
+                .all(|b| b.start.0.rem_euclid(HOUR_MS) == 0)
+    }
+
     /// The buckets covering `[start, end)` in order, aligned to the timeframe in `tz` (minute,
     /// hour, local midnight, ISO-week Monday 00:00 local, first of the month 00:00 local); the
     /// first and last are clipped to the range but keep the aligned start as their label.

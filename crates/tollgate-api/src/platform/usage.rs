@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, RequestId};
-use tollgate_core::rollup::{UsageKey, UsageTotals};
+use tollgate_core::rollup::{UsageKey, UsagePrice, UsageTotals};
 use tollgate_core::Timestamp;
 use tollgate_store::{BillingEventsQuery, RollupQuery, Scope};
 
@@ -119,7 +119,7 @@ impl Expand {
 struct Group {
     endpoint: EndpointId,
     unit: String,
-    unit_price: Decimal,
+    price: UsagePrice,
     percent_discount: Option<Decimal>,
     api_key: Option<ApiKeyId>,
 }
@@ -129,7 +129,7 @@ impl Group {
         Group {
             endpoint: k.endpoint.clone(),
             unit: k.unit.clone(),
-            unit_price: k.unit_price,
+            price: k.price,
             percent_discount: k.percent_discount,
             api_key: if by_key { k.api_key.clone() } else { None },
         }
@@ -146,7 +146,7 @@ fn usage_row(
     row.insert("endpoint_id".into(), json!(g.endpoint.as_str()));
     row.insert("unit".into(), json!(g.unit));
     row.insert("quantity".into(), json!(Number(t.quantity.normalize())));
-    row.insert("unit_price".into(), json!(Number(g.unit_price)));
+    row.insert("unit_price".into(), json!(Number(g.price.unit_price(t))));
     row.insert(
         "percent_discount".into(),
         json!(g.percent_discount.map(Number)),
@@ -227,6 +227,7 @@ pub async fn usage(
             to: range.end,
             endpoints,
             api_keys,
+            whole_hours: range.whole_hours(),
         };
         state.engine.read(move |r| r.usage(&rq)).await?
     };
@@ -242,9 +243,7 @@ pub async fn usage(
         }
         if expand.time_series {
             add(
-                buckets
-                    .entry((range.bucket_start(k.minute), g))
-                    .or_default(),
+                buckets.entry((range.bucket_start(k.slot), g)).or_default(),
                 t,
             )?;
         }

@@ -30,31 +30,55 @@ INSERT INTO line_items_by_account
 DROP TABLE line_items;
 ALTER TABLE line_items_by_account RENAME TO line_items;
 
--- Usage per account, minute (UTC, ms) and fal's usage grouping. Written by the same commit as
--- the line items it sums; '' stands for "no key" and "no percent discount" (key columns).
--- Decimals are exact TEXT, added by the store's decimal function, never as floats.
+-- The rollups: usage (fal's usage grouping) and activity (completed requests) per account, per
+-- minute and per hour, written by the same commit as the line items they sum. `slot` is the
+-- start of the minute (or hour), UTC, in ms. Keyed by slot first: a batch's rows all land in
+-- the current slot, a few pages, however many accounts it touched; a read seeks (slot,
+-- account) slot by slot, hour rows where the buckets allow. '' stands for "no key" and "no
+-- percent discount" (key columns). A row of a blended price (tokens, first blocks, add-ons,
+-- cost steps: every request has its own effective rate) has unit_price '' and the price
+-- version in blend_version; other rows have blend_version 0. Decimals are exact TEXT, added by the store's decimal
+-- function, never as floats; durations are tollgate_core::rollup::Durations histograms
+-- (sparse (bucket, count) pairs).
 CREATE TABLE usage_minutes (
+    slot              INTEGER NOT NULL,
     account           TEXT    NOT NULL,
-    minute            INTEGER NOT NULL,
     endpoint_id       TEXT    NOT NULL,
     api_key           TEXT    NOT NULL,
     unit              TEXT    NOT NULL,
     unit_price        TEXT    NOT NULL,
+    blend_version     INTEGER NOT NULL,
     percent_discount  TEXT    NOT NULL,
     quantity          TEXT    NOT NULL,
     requests          INTEGER NOT NULL,
     subtotal_nanos    INTEGER NOT NULL,
     discount_nanos    INTEGER NOT NULL,
     total_nanos       INTEGER NOT NULL,
-    PRIMARY KEY (account, minute, endpoint_id, api_key, unit, unit_price, percent_discount)
+    PRIMARY KEY (slot, account, endpoint_id, api_key, unit, unit_price, blend_version,
+                 percent_discount)
+) WITHOUT ROWID;
+CREATE TABLE usage_hours (
+    slot              INTEGER NOT NULL,
+    account           TEXT    NOT NULL,
+    endpoint_id       TEXT    NOT NULL,
+    api_key           TEXT    NOT NULL,
+    unit              TEXT    NOT NULL,
+    unit_price        TEXT    NOT NULL,
+    blend_version     INTEGER NOT NULL,
+    percent_discount  TEXT    NOT NULL,
+    quantity          TEXT    NOT NULL,
+    requests          INTEGER NOT NULL,
+    subtotal_nanos    INTEGER NOT NULL,
+    discount_nanos    INTEGER NOT NULL,
+    total_nanos       INTEGER NOT NULL,
+    PRIMARY KEY (slot, account, endpoint_id, api_key, unit, unit_price, blend_version,
+                 percent_discount)
 ) WITHOUT ROWID;
 
--- Completed requests per account, endpoint and minute, with mergeable histograms of their queue
--- and execution durations in ms (tollgate_core::rollup::Durations: sparse (bucket, count) pairs).
 CREATE TABLE activity_minutes (
+    slot         INTEGER NOT NULL,
     account      TEXT    NOT NULL,
     endpoint_id  TEXT    NOT NULL,
-    minute       INTEGER NOT NULL,
     requests     INTEGER NOT NULL,
     successes    INTEGER NOT NULL,
     user_errors  INTEGER NOT NULL,
@@ -62,5 +86,18 @@ CREATE TABLE activity_minutes (
     billable_ms  INTEGER NOT NULL,
     prepare_ms   BLOB    NOT NULL,
     duration_ms  BLOB    NOT NULL,
-    PRIMARY KEY (account, endpoint_id, minute)
+    PRIMARY KEY (slot, account, endpoint_id)
+) WITHOUT ROWID;
+CREATE TABLE activity_hours (
+    slot         INTEGER NOT NULL,
+    account      TEXT    NOT NULL,
+    endpoint_id  TEXT    NOT NULL,
+    requests     INTEGER NOT NULL,
+    successes    INTEGER NOT NULL,
+    user_errors  INTEGER NOT NULL,
+    errors       INTEGER NOT NULL,
+    billable_ms  INTEGER NOT NULL,
+    prepare_ms   BLOB    NOT NULL,
+    duration_ms  BLOB    NOT NULL,
+    PRIMARY KEY (slot, account, endpoint_id)
 ) WITHOUT ROWID;

@@ -925,8 +925,9 @@ impl Reader for SqliteReader {
         account: &AccountId,
         endpoint: &EndpointId,
         since: Timestamp,
+        until: Timestamp,
     ) -> Result<(u64, Nanos)> {
-        rollups::endpoint_history(&self.conn, account, endpoint, since)
+        rollups::endpoint_history(&self.conn, account, endpoint, since, until)
     }
 
     fn reconcile(&mut self) -> Result<Reconciliation> {

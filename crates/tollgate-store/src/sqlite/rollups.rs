@@ -15,7 +15,7 @@ use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, RequestId};
 use tollgate_core::machine::{BatchState, LineItem, RequestRecord};
 use tollgate_core::pricing::Charge;
 use tollgate_core::rollup::{
-    self, ActivityKey, ActivityTotals, Deltas, Durations, UsageKey, UsageTotals,
+    self, ActivityKey, ActivityTotals, Deltas, Durations, Grain, UsageKey, UsagePrice, UsageTotals,
 };
 use tollgate_core::{Nanos, Timestamp};
 
@@ -45,26 +45,46 @@ pub(super) fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Adds a batch's rollup deltas to their rows.
-pub(super) fn write(conn: &Connection, d: &Deltas) -> Result<()> {
-    let mut st = conn.prepare_cached(
-        "INSERT INTO usage_minutes (account, minute, endpoint_id, api_key, unit, unit_price, \
-         percent_discount, quantity, requests, subtotal_nanos, discount_nanos, total_nanos) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+/// The tables of a grain.
+fn tables(grain: Grain) -> (&'static str, &'static str) {
+    match grain {
+        Grain::Minute => ("usage_minutes", "activity_minutes"),
+        Grain::Hour => ("usage_hours", "activity_hours"),
+    }
+}
+
+/// Adds a batch's rollup deltas (per minute) to their minute rows and their hour rows.
+pub(super) fn write(conn: &Connection, minutes: &Deltas) -> Result<()> {
+    let hours = minutes
+        .coarsen(Grain::Hour)
+        .map_err(|e| StoreError::Db(e.to_string()))?;
+    write_grain(conn, Grain::Minute, minutes)?;
+    write_grain(conn, Grain::Hour, &hours)
+}
+
+fn write_grain(conn: &Connection, grain: Grain, d: &Deltas) -> Result<()> {
+    let (usage, activity) = tables(grain);
+    let mut st = conn.prepare_cached(&format!(
+        "INSERT INTO {usage} (slot, account, endpoint_id, api_key, unit, unit_price, \
+         blend_version, percent_discount, quantity, requests, subtotal_nanos, discount_nanos, \
+         total_nanos) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?13, ?7, ?8, ?9, ?10, ?11, ?12) \
          ON CONFLICT DO UPDATE SET quantity = tollgate_dec_add(quantity, excluded.quantity), \
          requests = requests + excluded.requests, \
          subtotal_nanos = subtotal_nanos + excluded.subtotal_nanos, \
          discount_nanos = discount_nanos + excluded.discount_nanos, \
-         total_nanos = total_nanos + excluded.total_nanos",
-    )?;
+         total_nanos = total_nanos + excluded.total_nanos"
+    ))?;
     for (k, t) in &d.usage {
         st.execute(params![
+            k.slot.0,
             k.account.as_str(),
-            k.minute.0,
             k.endpoint.as_str(),
             k.api_key.as_ref().map(|k| k.as_str()).unwrap_or(""),
             k.unit,
-            k.unit_price.to_string(),
+            match k.price {
+                UsagePrice::Rate(p) => p.to_string(),
+                UsagePrice::Blended { .. } => String::new(),
+            },
             k.percent_discount
                 .map(|p| p.to_string())
                 .unwrap_or_default(),
@@ -73,10 +93,14 @@ pub(super) fn write(conn: &Connection, d: &Deltas) -> Result<()> {
             t.subtotal.0,
             t.discount.0,
             t.total.0,
+            match k.price {
+                UsagePrice::Rate(_) => 0,
+                UsagePrice::Blended { version } => version,
+            },
         ])?;
     }
-    let mut st = conn.prepare_cached(
-        "INSERT INTO activity_minutes (account, endpoint_id, minute, requests, successes, \
+    let mut st = conn.prepare_cached(&format!(
+        "INSERT INTO {activity} (slot, account, endpoint_id, requests, successes, \
          user_errors, errors, billable_ms, prepare_ms, duration_ms) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
          ON CONFLICT DO UPDATE SET requests = requests + excluded.requests, \
@@ -84,13 +108,13 @@ pub(super) fn write(conn: &Connection, d: &Deltas) -> Result<()> {
          user_errors = user_errors + excluded.user_errors, errors = errors + excluded.errors, \
          billable_ms = billable_ms + excluded.billable_ms, \
          prepare_ms = tollgate_durations_merge(prepare_ms, excluded.prepare_ms), \
-         duration_ms = tollgate_durations_merge(duration_ms, excluded.duration_ms)",
-    )?;
+         duration_ms = tollgate_durations_merge(duration_ms, excluded.duration_ms)"
+    ))?;
     for (k, t) in &d.activity {
         st.execute(params![
+            k.slot.0,
             k.account.as_str(),
             k.endpoint.as_str(),
-            k.minute.0,
             t.requests as i64,
             t.successes as i64,
             t.user_errors as i64,
@@ -132,6 +156,8 @@ pub(super) fn line_item_row(r: &Row) -> Result<LineItem> {
             subtotal_nanos: Nanos(r.get(9)?),
             discount_nanos: Nanos(r.get(10)?),
             total_nanos: Nanos(r.get(11)?),
+            // Not stored per line item: only the rollups written with it need it.
+            blended: false,
         },
         status_code: r.get(12)?,
         billed_at: Timestamp(r.get(13)?),
@@ -173,94 +199,123 @@ fn in_list(column: &str, n: usize) -> String {
     }
 }
 
-/// Usage rows of one account in whole minutes [from, to), in minute order.
-pub(super) fn usage(conn: &Connection, q: &RollupQuery) -> Result<Vec<(UsageKey, UsageTotals)>> {
-    let sql = format!(
-        "SELECT minute, endpoint_id, api_key, unit, unit_price, percent_discount, quantity, \
-         requests, subtotal_nanos, discount_nanos, total_nanos FROM usage_minutes \
-         WHERE account = ? AND minute >= ? AND minute < ?{}{} ORDER BY minute",
-        in_list("endpoint_id", q.endpoints.len()),
-        in_list("api_key", q.api_keys.len())
-    );
-    let mut args: Vec<rusqlite::types::Value> = vec![
-        q.account.as_str().to_string().into(),
-        q.from.0.into(),
-        q.to.0.into(),
-    ];
-    args.extend(q.endpoints.iter().map(|e| e.as_str().to_string().into()));
-    args.extend(q.api_keys.iter().map(|k| k.as_str().to_string().into()));
-    let mut st = conn.prepare_cached(&sql)?;
-    let mut rows = st.query(params_from_iter(args))?;
+/// The slots a rollup query reads, in time order: hour slots for the whole UTC hours of the
+/// range when the caller's buckets never split an hour, minute slots for the rest.
+fn slots(q: &RollupQuery) -> Vec<(Grain, Timestamp)> {
+    let from = Grain::Minute.slot_of(q.from);
+    let to = q.to;
+    let hour = Grain::Hour.ms();
+    // [first_hour, last_hour): the whole UTC hours inside the range.
+    let first_hour = Timestamp(Grain::Hour.slot_of(Timestamp(from.0 + hour - 1)).0);
+    let last_hour = Grain::Hour.slot_of(to);
     let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let key: String = r.get(2)?;
-        let percent: String = r.get(5)?;
-        out.push((
-            UsageKey {
-                account: q.account.clone(),
-                minute: Timestamp(r.get(0)?),
-                endpoint: parse_id(EndpointId::parse, &r.get::<_, String>(1)?)?,
-                api_key: (!key.is_empty())
-                    .then(|| parse_id(ApiKeyId::parse, &key))
-                    .transpose()?,
-                unit: r.get(3)?,
-                unit_price: decimal("unit_price", &r.get::<_, String>(4)?)?,
-                percent_discount: (!percent.is_empty())
-                    .then(|| decimal("percent_discount", &percent))
-                    .transpose()?,
-            },
-            UsageTotals {
-                quantity: decimal("quantity", &r.get::<_, String>(6)?)?,
-                requests: r.get::<_, i64>(7)? as u64,
-                subtotal: Nanos(r.get(8)?),
-                discount: Nanos(r.get(9)?),
-                total: Nanos(r.get(10)?),
-            },
-        ));
+    let mut push = |grain: Grain, a: Timestamp, b: Timestamp| {
+        let mut t = a;
+        while t < b {
+            out.push((grain, t));
+            t = t.plus_ms(grain.ms());
+        }
+    };
+    if q.whole_hours && first_hour < last_hour {
+        push(Grain::Minute, from, first_hour);
+        push(Grain::Hour, first_hour, last_hour);
+        push(Grain::Minute, last_hour, to);
+    } else {
+        push(Grain::Minute, from, to);
+    }
+    out
+}
+
+/// Usage rows of one account in [from, to), in slot order.
+pub(super) fn usage(conn: &Connection, q: &RollupQuery) -> Result<Vec<(UsageKey, UsageTotals)>> {
+    let mut out = Vec::new();
+    for (grain, slot) in slots(q) {
+        let sql = format!(
+            "SELECT endpoint_id, api_key, unit, unit_price, percent_discount, quantity, \
+             requests, subtotal_nanos, discount_nanos, total_nanos, blend_version FROM {} \
+             WHERE slot = ? AND account = ?{}{}",
+            tables(grain).0,
+            in_list("endpoint_id", q.endpoints.len()),
+            in_list("api_key", q.api_keys.len())
+        );
+        let mut args: Vec<rusqlite::types::Value> =
+            vec![slot.0.into(), q.account.as_str().to_string().into()];
+        args.extend(q.endpoints.iter().map(|e| e.as_str().to_string().into()));
+        args.extend(q.api_keys.iter().map(|k| k.as_str().to_string().into()));
+        let mut st = conn.prepare_cached(&sql)?;
+        let mut rows = st.query(params_from_iter(args))?;
+        while let Some(r) = rows.next()? {
+            let key: String = r.get(1)?;
+            let percent: String = r.get(4)?;
+            out.push((
+                UsageKey {
+                    account: q.account.clone(),
+                    slot,
+                    endpoint: parse_id(EndpointId::parse, &r.get::<_, String>(0)?)?,
+                    api_key: (!key.is_empty())
+                        .then(|| parse_id(ApiKeyId::parse, &key))
+                        .transpose()?,
+                    unit: r.get(2)?,
+                    price: match r.get::<_, i64>(10)? {
+                        0 => UsagePrice::Rate(decimal("unit_price", &r.get::<_, String>(3)?)?),
+                        version => UsagePrice::Blended { version },
+                    },
+                    percent_discount: (!percent.is_empty())
+                        .then(|| decimal("percent_discount", &percent))
+                        .transpose()?,
+                },
+                UsageTotals {
+                    quantity: decimal("quantity", &r.get::<_, String>(5)?)?,
+                    requests: r.get::<_, i64>(6)? as u64,
+                    subtotal: Nanos(r.get(7)?),
+                    discount: Nanos(r.get(8)?),
+                    total: Nanos(r.get(9)?),
+                },
+            ));
+        }
     }
     Ok(out)
 }
 
-/// Analytics rows of one account in whole minutes [from, to), per endpoint in minute order.
+/// Analytics rows of one account in [from, to), in slot order.
 pub(super) fn activity(
     conn: &Connection,
     q: &RollupQuery,
 ) -> Result<Vec<(ActivityKey, ActivityTotals)>> {
-    let sql = format!(
-        "SELECT endpoint_id, minute, requests, successes, user_errors, errors, billable_ms, \
-         prepare_ms, duration_ms FROM activity_minutes \
-         WHERE account = ? AND minute >= ? AND minute < ?{} ORDER BY endpoint_id, minute",
-        in_list("endpoint_id", q.endpoints.len()),
-    );
-    let mut args: Vec<rusqlite::types::Value> = vec![
-        q.account.as_str().to_string().into(),
-        q.from.0.into(),
-        q.to.0.into(),
-    ];
-    args.extend(q.endpoints.iter().map(|e| e.as_str().to_string().into()));
-    let mut st = conn.prepare_cached(&sql)?;
-    let mut rows = st.query(params_from_iter(args))?;
     let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let durations = |i: usize| -> Result<Durations> {
-            Durations::from_bytes(&r.get::<_, Vec<u8>>(i)?).map_err(|e| corrupt("durations", e))
-        };
-        out.push((
-            ActivityKey {
-                account: q.account.clone(),
-                endpoint: parse_id(EndpointId::parse, &r.get::<_, String>(0)?)?,
-                minute: Timestamp(r.get(1)?),
-            },
-            ActivityTotals {
-                requests: r.get::<_, i64>(2)? as u64,
-                successes: r.get::<_, i64>(3)? as u64,
-                user_errors: r.get::<_, i64>(4)? as u64,
-                errors: r.get::<_, i64>(5)? as u64,
-                billable_ms: r.get(6)?,
-                prepare_ms: durations(7)?,
-                duration_ms: durations(8)?,
-            },
-        ));
+    for (grain, slot) in slots(q) {
+        let sql = format!(
+            "SELECT endpoint_id, requests, successes, user_errors, errors, billable_ms, \
+             prepare_ms, duration_ms FROM {} WHERE slot = ? AND account = ?{}",
+            tables(grain).1,
+            in_list("endpoint_id", q.endpoints.len()),
+        );
+        let mut args: Vec<rusqlite::types::Value> =
+            vec![slot.0.into(), q.account.as_str().to_string().into()];
+        args.extend(q.endpoints.iter().map(|e| e.as_str().to_string().into()));
+        let mut st = conn.prepare_cached(&sql)?;
+        let mut rows = st.query(params_from_iter(args))?;
+        while let Some(r) = rows.next()? {
+            let durations = |i: usize| -> Result<Durations> {
+                Durations::from_bytes(&r.get::<_, Vec<u8>>(i)?).map_err(|e| corrupt("durations", e))
+            };
+            out.push((
+                ActivityKey {
+                    account: q.account.clone(),
+                    endpoint: parse_id(EndpointId::parse, &r.get::<_, String>(0)?)?,
+                    slot,
+                },
+                ActivityTotals {
+                    requests: r.get::<_, i64>(1)? as u64,
+                    successes: r.get::<_, i64>(2)? as u64,
+                    user_errors: r.get::<_, i64>(3)? as u64,
+                    errors: r.get::<_, i64>(4)? as u64,
+                    billable_ms: r.get(5)?,
+                    prepare_ms: durations(6)?,
+                    duration_ms: durations(7)?,
+                },
+            ));
+        }
     }
     Ok(out)
 }
@@ -317,48 +372,55 @@ pub(super) fn billing_events(conn: &Connection, q: &BillingEventsQuery) -> Resul
     Ok(out)
 }
 
-/// Billed requests of an account for one endpoint since `since`, and their total.
+/// Billed requests of an account for one endpoint in [since, until), and their total.
 pub(super) fn endpoint_history(
     conn: &Connection,
     account: &AccountId,
     endpoint: &EndpointId,
     since: Timestamp,
+    until: Timestamp,
 ) -> Result<(u64, Nanos)> {
-    let mut st = conn.prepare_cached(
-        "SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(total_nanos), 0) FROM usage_minutes \
-         WHERE account = ?1 AND minute >= ?2 AND endpoint_id = ?3",
+    let rows = usage(
+        conn,
+        &RollupQuery {
+            account: account.clone(),
+            from: since,
+            to: until,
+            endpoints: vec![endpoint.clone()],
+            api_keys: Vec::new(),
+            whole_hours: true,
+        },
     )?;
-    let (n, total): (i64, i64) = st.query_row(
-        params![
-            account.as_str(),
-            rollup::minute_of(since).0,
-            endpoint.as_str()
-        ],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    Ok((n as u64, Nanos(total)))
+    let mut total = UsageTotals::default();
+    for (_, t) in &rows {
+        total.add(t).map_err(|e| StoreError::Db(e.to_string()))?;
+    }
+    Ok((total.requests, total.total))
 }
 
-/// Accounts whose usage rollups do not add up to their line items, with (rollups, line items).
+/// Accounts whose usage rollups (minute or hour rows) do not add up to their line items, with
+/// (rollups, line items).
 pub(super) fn mismatches(conn: &Connection) -> Result<Vec<(AccountId, Nanos, Nanos)>> {
-    let mut st = conn.prepare(
-        "WITH r AS (SELECT account, SUM(total_nanos) AS t, SUM(requests) AS n \
-                    FROM usage_minutes GROUP BY account), \
-              l AS (SELECT account, SUM(total_nanos) AS t, COUNT(*) AS n \
-                    FROM line_items GROUP BY account) \
-         SELECT l.account, COALESCE(r.t, 0), l.t FROM l LEFT JOIN r USING (account) \
-           WHERE COALESCE(r.t, 0) != l.t OR COALESCE(r.n, 0) != l.n \
-         UNION \
-         SELECT r.account, r.t, 0 FROM r LEFT JOIN l USING (account) WHERE l.account IS NULL",
-    )?;
-    let mut rows = st.query([])?;
     let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push((
-            parse_id(AccountId::parse, &r.get::<_, String>(0)?)?,
-            Nanos(r.get(1)?),
-            Nanos(r.get(2)?),
-        ));
+    for table in ["usage_minutes", "usage_hours"] {
+        let mut st = conn.prepare(&format!(
+            "WITH r AS (SELECT account, SUM(total_nanos) AS t, SUM(requests) AS n \
+                        FROM {table} GROUP BY account), \
+                  l AS (SELECT account, SUM(total_nanos) AS t, COUNT(*) AS n \
+                        FROM line_items GROUP BY account) \
+             SELECT l.account, COALESCE(r.t, 0), l.t FROM l LEFT JOIN r USING (account) \
+               WHERE COALESCE(r.t, 0) != l.t OR COALESCE(r.n, 0) != l.n \
+             UNION \
+             SELECT r.account, r.t, 0 FROM r LEFT JOIN l USING (account) WHERE l.account IS NULL"
+        ))?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            out.push((
+                parse_id(AccountId::parse, &r.get::<_, String>(0)?)?,
+                Nanos(r.get(1)?),
+                Nanos(r.get(2)?),
+            ));
+        }
     }
     Ok(out)
 }
