@@ -91,6 +91,26 @@ pub fn seed(dir: &Path, accounts: usize, history: usize) -> anyhow::Result<PathB
             item.execute(rusqlite::params![id, account, COST_NANOS, i as i64])?;
         }
     }
+    // The history's rollups, as the write path would have left them (every seeded
+    // line item is one image, so quantities are counts and histograms are empty).
+    for (table, slot_ms) in [("usage_minutes", 60_000), ("usage_hours", 3_600_000)] {
+        tx.execute_batch(&format!(
+            "INSERT INTO {table} (slot, account, endpoint_id, api_key, unit, unit_price, \
+             blend_version, percent_discount, quantity, requests, subtotal_nanos, \
+             discount_nanos, total_nanos) \
+             SELECT billed_at / {slot_ms} * {slot_ms}, account, endpoint_id, '', unit, \
+             unit_price, 0, '', CAST(COUNT(*) AS TEXT), COUNT(*), SUM(subtotal_nanos), \
+             SUM(discount_nanos), SUM(total_nanos) FROM line_items GROUP BY 1, 2, 3, 5, 6"
+        ))?;
+    }
+    for (table, slot_ms) in [("activity_minutes", 60_000), ("activity_hours", 3_600_000)] {
+        tx.execute_batch(&format!(
+            "INSERT INTO {table} (slot, account, endpoint_id, requests, successes, \
+             user_errors, errors, billable_ms, prepare_ms, duration_ms) \
+             SELECT billed_at / {slot_ms} * {slot_ms}, account, endpoint_id, COUNT(*), \
+             COUNT(*), 0, 0, 0, x'', x'' FROM line_items GROUP BY 1, 2, 3"
+        ))?;
+    }
     tx.commit()?;
     super::quiesce();
     Ok(path)
