@@ -11,7 +11,7 @@ use crate::admin::rfc3339;
 use crate::auth::customer;
 use crate::error::{parse_json, ApiError};
 use crate::money::Number;
-use crate::platform::params::{encode_cursor, Query};
+use crate::platform::params::{encode_cursor, Query, MAX_IDS};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -35,9 +35,6 @@ use tollgate_store::Scope;
 pub const DEFAULT_LIMIT: usize = 50;
 /// The largest `limit` accepted by `GET /v1/models`.
 pub const MAX_LIMIT: usize = 200;
-/// fal's bound on the endpoint ids of one call (`endpoint_id` 1-50), also applied to the
-/// endpoints of one estimate.
-pub const MAX_ENDPOINT_IDS: usize = 50;
 /// `historical_api_price` averages the account's billed requests of this many trailing days.
 pub const HISTORY_WINDOW_DAYS: i64 = 30;
 /// fal's smallest `unit_quantity`.
@@ -81,7 +78,7 @@ pub async fn list(
     )?;
     let limit = query.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
     let after: Option<String> = query.cursor()?;
-    let ids = query.list("endpoint_id", MAX_ENDPOINT_IDS)?;
+    let ids = query.list("endpoint_id", MAX_IDS)?;
     let text = query.one("q")?.map(str::to_lowercase);
     let category = query.one("category")?;
     let status = query.one("status")?.map(parse_status).transpose()?;
@@ -273,10 +270,10 @@ pub async fn pricing(
 ) -> Result<Json<Value>, ApiError> {
     let (_, account) = customer(&state, &headers, Scope::Api).await?;
     let query = Query::parse(raw.as_deref(), &["endpoint_id"])?;
-    let ids = query.list("endpoint_id", MAX_ENDPOINT_IDS)?;
+    let ids = query.list("endpoint_id", MAX_IDS)?;
     if ids.is_empty() {
         return Err(ApiError::validation(format!(
-            "endpoint_id is required: give 1-{MAX_ENDPOINT_IDS} endpoint ids"
+            "endpoint_id is required: give 1-{MAX_IDS} endpoint ids"
         ))
         .with("field", "endpoint_id"));
     }
@@ -385,13 +382,10 @@ impl Estimate {
             }
             None => return Err(invalid("endpoints", "is required".into())),
         };
-        if endpoints.is_empty() || endpoints.len() > MAX_ENDPOINT_IDS {
+        if endpoints.is_empty() || endpoints.len() > MAX_IDS {
             return Err(invalid(
                 "endpoints",
-                format!(
-                    "must name 1-{MAX_ENDPOINT_IDS} endpoints, got {}",
-                    endpoints.len()
-                ),
+                format!("must name 1-{MAX_IDS} endpoints, got {}", endpoints.len()),
             ));
         }
         let mut lines = Vec::with_capacity(endpoints.len());

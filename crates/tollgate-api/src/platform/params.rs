@@ -11,6 +11,10 @@ use base64::Engine as _;
 
 use crate::error::ApiError;
 
+/// fal's bound on the ids one list parameter may name (`endpoint_id`, `request_id`,
+/// `api_key_id`, `login_username`: 1-50).
+pub const MAX_IDS: usize = 50;
+
 /// A parsed query string: percent-decoded pairs (`form_urlencoded` semantics, so `+` is a
 /// space), in the order given, where `name[]` is read as `name`.
 #[derive(Clone, Debug, Default)]

@@ -5,7 +5,7 @@
 //! items: each minute row falls into exactly one bucket of the requested time zone and
 //! timeframe, so buckets, summary and billing events are sums of the same integers.
 
-use super::params::{encode_cursor, Query};
+use super::params::{encode_cursor, Query, MAX_IDS};
 use super::timeframe;
 use crate::admin::rfc3339;
 use crate::auth::customer;
@@ -30,8 +30,6 @@ const USAGE_LIMIT: (usize, usize) = (1000, 10_000);
 const EVENTS_LIMIT: (usize, usize) = (100, 10_000);
 /// The longest range one billing-events query may span.
 const EVENTS_MAX_RANGE_MS: i64 = 90 * 24 * 3_600_000;
-/// Ids per list filter.
-const MAX_IDS: usize = 50;
 
 pub(super) fn parse_ids<T>(
     q: &Query,
