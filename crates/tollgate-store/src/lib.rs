@@ -147,6 +147,45 @@ pub struct Reconciliation {
 }
 
 impl Reconciliation {
+    /// What does not agree, in a few lines: the count of each kind of mismatch with its first
+    /// three, and the totals that differ.
+    pub fn summary(&self) -> String {
+        fn list<T: std::fmt::Debug>(out: &mut Vec<String>, what: &str, v: &[T]) {
+            if !v.is_empty() {
+                let first: Vec<String> = v.iter().take(3).map(|x| format!("{x:?}")).collect();
+                out.push(format!("{} {what} (first: {})", v.len(), first.join(", ")));
+            }
+        }
+        let mut out = Vec::new();
+        list(&mut out, "balance mismatches", &self.balance_mismatches);
+        list(&mut out, "held mismatches", &self.held_mismatches);
+        list(
+            &mut out,
+            "in-progress mismatches",
+            &self.in_progress_mismatches,
+        );
+        list(&mut out, "lot mismatches", &self.lot_mismatches);
+        list(&mut out, "line item mismatches", &self.line_item_mismatches);
+        list(&mut out, "rollup mismatches", &self.rollup_mismatches);
+        if self.revenue_nanos != self.billed_nanos {
+            out.push(format!(
+                "revenue {} != billed {} nano-USD",
+                self.revenue_nanos, self.billed_nanos
+            ));
+        }
+        if self.purchased_nanos != self.credited_nanos {
+            out.push(format!(
+                "purchased {} != credited {} nano-USD",
+                self.purchased_nanos, self.credited_nanos
+            ));
+        }
+        if out.is_empty() {
+            "clean".into()
+        } else {
+            out.join("; ")
+        }
+    }
+
     pub fn is_clean(&self) -> bool {
         self.balance_mismatches.is_empty()
             && self.held_mismatches.is_empty()
@@ -283,4 +322,30 @@ pub trait Reader: Send {
         since: Timestamp,
         until: Timestamp,
     ) -> Result<(u64, Nanos)>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reconciliation_summary_counts_and_shows_the_first_few() {
+        assert_eq!(Reconciliation::default().summary(), "clean");
+        let ids: Vec<RequestId> = (1..=5)
+            .map(|i| RequestId::parse(&format!("00000000-0000-4000-8000-00000000000{i}")).unwrap())
+            .collect();
+        let r = Reconciliation {
+            line_item_mismatches: ids,
+            revenue_nanos: 5,
+            billed_nanos: 7,
+            ..Reconciliation::default()
+        };
+        let s = r.summary();
+        assert!(s.starts_with("5 line item mismatches (first: "), "{s}");
+        assert!(
+            s.contains("000000000003") && !s.contains("000000000004"),
+            "{s}"
+        );
+        assert!(s.ends_with("revenue 5 != billed 7 nano-USD"), "{s}");
+    }
 }

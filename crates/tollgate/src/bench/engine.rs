@@ -283,7 +283,8 @@ async fn reconciled(engine: &Engine) -> anyhow::Result<String> {
     let r = engine.read(|r| r.reconcile()).await?;
     anyhow::ensure!(
         r.is_clean(),
-        "the ledger does not reconcile after the bench: {r:?}"
+        "the ledger does not reconcile after the bench: {}",
+        r.summary()
     );
     Ok(format!(
         "ledger reconciled, {} nano-USD billed",
@@ -560,7 +561,8 @@ async fn replay(plan: &Plan, name: &str, path: &Path) -> anyhow::Result<Row> {
     let r = engine.read(|r| r.reconcile()).await?;
     anyhow::ensure!(
         r.is_clean(),
-        "the ledger does not reconcile after the replay"
+        "the ledger does not reconcile after the replay: {}",
+        r.summary()
     );
     anyhow::ensure!(
         r.billed_nanos == expected as i128,
