@@ -35,7 +35,17 @@ cost=$(curl -sf -X POST "$TG/v1/requests/$REQ/complete" -H "Authorization: $OP" 
 after=$(curl -sf "$TG/v1/admin/accounts/demo" -H "Authorization: $OP" | json "['balance_nano_usd']")
 clean=$(curl -sf "$TG/v1/admin/reconciliation" -H "Authorization: $OP" | json "['clean']")
 
+# The customer's view, with the ADMIN key the demo prints: the billing event and the usage.
+admin=$(grep -m1 'demo ADMIN key' "$out" | awk '{print $NF}')
+event=$(curl -sf "$TG/v1/models/billing-events?request_id=$REQ" -H "Authorization: Key $admin" \
+  | json "['billing_events'][0]['cost_estimate_nano_usd']")
+usage=$(curl -sf "$TG/v1/models/usage?expand=summary" -H "Authorization: Key $admin" \
+  | json "['summary'][0]['cost_total']")
+
 echo "balance before $before, cost $cost, balance after $after, ledger clean: $clean"
+echo "billing event $event nano-USD, usage summary $usage USD"
+[ "$event" = "$cost" ] || { echo "the billing event does not carry the billed cost"; exit 1; }
+[ "$usage" = "0.05" ] || { echo "the usage summary does not show the 0.05 USD billed"; exit 1; }
 [ "$cost" = "50000000" ] || { echo "flux/dev 1920x1080 should cost 0.05 USD (50000000 nano-USD)"; exit 1; }
 [ "$((before - cost))" = "$after" ] || { echo "the balance did not move by exactly the cost"; exit 1; }
 [ "$clean" = "True" ] || { echo "the ledger does not reconcile"; exit 1; }

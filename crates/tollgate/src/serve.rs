@@ -248,6 +248,11 @@ Try it (paste into another shell):
   # 1920x1080 is 2 megapixels at 0.025 USD: the balance is now 24.95 USD
   curl -s $TG/v1/admin/accounts/demo -H "Authorization: $OP"
 
+  # what the customer sees, as fal's Platform API shows it: the billed request, usage, a price
+  curl -s "$TG/v1/models/billing-events" -H 'Authorization: Key {admin}'
+  curl -s "$TG/v1/models/usage?expand=time_series,summary" -H 'Authorization: Key {admin}'
+  curl -s "$TG/v1/models/pricing?endpoint_id=fal-ai/flux/dev" -H "Authorization: Key $DEMO"
+
   # a server error is never billed; the API contract is at $TG/v1/openapi.json
 "#,
         admin = demo.admin_key,
