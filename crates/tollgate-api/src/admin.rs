@@ -55,7 +55,10 @@ fn map_store(e: EngineError, what: &str) -> ApiError {
     }
 }
 
-async fn account_row(state: &AppState, username: &AccountId) -> Result<AccountRow, ApiError> {
+pub(crate) async fn account_row(
+    state: &AppState,
+    username: &AccountId,
+) -> Result<AccountRow, ApiError> {
     let id = username.clone();
     let now = state.engine.now();
     state

@@ -5,6 +5,9 @@
 //!    their path, method and status (an undocumented status is a failure), and the requests
 //!    sent agree with its request schemas.
 
+#[path = "common/schema.rs"]
+mod schema;
+
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -133,25 +136,9 @@ impl Doc {
         op
     }
 
-    /// Validates `instance` against `schema`, whose `$ref`s point into this document's
-    /// components: the schema is compiled as a root that carries the components beside it.
+    /// Validates `instance` against `schema`, one of this document's schemas, formats included.
     fn validate(&self, schema: &Value, instance: &Value) -> Result<(), String> {
-        let mut root = schema.clone();
-        let obj = root.as_object_mut().expect("a schema object");
-        obj.insert("components".into(), self.root["components"].clone());
-        let validator = jsonschema::draft202012::options()
-            .should_validate_formats(true)
-            .build(&root)
-            .map_err(|e| format!("the schema does not compile: {e}"))?;
-        let errors: Vec<String> = validator
-            .iter_errors(instance)
-            .map(|e| format!("{e} (at `{}`)", e.instance_path))
-            .collect();
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("\n  "))
-        }
+        schema::validate(&self.root, schema, instance, true)
     }
 
     fn component(&self, name: &str) -> Value {

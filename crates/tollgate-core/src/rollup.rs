@@ -42,10 +42,6 @@ impl Grain {
     }
 }
 
-pub fn minute_of(t: Timestamp) -> Timestamp {
-    Grain::Minute.slot_of(t)
-}
-
 /// One usage row: fal's usage line grouping (endpoint, unit, unit price, percent discount) per
 /// account, key and slot (the start of its minute or hour).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -299,7 +295,7 @@ pub fn deltas(state: &BatchState) -> Result<Deltas, MoneyError> {
     for item in &state.line_items {
         let key = UsageKey {
             account: item.account.clone(),
-            slot: minute_of(item.billed_at),
+            slot: Grain::Minute.slot_of(item.billed_at),
             endpoint: item.endpoint.clone(),
             api_key: item.api_key.clone(),
             unit: item.unit.clone(),
@@ -327,7 +323,7 @@ fn add_completion(activity: &mut BTreeMap<ActivityKey, ActivityTotals>, r: &Requ
         .entry(ActivityKey {
             account: r.account.clone(),
             endpoint: r.endpoint.clone(),
-            slot: minute_of(at),
+            slot: Grain::Minute.slot_of(at),
         })
         .or_default();
     row.requests += 1;
@@ -353,9 +349,12 @@ mod tests {
 
     #[test]
     fn slots_floor_including_before_the_epoch() {
-        assert_eq!(minute_of(Timestamp(119_999)), Timestamp(60_000));
-        assert_eq!(minute_of(Timestamp(120_000)), Timestamp(120_000));
-        assert_eq!(minute_of(Timestamp(-1)), Timestamp(-60_000));
+        assert_eq!(Grain::Minute.slot_of(Timestamp(119_999)), Timestamp(60_000));
+        assert_eq!(
+            Grain::Minute.slot_of(Timestamp(120_000)),
+            Timestamp(120_000)
+        );
+        assert_eq!(Grain::Minute.slot_of(Timestamp(-1)), Timestamp(-60_000));
         assert_eq!(
             Grain::Hour.slot_of(Timestamp(7_199_999)),
             Timestamp(3_600_000)

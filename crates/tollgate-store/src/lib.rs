@@ -302,6 +302,7 @@ pub trait Reader: Send {
     fn account(&mut self, username: &AccountId, now: Timestamp) -> Result<Option<AccountRow>>;
     fn request(&mut self, id: &RequestId) -> Result<Option<RequestRecord>>;
     fn api_key(&mut self, key_id: &ApiKeyId) -> Result<Option<ApiKeyRecord>>;
+    /// An account's keys, revoked ones too, ordered by (created_at, key_id).
     fn api_keys(&mut self, account: &AccountId) -> Result<Vec<ApiKeyRecord>>;
     fn load_catalog(&mut self) -> Result<Catalog>;
     fn price_versions(&mut self) -> Result<Vec<PriceVersion>>;

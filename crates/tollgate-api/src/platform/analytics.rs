@@ -5,9 +5,9 @@
 //! the minutes' duration histograms (values within 1% of the exact percentile), so a month's
 //! query merges rollup rows instead of scanning requests.
 
-use super::params::{encode_cursor, Query};
+use super::params::{page, Query};
 use super::timeframe;
-use super::usage::parse_ids;
+use super::usage::{after_cursor, parse_ids};
 use crate::auth::customer;
 use crate::error::ApiError;
 use crate::money::Number;
@@ -195,29 +195,10 @@ pub async fn analytics(
 
     let mut body = json!({ "next_cursor": null, "has_more": false });
     if time_series {
-        let page: Vec<_> = buckets
-            .iter()
-            .filter(|(pos, _)| after.as_ref().is_none_or(|a| *pos > a))
-            .take(limit + 1)
-            .collect();
-        let has_more = page.len() > limit;
-        let page = &page[..page.len().min(limit)];
-        if has_more {
-            body["next_cursor"] = json!(encode_cursor(&page[page.len() - 1].0));
-            body["has_more"] = json!(true);
-        }
-        let mut series: Vec<Value> = Vec::new();
-        let mut current: Option<Timestamp> = None;
-        for ((start, endpoint), t) in page {
-            if current != Some(*start) {
-                current = Some(*start);
-                series.push(json!({ "bucket": timeframe::label(*start, range.tz), "results": [] }));
-            }
-            if let Some(Value::Array(results)) = series.last_mut().map(|b| &mut b["results"]) {
-                results.push(render(endpoint, t, &metrics));
-            }
-        }
-        body["time_series"] = json!(series);
+        let (rows, next) = page(after_cursor(&buckets, after.as_ref()), limit, |(k, _)| *k);
+        body["has_more"] = json!(next.is_some());
+        body["next_cursor"] = json!(next);
+        body["time_series"] = json!(range.time_series(rows, |e, t| render(e, t, &metrics)));
     }
     if summary {
         body["summary"] = json!(totals

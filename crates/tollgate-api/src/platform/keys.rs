@@ -9,7 +9,7 @@
 use crate::admin::rfc3339;
 use crate::auth::{customer, mint_key};
 use crate::error::{parse_json, ApiError};
-use crate::platform::params::{encode_cursor, Query};
+use crate::platform::params::{page, Query};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tollgate_core::ids::ApiKeyId;
 use tollgate_engine::AdminCmd;
-use tollgate_store::{ApiKeyRecord, Scope};
+use tollgate_store::Scope;
 
 /// Keys per page of `GET /v1/keys` when `limit` is absent.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -64,33 +64,23 @@ pub async fn list(
     let after: Option<After> = query.cursor()?;
     query.expand(&["creator_info"])?;
 
-    let mut keys: Vec<ApiKeyRecord> = state
-        .engine
-        .read(move |r| r.api_keys(&account))
-        .await?
-        .into_iter()
-        .filter(|k| k.scope == Scope::Api && k.revoked_at.is_none())
-        .collect();
-    keys.sort_by(|a, b| (a.created_at, &a.key_id).cmp(&(b.created_at, &b.key_id)));
-    let mut page: Vec<ApiKeyRecord> = keys
-        .into_iter()
-        .filter(|k| {
-            after.as_ref().is_none_or(|a| {
-                (k.created_at.0, k.key_id.as_str()) > (a.created_at, a.key_id.as_str())
-            })
-        })
-        .take(limit + 1)
-        .collect();
-    let has_more = page.len() > limit;
-    page.truncate(limit);
-    let next_cursor = match page.last() {
-        Some(last) if has_more => Some(encode_cursor(&After {
+    // The store lists an account's keys by (created_at, key_id): the order pages follow.
+    let keys = state.engine.read(move |r| r.api_keys(&account)).await?;
+    let (shown, next_cursor) = page(
+        keys.into_iter()
+            .filter(|k| k.scope == Scope::Api && k.revoked_at.is_none())
+            .filter(|k| {
+                after.as_ref().is_none_or(|a| {
+                    (k.created_at.0, k.key_id.as_str()) > (a.created_at, a.key_id.as_str())
+                })
+            }),
+        limit,
+        |last| After {
             created_at: last.created_at.0,
             key_id: last.key_id.to_string(),
-        })),
-        _ => None,
-    };
-    let keys: Vec<KeyView> = page
+        },
+    );
+    let keys: Vec<KeyView> = shown
         .into_iter()
         .map(|k| KeyView {
             key_id: k.key_id.to_string(),
@@ -100,8 +90,8 @@ pub async fn list(
         })
         .collect();
     Ok(Json(json!({
+        "has_more": next_cursor.is_some(),
         "next_cursor": next_cursor,
-        "has_more": has_more,
         "keys": keys,
     })))
 }

@@ -7,11 +7,11 @@
 //! multipliers, first blocks, add-ons, minimums and cost steps are not in it (they depend on a
 //! request's output).
 
-use crate::admin::rfc3339;
+use crate::admin::{account_row, rfc3339};
 use crate::auth::customer;
 use crate::error::{parse_json, ApiError};
 use crate::money::Number;
-use crate::platform::params::{encode_cursor, Query, MAX_IDS};
+use crate::platform::params::{page, Query, MAX_IDS};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -87,31 +87,27 @@ pub async fn list(
         .unwrap_or_default();
 
     let catalog = state.engine.catalog();
-    let mut page: Vec<&EndpointDef> = catalog
-        .endpoints
-        .values()
-        .filter(|d| after.as_deref().is_none_or(|a| d.id.as_str() > a))
-        .filter(|d| ids.is_empty() || ids.iter().any(|i| i == d.id.as_str()))
-        .filter(|d| category.is_none_or(|c| d.category.eq_ignore_ascii_case(c)))
-        .filter(|d| status.is_none_or(|s| d.status == s))
-        .filter(|d| text.as_deref().is_none_or(|t| mentions(d, t)))
-        .take(limit + 1)
-        .collect();
-    let has_more = page.len() > limit;
-    page.truncate(limit);
-    let next_cursor = match page.last() {
-        Some(last) if has_more => Some(encode_cursor(&last.id.as_str())),
-        _ => None,
-    };
+    let (shown, next_cursor) = page(
+        catalog
+            .endpoints
+            .values()
+            .filter(|d| after.as_deref().is_none_or(|a| d.id.as_str() > a))
+            .filter(|d| ids.is_empty() || ids.iter().any(|i| i == d.id.as_str()))
+            .filter(|d| category.is_none_or(|c| d.category.eq_ignore_ascii_case(c)))
+            .filter(|d| status.is_none_or(|s| d.status == s))
+            .filter(|d| text.as_deref().is_none_or(|t| mentions(d, t))),
+        limit,
+        |last| last.id.to_string(),
+    );
     let now = state.engine.now();
-    let models: Vec<Value> = page
+    let models: Vec<Value> = shown
         .into_iter()
         .map(|d| model_view(&catalog, d, now, &expand))
         .collect();
     Ok(Json(json!({
         "models": models,
+        "has_more": next_cursor.is_some(),
         "next_cursor": next_cursor,
-        "has_more": has_more,
     })))
 }
 
@@ -470,12 +466,7 @@ pub async fn estimate(
     let catalog = state.engine.catalog();
     let estimate = Estimate::parse(&body, &catalog)?;
     let now = state.engine.now();
-    let id = account.clone();
-    let row = state
-        .engine
-        .read(move |r| r.account(&id, now))
-        .await?
-        .ok_or_else(|| ApiError::not_found("account not found"))?;
+    let row = account_row(&state, &account).await?;
     let acct = &row.state;
     let overflow = |def: &EndpointDef, field: &str| {
         let path = format!("endpoints.{}.{field}", def.id);

@@ -163,6 +163,24 @@ impl Query {
     }
 }
 
+/// One page of a keyset-paged list: the first `limit` of `items` (already in order and after
+/// the request's cursor), and the cursor of the next page, `key` of the last item shown, when
+/// more follow. `next_cursor` is that cursor and `has_more` whether there is one.
+pub fn page<T, K: serde::Serialize>(
+    items: impl IntoIterator<Item = T>,
+    limit: usize,
+    key: impl Fn(&T) -> K,
+) -> (Vec<T>, Option<String>) {
+    let mut out: Vec<T> = items.into_iter().take(limit + 1).collect();
+    let more = out.len() > limit;
+    out.truncate(limit);
+    let next = match out.last() {
+        Some(last) if more => Some(encode_cursor(&key(last))),
+        _ => None,
+    };
+    (out, next)
+}
+
 /// Opaque keyset cursors: base64url (no padding) of the JSON of a serde value. Opaque so clients
 /// cannot depend on the key's shape; JSON so the key can be any serde type.
 pub fn encode_cursor<T: serde::Serialize>(value: &T) -> String {

@@ -17,6 +17,7 @@ use tollgate_core::Timestamp;
 
 use crate::error::ApiError;
 use crate::platform::params::Query;
+use serde_json::Value;
 
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 60 * MINUTE_MS;
@@ -186,10 +187,41 @@ impl Range {
     pub fn whole_hours(&self) -> bool {
         self.timeframe != Timeframe::Minute
             && self
-                .buckets()
-                .iter()
+                .spans()
                 .skip(1)
-                .all(|b| b.start.0.rem_euclid(HOUR_MS) == 0)
+                .all(|(t, _)| t.0.rem_euclid(HOUR_MS) == 0)
+    }
+
+    /// Every bucket that meets `[start, end)`, in order, as (its aligned start, the next
+    /// bucket's start).
+    fn spans(&self) -> impl Iterator<Item = (Timestamp, Timestamp)> + '_ {
+        let first = self.bucket_start(self.start);
+        std::iter::successors(Some((first, self.next_boundary(first))), |(_, next)| {
+            Some((*next, self.next_boundary(*next)))
+        })
+        .take_while(|(aligned, _)| *aligned < self.end)
+    }
+
+    /// fal's `time_series` of one page of rows keyed by (bucket start, group), in order: each
+    /// bucket once, labelled with its start in the range's zone, holding its rows' renderings.
+    pub fn time_series<'a, G: 'a, T: 'a>(
+        &self,
+        rows: impl IntoIterator<Item = (&'a (Timestamp, G), &'a T)>,
+        render: impl Fn(&G, &T) -> Value,
+    ) -> Vec<Value> {
+        let mut series: Vec<(Timestamp, Vec<Value>)> = Vec::new();
+        for ((start, group), totals) in rows {
+            match series.last_mut() {
+                Some((current, results)) if current == start => results.push(render(group, totals)),
+                _ => series.push((*start, vec![render(group, totals)])),
+            }
+        }
+        series
+            .into_iter()
+            .map(|(start, results)| {
+                serde_json::json!({ "bucket": label(start, self.tz), "results": results })
+            })
+            .collect()
     }
 
     /// The buckets covering `[start, end)` in order, aligned to the timeframe in `tz` (minute,
@@ -197,19 +229,13 @@ impl Range {
     /// first and last are clipped to the range but keep the aligned start as their label.
     /// A local midnight that does not exist starts the day at the first instant that does.
     pub fn buckets(&self) -> Vec<Bucket> {
-        let estimate = (self.end.0 - self.start.0) / self.timeframe.nominal_ms() + 2;
-        let mut out = Vec::with_capacity(usize::try_from(estimate).unwrap_or(0));
-        let mut aligned = self.bucket_start(self.start);
-        while aligned < self.end {
-            let next = self.next_boundary(aligned);
-            out.push(Bucket {
+        self.spans()
+            .map(|(aligned, next)| Bucket {
                 start: aligned.max(self.start),
                 end: next.min(self.end),
                 label: label(aligned, self.tz),
-            });
-            aligned = next;
-        }
-        out
+            })
+            .collect()
     }
 
     /// The start of the bucket containing `t` (for grouping rows), aligned as in

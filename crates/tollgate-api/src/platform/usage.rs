@@ -5,7 +5,7 @@
 //! items: each minute row falls into exactly one bucket of the requested time zone and
 //! timeframe, so buckets, summary and billing events are sums of the same integers.
 
-use super::params::{encode_cursor, Query, MAX_IDS};
+use super::params::{page, Query, MAX_IDS};
 use super::timeframe;
 use crate::admin::rfc3339;
 use crate::auth::customer;
@@ -158,6 +158,15 @@ fn usage_row(
     row
 }
 
+/// The rows of a bucketed series after the request's cursor, in order.
+pub(super) fn after_cursor<'a, K: Ord, V>(
+    rows: &'a BTreeMap<K, V>,
+    after: Option<&K>,
+) -> std::collections::btree_map::Range<'a, K, V> {
+    use std::ops::Bound::{Excluded, Unbounded};
+    rows.range::<K, _>((after.map_or(Unbounded, Excluded), Unbounded))
+}
+
 fn add(into: &mut UsageTotals, t: &UsageTotals) -> Result<(), ApiError> {
     into.add(t)
         .map_err(|e| ApiError::server(format!("usage total out of range: {e}")))
@@ -249,34 +258,12 @@ pub async fn usage(
 
     let mut body = json!({ "next_cursor": null, "has_more": false });
     if expand.time_series {
-        let page: Vec<_> = buckets
-            .iter()
-            .filter(|(pos, _)| after.as_ref().is_none_or(|a| *pos > a))
-            .take(limit + 1)
-            .collect();
-        let has_more = page.len() > limit;
-        let page = &page[..page.len().min(limit)];
-        if has_more {
-            let last = &page[page.len() - 1].0;
-            body["next_cursor"] = json!(encode_cursor(last));
-            body["has_more"] = json!(true);
-        }
-        let mut series: Vec<Value> = Vec::new();
-        let mut current: Option<Timestamp> = None;
-        for ((start, g), t) in page {
-            if current != Some(*start) {
-                current = Some(*start);
-                series.push(json!({
-                    "bucket": timeframe::label(*start, range.tz),
-                    "results": [],
-                }));
-            }
-            let row = usage_row(g, t, &labels, &expand);
-            if let Some(Value::Array(results)) = series.last_mut().map(|b| &mut b["results"]) {
-                results.push(Value::Object(row));
-            }
-        }
-        body["time_series"] = json!(series);
+        let (rows, next) = page(after_cursor(&buckets, after.as_ref()), limit, |(k, _)| *k);
+        body["has_more"] = json!(next.is_some());
+        body["next_cursor"] = json!(next);
+        body["time_series"] = json!(range.time_series(rows, |g, t| {
+            Value::Object(usage_row(g, t, &labels, &expand))
+        }));
     }
     if expand.summary {
         body["summary"] = json!(summary
@@ -342,18 +329,13 @@ pub async fn billing_events(
         after: q.cursor()?,
         limit: limit + 1,
     };
-    let mut items = if by_login {
+    let items = if by_login {
         Vec::new()
     } else {
         state.engine.read(move |r| r.billing_events(&eq)).await?
     };
-    let has_more = items.len() > limit;
-    items.truncate(limit);
+    let (items, next_cursor) = page(items, limit, |li| (li.billed_at, li.request_id.clone()));
     let labels = AuthLabels::load(&state, &account).await?;
-    let next_cursor = match items.last() {
-        Some(last) if has_more => json!(encode_cursor(&(last.billed_at, &last.request_id))),
-        _ => Value::Null,
-    };
     let events: Vec<Value> = items
         .iter()
         .map(|li| {
@@ -377,8 +359,8 @@ pub async fn billing_events(
         })
         .collect();
     Ok(Json(json!({
+        "has_more": next_cursor.is_some(),
         "next_cursor": next_cursor,
-        "has_more": has_more,
         "billing_events": events,
     })))
 }

@@ -26,25 +26,9 @@ impl FalSpec {
         op
     }
 
-    /// Validates `instance` against `schema`, compiled as a root that carries fal's components
-    /// beside it so that any `#/components/...` reference resolves.
+    /// Validates `instance` against `schema`, one of fal's schemas.
     pub fn validate(&self, schema: &Value, instance: &Value) -> Result<(), String> {
-        let mut root = schema.clone();
-        root.as_object_mut()
-            .expect("a schema object")
-            .insert("components".into(), self.root["components"].clone());
-        let validator = jsonschema::draft202012::options()
-            .build(&root)
-            .map_err(|e| format!("fal's schema does not compile: {e}"))?;
-        let errors: Vec<String> = validator
-            .iter_errors(instance)
-            .map(|e| format!("{e} (at `{}`)", e.instance_path))
-            .collect();
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("\n  "))
-        }
+        super::schema::validate(&self.root, schema, instance, false)
     }
 
     /// fal's schema of the answer `status` of `method path`. An error status fal does not list

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod fal;
+pub mod schema;
 
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
