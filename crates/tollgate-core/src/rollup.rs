@@ -138,7 +138,7 @@ pub struct ActivityKey {
 
 /// What an analytics row sums: completed requests by outcome, their queue ("prepare") and
 /// execution durations in ms as histograms, and the execution time that was billed.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ActivityTotals {
     pub requests: u64,
     pub successes: u64,

@@ -19,9 +19,9 @@ use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId};
 use tollgate_core::machine::{apply, BatchState, Op, Outcome, Rejection};
 use tollgate_core::price::PriceRule;
 use tollgate_core::Timestamp;
-use tollgate_store::sqlite::{SETTING_CONCURRENCY, SETTING_MACHINES, SETTING_PRICES_READ_ON};
 use tollgate_store::{
     AccountTerms, ApiKeyRecord, BillingMode, Reader, ReaderFactory, Store, StoreError, Tx,
+    SETTING_CATALOG_GENERATION, SETTING_CONCURRENCY, SETTING_MACHINES, SETTING_PRICES_READ_ON,
 };
 
 /// The most operations one db transaction applies.
@@ -140,7 +140,8 @@ impl Job {
 pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct Shared {
-    catalog: RwLock<Arc<Catalog>>,
+    /// The catalog snapshot and the generation it was read at.
+    catalog: RwLock<(i64, Arc<Catalog>)>,
     keys: Mutex<HashMap<ApiKeyId, (ApiKeyRecord, std::time::Instant)>>,
     readers: Mutex<Vec<Box<dyn Reader>>>,
     open_reader: ReaderFactory,
@@ -158,8 +159,23 @@ impl Engine {
     /// Starts the writer thread over `store`.
     pub fn start(store: Box<dyn Store>, clock: Clock) -> Result<Engine, EngineError> {
         let open_reader = store.reader_factory();
-        let mut first = open_reader()?;
-        let catalog = Arc::new(first.load_catalog()?);
+        // On a thread of its own: a database driver may block in ways an async runtime
+        // refuses on its own threads.
+        let (first, catalog) = std::thread::scope(|s| {
+            s.spawn(|| -> Result<_, StoreError> {
+                let mut first = open_reader()?;
+                // The generation first: if the catalog changes in between, the next batch
+                // sees a newer generation and reads it again.
+                let generation = first
+                    .setting(SETTING_CATALOG_GENERATION)?
+                    .and_then(|g| g.parse().ok())
+                    .unwrap_or(0);
+                let catalog = (generation, Arc::new(first.load_catalog()?));
+                Ok((first, catalog))
+            })
+            .join()
+            .map_err(|_| EngineError::Internal("reading the catalog panicked".into()))
+        })??;
         let (tx, rx) = mpsc::channel::<Job>(65_536);
         let shared = Arc::new(Shared {
             catalog: RwLock::new(catalog),
@@ -182,7 +198,7 @@ impl Engine {
 
     /// The catalog snapshot in force.
     pub fn catalog(&self) -> Arc<Catalog> {
-        self.shared.catalog.read().expect("catalog lock").clone()
+        self.shared.catalog.read().expect("catalog lock").1.clone()
     }
 
     /// Applies one operation; returns once its batch is durably committed.
@@ -317,11 +333,11 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) {
     if jobs.is_empty() {
         return;
     }
-    let catalog = shared.catalog.read().expect("catalog lock").clone();
     let now = (shared.clock)();
     let mut answers: Vec<Vec<Result<Outcome, Rejection>>> = Vec::new();
     let mut result = store.transaction(&mut |tx| {
         answers.clear();
+        let catalog = catalog_in_force(tx, shared)?;
         let mut ops_per_job: Vec<Vec<Op>> = Vec::with_capacity(jobs.len());
         for job in &jobs {
             ops_per_job.push(match job {
@@ -369,8 +385,27 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) {
     }
 }
 
+/// The catalog as committed: another process sharing the database may have changed it, and
+/// then it is read again (in this db transaction, so the batch prices with what it sees).
+fn catalog_in_force(tx: &mut dyn Tx, shared: &Shared) -> Result<Arc<Catalog>, StoreError> {
+    let generation = tx.catalog_generation()?;
+    {
+        let (known, catalog) = &*shared.catalog.read().expect("catalog lock");
+        if *known == generation {
+            return Ok(catalog.clone());
+        }
+    }
+    let catalog = Arc::new(tx.load_catalog()?);
+    *shared.catalog.write().expect("catalog lock") = (generation, catalog.clone());
+    Ok(catalog)
+}
+
 /// Loads every row the operations touch: requests first (they name their accounts), then the
-/// accounts in sorted order (the lock order on a shared database), then purchases.
+/// accounts in sorted order (the lock order on a shared database), then purchases. On a shared
+/// database the requests are read again once their accounts are locked: another process may
+/// have changed them (or created them) in between. A request created meanwhile may name an
+/// account not yet locked; it is locked in a second round (out of order, which the database's
+/// deadlock detection and the store's retry cover).
 fn load<'a>(
     tx: &mut dyn Tx,
     now: Timestamp,
@@ -384,11 +419,28 @@ fn load<'a>(
         .into_iter()
         .collect();
     tx.load_requests(&request_ids, &mut state.requests)?;
-    let mut accounts: BTreeSet<AccountId> =
-        ops.clone().filter_map(|op| op.account().cloned()).collect();
-    accounts.extend(state.requests.values().map(|r| r.account.clone()));
-    let accounts: Vec<_> = accounts.into_iter().collect();
-    tx.lock_accounts(&accounts, now, &mut state.accounts)?;
+    let named: BTreeSet<AccountId> = ops.clone().filter_map(|op| op.account().cloned()).collect();
+    let mut locked: BTreeSet<AccountId> = BTreeSet::new();
+    loop {
+        let wanted: Vec<AccountId> = named
+            .iter()
+            .chain(state.requests.values().map(|r| &r.account))
+            .filter(|a| !locked.contains(*a))
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if wanted.is_empty() {
+            break;
+        }
+        tx.lock_accounts(&wanted, now, &mut state.accounts)?;
+        locked.extend(wanted);
+        if !tx.is_shared() {
+            break;
+        }
+        state.requests.clear();
+        tx.load_requests(&request_ids, &mut state.requests)?;
+    }
     let purchases: Vec<(AccountId, PurchaseId)> = ops
         .filter_map(|op| match op {
             Op::Purchase {
@@ -416,7 +468,7 @@ fn run_admin(
 ) -> Result<AdminReply, EngineError> {
     let now = (shared.clock)();
     let mut reply = AdminReply::Done;
-    let mut new_catalog: Option<Catalog> = None;
+    let mut new_catalog: Option<(i64, Catalog)> = None;
     let mut invalid: Option<InvalidInput> = None;
     store
         .transaction(&mut |tx| {
@@ -445,7 +497,7 @@ fn run_admin(
                         }
                         tx.insert_price_version(endpoint, Some(username), at, rule, now)?;
                     }
-                    new_catalog = Some(tx.load_catalog()?);
+                    new_catalog = Some((tx.catalog_generation()?, tx.load_catalog()?));
                 }
                 AdminCmd::ApplyCatalog(doc) => {
                     let (endpoints, versions_created) = apply_catalog(tx, doc, now, &mut invalid)?;
@@ -456,7 +508,7 @@ fn run_admin(
                         endpoints,
                         versions_created,
                     };
-                    new_catalog = Some(tx.load_catalog()?);
+                    new_catalog = Some((tx.catalog_generation()?, tx.load_catalog()?));
                 }
             }
             Ok(())
@@ -465,8 +517,8 @@ fn run_admin(
             Some(msg) => EngineError::Invalid(msg),
             None => EngineError::Store(e),
         })?;
-    if let Some(c) = new_catalog {
-        *shared.catalog.write().expect("catalog lock") = Arc::new(c);
+    if let Some((generation, c)) = new_catalog {
+        *shared.catalog.write().expect("catalog lock") = (generation, Arc::new(c));
     }
     if let AdminCmd::InsertKey(ApiKeyRecord { key_id, .. }) | AdminCmd::RevokeKey { key_id, .. } =
         &cmd

@@ -4,12 +4,18 @@
 //! which the engine loads (and, on a shared database, locks) the rows a batch touches, applies
 //! the pure core, and persists the effects. [`Reader`] answers queries from a separate
 //! connection so reads never wait for the writer. [`sqlite`] implements both on one SQLite
-//! file in WAL mode with `synchronous=FULL`, so a commit that returned is on disk.
+//! file in WAL mode with `synchronous=FULL`, so a commit that returned is on disk;
+//! [`postgres`] implements them on a PostgreSQL database that several tollgate processes share.
+//! [`open`] picks one by what the operator names: a `postgres://` URL or a file path.
 //!
 //! Architecture invariant: the store holds no billing logic. It loads rows into core types and
 //! writes what the core decided; every rule lives in `tollgate-core`.
 
+pub mod postgres;
+mod rows;
 pub mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::collections::HashMap;
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
@@ -17,7 +23,7 @@ use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId, RequestId}
 use tollgate_core::machine::{AccountState, BatchState, LineItem, PurchaseRecord, RequestRecord};
 use tollgate_core::price::PriceRule;
 use tollgate_core::pricing::Discounts;
-use tollgate_core::rollup::{ActivityKey, ActivityTotals, UsageKey, UsageTotals};
+use tollgate_core::rollup::{ActivityKey, ActivityTotals, Grain, UsageKey, UsageTotals};
 use tollgate_core::{Nanos, Timestamp};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +36,10 @@ pub enum StoreError {
     AlreadyExists(String),
     #[error("{0} not found")]
     NotFound(String),
+    /// The db transaction lost a race with another process sharing the database (a deadlock,
+    /// a serialization failure, a duplicate key inserted concurrently): run it again.
+    #[error("conflict with a concurrent writer: {0}")]
+    Conflict(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -38,7 +48,48 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// Opens the database `target` names, creating or upgrading its schema: a PostgreSQL URL
+/// (`postgres://` or `postgresql://`), else the path of a SQLite file.
+pub fn open(target: &str) -> Result<Box<dyn Store>> {
+    if postgres::is_url(target) {
+        Ok(Box::new(postgres::PostgresStore::open(target)?))
+    } else {
+        Ok(Box::new(sqlite::SqliteStore::open(target)?))
+    }
+}
+
+/// Settings keys.
+pub const SETTING_MACHINES: &str = "machines";
+pub const SETTING_CONCURRENCY: &str = "concurrency";
+pub const SETTING_PRICES_READ_ON: &str = "prices_read_on";
+/// Counts catalog changes (endpoints, price versions, settings): a process whose catalog
+/// snapshot is of an older generation reloads it. Written by the stores, never by callers.
+pub const SETTING_CATALOG_GENERATION: &str = "catalog_generation";
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn parse_id<T, E: std::fmt::Display>(
+    f: impl Fn(&str) -> std::result::Result<T, E>,
+    s: &str,
+) -> Result<T> {
+    f(s).map_err(|e| corrupt("id", e))
+}
+
+fn json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| corrupt(what, e))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("core types serialize")
+}
+
+fn decimal(what: &str, s: &str) -> Result<rust_decimal::Decimal> {
+    s.parse().map_err(|e| corrupt(what, e))
+}
 
 /// Who holds a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -212,6 +263,30 @@ pub struct RollupQuery {
     pub whole_hours: bool,
 }
 
+impl RollupQuery {
+    /// The rows the query reads, as `(grain, from, to)` slot ranges in time order: hour rows
+    /// for the whole UTC hours of the range when the caller's buckets never split an hour,
+    /// minute rows for the rest.
+    pub fn ranges(&self) -> Vec<(Grain, Timestamp, Timestamp)> {
+        let from = Grain::Minute.slot_of(self.from);
+        let to = self.to;
+        let hour = Grain::Hour.ms();
+        // [first_hour, last_hour): the whole UTC hours inside the range.
+        let first_hour = Grain::Hour.slot_of(Timestamp(from.0 + hour - 1));
+        let last_hour = Grain::Hour.slot_of(to);
+        let all = if self.whole_hours && first_hour < last_hour {
+            vec![
+                (Grain::Minute, from, first_hour),
+                (Grain::Hour, first_hour, last_hour),
+                (Grain::Minute, last_hour, to),
+            ]
+        } else {
+            vec![(Grain::Minute, from, to)]
+        };
+        all.into_iter().filter(|(_, a, b)| a < b).collect()
+    }
+}
+
 /// A page of one account's billing events (line items) in `[from, to)`, ordered by
 /// (billed_at, request_id), strictly after `after`.
 #[derive(Clone, Debug)]
@@ -229,6 +304,14 @@ pub struct BillingEventsQuery {
 /// One db transaction of the write path. Dropped without [`Store::transaction`] returning
 /// `Ok`, it rolls back.
 pub trait Tx {
+    /// Whether other processes write the same database. Rows read before
+    /// [`Tx::lock_accounts`] may then be stale, and the engine reads them again under the lock.
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// The catalog's generation as committed (see [`SETTING_CATALOG_GENERATION`]); 0 before
+    /// the first catalog change.
+    fn catalog_generation(&mut self) -> Result<i64>;
     /// Loads the named requests that exist.
     fn load_requests(
         &mut self,
@@ -292,6 +375,10 @@ pub trait Store: Send {
     fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
     /// Opens read connections, from any thread.
     fn reader_factory(&self) -> ReaderFactory;
+    /// How many schema migrations the database has had.
+    fn schema_version(&mut self) -> Result<i64>;
+    /// Where the data lives, for messages (a file path, or a URL without its password).
+    fn describe(&self) -> String;
 }
 
 /// Opens a new read connection.
@@ -322,7 +409,21 @@ pub trait Reader: Send {
         endpoint: &EndpointId,
         since: Timestamp,
         until: Timestamp,
-    ) -> Result<(u64, Nanos)>;
+    ) -> Result<(u64, Nanos)> {
+        let rows = self.usage(&RollupQuery {
+            account: account.clone(),
+            from: since,
+            to: until,
+            endpoints: vec![endpoint.clone()],
+            api_keys: Vec::new(),
+            whole_hours: true,
+        })?;
+        let mut total = UsageTotals::default();
+        for (_, t) in &rows {
+            total.add(t).map_err(|e| StoreError::Db(e.to_string()))?;
+        }
+        Ok((total.requests, total.total))
+    }
 }
 
 #[cfg(test)]

@@ -104,7 +104,7 @@ fn upgrading_builds_rollups_that_add_up_to_the_line_items() {
     let path = dir.path().join("old.db");
     version_1_database(&path);
 
-    let store = SqliteStore::open(&path).unwrap();
+    let mut store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.schema_version().unwrap(), 2);
     let mut reader = (store.reader_factory())().unwrap();
     let rec = reader.reconcile().unwrap();

@@ -6,7 +6,6 @@ mod client;
 mod serve;
 
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
 
 /// tollgate: a self-hosted billing engine for AI model APIs.
 ///
@@ -29,10 +28,14 @@ enum Command {
     /// account with credits and keys, and prints commands to try.
     Serve(serve::ServeArgs),
     /// Create or upgrade the database schema, then exit.
+    ///
+    /// Servers upgrade the schema when they start, too; run this first to upgrade a database
+    /// shared by several servers before rolling them onto a new release.
     Migrate {
-        /// The database file.
+        /// The database: a SQLite file path, or a PostgreSQL URL
+        /// (postgres://user:password@host:5432/dbname).
         #[arg(long, default_value = serve::DEFAULT_DB)]
-        db: PathBuf,
+        db: String,
     },
     /// Manage accounts (operator).
     #[command(subcommand)]
@@ -68,10 +71,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Migrate { db } => {
-            let store = tollgate_store::sqlite::SqliteStore::open(&db)?;
+            let mut store = tollgate_store::open(&db)?;
             println!(
                 "{}: schema at version {}",
-                db.display(),
+                store.describe(),
                 store.schema_version()?
             );
             Ok(())

@@ -12,7 +12,6 @@ use tollgate_core::ids::{AccountId, PurchaseId};
 use tollgate_core::machine::Op;
 use tollgate_core::Nanos;
 use tollgate_engine::{system_clock, AdminCmd, Engine};
-use tollgate_store::sqlite::SqliteStore;
 use tollgate_store::{ApiKeyRecord, BillingMode, Scope};
 
 pub const DEFAULT_DB: &str = "tollgate.db";
@@ -22,10 +21,11 @@ pub const SAMPLE_CATALOG: &str = include_str!("../../../catalog/sample.toml");
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// The database file (created if missing). Default: tollgate.db, or tollgate-demo.db with
-    /// --demo.
+    /// The database: a SQLite file path (created if missing), or a PostgreSQL URL
+    /// (postgres://user:password@host:5432/dbname) shared by several tollgate servers.
+    /// Default: tollgate.db, or tollgate-demo.db with --demo.
     #[arg(long)]
-    db: Option<PathBuf>,
+    db: Option<String>,
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
@@ -66,20 +66,30 @@ fn remove_db(path: &Path) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let db = match (&args.db, args.demo) {
-        (Some(p), true) if p.exists() => bail!(
-            "--demo starts on a fresh database, and {} already exists; pick another --db or \
-             leave --db out to use {DEMO_DB} (recreated at every demo start)",
-            p.display()
+        (Some(p), true) if tollgate_store::postgres::is_url(p) => bail!(
+            "--demo starts on a fresh embedded database; leave --db out to use {DEMO_DB} \
+             (recreated at every demo start)"
+        ),
+        (Some(p), true) if Path::new(p).exists() => bail!(
+            "--demo starts on a fresh database, and {p} already exists; pick another --db or \
+             leave --db out to use {DEMO_DB} (recreated at every demo start)"
         ),
         (Some(p), _) => p.clone(),
         (None, true) => {
             remove_db(Path::new(DEMO_DB))?;
-            PathBuf::from(DEMO_DB)
+            DEMO_DB.to_string()
         }
-        (None, false) => PathBuf::from(DEFAULT_DB),
+        (None, false) => DEFAULT_DB.to_string(),
     };
-    let store = SqliteStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
-    let engine = Engine::start(Box::new(store), system_clock())?;
+    // Off the async runtime: the PostgreSQL driver blocks on a runtime of its own.
+    let store = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || tollgate_store::open(&db)
+    })
+    .await?
+    .with_context(|| format!("cannot open {db}"))?;
+    let db = store.describe();
+    let engine = Engine::start(store, system_clock())?;
 
     if let Some(path) = &args.catalog {
         let text = std::fs::read_to_string(path)
@@ -114,7 +124,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::warn!(
                 "TOLLGATE_OPERATOR_KEY is not set: operator keys already in {} still work, \
                  but no new one is registered",
-                db.display()
+                db
             );
             None
         }
@@ -141,10 +151,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engine.clone(),
         Duration::from_millis(args.sweep_interval_ms.max(10)),
     );
-    println!(
-        "tollgate listening on http://{addr} (database {})",
-        db.display()
-    );
+    println!("tollgate listening on http://{addr} (database {db})");
     if let (Some(demo), Some(op)) = (&demo, &operator_key) {
         print_demo(addr, op, demo);
     }

@@ -4,21 +4,25 @@
 //! see the last commit while the writer works; `synchronous=FULL` makes every commit durable
 //! before it returns, which is what lets the engine acknowledge after commit.
 
+use crate::rows::{
+    self, AccountCols, Cell, KeyCols, LineItemCols, RequestCols, ACCOUNT_COLS, KEY_COLS,
+    REQUEST_COLS,
+};
 use crate::{
-    AccountRow, AccountTerms, ApiKeyRecord, BillingEventsQuery, BillingMode, Reader, ReaderFactory,
-    Reconciliation, Result, RollupQuery, Scope, Store, StoreError, Tx,
+    corrupt, parse_id, to_json, AccountRow, AccountTerms, ApiKeyRecord, BillingEventsQuery,
+    BillingMode, Reader, ReaderFactory, Reconciliation, Result, RollupQuery, Store, StoreError, Tx,
+    SETTING_CATALOG_GENERATION,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
-use tollgate_core::concurrency::{ConcurrencyTable, TIER_WINDOW_MS};
-use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, MachineType, PurchaseId, RequestId};
-use tollgate_core::ledger::CreditAccount;
+use tollgate_core::concurrency::TIER_WINDOW_MS;
+use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId, RequestId};
 use tollgate_core::machine::{
-    AccountState, BatchState, LineItem, Lot, PurchaseRecord, RequestRecord, RequestStatus, Source,
+    AccountState, BatchState, LineItem, Lot, PurchaseRecord, RequestRecord,
 };
-use tollgate_core::price::{MachinePrices, PriceRule};
+use tollgate_core::price::PriceRule;
 use tollgate_core::rollup::{ActivityKey, ActivityTotals, UsageKey, UsageTotals};
 use tollgate_core::{Nanos, Timestamp};
 
@@ -36,11 +40,6 @@ const MIGRATIONS: &[Migration] = &[
         Some(rollups::backfill),
     ),
 ];
-
-/// Settings keys.
-pub const SETTING_MACHINES: &str = "machines";
-pub const SETTING_CONCURRENCY: &str = "concurrency";
-pub const SETTING_PRICES_READ_ON: &str = "prices_read_on";
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -166,13 +165,6 @@ impl SqliteStore {
             _checkpointer,
         })
     }
-
-    /// The schema version after migrations.
-    pub fn schema_version(&self) -> Result<i64> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
-    }
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
@@ -239,6 +231,26 @@ impl Store for SqliteStore {
             Ok(Box::new(SqliteReader { conn }) as Box<dyn Reader>)
         })
     }
+
+    fn schema_version(&mut self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Counts one more catalog change, in the db transaction that makes it.
+fn bump_catalog_generation(conn: &Connection) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO settings (key, value) VALUES (?1, '1') ON CONFLICT (key) \
+         DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
+    )?
+    .execute([SETTING_CATALOG_GENERATION])?;
+    Ok(())
 }
 
 struct SqliteTx<'a> {
@@ -250,29 +262,6 @@ struct SqliteTx<'a> {
     /// Accounts changed outside the state machine (terms); dropped once it commits.
     forget: Vec<AccountId>,
 }
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-fn parse_id<T, E: std::fmt::Display>(
-    f: impl Fn(&str) -> std::result::Result<T, E>,
-    s: &str,
-) -> Result<T> {
-    f(s).map_err(|e| corrupt("id", e))
-}
-
-fn json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
-    serde_json::from_str(s).map_err(|e| corrupt(what, e))
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("core types serialize")
-}
-
-const ACCOUNT_COLS: &str = "username, billing, balance_nanos, held_nanos, in_progress, \
-     lock_threshold_nanos, concurrency_override, discounts, paid_lifetime_nanos, month, \
-     month_subtotal_nanos, created_at";
 
 /// Paid purchases of the account within the tier window of `now`.
 fn recent_paid(conn: &Connection, account: &str, now: Timestamp) -> Result<PaidPurchases> {
@@ -296,54 +285,30 @@ fn open_lots(conn: &Connection, account: &str) -> Result<Vec<Lot>> {
     let mut rows = st.query([account])?;
     let mut lots = Vec::new();
     while let Some(r) = rows.next()? {
-        lots.push(Lot {
-            purchase_id: parse_id(PurchaseId::parse, &r.get::<_, String>(0)?)?,
-            remaining: Nanos(r.get(1)?),
-            expires_at: r.get::<_, Option<i64>>(2)?.map(Timestamp),
-            created_at: Timestamp(r.get(3)?),
-        });
+        lots.push(rows::lot(
+            &r.get::<_, String>(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+        )?);
     }
     Ok(lots)
 }
 
-/// An account row; `recent_paid` are its paid purchases in the tier window (see
-/// [`recent_paid`]), from which `paid_28d` is summed.
-fn account_row(
-    conn: &Connection,
-    r: &Row,
-    recent_paid: &[(Timestamp, Nanos)],
-) -> Result<AccountRow> {
-    let username: String = r.get(0)?;
-    let billing = match r.get::<_, String>(1)?.as_str() {
-        "invoice" => BillingMode::Invoice,
-        _ => BillingMode::Prepaid,
-    };
-    let id = parse_id(AccountId::parse, &username)?;
-    let credit = CreditAccount {
-        id,
-        balance: Nanos(r.get(2)?),
-        held: Nanos(r.get(3)?),
-        floor: match billing {
-            BillingMode::Prepaid => Some(Nanos::ZERO),
-            BillingMode::Invoice => None,
-        },
-        lock_threshold: Nanos(r.get(5)?),
-    };
-    let state = AccountState {
-        credit,
+fn account_cols(r: &Row) -> rusqlite::Result<AccountCols> {
+    Ok(AccountCols {
+        username: r.get(0)?,
+        billing: r.get(1)?,
+        balance: r.get(2)?,
+        held: r.get(3)?,
         in_progress: r.get(4)?,
+        lock_threshold: r.get(5)?,
         concurrency_override: r.get(6)?,
-        paid_28d: Nanos(recent_paid.iter().map(|(_, n)| n.0).sum()),
-        paid_lifetime: Nanos(r.get(8)?),
-        discounts: json("discounts", &r.get::<_, String>(7)?)?,
+        discounts: r.get(7)?,
+        paid_lifetime: r.get(8)?,
         month: r.get(9)?,
-        month_subtotal: Nanos(r.get(10)?),
-        lots: open_lots(conn, &username)?,
-    };
-    Ok(AccountRow {
-        state,
-        created_at: Timestamp(r.get(11)?),
-        billing,
+        month_subtotal: r.get(10)?,
+        created_at: r.get(11)?,
     })
 }
 
@@ -360,7 +325,9 @@ fn load_account(
     match rows.next()? {
         Some(r) => {
             let recent = recent_paid(conn, id.as_str(), now)?;
-            Ok(Some((account_row(conn, r, &recent)?, recent)))
+            let paid_28d = Nanos(recent.iter().map(|(_, n)| n.0).sum());
+            let row = account_cols(r)?.into_row(open_lots(conn, id.as_str())?, paid_28d)?;
+            Ok(Some((row, recent)))
         }
         None => Ok(None),
     }
@@ -370,41 +337,27 @@ fn get_account(conn: &Connection, id: &AccountId, now: Timestamp) -> Result<Opti
     Ok(load_account(conn, id, now)?.map(|(row, _)| row))
 }
 
-const REQUEST_COLS: &str = "request_id, source, account, endpoint_id, api_key, price_version, \
-     status, submitted_at, started_at, finished_at, hold_nanos, hold_expires_at, machine_type, \
-     num_gpus, queue_ms, inference_ms, completion";
-
 fn request_row(r: &Row) -> Result<RequestRecord> {
-    let status: String = r.get(6)?;
-    let completion: Option<String> = r.get(16)?;
-    Ok(RequestRecord {
-        id: parse_id(RequestId::parse, &r.get::<_, String>(0)?)?,
-        source: match r.get::<_, String>(1)?.as_str() {
-            "event" => Source::Event,
-            _ => Source::Lifecycle,
-        },
-        account: parse_id(AccountId::parse, &r.get::<_, String>(2)?)?,
-        endpoint: parse_id(EndpointId::parse, &r.get::<_, String>(3)?)?,
-        api_key: r
-            .get::<_, Option<String>>(4)?
-            .map(|k| parse_id(ApiKeyId::parse, &k))
-            .transpose()?,
+    RequestCols {
+        request_id: r.get(0)?,
+        source: r.get(1)?,
+        account: r.get(2)?,
+        endpoint_id: r.get(3)?,
+        api_key: r.get(4)?,
         price_version: r.get(5)?,
-        status: RequestStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
-        submitted_at: Timestamp(r.get(7)?),
-        started_at: r.get::<_, Option<i64>>(8)?.map(Timestamp),
-        finished_at: r.get::<_, Option<i64>>(9)?.map(Timestamp),
-        hold: Nanos(r.get(10)?),
-        hold_expires_at: r.get::<_, Option<i64>>(11)?.map(Timestamp),
-        machine_type: r
-            .get::<_, Option<String>>(12)?
-            .map(|m| parse_id(MachineType::parse, &m))
-            .transpose()?,
+        status: r.get(6)?,
+        submitted_at: r.get(7)?,
+        started_at: r.get(8)?,
+        finished_at: r.get(9)?,
+        hold: r.get(10)?,
+        hold_expires_at: r.get(11)?,
+        machine_type: r.get(12)?,
         num_gpus: r.get(13)?,
         queue_ms: r.get(14)?,
         inference_ms: r.get(15)?,
-        completion: completion.map(|c| json("completion", &c)).transpose()?,
-    })
+        completion: r.get(16)?,
+    }
+    .into_record()
 }
 
 fn get_request(conn: &Connection, id: &RequestId) -> Result<Option<RequestRecord>> {
@@ -419,22 +372,17 @@ fn get_request(conn: &Connection, id: &RequestId) -> Result<Option<RequestRecord
 }
 
 fn key_row(r: &Row) -> Result<ApiKeyRecord> {
-    let scope: String = r.get(2)?;
-    Ok(ApiKeyRecord {
-        key_id: parse_id(ApiKeyId::parse, &r.get::<_, String>(0)?)?,
-        account: r
-            .get::<_, Option<String>>(1)?
-            .map(|a| parse_id(AccountId::parse, &a))
-            .transpose()?,
-        scope: Scope::parse(&scope).ok_or_else(|| corrupt("scope", &scope))?,
+    KeyCols {
+        key_id: r.get(0)?,
+        account: r.get(1)?,
+        scope: r.get(2)?,
         alias: r.get(3)?,
         secret_sha256: r.get(4)?,
-        created_at: Timestamp(r.get(5)?),
-        revoked_at: r.get::<_, Option<i64>>(6)?.map(Timestamp),
-    })
+        created_at: r.get(5)?,
+        revoked_at: r.get(6)?,
+    }
+    .into_record()
 }
-
-const KEY_COLS: &str = "key_id, account, scope, alias, secret_sha256, created_at, revoked_at";
 
 fn setting(conn: &Connection, key: &str) -> Result<Option<String>> {
     Ok(conn
@@ -444,47 +392,41 @@ fn setting(conn: &Connection, key: &str) -> Result<Option<String>> {
 }
 
 fn price_versions(conn: &Connection) -> Result<Vec<PriceVersion>> {
-    let mut st = conn.prepare_cached(
-        "SELECT id, endpoint_id, account, effective_from, rule FROM price_versions ORDER BY id",
-    )?;
+    let mut st = conn.prepare_cached(rows::PRICE_VERSION_SQL)?;
     let mut rows = st.query([])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
-        out.push(PriceVersion {
-            id: r.get(0)?,
-            endpoint: parse_id(EndpointId::parse, &r.get::<_, String>(1)?)?,
-            account: r
-                .get::<_, Option<String>>(2)?
-                .map(|a| parse_id(AccountId::parse, &a))
-                .transpose()?,
-            effective_from: Timestamp(r.get(3)?),
-            rule: json::<PriceRule>("price rule", &r.get::<_, String>(4)?)?,
-        });
+        out.push(rows::price_version(
+            r.get(0)?,
+            &r.get::<_, String>(1)?,
+            r.get::<_, Option<String>>(2)?.as_deref(),
+            r.get(3)?,
+            &r.get::<_, String>(4)?,
+        )?);
     }
     Ok(out)
 }
 
 fn load_catalog(conn: &Connection) -> Result<Catalog> {
-    let mut catalog = Catalog::default();
-    let mut st = conn.prepare_cached("SELECT def FROM endpoints")?;
-    let mut rows = st.query([])?;
-    while let Some(r) = rows.next()? {
-        let def: EndpointDef = json("endpoint", &r.get::<_, String>(0)?)?;
-        catalog.endpoints.insert(def.id.clone(), def);
-    }
-    for v in price_versions(conn)? {
-        catalog.insert_version(v);
-    }
-    if let Some(m) = setting(conn, SETTING_MACHINES)? {
-        catalog.machines = json::<MachinePrices>("machines", &m)?;
-    }
-    if let Some(c) = setting(conn, SETTING_CONCURRENCY)? {
-        catalog.concurrency = json::<ConcurrencyTable>("concurrency", &c)?;
-    }
-    Ok(catalog)
+    let defs = conn
+        .prepare_cached("SELECT def FROM endpoints")?
+        .query_map([], |r| r.get(0))?
+        .collect::<std::result::Result<Vec<String>, _>>()?;
+    let settings = conn
+        .prepare_cached("SELECT key, value FROM settings")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<std::result::Result<HashMap<String, String>, _>>()?;
+    rows::catalog(defs, price_versions(conn)?, &settings)
 }
 
 impl Tx for SqliteTx<'_> {
+    fn catalog_generation(&mut self) -> Result<i64> {
+        Ok(setting(self.conn, SETTING_CATALOG_GENERATION)?
+            .map(|v| v.parse().map_err(|e| corrupt("catalog generation", e)))
+            .transpose()?
+            .unwrap_or(0))
+    }
+
     fn load_requests(
         &mut self,
         ids: &[RequestId],
@@ -604,28 +546,25 @@ impl Tx for SqliteTx<'_> {
              completion = excluded.completion"
         ))?;
         for id in &s.dirty_requests {
-            let r = &s.requests[id];
+            let r = RequestCols::of(&s.requests[id]);
             st.execute(params![
-                r.id.as_str(),
-                match r.source {
-                    Source::Lifecycle => "lifecycle",
-                    Source::Event => "event",
-                },
-                r.account.as_str(),
-                r.endpoint.as_str(),
-                r.api_key.as_ref().map(|k| k.as_str()),
+                r.request_id,
+                r.source,
+                r.account,
+                r.endpoint_id,
+                r.api_key,
                 r.price_version,
-                r.status.as_str(),
-                r.submitted_at.0,
-                r.started_at.map(|t| t.0),
-                r.finished_at.map(|t| t.0),
-                r.hold.0,
-                r.hold_expires_at.map(|t| t.0),
-                r.machine_type.as_ref().map(|m| m.as_str()),
+                r.status,
+                r.submitted_at,
+                r.started_at,
+                r.finished_at,
+                r.hold,
+                r.hold_expires_at,
+                r.machine_type,
                 r.num_gpus,
                 r.queue_ms,
                 r.inference_ms,
-                r.completion.as_ref().map(to_json),
+                r.completion,
             ])?;
         }
         let mut st = c.prepare_cached(
@@ -679,24 +618,24 @@ impl Tx for SqliteTx<'_> {
         let mut st = c.prepare_cached(&format!(
             "INSERT INTO line_items ({}) VALUES \
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            rollups::LINE_ITEM_COLS
+            rows::LINE_ITEM_COLS
         ))?;
-        for l in &s.line_items {
+        for l in s.line_items.iter().map(LineItemCols::of) {
             st.execute(params![
-                l.request_id.as_str(),
-                l.account.as_str(),
-                l.endpoint.as_str(),
-                l.api_key.as_ref().map(|k| k.as_str()),
+                l.request_id,
+                l.account,
+                l.endpoint_id,
+                l.api_key,
                 l.price_version,
                 l.unit,
-                l.charge.quantity.to_string(),
-                l.charge.unit_price.to_string(),
-                l.charge.percent_discount.map(|p| p.to_string()),
-                l.charge.subtotal_nanos.0,
-                l.charge.discount_nanos.0,
-                l.charge.total_nanos.0,
+                l.quantity,
+                l.unit_price,
+                l.percent_discount,
+                l.subtotal,
+                l.discount,
+                l.total,
                 l.status_code,
-                l.billed_at.0,
+                l.billed_at,
                 l.queue_ms,
                 l.inference_ms
             ])?;
@@ -820,7 +759,7 @@ impl Tx for SqliteTx<'_> {
              updated_at = excluded.updated_at",
             params![def.id.as_str(), to_json(def), now.0],
         )?;
-        Ok(())
+        bump_catalog_generation(self.conn)
     }
 
     fn insert_price_version(
@@ -842,7 +781,9 @@ impl Tx for SqliteTx<'_> {
                 now.0
             ],
         )?;
-        Ok(self.conn.last_insert_rowid())
+        let id = self.conn.last_insert_rowid();
+        bump_catalog_generation(self.conn)?;
+        Ok(id)
     }
 
     fn set_setting(&mut self, key: &str, value: &str) -> Result<()> {
@@ -851,7 +792,7 @@ impl Tx for SqliteTx<'_> {
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![key, value],
         )?;
-        Ok(())
+        bump_catalog_generation(self.conn)
     }
 
     fn load_catalog(&mut self) -> Result<Catalog> {
@@ -920,128 +861,27 @@ impl Reader for SqliteReader {
         rollups::billing_events(&self.conn, q)
     }
 
-    fn endpoint_history(
-        &mut self,
-        account: &AccountId,
-        endpoint: &EndpointId,
-        since: Timestamp,
-        until: Timestamp,
-    ) -> Result<(u64, Nanos)> {
-        rollups::endpoint_history(&self.conn, account, endpoint, since, until)
-    }
-
     fn reconcile(&mut self) -> Result<Reconciliation> {
+        // One read transaction: every query sees the same commit.
         let tx = self.conn.transaction()?;
-        let mut rec = Reconciliation {
-            rollup_mismatches: rollups::mismatches(&tx)?,
-            ..Reconciliation::default()
-        };
-        let one = |sql: &str| -> Result<i128> {
-            let v: i64 = tx.query_row(sql, [], |r| r.get(0))?;
-            Ok(v as i128)
-        };
-        rec.revenue_nanos = one(
-            "SELECT COALESCE(SUM(amount_nanos), 0) FROM transfers WHERE kind IN ('post', 'charge')",
-        )?;
-        rec.billed_nanos = one("SELECT COALESCE(SUM(total_nanos), 0) FROM line_items")?;
-        rec.purchased_nanos = one("SELECT COALESCE(SUM(amount_nanos), 0) FROM purchases")?;
-        rec.credited_nanos = one(
-            "SELECT COALESCE(SUM(amount_nanos), 0) FROM transfers WHERE kind IN ('purchase', 'grant')",
-        )?;
-        // Balances as the ledger sees them: posted transfers summed per side, grouped once.
-        let mut from_ledger: HashMap<String, i64> = HashMap::new();
-        {
-            let mut st = tx.prepare(
-                "SELECT code, SUM(amount) FROM ( \
-                   SELECT credit AS code, amount_nanos AS amount FROM transfers \
-                     WHERE kind IN ('purchase', 'grant', 'post', 'charge', 'credit_expiry') \
-                   UNION ALL \
-                   SELECT debit, -amount_nanos FROM transfers \
-                     WHERE kind IN ('purchase', 'grant', 'post', 'charge', 'credit_expiry')) \
-                 GROUP BY code",
-            )?;
+        let rec = rows::reconcile(&mut |sql| {
+            let mut st = tx.prepare(sql)?;
+            let width = st.column_count();
             let mut rows = st.query([])?;
+            let mut out = Vec::new();
             while let Some(r) = rows.next()? {
-                from_ledger.insert(r.get(0)?, r.get(1)?);
-            }
-        }
-        rec.expired_nanos = one(
-            "SELECT COALESCE(SUM(amount_nanos), 0) FROM transfers WHERE kind = 'credit_expiry'",
-        )?;
-        let mut lots: HashMap<String, i64> = HashMap::new();
-        {
-            let mut st =
-                tx.prepare("SELECT account, SUM(remaining_nanos) FROM purchases GROUP BY account")?;
-            let mut rows = st.query([])?;
-            while let Some(r) = rows.next()? {
-                lots.insert(r.get(0)?, r.get(1)?);
-            }
-        }
-        let mut open: HashMap<String, (i64, u32)> = HashMap::new();
-        {
-            let mut st = tx.prepare(
-                "SELECT account, SUM(hold_nanos), COUNT(*) FROM requests \
-                 WHERE status = 'IN_PROGRESS' GROUP BY account",
-            )?;
-            let mut rows = st.query([])?;
-            while let Some(r) = rows.next()? {
-                open.insert(r.get(0)?, (r.get(1)?, r.get(2)?));
-            }
-        }
-        {
-            let mut st = tx.prepare(
-                "SELECT username, balance_nanos, held_nanos, in_progress FROM accounts \
-                 ORDER BY username",
-            )?;
-            let mut rows = st.query([])?;
-            while let Some(r) = rows.next()? {
-                let name: String = r.get(0)?;
-                let id = parse_id(AccountId::parse, &name)?;
-                let (balance, held, in_progress): (i64, i64, u32) =
-                    (r.get(1)?, r.get(2)?, r.get(3)?);
-                let ledger = from_ledger
-                    .get(&format!("customer:{name}"))
-                    .copied()
-                    .unwrap_or(0);
-                let (open_holds, open_count) = open.get(&name).copied().unwrap_or((0, 0));
-                if balance != ledger {
-                    rec.balance_mismatches
-                        .push((id.clone(), Nanos(balance), Nanos(ledger)));
+                let mut row = Vec::with_capacity(width);
+                for i in 0..width {
+                    row.push(match r.get::<_, rusqlite::types::Value>(i)? {
+                        rusqlite::types::Value::Integer(v) => Cell::Int(v),
+                        rusqlite::types::Value::Text(t) => Cell::Text(t),
+                        other => return Err(corrupt("reconciliation", format!("{other:?}"))),
+                    });
                 }
-                if held != open_holds {
-                    rec.held_mismatches
-                        .push((id.clone(), Nanos(held), Nanos(open_holds)));
-                }
-                let left = lots.get(&name).copied().unwrap_or(0);
-                if left != balance.max(0) {
-                    rec.lot_mismatches
-                        .push((id.clone(), Nanos(balance.max(0)), Nanos(left)));
-                }
-                if in_progress != open_count {
-                    rec.in_progress_mismatches
-                        .push((id, in_progress, open_count));
-                }
+                out.push(row);
             }
-        }
-        let mut st = tx.prepare(
-            "WITH charged AS (SELECT request_id, SUM(amount_nanos) AS amount FROM transfers \
-                 WHERE kind IN ('post', 'charge') AND request_id IS NOT NULL \
-                 GROUP BY request_id), \
-               billed AS (SELECT request_id, SUM(total_nanos) AS amount FROM line_items \
-                 GROUP BY request_id) \
-             SELECT b.request_id FROM billed b LEFT JOIN charged c USING (request_id) \
-               WHERE b.amount != COALESCE(c.amount, 0) \
-             UNION \
-             SELECT c.request_id FROM charged c LEFT JOIN billed b USING (request_id) \
-               WHERE b.request_id IS NULL AND c.amount != 0",
-        )?;
-        let ids = st
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        for s in ids {
-            rec.line_item_mismatches
-                .push(parse_id(RequestId::parse, &s)?);
-        }
+            Ok(out)
+        })?;
         Ok(rec)
     }
 }

@@ -5,15 +5,15 @@
 //! add exactly (decimal quantities, duration histograms) are added by functions registered on
 //! every connection, which call the core's own addition.
 
-use super::{corrupt, parse_id};
+use crate::rows::LineItemCols;
+use crate::{corrupt, decimal, parse_id};
 use crate::{BillingEventsQuery, Result, RollupQuery, StoreError};
 use rusqlite::functions::FunctionFlags;
 use rusqlite::{params, params_from_iter, Connection, Row};
 use rust_decimal::Decimal;
 use std::str::FromStr;
-use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, RequestId};
+use tollgate_core::ids::{ApiKeyId, EndpointId};
 use tollgate_core::machine::{BatchState, LineItem, RequestRecord};
-use tollgate_core::pricing::Charge;
 use tollgate_core::rollup::{
     self, ActivityKey, ActivityTotals, Deltas, Durations, Grain, UsageKey, UsagePrice, UsageTotals,
 };
@@ -127,43 +127,26 @@ fn write_grain(conn: &Connection, grain: Grain, d: &Deltas) -> Result<()> {
     Ok(())
 }
 
-pub(super) const LINE_ITEM_COLS: &str = "request_id, account, endpoint_id, api_key, \
-    price_version, unit, quantity, unit_price, percent_discount, subtotal_nanos, \
-    discount_nanos, total_nanos, status_code, billed_at, queue_ms, inference_ms";
-
-fn decimal(what: &str, s: &str) -> Result<Decimal> {
-    Decimal::from_str(s).map_err(|e| corrupt(what, e))
-}
-
 pub(super) fn line_item_row(r: &Row) -> Result<LineItem> {
-    Ok(LineItem {
-        request_id: parse_id(RequestId::parse, &r.get::<_, String>(0)?)?,
-        account: parse_id(AccountId::parse, &r.get::<_, String>(1)?)?,
-        endpoint: parse_id(EndpointId::parse, &r.get::<_, String>(2)?)?,
-        api_key: r
-            .get::<_, Option<String>>(3)?
-            .map(|k| parse_id(ApiKeyId::parse, &k))
-            .transpose()?,
+    LineItemCols {
+        request_id: r.get(0)?,
+        account: r.get(1)?,
+        endpoint_id: r.get(2)?,
+        api_key: r.get(3)?,
         price_version: r.get(4)?,
         unit: r.get(5)?,
-        charge: Charge {
-            quantity: decimal("quantity", &r.get::<_, String>(6)?)?,
-            unit_price: decimal("unit_price", &r.get::<_, String>(7)?)?,
-            percent_discount: r
-                .get::<_, Option<String>>(8)?
-                .map(|p| decimal("percent_discount", &p))
-                .transpose()?,
-            subtotal_nanos: Nanos(r.get(9)?),
-            discount_nanos: Nanos(r.get(10)?),
-            total_nanos: Nanos(r.get(11)?),
-            // Not stored per line item: only the rollups written with it need it.
-            blended: false,
-        },
+        quantity: r.get(6)?,
+        unit_price: r.get(7)?,
+        percent_discount: r.get(8)?,
+        subtotal: r.get(9)?,
+        discount: r.get(10)?,
+        total: r.get(11)?,
         status_code: r.get(12)?,
-        billed_at: Timestamp(r.get(13)?),
+        billed_at: r.get(13)?,
         queue_ms: r.get(14)?,
         inference_ms: r.get(15)?,
-    })
+    }
+    .into_item()
 }
 
 /// Rebuilds every rollup from the line items and completed requests (the migration that
@@ -171,14 +154,17 @@ pub(super) fn line_item_row(r: &Row) -> Result<LineItem> {
 pub(super) fn backfill(conn: &Connection) -> Result<()> {
     let mut state = BatchState::default();
     {
-        let mut st = conn.prepare(&format!("SELECT {LINE_ITEM_COLS} FROM line_items"))?;
+        let mut st = conn.prepare(&format!(
+            "SELECT {} FROM line_items",
+            crate::rows::LINE_ITEM_COLS
+        ))?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             state.line_items.push(line_item_row(r)?);
         }
         let mut st = conn.prepare(&format!(
             "SELECT {} FROM requests WHERE status IN ('COMPLETED', 'FAILED')",
-            super::REQUEST_COLS
+            crate::rows::REQUEST_COLS
         ))?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
@@ -199,29 +185,15 @@ fn in_list(column: &str, n: usize) -> String {
     }
 }
 
-/// The slots a rollup query reads, in time order: hour slots for the whole UTC hours of the
-/// range when the caller's buckets never split an hour, minute slots for the rest.
+/// The slots a rollup query reads, in time order.
 fn slots(q: &RollupQuery) -> Vec<(Grain, Timestamp)> {
-    let from = Grain::Minute.slot_of(q.from);
-    let to = q.to;
-    let hour = Grain::Hour.ms();
-    // [first_hour, last_hour): the whole UTC hours inside the range.
-    let first_hour = Timestamp(Grain::Hour.slot_of(Timestamp(from.0 + hour - 1)).0);
-    let last_hour = Grain::Hour.slot_of(to);
     let mut out = Vec::new();
-    let mut push = |grain: Grain, a: Timestamp, b: Timestamp| {
-        let mut t = a;
-        while t < b {
+    for (grain, from, to) in q.ranges() {
+        let mut t = from;
+        while t < to {
             out.push((grain, t));
             t = t.plus_ms(grain.ms());
         }
-    };
-    if q.whole_hours && first_hour < last_hour {
-        push(Grain::Minute, from, first_hour);
-        push(Grain::Hour, first_hour, last_hour);
-        push(Grain::Minute, last_hour, to);
-    } else {
-        push(Grain::Minute, from, to);
     }
     out
 }
@@ -323,7 +295,7 @@ pub(super) fn activity(
 /// One account's line items in [from, to), ordered by (billed_at, request_id), after the
 /// keyset position, at most `limit`.
 pub(super) fn billing_events(conn: &Connection, q: &BillingEventsQuery) -> Result<Vec<LineItem>> {
-    let cols = LINE_ITEM_COLS
+    let cols = crate::rows::LINE_ITEM_COLS
         .split(", ")
         .map(|c| format!("li.{}", c.trim()))
         .collect::<Vec<_>>()
@@ -368,59 +340,6 @@ pub(super) fn billing_events(conn: &Connection, q: &BillingEventsQuery) -> Resul
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         out.push(line_item_row(r)?);
-    }
-    Ok(out)
-}
-
-/// Billed requests of an account for one endpoint in [since, until), and their total.
-pub(super) fn endpoint_history(
-    conn: &Connection,
-    account: &AccountId,
-    endpoint: &EndpointId,
-    since: Timestamp,
-    until: Timestamp,
-) -> Result<(u64, Nanos)> {
-    let rows = usage(
-        conn,
-        &RollupQuery {
-            account: account.clone(),
-            from: since,
-            to: until,
-            endpoints: vec![endpoint.clone()],
-            api_keys: Vec::new(),
-            whole_hours: true,
-        },
-    )?;
-    let mut total = UsageTotals::default();
-    for (_, t) in &rows {
-        total.add(t).map_err(|e| StoreError::Db(e.to_string()))?;
-    }
-    Ok((total.requests, total.total))
-}
-
-/// Accounts whose usage rollups (minute or hour rows) do not add up to their line items, with
-/// (rollups, line items).
-pub(super) fn mismatches(conn: &Connection) -> Result<Vec<(AccountId, Nanos, Nanos)>> {
-    let mut out = Vec::new();
-    for table in ["usage_minutes", "usage_hours"] {
-        let mut st = conn.prepare(&format!(
-            "WITH r AS (SELECT account, SUM(total_nanos) AS t, SUM(requests) AS n \
-                        FROM {table} GROUP BY account), \
-                  l AS (SELECT account, SUM(total_nanos) AS t, COUNT(*) AS n \
-                        FROM line_items GROUP BY account) \
-             SELECT l.account, COALESCE(r.t, 0), l.t FROM l LEFT JOIN r USING (account) \
-               WHERE COALESCE(r.t, 0) != l.t OR COALESCE(r.n, 0) != l.n \
-             UNION \
-             SELECT r.account, r.t, 0 FROM r LEFT JOIN l USING (account) WHERE l.account IS NULL"
-        ))?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            out.push((
-                parse_id(AccountId::parse, &r.get::<_, String>(0)?)?,
-                Nanos(r.get(1)?),
-                Nanos(r.get(2)?),
-            ));
-        }
     }
     Ok(out)
 }

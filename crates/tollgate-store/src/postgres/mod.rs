@@ -1,0 +1,1040 @@
+//! The shared store: one PostgreSQL database written by several tollgate processes.
+//!
+//! Each process has one writer connection (its engine's) and a bounded pool of read
+//! connections (`r2d2`). A batch is one db transaction at READ COMMITTED: the accounts it
+//! touches are locked with `SELECT ... FOR UPDATE` in sorted order (so two processes never wait
+//! on each other in a cycle), and the engine reads its requests again under those locks, so a
+//! request that another process submitted, completed or expired a moment earlier is seen as it
+//! is. Every write of a request, a purchase, a transfer, a line item or a rollup row belongs to
+//! a locked account, which is what keeps holds, idempotency, concurrency slots and rollups
+//! consistent across processes. A batch that still loses a race (a deadlock, a request id
+//! inserted by another process at the same moment) is rolled back and run again, whole.
+//!
+//! Commits are durable when PostgreSQL says so: with the server's defaults (`fsync = on`,
+//! `synchronous_commit = on`) a commit that returned is on disk.
+
+use crate::rows::{
+    self, AccountCols, Cell, KeyCols, LineItemCols, RequestCols, ACCOUNT_COLS, KEY_COLS,
+    REQUEST_COLS,
+};
+use crate::{
+    corrupt, parse_id, to_json, AccountRow, AccountTerms, ApiKeyRecord, BillingEventsQuery,
+    BillingMode, Reader, ReaderFactory, Reconciliation, Result, RollupQuery, Store, StoreError, Tx,
+    SETTING_CATALOG_GENERATION,
+};
+use ::postgres::error::SqlState;
+use ::postgres::types::ToSql;
+use ::postgres::{Client, Config, NoTls, Row, Statement, Transaction};
+use r2d2_postgres::PostgresConnectionManager;
+use std::collections::{HashMap, HashSet};
+use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
+use tollgate_core::concurrency::TIER_WINDOW_MS;
+use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId, RequestId};
+use tollgate_core::machine::{
+    AccountState, BatchState, LineItem, Lot, PurchaseRecord, RequestRecord,
+};
+use tollgate_core::price::PriceRule;
+use tollgate_core::rollup::{ActivityKey, ActivityTotals, UsageKey, UsageTotals};
+use tollgate_core::{Nanos, Timestamp};
+
+mod rollups;
+
+/// Schema migrations, applied in order, each in one transaction; `tollgate_schema` records how
+/// many ran. A transaction-scoped advisory lock makes processes that start together take
+/// turns.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+
+/// The advisory lock key migrations hold ("tollgate" in ASCII).
+const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465;
+
+/// Read connections per process.
+pub const READ_POOL_SIZE: u32 = 8;
+
+/// How many times a batch that lost a race with another process is run again.
+const CONFLICT_RETRIES: u32 = 10;
+
+/// Whether `target` names a PostgreSQL database rather than a SQLite file.
+pub fn is_url(target: &str) -> bool {
+    target.starts_with("postgres://") || target.starts_with("postgresql://")
+}
+
+impl From<::postgres::Error> for StoreError {
+    fn from(e: ::postgres::Error) -> Self {
+        let Some(db) = e.as_db_error() else {
+            return StoreError::Db(e.to_string());
+        };
+        let message = format!("{} ({})", db.message(), db.code().code());
+        let code = db.code();
+        if *code == SqlState::T_R_DEADLOCK_DETECTED
+            || *code == SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == SqlState::UNIQUE_VIOLATION
+        {
+            StoreError::Conflict(message)
+        } else {
+            StoreError::Db(message)
+        }
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{name}:***@{host}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn connect(config: &Config, shown: &str) -> Result<Client> {
+    config
+        .connect(NoTls)
+        .map_err(|e| StoreError::Db(format!("cannot connect to {shown}: {e}")))
+}
+
+type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+pub struct PostgresStore {
+    config: Config,
+    shown: String,
+    client: Client,
+    /// The writer's prepared statements, by SQL text.
+    statements: HashMap<String, Statement>,
+    pool: ReadPool,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url`, runs pending migrations, and opens the read pool.
+    pub fn open(url: &str) -> Result<PostgresStore> {
+        let shown = redact(url);
+        let config: Config = url
+            .parse()
+            .map_err(|e| StoreError::Db(format!("invalid PostgreSQL URL {shown}: {e}")))?;
+        let mut client = connect(&config, &shown)?;
+        migrate(&mut client)?;
+        let pool = r2d2::Pool::builder()
+            .max_size(READ_POOL_SIZE)
+            .min_idle(Some(1))
+            .build(PostgresConnectionManager::new(config.clone(), NoTls))
+            .map_err(|e| StoreError::Db(format!("cannot open read connections to {shown}: {e}")))?;
+        Ok(PostgresStore {
+            config,
+            shown,
+            client,
+            statements: HashMap::new(),
+            pool: ReadPool(Some(pool)),
+        })
+    }
+}
+
+fn migrate(client: &mut Client) -> Result<()> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    let fresh: bool = tx
+        .query_one("SELECT to_regclass('tollgate_schema') IS NULL", &[])?
+        .try_get(0)?;
+    if fresh {
+        tx.batch_execute("CREATE TABLE tollgate_schema (version INTEGER NOT NULL)")?;
+    }
+    let done: i32 = tx
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM tollgate_schema", &[])?
+        .try_get(0)?;
+    if done as usize > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {done} is newer than this tollgate ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+        tx.batch_execute(sql)?;
+        tx.execute(
+            "INSERT INTO tollgate_schema (version) VALUES ($1)",
+            &[&((i + 1) as i32)],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl Store for PostgresStore {
+    fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            if self.client.is_closed() {
+                self.client = connect(&self.config, &self.shown)?;
+                self.statements.clear();
+            }
+            let statements = &mut self.statements;
+            let outcome = (|| {
+                let mut tx = self.client.transaction()?;
+                let mut w = PgTx {
+                    tx: &mut tx,
+                    statements,
+                    found: HashSet::new(),
+                };
+                f(&mut w)?;
+                tx.commit()?;
+                Ok(())
+            })();
+            match outcome {
+                Err(StoreError::Conflict(why)) if attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(attempt, %why, "batch lost a race; running it again");
+                    // Back off a little, differently each time, so two processes that
+                    // deadlocked do not meet again at once.
+                    let jitter = u64::from(rand_jitter()) % (attempt as u64 * 5 + 1);
+                    std::thread::sleep(std::time::Duration::from_millis(jitter));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn reader_factory(&self) -> ReaderFactory {
+        let pool = self.pool.clone();
+        std::sync::Arc::new(
+            move || Ok(Box::new(PgReader { pool: pool.clone() }) as Box<dyn Reader>),
+        )
+    }
+
+    fn schema_version(&mut self) -> Result<i64> {
+        let v: i32 = self
+            .client
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM tollgate_schema", &[])?
+            .try_get(0)?;
+        Ok(i64::from(v))
+    }
+
+    fn describe(&self) -> String {
+        self.shown.clone()
+    }
+}
+
+/// A few bits that differ between processes and calls, for retry jitter.
+fn rand_jitter() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ std::process::id())
+        .unwrap_or(0)
+}
+
+/// Runs SQL on a connection or a transaction.
+trait Run {
+    fn rows(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>>;
+    fn exec(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64>;
+}
+
+impl Run for Client {
+    fn rows(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        Ok(self.query(sql, params)?)
+    }
+    fn exec(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        Ok(self.execute(sql, params)?)
+    }
+}
+
+impl Run for Transaction<'_> {
+    fn rows(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        Ok(self.query(sql, params)?)
+    }
+    fn exec(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        Ok(self.execute(sql, params)?)
+    }
+}
+
+/// The writer's db transaction: statements are prepared once per connection.
+struct PgTx<'a, 'b> {
+    tx: &'a mut Transaction<'b>,
+    statements: &'a mut HashMap<String, Statement>,
+    /// Requests that exist, as last loaded: they are updated, the others inserted (and a
+    /// request another process inserted meanwhile then fails the insert, and the batch is run
+    /// again).
+    found: HashSet<RequestId>,
+}
+
+impl PgTx<'_, '_> {
+    fn statement(&mut self, sql: &str) -> Result<Statement> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.tx.prepare(sql)?;
+        self.statements.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+}
+
+impl Run for PgTx<'_, '_> {
+    fn rows(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        let st = self.statement(sql)?;
+        Ok(self.tx.query(&st, params)?)
+    }
+    fn exec(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        let st = self.statement(sql)?;
+        Ok(self.tx.execute(&st, params)?)
+    }
+}
+
+fn account_cols(r: &Row) -> Result<AccountCols> {
+    Ok(AccountCols {
+        username: r.try_get(0)?,
+        billing: r.try_get(1)?,
+        balance: r.try_get(2)?,
+        held: r.try_get(3)?,
+        in_progress: r.try_get(4)?,
+        lock_threshold: r.try_get(5)?,
+        concurrency_override: r.try_get(6)?,
+        discounts: r.try_get(7)?,
+        paid_lifetime: r.try_get(8)?,
+        month: r.try_get(9)?,
+        month_subtotal: r.try_get(10)?,
+        created_at: r.try_get(11)?,
+    })
+}
+
+fn request_row(r: &Row) -> Result<RequestRecord> {
+    RequestCols {
+        request_id: r.try_get(0)?,
+        source: r.try_get(1)?,
+        account: r.try_get(2)?,
+        endpoint_id: r.try_get(3)?,
+        api_key: r.try_get(4)?,
+        price_version: r.try_get(5)?,
+        status: r.try_get(6)?,
+        submitted_at: r.try_get(7)?,
+        started_at: r.try_get(8)?,
+        finished_at: r.try_get(9)?,
+        hold: r.try_get(10)?,
+        hold_expires_at: r.try_get(11)?,
+        machine_type: r.try_get(12)?,
+        num_gpus: r.try_get(13)?,
+        queue_ms: r.try_get(14)?,
+        inference_ms: r.try_get(15)?,
+        completion: r.try_get(16)?,
+    }
+    .into_record()
+}
+
+fn key_row(r: &Row) -> Result<ApiKeyRecord> {
+    KeyCols {
+        key_id: r.try_get(0)?,
+        account: r.try_get(1)?,
+        scope: r.try_get(2)?,
+        alias: r.try_get(3)?,
+        secret_sha256: r.try_get(4)?,
+        created_at: r.try_get(5)?,
+        revoked_at: r.try_get(6)?,
+    }
+    .into_record()
+}
+
+/// The named accounts (locked when `lock`), with their open lots and paid purchases in the
+/// tier window of `now`, in username order.
+fn load_accounts(
+    c: &mut dyn Run,
+    ids: &[&str],
+    now: Timestamp,
+    lock: bool,
+) -> Result<Vec<AccountRow>> {
+    let lock = if lock { " FOR UPDATE" } else { "" };
+    let accounts = c.rows(
+        &format!(
+            "SELECT {ACCOUNT_COLS} FROM accounts WHERE username = ANY($1) ORDER BY username{lock}"
+        ),
+        &[&ids],
+    )?;
+    if accounts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut lots: HashMap<String, Vec<Lot>> = HashMap::new();
+    for r in c.rows(
+        "SELECT account, purchase_id, remaining_nanos, expires_at, created_at FROM purchases \
+         WHERE account = ANY($1) AND remaining_nanos > 0 \
+         ORDER BY account, expires_at IS NULL, expires_at, created_at, purchase_id",
+        &[&ids],
+    )? {
+        let account: String = r.try_get(0)?;
+        let pid: String = r.try_get(1)?;
+        lots.entry(account).or_default().push(rows::lot(
+            &pid,
+            r.try_get(2)?,
+            r.try_get(3)?,
+            r.try_get(4)?,
+        )?);
+    }
+    let mut paid: HashMap<String, i64> = HashMap::new();
+    for r in c.rows(
+        "SELECT account, CAST(SUM(amount_nanos) AS BIGINT) FROM purchases \
+         WHERE account = ANY($1) AND paid AND created_at > $2 GROUP BY account",
+        &[&ids, &now.minus_ms(TIER_WINDOW_MS).0],
+    )? {
+        paid.insert(r.try_get(0)?, r.try_get(1)?);
+    }
+    accounts
+        .iter()
+        .map(|r| {
+            let cols = account_cols(r)?;
+            let lots = lots.remove(&cols.username).unwrap_or_default();
+            let paid_28d = Nanos(paid.get(&cols.username).copied().unwrap_or(0));
+            cols.into_row(lots, paid_28d)
+        })
+        .collect()
+}
+
+fn load_requests(c: &mut dyn Run, ids: &[&str]) -> Result<Vec<RequestRecord>> {
+    c.rows(
+        &format!("SELECT {REQUEST_COLS} FROM requests WHERE request_id = ANY($1)"),
+        &[&ids],
+    )?
+    .iter()
+    .map(request_row)
+    .collect()
+}
+
+fn setting(c: &mut dyn Run, key: &str) -> Result<Option<String>> {
+    match c
+        .rows("SELECT value FROM settings WHERE key = $1", &[&key])?
+        .first()
+    {
+        Some(r) => Ok(Some(r.try_get(0)?)),
+        None => Ok(None),
+    }
+}
+
+fn price_versions(c: &mut dyn Run) -> Result<Vec<PriceVersion>> {
+    c.rows(rows::PRICE_VERSION_SQL, &[])?
+        .iter()
+        .map(|r| {
+            rows::price_version(
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+            )
+        })
+        .collect()
+}
+
+fn load_catalog(c: &mut dyn Run) -> Result<Catalog> {
+    let defs = c
+        .rows("SELECT def FROM endpoints", &[])?
+        .iter()
+        .map(|r| Ok(r.try_get(0)?))
+        .collect::<Result<Vec<String>>>()?;
+    let settings = c
+        .rows("SELECT key, value FROM settings", &[])?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<HashMap<String, String>>>()?;
+    rows::catalog(defs, price_versions(c)?, &settings)
+}
+
+/// Counts one more catalog change, in the db transaction that makes it.
+fn bump_catalog_generation(c: &mut dyn Run) -> Result<()> {
+    c.exec(
+        "INSERT INTO settings (key, value) VALUES ($1, '1') ON CONFLICT (key) \
+         DO UPDATE SET value = CAST(CAST(settings.value AS BIGINT) + 1 AS TEXT)",
+        &[&SETTING_CATALOG_GENERATION],
+    )?;
+    Ok(())
+}
+
+impl Tx for PgTx<'_, '_> {
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn catalog_generation(&mut self) -> Result<i64> {
+        Ok(setting(self, SETTING_CATALOG_GENERATION)?
+            .map(|v| v.parse().map_err(|e| corrupt("catalog generation", e)))
+            .transpose()?
+            .unwrap_or(0))
+    }
+
+    fn load_requests(
+        &mut self,
+        ids: &[RequestId],
+        out: &mut HashMap<RequestId, RequestRecord>,
+    ) -> Result<()> {
+        let ids: Vec<&str> = ids.iter().map(|r| r.as_str()).collect();
+        for r in load_requests(self, &ids)? {
+            self.found.insert(r.id.clone());
+            out.insert(r.id.clone(), r);
+        }
+        Ok(())
+    }
+
+    fn lock_accounts(
+        &mut self,
+        ids: &[AccountId],
+        now: Timestamp,
+        out: &mut HashMap<AccountId, AccountState>,
+    ) -> Result<()> {
+        let names: Vec<&str> = ids.iter().map(|a| a.as_str()).collect();
+        for row in load_accounts(self, &names, now, true)? {
+            out.insert(row.state.credit.id.clone(), row.state);
+        }
+        Ok(())
+    }
+
+    fn load_purchases(
+        &mut self,
+        keys: &[(AccountId, PurchaseId)],
+        out: &mut HashMap<(AccountId, PurchaseId), PurchaseRecord>,
+    ) -> Result<()> {
+        for (account, pid) in keys {
+            let found = self.rows(
+                "SELECT amount_nanos, paid, created_at, balance_after, limit_after, \
+                 locked_after, expires_at FROM purchases WHERE account = $1 AND purchase_id = $2",
+                &[&account.as_str(), &pid.as_str()],
+            )?;
+            if let Some(r) = found.first() {
+                let limit: i64 = r.try_get(4)?;
+                out.insert(
+                    (account.clone(), pid.clone()),
+                    PurchaseRecord {
+                        account: account.clone(),
+                        purchase_id: pid.clone(),
+                        amount: Nanos(r.try_get(0)?),
+                        paid: r.try_get(1)?,
+                        created_at: Timestamp(r.try_get(2)?),
+                        balance_after: Nanos(r.try_get(3)?),
+                        concurrency_limit_after: u32::try_from(limit)
+                            .map_err(|e| corrupt("limit_after", e))?,
+                        locked_after: r.try_get(5)?,
+                        expires_at: r.try_get::<_, Option<i64>>(6)?.map(Timestamp),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn persist(&mut self, s: &BatchState) -> Result<()> {
+        persist_accounts(self, s)?;
+        persist_requests(self, s)?;
+        persist_purchases(self, s)?;
+        persist_transfers(self, s)?;
+        persist_line_items(self, s)?;
+        let deltas = tollgate_core::rollup::deltas(s).map_err(|e| StoreError::Db(e.to_string()))?;
+        rollups::write(self, &deltas)
+    }
+
+    fn due_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<RequestId>> {
+        self.rows(
+            "SELECT request_id FROM requests WHERE hold_expires_at IS NOT NULL \
+             AND hold_expires_at <= $1 ORDER BY hold_expires_at LIMIT $2",
+            &[&now.0, &(limit as i64)],
+        )?
+        .iter()
+        .map(|r| parse_id(RequestId::parse, r.try_get(0)?))
+        .collect()
+    }
+
+    fn due_credit_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<AccountId>> {
+        // As in the SQLite store: accounts whose due credits are all reserved by holds are
+        // left out unless one of those holds expires in the same sweep.
+        self.rows(
+            "SELECT DISTINCT p.account FROM purchases p JOIN accounts a ON a.username = p.account \
+             WHERE p.remaining_nanos > 0 AND p.expires_at IS NOT NULL AND p.expires_at <= $1 \
+             AND (a.balance_nanos > a.held_nanos OR EXISTS (SELECT 1 FROM requests r \
+               WHERE r.hold_expires_at IS NOT NULL AND r.hold_expires_at <= $1 \
+               AND r.account = p.account)) LIMIT $2",
+            &[&now.0, &(limit as i64)],
+        )?
+        .iter()
+        .map(|r| parse_id(AccountId::parse, r.try_get(0)?))
+        .collect()
+    }
+
+    fn create_account(
+        &mut self,
+        username: &AccountId,
+        billing: BillingMode,
+        now: Timestamp,
+    ) -> Result<()> {
+        let n = self.exec(
+            "INSERT INTO accounts (username, created_at, billing) VALUES ($1, $2, $3) \
+             ON CONFLICT (username) DO NOTHING",
+            &[&username.as_str(), &now.0, &billing.as_str()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(format!("account {username}")));
+        }
+        Ok(())
+    }
+
+    fn set_account_terms(&mut self, username: &AccountId, t: &AccountTerms) -> Result<()> {
+        let name = username.as_str();
+        let exists = self.rows(
+            "SELECT 1 FROM accounts WHERE username = $1 FOR UPDATE",
+            &[&name],
+        )?;
+        if exists.is_empty() {
+            return Err(StoreError::NotFound(format!("account {username}")));
+        }
+        if let Some(l) = t.lock_threshold {
+            self.exec(
+                "UPDATE accounts SET lock_threshold_nanos = $2 WHERE username = $1",
+                &[&name, &l.0],
+            )?;
+        }
+        if let Some(o) = t.concurrency_override {
+            self.exec(
+                "UPDATE accounts SET concurrency_override = $2 WHERE username = $1",
+                &[&name, &o.map(i64::from)],
+            )?;
+        }
+        if let Some(d) = &t.discounts {
+            self.exec(
+                "UPDATE accounts SET discounts = $2 WHERE username = $1",
+                &[&name, &to_json(d)],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn insert_api_key(&mut self, k: &ApiKeyRecord) -> Result<()> {
+        self.exec(
+            &format!(
+                "INSERT INTO api_keys ({KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (key_id) DO UPDATE SET secret_sha256 = excluded.secret_sha256, \
+                 scope = excluded.scope, revoked_at = NULL \
+                 WHERE api_keys.account IS NULL AND excluded.account IS NULL"
+            ),
+            &[
+                &k.key_id.as_str(),
+                &k.account.as_ref().map(|a| a.as_str()),
+                &k.scope.as_str(),
+                &k.alias,
+                &k.secret_sha256,
+                &k.created_at.0,
+                &k.revoked_at.map(|t| t.0),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn revoke_api_key(
+        &mut self,
+        key_id: &ApiKeyId,
+        account: Option<&AccountId>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE api_keys SET revoked_at = $3 WHERE key_id = $1 \
+             AND account IS NOT DISTINCT FROM $2 AND revoked_at IS NULL",
+            &[&key_id.as_str(), &account.map(|a| a.as_str()), &now.0],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn upsert_endpoint(&mut self, def: &EndpointDef, now: Timestamp) -> Result<()> {
+        self.exec(
+            "INSERT INTO endpoints (endpoint_id, def, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (endpoint_id) DO UPDATE SET def = excluded.def, \
+             updated_at = excluded.updated_at",
+            &[&def.id.as_str(), &to_json(def), &now.0],
+        )?;
+        bump_catalog_generation(self)
+    }
+
+    fn insert_price_version(
+        &mut self,
+        endpoint: &EndpointId,
+        account: Option<&AccountId>,
+        effective_from: Timestamp,
+        rule: &PriceRule,
+        now: Timestamp,
+    ) -> Result<i64> {
+        let rows = self.rows(
+            "INSERT INTO price_versions (endpoint_id, account, effective_from, rule, created_at) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            &[
+                &endpoint.as_str(),
+                &account.map(|a| a.as_str()),
+                &effective_from.0,
+                &to_json(rule),
+                &now.0,
+            ],
+        )?;
+        let id: i64 = rows
+            .first()
+            .ok_or_else(|| StoreError::Db("no price version id returned".into()))?
+            .try_get(0)?;
+        bump_catalog_generation(self)?;
+        Ok(id)
+    }
+
+    fn set_setting(&mut self, key: &str, value: &str) -> Result<()> {
+        self.exec(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&key, &value],
+        )?;
+        bump_catalog_generation(self)
+    }
+
+    fn load_catalog(&mut self) -> Result<Catalog> {
+        load_catalog(self)
+    }
+}
+
+fn persist_accounts(t: &mut PgTx, s: &BatchState) -> Result<()> {
+    if s.dirty_accounts.is_empty() {
+        return Ok(());
+    }
+    let mut names = Vec::new();
+    let (mut balance, mut held, mut in_progress, mut lifetime, mut month, mut subtotal) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for id in &s.dirty_accounts {
+        let a = &s.accounts[id];
+        names.push(id.as_str());
+        balance.push(a.credit.balance.0);
+        held.push(a.credit.held.0);
+        in_progress.push(i64::from(a.in_progress));
+        lifetime.push(a.paid_lifetime.0);
+        month.push(a.month);
+        subtotal.push(a.month_subtotal.0);
+    }
+    t.exec(
+        "UPDATE accounts a SET balance_nanos = x.balance, held_nanos = x.held, \
+         in_progress = x.in_progress, paid_lifetime_nanos = x.lifetime, month = x.month, \
+         month_subtotal_nanos = x.subtotal \
+         FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
+                     $6::int[], $7::bigint[]) \
+           AS x(username, balance, held, in_progress, lifetime, month, subtotal) \
+         WHERE a.username = x.username",
+        &[
+            &names,
+            &balance,
+            &held,
+            &in_progress,
+            &lifetime,
+            &month,
+            &subtotal,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Inserts the requests the batch created and updates those it loaded.
+fn persist_requests(t: &mut PgTx, s: &BatchState) -> Result<()> {
+    let (new, old): (Vec<&RequestId>, Vec<&RequestId>) = s
+        .dirty_requests
+        .iter()
+        .partition(|id| !t.found.contains(*id));
+    for (ids, upsert) in [(new, false), (old, true)] {
+        if ids.is_empty() {
+            continue;
+        }
+        let rows: Vec<RequestCols> = ids
+            .iter()
+            .map(|id| RequestCols::of(&s.requests[*id]))
+            .collect();
+        macro_rules! col {
+            ($f:ident) => {
+                rows.iter().map(|r| r.$f.clone()).collect::<Vec<_>>()
+            };
+        }
+        let on_conflict = if upsert {
+            " ON CONFLICT (request_id) DO UPDATE SET status = excluded.status, \
+             started_at = excluded.started_at, finished_at = excluded.finished_at, \
+             hold_nanos = excluded.hold_nanos, hold_expires_at = excluded.hold_expires_at, \
+             machine_type = excluded.machine_type, num_gpus = excluded.num_gpus, \
+             queue_ms = excluded.queue_ms, inference_ms = excluded.inference_ms, \
+             completion = excluded.completion"
+        } else {
+            ""
+        };
+        t.exec(
+            &format!(
+                "INSERT INTO requests ({REQUEST_COLS}) SELECT * FROM unnest($1::text[], \
+                 $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], \
+                 $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], \
+                 $13::text[], $14::bigint[], $15::bigint[], $16::bigint[], $17::text[]){on_conflict}"
+            ),
+            &[
+                &col!(request_id),
+                &col!(source),
+                &col!(account),
+                &col!(endpoint_id),
+                &col!(api_key),
+                &col!(price_version),
+                &col!(status),
+                &col!(submitted_at),
+                &col!(started_at),
+                &col!(finished_at),
+                &col!(hold),
+                &col!(hold_expires_at),
+                &col!(machine_type),
+                &col!(num_gpus),
+                &col!(queue_ms),
+                &col!(inference_ms),
+                &col!(completion),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Inserts new purchases, then writes what is left of each lot of the accounts that changed
+/// (after the new purchases, so a lot bought and spent in the same batch is written as spent).
+fn persist_purchases(t: &mut PgTx, s: &BatchState) -> Result<()> {
+    for p in &s.new_purchases {
+        t.exec(
+            "INSERT INTO purchases (account, purchase_id, amount_nanos, paid, created_at, \
+             balance_after, limit_after, locked_after, expires_at, remaining_nanos) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $3)",
+            &[
+                &p.account.as_str(),
+                &p.purchase_id.as_str(),
+                &p.amount.0,
+                &p.paid,
+                &p.created_at.0,
+                &p.balance_after.0,
+                &i64::from(p.concurrency_limit_after),
+                &p.locked_after,
+                &p.expires_at.map(|t| t.0),
+            ],
+        )?;
+    }
+    let (mut accounts, mut ids, mut left) = (Vec::new(), Vec::new(), Vec::new());
+    for id in &s.dirty_accounts {
+        for lot in &s.accounts[id].lots {
+            accounts.push(id.as_str());
+            ids.push(lot.purchase_id.as_str());
+            left.push(lot.remaining.0);
+        }
+    }
+    if !accounts.is_empty() {
+        t.exec(
+            "UPDATE purchases p SET remaining_nanos = x.remaining \
+             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS x(account, purchase_id, remaining) \
+             WHERE p.account = x.account AND p.purchase_id = x.purchase_id \
+             AND p.remaining_nanos <> x.remaining",
+            &[&accounts, &ids, &left],
+        )?;
+    }
+    Ok(())
+}
+
+fn persist_transfers(t: &mut PgTx, s: &BatchState) -> Result<()> {
+    if s.transfers.is_empty() {
+        return Ok(());
+    }
+    let tr = &s.transfers;
+    t.exec(
+        "INSERT INTO transfers (kind, debit, credit, amount_nanos, request_id, purchase_id, at) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
+                              $6::text[], $7::bigint[])",
+        &[
+            &tr.iter()
+                .map(|t| t.transfer.kind.as_str())
+                .collect::<Vec<_>>(),
+            &tr.iter()
+                .map(|t| t.transfer.debit.code())
+                .collect::<Vec<_>>(),
+            &tr.iter()
+                .map(|t| t.transfer.credit.code())
+                .collect::<Vec<_>>(),
+            &tr.iter().map(|t| t.transfer.amount.0).collect::<Vec<_>>(),
+            &tr.iter()
+                .map(|t| t.request_id.as_ref().map(|r| r.as_str()))
+                .collect::<Vec<_>>(),
+            &tr.iter()
+                .map(|t| t.purchase_id.as_ref().map(|p| p.as_str()))
+                .collect::<Vec<_>>(),
+            &tr.iter().map(|t| t.at.0).collect::<Vec<_>>(),
+        ],
+    )?;
+    Ok(())
+}
+
+fn persist_line_items(t: &mut PgTx, s: &BatchState) -> Result<()> {
+    if s.line_items.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<LineItemCols> = s.line_items.iter().map(LineItemCols::of).collect();
+    macro_rules! col {
+        ($f:ident) => {
+            rows.iter().map(|r| r.$f.clone()).collect::<Vec<_>>()
+        };
+    }
+    t.exec(
+        &format!(
+            "INSERT INTO line_items ({}) SELECT * FROM unnest($1::text[], $2::text[], \
+             $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[], \
+             $9::text[], $10::bigint[], $11::bigint[], $12::bigint[], $13::int[], \
+             $14::bigint[], $15::bigint[], $16::bigint[])",
+            rows::LINE_ITEM_COLS
+        ),
+        &[
+            &col!(request_id),
+            &col!(account),
+            &col!(endpoint_id),
+            &col!(api_key),
+            &col!(price_version),
+            &col!(unit),
+            &col!(quantity),
+            &col!(unit_price),
+            &col!(percent_discount),
+            &col!(subtotal),
+            &col!(discount),
+            &col!(total),
+            &rows
+                .iter()
+                .map(|r| r.status_code as i32)
+                .collect::<Vec<_>>(),
+            &col!(billed_at),
+            &col!(queue_ms),
+            &col!(inference_ms),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The process's read connections. The driver closes a connection by blocking on a runtime of
+/// its own, which an async runtime refuses on its threads, and the last handle may be dropped
+/// on one (with its engine): so a handle lets go of the pool on a thread of its own.
+#[derive(Clone)]
+struct ReadPool(Option<Pool>);
+
+impl ReadPool {
+    fn get(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+        self.0
+            .as_ref()
+            .expect("pool until dropped")
+            .get()
+            .map_err(|e| StoreError::Db(format!("no read connection: {e}")))
+    }
+}
+
+impl Drop for ReadPool {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take() {
+            let _ = std::thread::Builder::new()
+                .name("tollgate-pool-close".into())
+                .spawn(move || drop(pool));
+        }
+    }
+}
+
+/// A read handle: each query takes a connection from the process's bounded pool.
+pub struct PgReader {
+    pool: ReadPool,
+}
+
+impl PgReader {
+    fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+        self.pool.get()
+    }
+}
+
+/// A read-only transaction that sees one commit throughout.
+fn snapshot(c: &mut Client) -> Result<Transaction<'_>> {
+    Ok(c.build_transaction()
+        .isolation_level(::postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()?)
+}
+
+impl Reader for PgReader {
+    fn account(&mut self, username: &AccountId, now: Timestamp) -> Result<Option<AccountRow>> {
+        let mut c = self.conn()?;
+        let mut tx = snapshot(&mut c)?;
+        let mut rows = load_accounts(&mut tx, &[username.as_str()], now, false)?;
+        tx.commit()?;
+        Ok(rows.pop())
+    }
+
+    fn request(&mut self, id: &RequestId) -> Result<Option<RequestRecord>> {
+        Ok(load_requests(&mut *self.conn()?, &[id.as_str()])?.pop())
+    }
+
+    fn api_key(&mut self, key_id: &ApiKeyId) -> Result<Option<ApiKeyRecord>> {
+        self.conn()?
+            .rows(
+                &format!("SELECT {KEY_COLS} FROM api_keys WHERE key_id = $1"),
+                &[&key_id.as_str()],
+            )?
+            .first()
+            .map(key_row)
+            .transpose()
+    }
+
+    fn api_keys(&mut self, account: &AccountId) -> Result<Vec<ApiKeyRecord>> {
+        self.conn()?
+            .rows(
+                &format!(
+                    "SELECT {KEY_COLS} FROM api_keys WHERE account = $1 ORDER BY created_at, key_id"
+                ),
+                &[&account.as_str()],
+            )?
+            .iter()
+            .map(key_row)
+            .collect()
+    }
+
+    fn load_catalog(&mut self) -> Result<Catalog> {
+        let mut c = self.conn()?;
+        let mut tx = snapshot(&mut c)?;
+        let catalog = load_catalog(&mut tx)?;
+        tx.commit()?;
+        Ok(catalog)
+    }
+
+    fn price_versions(&mut self) -> Result<Vec<PriceVersion>> {
+        price_versions(&mut *self.conn()?)
+    }
+
+    fn setting(&mut self, key: &str) -> Result<Option<String>> {
+        setting(&mut *self.conn()?, key)
+    }
+
+    fn reconcile(&mut self) -> Result<Reconciliation> {
+        let mut c = self.conn()?;
+        let mut tx = snapshot(&mut c)?;
+        let rec = rows::reconcile(&mut |sql| {
+            let mut out = Vec::new();
+            for r in tx.query(sql, &[])? {
+                let mut row = Vec::with_capacity(r.len());
+                for (i, col) in r.columns().iter().enumerate() {
+                    row.push(match *col.type_() {
+                        ::postgres::types::Type::INT8 => Cell::Int(r.try_get(i)?),
+                        ::postgres::types::Type::INT4 => {
+                            Cell::Int(i64::from(r.try_get::<_, i32>(i)?))
+                        }
+                        _ => Cell::Text(r.try_get(i)?),
+                    });
+                }
+                out.push(row);
+            }
+            Ok(out)
+        })?;
+        tx.commit()?;
+        Ok(rec)
+    }
+
+    fn usage(&mut self, q: &RollupQuery) -> Result<Vec<(UsageKey, UsageTotals)>> {
+        rollups::usage(&mut *self.conn()?, q)
+    }
+
+    fn activity(&mut self, q: &RollupQuery) -> Result<Vec<(ActivityKey, ActivityTotals)>> {
+        rollups::activity(&mut *self.conn()?, q)
+    }
+
+    fn billing_events(&mut self, q: &BillingEventsQuery) -> Result<Vec<LineItem>> {
+        rollups::billing_events(&mut *self.conn()?, q)
+    }
+}

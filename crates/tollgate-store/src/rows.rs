@@ -1,0 +1,491 @@
+//! What both stores share below the SQL driver: the stored columns of each row as plain values,
+//! their conversion to core types, the catalog assembled from its rows, and the ledger
+//! reconciliation (portable SQL, compared in Rust). A driver only moves values in and out.
+
+use crate::{
+    corrupt, decimal, json, parse_id, AccountRow, ApiKeyRecord, BillingMode, Reconciliation,
+    Result, Scope, SETTING_CONCURRENCY, SETTING_MACHINES,
+};
+use std::collections::HashMap;
+use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
+use tollgate_core::concurrency::ConcurrencyTable;
+use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, MachineType, PurchaseId, RequestId};
+use tollgate_core::ledger::CreditAccount;
+use tollgate_core::machine::{AccountState, LineItem, Lot, RequestRecord, RequestStatus, Source};
+use tollgate_core::price::{MachinePrices, PriceRule};
+use tollgate_core::pricing::Charge;
+use tollgate_core::{Nanos, Timestamp};
+
+pub(crate) const ACCOUNT_COLS: &str = "username, billing, balance_nanos, held_nanos, \
+     in_progress, lock_threshold_nanos, concurrency_override, discounts, paid_lifetime_nanos, \
+     month, month_subtotal_nanos, created_at";
+
+/// An `accounts` row.
+pub(crate) struct AccountCols {
+    pub username: String,
+    pub billing: String,
+    pub balance: i64,
+    pub held: i64,
+    pub in_progress: i64,
+    pub lock_threshold: i64,
+    pub concurrency_override: Option<i64>,
+    pub discounts: String,
+    pub paid_lifetime: i64,
+    pub month: i32,
+    pub month_subtotal: i64,
+    pub created_at: i64,
+}
+
+fn small(what: &str, v: i64) -> Result<u32> {
+    u32::try_from(v).map_err(|e| corrupt(what, e))
+}
+
+impl AccountCols {
+    /// The account with its open lots (in spending order) and its paid purchases in the
+    /// concurrency tier window.
+    pub fn into_row(self, lots: Vec<Lot>, paid_28d: Nanos) -> Result<AccountRow> {
+        let billing = match self.billing.as_str() {
+            "invoice" => BillingMode::Invoice,
+            _ => BillingMode::Prepaid,
+        };
+        let credit = CreditAccount {
+            id: parse_id(AccountId::parse, &self.username)?,
+            balance: Nanos(self.balance),
+            held: Nanos(self.held),
+            floor: match billing {
+                BillingMode::Prepaid => Some(Nanos::ZERO),
+                BillingMode::Invoice => None,
+            },
+            lock_threshold: Nanos(self.lock_threshold),
+        };
+        let state = AccountState {
+            credit,
+            in_progress: small("in_progress", self.in_progress)?,
+            concurrency_override: self
+                .concurrency_override
+                .map(|o| small("concurrency_override", o))
+                .transpose()?,
+            paid_28d,
+            paid_lifetime: Nanos(self.paid_lifetime),
+            discounts: json("discounts", &self.discounts)?,
+            month: self.month,
+            month_subtotal: Nanos(self.month_subtotal),
+            lots,
+        };
+        Ok(AccountRow {
+            state,
+            created_at: Timestamp(self.created_at),
+            billing,
+        })
+    }
+}
+
+/// A `purchases` row as a credit lot.
+pub(crate) fn lot(
+    purchase_id: &str,
+    remaining: i64,
+    expires_at: Option<i64>,
+    created_at: i64,
+) -> Result<Lot> {
+    Ok(Lot {
+        purchase_id: parse_id(PurchaseId::parse, purchase_id)?,
+        remaining: Nanos(remaining),
+        expires_at: expires_at.map(Timestamp),
+        created_at: Timestamp(created_at),
+    })
+}
+
+pub(crate) const REQUEST_COLS: &str = "request_id, source, account, endpoint_id, api_key, \
+     price_version, status, submitted_at, started_at, finished_at, hold_nanos, hold_expires_at, \
+     machine_type, num_gpus, queue_ms, inference_ms, completion";
+
+/// A `requests` row.
+pub(crate) struct RequestCols {
+    pub request_id: String,
+    pub source: String,
+    pub account: String,
+    pub endpoint_id: String,
+    pub api_key: Option<String>,
+    pub price_version: i64,
+    pub status: String,
+    pub submitted_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub hold: i64,
+    pub hold_expires_at: Option<i64>,
+    pub machine_type: Option<String>,
+    pub num_gpus: i64,
+    pub queue_ms: Option<i64>,
+    pub inference_ms: Option<i64>,
+    pub completion: Option<String>,
+}
+
+impl RequestCols {
+    pub fn of(r: &RequestRecord) -> RequestCols {
+        RequestCols {
+            request_id: r.id.as_str().to_string(),
+            source: match r.source {
+                Source::Lifecycle => "lifecycle",
+                Source::Event => "event",
+            }
+            .to_string(),
+            account: r.account.as_str().to_string(),
+            endpoint_id: r.endpoint.as_str().to_string(),
+            api_key: r.api_key.as_ref().map(|k| k.as_str().to_string()),
+            price_version: r.price_version,
+            status: r.status.as_str().to_string(),
+            submitted_at: r.submitted_at.0,
+            started_at: r.started_at.map(|t| t.0),
+            finished_at: r.finished_at.map(|t| t.0),
+            hold: r.hold.0,
+            hold_expires_at: r.hold_expires_at.map(|t| t.0),
+            machine_type: r.machine_type.as_ref().map(|m| m.as_str().to_string()),
+            num_gpus: i64::from(r.num_gpus),
+            queue_ms: r.queue_ms,
+            inference_ms: r.inference_ms,
+            completion: r.completion.as_ref().map(crate::to_json),
+        }
+    }
+
+    pub fn into_record(self) -> Result<RequestRecord> {
+        Ok(RequestRecord {
+            id: parse_id(RequestId::parse, &self.request_id)?,
+            source: match self.source.as_str() {
+                "event" => Source::Event,
+                _ => Source::Lifecycle,
+            },
+            account: parse_id(AccountId::parse, &self.account)?,
+            endpoint: parse_id(EndpointId::parse, &self.endpoint_id)?,
+            api_key: self
+                .api_key
+                .map(|k| parse_id(ApiKeyId::parse, &k))
+                .transpose()?,
+            price_version: self.price_version,
+            status: RequestStatus::parse(&self.status)
+                .ok_or_else(|| corrupt("status", &self.status))?,
+            submitted_at: Timestamp(self.submitted_at),
+            started_at: self.started_at.map(Timestamp),
+            finished_at: self.finished_at.map(Timestamp),
+            hold: Nanos(self.hold),
+            hold_expires_at: self.hold_expires_at.map(Timestamp),
+            machine_type: self
+                .machine_type
+                .map(|m| parse_id(MachineType::parse, &m))
+                .transpose()?,
+            num_gpus: small("num_gpus", self.num_gpus)?,
+            queue_ms: self.queue_ms,
+            inference_ms: self.inference_ms,
+            completion: self
+                .completion
+                .map(|c| json("completion", &c))
+                .transpose()?,
+        })
+    }
+}
+
+pub(crate) const KEY_COLS: &str =
+    "key_id, account, scope, alias, secret_sha256, created_at, revoked_at";
+
+/// An `api_keys` row.
+pub(crate) struct KeyCols {
+    pub key_id: String,
+    pub account: Option<String>,
+    pub scope: String,
+    pub alias: String,
+    pub secret_sha256: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl KeyCols {
+    pub fn into_record(self) -> Result<ApiKeyRecord> {
+        Ok(ApiKeyRecord {
+            key_id: parse_id(ApiKeyId::parse, &self.key_id)?,
+            account: self
+                .account
+                .map(|a| parse_id(AccountId::parse, &a))
+                .transpose()?,
+            scope: Scope::parse(&self.scope).ok_or_else(|| corrupt("scope", &self.scope))?,
+            alias: self.alias,
+            secret_sha256: self.secret_sha256,
+            created_at: Timestamp(self.created_at),
+            revoked_at: self.revoked_at.map(Timestamp),
+        })
+    }
+}
+
+pub(crate) const LINE_ITEM_COLS: &str = "request_id, account, endpoint_id, api_key, \
+    price_version, unit, quantity, unit_price, percent_discount, subtotal_nanos, \
+    discount_nanos, total_nanos, status_code, billed_at, queue_ms, inference_ms";
+
+/// A `line_items` row.
+pub(crate) struct LineItemCols {
+    pub request_id: String,
+    pub account: String,
+    pub endpoint_id: String,
+    pub api_key: Option<String>,
+    pub price_version: i64,
+    pub unit: String,
+    pub quantity: String,
+    pub unit_price: String,
+    pub percent_discount: Option<String>,
+    pub subtotal: i64,
+    pub discount: i64,
+    pub total: i64,
+    pub status_code: i64,
+    pub billed_at: i64,
+    pub queue_ms: Option<i64>,
+    pub inference_ms: Option<i64>,
+}
+
+impl LineItemCols {
+    pub fn of(l: &LineItem) -> LineItemCols {
+        LineItemCols {
+            request_id: l.request_id.as_str().to_string(),
+            account: l.account.as_str().to_string(),
+            endpoint_id: l.endpoint.as_str().to_string(),
+            api_key: l.api_key.as_ref().map(|k| k.as_str().to_string()),
+            price_version: l.price_version,
+            unit: l.unit.clone(),
+            quantity: l.charge.quantity.to_string(),
+            unit_price: l.charge.unit_price.to_string(),
+            percent_discount: l.charge.percent_discount.map(|p| p.to_string()),
+            subtotal: l.charge.subtotal_nanos.0,
+            discount: l.charge.discount_nanos.0,
+            total: l.charge.total_nanos.0,
+            status_code: i64::from(l.status_code),
+            billed_at: l.billed_at.0,
+            queue_ms: l.queue_ms,
+            inference_ms: l.inference_ms,
+        }
+    }
+
+    pub fn into_item(self) -> Result<LineItem> {
+        Ok(LineItem {
+            request_id: parse_id(RequestId::parse, &self.request_id)?,
+            account: parse_id(AccountId::parse, &self.account)?,
+            endpoint: parse_id(EndpointId::parse, &self.endpoint_id)?,
+            api_key: self
+                .api_key
+                .map(|k| parse_id(ApiKeyId::parse, &k))
+                .transpose()?,
+            price_version: self.price_version,
+            unit: self.unit,
+            charge: Charge {
+                quantity: decimal("quantity", &self.quantity)?,
+                unit_price: decimal("unit_price", &self.unit_price)?,
+                percent_discount: self
+                    .percent_discount
+                    .map(|p| decimal("percent_discount", &p))
+                    .transpose()?,
+                subtotal_nanos: Nanos(self.subtotal),
+                discount_nanos: Nanos(self.discount),
+                total_nanos: Nanos(self.total),
+                // Not stored per line item: only the rollups written with it need it.
+                blended: false,
+            },
+            status_code: u16::try_from(self.status_code).map_err(|e| corrupt("status", e))?,
+            billed_at: Timestamp(self.billed_at),
+            queue_ms: self.queue_ms,
+            inference_ms: self.inference_ms,
+        })
+    }
+}
+
+pub(crate) const PRICE_VERSION_SQL: &str =
+    "SELECT id, endpoint_id, account, effective_from, rule FROM price_versions ORDER BY id";
+
+pub(crate) fn price_version(
+    id: i64,
+    endpoint: &str,
+    account: Option<&str>,
+    effective_from: i64,
+    rule: &str,
+) -> Result<PriceVersion> {
+    Ok(PriceVersion {
+        id,
+        endpoint: parse_id(EndpointId::parse, endpoint)?,
+        account: account.map(|a| parse_id(AccountId::parse, a)).transpose()?,
+        effective_from: Timestamp(effective_from),
+        rule: json::<PriceRule>("price rule", rule)?,
+    })
+}
+
+/// The catalog from its rows: endpoint definitions (JSON), price versions and settings.
+pub(crate) fn catalog(
+    defs: Vec<String>,
+    versions: Vec<PriceVersion>,
+    settings: &HashMap<String, String>,
+) -> Result<Catalog> {
+    let mut catalog = Catalog::default();
+    for def in defs {
+        let def: EndpointDef = json("endpoint", &def)?;
+        catalog.endpoints.insert(def.id.clone(), def);
+    }
+    for v in versions {
+        catalog.insert_version(v);
+    }
+    if let Some(m) = settings.get(SETTING_MACHINES) {
+        catalog.machines = json::<MachinePrices>("machines", m)?;
+    }
+    if let Some(c) = settings.get(SETTING_CONCURRENCY) {
+        catalog.concurrency = json::<ConcurrencyTable>("concurrency", c)?;
+    }
+    Ok(catalog)
+}
+
+/// A value of a reconciliation query's row.
+pub(crate) enum Cell {
+    Int(i64),
+    Text(String),
+}
+
+impl Cell {
+    fn int(&self) -> Result<i64> {
+        match self {
+            Cell::Int(v) => Ok(*v),
+            Cell::Text(s) => Err(corrupt("reconciliation", format!("{s:?} is not a number"))),
+        }
+    }
+    fn text(&self) -> Result<&str> {
+        match self {
+            Cell::Text(s) => Ok(s),
+            Cell::Int(v) => Err(corrupt("reconciliation", format!("{v} is not text"))),
+        }
+    }
+}
+
+/// Runs one reconciliation query (in one consistent snapshot) and returns its rows.
+pub(crate) type Query<'a> = dyn FnMut(&str) -> Result<Vec<Vec<Cell>>> + 'a;
+
+/// The transfer kinds that move posted money.
+const POSTED: &str = "('purchase', 'grant', 'post', 'charge', 'credit_expiry')";
+
+/// Checks the ledger end to end with portable SQL (SQLite and PostgreSQL): every balance,
+/// hold, in-progress count and credit lot against the rows they summarise, every line item
+/// against its request's charges, and every usage rollup against the line items.
+pub(crate) fn reconcile(q: &mut Query) -> Result<Reconciliation> {
+    let mut one = |sql: &str| -> Result<i128> {
+        let rows = q(sql)?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first())
+            .map_or(Ok(0), Cell::int)? as i128)
+    };
+    let mut rec = Reconciliation {
+        revenue_nanos: one(
+            "SELECT CAST(COALESCE(SUM(amount_nanos), 0) AS BIGINT) FROM transfers \
+             WHERE kind IN ('post', 'charge')",
+        )?,
+        billed_nanos: one("SELECT CAST(COALESCE(SUM(total_nanos), 0) AS BIGINT) FROM line_items")?,
+        purchased_nanos: one(
+            "SELECT CAST(COALESCE(SUM(amount_nanos), 0) AS BIGINT) FROM purchases",
+        )?,
+        credited_nanos: one(
+            "SELECT CAST(COALESCE(SUM(amount_nanos), 0) AS BIGINT) FROM transfers \
+             WHERE kind IN ('purchase', 'grant')",
+        )?,
+        expired_nanos: one(
+            "SELECT CAST(COALESCE(SUM(amount_nanos), 0) AS BIGINT) FROM transfers \
+             WHERE kind = 'credit_expiry'",
+        )?,
+        ..Reconciliation::default()
+    };
+    let mut by_name = |sql: &str, width: usize| -> Result<HashMap<String, Vec<i64>>> {
+        let mut out = HashMap::new();
+        for row in q(sql)? {
+            let values = (1..=width)
+                .map(|i| row.get(i).map_or(Ok(0), Cell::int))
+                .collect::<Result<Vec<_>>>()?;
+            out.insert(row[0].text()?.to_string(), values);
+        }
+        Ok(out)
+    };
+    // Balances as the ledger sees them: posted transfers summed per side, grouped once.
+    let from_ledger = by_name(
+        &format!(
+            "SELECT code, CAST(SUM(amount) AS BIGINT) FROM ( \
+               SELECT credit AS code, amount_nanos AS amount FROM transfers WHERE kind IN {POSTED} \
+               UNION ALL \
+               SELECT debit, -amount_nanos FROM transfers WHERE kind IN {POSTED}) t \
+             GROUP BY code"
+        ),
+        1,
+    )?;
+    let lots = by_name(
+        "SELECT account, CAST(SUM(remaining_nanos) AS BIGINT) FROM purchases GROUP BY account",
+        1,
+    )?;
+    let open = by_name(
+        "SELECT account, CAST(SUM(hold_nanos) AS BIGINT), COUNT(*) FROM requests \
+         WHERE status = 'IN_PROGRESS' GROUP BY account",
+        2,
+    )?;
+    let accounts = q(
+        "SELECT username, balance_nanos, held_nanos, in_progress FROM accounts \
+         ORDER BY username",
+    )?;
+    for row in accounts {
+        let name = row[0].text()?;
+        let id = parse_id(AccountId::parse, name)?;
+        let (balance, held, in_progress) = (row[1].int()?, row[2].int()?, row[3].int()?);
+        let ledger = from_ledger
+            .get(&format!("customer:{name}"))
+            .map_or(0, |v| v[0]);
+        let (open_holds, open_count) = open.get(name).map_or((0, 0), |v| (v[0], v[1]));
+        if balance != ledger {
+            rec.balance_mismatches
+                .push((id.clone(), Nanos(balance), Nanos(ledger)));
+        }
+        if held != open_holds {
+            rec.held_mismatches
+                .push((id.clone(), Nanos(held), Nanos(open_holds)));
+        }
+        let left = lots.get(name).map_or(0, |v| v[0]);
+        if left != balance.max(0) {
+            rec.lot_mismatches
+                .push((id.clone(), Nanos(balance.max(0)), Nanos(left)));
+        }
+        if in_progress != open_count {
+            rec.in_progress_mismatches.push((
+                id,
+                small("in_progress", in_progress)?,
+                small("in_progress", open_count)?,
+            ));
+        }
+    }
+    for row in q(
+        "WITH charged AS (SELECT request_id, CAST(SUM(amount_nanos) AS BIGINT) AS amount \
+             FROM transfers WHERE kind IN ('post', 'charge') AND request_id IS NOT NULL \
+             GROUP BY request_id), \
+           billed AS (SELECT request_id, CAST(SUM(total_nanos) AS BIGINT) AS amount \
+             FROM line_items GROUP BY request_id) \
+         SELECT b.request_id FROM billed b LEFT JOIN charged c USING (request_id) \
+           WHERE b.amount != COALESCE(c.amount, 0) \
+         UNION \
+         SELECT c.request_id FROM charged c LEFT JOIN billed b USING (request_id) \
+           WHERE b.request_id IS NULL AND c.amount != 0",
+    )? {
+        rec.line_item_mismatches
+            .push(parse_id(RequestId::parse, row[0].text()?)?);
+    }
+    for table in ["usage_minutes", "usage_hours"] {
+        for row in q(&format!(
+            "WITH r AS (SELECT account, CAST(SUM(total_nanos) AS BIGINT) AS t, \
+                          CAST(SUM(requests) AS BIGINT) AS n FROM {table} GROUP BY account), \
+                  l AS (SELECT account, CAST(SUM(total_nanos) AS BIGINT) AS t, COUNT(*) AS n \
+                        FROM line_items GROUP BY account) \
+             SELECT l.account, COALESCE(r.t, 0), l.t FROM l LEFT JOIN r USING (account) \
+               WHERE COALESCE(r.t, 0) != l.t OR COALESCE(r.n, 0) != l.n \
+             UNION \
+             SELECT r.account, r.t, 0 FROM r LEFT JOIN l USING (account) WHERE l.account IS NULL"
+        ))? {
+            rec.rollup_mismatches.push((
+                parse_id(AccountId::parse, row[0].text()?)?,
+                Nanos(row[1].int()?),
+                Nanos(row[2].int()?),
+            ));
+        }
+    }
+    Ok(rec)
+}

@@ -1,0 +1,128 @@
+//! Fresh databases for tests, on every backend at hand: SQLite always, PostgreSQL when
+//! `TOLLGATE_TEST_POSTGRES_URL` names a server (each test database is then a schema of its own,
+//! dropped afterwards). For tests only; no production build enables it.
+
+use crate::{Result, Store, StoreError};
+
+/// The variable that names the PostgreSQL server the tests may use.
+pub const POSTGRES_URL_VAR: &str = "TOLLGATE_TEST_POSTGRES_URL";
+
+/// A kind of database to run a test on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    /// The server's URL.
+    Postgres(String),
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// SQLite, and PostgreSQL when [`POSTGRES_URL_VAR`] is set. A URL that is set but does not
+/// answer fails the test: a configured backend is never skipped silently.
+pub fn backends() -> Vec<Backend> {
+    let mut out = vec![Backend::Sqlite];
+    if let Some(url) = postgres_url() {
+        out.push(Backend::Postgres(url));
+    }
+    out
+}
+
+/// The PostgreSQL server the tests may use, if one is configured.
+pub fn postgres_url() -> Option<String> {
+    std::env::var(POSTGRES_URL_VAR)
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+}
+
+/// One fresh, empty database. Dropped, it is deleted.
+pub struct TestDb {
+    backend: Backend,
+    target: String,
+    _dir: Option<tempfile::TempDir>,
+    schema: Option<String>,
+}
+
+impl TestDb {
+    pub fn new(backend: &Backend) -> TestDb {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("a temporary directory");
+                let target = dir.path().join("tollgate.db").display().to_string();
+                TestDb {
+                    backend: backend.clone(),
+                    target,
+                    _dir: Some(dir),
+                    schema: None,
+                }
+            }
+            Backend::Postgres(url) => {
+                use std::sync::atomic::{AtomicU32, Ordering};
+                static NEXT: AtomicU32 = AtomicU32::new(0);
+                let schema = format!(
+                    "tollgate_test_{}_{}_{}",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::Relaxed),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.subsec_nanos())
+                        .unwrap_or(0)
+                );
+                run_sql(url, &format!("CREATE SCHEMA {schema}"));
+                let sep = if url.contains('?') { '&' } else { '?' };
+                TestDb {
+                    backend: backend.clone(),
+                    target: format!("{url}{sep}options=-csearch_path%3D{schema}"),
+                    _dir: None,
+                    schema: Some(schema),
+                }
+            }
+        }
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// What `tollgate_store::open` and `tollgate serve --db` take.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Opens a store on it (from any thread, async runtime or not).
+    pub fn open(&self) -> Result<Box<dyn Store>> {
+        std::thread::scope(|s| {
+            s.spawn(|| crate::open(&self.target))
+                .join()
+                .map_err(|_| StoreError::Db("opening the store panicked".into()))?
+        })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let (Backend::Postgres(url), Some(schema)) = (&self.backend, &self.schema) {
+            run_sql(url, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+        }
+    }
+}
+
+/// Runs one statement on the server, on a thread of its own (the driver blocks).
+fn run_sql(url: &str, sql: &str) {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        let mut c = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap_or_else(|e| {
+            panic!("{POSTGRES_URL_VAR}={url} is set, but the server does not answer: {e}")
+        });
+        c.batch_execute(&sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    })
+    .join()
+    .expect("PostgreSQL test setup");
+}
