@@ -7,8 +7,8 @@
 
 mod common;
 
-use common::{client, Server, SAMPLE_CATALOG};
-use reqwest::blocking::{Client, RequestBuilder};
+use common::{client, must, send, Reply, Server, SAMPLE_CATALOG};
+use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -36,56 +36,19 @@ const PURCHASES: [(&str, i64); 3] = [
     ("7.777777777", 7_777_777_777),
 ];
 
-/// A fully received HTTP answer.
-#[derive(Debug, Clone)]
-struct Reply {
-    status: u16,
-    replayed: bool,
-    body: Value,
-}
-
-/// Sends with the operator key. `Err` when no complete answer came back (connection refused or
-/// reset, truncated body): the operation may or may not have been applied.
-fn send(rb: RequestBuilder) -> Result<Reply, String> {
-    let resp = rb
-        .header("Authorization", format!("Key {OP_KEY}"))
-        .send()
-        .map_err(|e| format!("send: {e}"))?;
-    let status = resp.status().as_u16();
-    let replayed = resp
-        .headers()
-        .get("idempotent-replayed")
-        .is_some_and(|v| v.as_bytes() == b"true");
-    let text = resp.text().map_err(|e| format!("reading the body: {e}"))?;
-    let body = serde_json::from_str(&text)
-        .map_err(|e| format!("status {status}: body is not JSON ({e}): {text}"))?;
-    Ok(Reply {
-        status,
-        replayed,
-        body,
-    })
-}
-
 fn post(c: &Client, base: &str, path: &str, body: &Value) -> Result<Reply, String> {
-    send(c.post(format!("{base}{path}")).json(body))
+    send(c.post(format!("{base}{path}")).json(body), OP_KEY)
 }
 
 fn put(c: &Client, base: &str, path: &str, body: &Value) -> Result<Reply, String> {
-    send(c.put(format!("{base}{path}")).json(body))
+    send(c.put(format!("{base}{path}")).json(body), OP_KEY)
 }
 
 fn get(c: &Client, base: &str, path: &str) -> Result<Reply, String> {
-    send(c.get(format!("{base}{path}")))
+    send(c.get(format!("{base}{path}")), OP_KEY)
 }
 
 /// A call that must succeed with `status` (setup and verification).
-fn must(r: Result<Reply, String>, status: u16, what: &str) -> Reply {
-    match r {
-        Ok(r) if r.status == status => r,
-        Ok(r) => panic!("{what}: expected {status}, got {} {}", r.status, r.body),
-        Err(e) => panic!("{what}: {e}"),
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {

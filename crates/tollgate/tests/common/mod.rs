@@ -4,7 +4,8 @@
 // Each test file compiles this module on its own and uses a different part of it.
 #![allow(dead_code)]
 
-use reqwest::blocking::Client;
+use reqwest::blocking::{Client, RequestBuilder};
+use serde_json::Value;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -107,4 +108,52 @@ pub fn client() -> Client {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("http client")
+}
+
+/// A fully received HTTP answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub replayed: bool,
+    pub body: Value,
+}
+
+/// Sends with `key`. `Err` when no complete answer came back (connection refused or reset,
+/// truncated body): the operation may or may not have been applied.
+pub fn send(rb: RequestBuilder, key: &str) -> Result<Reply, String> {
+    let resp = rb
+        .header("Authorization", format!("Key {key}"))
+        .send()
+        .map_err(|e| {
+            // The causes say whether the connection was refused or cut.
+            let mut text = format!("send: {e}");
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            text
+        })?;
+    let status = resp.status().as_u16();
+    let replayed = resp
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|v| v.as_bytes() == b"true");
+    let text = resp.text().map_err(|e| format!("reading the body: {e}"))?;
+    let body = serde_json::from_str(&text)
+        .map_err(|e| format!("status {status}: body is not JSON ({e}): {text}"))?;
+    Ok(Reply {
+        status,
+        replayed,
+        body,
+    })
+}
+
+/// A call that must succeed with `status` (setup and verification).
+pub fn must(r: Result<Reply, String>, status: u16, what: &str) -> Reply {
+    match r {
+        Ok(r) if r.status == status => r,
+        Ok(r) => panic!("{what}: expected {status}, got {} {}", r.status, r.body),
+        Err(e) => panic!("{what}: {e}"),
+    }
 }
