@@ -53,8 +53,9 @@ enum Command {
     /// Runs every row in one process on this machine: the disk's fdatasync limit, the naive
     /// per-request db transaction on SQLite (and PostgreSQL with --postgres-url), tollgate's
     /// settle throughput and admission latency in-process and over HTTP (with wrk), the hot
-    /// account, scale with many accounts and a long history, and a replay of the Azure LLM
-    /// trace. Prints a table and ratios; --json writes the same figures.
+    /// account, scale with many accounts and a long history, a replay of the Azure LLM
+    /// trace, and with --postgres-url tollgate's settle throughput on a PostgreSQL store.
+    /// Prints a table and ratios; --json writes the same figures.
     Bench(bench::BenchArgs),
 }
 

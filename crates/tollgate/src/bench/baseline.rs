@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 pub const ACCOUNTS: usize = 1000;
 /// What one request costs in every workload: 0.001 USD.
 pub const COST_NANOS: i64 = 1_000_000;
+/// Connections of the naive PostgreSQL baseline (tollgate on PostgreSQL is also measured with
+/// this many callers, for a ratio at equal clients).
+pub const POSTGRES_CLIENTS: usize = 16;
 
 pub fn run(
     plan: &Plan,
@@ -38,19 +41,22 @@ pub fn run(
     }
     match &args.postgres_url {
         Some(url) => {
-            for (clients, hot) in [(16, false), (16, true)] {
+            for hot in [false, true] {
                 let name = if hot {
                     "hot_account.naive_settle"
                 } else {
                     "settle.naive_settle"
                 };
                 if wanted(name) {
-                    rows.push(naive_postgres(plan, url, name, clients, hot)?);
+                    rows.push(naive_postgres(plan, url, name, POSTGRES_CLIENTS, hot)?);
                 }
             }
         }
         None => {
-            eprintln!("  (no TOLLGATE_BENCH_POSTGRES_URL: skipping the naive PostgreSQL baseline)")
+            eprintln!(
+                "  (no TOLLGATE_BENCH_POSTGRES_URL: skipping the naive PostgreSQL baseline and \
+                 tollgate on PostgreSQL)"
+            )
         }
     }
     Ok(())

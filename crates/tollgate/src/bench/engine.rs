@@ -1,13 +1,13 @@
-//! tollgate's write path in-process: the real engine and SQLite store, many concurrent
-//! callers, every answer after a durable commit.
+//! tollgate's write path in-process: the real engine and store (SQLite, and PostgreSQL when
+//! the bench has a URL), many concurrent callers, every answer after a durable commit.
 
-use super::baseline::{ACCOUNTS, COST_NANOS};
+use super::baseline::{ACCOUNTS, COST_NANOS, POSTGRES_CLIENTS};
 use super::report::{histogram, record, Row};
 use super::{BenchArgs, Plan};
 use hdrhistogram::Histogram;
 use rust_decimal::Decimal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::catalog::document;
@@ -16,6 +16,7 @@ use tollgate_core::machine::{Op, Outcome, UsageEvent};
 use tollgate_core::price::{Dims, Output, Tokens};
 use tollgate_engine::{system_clock, AdminCmd, Engine};
 use tollgate_store::sqlite::SqliteStore;
+use tollgate_store::Store;
 
 /// The bench's catalog: a flat image price (0.001 USD, the naive baseline's cost) and a
 /// token-priced LLM endpoint for the trace replay.
@@ -116,8 +117,102 @@ pub fn seed(dir: &Path, accounts: usize, history: usize) -> anyhow::Result<PathB
     Ok(path)
 }
 
+/// A fresh schema in the PostgreSQL database at `url`, named `schema`, with tollgate's tables
+/// and `accounts` funded accounts written in bulk as `seed` writes them (no history); returns
+/// the store, opened on that schema. Blocks: call it off the async runtime.
+fn seed_postgres(url: &str, schema: &str, accounts: usize) -> anyhow::Result<Box<dyn Store>> {
+    postgres::Client::connect(url, postgres::NoTls)?
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))?;
+    let scoped = with_search_path(url, schema);
+    let store = tollgate_store::open(&scoped)?;
+    let names: Vec<String> = (0..accounts).map(account_name).collect();
+    let mut c = postgres::Client::connect(&scoped, postgres::NoTls)?;
+    let mut tx = c.transaction()?;
+    tx.execute(
+        "INSERT INTO accounts (username, created_at, billing, balance_nanos, \
+         concurrency_override) SELECT n, 0, 'prepaid', $2, 1000000 FROM unnest($1::text[]) n",
+        &[&names, &START_BALANCE],
+    )?;
+    tx.execute(
+        "INSERT INTO purchases (account, purchase_id, amount_nanos, paid, created_at, \
+         balance_after, limit_after, locked_after, expires_at, remaining_nanos) \
+         SELECT n, 'seed', $2, false, 0, $2, 1000000, false, NULL, $2 FROM unnest($1::text[]) n",
+        &[&names, &START_BALANCE],
+    )?;
+    tx.execute(
+        "INSERT INTO transfers (kind, debit, credit, amount_nanos, purchase_id, at) \
+         SELECT 'grant', 'system:grants', 'customer:' || n, $2, 'seed', 0 \
+         FROM unnest($1::text[]) n",
+        &[&names, &START_BALANCE],
+    )?;
+    tx.commit()?;
+    Ok(store)
+}
+
+/// `url` with `schema` as its search path (the schema must exist), added to the URL's
+/// `options` if it has some.
+fn with_search_path(url: &str, schema: &str) -> String {
+    let setting = format!("-csearch_path%3D{schema}");
+    let Some((base, query)) = url.split_once('?') else {
+        return format!("{url}?options={setting}");
+    };
+    let mut found = false;
+    let mut params: Vec<String> = query
+        .split('&')
+        .map(|p| match p.strip_prefix("options=") {
+            Some(v) if !found => {
+                found = true;
+                format!("options={v}%20{setting}")
+            }
+            _ => p.to_string(),
+        })
+        .collect();
+    if !found {
+        params.push(format!("options={setting}"));
+    }
+    format!("{base}?{}", params.join("&"))
+}
+
+/// Runs `f` in a schema of its own in the PostgreSQL database at `url`, seeded with
+/// `accounts` funded accounts; drops the schema afterwards, whatever `f` returned. The
+/// PostgreSQL driver blocks on a runtime of its own, so connecting, seeding and dropping run
+/// off the async runtime's threads (the engine's writer and read pool drop theirs likewise).
+pub async fn on_postgres<T, F, Fut>(url: &str, accounts: usize, f: F) -> anyhow::Result<T>
+where
+    F: FnOnce(Engine) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let schema = format!(
+        "tollgate_bench_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let (u, s) = (url.to_string(), schema.clone());
+    let outcome = async {
+        let store = tokio::task::spawn_blocking(move || seed_postgres(&u, &s, accounts)).await??;
+        f(start_engine_on(store).await?).await
+    }
+    .await;
+    let url = url.to_string();
+    let dropped = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        postgres::Client::connect(&url, postgres::NoTls)?
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
+        Ok(())
+    })
+    .await?;
+    let value = outcome?;
+    dropped?;
+    Ok(value)
+}
+
 pub async fn start_engine(path: &Path) -> anyhow::Result<Engine> {
-    let engine = Engine::start(Box::new(SqliteStore::open(path)?), system_clock())?;
+    start_engine_on(Box::new(SqliteStore::open(path)?)).await
+}
+
+/// The engine over `store`, with the bench catalog applied.
+pub async fn start_engine_on(store: Box<dyn Store>) -> anyhow::Result<Engine> {
+    let engine = Engine::start(store, system_clock())?;
     let doc = document::parse(BENCH_CATALOG).map_err(|e| anyhow::anyhow!("{e}"))?;
     engine.admin(AdminCmd::ApplyCatalog(Box::new(doc))).await?;
     Ok(engine)
@@ -279,15 +374,23 @@ async fn lifecycles(
     .await
 }
 
-async fn reconciled(engine: &Engine) -> anyhow::Result<String> {
+/// Checks that the ledger reconciles and that `billed` accepted requests (one image each, on
+/// a database without history) are all billed, no more and no fewer.
+async fn reconciled(engine: &Engine, billed: u64) -> anyhow::Result<String> {
     let r = engine.read(|r| r.reconcile()).await?;
     anyhow::ensure!(
         r.is_clean(),
         "the ledger does not reconcile after the bench: {}",
         r.summary()
     );
+    let expected = i128::from(billed) * i128::from(COST_NANOS);
+    anyhow::ensure!(
+        r.billed_nanos == expected,
+        "billed {} nano-USD for {billed} accepted requests, expected {expected}",
+        r.billed_nanos
+    );
     Ok(format!(
-        "ledger reconciled, {} nano-USD billed",
+        "ledger reconciled, {} nano-USD billed = {billed} x 0.001 USD",
         r.billed_nanos
     ))
 }
@@ -311,9 +414,44 @@ pub async fn run(
         let (n, el, h) = usage_events(&engine, plan, ACCOUNTS, hot, "ev").await?;
         let note = format!(
             "events/s, one per call; latency per call; {}",
-            reconciled(&engine).await?
+            reconciled(&engine, n).await?
         );
         rows.push(Row::new(name, "tollgate", c, n, el, Some(&h), note));
+    }
+    // The same rows on a PostgreSQL store (a fresh schema each), with the bench's callers and
+    // with as many as the naive PostgreSQL baseline has connections.
+    if let Some(url) = &args.postgres_url {
+        let mut clients = vec![c, POSTGRES_CLIENTS];
+        clients.dedup();
+        for (name, hot) in [
+            ("settle.usage_events.inprocess", false),
+            ("hot_account.usage_events.inprocess", true),
+        ] {
+            if !wanted(name) {
+                continue;
+            }
+            for &clients in &clients {
+                let plan = Plan { clients, ..*plan };
+                let row = on_postgres(url, ACCOUNTS, |engine| async move {
+                    let (n, el, h) = usage_events(&engine, &plan, ACCOUNTS, hot, "pg").await?;
+                    let note = format!(
+                        "events/s, one per call, PostgreSQL store; latency per call; {}",
+                        reconciled(&engine, n).await?
+                    );
+                    Ok(Row::new(
+                        name,
+                        "tollgate-postgres",
+                        clients,
+                        n,
+                        el,
+                        Some(&h),
+                        note,
+                    ))
+                })
+                .await?;
+                rows.push(row);
+            }
+        }
     }
     for (name, hot) in [
         ("settle.lifecycle.inprocess", false),
@@ -327,7 +465,7 @@ pub async fn run(
         let (n, el, h) = lifecycles(&engine, c, plan.duration, ACCOUNTS, hot, "lc").await?;
         let note = format!(
             "requests/s (submit+start+complete = 3 calls); latency of start; {}",
-            reconciled(&engine).await?
+            reconciled(&engine, n).await?
         );
         rows.push(Row::new(name, "tollgate", c, n, el, Some(&h), note));
     }
@@ -581,4 +719,25 @@ async fn replay(plan: &Plan, name: &str, path: &Path) -> anyhow::Result<Row> {
             r.billed_nanos
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_search_path;
+
+    #[test]
+    fn the_search_path_joins_the_url_options() {
+        assert_eq!(
+            with_search_path("postgres://u@h/db", "s"),
+            "postgres://u@h/db?options=-csearch_path%3Ds"
+        );
+        assert_eq!(
+            with_search_path("postgres://u@h/db?sslmode=disable", "s"),
+            "postgres://u@h/db?sslmode=disable&options=-csearch_path%3Ds"
+        );
+        assert_eq!(
+            with_search_path("postgres://u@h/db?options=-cx%3D1&a=b", "s"),
+            "postgres://u@h/db?options=-cx%3D1%20-csearch_path%3Ds&a=b"
+        );
+    }
 }

@@ -2,6 +2,16 @@
 //! disk's limit, in one run on the machine at hand. Prints a table and writes the same figures
 //! as JSON.
 //!
+//! The rows: the disk (`baseline.rs`: fdatasync per record and per 1,000), the naive
+//! per-request transaction on SQLite and, with a PostgreSQL URL, on PostgreSQL (`naive-sqlite`,
+//! `naive-postgres`); tollgate in-process (`engine.rs`: usage events and lifecycles spread over
+//! accounts and on one hot account, admission with requests in progress, the trace replays,
+//! and the scale rows), with a PostgreSQL URL also the usage-event rows on a PostgreSQL store
+//! (`tollgate-postgres`, in a schema created for the row and dropped after it, with the bench's
+//! callers and with as many as the naive PostgreSQL baseline); and tollgate over HTTP
+//! (`http.rs`, with wrk). Every tollgate row is compared with the baselines (`report.rs`), a
+//! `tollgate-postgres` row with the naive design on the same PostgreSQL server.
+//!
 //! Throughput and latency figures are measurements, not money: this module is the one place
 //! outside rendering where float arithmetic is allowed.
 #![allow(clippy::float_arithmetic)]
@@ -33,8 +43,10 @@ pub struct BenchArgs {
     /// Run only the rows whose workload name contains this text (repeatable).
     #[arg(long)]
     pub only: Vec<String>,
-    /// A PostgreSQL URL for the naive PostgreSQL baseline (also read from
-    /// TOLLGATE_BENCH_POSTGRES_URL). The bench creates and drops its own tables.
+    /// A PostgreSQL URL for the PostgreSQL rows (also read from TOLLGATE_BENCH_POSTGRES_URL):
+    /// the naive PostgreSQL baseline, and tollgate's in-process usage-event rows (spread and
+    /// hot account) on a PostgreSQL store. The bench creates and drops its own tables and
+    /// schemas.
     #[arg(long, env = "TOLLGATE_BENCH_POSTGRES_URL")]
     pub postgres_url: Option<String>,
     /// The Azure LLM trace files to replay (default: ../shared/data/azure-llm-inference-trace-*.csv

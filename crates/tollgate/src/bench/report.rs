@@ -9,7 +9,7 @@ use std::time::Duration;
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
     pub workload: String,
-    /// `tollgate`, `naive-sqlite`, `naive-postgres` or `disk`.
+    /// `tollgate` (on SQLite), `tollgate-postgres`, `naive-sqlite`, `naive-postgres` or `disk`.
     pub system: String,
     pub clients: usize,
     pub ops_per_s: f64,
@@ -90,7 +90,7 @@ fn fmt_opt(v: Option<u64>) -> String {
 
 fn line(r: &Row) -> String {
     format!(
-        "{:<44} {:<15} {:>7} {:>12.0} {:>8} {:>8} {:>8}  {}",
+        "{:<44} {:<17} {:>7} {:>12.0} {:>8} {:>8} {:>8}  {}",
         r.workload,
         r.system,
         r.clients,
@@ -102,15 +102,39 @@ fn line(r: &Row) -> String {
     )
 }
 
-/// The baselines every tollgate figure is compared with.
+/// tollgate's own rows, on either store.
+fn is_tollgate(r: &Row) -> bool {
+    r.system == "tollgate" || r.system == "tollgate-postgres"
+}
+
+/// The baselines tollgate's figures are compared with.
 fn baselines(rows: &[Row]) -> Vec<&Row> {
-    rows.iter().filter(|r| r.system != "tollgate").collect()
+    rows.iter().filter(|r| !is_tollgate(r)).collect()
+}
+
+/// Whether tollgate row `r` is compared with baseline `b`: tollgate on SQLite with every
+/// baseline, tollgate on PostgreSQL with the naive design on the same server.
+fn compared(r: &Row, b: &Row) -> bool {
+    b.ops_per_s > 0.0 && (r.system == "tollgate" || b.system == "naive-postgres")
+}
+
+/// A tollgate row's label in the ratio table.
+fn label(r: &Row) -> String {
+    match r.system.as_str() {
+        "tollgate" => r.workload.clone(),
+        _ => format!(
+            "{} {} x{}",
+            r.workload,
+            r.system.trim_start_matches("tollgate-"),
+            r.clients
+        ),
+    }
 }
 
 pub fn print(rows: &[Row]) {
     println!();
     println!(
-        "{:<44} {:<15} {:>7} {:>12} {:>8} {:>8} {:>8}  note",
+        "{:<44} {:<17} {:>7} {:>12} {:>8} {:>8} {:>8}  note",
         "workload", "system", "clients", "ops/s", "p50 us", "p99 us", "p999 us"
     );
     for r in rows {
@@ -123,20 +147,18 @@ pub fn print(rows: &[Row]) {
     println!();
     println!(
         "tollgate's throughput as a multiple of each baseline (same run, same machine; \
-         sqlite/postgres = the naive per-request transaction with N clients, fsync = the disk):"
+         sqlite/postgres = the naive per-request transaction with N clients, fsync = the disk; \
+         tollgate on postgres with N clients against the naive design on postgres):"
     );
-    print!("{:<44}", "");
+    print!("{:<52}", "");
     for b in &base {
         print!(" {:>16}", short(b));
     }
     println!();
-    for r in rows
-        .iter()
-        .filter(|r| r.system == "tollgate" && r.ops_per_s > 0.0)
-    {
-        print!("{:<44}", r.workload);
+    for r in rows.iter().filter(|r| is_tollgate(r) && r.ops_per_s > 0.0) {
+        print!("{:<52}", label(r));
         for b in &base {
-            if b.ops_per_s > 0.0 {
+            if compared(r, b) {
                 print!(" {:>15.1}x", r.ops_per_s / b.ops_per_s);
             } else {
                 print!(" {:>16}", "-");
@@ -169,18 +191,23 @@ pub fn write_json(path: &Path, rows: &[Row], plan: &super::Plan) -> anyhow::Resu
         "os": std::env::consts::OS,
         "arch": std::env::consts::ARCH,
     });
-    let ratios: Vec<serde_json::Value> =
-        rows.iter()
-            .filter(|r| r.system == "tollgate")
-            .flat_map(|r| {
-                baselines(rows).into_iter().filter(|b| b.ops_per_s > 0.0).map(move |b| {
-                serde_json::json!({
-                    "workload": r.workload, "baseline": b.workload, "baseline_system": b.system,
-                    "ratio": (r.ops_per_s / b.ops_per_s * 100.0).round() / 100.0,
+    let ratios: Vec<serde_json::Value> = rows
+        .iter()
+        .filter(|r| is_tollgate(r))
+        .flat_map(|r| {
+            baselines(rows)
+                .into_iter()
+                .filter(|b| compared(r, b))
+                .map(move |b| {
+                    serde_json::json!({
+                        "workload": r.workload, "system": r.system, "clients": r.clients,
+                        "baseline": b.workload, "baseline_system": b.system,
+                        "baseline_clients": b.clients,
+                        "ratio": (r.ops_per_s / b.ops_per_s * 100.0).round() / 100.0,
+                    })
                 })
-            })
-            })
-            .collect();
+        })
+        .collect();
     let doc = serde_json::json!({
         "quick": plan.quick,
         "seconds_per_row": plan.duration.as_secs_f64(),
