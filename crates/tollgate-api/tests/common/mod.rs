@@ -24,7 +24,7 @@ use tollgate_api::AppState;
 use tollgate_core::catalog::document;
 use tollgate_core::Timestamp;
 use tollgate_engine::{system_clock, AdminCmd, AdminReply, Clock, Engine};
-use tollgate_store::sqlite::SqliteStore;
+use tollgate_store::testing::{Backend, TestDb};
 use tollgate_store::Scope;
 
 /// The catalog tollgate ships (34 real fal endpoints).
@@ -111,7 +111,7 @@ pub struct TestApp {
     /// The time the engine sees, in ms, when the test controls it ([`TestApp::spawn_at`]).
     manual_clock: Option<Arc<AtomicI64>>,
     reconciled: AtomicBool,
-    _dir: tempfile::TempDir,
+    _db: TestDb,
 }
 
 /// The exact decimal of a JSON number or decimal string (no float arithmetic: the number is
@@ -168,13 +168,23 @@ impl TestApp {
     /// Starts an isolated tollgate: temp database, engine, sample catalog, operator key,
     /// HTTP server on 127.0.0.1:0, hold-expiry sweeper every 100 ms.
     pub async fn spawn() -> TestApp {
-        Self::spawn_with(None).await
+        Self::spawn_with(&Backend::Sqlite, None).await
     }
 
     /// Like [`TestApp::spawn`], with the engine's clock stopped at `ms` (since the epoch) until
     /// the test moves it with [`TestApp::set_now`].
     pub async fn spawn_at(ms: i64) -> TestApp {
-        Self::spawn_with(Some(Arc::new(AtomicI64::new(ms)))).await
+        Self::spawn_at_on(&Backend::Sqlite, ms).await
+    }
+
+    /// Like [`TestApp::spawn_at`], on a database of `backend`.
+    pub async fn spawn_at_on(backend: &Backend, ms: i64) -> TestApp {
+        Self::spawn_with(backend, Some(Arc::new(AtomicI64::new(ms)))).await
+    }
+
+    /// Like [`TestApp::spawn`], on a database of `backend`.
+    pub async fn spawn_on(backend: &Backend) -> TestApp {
+        Self::spawn_with(backend, None).await
     }
 
     /// Moves the engine's clock (only for an app from [`TestApp::spawn_at`]).
@@ -185,9 +195,9 @@ impl TestApp {
             .store(ms, Ordering::SeqCst);
     }
 
-    async fn spawn_with(manual_clock: Option<Arc<AtomicI64>>) -> TestApp {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = SqliteStore::open(dir.path().join("tollgate.db")).expect("open sqlite store");
+    async fn spawn_with(backend: &Backend, manual_clock: Option<Arc<AtomicI64>>) -> TestApp {
+        let db = TestDb::new(backend);
+        let store = db.open().expect("open the store");
         let clock: Clock = match &manual_clock {
             None => system_clock(),
             Some(now) => {
@@ -195,7 +205,7 @@ impl TestApp {
                 Arc::new(move || Timestamp(now.load(Ordering::SeqCst)))
             }
         };
-        let engine = Engine::start(Box::new(store), clock).expect("start engine");
+        let engine = Engine::start(store, clock).expect("start engine");
 
         let doc = document::parse(SAMPLE_CATALOG).expect("the sample catalog parses");
         let reply = engine
@@ -232,7 +242,7 @@ impl TestApp {
             engine,
             manual_clock,
             reconciled: AtomicBool::new(false),
-            _dir: dir,
+            _db: db,
         }
     }
 
