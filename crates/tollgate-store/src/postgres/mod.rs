@@ -14,8 +14,7 @@
 //! `synchronous_commit = on`) a commit that returned is on disk.
 
 use crate::rows::{
-    self, AccountCols, Cell, KeyCols, LineItemCols, RequestCols, ACCOUNT_COLS, KEY_COLS,
-    REQUEST_COLS,
+    self, AccountCols, Cell, KeyCols, RequestCols, ACCOUNT_COLS, KEY_COLS, REQUEST_COLS,
 };
 use crate::{
     corrupt, parse_id, to_json, AccountRow, AccountTerms, ApiKeyRecord, BillingEventsQuery,
@@ -37,6 +36,7 @@ use tollgate_core::price::PriceRule;
 use tollgate_core::rollup::{ActivityKey, ActivityTotals, UsageKey, UsageTotals};
 use tollgate_core::{Nanos, Timestamp};
 
+mod persist;
 mod rollups;
 
 /// Schema migrations, applied in order, each in one transaction; `tollgate_schema` records how
@@ -521,13 +521,7 @@ impl Tx for PgTx<'_, '_> {
     }
 
     fn persist(&mut self, s: &BatchState) -> Result<()> {
-        persist_accounts(self, s)?;
-        persist_requests(self, s)?;
-        persist_purchases(self, s)?;
-        persist_transfers(self, s)?;
-        persist_line_items(self, s)?;
-        let deltas = tollgate_core::rollup::deltas(s).map_err(|e| StoreError::Db(e.to_string()))?;
-        rollups::write(self, &deltas)
+        persist::persist(self, s)
     }
 
     fn due_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<RequestId>> {
@@ -688,226 +682,6 @@ impl Tx for PgTx<'_, '_> {
     fn load_catalog(&mut self) -> Result<Catalog> {
         load_catalog(self)
     }
-}
-
-fn persist_accounts(t: &mut PgTx, s: &BatchState) -> Result<()> {
-    if s.dirty_accounts.is_empty() {
-        return Ok(());
-    }
-    let mut names = Vec::new();
-    let (mut balance, mut held, mut in_progress, mut lifetime, mut month, mut subtotal) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    for id in &s.dirty_accounts {
-        let a = &s.accounts[id];
-        names.push(id.as_str());
-        balance.push(a.credit.balance.0);
-        held.push(a.credit.held.0);
-        in_progress.push(i64::from(a.in_progress));
-        lifetime.push(a.paid_lifetime.0);
-        month.push(a.month);
-        subtotal.push(a.month_subtotal.0);
-    }
-    t.exec(
-        "UPDATE accounts a SET balance_nanos = x.balance, held_nanos = x.held, \
-         in_progress = x.in_progress, paid_lifetime_nanos = x.lifetime, month = x.month, \
-         month_subtotal_nanos = x.subtotal \
-         FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                     $6::int[], $7::bigint[]) \
-           AS x(username, balance, held, in_progress, lifetime, month, subtotal) \
-         WHERE a.username = x.username",
-        &[
-            &names,
-            &balance,
-            &held,
-            &in_progress,
-            &lifetime,
-            &month,
-            &subtotal,
-        ],
-    )?;
-    Ok(())
-}
-
-/// Inserts the requests the batch created and updates those it loaded.
-fn persist_requests(t: &mut PgTx, s: &BatchState) -> Result<()> {
-    let (new, old): (Vec<&RequestId>, Vec<&RequestId>) = s
-        .dirty_requests
-        .iter()
-        .partition(|id| !t.found.contains(*id));
-    for (ids, upsert) in [(new, false), (old, true)] {
-        if ids.is_empty() {
-            continue;
-        }
-        let rows: Vec<RequestCols> = ids
-            .iter()
-            .map(|id| RequestCols::of(&s.requests[*id]))
-            .collect();
-        macro_rules! col {
-            ($f:ident) => {
-                rows.iter().map(|r| r.$f.clone()).collect::<Vec<_>>()
-            };
-        }
-        let on_conflict = if upsert {
-            " ON CONFLICT (request_id) DO UPDATE SET status = excluded.status, \
-             started_at = excluded.started_at, finished_at = excluded.finished_at, \
-             hold_nanos = excluded.hold_nanos, hold_expires_at = excluded.hold_expires_at, \
-             machine_type = excluded.machine_type, num_gpus = excluded.num_gpus, \
-             queue_ms = excluded.queue_ms, inference_ms = excluded.inference_ms, \
-             completion = excluded.completion"
-        } else {
-            ""
-        };
-        t.exec(
-            &format!(
-                "INSERT INTO requests ({REQUEST_COLS}) SELECT * FROM unnest($1::text[], \
-                 $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], \
-                 $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], \
-                 $13::text[], $14::bigint[], $15::bigint[], $16::bigint[], $17::text[]){on_conflict}"
-            ),
-            &[
-                &col!(request_id),
-                &col!(source),
-                &col!(account),
-                &col!(endpoint_id),
-                &col!(api_key),
-                &col!(price_version),
-                &col!(status),
-                &col!(submitted_at),
-                &col!(started_at),
-                &col!(finished_at),
-                &col!(hold),
-                &col!(hold_expires_at),
-                &col!(machine_type),
-                &col!(num_gpus),
-                &col!(queue_ms),
-                &col!(inference_ms),
-                &col!(completion),
-            ],
-        )?;
-    }
-    Ok(())
-}
-
-/// Inserts new purchases, then writes what is left of each lot of the accounts that changed
-/// (after the new purchases, so a lot bought and spent in the same batch is written as spent).
-fn persist_purchases(t: &mut PgTx, s: &BatchState) -> Result<()> {
-    for p in &s.new_purchases {
-        t.exec(
-            "INSERT INTO purchases (account, purchase_id, amount_nanos, paid, created_at, \
-             balance_after, limit_after, locked_after, expires_at, remaining_nanos) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $3)",
-            &[
-                &p.account.as_str(),
-                &p.purchase_id.as_str(),
-                &p.amount.0,
-                &p.paid,
-                &p.created_at.0,
-                &p.balance_after.0,
-                &i64::from(p.concurrency_limit_after),
-                &p.locked_after,
-                &p.expires_at.map(|t| t.0),
-            ],
-        )?;
-    }
-    let (mut accounts, mut ids, mut left) = (Vec::new(), Vec::new(), Vec::new());
-    for id in &s.dirty_accounts {
-        for lot in &s.accounts[id].lots {
-            accounts.push(id.as_str());
-            ids.push(lot.purchase_id.as_str());
-            left.push(lot.remaining.0);
-        }
-    }
-    if !accounts.is_empty() {
-        t.exec(
-            "UPDATE purchases p SET remaining_nanos = x.remaining \
-             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS x(account, purchase_id, remaining) \
-             WHERE p.account = x.account AND p.purchase_id = x.purchase_id \
-             AND p.remaining_nanos <> x.remaining",
-            &[&accounts, &ids, &left],
-        )?;
-    }
-    Ok(())
-}
-
-fn persist_transfers(t: &mut PgTx, s: &BatchState) -> Result<()> {
-    if s.transfers.is_empty() {
-        return Ok(());
-    }
-    let tr = &s.transfers;
-    t.exec(
-        "INSERT INTO transfers (kind, debit, credit, amount_nanos, request_id, purchase_id, at) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
-                              $6::text[], $7::bigint[])",
-        &[
-            &tr.iter()
-                .map(|t| t.transfer.kind.as_str())
-                .collect::<Vec<_>>(),
-            &tr.iter()
-                .map(|t| t.transfer.debit.code())
-                .collect::<Vec<_>>(),
-            &tr.iter()
-                .map(|t| t.transfer.credit.code())
-                .collect::<Vec<_>>(),
-            &tr.iter().map(|t| t.transfer.amount.0).collect::<Vec<_>>(),
-            &tr.iter()
-                .map(|t| t.request_id.as_ref().map(|r| r.as_str()))
-                .collect::<Vec<_>>(),
-            &tr.iter()
-                .map(|t| t.purchase_id.as_ref().map(|p| p.as_str()))
-                .collect::<Vec<_>>(),
-            &tr.iter().map(|t| t.at.0).collect::<Vec<_>>(),
-        ],
-    )?;
-    Ok(())
-}
-
-fn persist_line_items(t: &mut PgTx, s: &BatchState) -> Result<()> {
-    if s.line_items.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<LineItemCols> = s.line_items.iter().map(LineItemCols::of).collect();
-    macro_rules! col {
-        ($f:ident) => {
-            rows.iter().map(|r| r.$f.clone()).collect::<Vec<_>>()
-        };
-    }
-    t.exec(
-        &format!(
-            "INSERT INTO line_items ({}) SELECT * FROM unnest($1::text[], $2::text[], \
-             $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[], \
-             $9::text[], $10::bigint[], $11::bigint[], $12::bigint[], $13::int[], \
-             $14::bigint[], $15::bigint[], $16::bigint[])",
-            rows::LINE_ITEM_COLS
-        ),
-        &[
-            &col!(request_id),
-            &col!(account),
-            &col!(endpoint_id),
-            &col!(api_key),
-            &col!(price_version),
-            &col!(unit),
-            &col!(quantity),
-            &col!(unit_price),
-            &col!(percent_discount),
-            &col!(subtotal),
-            &col!(discount),
-            &col!(total),
-            &rows
-                .iter()
-                .map(|r| r.status_code as i32)
-                .collect::<Vec<_>>(),
-            &col!(billed_at),
-            &col!(queue_ms),
-            &col!(inference_ms),
-        ],
-    )?;
-    Ok(())
 }
 
 /// The process's read connections. The driver closes a connection by blocking on a runtime of

@@ -1,19 +1,13 @@
-//! Rollups, line items and the reads over them on PostgreSQL.
-//!
-//! Usage rows are added to in SQL (`NUMERIC` quantities add exactly). Duration histograms
-//! have no SQL addition, so activity rows are read, merged by the core's own code and written
-//! back; this is safe because every rollup row belongs to one account, and the batch holds that
-//! account's row lock.
+//! The reads over rollups and line items on PostgreSQL (`persist` writes them).
 
 use super::Run;
 use crate::rows::{LineItemCols, LINE_ITEM_COLS};
-use crate::{corrupt, decimal, parse_id, BillingEventsQuery, Result, RollupQuery, StoreError};
+use crate::{corrupt, decimal, parse_id, BillingEventsQuery, Result, RollupQuery};
 use postgres::Row;
-use std::collections::HashMap;
 use tollgate_core::ids::{ApiKeyId, EndpointId};
 use tollgate_core::machine::LineItem;
 use tollgate_core::rollup::{
-    ActivityKey, ActivityTotals, Deltas, Durations, Grain, UsageKey, UsagePrice, UsageTotals,
+    ActivityKey, ActivityTotals, Durations, Grain, UsageKey, UsagePrice, UsageTotals,
 };
 use tollgate_core::{Nanos, Timestamp};
 
@@ -24,159 +18,10 @@ fn tables(grain: Grain) -> (&'static str, &'static str) {
     }
 }
 
-/// Adds a batch's rollup deltas (per minute) to their minute rows and their hour rows.
-pub(super) fn write(c: &mut dyn Run, minutes: &Deltas) -> Result<()> {
-    let hours = minutes
-        .coarsen(Grain::Hour)
-        .map_err(|e| StoreError::Db(e.to_string()))?;
-    write_grain(c, Grain::Minute, minutes)?;
-    write_grain(c, Grain::Hour, &hours)
-}
-
-fn count(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn write_grain(c: &mut dyn Run, grain: Grain, d: &Deltas) -> Result<()> {
-    let (usage, activity) = tables(grain);
-    if !d.usage.is_empty() {
-        let (keys, totals): (Vec<&UsageKey>, Vec<&UsageTotals>) = d.usage.iter().unzip();
-        c.exec(
-            &format!(
-                "INSERT INTO {usage} (account, slot, endpoint_id, api_key, unit, unit_price, \
-                 blend_version, percent_discount, quantity, requests, subtotal_nanos, \
-                 discount_nanos, total_nanos) \
-                 SELECT a, s, e, k, u, p, b, d, CAST(q AS NUMERIC), n, st, di, t FROM unnest( \
-                   $1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                   $7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], \
-                   $12::bigint[], $13::bigint[]) AS x(a, s, e, k, u, p, b, d, q, n, st, di, t) \
-                 ON CONFLICT (account, slot, endpoint_id, api_key, unit, unit_price, \
-                   blend_version, percent_discount) DO UPDATE SET \
-                 quantity = {usage}.quantity + excluded.quantity, \
-                 requests = {usage}.requests + excluded.requests, \
-                 subtotal_nanos = {usage}.subtotal_nanos + excluded.subtotal_nanos, \
-                 discount_nanos = {usage}.discount_nanos + excluded.discount_nanos, \
-                 total_nanos = {usage}.total_nanos + excluded.total_nanos"
-            ),
-            &[
-                &keys.iter().map(|k| k.account.as_str()).collect::<Vec<_>>(),
-                &keys.iter().map(|k| k.slot.0).collect::<Vec<_>>(),
-                &keys.iter().map(|k| k.endpoint.as_str()).collect::<Vec<_>>(),
-                &keys
-                    .iter()
-                    .map(|k| k.api_key.as_ref().map_or("", |k| k.as_str()))
-                    .collect::<Vec<_>>(),
-                &keys.iter().map(|k| k.unit.as_str()).collect::<Vec<_>>(),
-                &keys
-                    .iter()
-                    .map(|k| match k.price {
-                        UsagePrice::Rate(p) => p.to_string(),
-                        UsagePrice::Blended { .. } => String::new(),
-                    })
-                    .collect::<Vec<_>>(),
-                &keys
-                    .iter()
-                    .map(|k| match k.price {
-                        UsagePrice::Rate(_) => 0,
-                        UsagePrice::Blended { version } => version,
-                    })
-                    .collect::<Vec<_>>(),
-                &keys
-                    .iter()
-                    .map(|k| {
-                        k.percent_discount
-                            .map(|p| p.to_string())
-                            .unwrap_or_default()
-                    })
-                    .collect::<Vec<_>>(),
-                &totals
-                    .iter()
-                    .map(|t| t.quantity.normalize().to_string())
-                    .collect::<Vec<_>>(),
-                &totals.iter().map(|t| count(t.requests)).collect::<Vec<_>>(),
-                &totals.iter().map(|t| t.subtotal.0).collect::<Vec<_>>(),
-                &totals.iter().map(|t| t.discount.0).collect::<Vec<_>>(),
-                &totals.iter().map(|t| t.total.0).collect::<Vec<_>>(),
-            ],
-        )?;
-    }
-    if d.activity.is_empty() {
-        return Ok(());
-    }
-    // Read the rows this batch adds to, add in Rust, write the sums.
-    let keys: Vec<&ActivityKey> = d.activity.keys().collect();
-    let accounts: Vec<&str> = keys.iter().map(|k| k.account.as_str()).collect();
-    let slots: Vec<i64> = keys.iter().map(|k| k.slot.0).collect();
-    let endpoints: Vec<&str> = keys.iter().map(|k| k.endpoint.as_str()).collect();
-    let mut sums: HashMap<(String, i64, String), ActivityTotals> = HashMap::new();
-    for r in c.rows(
-        &format!(
-            "SELECT account, slot, endpoint_id, {ACTIVITY_COLS} FROM {activity} \
-             WHERE (account, slot, endpoint_id) IN \
-               (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]))"
-        ),
-        &[&accounts, &slots, &endpoints],
-    )? {
-        sums.insert(
-            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
-            activity_totals(&r, 3)?,
-        );
-    }
-    let mut merged = Vec::with_capacity(keys.len());
-    for (k, delta) in &d.activity {
-        let mut t = sums
-            .remove(&(
-                k.account.as_str().to_string(),
-                k.slot.0,
-                k.endpoint.as_str().to_string(),
-            ))
-            .unwrap_or_default();
-        t.add(delta);
-        merged.push(t);
-    }
-    c.exec(
-        &format!(
-            "INSERT INTO {activity} (account, slot, endpoint_id, {ACTIVITY_COLS}) \
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], \
-               $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bytea[], $10::bytea[]) \
-             ON CONFLICT (account, slot, endpoint_id) DO UPDATE SET \
-             requests = excluded.requests, successes = excluded.successes, \
-             user_errors = excluded.user_errors, errors = excluded.errors, \
-             billable_ms = excluded.billable_ms, prepare_ms = excluded.prepare_ms, \
-             duration_ms = excluded.duration_ms"
-        ),
-        &[
-            &accounts,
-            &slots,
-            &endpoints,
-            &merged.iter().map(|t| count(t.requests)).collect::<Vec<_>>(),
-            &merged
-                .iter()
-                .map(|t| count(t.successes))
-                .collect::<Vec<_>>(),
-            &merged
-                .iter()
-                .map(|t| count(t.user_errors))
-                .collect::<Vec<_>>(),
-            &merged.iter().map(|t| count(t.errors)).collect::<Vec<_>>(),
-            &merged.iter().map(|t| t.billable_ms).collect::<Vec<_>>(),
-            &merged
-                .iter()
-                .map(|t| t.prepare_ms.to_bytes())
-                .collect::<Vec<_>>(),
-            &merged
-                .iter()
-                .map(|t| t.duration_ms.to_bytes())
-                .collect::<Vec<_>>(),
-        ],
-    )?;
-    Ok(())
-}
-
-const ACTIVITY_COLS: &str =
+pub(super) const ACTIVITY_COLS: &str =
     "requests, successes, user_errors, errors, billable_ms, prepare_ms, duration_ms";
 
-fn activity_totals(r: &Row, at: usize) -> Result<ActivityTotals> {
+pub(super) fn activity_totals(r: &Row, at: usize) -> Result<ActivityTotals> {
     let n = |i: usize| -> Result<u64> {
         let v: i64 = r.try_get(at + i)?;
         u64::try_from(v).map_err(|e| corrupt("activity count", e))

@@ -1,0 +1,429 @@
+//! A batch's writes on PostgreSQL in two round trips, whatever its size: one query reads the
+//! activity rollup rows the batch adds to (duration histograms are merged in Rust), and one
+//! statement writes everything, each table once, set-based (`unnest` of arrays), as the parts
+//! of one `WITH`. PostgreSQL runs every part of it to completion, all against the same
+//! snapshot, so no part may touch a row another part writes: new purchases are inserted with
+//! what is left of them after the batch, and only older lots are updated.
+
+use super::rollups::{activity_totals, ACTIVITY_COLS};
+use super::{PgTx, Run};
+use crate::rows::{LineItemCols, RequestCols, LINE_ITEM_COLS, REQUEST_COLS};
+use crate::{Result, StoreError};
+use postgres::types::ToSql;
+use std::collections::{HashMap, HashSet};
+use tollgate_core::machine::BatchState;
+use tollgate_core::rollup::{self, ActivityTotals, Deltas, Grain, UsagePrice};
+
+/// A statement's parameters, numbered in the order they are added.
+#[derive(Default)]
+struct Args {
+    values: Vec<Box<dyn ToSql + Sync>>,
+}
+
+impl Args {
+    /// Adds `v` and returns its placeholder, cast to `ty`.
+    fn add<T: ToSql + Sync + 'static>(&mut self, v: T, ty: &str) -> String {
+        self.values.push(Box::new(v));
+        format!("${}::{ty}", self.values.len())
+    }
+
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.values
+            .iter()
+            .map(|b| &**b as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
+/// One column of a set of rows, as an array.
+fn col<R, T>(rows: &[R], f: impl Fn(&R) -> T) -> Vec<T> {
+    rows.iter().map(f).collect()
+}
+
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn tables(grain: Grain) -> (&'static str, &'static str) {
+    match grain {
+        Grain::Minute => ("usage_minutes", "activity_minutes"),
+        Grain::Hour => ("usage_hours", "activity_hours"),
+    }
+}
+
+pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<()> {
+    let minutes = rollup::deltas(s).map_err(|e| StoreError::Db(e.to_string()))?;
+    let hours = minutes
+        .coarsen(Grain::Hour)
+        .map_err(|e| StoreError::Db(e.to_string()))?;
+    let activity = merged_activity(t, &[(Grain::Minute, &minutes), (Grain::Hour, &hours)])?;
+
+    let mut a = Args::default();
+    let mut parts = vec![
+        accounts(&mut a, s),
+        transfers(&mut a, s),
+        line_items(&mut a, s),
+    ];
+    parts.extend(purchases(&mut a, s));
+    parts.extend(requests(&mut a, s, &t.found));
+    for (grain, d) in [(Grain::Minute, &minutes), (Grain::Hour, &hours)] {
+        parts.push(usage(&mut a, grain, d));
+    }
+    for (grain, rows) in activity {
+        parts.push(activity_rows(&mut a, grain, rows));
+    }
+    let sql = format!(
+        "WITH {} SELECT 1",
+        parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("w{i} AS ({p})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    t.rows(&sql, &a.refs())?;
+    Ok(())
+}
+
+fn accounts(a: &mut Args, s: &BatchState) -> String {
+    let rows: Vec<_> = s
+        .dirty_accounts
+        .iter()
+        .map(|id| (id, &s.accounts[id]))
+        .collect();
+    format!(
+        "UPDATE accounts a SET balance_nanos = x.balance, held_nanos = x.held, \
+         in_progress = x.in_progress, paid_lifetime_nanos = x.lifetime, month = x.month, \
+         month_subtotal_nanos = x.subtotal \
+         FROM unnest({}, {}, {}, {}, {}, {}, {}) \
+           AS x(username, balance, held, in_progress, lifetime, month, subtotal) \
+         WHERE a.username = x.username",
+        a.add(col(&rows, |(id, _)| id.as_str().to_string()), "text[]"),
+        a.add(col(&rows, |(_, s)| s.credit.balance.0), "bigint[]"),
+        a.add(col(&rows, |(_, s)| s.credit.held.0), "bigint[]"),
+        a.add(col(&rows, |(_, s)| i64::from(s.in_progress)), "bigint[]"),
+        a.add(col(&rows, |(_, s)| s.paid_lifetime.0), "bigint[]"),
+        a.add(col(&rows, |(_, s)| s.month), "int[]"),
+        a.add(col(&rows, |(_, s)| s.month_subtotal.0), "bigint[]"),
+    )
+}
+
+/// Requests the batch created are inserted (one another process inserted meanwhile fails the
+/// statement, and the batch is run again); those it loaded are updated.
+fn requests(
+    a: &mut Args,
+    s: &BatchState,
+    found: &HashSet<tollgate_core::ids::RequestId>,
+) -> [String; 2] {
+    let (new, old): (Vec<RequestCols>, Vec<RequestCols>) = {
+        let (n, o): (Vec<_>, Vec<_>) = s.dirty_requests.iter().partition(|id| !found.contains(*id));
+        (
+            n.iter()
+                .map(|id| RequestCols::of(&s.requests[*id]))
+                .collect(),
+            o.iter()
+                .map(|id| RequestCols::of(&s.requests[*id]))
+                .collect(),
+        )
+    };
+    let insert = format!(
+        "INSERT INTO requests ({REQUEST_COLS}) SELECT * FROM unnest({}, {}, {}, {}, {}, {}, {}, \
+         {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+        a.add(col(&new, |r| r.request_id.clone()), "text[]"),
+        a.add(col(&new, |r| r.source.clone()), "text[]"),
+        a.add(col(&new, |r| r.account.clone()), "text[]"),
+        a.add(col(&new, |r| r.endpoint_id.clone()), "text[]"),
+        a.add(col(&new, |r| r.api_key.clone()), "text[]"),
+        a.add(col(&new, |r| r.price_version), "bigint[]"),
+        a.add(col(&new, |r| r.status.clone()), "text[]"),
+        a.add(col(&new, |r| r.submitted_at), "bigint[]"),
+        a.add(col(&new, |r| r.started_at), "bigint[]"),
+        a.add(col(&new, |r| r.finished_at), "bigint[]"),
+        a.add(col(&new, |r| r.hold), "bigint[]"),
+        a.add(col(&new, |r| r.hold_expires_at), "bigint[]"),
+        a.add(col(&new, |r| r.machine_type.clone()), "text[]"),
+        a.add(col(&new, |r| r.num_gpus), "bigint[]"),
+        a.add(col(&new, |r| r.queue_ms), "bigint[]"),
+        a.add(col(&new, |r| r.inference_ms), "bigint[]"),
+        a.add(col(&new, |r| r.completion.clone()), "text[]"),
+    );
+    let update = format!(
+        "UPDATE requests r SET status = x.status, started_at = x.started_at, \
+         finished_at = x.finished_at, hold_nanos = x.hold, hold_expires_at = x.expires, \
+         machine_type = x.machine, num_gpus = x.gpus, queue_ms = x.queue_ms, \
+         inference_ms = x.inference_ms, completion = x.completion \
+         FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}) AS x(request_id, status, \
+           started_at, finished_at, hold, expires, machine, gpus, queue_ms, inference_ms, \
+           completion) \
+         WHERE r.request_id = x.request_id",
+        a.add(col(&old, |r| r.request_id.clone()), "text[]"),
+        a.add(col(&old, |r| r.status.clone()), "text[]"),
+        a.add(col(&old, |r| r.started_at), "bigint[]"),
+        a.add(col(&old, |r| r.finished_at), "bigint[]"),
+        a.add(col(&old, |r| r.hold), "bigint[]"),
+        a.add(col(&old, |r| r.hold_expires_at), "bigint[]"),
+        a.add(col(&old, |r| r.machine_type.clone()), "text[]"),
+        a.add(col(&old, |r| r.num_gpus), "bigint[]"),
+        a.add(col(&old, |r| r.queue_ms), "bigint[]"),
+        a.add(col(&old, |r| r.inference_ms), "bigint[]"),
+        a.add(col(&old, |r| r.completion.clone()), "text[]"),
+    );
+    [insert, update]
+}
+
+/// New purchases with what is left of them after the batch, and what is left of the older
+/// lots of the accounts that changed.
+fn purchases(a: &mut Args, s: &BatchState) -> [String; 2] {
+    let left = |account: &tollgate_core::ids::AccountId, pid: &tollgate_core::ids::PurchaseId| {
+        s.accounts
+            .get(account)
+            .and_then(|st| st.lots.iter().find(|l| &l.purchase_id == pid))
+            .map(|l| l.remaining.0)
+    };
+    let new = &s.new_purchases;
+    let fresh: HashSet<(&str, &str)> = new
+        .iter()
+        .map(|p| (p.account.as_str(), p.purchase_id.as_str()))
+        .collect();
+    let mut lots = Vec::new();
+    for id in &s.dirty_accounts {
+        for lot in &s.accounts[id].lots {
+            if !fresh.contains(&(id.as_str(), lot.purchase_id.as_str())) {
+                lots.push((
+                    id.as_str().to_string(),
+                    lot.purchase_id.as_str().to_string(),
+                    lot.remaining.0,
+                ));
+            }
+        }
+    }
+    let insert = format!(
+        "INSERT INTO purchases (account, purchase_id, amount_nanos, paid, created_at, \
+         balance_after, limit_after, locked_after, expires_at, remaining_nanos) \
+         SELECT * FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+        a.add(col(new, |p| p.account.as_str().to_string()), "text[]"),
+        a.add(col(new, |p| p.purchase_id.as_str().to_string()), "text[]"),
+        a.add(col(new, |p| p.amount.0), "bigint[]"),
+        a.add(col(new, |p| p.paid), "boolean[]"),
+        a.add(col(new, |p| p.created_at.0), "bigint[]"),
+        a.add(col(new, |p| p.balance_after.0), "bigint[]"),
+        a.add(
+            col(new, |p| i64::from(p.concurrency_limit_after)),
+            "bigint[]"
+        ),
+        a.add(col(new, |p| p.locked_after), "boolean[]"),
+        a.add(col(new, |p| p.expires_at.map(|t| t.0)), "bigint[]"),
+        a.add(
+            col(new, |p| left(&p.account, &p.purchase_id)
+                .unwrap_or(p.amount.0)),
+            "bigint[]"
+        ),
+    );
+    let update = format!(
+        "UPDATE purchases p SET remaining_nanos = x.remaining \
+         FROM unnest({}, {}, {}) AS x(account, purchase_id, remaining) \
+         WHERE p.account = x.account AND p.purchase_id = x.purchase_id \
+         AND p.remaining_nanos <> x.remaining",
+        a.add(col(&lots, |l| l.0.clone()), "text[]"),
+        a.add(col(&lots, |l| l.1.clone()), "text[]"),
+        a.add(col(&lots, |l| l.2), "bigint[]"),
+    );
+    [insert, update]
+}
+
+fn transfers(a: &mut Args, s: &BatchState) -> String {
+    let tr = &s.transfers;
+    format!(
+        "INSERT INTO transfers (kind, debit, credit, amount_nanos, request_id, purchase_id, at) \
+         SELECT * FROM unnest({}, {}, {}, {}, {}, {}, {})",
+        a.add(col(tr, |t| t.transfer.kind.as_str().to_string()), "text[]"),
+        a.add(col(tr, |t| t.transfer.debit.code()), "text[]"),
+        a.add(col(tr, |t| t.transfer.credit.code()), "text[]"),
+        a.add(col(tr, |t| t.transfer.amount.0), "bigint[]"),
+        a.add(
+            col(tr, |t| t
+                .request_id
+                .as_ref()
+                .map(|r| r.as_str().to_string())),
+            "text[]"
+        ),
+        a.add(
+            col(tr, |t| t
+                .purchase_id
+                .as_ref()
+                .map(|p| p.as_str().to_string())),
+            "text[]"
+        ),
+        a.add(col(tr, |t| t.at.0), "bigint[]"),
+    )
+}
+
+fn line_items(a: &mut Args, s: &BatchState) -> String {
+    let rows: Vec<LineItemCols> = s.line_items.iter().map(LineItemCols::of).collect();
+    format!(
+        "INSERT INTO line_items ({LINE_ITEM_COLS}) SELECT * FROM unnest({}, {}, {}, {}, {}, {}, \
+         {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+        a.add(col(&rows, |r| r.request_id.clone()), "text[]"),
+        a.add(col(&rows, |r| r.account.clone()), "text[]"),
+        a.add(col(&rows, |r| r.endpoint_id.clone()), "text[]"),
+        a.add(col(&rows, |r| r.api_key.clone()), "text[]"),
+        a.add(col(&rows, |r| r.price_version), "bigint[]"),
+        a.add(col(&rows, |r| r.unit.clone()), "text[]"),
+        a.add(col(&rows, |r| r.quantity.clone()), "text[]"),
+        a.add(col(&rows, |r| r.unit_price.clone()), "text[]"),
+        a.add(col(&rows, |r| r.percent_discount.clone()), "text[]"),
+        a.add(col(&rows, |r| r.subtotal), "bigint[]"),
+        a.add(col(&rows, |r| r.discount), "bigint[]"),
+        a.add(col(&rows, |r| r.total), "bigint[]"),
+        a.add(col(&rows, |r| r.status_code as i32), "int[]"),
+        a.add(col(&rows, |r| r.billed_at), "bigint[]"),
+        a.add(col(&rows, |r| r.queue_ms), "bigint[]"),
+        a.add(col(&rows, |r| r.inference_ms), "bigint[]"),
+    )
+}
+
+/// Adds the batch's usage to its rows of one grain (`NUMERIC` quantities add exactly in SQL).
+fn usage(a: &mut Args, grain: Grain, d: &Deltas) -> String {
+    let table = tables(grain).0;
+    let rows: Vec<_> = d.usage.iter().collect();
+    format!(
+        "INSERT INTO {table} (account, slot, endpoint_id, api_key, unit, unit_price, \
+         blend_version, percent_discount, quantity, requests, subtotal_nanos, discount_nanos, \
+         total_nanos) \
+         SELECT a, s, e, k, u, p, b, d, CAST(q AS NUMERIC), n, st, di, t FROM unnest({}, {}, {}, \
+           {}, {}, {}, {}, {}, {}, {}, {}, {}, {}) AS x(a, s, e, k, u, p, b, d, q, n, st, di, t) \
+         ON CONFLICT (account, slot, endpoint_id, api_key, unit, unit_price, blend_version, \
+           percent_discount) DO UPDATE SET \
+         quantity = {table}.quantity + excluded.quantity, \
+         requests = {table}.requests + excluded.requests, \
+         subtotal_nanos = {table}.subtotal_nanos + excluded.subtotal_nanos, \
+         discount_nanos = {table}.discount_nanos + excluded.discount_nanos, \
+         total_nanos = {table}.total_nanos + excluded.total_nanos",
+        a.add(
+            col(&rows, |(k, _)| k.account.as_str().to_string()),
+            "text[]"
+        ),
+        a.add(col(&rows, |(k, _)| k.slot.0), "bigint[]"),
+        a.add(
+            col(&rows, |(k, _)| k.endpoint.as_str().to_string()),
+            "text[]"
+        ),
+        a.add(
+            col(&rows, |(k, _)| k
+                .api_key
+                .as_ref()
+                .map_or(String::new(), |k| k.as_str().to_string())),
+            "text[]"
+        ),
+        a.add(col(&rows, |(k, _)| k.unit.clone()), "text[]"),
+        a.add(
+            col(&rows, |(k, _)| match k.price {
+                UsagePrice::Rate(p) => p.to_string(),
+                UsagePrice::Blended { .. } => String::new(),
+            }),
+            "text[]"
+        ),
+        a.add(
+            col(&rows, |(k, _)| match k.price {
+                UsagePrice::Rate(_) => 0,
+                UsagePrice::Blended { version } => version,
+            }),
+            "bigint[]"
+        ),
+        a.add(
+            col(&rows, |(k, _)| k
+                .percent_discount
+                .map(|p| p.to_string())
+                .unwrap_or_default()),
+            "text[]"
+        ),
+        a.add(
+            col(&rows, |(_, t)| t.quantity.normalize().to_string()),
+            "text[]"
+        ),
+        a.add(col(&rows, |(_, t)| count(t.requests)), "bigint[]"),
+        a.add(col(&rows, |(_, t)| t.subtotal.0), "bigint[]"),
+        a.add(col(&rows, |(_, t)| t.discount.0), "bigint[]"),
+        a.add(col(&rows, |(_, t)| t.total.0), "bigint[]"),
+    )
+}
+
+/// An activity row as written: (account, slot, endpoint) and its totals after the batch.
+type ActivityRow = ((String, i64, String), ActivityTotals);
+
+/// The activity rows of both grains the batch adds to, read in one query and added to in Rust.
+fn merged_activity(
+    t: &mut PgTx,
+    grains: &[(Grain, &Deltas)],
+) -> Result<Vec<(Grain, Vec<ActivityRow>)>> {
+    let mut a = Args::default();
+    let mut selects = Vec::new();
+    for (i, (grain, d)) in grains.iter().enumerate() {
+        let keys: Vec<_> = d.activity.keys().collect();
+        selects.push(format!(
+            "SELECT {i}, account, slot, endpoint_id, {ACTIVITY_COLS} FROM {} \
+             WHERE (account, slot, endpoint_id) IN (SELECT * FROM unnest({}, {}, {}))",
+            tables(*grain).1,
+            a.add(col(&keys, |k| k.account.as_str().to_string()), "text[]"),
+            a.add(col(&keys, |k| k.slot.0), "bigint[]"),
+            a.add(col(&keys, |k| k.endpoint.as_str().to_string()), "text[]"),
+        ));
+    }
+    let mut stored: Vec<HashMap<(String, i64, String), ActivityTotals>> =
+        grains.iter().map(|_| HashMap::new()).collect();
+    if grains.iter().any(|(_, d)| !d.activity.is_empty()) {
+        for r in t.rows(&selects.join(" UNION ALL "), &a.refs())? {
+            let grain: i32 = r.try_get(0)?;
+            stored[grain as usize].insert(
+                (r.try_get(1)?, r.try_get(2)?, r.try_get(3)?),
+                activity_totals(&r, 4)?,
+            );
+        }
+    }
+    Ok(grains
+        .iter()
+        .zip(stored)
+        .map(|((grain, d), mut stored)| {
+            let rows = d
+                .activity
+                .iter()
+                .map(|(k, delta)| {
+                    let key = (
+                        k.account.as_str().to_string(),
+                        k.slot.0,
+                        k.endpoint.as_str().to_string(),
+                    );
+                    let mut total = stored.remove(&key).unwrap_or_default();
+                    total.add(delta);
+                    (key, total)
+                })
+                .collect();
+            (*grain, rows)
+        })
+        .collect())
+}
+
+/// Writes activity rows of one grain as merged in Rust (safe: each belongs to an account the
+/// batch holds locked).
+fn activity_rows(a: &mut Args, grain: Grain, rows: Vec<ActivityRow>) -> String {
+    let table = tables(grain).1;
+    format!(
+        "INSERT INTO {table} (account, slot, endpoint_id, {ACTIVITY_COLS}) \
+         SELECT * FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}, {}) \
+         ON CONFLICT (account, slot, endpoint_id) DO UPDATE SET \
+         requests = excluded.requests, successes = excluded.successes, \
+         user_errors = excluded.user_errors, errors = excluded.errors, \
+         billable_ms = excluded.billable_ms, prepare_ms = excluded.prepare_ms, \
+         duration_ms = excluded.duration_ms",
+        a.add(col(&rows, |(k, _)| k.0.clone()), "text[]"),
+        a.add(col(&rows, |(k, _)| k.1), "bigint[]"),
+        a.add(col(&rows, |(k, _)| k.2.clone()), "text[]"),
+        a.add(col(&rows, |(_, t)| count(t.requests)), "bigint[]"),
+        a.add(col(&rows, |(_, t)| count(t.successes)), "bigint[]"),
+        a.add(col(&rows, |(_, t)| count(t.user_errors)), "bigint[]"),
+        a.add(col(&rows, |(_, t)| count(t.errors)), "bigint[]"),
+        a.add(col(&rows, |(_, t)| t.billable_ms), "bigint[]"),
+        a.add(col(&rows, |(_, t)| t.prepare_ms.to_bytes()), "bytea[]"),
+        a.add(col(&rows, |(_, t)| t.duration_ms.to_bytes()), "bytea[]"),
+    )
+}
