@@ -16,6 +16,14 @@ use tollgate_core::price::{MachinePrices, PriceRule};
 use tollgate_core::pricing::Charge;
 use tollgate_core::{Nanos, Timestamp};
 
+/// A result row, whichever driver read it: the few column types the schema uses.
+pub(crate) trait Get {
+    fn text(&self, i: usize) -> Result<String>;
+    fn opt_text(&self, i: usize) -> Result<Option<String>>;
+    fn int(&self, i: usize) -> Result<i64>;
+    fn opt_int(&self, i: usize) -> Result<Option<i64>>;
+}
+
 pub(crate) const ACCOUNT_COLS: &str = "username, billing, balance_nanos, held_nanos, \
      in_progress, lock_threshold_nanos, concurrency_override, discounts, paid_lifetime_nanos, \
      month, month_subtotal_nanos, created_at";
@@ -41,6 +49,24 @@ fn small(what: &str, v: i64) -> Result<u32> {
 }
 
 impl AccountCols {
+    /// A row of `SELECT {ACCOUNT_COLS}`.
+    pub fn read(r: &dyn Get) -> Result<AccountCols> {
+        Ok(AccountCols {
+            username: r.text(0)?,
+            billing: r.text(1)?,
+            balance: r.int(2)?,
+            held: r.int(3)?,
+            in_progress: r.int(4)?,
+            lock_threshold: r.int(5)?,
+            concurrency_override: r.opt_int(6)?,
+            discounts: r.text(7)?,
+            paid_lifetime: r.int(8)?,
+            month: i32::try_from(r.int(9)?).map_err(|e| corrupt("month", e))?,
+            month_subtotal: r.int(10)?,
+            created_at: r.int(11)?,
+        })
+    }
+
     /// The account with its open lots (in spending order) and its paid purchases in the
     /// concurrency tier window.
     pub fn into_row(self, lots: Vec<Lot>, paid_28d: Nanos) -> Result<AccountRow> {
@@ -121,6 +147,29 @@ pub(crate) struct RequestCols {
 }
 
 impl RequestCols {
+    /// A row of `SELECT {REQUEST_COLS}`.
+    pub fn read(r: &dyn Get) -> Result<RequestCols> {
+        Ok(RequestCols {
+            request_id: r.text(0)?,
+            source: r.text(1)?,
+            account: r.text(2)?,
+            endpoint_id: r.text(3)?,
+            api_key: r.opt_text(4)?,
+            price_version: r.int(5)?,
+            status: r.text(6)?,
+            submitted_at: r.int(7)?,
+            started_at: r.opt_int(8)?,
+            finished_at: r.opt_int(9)?,
+            hold: r.int(10)?,
+            hold_expires_at: r.opt_int(11)?,
+            machine_type: r.opt_text(12)?,
+            num_gpus: r.int(13)?,
+            queue_ms: r.opt_int(14)?,
+            inference_ms: r.opt_int(15)?,
+            completion: r.opt_text(16)?,
+        })
+    }
+
     pub fn of(r: &RequestRecord) -> RequestCols {
         RequestCols {
             request_id: r.id.as_str().to_string(),
@@ -198,6 +247,19 @@ pub(crate) struct KeyCols {
 }
 
 impl KeyCols {
+    /// A row of `SELECT {KEY_COLS}`.
+    pub fn read(r: &dyn Get) -> Result<KeyCols> {
+        Ok(KeyCols {
+            key_id: r.text(0)?,
+            account: r.opt_text(1)?,
+            scope: r.text(2)?,
+            alias: r.text(3)?,
+            secret_sha256: r.text(4)?,
+            created_at: r.int(5)?,
+            revoked_at: r.opt_int(6)?,
+        })
+    }
+
     pub fn into_record(self) -> Result<ApiKeyRecord> {
         Ok(ApiKeyRecord {
             key_id: parse_id(ApiKeyId::parse, &self.key_id)?,
@@ -239,6 +301,28 @@ pub(crate) struct LineItemCols {
 }
 
 impl LineItemCols {
+    /// A row of `SELECT {LINE_ITEM_COLS}`.
+    pub fn read(r: &dyn Get) -> Result<LineItemCols> {
+        Ok(LineItemCols {
+            request_id: r.text(0)?,
+            account: r.text(1)?,
+            endpoint_id: r.text(2)?,
+            api_key: r.opt_text(3)?,
+            price_version: r.int(4)?,
+            unit: r.text(5)?,
+            quantity: r.text(6)?,
+            unit_price: r.text(7)?,
+            percent_discount: r.opt_text(8)?,
+            subtotal: r.int(9)?,
+            discount: r.int(10)?,
+            total: r.int(11)?,
+            status_code: r.int(12)?,
+            billed_at: r.int(13)?,
+            queue_ms: r.opt_int(14)?,
+            inference_ms: r.opt_int(15)?,
+        })
+    }
+
     pub fn of(l: &LineItem) -> LineItemCols {
         LineItemCols {
             request_id: l.request_id.as_str().to_string(),

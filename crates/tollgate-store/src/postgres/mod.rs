@@ -14,7 +14,7 @@
 //! `synchronous_commit = on`) a commit that returned is on disk.
 
 use crate::rows::{
-    self, AccountCols, Cell, KeyCols, RequestCols, ACCOUNT_COLS, KEY_COLS, REQUEST_COLS,
+    self, AccountCols, Cell, Get, KeyCols, RequestCols, ACCOUNT_COLS, KEY_COLS, REQUEST_COLS,
 };
 use crate::{
     corrupt, parse_id, to_json, AccountRow, AccountTerms, ApiKeyRecord, BillingEventsQuery,
@@ -284,57 +284,34 @@ impl Run for PgTx<'_, '_> {
     }
 }
 
-fn account_cols(r: &Row) -> Result<AccountCols> {
-    Ok(AccountCols {
-        username: r.try_get(0)?,
-        billing: r.try_get(1)?,
-        balance: r.try_get(2)?,
-        held: r.try_get(3)?,
-        in_progress: r.try_get(4)?,
-        lock_threshold: r.try_get(5)?,
-        concurrency_override: r.try_get(6)?,
-        discounts: r.try_get(7)?,
-        paid_lifetime: r.try_get(8)?,
-        month: r.try_get(9)?,
-        month_subtotal: r.try_get(10)?,
-        created_at: r.try_get(11)?,
-    })
+impl Get for Row {
+    fn text(&self, i: usize) -> Result<String> {
+        Ok(self.try_get(i)?)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>> {
+        Ok(self.try_get(i)?)
+    }
+    /// `BIGINT` and `INTEGER` columns alike.
+    fn int(&self, i: usize) -> Result<i64> {
+        match *self.columns()[i].type_() {
+            ::postgres::types::Type::INT4 => Ok(i64::from(self.try_get::<_, i32>(i)?)),
+            _ => Ok(self.try_get(i)?),
+        }
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>> {
+        match *self.columns()[i].type_() {
+            ::postgres::types::Type::INT4 => Ok(self.try_get::<_, Option<i32>>(i)?.map(i64::from)),
+            _ => Ok(self.try_get(i)?),
+        }
+    }
 }
 
 fn request_row(r: &Row) -> Result<RequestRecord> {
-    RequestCols {
-        request_id: r.try_get(0)?,
-        source: r.try_get(1)?,
-        account: r.try_get(2)?,
-        endpoint_id: r.try_get(3)?,
-        api_key: r.try_get(4)?,
-        price_version: r.try_get(5)?,
-        status: r.try_get(6)?,
-        submitted_at: r.try_get(7)?,
-        started_at: r.try_get(8)?,
-        finished_at: r.try_get(9)?,
-        hold: r.try_get(10)?,
-        hold_expires_at: r.try_get(11)?,
-        machine_type: r.try_get(12)?,
-        num_gpus: r.try_get(13)?,
-        queue_ms: r.try_get(14)?,
-        inference_ms: r.try_get(15)?,
-        completion: r.try_get(16)?,
-    }
-    .into_record()
+    RequestCols::read(r)?.into_record()
 }
 
 fn key_row(r: &Row) -> Result<ApiKeyRecord> {
-    KeyCols {
-        key_id: r.try_get(0)?,
-        account: r.try_get(1)?,
-        scope: r.try_get(2)?,
-        alias: r.try_get(3)?,
-        secret_sha256: r.try_get(4)?,
-        created_at: r.try_get(5)?,
-        revoked_at: r.try_get(6)?,
-    }
-    .into_record()
+    KeyCols::read(r)?.into_record()
 }
 
 /// The named accounts (locked when `lock`), with their open lots and paid purchases in the
@@ -382,7 +359,7 @@ fn load_accounts(
     accounts
         .iter()
         .map(|r| {
-            let cols = account_cols(r)?;
+            let cols = AccountCols::read(r)?;
             let lots = lots.remove(&cols.username).unwrap_or_default();
             let paid_28d = Nanos(paid.get(&cols.username).copied().unwrap_or(0));
             cols.into_row(lots, paid_28d)

@@ -167,26 +167,6 @@ pub(super) fn billing_events(c: &mut dyn Run, q: &BillingEventsQuery) -> Result<
         ],
     )?;
     rows.iter()
-        .map(|r| {
-            LineItemCols {
-                request_id: r.try_get(0)?,
-                account: r.try_get(1)?,
-                endpoint_id: r.try_get(2)?,
-                api_key: r.try_get(3)?,
-                price_version: r.try_get(4)?,
-                unit: r.try_get(5)?,
-                quantity: r.try_get(6)?,
-                unit_price: r.try_get(7)?,
-                percent_discount: r.try_get(8)?,
-                subtotal: r.try_get(9)?,
-                discount: r.try_get(10)?,
-                total: r.try_get(11)?,
-                status_code: i64::from(r.try_get::<_, i32>(12)?),
-                billed_at: r.try_get(13)?,
-                queue_ms: r.try_get(14)?,
-                inference_ms: r.try_get(15)?,
-            }
-            .into_item()
-        })
+        .map(|r| LineItemCols::read(r)?.into_item())
         .collect()
 }

@@ -5,7 +5,7 @@
 //! before it returns, which is what lets the engine acknowledge after commit.
 
 use crate::rows::{
-    self, AccountCols, Cell, KeyCols, LineItemCols, RequestCols, ACCOUNT_COLS, KEY_COLS,
+    self, AccountCols, Cell, Get, KeyCols, LineItemCols, RequestCols, ACCOUNT_COLS, KEY_COLS,
     REQUEST_COLS,
 };
 use crate::{
@@ -275,6 +275,21 @@ fn recent_paid(conn: &Connection, account: &str, now: Timestamp) -> Result<PaidP
     Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
 }
 
+impl Get for Row<'_> {
+    fn text(&self, i: usize) -> Result<String> {
+        Ok(self.get(i)?)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>> {
+        Ok(self.get(i)?)
+    }
+    fn int(&self, i: usize) -> Result<i64> {
+        Ok(self.get(i)?)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>> {
+        Ok(self.get(i)?)
+    }
+}
+
 /// The account's lots with something left, in spending order.
 fn open_lots(conn: &Connection, account: &str) -> Result<Vec<Lot>> {
     let mut st = conn.prepare_cached(
@@ -295,23 +310,6 @@ fn open_lots(conn: &Connection, account: &str) -> Result<Vec<Lot>> {
     Ok(lots)
 }
 
-fn account_cols(r: &Row) -> rusqlite::Result<AccountCols> {
-    Ok(AccountCols {
-        username: r.get(0)?,
-        billing: r.get(1)?,
-        balance: r.get(2)?,
-        held: r.get(3)?,
-        in_progress: r.get(4)?,
-        lock_threshold: r.get(5)?,
-        concurrency_override: r.get(6)?,
-        discounts: r.get(7)?,
-        paid_lifetime: r.get(8)?,
-        month: r.get(9)?,
-        month_subtotal: r.get(10)?,
-        created_at: r.get(11)?,
-    })
-}
-
 /// The account and its paid purchases in the tier window of `now`.
 fn load_account(
     conn: &Connection,
@@ -326,7 +324,7 @@ fn load_account(
         Some(r) => {
             let recent = recent_paid(conn, id.as_str(), now)?;
             let paid_28d = Nanos(recent.iter().map(|(_, n)| n.0).sum());
-            let row = account_cols(r)?.into_row(open_lots(conn, id.as_str())?, paid_28d)?;
+            let row = AccountCols::read(r)?.into_row(open_lots(conn, id.as_str())?, paid_28d)?;
             Ok(Some((row, recent)))
         }
         None => Ok(None),
@@ -338,26 +336,7 @@ fn get_account(conn: &Connection, id: &AccountId, now: Timestamp) -> Result<Opti
 }
 
 fn request_row(r: &Row) -> Result<RequestRecord> {
-    RequestCols {
-        request_id: r.get(0)?,
-        source: r.get(1)?,
-        account: r.get(2)?,
-        endpoint_id: r.get(3)?,
-        api_key: r.get(4)?,
-        price_version: r.get(5)?,
-        status: r.get(6)?,
-        submitted_at: r.get(7)?,
-        started_at: r.get(8)?,
-        finished_at: r.get(9)?,
-        hold: r.get(10)?,
-        hold_expires_at: r.get(11)?,
-        machine_type: r.get(12)?,
-        num_gpus: r.get(13)?,
-        queue_ms: r.get(14)?,
-        inference_ms: r.get(15)?,
-        completion: r.get(16)?,
-    }
-    .into_record()
+    RequestCols::read(r)?.into_record()
 }
 
 fn get_request(conn: &Connection, id: &RequestId) -> Result<Option<RequestRecord>> {
@@ -372,16 +351,7 @@ fn get_request(conn: &Connection, id: &RequestId) -> Result<Option<RequestRecord
 }
 
 fn key_row(r: &Row) -> Result<ApiKeyRecord> {
-    KeyCols {
-        key_id: r.get(0)?,
-        account: r.get(1)?,
-        scope: r.get(2)?,
-        alias: r.get(3)?,
-        secret_sha256: r.get(4)?,
-        created_at: r.get(5)?,
-        revoked_at: r.get(6)?,
-    }
-    .into_record()
+    KeyCols::read(r)?.into_record()
 }
 
 fn setting(conn: &Connection, key: &str) -> Result<Option<String>> {

@@ -128,25 +128,7 @@ fn write_grain(conn: &Connection, grain: Grain, d: &Deltas) -> Result<()> {
 }
 
 pub(super) fn line_item_row(r: &Row) -> Result<LineItem> {
-    LineItemCols {
-        request_id: r.get(0)?,
-        account: r.get(1)?,
-        endpoint_id: r.get(2)?,
-        api_key: r.get(3)?,
-        price_version: r.get(4)?,
-        unit: r.get(5)?,
-        quantity: r.get(6)?,
-        unit_price: r.get(7)?,
-        percent_discount: r.get(8)?,
-        subtotal: r.get(9)?,
-        discount: r.get(10)?,
-        total: r.get(11)?,
-        status_code: r.get(12)?,
-        billed_at: r.get(13)?,
-        queue_ms: r.get(14)?,
-        inference_ms: r.get(15)?,
-    }
-    .into_item()
+    LineItemCols::read(r)?.into_item()
 }
 
 /// Rebuilds every rollup from the line items and completed requests (the migration that
