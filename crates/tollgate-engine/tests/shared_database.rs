@@ -12,7 +12,7 @@ use tollgate_core::machine::{Op, Outcome, Rejection};
 use tollgate_core::price::{Dims, Output};
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::{AdminCmd, Engine};
-use tollgate_store::testing::{backends, Backend, TestDb};
+use tollgate_store::testing::{backends, postgres_url, Backend, TestDb};
 use tollgate_store::{AccountTerms, BillingMode};
 
 const CATALOG: &str = r#"
@@ -37,7 +37,7 @@ struct Pair {
     a: Engine,
     b: Engine,
     clock: Arc<AtomicI64>,
-    _db: TestDb,
+    db: TestDb,
 }
 
 impl Pair {
@@ -63,12 +63,7 @@ impl Pair {
         })
         .await
         .expect("create the account");
-        Pair {
-            a,
-            b,
-            clock,
-            _db: db,
-        }
+        Pair { a, b, clock, db }
     }
 
     /// Engine `a` for even `i`, `b` for odd.
@@ -302,4 +297,49 @@ async fn two_engines_on_one_database_share_credit_slots_and_completions() {
     for backend in backends() {
         holds_slots_completions_and_sweeps(&backend).await;
     }
+}
+
+/// A server restart or a proxy cuts the store's connections: the batch that finds its
+/// connection gone reconnects and runs again, and the caller never sees the cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_postgres_connection_is_reopened_and_the_batch_run_again() {
+    let Some(url) = postgres_url() else {
+        eprintln!("skipped: needs TOLLGATE_TEST_POSTGRES_URL");
+        return;
+    };
+    let p = Pair::new(&Backend::Postgres(url.clone())).await;
+    p.buy("before", COST).await;
+    // Every connection of this test's engines (named after its schema).
+    let name = p.db.schema().expect("a schema").to_string();
+    let cut = tokio::task::spawn_blocking(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let row = c
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                &[&name],
+            )
+            .unwrap();
+        row.get::<_, i64>(0)
+    })
+    .await
+    .unwrap();
+    assert!(cut >= 2, "both writers' connections were cut ({cut})");
+    p.buy("after-a", COST).await;
+    let again =
+        p.a.execute(Op::Purchase {
+            account: account(),
+            purchase_id: PurchaseId::parse("after-a").unwrap(),
+            amount: Nanos(COST),
+            paid: true,
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, Ok(Outcome::Purchased { replayed: true, .. })),
+        "{again:?}"
+    );
+    assert_eq!(p.balance_and_load().await, (2 * COST, 0, 0));
+    p.assert_reconciles().await;
 }

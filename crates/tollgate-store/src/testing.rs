@@ -78,12 +78,22 @@ impl TestDb {
                 let sep = if url.contains('?') { '&' } else { '?' };
                 TestDb {
                     backend: backend.clone(),
-                    target: format!("{url}{sep}options=-csearch_path%3D{schema}"),
+                    // The schema's name is also its connections' application_name, so a
+                    // test can find them in pg_stat_activity.
+                    target: format!(
+                        "{url}{sep}options=-csearch_path%3D{schema}&application_name={schema}"
+                    ),
                     _dir: None,
                     schema: Some(schema),
                 }
             }
         }
+    }
+
+    /// On PostgreSQL, the schema the database lives in (also its connections'
+    /// `application_name`).
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
     }
 
     pub fn backend(&self) -> &Backend {

@@ -47,6 +47,9 @@ const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.
 /// The advisory lock key migrations hold ("tollgate" in ASCII).
 const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465;
 
+/// The `application_name` of tollgate's connections, unless the URL names another.
+pub const APPLICATION_NAME: &str = "tollgate";
+
 /// Read connections per process.
 pub const READ_POOL_SIZE: u32 = 8;
 
@@ -117,9 +120,13 @@ impl PostgresStore {
     /// Connects to the database at `url`, runs pending migrations, and opens the read pool.
     pub fn open(url: &str) -> Result<PostgresStore> {
         let shown = redact(url);
-        let config: Config = url
+        let mut config: Config = url
             .parse()
             .map_err(|e| StoreError::Db(format!("invalid PostgreSQL URL {shown}: {e}")))?;
+        if config.get_application_name().is_none() {
+            // What operators see in pg_stat_activity.
+            config.application_name(APPLICATION_NAME);
+        }
         let mut client = connect(&config, &shown)?;
         migrate(&mut client)?;
         let pool = r2d2::Pool::builder()
@@ -187,6 +194,13 @@ impl Store for PostgresStore {
                 Ok(())
             })();
             match outcome {
+                // The connection dropped (the server restarted, a proxy cut it): reconnect and
+                // run the batch again. Safe even if its commit went through: every operation
+                // is idempotent on its client id, so the second run answers as a replay.
+                Err(e) if self.client.is_closed() && attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    tracing::warn!(%e, "the database connection dropped; reconnecting");
+                }
                 Err(StoreError::Conflict(why)) if attempt < CONFLICT_RETRIES => {
                     attempt += 1;
                     tracing::debug!(attempt, %why, "batch lost a race; running it again");
