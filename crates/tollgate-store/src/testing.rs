@@ -118,21 +118,62 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let (Backend::Postgres(url), Some(schema)) = (&self.backend, &self.schema) {
-            run_sql(url, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+            // A test that already failed must not abort on a second panic here.
+            if std::thread::panicking() {
+                let (url, schema) = (url.clone(), schema.clone());
+                let _ = std::thread::spawn(move || drop_schema(&url, &schema)).join();
+            } else {
+                drop_schema(url, schema);
+            }
         }
     }
 }
 
-/// Runs one statement on the server, on a thread of its own (the driver blocks).
-fn run_sql(url: &str, sql: &str) {
-    let (url, sql) = (url.to_string(), sql.to_string());
+/// Connects to the test server, on a thread of its own (the driver blocks), and runs `f`.
+fn with_server(url: &str, f: impl FnOnce(&mut ::postgres::Client) + Send + 'static) {
+    let url = url.to_string();
     std::thread::spawn(move || {
         let mut c = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap_or_else(|e| {
             panic!("{POSTGRES_URL_VAR}={url} is set, but the server does not answer: {e}")
         });
-        c.batch_execute(&sql)
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        f(&mut c)
     })
     .join()
     .expect("PostgreSQL test setup");
+}
+
+/// The server's own words for a failed statement.
+fn message(e: &::postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), |d| d.message().to_string())
+}
+
+fn run_sql(url: &str, sql: &str) {
+    let sql = sql.to_string();
+    with_server(url, move |c| {
+        c.batch_execute(&sql)
+            .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)))
+    });
+}
+
+/// Drops a test's schema. A server or engine the test started may still be running a batch in
+/// it (a sweeper, say), so its connections (named after the schema) are cut first, and the drop
+/// is tried again while they let go of their locks.
+fn drop_schema(url: &str, schema: &str) {
+    let schema = schema.to_string();
+    with_server(url, move |c| {
+        let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+        for attempt in 1.. {
+            let _ = c.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                &[&schema],
+            );
+            match c.batch_execute(&sql) {
+                Ok(()) => return,
+                Err(_) if attempt < 20 => std::thread::sleep(std::time::Duration::from_millis(50)),
+                Err(e) => panic!("{sql}: {}", message(&e)),
+            }
+        }
+    });
 }
