@@ -98,9 +98,11 @@ fn redact(url: &str) -> String {
 /// which on a new database say "empty" until autovacuum first analyzes them: a sequential
 /// scan of `requests` per batch. Custom plans are costed from the tables' actual size.
 fn connect(config: &Config, shown: &str) -> Result<Client> {
-    let mut client = config
-        .connect(NoTls)
-        .map_err(|e| StoreError::Db(format!("cannot connect to {shown}: {e}")))?;
+    let mut client = config.connect(NoTls).map_err(|e| {
+        // The driver's message is "error connecting to server"; its cause says why.
+        let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
+        StoreError::Db(format!("cannot connect to {shown}: {e}{cause}"))
+    })?;
     client.batch_execute("SET plan_cache_mode = force_custom_plan")?;
     Ok(client)
 }
@@ -807,5 +809,24 @@ impl Reader for PgReader {
 
     fn billing_events(&mut self, q: &BillingEventsQuery) -> Result<Vec<LineItem>> {
         rollups::billing_events(&mut *self.conn()?, q)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_url, redact};
+
+    #[test]
+    fn a_password_never_reaches_a_message() {
+        assert_eq!(
+            redact("postgres://tollgate:s3cret@db:5432/billing"),
+            "postgres://tollgate:***@db:5432/billing"
+        );
+        assert_eq!(
+            redact("postgresql://tollgate@db/billing?sslmode=disable"),
+            "postgresql://tollgate@db/billing?sslmode=disable"
+        );
+        assert!(is_url("postgres://db/x") && is_url("postgresql://db/x"));
+        assert!(!is_url("tollgate.db") && !is_url("/var/lib/postgres/tollgate.db"));
     }
 }
