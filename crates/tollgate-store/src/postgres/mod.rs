@@ -50,6 +50,10 @@ const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465;
 /// The `application_name` of tollgate's connections, unless the URL names another.
 pub const APPLICATION_NAME: &str = "tollgate";
 
+/// How long connecting, or waiting for a free read connection, may take (unless the URL sets
+/// `connect_timeout`).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Read connections per process.
 pub const READ_POOL_SIZE: u32 = 8;
 
@@ -129,10 +133,15 @@ impl PostgresStore {
             // What operators see in pg_stat_activity.
             config.application_name(APPLICATION_NAME);
         }
+        if config.get_connect_timeout().is_none() {
+            // An unreachable server fails a batch in seconds, not after TCP gives up.
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let mut client = connect(&config, &shown)?;
         migrate(&mut client)?;
         let pool = r2d2::Pool::builder()
             .max_size(READ_POOL_SIZE)
+            .connection_timeout(CONNECT_TIMEOUT)
             .min_idle(Some(1))
             .build(PostgresConnectionManager::new(config.clone(), NoTls))
             .map_err(|e| StoreError::Db(format!("cannot open read connections to {shown}: {e}")))?;
