@@ -379,6 +379,9 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) {
         };
         let msg = match &mut result {
             Ok(()) => Ok(answers.next().expect("one answer list per job")),
+            // Every caller of the batch gets the error (StoreError is not Clone); a database
+            // message is passed on as is, not wrapped in a second "database error:".
+            Err(StoreError::Db(m)) => Err(EngineError::Store(StoreError::Db(m.clone()))),
             Err(e) => Err(EngineError::Store(StoreError::Db(e.to_string()))),
         };
         let _ = reply.send(msg);
