@@ -21,7 +21,7 @@ use tollgate_core::price::PriceRule;
 use tollgate_core::Timestamp;
 use tollgate_store::{
     AccountTerms, ApiKeyRecord, BillingMode, Reader, ReaderFactory, Store, StoreError, Tx,
-    SETTING_CATALOG_GENERATION, SETTING_CONCURRENCY, SETTING_MACHINES, SETTING_PRICES_READ_ON,
+    SETTING_CONCURRENCY, SETTING_MACHINES, SETTING_PRICES_READ_ON,
 };
 
 /// The most operations one db transaction applies.
@@ -166,10 +166,7 @@ impl Engine {
                 let mut first = open_reader()?;
                 // The generation first: if the catalog changes in between, the next batch
                 // sees a newer generation and reads it again.
-                let generation = first
-                    .setting(SETTING_CATALOG_GENERATION)?
-                    .and_then(|g| g.parse().ok())
-                    .unwrap_or(0);
+                let generation = first.catalog_generation()?;
                 let catalog = (generation, Arc::new(first.load_catalog()?));
                 Ok((first, catalog))
             })

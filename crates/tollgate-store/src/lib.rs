@@ -87,6 +87,13 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("core types serialize")
 }
 
+/// The stored catalog generation (none before the first catalog change).
+fn generation(stored: Option<String>) -> Result<i64> {
+    stored.map_or(Ok(0), |v| {
+        v.parse().map_err(|e| corrupt("catalog generation", e))
+    })
+}
+
 fn decimal(what: &str, s: &str) -> Result<rust_decimal::Decimal> {
     s.parse().map_err(|e| corrupt(what, e))
 }
@@ -309,9 +316,12 @@ pub trait Tx {
     fn is_shared(&self) -> bool {
         false
     }
+    fn setting(&mut self, key: &str) -> Result<Option<String>>;
     /// The catalog's generation as committed (see [`SETTING_CATALOG_GENERATION`]); 0 before
     /// the first catalog change.
-    fn catalog_generation(&mut self) -> Result<i64>;
+    fn catalog_generation(&mut self) -> Result<i64> {
+        generation(self.setting(SETTING_CATALOG_GENERATION)?)
+    }
     /// Loads the named requests that exist.
     fn load_requests(
         &mut self,
@@ -394,6 +404,10 @@ pub trait Reader: Send {
     fn load_catalog(&mut self) -> Result<Catalog>;
     fn price_versions(&mut self) -> Result<Vec<PriceVersion>>;
     fn setting(&mut self, key: &str) -> Result<Option<String>>;
+    /// The catalog's generation as committed (see [`SETTING_CATALOG_GENERATION`]).
+    fn catalog_generation(&mut self) -> Result<i64> {
+        generation(self.setting(SETTING_CATALOG_GENERATION)?)
+    }
     /// Checks the ledger end to end (used by tests and `tollgate` operators).
     fn reconcile(&mut self) -> Result<Reconciliation>;
     /// Usage rollup rows of one account, in slot order.

@@ -7,7 +7,7 @@
 
 use super::params::{page, Query};
 use super::timeframe;
-use super::usage::{after_cursor, parse_ids};
+use super::usage::{after_cursor, parse_endpoint, parse_ids};
 use crate::auth::customer;
 use crate::error::ApiError;
 use crate::money::Number;
@@ -125,9 +125,7 @@ pub async fn analytics(
     )?;
     let limit = q.limit(LIMIT.0, LIMIT.1)?;
     let range = timeframe::resolve(&q, state.engine.now())?;
-    let endpoints = parse_ids(&q, "endpoint_id", |s| {
-        EndpointId::parse(s).map_err(|e| e.to_string())
-    })?;
+    let endpoints = parse_ids(&q, "endpoint_id", parse_endpoint)?;
     if endpoints.is_empty() {
         return Err(
             ApiError::validation("endpoint_id is required: 1-50 endpoint ids")

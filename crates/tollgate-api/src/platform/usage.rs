@@ -46,7 +46,7 @@ pub(super) fn parse_ids<T>(
         .collect()
 }
 
-fn parse_endpoint(s: &str) -> Result<EndpointId, String> {
+pub(super) fn parse_endpoint(s: &str) -> Result<EndpointId, String> {
     EndpointId::parse(s).map_err(|e| e.to_string())
 }
 

@@ -456,11 +456,8 @@ impl Tx for PgTx<'_, '_> {
         true
     }
 
-    fn catalog_generation(&mut self) -> Result<i64> {
-        Ok(setting(self, SETTING_CATALOG_GENERATION)?
-            .map(|v| v.parse().map_err(|e| corrupt("catalog generation", e)))
-            .transpose()?
-            .unwrap_or(0))
+    fn setting(&mut self, key: &str) -> Result<Option<String>> {
+        setting(self, key)
     }
 
     fn load_requests(

@@ -11,6 +11,7 @@ use crate::rows::{LineItemCols, RequestCols, LINE_ITEM_COLS, REQUEST_COLS};
 use crate::{Result, StoreError};
 use postgres::types::ToSql;
 use std::collections::{HashMap, HashSet};
+use tollgate_core::ids::RequestId;
 use tollgate_core::machine::BatchState;
 use tollgate_core::rollup::{self, ActivityTotals, Deltas, Grain, UsagePrice};
 
@@ -110,22 +111,15 @@ fn accounts(a: &mut Args, s: &BatchState) -> String {
 
 /// Requests the batch created are inserted (one another process inserted meanwhile fails the
 /// statement, and the batch is run again); those it loaded are updated.
-fn requests(
-    a: &mut Args,
-    s: &BatchState,
-    found: &HashSet<tollgate_core::ids::RequestId>,
-) -> [String; 2] {
-    let (new, old): (Vec<RequestCols>, Vec<RequestCols>) = {
-        let (n, o): (Vec<_>, Vec<_>) = s.dirty_requests.iter().partition(|id| !found.contains(*id));
-        (
-            n.iter()
-                .map(|id| RequestCols::of(&s.requests[*id]))
-                .collect(),
-            o.iter()
-                .map(|id| RequestCols::of(&s.requests[*id]))
-                .collect(),
-        )
+fn requests(a: &mut Args, s: &BatchState, found: &HashSet<RequestId>) -> [String; 2] {
+    let (new, old): (Vec<&RequestId>, Vec<&RequestId>) =
+        s.dirty_requests.iter().partition(|id| !found.contains(*id));
+    let cols = |ids: Vec<&RequestId>| -> Vec<RequestCols> {
+        ids.into_iter()
+            .map(|id| RequestCols::of(&s.requests[id]))
+            .collect()
     };
+    let (new, old) = (cols(new), cols(old));
     let insert = format!(
         "INSERT INTO requests ({REQUEST_COLS}) SELECT * FROM unnest({}, {}, {}, {}, {}, {}, {}, \
          {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",

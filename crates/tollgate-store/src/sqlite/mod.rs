@@ -390,11 +390,8 @@ fn load_catalog(conn: &Connection) -> Result<Catalog> {
 }
 
 impl Tx for SqliteTx<'_> {
-    fn catalog_generation(&mut self) -> Result<i64> {
-        Ok(setting(self.conn, SETTING_CATALOG_GENERATION)?
-            .map(|v| v.parse().map_err(|e| corrupt("catalog generation", e)))
-            .transpose()?
-            .unwrap_or(0))
+    fn setting(&mut self, key: &str) -> Result<Option<String>> {
+        setting(self.conn, key)
     }
 
     fn load_requests(
