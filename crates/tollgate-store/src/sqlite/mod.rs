@@ -16,6 +16,9 @@ use crate::{
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
 use tollgate_core::concurrency::TIER_WINDOW_MS;
 use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId, RequestId};
@@ -45,7 +48,7 @@ pub struct SqliteStore {
     path: PathBuf,
     conn: Connection,
     cache: AccountCache,
-    _checkpointer: Checkpointer,
+    checkpointer: Checkpointer,
 }
 
 /// The writer's copy of the account rows it has read or written. The store is the only writer
@@ -80,54 +83,90 @@ impl CachedAccount {
 
 /// Copies the WAL back into the database file from a thread of its own, so the writer's
 /// commits never pay for it (the writer's automatic checkpoints are off).
+///
+/// SQLite starts the WAL over (writes from its beginning again) only when a write transaction
+/// begins with every frame copied back and no reader inside the WAL. A writer that never pauses
+/// never gives a background checkpoint that moment, and the WAL would grow without bound: every
+/// commit would then write to newly allocated file blocks, which costs the kernel more than
+/// overwriting blocks it already has. So once the WAL is past [`WAL_RESTART_FRAMES`], the
+/// checkpointer asks the writer ([`Checkpointer::restart_wanted`]) to copy back the few frames
+/// written since the last pass itself, between two batches; that never waits for a reader or
+/// for the checkpointer (a PASSIVE checkpoint that finds either busy just stops early and is
+/// tried again before the next batch), and the next commit starts the WAL over.
 struct Checkpointer {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
+    restart: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// How often the checkpointer runs.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often the checkpointer runs; while the WAL is past its limit, it runs again sooner so
+/// that the writer's share stays small.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+const CHECKPOINT_AGAIN: Duration = Duration::from_millis(10);
 
-/// The WAL length, in frames (about 4 KiB each), past which the checkpointer makes the writer
-/// start the WAL over: 64 MiB.
-const WAL_RESTART_FRAMES: i64 = 16_384;
+/// The WAL length, in frames (about 4 KiB each), past which the writer starts it over: 16 MiB.
+const WAL_RESTART_FRAMES: i64 = 4_096;
+
+/// Runs a PASSIVE checkpoint: whether every frame in the WAL is now in the database file, and
+/// how many frames the WAL holds; `None` when another connection held the checkpoint.
+fn checkpoint_passive(conn: &Connection) -> Option<(bool, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })
+    .ok()
+    .filter(|(busy, _, _)| *busy == 0)
+    .map(|(_, log, done)| (log == done, log))
+}
 
 impl Checkpointer {
     fn start(path: &Path) -> Result<Checkpointer> {
         let conn = open_conn(path)?;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let restart = Arc::new(AtomicBool::new(false));
+        let (flag, wanted) = (stop.clone(), restart.clone());
         let thread = std::thread::Builder::new()
             .name("tollgate-checkpoint".into())
             .spawn(move || {
-                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(CHECKPOINT_EVERY);
-                    // PASSIVE never blocks the writer or readers. But the writer only starts
-                    // the WAL over when every frame in it has been copied back, which a writer
-                    // that never pauses does not allow: under sustained load the WAL would grow
-                    // without bound, and every commit would pay for extending the file. So
-                    // once it is past the limit, a RESTART holds the next commit back for the
-                    // little PASSIVE left, and that commit starts the WAL over.
-                    let frames: i64 = conn
-                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
-                        .unwrap_or(0);
-                    if frames > WAL_RESTART_FRAMES {
-                        let _ = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+                while !flag.load(Ordering::Relaxed) {
+                    let long = checkpoint_passive(&conn)
+                        .is_some_and(|(_, frames)| frames > WAL_RESTART_FRAMES);
+                    if long {
+                        wanted.store(true, Ordering::Relaxed);
                     }
+                    std::thread::sleep(if long {
+                        CHECKPOINT_AGAIN
+                    } else {
+                        CHECKPOINT_EVERY
+                    });
                 }
                 let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
             })
             .map_err(|e| StoreError::Db(format!("cannot start the checkpointer: {e}")))?;
         Ok(Checkpointer {
             stop,
+            restart,
             thread: Some(thread),
         })
+    }
+
+    /// Called by the writer between batches: copies back what is left of a long WAL, so that
+    /// the next commit starts it over.
+    fn restart_if_wanted(&self, conn: &Connection) {
+        if self.restart.load(Ordering::Relaxed)
+            && checkpoint_passive(conn).is_some_and(|(all, _)| all)
+        {
+            self.restart.store(false, Ordering::Relaxed);
+        }
     }
 }
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -136,7 +175,7 @@ impl Drop for Checkpointer {
 
 fn open_conn(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -157,12 +196,12 @@ impl SqliteStore {
         migrate(&mut conn)?;
         conn.pragma_update(None, "cache_size", -262_144)?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let _checkpointer = Checkpointer::start(&path)?;
+        let checkpointer = Checkpointer::start(&path)?;
         Ok(SqliteStore {
             path,
             conn,
             cache: AccountCache::default(),
-            _checkpointer,
+            checkpointer,
         })
     }
 }
@@ -189,6 +228,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 
 impl Store for SqliteStore {
     fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+        self.checkpointer.restart_if_wanted(&self.conn);
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -226,7 +266,7 @@ impl Store for SqliteStore {
 
     fn reader_factory(&self) -> ReaderFactory {
         let path = self.path.clone();
-        std::sync::Arc::new(move || {
+        Arc::new(move || {
             let conn = open_conn(&path)?;
             Ok(Box::new(SqliteReader { conn }) as Box<dyn Reader>)
         })
