@@ -469,9 +469,7 @@ pub async fn run(
         );
         rows.push(Row::new(name, "tollgate", c, n, el, Some(&h), note));
     }
-    if wanted("admission.start.inprocess") {
-        rows.push(admission(plan).await?);
-    }
+    rows.extend(admission(plan, wanted).await?);
     for path in trace_files(args) {
         let name = format!(
             "trace.replay.{}",
@@ -484,9 +482,27 @@ pub async fn run(
     Ok(())
 }
 
-/// Start latency with 1,000 requests already in progress.
-async fn admission(plan: &Plan) -> anyhow::Result<Row> {
-    const OPEN: usize = 1000;
+/// Requests held open through the admission rows.
+const OPEN: usize = 1000;
+
+/// Offered loads of the open-loop admission rows, in requests (submit, start, complete) per
+/// second.
+const ADMISSION_RATES: [u32; 3] = [1_000, 2_500, 5_000];
+
+/// Start latency with 1,000 requests already in progress: with 64 callers that each wait for
+/// an answer before the next call (the engine saturated, so latency = callers / throughput),
+/// then at fixed offered loads, where requests arrive on a schedule whatever the answers'
+/// pace, as a gateway's traffic does.
+async fn admission(plan: &Plan, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result<Vec<Row>> {
+    let name = "admission.start.inprocess";
+    let rate_name = |rate: u32| format!("{name}.rate_{rate}");
+    let rates: Vec<u32> = ADMISSION_RATES
+        .into_iter()
+        .filter(|r| wanted(&rate_name(*r)))
+        .collect();
+    if !wanted(name) && rates.is_empty() {
+        return Ok(Vec::new());
+    }
     let dir = tempfile::tempdir()?;
     let engine = start_engine(&seed(dir.path(), ACCOUNTS, 0)?).await?;
     let mut opened = Vec::new();
@@ -517,17 +533,78 @@ async fn admission(plan: &Plan) -> anyhow::Result<Row> {
     for o in opened {
         o.await??;
     }
-    let clients = 64;
-    let (n, el, h) = lifecycles(&engine, clients, plan.duration, ACCOUNTS, false, "adm").await?;
-    Ok(Row::new(
-        "admission.start.inprocess",
-        "tollgate",
-        clients,
-        n,
-        el,
-        Some(&h),
-        format!("start decisions/s with {OPEN} requests in progress + {clients} callers; latency of start"),
-    ))
+    let mut rows = Vec::new();
+    if wanted(name) {
+        let clients = 64;
+        let (n, el, h) =
+            lifecycles(&engine, clients, plan.duration, ACCOUNTS, false, "adm").await?;
+        rows.push(Row::new(
+            name,
+            "tollgate",
+            clients,
+            n,
+            el,
+            Some(&h),
+            format!(
+                "start decisions/s with {OPEN} requests in progress + {clients} callers; latency of start"
+            ),
+        ));
+    }
+    for rate in rates {
+        let (n, el, h, most) = lifecycles_at_rate(&engine, rate, plan.duration).await?;
+        rows.push(Row::new(
+            &rate_name(rate),
+            "tollgate",
+            most,
+            n,
+            el,
+            Some(&h),
+            format!(
+                "{rate} requests/s offered (open loop) with {OPEN} in progress; latency of start; \
+                 clients = most requests in flight at once"
+            ),
+        ));
+    }
+    Ok(rows)
+}
+
+/// Lifecycles arriving at `rate` per second for `duration` (paced by the millisecond), each on
+/// a task of its own, so a slow answer does not hold the next arrival back. Returns the
+/// requests completed, the time until the last one was, the latency of each start, and the
+/// most requests that were in flight at once.
+async fn lifecycles_at_rate(
+    engine: &Engine,
+    rate: u32,
+    duration: Duration,
+) -> anyhow::Result<(u64, Duration, Histogram<u64>, usize)> {
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut most = 0;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < duration {
+        tick.tick().await;
+        let due = (start.elapsed().as_secs_f64() * f64::from(rate)) as u64;
+        while sent < due {
+            let (engine, in_flight) = (engine.clone(), in_flight.clone());
+            let account = AccountId::parse(&account_name(pick(0, sent, ACCOUNTS)))?;
+            let id = format!("rate{rate}-{sent}");
+            most = most.max(in_flight.fetch_add(1, Ordering::Relaxed) + 1);
+            tasks.spawn(async move {
+                let latency = lifecycle(engine, account, id).await;
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+                latency
+            });
+            sent += 1;
+        }
+    }
+    let mut h = histogram();
+    while let Some(latency) = tasks.join_next().await {
+        record(&mut h, latency??);
+    }
+    Ok((sent, start.elapsed(), h, most))
 }
 
 /// The same settle benchmark with more accounts and with a long history.
