@@ -3,8 +3,10 @@
 //! Callers hand operations to [`Engine`]; a dedicated writer thread takes whatever has queued
 //! up (up to [`MAX_BATCH_OPS`]), opens one db transaction, loads and locks the rows the batch
 //! touches, applies each operation in arrival order with the pure core, persists the effects,
-//! commits, and only then answers every caller. Thousands of concurrent requests cost a few
-//! commits, and an answer always means the commit is durable.
+//! commits, and answers every caller once the commit is on disk. Thousands of concurrent
+//! requests cost a few commits, and an answer always means the commit is durable. A store that
+//! can defer its disk sync (SQLite) has it done by a syncer thread, which answers each batch's
+//! callers after the sync that covers it while the writer already runs the next batch.
 //!
 //! Architecture invariant: every write to the database goes through the writer thread. Reads
 //! go through [`Engine::read`] on separate connections and never wait for a batch.
@@ -20,7 +22,7 @@ use tollgate_core::machine::{apply, BatchState, Op, Outcome, Rejection};
 use tollgate_core::price::PriceRule;
 use tollgate_core::Timestamp;
 use tollgate_store::{
-    AccountTerms, ApiKeyRecord, BillingMode, Reader, ReaderFactory, Store, StoreError, Tx,
+    AccountTerms, ApiKeyRecord, BillingMode, Reader, ReaderFactory, Store, StoreError, SyncFn, Tx,
     SETTING_CONCURRENCY, SETTING_MACHINES, SETTING_PRICES_READ_ON,
 };
 
@@ -132,6 +134,18 @@ impl Job {
             _ => 1,
         }
     }
+
+    /// Answers the caller with `error` at once, without running the job.
+    fn fail(self, error: EngineError) {
+        match self {
+            Job::Ops { reply, .. } | Job::Sweep { reply } => {
+                let _ = reply.send(Err(error));
+            }
+            Job::Admin { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
 }
 
 /// How long a key read from the database is trusted before it is read again. Within one
@@ -146,6 +160,8 @@ struct Shared {
     readers: Mutex<Vec<Box<dyn Reader>>>,
     open_reader: ReaderFactory,
     clock: Clock,
+    /// Set when a sync of the store failed (see [`syncer`]).
+    sync_failure: std::sync::OnceLock<String>,
 }
 
 /// A handle to the write path and the read pool. Cheap to clone.
@@ -157,7 +173,7 @@ pub struct Engine {
 
 impl Engine {
     /// Starts the writer thread over `store`.
-    pub fn start(store: Box<dyn Store>, clock: Clock) -> Result<Engine, EngineError> {
+    pub fn start(mut store: Box<dyn Store>, clock: Clock) -> Result<Engine, EngineError> {
         let open_reader = store.reader_factory();
         // On a thread of its own: a database driver may block in ways an async runtime
         // refuses on its own threads.
@@ -180,11 +196,24 @@ impl Engine {
             keys: Mutex::new(HashMap::new()),
             open_reader,
             clock,
+            sync_failure: std::sync::OnceLock::new(),
         });
+        let outbox = match store.defer_sync()? {
+            None => Outbox::Direct,
+            Some(sync) => {
+                let (answers, synced) = std::sync::mpsc::channel();
+                let syncer_shared = shared.clone();
+                std::thread::Builder::new()
+                    .name("tollgate-syncer".into())
+                    .spawn(move || syncer(sync, synced, syncer_shared))
+                    .map_err(|e| EngineError::Internal(format!("cannot start the syncer: {e}")))?;
+                Outbox::AfterSync(answers)
+            }
+        };
         let writer_shared = shared.clone();
         std::thread::Builder::new()
             .name("tollgate-writer".into())
-            .spawn(move || writer(store, rx, writer_shared))
+            .spawn(move || writer(store, rx, writer_shared, outbox))
             .map_err(|e| EngineError::Internal(format!("cannot start the writer: {e}")))?;
         Ok(Engine { jobs: tx, shared })
     }
@@ -283,7 +312,66 @@ impl Engine {
     }
 }
 
-fn writer(mut store: Box<dyn Store>, mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
+/// A caller's answer, delivered with `Ok(())` once the commit that produced it is on disk, or
+/// with the error that kept it from getting there.
+type Answer = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
+
+/// Where the writer puts answers after a commit.
+enum Outbox {
+    /// The store's commits are durable when they return: answer at once.
+    Direct,
+    /// The store defers its sync: the syncer thread answers after the next sync.
+    AfterSync(std::sync::mpsc::Sender<Vec<Answer>>),
+}
+
+impl Outbox {
+    fn deliver(&self, answers: Vec<Answer>) {
+        match self {
+            Outbox::Direct => answers.into_iter().for_each(|a| a(Ok(()))),
+            Outbox::AfterSync(syncer) => {
+                if let Err(lost) = syncer.send(answers) {
+                    lost.0
+                        .into_iter()
+                        .for_each(|a| a(Err(EngineError::Stopped)));
+                }
+            }
+        }
+    }
+}
+
+/// Puts every commit on disk and then answers its callers: each sync covers every batch
+/// committed before it started, so while one batch's commit is synced, the writer already
+/// runs the next. A failed sync leaves the database file behind what later batches would
+/// build on, so from then on every operation is refused until tollgate restarts.
+fn syncer(mut sync: SyncFn, rx: std::sync::mpsc::Receiver<Vec<Answer>>, shared: Arc<Shared>) {
+    while let Ok(mut answers) = rx.recv() {
+        while let Ok(more) = rx.try_recv() {
+            answers.extend(more);
+        }
+        let synced = match shared.sync_failure.get() {
+            Some(failure) => Err(failure.clone()),
+            None => sync().map_err(|e| {
+                let failure = format!("{e}; tollgate must be restarted to write again");
+                tracing::error!("{failure}");
+                shared.sync_failure.get_or_init(|| failure).clone()
+            }),
+        };
+        for answer in answers {
+            answer(
+                synced
+                    .clone()
+                    .map_err(|m| EngineError::Store(StoreError::Db(m))),
+            );
+        }
+    }
+}
+
+fn writer(
+    mut store: Box<dyn Store>,
+    mut rx: mpsc::Receiver<Job>,
+    shared: Arc<Shared>,
+    outbox: Outbox,
+) {
     let mut pending: Vec<Job> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut size = first.len();
@@ -298,10 +386,16 @@ fn writer(mut store: Box<dyn Store>, mut rx: mpsc::Receiver<Job>, shared: Arc<Sh
             }
         }
         let jobs = std::mem::take(&mut pending);
+        if let Some(failure) = shared.sync_failure.get() {
+            for job in jobs {
+                job.fail(EngineError::Store(StoreError::Db(failure.clone())));
+            }
+            continue;
+        }
         // A bug that panics inside one batch must not take the write path down: the db
         // transaction rolls back when unwound, the batch's callers see an error, and the next
         // batch runs.
-        let run = std::panic::AssertUnwindSafe(|| run_jobs(&mut *store, &shared, jobs));
+        let run = std::panic::AssertUnwindSafe(|| run_jobs(&mut *store, &shared, jobs, &outbox));
         if std::panic::catch_unwind(run).is_err() {
             tracing::error!(
                 "a batch panicked; its operations were rolled back and answered with an error"
@@ -312,23 +406,27 @@ fn writer(mut store: Box<dyn Store>, mut rx: mpsc::Receiver<Job>, shared: Arc<Sh
 
 /// Groups consecutive operation jobs into one batch; admin commands run in their own db
 /// transaction, in order.
-fn run_jobs(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) {
+fn run_jobs(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>, outbox: &Outbox) {
     let mut batch: Vec<Job> = Vec::new();
     for job in jobs {
         match job {
             Job::Admin { cmd, reply } => {
-                run_batch(store, shared, std::mem::take(&mut batch));
-                let _ = reply.send(run_admin(store, shared, cmd));
+                outbox.deliver(run_batch(store, shared, std::mem::take(&mut batch)));
+                let result = run_admin(store, shared, cmd);
+                outbox.deliver(vec![Box::new(move |synced: Result<(), EngineError>| {
+                    let _ = reply.send(synced.and(result));
+                })]);
             }
             other => batch.push(other),
         }
     }
-    run_batch(store, shared, batch);
+    outbox.deliver(run_batch(store, shared, batch));
 }
 
-fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) {
+/// Runs one batch in one db transaction; returns its callers' answers.
+fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answer> {
     if jobs.is_empty() {
-        return;
+        return Vec::new();
     }
     let now = (shared.clock)();
     let mut answers: Vec<Vec<Result<Outcome, Rejection>>> = Vec::new();
@@ -369,20 +467,25 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) {
         tracing::error!(error = ?result, "batch failed; every operation in it is answered with an error");
     }
     let mut answers = answers.into_iter();
-    for job in jobs {
-        let reply = match job {
-            Job::Ops { reply, .. } | Job::Sweep { reply } => reply,
-            Job::Admin { .. } => unreachable!(),
-        };
-        let msg = match &mut result {
-            Ok(()) => Ok(answers.next().expect("one answer list per job")),
-            // Every caller of the batch gets the error (StoreError is not Clone); a database
-            // message is passed on as is, not wrapped in a second "database error:".
-            Err(StoreError::Db(m)) => Err(EngineError::Store(StoreError::Db(m.clone()))),
-            Err(e) => Err(EngineError::Store(StoreError::Db(e.to_string()))),
-        };
-        let _ = reply.send(msg);
-    }
+    jobs.into_iter()
+        .map(|job| {
+            let reply = match job {
+                Job::Ops { reply, .. } | Job::Sweep { reply } => reply,
+                Job::Admin { .. } => unreachable!(),
+            };
+            let msg = match &mut result {
+                Ok(()) => Ok(answers.next().expect("one answer list per job")),
+                // Every caller of the batch gets the error (StoreError is not Clone); a
+                // database message is passed on as is, not wrapped in a second "database
+                // error:".
+                Err(StoreError::Db(m)) => Err(EngineError::Store(StoreError::Db(m.clone()))),
+                Err(e) => Err(EngineError::Store(StoreError::Db(e.to_string()))),
+            };
+            Box::new(move |synced: Result<(), EngineError>| {
+                let _ = reply.send(synced.and(msg));
+            }) as Answer
+        })
+        .collect()
 }
 
 /// The catalog as committed: another process sharing the database may have changed it, and

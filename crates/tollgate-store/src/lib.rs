@@ -4,7 +4,8 @@
 //! which the engine loads (and, on a shared database, locks) the rows a batch touches, applies
 //! the pure core, and persists the effects. [`Reader`] answers queries from a separate
 //! connection so reads never wait for the writer. [`sqlite`] implements both on one SQLite
-//! file in WAL mode with `synchronous=FULL`, so a commit that returned is on disk;
+//! file in WAL mode, whose commits are on disk when they return or, for the engine's writer,
+//! once a sync of the WAL that follows them returns ([`Store::defer_sync`]);
 //! [`postgres`] implements them on a PostgreSQL database that several tollgate processes share.
 //! [`open`] picks one by what the operator names: a `postgres://` URL or a file path.
 //!
@@ -381,8 +382,16 @@ pub trait Tx {
 /// The write side: one writer per process.
 pub trait Store: Send {
     /// Runs `f` in one db transaction and commits if it returns `Ok`. When this returns `Ok`,
-    /// the commit is durable.
+    /// the commit is durable, unless [`Store::defer_sync`] was called: then it is durable once
+    /// the returned [`SyncFn`] next returns `Ok`.
     fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
+    /// Lets commits return before they are on disk, and gives the function that puts every
+    /// commit made so far on disk, which another thread can call while the next transaction
+    /// runs. `None` (the default) when the store cannot separate the two: then every commit
+    /// is durable when it returns.
+    fn defer_sync(&mut self) -> Result<Option<SyncFn>> {
+        Ok(None)
+    }
     /// Opens read connections, from any thread.
     fn reader_factory(&self) -> ReaderFactory;
     /// How many schema migrations the database has had.
@@ -390,6 +399,9 @@ pub trait Store: Send {
     /// Where the data lives, for messages (a file path, or a URL without its password).
     fn describe(&self) -> String;
 }
+
+/// Makes every commit made so far durable (see [`Store::defer_sync`]).
+pub type SyncFn = Box<dyn FnMut() -> Result<()> + Send>;
 
 /// Opens a new read connection.
 pub type ReaderFactory = std::sync::Arc<dyn Fn() -> Result<Box<dyn Reader>> + Send + Sync>;

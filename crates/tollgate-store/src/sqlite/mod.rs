@@ -1,8 +1,14 @@
-//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`.
+//! The embedded store: one SQLite file in WAL mode.
 //!
 //! One writer connection (the engine's) and any number of reader connections. WAL lets readers
-//! see the last commit while the writer works; `synchronous=FULL` makes every commit durable
-//! before it returns, which is what lets the engine acknowledge after commit.
+//! see the last commit while the writer works. Every connection runs with `synchronous=FULL`,
+//! which makes a commit durable before it returns, except the writer once
+//! [`Store::defer_sync`] was called: it commits with `synchronous=NORMAL` (the WAL frames are
+//! written, not yet synced; a checkpoint still syncs before it copies them back), and the
+//! returned function `fdatasync`s the WAL file, which puts every commit before it on disk. The
+//! engine calls that on a thread of its own and answers callers after it, so one batch's sync
+//! overlaps the next batch's work. WAL frames carry cumulative checksums, so after a power
+//! loss SQLite recovers every synced commit and never a torn one.
 
 use crate::rows::{
     self, AccountCols, Cell, Get, KeyCols, LineItemCols, RequestCols, ACCOUNT_COLS, KEY_COLS,
@@ -10,8 +16,8 @@ use crate::rows::{
 };
 use crate::{
     corrupt, parse_id, to_json, AccountRow, AccountTerms, ApiKeyRecord, BillingEventsQuery,
-    BillingMode, Reader, ReaderFactory, Reconciliation, Result, RollupQuery, Store, StoreError, Tx,
-    SETTING_CATALOG_GENERATION,
+    BillingMode, Reader, ReaderFactory, Reconciliation, Result, RollupQuery, Store, StoreError,
+    SyncFn, Tx, SETTING_CATALOG_GENERATION,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::HashMap;
@@ -262,6 +268,26 @@ impl Store for SqliteStore {
                 Err(e)
             }
         }
+    }
+
+    fn defer_sync(&mut self) -> Result<Option<SyncFn>> {
+        // The connections keep the WAL file open, and SQLite only deletes it when the last one
+        // closes, so this handle names the file the commits go to for the store's life (a
+        // checkpoint that starts the WAL over rewrites the same file).
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&wal)
+            .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", wal.to_string_lossy())))?;
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(Some(Box::new(move || {
+            file.sync_data()
+                .map_err(|e| StoreError::Db(format!("cannot sync the WAL to disk: {e}")))
+        })))
     }
 
     fn reader_factory(&self) -> ReaderFactory {
