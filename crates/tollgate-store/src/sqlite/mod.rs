@@ -95,7 +95,7 @@ impl CachedAccount {
 /// never gives a background checkpoint that moment, and the WAL would grow without bound: every
 /// commit would then write to newly allocated file blocks, which costs the kernel more than
 /// overwriting blocks it already has. So once the WAL is past [`WAL_RESTART_FRAMES`], the
-/// checkpointer asks the writer ([`Checkpointer::restart_wanted`]) to copy back the few frames
+/// checkpointer asks the writer ([`Checkpointer::restart_if_wanted`]) to copy back the few frames
 /// written since the last pass itself, between two batches; that never waits for a reader or
 /// for the checkpointer (a PASSIVE checkpoint that finds either busy just stops early and is
 /// tried again before the next batch), and the next commit starts the WAL over.
