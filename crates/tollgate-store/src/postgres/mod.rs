@@ -357,29 +357,36 @@ fn load_accounts(
     if accounts.is_empty() {
         return Ok(Vec::new());
     }
+    // One query for both: the open lots, in spending order, and the paid purchases in the
+    // tier window of `now`.
+    let since = now.minus_ms(TIER_WINDOW_MS).0;
     let mut lots: HashMap<String, Vec<Lot>> = HashMap::new();
-    for r in c.rows(
-        "SELECT account, purchase_id, remaining_nanos, expires_at, created_at FROM purchases \
-         WHERE account = ANY($1) AND remaining_nanos > 0 \
-         ORDER BY account, expires_at IS NULL, expires_at, created_at, purchase_id",
-        &[&ids],
-    )? {
-        let account: String = r.try_get(0)?;
-        let pid: String = r.try_get(1)?;
-        lots.entry(account).or_default().push(rows::lot(
-            &pid,
-            r.try_get(2)?,
-            r.try_get(3)?,
-            r.try_get(4)?,
-        )?);
-    }
     let mut paid: HashMap<String, i64> = HashMap::new();
     for r in c.rows(
-        "SELECT account, CAST(SUM(amount_nanos) AS BIGINT) FROM purchases \
-         WHERE account = ANY($1) AND paid AND created_at > $2 GROUP BY account",
-        &[&ids, &now.minus_ms(TIER_WINDOW_MS).0],
+        "SELECT account, purchase_id, remaining_nanos, expires_at, created_at, amount_nanos, \
+         paid FROM purchases \
+         WHERE account = ANY($1) AND (remaining_nanos > 0 OR (paid AND created_at > $2)) \
+         ORDER BY account, expires_at IS NULL, expires_at, created_at, purchase_id",
+        &[&ids, &since],
     )? {
-        paid.insert(r.try_get(0)?, r.try_get(1)?);
+        let account: String = r.try_get(0)?;
+        let remaining: i64 = r.try_get(2)?;
+        let created_at: i64 = r.try_get(4)?;
+        if r.try_get::<_, bool>(6)? && created_at > since {
+            let sum = paid.entry(account.clone()).or_default();
+            *sum = sum
+                .checked_add(r.try_get(5)?)
+                .ok_or_else(|| corrupt("paid purchases", "their sum overflows"))?;
+        }
+        if remaining > 0 {
+            let pid: String = r.try_get(1)?;
+            lots.entry(account).or_default().push(rows::lot(
+                &pid,
+                remaining,
+                r.try_get(3)?,
+                created_at,
+            )?);
+        }
     }
     accounts
         .iter()
