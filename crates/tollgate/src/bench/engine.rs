@@ -534,10 +534,12 @@ async fn admission(plan: &Plan, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result
         o.await??;
     }
     let mut rows = Vec::new();
+    let mut completed = 0;
     if wanted(name) {
         let clients = 64;
         let (n, el, h) =
             lifecycles(&engine, clients, plan.duration, ACCOUNTS, false, "adm").await?;
+        completed += n;
         rows.push(Row::new(
             name,
             "tollgate",
@@ -552,6 +554,7 @@ async fn admission(plan: &Plan, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result
     }
     for rate in rates {
         let (n, el, h, most) = lifecycles_at_rate(&engine, rate, plan.duration).await?;
+        completed += n;
         rows.push(Row::new(
             &rate_name(rate),
             "tollgate",
@@ -564,6 +567,11 @@ async fn admission(plan: &Plan, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result
                  clients = most requests in flight at once"
             ),
         ));
+    }
+    // The requests held open are never billed; every completed lifecycle is, once.
+    let check = reconciled(&engine, completed).await?;
+    for row in &mut rows {
+        row.note = format!("{}; after all admission rows: {check}", row.note);
     }
     Ok(rows)
 }
