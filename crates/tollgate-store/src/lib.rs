@@ -41,6 +41,10 @@ pub enum StoreError {
     /// a serialization failure, a duplicate key inserted concurrently): run it again.
     #[error("conflict with a concurrent writer: {0}")]
     Conflict(String),
+    /// The server ended the connection (it is shutting down or restarting, or an operator
+    /// terminated the session): reconnect and run the db transaction again.
+    #[error("the database ended the connection: {0}")]
+    Disconnected(String),
 }
 
 impl From<rusqlite::Error> for StoreError {

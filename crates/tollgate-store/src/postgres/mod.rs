@@ -77,6 +77,13 @@ impl From<::postgres::Error> for StoreError {
             || *code == SqlState::UNIQUE_VIOLATION
         {
             StoreError::Conflict(message)
+        } else if *code == SqlState::ADMIN_SHUTDOWN
+            || *code == SqlState::CRASH_SHUTDOWN
+            || *code == SqlState::CANNOT_CONNECT_NOW
+        {
+            // The server's last word before it closes the socket; the client may not have
+            // seen the socket close yet.
+            StoreError::Disconnected(message)
         } else {
             StoreError::Db(message)
         }
@@ -208,9 +215,15 @@ impl Store for PostgresStore {
                 // The connection dropped (the server restarted, a proxy cut it): reconnect and
                 // run the batch again. Safe even if its commit went through: every operation
                 // is idempotent on its client id, so the second run answers as a replay.
-                Err(e) if self.client.is_closed() && attempt < CONFLICT_RETRIES => {
+                Err(e)
+                    if (self.client.is_closed() || matches!(e, StoreError::Disconnected(_)))
+                        && attempt < CONFLICT_RETRIES =>
+                {
                     attempt += 1;
                     tracing::warn!(%e, "the database connection dropped; reconnecting");
+                    // The server may end the connection before the socket reads as closed.
+                    self.client = connect(&self.config, &self.shown)?;
+                    self.statements.clear();
                 }
                 Err(StoreError::Conflict(why)) if attempt < CONFLICT_RETRIES => {
                     attempt += 1;
