@@ -194,10 +194,13 @@ fn migrate(client: &mut Client) -> Result<()> {
 impl Store for PostgresStore {
     fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
         let mut attempt = 0;
+        // The server may end a session (and say so) before its socket reads as closed.
+        let mut ended = false;
         loop {
-            if self.client.is_closed() {
+            if ended || self.client.is_closed() {
                 self.client = connect(&self.config, &self.shown)?;
                 self.statements.clear();
+                ended = false;
             }
             let statements = &mut self.statements;
             let outcome = (|| {
@@ -221,9 +224,7 @@ impl Store for PostgresStore {
                 {
                     attempt += 1;
                     tracing::warn!(%e, "the database connection dropped; reconnecting");
-                    // The server may end the connection before the socket reads as closed.
-                    self.client = connect(&self.config, &self.shown)?;
-                    self.statements.clear();
+                    ended = true;
                 }
                 Err(StoreError::Conflict(why)) if attempt < CONFLICT_RETRIES => {
                     attempt += 1;
