@@ -619,13 +619,22 @@ impl Tx for SqliteTx<'_> {
             ])?;
         }
         // What is left of each lot of the accounts that changed (after the new purchases, so
-        // a lot bought and spent in the same batch is written as spent).
+        // a lot bought and spent in the same batch is written as spent). The cache holds the
+        // lots as the last commit left them, so only the lots this batch spent are written.
         let mut st = c.prepare_cached(
             "UPDATE purchases SET remaining_nanos = ?3 WHERE account = ?1 AND purchase_id = ?2 \
              AND remaining_nanos != ?3",
         )?;
         for id in &s.dirty_accounts {
+            let before = self.cache.get(id).map(|c| c.state.lots.as_slice());
             for lot in &s.accounts[id].lots {
+                let unchanged = before.is_some_and(|lots| {
+                    lots.iter()
+                        .any(|b| b.purchase_id == lot.purchase_id && b.remaining == lot.remaining)
+                });
+                if unchanged {
+                    continue;
+                }
                 st.execute(params![
                     id.as_str(),
                     lot.purchase_id.as_str(),
