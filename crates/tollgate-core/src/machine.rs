@@ -404,6 +404,8 @@ pub enum Rejection {
 /// The rows a batch touches, and the effects of the operations applied so far.
 #[derive(Debug, Default)]
 pub struct BatchState {
+    /// The batch's clock: the `now` its operations are applied at.
+    pub now: Timestamp,
     pub accounts: HashMap<AccountId, AccountState>,
     pub requests: HashMap<RequestId, RequestRecord>,
     pub purchases: HashMap<(AccountId, PurchaseId), PurchaseRecord>,

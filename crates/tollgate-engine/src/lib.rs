@@ -514,7 +514,10 @@ fn load<'a>(
     now: Timestamp,
     ops: impl Iterator<Item = &'a Op> + Clone,
 ) -> Result<BatchState, StoreError> {
-    let mut state = BatchState::default();
+    let mut state = BatchState {
+        now,
+        ..BatchState::default()
+    };
     let request_ids: Vec<_> = ops
         .clone()
         .filter_map(|op| op.request_id().cloned())

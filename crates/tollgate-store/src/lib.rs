@@ -70,6 +70,22 @@ pub const SETTING_PRICES_READ_ON: &str = "prices_read_on";
 /// Counts catalog changes (endpoints, price versions, settings): a process whose catalog
 /// snapshot is of an older generation reloads it. Written by the stores, never by callers.
 pub const SETTING_CATALOG_GENERATION: &str = "catalog_generation";
+/// The start (ms) of the first hour whose hour rollup rows are not written yet: every hour
+/// before it has its hour rows, summed from its minutes; the hours from it on are read from
+/// their minute rows (see [`RollupQuery::ranges`]). Absent: every hour has its hour rows (a
+/// store that writes both grains in each batch, as PostgreSQL does, never sets it).
+pub const SETTING_HOURS_OPEN_FROM: &str = "rollup_hours_open_from";
+
+/// The value of [`SETTING_HOURS_OPEN_FROM`].
+pub fn hours_open_from(value: Option<String>) -> Result<Timestamp> {
+    match value {
+        None => Ok(Timestamp(i64::MAX)),
+        Some(v) => v
+            .parse()
+            .map(Timestamp)
+            .map_err(|e| corrupt(SETTING_HOURS_OPEN_FROM, e)),
+    }
+}
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -275,25 +291,50 @@ pub struct RollupQuery {
     pub whole_hours: bool,
 }
 
+/// Where the rows of a [`RollupQuery::ranges`] range come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RollupRows {
+    /// Minute rows, one slot per minute.
+    Minutes,
+    /// Hour rows, one slot per hour.
+    Hours,
+    /// Hours whose hour rows are not written yet: their minute rows, summed per hour (one slot
+    /// per hour, as [`RollupRows::Hours`]).
+    OpenHours,
+}
+
+impl RollupRows {
+    /// The width of one slot of these rows.
+    pub fn grain(self) -> Grain {
+        match self {
+            RollupRows::Minutes => Grain::Minute,
+            RollupRows::Hours | RollupRows::OpenHours => Grain::Hour,
+        }
+    }
+}
+
 impl RollupQuery {
-    /// The rows the query reads, as `(grain, from, to)` slot ranges in time order: hour rows
-    /// for the whole UTC hours of the range when the caller's buckets never split an hour,
-    /// minute rows for the rest.
-    pub fn ranges(&self) -> Vec<(Grain, Timestamp, Timestamp)> {
+    /// The rows the query reads, as `(rows, from, to)` slot ranges in time order: for the
+    /// whole UTC hours of the range, when the caller's buckets never split an hour, hour rows
+    /// (before `hours_open_from`, see [`SETTING_HOURS_OPEN_FROM`]) or the hour's minutes summed
+    /// (from it on); minute rows for the rest.
+    pub fn ranges(&self, hours_open_from: Timestamp) -> Vec<(RollupRows, Timestamp, Timestamp)> {
         let from = Grain::Minute.slot_of(self.from);
         let to = self.to;
         let hour = Grain::Hour.ms();
         // [first_hour, last_hour): the whole UTC hours inside the range.
-        let first_hour = Grain::Hour.slot_of(Timestamp(from.0 + hour - 1));
+        let first_hour = Grain::Hour.slot_of(Timestamp(from.0.saturating_add(hour - 1)));
         let last_hour = Grain::Hour.slot_of(to);
         let all = if self.whole_hours && first_hour < last_hour {
+            let open = hours_open_from.clamp(first_hour, last_hour);
             vec![
-                (Grain::Minute, from, first_hour),
-                (Grain::Hour, first_hour, last_hour),
-                (Grain::Minute, last_hour, to),
+                (RollupRows::Minutes, from, first_hour),
+                (RollupRows::Hours, first_hour, open),
+                (RollupRows::OpenHours, open, last_hour),
+                (RollupRows::Minutes, last_hour, to),
             ]
         } else {
-            vec![(Grain::Minute, from, to)]
+            vec![(RollupRows::Minutes, from, to)]
         };
         all.into_iter().filter(|(_, a, b)| a < b).collect()
     }

@@ -553,7 +553,19 @@ pub(crate) fn reconcile(q: &mut Query) -> Result<Reconciliation> {
         rec.line_item_mismatches
             .push(parse_id(RequestId::parse, row[0].text()?)?);
     }
-    for table in ["usage_minutes", "usage_hours"] {
+    // The hour rows of the closed hours, and the minutes of the open ones.
+    let open_from = format!(
+        "COALESCE((SELECT CAST(value AS BIGINT) FROM settings WHERE key = '{}'), {})",
+        crate::SETTING_HOURS_OPEN_FROM,
+        i64::MAX
+    );
+    let hours = format!(
+        "(SELECT account, total_nanos, requests FROM usage_hours WHERE slot < {open_from} \
+         UNION ALL \
+         SELECT account, total_nanos, requests FROM usage_minutes WHERE slot >= {open_from}) \
+         AS hours"
+    );
+    for table in ["usage_minutes", hours.as_str()] {
         for row in q(&format!(
             "WITH r AS (SELECT account, CAST(SUM(total_nanos) AS BIGINT) AS t, \
                           CAST(SUM(requests) AS BIGINT) AS n FROM {table} GROUP BY account), \

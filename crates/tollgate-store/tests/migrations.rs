@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use tollgate_core::ids::{AccountId, EndpointId};
 use tollgate_core::Timestamp;
 use tollgate_store::sqlite::SqliteStore;
-use tollgate_store::{BillingEventsQuery, RollupQuery, Store};
+use tollgate_store::{BillingEventsQuery, RollupQuery, Store, SETTING_HOURS_OPEN_FROM};
 
 const SCHEMA_1: &str = include_str!("../migrations/sqlite/0001_init.sql");
 
@@ -105,10 +105,15 @@ fn upgrading_builds_rollups_that_add_up_to_the_line_items() {
     version_1_database(&path);
 
     let mut store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.schema_version().unwrap(), 3);
     let mut reader = (store.reader_factory())().unwrap();
     let rec = reader.reconcile().unwrap();
     assert_eq!(rec.rollup_mismatches, vec![]);
+    // The backfill wrote the hour rows of both hours: both are closed.
+    assert_eq!(
+        reader.setting(SETTING_HOURS_OPEN_FROM).unwrap().as_deref(),
+        Some("7200000")
+    );
 
     let acme = AccountId::parse("acme").unwrap();
     let flux = EndpointId::parse("fal-ai/flux/dev").unwrap();

@@ -49,7 +49,9 @@ pub(super) fn usage(c: &mut dyn Run, q: &RollupQuery) -> Result<Vec<(UsageKey, U
     let endpoints = ids(&q.endpoints, |e| e.as_str());
     let keys = ids(&q.api_keys, |k| k.as_str());
     let mut out = Vec::new();
-    for (grain, from, to) in q.ranges() {
+    // PostgreSQL writes the hour rows with their minutes, so every hour has them.
+    for (rows, from, to) in q.ranges(Timestamp(i64::MAX)) {
+        let grain = rows.grain();
         let rows = c.rows(
             &format!(
                 "SELECT slot, endpoint_id, api_key, unit, unit_price, percent_discount, \
@@ -105,7 +107,9 @@ pub(super) fn activity(
 ) -> Result<Vec<(ActivityKey, ActivityTotals)>> {
     let endpoints = ids(&q.endpoints, |e| e.as_str());
     let mut out = Vec::new();
-    for (grain, from, to) in q.ranges() {
+    // PostgreSQL writes the hour rows with their minutes, so every hour has them.
+    for (rows, from, to) in q.ranges(Timestamp(i64::MAX)) {
+        let grain = rows.grain();
         let rows = c.rows(
             &format!(
                 "SELECT slot, endpoint_id, {ACTIVITY_COLS} FROM {} \

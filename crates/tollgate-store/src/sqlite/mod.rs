@@ -48,6 +48,10 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/sqlite/0002_rollups.sql"),
         Some(rollups::backfill),
     ),
+    (
+        include_str!("../../migrations/sqlite/0003_open_hours.sql"),
+        None,
+    ),
 ];
 
 pub struct SqliteStore {
@@ -682,8 +686,9 @@ impl Tx for SqliteTx<'_> {
                 l.inference_ms
             ])?;
         }
+        let hours_open_from = rollups::close_hours(c, s.now)?;
         let deltas = tollgate_core::rollup::deltas(s).map_err(|e| StoreError::Db(e.to_string()))?;
-        rollups::write(c, &deltas)?;
+        rollups::write(c, &deltas, hours_open_from)?;
         Ok(())
     }
 

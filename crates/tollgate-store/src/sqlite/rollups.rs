@@ -7,8 +7,10 @@
 
 use crate::rows::LineItemCols;
 use crate::{corrupt, decimal, parse_id};
-use crate::{BillingEventsQuery, Result, RollupQuery, StoreError};
-use rusqlite::functions::FunctionFlags;
+use crate::{
+    BillingEventsQuery, Result, RollupQuery, RollupRows, StoreError, SETTING_HOURS_OPEN_FROM,
+};
+use rusqlite::functions::{Aggregate, Context, FunctionFlags};
 use rusqlite::{params, params_from_iter, Connection, Row};
 use rust_decimal::Decimal;
 use std::str::FromStr;
@@ -42,7 +44,52 @@ pub(super) fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
         a.merge(&parse(1)?);
         Ok(a.to_bytes())
     })?;
+    conn.create_aggregate_function("tollgate_dec_sum", 1, flags, DecimalSum)?;
+    conn.create_aggregate_function("tollgate_durations_sum", 1, flags, DurationsSum)?;
     Ok(())
+}
+
+/// `tollgate_dec_sum(x)`: the exact sum of decimal texts, as `tollgate_dec_add` adds two.
+struct DecimalSum;
+
+impl Aggregate<Decimal, String> for DecimalSum {
+    fn init(&self, _: &mut Context<'_>) -> rusqlite::Result<Decimal> {
+        Ok(Decimal::ZERO)
+    }
+
+    fn step(&self, ctx: &mut Context<'_>, sum: &mut Decimal) -> rusqlite::Result<()> {
+        let s: String = ctx.get(0)?;
+        let v = Decimal::from_str(&s).map_err(|e| rusqlite::Error::UserFunctionError(e.into()))?;
+        *sum = sum
+            .checked_add(v)
+            .ok_or_else(|| rusqlite::Error::UserFunctionError("decimal overflow".into()))?;
+        Ok(())
+    }
+
+    fn finalize(&self, _: &mut Context<'_>, sum: Option<Decimal>) -> rusqlite::Result<String> {
+        Ok(sum.unwrap_or_default().normalize().to_string())
+    }
+}
+
+/// `tollgate_durations_sum(h)`: histograms merged, as `tollgate_durations_merge` merges two.
+struct DurationsSum;
+
+impl Aggregate<Durations, Vec<u8>> for DurationsSum {
+    fn init(&self, _: &mut Context<'_>) -> rusqlite::Result<Durations> {
+        Ok(Durations::new())
+    }
+
+    fn step(&self, ctx: &mut Context<'_>, sum: &mut Durations) -> rusqlite::Result<()> {
+        let b: Vec<u8> = ctx.get(0)?;
+        let d =
+            Durations::from_bytes(&b).map_err(|e| rusqlite::Error::UserFunctionError(e.into()))?;
+        sum.merge(&d);
+        Ok(())
+    }
+
+    fn finalize(&self, _: &mut Context<'_>, sum: Option<Durations>) -> rusqlite::Result<Vec<u8>> {
+        Ok(sum.unwrap_or_default().to_bytes())
+    }
 }
 
 /// The tables of a grain.
@@ -53,13 +100,74 @@ fn tables(grain: Grain) -> (&'static str, &'static str) {
     }
 }
 
-/// Adds a batch's rollup deltas (per minute) to their minute rows and their hour rows.
-pub(super) fn write(conn: &Connection, minutes: &Deltas) -> Result<()> {
+/// Adds a batch's rollup deltas (per minute) to their minute rows, and to their hour rows
+/// where the hour is closed (before `hours_open_from`, see [`SETTING_HOURS_OPEN_FROM`]).
+pub(super) fn write(conn: &Connection, minutes: &Deltas, hours_open_from: Timestamp) -> Result<()> {
     let hours = minutes
-        .coarsen(Grain::Hour)
+        .coarsen_before(Grain::Hour, hours_open_from)
         .map_err(|e| StoreError::Db(e.to_string()))?;
     write_grain(conn, Grain::Minute, minutes)?;
     write_grain(conn, Grain::Hour, &hours)
+}
+
+/// What a usage row upsert adds to the row already there.
+const ADD_USAGE: &str = "ON CONFLICT DO UPDATE SET \
+     quantity = tollgate_dec_add(quantity, excluded.quantity), \
+     requests = requests + excluded.requests, \
+     subtotal_nanos = subtotal_nanos + excluded.subtotal_nanos, \
+     discount_nanos = discount_nanos + excluded.discount_nanos, \
+     total_nanos = total_nanos + excluded.total_nanos";
+
+/// What an activity row upsert adds to the row already there.
+const ADD_ACTIVITY: &str = "ON CONFLICT DO UPDATE SET requests = requests + excluded.requests, \
+     successes = successes + excluded.successes, \
+     user_errors = user_errors + excluded.user_errors, errors = errors + excluded.errors, \
+     billable_ms = billable_ms + excluded.billable_ms, \
+     prepare_ms = tollgate_durations_merge(prepare_ms, excluded.prepare_ms), \
+     duration_ms = tollgate_durations_merge(duration_ms, excluded.duration_ms)";
+
+/// The start of the hour of a slot, in SQL (floored, also before the epoch).
+const HOUR_OF_SLOT: &str = "(slot - ((slot % 3600000) + 3600000) % 3600000)";
+
+/// Closes the hours that ended by `now`: writes their hour rows, summed from their minute rows,
+/// and moves [`SETTING_HOURS_OPEN_FROM`] to the current hour. Returns the setting's value.
+///
+/// A batch adds its minutes to the hour rows only of closed hours, so a batch writes one row
+/// per account and key per grain it touches, not two; the hour rows of the current hour are
+/// written once, when it ends (readers sum its minutes until then). A late usage event for a
+/// closed hour is added to both rows, as before.
+pub(super) fn close_hours(conn: &Connection, now: Timestamp) -> Result<Timestamp> {
+    let open_from = crate::hours_open_from(super::setting(conn, SETTING_HOURS_OPEN_FROM)?)?;
+    let current = Grain::Hour.slot_of(now);
+    if current <= open_from {
+        return Ok(open_from);
+    }
+    conn.prepare_cached(&format!(
+        "INSERT INTO usage_hours (slot, account, endpoint_id, api_key, unit, unit_price, \
+         blend_version, percent_discount, quantity, requests, subtotal_nanos, discount_nanos, \
+         total_nanos) \
+         SELECT {HOUR_OF_SLOT} AS hour, account, endpoint_id, api_key, unit, unit_price, \
+         blend_version, percent_discount, tollgate_dec_sum(quantity), SUM(requests), \
+         SUM(subtotal_nanos), SUM(discount_nanos), SUM(total_nanos) FROM usage_minutes \
+         WHERE slot >= ?1 AND slot < ?2 GROUP BY hour, account, endpoint_id, api_key, unit, \
+         unit_price, blend_version, percent_discount {ADD_USAGE}"
+    ))?
+    .execute(params![open_from.0, current.0])?;
+    conn.prepare_cached(&format!(
+        "INSERT INTO activity_hours (slot, account, endpoint_id, requests, successes, \
+         user_errors, errors, billable_ms, prepare_ms, duration_ms) \
+         SELECT {HOUR_OF_SLOT} AS hour, account, endpoint_id, SUM(requests), SUM(successes), \
+         SUM(user_errors), SUM(errors), SUM(billable_ms), tollgate_durations_sum(prepare_ms), \
+         tollgate_durations_sum(duration_ms) FROM activity_minutes \
+         WHERE slot >= ?1 AND slot < ?2 GROUP BY hour, account, endpoint_id {ADD_ACTIVITY}"
+    ))?
+    .execute(params![open_from.0, current.0])?;
+    conn.prepare_cached(
+        "INSERT INTO settings (key, value) VALUES (?1, ?2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![SETTING_HOURS_OPEN_FROM, current.0.to_string()])?;
+    Ok(current)
 }
 
 fn write_grain(conn: &Connection, grain: Grain, d: &Deltas) -> Result<()> {
@@ -68,11 +176,7 @@ fn write_grain(conn: &Connection, grain: Grain, d: &Deltas) -> Result<()> {
         "INSERT INTO {usage} (slot, account, endpoint_id, api_key, unit, unit_price, \
          blend_version, percent_discount, quantity, requests, subtotal_nanos, discount_nanos, \
          total_nanos) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?13, ?7, ?8, ?9, ?10, ?11, ?12) \
-         ON CONFLICT DO UPDATE SET quantity = tollgate_dec_add(quantity, excluded.quantity), \
-         requests = requests + excluded.requests, \
-         subtotal_nanos = subtotal_nanos + excluded.subtotal_nanos, \
-         discount_nanos = discount_nanos + excluded.discount_nanos, \
-         total_nanos = total_nanos + excluded.total_nanos"
+         {ADD_USAGE}"
     ))?;
     for (k, t) in &d.usage {
         st.execute(params![
@@ -102,13 +206,7 @@ fn write_grain(conn: &Connection, grain: Grain, d: &Deltas) -> Result<()> {
     let mut st = conn.prepare_cached(&format!(
         "INSERT INTO {activity} (slot, account, endpoint_id, requests, successes, \
          user_errors, errors, billable_ms, prepare_ms, duration_ms) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
-         ON CONFLICT DO UPDATE SET requests = requests + excluded.requests, \
-         successes = successes + excluded.successes, \
-         user_errors = user_errors + excluded.user_errors, errors = errors + excluded.errors, \
-         billable_ms = billable_ms + excluded.billable_ms, \
-         prepare_ms = tollgate_durations_merge(prepare_ms, excluded.prepare_ms), \
-         duration_ms = tollgate_durations_merge(duration_ms, excluded.duration_ms)"
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) {ADD_ACTIVITY}"
     ))?;
     for (k, t) in &d.activity {
         st.execute(params![
@@ -156,7 +254,8 @@ pub(super) fn backfill(conn: &Connection) -> Result<()> {
         }
     }
     let d = rollup::deltas(&state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    write(conn, &d)
+    let open_from = crate::hours_open_from(super::setting(conn, SETTING_HOURS_OPEN_FROM)?)?;
+    write(conn, &d, open_from)
 }
 
 fn in_list(column: &str, n: usize) -> String {
@@ -167,30 +266,67 @@ fn in_list(column: &str, n: usize) -> String {
     }
 }
 
-/// The slots a rollup query reads, in time order.
-fn slots(q: &RollupQuery) -> Vec<(Grain, Timestamp)> {
+/// The slots a rollup query reads, in time order, with where their rows come from.
+fn slots(conn: &Connection, q: &RollupQuery) -> Result<Vec<(RollupRows, Timestamp)>> {
+    // Read on its own: minute rows are never removed, so a reader that sees an older value
+    // reads the minutes of an hour closed since, which sum to the same.
+    let open_from = crate::hours_open_from(super::setting(conn, SETTING_HOURS_OPEN_FROM)?)?;
     let mut out = Vec::new();
-    for (grain, from, to) in q.ranges() {
+    for (rows, from, to) in q.ranges(open_from) {
         let mut t = from;
         while t < to {
-            out.push((grain, t));
-            t = t.plus_ms(grain.ms());
+            out.push((rows, t));
+            t = t.plus_ms(rows.grain().ms());
         }
     }
-    out
+    Ok(out)
+}
+
+/// The rows of one slot of one account, `filters` applied (`WHERE slot = ?1 AND account = ?2
+/// ...`); for an open hour, its minute rows summed (`sums`) per `group`, in `group` order, the
+/// order of the hour table's key.
+fn slot_rows_sql(
+    rows: RollupRows,
+    table: &str,
+    cols: &str,
+    sums: &str,
+    filters: &str,
+    group: &str,
+) -> String {
+    match rows {
+        RollupRows::Minutes => {
+            format!("SELECT {cols} FROM {table}_minutes WHERE slot = ?1 AND account = ?2{filters}")
+        }
+        RollupRows::Hours => {
+            format!("SELECT {cols} FROM {table}_hours WHERE slot = ?1 AND account = ?2{filters}")
+        }
+        RollupRows::OpenHours => format!(
+            "WITH RECURSIVE hour_minutes(minute) AS (SELECT ?1 UNION ALL \
+             SELECT minute + 60000 FROM hour_minutes WHERE minute + 60000 < ?1 + 3600000) \
+             SELECT {sums} FROM hour_minutes JOIN {table}_minutes ON slot = minute \
+             WHERE account = ?2{filters} GROUP BY {group} ORDER BY {group}"
+        ),
+    }
 }
 
 /// Usage rows of one account in [from, to), in slot order.
 pub(super) fn usage(conn: &Connection, q: &RollupQuery) -> Result<Vec<(UsageKey, UsageTotals)>> {
     let mut out = Vec::new();
-    for (grain, slot) in slots(q) {
-        let sql = format!(
-            "SELECT endpoint_id, api_key, unit, unit_price, percent_discount, quantity, \
-             requests, subtotal_nanos, discount_nanos, total_nanos, blend_version FROM {} \
-             WHERE slot = ? AND account = ?{}{}",
-            tables(grain).0,
-            in_list("endpoint_id", q.endpoints.len()),
-            in_list("api_key", q.api_keys.len())
+    for (rows, slot) in slots(conn, q)? {
+        let sql = slot_rows_sql(
+            rows,
+            "usage",
+            "endpoint_id, api_key, unit, unit_price, percent_discount, quantity, requests, \
+             subtotal_nanos, discount_nanos, total_nanos, blend_version",
+            "endpoint_id, api_key, unit, unit_price, percent_discount, \
+             tollgate_dec_sum(quantity), SUM(requests), SUM(subtotal_nanos), \
+             SUM(discount_nanos), SUM(total_nanos), blend_version",
+            &format!(
+                "{}{}",
+                in_list("endpoint_id", q.endpoints.len()),
+                in_list("api_key", q.api_keys.len())
+            ),
+            "endpoint_id, api_key, unit, unit_price, blend_version, percent_discount",
         );
         let mut args: Vec<rusqlite::types::Value> =
             vec![slot.0.into(), q.account.as_str().to_string().into()];
@@ -237,12 +373,17 @@ pub(super) fn activity(
     q: &RollupQuery,
 ) -> Result<Vec<(ActivityKey, ActivityTotals)>> {
     let mut out = Vec::new();
-    for (grain, slot) in slots(q) {
-        let sql = format!(
-            "SELECT endpoint_id, requests, successes, user_errors, errors, billable_ms, \
-             prepare_ms, duration_ms FROM {} WHERE slot = ? AND account = ?{}",
-            tables(grain).1,
-            in_list("endpoint_id", q.endpoints.len()),
+    for (rows, slot) in slots(conn, q)? {
+        let sql = slot_rows_sql(
+            rows,
+            "activity",
+            "endpoint_id, requests, successes, user_errors, errors, billable_ms, prepare_ms, \
+             duration_ms",
+            "endpoint_id, SUM(requests), SUM(successes), SUM(user_errors), SUM(errors), \
+             SUM(billable_ms), tollgate_durations_sum(prepare_ms), \
+             tollgate_durations_sum(duration_ms)",
+            &in_list("endpoint_id", q.endpoints.len()),
+            "endpoint_id",
         );
         let mut args: Vec<rusqlite::types::Value> =
             vec![slot.0.into(), q.account.as_str().to_string().into()];

@@ -1,0 +1,220 @@
+//! The hour rollups of the current hour: the embedded store writes them once the hour ends,
+//! summed from its minutes, and reads sum the minutes until then. On every store the reads
+//! answer the same before and after the hour closes, and a late usage event for a closed hour
+//! still counts in it.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use tollgate_core::ids::{AccountId, EndpointId, PurchaseId, RequestId};
+use tollgate_core::machine::{Op, UsageEvent};
+use tollgate_core::price::Output;
+use tollgate_core::{Nanos, Timestamp};
+use tollgate_engine::{AdminCmd, Engine};
+use tollgate_store::testing::{backends, Backend, TestDb};
+use tollgate_store::{BillingMode, Reader, RollupQuery, SETTING_HOURS_OPEN_FROM};
+
+/// 2026-06-01T00:00:00Z, the start of an hour.
+const T: i64 = 1_780_272_000_000;
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+
+const CATALOG: &str = r#"
+prices_read_on = "2026-01-15"
+effective_from = "2026-01-01T00:00:00Z"
+
+[[endpoint]]
+id = "test/tts"
+name = "Speech"
+category = "text-to-speech"
+hold_units = "1"
+price = { unit = "character", unit_price = "0.00005" }
+"#;
+
+fn account() -> AccountId {
+    AccountId::parse("acme").unwrap()
+}
+
+/// A usage event of `thousands` thousand characters that happened at `at`.
+fn event(id: &str, at: i64, thousands: i64) -> Op {
+    Op::UsageEvent(UsageEvent {
+        event_id: RequestId::parse(id).unwrap(),
+        account: account(),
+        endpoint: EndpointId::parse("test/tts").unwrap(),
+        api_key: None,
+        timestamp: Timestamp(at),
+        status_code: 200,
+        output: Output::default(),
+        billable_units: Some((thousands * 1000).into()),
+        queue_seconds: None,
+        inference_seconds: None,
+        machine_type: None,
+        num_gpus: None,
+    })
+}
+
+struct Fixture {
+    engine: Engine,
+    clock: Arc<AtomicI64>,
+    _db: TestDb,
+}
+
+impl Fixture {
+    async fn new(backend: &Backend) -> Fixture {
+        let db = TestDb::new(backend);
+        let clock = Arc::new(AtomicI64::new(T + 30 * MINUTE));
+        let read = clock.clone();
+        let engine = Engine::start(
+            db.open().unwrap(),
+            Arc::new(move || Timestamp(read.load(Ordering::SeqCst))),
+        )
+        .unwrap();
+        let doc = tollgate_core::catalog::document::parse(CATALOG).unwrap();
+        engine
+            .admin(AdminCmd::ApplyCatalog(Box::new(doc)))
+            .await
+            .unwrap();
+        engine
+            .admin(AdminCmd::CreateAccount {
+                username: account(),
+                billing: BillingMode::Prepaid,
+            })
+            .await
+            .unwrap();
+        engine
+            .execute(Op::Purchase {
+                account: account(),
+                purchase_id: PurchaseId::parse("p1").unwrap(),
+                amount: Nanos(100_000_000_000),
+                paid: true,
+                expires_at: None,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        Fixture {
+            engine,
+            clock,
+            _db: db,
+        }
+    }
+
+    /// Bills `events` in one batch at `now`.
+    async fn bill_at(&self, now: i64, events: Vec<Op>) {
+        self.clock.store(now, Ordering::SeqCst);
+        for answer in self.engine.execute_many(events).await.unwrap() {
+            answer.expect("billed");
+        }
+    }
+
+    /// Per slot of the two hours from `T`: (slot, requests, characters, total nanos) of usage, and (slot, completed requests) of activity. `whole_hours`: per hour.
+    async fn reads(&self, whole_hours: bool) -> (Vec<(i64, u64, String, i64)>, Vec<(i64, u64)>) {
+        let q = RollupQuery {
+            account: account(),
+            from: Timestamp(T),
+            to: Timestamp(T + 2 * HOUR),
+            endpoints: vec![],
+            api_keys: vec![],
+            whole_hours,
+        };
+        let q2 = q.clone();
+        let usage = self.engine.read(move |r| r.usage(&q)).await.unwrap();
+        let activity = self.engine.read(move |r| r.activity(&q2)).await.unwrap();
+        (
+            usage
+                .iter()
+                .map(|(k, t)| (k.slot.0 - T, t.requests, t.quantity.to_string(), t.total.0))
+                .collect(),
+            activity
+                .iter()
+                .map(|(k, t)| (k.slot.0 - T, t.requests))
+                .collect(),
+        )
+    }
+
+    async fn open_from(&self) -> Option<String> {
+        self.engine
+            .read(|r: &mut dyn Reader| r.setting(SETTING_HOURS_OPEN_FROM))
+            .await
+            .unwrap()
+    }
+
+    async fn assert_reconciles(&self) {
+        let rec = self
+            .engine
+            .read(|r: &mut dyn Reader| r.reconcile())
+            .await
+            .unwrap();
+        assert!(rec.is_clean(), "{rec:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_current_hour_reads_the_same_before_and_after_it_closes() {
+    for backend in backends() {
+        let f = Fixture::new(&backend).await;
+        let sqlite = matches!(backend, Backend::Sqlite);
+
+        // Two events in the first hour, while it is the current one.
+        f.bill_at(
+            T + 31 * MINUTE,
+            vec![
+                event("a", T + 30 * MINUTE, 2),
+                event("b", T + 31 * MINUTE, 3),
+            ],
+        )
+        .await;
+        let open = (vec![(0, 2, "5000".to_string(), 250_000_000)], vec![(0, 2)]);
+        assert_eq!(f.reads(true).await, open, "on {}", backend.name());
+        assert_eq!(
+            f.reads(false).await,
+            (
+                vec![
+                    (30 * MINUTE, 1, "2000".to_string(), 100_000_000),
+                    (31 * MINUTE, 1, "3000".to_string(), 150_000_000),
+                ],
+                vec![(30 * MINUTE, 1), (31 * MINUTE, 1)],
+            )
+        );
+        if sqlite {
+            assert_eq!(f.open_from().await, Some(T.to_string()), "the hour is open");
+        }
+        f.assert_reconciles().await;
+
+        // The next hour's first batch closes the first: its hour rows read as its minutes did.
+        f.bill_at(
+            T + HOUR + 2 * MINUTE,
+            vec![event("c", T + HOUR + MINUTE, 1)],
+        )
+        .await;
+        let closed = (
+            vec![
+                (0, 2, "5000".to_string(), 250_000_000),
+                (HOUR, 1, "1000".to_string(), 50_000_000),
+            ],
+            vec![(0, 2), (HOUR, 1)],
+        );
+        assert_eq!(f.reads(true).await, closed, "on {}", backend.name());
+        if sqlite {
+            assert_eq!(f.open_from().await, Some((T + HOUR).to_string()));
+        }
+        f.assert_reconciles().await;
+
+        // A late event for the closed hour counts in it, once.
+        f.bill_at(T + HOUR + 3 * MINUTE, vec![event("d", T + 45 * MINUTE, 4)])
+            .await;
+        assert_eq!(
+            f.reads(true).await,
+            (
+                vec![
+                    (0, 3, "9000".to_string(), 450_000_000),
+                    (HOUR, 1, "1000".to_string(), 50_000_000),
+                ],
+                vec![(0, 3), (HOUR, 1)],
+            ),
+            "on {}",
+            backend.name()
+        );
+        assert_eq!(f.reads(false).await.0.len(), 4, "one minute row per event");
+        f.assert_reconciles().await;
+    }
+}
