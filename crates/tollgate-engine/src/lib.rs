@@ -430,6 +430,7 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
     }
     let now = (shared.clock)();
     let mut answers: Vec<Vec<Result<Outcome, Rejection>>> = Vec::new();
+    let mut spent: Option<BatchState> = None;
     let mut result = store.transaction(&mut |tx| {
         answers.clear();
         let catalog = catalog_in_force(tx, shared)?;
@@ -461,16 +462,22 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
                     .collect(),
             );
         }
-        tx.persist(&state)
+        let persisted = tx.persist(&state);
+        spent = Some(state);
+        persisted
     });
     if result.is_err() {
         tracing::error!(error = ?result, "batch failed; every operation in it is answered with an error");
     }
     let mut answers = answers.into_iter();
+    // What the batch read and built, and the operations as sent, are freed where the answers
+    // are delivered (the syncer thread, when there is one), not on the writer.
+    let spent: Answer = Box::new(move |_| drop(spent));
     jobs.into_iter()
         .map(|job| {
-            let reply = match job {
-                Job::Ops { reply, .. } | Job::Sweep { reply } => reply,
+            let (reply, ops) = match job {
+                Job::Ops { reply, ops } => (reply, ops),
+                Job::Sweep { reply } => (reply, Vec::new()),
                 Job::Admin { .. } => unreachable!(),
             };
             let msg = match &mut result {
@@ -483,8 +490,10 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
             };
             Box::new(move |synced: Result<(), EngineError>| {
                 let _ = reply.send(synced.and(msg));
+                drop(ops);
             }) as Answer
         })
+        .chain(std::iter::once(spent))
         .collect()
 }
 
