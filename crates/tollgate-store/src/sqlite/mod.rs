@@ -469,10 +469,20 @@ impl Tx for SqliteTx<'_> {
         ids: &[RequestId],
         out: &mut HashMap<RequestId, RequestRecord>,
     ) -> Result<()> {
-        for id in ids {
-            if let Some(r) = get_request(self.conn, id)? {
-                out.insert(id.clone(), r);
-            }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // One statement for the batch: the ids as a JSON array, each looked up in the unique
+        // index.
+        let list = serde_json::to_string(ids).map_err(|e| StoreError::Db(e.to_string()))?;
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {REQUEST_COLS} FROM requests \
+             WHERE request_id IN (SELECT value FROM json_each(?1))"
+        ))?;
+        let mut rows = st.query([list])?;
+        while let Some(r) = rows.next()? {
+            let r = request_row(r)?;
+            out.insert(r.id.clone(), r);
         }
         Ok(())
     }
