@@ -676,7 +676,12 @@ impl Tx for SqliteTx<'_> {
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             rows::LINE_ITEM_COLS
         ))?;
-        for l in s.line_items.iter().map(LineItemCols::of) {
+        // In key order: consecutive inserts then land on the same pages.
+        let mut items: Vec<&LineItem> = s.line_items.iter().collect();
+        items.sort_unstable_by(|a, b| {
+            (&a.account, a.billed_at, &a.request_id).cmp(&(&b.account, b.billed_at, &b.request_id))
+        });
+        for l in items.into_iter().map(LineItemCols::of) {
             st.execute(params![
                 l.request_id,
                 l.account,
