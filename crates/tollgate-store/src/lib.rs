@@ -521,4 +521,43 @@ mod tests {
         );
         assert!(s.ends_with("revenue 5 != billed 7 nano-USD"), "{s}");
     }
+
+    #[test]
+    fn a_rollup_read_sums_the_minutes_of_the_hours_still_open() {
+        const H: i64 = 3_600_000;
+        let q = |whole_hours| RollupQuery {
+            account: AccountId::parse("acme").unwrap(),
+            from: Timestamp(H - 120_000),
+            to: Timestamp(4 * H + 60_000),
+            endpoints: Vec::new(),
+            api_keys: Vec::new(),
+            whole_hours,
+        };
+        let t = Timestamp;
+        use RollupRows::*;
+        // Closed up to the third hour: hour rows for two, the minutes summed for the third.
+        assert_eq!(
+            q(true).ranges(t(3 * H)),
+            vec![
+                (Minutes, t(H - 120_000), t(H)),
+                (Hours, t(H), t(3 * H)),
+                (OpenHours, t(3 * H), t(4 * H)),
+                (Minutes, t(4 * H), t(4 * H + 60_000)),
+            ]
+        );
+        // Every hour closed (and the setting's absence): hour rows only.
+        assert_eq!(
+            q(true).ranges(hours_open_from(None).unwrap())[1],
+            (Hours, t(H), t(4 * H))
+        );
+        // None closed, or closed only before the range.
+        for open_from in [t(i64::MIN), t(0)] {
+            assert_eq!(q(true).ranges(open_from)[1], (OpenHours, t(H), t(4 * H)));
+        }
+        // Buckets that split hours read minutes whatever is closed.
+        assert_eq!(
+            q(false).ranges(t(3 * H)),
+            vec![(Minutes, t(H - 120_000), t(4 * H + 60_000))]
+        );
+    }
 }

@@ -132,10 +132,10 @@ const HOUR_OF_SLOT: &str = "(slot - ((slot % 3600000) + 3600000) % 3600000)";
 /// Closes the hours that ended by `now`: writes their hour rows, summed from their minute rows,
 /// and moves [`SETTING_HOURS_OPEN_FROM`] to the current hour. Returns the setting's value.
 ///
-/// A batch adds its minutes to the hour rows only of closed hours, so a batch writes one row
-/// per account and key per grain it touches, not two; the hour rows of the current hour are
+/// A batch adds its deltas to hour rows only for closed hours, so for the current hour it
+/// writes minute rows alone, not minute and hour rows; the current hour's hour rows are
 /// written once, when it ends (readers sum its minutes until then). A late usage event for a
-/// closed hour is added to both rows, as before.
+/// closed hour is added to its minute and its hour rows.
 pub(super) fn close_hours(conn: &Connection, now: Timestamp) -> Result<Timestamp> {
     let open_from = crate::hours_open_from(super::setting(conn, SETTING_HOURS_OPEN_FROM)?)?;
     let current = Grain::Hour.slot_of(now);
