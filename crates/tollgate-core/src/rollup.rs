@@ -273,22 +273,22 @@ impl Deltas {
         self.coarsen_before(grain, Timestamp(i64::MAX))
     }
 
-    /// The deltas whose `grain` slot starts before `before`, summed per `grain` slot.
+    /// The deltas whose own slot starts before `before`, summed per `grain` slot.
     pub fn coarsen_before(&self, grain: Grain, before: Timestamp) -> Result<Deltas, MoneyError> {
         let mut out = Deltas::default();
-        for (k, t) in &self.usage {
-            let slot = grain.slot_of(k.slot);
-            if slot < before {
-                let key = UsageKey { slot, ..k.clone() };
-                out.usage.entry(key).or_default().add(t)?;
-            }
+        for (k, t) in self.usage.iter().filter(|(k, _)| k.slot < before) {
+            let key = UsageKey {
+                slot: grain.slot_of(k.slot),
+                ..k.clone()
+            };
+            out.usage.entry(key).or_default().add(t)?;
         }
-        for (k, t) in &self.activity {
-            let slot = grain.slot_of(k.slot);
-            if slot < before {
-                let key = ActivityKey { slot, ..k.clone() };
-                out.activity.entry(key).or_default().add(t);
-            }
+        for (k, t) in self.activity.iter().filter(|(k, _)| k.slot < before) {
+            let key = ActivityKey {
+                slot: grain.slot_of(k.slot),
+                ..k.clone()
+            };
+            out.activity.entry(key).or_default().add(t);
         }
         Ok(out)
     }

@@ -70,20 +70,20 @@ pub const SETTING_PRICES_READ_ON: &str = "prices_read_on";
 /// Counts catalog changes (endpoints, price versions, settings): a process whose catalog
 /// snapshot is of an older generation reloads it. Written by the stores, never by callers.
 pub const SETTING_CATALOG_GENERATION: &str = "catalog_generation";
-/// The start (ms) of the first hour whose hour rollup rows are not written yet: every hour
-/// before it has its hour rows, summed from its minutes; the hours from it on are read from
-/// their minute rows (see [`RollupQuery::ranges`]). Absent: every hour has its hour rows (a
+/// The start (ms) of the first minute not yet folded into the hour rollup rows: an hour row
+/// holds its hour's minutes before it, and no later one; the minutes from it on are read from
+/// their minute rows (see [`RollupQuery::ranges`]). Absent: every minute is in its hour row (a
 /// store that writes both grains in each batch, as PostgreSQL does, never sets it).
-pub const SETTING_HOURS_OPEN_FROM: &str = "rollup_hours_open_from";
+pub const SETTING_FOLDED_BEFORE: &str = "rollup_minutes_folded_before";
 
-/// The value of [`SETTING_HOURS_OPEN_FROM`].
-pub fn hours_open_from(value: Option<String>) -> Result<Timestamp> {
+/// The value of [`SETTING_FOLDED_BEFORE`].
+pub fn folded_before(value: Option<String>) -> Result<Timestamp> {
     match value {
         None => Ok(Timestamp(i64::MAX)),
         Some(v) => v
             .parse()
             .map(Timestamp)
-            .map_err(|e| corrupt(SETTING_HOURS_OPEN_FROM, e)),
+            .map_err(|e| corrupt(SETTING_FOLDED_BEFORE, e)),
     }
 }
 
@@ -298,8 +298,9 @@ pub enum RollupRows {
     Minutes,
     /// Hour rows, one slot per hour.
     Hours,
-    /// Hours whose hour rows are not written yet: their minute rows, summed per hour (one slot
-    /// per hour, as [`RollupRows::Hours`]).
+    /// Hours whose minutes are not all folded into their hour row yet: the hour row (if any)
+    /// and the minute rows not folded, summed per hour (one slot per hour, as
+    /// [`RollupRows::Hours`]).
     OpenHours,
 }
 
@@ -316,9 +317,10 @@ impl RollupRows {
 impl RollupQuery {
     /// The rows the query reads, as `(rows, from, to)` slot ranges in time order: for the
     /// whole UTC hours of the range, when the caller's buckets never split an hour, hour rows
-    /// (before `hours_open_from`, see [`SETTING_HOURS_OPEN_FROM`]) or the hour's minutes summed
-    /// (from it on); minute rows for the rest.
-    pub fn ranges(&self, hours_open_from: Timestamp) -> Vec<(RollupRows, Timestamp, Timestamp)> {
+    /// where every minute of the hour is folded into them (before `folded_before`, see
+    /// [`SETTING_FOLDED_BEFORE`]) and open hours from the hour of `folded_before` on; minute
+    /// rows for the rest.
+    pub fn ranges(&self, folded_before: Timestamp) -> Vec<(RollupRows, Timestamp, Timestamp)> {
         let from = Grain::Minute.slot_of(self.from);
         let to = self.to;
         let hour = Grain::Hour.ms();
@@ -326,7 +328,7 @@ impl RollupQuery {
         let first_hour = Grain::Hour.slot_of(Timestamp(from.0.saturating_add(hour - 1)));
         let last_hour = Grain::Hour.slot_of(to);
         let all = if self.whole_hours && first_hour < last_hour {
-            let open = hours_open_from.clamp(first_hour, last_hour);
+            let open = Grain::Hour.slot_of(folded_before.clamp(first_hour, last_hour));
             vec![
                 (RollupRows::Minutes, from, first_hour),
                 (RollupRows::Hours, first_hour, open),
@@ -523,7 +525,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rollup_read_sums_the_minutes_of_the_hours_still_open() {
+    fn a_rollup_read_adds_the_minutes_not_folded_into_their_hour() {
         const H: i64 = 3_600_000;
         let q = |whole_hours| RollupQuery {
             account: AccountId::parse("acme").unwrap(),
@@ -535,9 +537,9 @@ mod tests {
         };
         let t = Timestamp;
         use RollupRows::*;
-        // Closed up to the third hour: hour rows for two, the minutes summed for the third.
+        // Folded up to the third hour's fifth minute: hour rows for two, the third open.
         assert_eq!(
-            q(true).ranges(t(3 * H)),
+            q(true).ranges(t(3 * H + 300_000)),
             vec![
                 (Minutes, t(H - 120_000), t(H)),
                 (Hours, t(H), t(3 * H)),
@@ -545,12 +547,14 @@ mod tests {
                 (Minutes, t(4 * H), t(4 * H + 60_000)),
             ]
         );
-        // Every hour closed (and the setting's absence): hour rows only.
+        // Folded up to the third hour: the same.
+        assert_eq!(q(true).ranges(t(3 * H))[2], (OpenHours, t(3 * H), t(4 * H)));
+        // Every minute folded (and the setting's absence): hour rows only.
         assert_eq!(
-            q(true).ranges(hours_open_from(None).unwrap())[1],
+            q(true).ranges(folded_before(None).unwrap())[1],
             (Hours, t(H), t(4 * H))
         );
-        // None closed, or closed only before the range.
+        // None folded, or folded only before the range.
         for open_from in [t(i64::MIN), t(0)] {
             assert_eq!(q(true).ranges(open_from)[1], (OpenHours, t(H), t(4 * H)));
         }

@@ -553,17 +553,17 @@ pub(crate) fn reconcile(q: &mut Query) -> Result<Reconciliation> {
         rec.line_item_mismatches
             .push(parse_id(RequestId::parse, row[0].text()?)?);
     }
-    // The hour rows of the closed hours, and the minutes of the open ones.
-    let open_from = format!(
+    // The hour rows, and the minutes not folded into them yet.
+    let folded_before = format!(
         "COALESCE((SELECT CAST(value AS BIGINT) FROM settings WHERE key = '{}'), {})",
-        crate::SETTING_HOURS_OPEN_FROM,
+        crate::SETTING_FOLDED_BEFORE,
         i64::MAX
     );
     let hours = format!(
-        "(SELECT account, total_nanos, requests FROM usage_hours WHERE slot < {open_from} \
+        "(SELECT account, total_nanos, requests FROM usage_hours \
          UNION ALL \
-         SELECT account, total_nanos, requests FROM usage_minutes WHERE slot >= {open_from}) \
-         AS hours"
+         SELECT account, total_nanos, requests FROM usage_minutes \
+         WHERE slot >= {folded_before}) AS hours"
     );
     for table in ["usage_minutes", hours.as_str()] {
         for row in q(&format!(

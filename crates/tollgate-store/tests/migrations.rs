@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use tollgate_core::ids::{AccountId, EndpointId};
 use tollgate_core::Timestamp;
 use tollgate_store::sqlite::SqliteStore;
-use tollgate_store::{BillingEventsQuery, RollupQuery, Store, SETTING_HOURS_OPEN_FROM};
+use tollgate_store::{BillingEventsQuery, RollupQuery, Store, SETTING_FOLDED_BEFORE};
 
 const SCHEMA_1: &str = include_str!("../migrations/sqlite/0001_init.sql");
 
@@ -109,10 +109,10 @@ fn upgrading_builds_rollups_that_add_up_to_the_line_items() {
     let mut reader = (store.reader_factory())().unwrap();
     let rec = reader.reconcile().unwrap();
     assert_eq!(rec.rollup_mismatches, vec![]);
-    // The backfill wrote the hour rows of both hours: both are closed.
+    // The backfill wrote every minute into its hour row too: all are folded.
     assert_eq!(
-        reader.setting(SETTING_HOURS_OPEN_FROM).unwrap().as_deref(),
-        Some("7200000")
+        reader.setting(SETTING_FOLDED_BEFORE).unwrap().as_deref(),
+        Some("3720000")
     );
 
     let acme = AccountId::parse("acme").unwrap();

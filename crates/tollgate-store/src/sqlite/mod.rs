@@ -49,7 +49,7 @@ const MIGRATIONS: &[Migration] = &[
         Some(rollups::backfill),
     ),
     (
-        include_str!("../../migrations/sqlite/0003_open_hours.sql"),
+        include_str!("../../migrations/sqlite/0003_fold_minutes.sql"),
         None,
     ),
 ];
@@ -701,9 +701,9 @@ impl Tx for SqliteTx<'_> {
                 l.inference_ms
             ])?;
         }
-        let hours_open_from = rollups::close_hours(c, s.now)?;
+        let folded_before = rollups::fold_minutes(c, s.now)?;
         let deltas = tollgate_core::rollup::deltas(s).map_err(|e| StoreError::Db(e.to_string()))?;
-        rollups::write(c, &deltas, hours_open_from)?;
+        rollups::write(c, &deltas, folded_before)?;
         Ok(())
     }
 
@@ -911,12 +911,13 @@ impl Reader for SqliteReader {
         setting(&self.conn, key)
     }
 
+    // Each read in one read transaction: the fold setting and the rows from the same commit.
     fn usage(&mut self, q: &RollupQuery) -> Result<Vec<(UsageKey, UsageTotals)>> {
-        rollups::usage(&self.conn, q)
+        rollups::usage(&*self.conn.transaction()?, q)
     }
 
     fn activity(&mut self, q: &RollupQuery) -> Result<Vec<(ActivityKey, ActivityTotals)>> {
-        rollups::activity(&self.conn, q)
+        rollups::activity(&*self.conn.transaction()?, q)
     }
 
     fn billing_events(&mut self, q: &BillingEventsQuery) -> Result<Vec<LineItem>> {

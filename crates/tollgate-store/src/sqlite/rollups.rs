@@ -8,7 +8,7 @@
 use crate::rows::LineItemCols;
 use crate::{corrupt, decimal, parse_id};
 use crate::{
-    BillingEventsQuery, Result, RollupQuery, RollupRows, StoreError, SETTING_HOURS_OPEN_FROM,
+    BillingEventsQuery, Result, RollupQuery, RollupRows, StoreError, SETTING_FOLDED_BEFORE,
 };
 use rusqlite::functions::{Aggregate, Context, FunctionFlags};
 use rusqlite::{params, params_from_iter, Connection, Row};
@@ -101,10 +101,10 @@ fn tables(grain: Grain) -> (&'static str, &'static str) {
 }
 
 /// Adds a batch's rollup deltas (per minute) to their minute rows, and to their hour rows
-/// where the hour is closed (before `hours_open_from`, see [`SETTING_HOURS_OPEN_FROM`]).
-pub(super) fn write(conn: &Connection, minutes: &Deltas, hours_open_from: Timestamp) -> Result<()> {
+/// where the minute is already folded (before `folded_before`, see [`SETTING_FOLDED_BEFORE`]).
+pub(super) fn write(conn: &Connection, minutes: &Deltas, folded_before: Timestamp) -> Result<()> {
     let hours = minutes
-        .coarsen_before(Grain::Hour, hours_open_from)
+        .coarsen_before(Grain::Hour, folded_before)
         .map_err(|e| StoreError::Db(e.to_string()))?;
     write_grain(conn, Grain::Minute, minutes)?;
     write_grain(conn, Grain::Hour, &hours)
@@ -129,18 +129,19 @@ const ADD_ACTIVITY: &str = "ON CONFLICT DO UPDATE SET requests = requests + excl
 /// The start of the hour of a slot, in SQL (floored, also before the epoch).
 const HOUR_OF_SLOT: &str = "(slot - ((slot % 3600000) + 3600000) % 3600000)";
 
-/// Closes the hours that ended by `now`: writes their hour rows, summed from their minute rows,
-/// and moves [`SETTING_HOURS_OPEN_FROM`] to the current hour. Returns the setting's value.
+/// Folds the minutes that ended by `now` into their hour rows (added to what the hour rows
+/// hold) and moves [`SETTING_FOLDED_BEFORE`] to the current minute. Returns the setting's
+/// value.
 ///
-/// A batch adds its deltas to hour rows only for closed hours, so for the current hour it
-/// writes minute rows alone, not minute and hour rows; the current hour's hour rows are
-/// written once, when it ends (readers sum its minutes until then). A late usage event for a
-/// closed hour is added to its minute and its hour rows.
-pub(super) fn close_hours(conn: &Connection, now: Timestamp) -> Result<Timestamp> {
-    let open_from = crate::hours_open_from(super::setting(conn, SETTING_HOURS_OPEN_FROM)?)?;
-    let current = Grain::Hour.slot_of(now);
-    if current <= open_from {
-        return Ok(open_from);
+/// A batch adds its deltas to hour rows only for minutes already folded (a late usage event),
+/// so for the current minute it writes minute rows alone, not minute and hour rows; the first
+/// batch of the next minute folds them, once (a minute's rows: one per account and key that
+/// billed in it). Readers add an hour's minutes not folded yet to its hour row.
+pub(super) fn fold_minutes(conn: &Connection, now: Timestamp) -> Result<Timestamp> {
+    let folded = crate::folded_before(super::setting(conn, SETTING_FOLDED_BEFORE)?)?;
+    let current = Grain::Minute.slot_of(now);
+    if current <= folded {
+        return Ok(folded);
     }
     conn.prepare_cached(&format!(
         "INSERT INTO usage_hours (slot, account, endpoint_id, api_key, unit, unit_price, \
@@ -152,7 +153,7 @@ pub(super) fn close_hours(conn: &Connection, now: Timestamp) -> Result<Timestamp
          WHERE slot >= ?1 AND slot < ?2 GROUP BY hour, account, endpoint_id, api_key, unit, \
          unit_price, blend_version, percent_discount {ADD_USAGE}"
     ))?
-    .execute(params![open_from.0, current.0])?;
+    .execute(params![folded.0, current.0])?;
     conn.prepare_cached(&format!(
         "INSERT INTO activity_hours (slot, account, endpoint_id, requests, successes, \
          user_errors, errors, billable_ms, prepare_ms, duration_ms) \
@@ -161,12 +162,12 @@ pub(super) fn close_hours(conn: &Connection, now: Timestamp) -> Result<Timestamp
          tollgate_durations_sum(duration_ms) FROM activity_minutes \
          WHERE slot >= ?1 AND slot < ?2 GROUP BY hour, account, endpoint_id {ADD_ACTIVITY}"
     ))?
-    .execute(params![open_from.0, current.0])?;
+    .execute(params![folded.0, current.0])?;
     conn.prepare_cached(
         "INSERT INTO settings (key, value) VALUES (?1, ?2) \
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
     )?
-    .execute(params![SETTING_HOURS_OPEN_FROM, current.0.to_string()])?;
+    .execute(params![SETTING_FOLDED_BEFORE, current.0.to_string()])?;
     Ok(current)
 }
 
@@ -254,8 +255,8 @@ pub(super) fn backfill(conn: &Connection) -> Result<()> {
         }
     }
     let d = rollup::deltas(&state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let open_from = crate::hours_open_from(super::setting(conn, SETTING_HOURS_OPEN_FROM)?)?;
-    write(conn, &d, open_from)
+    let folded = crate::folded_before(super::setting(conn, SETTING_FOLDED_BEFORE)?)?;
+    write(conn, &d, folded)
 }
 
 fn in_list(column: &str, n: usize) -> String {
@@ -266,16 +267,47 @@ fn in_list(column: &str, n: usize) -> String {
     }
 }
 
-/// The slots a rollup query reads, in time order, with where their rows come from.
-fn slots(conn: &Connection, q: &RollupQuery) -> Result<Vec<(RollupRows, Timestamp)>> {
-    // Read on its own: minute rows are never removed, so a reader that sees an older value
-    // reads the minutes of an hour closed since, which sum to the same.
-    let open_from = crate::hours_open_from(super::setting(conn, SETTING_HOURS_OPEN_FROM)?)?;
+/// `AND column IN (?first, ...)`: `n` parameters numbered from `first`.
+fn in_list_from(column: &str, first: usize, n: usize) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        let params: Vec<String> = (first..first + n).map(|i| format!("?{i}")).collect();
+        format!(" AND {column} IN ({})", params.join(", "))
+    }
+}
+
+/// One slot of a rollup read of one account: where its rows come from, its SQL and its
+/// parameters, the filters' values after `?1` (the slot), `?2` (the account) and, for an open
+/// hour, `?3` (the first minute not folded).
+struct SlotRead {
+    rows: RollupRows,
+    slot: Timestamp,
+    args: Vec<rusqlite::types::Value>,
+    /// The number of the first filter parameter.
+    first_filter: usize,
+}
+
+/// The slots a rollup query reads, in time order. The caller runs them in one read
+/// transaction with this: a fold committed in between would count its minutes twice.
+fn slot_reads(conn: &Connection, q: &RollupQuery) -> Result<Vec<SlotRead>> {
+    let folded = crate::folded_before(super::setting(conn, SETTING_FOLDED_BEFORE)?)?;
     let mut out = Vec::new();
-    for (rows, from, to) in q.ranges(open_from) {
+    for (rows, from, to) in q.ranges(folded) {
         let mut t = from;
         while t < to {
-            out.push((rows, t));
+            let mut args: Vec<rusqlite::types::Value> =
+                vec![t.0.into(), q.account.as_str().to_string().into()];
+            if rows == RollupRows::OpenHours {
+                args.push(folded.0.into());
+            }
+            let first_filter = args.len() + 1;
+            out.push(SlotRead {
+                rows,
+                slot: t,
+                args,
+                first_filter,
+            });
             t = t.plus_ms(rows.grain().ms());
         }
     }
@@ -283,8 +315,8 @@ fn slots(conn: &Connection, q: &RollupQuery) -> Result<Vec<(RollupRows, Timestam
 }
 
 /// The rows of one slot of one account, `filters` applied (`WHERE slot = ?1 AND account = ?2
-/// ...`); for an open hour, its minute rows summed (`sums`) per `group`, in `group` order, the
-/// order of the hour table's key.
+/// ...`); for an open hour, its hour row and its minute rows from `?3` (the first not folded),
+/// summed (`sums`) per `group`, in `group` order, the order of the hour table's key.
 fn slot_rows_sql(
     rows: RollupRows,
     table: &str,
@@ -301,10 +333,13 @@ fn slot_rows_sql(
             format!("SELECT {cols} FROM {table}_hours WHERE slot = ?1 AND account = ?2{filters}")
         }
         RollupRows::OpenHours => format!(
-            "WITH RECURSIVE hour_minutes(minute) AS (SELECT ?1 UNION ALL \
-             SELECT minute + 60000 FROM hour_minutes WHERE minute + 60000 < ?1 + 3600000) \
-             SELECT {sums} FROM hour_minutes JOIN {table}_minutes ON slot = minute \
-             WHERE account = ?2{filters} GROUP BY {group} ORDER BY {group}"
+            "WITH RECURSIVE hour_minutes(minute) AS (SELECT MAX(?1, ?3) UNION ALL \
+             SELECT minute + 60000 FROM hour_minutes WHERE minute + 60000 < ?1 + 3600000), \
+             parts AS (SELECT {cols} FROM {table}_hours \
+               WHERE slot = ?1 AND account = ?2{filters} \
+             UNION ALL SELECT {cols} FROM hour_minutes JOIN {table}_minutes ON slot = minute \
+               WHERE account = ?2{filters}) \
+             SELECT {sums} FROM parts GROUP BY {group} ORDER BY {group}"
         ),
     }
 }
@@ -312,7 +347,13 @@ fn slot_rows_sql(
 /// Usage rows of one account in [from, to), in slot order.
 pub(super) fn usage(conn: &Connection, q: &RollupQuery) -> Result<Vec<(UsageKey, UsageTotals)>> {
     let mut out = Vec::new();
-    for (rows, slot) in slots(conn, q)? {
+    for SlotRead {
+        rows,
+        slot,
+        mut args,
+        first_filter,
+    } in slot_reads(conn, q)?
+    {
         let sql = slot_rows_sql(
             rows,
             "usage",
@@ -323,13 +364,15 @@ pub(super) fn usage(conn: &Connection, q: &RollupQuery) -> Result<Vec<(UsageKey,
              SUM(discount_nanos), SUM(total_nanos), blend_version",
             &format!(
                 "{}{}",
-                in_list("endpoint_id", q.endpoints.len()),
-                in_list("api_key", q.api_keys.len())
+                in_list_from("endpoint_id", first_filter, q.endpoints.len()),
+                in_list_from(
+                    "api_key",
+                    first_filter + q.endpoints.len(),
+                    q.api_keys.len()
+                )
             ),
             "endpoint_id, api_key, unit, unit_price, blend_version, percent_discount",
         );
-        let mut args: Vec<rusqlite::types::Value> =
-            vec![slot.0.into(), q.account.as_str().to_string().into()];
         args.extend(q.endpoints.iter().map(|e| e.as_str().to_string().into()));
         args.extend(q.api_keys.iter().map(|k| k.as_str().to_string().into()));
         let mut st = conn.prepare_cached(&sql)?;
@@ -373,7 +416,13 @@ pub(super) fn activity(
     q: &RollupQuery,
 ) -> Result<Vec<(ActivityKey, ActivityTotals)>> {
     let mut out = Vec::new();
-    for (rows, slot) in slots(conn, q)? {
+    for SlotRead {
+        rows,
+        slot,
+        mut args,
+        first_filter,
+    } in slot_reads(conn, q)?
+    {
         let sql = slot_rows_sql(
             rows,
             "activity",
@@ -382,11 +431,9 @@ pub(super) fn activity(
             "endpoint_id, SUM(requests), SUM(successes), SUM(user_errors), SUM(errors), \
              SUM(billable_ms), tollgate_durations_sum(prepare_ms), \
              tollgate_durations_sum(duration_ms)",
-            &in_list("endpoint_id", q.endpoints.len()),
+            &in_list_from("endpoint_id", first_filter, q.endpoints.len()),
             "endpoint_id",
         );
-        let mut args: Vec<rusqlite::types::Value> =
-            vec![slot.0.into(), q.account.as_str().to_string().into()];
         args.extend(q.endpoints.iter().map(|e| e.as_str().to_string().into()));
         let mut st = conn.prepare_cached(&sql)?;
         let mut rows = st.query(params_from_iter(args))?;

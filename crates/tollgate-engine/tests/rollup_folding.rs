@@ -1,7 +1,7 @@
-//! The hour rollups of the current hour: the embedded store writes them once the hour ends,
-//! summed from its minutes, and reads sum the minutes until then. On every store the reads
-//! answer the same before and after the hour closes, and a late usage event for a closed hour
-//! still counts in it.
+//! Rollups per hour: the embedded store folds each minute's rows into their hour rows once the
+//! minute has passed, and reads add the minutes not folded yet. On every store the reads answer
+//! the same before and after a fold, and a late usage event for a folded minute still counts
+//! in its hour.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use tollgate_core::price::Output;
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::{AdminCmd, Engine};
 use tollgate_store::testing::{backends, Backend, TestDb};
-use tollgate_store::{BillingMode, Reader, RollupQuery, SETTING_HOURS_OPEN_FROM};
+use tollgate_store::{BillingMode, Reader, RollupQuery, SETTING_FOLDED_BEFORE};
 
 /// 2026-06-01T00:00:00Z, the start of an hour.
 const T: i64 = 1_780_272_000_000;
@@ -131,9 +131,9 @@ impl Fixture {
         )
     }
 
-    async fn open_from(&self) -> Option<String> {
+    async fn folded_before(&self) -> Option<String> {
         self.engine
-            .read(|r: &mut dyn Reader| r.setting(SETTING_HOURS_OPEN_FROM))
+            .read(|r: &mut dyn Reader| r.setting(SETTING_FOLDED_BEFORE))
             .await
             .unwrap()
     }
@@ -149,12 +149,13 @@ impl Fixture {
 }
 
 #[tokio::test]
-async fn the_current_hour_reads_the_same_before_and_after_it_closes() {
+async fn hours_read_the_same_before_and_after_their_minutes_are_folded() {
     for backend in backends() {
         let f = Fixture::new(&backend).await;
         let sqlite = matches!(backend, Backend::Sqlite);
 
-        // Two events in the first hour, while it is the current one.
+        // Two events in the first hour, while it is the current one: the first minute's is
+        // folded by the batch (its minute has passed), the second's is not.
         f.bill_at(
             T + 31 * MINUTE,
             vec![
@@ -176,11 +177,15 @@ async fn the_current_hour_reads_the_same_before_and_after_it_closes() {
             )
         );
         if sqlite {
-            assert_eq!(f.open_from().await, Some(T.to_string()), "the hour is open");
+            assert_eq!(
+                f.folded_before().await,
+                Some((T + 31 * MINUTE).to_string()),
+                "the current minute is not folded"
+            );
         }
         f.assert_reconciles().await;
 
-        // The next hour's first batch closes the first: its hour rows read as its minutes did.
+        // The next hour's first batch folds the rest of the first: it reads as before.
         f.bill_at(
             T + HOUR + 2 * MINUTE,
             vec![event("c", T + HOUR + MINUTE, 1)],
@@ -195,11 +200,14 @@ async fn the_current_hour_reads_the_same_before_and_after_it_closes() {
         );
         assert_eq!(f.reads(true).await, closed, "on {}", backend.name());
         if sqlite {
-            assert_eq!(f.open_from().await, Some((T + HOUR).to_string()));
+            assert_eq!(
+                f.folded_before().await,
+                Some((T + HOUR + 2 * MINUTE).to_string())
+            );
         }
         f.assert_reconciles().await;
 
-        // A late event for the closed hour counts in it, once.
+        // A late event for a folded minute counts in its hour, once.
         f.bill_at(T + HOUR + 3 * MINUTE, vec![event("d", T + 45 * MINUTE, 4)])
             .await;
         assert_eq!(
