@@ -112,6 +112,14 @@ pub fn seed(dir: &Path, accounts: usize, history: usize) -> anyhow::Result<PathB
              COUNT(*), 0, 0, 0, x'', x'' FROM line_items GROUP BY 1, 2, 3"
         ))?;
     }
+    // Every minute of the history is in its hour rows: folded.
+    if history > 0 {
+        let folded = (history as i64 - 1) / 60_000 * 60_000 + 60_000;
+        tx.execute(
+            "UPDATE settings SET value = ?1 WHERE key = ?2",
+            rusqlite::params![folded.to_string(), tollgate_store::SETTING_FOLDED_BEFORE],
+        )?;
+    }
     tx.commit()?;
     super::quiesce();
     Ok(path)
