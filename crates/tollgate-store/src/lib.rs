@@ -76,10 +76,13 @@ pub const SETTING_CATALOG_GENERATION: &str = "catalog_generation";
 /// store that writes both grains in each batch, as PostgreSQL does, never sets it).
 pub const SETTING_FOLDED_BEFORE: &str = "rollup_minutes_folded_before";
 
+/// [`SETTING_FOLDED_BEFORE`] when every minute is in its hour row.
+pub const ALL_FOLDED: Timestamp = Timestamp(i64::MAX);
+
 /// The value of [`SETTING_FOLDED_BEFORE`].
 pub fn folded_before(value: Option<String>) -> Result<Timestamp> {
     match value {
-        None => Ok(Timestamp(i64::MAX)),
+        None => Ok(ALL_FOLDED),
         Some(v) => v
             .parse()
             .map(Timestamp)
@@ -555,10 +558,10 @@ mod tests {
             (Hours, t(H), t(4 * H))
         );
         // None folded, or folded only before the range.
-        for open_from in [t(i64::MIN), t(0)] {
-            assert_eq!(q(true).ranges(open_from)[1], (OpenHours, t(H), t(4 * H)));
+        for folded in [t(i64::MIN), t(0)] {
+            assert_eq!(q(true).ranges(folded)[1], (OpenHours, t(H), t(4 * H)));
         }
-        // Buckets that split hours read minutes whatever is closed.
+        // Buckets that split hours read minutes whatever is folded.
         assert_eq!(
             q(false).ranges(t(3 * H)),
             vec![(Minutes, t(H - 120_000), t(4 * H + 60_000))]

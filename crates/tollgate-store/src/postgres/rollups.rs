@@ -50,7 +50,7 @@ pub(super) fn usage(c: &mut dyn Run, q: &RollupQuery) -> Result<Vec<(UsageKey, U
     let keys = ids(&q.api_keys, |k| k.as_str());
     let mut out = Vec::new();
     // PostgreSQL writes the hour rows with their minutes, so every hour has them.
-    for (rows, from, to) in q.ranges(Timestamp(i64::MAX)) {
+    for (rows, from, to) in q.ranges(crate::ALL_FOLDED) {
         let grain = rows.grain();
         let rows = c.rows(
             &format!(
@@ -108,7 +108,7 @@ pub(super) fn activity(
     let endpoints = ids(&q.endpoints, |e| e.as_str());
     let mut out = Vec::new();
     // PostgreSQL writes the hour rows with their minutes, so every hour has them.
-    for (rows, from, to) in q.ranges(Timestamp(i64::MAX)) {
+    for (rows, from, to) in q.ranges(crate::ALL_FOLDED) {
         let grain = rows.grain();
         let rows = c.rows(
             &format!(

@@ -255,8 +255,8 @@ pub(super) fn backfill(conn: &Connection) -> Result<()> {
         }
     }
     let d = rollup::deltas(&state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let folded = crate::folded_before(super::setting(conn, SETTING_FOLDED_BEFORE)?)?;
-    write(conn, &d, folded)
+    // Into the hour rows too: migration 0003, which comes after, marks these minutes folded.
+    write(conn, &d, crate::ALL_FOLDED)
 }
 
 fn in_list(column: &str, n: usize) -> String {
@@ -277,21 +277,21 @@ fn in_list_from(column: &str, first: usize, n: usize) -> String {
     }
 }
 
-/// One slot of a rollup read of one account: where its rows come from, its SQL and its
-/// parameters, the filters' values after `?1` (the slot), `?2` (the account) and, for an open
-/// hour, `?3` (the first minute not folded).
+/// One slot of a rollup read of one account: where its rows come from, and the parameters of
+/// its SQL: `?1` the slot, `?2` the account, for an open hour `?3` the first minute not
+/// folded, then the values of `filters` (the query's endpoints, and its keys if asked).
 struct SlotRead {
     rows: RollupRows,
     slot: Timestamp,
+    filters: String,
     args: Vec<rusqlite::types::Value>,
-    /// The number of the first filter parameter.
-    first_filter: usize,
 }
 
 /// The slots a rollup query reads, in time order. The caller runs them in one read
 /// transaction with this: a fold committed in between would count its minutes twice.
-fn slot_reads(conn: &Connection, q: &RollupQuery) -> Result<Vec<SlotRead>> {
+fn slot_reads(conn: &Connection, q: &RollupQuery, by_key: bool) -> Result<Vec<SlotRead>> {
     let folded = crate::folded_before(super::setting(conn, SETTING_FOLDED_BEFORE)?)?;
+    let keys = if by_key { q.api_keys.as_slice() } else { &[] };
     let mut out = Vec::new();
     for (rows, from, to) in q.ranges(folded) {
         let mut t = from;
@@ -301,12 +301,19 @@ fn slot_reads(conn: &Connection, q: &RollupQuery) -> Result<Vec<SlotRead>> {
             if rows == RollupRows::OpenHours {
                 args.push(folded.0.into());
             }
-            let first_filter = args.len() + 1;
+            let first = args.len() + 1;
+            let filters = format!(
+                "{}{}",
+                in_list_from("endpoint_id", first, q.endpoints.len()),
+                in_list_from("api_key", first + q.endpoints.len(), keys.len())
+            );
+            args.extend(q.endpoints.iter().map(|e| e.as_str().to_string().into()));
+            args.extend(keys.iter().map(|k| k.as_str().to_string().into()));
             out.push(SlotRead {
                 rows,
                 slot: t,
+                filters,
                 args,
-                first_filter,
             });
             t = t.plus_ms(rows.grain().ms());
         }
@@ -350,9 +357,9 @@ pub(super) fn usage(conn: &Connection, q: &RollupQuery) -> Result<Vec<(UsageKey,
     for SlotRead {
         rows,
         slot,
-        mut args,
-        first_filter,
-    } in slot_reads(conn, q)?
+        filters,
+        args,
+    } in slot_reads(conn, q, true)?
     {
         let sql = slot_rows_sql(
             rows,
@@ -362,19 +369,9 @@ pub(super) fn usage(conn: &Connection, q: &RollupQuery) -> Result<Vec<(UsageKey,
             "endpoint_id, api_key, unit, unit_price, percent_discount, \
              tollgate_dec_sum(quantity), SUM(requests), SUM(subtotal_nanos), \
              SUM(discount_nanos), SUM(total_nanos), blend_version",
-            &format!(
-                "{}{}",
-                in_list_from("endpoint_id", first_filter, q.endpoints.len()),
-                in_list_from(
-                    "api_key",
-                    first_filter + q.endpoints.len(),
-                    q.api_keys.len()
-                )
-            ),
+            &filters,
             "endpoint_id, api_key, unit, unit_price, blend_version, percent_discount",
         );
-        args.extend(q.endpoints.iter().map(|e| e.as_str().to_string().into()));
-        args.extend(q.api_keys.iter().map(|k| k.as_str().to_string().into()));
         let mut st = conn.prepare_cached(&sql)?;
         let mut rows = st.query(params_from_iter(args))?;
         while let Some(r) = rows.next()? {
@@ -419,9 +416,9 @@ pub(super) fn activity(
     for SlotRead {
         rows,
         slot,
-        mut args,
-        first_filter,
-    } in slot_reads(conn, q)?
+        filters,
+        args,
+    } in slot_reads(conn, q, false)?
     {
         let sql = slot_rows_sql(
             rows,
@@ -431,10 +428,9 @@ pub(super) fn activity(
             "endpoint_id, SUM(requests), SUM(successes), SUM(user_errors), SUM(errors), \
              SUM(billable_ms), tollgate_durations_sum(prepare_ms), \
              tollgate_durations_sum(duration_ms)",
-            &in_list_from("endpoint_id", first_filter, q.endpoints.len()),
+            &filters,
             "endpoint_id",
         );
-        args.extend(q.endpoints.iter().map(|e| e.as_str().to_string().into()));
         let mut st = conn.prepare_cached(&sql)?;
         let mut rows = st.query(params_from_iter(args))?;
         while let Some(r) = rows.next()? {
