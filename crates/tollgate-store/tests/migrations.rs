@@ -105,7 +105,7 @@ fn upgrading_builds_rollups_that_add_up_to_the_line_items() {
     version_1_database(&path);
 
     let mut store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 3);
+    assert_eq!(store.schema_version().unwrap(), 4);
     let mut reader = (store.reader_factory())().unwrap();
     let rec = reader.reconcile().unwrap();
     assert_eq!(rec.rollup_mismatches, vec![]);

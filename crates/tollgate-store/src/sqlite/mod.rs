@@ -52,7 +52,43 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/sqlite/0003_fold_minutes.sql"),
         None,
     ),
+    (
+        include_str!("../../migrations/sqlite/0004_recent_line_items.sql"),
+        None,
+    ),
 ];
+
+/// How many line items `line_items_recent` holds before a batch moves them into
+/// `line_items_by_account`. A batch spread over many accounts adds one or two line items per
+/// account, and inserting them into the account-clustered table directly dirties a page per
+/// account; moved together, each account's page takes dozens. A billing-events read scans the
+/// recent table, so this also bounds what such a read scans beyond its own rows.
+const RECENT_LINE_ITEMS: i64 = 20_000;
+
+/// How many line items of one account a batch must hold to append them to the account's range
+/// directly: about a page's worth.
+const DENSE_LINE_ITEMS: usize = 8;
+
+/// Moves every recent line item into the table clustered by account, in key order, once there
+/// are at least `max` of them; in the batch's own transaction, so a reader sees each line item
+/// on exactly one side.
+fn merge_line_items(c: &Connection, max: i64) -> Result<()> {
+    let held: i64 = c
+        .prepare_cached("SELECT COALESCE(MAX(id) - MIN(id) + 1, 0) FROM line_items_recent")?
+        .query_row([], |r| r.get(0))?;
+    if held < max {
+        return Ok(());
+    }
+    let cols = rows::LINE_ITEM_COLS;
+    c.prepare_cached(&format!(
+        "INSERT INTO line_items_by_account ({cols}) SELECT {cols} FROM line_items_recent \
+         ORDER BY account, billed_at, request_id"
+    ))?
+    .execute([])?;
+    c.prepare_cached("DELETE FROM line_items_recent")?
+        .execute([])?;
+    Ok(())
+}
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -671,36 +707,52 @@ impl Tx for SqliteTx<'_> {
                 t.at.0
             ])?;
         }
-        let mut st = c.prepare_cached(&format!(
-            "INSERT INTO line_items ({}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            rows::LINE_ITEM_COLS
-        ))?;
-        // In key order: consecutive inserts then land on the same pages.
+        // An account with a page's worth of line items in this batch has them appended to its
+        // range directly; the others go to the last pages of the recent table, and are moved to
+        // theirs once there are enough of them (see `merge_line_items`).
+        let insert = |table: &str| {
+            c.prepare_cached(&format!(
+                "INSERT INTO {table} ({}) VALUES \
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                rows::LINE_ITEM_COLS
+            ))
+        };
+        let (mut direct, mut recent) = (
+            insert("line_items_by_account")?,
+            insert("line_items_recent")?,
+        );
         let mut items: Vec<&LineItem> = s.line_items.iter().collect();
         items.sort_unstable_by(|a, b| {
             (&a.account, a.billed_at, &a.request_id).cmp(&(&b.account, b.billed_at, &b.request_id))
         });
-        for l in items.into_iter().map(LineItemCols::of) {
-            st.execute(params![
-                l.request_id,
-                l.account,
-                l.endpoint_id,
-                l.api_key,
-                l.price_version,
-                l.unit,
-                l.quantity,
-                l.unit_price,
-                l.percent_discount,
-                l.subtotal,
-                l.discount,
-                l.total,
-                l.status_code,
-                l.billed_at,
-                l.queue_ms,
-                l.inference_ms
-            ])?;
+        for run in items.chunk_by(|a, b| a.account == b.account) {
+            let st = if run.len() >= DENSE_LINE_ITEMS {
+                &mut direct
+            } else {
+                &mut recent
+            };
+            for l in run.iter().map(|l| LineItemCols::of(l)) {
+                st.execute(params![
+                    l.request_id,
+                    l.account,
+                    l.endpoint_id,
+                    l.api_key,
+                    l.price_version,
+                    l.unit,
+                    l.quantity,
+                    l.unit_price,
+                    l.percent_discount,
+                    l.subtotal,
+                    l.discount,
+                    l.total,
+                    l.status_code,
+                    l.billed_at,
+                    l.queue_ms,
+                    l.inference_ms
+                ])?;
+            }
         }
+        merge_line_items(c, RECENT_LINE_ITEMS)?;
         let folded_before = rollups::fold_minutes(c, s.now)?;
         let deltas = tollgate_core::rollup::deltas(s).map_err(|e| StoreError::Db(e.to_string()))?;
         rollups::write(c, &deltas, folded_before)?;

@@ -259,14 +259,6 @@ pub(super) fn backfill(conn: &Connection) -> Result<()> {
     write(conn, &d, crate::ALL_FOLDED)
 }
 
-fn in_list(column: &str, n: usize) -> String {
-    if n == 0 {
-        String::new()
-    } else {
-        format!(" AND {column} IN ({})", vec!["?"; n].join(", "))
-    }
-}
-
 /// `AND column IN (?first, ...)`: `n` parameters numbered from `first`.
 fn in_list_from(column: &str, first: usize, n: usize) -> String {
     if n == 0 {
@@ -459,48 +451,64 @@ pub(super) fn activity(
 }
 
 /// One account's line items in [from, to), ordered by (billed_at, request_id), after the
-/// keyset position, at most `limit`.
+/// keyset position, at most `limit`: the first `limit` of the account's range in the table
+/// clustered by account, with the recent line items not moved there yet (a scan of at most
+/// about `RECENT_LINE_ITEMS`), merged.
 pub(super) fn billing_events(conn: &Connection, q: &BillingEventsQuery) -> Result<Vec<LineItem>> {
     let cols = crate::rows::LINE_ITEM_COLS
         .split(", ")
         .map(|c| format!("li.{}", c.trim()))
         .collect::<Vec<_>>()
         .join(", ");
-    // By request id: through the requests table's unique index (a billed request's line item
-    // carries the request's finish time), not a scan of the account's range.
-    let from = if q.request_ids.is_empty() {
-        "line_items li".to_string()
-    } else {
-        format!(
-            "requests r JOIN line_items li ON li.account = r.account \
-             AND li.billed_at = r.finished_at AND li.request_id = r.request_id \
-             AND r.request_id IN ({})",
-            vec!["?"; q.request_ids.len()].join(", ")
-        )
-    };
-    let after = if q.after.is_some() {
-        " AND (li.billed_at, li.request_id) > (?, ?)"
+    // ?1 the account, ?2 and ?3 the time range, ?4 the limit, then the keyset position, the
+    // request ids, the endpoints and the keys; both sides use the same parameters.
+    let mut args: Vec<rusqlite::types::Value> = vec![
+        q.account.as_str().to_string().into(),
+        q.from.0.into(),
+        q.to.0.into(),
+        (q.limit as i64).into(),
+    ];
+    let after = if let Some((at, id)) = &q.after {
+        args.push(at.0.into());
+        args.push(id.as_str().to_string().into());
+        " AND (li.billed_at, li.request_id) > (?5, ?6)"
     } else {
         ""
     };
-    let sql = format!(
-        "SELECT {cols} FROM {from} WHERE li.account = ? AND li.billed_at >= ? \
-         AND li.billed_at < ?{after}{}{} ORDER BY li.billed_at, li.request_id LIMIT ?",
-        in_list("li.endpoint_id", q.endpoints.len()),
-        in_list("li.api_key", q.api_keys.len()),
-    );
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let ids_from = args.len() + 1;
     args.extend(q.request_ids.iter().map(|r| r.as_str().to_string().into()));
-    args.push(q.account.as_str().to_string().into());
-    args.push(q.from.0.into());
-    args.push(q.to.0.into());
-    if let Some((at, id)) = &q.after {
-        args.push(at.0.into());
-        args.push(id.as_str().to_string().into());
-    }
+    let filters = format!(
+        "{}{}",
+        in_list_from("li.endpoint_id", args.len() + 1, q.endpoints.len()),
+        in_list_from(
+            "li.api_key",
+            args.len() + 1 + q.endpoints.len(),
+            q.api_keys.len()
+        ),
+    );
     args.extend(q.endpoints.iter().map(|e| e.as_str().to_string().into()));
     args.extend(q.api_keys.iter().map(|k| k.as_str().to_string().into()));
-    args.push((q.limit as i64).into());
+    // By request id, the clustered side goes through the requests table's unique index (a
+    // billed request's line item carries the request's finish time), not a scan of the
+    // account's range: CROSS JOIN makes SQLite's planner keep that order.
+    let by_account = if q.request_ids.is_empty() {
+        "line_items_by_account li".to_string()
+    } else {
+        format!(
+            "requests r CROSS JOIN line_items_by_account li ON li.account = r.account \
+             AND li.billed_at = r.finished_at AND li.request_id = r.request_id{}",
+            in_list_from("r.request_id", ids_from, q.request_ids.len())
+        )
+    };
+    let recent_ids = in_list_from("li.request_id", ids_from, q.request_ids.len());
+    let range = "li.account = ?1 AND li.billed_at >= ?2 AND li.billed_at < ?3";
+    let sql = format!(
+        "SELECT * FROM (SELECT {cols} FROM {by_account} WHERE {range}{after}{filters} \
+           ORDER BY li.billed_at, li.request_id LIMIT ?4) \
+         UNION ALL \
+         SELECT {cols} FROM line_items_recent li WHERE {range}{after}{recent_ids}{filters} \
+         ORDER BY billed_at, request_id LIMIT ?4"
+    );
     let mut st = conn.prepare_cached(&sql)?;
     let mut rows = st.query(params_from_iter(args))?;
     let mut out = Vec::new();

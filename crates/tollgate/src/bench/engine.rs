@@ -79,8 +79,9 @@ pub fn seed(dir: &Path, accounts: usize, history: usize) -> anyhow::Result<PathB
              status, submitted_at, finished_at, hold_nanos, num_gpus, queue_ms, inference_ms) \
              VALUES (?1, 'event', ?2, 'bench/image', 1, 'COMPLETED', ?3, ?3, 0, 1, 0, 0)",
         )?;
+        // Into the account-clustered table directly, as merged line items.
         let mut item = tx.prepare(
-            "INSERT INTO line_items (request_id, account, endpoint_id, price_version, unit, \
+            "INSERT INTO line_items_by_account (request_id, account, endpoint_id, price_version, unit, \
              quantity, unit_price, subtotal_nanos, discount_nanos, total_nanos, status_code, \
              billed_at) VALUES (?1, ?2, 'bench/image', 1, 'image', '1', '0.001', ?3, 0, ?3, \
              200, ?4)",
@@ -101,7 +102,7 @@ pub fn seed(dir: &Path, accounts: usize, history: usize) -> anyhow::Result<PathB
              discount_nanos, total_nanos) \
              SELECT billed_at / {slot_ms} * {slot_ms}, account, endpoint_id, '', unit, \
              unit_price, 0, '', CAST(COUNT(*) AS TEXT), COUNT(*), SUM(subtotal_nanos), \
-             SUM(discount_nanos), SUM(total_nanos) FROM line_items GROUP BY 1, 2, 3, 5, 6"
+             SUM(discount_nanos), SUM(total_nanos) FROM line_items_by_account GROUP BY 1, 2, 3, 5, 6"
         ))?;
     }
     for (table, slot_ms) in [("activity_minutes", 60_000), ("activity_hours", 3_600_000)] {
@@ -109,7 +110,7 @@ pub fn seed(dir: &Path, accounts: usize, history: usize) -> anyhow::Result<PathB
             "INSERT INTO {table} (slot, account, endpoint_id, requests, successes, \
              user_errors, errors, billable_ms, prepare_ms, duration_ms) \
              SELECT billed_at / {slot_ms} * {slot_ms}, account, endpoint_id, COUNT(*), \
-             COUNT(*), 0, 0, 0, x'', x'' FROM line_items GROUP BY 1, 2, 3"
+             COUNT(*), 0, 0, 0, x'', x'' FROM line_items_by_account GROUP BY 1, 2, 3"
         ))?;
     }
     // Every minute of the history is in its hour rows: folded.
