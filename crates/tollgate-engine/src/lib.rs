@@ -533,6 +533,8 @@ fn load<'a>(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    // Every request the batch touches lands here, loaded or new: sized once, not regrown.
+    state.requests.reserve(request_ids.len());
     tx.load_requests(&request_ids, &mut state.requests)?;
     let named: BTreeSet<AccountId> = ops.clone().filter_map(|op| op.account().cloned()).collect();
     let mut locked: BTreeSet<AccountId> = BTreeSet::new();
