@@ -331,6 +331,50 @@ async fn usage_events(
     .await
 }
 
+/// Callers, and events per call, of the bulk usage-event rows, in-process and over HTTP.
+pub const BULK_CALLERS: usize = 32;
+pub const BULK_EVENTS: usize = 100;
+
+/// Usage events, [`BULK_EVENTS`] per call (one `execute_many`, as `POST /v1/usage-events`
+/// makes), from [`BULK_CALLERS`] concurrent callers, accounts picked as the HTTP row's script
+/// picks them. Counts events; latency per call.
+async fn usage_events_bulk(
+    engine: &Engine,
+    plan: &Plan,
+    hot: bool,
+) -> anyhow::Result<(u64, Duration, Histogram<u64>)> {
+    let names: Arc<Vec<AccountId>> = Arc::new(
+        (0..ACCOUNTS)
+            .map(|i| AccountId::parse(&account_name(i)).expect("valid"))
+            .collect(),
+    );
+    let (calls, el, h) = drive(engine, BULK_CALLERS, plan.duration, move |engine, c, n| {
+        let names = names.clone();
+        async move {
+            let now = engine.now();
+            let ops = (0..BULK_EVENTS as u64)
+                .map(|i| {
+                    let seq = n * BULK_EVENTS as u64 + i;
+                    let account = names[if hot { 0 } else { pick(c, seq, names.len()) }].clone();
+                    image_event(format!("bulk-{c}-{seq}"), account, now)
+                })
+                .collect();
+            let t = Instant::now();
+            for answer in engine.execute_many(ops).await? {
+                match answer {
+                    Ok(Outcome::Completed {
+                        replayed: false, ..
+                    }) => {}
+                    other => anyhow::bail!("usage event not billed: {other:?}"),
+                }
+            }
+            Ok(t.elapsed())
+        }
+    })
+    .await?;
+    Ok((calls * BULK_EVENTS as u64, el, h))
+}
+
 /// Submit, start, complete; returns the latency of `start` (the admission decision).
 async fn lifecycle(engine: Engine, account: AccountId, id: String) -> anyhow::Result<Duration> {
     let request_id = RequestId::parse(&id).expect("valid id");
@@ -426,6 +470,30 @@ pub async fn run(
             reconciled(&engine, n).await?
         );
         rows.push(Row::new(name, "tollgate", c, n, el, Some(&h), note));
+    }
+    for (name, hot) in [
+        ("settle.usage_events_bulk.inprocess", false),
+        ("hot_account.usage_events_bulk.inprocess", true),
+    ] {
+        if !wanted(name) {
+            continue;
+        }
+        let dir = tempfile::tempdir()?;
+        let engine = start_engine(&seed(dir.path(), ACCOUNTS, 0)?).await?;
+        let (n, el, h) = usage_events_bulk(&engine, plan, hot).await?;
+        let note = format!(
+            "events/s, {BULK_EVENTS} per call (as the HTTP row's calls); latency per call; {}",
+            reconciled(&engine, n).await?
+        );
+        rows.push(Row::new(
+            name,
+            "tollgate",
+            BULK_CALLERS,
+            n,
+            el,
+            Some(&h),
+            note,
+        ));
     }
     // The same rows on a PostgreSQL store (a fresh schema each), with the bench's callers and
     // with as many as the naive PostgreSQL baseline has connections.

@@ -221,7 +221,7 @@ pub async fn run(
         eprintln!("  (wrk is not installed: skipping the HTTP rows; `apt-get install wrk`)");
         return Ok(());
     }
-    let batch = 100usize;
+    let batch = super::engine::BULK_EVENTS;
     for (name, hot) in [
         ("settle.usage_events.http", false),
         ("hot_account.usage_events.http", true),
@@ -231,7 +231,7 @@ pub async fn run(
         }
         let s = server().await?;
         let ts = chrono::Utc::now().to_rfc3339();
-        let connections = 32;
+        let connections = super::engine::BULK_CALLERS;
         let args = vec![
             batch.to_string(),
             ACCOUNTS.to_string(),
