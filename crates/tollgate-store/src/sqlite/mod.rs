@@ -74,7 +74,12 @@ const DENSE_LINE_ITEMS: usize = 8;
 /// on exactly one side.
 fn merge_line_items(c: &Connection, max: i64) -> Result<()> {
     let held: i64 = c
-        .prepare_cached("SELECT COALESCE(MAX(id) - MIN(id) + 1, 0) FROM line_items_recent")?
+        // Two seeks: SQLite reads MIN or MAX off the rowid B-tree only when each is a query
+        // of its own (both in one query scan the table).
+        .prepare_cached(
+            "SELECT COALESCE((SELECT MAX(id) FROM line_items_recent) \
+             - (SELECT MIN(id) FROM line_items_recent) + 1, 0)",
+        )?
         .query_row([], |r| r.get(0))?;
     if held < max {
         return Ok(());
