@@ -42,3 +42,16 @@ fn a_writer_that_never_pauses_keeps_the_wal_bounded() {
         .expect("committed");
     assert_eq!(settings.len(), value.len());
 }
+
+/// The store runs a checkpointer beside a writer that starts the WAL over: the pattern of
+/// SQLite's WAL-reset race, which could corrupt a database in every SQLite before 3.51.3. The
+/// bundled SQLite must be one with the fix.
+#[test]
+fn the_bundled_sqlite_has_the_wal_reset_fix() {
+    let v = rusqlite::version_number();
+    assert!(
+        v >= 3_051_003,
+        "SQLite {} has the WAL-reset race",
+        rusqlite::version()
+    );
+}
