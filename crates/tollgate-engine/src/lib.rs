@@ -28,6 +28,9 @@ use tollgate_store::{
 
 /// The most operations one db transaction applies.
 pub const MAX_BATCH_OPS: usize = 8192;
+/// A batch of fewer operations than this means the write path is lightly loaded, and the
+/// store's idle work ([`Store::idle`]) runs whenever the queue empties.
+const LIGHT_LOAD_OPS: usize = 256;
 /// Expired holds voided per sweep batch.
 const SWEEP_LIMIT: usize = 1000;
 
@@ -373,7 +376,28 @@ fn writer(
     outbox: Outbox,
 ) {
     let mut pending: Vec<Job> = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
+    // Whether the last batch was small: the write path is lightly loaded.
+    let mut light = true;
+    loop {
+        let first = match rx.try_recv() {
+            Ok(job) => job,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                // Nothing queued under light load: the store's deferred work runs now, not
+                // inside a batch. (Under heavy load callers wait for their answers between
+                // batches, so the queue empties too; the work is then left for a batch, where
+                // it is done in larger and cheaper steps.)
+                if light {
+                    if let Err(e) = store.idle() {
+                        tracing::warn!("the store's idle work failed (tried again later): {e}");
+                    }
+                }
+                match rx.blocking_recv() {
+                    Some(job) => job,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
         let mut size = first.len();
         pending.push(first);
         while size < MAX_BATCH_OPS {
@@ -385,6 +409,7 @@ fn writer(
                 Err(_) => break,
             }
         }
+        light = size < LIGHT_LOAD_OPS;
         let jobs = std::mem::take(&mut pending);
         if let Some(failure) = shared.sync_failure.get() {
             for job in jobs {

@@ -1,6 +1,7 @@
 //! On SQLite, a batch appends the line items of accounts it touches only a few times to
 //! `line_items_recent`, and those of accounts with a page's worth directly to the table
-//! clustered by account; once the recent table holds enough, a batch moves them all there.
+//! clustered by account; once the recent table holds enough, a batch moves them all there (or,
+//! sooner, the store does between batches while the write path is idle).
 //! Billing events read both sides: these tests check that every read answers the same wherever
 //! the line items are, through a move, with paging and filters.
 
@@ -111,8 +112,30 @@ fn billing_events_read_the_same_wherever_the_line_items_are() {
     bill(&mut store, batch);
     assert_eq!(sides(&path), (10, 3));
 
+    // While the write path is idle, the store moves the recent line items once there are a
+    // few thousand, not before.
+    store.idle().unwrap();
+    assert_eq!(sides(&path), (10, 3));
+    bill(
+        &mut store,
+        (0..1_997)
+            .map(|i| {
+                item(
+                    &format!("g{:03}", i % 300),
+                    &format!("g-{i:04}"),
+                    T + i,
+                    "img",
+                    None,
+                )
+            })
+            .collect(),
+    );
+    assert_eq!(sides(&path), (10, 2_000));
+    store.idle().unwrap();
+    assert_eq!(sides(&path), (2_010, 0));
+
     // Enough line items of accounts touched a few times each to pass the threshold: this batch
-    // moves every recent line item, its own included, into the clustered table.
+    // moves every recent line item, its own included, into the clustered table itself.
     let filler: Vec<LineItem> = (0..20_000)
         .map(|i| {
             let account = format!("f{:04}", i % 3_000);
@@ -120,7 +143,7 @@ fn billing_events_read_the_same_wherever_the_line_items_are() {
         })
         .collect();
     bill(&mut store, filler);
-    assert_eq!(sides(&path), (20_013, 0));
+    assert_eq!(sides(&path), (22_010, 0));
 
     // Later line items of "acme", one of them billed before those already moved: recent again.
     bill(
@@ -131,7 +154,7 @@ fn billing_events_read_the_same_wherever_the_line_items_are() {
             item("acme", "a-6", T + 600, "img", None),
         ],
     );
-    assert_eq!(sides(&path), (20_013, 3));
+    assert_eq!(sides(&path), (22_010, 3));
 
     let all = ordered(vec![
         (100, "a-1"),

@@ -65,6 +65,10 @@ const MIGRATIONS: &[Migration] = &[
 /// recent table, so this also bounds what such a read scans beyond its own rows.
 const RECENT_LINE_ITEMS: i64 = 20_000;
 
+/// How many recent line items the store moves when the write path is idle ([`Store::idle`]):
+/// a few milliseconds' work.
+const IDLE_RECENT_LINE_ITEMS: i64 = 2_000;
+
 /// How many line items of one account a batch must hold to append them to the account's range
 /// directly: about a page's worth.
 const DENSE_LINE_ITEMS: usize = 8;
@@ -73,15 +77,7 @@ const DENSE_LINE_ITEMS: usize = 8;
 /// are at least `max` of them; in the batch's own transaction, so a reader sees each line item
 /// on exactly one side.
 fn merge_line_items(c: &Connection, max: i64) -> Result<()> {
-    let held: i64 = c
-        // Two seeks: SQLite reads MIN or MAX off the rowid B-tree only when each is a query
-        // of its own (both in one query scan the table).
-        .prepare_cached(
-            "SELECT COALESCE((SELECT MAX(id) FROM line_items_recent) \
-             - (SELECT MIN(id) FROM line_items_recent) + 1, 0)",
-        )?
-        .query_row([], |r| r.get(0))?;
-    if held < max {
+    if recent_line_items(c)? < max {
         return Ok(());
     }
     let cols = rows::LINE_ITEM_COLS;
@@ -93,6 +89,16 @@ fn merge_line_items(c: &Connection, max: i64) -> Result<()> {
     c.prepare_cached("DELETE FROM line_items_recent")?
         .execute([])?;
     Ok(())
+}
+
+/// How many line items `line_items_recent` holds: two seeks (SQLite reads MIN or MAX off the
+/// rowid B-tree only when each is a query of its own; both in one query scan the table).
+fn recent_line_items(c: &Connection) -> Result<i64> {
+    Ok(c.prepare_cached(
+        "SELECT COALESCE((SELECT MAX(id) FROM line_items_recent) \
+         - (SELECT MIN(id) FROM line_items_recent) + 1, 0)",
+    )?
+    .query_row([], |r| r.get(0))?)
 }
 
 pub struct SqliteStore {
@@ -333,6 +339,20 @@ impl Store for SqliteStore {
             file.sync_data()
                 .map_err(|e| StoreError::Db(format!("cannot sync the WAL to disk: {e}")))
         })))
+    }
+
+    /// Moves the recent line items into the table clustered by account once there are
+    /// [`IDLE_RECENT_LINE_ITEMS`], so that under light load the move is small and falls between
+    /// batches instead of inside one.
+    fn idle(&mut self) -> Result<()> {
+        if recent_line_items(&self.conn)? < IDLE_RECENT_LINE_ITEMS {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        merge_line_items(&tx, IDLE_RECENT_LINE_ITEMS)?;
+        Ok(tx.commit()?)
     }
 
     fn reader_factory(&self) -> ReaderFactory {
