@@ -74,8 +74,8 @@ const IDLE_RECENT_LINE_ITEMS: i64 = 2_000;
 const DENSE_LINE_ITEMS: usize = 8;
 
 /// Moves every recent line item into the table clustered by account, in key order, once there
-/// are at least `max` of them; in the batch's own transaction, so a reader sees each line item
-/// on exactly one side.
+/// are at least `max` of them; in the caller's transaction (a batch's, or the idle move's), so
+/// a reader sees each line item on exactly one side.
 fn merge_line_items(c: &Connection, max: i64) -> Result<()> {
     if recent_line_items(c)? < max {
         return Ok(());
