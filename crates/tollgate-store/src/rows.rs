@@ -557,7 +557,7 @@ pub(crate) fn reconcile(q: &mut Query) -> Result<Reconciliation> {
     let folded_before = format!(
         "COALESCE((SELECT CAST(value AS BIGINT) FROM settings WHERE key = '{}'), {})",
         crate::SETTING_FOLDED_BEFORE,
-        i64::MAX
+        crate::ALL_FOLDED.0
     );
     let hours = format!(
         "(SELECT account, total_nanos, requests FROM usage_hours \

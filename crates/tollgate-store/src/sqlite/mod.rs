@@ -345,6 +345,8 @@ impl Store for SqliteStore {
     /// [`IDLE_RECENT_LINE_ITEMS`], so that under light load the move is small and falls between
     /// batches instead of inside one.
     fn idle(&mut self) -> Result<()> {
+        // Counted first outside a transaction: an idle moment with nothing to move takes no
+        // write lock.
         if recent_line_items(&self.conn)? < IDLE_RECENT_LINE_ITEMS {
             return Ok(());
         }

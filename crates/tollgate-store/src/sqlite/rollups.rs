@@ -269,6 +269,30 @@ fn in_list_from(column: &str, first: usize, n: usize) -> String {
     }
 }
 
+/// The endpoint and key filters of a read (`AND {prefix}endpoint_id IN (...) AND
+/// {prefix}api_key IN (...)`, each only if asked), numbered after the parameters already in
+/// `args`, whose values it appends.
+fn endpoint_key_filters(
+    prefix: &str,
+    endpoints: &[EndpointId],
+    keys: &[ApiKeyId],
+    args: &mut Vec<rusqlite::types::Value>,
+) -> String {
+    let first = args.len() + 1;
+    let sql = format!(
+        "{}{}",
+        in_list_from(&format!("{prefix}endpoint_id"), first, endpoints.len()),
+        in_list_from(
+            &format!("{prefix}api_key"),
+            first + endpoints.len(),
+            keys.len()
+        )
+    );
+    args.extend(endpoints.iter().map(|e| e.as_str().to_string().into()));
+    args.extend(keys.iter().map(|k| k.as_str().to_string().into()));
+    sql
+}
+
 /// One slot of a rollup read of one account: where its rows come from, and the parameters of
 /// its SQL: `?1` the slot, `?2` the account, for an open hour `?3` the first minute not
 /// folded, then the values of `filters` (the query's endpoints, and its keys if asked).
@@ -293,14 +317,7 @@ fn slot_reads(conn: &Connection, q: &RollupQuery, by_key: bool) -> Result<Vec<Sl
             if rows == RollupRows::OpenHours {
                 args.push(folded.0.into());
             }
-            let first = args.len() + 1;
-            let filters = format!(
-                "{}{}",
-                in_list_from("endpoint_id", first, q.endpoints.len()),
-                in_list_from("api_key", first + q.endpoints.len(), keys.len())
-            );
-            args.extend(q.endpoints.iter().map(|e| e.as_str().to_string().into()));
-            args.extend(keys.iter().map(|k| k.as_str().to_string().into()));
+            let filters = endpoint_key_filters("", &q.endpoints, keys, &mut args);
             out.push(SlotRead {
                 rows,
                 slot: t,
@@ -477,17 +494,7 @@ pub(super) fn billing_events(conn: &Connection, q: &BillingEventsQuery) -> Resul
     };
     let ids_from = args.len() + 1;
     args.extend(q.request_ids.iter().map(|r| r.as_str().to_string().into()));
-    let filters = format!(
-        "{}{}",
-        in_list_from("li.endpoint_id", args.len() + 1, q.endpoints.len()),
-        in_list_from(
-            "li.api_key",
-            args.len() + 1 + q.endpoints.len(),
-            q.api_keys.len()
-        ),
-    );
-    args.extend(q.endpoints.iter().map(|e| e.as_str().to_string().into()));
-    args.extend(q.api_keys.iter().map(|k| k.as_str().to_string().into()));
+    let filters = endpoint_key_filters("li.", &q.endpoints, &q.api_keys, &mut args);
     // By request id, the clustered side goes through the requests table's unique index (a
     // billed request's line item carries the request's finish time), not a scan of the
     // account's range: CROSS JOIN makes SQLite's planner keep that order.

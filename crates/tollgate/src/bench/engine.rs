@@ -81,8 +81,8 @@ pub fn seed(dir: &Path, accounts: usize, history: usize) -> anyhow::Result<PathB
         )?;
         // Into the account-clustered table directly, as merged line items.
         let mut item = tx.prepare(
-            "INSERT INTO line_items_by_account (request_id, account, endpoint_id, price_version, unit, \
-             quantity, unit_price, subtotal_nanos, discount_nanos, total_nanos, status_code, \
+            "INSERT INTO line_items_by_account (request_id, account, endpoint_id, \
+             price_version, unit, quantity, unit_price, subtotal_nanos, discount_nanos, total_nanos, status_code, \
              billed_at) VALUES (?1, ?2, 'bench/image', 1, 'image', '1', '0.001', ?3, 0, ?3, \
              200, ?4)",
         )?;
@@ -102,7 +102,8 @@ pub fn seed(dir: &Path, accounts: usize, history: usize) -> anyhow::Result<PathB
              discount_nanos, total_nanos) \
              SELECT billed_at / {slot_ms} * {slot_ms}, account, endpoint_id, '', unit, \
              unit_price, 0, '', CAST(COUNT(*) AS TEXT), COUNT(*), SUM(subtotal_nanos), \
-             SUM(discount_nanos), SUM(total_nanos) FROM line_items_by_account GROUP BY 1, 2, 3, 5, 6"
+             SUM(discount_nanos), SUM(total_nanos) FROM line_items_by_account \
+             GROUP BY 1, 2, 3, 5, 6"
         ))?;
     }
     for (table, slot_ms) in [("activity_minutes", 60_000), ("activity_hours", 3_600_000)] {
@@ -301,10 +302,17 @@ fn pick(client: usize, n: u64, accounts: usize) -> usize {
     (client.wrapping_mul(7919).wrapping_add(n as usize)) % accounts
 }
 
-/// Usage events, one per call, from `clients` concurrent callers.
+/// Callers, and events per call, of the bulk usage-event rows, in-process and over HTTP.
+pub const BULK_CALLERS: usize = 32;
+pub const BULK_EVENTS: usize = 100;
+
+/// Usage events, `per_call` per call (one `execute_many`, as `POST /v1/usage-events` makes),
+/// from `plan.clients` concurrent callers, accounts picked as the HTTP rows' script picks them.
+/// Counts events; latency per call.
 async fn usage_events(
     engine: &Engine,
     plan: &Plan,
+    per_call: usize,
     accounts: usize,
     hot: bool,
     tag: &'static str,
@@ -314,49 +322,15 @@ async fn usage_events(
             .map(|i| AccountId::parse(&account_name(i)).expect("valid"))
             .collect(),
     );
-    drive(engine, plan.clients, plan.duration, move |engine, c, n| {
-        let names = names.clone();
-        async move {
-            let account = names[if hot { 0 } else { pick(c, n, names.len()) }].clone();
-            let op = image_event(format!("{tag}-{c}-{n}"), account, engine.now());
-            let t = Instant::now();
-            match engine.execute(op).await? {
-                Ok(Outcome::Completed {
-                    replayed: false, ..
-                }) => Ok(t.elapsed()),
-                other => anyhow::bail!("usage event not billed: {other:?}"),
-            }
-        }
-    })
-    .await
-}
-
-/// Callers, and events per call, of the bulk usage-event rows, in-process and over HTTP.
-pub const BULK_CALLERS: usize = 32;
-pub const BULK_EVENTS: usize = 100;
-
-/// Usage events, [`BULK_EVENTS`] per call (one `execute_many`, as `POST /v1/usage-events`
-/// makes), from [`BULK_CALLERS`] concurrent callers, accounts picked as the HTTP row's script
-/// picks them. Counts events; latency per call.
-async fn usage_events_bulk(
-    engine: &Engine,
-    plan: &Plan,
-    hot: bool,
-) -> anyhow::Result<(u64, Duration, Histogram<u64>)> {
-    let names: Arc<Vec<AccountId>> = Arc::new(
-        (0..ACCOUNTS)
-            .map(|i| AccountId::parse(&account_name(i)).expect("valid"))
-            .collect(),
-    );
-    let (calls, el, h) = drive(engine, BULK_CALLERS, plan.duration, move |engine, c, n| {
+    let per_call = per_call as u64;
+    let (calls, el, h) = drive(engine, plan.clients, plan.duration, move |engine, c, n| {
         let names = names.clone();
         async move {
             let now = engine.now();
-            let ops = (0..BULK_EVENTS as u64)
-                .map(|i| {
-                    let seq = n * BULK_EVENTS as u64 + i;
+            let ops = (n * per_call..(n + 1) * per_call)
+                .map(|seq| {
                     let account = names[if hot { 0 } else { pick(c, seq, names.len()) }].clone();
-                    image_event(format!("bulk-{c}-{seq}"), account, now)
+                    image_event(format!("{tag}-{c}-{seq}"), account, now)
                 })
                 .collect();
             let t = Instant::now();
@@ -372,7 +346,7 @@ async fn usage_events_bulk(
         }
     })
     .await?;
-    Ok((calls * BULK_EVENTS as u64, el, h))
+    Ok((calls * per_call, el, h))
 }
 
 /// Submit, start, complete; returns the latency of `start` (the admission decision).
@@ -455,45 +429,42 @@ pub async fn run(
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
     let c = plan.clients;
-    for (name, hot) in [
-        ("settle.usage_events.inprocess", false),
-        ("hot_account.usage_events.inprocess", true),
-    ] {
-        if !wanted(name) {
-            continue;
-        }
-        let dir = tempfile::tempdir()?;
-        let engine = start_engine(&seed(dir.path(), ACCOUNTS, 0)?).await?;
-        let (n, el, h) = usage_events(&engine, plan, ACCOUNTS, hot, "ev").await?;
-        let note = format!(
-            "events/s, one per call; latency per call; {}",
-            reconciled(&engine, n).await?
-        );
-        rows.push(Row::new(name, "tollgate", c, n, el, Some(&h), note));
-    }
-    for (name, hot) in [
-        ("settle.usage_events_bulk.inprocess", false),
-        ("hot_account.usage_events_bulk.inprocess", true),
-    ] {
-        if !wanted(name) {
-            continue;
-        }
-        let dir = tempfile::tempdir()?;
-        let engine = start_engine(&seed(dir.path(), ACCOUNTS, 0)?).await?;
-        let (n, el, h) = usage_events_bulk(&engine, plan, hot).await?;
-        let note = format!(
-            "events/s, {BULK_EVENTS} per call (as the HTTP row's calls); latency per call; {}",
-            reconciled(&engine, n).await?
-        );
-        rows.push(Row::new(
-            name,
-            "tollgate",
+    for (name, hot, callers, per_call) in [
+        ("settle.usage_events.inprocess", false, c, 1),
+        ("hot_account.usage_events.inprocess", true, c, 1),
+        (
+            "settle.usage_events_bulk.inprocess",
+            false,
             BULK_CALLERS,
-            n,
-            el,
-            Some(&h),
-            note,
-        ));
+            BULK_EVENTS,
+        ),
+        (
+            "hot_account.usage_events_bulk.inprocess",
+            true,
+            BULK_CALLERS,
+            BULK_EVENTS,
+        ),
+    ] {
+        if !wanted(name) {
+            continue;
+        }
+        let dir = tempfile::tempdir()?;
+        let engine = start_engine(&seed(dir.path(), ACCOUNTS, 0)?).await?;
+        let plan = Plan {
+            clients: callers,
+            ..*plan
+        };
+        let (n, el, h) = usage_events(&engine, &plan, per_call, ACCOUNTS, hot, "ev").await?;
+        let per_call = if per_call == 1 {
+            "one per call".to_string()
+        } else {
+            format!("{per_call} per call (as the HTTP rows' calls)")
+        };
+        let note = format!(
+            "events/s, {per_call}; latency per call; {}",
+            reconciled(&engine, n).await?
+        );
+        rows.push(Row::new(name, "tollgate", callers, n, el, Some(&h), note));
     }
     // The same rows on a PostgreSQL store (a fresh schema each), with the bench's callers and
     // with as many as the naive PostgreSQL baseline has connections.
@@ -510,7 +481,7 @@ pub async fn run(
             for &clients in &clients {
                 let plan = Plan { clients, ..*plan };
                 let row = on_postgres(url, ACCOUNTS, |engine| async move {
-                    let (n, el, h) = usage_events(&engine, &plan, ACCOUNTS, hot, "pg").await?;
+                    let (n, el, h) = usage_events(&engine, &plan, 1, ACCOUNTS, hot, "pg").await?;
                     let note = format!(
                         "events/s, one per call, PostgreSQL store; latency per call; {}",
                         reconciled(&engine, n).await?
@@ -724,7 +695,7 @@ pub async fn scale(
             t.elapsed().as_secs_f64()
         );
         let engine = start_engine(&path).await?;
-        let (n, el, h) = usage_events(&engine, plan, accounts, false, "sc").await?;
+        let (n, el, h) = usage_events(&engine, plan, 1, accounts, false, "sc").await?;
         rows.push(Row::new(
             &name,
             "tollgate",
