@@ -229,7 +229,7 @@ async fn create_demo_account(engine: &Engine) -> anyhow::Result<Demo> {
 }
 
 fn print_demo(addr: SocketAddr, operator_key: &str, demo: &Demo) {
-    let request_id = uuid::Uuid::new_v4();
+    let request_id = uuid::Uuid::now_v7();
     println!(
         r#"
 Demo ready: sample catalog applied, account `demo` bought 25.00 USD of credits.

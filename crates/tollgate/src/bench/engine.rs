@@ -45,10 +45,55 @@ pub fn account_name(i: usize) -> String {
     format!("bench-{i}")
 }
 
+/// How the bench names its requests. A gateway that sends time-ordered ids (UUIDv7, or a
+/// prefix and a counter as here) adds them to the request-id index in a few places; one that
+/// sends random UUIDv4s adds each at a random place in it.
+#[derive(Clone, Copy)]
+pub enum Ids {
+    /// `{tag}-{caller}-{n}`: each caller's ids in order.
+    Counter(&'static str),
+    /// Random UUIDv4s.
+    Random,
+}
+
+impl Ids {
+    /// The id of a caller's `n`-th event.
+    fn event(self, caller: usize, n: u64) -> String {
+        match self {
+            Ids::Counter(tag) => format!("{tag}-{caller}-{n}"),
+            Ids::Random => uuid::Uuid::new_v4().to_string(),
+        }
+    }
+
+    /// The id of the `i`-th of `history` seeded requests. Random ids are spread evenly over
+    /// the UUIDs in increasing order: the seed appends to the index, and the index ends up as
+    /// random ids would leave it, with the events' random ids landing anywhere in it.
+    fn history(self, i: usize, history: usize) -> String {
+        match self {
+            Ids::Counter(tag) => format!("{tag}-{i:012}"),
+            Ids::Random => {
+                uuid::Uuid::from_u128(i as u128 * (u128::MAX / history as u128)).to_string()
+            }
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Ids::Counter(_) => "ids in order per caller",
+            Ids::Random => "random UUIDv4 ids",
+        }
+    }
+}
+
+/// A fresh database with `accounts` funded accounts.
+pub fn seed(dir: &Path, accounts: usize) -> anyhow::Result<PathBuf> {
+    seed_history(dir, accounts, 0, Ids::Counter("hist"))
+}
+
 /// A fresh database with `accounts` funded accounts and `history` billed requests already in
 /// it, written directly in bulk (setting up a million accounts through the API would take
 /// longer than the bench).
-pub fn seed(dir: &Path, accounts: usize, history: usize) -> anyhow::Result<PathBuf> {
+fn seed_history(dir: &Path, accounts: usize, history: usize, ids: Ids) -> anyhow::Result<PathBuf> {
     let path = dir.join("bench.db");
     drop(SqliteStore::open(&path)?);
     let mut c = rusqlite::Connection::open(&path)?;
@@ -87,7 +132,7 @@ pub fn seed(dir: &Path, accounts: usize, history: usize) -> anyhow::Result<PathB
              200, ?4)",
         )?;
         for i in 0..history {
-            let id = format!("hist-{i:012}");
+            let id = ids.history(i, history);
             let account = account_name(i % accounts.max(1));
             req.execute(rusqlite::params![id, account, i as i64])?;
             item.execute(rusqlite::params![id, account, COST_NANOS, i as i64])?;
@@ -315,7 +360,7 @@ async fn usage_events(
     per_call: usize,
     accounts: usize,
     hot: bool,
-    tag: &'static str,
+    ids: Ids,
 ) -> anyhow::Result<(u64, Duration, Histogram<u64>)> {
     let names: Arc<Vec<AccountId>> = Arc::new(
         (0..accounts)
@@ -330,7 +375,7 @@ async fn usage_events(
             let ops = (n * per_call..(n + 1) * per_call)
                 .map(|seq| {
                     let account = names[if hot { 0 } else { pick(c, seq, names.len()) }].clone();
-                    image_event(format!("{tag}-{c}-{seq}"), account, now)
+                    image_event(ids.event(c, seq), account, now)
                 })
                 .collect();
             let t = Instant::now();
@@ -429,39 +474,50 @@ pub async fn run(
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
     let c = plan.clients;
-    for (name, hot, callers, per_call) in [
-        ("settle.usage_events.inprocess", false, c, 1),
-        ("hot_account.usage_events.inprocess", true, c, 1),
+    let ev = Ids::Counter("ev");
+    for (name, hot, callers, per_call, ids) in [
+        ("settle.usage_events.inprocess", false, c, 1, ev),
+        ("hot_account.usage_events.inprocess", true, c, 1, ev),
         (
             "settle.usage_events_bulk.inprocess",
             false,
             BULK_CALLERS,
             BULK_EVENTS,
+            ev,
+        ),
+        (
+            "settle.usage_events_bulk.inprocess.random_ids",
+            false,
+            BULK_CALLERS,
+            BULK_EVENTS,
+            Ids::Random,
         ),
         (
             "hot_account.usage_events_bulk.inprocess",
             true,
             BULK_CALLERS,
             BULK_EVENTS,
+            ev,
         ),
     ] {
         if !wanted(name) {
             continue;
         }
         let dir = tempfile::tempdir()?;
-        let engine = start_engine(&seed(dir.path(), ACCOUNTS, 0)?).await?;
+        let engine = start_engine(&seed(dir.path(), ACCOUNTS)?).await?;
         let plan = Plan {
             clients: callers,
             ..*plan
         };
-        let (n, el, h) = usage_events(&engine, &plan, per_call, ACCOUNTS, hot, "ev").await?;
+        let (n, el, h) = usage_events(&engine, &plan, per_call, ACCOUNTS, hot, ids).await?;
         let per_call = if per_call == 1 {
             "one per call".to_string()
         } else {
             format!("{per_call} per call (as the HTTP rows' calls)")
         };
         let note = format!(
-            "events/s, {per_call}; latency per call; {}",
+            "events/s, {per_call}, {}; latency per call; {}",
+            ids.describe(),
             reconciled(&engine, n).await?
         );
         rows.push(Row::new(name, "tollgate", callers, n, el, Some(&h), note));
@@ -481,7 +537,8 @@ pub async fn run(
             for &clients in &clients {
                 let plan = Plan { clients, ..*plan };
                 let row = on_postgres(url, ACCOUNTS, |engine| async move {
-                    let (n, el, h) = usage_events(&engine, &plan, 1, ACCOUNTS, hot, "pg").await?;
+                    let (n, el, h) =
+                        usage_events(&engine, &plan, 1, ACCOUNTS, hot, Ids::Counter("pg")).await?;
                     let note = format!(
                         "events/s, one per call, PostgreSQL store; latency per call; {}",
                         reconciled(&engine, n).await?
@@ -509,7 +566,7 @@ pub async fn run(
             continue;
         }
         let dir = tempfile::tempdir()?;
-        let engine = start_engine(&seed(dir.path(), ACCOUNTS, 0)?).await?;
+        let engine = start_engine(&seed(dir.path(), ACCOUNTS)?).await?;
         let (n, el, h) = lifecycles(&engine, c, plan.duration, ACCOUNTS, hot, "lc").await?;
         let note = format!(
             "requests/s (submit+start+complete = 3 calls); latency of start; {}",
@@ -552,7 +609,7 @@ async fn admission(plan: &Plan, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result
         return Ok(Vec::new());
     }
     let dir = tempfile::tempdir()?;
-    let engine = start_engine(&seed(dir.path(), ACCOUNTS, 0)?).await?;
+    let engine = start_engine(&seed(dir.path(), ACCOUNTS)?).await?;
     let mut opened = Vec::new();
     for i in 0..OPEN {
         let engine = engine.clone();
@@ -674,28 +731,34 @@ pub async fn scale(
     } else {
         (&[1_000, 100_000, 1_000_000], 10_000_000)
     };
-    let mut cases: Vec<(String, usize, usize)> = accounts
+    let sc = Ids::Counter("sc");
+    let mut cases: Vec<(String, usize, usize, Ids)> = accounts
         .iter()
-        .map(|&a| (format!("scale.usage_events.accounts_{}", human(a)), a, 0))
+        .map(|&a| {
+            (
+                format!("scale.usage_events.accounts_{}", human(a)),
+                a,
+                0,
+                sc,
+            )
+        })
         .collect();
-    cases.push((
-        format!("scale.usage_events.line_items_{}", human(history)),
-        ACCOUNTS,
-        history,
-    ));
-    for (name, accounts, history) in cases {
+    let long = format!("scale.usage_events.line_items_{}", human(history));
+    cases.push((long.clone(), ACCOUNTS, history, sc));
+    cases.push((format!("{long}.random_ids"), ACCOUNTS, history, Ids::Random));
+    for (name, accounts, history, ids) in cases {
         if !wanted(&name) {
             continue;
         }
         let dir = tempfile::tempdir()?;
         let t = Instant::now();
-        let path = seed(dir.path(), accounts, history)?;
+        let path = seed_history(dir.path(), accounts, history, ids)?;
         eprintln!(
             "  (seeded {accounts} accounts and {history} line items in {:.1} s)",
             t.elapsed().as_secs_f64()
         );
         let engine = start_engine(&path).await?;
-        let (n, el, h) = usage_events(&engine, plan, 1, accounts, false, "sc").await?;
+        let (n, el, h) = usage_events(&engine, plan, 1, accounts, false, ids).await?;
         rows.push(Row::new(
             &name,
             "tollgate",
@@ -703,7 +766,10 @@ pub async fn scale(
             n,
             el,
             Some(&h),
-            format!("events/s over {accounts} accounts, {history} line items before the run"),
+            format!(
+                "events/s over {accounts} accounts, {history} line items before the run, {}",
+                ids.describe()
+            ),
         ));
     }
     Ok(())
@@ -762,7 +828,7 @@ async fn replay(plan: &Plan, name: &str, path: &Path) -> anyhow::Result<Row> {
         .map(|&(c, g)| c as i64 * 150 + g as i64 * 600)
         .sum();
     let dir = tempfile::tempdir()?;
-    let engine = start_engine(&seed(dir.path(), 1, 0)?).await?;
+    let engine = start_engine(&seed(dir.path(), 1)?).await?;
     let account = AccountId::parse(&account_name(0)).expect("valid");
     let now = engine.now();
     let ops: Vec<Op> = rows

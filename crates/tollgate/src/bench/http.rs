@@ -116,7 +116,7 @@ impl Drop for Server {
 
 async fn server() -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
-    let engine = start_engine(&seed(dir.path(), ACCOUNTS, 0)?).await?;
+    let engine = start_engine(&seed(dir.path(), ACCOUNTS)?).await?;
     let op = mint_key(None, Scope::Operator, "bench".into(), engine.now());
     engine.admin(AdminCmd::InsertKey(op.record.clone())).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
