@@ -383,17 +383,12 @@ fn writer(
             Ok(job) => job,
             Err(mpsc::error::TryRecvError::Empty) => {
                 // Nothing queued under light load: the store's deferred work runs now, not
-                // inside a batch, a step at a time with a look at the queue between steps.
-                // (Under heavy load callers wait for their answers between batches, so the
-                // queue empties too; the work is then left for a batch, where it is done in
-                // larger and cheaper steps.)
+                // inside a batch. (Under heavy load callers wait for their answers between
+                // batches, so the queue empties too; the work is then left for a batch, where
+                // it is done in larger and cheaper steps.)
                 if light {
-                    match store.idle() {
-                        Ok(true) => continue,
-                        Ok(false) => {}
-                        Err(e) => {
-                            tracing::warn!("the store's idle work failed (tried again later): {e}")
-                        }
+                    if let Err(e) = store.idle() {
+                        tracing::warn!("the store's idle work failed (tried again later): {e}");
                     }
                 }
                 match rx.blocking_recv() {

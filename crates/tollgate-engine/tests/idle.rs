@@ -1,7 +1,6 @@
 //! The engine gives its store the moments when nothing is queued under light load
 //! (`Store::idle`), and only those: after a large batch (heavy load, where callers waiting for
-//! their answers also empty the queue) it does not. It calls again while the store says there
-//! is more to do, and stops when it says there is not.
+//! their answers also empty the queue) it does not.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,12 +25,10 @@ hold_units = "1"
 price = { unit = "character", unit_price = "0.00005" }
 "#;
 
-/// A store that counts the calls to `idle` and says there is more to do on the first `more`
-/// of them, and otherwise is the store it wraps.
+/// A store that counts the calls to `idle`, and otherwise is the store it wraps.
 struct Counting {
     inner: Box<dyn Store>,
     idle: Arc<AtomicUsize>,
-    more: usize,
 }
 
 impl Store for Counting {
@@ -41,10 +38,9 @@ impl Store for Counting {
     fn defer_sync(&mut self) -> Result<Option<SyncFn>> {
         self.inner.defer_sync()
     }
-    fn idle(&mut self) -> Result<bool> {
-        let calls = self.idle.fetch_add(1, Ordering::SeqCst) + 1;
-        let inner = self.inner.idle()?;
-        Ok(inner || calls <= self.more)
+    fn idle(&mut self) -> Result<()> {
+        self.idle.fetch_add(1, Ordering::SeqCst);
+        self.inner.idle()
     }
     fn reader_factory(&self) -> ReaderFactory {
         self.inner.reader_factory()
@@ -85,12 +81,13 @@ async fn passes(count: &AtomicUsize, n: usize) -> bool {
     false
 }
 
-/// An engine on a `Counting` store, with the catalog and the account "acme".
-async fn engine(db: &TestDb, idle: &Arc<AtomicUsize>, more: usize) -> Engine {
+#[tokio::test]
+async fn the_store_gets_the_idle_moments_of_light_load_only() {
+    let db = TestDb::new(&Backend::Sqlite);
+    let idle = Arc::new(AtomicUsize::new(0));
     let store = Counting {
         inner: db.open().unwrap(),
         idle: idle.clone(),
-        more,
     };
     let engine = Engine::start(Box::new(store), Arc::new(|| Timestamp(1_780_272_060_000))).unwrap();
     let doc = tollgate_core::catalog::document::parse(CATALOG).unwrap();
@@ -105,14 +102,6 @@ async fn engine(db: &TestDb, idle: &Arc<AtomicUsize>, more: usize) -> Engine {
         })
         .await
         .unwrap();
-    engine
-}
-
-#[tokio::test]
-async fn the_store_gets_the_idle_moments_of_light_load_only() {
-    let db = TestDb::new(&Backend::Sqlite);
-    let idle = Arc::new(AtomicUsize::new(0));
-    let engine = engine(&db, &idle, 0).await;
 
     // A small batch, then nothing queued: idle.
     engine.execute(event("one".into())).await.unwrap().unwrap();
@@ -138,25 +127,5 @@ async fn the_store_gets_the_idle_moments_of_light_load_only() {
     assert!(
         passes(&idle, before).await,
         "no idle call once load is light again"
-    );
-}
-
-#[tokio::test]
-async fn the_engine_calls_again_while_the_store_has_more_to_do() {
-    let db = TestDb::new(&Backend::Sqlite);
-    let idle = Arc::new(AtomicUsize::new(0));
-    // The admin commands before the first event leave idle moments too: the store says there
-    // is more on the first five calls, whenever they come.
-    let engine = engine(&db, &idle, 5).await;
-    engine.execute(event("one".into())).await.unwrap().unwrap();
-    assert!(passes(&idle, 5).await, "stopped before the store was done");
-    // Done: the engine waits for work instead of calling again.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let settled = idle.load(Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        idle.load(Ordering::SeqCst),
-        settled,
-        "called after the store was done"
     );
 }

@@ -442,13 +442,12 @@ pub trait Store: Send {
     fn defer_sync(&mut self) -> Result<Option<SyncFn>> {
         Ok(None)
     }
-    /// One step of the work the store puts off to a moment when the write path has nothing
-    /// queued; returns whether there is more. The engine calls it whenever its queue empties
-    /// while it is lightly loaded (its last batch was small), and again after each step that
-    /// left more while nothing is queued. A batch that arrives meanwhile waits for the step
-    /// under way, so a step does little. Nothing by default.
-    fn idle(&mut self) -> Result<bool> {
-        Ok(false)
+    /// Work the store puts off to a moment when the write path has nothing queued: the engine
+    /// calls it whenever its queue empties while it is lightly loaded (its last batch was
+    /// small). A batch that arrives meanwhile waits for it, so it does little at a time.
+    /// Nothing by default.
+    fn idle(&mut self) -> Result<()> {
+        Ok(())
     }
     /// Opens read connections, from any thread.
     fn reader_factory(&self) -> ReaderFactory;

@@ -65,13 +65,9 @@ const MIGRATIONS: &[Migration] = &[
 /// recent table, so this also bounds what such a read scans beyond its own rows.
 const RECENT_LINE_ITEMS: i64 = 20_000;
 
-/// How many recent line items make the store move them when the write path is idle
-/// ([`Store::idle`]).
+/// How many recent line items the store moves when the write path is idle ([`Store::idle`]):
+/// a few milliseconds' work.
 const IDLE_RECENT_LINE_ITEMS: i64 = 2_000;
-
-/// How many recent line items one idle step moves, in key order: a fraction of a millisecond,
-/// which is as long as a batch that arrives meanwhile waits.
-const IDLE_MOVE_STEP: i64 = 256;
 
 /// How many line items of one account a batch must hold to append them to the account's range
 /// directly: about a page's worth.
@@ -84,52 +80,19 @@ fn merge_line_items(c: &Connection, max: i64) -> Result<()> {
     if recent_line_items(c)? < max {
         return Ok(());
     }
-    move_line_items(c, None)
-}
-
-/// The key of a line item: (account, billed_at, request_id).
-type LineItemKey = (String, i64, String);
-
-/// Moves the recent line items up to the key `upto` (all of them if `None`) into the table
-/// clustered by account, in key order, in the caller's transaction.
-fn move_line_items(c: &Connection, upto: Option<&LineItemKey>) -> Result<()> {
     let cols = rows::LINE_ITEM_COLS;
-    let filter = if upto.is_some() {
-        "WHERE (account, billed_at, request_id) <= (?1, ?2, ?3)"
-    } else {
-        ""
-    };
-    let args: Vec<rusqlite::types::Value> = upto
-        .map(|(account, at, id)| vec![account.clone().into(), (*at).into(), id.clone().into()])
-        .unwrap_or_default();
     c.prepare_cached(&format!(
         "INSERT INTO line_items_by_account ({cols}) SELECT {cols} FROM line_items_recent \
-         {filter} ORDER BY account, billed_at, request_id"
+         ORDER BY account, billed_at, request_id"
     ))?
-    .execute(rusqlite::params_from_iter(&args))?;
-    c.prepare_cached(&format!("DELETE FROM line_items_recent {filter}"))?
-        .execute(rusqlite::params_from_iter(&args))?;
+    .execute([])?;
+    c.prepare_cached("DELETE FROM line_items_recent")?
+        .execute([])?;
     Ok(())
 }
 
-/// Moves the first `step` recent line items in key order (all of them if there are no more);
-/// returns whether any may be left.
-fn move_line_items_step(c: &Connection, step: i64) -> Result<bool> {
-    let last: Option<LineItemKey> = c
-        .prepare_cached(
-            "SELECT account, billed_at, request_id FROM line_items_recent \
-             ORDER BY account, billed_at, request_id LIMIT 1 OFFSET ?1",
-        )?
-        .query_row([step - 1], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
-    move_line_items(c, last.as_ref())?;
-    Ok(last.is_some())
-}
-
-/// How many line items `line_items_recent` holds, from the span of its ids: two seeks (SQLite
-/// reads MIN or MAX off the rowid B-tree only when each is a query of its own; both in one
-/// query scan the table). An upper bound while an idle move is part way: its steps take line
-/// items in key order, not in id order.
+/// How many line items `line_items_recent` holds: two seeks (SQLite reads MIN or MAX off the
+/// rowid B-tree only when each is a query of its own; both in one query scan the table).
 fn recent_line_items(c: &Connection) -> Result<i64> {
     Ok(c.prepare_cached(
         "SELECT COALESCE((SELECT MAX(id) FROM line_items_recent) \
@@ -143,8 +106,6 @@ pub struct SqliteStore {
     conn: Connection,
     cache: AccountCache,
     checkpointer: Checkpointer,
-    /// Whether an idle move of the recent line items is under way ([`Store::idle`]).
-    moving: bool,
 }
 
 /// The writer's copy of the account rows it has read or written. The store is the only writer
@@ -298,7 +259,6 @@ impl SqliteStore {
             conn,
             cache: AccountCache::default(),
             checkpointer,
-            moving: false,
         })
     }
 }
@@ -381,24 +341,20 @@ impl Store for SqliteStore {
         })))
     }
 
-    /// Once there are [`IDLE_RECENT_LINE_ITEMS`] recent line items, moves them into the table
-    /// clustered by account, [`IDLE_MOVE_STEP`] at a time in key order, each step in its own
-    /// transaction, until none is left: under light load the move falls between batches, and a
-    /// batch that arrives during it waits for one step, not for the whole move.
-    fn idle(&mut self) -> Result<bool> {
+    /// Moves the recent line items into the table clustered by account once there are
+    /// [`IDLE_RECENT_LINE_ITEMS`], so that under light load the move is small and falls between
+    /// batches instead of inside one.
+    fn idle(&mut self) -> Result<()> {
         // Counted first outside a transaction: an idle moment with nothing to move takes no
         // write lock.
-        if !self.moving && recent_line_items(&self.conn)? < IDLE_RECENT_LINE_ITEMS {
-            return Ok(false);
+        if recent_line_items(&self.conn)? < IDLE_RECENT_LINE_ITEMS {
+            return Ok(());
         }
-        self.moving = true;
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let more = move_line_items_step(&tx, IDLE_MOVE_STEP)?;
-        tx.commit()?;
-        self.moving = more;
-        Ok(more)
+        merge_line_items(&tx, IDLE_RECENT_LINE_ITEMS)?;
+        Ok(tx.commit()?)
     }
 
     fn reader_factory(&self) -> ReaderFactory {
