@@ -49,7 +49,7 @@ pub fn account_name(i: usize) -> String {
 /// prefix and a counter as here) adds them to the request-id index in a few places; one that
 /// sends random UUIDv4s adds each at a random place in it.
 #[derive(Clone, Copy)]
-pub enum Ids {
+enum Ids {
     /// `{tag}-{caller}-{n}`: each caller's ids in order.
     Counter(&'static str),
     /// Random UUIDv4s.
