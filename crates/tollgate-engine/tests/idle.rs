@@ -2,28 +2,19 @@
 //! (`Store::idle`), and only those: after a large batch (heavy load, where callers waiting for
 //! their answers also empty the queue) it does not.
 
+mod common;
+
+use common::{catalog_and_account, event};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tollgate_core::ids::{AccountId, EndpointId, RequestId};
-use tollgate_core::machine::{Op, UsageEvent};
-use tollgate_core::price::Output;
 use tollgate_core::Timestamp;
-use tollgate_engine::{AdminCmd, Engine};
+use tollgate_engine::Engine;
 use tollgate_store::testing::{Backend, TestDb};
 use tollgate_store::{BillingMode, ReaderFactory, Result, Store, SyncFn, Tx};
 
-const CATALOG: &str = r#"
-prices_read_on = "2026-01-15"
-effective_from = "2026-01-01T00:00:00Z"
-
-[[endpoint]]
-id = "test/tts"
-name = "Speech"
-category = "text-to-speech"
-hold_units = "1"
-price = { unit = "character", unit_price = "0.00005" }
-"#;
+/// 2026-06-01T00:00:00Z: when the events happened.
+const T: i64 = 1_780_272_000_000;
 
 /// A store that counts the calls to `idle`, and otherwise is the store it wraps.
 struct Counting {
@@ -53,23 +44,6 @@ impl Store for Counting {
     }
 }
 
-fn event(id: String) -> Op {
-    Op::UsageEvent(UsageEvent {
-        event_id: RequestId::parse(&id).unwrap(),
-        account: AccountId::parse("acme").unwrap(),
-        endpoint: EndpointId::parse("test/tts").unwrap(),
-        api_key: None,
-        timestamp: Timestamp(1_780_272_000_000),
-        status_code: 200,
-        output: Output::default(),
-        billable_units: Some(1000.into()),
-        queue_seconds: None,
-        inference_seconds: None,
-        machine_type: None,
-        num_gpus: None,
-    })
-}
-
 /// Waits up to 5 s for the count to pass `n`.
 async fn passes(count: &AtomicUsize, n: usize) -> bool {
     for _ in 0..500 {
@@ -89,29 +63,18 @@ async fn the_store_gets_the_idle_moments_of_light_load_only() {
         inner: db.open().unwrap(),
         idle: idle.clone(),
     };
-    let engine = Engine::start(Box::new(store), Arc::new(|| Timestamp(1_780_272_060_000))).unwrap();
-    let doc = tollgate_core::catalog::document::parse(CATALOG).unwrap();
-    engine
-        .admin(AdminCmd::ApplyCatalog(Box::new(doc)))
-        .await
-        .unwrap();
-    engine
-        .admin(AdminCmd::CreateAccount {
-            username: AccountId::parse("acme").unwrap(),
-            billing: BillingMode::Invoice,
-        })
-        .await
-        .unwrap();
+    let engine = Engine::start(Box::new(store), Arc::new(|| Timestamp(T + 60_000))).unwrap();
+    catalog_and_account(&engine, BillingMode::Invoice).await;
 
     // A small batch, then nothing queued: idle.
-    engine.execute(event("one".into())).await.unwrap().unwrap();
+    engine.execute(event("one", T, 1)).await.unwrap().unwrap();
     assert!(passes(&idle, 0).await, "no idle call after a small batch");
 
     // A large batch, then nothing queued: not idle.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let before = idle.load(Ordering::SeqCst);
     let answers = engine
-        .execute_many((0..300).map(|i| event(format!("big-{i}"))).collect())
+        .execute_many((0..300).map(|i| event(&format!("big-{i}"), T, 1)).collect())
         .await
         .unwrap();
     assert!(answers.iter().all(|a| a.is_ok()));
@@ -123,7 +86,7 @@ async fn the_store_gets_the_idle_moments_of_light_load_only() {
     );
 
     // Light again: idle again.
-    engine.execute(event("two".into())).await.unwrap().unwrap();
+    engine.execute(event("two", T, 1)).await.unwrap().unwrap();
     assert!(
         passes(&idle, before).await,
         "no idle call once load is light again"

@@ -3,13 +3,15 @@
 //! the same before and after a fold, and a late usage event for a folded minute still counts
 //! in its hour.
 
+mod common;
+
+use common::{account, catalog_and_account, event};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use tollgate_core::ids::{AccountId, EndpointId, PurchaseId, RequestId};
-use tollgate_core::machine::{Op, UsageEvent};
-use tollgate_core::price::Output;
+use tollgate_core::ids::PurchaseId;
+use tollgate_core::machine::Op;
 use tollgate_core::{Nanos, Timestamp};
-use tollgate_engine::{AdminCmd, Engine};
+use tollgate_engine::Engine;
 use tollgate_store::testing::{backends, Backend, TestDb};
 use tollgate_store::{BillingMode, Reader, RollupQuery, SETTING_FOLDED_BEFORE};
 
@@ -17,40 +19,6 @@ use tollgate_store::{BillingMode, Reader, RollupQuery, SETTING_FOLDED_BEFORE};
 const T: i64 = 1_780_272_000_000;
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
-
-const CATALOG: &str = r#"
-prices_read_on = "2026-01-15"
-effective_from = "2026-01-01T00:00:00Z"
-
-[[endpoint]]
-id = "test/tts"
-name = "Speech"
-category = "text-to-speech"
-hold_units = "1"
-price = { unit = "character", unit_price = "0.00005" }
-"#;
-
-fn account() -> AccountId {
-    AccountId::parse("acme").unwrap()
-}
-
-/// A usage event of `thousands` thousand characters that happened at `at`.
-fn event(id: &str, at: i64, thousands: i64) -> Op {
-    Op::UsageEvent(UsageEvent {
-        event_id: RequestId::parse(id).unwrap(),
-        account: account(),
-        endpoint: EndpointId::parse("test/tts").unwrap(),
-        api_key: None,
-        timestamp: Timestamp(at),
-        status_code: 200,
-        output: Output::default(),
-        billable_units: Some((thousands * 1000).into()),
-        queue_seconds: None,
-        inference_seconds: None,
-        machine_type: None,
-        num_gpus: None,
-    })
-}
 
 struct Fixture {
     engine: Engine,
@@ -68,18 +36,7 @@ impl Fixture {
             Arc::new(move || Timestamp(read.load(Ordering::SeqCst))),
         )
         .unwrap();
-        let doc = tollgate_core::catalog::document::parse(CATALOG).unwrap();
-        engine
-            .admin(AdminCmd::ApplyCatalog(Box::new(doc)))
-            .await
-            .unwrap();
-        engine
-            .admin(AdminCmd::CreateAccount {
-                username: account(),
-                billing: BillingMode::Prepaid,
-            })
-            .await
-            .unwrap();
+        catalog_and_account(&engine, BillingMode::Prepaid).await;
         engine
             .execute(Op::Purchase {
                 account: account(),

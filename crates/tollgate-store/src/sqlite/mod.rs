@@ -73,13 +73,10 @@ const IDLE_RECENT_LINE_ITEMS: i64 = 2_000;
 /// directly: about a page's worth.
 const DENSE_LINE_ITEMS: usize = 8;
 
-/// Moves every recent line item into the table clustered by account, in key order, once there
-/// are at least `max` of them; in the caller's transaction (a batch's, or the idle move's), so
-/// a reader sees each line item on exactly one side.
-fn merge_line_items(c: &Connection, max: i64) -> Result<()> {
-    if recent_line_items(c)? < max {
-        return Ok(());
-    }
+/// Moves every recent line item into the table clustered by account, in key order; in the
+/// caller's transaction (a batch's, or the idle move's), so a reader sees each line item on
+/// exactly one side.
+fn move_line_items(c: &Connection) -> Result<()> {
     let cols = rows::LINE_ITEM_COLS;
     c.prepare_cached(&format!(
         "INSERT INTO line_items_by_account ({cols}) SELECT {cols} FROM line_items_recent \
@@ -345,15 +342,15 @@ impl Store for SqliteStore {
     /// [`IDLE_RECENT_LINE_ITEMS`], so that under light load the move is small and falls between
     /// batches instead of inside one.
     fn idle(&mut self) -> Result<()> {
-        // Counted first outside a transaction: an idle moment with nothing to move takes no
-        // write lock.
+        // Counted outside a transaction, so an idle moment with nothing to move takes no write
+        // lock; only this connection writes the table, so the count still holds inside it.
         if recent_line_items(&self.conn)? < IDLE_RECENT_LINE_ITEMS {
             return Ok(());
         }
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        merge_line_items(&tx, IDLE_RECENT_LINE_ITEMS)?;
+        move_line_items(&tx)?;
         Ok(tx.commit()?)
     }
 
@@ -736,7 +733,7 @@ impl Tx for SqliteTx<'_> {
         }
         // An account with a page's worth of line items in this batch has them appended to its
         // range directly; the others go to the last pages of the recent table, and are moved to
-        // theirs once there are enough of them (see `merge_line_items`).
+        // theirs once there are enough of them (see `move_line_items`).
         let insert = |table: &str| {
             c.prepare_cached(&format!(
                 "INSERT INTO {table} ({}) VALUES \
@@ -779,7 +776,9 @@ impl Tx for SqliteTx<'_> {
                 ])?;
             }
         }
-        merge_line_items(c, RECENT_LINE_ITEMS)?;
+        if recent_line_items(c)? >= RECENT_LINE_ITEMS {
+            move_line_items(c)?;
+        }
         let folded_before = rollups::fold_minutes(c, s.now)?;
         let deltas = tollgate_core::rollup::deltas(s).map_err(|e| StoreError::Db(e.to_string()))?;
         rollups::write(c, &deltas, folded_before)?;
