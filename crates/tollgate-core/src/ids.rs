@@ -1,5 +1,7 @@
 //! Identifiers, parsed once at the boundary. After parsing, no function takes a raw string
-//! where an id is meant.
+//! where an id is meant. An id is immutable and shared (`Arc<str>`): the write path copies
+//! the ids of every operation into its batch's maps, rows and answers, and a copy is a
+//! reference count, not an allocation.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -16,7 +18,7 @@ macro_rules! text_id {
         $(#[$m])*
         #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(std::sync::Arc<str>);
 
         impl $name {
             pub fn parse(s: &str) -> Result<Self, IdError> {
@@ -31,7 +33,7 @@ macro_rules! text_id {
                 if let Some(c) = s.chars().find(|c| !valid(*c)) {
                     return Err(err(&format!("character {c:?} is not allowed")));
                 }
-                Ok(Self(s.to_string()))
+                Ok(Self(s.into()))
             }
             pub fn as_str(&self) -> &str {
                 &self.0
@@ -45,7 +47,7 @@ macro_rules! text_id {
         }
         impl From<$name> for String {
             fn from(v: $name) -> String {
-                v.0
+                v.0.as_ref().to_owned()
             }
         }
         impl fmt::Display for $name {
