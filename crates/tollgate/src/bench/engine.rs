@@ -720,7 +720,13 @@ async fn lifecycles_at_rate(
     Ok((sent, start.elapsed(), h, most))
 }
 
-/// The same settle benchmark with more accounts and with a long history.
+/// The tags that name the scale rows' events, one per round (each round's ids are new).
+const SCALE_ROUNDS: [&str; 3] = ["sc0", "sc1", "sc2"];
+
+/// The same settle benchmark with more accounts and with a long history. Every database is
+/// seeded first; then the cases take turns, `plan.duration` each, for three rounds (one with
+/// `--quick`), so that a slow minute of the machine falls on all of them alike: the flat-cost
+/// target compares two of these rows. Each row is the events of its rounds over their time.
 pub async fn scale(
     plan: &Plan,
     wanted: &dyn Fn(&str) -> bool,
@@ -746,29 +752,55 @@ pub async fn scale(
     let long = format!("scale.usage_events.line_items_{}", human(history));
     cases.push((long.clone(), ACCOUNTS, history, sc));
     cases.push((format!("{long}.random_ids"), ACCOUNTS, history, Ids::Random));
-    for (name, accounts, history, ids) in cases {
-        if !wanted(&name) {
-            continue;
-        }
+    cases.retain(|(name, ..)| wanted(name));
+    let mut seeded = Vec::new();
+    for (_, accounts, history, ids) in &cases {
         let dir = tempfile::tempdir()?;
         let t = Instant::now();
-        let path = seed_history(dir.path(), accounts, history, ids)?;
+        let path = seed_history(dir.path(), *accounts, *history, *ids)?;
         eprintln!(
             "  (seeded {accounts} accounts and {history} line items in {:.1} s)",
             t.elapsed().as_secs_f64()
         );
-        let engine = start_engine(&path).await?;
-        let (n, el, h) = usage_events(&engine, plan, 1, accounts, false, ids).await?;
+        seeded.push((start_engine(&path).await?, dir));
+    }
+    let rounds = if plan.quick { 1 } else { SCALE_ROUNDS.len() };
+    let mut runs: Vec<(u64, Duration, Histogram<u64>, Vec<String>)> = cases
+        .iter()
+        .map(|_| (0, Duration::ZERO, histogram(), Vec::new()))
+        .collect();
+    for (round, tag) in SCALE_ROUNDS[..rounds].iter().enumerate() {
+        eprintln!("  (scale: round {} of {rounds})", round + 1);
+        for ((_, accounts, _, ids), ((engine, _), run)) in
+            cases.iter().zip(seeded.iter().zip(runs.iter_mut()))
+        {
+            let ids = match ids {
+                Ids::Counter(_) => Ids::Counter(tag),
+                Ids::Random => Ids::Random,
+            };
+            let (n, el, h) = usage_events(engine, plan, 1, *accounts, false, ids).await?;
+            run.0 += n;
+            run.1 += el;
+            run.2.add(h).expect("same bounds");
+            run.3.push(format!("{:.0}", n as f64 / el.as_secs_f64()));
+            // What the round left behind (the idle move of recent line items, a checkpoint)
+            // runs before the next case's round, not inside it.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    for ((name, accounts, history, ids), (n, el, h, per_round)) in cases.iter().zip(runs) {
         rows.push(Row::new(
-            &name,
+            name,
             "tollgate",
             plan.clients,
             n,
             el,
             Some(&h),
             format!(
-                "events/s over {accounts} accounts, {history} line items before the run, {}",
-                ids.describe()
+                "events/s over {accounts} accounts, {history} line items before the run, {}; \
+                 rounds taken in turn with the other scale rows: {} events/s",
+                ids.describe(),
+                per_round.join(", ")
             ),
         ));
     }
