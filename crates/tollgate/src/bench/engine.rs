@@ -753,58 +753,83 @@ pub async fn scale(
     cases.push((long.clone(), ACCOUNTS, history, sc));
     cases.push((format!("{long}.random_ids"), ACCOUNTS, history, Ids::Random));
     cases.retain(|(name, ..)| wanted(name));
-    let mut seeded = Vec::new();
-    for (_, accounts, history, ids) in &cases {
+    let mut runs = Vec::new();
+    for (name, accounts, history, ids) in cases {
         let dir = tempfile::tempdir()?;
         let t = Instant::now();
-        let path = seed_history(dir.path(), *accounts, *history, *ids)?;
+        let path = seed_history(dir.path(), accounts, history, ids)?;
         eprintln!(
             "  (seeded {accounts} accounts and {history} line items in {:.1} s)",
             t.elapsed().as_secs_f64()
         );
-        seeded.push((start_engine(&path).await?, dir));
+        let engine = start_engine(&path).await?;
+        runs.push(ScaleRun {
+            name,
+            accounts,
+            history,
+            ids,
+            engine,
+            _dir: dir,
+            events: 0,
+            elapsed: Duration::ZERO,
+            latency: histogram(),
+            rounds: Vec::new(),
+        });
     }
     let rounds = if plan.quick { 1 } else { SCALE_ROUNDS.len() };
-    let mut runs: Vec<(u64, Duration, Histogram<u64>, Vec<String>)> = cases
-        .iter()
-        .map(|_| (0, Duration::ZERO, histogram(), Vec::new()))
-        .collect();
     for (round, tag) in SCALE_ROUNDS[..rounds].iter().enumerate() {
         eprintln!("  (scale: round {} of {rounds})", round + 1);
-        for ((_, accounts, _, ids), ((engine, _), run)) in
-            cases.iter().zip(seeded.iter().zip(runs.iter_mut()))
-        {
-            let ids = match ids {
+        for run in &mut runs {
+            let ids = match run.ids {
                 Ids::Counter(_) => Ids::Counter(tag),
                 Ids::Random => Ids::Random,
             };
-            let (n, el, h) = usage_events(engine, plan, 1, *accounts, false, ids).await?;
-            run.0 += n;
-            run.1 += el;
-            run.2.add(h).expect("same bounds");
-            run.3.push(format!("{:.0}", n as f64 / el.as_secs_f64()));
+            let (n, el, h) = usage_events(&run.engine, plan, 1, run.accounts, false, ids).await?;
+            run.events += n;
+            run.elapsed += el;
+            run.latency.add(h).expect("same bounds");
+            run.rounds
+                .push(format!("{:.0}", n as f64 / el.as_secs_f64()));
             // What the round left behind (the idle move of recent line items, a checkpoint)
             // runs before the next case's round, not inside it.
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
-    for ((name, accounts, history, ids), (n, el, h, per_round)) in cases.iter().zip(runs) {
+    for run in runs {
         rows.push(Row::new(
-            name,
+            &run.name,
             "tollgate",
             plan.clients,
-            n,
-            el,
-            Some(&h),
+            run.events,
+            run.elapsed,
+            Some(&run.latency),
             format!(
-                "events/s over {accounts} accounts, {history} line items before the run, {}; \
+                "events/s over {} accounts, {} line items before the run, {}; \
                  rounds taken in turn with the other scale rows: {} events/s",
-                ids.describe(),
-                per_round.join(", ")
+                run.accounts,
+                run.history,
+                run.ids.describe(),
+                run.rounds.join(", ")
             ),
         ));
     }
     Ok(())
+}
+
+/// One scale row: its seeded database and engine, and what its rounds measured.
+struct ScaleRun {
+    name: String,
+    accounts: usize,
+    history: usize,
+    ids: Ids,
+    engine: Engine,
+    /// The database's directory, removed when the row is done.
+    _dir: tempfile::TempDir,
+    events: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+    /// Events/s of each round.
+    rounds: Vec<String>,
 }
 
 fn human(n: usize) -> String {
