@@ -128,8 +128,8 @@ fn seed_history(dir: &Path, accounts: usize, history: usize, ids: Ids) -> anyhow
         let mut item = tx.prepare(
             "INSERT INTO line_items_by_account (request_id, account, endpoint_id, \
              price_version, unit, quantity, unit_price, subtotal_nanos, discount_nanos, \
-             total_nanos, status_code, billed_at) VALUES (?1, ?2, 'bench/image', 1, 'image', '1', '0.001', ?3, 0, ?3, \
-             200, ?4)",
+             total_nanos, status_code, billed_at) \
+             VALUES (?1, ?2, 'bench/image', 1, 'image', '1', '0.001', ?3, 0, ?3, 200, ?4)",
         )?;
         for i in 0..history {
             let id = ids.history(i, history);
