@@ -442,3 +442,61 @@ fn migrate_creates_the_schema_and_prints_its_version() {
     let created = tollgate(&server.base, &["account", "create", "after-migrate"]).json();
     assert_eq!(created["username"], "after-migrate", "{created}");
 }
+
+/// `bench` refuses bad input with a word on what is wrong, and writes no figures.
+#[test]
+fn bench_refuses_bad_input_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("figures.json");
+    let json_arg = json.to_str().expect("utf-8");
+
+    // Where the figures would go is checked before any row runs. (Every call here names no
+    // row with --only, so that a check that failed to refuse would still measure nothing.)
+    let missing = dir.path().join("no-such-folder").join("figures.json");
+    let run = tollgate_with(
+        &[
+            "bench",
+            "--only",
+            "no-such-row",
+            "--json",
+            missing.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    mentions(run.error(), &["--json", "no-such-folder", "does not exist"]);
+
+    // A text of --only that names no row: no row runs, nothing is written, and the error
+    // lists the rows there are.
+    let typo = tollgate_with(&["bench", "--only", "no-such-row", "--json", json_arg], &[]);
+    assert_eq!(typo.code, Some(1), "{typo:#?}");
+    mentions(
+        &typo.stderr,
+        &[
+            "Error: --only 'no-such-row'",
+            "disk.fdatasync.one_record",
+            "settle.usage_events.http",
+            "admission.start.inprocess.rate_1000",
+        ],
+    );
+    assert!(typo.stdout.trim().is_empty(), "{typo:#?}");
+    assert!(!json.exists(), "figures were written: {typo:#?}");
+
+    // A row's duration must be a positive number of seconds.
+    for bad in ["0", "-1", "NaN", "soon"] {
+        let seconds = format!("--seconds={bad}");
+        let run = tollgate_with(
+            &[
+                "bench",
+                &seconds,
+                "--only",
+                "no-such-row",
+                "--json",
+                json_arg,
+            ],
+            &[],
+        );
+        assert_eq!(run.code, Some(2), "{run:#?}");
+        mentions(&run.stderr, &["--seconds", "positive number of seconds"]);
+        assert!(!json.exists(), "figures were written: {run:#?}");
+    }
+}

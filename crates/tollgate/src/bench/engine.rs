@@ -753,6 +753,9 @@ pub async fn scale(
     cases.push((long.clone(), ACCOUNTS, history, sc));
     cases.push((format!("{long}.random_ids"), ACCOUNTS, history, Ids::Random));
     cases.retain(|(name, ..)| wanted(name));
+    if cases.is_empty() {
+        return Ok(());
+    }
     let mut runs = Vec::new();
     for (name, accounts, history, ids) in cases {
         let dir = tempfile::tempdir()?;

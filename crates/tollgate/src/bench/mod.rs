@@ -36,13 +36,14 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Seconds per measured row (default 5; 1 with --quick).
-    #[arg(long)]
+    #[arg(long, value_parser = positive_seconds)]
     pub seconds: Option<f64>,
     /// Concurrent callers of the in-process settle rows with one operation per call (the rows
     /// with 100 events per call have the HTTP rows' 32).
     #[arg(long, default_value_t = 256)]
     pub clients: usize,
-    /// Run only the rows whose workload name contains this text (repeatable).
+    /// Run only the rows whose workload name contains this text (repeatable); a text that
+    /// names no row of the run is an error, which lists the rows' names.
     #[arg(long)]
     pub only: Vec<String>,
     /// A PostgreSQL URL for the PostgreSQL rows (also read from TOLLGATE_BENCH_POSTGRES_URL):
@@ -72,14 +73,44 @@ pub struct Plan {
     pub clients: usize,
 }
 
+/// `--seconds`: a positive, finite number.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
+        _ => Err(format!(
+            "expected a positive number of seconds, got '{text}'"
+        )),
+    }
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    // Where the figures go is checked before a row runs, not after the last one.
+    if let Some(path) = &args.json {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "--json {}: the folder {} does not exist",
+                path.display(),
+                dir.display()
+            );
+        }
+    }
     let secs = args.seconds.unwrap_or(if args.quick { 1.0 } else { 5.0 });
     let plan = Plan {
         quick: args.quick,
         duration: Duration::from_millis((secs * 1000.0) as u64),
         clients: args.clients.max(1),
     };
-    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.contains(o));
+    // Every row asks `wanted` before it runs: the names asked are the run's rows, which an
+    // `--only` text that matched none of them is told.
+    let asked: std::sync::Mutex<Vec<String>> = std::sync::Mutex::default();
+    let wanted = |name: &str| {
+        asked.lock().expect("names").push(name.to_string());
+        args.only.is_empty() || args.only.iter().any(|o| name.contains(o))
+    };
     let mut rows: Vec<Row> = Vec::new();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -100,6 +131,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Last: seeding millions of rows leaves the disk busy writing back for a while.
     rt.block_on(engine::scale(&plan, &wanted, &mut rows))?;
 
+    let mut asked = asked.into_inner().expect("names");
+    asked.sort();
+    asked.dedup();
+    let unmatched: Vec<&String> = args
+        .only
+        .iter()
+        .filter(|o| !asked.iter().any(|name| name.contains(o.as_str())))
+        .collect();
+    if !unmatched.is_empty() {
+        anyhow::bail!(
+            "--only {}: no row of this run has that in its name (nothing written); the rows \
+             are: {}",
+            unmatched
+                .iter()
+                .map(|o| format!("'{o}'"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            asked.join(", ")
+        );
+    }
     report::print(&rows);
     if let Some(path) = &args.json {
         report::write_json(path, &rows, &plan)?;
