@@ -221,11 +221,11 @@ pub async fn run(
     // reqwest runs anyway.
     let have_wrk = Command::new("wrk").arg("--version").output().is_ok();
     let runs = |name: &str| {
-        let asked = wanted(name);
-        if asked && !have_wrk {
+        let want = wanted(name);
+        if want && !have_wrk {
             eprintln!("  (wrk is not installed: skipping {name}; `apt-get install wrk`)");
         }
-        asked && have_wrk
+        want && have_wrk
     };
     let batch = super::engine::BULK_EVENTS;
     for (name, hot) in [
