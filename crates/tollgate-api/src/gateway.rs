@@ -14,10 +14,10 @@ use axum::Json;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tollgate_core::decimal::de_opt as lenient_opt;
 use tollgate_core::ids::{EndpointId, MachineType, RequestId};
 use tollgate_core::machine::{Completion, Op, Outcome, RequestRecord, UsageEvent};
 use tollgate_core::price::Output;
-use tollgate_core::serde_decimal::lenient_opt;
 use tollgate_store::Scope;
 
 /// The most events one `POST /v1/usage-events` may carry.

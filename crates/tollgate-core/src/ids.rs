@@ -94,6 +94,55 @@ text_id!(
     MachineType, "machine_type", 64, slug_char
 );
 
+/// The most characters a key's alias may have.
+pub const MAX_ALIAS_CHARS: usize = 100;
+
+/// A key's alias, as its owner names it: 1 to [`MAX_ALIAS_CHARS`] characters of text, any
+/// script, but no control characters (a newline or an escape code in a name shown in lists and
+/// pages is never intended). Whoever shows it escapes it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct KeyAlias(std::sync::Arc<str>);
+
+impl KeyAlias {
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        let err = |reason: String| IdError {
+            kind: "alias",
+            reason,
+        };
+        let chars = s.chars().count();
+        if !(1..=MAX_ALIAS_CHARS).contains(&chars) {
+            return Err(err(format!(
+                "must be 1 to {MAX_ALIAS_CHARS} characters, got {chars}"
+            )));
+        }
+        if let Some(c) = s.chars().find(|c| c.is_control()) {
+            return Err(err(format!("control character {c:?} is not allowed")));
+        }
+        Ok(KeyAlias(s.into()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for KeyAlias {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        Self::parse(&s)
+    }
+}
+impl From<KeyAlias> for String {
+    fn from(v: KeyAlias) -> String {
+        v.0.as_ref().to_owned()
+    }
+}
+impl fmt::Display for KeyAlias {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +155,17 @@ mod tests {
         assert!(AccountId::parse("acme").is_ok());
         assert!(AccountId::parse("acme/x").is_err());
         assert!(RequestId::parse(&"x".repeat(129)).is_err());
+        assert!(RequestId::parse("has space").is_err());
+    }
+
+    #[test]
+    fn aliases_are_short_text_without_control_characters() {
+        assert!(KeyAlias::parse("Production key — Zürich").is_ok());
+        assert!(KeyAlias::parse(&"é".repeat(100)).is_ok());
+        assert!(KeyAlias::parse(&"é".repeat(101)).is_err());
+        assert!(KeyAlias::parse("").is_err());
+        for bad in ["a\nb", "tab\there", "esc\u{1b}[31m", "nul\u{0}"] {
+            assert!(KeyAlias::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod concurrency;
+pub mod decimal;
 pub mod ids;
 pub mod ledger;
 pub mod machine;
@@ -14,8 +15,8 @@ pub mod money;
 pub mod policy;
 pub mod price;
 pub mod pricing;
+pub mod quote;
 pub mod rollup;
-pub mod serde_decimal;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;

@@ -20,7 +20,9 @@ pub struct Nanos(pub i64);
 pub enum MoneyError {
     #[error("amount overflows the nano-USD range")]
     Overflow,
-    #[error("`{0}` is not a decimal USD amount")]
+    #[error(
+        "`{0}` is not a USD amount: write plain digits with an optional point, such as \"25.00\""
+    )]
     NotDecimal(String),
     #[error("`{0}` has more than 9 decimal places (finer than one nano-USD)")]
     TooPrecise(String),
@@ -60,12 +62,10 @@ impl Nanos {
         }
         scaled.to_i64().map(Nanos).ok_or(MoneyError::Overflow)
     }
-    /// Parses a decimal USD string such as "25.00" exactly. Rejects negatives.
+    /// Parses a USD amount such as "25.00" exactly, by the one decimal grammar
+    /// ([`crate::decimal`]: no exponent, no `+`, no separators, no spaces). Rejects negatives.
     pub fn parse_usd(s: &str) -> Result<Nanos, MoneyError> {
-        let t = s.trim();
-        let d: Decimal = t
-            .parse()
-            .map_err(|_| MoneyError::NotDecimal(s.to_string()))?;
+        let d = crate::decimal::parse(s).map_err(|_| MoneyError::NotDecimal(s.to_string()))?;
         if d.is_sign_negative() && !d.is_zero() {
             return Err(MoneyError::Negative);
         }
@@ -108,6 +108,13 @@ mod tests {
             Err(MoneyError::NotDecimal(_))
         ));
         assert_eq!(Nanos::parse_usd("99999999999"), Err(MoneyError::Overflow));
+        for loose in ["1_0", "1e3", "+5", " 5", "5 ", ".5", ""] {
+            assert_eq!(
+                Nanos::parse_usd(loose),
+                Err(MoneyError::NotDecimal(loose.into())),
+                "{loose:?}"
+            );
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 /// What an endpoint counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Unit {
     /// Output images.
@@ -63,6 +64,7 @@ impl Unit {
 
 /// How a measured quantity becomes billable units after dividing by `per`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Rounding {
     /// Fractional units are billed as they are (e.g. 1.5 x 1K characters).
@@ -74,6 +76,7 @@ pub enum Rounding {
 
 /// An output attribute value: `resolution = "4k"`, `audio = true`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum AttrValue {
     Bool(bool),
@@ -94,6 +97,7 @@ impl AttrValue {
 /// A condition on the output: every listed attribute must match (strings case-insensitively;
 /// a missing boolean counts as `false`), and, if set, more than `frames_above` output frames.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -116,72 +120,120 @@ impl Condition {
 /// The first `units` cost `price` together (a minimum block); each further unit costs the
 /// rule's (attribute-selected) `unit_price`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BaseBlock {
+    #[serde(deserialize_with = "crate::decimal::de")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
     pub units: Decimal,
+    #[serde(deserialize_with = "crate::decimal::de")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
     pub price: Decimal,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RateWhen {
     #[serde(flatten)]
     pub condition: Condition,
+    #[serde(deserialize_with = "crate::decimal::de")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
     pub unit_price: Decimal,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MultiplierWhen {
     #[serde(flatten)]
     pub condition: Condition,
+    #[serde(deserialize_with = "crate::decimal::de")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
     pub factor: Decimal,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AddOn {
     pub name: String,
     #[serde(flatten)]
     pub condition: Condition,
     /// USD added once per request when the condition matches.
+    #[serde(deserialize_with = "crate::decimal::de")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
     pub price: Decimal,
 }
 
 /// Per-component token prices, in USD per `per` tokens.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TokenPrices {
+    #[serde(deserialize_with = "crate::decimal::de")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
     pub per: Decimal,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::decimal::de")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
     pub input: Decimal,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::decimal::de")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
     pub cached_input: Decimal,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::decimal::de")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
     pub output: Decimal,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::decimal::de")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
     pub image_input: Decimal,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::decimal::de")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
     pub image_cached_input: Decimal,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::decimal::de")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
     pub image_output: Decimal,
 }
 
 /// A complete price: see the module documentation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PriceRule {
     pub unit: Unit,
     /// USD per billable unit (for `gpu_second`: taken from the machine table when absent; for
     /// `token`: the headline output rate per `tokens.per`, used for display and holds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::decimal::de_opt"
+    )]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<crate::decimal::DecimalInput>)
+    )]
     pub unit_price: Option<Decimal>,
     /// Measured quantity per billable unit (1000 characters, 16 frames, 5-second blocks).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::decimal::de_opt"
+    )]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<crate::decimal::DecimalInput>)
+    )]
     pub per: Option<Decimal>,
     #[serde(default)]
     pub rounding: Rounding,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::decimal::de_opt"
+    )]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<crate::decimal::DecimalInput>)
+    )]
     pub min_units: Option<Decimal>,
     /// Megapixels: the pixel count of one megapixel (1048576 or 1000000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -200,12 +252,21 @@ pub struct PriceRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<TokenPrices>,
     /// The cost is rounded up to a multiple of this many USD (gpt-image-2: 0.0001).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::decimal::de_opt"
+    )]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<crate::decimal::DecimalInput>)
+    )]
     pub cost_step: Option<Decimal>,
 }
 
 /// Image dimensions in pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Dims {
     pub width: u64,
@@ -213,6 +274,7 @@ pub struct Dims {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Tokens {
     #[serde(default)]
@@ -265,6 +327,7 @@ impl TokenPrices {
 
 /// What a request produced, as reported by the runner.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Output {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -276,13 +339,21 @@ pub struct Output {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "crate::serde_decimal::lenient_opt"
+        deserialize_with = "crate::decimal::de_opt"
+    )]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<crate::decimal::DecimalInput>)
     )]
     pub video_seconds: Option<Decimal>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "crate::serde_decimal::lenient_opt"
+        deserialize_with = "crate::decimal::de_opt"
+    )]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<crate::decimal::DecimalInput>)
     )]
     pub audio_seconds: Option<Decimal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

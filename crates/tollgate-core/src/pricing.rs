@@ -10,18 +10,32 @@ use serde::{Deserialize, Serialize};
 /// A discount that applies once the account's billed subtotal in the current calendar month
 /// (UTC), before this request, reaches `from_usd`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VolumeTier {
+    #[serde(deserialize_with = "crate::decimal::de")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
     pub from_usd: Decimal,
+    #[serde(deserialize_with = "crate::decimal::de")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
     pub percent: Decimal,
 }
 
 /// An account's negotiated discounts. Overridden prices are account-scoped price versions and
 /// live with the catalog; these apply on top of whichever price is in force.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Discounts {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::decimal::de_opt"
+    )]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<crate::decimal::DecimalInput>)
+    )]
     pub percent_discount: Option<Decimal>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_tiers: Vec<VolumeTier>,

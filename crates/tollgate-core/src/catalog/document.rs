@@ -28,6 +28,7 @@
 
 use super::{EndpointDef, EndpointStatus};
 use crate::concurrency::{ConcurrencyTable, ConcurrencyTier};
+use crate::decimal::PlainDecimal;
 use crate::ids::{EndpointId, MachineType};
 use crate::policy::FourXxPolicy;
 use crate::price::{MachinePrices, PriceRule, Unit};
@@ -114,7 +115,7 @@ struct RawDocument {
     #[serde(default)]
     effective_from: Option<Spanned<DateText>>,
     #[serde(default)]
-    machines: BTreeMap<String, Spanned<Decimal>>,
+    machines: BTreeMap<String, Spanned<PlainDecimal>>,
     #[serde(default)]
     concurrency: Option<Spanned<Vec<ConcurrencyTier>>>,
     #[serde(default)]
@@ -137,7 +138,7 @@ struct RawEndpoint {
     four_xx: FourXxPolicy,
     #[serde(default)]
     machine_type: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::decimal::de_opt")]
     hold_units: Option<Decimal>,
     #[serde(default)]
     hold_timeout_s: Option<u32>,
@@ -429,10 +430,10 @@ fn validate(text: &str, raw: RawDocument) -> Result<CatalogDocument, CatalogErro
         let line = line_at(price.span());
         let field = format!("machines.{name}");
         let machine = MachineType::parse(name).map_err(|e| err(line, &field, e.to_string()))?;
-        if is_negative(price.get_ref()) {
+        if is_negative(&price.get_ref().0) {
             return Err(err(line, &field, "a machine price must not be negative"));
         }
-        machines.insert(machine, *price.get_ref());
+        machines.insert(machine, price.get_ref().0);
     }
 
     let concurrency = match &raw.concurrency {
