@@ -1,4 +1,5 @@
-//! The operator API (API.md section 1): accounts, credits, keys, catalog, account terms.
+//! The operator API (docs/reference/API.md section 1): accounts, credits, keys, catalog,
+//! account terms.
 
 use crate::auth::{mint_key, operator};
 use crate::error::{parse_json, ApiError};

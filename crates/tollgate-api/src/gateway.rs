@@ -1,5 +1,5 @@
-//! The gateway API (API.md section 2): the life of one request, and bulk usage events.
-//! Called with an operator key; every call is idempotent on the request or event id.
+//! The gateway API (docs/reference/API.md section 2): the life of one request, and bulk usage
+//! events. Called with an operator key; every call is idempotent on the request or event id.
 
 use crate::admin::{parse_account, parse_time, rfc3339};
 use crate::auth::{operator, verify_key};

@@ -1,6 +1,7 @@
-//! fal's time-range rules for the Platform API's reporting operations (fal-billing.md section 4;
-//! the `start`, `end`, `timezone`, `timeframe` and `bound_to_timeframe` parameters of
-//! `GET /models/usage`, shared by billing-events, analytics and serverless usage).
+//! fal's time-range rules for the Platform API's reporting operations
+//! (docs/reference/fal-billing.md section 4; the `start`, `end`, `timezone`, `timeframe` and
+//! `bound_to_timeframe` parameters of `GET /models/usage`, shared by billing-events, analytics
+//! and serverless usage).
 //!
 //! A range is `[start, end)`. Buckets are aligned in the caller's IANA time zone, so a "day" is
 //! a local calendar day: 23 or 25 hours long on daylight-saving days, and a bucket's label

@@ -843,24 +843,34 @@ fn human(n: usize) -> String {
     }
 }
 
+/// The trace files to replay: those named by `--trace`, else the Azure LLM traces in the
+/// nearest `shared/data` folder found in the working directory or one of its ancestors (a
+/// `shared` folder beside the checkout or above it), when there is one.
 fn trace_files(args: &BenchArgs) -> Vec<PathBuf> {
     if !args.trace.is_empty() {
         return args.trace.clone();
     }
-    let mut found: Vec<PathBuf> = ["../shared/data", "../../shared/data"]
-        .iter()
-        .filter_map(|d| std::fs::read_dir(d).ok())
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("azure-llm-inference-trace-") && n.ends_with(".csv"))
-        })
-        .collect();
-    found.sort();
-    found.dedup_by(|a, b| a.file_name() == b.file_name());
-    found
+    let Ok(cwd) = std::env::current_dir() else {
+        return Vec::new();
+    };
+    for dir in cwd.ancestors().map(|a| a.join("shared").join("data")) {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with("azure-llm-inference-trace-") && n.ends_with(".csv")
+                })
+            })
+            .collect();
+        if !found.is_empty() {
+            found.sort();
+            return found;
+        }
+    }
+    Vec::new()
 }
 
 /// Replays a trace (`TIMESTAMP,ContextTokens,GeneratedTokens`) as usage events of the token

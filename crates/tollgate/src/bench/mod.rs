@@ -52,8 +52,9 @@ pub struct BenchArgs {
     /// schemas.
     #[arg(long, env = "TOLLGATE_BENCH_POSTGRES_URL")]
     pub postgres_url: Option<String>,
-    /// The Azure LLM trace files to replay (default: ../shared/data/azure-llm-inference-trace-*.csv
-    /// beside the working directory, when present).
+    /// The Azure LLM trace files to replay (repeatable). By default,
+    /// azure-llm-inference-trace-*.csv looked for in a `shared/data` folder beside the checkout
+    /// or above it (in the working directory or one of its ancestors), when present.
     #[arg(long)]
     pub trace: Vec<PathBuf>,
 }
