@@ -1,12 +1,13 @@
 //! API keys: `Authorization: Key <key_id>:<key_secret>`. Only a SHA-256 of the secret is
-//! stored; the secret is shown once, when the key is created.
+//! stored; the secret is shown once, when the key is created. Who may call what is said by the
+//! extractors built on [`authenticate`] ([`crate::extract`]).
 
 use crate::error::ApiError;
 use crate::AppState;
 use axum::http::HeaderMap;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use tollgate_core::ids::{AccountId, ApiKeyId};
+use tollgate_core::ids::{AccountId, ApiKeyId, KeyAlias};
 use tollgate_core::Timestamp;
 use tollgate_store::{ApiKeyRecord, Scope};
 
@@ -111,37 +112,20 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Princ
     verify_key(state, key).await
 }
 
-/// Only the platform's operator keys.
-pub async fn operator(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    let p = authenticate(state, headers).await?;
-    if p.scope != Scope::Operator {
-        return Err(ApiError::forbidden("this call needs an OPERATOR key"));
-    }
-    Ok(p)
-}
-
-/// A customer key with at least `needed` scope (ADMIN includes API). Returns its account.
-pub async fn customer(
+/// Issues a key of a customer account: one set of rules for the operator's
+/// (`POST /v1/admin/accounts/{username}/keys`) and the customer's (`POST /v1/keys`) calls.
+/// The account must exist; the alias is checked where it was parsed ([`KeyAlias`]).
+pub async fn issue_key(
     state: &AppState,
-    headers: &HeaderMap,
-    needed: Scope,
-) -> Result<(Principal, AccountId), ApiError> {
-    let p = authenticate(state, headers).await?;
-    let ok = match (needed, p.scope) {
-        (_, Scope::Operator) => false,
-        (Scope::Api, _) => true,
-        (Scope::Admin, Scope::Admin) => true,
-        _ => false,
-    };
-    if !ok {
-        return Err(ApiError::forbidden(format!(
-            "this call needs a customer key with {} scope",
-            needed.as_str()
-        )));
-    }
-    let account = p
-        .account
-        .clone()
-        .expect("customer keys belong to an account");
-    Ok((p, account))
+    account: AccountId,
+    scope: Scope,
+    alias: KeyAlias,
+) -> Result<NewKey, ApiError> {
+    tollgate_query::account(&state.engine, &account).await?;
+    let key = mint_key(Some(account), scope, alias.to_string(), state.engine.now());
+    state
+        .engine
+        .admin(tollgate_engine::AdminCmd::InsertKey(key.record.clone()))
+        .await?;
+    Ok(key)
 }

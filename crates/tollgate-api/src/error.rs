@@ -1,5 +1,5 @@
 //! The one error type of the HTTP edge, rendered as fal's envelope:
-//! `{"error": {"type", "message", "request_id"?, ...}}`.
+//! `{"error": {"type", "message", ...}}`, with the fields that explain tollgate's own errors.
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -7,6 +7,10 @@ use serde_json::{json, Map, Value};
 use tollgate_core::machine::Rejection;
 use tollgate_core::price::RateError;
 use tollgate_engine::EngineError;
+use tollgate_query::timeframe::RangeError;
+use tollgate_query::QueryError;
+use tollgate_store::StoreError;
+use utoipa::ToSchema;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -30,6 +34,10 @@ impl ApiError {
     }
     pub fn validation(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "validation_error", message)
+    }
+    /// A refused parameter or field, named in `error.field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::validation(message).with("field", field.into())
     }
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "authorization_error", message)
@@ -89,6 +97,12 @@ impl From<EngineError> for ApiError {
                 }
                 e
             }
+            EngineError::Store(StoreError::NotFound(what)) => {
+                ApiError::not_found(format!("{what} not found"))
+            }
+            EngineError::Store(StoreError::AlreadyExists(what)) => {
+                ApiError::conflict(format!("{what} already exists"))
+            }
             other => {
                 tracing::error!(error = %other, "engine error");
                 ApiError::server("the operation could not be committed; it is safe to retry")
@@ -97,9 +111,24 @@ impl From<EngineError> for ApiError {
     }
 }
 
-impl From<tollgate_store::StoreError> for ApiError {
-    fn from(e: tollgate_store::StoreError) -> Self {
-        ApiError::from(EngineError::Store(e))
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        let message = e.to_string();
+        match e {
+            QueryError::Engine(e) => e.into(),
+            QueryError::UnknownAccount(_) => ApiError::not_found(message),
+            QueryError::UnknownEndpoints(_) | QueryError::NoPrice(_) => {
+                ApiError::not_found(message).with("field", "endpoint_id")
+            }
+            QueryError::BadCursor => ApiError::invalid("cursor", message),
+            QueryError::Overflow(_) | QueryError::OutOfRange(_) => ApiError::validation(message),
+        }
+    }
+}
+
+impl From<RangeError> for ApiError {
+    fn from(e: RangeError) -> Self {
+        ApiError::invalid(e.field, e.message)
     }
 }
 
@@ -113,12 +142,12 @@ impl From<Rejection> for ApiError {
             Rejection::NoPrice(_) => ApiError::not_found(msg),
             Rejection::Invalid { field, .. }
             | Rejection::InvalidUsage(RateError::Invalid { field, .. }) => {
-                ApiError::validation(msg).with("field", field)
+                ApiError::invalid(field, msg)
             }
-            Rejection::UnknownMachine(_)
-            | Rejection::InvalidUsage(_)
-            | Rejection::BadStatus(_)
-            | Rejection::Money(_) => ApiError::validation(msg),
+            Rejection::BadStatus(_) => ApiError::invalid("status_code", msg),
+            Rejection::UnknownMachine(_) | Rejection::InvalidUsage(_) | Rejection::Money(_) => {
+                ApiError::validation(msg)
+            }
             Rejection::AccountLocked { balance, .. } => ApiError::new(
                 StatusCode::FORBIDDEN,
                 "account_locked",
@@ -147,26 +176,6 @@ impl From<Rejection> for ApiError {
     }
 }
 
-/// Parses a JSON body into `T`, answering malformed input with a 400 that names where.
-pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.is_empty() {
-        return Err(ApiError::validation(
-            "the request body is empty; a JSON object is expected",
-        ));
-    }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path.is_empty() || path == "." {
-            ApiError::validation(format!("invalid JSON body: {inner}"))
-        } else {
-            ApiError::validation(format!("invalid JSON body at `{path}`: {inner}"))
-                .with("field", path)
-        }
-    })
-}
-
 /// Gives every error the same envelope, including those axum answers by itself (405 for a
 /// method a path does not have, 413 for an oversized body, 400 for an undecodable path).
 pub async fn envelope(resp: Response) -> Response {
@@ -191,6 +200,7 @@ pub async fn envelope(resp: Response) -> Response {
     let kind = match status.as_u16() {
         401 | 403 => "authorization_error",
         404 => "not_found",
+        413 => "payload_too_large",
         429 => "rate_limited",
         500.. => "server_error",
         _ => "validation_error",
@@ -202,4 +212,73 @@ pub async fn envelope(resp: Response) -> Response {
         }
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The envelope's schema, as the document describes it.
+
+/// fal's error envelope, extended with fields that explain tollgate's own errors.
+#[derive(ToSchema)]
+#[schema(as = ErrorResponse)]
+#[allow(dead_code)]
+pub struct ErrorResponse {
+    error: ErrorDetail,
+}
+
+/// The error's category: fal's (`authorization_error`, `validation_error`, `not_found`,
+/// `rate_limited`, `server_error`, `not_implemented`) and tollgate's own.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum ErrorType {
+    AuthorizationError,
+    ValidationError,
+    NotFound,
+    RateLimited,
+    ServerError,
+    NotImplemented,
+    Conflict,
+    AccountLocked,
+    InsufficientCredits,
+    ConcurrentRequestsLimit,
+    PayloadTooLarge,
+}
+
+/// Error details.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    #[schema(inline)]
+    r#type: ErrorType,
+    /// Human-readable error message.
+    message: String,
+    /// Link to relevant documentation.
+    docs_url: Option<String>,
+    /// Unique request identifier for debugging.
+    request_id: Option<String>,
+    /// `validation_error`: the offending field or parameter, as a path into the request body
+    /// (`output.images[0].width`, `amount_usd`), the name of a path or query parameter, or,
+    /// for a catalog, a path into the document (`endpoint[3].price.unit_price`; empty for a
+    /// pure TOML syntax error).
+    field: Option<String>,
+    /// `validation_error` of `PUT /v1/admin/catalog`: the line of the catalog document at
+    /// fault.
+    #[schema(minimum = 1)]
+    line: Option<u64>,
+    /// `validation_error` of `POST /v1/usage-events`: the position of the event at fault in
+    /// `events`.
+    #[schema(minimum = 0)]
+    index: Option<u64>,
+    /// `insufficient_credits`: what the account can still hold, nano-USD.
+    available_nano_usd: Option<i64>,
+    /// `insufficient_credits`: the hold the request needs, nano-USD.
+    required_nano_usd: Option<i64>,
+    /// `concurrent_requests_limit`: the account's limit of requests in progress.
+    #[schema(minimum = 0)]
+    limit: Option<u32>,
+    /// `concurrent_requests_limit`: the account's requests in progress.
+    #[schema(minimum = 0)]
+    in_progress: Option<u32>,
+    /// `account_locked`: the account's balance, nano-USD.
+    balance_nano_usd: Option<i64>,
 }

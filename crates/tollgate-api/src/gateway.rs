@@ -1,82 +1,104 @@
 //! The gateway API (docs/reference/API.md section 2): the life of one request, and bulk usage
 //! events. Called with an operator key; every call is idempotent on the request or event id.
 
-use crate::admin::{parse_account, parse_time, rfc3339};
-use crate::auth::{operator, verify_key};
-use crate::error::{parse_json, ApiError};
-use crate::money::Number;
+use crate::auth::verify_key;
+use crate::error::{ApiError, ErrorDetail, ErrorResponse};
+use crate::extract::{Json, LifecycleId, Operator, OptionalJson, Path};
+use crate::openapi::{tags, OperatorErrors, Replayed};
+use crate::wire::{self, Number, Time};
 use crate::AppState;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
-use tollgate_core::decimal::de_opt as lenient_opt;
-use tollgate_core::ids::{EndpointId, MachineType, RequestId};
-use tollgate_core::machine::{Completion, Op, Outcome, RequestRecord, UsageEvent};
+use serde_json::Value;
+use tollgate_core::decimal::DecimalInput;
+use tollgate_core::ids::{AccountId, EndpointId, MachineType, RequestId};
+use tollgate_core::machine::{Completion, Op, Outcome, RequestRecord, RequestStatus, UsageEvent};
 use tollgate_core::price::Output;
+use tollgate_core::Timestamp;
 use tollgate_store::Scope;
+use utoipa::ToSchema;
 
 /// The most events one `POST /v1/usage-events` may carry.
 pub const MAX_EVENTS_PER_CALL: usize = 10_000;
 
-fn request_id(s: &str) -> Result<RequestId, ApiError> {
-    uuid::Uuid::parse_str(s).map_err(|_| {
-        ApiError::validation(format!("request_id `{s}` is not a UUID")).with("field", "request_id")
-    })?;
-    RequestId::parse(s).map_err(|e| ApiError::validation(e.to_string()).with("field", "request_id"))
-}
+// ---------------------------------------------------------------------------------------------
+// Submit
 
-fn endpoint_id(s: &str) -> Result<EndpointId, ApiError> {
-    EndpointId::parse(s)
-        .map_err(|e| ApiError::validation(e.to_string()).with("field", "endpoint_id"))
-}
-
-fn machine(s: Option<String>) -> Result<Option<MachineType>, ApiError> {
-    s.map(|m| {
-        MachineType::parse(&m)
-            .map_err(|e| ApiError::validation(e.to_string()).with("field", "machine_type"))
-    })
-    .transpose()
-}
-
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SubmitBody {
-    request_id: String,
-    endpoint_id: String,
+pub struct SubmitBody {
+    /// The gateway's id of the request: a UUID (UUIDv7s, which sort by time, are cheapest to
+    /// store); the idempotency key of every call about it.
+    #[schema(value_type = String, format = Uuid)]
+    request_id: LifecycleId,
+    endpoint_id: EndpointId,
+    /// The key the end user presented (`key_id:key_secret`): a customer's key.
     caller_key: String,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct Submitted {
+    request_id: RequestId,
+    /// Always `IN_QUEUE`: the first answer, also when replayed.
+    #[schema(value_type = String, example = "IN_QUEUE")]
+    status: RequestStatus,
+}
+
+/// Submit a request
+///
+/// A caller submitted a request to an endpoint. Authenticates the caller's key (`caller_key`,
+/// 401), checks the endpoint (404) and whether the account is locked (403 `account_locked`: a
+/// prepaid balance at or below the lock threshold, e.g. no credits). The request is
+/// `IN_QUEUE`; queue time is never billed. Nothing is held or billed yet; the price version
+/// in force now is the one it will be billed with.
+///
+/// Idempotent on `request_id`: a repeat with the same endpoint and caller answers 200 with the
+/// first answer (`IN_QUEUE`), whatever happened since; the same id for another request
+/// answers 409.
+#[utoipa::path(
+    post, path = "/v1/requests", tag = tags::GATEWAY, operation_id = "submitRequest",
+    security(("Key" = ["OPERATOR"])),
+    request_body = SubmitBody,
+    responses(
+        OperatorErrors,
+        (status = 201, description = "The request was queued.", body = Submitted),
+        (status = 200, description = "A repeat: the request already exists.", body = Submitted),
+        (status = 401, description = "`authorization_error`: the operator key or the \
+            `caller_key` is missing, unknown, wrong or revoked, or `caller_key` is an operator \
+            key.", body = ErrorResponse),
+        (status = 403, description = "`authorization_error`: the calling key is not an \
+            `OPERATOR` key; or `account_locked`: the caller's account is locked \
+            (`error.balance_nano_usd`).", body = ErrorResponse),
+        (status = 404, description = "`not_found`: unknown endpoint, or the endpoint has no \
+            price in force.", body = ErrorResponse),
+        (status = 409, description = "`conflict`: the `request_id` was already used for \
+            another request.", body = ErrorResponse),
+    )
+)]
 pub async fn submit(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    operator(&state, &headers).await?;
-    let req: SubmitBody = parse_json(&body)?;
-    let request_id = request_id(&req.request_id)?;
-    let endpoint = endpoint_id(&req.endpoint_id)?;
-    let caller = verify_key(&state, &req.caller_key).await?;
-    if caller.scope == Scope::Operator {
-        return Err(ApiError::unauthorized(
-            "caller_key must be a customer's key, not an operator key",
-        ));
-    }
-    let account = caller
-        .account
-        .clone()
-        .expect("customer keys belong to an account");
+    _: Operator,
+    Json(body): Json<SubmitBody>,
+) -> Result<(StatusCode, axum::Json<Submitted>), ApiError> {
+    let caller = verify_key(&state, &body.caller_key).await?;
+    let account = match (caller.scope, caller.account) {
+        (Scope::Api | Scope::Admin, Some(account)) => account,
+        _ => {
+            return Err(ApiError::unauthorized(
+                "caller_key must be a customer's key, not an operator key",
+            ))
+        }
+    };
     let outcome = state
         .engine
         .execute(Op::Submit {
-            request_id,
+            request_id: body.request_id.0,
             account,
             api_key: Some(caller.key_id),
-            endpoint,
+            endpoint: body.endpoint_id,
         })
         .await??;
     let Outcome::Submitted { request, replayed } = outcome else {
@@ -90,42 +112,117 @@ pub async fn submit(
     };
     Ok((
         status,
-        Json(json!({ "request_id": request.id.as_str(), "status": "IN_QUEUE" })),
-    )
-        .into_response())
+        axum::Json(Submitted {
+            request_id: request.id,
+            status: RequestStatus::InQueue,
+        }),
+    ))
 }
 
-#[derive(Deserialize, Default)]
+// ---------------------------------------------------------------------------------------------
+// Start
+
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct StartBody {
+pub struct StartBody {
+    /// The machine the runner uses (compute prices bill its per-second price).
     #[serde(default)]
-    machine_type: Option<String>,
+    machine_type: Option<MachineType>,
+    /// GPUs of that machine (1 to 64, default 1).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 64)]
     num_gpus: Option<u32>,
-    #[serde(default, deserialize_with = "lenient_opt")]
+    /// Billable units to hold (default: the endpoint's `hold_units`).
+    #[serde(default, deserialize_with = "tollgate_core::decimal::de_opt")]
+    #[schema(value_type = Option<DecimalInput>)]
     hold_units: Option<Decimal>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct Concurrency {
+    limit: u32,
+    in_progress: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Started {
+    request_id: RequestId,
+    #[schema(value_type = String, example = "IN_PROGRESS")]
+    status: RequestStatus,
+    /// What is held for the request, exactly.
+    hold_nano_usd: i64,
+    /// The same, in USD.
+    hold: Number,
+    concurrency: Concurrency,
+}
+
+/// The header of a 429: the request was not started and may be retried later.
+pub struct NeedsRetry;
+
+impl utoipa::PartialSchema for NeedsRetry {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(["1"]))
+            .description(Some(
+                "`1`: the request was not started and may be retried later (fal's \
+                 `X-Fal-needs-retry`).",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for NeedsRetry {}
+
+/// Start a request
+///
+/// A runner picked the request up. Checks the account's lock (403 `account_locked`) and
+/// concurrency limit (429 `concurrent_requests_limit` with header `x-fal-needs-retry: 1`; the
+/// request stays `IN_QUEUE` and may be started later), then holds the estimated cost: the
+/// endpoint's `hold_units` (or the body's) at the price version of the request, with the
+/// account's discount (402 `insufficient_credits` when the available balance cannot cover it).
+/// The request becomes `IN_PROGRESS` and must be completed within the endpoint's hold
+/// timeout, or it expires unbilled. Nothing is billed yet.
+///
+/// The body is optional. Idempotent: starting a request in progress answers the same hold
+/// again and holds nothing more; a request already finished answers 409.
+#[utoipa::path(
+    post, path = "/v1/requests/{request_id}/start", tag = tags::GATEWAY,
+    operation_id = "startRequest", security(("Key" = ["OPERATOR"])),
+    params(("request_id" = String, Path, format = Uuid,
+        description = "The request's id (the UUID given at submission).")),
+    request_body(content = Option<StartBody>, description = "Optional."),
+    responses(
+        OperatorErrors,
+        (status = 200, description = "The request is in progress.", body = Started),
+        (status = 402, description = "`insufficient_credits`: the available balance cannot \
+            cover the hold (`error.available_nano_usd`, `error.required_nano_usd`). The \
+            request stays `IN_QUEUE`.", body = ErrorResponse),
+        (status = 403, description = "`authorization_error`: not an `OPERATOR` key; or \
+            `account_locked`: the account is locked.", body = ErrorResponse),
+        (status = 404, description = "`not_found`: unknown request (or its endpoint or price \
+            left the catalog).", body = ErrorResponse),
+        (status = 409, description = "`conflict`: the request is already finished, cancelled \
+            or expired.", body = ErrorResponse),
+        (status = 429, description = "`concurrent_requests_limit`: the account has as many \
+            requests in progress as its limit (`error.limit`, `error.in_progress`). The \
+            request stays `IN_QUEUE`; retry later.", body = ErrorResponse,
+            headers(("x-fal-needs-retry" = NeedsRetry))),
+    )
+)]
 pub async fn start(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers).await?;
-    let request_id = request_id(&id)?;
-    let req: StartBody = if body.iter().all(|b| b.is_ascii_whitespace()) {
-        StartBody::default()
-    } else {
-        parse_json(&body)?
-    };
+    _: Operator,
+    Path(LifecycleId(request_id)): Path<LifecycleId>,
+    OptionalJson(body): OptionalJson<StartBody>,
+) -> Result<axum::Json<Started>, ApiError> {
     let outcome = state
         .engine
         .execute(Op::Start {
             request_id: request_id.clone(),
-            machine_type: machine(req.machine_type)?,
-            num_gpus: req.num_gpus,
-            hold_units: req.hold_units,
+            machine_type: body.machine_type,
+            num_gpus: body.num_gpus,
+            hold_units: body.hold_units,
         })
         .await??;
     let Outcome::Started {
@@ -137,36 +234,54 @@ pub async fn start(
     else {
         return Err(ApiError::server("unexpected outcome"));
     };
-    Ok(Json(json!({
-        "request_id": request_id.as_str(),
-        "status": "IN_PROGRESS",
-        "hold_nano_usd": hold.0,
-        "hold": Number::usd(hold),
-        "concurrency": { "limit": limit, "in_progress": in_progress },
-    })))
+    Ok(axum::Json(Started {
+        request_id,
+        status: RequestStatus::InProgress,
+        hold_nano_usd: hold.0,
+        hold: Number::usd(hold),
+        concurrency: Concurrency { limit, in_progress },
+    }))
 }
 
-#[derive(Deserialize)]
+// ---------------------------------------------------------------------------------------------
+// Complete
+
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CompleteBody {
+#[schema(example = json!({"status_code": 200, "output": {"images": [{"width": 1920, "height": 1080}]}}))]
+pub struct CompleteBody {
+    /// The runner's final HTTP status: 200-399 bills the output, 400-499 is the caller's
+    /// error (free unless the endpoint bills a 4xx's inference seconds), 500-599 is free.
+    #[serde(deserialize_with = "wire::status")]
+    #[schema(minimum = 200, maximum = 599)]
     status_code: u16,
+    /// What the request produced; the endpoint's price decides what counts.
     #[serde(default)]
     output: Option<Output>,
-    #[serde(default, deserialize_with = "lenient_opt")]
+    /// The quantity already in the priced unit (fal's `x-fal-billable-units`); wins over
+    /// `output`.
+    #[serde(default, deserialize_with = "tollgate_core::decimal::de_opt")]
+    #[schema(value_type = Option<DecimalInput>)]
     billable_units: Option<Decimal>,
-    #[serde(default, deserialize_with = "lenient_opt")]
+    /// Inference time (default: the time between start and complete as tollgate saw it).
+    #[serde(default, deserialize_with = "tollgate_core::decimal::de_opt")]
+    #[schema(value_type = Option<DecimalInput>)]
     inference_seconds: Option<Decimal>,
 }
 
 /// The billing result of a finished request, as the complete call and `GET` render it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct BillingResult {
-    pub request_id: String,
-    pub status: &'static str,
+    pub request_id: RequestId,
+    pub status: RequestStatus,
+    /// Whether anything was charged (a 5xx, or a free 4xx, is not).
     pub billed: bool,
-    pub endpoint_id: String,
+    pub endpoint_id: EndpointId,
+    /// The unit billed, as fal's pricing shows it.
     pub unit: String,
+    /// Billable units (`x-fal-billable-units`).
     pub output_units: Number,
+    /// USD per unit before the discount.
     pub unit_price: Number,
     pub percent_discount: Option<Number>,
     pub cost_subtotal: Number,
@@ -174,7 +289,9 @@ pub struct BillingResult {
     pub cost_total: Number,
     pub cost_subtotal_nano_usd: i64,
     pub cost_discount_nano_usd: i64,
+    /// The exact charge, nano-USD (`cost_total`).
     pub cost_estimate_nano_usd: i64,
+    /// The account's balance right after this request settled.
     pub balance_nano_usd: i64,
     pub status_code: u16,
 }
@@ -182,10 +299,10 @@ pub struct BillingResult {
 pub fn billing_result(r: &RequestRecord, c: &Completion) -> BillingResult {
     let ch = &c.charge;
     BillingResult {
-        request_id: r.id.to_string(),
-        status: r.status.as_str(),
+        request_id: r.id.clone(),
+        status: r.status,
         billed: c.billed,
-        endpoint_id: r.endpoint.to_string(),
+        endpoint_id: r.endpoint.clone(),
         unit: c.unit.clone(),
         output_units: Number(ch.quantity),
         unit_price: Number(ch.unit_price),
@@ -201,23 +318,69 @@ pub fn billing_result(r: &RequestRecord, c: &Completion) -> BillingResult {
     }
 }
 
+/// Header `x-fal-billable-units`: the billable units as an exact decimal string.
+pub struct BillableUnits;
+
+impl utoipa::PartialSchema for BillableUnits {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(tollgate_core::decimal::PATTERN))
+            .description(Some(
+                "The billable units of the request as an exact decimal string (fal's \
+                 `x-fal-billable-units`); `0` when nothing was billed.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for BillableUnits {}
+
+/// Complete a request
+///
+/// The runner finished. Rates the output with the price version in force at submission and
+/// the account's overrides and discount, settles the hold (the actual cost is charged; the
+/// rest of the hold is released) and frees the concurrency slot. What is billed: for status
+/// codes 200-399, the output (`billable_units` if given, else what `output` measures in the
+/// price's unit; compute prices bill `inference_seconds` x GPUs); for 400-499, nothing,
+/// unless the endpoint bills a 4xx's inference seconds; for 500-599, nothing: the hold is
+/// voided. Queue time is never billed.
+///
+/// Idempotent: a repeat answers the first answer (header `idempotent-replayed: true`) and
+/// bills nothing again. Completing a request that was never started, was cancelled or has
+/// expired answers 409.
+#[utoipa::path(
+    post, path = "/v1/requests/{request_id}/complete", tag = tags::GATEWAY,
+    operation_id = "completeRequest", security(("Key" = ["OPERATOR"])),
+    params(("request_id" = String, Path, format = Uuid,
+        description = "The request's id (the UUID given at submission).")),
+    request_body = CompleteBody,
+    responses(
+        OperatorErrors,
+        (status = 200, description = "The billing result (the first answer, when replayed).",
+            body = BillingResult, headers(
+                ("x-fal-billable-units" = BillableUnits),
+                ("idempotent-replayed" = Replayed),
+            )),
+        (status = 404, description = "`not_found`: unknown request.", body = ErrorResponse),
+        (status = 409, description = "`conflict`: the request is `IN_QUEUE` (never started), \
+            `CANCELLED` or `EXPIRED`.", body = ErrorResponse),
+    )
+)]
 pub async fn complete(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    operator(&state, &headers).await?;
-    let request_id = request_id(&id)?;
-    let req: CompleteBody = parse_json(&body)?;
+    _: Operator,
+    Path(LifecycleId(request_id)): Path<LifecycleId>,
+    Json(body): Json<CompleteBody>,
+) -> Result<(HeaderMap, axum::Json<BillingResult>), ApiError> {
     let outcome = state
         .engine
         .execute(Op::Complete {
             request_id,
-            status_code: req.status_code,
-            output: req.output.unwrap_or_default(),
-            billable_units: req.billable_units,
-            inference_seconds: req.inference_seconds,
+            status_code: body.status_code,
+            output: body.output.unwrap_or_default(),
+            billable_units: body.billable_units,
+            inference_seconds: body.inference_seconds,
         })
         .await??;
     let Outcome::Completed {
@@ -228,155 +391,296 @@ pub async fn complete(
     else {
         return Err(ApiError::server("unexpected outcome"));
     };
-    let units = completion.charge.quantity.to_string();
-    let mut resp = Json(billing_result(&request, &completion)).into_response();
-    let h = resp.headers_mut();
-    h.insert(
+    let mut headers = Replayed::header(replayed);
+    headers.insert(
         "x-fal-billable-units",
-        HeaderValue::from_str(&units).expect("a decimal is a header value"),
+        HeaderValue::from_str(&completion.charge.quantity.to_string())
+            .expect("a decimal is a header value"),
     );
-    if replayed {
-        h.insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    Ok(resp)
+    Ok((headers, axum::Json(billing_result(&request, &completion))))
 }
 
+// ---------------------------------------------------------------------------------------------
+// Cancel and show
+
+#[derive(Serialize, ToSchema)]
+pub struct Cancelled {
+    request_id: RequestId,
+    #[schema(value_type = String, example = "CANCELLED")]
+    status: RequestStatus,
+    /// Always false: a cancelled request is never billed.
+    billed: bool,
+}
+
+/// Cancel a request
+///
+/// The caller gave up on a request `IN_QUEUE` or `IN_PROGRESS`: nothing is billed, the hold is
+/// released and the concurrency slot freed. No body. Idempotent: cancelling a cancelled
+/// request answers the same; a finished or expired request answers 409.
+#[utoipa::path(
+    post, path = "/v1/requests/{request_id}/cancel", tag = tags::GATEWAY,
+    operation_id = "cancelRequest", security(("Key" = ["OPERATOR"])),
+    params(("request_id" = String, Path, format = Uuid,
+        description = "The request's id (the UUID given at submission).")),
+    responses(
+        OperatorErrors,
+        (status = 200, description = "The request is cancelled.", body = Cancelled),
+        (status = 404, description = "`not_found`: unknown request.", body = ErrorResponse),
+        (status = 409, description = "`conflict`: the request already finished or expired.",
+            body = ErrorResponse),
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers).await?;
-    let request_id = request_id(&id)?;
+    _: Operator,
+    Path(LifecycleId(request_id)): Path<LifecycleId>,
+) -> Result<axum::Json<Cancelled>, ApiError> {
     state
         .engine
         .execute(Op::Cancel {
             request_id: request_id.clone(),
         })
         .await??;
-    Ok(Json(
-        json!({ "request_id": request_id.as_str(), "status": "CANCELLED", "billed": false }),
-    ))
+    Ok(axum::Json(Cancelled {
+        request_id,
+        status: RequestStatus::Cancelled,
+        billed: false,
+    }))
 }
 
-fn ms_to_seconds(ms: Option<i64>) -> Option<Number> {
+/// A request as the gateway sees it.
+#[derive(Serialize, ToSchema)]
+pub struct RequestView {
+    request_id: RequestId,
+    status: RequestStatus,
+    endpoint_id: EndpointId,
+    username: AccountId,
+    submitted_at: Time,
+    started_at: Option<Time>,
+    finished_at: Option<Time>,
+    /// Time in the queue, never billed.
+    queue_seconds: Option<Number>,
+    inference_seconds: Option<Number>,
+    /// What is held now, nano-USD (0 once finished).
+    hold_nano_usd: i64,
+    hold_expires_at: Option<Time>,
+    /// The price version the request is billed with.
+    price_version: i64,
+    machine_type: Option<MachineType>,
+    num_gpus: u32,
+    /// Once finished: the billing result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    billing: Option<BillingResult>,
+}
+
+fn seconds(ms: Option<i64>) -> Option<Number> {
     ms.map(|m| Number(Decimal::new(m, 3)))
 }
 
+/// Show a request
+///
+/// A request's status, timings (`queue_seconds`, `inference_seconds`), hold and, once
+/// finished, its billing result. Usage events can be looked up by their `event_id` too.
+/// Read-only.
+#[utoipa::path(
+    get, path = "/v1/requests/{request_id}", tag = tags::GATEWAY, operation_id = "getRequest",
+    security(("Key" = ["OPERATOR"])),
+    params(("request_id" = RequestId, Path,
+        description = "The request's id (or a usage event's `event_id`).")),
+    responses(
+        OperatorErrors,
+        (status = 200, description = "The request.", body = RequestView),
+        (status = 404, description = "`not_found`: unknown request.", body = ErrorResponse),
+    )
+)]
 pub async fn show(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    operator(&state, &headers).await?;
-    let request_id = RequestId::parse(&id).map_err(|e| ApiError::validation(e.to_string()))?;
+    _: Operator,
+    Path(request_id): Path<RequestId>,
+) -> Result<axum::Json<RequestView>, ApiError> {
     let lookup = request_id.clone();
     let r = state
         .engine
         .read(move |rd| rd.request(&lookup))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("unknown request {request_id}")))?;
-    let mut body = json!({
-        "request_id": r.id.as_str(),
-        "status": r.status.as_str(),
-        "endpoint_id": r.endpoint.as_str(),
-        "username": r.account.as_str(),
-        "submitted_at": rfc3339(r.submitted_at),
-        "started_at": r.started_at.map(rfc3339),
-        "finished_at": r.finished_at.map(rfc3339),
-        "queue_seconds": ms_to_seconds(r.queue_ms),
-        "inference_seconds": ms_to_seconds(r.inference_ms),
-        "hold_nano_usd": r.hold.0,
-        "hold_expires_at": r.hold_expires_at.map(rfc3339),
-        "price_version": r.price_version,
-        "machine_type": r.machine_type.as_ref().map(|m| m.as_str()),
-        "num_gpus": r.num_gpus,
-    });
-    if let Some(c) = &r.completion {
-        body["billing"] = serde_json::to_value(billing_result(&r, c)).expect("serializes");
-    }
-    Ok(Json(body))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventBody {
-    event_id: String,
-    endpoint_id: String,
-    username: String,
-    timestamp: String,
-    status_code: u16,
-    #[serde(default)]
-    output: Option<Output>,
-    #[serde(default, deserialize_with = "lenient_opt")]
-    billable_units: Option<Decimal>,
-    #[serde(default, deserialize_with = "lenient_opt")]
-    queue_seconds: Option<Decimal>,
-    #[serde(default, deserialize_with = "lenient_opt")]
-    inference_seconds: Option<Decimal>,
-    #[serde(default)]
-    machine_type: Option<String>,
-    #[serde(default)]
-    num_gpus: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventsBody {
-    events: Vec<EventBody>,
-}
-
-fn event_op(e: EventBody) -> Result<Op, ApiError> {
-    Ok(Op::UsageEvent(UsageEvent {
-        event_id: RequestId::parse(&e.event_id)
-            .map_err(|err| ApiError::validation(err.to_string()).with("field", "event_id"))?,
-        account: parse_account(&e.username)?,
-        endpoint: endpoint_id(&e.endpoint_id)?,
-        api_key: None,
-        timestamp: parse_time("timestamp", &e.timestamp)?,
-        status_code: e.status_code,
-        output: e.output.unwrap_or_default(),
-        billable_units: e.billable_units,
-        queue_seconds: e.queue_seconds,
-        inference_seconds: e.inference_seconds,
-        machine_type: machine(e.machine_type)?,
-        num_gpus: e.num_gpus,
+    Ok(axum::Json(RequestView {
+        billing: r.completion.as_ref().map(|c| billing_result(&r, c)),
+        request_id: r.id,
+        status: r.status,
+        endpoint_id: r.endpoint,
+        username: r.account,
+        submitted_at: Time(r.submitted_at),
+        started_at: r.started_at.map(Time),
+        finished_at: r.finished_at.map(Time),
+        queue_seconds: seconds(r.queue_ms),
+        inference_seconds: seconds(r.inference_ms),
+        hold_nano_usd: r.hold.0,
+        hold_expires_at: r.hold_expires_at.map(Time),
+        price_version: r.price_version,
+        machine_type: r.machine_type,
+        num_gpus: r.num_gpus,
     }))
 }
 
-/// Bulk after-the-fact metering. A malformed event refuses the whole call (nothing written);
-/// an event the engine rejects (unknown endpoint or account) gets its own error in the
-/// results while the others are billed.
+// ---------------------------------------------------------------------------------------------
+// Usage events
+
+/// A finished request, reported after the fact.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventBody {
+    /// Your id of the request; the idempotency key.
+    event_id: RequestId,
+    endpoint_id: EndpointId,
+    username: AccountId,
+    /// When the request finished (RFC 3339). It selects the price version; at most 5 minutes
+    /// in the future.
+    #[serde(deserialize_with = "wire::time")]
+    #[schema(value_type = String, format = DateTime)]
+    timestamp: Timestamp,
+    #[serde(deserialize_with = "wire::status")]
+    #[schema(minimum = 200, maximum = 599)]
+    status_code: u16,
+    #[serde(default)]
+    output: Option<Output>,
+    #[serde(default, deserialize_with = "tollgate_core::decimal::de_opt")]
+    #[schema(value_type = Option<DecimalInput>)]
+    billable_units: Option<Decimal>,
+    /// Recorded, never billed (0 to one year).
+    #[serde(default, deserialize_with = "tollgate_core::decimal::de_opt")]
+    #[schema(value_type = Option<DecimalInput>)]
+    queue_seconds: Option<Decimal>,
+    /// Bills compute and GPU-second prices (default 0).
+    #[serde(default, deserialize_with = "tollgate_core::decimal::de_opt")]
+    #[schema(value_type = Option<DecimalInput>)]
+    inference_seconds: Option<Decimal>,
+    #[serde(default)]
+    machine_type: Option<MachineType>,
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 64)]
+    num_gpus: Option<u32>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventsBody {
+    #[schema(max_items = 10000)]
+    events: Vec<EventBody>,
+}
+
+impl EventBody {
+    fn op(self) -> Op {
+        Op::UsageEvent(UsageEvent {
+            event_id: self.event_id,
+            account: self.username,
+            endpoint: self.endpoint_id,
+            api_key: None,
+            timestamp: self.timestamp,
+            status_code: self.status_code,
+            output: self.output.unwrap_or_default(),
+            billable_units: self.billable_units,
+            queue_seconds: self.queue_seconds,
+            inference_seconds: self.inference_seconds,
+            machine_type: self.machine_type,
+            num_gpus: self.num_gpus,
+        })
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventResults {
+    /// One per event, in order.
+    results: Vec<EventResult>,
+}
+
+/// One event's answer: billed (or free: `billed` says which), or refused on its own.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum EventResult {
+    Settled {
+        event_id: RequestId,
+        /// A repeat of an event already billed: this is its first result, billed once.
+        duplicate: bool,
+        #[serde(flatten)]
+        result: BillingResult,
+    },
+    Refused {
+        event_id: RequestId,
+        /// The status this event's refusal would have as a call of its own.
+        status_code: u16,
+        #[schema(value_type = ErrorDetail)]
+        error: Value,
+    },
+}
+
+/// A refused body's error, placed in the event it came from: `events[3].timestamp` becomes
+/// `error.index` 3 and `error.field` `timestamp`.
+fn place_in_event(mut e: ApiError) -> ApiError {
+    let Some(Value::String(field)) = e.extra.get("field").cloned() else {
+        return e;
+    };
+    let Some(rest) = field.strip_prefix("events[") else {
+        return e;
+    };
+    let Some((index, inner)) = rest.split_once(']') else {
+        return e;
+    };
+    let Ok(index) = index.parse::<usize>() else {
+        return e;
+    };
+    let inner = inner.trim_start_matches('.');
+    e.message = format!("events[{index}]: {}", e.message);
+    e = e.with("index", index);
+    if !inner.is_empty() {
+        e = e.with("field", inner);
+    }
+    e
+}
+
+/// Report usage events
+///
+/// After-the-fact metering in bulk, for platforms that do not call start and complete: each
+/// event is a finished request, rated with the price version in force at its `timestamp` and
+/// the account's terms, and charged to the balance at once (no hold, no concurrency check;
+/// the balance may go negative). At most 10000 events per call.
+///
+/// One rule decides what refuses the call and what an event answers alone. The call is
+/// refused as a whole, with nothing written, when the body is not of the documented shape: any
+/// event with a missing or unknown field, a value of the wrong type, or an id, username,
+/// endpoint id, timestamp or status code that does not parse (400; `error.index` names the
+/// event and `error.field` the field). Every event of a well-formed call gets one result, in
+/// order: its billing result, or its own error for what the catalog, the accounts or the price
+/// refuse (an unknown account or endpoint, no price in force, an output the price cannot rate,
+/// a timestamp too far in the future), while the others are billed. Idempotent on `event_id`:
+/// a duplicate answers the first result with `duplicate: true` and bills nothing again.
+#[utoipa::path(
+    post, path = "/v1/usage-events", tag = tags::GATEWAY, operation_id = "reportUsageEvents",
+    security(("Key" = ["OPERATOR"])),
+    request_body = EventsBody,
+    responses(
+        OperatorErrors,
+        (status = 200, description = "One result per event, in order.", body = EventResults),
+        (status = 400, description = "`validation_error`: the body or an event is malformed \
+            (`error.index`, `error.field`); nothing was written.", body = ErrorResponse),
+    )
+)]
 pub async fn usage_events(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Operator,
     body: Bytes,
-) -> Result<Json<EventResults>, ApiError> {
-    operator(&state, &headers).await?;
-    let req: EventsBody = parse_json(&body)?;
-    if req.events.len() > MAX_EVENTS_PER_CALL {
-        return Err(
-            ApiError::validation(format!("at most {MAX_EVENTS_PER_CALL} events per call"))
-                .with("field", "events"),
-        );
+) -> Result<axum::Json<EventResults>, ApiError> {
+    let body: EventsBody = crate::json::from_slice(&body).map_err(place_in_event)?;
+    if body.events.len() > MAX_EVENTS_PER_CALL {
+        return Err(ApiError::invalid(
+            "events",
+            format!("at most {MAX_EVENTS_PER_CALL} events per call"),
+        ));
     }
-    let mut ops = Vec::with_capacity(req.events.len());
-    for (i, e) in req.events.into_iter().enumerate() {
-        ops.push(event_op(e).map_err(|err| {
-            let msg = format!("events[{i}]: {}", err.message);
-            ApiError {
-                message: msg,
-                ..err
-            }
-            .with("index", i)
-        })?);
-    }
-    let ids: Vec<String> = ops
-        .iter()
-        .map(|op| op.request_id().expect("events have ids").to_string())
-        .collect();
+    let ids: Vec<RequestId> = body.events.iter().map(|e| e.event_id.clone()).collect();
+    let ops = body.events.into_iter().map(EventBody::op).collect();
     let answers = state.engine.execute_many(ops).await?;
-    let results: Vec<EventResult> = answers
+    let results = answers
         .into_iter()
         .zip(ids)
         .map(|(a, event_id)| match a {
@@ -394,8 +698,8 @@ pub async fn usage_events(
                 status_code: 500,
                 error: ApiError::server("unexpected outcome").object(),
             },
-            Err(rej) => {
-                let e = ApiError::from(rej);
+            Err(rejection) => {
+                let e = ApiError::from(rejection);
                 EventResult::Refused {
                     event_id,
                     status_code: e.status.as_u16(),
@@ -404,28 +708,5 @@ pub async fn usage_events(
             }
         })
         .collect();
-    Ok(Json(EventResults { results }))
-}
-
-#[derive(Serialize)]
-pub struct EventResults {
-    results: Vec<EventResult>,
-}
-
-/// One event's answer, serialized directly (a bulk call answers thousands of them).
-#[derive(Serialize)]
-#[serde(untagged)]
-enum EventResult {
-    /// Billed, or free (a 5xx): `billed` in the result says which.
-    Settled {
-        event_id: String,
-        duplicate: bool,
-        #[serde(flatten)]
-        result: BillingResult,
-    },
-    Refused {
-        event_id: String,
-        status_code: u16,
-        error: Value,
-    },
+    Ok(axum::Json(EventResults { results }))
 }

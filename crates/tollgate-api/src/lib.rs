@@ -1,22 +1,29 @@
-//! tollgate's HTTP edge: the operator API (accounts, credits, keys, catalog), the gateway API
-//! (the life of one request, bulk usage events), the customer API, and the OpenAPI document.
+//! tollgate's HTTP edge: the operator API (accounts, credits, keys, terms, catalog), the
+//! gateway API (the life of one request, bulk usage events), fal's Platform API for customers,
+//! and the OpenAPI document generated from them.
 //!
-//! Architecture invariant: handlers parse into domain types, call the engine or a read, and
-//! render; JSON types live only here, and no billing rule does.
+//! Architecture invariant: handlers parse into domain types (in extractors: [`extract`]),
+//! call the engine or a read (`tollgate-query`), and render typed answers; JSON types live
+//! only here, and no billing rule does. Every route is registered with its documentation
+//! ([`routes`]), so what is served and what is documented are one list.
 
 pub mod admin;
 pub mod auth;
-pub mod customer;
 pub mod error;
+pub mod extract;
 pub mod gateway;
-pub mod money;
+pub mod json;
 pub mod openapi;
 pub mod platform;
+pub mod query;
+pub mod wire;
 
-use axum::routing::{get, post, put};
-use axum::Router;
+use openapi::ApiDoc;
 use std::time::Duration;
 use tollgate_engine::Engine;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// What every handler gets.
 #[derive(Clone)]
@@ -24,59 +31,47 @@ pub struct AppState {
     pub engine: Engine,
 }
 
+/// The largest request body accepted (a bulk call of 10,000 usage events fits).
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Every route with its documentation.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(openapi::serve))
+        // Operator
+        .routes(routes!(admin::create_account))
+        .routes(routes!(admin::show_account))
+        .routes(routes!(admin::purchase))
+        .routes(routes!(admin::create_key))
+        .routes(routes!(admin::set_pricing))
+        .routes(routes!(admin::apply_catalog))
+        .routes(routes!(admin::reconciliation))
+        // Gateway
+        .routes(routes!(gateway::submit))
+        .routes(routes!(gateway::show))
+        .routes(routes!(gateway::start))
+        .routes(routes!(gateway::complete))
+        .routes(routes!(gateway::cancel))
+        .routes(routes!(gateway::usage_events))
+        // fal's Platform API
+        .routes(routes!(platform::keys::list, platform::keys::create))
+        .routes(routes!(platform::keys::revoke))
+        .routes(routes!(platform::models::list))
+        .routes(routes!(platform::models::pricing))
+        .routes(routes!(platform::models::estimate))
+        .routes(routes!(platform::account::billing))
+        .routes(routes!(platform::usage::usage))
+        .routes(routes!(platform::usage::billing_events))
+        .routes(routes!(platform::analytics::analytics))
+}
+
 /// The whole API under `/v1`.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/openapi.json", get(openapi::serve))
-        .route("/v1/admin/accounts", post(admin::create_account))
-        .route("/v1/admin/accounts/{username}", get(admin::show_account))
-        .route(
-            "/v1/admin/accounts/{username}/purchases",
-            post(admin::purchase),
-        )
-        .route(
-            "/v1/admin/accounts/{username}/keys",
-            post(admin::create_key),
-        )
-        .route(
-            "/v1/admin/accounts/{username}/pricing",
-            put(admin::set_pricing),
-        )
-        .route("/v1/admin/catalog", put(admin::apply_catalog))
-        .route("/v1/admin/reconciliation", get(admin::reconciliation))
-        .route("/v1/requests", post(gateway::submit))
-        .route("/v1/requests/{request_id}", get(gateway::show))
-        .route("/v1/requests/{request_id}/start", post(gateway::start))
-        .route(
-            "/v1/requests/{request_id}/complete",
-            post(gateway::complete),
-        )
-        .route("/v1/requests/{request_id}/cancel", post(gateway::cancel))
-        .route("/v1/usage-events", post(gateway::usage_events))
-        .route(
-            "/v1/keys",
-            get(platform::keys::list).post(platform::keys::create),
-        )
-        .route(
-            "/v1/keys/{key_id}",
-            axum::routing::delete(platform::keys::revoke),
-        )
-        .route("/v1/models", get(platform::models::list))
-        .route("/v1/models/pricing", get(platform::models::pricing))
-        .route(
-            "/v1/models/pricing/estimate",
-            post(platform::models::estimate),
-        )
-        .route("/v1/account/billing", get(customer::billing))
-        .route("/v1/models/usage", get(platform::usage::usage))
-        .route(
-            "/v1/models/billing-events",
-            get(platform::usage::billing_events),
-        )
-        .route("/v1/models/analytics", get(platform::analytics::analytics))
+pub fn router(state: AppState) -> axum::Router {
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(|| async { error::ApiError::not_found("no such path; see GET /v1/openapi.json") })
         .layer(axum::middleware::map_response(error::envelope))
-        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 

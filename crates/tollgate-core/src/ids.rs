@@ -14,7 +14,8 @@ pub struct IdError {
 }
 
 macro_rules! text_id {
-    ($(#[$m:meta])* $name:ident, $kind:literal, $max:expr, $valid:expr) => {
+    ($(#[$m:meta])* $name:ident, $kind:literal, $max:expr, $valid:expr,
+     schema: $schema:literal, $pattern:literal, $example:literal, $description:literal) => {
         $(#[$m])*
         #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -55,6 +56,18 @@ macro_rules! text_id {
                 f.write_str(&self.0)
             }
         }
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                text_schema($pattern, $description, $example)
+            }
+        }
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {
+            fn name() -> std::borrow::Cow<'static, str> {
+                $schema.into()
+            }
+        }
     };
 }
 
@@ -70,32 +83,65 @@ fn client_id_char(c: char) -> bool {
 
 text_id!(
     /// A customer account, named by its username.
-    AccountId, "username", 64, slug_char
+    AccountId, "username", 64, slug_char,
+    schema: "Username", "^[A-Za-z0-9._-]{1,64}$", "acme",
+    "An account's username: 1 to 64 letters, digits, `-`, `_` or `.`."
 );
 text_id!(
     /// A model endpoint such as `fal-ai/flux/dev`.
-    EndpointId, "endpoint_id", 200, endpoint_char
+    EndpointId, "endpoint_id", 200, endpoint_char,
+    schema: "EndpointId", "^[A-Za-z0-9._/-]{1,200}$", "fal-ai/flux/dev",
+    "A model endpoint's id: 1 to 200 letters, digits, `-`, `_`, `.` or `/`."
 );
 text_id!(
     /// A request, named by the gateway (a UUID for lifecycle requests; any printable id for
     /// usage events).
-    RequestId, "request_id", 128, client_id_char
+    RequestId, "request_id", 128, client_id_char,
+    schema: "RequestId", "^[!-~]{1,128}$", "0193e3b0-6d2a-7c41-9f0e-2b8f4c6a1d53",
+    "A request's id, chosen by the gateway: 1 to 128 printable ASCII characters without \
+     spaces (a UUID for the request lifecycle; UUIDv7s, which sort by time, are cheapest to \
+     store); the idempotency key of every call about the request."
 );
 text_id!(
     /// The client's idempotency id of a purchase.
-    PurchaseId, "purchase_id", 128, client_id_char
+    PurchaseId, "purchase_id", 128, client_id_char,
+    schema: "PurchaseId", "^[!-~]{1,128}$", "p-1",
+    "The operator's idempotency id of a purchase: 1 to 128 printable ASCII characters \
+     without spaces, unique per account."
 );
 text_id!(
     /// The public half of an API key.
-    ApiKeyId, "key_id", 64, slug_char
+    ApiKeyId, "key_id", 64, slug_char,
+    schema: "KeyId", "^[A-Za-z0-9._-]{1,64}$", "2d1c8f0e-5b3a-4e7d-9c61-0f8a7b6e5d43",
+    "The public half of a key: 1 to 64 letters, digits, `-`, `_` or `.`."
 );
 text_id!(
     /// A GPU or CPU machine type such as `GPU-H100`.
-    MachineType, "machine_type", 64, slug_char
+    MachineType, "machine_type", 64, slug_char,
+    schema: "MachineType", "^[A-Za-z0-9._-]{1,64}$", "GPU-H100",
+    "A machine type of the catalog's `[machines]` table: 1 to 64 letters, digits, `-`, `_` \
+     or `.`."
 );
 
-/// The most characters a key's alias may have.
-pub const MAX_ALIAS_CHARS: usize = 100;
+/// The schema of a text id: a string with its pattern, description and an example.
+#[cfg(feature = "openapi")]
+fn text_schema(
+    pattern: &str,
+    description: &str,
+    example: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(pattern))
+        .description(Some(description))
+        .examples([example])
+        .into()
+}
+
+/// The most characters a key's alias may have: fal's limit for `POST /keys`, so fal's clients
+/// work unchanged; the operator's key creation has the same rule.
+pub const MAX_ALIAS_CHARS: usize = 255;
 
 /// A key's alias, as its owner names it: 1 to [`MAX_ALIAS_CHARS`] characters of text, any
 /// script, but no control characters (a newline or an escape code in a name shown in lists and
@@ -143,6 +189,30 @@ impl fmt::Display for KeyAlias {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for KeyAlias {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_ALIAS_CHARS))
+            .pattern(Some("^[^\\u0000-\\u001F\\u007F-\\u009F]*$"))
+            .description(Some(
+                "A friendly name for the key: 1 to 255 characters (fal's limit), no control characters.",
+            ))
+            .examples(["Production Key"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for KeyAlias {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "KeyAlias".into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,8 +231,8 @@ mod tests {
     #[test]
     fn aliases_are_short_text_without_control_characters() {
         assert!(KeyAlias::parse("Production key — Zürich").is_ok());
-        assert!(KeyAlias::parse(&"é".repeat(100)).is_ok());
-        assert!(KeyAlias::parse(&"é".repeat(101)).is_err());
+        assert!(KeyAlias::parse(&"é".repeat(255)).is_ok());
+        assert!(KeyAlias::parse(&"é".repeat(256)).is_err());
         assert!(KeyAlias::parse("").is_err());
         for bad in ["a\nb", "tab\there", "esc\u{1b}[31m", "nul\u{0}"] {
             assert!(KeyAlias::parse(bad).is_err(), "{bad:?}");

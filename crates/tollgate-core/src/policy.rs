@@ -28,6 +28,15 @@ pub enum Billing {
 #[error("status_code {0} is not a final HTTP status (200-599)")]
 pub struct BadStatus(pub u16);
 
+/// `code` if it is a final HTTP status (200-599), the only kind a finished request reports.
+pub fn final_status(code: u16) -> Result<u16, BadStatus> {
+    if (200..=599).contains(&code) {
+        Ok(code)
+    } else {
+        Err(BadStatus(code))
+    }
+}
+
 /// Server errors are never billed; queue time and cold starts never reach rating at all
 /// (only inference seconds are reported or measured).
 pub fn billing_for(status_code: u16, four_xx: FourXxPolicy) -> Result<Billing, BadStatus> {

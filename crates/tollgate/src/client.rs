@@ -95,8 +95,10 @@ pub enum KeyCmd {
         /// API (inference, pricing) or ADMIN (also usage, billing, keys).
         #[arg(long, default_value = "API")]
         scope: String,
-        #[arg(long, default_value = "")]
-        alias: String,
+        /// A name for the key, shown in key lists and usage (1 to 255 characters; default
+        /// "<SCOPE> key").
+        #[arg(long)]
+        alias: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -205,6 +207,7 @@ pub fn key(cmd: KeyCmd) -> anyhow::Result<()> {
         alias,
         conn,
     } = cmd;
+    let alias = alias.unwrap_or_else(|| format!("{scope} key"));
     print(&call(
         &conn,
         reqwest::Method::POST,

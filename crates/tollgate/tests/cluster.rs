@@ -941,7 +941,7 @@ fn three_servers_on_one_postgres_database_bill_each_request_once_through_a_sigki
                     &c,
                     base,
                     &format!("/v1/admin/accounts/{u}/keys"),
-                    &json!({"scope": scope}),
+                    &json!({"scope": scope, "alias": "cluster test"}),
                 ),
                 201,
                 "create key",

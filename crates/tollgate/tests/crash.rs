@@ -410,7 +410,7 @@ fn acknowledged_operations_survive_sigkill_and_retries_never_double_charge() {
                 &c,
                 &base,
                 &format!("/v1/admin/accounts/{u}/keys"),
-                &json!({"scope": "API"}),
+                &json!({"scope": "API", "alias": "crash test"}),
             ),
             201,
             "create key",

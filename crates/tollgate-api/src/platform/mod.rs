@@ -1,10 +1,25 @@
-//! fal's Platform API (docs/reference/API.md section 3): the customer-facing read and
-//! key-management paths, in the same shape as fal's published schemas
-//! (docs/reference/fal-platform-openapi.json).
+//! fal's Platform API (docs/reference/API.md section 3): the customer-facing reads and key
+//! management, in the same shape as fal's published schemas
+//! (docs/reference/fal-platform-openapi.json). The reads are assembled by `tollgate-query`;
+//! these handlers parse fal's parameters into its queries and render its typed answers.
 
+pub mod account;
 pub mod analytics;
 pub mod keys;
 pub mod models;
-pub mod params;
-pub mod timeframe;
 pub mod usage;
+
+use crate::query::Query;
+use tollgate_query::Cursor;
+
+/// fal's paging fields of an answer: the next page's cursor (`null` on the last page) and
+/// whether there is one.
+pub(crate) fn paging(next: Option<Cursor>) -> (Option<String>, bool) {
+    let more = next.is_some();
+    (next.map(|c| c.as_str().to_string()), more)
+}
+
+/// The `expand` values given, checked against `allowed`.
+pub(crate) fn expand(q: &Query, allowed: &[&str]) -> Result<Vec<String>, crate::error::ApiError> {
+    Ok(q.expand(allowed)?.unwrap_or_default())
+}

@@ -2,41 +2,32 @@
 //! and `POST /v1/models/pricing/estimate` (API scope; an ADMIN key includes API).
 //!
 //! Prices are the caller's: the account's own price version when one is in force (enterprise
-//! pricing), else the public one, exactly as a request submitted now would be priced. The
-//! shown `unit_price` is the rule's base rate per billable unit; attribute-conditional rates,
-//! multipliers, first blocks, add-ons, minimums and cost steps are not in it (they depend on a
-//! request's output).
+//! pricing), else the public one, exactly as a request submitted now would be priced
+//! ([`tollgate_core::quote`]).
 
-use crate::admin::{account_row, rfc3339};
-use crate::auth::customer;
-use crate::error::{parse_json, ApiError};
-use crate::money::Number;
-use crate::platform::params::{page, Query, MAX_IDS};
+use super::paging;
+use crate::error::ApiError;
+use crate::extract::{names_of, Api, Customer, FromQuery, Json, Params};
+use crate::openapi::{tags, CustomerErrors};
+use crate::query::{Query, MAX_IDS};
+use crate::wire::{Number, Time};
 use crate::AppState;
-use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap};
-use axum::Json;
-use rust_decimal::prelude::ToPrimitive;
+use axum::extract::State;
 use rust_decimal::Decimal;
-use serde_json::{json, Value};
-use std::str::FromStr;
-use tollgate_core::catalog::{Catalog, EndpointDef, EndpointStatus};
-use tollgate_core::ids::{AccountId, EndpointId};
-use tollgate_core::machine::{percent_discount_at, AccountState};
-use tollgate_core::money::MoneyError;
-use tollgate_core::price::{Rated, Unit};
-use tollgate_core::pricing::Charge;
-use tollgate_core::time::MS_PER_DAY;
-use tollgate_core::{Nanos, Timestamp};
-use tollgate_store::Scope;
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tollgate_core::catalog::EndpointStatus;
+use tollgate_core::ids::EndpointId;
+use tollgate_query::catalog::ModelsQuery;
+use tollgate_query::prices::Estimate;
+use tollgate_query::{Cursor, QueryError};
+use utoipa::{IntoParams, ToSchema};
 
 /// Models per page of `GET /v1/models` when `limit` is absent.
 pub const DEFAULT_LIMIT: usize = 50;
 /// The largest `limit` accepted by `GET /v1/models`.
 pub const MAX_LIMIT: usize = 200;
-/// `historical_api_price` averages the account's billed requests of this many trailing days.
-pub const HISTORY_WINDOW_DAYS: i64 = 30;
 /// fal's smallest `unit_quantity`.
 const MIN_UNIT_QUANTITY: Decimal = Decimal::from_parts(1, 0, 0, false, 6);
 
@@ -46,495 +37,589 @@ const EXPAND_ENTERPRISE: &str = "enterprise_status";
 // ---------------------------------------------------------------------------------------------
 // GET /v1/models
 
-/// `GET /v1/models`: list, find (`endpoint_id`) and search (`q`, `category`, `status`) the
-/// catalog, in `endpoint_id` order with keyset paging (the cursor is the last id shown).
-///
-/// Authentication is optional (the catalog is public); a key that is sent must be a valid
-/// customer key. Metadata tollgate does not hold is given its schema-valid empty value: `tags`
-/// `[]`, `thumbnail_url` and `model_url` `""`, `is_favorited` `null`; `date` is when the
-/// endpoint's first public price took effect and `updated_at` when its public price in force
-/// did. `expand=openapi-3.0` answers fal's error form (tollgate holds no model schemas);
-/// `expand=enterprise_status` is `ready` for active endpoints and fal's error form for
-/// deprecated ones.
-pub async fn list(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
-    if headers.contains_key(header::AUTHORIZATION) {
-        customer(&state, &headers, Scope::Api).await?;
-    }
-    let query = Query::parse(
-        raw.as_deref(),
-        &[
-            "limit",
-            "cursor",
-            "endpoint_id",
-            "q",
-            "category",
-            "status",
-            "expand",
-        ],
-    )?;
-    let limit = query.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
-    let after: Option<String> = query.cursor()?;
-    let ids = query.list("endpoint_id", MAX_IDS)?;
-    let text = query.one("q")?.map(str::to_lowercase);
-    let category = query.one("category")?;
-    let status = query.one("status")?.map(parse_status).transpose()?;
-    let expand = query
-        .expand(&[EXPAND_OPENAPI, EXPAND_ENTERPRISE])?
-        .unwrap_or_default();
-
-    let catalog = state.engine.catalog();
-    let (shown, next_cursor) = page(
-        catalog
-            .endpoints
-            .values()
-            .filter(|d| after.as_deref().is_none_or(|a| d.id.as_str() > a))
-            .filter(|d| ids.is_empty() || ids.iter().any(|i| i == d.id.as_str()))
-            .filter(|d| category.is_none_or(|c| d.category.eq_ignore_ascii_case(c)))
-            .filter(|d| status.is_none_or(|s| d.status == s))
-            .filter(|d| text.as_deref().is_none_or(|t| mentions(d, t))),
-        limit,
-        |last| last.id.to_string(),
-    );
-    let now = state.engine.now();
-    let models: Vec<Value> = shown
-        .into_iter()
-        .map(|d| model_view(&catalog, d, now, &expand))
-        .collect();
-    Ok(Json(json!({
-        "models": models,
-        "has_more": next_cursor.is_some(),
-        "next_cursor": next_cursor,
-    })))
+/// A model's lifecycle state.
+#[derive(Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelStatus {
+    Active,
+    Deprecated,
 }
 
-fn parse_status(s: &str) -> Result<EndpointStatus, ApiError> {
-    match s {
-        "active" => Ok(EndpointStatus::Active),
-        "deprecated" => Ok(EndpointStatus::Deprecated),
-        other => Err(ApiError::validation(format!(
-            "status must be 'active' or 'deprecated', got '{other}'"
-        ))
-        .with("field", "status")),
+impl From<EndpointStatus> for ModelStatus {
+    fn from(s: EndpointStatus) -> Self {
+        match s {
+            EndpointStatus::Active => ModelStatus::Active,
+            EndpointStatus::Deprecated => ModelStatus::Deprecated,
+        }
     }
 }
 
-fn status_str(s: EndpointStatus) -> &'static str {
-    match s {
-        EndpointStatus::Active => "active",
-        EndpointStatus::Deprecated => "deprecated",
+impl From<ModelStatus> for EndpointStatus {
+    fn from(s: ModelStatus) -> Self {
+        match s {
+            ModelStatus::Active => EndpointStatus::Active,
+            ModelStatus::Deprecated => EndpointStatus::Deprecated,
+        }
     }
 }
 
-/// `q` matches a case-insensitive substring of the id, display name, description or category.
-fn mentions(d: &EndpointDef, lowercase_text: &str) -> bool {
-    [d.id.as_str(), &d.display_name, &d.description, &d.category]
-        .iter()
-        .any(|field| field.to_lowercase().contains(lowercase_text))
+/// What `expand` may name.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub enum ModelsExpand {
+    #[serde(rename = "openapi-3.0")]
+    OpenApi,
+    #[serde(rename = "enterprise_status")]
+    EnterpriseStatus,
 }
 
-/// fal's `{"error": {"code", "message"}}` form of an expansion that has no value.
-fn expansion_error(code: &str, message: &str) -> Value {
-    json!({ "error": { "code": code, "message": message } })
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ModelsParams {
+    /// Maximum number of items to return: default 50, at most 200.
+    #[param(value_type = Option<usize>, minimum = 1, maximum = 200)]
+    limit: usize,
+    /// Pagination cursor from a previous response (its `next_cursor`, unchanged).
+    #[param(value_type = Option<String>)]
+    cursor: Option<Cursor>,
+    /// Endpoint id(s) to retrieve: 1-50, repeated (`?endpoint_id=a&endpoint_id=b`) or
+    /// comma-separated; unknown ids are simply absent.
+    #[param(value_type = Option<Vec<EndpointId>>, style = Form, explode)]
+    endpoint_id: Vec<EndpointId>,
+    /// Free text: a case-insensitive substring of the id, display name, description or
+    /// category.
+    #[param(value_type = Option<String>)]
+    q: Option<String>,
+    /// A category (e.g. `text-to-image`), matched ignoring case.
+    #[param(value_type = Option<String>)]
+    category: Option<String>,
+    /// Only models in this state.
+    #[param(value_type = Option<ModelStatus>)]
+    status: Option<ModelStatus>,
+    /// `openapi-3.0` (answered with the error form: tollgate holds no model schemas) and
+    /// `enterprise_status` (`ready` for active endpoints, the error form for deprecated ones).
+    #[param(value_type = Option<Vec<ModelsExpand>>, style = Form, explode)]
+    expand: Vec<String>,
 }
 
-fn model_view(catalog: &Catalog, d: &EndpointDef, now: Timestamp, expand: &[String]) -> Value {
-    let public = catalog
-        .versions
-        .get(&(d.id.clone(), None))
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let first = public.first().map(|v| v.effective_from);
-    let in_force = public
-        .iter()
-        .rev()
-        .find(|v| v.effective_from <= now)
-        .map(|v| v.effective_from)
-        .or(first);
-    // Every catalog entry has a public price, so both times exist; the epoch is never shown.
-    let time = |t: Option<Timestamp>| rfc3339(t.unwrap_or_default());
-    let mut model = json!({
-        "endpoint_id": d.id.as_str(),
-        "metadata": {
-            "display_name": d.display_name,
-            "category": d.category,
-            "description": d.description,
-            "status": status_str(d.status),
-            "tags": [],
-            "updated_at": time(in_force),
-            "is_favorited": null,
-            "thumbnail_url": "",
-            "model_url": "",
-            "date": time(first),
-            "highlighted": false,
-            "pinned": false,
-        },
-    });
-    if expand.iter().any(|e| e == EXPAND_OPENAPI) {
-        model["openapi"] = expansion_error(
-            "not_available",
-            "tollgate holds prices, not model schemas: see the platform's documentation of this endpoint",
-        );
+impl FromQuery for ModelsParams {
+    fn names() -> Vec<String> {
+        names_of::<Self>()
     }
-    if expand.iter().any(|e| e == EXPAND_ENTERPRISE) {
-        model["enterprise_status"] = match d.status {
-            EndpointStatus::Active => json!("ready"),
-            EndpointStatus::Deprecated => {
-                expansion_error("deprecated", "this endpoint is deprecated")
+    fn from_query(q: &Query) -> Result<Self, ApiError> {
+        let status = match q.one("status")? {
+            None => None,
+            Some("active") => Some(ModelStatus::Active),
+            Some("deprecated") => Some(ModelStatus::Deprecated),
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "status",
+                    format!("status must be 'active' or 'deprecated', got '{other}'"),
+                ))
             }
         };
+        Ok(ModelsParams {
+            limit: q.limit(DEFAULT_LIMIT, MAX_LIMIT)?,
+            cursor: q.cursor()?,
+            endpoint_id: q.ids("endpoint_id", EndpointId::parse)?,
+            q: q.one("q")?.map(str::to_string),
+            category: q.one("category")?.map(str::to_string),
+            status,
+            expand: super::expand(q, &[EXPAND_OPENAPI, EXPAND_ENTERPRISE])?,
+        })
     }
-    model
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelMetadata {
+    display_name: String,
+    category: String,
+    description: String,
+    status: ModelStatus,
+    /// tollgate keeps no tags: always empty.
+    tags: Vec<String>,
+    /// When the endpoint's public price in force took effect.
+    updated_at: Time,
+    /// Always null: tollgate has no users to favour models.
+    is_favorited: Option<bool>,
+    /// Always empty: tollgate holds no thumbnails.
+    thumbnail_url: String,
+    /// Always empty.
+    model_url: String,
+    /// When the endpoint's first public price took effect.
+    date: Time,
+    highlighted: bool,
+    pinned: bool,
+}
+
+/// fal's form of an expansion that has no value.
+#[derive(Serialize, ToSchema)]
+pub struct ExpansionError {
+    error: ExpansionErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ExpansionErrorDetail {
+    code: &'static str,
+    message: &'static str,
+}
+
+impl ExpansionError {
+    fn new(code: &'static str, message: &'static str) -> Self {
+        ExpansionError {
+            error: ExpansionErrorDetail { code, message },
+        }
+    }
+}
+
+/// `ready`, or the error form for a deprecated endpoint.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum EnterpriseStatus {
+    #[schema(value_type = String, example = "ready")]
+    Ready(&'static str),
+    Error(ExpansionError),
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Model {
+    endpoint_id: EndpointId,
+    metadata: ModelMetadata,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    openapi: Option<ExpansionError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enterprise_status: Option<EnterpriseStatus>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelList {
+    models: Vec<Model>,
+    next_cursor: Option<String>,
+    has_more: bool,
+}
+
+/// Model search
+///
+/// Lists, finds (`endpoint_id`) and searches (`q`, `category`, `status`) the catalog's model
+/// endpoints, in `endpoint_id` order with keyset paging (`limit` default 50, at most 200).
+/// No key is needed; a key that is sent must be a valid customer key (`API` or `ADMIN`; 401
+/// or 403 otherwise). Metadata tollgate does not hold has its schema-valid empty value:
+/// `tags` `[]`, `thumbnail_url` and `model_url` `""`, `is_favorited` `null`, `highlighted` and
+/// `pinned` false; `date` is when the endpoint's first public price took effect and
+/// `updated_at` when its public price in force did. Unknown parameters answer 400.
+#[utoipa::path(
+    get, path = "/v1/models", tag = tags::FAL, operation_id = "getModels",
+    security((), ("Key" = ["API"])),
+    params(ModelsParams),
+    responses(CustomerErrors, (status = 200, description = "The models.", body = ModelList))
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    _: Option<Customer<Api>>,
+    Params(p): Params<ModelsParams>,
+) -> Result<axum::Json<ModelList>, ApiError> {
+    let catalog = state.engine.catalog();
+    let query = ModelsQuery {
+        endpoints: p.endpoint_id,
+        text: p.q,
+        category: p.category,
+        status: p.status.map(Into::into),
+        cursor: p.cursor,
+        limit: p.limit,
+    };
+    let page = tollgate_query::catalog::models(&catalog, &query, state.engine.now())?;
+    let openapi = p.expand.iter().any(|e| e == EXPAND_OPENAPI);
+    let enterprise = p.expand.iter().any(|e| e == EXPAND_ENTERPRISE);
+    let models = page
+        .items
+        .into_iter()
+        .map(|m| Model {
+            endpoint_id: m.def.id.clone(),
+            metadata: ModelMetadata {
+                display_name: m.def.display_name.clone(),
+                category: m.def.category.clone(),
+                description: m.def.description.clone(),
+                status: m.def.status.into(),
+                tags: Vec::new(),
+                updated_at: Time(m.updated_at),
+                is_favorited: None,
+                thumbnail_url: String::new(),
+                model_url: String::new(),
+                date: Time(m.date),
+                highlighted: false,
+                pinned: false,
+            },
+            openapi: openapi.then(|| {
+                ExpansionError::new(
+                    "not_available",
+                    "tollgate holds prices, not model schemas: see the platform's \
+                     documentation of this endpoint",
+                )
+            }),
+            enterprise_status: enterprise.then(|| match m.def.status {
+                EndpointStatus::Active => EnterpriseStatus::Ready("ready"),
+                EndpointStatus::Deprecated => EnterpriseStatus::Error(ExpansionError::new(
+                    "deprecated",
+                    "this endpoint is deprecated",
+                )),
+            }),
+        })
+        .collect();
+    let (next_cursor, has_more) = paging(page.next_cursor);
+    Ok(axum::Json(ModelList {
+        models,
+        next_cursor,
+        has_more,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
-// Prices
+// GET /v1/models/pricing
 
-/// What `account` pays per billable unit of `def` now, before its percent discount, and the
-/// unit's label: the base rate of the price version in force for it (its own, else the public
-/// one). `None` when no version is in force.
-fn unit_price(
-    catalog: &Catalog,
-    def: &EndpointDef,
-    account: &AccountId,
-    now: Timestamp,
-) -> Option<(Decimal, String)> {
-    let rule = &catalog.price_at(&def.id, account, now)?.rule;
-    let price = rule.headline_unit_price(catalog.machine_price(def.machine_type.as_ref()))?;
-    Some((price, rule.unit_label()))
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PricingParams {
+    /// 1-50 endpoint ids, repeated or comma-separated.
+    #[param(value_type = Vec<EndpointId>, style = Form, explode, min_items = 1, max_items = 50)]
+    endpoint_id: Vec<EndpointId>,
 }
 
-/// What `units` billable units of `def` cost the account now: units x its unit price, with its
-/// percent discount applied and rounded once to nano-USD, as a line item is (`Charge::new`).
-fn cost_of_units(
-    catalog: &Catalog,
-    def: &EndpointDef,
-    acct: &AccountState,
-    units: Decimal,
-    now: Timestamp,
-) -> Result<Option<Nanos>, MoneyError> {
-    let Some((unit_price, _)) = unit_price(catalog, def, &acct.credit.id, now) else {
-        return Ok(None);
-    };
-    let subtotal = units.checked_mul(unit_price).ok_or(MoneyError::Overflow)?;
-    let rated = Rated {
-        quantity: units,
-        unit_price,
-        subtotal,
-        blended: false,
-    };
-    Ok(Some(
-        Charge::new(&rated, percent_discount_at(acct, def, now))?.total_nanos,
-    ))
-}
-
-/// The endpoint's `hold_units` in the unit its price is shown in: a token price counts held
-/// tokens but is shown per `tokens.per` tokens (`1M tokens`); every other price holds billable
-/// units, the unit it is shown in.
-fn hold_units(
-    catalog: &Catalog,
-    def: &EndpointDef,
-    acct: &AccountState,
-    now: Timestamp,
-) -> Decimal {
-    let per = catalog
-        .price_at(&def.id, &acct.credit.id, now)
-        .and_then(|v| match (&v.rule.unit, &v.rule.tokens) {
-            (Unit::Token, Some(t)) => Some(t.per),
-            _ => None,
-        });
-    match per {
-        Some(per) if !per.is_zero() => def.hold_units / per,
-        _ => def.hold_units,
+impl FromQuery for PricingParams {
+    fn names() -> Vec<String> {
+        names_of::<Self>()
+    }
+    fn from_query(q: &Query) -> Result<Self, ApiError> {
+        let ids = q.ids("endpoint_id", EndpointId::parse)?;
+        if ids.is_empty() {
+            return Err(ApiError::invalid(
+                "endpoint_id",
+                format!("endpoint_id is required: give 1-{MAX_IDS} endpoint ids"),
+            ));
+        }
+        Ok(PricingParams { endpoint_id: ids })
     }
 }
 
-fn no_price(id: &EndpointId) -> ApiError {
-    ApiError::not_found(format!("{id} has no price in force")).with("field", "endpoint_id")
+#[derive(Serialize, ToSchema)]
+pub struct ModelPrice {
+    endpoint_id: EndpointId,
+    /// USD per unit, before the account's percent discount: the rule's base rate (rates that
+    /// depend on a request's output are not in it).
+    unit_price: Number,
+    unit: String,
+    #[schema(value_type = String, example = "USD")]
+    currency: &'static str,
 }
 
-/// `GET /v1/models/pricing?endpoint_id=...`: the caller's unit price of 1-50 endpoints, in the
-/// order asked. Any unknown id answers 404 naming every unknown id. All prices fit one page:
-/// `next_cursor` is null and `has_more` false.
+#[derive(Serialize, ToSchema)]
+pub struct ModelPricing {
+    /// Always null: every price fits one page.
+    next_cursor: Option<String>,
+    has_more: bool,
+    prices: Vec<ModelPrice>,
+}
+
+/// Pricing
+///
+/// The caller's unit price of 1-50 endpoints, in the order asked: the account's own price
+/// version when one is in force (enterprise pricing), else the public one, exactly as a
+/// request submitted now would be priced. The price shown is the rule's base rate per billable
+/// unit; attribute-conditional rates, multipliers, first blocks, add-ons, minimums and cost
+/// steps are not in it (they depend on a request's output). Any unknown id answers 404 naming
+/// every unknown id. Needs a customer key (`API` or `ADMIN`).
+#[utoipa::path(
+    get, path = "/v1/models/pricing", tag = tags::FAL, operation_id = "getPricing",
+    security(("Key" = ["API"])),
+    params(PricingParams),
+    responses(
+        CustomerErrors,
+        (status = 200, description = "The prices.", body = ModelPricing),
+        (status = 404, description = "`not_found`: an endpoint is not in the catalog (all \
+            are named), or has no price in force.", body = crate::error::ErrorResponse),
+    )
+)]
 pub async fn pricing(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
-    let (_, account) = customer(&state, &headers, Scope::Api).await?;
-    let query = Query::parse(raw.as_deref(), &["endpoint_id"])?;
-    let ids = query.list("endpoint_id", MAX_IDS)?;
-    if ids.is_empty() {
-        return Err(ApiError::validation(format!(
-            "endpoint_id is required: give 1-{MAX_IDS} endpoint ids"
-        ))
-        .with("field", "endpoint_id"));
-    }
-    let catalog = state.engine.catalog();
-    let now = state.engine.now();
-    let defs: Vec<Option<&EndpointDef>> = ids
-        .iter()
-        .map(|id| {
-            EndpointId::parse(id)
-                .ok()
-                .and_then(|id| catalog.endpoints.get(&id))
-        })
-        .collect();
-    let unknown: Vec<&str> = ids
-        .iter()
-        .zip(&defs)
-        .filter(|(_, d)| d.is_none())
-        .map(|(id, _)| id.as_str())
-        .collect();
-    if !unknown.is_empty() {
-        return Err(
-            ApiError::not_found(format!("unknown endpoint_id: {}", unknown.join(", ")))
-                .with("field", "endpoint_id"),
-        );
-    }
-    let mut prices = Vec::with_capacity(defs.len());
-    for def in defs.into_iter().flatten() {
-        let (price, unit) =
-            unit_price(&catalog, def, &account, now).ok_or_else(|| no_price(&def.id))?;
-        prices.push(json!({
-            "endpoint_id": def.id.as_str(),
-            "unit_price": Number(price),
-            "unit": unit,
-            "currency": "USD",
-        }));
-    }
-    Ok(Json(json!({
-        "next_cursor": null,
-        "has_more": false,
-        "prices": prices,
-    })))
+    who: Customer<Api>,
+    Params(p): Params<PricingParams>,
+) -> Result<axum::Json<ModelPricing>, ApiError> {
+    let prices =
+        tollgate_query::prices::list_prices(&state.engine, &who.account, &p.endpoint_id).await?;
+    Ok(axum::Json(ModelPricing {
+        next_cursor: None,
+        has_more: false,
+        prices: prices
+            .into_iter()
+            .map(|(endpoint_id, p)| ModelPrice {
+                endpoint_id,
+                unit_price: Number(p.unit_price),
+                unit: p.unit,
+                currency: "USD",
+            })
+            .collect(),
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
 // POST /v1/models/pricing/estimate
 
-/// A parsed estimate request: per endpoint, the units (`unit_price`) or calls
-/// (`historical_api_price`) to price.
-enum Estimate {
-    UnitPrice(Vec<(EndpointDef, Decimal)>),
-    Historical(Vec<(EndpointDef, u64)>),
+/// `estimate_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EstimateType {
+    /// Calls x the account's average billed cost per request.
+    HistoricalApiPrice,
+    /// Units x the account's unit price.
+    UnitPrice,
 }
 
-impl Estimate {
-    fn kind(&self) -> &'static str {
+impl EstimateType {
+    fn quantity_field(self) -> &'static str {
         match self {
-            Estimate::UnitPrice(_) => "unit_price",
-            Estimate::Historical(_) => "historical_api_price",
-        }
-    }
-
-    /// Parses and checks the whole body before anything is read: the shape is fal's `oneOf`,
-    /// unknown fields are refused (a misspelt quantity must not price as nothing), every
-    /// endpoint must be in the catalog, and each error names its field path, e.g.
-    /// `endpoints.fal-ai/flux/dev.unit_quantity`.
-    fn parse(body: &[u8], catalog: &Catalog) -> Result<Estimate, ApiError> {
-        let invalid = |field: &str, message: String| {
-            ApiError::validation(format!("`{field}` {message}")).with("field", field)
-        };
-        let body: Value = parse_json(body)?;
-        let Value::Object(fields) = body else {
-            return Err(ApiError::validation("the body must be a JSON object"));
-        };
-        if let Some(other) = fields
-            .keys()
-            .find(|k| !["estimate_type", "endpoints"].contains(&k.as_str()))
-        {
-            return Err(invalid(
-                other,
-                "is not a field of an estimate (estimate_type, endpoints)".into(),
-            ));
-        }
-        let kind = match fields.get("estimate_type") {
-            Some(Value::String(s)) if s == "unit_price" || s == "historical_api_price" => {
-                s.as_str()
-            }
-            Some(other) => {
-                return Err(invalid(
-                    "estimate_type",
-                    format!("must be 'unit_price' or 'historical_api_price', got {other}"),
-                ))
-            }
-            None => return Err(invalid("estimate_type", "is required".into())),
-        };
-        let quantity_field = match kind {
-            "unit_price" => "unit_quantity",
-            _ => "call_quantity",
-        };
-        let endpoints = match fields.get("endpoints") {
-            Some(Value::Object(m)) => m,
-            Some(_) => {
-                return Err(invalid(
-                    "endpoints",
-                    format!("must be an object of endpoint ids to {{\"{quantity_field}\": ...}}"),
-                ))
-            }
-            None => return Err(invalid("endpoints", "is required".into())),
-        };
-        if endpoints.is_empty() || endpoints.len() > MAX_IDS {
-            return Err(invalid(
-                "endpoints",
-                format!("must name 1-{MAX_IDS} endpoints, got {}", endpoints.len()),
-            ));
-        }
-        let mut lines = Vec::with_capacity(endpoints.len());
-        for (id, spec) in endpoints {
-            let path = format!("endpoints.{id}");
-            let def = EndpointId::parse(id)
-                .ok()
-                .and_then(|id| catalog.endpoints.get(&id))
-                .ok_or_else(|| invalid(&path, "is not an endpoint of the catalog".into()))?;
-            let Value::Object(spec) = spec else {
-                return Err(invalid(
-                    &path,
-                    format!("must be an object {{\"{quantity_field}\": ...}}"),
-                ));
-            };
-            if let Some(other) = spec.keys().find(|k| *k != quantity_field) {
-                return Err(invalid(
-                    &format!("{path}.{other}"),
-                    format!("is not a field of a {kind} estimate (it takes {quantity_field})"),
-                ));
-            }
-            let field = format!("{path}.{quantity_field}");
-            let quantity = match spec.get(quantity_field) {
-                Some(Value::Number(n)) => {
-                    let text = n.to_string();
-                    Decimal::from_str(&text)
-                        .or_else(|_| Decimal::from_scientific(&text))
-                        .map_err(|_| invalid(&field, format!("is out of range: {text}")))?
-                }
-                Some(other) => {
-                    return Err(invalid(&field, format!("must be a number, got {other}")))
-                }
-                None => return Err(invalid(&field, "is required".into())),
-            };
-            lines.push((def.clone(), quantity, field));
-        }
-        if kind == "unit_price" {
-            let mut out = Vec::with_capacity(lines.len());
-            for (def, q, field) in lines {
-                if q < MIN_UNIT_QUANTITY {
-                    return Err(invalid(
-                        &field,
-                        format!("must be at least 0.000001, got {q}"),
-                    ));
-                }
-                out.push((def, q));
-            }
-            Ok(Estimate::UnitPrice(out))
-        } else {
-            let mut out = Vec::with_capacity(lines.len());
-            for (def, q, field) in lines {
-                let calls = Some(q)
-                    .filter(|q| q.fract().is_zero() && *q >= Decimal::ONE)
-                    .and_then(|q| q.to_u64())
-                    .ok_or_else(|| {
-                        invalid(&field, format!("must be an integer of at least 1, got {q}"))
-                    })?;
-                out.push((def, calls));
-            }
-            Ok(Estimate::Historical(out))
+            EstimateType::UnitPrice => "unit_quantity",
+            EstimateType::HistoricalApiPrice => "call_quantity",
         }
     }
 }
 
-/// `POST /v1/models/pricing/estimate`: what the caller's account would pay, in total.
+/// A JSON number read through its shortest text (fal's quantities are numbers, not strings).
+fn number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+    struct V;
+    impl de::Visitor<'_> for V {
+        type Value = Decimal;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a number")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Decimal, E> {
+            Ok(Decimal::from(v))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Decimal, E> {
+            Ok(Decimal::from(v))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Decimal, E> {
+            tollgate_core::decimal::parse(&format!("{v}"))
+                .map_err(|_| E::custom(format!("{v} is out of range")))
+        }
+    }
+    d.deserialize_any(V).map(Some)
+}
+
+/// One endpoint of an estimate: the quantity its type takes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Quantity {
+    #[serde(default, deserialize_with = "number")]
+    unit_quantity: Option<Decimal>,
+    #[serde(default, deserialize_with = "number")]
+    call_quantity: Option<Decimal>,
+}
+
+/// The body as read; [`EstimateBody::estimate`] checks it against its type.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EstimateBody {
+    estimate_type: EstimateType,
+    endpoints: BTreeMap<String, Quantity>,
+}
+
+impl EstimateBody {
+    /// The estimate asked for; each refusal names its field path, e.g.
+    /// `endpoints.fal-ai/flux/dev.unit_quantity`.
+    fn estimate(self) -> Result<Estimate, ApiError> {
+        let kind = self.estimate_type;
+        let wanted = kind.quantity_field();
+        if self.endpoints.is_empty() || self.endpoints.len() > MAX_IDS {
+            return Err(ApiError::invalid(
+                "endpoints",
+                format!(
+                    "`endpoints` must name 1-{MAX_IDS} endpoints, got {}",
+                    self.endpoints.len()
+                ),
+            ));
+        }
+        let mut units = Vec::new();
+        let mut calls = Vec::new();
+        for (id, q) in self.endpoints {
+            let path = format!("endpoints.{id}");
+            let endpoint = EndpointId::parse(&id).map_err(|e| {
+                ApiError::invalid(&path, format!("`{path}` is not an endpoint id: {e}"))
+            })?;
+            let (quantity, other) = match kind {
+                EstimateType::UnitPrice => (q.unit_quantity, q.call_quantity),
+                EstimateType::HistoricalApiPrice => (q.call_quantity, q.unit_quantity),
+            };
+            if other.is_some() {
+                let other_field = match kind {
+                    EstimateType::UnitPrice => "call_quantity",
+                    EstimateType::HistoricalApiPrice => "unit_quantity",
+                };
+                let field = format!("{path}.{other_field}");
+                return Err(ApiError::invalid(
+                    &field,
+                    format!("`{field}` is not a field of this estimate (it takes {wanted})"),
+                ));
+            }
+            let field = format!("{path}.{wanted}");
+            let q = quantity
+                .ok_or_else(|| ApiError::invalid(&field, format!("`{field}` is required")))?;
+            match kind {
+                EstimateType::UnitPrice if q < MIN_UNIT_QUANTITY => {
+                    return Err(ApiError::invalid(
+                        &field,
+                        format!("`{field}` must be at least 0.000001, got {q}"),
+                    ))
+                }
+                EstimateType::UnitPrice => units.push((endpoint, q)),
+                EstimateType::HistoricalApiPrice => {
+                    let n = Some(q)
+                        .filter(|q| q.fract().is_zero() && *q >= Decimal::ONE)
+                        .and_then(|q| u64::try_from(q).ok())
+                        .ok_or_else(|| {
+                            ApiError::invalid(
+                                &field,
+                                format!("`{field}` must be an integer of at least 1, got {q}"),
+                            )
+                        })?;
+                    calls.push((endpoint, n));
+                }
+            }
+        }
+        Ok(match kind {
+            EstimateType::UnitPrice => Estimate::UnitPrice(units),
+            EstimateType::HistoricalApiPrice => Estimate::Historical(calls),
+        })
+    }
+}
+
+/// The documented shape of an estimate: fal's `oneOf`. (It is read as [`EstimateBody`],
+/// whose errors can name the field at fault.)
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum PricingEstimateRequest {
+    Historical(HistoricalEstimate),
+    Units(UnitEstimate),
+}
+
+/// Calls of each endpoint at the account's average billed cost per request.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct HistoricalEstimate {
+    #[schema(inline)]
+    estimate_type: HistoricalTag,
+    /// Endpoint ids to call quantities (1-50 endpoints).
+    endpoints: BTreeMap<String, CallQuantity>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum HistoricalTag {
+    HistoricalApiPrice,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct CallQuantity {
+    /// Number of API calls to estimate.
+    #[schema(minimum = 1)]
+    call_quantity: u64,
+}
+
+/// Units of each endpoint at the account's unit price.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct UnitEstimate {
+    #[schema(inline)]
+    estimate_type: UnitTag,
+    /// Endpoint ids to unit quantities (1-50 endpoints).
+    endpoints: BTreeMap<String, UnitQuantity>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum UnitTag {
+    UnitPrice,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct UnitQuantity {
+    /// Billing units expected (images, seconds, 1M tokens, ...).
+    #[schema(minimum = 0.000001)]
+    unit_quantity: f64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PricingEstimate {
+    estimate_type: EstimateType,
+    /// Total estimated cost across all endpoints, USD.
+    total_cost: Number,
+    #[schema(value_type = String, example = "USD")]
+    currency: &'static str,
+    /// tollgate's extension: `total_cost` exactly, in nano-USD.
+    total_cost_nano_usd: i64,
+}
+
+/// Pricing estimate
+///
+/// What the caller's account would pay, in total.
 ///
 /// - `unit_price`: per endpoint, `unit_quantity` x the account's unit price (as
 ///   `GET /v1/models/pricing` shows it), with its percent discount applied and rounded to
 ///   nano-USD as a line item is; the endpoint totals are summed exactly.
-/// - `historical_api_price`: per endpoint, `call_quantity` x the account's average billed cost
-///   per request over the last [`HISTORY_WINDOW_DAYS`] days (total / requests, rounded up to
-///   the nano-USD). With no billed request in that window, the cost of the endpoint's
-///   `hold_units` at the account's unit price and discount stands in for a request.
+/// - `historical_api_price`: per endpoint, `call_quantity` x the account's average billed
+///   cost per request over the last 30 days (total / requests, rounded up to the nano-USD).
+///   With no billed request in that window, the cost of the endpoint's `hold_units` at the
+///   account's unit price and discount stands in for a request.
 ///
-/// `total_cost` is USD; `total_cost_nano_usd` (a tollgate extension) is the same exactly.
+/// The whole body is checked before anything is read: unknown fields are refused (a misspelt
+/// quantity must not price as nothing), every endpoint must be in the catalog, and each error
+/// names its field path (`endpoints.fal-ai/flux/dev.unit_quantity`). Needs a customer key
+/// (`API` or `ADMIN`).
+#[utoipa::path(
+    post, path = "/v1/models/pricing/estimate", tag = tags::FAL, operation_id = "estimatePricing",
+    security(("Key" = ["API"])),
+    request_body = PricingEstimateRequest,
+    responses(
+        CustomerErrors,
+        (status = 200, description = "The estimate.", body = PricingEstimate),
+        (status = 404, description = "`not_found`: an endpoint has no price in force.",
+            body = crate::error::ErrorResponse),
+    )
+)]
 pub async fn estimate(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let (_, account) = customer(&state, &headers, Scope::Api).await?;
-    let catalog = state.engine.catalog();
-    let estimate = Estimate::parse(&body, &catalog)?;
-    let now = state.engine.now();
-    let row = account_row(&state, &account).await?;
-    let acct = &row.state;
-    let overflow = |def: &EndpointDef, field: &str| {
-        let path = format!("endpoints.{}.{field}", def.id);
-        ApiError::validation(format!("`{path}` is too large: the estimate overflows"))
-            .with("field", path)
-    };
-    let mut total = Nanos::ZERO;
-    match &estimate {
-        Estimate::UnitPrice(lines) => {
-            for (def, units) in lines {
-                let cost = cost_of_units(&catalog, def, acct, *units, now)
-                    .map_err(|_| overflow(def, "unit_quantity"))?
-                    .ok_or_else(|| no_price(&def.id))?;
-                total = total
-                    .checked_add(cost)
-                    .map_err(|_| overflow(def, "unit_quantity"))?;
+    who: Customer<Api>,
+    Json(body): Json<EstimateBody>,
+) -> Result<axum::Json<PricingEstimate>, ApiError> {
+    let kind = body.estimate_type;
+    let estimate = body.estimate()?;
+    let total = tollgate_query::prices::estimate(&state.engine, &who.account, &estimate)
+        .await
+        .map_err(|e| match e {
+            QueryError::UnknownEndpoints(ids) => {
+                let path = format!("endpoints.{}", ids[0]);
+                ApiError::invalid(&path, format!("`{path}` is not an endpoint of the catalog"))
             }
-        }
-        Estimate::Historical(lines) => {
-            let since = now.minus_ms(HISTORY_WINDOW_DAYS * MS_PER_DAY);
-            let endpoints: Vec<EndpointId> = lines.iter().map(|(d, _)| d.id.clone()).collect();
-            let history = state
-                .engine
-                .read(move |r| {
-                    endpoints
-                        .iter()
-                        .map(|e| r.endpoint_history(&account, e, since, now))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .await?;
-            for ((def, calls), (billed_calls, billed)) in lines.iter().zip(history) {
-                let per_call = if billed_calls > 0 {
-                    average_rounded_up(billed, billed_calls)
-                } else {
-                    cost_of_units(
-                        &catalog,
-                        def,
-                        acct,
-                        hold_units(&catalog, def, acct, now),
-                        now,
-                    )
-                    .map_err(|_| overflow(def, "call_quantity"))?
-                    .ok_or_else(|| no_price(&def.id))?
-                };
-                let cost = u128::try_from(per_call.0)
-                    .ok()
-                    .and_then(|p| p.checked_mul(u128::from(*calls)))
-                    .and_then(|c| i64::try_from(c).ok())
-                    .map(Nanos)
-                    .ok_or_else(|| overflow(def, "call_quantity"))?;
-                total = total
-                    .checked_add(cost)
-                    .map_err(|_| overflow(def, "call_quantity"))?;
+            QueryError::Overflow(id) => {
+                let path = format!("endpoints.{id}.{}", kind.quantity_field());
+                ApiError::invalid(
+                    &path,
+                    format!("`{path}` is too large: the estimate overflows"),
+                )
             }
-        }
-    }
-    Ok(Json(json!({
-        "estimate_type": estimate.kind(),
-        "total_cost": Number::usd(total),
-        "currency": "USD",
-        "total_cost_nano_usd": total.0,
-    })))
-}
-
-/// `total / calls`, rounded up to the nano-USD (an average never understates a request).
-fn average_rounded_up(total: Nanos, calls: u64) -> Nanos {
-    let total = u128::try_from(total.0).unwrap_or(0);
-    let average = total.div_ceil(u128::from(calls));
-    // At most `total`, which fits.
-    Nanos(i64::try_from(average).unwrap_or(i64::MAX))
+            other => other.into(),
+        })?;
+    Ok(axum::Json(PricingEstimate {
+        estimate_type: kind,
+        total_cost: Number::usd(total),
+        currency: "USD",
+        total_cost_nano_usd: total.0,
+    }))
 }

@@ -2,9 +2,7 @@
 //! database, reqwest as the client. Every amount is asserted exactly, in nano-USD, and every
 //! test ends by checking that the ledger reconciles.
 
-mod common;
-
-use common::{d, dec, image, int, millis, new_id, now_rfc3339, Body, TestApp, USD};
+use crate::harness::{d, dec, image, int, millis, new_id, now_rfc3339, Body, TestApp, USD};
 use futures::future::join_all;
 use reqwest::Method;
 use rust_decimal::Decimal;
@@ -1456,7 +1454,7 @@ async fn buy(
     amount: &str,
     kind: &str,
     expires_at: Option<&str>,
-) -> common::Resp {
+) -> crate::harness::Resp {
     let mut body = json!({ "purchase_id": purchase_id, "amount_usd": amount, "kind": kind });
     if let Some(at) = expires_at {
         body["expires_at"] = json!(at);

@@ -16,10 +16,6 @@ use chrono::{
 use chrono_tz::Tz;
 use tollgate_core::Timestamp;
 
-use crate::error::ApiError;
-use crate::platform::params::Query;
-use serde_json::Value;
-
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 60 * MINUTE_MS;
 const DAY_MS: i64 = 24 * HOUR_MS;
@@ -105,6 +101,14 @@ pub struct Range {
     pub timeframe: Timeframe,
 }
 
+/// One bucket of a time series: its label (the aligned start in the range's zone, with its
+/// offset) and its rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeriesBucket<R> {
+    pub bucket: String,
+    pub results: Vec<R>,
+}
+
 /// One time-series bucket, clipped to the range.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bucket {
@@ -114,47 +118,134 @@ pub struct Bucket {
     pub label: String,
 }
 
-/// Reads `start`, `end`, `timezone`, `timeframe` and `bound_to_timeframe` from the query (each
-/// error names its parameter); see the module doc for the rules. `now` is the default `end`.
-pub fn resolve(q: &Query, now: Timestamp) -> Result<Range, ApiError> {
-    let tz = match q.one("timezone")? {
-        None => Tz::UTC,
-        Some(name) => name.trim().parse::<Tz>().map_err(|_| {
-            ApiError::validation(format!(
-                "unknown timezone '{name}': use an IANA name such as 'UTC' or 'America/New_York'"
-            ))
-            .with("field", "timezone")
-        })?,
-    };
-    let end = match q.one("end")? {
-        Some(text) => parse_instant(text, tz, "end")?,
+/// Why a range cannot be resolved, naming the parameter at fault.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RangeError {
+    /// `start`, `end`, `timezone`, `timeframe` or `bound_to_timeframe`.
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl RangeError {
+    fn new(field: &'static str, message: impl Into<String>) -> RangeError {
+        RangeError {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// A `start` or `end` as written: an instant, or a calendar date that means local midnight in
+/// the range's time zone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Moment {
+    At(Timestamp),
+    Date(NaiveDate),
+}
+
+impl Moment {
+    /// Parses an RFC 3339 date-time with any offset (`2025-01-01T00:00:00Z`), or a plain date
+    /// `YYYY-MM-DD`. An offset whose `+` arrived as a space (an unescaped `+` in a query string
+    /// is form-decoded to a space) is read back as `+`.
+    pub fn parse(text: &str) -> Result<Moment, String> {
+        let text = text.trim();
+        let bad = || {
+            format!(
+                "must be an ISO 8601 date-time with offset (2025-01-01T00:00:00Z) or a date \
+                 (2025-01-01), got '{text}'"
+            )
+        };
+        if is_plain_date(text) {
+            return NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .map(Moment::Date)
+                .map_err(|_| bad());
+        }
+        let parsed = DateTime::parse_from_rfc3339(text).or_else(|e| match text.rfind(' ') {
+            Some(i) if i > 10 => {
+                DateTime::parse_from_rfc3339(&format!("{}+{}", &text[..i], &text[i + 1..]))
+            }
+            _ => Err(e),
+        });
+        parsed
+            .map(|d| Moment::At(Timestamp(d.timestamp_millis())))
+            .map_err(|_| bad())
+    }
+
+    /// The instant this moment names in `tz`, within the years tollgate accepts.
+    pub fn resolve(self, tz: Tz, field: &'static str) -> Result<Timestamp, RangeError> {
+        let t = match self {
+            Moment::At(t) => t,
+            Moment::Date(d) => instant_of_local(tz, d.and_time(NaiveTime::MIN), None),
+        };
+        if !(MIN_INSTANT_MS..MAX_INSTANT_MS).contains(&t.0) {
+            return Err(RangeError::new(
+                field,
+                format!("{field} must be between 1970-01-01 and 9998-12-31"),
+            ));
+        }
+        Ok(t)
+    }
+}
+
+/// An IANA time zone name (`UTC`, `America/New_York`).
+pub fn parse_timezone(name: &str) -> Result<Tz, String> {
+    name.trim().parse::<Tz>().map_err(|_| {
+        format!("unknown timezone '{name}': use an IANA name such as 'UTC' or 'America/New_York'")
+    })
+}
+
+/// What a caller asked for: fal's `start`, `end`, `timezone`, `timeframe` and
+/// `bound_to_timeframe`, parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RangeSpec {
+    /// Default: `end` minus one day.
+    pub start: Option<Moment>,
+    /// Default: now.
+    pub end: Option<Moment>,
+    pub tz: Tz,
+    /// Default: fal's pick by the length of the range ([`Timeframe::auto`]).
+    pub timeframe: Option<Timeframe>,
+    /// Snap `start` and `end` out to bucket edges (fal's default: true).
+    pub bound_to_timeframe: bool,
+}
+
+impl Default for RangeSpec {
+    fn default() -> Self {
+        RangeSpec {
+            start: None,
+            end: None,
+            tz: Tz::UTC,
+            timeframe: None,
+            bound_to_timeframe: true,
+        }
+    }
+}
+
+/// Resolves a range by the rules of the module documentation; `now` is the default `end`.
+pub fn resolve(spec: &RangeSpec, now: Timestamp) -> Result<Range, RangeError> {
+    let tz = spec.tz;
+    let end = match spec.end {
+        Some(m) => m.resolve(tz, "end")?,
         None => now,
     };
-    let start = match q.one("start")? {
-        Some(text) => parse_instant(text, tz, "start")?,
+    let start = match spec.start {
+        Some(m) => m.resolve(tz, "start")?,
         None => end.minus_ms(DAY_MS),
     };
-    let timeframe = match q.one("timeframe")? {
-        Some(text) => Timeframe::parse(text).ok_or_else(|| {
-            ApiError::validation(format!(
-                "unknown timeframe '{text}'; allowed: minute, hour, day, week, month"
-            ))
-            .with("field", "timeframe")
-        })?,
-        None => Timeframe::auto(end.0 - start.0),
-    };
-    let bound = q.flag("bound_to_timeframe", true)?;
+    let timeframe = spec
+        .timeframe
+        .unwrap_or_else(|| Timeframe::auto(end.0 - start.0));
     if start >= end {
         return Err(start_not_before_end());
     }
-
     let mut range = Range {
         start,
         end,
         tz,
         timeframe,
     };
-    if bound {
+    if spec.bound_to_timeframe {
         range.start = range.bucket_start(start);
         let last = range.bucket_start(end);
         range.end = if last == end {
@@ -170,12 +261,14 @@ pub fn resolve(q: &Query, now: Timestamp) -> Result<Range, ApiError> {
         return Err(start_not_before_end());
     }
     if (range.end.0 - range.start.0) / timeframe.nominal_ms() > MAX_BUCKETS {
-        return Err(ApiError::validation(format!(
-            "a {} timeframe over this range makes more than {MAX_BUCKETS} buckets; \
-             choose a coarser timeframe or a shorter range",
-            timeframe.as_str()
-        ))
-        .with("field", "timeframe"));
+        return Err(RangeError::new(
+            "timeframe",
+            format!(
+                "a {} timeframe over this range makes more than {MAX_BUCKETS} buckets; \
+                 choose a coarser timeframe or a shorter range",
+                timeframe.as_str()
+            ),
+        ));
     }
     Ok(range)
 }
@@ -203,14 +296,15 @@ impl Range {
         .take_while(|(aligned, _)| *aligned < self.end)
     }
 
-    /// fal's `time_series` of one page of rows keyed by (bucket start, group), in order: each
-    /// bucket once, labelled with its start in the range's zone, holding its rows' renderings.
-    pub fn time_series<'a, G: 'a, T: 'a>(
+    /// One page of rows keyed by (bucket start, group), in order, as fal's `time_series`:
+    /// each bucket once, labelled with its start in the range's zone, holding its rows'
+    /// renderings.
+    pub fn time_series<'a, G: 'a, T: 'a, R>(
         &self,
         rows: impl IntoIterator<Item = (&'a (Timestamp, G), &'a T)>,
-        render: impl Fn(&G, &T) -> Value,
-    ) -> Vec<Value> {
-        let mut series: Vec<(Timestamp, Vec<Value>)> = Vec::new();
+        render: impl Fn(&G, &T) -> R,
+    ) -> Vec<SeriesBucket<R>> {
+        let mut series: Vec<(Timestamp, Vec<R>)> = Vec::new();
         for ((start, group), totals) in rows {
             match series.last_mut() {
                 Some((current, results)) if current == start => results.push(render(group, totals)),
@@ -219,8 +313,9 @@ impl Range {
         }
         series
             .into_iter()
-            .map(|(start, results)| {
-                serde_json::json!({ "bucket": label(start, self.tz), "results": results })
+            .map(|(start, results)| SeriesBucket {
+                bucket: label(start, self.tz),
+                results,
             })
             .collect()
     }
@@ -308,8 +403,8 @@ pub fn label(t: Timestamp, tz: Tz) -> String {
     }
 }
 
-fn start_not_before_end() -> ApiError {
-    ApiError::validation("start must be before end (end is exclusive)").with("field", "start")
+fn start_not_before_end() -> RangeError {
+    RangeError::new("start", "start must be before end (end is exclusive)")
 }
 
 fn floor_minute(t: Timestamp) -> Timestamp {
@@ -320,50 +415,6 @@ fn floor_minute(t: Timestamp) -> Timestamp {
 /// rendering never leave chrono's range.
 const MIN_INSTANT_MS: i64 = 0;
 const MAX_INSTANT_MS: i64 = 253_370_764_800_000; // 9999-01-01T00:00:00Z
-
-/// An exact instant parameter (billing events' `start`/`end`, which take no time zone and are
-/// not snapped): a date-time with offset, or a date meaning midnight UTC.
-pub fn instant(q: &Query, name: &str) -> Result<Option<Timestamp>, ApiError> {
-    q.one(name)?
-        .map(|text| parse_instant(text, Tz::UTC, name))
-        .transpose()
-}
-
-/// Parses a `start`/`end` value: an RFC 3339 date-time with any offset, or a plain date
-/// `YYYY-MM-DD` meaning local midnight in `tz`.
-fn parse_instant(text: &str, tz: Tz, field: &str) -> Result<Timestamp, ApiError> {
-    let bad = || {
-        ApiError::validation(format!(
-            "{field} must be an ISO 8601 date-time with offset (2025-01-01T00:00:00Z) \
-             or a date (2025-01-01), got '{text}'"
-        ))
-        .with("field", field)
-    };
-    let text_trimmed = text.trim();
-    let ms = if is_plain_date(text_trimmed) {
-        let date = NaiveDate::parse_from_str(text_trimmed, "%Y-%m-%d").map_err(|_| bad())?;
-        instant_of_local(tz, date.and_time(NaiveTime::MIN), None).0
-    } else {
-        let parsed = DateTime::parse_from_rfc3339(text_trimmed).or_else(|e| {
-            // An unescaped '+' in an offset arrives as a space (form decoding): read it back.
-            match text_trimmed.rfind(' ') {
-                Some(i) if i > 10 => {
-                    let fixed = format!("{}+{}", &text_trimmed[..i], &text_trimmed[i + 1..]);
-                    DateTime::parse_from_rfc3339(&fixed)
-                }
-                _ => Err(e),
-            }
-        });
-        parsed.map_err(|_| bad())?.timestamp_millis()
-    };
-    if !(MIN_INSTANT_MS..MAX_INSTANT_MS).contains(&ms) {
-        return Err(ApiError::validation(format!(
-            "{field} must be between 1970-01-01 and 9998-12-31, got '{text}'"
-        ))
-        .with("field", field));
-    }
-    Ok(Timestamp(ms))
-}
 
 fn is_plain_date(text: &str) -> bool {
     let b = text.as_bytes();
@@ -424,15 +475,6 @@ fn first_instant_at_or_after(tz: Tz, local: NaiveDateTime) -> Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    const ALLOWED: &[&str] = &[
-        "start",
-        "end",
-        "timezone",
-        "timeframe",
-        "bound_to_timeframe",
-    ];
 
     /// Milliseconds of an RFC 3339 string (test inputs are valid).
     fn ts(text: &str) -> Timestamp {
@@ -443,19 +485,38 @@ mod tests {
         )
     }
 
-    fn resolve_raw(raw: &str) -> Result<Range, ApiError> {
-        let q = Query::parse(Some(raw), ALLOWED).expect("known parameters");
-        resolve(&q, ts("2025-01-15T12:34:56.789Z"))
+    /// Parses `a=x&b=y` as the HTTP edge does (the only escapes test inputs use are `+` for
+    /// a space and `%2B` for `+`) and resolves it: a refusal names the parameter at fault.
+    fn resolve_raw(raw: &str) -> Result<Range, &'static str> {
+        let mut spec = RangeSpec::default();
+        for pair in raw.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').expect("name=value");
+            let v = v.replace('+', " ").replace("%2B", "+");
+            let v = v.as_str();
+            match k {
+                "start" => spec.start = Some(Moment::parse(v).map_err(|_| "start")?),
+                "end" => spec.end = Some(Moment::parse(v).map_err(|_| "end")?),
+                "timezone" => spec.tz = parse_timezone(v).map_err(|_| "timezone")?,
+                "timeframe" => spec.timeframe = Some(Timeframe::parse(v).ok_or("timeframe")?),
+                "bound_to_timeframe" => {
+                    spec.bound_to_timeframe = match v {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err("bound_to_timeframe"),
+                    }
+                }
+                other => panic!("unknown test parameter {other}"),
+            }
+        }
+        resolve(&spec, ts("2025-01-15T12:34:56.789Z")).map_err(|e| e.field)
     }
 
     fn range(raw: &str) -> Range {
         resolve_raw(raw).expect("resolves")
     }
 
-    fn field_of(raw: &str) -> serde_json::Value {
-        let e = resolve_raw(raw).expect_err("refused");
-        assert_eq!(e.kind, "validation_error");
-        e.extra.get("field").cloned().unwrap_or(json!(null))
+    fn field_of(raw: &str) -> &'static str {
+        resolve_raw(raw).expect_err("refused")
     }
 
     fn labels(r: &Range) -> Vec<String> {
@@ -702,31 +763,28 @@ mod tests {
 
     #[test]
     fn bad_inputs_name_their_parameter() {
-        assert_eq!(field_of("start=2025-01-02&end=2025-01-01"), json!("start"));
+        assert_eq!(field_of("start=2025-01-02&end=2025-01-01"), "start");
         assert_eq!(
             field_of("start=2025-01-01T00:00:00Z&end=2025-01-01T00:00:00Z"),
-            json!("start")
+            "start"
         );
         assert_eq!(
             field_of(
                 "start=2025-01-01T00:00:10Z&end=2025-01-01T00:00:50Z&bound_to_timeframe=false"
             ),
-            json!("start")
+            "start"
         );
-        assert_eq!(field_of("timezone=Mars/Olympus"), json!("timezone"));
-        assert_eq!(field_of("timezone=EST5"), json!("timezone"));
-        assert_eq!(field_of("start=yesterday"), json!("start"));
-        assert_eq!(field_of("end=2025-13-01"), json!("end"));
-        assert_eq!(field_of("end=2025-01-01T00:00:00"), json!("end"));
-        assert_eq!(field_of("start=1969-12-31"), json!("start"));
-        assert_eq!(field_of("timeframe=year"), json!("timeframe"));
-        assert_eq!(
-            field_of("bound_to_timeframe=yes"),
-            json!("bound_to_timeframe")
-        );
+        assert_eq!(field_of("timezone=Mars/Olympus"), "timezone");
+        assert_eq!(field_of("timezone=EST5"), "timezone");
+        assert_eq!(field_of("start=yesterday"), "start");
+        assert_eq!(field_of("end=2025-13-01"), "end");
+        assert_eq!(field_of("end=2025-01-01T00:00:00"), "end");
+        assert_eq!(field_of("start=1969-12-31"), "start");
+        assert_eq!(field_of("timeframe=year"), "timeframe");
+        assert_eq!(field_of("bound_to_timeframe=yes"), "bound_to_timeframe");
         assert_eq!(
             field_of("start=2020-01-01&end=2025-01-01&timeframe=minute"),
-            json!("timeframe")
+            "timeframe"
         );
     }
 

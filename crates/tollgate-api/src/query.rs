@@ -1,4 +1,4 @@
-//! Query-string parsing shared by every Platform API handler.
+//! Query strings, read the way fal's clients write them.
 //!
 //! fal's clients send lists either repeated (`?endpoint_id=a&endpoint_id=b`), comma-separated
 //! (`?endpoint_id=a,b`) or in the bracket form some HTTP libraries produce (`?expand[]=x`), and
@@ -6,10 +6,8 @@
 //! of those spellings behave the same everywhere, and so that every bad parameter is answered
 //! with a `validation_error` naming it (`"field": "<name>"`) before anything is read or written.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-
 use crate::error::ApiError;
+use tollgate_query::Cursor;
 
 /// fal's bound on the ids one list parameter may name (`endpoint_id`, `request_id`,
 /// `api_key_id`, `login_username`: 1-50).
@@ -157,51 +155,28 @@ impl Query {
         }
     }
 
-    /// The `cursor` parameter decoded with [`decode_cursor`]; absent -> None (first page).
-    pub fn cursor<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, ApiError> {
-        self.one("cursor")?.map(decode_cursor).transpose()
+    /// The `cursor` parameter, as the previous page gave it (the read that takes it checks
+    /// it); absent -> None (the first page).
+    pub fn cursor(&self) -> Result<Option<Cursor>, ApiError> {
+        Ok(self.one("cursor")?.map(Cursor::new))
     }
-}
 
-/// One page of a keyset-paged list: the first `limit` of `items` (already in order and after
-/// the request's cursor), and the cursor of the next page, `key` of the last item shown, when
-/// more follow. `next_cursor` is that cursor and `has_more` whether there is one.
-pub fn page<T, K: serde::Serialize>(
-    items: impl IntoIterator<Item = T>,
-    limit: usize,
-    key: impl Fn(&T) -> K,
-) -> (Vec<T>, Option<String>) {
-    let mut out: Vec<T> = items.into_iter().take(limit + 1).collect();
-    let more = out.len() > limit;
-    out.truncate(limit);
-    let next = match out.last() {
-        Some(last) if more => Some(encode_cursor(&key(last))),
-        _ => None,
-    };
-    (out, next)
-}
-
-/// Opaque keyset cursors: base64url (no padding) of the JSON of a serde value. Opaque so clients
-/// cannot depend on the key's shape; JSON so the key can be any serde type.
-pub fn encode_cursor<T: serde::Serialize>(value: &T) -> String {
-    // Cursor keys are plain structs/tuples of strings and numbers, which always serialize.
-    let json = serde_json::to_vec(value).expect("cursor values serialize to JSON");
-    URL_SAFE_NO_PAD.encode(json)
-}
-
-/// Decodes a `cursor` parameter; anything malformed (not base64url, not JSON, not the shape this
-/// operation writes) is a validation_error with field "cursor".
-pub fn decode_cursor<T: serde::de::DeserializeOwned>(cursor: &str) -> Result<T, ApiError> {
-    URL_SAFE_NO_PAD
-        .decode(cursor.trim())
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .ok_or_else(|| {
-            ApiError::validation(
-                "cursor is malformed: pass the next_cursor of a previous response unchanged",
-            )
-            .with("field", "cursor")
-        })
+    /// A list parameter whose items each parse into a domain type (`endpoint_id`,
+    /// `api_key_id`, `request_id`): 1 to [`MAX_IDS`] of them; a bad item names the parameter.
+    pub fn ids<T, E: std::fmt::Display>(
+        &self,
+        name: &str,
+        parse: impl Fn(&str) -> Result<T, E>,
+    ) -> Result<Vec<T>, ApiError> {
+        self.list(name, MAX_IDS)?
+            .iter()
+            .map(|s| {
+                parse(s).map_err(|e| {
+                    ApiError::invalid(name, format!("{name}: `{s}` is not valid: {e}"))
+                })
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -329,25 +304,5 @@ mod tests {
         assert!(q("flag=true").flag("flag", false).unwrap());
         let e = q("flag=1").flag("flag", true).unwrap_err();
         assert_eq!(field(&e), json!("flag"));
-    }
-
-    #[test]
-    fn cursors_round_trip_and_bad_ones_are_refused() {
-        let key = ("fal-ai/flux/dev".to_string(), 1_736_899_200_000_i64);
-        let c = encode_cursor(&key);
-        assert!(c
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
-        assert_eq!(decode_cursor::<(String, i64)>(&c).unwrap(), key);
-        let query = q(&format!("cursor={c}"));
-        assert_eq!(query.cursor::<(String, i64)>().unwrap(), Some(key));
-        for bad in ["!!!", "bm90IGpzb24", "", "eyJhIjoxfQ=="] {
-            let e = decode_cursor::<(String, i64)>(bad).unwrap_err();
-            assert_eq!(e.kind, "validation_error");
-            assert_eq!(field(&e), json!("cursor"), "{bad}");
-        }
-        // Valid JSON of the wrong shape is malformed too.
-        let other = encode_cursor(&json!({"page": 2}));
-        assert!(decode_cursor::<(String, i64)>(&other).is_err());
     }
 }

@@ -6,10 +6,8 @@
 //! (`tests/data/fal-platform-openapi.json`, a verbatim copy), so a response that a fal client
 //! could not read fails here even if tollgate's document agreed with it.
 
-mod common;
-
-use common::fal::FalSpec;
-use common::{d, dec, image, int, Body, Resp, TestApp, USD};
+use crate::fal::FalSpec;
+use crate::harness::{d, dec, image, int, Body, Resp, TestApp, USD};
 use reqwest::Method;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::{Decimal, RoundingStrategy};
@@ -109,7 +107,7 @@ async fn keys_are_created_listed_and_revoked_within_the_account() {
     let listed = &r.body["keys"][0];
     assert_eq!(listed["scope"], "API");
     assert_eq!(listed["alias"], "API key");
-    assert!(common::millis(&listed["created_at"]) > 0);
+    assert!(crate::harness::millis(&listed["created_at"]) > 0);
 
     // Create: 201 with a working key, shown once.
     let r = post(&app, "/v1/keys", Some(&admin), json!({ "alias": "ci" })).await;
@@ -369,7 +367,7 @@ async fn models_are_listed_found_searched_and_paged() {
     assert_eq!(meta["status"], "active");
     assert_eq!(meta["tags"], json!([]));
     assert_eq!(meta["is_favorited"], Value::Null);
-    assert!(common::millis(&meta["date"]) <= common::millis(&meta["updated_at"]));
+    assert!(crate::harness::millis(&meta["date"]) <= crate::harness::millis(&meta["updated_at"]));
     assert!(flux.get("openapi").is_none() && flux.get("enterprise_status").is_none());
 
     // Paging by 4 and by 1: every model once, in order.
@@ -813,7 +811,7 @@ async fn historical_estimates_average_the_accounts_billed_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn historical_estimates_only_count_the_last_30_days() {
     let day = 86_400_000;
-    let t0 = common::millis(&json!("2026-11-02T00:00:00Z"));
+    let t0 = crate::harness::millis(&json!("2026-11-02T00:00:00Z"));
     let app = TestApp::spawn_at(t0).await;
     let fal = FalSpec::load();
     let acme = app.customer("acme", Some(("10", "paid"))).await;

@@ -3,10 +3,8 @@
 //! for any range, time zone and timeframe, across daylight-saving changes and while paging. On
 //! every store at hand: SQLite, and PostgreSQL when `TOLLGATE_TEST_POSTGRES_URL` is set.
 
-mod common;
-
-use common::fal::assert_fal_schema;
-use common::{d, dec, int, Body, Resp, TestApp, USD};
+use crate::fal::assert_fal_schema;
+use crate::harness::{d, dec, int, Body, Resp, TestApp, USD};
 use reqwest::Method;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};

@@ -1,12 +1,12 @@
-//! fal's published Platform API schemas (a verbatim copy of fal-platform-openapi.json in
-//! tests/data): customer-facing answers are checked against the schema fal declares for their
-//! operation and status, so an answer a fal client could not read fails even if tollgate's own
-//! document agreed with it.
+//! fal's published Platform API schemas (docs/reference/fal-platform-openapi.json):
+//! customer-facing answers are checked against the schema fal declares for their operation and
+//! status, so an answer a fal client could not read fails even if tollgate's own document
+//! agreed with it.
 
-use super::Resp;
+use crate::harness::Resp;
 use serde_json::Value;
 
-const FAL_SPEC: &str = include_str!("../data/fal-platform-openapi.json");
+const FAL_SPEC: &str = include_str!("../../../../docs/reference/fal-platform-openapi.json");
 
 /// fal's published document.
 pub struct FalSpec {
@@ -28,7 +28,7 @@ impl FalSpec {
 
     /// Validates `instance` against `schema`, one of fal's schemas.
     pub fn validate(&self, schema: &Value, instance: &Value) -> Result<(), String> {
-        super::schema::validate(&self.root, schema, instance, false)
+        crate::schema::validate(&self.root, schema, instance, false)
     }
 
     /// fal's schema of the answer `status` of `method path`. An error status fal does not list

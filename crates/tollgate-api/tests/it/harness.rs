@@ -6,11 +6,6 @@
 //! Every test ends with `app.assert_reconciled().await`; dropping a `TestApp` without that
 //! call fails the test, so no test can forget to check that the ledger still adds up.
 
-#![allow(dead_code)]
-
-pub mod fal;
-pub mod schema;
-
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use rust_decimal::Decimal;
@@ -97,7 +92,6 @@ pub enum Body {
 /// A customer account with an API key (and, where a test needs it, an ADMIN key).
 #[derive(Clone, Debug)]
 pub struct Customer {
-    pub username: String,
     /// `key_id:secret` of an API-scope key, for `caller_key`.
     pub key: String,
 }
@@ -381,10 +375,7 @@ impl TestApp {
                 .expect(201);
         }
         let key = self.create_key(username, "API").await;
-        Customer {
-            username: username.to_string(),
-            key,
-        }
+        Customer { key }
     }
 
     /// `GET /v1/admin/accounts/{u}`; asserts 200.

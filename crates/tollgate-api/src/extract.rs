@@ -1,0 +1,244 @@
+//! Extractors: who is calling, and what they sent, as domain types.
+//!
+//! A handler's signature says who may call it (`Operator`, `Customer<Admin>`,
+//! `Customer<Api>`, `Option<Customer<Api>>`) and what it takes (`Path<AccountId>`,
+//! `Params<UsageParams>`, `Json<PurchaseBody>`). Each extractor refuses bad input before the
+//! handler runs, with fal's error envelope naming the parameter or field, so nothing is read or
+//! written for a call that cannot be right.
+
+use crate::auth::{authenticate, Principal};
+use crate::error::ApiError;
+use crate::query::Query;
+use crate::AppState;
+use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
+use tollgate_core::ids::{AccountId, ApiKeyId, RequestId};
+use tollgate_store::Scope;
+use utoipa::openapi::path::ParameterIn;
+use utoipa::IntoParams;
+
+// ---------------------------------------------------------------------------------------------
+// Who is calling
+
+/// The platform's own key: moves money, reports usage, manages accounts and the catalog.
+#[derive(Clone, Debug)]
+pub struct Operator {
+    pub key_id: ApiKeyId,
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let p = authenticate(state, &parts.headers).await?;
+        if p.scope != Scope::Operator {
+            return Err(ApiError::forbidden("this call needs an OPERATOR key"));
+        }
+        Ok(Operator { key_id: p.key_id })
+    }
+}
+
+/// The scope a customer call needs.
+pub trait Needs: Send + Sync + 'static {
+    const SCOPE: Scope;
+}
+
+/// Calls any customer key may make (models, prices, estimates, analytics).
+pub enum Api {}
+/// Calls only a customer's `ADMIN` keys may make (usage, billing, keys); `ADMIN` includes
+/// `API`.
+pub enum Admin {}
+
+impl Needs for Api {
+    const SCOPE: Scope = Scope::Api;
+}
+impl Needs for Admin {
+    const SCOPE: Scope = Scope::Admin;
+}
+
+/// A customer key with at least the scope `S`, and the account it belongs to: a customer
+/// call sees only that account.
+#[derive(Clone, Debug)]
+pub struct Customer<S: Needs> {
+    pub account: AccountId,
+    pub key_id: ApiKeyId,
+    scope: PhantomData<fn() -> S>,
+}
+
+impl<S: Needs> Customer<S> {
+    fn of(p: Principal) -> Result<Self, ApiError> {
+        let allowed = match (S::SCOPE, p.scope) {
+            (_, Scope::Operator) => false,
+            (Scope::Api, _) => true,
+            (Scope::Admin, Scope::Admin) => true,
+            _ => false,
+        };
+        match (allowed, p.account) {
+            (true, Some(account)) => Ok(Customer {
+                account,
+                key_id: p.key_id,
+                scope: PhantomData,
+            }),
+            _ => Err(ApiError::forbidden(format!(
+                "this call needs a customer key with {} scope",
+                S::SCOPE.as_str()
+            ))),
+        }
+    }
+}
+
+impl<S: Needs> FromRequestParts<AppState> for Customer<S> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Customer::of(authenticate(state, &parts.headers).await?)
+    }
+}
+
+/// A call that needs no key (`GET /v1/models`): absent, it is `None`; sent, it must be a
+/// valid customer key of the scope.
+impl<S: Needs> OptionalFromRequestParts<AppState> for Customer<S> {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, ApiError> {
+        if !parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION)
+        {
+            return Ok(None);
+        }
+        Customer::of(authenticate(state, &parts.headers).await?).map(Some)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What they sent
+
+/// A JSON body, read strictly ([`crate::json`]).
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), "validation_error", e.body_text()))?;
+        crate::json::from_slice(&bytes).map(Json)
+    }
+}
+
+/// A JSON body that may be left out: no body (or only whitespace) is `T::default()`.
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), "validation_error", e.body_text()))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        crate::json::from_slice(&bytes).map(OptionalJson)
+    }
+}
+
+/// A path parameter's syntax, and the name the route gives it.
+pub trait PathParam: Sized {
+    const NAME: &'static str;
+    fn parse(text: &str) -> Result<Self, String>;
+}
+
+impl PathParam for AccountId {
+    const NAME: &'static str = "username";
+    fn parse(text: &str) -> Result<Self, String> {
+        AccountId::parse(text).map_err(|e| e.to_string())
+    }
+}
+
+impl PathParam for RequestId {
+    const NAME: &'static str = "request_id";
+    fn parse(text: &str) -> Result<Self, String> {
+        RequestId::parse(text).map_err(|e| e.to_string())
+    }
+}
+
+/// The id of a request of the lifecycle API: a UUID, as the gateway names it at submission.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct LifecycleId(pub RequestId);
+
+impl LifecycleId {
+    pub fn parse(text: &str) -> Result<LifecycleId, String> {
+        uuid::Uuid::parse_str(text).map_err(|_| format!("request_id `{text}` is not a UUID"))?;
+        RequestId::parse(text)
+            .map(LifecycleId)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl TryFrom<String> for LifecycleId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        LifecycleId::parse(&s)
+    }
+}
+
+impl PathParam for LifecycleId {
+    const NAME: &'static str = "request_id";
+    fn parse(text: &str) -> Result<Self, String> {
+        LifecycleId::parse(text)
+    }
+}
+
+/// The route's one path parameter, parsed.
+pub struct Path<T>(pub T);
+
+impl<T: PathParam, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(text) =
+            <axum::extract::Path<String> as FromRequestParts<S>>::from_request_parts(parts, state)
+                .await
+                .map_err(|e: axum::extract::rejection::PathRejection| {
+                    ApiError::invalid(T::NAME, e.body_text())
+                })?;
+        T::parse(&text)
+            .map(Path)
+            .map_err(|e| ApiError::invalid(T::NAME, e))
+    }
+}
+
+/// An operation's query parameters, read from the parsed query string into a struct of domain
+/// types ([`FromQuery`]). A parameter the operation does not document is refused by name: a
+/// typo such as `endpoint=` must not silently widen a query.
+pub struct Params<T>(pub T);
+
+/// Parameters read from a query string. The struct documents them too (`IntoParams`), and its
+/// [`FromQuery::names`] come from that documentation ([`names_of`]), so the parameters taken
+/// and the parameters documented are one list.
+pub trait FromQuery: Sized {
+    /// Every parameter the operation takes.
+    fn names() -> Vec<String>;
+    fn from_query(q: &Query) -> Result<Self, ApiError>;
+}
+
+/// The names of the query parameters `T` documents.
+pub fn names_of<T: IntoParams>() -> Vec<String> {
+    T::into_params(|| Some(ParameterIn::Query))
+        .into_iter()
+        .map(|p| p.name)
+        .collect()
+}
+
+impl<T: FromQuery, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let names = T::names();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let q = Query::parse(parts.uri.query(), &names)?;
+        T::from_query(&q).map(Params)
+    }
+}

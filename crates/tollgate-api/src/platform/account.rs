@@ -1,0 +1,95 @@
+//! fal's `GET /v1/account/billing` (ADMIN scope): the account's credit balance.
+
+use crate::error::ApiError;
+use crate::extract::{names_of, Admin, Customer, FromQuery, Params};
+use crate::openapi::{tags, AdminErrors};
+use crate::query::Query;
+use crate::wire::Number;
+use crate::AppState;
+use axum::extract::State;
+use serde::Serialize;
+use tollgate_core::ids::AccountId;
+use tollgate_core::Nanos;
+use utoipa::{IntoParams, ToSchema};
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub enum BillingExpand {
+    #[serde(rename = "credits")]
+    Credits,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BillingParams {
+    /// `credits` adds the credit balance.
+    #[param(value_type = Option<Vec<BillingExpand>>, style = Form, explode)]
+    expand: Vec<String>,
+}
+
+impl FromQuery for BillingParams {
+    fn names() -> Vec<String> {
+        names_of::<Self>()
+    }
+    fn from_query(q: &Query) -> Result<Self, ApiError> {
+        Ok(BillingParams {
+            expand: super::expand(q, &["credits"])?,
+        })
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Credits {
+    /// The credit balance, USD (0 when overdrawn; the operator API shows it exactly).
+    #[schema(minimum = 0)]
+    current_balance: Number,
+    #[schema(value_type = String, example = "USD")]
+    currency: &'static str,
+    /// tollgate's extension: `current_balance` exactly, in nano-USD.
+    #[schema(minimum = 0)]
+    current_balance_nano_usd: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AccountBilling {
+    username: AccountId,
+    /// Present when `expand=credits`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credits: Option<Credits>,
+}
+
+/// Account billing
+///
+/// The account's username and, with `expand=credits`, its credit balance. fal's schema has
+/// the balance at least 0: an overdrawn balance shows as 0 here and exactly in the operator
+/// API. Needs a customer key with `ADMIN` scope.
+#[utoipa::path(
+    get, path = "/v1/account/billing", tag = tags::FAL, operation_id = "getAccountBilling",
+    security(("Key" = ["ADMIN"])),
+    params(BillingParams),
+    responses(
+        AdminErrors,
+        (status = 200, description = "The account's billing.", body = AccountBilling),
+    )
+)]
+pub async fn billing(
+    State(state): State<AppState>,
+    who: Customer<Admin>,
+    Params(p): Params<BillingParams>,
+) -> Result<axum::Json<AccountBilling>, ApiError> {
+    let credits = if p.expand.iter().any(|e| e == "credits") {
+        let row = tollgate_query::account(&state.engine, &who.account).await?;
+        let balance = row.state.credit.balance.max(Nanos::ZERO);
+        Some(Credits {
+            current_balance: Number::usd(balance),
+            currency: "USD",
+            current_balance_nano_usd: balance.0,
+        })
+    } else {
+        None
+    };
+    Ok(axum::Json(AccountBilling {
+        username: who.account,
+        credits,
+    }))
+}

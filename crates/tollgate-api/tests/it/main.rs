@@ -1,0 +1,15 @@
+//! tollgate-api's integration tests, in one binary with one harness ([`harness::TestApp`]: a
+//! real server on a free port over a fresh database, reqwest as the client). Every test ends
+//! by checking that the ledger reconciles.
+
+mod harness;
+
+mod fal;
+mod schema;
+
+mod catalog;
+mod lifecycle;
+mod openapi;
+mod strict_input;
+mod terms;
+mod usage;
