@@ -74,13 +74,65 @@ pub enum Rounding {
     Up,
 }
 
-/// An output attribute value: `resolution = "4k"`, `audio = true`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// An output attribute value: `resolution = "4k"`, `audio = true`. A text value, like an
+/// attribute's name, is a name: 1 to [`MAX_ATTR_CHARS`] characters without control characters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum AttrValue {
     Bool(bool),
     Text(String),
+}
+
+/// The most characters an attribute's name or text value may have.
+pub const MAX_ATTR_CHARS: usize = 100;
+
+/// Checks an attribute's name or text value (see [`AttrValue`]).
+fn attr_name(kind: &str, s: &str) -> Result<(), String> {
+    let chars = s.chars().count();
+    if !(1..=MAX_ATTR_CHARS).contains(&chars) {
+        return Err(format!(
+            "an attribute {kind} must be 1 to {MAX_ATTR_CHARS} characters, got {chars}"
+        ));
+    }
+    match s.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "an attribute {kind} must not contain control character {c:?}"
+        )),
+        None => Ok(()),
+    }
+}
+
+impl<'de> Deserialize<'de> for AttrValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = AttrValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a boolean or a string")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<AttrValue, E> {
+                Ok(AttrValue::Bool(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AttrValue, E> {
+                attr_name("value", v).map_err(E::custom)?;
+                Ok(AttrValue::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `#[serde(deserialize_with = "attributes")]`: attributes by name, each name checked as
+/// [`AttrValue`] says.
+fn attributes<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, AttrValue>, D::Error> {
+    let map = BTreeMap::<String, AttrValue>::deserialize(d)?;
+    for name in map.keys() {
+        attr_name("name", name).map_err(serde::de::Error::custom)?;
+    }
+    Ok(map)
 }
 
 impl AttrValue {
@@ -100,7 +152,11 @@ impl AttrValue {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "attributes"
+    )]
     pub when: BTreeMap<String, AttrValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frames_above: Option<u64>,
@@ -364,7 +420,11 @@ pub struct Output {
     pub input_frames: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<Tokens>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "attributes"
+    )]
     pub attributes: BTreeMap<String, AttrValue>,
 }
 
