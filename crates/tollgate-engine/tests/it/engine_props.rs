@@ -12,6 +12,7 @@
 //! `tollgate_core::machine::apply` on an in-memory state.
 
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -737,7 +738,15 @@ fn on(backend: &Backend, e: TestCaseError) -> TestCaseError {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig {
+        // Failures are kept beside this file (`engine_props.proptest-regressions`). By default
+        // proptest would look in `tests/proptest-regressions/`, since this binary has a
+        // `main.rs`.
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions"
+        ))),
+        ..ProptestConfig::with_cases(24)
+    })]
 
     /// Sent in a known order (one at a time, ordered batches, sweeps), the engine answers and
     /// stores exactly what the pure machine computes, and the ledger reconciles.

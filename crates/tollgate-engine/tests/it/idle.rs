@@ -2,9 +2,7 @@
 //! (`Store::idle`), and only those: after a large batch (heavy load, where callers waiting for
 //! their answers also empty the queue) it does not.
 
-mod common;
-
-use common::{catalog_and_account, event};
+use crate::common::{catalog_and_account, event};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
