@@ -43,6 +43,10 @@ pub enum EngineError {
     /// The command's input was refused; nothing was written.
     #[error("{}", .0.message)]
     Invalid(InvalidInput),
+    /// A sync of the store failed: the database file is behind what the writer built on, so
+    /// the engine refuses every write until tollgate restarts.
+    #[error("{0}; tollgate must be restarted to write again")]
+    SyncFailed(StoreError),
     /// Something other than the store failed (a thread could not start, a task panicked).
     #[error("{0}")]
     Internal(String),
@@ -164,7 +168,7 @@ struct Shared {
     open_reader: ReaderFactory,
     clock: Clock,
     /// Set when a sync of the store failed (see [`syncer`]).
-    sync_failure: std::sync::OnceLock<String>,
+    sync_failure: std::sync::OnceLock<StoreError>,
 }
 
 /// A handle to the write path and the read pool. Cheap to clone.
@@ -354,17 +358,12 @@ fn syncer(mut sync: SyncFn, rx: std::sync::mpsc::Receiver<Vec<Answer>>, shared: 
         let synced = match shared.sync_failure.get() {
             Some(failure) => Err(failure.clone()),
             None => sync().map_err(|e| {
-                let failure = format!("{e}; tollgate must be restarted to write again");
-                tracing::error!("{failure}");
-                shared.sync_failure.get_or_init(|| failure).clone()
+                tracing::error!("{}", EngineError::SyncFailed(e.clone()));
+                shared.sync_failure.get_or_init(|| e).clone()
             }),
         };
         for answer in answers {
-            answer(
-                synced
-                    .clone()
-                    .map_err(|m| EngineError::Store(StoreError::Db(m))),
-            );
+            answer(synced.clone().map_err(EngineError::SyncFailed));
         }
     }
 }
@@ -413,7 +412,7 @@ fn writer(
         let jobs = std::mem::take(&mut pending);
         if let Some(failure) = shared.sync_failure.get() {
             for job in jobs {
-                job.fail(EngineError::Store(StoreError::Db(failure.clone())));
+                job.fail(EngineError::SyncFailed(failure.clone()));
             }
             continue;
         }
@@ -456,7 +455,7 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
     let now = (shared.clock)();
     let mut answers: Vec<Vec<Result<Outcome, Rejection>>> = Vec::new();
     let mut spent: Option<BatchState> = None;
-    let mut result = store.transaction(&mut |tx| {
+    let result = store.transaction(&mut |tx| {
         answers.clear();
         let catalog = catalog_in_force(tx, shared)?;
         let mut ops_per_job: Vec<Vec<Op>> = Vec::with_capacity(jobs.len());
@@ -505,13 +504,10 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
                 Job::Sweep { reply } => (reply, Vec::new()),
                 Job::Admin { .. } => unreachable!(),
             };
-            let msg = match &mut result {
+            let msg = match &result {
                 Ok(()) => Ok(answers.next().expect("one answer list per job")),
-                // Every caller of the batch gets the error (StoreError is not Clone); a
-                // database message is passed on as is, not wrapped in a second "database
-                // error:".
-                Err(StoreError::Db(m)) => Err(EngineError::Store(StoreError::Db(m.clone()))),
-                Err(e) => Err(EngineError::Store(StoreError::Db(e.to_string()))),
+                // Every caller of the batch gets the error.
+                Err(e) => Err(EngineError::Store(e.clone())),
             };
             Box::new(move |synced: Result<(), EngineError>| {
                 let _ = reply.send(synced.and(msg));
@@ -598,9 +594,9 @@ fn load<'a>(
 }
 
 /// Aborts an admin command's db transaction, so nothing of refused input is applied; the
-/// reason travels beside it in an `InvalidInput`.
-fn refused() -> StoreError {
-    StoreError::Db("refused input".into())
+/// reason also travels beside it, with where it was found, in an `InvalidInput`.
+fn refused(input: &InvalidInput) -> StoreError {
+    StoreError::Refused(input.message.clone())
 }
 
 fn run_admin(
@@ -633,9 +629,10 @@ fn run_admin(
                     let at = effective_from.unwrap_or(now);
                     for (endpoint, rule) in prices {
                         if !catalog.endpoints.contains_key(endpoint) {
-                            invalid =
-                                Some(InvalidInput::new(format!("unknown endpoint {endpoint}")));
-                            return Err(refused());
+                            let input = InvalidInput::new(format!("unknown endpoint {endpoint}"));
+                            let error = refused(&input);
+                            invalid = Some(input);
+                            return Err(error);
                         }
                         tx.insert_price_version(endpoint, Some(username), at, rule, now)?;
                     }
@@ -643,8 +640,8 @@ fn run_admin(
                 }
                 AdminCmd::ApplyCatalog(doc) => {
                     let (endpoints, versions_created) = apply_catalog(tx, doc, now, &mut invalid)?;
-                    if invalid.is_some() {
-                        return Err(refused());
+                    if let Some(input) = &invalid {
+                        return Err(refused(input));
                     }
                     reply = AdminReply::CatalogApplied {
                         endpoints,

@@ -19,6 +19,7 @@ pub mod sqlite;
 pub mod testing;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
 use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId, RequestId};
 use tollgate_core::machine::{AccountState, BatchState, LineItem, PurchaseRecord, RequestRecord};
@@ -27,29 +28,110 @@ use tollgate_core::pricing::Discounts;
 use tollgate_core::rollup::{ActivityKey, ActivityTotals, Grain, UsageKey, UsageTotals};
 use tollgate_core::{Nanos, Timestamp};
 
-#[derive(Debug, thiserror::Error)]
+/// Why the store failed, as the decision it asks of its caller: run the db transaction again
+/// ([`StoreError::Conflict`], [`StoreError::Disconnected`]), tell the caller that what they
+/// named does not exist or already does, or that their input was refused, or give up
+/// ([`StoreError::Corrupt`], [`StoreError::Database`]). Every failure rolls the db transaction
+/// back. Cheap to clone: the engine answers every caller of a failed batch with it.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error: {0}")]
-    Db(String),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-    #[error("{0} already exists")]
-    AlreadyExists(String),
-    #[error("{0} not found")]
-    NotFound(String),
     /// The db transaction lost a race with another process sharing the database (a deadlock,
     /// a serialization failure, a duplicate key inserted concurrently): run it again.
     #[error("conflict with a concurrent writer: {0}")]
-    Conflict(String),
+    Conflict(DbError),
+    /// The named thing (e.g. "account acme") does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The named thing (e.g. "account acme") exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The caller's input was refused (the reason says why); nothing was written.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Stored data does not decode, or the schema is newer than this tollgate.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
     /// The server ended the connection (it is shutting down or restarting, or an operator
     /// terminated the session): reconnect and run the db transaction again.
     #[error("the database ended the connection: {0}")]
-    Disconnected(String),
+    Disconnected(DbError),
+    /// The database, or the file system under it, failed.
+    #[error("database error: {0}")]
+    Database(DbError),
 }
+
+impl StoreError {
+    /// A [`StoreError::Database`]: `message` says what failed, `source` is the driver's (or
+    /// the file system's) error.
+    pub fn database(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StoreError {
+        StoreError::Database(DbError::new(message, source))
+    }
+}
+
+/// A database driver's or the file system's error, and what it means in tollgate's words.
+/// Shared: a clone is a reference count.
+#[derive(Clone)]
+pub struct DbError {
+    /// What is shown: the driver's message, with what the store was doing when it came.
+    message: Arc<str>,
+    /// The error itself, for a caller that inspects it (`None` when the failure is the
+    /// store's own finding).
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl DbError {
+    pub fn new(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> DbError {
+        DbError {
+            message: message.into().into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// A failure with no error of the driver's behind it.
+    pub fn msg(message: impl Into<String>) -> DbError {
+        DbError {
+            message: message.into().into(),
+            source: None,
+        }
+    }
+
+    /// The driver's (or the file system's) error: `rusqlite::Error`, `postgres::Error`,
+    /// `std::io::Error`, ...
+    pub fn source_error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.source.as_deref()
+    }
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::fmt::Debug for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("DbError");
+        d.field("message", &self.message);
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+/// The message already says what the source says, so the source is not reported again as a
+/// cause; [`DbError::source_error`] gives it to a caller that wants it.
+impl std::error::Error for DbError {}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Db(e.to_string())
+        StoreError::database(e.to_string(), e)
     }
 }
 
@@ -503,7 +585,9 @@ pub trait Reader: Send {
         })?;
         let mut total = UsageTotals::default();
         for (_, t) in &rows {
-            total.add(t).map_err(|e| StoreError::Db(e.to_string()))?;
+            total
+                .add(t)
+                .map_err(|e| StoreError::database(e.to_string(), e))?;
         }
         Ok((total.requests, total.total))
     }

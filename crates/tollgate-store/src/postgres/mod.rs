@@ -18,8 +18,8 @@ use crate::rows::{
 };
 use crate::{
     corrupt, parse_id, to_json, AccountRow, AccountTerms, ApiKeyRecord, BillingEventsQuery,
-    BillingMode, Reader, ReaderFactory, Reconciliation, Result, RollupQuery, Store, StoreError, Tx,
-    SETTING_CATALOG_GENERATION,
+    BillingMode, DbError, Reader, ReaderFactory, Reconciliation, Result, RollupQuery, Store,
+    StoreError, Tx, SETTING_CATALOG_GENERATION,
 };
 use ::postgres::error::SqlState;
 use ::postgres::types::ToSql;
@@ -68,24 +68,25 @@ pub fn is_url(target: &str) -> bool {
 impl From<::postgres::Error> for StoreError {
     fn from(e: ::postgres::Error) -> Self {
         let Some(db) = e.as_db_error() else {
-            return StoreError::Db(e.to_string());
+            return StoreError::database(e.to_string(), e);
         };
         let message = format!("{} ({})", db.message(), db.code().code());
-        let code = db.code();
-        if *code == SqlState::T_R_DEADLOCK_DETECTED
-            || *code == SqlState::T_R_SERIALIZATION_FAILURE
-            || *code == SqlState::UNIQUE_VIOLATION
+        let code = db.code().clone();
+        let error = DbError::new(message, e);
+        if code == SqlState::T_R_DEADLOCK_DETECTED
+            || code == SqlState::T_R_SERIALIZATION_FAILURE
+            || code == SqlState::UNIQUE_VIOLATION
         {
-            StoreError::Conflict(message)
-        } else if *code == SqlState::ADMIN_SHUTDOWN
-            || *code == SqlState::CRASH_SHUTDOWN
-            || *code == SqlState::CANNOT_CONNECT_NOW
+            StoreError::Conflict(error)
+        } else if code == SqlState::ADMIN_SHUTDOWN
+            || code == SqlState::CRASH_SHUTDOWN
+            || code == SqlState::CANNOT_CONNECT_NOW
         {
             // The server's last word before it closes the socket; the client may not have
             // seen the socket close yet.
-            StoreError::Disconnected(message)
+            StoreError::Disconnected(error)
         } else {
-            StoreError::Db(message)
+            StoreError::Database(error)
         }
     }
 }
@@ -112,7 +113,7 @@ fn connect(config: &Config, shown: &str) -> Result<Client> {
     let mut client = config.connect(NoTls).map_err(|e| {
         // The driver's message is "error connecting to server"; its cause says why.
         let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
-        StoreError::Db(format!("cannot connect to {shown}: {e}{cause}"))
+        StoreError::database(format!("cannot connect to {shown}: {e}{cause}"), e)
     })?;
     client.batch_execute("SET plan_cache_mode = force_custom_plan")?;
     Ok(client)
@@ -135,7 +136,7 @@ impl PostgresStore {
         let shown = redact(url);
         let mut config: Config = url
             .parse()
-            .map_err(|e| StoreError::Db(format!("invalid PostgreSQL URL {shown}: {e}")))?;
+            .map_err(|e| StoreError::database(format!("invalid PostgreSQL URL {shown}: {e}"), e))?;
         if config.get_application_name().is_none() {
             // What operators see in pg_stat_activity.
             config.application_name(APPLICATION_NAME);
@@ -151,7 +152,9 @@ impl PostgresStore {
             .connection_timeout(CONNECT_TIMEOUT)
             .min_idle(Some(1))
             .build(PostgresConnectionManager::new(config.clone(), NoTls))
-            .map_err(|e| StoreError::Db(format!("cannot open read connections to {shown}: {e}")))?;
+            .map_err(|e| {
+                StoreError::database(format!("cannot open read connections to {shown}: {e}"), e)
+            })?;
         Ok(PostgresStore {
             config,
             shown,
@@ -684,7 +687,7 @@ impl Tx for PgTx<'_, '_> {
         )?;
         let id: i64 = rows
             .first()
-            .ok_or_else(|| StoreError::Db("no price version id returned".into()))?
+            .ok_or_else(|| StoreError::Database(DbError::msg("no price version id returned")))?
             .try_get(0)?;
         bump_catalog_generation(self)?;
         Ok(id)
@@ -716,7 +719,7 @@ impl ReadPool {
             .as_ref()
             .expect("pool until dropped")
             .get()
-            .map_err(|e| StoreError::Db(format!("no read connection: {e}")))
+            .map_err(|e| StoreError::database(format!("no read connection: {e}"), e))
     }
 }
 

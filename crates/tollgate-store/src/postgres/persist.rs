@@ -53,10 +53,10 @@ fn tables(grain: Grain) -> (&'static str, &'static str) {
 }
 
 pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<()> {
-    let minutes = rollup::deltas(s).map_err(|e| StoreError::Db(e.to_string()))?;
+    let minutes = rollup::deltas(s).map_err(|e| StoreError::database(e.to_string(), e))?;
     let hours = minutes
         .coarsen(Grain::Hour)
-        .map_err(|e| StoreError::Db(e.to_string()))?;
+        .map_err(|e| StoreError::database(e.to_string(), e))?;
     let activity = merged_activity(t, &[(Grain::Minute, &minutes), (Grain::Hour, &hours)])?;
 
     let mut a = Args::default();

@@ -199,7 +199,7 @@ impl Checkpointer {
                 }
                 let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
             })
-            .map_err(|e| StoreError::Db(format!("cannot start the checkpointer: {e}")))?;
+            .map_err(|e| StoreError::database(format!("cannot start the checkpointer: {e}"), e))?;
         Ok(Checkpointer {
             stop,
             restart,
@@ -330,11 +330,13 @@ impl Store for SqliteStore {
             .create(true)
             .truncate(false)
             .open(&wal)
-            .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", wal.to_string_lossy())))?;
+            .map_err(|e| {
+                StoreError::database(format!("cannot open {}: {e}", wal.to_string_lossy()), e)
+            })?;
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
         Ok(Some(Box::new(move || {
             file.sync_data()
-                .map_err(|e| StoreError::Db(format!("cannot sync the WAL to disk: {e}")))
+                .map_err(|e| StoreError::database(format!("cannot sync the WAL to disk: {e}"), e))
         })))
     }
 
@@ -534,7 +536,8 @@ impl Tx for SqliteTx<'_> {
         }
         // One statement for the batch: the ids as a JSON array, each looked up in the unique
         // index.
-        let list = serde_json::to_string(ids).map_err(|e| StoreError::Db(e.to_string()))?;
+        let list =
+            serde_json::to_string(ids).map_err(|e| StoreError::database(e.to_string(), e))?;
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT {REQUEST_COLS} FROM requests \
              WHERE request_id IN (SELECT value FROM json_each(?1))"
@@ -780,7 +783,8 @@ impl Tx for SqliteTx<'_> {
             move_line_items(c)?;
         }
         let folded_before = rollups::fold_minutes(c, s.now)?;
-        let deltas = tollgate_core::rollup::deltas(s).map_err(|e| StoreError::Db(e.to_string()))?;
+        let deltas =
+            tollgate_core::rollup::deltas(s).map_err(|e| StoreError::database(e.to_string(), e))?;
         rollups::write(c, &deltas, folded_before)?;
         Ok(())
     }

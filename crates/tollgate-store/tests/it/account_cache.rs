@@ -73,7 +73,7 @@ fn a_failed_transaction_and_changed_terms_leave_nothing_stale() {
         state.accounts.get_mut(&id).unwrap().credit.balance = Nanos(999);
         state.dirty_accounts.insert(id.clone());
         tx.persist(&state)?;
-        Err(StoreError::Db("the batch failed".into()))
+        Err(StoreError::Refused("the batch failed".into()))
     });
     assert!(failed.is_err());
     assert_eq!(load(&mut store, &id).credit.balance, Nanos(100));
