@@ -456,6 +456,9 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
     let mut answers: Vec<Vec<Result<Outcome, Rejection>>> = Vec::new();
     let mut spent: Option<BatchState> = None;
     let result = store.transaction(&mut |tx| {
+        // A run again starts from nothing (see `Rerunnable`): the answers are built anew, and
+        // `spent` is replaced. The catalog snapshot it may refresh is a copy of what is
+        // committed, which a rollback does not change.
         answers.clear();
         let catalog = catalog_in_force(tx, shared)?;
         let mut ops_per_job: Vec<Vec<Op>> = Vec::with_capacity(jobs.len());
@@ -610,6 +613,9 @@ fn run_admin(
     let mut invalid: Option<InvalidInput> = None;
     store
         .transaction(&mut |tx| {
+            // A run again starts from nothing (see `Rerunnable`).
+            reply = AdminReply::Done;
+            new_catalog = None;
             invalid = None;
             match &cmd {
                 AdminCmd::CreateAccount { username, billing } => {

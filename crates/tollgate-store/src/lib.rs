@@ -511,12 +511,21 @@ pub trait Tx {
     fn load_catalog(&mut self) -> Result<Catalog>;
 }
 
+/// The work of one db transaction, which [`Store::transaction`] may run more than once: on a
+/// shared database, after a conflict with another writer or a dropped connection, the store
+/// rolls the db transaction back and runs the whole closure again, from the start. So it must
+/// have no effect outside the db transaction other than building its own outputs, and must
+/// build them anew on each run (clear, at its start, what an earlier run left).
+pub type Rerunnable<'a> = dyn FnMut(&mut dyn Tx) -> Result<()> + 'a;
+
 /// The write side: one writer per process.
 pub trait Store: Send {
-    /// Runs `f` in one db transaction and commits if it returns `Ok`. When this returns `Ok`,
-    /// the commit is durable, unless [`Store::defer_sync`] was called: then it is durable once
-    /// the returned [`SyncFn`] next returns `Ok`.
-    fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
+    /// Runs `work` in one db transaction and commits if it returns `Ok`; runs it again (in a
+    /// new db transaction) when the store can tell that a retry may succeed (see
+    /// [`Rerunnable`]). When this returns `Ok`, the commit is durable, unless
+    /// [`Store::defer_sync`] was called: then it is durable once the returned [`SyncFn`] next
+    /// returns `Ok`.
+    fn transaction(&mut self, work: &mut Rerunnable) -> Result<()>;
     /// Lets commits return before they are on disk, and gives the function that puts every
     /// commit made so far on disk, which another thread can call while the next transaction
     /// runs. `None` (the default) when the store cannot separate the two: then every commit

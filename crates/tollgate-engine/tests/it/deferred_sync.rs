@@ -10,8 +10,8 @@ use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::{AdminCmd, Engine, EngineError};
 use tollgate_store::sqlite::SqliteStore;
 use tollgate_store::{
-    BillingMode, DbError, Reader, ReaderFactory, Result as StoreResult, Store, StoreError, SyncFn,
-    Tx,
+    BillingMode, DbError, Reader, ReaderFactory, Rerunnable, Result as StoreResult, Store,
+    StoreError, SyncFn,
 };
 
 #[derive(Clone, Copy, PartialEq)]
@@ -28,11 +28,8 @@ struct GatedStore {
 }
 
 impl Store for GatedStore {
-    fn transaction(
-        &mut self,
-        f: &mut dyn FnMut(&mut dyn Tx) -> StoreResult<()>,
-    ) -> StoreResult<()> {
-        self.inner.transaction(f)
+    fn transaction(&mut self, work: &mut Rerunnable) -> StoreResult<()> {
+        self.inner.transaction(work)
     }
     fn defer_sync(&mut self) -> StoreResult<Option<SyncFn>> {
         let mut sync = self.inner.defer_sync()?.expect("SQLite defers its sync");

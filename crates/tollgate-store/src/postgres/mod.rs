@@ -18,8 +18,8 @@ use crate::rows::{
 };
 use crate::{
     corrupt, parse_id, to_json, AccountRow, AccountTerms, ApiKeyRecord, BillingEventsQuery,
-    BillingMode, DbError, Reader, ReaderFactory, Reconciliation, Result, RollupQuery, Store,
-    StoreError, Tx, SETTING_CATALOG_GENERATION,
+    BillingMode, DbError, Reader, ReaderFactory, Reconciliation, Rerunnable, Result, RollupQuery,
+    Store, StoreError, Tx, SETTING_CATALOG_GENERATION,
 };
 use ::postgres::error::SqlState;
 use ::postgres::types::ToSql;
@@ -195,10 +195,11 @@ fn migrate(client: &mut Client) -> Result<()> {
 }
 
 impl Store for PostgresStore {
-    fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+    fn transaction(&mut self, work: &mut Rerunnable) -> Result<()> {
         let mut attempt = 0;
         // The server may end a session (and say so) before its socket reads as closed.
         let mut ended = false;
+        // Each attempt runs the whole of `work` again, in a new db transaction (`Rerunnable`).
         loop {
             if ended || self.client.is_closed() {
                 self.client = connect(&self.config, &self.shown)?;
@@ -213,7 +214,7 @@ impl Store for PostgresStore {
                     statements,
                     found: HashSet::new(),
                 };
-                f(&mut w)?;
+                work(&mut w)?;
                 tx.commit()?;
                 Ok(())
             })();

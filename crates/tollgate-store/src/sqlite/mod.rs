@@ -16,8 +16,8 @@ use crate::rows::{
 };
 use crate::{
     corrupt, parse_id, to_json, AccountRow, AccountTerms, ApiKeyRecord, BillingEventsQuery,
-    BillingMode, Reader, ReaderFactory, Reconciliation, Result, RollupQuery, Store, StoreError,
-    SyncFn, Tx, SETTING_CATALOG_GENERATION,
+    BillingMode, Reader, ReaderFactory, Reconciliation, Rerunnable, Result, RollupQuery, Store,
+    StoreError, SyncFn, Tx, SETTING_CATALOG_GENERATION,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::HashMap;
@@ -281,7 +281,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 }
 
 impl Store for SqliteStore {
-    fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+    fn transaction(&mut self, work: &mut Rerunnable) -> Result<()> {
         self.checkpointer.restart_if_wanted(&self.conn);
         let tx = self
             .conn
@@ -298,7 +298,8 @@ impl Store for SqliteStore {
             written: HashMap::new(),
             forget: Vec::new(),
         };
-        let outcome = f(&mut w);
+        // Run once: the only writer of its file never loses a race.
+        let outcome = work(&mut w);
         let (written, forget) = (
             std::mem::take(&mut w.written),
             std::mem::take(&mut w.forget),
