@@ -23,7 +23,6 @@ use tollgate_core::price::PriceRule;
 use tollgate_core::Timestamp;
 use tollgate_store::{
     AccountTerms, ApiKeyRecord, BillingMode, Reader, ReaderFactory, Store, StoreError, SyncFn, Tx,
-    SETTING_CONCURRENCY, SETTING_MACHINES, SETTING_PRICES_READ_ON,
 };
 
 /// The most operations one db transaction applies.
@@ -717,12 +716,10 @@ fn apply_catalog(
     // are kept, so a document that adds one endpoint cannot erase the machine prices.
     let mut machines = current.machines.clone();
     machines.extend(doc.machines.clone());
-    let machines = serde_json::to_string(&machines).expect("machines serialize");
-    tx.set_setting(SETTING_MACHINES, &machines)?;
-    if let Some(c) = &doc.concurrency {
-        let table = serde_json::to_string(c).expect("table serializes");
-        tx.set_setting(SETTING_CONCURRENCY, &table)?;
+    tx.set_machine_prices(&machines)?;
+    if let Some(table) = &doc.concurrency {
+        tx.set_concurrency_table(table)?;
     }
-    tx.set_setting(SETTING_PRICES_READ_ON, &doc.prices_read_on)?;
+    tx.set_prices_read_on(&doc.prices_read_on)?;
     Ok((doc.endpoints.len(), created))
 }

@@ -21,9 +21,10 @@ pub mod testing;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
+use tollgate_core::concurrency::ConcurrencyTable;
 use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId, RequestId};
 use tollgate_core::machine::{AccountState, BatchState, LineItem, PurchaseRecord, RequestRecord};
-use tollgate_core::price::PriceRule;
+use tollgate_core::price::{MachinePrices, PriceRule};
 use tollgate_core::pricing::Discounts;
 use tollgate_core::rollup::{ActivityKey, ActivityTotals, Grain, UsageKey, UsageTotals};
 use tollgate_core::{Nanos, Timestamp};
@@ -145,10 +146,11 @@ pub fn open(target: &str) -> Result<Box<dyn Store>> {
     }
 }
 
-/// Settings keys.
-pub const SETTING_MACHINES: &str = "machines";
-pub const SETTING_CONCURRENCY: &str = "concurrency";
-pub const SETTING_PRICES_READ_ON: &str = "prices_read_on";
+/// Settings keys of the catalog, written through [`Tx::set_machine_prices`],
+/// [`Tx::set_concurrency_table`] and [`Tx::set_prices_read_on`], read into [`Catalog`].
+const SETTING_MACHINES: &str = "machines";
+const SETTING_CONCURRENCY: &str = "concurrency";
+const SETTING_PRICES_READ_ON: &str = "prices_read_on";
 /// Counts catalog changes (endpoints, price versions, settings): a process whose catalog
 /// snapshot is of an older generation reloads it. Written by the stores, never by callers.
 pub const SETTING_CATALOG_GENERATION: &str = "catalog_generation";
@@ -507,7 +509,22 @@ pub trait Tx {
         rule: &PriceRule,
         now: Timestamp,
     ) -> Result<i64>;
+    /// Writes a setting as text, which the caller encoded: for settings the store does not
+    /// encode itself (a catalog setting has its typed method below, and is read back into
+    /// [`Catalog`]). Counts as a catalog change (see [`SETTING_CATALOG_GENERATION`]).
     fn set_setting(&mut self, key: &str, value: &str) -> Result<()>;
+    /// The catalog's machine prices, replacing those stored.
+    fn set_machine_prices(&mut self, machines: &MachinePrices) -> Result<()> {
+        self.set_setting(SETTING_MACHINES, &rows::machine_prices_text(machines))
+    }
+    /// The catalog's concurrency tier table, replacing the one stored.
+    fn set_concurrency_table(&mut self, table: &ConcurrencyTable) -> Result<()> {
+        self.set_setting(SETTING_CONCURRENCY, &rows::concurrency_table_text(table))
+    }
+    /// The date the catalog's prices were read on, as the catalog document gives it.
+    fn set_prices_read_on(&mut self, date: &str) -> Result<()> {
+        self.set_setting(SETTING_PRICES_READ_ON, date)
+    }
     fn load_catalog(&mut self) -> Result<Catalog>;
 }
 

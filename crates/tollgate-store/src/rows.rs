@@ -3,8 +3,8 @@
 //! reconciliation (portable SQL, compared in Rust). A driver only moves values in and out.
 
 use crate::{
-    corrupt, decimal, json, parse_id, AccountRow, ApiKeyRecord, BillingMode, Reconciliation,
-    Result, Scope, SETTING_CONCURRENCY, SETTING_MACHINES,
+    corrupt, decimal, json, parse_id, to_json, AccountRow, ApiKeyRecord, BillingMode,
+    Reconciliation, Result, Scope, SETTING_CONCURRENCY, SETTING_MACHINES,
 };
 use std::collections::HashMap;
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
@@ -393,6 +393,16 @@ pub(crate) fn price_version(
         effective_from: Timestamp(effective_from),
         rule: json::<PriceRule>("price rule", rule)?,
     })
+}
+
+/// The stored text of the catalog's machine prices (read back by [`catalog`]).
+pub(crate) fn machine_prices_text(machines: &MachinePrices) -> String {
+    to_json(machines)
+}
+
+/// The stored text of the catalog's concurrency tier table (read back by [`catalog`]).
+pub(crate) fn concurrency_table_text(table: &ConcurrencyTable) -> String {
+    to_json(table)
 }
 
 /// The catalog from its rows: endpoint definitions (JSON), price versions and settings.

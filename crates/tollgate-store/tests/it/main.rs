@@ -2,6 +2,7 @@
 //! module per behaviour.
 
 mod account_cache;
+mod catalog_settings;
 mod migrations;
 mod recent_line_items;
 mod wal;
