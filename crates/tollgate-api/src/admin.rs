@@ -17,9 +17,10 @@ use tollgate_core::ids::{AccountId, EndpointId, PurchaseId};
 use tollgate_core::machine::{Op, Outcome};
 use tollgate_core::price::PriceRule;
 use tollgate_core::pricing::{Discounts, VolumeTier};
+use tollgate_core::terms::TermsChange;
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::{AdminCmd, AdminReply, EngineError};
-use tollgate_store::{AccountRow, AccountTerms, BillingMode, Scope, StoreError};
+use tollgate_store::{AccountRow, BillingMode, Scope, StoreError};
 
 /// The largest single purchase accepted, in USD: anything above is a typo, not a sale.
 pub const MAX_PURCHASE_USD: i64 = 1_000_000;
@@ -351,7 +352,8 @@ struct PricingBody {
 }
 
 /// Sets an account's negotiated terms: discounts, volume tiers, a contractual concurrency
-/// limit, the lock threshold, and account-specific prices (new price versions).
+/// limit, the lock threshold, and account-specific prices (new price versions). The engine
+/// applies and checks the change in one db transaction, so it is all written or none of it.
 pub async fn set_pricing(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -361,23 +363,6 @@ pub async fn set_pricing(
     operator(&state, &headers).await?;
     let account = parse_account(&username)?;
     let req: PricingBody = parse_json(&body)?;
-    let row = account_row(&state, &account).await?;
-    let mut discounts = row.state.discounts.clone();
-    if let Some(p) = req.percent_discount {
-        discounts.percent_discount = Some(p);
-    }
-    if let Some(t) = req.volume_tiers {
-        discounts.volume_tiers = t;
-    }
-    discounts
-        .validate()
-        .map_err(|(f, m)| ApiError::validation(format!("`{f}` {m}")).with("field", f))?;
-    if let Some(Some(0)) = req.concurrency_limit {
-        return Err(ApiError::validation(
-            "concurrency_limit must be at least 1 (or null to use the tier table)",
-        )
-        .with("field", "concurrency_limit"));
-    }
     let lock_threshold = req
         .lock_threshold_usd
         .as_deref()
@@ -387,18 +372,10 @@ pub async fn set_pricing(
             ApiError::validation(format!("lock_threshold_usd: {e}"))
                 .with("field", "lock_threshold_usd")
         })?;
-    let catalog = state.engine.catalog();
     let mut prices = Vec::new();
     for (endpoint, rule) in req.prices {
         let id = EndpointId::parse(&endpoint)
             .map_err(|e| ApiError::validation(e.to_string()).with("field", "prices"))?;
-        if !catalog.endpoints.contains_key(&id) {
-            return Err(ApiError::not_found(format!("unknown endpoint {id}")));
-        }
-        rule.validate().map_err(|(f, m)| {
-            ApiError::validation(format!("prices.{endpoint}.{f} {m}"))
-                .with("field", format!("prices.{endpoint}.{f}"))
-        })?;
         prices.push((id, rule));
     }
     let effective_from = req
@@ -406,29 +383,34 @@ pub async fn set_pricing(
         .as_deref()
         .map(|s| parse_time("effective_from", s))
         .transpose()?;
-    state
+    let change = TermsChange {
+        percent_discount: req.percent_discount,
+        volume_tiers: req.volume_tiers,
+        concurrency_limit: req.concurrency_limit,
+        lock_threshold,
+        prices,
+        effective_from,
+    };
+    let reply = state
         .engine
         .admin(AdminCmd::SetTerms {
             username: account.clone(),
-            terms: AccountTerms {
-                lock_threshold,
-                concurrency_override: req.concurrency_limit,
-                discounts: Some(discounts),
-            },
+            change,
         })
         .await
-        .map_err(|e| map_store(e, &format!("account {account}")))?;
-    let versions = prices.len();
-    if !prices.is_empty() {
-        state
-            .engine
-            .admin(AdminCmd::SetAccountPrices {
-                username: account.clone(),
-                prices,
-                effective_from,
-            })
-            .await?;
-    }
+        .map_err(|e| match e {
+            // The account, or an endpoint a price names.
+            EngineError::Store(StoreError::NotFound(what)) => {
+                ApiError::not_found(format!("{what} not found"))
+            }
+            other => other.into(),
+        })?;
+    let AdminReply::TermsSet {
+        price_versions_created: versions,
+    } = reply
+    else {
+        return Err(ApiError::server("unexpected reply"));
+    };
     let row = account_row(&state, &account).await?;
     Ok(Json(
         json!({ "account": account_view(&state, &row), "price_versions_created": versions }),

@@ -17,12 +17,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tollgate_core::catalog::document::CatalogDocument;
 use tollgate_core::catalog::Catalog;
-use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId};
+use tollgate_core::ids::{AccountId, ApiKeyId, PurchaseId};
 use tollgate_core::machine::{apply, BatchState, Op, Outcome, Rejection};
-use tollgate_core::price::PriceRule;
+use tollgate_core::terms::{self, Terms, TermsChange};
 use tollgate_core::Timestamp;
 use tollgate_store::{
-    AccountTerms, ApiKeyRecord, BillingMode, Reader, ReaderFactory, Store, StoreError, SyncFn, Tx,
+    ApiKeyRecord, BillingMode, Reader, ReaderFactory, Store, StoreError, SyncFn, Tx,
 };
 
 /// The most operations one db transaction applies.
@@ -89,15 +89,14 @@ pub enum AdminCmd {
         username: AccountId,
         billing: BillingMode,
     },
+    /// Changes an account's terms and adds its own prices (each a new account-scoped price
+    /// version), in one db transaction: the change is applied to the terms as they are under
+    /// the account's lock, so concurrent changes of different terms all stick, and a refused
+    /// change (invalid terms or prices: [`EngineError::Invalid`]; no such account or an
+    /// endpoint not in the catalog: [`StoreError::NotFound`]) writes nothing.
     SetTerms {
         username: AccountId,
-        terms: AccountTerms,
-    },
-    /// New prices for one account; each is a new account-scoped price version.
-    SetAccountPrices {
-        username: AccountId,
-        prices: Vec<(EndpointId, PriceRule)>,
-        effective_from: Option<Timestamp>,
+        change: TermsChange,
     },
     InsertKey(ApiKeyRecord),
     RevokeKey {
@@ -111,6 +110,9 @@ pub enum AdminCmd {
 pub enum AdminReply {
     Done,
     Revoked(bool),
+    TermsSet {
+        price_versions_created: usize,
+    },
     CatalogApplied {
         endpoints: usize,
         versions_created: usize,
@@ -620,28 +622,18 @@ fn run_admin(
                 AdminCmd::CreateAccount { username, billing } => {
                     tx.create_account(username, *billing, now)?
                 }
-                AdminCmd::SetTerms { username, terms } => tx.set_account_terms(username, terms)?,
+                AdminCmd::SetTerms { username, change } => {
+                    let created = set_terms(tx, shared, username, change, now, &mut invalid)?;
+                    reply = AdminReply::TermsSet {
+                        price_versions_created: created,
+                    };
+                    if created > 0 {
+                        new_catalog = Some((tx.catalog_generation()?, tx.load_catalog()?));
+                    }
+                }
                 AdminCmd::InsertKey(k) => tx.insert_api_key(k)?,
                 AdminCmd::RevokeKey { key_id, account } => {
                     reply = AdminReply::Revoked(tx.revoke_api_key(key_id, account.as_ref(), now)?)
-                }
-                AdminCmd::SetAccountPrices {
-                    username,
-                    prices,
-                    effective_from,
-                } => {
-                    let catalog = tx.load_catalog()?;
-                    let at = effective_from.unwrap_or(now);
-                    for (endpoint, rule) in prices {
-                        if !catalog.endpoints.contains_key(endpoint) {
-                            let input = InvalidInput::new(format!("unknown endpoint {endpoint}"));
-                            let error = refused(&input);
-                            invalid = Some(input);
-                            return Err(error);
-                        }
-                        tx.insert_price_version(endpoint, Some(username), at, rule, now)?;
-                    }
-                    new_catalog = Some((tx.catalog_generation()?, tx.load_catalog()?));
                 }
                 AdminCmd::ApplyCatalog(doc) => {
                     let (endpoints, versions_created) = apply_catalog(tx, doc, now, &mut invalid)?;
@@ -670,6 +662,53 @@ fn run_admin(
         shared.keys.lock().expect("key cache").remove(key_id);
     }
     Ok(reply)
+}
+
+/// Applies a change of an account's terms under its lock, and adds its prices; returns how
+/// many price versions it created. Refuses (before writing anything) a change the core finds
+/// invalid, with the reason in `invalid`, and an account or endpoint that does not exist.
+fn set_terms(
+    tx: &mut dyn Tx,
+    shared: &Shared,
+    username: &AccountId,
+    change: &TermsChange,
+    now: Timestamp,
+    invalid: &mut Option<InvalidInput>,
+) -> Result<usize, StoreError> {
+    let mut loaded = HashMap::new();
+    tx.lock_accounts(std::slice::from_ref(username), now, &mut loaded)?;
+    let account = loaded
+        .remove(username)
+        .ok_or_else(|| StoreError::NotFound(format!("account {username}")))?;
+    let terms = match terms::apply(&Terms::of(&account), change) {
+        Ok(terms) => terms,
+        Err(e) => {
+            let input = InvalidInput {
+                message: e.message,
+                field: Some(e.field),
+                line: None,
+            };
+            let error = refused(&input);
+            *invalid = Some(input);
+            return Err(error);
+        }
+    };
+    if !change.prices.is_empty() {
+        let catalog = catalog_in_force(tx, shared)?;
+        if let Some((endpoint, _)) = change
+            .prices
+            .iter()
+            .find(|(endpoint, _)| !catalog.endpoints.contains_key(endpoint))
+        {
+            return Err(StoreError::NotFound(format!("endpoint {endpoint}")));
+        }
+    }
+    tx.set_account_terms(username, &terms)?;
+    let at = change.effective_from.unwrap_or(now);
+    for (endpoint, rule) in &change.prices {
+        tx.insert_price_version(endpoint, Some(username), at, rule, now)?;
+    }
+    Ok(change.prices.len())
 }
 
 /// Applies a catalog document: endpoint metadata is replaced; a price that differs from the

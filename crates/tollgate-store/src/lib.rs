@@ -25,8 +25,8 @@ use tollgate_core::concurrency::ConcurrencyTable;
 use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId, RequestId};
 use tollgate_core::machine::{AccountState, BatchState, LineItem, PurchaseRecord, RequestRecord};
 use tollgate_core::price::{MachinePrices, PriceRule};
-use tollgate_core::pricing::Discounts;
 use tollgate_core::rollup::{ActivityKey, ActivityTotals, Grain, UsageKey, UsageTotals};
+use tollgate_core::terms::Terms;
 use tollgate_core::{Nanos, Timestamp};
 
 /// Why the store failed, as the decision it asks of its caller: run the db transaction again
@@ -273,15 +273,6 @@ pub struct AccountRow {
     pub billing: BillingMode,
 }
 
-/// Operator-set terms of an account. `None` leaves a term unchanged.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AccountTerms {
-    pub lock_threshold: Option<Nanos>,
-    /// `Some(None)` removes the override.
-    pub concurrency_override: Option<Option<u32>>,
-    pub discounts: Option<Discounts>,
-}
-
 /// Totals that must agree for the ledger to reconcile.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reconciliation {
@@ -490,7 +481,9 @@ pub trait Tx {
         billing: BillingMode,
         now: Timestamp,
     ) -> Result<()>;
-    fn set_account_terms(&mut self, username: &AccountId, terms: &AccountTerms) -> Result<()>;
+    /// Replaces an account's terms (the caller applied its change to them under the account's
+    /// lock, see [`Tx::lock_accounts`]). [`StoreError::NotFound`] when there is no such account.
+    fn set_account_terms(&mut self, username: &AccountId, terms: &Terms) -> Result<()>;
     fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<()>;
     /// Revokes a key of `account` (or an operator key when `None`). Returns whether a live key
     /// was revoked.

@@ -14,6 +14,7 @@ use tollgate_core::ledger::CreditAccount;
 use tollgate_core::machine::{AccountState, LineItem, Lot, RequestRecord, RequestStatus, Source};
 use tollgate_core::price::{MachinePrices, PriceRule};
 use tollgate_core::pricing::Charge;
+use tollgate_core::terms::Terms;
 use tollgate_core::{Nanos, Timestamp};
 
 /// A result row, whichever driver read it: the few column types the schema uses.
@@ -103,6 +104,23 @@ impl AccountCols {
             created_at: Timestamp(self.created_at),
             billing,
         })
+    }
+}
+
+/// The columns of an `accounts` row that hold its terms.
+pub(crate) struct TermsCols {
+    pub lock_threshold: i64,
+    pub concurrency_override: Option<i64>,
+    pub discounts: String,
+}
+
+impl TermsCols {
+    pub fn of(t: &Terms) -> TermsCols {
+        TermsCols {
+            lock_threshold: t.lock_threshold.0,
+            concurrency_override: t.concurrency_override.map(i64::from),
+            discounts: to_json(&t.discounts),
+        }
     }
 }
 

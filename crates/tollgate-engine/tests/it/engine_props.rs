@@ -26,6 +26,7 @@ use tollgate_core::machine::{
 };
 use tollgate_core::price::{Dims, Output};
 use tollgate_core::rollup::{ActivityKey, ActivityTotals, UsageKey, UsageTotals};
+use tollgate_core::terms::TermsChange;
 use tollgate_core::testing::{
     account_id, discounts, dt_ms, due_credits, fresh_state, to_op, Statuses, Step, Usage, ACCOUNTS,
     EVENT_IDS, REAL_ACCOUNTS, REQUEST_IDS, T0,
@@ -33,7 +34,7 @@ use tollgate_core::testing::{
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::{AdminCmd, AdminReply, Engine};
 use tollgate_store::testing::{backends, Backend, TestDb};
-use tollgate_store::{AccountTerms, BillingEventsQuery, BillingMode, Reconciliation, RollupQuery};
+use tollgate_store::{BillingEventsQuery, BillingMode, Reconciliation, RollupQuery};
 
 /// The generators' endpoints `test/megapixel`, `test/video` and `test/gpu` (`test/unknown` is
 /// not in it), and `test/fast`, which only the sweeper tests use.
@@ -195,9 +196,10 @@ impl Harness {
             engine
                 .admin(AdminCmd::SetTerms {
                     username: account_id(i),
-                    terms: AccountTerms {
-                        discounts: Some(discounts(i)),
-                        ..AccountTerms::default()
+                    change: TermsChange {
+                        percent_discount: discounts(i).percent_discount,
+                        volume_tiers: Some(discounts(i).volume_tiers),
+                        ..TermsChange::default()
                     },
                 })
                 .await

@@ -14,12 +14,13 @@
 //! `synchronous_commit = on`) a commit that returned is on disk.
 
 use crate::rows::{
-    self, AccountCols, Cell, Get, KeyCols, RequestCols, ACCOUNT_COLS, KEY_COLS, REQUEST_COLS,
+    self, AccountCols, Cell, Get, KeyCols, RequestCols, TermsCols, ACCOUNT_COLS, KEY_COLS,
+    REQUEST_COLS,
 };
 use crate::{
-    corrupt, parse_id, to_json, AccountRow, AccountTerms, ApiKeyRecord, BillingEventsQuery,
-    BillingMode, DbError, Reader, ReaderFactory, Reconciliation, Rerunnable, Result, RollupQuery,
-    Store, StoreError, Tx, SETTING_CATALOG_GENERATION,
+    corrupt, parse_id, to_json, AccountRow, ApiKeyRecord, BillingEventsQuery, BillingMode, DbError,
+    Reader, ReaderFactory, Reconciliation, Rerunnable, Result, RollupQuery, Store, StoreError, Tx,
+    SETTING_CATALOG_GENERATION,
 };
 use ::postgres::error::SqlState;
 use ::postgres::types::ToSql;
@@ -34,6 +35,7 @@ use tollgate_core::machine::{
 };
 use tollgate_core::price::PriceRule;
 use tollgate_core::rollup::{ActivityKey, ActivityTotals, UsageKey, UsageTotals};
+use tollgate_core::terms::Terms;
 use tollgate_core::{Nanos, Timestamp};
 
 mod persist;
@@ -592,32 +594,20 @@ impl Tx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn set_account_terms(&mut self, username: &AccountId, t: &AccountTerms) -> Result<()> {
-        let name = username.as_str();
-        let exists = self.rows(
-            "SELECT 1 FROM accounts WHERE username = $1 FOR UPDATE",
-            &[&name],
+    fn set_account_terms(&mut self, username: &AccountId, terms: &Terms) -> Result<()> {
+        let t = TermsCols::of(terms);
+        let n = self.exec(
+            "UPDATE accounts SET lock_threshold_nanos = $2, concurrency_override = $3, \
+             discounts = $4 WHERE username = $1",
+            &[
+                &username.as_str(),
+                &t.lock_threshold,
+                &t.concurrency_override,
+                &t.discounts,
+            ],
         )?;
-        if exists.is_empty() {
+        if n == 0 {
             return Err(StoreError::NotFound(format!("account {username}")));
-        }
-        if let Some(l) = t.lock_threshold {
-            self.exec(
-                "UPDATE accounts SET lock_threshold_nanos = $2 WHERE username = $1",
-                &[&name, &l.0],
-            )?;
-        }
-        if let Some(o) = t.concurrency_override {
-            self.exec(
-                "UPDATE accounts SET concurrency_override = $2 WHERE username = $1",
-                &[&name, &o.map(i64::from)],
-            )?;
-        }
-        if let Some(d) = &t.discounts {
-            self.exec(
-                "UPDATE accounts SET discounts = $2 WHERE username = $1",
-                &[&name, &to_json(d)],
-            )?;
         }
         Ok(())
     }

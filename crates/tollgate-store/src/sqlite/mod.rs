@@ -11,13 +11,13 @@
 //! loss SQLite recovers every synced commit and never a torn one.
 
 use crate::rows::{
-    self, AccountCols, Cell, Get, KeyCols, LineItemCols, RequestCols, ACCOUNT_COLS, KEY_COLS,
-    REQUEST_COLS,
+    self, AccountCols, Cell, Get, KeyCols, LineItemCols, RequestCols, TermsCols, ACCOUNT_COLS,
+    KEY_COLS, REQUEST_COLS,
 };
 use crate::{
-    corrupt, parse_id, to_json, AccountRow, AccountTerms, ApiKeyRecord, BillingEventsQuery,
-    BillingMode, Reader, ReaderFactory, Reconciliation, Rerunnable, Result, RollupQuery, Store,
-    StoreError, SyncFn, Tx, SETTING_CATALOG_GENERATION,
+    corrupt, parse_id, to_json, AccountRow, ApiKeyRecord, BillingEventsQuery, BillingMode, Reader,
+    ReaderFactory, Reconciliation, Rerunnable, Result, RollupQuery, Store, StoreError, SyncFn, Tx,
+    SETTING_CATALOG_GENERATION,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::HashMap;
@@ -33,6 +33,7 @@ use tollgate_core::machine::{
 };
 use tollgate_core::price::PriceRule;
 use tollgate_core::rollup::{ActivityKey, ActivityTotals, UsageKey, UsageTotals};
+use tollgate_core::terms::Terms;
 use tollgate_core::{Nanos, Timestamp};
 
 mod rollups;
@@ -835,29 +836,21 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn set_account_terms(&mut self, username: &AccountId, t: &AccountTerms) -> Result<()> {
+    fn set_account_terms(&mut self, username: &AccountId, terms: &Terms) -> Result<()> {
         self.forget.push(username.clone());
-        let exists = get_account(self.conn, username, Timestamp(0))?.is_some();
-        if !exists {
+        let t = TermsCols::of(terms);
+        let n = self.conn.execute(
+            "UPDATE accounts SET lock_threshold_nanos = ?2, concurrency_override = ?3, \
+             discounts = ?4 WHERE username = ?1",
+            params![
+                username.as_str(),
+                t.lock_threshold,
+                t.concurrency_override,
+                t.discounts
+            ],
+        )?;
+        if n == 0 {
             return Err(StoreError::NotFound(format!("account {username}")));
-        }
-        if let Some(l) = t.lock_threshold {
-            self.conn.execute(
-                "UPDATE accounts SET lock_threshold_nanos = ?2 WHERE username = ?1",
-                params![username.as_str(), l.0],
-            )?;
-        }
-        if let Some(o) = t.concurrency_override {
-            self.conn.execute(
-                "UPDATE accounts SET concurrency_override = ?2 WHERE username = ?1",
-                params![username.as_str(), o],
-            )?;
-        }
-        if let Some(d) = &t.discounts {
-            self.conn.execute(
-                "UPDATE accounts SET discounts = ?2 WHERE username = ?1",
-                params![username.as_str(), to_json(d)],
-            )?;
         }
         Ok(())
     }
