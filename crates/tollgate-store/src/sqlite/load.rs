@@ -40,6 +40,9 @@ impl Get for Row<'_> {
     fn opt_int(&self, i: usize) -> Result<Option<i64>> {
         Ok(self.get(i)?)
     }
+    fn bool(&self, i: usize) -> Result<bool> {
+        Ok(self.get(i)?)
+    }
 }
 
 /// The account's lots with something left, in spending order.

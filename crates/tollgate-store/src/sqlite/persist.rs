@@ -3,7 +3,9 @@
 use super::account_cache::CachedAccount;
 use super::rollups;
 use super::tx::SqliteTx;
-use crate::rows::{RequestCols, REQUEST_COLS};
+use crate::rows::{
+    PurchaseCols, RequestCols, TransferCols, PURCHASE_COLS, REQUEST_COLS, TRANSFER_COLS,
+};
 use crate::{Result, StoreError};
 use rusqlite::{params, Connection};
 use std::collections::HashMap;
@@ -86,22 +88,25 @@ fn requests(c: &Connection, s: &BatchState) -> Result<()> {
 
 /// The batch's new purchases, each a lot with all of it left (spent below, by `lots`).
 fn purchases(c: &Connection, s: &BatchState) -> Result<()> {
-    let mut st = c.prepare_cached(
-        "INSERT INTO purchases (account, purchase_id, amount_nanos, paid, created_at, \
-         balance_after, limit_after, locked_after, expires_at, remaining_nanos) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?3)",
-    )?;
-    for p in &s.new_purchases {
+    let mut st = c.prepare_cached(&format!(
+        "INSERT INTO purchases ({PURCHASE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    ))?;
+    for p in s
+        .new_purchases
+        .iter()
+        .map(|p| PurchaseCols::of(p, p.amount))
+    {
         st.execute(params![
-            p.account.as_str(),
-            p.purchase_id.as_str(),
-            p.amount.0,
+            p.account,
+            p.purchase_id,
+            p.amount,
             p.paid,
-            p.created_at.0,
-            p.balance_after.0,
-            p.concurrency_limit_after,
+            p.created_at,
+            p.balance_after,
+            p.limit_after,
             p.locked_after,
-            p.expires_at.map(|t| t.0),
+            p.expires_at,
+            p.remaining,
         ])?;
     }
     Ok(())
@@ -138,19 +143,18 @@ fn lots(c: &Connection, cache: &HashMap<AccountId, CachedAccount>, s: &BatchStat
 
 /// The batch's transfers, in arrival order.
 fn transfers(c: &Connection, s: &BatchState) -> Result<()> {
-    let mut st = c.prepare_cached(
-        "INSERT INTO transfers (kind, debit, credit, amount_nanos, request_id, purchase_id, at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?;
-    for t in &s.transfers {
+    let mut st = c.prepare_cached(&format!(
+        "INSERT INTO transfers ({TRANSFER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    ))?;
+    for t in s.transfers.iter().map(TransferCols::of) {
         st.execute(params![
-            t.transfer.kind.as_str(),
-            t.transfer.debit.code(),
-            t.transfer.credit.code(),
-            t.transfer.amount.0,
-            t.request_id.as_ref().map(|r| r.as_str()),
-            t.purchase_id.as_ref().map(|p| p.as_str()),
-            t.at.0
+            t.kind,
+            t.debit,
+            t.credit,
+            t.amount,
+            t.request_id,
+            t.purchase_id,
+            t.at
         ])?;
     }
     Ok(())

@@ -3,19 +3,19 @@
 use super::account_cache::CachedAccount;
 use super::load::{load_account, load_catalog, request_row, setting};
 use super::persist;
-use crate::rows::{TermsCols, KEY_COLS, REQUEST_COLS};
+use crate::rows::{PurchaseCols, TermsCols, KEY_COLS, PURCHASE_COLS, REQUEST_COLS};
 use crate::{
     parse_id, to_json, ApiKeyRecord, BillingMode, Result, StoreError, Tx,
     SETTING_CATALOG_GENERATION,
 };
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use std::collections::HashMap;
 use tollgate_core::catalog::{Catalog, EndpointDef};
 use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId, RequestId};
 use tollgate_core::machine::{AccountState, BatchState, PurchaseRecord, RequestRecord};
 use tollgate_core::price::PriceRule;
 use tollgate_core::terms::Terms;
-use tollgate_core::{Nanos, Timestamp};
+use tollgate_core::Timestamp;
 
 /// Counts one more catalog change, in the db transaction that makes it.
 fn bump_catalog_generation(conn: &Connection) -> Result<()> {
@@ -95,27 +95,13 @@ impl Tx for SqliteTx<'_> {
         keys: &[(AccountId, PurchaseId)],
         out: &mut HashMap<(AccountId, PurchaseId), PurchaseRecord>,
     ) -> Result<()> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT amount_nanos, paid, created_at, balance_after, limit_after, locked_after, \
-             expires_at FROM purchases WHERE account = ?1 AND purchase_id = ?2",
-        )?;
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {PURCHASE_COLS} FROM purchases WHERE account = ?1 AND purchase_id = ?2"
+        ))?;
         for (account, pid) in keys {
-            let found = st
-                .query_row(params![account.as_str(), pid.as_str()], |r| {
-                    Ok(PurchaseRecord {
-                        account: account.clone(),
-                        purchase_id: pid.clone(),
-                        amount: Nanos(r.get(0)?),
-                        paid: r.get(1)?,
-                        created_at: Timestamp(r.get(2)?),
-                        balance_after: Nanos(r.get(3)?),
-                        concurrency_limit_after: r.get(4)?,
-                        locked_after: r.get(5)?,
-                        expires_at: r.get::<_, Option<i64>>(6)?.map(Timestamp),
-                    })
-                })
-                .optional()?;
-            if let Some(p) = found {
+            let mut rows = st.query(params![account.as_str(), pid.as_str()])?;
+            if let Some(r) = rows.next()? {
+                let p = PurchaseCols::read(r)?.into_record()?;
                 out.insert((account.clone(), pid.clone()), p);
             }
         }
