@@ -19,9 +19,10 @@ use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, KeyAlias, PurchaseId};
 use tollgate_core::machine::{Op, Outcome};
 use tollgate_core::price::PriceRule;
 use tollgate_core::pricing::{Discounts, VolumeTier};
+use tollgate_core::terms::TermsChange;
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::{AdminCmd, AdminReply};
-use tollgate_store::{AccountRow, AccountTerms, BillingMode, Scope};
+use tollgate_store::{AccountRow, BillingMode, Scope};
 use utoipa::ToSchema;
 
 /// How an account pays.
@@ -483,63 +484,31 @@ pub async fn set_pricing(
     Path(account): Path<AccountId>,
     Json(body): Json<TermsBody>,
 ) -> Result<axum::Json<TermsSet>, ApiError> {
-    let row = tollgate_query::account(&state.engine, &account).await?;
-    let mut discounts = row.state.discounts.clone();
-    if let Some(p) = body.percent_discount {
-        discounts.percent_discount = Some(p);
-    }
-    if let Some(t) = body.volume_tiers {
-        discounts.volume_tiers = t;
-    }
-    discounts
-        .validate()
-        .map_err(|(f, m)| ApiError::invalid(&f, format!("`{f}` {m}")))?;
-    if let Some(Some(0)) = body.concurrency_limit {
-        return Err(ApiError::invalid(
-            "concurrency_limit",
-            "concurrency_limit must be at least 1 (or null to use the tier table)",
-        ));
-    }
-    let catalog = state.engine.catalog();
-    let mut prices = Vec::new();
-    for (endpoint, rule) in body.prices {
-        if !catalog.endpoints.contains_key(&endpoint) {
-            return Err(ApiError::not_found(format!("unknown endpoint {endpoint}")));
-        }
-        rule.validate().map_err(|(f, m)| {
-            ApiError::invalid(
-                format!("prices.{endpoint}.{f}"),
-                format!("prices.{endpoint}.{f} {m}"),
-            )
-        })?;
-        prices.push((endpoint, rule));
-    }
-    state
+    let change = TermsChange {
+        percent_discount: body.percent_discount,
+        volume_tiers: body.volume_tiers,
+        concurrency_limit: body.concurrency_limit,
+        lock_threshold: body.lock_threshold_usd,
+        prices: body.prices.into_iter().collect(),
+        effective_from: body.effective_from,
+    };
+    let reply = state
         .engine
         .admin(AdminCmd::SetTerms {
             username: account.clone(),
-            terms: AccountTerms {
-                lock_threshold: body.lock_threshold_usd,
-                concurrency_override: body.concurrency_limit,
-                discounts: Some(discounts),
-            },
+            change,
         })
         .await?;
-    let versions = prices.len();
-    if !prices.is_empty() {
-        state
-            .engine
-            .admin(AdminCmd::SetAccountPrices {
-                username: account.clone(),
-                prices,
-                effective_from: body.effective_from,
-            })
-            .await?;
-    }
+    let AdminReply::TermsSet {
+        price_versions_created,
+    } = reply
+    else {
+        return Err(ApiError::server("unexpected reply"));
+    };
     let row = tollgate_query::account(&state.engine, &account).await?;
     Ok(axum::Json(TermsSet {
         account: account_view(&state, &row),
-        price_versions_created: versions,
+        price_versions_created,
     }))
 }
 

@@ -1,6 +1,6 @@
 //! tollgate's pure billing core: money, identifiers, price rules and rating, discounts, the
-//! outcome policy, the double-entry ledger, concurrency tiers, the catalog, and the request
-//! state machine that applies one operation at a time to a batch's state.
+//! outcome policy, the double-entry ledger, concurrency tiers, the catalog, account terms, and
+//! the request state machine that applies one operation at a time to a batch's state.
 //!
 //! Architecture invariant: nothing here does I/O, reads a clock, spawns, or uses floats.
 //! Callers pass `now`; the engine loads what a batch needs and persists what it returns.
@@ -17,6 +17,7 @@ pub mod price;
 pub mod pricing;
 pub mod quote;
 pub mod rollup;
+pub mod terms;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;

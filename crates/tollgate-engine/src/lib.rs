@@ -17,13 +17,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tollgate_core::catalog::document::CatalogDocument;
 use tollgate_core::catalog::Catalog;
-use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId};
+use tollgate_core::ids::{AccountId, ApiKeyId, PurchaseId};
 use tollgate_core::machine::{apply, BatchState, Op, Outcome, Rejection};
-use tollgate_core::price::PriceRule;
+use tollgate_core::terms::{self, Terms, TermsChange};
 use tollgate_core::Timestamp;
 use tollgate_store::{
-    AccountTerms, ApiKeyRecord, BillingMode, Reader, ReaderFactory, Store, StoreError, SyncFn, Tx,
-    SETTING_CONCURRENCY, SETTING_MACHINES, SETTING_PRICES_READ_ON,
+    ApiKeyRecord, BillingMode, Reader, ReaderFactory, Store, StoreError, SyncFn, Tx,
 };
 
 /// The most operations one db transaction applies.
@@ -43,6 +42,10 @@ pub enum EngineError {
     /// The command's input was refused; nothing was written.
     #[error("{}", .0.message)]
     Invalid(InvalidInput),
+    /// A sync of the store failed: the database file is behind what the writer built on, so
+    /// the engine refuses every write until tollgate restarts.
+    #[error("{0}; tollgate must be restarted to write again")]
+    SyncFailed(StoreError),
     /// Something other than the store failed (a thread could not start, a task panicked).
     #[error("{0}")]
     Internal(String),
@@ -86,15 +89,14 @@ pub enum AdminCmd {
         username: AccountId,
         billing: BillingMode,
     },
+    /// Changes an account's terms and adds its own prices (each a new account-scoped price
+    /// version), in one db transaction: the change is applied to the terms as they are under
+    /// the account's lock, so concurrent changes of different terms all stick, and a refused
+    /// change (invalid terms or prices: [`EngineError::Invalid`]; no such account or an
+    /// endpoint not in the catalog: [`StoreError::NotFound`]) writes nothing.
     SetTerms {
         username: AccountId,
-        terms: AccountTerms,
-    },
-    /// New prices for one account; each is a new account-scoped price version.
-    SetAccountPrices {
-        username: AccountId,
-        prices: Vec<(EndpointId, PriceRule)>,
-        effective_from: Option<Timestamp>,
+        change: TermsChange,
     },
     InsertKey(ApiKeyRecord),
     RevokeKey {
@@ -108,6 +110,9 @@ pub enum AdminCmd {
 pub enum AdminReply {
     Done,
     Revoked(bool),
+    TermsSet {
+        price_versions_created: usize,
+    },
     CatalogApplied {
         endpoints: usize,
         versions_created: usize,
@@ -164,7 +169,7 @@ struct Shared {
     open_reader: ReaderFactory,
     clock: Clock,
     /// Set when a sync of the store failed (see [`syncer`]).
-    sync_failure: std::sync::OnceLock<String>,
+    sync_failure: std::sync::OnceLock<StoreError>,
 }
 
 /// A handle to the write path and the read pool. Cheap to clone.
@@ -354,17 +359,12 @@ fn syncer(mut sync: SyncFn, rx: std::sync::mpsc::Receiver<Vec<Answer>>, shared: 
         let synced = match shared.sync_failure.get() {
             Some(failure) => Err(failure.clone()),
             None => sync().map_err(|e| {
-                let failure = format!("{e}; tollgate must be restarted to write again");
-                tracing::error!("{failure}");
-                shared.sync_failure.get_or_init(|| failure).clone()
+                tracing::error!("{}", EngineError::SyncFailed(e.clone()));
+                shared.sync_failure.get_or_init(|| e).clone()
             }),
         };
         for answer in answers {
-            answer(
-                synced
-                    .clone()
-                    .map_err(|m| EngineError::Store(StoreError::Db(m))),
-            );
+            answer(synced.clone().map_err(EngineError::SyncFailed));
         }
     }
 }
@@ -413,7 +413,7 @@ fn writer(
         let jobs = std::mem::take(&mut pending);
         if let Some(failure) = shared.sync_failure.get() {
             for job in jobs {
-                job.fail(EngineError::Store(StoreError::Db(failure.clone())));
+                job.fail(EngineError::SyncFailed(failure.clone()));
             }
             continue;
         }
@@ -456,7 +456,10 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
     let now = (shared.clock)();
     let mut answers: Vec<Vec<Result<Outcome, Rejection>>> = Vec::new();
     let mut spent: Option<BatchState> = None;
-    let mut result = store.transaction(&mut |tx| {
+    let result = store.transaction(&mut |tx| {
+        // A run again starts from nothing (see `Rerunnable`): the answers are built anew, and
+        // `spent` is replaced. The catalog snapshot it may refresh is a copy of what is
+        // committed, which a rollback does not change.
         answers.clear();
         let catalog = catalog_in_force(tx, shared)?;
         let mut ops_per_job: Vec<Vec<Op>> = Vec::with_capacity(jobs.len());
@@ -505,13 +508,10 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
                 Job::Sweep { reply } => (reply, Vec::new()),
                 Job::Admin { .. } => unreachable!(),
             };
-            let msg = match &mut result {
+            let msg = match &result {
                 Ok(()) => Ok(answers.next().expect("one answer list per job")),
-                // Every caller of the batch gets the error (StoreError is not Clone); a
-                // database message is passed on as is, not wrapped in a second "database
-                // error:".
-                Err(StoreError::Db(m)) => Err(EngineError::Store(StoreError::Db(m.clone()))),
-                Err(e) => Err(EngineError::Store(StoreError::Db(e.to_string()))),
+                // Every caller of the batch gets the error.
+                Err(e) => Err(EngineError::Store(e.clone())),
             };
             Box::new(move |synced: Result<(), EngineError>| {
                 let _ = reply.send(synced.and(msg));
@@ -598,9 +598,9 @@ fn load<'a>(
 }
 
 /// Aborts an admin command's db transaction, so nothing of refused input is applied; the
-/// reason travels beside it in an `InvalidInput`.
-fn refused() -> StoreError {
-    StoreError::Db("refused input".into())
+/// reason also travels beside it, with where it was found, in an `InvalidInput`.
+fn refused(input: &InvalidInput) -> StoreError {
+    StoreError::Refused(input.message.clone())
 }
 
 fn run_admin(
@@ -614,37 +614,31 @@ fn run_admin(
     let mut invalid: Option<InvalidInput> = None;
     store
         .transaction(&mut |tx| {
+            // A run again starts from nothing (see `Rerunnable`).
+            reply = AdminReply::Done;
+            new_catalog = None;
             invalid = None;
             match &cmd {
                 AdminCmd::CreateAccount { username, billing } => {
                     tx.create_account(username, *billing, now)?
                 }
-                AdminCmd::SetTerms { username, terms } => tx.set_account_terms(username, terms)?,
+                AdminCmd::SetTerms { username, change } => {
+                    let created = set_terms(tx, shared, username, change, now, &mut invalid)?;
+                    reply = AdminReply::TermsSet {
+                        price_versions_created: created,
+                    };
+                    if created > 0 {
+                        new_catalog = Some((tx.catalog_generation()?, tx.load_catalog()?));
+                    }
+                }
                 AdminCmd::InsertKey(k) => tx.insert_api_key(k)?,
                 AdminCmd::RevokeKey { key_id, account } => {
                     reply = AdminReply::Revoked(tx.revoke_api_key(key_id, account.as_ref(), now)?)
                 }
-                AdminCmd::SetAccountPrices {
-                    username,
-                    prices,
-                    effective_from,
-                } => {
-                    let catalog = tx.load_catalog()?;
-                    let at = effective_from.unwrap_or(now);
-                    for (endpoint, rule) in prices {
-                        if !catalog.endpoints.contains_key(endpoint) {
-                            invalid =
-                                Some(InvalidInput::new(format!("unknown endpoint {endpoint}")));
-                            return Err(refused());
-                        }
-                        tx.insert_price_version(endpoint, Some(username), at, rule, now)?;
-                    }
-                    new_catalog = Some((tx.catalog_generation()?, tx.load_catalog()?));
-                }
                 AdminCmd::ApplyCatalog(doc) => {
                     let (endpoints, versions_created) = apply_catalog(tx, doc, now, &mut invalid)?;
-                    if invalid.is_some() {
-                        return Err(refused());
+                    if let Some(input) = &invalid {
+                        return Err(refused(input));
                     }
                     reply = AdminReply::CatalogApplied {
                         endpoints,
@@ -668,6 +662,53 @@ fn run_admin(
         shared.keys.lock().expect("key cache").remove(key_id);
     }
     Ok(reply)
+}
+
+/// Applies a change of an account's terms under its lock, and adds its prices; returns how
+/// many price versions it created. Refuses (before writing anything) a change the core finds
+/// invalid, with the reason in `invalid`, and an account or endpoint that does not exist.
+fn set_terms(
+    tx: &mut dyn Tx,
+    shared: &Shared,
+    username: &AccountId,
+    change: &TermsChange,
+    now: Timestamp,
+    invalid: &mut Option<InvalidInput>,
+) -> Result<usize, StoreError> {
+    let mut loaded = HashMap::new();
+    tx.lock_accounts(std::slice::from_ref(username), now, &mut loaded)?;
+    let account = loaded
+        .remove(username)
+        .ok_or_else(|| StoreError::NotFound(format!("account {username}")))?;
+    let terms = match terms::apply(&Terms::of(&account), change) {
+        Ok(terms) => terms,
+        Err(e) => {
+            let input = InvalidInput {
+                message: e.message,
+                field: Some(e.field),
+                line: None,
+            };
+            let error = refused(&input);
+            *invalid = Some(input);
+            return Err(error);
+        }
+    };
+    if !change.prices.is_empty() {
+        let catalog = catalog_in_force(tx, shared)?;
+        if let Some((endpoint, _)) = change
+            .prices
+            .iter()
+            .find(|(endpoint, _)| !catalog.endpoints.contains_key(endpoint))
+        {
+            return Err(StoreError::NotFound(format!("endpoint {endpoint}")));
+        }
+    }
+    tx.set_account_terms(username, &terms)?;
+    let at = change.effective_from.unwrap_or(now);
+    for (endpoint, rule) in &change.prices {
+        tx.insert_price_version(endpoint, Some(username), at, rule, now)?;
+    }
+    Ok(change.prices.len())
 }
 
 /// Applies a catalog document: endpoint metadata is replaced; a price that differs from the
@@ -714,12 +755,10 @@ fn apply_catalog(
     // are kept, so a document that adds one endpoint cannot erase the machine prices.
     let mut machines = current.machines.clone();
     machines.extend(doc.machines.clone());
-    let machines = serde_json::to_string(&machines).expect("machines serialize");
-    tx.set_setting(SETTING_MACHINES, &machines)?;
-    if let Some(c) = &doc.concurrency {
-        let table = serde_json::to_string(c).expect("table serializes");
-        tx.set_setting(SETTING_CONCURRENCY, &table)?;
+    tx.set_machine_prices(&machines)?;
+    if let Some(table) = &doc.concurrency {
+        tx.set_concurrency_table(table)?;
     }
-    tx.set_setting(SETTING_PRICES_READ_ON, &doc.prices_read_on)?;
+    tx.set_prices_read_on(&doc.prices_read_on)?;
     Ok((doc.endpoints.len(), created))
 }

@@ -19,37 +19,120 @@ pub mod sqlite;
 pub mod testing;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
+use tollgate_core::concurrency::ConcurrencyTable;
 use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId, RequestId};
 use tollgate_core::machine::{AccountState, BatchState, LineItem, PurchaseRecord, RequestRecord};
-use tollgate_core::price::PriceRule;
-use tollgate_core::pricing::Discounts;
+use tollgate_core::price::{MachinePrices, PriceRule};
 use tollgate_core::rollup::{ActivityKey, ActivityTotals, Grain, UsageKey, UsageTotals};
+use tollgate_core::terms::Terms;
 use tollgate_core::{Nanos, Timestamp};
 
-#[derive(Debug, thiserror::Error)]
+/// Why the store failed, as the decision it asks of its caller: run the db transaction again
+/// ([`StoreError::Conflict`], [`StoreError::Disconnected`]), tell the caller that what they
+/// named does not exist or already does, or that their input was refused, or give up
+/// ([`StoreError::Corrupt`], [`StoreError::Database`]). Every failure rolls the db transaction
+/// back. Cheap to clone: the engine answers every caller of a failed batch with it.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error: {0}")]
-    Db(String),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-    #[error("{0} already exists")]
-    AlreadyExists(String),
-    #[error("{0} not found")]
-    NotFound(String),
     /// The db transaction lost a race with another process sharing the database (a deadlock,
     /// a serialization failure, a duplicate key inserted concurrently): run it again.
     #[error("conflict with a concurrent writer: {0}")]
-    Conflict(String),
+    Conflict(DbError),
+    /// The named thing (e.g. "account acme") does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The named thing (e.g. "account acme") exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The caller's input was refused (the reason says why); nothing was written.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Stored data does not decode, or the schema is newer than this tollgate.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
     /// The server ended the connection (it is shutting down or restarting, or an operator
     /// terminated the session): reconnect and run the db transaction again.
     #[error("the database ended the connection: {0}")]
-    Disconnected(String),
+    Disconnected(DbError),
+    /// The database, or the file system under it, failed.
+    #[error("database error: {0}")]
+    Database(DbError),
 }
+
+impl StoreError {
+    /// A [`StoreError::Database`]: `message` says what failed, `source` is the driver's (or
+    /// the file system's) error.
+    pub fn database(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StoreError {
+        StoreError::Database(DbError::new(message, source))
+    }
+}
+
+/// A database driver's or the file system's error, and what it means in tollgate's words.
+/// Shared: a clone is a reference count.
+#[derive(Clone)]
+pub struct DbError {
+    /// What is shown: the driver's message, with what the store was doing when it came.
+    message: Arc<str>,
+    /// The error itself, for a caller that inspects it (`None` when the failure is the
+    /// store's own finding).
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl DbError {
+    pub fn new(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> DbError {
+        DbError {
+            message: message.into().into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// A failure with no error of the driver's behind it.
+    pub fn msg(message: impl Into<String>) -> DbError {
+        DbError {
+            message: message.into().into(),
+            source: None,
+        }
+    }
+
+    /// The driver's (or the file system's) error: `rusqlite::Error`, `postgres::Error`,
+    /// `std::io::Error`, ...
+    pub fn source_error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.source.as_deref()
+    }
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::fmt::Debug for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("DbError");
+        d.field("message", &self.message);
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+/// The message already says what the source says, so the source is not reported again as a
+/// cause; [`DbError::source_error`] gives it to a caller that wants it.
+impl std::error::Error for DbError {}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Db(e.to_string())
+        StoreError::database(e.to_string(), e)
     }
 }
 
@@ -63,10 +146,11 @@ pub fn open(target: &str) -> Result<Box<dyn Store>> {
     }
 }
 
-/// Settings keys.
-pub const SETTING_MACHINES: &str = "machines";
-pub const SETTING_CONCURRENCY: &str = "concurrency";
-pub const SETTING_PRICES_READ_ON: &str = "prices_read_on";
+/// Settings keys of the catalog, written through [`Tx::set_machine_prices`],
+/// [`Tx::set_concurrency_table`] and [`Tx::set_prices_read_on`], read into [`Catalog`].
+const SETTING_MACHINES: &str = "machines";
+const SETTING_CONCURRENCY: &str = "concurrency";
+const SETTING_PRICES_READ_ON: &str = "prices_read_on";
 /// Counts catalog changes (endpoints, price versions, settings): a process whose catalog
 /// snapshot is of an older generation reloads it. Written by the stores, never by callers.
 pub const SETTING_CATALOG_GENERATION: &str = "catalog_generation";
@@ -187,15 +271,6 @@ pub struct AccountRow {
     pub state: AccountState,
     pub created_at: Timestamp,
     pub billing: BillingMode,
-}
-
-/// Operator-set terms of an account. `None` leaves a term unchanged.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AccountTerms {
-    pub lock_threshold: Option<Nanos>,
-    /// `Some(None)` removes the override.
-    pub concurrency_override: Option<Option<u32>>,
-    pub discounts: Option<Discounts>,
 }
 
 /// Totals that must agree for the ledger to reconcile.
@@ -406,7 +481,9 @@ pub trait Tx {
         billing: BillingMode,
         now: Timestamp,
     ) -> Result<()>;
-    fn set_account_terms(&mut self, username: &AccountId, terms: &AccountTerms) -> Result<()>;
+    /// Replaces an account's terms (the caller applied its change to them under the account's
+    /// lock, see [`Tx::lock_accounts`]). [`StoreError::NotFound`] when there is no such account.
+    fn set_account_terms(&mut self, username: &AccountId, terms: &Terms) -> Result<()>;
     fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<()>;
     /// Revokes a key of `account` (or an operator key when `None`). Returns whether a live key
     /// was revoked.
@@ -425,16 +502,40 @@ pub trait Tx {
         rule: &PriceRule,
         now: Timestamp,
     ) -> Result<i64>;
+    /// Writes a setting as text, which the caller encoded: for settings the store does not
+    /// encode itself (a catalog setting has its typed method below, and is read back into
+    /// [`Catalog`]). Counts as a catalog change (see [`SETTING_CATALOG_GENERATION`]).
     fn set_setting(&mut self, key: &str, value: &str) -> Result<()>;
+    /// The catalog's machine prices, replacing those stored.
+    fn set_machine_prices(&mut self, machines: &MachinePrices) -> Result<()> {
+        self.set_setting(SETTING_MACHINES, &rows::machine_prices_text(machines))
+    }
+    /// The catalog's concurrency tier table, replacing the one stored.
+    fn set_concurrency_table(&mut self, table: &ConcurrencyTable) -> Result<()> {
+        self.set_setting(SETTING_CONCURRENCY, &rows::concurrency_table_text(table))
+    }
+    /// The date the catalog's prices were read on, as the catalog document gives it.
+    fn set_prices_read_on(&mut self, date: &str) -> Result<()> {
+        self.set_setting(SETTING_PRICES_READ_ON, date)
+    }
     fn load_catalog(&mut self) -> Result<Catalog>;
 }
 
+/// The work of one db transaction, which [`Store::transaction`] may run more than once: on a
+/// shared database, after a conflict with another writer or a dropped connection, the store
+/// rolls the db transaction back and runs the whole closure again, from the start. So it must
+/// have no effect outside the db transaction other than building its own outputs, and must
+/// build them anew on each run (clear, at its start, what an earlier run left).
+pub type Rerunnable<'a> = dyn FnMut(&mut dyn Tx) -> Result<()> + 'a;
+
 /// The write side: one writer per process.
 pub trait Store: Send {
-    /// Runs `f` in one db transaction and commits if it returns `Ok`. When this returns `Ok`,
-    /// the commit is durable, unless [`Store::defer_sync`] was called: then it is durable once
-    /// the returned [`SyncFn`] next returns `Ok`.
-    fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
+    /// Runs `work` in one db transaction and commits if it returns `Ok`; runs it again (in a
+    /// new db transaction) when the store can tell that a retry may succeed (see
+    /// [`Rerunnable`]). When this returns `Ok`, the commit is durable, unless
+    /// [`Store::defer_sync`] was called: then it is durable once the returned [`SyncFn`] next
+    /// returns `Ok`.
+    fn transaction(&mut self, work: &mut Rerunnable) -> Result<()>;
     /// Lets commits return before they are on disk, and gives the function that puts every
     /// commit made so far on disk, which another thread can call while the next transaction
     /// runs. `None` (the default) when the store cannot separate the two: then every commit
@@ -503,7 +604,9 @@ pub trait Reader: Send {
         })?;
         let mut total = UsageTotals::default();
         for (_, t) in &rows {
-            total.add(t).map_err(|e| StoreError::Db(e.to_string()))?;
+            total
+                .add(t)
+                .map_err(|e| StoreError::database(e.to_string(), e))?;
         }
         Ok((total.requests, total.total))
     }

@@ -3,17 +3,21 @@
 //! reconciliation (portable SQL, compared in Rust). A driver only moves values in and out.
 
 use crate::{
-    corrupt, decimal, json, parse_id, AccountRow, ApiKeyRecord, BillingMode, Reconciliation,
-    Result, Scope, SETTING_CONCURRENCY, SETTING_MACHINES,
+    corrupt, decimal, json, parse_id, to_json, AccountRow, ApiKeyRecord, BillingMode,
+    Reconciliation, Result, Scope, SETTING_CONCURRENCY, SETTING_MACHINES,
 };
 use std::collections::HashMap;
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
 use tollgate_core::concurrency::ConcurrencyTable;
 use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, MachineType, PurchaseId, RequestId};
 use tollgate_core::ledger::CreditAccount;
-use tollgate_core::machine::{AccountState, LineItem, Lot, RequestRecord, RequestStatus, Source};
+use tollgate_core::machine::{
+    AccountState, LineItem, Lot, PurchaseRecord, RequestRecord, RequestStatus, Source,
+    TransferRecord,
+};
 use tollgate_core::price::{MachinePrices, PriceRule};
 use tollgate_core::pricing::Charge;
+use tollgate_core::terms::Terms;
 use tollgate_core::{Nanos, Timestamp};
 
 /// A result row, whichever driver read it: the few column types the schema uses.
@@ -22,6 +26,7 @@ pub(crate) trait Get {
     fn opt_text(&self, i: usize) -> Result<Option<String>>;
     fn int(&self, i: usize) -> Result<i64>;
     fn opt_int(&self, i: usize) -> Result<Option<i64>>;
+    fn bool(&self, i: usize) -> Result<bool>;
 }
 
 pub(crate) const ACCOUNT_COLS: &str = "username, billing, balance_nanos, held_nanos, \
@@ -103,6 +108,116 @@ impl AccountCols {
             created_at: Timestamp(self.created_at),
             billing,
         })
+    }
+}
+
+/// The columns of an `accounts` row that hold its terms.
+pub(crate) struct TermsCols {
+    pub lock_threshold: i64,
+    pub concurrency_override: Option<i64>,
+    pub discounts: String,
+}
+
+impl TermsCols {
+    pub fn of(t: &Terms) -> TermsCols {
+        TermsCols {
+            lock_threshold: t.lock_threshold.0,
+            concurrency_override: t.concurrency_override.map(i64::from),
+            discounts: to_json(&t.discounts),
+        }
+    }
+}
+
+pub(crate) const PURCHASE_COLS: &str = "account, purchase_id, amount_nanos, paid, created_at, \
+     balance_after, limit_after, locked_after, expires_at, remaining_nanos";
+
+/// A `purchases` row: the purchase's answer, and what is left of it as a credit lot.
+pub(crate) struct PurchaseCols {
+    pub account: String,
+    pub purchase_id: String,
+    pub amount: i64,
+    pub paid: bool,
+    pub created_at: i64,
+    pub balance_after: i64,
+    pub limit_after: i64,
+    pub locked_after: bool,
+    pub expires_at: Option<i64>,
+    pub remaining: i64,
+}
+
+impl PurchaseCols {
+    /// A row of `SELECT {PURCHASE_COLS}`.
+    pub fn read(r: &dyn Get) -> Result<PurchaseCols> {
+        Ok(PurchaseCols {
+            account: r.text(0)?,
+            purchase_id: r.text(1)?,
+            amount: r.int(2)?,
+            paid: r.bool(3)?,
+            created_at: r.int(4)?,
+            balance_after: r.int(5)?,
+            limit_after: r.int(6)?,
+            locked_after: r.bool(7)?,
+            expires_at: r.opt_int(8)?,
+            remaining: r.int(9)?,
+        })
+    }
+
+    /// A new purchase, with `remaining` of it left.
+    pub fn of(p: &PurchaseRecord, remaining: Nanos) -> PurchaseCols {
+        PurchaseCols {
+            account: p.account.as_str().to_string(),
+            purchase_id: p.purchase_id.as_str().to_string(),
+            amount: p.amount.0,
+            paid: p.paid,
+            created_at: p.created_at.0,
+            balance_after: p.balance_after.0,
+            limit_after: i64::from(p.concurrency_limit_after),
+            locked_after: p.locked_after,
+            expires_at: p.expires_at.map(|t| t.0),
+            remaining: remaining.0,
+        }
+    }
+
+    pub fn into_record(self) -> Result<PurchaseRecord> {
+        Ok(PurchaseRecord {
+            account: parse_id(AccountId::parse, &self.account)?,
+            purchase_id: parse_id(PurchaseId::parse, &self.purchase_id)?,
+            amount: Nanos(self.amount),
+            paid: self.paid,
+            created_at: Timestamp(self.created_at),
+            expires_at: self.expires_at.map(Timestamp),
+            balance_after: Nanos(self.balance_after),
+            concurrency_limit_after: small("limit_after", self.limit_after)?,
+            locked_after: self.locked_after,
+        })
+    }
+}
+
+pub(crate) const TRANSFER_COLS: &str =
+    "kind, debit, credit, amount_nanos, request_id, purchase_id, at";
+
+/// A `transfers` row.
+pub(crate) struct TransferCols {
+    pub kind: &'static str,
+    pub debit: String,
+    pub credit: String,
+    pub amount: i64,
+    pub request_id: Option<String>,
+    pub purchase_id: Option<String>,
+    pub at: i64,
+}
+
+impl TransferCols {
+    pub fn of(t: &TransferRecord) -> TransferCols {
+        TransferCols {
+            kind: t.transfer.kind.as_str(),
+            debit: t.transfer.debit.code(),
+            credit: t.transfer.credit.code(),
+            amount: t.transfer.amount.0,
+            request_id: t.request_id.as_ref().map(|r| r.as_str().to_string()),
+            purchase_id: t.purchase_id.as_ref().map(|p| p.as_str().to_string()),
+            at: t.at.0,
+        }
     }
 }
 
@@ -395,6 +510,16 @@ pub(crate) fn price_version(
     })
 }
 
+/// The stored text of the catalog's machine prices (read back by [`catalog`]).
+pub(crate) fn machine_prices_text(machines: &MachinePrices) -> String {
+    to_json(machines)
+}
+
+/// The stored text of the catalog's concurrency tier table (read back by [`catalog`]).
+pub(crate) fn concurrency_table_text(table: &ConcurrencyTable) -> String {
+    to_json(table)
+}
+
 /// The catalog from its rows: endpoint definitions (JSON), price versions and settings.
 pub(crate) fn catalog(
     defs: Vec<String>,
@@ -449,6 +574,15 @@ const POSTED: &str = "('purchase', 'grant', 'post', 'charge', 'credit_expiry')";
 /// hold, in-progress count and credit lot against the rows they summarise, every line item
 /// against its request's charges, and every usage rollup against the line items.
 pub(crate) fn reconcile(q: &mut Query) -> Result<Reconciliation> {
+    let mut rec = totals(q)?;
+    account_mismatches(q, &mut rec)?;
+    line_item_mismatches(q, &mut rec)?;
+    rollup_mismatches(q, &mut rec)?;
+    Ok(rec)
+}
+
+/// The ledger's totals: revenue, billed, purchased, credited and expired.
+fn totals(q: &mut Query) -> Result<Reconciliation> {
     let mut one = |sql: &str| -> Result<i128> {
         let rows = q(sql)?;
         Ok(rows
@@ -456,7 +590,7 @@ pub(crate) fn reconcile(q: &mut Query) -> Result<Reconciliation> {
             .and_then(|r| r.first())
             .map_or(Ok(0), Cell::int)? as i128)
     };
-    let mut rec = Reconciliation {
+    Ok(Reconciliation {
         revenue_nanos: one(
             "SELECT CAST(COALESCE(SUM(amount_nanos), 0) AS BIGINT) FROM transfers \
              WHERE kind IN ('post', 'charge')",
@@ -474,7 +608,12 @@ pub(crate) fn reconcile(q: &mut Query) -> Result<Reconciliation> {
              WHERE kind = 'credit_expiry'",
         )?,
         ..Reconciliation::default()
-    };
+    })
+}
+
+/// Accounts whose balance, held amount, lots or in-progress count differ from the rows they
+/// summarise.
+fn account_mismatches(q: &mut Query, rec: &mut Reconciliation) -> Result<()> {
     let mut by_name = |sql: &str, width: usize| -> Result<HashMap<String, Vec<i64>>> {
         let mut out = HashMap::new();
         for row in q(sql)? {
@@ -538,6 +677,11 @@ pub(crate) fn reconcile(q: &mut Query) -> Result<Reconciliation> {
             ));
         }
     }
+    Ok(())
+}
+
+/// Line items whose total differs from the posted charges of their request.
+fn line_item_mismatches(q: &mut Query, rec: &mut Reconciliation) -> Result<()> {
     for row in q(
         "WITH charged AS (SELECT request_id, CAST(SUM(amount_nanos) AS BIGINT) AS amount \
              FROM transfers WHERE kind IN ('post', 'charge') AND request_id IS NOT NULL \
@@ -553,6 +697,11 @@ pub(crate) fn reconcile(q: &mut Query) -> Result<Reconciliation> {
         rec.line_item_mismatches
             .push(parse_id(RequestId::parse, row[0].text()?)?);
     }
+    Ok(())
+}
+
+/// Accounts whose usage rollups, per minute and per hour, do not add up to their line items.
+fn rollup_mismatches(q: &mut Query, rec: &mut Reconciliation) -> Result<()> {
     // The hour rows, and the minutes not folded into them yet.
     let folded_before = format!(
         "COALESCE((SELECT CAST(value AS BIGINT) FROM settings WHERE key = '{}'), {})",
@@ -583,5 +732,5 @@ pub(crate) fn reconcile(q: &mut Query) -> Result<Reconciliation> {
             ));
         }
     }
-    Ok(rec)
+    Ok(())
 }

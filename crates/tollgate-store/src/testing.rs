@@ -2,7 +2,7 @@
 //! `TOLLGATE_TEST_POSTGRES_URL` names a server (each test database is then a schema of its own,
 //! dropped afterwards). For tests only; no production build enables it.
 
-use crate::{Result, Store, StoreError};
+use crate::{DbError, Result, Store, StoreError};
 
 /// The variable that names the PostgreSQL server the tests may use.
 pub const POSTGRES_URL_VAR: &str = "TOLLGATE_TEST_POSTGRES_URL";
@@ -110,7 +110,7 @@ impl TestDb {
         std::thread::scope(|s| {
             s.spawn(|| crate::open(&self.target))
                 .join()
-                .map_err(|_| StoreError::Db("opening the store panicked".into()))?
+                .map_err(|_| StoreError::Database(DbError::msg("opening the store panicked")))?
         })
     }
 }

@@ -7,13 +7,17 @@
 
 use super::rollups::{activity_totals, ACTIVITY_COLS};
 use super::{PgTx, Run};
-use crate::rows::{LineItemCols, RequestCols, LINE_ITEM_COLS, REQUEST_COLS};
+use crate::rows::{
+    LineItemCols, PurchaseCols, RequestCols, TransferCols, LINE_ITEM_COLS, PURCHASE_COLS,
+    REQUEST_COLS, TRANSFER_COLS,
+};
 use crate::{Result, StoreError};
 use postgres::types::ToSql;
 use std::collections::{HashMap, HashSet};
 use tollgate_core::ids::RequestId;
 use tollgate_core::machine::BatchState;
 use tollgate_core::rollup::{self, ActivityTotals, Deltas, Grain, UsagePrice};
+use tollgate_core::Nanos;
 
 /// A statement's parameters, numbered in the order they are added.
 #[derive(Default)]
@@ -53,10 +57,10 @@ fn tables(grain: Grain) -> (&'static str, &'static str) {
 }
 
 pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<()> {
-    let minutes = rollup::deltas(s).map_err(|e| StoreError::Db(e.to_string()))?;
+    let minutes = rollup::deltas(s).map_err(|e| StoreError::database(e.to_string(), e))?;
     let hours = minutes
         .coarsen(Grain::Hour)
-        .map_err(|e| StoreError::Db(e.to_string()))?;
+        .map_err(|e| StoreError::database(e.to_string(), e))?;
     let activity = merged_activity(t, &[(Grain::Minute, &minutes), (Grain::Hour, &hours)])?;
 
     let mut a = Args::default();
@@ -191,27 +195,26 @@ fn purchases(a: &mut Args, s: &BatchState) -> [String; 2] {
             }
         }
     }
+    let inserted: Vec<PurchaseCols> = new
+        .iter()
+        .map(|p| {
+            let remaining = left(&p.account, &p.purchase_id).unwrap_or(p.amount.0);
+            PurchaseCols::of(p, Nanos(remaining))
+        })
+        .collect();
     let insert = format!(
-        "INSERT INTO purchases (account, purchase_id, amount_nanos, paid, created_at, \
-         balance_after, limit_after, locked_after, expires_at, remaining_nanos) \
+        "INSERT INTO purchases ({PURCHASE_COLS}) \
          SELECT * FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
-        a.add(col(new, |p| p.account.as_str().to_string()), "text[]"),
-        a.add(col(new, |p| p.purchase_id.as_str().to_string()), "text[]"),
-        a.add(col(new, |p| p.amount.0), "bigint[]"),
-        a.add(col(new, |p| p.paid), "boolean[]"),
-        a.add(col(new, |p| p.created_at.0), "bigint[]"),
-        a.add(col(new, |p| p.balance_after.0), "bigint[]"),
-        a.add(
-            col(new, |p| i64::from(p.concurrency_limit_after)),
-            "bigint[]"
-        ),
-        a.add(col(new, |p| p.locked_after), "boolean[]"),
-        a.add(col(new, |p| p.expires_at.map(|t| t.0)), "bigint[]"),
-        a.add(
-            col(new, |p| left(&p.account, &p.purchase_id)
-                .unwrap_or(p.amount.0)),
-            "bigint[]"
-        ),
+        a.add(col(&inserted, |p| p.account.clone()), "text[]"),
+        a.add(col(&inserted, |p| p.purchase_id.clone()), "text[]"),
+        a.add(col(&inserted, |p| p.amount), "bigint[]"),
+        a.add(col(&inserted, |p| p.paid), "boolean[]"),
+        a.add(col(&inserted, |p| p.created_at), "bigint[]"),
+        a.add(col(&inserted, |p| p.balance_after), "bigint[]"),
+        a.add(col(&inserted, |p| p.limit_after), "bigint[]"),
+        a.add(col(&inserted, |p| p.locked_after), "boolean[]"),
+        a.add(col(&inserted, |p| p.expires_at), "bigint[]"),
+        a.add(col(&inserted, |p| p.remaining), "bigint[]"),
     );
     let update = format!(
         "UPDATE purchases p SET remaining_nanos = x.remaining \
@@ -226,29 +229,16 @@ fn purchases(a: &mut Args, s: &BatchState) -> [String; 2] {
 }
 
 fn transfers(a: &mut Args, s: &BatchState) -> String {
-    let tr = &s.transfers;
+    let tr: Vec<TransferCols> = s.transfers.iter().map(TransferCols::of).collect();
     format!(
-        "INSERT INTO transfers (kind, debit, credit, amount_nanos, request_id, purchase_id, at) \
-         SELECT * FROM unnest({}, {}, {}, {}, {}, {}, {})",
-        a.add(col(tr, |t| t.transfer.kind.as_str().to_string()), "text[]"),
-        a.add(col(tr, |t| t.transfer.debit.code()), "text[]"),
-        a.add(col(tr, |t| t.transfer.credit.code()), "text[]"),
-        a.add(col(tr, |t| t.transfer.amount.0), "bigint[]"),
-        a.add(
-            col(tr, |t| t
-                .request_id
-                .as_ref()
-                .map(|r| r.as_str().to_string())),
-            "text[]"
-        ),
-        a.add(
-            col(tr, |t| t
-                .purchase_id
-                .as_ref()
-                .map(|p| p.as_str().to_string())),
-            "text[]"
-        ),
-        a.add(col(tr, |t| t.at.0), "bigint[]"),
+        "INSERT INTO transfers ({TRANSFER_COLS}) SELECT * FROM unnest({}, {}, {}, {}, {}, {}, {})",
+        a.add(col(&tr, |t| t.kind.to_string()), "text[]"),
+        a.add(col(&tr, |t| t.debit.clone()), "text[]"),
+        a.add(col(&tr, |t| t.credit.clone()), "text[]"),
+        a.add(col(&tr, |t| t.amount), "bigint[]"),
+        a.add(col(&tr, |t| t.request_id.clone()), "text[]"),
+        a.add(col(&tr, |t| t.purchase_id.clone()), "text[]"),
+        a.add(col(&tr, |t| t.at), "bigint[]"),
     )
 }
 

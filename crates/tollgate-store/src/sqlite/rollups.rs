@@ -105,7 +105,7 @@ fn tables(grain: Grain) -> (&'static str, &'static str) {
 pub(super) fn write(conn: &Connection, minutes: &Deltas, folded_before: Timestamp) -> Result<()> {
     let hours = minutes
         .coarsen_before(Grain::Hour, folded_before)
-        .map_err(|e| StoreError::Db(e.to_string()))?;
+        .map_err(|e| StoreError::database(e.to_string(), e))?;
     write_grain(conn, Grain::Minute, minutes)?;
     write_grain(conn, Grain::Hour, &hours)
 }

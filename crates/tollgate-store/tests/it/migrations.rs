@@ -9,7 +9,7 @@ use tollgate_core::Timestamp;
 use tollgate_store::sqlite::SqliteStore;
 use tollgate_store::{BillingEventsQuery, RollupQuery, Store, SETTING_FOLDED_BEFORE};
 
-const SCHEMA_1: &str = include_str!("../migrations/sqlite/0001_init.sql");
+const SCHEMA_1: &str = include_str!("../../migrations/sqlite/0001_init.sql");
 
 /// A version-1 database with two accounts and billed requests across two hours, written as
 /// tollgate 1 wrote them.

@@ -2,16 +2,14 @@
 //! (`Store::idle`), and only those: after a large batch (heavy load, where callers waiting for
 //! their answers also empty the queue) it does not.
 
-mod common;
-
-use common::{catalog_and_account, event};
+use crate::common::{catalog_and_account, event};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_core::Timestamp;
 use tollgate_engine::Engine;
 use tollgate_store::testing::{Backend, TestDb};
-use tollgate_store::{BillingMode, ReaderFactory, Result, Store, SyncFn, Tx};
+use tollgate_store::{BillingMode, ReaderFactory, Rerunnable, Result, Store, SyncFn};
 
 /// 2026-06-01T00:00:00Z: when the events happened.
 const T: i64 = 1_780_272_000_000;
@@ -23,8 +21,8 @@ struct Counting {
 }
 
 impl Store for Counting {
-    fn transaction(&mut self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
-        self.inner.transaction(f)
+    fn transaction(&mut self, work: &mut Rerunnable) -> Result<()> {
+        self.inner.transaction(work)
     }
     fn defer_sync(&mut self) -> Result<Option<SyncFn>> {
         self.inner.defer_sync()

@@ -3,9 +3,7 @@
 //! the same before and after a fold, and a late usage event for a folded minute still counts
 //! in its hour.
 
-mod common;
-
-use common::{account, catalog_and_account, event};
+use crate::common::{account, catalog_and_account, event};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use tollgate_core::ids::PurchaseId;

@@ -10,10 +10,11 @@ use tollgate_core::catalog::document;
 use tollgate_core::ids::{AccountId, EndpointId, PurchaseId, RequestId};
 use tollgate_core::machine::{Op, Outcome, Rejection};
 use tollgate_core::price::{Dims, Output};
+use tollgate_core::terms::TermsChange;
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::{AdminCmd, Engine};
 use tollgate_store::testing::{backends, postgres_url, Backend, TestDb};
-use tollgate_store::{AccountTerms, BillingMode};
+use tollgate_store::BillingMode;
 
 const CATALOG: &str = r#"
 prices_read_on = "2026-01-15"
@@ -97,9 +98,9 @@ impl Pair {
         self.a
             .admin(AdminCmd::SetTerms {
                 username: account(),
-                terms: AccountTerms {
-                    concurrency_override: Some(Some(limit)),
-                    ..AccountTerms::default()
+                change: TermsChange {
+                    concurrency_limit: Some(Some(limit)),
+                    ..TermsChange::default()
                 },
             })
             .await

@@ -12,6 +12,7 @@
 //! `tollgate_core::machine::apply` on an in-memory state.
 
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -25,6 +26,7 @@ use tollgate_core::machine::{
 };
 use tollgate_core::price::{Dims, Output};
 use tollgate_core::rollup::{ActivityKey, ActivityTotals, UsageKey, UsageTotals};
+use tollgate_core::terms::TermsChange;
 use tollgate_core::testing::{
     account_id, discounts, dt_ms, due_credits, fresh_state, to_op, Statuses, Step, Usage, ACCOUNTS,
     EVENT_IDS, REAL_ACCOUNTS, REQUEST_IDS, T0,
@@ -32,7 +34,7 @@ use tollgate_core::testing::{
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::{AdminCmd, AdminReply, Engine};
 use tollgate_store::testing::{backends, Backend, TestDb};
-use tollgate_store::{AccountTerms, BillingEventsQuery, BillingMode, Reconciliation, RollupQuery};
+use tollgate_store::{BillingEventsQuery, BillingMode, Reconciliation, RollupQuery};
 
 /// The generators' endpoints `test/megapixel`, `test/video` and `test/gpu` (`test/unknown` is
 /// not in it), and `test/fast`, which only the sweeper tests use.
@@ -194,9 +196,10 @@ impl Harness {
             engine
                 .admin(AdminCmd::SetTerms {
                     username: account_id(i),
-                    terms: AccountTerms {
-                        discounts: Some(discounts(i)),
-                        ..AccountTerms::default()
+                    change: TermsChange {
+                        percent_discount: discounts(i).percent_discount,
+                        volume_tiers: Some(discounts(i).volume_tiers),
+                        ..TermsChange::default()
                     },
                 })
                 .await
@@ -737,7 +740,15 @@ fn on(backend: &Backend, e: TestCaseError) -> TestCaseError {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig {
+        // Failures are kept beside this file (`engine_props.proptest-regressions`). By default
+        // proptest would look in `tests/proptest-regressions/`, since this binary has a
+        // `main.rs`.
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions"
+        ))),
+        ..ProptestConfig::with_cases(24)
+    })]
 
     /// Sent in a known order (one at a time, ordered batches, sweeps), the engine answers and
     /// stores exactly what the pure machine computes, and the ledger reconciles.

@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use tollgate_core::ids::AccountId;
 use tollgate_core::machine::{AccountState, BatchState};
+use tollgate_core::terms::Terms;
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_store::sqlite::SqliteStore;
-use tollgate_store::{AccountTerms, BillingMode, Store, StoreError};
+use tollgate_store::{BillingMode, Store, StoreError};
 
 fn load(store: &mut SqliteStore, id: &AccountId) -> AccountState {
     let mut out = HashMap::new();
@@ -73,7 +74,7 @@ fn a_failed_transaction_and_changed_terms_leave_nothing_stale() {
         state.accounts.get_mut(&id).unwrap().credit.balance = Nanos(999);
         state.dirty_accounts.insert(id.clone());
         tx.persist(&state)?;
-        Err(StoreError::Db("the batch failed".into()))
+        Err(StoreError::Refused("the batch failed".into()))
     });
     assert!(failed.is_err());
     assert_eq!(load(&mut store, &id).credit.balance, Nanos(100));
@@ -83,10 +84,10 @@ fn a_failed_transaction_and_changed_terms_leave_nothing_stale() {
         .transaction(&mut |tx| {
             tx.set_account_terms(
                 &id,
-                &AccountTerms {
-                    lock_threshold: Some(Nanos(42)),
-                    concurrency_override: Some(Some(7)),
-                    discounts: None,
+                &Terms {
+                    lock_threshold: Nanos(42),
+                    concurrency_override: Some(7),
+                    ..Terms::default()
                 },
             )
         })

@@ -10,7 +10,8 @@ use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::{AdminCmd, Engine, EngineError};
 use tollgate_store::sqlite::SqliteStore;
 use tollgate_store::{
-    BillingMode, Reader, ReaderFactory, Result as StoreResult, Store, StoreError, SyncFn, Tx,
+    BillingMode, DbError, Reader, ReaderFactory, Rerunnable, Result as StoreResult, Store,
+    StoreError, SyncFn,
 };
 
 #[derive(Clone, Copy, PartialEq)]
@@ -27,11 +28,8 @@ struct GatedStore {
 }
 
 impl Store for GatedStore {
-    fn transaction(
-        &mut self,
-        f: &mut dyn FnMut(&mut dyn Tx) -> StoreResult<()>,
-    ) -> StoreResult<()> {
-        self.inner.transaction(f)
+    fn transaction(&mut self, work: &mut Rerunnable) -> StoreResult<()> {
+        self.inner.transaction(work)
     }
     fn defer_sync(&mut self) -> StoreResult<Option<SyncFn>> {
         let mut sync = self.inner.defer_sync()?.expect("SQLite defers its sync");
@@ -43,7 +41,9 @@ impl Store for GatedStore {
                 state = changed.wait(state).unwrap();
             }
             if *state == Gate::Failing {
-                return Err(StoreError::Db("the disk refused the sync".into()));
+                return Err(StoreError::Database(DbError::msg(
+                    "the disk refused the sync",
+                )));
             }
             drop(state);
             sync()
@@ -162,7 +162,8 @@ async fn a_failed_sync_fails_its_callers_and_refuses_every_later_write() {
     f.set(Gate::Failing);
     let failed = f.engine.execute(purchase("p1")).await;
     match failed {
-        Err(EngineError::Store(StoreError::Db(m))) => {
+        Err(e @ EngineError::SyncFailed(_)) => {
+            let m = e.to_string();
             assert!(m.contains("the disk refused the sync"), "{m}");
             assert!(m.contains("must be restarted"), "{m}");
         }
@@ -175,7 +176,7 @@ async fn a_failed_sync_fails_its_callers_and_refuses_every_later_write() {
     let before = f.committed_balance().await;
     let refused = f.engine.execute(purchase("p2")).await;
     assert!(
-        matches!(&refused, Err(EngineError::Store(StoreError::Db(m))) if m.contains("must be restarted")),
+        matches!(&refused, Err(e @ EngineError::SyncFailed(_)) if e.to_string().contains("must be restarted")),
         "{refused:?}"
     );
     let admin = f

@@ -1,0 +1,306 @@
+//! An account's terms change in one db transaction: the change is applied to the terms as they
+//! are under the account's lock, so changes of different terms sent at the same time all stick
+//! (through one engine, and through two engines on one database), and a change that is refused
+//! in any part writes nothing, its prices included. On every store at hand.
+
+use crate::common::{account, catalog_and_account};
+use rust_decimal::Decimal;
+use std::sync::Arc;
+use tollgate_core::ids::{AccountId, EndpointId};
+use tollgate_core::price::{PriceRule, Unit};
+use tollgate_core::pricing::VolumeTier;
+use tollgate_core::terms::{self, Terms, TermsChange};
+use tollgate_core::{Nanos, Timestamp};
+use tollgate_engine::{AdminCmd, AdminReply, Engine, EngineError};
+use tollgate_store::testing::{backends, TestDb};
+use tollgate_store::{BillingMode, StoreError};
+
+/// 2026-06-01T00:00:00Z.
+const T: i64 = 1_780_272_000_000;
+/// How many times each pair of changes is sent at the same time.
+const ROUNDS: usize = 25;
+
+fn start(db: &TestDb) -> Engine {
+    Engine::start(db.open().unwrap(), Arc::new(|| Timestamp(T))).unwrap()
+}
+
+fn tts() -> EndpointId {
+    EndpointId::parse("test/tts").unwrap()
+}
+
+fn price(unit_price: &str) -> PriceRule {
+    PriceRule::per_unit(Unit::Character, Some(unit_price.parse().unwrap()))
+}
+
+async fn set(engine: &Engine, change: TermsChange) -> Result<AdminReply, EngineError> {
+    engine
+        .admin(AdminCmd::SetTerms {
+            username: account(),
+            change,
+        })
+        .await
+}
+
+async fn terms(engine: &Engine) -> Terms {
+    let row = engine
+        .read(|r| r.account(&account(), Timestamp(T)))
+        .await
+        .unwrap()
+        .expect("the account");
+    Terms::of(&row.state)
+}
+
+/// What a refused change must leave as it was: the terms, the account's price versions, the
+/// catalog's generation and the engine's catalog snapshot of the account's prices.
+async fn everything(engine: &Engine) -> (Terms, usize, i64, usize) {
+    let versions = engine.read(|r| r.price_versions()).await.unwrap();
+    let generation = engine.read(|r| r.catalog_generation()).await.unwrap();
+    let snapshot = engine
+        .catalog()
+        .versions
+        .get(&(tts(), Some(account())))
+        .map_or(0, Vec::len);
+    (terms(engine).await, versions.len(), generation, snapshot)
+}
+
+fn percent(i: usize) -> TermsChange {
+    TermsChange {
+        percent_discount: Some(Decimal::from(i % 100)),
+        ..TermsChange::default()
+    }
+}
+
+fn tiers(i: usize) -> TermsChange {
+    TermsChange {
+        volume_tiers: Some(vec![VolumeTier {
+            from_usd: Decimal::from(i),
+            percent: Decimal::from(i % 50),
+        }]),
+        ..TermsChange::default()
+    }
+}
+
+fn limit(i: usize) -> TermsChange {
+    TermsChange {
+        concurrency_limit: Some(Some(i as u32 + 1)),
+        ..TermsChange::default()
+    }
+}
+
+fn threshold(i: usize) -> TermsChange {
+    TermsChange {
+        lock_threshold: Some(Nanos(i as i64 * 1_000)),
+        ..TermsChange::default()
+    }
+}
+
+/// Sends `first(i)` through `x` and `second(i)` through `y` at the same time, [`ROUNDS`]
+/// times: after each round the terms are the last ones with both changes applied (they change
+/// different terms, so in either order).
+async fn both_stick(
+    on: &str,
+    x: &Engine,
+    y: &Engine,
+    first: fn(usize) -> TermsChange,
+    second: fn(usize) -> TermsChange,
+) {
+    for i in 1..=ROUNDS {
+        let before = terms(x).await;
+        let (a, b) = tokio::join!(
+            tokio::spawn({
+                let x = x.clone();
+                async move { set(&x, first(i)).await }
+            }),
+            tokio::spawn({
+                let y = y.clone();
+                async move { set(&y, second(i)).await }
+            }),
+        );
+        for reply in [a.unwrap(), b.unwrap()] {
+            assert_eq!(
+                reply.unwrap(),
+                AdminReply::TermsSet {
+                    price_versions_created: 0
+                }
+            );
+        }
+        let expected = terms::apply(&terms::apply(&before, &first(i)).unwrap(), &second(i));
+        assert_eq!(terms(y).await, expected.unwrap(), "on {on}, round {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_of_different_terms_sent_together_all_stick() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let engine = start(&db);
+        catalog_and_account(&engine, BillingMode::Prepaid).await;
+        both_stick(backend.name(), &engine, &engine, percent, tiers).await;
+        both_stick(backend.name(), &engine, &engine, limit, threshold).await;
+    }
+}
+
+/// Two engines on one database, as two tollgate processes sharing it: each change is applied
+/// under the account's row lock (on SQLite, the one writer's lock), to the terms the other
+/// just committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_sent_together_through_two_engines_all_stick() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let (a, b) = (start(&db), start(&db));
+        catalog_and_account(&a, BillingMode::Prepaid).await;
+        both_stick(backend.name(), &a, &b, percent, tiers).await;
+        both_stick(backend.name(), &a, &b, tiers, percent).await;
+        both_stick(backend.name(), &a, &b, limit, threshold).await;
+        both_stick(backend.name(), &a, &b, threshold, limit).await;
+    }
+}
+
+#[tokio::test]
+async fn terms_and_prices_are_set_together() {
+    for backend in backends() {
+        let on = backend.name();
+        let db = TestDb::new(&backend);
+        let engine = start(&db);
+        catalog_and_account(&engine, BillingMode::Prepaid).await;
+        let reply = set(
+            &engine,
+            TermsChange {
+                percent_discount: Some(Decimal::from(10)),
+                concurrency_limit: Some(Some(5)),
+                prices: vec![(tts(), price("0.00004")), (tts(), price("0.00003"))],
+                effective_from: Some(Timestamp(T + 60_000)),
+                ..TermsChange::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            reply,
+            AdminReply::TermsSet {
+                price_versions_created: 2
+            },
+            "on {on}"
+        );
+        let t = terms(&engine).await;
+        assert_eq!(t.discounts.percent_discount, Some(Decimal::from(10)));
+        assert_eq!(t.concurrency_override, Some(5));
+        // The snapshot prices with them at once.
+        let catalog = engine.catalog();
+        let own = &catalog.versions[&(tts(), Some(account()))];
+        assert_eq!(own.len(), 2, "on {on}");
+        assert!(own
+            .iter()
+            .all(|v| v.effective_from == Timestamp(T + 60_000)));
+        assert_eq!(own[1].rule, price("0.00003"));
+
+        // Without a date, prices take effect now; terms not named are kept.
+        set(
+            &engine,
+            TermsChange {
+                prices: vec![(tts(), price("0.00002"))],
+                ..TermsChange::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(terms(&engine).await, t, "on {on}");
+        let catalog = engine.catalog();
+        let own = &catalog.versions[&(tts(), Some(account()))];
+        let now = own.iter().find(|v| v.rule == price("0.00002")).unwrap();
+        assert_eq!(now.effective_from, Timestamp(T), "on {on}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_change_writes_nothing() {
+    for backend in backends() {
+        let on = backend.name();
+        let db = TestDb::new(&backend);
+        let engine = start(&db);
+        catalog_and_account(&engine, BillingMode::Prepaid).await;
+        set(
+            &engine,
+            TermsChange {
+                percent_discount: Some(Decimal::from(5)),
+                prices: vec![(tts(), price("0.00004"))],
+                ..TermsChange::default()
+            },
+        )
+        .await
+        .unwrap();
+        let before = everything(&engine).await;
+        // Valid terms beside the part that is refused: none of them is written either.
+        let valid = TermsChange {
+            percent_discount: Some(Decimal::from(50)),
+            volume_tiers: Some(vec![VolumeTier {
+                from_usd: Decimal::ZERO,
+                percent: Decimal::from(60),
+            }]),
+            concurrency_limit: Some(Some(9)),
+            lock_threshold: Some(Nanos(1_000)),
+            ..TermsChange::default()
+        };
+        let with_prices = |prices: Vec<(EndpointId, PriceRule)>| TermsChange {
+            prices,
+            ..valid.clone()
+        };
+
+        let invalid_price = set(
+            &engine,
+            with_prices(vec![(tts(), price("0.00002")), (tts(), price("-0.1"))]),
+        )
+        .await;
+        match invalid_price {
+            Err(EngineError::Invalid(input)) => {
+                assert_eq!(input.field.as_deref(), Some("prices.test/tts.unit_price"))
+            }
+            other => panic!("on {on}: {other:?}"),
+        }
+        assert_eq!(everything(&engine).await, before, "on {on}");
+
+        let unknown = EndpointId::parse("test/none").unwrap();
+        let unknown_endpoint = set(
+            &engine,
+            with_prices(vec![(tts(), price("0.00002")), (unknown, price("0.1"))]),
+        )
+        .await;
+        match unknown_endpoint {
+            Err(EngineError::Store(StoreError::NotFound(what))) => {
+                assert_eq!(what, "endpoint test/none")
+            }
+            other => panic!("on {on}: {other:?}"),
+        }
+        assert_eq!(everything(&engine).await, before, "on {on}");
+
+        let invalid_terms = set(
+            &engine,
+            TermsChange {
+                concurrency_limit: Some(Some(0)),
+                ..with_prices(vec![(tts(), price("0.00002"))])
+            },
+        )
+        .await;
+        match invalid_terms {
+            Err(EngineError::Invalid(input)) => {
+                assert_eq!(input.field.as_deref(), Some("concurrency_limit"))
+            }
+            other => panic!("on {on}: {other:?}"),
+        }
+        assert_eq!(everything(&engine).await, before, "on {on}");
+
+        let nobody = engine
+            .admin(AdminCmd::SetTerms {
+                username: AccountId::parse("nobody").unwrap(),
+                change: with_prices(vec![(tts(), price("0.00002"))]),
+            })
+            .await;
+        match nobody {
+            Err(EngineError::Store(StoreError::NotFound(what))) => {
+                assert_eq!(what, "account nobody")
+            }
+            other => panic!("on {on}: {other:?}"),
+        }
+        assert_eq!(everything(&engine).await, before, "on {on}");
+    }
+}

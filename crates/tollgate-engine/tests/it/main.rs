@@ -1,0 +1,10 @@
+//! The engine's integration tests, in one binary (Cargo links one per file in `tests/`): one
+//! module per behaviour, and `common`, what they share.
+
+mod account_terms;
+mod common;
+mod deferred_sync;
+mod engine_props;
+mod idle;
+mod rollup_folding;
+mod shared_database;

@@ -1,0 +1,151 @@
+//! The read side: a bounded pool of connections per process, each query on one of them.
+
+use super::load::{key_row, load_accounts, load_catalog, load_requests, price_versions, setting};
+use super::{rollups, Pool, Run};
+use crate::rows::{self, Cell, KEY_COLS};
+use crate::{
+    AccountRow, ApiKeyRecord, BillingEventsQuery, Reader, Reconciliation, Result, RollupQuery,
+    StoreError,
+};
+use ::postgres::{Client, NoTls, Transaction};
+use r2d2_postgres::PostgresConnectionManager;
+use tollgate_core::catalog::{Catalog, PriceVersion};
+use tollgate_core::ids::{AccountId, ApiKeyId, RequestId};
+use tollgate_core::machine::{LineItem, RequestRecord};
+use tollgate_core::rollup::{ActivityKey, ActivityTotals, UsageKey, UsageTotals};
+use tollgate_core::Timestamp;
+
+/// The process's read connections. The driver closes a connection by blocking on a runtime of
+/// its own, which an async runtime refuses on its threads, and the last handle may be dropped
+/// on one (with its engine): so a handle lets go of the pool on a thread of its own.
+#[derive(Clone)]
+pub(super) struct ReadPool(pub(super) Option<Pool>);
+
+impl ReadPool {
+    fn get(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+        self.0
+            .as_ref()
+            .expect("pool until dropped")
+            .get()
+            .map_err(|e| StoreError::database(format!("no read connection: {e}"), e))
+    }
+}
+
+impl Drop for ReadPool {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take() {
+            let _ = std::thread::Builder::new()
+                .name("tollgate-pool-close".into())
+                .spawn(move || drop(pool));
+        }
+    }
+}
+
+/// A read handle: each query takes a connection from the process's bounded pool.
+pub struct PgReader {
+    pub(super) pool: ReadPool,
+}
+
+impl PgReader {
+    fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+        self.pool.get()
+    }
+}
+
+/// A read-only transaction that sees one commit throughout.
+fn snapshot(c: &mut Client) -> Result<Transaction<'_>> {
+    Ok(c.build_transaction()
+        .isolation_level(::postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()?)
+}
+
+impl Reader for PgReader {
+    fn account(&mut self, username: &AccountId, now: Timestamp) -> Result<Option<AccountRow>> {
+        let mut c = self.conn()?;
+        let mut tx = snapshot(&mut c)?;
+        let mut rows = load_accounts(&mut tx, &[username.as_str()], now, false)?;
+        tx.commit()?;
+        Ok(rows.pop())
+    }
+
+    fn request(&mut self, id: &RequestId) -> Result<Option<RequestRecord>> {
+        Ok(load_requests(&mut *self.conn()?, &[id.as_str()])?.pop())
+    }
+
+    fn api_key(&mut self, key_id: &ApiKeyId) -> Result<Option<ApiKeyRecord>> {
+        self.conn()?
+            .rows(
+                &format!("SELECT {KEY_COLS} FROM api_keys WHERE key_id = $1"),
+                &[&key_id.as_str()],
+            )?
+            .first()
+            .map(key_row)
+            .transpose()
+    }
+
+    fn api_keys(&mut self, account: &AccountId) -> Result<Vec<ApiKeyRecord>> {
+        self.conn()?
+            .rows(
+                &format!(
+                    "SELECT {KEY_COLS} FROM api_keys WHERE account = $1 ORDER BY created_at, key_id"
+                ),
+                &[&account.as_str()],
+            )?
+            .iter()
+            .map(key_row)
+            .collect()
+    }
+
+    fn load_catalog(&mut self) -> Result<Catalog> {
+        let mut c = self.conn()?;
+        let mut tx = snapshot(&mut c)?;
+        let catalog = load_catalog(&mut tx)?;
+        tx.commit()?;
+        Ok(catalog)
+    }
+
+    fn price_versions(&mut self) -> Result<Vec<PriceVersion>> {
+        price_versions(&mut *self.conn()?)
+    }
+
+    fn setting(&mut self, key: &str) -> Result<Option<String>> {
+        setting(&mut *self.conn()?, key)
+    }
+
+    fn reconcile(&mut self) -> Result<Reconciliation> {
+        let mut c = self.conn()?;
+        let mut tx = snapshot(&mut c)?;
+        let rec = rows::reconcile(&mut |sql| {
+            let mut out = Vec::new();
+            for r in tx.query(sql, &[])? {
+                let mut row = Vec::with_capacity(r.len());
+                for (i, col) in r.columns().iter().enumerate() {
+                    row.push(match *col.type_() {
+                        ::postgres::types::Type::INT8 => Cell::Int(r.try_get(i)?),
+                        ::postgres::types::Type::INT4 => {
+                            Cell::Int(i64::from(r.try_get::<_, i32>(i)?))
+                        }
+                        _ => Cell::Text(r.try_get(i)?),
+                    });
+                }
+                out.push(row);
+            }
+            Ok(out)
+        })?;
+        tx.commit()?;
+        Ok(rec)
+    }
+
+    fn usage(&mut self, q: &RollupQuery) -> Result<Vec<(UsageKey, UsageTotals)>> {
+        rollups::usage(&mut *self.conn()?, q)
+    }
+
+    fn activity(&mut self, q: &RollupQuery) -> Result<Vec<(ActivityKey, ActivityTotals)>> {
+        rollups::activity(&mut *self.conn()?, q)
+    }
+
+    fn billing_events(&mut self, q: &BillingEventsQuery) -> Result<Vec<LineItem>> {
+        rollups::billing_events(&mut *self.conn()?, q)
+    }
+}

@@ -1,0 +1,267 @@
+//! The writer's db transaction: what the engine loads, locks and writes through.
+
+use super::load::{load_accounts, load_catalog, load_requests, setting};
+use super::{persist, Run};
+use crate::rows::{PurchaseCols, TermsCols, KEY_COLS, PURCHASE_COLS};
+use crate::{
+    parse_id, to_json, ApiKeyRecord, BillingMode, DbError, Result, StoreError, Tx,
+    SETTING_CATALOG_GENERATION,
+};
+use ::postgres::types::ToSql;
+use ::postgres::{Row, Statement, Transaction};
+use std::collections::{HashMap, HashSet};
+use tollgate_core::catalog::{Catalog, EndpointDef};
+use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId, RequestId};
+use tollgate_core::machine::{AccountState, BatchState, PurchaseRecord, RequestRecord};
+use tollgate_core::price::PriceRule;
+use tollgate_core::terms::Terms;
+use tollgate_core::Timestamp;
+
+/// The writer's db transaction: statements are prepared once per connection.
+pub(super) struct PgTx<'a, 'b> {
+    pub(super) tx: &'a mut Transaction<'b>,
+    pub(super) statements: &'a mut HashMap<String, Statement>,
+    /// Requests that exist, as last loaded: they are updated, the others inserted (and a
+    /// request another process inserted meanwhile then fails the insert, and the batch is run
+    /// again).
+    pub(super) found: HashSet<RequestId>,
+}
+
+impl PgTx<'_, '_> {
+    fn statement(&mut self, sql: &str) -> Result<Statement> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.tx.prepare(sql)?;
+        self.statements.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+}
+
+impl Run for PgTx<'_, '_> {
+    fn rows(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        let st = self.statement(sql)?;
+        Ok(self.tx.query(&st, params)?)
+    }
+    fn exec(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        let st = self.statement(sql)?;
+        Ok(self.tx.execute(&st, params)?)
+    }
+}
+
+/// Counts one more catalog change, in the db transaction that makes it.
+fn bump_catalog_generation(c: &mut dyn Run) -> Result<()> {
+    c.exec(
+        "INSERT INTO settings (key, value) VALUES ($1, '1') ON CONFLICT (key) \
+         DO UPDATE SET value = CAST(CAST(settings.value AS BIGINT) + 1 AS TEXT)",
+        &[&SETTING_CATALOG_GENERATION],
+    )?;
+    Ok(())
+}
+
+impl Tx for PgTx<'_, '_> {
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn setting(&mut self, key: &str) -> Result<Option<String>> {
+        setting(self, key)
+    }
+
+    fn load_requests(
+        &mut self,
+        ids: &[RequestId],
+        out: &mut HashMap<RequestId, RequestRecord>,
+    ) -> Result<()> {
+        let ids: Vec<&str> = ids.iter().map(|r| r.as_str()).collect();
+        for r in load_requests(self, &ids)? {
+            self.found.insert(r.id.clone());
+            out.insert(r.id.clone(), r);
+        }
+        Ok(())
+    }
+
+    fn lock_accounts(
+        &mut self,
+        ids: &[AccountId],
+        now: Timestamp,
+        out: &mut HashMap<AccountId, AccountState>,
+    ) -> Result<()> {
+        let names: Vec<&str> = ids.iter().map(|a| a.as_str()).collect();
+        for row in load_accounts(self, &names, now, true)? {
+            out.insert(row.state.credit.id.clone(), row.state);
+        }
+        Ok(())
+    }
+
+    fn load_purchases(
+        &mut self,
+        keys: &[(AccountId, PurchaseId)],
+        out: &mut HashMap<(AccountId, PurchaseId), PurchaseRecord>,
+    ) -> Result<()> {
+        for (account, pid) in keys {
+            let found = self.rows(
+                &format!(
+                    "SELECT {PURCHASE_COLS} FROM purchases WHERE account = $1 AND purchase_id = $2"
+                ),
+                &[&account.as_str(), &pid.as_str()],
+            )?;
+            if let Some(r) = found.first() {
+                let p = PurchaseCols::read(r)?.into_record()?;
+                out.insert((account.clone(), pid.clone()), p);
+            }
+        }
+        Ok(())
+    }
+
+    fn persist(&mut self, s: &BatchState) -> Result<()> {
+        persist::persist(self, s)
+    }
+
+    fn due_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<RequestId>> {
+        self.rows(
+            "SELECT request_id FROM requests WHERE hold_expires_at IS NOT NULL \
+             AND hold_expires_at <= $1 ORDER BY hold_expires_at LIMIT $2",
+            &[&now.0, &(limit as i64)],
+        )?
+        .iter()
+        .map(|r| parse_id(RequestId::parse, r.try_get(0)?))
+        .collect()
+    }
+
+    fn due_credit_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<AccountId>> {
+        // As in the SQLite store: accounts whose due credits are all reserved by holds are
+        // left out unless one of those holds expires in the same sweep.
+        self.rows(
+            "SELECT DISTINCT p.account FROM purchases p JOIN accounts a ON a.username = p.account \
+             WHERE p.remaining_nanos > 0 AND p.expires_at IS NOT NULL AND p.expires_at <= $1 \
+             AND (a.balance_nanos > a.held_nanos OR EXISTS (SELECT 1 FROM requests r \
+               WHERE r.hold_expires_at IS NOT NULL AND r.hold_expires_at <= $1 \
+               AND r.account = p.account)) LIMIT $2",
+            &[&now.0, &(limit as i64)],
+        )?
+        .iter()
+        .map(|r| parse_id(AccountId::parse, r.try_get(0)?))
+        .collect()
+    }
+
+    fn create_account(
+        &mut self,
+        username: &AccountId,
+        billing: BillingMode,
+        now: Timestamp,
+    ) -> Result<()> {
+        let n = self.exec(
+            "INSERT INTO accounts (username, created_at, billing) VALUES ($1, $2, $3) \
+             ON CONFLICT (username) DO NOTHING",
+            &[&username.as_str(), &now.0, &billing.as_str()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(format!("account {username}")));
+        }
+        Ok(())
+    }
+
+    fn set_account_terms(&mut self, username: &AccountId, terms: &Terms) -> Result<()> {
+        let t = TermsCols::of(terms);
+        let n = self.exec(
+            "UPDATE accounts SET lock_threshold_nanos = $2, concurrency_override = $3, \
+             discounts = $4 WHERE username = $1",
+            &[
+                &username.as_str(),
+                &t.lock_threshold,
+                &t.concurrency_override,
+                &t.discounts,
+            ],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("account {username}")));
+        }
+        Ok(())
+    }
+
+    fn insert_api_key(&mut self, k: &ApiKeyRecord) -> Result<()> {
+        self.exec(
+            &format!(
+                "INSERT INTO api_keys ({KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (key_id) DO UPDATE SET secret_sha256 = excluded.secret_sha256, \
+                 scope = excluded.scope, revoked_at = NULL \
+                 WHERE api_keys.account IS NULL AND excluded.account IS NULL"
+            ),
+            &[
+                &k.key_id.as_str(),
+                &k.account.as_ref().map(|a| a.as_str()),
+                &k.scope.as_str(),
+                &k.alias,
+                &k.secret_sha256,
+                &k.created_at.0,
+                &k.revoked_at.map(|t| t.0),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn revoke_api_key(
+        &mut self,
+        key_id: &ApiKeyId,
+        account: Option<&AccountId>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE api_keys SET revoked_at = $3 WHERE key_id = $1 \
+             AND account IS NOT DISTINCT FROM $2 AND revoked_at IS NULL",
+            &[&key_id.as_str(), &account.map(|a| a.as_str()), &now.0],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn upsert_endpoint(&mut self, def: &EndpointDef, now: Timestamp) -> Result<()> {
+        self.exec(
+            "INSERT INTO endpoints (endpoint_id, def, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (endpoint_id) DO UPDATE SET def = excluded.def, \
+             updated_at = excluded.updated_at",
+            &[&def.id.as_str(), &to_json(def), &now.0],
+        )?;
+        bump_catalog_generation(self)
+    }
+
+    fn insert_price_version(
+        &mut self,
+        endpoint: &EndpointId,
+        account: Option<&AccountId>,
+        effective_from: Timestamp,
+        rule: &PriceRule,
+        now: Timestamp,
+    ) -> Result<i64> {
+        let rows = self.rows(
+            "INSERT INTO price_versions (endpoint_id, account, effective_from, rule, created_at) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            &[
+                &endpoint.as_str(),
+                &account.map(|a| a.as_str()),
+                &effective_from.0,
+                &to_json(rule),
+                &now.0,
+            ],
+        )?;
+        let id: i64 = rows
+            .first()
+            .ok_or_else(|| StoreError::Database(DbError::msg("no price version id returned")))?
+            .try_get(0)?;
+        bump_catalog_generation(self)?;
+        Ok(id)
+    }
+
+    fn set_setting(&mut self, key: &str, value: &str) -> Result<()> {
+        self.exec(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&key, &value],
+        )?;
+        bump_catalog_generation(self)
+    }
+
+    fn load_catalog(&mut self) -> Result<Catalog> {
+        load_catalog(self)
+    }
+}

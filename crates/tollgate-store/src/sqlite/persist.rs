@@ -1,0 +1,176 @@
+//! A batch's writes on SQLite, in the writer's db transaction: one function per table.
+
+use super::account_cache::CachedAccount;
+use super::rollups;
+use super::tx::SqliteTx;
+use crate::rows::{
+    PurchaseCols, RequestCols, TransferCols, PURCHASE_COLS, REQUEST_COLS, TRANSFER_COLS,
+};
+use crate::{Result, StoreError};
+use rusqlite::{params, Connection};
+use std::collections::HashMap;
+use tollgate_core::ids::AccountId;
+use tollgate_core::machine::BatchState;
+
+/// Writes what the core decided (see [`Tx::persist`](crate::Tx::persist)).
+pub(super) fn persist(t: &mut SqliteTx, s: &BatchState) -> Result<()> {
+    let c = t.conn;
+    accounts(t, s)?;
+    requests(c, s)?;
+    purchases(c, s)?;
+    lots(c, t.cache, s)?;
+    transfers(c, s)?;
+    line_items(c, s)?;
+    rollup_rows(c, s)
+}
+
+/// The balances and counters of the accounts the batch changed; each account is also kept, as
+/// the batch leaves it, to cache once the batch commits.
+fn accounts(t: &mut SqliteTx, s: &BatchState) -> Result<()> {
+    let mut st = t.conn.prepare_cached(
+        "UPDATE accounts SET balance_nanos = ?2, held_nanos = ?3, in_progress = ?4, \
+         paid_lifetime_nanos = ?5, month = ?6, month_subtotal_nanos = ?7 WHERE username = ?1",
+    )?;
+    for id in &s.dirty_accounts {
+        let a = &s.accounts[id];
+        let before = t.written.get(id).or_else(|| t.cache.get(id));
+        let written = CachedAccount::as_written(before, id, s);
+        t.written.insert(id.clone(), written);
+        st.execute(params![
+            id.as_str(),
+            a.credit.balance.0,
+            a.credit.held.0,
+            a.in_progress,
+            a.paid_lifetime.0,
+            a.month,
+            a.month_subtotal.0
+        ])?;
+    }
+    Ok(())
+}
+
+/// The requests the batch created or changed.
+fn requests(c: &Connection, s: &BatchState) -> Result<()> {
+    let mut st = c.prepare_cached(&format!(
+        "INSERT INTO requests ({REQUEST_COLS}) VALUES \
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
+         ON CONFLICT (request_id) DO UPDATE SET status = excluded.status, \
+         started_at = excluded.started_at, finished_at = excluded.finished_at, \
+         hold_nanos = excluded.hold_nanos, hold_expires_at = excluded.hold_expires_at, \
+         machine_type = excluded.machine_type, num_gpus = excluded.num_gpus, \
+         queue_ms = excluded.queue_ms, inference_ms = excluded.inference_ms, \
+         completion = excluded.completion"
+    ))?;
+    for id in &s.dirty_requests {
+        let r = RequestCols::of(&s.requests[id]);
+        st.execute(params![
+            r.request_id,
+            r.source,
+            r.account,
+            r.endpoint_id,
+            r.api_key,
+            r.price_version,
+            r.status,
+            r.submitted_at,
+            r.started_at,
+            r.finished_at,
+            r.hold,
+            r.hold_expires_at,
+            r.machine_type,
+            r.num_gpus,
+            r.queue_ms,
+            r.inference_ms,
+            r.completion,
+        ])?;
+    }
+    Ok(())
+}
+
+/// The batch's new purchases, each a lot with all of it left (spent below, by `lots`).
+fn purchases(c: &Connection, s: &BatchState) -> Result<()> {
+    let mut st = c.prepare_cached(&format!(
+        "INSERT INTO purchases ({PURCHASE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    ))?;
+    for p in s
+        .new_purchases
+        .iter()
+        .map(|p| PurchaseCols::of(p, p.amount))
+    {
+        st.execute(params![
+            p.account,
+            p.purchase_id,
+            p.amount,
+            p.paid,
+            p.created_at,
+            p.balance_after,
+            p.limit_after,
+            p.locked_after,
+            p.expires_at,
+            p.remaining,
+        ])?;
+    }
+    Ok(())
+}
+
+/// What is left of the lots of the accounts the batch changed.
+fn lots(c: &Connection, cache: &HashMap<AccountId, CachedAccount>, s: &BatchState) -> Result<()> {
+    // What is left of each lot of the accounts that changed (after the new purchases, so
+    // a lot bought and spent in the same batch is written as spent). The cache holds the
+    // lots as the last commit left them, so only the lots this batch spent are written.
+    let mut st = c.prepare_cached(
+        "UPDATE purchases SET remaining_nanos = ?3 WHERE account = ?1 AND purchase_id = ?2 \
+         AND remaining_nanos != ?3",
+    )?;
+    for id in &s.dirty_accounts {
+        let before = cache.get(id).map(|c| c.state.lots.as_slice());
+        for lot in &s.accounts[id].lots {
+            let unchanged = before.is_some_and(|lots| {
+                lots.iter()
+                    .any(|b| b.purchase_id == lot.purchase_id && b.remaining == lot.remaining)
+            });
+            if unchanged {
+                continue;
+            }
+            st.execute(params![
+                id.as_str(),
+                lot.purchase_id.as_str(),
+                lot.remaining.0
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+/// The batch's transfers, in arrival order.
+fn transfers(c: &Connection, s: &BatchState) -> Result<()> {
+    let mut st = c.prepare_cached(&format!(
+        "INSERT INTO transfers ({TRANSFER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    ))?;
+    for t in s.transfers.iter().map(TransferCols::of) {
+        st.execute(params![
+            t.kind,
+            t.debit,
+            t.credit,
+            t.amount,
+            t.request_id,
+            t.purchase_id,
+            t.at
+        ])?;
+    }
+    Ok(())
+}
+
+/// The batch's line items (see [`super::line_items`]).
+fn line_items(c: &Connection, s: &BatchState) -> Result<()> {
+    super::line_items::append(c, &s.line_items)?;
+    super::line_items::move_if_full(c)
+}
+
+/// The batch's usage and activity, added to the rollup rows.
+fn rollup_rows(c: &Connection, s: &BatchState) -> Result<()> {
+    let folded_before = rollups::fold_minutes(c, s.now)?;
+    let deltas =
+        tollgate_core::rollup::deltas(s).map_err(|e| StoreError::database(e.to_string(), e))?;
+    rollups::write(c, &deltas, folded_before)?;
+    Ok(())
+}

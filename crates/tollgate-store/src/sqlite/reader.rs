@@ -1,0 +1,102 @@
+//! The read side: a connection of its own per reader, which never waits for the writer.
+
+use super::load::{get_account, get_request, key_row, load_catalog, price_versions, setting};
+use super::rollups;
+use crate::rows::{self, Cell, KEY_COLS};
+use crate::{
+    corrupt, AccountRow, ApiKeyRecord, BillingEventsQuery, Reader, Reconciliation, Result,
+    RollupQuery,
+};
+use rusqlite::Connection;
+use tollgate_core::catalog::{Catalog, PriceVersion};
+use tollgate_core::ids::{AccountId, ApiKeyId, RequestId};
+use tollgate_core::machine::{LineItem, RequestRecord};
+use tollgate_core::rollup::{ActivityKey, ActivityTotals, UsageKey, UsageTotals};
+use tollgate_core::Timestamp;
+
+/// A read-only connection.
+pub struct SqliteReader {
+    pub(super) conn: Connection,
+}
+
+impl Reader for SqliteReader {
+    fn account(&mut self, username: &AccountId, now: Timestamp) -> Result<Option<AccountRow>> {
+        get_account(&self.conn, username, now)
+    }
+
+    fn request(&mut self, id: &RequestId) -> Result<Option<RequestRecord>> {
+        get_request(&self.conn, id)
+    }
+
+    fn api_key(&mut self, key_id: &ApiKeyId) -> Result<Option<ApiKeyRecord>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {KEY_COLS} FROM api_keys WHERE key_id = ?1"
+        ))?;
+        let mut rows = st.query([key_id.as_str()])?;
+        match rows.next()? {
+            Some(r) => Ok(Some(key_row(r)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn api_keys(&mut self, account: &AccountId) -> Result<Vec<ApiKeyRecord>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {KEY_COLS} FROM api_keys WHERE account = ?1 ORDER BY created_at, key_id"
+        ))?;
+        let mut rows = st.query([account.as_str()])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(key_row(r)?);
+        }
+        Ok(out)
+    }
+
+    fn load_catalog(&mut self) -> Result<Catalog> {
+        load_catalog(&self.conn)
+    }
+
+    fn price_versions(&mut self) -> Result<Vec<PriceVersion>> {
+        price_versions(&self.conn)
+    }
+
+    fn setting(&mut self, key: &str) -> Result<Option<String>> {
+        setting(&self.conn, key)
+    }
+
+    // Each read in one read transaction: the fold setting and the rows from the same commit.
+    fn usage(&mut self, q: &RollupQuery) -> Result<Vec<(UsageKey, UsageTotals)>> {
+        rollups::usage(&*self.conn.transaction()?, q)
+    }
+
+    fn activity(&mut self, q: &RollupQuery) -> Result<Vec<(ActivityKey, ActivityTotals)>> {
+        rollups::activity(&*self.conn.transaction()?, q)
+    }
+
+    fn billing_events(&mut self, q: &BillingEventsQuery) -> Result<Vec<LineItem>> {
+        rollups::billing_events(&self.conn, q)
+    }
+
+    fn reconcile(&mut self) -> Result<Reconciliation> {
+        // One read transaction: every query sees the same commit.
+        let tx = self.conn.transaction()?;
+        let rec = rows::reconcile(&mut |sql| {
+            let mut st = tx.prepare(sql)?;
+            let width = st.column_count();
+            let mut rows = st.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let mut row = Vec::with_capacity(width);
+                for i in 0..width {
+                    row.push(match r.get::<_, rusqlite::types::Value>(i)? {
+                        rusqlite::types::Value::Integer(v) => Cell::Int(v),
+                        rusqlite::types::Value::Text(t) => Cell::Text(t),
+                        other => return Err(corrupt("reconciliation", format!("{other:?}"))),
+                    });
+                }
+                out.push(row);
+            }
+            Ok(out)
+        })?;
+        Ok(rec)
+    }
+}

@@ -1,0 +1,260 @@
+//! The writer's db transaction: what the engine loads, locks and writes through.
+
+use super::account_cache::CachedAccount;
+use super::load::{load_account, load_catalog, request_row, setting};
+use super::persist;
+use crate::rows::{PurchaseCols, TermsCols, KEY_COLS, PURCHASE_COLS, REQUEST_COLS};
+use crate::{
+    parse_id, to_json, ApiKeyRecord, BillingMode, Result, StoreError, Tx,
+    SETTING_CATALOG_GENERATION,
+};
+use rusqlite::{params, Connection};
+use std::collections::HashMap;
+use tollgate_core::catalog::{Catalog, EndpointDef};
+use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId, RequestId};
+use tollgate_core::machine::{AccountState, BatchState, PurchaseRecord, RequestRecord};
+use tollgate_core::price::PriceRule;
+use tollgate_core::terms::Terms;
+use tollgate_core::Timestamp;
+
+/// Counts one more catalog change, in the db transaction that makes it.
+fn bump_catalog_generation(conn: &Connection) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO settings (key, value) VALUES (?1, '1') ON CONFLICT (key) \
+         DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
+    )?
+    .execute([SETTING_CATALOG_GENERATION])?;
+    Ok(())
+}
+
+pub(super) struct SqliteTx<'a> {
+    pub(super) conn: &'a Connection,
+    /// The cache as of the last commit (read-only during the transaction).
+    pub(super) cache: &'a mut HashMap<AccountId, CachedAccount>,
+    /// Accounts as this transaction leaves them; cached only once it commits.
+    pub(super) written: HashMap<AccountId, CachedAccount>,
+    /// Accounts changed outside the state machine (terms); dropped once it commits.
+    pub(super) forget: Vec<AccountId>,
+}
+
+impl Tx for SqliteTx<'_> {
+    fn setting(&mut self, key: &str) -> Result<Option<String>> {
+        setting(self.conn, key)
+    }
+
+    fn load_requests(
+        &mut self,
+        ids: &[RequestId],
+        out: &mut HashMap<RequestId, RequestRecord>,
+    ) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // One statement for the batch: the ids as a JSON array, each looked up in the unique
+        // index.
+        let list =
+            serde_json::to_string(ids).map_err(|e| StoreError::database(e.to_string(), e))?;
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {REQUEST_COLS} FROM requests \
+             WHERE request_id IN (SELECT value FROM json_each(?1))"
+        ))?;
+        let mut rows = st.query([list])?;
+        while let Some(r) = rows.next()? {
+            let r = request_row(r)?;
+            out.insert(r.id.clone(), r);
+        }
+        Ok(())
+    }
+
+    fn lock_accounts(
+        &mut self,
+        ids: &[AccountId],
+        now: Timestamp,
+        out: &mut HashMap<AccountId, AccountState>,
+    ) -> Result<()> {
+        // SQLite has one writer: the IMMEDIATE transaction already excludes other writers.
+        for id in ids {
+            if let Some(c) = self.cache.get_mut(id) {
+                out.insert(id.clone(), c.state_at(now));
+                continue;
+            }
+            if let Some((row, recent_paid)) = load_account(self.conn, id, now)? {
+                let mut cached = CachedAccount {
+                    state: row.state,
+                    recent_paid,
+                };
+                out.insert(id.clone(), cached.state_at(now));
+                self.cache.insert(id.clone(), cached);
+            }
+        }
+        Ok(())
+    }
+
+    fn load_purchases(
+        &mut self,
+        keys: &[(AccountId, PurchaseId)],
+        out: &mut HashMap<(AccountId, PurchaseId), PurchaseRecord>,
+    ) -> Result<()> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {PURCHASE_COLS} FROM purchases WHERE account = ?1 AND purchase_id = ?2"
+        ))?;
+        for (account, pid) in keys {
+            let mut rows = st.query(params![account.as_str(), pid.as_str()])?;
+            if let Some(r) = rows.next()? {
+                let p = PurchaseCols::read(r)?.into_record()?;
+                out.insert((account.clone(), pid.clone()), p);
+            }
+        }
+        Ok(())
+    }
+
+    fn persist(&mut self, s: &BatchState) -> Result<()> {
+        persist::persist(self, s)
+    }
+
+    fn due_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<RequestId>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT request_id FROM requests WHERE hold_expires_at IS NOT NULL \
+             AND hold_expires_at <= ?1 ORDER BY hold_expires_at LIMIT ?2",
+        )?;
+        let ids = st
+            .query_map(params![now.0, limit as i64], |r| r.get::<_, String>(0))?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        ids.iter().map(|s| parse_id(RequestId::parse, s)).collect()
+    }
+
+    fn due_credit_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<AccountId>> {
+        let mut st = self.conn.prepare_cached(
+            // Accounts whose due credits are all reserved by holds are left out (nothing of
+            // theirs can expire, and they must not crowd out others), unless one of those holds
+            // expires in this same sweep, which runs hold expiries first.
+            "SELECT DISTINCT p.account FROM purchases p JOIN accounts a ON a.username = p.account \
+             WHERE p.remaining_nanos > 0 AND p.expires_at IS NOT NULL AND p.expires_at <= ?1 \
+             AND (a.balance_nanos > a.held_nanos OR EXISTS (SELECT 1 FROM requests r \
+               WHERE r.hold_expires_at IS NOT NULL AND r.hold_expires_at <= ?1 \
+               AND r.account = p.account)) LIMIT ?2",
+        )?;
+        let ids = st
+            .query_map(params![now.0, limit as i64], |r| r.get::<_, String>(0))?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        ids.iter().map(|s| parse_id(AccountId::parse, s)).collect()
+    }
+
+    fn create_account(
+        &mut self,
+        username: &AccountId,
+        billing: BillingMode,
+        now: Timestamp,
+    ) -> Result<()> {
+        let n = self.conn.execute(
+            "INSERT INTO accounts (username, created_at, billing) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (username) DO NOTHING",
+            params![username.as_str(), now.0, billing.as_str()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(format!("account {username}")));
+        }
+        Ok(())
+    }
+
+    fn set_account_terms(&mut self, username: &AccountId, terms: &Terms) -> Result<()> {
+        self.forget.push(username.clone());
+        let t = TermsCols::of(terms);
+        let n = self.conn.execute(
+            "UPDATE accounts SET lock_threshold_nanos = ?2, concurrency_override = ?3, \
+             discounts = ?4 WHERE username = ?1",
+            params![
+                username.as_str(),
+                t.lock_threshold,
+                t.concurrency_override,
+                t.discounts
+            ],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("account {username}")));
+        }
+        Ok(())
+    }
+
+    fn insert_api_key(&mut self, k: &ApiKeyRecord) -> Result<()> {
+        self.conn.execute(
+            &format!(
+                "INSERT INTO api_keys ({KEY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (key_id) DO UPDATE SET secret_sha256 = excluded.secret_sha256, \
+                 scope = excluded.scope, revoked_at = NULL \
+                 WHERE api_keys.account IS NULL AND excluded.account IS NULL"
+            ),
+            params![
+                k.key_id.as_str(),
+                k.account.as_ref().map(|a| a.as_str()),
+                k.scope.as_str(),
+                k.alias,
+                k.secret_sha256,
+                k.created_at.0,
+                k.revoked_at.map(|t| t.0)
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn revoke_api_key(
+        &mut self,
+        key_id: &ApiKeyId,
+        account: Option<&AccountId>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE api_keys SET revoked_at = ?3 WHERE key_id = ?1 AND account IS ?2 \
+             AND revoked_at IS NULL",
+            params![key_id.as_str(), account.map(|a| a.as_str()), now.0],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn upsert_endpoint(&mut self, def: &EndpointDef, now: Timestamp) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO endpoints (endpoint_id, def, updated_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (endpoint_id) DO UPDATE SET def = excluded.def, \
+             updated_at = excluded.updated_at",
+            params![def.id.as_str(), to_json(def), now.0],
+        )?;
+        bump_catalog_generation(self.conn)
+    }
+
+    fn insert_price_version(
+        &mut self,
+        endpoint: &EndpointId,
+        account: Option<&AccountId>,
+        effective_from: Timestamp,
+        rule: &PriceRule,
+        now: Timestamp,
+    ) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO price_versions (endpoint_id, account, effective_from, rule, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                endpoint.as_str(),
+                account.map(|a| a.as_str()),
+                effective_from.0,
+                to_json(rule),
+                now.0
+            ],
+        )?;
+        let id = self.conn.last_insert_rowid();
+        bump_catalog_generation(self.conn)?;
+        Ok(id)
+    }
+
+    fn set_setting(&mut self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        bump_catalog_generation(self.conn)
+    }
+
+    fn load_catalog(&mut self) -> Result<Catalog> {
+        load_catalog(self.conn)
+    }
+}

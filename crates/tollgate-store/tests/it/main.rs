@@ -1,0 +1,8 @@
+//! The store's integration tests, in one binary (Cargo links one per file in `tests/`): one
+//! module per behaviour.
+
+mod account_cache;
+mod catalog_settings;
+mod migrations;
+mod recent_line_items;
+mod wal;
