@@ -75,7 +75,7 @@ pub enum Rounding {
 }
 
 /// An output attribute value: `resolution = "4k"`, `audio = true`. A text value, like an
-/// attribute's name, is a name: 1 to [`MAX_ATTR_CHARS`] characters without control characters.
+/// attribute's name, is a name: 1 to 100 characters without control characters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
