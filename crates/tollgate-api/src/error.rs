@@ -3,7 +3,8 @@
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
 use tollgate_core::machine::Rejection;
 use tollgate_core::price::RateError;
 use tollgate_engine::EngineError;
@@ -59,23 +60,44 @@ impl ApiError {
         self
     }
     /// The `error` object: type, message and the extra fields.
-    pub fn object(&self) -> Value {
-        let mut err = Map::new();
-        err.insert("type".into(), json!(self.kind));
-        err.insert("message".into(), json!(self.message));
-        err.extend(self.extra.clone());
-        Value::Object(err)
+    pub fn object(&self) -> ErrorObject<'_> {
+        ErrorObject {
+            kind: self.kind,
+            message: &self.message,
+            extra: &self.extra,
+        }
     }
+}
 
-    /// The whole body: fal's envelope around [`ApiError::object`].
-    pub fn body(&self) -> Value {
-        json!({ "error": self.object() })
+/// fal's envelope: `{"error": {...}}`.
+#[derive(Serialize)]
+pub struct Envelope<'a> {
+    pub error: ErrorObject<'a>,
+}
+
+/// The `error` object as it goes out: [`ErrorDetail`] documents it.
+#[derive(Serialize)]
+pub struct ErrorObject<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: &'a str,
+    #[serde(flatten)]
+    extra: &'a Map<String, Value>,
+}
+
+/// An error inside another answer (a usage event's result) is its `error` object.
+impl Serialize for ApiError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.object().serialize(s)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (self.status, axum::Json(self.body())).into_response();
+        let envelope = Envelope {
+            error: self.object(),
+        };
+        let mut resp = (self.status, axum::Json(envelope)).into_response();
         if self.retry {
             resp.headers_mut()
                 .insert("x-fal-needs-retry", HeaderValue::from_static("1"));

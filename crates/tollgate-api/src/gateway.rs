@@ -610,7 +610,7 @@ pub enum EventResult {
         /// The status this event's refusal would have as a call of its own.
         status_code: u16,
         #[schema(value_type = ErrorDetail)]
-        error: Value,
+        error: Box<ApiError>,
     },
 }
 
@@ -696,14 +696,14 @@ pub async fn usage_events(
             Ok(_) => EventResult::Refused {
                 event_id,
                 status_code: 500,
-                error: ApiError::server("unexpected outcome").object(),
+                error: Box::new(ApiError::server("unexpected outcome")),
             },
             Err(rejection) => {
                 let e = ApiError::from(rejection);
                 EventResult::Refused {
                     event_id,
                     status_code: e.status.as_u16(),
-                    error: e.object(),
+                    error: Box::new(e),
                 }
             }
         })

@@ -149,6 +149,13 @@ pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// RFC 3339 (UTC, milliseconds) of a time in ms since the epoch.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .expect("a time in range")
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -160,7 +167,7 @@ pub fn image(w: u64, h: u64) -> Value {
 
 impl TestApp {
     /// Starts an isolated tollgate: temp database, engine, sample catalog, operator key,
-    /// HTTP server on 127.0.0.1:0, hold-expiry sweeper every 100 ms.
+    /// HTTP server on 127.0.0.1:0, hold-expiry sweeper every 100 ms (on the system clock).
     pub async fn spawn() -> TestApp {
         Self::spawn_with(&Backend::Sqlite, None).await
     }
@@ -187,6 +194,22 @@ impl TestApp {
             .as_ref()
             .expect("set_now needs TestApp::spawn_at")
             .store(ms, Ordering::SeqCst);
+    }
+
+    /// The engine's time, in ms (only for an app from [`TestApp::spawn_at`]).
+    pub fn now_ms(&self) -> i64 {
+        self.manual_clock
+            .as_ref()
+            .expect("now_ms needs TestApp::spawn_at")
+            .load(Ordering::SeqCst)
+    }
+
+    /// Moves the engine's clock forward by `ms` and runs the hold and credit expiry sweep at
+    /// the new time, as the server's sweeper would at its next tick. Returns how many requests
+    /// expired.
+    pub async fn advance(&self, ms: i64) -> usize {
+        self.set_now(self.now_ms() + ms);
+        self.engine.sweep_expired().await.expect("the sweep runs")
     }
 
     async fn spawn_with(backend: &Backend, manual_clock: Option<Arc<AtomicI64>>) -> TestApp {
@@ -227,7 +250,11 @@ impl TestApp {
         tokio::spawn(async move {
             axum::serve(listener, router).await.expect("serve");
         });
-        tollgate_api::spawn_sweeper(engine.clone(), Duration::from_millis(100));
+        // On the system clock, holds expire as in a server; a test that moves the clock runs the
+        // sweep itself ([`TestApp::advance`]), at the times it chooses.
+        if manual_clock.is_none() {
+            tollgate_api::spawn_sweeper(engine.clone(), Duration::from_millis(100));
+        }
 
         TestApp {
             address,

@@ -7,7 +7,6 @@ use futures::future::join_all;
 use reqwest::Method;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use std::time::Duration;
 
 const FLUX_DEV: &str = "fal-ai/flux/dev";
 /// `gpu_second` on GPU-A100 (0.000275 USD/s), holds 30 s.
@@ -158,15 +157,17 @@ async fn server_errors_are_free_and_release_the_hold() {
 
 // 3 ---------------------------------------------------------------------------------------------
 
+/// The engine's clock at the start of the tests that move it (2026-09-15T12:00:00Z).
+const T0: i64 = 1_757_937_600_000;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_time_is_never_billed() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_at(T0).await;
     let c = app.customer("queue", Some(("10.00", "paid"))).await;
-    let queue_wait = Duration::from_millis(1200);
 
     // GPU seconds, reported by the runner: exactly 2 s x 0.000275 USD, whatever the queue.
     let gpu = app.submit_ok(&c.key, TRIPOSR).await;
-    tokio::time::sleep(queue_wait).await;
+    app.advance(1200).await;
     let s = app.start(&gpu, None).await;
     // 30 GPU-seconds held at the A100 price.
     assert_eq!(int(&s.expect(200)["hold_nano_usd"]), 8_250_000);
@@ -184,8 +185,9 @@ async fn queue_time_is_never_billed() {
     assert_eq!(app.position("queue").await, (10 * USD - 550_000, 0, 0));
     let g = app.get_request(&gpu).await;
     let g = g.expect(200);
-    assert!(
-        dec(&g["queue_seconds"]) >= d("1.2"),
+    assert_eq!(
+        dec(&g["queue_seconds"]),
+        d("1.2"),
         "the wait was recorded: {g}"
     );
     assert_eq!(dec(&g["inference_seconds"]), d("2"));
@@ -193,48 +195,29 @@ async fn queue_time_is_never_billed() {
 
     // Compute seconds measured by tollgate (none reported): start -> complete only.
     let measured = app.submit_ok(&c.key, WHISPER).await;
-    tokio::time::sleep(queue_wait).await;
+    app.advance(1200).await;
     app.start(&measured, None).await.expect(200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.advance(300).await;
     let r = app.complete(&measured, json!({ "status_code": 200 })).await;
     let b = r.expect(200).clone();
-    let billed_seconds = dec(&b["output_units"]);
-    assert_eq!(
-        r.header("x-fal-billable-units").map(d),
-        Some(billed_seconds)
-    );
+    // Billed: exactly start -> complete, 0.3 s, without the 1.2 s in the queue.
+    assert_eq!(dec(&b["output_units"]), d("0.3"));
+    assert_eq!(r.header("x-fal-billable-units").map(d), Some(d("0.3")));
     let g = app.get_request(&measured).await;
     let g = g.expect(200);
-    let (submitted, started_at, finished) = (
-        millis(&g["submitted_at"]),
-        millis(&g["started_at"]),
-        millis(&g["finished_at"]),
-    );
-    let queue_seconds = dec(&g["queue_seconds"]);
-    assert_eq!(queue_seconds, Decimal::new(started_at - submitted, 3));
-    assert!(queue_seconds >= d("1.2"), "{g}");
-    // Billed: exactly start -> complete; > 0 (300 ms passed) and without the queue wait.
-    assert_eq!(billed_seconds, Decimal::new(finished - started_at, 3));
-    assert_eq!(dec(&g["inference_seconds"]), billed_seconds);
-    assert!(billed_seconds >= d("0.3"), "{b}");
-    assert!(
-        billed_seconds < Decimal::new(finished - submitted, 3),
-        "{b}"
-    );
+    assert_eq!(dec(&g["queue_seconds"]), d("1.2"), "{g}");
+    assert_eq!(dec(&g["inference_seconds"]), d("0.3"));
     assert_eq!(
-        billed_seconds + queue_seconds,
-        Decimal::new(finished - submitted, 3)
+        millis(&g["finished_at"]) - millis(&g["submitted_at"]),
+        1500,
+        "{g}"
     );
-    // Cost = billed seconds x 0.00111 USD, exact to the nano-USD.
-    let cost = billed_seconds * d("0.00111") * Decimal::from(USD);
-    assert_eq!(cost.fract(), Decimal::ZERO);
-    assert_eq!(Decimal::from(int(&b["cost_estimate_nano_usd"])), cost);
-    let (balance, held, in_progress) = app.position("queue").await;
+    // Cost = 0.3 s x 0.00111 USD = 333,000 nano-USD, exactly.
+    assert_eq!(int(&b["cost_estimate_nano_usd"]), 333_000);
     assert_eq!(
-        Decimal::from(balance),
-        Decimal::from(10 * USD - 550_000) - cost
+        app.position("queue").await,
+        (10 * USD - 550_000 - 333_000, 0, 0)
     );
-    assert_eq!((held, in_progress), (0, 0));
     app.assert_reconciled().await;
 }
 
@@ -455,7 +438,7 @@ async fn every_call_is_idempotent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_hold_expires_unbilled() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_at(T0).await;
     let applied = app.apply_catalog(EXPIRY_CATALOG).await;
     let applied = applied.expect(200);
     assert_eq!(applied["endpoints"], 1);
@@ -479,20 +462,16 @@ async fn an_abandoned_hold_expires_unbilled() {
     );
     assert_eq!(app.position("ghost").await, (USD, 10_000_000, 1));
 
-    let mut status = String::new();
-    for _ in 0..50 {
-        status = app.status_of(&id).await;
-        if status == "EXPIRED" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, "EXPIRED", "the sweeper voids the hold within ~5 s");
+    // A millisecond before the hold's deadline, the sweep leaves it; at the deadline, it voids it.
+    assert_eq!(app.advance(999).await, 0);
+    assert_eq!(app.status_of(&id).await, "IN_PROGRESS");
+    assert_eq!(app.advance(1).await, 1);
+    assert_eq!(app.status_of(&id).await, "EXPIRED");
     let g = app.get_request(&id).await;
     let g = g.expect(200);
     assert_eq!(g["billing"], Value::Null, "not billed: {g}");
     assert_eq!(g["hold_expires_at"], Value::Null);
-    assert!(millis(&g["finished_at"]) >= millis(&g["started_at"]) + 1000);
+    assert_eq!(millis(&g["finished_at"]), millis(&g["started_at"]) + 1000);
     assert_eq!(app.position("ghost").await, (USD, 0, 0));
 
     // A late complete is refused and bills nothing; so are a late start and cancel.
@@ -671,16 +650,33 @@ async fn keys_are_checked_and_scoped() {
 
 // 10 --------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_is_refused_and_writes_nothing() {
+/// An account with 10 USD for the bad-input cases, and the ledger's totals before them.
+async fn careful() -> (TestApp, crate::harness::Customer, Value) {
     let app = TestApp::spawn().await;
     let c = app.customer("careful", Some(("10.00", "paid"))).await;
     app.create_account("careful")
         .await
         .expect_error(409, "conflict");
     let before = app.reconciliation().await;
-    let balance = 10 * USD;
+    (app, c, before)
+}
 
+/// Nothing was billed or credited since `before`.
+async fn ledger_unmoved(app: &TestApp, before: &Value) {
+    let after = app.reconciliation().await;
+    for total in [
+        "billed_nano_usd",
+        "revenue_nano_usd",
+        "purchased_nano_usd",
+        "credited_nano_usd",
+    ] {
+        assert_eq!(after[total], before[total], "{total}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_submits_are_refused_and_queue_nothing() {
+    let (app, c, before) = careful().await;
     // --- submit -------------------------------------------------------------------------
     let id = new_id();
     let r = app
@@ -740,6 +736,14 @@ async fn bad_input_is_refused_and_writes_nothing() {
     }
     app.get_request(&id).await.expect_error(404, "not_found");
 
+    ledger_unmoved(&app, &before).await;
+    app.assert_reconciled().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_starts_are_refused_and_hold_nothing() {
+    let (app, c, before) = careful().await;
+    let balance = 10 * USD;
     // --- start --------------------------------------------------------------------------
     let queued = app.submit_ok(&c.key, FLUX_DEV).await;
     for (body, field) in [
@@ -770,6 +774,15 @@ async fn bad_input_is_refused_and_writes_nothing() {
     assert_eq!(app.status_of(&queued).await, "IN_QUEUE");
     assert_eq!(app.position("careful").await, (balance, 0, 0));
 
+    ledger_unmoved(&app, &before).await;
+    app.assert_reconciled().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_completions_are_refused_bill_nothing_and_leave_the_request_completable() {
+    let (app, c, before) = careful().await;
+    let balance = 10 * USD;
+    let queued = app.submit_ok(&c.key, FLUX_DEV).await;
     // --- complete -----------------------------------------------------------------------
     let flux = started(&app, &c.key, FLUX_DEV, FLUX_HOLD).await;
     let video = started(&app, &c.key, HAILUO, 800_000_000).await;
@@ -900,6 +913,36 @@ async fn bad_input_is_refused_and_writes_nothing() {
     }
     assert_eq!(app.position("careful").await, (balance, held, 3));
 
+    ledger_unmoved(&app, &before).await;
+
+    // The requests are still completable, and are billed once, correctly.
+    let b = app.complete(&flux, ok_2mp()).await;
+    assert_eq!(int(&b.expect(200)["cost_estimate_nano_usd"]), FLUX_2MP);
+    let b = app
+        .complete(
+            video.as_str(),
+            json!({ "status_code": 200, "output": { "video_seconds": "6" } }),
+        )
+        .await;
+    assert_eq!(int(&b.expect(200)["cost_estimate_nano_usd"]), 480_000_000);
+    let b = app
+        .complete(
+            tts.as_str(),
+            json!({ "status_code": 200, "output": { "characters": 1500 } }),
+        )
+        .await;
+    assert_eq!(int(&b.expect(200)["cost_estimate_nano_usd"]), 75_000_000);
+    assert_eq!(
+        app.position("careful").await,
+        (balance - FLUX_2MP - 480_000_000 - 75_000_000, 0, 0)
+    );
+    app.assert_reconciled().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_purchases_are_refused_and_credit_nothing() {
+    let (app, _, before) = careful().await;
+    let (balance, held) = (10 * USD, 0);
     // --- purchases ----------------------------------------------------------------------
     let purchases = "/v1/admin/accounts/careful/purchases";
     for amount in [
@@ -948,14 +991,29 @@ async fn bad_input_is_refused_and_writes_nothing() {
     app.purchase("nobody", "p", "5.00", "paid")
         .await
         .expect_error(404, "not_found");
-    assert_eq!(app.position("careful").await, (balance, held, 3));
+    assert_eq!(app.position("careful").await, (balance, held, 0));
     // None of the refused purchases recorded its id: the first valid use is a new purchase.
     let p = app.purchase("careful", "refused", "25", "paid").await;
     assert_eq!(int(&p.expect(201)["amount_nano_usd"]), 25 * USD);
     assert_eq!(p.header("idempotent-replayed"), None);
     let balance = balance + 25 * USD;
-    assert_eq!(app.position("careful").await, (balance, held, 3));
+    assert_eq!(app.position("careful").await, (balance, held, 0));
 
+    let after = app.reconciliation().await;
+    assert_eq!(before["purchased_nano_usd"], (10 * USD).to_string());
+    for total in ["purchased_nano_usd", "credited_nano_usd"] {
+        assert_eq!(
+            after[total],
+            (35 * USD).to_string(),
+            "10 + the one valid 25"
+        );
+    }
+    app.assert_reconciled().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_terms_and_catalogs_are_refused_and_change_nothing() {
+    let (app, c, before) = careful().await;
     // --- pricing and catalog ------------------------------------------------------------
     let acct_before = app.account("careful").await;
     for body in [
@@ -989,6 +1047,13 @@ async fn bad_input_is_refused_and_writes_nothing() {
         .1
         .expect_error(404, "not_found");
 
+    ledger_unmoved(&app, &before).await;
+    app.assert_reconciled().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_paths_are_refused() {
+    let (app, _, before) = careful().await;
     // --- paths --------------------------------------------------------------------------
     app.op_get("/v1/nothing-here")
         .await
@@ -1000,41 +1065,7 @@ async fn bad_input_is_refused_and_writes_nothing() {
         .await
         .expect_error(400, "validation_error");
 
-    // Nothing was written by any refused call: the ledger totals only moved by the one
-    // accepted purchase.
-    let after = app.reconciliation().await;
-    assert_eq!(after["billed_nano_usd"], before["billed_nano_usd"]);
-    assert_eq!(after["revenue_nano_usd"], before["revenue_nano_usd"]);
-    assert_eq!(before["purchased_nano_usd"], (10 * USD).to_string());
-    for total in ["purchased_nano_usd", "credited_nano_usd"] {
-        assert_eq!(
-            after[total],
-            (35 * USD).to_string(),
-            "10 + the one valid 25"
-        );
-    }
-
-    // The requests are still completable, and are billed once, correctly.
-    let b = app.complete(&flux, ok_2mp()).await;
-    assert_eq!(int(&b.expect(200)["cost_estimate_nano_usd"]), FLUX_2MP);
-    let b = app
-        .complete(
-            video.as_str(),
-            json!({ "status_code": 200, "output": { "video_seconds": "6" } }),
-        )
-        .await;
-    assert_eq!(int(&b.expect(200)["cost_estimate_nano_usd"]), 480_000_000);
-    let b = app
-        .complete(
-            tts.as_str(),
-            json!({ "status_code": 200, "output": { "characters": 1500 } }),
-        )
-        .await;
-    assert_eq!(int(&b.expect(200)["cost_estimate_nano_usd"]), 75_000_000);
-    assert_eq!(
-        app.position("careful").await,
-        (balance - FLUX_2MP - 480_000_000 - 75_000_000, 0, 0)
-    );
+    ledger_unmoved(&app, &before).await;
     app.assert_reconciled().await;
 }
 
@@ -1440,10 +1471,15 @@ price = { unit = "megapixel", unit_price = "0.5", rounding = "up" }
 // Credit expiry: a purchase is a credit lot; lots are spent soonest expiry first and what is
 // left of a lot past its date is expired by the sweeper, never what an open hold reserves.
 
-/// An RFC 3339 time `ms` milliseconds from now (negative: in the past).
+/// An RFC 3339 time `ms` milliseconds from now (negative: in the past), by the wall clock.
 fn in_ms(ms: i64) -> String {
     (chrono::Utc::now() + chrono::Duration::milliseconds(ms))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// An RFC 3339 time `ms` milliseconds from the engine's (manual) clock.
+fn engine_in_ms(app: &TestApp, ms: i64) -> String {
+    crate::harness::rfc3339(app.now_ms() + ms)
 }
 
 /// `POST /v1/admin/accounts/{u}/purchases`, with `expires_at` when given.
@@ -1486,28 +1522,14 @@ async fn lots(app: &TestApp, username: &str) -> Vec<(String, i64)> {
     lots
 }
 
-/// Polls the account (up to ~5 s, the sweeper runs every 100 ms) until `done` holds; returns
-/// the last view.
-async fn poll_account(app: &TestApp, username: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let mut a = app.account(username).await;
-    for _ in 0..50 {
-        if done(&a) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        a = app.account(username).await;
-    }
-    a
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unspent_credits_expire_at_their_date() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_at(T0).await;
     let c = app.customer("expiring", None).await;
     // Another account, with credits that expire in a year: untouched.
     app.customer("lasting", Some(("1.00", "paid"))).await;
 
-    let expires_at = in_ms(1500);
+    let expires_at = engine_in_ms(&app, 1500);
     let p = buy(
         &app,
         "expiring",
@@ -1536,8 +1558,11 @@ async fn unspent_credits_expire_at_their_date() {
         vec![("short-lived".into(), left)]
     );
 
-    // After the date, the sweeper expires exactly the unspent rest.
-    let a = poll_account(&app, "expiring", |a| int(&a["balance_nano_usd"]) != left).await;
+    // Just before the date, nothing expires; at the date, exactly the unspent rest does.
+    app.advance(1499).await;
+    assert_eq!(app.position("expiring").await, (left, 0, 0));
+    app.advance(1).await;
+    let a = app.account("expiring").await;
     assert_eq!(int(&a["balance_nano_usd"]), 0, "{a}");
     assert_eq!(int(&a["held_nano_usd"]), 0);
     assert_eq!(a["credits"], json!([]));
@@ -1549,7 +1574,7 @@ async fn unspent_credits_expire_at_their_date() {
     assert_eq!(rec["clean"], true);
 
     // Later sweeps find nothing more to expire.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    app.advance(400).await;
     let rec = app.reconciliation().await;
     assert_eq!(rec["expired_nano_usd"], left.to_string(), "{rec}");
     assert_eq!(app.position("expiring").await, (0, 0, 0));
@@ -1642,16 +1667,17 @@ async fn charges_spend_the_soonest_expiring_credits_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_is_honoured_across_the_expiry_of_its_credits() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_at(T0).await;
     let c = app.customer("honoured", None).await;
-    let expires_at = in_ms(1500);
+    let expires_at = engine_in_ms(&app, 1500);
     buy(&app, "honoured", "brief", "1.00", "paid", Some(&expires_at))
         .await
         .expect(201);
     let id = started(&app, &c.key, FLUX_DEV, FLUX_HOLD).await;
 
     // Past the date, everything but the hold expires.
-    let a = poll_account(&app, "honoured", |a| int(&a["balance_nano_usd"]) != USD).await;
+    app.advance(1500).await;
+    let a = app.account("honoured").await;
     assert_eq!(int(&a["balance_nano_usd"]), FLUX_HOLD, "{a}");
     assert_eq!(int(&a["held_nano_usd"]), FLUX_HOLD);
     assert_eq!(int(&a["in_progress"]), 1);
@@ -1663,7 +1689,7 @@ async fn a_hold_is_honoured_across_the_expiry_of_its_credits() {
     assert_eq!(rec["expired_nano_usd"], (USD - FLUX_HOLD).to_string());
     assert_eq!(rec["clean"], true, "{rec}");
     // Later sweeps leave the held credits alone.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    app.advance(400).await;
     assert_eq!(app.position("honoured").await, (FLUX_HOLD, FLUX_HOLD, 1));
     assert_eq!(app.status_of(&id).await, "IN_PROGRESS");
 
@@ -1676,7 +1702,8 @@ async fn a_hold_is_honoured_across_the_expiry_of_its_credits() {
     assert_eq!(int(&done["balance_nano_usd"]), FLUX_HOLD - FLUX_2MP);
 
     // Then what is left of the lot expires at the next sweep.
-    let a = poll_account(&app, "honoured", |a| int(&a["balance_nano_usd"]) == 0).await;
+    app.advance(100).await;
+    let a = app.account("honoured").await;
     assert_eq!(int(&a["balance_nano_usd"]), 0, "{a}");
     assert_eq!(a["credits"], json!([]));
     assert_eq!(app.position("honoured").await, (0, 0, 0));
