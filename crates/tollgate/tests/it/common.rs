@@ -1,9 +1,6 @@
 //! Shared by the integration tests that run the real `tollgate` binary: a `tollgate serve`
 //! guard that waits for the listening line and kills the server when dropped.
 
-// Each test file compiles this module on its own and uses a different part of it.
-#![allow(dead_code)]
-
 use reqwest::blocking::{Client, RequestBuilder};
 use serde_json::Value;
 use std::fs::File;
