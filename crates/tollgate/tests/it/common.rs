@@ -1,8 +1,6 @@
 //! Shared by the integration tests that run the real `tollgate` binary: a `tollgate serve`
-//! guard that waits for the listening line and kills the server when dropped.
-
-// Each test file compiles this module on its own and uses a different part of it.
-#![allow(dead_code)]
+//! guard (also for `serve --demo`, with the keys it prints) that waits for the listening line
+//! and kills the server when dropped.
 
 use reqwest::blocking::{Client, RequestBuilder};
 use serde_json::Value;
@@ -30,7 +28,6 @@ impl Server {
     /// Starts `tollgate serve --db <db> --listen 127.0.0.1:0 [--catalog <catalog>]` with
     /// TOLLGATE_OPERATOR_KEY=`operator_key`; the server's stderr goes to the file `stderr`.
     pub fn start(db: &Path, stderr: PathBuf, operator_key: &str, catalog: Option<&Path>) -> Server {
-        let err_file = File::create(&stderr).expect("create the stderr log");
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .arg("--db")
@@ -39,8 +36,56 @@ impl Server {
         if let Some(catalog) = catalog {
             cmd.arg("--catalog").arg(catalog);
         }
+        cmd.env("TOLLGATE_OPERATOR_KEY", operator_key);
+        Server::spawn(cmd, stderr).0
+    }
+
+    /// Starts `tollgate serve --demo --listen 127.0.0.1:0` in `dir` (where the demo creates its
+    /// database) with no TOLLGATE_OPERATOR_KEY, so that the demo mints the operator key, and
+    /// returns it with the demo account's keys, all read from what the demo prints.
+    pub fn start_demo(dir: &Path, stderr: PathBuf) -> (Server, DemoKeys) {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--demo", "--listen", "127.0.0.1:0"])
+            .current_dir(dir)
+            .env_remove("TOLLGATE_OPERATOR_KEY")
+            // Its log may end up in a test's failure message: plain text.
+            .env("NO_COLOR", "1");
+        let (server, lines) = Server::spawn(cmd, stderr);
+        let [mut operator, mut admin, mut api] = [None, None, None];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while operator.is_none() || admin.is_none() || api.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines.recv_timeout(left).unwrap_or_else(|e| {
+                panic!(
+                    "tollgate serve --demo did not print its three keys ({e:?}); stderr:\n{}",
+                    server.stderr_text()
+                )
+            });
+            for (label, slot) in [
+                ("operator key", &mut operator),
+                ("demo ADMIN key", &mut admin),
+                ("demo API key", &mut api),
+            ] {
+                if let Some(key) = line.trim_start().strip_prefix(label) {
+                    if let Some(key) = key.trim_start().strip_prefix(':') {
+                        *slot = Some(key.trim().to_string());
+                    }
+                }
+            }
+        }
+        let keys = DemoKeys {
+            operator: operator.expect("read above"),
+            admin: admin.expect("read above"),
+            api: api.expect("read above"),
+        };
+        (server, keys)
+    }
+
+    /// Spawns `cmd` (a `tollgate serve`) with its stderr going to the file `stderr` and waits
+    /// for its listening line; returns the stdout lines that follow it.
+    fn spawn(mut cmd: Command, stderr: PathBuf) -> (Server, mpsc::Receiver<String>) {
+        let err_file = File::create(&stderr).expect("create the stderr log");
         let mut child = cmd
-            .env("TOLLGATE_OPERATOR_KEY", operator_key)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(err_file))
@@ -53,13 +98,12 @@ impl Server {
             stderr,
         };
         let (tx, rx) = mpsc::channel::<String>();
-        // Drains stdout for the life of the process.
+        // Drains stdout for the life of the process, also once nobody reads the lines: a closed
+        // pipe would fail the server's next print.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
+                let _ = tx.send(line);
             }
         });
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -70,7 +114,7 @@ impl Server {
                     if let Some(rest) = line.strip_prefix("tollgate listening on http://") {
                         let addr = rest.split_whitespace().next().expect("an address");
                         server.base = format!("http://{addr}");
-                        return server;
+                        return (server, rx);
                     }
                 }
                 Err(e) => {
@@ -99,6 +143,16 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The keys `tollgate serve --demo` prints, each `<key_id>:<key_secret>`.
+pub struct DemoKeys {
+    /// The operator key it minted (scope `OPERATOR`).
+    pub operator: String,
+    /// The demo account's `ADMIN` key.
+    pub admin: String,
+    /// The demo account's `API` key.
+    pub api: String,
 }
 
 /// A blocking HTTP client that ignores proxy settings (the server is on localhost).

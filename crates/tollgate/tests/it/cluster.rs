@@ -16,9 +16,7 @@
 //! says so and passes. Timing only decides when the server is killed and how the calls
 //! interleave; no assertion depends on it.
 
-mod common;
-
-use common::{must, send, Reply, Server, SAMPLE_CATALOG};
+use crate::common::{must, send, Reply, Server, SAMPLE_CATALOG};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};

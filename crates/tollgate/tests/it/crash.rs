@@ -5,9 +5,7 @@
 //!
 //! Timing only decides when the server is killed; no assertion depends on it.
 
-mod common;
-
-use common::{client, must, send, Reply, Server, SAMPLE_CATALOG};
+use crate::common::{client, must, send, Reply, Server, SAMPLE_CATALOG};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -47,8 +45,6 @@ fn put(c: &Client, base: &str, path: &str, body: &Value) -> Result<Reply, String
 fn get(c: &Client, base: &str, path: &str) -> Result<Reply, String> {
     send(c.get(format!("{base}{path}")), OP_KEY)
 }
-
-/// A call that must succeed with `status` (setup and verification).
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {

@@ -3,9 +3,7 @@
 //! subprocesses with TOLLGATE_URL and TOLLGATE_OPERATOR_KEY, checking exit codes, the JSON they
 //! print and the errors they explain. Also `--help`, and `migrate`.
 
-mod common;
-
-use common::{client, Server, BIN, SAMPLE_CATALOG};
+use crate::common::{client, Server, BIN, SAMPLE_CATALOG};
 use serde_json::Value;
 use std::process::{Command, Output};
 

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The one command that runs every test of tollgate, on a fresh machine as on CI:
+#
+#   scripts/test.sh                 # the whole workspace
+#   scripts/test.sh -p tollgate     # extra arguments go to `cargo test` (-p: that package only)
+#
+# It installs what the tests need that cargo does not (schemathesis, in a Python virtualenv at
+# target/test-venv, at the exact versions of scripts/requirements-test.txt; an existing venv
+# that already has them is reused), tells the tests where those tools are (TOLLGATE_SCHEMATHESIS),
+# then runs `cargo test --workspace`. If a tool cannot be installed it stops and says which:
+# no test is ever skipped because a tool is missing.
+#
+# Needs the Rust toolchain and python3 with venv and pip (Debian: python3-venv), and access to
+# PyPI the first time. PostgreSQL is optional: with TOLLGATE_TEST_POSTGRES_URL set (for example
+# postgres://postgres@127.0.0.1:5432/test) the PostgreSQL tests run too; without it they say
+# they were skipped.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+say() { printf '==> test.sh: %s\n' "$*"; }
+fail() {
+  printf 'test.sh: %s\n' "$*" >&2
+  exit 1
+}
+
+# --- Python tools: schemathesis --------------------------------------------------------------
+venv="$root/target/test-venv"
+requirements="$root/scripts/requirements-test.txt"
+
+# True when the venv's python runs and has every pinned `name==version` installed.
+venv_has_pins() {
+  [ -x "$venv/bin/python" ] || return 1
+  "$venv/bin/python" - "$requirements" <<'PY' >/dev/null 2>&1
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+for line in open(sys.argv[1]):
+    line = line.split("#", 1)[0].strip()
+    if not line:
+        continue
+    name, _, pinned = line.partition("==")
+    try:
+        if version(name) != pinned:
+            sys.exit(1)
+    except PackageNotFoundError:
+        sys.exit(1)
+PY
+}
+
+if venv_has_pins; then
+  say "reusing the Python tools in ${venv#"$root"/} (the versions of scripts/requirements-test.txt)"
+else
+  command -v python3 >/dev/null 2>&1 ||
+    fail "python3 is not installed: it is needed to install schemathesis (the API's property-based test)"
+  say "creating the Python virtualenv ${venv#"$root"/}"
+  python3 -m venv --clear "$venv" ||
+    fail "could not create a Python virtualenv at $venv with \`python3 -m venv\` (on Debian: apt-get install python3-venv)"
+  say "installing $(grep -m1 '^schemathesis==' "$requirements") and its pinned dependencies from PyPI"
+  PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install --quiet --requirement "$requirements" ||
+    fail "could not install scripts/requirements-test.txt (schemathesis) into $venv with pip"
+  venv_has_pins ||
+    fail "$venv does not have the versions of scripts/requirements-test.txt after installing them"
+fi
+schemathesis="$venv/bin/schemathesis"
+st_version=$("$schemathesis" --version 2>&1) ||
+  fail "schemathesis was installed in $venv but does not run: $st_version"
+export TOLLGATE_SCHEMATHESIS="$schemathesis"
+say "TOLLGATE_SCHEMATHESIS=$TOLLGATE_SCHEMATHESIS ($st_version)"
+
+# --- Browser: Debian `chromium` ----------------------------------------------------------------
+# Reserved for the browser tests to come: install Debian's `chromium` here (apt-get), fail with a
+# message naming it if it cannot be installed, and export its path for the tests, as above.
+
+# --- The tests ---------------------------------------------------------------------------------
+if [ -n "${TOLLGATE_TEST_POSTGRES_URL:-}" ]; then
+  say "TOLLGATE_TEST_POSTGRES_URL is set: the PostgreSQL tests run too"
+else
+  say "TOLLGATE_TEST_POSTGRES_URL is not set: the PostgreSQL tests will say they were skipped"
+fi
+# `--workspace` would override a package chosen with -p/--package, so it is added only when the
+# arguments (before a `--`) choose none.
+scope=(--workspace)
+for arg in "$@"; do
+  case "$arg" in
+    --) break ;;
+    -p | -p?* | --package | --package=*) scope=() ;;
+  esac
+done
+cmd=(cargo test "${scope[@]}" "$@")
+say "${cmd[*]}"
+exec "${cmd[@]}"
