@@ -4,10 +4,11 @@
 #   scripts/test.sh                 # the whole workspace
 #   scripts/test.sh -p tollgate     # extra arguments go to `cargo test` (-p: that package only)
 #
-# It installs what the tests need that cargo does not (schemathesis, in a Python virtualenv at
-# target/test-venv, at the exact versions of scripts/requirements-test.txt; an existing venv
-# that already has them is reused), tells the tests where those tools are (TOLLGATE_SCHEMATHESIS),
-# then runs `cargo test --workspace`. If a tool cannot be installed it stops and says which:
+# It installs what the tests need that cargo does not (schemathesis and openapi-spec-validator,
+# in a Python virtualenv at target/test-venv, at the exact versions of
+# scripts/requirements-test.txt; an existing venv that already has them is reused), tells the
+# tests where those tools are (TOLLGATE_SCHEMATHESIS, TOLLGATE_OPENAPI_SPEC_VALIDATOR), then runs
+# `cargo test --workspace`. If a tool cannot be installed it stops and says which:
 # no test is ever skipped because a tool is missing.
 #
 # Needs the Rust toolchain and python3 with venv and pip (Debian: python3-venv), and access to
@@ -24,7 +25,7 @@ fail() {
   exit 1
 }
 
-# --- Python tools: schemathesis --------------------------------------------------------------
+# --- Python tools: schemathesis, openapi-spec-validator -------------------------------------
 venv="$root/target/test-venv"
 requirements="$root/scripts/requirements-test.txt"
 
@@ -58,7 +59,7 @@ else
     fail "could not create a Python virtualenv at $venv with \`python3 -m venv\` (on Debian: apt-get install python3-venv)"
   say "installing $(grep -m1 '^schemathesis==' "$requirements") and its pinned dependencies from PyPI"
   PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install --quiet --requirement "$requirements" ||
-    fail "could not install scripts/requirements-test.txt (schemathesis) into $venv with pip"
+    fail "could not install scripts/requirements-test.txt (schemathesis, openapi-spec-validator) into $venv with pip"
   venv_has_pins ||
     fail "$venv does not have the versions of scripts/requirements-test.txt after installing them"
 fi
@@ -67,6 +68,11 @@ st_version=$("$schemathesis" --version 2>&1) ||
   fail "schemathesis was installed in $venv but does not run: $st_version"
 export TOLLGATE_SCHEMATHESIS="$schemathesis"
 say "TOLLGATE_SCHEMATHESIS=$TOLLGATE_SCHEMATHESIS ($st_version)"
+validator="$venv/bin/openapi-spec-validator"
+"$validator" --help >/dev/null 2>&1 ||
+  fail "openapi-spec-validator was installed in $venv but does not run"
+export TOLLGATE_OPENAPI_SPEC_VALIDATOR="$validator"
+say "TOLLGATE_OPENAPI_SPEC_VALIDATOR=$TOLLGATE_OPENAPI_SPEC_VALIDATOR"
 
 # --- Browser: Debian `chromium` ----------------------------------------------------------------
 # Reserved for the browser tests to come: install Debian's `chromium` here (apt-get), fail with a

@@ -425,7 +425,7 @@ pub struct TermsBody {
     /// A contractual limit of requests in progress (at least 1); `null` returns to the tier
     /// table.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<u32>, minimum = 1)]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 4294967295_i64)]
     concurrency_limit: Option<Option<u32>>,
     /// The account locks while its balance is at or below this (default 0).
     #[serde(default, deserialize_with = "lock_threshold")]

@@ -129,7 +129,7 @@ pub struct StartBody {
     #[serde(default)]
     machine_type: Option<MachineType>,
     /// GPUs of that machine (1 to 64, default 1).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "wire::num_gpus")]
     #[schema(minimum = 1, maximum = 64)]
     num_gpus: Option<u32>,
     /// Billable units to hold (default: the endpoint's `hold_units`).
@@ -557,7 +557,8 @@ pub struct EventBody {
     inference_seconds: Option<Decimal>,
     #[serde(default)]
     machine_type: Option<MachineType>,
-    #[serde(default)]
+    /// GPUs of that machine (1 to 64, default 1).
+    #[serde(default, deserialize_with = "wire::num_gpus")]
     #[schema(minimum = 1, maximum = 64)]
     num_gpus: Option<u32>,
 }

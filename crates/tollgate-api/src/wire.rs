@@ -157,6 +157,14 @@ pub fn status<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
     tollgate_core::policy::final_status(code).map_err(de::Error::custom)
 }
 
+/// `#[serde(default, deserialize_with = "wire::num_gpus")]`: GPUs of a request, 1 to 64 (the
+/// core's rule, [`tollgate_core::machine::num_gpus_in_range`]), or absent.
+pub fn num_gpus<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    Option::<u32>::deserialize(d)?
+        .map(|n| tollgate_core::machine::num_gpus_in_range(n).map_err(de::Error::custom))
+        .transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

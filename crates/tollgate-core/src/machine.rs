@@ -617,6 +617,26 @@ fn discount_for(acct: &mut AccountState, def: &EndpointDef, now: Timestamp) -> O
     percent_discount_at(acct, def, now)
 }
 
+/// The most GPUs one request may run on.
+pub const MAX_GPUS: u32 = 64;
+
+/// `n` if a request may run on that many GPUs: 1 to [`MAX_GPUS`].
+pub fn num_gpus_in_range(n: u32) -> Result<u32, Rejection> {
+    if (1..=MAX_GPUS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(Rejection::Invalid {
+            field: "num_gpus",
+            reason: format!("must be between 1 and {MAX_GPUS}, got {n}"),
+        })
+    }
+}
+
+/// The GPUs a request runs on: as reported, default 1.
+fn gpus(reported: Option<u32>) -> Result<u32, Rejection> {
+    num_gpus_in_range(reported.unwrap_or(1))
+}
+
 /// The percent discount a request to `def` billed at `now` gets: none for partner models, else
 /// the account's flat percent or its volume tier for this month's subtotal so far.
 pub fn percent_discount_at(
@@ -663,13 +683,7 @@ fn start(
             })
         }
     }
-    let num_gpus = num_gpus.unwrap_or(1);
-    if num_gpus == 0 || num_gpus > 64 {
-        return Err(Rejection::Invalid {
-            field: "num_gpus",
-            reason: "must be between 1 and 64".into(),
-        });
-    }
+    let num_gpus = gpus(num_gpus)?;
     if let Some(u) = hold_units {
         if u.is_sign_negative() || u > Decimal::from(crate::price::limits::MAX_BILLABLE_UNITS) {
             return Err(Rejection::Invalid {
@@ -1117,13 +1131,7 @@ fn usage_event(state: &mut BatchState, cx: &Ctx, e: UsageEvent) -> Result<Outcom
             reason: "is in the future".into(),
         });
     }
-    let num_gpus = e.num_gpus.unwrap_or(1);
-    if num_gpus == 0 || num_gpus > 64 {
-        return Err(Rejection::Invalid {
-            field: "num_gpus",
-            reason: "must be between 1 and 64".into(),
-        });
-    }
+    let num_gpus = gpus(e.num_gpus)?;
     let (def, price) = endpoint_and_price(cx, &e.endpoint, &e.account, e.timestamp)?;
     let machine = e.machine_type.clone().or_else(|| def.machine_type.clone());
     if let Some(m) = &machine {

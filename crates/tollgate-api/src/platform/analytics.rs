@@ -54,7 +54,7 @@ pub struct AnalyticsParams {
     #[param(value_type = Option<usize>, minimum = 1, maximum = 10000)]
     limit: usize,
     /// Pagination cursor from a previous response (its `next_cursor`, unchanged).
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, min_length = 1)]
     cursor: Option<Cursor>,
     /// The endpoints: 1-50, repeated or comma-separated (required).
     #[param(value_type = Vec<EndpointId>, style = Form, explode, min_items = 1, max_items = 50)]

@@ -43,7 +43,7 @@ pub struct ListParams {
     #[param(value_type = Option<usize>, minimum = 1, maximum = 1000)]
     limit: usize,
     /// Pagination cursor from a previous response (its `next_cursor`, unchanged).
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, min_length = 1)]
     cursor: Option<Cursor>,
     /// Fields to expand in the response: `creator_info` is accepted, but tollgate has no
     /// users, so `creator_nickname` and `creator_email` are left out.

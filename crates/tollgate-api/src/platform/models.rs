@@ -80,7 +80,7 @@ pub struct ModelsParams {
     #[param(value_type = Option<usize>, minimum = 1, maximum = 200)]
     limit: usize,
     /// Pagination cursor from a previous response (its `next_cursor`, unchanged).
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, min_length = 1)]
     cursor: Option<Cursor>,
     /// Endpoint id(s) to retrieve: 1-50, repeated (`?endpoint_id=a&endpoint_id=b`) or
     /// comma-separated; unknown ids are simply absent.
@@ -509,7 +509,7 @@ pub struct HistoricalEstimate {
     #[schema(inline)]
     estimate_type: HistoricalTag,
     /// Endpoint ids to call quantities (1-50 endpoints).
-    endpoints: BTreeMap<String, CallQuantity>,
+    endpoints: BTreeMap<EndpointId, CallQuantity>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -536,7 +536,7 @@ pub struct UnitEstimate {
     #[schema(inline)]
     estimate_type: UnitTag,
     /// Endpoint ids to unit quantities (1-50 endpoints).
-    endpoints: BTreeMap<String, UnitQuantity>,
+    endpoints: BTreeMap<EndpointId, UnitQuantity>,
 }
 
 #[derive(Serialize, ToSchema)]

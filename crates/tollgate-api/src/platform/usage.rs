@@ -172,7 +172,7 @@ pub struct UsageParams {
     #[param(value_type = Option<usize>, minimum = 1, maximum = 10000)]
     limit: usize,
     /// Pagination cursor from a previous response (its `next_cursor`, unchanged).
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, min_length = 1)]
     cursor: Option<Cursor>,
     /// Only these endpoints: 1-50, repeated or comma-separated.
     #[param(value_type = Option<Vec<EndpointId>>, style = Form, explode)]
@@ -359,7 +359,7 @@ pub struct EventsParams {
     #[param(value_type = Option<usize>, minimum = 1, maximum = 10000)]
     limit: usize,
     /// Pagination cursor from a previous response (its `next_cursor`, unchanged).
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, min_length = 1)]
     cursor: Option<Cursor>,
     /// Start, an exact instant: an RFC 3339 date-time with offset, or a date (midnight UTC).
     /// Default: a day before `end`. The range may span at most 90 days.
