@@ -3,8 +3,8 @@
 
 use crate::auth::issue_key;
 use crate::error::ApiError;
-use crate::extract::{Json, Operator, Path};
-use crate::openapi::{tags, Replayed, StdErrors};
+use crate::extract::{Json, NoParams, Operator, Params, Path};
+use crate::openapi::{tags, OperatorErrors, Replayed};
 use crate::wire::{self, Time, UsdString};
 use crate::AppState;
 use axum::body::Bytes;
@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use tollgate_core::catalog::document;
-use tollgate_core::decimal::DecimalInput;
+use tollgate_core::decimal::ExactDecimal;
 use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, KeyAlias, PurchaseId};
 use tollgate_core::machine::{Op, Outcome};
 use tollgate_core::price::PriceRule;
@@ -84,14 +84,15 @@ pub struct AccountCreated {
     security(("Key" = ["OPERATOR"])),
     request_body = CreateAccountBody,
     responses(
+        OperatorErrors,
         (status = 201, description = "The account was created.", body = AccountCreated),
         (status = 409, description = "`conflict`: the username is taken.", body = ErrorResponse),
-        StdErrors,
     )
 )]
 pub async fn create_account(
     State(state): State<AppState>,
     _: Operator,
+    _: Params<NoParams>,
     Json(body): Json<CreateAccountBody>,
 ) -> Result<(StatusCode, axum::Json<AccountCreated>), ApiError> {
     let billing = body.billing.unwrap_or_default();
@@ -187,14 +188,15 @@ pub fn account_view(state: &AppState, row: &AccountRow) -> AccountView {
     operation_id = "getAccount", security(("Key" = ["OPERATOR"])),
     params(("username" = AccountId, Path, description = "The account's username.")),
     responses(
+        OperatorErrors,
         (status = 200, description = "The account.", body = AccountView),
         (status = 404, description = "`not_found`: unknown account.", body = ErrorResponse),
-        StdErrors,
     )
 )]
 pub async fn show_account(
     State(state): State<AppState>,
     _: Operator,
+    _: Params<NoParams>,
     Path(username): Path<AccountId>,
 ) -> Result<axum::Json<AccountView>, ApiError> {
     let row = tollgate_query::account(&state.engine, &username).await?;
@@ -271,17 +273,18 @@ pub struct Purchase {
     params(("username" = AccountId, Path, description = "The account's username.")),
     request_body = PurchaseBody,
     responses(
+        OperatorErrors,
         (status = 201, description = "The purchase (the first answer, when replayed).",
             body = Purchase, headers(("idempotent-replayed" = Replayed))),
         (status = 404, description = "`not_found`: unknown account.", body = ErrorResponse),
         (status = 409, description = "`conflict`: the `purchase_id` was already used with a \
             different amount, kind or expiry.", body = ErrorResponse),
-        StdErrors,
     )
 )]
 pub async fn purchase(
     State(state): State<AppState>,
     _: Operator,
+    _: Params<NoParams>,
     Path(account): Path<AccountId>,
     Json(body): Json<PurchaseBody>,
 ) -> Result<(StatusCode, HeaderMap, axum::Json<Purchase>), ApiError> {
@@ -375,14 +378,15 @@ pub struct KeyCreated {
     params(("username" = AccountId, Path, description = "The account's username.")),
     request_body = CreateKeyBody,
     responses(
+        OperatorErrors,
         (status = 201, description = "The new key.", body = KeyCreated),
         (status = 404, description = "`not_found`: unknown account.", body = ErrorResponse),
-        StdErrors,
     )
 )]
 pub async fn create_key(
     State(state): State<AppState>,
     _: Operator,
+    _: Params<NoParams>,
     Path(account): Path<AccountId>,
     Json(body): Json<CreateKeyBody>,
 ) -> Result<(StatusCode, axum::Json<KeyCreated>), ApiError> {
@@ -416,8 +420,8 @@ fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 #[schema(example = json!({"percent_discount": "10", "prices": {"fal-ai/flux/dev": {"unit": "megapixel", "unit_price": "0.02"}}}))]
 pub struct TermsBody {
     /// A flat percent off every charge (0 to 100; partner endpoints excepted).
-    #[serde(default, deserialize_with = "tollgate_core::decimal::de_opt")]
-    #[schema(value_type = Option<DecimalInput>)]
+    #[serde(default, deserialize_with = "tollgate_core::decimal::de_text_opt")]
+    #[schema(value_type = Option<ExactDecimal>)]
     percent_discount: Option<Decimal>,
     /// Volume discounts by month-to-date billed subtotal (replaced as a whole).
     #[serde(default)]
@@ -454,13 +458,14 @@ pub struct TermsSet {
 
 /// Set an account's terms
 ///
-/// Sets the account's negotiated terms. Only the fields present change: the flat
+/// Sets the account's negotiated terms. A field that is absent (or `null`) leaves its term as
+/// it is, except `concurrency_limit: null`, which returns to the tier table: the flat
 /// `percent_discount`, the `volume_tiers` (replaced as a whole), a contractual
-/// `concurrency_limit` (`null` returns to the tier table), the `lock_threshold_usd`, and
-/// account-specific `prices`. Prices never change in place: each price is a new
-/// account-scoped price version effective from `effective_from` (default now); a request is
-/// billed with the version in force when it was submitted. Discounts apply to requests settled
-/// from now on (partner endpoints excepted).
+/// `concurrency_limit`, the `lock_threshold_usd`, and account-specific `prices`. Prices never
+/// change in place: each price is a new account-scoped price version effective from
+/// `effective_from` (default now, never before the account's latest version of that
+/// endpoint); a request is billed with the version in force when it was submitted. Discounts
+/// apply to requests settled from now on (partner endpoints excepted).
 ///
 /// One atomic change: two concurrent calls that change different fields both stick, and a
 /// call that is refused (a bad field, an unknown endpoint) changes nothing. Idempotent in
@@ -472,15 +477,16 @@ pub struct TermsSet {
     params(("username" = AccountId, Path, description = "The account's username.")),
     request_body = TermsBody,
     responses(
+        OperatorErrors,
         (status = 200, description = "The account after the change.", body = TermsSet),
         (status = 404, description = "`not_found`: unknown account, or an endpoint of `prices` \
             not in the catalog.", body = ErrorResponse),
-        StdErrors,
     )
 )]
 pub async fn set_pricing(
     State(state): State<AppState>,
     _: Operator,
+    _: Params<NoParams>,
     Path(account): Path<AccountId>,
     Json(body): Json<TermsBody>,
 ) -> Result<axum::Json<TermsSet>, ApiError> {
@@ -542,15 +548,16 @@ pub struct CatalogApplied {
     request_body(content = String, content_type = "application/toml",
         description = "The catalog document (TOML)."),
     responses(
+        OperatorErrors,
         (status = 200, description = "The catalog was applied.", body = CatalogApplied),
         (status = 415, description = "`validation_error`: the `Content-Type` is neither \
             `application/toml` nor `text/*`.", body = ErrorResponse),
-        StdErrors,
     )
 )]
 pub async fn apply_catalog(
     State(state): State<AppState>,
     _: Operator,
+    _: Params<NoParams>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<axum::Json<CatalogApplied>, ApiError> {
@@ -654,13 +661,14 @@ fn amounts(v: &[(AccountId, Nanos, Nanos)]) -> Vec<AmountMismatch> {
     get, path = "/v1/admin/reconciliation", tag = tags::OPERATOR,
     operation_id = "getReconciliation", security(("Key" = ["OPERATOR"])),
     responses(
+        OperatorErrors,
         (status = 200, description = "The reconciliation.", body = Reconciliation),
-        StdErrors,
     )
 )]
 pub async fn reconciliation(
     State(state): State<AppState>,
     _: Operator,
+    _: Params<NoParams>,
 ) -> Result<axum::Json<Reconciliation>, ApiError> {
     let r = state.engine.read(|r| r.reconcile()).await?;
     Ok(axum::Json(Reconciliation {

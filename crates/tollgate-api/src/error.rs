@@ -55,6 +55,18 @@ impl ApiError {
     pub fn server(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
+    /// An error of `status` with the type fal gives it (a 413 is `payload_too_large`).
+    pub fn of_status(status: StatusCode, message: impl Into<String>) -> Self {
+        let kind = match status.as_u16() {
+            401 | 403 => "authorization_error",
+            404 => "not_found",
+            413 => "payload_too_large",
+            429 => "rate_limited",
+            500.. => "server_error",
+            _ => "validation_error",
+        };
+        Self::new(status, kind, message)
+    }
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.extra.insert(key.to_string(), value.into());
         self
@@ -143,7 +155,11 @@ impl From<QueryError> for ApiError {
                 ApiError::not_found(message).with("field", "endpoint_id")
             }
             QueryError::BadCursor => ApiError::invalid("cursor", message),
-            QueryError::Overflow(_) | QueryError::OutOfRange(_) => ApiError::validation(message),
+            QueryError::Overflow(_) => ApiError::validation(message),
+            QueryError::OutOfRange(_) => {
+                tracing::error!(error = %message, "stored totals out of range");
+                ApiError::server(message)
+            }
         }
     }
 }
@@ -167,9 +183,8 @@ impl From<Rejection> for ApiError {
                 ApiError::invalid(field, msg)
             }
             Rejection::BadStatus(_) => ApiError::invalid("status_code", msg),
-            Rejection::UnknownMachine(_) | Rejection::InvalidUsage(_) | Rejection::Money(_) => {
-                ApiError::validation(msg)
-            }
+            Rejection::UnknownMachine(_) => ApiError::invalid("machine_type", msg),
+            Rejection::InvalidUsage(_) | Rejection::Money(_) => ApiError::validation(msg),
             Rejection::AccountLocked { balance, .. } => ApiError::new(
                 StatusCode::FORBIDDEN,
                 "account_locked",
@@ -219,15 +234,7 @@ pub async fn envelope(resp: Response) -> Response {
     } else {
         text
     };
-    let kind = match status.as_u16() {
-        401 | 403 => "authorization_error",
-        404 => "not_found",
-        413 => "payload_too_large",
-        429 => "rate_limited",
-        500.. => "server_error",
-        _ => "validation_error",
-    };
-    let mut out = ApiError::new(status, kind, message).into_response();
+    let mut out = ApiError::of_status(status, message).into_response();
     for (name, value) in parts.headers.iter() {
         if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
             out.headers_mut().insert(name.clone(), value.clone());

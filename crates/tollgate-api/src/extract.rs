@@ -122,11 +122,16 @@ pub struct Json<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::new(e.status(), "validation_error", e.body_text()))?;
+        let bytes = body(req, state).await?;
         crate::json::from_slice(&bytes).map(Json)
     }
+}
+
+/// The request's body (at most [`crate::MAX_BODY_BYTES`]).
+pub async fn body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|e| ApiError::of_status(e.status(), e.body_text()))
 }
 
 /// A JSON body that may be left out: no body (only whitespace) or `null` is `T::default()`.
@@ -135,9 +140,7 @@ pub struct OptionalJson<T>(pub T);
 impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::new(e.status(), "validation_error", e.body_text()))?;
+        let bytes = body(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
             return Ok(OptionalJson(T::default()));
         }
@@ -165,15 +168,16 @@ impl PathParam for RequestId {
     }
 }
 
-/// The id of a request of the lifecycle API: a UUID, as the gateway names it at submission.
+/// The id of a request of the lifecycle API: a UUID in lower-case hyphenated form, as the
+/// gateway names it at submission (one request, one spelling).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(try_from = "String")]
 pub struct LifecycleId(pub RequestId);
 
 impl LifecycleId {
+    /// A UUID in its one canonical spelling ([`RequestId::parse_uuid`]).
     pub fn parse(text: &str) -> Result<LifecycleId, String> {
-        uuid::Uuid::parse_str(text).map_err(|_| format!("request_id `{text}` is not a UUID"))?;
-        RequestId::parse(text)
+        RequestId::parse_uuid(text)
             .map(LifecycleId)
             .map_err(|e| e.to_string())
     }
@@ -220,8 +224,13 @@ pub struct Params<T>(pub T);
 /// [`FromQuery::names`] come from that documentation ([`names_of`]), so the parameters taken
 /// and the parameters documented are one list.
 pub trait FromQuery: Sized {
-    /// Every parameter the operation takes.
-    fn names() -> Vec<String>;
+    /// Every parameter the operation takes: by default, those the struct documents.
+    fn names() -> Vec<String>
+    where
+        Self: IntoParams,
+    {
+        names_of::<Self>()
+    }
     fn from_query(q: &Query) -> Result<Self, ApiError>;
 }
 
@@ -233,12 +242,37 @@ pub fn names_of<T: IntoParams>() -> Vec<String> {
         .collect()
 }
 
-impl<T: FromQuery, S: Send + Sync> FromRequestParts<S> for Params<T> {
+impl<T: FromQuery + IntoParams, S: Send + Sync> FromRequestParts<S> for Params<T> {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let names = T::names();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let q = Query::parse(parts.uri.query(), &names)?;
         T::from_query(&q).map(Params)
+    }
+}
+
+/// The parameters of an operation that takes none: any is refused by name.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct NoParams {}
+
+impl FromQuery for NoParams {
+    fn from_query(_: &Query) -> Result<Self, ApiError> {
+        Ok(NoParams {})
+    }
+}
+
+/// The values a documented string enum takes (an `expand` parameter's), as its schema lists
+/// them: what an operation accepts and what its document says are one list.
+pub fn variants<T: utoipa::PartialSchema>() -> Vec<String> {
+    match T::schema() {
+        utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(o)) => o
+            .enum_values
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::auth::verify_key;
 use crate::error::{ApiError, ErrorDetail, ErrorResponse};
-use crate::extract::{Json, LifecycleId, Operator, OptionalJson, Path};
+use crate::extract::{Json, LifecycleId, NoParams, Operator, OptionalJson, Params, Path};
 use crate::openapi::{tags, OperatorErrors, Replayed};
 use crate::wire::{self, Number, Time};
 use crate::AppState;
@@ -81,6 +81,7 @@ pub struct Submitted {
 pub async fn submit(
     State(state): State<AppState>,
     _: Operator,
+    _: Params<NoParams>,
     Json(body): Json<SubmitBody>,
 ) -> Result<(StatusCode, axum::Json<Submitted>), ApiError> {
     let caller = verify_key(&state, &body.caller_key).await?;
@@ -213,6 +214,7 @@ impl ToSchema for NeedsRetry {}
 pub async fn start(
     State(state): State<AppState>,
     _: Operator,
+    _: Params<NoParams>,
     Path(LifecycleId(request_id)): Path<LifecycleId>,
     OptionalJson(body): OptionalJson<StartBody>,
 ) -> Result<axum::Json<Started>, ApiError> {
@@ -370,6 +372,7 @@ impl ToSchema for BillableUnits {}
 pub async fn complete(
     State(state): State<AppState>,
     _: Operator,
+    _: Params<NoParams>,
     Path(LifecycleId(request_id)): Path<LifecycleId>,
     Json(body): Json<CompleteBody>,
 ) -> Result<(HeaderMap, axum::Json<BillingResult>), ApiError> {
@@ -433,6 +436,7 @@ pub struct Cancelled {
 pub async fn cancel(
     State(state): State<AppState>,
     _: Operator,
+    _: Params<NoParams>,
     Path(LifecycleId(request_id)): Path<LifecycleId>,
 ) -> Result<axum::Json<Cancelled>, ApiError> {
     state
@@ -496,6 +500,7 @@ fn seconds(ms: Option<i64>) -> Option<Number> {
 pub async fn show(
     State(state): State<AppState>,
     _: Operator,
+    _: Params<NoParams>,
     Path(request_id): Path<RequestId>,
 ) -> Result<axum::Json<RequestView>, ApiError> {
     let lookup = request_id.clone();
@@ -669,6 +674,7 @@ fn place_in_event(mut e: ApiError) -> ApiError {
 pub async fn usage_events(
     State(state): State<AppState>,
     _: Operator,
+    _: Params<NoParams>,
     body: Bytes,
 ) -> Result<axum::Json<EventResults>, ApiError> {
     let body: EventsBody = crate::json::from_slice(&body).map_err(place_in_event)?;

@@ -10,7 +10,7 @@
 //! (`deny_unknown_fields`, the core's decimal grammar, the ids' syntax).
 
 use crate::error::ApiError;
-use serde::de::value::{MapAccessDeserializer, MapDeserializer, SeqDeserializer};
+use serde::de::value::{MapDeserializer, SeqDeserializer};
 use serde::de::{self, DeserializeOwned, Deserializer, IntoDeserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -56,7 +56,8 @@ pub fn from_slice<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             parent => format!("{parent}.{name}"),
         };
         // A missing field is named by serde's message, at the object's path (an unknown
-        // field's path already ends with it).
+        // field's path already ends with it, except in a flattened struct, which is read as a
+        // whole and named at its object).
         match missing_field(&inner.to_string()) {
             Some(name) => ApiError::invalid(at(&name), format!("invalid JSON body: {inner}")),
             None if path.is_empty() || path == "." => {
@@ -235,11 +236,10 @@ impl<'de> Deserializer<'de> for Node<'de> {
         _variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
+        // Request enums are names (`"prepaid"`, `"megapixel"`): only a string is one. (An
+        // object such as `{"prepaid": null}` would read as the same variant.)
         match self.0 {
             Value::String(s) => visitor.visit_enum(s.as_str().into_deserializer()),
-            Value::Object(map) if map.len() == 1 => {
-                visitor.visit_enum(MapAccessDeserializer::new(Node::object(map)))
-            }
             other => Err(de::Error::invalid_type(unexpected(other), &visitor)),
         }
     }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, HeaderBuilder, RefOr};
+use utoipa::openapi::{ContentBuilder, RefOr};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 /// The operations' tags.
@@ -181,9 +181,6 @@ errors!(OperatorErrors, "ForbiddenOperator");
 errors!(AdminErrors, "ForbiddenAdmin");
 errors!(CustomerErrors, "ForbiddenCustomer");
 
-/// The errors of [`OperatorErrors`], under the name the operator handlers use.
-pub type StdErrors = OperatorErrors;
-
 /// Header `idempotent-replayed: true`: the answer is the replay of an earlier identical call;
 /// nothing was applied again.
 pub struct Replayed;
@@ -216,17 +213,6 @@ impl PartialSchema for Replayed {
 }
 
 impl ToSchema for Replayed {}
-
-/// A response header's declaration, for operations that build them by hand.
-pub fn header(
-    description: &str,
-    schema: RefOr<utoipa::openapi::schema::Schema>,
-) -> utoipa::openapi::Header {
-    HeaderBuilder::new()
-        .description(Some(description))
-        .schema(schema)
-        .build()
-}
 
 /// The document, generated once.
 pub fn document() -> &'static utoipa::openapi::OpenApi {

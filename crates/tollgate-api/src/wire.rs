@@ -10,6 +10,7 @@ use rust_decimal::Decimal;
 use serde::de::{self, Deserialize, Deserializer};
 use serde::{Serialize, Serializer};
 use std::borrow::Cow;
+use tollgate_core::money::MAX_AMOUNT;
 use tollgate_core::{Nanos, Timestamp};
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::openapi::RefOr;
@@ -97,13 +98,9 @@ pub fn time_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D:
     Option::<T>::deserialize(d).map(|t| t.map(|T(t)| t))
 }
 
-/// The most a single money amount in a request may be, in USD: anything above is a typo, not
-/// a sale.
-pub const MAX_AMOUNT_USD: i64 = 1_000_000;
-
 /// `#[serde(deserialize_with = "wire::usd")]`: a USD amount as a decimal string, exactly, by
-/// the core's decimal grammar, at most 9 decimals (a nano-USD), not negative, at most
-/// [`MAX_AMOUNT_USD`]. A JSON number is refused: it may be inexact.
+/// the core's decimal grammar, at most 9 decimals (a nano-USD), not negative, at most the
+/// core's [`MAX_AMOUNT`]. A JSON number is refused: it may be inexact.
 pub fn usd<'de, D: Deserializer<'de>>(d: D) -> Result<Nanos, D::Error> {
     struct V;
     impl de::Visitor<'_> for V {
@@ -115,9 +112,9 @@ pub fn usd<'de, D: Deserializer<'de>>(d: D) -> Result<Nanos, D::Error> {
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Nanos, E> {
             let n = Nanos::parse_usd(v).map_err(E::custom)?;
-            if n > Nanos(MAX_AMOUNT_USD * tollgate_core::money::NANOS_PER_USD) {
+            if n > MAX_AMOUNT {
                 return Err(E::custom(format!(
-                    "{v} USD exceeds the largest amount accepted ({MAX_AMOUNT_USD} USD)"
+                    "{v} USD exceeds the largest amount accepted ({MAX_AMOUNT})"
                 )));
             }
             Ok(n)

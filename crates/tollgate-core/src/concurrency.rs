@@ -13,7 +13,7 @@ pub const TIER_WINDOW_MS: i64 = 28 * MS_PER_DAY;
 #[serde(deny_unknown_fields)]
 pub struct ConcurrencyTier {
     /// Paid purchases in the trailing 28 days, in USD, from which this limit applies.
-    #[serde(deserialize_with = "crate::decimal::de")]
+    #[serde(deserialize_with = "crate::decimal::de_text")]
     pub paid_28d_usd: Decimal,
     pub limit: u32,
 }

@@ -5,9 +5,14 @@
 //! minus: `25`, `0.025`, `-3.5`. Nothing else: no `+`, no exponent (`1e3`), no digit
 //! separators (`1_0`), no surrounding spaces, no leading or trailing point (`.5`, `5.`). Those
 //! spellings are what lenient parsers accept and what a typo or a hostile client produces, and a
-//! money amount must never be read as something its writer did not see. A JSON number (or a
-//! TOML integer) is also accepted where a decimal is expected: it is read through its shortest
-//! decimal text, so what the client wrote is what is used.
+//! money amount must never be read as something its writer did not see.
+//!
+//! An integer number (JSON or TOML) is accepted wherever a decimal is. A fractional JSON number
+//! is a binary float: it is accepted for quantities ([`de`]: seconds, units), read through its
+//! shortest decimal text and refused when that text has more than 15 significant digits (a
+//! float holds no more exactly), but refused for prices, percents and amounts ([`de_text`]), as
+//! the catalog refuses TOML floats: a float can round away digits without a trace
+//! (`1.00000000000000001` reads as 1), so exact values are written as decimal strings.
 //!
 //! Whether a value may be negative is a rule of the field that takes it (a price must not be,
 //! an adjustment may), checked where the field is validated, so its message can name the field.
@@ -42,22 +47,47 @@ pub fn parse(text: &str) -> Result<Decimal, DecimalError> {
     Decimal::from_str_exact(text).map_err(|_| DecimalError::TooLong(text.to_string()))
 }
 
-/// A finite binary float as the decimal its shortest text spells (`0.1` is 0.1, not
-/// 0.1000000000000000055...). Rust prints floats without exponents, so the text is plain.
-fn from_json_number(v: f64) -> Result<Decimal, String> {
+/// The most significant digits a JSON number may carry: a binary float holds any decimal of
+/// this many exactly, so its shortest text is what the client wrote.
+pub const MAX_NUMBER_DIGITS: usize = 15;
+
+/// A number read from JSON (a binary float) as the decimal its shortest text spells (`0.1` is
+/// 0.1, not 0.1000000000000000055...), when that is surely what was written: at most
+/// [`MAX_NUMBER_DIGITS`] significant digits. Rust prints floats without exponents, so the text
+/// is plain.
+pub fn from_number(v: f64) -> Result<Decimal, String> {
     if !v.is_finite() {
         return Err("not a finite number".into());
     }
     let text = format!("{v}");
+    let digits = text
+        .trim_start_matches('-')
+        .replace('.', "")
+        .trim_start_matches('0')
+        .trim_end_matches('0')
+        .len();
+    if digits > MAX_NUMBER_DIGITS {
+        return Err(format!(
+            "{text} has more than {MAX_NUMBER_DIGITS} significant digits, which a JSON number \
+             may not hold exactly: write it as a decimal string"
+        ));
+    }
     parse(&text).map_err(|_| format!("{text} has more digits than an exact decimal holds"))
 }
 
-struct Plain;
+/// Reads a decimal; `floats` says whether a fractional JSON number is accepted.
+struct Plain {
+    floats: bool,
+}
 
 impl Visitor<'_> for Plain {
     type Value = Decimal;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a decimal: a number, or a string of digits such as \"0.025\"")
+        if self.floats {
+            f.write_str("a decimal: a number, or a string of digits such as \"0.025\"")
+        } else {
+            f.write_str("a decimal string such as \"0.025\" (or an integer)")
+        }
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Decimal, E> {
         parse(v).map_err(E::custom)
@@ -69,24 +99,45 @@ impl Visitor<'_> for Plain {
         Ok(Decimal::from(v))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Decimal, E> {
-        from_json_number(v).map_err(E::custom)
+        if !self.floats {
+            return Err(E::custom(format!(
+                "{v} is a binary float, which may be inexact: write the decimal as a string, \
+                 such as \"{v}\""
+            )));
+        }
+        from_number(v).map_err(E::custom)
     }
 }
 
-/// `#[serde(deserialize_with = "tollgate_core::decimal::de")]`: a decimal by this module's
-/// grammar, or a number.
+/// `#[serde(deserialize_with = "tollgate_core::decimal::de")]`: a quantity: a decimal by this
+/// module's grammar, or a number.
 pub fn de<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
-    d.deserialize_any(Plain)
+    d.deserialize_any(Plain { floats: true })
 }
 
-/// `#[serde(default, deserialize_with = "tollgate_core::decimal::de_opt")]`: as [`de`], or
-/// `null`.
+/// `#[serde(deserialize_with = "tollgate_core::decimal::de_text")]`: a price, percent or
+/// amount: a decimal by this module's grammar, or an integer.
+pub fn de_text<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    d.deserialize_any(Plain { floats: false })
+}
+
+/// As [`de`], or `null`.
 pub fn de_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
-    struct Opt;
+    optional(d, Plain { floats: true })
+}
+
+/// As [`de_text`], or `null`.
+pub fn de_text_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+    optional(d, Plain { floats: false })
+}
+
+fn optional<'de, D: Deserializer<'de>>(d: D, plain: Plain) -> Result<Option<Decimal>, D::Error> {
+    struct Opt(Plain);
     impl<'de> Visitor<'de> for Opt {
         type Value = Option<Decimal>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a decimal or null")
+            self.0.expecting(f)?;
+            f.write_str(", or null")
         }
         fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
             Ok(None)
@@ -95,13 +146,13 @@ pub fn de_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Err
             Ok(None)
         }
         fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
-            de(d).map(Some)
+            d.deserialize_any(self.0).map(Some)
         }
     }
-    d.deserialize_option(Opt)
+    d.deserialize_option(Opt(plain))
 }
 
-/// A decimal read by this module's grammar, where a field attribute cannot reach it (a map's
+/// A price read as [`de_text`] reads it, where a field attribute cannot reach it (a map's
 /// values, a spanned value). Serializes as the decimal does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(transparent)]
@@ -109,7 +160,7 @@ pub struct PlainDecimal(pub Decimal);
 
 impl<'de> serde::Deserialize<'de> for PlainDecimal {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de(d).map(PlainDecimal)
+        de_text(d).map(PlainDecimal)
     }
 }
 
@@ -125,10 +176,10 @@ impl utoipa::PartialSchema for DecimalInput {
             .schema_type(SchemaType::from_iter([Type::String, Type::Number]))
             .pattern(Some(PATTERN))
             .description(Some(
-                "An exact decimal. Write it as a string of plain digits with an optional point \
-                 and minus (`\"0.025\"`; no exponent, `+`, separators or spaces): it is read \
-                 exactly. A JSON number is also accepted and is read through its shortest \
-                 decimal text.",
+                "A decimal quantity. Write it as a string of plain digits with an optional point \
+                 and minus (`\"2.5\"`; no exponent, `+`, separators or spaces): it is read \
+                 exactly. A JSON number is also accepted, read through its shortest decimal \
+                 text, and refused with more than 15 significant digits.",
             ))
             .examples(["0.025"])
             .into()
@@ -139,6 +190,36 @@ impl utoipa::PartialSchema for DecimalInput {
 impl utoipa::ToSchema for DecimalInput {
     fn name() -> std::borrow::Cow<'static, str> {
         "Decimal".into()
+    }
+}
+
+/// The OpenAPI schema of a price, percent or amount in a request body ([`de_text`]): named
+/// `ExactDecimal`.
+#[cfg(feature = "openapi")]
+pub struct ExactDecimal;
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for ExactDecimal {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::String, Type::Integer]))
+            .pattern(Some(PATTERN))
+            .description(Some(
+                "An exact decimal, such as a price or a percent: a string of plain digits with \
+                 an optional point and minus (`\"0.025\"`; no exponent, `+`, separators or \
+                 spaces), or an integer. A fractional JSON number is refused: a binary float \
+                 may not hold it exactly.",
+            ))
+            .examples(["0.025"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for ExactDecimal {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ExactDecimal".into()
     }
 }
 
@@ -186,6 +267,14 @@ mod tests {
         assert_eq!(v(r#"{"v": "0.30"}"#).unwrap(), Some(Decimal::new(30, 2)));
         assert_eq!(v(r#"{"v": 7}"#).unwrap(), Some(Decimal::from(7)));
         assert_eq!(v(r#"{"v": -7}"#).unwrap(), Some(Decimal::from(-7)));
+        assert_eq!(
+            v(r#"{"v": 0.123456789012345}"#).unwrap(),
+            Some(Decimal::new(123_456_789_012_345, 15))
+        );
+        assert_eq!(
+            v(r#"{"v": 18446744073709551615}"#).unwrap(),
+            Some(Decimal::from(u64::MAX))
+        );
         assert_eq!(v(r#"{"v": null}"#).unwrap(), None);
         assert_eq!(v(r#"{}"#).unwrap(), None);
         for bad in [
@@ -195,8 +284,32 @@ mod tests {
             r#"{"v": "+5"}"#,
             r#"{"v": "1_0"}"#,
             r#"{"v": 1e300}"#,
+            r#"{"v": 0.1234567890123456789}"#,
+            r#"{"v": 12345678901234567890123}"#,
         ] {
             assert!(v(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Price {
+        #[serde(deserialize_with = "de_text")]
+        v: Decimal,
+    }
+
+    #[test]
+    fn prices_are_strings_or_integers() {
+        let v = |s: &str| serde_json::from_str::<Price>(s).map(|t| t.v);
+        assert_eq!(v(r#"{"v": "0.025"}"#).unwrap(), Decimal::new(25, 3));
+        assert_eq!(v(r#"{"v": 3}"#).unwrap(), Decimal::from(3));
+        // A float is refused even when it looks exact: 1.00000000000000001 would read as 1.
+        for float in [
+            r#"{"v": 0.025}"#,
+            r#"{"v": 1.00000000000000001}"#,
+            r#"{"v": 1.5}"#,
+        ] {
+            let e = v(float).unwrap_err().to_string();
+            assert!(e.contains("string"), "{float}: {e}");
         }
     }
 }

@@ -34,6 +34,10 @@ macro_rules! text_id {
                 if let Some(c) = s.chars().find(|c| !valid(*c)) {
                     return Err(err(&format!("character {c:?} is not allowed")));
                 }
+                // `.` and `..` name no resource in a URL path: clients resolve them away.
+                if s.bytes().all(|b| b == b'.') {
+                    return Err(err("must not be only dots"));
+                }
                 Ok(Self(s.into()))
             }
             pub fn as_str(&self) -> &str {
@@ -122,6 +126,29 @@ text_id!(
     "A machine type of the catalog's `[machines]` table: 1 to 64 letters, digits, `-`, `_` \
      or `.`."
 );
+
+impl RequestId {
+    /// The id of a request of the lifecycle API: a UUID in its one canonical spelling (lower
+    /// case, hyphenated: `0193e3b0-6d2a-7c41-9f0e-2b8f4c6a1d53`), so that one request cannot be
+    /// submitted, and billed, again under another spelling of the same UUID.
+    pub fn parse_uuid(s: &str) -> Result<RequestId, IdError> {
+        let canonical = s.len() == 36
+            && s.bytes().enumerate().all(|(i, b)| match i {
+                8 | 13 | 18 | 23 => b == b'-',
+                _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+            });
+        if !canonical {
+            return Err(IdError {
+                kind: "request_id",
+                reason: format!(
+                    "`{s}` is not a UUID in lower-case hyphenated form \
+                     (0193e3b0-6d2a-7c41-9f0e-2b8f4c6a1d53)"
+                ),
+            });
+        }
+        RequestId::parse(s)
+    }
+}
 
 /// The schema of a text id: a string with its pattern, description and an example.
 #[cfg(feature = "openapi")]
@@ -226,6 +253,27 @@ mod tests {
         assert!(AccountId::parse("acme/x").is_err());
         assert!(RequestId::parse(&"x".repeat(129)).is_err());
         assert!(RequestId::parse("has space").is_err());
+        for dots in [".", "..", "..."] {
+            assert!(AccountId::parse(dots).is_err(), "{dots}");
+            assert!(RequestId::parse(dots).is_err(), "{dots}");
+        }
+        assert!(AccountId::parse("a.b").is_ok());
+    }
+
+    #[test]
+    fn lifecycle_ids_are_uuids_in_one_spelling() {
+        let id = "0193e3b0-6d2a-7c41-9f0e-2b8f4c6a1d53";
+        assert_eq!(RequestId::parse_uuid(id).unwrap().as_str(), id);
+        for other in [
+            "0193E3B0-6D2A-7C41-9F0E-2B8F4C6A1D53",
+            "0193e3b06d2a7c419f0e2b8f4c6a1d53",
+            "{0193e3b0-6d2a-7c41-9f0e-2b8f4c6a1d53}",
+            "urn:uuid:0193e3b0-6d2a-7c41-9f0e-2b8f4c6a1d53",
+            "0193e3b0-6d2a-7c41-9f0e-2b8f4c6a1d5g",
+            "not-a-uuid",
+        ] {
+            assert!(RequestId::parse_uuid(other).is_err(), "{other}");
+        }
     }
 
     #[test]

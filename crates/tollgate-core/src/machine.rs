@@ -1013,10 +1013,10 @@ fn purchase(
             replayed: true,
         });
     }
-    if amount <= Nanos::ZERO {
+    if amount <= Nanos::ZERO || amount > crate::money::MAX_AMOUNT {
         return Err(Rejection::Invalid {
             field: "amount_usd",
-            reason: "must be positive".into(),
+            reason: format!("must be positive and at most {}", crate::money::MAX_AMOUNT),
         });
     }
     if expires_at.is_some_and(|e| e <= cx.now) {

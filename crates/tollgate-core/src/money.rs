@@ -8,6 +8,10 @@ use std::fmt;
 /// Nano-USD per USD.
 pub const NANOS_PER_USD: i64 = 1_000_000_000;
 
+/// The largest single amount an operator or a customer may ask to move at once (a purchase, a
+/// lock threshold), 1,000,000 USD: anything above is a typo, not a sale.
+pub const MAX_AMOUNT: Nanos = Nanos(1_000_000 * NANOS_PER_USD);
+
 /// An amount of money in integer nano-USD (1 USD = 1,000,000,000). Signed, because system
 /// ledger accounts (purchases, revenue) carry the other side of every transfer.
 #[derive(

@@ -75,7 +75,7 @@ pub enum Rounding {
 }
 
 /// An output attribute value: `resolution = "4k"`, `audio = true`. A text value, like an
-/// attribute's name, is a name: 1 to 100 characters without control characters.
+/// attribute's name, is a name: not empty, without control characters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
@@ -84,16 +84,12 @@ pub enum AttrValue {
     Text(String),
 }
 
-/// The most characters an attribute's name or text value may have.
-pub const MAX_ATTR_CHARS: usize = 100;
-
-/// Checks an attribute's name or text value (see [`AttrValue`]).
+/// Checks an attribute's name or text value (see [`AttrValue`]). Stored price rules are read
+/// through the same check, so it asks nothing a rule accepted before it could fail: only what
+/// no rule ever meant (an empty name, a control character).
 fn attr_name(kind: &str, s: &str) -> Result<(), String> {
-    let chars = s.chars().count();
-    if !(1..=MAX_ATTR_CHARS).contains(&chars) {
-        return Err(format!(
-            "an attribute {kind} must be 1 to {MAX_ATTR_CHARS} characters, got {chars}"
-        ));
+    if s.is_empty() {
+        return Err(format!("an attribute {kind} must not be empty"));
     }
     match s.chars().find(|c| c.is_control()) {
         Some(c) => Err(format!(
@@ -179,11 +175,11 @@ impl Condition {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BaseBlock {
-    #[serde(deserialize_with = "crate::decimal::de")]
-    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
+    #[serde(deserialize_with = "crate::decimal::de_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::ExactDecimal))]
     pub units: Decimal,
-    #[serde(deserialize_with = "crate::decimal::de")]
-    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
+    #[serde(deserialize_with = "crate::decimal::de_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::ExactDecimal))]
     pub price: Decimal,
 }
 
@@ -193,8 +189,8 @@ pub struct BaseBlock {
 pub struct RateWhen {
     #[serde(flatten)]
     pub condition: Condition,
-    #[serde(deserialize_with = "crate::decimal::de")]
-    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
+    #[serde(deserialize_with = "crate::decimal::de_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::ExactDecimal))]
     pub unit_price: Decimal,
 }
 
@@ -204,8 +200,8 @@ pub struct RateWhen {
 pub struct MultiplierWhen {
     #[serde(flatten)]
     pub condition: Condition,
-    #[serde(deserialize_with = "crate::decimal::de")]
-    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
+    #[serde(deserialize_with = "crate::decimal::de_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::ExactDecimal))]
     pub factor: Decimal,
 }
 
@@ -217,8 +213,8 @@ pub struct AddOn {
     #[serde(flatten)]
     pub condition: Condition,
     /// USD added once per request when the condition matches.
-    #[serde(deserialize_with = "crate::decimal::de")]
-    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
+    #[serde(deserialize_with = "crate::decimal::de_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::ExactDecimal))]
     pub price: Decimal,
 }
 
@@ -227,26 +223,26 @@ pub struct AddOn {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TokenPrices {
-    #[serde(deserialize_with = "crate::decimal::de")]
-    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
+    #[serde(deserialize_with = "crate::decimal::de_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::ExactDecimal))]
     pub per: Decimal,
-    #[serde(default, deserialize_with = "crate::decimal::de")]
-    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
+    #[serde(default, deserialize_with = "crate::decimal::de_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::ExactDecimal))]
     pub input: Decimal,
-    #[serde(default, deserialize_with = "crate::decimal::de")]
-    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
+    #[serde(default, deserialize_with = "crate::decimal::de_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::ExactDecimal))]
     pub cached_input: Decimal,
-    #[serde(default, deserialize_with = "crate::decimal::de")]
-    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
+    #[serde(default, deserialize_with = "crate::decimal::de_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::ExactDecimal))]
     pub output: Decimal,
-    #[serde(default, deserialize_with = "crate::decimal::de")]
-    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
+    #[serde(default, deserialize_with = "crate::decimal::de_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::ExactDecimal))]
     pub image_input: Decimal,
-    #[serde(default, deserialize_with = "crate::decimal::de")]
-    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
+    #[serde(default, deserialize_with = "crate::decimal::de_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::ExactDecimal))]
     pub image_cached_input: Decimal,
-    #[serde(default, deserialize_with = "crate::decimal::de")]
-    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
+    #[serde(default, deserialize_with = "crate::decimal::de_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::ExactDecimal))]
     pub image_output: Decimal,
 }
 
@@ -261,22 +257,22 @@ pub struct PriceRule {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "crate::decimal::de_opt"
+        deserialize_with = "crate::decimal::de_text_opt"
     )]
     #[cfg_attr(
         feature = "openapi",
-        schema(value_type = Option<crate::decimal::DecimalInput>)
+        schema(value_type = Option<crate::decimal::ExactDecimal>)
     )]
     pub unit_price: Option<Decimal>,
     /// Measured quantity per billable unit (1000 characters, 16 frames, 5-second blocks).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "crate::decimal::de_opt"
+        deserialize_with = "crate::decimal::de_text_opt"
     )]
     #[cfg_attr(
         feature = "openapi",
-        schema(value_type = Option<crate::decimal::DecimalInput>)
+        schema(value_type = Option<crate::decimal::ExactDecimal>)
     )]
     pub per: Option<Decimal>,
     #[serde(default)]
@@ -284,11 +280,11 @@ pub struct PriceRule {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "crate::decimal::de_opt"
+        deserialize_with = "crate::decimal::de_text_opt"
     )]
     #[cfg_attr(
         feature = "openapi",
-        schema(value_type = Option<crate::decimal::DecimalInput>)
+        schema(value_type = Option<crate::decimal::ExactDecimal>)
     )]
     pub min_units: Option<Decimal>,
     /// Megapixels: the pixel count of one megapixel (1048576 or 1000000).
@@ -311,11 +307,11 @@ pub struct PriceRule {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "crate::decimal::de_opt"
+        deserialize_with = "crate::decimal::de_text_opt"
     )]
     #[cfg_attr(
         feature = "openapi",
-        schema(value_type = Option<crate::decimal::DecimalInput>)
+        schema(value_type = Option<crate::decimal::ExactDecimal>)
     )]
     pub cost_step: Option<Decimal>,
 }
@@ -559,7 +555,7 @@ impl Usage {
                 ));
             }
         }
-        if self.num_gpus > 64 {
+        if self.num_gpus > crate::machine::MAX_GPUS {
             return Err(invalid("num_gpus", "exceeds 64"));
         }
         Ok(())

@@ -13,11 +13,11 @@ use serde::{Deserialize, Serialize};
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VolumeTier {
-    #[serde(deserialize_with = "crate::decimal::de")]
-    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
+    #[serde(deserialize_with = "crate::decimal::de_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::ExactDecimal))]
     pub from_usd: Decimal,
-    #[serde(deserialize_with = "crate::decimal::de")]
-    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::DecimalInput))]
+    #[serde(deserialize_with = "crate::decimal::de_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::decimal::ExactDecimal))]
     pub percent: Decimal,
 }
 
@@ -30,11 +30,11 @@ pub struct Discounts {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "crate::decimal::de_opt"
+        deserialize_with = "crate::decimal::de_text_opt"
     )]
     #[cfg_attr(
         feature = "openapi",
-        schema(value_type = Option<crate::decimal::DecimalInput>)
+        schema(value_type = Option<crate::decimal::ExactDecimal>)
     )]
     pub percent_discount: Option<Decimal>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

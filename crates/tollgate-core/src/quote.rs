@@ -83,7 +83,7 @@ pub fn typical_request_units(
     def: &EndpointDef,
     acct: &AccountState,
     now: Timestamp,
-) -> Decimal {
+) -> Result<Decimal, QuoteError> {
     let per = catalog
         .price_at(&def.id, &acct.credit.id, now)
         .and_then(|v| match (&v.rule.unit, &v.rule.tokens) {
@@ -91,8 +91,11 @@ pub fn typical_request_units(
             _ => None,
         });
     match per {
-        Some(per) if !per.is_zero() => def.hold_units / per,
-        _ => def.hold_units,
+        Some(per) => def
+            .hold_units
+            .checked_div(per)
+            .ok_or_else(|| QuoteError::Overflow(def.id.clone())),
+        None => Ok(def.hold_units),
     }
 }
 
@@ -114,7 +117,7 @@ pub fn per_request_cost(
     now: Timestamp,
 ) -> Result<Nanos, QuoteError> {
     if history.requests == 0 {
-        let units = typical_request_units(catalog, def, acct, now);
+        let units = typical_request_units(catalog, def, acct, now)?;
         return units_cost(catalog, def, acct, units, now);
     }
     let total = u128::try_from(history.total.0).unwrap_or(0);
@@ -244,7 +247,7 @@ price = { unit = "token", unit_price = "10", tokens = { per = "1000000", input =
         let chat = def(&catalog, "llm/chat");
         assert_eq!(
             typical_request_units(&catalog, chat, &acct, now),
-            Decimal::from(2)
+            Ok(Decimal::from(2))
         );
         assert_eq!(
             calls_cost(&catalog, flux, &acct, u64::MAX, history, now),

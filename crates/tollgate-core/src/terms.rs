@@ -2,7 +2,8 @@
 //! threshold) and an operator's change to them: applied to the terms as they are, and checked
 //! whole, so that a change either applies entirely or is refused without effect.
 
-use crate::ids::EndpointId;
+use crate::catalog::Catalog;
+use crate::ids::{AccountId, EndpointId};
 use crate::machine::AccountState;
 use crate::money::Nanos;
 use crate::price::PriceRule;
@@ -91,13 +92,22 @@ pub fn apply(current: &Terms, change: &TermsChange) -> Result<Terms, TermsError>
         next.concurrency_override = limit;
     }
     if let Some(threshold) = change.lock_threshold {
-        if threshold.is_negative() {
+        if threshold.is_negative() || threshold > crate::money::MAX_AMOUNT {
             return Err(TermsError::new(
                 "lock_threshold_usd",
-                "lock_threshold_usd: amount must not be negative",
+                format!(
+                    "lock_threshold_usd must be between 0 and {}",
+                    crate::money::MAX_AMOUNT
+                ),
             ));
         }
         next.lock_threshold = threshold;
+    }
+    if change.effective_from.is_some() && change.prices.is_empty() {
+        return Err(TermsError::new(
+            "effective_from",
+            "effective_from dates the change's prices, and the change has none",
+        ));
     }
     for (endpoint, rule) in &change.prices {
         rule.validate().map_err(|(f, m)| {
@@ -108,6 +118,36 @@ pub fn apply(current: &Terms, change: &TermsChange) -> Result<Terms, TermsError>
         })?;
     }
     Ok(next)
+}
+
+/// Checks when the change's prices take effect against the account's price versions in
+/// `catalog`: as the catalog's own, a new version is never dated before the latest version of
+/// the same endpoint and account (versions are never back-dated, so what was billed stays what
+/// was in force).
+pub fn check_effective(
+    catalog: &Catalog,
+    account: &AccountId,
+    change: &TermsChange,
+    now: Timestamp,
+) -> Result<(), TermsError> {
+    let at = change.effective_from.unwrap_or(now);
+    for (endpoint, _) in &change.prices {
+        let latest = catalog
+            .versions
+            .get(&(endpoint.clone(), Some(account.clone())))
+            .and_then(|v| v.last());
+        if let Some(v) = latest.filter(|v| at < v.effective_from) {
+            return Err(TermsError::new(
+                "effective_from",
+                format!(
+                    "the account's price of {endpoint} already has a version effective from a \
+                     later time ({} ms); versions cannot be back-dated",
+                    v.effective_from.0
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -258,5 +298,40 @@ mod tests {
             apply(&current(), &change).unwrap_err().field,
             "prices.fal-ai/flux/dev.unit_price"
         );
+    }
+
+    #[test]
+    fn prices_are_dated_never_before_the_accounts_latest_version() {
+        let flux = EndpointId::parse("fal-ai/flux/dev").unwrap();
+        let acme = AccountId::parse("acme").unwrap();
+        let rule = PriceRule::per_unit(Unit::Image, Some(d("0.02")));
+        let mut catalog = Catalog::default();
+        catalog.insert_version(crate::catalog::PriceVersion {
+            id: 1,
+            endpoint: flux.clone(),
+            account: Some(acme.clone()),
+            effective_from: Timestamp(1_000),
+            rule: rule.clone(),
+        });
+        let at = |t: Option<i64>| TermsChange {
+            prices: vec![(flux.clone(), rule.clone())],
+            effective_from: t.map(Timestamp),
+            ..TermsChange::default()
+        };
+        let now = Timestamp(5_000);
+        assert!(check_effective(&catalog, &acme, &at(None), now).is_ok());
+        assert!(check_effective(&catalog, &acme, &at(Some(1_000)), now).is_ok());
+        assert!(check_effective(&catalog, &acme, &at(Some(9_000)), now).is_ok());
+        let e = check_effective(&catalog, &acme, &at(Some(999)), now).unwrap_err();
+        assert_eq!(e.field, "effective_from");
+        // Another account's versions do not date this one's.
+        let other = AccountId::parse("other").unwrap();
+        assert!(check_effective(&catalog, &other, &at(Some(0)), now).is_ok());
+        // A date without prices dates nothing: refused.
+        let dateless = TermsChange {
+            effective_from: Some(Timestamp(9_000)),
+            ..TermsChange::default()
+        };
+        assert_eq!(refused(dateless).0, "effective_from");
     }
 }

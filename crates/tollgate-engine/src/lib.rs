@@ -680,19 +680,18 @@ fn set_terms(
     let account = loaded
         .remove(username)
         .ok_or_else(|| StoreError::NotFound(format!("account {username}")))?;
-    let terms = match terms::apply(&Terms::of(&account), change) {
-        Ok(terms) => terms,
-        Err(e) => {
-            let input = InvalidInput {
-                message: e.message,
-                field: Some(e.field),
-                line: None,
-            };
-            let error = refused(&input);
-            *invalid = Some(input);
-            return Err(error);
-        }
+    // A refusal aborts the db transaction; its reason travels in `invalid`.
+    let mut refuse = |e: terms::TermsError| {
+        let input = InvalidInput {
+            message: e.message,
+            field: Some(e.field),
+            line: None,
+        };
+        let error = refused(&input);
+        *invalid = Some(input);
+        error
     };
+    let terms = terms::apply(&Terms::of(&account), change).map_err(&mut refuse)?;
     if !change.prices.is_empty() {
         let catalog = catalog_in_force(tx, shared)?;
         if let Some((endpoint, _)) = change
@@ -702,6 +701,7 @@ fn set_terms(
         {
             return Err(StoreError::NotFound(format!("endpoint {endpoint}")));
         }
+        terms::check_effective(&catalog, username, change, now).map_err(&mut refuse)?;
     }
     tx.set_account_terms(username, &terms)?;
     let at = change.effective_from.unwrap_or(now);

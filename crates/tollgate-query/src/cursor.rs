@@ -73,10 +73,6 @@ impl<T> Page<T> {
         };
         Page { items, next_cursor }
     }
-
-    pub fn has_more(&self) -> bool {
-        self.next_cursor.is_some()
-    }
 }
 
 #[cfg(test)]
@@ -109,6 +105,6 @@ mod tests {
         assert_eq!(p.items, vec![1, 2]);
         assert_eq!(p.next_cursor.unwrap().decode::<i32>().unwrap(), 2);
         let last = Page::of(1..=2, 2, |i| *i);
-        assert_eq!((last.items.len(), last.has_more()), (2, false));
+        assert_eq!((last.items.len(), last.next_cursor), (2, None));
     }
 }

@@ -1,7 +1,7 @@
 //! fal's `GET /v1/account/billing` (ADMIN scope): the account's credit balance.
 
 use crate::error::ApiError;
-use crate::extract::{names_of, Admin, Customer, FromQuery, Params};
+use crate::extract::{Admin, Customer, FromQuery, Params};
 use crate::openapi::{tags, AdminErrors};
 use crate::query::Query;
 use crate::wire::Number;
@@ -28,12 +28,9 @@ pub struct BillingParams {
 }
 
 impl FromQuery for BillingParams {
-    fn names() -> Vec<String> {
-        names_of::<Self>()
-    }
     fn from_query(q: &Query) -> Result<Self, ApiError> {
         Ok(BillingParams {
-            expand: super::expand(q, &["credits"])?,
+            expand: super::expand::<BillingExpand>(q)?.unwrap_or_default(),
         })
     }
 }

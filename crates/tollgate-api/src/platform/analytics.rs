@@ -5,7 +5,7 @@
 use super::paging;
 use super::usage::{range_spec, RangeParams};
 use crate::error::ApiError;
-use crate::extract::{names_of, Api, Customer, FromQuery, Params};
+use crate::extract::{names_of, variants, Api, Customer, FromQuery, Params};
 use crate::openapi::{tags, CustomerErrors};
 use crate::query::Query;
 use crate::wire::Number;
@@ -14,7 +14,7 @@ use axum::extract::State;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use tollgate_core::ids::EndpointId;
-use tollgate_query::analytics::{AnalyticsRow, Metric, Value, METRICS, UNTRACKED};
+use tollgate_query::analytics::{AnalyticsRow, Metric, Value, UNTRACKED};
 use tollgate_query::timeframe::{resolve, RangeSpec};
 use tollgate_query::Cursor;
 use utoipa::{IntoParams, ToSchema};
@@ -84,8 +84,8 @@ impl FromQuery for AnalyticsParams {
                 "endpoint_id is required: 1-50 endpoint ids",
             ));
         }
-        let mut allowed: Vec<&str> = vec!["time_series", "summary"];
-        allowed.extend(METRICS.iter().map(|(name, _)| *name));
+        let documented = variants::<AnalyticsExpand>();
+        let mut allowed: Vec<&str> = documented.iter().map(String::as_str).collect();
         allowed.extend(UNTRACKED);
         let expand = q
             .expand(&allowed)?
@@ -232,4 +232,18 @@ pub async fn analytics(
         }),
         summary: a.summary.map(|rows| rows.into_iter().map(Row).collect()),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_query::analytics::METRICS;
+
+    /// The documented `expand` values are the answer's parts and every metric tollgate keeps.
+    #[test]
+    fn the_documented_expand_values_are_the_metrics_kept() {
+        let mut kept = vec!["time_series".to_string(), "summary".to_string()];
+        kept.extend(METRICS.iter().map(|(name, _)| name.to_string()));
+        assert_eq!(variants::<AnalyticsExpand>(), kept);
+    }
 }

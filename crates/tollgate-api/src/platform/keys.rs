@@ -9,7 +9,7 @@
 use super::paging;
 use crate::auth::issue_key;
 use crate::error::ApiError;
-use crate::extract::{names_of, Admin, Customer, FromQuery, Json, Params};
+use crate::extract::{Admin, Customer, FromQuery, Json, NoParams, Params};
 use crate::openapi::{tags, AdminErrors};
 use crate::query::Query;
 use crate::wire::Time;
@@ -53,14 +53,11 @@ pub struct ListParams {
 }
 
 impl FromQuery for ListParams {
-    fn names() -> Vec<String> {
-        names_of::<Self>()
-    }
     fn from_query(q: &Query) -> Result<Self, ApiError> {
         Ok(ListParams {
             limit: q.limit(DEFAULT_LIMIT, MAX_LIMIT)?,
             cursor: q.cursor()?,
-            expand: super::expand(q, &["creator_info"])?,
+            expand: super::expand::<KeysExpand>(q)?.unwrap_or_default(),
         })
     }
 }
@@ -157,6 +154,7 @@ pub struct ApiKeyCreated {
 pub async fn create(
     State(state): State<AppState>,
     who: Customer<Admin>,
+    _: Params<NoParams>,
     Json(body): Json<CreateApiKeyBody>,
 ) -> Result<(StatusCode, axum::Json<ApiKeyCreated>), ApiError> {
     let key = issue_key(&state, who.account, Scope::Api, body.alias).await?;
@@ -195,6 +193,7 @@ pub async fn create(
 pub async fn revoke(
     State(state): State<AppState>,
     who: Customer<Admin>,
+    _: Params<NoParams>,
     axum::extract::Path(key_id): axum::extract::Path<String>,
 ) -> Result<StatusCode, ApiError> {
     // A malformed id names no key.

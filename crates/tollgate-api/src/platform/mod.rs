@@ -19,7 +19,10 @@ pub(crate) fn paging(next: Option<Cursor>) -> (Option<String>, bool) {
     (next.map(|c| c.as_str().to_string()), more)
 }
 
-/// The `expand` values given, checked against `allowed`.
-pub(crate) fn expand(q: &Query, allowed: &[&str]) -> Result<Vec<String>, crate::error::ApiError> {
-    Ok(q.expand(allowed)?.unwrap_or_default())
+/// The `expand` values given, each one of those the documented enum `T` lists.
+pub(crate) fn expand<T: utoipa::PartialSchema>(
+    q: &Query,
+) -> Result<Option<Vec<String>>, crate::error::ApiError> {
+    let allowed = crate::extract::variants::<T>();
+    q.expand(&allowed.iter().map(String::as_str).collect::<Vec<_>>())
 }

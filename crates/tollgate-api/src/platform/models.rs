@@ -7,7 +7,7 @@
 
 use super::paging;
 use crate::error::ApiError;
-use crate::extract::{names_of, Api, Customer, FromQuery, Json, Params};
+use crate::extract::{Api, Customer, FromQuery, Json, NoParams, Params};
 use crate::openapi::{tags, CustomerErrors};
 use crate::query::{Query, MAX_IDS};
 use crate::wire::{Number, Time};
@@ -38,7 +38,7 @@ const EXPAND_ENTERPRISE: &str = "enterprise_status";
 // GET /v1/models
 
 /// A model's lifecycle state.
-#[derive(Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelStatus {
     Active,
@@ -103,9 +103,6 @@ pub struct ModelsParams {
 }
 
 impl FromQuery for ModelsParams {
-    fn names() -> Vec<String> {
-        names_of::<Self>()
-    }
     fn from_query(q: &Query) -> Result<Self, ApiError> {
         let status = match q.one("status")? {
             None => None,
@@ -125,7 +122,7 @@ impl FromQuery for ModelsParams {
             q: q.one("q")?.map(str::to_string),
             category: q.one("category")?.map(str::to_string),
             status,
-            expand: super::expand(q, &[EXPAND_OPENAPI, EXPAND_ENTERPRISE])?,
+            expand: super::expand::<ModelsExpand>(q)?.unwrap_or_default(),
         })
     }
 }
@@ -285,9 +282,6 @@ pub struct PricingParams {
 }
 
 impl FromQuery for PricingParams {
-    fn names() -> Vec<String> {
-        names_of::<Self>()
-    }
     fn from_query(q: &Query) -> Result<Self, ApiError> {
         let ids = q.ids("endpoint_id", EndpointId::parse)?;
         if ids.is_empty() {
@@ -382,7 +376,7 @@ impl EstimateType {
     }
 }
 
-/// A JSON number read through its shortest text (fal's quantities are numbers, not strings).
+/// A JSON number (fal's quantities are numbers, not strings), read as the core reads one.
 fn number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
     struct V;
     impl de::Visitor<'_> for V {
@@ -397,8 +391,7 @@ fn number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> 
             Ok(Decimal::from(v))
         }
         fn visit_f64<E: de::Error>(self, v: f64) -> Result<Decimal, E> {
-            tollgate_core::decimal::parse(&format!("{v}"))
-                .map_err(|_| E::custom(format!("{v} is out of range")))
+            tollgate_core::decimal::from_number(v).map_err(E::custom)
         }
     }
     d.deserialize_any(V).map(Some)
@@ -596,6 +589,7 @@ pub struct PricingEstimate {
 pub async fn estimate(
     State(state): State<AppState>,
     who: Customer<Api>,
+    _: Params<NoParams>,
     Json(body): Json<EstimateBody>,
 ) -> Result<axum::Json<PricingEstimate>, ApiError> {
     let kind = body.estimate_type;

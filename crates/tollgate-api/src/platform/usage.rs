@@ -12,9 +12,7 @@ use crate::AppState;
 use axum::extract::State;
 use serde::Serialize;
 use tollgate_core::ids::{ApiKeyId, EndpointId, RequestId};
-use tollgate_query::timeframe::{
-    parse_timezone, resolve, Moment, RangeSpec, SeriesBucket, Timeframe,
-};
+use tollgate_query::timeframe::{parse_timezone, resolve, Moment, RangeSpec, Timeframe};
 use tollgate_query::usage::{AuthMethod, BillingEvent, UsageRow};
 use tollgate_query::Cursor;
 use utoipa::{IntoParams, ToSchema};
@@ -72,21 +70,23 @@ pub enum BoundToTimeframe {
     False,
 }
 
+/// A `start` or `end` parameter, parsed.
+fn moment(q: &Query, name: &str) -> Result<Option<Moment>, ApiError> {
+    q.one(name)?
+        .map(|t| Moment::parse(t).map_err(|e| ApiError::invalid(name, format!("{name} {e}"))))
+        .transpose()
+}
+
 /// The range a query names, parsed (each error names its parameter).
 pub(crate) fn range_spec(q: &Query) -> Result<RangeSpec, ApiError> {
-    let moment = |name: &str| {
-        q.one(name)?
-            .map(|t| Moment::parse(t).map_err(|e| ApiError::invalid(name, format!("{name} {e}"))))
-            .transpose()
-    };
     Ok(RangeSpec {
         tz: q
             .one("timezone")?
             .map(|t| parse_timezone(t).map_err(|e| ApiError::invalid("timezone", e)))
             .transpose()?
             .unwrap_or(chrono_tz::Tz::UTC),
-        end: moment("end")?,
-        start: moment("start")?,
+        end: moment(q, "end")?,
+        start: moment(q, "start")?,
         timeframe: q
             .one("timeframe")?
             .map(|t| {
@@ -198,14 +198,7 @@ impl FromQuery for UsageParams {
         [names_of::<Self>(), names_of::<RangeParams>()].concat()
     }
     fn from_query(q: &Query) -> Result<Self, ApiError> {
-        let expand = q
-            .expand(&[
-                "time_series",
-                "summary",
-                "auth_method",
-                "auth_method_structured",
-            ])?
-            .unwrap_or_else(|| vec!["time_series".into()]);
+        let expand = super::expand::<UsageExpand>(q)?.unwrap_or_else(|| vec!["time_series".into()]);
         if !expand.iter().any(|e| e == "time_series" || e == "summary") {
             return Err(ApiError::invalid(
                 "expand",
@@ -279,13 +272,6 @@ fn usage_item(row: UsageRow, auth: AuthExpand) -> UsageItem {
     }
 }
 
-fn buckets<R, T>(series: Vec<SeriesBucket<R>>, item: impl Fn(R) -> T) -> Vec<(String, Vec<T>)> {
-    series
-        .into_iter()
-        .map(|b| (b.bucket, b.results.into_iter().map(&item).collect()))
-        .collect()
-}
-
 /// Usage
 ///
 /// The account's billed usage, grouped per bucket by endpoint, unit, unit price and percent
@@ -329,10 +315,13 @@ pub async fn usage(
     Ok(axum::Json(UsageAnswer {
         next_cursor,
         has_more,
-        time_series: usage.time_series.map(|s| {
-            buckets(s, |r| usage_item(r, auth))
+        time_series: usage.time_series.map(|series| {
+            series
                 .into_iter()
-                .map(|(bucket, results)| UsageBucket { bucket, results })
+                .map(|b| UsageBucket {
+                    bucket: b.bucket,
+                    results: b.results.into_iter().map(|r| usage_item(r, auth)).collect(),
+                })
                 .collect()
         }),
         summary: usage
@@ -387,27 +376,17 @@ pub struct EventsParams {
 }
 
 impl FromQuery for EventsParams {
-    fn names() -> Vec<String> {
-        names_of::<Self>()
-    }
     fn from_query(q: &Query) -> Result<Self, ApiError> {
-        let moment = |name: &str| {
-            q.one(name)?
-                .map(|t| {
-                    Moment::parse(t).map_err(|e| ApiError::invalid(name, format!("{name} {e}")))
-                })
-                .transpose()
-        };
         Ok(EventsParams {
             limit: q.limit(EVENTS_LIMIT.0, EVENTS_LIMIT.1)?,
             cursor: q.cursor()?,
-            start: moment("start")?,
-            end: moment("end")?,
+            start: moment(q, "start")?,
+            end: moment(q, "end")?,
             endpoint_id: q.ids("endpoint_id", EndpointId::parse)?,
             request_id: q.ids("request_id", RequestId::parse)?,
             api_key_id: q.ids("api_key_id", ApiKeyId::parse)?,
             login_username: q.list("login_username", MAX_IDS)?,
-            expand: super::expand(q, &["auth_method", "auth_method_structured"])?,
+            expand: super::expand::<EventsExpand>(q)?.unwrap_or_default(),
         })
     }
 }
@@ -444,9 +423,9 @@ fn event_item(e: BillingEvent, auth: AuthExpand) -> BillingEventItem {
         request_id: e.request_id,
         endpoint_id: e.endpoint,
         timestamp: Time(e.billed_at),
-        output_units: Number(c.quantity.normalize()),
-        unit_price: Number(c.unit_price.normalize()),
-        percent_discount: c.percent_discount.map(|p| Number(p.normalize())),
+        output_units: Number(c.quantity),
+        unit_price: Number(c.unit_price),
+        percent_discount: c.percent_discount.map(Number),
         cost_subtotal: Number::usd(c.subtotal_nanos),
         cost_discount: Number::usd(c.discount_nanos),
         cost_total: Number::usd(c.total_nanos),

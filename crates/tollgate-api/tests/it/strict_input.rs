@@ -425,6 +425,84 @@ async fn bad_bodies_are_refused_naming_the_field_and_change_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_parameter_an_operation_does_not_take_is_refused_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let c = app.customer("acme", Some(("5.00", "paid"))).await;
+    let before = state(&app, &[]).await;
+    let purchase = json!({ "purchase_id": "p-dry", "amount_usd": "5.00" });
+    for (method, path, key, body) in [
+        (
+            Method::POST,
+            "/v1/admin/accounts/acme/purchases?dry_run=true",
+            app.operator_key.clone(),
+            purchase.clone(),
+        ),
+        (
+            Method::PUT,
+            "/v1/admin/accounts/acme/pricing?dry_run=1",
+            app.operator_key.clone(),
+            json!({ "percent_discount": "50" }),
+        ),
+        (
+            Method::POST,
+            "/v1/admin/accounts/acme/keys?dry_run",
+            app.operator_key.clone(),
+            json!({ "scope": "API", "alias": "x" }),
+        ),
+        (
+            Method::POST,
+            "/v1/requests?priority=high",
+            app.operator_key.clone(),
+            json!({ "request_id": new_id(), "endpoint_id": "fal-ai/flux/dev", "caller_key": c.key }),
+        ),
+    ] {
+        let r = app
+            .raw(method.clone(), path, Some(&key), Body::Json(body))
+            .await;
+        r.expect_error(400, "validation_error");
+        let named = path.split_once('?').unwrap().1.split('=').next().unwrap();
+        assert_eq!(
+            field_of(&r).as_deref(),
+            Some(named),
+            "{method} {path}: {}",
+            r.text
+        );
+    }
+    assert_eq!(state(&app, &[]).await, before);
+    app.assert_reconciled().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_has_one_spelling_of_its_uuid() {
+    let app = TestApp::spawn().await;
+    let c = app.customer("acme", Some(("5.00", "paid"))).await;
+    let id = "0193e3b0-6d2a-7c41-9f0e-2b8f4c6a1d53";
+    app.submit_id(id, &c.key, "fal-ai/flux/dev")
+        .await
+        .expect(201);
+    for other in [
+        "0193E3B0-6D2A-7C41-9F0E-2B8F4C6A1D53",
+        "0193e3b06d2a7c419f0e2b8f4c6a1d53",
+        "{0193e3b0-6d2a-7c41-9f0e-2b8f4c6a1d53}",
+        "urn:uuid:0193e3b0-6d2a-7c41-9f0e-2b8f4c6a1d53",
+    ] {
+        let r = app.submit_id(other, &c.key, "fal-ai/flux/dev").await;
+        assert_eq!(
+            r.expect_error(400, "validation_error")["field"],
+            "request_id",
+            "{other}"
+        );
+        let r = app.start(other, None).await;
+        assert_eq!(
+            r.expect_error(400, "validation_error")["field"],
+            "request_id"
+        );
+    }
+    assert_eq!(app.position("acme").await, (5 * crate::harness::USD, 0, 0));
+    app.assert_reconciled().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_deleting_another_accounts_key_revokes_nothing() {
     let app = TestApp::spawn().await;
     let acme = app.customer("acme", Some(("5.00", "paid"))).await;

@@ -50,15 +50,34 @@ async fn concurrent_updates_of_different_fields_both_stick() {
 async fn a_refused_update_changes_nothing() {
     let app = TestApp::spawn().await;
     app.customer("acme", Some(("10.00", "paid"))).await;
+    let good_price = json!({ "unit": "megapixel", "unit_price": "0.02" });
     app.set_pricing(
         "acme",
-        json!({ "percent_discount": "5", "concurrency_limit": 2, "lock_threshold_usd": "1" }),
+        json!({ "percent_discount": "5", "concurrency_limit": 2, "lock_threshold_usd": "1",
+                "prices": { "fal-ai/flux/dev": good_price } }),
     )
     .await
     .expect(200);
     let before = (app.account("acme").await, versions(&app).await);
-    let good_price = json!({ "unit": "megapixel", "unit_price": "0.02" });
-    let refusals: [(Value, u16, &str); 4] = [
+    let refusals: [(Value, u16, &str); 7] = [
+        // A price written as a binary float, which may be inexact.
+        (
+            json!({ "prices": { "fal-ai/flux/dev": { "unit": "megapixel", "unit_price": 0.02 } } }),
+            400,
+            "validation_error",
+        ),
+        // A date without prices to date.
+        (
+            json!({ "percent_discount": "20", "effective_from": "2030-01-01T00:00:00Z" }),
+            400,
+            "validation_error",
+        ),
+        // A price dated before the account's latest version of it.
+        (
+            json!({ "prices": { "fal-ai/flux/dev": good_price }, "effective_from": "2020-01-01T00:00:00Z" }),
+            400,
+            "validation_error",
+        ),
         // Valid terms with a price for an endpoint the catalog does not have.
         (
             json!({ "percent_discount": "20", "concurrency_limit": 9,
