@@ -163,6 +163,21 @@ async fn terms_and_prices_are_set_together() {
         let db = TestDb::new(&backend);
         let engine = start(&db);
         catalog_and_account(&engine, BillingMode::Prepaid).await;
+        let own = |engine: &Engine| engine.catalog().versions[&(tts(), Some(account()))].clone();
+
+        // Without a date, prices take effect now.
+        set(
+            &engine,
+            TermsChange {
+                prices: vec![(tts(), price("0.00002"))],
+                ..TermsChange::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(own(&engine)[0].effective_from, Timestamp(T), "on {on}");
+
+        // Terms and dated prices in one change.
         let reply = set(
             &engine,
             TermsChange {
@@ -186,29 +201,26 @@ async fn terms_and_prices_are_set_together() {
         assert_eq!(t.discounts.percent_discount, Some(Decimal::from(10)));
         assert_eq!(t.concurrency_override, Some(5));
         // The snapshot prices with them at once.
-        let catalog = engine.catalog();
-        let own = &catalog.versions[&(tts(), Some(account()))];
-        assert_eq!(own.len(), 2, "on {on}");
-        assert!(own
+        let versions = own(&engine);
+        assert_eq!(versions.len(), 3, "on {on}");
+        assert!(versions[1..]
             .iter()
             .all(|v| v.effective_from == Timestamp(T + 60_000)));
-        assert_eq!(own[1].rule, price("0.00003"));
+        assert_eq!(versions[2].rule, price("0.00003"));
 
-        // Without a date, prices take effect now; terms not named are kept.
+        // A change of prices alone keeps the terms it does not name.
         set(
             &engine,
             TermsChange {
-                prices: vec![(tts(), price("0.00002"))],
+                prices: vec![(tts(), price("0.00005"))],
+                effective_from: Some(Timestamp(T + 60_000)),
                 ..TermsChange::default()
             },
         )
         .await
         .unwrap();
         assert_eq!(terms(&engine).await, t, "on {on}");
-        let catalog = engine.catalog();
-        let own = &catalog.versions[&(tts(), Some(account()))];
-        let now = own.iter().find(|v| v.rule == price("0.00002")).unwrap();
-        assert_eq!(now.effective_from, Timestamp(T), "on {on}");
+        assert_eq!(own(&engine).len(), 4, "on {on}");
     }
 }
 
