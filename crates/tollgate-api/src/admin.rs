@@ -529,6 +529,13 @@ pub struct CatalogApplied {
     price_versions_created: usize,
 }
 
+/// A small catalog document, as the document's example of this call's body.
+const CATALOG_EXAMPLE: &str = "prices_read_on = \"2026-09-15\"\n\n\
+    [machines]\nGPU-H100 = \"0.000525\"\n\n\
+    [[endpoint]]\nid = \"fal-ai/flux/dev\"\nname = \"FLUX.1 [dev]\"\n\
+    category = \"text-to-image\"\nhold_units = \"4\"\n\
+    price = { unit = \"megapixel\", unit_price = \"0.025\", rounding = \"up\" }\n";
+
 /// Apply the catalog
 ///
 /// Applies a catalog document: the endpoints (models) billed, their prices, the machine
@@ -546,7 +553,7 @@ pub struct CatalogApplied {
     put, path = "/v1/admin/catalog", tag = tags::OPERATOR, operation_id = "applyCatalog",
     security(("Key" = ["OPERATOR"])),
     request_body(content = String, content_type = "application/toml",
-        description = "The catalog document (TOML)."),
+        description = "The catalog document (TOML).", example = json!(CATALOG_EXAMPLE)),
     responses(
         OperatorErrors,
         (status = 200, description = "The catalog was applied.", body = CatalogApplied),
