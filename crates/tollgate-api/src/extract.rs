@@ -8,7 +8,7 @@
 
 use crate::auth::{authenticate, Principal};
 use crate::error::ApiError;
-use crate::query::Query;
+use crate::query_string::Query;
 use crate::AppState;
 use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequestParts, Request};
 use axum::http::request::Parts;

@@ -157,21 +157,6 @@ impl<'a> IntoDeserializer<'a, serde_json::Error> for Node<'a> {
     }
 }
 
-impl<'a> Node<'a> {
-    fn object(
-        map: &'a Map<String, Value>,
-    ) -> MapDeserializer<'a, ObjectIter<'a>, serde_json::Error> {
-        MapDeserializer::new(map.iter().map(entry))
-    }
-}
-
-type ObjectIter<'a> =
-    std::iter::Map<serde_json::map::Iter<'a>, fn((&'a String, &'a Value)) -> (&'a str, Node<'a>)>;
-
-fn entry<'a>((k, v): (&'a String, &'a Value)) -> (&'a str, Node<'a>) {
-    (k.as_str(), Node(v))
-}
-
 impl<'de> Deserializer<'de> for Node<'de> {
     type Error = serde_json::Error;
 
@@ -196,7 +181,7 @@ impl<'de> Deserializer<'de> for Node<'de> {
                 Ok(v)
             }
             Value::Object(map) => {
-                let mut m = Node::object(map);
+                let mut m = MapDeserializer::new(map.iter().map(|(k, v)| (k.as_str(), Node(v))));
                 let v = visitor.visit_map(&mut m)?;
                 m.end()?;
                 Ok(v)

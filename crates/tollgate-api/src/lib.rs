@@ -15,7 +15,7 @@ pub mod gateway;
 pub mod json;
 pub mod openapi;
 pub mod platform;
-pub mod query;
+pub mod query_string;
 pub mod wire;
 
 use openapi::ApiDoc;

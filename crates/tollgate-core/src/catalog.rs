@@ -99,6 +99,32 @@ impl Catalog {
         .or_else(|| Self::latest_at(self.versions.get(&(endpoint.clone(), None)), at))
     }
 
+    /// The latest version of one scope (an endpoint's public price, or an account's own).
+    pub fn latest(
+        &self,
+        endpoint: &EndpointId,
+        account: Option<&AccountId>,
+    ) -> Option<&PriceVersion> {
+        self.versions
+            .get(&(endpoint.clone(), account.cloned()))
+            .and_then(|v| v.last())
+    }
+
+    /// Whether a new version of a scope may take effect from `at`: never before the scope's
+    /// latest version (versions are never back-dated, so what was billed stays what was in
+    /// force). `Err` holds when that latest version takes effect.
+    pub fn may_take_effect(
+        &self,
+        endpoint: &EndpointId,
+        account: Option<&AccountId>,
+        at: Timestamp,
+    ) -> Result<(), Timestamp> {
+        match self.latest(endpoint, account) {
+            Some(v) if at < v.effective_from => Err(v.effective_from),
+            _ => Ok(()),
+        }
+    }
+
     pub fn version(&self, id: i64) -> Option<&PriceVersion> {
         self.versions.values().flatten().find(|v| v.id == id)
     }

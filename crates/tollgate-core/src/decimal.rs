@@ -164,25 +164,36 @@ impl<'de> serde::Deserialize<'de> for PlainDecimal {
     }
 }
 
-/// The OpenAPI schema of a decimal in a request body ([`de`]): named `Decimal`.
+/// The OpenAPI schema of a decimal in a request body: a string by [`PATTERN`], or a JSON
+/// number of the type `numbers` names.
+#[cfg(feature = "openapi")]
+fn schema(
+    numbers: utoipa::openapi::schema::Type,
+    description: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, numbers]))
+        .pattern(Some(PATTERN))
+        .description(Some(description))
+        .examples(["0.025"])
+        .into()
+}
+
+/// The OpenAPI schema of a quantity in a request body ([`de`]): named `Decimal`.
 #[cfg(feature = "openapi")]
 pub struct DecimalInput;
 
 #[cfg(feature = "openapi")]
 impl utoipa::PartialSchema for DecimalInput {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
-        ObjectBuilder::new()
-            .schema_type(SchemaType::from_iter([Type::String, Type::Number]))
-            .pattern(Some(PATTERN))
-            .description(Some(
-                "A decimal quantity. Write it as a string of plain digits with an optional point \
-                 and minus (`\"2.5\"`; no exponent, `+`, separators or spaces): it is read \
-                 exactly. A JSON number is also accepted, read through its shortest decimal \
-                 text, and refused with more than 15 significant digits.",
-            ))
-            .examples(["0.025"])
-            .into()
+        schema(
+            utoipa::openapi::schema::Type::Number,
+            "A decimal quantity. Write it as a string of plain digits with an optional point and \
+             minus (`\"2.5\"`; no exponent, `+`, separators or spaces): it is read exactly. A \
+             JSON number is also accepted, read through its shortest decimal text, and refused \
+             with more than 15 significant digits.",
+        )
     }
 }
 
@@ -201,18 +212,13 @@ pub struct ExactDecimal;
 #[cfg(feature = "openapi")]
 impl utoipa::PartialSchema for ExactDecimal {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
-        ObjectBuilder::new()
-            .schema_type(SchemaType::from_iter([Type::String, Type::Integer]))
-            .pattern(Some(PATTERN))
-            .description(Some(
-                "An exact decimal, such as a price or a percent: a string of plain digits with \
-                 an optional point and minus (`\"0.025\"`; no exponent, `+`, separators or \
-                 spaces), or an integer. A fractional JSON number is refused: a binary float \
-                 may not hold it exactly.",
-            ))
-            .examples(["0.025"])
-            .into()
+        schema(
+            utoipa::openapi::schema::Type::Integer,
+            "An exact decimal, such as a price or a percent: a string of plain digits with an \
+             optional point and minus (`\"0.025\"`; no exponent, `+`, separators or spaces), \
+             or an integer. A fractional JSON number is refused: a binary float may not hold it \
+             exactly.",
+        )
     }
 }
 

@@ -132,20 +132,18 @@ pub fn check_effective(
 ) -> Result<(), TermsError> {
     let at = change.effective_from.unwrap_or(now);
     for (endpoint, _) in &change.prices {
-        let latest = catalog
-            .versions
-            .get(&(endpoint.clone(), Some(account.clone())))
-            .and_then(|v| v.last());
-        if let Some(v) = latest.filter(|v| at < v.effective_from) {
-            return Err(TermsError::new(
-                "effective_from",
-                format!(
-                    "the account's price of {endpoint} already has a version effective from a \
-                     later time ({} ms); versions cannot be back-dated",
-                    v.effective_from.0
-                ),
-            ));
-        }
+        catalog
+            .may_take_effect(endpoint, Some(account), at)
+            .map_err(|latest| {
+                TermsError::new(
+                    "effective_from",
+                    format!(
+                        "the account's price of {endpoint} already has a version effective \
+                         from a later time ({} ms); versions cannot be back-dated",
+                        latest.0
+                    ),
+                )
+            })?;
     }
     Ok(())
 }

@@ -725,27 +725,24 @@ fn apply_catalog(
     let mut created = 0;
     for entry in &doc.endpoints {
         let id = &entry.def.id;
-        let latest = current
-            .versions
-            .get(&(id.clone(), None))
-            .and_then(|v| v.last());
-        if let Some(v) = latest {
-            if v.rule == entry.rule {
-                tx.upsert_endpoint(&entry.def, now)?;
-                continue;
-            }
-            if at < v.effective_from {
-                *invalid = Some(InvalidInput {
-                    message: format!(
-                        "line {}, field `effective_from`: the price of {id} already has a \
+        if current
+            .latest(id, None)
+            .is_some_and(|v| v.rule == entry.rule)
+        {
+            tx.upsert_endpoint(&entry.def, now)?;
+            continue;
+        }
+        if current.may_take_effect(id, None, at).is_err() {
+            *invalid = Some(InvalidInput {
+                message: format!(
+                    "line {}, field `effective_from`: the price of {id} already has a \
                          version effective from a later time; versions cannot be back-dated",
-                        entry.line
-                    ),
-                    field: Some("effective_from".into()),
-                    line: Some(entry.line),
-                });
-                return Ok((0, 0));
-            }
+                    entry.line
+                ),
+                field: Some("effective_from".into()),
+                line: Some(entry.line),
+            });
+            return Ok((0, 0));
         }
         tx.upsert_endpoint(&entry.def, now)?;
         tx.insert_price_version(id, None, at, &entry.rule, now)?;

@@ -3,7 +3,7 @@
 use crate::error::ApiError;
 use crate::extract::{Admin, Customer, FromQuery, Params};
 use crate::openapi::{tags, AdminErrors};
-use crate::query::Query;
+use crate::query_string::Query;
 use crate::wire::Number;
 use crate::AppState;
 use axum::extract::State;

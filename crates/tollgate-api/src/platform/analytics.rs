@@ -7,7 +7,7 @@ use super::usage::{range_spec, RangeParams};
 use crate::error::ApiError;
 use crate::extract::{names_of, variants, Api, Customer, FromQuery, Params};
 use crate::openapi::{tags, CustomerErrors};
-use crate::query::Query;
+use crate::query_string::Query;
 use crate::wire::Number;
 use crate::AppState;
 use axum::extract::State;

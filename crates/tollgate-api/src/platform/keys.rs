@@ -11,7 +11,7 @@ use crate::auth::issue_key;
 use crate::error::ApiError;
 use crate::extract::{Admin, Customer, FromQuery, Json, NoParams, Params};
 use crate::openapi::{tags, AdminErrors};
-use crate::query::Query;
+use crate::query_string::Query;
 use crate::wire::Time;
 use crate::AppState;
 use axum::extract::State;

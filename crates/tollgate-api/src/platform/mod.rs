@@ -9,7 +9,7 @@ pub mod keys;
 pub mod models;
 pub mod usage;
 
-use crate::query::Query;
+use crate::query_string::Query;
 use tollgate_query::Cursor;
 
 /// fal's paging fields of an answer: the next page's cursor (`null` on the last page) and

@@ -9,7 +9,7 @@ use super::paging;
 use crate::error::ApiError;
 use crate::extract::{Api, Customer, FromQuery, Json, NoParams, Params};
 use crate::openapi::{tags, CustomerErrors};
-use crate::query::{Query, MAX_IDS};
+use crate::query_string::{Query, MAX_IDS};
 use crate::wire::{Number, Time};
 use crate::AppState;
 use axum::extract::State;

@@ -6,7 +6,7 @@ use super::paging;
 use crate::error::ApiError;
 use crate::extract::{names_of, Admin, Customer, FromQuery, Params};
 use crate::openapi::{tags, AdminErrors};
-use crate::query::{Query, MAX_IDS};
+use crate::query_string::{Query, MAX_IDS};
 use crate::wire::{Number, Time};
 use crate::AppState;
 use axum::extract::State;
