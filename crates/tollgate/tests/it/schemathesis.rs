@@ -7,7 +7,9 @@
 //! Every answer must be no server error, have a status code the operation documents, and the
 //! content type, body schema and headers documented for that status. A failure prints
 //! schemathesis's report: each failing case with a `curl` that reproduces it (the
-//! `Authorization` header shows as `[Filtered]`: it is the key of the operation's scope).
+//! `Authorization` header shows as `[Filtered]`: it is the key of the operation's scope). And
+//! every operation that takes a key must have been answered at least once with something other
+//! than 401/403, so a run whose keys were refused cannot pass (the hooks log each call).
 //!
 //! schemathesis is found through TOLLGATE_SCHEMATHESIS, which `scripts/test.sh` sets after
 //! installing the pinned version (`scripts/requirements-test.txt`); without it the test fails.
@@ -33,7 +35,6 @@ const HOOKS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/it/schemathesis_hooks.py"
 );
-const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/schemathesis.toml");
 
 /// The schemathesis executable named by TOLLGATE_SCHEMATHESIS, checked to run.
 fn schemathesis() -> String {
@@ -79,7 +80,8 @@ fn every_operation_answers_as_its_openapi_document_says() {
     let schema = format!("{}/v1/openapi.json", server.base);
 
     let mut cmd = Command::new(&schemathesis);
-    cmd.args(["--config-file", CONFIG, "run", &schema])
+    let calls = dir.path().join("calls.tsv");
+    cmd.args(["run", &schema])
         .args(["--checks", CHECKS])
         .args(["--max-time", &MAX_TIME_S.to_string()])
         .args(["--seed", &seed])
@@ -88,6 +90,7 @@ fn every_operation_answers_as_its_openapi_document_says() {
         // Its example database and reports stay in the temporary directory.
         .current_dir(dir.path())
         .env("SCHEMATHESIS_HOOKS", HOOKS)
+        .env("TOLLGATE_ST_CALLS", &calls)
         .env("TOLLGATE_ST_OPERATOR_KEY", &keys.operator)
         .env("TOLLGATE_ST_ADMIN_KEY", &keys.admin)
         .env("TOLLGATE_ST_API_KEY", &keys.api)
@@ -95,6 +98,7 @@ fn every_operation_answers_as_its_openapi_document_says() {
         .stdin(Stdio::null());
     let (status, report, took) = run_bounded(cmd, dir.path(), Duration::from_secs(MAX_TIME_S + 60));
     let (server_log, base) = (server.stderr_text(), server.base.clone());
+    let operations = keyed_operations(&server.base);
     drop(server);
 
     assert!(
@@ -111,6 +115,55 @@ fn every_operation_answers_as_its_openapi_document_says() {
         "schemathesis passed but did not test every operation (tested/total: {tested:?}); \
          its report:\n{report}"
     );
+    // The keys the hooks set were accepted: every operation that takes a key was answered at
+    // least once with something other than 401/403 (a run whose keys were refused would pass
+    // every check).
+    let calls = std::fs::read_to_string(&calls).expect("read the hooks' call log");
+    let authenticated: std::collections::HashSet<&str> = calls
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(_, status)| !matches!(*status, "401" | "403"))
+        .map(|(operation, _)| operation)
+        .collect();
+    let refused: Vec<&String> = operations
+        .iter()
+        .filter(|op| !authenticated.contains(op.as_str()))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "these operations were only ever answered 401/403, so their key was never accepted: \
+         {refused:?}; its report:\n{report}"
+    );
+}
+
+/// Every operation of the served document that takes a key, as schemathesis labels it
+/// (`POST /v1/requests`).
+fn keyed_operations(base: &str) -> Vec<String> {
+    let doc: serde_json::Value = reqwest::blocking::get(format!("{base}/v1/openapi.json"))
+        .and_then(|r| r.json())
+        .expect("GET /v1/openapi.json");
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut ops: Vec<String> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .expect("path item")
+                .iter()
+                .filter(|(m, _)| ["get", "put", "post", "delete", "patch"].contains(&m.as_str()))
+                .filter(|(_, op)| {
+                    op["security"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().any(|r| r.get("Key").is_some()))
+                })
+                .map(move |(m, _)| format!("{} {path}", m.to_uppercase()))
+        })
+        .collect();
+    ops.sort();
+    assert!(
+        !ops.is_empty(),
+        "the served document names no keyed operation"
+    );
+    ops
 }
 
 /// Runs `cmd` with stdout and stderr in one file of `dir`, killing it after `limit`; returns
