@@ -210,7 +210,11 @@ pub fn read_file(path: &Path) -> anyhow::Result<Layer> {
 /// Parses a configuration file's text.
 pub fn parse_file(text: &str) -> Result<Layer, String> {
     toml::from_str::<Layer>(text).map_err(|e| {
-        let message = e.message().trim_end().to_string();
+        // The integer settings are read as TOML's integers (i64) and checked after.
+        let message = e
+            .message()
+            .trim_end()
+            .replace("expected i64", "expected a whole number");
         let Some(span) = e.span() else {
             return message;
         };
