@@ -133,6 +133,10 @@ enum Job {
         cmd: AdminCmd,
         reply: oneshot::Sender<Result<AdminReply, EngineError>>,
     },
+    /// Stop the write path once every job queued before it has run (see [`Engine::shutdown`]).
+    Stop {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 impl Job {
@@ -151,6 +155,9 @@ impl Job {
             }
             Job::Admin { reply, .. } => {
                 let _ = reply.send(Err(error));
+            }
+            Job::Stop { reply } => {
+                let _ = reply.send(());
             }
         }
     }
@@ -206,22 +213,32 @@ impl Engine {
             clock,
             sync_failure: std::sync::OnceLock::new(),
         });
-        let outbox = match store.defer_sync()? {
-            None => Outbox::Direct,
+        let (outbox, syncer_thread) = match store.defer_sync()? {
+            None => (Outbox::Direct, None),
             Some(sync) => {
                 let (answers, synced) = std::sync::mpsc::channel();
                 let syncer_shared = shared.clone();
-                std::thread::Builder::new()
+                let thread = std::thread::Builder::new()
                     .name("tollgate-syncer".into())
                     .spawn(move || syncer(sync, synced, syncer_shared))
                     .map_err(|e| EngineError::Internal(format!("cannot start the syncer: {e}")))?;
-                Outbox::AfterSync(answers)
+                (Outbox::AfterSync(answers), Some(thread))
             }
         };
         let writer_shared = shared.clone();
         std::thread::Builder::new()
             .name("tollgate-writer".into())
-            .spawn(move || writer(store, rx, writer_shared, outbox))
+            .spawn(move || {
+                let stop = writer(store, rx, writer_shared, outbox);
+                // The outbox is gone: the syncer answers what it holds, after its last sync,
+                // and ends.
+                if let Some(thread) = syncer_thread {
+                    let _ = thread.join();
+                }
+                if let Some(stop) = stop {
+                    let _ = stop.send(());
+                }
+            })
             .map_err(|e| EngineError::Internal(format!("cannot start the writer: {e}")))?;
         Ok(Engine { jobs: tx, shared })
     }
@@ -276,6 +293,19 @@ impl Engine {
             .await
             .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Stops the write path: every job queued before this call runs, is committed and synced,
+    /// and its caller answered; jobs sent later are refused with [`EngineError::Stopped`]; the
+    /// store is closed. Returns once the writer (and the syncer, if any) have ended, so what
+    /// was committed is on disk when the process exits.
+    pub async fn shutdown(&self) -> Result<(), EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Stop { reply })
+            .await
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)
     }
 
     /// The key with this id, from a short-lived cache in front of the database (API keys are
@@ -369,13 +399,16 @@ fn syncer(mut sync: SyncFn, rx: std::sync::mpsc::Receiver<Vec<Answer>>, shared: 
     }
 }
 
+/// Runs batches until every handle is dropped or a [`Job::Stop`] arrives; returns the stop's
+/// reply, to be sent once the store is closed and every answer delivered.
 fn writer(
     mut store: Box<dyn Store>,
     mut rx: mpsc::Receiver<Job>,
     shared: Arc<Shared>,
     outbox: Outbox,
-) {
+) -> Option<oneshot::Sender<()>> {
     let mut pending: Vec<Job> = Vec::new();
+    let mut stop: Option<oneshot::Sender<()>> = None;
     // Whether the last batch was small: the write path is lightly loaded.
     let mut light = true;
     loop {
@@ -398,15 +431,17 @@ fn writer(
             }
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
-        let mut size = first.len();
-        pending.push(first);
-        while size < MAX_BATCH_OPS {
-            match rx.try_recv() {
-                Ok(job) => {
-                    size += job.len();
-                    pending.push(job);
-                }
-                Err(_) => break,
+        let mut size = 0;
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            if let Job::Stop { reply } = job {
+                stop = Some(reply);
+                break;
+            }
+            size += job.len();
+            pending.push(job);
+            if size < MAX_BATCH_OPS {
+                next = rx.try_recv().ok();
             }
         }
         light = size < LIGHT_LOAD_OPS;
@@ -415,18 +450,30 @@ fn writer(
             for job in jobs {
                 job.fail(EngineError::SyncFailed(failure.clone()));
             }
-            continue;
+        } else {
+            // A bug that panics inside one batch must not take the write path down: the db
+            // transaction rolls back when unwound, the batch's callers see an error, and the
+            // next batch runs.
+            let run =
+                std::panic::AssertUnwindSafe(|| run_jobs(&mut *store, &shared, jobs, &outbox));
+            if std::panic::catch_unwind(run).is_err() {
+                tracing::error!(
+                    "a batch panicked; its operations were rolled back and answered with an error"
+                );
+            }
         }
-        // A bug that panics inside one batch must not take the write path down: the db
-        // transaction rolls back when unwound, the batch's callers see an error, and the next
-        // batch runs.
-        let run = std::panic::AssertUnwindSafe(|| run_jobs(&mut *store, &shared, jobs, &outbox));
-        if std::panic::catch_unwind(run).is_err() {
-            tracing::error!(
-                "a batch panicked; its operations were rolled back and answered with an error"
-            );
+        if stop.is_some() {
+            break;
         }
     }
+    // Whatever was sent after the stop is refused, and nothing more can be sent.
+    rx.close();
+    while let Ok(job) = rx.try_recv() {
+        job.fail(EngineError::Stopped);
+    }
+    drop(store);
+    drop(outbox);
+    stop
 }
 
 /// Groups consecutive operation jobs into one batch; admin commands run in their own db
@@ -479,7 +526,7 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
                         )
                         .collect()
                 }
-                Job::Admin { .. } => unreachable!("admin jobs run alone"),
+                Job::Admin { .. } | Job::Stop { .. } => unreachable!("admin jobs run alone"),
             });
         }
         let mut state = load(tx, now, ops_per_job.iter().flatten())?;
@@ -506,7 +553,7 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
             let (reply, ops) = match job {
                 Job::Ops { reply, ops } => (reply, ops),
                 Job::Sweep { reply } => (reply, Vec::new()),
-                Job::Admin { .. } => unreachable!(),
+                Job::Admin { .. } | Job::Stop { .. } => unreachable!(),
             };
             let msg = match &result {
                 Ok(()) => Ok(answers.next().expect("one answer list per job")),

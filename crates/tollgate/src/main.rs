@@ -1,8 +1,13 @@
 //! The `tollgate` binary: the server (`serve`, `serve --demo`), `migrate`, and operator
 //! commands that are clients of the admin API.
 
+mod backup;
 mod bench;
 mod client;
+mod config;
+mod dblock;
+mod drain;
+mod logging;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -29,10 +34,24 @@ struct Cli {
 enum Command {
     /// Run the server.
     ///
-    /// The operator key comes from TOLLGATE_OPERATOR_KEY (`<key_id>:<key_secret>`). With
-    /// --demo, starts on a fresh database with the sample catalog, an operator key and a demo
-    /// account with credits and keys, and prints commands to try.
+    /// Settings come from flags, TOLLGATE_* environment variables and a --config file, in
+    /// that order of precedence. The operator key comes from TOLLGATE_OPERATOR_KEY
+    /// (`<key_id>:<key_secret>`). The server listens before it opens the database (a busy port
+    /// changes nothing), holds its SQLite file for itself, and on SIGTERM or SIGINT stops
+    /// accepting, finishes the calls in flight, commits and syncs the last batch and exits 0
+    /// (status 1 if drain_timeout_s passed first). With --demo, starts on a fresh database with
+    /// the sample catalog, an operator key and a demo account with credits and keys, and prints
+    /// commands to try.
     Serve(serve::ServeArgs),
+    /// Check a configuration file for `serve --config`.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Write a consistent copy of a SQLite database, also while a server writes to it.
+    ///
+    /// The copy is one snapshot of the database, taken without pausing the server; OUT must
+    /// not exist. To restore: stop the server, copy OUT to the database's path (removing its
+    /// -wal and -shm files), start the server. PostgreSQL: use pg_dump and pg_restore.
+    Backup(backup::BackupArgs),
     /// Create or upgrade the database schema, then exit.
     ///
     /// Servers upgrade the schema when they start, too; run this first to upgrade a database
@@ -65,6 +84,19 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a configuration file offline and print the settings it resolves to.
+    ///
+    /// Names the line and key of an unknown key, a value of the wrong type or a bad value;
+    /// exits non-zero then. On success prints every setting (the file, with the environment's
+    /// TOLLGATE_* variables over it, over the defaults) and where each came from.
+    Check {
+        /// The TOML configuration file.
+        file: std::path::PathBuf,
+    },
+}
+
 fn main() {
     // One line per error, with its causes, whatever RUST_BACKTRACE says: these are messages
     // for operators, not crash reports.
@@ -77,6 +109,8 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Config(ConfigCmd::Check { file }) => config::check(&file),
+        Command::Backup(args) => backup::run(args),
         Command::Migrate { db } => {
             let mut store = tollgate_store::open(&db)?;
             println!(

@@ -1,7 +1,11 @@
-//! `tollgate serve`: open the store, start the engine and the hold-expiry sweeper, serve HTTP.
+//! `tollgate serve`: resolve the settings, listen, claim and open the store, start the engine
+//! and the hold-expiry sweeper, serve HTTP; on SIGTERM or SIGINT drain and stop.
 
+use crate::config::{self, LogFormat, Settings};
+use crate::{dblock, drain, logging};
 use anyhow::{bail, Context};
 use clap::Args;
+use serde_json::json;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,51 +25,38 @@ pub const SAMPLE_CATALOG: &str = include_str!("../../../catalog/sample.toml");
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// The database: a SQLite file path (created if missing), or a PostgreSQL URL
-    /// (postgres://user:password@host:5432/dbname) shared by several tollgate servers.
-    /// Default: tollgate.db, or tollgate-demo.db with --demo.
-    #[arg(long)]
-    db: Option<String>,
-    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: String,
+    /// A TOML configuration file with any of the settings below (see
+    /// docs/tollgate.example.toml). Each setting can also come from the environment as
+    /// TOLLGATE_<NAME> (TOLLGATE_DRAIN_TIMEOUT_S); flags win, then the environment, then the
+    /// file. Check a file with `tollgate config check FILE`.
+    #[arg(long, env = "TOLLGATE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Start a demo: a fresh database with the sample catalog, an operator key and a demo
-    /// account with credits and keys, and print commands to try.
+    /// account with credits and keys, and print commands to try. Refused while another server
+    /// has the demo database open.
     #[arg(long)]
     demo: bool,
-    /// Apply this catalog file at start (prices that changed become new versions).
-    #[arg(long)]
-    catalog: Option<PathBuf>,
-    /// How often expired holds are voided, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    sweep_interval_ms: u64,
+    #[command(flatten)]
+    settings: config::Flags,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    tokio::runtime::Builder::new_multi_thread()
+    let config = config::config_path(args.config)?;
+    let settings = Settings::resolve(config.as_deref(), args.settings)?;
+    let format = settings.log_format;
+    logging::init(format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(serve(args))
+        .build()?;
+    let result = runtime.block_on(serve(settings, args.demo));
+    // Calls cut off by the drain timeout may still hold blocking tasks: do not wait for them.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    logging::fatal(format, result)
 }
 
-fn remove_db(path: &Path) -> anyhow::Result<()> {
-    for suffix in ["", "-wal", "-shm"] {
-        let p = PathBuf::from(format!("{}{suffix}", path.display()));
-        if p.exists() {
-            std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
-        }
-    }
-    Ok(())
-}
-
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let db = match (&args.db, args.demo) {
+/// The database `serve` opens: the one configured, or the default for the mode.
+fn database(settings: &Settings, demo: bool) -> anyhow::Result<String> {
+    Ok(match (&settings.db, demo) {
         (Some(p), true) if tollgate_store::postgres::is_url(p) => bail!(
             "--demo starts on a fresh embedded database; leave --db out to use {DEMO_DB} \
              (recreated at every demo start)"
@@ -75,12 +66,37 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
              leave --db out to use {DEMO_DB} (recreated at every demo start)"
         ),
         (Some(p), _) => p.clone(),
-        (None, true) => {
-            remove_db(Path::new(DEMO_DB))?;
-            DEMO_DB.to_string()
-        }
+        (None, true) => DEMO_DB.to_string(),
         (None, false) => DEFAULT_DB.to_string(),
-    };
+    })
+}
+
+/// Binds the listening socket, with an error an operator can act on.
+async fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "address in use (is another server running there?)".to_string()
+            }
+            std::io::ErrorKind::AddrNotAvailable => "no such address on this machine".to_string(),
+            std::io::ErrorKind::PermissionDenied => {
+                "permission denied (ports below 1024 need privileges)".to_string()
+            }
+            _ => e.to_string(),
+        };
+        anyhow::anyhow!("cannot listen on {addr}: {why}; nothing was opened or changed")
+    })
+}
+
+async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
+    let db = database(&settings, demo)?;
+    // The port first: a server that cannot listen exits before it opens or changes anything.
+    let listener = listen(settings.listen).await?;
+    // Then the one claim on the file: one server per SQLite database. The demo starts its own
+    // database over only once it holds that claim, so it never deletes a running server's.
+    if !tollgate_store::postgres::is_url(&db) {
+        dblock::claim(Path::new(&db), demo && settings.db.is_none())?;
+    }
     // Off the async runtime: the PostgreSQL driver blocks on a runtime of its own.
     let store = tokio::task::spawn_blocking({
         let db = db.clone();
@@ -91,7 +107,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let db = store.describe();
     let engine = Engine::start(store, system_clock())?;
 
-    if let Some(path) = &args.catalog {
+    if let Some(path) = &settings.catalog {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         apply_catalog(&engine, &text, &path.display().to_string()).await?;
@@ -113,7 +129,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .await?;
             Some(k.trim().to_string())
         }
-        _ if args.demo => {
+        _ if demo => {
             let key = mint_key(None, Scope::Operator, "demo operator".into(), engine.now());
             engine
                 .admin(AdminCmd::InsertKey(key.record.clone()))
@@ -130,7 +146,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
 
-    let demo = if args.demo {
+    let demo = if demo {
         apply_catalog(&engine, SAMPLE_CATALOG, "the sample catalog").await?;
         Some(create_demo_account(&engine).await?)
     } else {
@@ -143,40 +159,61 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None
     };
 
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let sweeper = tollgate_api::spawn_sweeper(
         engine.clone(),
-        Duration::from_millis(args.sweep_interval_ms.max(10)),
+        Duration::from_millis(settings.sweep_interval_ms.max(10)),
     );
-    println!("tollgate listening on http://{addr} (database {db})");
+    log_connection_settings(&settings);
+    logging::startup(
+        settings.log_format,
+        &format!("tollgate listening on http://{addr} (database {db})"),
+        "tollgate listening",
+        json!({"address": format!("http://{addr}"), "database": db}),
+    );
     if let (Some(demo), Some(op)) = (&demo, &operator_key) {
-        print_demo(addr, op, demo);
+        print_demo(settings.log_format, addr, op, demo);
     }
-    let app = tollgate_api::router(AppState { engine });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    let app = tollgate_api::router(AppState {
+        engine: engine.clone(),
+    });
+    let drained = drain::serve(listener, app, settings.drain_timeout()).await?;
     sweeper.abort();
+    // Every call answered was committed and synced before its answer; what is still queued
+    // (a sweep, a call cut off by the drain timeout) runs now, and the store is closed.
+    engine.shutdown().await?;
+    if !drained {
+        bail!(
+            "drain_timeout_s ({} s) passed with calls still in flight: they were cut off, \
+             and what they had queued was committed; exiting with status 1",
+            settings.drain_timeout_s
+        );
+    }
+    tracing::info!("stopped: every call in flight answered, the last batch committed and synced");
     Ok(())
 }
 
-async fn shutdown() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
+/// The connection settings as resolved; `max_connections` is lowered below the process's
+/// open-file limit.
+fn log_connection_settings(settings: &Settings) {
+    let (max_connections, lowered_for) = settings.connection_cap();
+    if let Some(limit) = lowered_for {
+        tracing::warn!(
+            configured = settings.max_connections,
+            max_connections,
+            open_file_limit = limit,
+            "max_connections lowered below the open-file limit (raise it with `ulimit -n`)"
+        );
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: finishing requests in flight");
+    tracing::info!(
+        header_timeout_s = settings.header_timeout_s,
+        idle_timeout_s = settings.idle_timeout_s,
+        request_timeout_s = settings.request_timeout_s,
+        drain_timeout_s = settings.drain_timeout_s,
+        max_connections,
+        public_url = settings.public_url.as_deref().unwrap_or(""),
+        "connection settings"
+    );
 }
 
 async fn apply_catalog(engine: &Engine, text: &str, name: &str) -> anyhow::Result<()> {
@@ -228,7 +265,21 @@ async fn create_demo_account(engine: &Engine) -> anyhow::Result<Demo> {
     })
 }
 
-fn print_demo(addr: SocketAddr, operator_key: &str, demo: &Demo) {
+fn print_demo(format: LogFormat, addr: SocketAddr, operator_key: &str, demo: &Demo) {
+    if format == LogFormat::Json {
+        logging::startup(
+            format,
+            "",
+            "demo ready: sample catalog applied, account `demo` bought 25.00 USD of credits",
+            json!({
+                "address": format!("http://{addr}"),
+                "operator_key": operator_key,
+                "demo_admin_key": demo.admin_key,
+                "demo_api_key": demo.api_key,
+            }),
+        );
+        return;
+    }
     let request_id = uuid::Uuid::now_v7();
     println!(
         r#"

@@ -8,3 +8,4 @@ mod engine_props;
 mod idle;
 mod rollup_folding;
 mod shared_database;
+mod shutdown;

@@ -363,11 +363,12 @@ fn operator_commands_end_to_end() {
 
 #[test]
 fn help_describes_every_command_and_its_options() {
-    let cases: [(&[&str], &[&str]); 8] = [
+    let cases: [(&[&str], &[&str]); 10] = [
         (
             &["--help"],
             &[
-                "serve", "migrate", "account", "credits", "key", "catalog", "bench",
+                "serve", "config", "backup", "migrate", "account", "credits", "key", "catalog",
+                "bench",
             ],
         ),
         (
@@ -379,7 +380,22 @@ fn help_describes_every_command_and_its_options() {
                 "--catalog",
                 "--sweep-interval-ms",
                 "TOLLGATE_OPERATOR_KEY",
+                "--config",
+                "TOLLGATE_CONFIG",
+                "--log-format",
+                "--public-url",
+                "--drain-timeout-s",
+                "--header-timeout-s",
+                "--idle-timeout-s",
+                "--request-timeout-s",
+                "--max-connections",
+                "SIGTERM",
             ],
+        ),
+        (&["config", "check", "--help"], &["<FILE>", "line", "key"]),
+        (
+            &["backup", "--help"],
+            &["--db", "<OUT>", "pg_dump", "restore"],
         ),
         (
             &["credits", "add", "--help"],

@@ -28,6 +28,17 @@ impl Server {
     /// Starts `tollgate serve --db <db> --listen 127.0.0.1:0 [--catalog <catalog>]` with
     /// TOLLGATE_OPERATOR_KEY=`operator_key`; the server's stderr goes to the file `stderr`.
     pub fn start(db: &Path, stderr: PathBuf, operator_key: &str, catalog: Option<&Path>) -> Server {
+        Server::start_with(db, stderr, operator_key, catalog, &[])
+    }
+
+    /// [`Server::start`] with more arguments for `serve`.
+    pub fn start_with(
+        db: &Path,
+        stderr: PathBuf,
+        operator_key: &str,
+        catalog: Option<&Path>,
+        extra: &[&str],
+    ) -> Server {
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .arg("--db")
@@ -36,6 +47,7 @@ impl Server {
         if let Some(catalog) = catalog {
             cmd.arg("--catalog").arg(catalog);
         }
+        cmd.args(extra);
         cmd.env("TOLLGATE_OPERATOR_KEY", operator_key);
         Server::spawn(cmd, stderr).0
     }
@@ -131,6 +143,30 @@ impl Server {
 
     pub fn stderr_text(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM (the way a service manager stops it).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit status, `None` if it is still
+    /// running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn kill(&mut self) {

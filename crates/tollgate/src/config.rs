@@ -1,0 +1,516 @@
+//! `tollgate serve`'s settings: one name in three places (API.md section 9). `key` or
+//! `[section] key` in the TOML file given to `--config`, `TOLLGATE_KEY` or
+//! `TOLLGATE_SECTION_KEY` in the environment, `--key` or `--section-key` as a flag. Flags win,
+//! then the environment, then the file, then the defaults; [`Settings`] is the result, resolved
+//! once before anything starts.
+//!
+//! Every setting is declared once, in the `settings!` table below, with its value type. A value
+//! type checks its value the same way whichever place it came from (a TOML value is also
+//! checked for its TOML type first), so the file, the environment and the flags cannot
+//! disagree on what is valid. A section (`[invoices] prefix`) is a second `settings!` table for
+//! its own `Layer` type, held as an `Option<...Layer>` field of the file's layer with its flags
+//! flattened into [`Flags`] under the section's prefix.
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Declares the settings: the layer every source fills ([`Layer`]: all optional), the flags
+/// that fill one ([`Flags`]), and the environment variables' names.
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])* $name:ident: $ty:ty, )*) => {
+        /// One source's settings: what the file, the environment or the flags set.
+        #[derive(Debug, Clone, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Layer {
+            $( pub $name: Option<$ty>, )*
+        }
+
+        /// The settings as flags of `tollgate serve` (each also `TOLLGATE_<NAME>` and a key of
+        /// the `--config` file).
+        #[derive(Debug, Clone, Default, clap::Args)]
+        pub struct Flags {
+            $( $(#[doc = $doc])* #[arg(long)] pub $name: Option<$ty>, )*
+        }
+
+        impl From<Flags> for Layer {
+            fn from(flags: Flags) -> Layer {
+                Layer { $( $name: flags.$name, )* }
+            }
+        }
+
+        impl Layer {
+            /// Every setting's name, in declaration order.
+            pub const NAMES: &'static [&'static str] = &[$( stringify!($name), )*];
+
+            /// The settings `TOLLGATE_<NAME>` variables give; `var` reads one.
+            pub fn from_env(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Layer> {
+                let mut layer = Layer::default();
+                $(
+                    let key = env_name(stringify!($name));
+                    if let Some(text) = var(&key) {
+                        layer.$name = Some(text.parse::<$ty>().map_err(|e| {
+                            anyhow::anyhow!("environment variable {key}={text:?}: {e}")
+                        })?);
+                    }
+                )*
+                Ok(layer)
+            }
+
+            /// `self` with every setting `over` sets replaced by `over`'s.
+            pub fn under(self, over: Layer) -> Layer {
+                Layer { $( $name: over.$name.or(self.$name), )* }
+            }
+
+            /// The names of the settings this layer sets.
+            pub fn names_set(&self) -> Vec<&'static str> {
+                let mut names = Vec::new();
+                $( if self.$name.is_some() { names.push(stringify!($name)); } )*
+                names
+            }
+        }
+    };
+}
+
+settings! {
+    /// The database: a SQLite file path (created if missing), or a PostgreSQL URL
+    /// (postgres://user:password@host:5432/dbname) shared by several tollgate servers.
+    /// Default: tollgate.db, or tollgate-demo.db with --demo.
+    db: Db,
+    /// Address to listen on, IP:port (port 0 picks a free port; the chosen address is
+    /// printed). Default: 127.0.0.1:8080.
+    listen: Listen,
+    /// Log format: `text` (colours only on a terminal) or `json` (one JSON object per line,
+    /// startup lines included). Default: text.
+    log_format: LogFormat,
+    /// The URL customers see tollgate at (http:// or https://). Default: none.
+    public_url: PublicUrl,
+    /// Apply this catalog file at start (prices that changed become new versions).
+    catalog: PathBuf,
+    /// How often expired holds are voided, in milliseconds. Default: 1000.
+    sweep_interval_ms: Positive,
+    /// On SIGTERM or SIGINT, how long calls in flight may take to finish, in seconds; after
+    /// that the server exits anyway, with status 1. Default: 30.
+    drain_timeout_s: Positive,
+    /// A connection that has not sent a request's headers within this many seconds is
+    /// closed. Default: 10.
+    header_timeout_s: Positive,
+    /// A keep-alive connection idle this many seconds is closed. Default: 60.
+    idle_timeout_s: Positive,
+    /// A request that has not been answered within this many seconds (body included) is
+    /// cut off. Default: 60.
+    request_timeout_s: Positive,
+    /// The most connections open at once; kept below the process's open-file limit.
+    /// Default: 10000.
+    max_connections: Positive,
+}
+
+/// `TOLLGATE_` and the name in capitals (`drain_timeout_s` → `TOLLGATE_DRAIN_TIMEOUT_S`).
+pub fn env_name(name: &str) -> String {
+    format!("TOLLGATE_{}", name.to_ascii_uppercase())
+}
+
+/// The settings `tollgate serve` runs with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// `None`: the default for the mode (tollgate.db, or tollgate-demo.db with --demo).
+    pub db: Option<String>,
+    pub listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub public_url: Option<String>,
+    pub catalog: Option<PathBuf>,
+    pub sweep_interval_ms: u64,
+    pub drain_timeout_s: u64,
+    pub header_timeout_s: u64,
+    pub idle_timeout_s: u64,
+    pub request_timeout_s: u64,
+    pub max_connections: u64,
+}
+
+/// The open-file descriptors kept free for the database, its WAL, logs and the process's own
+/// files when `max_connections` is bounded by the open-file limit.
+const FD_MARGIN: u64 = 128;
+
+impl Settings {
+    /// The defaults under `layer`.
+    pub fn from_layer(layer: Layer) -> Settings {
+        let secs = |v: Option<Positive>, default: u64| v.map_or(default, Positive::get);
+        Settings {
+            db: layer.db.map(|d| d.0),
+            listen: layer
+                .listen
+                .map_or(SocketAddr::from(([127, 0, 0, 1], 8080)), |l: Listen| l.0),
+            log_format: layer.log_format.unwrap_or(LogFormat::Text),
+            public_url: layer.public_url.map(|u| u.0),
+            catalog: layer.catalog,
+            sweep_interval_ms: secs(layer.sweep_interval_ms, 1000),
+            drain_timeout_s: secs(layer.drain_timeout_s, 30),
+            header_timeout_s: secs(layer.header_timeout_s, 10),
+            idle_timeout_s: secs(layer.idle_timeout_s, 60),
+            request_timeout_s: secs(layer.request_timeout_s, 60),
+            max_connections: secs(layer.max_connections, 10_000),
+        }
+    }
+
+    /// Flags over the environment over the file (`--config`, or `TOLLGATE_CONFIG`) over the
+    /// defaults.
+    pub fn resolve(config: Option<&Path>, flags: Flags) -> anyhow::Result<Settings> {
+        let file = match config {
+            Some(path) => read_file(path)?,
+            None => Layer::default(),
+        };
+        let env = Layer::from_env(|k| std::env::var(k).ok())?;
+        Ok(Settings::from_layer(file.under(env).under(flags.into())))
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_s)
+    }
+
+    /// `max_connections`, lowered below the process's open-file limit when that is known
+    /// (Linux: /proc/self/limits); returns the limit too when it lowered it.
+    pub fn connection_cap(&self) -> (u64, Option<u64>) {
+        match open_file_limit() {
+            Some(limit) if self.max_connections + FD_MARGIN > limit => {
+                (limit.saturating_sub(FD_MARGIN).max(1), Some(limit))
+            }
+            _ => (self.max_connections, None),
+        }
+    }
+
+    /// The settings as a TOML document (what `tollgate config check` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("settings are plain values")
+    }
+}
+
+/// The soft limit on open files, from /proc/self/limits (`Max open files  <soft> <hard> files`).
+fn open_file_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Reads and checks a configuration file; an error names the file, the line and the key.
+pub fn read_file(path: &Path) -> anyhow::Result<Layer> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+    parse_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Parses a configuration file's text.
+pub fn parse_file(text: &str) -> Result<Layer, String> {
+    toml::from_str::<Layer>(text).map_err(|e| {
+        // The integer settings are read as TOML's integers (i64) and checked after.
+        let message = e
+            .message()
+            .trim_end()
+            .replace("expected i64", "expected a whole number");
+        let Some(span) = e.span() else {
+            return message;
+        };
+        let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+        match key_at(text, span.start) {
+            Some(key) => format!("line {line}, key `{key}`: {message}"),
+            None => format!("line {line}: {message}"),
+        }
+    })
+}
+
+/// The key whose `key = value` line holds byte `at`, with its section (`invoices.prefix`).
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let mut section: Option<&str> = None;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            section = trimmed
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .map(str::trim);
+        }
+        if at < offset + line.len() {
+            let (key, _) = line.split_once('=')?;
+            let key = key.trim().trim_matches('"');
+            return Some(match section {
+                Some(s) => format!("{s}.{key}"),
+                None => key.to_string(),
+            });
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// Checks `path` as `tollgate serve --config` would, and prints the settings it resolves to
+/// (with the environment's `TOLLGATE_*` variables over it), naming where each came from.
+pub fn check(path: &Path) -> anyhow::Result<()> {
+    let file = read_file(path)?;
+    let env = Layer::from_env(|k| std::env::var(k).ok())?;
+    let (from_file, from_env) = (file.names_set(), env.names_set());
+    let settings = Settings::from_layer(file.under(env));
+    println!("# {}: valid", path.display());
+    for name in Layer::NAMES {
+        let origin = if from_env.contains(name) {
+            format!("the environment ({})", env_name(name))
+        } else if from_file.contains(name) {
+            "the file".to_string()
+        } else {
+            "the default".to_string()
+        };
+        println!("# {name}: from {origin}");
+    }
+    print!("{}", settings.to_toml());
+    Ok(())
+}
+
+/// A database: a SQLite file path or a PostgreSQL URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Db(String);
+
+impl FromStr for Db {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Db, String> {
+        if s.trim().is_empty() {
+            return Err("the database must be a file path or a postgres:// URL".into());
+        }
+        Ok(Db(s.to_string()))
+    }
+}
+
+/// An address to listen on: an IP address and a port.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Listen(SocketAddr);
+
+impl FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Listen, String> {
+        s.trim().parse().map(Listen).map_err(|_| {
+            format!("{s:?} is not an address to listen on: write IP:port, e.g. 0.0.0.0:8080")
+        })
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, coloured on a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        match s.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("{s:?} is not a log format: `text` or `json`")),
+        }
+    }
+}
+
+/// A public base URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct PublicUrl(String);
+
+impl FromStr for PublicUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PublicUrl, String> {
+        let rest = s
+            .strip_prefix("https://")
+            .or_else(|| s.strip_prefix("http://"));
+        match rest {
+            Some(host) if !host.is_empty() && !s.contains(char::is_whitespace) => {
+                Ok(PublicUrl(s.trim_end_matches('/').to_string()))
+            }
+            _ => Err(format!(
+                "{s:?} is not a public URL: write http:// or https:// and a host"
+            )),
+        }
+    }
+}
+
+/// A count, a number of seconds or of milliseconds: a whole number of at least 1 (a timeout of
+/// 0 would close every connection at once, a cap of 0 refuse every one).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "i64")]
+pub struct Positive(NonZeroU64);
+
+impl Positive {
+    pub fn get(self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl TryFrom<i64> for Positive {
+    type Error = String;
+    fn try_from(n: i64) -> Result<Positive, String> {
+        u64::try_from(n)
+            .ok()
+            .and_then(NonZeroU64::new)
+            .map(Positive)
+            .ok_or_else(|| format!("{n} is not allowed: must be a whole number of at least 1"))
+    }
+}
+
+impl FromStr for Positive {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Positive, String> {
+        let n: i64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a whole number"))?;
+        Positive::try_from(n)
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+impl TryFrom<String> for Db {
+    type Error = String;
+    fn try_from(s: String) -> Result<Db, String> {
+        s.parse()
+    }
+}
+
+impl TryFrom<String> for Listen {
+    type Error = String;
+    fn try_from(s: String) -> Result<Listen, String> {
+        s.parse()
+    }
+}
+
+impl TryFrom<String> for PublicUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<PublicUrl, String> {
+        s.parse()
+    }
+}
+
+/// Refuses a `--config` path that does not exist before anything else runs.
+pub fn config_path(path: Option<PathBuf>) -> anyhow::Result<Option<PathBuf>> {
+    match path {
+        Some(p) if !p.is_file() => bail!("the configuration file {} does not exist", p.display()),
+        other => Ok(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_environment_which_wins_over_the_file() {
+        let file = parse_file(
+            "listen = \"0.0.0.0:9000\"\ndrain_timeout_s = 5\nheader_timeout_s = 7\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let env = Layer::from_env(env(&[
+            ("TOLLGATE_DRAIN_TIMEOUT_S", "6"),
+            ("TOLLGATE_HEADER_TIMEOUT_S", "8"),
+        ]))
+        .unwrap();
+        let flags = Layer {
+            header_timeout_s: Some("9".parse().unwrap()),
+            ..Layer::default()
+        };
+        let s = Settings::from_layer(file.under(env).under(flags));
+        assert_eq!(s.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(s.drain_timeout_s, 6);
+        assert_eq!(s.header_timeout_s, 9);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.idle_timeout_s, 60, "the default");
+    }
+
+    #[test]
+    fn a_bad_file_names_its_line_and_key() {
+        for (text, line, key, what) in [
+            (
+                "db = \"x.db\"\n\nlisten_on = \"a\"\n",
+                3,
+                "listen_on",
+                "unknown field",
+            ),
+            (
+                "drain_timeout_s = \"30\"\n",
+                1,
+                "drain_timeout_s",
+                "invalid type",
+            ),
+            (
+                "db = \"a\"\nidle_timeout_s = 0\n",
+                2,
+                "idle_timeout_s",
+                "at least 1",
+            ),
+            ("listen = \"localhost\"\n", 1, "listen", "IP:port"),
+            (
+                "log_format = \"yaml\"\n",
+                1,
+                "log_format",
+                "unknown variant",
+            ),
+            ("public_url = \"example.com\"\n", 1, "public_url", "http://"),
+        ] {
+            let e = parse_file(text).unwrap_err();
+            assert!(
+                e.starts_with(&format!("line {line}, key `{key}`: ")) && e.contains(what),
+                "{text:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_its_variable() {
+        let e = Layer::from_env(env(&[("TOLLGATE_MAX_CONNECTIONS", "many")])).unwrap_err();
+        assert!(
+            e.to_string().contains("TOLLGATE_MAX_CONNECTIONS") && e.to_string().contains("many"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_connection_cap_stays_below_the_open_file_limit() {
+        let s = Settings::from_layer(Layer {
+            max_connections: Some(Positive::try_from(i64::MAX).unwrap()),
+            ..Layer::default()
+        });
+        let (cap, lowered) = s.connection_cap();
+        if let Some(limit) = open_file_limit() {
+            assert_eq!(lowered, Some(limit));
+            assert!(cap < limit, "{cap} < {limit}");
+        }
+    }
+}

@@ -1,0 +1,565 @@
+//! Running the real binary as an operator would in production: configuration files and their
+//! check, JSON logs, a start that fails without changing anything (busy port, database in use),
+//! a SIGTERM that drains a burst and loses nothing acknowledged, and a backup taken mid-burst.
+//!
+//! Timing only decides when a signal or a backup lands during a burst; every assertion holds
+//! whenever it lands.
+
+use crate::common::{client, must, send, Reply, Server, BIN, SAMPLE_CATALOG};
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const OP_KEY: &str = "ops-op:secret-ops-123";
+const EXAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../docs/tollgate.example.toml"
+);
+
+fn tollgate(args: &[&str], dir: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("TOLLGATE_OPERATOR_KEY")
+        .output()
+        .expect("run tollgate")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn get(c: &Client, base: &str, path: &str) -> Result<Reply, String> {
+    send(c.get(format!("{base}{path}")), OP_KEY)
+}
+
+fn post(c: &Client, base: &str, path: &str, body: &Value) -> Result<Reply, String> {
+    send(c.post(format!("{base}{path}")).json(body), OP_KEY)
+}
+
+#[test]
+fn the_example_configuration_passes_config_check_and_a_bad_file_names_its_line_and_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ok = tollgate(&["config", "check", EXAMPLE], dir.path());
+    assert!(ok.status.success(), "{}", text(&ok));
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    for line in [
+        "db = \"/var/lib/tollgate/tollgate.db\"",
+        "log_format = \"json\"",
+        "drain_timeout_s = 30",
+        "max_connections = 10000",
+        "# header_timeout_s: from the file",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?}:\n{stdout}");
+    }
+    // Every setting is in the example file, set or commented out.
+    let example = std::fs::read_to_string(EXAMPLE).expect("example");
+    for line in stdout.lines().filter_map(|l| l.strip_prefix("# ")) {
+        if let Some((name, _)) = line.split_once(": from") {
+            assert!(
+                example.contains(&format!("\n{name} = "))
+                    || example.contains(&format!("# {name} = ")),
+                "{name} is not in the example file"
+            );
+        }
+    }
+
+    for (body, needles) in [
+        (
+            "db = \"a.db\"\nlisten = \"127.0.0.1:8080\"\nlisten_port = 9\n",
+            &["line 3", "`listen_port`", "unknown field"][..],
+        ),
+        (
+            "# timeouts\nheader_timeout_s = 0\n",
+            &["line 2", "`header_timeout_s`", "at least 1"][..],
+        ),
+        (
+            "listen = \"localhost:80\"\n",
+            &["line 1", "`listen`", "IP:port"][..],
+        ),
+        (
+            "log_format = \"yaml\"\n",
+            &["line 1", "`log_format`", "text", "json"][..],
+        ),
+        (
+            "drain_timeout_s = \"30\"\n",
+            &["line 1", "`drain_timeout_s`", "expected a whole number"][..],
+        ),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, body).expect("write");
+        let out = tollgate(&["config", "check", "bad.toml"], dir.path());
+        assert!(!out.status.success(), "{body:?} passed:\n{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for n in needles.iter().chain(&["bad.toml"]) {
+            assert!(stderr.contains(n), "{body:?}: {n:?} not in:\n{stderr}");
+        }
+    }
+
+    // A bad value in the environment or in a flag is named, and nothing starts.
+    let out = Command::new(BIN)
+        .args(["serve", "--db", "never.db"])
+        .current_dir(dir.path())
+        .env("TOLLGATE_IDLE_TIMEOUT_S", "soon")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TOLLGATE_IDLE_TIMEOUT_S"),
+        "{}",
+        text(&out)
+    );
+    let out = tollgate(
+        &["serve", "--db", "never.db", "--log-format", "xml"],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--log-format"),
+        "{}",
+        text(&out)
+    );
+    assert!(!dir.path().join("never.db").exists());
+}
+
+/// What identifies a database file and its content: inode, length and modification time of the
+/// file and its WAL.
+fn file_state(db: &Path) -> Vec<(u64, u64, i64, i64)> {
+    ["", "-wal"]
+        .iter()
+        .map(|suffix| {
+            let m = std::fs::metadata(format!("{}{suffix}", db.display())).expect("metadata");
+            (m.ino(), m.len(), m.mtime(), m.mtime_nsec())
+        })
+        .collect()
+}
+
+/// Creates account `username` with credits, a concurrency override and an API key; returns
+/// the key.
+fn setup_account(c: &Client, base: &str, username: &str) -> String {
+    must(
+        post(
+            c,
+            base,
+            "/v1/admin/accounts",
+            &json!({"username": username}),
+        ),
+        201,
+        "create account",
+    );
+    must(
+        post(
+            c,
+            base,
+            &format!("/v1/admin/accounts/{username}/purchases"),
+            &json!({"purchase_id": format!("init-{username}"), "amount_usd": "100000.00"}),
+        ),
+        201,
+        "purchase",
+    );
+    must(
+        send(
+            c.put(format!("{base}/v1/admin/accounts/{username}/pricing"))
+                .json(&json!({"concurrency_limit": 1000})),
+            OP_KEY,
+        ),
+        200,
+        "concurrency override",
+    );
+    let key = must(
+        post(
+            c,
+            base,
+            &format!("/v1/admin/accounts/{username}/keys"),
+            &json!({"scope": "API", "alias": "ops test"}),
+        ),
+        201,
+        "create key",
+    );
+    key.body["key"].as_str().expect("key").to_string()
+}
+
+/// The free port `server` listens on.
+fn listen_addr(server: &Server) -> String {
+    server
+        .base
+        .strip_prefix("http://")
+        .expect("http base")
+        .to_string()
+}
+
+#[test]
+fn a_server_that_cannot_listen_or_whose_database_is_in_use_exits_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("first.db");
+    let first = Server::start(
+        &db,
+        dir.path().join("first.log"),
+        OP_KEY,
+        Some(Path::new(SAMPLE_CATALOG)),
+    );
+    let c = client();
+    setup_account(&c, &first.base, "busy");
+    billed_events(&c, &first.base, "busy", 5);
+    let reconciliation = || must(get(&c, &first.base, "/v1/admin/reconciliation"), 200, "rec").body;
+    let account = || must(get(&c, &first.base, "/v1/admin/accounts/busy"), 200, "acct").body;
+    let (rec_before, account_before) = (reconciliation(), account());
+    assert_eq!(rec_before["clean"], true, "{rec_before}");
+    let files_before = file_state(&db);
+
+    // The same port, the same database: refused at the port, before the database is touched.
+    let addr = listen_addr(&first);
+    let db_arg = db.display().to_string();
+    let busy_port = tollgate(&["serve", "--db", &db_arg, "--listen", &addr], dir.path());
+    assert_eq!(busy_port.status.code(), Some(1), "{}", text(&busy_port));
+    let stderr = String::from_utf8_lossy(&busy_port.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}: address in use")),
+        "{stderr}"
+    );
+    // Another port, the same SQLite file: one server per file.
+    let in_use = tollgate(
+        &["serve", "--db", &db_arg, "--listen", "127.0.0.1:0"],
+        dir.path(),
+    );
+    assert_eq!(in_use.status.code(), Some(1), "{}", text(&in_use));
+    assert!(
+        String::from_utf8_lossy(&in_use.stderr).contains("in use by another tollgate server"),
+        "{}",
+        text(&in_use)
+    );
+
+    assert_eq!(file_state(&db), files_before, "the database files changed");
+    assert_eq!(reconciliation(), rec_before);
+    assert_eq!(account(), account_before);
+    // The log went to a file: plain text, no colour codes.
+    assert!(
+        !first.stderr_text().contains('\x1b'),
+        "{}",
+        first.stderr_text()
+    );
+}
+
+/// Sends `n` billed usage events one by one.
+fn billed_events(c: &Client, base: &str, username: &str, n: usize) {
+    for _ in 0..n {
+        let r = usage_event(c, base, username).expect("usage event");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+}
+
+fn usage_event(c: &Client, base: &str, username: &str) -> Result<Reply, String> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let body = json!({"events": [{
+        "event_id": id,
+        "endpoint_id": "fal-ai/flux/dev",
+        "username": username,
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "status_code": 200,
+        "output": {"images": [{"width": 1024, "height": 1024}]},
+    }]});
+    post(c, base, "/v1/usage-events", &body)
+}
+
+#[test]
+fn demo_refuses_to_start_over_a_demo_database_a_running_server_has_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (first, keys) = Server::start_demo(dir.path(), dir.path().join("demo-1.log"));
+    let db = dir.path().join("tollgate-demo.db");
+    let c = client();
+    let balance = || {
+        must(
+            send(
+                c.get(format!("{}/v1/admin/accounts/demo", first.base)),
+                &keys.operator,
+            ),
+            200,
+            "demo account",
+        )
+        .body
+    };
+    let before = balance();
+    let inode = std::fs::metadata(&db).expect("demo db").ino();
+
+    let second = tollgate(&["serve", "--demo", "--listen", "127.0.0.1:0"], dir.path());
+    assert_eq!(second.status.code(), Some(1), "{}", text(&second));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("in use by a running tollgate server"),
+        "{}",
+        text(&second)
+    );
+    assert_eq!(std::fs::metadata(&db).expect("demo db").ino(), inode);
+    assert_eq!(balance(), before, "the running demo's database changed");
+
+    // Once the first demo has stopped, a new demo starts over.
+    drop(first);
+    let (again, keys) = Server::start_demo(dir.path(), dir.path().join("demo-2.log"));
+    let fresh = must(
+        send(
+            c.get(format!("{}/v1/admin/accounts/demo", again.base)),
+            &keys.operator,
+        ),
+        200,
+        "demo account",
+    )
+    .body;
+    assert_eq!(fresh["balance_nano_usd"], 25_000_000_000_i64, "{fresh}");
+}
+
+/// What a burst worker had acknowledged: request or event id → cost in nano-USD.
+type Acked = Arc<Mutex<Vec<(String, i64)>>>;
+
+/// Fires usage events and full request lifecycles at `base` until `stop` is set or a call
+/// fails (the server stopped). Records every call answered 2xx.
+fn burst(base: String, username: String, key: String, stop: Arc<AtomicBool>, acked: Acked) {
+    let c = client();
+    let mut i = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        i += 1;
+        if i.is_multiple_of(2) {
+            let Ok(r) = usage_event(&c, &base, &username) else {
+                return;
+            };
+            if r.status != 200 {
+                return;
+            }
+            let result = &r.body["results"][0];
+            let id = result["event_id"]
+                .as_str()
+                .or_else(|| result["request_id"].as_str())
+                .expect("event id in the answer")
+                .to_string();
+            let cost = result["cost_estimate_nano_usd"].as_i64().expect("cost");
+            acked.lock().expect("acked").push((id, cost));
+        } else {
+            let id = uuid::Uuid::now_v7().to_string();
+            let submit =
+                json!({"request_id": id, "endpoint_id": "fal-ai/flux/dev", "caller_key": key});
+            let ok =
+                |r: Result<Reply, String>, status: u16| matches!(r, Ok(r) if r.status == status);
+            if !ok(post(&c, &base, "/v1/requests", &submit), 201)
+                || !ok(
+                    post(&c, &base, &format!("/v1/requests/{id}/start"), &json!({})),
+                    200,
+                )
+            {
+                return;
+            }
+            let done = json!({"status_code": 200, "output": {"images": [{"width": 1920, "height": 1080}]}});
+            match post(&c, &base, &format!("/v1/requests/{id}/complete"), &done) {
+                Ok(r) if r.status == 200 => {
+                    let cost = r.body["cost_estimate_nano_usd"].as_i64().expect("cost");
+                    acked.lock().expect("acked").push((id, cost));
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+fn start_burst(
+    base: &str,
+    username: &str,
+    key: &str,
+    threads: usize,
+) -> (Arc<AtomicBool>, Acked, Vec<std::thread::JoinHandle<()>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let handles = (0..threads)
+        .map(|_| {
+            let (base, username, key) = (base.to_string(), username.to_string(), key.to_string());
+            let (stop, acked) = (stop.clone(), acked.clone());
+            std::thread::spawn(move || burst(base, username, key, stop, acked))
+        })
+        .collect();
+    (stop, acked, handles)
+}
+
+fn wait_for_acks(acked: &Acked, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.lock().expect("acked").len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "the burst never reached {n} answers"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Every acknowledged id is billed at its acknowledged cost on `base`, and the ledger
+/// reconciles.
+fn assert_all_billed(c: &Client, base: &str, acked: &[(String, i64)]) {
+    for (id, cost) in acked {
+        let r = must(
+            get(c, base, &format!("/v1/requests/{id}")),
+            200,
+            "GET request",
+        )
+        .body;
+        assert_eq!(r["status"], "COMPLETED", "{id}: {r}");
+        assert_eq!(r["billing"]["cost_estimate_nano_usd"], *cost, "{id}: {r}");
+    }
+    let rec = must(
+        get(c, base, "/v1/admin/reconciliation"),
+        200,
+        "reconciliation",
+    )
+    .body;
+    assert_eq!(rec["clean"], true, "{rec}");
+}
+
+#[test]
+fn sigterm_during_a_burst_answers_the_calls_in_flight_commits_them_and_exits_zero() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("drain.db");
+    let mut server = Server::start(
+        &db,
+        dir.path().join("drain-1.log"),
+        OP_KEY,
+        Some(Path::new(SAMPLE_CATALOG)),
+    );
+    let c = client();
+    let key = setup_account(&c, &server.base, "drain");
+    let (stop, acked, handles) = start_burst(&server.base, "drain", &key, 8);
+    wait_for_acks(&acked, 300);
+    server.terminate();
+    let status = server.wait_exit(Duration::from_secs(30));
+    stop.store(true, Ordering::SeqCst);
+    handles
+        .into_iter()
+        .for_each(|h| h.join().expect("burst thread"));
+    let log = server.stderr_text();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?}; log:\n{log}"
+    );
+    assert!(log.contains("SIGTERM"), "{log}");
+    assert!(log.contains("the last batch committed and synced"), "{log}");
+
+    let acked = acked.lock().expect("acked").clone();
+    let again = Server::start(&db, dir.path().join("drain-2.log"), OP_KEY, None);
+    assert_all_billed(&c, &again.base, &acked);
+    eprintln!(
+        "sigterm test: {} calls answered before the exit",
+        acked.len()
+    );
+}
+
+#[test]
+fn a_backup_taken_during_a_burst_opens_reconciles_and_holds_every_call_answered_before_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("live.db");
+    let server = Server::start(
+        &db,
+        dir.path().join("live.log"),
+        OP_KEY,
+        Some(Path::new(SAMPLE_CATALOG)),
+    );
+    let c = client();
+    let key = setup_account(&c, &server.base, "backup");
+    let (stop, acked, handles) = start_burst(&server.base, "backup", &key, 6);
+    wait_for_acks(&acked, 200);
+    let before_backup = acked.lock().expect("acked").clone();
+    let out = dir.path().join("copy.db");
+    let out_arg = out.display().to_string();
+    let db_arg = db.display().to_string();
+    let backup = tollgate(&["backup", "--db", &db_arg, &out_arg], dir.path());
+    // The burst went on during the copy.
+    let after = acked.lock().expect("acked").len();
+    stop.store(true, Ordering::SeqCst);
+    handles
+        .into_iter()
+        .for_each(|h| h.join().expect("burst thread"));
+    assert!(backup.status.success(), "{}", text(&backup));
+    assert!(
+        String::from_utf8_lossy(&backup.stdout).contains("integrity checked"),
+        "{}",
+        text(&backup)
+    );
+
+    // Never over an existing file; never a PostgreSQL URL.
+    let again = tollgate(&["backup", "--db", &db_arg, &out_arg], dir.path());
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already exists"),
+        "{}",
+        text(&again)
+    );
+    let pg = tollgate(
+        &["backup", "--db", "postgres://u@127.0.0.1/x", "pg.db"],
+        dir.path(),
+    );
+    assert!(!pg.status.success());
+    assert!(
+        String::from_utf8_lossy(&pg.stderr).contains("pg_dump"),
+        "{}",
+        text(&pg)
+    );
+
+    // A server on the copy answers, reconciles and has every call answered before the backup.
+    let on_copy = Server::start(&out, dir.path().join("copy.log"), OP_KEY, None);
+    assert_all_billed(&c, &on_copy.base, &before_backup);
+    eprintln!(
+        "backup test: {} calls answered before the backup, {after} by its end",
+        before_backup.len()
+    );
+    drop(server);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_startup_included() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stderr_path: PathBuf = dir.path().join("json.log");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--db", "j.db", "--listen", "127.0.0.1:0"])
+        .env("TOLLGATE_LOG_FORMAT", "json")
+        .env("TOLLGATE_OPERATOR_KEY", OP_KEY)
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_path).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first: Value = serde_json::from_str(&lines.next().expect("a line").expect("read"))
+        .expect("the listening line is JSON");
+    assert_eq!(first["message"], "tollgate listening", "{first}");
+    let base = first["address"].as_str().expect("address").to_string();
+    let c = client();
+    // A failed authentication logs nothing secret, and its line is JSON too.
+    let r = send(c.get(format!("{base}/v1/admin/accounts/none")), "bad:key").expect("answer");
+    assert_eq!(r.status, 401);
+    must(
+        get(&c, &base, "/v1/admin/reconciliation"),
+        200,
+        "reconciliation",
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    let log = std::fs::read_to_string(&stderr_path).expect("log");
+    assert!(log.lines().count() >= 3, "{log}");
+    for line in log.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+    assert!(!log.contains('\x1b'), "{log}");
+    for line in lines {
+        let line = line.expect("read");
+        serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+}
