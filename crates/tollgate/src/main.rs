@@ -3,6 +3,7 @@
 
 mod bench;
 mod client;
+mod http_server;
 mod serve;
 
 use clap::{Parser, Subcommand};

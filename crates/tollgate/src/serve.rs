@@ -1,5 +1,6 @@
 //! `tollgate serve`: open the store, start the engine and the hold-expiry sweeper, serve HTTP.
 
+use crate::http_server::{self, ConnLimits};
 use anyhow::{bail, Context};
 use clap::Args;
 use std::net::SocketAddr;
@@ -39,7 +40,39 @@ pub struct ServeArgs {
     /// How often expired holds are voided, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     sweep_interval_ms: u64,
+    /// Seconds a connection has to send a complete request head (default 10).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_s: Option<u64>,
+    /// Seconds a keep-alive connection may wait for its next request (default 60).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_s: Option<u64>,
+    /// Seconds to receive a request's body and answer it, else 408 or 503 (default 60).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout_s: Option<u64>,
+    /// Connections open at once (default 10000, lowered to fit the open-file limit); when
+    /// all are taken, idle and slow ones are closed first to make room.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
 }
+
+impl ServeArgs {
+    /// The connection limits: the defaults, with what the flags set.
+    fn conn_limits(&self) -> ConnLimits {
+        let d = ConnLimits::default();
+        let secs = |v: Option<u64>, d| v.map_or(d, Duration::from_secs);
+        ConnLimits {
+            header_timeout: secs(self.header_timeout_s, d.header_timeout),
+            idle_timeout: secs(self.idle_timeout_s, d.idle_timeout),
+            request_timeout: secs(self.request_timeout_s, d.request_timeout),
+            max_connections: self.max_connections.map_or(d.max_connections, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }),
+        }
+    }
+}
+
+/// How long a shutdown waits for the calls in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -156,9 +189,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         print_demo(addr, op, demo);
     }
     let app = tollgate_api::router(AppState { engine });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    let limits = args.conn_limits();
+    http_server::serve(listener, app, limits, shutdown(), DRAIN_TIMEOUT).await?;
     sweeper.abort();
     Ok(())
 }

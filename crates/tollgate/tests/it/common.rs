@@ -28,7 +28,27 @@ impl Server {
     /// Starts `tollgate serve --db <db> --listen 127.0.0.1:0 [--catalog <catalog>]` with
     /// TOLLGATE_OPERATOR_KEY=`operator_key`; the server's stderr goes to the file `stderr`.
     pub fn start(db: &Path, stderr: PathBuf, operator_key: &str, catalog: Option<&Path>) -> Server {
-        let mut cmd = Command::new(BIN);
+        Server::start_with(db, stderr, operator_key, catalog, &[], &[])
+    }
+
+    /// [`Server::start`] with `flags` added to `tollgate serve`, the whole command run by
+    /// `prefix` when it is not empty (`["prlimit", "--nofile=256:256", "--"]`).
+    pub fn start_with(
+        db: &Path,
+        stderr: PathBuf,
+        operator_key: &str,
+        catalog: Option<&Path>,
+        prefix: &[&str],
+        flags: &[&str],
+    ) -> Server {
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(BIN);
+                cmd
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("serve")
             .arg("--db")
             .arg(db)
@@ -36,6 +56,7 @@ impl Server {
         if let Some(catalog) = catalog {
             cmd.arg("--catalog").arg(catalog);
         }
+        cmd.args(flags);
         cmd.env("TOLLGATE_OPERATOR_KEY", operator_key);
         Server::spawn(cmd, stderr).0
     }
@@ -131,6 +152,30 @@ impl Server {
 
     pub fn stderr_text(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for the server to exit; its status, if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn kill(&mut self) {
