@@ -67,6 +67,29 @@ impl ApiError {
         };
         Self::new(status, kind, message)
     }
+    /// A call that the server stopped waiting for after `limit_s` seconds (`request_timeout_s`):
+    /// 408 while its body was still arriving; 503 once it was being handled, when it may have
+    /// been applied, so a repeat with the same id is safe.
+    pub fn request_timeout(body_received: bool, limit_s: u64) -> Self {
+        if body_received {
+            let mut e = Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                format!(
+                    "the call was not answered within {limit_s} s; it may have been applied: \
+                     repeat it with the same id"
+                ),
+            );
+            e.retry = true;
+            e
+        } else {
+            Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request body was not received within {limit_s} s"),
+            )
+        }
+    }
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.extra.insert(key.to_string(), value.into());
         self
@@ -271,6 +294,7 @@ pub enum ErrorType {
     InsufficientCredits,
     ConcurrentRequestsLimit,
     PayloadTooLarge,
+    RequestTimeout,
 }
 
 /// Error details.

@@ -132,10 +132,6 @@ pub struct Settings {
     pub max_connections: u64,
 }
 
-/// The open-file descriptors kept free for the database, its WAL, logs and the process's own
-/// files when `max_connections` is bounded by the open-file limit.
-const FD_MARGIN: u64 = 128;
-
 impl Settings {
     /// The defaults under `layer`.
     pub fn from_layer(layer: Layer) -> Settings {
@@ -172,32 +168,10 @@ impl Settings {
         Duration::from_secs(self.drain_timeout_s)
     }
 
-    /// `max_connections`, lowered below the process's open-file limit when that is known
-    /// (Linux: /proc/self/limits); returns the limit too when it lowered it.
-    pub fn connection_cap(&self) -> (u64, Option<u64>) {
-        match open_file_limit() {
-            Some(limit) if self.max_connections + FD_MARGIN > limit => {
-                (limit.saturating_sub(FD_MARGIN).max(1), Some(limit))
-            }
-            _ => (self.max_connections, None),
-        }
-    }
-
     /// The settings as a TOML document (what `tollgate config check` prints).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("settings are plain values")
     }
-}
-
-/// The soft limit on open files, from /proc/self/limits (`Max open files  <soft> <hard> files`).
-fn open_file_limit() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
-    line["Max open files".len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// Reads and checks a configuration file; an error names the file, the line and the key.
@@ -499,18 +473,5 @@ mod tests {
             e.to_string().contains("TOLLGATE_MAX_CONNECTIONS") && e.to_string().contains("many"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn the_connection_cap_stays_below_the_open_file_limit() {
-        let s = Settings::from_layer(Layer {
-            max_connections: Some(Positive::try_from(i64::MAX).unwrap()),
-            ..Layer::default()
-        });
-        let (cap, lowered) = s.connection_cap();
-        if let Some(limit) = open_file_limit() {
-            assert_eq!(lowered, Some(limit));
-            assert!(cap < limit, "{cap} < {limit}");
-        }
     }
 }

@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod dblock;
 mod drain;
+mod http_server;
 mod logging;
 mod serve;
 

@@ -2,6 +2,7 @@
 //! and the hold-expiry sweeper, serve HTTP; on SIGTERM or SIGINT drain and stop.
 
 use crate::config::{self, LogFormat, Settings};
+use crate::http_server::{self, ConnLimits};
 use crate::{dblock, drain, logging};
 use anyhow::{bail, Context};
 use clap::Args;
@@ -164,7 +165,14 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
         engine.clone(),
         Duration::from_millis(settings.sweep_interval_ms.max(10)),
     );
-    log_connection_settings(&settings);
+    tracing::info!(
+        header_timeout_s = settings.header_timeout_s,
+        idle_timeout_s = settings.idle_timeout_s,
+        request_timeout_s = settings.request_timeout_s,
+        drain_timeout_s = settings.drain_timeout_s,
+        max_connections = settings.max_connections,
+        "connection settings"
+    );
     logging::startup(
         settings.log_format,
         &format!("tollgate listening on http://{addr} (database {db})"),
@@ -177,43 +185,40 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     let app = tollgate_api::router(AppState {
         engine: engine.clone(),
     });
-    let drained = drain::serve(listener, app, settings.drain_timeout()).await?;
+    let report = http_server::serve(
+        listener,
+        app,
+        conn_limits(&settings),
+        drain::stop_signal(settings.drain_timeout()),
+        settings.drain_timeout(),
+    )
+    .await?;
     sweeper.abort();
     // Every call answered was committed and synced before its answer; what is still queued
     // (a sweep, a call cut off by the drain timeout) runs now, and the store is closed.
     engine.shutdown().await?;
-    if !drained {
+    if report.cut > 0 {
         bail!(
-            "drain_timeout_s ({} s) passed with calls still in flight: they were cut off, \
-             and what they had queued was committed; exiting with status 1",
-            settings.drain_timeout_s
+            "drain_timeout_s ({} s) passed with {} of {} connections still busy: their calls \
+             were cut off, and what they had queued was committed; exiting with status 1",
+            settings.drain_timeout_s,
+            report.cut,
+            report.open
         );
     }
     tracing::info!("stopped: every call in flight answered, the last batch committed and synced");
     Ok(())
 }
 
-/// The connection settings as resolved; `max_connections` is lowered below the process's
-/// open-file limit.
-fn log_connection_settings(settings: &Settings) {
-    let (max_connections, lowered_for) = settings.connection_cap();
-    if let Some(limit) = lowered_for {
-        tracing::warn!(
-            configured = settings.max_connections,
-            max_connections,
-            open_file_limit = limit,
-            "max_connections lowered below the open-file limit (raise it with `ulimit -n`)"
-        );
+/// The connection limits `http_server` enforces (it lowers `max_connections` below the
+/// process's open-file limit, and says so).
+fn conn_limits(settings: &Settings) -> ConnLimits {
+    ConnLimits {
+        header_timeout: Duration::from_secs(settings.header_timeout_s),
+        idle_timeout: Duration::from_secs(settings.idle_timeout_s),
+        request_timeout: Duration::from_secs(settings.request_timeout_s),
+        max_connections: usize::try_from(settings.max_connections).unwrap_or(usize::MAX),
     }
-    tracing::info!(
-        header_timeout_s = settings.header_timeout_s,
-        idle_timeout_s = settings.idle_timeout_s,
-        request_timeout_s = settings.request_timeout_s,
-        drain_timeout_s = settings.drain_timeout_s,
-        max_connections,
-        public_url = settings.public_url.as_deref().unwrap_or(""),
-        "connection settings"
-    );
 }
 
 async fn apply_catalog(engine: &Engine, text: &str, name: &str) -> anyhow::Result<()> {

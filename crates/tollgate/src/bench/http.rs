@@ -5,9 +5,12 @@ use super::baseline::{ACCOUNTS, COST_NANOS};
 use super::engine::{account_name, drive, seed, start_engine};
 use super::report::Row;
 use super::Plan;
+use crate::http_server::{self, ConnLimits};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tollgate_api::auth::mint_key;
 use tollgate_core::ids::AccountId;
 use tollgate_engine::{AdminCmd, Engine};
@@ -105,16 +108,24 @@ struct Server {
     url: String,
     operator: String,
     _dir: tempfile::TempDir,
-    task: tokio::task::JoinHandle<()>,
+    /// Closes the listener and every connection.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
 async fn server() -> anyhow::Result<Server> {
+    server_with(ConnLimits::default()).await
+}
+
+/// The server as `tollgate serve` runs it, with these connection limits.
+async fn server_with(limits: ConnLimits) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
     let engine = start_engine(&seed(dir.path(), ACCOUNTS)?).await?;
     let op = mint_key(None, Scope::Operator, "bench".into(), engine.now());
@@ -124,15 +135,19 @@ async fn server() -> anyhow::Result<Server> {
     let app = tollgate_api::router(tollgate_api::AppState {
         engine: engine.clone(),
     });
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let _ = http_server::serve(listener, app, limits, stopped, Duration::ZERO).await;
     });
     Ok(Server {
         engine,
         url,
         operator: format!("Key {}", op.key()),
         _dir: dir,
-        task,
+        stop: Some(stop),
     })
 }
 
@@ -296,7 +311,20 @@ pub async fn run(
         ));
     }
     if wanted("admission.start.http") {
-        rows.push(admission_http(plan).await?);
+        let s = server().await?;
+        let (total, elapsed, latency) = admission_http(&s, plan).await?;
+        rows.push(Row::new(
+            "admission.start.http",
+            "tollgate",
+            ADMISSION_CALLERS,
+            total,
+            elapsed,
+            Some(&latency),
+            "requests/s (submit+start+complete over HTTP, reqwest); latency of start",
+        ));
+    }
+    if wanted("admission.start.http.hostile") {
+        rows.push(admission_hostile(plan).await?);
     }
     Ok(())
 }
@@ -312,17 +340,21 @@ async fn customer_keys(engine: &Engine, n: usize) -> anyhow::Result<Vec<String>>
     Ok(keys)
 }
 
+/// Callers of the admission rows over HTTP.
+const ADMISSION_CALLERS: usize = 32;
+
 /// The latency of `start` over HTTP while 32 callers run submit -> start -> complete.
-async fn admission_http(plan: &Plan) -> anyhow::Result<Row> {
-    let s = server().await?;
+async fn admission_http(
+    s: &Server,
+    plan: &Plan,
+) -> anyhow::Result<(u64, Duration, hdrhistogram::Histogram<u64>)> {
     let ctx = Arc::new((
         reqwest::Client::new(),
         s.url.clone(),
         s.operator.clone(),
         customer_keys(&s.engine, 16).await?,
     ));
-    let clients = 32;
-    let (total, elapsed, latency) = drive(&ctx, clients, plan.duration, |ctx, c, _| async move {
+    drive(&ctx, ADMISSION_CALLERS, plan.duration, |ctx, c, _| async move {
         let (client, url, auth, keys) = &*ctx;
         let id = uuid::Uuid::new_v4().to_string();
         let body = serde_json::json!({
@@ -342,14 +374,86 @@ async fn admission_http(plan: &Plan) -> anyhow::Result<Row> {
         anyhow::ensure!(r.status().is_success(), "complete: {}", r.status());
         Ok(admission)
     })
-    .await?;
+    .await
+}
+
+/// `admission.start.http` while slow and idle connections are held open against the server:
+/// slowloris connections that dribble a request head they never finish, and connections that
+/// send nothing, each opened again whenever the server closes it. The connection cap is below
+/// their number, so the server closes them both by its timeouts and to make room.
+async fn admission_hostile(plan: &Plan) -> anyhow::Result<Row> {
+    // Both ends of every connection are in this process: stay well under its file limit.
+    let files = http_server::open_files_limit().unwrap_or(1024);
+    let fit = usize::try_from(files.saturating_sub(512) / 4).unwrap_or(usize::MAX);
+    let per_kind = (if plan.quick { 200 } else { 1000 }).min(fit).max(1);
+    let limits = ConnLimits {
+        header_timeout: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(2),
+        max_connections: per_kind + per_kind / 4 + 2 * ADMISSION_CALLERS,
+        ..ConnLimits::default()
+    };
+    let s = server_with(limits).await?;
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let closed = Arc::new(AtomicU64::new(0));
+    let attackers: Vec<_> = (0..2 * per_kind)
+        .map(|i| {
+            let (addr, stop, closed) = (addr.clone(), stop.clone(), closed.clone());
+            tokio::spawn(hold_open(addr, i % 2 == 0, stop, closed))
+        })
+        .collect();
+    // The attackers connect before the callers do.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let measured = admission_http(&s, plan).await;
+    stop.store(true, Ordering::Relaxed);
+    for a in attackers {
+        a.abort();
+    }
+    let (total, elapsed, latency) = measured?;
     Ok(Row::new(
-        "admission.start.http",
+        "admission.start.http.hostile",
         "tollgate",
-        clients,
+        ADMISSION_CALLERS,
         total,
         elapsed,
         Some(&latency),
-        "requests/s (submit+start+complete over HTTP, reqwest); latency of start",
+        format!(
+            "admission.start.http while {per_kind} slowloris and {per_kind} idle connections are \
+             held open (header and idle timeouts 2 s, max_connections {}; {} of them closed by \
+             the server and reopened)",
+            limits.max_connections,
+            closed.load(Ordering::Relaxed),
+        ),
     ))
+}
+
+/// One hostile connection, opened again whenever the server closes it: a slowloris one sends
+/// a byte of a request head every half second and never ends it, an idle one sends nothing.
+/// It reconnects a tenth of a second after a close.
+async fn hold_open(addr: String, slow: bool, stop: Arc<AtomicBool>, closed: Arc<AtomicU64>) {
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut conn) = tokio::net::TcpStream::connect(&addr).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        if slow {
+            let _ = conn
+                .write_all(b"POST /v1/requests HTTP/1.1\r\nhost: bench\r\nx-slow: ")
+                .await;
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut buf = [0u8; 512];
+            loop {
+                tokio::select! {
+                    r = conn.read(&mut buf) => if !matches!(r, Ok(n) if n > 0) { break },
+                    _ = tick.tick() => if conn.write_all(b"a").await.is_err() { break },
+                }
+            }
+        } else {
+            let mut buf = [0u8; 512];
+            while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+        }
+        closed.fetch_add(1, Ordering::Relaxed);
+        // An attacker on another machine would not take this process's CPU to reconnect.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

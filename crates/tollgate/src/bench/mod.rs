@@ -10,8 +10,10 @@
 //! and the scale rows), with a PostgreSQL URL also the usage-event rows on a PostgreSQL store
 //! (`tollgate-postgres`, in a schema created for the row and dropped after it, with the bench's
 //! callers and with as many as the naive PostgreSQL baseline); and tollgate over HTTP
-//! (`http.rs`, with wrk). Every tollgate row is compared with the baselines (`report.rs`), a
-//! `tollgate-postgres` row with the naive design on the same PostgreSQL server.
+//! (`http.rs`, with wrk, and with reqwest the latency of `start`, also while hostile
+//! connections are held open). Every tollgate row is compared with the baselines
+//! (`report.rs`), a `tollgate-postgres` row with the naive design on the same PostgreSQL
+//! server.
 //!
 //! Throughput and latency figures are measurements, not money: this module is the one place
 //! outside rendering where float arithmetic is allowed.

@@ -28,18 +28,27 @@ impl Server {
     /// Starts `tollgate serve --db <db> --listen 127.0.0.1:0 [--catalog <catalog>]` with
     /// TOLLGATE_OPERATOR_KEY=`operator_key`; the server's stderr goes to the file `stderr`.
     pub fn start(db: &Path, stderr: PathBuf, operator_key: &str, catalog: Option<&Path>) -> Server {
-        Server::start_with(db, stderr, operator_key, catalog, &[])
+        Server::start_with(db, stderr, operator_key, catalog, &[], &[])
     }
 
-    /// [`Server::start`] with more arguments for `serve`.
+    /// [`Server::start`] with `flags` added to `tollgate serve`, the whole command run by
+    /// `prefix` when it is not empty (`["prlimit", "--nofile=256:256", "--"]`).
     pub fn start_with(
         db: &Path,
         stderr: PathBuf,
         operator_key: &str,
         catalog: Option<&Path>,
-        extra: &[&str],
+        prefix: &[&str],
+        flags: &[&str],
     ) -> Server {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(BIN);
+                cmd
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("serve")
             .arg("--db")
             .arg(db)
@@ -47,7 +56,7 @@ impl Server {
         if let Some(catalog) = catalog {
             cmd.arg("--catalog").arg(catalog);
         }
-        cmd.args(extra);
+        cmd.args(flags);
         cmd.env("TOLLGATE_OPERATOR_KEY", operator_key);
         Server::spawn(cmd, stderr).0
     }
@@ -154,19 +163,23 @@ impl Server {
         assert!(status.success(), "kill -TERM failed: {status}");
     }
 
-    /// Waits up to `timeout` for the process to exit; its exit status, `None` if it is still
-    /// running.
+    /// Waits up to `timeout` for the server to exit; its status, if it did.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => return None,
             }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn kill(&mut self) {

@@ -1,13 +1,15 @@
 //! The binary's integration tests, in one test binary (one link, one run), each driving the
-//! real `tollgate` executable: the operator CLI, crash safety under SIGKILL, several servers on
-//! one PostgreSQL database, the served OpenAPI document's validity, and schemathesis's
-//! property-based run of the whole HTTP API against it, and running it in production
-//! (configuration, logs, safe start and stop, backups). `common` is the harness they share.
+//! real `tollgate` executable: the operator CLI, crash safety under SIGKILL, hostile clients
+//! (slowloris, idle connects, slow uploads), several servers on one PostgreSQL database, the
+//! served OpenAPI document's validity, schemathesis's property-based run of the whole HTTP API
+//! against it, and running it in production (configuration, logs, safe start and stop,
+//! backups). `common` is the harness they share.
 
 mod cli;
 mod cluster;
 mod common;
 mod crash;
+mod hostile;
 mod openapi;
 mod ops;
 mod schemathesis;
