@@ -3,8 +3,9 @@
 
 use crate::auth::issue_key;
 use crate::error::ApiError;
-use crate::extract::{Json, NoParams, Operator, Params, Path};
+use crate::extract::{FromQuery, Json, NoParams, Operator, Params, Path};
 use crate::openapi::{tags, OperatorErrors, Replayed};
+use crate::query_string::Query;
 use crate::wire::{self, Time, UsdString};
 use crate::AppState;
 use axum::body::Bytes;
@@ -23,7 +24,7 @@ use tollgate_core::terms::TermsChange;
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::{AdminCmd, AdminReply};
 use tollgate_store::{AccountRow, BillingMode, Scope};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 /// How an account pays.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, ToSchema)]
@@ -523,10 +524,154 @@ pub async fn set_pricing(
 
 #[derive(Serialize, ToSchema)]
 pub struct CatalogApplied {
+    /// `true`: a preview (`dry_run=true`); nothing was written.
+    dry_run: bool,
     /// Endpoints in the document.
     endpoints: usize,
-    /// New price versions (0 when no price changed).
+    /// New price versions (0 when no price changed); with `dry_run`, those the apply would
+    /// create.
     price_versions_created: usize,
+    /// What the document changes, endpoint by endpoint.
+    changes: CatalogChanges,
+}
+
+/// What a catalog document changes. The same for a preview and for the apply.
+#[derive(Serialize, ToSchema)]
+pub struct CatalogChanges {
+    /// When the document's new price versions take effect (its `effective_from`, or the time
+    /// of the apply).
+    effective_from: Time,
+    /// Endpoints added or changed, in document order.
+    endpoints: Vec<EndpointChangeView>,
+    /// Endpoints of the document that change nothing.
+    unchanged: usize,
+    /// Machine types added or repriced.
+    machines: Vec<MachineChangeView>,
+    /// The document replaces the concurrency table with a different one.
+    concurrency_changed: bool,
+    /// Changes worth a second look (a price or machine price that moves by more than 3x
+    /// either way, a price whose unit changes). They do not stop the apply.
+    warnings: Vec<CatalogWarning>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// Not in the catalog before.
+    Added,
+    /// Its metadata or its price changes.
+    Changed,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EndpointChangeView {
+    endpoint_id: EndpointId,
+    /// The line of its `[[endpoint]]` header.
+    line: usize,
+    change: ChangeKind,
+    /// Metadata fields that change (`name`, `hold_units`, `late_completion`, ...).
+    metadata_changed: Vec<String>,
+    /// Present when the price becomes a new version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    price: Option<PriceChangeView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PriceChangeView {
+    /// The endpoint's latest public price (`null` for an added endpoint).
+    from: Option<PriceRule>,
+    to: PriceRule,
+    /// Headline USD per unit before and after, as the pricing API shows it.
+    #[schema(value_type = Option<ExactDecimal>)]
+    from_unit_price: Option<Decimal>,
+    #[schema(value_type = Option<ExactDecimal>)]
+    to_unit_price: Option<Decimal>,
+    /// The unit of the new price, as the pricing API shows it.
+    unit: String,
+    effective_from: Time,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MachineChangeView {
+    #[schema(value_type = String)]
+    machine_type: tollgate_core::ids::MachineType,
+    /// USD per second before (`null`: a new machine type).
+    #[schema(value_type = Option<ExactDecimal>)]
+    from: Option<Decimal>,
+    #[schema(value_type = ExactDecimal)]
+    to: Decimal,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CatalogWarning {
+    /// `endpoint[3].price` or `machines.GPU-H100`.
+    field: String,
+    line: Option<usize>,
+    message: String,
+}
+
+fn catalog_changes(p: &tollgate_core::catalog::plan::CatalogPlan) -> CatalogChanges {
+    CatalogChanges {
+        effective_from: Time(p.effective_from),
+        endpoints: p
+            .changes
+            .iter()
+            .map(|c| EndpointChangeView {
+                endpoint_id: c.endpoint.clone(),
+                line: c.line,
+                change: if c.added {
+                    ChangeKind::Added
+                } else {
+                    ChangeKind::Changed
+                },
+                metadata_changed: c.metadata_changed.iter().map(|f| f.to_string()).collect(),
+                price: c.price.as_ref().map(|pc| PriceChangeView {
+                    from: pc.from.clone(),
+                    to: pc.to.clone(),
+                    from_unit_price: pc.from_unit_price.map(|d| d.normalize()),
+                    to_unit_price: pc.to_unit_price.map(|d| d.normalize()),
+                    unit: pc.to.unit_label(),
+                    effective_from: Time(pc.effective_from),
+                }),
+            })
+            .collect(),
+        unchanged: p.unchanged,
+        machines: p
+            .machines
+            .iter()
+            .map(|m| MachineChangeView {
+                machine_type: m.machine_type.clone(),
+                from: m.from.map(|d| d.normalize()),
+                to: m.to.normalize(),
+            })
+            .collect(),
+        concurrency_changed: p.concurrency_changed,
+        warnings: p
+            .warnings
+            .iter()
+            .map(|w| CatalogWarning {
+                field: w.field.clone(),
+                line: w.line,
+                message: w.message.clone(),
+            })
+            .collect(),
+    }
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CatalogParams {
+    /// `true`: answer what the document would change and write nothing (default `false`).
+    #[param(value_type = Option<bool>)]
+    dry_run: bool,
+}
+
+impl FromQuery for CatalogParams {
+    fn from_query(q: &Query) -> Result<Self, ApiError> {
+        Ok(CatalogParams {
+            dry_run: q.flag("dry_run", false)?,
+        })
+    }
 }
 
 /// A small catalog document, as the document's example of this call's body.
@@ -549,14 +694,22 @@ const CATALOG_EXAMPLE: &str = "prices_read_on = \"2026-09-15\"\n\n\
 /// replaced; a price that differs from the public price in force becomes a new version
 /// effective from the document's `effective_from` (default now); versions are never edited or
 /// back-dated. Idempotent: applying the same document again creates no new versions.
+///
+/// The answer lists the change endpoint by endpoint (`changes`: added or changed, the
+/// metadata fields that change, the price from and to and when it takes effect, machine
+/// prices) and warns of any price that moves by more than 3x either way. With
+/// `dry_run=true` the same answer is computed against the catalog as it is and nothing is
+/// written (an invalid document answers the same 400).
 #[utoipa::path(
     put, path = "/v1/admin/catalog", tag = tags::OPERATOR, operation_id = "applyCatalog",
     security(("Key" = ["OPERATOR"])),
+    params(CatalogParams),
     request_body(content = String, content_type = "application/toml",
         description = "The catalog document (TOML).", example = json!(CATALOG_EXAMPLE)),
     responses(
         OperatorErrors,
-        (status = 200, description = "The catalog was applied.", body = CatalogApplied),
+        (status = 200, description = "The catalog was applied (or, with `dry_run`, what it \
+            would change).", body = CatalogApplied),
         (status = 415, description = "`validation_error`: the `Content-Type` is neither \
             `application/toml` nor `text/*`.", body = ErrorResponse),
     )
@@ -564,7 +717,7 @@ const CATALOG_EXAMPLE: &str = "prices_read_on = \"2026-09-15\"\n\n\
 pub async fn apply_catalog(
     State(state): State<AppState>,
     _: Operator,
-    _: Params<NoParams>,
+    Params(params): Params<CatalogParams>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<axum::Json<CatalogApplied>, ApiError> {
@@ -587,20 +740,21 @@ pub async fn apply_catalog(
         }
         err
     })?;
-    match state
-        .engine
-        .admin(AdminCmd::ApplyCatalog(Box::new(doc)))
-        .await?
-    {
-        AdminReply::CatalogApplied {
-            endpoints,
-            versions_created,
-        } => Ok(axum::Json(CatalogApplied {
-            endpoints,
-            price_versions_created: versions_created,
-        })),
-        _ => Err(ApiError::server("unexpected reply")),
-    }
+    let cmd = if params.dry_run {
+        AdminCmd::PreviewCatalog(Box::new(doc))
+    } else {
+        AdminCmd::ApplyCatalog(Box::new(doc))
+    };
+    let plan = match state.engine.admin(cmd).await? {
+        AdminReply::CatalogApplied { plan, .. } | AdminReply::CatalogPlanned(plan) => plan,
+        _ => return Err(ApiError::server("unexpected reply")),
+    };
+    Ok(axum::Json(CatalogApplied {
+        dry_run: params.dry_run,
+        endpoints: plan.endpoints,
+        price_versions_created: plan.versions_created(),
+        changes: catalog_changes(&plan),
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -628,17 +782,21 @@ pub struct RollupMismatch {
     line_items_nano_usd: i64,
 }
 
-/// The ledger, checked end to end. Totals are decimal strings of nano-USD (they may exceed
-/// a JSON number's exact range).
+/// The ledger, checked end to end. Totals are integers of nano-USD, like every amount.
 #[derive(Serialize, ToSchema)]
 pub struct Reconciliation {
     /// Every check below agrees.
     clean: bool,
-    revenue_nano_usd: String,
-    billed_nano_usd: String,
-    purchased_nano_usd: String,
-    credited_nano_usd: String,
-    expired_nano_usd: String,
+    /// Posted charges (settled holds and charges without a hold).
+    revenue_nano_usd: i64,
+    /// The line items' totals.
+    billed_nano_usd: i64,
+    /// The purchases' amounts.
+    purchased_nano_usd: i64,
+    /// Credits added by purchases and grants.
+    credited_nano_usd: i64,
+    /// Credits expired unspent.
+    expired_nano_usd: i64,
     lot_mismatches: Vec<AmountMismatch>,
     balance_mismatches: Vec<AmountMismatch>,
     held_mismatches: Vec<AmountMismatch>,
@@ -678,13 +836,17 @@ pub async fn reconciliation(
     _: Params<NoParams>,
 ) -> Result<axum::Json<Reconciliation>, ApiError> {
     let r = state.engine.read(|r| r.reconcile()).await?;
+    // The store sums each total as a 64-bit integer, so they fit; a total that did not would
+    // be a corrupt ledger, not a number to round.
+    let int =
+        |v: i128| i64::try_from(v).map_err(|_| ApiError::server("a ledger total exceeds 64 bits"));
     Ok(axum::Json(Reconciliation {
         clean: r.is_clean(),
-        revenue_nano_usd: r.revenue_nanos.to_string(),
-        billed_nano_usd: r.billed_nanos.to_string(),
-        purchased_nano_usd: r.purchased_nanos.to_string(),
-        credited_nano_usd: r.credited_nanos.to_string(),
-        expired_nano_usd: r.expired_nanos.to_string(),
+        revenue_nano_usd: int(r.revenue_nanos)?,
+        billed_nano_usd: int(r.billed_nanos)?,
+        purchased_nano_usd: int(r.purchased_nanos)?,
+        credited_nano_usd: int(r.credited_nanos)?,
+        expired_nano_usd: int(r.expired_nanos)?,
         lot_mismatches: amounts(&r.lot_mismatches),
         balance_mismatches: amounts(&r.balance_mismatches),
         held_mismatches: amounts(&r.held_mismatches),

@@ -232,6 +232,17 @@ impl From<Rejection> for ApiError {
                 .with("available_nano_usd", available.0)
                 .with("required_nano_usd", required.0),
             Rejection::WrongState { .. } | Rejection::Conflict(_) => ApiError::conflict(msg),
+            Rejection::RequestExpired(_) => {
+                ApiError::new(StatusCode::CONFLICT, "request_expired", msg)
+            }
+            Rejection::OutputMismatch { unit, mismatch } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "output_mismatch",
+                msg,
+            )
+            .with("field", mismatch.missing)
+            .with("unexpected", mismatch.unexpected)
+            .with("unit", unit),
         }
     }
 }

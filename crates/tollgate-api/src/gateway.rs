@@ -296,6 +296,9 @@ pub struct BillingResult {
     /// The account's balance right after this request settled.
     pub balance_nano_usd: i64,
     pub status_code: u16,
+    /// Completed after its hold expired: billed without a hold and without a concurrency
+    /// slot (the work was done).
+    pub late: bool,
 }
 
 pub fn billing_result(r: &RequestRecord, c: &Completion) -> BillingResult {
@@ -317,6 +320,7 @@ pub fn billing_result(r: &RequestRecord, c: &Completion) -> BillingResult {
         cost_estimate_nano_usd: ch.total_nanos.0,
         balance_nano_usd: c.balance_after.0,
         status_code: c.status_code,
+        late: c.late,
     }
 }
 
@@ -348,9 +352,25 @@ impl ToSchema for BillableUnits {}
 /// unless the endpoint bills a 4xx's inference seconds; for 500-599, nothing: the hold is
 /// voided. Queue time is never billed.
 ///
+/// **Output mismatch.** A successful completion (200-399) without `billable_units` whose
+/// `output` lacks what the price measures (no `images` for an image or megapixel price, no
+/// `video_seconds` for a per-second video price, no `tokens` for a token price, ...) is
+/// refused with 422 `output_mismatch`: `error.field` names the missing field and
+/// `error.unexpected` the measured fields the output carries instead (`images` sent to a video
+/// price). Nothing is billed, the request stays `IN_PROGRESS` with its hold, and the refusal
+/// is not kept as its answer: a corrected completion is accepted. An endpoint whose catalog
+/// entry sets `missing_units` bills such an output as one unit (`one_unit`) or as its
+/// inference seconds x GPUs at its machine's price (`compute_seconds`) instead.
+///
+/// **Late completion.** A request whose hold expired (`EXPIRED`) is still billed when its
+/// completion arrives (the work was done), without a hold and without taking a concurrency
+/// slot: `late: true`, and inference seconds not reported are measured from start to the
+/// hold's expiry. A 5xx bills nothing. An endpoint whose catalog entry says
+/// `late_completion = "refuse"` answers 409 `request_expired` instead.
+///
 /// Idempotent: a repeat answers the first answer (header `idempotent-replayed: true`) and
-/// bills nothing again. Completing a request that was never started, was cancelled or has
-/// expired answers 409.
+/// bills nothing again. Completing a request that was never started or was cancelled answers
+/// 409.
 #[utoipa::path(
     post, path = "/v1/requests/{request_id}/complete", tag = tags::GATEWAY,
     operation_id = "completeRequest", security(("Key" = ["OPERATOR"])),
@@ -365,8 +385,13 @@ impl ToSchema for BillableUnits {}
                 ("idempotent-replayed" = Replayed),
             )),
         (status = 404, description = "`not_found`: unknown request.", body = ErrorResponse),
-        (status = 409, description = "`conflict`: the request is `IN_QUEUE` (never started), \
-            `CANCELLED` or `EXPIRED`.", body = ErrorResponse),
+        (status = 409, description = "`conflict`: the request is `IN_QUEUE` (never started) \
+            or `CANCELLED`; or `request_expired`: it expired and its endpoint refuses late \
+            completions.", body = ErrorResponse),
+        (status = 422, description = "`output_mismatch`: a successful output lacks what the \
+            price measures (`error.field`) or carries only what it cannot measure \
+            (`error.unexpected`); nothing was billed and the request stays `IN_PROGRESS`.",
+            body = ErrorResponse),
     )
 )]
 pub async fn complete(
@@ -472,6 +497,8 @@ pub struct RequestView {
     price_version: i64,
     machine_type: Option<MachineType>,
     num_gpus: u32,
+    /// Completed after its hold expired (billed without a hold).
+    late: bool,
     /// Once finished: the billing result.
     #[serde(skip_serializing_if = "Option::is_none")]
     billing: Option<BillingResult>,
@@ -510,6 +537,7 @@ pub async fn show(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("unknown request {request_id}")))?;
     Ok(axum::Json(RequestView {
+        late: r.completion.as_ref().is_some_and(|c| c.late),
         billing: r.completion.as_ref().map(|c| billing_result(&r, c)),
         request_id: r.id,
         status: r.status,
@@ -658,8 +686,12 @@ fn place_in_event(mut e: ApiError) -> ApiError {
 /// event and `error.field` the field). Every event of a well-formed call gets one result, in
 /// order: its billing result, or its own error for what the catalog, the accounts or the price
 /// refuse (an unknown account or endpoint, no price in force, an output the price cannot rate,
-/// a timestamp too far in the future), while the others are billed. Idempotent on `event_id`:
-/// a duplicate answers the first result with `duplicate: true` and bills nothing again.
+/// a timestamp too far in the future), while the others are billed. An event whose successful
+/// output lacks what the price measures is refused as a completion is (422 `output_mismatch`,
+/// including a compute price without `inference_seconds`), unless the endpoint's
+/// `missing_units` bills it otherwise. Idempotent on `event_id`: a duplicate answers the first
+/// result with `duplicate: true` and bills nothing again; a refused event is not recorded, so
+/// the same `event_id` sent again, corrected, is billed.
 #[utoipa::path(
     post, path = "/v1/usage-events", tag = tags::GATEWAY, operation_id = "reportUsageEvents",
     security(("Key" = ["OPERATOR"])),

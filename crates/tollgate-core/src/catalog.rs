@@ -7,6 +7,7 @@
 //! in [`document`].
 
 pub mod document;
+pub mod plan;
 
 use crate::concurrency::ConcurrencyTable;
 use crate::ids::{AccountId, EndpointId, MachineType};
@@ -44,6 +45,59 @@ pub struct EndpointDef {
     pub hold_units: Decimal,
     /// A started request not completed within this time expires unbilled.
     pub hold_timeout_s: u32,
+    /// What a successful output that lacks what the price measures is billed.
+    #[serde(default)]
+    pub missing_units: MissingUnits,
+    /// What a completion that arrives after the request's hold expired does.
+    #[serde(default)]
+    pub late_completion: LateCompletion,
+}
+
+/// What a successful completion is billed when its output lacks what the endpoint's price
+/// measures (no `images` for a megapixel price, no `video_seconds` for a per-second video
+/// price) and no `billable_units` are reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingUnits {
+    /// Refused (422 `output_mismatch`): nothing is billed and the request stays in progress,
+    /// so the gateway can send the completion again with the output.
+    #[default]
+    Refuse,
+    /// The inference seconds x GPUs at the endpoint's machine price (needs `machine_type`).
+    ComputeSeconds,
+    /// One billable unit of the price (fal's default for apps that report nothing).
+    OneUnit,
+}
+
+impl MissingUnits {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MissingUnits::Refuse => "refuse",
+            MissingUnits::ComputeSeconds => "compute_seconds",
+            MissingUnits::OneUnit => "one_unit",
+        }
+    }
+}
+
+/// What a completion that arrives after the request's hold expired does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LateCompletion {
+    /// Billed as it would have been on time (the work was done), without a hold and without
+    /// taking a concurrency slot; the answer says `late: true`.
+    #[default]
+    Bill,
+    /// Refused (409 `request_expired`): an expired request stays expired and unbilled.
+    Refuse,
+}
+
+impl LateCompletion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LateCompletion::Bill => "bill",
+            LateCompletion::Refuse => "refuse",
+        }
+    }
 }
 
 /// A price in force from `effective_from` until the next version of the same scope.

@@ -12,12 +12,12 @@
 //! (settled with the actual cost; a 5xx voids the hold) or `CANCELLED` or `EXPIRED` (hold voided,
 //! nothing billed).
 
-use crate::catalog::{Catalog, EndpointDef, PriceVersion};
+use crate::catalog::{Catalog, EndpointDef, LateCompletion, MissingUnits, PriceVersion};
 use crate::ids::{AccountId, ApiKeyId, EndpointId, MachineType, PurchaseId, RequestId};
 use crate::ledger::{CreditAccount, HoldError, Transfer, TransferKind};
 use crate::money::{MoneyError, Nanos};
 use crate::policy::{billing_for, BadStatus, Billing};
-use crate::price::{Output, PriceRule, RateError, Rated, Unit, Usage};
+use crate::price::{Output, OutputMismatch, PriceRule, RateError, Rated, Unit, Usage};
 use crate::pricing::{Charge, Discounts};
 use crate::time::Timestamp;
 use rust_decimal::Decimal;
@@ -181,6 +181,9 @@ pub struct Completion {
     pub charge: Charge,
     /// The account balance right after this request settled.
     pub balance_after: Nanos,
+    /// Completed after its hold expired: billed without a hold and without a slot.
+    #[serde(default)]
+    pub late: bool,
 }
 
 /// One request, in any state.
@@ -392,6 +395,19 @@ pub enum Rejection {
     },
     #[error("{0}")]
     Conflict(String),
+    /// A completion of a request whose hold expired, on an endpoint that refuses them.
+    #[error(
+        "request {0} expired before it was completed; its endpoint does not bill late completions"
+    )]
+    RequestExpired(RequestId),
+    /// A successful output that lacks what the price measures (and the endpoint refuses to
+    /// bill it otherwise): nothing is billed and the request is left as it was.
+    #[error("{mismatch}; nothing was billed: send the completion again with `{}` (what the {unit} price measures) or `billable_units`", .mismatch.missing)]
+    OutputMismatch {
+        /// The price's unit label.
+        unit: String,
+        mismatch: OutputMismatch,
+    },
     #[error("invalid usage: {0}")]
     InvalidUsage(#[from] RateError),
     #[error(transparent)]
@@ -773,6 +789,10 @@ fn start(
 }
 
 /// Rates a finished request. Pure: reads the account only for its discount position.
+/// `inference_seconds` is `None` when they are unknown (a usage event that did not report
+/// them): they then count as 0, and a price that measures them finds them missing. A
+/// successful output that lacks what the price measures is refused, billed as one unit or as
+/// compute seconds, as the endpoint's `missing_units` says.
 #[allow(clippy::too_many_arguments)]
 fn rate_finished(
     cx: &Ctx,
@@ -782,20 +802,41 @@ fn rate_finished(
     status_code: u16,
     output: Output,
     billable_units: Option<Decimal>,
-    inference_seconds: Decimal,
+    inference_seconds: Option<Decimal>,
     machine: Option<&MachineType>,
     num_gpus: u32,
 ) -> Result<(bool, String, Charge), Rejection> {
-    let billing = billing_for(status_code, def.four_xx)?;
-    let usage = Usage {
+    let mut billing = billing_for(status_code, def.four_xx)?;
+    let mut usage = Usage {
         output,
         billable_units,
-        inference_seconds,
+        inference_seconds: inference_seconds.unwrap_or_default(),
         num_gpus,
         machine_price_per_second: cx.catalog.machine_price(machine),
     };
     // Validate even what will not be billed: bad input is refused, never silently accepted.
     usage.validate()?;
+    if billing == Billing::Output && billable_units.is_none() {
+        if let Some(mismatch) = rule.output_mismatch(&usage.output, inference_seconds.is_some()) {
+            let refuse = |mismatch| Rejection::OutputMismatch {
+                unit: rule.unit_label(),
+                mismatch,
+            };
+            match def.missing_units {
+                MissingUnits::Refuse => return Err(refuse(mismatch)),
+                // One unit of a token price means nothing: refused as it is.
+                MissingUnits::OneUnit if rule.tokens.is_some() => return Err(refuse(mismatch)),
+                MissingUnits::OneUnit => usage.billable_units = Some(Decimal::ONE),
+                MissingUnits::ComputeSeconds if inference_seconds.is_none() => {
+                    return Err(refuse(OutputMismatch {
+                        missing: "inference_seconds",
+                        unexpected: vec![],
+                    }))
+                }
+                MissingUnits::ComputeSeconds => billing = Billing::InferenceSeconds,
+            }
+        }
+    }
     let (rule, billed) = match billing {
         Billing::Output => (rule.clone(), true),
         Billing::InferenceSeconds => (inference_seconds_rule(), true),
@@ -826,8 +867,15 @@ fn complete(
     inference_seconds: Option<Decimal>,
 ) -> Result<Outcome, Rejection> {
     let req = lookup(state, &request_id)?.clone();
+    let late = req.status == RequestStatus::Expired;
     match req.status {
         RequestStatus::InProgress => {}
+        RequestStatus::Expired => {
+            let def = cx.catalog.endpoints.get(&req.endpoint);
+            if def.is_none_or(|d| d.late_completion == LateCompletion::Refuse) {
+                return Err(Rejection::RequestExpired(request_id));
+            }
+        }
         RequestStatus::Completed | RequestStatus::Failed => {
             let completion = req
                 .completion
@@ -853,7 +901,14 @@ fn complete(
         .get(&req.endpoint)
         .ok_or_else(|| Rejection::UnknownEndpoint(req.endpoint.clone()))?;
     let rule = &version(cx, &req)?.rule;
-    let measured_ms = cx.now.ms_since(req.started_at.unwrap_or(cx.now));
+    // Measured from start to complete; for a late completion, to when its hold expired (the
+    // time tollgate knew it ran), so a runner that was silent is not billed the silence.
+    let end = if late {
+        req.finished_at.unwrap_or(cx.now)
+    } else {
+        cx.now
+    };
+    let measured_ms = end.ms_since(req.started_at.unwrap_or(end));
     let inference = inference_seconds.unwrap_or_else(|| ms_to_seconds(measured_ms));
 
     let acct = state.account_mut(&req.account)?;
@@ -866,23 +921,35 @@ fn complete(
         status_code,
         output,
         billable_units,
-        inference,
+        Some(inference),
         req.machine_type.as_ref(),
         req.num_gpus,
     )?;
-    let transfers = if billed {
-        next.record_charge(&charge)?;
-        next.credit.settle(req.hold, charge.total_nanos)?.1
+    let transfers = if late {
+        // The hold was voided and the slot freed when it expired: the work done is charged
+        // as a usage event is, without a hold.
+        if billed {
+            next.record_charge(&charge)?;
+            vec![next.credit.charge(charge.total_nanos)?]
+        } else {
+            vec![]
+        }
     } else {
-        vec![next.credit.release(req.hold, TransferKind::Void)?]
+        next.in_progress = next.in_progress.saturating_sub(1);
+        if billed {
+            next.record_charge(&charge)?;
+            next.credit.settle(req.hold, charge.total_nanos)?.1
+        } else {
+            vec![next.credit.release(req.hold, TransferKind::Void)?]
+        }
     };
-    next.in_progress = next.in_progress.saturating_sub(1);
     let completion = Completion {
         status_code,
         billed,
         unit,
         charge,
         balance_after: next.credit.balance,
+        late,
     };
     *acct = next;
     state.dirty_accounts.insert(req.account.clone());
@@ -1157,7 +1224,7 @@ fn usage_event(state: &mut BatchState, cx: &Ctx, e: UsageEvent) -> Result<Outcom
         e.status_code,
         e.output,
         e.billable_units,
-        inference,
+        e.inference_seconds,
         machine.as_ref(),
         num_gpus,
     )?;
@@ -1172,6 +1239,7 @@ fn usage_event(state: &mut BatchState, cx: &Ctx, e: UsageEvent) -> Result<Outcom
         unit,
         charge,
         balance_after: next.credit.balance,
+        late: false,
     };
     *acct = next;
     state.dirty_accounts.insert(e.account.clone());

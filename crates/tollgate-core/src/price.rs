@@ -526,6 +526,108 @@ fn check_dims(field: &'static str, images: &[Dims]) -> Result<(), RateError> {
     Ok(())
 }
 
+/// A successful output that lacks what its price measures: `missing` names the field the price
+/// needs (`output.images`, `output.video_seconds`, `inference_seconds`, ...), `unexpected` the
+/// measured fields the output carries instead, which that price cannot bill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputMismatch {
+    pub missing: &'static str,
+    pub unexpected: Vec<&'static str>,
+}
+
+impl std::fmt::Display for OutputMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the output has no `{}`", self.missing)?;
+        if !self.unexpected.is_empty() {
+            let names: Vec<String> = self.unexpected.iter().map(|u| format!("`{u}`")).collect();
+            write!(
+                f,
+                " and carries {}, which the price cannot measure",
+                names.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Output {
+    /// The measured (output) fields this output carries, in the order of [`Output`]. Input
+    /// images and attributes describe the request, not what it produced, and are left out.
+    pub fn measured_fields(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if !self.images.is_empty() {
+            v.push("output.images");
+        }
+        if self.videos.is_some() {
+            v.push("output.videos");
+        }
+        if self.video_seconds.is_some() {
+            v.push("output.video_seconds");
+        }
+        if self.audio_seconds.is_some() {
+            v.push("output.audio_seconds");
+        }
+        if self.characters.is_some() {
+            v.push("output.characters");
+        }
+        if self.frames.is_some() {
+            v.push("output.frames");
+        }
+        if self.input_frames.is_some() {
+            v.push("output.input_frames");
+        }
+        if self.tokens.is_some() {
+            v.push("output.tokens");
+        }
+        v
+    }
+}
+
+impl PriceRule {
+    /// Whether a successful output has what this price measures, when the runner reported no
+    /// `billable_units` (which win over the output, so they never mismatch).
+    /// `inference_reported` says whether the inference seconds are known (measured by a
+    /// lifecycle, or reported by a usage event). `None`: the output can be rated.
+    ///
+    /// A price measures one field; the output lacks it when it is absent (an empty `images`
+    /// list counts as absent). Per-request prices measure nothing, and per-video prices count
+    /// one video when nothing is reported, so they mismatch only when the output carries
+    /// another unit's measure and nothing of a video (`images` sent to a video price).
+    pub fn output_mismatch(
+        &self,
+        output: &Output,
+        inference_reported: bool,
+    ) -> Option<OutputMismatch> {
+        let o = output;
+        let (missing, present) = match self.unit {
+            Unit::Request => return None,
+            Unit::Video => {
+                let video = o.videos.is_some() || o.video_seconds.is_some() || o.frames.is_some();
+                let measured = o.measured_fields();
+                if video || measured.is_empty() {
+                    return None;
+                }
+                return Some(OutputMismatch {
+                    missing: "output.videos",
+                    unexpected: measured,
+                });
+            }
+            Unit::Image | Unit::Megapixel => ("output.images", !o.images.is_empty()),
+            Unit::VideoSecond => ("output.video_seconds", o.video_seconds.is_some()),
+            Unit::AudioSecond => ("output.audio_seconds", o.audio_seconds.is_some()),
+            Unit::Character => ("output.characters", o.characters.is_some()),
+            Unit::Frame => ("output.frames", o.frames.is_some()),
+            Unit::InputFrame => ("output.input_frames", o.input_frames.is_some()),
+            Unit::Token => ("output.tokens", o.tokens.is_some()),
+            Unit::ComputeSecond | Unit::GpuSecond => ("inference_seconds", inference_reported),
+        };
+        (!present).then(|| OutputMismatch {
+            missing,
+            unexpected: o.measured_fields(),
+        })
+    }
+}
+
 impl Usage {
     /// Rejects negative or absurd quantities before anything is rated.
     pub fn validate(&self) -> Result<(), RateError> {
@@ -981,6 +1083,101 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(r.rate(&worst).unwrap().subtotal, bound);
+    }
+
+    fn output(json: &str) -> Output {
+        serde_json::from_str(json).unwrap()
+    }
+
+    /// What each unit measures, and what an output that lacks it is told.
+    #[test]
+    fn an_output_without_what_the_price_measures_is_a_mismatch() {
+        // (unit, output, the mismatch: missing field and unexpected fields)
+        type Case = (
+            Unit,
+            &'static str,
+            Option<(&'static str, &'static [&'static str])>,
+        );
+        let cases: &[Case] = &[
+            (
+                Unit::Megapixel,
+                r#"{"images": [{"width": 8, "height": 8}]}"#,
+                None,
+            ),
+            (Unit::Megapixel, "{}", Some(("output.images", &[]))),
+            (
+                Unit::Megapixel,
+                r#"{"images": []}"#,
+                Some(("output.images", &[])),
+            ),
+            (
+                Unit::Megapixel,
+                r#"{"video_seconds": "5", "input_images": [{"width": 8, "height": 8}]}"#,
+                Some(("output.images", &["output.video_seconds"])),
+            ),
+            (
+                Unit::Image,
+                r#"{"characters": 10}"#,
+                Some(("output.images", &["output.characters"])),
+            ),
+            (Unit::VideoSecond, r#"{"video_seconds": "0"}"#, None),
+            (
+                Unit::VideoSecond,
+                r#"{"images": [{"width": 8, "height": 8}]}"#,
+                Some(("output.video_seconds", &["output.images"])),
+            ),
+            (Unit::Video, "{}", None),
+            (Unit::Video, r#"{"frames": 97}"#, None),
+            (
+                Unit::Video,
+                r#"{"images": [{"width": 8, "height": 8}]}"#,
+                Some(("output.videos", &["output.images"])),
+            ),
+            (Unit::AudioSecond, "{}", Some(("output.audio_seconds", &[]))),
+            (
+                Unit::Character,
+                r#"{"audio_seconds": "3"}"#,
+                Some(("output.characters", &["output.audio_seconds"])),
+            ),
+            (Unit::Frame, "{}", Some(("output.frames", &[]))),
+            (Unit::InputFrame, r#"{"input_frames": 33}"#, None),
+            (Unit::Token, r#"{"tokens": {"output": 1}}"#, None),
+            (Unit::Token, "{}", Some(("output.tokens", &[]))),
+            (
+                Unit::Request,
+                r#"{"images": [{"width": 8, "height": 8}]}"#,
+                None,
+            ),
+            (Unit::Request, "{}", None),
+        ];
+        for (unit, json, want) in cases {
+            let got =
+                PriceRule::per_unit(*unit, Some(Decimal::ONE)).output_mismatch(&output(json), true);
+            let want = want.map(|(missing, unexpected)| OutputMismatch {
+                missing,
+                unexpected: unexpected.to_vec(),
+            });
+            assert_eq!(got, want, "{unit:?} with {json}");
+        }
+        // Compute prices measure inference seconds: known unless a usage event left them out.
+        for unit in [Unit::ComputeSecond, Unit::GpuSecond] {
+            let r = PriceRule::per_unit(unit, Some(Decimal::ONE));
+            assert_eq!(r.output_mismatch(&Output::default(), true), None);
+            assert_eq!(
+                r.output_mismatch(&Output::default(), false)
+                    .map(|m| m.missing),
+                Some("inference_seconds")
+            );
+        }
+        let m = OutputMismatch {
+            missing: "output.video_seconds",
+            unexpected: vec!["output.images"],
+        };
+        assert_eq!(
+            m.to_string(),
+            "the output has no `output.video_seconds` and carries `output.images`, which the \
+             price cannot measure"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tollgate_core::catalog::document::CatalogDocument;
+use tollgate_core::catalog::plan::{self, CatalogPlan};
 use tollgate_core::catalog::Catalog;
 use tollgate_core::ids::{AccountId, ApiKeyId, PurchaseId};
 use tollgate_core::machine::{apply, BatchState, Op, Outcome, Rejection};
@@ -104,6 +105,9 @@ pub enum AdminCmd {
         account: Option<AccountId>,
     },
     ApplyCatalog(Box<CatalogDocument>),
+    /// What applying the document would change, against the catalog as committed; writes
+    /// nothing.
+    PreviewCatalog(Box<CatalogDocument>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +120,11 @@ pub enum AdminReply {
     CatalogApplied {
         endpoints: usize,
         versions_created: usize,
+        /// What the document changed, endpoint by endpoint.
+        plan: Box<CatalogPlan>,
     },
+    /// What the document would change (nothing was written).
+    CatalogPlanned(Box<CatalogPlan>),
 }
 
 type OpsReply = oneshot::Sender<Result<Vec<Result<Outcome, Rejection>>, EngineError>>;
@@ -683,15 +691,18 @@ fn run_admin(
                     reply = AdminReply::Revoked(tx.revoke_api_key(key_id, account.as_ref(), now)?)
                 }
                 AdminCmd::ApplyCatalog(doc) => {
-                    let (endpoints, versions_created) = apply_catalog(tx, doc, now, &mut invalid)?;
-                    if let Some(input) = &invalid {
-                        return Err(refused(input));
-                    }
+                    let plan = apply_catalog(tx, doc, now, &mut invalid)?;
                     reply = AdminReply::CatalogApplied {
-                        endpoints,
-                        versions_created,
+                        endpoints: plan.endpoints,
+                        versions_created: plan.versions_created(),
+                        plan: Box::new(plan),
                     };
                     new_catalog = Some((tx.catalog_generation()?, tx.load_catalog()?));
+                }
+                AdminCmd::PreviewCatalog(doc) => {
+                    let current = tx.load_catalog()?;
+                    let plan = plan_catalog(&current, doc, now, &mut invalid)?;
+                    reply = AdminReply::CatalogPlanned(Box::new(plan));
                 }
             }
             Ok(())
@@ -758,42 +769,43 @@ fn set_terms(
     Ok(change.prices.len())
 }
 
+/// The change `doc` makes to `current` ([`plan::plan`]); a document that cannot be applied is
+/// refused with its line and field in `invalid`.
+fn plan_catalog(
+    current: &tollgate_core::catalog::Catalog,
+    doc: &CatalogDocument,
+    now: Timestamp,
+    invalid: &mut Option<InvalidInput>,
+) -> Result<CatalogPlan, StoreError> {
+    plan::plan(current, doc, now).map_err(|e| {
+        let input = InvalidInput {
+            message: e.to_string(),
+            field: Some(e.field.clone()),
+            line: e.line,
+        };
+        let error = refused(&input);
+        *invalid = Some(input);
+        error
+    })
+}
+
 /// Applies a catalog document: endpoint metadata is replaced; a price that differs from the
 /// public price in force becomes a new version effective from the document's `effective_from`
 /// (default: now). Versions are never edited and never back-dated before an existing one.
+/// Returns the change, as [`plan::plan`] computes it for a preview.
 fn apply_catalog(
     tx: &mut dyn Tx,
     doc: &CatalogDocument,
     now: Timestamp,
     invalid: &mut Option<InvalidInput>,
-) -> Result<(usize, usize), StoreError> {
+) -> Result<CatalogPlan, StoreError> {
     let current = tx.load_catalog()?;
-    let at = doc.effective_from.unwrap_or(now);
-    let mut created = 0;
+    let plan = plan_catalog(&current, doc, now, invalid)?;
     for entry in &doc.endpoints {
-        let id = &entry.def.id;
-        if current
-            .latest(id, None)
-            .is_some_and(|v| v.rule == entry.rule)
-        {
-            tx.upsert_endpoint(&entry.def, now)?;
-            continue;
-        }
-        if current.may_take_effect(id, None, at).is_err() {
-            *invalid = Some(InvalidInput {
-                message: format!(
-                    "line {}, field `effective_from`: the price of {id} already has a \
-                         version effective from a later time; versions cannot be back-dated",
-                    entry.line
-                ),
-                field: Some("effective_from".into()),
-                line: Some(entry.line),
-            });
-            return Ok((0, 0));
-        }
         tx.upsert_endpoint(&entry.def, now)?;
-        tx.insert_price_version(id, None, at, &entry.rule, now)?;
-        created += 1;
+        if plan.creates_version(&entry.def.id) {
+            tx.insert_price_version(&entry.def.id, None, plan.effective_from, &entry.rule, now)?;
+        }
     }
     // Documents merge into the catalog: endpoints and machine types a document does not name
     // are kept, so a document that adds one endpoint cannot erase the machine prices.
@@ -804,5 +816,5 @@ fn apply_catalog(
         tx.set_concurrency_table(table)?;
     }
     tx.set_prices_read_on(&doc.prices_read_on)?;
-    Ok((doc.endpoints.len(), created))
+    Ok(plan)
 }

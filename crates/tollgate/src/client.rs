@@ -107,11 +107,21 @@ pub enum KeyCmd {
 #[derive(Subcommand)]
 pub enum CatalogCmd {
     /// Apply a catalog file (TOML, see catalog/README.md). Invalid files change nothing.
+    ///
+    /// Prints the change endpoint by endpoint, and a warning on stderr for every price that
+    /// moves by more than 3x either way.
     Apply {
         file: PathBuf,
+        /// Show what the file would change on the server, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         conn: Conn,
     },
+    /// Check a catalog file offline, exactly as the server would parse and validate it (no
+    /// server needed). Names the line and field of the first error; prints a summary when
+    /// the file is valid.
+    Check { file: PathBuf },
 }
 
 fn call(
@@ -218,15 +228,82 @@ pub fn key(cmd: KeyCmd) -> anyhow::Result<()> {
 }
 
 pub fn catalog(cmd: CatalogCmd) -> anyhow::Result<()> {
-    let CatalogCmd::Apply { file, conn } = cmd;
+    let (file, dry_run, conn) = match cmd {
+        CatalogCmd::Check { file } => return check_catalog(&file),
+        CatalogCmd::Apply {
+            file,
+            dry_run,
+            conn,
+        } => (file, dry_run, conn),
+    };
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read {}", file.display()))?;
-    let url = conn.url("/v1/admin/catalog")?;
+    let path = if dry_run {
+        "/v1/admin/catalog?dry_run=true"
+    } else {
+        "/v1/admin/catalog"
+    };
+    let url = conn.url(path)?;
     let req = reqwest::blocking::Client::new()
         .put(&url)
         .header("Authorization", format!("Key {}", conn.operator_key()?))
         .header("Content-Type", "application/toml")
         .body(text);
-    print(&send(req, &url)?);
+    let answer = send(req, &url)?;
+    print(&answer);
+    for w in answer["changes"]["warnings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let line = w["line"]
+            .as_u64()
+            .map(|l| format!("line {l}, "))
+            .unwrap_or_default();
+        eprintln!(
+            "warning: {}: {line}field `{}`: {}",
+            file.display(),
+            w["field"].as_str().unwrap_or_default(),
+            w["message"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `tollgate catalog check FILE`: the server's parser and validation, offline.
+fn check_catalog(file: &std::path::Path) -> anyhow::Result<()> {
+    use tollgate_core::catalog::document;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let doc = document::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let mut units: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in &doc.endpoints {
+        *units.entry(e.rule.unit_label()).or_default() += 1;
+    }
+    let units: Vec<String> = units.iter().map(|(u, n)| format!("{n} {u}")).collect();
+    println!("{}: valid", file.display());
+    println!(
+        "  endpoints:      {} ({})",
+        doc.endpoints.len(),
+        units.join(", ")
+    );
+    println!("  machine types:  {}", doc.machines.len());
+    println!("  prices read on: {}", doc.prices_read_on);
+    println!(
+        "  effective from: {}",
+        match doc.effective_from {
+            Some(t) => chrono::DateTime::from_timestamp_millis(t.0)
+                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default(),
+            None => "when applied".into(),
+        }
+    );
+    println!(
+        "  concurrency:    {}",
+        match &doc.concurrency {
+            Some(t) => format!("{} tiers", t.rows().len()),
+            None => "unchanged (not in the file)".into(),
+        }
+    );
     Ok(())
 }

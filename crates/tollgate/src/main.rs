@@ -71,7 +71,7 @@ enum Command {
     /// Create an API key for an account (operator).
     #[command(subcommand)]
     Key(client::KeyCmd),
-    /// Apply a catalog file (operator).
+    /// Check a catalog file (offline) or apply it (operator).
     #[command(subcommand)]
     Catalog(client::CatalogCmd),
     /// Measure tollgate's write path against the naive design and the disk's limit.

@@ -37,7 +37,7 @@ impl FromQuery for BillingParams {
 
 #[derive(Serialize, ToSchema)]
 pub struct Credits {
-    /// The credit balance, USD (0 when overdrawn; the operator API shows it exactly).
+    /// The credit balance, USD (0 when overdrawn: see `owed_nano_usd`).
     #[schema(minimum = 0)]
     current_balance: Number,
     #[schema(value_type = String, example = "USD")]
@@ -45,6 +45,13 @@ pub struct Credits {
     /// tollgate's extension: `current_balance` exactly, in nano-USD.
     #[schema(minimum = 0)]
     current_balance_nano_usd: i64,
+    /// tollgate's extension: the balance exactly, signed (negative when more was spent than
+    /// the credits cover, e.g. a refund or dispute of credits already used).
+    balance_nano_usd: i64,
+    /// tollgate's extension: what the account owes, nano-USD (0 unless the balance is
+    /// negative). A purchase repays it first.
+    #[schema(minimum = 0)]
+    owed_nano_usd: i64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -58,8 +65,9 @@ pub struct AccountBilling {
 /// Account billing
 ///
 /// The account's username and, with `expand=credits`, its credit balance. fal's schema has
-/// the balance at least 0: an overdrawn balance shows as 0 here and exactly in the operator
-/// API. Needs a customer key with `ADMIN` scope.
+/// the balance at least 0: an overdrawn balance shows as 0 in `current_balance`, and exactly
+/// beside it in `balance_nano_usd` (signed) and `owed_nano_usd` (what the account owes; 0
+/// when nothing is owed). Needs a customer key with `ADMIN` scope.
 #[utoipa::path(
     get, path = "/v1/account/billing", tag = tags::FAL, operation_id = "getAccountBilling",
     security(("Key" = ["ADMIN"])),
@@ -76,11 +84,14 @@ pub async fn billing(
 ) -> Result<axum::Json<AccountBilling>, ApiError> {
     let credits = if p.expand.iter().any(|e| e == "credits") {
         let row = tollgate_query::account(&state.engine, &who.account).await?;
-        let balance = row.state.credit.balance.max(Nanos::ZERO);
+        let signed = row.state.credit.balance;
+        let balance = signed.max(Nanos::ZERO);
         Some(Credits {
             current_balance: Number::usd(balance),
             currency: "USD",
             current_balance_nano_usd: balance.0,
+            balance_nano_usd: signed.0,
+            owed_nano_usd: signed.0.saturating_neg().max(0),
         })
     } else {
         None

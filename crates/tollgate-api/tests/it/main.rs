@@ -7,7 +7,9 @@ mod harness;
 mod fal;
 mod schema;
 
+mod billing_holes;
 mod catalog;
+mod catalog_preview;
 mod lifecycle;
 mod openapi;
 mod strict_input;

@@ -26,7 +26,7 @@
 //! (`endpoint[3].price.unit_price`, counting endpoints from 0 in file order).
 //! `catalog/README.md` at the repository root documents the format field by field.
 
-use super::{EndpointDef, EndpointStatus};
+use super::{EndpointDef, EndpointStatus, LateCompletion, MissingUnits};
 use crate::concurrency::{ConcurrencyTable, ConcurrencyTier};
 use crate::decimal::PlainDecimal;
 use crate::ids::{EndpointId, MachineType};
@@ -142,6 +142,10 @@ struct RawEndpoint {
     hold_units: Option<Decimal>,
     #[serde(default)]
     hold_timeout_s: Option<u32>,
+    #[serde(default)]
+    missing_units: MissingUnits,
+    #[serde(default)]
+    late_completion: LateCompletion,
     price: PriceRule,
 }
 
@@ -543,6 +547,23 @@ fn validate_endpoint(
         );
     }
 
+    if raw.missing_units == MissingUnits::ComputeSeconds && machine_type.is_none() {
+        return fail(
+            "missing_units",
+            "`compute_seconds` bills inference seconds at the machine price, so it needs a \
+             `machine_type` (listed in [machines])"
+                .into(),
+        );
+    }
+    if raw.missing_units == MissingUnits::OneUnit && raw.price.unit == Unit::Token {
+        return fail(
+            "missing_units",
+            "`one_unit` cannot bill a `token` price (one token is not a request's worth); use \
+             `refuse` or `compute_seconds`"
+                .into(),
+        );
+    }
+
     Ok(EndpointEntry {
         def: EndpointDef {
             id,
@@ -555,6 +576,8 @@ fn validate_endpoint(
             machine_type,
             hold_units: hold_units.normalize(),
             hold_timeout_s,
+            missing_units: raw.missing_units,
+            late_completion: raw.late_completion,
         },
         rule: raw.price.clone(),
         line,
@@ -962,6 +985,57 @@ GPU-A100 = "0.000275"
         .unwrap();
         assert_eq!(d.endpoints[1].def.hold_units, Decimal::new(25, 1));
         assert_eq!(d.endpoints[1].def.hold_timeout_s, 86_400);
+    }
+
+    #[test]
+    fn missing_units_and_late_completion_are_parsed_strictly() {
+        let p = "price = { unit = \"megapixel\", unit_price = \"0.025\" }";
+        let d = parse(&doc("")).unwrap();
+        assert_eq!(d.endpoints[0].def.missing_units, MissingUnits::Refuse);
+        assert_eq!(d.endpoints[0].def.late_completion, LateCompletion::Bill);
+        let d = parse(&endpoint(&format!(
+            "missing_units = \"one_unit\"\nlate_completion = \"refuse\"\n{p}"
+        )))
+        .unwrap();
+        assert_eq!(d.endpoints[1].def.missing_units, MissingUnits::OneUnit);
+        assert_eq!(d.endpoints[1].def.late_completion, LateCompletion::Refuse);
+        let d = parse(&endpoint(&format!(
+            "machine_type = \"GPU-H100\"\nmissing_units = \"compute_seconds\"\n{p}"
+        )))
+        .unwrap();
+        assert_eq!(
+            d.endpoints[1].def.missing_units,
+            MissingUnits::ComputeSeconds
+        );
+        // An unknown value names its line and field.
+        assert_err(
+            &endpoint(&format!("missing_units = \"zero\"\n{p}")),
+            17,
+            "endpoint[1].missing_units",
+            "unknown variant `zero`",
+        );
+        assert_err(
+            &endpoint(&format!("late_completion = \"ignore\"\n{p}")),
+            17,
+            "endpoint[1].late_completion",
+            "unknown variant `ignore`",
+        );
+        // Compute seconds need a machine; one unit of a token price means nothing.
+        assert_err(
+            &endpoint(&format!("missing_units = \"compute_seconds\"\n{p}")),
+            13,
+            "endpoint[1].missing_units",
+            "machine_type",
+        );
+        assert_err(
+            &endpoint(
+                "missing_units = \"one_unit\"\n\
+                 price = { unit = \"token\", tokens = { per = \"1000000\", output = \"10\" } }",
+            ),
+            13,
+            "endpoint[1].missing_units",
+            "token",
+        );
     }
 
     #[test]

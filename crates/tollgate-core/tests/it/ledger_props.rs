@@ -57,6 +57,8 @@ fn endpoint(
         machine_type: machine.map(|m| MachineType::parse(m).unwrap()),
         hold_units: d(hold_units),
         hold_timeout_s,
+        missing_units: Default::default(),
+        late_completion: Default::default(),
     }
 }
 
@@ -73,7 +75,11 @@ fn catalog() -> Catalog {
             rule(Unit::Megapixel, Some("0.025")),
         ),
         (
-            endpoint(EP_VIDEO, "10", 30, None, FourXxPolicy::Free),
+            // A video without `video_seconds` is billed as one unit (then the minimum).
+            EndpointDef {
+                missing_units: tollgate_core::catalog::MissingUnits::OneUnit,
+                ..endpoint(EP_VIDEO, "10", 30, None, FourXxPolicy::Free)
+            },
             video_rule,
         ),
         (
@@ -258,10 +264,12 @@ fn check_step(
         );
     }
 
-    // Finished requests never change again.
+    // Finished requests never change again, except an expired one completed late (once).
     for (id, r) in &before.requests {
         let now_r = &s.requests[id];
-        if r.status.is_final() {
+        let completed_late =
+            r.status == RequestStatus::Expired && now_r.completion.as_ref().is_some_and(|c| c.late);
+        if r.status.is_final() && !completed_late {
             prop_assert_eq!(now_r, r, "finished request {} changed", id);
         }
     }
@@ -316,7 +324,6 @@ fn check_step(
             },
         ) => {
             let prev = &before.requests[request_id];
-            prop_assert_eq!(prev.status, RequestStatus::InProgress);
             let r = &s.requests[request_id];
             prop_assert!(matches!(
                 r.status,
@@ -324,9 +331,27 @@ fn check_step(
             ));
             let a = &s.accounts[&r.account];
             let b = &before.accounts[&r.account];
-            let hold = prev.hold;
             let cost = completion.charge.total_nanos;
             prop_assert_eq!(completion.balance_after, a.credit.balance);
+            prop_assert_eq!(completion.late, prev.status == RequestStatus::Expired);
+            if completion.late {
+                // Billed without a hold and without a slot: a charge of the cost, or nothing.
+                prop_assert_eq!(a.credit.held, b.credit.held);
+                prop_assert_eq!(a.in_progress, b.in_progress);
+                prop_assert_eq!(a.credit.balance, Nanos(b.credit.balance.0 - cost.0));
+                if completion.billed {
+                    prop_assert_eq!(new_transfers.len(), 1);
+                    prop_assert_eq!(new_transfers[0].transfer.kind, TransferKind::Charge);
+                    prop_assert_eq!(new_transfers[0].transfer.amount, cost);
+                    prop_assert_eq!(new_items.len(), 1);
+                    check_spending(b, a, cost)?;
+                } else {
+                    prop_assert!(new_transfers.is_empty() && new_items.is_empty());
+                }
+                return Ok(());
+            }
+            prop_assert_eq!(prev.status, RequestStatus::InProgress);
+            let hold = prev.hold;
             prop_assert_eq!(a.credit.held, Nanos(b.credit.held.0 - hold.0));
             prop_assert_eq!(a.in_progress, b.in_progress - 1);
             let amount_of = |k: TransferKind| -> i64 {
@@ -902,7 +927,7 @@ proptest! {
     #[test]
     fn more_megapixels_never_cost_less(
         account in 0..REAL_ACCOUNTS,
-        base in prop::collection::vec((1u64..=4000, 1u64..=4000), 0..4),
+        base in prop::collection::vec((1u64..=4000, 1u64..=4000), 1..4),
         grow in prop::collection::vec((0u64..=2000, 0u64..=2000), 4),
         extra in prop::collection::vec((1u64..=4000, 1u64..=4000), 0..3),
     ) {
@@ -1016,7 +1041,7 @@ fn a_hold_settles_with_post_plus_void_equal_to_the_hold() {
 }
 
 #[test]
-fn a_due_hold_expires_once_and_a_late_complete_is_refused() {
+fn a_due_hold_expires_once_and_a_late_complete_is_billed_without_a_hold() {
     let catalog = catalog();
     let step = |dt_ms, step| Timed { dt_ms, step };
     let timed = vec![
@@ -1075,16 +1100,46 @@ fn a_due_hold_expires_once_and_a_late_complete_is_refused() {
     assert_eq!(answers[3], Ok(Outcome::Expired { expired: false }));
     assert_eq!(answers[4], Ok(Outcome::Expired { expired: true }));
     assert_eq!(answers[5], Ok(Outcome::Expired { expired: false }));
-    assert!(matches!(
-        answers[6],
-        Err(Rejection::WrongState {
-            status: RequestStatus::Expired,
-            ..
-        })
-    ));
+    // The late completion is billed: 5 s (start to expiry, as tollgate saw it) x 2 GPUs at
+    // 0.000525, charged without a hold and without a slot.
+    let Ok(Outcome::Completed {
+        completion,
+        request,
+        replayed: false,
+    }) = &answers[6]
+    else {
+        panic!("a late completion is billed: {:?}", answers[6]);
+    };
+    assert!(completion.late && completion.billed);
+    assert_eq!(completion.charge.total_nanos, Nanos(5_250_000));
+    assert_eq!(request.status, RequestStatus::Completed);
     let a = &s.accounts[&account_id(0)];
-    assert_eq!(a.credit.balance, Nanos(5_000_000_000));
+    assert_eq!(a.credit.balance, Nanos(5_000_000_000 - 5_250_000));
     assert_eq!(a.credit.held, Nanos::ZERO);
+    assert_eq!(a.in_progress, 0);
+    assert_eq!(s.line_items.len(), 1);
+    let kinds: Vec<_> = s.transfers.iter().map(|t| t.transfer.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            TransferKind::Purchase,
+            TransferKind::Hold,
+            TransferKind::Expire,
+            TransferKind::Charge
+        ]
+    );
+
+    // An endpoint that refuses late completions keeps the request expired and unbilled.
+    let mut refusing = catalog.clone();
+    for def in refusing.endpoints.values_mut() {
+        def.late_completion = tollgate_core::catalog::LateCompletion::Refuse;
+    }
+    let (s, answers) = run_checked(&refusing, &timed).unwrap();
+    assert!(matches!(answers[6], Err(Rejection::RequestExpired(_))));
+    assert_eq!(
+        s.accounts[&account_id(0)].credit.balance,
+        Nanos(5_000_000_000)
+    );
     assert!(s.line_items.is_empty());
 }
 
@@ -1338,7 +1393,9 @@ fn generated_sequences_reach_every_path() {
                     }),
                 ) => {
                     let cost = completion.charge.total_nanos;
-                    if !completion.billed {
+                    if completion.late {
+                        "complete late"
+                    } else if !completion.billed {
                         "complete free"
                     } else if cost < request.hold {
                         "complete below hold"
@@ -1365,6 +1422,7 @@ fn generated_sequences_reach_every_path() {
                 (_, Err(Rejection::InvalidUsage(_))) => "invalid usage",
                 (_, Err(Rejection::BadStatus(_))) => "bad status",
                 (_, Err(Rejection::Invalid { .. })) => "invalid",
+                (_, Err(Rejection::OutputMismatch { .. })) => "output mismatch",
                 (_, Err(e)) => panic!("unexpected rejection {e}"),
             });
         })
@@ -1381,6 +1439,8 @@ fn generated_sequences_reach_every_path() {
         "event billed",
         "event free",
         "complete free",
+        "complete late",
+        "output mismatch",
         "complete below hold",
         "complete above hold",
         "started",

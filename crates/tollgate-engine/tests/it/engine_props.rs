@@ -13,6 +13,7 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
+use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -178,12 +179,17 @@ impl Harness {
             .admin(AdminCmd::ApplyCatalog(Box::new(doc)))
             .await
             .map_err(fail)?;
-        prop_assert_eq!(
-            reply,
-            AdminReply::CatalogApplied {
-                endpoints: 4,
-                versions_created: 4
-            }
+        prop_assert!(
+            matches!(
+                reply,
+                AdminReply::CatalogApplied {
+                    endpoints: 4,
+                    versions_created: 4,
+                    ..
+                }
+            ),
+            "{:?}",
+            reply
         );
         for i in 0..REAL_ACCOUNTS {
             engine
@@ -848,28 +854,50 @@ fn the_sweeper_expires_a_timed_out_hold_once() {
             assert_eq!(a.credit.balance, Nanos(1_000_000_000), "nothing billed");
 
             assert_eq!(h.engine.sweep_expired().await.unwrap(), 0);
-            // A late completion is refused and bills nothing.
-            let late = run(Op::Complete {
-                request_id: rid.clone(),
-                status_code: 200,
-                output: Output::default(),
-                billable_units: None,
-                inference_seconds: None,
-            })
-            .await;
+            // A late completion without what the price measures is refused and bills nothing.
+            let late = |output: Output, billable_units: Option<Decimal>| {
+                run(Op::Complete {
+                    request_id: rid.clone(),
+                    status_code: 200,
+                    output,
+                    billable_units,
+                    inference_seconds: None,
+                })
+            };
+            let refused = late(Output::default(), None).await;
             assert!(
-                matches!(
-                    late,
-                    Err(Rejection::WrongState {
-                        status: RequestStatus::Expired,
-                        ..
-                    })
-                ),
-                "{late:?}"
+                matches!(refused, Err(Rejection::OutputMismatch { .. })),
+                "{refused:?}"
             );
+            let r = h.request(&rid).await.unwrap().expect("stored");
+            assert_eq!(r.status, RequestStatus::Expired);
+            // One that reports its output is billed late (one image at 0.03), without a hold
+            // or a slot, and stored so that a repeat answers it again.
+            let billed = late(Output::default(), Some(Decimal::ONE)).await;
+            let Ok(Outcome::Completed {
+                completion,
+                replayed: false,
+                ..
+            }) = &billed
+            else {
+                panic!("{billed:?}");
+            };
+            assert!(completion.late && completion.billed);
+            assert_eq!(completion.charge.total_nanos, Nanos(30_000_000));
+            let r = h.request(&rid).await.unwrap().expect("stored");
+            assert_eq!(r.status, RequestStatus::Completed);
+            assert_eq!(r.completion.as_ref().map(|c| c.late), Some(true));
+            let again = late(Output::default(), Some(Decimal::ONE)).await;
+            assert!(
+                matches!(again, Ok(Outcome::Completed { replayed: true, .. })),
+                "{again:?}"
+            );
+            let a = h.account(0).await.unwrap();
+            assert_eq!((a.credit.held, a.in_progress), (Nanos::ZERO, 0));
+            assert_eq!(a.credit.balance, Nanos(970_000_000));
             let rec = h.reconcile().await.unwrap();
             assert!(rec.is_clean(), "{rec:#?}");
-            assert_eq!(rec.revenue_nanos, 0);
+            assert_eq!(rec.revenue_nanos, 30_000_000);
             assert_eq!(rec.credited_nanos, 1_000_000_000);
         });
     }

@@ -197,7 +197,37 @@ fn operator_commands_end_to_end() {
             mentions(err, &["float", r#""0.025""#]);
         }
     }
-    // Nothing of either broken document was applied: the sample is still exactly in force.
+    // A preview of a tenfold price: the change is answered and warned of, nothing written.
+    let tenfold = sample.replacen(r#"unit_price = "0.025""#, r#"unit_price = "0.25""#, 1);
+    let path = dir.path().join("tenfold.toml");
+    std::fs::write(&path, &tenfold).expect("write the changed catalog");
+    let run = tollgate(
+        &base,
+        &[
+            "catalog",
+            "apply",
+            "--dry-run",
+            path.to_str().expect("utf-8"),
+        ],
+    );
+    let preview = run.json();
+    assert_eq!(preview["dry_run"], true, "{preview}");
+    assert_eq!(preview["price_versions_created"], 1, "{preview}");
+    let change = &preview["changes"]["endpoints"][0];
+    assert_eq!(change["endpoint_id"], "fal-ai/flux/dev", "{preview}");
+    assert_eq!(change["price"]["from_unit_price"], "0.025", "{preview}");
+    assert_eq!(change["price"]["to_unit_price"], "0.25", "{preview}");
+    mentions(
+        &run.stderr,
+        &[
+            "warning:",
+            "tenfold.toml",
+            "fal-ai/flux/dev",
+            "more than 3x",
+        ],
+    );
+    // Nothing of either broken document, nor of the preview, was applied: the sample is
+    // still exactly in force.
     let again = tollgate(&base, &["catalog", "apply", SAMPLE_CATALOG]).json();
     assert_eq!(again["endpoints"], endpoints, "{again}");
     assert_eq!(
@@ -513,4 +543,52 @@ fn bench_refuses_bad_input_and_writes_nothing() {
         mentions(&run.stderr, &["--seconds", "positive number of seconds"]);
         assert!(!json.exists(), "figures were written: {run:#?}");
     }
+}
+
+/// `tollgate catalog check FILE` needs no server: it parses and validates as the server does,
+/// prints a summary of a valid file, and names the line and field of an invalid one.
+#[test]
+fn catalog_check_validates_offline() {
+    // No TOLLGATE_URL, no operator key: nothing is contacted.
+    let check = |file: &str| tollgate_with(&["catalog", "check", file], &[]);
+    let run = check(SAMPLE_CATALOG);
+    assert!(run.ok, "the sample is valid: {run:#?}");
+    mentions(
+        &run.stdout,
+        &[
+            "valid",
+            "endpoints:      34",
+            "machine types:  12",
+            "2026-09-15",
+        ],
+    );
+
+    let sample = std::fs::read_to_string(SAMPLE_CATALOG).expect("read the sample catalog");
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (replacement, at_header) in [
+        (r#"unit_price = "-0.025""#, true),
+        (r#"unit_price = 0.025"#, false),
+    ] {
+        let broken = broken_sample(&sample, replacement, at_header);
+        let path = dir.path().join("broken.toml");
+        std::fs::write(&path, &broken.text).expect("write the broken catalog");
+        let run = check(path.to_str().expect("utf-8"));
+        let line = format!("line {}", broken.line);
+        mentions(run.error(), &[&line, &broken.field, "broken.toml"]);
+    }
+    // A catalog's own rules are checked too: compute seconds need a machine.
+    let text = sample.replacen(
+        "hold_units = \"4\"\nmachine_type = \"GPU-H100\"\nmissing_units",
+        "hold_units = \"4\"\nmissing_units",
+        1,
+    );
+    assert_ne!(text, sample, "the sample has a compute_seconds example");
+    let path = dir.path().join("no-machine.toml");
+    std::fs::write(&path, &text).expect("write");
+    mentions(
+        check(path.to_str().expect("utf-8")).error(),
+        &["missing_units", "machine_type", "line "],
+    );
+    let run = check("/nonexistent/catalog.toml");
+    mentions(run.error(), &["cannot read", "/nonexistent/catalog.toml"]);
 }
