@@ -48,7 +48,7 @@ enum Command {
     Account(client::AccountCmd),
     /// Add credits to an account (operator).
     Credits(client::CreditsArgs),
-    /// Create an API key for an account (operator).
+    /// Create, list and revoke keys: customer and operator keys (operator).
     #[command(subcommand)]
     Key(client::KeyCmd),
     /// Apply a catalog file (operator).

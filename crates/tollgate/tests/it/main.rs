@@ -7,5 +7,6 @@ mod cli;
 mod cluster;
 mod common;
 mod crash;
+mod keys;
 mod openapi;
 mod schemathesis;
