@@ -123,9 +123,110 @@ pub async fn issue_key(
 ) -> Result<NewKey, ApiError> {
     tollgate_query::account(&state.engine, &account).await?;
     let key = mint_key(Some(account), scope, alias.to_string(), state.engine.now());
-    state
+    insert_new_key(state, key).await
+}
+
+/// Stores a freshly minted key; its id is a new UUID, so a taken one is a server error.
+pub async fn insert_new_key(state: &AppState, key: NewKey) -> Result<NewKey, ApiError> {
+    let reply = state
         .engine
         .admin(tollgate_engine::AdminCmd::InsertKey(key.record.clone()))
         .await?;
+    if reply != tollgate_engine::AdminReply::KeyInserted(true) {
+        return Err(ApiError::server("a new key's id was taken"));
+    }
     Ok(key)
+}
+
+/// What the operator key named at start (`TOLLGATE_OPERATOR_KEY`) is in the database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OperatorKeyAtStart {
+    /// Its id was new: it was created as an operator key.
+    Created,
+    /// A live operator key with this secret: used as it is.
+    Known,
+    /// An operator key that was revoked: it stays revoked, and does not authenticate.
+    Revoked { revoked_at: Timestamp },
+}
+
+/// Why the operator key named at start cannot be used; the server should not start with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OperatorKeyRefused {
+    /// Not `<key_id>:<key_secret>`.
+    Malformed(String),
+    /// The id is a customer key's.
+    NotOperator { key_id: ApiKeyId, scope: Scope },
+    /// The id is a live operator key's, with another secret. The environment never changes a
+    /// stored key: a new secret is a new key (another id), and the old one is revoked.
+    WrongSecret { key_id: ApiKeyId },
+    /// The database could not be read or written.
+    Engine(String),
+}
+
+impl std::fmt::Display for OperatorKeyRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OperatorKeyRefused::Malformed(m) => write!(f, "{m}"),
+            OperatorKeyRefused::NotOperator { key_id, scope } => write!(
+                f,
+                "key {key_id} is a customer key ({} scope), not an operator key; name a new \
+                 key id or an operator key",
+                scope.as_str()
+            ),
+            OperatorKeyRefused::WrongSecret { key_id } => write!(
+                f,
+                "operator key {key_id} is already stored with another secret, and a stored \
+                 key's secret never changes; use its stored secret, or give a new key id (a new \
+                 operator key) and revoke the old one with `tollgate key revoke {key_id}`"
+            ),
+            OperatorKeyRefused::Engine(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Registers the operator key an operator names at start (`<key_id>:<key_secret>`): a key id
+/// the database does not know is created as an operator key; a known one is used as it is,
+/// never changed (a revoked one stays revoked: the server starts, and says so). Operator keys
+/// live in the database, so one keeps working when it leaves the environment, until revoked.
+pub async fn register_operator_key(
+    engine: &tollgate_engine::Engine,
+    key: &str,
+) -> Result<OperatorKeyAtStart, OperatorKeyRefused> {
+    let (key_id, secret) =
+        split_key(key.trim()).map_err(|e| OperatorKeyRefused::Malformed(e.message))?;
+    let engine_error = |e: tollgate_engine::EngineError| OperatorKeyRefused::Engine(e.to_string());
+    let reply = engine
+        .admin(tollgate_engine::AdminCmd::InsertKey(ApiKeyRecord {
+            key_id: key_id.clone(),
+            account: None,
+            scope: Scope::Operator,
+            alias: "TOLLGATE_OPERATOR_KEY".into(),
+            secret_sha256: hash_secret(secret),
+            created_at: engine.now(),
+            revoked_at: None,
+        }))
+        .await
+        .map_err(engine_error)?;
+    if reply == tollgate_engine::AdminReply::KeyInserted(true) {
+        return Ok(OperatorKeyAtStart::Created);
+    }
+    // Inserting forgot what the engine had cached of the key: this is the stored key.
+    let stored = engine
+        .api_key(&key_id)
+        .await
+        .map_err(engine_error)?
+        .ok_or_else(|| OperatorKeyRefused::Engine(format!("key {key_id} vanished")))?;
+    if stored.scope != Scope::Operator {
+        return Err(OperatorKeyRefused::NotOperator {
+            key_id,
+            scope: stored.scope,
+        });
+    }
+    if let Some(revoked_at) = stored.revoked_at {
+        return Ok(OperatorKeyAtStart::Revoked { revoked_at });
+    }
+    if !same(&stored.secret_sha256, &hash_secret(secret)) {
+        return Err(OperatorKeyRefused::WrongSecret { key_id });
+    }
+    Ok(OperatorKeyAtStart::Known)
 }

@@ -161,6 +161,13 @@ impl PathParam for AccountId {
     }
 }
 
+impl PathParam for ApiKeyId {
+    const NAME: &'static str = "key_id";
+    fn parse(text: &str) -> Result<Self, String> {
+        ApiKeyId::parse(text).map_err(|e| e.to_string())
+    }
+}
+
 impl PathParam for RequestId {
     const NAME: &'static str = "request_id";
     fn parse(text: &str) -> Result<Self, String> {

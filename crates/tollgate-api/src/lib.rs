@@ -8,6 +8,8 @@
 //! ([`routes`]), so what is served and what is documented are one list.
 
 pub mod admin;
+pub mod admin_accounts;
+pub mod admin_keys;
 pub mod auth;
 pub mod error;
 pub mod extract;
@@ -39,10 +41,18 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(openapi::serve))
         // Operator
-        .routes(routes!(admin::create_account))
+        .routes(routes!(
+            admin::create_account,
+            admin_accounts::list_accounts
+        ))
         .routes(routes!(admin::show_account))
         .routes(routes!(admin::purchase))
-        .routes(routes!(admin::create_key))
+        .routes(routes!(admin::create_key, admin_keys::account_keys))
+        .routes(routes!(
+            admin_keys::operator_keys,
+            admin_keys::create_operator_key
+        ))
+        .routes(routes!(admin_keys::revoke_key))
         .routes(routes!(admin::set_pricing))
         .routes(routes!(admin::apply_catalog))
         .routes(routes!(admin::reconciliation))

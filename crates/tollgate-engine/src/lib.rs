@@ -99,6 +99,8 @@ pub enum AdminCmd {
         username: AccountId,
         change: TermsChange,
     },
+    /// Inserts a key unless a key with its id exists ([`AdminReply::KeyInserted`] says which):
+    /// a stored key, revoked or not, is never replaced.
     InsertKey(ApiKeyRecord),
     RevokeKey {
         key_id: ApiKeyId,
@@ -113,6 +115,8 @@ pub enum AdminCmd {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminReply {
     Done,
+    /// Whether [`AdminCmd::InsertKey`] inserted the key (`false`: its id was taken).
+    KeyInserted(bool),
     Revoked(bool),
     TermsSet {
         price_versions_created: usize,
@@ -171,15 +175,43 @@ impl Job {
     }
 }
 
-/// How long a key read from the database is trusted before it is read again. Within one
-/// process, inserting or revoking a key updates the cache at once; the bound matters only
-/// when several processes share a database.
+/// How long a key read from the database is trusted before it is read again, on the engine's
+/// clock. Within one process, inserting or revoking a key takes effect at once (the engine
+/// forgets what it cached of the key when its db transaction commits); the bound matters only
+/// when several processes share a database: a key revoked through one server is refused by the
+/// others at most this long after the revocation.
 pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keys read from the database, with when each was read (engine time).
+#[derive(Default)]
+struct KeyCache {
+    keys: HashMap<ApiKeyId, (ApiKeyRecord, Timestamp)>,
+    /// Counts the keys forgotten: a read that began before a key was forgotten must not put
+    /// what it read (possibly from before the change) back into the cache.
+    forgotten: u64,
+}
+
+impl KeyCache {
+    /// The cached record, if it was read less than [`KEY_CACHE_TTL`] before `now` (and not
+    /// after it: a clock that went back does not extend the trust).
+    fn fresh(&self, key_id: &ApiKeyId, now: Timestamp) -> Option<&ApiKeyRecord> {
+        let ttl_ms = KEY_CACHE_TTL.as_millis() as i64;
+        self.keys
+            .get(key_id)
+            .filter(|(_, at)| at.0 <= now.0 && now.0 - at.0 < ttl_ms)
+            .map(|(record, _)| record)
+    }
+
+    fn forget(&mut self, key_id: &ApiKeyId) {
+        self.keys.remove(key_id);
+        self.forgotten += 1;
+    }
+}
 
 struct Shared {
     /// The catalog snapshot and the generation it was read at.
     catalog: RwLock<(i64, Arc<Catalog>)>,
-    keys: Mutex<HashMap<ApiKeyId, (ApiKeyRecord, std::time::Instant)>>,
+    keys: Mutex<KeyCache>,
     readers: Mutex<Vec<Box<dyn Reader>>>,
     open_reader: ReaderFactory,
     clock: Clock,
@@ -216,7 +248,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             catalog: RwLock::new(catalog),
             readers: Mutex::new(vec![first]),
-            keys: Mutex::new(HashMap::new()),
+            keys: Mutex::new(KeyCache::default()),
             open_reader,
             clock,
             sync_failure: std::sync::OnceLock::new(),
@@ -319,19 +351,26 @@ impl Engine {
     /// The key with this id, from a short-lived cache in front of the database (API keys are
     /// checked on every call).
     pub async fn api_key(&self, key_id: &ApiKeyId) -> Result<Option<ApiKeyRecord>, EngineError> {
-        if let Some((record, at)) = self.shared.keys.lock().expect("key cache").get(key_id) {
-            if at.elapsed() < KEY_CACHE_TTL {
+        let forgotten = {
+            let cache = self.shared.keys.lock().expect("key cache");
+            if let Some(record) = cache.fresh(key_id, self.now()) {
                 return Ok(Some(record.clone()));
             }
-        }
+            cache.forgotten
+        };
         let id = key_id.clone();
         let found = self.read(move |r| r.api_key(&id)).await?;
         if let Some(record) = &found {
             let mut cache = self.shared.keys.lock().expect("key cache");
-            if cache.len() > 100_000 {
-                cache.clear();
+            // A key inserted or revoked meanwhile may have been read as it was before.
+            if cache.forgotten == forgotten {
+                if cache.keys.len() > 100_000 {
+                    cache.keys.clear();
+                }
+                cache
+                    .keys
+                    .insert(key_id.clone(), (record.clone(), self.now()));
             }
-            cache.insert(key_id.clone(), (record.clone(), std::time::Instant::now()));
         }
         Ok(found)
     }
@@ -686,7 +725,7 @@ fn run_admin(
                         new_catalog = Some((tx.catalog_generation()?, tx.load_catalog()?));
                     }
                 }
-                AdminCmd::InsertKey(k) => tx.insert_api_key(k)?,
+                AdminCmd::InsertKey(k) => reply = AdminReply::KeyInserted(tx.insert_api_key(k)?),
                 AdminCmd::RevokeKey { key_id, account } => {
                     reply = AdminReply::Revoked(tx.revoke_api_key(key_id, account.as_ref(), now)?)
                 }
@@ -717,7 +756,7 @@ fn run_admin(
     if let AdminCmd::InsertKey(ApiKeyRecord { key_id, .. }) | AdminCmd::RevokeKey { key_id, .. } =
         &cmd
     {
-        shared.keys.lock().expect("key cache").remove(key_id);
+        shared.keys.lock().expect("key cache").forget(key_id);
     }
     Ok(reply)
 }

@@ -12,6 +12,7 @@
 //! analytics and estimates come from the rollups the write path keeps, so every figure a
 //! customer sees is a sum of the same integers as the ledger's.
 
+pub mod accounts;
 pub mod analytics;
 pub mod catalog;
 mod cursor;

@@ -273,6 +273,24 @@ pub struct AccountRow {
     pub billing: BillingMode,
 }
 
+/// A page of accounts: those whose username starts with `prefix` (all when empty), after the
+/// username `after`, at most `limit`.
+#[derive(Clone, Debug, Default)]
+pub struct AccountsQuery {
+    pub prefix: String,
+    pub after: Option<AccountId>,
+    pub limit: usize,
+}
+
+impl AccountsQuery {
+    /// The end of the prefix's range `[prefix, end)`, by bytes (as both stores compare
+    /// identifiers): the prefix followed by the largest character, which sorts after every
+    /// continuation of it, so the range holds exactly the usernames that start with it.
+    pub(crate) fn prefix_end(&self) -> String {
+        format!("{}{}", self.prefix, char::MAX)
+    }
+}
+
 /// Totals that must agree for the ledger to reconcile.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reconciliation {
@@ -484,7 +502,10 @@ pub trait Tx {
     /// Replaces an account's terms (the caller applied its change to them under the account's
     /// lock, see [`Tx::lock_accounts`]). [`StoreError::NotFound`] when there is no such account.
     fn set_account_terms(&mut self, username: &AccountId, terms: &Terms) -> Result<()>;
-    fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<()>;
+    /// Inserts a key unless one with its id exists (whatever its scope, secret or revocation):
+    /// returns whether it was inserted. A stored key is never replaced, so a revoked key stays
+    /// revoked and a stored secret is never changed by inserting the same id again.
+    fn insert_api_key(&mut self, key: &ApiKeyRecord) -> Result<bool>;
     /// Revokes a key of `account` (or an operator key when `None`). Returns whether a live key
     /// was revoked.
     fn revoke_api_key(
@@ -571,6 +592,12 @@ pub trait Reader: Send {
     fn api_key(&mut self, key_id: &ApiKeyId) -> Result<Option<ApiKeyRecord>>;
     /// An account's keys, revoked ones too, ordered by (created_at, key_id).
     fn api_keys(&mut self, account: &AccountId) -> Result<Vec<ApiKeyRecord>>;
+    /// The operator keys (those of no account), revoked ones too, ordered by
+    /// (created_at, key_id).
+    fn operator_keys(&mut self) -> Result<Vec<ApiKeyRecord>>;
+    /// A page of accounts in username order (bytewise), as [`Reader::account`] reads each at
+    /// `now`.
+    fn accounts(&mut self, q: &AccountsQuery, now: Timestamp) -> Result<Vec<AccountRow>>;
     fn load_catalog(&mut self) -> Result<Catalog>;
     fn price_versions(&mut self) -> Result<Vec<PriceVersion>>;
     fn setting(&mut self, key: &str) -> Result<Option<String>>;

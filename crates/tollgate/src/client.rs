@@ -5,6 +5,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use std::path::PathBuf;
+use tollgate_core::ids::{AccountId, ApiKeyId};
 
 #[derive(Args, Clone)]
 pub struct Conn {
@@ -58,6 +59,14 @@ pub enum AccountCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// List accounts in username order, with their balance and lock state.
+    List {
+        /// Only accounts whose username starts with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Args)]
@@ -99,6 +108,37 @@ pub enum KeyCmd {
         /// "<SCOPE> key").
         #[arg(long)]
         alias: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Create an operator key; the secret is printed once. It works until it is revoked.
+    CreateOperator {
+        /// A name for the key, shown in key lists (1 to 255 characters).
+        #[arg(long)]
+        alias: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List every key of an account (API and ADMIN), or the operator keys, revoked ones
+    /// too; never their secrets.
+    List {
+        /// The account whose keys to list.
+        #[arg(
+            long,
+            required_unless_present = "operator",
+            conflicts_with = "operator"
+        )]
+        account: Option<String>,
+        /// List the operator keys.
+        #[arg(long)]
+        operator: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Revoke a key of any scope (operator keys too): it is refused from then on, for good.
+    Revoke {
+        /// The key's id (the part before `:`).
+        key_id: String,
         #[command(flatten)]
         conn: Conn,
     },
@@ -184,8 +224,47 @@ pub fn account(cmd: AccountCmd) -> anyhow::Result<()> {
             &format!("/v1/admin/accounts/{username}"),
             None,
         )?),
+        AccountCmd::List { prefix, conn } => {
+            let mut query = vec![("limit", "1000".to_string())];
+            if let Some(p) = prefix {
+                query.push(("q", p));
+            }
+            let accounts = every_page(&conn, "/v1/admin/accounts", query, "accounts")?;
+            print(&json!({ "accounts": accounts }));
+        }
     }
     Ok(())
+}
+
+/// Every item of a paged list (`next_cursor`, `has_more`), following its cursor.
+fn every_page(
+    conn: &Conn,
+    path: &str,
+    query: Vec<(&str, String)>,
+    field: &str,
+) -> anyhow::Result<Vec<Value>> {
+    let url = conn.url(path)?;
+    let client = reqwest::blocking::Client::new();
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut pairs = query.clone();
+        if let Some(c) = &cursor {
+            pairs.push(("cursor", c.clone()));
+        }
+        let req = client
+            .get(&url)
+            .query(&pairs)
+            .header("Authorization", format!("Key {}", conn.operator_key()?));
+        let page = send(req, &url)?;
+        if let Some(list) = page[field].as_array() {
+            items.extend(list.iter().cloned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) if page["has_more"] == json!(true) => cursor = Some(next.to_string()),
+            _ => return Ok(items),
+        }
+    }
 }
 
 pub fn credits(args: CreditsArgs) -> anyhow::Result<()> {
@@ -211,19 +290,53 @@ pub fn credits(args: CreditsArgs) -> anyhow::Result<()> {
 }
 
 pub fn key(cmd: KeyCmd) -> anyhow::Result<()> {
-    let KeyCmd::Create {
-        username,
-        scope,
-        alias,
-        conn,
-    } = cmd;
-    let alias = alias.unwrap_or_else(|| format!("{scope} key"));
-    print(&call(
-        &conn,
-        reqwest::Method::POST,
-        &format!("/v1/admin/accounts/{username}/keys"),
-        Some(json!({"scope": scope, "alias": alias})),
-    )?);
+    match cmd {
+        KeyCmd::Create {
+            username,
+            scope,
+            alias,
+            conn,
+        } => {
+            let alias = alias.unwrap_or_else(|| format!("{scope} key"));
+            print(&call(
+                &conn,
+                reqwest::Method::POST,
+                &format!("/v1/admin/accounts/{username}/keys"),
+                Some(json!({"scope": scope, "alias": alias})),
+            )?);
+        }
+        KeyCmd::CreateOperator { alias, conn } => print(&call(
+            &conn,
+            reqwest::Method::POST,
+            "/v1/admin/operator-keys",
+            Some(json!({ "alias": alias })),
+        )?),
+        KeyCmd::List {
+            account,
+            operator: _,
+            conn,
+        } => {
+            let path = match &account {
+                Some(username) => {
+                    let username = AccountId::parse(username).context("--account")?;
+                    format!("/v1/admin/accounts/{username}/keys")
+                }
+                None => "/v1/admin/operator-keys".to_string(),
+            };
+            let keys = every_page(&conn, &path, vec![("limit", "1000".to_string())], "keys")?;
+            print(&json!({ "keys": keys }));
+        }
+        KeyCmd::Revoke { key_id, conn } => {
+            let key_id = ApiKeyId::parse(&key_id).context("KEY_ID")?;
+            call(
+                &conn,
+                reqwest::Method::DELETE,
+                &format!("/v1/admin/keys/{key_id}"),
+                None,
+            )?;
+            print(&json!({ "key_id": key_id, "revoked": true }));
+        }
+    }
     Ok(())
 }
 

@@ -68,7 +68,7 @@ enum Command {
     Account(client::AccountCmd),
     /// Add credits to an account (operator).
     Credits(client::CreditsArgs),
-    /// Create an API key for an account (operator).
+    /// Create, list and revoke keys: customer and operator keys (operator).
     #[command(subcommand)]
     Key(client::KeyCmd),
     /// Check a catalog file (offline) or apply it (operator).

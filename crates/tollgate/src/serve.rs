@@ -10,14 +10,14 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tollgate_api::auth::{mint_key, split_key};
+use tollgate_api::auth::mint_key;
 use tollgate_api::AppState;
 use tollgate_core::catalog::document;
 use tollgate_core::ids::{AccountId, PurchaseId};
 use tollgate_core::machine::Op;
 use tollgate_core::Nanos;
-use tollgate_engine::{system_clock, AdminCmd, Engine};
-use tollgate_store::{ApiKeyRecord, BillingMode, Scope};
+use tollgate_engine::{system_clock, AdminCmd, AdminReply, Engine};
+use tollgate_store::{BillingMode, Scope};
 
 pub const DEFAULT_DB: &str = "tollgate.db";
 pub const DEMO_DB: &str = "tollgate-demo.db";
@@ -115,20 +115,33 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     }
     let operator_key = match std::env::var("TOLLGATE_OPERATOR_KEY") {
         Ok(k) if !k.trim().is_empty() => {
-            let (key_id, secret) = split_key(k.trim())
-                .map_err(|e| anyhow::anyhow!("TOLLGATE_OPERATOR_KEY: {}", e.message))?;
-            engine
-                .admin(AdminCmd::InsertKey(ApiKeyRecord {
+            // Operator keys live in the database: a new id is created, a known one is used as
+            // it is, and a revoked one stays revoked (the server starts, and says so).
+            use tollgate_api::auth::{register_operator_key, OperatorKeyAtStart};
+            let key = k.trim();
+            let key_id = key.split_once(':').map_or(key, |(id, _)| id);
+            match register_operator_key(&engine, key)
+                .await
+                .map_err(|e| anyhow::anyhow!("TOLLGATE_OPERATOR_KEY: {e}"))?
+            {
+                OperatorKeyAtStart::Created => tracing::info!(
                     key_id,
-                    account: None,
-                    scope: Scope::Operator,
-                    alias: "TOLLGATE_OPERATOR_KEY".into(),
-                    secret_sha256: tollgate_api::auth::hash_secret(secret),
-                    created_at: engine.now(),
-                    revoked_at: None,
-                }))
-                .await?;
-            Some(k.trim().to_string())
+                    "TOLLGATE_OPERATOR_KEY: created operator key {key_id}; it works until it \
+                     is revoked, also once it leaves the environment"
+                ),
+                OperatorKeyAtStart::Known => tracing::info!(
+                    key_id,
+                    "TOLLGATE_OPERATOR_KEY: operator key {key_id} is known; used as it is"
+                ),
+                OperatorKeyAtStart::Revoked { revoked_at } => tracing::warn!(
+                    key_id,
+                    revoked_at = %tollgate_api::wire::rfc3339(revoked_at),
+                    "TOLLGATE_OPERATOR_KEY: operator key {key_id} was revoked and stays \
+                     revoked: calls with it are refused (401); operator keys still live in {db} \
+                     work, or start with a new key id"
+                ),
+            }
+            Some(key.to_string())
         }
         _ if demo => {
             let key = mint_key(None, Scope::Operator, "demo operator".into(), engine.now());
@@ -223,8 +236,17 @@ fn conn_limits(settings: &Settings) -> ConnLimits {
 
 async fn apply_catalog(engine: &Engine, text: &str, name: &str) -> anyhow::Result<()> {
     let doc = document::parse(text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-    let reply = engine.admin(AdminCmd::ApplyCatalog(Box::new(doc))).await?;
-    tracing::info!(?reply, "applied {name}");
+    if let AdminReply::CatalogApplied {
+        endpoints,
+        versions_created,
+        plan,
+    } = engine.admin(AdminCmd::ApplyCatalog(Box::new(doc))).await?
+    {
+        for w in &plan.warnings {
+            tracing::warn!(field = %w.field, "{name}: {}", w.message);
+        }
+        tracing::info!(endpoints, versions_created, "applied {name}");
+    }
     Ok(())
 }
 

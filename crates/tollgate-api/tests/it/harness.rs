@@ -212,6 +212,23 @@ impl TestApp {
         self.engine.sweep_expired().await.expect("the sweep runs")
     }
 
+    /// The engine's clock: the test's manual clock for an app from [`TestApp::spawn_at`],
+    /// else the system's (for another server that shares this one's time).
+    pub fn clock(&self) -> Clock {
+        match &self.manual_clock {
+            None => system_clock(),
+            Some(now) => {
+                let now = now.clone();
+                Arc::new(move || Timestamp(now.load(Ordering::SeqCst)))
+            }
+        }
+    }
+
+    /// The app's database (for another server on the same PostgreSQL database).
+    pub fn db(&self) -> &TestDb {
+        &self._db
+    }
+
     async fn spawn_with(backend: &Backend, manual_clock: Option<Arc<AtomicI64>>) -> TestApp {
         let db = TestDb::new(backend);
         let store = db.open().expect("open the store");

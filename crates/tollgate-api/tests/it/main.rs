@@ -5,6 +5,7 @@
 mod harness;
 
 mod fal;
+mod keys_admin;
 mod schema;
 
 mod billing_holes;

@@ -1266,6 +1266,48 @@ async fn real_responses_match_the_document() {
         (400, Some("endpoints.fal-ai/flux/dev.unit_quantity"))
     );
 
+    // --- the operator's keys and accounts
+    let r = f.get("/v1/admin/accounts?q=ac&limit=1", f.op()).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let r = f.get("/v1/admin/accounts?q=a%2Fb", f.op()).await;
+    assert_eq!(
+        (r.status, r.json["error"]["field"].as_str()),
+        (400, Some("q"))
+    );
+    let r = f.get("/v1/admin/accounts/acme/keys?limit=1", f.op()).await;
+    assert_eq!((r.status, r.json["has_more"].as_bool()), (200, Some(true)));
+    let r = f
+        .post(
+            "/v1/admin/operator-keys",
+            f.op(),
+            Body::Json(json!({ "alias": "ci" })),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let made = r.json["key_id"].as_str().expect("key_id").to_string();
+    let r = f.get("/v1/admin/operator-keys", f.op()).await;
+    assert_eq!(r.status, 200);
+    for status in [204, 204] {
+        let r = f
+            .call(
+                Method::DELETE,
+                &format!("/v1/admin/keys/{made}"),
+                f.op(),
+                Body::None,
+            )
+            .await;
+        assert_eq!(r.status, status);
+    }
+    let r = f
+        .call(
+            Method::DELETE,
+            "/v1/admin/keys/no-such-key",
+            f.op(),
+            Body::None,
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+
     // --- reconciliation
     let r = f.get("/v1/admin/reconciliation", f.op()).await;
     assert_eq!(r.status, 200);

@@ -4,8 +4,8 @@ use super::load::{key_row, load_accounts, load_catalog, load_requests, price_ver
 use super::{rollups, Pool, Run};
 use crate::rows::{self, Cell, KEY_COLS};
 use crate::{
-    AccountRow, ApiKeyRecord, BillingEventsQuery, Reader, Reconciliation, Result, RollupQuery,
-    StoreError,
+    AccountRow, AccountsQuery, ApiKeyRecord, BillingEventsQuery, Reader, Reconciliation, Result,
+    RollupQuery, StoreError,
 };
 use ::postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
@@ -95,6 +95,45 @@ impl Reader for PgReader {
             .iter()
             .map(key_row)
             .collect()
+    }
+
+    fn operator_keys(&mut self) -> Result<Vec<ApiKeyRecord>> {
+        self.conn()?
+            .rows(
+                &format!(
+                    "SELECT {KEY_COLS} FROM api_keys WHERE account IS NULL \
+                     ORDER BY created_at, key_id"
+                ),
+                &[],
+            )?
+            .iter()
+            .map(key_row)
+            .collect()
+    }
+
+    fn accounts(&mut self, q: &AccountsQuery, now: Timestamp) -> Result<Vec<AccountRow>> {
+        let mut c = self.conn()?;
+        // One snapshot: the page and its rows from the same commit.
+        let mut tx = snapshot(&mut c)?;
+        let names: Vec<String> = tx
+            .rows(
+                "SELECT username FROM accounts WHERE username >= $1 AND username < $2 \
+                 AND ($3::text IS NULL OR username > $3) ORDER BY username LIMIT $4",
+                &[
+                    &q.prefix,
+                    &q.prefix_end(),
+                    &q.after.as_ref().map(|a| a.as_str()),
+                    &i64::try_from(q.limit).unwrap_or(i64::MAX),
+                ],
+            )?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<std::result::Result<_, _>>()?;
+        let ids: Vec<&str> = names.iter().map(String::as_str).collect();
+        // In username order, as the page.
+        let rows = load_accounts(&mut tx, &ids, now, false)?;
+        tx.commit()?;
+        Ok(rows)
     }
 
     fn load_catalog(&mut self) -> Result<Catalog> {

@@ -180,13 +180,11 @@ impl Tx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn insert_api_key(&mut self, k: &ApiKeyRecord) -> Result<()> {
-        self.exec(
+    fn insert_api_key(&mut self, k: &ApiKeyRecord) -> Result<bool> {
+        let n = self.exec(
             &format!(
                 "INSERT INTO api_keys ({KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (key_id) DO UPDATE SET secret_sha256 = excluded.secret_sha256, \
-                 scope = excluded.scope, revoked_at = NULL \
-                 WHERE api_keys.account IS NULL AND excluded.account IS NULL"
+                 ON CONFLICT (key_id) DO NOTHING"
             ),
             &[
                 &k.key_id.as_str(),
@@ -198,7 +196,7 @@ impl Tx for PgTx<'_, '_> {
                 &k.revoked_at.map(|t| t.0),
             ],
         )?;
-        Ok(())
+        Ok(n > 0)
     }
 
     fn revoke_api_key(

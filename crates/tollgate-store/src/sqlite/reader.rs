@@ -4,8 +4,8 @@ use super::load::{get_account, get_request, key_row, load_catalog, price_version
 use super::rollups;
 use crate::rows::{self, Cell, KEY_COLS};
 use crate::{
-    corrupt, AccountRow, ApiKeyRecord, BillingEventsQuery, Reader, Reconciliation, Result,
-    RollupQuery,
+    corrupt, AccountRow, AccountsQuery, ApiKeyRecord, BillingEventsQuery, Reader, Reconciliation,
+    Result, RollupQuery,
 };
 use rusqlite::Connection;
 use tollgate_core::catalog::{Catalog, PriceVersion};
@@ -47,6 +47,47 @@ impl Reader for SqliteReader {
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             out.push(key_row(r)?);
+        }
+        Ok(out)
+    }
+
+    fn operator_keys(&mut self) -> Result<Vec<ApiKeyRecord>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {KEY_COLS} FROM api_keys WHERE account IS NULL ORDER BY created_at, key_id"
+        ))?;
+        let mut rows = st.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(key_row(r)?);
+        }
+        Ok(out)
+    }
+
+    fn accounts(&mut self, q: &AccountsQuery, now: Timestamp) -> Result<Vec<AccountRow>> {
+        // One read transaction: the page and its rows from the same commit.
+        let tx = self.conn.transaction()?;
+        let names: Vec<String> = {
+            let mut st = tx.prepare_cached(
+                "SELECT username FROM accounts WHERE username >= ?1 AND username < ?2 \
+                 AND (?3 IS NULL OR username > ?3) ORDER BY username LIMIT ?4",
+            )?;
+            let rows = st.query_map(
+                rusqlite::params![
+                    q.prefix,
+                    q.prefix_end(),
+                    q.after.as_ref().map(|a| a.as_str()),
+                    i64::try_from(q.limit).unwrap_or(i64::MAX)
+                ],
+                |r| r.get(0),
+            )?;
+            rows.collect::<std::result::Result<_, _>>()?
+        };
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let id = crate::parse_id(AccountId::parse, &name)?;
+            if let Some(row) = get_account(&tx, &id, now)? {
+                out.push(row);
+            }
         }
         Ok(out)
     }

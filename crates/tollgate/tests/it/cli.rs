@@ -592,3 +592,129 @@ fn catalog_check_validates_offline() {
     let run = check("/nonexistent/catalog.toml");
     mentions(run.error(), &["cannot read", "/nonexistent/catalog.toml"]);
 }
+
+#[test]
+fn key_and_account_lists_revocation_and_operator_keys_end_to_end() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(
+        &dir.path().join("keys.db"),
+        dir.path().join("server-stderr.log"),
+        OP_KEY,
+        None,
+    );
+    let base = server.base.clone();
+    for name in ["acme", "acme-eu", "beta"] {
+        tollgate(&base, &["account", "create", name]).json();
+    }
+    tollgate(&base, &["credits", "add", "acme", "5.00"]).json();
+    let admin = tollgate(&base, &["key", "create", "acme", "--scope", "ADMIN"]).json();
+    let api = tollgate(&base, &["key", "create", "acme"]).json();
+    let admin_id = admin["key_id"].as_str().unwrap();
+
+    // Accounts, all of them and by prefix (more than one page is followed: see the API tests).
+    let all = tollgate(&base, &["account", "list"]).json();
+    let names: Vec<&str> = all["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["acme", "acme-eu", "beta"]);
+    assert_eq!(all["accounts"][0]["balance_nano_usd"], 5_000_000_000_i64);
+    assert_eq!(all["accounts"][2]["locked"], true);
+    let some = tollgate(&base, &["account", "list", "--prefix", "acme-"]).json();
+    assert_eq!(some["accounts"].as_array().unwrap().len(), 1, "{some}");
+    assert_eq!(some["accounts"][0]["username"], "acme-eu");
+
+    // An operator key, created and used by the CLI.
+    let made = tollgate(&base, &["key", "create-operator", "--alias", "back office"]).json();
+    let made_key = made["key"].as_str().unwrap();
+    assert_eq!(made["scope"], "OPERATOR");
+    let by_new = tollgate_with(
+        &["account", "show", "acme"],
+        &[
+            ("TOLLGATE_URL", Some(&base)),
+            ("TOLLGATE_OPERATOR_KEY", Some(made_key)),
+        ],
+    );
+    assert_eq!(by_new.json()["username"], "acme");
+    let ops = tollgate(&base, &["key", "list", "--operator"]).json();
+    let op_ids: Vec<&str> = ops["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(op_ids, ["cli-op", made["key_id"].as_str().unwrap()]);
+
+    // Lists never print a secret.
+    let listed = tollgate(&base, &["key", "list", "--account", "acme"]);
+    for secret in [
+        &admin["key_secret"],
+        &api["key_secret"],
+        &made["key_secret"],
+    ] {
+        assert!(!listed.stdout.contains(secret.as_str().unwrap()));
+        assert!(!ops.to_string().contains(secret.as_str().unwrap()));
+    }
+    let keys = listed.json();
+    let scopes: Vec<(&str, &str)> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["scope"].as_str().unwrap(), k["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(scopes, [("ADMIN", "active"), ("API", "active")]);
+
+    // Revoked: the ADMIN key stops working, and the operator key the CLI made too.
+    let revoked = tollgate(&base, &["key", "revoke", admin_id]).json();
+    assert_eq!(
+        revoked,
+        serde_json::json!({ "key_id": admin_id, "revoked": true })
+    );
+    let billing = client()
+        .get(format!("{base}/v1/account/billing"))
+        .header(
+            "Authorization",
+            format!("Key {}", admin["key"].as_str().unwrap()),
+        )
+        .send()
+        .expect("GET");
+    assert_eq!(billing.status().as_u16(), 401);
+    tollgate(&base, &["key", "revoke", made["key_id"].as_str().unwrap()]).json();
+    let by_revoked = tollgate_with(
+        &["account", "show", "acme"],
+        &[
+            ("TOLLGATE_URL", Some(&base)),
+            ("TOLLGATE_OPERATOR_KEY", Some(made_key)),
+        ],
+    );
+    mentions(by_revoked.error(), &["401", "revoked"]);
+    let keys = tollgate(&base, &["key", "list", "--account", "acme"]).json();
+    assert_eq!(keys["keys"][0]["state"], "revoked");
+    assert!(keys["keys"][0]["revoked_at"].is_string());
+
+    // Mistakes are explained and change nothing.
+    mentions(
+        tollgate(&base, &["key", "revoke", "no-such-key"]).error(),
+        &["404", "no-such-key"],
+    );
+    mentions(
+        tollgate(&base, &["key", "revoke", "bad/id"]).error(),
+        &["KEY_ID", "key_id"],
+    );
+    mentions(
+        tollgate(&base, &["key", "list", "--account", "nobody"]).error(),
+        &["404", "nobody"],
+    );
+    let neither = tollgate(&base, &["key", "list"]);
+    assert_eq!(neither.code, Some(2), "{neither:#?}");
+    mentions(&neither.stderr, &["--account", "--operator"]);
+    let both = tollgate(&base, &["key", "list", "--operator", "--account", "acme"]);
+    assert_eq!(both.code, Some(2), "{both:#?}");
+    assert_eq!(
+        tollgate(&base, &["key", "list", "--operator"]).json()["keys"][0]["state"],
+        "active",
+        "the server's own operator key is untouched"
+    );
+}

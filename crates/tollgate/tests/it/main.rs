@@ -3,13 +3,14 @@
 //! (slowloris, idle connects, slow uploads), several servers on one PostgreSQL database, the
 //! served OpenAPI document's validity, schemathesis's property-based run of the whole HTTP API
 //! against it, and running it in production (configuration, logs, safe start and stop,
-//! backups). `common` is the harness they share.
+//! backups, operator keys). `common` is the harness they share.
 
 mod cli;
 mod cluster;
 mod common;
 mod crash;
 mod hostile;
+mod keys;
 mod openapi;
 mod ops;
 mod schemathesis;

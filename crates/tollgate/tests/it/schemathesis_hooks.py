@@ -11,8 +11,8 @@ key here, not silently sent without one.
 
 Two more things a generator cannot guess: the `caller_key` of a submitted request (a customer key;
 a random one is refused with 401 and the request's lifecycle is never reached), which positive
-cases get as the demo API key; and the demo's own keys, which `DELETE /v1/keys/{key_id}` must not
-revoke in the middle of the run. The TOML catalog body (`application/toml`) is sent as text.
+cases get as the demo API key; and the demo's own keys, which `DELETE /v1/keys/{key_id}` and
+`DELETE /v1/admin/keys/{key_id}` must not revoke in the middle of the run. The TOML catalog body (`application/toml`) is sent as text.
 
 Every answer's operation and status code is appended to the file TOLLGATE_ST_CALLS names, one
 `<METHOD> <path template>\t<status>` line per call: the test checks from it that every operation
@@ -75,10 +75,21 @@ def submit_as_the_demo_customer(ctx, case):
     return case
 
 
+DEMO_KEY_IDS = {key.split(":", 1)[0] for key in KEYS.values()}
+
+
+def not_a_demo_key(case):
+    return (case.path_parameters or {}).get("key_id") not in DEMO_KEY_IDS
+
+
 @schemathesis.hook("filter_case").apply_to(method="DELETE", path="/v1/keys/{key_id}")
 def keep_the_demo_keys(ctx, case):
-    demo_key_ids = {key.split(":", 1)[0] for key in KEYS.values()}
-    return (case.path_parameters or {}).get("key_id") not in demo_key_ids
+    return not_a_demo_key(case)
+
+
+@schemathesis.hook("filter_case").apply_to(method="DELETE", path="/v1/admin/keys/{key_id}")
+def keep_the_demo_keys_from_the_operator(ctx, case):
+    return not_a_demo_key(case)
 
 
 # The catalog is a TOML document: a string, sent as is.
