@@ -44,6 +44,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::purchase))
         .routes(routes!(admin::create_key))
         .routes(routes!(admin::set_pricing))
+        .routes(routes!(admin::adjust))
+        .routes(routes!(admin::unlock))
         .routes(routes!(admin::apply_catalog))
         .routes(routes!(admin::reconciliation))
         // Gateway

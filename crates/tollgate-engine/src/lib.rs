@@ -17,9 +17,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tollgate_core::catalog::document::CatalogDocument;
 use tollgate_core::catalog::Catalog;
-use tollgate_core::ids::{AccountId, ApiKeyId, PurchaseId};
+use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, PurchaseId};
 use tollgate_core::machine::{apply, BatchState, Op, Outcome, Rejection};
-use tollgate_core::terms::{self, Terms, TermsChange};
+use tollgate_core::terms::{self, TermsChange};
 use tollgate_core::Timestamp;
 use tollgate_store::{
     ApiKeyRecord, BillingMode, Reader, ReaderFactory, Store, StoreError, SyncFn, Tx,
@@ -89,11 +89,13 @@ pub enum AdminCmd {
         username: AccountId,
         billing: BillingMode,
     },
-    /// Changes an account's terms and adds its own prices (each a new account-scoped price
-    /// version), in one db transaction: the change is applied to the terms as they are under
-    /// the account's lock, so concurrent changes of different terms all stick, and a refused
-    /// change (invalid terms or prices: [`EngineError::Invalid`]; no such account or an
-    /// endpoint not in the catalog: [`StoreError::NotFound`]) writes nothing.
+    /// Changes an account's terms (a new terms version, effective from the change's
+    /// `effective_from`) and adds its own prices (each a new account-scoped price version),
+    /// in one db transaction: the change is applied to the terms as they are under the
+    /// account's lock, so concurrent changes of different terms all stick, and a refused
+    /// change (invalid terms or prices, or a back-dated version: [`EngineError::Invalid`]; no
+    /// such account or an endpoint not in the catalog: [`StoreError::NotFound`]) writes
+    /// nothing.
     SetTerms {
         username: AccountId,
         change: TermsChange,
@@ -584,6 +586,7 @@ fn load<'a>(
         tx.load_requests(&request_ids, &mut state.requests)?;
     }
     let purchases: Vec<(AccountId, PurchaseId)> = ops
+        .clone()
         .filter_map(|op| match op {
             Op::Purchase {
                 account,
@@ -594,6 +597,19 @@ fn load<'a>(
         })
         .collect();
     tx.load_purchases(&purchases, &mut state.purchases)?;
+    let adjustments: Vec<(AccountId, AdjustmentId)> = ops
+        .filter_map(|op| match op {
+            Op::Adjust {
+                account,
+                adjustment_id,
+                ..
+            } => Some((account.clone(), adjustment_id.clone())),
+            _ => None,
+        })
+        .collect();
+    if !adjustments.is_empty() {
+        tx.load_adjustments(&adjustments, &mut state.adjustments)?;
+    }
     Ok(state)
 }
 
@@ -691,7 +707,7 @@ fn set_terms(
         *invalid = Some(input);
         error
     };
-    let terms = terms::apply(&Terms::of(&account), change).map_err(&mut refuse)?;
+    let schedule = terms::schedule(&account, change, now).map_err(&mut refuse)?;
     if !change.prices.is_empty() {
         let catalog = catalog_in_force(tx, shared)?;
         if let Some((endpoint, _)) = change
@@ -703,7 +719,9 @@ fn set_terms(
         }
         terms::check_effective(&catalog, username, change, now).map_err(&mut refuse)?;
     }
-    tx.set_account_terms(username, &terms)?;
+    if let Some(schedule) = &schedule {
+        tx.set_account_terms(username, schedule)?;
+    }
     let at = change.effective_from.unwrap_or(now);
     for (endpoint, rule) in &change.prices {
         tx.insert_price_version(endpoint, Some(username), at, rule, now)?;

@@ -7,6 +7,7 @@ mod harness;
 mod fal;
 mod schema;
 
+mod adjustments;
 mod catalog;
 mod lifecycle;
 mod openapi;
