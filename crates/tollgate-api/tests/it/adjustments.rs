@@ -49,8 +49,10 @@ async fn a_usage_event_is_billed_with_the_terms_in_force_at_its_timestamp() {
     for backend in backends() {
         let on = backend.name();
         let app = TestApp::spawn_at_on(&backend, T0).await;
-        app.customer("acme", Some(("10.00", "paid"))).await;
-        // 10% off from an hour from now; the concurrency limit at once.
+        let customer = app.customer("acme", Some(("10.00", "paid"))).await;
+        // A request submitted before the change is billed with the terms of its submission.
+        let early = app.submit_ok(&customer.key, FLUX_DEV).await;
+        // 10% off from an hour from now.
         app.set_pricing(
             "acme",
             json!({ "percent_discount": "10", "effective_from": rfc3339(T0 + HOUR) }),
@@ -105,12 +107,30 @@ async fn a_usage_event_is_billed_with_the_terms_in_force_at_its_timestamp() {
         );
         assert_eq!(old, 25_000_000, "{on}: 1 MP at 0.025 USD, list price");
         assert_eq!(new, 22_500_000, "{on}: 10% off");
+        // Lifecycle requests: the one submitted before the change, completed after it, at list
+        // price; one submitted after, discounted.
+        let late = app.submit_ok(&customer.key, FLUX_DEV).await;
+        let mut lifecycle = 0;
+        for (id, percent) in [(&early, None), (&late, Some(d("10")))] {
+            app.start(id, None).await.expect(200);
+            let r = app
+                .complete(
+                    id,
+                    json!({ "status_code": 200, "output": image(1024, 1024) }),
+                )
+                .await;
+            let body = r.expect(200);
+            let got = (!body["percent_discount"].is_null()).then(|| dec(&body["percent_discount"]));
+            assert_eq!(got, percent, "{on}: {body}");
+            lifecycle += int(&body["cost_estimate_nano_usd"]);
+        }
+        assert_eq!(lifecycle, 25_000_000 + 22_500_000, "{on}");
         let acct = app.account("acme").await;
         assert_eq!(acct["terms"]["in_force"]["percent_discount"], "10", "{on}");
         assert_eq!(acct["terms"]["scheduled"], json!([]), "{on}");
         assert_eq!(
             int(&acct["balance_nano_usd"]),
-            10_000_000_000 - old - new,
+            10_000_000_000 - old - new - lifecycle,
             "{on}"
         );
         app.assert_reconciled().await;
