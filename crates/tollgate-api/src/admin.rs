@@ -6,7 +6,7 @@ use crate::error::ApiError;
 use crate::extract::{FromQuery, Json, NoParams, Operator, Params, Path};
 use crate::openapi::{tags, OperatorErrors, Replayed};
 use crate::query_string::Query;
-use crate::wire::{self, Time, UsdString};
+use crate::wire::{self, SignedUsdString, Time, UsdString};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -16,11 +16,11 @@ use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use tollgate_core::catalog::document;
 use tollgate_core::decimal::ExactDecimal;
-use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, KeyAlias, PurchaseId};
-use tollgate_core::machine::{Op, Outcome};
+use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, EndpointId, KeyAlias, PurchaseId};
+use tollgate_core::machine::{AccountState, LockReason, Op, Outcome};
 use tollgate_core::price::PriceRule;
 use tollgate_core::pricing::{Discounts, VolumeTier};
-use tollgate_core::terms::TermsChange;
+use tollgate_core::terms::{Terms, TermsChange};
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::{AdminCmd, AdminReply};
 use tollgate_store::{AccountRow, BillingMode, Scope};
@@ -129,17 +129,86 @@ pub struct AccountView {
     available_nano_usd: i64,
     in_progress: u32,
     concurrency_limit: u32,
-    /// Requests are refused while the balance is at or below the lock threshold (prepaid).
+    /// New requests are refused: while the balance is at or below the lock threshold
+    /// (prepaid), or while a payment dispute locks the account.
     locked: bool,
+    /// Why the account is locked (`null` when it is not): `payment_disputed` (lifted by the
+    /// dispute's resolution or `POST .../unlock`, never by credits) before
+    /// `exhausted_balance` (lifted by credits only).
+    #[schema(value_type = Option<LockReason>)]
+    lock_reason: Option<LockReason>,
+    /// The lock threshold in force now.
     lock_threshold_nano_usd: i64,
     paid_last_28d_nano_usd: i64,
     paid_lifetime_nano_usd: i64,
-    /// A contractual limit that replaces the tier table; `null` when the tier table applies.
+    /// The contractual limit in force now, which replaces the tier table; `null` when the
+    /// tier table applies.
     concurrency_override: Option<u32>,
+    /// The discounts in force now.
     discounts: Discounts,
+    /// The account's terms: those in force now, and versions scheduled to take effect later.
+    terms: TermsView,
     /// What is left of each purchase, in spending order (earliest expiry first).
     credits: Vec<CreditLotView>,
+    /// What is left of the credit operator adjustments added (it never expires and is spent
+    /// after every purchase).
+    adjusted_credit_nano_usd: i64,
     created_at: Time,
+}
+
+/// An account's terms over time.
+#[derive(Serialize, ToSchema)]
+pub struct TermsView {
+    /// The terms in force now.
+    in_force: TermsVersionView,
+    /// Versions that take effect later, in order.
+    scheduled: Vec<TermsVersionView>,
+}
+
+/// One version of an account's terms.
+#[derive(Serialize, ToSchema)]
+pub struct TermsVersionView {
+    /// When this version takes effect; `null` for the terms an account has before any change
+    /// (the defaults, in force from the beginning).
+    effective_from: Option<Time>,
+    /// The flat percent off every charge (partner endpoints excepted); `null`: none.
+    #[schema(value_type = Option<ExactDecimal>)]
+    percent_discount: Option<Decimal>,
+    volume_tiers: Vec<VolumeTier>,
+    /// The contractual limit of requests in progress; `null`: the tier table.
+    concurrency_limit: Option<u32>,
+    lock_threshold_nano_usd: i64,
+}
+
+impl TermsVersionView {
+    fn of(effective_from: Option<Timestamp>, t: &Terms) -> TermsVersionView {
+        TermsVersionView {
+            effective_from: effective_from.map(Time),
+            percent_discount: t.discounts.percent_discount.map(|p| p.normalize()),
+            volume_tiers: t.discounts.volume_tiers.clone(),
+            concurrency_limit: t.concurrency_override,
+            lock_threshold_nano_usd: t.lock_threshold.0,
+        }
+    }
+}
+
+fn terms_view(s: &AccountState, now: Timestamp) -> TermsView {
+    let since = s
+        .terms
+        .versions()
+        .iter()
+        .rev()
+        .find(|v| v.effective_from <= now)
+        .map(|v| v.effective_from);
+    TermsView {
+        in_force: TermsVersionView::of(since, &s.terms_at(now)),
+        scheduled: s
+            .terms
+            .after(now)
+            .iter()
+            .map(|v| TermsVersionView::of(Some(v.effective_from), &v.terms))
+            .collect(),
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -152,6 +221,7 @@ pub struct CreditLotView {
 
 pub fn account_view(state: &AppState, row: &AccountRow) -> AccountView {
     let s = &row.state;
+    let now = state.engine.now();
     AccountView {
         username: s.credit.id.clone(),
         billing: row.billing.into(),
@@ -160,12 +230,14 @@ pub fn account_view(state: &AppState, row: &AccountRow) -> AccountView {
         available_nano_usd: s.credit.available().0,
         in_progress: s.in_progress,
         concurrency_limit: s.concurrency_limit(&state.engine.catalog()),
-        locked: s.credit.is_locked(),
+        locked: s.is_locked(),
+        lock_reason: s.lock_reason(),
         lock_threshold_nano_usd: s.credit.lock_threshold.0,
         paid_last_28d_nano_usd: s.paid_28d.0,
         paid_lifetime_nano_usd: s.paid_lifetime.0,
         concurrency_override: s.concurrency_override,
         discounts: s.discounts.clone(),
+        terms: terms_view(s, now),
         credits: s
             .lots
             .iter()
@@ -175,6 +247,7 @@ pub fn account_view(state: &AppState, row: &AccountRow) -> AccountView {
                 expires_at: l.expires_at.map(Time),
             })
             .collect(),
+        adjusted_credit_nano_usd: s.adjusted_credit.0,
         created_at: Time(row.created_at),
     }
 }
@@ -183,7 +256,8 @@ pub fn account_view(state: &AppState, row: &AccountRow) -> AccountView {
 ///
 /// The account's balance (purchases minus posted charges), held amount (open holds),
 /// available balance (balance minus holds), requests in progress, concurrency limit, lock
-/// state, paid purchases, negotiated discounts and credit lots. Read-only.
+/// state and its reason, paid purchases, negotiated terms (in force now, and scheduled) and
+/// credit lots. Read-only.
 #[utoipa::path(
     get, path = "/v1/admin/accounts/{username}", tag = tags::OPERATOR,
     operation_id = "getAccount", security(("Key" = ["OPERATOR"])),
@@ -327,6 +401,166 @@ pub async fn purchase(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Adjustments and unlock
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"adjustment_id": "adj-1", "amount_usd": "-2.50",
+    "reason": "double-billed request 0193e3b0"}))]
+pub struct AdjustmentBody {
+    /// Your idempotency id for this adjustment, unique per account.
+    adjustment_id: AdjustmentId,
+    /// Signed USD: positive credits the account, negative debits it; not zero, at most
+    /// 1000000 either way.
+    #[serde(deserialize_with = "wire::signed_usd")]
+    #[schema(value_type = SignedUsdString)]
+    amount_usd: Nanos,
+    /// Why: 1 to 500 characters, no control characters. Kept with the adjustment.
+    reason: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Adjustment {
+    adjustment_id: AdjustmentId,
+    /// Signed: positive for a credit, negative for a debit.
+    amount_nano_usd: i64,
+    reason: String,
+    /// The balance right after this adjustment (negative when a debit leaves the account
+    /// owing).
+    balance_nano_usd: i64,
+    locked: bool,
+    created_at: Time,
+}
+
+/// Adjust a balance
+///
+/// An operator's correction of the account's balance: a credit (positive `amount_usd`) or a
+/// debit (negative). It is posted in the ledger at once, double-entry against the
+/// operator's adjustments account, in the same commit as its effect on the lock: a credit
+/// that lifts the balance above the lock threshold unlocks the account, a debit that takes it
+/// to the threshold or below locks it. A credit repays what the account owes first; what is
+/// left of it never expires and is spent after every purchase. A debit spends credits as a
+/// charge does, and may take the balance below zero (it is a correction: what it takes
+/// beyond the balance is owed, and repaid by the next credits). Open holds are not touched.
+///
+/// Idempotent on `adjustment_id`: the same id with the same amount answers the first answer
+/// again (201, header `idempotent-replayed: true`) and moves nothing; with a different
+/// amount, 409 `conflict`.
+#[utoipa::path(
+    post, path = "/v1/admin/accounts/{username}/adjustments", tag = tags::OPERATOR,
+    operation_id = "createAdjustment", security(("Key" = ["OPERATOR"])),
+    params(("username" = AccountId, Path, description = "The account's username.")),
+    request_body = AdjustmentBody,
+    responses(
+        OperatorErrors,
+        (status = 201, description = "The adjustment (the first answer, when replayed).",
+            body = Adjustment, headers(("idempotent-replayed" = Replayed))),
+        (status = 404, description = "`not_found`: unknown account.", body = ErrorResponse),
+        (status = 409, description = "`conflict`: the `adjustment_id` was already used with a \
+            different amount.", body = ErrorResponse),
+    )
+)]
+pub async fn adjust(
+    State(state): State<AppState>,
+    _: Operator,
+    _: Params<NoParams>,
+    Path(account): Path<AccountId>,
+    Json(body): Json<AdjustmentBody>,
+) -> Result<(StatusCode, HeaderMap, axum::Json<Adjustment>), ApiError> {
+    let outcome = state
+        .engine
+        .execute(Op::Adjust {
+            account,
+            adjustment_id: body.adjustment_id,
+            amount: body.amount_usd,
+            reason: body.reason,
+        })
+        .await??;
+    let Outcome::Adjusted {
+        adjustment: a,
+        replayed,
+    } = outcome
+    else {
+        return Err(ApiError::server("unexpected outcome"));
+    };
+    Ok((
+        StatusCode::CREATED,
+        Replayed::header(replayed),
+        axum::Json(Adjustment {
+            adjustment_id: a.adjustment_id,
+            amount_nano_usd: a.amount.0,
+            reason: a.reason,
+            balance_nano_usd: a.balance_after.0,
+            locked: a.locked_after,
+            created_at: Time(a.created_at),
+        }),
+    ))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "dispute reviewed with the customer"}))]
+pub struct UnlockBody {
+    /// Why: 1 to 500 characters, no control characters.
+    reason: String,
+}
+
+/// Unlock an account
+///
+/// Lifts a `payment_disputed` lock. A lock from an exhausted balance lifts only by credits
+/// (a purchase or an adjustment): unlocking an account locked only for that answers 409
+/// `conflict` and changes nothing. An account both disputed and exhausted keeps the
+/// `exhausted_balance` lock. Unlocking an account that is not locked changes nothing.
+#[utoipa::path(
+    post, path = "/v1/admin/accounts/{username}/unlock", tag = tags::OPERATOR,
+    operation_id = "unlockAccount", security(("Key" = ["OPERATOR"])),
+    params(("username" = AccountId, Path, description = "The account's username.")),
+    request_body = UnlockBody,
+    responses(
+        OperatorErrors,
+        (status = 200, description = "The account after the unlock.", body = AccountView),
+        (status = 404, description = "`not_found`: unknown account.", body = ErrorResponse),
+        (status = 409, description = "`conflict`: the account is locked only because its \
+            balance is exhausted; credits lift that lock.", body = ErrorResponse),
+    )
+)]
+pub async fn unlock(
+    State(state): State<AppState>,
+    _: Operator,
+    _: Params<NoParams>,
+    Path(account): Path<AccountId>,
+    Json(body): Json<UnlockBody>,
+) -> Result<axum::Json<AccountView>, ApiError> {
+    let outcome = state
+        .engine
+        .execute(Op::LiftDispute {
+            account: account.clone(),
+            reason: body.reason.clone(),
+        })
+        .await??;
+    let Outcome::LockChanged {
+        lock_reason,
+        changed,
+    } = outcome
+    else {
+        return Err(ApiError::server("unexpected outcome"));
+    };
+    let row = tollgate_query::account(&state.engine, &account).await?;
+    if changed {
+        tracing::info!(account = %account, reason = %body.reason, "dispute lock lifted by an operator");
+    } else if lock_reason == Some(LockReason::ExhaustedBalance) {
+        let s = &row.state;
+        return Err(ApiError::conflict(format!(
+            "account {account} is locked because its balance ({}) is at or below its lock \
+             threshold ({}), and only credits lift that lock: add a purchase or an adjustment",
+            s.credit.balance, s.credit.lock_threshold
+        ))
+        .with("lock_reason", LockReason::ExhaustedBalance.as_str()));
+    }
+    Ok(axum::Json(account_view(&state, &row)))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Keys
 
 /// The scope of a customer key.
@@ -439,7 +673,9 @@ pub struct TermsBody {
     /// The account's own prices, by endpoint: each a new account-scoped price version.
     #[serde(default)]
     prices: BTreeMap<EndpointId, PriceRule>,
-    /// When `prices` take effect (default now).
+    /// When the terms and `prices` of this change take effect (default now); never before
+    /// the account's latest terms version (for terms) or latest price version of the endpoint
+    /// (for prices).
     #[serde(default, deserialize_with = "wire::time_opt")]
     #[schema(value_type = Option<String>, format = DateTime)]
     effective_from: Option<Timestamp>,
@@ -462,11 +698,18 @@ pub struct TermsSet {
 /// Sets the account's negotiated terms. A field that is absent (or `null`) leaves its term as
 /// it is, except `concurrency_limit: null`, which returns to the tier table: the flat
 /// `percent_discount`, the `volume_tiers` (replaced as a whole), a contractual
-/// `concurrency_limit`, the `lock_threshold_usd`, and account-specific `prices`. Prices never
-/// change in place: each price is a new account-scoped price version effective from
-/// `effective_from` (default now, never before the account's latest version of that
-/// endpoint); a request is billed with the version in force when it was submitted. Discounts
-/// apply to requests settled from now on (partner endpoints excepted).
+/// `concurrency_limit`, the `lock_threshold_usd`, and account-specific `prices`.
+///
+/// **Effective dates.** Terms and prices never change in place. A change of terms is a new
+/// terms version effective from `effective_from` (default now), whose absent fields keep
+/// their value from the version before; each price is a new account-scoped price version
+/// from the same time. Neither is ever dated before the account's latest version (of its
+/// terms; of that endpoint's price): 422 naming `effective_from`. A change dated like the
+/// latest terms version is applied to it. Which version applies: a request is billed with
+/// the price version and discounts (`percent_discount`, `volume_tiers`) in force when it was
+/// submitted, a usage event with those in force at its `timestamp`; the lock threshold and the
+/// concurrency limit are admission rules, in force when a request is admitted (submitted,
+/// started). Partner endpoints are never discounted.
 ///
 /// One atomic change: two concurrent calls that change different fields both stick, and a
 /// call that is refused (a bad field, an unknown endpoint) changes nothing. Idempotent in

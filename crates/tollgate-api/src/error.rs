@@ -5,7 +5,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tollgate_core::machine::Rejection;
+use tollgate_core::machine::{LockReason, Rejection};
 use tollgate_core::price::RateError;
 use tollgate_engine::EngineError;
 use tollgate_query::timeframe::RangeError;
@@ -208,12 +208,18 @@ impl From<Rejection> for ApiError {
             Rejection::BadStatus(_) => ApiError::invalid("status_code", msg),
             Rejection::UnknownMachine(_) => ApiError::invalid("machine_type", msg),
             Rejection::InvalidUsage(_) | Rejection::Money(_) => ApiError::validation(msg),
-            Rejection::AccountLocked { balance, .. } => ApiError::new(
+            Rejection::AccountLocked {
+                balance, reason, ..
+            } => ApiError::new(
                 StatusCode::FORBIDDEN,
                 "account_locked",
-                format!("User is locked. Reason: Exhausted balance. Top up your balance to continue. ({msg})"),
+                match reason {
+                    LockReason::ExhaustedBalance => format!("User is locked. Reason: Exhausted balance. Top up your balance to continue. ({msg})"),
+                    LockReason::PaymentDisputed => format!("User is locked. Reason: Payment disputed. Contact support to continue. ({msg})"),
+                },
             )
-            .with("balance_nano_usd", balance.0),
+            .with("balance_nano_usd", balance.0)
+            .with("lock_reason", reason.as_str()),
             Rejection::ConcurrencyLimit { limit, in_progress } => {
                 let mut e = ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,

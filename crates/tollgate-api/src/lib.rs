@@ -54,6 +54,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(admin_keys::revoke_key))
         .routes(routes!(admin::set_pricing))
+        .routes(routes!(admin::adjust))
+        .routes(routes!(admin::unlock))
         .routes(routes!(admin::apply_catalog))
         .routes(routes!(admin::reconciliation))
         // Gateway

@@ -123,6 +123,55 @@ pub fn usd<'de, D: Deserializer<'de>>(d: D) -> Result<Nanos, D::Error> {
     d.deserialize_str(V)
 }
 
+/// `#[serde(deserialize_with = "wire::signed_usd")]`: as [`usd`], with an optional leading
+/// `-`, at most the core's [`MAX_AMOUNT`] either way.
+pub fn signed_usd<'de, D: Deserializer<'de>>(d: D) -> Result<Nanos, D::Error> {
+    struct V;
+    impl de::Visitor<'_> for V {
+        type Value = Nanos;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(
+                "a signed USD amount as a decimal string such as \"-2.50\" (a JSON number may \
+                 be inexact)",
+            )
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Nanos, E> {
+            let n = Nanos::parse_signed_usd(v).map_err(E::custom)?;
+            if n.0.unsigned_abs() > MAX_AMOUNT.0.unsigned_abs() {
+                return Err(E::custom(format!(
+                    "{v} USD exceeds the largest amount accepted ({MAX_AMOUNT} either way)"
+                )));
+            }
+            Ok(n)
+        }
+    }
+    d.deserialize_str(V)
+}
+
+/// The schema of [`signed_usd`]: `SignedUsdString`.
+pub struct SignedUsdString;
+
+impl PartialSchema for SignedUsdString {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^-?[0-9]+(\\.[0-9]{1,9})?$"))
+            .description(Some(
+                "A signed USD amount as a decimal string of plain digits with an optional \
+                 leading `-` and at most 9 decimal places (nano-USD precision), at most 1000000 \
+                 either way, e.g. `\"-2.50\"`. JSON numbers are refused: they may be inexact.",
+            ))
+            .examples(["-2.50"])
+            .into()
+    }
+}
+
+impl ToSchema for SignedUsdString {
+    fn name() -> Cow<'static, str> {
+        "SignedUsdString".into()
+    }
+}
+
 /// The schema of [`usd`]: `UsdString`.
 pub struct UsdString;
 

@@ -114,6 +114,13 @@ text_id!(
      without spaces, unique per account."
 );
 text_id!(
+    /// The operator's idempotency id of an adjustment (a correction of a balance).
+    AdjustmentId, "adjustment_id", 128, client_id_char,
+    schema: "AdjustmentId", "^[!-~]{1,128}$", "adj-1",
+    "The operator's idempotency id of an adjustment: 1 to 128 printable ASCII characters \
+     without spaces, unique per account."
+);
+text_id!(
     /// The public half of an API key.
     ApiKeyId, "key_id", 64, slug_char,
     schema: "KeyId", "^[A-Za-z0-9._-]{1,64}$", "2d1c8f0e-5b3a-4e7d-9c61-0f8a7b6e5d43",

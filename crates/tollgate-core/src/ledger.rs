@@ -19,6 +19,8 @@ pub enum LedgerAccount {
     Revenue,
     /// Where credits go when they expire unspent.
     Expired,
+    /// The other side of operator adjustments: where a credit comes from, where a debit goes.
+    Adjustments,
 }
 
 impl LedgerAccount {
@@ -29,6 +31,7 @@ impl LedgerAccount {
             LedgerAccount::Grants => "system:grants".into(),
             LedgerAccount::Revenue => "system:revenue".into(),
             LedgerAccount::Expired => "system:expired".into(),
+            LedgerAccount::Adjustments => "system:adjustments".into(),
         }
     }
 }
@@ -52,6 +55,8 @@ pub enum TransferKind {
     Charge,
     /// Credits that reached their expiry date unspent.
     CreditExpiry,
+    /// An operator's correction of a balance (a credit or a debit).
+    Adjustment,
 }
 
 impl TransferKind {
@@ -65,6 +70,7 @@ impl TransferKind {
             TransferKind::Expire => "expire",
             TransferKind::Charge => "charge",
             TransferKind::CreditExpiry => "credit_expiry",
+            TransferKind::Adjustment => "adjustment",
         }
     }
     /// Whether the transfer moves posted money (as opposed to reserving or releasing it).
@@ -76,6 +82,7 @@ impl TransferKind {
                 | TransferKind::Post
                 | TransferKind::Charge
                 | TransferKind::CreditExpiry
+                | TransferKind::Adjustment
         )
     }
 }
@@ -252,6 +259,26 @@ impl CreditAccount {
             credit: LedgerAccount::Expired,
             amount,
         }))
+    }
+
+    /// An operator's correction: `amount` (not zero) is added to the balance when positive,
+    /// taken from it when negative, whatever is held (a correction may leave the balance
+    /// negative: it is then owed). The transfer carries the amount without its sign, from
+    /// [`LedgerAccount::Adjustments`] to the customer for a credit and the other way for a
+    /// debit.
+    pub fn adjust(&mut self, amount: Nanos) -> Result<Transfer, MoneyError> {
+        self.balance = self.balance.checked_add(amount)?;
+        let (debit, credit) = if amount.is_negative() {
+            (self.me(), LedgerAccount::Adjustments)
+        } else {
+            (LedgerAccount::Adjustments, self.me())
+        };
+        Ok(Transfer {
+            kind: TransferKind::Adjustment,
+            debit,
+            credit,
+            amount: Nanos(amount.0.checked_abs().ok_or(MoneyError::Overflow)?),
+        })
     }
 
     /// Charges without a hold (usage reported after the fact: the work is done, so it is

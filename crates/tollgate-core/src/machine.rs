@@ -13,12 +13,15 @@
 //! nothing billed).
 
 use crate::catalog::{Catalog, EndpointDef, LateCompletion, MissingUnits, PriceVersion};
-use crate::ids::{AccountId, ApiKeyId, EndpointId, MachineType, PurchaseId, RequestId};
+use crate::ids::{
+    AccountId, AdjustmentId, ApiKeyId, EndpointId, MachineType, PurchaseId, RequestId,
+};
 use crate::ledger::{CreditAccount, HoldError, Transfer, TransferKind};
 use crate::money::{MoneyError, Nanos};
 use crate::policy::{billing_for, BadStatus, Billing};
 use crate::price::{Output, OutputMismatch, PriceRule, RateError, Rated, Unit, Usage};
 use crate::pricing::{Charge, Discounts};
+use crate::terms::{Terms, TermsSchedule};
 use crate::time::Timestamp;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -32,6 +35,11 @@ pub const PAID_CREDITS_EXPIRE_MS: i64 = 365 * crate::time::MS_PER_DAY;
 pub const MAX_EVENT_SKEW_MS: i64 = 5 * 60 * 1000;
 
 /// A customer account as the state machine sees it.
+///
+/// Its terms: `terms` holds their versions; `discounts`, `concurrency_override` and
+/// `credit.lock_threshold` are the version in force at the batch's `now`
+/// ([`AccountState::use_terms_at`], called by whoever loads the account). An account with no
+/// version has only those (the defaults, or what a test set).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccountState {
     pub credit: CreditAccount,
@@ -49,8 +57,37 @@ pub struct AccountState {
     /// Credit lots with something left when loaded (a lot spent within the batch stays, at
     /// zero, so that the store writes it), in spending order: earliest expiry first, lots that
     /// never expire last, then by creation time and purchase id (a total order, so memory and
-    /// database agree). Invariant: their `remaining` sums to `max(balance, 0)`.
+    /// database agree). Invariant: their `remaining`, with `adjusted_credit`, sums to
+    /// `max(balance, 0)`.
     pub lots: Vec<Lot>,
+    /// What is left of the credit that operator adjustments added: it never expires, and is
+    /// spent after every lot.
+    pub adjusted_credit: Nanos,
+    /// The versions of the account's terms.
+    pub terms: TermsSchedule,
+    /// Set while a payment dispute locks the account (since when); lifted by the dispute's
+    /// resolution or by an operator, never by credits.
+    pub disputed_since: Option<Timestamp>,
+}
+
+/// Why an account refuses new requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum LockReason {
+    /// The balance is at or below the lock threshold (prepaid): credits lift it.
+    ExhaustedBalance,
+    /// A payment was disputed: its resolution or an operator lifts it; credits do not.
+    PaymentDisputed,
+}
+
+impl LockReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockReason::ExhaustedBalance => "exhausted_balance",
+            LockReason::PaymentDisputed => "payment_disputed",
+        }
+    }
 }
 
 /// What is left of one purchase.
@@ -85,6 +122,54 @@ impl AccountState {
             month: 0,
             month_subtotal: Nanos::ZERO,
             lots: Vec::new(),
+            adjusted_credit: Nanos::ZERO,
+            terms: TermsSchedule::default(),
+            disputed_since: None,
+        }
+    }
+
+    /// Why the account refuses new requests, if it does: a dispute first (only it needs an
+    /// operator), then an exhausted balance.
+    pub fn lock_reason(&self) -> Option<LockReason> {
+        if self.disputed_since.is_some() {
+            Some(LockReason::PaymentDisputed)
+        } else if self.credit.is_locked() {
+            Some(LockReason::ExhaustedBalance)
+        } else {
+            None
+        }
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.lock_reason().is_some()
+    }
+
+    /// Makes the terms in force at `now` the account's current ones (see [`AccountState`]).
+    pub fn use_terms_at(&mut self, now: Timestamp) {
+        if self.terms.is_empty() {
+            return;
+        }
+        let t = self.terms.at(now);
+        self.discounts = t.discounts.clone();
+        self.concurrency_override = t.concurrency_override;
+        self.credit.lock_threshold = t.lock_threshold;
+    }
+
+    /// The terms in force at `at`.
+    pub fn terms_at(&self, at: Timestamp) -> Terms {
+        if self.terms.is_empty() {
+            Terms::of(self)
+        } else {
+            self.terms.at(at).clone()
+        }
+    }
+
+    /// The discounts in force at `at`.
+    pub fn discounts_at(&self, at: Timestamp) -> &Discounts {
+        if self.terms.is_empty() {
+            &self.discounts
+        } else {
+            &self.terms.at(at).discounts
         }
     }
 
@@ -96,7 +181,8 @@ impl AccountState {
         Ok(())
     }
 
-    /// Spends `amount` from the lots, those that expire first first.
+    /// Spends `amount` from the lots, those that expire first first, then from the adjusted
+    /// credit.
     fn spend_lots(&mut self, mut amount: Nanos) {
         for lot in &mut self.lots {
             if amount <= Nanos::ZERO {
@@ -106,6 +192,8 @@ impl AccountState {
             lot.remaining = Nanos(lot.remaining.0 - take.0);
             amount = Nanos(amount.0 - take.0);
         }
+        let take = self.adjusted_credit.min(amount.max(Nanos::ZERO));
+        self.adjusted_credit = Nanos(self.adjusted_credit.0 - take.0);
     }
 
     /// Adds a lot for new credits; an overdrawn balance is repaid from it first.
@@ -240,6 +328,22 @@ pub struct PurchaseRecord {
     pub locked_after: bool,
 }
 
+/// An operator's adjustment and the answer it got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdjustmentRecord {
+    pub account: AccountId,
+    pub adjustment_id: AdjustmentId,
+    /// Signed: a credit is positive, a debit negative.
+    pub amount: Nanos,
+    pub reason: String,
+    pub created_at: Timestamp,
+    pub balance_after: Nanos,
+    pub locked_after: bool,
+}
+
+/// The longest reason an adjustment or an unlock may give.
+pub const MAX_REASON_CHARS: usize = 500;
+
 /// A transfer with what caused it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TransferRecord {
@@ -292,6 +396,24 @@ pub enum Op {
         account: AccountId,
     },
     UsageEvent(UsageEvent),
+    /// An operator's correction of the balance: `amount` is signed (a credit or a debit).
+    Adjust {
+        account: AccountId,
+        adjustment_id: AdjustmentId,
+        amount: Nanos,
+        reason: String,
+    },
+    /// A payment was disputed: the account locks until the dispute is lifted (credits do not
+    /// lift it). Setting it again keeps the first time.
+    LockDisputed {
+        account: AccountId,
+    },
+    /// Lifts a dispute lock (the dispute was won, or an operator unlocks the account). A lock
+    /// from an exhausted balance stays: only credits lift it.
+    LiftDispute {
+        account: AccountId,
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -320,7 +442,11 @@ impl Op {
             | Op::Cancel { request_id }
             | Op::Expire { request_id } => Some(request_id),
             Op::UsageEvent(e) => Some(&e.event_id),
-            Op::Purchase { .. } | Op::ExpireCredits { .. } => None,
+            Op::Purchase { .. }
+            | Op::ExpireCredits { .. }
+            | Op::Adjust { .. }
+            | Op::LockDisputed { .. }
+            | Op::LiftDispute { .. } => None,
         }
     }
     /// The account this operation names directly (others are found through their request).
@@ -328,7 +454,10 @@ impl Op {
         match self {
             Op::Submit { account, .. }
             | Op::Purchase { account, .. }
-            | Op::ExpireCredits { account } => Some(account),
+            | Op::ExpireCredits { account }
+            | Op::Adjust { account, .. }
+            | Op::LockDisputed { account }
+            | Op::LiftDispute { account, .. } => Some(account),
             Op::UsageEvent(e) => Some(&e.account),
             _ => None,
         }
@@ -366,6 +495,16 @@ pub enum Outcome {
     CreditsExpired {
         amount: Nanos,
     },
+    Adjusted {
+        adjustment: AdjustmentRecord,
+        replayed: bool,
+    },
+    /// The account's lock after a dispute lock was set or lifted; `changed` is false when it
+    /// was already so.
+    LockChanged {
+        lock_reason: Option<LockReason>,
+        changed: bool,
+    },
 }
 
 /// Why an operation was refused. Nothing was changed.
@@ -381,8 +520,15 @@ pub enum Rejection {
     NoPrice(EndpointId),
     #[error("unknown machine type {0}")]
     UnknownMachine(MachineType),
-    #[error("account {account} is locked: balance {balance} is at or below its lock threshold")]
-    AccountLocked { account: AccountId, balance: Nanos },
+    #[error("account {account} is locked: {}", match reason {
+        LockReason::ExhaustedBalance => format!("balance {balance} is at or below its lock threshold"),
+        LockReason::PaymentDisputed => "a payment was disputed".to_string(),
+    })]
+    AccountLocked {
+        account: AccountId,
+        balance: Nanos,
+        reason: LockReason,
+    },
     #[error("concurrency limit reached: {in_progress} of {limit} requests in progress")]
     ConcurrencyLimit { limit: u32, in_progress: u32 },
     #[error("insufficient credits: {available} available, {required} required")]
@@ -429,6 +575,9 @@ pub struct BatchState {
     pub dirty_accounts: BTreeSet<AccountId>,
     pub dirty_requests: BTreeSet<RequestId>,
     pub new_purchases: Vec<PurchaseRecord>,
+    /// Adjustments named by the batch's operations that exist (loaded), and those it made.
+    pub adjustments: HashMap<(AccountId, AdjustmentId), AdjustmentRecord>,
+    pub new_adjustments: Vec<AdjustmentRecord>,
     pub transfers: Vec<TransferRecord>,
     pub line_items: Vec<LineItem>,
     /// Requests completed (billed or not) by this batch, in order: the analytics rollups.
@@ -533,6 +682,14 @@ pub fn apply(
         } => purchase(state, &cx, account, purchase_id, amount, paid, expires_at),
         Op::ExpireCredits { account } => expire_credits(state, &cx, account),
         Op::UsageEvent(e) => usage_event(state, &cx, e),
+        Op::Adjust {
+            account,
+            adjustment_id,
+            amount,
+            reason,
+        } => adjust(state, &cx, account, adjustment_id, amount, reason),
+        Op::LockDisputed { account } => lock_disputed(state, &cx, account),
+        Op::LiftDispute { account, reason } => lift_dispute(state, account, reason),
     }
 }
 
@@ -578,10 +735,11 @@ fn submit(
     }
     let (_, price) = endpoint_and_price(cx, &endpoint, &account, cx.now)?;
     let acct = state.account_mut(&account)?;
-    if acct.credit.is_locked() {
+    if let Some(reason) = acct.lock_reason() {
         return Err(Rejection::AccountLocked {
             account,
             balance: acct.credit.balance,
+            reason,
         });
     }
     let record = RequestRecord {
@@ -624,13 +782,21 @@ fn version<'c>(cx: &Ctx<'c>, req: &RequestRecord) -> Result<&'c PriceVersion, Re
         .ok_or_else(|| Rejection::NoPrice(req.endpoint.clone()))
 }
 
-fn discount_for(acct: &mut AccountState, def: &EndpointDef, now: Timestamp) -> Option<Decimal> {
+/// The percent discount of a request billed at `now` with the terms in force at `terms_at`
+/// (its submission, or a usage event's timestamp); starts the month's subtotal anew when the
+/// month changed.
+fn discount_for(
+    acct: &mut AccountState,
+    def: &EndpointDef,
+    now: Timestamp,
+    terms_at: Timestamp,
+) -> Option<Decimal> {
     let month = month_of(now);
     if acct.month != month {
         acct.month = month;
         acct.month_subtotal = Nanos::ZERO;
     }
-    percent_discount_at(acct, def, now)
+    percent_discount(acct, acct.discounts_at(terms_at), def, now)
 }
 
 /// The most GPUs one request may run on.
@@ -660,6 +826,16 @@ pub fn percent_discount_at(
     def: &EndpointDef,
     now: Timestamp,
 ) -> Option<Decimal> {
+    percent_discount(acct, acct.discounts_at(now), def, now)
+}
+
+/// The percent `discounts` give a request to `def` billed at `now`.
+fn percent_discount(
+    acct: &AccountState,
+    discounts: &Discounts,
+    def: &EndpointDef,
+    now: Timestamp,
+) -> Option<Decimal> {
     if def.partner {
         return None;
     }
@@ -668,7 +844,7 @@ pub fn percent_discount_at(
     } else {
         Nanos::ZERO
     };
-    acct.discounts.percent_for(month_subtotal)
+    discounts.percent_for(month_subtotal)
 }
 
 fn start(
@@ -723,10 +899,11 @@ fn start(
     let machine_price = cx.catalog.machine_price(machine.as_ref());
 
     let acct = state.account_mut(&req.account)?;
-    if acct.credit.is_locked() {
+    if let Some(reason) = acct.lock_reason() {
         return Err(Rejection::AccountLocked {
             account: req.account.clone(),
             balance: acct.credit.balance,
+            reason,
         });
     }
     let limit = acct.concurrency_limit(cx.catalog);
@@ -743,7 +920,7 @@ fn start(
     }
     let subtotal = rule.estimate_units(units, machine_price)?;
     let mut probe = acct.clone();
-    let percent = discount_for(&mut probe, def, cx.now);
+    let percent = discount_for(&mut probe, def, cx.now, req.submitted_at);
     let hold = Charge::new(
         &Rated {
             quantity: units,
@@ -788,14 +965,15 @@ fn start(
     })
 }
 
-/// Rates a finished request. Pure: reads the account only for its discount position.
-/// `inference_seconds` is `None` when they are unknown (a usage event that did not report
-/// them): they then count as 0, and a price that measures them finds them missing. A
-/// successful output that lacks what the price measures is refused, billed as one unit or as
-/// compute seconds, as the endpoint's `missing_units` says.
+/// Rates a finished request, with the account's terms in force at `terms_at`. Pure: reads the
+/// account only for its discount position. `inference_seconds` is `None` when they are unknown
+/// (a usage event that did not report them): they then count as 0, and a price that measures
+/// them finds them missing. A successful output that lacks what the price measures is refused,
+/// billed as one unit or as compute seconds, as the endpoint's `missing_units` says.
 #[allow(clippy::too_many_arguments)]
 fn rate_finished(
     cx: &Ctx,
+    terms_at: Timestamp,
     acct: &mut AccountState,
     def: &EndpointDef,
     rule: &PriceRule,
@@ -852,7 +1030,7 @@ fn rate_finished(
         usage
     };
     let rated = rule.rate(&usage)?;
-    let percent = discount_for(acct, def, cx.now);
+    let percent = discount_for(acct, def, cx.now, terms_at);
     let charge = Charge::new(&rated, percent)?;
     Ok((billed, rule.unit_label(), charge))
 }
@@ -915,6 +1093,7 @@ fn complete(
     let mut next = acct.clone();
     let (billed, unit, charge) = rate_finished(
         cx,
+        req.submitted_at,
         &mut next,
         def,
         rule,
@@ -1119,7 +1298,7 @@ fn purchase(
         expires_at,
         balance_after: next.credit.balance,
         concurrency_limit_after: next.concurrency_limit(cx.catalog),
-        locked_after: next.credit.is_locked(),
+        locked_after: next.is_locked(),
     };
     *acct = next;
     state.dirty_accounts.insert(account);
@@ -1218,6 +1397,7 @@ fn usage_event(state: &mut BatchState, cx: &Ctx, e: UsageEvent) -> Result<Outcom
     let mut next = acct.clone();
     let (billed, unit, charge) = rate_finished(
         cx,
+        e.timestamp,
         &mut next,
         def,
         &price.rule,
@@ -1280,5 +1460,131 @@ fn usage_event(state: &mut BatchState, cx: &Ctx, e: UsageEvent) -> Result<Outcom
         request: record,
         completion,
         replayed: false,
+    })
+}
+
+/// A reason as an operator gives it: 1 to [`MAX_REASON_CHARS`] characters, no control
+/// characters.
+fn reason_text(reason: &str) -> Result<(), Rejection> {
+    let n = reason.chars().count();
+    if reason.trim().is_empty() || n > MAX_REASON_CHARS || reason.chars().any(char::is_control) {
+        return Err(Rejection::Invalid {
+            field: "reason",
+            reason: format!(
+                "must be 1 to {MAX_REASON_CHARS} characters, not blank, without control \
+                 characters"
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn adjust(
+    state: &mut BatchState,
+    cx: &Ctx,
+    account: AccountId,
+    adjustment_id: AdjustmentId,
+    amount: Nanos,
+    reason: String,
+) -> Result<Outcome, Rejection> {
+    let key = (account.clone(), adjustment_id.clone());
+    if let Some(first) = state.adjustments.get(&key) {
+        if first.amount != amount {
+            return Err(Rejection::Conflict(format!(
+                "adjustment_id {adjustment_id} was already used with a different amount"
+            )));
+        }
+        return Ok(Outcome::Adjusted {
+            adjustment: first.clone(),
+            replayed: true,
+        });
+    }
+    if amount == Nanos::ZERO || amount.0.unsigned_abs() > crate::money::MAX_AMOUNT.0.unsigned_abs()
+    {
+        return Err(Rejection::Invalid {
+            field: "amount_usd",
+            reason: format!(
+                "must not be zero, and at most {} either way",
+                crate::money::MAX_AMOUNT
+            ),
+        });
+    }
+    reason_text(&reason)?;
+    let acct = state.account_mut(&account)?;
+    let mut next = acct.clone();
+    let balance_before = next.credit.balance;
+    let t = next.credit.adjust(amount)?;
+    if amount.is_negative() {
+        // A debit spends credits as a charge does.
+        next.spend_lots(Nanos(-amount.0));
+    } else {
+        // A credit repays what is owed first; the rest never expires.
+        let debt = (-balance_before.0).max(0);
+        next.adjusted_credit = next
+            .adjusted_credit
+            .checked_add(Nanos((amount.0 - debt).max(0)))?;
+    }
+    let record = AdjustmentRecord {
+        account: account.clone(),
+        adjustment_id,
+        amount,
+        reason,
+        created_at: cx.now,
+        balance_after: next.credit.balance,
+        locked_after: next.is_locked(),
+    };
+    *acct = next;
+    state.dirty_accounts.insert(account);
+    state.transfers.push(TransferRecord {
+        transfer: t,
+        request_id: None,
+        purchase_id: None,
+        at: cx.now,
+    });
+    state.adjustments.insert(key, record.clone());
+    state.new_adjustments.push(record.clone());
+    Ok(Outcome::Adjusted {
+        adjustment: record,
+        replayed: false,
+    })
+}
+
+fn lock_disputed(
+    state: &mut BatchState,
+    cx: &Ctx,
+    account: AccountId,
+) -> Result<Outcome, Rejection> {
+    let acct = state.account_mut(&account)?;
+    let changed = acct.disputed_since.is_none();
+    if changed {
+        acct.disputed_since = Some(cx.now);
+        state.dirty_accounts.insert(account.clone());
+    }
+    Ok(Outcome::LockChanged {
+        lock_reason: state.accounts[&account].lock_reason(),
+        changed,
+    })
+}
+
+fn lift_dispute(
+    state: &mut BatchState,
+    account: AccountId,
+    reason: String,
+) -> Result<Outcome, Rejection> {
+    reason_text(&reason)?;
+    let acct = state.account_mut(&account)?;
+    if acct.disputed_since.is_none() {
+        // Nothing to lift (a repeat finds the same): whatever lock is left is the balance's.
+        return Ok(Outcome::LockChanged {
+            lock_reason: acct.lock_reason(),
+            changed: false,
+        });
+    }
+    acct.disputed_since = None;
+    let lock_reason = acct.lock_reason();
+    state.dirty_accounts.insert(account);
+    Ok(Outcome::LockChanged {
+        lock_reason,
+        changed: true,
     })
 }

@@ -75,6 +75,12 @@ impl Nanos {
         }
         Nanos::from_usd_exact(d)
     }
+
+    /// As [`Nanos::parse_usd`], with a sign: `"-2.50"` is minus 2.5 USD.
+    pub fn parse_signed_usd(s: &str) -> Result<Nanos, MoneyError> {
+        let d = crate::decimal::parse(s).map_err(|_| MoneyError::NotDecimal(s.to_string()))?;
+        Nanos::from_usd_exact(d)
+    }
 }
 
 impl fmt::Display for Nanos {

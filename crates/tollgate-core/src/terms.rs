@@ -1,6 +1,14 @@
 //! An account's negotiated terms (discounts, a contractual concurrency limit, the lock
-//! threshold) and an operator's change to them: applied to the terms as they are, and checked
-//! whole, so that a change either applies entirely or is refused without effect.
+//! threshold), versioned like prices, and an operator's change to them: applied to the terms
+//! as they are, and checked whole, so that a change either applies entirely or is refused
+//! without effect.
+//!
+//! Each change is a new version effective from its `effective_from` (default now), never
+//! before the account's latest version; the fields a change does not name keep their value
+//! from the version before. Which version applies: a request's discount is the one in force
+//! when it was submitted (a usage event's, at its timestamp), like its price version; the lock
+//! threshold and the concurrency limit are admission rules, in force when the admission is
+//! decided (the batch's `now`).
 
 use crate::catalog::Catalog;
 use crate::ids::{AccountId, EndpointId};
@@ -32,6 +40,89 @@ impl Terms {
     }
 }
 
+/// One version of an account's terms: in force from `effective_from` until the next one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TermsVersion {
+    pub effective_from: Timestamp,
+    pub terms: Terms,
+}
+
+/// An account's terms over time: versions in order of `effective_from`, at most one per
+/// instant. Before the first version (and for an account with none) the default terms apply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TermsSchedule {
+    versions: Vec<TermsVersion>,
+}
+
+static DEFAULT_TERMS: Terms = Terms {
+    discounts: Discounts {
+        percent_discount: None,
+        volume_tiers: Vec::new(),
+    },
+    concurrency_override: None,
+    lock_threshold: Nanos::ZERO,
+};
+
+impl TermsSchedule {
+    /// The schedule of `versions`, in any order; of two versions from the same instant, the
+    /// later in the list is kept.
+    pub fn new(versions: Vec<TermsVersion>) -> TermsSchedule {
+        let mut out: Vec<TermsVersion> = Vec::with_capacity(versions.len());
+        for v in versions {
+            match out.binary_search_by(|o| o.effective_from.cmp(&v.effective_from)) {
+                Ok(i) => out[i] = v,
+                Err(i) => out.insert(i, v),
+            }
+        }
+        TermsSchedule { versions: out }
+    }
+
+    pub fn versions(&self) -> &[TermsVersion] {
+        &self.versions
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+    }
+
+    /// The terms in force at `at`: the latest version effective at or before it, else the
+    /// defaults.
+    pub fn at(&self, at: Timestamp) -> &Terms {
+        let n = self.versions.partition_point(|v| v.effective_from <= at);
+        match n {
+            0 => &DEFAULT_TERMS,
+            n => &self.versions[n - 1].terms,
+        }
+    }
+
+    pub fn latest(&self) -> Option<&TermsVersion> {
+        self.versions.last()
+    }
+
+    /// Versions that take effect after `at`: scheduled, not yet in force.
+    pub fn after(&self, at: Timestamp) -> &[TermsVersion] {
+        let n = self.versions.partition_point(|v| v.effective_from <= at);
+        &self.versions[n..]
+    }
+
+    /// Whether a new version may take effect from `at`: never before the latest version (as
+    /// prices: versions are never back-dated, so what was billed stays what was in force).
+    /// `Err` holds when that latest version takes effect.
+    pub fn may_take_effect(&self, at: Timestamp) -> Result<(), Timestamp> {
+        match self.latest() {
+            Some(v) if at < v.effective_from => Err(v.effective_from),
+            _ => Ok(()),
+        }
+    }
+
+    /// The schedule with `version` added (replacing one from the same instant).
+    fn with(&self, version: TermsVersion) -> TermsSchedule {
+        let mut all = self.versions.clone();
+        all.push(version);
+        TermsSchedule::new(all)
+    }
+}
+
 /// A change of an account's terms: each `Some` sets its term, `None` leaves it as it is; and
 /// prices of the account's own, each a new account-scoped price version.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -45,8 +136,18 @@ pub struct TermsChange {
     pub lock_threshold: Option<Nanos>,
     /// New prices for the account, in order.
     pub prices: Vec<(EndpointId, PriceRule)>,
-    /// When the new prices take effect (default: now).
+    /// When the new terms and prices take effect (default: now).
     pub effective_from: Option<Timestamp>,
+}
+
+impl TermsChange {
+    /// Whether the change sets any term (as opposed to only adding prices).
+    pub fn sets_terms(&self) -> bool {
+        self.percent_discount.is_some()
+            || self.volume_tiers.is_some()
+            || self.concurrency_limit.is_some()
+            || self.lock_threshold.is_some()
+    }
 }
 
 /// Why a change was refused: the offending field as the operator API names it
@@ -103,10 +204,10 @@ pub fn apply(current: &Terms, change: &TermsChange) -> Result<Terms, TermsError>
         }
         next.lock_threshold = threshold;
     }
-    if change.effective_from.is_some() && change.prices.is_empty() {
+    if change.effective_from.is_some() && change.prices.is_empty() && !change.sets_terms() {
         return Err(TermsError::new(
             "effective_from",
-            "effective_from dates the change's prices, and the change has none",
+            "effective_from dates the change's terms and prices, and the change has neither",
         ));
     }
     for (endpoint, rule) in &change.prices {
@@ -118,6 +219,50 @@ pub fn apply(current: &Terms, change: &TermsChange) -> Result<Terms, TermsError>
         })?;
     }
     Ok(next)
+}
+
+/// The account's terms schedule after `change`, or `None` when the change sets no term (only
+/// prices). The new version takes effect from the change's `effective_from` (default `now`),
+/// never before the account's latest version, and keeps the terms the change does not name
+/// from the version in force then (the latest: nothing later exists). A change from the same
+/// instant as the latest version is applied to it, so that concurrent changes of different
+/// terms all stick.
+pub fn schedule(
+    account: &AccountState,
+    change: &TermsChange,
+    now: Timestamp,
+) -> Result<Option<TermsSchedule>, TermsError> {
+    let at = change.effective_from.unwrap_or(now);
+    // Checked whole first: the prices too, even when no term changes.
+    let next = apply(&account.terms_at(at), change)?;
+    if !change.sets_terms() {
+        return Ok(None);
+    }
+    account.terms.may_take_effect(at).map_err(|latest| {
+        TermsError::new(
+            "effective_from",
+            format!(
+                "the account's terms already have a version effective from a later time \
+                 ({} ms); versions cannot be back-dated",
+                latest.0
+            ),
+        )
+    })?;
+    let base = Terms::of(account);
+    let current = if account.terms.is_empty() && base != Terms::default() {
+        // No version yet, but terms: they become the first version, in force from the
+        // beginning (as they were).
+        TermsSchedule::new(vec![TermsVersion {
+            effective_from: Timestamp(0),
+            terms: base,
+        }])
+    } else {
+        account.terms.clone()
+    };
+    Ok(Some(current.with(TermsVersion {
+        effective_from: at,
+        terms: next,
+    })))
 }
 
 /// Checks when the change's prices take effect against the account's price versions in
@@ -295,6 +440,105 @@ mod tests {
         assert_eq!(
             apply(&current(), &change).unwrap_err().field,
             "prices.fal-ai/flux/dev.unit_price"
+        );
+    }
+
+    fn account() -> AccountState {
+        AccountState::new(crate::ledger::CreditAccount::new_prepaid(
+            AccountId::parse("acme").unwrap(),
+        ))
+    }
+
+    #[test]
+    fn each_change_of_terms_is_a_version_that_keeps_the_fields_it_does_not_name() {
+        let mut acct = account();
+        let discount = |p: &str, at: Option<i64>| TermsChange {
+            percent_discount: Some(d(p)),
+            effective_from: at.map(Timestamp),
+            ..TermsChange::default()
+        };
+        // A change dated now, then one scheduled later that names another field.
+        acct.terms = schedule(&acct, &discount("10", None), Timestamp(1_000))
+            .unwrap()
+            .unwrap();
+        let limit = TermsChange {
+            concurrency_limit: Some(Some(4)),
+            effective_from: Some(Timestamp(5_000)),
+            ..TermsChange::default()
+        };
+        acct.terms = schedule(&acct, &limit, Timestamp(2_000)).unwrap().unwrap();
+        assert_eq!(acct.terms.versions().len(), 2);
+        assert_eq!(
+            acct.terms_at(Timestamp(999)),
+            Terms::default(),
+            "before any"
+        );
+        let t = acct.terms_at(Timestamp(1_000));
+        assert_eq!(
+            (t.discounts.percent_discount, t.concurrency_override),
+            (Some(d("10")), None)
+        );
+        let t = acct.terms_at(Timestamp(5_000));
+        assert_eq!(
+            (t.discounts.percent_discount, t.concurrency_override),
+            (Some(d("10")), Some(4)),
+            "the discount is kept from the version before"
+        );
+        assert_eq!(acct.terms.after(Timestamp(2_000)).len(), 1, "scheduled");
+        // In force now: what `use_terms_at` makes current.
+        acct.use_terms_at(Timestamp(4_999));
+        assert_eq!(acct.concurrency_override, None);
+        acct.use_terms_at(Timestamp(5_000));
+        assert_eq!(acct.concurrency_override, Some(4));
+        // Never before the latest version; a change from the same instant is merged into it.
+        let e = schedule(&acct, &discount("20", None), Timestamp(4_000)).unwrap_err();
+        assert_eq!(e.field, "effective_from");
+        acct.terms = schedule(&acct, &discount("20", Some(5_000)), Timestamp(4_000))
+            .unwrap()
+            .unwrap();
+        assert_eq!(acct.terms.versions().len(), 2);
+        let t = acct.terms_at(Timestamp(6_000));
+        assert_eq!(
+            (t.discounts.percent_discount, t.concurrency_override),
+            (Some(d("20")), Some(4)),
+            "concurrent changes of different fields both stick"
+        );
+        // A change of prices only makes no terms version; a bad term refuses it whole.
+        let prices_only = TermsChange {
+            prices: vec![(
+                EndpointId::parse("fal-ai/flux/dev").unwrap(),
+                PriceRule::per_unit(Unit::Image, Some(d("0.02"))),
+            )],
+            ..TermsChange::default()
+        };
+        assert_eq!(schedule(&acct, &prices_only, Timestamp(9_000)), Ok(None));
+        assert_eq!(
+            schedule(&acct, &discount("101", None), Timestamp(9_000))
+                .unwrap_err()
+                .field,
+            "percent_discount"
+        );
+    }
+
+    #[test]
+    fn an_account_with_terms_but_no_version_keeps_them_from_the_beginning() {
+        let mut acct = account();
+        acct.concurrency_override = Some(9);
+        let change = TermsChange {
+            percent_discount: Some(d("5")),
+            effective_from: Some(Timestamp(10_000)),
+            ..TermsChange::default()
+        };
+        acct.terms = schedule(&acct, &change, Timestamp(1)).unwrap().unwrap();
+        assert_eq!(acct.terms_at(Timestamp(0)).concurrency_override, Some(9));
+        assert_eq!(
+            acct.terms_at(Timestamp(9_999)).discounts.percent_discount,
+            None
+        );
+        let later = acct.terms_at(Timestamp(10_000));
+        assert_eq!(
+            (later.discounts.percent_discount, later.concurrency_override),
+            (Some(d("5")), Some(9))
         );
     }
 

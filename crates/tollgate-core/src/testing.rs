@@ -9,7 +9,7 @@
 //! into the [`Op`] it stands for at a given `now`. The catalog the endpoints refer to is each
 //! test's own.
 
-use crate::ids::{AccountId, EndpointId, PurchaseId, RequestId};
+use crate::ids::{AccountId, AdjustmentId, EndpointId, PurchaseId, RequestId};
 use crate::ledger::CreditAccount;
 use crate::machine::{AccountState, BatchState, Op, UsageEvent};
 use crate::price::{Dims, Output};
@@ -40,6 +40,11 @@ pub const EVENT_IDS: [&str; 4] = ["e0", "e1", "e2", "r0"];
 pub const PURCHASE_IDS: [&str; 4] = ["p0", "p1", "p2", "p3"];
 /// Purchase amounts in nano-USD: 0.05, 0.50, 5.00 USD, and an invalid zero.
 pub const AMOUNTS: [i64; 4] = [50_000_000, 500_000_000, 5_000_000_000, 0];
+
+pub const ADJUSTMENT_IDS: [&str; 3] = ["a0", "a1", "a2"];
+/// Adjustment amounts in nano-USD: a credit of 0.03 USD, debits of 0.02 and 2.00 USD (which
+/// overdraws), and an invalid zero.
+pub const ADJUSTMENT_AMOUNTS: [i64; 4] = [30_000_000, -20_000_000, -2_000_000_000, 0];
 
 /// 2026-01-31T23:30:00Z: the month changes half an hour in.
 pub const T0: i64 = 1_769_902_200_000;
@@ -133,6 +138,16 @@ pub enum Step {
     },
     ExpireCredits {
         account: usize,
+    },
+    Adjust {
+        account: usize,
+        id: usize,
+        amount: usize,
+    },
+    /// Locks the account for a payment dispute, or lifts that lock.
+    Dispute {
+        account: usize,
+        lift: bool,
     },
     Event {
         id: usize,
@@ -262,6 +277,10 @@ pub fn step(statuses: Statuses) -> impl Strategy<Value = Step> {
                 expires_in_ms,
             }),
         2 => account_ix().prop_map(|account| Step::ExpireCredits { account }),
+        2 => (account_ix(), 0..ADJUSTMENT_IDS.len(), 0..ADJUSTMENT_AMOUNTS.len())
+            .prop_map(|(account, id, amount)| Step::Adjust { account, id, amount }),
+        1 => (account_ix(), prop::bool::weighted(0.6))
+            .prop_map(|(account, lift)| Step::Dispute { account, lift }),
         2 => (
             0..EVENT_IDS.len(),
             account_ix(),
@@ -357,6 +376,29 @@ pub fn to_op(step: &Step, now: Timestamp) -> Op {
         },
         Step::ExpireCredits { account } => Op::ExpireCredits {
             account: account_id(*account),
+        },
+        Step::Adjust {
+            account,
+            id,
+            amount,
+        } => Op::Adjust {
+            account: account_id(*account),
+            adjustment_id: AdjustmentId::parse(ADJUSTMENT_IDS[*id]).unwrap(),
+            amount: Nanos(ADJUSTMENT_AMOUNTS[*amount]),
+            reason: "correction".into(),
+        },
+        Step::Dispute {
+            account,
+            lift: false,
+        } => Op::LockDisputed {
+            account: account_id(*account),
+        },
+        Step::Dispute {
+            account,
+            lift: true,
+        } => Op::LiftDispute {
+            account: account_id(*account),
+            reason: "resolved".into(),
         },
         Step::Event {
             id,

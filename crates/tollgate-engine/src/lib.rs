@@ -18,9 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 use tollgate_core::catalog::document::CatalogDocument;
 use tollgate_core::catalog::plan::{self, CatalogPlan};
 use tollgate_core::catalog::Catalog;
-use tollgate_core::ids::{AccountId, ApiKeyId, PurchaseId};
+use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, PurchaseId};
 use tollgate_core::machine::{apply, BatchState, Op, Outcome, Rejection};
-use tollgate_core::terms::{self, Terms, TermsChange};
+use tollgate_core::terms::{self, TermsChange};
 use tollgate_core::Timestamp;
 use tollgate_store::{
     ApiKeyRecord, BillingMode, Reader, ReaderFactory, Store, StoreError, SyncFn, Tx,
@@ -90,11 +90,13 @@ pub enum AdminCmd {
         username: AccountId,
         billing: BillingMode,
     },
-    /// Changes an account's terms and adds its own prices (each a new account-scoped price
-    /// version), in one db transaction: the change is applied to the terms as they are under
-    /// the account's lock, so concurrent changes of different terms all stick, and a refused
-    /// change (invalid terms or prices: [`EngineError::Invalid`]; no such account or an
-    /// endpoint not in the catalog: [`StoreError::NotFound`]) writes nothing.
+    /// Changes an account's terms (a new terms version, effective from the change's
+    /// `effective_from`) and adds its own prices (each a new account-scoped price version),
+    /// in one db transaction: the change is applied to the terms as they are under the
+    /// account's lock, so concurrent changes of different terms all stick, and a refused
+    /// change (invalid terms or prices, or a back-dated version: [`EngineError::Invalid`]; no
+    /// such account or an endpoint not in the catalog: [`StoreError::NotFound`]) writes
+    /// nothing.
     SetTerms {
         username: AccountId,
         change: TermsChange,
@@ -678,6 +680,7 @@ fn load<'a>(
         tx.load_requests(&request_ids, &mut state.requests)?;
     }
     let purchases: Vec<(AccountId, PurchaseId)> = ops
+        .clone()
         .filter_map(|op| match op {
             Op::Purchase {
                 account,
@@ -688,6 +691,19 @@ fn load<'a>(
         })
         .collect();
     tx.load_purchases(&purchases, &mut state.purchases)?;
+    let adjustments: Vec<(AccountId, AdjustmentId)> = ops
+        .filter_map(|op| match op {
+            Op::Adjust {
+                account,
+                adjustment_id,
+                ..
+            } => Some((account.clone(), adjustment_id.clone())),
+            _ => None,
+        })
+        .collect();
+    if !adjustments.is_empty() {
+        tx.load_adjustments(&adjustments, &mut state.adjustments)?;
+    }
     Ok(state)
 }
 
@@ -788,7 +804,7 @@ fn set_terms(
         *invalid = Some(input);
         error
     };
-    let terms = terms::apply(&Terms::of(&account), change).map_err(&mut refuse)?;
+    let schedule = terms::schedule(&account, change, now).map_err(&mut refuse)?;
     if !change.prices.is_empty() {
         let catalog = catalog_in_force(tx, shared)?;
         if let Some((endpoint, _)) = change
@@ -800,7 +816,9 @@ fn set_terms(
         }
         terms::check_effective(&catalog, username, change, now).map_err(&mut refuse)?;
     }
-    tx.set_account_terms(username, &terms)?;
+    if let Some(schedule) = &schedule {
+        tx.set_account_terms(username, schedule)?;
+    }
     let at = change.effective_from.unwrap_or(now);
     for (endpoint, rule) in &change.prices {
         tx.insert_price_version(endpoint, Some(username), at, rule, now)?;

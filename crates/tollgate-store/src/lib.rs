@@ -22,11 +22,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
 use tollgate_core::concurrency::ConcurrencyTable;
-use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId, RequestId};
-use tollgate_core::machine::{AccountState, BatchState, LineItem, PurchaseRecord, RequestRecord};
+use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, EndpointId, PurchaseId, RequestId};
+use tollgate_core::machine::{
+    AccountState, AdjustmentRecord, BatchState, LineItem, PurchaseRecord, RequestRecord,
+};
 use tollgate_core::price::{MachinePrices, PriceRule};
 use tollgate_core::rollup::{ActivityKey, ActivityTotals, Grain, UsageKey, UsageTotals};
-use tollgate_core::terms::Terms;
+use tollgate_core::terms::TermsSchedule;
 use tollgate_core::{Nanos, Timestamp};
 
 /// Why the store failed, as the decision it asks of its caller: run the db transaction again
@@ -319,6 +321,10 @@ pub struct Reconciliation {
     pub credited_nanos: i128,
     /// Credits expired unspent.
     pub expired_nanos: i128,
+    /// Sum of the adjustments table (credits positive, debits negative).
+    pub adjusted_nanos: i128,
+    /// What adjustment transfers moved to customers, net.
+    pub adjusted_in_ledger_nanos: i128,
 }
 
 impl Reconciliation {
@@ -354,6 +360,12 @@ impl Reconciliation {
                 self.purchased_nanos, self.credited_nanos
             ));
         }
+        if self.adjusted_nanos != self.adjusted_in_ledger_nanos {
+            out.push(format!(
+                "adjusted {} != adjusted in the ledger {} nano-USD",
+                self.adjusted_nanos, self.adjusted_in_ledger_nanos
+            ));
+        }
         if out.is_empty() {
             "clean".into()
         } else {
@@ -370,6 +382,7 @@ impl Reconciliation {
             && self.rollup_mismatches.is_empty()
             && self.revenue_nanos == self.billed_nanos
             && self.purchased_nanos == self.credited_nanos
+            && self.adjusted_nanos == self.adjusted_in_ledger_nanos
     }
 }
 
@@ -485,8 +498,14 @@ pub trait Tx {
         keys: &[(AccountId, PurchaseId)],
         out: &mut HashMap<(AccountId, PurchaseId), PurchaseRecord>,
     ) -> Result<()>;
-    /// Writes what the core decided: dirty accounts and requests, new purchases, transfers
-    /// and line items.
+    /// Loads the named adjustments that exist (their first answers).
+    fn load_adjustments(
+        &mut self,
+        keys: &[(AccountId, AdjustmentId)],
+        out: &mut HashMap<(AccountId, AdjustmentId), AdjustmentRecord>,
+    ) -> Result<()>;
+    /// Writes what the core decided: dirty accounts and requests, new purchases and
+    /// adjustments, transfers and line items.
     fn persist(&mut self, state: &BatchState) -> Result<()>;
     /// In-progress requests whose hold expired at `now`, oldest first.
     fn due_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<RequestId>>;
@@ -499,9 +518,10 @@ pub trait Tx {
         billing: BillingMode,
         now: Timestamp,
     ) -> Result<()>;
-    /// Replaces an account's terms (the caller applied its change to them under the account's
-    /// lock, see [`Tx::lock_accounts`]). [`StoreError::NotFound`] when there is no such account.
-    fn set_account_terms(&mut self, username: &AccountId, terms: &Terms) -> Result<()>;
+    /// Replaces an account's terms versions (the caller applied its change to them under the
+    /// account's lock, see [`Tx::lock_accounts`]). [`StoreError::NotFound`] when there is no
+    /// such account.
+    fn set_account_terms(&mut self, username: &AccountId, terms: &TermsSchedule) -> Result<()>;
     /// Inserts a key unless one with its id exists (whatever its scope, secret or revocation):
     /// returns whether it was inserted. A stored key is never replaced, so a revoked key stays
     /// revoked and a stored secret is never changed by inserting the same id again.

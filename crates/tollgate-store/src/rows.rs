@@ -9,15 +9,17 @@ use crate::{
 use std::collections::HashMap;
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
 use tollgate_core::concurrency::ConcurrencyTable;
-use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, MachineType, PurchaseId, RequestId};
+use tollgate_core::ids::{
+    AccountId, AdjustmentId, ApiKeyId, EndpointId, MachineType, PurchaseId, RequestId,
+};
 use tollgate_core::ledger::CreditAccount;
 use tollgate_core::machine::{
-    AccountState, LineItem, Lot, PurchaseRecord, RequestRecord, RequestStatus, Source,
-    TransferRecord,
+    AccountState, AdjustmentRecord, LineItem, Lot, PurchaseRecord, RequestRecord, RequestStatus,
+    Source, TransferRecord,
 };
 use tollgate_core::price::{MachinePrices, PriceRule};
-use tollgate_core::pricing::Charge;
-use tollgate_core::terms::Terms;
+use tollgate_core::pricing::{Charge, Discounts};
+use tollgate_core::terms::{Terms, TermsSchedule, TermsVersion};
 use tollgate_core::{Nanos, Timestamp};
 
 /// A result row, whichever driver read it: the few column types the schema uses.
@@ -30,7 +32,7 @@ pub(crate) trait Get {
 }
 
 pub(crate) const ACCOUNT_COLS: &str = "username, billing, balance_nanos, held_nanos, \
-     in_progress, lock_threshold_nanos, concurrency_override, discounts, paid_lifetime_nanos, \
+     in_progress, terms, adjusted_credit_nanos, disputed_since, paid_lifetime_nanos, \
      month, month_subtotal_nanos, created_at";
 
 /// An `accounts` row.
@@ -40,9 +42,9 @@ pub(crate) struct AccountCols {
     pub balance: i64,
     pub held: i64,
     pub in_progress: i64,
-    pub lock_threshold: i64,
-    pub concurrency_override: Option<i64>,
-    pub discounts: String,
+    pub terms: String,
+    pub adjusted_credit: i64,
+    pub disputed_since: Option<i64>,
     pub paid_lifetime: i64,
     pub month: i32,
     pub month_subtotal: i64,
@@ -62,9 +64,9 @@ impl AccountCols {
             balance: r.int(2)?,
             held: r.int(3)?,
             in_progress: r.int(4)?,
-            lock_threshold: r.int(5)?,
-            concurrency_override: r.opt_int(6)?,
-            discounts: r.text(7)?,
+            terms: r.text(5)?,
+            adjusted_credit: r.int(6)?,
+            disputed_since: r.opt_int(7)?,
             paid_lifetime: r.int(8)?,
             month: i32::try_from(r.int(9)?).map_err(|e| corrupt("month", e))?,
             month_subtotal: r.int(10)?,
@@ -73,8 +75,8 @@ impl AccountCols {
     }
 
     /// The account with its open lots (in spending order) and its paid purchases in the
-    /// concurrency tier window.
-    pub fn into_row(self, lots: Vec<Lot>, paid_28d: Nanos) -> Result<AccountRow> {
+    /// concurrency tier window of `now`, with the terms in force at `now`.
+    pub fn into_row(self, lots: Vec<Lot>, paid_28d: Nanos, now: Timestamp) -> Result<AccountRow> {
         let billing = match self.billing.as_str() {
             "invoice" => BillingMode::Invoice,
             _ => BillingMode::Prepaid,
@@ -87,22 +89,23 @@ impl AccountCols {
                 BillingMode::Prepaid => Some(Nanos::ZERO),
                 BillingMode::Invoice => None,
             },
-            lock_threshold: Nanos(self.lock_threshold),
+            lock_threshold: Nanos::ZERO,
         };
-        let state = AccountState {
+        let mut state = AccountState {
             credit,
             in_progress: small("in_progress", self.in_progress)?,
-            concurrency_override: self
-                .concurrency_override
-                .map(|o| small("concurrency_override", o))
-                .transpose()?,
+            concurrency_override: None,
             paid_28d,
             paid_lifetime: Nanos(self.paid_lifetime),
-            discounts: json("discounts", &self.discounts)?,
+            discounts: Default::default(),
             month: self.month,
             month_subtotal: Nanos(self.month_subtotal),
             lots,
+            adjusted_credit: Nanos(self.adjusted_credit),
+            terms: terms_schedule(&self.terms)?,
+            disputed_since: self.disputed_since.map(Timestamp),
         };
+        state.use_terms_at(now);
         Ok(AccountRow {
             state,
             created_at: Timestamp(self.created_at),
@@ -111,20 +114,96 @@ impl AccountCols {
     }
 }
 
-/// The columns of an `accounts` row that hold its terms.
-pub(crate) struct TermsCols {
-    pub lock_threshold: i64,
-    pub concurrency_override: Option<i64>,
-    pub discounts: String,
+/// One version of an account's terms as stored in `accounts.terms` (a JSON array of them).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TermsVersionCols {
+    effective_from: i64,
+    discounts: Discounts,
+    concurrency_override: Option<u32>,
+    lock_threshold_nanos: i64,
 }
 
-impl TermsCols {
-    pub fn of(t: &Terms) -> TermsCols {
-        TermsCols {
-            lock_threshold: t.lock_threshold.0,
-            concurrency_override: t.concurrency_override.map(i64::from),
-            discounts: to_json(&t.discounts),
+/// The stored text of an account's terms versions (`accounts.terms`).
+pub(crate) fn terms_text(schedule: &TermsSchedule) -> String {
+    let rows: Vec<TermsVersionCols> = schedule
+        .versions()
+        .iter()
+        .map(|v| TermsVersionCols {
+            effective_from: v.effective_from.0,
+            discounts: v.terms.discounts.clone(),
+            concurrency_override: v.terms.concurrency_override,
+            lock_threshold_nanos: v.terms.lock_threshold.0,
+        })
+        .collect();
+    to_json(&rows)
+}
+
+fn terms_schedule(text: &str) -> Result<TermsSchedule> {
+    let rows: Vec<TermsVersionCols> = json("terms", text)?;
+    Ok(TermsSchedule::new(
+        rows.into_iter()
+            .map(|r| TermsVersion {
+                effective_from: Timestamp(r.effective_from),
+                terms: Terms {
+                    discounts: r.discounts,
+                    concurrency_override: r.concurrency_override,
+                    lock_threshold: Nanos(r.lock_threshold_nanos),
+                },
+            })
+            .collect(),
+    ))
+}
+
+pub(crate) const ADJUSTMENT_COLS: &str =
+    "account, adjustment_id, amount_nanos, reason, created_at, balance_after, locked_after";
+
+/// An `adjustments` row: the adjustment and its answer.
+pub(crate) struct AdjustmentCols {
+    pub account: String,
+    pub adjustment_id: String,
+    pub amount: i64,
+    pub reason: String,
+    pub created_at: i64,
+    pub balance_after: i64,
+    pub locked_after: bool,
+}
+
+impl AdjustmentCols {
+    /// A row of `SELECT {ADJUSTMENT_COLS}`.
+    pub fn read(r: &dyn Get) -> Result<AdjustmentCols> {
+        Ok(AdjustmentCols {
+            account: r.text(0)?,
+            adjustment_id: r.text(1)?,
+            amount: r.int(2)?,
+            reason: r.text(3)?,
+            created_at: r.int(4)?,
+            balance_after: r.int(5)?,
+            locked_after: r.bool(6)?,
+        })
+    }
+
+    pub fn of(a: &AdjustmentRecord) -> AdjustmentCols {
+        AdjustmentCols {
+            account: a.account.as_str().to_string(),
+            adjustment_id: a.adjustment_id.as_str().to_string(),
+            amount: a.amount.0,
+            reason: a.reason.clone(),
+            created_at: a.created_at.0,
+            balance_after: a.balance_after.0,
+            locked_after: a.locked_after,
         }
+    }
+
+    pub fn into_record(self) -> Result<AdjustmentRecord> {
+        Ok(AdjustmentRecord {
+            account: parse_id(AccountId::parse, &self.account)?,
+            adjustment_id: parse_id(AdjustmentId::parse, &self.adjustment_id)?,
+            amount: Nanos(self.amount),
+            reason: self.reason,
+            created_at: Timestamp(self.created_at),
+            balance_after: Nanos(self.balance_after),
+            locked_after: self.locked_after,
+        })
     }
 }
 
@@ -568,7 +647,7 @@ impl Cell {
 pub(crate) type Query<'a> = dyn FnMut(&str) -> Result<Vec<Vec<Cell>>> + 'a;
 
 /// The transfer kinds that move posted money.
-const POSTED: &str = "('purchase', 'grant', 'post', 'charge', 'credit_expiry')";
+const POSTED: &str = "('purchase', 'grant', 'post', 'charge', 'credit_expiry', 'adjustment')";
 
 /// Checks the ledger end to end with portable SQL (SQLite and PostgreSQL): every balance,
 /// hold, in-progress count and credit lot against the rows they summarise, every line item
@@ -606,6 +685,14 @@ fn totals(q: &mut Query) -> Result<Reconciliation> {
         expired_nanos: one(
             "SELECT CAST(COALESCE(SUM(amount_nanos), 0) AS BIGINT) FROM transfers \
              WHERE kind = 'credit_expiry'",
+        )?,
+        adjusted_nanos: one(
+            "SELECT CAST(COALESCE(SUM(amount_nanos), 0) AS BIGINT) FROM adjustments",
+        )?,
+        adjusted_in_ledger_nanos: one(
+            "SELECT CAST(COALESCE(SUM(CASE WHEN debit = 'system:adjustments' \
+               THEN amount_nanos ELSE -amount_nanos END), 0) AS BIGINT) FROM transfers \
+             WHERE kind = 'adjustment'",
         )?,
         ..Reconciliation::default()
     })
@@ -645,13 +732,14 @@ fn account_mismatches(q: &mut Query, rec: &mut Reconciliation) -> Result<()> {
         2,
     )?;
     let accounts = q(
-        "SELECT username, balance_nanos, held_nanos, in_progress FROM accounts \
-         ORDER BY username",
+        "SELECT username, balance_nanos, held_nanos, in_progress, adjusted_credit_nanos \
+         FROM accounts ORDER BY username",
     )?;
     for row in accounts {
         let name = row[0].text()?;
         let id = parse_id(AccountId::parse, name)?;
         let (balance, held, in_progress) = (row[1].int()?, row[2].int()?, row[3].int()?);
+        let adjusted_credit = row[4].int()?;
         let ledger = from_ledger
             .get(&format!("customer:{name}"))
             .map_or(0, |v| v[0]);
@@ -664,7 +752,7 @@ fn account_mismatches(q: &mut Query, rec: &mut Reconciliation) -> Result<()> {
             rec.held_mismatches
                 .push((id.clone(), Nanos(held), Nanos(open_holds)));
         }
-        let left = lots.get(name).map_or(0, |v| v[0]);
+        let left = lots.get(name).map_or(0, |v| v[0]) + adjusted_credit;
         if left != balance.max(0) {
             rec.lot_mismatches
                 .push((id.clone(), Nanos(balance.max(0)), Nanos(left)));

@@ -8,6 +8,7 @@ mod fal;
 mod keys_admin;
 mod schema;
 
+mod adjustments;
 mod billing_holes;
 mod catalog;
 mod catalog_preview;

@@ -698,6 +698,29 @@ async fn real_responses_match_the_document() {
     assert_eq!(r.json["balance_nano_usd"], 26_500_000_000i64);
     assert_eq!(r.json["paid_lifetime_nano_usd"], 25_000_000_000i64);
 
+    // --- adjustments and unlock (a debit and a credit of the same amount)
+    for (id, amount, nanos) in [
+        ("adj-1", "-0.50", -500_000_000i64),
+        ("adj-2", "0.5", 500_000_000),
+    ] {
+        let r = f
+            .post(
+                "/v1/admin/accounts/acme/adjustments",
+                f.op(),
+                Body::Json(json!({ "adjustment_id": id, "amount_usd": amount, "reason": "fix" })),
+            )
+            .await;
+        assert_eq!((r.status, &r.json["amount_nano_usd"]), (201, &json!(nanos)));
+    }
+    let r = f
+        .post(
+            "/v1/admin/accounts/acme/unlock",
+            f.op(),
+            Body::Json(json!({ "reason": "not locked: nothing to lift" })),
+        )
+        .await;
+    assert_eq!((r.status, &r.json["lock_reason"]), (200, &Value::Null));
+
     // --- the life of one request
     let r1 = uuid();
     let r = f.submit(&r1, "fal-ai/flux/dev", &api).await;

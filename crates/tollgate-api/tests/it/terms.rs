@@ -66,9 +66,9 @@ async fn a_refused_update_changes_nothing() {
             400,
             "validation_error",
         ),
-        // A date without prices to date.
+        // A date with nothing to date.
         (
-            json!({ "percent_discount": "20", "effective_from": "2030-01-01T00:00:00Z" }),
+            json!({ "effective_from": "2030-01-01T00:00:00Z" }),
             400,
             "validation_error",
         ),

@@ -146,7 +146,9 @@ fn is_replay(o: &Outcome) -> bool {
         | Outcome::Started { replayed, .. }
         | Outcome::Completed { replayed, .. }
         | Outcome::Cancelled { replayed }
-        | Outcome::Purchased { replayed, .. } => *replayed,
+        | Outcome::Purchased { replayed, .. }
+        | Outcome::Adjusted { replayed, .. } => *replayed,
+        Outcome::LockChanged { changed, .. } => !*changed,
         Outcome::Expired { expired } => !*expired,
         Outcome::CreditsExpired { amount } => *amount == Nanos::ZERO,
     }
@@ -167,8 +169,9 @@ fn spend_key(l: &Lot) -> (bool, Option<Timestamp>, Timestamp, PurchaseId) {
     )
 }
 
+/// What is left of the account's credits: its lots and its adjusted credit.
 fn lot_sum(a: &AccountState) -> i64 {
-    a.lots.iter().map(|l| l.remaining.0).sum()
+    a.lots.iter().map(|l| l.remaining.0).sum::<i64>() + a.adjusted_credit.0
 }
 
 /// Pairs each lot of `b` (before) with the same purchase's lot in `a` (after) and checks that
@@ -202,7 +205,17 @@ fn lot_cuts<'a>(
 /// no lot that comes earlier in the order has anything left while a later one was cut.
 fn check_spending(b: &AccountState, a: &AccountState, cost: Nanos) -> Result<(), TestCaseError> {
     let cuts = lot_cuts(b, a)?;
-    let taken: i64 = cuts.iter().map(|(_, c)| c).sum();
+    // The adjusted credit is spent after every lot.
+    let from_adjusted = b.adjusted_credit.0 - a.adjusted_credit.0;
+    prop_assert!(from_adjusted >= 0, "the adjusted credit went up");
+    if from_adjusted > 0 {
+        prop_assert!(
+            a.lots.iter().all(|l| l.remaining == Nanos::ZERO),
+            "adjusted credit spent before the lots: {:?}",
+            a.lots
+        );
+    }
+    let taken: i64 = cuts.iter().map(|(_, c)| c).sum::<i64>() + from_adjusted;
     prop_assert_eq!(
         taken,
         cost.0.min(lot_sum(b)),
@@ -465,6 +478,57 @@ fn check_step(
             }
         }
         (
+            Op::Adjust {
+                account, amount, ..
+            },
+            Outcome::Adjusted {
+                adjustment,
+                replayed: false,
+            },
+        ) => {
+            prop_assert!(amount.0 != 0);
+            let a = &s.accounts[account];
+            let b = &before.accounts[account];
+            // The whole amount moves, whatever the balance or the holds; the lock follows.
+            prop_assert_eq!(a.credit.balance, Nanos(b.credit.balance.0 + amount.0));
+            prop_assert_eq!(a.credit.held, b.credit.held);
+            prop_assert_eq!(adjustment.balance_after, a.credit.balance);
+            prop_assert_eq!(adjustment.locked_after, a.is_locked());
+            prop_assert_eq!(new_transfers.len(), 1);
+            prop_assert_eq!(new_transfers[0].transfer.kind, TransferKind::Adjustment);
+            prop_assert_eq!(new_transfers[0].transfer.amount.0, amount.0.abs());
+            prop_assert!(new_items.is_empty());
+            if amount.0 > 0 {
+                prop_assert_eq!(&a.lots, &b.lots, "a credit spends no lot");
+            }
+        }
+        (
+            Op::Adjust {
+                account, amount, ..
+            },
+            Outcome::Adjusted {
+                adjustment,
+                replayed: true,
+            },
+        ) => {
+            prop_assert_eq!(&adjustment.account, account);
+            prop_assert_eq!(adjustment.amount, *amount);
+            prop_assert!(new_transfers.is_empty());
+        }
+        (
+            Op::LockDisputed { account } | Op::LiftDispute { account, .. },
+            Outcome::LockChanged { lock_reason, .. },
+        ) => {
+            let a = &s.accounts[account];
+            prop_assert_eq!(a.lock_reason(), *lock_reason);
+            prop_assert_eq!(
+                a.disputed_since.is_some(),
+                matches!(op, Op::LockDisputed { .. })
+            );
+            prop_assert!(new_transfers.is_empty());
+            prop_assert_eq!(a.credit.balance, before.accounts[account].credit.balance);
+        }
+        (
             Op::Purchase {
                 account,
                 purchase_id,
@@ -607,9 +671,12 @@ fn check_ledger(catalog: &Catalog, s: &BatchState) -> Result<(), TestCaseError> 
         for t in &s.transfers {
             let t = &t.transfer;
             match t.kind {
-                TransferKind::Purchase | TransferKind::Grant if t.credit == me => {
+                TransferKind::Purchase | TransferKind::Grant | TransferKind::Adjustment
+                    if t.credit == me =>
+                {
                     from_transfers += t.amount.0
                 }
+                TransferKind::Adjustment if t.debit == me => from_transfers -= t.amount.0,
                 TransferKind::Post | TransferKind::Charge | TransferKind::CreditExpiry
                     if t.debit == me =>
                 {
@@ -652,6 +719,36 @@ fn check_ledger(catalog: &Catalog, s: &BatchState) -> Result<(), TestCaseError> 
             "{}: lots out of spending order: {:?}",
             id,
             a.lots
+        );
+        prop_assert!(a.adjusted_credit >= Nanos::ZERO);
+        // Adjustments: each recorded once, with its transfer; the account's own sum to what
+        // the ledger moved to it from the adjustments side.
+        let adjusted: i64 = s
+            .adjustments
+            .values()
+            .filter(|r| &r.account == id)
+            .map(|r| r.amount.0)
+            .sum();
+        let adjusted_in_ledger: i64 = s
+            .transfers
+            .iter()
+            .filter(|t| t.transfer.kind == TransferKind::Adjustment)
+            .map(|t| {
+                if t.transfer.credit == me {
+                    t.transfer.amount.0
+                } else if t.transfer.debit == me {
+                    -t.transfer.amount.0
+                } else {
+                    0
+                }
+            })
+            .sum();
+        prop_assert_eq!(adjusted, adjusted_in_ledger, "{}: adjustments", id);
+        prop_assert_eq!(
+            a.is_locked(),
+            a.disputed_since.is_some() || a.credit.is_locked(),
+            "{}: lock",
+            id
         );
         let mut pids = BTreeSet::new();
         for l in &a.lots {
@@ -1376,6 +1473,8 @@ fn generated_sequences_reach_every_path() {
                     Outcome::Expired { .. } => "expire no-op",
                     Outcome::Purchased { .. } => "purchase replayed",
                     Outcome::CreditsExpired { .. } => "credit expiry no-op",
+                    Outcome::Adjusted { .. } => "adjustment replayed",
+                    Outcome::LockChanged { .. } => "lock unchanged",
                 },
                 (Op::UsageEvent(_), Ok(Outcome::Completed { completion, .. })) => {
                     if completion.billed {
@@ -1411,6 +1510,8 @@ fn generated_sequences_reach_every_path() {
                 (_, Ok(Outcome::Expired { .. })) => "expired",
                 (_, Ok(Outcome::Purchased { .. })) => "purchased",
                 (_, Ok(Outcome::CreditsExpired { .. })) => "credits expired",
+                (_, Ok(Outcome::Adjusted { .. })) => "adjusted",
+                (_, Ok(Outcome::LockChanged { .. })) => "lock changed",
                 (_, Err(Rejection::AccountLocked { .. })) => "locked",
                 (_, Err(Rejection::ConcurrencyLimit { .. })) => "concurrency limit",
                 (_, Err(Rejection::InsufficientCredits { .. })) => "insufficient credits",

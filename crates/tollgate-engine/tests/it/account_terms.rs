@@ -42,8 +42,13 @@ async fn set(engine: &Engine, change: TermsChange) -> Result<AdminReply, EngineE
 }
 
 async fn terms(engine: &Engine) -> Terms {
+    terms_at(engine, Timestamp(T)).await
+}
+
+/// The account's terms in force at `at`.
+async fn terms_at(engine: &Engine, at: Timestamp) -> Terms {
     let row = engine
-        .read(|r| r.account(&account(), Timestamp(T)))
+        .read(move |r| r.account(&account(), at))
         .await
         .unwrap()
         .expect("the account");
@@ -197,7 +202,11 @@ async fn terms_and_prices_are_set_together() {
             },
             "on {on}"
         );
-        let t = terms(&engine).await;
+        // The terms take effect with the prices, not before.
+        let before = terms(&engine).await;
+        assert_eq!(before.discounts.percent_discount, None, "on {on}");
+        assert_eq!(before.concurrency_override, None, "on {on}");
+        let t = terms_at(&engine, Timestamp(T + 60_000)).await;
         assert_eq!(t.discounts.percent_discount, Some(Decimal::from(10)));
         assert_eq!(t.concurrency_override, Some(5));
         // The snapshot prices with them at once.
@@ -219,7 +228,7 @@ async fn terms_and_prices_are_set_together() {
         )
         .await
         .unwrap();
-        assert_eq!(terms(&engine).await, t, "on {on}");
+        assert_eq!(terms_at(&engine, Timestamp(T + 60_000)).await, t, "on {on}");
         assert_eq!(own(&engine).len(), 4, "on {on}");
     }
 }

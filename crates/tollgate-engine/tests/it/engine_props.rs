@@ -18,12 +18,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use tollgate_core::catalog::Catalog;
-use tollgate_core::ids::{AccountId, EndpointId, PurchaseId, RequestId};
+use tollgate_core::ids::{AccountId, AdjustmentId, EndpointId, PurchaseId, RequestId};
 use tollgate_core::ledger::TransferKind;
 use tollgate_core::machine::LineItem;
 use tollgate_core::machine::{
-    apply, AccountState, BatchState, Completion, Op, Outcome, PurchaseRecord, Rejection,
-    RequestStatus,
+    apply, AccountState, AdjustmentRecord, BatchState, Completion, Op, Outcome, PurchaseRecord,
+    Rejection, RequestStatus,
 };
 use tollgate_core::price::{Dims, Output};
 use tollgate_core::rollup::{ActivityKey, ActivityTotals, UsageKey, UsageTotals};
@@ -205,6 +205,8 @@ impl Harness {
                     change: TermsChange {
                         percent_discount: discounts(i).percent_discount,
                         volume_tiers: Some(discounts(i).volume_tiers),
+                        // In force from the beginning, as the pure mirror has them.
+                        effective_from: Some(Timestamp(0)),
                         ..TermsChange::default()
                     },
                 })
@@ -482,7 +484,12 @@ async fn run_ordered(backend: &Backend, groups: Vec<Group>) -> Result<Reads, Tes
 
     // Row by row: accounts and requests as stored equal the pure state.
     for (i, name) in ACCOUNTS.iter().enumerate().take(REAL_ACCOUNTS) {
-        let stored = h.account(i).await?;
+        let mut stored = h.account(i).await?;
+        // The store keeps the terms the test set as a version; the mirror has them only as
+        // the terms in force.
+        let mirrored = &mirror.accounts[&account_id(i)];
+        prop_assert_eq!(stored.terms_at(h.now()), mirrored.terms_at(h.now()));
+        stored.terms = Default::default();
         prop_assert_eq!(
             &stored,
             &as_stored(&mirror.accounts[&account_id(i)]),
@@ -538,6 +545,9 @@ struct Answers {
     replayed_completions: Vec<(RequestId, Completion)>,
     purchases: HashMap<(AccountId, PurchaseId), PurchaseRecord>,
     replayed_purchases: Vec<PurchaseRecord>,
+    /// The one first (not replayed) answer of each adjustment.
+    adjustments: HashMap<(AccountId, AdjustmentId), AdjustmentRecord>,
+    replayed_adjustments: Vec<AdjustmentRecord>,
     holds: HashMap<RequestId, Nanos>,
     replayed_holds: Vec<(RequestId, Nanos)>,
     finals: HashMap<RequestId, RequestStatus>,
@@ -578,6 +588,18 @@ impl Answers {
                     let key = (purchase.account.clone(), purchase.purchase_id.clone());
                     let first = self.purchases.insert(key, purchase.clone());
                     prop_assert!(first.is_none(), "purchase credited twice: {:?}", purchase);
+                }
+            }
+            Outcome::Adjusted {
+                adjustment,
+                replayed,
+            } => {
+                let key = (adjustment.account.clone(), adjustment.adjustment_id.clone());
+                if *replayed {
+                    self.replayed_adjustments.push(adjustment.clone());
+                } else {
+                    let first = self.adjustments.insert(key, adjustment.clone());
+                    prop_assert!(first.is_none(), "adjusted twice: {:?}", adjustment);
                 }
             }
             Outcome::Started { hold, replayed, .. } => {
@@ -692,6 +714,10 @@ async fn run_any(backend: &Backend, groups: Vec<Group>) -> Result<(), TestCaseEr
         let key = (p.account.clone(), p.purchase_id.clone());
         prop_assert_eq!(Some(p), answers.purchases.get(&key));
     }
+    for a in &answers.replayed_adjustments {
+        let key = (a.account.clone(), a.adjustment_id.clone());
+        prop_assert_eq!(Some(a), answers.adjustments.get(&key));
+    }
     for (id, hold) in &answers.replayed_holds {
         prop_assert_eq!(Some(hold), answers.holds.get(id), "repeat start of {}", id);
     }
@@ -700,6 +726,9 @@ async fn run_any(backend: &Backend, groups: Vec<Group>) -> Result<(), TestCaseEr
     let mut expected: BTreeMap<AccountId, i64> = BTreeMap::new();
     for p in answers.purchases.values() {
         *expected.entry(p.account.clone()).or_default() += p.amount.0;
+    }
+    for a in answers.adjustments.values() {
+        *expected.entry(a.account.clone()).or_default() += a.amount.0;
     }
     for id in all_request_ids() {
         let stored = h.request(&id).await?;

@@ -98,7 +98,7 @@ pub(super) fn load_accounts(
             let cols = AccountCols::read(r)?;
             let lots = lots.remove(&cols.username).unwrap_or_default();
             let paid_28d = Nanos(paid.get(&cols.username).copied().unwrap_or(0));
-            cols.into_row(lots, paid_28d)
+            cols.into_row(lots, paid_28d, now)
         })
         .collect()
 }

@@ -11,7 +11,10 @@ use std::collections::HashMap;
 /// Schema migrations, applied in order, each in one transaction; `tollgate_schema` records how
 /// many ran. A transaction-scoped advisory lock makes processes that start together take
 /// turns.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_terms_adjustments.sql"),
+];
 
 /// The advisory lock key migrations hold ("tollgate" in ASCII).
 const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465;

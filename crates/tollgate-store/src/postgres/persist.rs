@@ -8,8 +8,8 @@
 use super::rollups::{activity_totals, ACTIVITY_COLS};
 use super::{PgTx, Run};
 use crate::rows::{
-    LineItemCols, PurchaseCols, RequestCols, TransferCols, LINE_ITEM_COLS, PURCHASE_COLS,
-    REQUEST_COLS, TRANSFER_COLS,
+    AdjustmentCols, LineItemCols, PurchaseCols, RequestCols, TransferCols, ADJUSTMENT_COLS,
+    LINE_ITEM_COLS, PURCHASE_COLS, REQUEST_COLS, TRANSFER_COLS,
 };
 use crate::{Result, StoreError};
 use postgres::types::ToSql;
@@ -70,6 +70,9 @@ pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<()> {
         line_items(&mut a, s),
     ];
     parts.extend(purchases(&mut a, s));
+    if !s.new_adjustments.is_empty() {
+        parts.push(adjustments(&mut a, s));
+    }
     parts.extend(requests(&mut a, s, &t.found));
     for (grain, d) in [(Grain::Minute, &minutes), (Grain::Hour, &hours)] {
         parts.push(usage(&mut a, grain, d));
@@ -99,9 +102,11 @@ fn accounts(a: &mut Args, s: &BatchState) -> String {
     format!(
         "UPDATE accounts a SET balance_nanos = x.balance, held_nanos = x.held, \
          in_progress = x.in_progress, paid_lifetime_nanos = x.lifetime, month = x.month, \
-         month_subtotal_nanos = x.subtotal \
-         FROM unnest({}, {}, {}, {}, {}, {}, {}) \
-           AS x(username, balance, held, in_progress, lifetime, month, subtotal) \
+         month_subtotal_nanos = x.subtotal, adjusted_credit_nanos = x.adjusted, \
+         disputed_since = x.disputed \
+         FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}) \
+           AS x(username, balance, held, in_progress, lifetime, month, subtotal, adjusted, \
+             disputed) \
          WHERE a.username = x.username",
         a.add(col(&rows, |(id, _)| id.as_str().to_string()), "text[]"),
         a.add(col(&rows, |(_, s)| s.credit.balance.0), "bigint[]"),
@@ -110,6 +115,27 @@ fn accounts(a: &mut Args, s: &BatchState) -> String {
         a.add(col(&rows, |(_, s)| s.paid_lifetime.0), "bigint[]"),
         a.add(col(&rows, |(_, s)| s.month), "int[]"),
         a.add(col(&rows, |(_, s)| s.month_subtotal.0), "bigint[]"),
+        a.add(col(&rows, |(_, s)| s.adjusted_credit.0), "bigint[]"),
+        a.add(
+            col(&rows, |(_, s)| s.disputed_since.map(|t| t.0)),
+            "bigint[]"
+        ),
+    )
+}
+
+/// The batch's new adjustments.
+fn adjustments(a: &mut Args, s: &BatchState) -> String {
+    let rows: Vec<AdjustmentCols> = s.new_adjustments.iter().map(AdjustmentCols::of).collect();
+    format!(
+        "INSERT INTO adjustments ({ADJUSTMENT_COLS}) SELECT * FROM unnest({}, {}, {}, {}, {}, \
+         {}, {})",
+        a.add(col(&rows, |r| r.account.clone()), "text[]"),
+        a.add(col(&rows, |r| r.adjustment_id.clone()), "text[]"),
+        a.add(col(&rows, |r| r.amount), "bigint[]"),
+        a.add(col(&rows, |r| r.reason.clone()), "text[]"),
+        a.add(col(&rows, |r| r.created_at), "bigint[]"),
+        a.add(col(&rows, |r| r.balance_after), "bigint[]"),
+        a.add(col(&rows, |r| r.locked_after), "boolean[]"),
     )
 }
 

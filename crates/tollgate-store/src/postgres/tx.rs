@@ -2,7 +2,9 @@
 
 use super::load::{load_accounts, load_catalog, load_requests, setting};
 use super::{persist, Run};
-use crate::rows::{PurchaseCols, TermsCols, KEY_COLS, PURCHASE_COLS};
+use crate::rows::{
+    terms_text, AdjustmentCols, PurchaseCols, ADJUSTMENT_COLS, KEY_COLS, PURCHASE_COLS,
+};
 use crate::{
     parse_id, to_json, ApiKeyRecord, BillingMode, DbError, Result, StoreError, Tx,
     SETTING_CATALOG_GENERATION,
@@ -11,10 +13,12 @@ use ::postgres::types::ToSql;
 use ::postgres::{Row, Statement, Transaction};
 use std::collections::{HashMap, HashSet};
 use tollgate_core::catalog::{Catalog, EndpointDef};
-use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId, RequestId};
-use tollgate_core::machine::{AccountState, BatchState, PurchaseRecord, RequestRecord};
+use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, EndpointId, PurchaseId, RequestId};
+use tollgate_core::machine::{
+    AccountState, AdjustmentRecord, BatchState, PurchaseRecord, RequestRecord,
+};
 use tollgate_core::price::PriceRule;
-use tollgate_core::terms::Terms;
+use tollgate_core::terms::TermsSchedule;
 use tollgate_core::Timestamp;
 
 /// The writer's db transaction: statements are prepared once per connection.
@@ -114,6 +118,27 @@ impl Tx for PgTx<'_, '_> {
         Ok(())
     }
 
+    fn load_adjustments(
+        &mut self,
+        keys: &[(AccountId, AdjustmentId)],
+        out: &mut HashMap<(AccountId, AdjustmentId), AdjustmentRecord>,
+    ) -> Result<()> {
+        for (account, id) in keys {
+            let found = self.rows(
+                &format!(
+                    "SELECT {ADJUSTMENT_COLS} FROM adjustments \
+                     WHERE account = $1 AND adjustment_id = $2"
+                ),
+                &[&account.as_str(), &id.as_str()],
+            )?;
+            if let Some(r) = found.first() {
+                let a = AdjustmentCols::read(r)?.into_record()?;
+                out.insert((account.clone(), id.clone()), a);
+            }
+        }
+        Ok(())
+    }
+
     fn persist(&mut self, s: &BatchState) -> Result<()> {
         persist::persist(self, s)
     }
@@ -162,17 +187,10 @@ impl Tx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn set_account_terms(&mut self, username: &AccountId, terms: &Terms) -> Result<()> {
-        let t = TermsCols::of(terms);
+    fn set_account_terms(&mut self, username: &AccountId, terms: &TermsSchedule) -> Result<()> {
         let n = self.exec(
-            "UPDATE accounts SET lock_threshold_nanos = $2, concurrency_override = $3, \
-             discounts = $4 WHERE username = $1",
-            &[
-                &username.as_str(),
-                &t.lock_threshold,
-                &t.concurrency_override,
-                &t.discounts,
-            ],
+            "UPDATE accounts SET terms = $2 WHERE username = $1",
+            &[&username.as_str(), &terms_text(terms)],
         )?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("account {username}")));

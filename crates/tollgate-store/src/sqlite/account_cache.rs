@@ -23,7 +23,8 @@ pub(super) type PaidPurchases = Vec<(Timestamp, Nanos)>;
 
 #[derive(Clone)]
 pub(super) struct CachedAccount {
-    /// `paid_28d` is recomputed from `recent_paid` for each batch's `now`.
+    /// `paid_28d` is recomputed from `recent_paid`, and the terms in force chosen, for each
+    /// batch's `now`.
     pub(super) state: AccountState,
     /// Paid purchases that may still be in the 28-day window: (created_at, amount).
     pub(super) recent_paid: PaidPurchases,
@@ -35,6 +36,7 @@ impl CachedAccount {
         self.recent_paid.retain(|(at, _)| *at > since);
         let mut state = self.state.clone();
         state.paid_28d = Nanos(self.recent_paid.iter().map(|(_, n)| n.0).sum());
+        state.use_terms_at(now);
         state
     }
 }

@@ -79,7 +79,8 @@ pub(super) fn load_account(
         Some(r) => {
             let recent = recent_paid(conn, id.as_str(), now)?;
             let paid_28d = Nanos(recent.iter().map(|(_, n)| n.0).sum());
-            let row = AccountCols::read(r)?.into_row(open_lots(conn, id.as_str())?, paid_28d)?;
+            let row =
+                AccountCols::read(r)?.into_row(open_lots(conn, id.as_str())?, paid_28d, now)?;
             Ok(Some((row, recent)))
         }
         None => Ok(None),

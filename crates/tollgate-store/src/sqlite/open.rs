@@ -27,6 +27,10 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/sqlite/0004_recent_line_items.sql"),
         None,
     ),
+    (
+        include_str!("../../migrations/sqlite/0005_terms_adjustments.sql"),
+        None,
+    ),
 ];
 
 /// A connection to the file at `path` with the settings every connection runs with.

@@ -4,7 +4,8 @@ use super::account_cache::CachedAccount;
 use super::rollups;
 use super::tx::SqliteTx;
 use crate::rows::{
-    PurchaseCols, RequestCols, TransferCols, PURCHASE_COLS, REQUEST_COLS, TRANSFER_COLS,
+    AdjustmentCols, PurchaseCols, RequestCols, TransferCols, ADJUSTMENT_COLS, PURCHASE_COLS,
+    REQUEST_COLS, TRANSFER_COLS,
 };
 use crate::{Result, StoreError};
 use rusqlite::{params, Connection};
@@ -19,6 +20,7 @@ pub(super) fn persist(t: &mut SqliteTx, s: &BatchState) -> Result<()> {
     requests(c, s)?;
     purchases(c, s)?;
     lots(c, t.cache, s)?;
+    adjustments(c, s)?;
     transfers(c, s)?;
     line_items(c, s)?;
     rollup_rows(c, s)
@@ -29,7 +31,8 @@ pub(super) fn persist(t: &mut SqliteTx, s: &BatchState) -> Result<()> {
 fn accounts(t: &mut SqliteTx, s: &BatchState) -> Result<()> {
     let mut st = t.conn.prepare_cached(
         "UPDATE accounts SET balance_nanos = ?2, held_nanos = ?3, in_progress = ?4, \
-         paid_lifetime_nanos = ?5, month = ?6, month_subtotal_nanos = ?7 WHERE username = ?1",
+         paid_lifetime_nanos = ?5, month = ?6, month_subtotal_nanos = ?7, \
+         adjusted_credit_nanos = ?8, disputed_since = ?9 WHERE username = ?1",
     )?;
     for id in &s.dirty_accounts {
         let a = &s.accounts[id];
@@ -43,7 +46,9 @@ fn accounts(t: &mut SqliteTx, s: &BatchState) -> Result<()> {
             a.in_progress,
             a.paid_lifetime.0,
             a.month,
-            a.month_subtotal.0
+            a.month_subtotal.0,
+            a.adjusted_credit.0,
+            a.disputed_since.map(|t| t.0),
         ])?;
     }
     Ok(())
@@ -81,6 +86,29 @@ fn requests(c: &Connection, s: &BatchState) -> Result<()> {
             r.queue_ms,
             r.inference_ms,
             r.completion,
+        ])?;
+    }
+    Ok(())
+}
+
+/// The batch's new adjustments.
+fn adjustments(c: &Connection, s: &BatchState) -> Result<()> {
+    if s.new_adjustments.is_empty() {
+        return Ok(());
+    }
+    let mut st = c.prepare_cached(&format!(
+        "INSERT INTO adjustments ({ADJUSTMENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    ))?;
+    for a in &s.new_adjustments {
+        let a = AdjustmentCols::of(a);
+        st.execute(params![
+            a.account,
+            a.adjustment_id,
+            a.amount,
+            a.reason,
+            a.created_at,
+            a.balance_after,
+            a.locked_after
         ])?;
     }
     Ok(())

@@ -3,7 +3,10 @@
 use super::account_cache::CachedAccount;
 use super::load::{load_account, load_catalog, request_row, setting};
 use super::persist;
-use crate::rows::{PurchaseCols, TermsCols, KEY_COLS, PURCHASE_COLS, REQUEST_COLS};
+use crate::rows::{
+    terms_text, AdjustmentCols, PurchaseCols, ADJUSTMENT_COLS, KEY_COLS, PURCHASE_COLS,
+    REQUEST_COLS,
+};
 use crate::{
     parse_id, to_json, ApiKeyRecord, BillingMode, Result, StoreError, Tx,
     SETTING_CATALOG_GENERATION,
@@ -11,10 +14,12 @@ use crate::{
 use rusqlite::{params, Connection};
 use std::collections::HashMap;
 use tollgate_core::catalog::{Catalog, EndpointDef};
-use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, PurchaseId, RequestId};
-use tollgate_core::machine::{AccountState, BatchState, PurchaseRecord, RequestRecord};
+use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, EndpointId, PurchaseId, RequestId};
+use tollgate_core::machine::{
+    AccountState, AdjustmentRecord, BatchState, PurchaseRecord, RequestRecord,
+};
 use tollgate_core::price::PriceRule;
-use tollgate_core::terms::Terms;
+use tollgate_core::terms::TermsSchedule;
 use tollgate_core::Timestamp;
 
 /// Counts one more catalog change, in the db transaction that makes it.
@@ -108,6 +113,24 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
+    fn load_adjustments(
+        &mut self,
+        keys: &[(AccountId, AdjustmentId)],
+        out: &mut HashMap<(AccountId, AdjustmentId), AdjustmentRecord>,
+    ) -> Result<()> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {ADJUSTMENT_COLS} FROM adjustments WHERE account = ?1 AND adjustment_id = ?2"
+        ))?;
+        for (account, id) in keys {
+            let mut rows = st.query(params![account.as_str(), id.as_str()])?;
+            if let Some(r) = rows.next()? {
+                let a = AdjustmentCols::read(r)?.into_record()?;
+                out.insert((account.clone(), id.clone()), a);
+            }
+        }
+        Ok(())
+    }
+
     fn persist(&mut self, s: &BatchState) -> Result<()> {
         persist::persist(self, s)
     }
@@ -157,18 +180,11 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn set_account_terms(&mut self, username: &AccountId, terms: &Terms) -> Result<()> {
+    fn set_account_terms(&mut self, username: &AccountId, terms: &TermsSchedule) -> Result<()> {
         self.forget.push(username.clone());
-        let t = TermsCols::of(terms);
         let n = self.conn.execute(
-            "UPDATE accounts SET lock_threshold_nanos = ?2, concurrency_override = ?3, \
-             discounts = ?4 WHERE username = ?1",
-            params![
-                username.as_str(),
-                t.lock_threshold,
-                t.concurrency_override,
-                t.discounts
-            ],
+            "UPDATE accounts SET terms = ?2 WHERE username = ?1",
+            params![username.as_str(), terms_text(terms)],
         )?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("account {username}")));

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use tollgate_core::ids::AccountId;
 use tollgate_core::machine::{AccountState, BatchState};
-use tollgate_core::terms::Terms;
+use tollgate_core::terms::{Terms, TermsSchedule, TermsVersion};
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_store::sqlite::SqliteStore;
 use tollgate_store::{BillingMode, Store, StoreError};
@@ -84,11 +84,14 @@ fn a_failed_transaction_and_changed_terms_leave_nothing_stale() {
         .transaction(&mut |tx| {
             tx.set_account_terms(
                 &id,
-                &Terms {
-                    lock_threshold: Nanos(42),
-                    concurrency_override: Some(7),
-                    ..Terms::default()
-                },
+                &TermsSchedule::new(vec![TermsVersion {
+                    effective_from: Timestamp(0),
+                    terms: Terms {
+                        lock_threshold: Nanos(42),
+                        concurrency_override: Some(7),
+                        ..Terms::default()
+                    },
+                }]),
             )
         })
         .unwrap();

@@ -25,6 +25,13 @@ fn version_1_database(path: &std::path::Path) {
         )
         .unwrap();
     }
+    // acme has negotiated terms, bob the defaults.
+    tx.execute(
+        "UPDATE accounts SET discounts = '{\"percent_discount\":\"10\"}', \
+         concurrency_override = 7, lock_threshold_nanos = 5 WHERE username = 'acme'",
+        [],
+    )
+    .unwrap();
     // (account, request, billed_at ms, quantity, total nanos, status, queue ms, inference ms)
     let billed = [
         (
@@ -105,8 +112,23 @@ fn upgrading_builds_rollups_that_add_up_to_the_line_items() {
     version_1_database(&path);
 
     let mut store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 4);
+    assert_eq!(store.schema_version().unwrap(), 5);
     let mut reader = (store.reader_factory())().unwrap();
+    // The terms an account had are its first version, in force from the beginning.
+    let terms = |reader: &mut Box<dyn tollgate_store::Reader>, name: &str| {
+        let id = AccountId::parse(name).unwrap();
+        reader.account(&id, Timestamp(1)).unwrap().unwrap().state
+    };
+    let acme_state = terms(&mut reader, "acme");
+    assert_eq!(acme_state.terms.versions().len(), 1);
+    assert_eq!(acme_state.terms.versions()[0].effective_from, Timestamp(0));
+    assert_eq!(
+        acme_state.discounts.percent_discount,
+        Some(Decimal::from(10))
+    );
+    assert_eq!(acme_state.concurrency_override, Some(7));
+    assert_eq!(acme_state.credit.lock_threshold.0, 5);
+    assert!(terms(&mut reader, "bob").terms.is_empty());
     let rec = reader.reconcile().unwrap();
     assert_eq!(rec.rollup_mismatches, vec![]);
     // The backfill wrote every minute into its hour row too: all are folded.
