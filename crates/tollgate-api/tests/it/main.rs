@@ -9,6 +9,7 @@ mod schema;
 
 mod catalog;
 mod lifecycle;
+mod observe;
 mod openapi;
 mod strict_input;
 mod terms;
