@@ -7,5 +7,7 @@ mod cli;
 mod cluster;
 mod common;
 mod crash;
+mod metrics;
 mod openapi;
 mod schemathesis;
+mod uploads;
