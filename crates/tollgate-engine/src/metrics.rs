@@ -230,13 +230,18 @@ impl Metrics {
         self.queue_depth.dec_by(ops as i64);
     }
 
-    /// A committed batch: its size, its commit time, and the decisions among its answers.
+    /// A committed batch: its size, its commit time, and the decisions among its answers. A
+    /// batch that applied nothing (a sweep that found nothing due) is not a batch of the
+    /// write path's load, and is not observed.
     pub(crate) fn batch<'a>(
         &self,
         ops: usize,
         took: Duration,
         answers: impl Iterator<Item = &'a Result<Outcome, Rejection>>,
     ) {
+        if ops == 0 {
+            return;
+        }
         self.batch_size.observe(ops as f64);
         self.commit_seconds.observe(took.as_secs_f64());
         let [mut admitted, mut credits, mut concurrency, mut locked, mut expired] = [0u64; 5];
