@@ -4,10 +4,11 @@
 #   scripts/test.sh                 # the whole workspace
 #   scripts/test.sh -p tollgate     # extra arguments go to `cargo test` (-p: that package only)
 #
-# It installs what the tests need that cargo does not (schemathesis and openapi-spec-validator,
-# in a Python virtualenv at target/test-venv, at the exact versions of
+# It installs what the tests need that cargo does not (schemathesis, openapi-spec-validator and
+# prometheus_client, in a Python virtualenv at target/test-venv, at the exact versions of
 # scripts/requirements-test.txt; an existing venv that already has them is reused), tells the
-# tests where those tools are (TOLLGATE_SCHEMATHESIS, TOLLGATE_OPENAPI_SPEC_VALIDATOR), then runs
+# tests where those tools are (TOLLGATE_SCHEMATHESIS, TOLLGATE_OPENAPI_SPEC_VALIDATOR,
+# TOLLGATE_PYTHON), then runs
 # `cargo test --workspace`. If a tool cannot be installed it stops and says which:
 # no test is ever skipped because a tool is missing.
 #
@@ -73,6 +74,11 @@ validator="$venv/bin/openapi-spec-validator"
   fail "openapi-spec-validator was installed in $venv but does not run"
 export TOLLGATE_OPENAPI_SPEC_VALIDATOR="$validator"
 say "TOLLGATE_OPENAPI_SPEC_VALIDATOR=$TOLLGATE_OPENAPI_SPEC_VALIDATOR"
+python="$venv/bin/python"
+"$python" -c 'import prometheus_client' >/dev/null 2>&1 ||
+  fail "prometheus_client was installed in $venv but does not import"
+export TOLLGATE_PYTHON="$python"
+say "TOLLGATE_PYTHON=$TOLLGATE_PYTHON (with prometheus_client, Prometheus' parser of the metrics text)"
 
 # --- Browser: Debian `chromium` ----------------------------------------------------------------
 # Reserved for the browser tests to come: install Debian's `chromium` here (apt-get), fail with a

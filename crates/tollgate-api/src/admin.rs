@@ -8,7 +8,6 @@ use crate::openapi::{tags, OperatorErrors, Replayed};
 use crate::query_string::Query;
 use crate::wire::{self, SignedUsdString, Time, UsdString};
 use crate::AppState;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use rust_decimal::Decimal;
@@ -929,8 +928,8 @@ const CATALOG_EXAMPLE: &str = "prices_read_on = \"2026-09-15\"\n\n\
 /// Applies a catalog document: the endpoints (models) billed, their prices, the machine
 /// types' per-second prices and optionally the concurrency table. The body is the TOML
 /// document itself (format: `catalog/README.md`; example: `catalog/sample.toml`), sent as
-/// `application/toml` (a `text/*` type or no `Content-Type` is also accepted). Every decimal
-/// is a quoted string.
+/// `application/toml` (a `text/*` type or no `Content-Type` is also accepted), of at most
+/// 4 MiB. Every decimal is a quoted string.
 ///
 /// All or nothing: an invalid document answers 400 `validation_error` naming the line
 /// (`error.line`) and field (`error.field`), and nothing is applied. Endpoint metadata is
@@ -953,6 +952,8 @@ const CATALOG_EXAMPLE: &str = "prices_read_on = \"2026-09-15\"\n\n\
         OperatorErrors,
         (status = 200, description = "The catalog was applied (or, with `dry_run`, what it \
             would change).", body = CatalogApplied),
+        (status = 413, description = "`payload_too_large`: the document is larger than \
+            4 MiB (`error.limit_bytes`); nothing was applied.", body = ErrorResponse),
         (status = 415, description = "`validation_error`: the `Content-Type` is neither \
             `application/toml` nor `text/*`.", body = ErrorResponse),
     )
@@ -962,7 +963,7 @@ pub async fn apply_catalog(
     _: Operator,
     Params(params): Params<CatalogParams>,
     headers: HeaderMap,
-    body: Bytes,
+    crate::extract::Body(body): crate::extract::Body,
 ) -> Result<axum::Json<CatalogApplied>, ApiError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");

@@ -13,7 +13,7 @@ use tollgate_query::QueryError;
 use tollgate_store::StoreError;
 use utoipa::ToSchema;
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub kind: &'static str,
@@ -54,6 +54,15 @@ impl ApiError {
     }
     pub fn server(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+    }
+    /// A body over the call's limit of `limit` bytes, named in `error.limit_bytes`.
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than this call's limit of {limit} bytes"),
+        )
+        .with("limit_bytes", limit)
     }
     /// An error of `status` with the type fal gives it (a 413 is `payload_too_large`).
     pub fn of_status(status: StatusCode, message: impl Into<String>) -> Self {
@@ -127,6 +136,8 @@ impl Serialize for ApiError {
     }
 }
 
+/// The answer carries the error itself too (in its extensions), so that the call's request id
+/// can be added to the envelope where it is known ([`crate::observe`]).
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let envelope = Envelope {
@@ -137,8 +148,25 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert("x-fal-needs-retry", HeaderValue::from_static("1"));
         }
+        resp.extensions_mut().insert(self);
         resp
     }
+}
+
+/// An error with its causes, `outer: inner: ...` (a cause whose text its outer error already
+/// shows is not repeated).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl From<EngineError> for ApiError {
@@ -161,7 +189,7 @@ impl From<EngineError> for ApiError {
                 ApiError::conflict(format!("{what} already exists"))
             }
             other => {
-                tracing::error!(error = %other, "engine error");
+                tracing::error!(error = %chain(&other), "the engine failed; answered 500");
                 ApiError::server("the operation could not be committed; it is safe to retry")
             }
         }
@@ -324,7 +352,8 @@ pub struct ErrorDetail {
     message: String,
     /// Link to relevant documentation.
     docs_url: Option<String>,
-    /// Unique request identifier for debugging.
+    /// The call's request id, as in its `x-request-id` header (the caller's, or a new one):
+    /// quote it when reporting a problem; the server's log line of the call carries it.
     request_id: Option<String>,
     /// `validation_error`: the offending field or parameter, as a path into the request body
     /// (`output.images[0].width`, `amount_usd`), the name of a path or query parameter, or,
@@ -351,4 +380,7 @@ pub struct ErrorDetail {
     in_progress: Option<u32>,
     /// `account_locked`: the account's balance, nano-USD.
     balance_nano_usd: Option<i64>,
+    /// `payload_too_large`: the call's body limit, in bytes.
+    #[schema(minimum = 0)]
+    limit_bytes: Option<u64>,
 }

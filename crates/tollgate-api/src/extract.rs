@@ -5,9 +5,16 @@
 //! `Params<UsageParams>`, `Json<PurchaseBody>`). Each extractor refuses bad input before the
 //! handler runs, with fal's error envelope naming the parameter or field, so nothing is read or
 //! written for a call that cannot be right.
+//!
+//! Who is calling is checked before anything is read from the body: the key extractors read
+//! only the request's head (`FromRequestParts`) and come first in every handler's signature,
+//! and the body extractor comes last (axum runs them in that order), so a call without a
+//! valid key is refused without buffering a byte of its body. A body is read up to its
+//! route's limit ([`BodyLimit`]).
 
 use crate::auth::{authenticate, Principal};
 use crate::error::ApiError;
+use crate::observe::Caller;
 use crate::query_string::Query;
 use crate::AppState;
 use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequestParts, Request};
@@ -31,12 +38,19 @@ pub struct Operator {
 impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let p = authenticate(state, &parts.headers).await?;
+        let p = authenticated(parts, state).await?;
         if p.scope != Scope::Operator {
             return Err(ApiError::forbidden("this call needs an OPERATOR key"));
         }
         Ok(Operator { key_id: p.key_id })
     }
+}
+
+/// Authenticates the call's `Authorization` header, and notes who called for its log line.
+async fn authenticated(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    let p = authenticate(state, &parts.headers).await?;
+    Caller::note(&parts.extensions, &p.key_id, p.account.as_ref());
+    Ok(p)
 }
 
 /// The scope a customer call needs.
@@ -91,7 +105,7 @@ impl<S: Needs> Customer<S> {
 impl<S: Needs> FromRequestParts<AppState> for Customer<S> {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        Customer::of(authenticate(state, &parts.headers).await?)
+        Customer::of(authenticated(parts, state).await?)
     }
 }
 
@@ -109,7 +123,7 @@ impl<S: Needs> OptionalFromRequestParts<AppState> for Customer<S> {
         {
             return Ok(None);
         }
-        Customer::of(authenticate(state, &parts.headers).await?).map(Some)
+        Customer::of(authenticated(parts, state).await?).map(Some)
     }
 }
 
@@ -127,11 +141,42 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     }
 }
 
-/// The request's body (at most [`crate::MAX_BODY_BYTES`]).
+/// The request's body, as bytes (at most the route's [`BodyLimit`]).
+pub struct Body(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        body(req, state).await.map(Body)
+    }
+}
+
+/// The most bytes a route reads of a request body: [`crate::DEFAULT_BODY_BYTES`] unless the
+/// route sets its own ([`body_limit`]). A larger body is refused with 413
+/// `payload_too_large`, naming the limit, after at most that many bytes were read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyLimit(pub usize);
+
+/// The layer that sets a route's body limit (axum's `DefaultBodyLimit`, and the figure the
+/// refusal names).
+pub fn body_limit(bytes: usize) -> (axum::extract::DefaultBodyLimit, axum::Extension<BodyLimit>) {
+    (
+        axum::extract::DefaultBodyLimit::max(bytes),
+        axum::Extension(BodyLimit(bytes)),
+    )
+}
+
+/// The request's body (at most the route's [`BodyLimit`]).
 pub async fn body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
+    let limit = req.extensions().get::<BodyLimit>().copied();
     axum::body::Bytes::from_request(req, state)
         .await
-        .map_err(|e| ApiError::of_status(e.status(), e.body_text()))
+        .map_err(|e| match (e.status(), limit) {
+            (axum::http::StatusCode::PAYLOAD_TOO_LARGE, Some(BodyLimit(limit))) => {
+                ApiError::payload_too_large(limit)
+            }
+            (status, _) => ApiError::of_status(status, e.body_text()),
+        })
 }
 
 /// A JSON body that may be left out: no body (only whitespace) or `null` is `T::default()`.

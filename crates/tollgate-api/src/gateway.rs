@@ -7,7 +7,6 @@ use crate::extract::{Json, LifecycleId, NoParams, Operator, OptionalJson, Params
 use crate::openapi::{tags, OperatorErrors, Replayed};
 use crate::wire::{self, Number, Time};
 use crate::AppState;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use rust_decimal::Decimal;
@@ -677,7 +676,7 @@ fn place_in_event(mut e: ApiError) -> ApiError {
 /// After-the-fact metering in bulk, for platforms that do not call start and complete: each
 /// event is a finished request, rated with the price version in force at its `timestamp` and
 /// the account's terms, and charged to the balance at once (no hold, no concurrency check;
-/// the balance may go negative). At most 10000 events per call.
+/// the balance may go negative). At most 10000 events per call, in a body of at most 16 MiB.
 ///
 /// One rule decides what refuses the call and what an event answers alone. The call is
 /// refused as a whole, with nothing written, when the body is not of the documented shape: any
@@ -701,13 +700,15 @@ fn place_in_event(mut e: ApiError) -> ApiError {
         (status = 200, description = "One result per event, in order.", body = EventResults),
         (status = 400, description = "`validation_error`: the body or an event is malformed \
             (`error.index`, `error.field`); nothing was written.", body = ErrorResponse),
+        (status = 413, description = "`payload_too_large`: the body is larger than 16 MiB \
+            (`error.limit_bytes`); nothing was written.", body = ErrorResponse),
     )
 )]
 pub async fn usage_events(
     State(state): State<AppState>,
     _: Operator,
     _: Params<NoParams>,
-    body: Bytes,
+    crate::extract::Body(body): crate::extract::Body,
 ) -> Result<axum::Json<EventResults>, ApiError> {
     let body: EventsBody = crate::json::from_slice(&body).map_err(place_in_event)?;
     if body.events.len() > MAX_EVENTS_PER_CALL {

@@ -15,16 +15,19 @@ pub mod error;
 pub mod extract;
 pub mod gateway;
 pub mod json;
+pub mod meta;
+pub mod observe;
 pub mod openapi;
 pub mod platform;
 pub mod query_string;
 pub mod wire;
 
+use extract::body_limit;
 use openapi::ApiDoc;
 use std::time::Duration;
 use tollgate_engine::Engine;
 use utoipa::OpenApi;
-use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 /// What every handler gets.
@@ -33,13 +36,20 @@ pub struct AppState {
     pub engine: Engine,
 }
 
-/// The largest request body accepted (a bulk call of 10,000 usage events fits).
-pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// The largest request body a call takes, unless its route says otherwise.
+pub const DEFAULT_BODY_BYTES: usize = 1024 * 1024;
+/// The largest body of `POST /v1/usage-events` (a bulk call of 10,000 events fits).
+pub const BULK_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// The largest catalog document `PUT /v1/admin/catalog` takes.
+pub const CATALOG_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Every route with its documentation.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(openapi::serve))
+        .routes(routes!(meta::healthz))
+        .routes(routes!(meta::readyz))
+        .routes(routes!(meta::metrics))
         // Operator
         .routes(routes!(
             admin::create_account,
@@ -56,7 +66,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::set_pricing))
         .routes(routes!(admin::adjust))
         .routes(routes!(admin::unlock))
-        .routes(routes!(admin::apply_catalog))
+        .routes(routes!(admin::apply_catalog).layer(body_limit(CATALOG_BODY_BYTES)))
         .routes(routes!(admin::reconciliation))
         // Gateway
         .routes(routes!(gateway::submit))
@@ -64,7 +74,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(gateway::start))
         .routes(routes!(gateway::complete))
         .routes(routes!(gateway::cancel))
-        .routes(routes!(gateway::usage_events))
+        .routes(routes!(gateway::usage_events).layer(body_limit(BULK_BODY_BYTES)))
         // fal's Platform API
         .routes(routes!(platform::keys::list, platform::keys::create))
         .routes(routes!(platform::keys::revoke))
@@ -77,13 +87,19 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(platform::analytics::analytics))
 }
 
-/// The whole API under `/v1`.
+/// The whole API under `/v1`, and the operator's `/healthz`, `/readyz` and `/metrics`. Every
+/// call is observed ([`observe`]: request id, log line, metrics in the engine's registry).
 pub fn router(state: AppState) -> axum::Router {
     let (router, _) = routes().split_for_parts();
+    let http = state
+        .engine
+        .metrics()
+        .register_once(observe::HttpMetrics::new);
     router
         .fallback(|| async { error::ApiError::not_found("no such path; see GET /v1/openapi.json") })
+        .layer(body_limit(DEFAULT_BODY_BYTES))
         .layer(axum::middleware::map_response(error::envelope))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(http, observe::observe))
         .with_state(state)
 }
 

@@ -47,7 +47,13 @@ pub mod tags {
             field or parameter is named in `error.field`. Money is USD as a JSON number and, \
             wherever an amount is billed or held, the exact integer in a `*_nano_usd` field. \
             Request bodies are one JSON object and nothing after it; decimals are plain digits \
-            with an optional point (`\"0.025\"`), USD amounts decimal strings.",
+            with an optional point (`\"0.025\"`), USD amounts decimal strings.\n\n\
+            A body is read only after the key is checked, and up to its call's limit: 1 MiB, \
+            16 MiB for `POST /v1/usage-events`, 4 MiB for `PUT /v1/admin/catalog`; a larger \
+            one is refused with 413 `payload_too_large` naming the limit in \
+            `error.limit_bytes`. Every answer carries `x-request-id`: the caller's (1 to 128 \
+            visible ASCII characters), or a new one; an error envelope repeats it as \
+            `error.request_id`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     tags(
@@ -58,7 +64,8 @@ pub mod tags {
             and the catalog. `OPERATOR` key."),
         (name = tags::GATEWAY, description = "tollgate's own: the life of one request and \
             bulk usage events. `OPERATOR` key."),
-        (name = tags::META, description = "This document."),
+        (name = tags::META, description = "This document; the server's liveness, readiness \
+            and metrics (no key)."),
     ),
     // Schemas referenced only from parameters and headers, which the routes do not collect.
     components(schemas(
@@ -141,6 +148,14 @@ fn shared_responses() -> Vec<(&'static str, Response)> {
             error_response("`authorization_error`: the key is not a customer key."),
         ),
         (
+            "PayloadTooLarge",
+            error_response(
+                "`payload_too_large`: the body is larger than the call's limit, named in \
+                 `error.limit_bytes` (1 MiB unless the operation says otherwise). Nothing was \
+                 written.",
+            ),
+        ),
+        (
             "ServerError",
             error_response(
                 "`server_error`: the operation could not be committed (nothing was applied; it \
@@ -217,7 +232,33 @@ impl ToSchema for Replayed {}
 /// The document, generated once.
 pub fn document() -> &'static utoipa::openapi::OpenApi {
     static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
-    DOC.get_or_init(|| crate::routes().into_openapi())
+    DOC.get_or_init(|| {
+        let mut doc = crate::routes().into_openapi();
+        too_large(&mut doc);
+        doc
+    })
+}
+
+/// Every operation that takes a body may refuse one over its limit (413).
+fn too_large(doc: &mut utoipa::openapi::OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if op.request_body.is_some() {
+                op.responses
+                    .responses
+                    .entry("413".to_string())
+                    .or_insert_with(|| shared("PayloadTooLarge"));
+            }
+        }
+    }
 }
 
 /// The document as served.

@@ -11,9 +11,12 @@
 //! Architecture invariant: every write to the database goes through the writer thread. Reads
 //! go through [`Engine::read`] on separate connections and never wait for a batch.
 
+pub mod metrics;
+
+use metrics::Metrics;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tollgate_core::catalog::document::CatalogDocument;
 use tollgate_core::catalog::plan::{self, CatalogPlan};
@@ -151,6 +154,11 @@ enum Job {
     Stop {
         reply: oneshot::Sender<()>,
     },
+    /// A no-op that shows the writer takes jobs: answered with the schema version read on the
+    /// writer's connection.
+    Ping {
+        reply: oneshot::Sender<Result<i64, StoreError>>,
+    },
 }
 
 impl Job {
@@ -173,7 +181,36 @@ impl Job {
             Job::Stop { reply } => {
                 let _ = reply.send(());
             }
+            Job::Ping { reply } => {
+                let _ = reply.send(Err(match error {
+                    EngineError::Store(e) | EngineError::SyncFailed(e) => e,
+                    other => StoreError::Refused(other.to_string()),
+                }));
+            }
         }
+    }
+}
+
+/// What [`Engine::readiness`] found: each check `Ok`, or why it failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// The writer thread took a no-op job from its queue and answered in time.
+    pub writer: Result<(), String>,
+    /// A read connection answered a query.
+    pub database: Result<(), String>,
+    /// The database's schema is the one this engine started on: every migration this tollgate
+    /// knows is done, and no newer tollgate migrated the database since.
+    pub migrations: Result<(), String>,
+    /// No disk sync failed (after one, writes are refused until tollgate restarts).
+    pub disk_sync: Result<(), String>,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.writer.is_ok()
+            && self.database.is_ok()
+            && self.migrations.is_ok()
+            && self.disk_sync.is_ok()
     }
 }
 
@@ -219,6 +256,9 @@ struct Shared {
     clock: Clock,
     /// Set when a sync of the store failed (see [`syncer`]).
     sync_failure: std::sync::OnceLock<StoreError>,
+    metrics: Arc<Metrics>,
+    /// The schema version the engine started on (migrations run before it starts).
+    schema_version: i64,
 }
 
 /// A handle to the write path and the read pool. Cheap to clone.
@@ -234,14 +274,14 @@ impl Engine {
         let open_reader = store.reader_factory();
         // On a thread of its own: a database driver may block in ways an async runtime
         // refuses on its own threads.
-        let (first, catalog) = std::thread::scope(|s| {
+        let (first, catalog, schema_version) = std::thread::scope(|s| {
             s.spawn(|| -> Result<_, StoreError> {
                 let mut first = open_reader()?;
                 // The generation first: if the catalog changes in between, the next batch
                 // sees a newer generation and reads it again.
                 let generation = first.catalog_generation()?;
                 let catalog = (generation, Arc::new(first.load_catalog()?));
-                Ok((first, catalog))
+                Ok((first, catalog, store.schema_version()?))
             })
             .join()
             .map_err(|_| EngineError::Internal("reading the catalog panicked".into()))
@@ -254,6 +294,8 @@ impl Engine {
             open_reader,
             clock,
             sync_failure: std::sync::OnceLock::new(),
+            metrics: Arc::new(Metrics::new()),
+            schema_version,
         });
         let (outbox, syncer_thread) = match store.defer_sync()? {
             None => (Outbox::Direct, None),
@@ -289,6 +331,11 @@ impl Engine {
         (self.shared.clock)()
     }
 
+    /// This engine's metrics registry (see [`metrics`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
     /// The catalog snapshot in force.
     pub fn catalog(&self) -> Arc<Catalog> {
         self.shared.catalog.read().expect("catalog lock").1.clone()
@@ -306,21 +353,25 @@ impl Engine {
         ops: Vec<Op>,
     ) -> Result<Vec<Result<Outcome, Rejection>>, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.jobs
-            .send(Job::Ops { ops, reply })
-            .await
-            .map_err(|_| EngineError::Stopped)?;
+        self.send(Job::Ops { ops, reply }).await?;
         rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Queues a job for the writer, counted in the queue depth until the writer takes it.
+    async fn send(&self, job: Job) -> Result<(), EngineError> {
+        let ops = job.len();
+        self.shared.metrics.queued(ops);
+        self.jobs.send(job).await.map_err(|_| {
+            self.shared.metrics.dequeued(ops);
+            EngineError::Stopped
+        })
     }
 
     /// Voids every hold that has expired by now, and expires credits past their date. Returns
     /// how many requests expired.
     pub async fn sweep_expired(&self) -> Result<usize, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.jobs
-            .send(Job::Sweep { reply })
-            .await
-            .map_err(|_| EngineError::Stopped)?;
+        self.send(Job::Sweep { reply }).await?;
         let results = rx.await.map_err(|_| EngineError::Stopped)??;
         Ok(results
             .iter()
@@ -330,10 +381,7 @@ impl Engine {
 
     pub async fn admin(&self, cmd: AdminCmd) -> Result<AdminReply, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.jobs
-            .send(Job::Admin { cmd, reply })
-            .await
-            .map_err(|_| EngineError::Stopped)?;
+        self.send(Job::Admin { cmd, reply }).await?;
         rx.await.map_err(|_| EngineError::Stopped)?
     }
 
@@ -348,6 +396,52 @@ impl Engine {
             .await
             .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)
+    }
+
+    /// Whether the engine can serve: the writer answers a no-op job within `within`, the
+    /// database answers a read (on a read connection, and on the writer's), its schema is the
+    /// one the engine started on, and no disk sync failed.
+    pub async fn readiness(&self, within: std::time::Duration) -> Readiness {
+        let ping = async {
+            let (reply, rx) = oneshot::channel();
+            self.send(Job::Ping { reply }).await?;
+            rx.await.map_err(|_| EngineError::Stopped)
+        };
+        let read = self.read(|r| r.catalog_generation());
+        let (ping, read) = tokio::join!(
+            tokio::time::timeout(within, ping),
+            tokio::time::timeout(within, read)
+        );
+        let late = |what: &str| format!("{what} did not answer within {} ms", within.as_millis());
+        let (writer, migrations) = match ping {
+            Err(_) => (Err(late("the writer")), Err(late("the writer"))),
+            Ok(Err(e)) => (Err(e.to_string()), Err(e.to_string())),
+            Ok(Ok(Err(e))) => (Ok(()), Err(format!("cannot read the schema version: {e}"))),
+            Ok(Ok(Ok(v))) if v != self.shared.schema_version => (
+                Ok(()),
+                Err(format!(
+                    "the database schema is at version {v}, this server started on version {}; \
+                     run the tollgate that migrated it",
+                    self.shared.schema_version
+                )),
+            ),
+            Ok(Ok(Ok(_))) => (Ok(()), Ok(())),
+        };
+        let database = match read {
+            Err(_) => Err(late("the database")),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(_)) => Ok(()),
+        };
+        let disk_sync = match self.shared.sync_failure.get() {
+            Some(e) => Err(EngineError::SyncFailed(e.clone()).to_string()),
+            None => Ok(()),
+        };
+        Readiness {
+            writer,
+            database,
+            migrations,
+            disk_sync,
+        }
     }
 
     /// The key with this id, from a short-lived cache in front of the database (API keys are
@@ -437,10 +531,15 @@ fn syncer(mut sync: SyncFn, rx: std::sync::mpsc::Receiver<Vec<Answer>>, shared: 
         }
         let synced = match shared.sync_failure.get() {
             Some(failure) => Err(failure.clone()),
-            None => sync().map_err(|e| {
-                tracing::error!("{}", EngineError::SyncFailed(e.clone()));
-                shared.sync_failure.get_or_init(|| e).clone()
-            }),
+            None => {
+                let started = Instant::now();
+                let synced = sync();
+                shared.metrics.synced(started.elapsed());
+                synced.map_err(|e| {
+                    tracing::error!("{}", EngineError::SyncFailed(e.clone()));
+                    shared.sync_failure.get_or_init(|| e).clone()
+                })
+            }
         };
         for answer in answers {
             answer(synced.clone().map_err(EngineError::SyncFailed));
@@ -493,6 +592,7 @@ fn writer(
                 next = rx.try_recv().ok();
             }
         }
+        shared.metrics.dequeued(size);
         light = size < LIGHT_LOAD_OPS;
         let jobs = std::mem::take(&mut pending);
         if let Some(failure) = shared.sync_failure.get() {
@@ -531,6 +631,9 @@ fn run_jobs(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>, outbox: &Out
     let mut batch: Vec<Job> = Vec::new();
     for job in jobs {
         match job {
+            Job::Ping { reply } => {
+                let _ = reply.send(store.schema_version());
+            }
             Job::Admin { cmd, reply } => {
                 outbox.deliver(run_batch(store, shared, std::mem::take(&mut batch)));
                 let result = run_admin(store, shared, cmd);
@@ -552,10 +655,13 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
     let now = (shared.clock)();
     let mut answers: Vec<Vec<Result<Outcome, Rejection>>> = Vec::new();
     let mut spent: Option<BatchState> = None;
+    let mut runs = 0u64;
+    let started = Instant::now();
     let result = store.transaction(&mut |tx| {
         // A run again starts from nothing (see `Rerunnable`): the answers are built anew, and
         // `spent` is replaced. The catalog snapshot it may refresh is a copy of what is
         // committed, which a rollback does not change.
+        runs += 1;
         answers.clear();
         let catalog = catalog_in_force(tx, shared)?;
         let mut ops_per_job: Vec<Vec<Op>> = Vec::with_capacity(jobs.len());
@@ -575,7 +681,9 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
                         )
                         .collect()
                 }
-                Job::Admin { .. } | Job::Stop { .. } => unreachable!("admin jobs run alone"),
+                Job::Admin { .. } | Job::Stop { .. } | Job::Ping { .. } => {
+                    unreachable!("run alone")
+                }
             });
         }
         let mut state = load(tx, now, ops_per_job.iter().flatten())?;
@@ -590,19 +698,38 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
         spent = Some(state);
         persisted
     });
-    if result.is_err() {
-        tracing::error!(error = ?result, "batch failed; every operation in it is answered with an error");
+    let took = started.elapsed();
+    let metrics = &shared.metrics;
+    metrics.store_runs(runs, result.as_ref().err());
+    match &result {
+        Ok(()) => metrics.batch(
+            answers.iter().map(Vec::len).sum(),
+            took,
+            answers.iter().flatten(),
+        ),
+        Err(e) => {
+            metrics.failed_batch();
+            tracing::error!(error = %e, "batch failed; every operation in it is answered with an error");
+        }
     }
     let mut answers = answers.into_iter();
     // What the batch read and built, and the operations as sent, are freed where the answers
-    // are delivered (the syncer thread, when there is one), not on the writer.
-    let spent: Answer = Box::new(move |_| drop(spent));
+    // are delivered (the syncer thread, when there is one), not on the writer; what it billed
+    // is counted there too.
+    let committed = result.is_ok();
+    let billed = shared.metrics.clone();
+    let spent: Answer = Box::new(move |_| {
+        if let (true, Some(state)) = (committed, &spent) {
+            billed.billed(&state.line_items);
+        }
+        drop(spent)
+    });
     jobs.into_iter()
         .map(|job| {
             let (reply, ops) = match job {
                 Job::Ops { reply, ops } => (reply, ops),
                 Job::Sweep { reply } => (reply, Vec::new()),
-                Job::Admin { .. } | Job::Stop { .. } => unreachable!(),
+                Job::Admin { .. } | Job::Stop { .. } | Job::Ping { .. } => unreachable!(),
             };
             let msg = match &result {
                 Ok(()) => Ok(answers.next().expect("one answer list per job")),
@@ -722,9 +849,11 @@ fn run_admin(
     let mut reply = AdminReply::Done;
     let mut new_catalog: Option<(i64, Catalog)> = None;
     let mut invalid: Option<InvalidInput> = None;
+    let runs = std::cell::Cell::new(0u64);
     store
         .transaction(&mut |tx| {
             // A run again starts from nothing (see `Rerunnable`).
+            runs.set(runs.get() + 1);
             reply = AdminReply::Done;
             new_catalog = None;
             invalid = None;
@@ -762,6 +891,8 @@ fn run_admin(
             }
             Ok(())
         })
+        .inspect(|()| shared.metrics.store_runs(runs.get(), None))
+        .inspect_err(|e| shared.metrics.store_runs(runs.get(), Some(e)))
         .map_err(|e| match invalid.take() {
             Some(msg) => EngineError::Invalid(msg),
             None => EngineError::Store(e),

@@ -13,6 +13,7 @@ mod billing_holes;
 mod catalog;
 mod catalog_preview;
 mod lifecycle;
+mod observe;
 mod openapi;
 mod strict_input;
 mod terms;

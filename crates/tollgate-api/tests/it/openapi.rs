@@ -1337,6 +1337,46 @@ async fn real_responses_match_the_document() {
     assert_eq!(r.json["clean"], true, "{}", r.json);
     assert_eq!(r.json["revenue_nano_usd"], r.json["billed_nano_usd"]);
 
+    // --- the operator's probes and metrics, without a key
+    let r = f.get("/healthz", None).await;
+    assert_eq!((r.status, r.json["status"].as_str()), (200, Some("ok")));
+    let r = f.get("/readyz", None).await;
+    assert_eq!((r.status, r.json["status"].as_str()), (200, Some("ready")));
+    // The metrics are text, not JSON: checked here, not by `call`.
+    let resp =
+        f.s.client
+            .get(format!("{}/metrics", f.s.address))
+            .send()
+            .await
+            .expect("GET /metrics");
+    assert_eq!(resp.status().as_u16(), 200);
+    let documented = f.doc.operation(&Method::GET, "/metrics")["responses"]["200"]["content"]
+        .as_object()
+        .expect("documented content")
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>();
+    let served = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        served.split(';').next(),
+        documented.first().map(String::as_str),
+        "the metrics' content type is the documented one: {served}"
+    );
+    assert!(resp
+        .text()
+        .await
+        .expect("text")
+        .contains("tollgate_http_requests_total{"));
+    f.seen
+        .entry(("GET".to_string(), "/metrics".to_string()))
+        .or_default()
+        .insert(200);
+
     // --- an unknown path answers the error envelope
     let resp =
         f.s.client

@@ -11,6 +11,8 @@ mod common;
 mod crash;
 mod hostile;
 mod keys;
+mod metrics;
 mod openapi;
 mod ops;
 mod schemathesis;
+mod uploads;
