@@ -3,7 +3,7 @@
 //! (slowloris, idle connects, slow uploads), several servers on one PostgreSQL database, the
 //! served OpenAPI document's validity, schemathesis's property-based run of the whole HTTP API
 //! against it, and running it in production (configuration, logs, safe start and stop,
-//! backups, operator keys). `common` is the harness they share.
+//! backups, operator keys, logs without secrets). `common` is the harness they share.
 
 mod cli;
 mod cluster;
@@ -11,6 +11,7 @@ mod common;
 mod crash;
 mod hostile;
 mod keys;
+mod logs;
 mod metrics;
 mod openapi;
 mod ops;
