@@ -567,7 +567,7 @@ async fn status_at(app: &TestApp, base: &str, key: &str, path: &str) -> u16 {
 
 #[tokio::test]
 async fn a_revocation_reaches_another_server_on_the_database_within_the_key_cache_time() {
-    // What the API documentation and the README promise.
+    // What the API documentation and docs/operations.md promise.
     assert_eq!(KEY_CACHE_TTL, std::time::Duration::from_secs(5));
     let Some(url) = postgres_url() else {
         eprintln!("TOLLGATE_TEST_POSTGRES_URL is not set: one server only, nothing to share");
