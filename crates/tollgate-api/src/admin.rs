@@ -15,7 +15,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use tollgate_core::catalog::document;
 use tollgate_core::decimal::ExactDecimal;
-use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, EndpointId, KeyAlias, PurchaseId};
+use tollgate_core::ids::{
+    AccountId, AdjustmentId, ApiKeyId, EndpointId, KeyAlias, MachineType, PurchaseId,
+};
 use tollgate_core::machine::{AccountState, LockReason, Op, Outcome};
 use tollgate_core::price::PriceRule;
 use tollgate_core::pricing::{Discounts, VolumeTier};
@@ -32,7 +34,7 @@ pub enum Billing {
     /// Prepaid credits: holds are limited by the balance; locked when it runs out.
     #[default]
     Prepaid,
-    /// Invoiced afterwards: never limited by credit, never locked.
+    /// Invoiced afterwards: never limited by credit, never locked for its balance.
     Invoice,
 }
 
@@ -118,6 +120,7 @@ pub async fn create_account(
 #[derive(Serialize, ToSchema)]
 pub struct AccountView {
     username: AccountId,
+    /// How the account pays by the terms in force now.
     billing: Billing,
     /// Purchases minus posted charges, nano-USD (negative when an output cost more than its
     /// hold and the credits).
@@ -177,6 +180,13 @@ pub struct TermsVersionView {
     /// The contractual limit of requests in progress; `null`: the tier table.
     concurrency_limit: Option<u32>,
     lock_threshold_nano_usd: i64,
+    /// The balance below which the account's balance is low (`balance.low`); `null`: none.
+    low_balance_nano_usd: Option<i64>,
+    billing: Billing,
+    /// The account's own per-second prices of machine types, in USD, which replace the
+    /// catalog's for its serverless and compute-second usage.
+    #[schema(value_type = BTreeMap<String, ExactDecimal>)]
+    machine_prices: BTreeMap<MachineType, Decimal>,
 }
 
 impl TermsVersionView {
@@ -187,6 +197,13 @@ impl TermsVersionView {
             volume_tiers: t.discounts.volume_tiers.clone(),
             concurrency_limit: t.concurrency_override,
             lock_threshold_nano_usd: t.lock_threshold.0,
+            low_balance_nano_usd: t.low_balance.map(|n| n.0),
+            billing: t.billing.into(),
+            machine_prices: t
+                .machine_prices
+                .iter()
+                .map(|(m, p)| (m.clone(), p.normalize()))
+                .collect(),
         }
     }
 }
@@ -665,10 +682,24 @@ pub struct TermsBody {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<i64>, minimum = 1, maximum = 4294967295_i64)]
     concurrency_limit: Option<Option<u32>>,
-    /// The account locks while its balance is at or below this (default 0).
+    /// A prepaid account locks while its balance is at or below this (default 0).
     #[serde(default, deserialize_with = "lock_threshold")]
     #[schema(value_type = Option<UsdString>)]
     lock_threshold_usd: Option<Nanos>,
+    /// The balance below which the account's balance is low (a `balance.low` notification);
+    /// `null` removes it.
+    #[serde(default, deserialize_with = "low_balance")]
+    #[schema(value_type = Option<UsdString>)]
+    low_balance_usd: Option<Option<Nanos>>,
+    /// How the account pays from `effective_from`: `prepaid` (holds limited by the balance;
+    /// locked at the lock threshold) or `invoice` (never limited by credit, never locked for
+    /// its balance).
+    #[serde(default)]
+    billing: Option<Billing>,
+    /// Described by [`machine_prices_schema`].
+    #[serde(default, deserialize_with = "machine_prices")]
+    #[schema(schema_with = machine_prices_schema)]
+    machine_prices: BTreeMap<MachineType, Option<Decimal>>,
     /// The account's own prices, by endpoint: each a new account-scoped price version.
     #[serde(default)]
     prices: BTreeMap<EndpointId, PriceRule>,
@@ -680,10 +711,62 @@ pub struct TermsBody {
     effective_from: Option<Timestamp>,
 }
 
+#[derive(Deserialize)]
+struct Usd(#[serde(deserialize_with = "wire::usd")] Nanos);
+
 fn lock_threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Nanos>, D::Error> {
+    Option::<Usd>::deserialize(d).map(|u| u.map(|Usd(n)| n))
+}
+
+/// Present: `Some`, with `None` for `null` (no low-balance level).
+fn low_balance<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Nanos>>, D::Error> {
+    Option::<Usd>::deserialize(d).map(|u| Some(u.map(|Usd(n)| n)))
+}
+
+/// The schema of `machine_prices` (or `null`: no change): machine types to an `ExactDecimal`
+/// or `null`.
+fn machine_prices_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
+    use utoipa::openapi::Ref;
+    let price_or_null = OneOfBuilder::new()
+        .item(Ref::from_schema_name("ExactDecimal"))
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build();
+    let machine_type = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^[A-Za-z0-9._-]{1,64}$"))
+        .build();
+    Schema::Object(
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+            .description(Some(
+                "The account's own per-second prices of machine types of the catalog, in USD \
+                 (decimal strings, 0 to 1000), which replace the catalog's for its serverless \
+                 and compute-second usage; a machine type set to `null` returns to the \
+                 catalog's price, and those not named keep theirs. A machine type the catalog \
+                 does not have: 404.",
+            ))
+            .property_names(Some(Schema::Object(machine_type)))
+            .additional_properties(Some(Schema::OneOf(price_or_null)))
+            .examples([serde_json::json!({"GPU-H100": "0.0004", "GPU-A100": null})])
+            .build(),
+    )
+}
+
+/// A map of machine types to decimal strings or `null`; `null` for the whole map is no change.
+fn machine_prices<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<MachineType, Option<Decimal>>, D::Error> {
     #[derive(Deserialize)]
-    struct U(#[serde(deserialize_with = "wire::usd")] Nanos);
-    Option::<U>::deserialize(d).map(|u| u.map(|U(n)| n))
+    struct Price(
+        #[serde(deserialize_with = "tollgate_core::decimal::de_text_opt")] Option<Decimal>,
+    );
+    let map = Option::<BTreeMap<MachineType, Price>>::deserialize(d)?;
+    Ok(map
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(m, Price(p))| (m, p))
+        .collect())
 }
 
 #[derive(Serialize, ToSchema)]
@@ -695,9 +778,12 @@ pub struct TermsSet {
 /// Set an account's terms
 ///
 /// Sets the account's negotiated terms. A field that is absent (or `null`) leaves its term as
-/// it is, except `concurrency_limit: null`, which returns to the tier table: the flat
-/// `percent_discount`, the `volume_tiers` (replaced as a whole), a contractual
-/// `concurrency_limit`, the `lock_threshold_usd`, and account-specific `prices`.
+/// it is, except `concurrency_limit: null`, which returns to the tier table, and
+/// `low_balance_usd: null`, which removes the level: the flat `percent_discount`, the
+/// `volume_tiers` (replaced as a whole), a contractual `concurrency_limit`, the
+/// `lock_threshold_usd`, the `low_balance_usd`, how the account pays (`billing`), its own
+/// `machine_prices` (by machine type: `null` returns one to the catalog's price), and
+/// account-specific `prices`.
 ///
 /// **Effective dates.** Terms and prices never change in place. A change of terms is a new
 /// terms version effective from `effective_from` (default now), whose absent fields keep
@@ -705,9 +791,10 @@ pub struct TermsSet {
 /// from the same time. Neither is ever dated before the account's latest version (of its
 /// terms; of that endpoint's price): 422 naming `effective_from`. A change dated like the
 /// latest terms version is applied to it. Which version applies: a request is billed with
-/// the price version and discounts (`percent_discount`, `volume_tiers`) in force when it was
-/// submitted, a usage event with those in force at its `timestamp`; the lock threshold and the
-/// concurrency limit are admission rules, in force when a request is admitted (submitted,
+/// the price version, discounts (`percent_discount`, `volume_tiers`) and machine prices in
+/// force when it was submitted (its hold is estimated with them too), a usage event with
+/// those in force at its `timestamp`; the lock threshold, the concurrency limit and the
+/// billing mode are admission rules, in force when a request is admitted (submitted,
 /// started). Partner endpoints are never discounted.
 ///
 /// One atomic change: two concurrent calls that change different fields both stick, and a
@@ -723,7 +810,7 @@ pub struct TermsSet {
         OperatorErrors,
         (status = 200, description = "The account after the change.", body = TermsSet),
         (status = 404, description = "`not_found`: unknown account, or an endpoint of `prices` \
-            not in the catalog.", body = ErrorResponse),
+            or a machine type of `machine_prices` not in the catalog.", body = ErrorResponse),
     )
 )]
 pub async fn set_pricing(
@@ -738,6 +825,9 @@ pub async fn set_pricing(
         volume_tiers: body.volume_tiers,
         concurrency_limit: body.concurrency_limit,
         lock_threshold: body.lock_threshold_usd,
+        low_balance: body.low_balance_usd,
+        billing: body.billing.map(Into::into),
+        machine_prices: body.machine_prices,
         prices: body.prices.into_iter().collect(),
         effective_from: body.effective_from,
     };
@@ -1041,6 +1131,11 @@ pub struct Reconciliation {
     credited_nano_usd: i64,
     /// Credits expired unspent.
     expired_nano_usd: i64,
+    /// Operator adjustments as recorded, net (credits positive, debits negative).
+    adjusted_nano_usd: i64,
+    /// What adjustment transfers moved to customers in the ledger, net; equal to
+    /// `adjusted_nano_usd` when the ledger reconciles.
+    adjusted_in_ledger_nano_usd: i64,
     lot_mismatches: Vec<AmountMismatch>,
     balance_mismatches: Vec<AmountMismatch>,
     held_mismatches: Vec<AmountMismatch>,
@@ -1065,7 +1160,7 @@ fn amounts(v: &[(AccountId, Nanos, Nanos)]) -> Vec<AmountMismatch> {
 /// Checks the ledger end to end: stored balances against posted transfers, held amounts
 /// against open holds, in-progress counts against requests, credit lots against balances,
 /// line items against charges, usage rollups against line items, revenue against line items,
-/// credits against purchases. Read-only.
+/// credits against purchases, adjustments against their transfers. Read-only.
 #[utoipa::path(
     get, path = "/v1/admin/reconciliation", tag = tags::OPERATOR,
     operation_id = "getReconciliation", security(("Key" = ["OPERATOR"])),
@@ -1091,6 +1186,8 @@ pub async fn reconciliation(
         purchased_nano_usd: int(r.purchased_nanos)?,
         credited_nano_usd: int(r.credited_nanos)?,
         expired_nano_usd: int(r.expired_nanos)?,
+        adjusted_nano_usd: int(r.adjusted_nanos)?,
+        adjusted_in_ledger_nano_usd: int(r.adjusted_in_ledger_nanos)?,
         lot_mismatches: amounts(&r.lot_mismatches),
         balance_mismatches: amounts(&r.balance_mismatches),
         held_mismatches: amounts(&r.held_mismatches),

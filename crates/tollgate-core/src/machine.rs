@@ -21,7 +21,7 @@ use crate::money::{MoneyError, Nanos};
 use crate::policy::{billing_for, BadStatus, Billing};
 use crate::price::{Output, OutputMismatch, PriceRule, RateError, Rated, Unit, Usage};
 use crate::pricing::{Charge, Discounts};
-use crate::terms::{Terms, TermsSchedule};
+use crate::terms::{BillingMode, Terms, TermsSchedule};
 use crate::time::Timestamp;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -36,8 +36,9 @@ pub const MAX_EVENT_SKEW_MS: i64 = 5 * 60 * 1000;
 
 /// A customer account as the state machine sees it.
 ///
-/// Its terms: `terms` holds their versions; `discounts`, `concurrency_override` and
-/// `credit.lock_threshold` are the version in force at the batch's `now`
+/// Its terms: `terms` holds their versions; `discounts`, `concurrency_override`,
+/// `credit.lock_threshold` and `credit.floor` (the billing mode) are the version in force at
+/// the batch's `now`
 /// ([`AccountState::use_terms_at`], called by whoever loads the account). An account with no
 /// version has only those (the defaults, or what a test set).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +154,33 @@ impl AccountState {
         self.discounts = t.discounts.clone();
         self.concurrency_override = t.concurrency_override;
         self.credit.lock_threshold = t.lock_threshold;
+        self.credit.floor = t.billing.floor();
+    }
+
+    /// How the account pays now (the terms [`AccountState::use_terms_at`] made current).
+    pub fn billing(&self) -> BillingMode {
+        if self.credit.floor.is_some() {
+            BillingMode::Prepaid
+        } else {
+            BillingMode::Invoice
+        }
+    }
+
+    /// The per-second price of `machine` for work billed with the terms in force at `at`: the
+    /// account's own when those terms give one, else the catalog's.
+    pub fn machine_price_at(
+        &self,
+        catalog: &Catalog,
+        machine: Option<&MachineType>,
+        at: Timestamp,
+    ) -> Option<Decimal> {
+        let m = machine?;
+        self.terms
+            .at(at)
+            .machine_prices
+            .get(m)
+            .or_else(|| catalog.machines.get(m))
+            .copied()
     }
 
     /// The terms in force at `at`.
@@ -896,9 +924,9 @@ fn start(
             return Err(Rejection::UnknownMachine(m.clone()));
         }
     }
-    let machine_price = cx.catalog.machine_price(machine.as_ref());
-
     let acct = state.account_mut(&req.account)?;
+    // Priced as the bill will be: with the machine prices in force at submission.
+    let machine_price = acct.machine_price_at(cx.catalog, machine.as_ref(), req.submitted_at);
     if let Some(reason) = acct.lock_reason() {
         return Err(Rejection::AccountLocked {
             account: req.account.clone(),
@@ -965,8 +993,8 @@ fn start(
     })
 }
 
-/// Rates a finished request, with the account's terms in force at `terms_at`. Pure: reads the
-/// account only for its discount position. `inference_seconds` is `None` when they are unknown
+/// Rates a finished request, with the account's terms in force at `terms_at` (its discounts
+/// and machine prices). Pure: reads the account only for its terms and discount position. `inference_seconds` is `None` when they are unknown
 /// (a usage event that did not report them): they then count as 0, and a price that measures
 /// them finds them missing. A successful output that lacks what the price measures is refused,
 /// billed as one unit or as compute seconds, as the endpoint's `missing_units` says.
@@ -990,7 +1018,7 @@ fn rate_finished(
         billable_units,
         inference_seconds: inference_seconds.unwrap_or_default(),
         num_gpus,
-        machine_price_per_second: cx.catalog.machine_price(machine),
+        machine_price_per_second: acct.machine_price_at(cx.catalog, machine, terms_at),
     };
     // Validate even what will not be billed: bad input is refused, never silently accepted.
     usage.validate()?;

@@ -3,7 +3,8 @@
 //! bill a request, so a quote and a line item for the same units always agree.
 //!
 //! Prices are the account's own: its price version in force when it has one (enterprise
-//! pricing), else the public one, exactly as a request submitted at `now` would be priced. A
+//! pricing), else the public one, with its own machine prices over the catalog's, exactly as a
+//! request submitted at `now` would be priced. A
 //! list price is the rule's base rate per billable unit; what depends on a request's output
 //! (attribute-selected rates, multipliers, first blocks, add-ons, minimums, cost steps) is not
 //! in it.
@@ -42,7 +43,8 @@ pub fn list_price(
     now: Timestamp,
 ) -> Option<ListPrice> {
     let rule = &catalog.price_at(&def.id, &acct.credit.id, now)?.rule;
-    let unit_price = rule.headline_unit_price(catalog.machine_price(def.machine_type.as_ref()))?;
+    let machine_price = acct.machine_price_at(catalog, def.machine_type.as_ref(), now);
+    let unit_price = rule.headline_unit_price(machine_price)?;
     Some(ListPrice {
         unit_price,
         unit: rule.unit_label(),

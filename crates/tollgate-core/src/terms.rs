@@ -1,23 +1,62 @@
 //! An account's negotiated terms (discounts, a contractual concurrency limit, the lock
-//! threshold), versioned like prices, and an operator's change to them: applied to the terms
-//! as they are, and checked whole, so that a change either applies entirely or is refused
-//! without effect.
+//! threshold, the low-balance level, how it pays, its own machine prices), versioned like
+//! prices, and an operator's change to them: applied to the terms as they are, and checked
+//! whole, so that a change either applies entirely or is refused without effect.
 //!
 //! Each change is a new version effective from its `effective_from` (default now), never
 //! before the account's latest version; the fields a change does not name keep their value
-//! from the version before. Which version applies: a request's discount is the one in force
-//! when it was submitted (a usage event's, at its timestamp), like its price version; the lock
-//! threshold and the concurrency limit are admission rules, in force when the admission is
-//! decided (the batch's `now`).
+//! from the version before. Which version applies: a request's discount and machine prices
+//! are those in force when it was submitted (a usage event's, at its timestamp), like its
+//! price version; the lock threshold, the concurrency limit and the billing mode are admission
+//! rules, in force when the admission is decided (the batch's `now`).
 
 use crate::catalog::Catalog;
+use crate::ids::MachineType;
 use crate::ids::{AccountId, EndpointId};
 use crate::machine::AccountState;
 use crate::money::Nanos;
+use crate::money::MAX_AMOUNT;
+use crate::price::MachinePrices;
 use crate::price::PriceRule;
 use crate::pricing::{Discounts, VolumeTier};
 use crate::time::Timestamp;
 use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How an account pays: a term, so an account may move from one to the other at a date.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BillingMode {
+    /// Prepaid credits: a hold may not take the available balance below zero, and the account
+    /// locks while its balance is at or below its lock threshold.
+    #[default]
+    Prepaid,
+    /// Invoiced afterwards: never limited by credit, never locked for its balance.
+    Invoice,
+}
+
+impl BillingMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BillingMode::Prepaid => "prepaid",
+            BillingMode::Invoice => "invoice",
+        }
+    }
+
+    /// The lowest available balance a hold may leave: zero when prepaid, none when invoiced.
+    pub fn floor(self) -> Option<Nanos> {
+        match self {
+            BillingMode::Prepaid => Some(Nanos::ZERO),
+            BillingMode::Invoice => None,
+        }
+    }
+}
+
+/// The highest per-second machine price an account may be given, in USD (a GPU-second of the
+/// dearest machine costs a few thousandths of a dollar; this bounds typing errors, not
+/// prices).
+pub const MAX_MACHINE_PRICE_USD: Decimal = Decimal::ONE_THOUSAND;
 
 /// The terms an account is stored with.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -27,15 +66,24 @@ pub struct Terms {
     pub concurrency_override: Option<u32>,
     /// A prepaid account locks once its balance is at or below this.
     pub lock_threshold: Nanos,
+    /// The balance below which the account is told its balance is low; `None`: never.
+    pub low_balance: Option<Nanos>,
+    pub billing: BillingMode,
+    /// The account's own per-second prices of machine types, which replace the catalog's.
+    pub machine_prices: MachinePrices,
 }
 
 impl Terms {
-    /// The account's terms as loaded.
+    /// The account's terms as loaded (for an account with no version: only those it carries
+    /// outside its schedule).
     pub fn of(account: &AccountState) -> Terms {
         Terms {
             discounts: account.discounts.clone(),
             concurrency_override: account.concurrency_override,
             lock_threshold: account.credit.lock_threshold,
+            low_balance: None,
+            billing: account.billing(),
+            machine_prices: MachinePrices::new(),
         }
     }
 }
@@ -61,11 +109,29 @@ static DEFAULT_TERMS: Terms = Terms {
     },
     concurrency_override: None,
     lock_threshold: Nanos::ZERO,
+    low_balance: None,
+    billing: BillingMode::Prepaid,
+    machine_prices: BTreeMap::new(),
 };
 
 impl TermsSchedule {
     /// The schedule of `versions`, in any order; of two versions from the same instant, the
     /// later in the list is kept.
+    /// The schedule of a new account that pays by `billing`: none for the default terms, else
+    /// one version with that mode, in force from the beginning.
+    pub fn first(billing: BillingMode) -> TermsSchedule {
+        if billing == DEFAULT_TERMS.billing {
+            return TermsSchedule::default();
+        }
+        TermsSchedule::new(vec![TermsVersion {
+            effective_from: Timestamp(0),
+            terms: Terms {
+                billing,
+                ..Terms::default()
+            },
+        }])
+    }
+
     pub fn new(versions: Vec<TermsVersion>) -> TermsSchedule {
         let mut out: Vec<TermsVersion> = Vec::with_capacity(versions.len());
         for v in versions {
@@ -134,6 +200,12 @@ pub struct TermsChange {
     /// `Some(Some(n))`: a contractual limit of `n`; `Some(None)`: back to the tier table.
     pub concurrency_limit: Option<Option<u32>>,
     pub lock_threshold: Option<Nanos>,
+    /// `Some(Some(n))`: the low-balance level; `Some(None)`: none.
+    pub low_balance: Option<Option<Nanos>>,
+    pub billing: Option<BillingMode>,
+    /// The account's own machine prices to change, by machine type: `Some` sets one, `None`
+    /// removes it (the catalog's applies again); machine types not named keep theirs.
+    pub machine_prices: BTreeMap<MachineType, Option<Decimal>>,
     /// New prices for the account, in order.
     pub prices: Vec<(EndpointId, PriceRule)>,
     /// When the new terms and prices take effect (default: now).
@@ -147,12 +219,15 @@ impl TermsChange {
             || self.volume_tiers.is_some()
             || self.concurrency_limit.is_some()
             || self.lock_threshold.is_some()
+            || self.low_balance.is_some()
+            || self.billing.is_some()
+            || !self.machine_prices.is_empty()
     }
 }
 
 /// Why a change was refused: the offending field as the operator API names it
-/// (`percent_discount`, `volume_tiers[0].percent`, `concurrency_limit`,
-/// `prices.<endpoint>.<field>`), and a message that names it too.
+/// (`percent_discount`, `volume_tiers[0].percent`, `concurrency_limit`, `low_balance_usd`,
+/// `machine_prices.<machine type>`, `prices.<endpoint>.<field>`), and a message that names it too.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct TermsError {
@@ -192,17 +267,44 @@ pub fn apply(current: &Terms, change: &TermsChange) -> Result<Terms, TermsError>
         }
         next.concurrency_override = limit;
     }
-    if let Some(threshold) = change.lock_threshold {
-        if threshold.is_negative() || threshold > crate::money::MAX_AMOUNT {
-            return Err(TermsError::new(
-                "lock_threshold_usd",
-                format!(
-                    "lock_threshold_usd must be between 0 and {}",
-                    crate::money::MAX_AMOUNT
-                ),
-            ));
+    let amount = |field: &str, n: Nanos| {
+        if n.is_negative() || n > MAX_AMOUNT {
+            Err(TermsError::new(
+                field,
+                format!("{field} must be between 0 and {MAX_AMOUNT}"),
+            ))
+        } else {
+            Ok(n)
         }
-        next.lock_threshold = threshold;
+    };
+    if let Some(threshold) = change.lock_threshold {
+        next.lock_threshold = amount("lock_threshold_usd", threshold)?;
+    }
+    if let Some(low) = change.low_balance {
+        next.low_balance = low.map(|n| amount("low_balance_usd", n)).transpose()?;
+    }
+    if let Some(billing) = change.billing {
+        next.billing = billing;
+    }
+    for (machine, price) in &change.machine_prices {
+        match price {
+            Some(p) => {
+                if p.is_sign_negative() && !p.is_zero() || *p > MAX_MACHINE_PRICE_USD {
+                    let field = format!("machine_prices.{machine}");
+                    return Err(TermsError::new(
+                        field.clone(),
+                        format!(
+                            "{field} must be between 0 and {MAX_MACHINE_PRICE_USD} USD per \
+                             second, got {p}"
+                        ),
+                    ));
+                }
+                next.machine_prices.insert(machine.clone(), p.normalize());
+            }
+            None => {
+                next.machine_prices.remove(machine);
+            }
+        }
     }
     if change.effective_from.is_some() && change.prices.is_empty() && !change.sets_terms() {
         return Err(TermsError::new(
@@ -313,6 +415,7 @@ mod tests {
             },
             concurrency_override: Some(3),
             lock_threshold: Nanos(7),
+            ..Terms::default()
         }
     }
 
@@ -575,5 +678,152 @@ mod tests {
             ..TermsChange::default()
         };
         assert_eq!(refused(dateless).0, "effective_from");
+    }
+
+    #[test]
+    fn low_balance_billing_and_machine_prices_are_terms_checked_like_the_others() {
+        let h100 = MachineType::parse("GPU-H100").unwrap();
+        let a100 = MachineType::parse("GPU-A100").unwrap();
+        let next = apply(
+            &current(),
+            &TermsChange {
+                low_balance: Some(Some(Nanos(5_000_000_000))),
+                billing: Some(BillingMode::Invoice),
+                machine_prices: BTreeMap::from([
+                    (h100.clone(), Some(d("0.000400"))),
+                    (a100.clone(), Some(d("0"))),
+                ]),
+                ..TermsChange::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(next.low_balance, Some(Nanos(5_000_000_000)));
+        assert_eq!(next.billing, BillingMode::Invoice);
+        assert_eq!(
+            next.machine_prices,
+            BTreeMap::from([(h100.clone(), d("0.0004")), (a100.clone(), d("0"))])
+        );
+        assert_eq!(next.lock_threshold, Nanos(7), "kept");
+        // `null` clears the low-balance level; a machine price named null is removed, the
+        // others are kept.
+        let next = apply(
+            &next,
+            &TermsChange {
+                low_balance: Some(None),
+                machine_prices: BTreeMap::from([(a100, None)]),
+                ..TermsChange::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(next.low_balance, None);
+        assert_eq!(next.billing, BillingMode::Invoice, "kept");
+        assert_eq!(
+            next.machine_prices,
+            BTreeMap::from([(h100.clone(), d("0.0004"))])
+        );
+
+        let low = |n: i64| TermsChange {
+            low_balance: Some(Some(Nanos(n))),
+            ..TermsChange::default()
+        };
+        assert_eq!(refused(low(-1)).0, "low_balance_usd");
+        assert_eq!(
+            refused(low(crate::money::MAX_AMOUNT.0 + 1)).0,
+            "low_balance_usd"
+        );
+        assert!(apply(&current(), &low(crate::money::MAX_AMOUNT.0)).is_ok());
+        let machine = |p: &str| TermsChange {
+            machine_prices: BTreeMap::from([(h100.clone(), Some(d(p)))]),
+            ..TermsChange::default()
+        };
+        assert_eq!(refused(machine("-0.0001")).0, "machine_prices.GPU-H100");
+        assert_eq!(refused(machine("1000.000001")).0, "machine_prices.GPU-H100");
+        assert!(apply(&current(), &machine("1000")).is_ok());
+        assert!(
+            apply(&current(), &machine("-0")).is_ok(),
+            "minus zero is zero"
+        );
+        // Each is a term: alone, it makes a version.
+        for change in [low(1), machine("0.1")] {
+            assert!(change.sets_terms());
+        }
+        assert!(TermsChange {
+            billing: Some(BillingMode::Prepaid),
+            ..TermsChange::default()
+        }
+        .sets_terms());
+    }
+
+    #[test]
+    fn the_billing_mode_in_force_decides_the_floor_and_the_lock() {
+        // A new invoice-billed account: its mode is its first version, from the beginning.
+        let mut acct = account();
+        acct.terms = TermsSchedule::first(BillingMode::Invoice);
+        assert_eq!(acct.terms.versions()[0].effective_from, Timestamp(0));
+        assert!(TermsSchedule::first(BillingMode::Prepaid).is_empty());
+        acct.use_terms_at(Timestamp(1));
+        assert_eq!(acct.billing(), BillingMode::Invoice);
+        assert_eq!(acct.credit.floor, None);
+        assert!(
+            !acct.is_locked(),
+            "an invoice account is never locked for its balance"
+        );
+        assert!(
+            acct.credit.hold(Nanos(1_000)).is_ok(),
+            "nor limited by credit"
+        );
+        acct.credit.held = Nanos::ZERO;
+        // Prepaid from 5 s: the changes it does not name are kept, the mode changes.
+        let prepaid = TermsChange {
+            billing: Some(BillingMode::Prepaid),
+            lock_threshold: Some(Nanos(10)),
+            effective_from: Some(Timestamp(5_000)),
+            ..TermsChange::default()
+        };
+        acct.terms = schedule(&acct, &prepaid, Timestamp(2_000))
+            .unwrap()
+            .unwrap();
+        acct.use_terms_at(Timestamp(4_999));
+        assert_eq!(acct.billing(), BillingMode::Invoice);
+        assert!(!acct.is_locked());
+        acct.use_terms_at(Timestamp(5_000));
+        assert_eq!(acct.billing(), BillingMode::Prepaid);
+        assert_eq!(acct.credit.floor, Some(Nanos::ZERO));
+        assert!(acct.is_locked(), "no credits, at or below its threshold");
+        assert!(acct.credit.hold(Nanos(1)).is_err());
+        // `Terms::of` carries the mode of an account without versions.
+        let mut bare = account();
+        bare.credit.floor = None;
+        assert_eq!(Terms::of(&bare).billing, BillingMode::Invoice);
+    }
+
+    #[test]
+    fn the_machine_price_in_force_replaces_the_catalogs() {
+        let h100 = MachineType::parse("GPU-H100").unwrap();
+        let a100 = MachineType::parse("GPU-A100").unwrap();
+        let mut catalog = Catalog::default();
+        catalog.machines.insert(h100.clone(), d("0.000525"));
+        catalog.machines.insert(a100.clone(), d("0.000275"));
+        let mut acct = account();
+        let at = |t| Some(Timestamp(t));
+        assert_eq!(
+            acct.machine_price_at(&catalog, Some(&h100), Timestamp(0)),
+            Some(d("0.000525"))
+        );
+        let change = TermsChange {
+            machine_prices: BTreeMap::from([(h100.clone(), Some(d("0.0004")))]),
+            effective_from: at(10_000),
+            ..TermsChange::default()
+        };
+        acct.terms = schedule(&acct, &change, Timestamp(1_000)).unwrap().unwrap();
+        let price =
+            |m: &MachineType, t: i64| acct.machine_price_at(&catalog, Some(m), Timestamp(t));
+        assert_eq!(price(&h100, 9_999), Some(d("0.000525")), "not yet");
+        assert_eq!(price(&h100, 10_000), Some(d("0.0004")));
+        assert_eq!(price(&a100, 10_000), Some(d("0.000275")), "the catalog's");
+        assert_eq!(
+            acct.machine_price_at(&catalog, None, Timestamp(10_000)),
+            None
+        );
     }
 }

@@ -98,8 +98,8 @@ pub enum AdminCmd {
     /// in one db transaction: the change is applied to the terms as they are under the
     /// account's lock, so concurrent changes of different terms all stick, and a refused
     /// change (invalid terms or prices, or a back-dated version: [`EngineError::Invalid`]; no
-    /// such account or an endpoint not in the catalog: [`StoreError::NotFound`]) writes
-    /// nothing.
+    /// such account, or an endpoint or machine type not in the catalog:
+    /// [`StoreError::NotFound`]) writes nothing.
     SetTerms {
         username: AccountId,
         change: TermsChange,
@@ -936,8 +936,15 @@ fn set_terms(
         error
     };
     let schedule = terms::schedule(&account, change, now).map_err(&mut refuse)?;
-    if !change.prices.is_empty() {
+    if !change.prices.is_empty() || !change.machine_prices.is_empty() {
         let catalog = catalog_in_force(tx, shared)?;
+        if let Some(machine) = change
+            .machine_prices
+            .keys()
+            .find(|m| !catalog.machines.contains_key(*m))
+        {
+            return Err(StoreError::NotFound(format!("machine type {machine}")));
+        }
         if let Some((endpoint, _)) = change
             .prices
             .iter()

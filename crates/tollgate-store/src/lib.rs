@@ -249,29 +249,15 @@ pub struct ApiKeyRecord {
     pub revoked_at: Option<Timestamp>,
 }
 
-/// How an account pays.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BillingMode {
-    /// Prepaid credits; holds are limited by the balance; locks when exhausted.
-    Prepaid,
-    /// Invoiced afterwards: never limited by credit, never locked.
-    Invoice,
-}
-
-impl BillingMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BillingMode::Prepaid => "prepaid",
-            BillingMode::Invoice => "invoice",
-        }
-    }
-}
+/// How an account pays: a term of the account ([`tollgate_core::terms::Terms::billing`]).
+pub use tollgate_core::terms::BillingMode;
 
 /// An account with what only reads need.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccountRow {
     pub state: AccountState,
     pub created_at: Timestamp,
+    /// How the account pays by the terms in force when it was read.
     pub billing: BillingMode,
 }
 
@@ -512,6 +498,8 @@ pub trait Tx {
     /// Accounts with credits left in a lot whose expiry date has passed at `now`.
     fn due_credit_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<AccountId>>;
 
+    /// Creates an account that pays by `billing`: its first terms version
+    /// ([`TermsSchedule::first`]).
     fn create_account(
         &mut self,
         username: &AccountId,

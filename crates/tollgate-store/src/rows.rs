@@ -31,14 +31,13 @@ pub(crate) trait Get {
     fn bool(&self, i: usize) -> Result<bool>;
 }
 
-pub(crate) const ACCOUNT_COLS: &str = "username, billing, balance_nanos, held_nanos, \
-     in_progress, terms, adjusted_credit_nanos, disputed_since, paid_lifetime_nanos, \
+pub(crate) const ACCOUNT_COLS: &str = "username, balance_nanos, held_nanos, in_progress, \
+     terms, adjusted_credit_nanos, disputed_since, paid_lifetime_nanos, \
      month, month_subtotal_nanos, created_at";
 
 /// An `accounts` row.
 pub(crate) struct AccountCols {
     pub username: String,
-    pub billing: String,
     pub balance: i64,
     pub held: i64,
     pub in_progress: i64,
@@ -60,36 +59,28 @@ impl AccountCols {
     pub fn read(r: &dyn Get) -> Result<AccountCols> {
         Ok(AccountCols {
             username: r.text(0)?,
-            billing: r.text(1)?,
-            balance: r.int(2)?,
-            held: r.int(3)?,
-            in_progress: r.int(4)?,
-            terms: r.text(5)?,
-            adjusted_credit: r.int(6)?,
-            disputed_since: r.opt_int(7)?,
-            paid_lifetime: r.int(8)?,
-            month: i32::try_from(r.int(9)?).map_err(|e| corrupt("month", e))?,
-            month_subtotal: r.int(10)?,
-            created_at: r.int(11)?,
+            balance: r.int(1)?,
+            held: r.int(2)?,
+            in_progress: r.int(3)?,
+            terms: r.text(4)?,
+            adjusted_credit: r.int(5)?,
+            disputed_since: r.opt_int(6)?,
+            paid_lifetime: r.int(7)?,
+            month: i32::try_from(r.int(8)?).map_err(|e| corrupt("month", e))?,
+            month_subtotal: r.int(9)?,
+            created_at: r.int(10)?,
         })
     }
 
     /// The account with its open lots (in spending order) and its paid purchases in the
     /// concurrency tier window of `now`, with the terms in force at `now`.
     pub fn into_row(self, lots: Vec<Lot>, paid_28d: Nanos, now: Timestamp) -> Result<AccountRow> {
-        let billing = match self.billing.as_str() {
-            "invoice" => BillingMode::Invoice,
-            _ => BillingMode::Prepaid,
-        };
+        // The defaults (prepaid, no lock threshold) until the terms in force replace them.
+        let credit = CreditAccount::new_prepaid(parse_id(AccountId::parse, &self.username)?);
         let credit = CreditAccount {
-            id: parse_id(AccountId::parse, &self.username)?,
             balance: Nanos(self.balance),
             held: Nanos(self.held),
-            floor: match billing {
-                BillingMode::Prepaid => Some(Nanos::ZERO),
-                BillingMode::Invoice => None,
-            },
-            lock_threshold: Nanos::ZERO,
+            ..credit
         };
         let mut state = AccountState {
             credit,
@@ -107,20 +98,27 @@ impl AccountCols {
         };
         state.use_terms_at(now);
         Ok(AccountRow {
+            billing: state.billing(),
             state,
             created_at: Timestamp(self.created_at),
-            billing,
         })
     }
 }
 
 /// One version of an account's terms as stored in `accounts.terms` (a JSON array of them).
+/// `billing` is in every version (schema 6 wrote it into those before); the low-balance
+/// level and machine prices are absent when unset.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct TermsVersionCols {
     effective_from: i64,
     discounts: Discounts,
     concurrency_override: Option<u32>,
     lock_threshold_nanos: i64,
+    billing: BillingMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    low_balance_nanos: Option<i64>,
+    #[serde(default, skip_serializing_if = "MachinePrices::is_empty")]
+    machine_prices: MachinePrices,
 }
 
 /// The stored text of an account's terms versions (`accounts.terms`).
@@ -133,6 +131,9 @@ pub(crate) fn terms_text(schedule: &TermsSchedule) -> String {
             discounts: v.terms.discounts.clone(),
             concurrency_override: v.terms.concurrency_override,
             lock_threshold_nanos: v.terms.lock_threshold.0,
+            billing: v.terms.billing,
+            low_balance_nanos: v.terms.low_balance.map(|n| n.0),
+            machine_prices: v.terms.machine_prices.clone(),
         })
         .collect();
     to_json(&rows)
@@ -148,6 +149,9 @@ fn terms_schedule(text: &str) -> Result<TermsSchedule> {
                     discounts: r.discounts,
                     concurrency_override: r.concurrency_override,
                     lock_threshold: Nanos(r.lock_threshold_nanos),
+                    low_balance: r.low_balance_nanos.map(Nanos),
+                    billing: r.billing,
+                    machine_prices: r.machine_prices,
                 },
             })
             .collect(),

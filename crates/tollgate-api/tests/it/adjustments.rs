@@ -194,6 +194,15 @@ async fn an_adjustment_credits_or_debits_once_and_locks_or_unlocks_in_its_commit
             "{on}"
         );
         app.submit_ok(&customer.key, FLUX_DEV).await;
+        // The reconciliation shows the adjustments, net, as integers like every amount.
+        let rec = app.reconciliation().await;
+        for field in ["adjusted_nano_usd", "adjusted_in_ledger_nano_usd"] {
+            assert_eq!(
+                rec[field].as_i64(),
+                Some(500_000_000),
+                "{on}: {field}: {rec}"
+            );
+        }
         app.assert_reconciled().await;
     }
 }

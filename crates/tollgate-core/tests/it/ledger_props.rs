@@ -1573,3 +1573,114 @@ fn generated_sequences_reach_every_path() {
         "never reached: {missing:?}; reached: {seen:?}"
     );
 }
+
+#[test]
+fn compute_is_billed_at_the_accounts_machine_price_in_force_at_submission_or_timestamp() {
+    use std::collections::BTreeMap;
+    use tollgate_core::machine::UsageEvent;
+    use tollgate_core::terms::{schedule, TermsChange};
+    let catalog = catalog();
+    let mut s = fresh_state();
+    let alice = account_id(0);
+    let gpu = EndpointId::parse(EP_GPU).unwrap();
+    let at = |ms: i64| Timestamp(T0 + ms);
+    apply(
+        &mut s,
+        &catalog,
+        at(0),
+        Op::Purchase {
+            account: alice.clone(),
+            purchase_id: PurchaseId::parse("p0").unwrap(),
+            amount: Nanos(5_000_000_000),
+            paid: true,
+            expires_at: None,
+        },
+    )
+    .unwrap();
+    // From 10 s, alice pays 0.0004 USD a second on GPU-H100 (the catalog: 0.000525).
+    let change = TermsChange {
+        machine_prices: BTreeMap::from([(MachineType::parse(MACHINE).unwrap(), Some(d("0.0004")))]),
+        effective_from: Some(at(10_000)),
+        ..TermsChange::default()
+    };
+    let a = s.accounts.get_mut(&alice).unwrap();
+    a.terms = schedule(a, &change, at(0)).unwrap().unwrap();
+
+    let total = |o: Outcome| match o {
+        Outcome::Completed { completion, .. } => completion.charge.total_nanos.0,
+        o => panic!("{o:?}"),
+    };
+    // Usage events: 10 s on one GPU, at the price in force at their timestamp.
+    let event = |id: &str, ms: i64| {
+        Op::UsageEvent(UsageEvent {
+            event_id: RequestId::parse(id).unwrap(),
+            account: alice.clone(),
+            endpoint: gpu.clone(),
+            api_key: None,
+            timestamp: at(ms),
+            status_code: 200,
+            output: Output::default(),
+            billable_units: None,
+            queue_seconds: None,
+            inference_seconds: Some(d("10")),
+            machine_type: None,
+            num_gpus: None,
+        })
+    };
+    let before = apply(&mut s, &catalog, at(20_000), event("e0", 9_999)).unwrap();
+    let after = apply(&mut s, &catalog, at(20_000), event("e1", 10_000)).unwrap();
+    assert_eq!((total(before), total(after)), (5_250_000, 4_000_000));
+
+    // Requests: held and billed at the price in force at their submission.
+    let mut run = |id: &str, submitted: i64| {
+        let request_id = RequestId::parse(id).unwrap();
+        apply(
+            &mut s,
+            &catalog,
+            at(submitted),
+            Op::Submit {
+                request_id: request_id.clone(),
+                account: alice.clone(),
+                api_key: None,
+                endpoint: gpu.clone(),
+            },
+        )
+        .unwrap();
+        let started = apply(
+            &mut s,
+            &catalog,
+            at(30_000),
+            Op::Start {
+                request_id: request_id.clone(),
+                machine_type: None,
+                num_gpus: None,
+                hold_units: None,
+            },
+        )
+        .unwrap();
+        let Outcome::Started { hold, .. } = started else {
+            panic!("{started:?}")
+        };
+        let done = apply(
+            &mut s,
+            &catalog,
+            at(31_000),
+            Op::Complete {
+                request_id,
+                status_code: 200,
+                output: Output::default(),
+                billable_units: None,
+                inference_seconds: Some(d("10")),
+            },
+        )
+        .unwrap();
+        (hold.0, total(done))
+    };
+    // 60 s held (the endpoint's hold units), 10 s billed.
+    assert_eq!(run("r0", 9_000), (31_500_000, 5_250_000));
+    assert_eq!(run("r1", 12_000), (24_000_000, 4_000_000));
+    assert_eq!(
+        s.accounts[&alice].credit.balance,
+        Nanos(5_000_000_000 - 2 * 5_250_000 - 2 * 4_000_000)
+    );
+}

@@ -5,8 +5,9 @@
 
 use crate::common::{account, catalog_and_account};
 use rust_decimal::Decimal;
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use tollgate_core::ids::{AccountId, EndpointId};
+use tollgate_core::ids::{AccountId, EndpointId, MachineType};
 use tollgate_core::price::{PriceRule, Unit};
 use tollgate_core::pricing::VolumeTier;
 use tollgate_core::terms::{self, Terms, TermsChange};
@@ -52,7 +53,7 @@ async fn terms_at(engine: &Engine, at: Timestamp) -> Terms {
         .await
         .unwrap()
         .expect("the account");
-    Terms::of(&row.state)
+    row.state.terms_at(at)
 }
 
 /// What a refused change must leave as it was: the terms, the account's price versions, the
@@ -88,6 +89,35 @@ fn tiers(i: usize) -> TermsChange {
 fn limit(i: usize) -> TermsChange {
     TermsChange {
         concurrency_limit: Some(Some(i as u32 + 1)),
+        ..TermsChange::default()
+    }
+}
+
+fn billing(i: usize) -> TermsChange {
+    TermsChange {
+        billing: Some(if i.is_multiple_of(2) {
+            BillingMode::Prepaid
+        } else {
+            BillingMode::Invoice
+        }),
+        ..TermsChange::default()
+    }
+}
+
+fn low_balance(i: usize) -> TermsChange {
+    TermsChange {
+        low_balance: Some((!i.is_multiple_of(3)).then_some(Nanos(i as i64 * 1_000))),
+        ..TermsChange::default()
+    }
+}
+
+fn h100() -> MachineType {
+    MachineType::parse("GPU-H100").unwrap()
+}
+
+fn machine_price(i: usize) -> TermsChange {
+    TermsChange {
+        machine_prices: BTreeMap::from([(h100(), Some(Decimal::new(i as i64, 6)))]),
         ..TermsChange::default()
     }
 }
@@ -158,6 +188,8 @@ async fn changes_sent_together_through_two_engines_all_stick() {
         both_stick(backend.name(), &a, &b, tiers, percent).await;
         both_stick(backend.name(), &a, &b, limit, threshold).await;
         both_stick(backend.name(), &a, &b, threshold, limit).await;
+        both_stick(backend.name(), &a, &b, billing, low_balance).await;
+        both_stick(backend.name(), &a, &b, machine_price, billing).await;
     }
 }
 
@@ -310,6 +342,41 @@ async fn a_refused_change_writes_nothing() {
         }
         assert_eq!(everything(&engine).await, before, "on {on}");
 
+        let unknown_machine = set(
+            &engine,
+            TermsChange {
+                machine_prices: BTreeMap::from([
+                    (h100(), Some(Decimal::new(4, 4))),
+                    (MachineType::parse("GPU-NONE").unwrap(), Some(Decimal::ONE)),
+                ]),
+                ..with_prices(vec![(tts(), price("0.00002"))])
+            },
+        )
+        .await;
+        match unknown_machine {
+            Err(EngineError::Store(StoreError::NotFound(what))) => {
+                assert_eq!(what, "machine type GPU-NONE")
+            }
+            other => panic!("on {on}: {other:?}"),
+        }
+        assert_eq!(everything(&engine).await, before, "on {on}");
+
+        let invalid_machine_price = set(
+            &engine,
+            TermsChange {
+                machine_prices: BTreeMap::from([(h100(), Some(Decimal::new(-1, 6)))]),
+                ..valid.clone()
+            },
+        )
+        .await;
+        match invalid_machine_price {
+            Err(EngineError::Invalid(input)) => {
+                assert_eq!(input.field.as_deref(), Some("machine_prices.GPU-H100"))
+            }
+            other => panic!("on {on}: {other:?}"),
+        }
+        assert_eq!(everything(&engine).await, before, "on {on}");
+
         let nobody = engine
             .admin(AdminCmd::SetTerms {
                 username: AccountId::parse("nobody").unwrap(),
@@ -323,5 +390,50 @@ async fn a_refused_change_writes_nothing() {
             other => panic!("on {on}: {other:?}"),
         }
         assert_eq!(everything(&engine).await, before, "on {on}");
+    }
+}
+
+/// How an account pays is a term: a new account's mode is its first version, and a change of
+/// mode takes effect at its date, where admission reads it (the floor of holds, the lock).
+#[tokio::test]
+async fn the_billing_mode_is_a_versioned_term() {
+    for backend in backends() {
+        let on = backend.name();
+        let db = TestDb::new(&backend);
+        let engine = start(&db);
+        catalog_and_account(&engine, BillingMode::Invoice).await;
+        let row = |at: i64| engine.read(move |r| r.account(&account(), Timestamp(at)));
+        let created = row(T).await.unwrap().unwrap();
+        assert_eq!(created.billing, BillingMode::Invoice, "on {on}");
+        assert_eq!(created.state.terms.versions().len(), 1, "on {on}");
+        assert_eq!(
+            created.state.terms.versions()[0].terms.billing,
+            BillingMode::Invoice
+        );
+        assert!(
+            !created.state.is_locked(),
+            "on {on}: invoice, no credits, not locked"
+        );
+
+        set(
+            &engine,
+            TermsChange {
+                billing: Some(BillingMode::Prepaid),
+                low_balance: Some(Some(Nanos(2_000_000_000))),
+                effective_from: Some(Timestamp(T + 60_000)),
+                ..TermsChange::default()
+            },
+        )
+        .await
+        .unwrap();
+        let before = row(T + 59_999).await.unwrap().unwrap();
+        assert_eq!(before.billing, BillingMode::Invoice, "on {on}");
+        assert_eq!(before.state.credit.floor, None, "on {on}");
+        let after = row(T + 60_000).await.unwrap().unwrap();
+        assert_eq!(after.billing, BillingMode::Prepaid, "on {on}");
+        assert_eq!(after.state.credit.floor, Some(Nanos::ZERO), "on {on}");
+        assert!(after.state.is_locked(), "on {on}: prepaid without credits");
+        let t = after.state.terms_at(Timestamp(T + 60_000));
+        assert_eq!(t.low_balance, Some(Nanos(2_000_000_000)), "on {on}");
     }
 }

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_terms_adjustments.sql"),
+    include_str!("../../migrations/postgres/0003_billing_term.sql"),
 ];
 
 /// The advisory lock key migrations hold ("tollgate" in ASCII).

@@ -177,9 +177,13 @@ impl Tx for PgTx<'_, '_> {
         now: Timestamp,
     ) -> Result<()> {
         let n = self.exec(
-            "INSERT INTO accounts (username, created_at, billing) VALUES ($1, $2, $3) \
+            "INSERT INTO accounts (username, created_at, terms) VALUES ($1, $2, $3) \
              ON CONFLICT (username) DO NOTHING",
-            &[&username.as_str(), &now.0, &billing.as_str()],
+            &[
+                &username.as_str(),
+                &now.0,
+                &terms_text(&TermsSchedule::first(billing)),
+            ],
         )?;
         if n == 0 {
             return Err(StoreError::AlreadyExists(format!("account {username}")));

@@ -31,6 +31,14 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/sqlite/0005_terms_adjustments.sql"),
         None,
     ),
+    (
+        include_str!("../../migrations/sqlite/0006_billing_term.sql"),
+        None,
+    ),
+    (
+        include_str!("../../migrations/sqlite/0007_keys_by_account.sql"),
+        None,
+    ),
 ];
 
 /// A connection to the file at `path` with the settings every connection runs with.

@@ -170,9 +170,13 @@ impl Tx for SqliteTx<'_> {
         now: Timestamp,
     ) -> Result<()> {
         let n = self.conn.execute(
-            "INSERT INTO accounts (username, created_at, billing) VALUES (?1, ?2, ?3) \
+            "INSERT INTO accounts (username, created_at, terms) VALUES (?1, ?2, ?3) \
              ON CONFLICT (username) DO NOTHING",
-            params![username.as_str(), now.0, billing.as_str()],
+            params![
+                username.as_str(),
+                now.0,
+                terms_text(&TermsSchedule::first(billing))
+            ],
         )?;
         if n == 0 {
             return Err(StoreError::AlreadyExists(format!("account {username}")));

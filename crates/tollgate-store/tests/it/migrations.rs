@@ -5,9 +5,10 @@
 use rusqlite::{params, Connection};
 use rust_decimal::Decimal;
 use tollgate_core::ids::{AccountId, EndpointId};
+use tollgate_core::terms::{Terms, TermsVersion};
 use tollgate_core::Timestamp;
 use tollgate_store::sqlite::SqliteStore;
-use tollgate_store::{BillingEventsQuery, RollupQuery, Store, SETTING_FOLDED_BEFORE};
+use tollgate_store::{BillingEventsQuery, BillingMode, RollupQuery, Store, SETTING_FOLDED_BEFORE};
 
 const SCHEMA_1: &str = include_str!("../../migrations/sqlite/0001_init.sql");
 
@@ -18,10 +19,10 @@ fn version_1_database(path: &std::path::Path) {
     let tx = c.transaction().unwrap();
     tx.execute_batch(SCHEMA_1).unwrap();
     tx.pragma_update(None, "user_version", 1).unwrap();
-    for account in ["acme", "bob"] {
+    for (account, billing) in [("acme", "prepaid"), ("bob", "prepaid"), ("inv", "invoice")] {
         tx.execute(
-            "INSERT INTO accounts (username, created_at, billing) VALUES (?1, 0, 'prepaid')",
-            [account],
+            "INSERT INTO accounts (username, created_at, billing) VALUES (?1, 0, ?2)",
+            [account, billing],
         )
         .unwrap();
     }
@@ -112,7 +113,7 @@ fn upgrading_builds_rollups_that_add_up_to_the_line_items() {
     version_1_database(&path);
 
     let mut store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 5);
+    assert_eq!(store.schema_version().unwrap(), 7);
     let mut reader = (store.reader_factory())().unwrap();
     // The terms an account had are its first version, in force from the beginning.
     let terms = |reader: &mut Box<dyn tollgate_store::Reader>, name: &str| {
@@ -129,6 +130,27 @@ fn upgrading_builds_rollups_that_add_up_to_the_line_items() {
     assert_eq!(acme_state.concurrency_override, Some(7));
     assert_eq!(acme_state.credit.lock_threshold.0, 5);
     assert!(terms(&mut reader, "bob").terms.is_empty());
+    // How each account paid is a term of every version: an invoice-billed account without
+    // versions has one, from the beginning, with the default terms otherwise.
+    assert_eq!(
+        acme_state.terms.versions()[0].terms.billing,
+        BillingMode::Prepaid
+    );
+    let inv = terms(&mut reader, "inv");
+    assert_eq!(
+        inv.terms.versions(),
+        &[TermsVersion {
+            effective_from: Timestamp(0),
+            terms: Terms {
+                billing: BillingMode::Invoice,
+                ..Terms::default()
+            },
+        }]
+    );
+    assert_eq!(
+        (inv.billing(), inv.credit.floor),
+        (BillingMode::Invoice, None)
+    );
     let rec = reader.reconcile().unwrap();
     assert_eq!(rec.rollup_mismatches, vec![]);
     // The backfill wrote every minute into its hour row too: all are folded.
@@ -200,4 +222,111 @@ fn upgrading_builds_rollups_that_add_up_to_the_line_items() {
         .unwrap();
     let at: Vec<i64> = events.iter().map(|e| e.billed_at.0).collect();
     assert_eq!(at, [60_000, 61_000, 3_700_000]);
+}
+
+#[test]
+fn listing_an_accounts_keys_reads_an_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let c = Connection::open(&path).unwrap();
+    for account in ["'acme'", "NULL"] {
+        let plan: Vec<String> = c
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN SELECT key_id FROM api_keys WHERE account IS {account} \
+                 ORDER BY created_at, key_id"
+            ))
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            plan,
+            ["SEARCH api_keys USING COVERING INDEX api_keys_by_account (account=?)"],
+            "{account}"
+        );
+    }
+}
+
+/// A PostgreSQL database at schema version 2, as tollgate wrote it, upgraded: how each account
+/// paid becomes a term of its versions.
+#[test]
+fn upgrading_postgres_makes_billing_a_term() {
+    let Some(url) = std::env::var("TOLLGATE_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+    else {
+        return;
+    };
+    let schema = format!("tollgate_test_upgrade_{}", std::process::id());
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let target = format!("{url}{sep}options=-csearch_path%3D{schema}");
+    let admin = |sql: String| {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            postgres::Client::connect(&url, postgres::NoTls)
+                .unwrap()
+                .batch_execute(&sql)
+                .unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    admin(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+    ));
+    let t = target.clone();
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&t, postgres::NoTls).unwrap();
+        let mut tx = c.transaction().unwrap();
+        tx.batch_execute(include_str!("../../migrations/postgres/0001_init.sql"))
+            .unwrap();
+        tx.batch_execute(include_str!(
+            "../../migrations/postgres/0002_terms_adjustments.sql"
+        ))
+        .unwrap();
+        tx.batch_execute(
+            "CREATE TABLE tollgate_schema (version INTEGER NOT NULL); \
+             INSERT INTO tollgate_schema VALUES (1), (2); \
+             INSERT INTO accounts (username, created_at, billing, terms) VALUES \
+             ('acme', 0, 'invoice', '[{\"effective_from\":0,\"discounts\":{\"percent_discount\":\"10\"},\
+\"concurrency_override\":7,\"lock_threshold_nanos\":5},{\"effective_from\":9000,\"discounts\":{},\
+\"concurrency_override\":null,\"lock_threshold_nanos\":0}]'), \
+             ('bob', 0, 'prepaid', '[]'), ('inv', 0, 'invoice', '[]')",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    })
+    .join()
+    .unwrap();
+    let store = tollgate_store::open(&target).unwrap();
+    let mut reader = (store.reader_factory())().unwrap();
+    let mut state = |name: &str| {
+        let id = AccountId::parse(name).unwrap();
+        reader.account(&id, Timestamp(1)).unwrap().unwrap()
+    };
+    let acme = state("acme");
+    let versions = acme.state.terms.versions();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(
+        (versions[0].effective_from, versions[1].effective_from),
+        (Timestamp(0), Timestamp(9_000))
+    );
+    assert!(versions
+        .iter()
+        .all(|v| v.terms.billing == BillingMode::Invoice));
+    assert_eq!(versions[0].terms.concurrency_override, Some(7));
+    assert_eq!(acme.billing, BillingMode::Invoice);
+    assert!(state("bob").state.terms.is_empty());
+    assert_eq!(state("bob").billing, BillingMode::Prepaid);
+    let inv = state("inv");
+    assert_eq!(inv.state.terms.versions().len(), 1);
+    assert_eq!(
+        (inv.billing, inv.state.credit.floor),
+        (BillingMode::Invoice, None)
+    );
+    drop(reader);
+    drop(store);
+    admin(format!("DROP SCHEMA {schema} CASCADE"));
 }

@@ -42,7 +42,7 @@ price = { unit = "token", tokens = { per = "1000000", input = "0.15", output = "
 const START_BALANCE: i64 = 1_000_000 * 1_000_000_000;
 /// The bench accounts' terms (as stored: one version, from the beginning): a contractual
 /// concurrency limit no run reaches.
-const UNLIMITED_TERMS: &str = r#"[{"effective_from":0,"discounts":{},"concurrency_override":1000000,"lock_threshold_nanos":0}]"#;
+const UNLIMITED_TERMS: &str = r#"[{"effective_from":0,"discounts":{},"concurrency_override":1000000,"lock_threshold_nanos":0,"billing":"prepaid"}]"#;
 
 pub fn account_name(i: usize) -> String {
     format!("bench-{i}")
@@ -104,8 +104,8 @@ fn seed_history(dir: &Path, accounts: usize, history: usize, ids: Ids) -> anyhow
     let tx = c.transaction()?;
     {
         let mut acct = tx.prepare(
-            "INSERT INTO accounts (username, created_at, billing, balance_nanos, terms) \
-             VALUES (?1, 0, 'prepaid', ?2, ?3)",
+            "INSERT INTO accounts (username, created_at, balance_nanos, terms) \
+             VALUES (?1, 0, ?2, ?3)",
         )?;
         let mut lot = tx.prepare(
             "INSERT INTO purchases (account, purchase_id, amount_nanos, paid, created_at, \
@@ -187,8 +187,8 @@ fn seed_postgres(url: &str, schema: &str, accounts: usize) -> anyhow::Result<Box
     let mut c = postgres::Client::connect(&scoped, postgres::NoTls)?;
     let mut tx = c.transaction()?;
     tx.execute(
-        "INSERT INTO accounts (username, created_at, billing, balance_nanos, terms) \
-         SELECT n, 0, 'prepaid', $2, $3 FROM unnest($1::text[]) n",
+        "INSERT INTO accounts (username, created_at, balance_nanos, terms) \
+         SELECT n, 0, $2, $3 FROM unnest($1::text[]) n",
         &[&names, &START_BALANCE, &UNLIMITED_TERMS],
     )?;
     tx.execute(

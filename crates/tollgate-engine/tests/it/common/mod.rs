@@ -7,10 +7,13 @@ use tollgate_core::Timestamp;
 use tollgate_engine::{AdminCmd, Engine};
 use tollgate_store::BillingMode;
 
-/// One text-to-speech endpoint, `test/tts`, billed per character.
+/// One text-to-speech endpoint, `test/tts`, billed per character, and one machine type.
 pub const CATALOG: &str = r#"
 prices_read_on = "2026-01-15"
 effective_from = "2026-01-01T00:00:00Z"
+
+[machines]
+GPU-H100 = "0.000525"
 
 [[endpoint]]
 id = "test/tts"
