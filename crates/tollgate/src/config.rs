@@ -232,7 +232,9 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     let file = read_file(path)?;
     let env = Layer::from_env(|k| std::env::var(k).ok())?;
     let (from_file, from_env) = (file.names_set(), env.names_set());
-    let settings = Settings::from_layer(file.under(env));
+    let mut settings = Settings::from_layer(file.under(env));
+    // A PostgreSQL URL is printed without its password.
+    settings.db = settings.db.map(|db| tollgate_store::postgres::redact(&db));
     println!("# {}: valid", path.display());
     for name in Layer::NAMES {
         let origin = if from_env.contains(name) {

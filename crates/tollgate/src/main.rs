@@ -113,6 +113,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(ConfigCmd::Check { file }) => config::check(&file),
         Command::Backup(args) => backup::run(args),
         Command::Migrate { db } => {
+            // A SQLite file a server is using is not migrated under it.
+            if !tollgate_store::postgres::is_url(&db) {
+                dblock::claim(std::path::Path::new(&db), false)?;
+            }
             let mut store = tollgate_store::open(&db)?;
             println!(
                 "{}: schema at version {}",

@@ -2,6 +2,7 @@
 //! are refused, and a new engine on the same database sees every answered operation.
 
 use crate::common::{catalog_and_account, event};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tollgate_core::machine::Outcome;
 use tollgate_core::Timestamp;
@@ -12,7 +13,7 @@ use tollgate_store::BillingMode;
 /// 2026-06-01T00:00:00Z: when the events happened.
 const T: i64 = 1_780_272_000_000;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_commits_what_was_queued_before_it_and_refuses_what_comes_after() {
     for backend in backends() {
         let db = TestDb::new(&backend);
@@ -20,16 +21,23 @@ async fn shutdown_commits_what_was_queued_before_it_and_refuses_what_comes_after
         let engine = Engine::start(db.open().unwrap(), clock.clone()).unwrap();
         catalog_and_account(&engine, BillingMode::Invoice).await;
         // Events from several tasks, racing the shutdown: each is either answered (and then
-        // committed) or refused as stopped.
+        // committed) or refused as stopped. The shutdown is sent once some have been answered,
+        // so what is checked below is never empty.
+        let done = Arc::new(AtomicUsize::new(0));
         let calls: Vec<_> = (0..200)
             .map(|i| {
-                let engine = engine.clone();
+                let (engine, done) = (engine.clone(), done.clone());
                 tokio::spawn(async move {
                     let id = format!("ev-{i}");
-                    (id.clone(), engine.execute(event(&id, T, 1)).await)
+                    let answer = engine.execute(event(&id, T, 1)).await;
+                    done.fetch_add(1, Ordering::SeqCst);
+                    (id, answer)
                 })
             })
             .collect();
+        while done.load(Ordering::SeqCst) < 20 {
+            tokio::task::yield_now().await;
+        }
         engine.shutdown().await.unwrap();
         let mut answered = Vec::new();
         for call in calls {
@@ -42,6 +50,11 @@ async fn shutdown_commits_what_was_queued_before_it_and_refuses_what_comes_after
                 (id, Err(e)) => panic!("{backend:?} {id}: {e}"),
             }
         }
+        assert!(
+            answered.len() >= 20,
+            "{backend:?}: {} answered",
+            answered.len()
+        );
         assert!(matches!(
             engine.execute(event("after", T, 1)).await,
             Err(EngineError::Stopped)

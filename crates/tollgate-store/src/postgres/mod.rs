@@ -24,6 +24,7 @@ mod reader;
 mod rollups;
 mod tx;
 
+pub use open::redact;
 pub use reader::PgReader;
 
 use crate::{DbError, Reader, ReaderFactory, Rerunnable, Result, Store, StoreError};

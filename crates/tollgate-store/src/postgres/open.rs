@@ -25,7 +25,7 @@ const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465;
 pub(super) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The URL without its password, for messages.
-pub(super) fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };

@@ -76,6 +76,21 @@ fn the_example_configuration_passes_config_check_and_a_bad_file_names_its_line_a
         }
     }
 
+    // A PostgreSQL URL is shown without its password.
+    std::fs::write(
+        dir.path().join("pg.toml"),
+        "db = \"postgres://billing:hunter2@db.internal:5432/tollgate\"\n",
+    )
+    .expect("write");
+    let pg = tollgate(&["config", "check", "pg.toml"], dir.path());
+    let shown = String::from_utf8_lossy(&pg.stdout);
+    assert!(pg.status.success(), "{}", text(&pg));
+    assert!(
+        shown.contains("postgres://billing:***@db.internal:5432/tollgate")
+            && !shown.contains("hunter2"),
+        "{shown}"
+    );
+
     for (body, needles) in [
         (
             "db = \"a.db\"\nlisten = \"127.0.0.1:8080\"\nlisten_port = 9\n",
@@ -239,6 +254,14 @@ fn a_server_that_cannot_listen_or_whose_database_is_in_use_exits_and_changes_not
         String::from_utf8_lossy(&in_use.stderr).contains("in use by another tollgate server"),
         "{}",
         text(&in_use)
+    );
+    // Nor is it migrated under the server.
+    let migrate = tollgate(&["migrate", "--db", &db_arg], dir.path());
+    assert_eq!(migrate.status.code(), Some(1), "{}", text(&migrate));
+    assert!(
+        String::from_utf8_lossy(&migrate.stderr).contains("in use by another tollgate server"),
+        "{}",
+        text(&migrate)
     );
 
     assert_eq!(file_state(&db), files_before, "the database files changed");
