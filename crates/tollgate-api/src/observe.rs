@@ -36,6 +36,11 @@ pub const UNMATCHED: &str = "unmatched";
 pub struct CallId(pub String);
 
 impl CallId {
+    /// A new request id (a UUIDv7: ids sort by time).
+    pub fn fresh() -> CallId {
+        CallId(uuid::Uuid::now_v7().to_string())
+    }
+
     pub fn of(headers: &HeaderMap) -> CallId {
         let given = headers
             .get(REQUEST_ID)
@@ -48,7 +53,7 @@ impl CallId {
         match given {
             // Visible ASCII only, so this is text.
             Some(v) => CallId(String::from_utf8_lossy(v).into_owned()),
-            None => CallId(uuid::Uuid::now_v7().to_string()),
+            None => CallId::fresh(),
         }
     }
 }

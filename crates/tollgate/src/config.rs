@@ -7,9 +7,10 @@
 //! Every setting is declared once, in the `settings!` table below, with its value type. A value
 //! type checks its value the same way whichever place it came from (a TOML value is also
 //! checked for its TOML type first), so the file, the environment and the flags cannot
-//! disagree on what is valid. A section (`[invoices] prefix`) is a second `settings!` table for
-//! its own `Layer` type, held as an `Option<...Layer>` field of the file's layer with its flags
-//! flattened into [`Flags`] under the section's prefix.
+//! disagree on what is valid. The settings so far are all top-level; a section to come
+//! (`[invoices] prefix`) is meant to be a second `settings!` table for its own `Layer` type,
+//! held as an `Option<...Layer>` field of the file's layer with its flags flattened into
+//! [`Flags`] under the section's prefix.
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};

@@ -44,6 +44,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tollgate_api::error::{ApiError, Envelope};
+use tollgate_api::observe::{CallId, REQUEST_ID};
 use tower::ServiceExt;
 
 /// The limits every connection is held to.
@@ -101,7 +102,6 @@ pub async fn serve(
         conns: Mutex::default(),
         slots: Arc::new(Semaphore::new(max)),
         max,
-        refusal: refusal_bytes(),
     });
     let mut next_id = 0u64;
     let mut accept_errors = Burst::default();
@@ -150,7 +150,7 @@ pub async fn serve(
                 );
             }
             // A fresh socket's send buffer is empty: the answer fits without waiting.
-            let _ = stream.try_write(&server.refusal);
+            let _ = stream.try_write(&refusal_bytes(&CallId::fresh()));
             continue;
         };
         if let Some(n) = refusals.end() {
@@ -227,8 +227,6 @@ struct Server {
     /// One permit per connection that may be open.
     slots: Arc<Semaphore>,
     max: usize,
-    /// The answer to a connection refused because every other is busy.
-    refusal: Vec<u8>,
 }
 
 impl Server {
@@ -435,6 +433,13 @@ async fn handle(
 ) -> Result<Response<Tracked<axum::body::Body>>, Infallible> {
     let busy = Busy::start(&server, conn);
     let received = Arc::new(AtomicBool::new(req.body().is_end_stream()));
+    // The call's request id is settled here, so an answer this server makes itself (the
+    // timeout's) carries the same id the router's would have.
+    let mut req = req;
+    let id = CallId::of(req.headers());
+    if let Ok(v) = HeaderValue::from_str(&id.0) {
+        req.headers_mut().insert(REQUEST_ID, v);
+    }
     let req = req.map(|body| Tracked {
         inner: body,
         end: End::Received(received.clone()),
@@ -443,7 +448,7 @@ async fn handle(
     let resp = match tokio::time::timeout(limit, app.oneshot(req)).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(never)) => match never {},
-        Err(_) => timeout_answer(received.load(Ordering::Acquire), limit),
+        Err(_) => timeout_answer(received.load(Ordering::Acquire), limit, &id),
     };
     Ok(resp.map(|body| Tracked {
         inner: body,
@@ -451,9 +456,20 @@ async fn handle(
     }))
 }
 
-fn timeout_answer(body_received: bool, limit: Duration) -> axum::response::Response {
+fn timeout_answer(body_received: bool, limit: Duration, id: &CallId) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let mut resp = ApiError::request_timeout(body_received, limit.as_secs()).into_response();
+    tracing::warn!(
+        request_id = %id.0,
+        body_received,
+        request_timeout_s = limit.as_secs(),
+        "a call was not answered within the request timeout"
+    );
+    let mut resp = ApiError::request_timeout(body_received, limit.as_secs())
+        .with("request_id", id.0.clone())
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&id.0) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
     if !body_received {
         // The rest of the body is not worth reading: the connection closes after the answer.
         resp.headers_mut()
@@ -661,19 +677,22 @@ pub fn open_files_limit() -> Option<u64> {
         .ok()
 }
 
-fn refusal_bytes() -> Vec<u8> {
+/// The answer to a connection refused at the cap, with a request id of its own.
+fn refusal_bytes(id: &CallId) -> Vec<u8> {
     let error = ApiError::of_status(
         StatusCode::SERVICE_UNAVAILABLE,
         "every connection is busy with a request; try again shortly",
-    );
+    )
+    .with("request_id", id.0.clone());
     let body = serde_json::to_vec(&Envelope {
         error: error.object(),
     })
     .expect("an envelope serializes");
     let mut out = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n",
-        body.len()
+         content-length: {}\r\nconnection: close\r\nretry-after: 1\r\n{REQUEST_ID}: {}\r\n\r\n",
+        body.len(),
+        id.0
     )
     .into_bytes();
     out.extend_from_slice(&body);
@@ -710,13 +729,16 @@ mod tests {
 
     #[test]
     fn the_refusal_is_a_complete_503_in_the_envelope() {
-        let bytes = refusal_bytes();
+        let id = CallId::fresh();
+        let bytes = refusal_bytes(&id);
         let text = String::from_utf8(bytes).expect("text");
         let (head, body) = text.split_once("\r\n\r\n").expect("a head");
         assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
         assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(head.contains(&format!("x-request-id: {}", id.0)), "{head}");
         let v: serde_json::Value = serde_json::from_str(body).expect("json");
         assert_eq!(v["error"]["type"], "server_error");
+        assert_eq!(v["error"]["request_id"], id.0.as_str());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What applying a catalog document changes, computed before anything is written: the current
-//! catalog and a parsed document in, the change endpoint by endpoint out. `tollgate catalog
-//! check`, `PUT /v1/admin/catalog?dry_run=true` and the apply itself share it, so a preview
-//! says exactly what the apply does.
+//! catalog and a parsed document in, the change endpoint by endpoint out.
+//! `PUT /v1/admin/catalog?dry_run=true` and the apply itself share it, so a preview says
+//! exactly what the apply does (`tollgate catalog check`, offline, only parses and validates).
 //!
 //! An endpoint the catalog does not have is *added*; one it has is *changed* when its metadata
 //! differs (named field by field) or its price differs from the endpoint's latest public price

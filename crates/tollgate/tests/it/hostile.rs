@@ -248,6 +248,7 @@ fn a_slow_upload_is_answered_408_in_the_envelope_and_closed() {
     s.write_all(
         format!(
             "POST /v1/usage-events HTTP/1.1\r\nhost: t\r\nauthorization: Key {OP_KEY}\r\n\
+             x-request-id: slow-upload-1\r\n\
              content-type: application/json\r\ncontent-length: 100000\r\n\r\n{{\"events\": ["
         )
         .as_bytes(),
@@ -256,6 +257,9 @@ fn a_slow_upload_is_answered_408_in_the_envelope_and_closed() {
     let (status, body) = read_response(&mut s);
     assert_eq!(status, 408, "{body}");
     assert_eq!(envelope_type(&body), "request_timeout", "{body}");
+    // The server's own answer carries the call's request id, as the router's do.
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["error"]["request_id"], "slow-upload-1", "{body}");
     assert!(closes(&mut s), "the connection stayed open after the 408");
     must(normal_call(&server), 200, "a call after the slow upload");
 }
