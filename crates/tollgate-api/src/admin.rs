@@ -703,9 +703,9 @@ pub struct TermsBody {
     /// The account's own prices, by endpoint: each a new account-scoped price version.
     #[serde(default)]
     prices: BTreeMap<EndpointId, PriceRule>,
-    /// When the terms and `prices` of this change take effect (default now); never before
-    /// the account's latest terms version (for terms) or latest price version of the endpoint
-    /// (for prices).
+    /// When the terms and `prices` of this change take effect (default now); never in the
+    /// past, nor before the account's latest terms version (for terms) or latest price version
+    /// of the endpoint (for prices).
     #[serde(default, deserialize_with = "wire::time_opt")]
     #[schema(value_type = Option<String>, format = DateTime)]
     effective_from: Option<Timestamp>,
@@ -788,9 +788,10 @@ pub struct TermsSet {
 /// **Effective dates.** Terms and prices never change in place. A change of terms is a new
 /// terms version effective from `effective_from` (default now), whose absent fields keep
 /// their value from the version before; each price is a new account-scoped price version
-/// from the same time. Neither is ever dated before the account's latest version (of its
-/// terms; of that endpoint's price): 422 naming `effective_from`. A change dated like the
-/// latest terms version is applied to it. Which version applies: a request is billed with
+/// from the same time. Neither is ever dated in the past (usage already billed, held or still
+/// to be reported keeps what was in force when it happened) nor before the account's latest
+/// version (of its terms; of that endpoint's price): 400 naming `effective_from`. A change
+/// dated like the latest terms version is applied to it. Which version applies: a request is billed with
 /// the price version, discounts (`percent_discount`, `volume_tiers`) and machine prices in
 /// force when it was submitted (its hold is estimated with them too), a usage event with
 /// those in force at its `timestamp`; the lock threshold, the concurrency limit and the
@@ -820,6 +821,17 @@ pub async fn set_pricing(
     Path(account): Path<AccountId>,
     Json(body): Json<TermsBody>,
 ) -> Result<axum::Json<TermsSet>, ApiError> {
+    let now = state.engine.now();
+    if let Some(at) = body.effective_from.filter(|at| *at < now) {
+        return Err(ApiError::invalid(
+            "effective_from",
+            format!(
+                "{} is in the past: an account's terms and prices take effect now or later, so \
+                 what was already billed keeps what was in force",
+                wire::rfc3339(at)
+            ),
+        ));
+    }
     let change = TermsChange {
         percent_discount: body.percent_discount,
         volume_tiers: body.volume_tiers,

@@ -401,7 +401,14 @@ async fn bad_new_terms_are_refused_naming_the_field_and_write_nothing() {
         }
         body
     };
-    let refusals: [(Value, u16, &str, &str); 9] = [
+    let refusals: [(Value, u16, &str, &str); 10] = [
+        // In the past: what was billed keeps what was in force.
+        (
+            with(json!({ "effective_from": rfc3339(T0 - 1_000) })),
+            400,
+            "validation_error",
+            "effective_from",
+        ),
         (
             with(json!({ "low_balance_usd": "-1" })),
             400,
