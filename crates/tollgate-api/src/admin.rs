@@ -523,7 +523,8 @@ pub struct UnlockBody {
 
 /// Unlock an account
 ///
-/// Lifts a `payment_disputed` lock. A lock from an exhausted balance lifts only by credits
+/// Lifts a `payment_disputed` lock (set when a customer's payment is disputed at the payment
+/// provider). A lock from an exhausted balance lifts only by credits
 /// (a purchase or an adjustment): unlocking an account locked only for that answers 409
 /// `conflict` and changes nothing. An account both disputed and exhausted keeps the
 /// `exhausted_balance` lock. Unlocking an account that is not locked changes nothing.

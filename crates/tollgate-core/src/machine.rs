@@ -432,7 +432,8 @@ pub enum Op {
         reason: String,
     },
     /// A payment was disputed: the account locks until the dispute is lifted (credits do not
-    /// lift it). Setting it again keeps the first time.
+    /// lift it). Setting it again keeps the first time. Sent by the payment provider's
+    /// dispute notification when payments are integrated; nothing in the HTTP API sets it.
     LockDisputed {
         account: AccountId,
     },
