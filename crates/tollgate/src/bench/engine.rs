@@ -7,12 +7,13 @@ use super::{BenchArgs, Plan};
 use hdrhistogram::Histogram;
 use rust_decimal::Decimal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::catalog::document;
-use tollgate_core::ids::{AccountId, EndpointId, RequestId};
+use tollgate_core::ids::{AccountId, AdjustmentId, EndpointId, RequestId};
 use tollgate_core::machine::{Op, Outcome, UsageEvent};
+use tollgate_core::money::Nanos;
 use tollgate_core::price::{Dims, Output, Tokens};
 use tollgate_engine::{system_clock, AdminCmd, Engine};
 use tollgate_store::sqlite::SqliteStore;
@@ -397,6 +398,49 @@ async fn usage_events(
     Ok((calls * per_call, el, h))
 }
 
+/// Operator adjustments (`Op::Adjust`, as `POST /v1/admin/accounts/{username}/adjustments`
+/// makes), one per call from `plan.clients` concurrent callers, each with an adjustment id of
+/// its own, accounts picked as the usage-event rows pick them: a caller's even calls credit
+/// 0.001 USD and its odd calls debit as much (a debit spends credit lots as a charge does).
+/// Returns the count, the elapsed time, the latency per call and the net adjusted.
+async fn adjustments(
+    engine: &Engine,
+    plan: &Plan,
+    accounts: usize,
+) -> anyhow::Result<(u64, Duration, Histogram<u64>, i64)> {
+    let names: Arc<Vec<AccountId>> = Arc::new(
+        (0..accounts)
+            .map(|i| AccountId::parse(&account_name(i)).expect("valid"))
+            .collect(),
+    );
+    let net = Arc::new(AtomicI64::new(0));
+    let total = net.clone();
+    let (n, el, h) = drive(engine, plan.clients, plan.duration, move |engine, c, n| {
+        let (names, net) = (names.clone(), net.clone());
+        async move {
+            let amount = if n % 2 == 0 { COST_NANOS } else { -COST_NANOS };
+            let op = Op::Adjust {
+                account: names[pick(c, n, names.len())].clone(),
+                adjustment_id: AdjustmentId::parse(&format!("adj-{c}-{n}")).expect("valid id"),
+                amount: Nanos(amount),
+                reason: "bench: a correction".to_string(),
+            };
+            let t = Instant::now();
+            match engine.execute(op).await? {
+                Ok(Outcome::Adjusted {
+                    replayed: false, ..
+                }) => {}
+                other => anyhow::bail!("adjustment not applied: {other:?}"),
+            }
+            let latency = t.elapsed();
+            net.fetch_add(amount, Ordering::Relaxed);
+            Ok(latency)
+        }
+    })
+    .await?;
+    Ok((n, el, h, total.load(Ordering::Relaxed)))
+}
+
 /// Submit, start, complete; returns the latency of `start` (the admission decision).
 async fn lifecycle(engine: Engine, account: AccountId, id: String) -> anyhow::Result<Duration> {
     let request_id = RequestId::parse(&id).expect("valid id");
@@ -560,6 +604,24 @@ pub async fn run(
                 rows.push(row);
             }
         }
+    }
+    // Operator adjustments beside the usage events: another operation the writer commits.
+    let name = "settle.adjustments.inprocess";
+    if wanted(name) {
+        let dir = tempfile::tempdir()?;
+        let engine = start_engine(&seed(dir.path(), ACCOUNTS)?).await?;
+        let (n, el, h, net) = adjustments(&engine, plan, ACCOUNTS).await?;
+        let r = engine.read(|r| r.reconcile()).await?;
+        anyhow::ensure!(
+            r.is_clean() && r.billed_nanos == 0 && r.adjusted_nanos == i128::from(net),
+            "the ledger after {n} adjustments (net {net} nano-USD): {}",
+            r.summary()
+        );
+        let note = format!(
+            "adjustments/s, one per call, each a new adjustment id, credits and debits of 0.001 \
+             USD in turn; latency per call; ledger reconciled, {net} nano-USD adjusted net"
+        );
+        rows.push(Row::new(name, "tollgate", c, n, el, Some(&h), note));
     }
     for (name, hot) in [
         ("settle.lifecycle.inprocess", false),

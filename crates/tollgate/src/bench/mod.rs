@@ -5,8 +5,9 @@
 //! The rows: the disk (`baseline.rs`: fdatasync per record and per 1,000), the naive
 //! per-request transaction on SQLite and, with a PostgreSQL URL, on PostgreSQL (`naive-sqlite`,
 //! `naive-postgres`); tollgate in-process (`engine.rs`: usage events and lifecycles spread over
-//! accounts and on one hot account, admission with requests in progress (saturated, and at
-//! fixed offered loads in an open loop), the trace replays,
+//! accounts and on one hot account, operator adjustments spread over accounts, admission with
+//! requests in progress (saturated, and at fixed offered loads in an open loop), the trace
+//! replays,
 //! and the scale rows), with a PostgreSQL URL also the usage-event rows on a PostgreSQL store
 //! (`tollgate-postgres`, in a schema created for the row and dropped after it, with the bench's
 //! callers and with as many as the naive PostgreSQL baseline); and tollgate over HTTP

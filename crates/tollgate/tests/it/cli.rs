@@ -519,6 +519,7 @@ fn bench_refuses_bad_input_and_writes_nothing() {
             "Error: --only 'no-such-row'",
             "disk.fdatasync.one_record",
             "settle.usage_events.http",
+            "settle.adjustments.inprocess",
             "admission.start.inprocess.rate_1000",
         ],
     );
