@@ -20,7 +20,7 @@ use tollgate_core::ids::{
 };
 use tollgate_core::machine::{AccountState, LockReason, Op, Outcome};
 use tollgate_core::price::PriceRule;
-use tollgate_core::pricing::{Discounts, VolumeTier};
+use tollgate_core::pricing::VolumeTier;
 use tollgate_core::terms::{Terms, TermsChange};
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::{AdminCmd, AdminReply};
@@ -139,15 +139,8 @@ pub struct AccountView {
     /// `exhausted_balance` (lifted by credits only).
     #[schema(value_type = Option<LockReason>)]
     lock_reason: Option<LockReason>,
-    /// The lock threshold in force now.
-    lock_threshold_nano_usd: i64,
     paid_last_28d_nano_usd: i64,
     paid_lifetime_nano_usd: i64,
-    /// The contractual limit in force now, which replaces the tier table; `null` when the
-    /// tier table applies.
-    concurrency_override: Option<u32>,
-    /// The discounts in force now.
-    discounts: Discounts,
     /// The account's terms: those in force now, and versions scheduled to take effect later.
     terms: TermsView,
     /// What is left of each purchase, in spending order (earliest expiry first).
@@ -235,24 +228,56 @@ pub struct CreditLotView {
     expires_at: Option<Time>,
 }
 
+/// What an account's view and its item in the account list both show of its money and its
+/// state, computed in one place so that the two always agree.
+pub(crate) struct Standing {
+    pub balance_nano_usd: i64,
+    pub held_nano_usd: i64,
+    pub available_nano_usd: i64,
+    pub in_progress: u32,
+    pub concurrency_limit: u32,
+    pub locked: bool,
+    pub lock_reason: Option<LockReason>,
+}
+
+impl Standing {
+    pub(crate) fn of(state: &AppState, s: &AccountState) -> Standing {
+        Standing {
+            balance_nano_usd: s.credit.balance.0,
+            held_nano_usd: s.credit.held.0,
+            available_nano_usd: s.credit.available().0,
+            in_progress: s.in_progress,
+            concurrency_limit: s.concurrency_limit(&state.engine.catalog()),
+            locked: s.is_locked(),
+            lock_reason: s.lock_reason(),
+        }
+    }
+}
+
 pub fn account_view(state: &AppState, row: &AccountRow) -> AccountView {
     let s = &row.state;
     let now = state.engine.now();
+    let Standing {
+        balance_nano_usd,
+        held_nano_usd,
+        available_nano_usd,
+        in_progress,
+        concurrency_limit,
+        locked,
+        lock_reason,
+    } = Standing::of(state, s);
     AccountView {
         username: s.credit.id.clone(),
         billing: row.billing.into(),
-        balance_nano_usd: s.credit.balance.0,
-        held_nano_usd: s.credit.held.0,
-        available_nano_usd: s.credit.available().0,
-        in_progress: s.in_progress,
-        concurrency_limit: s.concurrency_limit(&state.engine.catalog()),
-        locked: s.is_locked(),
-        lock_reason: s.lock_reason(),
-        lock_threshold_nano_usd: s.credit.lock_threshold.0,
+        balance_nano_usd,
+        held_nano_usd,
+        available_nano_usd,
+        in_progress,
+        concurrency_limit,
+        locked,
+        lock_reason,
         paid_last_28d_nano_usd: s.paid_28d.0,
         paid_lifetime_nano_usd: s.paid_lifetime.0,
-        concurrency_override: s.concurrency_override,
-        discounts: s.discounts.clone(),
         terms: terms_view(s, now),
         credits: s
             .lots

@@ -1,9 +1,9 @@
 //! The operator's list of accounts (docs/reference/API.md section 9): search by username
 //! prefix, keyset paging, each with its balance and lock state.
 
-use crate::admin::Billing;
+use crate::admin::{Billing, Standing};
 use crate::error::ApiError;
-use crate::extract::{FromQuery, Operator, Params};
+use crate::extract::{FromQuery, Operator, Page, Paged, Params};
 use crate::openapi::{tags, OperatorErrors};
 use crate::platform::paging;
 use crate::query_string::Query;
@@ -12,17 +12,14 @@ use crate::AppState;
 use axum::extract::State;
 use serde::Serialize;
 use tollgate_core::ids::AccountId;
-use tollgate_query::Cursor;
+use tollgate_core::machine::LockReason;
 use tollgate_store::AccountRow;
 use utoipa::{IntoParams, ToSchema};
 
-/// Accounts per page when `limit` is absent.
-pub const DEFAULT_LIMIT: usize = 100;
-/// The largest `limit` accepted.
-pub const MAX_LIMIT: usize = 1000;
 /// The longest `q`: a username's longest.
 const MAX_PREFIX_BYTES: usize = 64;
 
+/// `GET /v1/admin/accounts`' own parameter, beside its [`Page`].
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
@@ -30,12 +27,6 @@ pub struct ListParams {
     /// `_` or `.`, at most 64. Absent or empty: every account.
     #[param(value_type = Option<String>, max_length = 64, pattern = "^[A-Za-z0-9._-]*$")]
     q: String,
-    /// Maximum number of accounts to return: default 100, at most 1000.
-    #[param(value_type = Option<usize>, minimum = 1, maximum = 1000)]
-    limit: usize,
-    /// Pagination cursor from a previous response (its `next_cursor`, unchanged).
-    #[param(value_type = Option<String>, min_length = 1)]
-    cursor: Option<Cursor>,
 }
 
 impl FromQuery for ListParams {
@@ -58,13 +49,12 @@ impl FromQuery for ListParams {
         }
         Ok(ListParams {
             q: prefix.to_string(),
-            limit: q.limit(DEFAULT_LIMIT, MAX_LIMIT)?,
-            cursor: q.cursor()?,
         })
     }
 }
 
-/// One account of the list.
+/// One account of the list: its balance, holds, requests in progress and lock state, as
+/// `GET /v1/admin/accounts/{username}` shows them.
 #[derive(Serialize, ToSchema)]
 pub struct AccountListItem {
     username: AccountId,
@@ -75,10 +65,15 @@ pub struct AccountListItem {
     held_nano_usd: i64,
     /// Balance minus holds, nano-USD.
     available_nano_usd: i64,
-    /// Requests are refused while the balance is at or below the lock threshold (prepaid).
-    locked: bool,
     in_progress: u32,
     concurrency_limit: u32,
+    /// New requests are refused: while the balance is at or below the lock threshold
+    /// (prepaid), or while a payment dispute locks the account.
+    locked: bool,
+    /// Why the account is locked (`null` when it is not): `payment_disputed` before
+    /// `exhausted_balance`.
+    #[schema(value_type = Option<LockReason>)]
+    lock_reason: Option<LockReason>,
     created_at: Time,
 }
 
@@ -92,16 +87,25 @@ pub struct AccountList {
 }
 
 fn item(state: &AppState, row: AccountRow) -> AccountListItem {
-    let s = &row.state;
+    let Standing {
+        balance_nano_usd,
+        held_nano_usd,
+        available_nano_usd,
+        in_progress,
+        concurrency_limit,
+        locked,
+        lock_reason,
+    } = Standing::of(state, &row.state);
     AccountListItem {
-        username: s.credit.id.clone(),
+        username: row.state.credit.id.clone(),
         billing: row.billing.into(),
-        balance_nano_usd: s.credit.balance.0,
-        held_nano_usd: s.credit.held.0,
-        available_nano_usd: s.credit.available().0,
-        locked: s.credit.is_locked(),
-        in_progress: s.in_progress,
-        concurrency_limit: s.concurrency_limit(&state.engine.catalog()),
+        balance_nano_usd,
+        held_nano_usd,
+        available_nano_usd,
+        in_progress,
+        concurrency_limit,
+        locked,
+        lock_reason,
         created_at: Time(row.created_at),
     }
 }
@@ -117,16 +121,16 @@ fn item(state: &AppState, row: AccountRow) -> AccountListItem {
 #[utoipa::path(
     get, path = "/v1/admin/accounts", tag = tags::OPERATOR, operation_id = "listAccounts",
     security(("Key" = ["OPERATOR"])),
-    params(ListParams),
+    params(ListParams, Page),
     responses(OperatorErrors, (status = 200, description = "A page of accounts.", body = AccountList))
 )]
 pub async fn list_accounts(
     State(state): State<AppState>,
     _: Operator,
-    Params(p): Params<ListParams>,
+    Params(Paged { filter, page: p }): Params<Paged<ListParams>>,
 ) -> Result<axum::Json<AccountList>, ApiError> {
-    let page =
-        tollgate_query::accounts::list(&state.engine, &p.q, p.cursor.as_ref(), p.limit).await?;
+    let page = tollgate_query::accounts::list(&state.engine, &filter.q, p.cursor.as_ref(), p.limit)
+        .await?;
     let (next_cursor, has_more) = paging(page.next_cursor);
     Ok(axum::Json(AccountList {
         accounts: page.items.into_iter().map(|r| item(&state, r)).collect(),

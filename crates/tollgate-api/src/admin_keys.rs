@@ -9,10 +9,9 @@
 
 use crate::auth::{insert_new_key, mint_key};
 use crate::error::{ApiError, ErrorResponse};
-use crate::extract::{FromQuery, Json, NoParams, Operator, Params, Path};
+use crate::extract::{Json, NoParams, Operator, Page, Params, Path};
 use crate::openapi::{tags, OperatorErrors};
 use crate::platform::paging;
-use crate::query_string::Query;
 use crate::wire::Time;
 use crate::AppState;
 use axum::extract::State;
@@ -21,34 +20,8 @@ use serde::{Deserialize, Serialize};
 use tollgate_core::ids::{AccountId, ApiKeyId, KeyAlias};
 use tollgate_engine::AdminCmd;
 use tollgate_query::keys::KeyOwner;
-use tollgate_query::Cursor;
 use tollgate_store::{ApiKeyRecord, Scope};
-use utoipa::{IntoParams, ToSchema};
-
-/// Keys per page when `limit` is absent.
-pub const DEFAULT_LIMIT: usize = 100;
-/// The largest `limit` accepted.
-pub const MAX_LIMIT: usize = 1000;
-
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListParams {
-    /// Maximum number of keys to return: default 100, at most 1000.
-    #[param(value_type = Option<usize>, minimum = 1, maximum = 1000)]
-    limit: usize,
-    /// Pagination cursor from a previous response (its `next_cursor`, unchanged).
-    #[param(value_type = Option<String>, min_length = 1)]
-    cursor: Option<Cursor>,
-}
-
-impl FromQuery for ListParams {
-    fn from_query(q: &Query) -> Result<Self, ApiError> {
-        Ok(ListParams {
-            limit: q.limit(DEFAULT_LIMIT, MAX_LIMIT)?,
-            cursor: q.cursor()?,
-        })
-    }
-}
+use utoipa::ToSchema;
 
 /// Who holds a key.
 #[derive(Clone, Copy, Debug, Serialize, ToSchema)]
@@ -124,11 +97,7 @@ pub struct KeyList {
     has_more: bool,
 }
 
-async fn list(
-    state: &AppState,
-    owner: KeyOwner,
-    p: ListParams,
-) -> Result<axum::Json<KeyList>, ApiError> {
+async fn list(state: &AppState, owner: KeyOwner, p: Page) -> Result<axum::Json<KeyList>, ApiError> {
     let page =
         tollgate_query::keys::all_keys(&state.engine, &owner, p.cursor.as_ref(), p.limit).await?;
     let (next_cursor, has_more) = paging(page.next_cursor);
@@ -147,7 +116,7 @@ async fn list(
 #[utoipa::path(
     get, path = "/v1/admin/accounts/{username}/keys", tag = tags::OPERATOR,
     operation_id = "listAccountKeys", security(("Key" = ["OPERATOR"])),
-    params(("username" = AccountId, Path, description = "The account's username."), ListParams),
+    params(("username" = AccountId, Path, description = "The account's username."), Page),
     responses(
         OperatorErrors,
         (status = 200, description = "The account's keys.", body = KeyList),
@@ -157,7 +126,7 @@ async fn list(
 pub async fn account_keys(
     State(state): State<AppState>,
     _: Operator,
-    Params(p): Params<ListParams>,
+    Params(p): Params<Page>,
     Path(username): Path<AccountId>,
 ) -> Result<axum::Json<KeyList>, ApiError> {
     list(&state, KeyOwner::Account(username), p).await
@@ -172,13 +141,13 @@ pub async fn account_keys(
 #[utoipa::path(
     get, path = "/v1/admin/operator-keys", tag = tags::OPERATOR,
     operation_id = "listOperatorKeys", security(("Key" = ["OPERATOR"])),
-    params(ListParams),
+    params(Page),
     responses(OperatorErrors, (status = 200, description = "The operator keys.", body = KeyList))
 )]
 pub async fn operator_keys(
     State(state): State<AppState>,
     _: Operator,
-    Params(p): Params<ListParams>,
+    Params(p): Params<Page>,
 ) -> Result<axum::Json<KeyList>, ApiError> {
     list(&state, KeyOwner::Operator, p).await
 }

@@ -328,3 +328,59 @@ pub fn variants<T: utoipa::PartialSchema>() -> Vec<String> {
         _ => Vec::new(),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Paging
+
+/// Items per page of a keyset-paged list (keys, accounts) when `limit` is absent.
+pub const DEFAULT_LIMIT: usize = 100;
+/// The largest `limit` a keyset-paged list accepts.
+pub const MAX_LIMIT: usize = 1000;
+
+/// `limit` and `cursor`: the keyset paging of the key and account lists.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Page {
+    /// Maximum number of items to return: default 100, at most 1000.
+    #[param(value_type = Option<usize>, minimum = 1, maximum = 1000)]
+    pub limit: usize,
+    /// Pagination cursor from a previous response (its `next_cursor`, unchanged).
+    #[param(value_type = Option<String>, min_length = 1)]
+    pub cursor: Option<tollgate_query::Cursor>,
+}
+
+impl FromQuery for Page {
+    fn from_query(q: &Query) -> Result<Self, ApiError> {
+        Ok(Page {
+            limit: q.limit(DEFAULT_LIMIT, MAX_LIMIT)?,
+            cursor: q.cursor()?,
+        })
+    }
+}
+
+/// A paged list's own parameters `F` and its [`Page`], read from one query string. The
+/// operation documents both (`params(F, Page)`, in the order it wants them shown); the
+/// parameters taken are theirs together.
+pub struct Paged<F> {
+    pub filter: F,
+    pub page: Page,
+}
+
+impl<F: IntoParams> IntoParams for Paged<F> {
+    fn into_params(
+        parameter_in: impl Fn() -> Option<ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        let mut params = F::into_params(&parameter_in);
+        params.extend(Page::into_params(&parameter_in));
+        params
+    }
+}
+
+impl<F: FromQuery + IntoParams> FromQuery for Paged<F> {
+    fn from_query(q: &Query) -> Result<Self, ApiError> {
+        Ok(Paged {
+            filter: F::from_query(q)?,
+            page: Page::from_query(q)?,
+        })
+    }
+}

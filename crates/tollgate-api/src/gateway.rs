@@ -496,8 +496,6 @@ pub struct RequestView {
     price_version: i64,
     machine_type: Option<MachineType>,
     num_gpus: u32,
-    /// Completed after its hold expired (billed without a hold).
-    late: bool,
     /// Once finished: the billing result.
     #[serde(skip_serializing_if = "Option::is_none")]
     billing: Option<BillingResult>,
@@ -536,7 +534,6 @@ pub async fn show(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("unknown request {request_id}")))?;
     Ok(axum::Json(RequestView {
-        late: r.completion.as_ref().is_some_and(|c| c.late),
         billing: r.completion.as_ref().map(|c| billing_result(&r, c)),
         request_id: r.id,
         status: r.status,

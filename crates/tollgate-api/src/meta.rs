@@ -66,7 +66,8 @@ pub struct ReadyChecks {
 ///
 /// Whether the server can take calls: the writer thread answers a no-op job (within 5 s),
 /// the database answers a read, migrations are done, and no disk sync failed. 503 names the
-/// check that failed. No key.
+/// check that failed. Probes share one check: those that arrive while it runs wait for its
+/// answer, and an answer is reused for 1 s (a failed disk sync shows at once). No key.
 #[utoipa::path(
     get, path = "/readyz", tag = tags::META, operation_id = "getReadiness",
     security(()),

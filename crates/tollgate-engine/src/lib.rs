@@ -221,6 +221,21 @@ impl Readiness {
 /// others at most this long after the revocation.
 pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long a readiness check's answer is reused, on the engine's clock: probes need no key, so
+/// a flood of them must not become a flood of jobs for the writer (see [`Engine::readiness`]).
+pub const READINESS_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What the probes share (see [`Engine::readiness`]); its lock is held while a check runs, so
+/// the probes that arrive meanwhile wait for that check instead of starting their own.
+#[derive(Default)]
+struct ReadinessCheck {
+    /// The last check's answer and when it was made (engine time).
+    last: Option<(Timestamp, Readiness)>,
+    /// The writer's answer to the ping still in its queue, if any: a later check waits for it
+    /// rather than queue another, so at most one ping is queued at a time.
+    ping: Option<oneshot::Receiver<Result<i64, StoreError>>>,
+}
+
 /// Keys read from the database, with when each was read (engine time).
 #[derive(Default)]
 struct KeyCache {
@@ -259,6 +274,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// The schema version the engine started on (migrations run before it starts).
     schema_version: i64,
+    readiness: tokio::sync::Mutex<ReadinessCheck>,
 }
 
 /// A handle to the write path and the read pool. Cheap to clone.
@@ -296,6 +312,7 @@ impl Engine {
             sync_failure: std::sync::OnceLock::new(),
             metrics: Arc::new(Metrics::new()),
             schema_version,
+            readiness: tokio::sync::Mutex::default(),
         });
         let (outbox, syncer_thread) = match store.defer_sync()? {
             None => (Outbox::Direct, None),
@@ -401,11 +418,53 @@ impl Engine {
     /// Whether the engine can serve: the writer answers a no-op job within `within`, the
     /// database answers a read (on a read connection, and on the writer's), its schema is the
     /// one the engine started on, and no disk sync failed.
+    ///
+    /// One check serves many probes: those that arrive while a check runs wait for its answer,
+    /// and an answer younger than [`READINESS_REUSE`] (engine time) is answered again, so at
+    /// most one ping is in the writer's queue however many probes arrive. A failed disk sync
+    /// shows at once.
     pub async fn readiness(&self, within: std::time::Duration) -> Readiness {
+        let checked = {
+            let mut check = self.shared.readiness.lock().await;
+            let now = self.now();
+            let reuse_ms = READINESS_REUSE.as_millis() as i64;
+            match &check.last {
+                // A clock that went back does not extend the reuse.
+                Some((at, answer)) if at.0 <= now.0 && now.0 - at.0 < reuse_ms => answer.clone(),
+                _ => {
+                    let answer = self.check_readiness(&mut check, within).await;
+                    check.last = Some((self.now(), answer.clone()));
+                    answer
+                }
+            }
+        };
+        let disk_sync = match self.shared.sync_failure.get() {
+            Some(e) => Err(EngineError::SyncFailed(e.clone()).to_string()),
+            None => Ok(()),
+        };
+        Readiness {
+            disk_sync,
+            ..checked
+        }
+    }
+
+    /// Runs the checks of [`Engine::readiness`], holding its lock. The ping's answer is awaited
+    /// where it is kept (`check.ping`): a probe that gives up (its timeout, or its caller gone)
+    /// leaves the ping queued and its answer for the next check.
+    async fn check_readiness(
+        &self,
+        check: &mut ReadinessCheck,
+        within: std::time::Duration,
+    ) -> Readiness {
         let ping = async {
-            let (reply, rx) = oneshot::channel();
-            self.send(Job::Ping { reply }).await?;
-            rx.await.map_err(|_| EngineError::Stopped)
+            if check.ping.is_none() {
+                let (reply, rx) = oneshot::channel();
+                self.send(Job::Ping { reply }).await?;
+                check.ping = Some(rx);
+            }
+            let answer = check.ping.as_mut().expect("a ping is queued").await;
+            check.ping = None;
+            answer.map_err(|_| EngineError::Stopped)
         };
         let read = self.read(|r| r.catalog_generation());
         let (ping, read) = tokio::join!(
@@ -432,15 +491,11 @@ impl Engine {
             Ok(Err(e)) => Err(e.to_string()),
             Ok(Ok(_)) => Ok(()),
         };
-        let disk_sync = match self.shared.sync_failure.get() {
-            Some(e) => Err(EngineError::SyncFailed(e.clone()).to_string()),
-            None => Ok(()),
-        };
         Readiness {
             writer,
             database,
             migrations,
-            disk_sync,
+            disk_sync: Ok(()),
         }
     }
 
@@ -615,9 +670,13 @@ fn writer(
             break;
         }
     }
-    // Whatever was sent after the stop is refused, and nothing more can be sent.
+    // Whatever was sent after the stop is refused, and nothing more can be sent. A refused
+    // job leaves the queue too (a stop was never counted in it).
     rx.close();
     while let Ok(job) = rx.try_recv() {
+        if !matches!(job, Job::Stop { .. }) {
+            shared.metrics.dequeued(job.len());
+        }
         job.fail(EngineError::Stopped);
     }
     drop(store);
@@ -713,19 +772,25 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
         }
     }
     let mut answers = answers.into_iter();
-    // What the batch read and built, and the operations as sent, are freed where the answers
-    // are delivered (the syncer thread, when there is one), not on the writer; what it billed
-    // is counted there too.
+    // What the batch billed is counted where its answers are delivered (the syncer thread, when
+    // there is one), not on the writer, and before them: a caller that reads the metrics after
+    // its answer sees its own charge. What the batch read and built, and the operations as
+    // sent, are freed there too, after the answers.
     let committed = result.is_ok();
-    let billed = shared.metrics.clone();
-    let spent: Answer = Box::new(move |_| {
-        if let (true, Some(state)) = (committed, &spent) {
-            billed.billed(&state.line_items);
-        }
-        drop(spent)
-    });
-    jobs.into_iter()
-        .map(|job| {
+    let spent = Arc::new(Mutex::new(spent));
+    let count: Answer = {
+        let (metrics, spent) = (shared.metrics.clone(), spent.clone());
+        Box::new(move |synced: Result<(), EngineError>| {
+            if let (true, Ok(()), Some(state)) =
+                (committed, synced, &*spent.lock().expect("batch state"))
+            {
+                metrics.billed(&state.line_items);
+            }
+        })
+    };
+    let free: Answer = Box::new(move |_| drop(spent));
+    std::iter::once(count)
+        .chain(jobs.into_iter().map(|job| {
             let (reply, ops) = match job {
                 Job::Ops { reply, ops } => (reply, ops),
                 Job::Sweep { reply } => (reply, Vec::new()),
@@ -740,8 +805,8 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
                 let _ = reply.send(synced.and(msg));
                 drop(ops);
             }) as Answer
-        })
-        .chain(std::iter::once(spent))
+        }))
+        .chain(std::iter::once(free))
         .collect()
 }
 

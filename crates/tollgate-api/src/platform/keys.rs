@@ -9,7 +9,7 @@
 use super::paging;
 use crate::auth::issue_key;
 use crate::error::ApiError;
-use crate::extract::{Admin, Customer, FromQuery, Json, NoParams, Params};
+use crate::extract::{Admin, Customer, FromQuery, Json, NoParams, Page, Paged, Params};
 use crate::openapi::{tags, AdminErrors};
 use crate::query_string::Query;
 use crate::wire::Time;
@@ -19,14 +19,8 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tollgate_core::ids::{ApiKeyId, KeyAlias};
 use tollgate_engine::AdminCmd;
-use tollgate_query::Cursor;
 use tollgate_store::Scope;
 use utoipa::{IntoParams, ToSchema};
-
-/// Keys per page of `GET /v1/keys` when `limit` is absent.
-pub const DEFAULT_LIMIT: usize = 100;
-/// The largest `limit` accepted by `GET /v1/keys`.
-pub const MAX_LIMIT: usize = 1000;
 
 /// What `expand` may name.
 #[derive(Serialize, ToSchema)]
@@ -36,15 +30,10 @@ pub enum KeysExpand {
     CreatorInfo,
 }
 
+/// `GET /v1/keys`' own parameter, beside its [`Page`].
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// Maximum number of items to return: default 100, at most 1000.
-    #[param(value_type = Option<usize>, minimum = 1, maximum = 1000)]
-    limit: usize,
-    /// Pagination cursor from a previous response (its `next_cursor`, unchanged).
-    #[param(value_type = Option<String>, min_length = 1)]
-    cursor: Option<Cursor>,
     /// Fields to expand in the response: `creator_info` is accepted, but tollgate has no
     /// users, so `creator_nickname` and `creator_email` are left out.
     #[param(value_type = Option<Vec<KeysExpand>>, style = Form, explode)]
@@ -55,8 +44,6 @@ pub struct ListParams {
 impl FromQuery for ListParams {
     fn from_query(q: &Query) -> Result<Self, ApiError> {
         Ok(ListParams {
-            limit: q.limit(DEFAULT_LIMIT, MAX_LIMIT)?,
-            cursor: q.cursor()?,
             expand: super::expand::<KeysExpand>(q)?.unwrap_or_default(),
         })
     }
@@ -93,13 +80,13 @@ pub struct KeyList {
 #[utoipa::path(
     get, path = "/v1/keys", tag = tags::FAL, operation_id = "listApiKeys",
     security(("Key" = ["ADMIN"])),
-    params(ListParams),
+    params(Page, ListParams),
     responses(AdminErrors, (status = 200, description = "The account's API keys.", body = KeyList))
 )]
 pub async fn list(
     State(state): State<AppState>,
     who: Customer<Admin>,
-    Params(p): Params<ListParams>,
+    Params(Paged { page: p, .. }): Params<Paged<ListParams>>,
 ) -> Result<axum::Json<KeyList>, ApiError> {
     let page =
         tollgate_query::keys::api_keys(&state.engine, &who.account, p.cursor.as_ref(), p.limit)

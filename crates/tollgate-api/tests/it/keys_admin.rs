@@ -10,6 +10,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use tollgate_api::auth::{register_operator_key, OperatorKeyAtStart, OperatorKeyRefused};
 use tollgate_api::AppState;
+use tollgate_core::ids::AccountId;
+use tollgate_core::machine::Op;
 use tollgate_engine::{Engine, KEY_CACHE_TTL};
 use tollgate_store::testing::{backends, postgres_url, Backend};
 
@@ -341,6 +343,76 @@ async fn accounts_are_listed_by_username_searched_by_prefix_and_paged() {
             .expect(200)
             .clone();
         assert_eq!(usernames(&exact), ["Acme"]);
+        app.assert_reconciled().await;
+    }
+}
+
+/// The list shows each account as `GET /v1/admin/accounts/{username}` does: the same balance,
+/// holds, requests in progress, limit and lock, a payment dispute's lock included.
+#[tokio::test]
+async fn the_list_shows_each_account_as_its_view_does_a_dispute_lock_included() {
+    for backend in backends() {
+        let on = backend.name();
+        let app = TestApp::spawn_on(&backend).await;
+        let busy = app.customer("busy", Some(("10.00", "paid"))).await;
+        app.customer("disputed", Some(("10.00", "paid"))).await;
+        app.customer("dry", None).await;
+        let id = app.submit_ok(&busy.key, "fal-ai/flux/dev").await;
+        app.start(&id, None).await.expect(200);
+        // Set as the payments webhook will: through the engine.
+        app.engine
+            .execute(Op::LockDisputed {
+                account: AccountId::parse("disputed").unwrap(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+
+        let list = app.op_get("/v1/admin/accounts").await.expect(200).clone();
+        let items: Vec<&Value> = list["accounts"]
+            .as_array()
+            .expect("accounts")
+            .iter()
+            .collect();
+        let lock = |i: usize| (&items[i]["locked"], &items[i]["lock_reason"]);
+        assert_eq!(lock(0), (&json!(false), &Value::Null), "{on}: {list}");
+        assert_eq!(
+            lock(1),
+            (&json!(true), &json!("payment_disputed")),
+            "{on}: {list}"
+        );
+        assert_eq!(
+            lock(2),
+            (&json!(true), &json!("exhausted_balance")),
+            "{on}: {list}"
+        );
+        assert_eq!(
+            (
+                int(&items[0]["in_progress"]),
+                int(&items[0]["held_nano_usd"]) > 0
+            ),
+            (1, true),
+            "{on}: {list}"
+        );
+        for item in items {
+            let name = item["username"].as_str().expect("username");
+            let view = app.account(name).await;
+            for field in [
+                "username",
+                "billing",
+                "balance_nano_usd",
+                "held_nano_usd",
+                "available_nano_usd",
+                "in_progress",
+                "concurrency_limit",
+                "locked",
+                "lock_reason",
+                "created_at",
+            ] {
+                assert!(item.get(field).is_some(), "{on}: {name} lists no {field}");
+                assert_eq!(item[field], view[field], "{on}: {name}'s {field}");
+            }
+        }
         app.assert_reconciled().await;
     }
 }

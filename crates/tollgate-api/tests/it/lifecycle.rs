@@ -553,7 +553,7 @@ async fn keys_are_checked_and_scoped() {
     // None of it took effect.
     assert_eq!(app.position("keys").await, (12_500_000_000, 0, 0));
     assert_eq!(
-        app.account("keys").await["discounts"]["percent_discount"],
+        app.account("keys").await["terms"]["in_force"]["percent_discount"],
         Value::Null
     );
     app.op_get("/v1/admin/accounts/intruder")
@@ -1240,7 +1240,10 @@ async fn enterprise_prices_and_price_versions() {
         .await;
     let b = r.expect(200);
     assert_eq!(b["price_versions_created"], 0);
-    assert_eq!(dec(&b["account"]["discounts"]["percent_discount"]), d("10"));
+    assert_eq!(
+        dec(&b["account"]["terms"]["in_force"]["percent_discount"]),
+        d("10")
+    );
     let id = started(&app, &disc.key, FLUX_DEV, 90_000_000).await;
     let r = app.complete(&id, ok_2mp()).await;
     let b = r.expect(200);
@@ -1359,7 +1362,7 @@ async fn a_burst_of_starts_cannot_overspend() {
         .await;
     let b = r.expect(200);
     assert_eq!(b["account"]["concurrency_limit"], 100);
-    assert_eq!(b["account"]["concurrency_override"], 100);
+    assert_eq!(b["account"]["terms"]["in_force"]["concurrency_limit"], 100);
 
     let mut ids = Vec::new();
     for _ in 0..3 * N {

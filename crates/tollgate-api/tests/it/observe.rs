@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tollgate_api::AppState;
-use tollgate_engine::{system_clock, Engine};
+use tollgate_core::Timestamp;
+use tollgate_engine::{system_clock, Engine, READINESS_REUSE};
 use tollgate_store::testing::{Backend, TestDb};
 use tollgate_store::{ReaderFactory, Rerunnable, Result as StoreResult, Store, SyncFn};
 
@@ -187,7 +188,13 @@ async fn readiness_fails_naming_the_check_when_the_schema_moved_under_the_server
         inner: db.open().unwrap(),
         ahead: ahead.clone(),
     };
-    let engine = Engine::start(Box::new(store), system_clock()).unwrap();
+    let now = Arc::new(AtomicI64::new(system_clock()().0));
+    let clock = now.clone();
+    let engine = Engine::start(
+        Box::new(store),
+        Arc::new(move || Timestamp(clock.load(Ordering::SeqCst))),
+    )
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = tollgate_api::router(AppState { engine });
@@ -205,6 +212,9 @@ async fn readiness_fails_naming_the_check_when_the_schema_moved_under_the_server
         "{body}"
     );
     ahead.store(1, Ordering::SeqCst);
+    // A probe within READINESS_REUSE of the last check is answered with that check.
+    assert_eq!(ready().await.0, 200);
+    now.fetch_add(READINESS_REUSE.as_millis() as i64, Ordering::SeqCst);
     let (status, body) = ready().await;
     assert_eq!(
         (status, body["status"].as_str()),

@@ -609,7 +609,10 @@ async fn real_responses_match_the_document() {
     let r = f.get("/v1/admin/accounts/acme", f.op()).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json["locked"], true, "no credits yet: locked");
-    assert_eq!(r.json["concurrency_override"], Value::Null);
+    assert_eq!(
+        r.json["terms"]["in_force"]["concurrency_limit"],
+        Value::Null
+    );
     let r = f.get("/v1/admin/accounts/nobody", f.op()).await;
     assert_eq!((r.status, r.error_type()), (404, "not_found"));
     let r = f.get("/v1/admin/accounts/not%20valid", f.op()).await;
@@ -1010,10 +1013,12 @@ async fn real_responses_match_the_document() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json["price_versions_created"], 1);
     assert_eq!(r.json["account"]["concurrency_limit"], 1);
-    assert_eq!(r.json["account"]["concurrency_override"], 1);
+    let in_force = &r.json["account"]["terms"]["in_force"];
+    assert_eq!(in_force["concurrency_limit"], 1);
+    assert_eq!(in_force["percent_discount"], "10");
     assert_eq!(
-        r.json["account"]["discounts"],
-        json!({ "percent_discount": "10", "volume_tiers": [{ "from_usd": "100", "percent": "15" }] })
+        in_force["volume_tiers"],
+        json!([{ "from_usd": "100", "percent": "15" }])
     );
     let r = f
         .put(

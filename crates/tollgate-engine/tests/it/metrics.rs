@@ -3,82 +3,40 @@
 //! and nano-USD follow the line items; two engines in one process count apart; readiness
 //! names a writer that does not answer.
 
-use crate::common::{catalog_and_account, event};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use crate::common::{catalog_and_account, event, sample, Gate, Racing};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::mpsc::channel;
+use std::sync::Arc;
 use std::time::Duration;
 use tollgate_core::Timestamp;
-use tollgate_engine::Engine;
+use tollgate_engine::{Engine, READINESS_REUSE};
 use tollgate_store::testing::{Backend, TestDb};
-use tollgate_store::{
-    BillingMode, DbError, ReaderFactory, Rerunnable, Result, Store, StoreError, SyncFn,
-};
+use tollgate_store::BillingMode;
 
 /// 2026-06-01T00:00:00Z: when the events happened.
 const T: i64 = 1_780_272_000_000;
-
-/// A store whose next `conflicts` db transactions lose a race once (their work runs, is rolled
-/// back, and runs again, as a shared database's store does), and whose next transaction, when
-/// a gate is set, says it has begun and waits to be released.
-struct Racing {
-    inner: Box<dyn Store>,
-    conflicts: Arc<AtomicUsize>,
-    gate: Gate,
-}
-
-type Gate = Arc<Mutex<Option<(Sender<()>, Receiver<()>)>>>;
-
-impl Store for Racing {
-    fn transaction(&mut self, work: &mut Rerunnable) -> Result<()> {
-        if let Some((begun, release)) = self.gate.lock().unwrap().take() {
-            begun.send(()).unwrap();
-            release.recv().unwrap();
-        }
-        if self.conflicts.load(Ordering::SeqCst) > 0 {
-            self.conflicts.fetch_sub(1, Ordering::SeqCst);
-            let lost = self.inner.transaction(&mut |tx| {
-                work(tx)?;
-                Err(StoreError::Conflict(DbError::msg(
-                    "lost a race (simulated)",
-                )))
-            });
-            assert!(matches!(lost, Err(StoreError::Conflict(_))));
-        }
-        self.inner.transaction(work)
-    }
-    fn defer_sync(&mut self) -> Result<Option<SyncFn>> {
-        self.inner.defer_sync()
-    }
-    fn reader_factory(&self) -> ReaderFactory {
-        self.inner.reader_factory()
-    }
-    fn schema_version(&mut self) -> Result<i64> {
-        self.inner.schema_version()
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
-
-/// The value of the sample line `name` (with its labels, as rendered) in the metrics text.
-fn sample(text: &str, name: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .map(str::to_string)
-}
 
 #[tokio::test]
 async fn a_batch_run_again_counts_a_conflict_and_a_retry_and_bills_once() {
     let db = TestDb::new(&Backend::Sqlite);
     let conflicts = Arc::new(AtomicUsize::new(0));
     let gate: Gate = Arc::default();
+    let pings = Arc::new(AtomicUsize::new(0));
     let store = Racing {
         inner: db.open().unwrap(),
         conflicts: conflicts.clone(),
         gate: gate.clone(),
+        pings: pings.clone(),
     };
-    let engine = Engine::start(Box::new(store), Arc::new(|| Timestamp(T + 60_000))).unwrap();
+    let now = Arc::new(AtomicI64::new(T + 60_000));
+    let clock = now.clone();
+    let engine = Engine::start(
+        Box::new(store),
+        Arc::new(move || Timestamp(clock.load(Ordering::SeqCst))),
+    )
+    .unwrap();
+    // Past the reuse of the last readiness answer: the next probe checks again.
+    let later = || now.fetch_add(READINESS_REUSE.as_millis() as i64, Ordering::SeqCst);
     // A second engine in the same process has a registry of its own.
     let other_db = TestDb::new(&Backend::Sqlite);
     let other = Engine::start(other_db.open().unwrap(), Arc::new(|| Timestamp(T))).unwrap();
@@ -144,6 +102,8 @@ async fn a_batch_run_again_counts_a_conflict_and_a_retry_and_bills_once() {
     tokio::task::spawn_blocking(move || begun.recv().unwrap())
         .await
         .unwrap();
+    later();
+    let pinged = pings.load(Ordering::SeqCst);
     let r = engine.readiness(Duration::from_millis(200)).await;
     assert!(!r.is_ready());
     assert!(
@@ -153,5 +113,59 @@ async fn a_batch_run_again_counts_a_conflict_and_a_retry_and_bills_once() {
     assert_eq!(r.database, Ok(()), "reads do not wait for the writer");
     release.send(()).unwrap();
     pending.await.unwrap().unwrap().unwrap();
+    later();
     assert!(engine.readiness(Duration::from_secs(5)).await.is_ready());
+    // The probe that gave up left its ping queued, and the next one took its answer: one ping
+    // for both.
+    assert_eq!(pings.load(Ordering::SeqCst), pinged + 1);
+}
+
+/// A flood of probes is one check: 1,000 concurrent readiness calls put one ping through the
+/// writer and all answer ready; an answer is reused for `READINESS_REUSE`, then checked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_readiness_probes_share_one_ping_through_the_writer() {
+    let db = TestDb::new(&Backend::Sqlite);
+    let pings = Arc::new(AtomicUsize::new(0));
+    let store = Racing {
+        inner: db.open().unwrap(),
+        conflicts: Arc::default(),
+        gate: Arc::default(),
+        pings: pings.clone(),
+    };
+    let now = Arc::new(AtomicI64::new(T));
+    let clock = now.clone();
+    let engine = Engine::start(
+        Box::new(store),
+        Arc::new(move || Timestamp(clock.load(Ordering::SeqCst))),
+    )
+    .unwrap();
+    catalog_and_account(&engine, BillingMode::Invoice).await;
+    // Starting read the schema version once.
+    pings.store(0, Ordering::SeqCst);
+
+    let probes: Vec<_> = (0..1000)
+        .map(|_| {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.readiness(Duration::from_secs(30)).await })
+        })
+        .collect();
+    for probe in probes {
+        let r = probe.await.unwrap();
+        assert!(r.is_ready(), "{r:?}");
+    }
+    assert_eq!(pings.load(Ordering::SeqCst), 1, "one ping for 1,000 probes");
+    let text = engine.metrics().render();
+    assert_eq!(
+        sample(&text, "tollgate_queue_depth").as_deref(),
+        Some("0"),
+        "{text}"
+    );
+
+    // Reused while younger than READINESS_REUSE; checked again once it is not.
+    now.fetch_add(READINESS_REUSE.as_millis() as i64 - 1, Ordering::SeqCst);
+    assert!(engine.readiness(Duration::from_secs(30)).await.is_ready());
+    assert_eq!(pings.load(Ordering::SeqCst), 1);
+    now.fetch_add(1, Ordering::SeqCst);
+    assert!(engine.readiness(Duration::from_secs(30)).await.is_ready());
+    assert_eq!(pings.load(Ordering::SeqCst), 2);
 }

@@ -312,7 +312,21 @@ fn operator_commands_end_to_end() {
     assert_eq!(shown["balance_nano_usd"], 25_000_000_000i64, "{shown}");
     assert_eq!(shown["held_nano_usd"], 0, "{shown}");
     assert_eq!(shown["locked"], false, "{shown}");
+    assert_eq!(shown["lock_reason"], Value::Null, "{shown}");
     assert_eq!(shown["concurrency_limit"], 4, "{shown}");
+    // The terms show once, under `terms`.
+    assert_eq!(
+        shown["terms"]["in_force"]["concurrency_limit"],
+        Value::Null,
+        "{shown}"
+    );
+    for repeated in [
+        "concurrency_override",
+        "discounts",
+        "lock_threshold_nano_usd",
+    ] {
+        assert!(shown.get(repeated).is_none(), "{repeated}: {shown}");
+    }
     assert_eq!(
         shown["paid_lifetime_nano_usd"], 25_000_000_000i64,
         "{shown}"
@@ -623,6 +637,7 @@ fn key_and_account_lists_revocation_and_operator_keys_end_to_end() {
     assert_eq!(names, ["acme", "acme-eu", "beta"]);
     assert_eq!(all["accounts"][0]["balance_nano_usd"], 5_000_000_000_i64);
     assert_eq!(all["accounts"][2]["locked"], true);
+    assert_eq!(all["accounts"][2]["lock_reason"], "exhausted_balance");
     let some = tollgate(&base, &["account", "list", "--prefix", "acme-"]).json();
     assert_eq!(some["accounts"].as_array().unwrap().len(), 1, "{some}");
     assert_eq!(some["accounts"][0]["username"], "acme-eu");

@@ -1,11 +1,17 @@
-//! What the engine's tests share: a one-endpoint catalog, its account and its usage events.
+//! What the engine's tests share: a one-endpoint catalog, its account and its usage events; a
+//! store that loses races and waits at a gate; a sample read from the metrics text.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use tollgate_core::ids::{AccountId, EndpointId, RequestId};
 use tollgate_core::machine::{Op, UsageEvent};
 use tollgate_core::price::Output;
 use tollgate_core::Timestamp;
 use tollgate_engine::{AdminCmd, Engine};
-use tollgate_store::BillingMode;
+use tollgate_store::{
+    BillingMode, DbError, ReaderFactory, Rerunnable, Result, Store, StoreError, SyncFn,
+};
 
 /// One text-to-speech endpoint, `test/tts`, billed per character, and one machine type.
 pub const CATALOG: &str = r#"
@@ -59,4 +65,57 @@ pub fn event(id: &str, at: i64, thousands: i64) -> Op {
         machine_type: None,
         num_gpus: None,
     })
+}
+
+/// A store whose next `conflicts` db transactions lose a race once (their work runs, is rolled
+/// back, and runs again, as a shared database's store does), and whose next transaction, when
+/// a gate is set, says it has begun and waits to be released. It counts the schema version
+/// reads on the writer's connection: one per readiness ping the writer answers.
+pub struct Racing {
+    pub inner: Box<dyn Store>,
+    pub conflicts: Arc<AtomicUsize>,
+    pub gate: Gate,
+    pub pings: Arc<AtomicUsize>,
+}
+
+pub type Gate = Arc<Mutex<Option<(Sender<()>, Receiver<()>)>>>;
+
+impl Store for Racing {
+    fn transaction(&mut self, work: &mut Rerunnable) -> Result<()> {
+        if let Some((begun, release)) = self.gate.lock().unwrap().take() {
+            begun.send(()).unwrap();
+            release.recv().unwrap();
+        }
+        if self.conflicts.load(Ordering::SeqCst) > 0 {
+            self.conflicts.fetch_sub(1, Ordering::SeqCst);
+            let lost = self.inner.transaction(&mut |tx| {
+                work(tx)?;
+                Err(StoreError::Conflict(DbError::msg(
+                    "lost a race (simulated)",
+                )))
+            });
+            assert!(matches!(lost, Err(StoreError::Conflict(_))));
+        }
+        self.inner.transaction(work)
+    }
+    fn defer_sync(&mut self) -> Result<Option<SyncFn>> {
+        self.inner.defer_sync()
+    }
+    fn reader_factory(&self) -> ReaderFactory {
+        self.inner.reader_factory()
+    }
+    fn schema_version(&mut self) -> Result<i64> {
+        self.pings.fetch_add(1, Ordering::SeqCst);
+        self.inner.schema_version()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// The value of the sample line `name` (with its labels, as rendered) in the metrics text.
+pub fn sample(text: &str, name: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(str::to_string)
 }
