@@ -122,23 +122,8 @@ pub struct AccountView {
     username: AccountId,
     /// How the account pays by the terms in force now.
     billing: Billing,
-    /// Purchases minus posted charges, nano-USD (negative when an output cost more than its
-    /// hold and the credits).
-    balance_nano_usd: i64,
-    /// Open holds, nano-USD.
-    held_nano_usd: i64,
-    /// Balance minus holds, nano-USD.
-    available_nano_usd: i64,
-    in_progress: u32,
-    concurrency_limit: u32,
-    /// New requests are refused: while the balance is at or below the lock threshold
-    /// (prepaid), or while a payment dispute locks the account.
-    locked: bool,
-    /// Why the account is locked (`null` when it is not): `payment_disputed` (lifted by the
-    /// dispute's resolution or `POST .../unlock`, never by credits) before
-    /// `exhausted_balance` (lifted by credits only).
-    #[schema(value_type = Option<LockReason>)]
-    lock_reason: Option<LockReason>,
+    #[serde(flatten)]
+    standing: Standing,
     paid_last_28d_nano_usd: i64,
     paid_lifetime_nano_usd: i64,
     /// The account's terms: those in force now, and versions scheduled to take effect later.
@@ -230,14 +215,25 @@ pub struct CreditLotView {
 
 /// What an account's view and its item in the account list both show of its money and its
 /// state, computed in one place so that the two always agree.
-pub(crate) struct Standing {
-    pub balance_nano_usd: i64,
-    pub held_nano_usd: i64,
-    pub available_nano_usd: i64,
-    pub in_progress: u32,
-    pub concurrency_limit: u32,
-    pub locked: bool,
-    pub lock_reason: Option<LockReason>,
+#[derive(Serialize, ToSchema)]
+pub struct Standing {
+    /// Purchases and adjustments minus posted charges, nano-USD (negative when the account
+    /// owes: an output cost more than its hold and the credits, or a debit).
+    balance_nano_usd: i64,
+    /// Open holds, nano-USD.
+    held_nano_usd: i64,
+    /// Balance minus holds, nano-USD.
+    available_nano_usd: i64,
+    in_progress: u32,
+    concurrency_limit: u32,
+    /// New requests are refused: while the balance is at or below the lock threshold
+    /// (prepaid), or while a payment dispute locks the account.
+    locked: bool,
+    /// Why the account is locked (`null` when it is not): `payment_disputed` (lifted by the
+    /// dispute's resolution or `POST .../unlock`, never by credits) before
+    /// `exhausted_balance` (lifted by credits only).
+    #[schema(value_type = Option<LockReason>)]
+    lock_reason: Option<LockReason>,
 }
 
 impl Standing {
@@ -257,25 +253,10 @@ impl Standing {
 pub fn account_view(state: &AppState, row: &AccountRow) -> AccountView {
     let s = &row.state;
     let now = state.engine.now();
-    let Standing {
-        balance_nano_usd,
-        held_nano_usd,
-        available_nano_usd,
-        in_progress,
-        concurrency_limit,
-        locked,
-        lock_reason,
-    } = Standing::of(state, s);
     AccountView {
         username: s.credit.id.clone(),
         billing: row.billing.into(),
-        balance_nano_usd,
-        held_nano_usd,
-        available_nano_usd,
-        in_progress,
-        concurrency_limit,
-        locked,
-        lock_reason,
+        standing: Standing::of(state, s),
         paid_last_28d_nano_usd: s.paid_28d.0,
         paid_lifetime_nano_usd: s.paid_lifetime.0,
         terms: terms_view(s, now),

@@ -12,7 +12,6 @@ use crate::AppState;
 use axum::extract::State;
 use serde::Serialize;
 use tollgate_core::ids::AccountId;
-use tollgate_core::machine::LockReason;
 use tollgate_store::AccountRow;
 use utoipa::{IntoParams, ToSchema};
 
@@ -59,21 +58,8 @@ impl FromQuery for ListParams {
 pub struct AccountListItem {
     username: AccountId,
     billing: Billing,
-    /// Purchases minus posted charges, nano-USD (negative when the account owes).
-    balance_nano_usd: i64,
-    /// Open holds, nano-USD.
-    held_nano_usd: i64,
-    /// Balance minus holds, nano-USD.
-    available_nano_usd: i64,
-    in_progress: u32,
-    concurrency_limit: u32,
-    /// New requests are refused: while the balance is at or below the lock threshold
-    /// (prepaid), or while a payment dispute locks the account.
-    locked: bool,
-    /// Why the account is locked (`null` when it is not): `payment_disputed` before
-    /// `exhausted_balance`.
-    #[schema(value_type = Option<LockReason>)]
-    lock_reason: Option<LockReason>,
+    #[serde(flatten)]
+    standing: Standing,
     created_at: Time,
 }
 
@@ -87,25 +73,10 @@ pub struct AccountList {
 }
 
 fn item(state: &AppState, row: AccountRow) -> AccountListItem {
-    let Standing {
-        balance_nano_usd,
-        held_nano_usd,
-        available_nano_usd,
-        in_progress,
-        concurrency_limit,
-        locked,
-        lock_reason,
-    } = Standing::of(state, &row.state);
     AccountListItem {
         username: row.state.credit.id.clone(),
         billing: row.billing.into(),
-        balance_nano_usd,
-        held_nano_usd,
-        available_nano_usd,
-        in_progress,
-        concurrency_limit,
-        locked,
-        lock_reason,
+        standing: Standing::of(state, &row.state),
         created_at: Time(row.created_at),
     }
 }
