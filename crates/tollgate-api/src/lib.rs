@@ -84,6 +84,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(platform::account::billing))
         .routes(routes!(platform::usage::usage))
         .routes(routes!(platform::usage::billing_events))
+        .routes(routes!(platform::requests::by_endpoint))
         .routes(routes!(platform::analytics::analytics))
 }
 

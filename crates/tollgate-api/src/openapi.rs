@@ -76,6 +76,7 @@ pub mod tags {
         crate::platform::usage::UsageExpand, crate::platform::usage::EventsExpand,
         crate::platform::usage::TimeframeName, crate::platform::usage::BoundToTimeframe,
         crate::platform::analytics::AnalyticsExpand,
+        crate::platform::requests::RequestStatusFilter, crate::platform::requests::RequestSort,
     )),
     modifiers(&Components),
 )]

@@ -1,5 +1,5 @@
-//! The customer-facing reads, as typed answers: usage and billing events, analytics, the
-//! catalog's models, an account's prices and cost estimates, and its keys.
+//! The customer-facing reads, as typed answers: usage and billing events, request history,
+//! analytics, the catalog's models, an account's prices and cost estimates, and its keys.
 //!
 //! Each read takes a query of domain types (parsed by whoever asks: the HTTP edge, a page of
 //! the dashboard), reads the store through [`Engine::read`], and assembles the answer with the
@@ -18,6 +18,7 @@ pub mod catalog;
 mod cursor;
 pub mod keys;
 pub mod prices;
+pub mod requests;
 pub mod timeframe;
 pub mod usage;
 

@@ -451,6 +451,40 @@ pub struct BillingEventsQuery {
     pub limit: usize,
 }
 
+/// How a finished request ended, as fal's request history filters it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// Completed (a status below 400).
+    Success,
+    /// Failed with a 5xx, or expired without completing.
+    Error,
+    /// Failed with a 4xx.
+    UserError,
+}
+
+/// The order of a request history, always descending: the latest end, or the longest
+/// duration (end minus submission), first; ties by request id, descending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestOrder {
+    EndedAt,
+    Duration,
+}
+
+/// A page of one account's finished requests to one endpoint, ended in `[from, to)`, in
+/// `order`, strictly after `after` (the order's key in milliseconds, and the request id).
+#[derive(Clone, Debug)]
+pub struct RequestHistoryQuery {
+    pub account: AccountId,
+    pub endpoint: EndpointId,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub outcome: Option<RequestOutcome>,
+    pub request_id: Option<RequestId>,
+    pub order: RequestOrder,
+    pub after: Option<(i64, RequestId)>,
+    pub limit: usize,
+}
+
 /// One db transaction of the write path. Dropped without [`Store::transaction`] returning
 /// `Ok`, it rolls back.
 pub trait Tx {
@@ -621,6 +655,8 @@ pub trait Reader: Send {
     fn activity(&mut self, q: &RollupQuery) -> Result<Vec<(ActivityKey, ActivityTotals)>>;
     /// One account's line items in keyset order.
     fn billing_events(&mut self, q: &BillingEventsQuery) -> Result<Vec<LineItem>>;
+    /// One account's finished requests to one endpoint, a page in the query's order.
+    fn request_history(&mut self, q: &RequestHistoryQuery) -> Result<Vec<RequestRecord>>;
     /// Billed requests of an account for one endpoint in `[since, until)`, and their total.
     fn endpoint_history(
         &mut self,

@@ -7,6 +7,7 @@ pub mod account;
 pub mod analytics;
 pub mod keys;
 pub mod models;
+pub mod requests;
 pub mod usage;
 
 use crate::query_string::Query;

@@ -15,6 +15,7 @@ mod catalog_preview;
 mod lifecycle;
 mod observe;
 mod openapi;
+mod request_history;
 mod strict_input;
 mod terms;
 mod usage;

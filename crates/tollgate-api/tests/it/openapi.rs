@@ -1200,6 +1200,21 @@ async fn real_responses_match_the_document() {
     assert_eq!(r.status, 400);
     let r = f
         .get(
+            "/v1/models/requests/by-endpoint?endpoint_id=fal-ai/flux/dev&sort_by=duration",
+            key(&api),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(!r.json["items"].as_array().expect("items").is_empty());
+    let r = f
+        .get(
+            "/v1/models/requests/by-endpoint?endpoint_id=fal-ai/flux/dev&expand=payloads",
+            key(&api),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = f
+        .get(
             "/v1/models/analytics?endpoint_id=fal-ai/flux/dev\
              &expand=time_series,summary,request_count,p50_duration",
             key(&api),

@@ -1,11 +1,13 @@
 //! The read side: a bounded pool of connections per process, each query on one of them.
 
-use super::load::{key_row, load_accounts, load_catalog, load_requests, price_versions, setting};
+use super::load::{
+    key_row, load_accounts, load_catalog, load_requests, price_versions, request_row, setting,
+};
 use super::{rollups, Pool, Run};
-use crate::rows::{self, Cell, KEY_COLS};
+use crate::rows::{self, Cell, KEY_COLS, REQUEST_COLS};
 use crate::{
-    AccountRow, AccountsQuery, ApiKeyRecord, BillingEventsQuery, Reader, Reconciliation, Result,
-    RollupQuery, StoreError,
+    AccountRow, AccountsQuery, ApiKeyRecord, BillingEventsQuery, Reader, Reconciliation,
+    RequestHistoryQuery, RequestOrder, RequestOutcome, Result, RollupQuery, StoreError,
 };
 use ::postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
@@ -186,5 +188,53 @@ impl Reader for PgReader {
 
     fn billing_events(&mut self, q: &BillingEventsQuery) -> Result<Vec<LineItem>> {
         rollups::billing_events(&mut *self.conn()?, q)
+    }
+
+    fn request_history(&mut self, q: &RequestHistoryQuery) -> Result<Vec<RequestRecord>> {
+        // A range of the requests_by_endpoint index; ordered by duration, the range is sorted.
+        let key = match q.order {
+            RequestOrder::EndedAt => "finished_at",
+            RequestOrder::Duration => "(finished_at - submitted_at)",
+        };
+        let code = "(completion::jsonb ->> 'status_code')::int";
+        let outcome = match q.outcome {
+            None => String::new(),
+            Some(RequestOutcome::Success) => " AND status = 'COMPLETED'".to_string(),
+            Some(RequestOutcome::UserError) => {
+                format!(" AND status = 'FAILED' AND {code} < 500")
+            }
+            Some(RequestOutcome::Error) => {
+                format!(" AND (status = 'EXPIRED' OR (status = 'FAILED' AND {code} >= 500))")
+            }
+        };
+        let (after_at, after_id) = match &q.after {
+            Some((at, id)) => (Some(*at), Some(id.as_str())),
+            None => (None, None),
+        };
+        let request_id = q.request_id.as_ref().map(|r| r.as_str());
+        self.conn()?
+            .rows(
+                &format!(
+                    "SELECT {REQUEST_COLS} FROM requests \
+                     WHERE account = $1 AND endpoint_id = $2 AND finished_at IS NOT NULL \
+                     AND finished_at >= $3 AND finished_at < $4 \
+                     AND ($5::text IS NULL OR request_id = $5) \
+                     AND ($6::bigint IS NULL OR ({key}, request_id) < ($6, $7::text)){outcome} \
+                     ORDER BY {key} DESC, request_id DESC LIMIT $8"
+                ),
+                &[
+                    &q.account.as_str(),
+                    &q.endpoint.as_str(),
+                    &q.from.0,
+                    &q.to.0,
+                    &request_id,
+                    &after_at,
+                    &after_id,
+                    &(q.limit as i64),
+                ],
+            )?
+            .iter()
+            .map(request_row)
+            .collect()
     }
 }

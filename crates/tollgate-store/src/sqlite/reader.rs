@@ -5,7 +5,7 @@ use super::rollups;
 use crate::rows::{self, Cell, KEY_COLS};
 use crate::{
     corrupt, AccountRow, AccountsQuery, ApiKeyRecord, BillingEventsQuery, Reader, Reconciliation,
-    Result, RollupQuery,
+    RequestHistoryQuery, RequestOrder, RequestOutcome, Result, RollupQuery,
 };
 use rusqlite::Connection;
 use tollgate_core::catalog::{Catalog, PriceVersion};
@@ -115,6 +115,61 @@ impl Reader for SqliteReader {
 
     fn billing_events(&mut self, q: &BillingEventsQuery) -> Result<Vec<LineItem>> {
         rollups::billing_events(&self.conn, q)
+    }
+
+    fn request_history(&mut self, q: &RequestHistoryQuery) -> Result<Vec<RequestRecord>> {
+        // ?1 the account, ?2 the endpoint, ?3 and ?4 the range of end times, ?5 the limit,
+        // then the request id and the keyset position when given. A range of the
+        // requests_by_endpoint index; ordered by duration, the range is sorted.
+        let key = match q.order {
+            RequestOrder::EndedAt => "finished_at",
+            RequestOrder::Duration => "(finished_at - submitted_at)",
+        };
+        let mut args: Vec<rusqlite::types::Value> = vec![
+            q.account.as_str().to_string().into(),
+            q.endpoint.as_str().to_string().into(),
+            q.from.0.into(),
+            q.to.0.into(),
+            (q.limit as i64).into(),
+        ];
+        let mut filters = String::new();
+        if let Some(id) = &q.request_id {
+            args.push(id.as_str().to_string().into());
+            filters.push_str(&format!(" AND request_id = ?{}", args.len()));
+        }
+        if let Some((at, id)) = &q.after {
+            args.push((*at).into());
+            args.push(id.as_str().to_string().into());
+            filters.push_str(&format!(
+                " AND ({key}, request_id) < (?{}, ?{})",
+                args.len() - 1,
+                args.len()
+            ));
+        }
+        let code = "json_extract(completion, '$.status_code')";
+        filters.push_str(&match q.outcome {
+            None => String::new(),
+            Some(RequestOutcome::Success) => " AND status = 'COMPLETED'".to_string(),
+            Some(RequestOutcome::UserError) => {
+                format!(" AND status = 'FAILED' AND {code} < 500")
+            }
+            Some(RequestOutcome::Error) => {
+                format!(" AND (status = 'EXPIRED' OR (status = 'FAILED' AND {code} >= 500))")
+            }
+        });
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {} FROM requests INDEXED BY requests_by_endpoint \
+             WHERE account = ?1 AND endpoint_id = ?2 AND finished_at IS NOT NULL \
+             AND finished_at >= ?3 AND finished_at < ?4{filters} \
+             ORDER BY {key} DESC, request_id DESC LIMIT ?5",
+            rows::REQUEST_COLS
+        ))?;
+        let mut rows = st.query(rusqlite::params_from_iter(args))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(super::load::request_row(r)?);
+        }
+        Ok(out)
     }
 
     fn reconcile(&mut self) -> Result<Reconciliation> {
