@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_terms_adjustments.sql"),
     include_str!("../../migrations/postgres/0003_billing_term.sql"),
+    include_str!("../../migrations/postgres/0004_invoices.sql"),
 ];
 
 /// The advisory lock key migrations hold ("tollgate" in ASCII).

@@ -39,6 +39,10 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/sqlite/0007_keys_by_account.sql"),
         None,
     ),
+    (
+        include_str!("../../migrations/sqlite/0008_invoices.sql"),
+        None,
+    ),
 ];
 
 /// A connection to the file at `path` with the settings every connection runs with.
