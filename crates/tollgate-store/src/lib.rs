@@ -322,6 +322,18 @@ impl InvoiceRecord {
     }
 }
 
+/// The setting that holds the invoice issuer (JSON of [`Issuer`]).
+pub const SETTING_ISSUER: &str = "invoice_issuer";
+
+/// Who issues the invoices, as printed on them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Issuer {
+    pub name: String,
+    pub address: String,
+    pub email: Option<String>,
+    pub tax_id: Option<String>,
+}
+
 /// A page of invoices, newest (last issued) first: those matching the filters issued before
 /// `before` (`(year, seq)`), at most `limit`.
 #[derive(Clone, Debug, Default)]
@@ -589,6 +601,10 @@ pub trait Tx {
     /// encode itself (a catalog setting has its typed method below, and is read back into
     /// [`Catalog`]). Counts as a catalog change (see [`SETTING_CATALOG_GENERATION`]).
     fn set_setting(&mut self, key: &str, value: &str) -> Result<()>;
+    /// Replaces the invoice issuer.
+    fn set_issuer(&mut self, issuer: &Issuer) -> Result<()> {
+        self.set_setting(SETTING_ISSUER, &to_json(issuer))
+    }
     /// The catalog's machine prices, replacing those stored.
     fn set_machine_prices(&mut self, machines: &MachinePrices) -> Result<()> {
         self.set_setting(SETTING_MACHINES, &rows::machine_prices_text(machines))
@@ -667,6 +683,12 @@ pub trait Reader: Send {
     fn invoices(&mut self, q: &InvoicesQuery) -> Result<Vec<InvoiceRecord>>;
     /// The invoice numbered `(year, seq)`.
     fn invoice(&mut self, year: i64, seq: i64) -> Result<Option<InvoiceRecord>>;
+    /// The invoice issuer, if one was set.
+    fn issuer(&mut self) -> Result<Option<Issuer>> {
+        self.setting(SETTING_ISSUER)?
+            .map(|s| json("invoice issuer", &s))
+            .transpose()
+    }
     /// The catalog's generation as committed (see [`SETTING_CATALOG_GENERATION`]).
     fn catalog_generation(&mut self) -> Result<i64> {
         generation(self.setting(SETTING_CATALOG_GENERATION)?)
