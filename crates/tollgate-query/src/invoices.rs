@@ -47,7 +47,8 @@ pub async fn show(
         return Ok(None);
     };
     let found = engine.read(move |r| r.invoice(year, seq)).await?;
-    Ok(found.filter(|i| account.is_none_or(|a| &i.account == a)))
+    // Only the id as issued names it (not another spelling of the same digits).
+    Ok(found.filter(|i| i.invoice_id() == invoice_id && account.is_none_or(|a| &i.account == a)))
 }
 
 /// The issuer printed on invoices, if one was set.

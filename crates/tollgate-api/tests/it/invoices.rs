@@ -80,6 +80,11 @@ async fn a_paid_purchase_shows_its_top_up_invoice_to_its_account_only() {
     get(&app, &other_admin, &format!("/v1/account/invoices/{id}"))
         .await
         .expect_error(404, "not_found");
+    let respelled = id.replace("_000001", "_1");
+    assert_ne!(respelled, id);
+    get(&app, &admin, &format!("/v1/account/invoices/{respelled}"))
+        .await
+        .expect_error(404, "not_found");
     get(&app, &admin, "/v1/account/invoices/inv_nope")
         .await
         .expect_error(404, "not_found");
