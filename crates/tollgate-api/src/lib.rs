@@ -14,6 +14,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod gateway;
+pub mod invoices;
 pub mod json;
 pub mod meta;
 pub mod observe;
@@ -68,6 +69,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::unlock))
         .routes(routes!(admin::apply_catalog).layer(body_limit(CATALOG_BODY_BYTES)))
         .routes(routes!(admin::reconciliation))
+        .routes(routes!(invoices::admin_invoices))
+        .routes(routes!(invoices::set_issuer))
         // Gateway
         .routes(routes!(gateway::submit))
         .routes(routes!(gateway::show))
@@ -86,6 +89,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(platform::usage::billing_events))
         .routes(routes!(platform::requests::by_endpoint))
         .routes(routes!(platform::analytics::analytics))
+        // Invoices (customer reads)
+        .routes(routes!(invoices::account_invoices))
+        .routes(routes!(invoices::account_invoice))
 }
 
 /// The whole API under `/v1`, and the operator's `/healthz`, `/readyz` and `/metrics`. Every

@@ -23,6 +23,8 @@ pub mod tags {
     /// tollgate's own: the gateway's request lifecycle and usage events.
     pub const GATEWAY: &str = "Gateway";
     pub const META: &str = "Meta";
+    /// tollgate's own customer reads of invoices and billing documents.
+    pub const BILLING: &str = "Billing";
 }
 
 #[derive(OpenApi)]
@@ -64,6 +66,8 @@ pub mod tags {
             and the catalog. `OPERATOR` key."),
         (name = tags::GATEWAY, description = "tollgate's own: the life of one request and \
             bulk usage events. `OPERATOR` key."),
+        (name = tags::BILLING, description = "tollgate's own customer reads: invoices. \
+            Customer `ADMIN` key, own account only."),
         (name = tags::META, description = "This document; the server's liveness, readiness \
             and metrics (no key)."),
     ),
@@ -77,6 +81,7 @@ pub mod tags {
         crate::platform::usage::TimeframeName, crate::platform::usage::BoundToTimeframe,
         crate::platform::analytics::AnalyticsExpand,
         crate::platform::requests::RequestStatusFilter, crate::platform::requests::RequestSort,
+        crate::invoices::InvoiceStatusView, crate::invoices::InvoiceKindView,
     )),
     modifiers(&Components),
 )]

@@ -356,6 +356,67 @@ pub struct PurchaseRecord {
     pub locked_after: bool,
 }
 
+/// An invoice the batch issued. Its number is assigned by the store as the batch commits
+/// (from a counter per calendar year kept in the database, so numbers are gapless in commit
+/// order); everything else is decided here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewInvoice {
+    pub account: AccountId,
+    pub kind: InvoiceKind,
+    pub status: InvoiceStatus,
+    pub issued_at: Timestamp,
+    pub period_start: Timestamp,
+    pub period_end: Timestamp,
+    /// What the invoice charges (a top-up invoice: the purchase's amount).
+    pub total: Nanos,
+    pub purchase_id: Option<PurchaseId>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InvoiceKind {
+    /// Issued for a paid purchase of credits, in the commit that grants them.
+    TopUp,
+}
+
+impl InvoiceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvoiceKind::TopUp => "top_up",
+        }
+    }
+    pub fn parse(s: &str) -> Option<InvoiceKind> {
+        match s {
+            "top_up" => Some(InvoiceKind::TopUp),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InvoiceStatus {
+    Open,
+    Paid,
+    Void,
+}
+
+impl InvoiceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvoiceStatus::Open => "open",
+            InvoiceStatus::Paid => "paid",
+            InvoiceStatus::Void => "void",
+        }
+    }
+    pub fn parse(s: &str) -> Option<InvoiceStatus> {
+        match s {
+            "open" => Some(InvoiceStatus::Open),
+            "paid" => Some(InvoiceStatus::Paid),
+            "void" => Some(InvoiceStatus::Void),
+            _ => None,
+        }
+    }
+}
+
 /// An operator's adjustment and the answer it got.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdjustmentRecord {
@@ -604,6 +665,8 @@ pub struct BatchState {
     pub dirty_accounts: BTreeSet<AccountId>,
     pub dirty_requests: BTreeSet<RequestId>,
     pub new_purchases: Vec<PurchaseRecord>,
+    /// Invoices issued by the batch, in issue order (numbered by the store as it commits).
+    pub new_invoices: Vec<NewInvoice>,
     /// Adjustments named by the batch's operations that exist (loaded), and those it made.
     pub adjustments: HashMap<(AccountId, AdjustmentId), AdjustmentRecord>,
     pub new_adjustments: Vec<AdjustmentRecord>,
@@ -611,6 +674,11 @@ pub struct BatchState {
     pub line_items: Vec<LineItem>,
     /// Requests completed (billed or not) by this batch, in order: the analytics rollups.
     pub completed: Vec<RequestId>,
+}
+
+/// The calendar year of a timestamp, UTC (invoice numbers restart each year).
+pub fn year_of(at: Timestamp) -> i32 {
+    month_of(at) / 100
 }
 
 /// `yyyymm` of a timestamp, UTC.
@@ -1339,6 +1407,18 @@ fn purchase(
     });
     state.purchases.insert(key, record.clone());
     state.new_purchases.push(record.clone());
+    if paid {
+        state.new_invoices.push(NewInvoice {
+            account: record.account.clone(),
+            kind: InvoiceKind::TopUp,
+            status: InvoiceStatus::Paid,
+            issued_at: cx.now,
+            period_start: cx.now,
+            period_end: cx.now,
+            total: amount,
+            purchase_id: Some(record.purchase_id.clone()),
+        });
+    }
     Ok(Outcome::Purchased {
         purchase: record,
         replayed: false,

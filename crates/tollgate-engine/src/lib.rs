@@ -26,7 +26,7 @@ use tollgate_core::machine::{apply, BatchState, Op, Outcome, Rejection};
 use tollgate_core::terms::{self, TermsChange};
 use tollgate_core::Timestamp;
 use tollgate_store::{
-    ApiKeyRecord, BillingMode, Reader, ReaderFactory, Store, StoreError, SyncFn, Tx,
+    ApiKeyRecord, BillingMode, Issuer, Reader, ReaderFactory, Store, StoreError, SyncFn, Tx,
 };
 
 /// The most operations one db transaction applies.
@@ -112,6 +112,8 @@ pub enum AdminCmd {
         account: Option<AccountId>,
     },
     ApplyCatalog(Box<CatalogDocument>),
+    /// Replaces the issuer printed on invoices.
+    SetIssuer(Issuer),
     /// What applying the document would change, against the catalog as committed; writes
     /// nothing.
     PreviewCatalog(Box<CatalogDocument>),
@@ -948,6 +950,7 @@ fn run_admin(
                     };
                     new_catalog = Some((tx.catalog_generation()?, tx.load_catalog()?));
                 }
+                AdminCmd::SetIssuer(issuer) => tx.set_issuer(issuer)?,
                 AdminCmd::PreviewCatalog(doc) => {
                     let current = tx.load_catalog()?;
                     let plan = plan_catalog(&current, doc, now, &mut invalid)?;

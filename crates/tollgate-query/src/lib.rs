@@ -16,6 +16,7 @@ pub mod accounts;
 pub mod analytics;
 pub mod catalog;
 mod cursor;
+pub mod invoices;
 pub mod keys;
 pub mod prices;
 pub mod requests;

@@ -24,7 +24,8 @@ use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
 use tollgate_core::concurrency::ConcurrencyTable;
 use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, EndpointId, PurchaseId, RequestId};
 use tollgate_core::machine::{
-    AccountState, AdjustmentRecord, BatchState, LineItem, PurchaseRecord, RequestRecord,
+    AccountState, AdjustmentRecord, BatchState, InvoiceKind, InvoiceStatus, LineItem,
+    PurchaseRecord, RequestRecord,
 };
 use tollgate_core::price::{MachinePrices, PriceRule};
 use tollgate_core::rollup::{ActivityKey, ActivityTotals, Grain, UsageKey, UsageTotals};
@@ -277,6 +278,71 @@ impl AccountsQuery {
     pub(crate) fn prefix_end(&self) -> String {
         format!("{}{}", self.prefix, char::MAX)
     }
+}
+
+/// The prefix of the invoice numbers issued (kept with each invoice, so a later change of it
+/// renumbers nothing).
+pub const INVOICE_PREFIX: &str = "TG";
+
+/// An issued invoice as stored. Its number is `<prefix>-<year>-<seq>` (seq at least six
+/// digits); its id names the same `(year, seq)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvoiceRecord {
+    pub year: i64,
+    pub seq: i64,
+    pub prefix: String,
+    pub account: AccountId,
+    pub kind: InvoiceKind,
+    pub status: InvoiceStatus,
+    pub issued_at: Timestamp,
+    pub period_start: Timestamp,
+    pub period_end: Timestamp,
+    pub total: Nanos,
+    pub purchase_id: Option<PurchaseId>,
+}
+
+impl InvoiceRecord {
+    pub fn number(&self) -> String {
+        format!("{}-{:04}-{:06}", self.prefix, self.year, self.seq)
+    }
+
+    pub fn invoice_id(&self) -> String {
+        format!("inv_{}_{:06}", self.year, self.seq)
+    }
+
+    /// The `(year, seq)` an invoice id names; `None` when it is not an invoice id.
+    pub fn parse_id(id: &str) -> Option<(i64, i64)> {
+        let (year, seq) = id.strip_prefix("inv_")?.split_once('_')?;
+        let digits =
+            |s: &str| !s.is_empty() && s.len() <= 18 && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(year) || !digits(seq) {
+            return None;
+        }
+        Some((year.parse().ok()?, seq.parse().ok()?))
+    }
+}
+
+/// The setting that holds the invoice issuer (JSON of [`Issuer`]).
+pub const SETTING_ISSUER: &str = "invoice_issuer";
+
+/// Who issues the invoices, as printed on them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Issuer {
+    pub name: String,
+    pub address: String,
+    pub email: Option<String>,
+    pub tax_id: Option<String>,
+}
+
+/// A page of invoices, newest (last issued) first: those matching the filters issued before
+/// `before` (`(year, seq)`), at most `limit`.
+#[derive(Clone, Debug, Default)]
+pub struct InvoicesQuery {
+    pub account: Option<AccountId>,
+    pub status: Option<InvoiceStatus>,
+    pub kind: Option<InvoiceKind>,
+    pub before: Option<(i64, i64)>,
+    pub limit: usize,
 }
 
 /// Totals that must agree for the ledger to reconcile.
@@ -569,6 +635,10 @@ pub trait Tx {
     /// encode itself (a catalog setting has its typed method below, and is read back into
     /// [`Catalog`]). Counts as a catalog change (see [`SETTING_CATALOG_GENERATION`]).
     fn set_setting(&mut self, key: &str, value: &str) -> Result<()>;
+    /// Replaces the invoice issuer.
+    fn set_issuer(&mut self, issuer: &Issuer) -> Result<()> {
+        self.set_setting(SETTING_ISSUER, &to_json(issuer))
+    }
     /// The catalog's machine prices, replacing those stored.
     fn set_machine_prices(&mut self, machines: &MachinePrices) -> Result<()> {
         self.set_setting(SETTING_MACHINES, &rows::machine_prices_text(machines))
@@ -643,6 +713,16 @@ pub trait Reader: Send {
     fn load_catalog(&mut self) -> Result<Catalog>;
     fn price_versions(&mut self) -> Result<Vec<PriceVersion>>;
     fn setting(&mut self, key: &str) -> Result<Option<String>>;
+    /// Invoices, newest first (see [`InvoicesQuery`]).
+    fn invoices(&mut self, q: &InvoicesQuery) -> Result<Vec<InvoiceRecord>>;
+    /// The invoice numbered `(year, seq)`.
+    fn invoice(&mut self, year: i64, seq: i64) -> Result<Option<InvoiceRecord>>;
+    /// The invoice issuer, if one was set.
+    fn issuer(&mut self) -> Result<Option<Issuer>> {
+        self.setting(SETTING_ISSUER)?
+            .map(|s| json("invoice issuer", &s))
+            .transpose()
+    }
     /// The catalog's generation as committed (see [`SETTING_CATALOG_GENERATION`]).
     fn catalog_generation(&mut self) -> Result<i64> {
         generation(self.setting(SETTING_CATALOG_GENERATION)?)

@@ -4,7 +4,8 @@
 
 use crate::{
     corrupt, decimal, json, parse_id, to_json, AccountRow, ApiKeyRecord, BillingMode,
-    Reconciliation, Result, Scope, SETTING_CONCURRENCY, SETTING_MACHINES,
+    InvoiceRecord, InvoicesQuery, Reconciliation, Result, Scope, SETTING_CONCURRENCY,
+    SETTING_MACHINES,
 };
 use std::collections::HashMap;
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
@@ -14,8 +15,8 @@ use tollgate_core::ids::{
 };
 use tollgate_core::ledger::CreditAccount;
 use tollgate_core::machine::{
-    AccountState, AdjustmentRecord, LineItem, Lot, PurchaseRecord, RequestRecord, RequestStatus,
-    Source, TransferRecord,
+    AccountState, AdjustmentRecord, InvoiceKind, InvoiceStatus, LineItem, Lot, PurchaseRecord,
+    RequestRecord, RequestStatus, Source, TransferRecord,
 };
 use tollgate_core::price::{MachinePrices, PriceRule};
 use tollgate_core::pricing::{Charge, Discounts};
@@ -209,6 +210,69 @@ impl AdjustmentCols {
             locked_after: self.locked_after,
         })
     }
+}
+
+pub(crate) const INVOICE_COLS: &str = "year, seq, prefix, account, kind, status, issued_at, \
+     period_start, period_end, total_nanos, purchase_id";
+
+/// A row of `SELECT {INVOICE_COLS}`.
+pub(crate) fn invoice_row(r: &dyn Get) -> Result<InvoiceRecord> {
+    let kind = r.text(4)?;
+    let status = r.text(5)?;
+    Ok(InvoiceRecord {
+        year: r.int(0)?,
+        seq: r.int(1)?,
+        prefix: r.text(2)?,
+        account: parse_id(AccountId::parse, &r.text(3)?)?,
+        kind: InvoiceKind::parse(&kind).ok_or_else(|| corrupt("invoice kind", &kind))?,
+        status: InvoiceStatus::parse(&status).ok_or_else(|| corrupt("invoice status", &status))?,
+        issued_at: Timestamp(r.int(6)?),
+        period_start: Timestamp(r.int(7)?),
+        period_end: Timestamp(r.int(8)?),
+        total: Nanos(r.int(9)?),
+        purchase_id: r
+            .opt_text(10)?
+            .map(|p| parse_id(PurchaseId::parse, &p))
+            .transpose()?,
+    })
+}
+
+/// The invoices read's SQL, with `?N`-style placeholders written by `p(n)`: account, status,
+/// kind (each NULL for any), before year, before seq, limit.
+pub(crate) fn invoices_sql(p: impl Fn(usize, &str) -> String) -> String {
+    format!(
+        "SELECT {INVOICE_COLS} FROM invoices WHERE ({a} IS NULL OR account = {a}) \
+         AND ({s} IS NULL OR status = {s}) AND ({k} IS NULL OR kind = {k}) \
+         AND (year < {y} OR (year = {y} AND seq < {n})) ORDER BY year DESC, seq DESC LIMIT {l}",
+        a = p(1, "text"),
+        s = p(2, "text"),
+        k = p(3, "text"),
+        y = p(4, "bigint"),
+        n = p(5, "bigint"),
+        l = p(6, "bigint"),
+    )
+}
+
+/// The invoices read's parameters in [`invoices_sql`]'s order.
+pub(crate) fn invoices_args(
+    q: &InvoicesQuery,
+) -> (
+    Option<String>,
+    Option<&'static str>,
+    Option<&'static str>,
+    i64,
+    i64,
+    i64,
+) {
+    let (y, n) = q.before.unwrap_or((i64::MAX, i64::MAX));
+    (
+        q.account.as_ref().map(|a| a.as_str().to_string()),
+        q.status.map(InvoiceStatus::as_str),
+        q.kind.map(InvoiceKind::as_str),
+        y,
+        n,
+        i64::try_from(q.limit).unwrap_or(i64::MAX),
+    )
 }
 
 pub(crate) const PURCHASE_COLS: &str = "account, purchase_id, amount_nanos, paid, created_at, \

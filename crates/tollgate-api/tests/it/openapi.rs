@@ -424,7 +424,8 @@ async fn every_documented_operation_is_served() {
         let concrete = path
             .replace("{username}", "nobody")
             .replace("{request_id}", "0193e3b0-6d2a-7c41-9f0e-2b8f4c6a1d53")
-            .replace("{key_id}", "k1");
+            .replace("{key_id}", "k1")
+            .replace("{invoice_id}", "inv_2026_000001");
         assert!(!concrete.contains('{'), "{path}: a parameter to fill in");
         let r = app
             .client
@@ -688,6 +689,43 @@ async fn real_responses_match_the_document() {
     assert_eq!(r.status, 400, "zero is refused");
     let r = f.purchase("nobody", "p-1", "1.00").await;
     assert_eq!((r.status, r.error_type()), (404, "not_found"));
+
+    // --- invoices: the paid purchase's top-up invoice, and the issuer printed on it
+    let r = f
+        .put(
+            "/v1/admin/issuer",
+            f.op(),
+            Body::Json(json!({ "name": "Example AI Inc.", "address": "1 Main St" })),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = f
+        .put(
+            "/v1/admin/issuer",
+            f.op(),
+            Body::Invalid(json!({ "name": "Example AI Inc." })),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = f.get("/v1/account/invoices", key(&admin)).await;
+    assert_eq!(r.status, 200);
+    let invoice_id = r.json["invoices"][0]["invoice_id"]
+        .as_str()
+        .expect("an invoice")
+        .to_string();
+    let r = f
+        .get(&format!("/v1/account/invoices/{invoice_id}"), key(&admin))
+        .await;
+    assert_eq!(
+        (r.status, r.json["total_nano_usd"].clone()),
+        (200, json!(25_000_000_000i64))
+    );
+    let r = f.get("/v1/account/invoices/inv_1_1", key(&admin)).await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+    let r = f.get("/v1/account/invoices", key(&api)).await;
+    assert_eq!(r.status, 403);
+    let r = f.get("/v1/admin/invoices?username=acme", f.op()).await;
+    assert_eq!(r.status, 200);
     let r = f
         .post(
             "/v1/admin/accounts/acme/purchases",

@@ -123,6 +123,7 @@ struct Snapshot {
     dirty_accounts: BTreeSet<AccountId>,
     dirty_requests: BTreeSet<RequestId>,
     new_purchases: usize,
+    new_invoices: usize,
     transfers: usize,
     line_items: usize,
 }
@@ -135,6 +136,7 @@ fn snapshot(s: &BatchState) -> Snapshot {
         dirty_accounts: s.dirty_accounts.clone(),
         dirty_requests: s.dirty_requests.clone(),
         new_purchases: s.new_purchases.len(),
+        new_invoices: s.new_invoices.len(),
         transfers: s.transfers.len(),
         line_items: s.line_items.len(),
     }

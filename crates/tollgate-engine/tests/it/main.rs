@@ -6,6 +6,7 @@ mod common;
 mod deferred_sync;
 mod engine_props;
 mod idle;
+mod invoices;
 mod metrics;
 mod rollup_folding;
 mod shared_database;

@@ -7,15 +7,16 @@
 
 use super::rollups::{activity_totals, ACTIVITY_COLS};
 use super::{PgTx, Run};
+use crate::rows::INVOICE_COLS;
 use crate::rows::{
     AdjustmentCols, LineItemCols, PurchaseCols, RequestCols, TransferCols, ADJUSTMENT_COLS,
     LINE_ITEM_COLS, PURCHASE_COLS, REQUEST_COLS, TRANSFER_COLS,
 };
-use crate::{Result, StoreError};
+use crate::{Result, StoreError, INVOICE_PREFIX};
 use postgres::types::ToSql;
 use std::collections::{HashMap, HashSet};
 use tollgate_core::ids::RequestId;
-use tollgate_core::machine::BatchState;
+use tollgate_core::machine::{year_of, BatchState};
 use tollgate_core::rollup::{self, ActivityTotals, Deltas, Grain, UsagePrice};
 use tollgate_core::Nanos;
 
@@ -74,6 +75,10 @@ pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<()> {
         parts.push(adjustments(&mut a, s));
     }
     parts.extend(requests(&mut a, s, &t.found));
+    let numbering = invoices(&mut a, s).map(|(counters, insert)| {
+        parts.push(insert);
+        counters
+    });
     for (grain, d) in [(Grain::Minute, &minutes), (Grain::Hour, &hours)] {
         parts.push(usage(&mut a, grain, d));
     }
@@ -81,7 +86,8 @@ pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<()> {
         parts.push(activity_rows(&mut a, grain, rows));
     }
     let sql = format!(
-        "WITH {} SELECT 1",
+        "WITH {}{} SELECT 1",
+        numbering.map_or(String::new(), |c| format!("{INVOICE_SEQ} AS ({c}), ")),
         parts
             .iter()
             .enumerate()
@@ -252,6 +258,73 @@ fn purchases(a: &mut Args, s: &BatchState) -> [String; 2] {
         a.add(col(&lots, |l| l.2), "bigint[]"),
     );
     [insert, update]
+}
+
+/// The name of the statement's part that takes the batch's invoice numbers.
+const INVOICE_SEQ: &str = "invoice_seq";
+
+/// The batch's invoices (none: `None`): the part that advances each year's counter by the
+/// invoices the batch issues in it (an upsert, so the counter row stays locked until the
+/// batch commits: another server's batch waits for it and then continues from its numbers,
+/// and a batch rolled back took none), and the insert that numbers them in issue order from
+/// where the counter was. The counter is locked after the accounts (locked when loaded).
+fn invoices(a: &mut Args, s: &BatchState) -> Option<(String, String)> {
+    if s.new_invoices.is_empty() {
+        return None;
+    }
+    let mut per_year: Vec<(i64, i64)> = Vec::new();
+    let mut rows = Vec::new();
+    for i in &s.new_invoices {
+        let year = i64::from(year_of(i.issued_at));
+        let rank = match per_year.iter_mut().find(|(y, _)| *y == year) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                per_year.push((year, 1));
+                1
+            }
+        };
+        rows.push((year, rank, i));
+    }
+    let counters = format!(
+        "INSERT INTO invoice_counters (year, last_seq) SELECT * FROM unnest({}, {}) \
+         ON CONFLICT (year) DO UPDATE SET last_seq = invoice_counters.last_seq + \
+         excluded.last_seq RETURNING year, last_seq",
+        a.add(col(&per_year, |p| p.0), "bigint[]"),
+        a.add(col(&per_year, |p| p.1), "bigint[]"),
+    );
+    let insert = format!(
+        "INSERT INTO invoices ({INVOICE_COLS}) \
+         SELECT x.year, c.last_seq - n.count + x.rank, x.prefix, x.account, x.kind, x.status, \
+           x.issued_at, x.period_start, x.period_end, x.total, x.purchase_id \
+         FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}) AS x(year, rank, prefix, account, \
+           kind, status, issued_at, period_start, period_end, total, purchase_id) \
+         JOIN unnest({}, {}) AS n(year, count) ON n.year = x.year \
+         JOIN {INVOICE_SEQ} c ON c.year = x.year",
+        a.add(col(&rows, |r| r.0), "bigint[]"),
+        a.add(col(&rows, |r| r.1), "bigint[]"),
+        a.add(col(&rows, |_| INVOICE_PREFIX.to_string()), "text[]"),
+        a.add(col(&rows, |r| r.2.account.as_str().to_string()), "text[]"),
+        a.add(col(&rows, |r| r.2.kind.as_str().to_string()), "text[]"),
+        a.add(col(&rows, |r| r.2.status.as_str().to_string()), "text[]"),
+        a.add(col(&rows, |r| r.2.issued_at.0), "bigint[]"),
+        a.add(col(&rows, |r| r.2.period_start.0), "bigint[]"),
+        a.add(col(&rows, |r| r.2.period_end.0), "bigint[]"),
+        a.add(col(&rows, |r| r.2.total.0), "bigint[]"),
+        a.add(
+            col(&rows, |r| r
+                .2
+                .purchase_id
+                .as_ref()
+                .map(|p| p.as_str().to_string())),
+            "text[]"
+        ),
+        a.add(col(&per_year, |p| p.0), "bigint[]"),
+        a.add(col(&per_year, |p| p.1), "bigint[]"),
+    );
+    Some((counters, insert))
 }
 
 fn transfers(a: &mut Args, s: &BatchState) -> String {

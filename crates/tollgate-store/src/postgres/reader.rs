@@ -6,8 +6,9 @@ use super::load::{
 use super::{rollups, Pool, Run};
 use crate::rows::{self, Cell, KEY_COLS, REQUEST_COLS};
 use crate::{
-    AccountRow, AccountsQuery, ApiKeyRecord, BillingEventsQuery, Reader, Reconciliation,
-    RequestHistoryQuery, RequestOrder, RequestOutcome, Result, RollupQuery, StoreError,
+    AccountRow, AccountsQuery, ApiKeyRecord, BillingEventsQuery, InvoiceRecord, InvoicesQuery,
+    Reader, Reconciliation, RequestHistoryQuery, RequestOrder, RequestOutcome, Result, RollupQuery,
+    StoreError,
 };
 use ::postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
@@ -152,6 +153,32 @@ impl Reader for PgReader {
 
     fn setting(&mut self, key: &str) -> Result<Option<String>> {
         setting(&mut *self.conn()?, key)
+    }
+
+    fn invoices(&mut self, q: &InvoicesQuery) -> Result<Vec<InvoiceRecord>> {
+        let (a, s, k, y, n, l) = rows::invoices_args(q);
+        self.conn()?
+            .rows(
+                &rows::invoices_sql(|i, ty| format!("${i}::{ty}")),
+                &[&a, &s, &k, &y, &n, &l],
+            )?
+            .iter()
+            .map(|r| rows::invoice_row(r))
+            .collect()
+    }
+
+    fn invoice(&mut self, year: i64, seq: i64) -> Result<Option<InvoiceRecord>> {
+        self.conn()?
+            .rows(
+                &format!(
+                    "SELECT {} FROM invoices WHERE year = $1 AND seq = $2",
+                    rows::INVOICE_COLS
+                ),
+                &[&year, &seq],
+            )?
+            .first()
+            .map(|r| rows::invoice_row(r))
+            .transpose()
     }
 
     fn reconcile(&mut self) -> Result<Reconciliation> {

@@ -43,6 +43,10 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/sqlite/0008_requests_by_endpoint.sql"),
         None,
     ),
+    (
+        include_str!("../../migrations/sqlite/0009_invoices.sql"),
+        None,
+    ),
 ];
 
 /// A connection to the file at `path` with the settings every connection runs with.

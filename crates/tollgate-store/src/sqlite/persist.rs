@@ -3,15 +3,16 @@
 use super::account_cache::CachedAccount;
 use super::rollups;
 use super::tx::SqliteTx;
+use crate::rows::INVOICE_COLS;
 use crate::rows::{
     AdjustmentCols, PurchaseCols, RequestCols, TransferCols, ADJUSTMENT_COLS, PURCHASE_COLS,
     REQUEST_COLS, TRANSFER_COLS,
 };
-use crate::{Result, StoreError};
+use crate::{Result, StoreError, INVOICE_PREFIX};
 use rusqlite::{params, Connection};
 use std::collections::HashMap;
 use tollgate_core::ids::AccountId;
-use tollgate_core::machine::BatchState;
+use tollgate_core::machine::{year_of, BatchState};
 
 /// Writes what the core decided (see [`Tx::persist`](crate::Tx::persist)).
 pub(super) fn persist(t: &mut SqliteTx, s: &BatchState) -> Result<()> {
@@ -19,6 +20,7 @@ pub(super) fn persist(t: &mut SqliteTx, s: &BatchState) -> Result<()> {
     accounts(t, s)?;
     requests(c, s)?;
     purchases(c, s)?;
+    invoices(c, s)?;
     lots(c, t.cache, s)?;
     adjustments(c, s)?;
     transfers(c, s)?;
@@ -135,6 +137,38 @@ fn purchases(c: &Connection, s: &BatchState) -> Result<()> {
             p.locked_after,
             p.expires_at,
             p.remaining,
+        ])?;
+    }
+    Ok(())
+}
+
+/// The batch's invoices, numbered in issue order from their year's counter row.
+fn invoices(c: &Connection, s: &BatchState) -> Result<()> {
+    if s.new_invoices.is_empty() {
+        return Ok(());
+    }
+    let mut next = c.prepare_cached(
+        "INSERT INTO invoice_counters (year, last_seq) VALUES (?1, 1) ON CONFLICT (year) \
+         DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
+    )?;
+    let mut st = c.prepare_cached(&format!(
+        "INSERT INTO invoices ({INVOICE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+    ))?;
+    for i in &s.new_invoices {
+        let year = i64::from(year_of(i.issued_at));
+        let seq: i64 = next.query_row([year], |r| r.get(0))?;
+        st.execute(params![
+            year,
+            seq,
+            INVOICE_PREFIX,
+            i.account.as_str(),
+            i.kind.as_str(),
+            i.status.as_str(),
+            i.issued_at.0,
+            i.period_start.0,
+            i.period_end.0,
+            i.total.0,
+            i.purchase_id.as_ref().map(|p| p.as_str()),
         ])?;
     }
     Ok(())

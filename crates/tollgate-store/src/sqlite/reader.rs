@@ -4,8 +4,9 @@ use super::load::{get_account, get_request, key_row, load_catalog, price_version
 use super::rollups;
 use crate::rows::{self, Cell, KEY_COLS};
 use crate::{
-    corrupt, AccountRow, AccountsQuery, ApiKeyRecord, BillingEventsQuery, Reader, Reconciliation,
-    RequestHistoryQuery, RequestOrder, RequestOutcome, Result, RollupQuery,
+    corrupt, AccountRow, AccountsQuery, ApiKeyRecord, BillingEventsQuery, InvoiceRecord,
+    InvoicesQuery, Reader, Reconciliation, RequestHistoryQuery, RequestOrder, RequestOutcome,
+    Result, RollupQuery,
 };
 use rusqlite::Connection;
 use tollgate_core::catalog::{Catalog, PriceVersion};
@@ -102,6 +103,28 @@ impl Reader for SqliteReader {
 
     fn setting(&mut self, key: &str) -> Result<Option<String>> {
         setting(&self.conn, key)
+    }
+
+    fn invoices(&mut self, q: &InvoicesQuery) -> Result<Vec<InvoiceRecord>> {
+        let (a, s, k, y, n, l) = rows::invoices_args(q);
+        let mut st = self
+            .conn
+            .prepare_cached(&rows::invoices_sql(|i, _| format!("?{i}")))?;
+        let mut rows = st.query(rusqlite::params![a, s, k, y, n, l])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(rows::invoice_row(r)?);
+        }
+        Ok(out)
+    }
+
+    fn invoice(&mut self, year: i64, seq: i64) -> Result<Option<InvoiceRecord>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {} FROM invoices WHERE year = ?1 AND seq = ?2",
+            rows::INVOICE_COLS
+        ))?;
+        let mut rows = st.query([year, seq])?;
+        rows.next()?.map(|r| rows::invoice_row(r)).transpose()
     }
 
     // Each read in one read transaction: the fold setting and the rows from the same commit.
