@@ -19,6 +19,7 @@ pub mod json;
 pub mod meta;
 pub mod observe;
 pub mod openapi;
+pub mod payments;
 pub mod platform;
 pub mod query_string;
 pub mod wire;
@@ -92,6 +93,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         // Invoices (customer reads)
         .routes(routes!(invoices::account_invoices))
         .routes(routes!(invoices::account_invoice))
+        // Payment history (customer reads)
+        .routes(routes!(payments::account_payments))
 }
 
 /// The whole API under `/v1`, and the operator's `/healthz`, `/readyz` and `/metrics`. Every

@@ -18,6 +18,7 @@ pub mod catalog;
 mod cursor;
 pub mod invoices;
 pub mod keys;
+pub mod payments;
 pub mod prices;
 pub mod requests;
 pub mod timeframe;

@@ -307,7 +307,12 @@ impl InvoiceRecord {
     }
 
     pub fn invoice_id(&self) -> String {
-        format!("inv_{}_{:06}", self.year, self.seq)
+        InvoiceRecord::id_of(self.year, self.seq)
+    }
+
+    /// The id of the invoice numbered `(year, seq)`.
+    pub fn id_of(year: i64, seq: i64) -> String {
+        format!("inv_{year}_{seq:06}")
     }
 
     /// The `(year, seq)` an invoice id names; `None` when it is not an invoice id.
@@ -343,6 +348,26 @@ pub struct InvoicesQuery {
     pub kind: Option<InvoiceKind>,
     pub before: Option<(i64, i64)>,
     pub limit: usize,
+}
+
+/// A page of an account's payments (its paid purchases), newest first: those before `before`
+/// (`(created_at, purchase_id)`), at most `limit`.
+#[derive(Clone, Debug)]
+pub struct PaymentsQuery {
+    pub account: AccountId,
+    pub before: Option<(i64, String)>,
+    pub limit: usize,
+}
+
+/// A paid purchase, with the top-up invoice issued in its commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentRecord {
+    pub purchase_id: PurchaseId,
+    pub created_at: Timestamp,
+    pub amount: Nanos,
+    pub expires_at: Option<Timestamp>,
+    /// The invoice's `(year, seq)`; `None` for a purchase made before invoices were issued.
+    pub invoice: Option<(i64, i64)>,
 }
 
 /// Totals that must agree for the ledger to reconcile.
@@ -717,6 +742,8 @@ pub trait Reader: Send {
     fn invoices(&mut self, q: &InvoicesQuery) -> Result<Vec<InvoiceRecord>>;
     /// The invoice numbered `(year, seq)`.
     fn invoice(&mut self, year: i64, seq: i64) -> Result<Option<InvoiceRecord>>;
+    /// An account's payments, newest first (see [`PaymentsQuery`]).
+    fn payments(&mut self, q: &PaymentsQuery) -> Result<Vec<PaymentRecord>>;
     /// The invoice issuer, if one was set.
     fn issuer(&mut self) -> Result<Option<Issuer>> {
         self.setting(SETTING_ISSUER)?

@@ -4,8 +4,8 @@
 
 use crate::{
     corrupt, decimal, json, parse_id, to_json, AccountRow, ApiKeyRecord, BillingMode,
-    InvoiceRecord, InvoicesQuery, Reconciliation, Result, Scope, SETTING_CONCURRENCY,
-    SETTING_MACHINES,
+    InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery, Reconciliation, Result, Scope,
+    SETTING_CONCURRENCY, SETTING_MACHINES,
 };
 use std::collections::HashMap;
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
@@ -273,6 +273,49 @@ pub(crate) fn invoices_args(
         n,
         i64::try_from(q.limit).unwrap_or(i64::MAX),
     )
+}
+
+/// The payments read's SQL, with placeholders written by `p(n, type)`: account, before
+/// created_at, before purchase_id, limit. `paid` is the condition that a purchase was paid.
+pub(crate) fn payments_sql(p: impl Fn(usize, &str) -> String, paid: &str) -> String {
+    format!(
+        "SELECT p.purchase_id, p.created_at, p.amount_nanos, p.expires_at, i.year, i.seq \
+         FROM purchases p LEFT JOIN invoices i \
+         ON i.account = p.account AND i.purchase_id = p.purchase_id \
+         WHERE p.account = {a} AND {paid} \
+         AND (p.created_at < {t} OR (p.created_at = {t} AND p.purchase_id < {id})) \
+         ORDER BY p.created_at DESC, p.purchase_id DESC LIMIT {l}",
+        a = p(1, "text"),
+        t = p(2, "bigint"),
+        id = p(3, "text"),
+        l = p(4, "bigint"),
+    )
+}
+
+/// The payments read's parameters in [`payments_sql`]'s order.
+pub(crate) fn payments_args(q: &PaymentsQuery) -> (String, i64, String, i64) {
+    let (t, id) = q.before.clone().unwrap_or((i64::MAX, String::new()));
+    (
+        q.account.as_str().to_string(),
+        t,
+        id,
+        i64::try_from(q.limit).unwrap_or(i64::MAX),
+    )
+}
+
+/// A row of [`payments_sql`].
+pub(crate) fn payment_row(r: &dyn Get) -> Result<PaymentRecord> {
+    let invoice = match (r.opt_int(4)?, r.opt_int(5)?) {
+        (Some(y), Some(n)) => Some((y, n)),
+        _ => None,
+    };
+    Ok(PaymentRecord {
+        purchase_id: parse_id(PurchaseId::parse, &r.text(0)?)?,
+        created_at: Timestamp(r.int(1)?),
+        amount: Nanos(r.int(2)?),
+        expires_at: r.opt_int(3)?.map(Timestamp),
+        invoice,
+    })
 }
 
 pub(crate) const PURCHASE_COLS: &str = "account, purchase_id, amount_nanos, paid, created_at, \

@@ -16,6 +16,7 @@ mod catalog_preview;
 mod lifecycle;
 mod observe;
 mod openapi;
+mod payments;
 mod request_history;
 mod strict_input;
 mod terms;

@@ -726,6 +726,15 @@ async fn real_responses_match_the_document() {
     assert_eq!(r.status, 403);
     let r = f.get("/v1/admin/invoices?username=acme", f.op()).await;
     assert_eq!(r.status, 200);
+    let r = f.get("/v1/account/payments", key(&admin)).await;
+    assert_eq!(
+        (r.status, r.json["payments"][0]["invoice_id"].as_str()),
+        (200, Some(invoice_id.as_str()))
+    );
+    let r = f.get("/v1/account/payments?limit=0", key(&admin)).await;
+    assert_eq!(r.status, 400);
+    let r = f.get("/v1/account/payments", key(&api)).await;
+    assert_eq!(r.status, 403);
     let r = f
         .post(
             "/v1/admin/accounts/acme/purchases",

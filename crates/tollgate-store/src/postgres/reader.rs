@@ -7,8 +7,8 @@ use super::{rollups, Pool, Run};
 use crate::rows::{self, Cell, KEY_COLS, REQUEST_COLS};
 use crate::{
     AccountRow, AccountsQuery, ApiKeyRecord, BillingEventsQuery, InvoiceRecord, InvoicesQuery,
-    Reader, Reconciliation, RequestHistoryQuery, RequestOrder, RequestOutcome, Result, RollupQuery,
-    StoreError,
+    PaymentRecord, PaymentsQuery, Reader, Reconciliation, RequestHistoryQuery, RequestOrder,
+    RequestOutcome, Result, RollupQuery, StoreError,
 };
 use ::postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
@@ -179,6 +179,18 @@ impl Reader for PgReader {
             .first()
             .map(|r| rows::invoice_row(r))
             .transpose()
+    }
+
+    fn payments(&mut self, q: &PaymentsQuery) -> Result<Vec<PaymentRecord>> {
+        let (a, t, id, l) = rows::payments_args(q);
+        self.conn()?
+            .rows(
+                &rows::payments_sql(|i, ty| format!("${i}::{ty}"), "p.paid"),
+                &[&a, &t, &id, &l],
+            )?
+            .iter()
+            .map(|r| rows::payment_row(r))
+            .collect()
     }
 
     fn reconcile(&mut self) -> Result<Reconciliation> {

@@ -47,6 +47,10 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/sqlite/0009_invoices.sql"),
         None,
     ),
+    (
+        include_str!("../../migrations/sqlite/0010_payments.sql"),
+        None,
+    ),
 ];
 
 /// A connection to the file at `path` with the settings every connection runs with.

@@ -5,8 +5,8 @@ use super::rollups;
 use crate::rows::{self, Cell, KEY_COLS};
 use crate::{
     corrupt, AccountRow, AccountsQuery, ApiKeyRecord, BillingEventsQuery, InvoiceRecord,
-    InvoicesQuery, Reader, Reconciliation, RequestHistoryQuery, RequestOrder, RequestOutcome,
-    Result, RollupQuery,
+    InvoicesQuery, PaymentRecord, PaymentsQuery, Reader, Reconciliation, RequestHistoryQuery,
+    RequestOrder, RequestOutcome, Result, RollupQuery,
 };
 use rusqlite::Connection;
 use tollgate_core::catalog::{Catalog, PriceVersion};
@@ -125,6 +125,19 @@ impl Reader for SqliteReader {
         ))?;
         let mut rows = st.query([year, seq])?;
         rows.next()?.map(|r| rows::invoice_row(r)).transpose()
+    }
+
+    fn payments(&mut self, q: &PaymentsQuery) -> Result<Vec<PaymentRecord>> {
+        let (a, t, id, l) = rows::payments_args(q);
+        let mut st = self
+            .conn
+            .prepare_cached(&rows::payments_sql(|i, _| format!("?{i}"), "p.paid = 1"))?;
+        let mut rows = st.query(rusqlite::params![a, t, id, l])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(rows::payment_row(r)?);
+        }
+        Ok(out)
     }
 
     // Each read in one read transaction: the fold setting and the rows from the same commit.
