@@ -7,9 +7,8 @@
 //! 50) are merged into one, so a read is bounded by the page size, never by the history's.
 
 use crate::cursor::{Cursor, Page};
-use crate::timeframe::{Moment, RangeError};
+use crate::timeframe::{self, Moment, RangeError};
 use crate::QueryError;
-use chrono_tz::Tz;
 use tollgate_core::ids::{AccountId, EndpointId, RequestId};
 use tollgate_core::machine::RequestRecord;
 use tollgate_core::Timestamp;
@@ -86,32 +85,12 @@ pub fn history_range(
     by_request_id: bool,
     now: Timestamp,
 ) -> Result<(Timestamp, Timestamp), RangeError> {
-    let end = end
-        .map(|m| m.resolve(Tz::UTC, "end"))
-        .transpose()?
-        .unwrap_or(now);
     let default = if by_request_id {
         HISTORY_MAX_RANGE_MS
     } else {
         HISTORY_DEFAULT_RANGE_MS
     };
-    let start = start
-        .map(|m| m.resolve(Tz::UTC, "start"))
-        .transpose()?
-        .unwrap_or(end.minus_ms(default));
-    if start >= end {
-        return Err(RangeError {
-            field: "start",
-            message: "start must be before end".into(),
-        });
-    }
-    if end.0 - start.0 > HISTORY_MAX_RANGE_MS {
-        return Err(RangeError {
-            field: "start",
-            message: "the range from start to end may span at most 90 days".into(),
-        });
-    }
-    Ok((start, end))
+    timeframe::instant_range(start, end, now, default, HISTORY_MAX_RANGE_MS)
 }
 
 /// fal's `GET /models/requests/by-endpoint`: a page of the account's finished requests to the

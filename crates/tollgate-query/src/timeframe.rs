@@ -118,6 +118,39 @@ pub struct Bucket {
     pub label: String,
 }
 
+/// A range of exact instants (a date means midnight UTC), as the billing events and the request
+/// history take it: `end` default `now`, `start` default `default_ms` before `end`, `start`
+/// before `end`, at most `max_ms` long.
+pub fn instant_range(
+    start: Option<Moment>,
+    end: Option<Moment>,
+    now: Timestamp,
+    default_ms: i64,
+    max_ms: i64,
+) -> Result<(Timestamp, Timestamp), RangeError> {
+    let end = end
+        .map(|m| m.resolve(Tz::UTC, "end"))
+        .transpose()?
+        .unwrap_or(now);
+    let start = start
+        .map(|m| m.resolve(Tz::UTC, "start"))
+        .transpose()?
+        .unwrap_or(end.minus_ms(default_ms));
+    if start >= end {
+        return Err(RangeError::new("start", "start must be before end"));
+    }
+    if end.0 - start.0 > max_ms {
+        return Err(RangeError::new(
+            "start",
+            format!(
+                "the range from start to end may span at most {} days",
+                max_ms / (24 * 3_600_000)
+            ),
+        ));
+    }
+    Ok((start, end))
+}
+
 /// Why a range cannot be resolved, naming the parameter at fault.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]

@@ -6,9 +6,8 @@
 //! timeframe, so buckets, summary and billing events are sums of the same integers.
 
 use crate::cursor::{Cursor, Page};
-use crate::timeframe::{Moment, Range, RangeError, SeriesBucket};
+use crate::timeframe::{self, Moment, Range, RangeError, SeriesBucket};
 use crate::QueryError;
-use chrono_tz::Tz;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -247,27 +246,13 @@ pub fn events_range(
     end: Option<Moment>,
     now: Timestamp,
 ) -> Result<(Timestamp, Timestamp), RangeError> {
-    let end = end
-        .map(|m| m.resolve(Tz::UTC, "end"))
-        .transpose()?
-        .unwrap_or(now);
-    let start = start
-        .map(|m| m.resolve(Tz::UTC, "start"))
-        .transpose()?
-        .unwrap_or(end.minus_ms(EVENTS_DEFAULT_RANGE_MS));
-    if start >= end {
-        return Err(RangeError {
-            field: "start",
-            message: "start must be before end".into(),
-        });
-    }
-    if end.0 - start.0 > EVENTS_MAX_RANGE_MS {
-        return Err(RangeError {
-            field: "start",
-            message: "the range from start to end may span at most 90 days".into(),
-        });
-    }
-    Ok((start, end))
+    timeframe::instant_range(
+        start,
+        end,
+        now,
+        EVENTS_DEFAULT_RANGE_MS,
+        EVENTS_MAX_RANGE_MS,
+    )
 }
 
 /// One billed request.

@@ -394,18 +394,7 @@ impl TestApp {
                 json!({ "scope": scope, "alias": format!("{scope} key") }),
             )
             .await;
-        let body = r.expect(201);
-        assert_eq!(body["scope"], scope);
-        let key = body["key"].as_str().expect("key").to_string();
-        assert_eq!(
-            key,
-            format!(
-                "{}:{}",
-                body["key_id"].as_str().unwrap(),
-                body["key_secret"].as_str().unwrap()
-            )
-        );
-        key
+        created_key(r.expect(201), scope)
     }
 
     /// A new account with an API key and, if `credits` is given, a purchase of that many USD
@@ -588,4 +577,19 @@ impl Drop for TestApp {
             panic!("a test must end with `app.assert_reconciled().await`");
         }
     }
+}
+
+/// The `key` of a key-creation answer, checked: of `scope`, and `key_id:key_secret`.
+pub fn created_key(body: &Value, scope: &str) -> String {
+    assert_eq!(body["scope"], scope, "{body}");
+    let key = body["key"].as_str().expect("key").to_string();
+    assert_eq!(
+        key,
+        format!(
+            "{}:{}",
+            body["key_id"].as_str().unwrap(),
+            body["key_secret"].as_str().unwrap()
+        )
+    );
+    key
 }

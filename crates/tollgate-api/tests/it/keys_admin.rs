@@ -4,7 +4,7 @@
 //! the API and from `TOLLGATE_OPERATOR_KEY`, a revoked one never coming back; and the
 //! operator's list of accounts, searched by prefix and paged.
 
-use crate::harness::{int, Body, TestApp, USD};
+use crate::harness::{created_key, int, Body, TestApp, USD};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -29,18 +29,8 @@ async fn create_operator_key(app: &TestApp, alias: &str) -> String {
         )
         .await;
     let body = r.expect(201);
-    assert_eq!(body["scope"], "OPERATOR");
     assert_eq!(body["alias"], alias);
-    let key = body["key"].as_str().expect("key").to_string();
-    assert_eq!(
-        key,
-        format!(
-            "{}:{}",
-            body["key_id"].as_str().unwrap(),
-            body["key_secret"].as_str().unwrap()
-        )
-    );
-    key
+    created_key(body, "OPERATOR")
 }
 
 async fn revoke(app: &TestApp, with: &str, key: &str) -> u16 {
