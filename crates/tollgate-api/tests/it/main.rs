@@ -17,6 +17,7 @@ mod lifecycle;
 mod observe;
 mod openapi;
 mod payments;
+mod statements;
 mod request_history;
 mod strict_input;
 mod terms;
