@@ -37,14 +37,21 @@ impl Month {
         .ok_or_else(bad)?;
         let month = Month { first };
         if month.start() > now {
-            return Err(format!("{text} has not begun yet: statements cover months up to the current one"));
+            return Err(format!(
+                "{text} has not begun yet: statements cover months up to the current one"
+            ));
         }
         Ok(month)
     }
 
     /// Midnight UTC of the month's first day.
     pub fn start(&self) -> Timestamp {
-        Timestamp(self.first.and_time(chrono::NaiveTime::MIN).and_utc().timestamp_millis())
+        Timestamp(
+            self.first
+                .and_time(chrono::NaiveTime::MIN)
+                .and_utc()
+                .timestamp_millis(),
+        )
     }
 
     /// Midnight UTC of the next month's first day.
@@ -151,7 +158,16 @@ mod tests {
         let dec = Month::parse("2025-12", now).unwrap();
         assert_eq!(dec.end(), Month::parse("2026-01", now).unwrap().start());
         assert_eq!(dec.label(), "2025-12");
-        for bad in ["2026-13", "2026-00", "2026-7", "26-07", "2026-07-01", "", "2026/05", "+026-05"] {
+        for bad in [
+            "2026-13",
+            "2026-00",
+            "2026-7",
+            "26-07",
+            "2026-07-01",
+            "",
+            "2026/05",
+            "+026-05",
+        ] {
             assert!(Month::parse(bad, now).is_err(), "{bad}");
         }
         let future = Month::parse("2026-07", now).unwrap_err();

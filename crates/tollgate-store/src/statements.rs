@@ -6,8 +6,8 @@
 
 use crate::rows::Get;
 use crate::{
-    corrupt, decimal, parse_id, ActivityQuery, ActivityRecord, BalanceDay, Reconciliation,
-    Result, StatementQuery, StatementRows, StatementUsage, USAGE_ROW_ID,
+    corrupt, decimal, parse_id, ActivityQuery, ActivityRecord, BalanceDay, Reconciliation, Result,
+    StatementQuery, StatementRows, StatementUsage, USAGE_ROW_ID,
 };
 use std::collections::HashMap;
 use tollgate_core::ids::{AccountId, EndpointId};

@@ -7,8 +7,8 @@
 //! are refused; another account's movements never show; `ADMIN` keys only.
 
 use crate::harness::{dec, int, rfc3339, Body, Resp, TestApp, USD};
-use rust_decimal::Decimal;
 use reqwest::Method;
+use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tollgate_store::testing::backends;
 
@@ -78,7 +78,13 @@ async fn activity(app: &TestApp, key: &str, query: &str, limit: usize) -> Vec<Va
 
 /// The statement's movements, in the order opening + movements = closing adds them.
 const MOVEMENTS: [&str; 7] = [
-    "purchases", "grants", "usage", "expired", "refunds", "disputes", "adjustments",
+    "purchases",
+    "grants",
+    "usage",
+    "expired",
+    "refunds",
+    "disputes",
+    "adjustments",
 ];
 
 fn adds_up(s: &Value) {
@@ -122,7 +128,9 @@ async fn statements_and_credit_activity_follow_the_ledger() {
         )
         .await
         .expect(201);
-        app.purchase("other", "theirs", "7", "paid").await.expect(201);
+        app.purchase("other", "theirs", "7", "paid")
+            .await
+            .expect(201);
         app.set_now(MAY + 10 * HOUR);
         let may1 = usage(&app, "acme", "e-1", FLUX_DEV, MAY + 9 * HOUR, "2").await
             + usage(&app, "acme", "e-2", FLUX_DEV, MAY + 10 * HOUR, "1").await;
@@ -174,18 +182,33 @@ async fn statements_and_credit_activity_follow_the_ledger() {
         assert_eq!(int(&may["adjustments_nano_usd"]), 1_500_000_000);
         assert_eq!(int(&may["refunds_nano_usd"]), 0);
         assert_eq!(int(&may["disputes_nano_usd"]), 0);
-        assert_eq!(int(&may["closing_balance_nano_usd"]), may_end, "{on}: {may}");
+        assert_eq!(
+            int(&may["closing_balance_nano_usd"]),
+            may_end,
+            "{on}: {may}"
+        );
         assert_eq!(dec(&may["closing_balance_usd"]), Decimal::new(may_end, 9));
         adds_up(&may);
         let lines = may["usage_by_endpoint"].as_array().unwrap();
         assert_eq!(lines.len(), 2, "{on}: {may}");
         assert_eq!(
-            (&lines[0]["endpoint_id"], &lines[0]["unit"], &lines[0]["quantity"]),
+            (
+                &lines[0]["endpoint_id"],
+                &lines[0]["unit"],
+                &lines[0]["quantity"]
+            ),
             (&json!(FLUX_DEV), &json!("megapixel"), &json!(3.0))
         );
-        assert_eq!((int(&lines[0]["cost_nano_usd"]), &lines[0]["requests"]), (may1, &json!(2)));
         assert_eq!(
-            (&lines[1]["endpoint_id"], &lines[1]["quantity"], int(&lines[1]["cost_nano_usd"])),
+            (int(&lines[0]["cost_nano_usd"]), &lines[0]["requests"]),
+            (may1, &json!(2))
+        );
+        assert_eq!(
+            (
+                &lines[1]["endpoint_id"],
+                &lines[1]["quantity"],
+                int(&lines[1]["cost_nano_usd"])
+            ),
             (&json!(SCHNELL), &json!(10.0), may2)
         );
 
@@ -211,7 +234,12 @@ async fn statements_and_credit_activity_follow_the_ledger() {
         assert_eq!(activity(&app, &admin, "", 2).await, all, "{on}");
         let kinds: Vec<(&str, &str)> = all
             .iter()
-            .map(|r| (r["kind"].as_str().unwrap(), r["reference"].as_str().unwrap()))
+            .map(|r| {
+                (
+                    r["kind"].as_str().unwrap(),
+                    r["reference"].as_str().unwrap(),
+                )
+            })
             .collect();
         assert_eq!(
             kinds,
@@ -277,17 +305,27 @@ async fn statements_and_credit_activity_follow_the_ledger() {
             .as_str()
             .unwrap()
             .to_string();
-        let r = get(&app, &other_admin, &format!("/v1/account/credit-activity?cursor={cursor}")).await;
+        let r = get(
+            &app,
+            &other_admin,
+            &format!("/v1/account/credit-activity?cursor={cursor}"),
+        )
+        .await;
         assert!(r.expect(200)["activity"]
             .as_array()
             .unwrap()
             .iter()
             .all(|row| row["reference"] != "p-1"));
         let theirs_may = statement(&app, &other_admin, "2026-05").await;
-        assert_eq!(int(&theirs_may["closing_balance_nano_usd"]), 7 * USD - 100_000_000);
+        assert_eq!(
+            int(&theirs_may["closing_balance_nano_usd"]),
+            7 * USD - 100_000_000
+        );
 
         // Refused: bad months (naming `month`), bad ranges and paging, API keys.
-        for bad in ["2026-13", "2026-00", "2026-5", "202605", "2026-08", "9999-01", "x"] {
+        for bad in [
+            "2026-13", "2026-00", "2026-5", "202605", "2026-08", "9999-01", "x",
+        ] {
             let r = get(&app, &admin, &format!("/v1/account/statements/{bad}")).await;
             let e = r.expect_error(400, "validation_error");
             assert_eq!(e["field"], "month", "{bad}: {e}");
@@ -303,7 +341,10 @@ async fn statements_and_credit_activity_follow_the_ledger() {
             let r = get(&app, &admin, &format!("/v1/account/credit-activity?{bad}")).await;
             assert_eq!(r.status, 400, "{bad}: {on}");
         }
-        for path in ["/v1/account/credit-activity", "/v1/account/statements/2026-05"] {
+        for path in [
+            "/v1/account/credit-activity",
+            "/v1/account/statements/2026-05",
+        ] {
             get(&app, &api, path)
                 .await
                 .expect_error(403, "authorization_error");

@@ -558,7 +558,8 @@ fn statement_rows(a: &mut Args, d: &Daily) -> [String; 3] {
         a.add(col(m, |x| x.reference.clone()), "text[]"),
     );
     let u: Vec<_> = d.usage.iter().collect();
-    let usage = format!(
+    let usage =
+        format!(
         "INSERT INTO usage_days (account, day, endpoint_id, unit, quantity, requests, cost_nanos) \
          SELECT a, d, e, u, CAST(q AS NUMERIC), n, c \
          FROM unnest({}, {}, {}, {}, {}, {}, {}) AS x(a, d, e, u, q, n, c) \

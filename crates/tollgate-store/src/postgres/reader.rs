@@ -7,9 +7,10 @@ use super::{rollups, Pool, Run};
 use crate::rows::{self, Cell, KEY_COLS, REQUEST_COLS};
 use crate::statements::{self, Arg};
 use crate::{
-    AccountRow, AccountsQuery, ApiKeyRecord, BillingEventsQuery, InvoiceRecord, InvoicesQuery,
-    ActivityQuery, ActivityRecord, PaymentRecord, PaymentsQuery, Reader, StatementQuery, StatementRows, Reconciliation, RequestHistoryQuery, RequestOrder,
-    RequestOutcome, Result, RollupQuery, StoreError,
+    AccountRow, AccountsQuery, ActivityQuery, ActivityRecord, ApiKeyRecord, BillingEventsQuery,
+    InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery, Reader, Reconciliation,
+    RequestHistoryQuery, RequestOrder, RequestOutcome, Result, RollupQuery, StatementQuery,
+    StatementRows, StoreError,
 };
 use ::postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;

@@ -5,9 +5,10 @@ use super::rollups;
 use crate::rows::{self, Cell, KEY_COLS};
 use crate::statements::{self, Arg};
 use crate::{
-    corrupt, AccountRow, AccountsQuery, ApiKeyRecord, BillingEventsQuery, InvoiceRecord,
-    InvoicesQuery, PaymentRecord, PaymentsQuery, Reader, ActivityQuery, ActivityRecord, StatementQuery, StatementRows, Reconciliation, RequestHistoryQuery,
-    RequestOrder, RequestOutcome, Result, RollupQuery,
+    corrupt, AccountRow, AccountsQuery, ActivityQuery, ActivityRecord, ApiKeyRecord,
+    BillingEventsQuery, InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery, Reader,
+    Reconciliation, RequestHistoryQuery, RequestOrder, RequestOutcome, Result, RollupQuery,
+    StatementQuery, StatementRows,
 };
 use rusqlite::Connection;
 use tollgate_core::catalog::{Catalog, PriceVersion};
