@@ -201,7 +201,7 @@ pub(crate) fn credit_activity(db: &mut dyn Db, q: &ActivityQuery) -> Result<Vec<
             Ok(())
         },
     )?;
-    rows.sort_by(|x, y| (y.at, y.id).cmp(&(x.at, x.id)));
+    rows.sort_by_key(|r| std::cmp::Reverse((r.at, r.id)));
     rows.truncate(q.limit);
     let Some(first) = rows.first() else {
         return Ok(rows);
