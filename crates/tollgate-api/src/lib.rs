@@ -22,6 +22,7 @@ pub mod openapi;
 pub mod payments;
 pub mod platform;
 pub mod query_string;
+pub mod statements;
 pub mod wire;
 
 use extract::body_limit;
@@ -95,6 +96,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(invoices::account_invoice))
         // Payment history (customer reads)
         .routes(routes!(payments::account_payments))
+        // Credit activity and statements (customer reads)
+        .routes(routes!(statements::credit_activity))
+        .routes(routes!(statements::statement))
 }
 
 /// The whole API under `/v1`, and the operator's `/healthz`, `/readyz` and `/metrics`. Every

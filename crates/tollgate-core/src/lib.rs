@@ -17,6 +17,7 @@ pub mod price;
 pub mod pricing;
 pub mod quote;
 pub mod rollup;
+pub mod statement;
 pub mod terms;
 #[cfg(feature = "testing")]
 pub mod testing;

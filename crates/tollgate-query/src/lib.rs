@@ -21,6 +21,7 @@ pub mod keys;
 pub mod payments;
 pub mod prices;
 pub mod requests;
+pub mod statements;
 pub mod timeframe;
 pub mod usage;
 

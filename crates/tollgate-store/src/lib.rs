@@ -15,6 +15,7 @@
 pub mod postgres;
 mod rows;
 pub mod sqlite;
+mod statements;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -29,6 +30,7 @@ use tollgate_core::machine::{
 };
 use tollgate_core::price::{MachinePrices, PriceRule};
 use tollgate_core::rollup::{ActivityKey, ActivityTotals, Grain, UsageKey, UsageTotals};
+use tollgate_core::statement::{MovementKind, Movements};
 use tollgate_core::terms::TermsSchedule;
 use tollgate_core::{Nanos, Timestamp};
 
@@ -370,6 +372,71 @@ pub struct PaymentRecord {
     pub invoice: Option<(i64, i64)>,
 }
 
+/// A statement's rows: an account's balance days from `from` (a UTC midnight) to `to`
+/// (exclusive).
+#[derive(Clone, Debug)]
+pub struct StatementQuery {
+    pub account: AccountId,
+    pub from: Timestamp,
+    pub to: Timestamp,
+}
+
+/// One day's movements of an account and the balance it closed with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BalanceDay {
+    pub day: Timestamp,
+    pub moved: Movements,
+    pub closing: Nanos,
+}
+
+/// A statement period's usage of one endpoint and unit, by the days it was charged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatementUsage {
+    pub endpoint: EndpointId,
+    pub unit: String,
+    pub quantity: rust_decimal::Decimal,
+    pub requests: u64,
+    pub cost: Nanos,
+}
+
+/// What a statement is made of, read in one snapshot: the balance at `from` (the closing of
+/// the last day before it with a movement, else zero), the period's days in order, and its
+/// usage by endpoint and unit (in order of endpoint, then unit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatementRows {
+    pub opening: Nanos,
+    pub days: Vec<BalanceDay>,
+    pub usage: Vec<StatementUsage>,
+}
+
+/// A page of an account's credit activity, newest first: movements at `start` or later and
+/// before `end`, before the position `before` (`(at, id)`, exclusive), at most `limit`.
+#[derive(Clone, Debug)]
+pub struct ActivityQuery {
+    pub account: AccountId,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub before: Option<(i64, i64)>,
+    pub limit: usize,
+}
+
+/// The position of a day's usage row among the movements: after every other movement of its
+/// instant (see [`tollgate_core::statement::end_of_day`]).
+pub const USAGE_ROW_ID: i64 = i64::MAX;
+
+/// One row of credit activity: a movement, or a day's usage (`id` [`USAGE_ROW_ID`], dated the
+/// day's last millisecond, its reference the day `YYYY-MM-DD`), with the balance after it in
+/// the activity's order (a day's movements in the order recorded, then its usage).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActivityRecord {
+    pub at: Timestamp,
+    pub id: i64,
+    pub kind: MovementKind,
+    pub amount: Nanos,
+    pub reference: String,
+    pub balance_after: Nanos,
+}
+
 /// Totals that must agree for the ledger to reconcile.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reconciliation {
@@ -388,6 +455,9 @@ pub struct Reconciliation {
     /// Accounts whose usage rollups do not add up to their line items, with (rollups, line
     /// items).
     pub rollup_mismatches: Vec<(AccountId, Nanos, Nanos)>,
+    /// Accounts whose balance days do not end at their balance (the last day's closing, and
+    /// the sum of every day's movements), with (balance, last closing, summed movements).
+    pub statement_mismatches: Vec<(AccountId, Nanos, Nanos, Nanos)>,
     /// Posted to revenue (post and charge transfers).
     pub revenue_nanos: i128,
     /// Sum of line item totals.
@@ -425,6 +495,7 @@ impl Reconciliation {
         list(&mut out, "lot mismatches", &self.lot_mismatches);
         list(&mut out, "line item mismatches", &self.line_item_mismatches);
         list(&mut out, "rollup mismatches", &self.rollup_mismatches);
+        list(&mut out, "statement mismatches", &self.statement_mismatches);
         if self.revenue_nanos != self.billed_nanos {
             out.push(format!(
                 "revenue {} != billed {} nano-USD",
@@ -457,6 +528,7 @@ impl Reconciliation {
             && self.lot_mismatches.is_empty()
             && self.line_item_mismatches.is_empty()
             && self.rollup_mismatches.is_empty()
+            && self.statement_mismatches.is_empty()
             && self.revenue_nanos == self.billed_nanos
             && self.purchased_nanos == self.credited_nanos
             && self.adjusted_nanos == self.adjusted_in_ledger_nanos
@@ -744,6 +816,11 @@ pub trait Reader: Send {
     fn invoice(&mut self, year: i64, seq: i64) -> Result<Option<InvoiceRecord>>;
     /// An account's payments, newest first (see [`PaymentsQuery`]).
     fn payments(&mut self, q: &PaymentsQuery) -> Result<Vec<PaymentRecord>>;
+    /// A statement's rows (see [`StatementRows`]), in one snapshot; a few index seeks, never a
+    /// scan of the account's transfers or line items.
+    fn statement(&mut self, q: &StatementQuery) -> Result<StatementRows>;
+    /// A page of credit activity, newest first (see [`ActivityQuery`]), in one snapshot.
+    fn credit_activity(&mut self, q: &ActivityQuery) -> Result<Vec<ActivityRecord>>;
     /// The invoice issuer, if one was set.
     fn issuer(&mut self) -> Result<Option<Issuer>> {
         self.setting(SETTING_ISSUER)?

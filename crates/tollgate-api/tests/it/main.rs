@@ -18,6 +18,7 @@ mod observe;
 mod openapi;
 mod payments;
 mod request_history;
+mod statements;
 mod strict_input;
 mod terms;
 mod usage;

@@ -425,7 +425,8 @@ async fn every_documented_operation_is_served() {
             .replace("{username}", "nobody")
             .replace("{request_id}", "0193e3b0-6d2a-7c41-9f0e-2b8f4c6a1d53")
             .replace("{key_id}", "k1")
-            .replace("{invoice_id}", "inv_2026_000001");
+            .replace("{invoice_id}", "inv_2026_000001")
+            .replace("{month}", "2026-05");
         assert!(!concrete.contains('{'), "{path}: a parameter to fill in");
         let r = app
             .client
@@ -734,6 +735,32 @@ async fn real_responses_match_the_document() {
     let r = f.get("/v1/account/payments?limit=0", key(&admin)).await;
     assert_eq!(r.status, 400);
     let r = f.get("/v1/account/payments", key(&api)).await;
+    assert_eq!(r.status, 403);
+    let r = f.get("/v1/account/credit-activity", key(&admin)).await;
+    assert_eq!((r.status, r.json["activity"].is_array()), (200, true));
+    let r = f
+        .get(
+            "/v1/account/credit-activity?start=2026-02-01&end=2026-01-01",
+            key(&admin),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = f.get("/v1/account/credit-activity", key(&api)).await;
+    assert_eq!(r.status, 403);
+    let month = tollgate_core::machine::month_of(tollgate_core::Timestamp(
+        chrono::Utc::now().timestamp_millis(),
+    ));
+    let month = format!("{}-{:02}", month / 100, month % 100);
+    let r = f
+        .get(&format!("/v1/account/statements/{month}"), key(&admin))
+        .await;
+    assert_eq!(
+        (r.status, r.json["month"].as_str()),
+        (200, Some(month.as_str()))
+    );
+    let r = f.get("/v1/account/statements/2026-13", key(&admin)).await;
+    assert_eq!(r.status, 400);
+    let r = f.get("/v1/account/statements/2026-05", key(&api)).await;
     assert_eq!(r.status, 403);
     let r = f
         .post(

@@ -18,6 +18,7 @@ use std::collections::{HashMap, HashSet};
 use tollgate_core::ids::RequestId;
 use tollgate_core::machine::{year_of, BatchState};
 use tollgate_core::rollup::{self, ActivityTotals, Deltas, Grain, UsagePrice};
+use tollgate_core::statement::{self, Daily};
 use tollgate_core::Nanos;
 
 /// A statement's parameters, numbered in the order they are added.
@@ -84,6 +85,10 @@ pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<()> {
     }
     for (grain, rows) in activity {
         parts.push(activity_rows(&mut a, grain, rows));
+    }
+    let daily = statement::daily(s).map_err(|e| StoreError::database(e.to_string(), e))?;
+    if !daily.is_empty() {
+        parts.extend(statement_rows(&mut a, &daily));
     }
     let sql = format!(
         "WITH {}{} SELECT 1",
@@ -509,4 +514,66 @@ fn activity_rows(a: &mut Args, grain: Grain, rows: Vec<ActivityRow>) -> String {
         a.add(col(&rows, |(_, t)| t.prepare_ms.to_bytes()), "bytea[]"),
         a.add(col(&rows, |(_, t)| t.duration_ms.to_bytes()), "bytea[]"),
     )
+}
+
+/// The batch's movements added to each account's day (its closing balance set to what the
+/// batch left: the account is locked, so batches of one account write in commit order), its
+/// movements other than usage (numbered in the batch's order), and its usage by endpoint and
+/// unit (see [`tollgate_core::statement`]).
+fn statement_rows(a: &mut Args, d: &Daily) -> [String; 3] {
+    let days = format!(
+        "INSERT INTO balance_days (account, day, purchases_nanos, grants_nanos, usage_nanos, \
+         expired_nanos, refunds_nanos, disputes_nanos, adjustments_nanos, closing_nanos) \
+         SELECT * FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}, {}) \
+         ON CONFLICT (account, day) DO UPDATE SET \
+         purchases_nanos = balance_days.purchases_nanos + excluded.purchases_nanos, \
+         grants_nanos = balance_days.grants_nanos + excluded.grants_nanos, \
+         usage_nanos = balance_days.usage_nanos + excluded.usage_nanos, \
+         expired_nanos = balance_days.expired_nanos + excluded.expired_nanos, \
+         refunds_nanos = balance_days.refunds_nanos + excluded.refunds_nanos, \
+         disputes_nanos = balance_days.disputes_nanos + excluded.disputes_nanos, \
+         adjustments_nanos = balance_days.adjustments_nanos + excluded.adjustments_nanos, \
+         closing_nanos = excluded.closing_nanos",
+        a.add(col(&d.days, |x| x.account.as_str().to_string()), "text[]"),
+        a.add(col(&d.days, |x| x.day.0), "bigint[]"),
+        a.add(col(&d.days, |x| x.moved.purchases.0), "bigint[]"),
+        a.add(col(&d.days, |x| x.moved.grants.0), "bigint[]"),
+        a.add(col(&d.days, |x| x.moved.usage.0), "bigint[]"),
+        a.add(col(&d.days, |x| x.moved.expired.0), "bigint[]"),
+        a.add(col(&d.days, |x| x.moved.refunds.0), "bigint[]"),
+        a.add(col(&d.days, |x| x.moved.disputes.0), "bigint[]"),
+        a.add(col(&d.days, |x| x.moved.adjustments.0), "bigint[]"),
+        a.add(col(&d.days, |x| x.closing.0), "bigint[]"),
+    );
+    let m = &d.movements;
+    let movements = format!(
+        "INSERT INTO balance_movements (account, at, kind, amount_nanos, reference) \
+         SELECT x.account, x.at, x.kind, x.amount, x.reference \
+         FROM unnest({}, {}, {}, {}, {}) WITH ORDINALITY \
+           AS x(account, at, kind, amount, reference, n) ORDER BY x.n",
+        a.add(col(m, |x| x.account.as_str().to_string()), "text[]"),
+        a.add(col(m, |x| x.at.0), "bigint[]"),
+        a.add(col(m, |x| x.kind.as_str().to_string()), "text[]"),
+        a.add(col(m, |x| x.amount.0), "bigint[]"),
+        a.add(col(m, |x| x.reference.clone()), "text[]"),
+    );
+    let u: Vec<_> = d.usage.iter().collect();
+    let usage =
+        format!(
+        "INSERT INTO usage_days (account, day, endpoint_id, unit, quantity, requests, cost_nanos) \
+         SELECT a, d, e, u, CAST(q AS NUMERIC), n, c \
+         FROM unnest({}, {}, {}, {}, {}, {}, {}) AS x(a, d, e, u, q, n, c) \
+         ON CONFLICT (account, day, endpoint_id, unit) DO UPDATE SET \
+         quantity = usage_days.quantity + excluded.quantity, \
+         requests = usage_days.requests + excluded.requests, \
+         cost_nanos = usage_days.cost_nanos + excluded.cost_nanos",
+        a.add(col(&u, |(k, _)| k.account.as_str().to_string()), "text[]"),
+        a.add(col(&u, |(k, _)| k.day.0), "bigint[]"),
+        a.add(col(&u, |(k, _)| k.endpoint.as_str().to_string()), "text[]"),
+        a.add(col(&u, |(k, _)| k.unit.clone()), "text[]"),
+        a.add(col(&u, |(_, v)| v.quantity.normalize().to_string()), "text[]"),
+        a.add(col(&u, |(_, v)| count(v.requests)), "bigint[]"),
+        a.add(col(&u, |(_, v)| v.cost.0), "bigint[]"),
+    );
+    [days, movements, usage]
 }

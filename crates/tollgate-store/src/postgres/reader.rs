@@ -5,10 +5,12 @@ use super::load::{
 };
 use super::{rollups, Pool, Run};
 use crate::rows::{self, Cell, KEY_COLS, REQUEST_COLS};
+use crate::statements::{self, Arg};
 use crate::{
-    AccountRow, AccountsQuery, ApiKeyRecord, BillingEventsQuery, InvoiceRecord, InvoicesQuery,
-    PaymentRecord, PaymentsQuery, Reader, Reconciliation, RequestHistoryQuery, RequestOrder,
-    RequestOutcome, Result, RollupQuery, StoreError,
+    AccountRow, AccountsQuery, ActivityQuery, ActivityRecord, ApiKeyRecord, BillingEventsQuery,
+    InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery, Reader, Reconciliation,
+    RequestHistoryQuery, RequestOrder, RequestOutcome, Result, RollupQuery, StatementQuery,
+    StatementRows, StoreError,
 };
 use ::postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
@@ -193,6 +195,22 @@ impl Reader for PgReader {
             .collect()
     }
 
+    fn statement(&mut self, q: &StatementQuery) -> Result<StatementRows> {
+        let mut c = self.conn()?;
+        let mut tx = snapshot(&mut c)?;
+        let rows = statements::statement(&mut PgDb(&mut tx), q)?;
+        tx.commit()?;
+        Ok(rows)
+    }
+
+    fn credit_activity(&mut self, q: &ActivityQuery) -> Result<Vec<ActivityRecord>> {
+        let mut c = self.conn()?;
+        let mut tx = snapshot(&mut c)?;
+        let rows = statements::credit_activity(&mut PgDb(&mut tx), q)?;
+        tx.commit()?;
+        Ok(rows)
+    }
+
     fn reconcile(&mut self) -> Result<Reconciliation> {
         let mut c = self.conn()?;
         let mut tx = snapshot(&mut c)?;
@@ -213,6 +231,8 @@ impl Reader for PgReader {
             }
             Ok(out)
         })?;
+        let mut rec = rec;
+        statements::mismatches(&mut PgDb(&mut tx), &mut rec)?;
         tx.commit()?;
         Ok(rec)
     }
@@ -275,5 +295,41 @@ impl Reader for PgReader {
             .iter()
             .map(request_row)
             .collect()
+    }
+}
+
+/// A read snapshot as the statement reads use it.
+struct PgDb<'a, 'b>(&'a mut Transaction<'b>);
+
+impl statements::Db for PgDb<'_, '_> {
+    fn ph(&self, i: usize, ty: &str) -> String {
+        format!("${i}::{ty}")
+    }
+
+    fn dec_sum(&self, col: &str) -> String {
+        format!("CAST(SUM({col}) AS TEXT)")
+    }
+
+    fn each(
+        &mut self,
+        sql: &str,
+        args: &[Arg],
+        row: &mut dyn FnMut(&dyn rows::Get) -> Result<()>,
+    ) -> Result<()> {
+        let values: Vec<Box<dyn ::postgres::types::ToSql + Sync>> = args
+            .iter()
+            .map(|a| -> Box<dyn ::postgres::types::ToSql + Sync> {
+                match a {
+                    Arg::Int(v) => Box::new(*v),
+                    Arg::Text(t) => Box::new(t.clone()),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn ::postgres::types::ToSql + Sync)> =
+            values.iter().map(|b| &**b as _).collect();
+        for r in self.0.query(sql, &refs)? {
+            row(&r)?;
+        }
+        Ok(())
     }
 }

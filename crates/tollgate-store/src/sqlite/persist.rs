@@ -13,6 +13,7 @@ use rusqlite::{params, Connection};
 use std::collections::HashMap;
 use tollgate_core::ids::AccountId;
 use tollgate_core::machine::{year_of, BatchState};
+use tollgate_core::statement;
 
 /// Writes what the core decided (see [`Tx::persist`](crate::Tx::persist)).
 pub(super) fn persist(t: &mut SqliteTx, s: &BatchState) -> Result<()> {
@@ -25,6 +26,7 @@ pub(super) fn persist(t: &mut SqliteTx, s: &BatchState) -> Result<()> {
     adjustments(c, s)?;
     transfers(c, s)?;
     line_items(c, s)?;
+    statement_rows(c, s)?;
     rollup_rows(c, s)
 }
 
@@ -234,5 +236,76 @@ fn rollup_rows(c: &Connection, s: &BatchState) -> Result<()> {
     let deltas =
         tollgate_core::rollup::deltas(s).map_err(|e| StoreError::database(e.to_string(), e))?;
     rollups::write(c, &deltas, folded_before)?;
+    Ok(())
+}
+
+/// The batch's movements, added to each account's day (and its closing balance set to what
+/// the batch left), its movements other than usage, and its usage by endpoint and unit (see
+/// [`tollgate_core::statement`]).
+fn statement_rows(c: &Connection, s: &BatchState) -> Result<()> {
+    let d = statement::daily(s).map_err(|e| StoreError::database(e.to_string(), e))?;
+    if d.is_empty() {
+        return Ok(());
+    }
+    let mut st = c.prepare_cached(
+        "INSERT INTO balance_days (account, day, purchases_nanos, grants_nanos, usage_nanos, \
+         expired_nanos, refunds_nanos, disputes_nanos, adjustments_nanos, closing_nanos) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO UPDATE SET \
+         purchases_nanos = purchases_nanos + excluded.purchases_nanos, \
+         grants_nanos = grants_nanos + excluded.grants_nanos, \
+         usage_nanos = usage_nanos + excluded.usage_nanos, \
+         expired_nanos = expired_nanos + excluded.expired_nanos, \
+         refunds_nanos = refunds_nanos + excluded.refunds_nanos, \
+         disputes_nanos = disputes_nanos + excluded.disputes_nanos, \
+         adjustments_nanos = adjustments_nanos + excluded.adjustments_nanos, \
+         closing_nanos = excluded.closing_nanos",
+    )?;
+    for day in &d.days {
+        let m = &day.moved;
+        st.execute(params![
+            day.account.as_str(),
+            day.day.0,
+            m.purchases.0,
+            m.grants.0,
+            m.usage.0,
+            m.expired.0,
+            m.refunds.0,
+            m.disputes.0,
+            m.adjustments.0,
+            day.closing.0,
+        ])?;
+    }
+    if !d.movements.is_empty() {
+        let mut st = c.prepare_cached(
+            "INSERT INTO balance_movements (account, at, kind, amount_nanos, reference) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for m in &d.movements {
+            st.execute(params![
+                m.account.as_str(),
+                m.at.0,
+                m.kind.as_str(),
+                m.amount.0,
+                m.reference
+            ])?;
+        }
+    }
+    let mut st = c.prepare_cached(
+        "INSERT INTO usage_days (account, day, endpoint_id, unit, quantity, requests, \
+         cost_nanos) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO UPDATE SET \
+         quantity = tollgate_dec_add(quantity, excluded.quantity), \
+         requests = requests + excluded.requests, cost_nanos = cost_nanos + excluded.cost_nanos",
+    )?;
+    for (k, u) in &d.usage {
+        st.execute(params![
+            k.account.as_str(),
+            k.day.0,
+            k.endpoint.as_str(),
+            k.unit,
+            u.quantity.normalize().to_string(),
+            i64::try_from(u.requests).unwrap_or(i64::MAX),
+            u.cost.0,
+        ])?;
+    }
     Ok(())
 }

@@ -3,10 +3,12 @@
 use super::load::{get_account, get_request, key_row, load_catalog, price_versions, setting};
 use super::rollups;
 use crate::rows::{self, Cell, KEY_COLS};
+use crate::statements::{self, Arg};
 use crate::{
-    corrupt, AccountRow, AccountsQuery, ApiKeyRecord, BillingEventsQuery, InvoiceRecord,
-    InvoicesQuery, PaymentRecord, PaymentsQuery, Reader, Reconciliation, RequestHistoryQuery,
-    RequestOrder, RequestOutcome, Result, RollupQuery,
+    corrupt, AccountRow, AccountsQuery, ActivityQuery, ActivityRecord, ApiKeyRecord,
+    BillingEventsQuery, InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery, Reader,
+    Reconciliation, RequestHistoryQuery, RequestOrder, RequestOutcome, Result, RollupQuery,
+    StatementQuery, StatementRows,
 };
 use rusqlite::Connection;
 use tollgate_core::catalog::{Catalog, PriceVersion};
@@ -140,6 +142,14 @@ impl Reader for SqliteReader {
         Ok(out)
     }
 
+    fn statement(&mut self, q: &StatementQuery) -> Result<StatementRows> {
+        statements::statement(&mut SqliteDb(&self.conn.transaction()?), q)
+    }
+
+    fn credit_activity(&mut self, q: &ActivityQuery) -> Result<Vec<ActivityRecord>> {
+        statements::credit_activity(&mut SqliteDb(&self.conn.transaction()?), q)
+    }
+
     // Each read in one read transaction: the fold setting and the rows from the same commit.
     fn usage(&mut self, q: &RollupQuery) -> Result<Vec<(UsageKey, UsageTotals)>> {
         rollups::usage(&*self.conn.transaction()?, q)
@@ -229,6 +239,39 @@ impl Reader for SqliteReader {
             }
             Ok(out)
         })?;
+        let mut rec = rec;
+        statements::mismatches(&mut SqliteDb(&tx), &mut rec)?;
         Ok(rec)
+    }
+}
+
+/// A read transaction as the statement reads use it.
+struct SqliteDb<'a>(&'a rusqlite::Transaction<'a>);
+
+impl statements::Db for SqliteDb<'_> {
+    fn ph(&self, i: usize, _: &str) -> String {
+        format!("?{i}")
+    }
+
+    fn dec_sum(&self, col: &str) -> String {
+        format!("tollgate_dec_sum({col})")
+    }
+
+    fn each(
+        &mut self,
+        sql: &str,
+        args: &[Arg],
+        row: &mut dyn FnMut(&dyn rows::Get) -> Result<()>,
+    ) -> Result<()> {
+        let mut st = self.0.prepare_cached(sql)?;
+        let values = args.iter().map(|a| match a {
+            Arg::Int(v) => rusqlite::types::Value::Integer(*v),
+            Arg::Text(t) => rusqlite::types::Value::Text(t.clone()),
+        });
+        let mut rows = st.query(rusqlite::params_from_iter(values))?;
+        while let Some(r) = rows.next()? {
+            row(r)?;
+        }
+        Ok(())
     }
 }

@@ -113,7 +113,7 @@ fn upgrading_builds_rollups_that_add_up_to_the_line_items() {
     version_1_database(&path);
 
     let mut store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 10);
+    assert_eq!(store.schema_version().unwrap(), 11);
     let mut reader = (store.reader_factory())().unwrap();
     // The terms an account had are its first version, in force from the beginning.
     let terms = |reader: &mut Box<dyn tollgate_store::Reader>, name: &str| {
@@ -329,4 +329,116 @@ fn upgrading_postgres_makes_billing_a_term() {
     drop(reader);
     drop(store);
     admin(format!("DROP SCHEMA {schema} CASCADE"));
+}
+
+/// An upgraded database's statements come from its ledger: the migration backfills each
+/// account's days (movements by kind and closing balance), its movements and its usage by the
+/// day each charge was posted.
+#[test]
+fn upgrading_backfills_statements_from_the_ledger() {
+    use tollgate_core::statement::MovementKind;
+    use tollgate_store::{ActivityQuery, StatementQuery};
+    const DAY: i64 = 86_400_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    version_1_database(&path);
+    {
+        // acme bought 1 USD on day 0; its three line items were charged on day 1 (a day after
+        // the usage they bill); 0.8875 USD left, as its balance says.
+        let c = Connection::open(&path).unwrap();
+        let t = |kind: &str,
+                 debit: &str,
+                 credit: &str,
+                 amount: i64,
+                 req: Option<&str>,
+                 pid: Option<&str>,
+                 at: i64| {
+            c.execute(
+                "INSERT INTO transfers (kind, debit, credit, amount_nanos, request_id, \
+                 purchase_id, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![kind, debit, credit, amount, req, pid, at],
+            )
+            .unwrap();
+        };
+        t(
+            "purchase",
+            "system:purchases",
+            "customer:acme",
+            1_000_000_000,
+            None,
+            Some("p-1"),
+            1_000,
+        );
+        for (n, amount) in [(1, 37_500_000), (2, 50_000_000), (3, 25_000_000)] {
+            let req = format!("00000000-0000-4000-8000-00000000000{n}");
+            t(
+                "charge",
+                "customer:acme",
+                "system:revenue",
+                amount,
+                Some(&req),
+                None,
+                DAY + n,
+            );
+        }
+        c.execute(
+            "UPDATE accounts SET balance_nanos = 887500000 WHERE username = 'acme'",
+            [],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let mut reader = (store.reader_factory())().unwrap();
+    let acme = AccountId::parse("acme").unwrap();
+    let rows = reader
+        .statement(&StatementQuery {
+            account: acme.clone(),
+            from: Timestamp(0),
+            to: Timestamp(31 * DAY),
+        })
+        .unwrap();
+    assert_eq!(rows.opening.0, 0);
+    let days: Vec<(i64, i64, i64, i64)> = rows
+        .days
+        .iter()
+        .map(|d| (d.day.0, d.moved.purchases.0, d.moved.usage.0, d.closing.0))
+        .collect();
+    assert_eq!(
+        days,
+        [
+            (0, 1_000_000_000, 0, 1_000_000_000),
+            (DAY, 0, -112_500_000, 887_500_000)
+        ]
+    );
+    assert_eq!(rows.usage.len(), 1);
+    assert_eq!(
+        (
+            rows.usage[0].quantity,
+            rows.usage[0].requests,
+            rows.usage[0].cost.0
+        ),
+        (Decimal::new(45, 1), 3, 112_500_000)
+    );
+    let activity = reader
+        .credit_activity(&ActivityQuery {
+            account: acme,
+            start: Timestamp(i64::MIN),
+            end: Timestamp(i64::MAX),
+            before: None,
+            limit: 10,
+        })
+        .unwrap();
+    let seen: Vec<(MovementKind, i64, i64, &str)> = activity
+        .iter()
+        .map(|r| (r.kind, r.amount.0, r.balance_after.0, r.reference.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (MovementKind::Usage, -112_500_000, 887_500_000, "1970-01-02"),
+            (MovementKind::Purchase, 1_000_000_000, 1_000_000_000, "p-1"),
+        ]
+    );
+    // Every account's days end at its balance (bob and inv, without transfers, have none).
+    assert_eq!(reader.reconcile().unwrap().statement_mismatches, vec![]);
 }
