@@ -19,6 +19,11 @@
 //! nothing is embedded) with WinAnsiEncoding, so it is real text that `pdftotext` and screen
 //! readers extract; a character outside that encoding (beyond Western European) prints as `?`.
 //! The output is deterministic: the same invoice gives the same bytes.
+//!
+//! Positions, sizes and text widths on the page are points, `f32` as PDF takes them: the float
+//! arithmetic allowed here is geometry only. No amount passes through a float; each arrives as
+//! an exact decimal and is printed as its text.
+#![allow(clippy::float_arithmetic)]
 
 use super::{InvoiceLine, InvoiceView};
 use crate::wire::Time;
@@ -152,7 +157,7 @@ fn label(v: &impl Serialize) -> String {
 
 /// One line's cells, in the order of [`COLUMNS`].
 fn cells(line: &InvoiceLine) -> [String; 7] {
-    let unit: &str = &line.unit;
+    let unit: &str = line.unit;
     let endpoint = match &line.endpoint_id {
         Some(e) => e.to_string(),
         None if unit == "credit_usd" => "Prepaid credits".to_string(),
