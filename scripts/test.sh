@@ -6,14 +6,17 @@
 #
 # It installs what the tests need that cargo does not (schemathesis, openapi-spec-validator and
 # prometheus_client, in a Python virtualenv at target/test-venv, at the exact versions of
-# scripts/requirements-test.txt; an existing venv that already has them is reused), tells the
-# tests where those tools are (TOLLGATE_SCHEMATHESIS, TOLLGATE_OPENAPI_SPEC_VALIDATOR,
-# TOLLGATE_PYTHON), then runs
+# scripts/requirements-test.txt; an existing venv that already has them is reused; and
+# `pdftotext`, from Debian's poppler-utils, with apt-get when it is not on the PATH, to read
+# back the text of invoice PDFs), tells the tests where those tools are
+# (TOLLGATE_SCHEMATHESIS, TOLLGATE_OPENAPI_SPEC_VALIDATOR, TOLLGATE_PYTHON,
+# TOLLGATE_PDFTOTEXT), then runs
 # `cargo test --workspace`. If a tool cannot be installed it stops and says which:
 # no test is ever skipped because a tool is missing.
 #
-# Needs the Rust toolchain and python3 with venv and pip (Debian: python3-venv), and access to
-# PyPI the first time. PostgreSQL is optional: with TOLLGATE_TEST_POSTGRES_URL set (for example
+# Needs the Rust toolchain and python3 with venv and pip (Debian: python3-venv), access to
+# PyPI the first time, and, where pdftotext is missing, apt-get run as root with access to
+# Debian's packages. PostgreSQL is optional: with TOLLGATE_TEST_POSTGRES_URL set (for example
 # postgres://postgres@127.0.0.1:5432/test) the PostgreSQL tests run too; without it they say
 # they were skipped.
 set -euo pipefail
@@ -79,6 +82,22 @@ python="$venv/bin/python"
   fail "prometheus_client was installed in $venv but does not import"
 export TOLLGATE_PYTHON="$python"
 say "TOLLGATE_PYTHON=$TOLLGATE_PYTHON (with prometheus_client, Prometheus' parser of the metrics text)"
+
+# --- pdftotext: Debian `poppler-utils` ----------------------------------------------------------
+if ! command -v pdftotext >/dev/null 2>&1; then
+  command -v apt-get >/dev/null 2>&1 ||
+    fail "pdftotext is not installed and there is no apt-get to install it: install poppler-utils (the invoice PDF tests read their text with it)"
+  say "installing poppler-utils (pdftotext) with apt-get"
+  { apt-get install -y poppler-utils >/dev/null 2>&1 ||
+    { apt-get update >/dev/null && apt-get install -y poppler-utils >/dev/null; }; } ||
+    fail "could not install poppler-utils (pdftotext) with apt-get: the invoice PDF tests need it"
+fi
+pdftotext=$(command -v pdftotext) ||
+  fail "poppler-utils was installed but pdftotext is not on the PATH"
+"$pdftotext" -v >/dev/null 2>&1 ||
+  fail "pdftotext ($pdftotext) does not run"
+export TOLLGATE_PDFTOTEXT="$pdftotext"
+say "TOLLGATE_PDFTOTEXT=$TOLLGATE_PDFTOTEXT ($("$pdftotext" -v 2>&1 | head -n1))"
 
 # --- Browser: Debian `chromium` ----------------------------------------------------------------
 # Reserved for the browser tests to come: install Debian's `chromium` here (apt-get), fail with a

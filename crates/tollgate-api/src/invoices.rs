@@ -1,6 +1,7 @@
 //! Invoices (docs/reference/API.md section 4): the customer's own (`GET /v1/account/invoices`,
-//! `GET /v1/account/invoices/{invoice_id}`, ADMIN scope), the operator's list
-//! (`GET /v1/admin/invoices`) and the issuer printed on them (`PUT /v1/admin/issuer`).
+//! `GET /v1/account/invoices/{invoice_id}` and its PDF, `.../{invoice_id}/pdf` ([`pdf`]),
+//! ADMIN scope), the operator's list (`GET /v1/admin/invoices`) and the issuer printed on them
+//! (`PUT /v1/admin/issuer`).
 //!
 //! A paid purchase issues a top-up invoice in the commit that grants its credits; numbers are
 //! `<prefix>-<year>-<seq>`, gapless in issue order across accounts.
@@ -13,6 +14,8 @@ use crate::query_string::Query;
 use crate::wire::{Number, Time};
 use crate::AppState;
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tollgate_core::ids::{AccountId, PurchaseId};
@@ -21,6 +24,8 @@ use tollgate_engine::AdminCmd;
 use tollgate_query::invoices::InvoiceFilter;
 use tollgate_store::{InvoiceRecord, Issuer};
 use utoipa::{IntoParams, ToSchema};
+
+mod pdf;
 
 /// What an invoice is for.
 #[derive(Clone, Copy, Serialize, ToSchema)]
@@ -299,11 +304,76 @@ pub async fn account_invoice(
     _: Params<NoParams>,
     axum::extract::Path(invoice_id): axum::extract::Path<String>,
 ) -> Result<axum::Json<InvoiceView>, ApiError> {
-    let found = tollgate_query::invoices::show(&state.engine, Some(&who.account), &invoice_id)
+    Ok(axum::Json(own_invoice(&state, &who, &invoice_id).await?))
+}
+
+/// The caller's own invoice `invoice_id` as shown, with the issuer; 404 when the account has
+/// none of that id.
+async fn own_invoice(
+    state: &AppState,
+    who: &Customer<Admin>,
+    invoice_id: &str,
+) -> Result<InvoiceView, ApiError> {
+    let found = tollgate_query::invoices::show(&state.engine, Some(&who.account), invoice_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("invoice {invoice_id} not found")))?;
     let issuer = tollgate_query::invoices::issuer(&state.engine).await?;
-    Ok(axum::Json(view(found, issuer.as_ref())))
+    Ok(view(found, issuer.as_ref()))
+}
+
+/// A PDF document (`application/pdf`).
+pub struct PdfDocument;
+
+impl utoipa::PartialSchema for PdfDocument {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .content_media_type("application/pdf")
+            .description(Some("The invoice as a PDF document."))
+            .into()
+    }
+}
+
+impl ToSchema for PdfDocument {}
+
+/// Download an invoice as PDF
+///
+/// One of the authenticated account's invoices as a printable A4 document: the issuer, the
+/// customer, the number, kind, status, issue date and period, the lines, subtotal, discount
+/// and total in USD, every figure the same as the JSON invoice's, as text. Lines that do not
+/// fit one page continue on further pages. Another account's invoice, like an unknown id,
+/// answers 404. Needs a customer key with `ADMIN` scope (an `API` key answers 403).
+#[utoipa::path(
+    get, path = "/v1/account/invoices/{invoice_id}/pdf", tag = tags::BILLING,
+    operation_id = "showInvoicePdf", security(("Key" = ["ADMIN"])),
+    params(("invoice_id" = String, Path, description = "The invoice's id.")),
+    responses(
+        AdminErrors,
+        (status = 200, description = "The invoice as a PDF document.",
+            content_type = "application/pdf", body = PdfDocument,
+            headers(("Content-Disposition" = String,
+                description = "`inline; filename=\"<number>.pdf\"`"))),
+        (status = 404, description = "`not_found`: no such invoice of this account.",
+            body = ErrorResponse),
+    )
+)]
+pub async fn account_invoice_pdf(
+    State(state): State<AppState>,
+    who: Customer<Admin>,
+    _: Params<NoParams>,
+    axum::extract::Path(invoice_id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let invoice = own_invoice(&state, &who, &invoice_id).await?;
+    let disposition = format!("inline; filename=\"{}.pdf\"", invoice.number);
+    let body = pdf::render(&invoice);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/pdf".to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// List all invoices

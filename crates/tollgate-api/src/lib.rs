@@ -94,6 +94,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         // Invoices (customer reads)
         .routes(routes!(invoices::account_invoices))
         .routes(routes!(invoices::account_invoice))
+        .routes(routes!(invoices::account_invoice_pdf))
         // Payment history (customer reads)
         .routes(routes!(payments::account_payments))
         // Credit activity and statements (customer reads)

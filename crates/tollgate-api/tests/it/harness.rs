@@ -35,9 +35,26 @@ pub struct Resp {
     pub headers: HeaderMap,
     pub body: Value,
     pub text: String,
+    /// The body as sent (a PDF, for one).
+    pub bytes: Vec<u8>,
 }
 
 impl Resp {
+    async fn read(resp: reqwest::Response) -> Resp {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.expect("a readable body").to_vec();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp {
+            status,
+            headers,
+            body,
+            text,
+            bytes,
+        }
+    }
+
     /// Asserts the status and returns the body.
     #[track_caller]
     pub fn expect(&self, status: u16) -> &Value {
@@ -299,17 +316,7 @@ impl TestApp {
             Body::Json(v) => req.json(&v),
             Body::Raw { content_type, text } => req.header("Content-Type", content_type).body(text),
         };
-        let resp = req.send().await.expect("the server answers");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.expect("a readable body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Resp {
-            status,
-            headers,
-            body,
-            text,
-        }
+        Resp::read(req.send().await.expect("the server answers")).await
     }
 
     /// A request with an arbitrary `Authorization` header value (or none).
@@ -320,17 +327,7 @@ impl TestApp {
         if let Some(a) = auth {
             req = req.header("Authorization", a);
         }
-        let resp = req.send().await.expect("the server answers");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.expect("a readable body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Resp {
-            status,
-            headers,
-            body,
-            text,
-        }
+        Resp::read(req.send().await.expect("the server answers")).await
     }
 
     /// An operator call with a JSON body.

@@ -1,11 +1,14 @@
 //! Invoices over HTTP: a paid purchase's top-up invoice as its account reads it (list and
 //! show, `ADMIN` keys only, never another account's), its total equal to the purchase to the
 //! nano-USD, the issuer the operator set shown on it, the operator's list with its filters and
-//! paging, and refused input (400) that writes nothing.
+//! paging, and refused input (400) that writes nothing. Its PDF, read back with `pdftotext`
+//! (TOLLGATE_PDFTOTEXT, set by scripts/test.sh), shows the JSON's number, customer, issuer and
+//! total, to the same account only, on SQLite and PostgreSQL.
 
-use crate::harness::{int, rfc3339, Body, TestApp, USD};
+use crate::harness::{dec, int, rfc3339, Body, TestApp, USD};
 use reqwest::Method;
 use serde_json::{json, Value};
+use tollgate_store::testing::backends;
 
 /// 2026-06-01T00:00:00Z.
 const T0: i64 = 1_780_272_000_000;
@@ -191,4 +194,141 @@ async fn a_refused_issuer_writes_nothing() {
         "Example AI Inc."
     );
     app.assert_reconciled().await;
+}
+
+/// The text `pdftotext -layout` extracts from `pdf`. The tool is TOLLGATE_PDFTOTEXT, which
+/// scripts/test.sh sets after installing poppler-utils; without it the test fails.
+fn pdftotext(pdf: &[u8]) -> String {
+    let tool = std::env::var("TOLLGATE_PDFTOTEXT")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| {
+            panic!(
+                "TOLLGATE_PDFTOTEXT is not set: run the tests with scripts/test.sh, which \
+                 installs poppler-utils (pdftotext) and sets it"
+            )
+        });
+    let file = std::env::temp_dir().join(format!("tollgate-invoice-{}.pdf", uuid::Uuid::new_v4()));
+    std::fs::write(&file, pdf).expect("write the PDF");
+    let out = std::process::Command::new(&tool)
+        .args(["-layout", "-enc", "UTF-8"])
+        .arg(&file)
+        .arg("-")
+        .output();
+    std::fs::remove_file(&file).ok();
+    let out = out.unwrap_or_else(|e| panic!("TOLLGATE_PDFTOTEXT={tool} cannot be run: {e}"));
+    assert!(
+        out.status.success(),
+        "pdftotext refused the document: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("pdftotext writes UTF-8")
+}
+
+#[tokio::test]
+async fn a_top_up_invoice_prints_as_a_pdf_with_the_json_figures() {
+    for backend in backends() {
+        let app = TestApp::spawn_at_on(&backend, T0 + 3_723_000).await;
+        app.create_account("acme").await.expect(201);
+        app.create_account("other").await.expect(201);
+        let admin = app.create_key("acme", "ADMIN").await;
+        let api = app.create_key("acme", "API").await;
+        let other_admin = app.create_key("other", "ADMIN").await;
+        app.purchase("acme", "pay-1", "12.345678901", "paid")
+            .await
+            .expect(201);
+
+        // Before an issuer is set, the PDF says none is.
+        let list = get(&app, &admin, "/v1/account/invoices").await;
+        let id = list.expect(200)["invoices"][0]["invoice_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let pdf = get(&app, &admin, &format!("/v1/account/invoices/{id}/pdf")).await;
+        pdf.expect(200);
+        assert!(pdftotext(&pdf.bytes).contains("Issuer not set"));
+
+        app.op(
+            Method::PUT,
+            "/v1/admin/issuer",
+            json!({"name": "Example AI Inc.", "address": "1 Main St\nSpringfield",
+                   "email": "billing@example.com", "tax_id": "US12-3456789"}),
+        )
+        .await
+        .expect(200);
+        let shown = get(&app, &admin, &format!("/v1/account/invoices/{id}")).await;
+        let inv = shown.expect(200).clone();
+        let pdf = get(&app, &admin, &format!("/v1/account/invoices/{id}/pdf")).await;
+        pdf.expect(200);
+        assert_eq!(pdf.header("content-type"), Some("application/pdf"));
+        assert_eq!(
+            pdf.header("content-disposition"),
+            Some("inline; filename=\"TG-2026-000001.pdf\"")
+        );
+        assert!(pdf.bytes.starts_with(b"%PDF-"));
+        let text = pdftotext(&pdf.bytes);
+
+        // The number, the customer and the issuer, as the JSON has them.
+        for needle in [
+            inv["number"].as_str().unwrap(),
+            inv["invoice_id"].as_str().unwrap(),
+            inv["username"].as_str().unwrap(),
+            inv["issuer"]["name"].as_str().unwrap(),
+            "1 Main St",
+            "Springfield",
+            "billing@example.com",
+            "Tax ID: US12-3456789",
+            "Top-up",
+            "PAID",
+            // Issued at 01:02:03 UTC on June 1st: the date, and the exact time as the period.
+            "2026-06-01 01:02:03",
+            "pay-1",
+            "Prepaid credits",
+            "credit_usd",
+        ] {
+            assert!(text.contains(needle), "`{needle}` missing from:\n{text}");
+        }
+        // The total, formatted as the JSON's (12.345678901), and its exact nano-USD; one line
+        // of one credit per USD.
+        let total_line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("Total (USD)"))
+            .unwrap_or_else(|| panic!("no total in:\n{text}"));
+        let total = total_line.split_whitespace().last().unwrap();
+        assert_eq!(total, inv["total"].to_string());
+        assert_eq!(total, "12.345678901");
+        assert_eq!(dec(&json!(total)), dec(&inv["total"]));
+        assert_eq!(int(&inv["total_nano_usd"]), 12 * USD + 345_678_901);
+        let row = text
+            .lines()
+            .find(|l| l.contains("Prepaid credits"))
+            .unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells[2..7],
+            ["credit_usd", "12.345678901", "1.00", "0%", "12.345678901"],
+            "{row}"
+        );
+        assert!(text.contains("Page 1 of 1"), "one page:\n{text}");
+
+        // An API key may not read it; another account's invoice, like an unknown one, is not
+        // found; nothing but the path is taken.
+        get(&app, &api, &format!("/v1/account/invoices/{id}/pdf"))
+            .await
+            .expect_error(403, "authorization_error");
+        get(
+            &app,
+            &other_admin,
+            &format!("/v1/account/invoices/{id}/pdf"),
+        )
+        .await
+        .expect_error(404, "not_found");
+        get(&app, &admin, "/v1/account/invoices/inv_nope/pdf")
+            .await
+            .expect_error(404, "not_found");
+        get(&app, &admin, &format!("/v1/account/invoices/{id}/pdf?x=1"))
+            .await
+            .expect(400);
+        app.assert_reconciled().await;
+    }
 }

@@ -723,6 +723,52 @@ async fn real_responses_match_the_document() {
     );
     let r = f.get("/v1/account/invoices/inv_1_1", key(&admin)).await;
     assert_eq!((r.status, r.error_type()), (404, "not_found"));
+    // The invoice's PDF is not JSON: its success is checked here, not by `call`; its errors
+    // are the JSON envelope, checked by `call`.
+    let template = "/v1/account/invoices/{invoice_id}/pdf";
+    let resp =
+        f.s.client
+            .get(format!(
+                "{}/v1/account/invoices/{invoice_id}/pdf",
+                f.s.address
+            ))
+            .header(AUTHORIZATION, format!("Key {admin}"))
+            .send()
+            .await
+            .expect("GET the invoice's PDF");
+    assert_eq!(resp.status().as_u16(), 200);
+    let documented = &f.doc.operation(&Method::GET, template)["responses"]["200"];
+    let content = documented["content"]
+        .as_object()
+        .expect("documented content");
+    assert_eq!(
+        content.keys().collect::<Vec<_>>(),
+        ["application/pdf"],
+        "the PDF's documented content"
+    );
+    assert!(documented["headers"]["Content-Disposition"].is_object());
+    assert_eq!(
+        resp.headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        Some("application/pdf")
+    );
+    assert!(resp
+        .headers()
+        .get("content-disposition")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("inline; filename=")));
+    assert!(resp.bytes().await.expect("body").starts_with(b"%PDF-"));
+    f.seen
+        .entry(("GET".to_string(), template.to_string()))
+        .or_default()
+        .insert(200);
+    let r = f.get("/v1/account/invoices/inv_1_1/pdf", key(&admin)).await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+    let r = f
+        .get(&format!("/v1/account/invoices/{invoice_id}/pdf"), key(&api))
+        .await;
+    assert_eq!(r.status, 403);
     let r = f.get("/v1/account/invoices", key(&api)).await;
     assert_eq!(r.status, 403);
     let r = f.get("/v1/admin/invoices?username=acme", f.op()).await;
