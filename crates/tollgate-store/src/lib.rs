@@ -303,7 +303,7 @@ pub struct InvoiceRecord {
 
 impl InvoiceRecord {
     pub fn number(&self) -> String {
-        format!("{}-{:04}-{:06}", self.prefix, self.year, self.seq)
+        invoice_number(&self.prefix, self.year, self.seq)
     }
 
     pub fn invoice_id(&self) -> String {
@@ -325,6 +325,11 @@ impl InvoiceRecord {
         }
         Some((year.parse().ok()?, seq.parse().ok()?))
     }
+}
+
+/// An invoice's number: `<prefix>-<year>-<seq>`, the sequence at least six digits.
+pub fn invoice_number(prefix: &str, year: i64, seq: i64) -> String {
+    format!("{prefix}-{year:04}-{seq:06}")
 }
 
 /// The setting that holds the invoice issuer (JSON of [`Issuer`]).
@@ -368,6 +373,31 @@ pub struct PaymentRecord {
     pub expires_at: Option<Timestamp>,
     /// The invoice's `(year, seq)`; `None` for a purchase made before invoices were issued.
     pub invoice: Option<(i64, i64)>,
+}
+
+/// A page of one account's purchases (paid and free) made in `[from, to)`, oldest first: those
+/// after `after` (`(created_at, purchase_id)`), at most `limit`. A range of the
+/// `purchases_by_time` index, whatever the account's history before or after it.
+#[derive(Clone, Debug)]
+pub struct PurchasesQuery {
+    pub account: AccountId,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub after: Option<(i64, String)>,
+    pub limit: usize,
+}
+
+/// A purchase of credits as the reports show it, with the top-up invoice of a paid one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PurchaseEntry {
+    pub purchase_id: PurchaseId,
+    pub created_at: Timestamp,
+    pub amount: Nanos,
+    /// Paid credits (`false`: free credits, a grant).
+    pub paid: bool,
+    /// The top-up invoice's number (`<prefix>-<year>-<seq>`); `None` for free credits and for
+    /// a purchase made before invoices were issued.
+    pub invoice_number: Option<String>,
 }
 
 /// Totals that must agree for the ledger to reconcile.
@@ -744,6 +774,8 @@ pub trait Reader: Send {
     fn invoice(&mut self, year: i64, seq: i64) -> Result<Option<InvoiceRecord>>;
     /// An account's payments, newest first (see [`PaymentsQuery`]).
     fn payments(&mut self, q: &PaymentsQuery) -> Result<Vec<PaymentRecord>>;
+    /// An account's purchases in a time range, oldest first (see [`PurchasesQuery`]).
+    fn purchases(&mut self, q: &PurchasesQuery) -> Result<Vec<PurchaseEntry>>;
     /// The invoice issuer, if one was set.
     fn issuer(&mut self) -> Result<Option<Issuer>> {
         self.setting(SETTING_ISSUER)?

@@ -7,7 +7,7 @@ use super::{rollups, Pool, Run};
 use crate::rows::{self, Cell, KEY_COLS, REQUEST_COLS};
 use crate::{
     AccountRow, AccountsQuery, ApiKeyRecord, BillingEventsQuery, InvoiceRecord, InvoicesQuery,
-    PaymentRecord, PaymentsQuery, Reader, Reconciliation, RequestHistoryQuery, RequestOrder,
+    PaymentRecord, PaymentsQuery, PurchaseEntry, PurchasesQuery, Reader, Reconciliation, RequestHistoryQuery, RequestOrder,
     RequestOutcome, Result, RollupQuery, StoreError,
 };
 use ::postgres::{Client, NoTls, Transaction};
@@ -190,6 +190,18 @@ impl Reader for PgReader {
             )?
             .iter()
             .map(|r| rows::payment_row(r))
+            .collect()
+    }
+
+    fn purchases(&mut self, q: &PurchasesQuery) -> Result<Vec<PurchaseEntry>> {
+        let (a, from, to, t, id, l) = rows::purchases_args(q);
+        self.conn()?
+            .rows(
+                &rows::purchases_sql(|i, ty| format!("${i}::{ty}")),
+                &[&a, &from, &to, &t, &id, &l],
+            )?
+            .iter()
+            .map(|r| rows::purchase_entry(r))
             .collect()
     }
 

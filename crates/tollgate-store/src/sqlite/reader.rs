@@ -5,7 +5,7 @@ use super::rollups;
 use crate::rows::{self, Cell, KEY_COLS};
 use crate::{
     corrupt, AccountRow, AccountsQuery, ApiKeyRecord, BillingEventsQuery, InvoiceRecord,
-    InvoicesQuery, PaymentRecord, PaymentsQuery, Reader, Reconciliation, RequestHistoryQuery,
+    InvoicesQuery, PaymentRecord, PaymentsQuery, PurchaseEntry, PurchasesQuery, Reader, Reconciliation, RequestHistoryQuery,
     RequestOrder, RequestOutcome, Result, RollupQuery,
 };
 use rusqlite::Connection;
@@ -136,6 +136,19 @@ impl Reader for SqliteReader {
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             out.push(rows::payment_row(r)?);
+        }
+        Ok(out)
+    }
+
+    fn purchases(&mut self, q: &PurchasesQuery) -> Result<Vec<PurchaseEntry>> {
+        let (a, from, to, t, id, l) = rows::purchases_args(q);
+        let mut st = self
+            .conn
+            .prepare_cached(&rows::purchases_sql(|i, _| format!("?{i}")))?;
+        let mut rows = st.query(rusqlite::params![a, from, to, t, id, l])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(rows::purchase_entry(r)?);
         }
         Ok(out)
     }
