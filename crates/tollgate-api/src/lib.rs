@@ -13,6 +13,7 @@ pub mod admin_keys;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod focus;
 pub mod gateway;
 pub mod invoices;
 pub mod json;
@@ -95,6 +96,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(invoices::account_invoice))
         // Payment history (customer reads)
         .routes(routes!(payments::account_payments))
+        // FOCUS billing reports (customer reads)
+        .routes(routes!(focus::focus))
 }
 
 /// The whole API under `/v1`, and the operator's `/healthz`, `/readyz` and `/metrics`. Every

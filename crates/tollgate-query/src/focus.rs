@@ -86,13 +86,21 @@ impl Month {
     pub fn parse(text: &str) -> Result<Month, String> {
         let bad = || format!("must be a month YYYY-MM (such as 2025-02), got '{text}'");
         let b = text.as_bytes();
-        if b.len() != 7 || b[4] != b'-' || !b.iter().enumerate().all(|(i, c)| i == 4 || c.is_ascii_digit()) {
+        if b.len() != 7
+            || b[4] != b'-'
+            || !b
+                .iter()
+                .enumerate()
+                .all(|(i, c)| i == 4 || c.is_ascii_digit())
+        {
             return Err(bad());
         }
         let year: i32 = text[..4].parse().map_err(|_| bad())?;
         let month: u32 = text[5..].parse().map_err(|_| bad())?;
         if !(1970..=9998).contains(&year) {
-            return Err(format!("the year of '{text}' must be between 1970 and 9998"));
+            return Err(format!(
+                "the year of '{text}' must be between 1970 and 9998"
+            ));
         }
         NaiveDate::from_ymd_opt(year, month, 1)
             .map(|first| Month { first })
@@ -232,9 +240,13 @@ pub struct FocusContext {
 
 #[derive(Clone, Debug)]
 enum Stage {
-    Purchases { after: Option<(i64, String)> },
+    Purchases {
+        after: Option<(i64, String)>,
+    },
     /// Usage from the rollups, from this instant on.
-    Usage { from: Timestamp },
+    Usage {
+        from: Timestamp,
+    },
     /// Usage from the usage invoices' lines.
     InvoicedUsage,
     Done,
@@ -375,7 +387,9 @@ impl FocusReport {
     }
 
     fn billing_period(&self, charge_start: Timestamp) -> (Timestamp, Timestamp) {
-        let m = self.billing_month.unwrap_or_else(|| Month::of(charge_start));
+        let m = self
+            .billing_month
+            .unwrap_or_else(|| Month::of(charge_start));
         (m.start(), m.end())
     }
 
@@ -386,7 +400,10 @@ impl FocusReport {
         (start.max(self.range.start), end.min(self.range.end))
     }
 
-    async fn purchases(&mut self, after: Option<(i64, String)>) -> Result<Vec<FocusRow>, QueryError> {
+    async fn purchases(
+        &mut self,
+        after: Option<(i64, String)>,
+    ) -> Result<Vec<FocusRow>, QueryError> {
         let q = PurchasesQuery {
             account: self.context.account.clone(),
             from: self.range.start,
@@ -499,23 +516,25 @@ impl FocusReport {
         }
         groups
             .into_iter()
-            .map(|((bucket, endpoint, unit, price, percent_discount), totals)| {
-                let (charge_start, charge_end) = self.charge_period(bucket);
-                let agg = UsageAggregate {
-                    endpoint,
-                    unit,
-                    price,
-                    percent_discount,
-                    totals,
-                    charge_start,
-                    charge_end,
-                };
-                let billed = match self.account.terms.at(charge_start).billing {
-                    BillingMode::Prepaid => UsageBilling::PrepaidCredits,
-                    BillingMode::Invoice => UsageBilling::NotYetInvoiced,
-                };
-                self.usage_row(&agg, billed)
-            })
+            .map(
+                |((bucket, endpoint, unit, price, percent_discount), totals)| {
+                    let (charge_start, charge_end) = self.charge_period(bucket);
+                    let agg = UsageAggregate {
+                        endpoint,
+                        unit,
+                        price,
+                        percent_discount,
+                        totals,
+                        charge_start,
+                        charge_end,
+                    };
+                    let billed = match self.account.terms.at(charge_start).billing {
+                        BillingMode::Prepaid => UsageBilling::PrepaidCredits,
+                        BillingMode::Invoice => UsageBilling::NotYetInvoiced,
+                    };
+                    self.usage_row(&agg, billed)
+                },
+            )
             .collect()
     }
 
@@ -686,9 +705,25 @@ mod tests {
         assert_eq!(m.to_string(), "2026-02");
         assert_eq!(m.start(), Timestamp(1_769_904_000_000)); // 2026-02-01T00:00:00Z
         assert_eq!(m.end().0 - m.start().0, 28 * DAY_MS);
-        assert_eq!(Month::parse("2025-12").unwrap().end(), Month::parse("2026-01").unwrap().start());
-        assert_eq!(Month::of(Timestamp(1_769_904_000_000 - 1)), Month::parse("2026-01").unwrap());
-        for bad in ["2026-13", "2026-00", "2026-1", "26-01", "2026/01", "", "2026-01-01", "1969-12", "+026-01"] {
+        assert_eq!(
+            Month::parse("2025-12").unwrap().end(),
+            Month::parse("2026-01").unwrap().start()
+        );
+        assert_eq!(
+            Month::of(Timestamp(1_769_904_000_000 - 1)),
+            Month::parse("2026-01").unwrap()
+        );
+        for bad in [
+            "2026-13",
+            "2026-00",
+            "2026-1",
+            "26-01",
+            "2026/01",
+            "",
+            "2026-01-01",
+            "1969-12",
+            "+026-01",
+        ] {
             assert!(Month::parse(bad).is_err(), "{bad}");
         }
     }

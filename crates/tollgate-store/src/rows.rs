@@ -3,10 +3,9 @@
 //! reconciliation (portable SQL, compared in Rust). A driver only moves values in and out.
 
 use crate::{
-    corrupt, decimal, json, parse_id, to_json, AccountRow, ApiKeyRecord, BillingMode,
-    InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery, PurchaseEntry, PurchasesQuery, invoice_number,
-    Reconciliation, Result, Scope,
-    SETTING_CONCURRENCY, SETTING_MACHINES,
+    corrupt, decimal, invoice_number, json, parse_id, to_json, AccountRow, ApiKeyRecord,
+    BillingMode, InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery, PurchaseEntry,
+    PurchasesQuery, Reconciliation, Result, Scope, SETTING_CONCURRENCY, SETTING_MACHINES,
 };
 use std::collections::HashMap;
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};

@@ -7,8 +7,8 @@ use super::{rollups, Pool, Run};
 use crate::rows::{self, Cell, KEY_COLS, REQUEST_COLS};
 use crate::{
     AccountRow, AccountsQuery, ApiKeyRecord, BillingEventsQuery, InvoiceRecord, InvoicesQuery,
-    PaymentRecord, PaymentsQuery, PurchaseEntry, PurchasesQuery, Reader, Reconciliation, RequestHistoryQuery, RequestOrder,
-    RequestOutcome, Result, RollupQuery, StoreError,
+    PaymentRecord, PaymentsQuery, PurchaseEntry, PurchasesQuery, Reader, Reconciliation,
+    RequestHistoryQuery, RequestOrder, RequestOutcome, Result, RollupQuery, StoreError,
 };
 use ::postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;

@@ -5,8 +5,8 @@ use super::rollups;
 use crate::rows::{self, Cell, KEY_COLS};
 use crate::{
     corrupt, AccountRow, AccountsQuery, ApiKeyRecord, BillingEventsQuery, InvoiceRecord,
-    InvoicesQuery, PaymentRecord, PaymentsQuery, PurchaseEntry, PurchasesQuery, Reader, Reconciliation, RequestHistoryQuery,
-    RequestOrder, RequestOutcome, Result, RollupQuery,
+    InvoicesQuery, PaymentRecord, PaymentsQuery, PurchaseEntry, PurchasesQuery, Reader,
+    Reconciliation, RequestHistoryQuery, RequestOrder, RequestOutcome, Result, RollupQuery,
 };
 use rusqlite::Connection;
 use tollgate_core::catalog::{Catalog, PriceVersion};
