@@ -94,13 +94,24 @@ fn time(t: Timestamp) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// An exact decimal as FOCUS tools read one: plain digits, always with a decimal point (`6.0`,
+/// `0.025`), so that a column of whole amounts is still read as decimals, never as integers.
+fn plain(d: Decimal) -> String {
+    let s = d.normalize().to_string();
+    if s.contains('.') {
+        s
+    } else {
+        format!("{s}.0")
+    }
+}
+
 /// An exact USD amount: nano-USD as a plain decimal, never a float.
 fn usd(n: Nanos) -> String {
-    n.to_usd().normalize().to_string()
+    plain(n.to_usd())
 }
 
 fn decimal(d: Option<Decimal>) -> String {
-    d.map(|d| d.normalize().to_string()).unwrap_or_default()
+    d.map(plain).unwrap_or_default()
 }
 
 /// One CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180).
@@ -140,7 +151,7 @@ pub fn fields(ctx: &FocusContext, r: &FocusRow) -> Vec<String> {
     let provider = ctx.provider.clone();
     let usage = r.is_usage();
     let (quantity, unit) = match &r.quantity {
-        Some((q, u)) => (q.normalize().to_string(), u.clone()),
+        Some((q, u)) => (plain(*q), u.clone()),
         None => (String::new(), String::new()),
     };
     let (resource_id, resource_name) = match &r.resource {
