@@ -229,6 +229,15 @@ pub fn fields(ctx: &FocusContext, r: &FocusRow) -> Vec<String> {
     values
 }
 
+/// Rows as CSV lines.
+pub fn csv_lines(ctx: &FocusContext, rows: &[FocusRow]) -> String {
+    let mut out = String::new();
+    for r in rows {
+        line(&mut out, &fields(ctx, r));
+    }
+    out
+}
+
 /// The CSV body: the header, then each page of rows as it is read. A read that fails after
 /// the answer began ends the body early (the client sees a truncated transfer, never a
 /// complete-looking report).
@@ -244,10 +253,7 @@ pub fn csv_body(report: FocusReport) -> Body {
                 Ok(None) => return None,
                 Ok(Some(rows)) if rows.is_empty() => continue,
                 Ok(Some(rows)) => {
-                    let mut out = String::new();
-                    for r in &rows {
-                        line(&mut out, &fields(&report.context, r));
-                    }
+                    let out = csv_lines(&report.context, &rows);
                     return Some((Ok(Bytes::from(out)), (Some(report), false)));
                 }
                 Err(e) => {
