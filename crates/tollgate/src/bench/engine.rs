@@ -1059,27 +1059,6 @@ async fn replay(plan: &Plan, name: &str, path: &Path) -> anyhow::Result<Row> {
     ))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::with_search_path;
-
-    #[test]
-    fn the_search_path_joins_the_url_options() {
-        assert_eq!(
-            with_search_path("postgres://u@h/db", "s"),
-            "postgres://u@h/db?options=-csearch_path%3Ds"
-        );
-        assert_eq!(
-            with_search_path("postgres://u@h/db?sslmode=disable", "s"),
-            "postgres://u@h/db?sslmode=disable&options=-csearch_path%3Ds"
-        );
-        assert_eq!(
-            with_search_path("postgres://u@h/db?options=-cx%3D1&a=b", "s"),
-            "postgres://u@h/db?options=-cx%3D1%20-csearch_path%3Ds&a=b"
-        );
-    }
-}
-
 /// A year's FOCUS export for a busy account: a year of usage (an image every 5 minutes, so an
 /// hour rollup row per hour: 8,760 of them) billed through the engine on a clock moved along
 /// the year, then the twelve monthly reports (`source=invoice`, by charge month) read page by
@@ -1166,4 +1145,25 @@ async fn focus_export(plan: &Plan, name: &str) -> anyhow::Result<Row> {
         elapsed.as_secs_f64()
     );
     Ok(Row::new(name, "tollgate", 1, rows, elapsed, None, note))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_search_path;
+
+    #[test]
+    fn the_search_path_joins_the_url_options() {
+        assert_eq!(
+            with_search_path("postgres://u@h/db", "s"),
+            "postgres://u@h/db?options=-csearch_path%3Ds"
+        );
+        assert_eq!(
+            with_search_path("postgres://u@h/db?sslmode=disable", "s"),
+            "postgres://u@h/db?sslmode=disable&options=-csearch_path%3Ds"
+        );
+        assert_eq!(
+            with_search_path("postgres://u@h/db?options=-cx%3D1&a=b", "s"),
+            "postgres://u@h/db?options=-cx%3D1%20-csearch_path%3Ds&a=b"
+        );
+    }
 }
