@@ -4,13 +4,13 @@
 #   scripts/test.sh                 # the whole workspace
 #   scripts/test.sh -p tollgate     # extra arguments go to `cargo test` (-p: that package only)
 #
-# It installs what the tests need that cargo does not (schemathesis, openapi-spec-validator and
-# prometheus_client, in a Python virtualenv at target/test-venv, at the exact versions of
-# scripts/requirements-test.txt; an existing venv that already has them is reused; and
-# `pdftotext`, from Debian's poppler-utils, with apt-get when it is not on the PATH, to read
-# back the text of invoice PDFs), tells the tests where those tools are
+# It installs what the tests need that cargo does not (schemathesis, openapi-spec-validator,
+# prometheus_client and focus-validator, in a Python virtualenv at target/test-venv, at the
+# exact versions of scripts/requirements-test.txt; an existing venv that already has them is
+# reused; and `pdftotext`, from Debian's poppler-utils, with apt-get when it is not on the PATH,
+# to read back the text of invoice PDFs), tells the tests where those tools are
 # (TOLLGATE_SCHEMATHESIS, TOLLGATE_OPENAPI_SPEC_VALIDATOR, TOLLGATE_PYTHON,
-# TOLLGATE_PDFTOTEXT), then runs
+# TOLLGATE_FOCUS_VALIDATOR, TOLLGATE_PDFTOTEXT), then runs
 # `cargo test --workspace`. If a tool cannot be installed it stops and says which:
 # no test is ever skipped because a tool is missing.
 #
@@ -82,6 +82,11 @@ python="$venv/bin/python"
   fail "prometheus_client was installed in $venv but does not import"
 export TOLLGATE_PYTHON="$python"
 say "TOLLGATE_PYTHON=$TOLLGATE_PYTHON (with prometheus_client, Prometheus' parser of the metrics text)"
+focus="$venv/bin/focus-validator"
+"$focus" --help >/dev/null 2>&1 ||
+  fail "focus-validator was installed in $venv but does not run"
+export TOLLGATE_FOCUS_VALIDATOR="$focus"
+say "TOLLGATE_FOCUS_VALIDATOR=$TOLLGATE_FOCUS_VALIDATOR (the FinOps Foundation's FOCUS validator)"
 
 # --- pdftotext: Debian `poppler-utils` ----------------------------------------------------------
 if ! command -v pdftotext >/dev/null 2>&1; then

@@ -206,6 +206,7 @@ impl From<QueryError> for ApiError {
                 ApiError::not_found(message).with("field", "endpoint_id")
             }
             QueryError::BadCursor => ApiError::invalid("cursor", message),
+            QueryError::Invalid(e) => e.into(),
             QueryError::Overflow(_) => ApiError::validation(message),
             QueryError::OutOfRange(_) => {
                 tracing::error!(error = %message, "stored totals out of range");

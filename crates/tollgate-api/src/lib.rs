@@ -13,6 +13,7 @@ pub mod admin_keys;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod focus;
 pub mod gateway;
 pub mod invoices;
 pub mod json;
@@ -100,6 +101,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         // Credit activity and statements (customer reads)
         .routes(routes!(statements::credit_activity))
         .routes(routes!(statements::statement))
+        // FOCUS billing reports (customer reads)
+        .routes(routes!(focus::focus))
 }
 
 /// The whole API under `/v1`, and the operator's `/healthz`, `/readyz` and `/metrics`. Every

@@ -82,6 +82,7 @@ pub mod tags {
         crate::platform::analytics::AnalyticsExpand,
         crate::platform::requests::RequestStatusFilter, crate::platform::requests::RequestSort,
         crate::invoices::InvoiceStatusView, crate::invoices::InvoiceKindView,
+        crate::focus::FocusSourceName, crate::focus::FocusExpand,
     )),
     modifiers(&Components),
 )]

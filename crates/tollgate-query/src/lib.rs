@@ -16,6 +16,7 @@ pub mod accounts;
 pub mod analytics;
 pub mod catalog;
 mod cursor;
+pub mod focus;
 pub mod invoices;
 pub mod keys;
 pub mod payments;
@@ -49,6 +50,9 @@ pub enum QueryError {
     /// A cursor that this read did not write.
     #[error("cursor is malformed: pass the next_cursor of a previous response unchanged")]
     BadCursor,
+    /// A parameter that names no answerable report (a month, a range), naming it.
+    #[error(transparent)]
+    Invalid(#[from] timeframe::RangeError),
     /// Stored totals that do not add up within the exact range.
     #[error("stored totals out of range: {0}")]
     OutOfRange(String),

@@ -161,7 +161,7 @@ pub struct RangeError {
 }
 
 impl RangeError {
-    fn new(field: &'static str, message: impl Into<String>) -> RangeError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> RangeError {
         RangeError {
             field,
             message: message.into(),
@@ -395,7 +395,7 @@ impl Range {
     }
 
     /// The start of the bucket after the one starting at `aligned` (a bucket start).
-    fn next_boundary(&self, aligned: Timestamp) -> Timestamp {
+    pub fn next_boundary(&self, aligned: Timestamp) -> Timestamp {
         let next = if self.timeframe.is_calendar() {
             let date = local_naive(aligned, self.tz).date();
             let next_date = match self.timeframe {

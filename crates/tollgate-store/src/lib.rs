@@ -305,7 +305,7 @@ pub struct InvoiceRecord {
 
 impl InvoiceRecord {
     pub fn number(&self) -> String {
-        format!("{}-{:04}-{:06}", self.prefix, self.year, self.seq)
+        invoice_number(&self.prefix, self.year, self.seq)
     }
 
     pub fn invoice_id(&self) -> String {
@@ -327,6 +327,11 @@ impl InvoiceRecord {
         }
         Some((year.parse().ok()?, seq.parse().ok()?))
     }
+}
+
+/// An invoice's number: `<prefix>-<year>-<seq>`, the sequence at least six digits.
+pub fn invoice_number(prefix: &str, year: i64, seq: i64) -> String {
+    format!("{prefix}-{year:04}-{seq:06}")
 }
 
 /// The setting that holds the invoice issuer (JSON of [`Issuer`]).
@@ -435,6 +440,31 @@ pub struct ActivityRecord {
     pub amount: Nanos,
     pub reference: String,
     pub balance_after: Nanos,
+}
+
+/// A page of one account's purchases (paid and free) made in `[from, to)`, oldest first: those
+/// after `after` (`(created_at, purchase_id)`), at most `limit`. A range of the
+/// `purchases_by_time` index, whatever the account's history before or after it.
+#[derive(Clone, Debug)]
+pub struct PurchasesQuery {
+    pub account: AccountId,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub after: Option<(i64, String)>,
+    pub limit: usize,
+}
+
+/// A purchase of credits as the reports show it, with the top-up invoice of a paid one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PurchaseEntry {
+    pub purchase_id: PurchaseId,
+    pub created_at: Timestamp,
+    pub amount: Nanos,
+    /// Paid credits (`false`: free credits, a grant).
+    pub paid: bool,
+    /// The top-up invoice's number (`<prefix>-<year>-<seq>`); `None` for free credits and for
+    /// a purchase made before invoices were issued.
+    pub invoice_number: Option<String>,
 }
 
 /// Totals that must agree for the ledger to reconcile.
@@ -821,6 +851,8 @@ pub trait Reader: Send {
     fn statement(&mut self, q: &StatementQuery) -> Result<StatementRows>;
     /// A page of credit activity, newest first (see [`ActivityQuery`]), in one snapshot.
     fn credit_activity(&mut self, q: &ActivityQuery) -> Result<Vec<ActivityRecord>>;
+    /// An account's purchases in a time range, oldest first (see [`PurchasesQuery`]).
+    fn purchases(&mut self, q: &PurchasesQuery) -> Result<Vec<PurchaseEntry>>;
     /// The invoice issuer, if one was set.
     fn issuer(&mut self) -> Result<Option<Issuer>> {
         self.setting(SETTING_ISSUER)?

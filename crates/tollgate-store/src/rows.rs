@@ -3,9 +3,9 @@
 //! reconciliation (portable SQL, compared in Rust). A driver only moves values in and out.
 
 use crate::{
-    corrupt, decimal, json, parse_id, to_json, AccountRow, ApiKeyRecord, BillingMode,
-    InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery, Reconciliation, Result, Scope,
-    SETTING_CONCURRENCY, SETTING_MACHINES,
+    corrupt, decimal, invoice_number, json, parse_id, to_json, AccountRow, ApiKeyRecord,
+    BillingMode, InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery, PurchaseEntry,
+    PurchasesQuery, Reconciliation, Result, Scope, SETTING_CONCURRENCY, SETTING_MACHINES,
 };
 use std::collections::HashMap;
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
@@ -315,6 +315,54 @@ pub(crate) fn payment_row(r: &dyn Get) -> Result<PaymentRecord> {
         amount: Nanos(r.int(2)?),
         expires_at: r.opt_int(3)?.map(Timestamp),
         invoice,
+    })
+}
+
+/// The purchases read (`Reader::purchases`): `p(i, type)` spells the i-th parameter (SQLite
+/// `?i`, PostgreSQL `$i::type`). A range of `purchases_by_time`, each joined to its top-up
+/// invoice through `invoices_by_purchase`.
+pub(crate) fn purchases_sql(p: impl Fn(usize, &str) -> String) -> String {
+    format!(
+        "SELECT p.purchase_id, p.created_at, p.amount_nanos, p.paid, i.prefix, i.year, i.seq \
+         FROM purchases p LEFT JOIN invoices i \
+         ON i.account = p.account AND i.purchase_id = p.purchase_id \
+         WHERE p.account = {a} AND p.created_at >= {from} AND p.created_at < {to} \
+         AND (p.created_at > {t} OR (p.created_at = {t} AND p.purchase_id > {id})) \
+         ORDER BY p.created_at, p.purchase_id LIMIT {l}",
+        a = p(1, "text"),
+        from = p(2, "bigint"),
+        to = p(3, "bigint"),
+        t = p(4, "bigint"),
+        id = p(5, "text"),
+        l = p(6, "bigint"),
+    )
+}
+
+/// The purchases read's parameters in [`purchases_sql`]'s order.
+pub(crate) fn purchases_args(q: &PurchasesQuery) -> (String, i64, i64, i64, String, i64) {
+    let (t, id) = q.after.clone().unwrap_or((i64::MIN, String::new()));
+    (
+        q.account.as_str().to_string(),
+        q.from.0,
+        q.to.0,
+        t,
+        id,
+        i64::try_from(q.limit).unwrap_or(i64::MAX),
+    )
+}
+
+/// A row of [`purchases_sql`].
+pub(crate) fn purchase_entry(r: &dyn Get) -> Result<PurchaseEntry> {
+    let invoice_number = match (r.opt_text(4)?, r.opt_int(5)?, r.opt_int(6)?) {
+        (Some(prefix), Some(year), Some(seq)) => Some(invoice_number(&prefix, year, seq)),
+        _ => None,
+    };
+    Ok(PurchaseEntry {
+        purchase_id: parse_id(PurchaseId::parse, &r.text(0)?)?,
+        created_at: Timestamp(r.int(1)?),
+        amount: Nanos(r.int(2)?),
+        paid: r.bool(3)?,
+        invoice_number,
     })
 }
 

@@ -5,6 +5,7 @@
 mod harness;
 
 mod fal;
+mod focus;
 mod invoices;
 mod keys_admin;
 mod schema;

@@ -8,9 +8,9 @@ use crate::rows::{self, Cell, KEY_COLS, REQUEST_COLS};
 use crate::statements::{self, Arg};
 use crate::{
     AccountRow, AccountsQuery, ActivityQuery, ActivityRecord, ApiKeyRecord, BillingEventsQuery,
-    InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery, Reader, Reconciliation,
-    RequestHistoryQuery, RequestOrder, RequestOutcome, Result, RollupQuery, StatementQuery,
-    StatementRows, StoreError,
+    InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery, PurchaseEntry, PurchasesQuery,
+    Reader, Reconciliation, RequestHistoryQuery, RequestOrder, RequestOutcome, Result, RollupQuery,
+    StatementQuery, StatementRows, StoreError,
 };
 use ::postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
@@ -209,6 +209,18 @@ impl Reader for PgReader {
         let rows = statements::credit_activity(&mut PgDb(&mut tx), q)?;
         tx.commit()?;
         Ok(rows)
+    }
+
+    fn purchases(&mut self, q: &PurchasesQuery) -> Result<Vec<PurchaseEntry>> {
+        let (a, from, to, t, id, l) = rows::purchases_args(q);
+        self.conn()?
+            .rows(
+                &rows::purchases_sql(|i, ty| format!("${i}::{ty}")),
+                &[&a, &from, &to, &t, &id, &l],
+            )?
+            .iter()
+            .map(|r| rows::purchase_entry(r))
+            .collect()
     }
 
     fn reconcile(&mut self) -> Result<Reconciliation> {

@@ -6,9 +6,9 @@ use crate::rows::{self, Cell, KEY_COLS};
 use crate::statements::{self, Arg};
 use crate::{
     corrupt, AccountRow, AccountsQuery, ActivityQuery, ActivityRecord, ApiKeyRecord,
-    BillingEventsQuery, InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery, Reader,
-    Reconciliation, RequestHistoryQuery, RequestOrder, RequestOutcome, Result, RollupQuery,
-    StatementQuery, StatementRows,
+    BillingEventsQuery, InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery, PurchaseEntry,
+    PurchasesQuery, Reader, Reconciliation, RequestHistoryQuery, RequestOrder, RequestOutcome,
+    Result, RollupQuery, StatementQuery, StatementRows,
 };
 use rusqlite::Connection;
 use tollgate_core::catalog::{Catalog, PriceVersion};
@@ -148,6 +148,19 @@ impl Reader for SqliteReader {
 
     fn credit_activity(&mut self, q: &ActivityQuery) -> Result<Vec<ActivityRecord>> {
         statements::credit_activity(&mut SqliteDb(&self.conn.transaction()?), q)
+    }
+
+    fn purchases(&mut self, q: &PurchasesQuery) -> Result<Vec<PurchaseEntry>> {
+        let (a, from, to, t, id, l) = rows::purchases_args(q);
+        let mut st = self
+            .conn
+            .prepare_cached(&rows::purchases_sql(|i, _| format!("?{i}")))?;
+        let mut rows = st.query(rusqlite::params![a, from, to, t, id, l])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(rows::purchase_entry(r)?);
+        }
+        Ok(out)
     }
 
     // Each read in one read transaction: the fold setting and the rows from the same commit.

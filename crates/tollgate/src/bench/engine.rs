@@ -639,6 +639,10 @@ pub async fn run(
         );
         rows.push(Row::new(name, "tollgate", c, n, el, Some(&h), note));
     }
+    let name = "focus.year_export.inprocess";
+    if wanted(name) {
+        rows.push(focus_export(plan, name).await?);
+    }
     rows.extend(admission(plan, wanted).await?);
     for path in trace_files(args) {
         let name = format!(
@@ -1053,6 +1057,94 @@ async fn replay(plan: &Plan, name: &str, path: &Path) -> anyhow::Result<Row> {
             r.billed_nanos
         ),
     ))
+}
+
+/// A year's FOCUS export for a busy account: a year of usage (an image every 5 minutes, so an
+/// hour rollup row per hour: 8,760 of them) billed through the engine on a clock moved along
+/// the year, then the twelve monthly reports (`source=invoice`, by charge month) read page by
+/// page and rendered as CSV, as `GET /v1/account/focus` streams them. Under `--quick`, a month.
+async fn focus_export(plan: &Plan, name: &str) -> anyhow::Result<Row> {
+    use tollgate_query::focus::{
+        FocusQuery, FocusReport, FocusSource, Month, DEFAULT_PAGE_SPAN_MS,
+    };
+    let dir = tempfile::tempdir()?;
+    let path = seed(dir.path(), 1)?;
+    // 2025-01-01T00:00:00Z.
+    const START: i64 = 1_735_689_600_000;
+    let now = Arc::new(AtomicI64::new(START));
+    let clock = {
+        let now = now.clone();
+        Arc::new(move || tollgate_core::Timestamp(now.load(Ordering::SeqCst)))
+    };
+    let engine = Engine::start(Box::new(SqliteStore::open(&path)?), clock)?;
+    let doc = document::parse(BENCH_CATALOG).map_err(|e| anyhow::anyhow!("{e}"))?;
+    engine.admin(AdminCmd::ApplyCatalog(Box::new(doc))).await?;
+    let account = AccountId::parse(&account_name(0))?;
+    let months: u32 = if plan.quick { 1 } else { 12 };
+    let end = Month::parse(&format!("2025-{:02}", months))
+        .map_err(|e| anyhow::anyhow!(e))?
+        .end()
+        .0;
+    let (step, mut t, mut events) = (5 * 60_000, START, 0u64);
+    let seeding = Instant::now();
+    while t < end {
+        let day_end = (t + 86_400_000).min(end);
+        let mut ops = Vec::new();
+        while t < day_end {
+            ops.push(image_event(
+                format!("fx-{t}"),
+                account.clone(),
+                tollgate_core::Timestamp(t),
+            ));
+            t += step;
+        }
+        now.store(day_end, Ordering::SeqCst);
+        events += ops.len() as u64;
+        for answer in engine.execute_many(ops).await? {
+            anyhow::ensure!(answer.is_ok(), "a seeding event was refused: {answer:?}");
+        }
+    }
+    eprintln!(
+        "  (seeded {events} usage events over {months} months in {:.1} s)",
+        seeding.elapsed().as_secs_f64()
+    );
+
+    let started = Instant::now();
+    let (mut rows, mut bytes, mut usage) = (0u64, 0usize, Nanos::ZERO);
+    for m in 1..=months {
+        let q = FocusQuery {
+            account: account.clone(),
+            source: FocusSource::Invoice,
+            billing_month: None,
+            charge_month: Some(
+                Month::parse(&format!("2025-{m:02}")).map_err(|e| anyhow::anyhow!(e))?,
+            ),
+            range: Default::default(),
+            page_span_ms: DEFAULT_PAGE_SPAN_MS,
+        };
+        let mut report = FocusReport::open(&engine, q).await?;
+        bytes += tollgate_api::focus::header_line().len();
+        while let Some(page) = report.next_page().await? {
+            rows += page.len() as u64;
+            for r in page.iter().filter(|r| r.is_usage()) {
+                usage = usage.checked_add(r.effective_cost)?;
+            }
+            bytes += tollgate_api::focus::csv_lines(&report.context, &page).len();
+        }
+    }
+    let elapsed = started.elapsed();
+    anyhow::ensure!(
+        usage.0 == i64::try_from(events)? * COST_NANOS,
+        "the reports' usage ({usage:?}) is not the {events} events billed"
+    );
+    let note = format!(
+        "FOCUS rows/s: {months} monthly reports of one account with {events} usage events \
+         (an hour rollup row per hour), {rows} rows, {:.1} MB of CSV in {:.2} s; usage sums to \
+         what was billed",
+        bytes as f64 / 1e6,
+        elapsed.as_secs_f64()
+    );
+    Ok(Row::new(name, "tollgate", 1, rows, elapsed, None, note))
 }
 
 #[cfg(test)]
