@@ -71,6 +71,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::apply_catalog).layer(body_limit(CATALOG_BODY_BYTES)))
         .routes(routes!(admin::reconciliation))
         .routes(routes!(invoices::admin_invoices))
+        .routes(routes!(invoices::close_periods))
+        .routes(routes!(invoices::pay_invoice))
+        .routes(routes!(invoices::void_invoice))
         .routes(routes!(invoices::set_issuer))
         // Gateway
         .routes(routes!(gateway::submit))

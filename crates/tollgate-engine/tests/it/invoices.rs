@@ -262,8 +262,13 @@ fn numbers_widen_past_six_digits_and_ids_name_their_number() {
         issued_at: Timestamp(T0),
         period_start: Timestamp(T0),
         period_end: Timestamp(T0),
+        subtotal: Nanos(1),
+        discount: Nanos::ZERO,
         total: Nanos(1),
         purchase_id: None,
+        status_changed_at: None,
+        status_reference: None,
+        lines: Vec::new(),
     };
     assert_eq!(inv.number(), "TG-2026-1000000");
     assert_eq!(

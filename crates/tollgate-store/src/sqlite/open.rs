@@ -51,6 +51,10 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/sqlite/0010_payments.sql"),
         None,
     ),
+    (
+        include_str!("../../migrations/sqlite/0011_usage_invoices.sql"),
+        None,
+    ),
 ];
 
 /// A connection to the file at `path` with the settings every connection runs with.
