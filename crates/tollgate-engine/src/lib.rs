@@ -494,8 +494,8 @@ impl Engine {
     /// Closes the periods of every account whose open period began before the current
     /// calendar month (UTC) and has charges: the month's close, also catching up on months
     /// missed while the server was down (a period is closed at the end of its own month).
-    /// Run at startup and at each month's start ([`Engine::spawn_month_close`]... by the
-    /// server's background task). Returns the invoices issued.
+    /// The server runs it at startup and then whenever the UTC month changes (a background
+    /// task, `tollgate_api::spawn_month_close`). Returns the invoices issued.
     pub async fn close_elapsed_months(&self) -> Result<Vec<(i64, i64)>, EngineError> {
         let start = month_start(self.now());
         self.close_all(Some(start), Some(start)).await

@@ -174,6 +174,8 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     };
 
     let addr = listener.local_addr()?;
+    // Usage billing periods of past months close at startup and at each month's start.
+    let month_close = tollgate_api::spawn_month_close(engine.clone(), Duration::from_secs(60));
     let sweeper = tollgate_api::spawn_sweeper(
         engine.clone(),
         Duration::from_millis(settings.sweep_interval_ms.max(10)),
@@ -207,6 +209,7 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     )
     .await?;
     sweeper.abort();
+    month_close.abort();
     // Every call answered was committed and synced before its answer; what is still queued
     // (a sweep, a call cut off by the drain timeout) runs now, and the store is closed.
     engine.shutdown().await?;
