@@ -167,7 +167,7 @@ impl Reader for PgReader {
             .map(|r| rows::invoice_row(r))
             .collect::<Result<Vec<_>>>()?;
         for i in &mut out {
-            invoice_lines(&mut *c, i)?;
+            invoice_lines(&mut c, i)?;
         }
         Ok(out)
     }
@@ -186,7 +186,7 @@ impl Reader for PgReader {
             .map(|r| rows::invoice_row(r))
             .transpose()?;
         if let Some(i) = &mut found {
-            invoice_lines(&mut *c, i)?;
+            invoice_lines(&mut c, i)?;
         }
         Ok(found)
     }
