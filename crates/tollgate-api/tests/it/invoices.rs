@@ -144,7 +144,7 @@ async fn the_operator_lists_every_invoice_newest_first_filtered_and_paged() {
 
     for bad in [
         "/v1/admin/invoices?status=unpaid",
-        "/v1/admin/invoices?kind=usage",
+        "/v1/admin/invoices?kind=refund",
         "/v1/admin/invoices?username=Not%20A%20Name",
         "/v1/admin/invoices?cursor=garbage",
         "/v1/admin/invoices?colour=red",
