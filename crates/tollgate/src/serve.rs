@@ -28,8 +28,9 @@ pub const SAMPLE_CATALOG: &str = include_str!("../../../catalog/sample.toml");
 pub struct ServeArgs {
     /// A TOML configuration file with any of the settings below (see
     /// docs/tollgate.example.toml). Each setting can also come from the environment as
-    /// TOLLGATE_<NAME> (TOLLGATE_DRAIN_TIMEOUT_S); flags win, then the environment, then the
-    /// file. Check a file with `tollgate config check FILE`.
+    /// TOLLGATE_<NAME> (TOLLGATE_DRAIN_TIMEOUT_S), a section's as TOLLGATE_<SECTION>_<KEY>
+    /// (TOLLGATE_INVOICES_PREFIX for `[invoices] prefix`); flags win, then the environment,
+    /// then the file. Check a file with `tollgate config check FILE`.
     #[arg(long, env = "TOLLGATE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Start a demo: a fresh database with the sample catalog, an operator key and a demo
@@ -107,6 +108,10 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     .with_context(|| format!("cannot open {db}"))?;
     let db = store.describe();
     let engine = Engine::start(store, system_clock())?;
+    // Checked with the settings already; the engine checks it again.
+    engine
+        .set_invoice_prefix(&settings.invoices.prefix)
+        .map_err(|e| anyhow::anyhow!("invoices.prefix: {e}"))?;
 
     if let Some(path) = &settings.catalog {
         let text = std::fs::read_to_string(path)

@@ -433,6 +433,8 @@ fn help_describes_every_command_and_its_options() {
                 "--idle-timeout-s",
                 "--request-timeout-s",
                 "--max-connections",
+                "--invoices-prefix",
+                "TOLLGATE_INVOICES_PREFIX",
                 "SIGTERM",
             ],
         ),
