@@ -537,6 +537,8 @@ fn bench_refuses_bad_input_and_writes_nothing() {
             "settle.usage_events.http",
             "settle.adjustments.inprocess",
             "admission.start.inprocess.rate_1000",
+            "admission.start.inprocess.while_closing",
+            "invoices.close_month.inprocess",
         ],
     );
     assert!(typo.stdout.trim().is_empty(), "{typo:#?}");
