@@ -188,6 +188,7 @@ impl From<EngineError> for ApiError {
             EngineError::Store(StoreError::AlreadyExists(what)) => {
                 ApiError::conflict(format!("{what} already exists"))
             }
+            EngineError::WrongState(message) => ApiError::conflict(message),
             other => {
                 tracing::error!(error = %chain(&other), "the engine failed; answered 500");
                 ApiError::server("the operation could not be committed; it is safe to retry")

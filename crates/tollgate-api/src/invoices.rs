@@ -3,15 +3,18 @@
 //! ADMIN scope), the operator's list (`GET /v1/admin/invoices`) and the issuer printed on them
 //! (`PUT /v1/admin/issuer`).
 //!
-//! A paid purchase issues a top-up invoice in the commit that grants its credits; numbers are
-//! `<prefix>-<year>-<seq>`, gapless in issue order across accounts.
+//! A paid purchase issues a top-up invoice in the commit that grants its credits; an
+//! invoice-billed account gets a usage invoice for each billing period closed with charges
+//! (at each month's start, or on demand: `POST /v1/admin/invoices/close`); numbers are
+//! `<prefix>-<year>-<seq>`, gapless in issue order across accounts. The operator marks an open
+//! invoice paid or void (`POST /v1/admin/invoices/{invoice_id}/pay`, `/void`).
 
 use crate::error::{ApiError, ErrorResponse};
 use crate::extract::{Admin, Customer, FromQuery, Json, NoParams, Operator, Page, Paged, Params};
 use crate::openapi::{tags, AdminErrors, OperatorErrors};
 use crate::platform::paging;
 use crate::query_string::Query;
-use crate::wire::{Number, Time};
+use crate::wire::{self, Number, Time};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::header;
@@ -20,9 +23,10 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tollgate_core::ids::{AccountId, PurchaseId};
 use tollgate_core::machine::{InvoiceKind, InvoiceStatus};
+use tollgate_core::Timestamp;
 use tollgate_engine::AdminCmd;
 use tollgate_query::invoices::InvoiceFilter;
-use tollgate_store::{InvoiceRecord, Issuer};
+use tollgate_store::{InvoiceLineRecord, InvoiceRecord, Issuer};
 use utoipa::{IntoParams, ToSchema};
 
 mod pdf;
@@ -33,6 +37,8 @@ mod pdf;
 pub enum InvoiceKindView {
     /// A paid purchase of credits.
     TopUp,
+    /// An invoice-billed account's charges recorded in one billing period.
+    Usage,
 }
 
 /// Where an invoice stands.
@@ -49,9 +55,10 @@ pub enum InvoiceStatusView {
 pub struct InvoiceLine {
     /// The endpoint charged; `null` on a top-up invoice.
     endpoint_id: Option<String>,
-    /// `credit_usd` on a top-up invoice.
-    unit: &'static str,
+    /// What the quantity counts (the price's unit); `credit_usd` on a top-up invoice.
+    unit: String,
     quantity: Number,
+    /// USD per unit before the discount (for blended prices, the line's average rate).
     unit_price: Number,
     percent_discount: Number,
     cost_subtotal: Number,
@@ -59,6 +66,8 @@ pub struct InvoiceLine {
     cost_total: Number,
     /// The exact `cost_total`, nano-USD.
     cost_total_nano_usd: i64,
+    /// When the usage happened: from the start of the UTC day of the line's earliest usage to
+    /// the start of the day after its latest (a top-up invoice: its issue time).
     charge_period_start: Time,
     charge_period_end: Time,
 }
@@ -118,17 +127,48 @@ pub struct InvoiceView {
     /// The purchase a top-up invoice is for.
     #[serde(skip_serializing_if = "Option::is_none")]
     purchase_id: Option<PurchaseId>,
+    /// When it was paid: a top-up invoice when issued, an open invoice when an operator marked
+    /// it paid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paid_at: Option<Time>,
+    /// The reference the operator gave when marking it paid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payment_reference: Option<String>,
+    /// When an operator voided it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    voided_at: Option<Time>,
+    /// Why it was voided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    void_reason: Option<String>,
     /// Who issues the invoice; `null` until the operator sets it (`PUT /v1/admin/issuer`).
     issuer: Option<IssuerBody>,
+}
+
+fn usage_line(l: &InvoiceLineRecord) -> InvoiceLine {
+    let (start, end) = l.charge_period();
+    InvoiceLine {
+        endpoint_id: Some(l.endpoint.as_str().to_string()),
+        unit: l.unit.clone(),
+        quantity: Number(l.totals.quantity.normalize()),
+        unit_price: Number(l.price.unit_price(&l.totals)),
+        percent_discount: Number(l.percent_discount.unwrap_or_default().normalize()),
+        cost_subtotal: Number::usd(l.totals.subtotal),
+        cost_discount: Number::usd(l.totals.discount),
+        cost_total: Number::usd(l.totals.total),
+        cost_total_nano_usd: l.totals.total.0,
+        charge_period_start: Time(start),
+        charge_period_end: Time(end),
+    }
 }
 
 fn view(i: InvoiceRecord, issuer: Option<&Issuer>) -> InvoiceView {
     let total = Number::usd(i.total);
     let zero = Number(Decimal::ZERO);
-    let line = match i.kind {
-        InvoiceKind::TopUp => InvoiceLine {
+    let lines = match i.kind {
+        InvoiceKind::Usage => i.lines.iter().map(usage_line).collect(),
+        InvoiceKind::TopUp => vec![InvoiceLine {
             endpoint_id: None,
-            unit: "credit_usd",
+            unit: "credit_usd".into(),
             quantity: total,
             unit_price: Number(Decimal::ONE),
             percent_discount: zero,
@@ -138,7 +178,22 @@ fn view(i: InvoiceRecord, issuer: Option<&Issuer>) -> InvoiceView {
             cost_total_nano_usd: i.total.0,
             charge_period_start: Time(i.period_start),
             charge_period_end: Time(i.period_end),
-        },
+        }],
+    };
+    let (paid_at, payment_reference, voided_at, void_reason) = match i.status {
+        InvoiceStatus::Paid => (
+            Some(Time(i.status_changed_at.unwrap_or(i.issued_at))),
+            i.status_reference.clone(),
+            None,
+            None,
+        ),
+        InvoiceStatus::Void => (
+            None,
+            None,
+            i.status_changed_at.map(Time),
+            i.status_reference.clone(),
+        ),
+        InvoiceStatus::Open => (None, None, None, None),
     };
     InvoiceView {
         invoice_id: i.invoice_id(),
@@ -146,6 +201,7 @@ fn view(i: InvoiceRecord, issuer: Option<&Issuer>) -> InvoiceView {
         username: i.account,
         kind: match i.kind {
             InvoiceKind::TopUp => InvoiceKindView::TopUp,
+            InvoiceKind::Usage => InvoiceKindView::Usage,
         },
         status: match i.status {
             InvoiceStatus::Open => InvoiceStatusView::Open,
@@ -156,12 +212,16 @@ fn view(i: InvoiceRecord, issuer: Option<&Issuer>) -> InvoiceView {
         period_start: Time(i.period_start),
         period_end: Time(i.period_end),
         currency: "USD",
-        lines: vec![line],
-        subtotal: total,
-        discount: zero,
+        lines,
+        subtotal: Number::usd(i.subtotal),
+        discount: Number::usd(i.discount),
         total,
         total_nano_usd: i.total.0,
         purchase_id: i.purchase_id,
+        paid_at,
+        payment_reference,
+        voided_at,
+        void_reason,
         issuer: issuer.cloned().map(IssuerBody::from),
     }
 }
@@ -199,7 +259,7 @@ impl FromQuery for InvoiceParams {
                 .transpose()?,
             kind: q
                 .one("kind")?
-                .map(|s| InvoiceKind::parse(s).ok_or_else(|| bad("kind", "top_up")))
+                .map(|s| InvoiceKind::parse(s).ok_or_else(|| bad("kind", "top_up, usage")))
                 .transpose()?,
         })
     }
@@ -445,4 +505,194 @@ pub async fn set_issuer(
         .admin(AdminCmd::SetIssuer(issuer.clone()))
         .await?;
     Ok(axum::Json(issuer.into()))
+}
+
+/// Which billing periods to close.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"username": "acme", "until": "2026-12-01T00:00:00Z"}))]
+pub struct CloseBody {
+    /// Only this account (default: every account with charges in its open period).
+    #[serde(default)]
+    #[schema(value_type = Option<AccountId>)]
+    username: Option<AccountId>,
+    /// Close only periods whose every charge was recorded before this time, ending them
+    /// there (default: now, every charge recorded so far). Never in the future.
+    #[serde(default, deserialize_with = "wire::time_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    until: Option<Timestamp>,
+}
+
+/// The usage invoices a close issued.
+#[derive(Serialize, ToSchema)]
+pub struct Closed {
+    /// Their ids, in issue order (empty when nothing was charged since the last close).
+    issued: Vec<String>,
+}
+
+/// Close billing periods
+///
+/// Issues a usage invoice (`kind: "usage"`, `status: "open"`) for each open billing period
+/// with charges: `username`'s, or every account's. A period covers the charges recorded since
+/// the account's previous usage invoice. Without `until`, every charge recorded so far is
+/// closed and the period ends now; with a past `until`, a period is closed only if every one
+/// of its charges was recorded before `until`, and it ends there (a period that began in an
+/// earlier calendar month is always closed at the end of its month: periods close by
+/// themselves at each month's start, UTC, so a month's start as `until` closes that month).
+/// Closing again with nothing new issues nothing, and a period without charges issues
+/// nothing. A prepaid account has charges in an open period only from a time it was
+/// invoice-billed (then they are invoiced), so closing it usually issues nothing. An unknown
+/// `username` answers 404; an `until` in the future 400, and nothing is written.
+#[utoipa::path(
+    post, path = "/v1/admin/invoices/close", tag = tags::OPERATOR,
+    operation_id = "closeInvoicePeriods", security(("Key" = ["OPERATOR"])),
+    request_body = CloseBody,
+    responses(
+        OperatorErrors,
+        (status = 200, description = "The usage invoices issued.", body = Closed),
+        (status = 404, description = "`not_found`: unknown account.", body = ErrorResponse),
+    )
+)]
+pub async fn close_periods(
+    State(state): State<AppState>,
+    _: Operator,
+    _: Params<NoParams>,
+    Json(body): Json<CloseBody>,
+) -> Result<axum::Json<Closed>, ApiError> {
+    let issued = state
+        .engine
+        .close_invoice_periods(body.username, body.until)
+        .await?;
+    Ok(axum::Json(Closed {
+        issued: issued
+            .into_iter()
+            .map(|(y, n)| InvoiceRecord::id_of(y, n))
+            .collect(),
+    }))
+}
+
+/// Marks an invoice paid.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"payment_reference": "wire 2026-12-03 #4411"}))]
+pub struct PayBody {
+    /// How it was paid (a transfer's reference, a receipt number): 1 to 200 characters.
+    payment_reference: String,
+}
+
+/// Voids an invoice.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "issued to the wrong account"}))]
+pub struct VoidBody {
+    /// Why: 1 to 500 characters.
+    reason: String,
+}
+
+/// Changes an open invoice's status and answers the invoice as it now is.
+async fn set_status(
+    state: &AppState,
+    invoice_id: &str,
+    status: InvoiceStatus,
+    reference: String,
+) -> Result<axum::Json<InvoiceView>, ApiError> {
+    let not_found = || ApiError::not_found(format!("invoice {invoice_id} not found"));
+    let (year, seq) = InvoiceRecord::parse_id(invoice_id)
+        .filter(|(y, n)| InvoiceRecord::id_of(*y, *n) == invoice_id)
+        .ok_or_else(not_found)?;
+    state
+        .engine
+        .admin(AdminCmd::SetInvoiceStatus {
+            year,
+            seq,
+            status,
+            reference,
+        })
+        .await
+        .map_err(|e| match e {
+            tollgate_engine::EngineError::Store(tollgate_store::StoreError::NotFound(_)) => {
+                not_found()
+            }
+            other => other.into(),
+        })?;
+    let found = tollgate_query::invoices::show(&state.engine, None, invoice_id)
+        .await?
+        .ok_or_else(not_found)?;
+    let issuer = tollgate_query::invoices::issuer(&state.engine).await?;
+    Ok(axum::Json(view(found, issuer.as_ref())))
+}
+
+/// Mark an invoice paid
+///
+/// An open invoice becomes `paid`, with the `payment_reference` and the time (shown in the
+/// invoice as `payment_reference` and `paid_at`). Its amounts and lines never change. Only an
+/// open invoice can be paid: a paid (every top-up invoice is paid when issued) or void one
+/// answers 409 and nothing changes; an unknown id 404.
+#[utoipa::path(
+    post, path = "/v1/admin/invoices/{invoice_id}/pay", tag = tags::OPERATOR,
+    operation_id = "payInvoice", security(("Key" = ["OPERATOR"])),
+    params(("invoice_id" = String, Path, description = "The invoice's id.")),
+    request_body = PayBody,
+    responses(
+        OperatorErrors,
+        (status = 200, description = "The invoice, paid.", body = InvoiceView),
+        (status = 404, description = "`not_found`: no such invoice.", body = ErrorResponse),
+        (status = 409, description = "`conflict`: the invoice is not open.", body = ErrorResponse),
+    )
+)]
+pub async fn pay_invoice(
+    State(state): State<AppState>,
+    _: Operator,
+    _: Params<NoParams>,
+    axum::extract::Path(invoice_id): axum::extract::Path<String>,
+    Json(body): Json<PayBody>,
+) -> Result<axum::Json<InvoiceView>, ApiError> {
+    text("payment_reference", &body.payment_reference, 1, 200)?;
+    control_free("payment_reference", &body.payment_reference)?;
+    set_status(
+        &state,
+        &invoice_id,
+        InvoiceStatus::Paid,
+        body.payment_reference,
+    )
+    .await
+}
+
+/// Void an invoice
+///
+/// An open invoice becomes `void`, with the `reason` and the time (shown in the invoice as
+/// `void_reason` and `voided_at`). Its amounts and lines never change. Only an open invoice
+/// can be voided: a paid or void one answers 409 and nothing changes; an unknown id 404.
+#[utoipa::path(
+    post, path = "/v1/admin/invoices/{invoice_id}/void", tag = tags::OPERATOR,
+    operation_id = "voidInvoice", security(("Key" = ["OPERATOR"])),
+    params(("invoice_id" = String, Path, description = "The invoice's id.")),
+    request_body = VoidBody,
+    responses(
+        OperatorErrors,
+        (status = 200, description = "The invoice, void.", body = InvoiceView),
+        (status = 404, description = "`not_found`: no such invoice.", body = ErrorResponse),
+        (status = 409, description = "`conflict`: the invoice is not open.", body = ErrorResponse),
+    )
+)]
+pub async fn void_invoice(
+    State(state): State<AppState>,
+    _: Operator,
+    _: Params<NoParams>,
+    axum::extract::Path(invoice_id): axum::extract::Path<String>,
+    Json(body): Json<VoidBody>,
+) -> Result<axum::Json<InvoiceView>, ApiError> {
+    text("reason", &body.reason, 1, 500)?;
+    control_free("reason", &body.reason)?;
+    set_status(&state, &invoice_id, InvoiceStatus::Void, body.reason).await
+}
+
+fn control_free(field: &'static str, v: &str) -> Result<(), ApiError> {
+    if v.chars().any(char::is_control) {
+        return Err(
+            ApiError::validation(format!("`{field}` must not contain control characters"))
+                .with("field", field),
+        );
+    }
+    Ok(())
 }

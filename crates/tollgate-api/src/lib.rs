@@ -73,6 +73,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::apply_catalog).layer(body_limit(CATALOG_BODY_BYTES)))
         .routes(routes!(admin::reconciliation))
         .routes(routes!(invoices::admin_invoices))
+        .routes(routes!(invoices::close_periods))
+        .routes(routes!(invoices::pay_invoice))
+        .routes(routes!(invoices::void_invoice))
         .routes(routes!(invoices::set_issuer))
         // Gateway
         .routes(routes!(gateway::submit))
@@ -119,6 +122,41 @@ pub fn router(state: AppState) -> axum::Router {
         .layer(axum::middleware::map_response(error::envelope))
         .layer(axum::middleware::from_fn_with_state(http, observe::observe))
         .with_state(state)
+}
+
+/// Closes the usage billing periods of past months: at once (catching up on months missed
+/// while the server was down), then whenever the engine's clock has entered a new calendar
+/// month (UTC), looked at every `every`, until the engine stops. A failed close is tried again
+/// at the next look. (A period is closed at its month's end whenever this runs: the first
+/// batch that touches an account in a later month closes its period too.)
+pub fn spawn_month_close(engine: Engine, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut closed_for = None;
+        loop {
+            tick.tick().await;
+            let month = tollgate_core::machine::month_start(engine.now());
+            if closed_for == Some(month) {
+                continue;
+            }
+            match engine.close_elapsed_months().await {
+                Ok(issued) => {
+                    if !issued.is_empty() {
+                        tracing::info!(
+                            issued = issued.len(),
+                            "closed the usage billing periods of past months"
+                        );
+                    }
+                    closed_for = Some(month);
+                }
+                Err(tollgate_engine::EngineError::Stopped) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "closing past billing periods failed; will retry")
+                }
+            }
+        }
+    })
 }
 
 /// Voids expired holds every `every` until the engine stops.

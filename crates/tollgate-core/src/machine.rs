@@ -69,6 +69,44 @@ pub struct AccountState {
     /// Set while a payment dispute locks the account (since when); lifted by the dispute's
     /// resolution or by an operator, never by credits.
     pub disputed_since: Option<Timestamp>,
+    /// The open usage billing period: the charges recorded while the account was
+    /// invoice-billed since its previous usage invoice.
+    pub period: OpenPeriod,
+}
+
+/// An account's open usage billing period (invoice billing). Every charge it counts was
+/// recorded at or after `start` and in `start`'s calendar month (UTC): the first batch that
+/// touches the account in a later month closes it ([`close_elapsed_periods`]), and a charge
+/// recorded into an empty period that began in an earlier month moves `start` to its own
+/// month's start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenPeriod {
+    pub start: Timestamp,
+    /// Charges (billed line items) recorded in the period.
+    pub charges: u64,
+    pub subtotal: Nanos,
+    pub discount: Nanos,
+    pub total: Nanos,
+    /// When the last of them was recorded (the batch's `now`).
+    pub last_charge_at: Timestamp,
+}
+
+impl OpenPeriod {
+    /// Adds a charge recorded at `now`; returns the period's start (the key its line is
+    /// accrued under).
+    fn add(&mut self, charge: &Charge, now: Timestamp) -> Result<Timestamp, MoneyError> {
+        let mut next = self.clone();
+        if next.charges == 0 && next.start < month_start(now) {
+            next.start = month_start(now);
+        }
+        next.charges += 1;
+        next.subtotal = next.subtotal.checked_add(charge.subtotal_nanos)?;
+        next.discount = next.discount.checked_add(charge.discount_nanos)?;
+        next.total = next.total.checked_add(charge.total_nanos)?;
+        next.last_charge_at = next.last_charge_at.max(now);
+        *self = next;
+        Ok(self.start)
+    }
 }
 
 /// Why an account refuses new requests.
@@ -126,6 +164,7 @@ impl AccountState {
             adjusted_credit: Nanos::ZERO,
             terms: TermsSchedule::default(),
             disputed_since: None,
+            period: OpenPeriod::default(),
         }
     }
 
@@ -201,12 +240,20 @@ impl AccountState {
         }
     }
 
-    /// What billing a charge changes besides the balance: the month's subtotal (volume tiers)
-    /// and the lots it is paid from.
-    fn record_charge(&mut self, charge: &Charge) -> Result<(), MoneyError> {
+    /// What billing a charge changes besides the balance: the month's subtotal (volume tiers),
+    /// the lots it is paid from, and, for an account invoice-billed at `now`, its open usage
+    /// period (returned: the start of the period the charge accrues to).
+    fn record_charge(
+        &mut self,
+        charge: &Charge,
+        now: Timestamp,
+    ) -> Result<Option<Timestamp>, MoneyError> {
         self.month_subtotal = self.month_subtotal.checked_add(charge.subtotal_nanos)?;
         self.spend_lots(charge.total_nanos);
-        Ok(())
+        if self.billing() == BillingMode::Invoice {
+            return self.period.add(charge, now).map(Some);
+        }
+        Ok(None)
     }
 
     /// Spends `amount` from the lots, those that expire first first, then from the adjusted
@@ -358,7 +405,9 @@ pub struct PurchaseRecord {
 
 /// An invoice the batch issued. Its number is assigned by the store as the batch commits
 /// (from a counter per calendar year kept in the database, so numbers are gapless in commit
-/// order); everything else is decided here.
+/// order); everything else is decided here. A usage invoice's lines are the accruals of its
+/// account's period that starts at `period_start` (see [`Accrual`]), which the store moves
+/// into the invoice in the same commit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewInvoice {
     pub account: AccountId,
@@ -367,26 +416,42 @@ pub struct NewInvoice {
     pub issued_at: Timestamp,
     pub period_start: Timestamp,
     pub period_end: Timestamp,
-    /// What the invoice charges (a top-up invoice: the purchase's amount).
+    /// Before discounts (a top-up invoice: the purchase's amount).
+    pub subtotal: Nanos,
+    pub discount: Nanos,
+    /// What the invoice charges: `subtotal - discount`.
     pub total: Nanos,
     pub purchase_id: Option<PurchaseId>,
+}
+
+/// A billed line item of an invoice-billed account, accrued to its open period (the store adds
+/// it to the period's accrual row of its endpoint, unit, price, discount and charge month).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accrual {
+    /// Its index in [`BatchState::line_items`].
+    pub item: usize,
+    pub period_start: Timestamp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InvoiceKind {
     /// Issued for a paid purchase of credits, in the commit that grants them.
     TopUp,
+    /// An invoice-billed account's charges recorded in one billing period.
+    Usage,
 }
 
 impl InvoiceKind {
     pub fn as_str(self) -> &'static str {
         match self {
             InvoiceKind::TopUp => "top_up",
+            InvoiceKind::Usage => "usage",
         }
     }
     pub fn parse(s: &str) -> Option<InvoiceKind> {
         match s {
             "top_up" => Some(InvoiceKind::TopUp),
+            "usage" => Some(InvoiceKind::Usage),
             _ => None,
         }
     }
@@ -504,6 +569,15 @@ pub enum Op {
         account: AccountId,
         reason: String,
     },
+    /// Closes the account's open usage period, issuing its usage invoice if it has charges:
+    /// `until` `None`, every charge recorded so far (the period ends now); a past `until`,
+    /// only if every charge in the period was recorded before it (the period ends at
+    /// `until`). A period of an earlier month is closed at its month's end first, whatever
+    /// `until` says (see [`close_elapsed_periods`]).
+    CloseInvoicePeriod {
+        account: AccountId,
+        until: Option<Timestamp>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -536,7 +610,8 @@ impl Op {
             | Op::ExpireCredits { .. }
             | Op::Adjust { .. }
             | Op::LockDisputed { .. }
-            | Op::LiftDispute { .. } => None,
+            | Op::LiftDispute { .. }
+            | Op::CloseInvoicePeriod { .. } => None,
         }
     }
     /// The account this operation names directly (others are found through their request).
@@ -547,7 +622,8 @@ impl Op {
             | Op::ExpireCredits { account }
             | Op::Adjust { account, .. }
             | Op::LockDisputed { account }
-            | Op::LiftDispute { account, .. } => Some(account),
+            | Op::LiftDispute { account, .. }
+            | Op::CloseInvoicePeriod { account, .. } => Some(account),
             Op::UsageEvent(e) => Some(&e.account),
             _ => None,
         }
@@ -594,6 +670,11 @@ pub enum Outcome {
     LockChanged {
         lock_reason: Option<LockReason>,
         changed: bool,
+    },
+    /// Whether closing the account's open usage period issued an invoice (by this operation
+    /// or by the month's end before it).
+    PeriodClosed {
+        issued: bool,
     },
 }
 
@@ -667,6 +748,11 @@ pub struct BatchState {
     pub new_purchases: Vec<PurchaseRecord>,
     /// Invoices issued by the batch, in issue order (numbered by the store as it commits).
     pub new_invoices: Vec<NewInvoice>,
+    /// The batch's line items that accrue to an open usage period, in order.
+    pub accruals: Vec<Accrual>,
+    /// The prefix of the numbers of the invoices the batch issues (configuration, set by the
+    /// engine; `None`: the store's default).
+    pub invoice_prefix: Option<std::sync::Arc<str>>,
     /// Adjustments named by the batch's operations that exist (loaded), and those it made.
     pub adjustments: HashMap<(AccountId, AdjustmentId), AdjustmentRecord>,
     pub new_adjustments: Vec<AdjustmentRecord>,
@@ -679,6 +765,23 @@ pub struct BatchState {
 /// The calendar year of a timestamp, UTC (invoice numbers restart each year).
 pub fn year_of(at: Timestamp) -> i32 {
     month_of(at) / 100
+}
+
+/// The start of the calendar month (UTC) of `at`.
+pub fn month_start(at: Timestamp) -> Timestamp {
+    use chrono::{Datelike, TimeZone};
+    let d = chrono::DateTime::from_timestamp_millis(at.0).unwrap_or_default();
+    let start = chrono::Utc
+        .with_ymd_and_hms(d.year(), d.month(), 1, 0, 0, 0)
+        .single()
+        .unwrap_or_default();
+    Timestamp(start.timestamp_millis())
+}
+
+/// The start of the calendar month (UTC) after the one of `at`.
+pub fn next_month_start(at: Timestamp) -> Timestamp {
+    // 32 days after a month's start is always in the next month.
+    month_start(month_start(at).plus_ms(32 * crate::time::MS_PER_DAY))
 }
 
 /// `yyyymm` of a timestamp, UTC.
@@ -724,6 +827,16 @@ impl BatchState {
             purchase_id: None,
             at,
         });
+    }
+
+    /// Records that the last line item accrues to the period starting at `period_start`.
+    fn accrue(&mut self, period_start: Option<Timestamp>) {
+        if let Some(period_start) = period_start {
+            self.accruals.push(Accrual {
+                item: self.line_items.len() - 1,
+                period_start,
+            });
+        }
     }
 
     fn put_request(&mut self, r: RequestRecord) {
@@ -787,7 +900,93 @@ pub fn apply(
         } => adjust(state, &cx, account, adjustment_id, amount, reason),
         Op::LockDisputed { account } => lock_disputed(state, &cx, account),
         Op::LiftDispute { account, reason } => lift_dispute(state, account, reason),
+        Op::CloseInvoicePeriod { account, until } => close_period(state, &cx, account, until),
     }
+}
+
+/// Closes the open usage periods of the batch's accounts that began in an earlier calendar
+/// month than `now` and have charges: each issues its usage invoice, ending at the start of
+/// the month after its own (every charge of an open period was recorded in its start's month),
+/// and the next period starts there. An empty period is left as it is (the next charge moves
+/// its start). The engine calls this once a batch's rows are loaded, before any operation, so
+/// a charge is never added to a period of an earlier month; accounts in name order, so the
+/// numbers follow it.
+pub fn close_elapsed_periods(state: &mut BatchState, now: Timestamp) {
+    let mut due: Vec<AccountId> = state
+        .accounts
+        .iter()
+        .filter(|(_, a)| a.period.charges > 0 && a.period.start < month_start(now))
+        .map(|(id, _)| id.clone())
+        .collect();
+    due.sort();
+    for id in due {
+        let end = next_month_start(state.accounts[&id].period.start);
+        issue_usage_invoice(state, &id, end, now);
+    }
+}
+
+/// Issues the usage invoice of `id`'s open period, ending at `end`, and starts the next
+/// period there.
+fn issue_usage_invoice(state: &mut BatchState, id: &AccountId, end: Timestamp, now: Timestamp) {
+    let acct = state.accounts.get_mut(id).expect("a loaded account");
+    let p = std::mem::replace(
+        &mut acct.period,
+        OpenPeriod {
+            start: end,
+            ..OpenPeriod::default()
+        },
+    );
+    state.dirty_accounts.insert(id.clone());
+    state.new_invoices.push(NewInvoice {
+        account: id.clone(),
+        kind: InvoiceKind::Usage,
+        status: InvoiceStatus::Open,
+        issued_at: now,
+        period_start: p.start,
+        period_end: end,
+        subtotal: p.subtotal,
+        discount: p.discount,
+        total: p.total,
+        purchase_id: None,
+    });
+}
+
+fn close_period(
+    state: &mut BatchState,
+    cx: &Ctx,
+    account: AccountId,
+    until: Option<Timestamp>,
+) -> Result<Outcome, Rejection> {
+    let p = &state
+        .accounts
+        .get(&account)
+        .ok_or_else(|| Rejection::UnknownAccount(account.clone()))?
+        .period;
+    if until.is_some_and(|u| u > cx.now) {
+        return Err(Rejection::Invalid {
+            field: "until",
+            reason: "is in the future".into(),
+        });
+    }
+    let mut issued = false;
+    if p.charges > 0 && p.start < month_start(cx.now) {
+        let end = next_month_start(p.start);
+        issue_usage_invoice(state, &account, end, cx.now);
+        issued = true;
+    }
+    let p = &state.accounts[&account].period;
+    // The period ends where the close says, after every charge in it (so periods never
+    // overlap and each starts after the one before).
+    let end = match until {
+        None if p.charges > 0 && cx.now > p.start => Some(cx.now),
+        Some(u) if p.charges > 0 && p.last_charge_at < u && u > p.start => Some(u),
+        _ => None,
+    };
+    if let Some(end) = end {
+        issue_usage_invoice(state, &account, end, cx.now);
+        issued = true;
+    }
+    Ok(Outcome::PeriodClosed { issued })
 }
 
 fn endpoint_and_price<'c>(
@@ -1201,11 +1400,12 @@ fn complete(
         req.machine_type.as_ref(),
         req.num_gpus,
     )?;
+    let mut accrued = None;
     let transfers = if late {
         // The hold was voided and the slot freed when it expired: the work done is charged
         // as a usage event is, without a hold.
         if billed {
-            next.record_charge(&charge)?;
+            accrued = next.record_charge(&charge, cx.now)?;
             vec![next.credit.charge(charge.total_nanos)?]
         } else {
             vec![]
@@ -1213,7 +1413,7 @@ fn complete(
     } else {
         next.in_progress = next.in_progress.saturating_sub(1);
         if billed {
-            next.record_charge(&charge)?;
+            accrued = next.record_charge(&charge, cx.now)?;
             next.credit.settle(req.hold, charge.total_nanos)?.1
         } else {
             vec![next.credit.release(req.hold, TransferKind::Void)?]
@@ -1246,6 +1446,7 @@ fn complete(
     };
     if billed {
         state.line_items.push(line_item(&done, &completion, cx.now));
+        state.accrue(accrued);
     }
     state.completed.push(done.id.clone());
     state.put_request(done.clone());
@@ -1415,6 +1616,8 @@ fn purchase(
             issued_at: cx.now,
             period_start: cx.now,
             period_end: cx.now,
+            subtotal: amount,
+            discount: Nanos::ZERO,
             total: amount,
             purchase_id: Some(record.purchase_id.clone()),
         });
@@ -1518,8 +1721,9 @@ fn usage_event(state: &mut BatchState, cx: &Ctx, e: UsageEvent) -> Result<Outcom
         num_gpus,
     )?;
     let mut transfer = None;
+    let mut accrued = None;
     if billed {
-        next.record_charge(&charge)?;
+        accrued = next.record_charge(&charge, cx.now)?;
         transfer = Some(next.credit.charge(charge.total_nanos)?);
     }
     let completion = Completion {
@@ -1562,6 +1766,7 @@ fn usage_event(state: &mut BatchState, cx: &Ctx, e: UsageEvent) -> Result<Outcom
         state
             .line_items
             .push(line_item(&record, &completion, record.submitted_at));
+        state.accrue(accrued);
     }
     state.completed.push(record.id.clone());
     state.put_request(record.clone());

@@ -66,7 +66,8 @@ pub enum UsagePrice {
 }
 
 impl UsagePrice {
-    fn of(item: &LineItem) -> UsagePrice {
+    /// How `item` is priced in the usage rows (and the invoice lines).
+    pub fn of(item: &LineItem) -> UsagePrice {
         if item.charge.blended {
             UsagePrice::Blended {
                 version: item.price_version,

@@ -22,7 +22,10 @@ use tollgate_core::catalog::document::CatalogDocument;
 use tollgate_core::catalog::plan::{self, CatalogPlan};
 use tollgate_core::catalog::Catalog;
 use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, PurchaseId};
-use tollgate_core::machine::{apply, BatchState, Op, Outcome, Rejection};
+use tollgate_core::machine::{
+    apply, close_elapsed_periods, month_start, BatchState, InvoiceKind, InvoiceStatus, Op, Outcome,
+    Rejection,
+};
 use tollgate_core::terms::{self, TermsChange};
 use tollgate_core::Timestamp;
 use tollgate_store::{
@@ -36,6 +39,9 @@ pub const MAX_BATCH_OPS: usize = 8192;
 const LIGHT_LOAD_OPS: usize = 256;
 /// Expired holds voided per sweep batch.
 const SWEEP_LIMIT: usize = 1000;
+/// Accounts whose usage periods one batch closes, when closing every account: a close is a
+/// few rows per account, and a bounded step keeps admission flowing between steps.
+pub const CLOSE_STEP_ACCOUNTS: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -53,6 +59,10 @@ pub enum EngineError {
     /// Something other than the store failed (a thread could not start, a task panicked).
     #[error("{0}")]
     Internal(String),
+    /// The thing named is not in a state the command applies to (an invoice that is not open);
+    /// nothing was written.
+    #[error("{0}")]
+    WrongState(String),
 }
 
 /// Refused input, with where it was found when it came from a document.
@@ -114,6 +124,15 @@ pub enum AdminCmd {
     ApplyCatalog(Box<CatalogDocument>),
     /// Replaces the issuer printed on invoices.
     SetIssuer(Issuer),
+    /// Marks an open invoice paid (`status` [`InvoiceStatus::Paid`], `reference` the payment's
+    /// reference) or void (`reason`); any other status is refused
+    /// ([`EngineError::WrongState`]), an unknown invoice is [`StoreError::NotFound`].
+    SetInvoiceStatus {
+        year: i64,
+        seq: i64,
+        status: InvoiceStatus,
+        reference: String,
+    },
     /// What applying the document would change, against the catalog as committed; writes
     /// nothing.
     PreviewCatalog(Box<CatalogDocument>),
@@ -140,6 +159,27 @@ pub enum AdminReply {
 
 type OpsReply = oneshot::Sender<Result<Vec<Result<Outcome, Rejection>>, EngineError>>;
 
+/// Which accounts a close job closes.
+#[derive(Clone, Debug)]
+enum CloseScope {
+    /// One account (named by the operator).
+    Account(AccountId),
+    /// The next accounts with charges in their open period, in name order after `after`
+    /// (those whose period began before `started_before`, when given).
+    Next {
+        after: Option<AccountId>,
+        started_before: Option<Timestamp>,
+    },
+}
+
+/// What one close job did.
+struct CloseStep {
+    /// Each account closed, with its answer.
+    closed: Vec<(AccountId, Result<Outcome, Rejection>)>,
+    /// The `(year, seq)` of the usage invoices issued to those accounts in the batch.
+    issued: Vec<(i64, i64)>,
+}
+
 enum Job {
     Ops {
         ops: Vec<Op>,
@@ -147,6 +187,11 @@ enum Job {
     },
     Sweep {
         reply: OpsReply,
+    },
+    Close {
+        scope: CloseScope,
+        until: Option<Timestamp>,
+        reply: oneshot::Sender<Result<CloseStep, EngineError>>,
     },
     Admin {
         cmd: AdminCmd,
@@ -178,6 +223,9 @@ impl Job {
                 let _ = reply.send(Err(error));
             }
             Job::Admin { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Job::Close { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
             Job::Stop { reply } => {
@@ -277,6 +325,8 @@ struct Shared {
     /// The schema version the engine started on (migrations run before it starts).
     schema_version: i64,
     readiness: tokio::sync::Mutex<ReadinessCheck>,
+    /// The prefix of the invoice numbers issued from now on (`None`: the store's default).
+    invoice_prefix: RwLock<Option<Arc<str>>>,
 }
 
 /// A handle to the write path and the read pool. Cheap to clone.
@@ -315,6 +365,7 @@ impl Engine {
             metrics: Arc::new(Metrics::new()),
             schema_version,
             readiness: tokio::sync::Mutex::default(),
+            invoice_prefix: RwLock::new(None),
         });
         let (outbox, syncer_thread) = match store.defer_sync()? {
             None => (Outbox::Direct, None),
@@ -384,6 +435,110 @@ impl Engine {
             self.shared.metrics.dequeued(ops);
             EngineError::Stopped
         })
+    }
+
+    /// Numbers the invoices issued from now on `<prefix>-<year>-<seq>` (checked by
+    /// [`tollgate_store::check_invoice_prefix`]; the sequence is shared whatever the prefix).
+    pub fn set_invoice_prefix(&self, prefix: &str) -> Result<(), EngineError> {
+        tollgate_store::check_invoice_prefix(prefix)
+            .map_err(|e| EngineError::Invalid(InvalidInput::new(format!("invoice prefix {e}"))))?;
+        *self.shared.invoice_prefix.write().expect("prefix lock") = Some(Arc::from(prefix));
+        Ok(())
+    }
+
+    /// Closes usage billing periods (see [`Op::CloseInvoicePeriod`]): `account`'s, or every
+    /// account's with charges in its open period (in steps of [`CLOSE_STEP_ACCOUNTS`]
+    /// accounts, each its own batch, so admission is never stalled behind a long close).
+    /// `until` `None` closes every charge recorded so far; a past `until` closes a period only
+    /// if all its charges were recorded before it. Returns the `(year, seq)` of the usage
+    /// invoices issued, in issue order. An unknown `account` is [`StoreError::NotFound`];
+    /// a future `until` is [`EngineError::Invalid`] and writes nothing.
+    pub async fn close_invoice_periods(
+        &self,
+        account: Option<AccountId>,
+        until: Option<Timestamp>,
+    ) -> Result<Vec<(i64, i64)>, EngineError> {
+        if let Some(u) = until {
+            if u > self.now() {
+                return Err(EngineError::Invalid(InvalidInput {
+                    message: "`until` is in the future".into(),
+                    field: Some("until".into()),
+                    line: None,
+                }));
+            }
+        }
+        match account {
+            Some(a) => {
+                let step = self.close_step(CloseScope::Account(a), until).await?;
+                for (account, answer) in &step.closed {
+                    match answer {
+                        Err(Rejection::UnknownAccount(_)) => {
+                            return Err(StoreError::NotFound(format!("account {account}")).into())
+                        }
+                        Err(Rejection::Invalid { field, reason }) => {
+                            return Err(EngineError::Invalid(InvalidInput {
+                                message: format!("`{field}` {reason}"),
+                                field: Some((*field).into()),
+                                line: None,
+                            }))
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(step.issued)
+            }
+            None => self.close_all(None, until).await,
+        }
+    }
+
+    /// Closes the periods of every account whose open period began before the current
+    /// calendar month (UTC) and has charges: the month's close, also catching up on months
+    /// missed while the server was down (a period is closed at the end of its own month).
+    /// The server runs it at startup and then whenever the UTC month changes (a background
+    /// task, `tollgate_api::spawn_month_close`). Returns the invoices issued.
+    pub async fn close_elapsed_months(&self) -> Result<Vec<(i64, i64)>, EngineError> {
+        let start = month_start(self.now());
+        self.close_all(Some(start), Some(start)).await
+    }
+
+    async fn close_all(
+        &self,
+        started_before: Option<Timestamp>,
+        until: Option<Timestamp>,
+    ) -> Result<Vec<(i64, i64)>, EngineError> {
+        let mut issued = Vec::new();
+        let mut after = None;
+        loop {
+            let step = self
+                .close_step(
+                    CloseScope::Next {
+                        after: after.clone(),
+                        started_before,
+                    },
+                    until,
+                )
+                .await?;
+            issued.extend(step.issued);
+            if step.closed.len() < CLOSE_STEP_ACCOUNTS {
+                return Ok(issued);
+            }
+            after = step.closed.last().map(|(a, _)| a.clone());
+        }
+    }
+
+    async fn close_step(
+        &self,
+        scope: CloseScope,
+        until: Option<Timestamp>,
+    ) -> Result<CloseStep, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Close {
+            scope,
+            until,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| EngineError::Stopped)?
     }
 
     /// Voids every hold that has expired by now, and expires credits past their date. Returns
@@ -714,7 +869,11 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
         return Vec::new();
     }
     let now = (shared.clock)();
+    let prefix = shared.invoice_prefix.read().expect("prefix lock").clone();
     let mut answers: Vec<Vec<Result<Outcome, Rejection>>> = Vec::new();
+    // Per job: the accounts a close job closed (empty for other jobs).
+    let mut closing: Vec<Vec<AccountId>> = Vec::new();
+    let mut numbers: Vec<(i64, i64)> = Vec::new();
     let mut spent: Option<BatchState> = None;
     let mut runs = 0u64;
     let started = Instant::now();
@@ -724,11 +883,33 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
         // committed, which a rollback does not change.
         runs += 1;
         answers.clear();
+        closing.clear();
         let catalog = catalog_in_force(tx, shared)?;
         let mut ops_per_job: Vec<Vec<Op>> = Vec::with_capacity(jobs.len());
         for job in &jobs {
+            let mut closed = Vec::new();
             ops_per_job.push(match job {
                 Job::Ops { ops, .. } => ops.clone(),
+                Job::Close { scope, until, .. } => {
+                    closed = match scope {
+                        CloseScope::Account(a) => vec![a.clone()],
+                        CloseScope::Next {
+                            after,
+                            started_before,
+                        } => tx.accounts_with_period_charges(
+                            after.as_ref(),
+                            *started_before,
+                            CLOSE_STEP_ACCOUNTS,
+                        )?,
+                    };
+                    closed
+                        .iter()
+                        .map(|account| Op::CloseInvoicePeriod {
+                            account: account.clone(),
+                            until: *until,
+                        })
+                        .collect()
+                }
                 Job::Sweep { .. } => {
                     let holds = tx.due_expiries(now, SWEEP_LIMIT)?;
                     let credits = tx.due_credit_expiries(now, SWEEP_LIMIT)?;
@@ -746,8 +927,12 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
                     unreachable!("run alone")
                 }
             });
+            closing.push(closed);
         }
         let mut state = load(tx, now, ops_per_job.iter().flatten())?;
+        state.invoice_prefix = prefix.clone();
+        // A period of an earlier month is closed before any operation adds to its account.
+        close_elapsed_periods(&mut state, now);
         for ops in ops_per_job {
             answers.push(
                 ops.into_iter()
@@ -757,7 +942,8 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
         }
         let persisted = tx.persist(&state);
         spent = Some(state);
-        persisted
+        numbers = persisted?;
+        Ok(())
     });
     let took = started.elapsed();
     let metrics = &shared.metrics;
@@ -790,12 +976,45 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
             }
         })
     };
+    // The usage invoices the batch issued, by account, with their numbers.
+    let usage_invoices: Vec<(AccountId, (i64, i64))> = match (&result, &*spent_now(&spent)) {
+        (Ok(()), Some(state)) => state
+            .new_invoices
+            .iter()
+            .zip(&numbers)
+            .filter(|(i, _)| i.kind == InvoiceKind::Usage)
+            .map(|(i, n)| (i.account.clone(), *n))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut closing = closing.into_iter();
     let free: Answer = Box::new(move |_| drop(spent));
     std::iter::once(count)
         .chain(jobs.into_iter().map(|job| {
+            let closed = closing.next().unwrap_or_default();
             let (reply, ops) = match job {
                 Job::Ops { reply, ops } => (reply, ops),
                 Job::Sweep { reply } => (reply, Vec::new()),
+                Job::Close { reply, .. } => {
+                    let msg = match &result {
+                        Ok(()) => {
+                            let answers = answers.next().expect("one answer list per job");
+                            let issued = usage_invoices
+                                .iter()
+                                .filter(|(a, _)| closed.contains(a))
+                                .map(|(_, n)| *n)
+                                .collect();
+                            Ok(CloseStep {
+                                closed: closed.into_iter().zip(answers).collect(),
+                                issued,
+                            })
+                        }
+                        Err(e) => Err(EngineError::Store(e.clone())),
+                    };
+                    return Box::new(move |synced: Result<(), EngineError>| {
+                        let _ = reply.send(synced.and(msg));
+                    }) as Answer;
+                }
                 Job::Admin { .. } | Job::Stop { .. } | Job::Ping { .. } => unreachable!(),
             };
             let msg = match &result {
@@ -810,6 +1029,10 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
         }))
         .chain(std::iter::once(free))
         .collect()
+}
+
+fn spent_now(spent: &Mutex<Option<BatchState>>) -> std::sync::MutexGuard<'_, Option<BatchState>> {
+    spent.lock().expect("batch state")
 }
 
 /// The catalog as committed: another process sharing the database may have changed it, and
@@ -916,6 +1139,7 @@ fn run_admin(
     let mut reply = AdminReply::Done;
     let mut new_catalog: Option<(i64, Catalog)> = None;
     let mut invalid: Option<InvalidInput> = None;
+    let mut wrong_state: Option<String> = None;
     let runs = std::cell::Cell::new(0u64);
     store
         .transaction(&mut |tx| {
@@ -924,6 +1148,7 @@ fn run_admin(
             reply = AdminReply::Done;
             new_catalog = None;
             invalid = None;
+            wrong_state = None;
             match &cmd {
                 AdminCmd::CreateAccount { username, billing } => {
                     tx.create_account(username, *billing, now)?
@@ -951,6 +1176,28 @@ fn run_admin(
                     new_catalog = Some((tx.catalog_generation()?, tx.load_catalog()?));
                 }
                 AdminCmd::SetIssuer(issuer) => tx.set_issuer(issuer)?,
+                AdminCmd::SetInvoiceStatus {
+                    year,
+                    seq,
+                    status,
+                    reference,
+                } => {
+                    if let Some(is) =
+                        tx.change_invoice_status(*year, *seq, *status, now, reference)?
+                    {
+                        let id = tollgate_store::InvoiceRecord::id_of(*year, *seq);
+                        let message = format!(
+                            "invoice {id} is {}; only an open invoice can be {}",
+                            is.as_str(),
+                            match status {
+                                InvoiceStatus::Paid => "paid",
+                                _ => "voided",
+                            }
+                        );
+                        wrong_state = Some(message.clone());
+                        return Err(StoreError::Refused(message));
+                    }
+                }
                 AdminCmd::PreviewCatalog(doc) => {
                     let current = tx.load_catalog()?;
                     let plan = plan_catalog(&current, doc, now, &mut invalid)?;
@@ -961,9 +1208,10 @@ fn run_admin(
         })
         .inspect(|()| shared.metrics.store_runs(runs.get(), None))
         .inspect_err(|e| shared.metrics.store_runs(runs.get(), Some(e)))
-        .map_err(|e| match invalid.take() {
-            Some(msg) => EngineError::Invalid(msg),
-            None => EngineError::Store(e),
+        .map_err(|e| match (invalid.take(), wrong_state.take()) {
+            (Some(msg), _) => EngineError::Invalid(msg),
+            (None, Some(msg)) => EngineError::WrongState(msg),
+            (None, None) => EngineError::Store(e),
         })?;
     if let Some((generation, c)) = new_catalog {
         *shared.catalog.write().expect("catalog lock") = (generation, Arc::new(c));

@@ -29,7 +29,9 @@ use tollgate_core::machine::{
     PurchaseRecord, RequestRecord,
 };
 use tollgate_core::price::{MachinePrices, PriceRule};
-use tollgate_core::rollup::{ActivityKey, ActivityTotals, Grain, UsageKey, UsageTotals};
+use tollgate_core::rollup::{
+    ActivityKey, ActivityTotals, Grain, UsageKey, UsagePrice, UsageTotals,
+};
 use tollgate_core::statement::{MovementKind, Movements};
 use tollgate_core::terms::TermsSchedule;
 use tollgate_core::{Nanos, Timestamp};
@@ -282,9 +284,60 @@ impl AccountsQuery {
     }
 }
 
-/// The prefix of the invoice numbers issued (kept with each invoice, so a later change of it
-/// renumbers nothing).
+/// The prefix of the invoice numbers issued unless the configuration names another (kept with
+/// each invoice, so a later change of it renumbers nothing; the sequence is shared whatever
+/// the prefix).
 pub const INVOICE_PREFIX: &str = "TG";
+
+/// Whether `prefix` may begin invoice numbers: 1 to 12 characters of `A-Z`, `0-9` and `-`,
+/// beginning and ending with a letter or digit (so `<prefix>-<year>-<seq>` reads as three
+/// parts). The error says what is wrong.
+pub fn check_invoice_prefix(prefix: &str) -> std::result::Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-';
+    if prefix.is_empty() || prefix.chars().count() > 12 {
+        return Err(format!("{prefix:?} must have 1 to 12 characters"));
+    }
+    if !prefix.chars().all(ok_char) {
+        return Err(format!(
+            "{prefix:?} may contain only uppercase letters A-Z, digits and '-'"
+        ));
+    }
+    if prefix.starts_with('-') || prefix.ends_with('-') {
+        return Err(format!(
+            "{prefix:?} must begin and end with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// One line of a usage invoice: what the account's period charged for one endpoint, unit,
+/// price and percent discount, of usage in one calendar month (UTC, the charge month).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvoiceLineRecord {
+    /// `yyyymm` of the usage (UTC).
+    pub charge_month: i32,
+    pub endpoint: EndpointId,
+    pub unit: String,
+    pub price: UsagePrice,
+    pub percent_discount: Option<rust_decimal::Decimal>,
+    pub totals: UsageTotals,
+    /// The earliest and latest usage time of its charges.
+    pub first_usage_at: Timestamp,
+    pub last_usage_at: Timestamp,
+}
+
+impl InvoiceLineRecord {
+    /// The charge period: from the start of the UTC day of the earliest usage to the start of
+    /// the day after the latest.
+    pub fn charge_period(&self) -> (Timestamp, Timestamp) {
+        let day = tollgate_core::time::MS_PER_DAY;
+        let floor = |t: Timestamp| Timestamp(t.0.div_euclid(day) * day);
+        (
+            floor(self.first_usage_at),
+            floor(self.last_usage_at).plus_ms(day),
+        )
+    }
+}
 
 /// An issued invoice as stored. Its number is `<prefix>-<year>-<seq>` (seq at least six
 /// digits); its id names the same `(year, seq)`.
@@ -299,8 +352,17 @@ pub struct InvoiceRecord {
     pub issued_at: Timestamp,
     pub period_start: Timestamp,
     pub period_end: Timestamp,
+    pub subtotal: Nanos,
+    pub discount: Nanos,
     pub total: Nanos,
     pub purchase_id: Option<PurchaseId>,
+    /// When the status last changed (paid or voided by an operator), and the payment
+    /// reference or the reason given.
+    pub status_changed_at: Option<Timestamp>,
+    pub status_reference: Option<String>,
+    /// A usage invoice's lines, in (charge month, endpoint, unit, price, discount) order;
+    /// empty for a top-up invoice (its one line is its purchase).
+    pub lines: Vec<InvoiceLineRecord>,
 }
 
 impl InvoiceRecord {
@@ -488,6 +550,9 @@ pub struct Reconciliation {
     /// Accounts whose balance days do not end at their balance (the last day's closing, and
     /// the sum of every day's movements), with (balance, last closing, summed movements).
     pub statement_mismatches: Vec<(AccountId, Nanos, Nanos, Nanos)>,
+    /// Usage invoices whose lines do not add up to their subtotal, discount and total, as
+    /// `(year, seq)`.
+    pub invoice_mismatches: Vec<(i64, i64)>,
     /// Posted to revenue (post and charge transfers).
     pub revenue_nanos: i128,
     /// Sum of line item totals.
@@ -526,6 +591,7 @@ impl Reconciliation {
         list(&mut out, "line item mismatches", &self.line_item_mismatches);
         list(&mut out, "rollup mismatches", &self.rollup_mismatches);
         list(&mut out, "statement mismatches", &self.statement_mismatches);
+        list(&mut out, "invoice mismatches", &self.invoice_mismatches);
         if self.revenue_nanos != self.billed_nanos {
             out.push(format!(
                 "revenue {} != billed {} nano-USD",
@@ -559,6 +625,7 @@ impl Reconciliation {
             && self.line_item_mismatches.is_empty()
             && self.rollup_mismatches.is_empty()
             && self.statement_mismatches.is_empty()
+            && self.invoice_mismatches.is_empty()
             && self.revenue_nanos == self.billed_nanos
             && self.purchased_nanos == self.credited_nanos
             && self.adjusted_nanos == self.adjusted_in_ledger_nanos
@@ -718,8 +785,31 @@ pub trait Tx {
         out: &mut HashMap<(AccountId, AdjustmentId), AdjustmentRecord>,
     ) -> Result<()>;
     /// Writes what the core decided: dirty accounts and requests, new purchases and
-    /// adjustments, transfers and line items.
-    fn persist(&mut self, state: &BatchState) -> Result<()>;
+    /// adjustments, transfers and line items, the accruals of usage periods, and the invoices
+    /// the batch issued, numbered (a usage invoice gets its period's accruals as its lines).
+    /// Returns the `(year, seq)` of each of `state.new_invoices`, in order.
+    fn persist(&mut self, state: &BatchState) -> Result<Vec<(i64, i64)>>;
+    /// Accounts with charges in their open usage period, in name order after `after`, only
+    /// those whose period began before `started_before` when it is given (an index of the
+    /// accounts with charges, not a scan of every account).
+    fn accounts_with_period_charges(
+        &mut self,
+        after: Option<&AccountId>,
+        started_before: Option<Timestamp>,
+        limit: usize,
+    ) -> Result<Vec<AccountId>>;
+    /// Moves an open invoice to `to` (paid or void) at `at`, with the payment reference or
+    /// the reason: `Ok(None)` when done, `Ok(Some(status))` when the invoice is not open (it
+    /// is `status`, and nothing changed); [`StoreError::NotFound`] when there is no such
+    /// invoice. Amounts and lines are never touched.
+    fn change_invoice_status(
+        &mut self,
+        year: i64,
+        seq: i64,
+        to: InvoiceStatus,
+        at: Timestamp,
+        reference: &str,
+    ) -> Result<Option<InvoiceStatus>>;
     /// In-progress requests whose hold expired at `now`, oldest first.
     fn due_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<RequestId>>;
     /// Accounts with credits left in a lot whose expiry date has passed at `now`.

@@ -4,8 +4,9 @@
 
 use crate::{
     corrupt, decimal, invoice_number, json, parse_id, to_json, AccountRow, ApiKeyRecord,
-    BillingMode, InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery, PurchaseEntry,
-    PurchasesQuery, Reconciliation, Result, Scope, SETTING_CONCURRENCY, SETTING_MACHINES,
+    BillingMode, InvoiceLineRecord, InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery,
+    PurchaseEntry, PurchasesQuery, Reconciliation, Result, Scope, SETTING_CONCURRENCY,
+    SETTING_MACHINES,
 };
 use std::collections::HashMap;
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
@@ -14,12 +15,14 @@ use tollgate_core::ids::{
     AccountId, AdjustmentId, ApiKeyId, EndpointId, MachineType, PurchaseId, RequestId,
 };
 use tollgate_core::ledger::CreditAccount;
+use tollgate_core::machine::{month_of, BatchState};
 use tollgate_core::machine::{
-    AccountState, AdjustmentRecord, InvoiceKind, InvoiceStatus, LineItem, Lot, PurchaseRecord,
-    RequestRecord, RequestStatus, Source, TransferRecord,
+    AccountState, AdjustmentRecord, InvoiceKind, InvoiceStatus, LineItem, Lot, OpenPeriod,
+    PurchaseRecord, RequestRecord, RequestStatus, Source, TransferRecord,
 };
 use tollgate_core::price::{MachinePrices, PriceRule};
 use tollgate_core::pricing::{Charge, Discounts};
+use tollgate_core::rollup::{UsagePrice, UsageTotals};
 use tollgate_core::terms::{Terms, TermsSchedule, TermsVersion};
 use tollgate_core::{Nanos, Timestamp};
 
@@ -34,7 +37,8 @@ pub(crate) trait Get {
 
 pub(crate) const ACCOUNT_COLS: &str = "username, balance_nanos, held_nanos, in_progress, \
      terms, adjusted_credit_nanos, disputed_since, paid_lifetime_nanos, \
-     month, month_subtotal_nanos, created_at";
+     month, month_subtotal_nanos, created_at, period_start, period_charges, \
+     period_subtotal_nanos, period_discount_nanos, period_total_nanos, period_last_charge_at";
 
 /// An `accounts` row.
 pub(crate) struct AccountCols {
@@ -49,6 +53,7 @@ pub(crate) struct AccountCols {
     pub month: i32,
     pub month_subtotal: i64,
     pub created_at: i64,
+    pub period: OpenPeriod,
 }
 
 fn small(what: &str, v: i64) -> Result<u32> {
@@ -70,6 +75,14 @@ impl AccountCols {
             month: i32::try_from(r.int(8)?).map_err(|e| corrupt("month", e))?,
             month_subtotal: r.int(9)?,
             created_at: r.int(10)?,
+            period: OpenPeriod {
+                start: Timestamp(r.int(11)?),
+                charges: u64::try_from(r.int(12)?).map_err(|e| corrupt("period_charges", e))?,
+                subtotal: Nanos(r.int(13)?),
+                discount: Nanos(r.int(14)?),
+                total: Nanos(r.int(15)?),
+                last_charge_at: Timestamp(r.int(16)?),
+            },
         })
     }
 
@@ -96,6 +109,7 @@ impl AccountCols {
             adjusted_credit: Nanos(self.adjusted_credit),
             terms: terms_schedule(&self.terms)?,
             disputed_since: self.disputed_since.map(Timestamp),
+            period: self.period,
         };
         state.use_terms_at(now);
         Ok(AccountRow {
@@ -213,7 +227,106 @@ impl AdjustmentCols {
 }
 
 pub(crate) const INVOICE_COLS: &str = "year, seq, prefix, account, kind, status, issued_at, \
-     period_start, period_end, total_nanos, purchase_id";
+     period_start, period_end, total_nanos, purchase_id, subtotal_nanos, discount_nanos, \
+     status_changed_at, status_reference";
+
+/// The columns of `invoice_lines` read as a line (the quantity as text on both stores).
+pub(crate) const INVOICE_LINE_COLS: &str = "charge_month, endpoint_id, unit, unit_price, \
+     blend_version, percent_discount, CAST(quantity AS TEXT), requests, subtotal_nanos, \
+     discount_nanos, total_nanos, first_usage_at, last_usage_at";
+
+/// The order of an invoice's lines.
+pub(crate) const INVOICE_LINE_ORDER: &str =
+    "charge_month, endpoint_id, unit, blend_version, unit_price, percent_discount";
+
+/// A row of `SELECT {INVOICE_LINE_COLS}`.
+pub(crate) fn invoice_line_row(r: &dyn Get) -> Result<InvoiceLineRecord> {
+    let price = match r.int(4)? {
+        0 => UsagePrice::Rate(decimal("unit_price", &r.text(3)?)?),
+        version => UsagePrice::Blended { version },
+    };
+    let discount = r.text(5)?;
+    Ok(InvoiceLineRecord {
+        charge_month: i32::try_from(r.int(0)?).map_err(|e| corrupt("charge_month", e))?,
+        endpoint: parse_id(EndpointId::parse, &r.text(1)?)?,
+        unit: r.text(2)?,
+        price,
+        percent_discount: if discount.is_empty() {
+            None
+        } else {
+            Some(decimal("percent_discount", &discount)?)
+        },
+        totals: UsageTotals {
+            quantity: decimal("quantity", &r.text(6)?)?,
+            requests: u64::try_from(r.int(7)?).map_err(|e| corrupt("requests", e))?,
+            subtotal: Nanos(r.int(8)?),
+            discount: Nanos(r.int(9)?),
+            total: Nanos(r.int(10)?),
+        },
+        first_usage_at: Timestamp(r.int(11)?),
+        last_usage_at: Timestamp(r.int(12)?),
+    })
+}
+
+/// The key columns of an accrual or invoice line for one of a batch's line items: charge
+/// month, endpoint, unit, unit price (empty when blended), blend version (0 for a rate),
+/// percent discount (empty for none), as the usage rollups key their rows.
+pub(crate) fn accrual_key(item: &LineItem) -> (i32, String, String, String, i64, String) {
+    let price = UsagePrice::of(item);
+    (
+        month_of(item.billed_at),
+        item.endpoint.as_str().to_string(),
+        item.unit.clone(),
+        match price {
+            UsagePrice::Rate(p) => p.to_string(),
+            UsagePrice::Blended { .. } => String::new(),
+        },
+        match price {
+            UsagePrice::Rate(_) => 0,
+            UsagePrice::Blended { version } => version,
+        },
+        item.charge
+            .percent_discount
+            .map(|p| p.normalize().to_string())
+            .unwrap_or_default(),
+    )
+}
+
+/// One accrual row's key: account, period start, then [`accrual_key`].
+pub(crate) type AccrualKey = (String, i64, (i32, String, String, String, i64, String));
+
+/// A batch's accruals summed per row (a row takes one upsert), with the first and last usage
+/// time of each.
+pub(crate) fn accrual_rows(
+    s: &BatchState,
+) -> Result<std::collections::BTreeMap<AccrualKey, (UsageTotals, i64, i64)>> {
+    let mut out: std::collections::BTreeMap<AccrualKey, (UsageTotals, i64, i64)> =
+        std::collections::BTreeMap::new();
+    for a in &s.accruals {
+        let item = &s.line_items[a.item];
+        let key = (
+            item.account.as_str().to_string(),
+            a.period_start.0,
+            accrual_key(item),
+        );
+        let at = item.billed_at.0;
+        let row = out
+            .entry(key)
+            .or_insert_with(|| (UsageTotals::default(), at, at));
+        row.0
+            .add(&UsageTotals {
+                quantity: item.charge.quantity,
+                requests: 1,
+                subtotal: item.charge.subtotal_nanos,
+                discount: item.charge.discount_nanos,
+                total: item.charge.total_nanos,
+            })
+            .map_err(|e| crate::StoreError::database(e.to_string(), e))?;
+        row.1 = row.1.min(at);
+        row.2 = row.2.max(at);
+    }
+    Ok(out)
+}
 
 /// A row of `SELECT {INVOICE_COLS}`.
 pub(crate) fn invoice_row(r: &dyn Get) -> Result<InvoiceRecord> {
@@ -234,6 +347,11 @@ pub(crate) fn invoice_row(r: &dyn Get) -> Result<InvoiceRecord> {
             .opt_text(10)?
             .map(|p| parse_id(PurchaseId::parse, &p))
             .transpose()?,
+        subtotal: Nanos(r.int(11)?),
+        discount: Nanos(r.int(12)?),
+        status_changed_at: r.opt_int(13)?.map(Timestamp),
+        status_reference: r.opt_text(14)?,
+        lines: Vec::new(),
     })
 }
 
@@ -816,7 +934,25 @@ pub(crate) fn reconcile(q: &mut Query) -> Result<Reconciliation> {
     account_mismatches(q, &mut rec)?;
     line_item_mismatches(q, &mut rec)?;
     rollup_mismatches(q, &mut rec)?;
+    invoice_mismatches(q, &mut rec)?;
     Ok(rec)
+}
+
+/// Usage invoices whose lines do not add up to their subtotal, discount and total (an issued
+/// invoice's amounts are its lines', summed as the period's charges were).
+fn invoice_mismatches(q: &mut Query, rec: &mut Reconciliation) -> Result<()> {
+    for row in q(
+        "SELECT i.year, i.seq FROM invoices i LEFT JOIN (SELECT year, seq, \
+           CAST(SUM(subtotal_nanos) AS BIGINT) AS s, CAST(SUM(discount_nanos) AS BIGINT) AS d, \
+           CAST(SUM(total_nanos) AS BIGINT) AS t FROM invoice_lines GROUP BY year, seq) l \
+           ON l.year = i.year AND l.seq = i.seq \
+         WHERE i.kind = 'usage' AND (COALESCE(l.s, 0) != i.subtotal_nanos \
+           OR COALESCE(l.d, 0) != i.discount_nanos OR COALESCE(l.t, 0) != i.total_nanos) \
+         ORDER BY i.year, i.seq",
+    )? {
+        rec.invoice_mismatches.push((row[0].int()?, row[1].int()?));
+    }
+    Ok(())
 }
 
 /// The ledger's totals: revenue, billed, purchased, credited and expired.

@@ -4,13 +4,18 @@
 //! then the environment, then the file, then the defaults; [`Settings`] is the result, resolved
 //! once before anything starts.
 //!
-//! Every setting is declared once, in the `settings!` table below, with its value type. A value
+//! Every setting is declared once, in a `settings!` table below, with its value type. A value
 //! type checks its value the same way whichever place it came from (a TOML value is also
 //! checked for its TOML type first), so the file, the environment and the flags cannot
-//! disagree on what is valid. The settings so far are all top-level; a section to come
-//! (`[invoices] prefix`) is meant to be a second `settings!` table for its own `Layer` type,
-//! held as an `Option<...Layer>` field of the file's layer with its flags flattened into
-//! [`Flags`] under the section's prefix.
+//! disagree on what is valid.
+//!
+//! A section (`[invoices]`) is a second `settings!` table for its own layer type
+//! ([`InvoicesLayer`], [`InvoicesFlags`]), named by the section's prefix; the top-level table
+//! lists it after its own settings (`[invoices] invoices: InvoicesLayer, InvoicesFlags;`), which
+//! makes it an `Option<InvoicesLayer>` field of [`Layer`] (the file's `[invoices]` table) and
+//! flattens its flags into [`Flags`]. A section's setting is named `section.key` (`config check`
+//! prints `invoices.prefix`), `TOLLGATE_SECTION_KEY` in the environment
+//! (`TOLLGATE_INVOICES_PREFIX`) and `--section-key` as a flag (`--invoices-prefix`).
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -21,64 +26,156 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-/// Declares the settings: the layer every source fills ([`Layer`]: all optional), the flags
-/// that fill one ([`Flags`]), and the environment variables' names.
+/// A setting's name: `key` at the top level, `section.key` in a section.
+macro_rules! setting_name {
+    ((), $name:ident) => {
+        stringify!($name)
+    };
+    (($section:literal), $name:ident) => {
+        concat!($section, ".", stringify!($name))
+    };
+}
+
+/// A setting's flag (without its dashes), at compile time: its name with `.` and `_` as `-`
+/// (`invoices.prefix` → `invoices-prefix`); with `upper`, the name in capitals with `.` as `_`
+/// (the flag's value name: `drain_timeout_s` → `DRAIN_TIMEOUT_S`).
+macro_rules! flag_name {
+    ($name:expr) => {
+        flag_name!($name, false)
+    };
+    ($name:expr, upper) => {
+        flag_name!($name, true)
+    };
+    ($name:expr, $upper:literal) => {{
+        const NAME: &str = $name;
+        const BYTES: [u8; NAME.len()] = spelled(NAME, $upper);
+        const FLAG: &str = match std::str::from_utf8(&BYTES) {
+            Ok(flag) => flag,
+            Err(_) => panic!("setting names are ASCII"),
+        };
+        FLAG
+    }};
+}
+
+/// `name` spelled as a flag (`.` and `_` as `-`), or with `upper` as a value name (capitals,
+/// `.` as `_`).
+const fn spelled<const N: usize>(name: &str, upper: bool) -> [u8; N] {
+    let bytes = name.as_bytes();
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = match (bytes[i], upper) {
+            (b'.', true) => b'_',
+            (b'.' | b'_', false) => b'-',
+            (b, true) => b.to_ascii_uppercase(),
+            (b, false) => b,
+        };
+        i += 1;
+    }
+    out
+}
+
+/// Declares one table of settings: the layer every source fills (all optional), the flags that
+/// fill one, and the environment variables' names. `()` is the top level, `("name")` the
+/// section `[name]`; the top level lists its sections last, each with its own table's types.
 macro_rules! settings {
-    ($( $(#[doc = $doc:literal])* $name:ident: $ty:ty, )*) => {
-        /// One source's settings: what the file, the environment or the flags set.
+    (
+        $(#[doc = $layer_doc:literal])* $layer:ident, $flags:ident, $section:tt;
+        $( $(#[doc = $doc:literal])* $name:ident: $ty:ty, )*
+        $( [$sub:ident] $sub_layer:ident, $sub_flags:ident; )*
+    ) => {
+        $(#[doc = $layer_doc])*
         #[derive(Debug, Clone, Default, Deserialize)]
         #[serde(deny_unknown_fields)]
-        pub struct Layer {
+        pub struct $layer {
             $( pub $name: Option<$ty>, )*
+            $( pub $sub: Option<$sub_layer>, )*
         }
 
         /// The settings as flags of `tollgate serve` (each also `TOLLGATE_<NAME>` and a key of
         /// the `--config` file).
         #[derive(Debug, Clone, Default, clap::Args)]
-        pub struct Flags {
-            $( $(#[doc = $doc])* #[arg(long)] pub $name: Option<$ty>, )*
+        pub struct $flags {
+            $(
+                $(#[doc = $doc])*
+                #[arg(
+                    id = setting_name!($section, $name),
+                    long = flag_name!(setting_name!($section, $name)),
+                    value_name = flag_name!(stringify!($name), upper),
+                )]
+                pub $name: Option<$ty>,
+            )*
+            $( #[command(flatten)] pub $sub: $sub_flags, )*
         }
 
-        impl From<Flags> for Layer {
-            fn from(flags: Flags) -> Layer {
-                Layer { $( $name: flags.$name, )* }
+        impl From<$flags> for $layer {
+            fn from(flags: $flags) -> $layer {
+                $layer {
+                    $( $name: flags.$name, )*
+                    $( $sub: $sub_layer::from(flags.$sub).if_set(), )*
+                }
             }
         }
 
-        impl Layer {
-            /// Every setting's name, in declaration order.
-            pub const NAMES: &'static [&'static str] = &[$( stringify!($name), )*];
+        impl $layer {
+            /// Every setting's name (`key`, or `section.key`), in declaration order.
+            pub fn names() -> Vec<&'static str> {
+                #[allow(unused_mut)]
+                let mut names = vec![$( setting_name!($section, $name), )*];
+                $( names.extend($sub_layer::names()); )*
+                names
+            }
 
             /// The settings `TOLLGATE_<NAME>` variables give; `var` reads one.
-            pub fn from_env(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Layer> {
-                let mut layer = Layer::default();
+            pub fn from_env(var: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<$layer> {
+                #[allow(unused_mut)]
+                let mut layer = $layer::default();
                 $(
-                    let key = env_name(stringify!($name));
+                    let key = env_name(setting_name!($section, $name));
                     if let Some(text) = var(&key) {
                         layer.$name = Some(text.parse::<$ty>().map_err(|e| {
                             anyhow::anyhow!("environment variable {key}={text:?}: {e}")
                         })?);
                     }
                 )*
+                $( layer.$sub = $sub_layer::from_env(var)?.if_set(); )*
                 Ok(layer)
             }
 
             /// `self` with every setting `over` sets replaced by `over`'s.
-            pub fn under(self, over: Layer) -> Layer {
-                Layer { $( $name: over.$name.or(self.$name), )* }
+            pub fn under(self, over: $layer) -> $layer {
+                $layer {
+                    $( $name: over.$name.or(self.$name), )*
+                    $(
+                        $sub: match (self.$sub, over.$sub) {
+                            (Some(below), Some(above)) => Some(below.under(above)),
+                            (below, above) => above.or(below),
+                        },
+                    )*
+                }
             }
 
             /// The names of the settings this layer sets.
             pub fn names_set(&self) -> Vec<&'static str> {
+                #[allow(unused_mut)]
                 let mut names = Vec::new();
-                $( if self.$name.is_some() { names.push(stringify!($name)); } )*
+                $( if self.$name.is_some() { names.push(setting_name!($section, $name)); } )*
+                $( if let Some(sub) = &self.$sub { names.extend(sub.names_set()); } )*
                 names
+            }
+
+            /// `Some(self)` if it sets anything.
+            #[allow(dead_code)]
+            fn if_set(self) -> Option<$layer> {
+                (!self.names_set().is_empty()).then_some(self)
             }
         }
     };
 }
 
 settings! {
+    /// One source's settings: what the file, the environment or the flags set.
+    Layer, Flags, ();
     /// The database: a SQLite file path (created if missing), or a PostgreSQL URL
     /// (postgres://user:password@host:5432/dbname) shared by several tollgate servers.
     /// Default: tollgate.db, or tollgate-demo.db with --demo.
@@ -109,11 +206,22 @@ settings! {
     /// The most connections open at once; kept below the process's open-file limit.
     /// Default: 10000.
     max_connections: Positive,
+    [invoices] InvoicesLayer, InvoicesFlags;
 }
 
-/// `TOLLGATE_` and the name in capitals (`drain_timeout_s` → `TOLLGATE_DRAIN_TIMEOUT_S`).
+settings! {
+    /// The `[invoices]` section: how invoices are numbered.
+    InvoicesLayer, InvoicesFlags, ("invoices");
+    /// The prefix of invoice numbers (`<prefix>-<year>-<seq>`) issued from now on: 1 to 12
+    /// characters, uppercase letters A-Z, digits and `-`, beginning and ending with a letter
+    /// or digit. The sequence is shared whatever the prefix. Default: TG.
+    prefix: InvoicePrefix,
+}
+
+/// `TOLLGATE_` and the name in capitals, a section's dot as `_` (`drain_timeout_s` →
+/// `TOLLGATE_DRAIN_TIMEOUT_S`, `invoices.prefix` → `TOLLGATE_INVOICES_PREFIX`).
 pub fn env_name(name: &str) -> String {
-    format!("TOLLGATE_{}", name.to_ascii_uppercase())
+    format!("TOLLGATE_{}", name.replace('.', "_").to_ascii_uppercase())
 }
 
 /// The settings `tollgate serve` runs with.
@@ -131,6 +239,14 @@ pub struct Settings {
     pub idle_timeout_s: u64,
     pub request_timeout_s: u64,
     pub max_connections: u64,
+    pub invoices: InvoiceSettings,
+}
+
+/// The `[invoices]` settings `tollgate serve` runs with.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvoiceSettings {
+    /// Checked by [`tollgate_store::check_invoice_prefix`].
+    pub prefix: String,
 }
 
 impl Settings {
@@ -151,6 +267,15 @@ impl Settings {
             idle_timeout_s: secs(layer.idle_timeout_s, 60),
             request_timeout_s: secs(layer.request_timeout_s, 60),
             max_connections: secs(layer.max_connections, 10_000),
+            invoices: {
+                let invoices = layer.invoices.unwrap_or_default();
+                InvoiceSettings {
+                    prefix: invoices.prefix.map_or_else(
+                        || tollgate_store::INVOICE_PREFIX.to_string(),
+                        |p: InvoicePrefix| p.0,
+                    ),
+                }
+            },
         }
     }
 
@@ -161,7 +286,7 @@ impl Settings {
             Some(path) => read_file(path)?,
             None => Layer::default(),
         };
-        let env = Layer::from_env(|k| std::env::var(k).ok())?;
+        let env = Layer::from_env(&|k| std::env::var(k).ok())?;
         Ok(Settings::from_layer(file.under(env).under(flags.into())))
     }
 
@@ -231,13 +356,13 @@ fn key_at(text: &str, at: usize) -> Option<String> {
 /// (with the environment's `TOLLGATE_*` variables over it), naming where each came from.
 pub fn check(path: &Path) -> anyhow::Result<()> {
     let file = read_file(path)?;
-    let env = Layer::from_env(|k| std::env::var(k).ok())?;
+    let env = Layer::from_env(&|k| std::env::var(k).ok())?;
     let (from_file, from_env) = (file.names_set(), env.names_set());
     let mut settings = Settings::from_layer(file.under(env));
     // A PostgreSQL URL is printed without its password.
     settings.db = settings.db.map(|db| tollgate_store::postgres::redact(&db));
     println!("# {}: valid", path.display());
-    for name in Layer::NAMES {
+    for name in &Layer::names() {
         let origin = if from_env.contains(name) {
             format!("the environment ({})", env_name(name))
         } else if from_file.contains(name) {
@@ -320,6 +445,27 @@ impl FromStr for PublicUrl {
                 "{s:?} is not a public URL: write http:// or https:// and a host"
             )),
         }
+    }
+}
+
+/// An invoice number prefix, as [`tollgate_store::check_invoice_prefix`] allows it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct InvoicePrefix(String);
+
+impl FromStr for InvoicePrefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<InvoicePrefix, String> {
+        tollgate_store::check_invoice_prefix(s)
+            .map(|()| InvoicePrefix(s.to_string()))
+            .map_err(|e| format!("the invoice number prefix {e}"))
+    }
+}
+
+impl TryFrom<String> for InvoicePrefix {
+    type Error = String;
+    fn try_from(s: String) -> Result<InvoicePrefix, String> {
+        s.parse()
     }
 }
 
@@ -414,7 +560,7 @@ mod tests {
             "listen = \"0.0.0.0:9000\"\ndrain_timeout_s = 5\nheader_timeout_s = 7\nlog_format = \"json\"\n",
         )
         .unwrap();
-        let env = Layer::from_env(env(&[
+        let env = Layer::from_env(&env(&[
             ("TOLLGATE_DRAIN_TIMEOUT_S", "6"),
             ("TOLLGATE_HEADER_TIMEOUT_S", "8"),
         ]))
@@ -429,6 +575,36 @@ mod tests {
         assert_eq!(s.header_timeout_s, 9);
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.idle_timeout_s, 60, "the default");
+    }
+
+    #[test]
+    fn a_section_is_layered_like_the_top_level() {
+        let file = parse_file("db = \"a.db\"\n\n[invoices]\nprefix = \"FILE\"\n").unwrap();
+        let none = Layer::from_env(&env(&[])).unwrap();
+        let env = Layer::from_env(&env(&[("TOLLGATE_INVOICES_PREFIX", "ENV-1")])).unwrap();
+        let flags = Layer::from(Flags {
+            invoices: InvoicesFlags {
+                prefix: Some("FLAG".parse().unwrap()),
+            },
+            ..Flags::default()
+        });
+        assert_eq!(env.names_set(), ["invoices.prefix"]);
+        assert!(none.invoices.is_none(), "nothing set, no section");
+        let prefix = |layer: Layer| Settings::from_layer(layer).invoices.prefix;
+        assert_eq!(prefix(Layer::default()), "TG", "the default");
+        assert_eq!(prefix(file.clone().under(none.clone())), "FILE");
+        assert_eq!(prefix(file.clone().under(env.clone())), "ENV-1");
+        assert_eq!(prefix(file.clone().under(env).under(flags.clone())), "FLAG");
+        // A section the flags leave empty keeps what is below it.
+        let empty_flags = Layer::from(Flags::default());
+        assert_eq!(prefix(file.under(none).under(empty_flags)), "FILE");
+        assert_eq!(
+            Layer::names().last(),
+            Some(&"invoices.prefix"),
+            "{:?}",
+            Layer::names()
+        );
+        assert_eq!(env_name("invoices.prefix"), "TOLLGATE_INVOICES_PREFIX");
     }
 
     #[test]
@@ -460,6 +636,24 @@ mod tests {
                 "unknown variant",
             ),
             ("public_url = \"example.com\"\n", 1, "public_url", "http://"),
+            (
+                "db = \"a\"\n[invoices]\nprefix = \"acme\"\n",
+                3,
+                "invoices.prefix",
+                "uppercase letters",
+            ),
+            (
+                "[invoices]\nprefix = \"ACME-\"\n",
+                2,
+                "invoices.prefix",
+                "begin and end",
+            ),
+            (
+                "[invoices]\nnumber = 1\n",
+                2,
+                "invoices.number",
+                "unknown field",
+            ),
         ] {
             let e = parse_file(text).unwrap_err();
             assert!(
@@ -471,7 +665,7 @@ mod tests {
 
     #[test]
     fn a_bad_environment_value_names_its_variable() {
-        let e = Layer::from_env(env(&[("TOLLGATE_MAX_CONNECTIONS", "many")])).unwrap_err();
+        let e = Layer::from_env(&env(&[("TOLLGATE_MAX_CONNECTIONS", "many")])).unwrap_err();
         assert!(
             e.to_string().contains("TOLLGATE_MAX_CONNECTIONS") && e.to_string().contains("many"),
             "{e}"

@@ -28,8 +28,9 @@ pub const SAMPLE_CATALOG: &str = include_str!("../../../catalog/sample.toml");
 pub struct ServeArgs {
     /// A TOML configuration file with any of the settings below (see
     /// docs/tollgate.example.toml). Each setting can also come from the environment as
-    /// TOLLGATE_<NAME> (TOLLGATE_DRAIN_TIMEOUT_S); flags win, then the environment, then the
-    /// file. Check a file with `tollgate config check FILE`.
+    /// TOLLGATE_<NAME> (TOLLGATE_DRAIN_TIMEOUT_S), a section's as TOLLGATE_<SECTION>_<KEY>
+    /// (TOLLGATE_INVOICES_PREFIX for `[invoices] prefix`); flags win, then the environment,
+    /// then the file. Check a file with `tollgate config check FILE`.
     #[arg(long, env = "TOLLGATE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Start a demo: a fresh database with the sample catalog, an operator key and a demo
@@ -107,6 +108,10 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     .with_context(|| format!("cannot open {db}"))?;
     let db = store.describe();
     let engine = Engine::start(store, system_clock())?;
+    // Checked with the settings already; the engine checks it again.
+    engine
+        .set_invoice_prefix(&settings.invoices.prefix)
+        .map_err(|e| anyhow::anyhow!("invoices.prefix: {e}"))?;
 
     if let Some(path) = &settings.catalog {
         let text = std::fs::read_to_string(path)
@@ -174,6 +179,8 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     };
 
     let addr = listener.local_addr()?;
+    // Usage billing periods of past months close at startup and at each month's start.
+    let month_close = tollgate_api::spawn_month_close(engine.clone(), Duration::from_secs(60));
     let sweeper = tollgate_api::spawn_sweeper(
         engine.clone(),
         Duration::from_millis(settings.sweep_interval_ms.max(10)),
@@ -207,6 +214,7 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     )
     .await?;
     sweeper.abort();
+    month_close.abort();
     // Every call answered was committed and synced before its answer; what is still queued
     // (a sweep, a call cut off by the drain timeout) runs now, and the store is closed.
     engine.shutdown().await?;

@@ -157,7 +157,7 @@ fn label(v: &impl Serialize) -> String {
 
 /// One line's cells, in the order of [`COLUMNS`].
 fn cells(line: &InvoiceLine) -> [String; 7] {
-    let unit: &str = line.unit;
+    let unit: &str = &line.unit;
     let endpoint = match &line.endpoint_id {
         Some(e) => e.to_string(),
         None if unit == "credit_usd" => "Prepaid credits".to_string(),
@@ -235,6 +235,18 @@ fn header(doc: &mut Doc, inv: &InvoiceView) -> f32 {
     ];
     if let Some(p) = &inv.purchase_id {
         details.push(("Purchase", p.to_string()));
+    }
+    if let Some(at) = inv.paid_at {
+        details.push(("Paid", date(at)));
+    }
+    if let Some(r) = &inv.payment_reference {
+        details.push(("Payment reference", r.clone()));
+    }
+    if let Some(at) = inv.voided_at {
+        details.push(("Voided", date(at)));
+    }
+    if let Some(r) = &inv.void_reason {
+        details.push(("Void reason", r.clone()));
     }
     let mut y = top - 58.0;
     for (name, value) in &details {
@@ -687,7 +699,7 @@ mod tests {
                 discount += off;
                 InvoiceLine {
                     endpoint_id: Some(format!("fal-ai/model-{i:03}/text-to-image")),
-                    unit: "image",
+                    unit: "image".into(),
                     quantity: Number(q),
                     unit_price: Number(d("0.025")),
                     percent_discount: Number(d("10")),
@@ -704,7 +716,7 @@ mod tests {
             invoice_id: "inv_2026_000042".into(),
             number: "TG-2026-000042".into(),
             username: AccountId::parse("acme").unwrap(),
-            kind: InvoiceKindView::TopUp,
+            kind: InvoiceKindView::Usage,
             status: InvoiceStatusView::Open,
             issued_at: Time(Timestamp(JUNE + 30 * DAY)),
             period_start: Time(Timestamp(JUNE)),
@@ -716,6 +728,10 @@ mod tests {
             total: Number(subtotal - discount),
             total_nano_usd: 0,
             purchase_id: None,
+            paid_at: None,
+            payment_reference: None,
+            voided_at: None,
+            void_reason: None,
             issuer: Some(IssuerBody {
                 name: "Example AI Inc.".into(),
                 address: "1 Main St\nSpringfield, 12345".into(),

@@ -1,11 +1,12 @@
 //! Invoices over HTTP: a paid purchase's top-up invoice as its account reads it (list and
 //! show, `ADMIN` keys only, never another account's), its total equal to the purchase to the
 //! nano-USD, the issuer the operator set shown on it, the operator's list with its filters and
-//! paging, and refused input (400) that writes nothing. Its PDF, read back with `pdftotext`
+//! paging, and refused input (400) that writes nothing; a usage invoice read by its account
+//! only, closed, paid and voided by the operator only. Its PDF, read back with `pdftotext`
 //! (TOLLGATE_PDFTOTEXT, set by scripts/test.sh), shows the JSON's number, customer, issuer and
 //! total, to the same account only, on SQLite and PostgreSQL.
 
-use crate::harness::{dec, int, rfc3339, Body, TestApp, USD};
+use crate::harness::{d, dec, int, rfc3339, Body, TestApp, USD};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tollgate_store::testing::backends;
@@ -147,7 +148,7 @@ async fn the_operator_lists_every_invoice_newest_first_filtered_and_paged() {
 
     for bad in [
         "/v1/admin/invoices?status=unpaid",
-        "/v1/admin/invoices?kind=usage",
+        "/v1/admin/invoices?kind=refund",
         "/v1/admin/invoices?username=Not%20A%20Name",
         "/v1/admin/invoices?cursor=garbage",
         "/v1/admin/invoices?colour=red",
@@ -329,6 +330,204 @@ async fn a_top_up_invoice_prints_as_a_pdf_with_the_json_figures() {
         get(&app, &admin, &format!("/v1/account/invoices/{id}/pdf?x=1"))
             .await
             .expect(400);
+        app.assert_reconciled().await;
+    }
+}
+
+/// A 1024x1024 image of `fal-ai/flux/dev`: one megapixel as fal counts them (rounded up to
+/// whole megapixels of 1024x1024), 0.025 USD.
+const ONE_IMAGE_NANOS: i64 = 25_000_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usage_invoice_is_its_accounts_alone_and_only_the_operator_closes_pays_or_voids_it() {
+    for backend in tollgate_store::testing::backends() {
+        let on = backend.name();
+        let app = TestApp::spawn_at_on(&backend, T0).await;
+        for username in ["bigco", "other"] {
+            app.op(
+                Method::POST,
+                "/v1/admin/accounts",
+                json!({"username": username, "billing": "invoice"}),
+            )
+            .await
+            .expect(201);
+        }
+        let admin = app.create_key("bigco", "ADMIN").await;
+        let api = app.create_key("bigco", "API").await;
+        let other_admin = app.create_key("other", "ADMIN").await;
+        // Two images an hour into the month, recorded then.
+        app.set_now(T0 + 3_600_000);
+        let events: Vec<Value> = (0..2)
+            .map(|i| {
+                json!({
+                    "event_id": format!("bigco-{i}"),
+                    "endpoint_id": "fal-ai/flux/dev",
+                    "username": "bigco",
+                    "timestamp": rfc3339(T0 + 3_600_000),
+                    "status_code": 200,
+                    "output": { "images": [{ "width": 1024, "height": 1024 }] },
+                })
+            })
+            .collect();
+        let r = app.usage_events(json!(events)).await;
+        for result in r.expect(200)["results"].as_array().unwrap() {
+            assert!(result.get("error").is_none(), "{on}: {result}");
+        }
+
+        // A customer's keys, even ADMIN, may not close periods: refused, nothing issued.
+        for key in [&admin, &api] {
+            app.raw(
+                Method::POST,
+                "/v1/admin/invoices/close",
+                Some(key),
+                Body::Json(json!({"username": "bigco"})),
+            )
+            .await
+            .expect_error(403, "authorization_error");
+        }
+        let none = get(&app, &admin, "/v1/account/invoices").await;
+        assert_eq!(none.expect(200)["invoices"], json!([]), "{on}");
+
+        let closed = app
+            .op(
+                Method::POST,
+                "/v1/admin/invoices/close",
+                json!({"username": "bigco"}),
+            )
+            .await;
+        let issued = closed.expect(200)["issued"].as_array().unwrap().clone();
+        assert_eq!(issued.len(), 1, "{on}: {issued:?}");
+        let id = issued[0].as_str().unwrap().to_string();
+        let path = format!("/v1/account/invoices/{id}");
+
+        // Its account's ADMIN key reads it: the two images on one line, the line equal to
+        // the total.
+        let inv = get(&app, &admin, &path).await.expect(200).clone();
+        assert_eq!(
+            (&inv["kind"], &inv["status"], &inv["number"]),
+            (&json!("usage"), &json!("open"), &json!("TG-2026-000001")),
+            "{on}: {inv}"
+        );
+        assert_eq!(int(&inv["total_nano_usd"]), 2 * ONE_IMAGE_NANOS, "{on}");
+        let lines = inv["lines"].as_array().unwrap();
+        assert_eq!(lines.len(), 1, "{on}: {inv}");
+        assert_eq!(
+            (&lines[0]["endpoint_id"], &lines[0]["unit"]),
+            (&json!("fal-ai/flux/dev"), &json!("megapixel"))
+        );
+        assert_eq!(dec(&lines[0]["quantity"]), d("2"), "{on}: two megapixels");
+        assert_eq!(
+            int(&lines[0]["cost_total_nano_usd"]),
+            int(&inv["total_nano_usd"]),
+            "{on}"
+        );
+        assert_eq!(
+            (
+                &lines[0]["charge_period_start"],
+                &lines[0]["charge_period_end"]
+            ),
+            (&json!(rfc3339(T0)), &json!(rfc3339(T0 + 86_400_000))),
+            "{on}: the UTC day of the usage"
+        );
+
+        // Not with an API key; another account's customer never sees it (not found, and not
+        // in its list).
+        get(&app, &api, &path)
+            .await
+            .expect_error(403, "authorization_error");
+        get(&app, &api, "/v1/account/invoices")
+            .await
+            .expect_error(403, "authorization_error");
+        get(&app, &other_admin, &path)
+            .await
+            .expect_error(404, "not_found");
+        let theirs = get(&app, &other_admin, "/v1/account/invoices").await;
+        assert_eq!(theirs.expect(200)["invoices"], json!([]), "{on}");
+
+        // A customer's keys may not pay or void it either; it stays open, unchanged.
+        for key in [&admin, &api] {
+            for (action, body) in [
+                ("pay", json!({"payment_reference": "paid it myself"})),
+                ("void", json!({"reason": "do not want it"})),
+            ] {
+                app.raw(
+                    Method::POST,
+                    &format!("/v1/admin/invoices/{id}/{action}"),
+                    Some(key),
+                    Body::Json(body),
+                )
+                .await
+                .expect_error(403, "authorization_error");
+            }
+        }
+        assert_eq!(get(&app, &admin, &path).await.expect(200), &inv, "{on}");
+
+        // The operator pays it; then it can be neither paid again nor voided.
+        app.set_now(T0 + 7_200_000);
+        let paid = app
+            .op(
+                Method::POST,
+                &format!("/v1/admin/invoices/{id}/pay"),
+                json!({"payment_reference": "wire 7781"}),
+            )
+            .await;
+        let paid = paid.expect(200).clone();
+        assert_eq!(
+            (
+                &paid["status"],
+                &paid["payment_reference"],
+                &paid["paid_at"]
+            ),
+            (
+                &json!("paid"),
+                &json!("wire 7781"),
+                &json!(rfc3339(T0 + 7_200_000))
+            ),
+            "{on}: {paid}"
+        );
+        assert_eq!(
+            (&paid["lines"], &paid["total_nano_usd"]),
+            (&inv["lines"], &inv["total_nano_usd"]),
+            "{on}: paying changes no amount"
+        );
+        for (action, body) in [
+            ("pay", json!({"payment_reference": "again"})),
+            ("void", json!({"reason": "too late"})),
+        ] {
+            let r = app
+                .op(
+                    Method::POST,
+                    &format!("/v1/admin/invoices/{id}/{action}"),
+                    body,
+                )
+                .await;
+            r.expect_error(409, "conflict");
+        }
+        assert_eq!(get(&app, &admin, &path).await.expect(200), &paid, "{on}");
+
+        // Its PDF shows the number, the customer, the line, the total and the payment.
+        let pdf = get(&app, &admin, &format!("{path}/pdf")).await;
+        pdf.expect(200);
+        let text = pdftotext(&pdf.bytes);
+        for needle in [
+            paid["number"].as_str().unwrap(),
+            "bigco",
+            "fal-ai/flux/dev",
+            "megapixel",
+            "Usage",
+            "wire 7781",
+        ] {
+            assert!(text.contains(needle), "{on}: `{needle}` missing from:\n{text}");
+        }
+        let total_line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("Total (USD)"))
+            .unwrap_or_else(|| panic!("{on}: no total in:\n{text}"));
+        assert_eq!(
+            total_line.split_whitespace().last().unwrap(),
+            paid["total"].to_string(),
+            "{on}"
+        );
         app.assert_reconciled().await;
     }
 }

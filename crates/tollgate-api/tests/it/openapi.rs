@@ -787,6 +787,56 @@ async fn real_responses_match_the_document() {
     assert_eq!(r.status, 403);
     let r = f.get("/v1/admin/invoices?username=acme", f.op()).await;
     assert_eq!(r.status, 200);
+    // Closing billing periods: acme is prepaid, so nothing is issued; a future `until` is
+    // refused; a top-up invoice is paid already; an unknown invoice is not found.
+    let r = f
+        .post(
+            "/v1/admin/invoices/close",
+            f.op(),
+            Body::Json(json!({ "username": "acme" })),
+        )
+        .await;
+    assert_eq!((r.status, r.json["issued"].clone()), (200, json!([])));
+    let r = f
+        .post(
+            "/v1/admin/invoices/close",
+            f.op(),
+            Body::Unchecked(json!({ "until": "2999-01-01T00:00:00Z" })),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (400, "validation_error"));
+    let r = f
+        .post(
+            "/v1/admin/invoices/close",
+            key(&admin),
+            Body::Json(json!({})),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let r = f
+        .post(
+            &format!("/v1/admin/invoices/{invoice_id}/pay"),
+            f.op(),
+            Body::Json(json!({ "payment_reference": "wire 1" })),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (409, "conflict"));
+    let r = f
+        .post(
+            "/v1/admin/invoices/inv_2026_999999/void",
+            f.op(),
+            Body::Json(json!({ "reason": "duplicate" })),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+    let r = f
+        .post(
+            &format!("/v1/admin/invoices/{invoice_id}/void"),
+            f.op(),
+            Body::Unchecked(json!({ "reason": "" })),
+        )
+        .await;
+    assert_eq!(r.status, 400);
     let r = f.get("/v1/account/payments", key(&admin)).await;
     assert_eq!(
         (r.status, r.json["payments"][0]["invoice_id"].as_str()),
@@ -1135,6 +1185,56 @@ async fn real_responses_match_the_document() {
         (r.status, r.json["billing"]["billed"].as_bool()),
         (200, Some(true))
     );
+    // Usage invoices: two invoice-billed accounts charged, closed, one paid and one voided.
+    let r = f
+        .post(
+            "/v1/admin/accounts",
+            f.op(),
+            Body::Json(json!({ "username": "bigco2", "billing": "invoice" })),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let r = f
+        .post(
+            "/v1/usage-events",
+            f.op(),
+            Body::Json(json!({ "events": [
+                event("evt-b1", "fal-ai/flux/dev", "bigco"),
+                event("evt-b2", "fal-ai/flux/dev", "bigco2"),
+            ] })),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = f
+        .post("/v1/admin/invoices/close", f.op(), Body::Json(json!({})))
+        .await;
+    assert_eq!(r.status, 200);
+    let issued: Vec<String> = r.json["issued"]
+        .as_array()
+        .expect("issued")
+        .iter()
+        .map(|i| i.as_str().expect("an id").to_string())
+        .collect();
+    assert_eq!(issued.len(), 2, "{}", r.json);
+    let r = f
+        .post(
+            &format!("/v1/admin/invoices/{}/pay", issued[0]),
+            f.op(),
+            Body::Json(json!({ "payment_reference": "wire 7" })),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["status"].as_str(), r.json["kind"].as_str()),
+        (200, Some("paid"), Some("usage"))
+    );
+    let r = f
+        .post(
+            &format!("/v1/admin/invoices/{}/void", issued[1]),
+            f.op(),
+            Body::Json(json!({ "reason": "duplicate" })),
+        )
+        .await;
+    assert_eq!((r.status, r.json["status"].as_str()), (200, Some("void")));
     let mut missing = event("evt-6", "fal-ai/flux/dev", "acme");
     missing.as_object_mut().expect("object").remove("username");
     let r = f

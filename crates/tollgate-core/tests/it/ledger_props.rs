@@ -153,6 +153,7 @@ fn is_replay(o: &Outcome) -> bool {
         Outcome::LockChanged { changed, .. } => !*changed,
         Outcome::Expired { expired } => !*expired,
         Outcome::CreditsExpired { amount } => *amount == Nanos::ZERO,
+        Outcome::PeriodClosed { issued } => !*issued,
     }
 }
 
@@ -1477,7 +1478,9 @@ fn generated_sequences_reach_every_path() {
                     Outcome::CreditsExpired { .. } => "credit expiry no-op",
                     Outcome::Adjusted { .. } => "adjustment replayed",
                     Outcome::LockChanged { .. } => "lock unchanged",
+                    Outcome::PeriodClosed { .. } => "period closed empty",
                 },
+                (_, Ok(Outcome::PeriodClosed { .. })) => "period closed",
                 (Op::UsageEvent(_), Ok(Outcome::Completed { completion, .. })) => {
                     if completion.billed {
                         "event billed"

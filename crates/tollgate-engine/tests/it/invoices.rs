@@ -250,6 +250,73 @@ async fn two_engines_on_one_database_number_invoices_gapless_and_unique() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn closes_racing_top_ups_on_two_engines_share_one_gapless_sequence() {
+    for backend in backends() {
+        let on = backend.name();
+        let db = TestDb::new(&backend);
+        let clock = Arc::new(AtomicI64::new(T0 + 1000));
+        let (a, b) = (engine(&db, &clock), engine(&db, &clock));
+        // "acme" buys credits; eight invoice-billed accounts are charged and closed.
+        catalog_and_account(&a, BillingMode::Prepaid).await;
+        let mut billed = Vec::new();
+        for i in 0..8 {
+            let id = AccountId::parse(&format!("inv{i}")).unwrap();
+            a.admin(AdminCmd::CreateAccount {
+                username: id.clone(),
+                billing: BillingMode::Invoice,
+            })
+            .await
+            .unwrap();
+            billed.push(id);
+        }
+        let mut tasks = Vec::new();
+        for i in 0..48usize {
+            let engine = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let who = billed[i % billed.len()].clone();
+            tasks.push(tokio::spawn(async move {
+                match i % 3 {
+                    0 => {
+                        buy(&engine, &account(), &format!("p-{i}"), 1_000_000_000, true).await;
+                    }
+                    1 => {
+                        let mut op = crate::common::event(&format!("e-{i}"), T0 + 1000, 1);
+                        if let Op::UsageEvent(e) = &mut op {
+                            e.account = who;
+                        }
+                        engine.execute(op).await.unwrap().unwrap();
+                    }
+                    _ => {
+                        let one = if i % 2 == 0 { Some(who) } else { None };
+                        engine.close_invoice_periods(one, None).await.unwrap();
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        clock.store(T0 + 2000, Ordering::SeqCst);
+        a.close_invoice_periods(None, None).await.unwrap();
+        let all = invoices(&b).await;
+        assert_eq!(numbers(&all), expected(2026, all.len()), "on {on}");
+        assert_eq!(
+            all.iter().filter(|i| i.kind == InvoiceKind::TopUp).count(),
+            16,
+            "on {on}"
+        );
+        // Every charge is on exactly one usage invoice: together they are what was charged.
+        let usage: i64 = all
+            .iter()
+            .filter(|i| i.kind == InvoiceKind::Usage)
+            .map(|i| i.total.0)
+            .sum();
+        assert_eq!(usage, 16 * 50_000_000, "on {on}");
+        let rec = a.read(|r| r.reconcile()).await.unwrap();
+        assert!(rec.is_clean(), "on {on}: {}", rec.summary());
+    }
+}
+
 #[test]
 fn numbers_widen_past_six_digits_and_ids_name_their_number() {
     let mut inv = InvoiceRecord {
@@ -262,8 +329,13 @@ fn numbers_widen_past_six_digits_and_ids_name_their_number() {
         issued_at: Timestamp(T0),
         period_start: Timestamp(T0),
         period_end: Timestamp(T0),
+        subtotal: Nanos(1),
+        discount: Nanos::ZERO,
         total: Nanos(1),
         purchase_id: None,
+        status_changed_at: None,
+        status_reference: None,
+        lines: Vec::new(),
     };
     assert_eq!(inv.number(), "TG-2026-1000000");
     assert_eq!(

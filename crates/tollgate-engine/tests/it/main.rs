@@ -11,3 +11,4 @@ mod metrics;
 mod rollup_folding;
 mod shared_database;
 mod shutdown;
+mod usage_invoices;

@@ -16,7 +16,7 @@ use crate::{Result, StoreError, INVOICE_PREFIX};
 use postgres::types::ToSql;
 use std::collections::{HashMap, HashSet};
 use tollgate_core::ids::RequestId;
-use tollgate_core::machine::{year_of, BatchState};
+use tollgate_core::machine::{year_of, BatchState, InvoiceKind};
 use tollgate_core::rollup::{self, ActivityTotals, Deltas, Grain, UsagePrice};
 use tollgate_core::statement::{self, Daily};
 use tollgate_core::Nanos;
@@ -58,7 +58,7 @@ fn tables(grain: Grain) -> (&'static str, &'static str) {
     }
 }
 
-pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<()> {
+pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<Vec<(i64, i64)>> {
     let minutes = rollup::deltas(s).map_err(|e| StoreError::database(e.to_string(), e))?;
     let hours = minutes
         .coarsen(Grain::Hour)
@@ -76,9 +76,12 @@ pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<()> {
         parts.push(adjustments(&mut a, s));
     }
     parts.extend(requests(&mut a, s, &t.found));
-    let numbering = invoices(&mut a, s).map(|(counters, insert)| {
+    if !s.accruals.is_empty() {
+        parts.push(accruals(&mut a, s)?);
+    }
+    let numbering = invoices(&mut a, s).map(|(counters, insert, numbers)| {
         parts.push(insert);
-        counters
+        (counters, numbers)
     });
     for (grain, d) in [(Grain::Minute, &minutes), (Grain::Hour, &hours)] {
         parts.push(usage(&mut a, grain, d));
@@ -91,17 +94,33 @@ pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<()> {
         parts.extend(statement_rows(&mut a, &daily));
     }
     let sql = format!(
-        "WITH {}{} SELECT 1",
-        numbering.map_or(String::new(), |c| format!("{INVOICE_SEQ} AS ({c}), ")),
+        "WITH {}{} {}",
+        numbering
+            .as_ref()
+            .map_or(String::new(), |c| format!("{INVOICE_SEQ} AS ({}), ", c.0)),
         parts
             .iter()
             .enumerate()
             .map(|(i, p)| format!("w{i} AS ({p})"))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        numbering.as_ref().map_or("SELECT 1", |c| c.1.as_str()),
     );
-    t.rows(&sql, &a.refs())?;
-    Ok(())
+    let rows = t.rows(&sql, &a.refs())?;
+    if numbering.is_none() {
+        return Ok(Vec::new());
+    }
+    let mut numbers = vec![(0, 0); s.new_invoices.len()];
+    for r in rows {
+        let ord: i64 = r.try_get(0)?;
+        let slot = usize::try_from(ord)
+            .ok()
+            .and_then(|o| numbers.get_mut(o))
+            .ok_or_else(|| StoreError::Corrupt(format!("invoice number {ord} out of range")))?;
+        *slot = (r.try_get(1)?, r.try_get(2)?);
+    }
+    invoice_lines(t, s, &numbers)?;
+    Ok(numbers)
 }
 
 fn accounts(a: &mut Args, s: &BatchState) -> String {
@@ -114,10 +133,12 @@ fn accounts(a: &mut Args, s: &BatchState) -> String {
         "UPDATE accounts a SET balance_nanos = x.balance, held_nanos = x.held, \
          in_progress = x.in_progress, paid_lifetime_nanos = x.lifetime, month = x.month, \
          month_subtotal_nanos = x.subtotal, adjusted_credit_nanos = x.adjusted, \
-         disputed_since = x.disputed \
-         FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}) \
+         disputed_since = x.disputed, period_start = x.p_start, period_charges = x.p_charges, \
+         period_subtotal_nanos = x.p_subtotal, period_discount_nanos = x.p_discount, \
+         period_total_nanos = x.p_total, period_last_charge_at = x.p_last \
+         FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}) \
            AS x(username, balance, held, in_progress, lifetime, month, subtotal, adjusted, \
-             disputed) \
+             disputed, p_start, p_charges, p_subtotal, p_discount, p_total, p_last) \
          WHERE a.username = x.username",
         a.add(col(&rows, |(id, _)| id.as_str().to_string()), "text[]"),
         a.add(col(&rows, |(_, s)| s.credit.balance.0), "bigint[]"),
@@ -131,6 +152,12 @@ fn accounts(a: &mut Args, s: &BatchState) -> String {
             col(&rows, |(_, s)| s.disputed_since.map(|t| t.0)),
             "bigint[]"
         ),
+        a.add(col(&rows, |(_, s)| s.period.start.0), "bigint[]"),
+        a.add(col(&rows, |(_, s)| count(s.period.charges)), "bigint[]"),
+        a.add(col(&rows, |(_, s)| s.period.subtotal.0), "bigint[]"),
+        a.add(col(&rows, |(_, s)| s.period.discount.0), "bigint[]"),
+        a.add(col(&rows, |(_, s)| s.period.total.0), "bigint[]"),
+        a.add(col(&rows, |(_, s)| s.period.last_charge_at.0), "bigint[]"),
     )
 }
 
@@ -273,7 +300,9 @@ const INVOICE_SEQ: &str = "invoice_seq";
 /// batch commits: another server's batch waits for it and then continues from its numbers,
 /// and a batch rolled back took none), and the insert that numbers them in issue order from
 /// where the counter was. The counter is locked after the accounts (locked when loaded).
-fn invoices(a: &mut Args, s: &BatchState) -> Option<(String, String)> {
+/// The third string is the query of the numbers taken, `(ord, year, seq)` per invoice, `ord`
+/// its index in `new_invoices`.
+fn invoices(a: &mut Args, s: &BatchState) -> Option<(String, String, String)> {
     if s.new_invoices.is_empty() {
         return None;
     }
@@ -300,17 +329,25 @@ fn invoices(a: &mut Args, s: &BatchState) -> Option<(String, String)> {
         a.add(col(&per_year, |p| p.0), "bigint[]"),
         a.add(col(&per_year, |p| p.1), "bigint[]"),
     );
+    let prefix = s
+        .invoice_prefix
+        .as_deref()
+        .unwrap_or(INVOICE_PREFIX)
+        .to_string();
+    let years = a.add(col(&rows, |r| r.0), "bigint[]");
+    let ranks = a.add(col(&rows, |r| r.1), "bigint[]");
+    let ords = a.add((0..rows.len() as i64).collect::<Vec<_>>(), "bigint[]");
     let insert = format!(
         "INSERT INTO invoices ({INVOICE_COLS}) \
          SELECT x.year, c.last_seq - n.count + x.rank, x.prefix, x.account, x.kind, x.status, \
-           x.issued_at, x.period_start, x.period_end, x.total, x.purchase_id \
-         FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}) AS x(year, rank, prefix, account, \
-           kind, status, issued_at, period_start, period_end, total, purchase_id) \
+           x.issued_at, x.period_start, x.period_end, x.total, x.purchase_id, x.subtotal, \
+           x.discount, NULL, NULL \
+         FROM unnest({years}, {ranks}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}) AS x(year, rank, \
+           prefix, account, kind, status, issued_at, period_start, period_end, total, \
+           purchase_id, subtotal, discount) \
          JOIN unnest({}, {}) AS n(year, count) ON n.year = x.year \
          JOIN {INVOICE_SEQ} c ON c.year = x.year",
-        a.add(col(&rows, |r| r.0), "bigint[]"),
-        a.add(col(&rows, |r| r.1), "bigint[]"),
-        a.add(col(&rows, |_| INVOICE_PREFIX.to_string()), "text[]"),
+        a.add(col(&rows, |_| prefix.clone()), "text[]"),
         a.add(col(&rows, |r| r.2.account.as_str().to_string()), "text[]"),
         a.add(col(&rows, |r| r.2.kind.as_str().to_string()), "text[]"),
         a.add(col(&rows, |r| r.2.status.as_str().to_string()), "text[]"),
@@ -326,10 +363,95 @@ fn invoices(a: &mut Args, s: &BatchState) -> Option<(String, String)> {
                 .map(|p| p.as_str().to_string())),
             "text[]"
         ),
+        a.add(col(&rows, |r| r.2.subtotal.0), "bigint[]"),
+        a.add(col(&rows, |r| r.2.discount.0), "bigint[]"),
         a.add(col(&per_year, |p| p.0), "bigint[]"),
         a.add(col(&per_year, |p| p.1), "bigint[]"),
     );
-    Some((counters, insert))
+    let numbers = format!(
+        "SELECT x.ord, x.year, c.last_seq - n.count + x.rank \
+         FROM unnest({years}, {ranks}, {ords}) AS x(year, rank, ord) \
+         JOIN unnest({}, {}) AS n(year, count) ON n.year = x.year \
+         JOIN {INVOICE_SEQ} c ON c.year = x.year",
+        a.add(col(&per_year, |p| p.0), "bigint[]"),
+        a.add(col(&per_year, |p| p.1), "bigint[]"),
+    );
+    Some((counters, insert, numbers))
+}
+
+/// The batch's accruals added to their periods' rows (summed per row first: one statement
+/// may not update a row twice).
+fn accruals(a: &mut Args, s: &BatchState) -> Result<String> {
+    let rows: Vec<_> = crate::rows::accrual_rows(s)?.into_iter().collect();
+    Ok(format!(
+        "INSERT INTO invoice_accruals (account, period_start, charge_month, endpoint_id, unit, \
+         unit_price, blend_version, percent_discount, quantity, requests, subtotal_nanos, \
+         discount_nanos, total_nanos, first_usage_at, last_usage_at) \
+         SELECT a, p, m, e, u, pr, b, d, CAST(q AS NUMERIC), n, st, di, t, f, l FROM unnest({}, \
+           {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}) \
+           AS x(a, p, m, e, u, pr, b, d, q, n, st, di, t, f, l) \
+         ON CONFLICT (account, period_start, charge_month, endpoint_id, unit, unit_price, \
+           blend_version, percent_discount) DO UPDATE SET \
+         quantity = invoice_accruals.quantity + excluded.quantity, \
+         requests = invoice_accruals.requests + excluded.requests, \
+         subtotal_nanos = invoice_accruals.subtotal_nanos + excluded.subtotal_nanos, \
+         discount_nanos = invoice_accruals.discount_nanos + excluded.discount_nanos, \
+         total_nanos = invoice_accruals.total_nanos + excluded.total_nanos, \
+         first_usage_at = LEAST(invoice_accruals.first_usage_at, excluded.first_usage_at), \
+         last_usage_at = GREATEST(invoice_accruals.last_usage_at, excluded.last_usage_at)",
+        a.add(col(&rows, |(k, _)| k.0.clone()), "text[]"),
+        a.add(col(&rows, |(k, _)| k.1), "bigint[]"),
+        a.add(col(&rows, |(k, _)| i64::from(k.2 .0)), "bigint[]"),
+        a.add(col(&rows, |(k, _)| k.2 .1.clone()), "text[]"),
+        a.add(col(&rows, |(k, _)| k.2 .2.clone()), "text[]"),
+        a.add(col(&rows, |(k, _)| k.2 .3.clone()), "text[]"),
+        a.add(col(&rows, |(k, _)| k.2 .4), "bigint[]"),
+        a.add(col(&rows, |(k, _)| k.2 .5.clone()), "text[]"),
+        a.add(
+            col(&rows, |(_, v)| v.0.quantity.normalize().to_string()),
+            "text[]"
+        ),
+        a.add(col(&rows, |(_, v)| count(v.0.requests)), "bigint[]"),
+        a.add(col(&rows, |(_, v)| v.0.subtotal.0), "bigint[]"),
+        a.add(col(&rows, |(_, v)| v.0.discount.0), "bigint[]"),
+        a.add(col(&rows, |(_, v)| v.0.total.0), "bigint[]"),
+        a.add(col(&rows, |(_, v)| v.1), "bigint[]"),
+        a.add(col(&rows, |(_, v)| v.2), "bigint[]"),
+    ))
+}
+
+/// Moves the accrual rows of the periods the batch's usage invoices closed into those
+/// invoices' lines (a statement after the batch's one statement, which it must see: the
+/// batch's own accruals and numbers).
+fn invoice_lines(t: &mut PgTx, s: &BatchState, numbers: &[(i64, i64)]) -> Result<()> {
+    let usage: Vec<_> = s
+        .new_invoices
+        .iter()
+        .zip(numbers)
+        .filter(|(i, _)| i.kind == InvoiceKind::Usage)
+        .collect();
+    if usage.is_empty() {
+        return Ok(());
+    }
+    let accounts = col(&usage, |(i, _)| i.account.as_str().to_string());
+    let starts = col(&usage, |(i, _)| i.period_start.0);
+    let years = col(&usage, |(_, n)| n.0);
+    let seqs = col(&usage, |(_, n)| n.1);
+    t.exec(
+        "WITH x AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) \
+           AS x(account, period_start, year, seq)), \
+         moved AS (DELETE FROM invoice_accruals a USING x \
+           WHERE a.account = x.account AND a.period_start = x.period_start RETURNING a.*) \
+         INSERT INTO invoice_lines (year, seq, charge_month, endpoint_id, unit, unit_price, \
+           blend_version, percent_discount, quantity, requests, subtotal_nanos, discount_nanos, \
+           total_nanos, first_usage_at, last_usage_at) \
+         SELECT x.year, x.seq, m.charge_month, m.endpoint_id, m.unit, m.unit_price, \
+           m.blend_version, m.percent_discount, m.quantity, m.requests, m.subtotal_nanos, \
+           m.discount_nanos, m.total_nanos, m.first_usage_at, m.last_usage_at \
+         FROM moved m JOIN x ON x.account = m.account AND x.period_start = m.period_start",
+        &[&accounts, &starts, &years, &seqs],
+    )?;
+    Ok(())
 }
 
 fn transfers(a: &mut Args, s: &BatchState) -> String {

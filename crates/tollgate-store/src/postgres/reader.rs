@@ -159,18 +159,24 @@ impl Reader for PgReader {
 
     fn invoices(&mut self, q: &InvoicesQuery) -> Result<Vec<InvoiceRecord>> {
         let (a, s, k, y, n, l) = rows::invoices_args(q);
-        self.conn()?
+        let mut c = self.conn()?;
+        let mut out = c
             .rows(
                 &rows::invoices_sql(|i, ty| format!("${i}::{ty}")),
                 &[&a, &s, &k, &y, &n, &l],
             )?
             .iter()
             .map(|r| rows::invoice_row(r))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        for i in &mut out {
+            invoice_lines(&mut c, i)?;
+        }
+        Ok(out)
     }
 
     fn invoice(&mut self, year: i64, seq: i64) -> Result<Option<InvoiceRecord>> {
-        self.conn()?
+        let mut c = self.conn()?;
+        let mut found = c
             .rows(
                 &format!(
                     "SELECT {} FROM invoices WHERE year = $1 AND seq = $2",
@@ -180,7 +186,11 @@ impl Reader for PgReader {
             )?
             .first()
             .map(|r| rows::invoice_row(r))
-            .transpose()
+            .transpose()?;
+        if let Some(i) = &mut found {
+            invoice_lines(&mut c, i)?;
+        }
+        Ok(found)
     }
 
     fn payments(&mut self, q: &PaymentsQuery) -> Result<Vec<PaymentRecord>> {
@@ -344,4 +354,22 @@ impl statements::Db for PgDb<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// A usage invoice's lines (a top-up invoice has none stored).
+fn invoice_lines(c: &mut Client, i: &mut InvoiceRecord) -> Result<()> {
+    if i.kind != tollgate_core::machine::InvoiceKind::Usage {
+        return Ok(());
+    }
+    for r in c.rows(
+        &format!(
+            "SELECT {} FROM invoice_lines WHERE year = $1 AND seq = $2 ORDER BY {}",
+            rows::INVOICE_LINE_COLS,
+            rows::INVOICE_LINE_ORDER
+        ),
+        &[&i.year, &i.seq],
+    )? {
+        i.lines.push(rows::invoice_line_row(&r)?);
+    }
+    Ok(())
 }

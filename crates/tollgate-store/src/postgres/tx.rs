@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use tollgate_core::catalog::{Catalog, EndpointDef};
 use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, EndpointId, PurchaseId, RequestId};
 use tollgate_core::machine::{
-    AccountState, AdjustmentRecord, BatchState, PurchaseRecord, RequestRecord,
+    AccountState, AdjustmentRecord, BatchState, InvoiceStatus, PurchaseRecord, RequestRecord,
 };
 use tollgate_core::price::PriceRule;
 use tollgate_core::terms::TermsSchedule;
@@ -139,8 +139,61 @@ impl Tx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn persist(&mut self, s: &BatchState) -> Result<()> {
+    fn persist(&mut self, s: &BatchState) -> Result<Vec<(i64, i64)>> {
         persist::persist(self, s)
+    }
+
+    fn accounts_with_period_charges(
+        &mut self,
+        after: Option<&AccountId>,
+        started_before: Option<Timestamp>,
+        limit: usize,
+    ) -> Result<Vec<AccountId>> {
+        self.rows(
+            "SELECT username FROM accounts WHERE period_charges > 0 AND username > $1 \
+             AND period_start < $2 ORDER BY username LIMIT $3",
+            &[
+                &after.map_or("", |a| a.as_str()),
+                &started_before.map_or(i64::MAX, |t| t.0),
+                &(limit as i64),
+            ],
+        )?
+        .iter()
+        .map(|r| parse_id(AccountId::parse, r.try_get(0)?))
+        .collect()
+    }
+
+    fn change_invoice_status(
+        &mut self,
+        year: i64,
+        seq: i64,
+        to: InvoiceStatus,
+        at: Timestamp,
+        reference: &str,
+    ) -> Result<Option<InvoiceStatus>> {
+        // The update waits for a concurrent change of the row and then checks its status again.
+        let n = self.exec(
+            "UPDATE invoices SET status = $3, status_changed_at = $4, status_reference = $5 \
+             WHERE year = $1 AND seq = $2 AND status = 'open'",
+            &[&year, &seq, &to.as_str(), &at.0, &reference],
+        )?;
+        if n == 1 {
+            return Ok(None);
+        }
+        let rows = self.rows(
+            "SELECT status FROM invoices WHERE year = $1 AND seq = $2",
+            &[&year, &seq],
+        )?;
+        let Some(row) = rows.first() else {
+            return Err(StoreError::NotFound(format!(
+                "invoice {}",
+                crate::InvoiceRecord::id_of(year, seq)
+            )));
+        };
+        let status: String = row.try_get(0)?;
+        InvoiceStatus::parse(&status)
+            .map(Some)
+            .ok_or_else(|| crate::corrupt("invoice status", &status))
     }
 
     fn due_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<RequestId>> {

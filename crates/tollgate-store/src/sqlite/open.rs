@@ -55,6 +55,10 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/sqlite/0011_statements.sql"),
         None,
     ),
+    (
+        include_str!("../../migrations/sqlite/0012_usage_invoices.sql"),
+        None,
+    ),
 ];
 
 /// A connection to the file at `path` with the settings every connection runs with.

@@ -12,22 +12,67 @@ use crate::{Result, StoreError, INVOICE_PREFIX};
 use rusqlite::{params, Connection};
 use std::collections::HashMap;
 use tollgate_core::ids::AccountId;
-use tollgate_core::machine::{year_of, BatchState};
+use tollgate_core::machine::{year_of, BatchState, InvoiceKind};
 use tollgate_core::statement;
 
 /// Writes what the core decided (see [`Tx::persist`](crate::Tx::persist)).
-pub(super) fn persist(t: &mut SqliteTx, s: &BatchState) -> Result<()> {
+pub(super) fn persist(t: &mut SqliteTx, s: &BatchState) -> Result<Vec<(i64, i64)>> {
     let c = t.conn;
     accounts(t, s)?;
     requests(c, s)?;
     purchases(c, s)?;
-    invoices(c, s)?;
+    // Accruals before the invoices: a usage invoice takes its period's rows, this batch's too.
+    accruals(c, s)?;
+    let numbers = invoices(c, s)?;
     lots(c, t.cache, s)?;
     adjustments(c, s)?;
     transfers(c, s)?;
     line_items(c, s)?;
     statement_rows(c, s)?;
-    rollup_rows(c, s)
+    rollup_rows(c, s)?;
+    Ok(numbers)
+}
+
+/// Adds the batch's accrued line items to their periods' accrual rows.
+fn accruals(c: &Connection, s: &BatchState) -> Result<()> {
+    if s.accruals.is_empty() {
+        return Ok(());
+    }
+    let mut st = c.prepare_cached(
+        "INSERT INTO invoice_accruals (account, period_start, charge_month, endpoint_id, unit, \
+         unit_price, blend_version, percent_discount, quantity, requests, subtotal_nanos, \
+         discount_nanos, total_nanos, first_usage_at, last_usage_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+         ON CONFLICT DO UPDATE SET quantity = tollgate_dec_add(quantity, excluded.quantity), \
+         requests = requests + excluded.requests, \
+         subtotal_nanos = subtotal_nanos + excluded.subtotal_nanos, \
+         discount_nanos = discount_nanos + excluded.discount_nanos, \
+         total_nanos = total_nanos + excluded.total_nanos, \
+         first_usage_at = MIN(first_usage_at, excluded.first_usage_at), \
+         last_usage_at = MAX(last_usage_at, excluded.last_usage_at)",
+    )?;
+    for ((account, period, (month, endpoint, unit, price, blend, discount)), (t, first, last)) in
+        crate::rows::accrual_rows(s)?
+    {
+        st.execute(params![
+            account,
+            period,
+            month,
+            endpoint,
+            unit,
+            price,
+            blend,
+            discount,
+            t.quantity.normalize().to_string(),
+            t.requests as i64,
+            t.subtotal.0,
+            t.discount.0,
+            t.total.0,
+            first,
+            last,
+        ])?;
+    }
+    Ok(())
 }
 
 /// The balances and counters of the accounts the batch changed; each account is also kept, as
@@ -36,7 +81,9 @@ fn accounts(t: &mut SqliteTx, s: &BatchState) -> Result<()> {
     let mut st = t.conn.prepare_cached(
         "UPDATE accounts SET balance_nanos = ?2, held_nanos = ?3, in_progress = ?4, \
          paid_lifetime_nanos = ?5, month = ?6, month_subtotal_nanos = ?7, \
-         adjusted_credit_nanos = ?8, disputed_since = ?9 WHERE username = ?1",
+         adjusted_credit_nanos = ?8, disputed_since = ?9, period_start = ?10, \
+         period_charges = ?11, period_subtotal_nanos = ?12, period_discount_nanos = ?13, \
+         period_total_nanos = ?14, period_last_charge_at = ?15 WHERE username = ?1",
     )?;
     for id in &s.dirty_accounts {
         let a = &s.accounts[id];
@@ -53,6 +100,12 @@ fn accounts(t: &mut SqliteTx, s: &BatchState) -> Result<()> {
             a.month_subtotal.0,
             a.adjusted_credit.0,
             a.disputed_since.map(|t| t.0),
+            a.period.start.0,
+            i64::try_from(a.period.charges).unwrap_or(i64::MAX),
+            a.period.subtotal.0,
+            a.period.discount.0,
+            a.period.total.0,
+            a.period.last_charge_at.0,
         ])?;
     }
     Ok(())
@@ -144,25 +197,47 @@ fn purchases(c: &Connection, s: &BatchState) -> Result<()> {
     Ok(())
 }
 
-/// The batch's invoices, numbered in issue order from their year's counter row.
-fn invoices(c: &Connection, s: &BatchState) -> Result<()> {
+/// The batch's invoices, numbered in issue order from their year's counter row; a usage
+/// invoice's lines are its period's accrual rows, moved (the accruals of a closed period are
+/// deleted: the invoice lines are what remains of them).
+fn invoices(c: &Connection, s: &BatchState) -> Result<Vec<(i64, i64)>> {
     if s.new_invoices.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
+    let prefix = s.invoice_prefix.as_deref().unwrap_or(INVOICE_PREFIX);
+    let mut numbers = Vec::with_capacity(s.new_invoices.len());
+    let mut lines = c.prepare_cached(
+        "INSERT INTO invoice_lines (year, seq, charge_month, endpoint_id, unit, unit_price, \
+         blend_version, percent_discount, quantity, requests, subtotal_nanos, discount_nanos, \
+         total_nanos, first_usage_at, last_usage_at) \
+         SELECT ?1, ?2, charge_month, endpoint_id, unit, unit_price, blend_version, \
+         percent_discount, quantity, requests, subtotal_nanos, discount_nanos, total_nanos, \
+         first_usage_at, last_usage_at FROM invoice_accruals \
+         WHERE account = ?3 AND period_start = ?4",
+    )?;
+    let mut moved =
+        c.prepare_cached("DELETE FROM invoice_accruals WHERE account = ?1 AND period_start = ?2")?;
     let mut next = c.prepare_cached(
         "INSERT INTO invoice_counters (year, last_seq) VALUES (?1, 1) ON CONFLICT (year) \
          DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
     )?;
     let mut st = c.prepare_cached(&format!(
-        "INSERT INTO invoices ({INVOICE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        "INSERT INTO invoices ({INVOICE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
+         ?11, ?12, ?13, NULL, NULL)"
     ))?;
     for i in &s.new_invoices {
         let year = i64::from(year_of(i.issued_at));
         let seq: i64 = next.query_row([year], |r| r.get(0))?;
+        if i.kind == InvoiceKind::Usage {
+            let at = (i.account.as_str(), i.period_start.0);
+            lines.execute(params![year, seq, at.0, at.1])?;
+            moved.execute(params![at.0, at.1])?;
+        }
+        numbers.push((year, seq));
         st.execute(params![
             year,
             seq,
-            INVOICE_PREFIX,
+            prefix,
             i.account.as_str(),
             i.kind.as_str(),
             i.status.as_str(),
@@ -171,9 +246,11 @@ fn invoices(c: &Connection, s: &BatchState) -> Result<()> {
             i.period_end.0,
             i.total.0,
             i.purchase_id.as_ref().map(|p| p.as_str()),
+            i.subtotal.0,
+            i.discount.0,
         ])?;
     }
-    Ok(())
+    Ok(numbers)
 }
 
 /// What is left of the lots of the accounts the batch changed.

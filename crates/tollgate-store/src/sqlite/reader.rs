@@ -117,6 +117,9 @@ impl Reader for SqliteReader {
         while let Some(r) = rows.next()? {
             out.push(rows::invoice_row(r)?);
         }
+        for i in &mut out {
+            invoice_lines(&self.conn, i)?;
+        }
         Ok(out)
     }
 
@@ -126,7 +129,11 @@ impl Reader for SqliteReader {
             rows::INVOICE_COLS
         ))?;
         let mut rows = st.query([year, seq])?;
-        rows.next()?.map(|r| rows::invoice_row(r)).transpose()
+        let mut found = rows.next()?.map(|r| rows::invoice_row(r)).transpose()?;
+        if let Some(i) = &mut found {
+            invoice_lines(&self.conn, i)?;
+        }
+        Ok(found)
     }
 
     fn payments(&mut self, q: &PaymentsQuery) -> Result<Vec<PaymentRecord>> {
@@ -287,4 +294,21 @@ impl statements::Db for SqliteDb<'_> {
         }
         Ok(())
     }
+}
+
+/// A usage invoice's lines (a top-up invoice has none stored).
+fn invoice_lines(conn: &Connection, i: &mut InvoiceRecord) -> Result<()> {
+    if i.kind != tollgate_core::machine::InvoiceKind::Usage {
+        return Ok(());
+    }
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {} FROM invoice_lines WHERE year = ?1 AND seq = ?2 ORDER BY {}",
+        rows::INVOICE_LINE_COLS,
+        rows::INVOICE_LINE_ORDER
+    ))?;
+    let mut rows = st.query([i.year, i.seq])?;
+    while let Some(r) = rows.next()? {
+        i.lines.push(rows::invoice_line_row(r)?);
+    }
+    Ok(())
 }

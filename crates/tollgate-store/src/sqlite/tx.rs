@@ -11,12 +11,12 @@ use crate::{
     parse_id, to_json, ApiKeyRecord, BillingMode, Result, StoreError, Tx,
     SETTING_CATALOG_GENERATION,
 };
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use tollgate_core::catalog::{Catalog, EndpointDef};
 use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, EndpointId, PurchaseId, RequestId};
 use tollgate_core::machine::{
-    AccountState, AdjustmentRecord, BatchState, PurchaseRecord, RequestRecord,
+    AccountState, AdjustmentRecord, BatchState, InvoiceStatus, PurchaseRecord, RequestRecord,
 };
 use tollgate_core::price::PriceRule;
 use tollgate_core::terms::TermsSchedule;
@@ -131,8 +131,66 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn persist(&mut self, s: &BatchState) -> Result<()> {
+    fn persist(&mut self, s: &BatchState) -> Result<Vec<(i64, i64)>> {
         persist::persist(self, s)
+    }
+
+    fn accounts_with_period_charges(
+        &mut self,
+        after: Option<&AccountId>,
+        started_before: Option<Timestamp>,
+        limit: usize,
+    ) -> Result<Vec<AccountId>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT username FROM accounts WHERE period_charges > 0 AND username > ?1 \
+             AND period_start < ?2 ORDER BY username LIMIT ?3",
+        )?;
+        let ids = st
+            .query_map(
+                params![
+                    after.map_or("", |a| a.as_str()),
+                    started_before.map_or(i64::MAX, |t| t.0),
+                    limit as i64
+                ],
+                |r| r.get::<_, String>(0),
+            )?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        ids.iter().map(|s| parse_id(AccountId::parse, s)).collect()
+    }
+
+    fn change_invoice_status(
+        &mut self,
+        year: i64,
+        seq: i64,
+        to: InvoiceStatus,
+        at: Timestamp,
+        reference: &str,
+    ) -> Result<Option<InvoiceStatus>> {
+        let n = self.conn.execute(
+            "UPDATE invoices SET status = ?3, status_changed_at = ?4, status_reference = ?5 \
+             WHERE year = ?1 AND seq = ?2 AND status = 'open'",
+            params![year, seq, to.as_str(), at.0, reference],
+        )?;
+        if n == 1 {
+            return Ok(None);
+        }
+        let status: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT status FROM invoices WHERE year = ?1 AND seq = ?2",
+                params![year, seq],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let status = status.ok_or_else(|| {
+            StoreError::NotFound(format!(
+                "invoice {}",
+                crate::InvoiceRecord::id_of(year, seq)
+            ))
+        })?;
+        InvoiceStatus::parse(&status)
+            .map(Some)
+            .ok_or_else(|| crate::corrupt("invoice status", &status))
     }
 
     fn due_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<RequestId>> {

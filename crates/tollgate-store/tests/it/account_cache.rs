@@ -25,7 +25,7 @@ fn set_balance(store: &mut SqliteStore, id: &AccountId, balance: i64) {
             tx.lock_accounts(std::slice::from_ref(id), Timestamp(0), &mut state.accounts)?;
             state.accounts.get_mut(id).unwrap().credit.balance = Nanos(balance);
             state.dirty_accounts.insert(id.clone());
-            tx.persist(&state)
+            tx.persist(&state).map(drop)
         })
         .unwrap();
 }

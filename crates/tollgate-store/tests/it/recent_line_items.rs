@@ -45,7 +45,9 @@ fn bill(store: &mut SqliteStore, items: Vec<LineItem>) {
         now: Timestamp(T),
         ..BatchState::default()
     };
-    store.transaction(&mut |tx| tx.persist(&state)).unwrap();
+    store
+        .transaction(&mut |tx| tx.persist(&state).map(drop))
+        .unwrap();
 }
 
 /// (rows in the table clustered by account, rows in the recent table).

@@ -15,7 +15,7 @@ use tollgate_core::ids::{AccountId, AdjustmentId, EndpointId, RequestId};
 use tollgate_core::machine::{Op, Outcome, UsageEvent};
 use tollgate_core::money::Nanos;
 use tollgate_core::price::{Dims, Output, Tokens};
-use tollgate_engine::{system_clock, AdminCmd, Engine};
+use tollgate_engine::{system_clock, AdminCmd, Clock, Engine};
 use tollgate_store::sqlite::SqliteStore;
 use tollgate_store::Store;
 
@@ -271,7 +271,12 @@ pub async fn start_engine(path: &Path) -> anyhow::Result<Engine> {
 
 /// The engine over `store`, with the bench catalog applied.
 pub async fn start_engine_on(store: Box<dyn Store>) -> anyhow::Result<Engine> {
-    let engine = Engine::start(store, system_clock())?;
+    start_engine_with(store, system_clock()).await
+}
+
+/// [`start_engine_on`] with the engine's clock.
+pub async fn start_engine_with(store: Box<dyn Store>, clock: Clock) -> anyhow::Result<Engine> {
+    let engine = Engine::start(store, clock)?;
     let doc = document::parse(BENCH_CATALOG).map_err(|e| anyhow::anyhow!("{e}"))?;
     engine.admin(AdminCmd::ApplyCatalog(Box::new(doc))).await?;
     Ok(engine)
@@ -288,7 +293,7 @@ fn one_image() -> Output {
     }
 }
 
-fn image_event(event_id: String, account: AccountId, at: tollgate_core::Timestamp) -> Op {
+pub fn image_event(event_id: String, account: AccountId, at: tollgate_core::Timestamp) -> Op {
     Op::UsageEvent(UsageEvent {
         event_id: RequestId::parse(&event_id).expect("valid id"),
         account,
@@ -442,7 +447,7 @@ async fn adjustments(
 }
 
 /// Submit, start, complete; returns the latency of `start` (the admission decision).
-async fn lifecycle(engine: Engine, account: AccountId, id: String) -> anyhow::Result<Duration> {
+pub async fn lifecycle(engine: Engine, account: AccountId, id: String) -> anyhow::Result<Duration> {
     let request_id = RequestId::parse(&id).expect("valid id");
     let submitted = engine
         .execute(Op::Submit {
@@ -644,6 +649,9 @@ pub async fn run(
         rows.push(focus_export(plan, name).await?);
     }
     rows.extend(admission(plan, wanted).await?);
+    // The month's close of usage invoices, and the start latency while it runs (beside the
+    // admission rows).
+    rows.extend(super::invoices::run(plan, wanted).await?);
     for path in trace_files(args) {
         let name = format!(
             "trace.replay.{}",

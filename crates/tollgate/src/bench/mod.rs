@@ -7,8 +7,8 @@
 //! `naive-postgres`); tollgate in-process (`engine.rs`: usage events and lifecycles spread over
 //! accounts and on one hot account, operator adjustments spread over accounts, admission with
 //! requests in progress (saturated, and at fixed offered loads in an open loop), the trace
-//! replays,
-//! and the scale rows), with a PostgreSQL URL also the usage-event rows on a PostgreSQL store
+//! replays, and the scale rows; `invoices.rs`: the month's close of usage invoices for many
+//! invoice-billed accounts, alone and with `start` decisions made while it runs), with a PostgreSQL URL also the usage-event rows on a PostgreSQL store
 //! (`tollgate-postgres`, in a schema created for the row and dropped after it, with the bench's
 //! callers and with as many as the naive PostgreSQL baseline); and tollgate over HTTP
 //! (`http.rs`, with wrk, and with reqwest the latency of `start`, also while hostile
@@ -23,6 +23,7 @@
 mod baseline;
 mod engine;
 mod http;
+mod invoices;
 mod report;
 
 use clap::Args;

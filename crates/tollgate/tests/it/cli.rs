@@ -433,6 +433,8 @@ fn help_describes_every_command_and_its_options() {
                 "--idle-timeout-s",
                 "--request-timeout-s",
                 "--max-connections",
+                "--invoices-prefix",
+                "TOLLGATE_INVOICES_PREFIX",
                 "SIGTERM",
             ],
         ),
@@ -535,6 +537,8 @@ fn bench_refuses_bad_input_and_writes_nothing() {
             "settle.usage_events.http",
             "settle.adjustments.inprocess",
             "admission.start.inprocess.rate_1000",
+            "admission.start.inprocess.while_closing",
+            "invoices.close_month.inprocess",
         ],
     );
     assert!(typo.stdout.trim().is_empty(), "{typo:#?}");

@@ -61,6 +61,12 @@ impl Server {
         Server::spawn(cmd, stderr).0
     }
 
+    /// Starts `cmd`, a `tollgate serve` command built by the test, with its stderr going to the
+    /// file `stderr`.
+    pub fn start_command(cmd: Command, stderr: PathBuf) -> Server {
+        Server::spawn(cmd, stderr).0
+    }
+
     /// Starts `tollgate serve --demo --listen 127.0.0.1:0` in `dir` (where the demo creates its
     /// database) with no TOLLGATE_OPERATOR_KEY, so that the demo mints the operator key, and
     /// returns it with the demo account's keys, all read from what the demo prints.

@@ -64,13 +64,21 @@ fn the_example_configuration_passes_config_check_and_a_bad_file_names_its_line_a
     ] {
         assert!(stdout.contains(line), "missing {line:?}:\n{stdout}");
     }
-    // Every setting is in the example file, set or commented out.
+    // Every setting is in the example file, set or commented out (a section's in its table).
     let example = std::fs::read_to_string(EXAMPLE).expect("example");
     for line in stdout.lines().filter_map(|l| l.strip_prefix("# ")) {
         if let Some((name, _)) = line.split_once(": from") {
+            let (table, key) = match name.split_once('.') {
+                Some((section, key)) => {
+                    let at = example
+                        .find(&format!("\n[{section}]\n"))
+                        .unwrap_or_else(|| panic!("no [{section}] in the example file"));
+                    (&example[at..], key)
+                }
+                None => (example.as_str(), name),
+            };
             assert!(
-                example.contains(&format!("\n{name} = "))
-                    || example.contains(&format!("# {name} = ")),
+                table.contains(&format!("\n{key} = ")) || table.contains(&format!("# {key} = ")),
                 "{name} is not in the example file"
             );
         }
@@ -147,6 +155,167 @@ fn the_example_configuration_passes_config_check_and_a_bad_file_names_its_line_a
         text(&out)
     );
     assert!(!dir.path().join("never.db").exists());
+}
+
+/// `tollgate serve` with `args` and `env`, expected to refuse to start: its stderr.
+fn refused_start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .args(args)
+        .current_dir(dir)
+        .env_remove("TOLLGATE_OPERATOR_KEY")
+        .env_remove("TOLLGATE_INVOICES_PREFIX");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run tollgate serve");
+    assert!(
+        !out.status.success(),
+        "{args:?} {env:?} started:\n{}",
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn the_invoice_prefix_comes_from_the_file_the_environment_or_a_flag_and_a_bad_one_stops_the_server()
+{
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("tollgate.toml"),
+        "listen = \"127.0.0.1:0\"\n\n[invoices]\nprefix = \"FILE\"\n",
+    )
+    .expect("write");
+
+    // `config check`: the file's prefix, the environment's over it, and where each came from.
+    let check = |env: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["config", "check", "tollgate.toml"])
+            .current_dir(dir.path())
+            .env_remove("TOLLGATE_INVOICES_PREFIX");
+        if let Some(v) = env {
+            cmd.env("TOLLGATE_INVOICES_PREFIX", v);
+        }
+        cmd.output().expect("run tollgate config check")
+    };
+    let out = check(None);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("# invoices.prefix: from the file")
+            && stdout.contains("[invoices]\nprefix = \"FILE\"\n"),
+        "{stdout}"
+    );
+    let out = check(Some("ENV"));
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("# invoices.prefix: from the environment (TOLLGATE_INVOICES_PREFIX)")
+            && stdout.contains("prefix = \"ENV\"\n"),
+        "{stdout}"
+    );
+    // A refused prefix in the environment is named by `config check` too.
+    let out = check(Some("acme"));
+    assert!(!out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("TOLLGATE_INVOICES_PREFIX") && stderr.contains("uppercase"),
+        "{stderr}"
+    );
+
+    // A bad prefix from any place stops the server before it opens anything, naming the
+    // setting where it came from.
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[invoices]\nprefix = \"TG 2026\"\n",
+    )
+    .expect("write");
+    for (args, env, needles) in [
+        (
+            &["--db", "never.db", "--config", "bad.toml"][..],
+            &[][..],
+            &["bad.toml", "line 2", "`invoices.prefix`", "uppercase"][..],
+        ),
+        (
+            &["--db", "never.db"][..],
+            &[("TOLLGATE_INVOICES_PREFIX", "THIRTEEN-CHAR")][..],
+            &["TOLLGATE_INVOICES_PREFIX", "1 to 12 characters"][..],
+        ),
+        (
+            &["--db", "never.db", "--invoices-prefix", "TG-"][..],
+            &[][..],
+            &["--invoices-prefix", "begin and end"][..],
+        ),
+    ] {
+        let stderr = refused_start(dir.path(), args, env);
+        for n in needles {
+            assert!(
+                stderr.contains(n),
+                "{args:?} {env:?}: {n:?} not in:\n{stderr}"
+            );
+        }
+    }
+    assert!(!dir.path().join("never.db").exists());
+
+    // The server numbers the invoices it issues with the prefix in force: the flag over the
+    // environment over the file; restarted without the flag, the environment's, continuing the
+    // one sequence.
+    let db = dir.path().join("prefix.db");
+    let year = chrono::Utc::now().format("%Y").to_string();
+    let issue = |flags: &[&str], env: &str, account: &str, log: &str| -> String {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--db")
+            .arg(&db)
+            .args(["--config", "tollgate.toml"])
+            .args(flags)
+            .current_dir(dir.path())
+            .env("TOLLGATE_OPERATOR_KEY", OP_KEY)
+            .env("TOLLGATE_INVOICES_PREFIX", env);
+        let server = Server::start_command(cmd, dir.path().join(log));
+        let c = client();
+        must(
+            post(
+                &c,
+                &server.base,
+                "/v1/admin/accounts",
+                &json!({"username": account}),
+            ),
+            201,
+            "create account",
+        );
+        must(
+            post(
+                &c,
+                &server.base,
+                &format!("/v1/admin/accounts/{account}/purchases"),
+                &json!({"purchase_id": format!("p-{account}"), "amount_usd": "25.00"}),
+            ),
+            201,
+            "purchase",
+        );
+        let list = must(
+            get(
+                &c,
+                &server.base,
+                &format!("/v1/admin/invoices?username={account}"),
+            ),
+            200,
+            "invoices",
+        );
+        let invoices = list.body["invoices"].as_array().expect("invoices");
+        assert_eq!(invoices.len(), 1, "{}", list.body);
+        assert_eq!(invoices[0]["kind"], "top_up", "{}", list.body);
+        invoices[0]["number"].as_str().expect("number").to_string()
+    };
+    assert_eq!(
+        issue(&["--invoices-prefix", "ACME"], "ENV", "first", "first.log"),
+        format!("ACME-{year}-000001")
+    );
+    assert_eq!(
+        issue(&[], "ENV", "second", "second.log"),
+        format!("ENV-{year}-000002")
+    );
 }
 
 /// What identifies a database file and its content: inode, length and modification time of the
