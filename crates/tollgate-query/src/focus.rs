@@ -29,12 +29,13 @@ use std::sync::Arc;
 use tollgate_core::catalog::Catalog;
 use tollgate_core::ids::{AccountId, EndpointId, PurchaseId};
 use tollgate_core::machine::AccountState;
+use tollgate_core::machine::{month_of, InvoiceKind, InvoiceStatus};
 use tollgate_core::money::round_usd_to_nanos;
 use tollgate_core::rollup::{UsagePrice, UsageTotals};
 use tollgate_core::terms::BillingMode;
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::Engine;
-use tollgate_store::{PurchasesQuery, RollupQuery};
+use tollgate_store::{InvoicesQuery, PurchasesQuery, RollupQuery};
 
 /// The longest range an estimate may span (fal's cap).
 pub const ESTIMATE_MAX_RANGE_MS: i64 = 90 * DAY_MS;
@@ -177,7 +178,7 @@ impl ChargeCategory {
 }
 
 /// What a usage aggregate billed: an endpoint, unit, price and discount over a charge period.
-/// The rollups and (to come) a usage invoice's lines are read into these.
+/// The rollups and a usage invoice's lines are read into these.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageAggregate {
     pub endpoint: EndpointId,
@@ -260,6 +261,8 @@ pub struct FocusReport {
     /// The billing period of every row (`source=invoice`); `None`: the UTC month of each row's
     /// charge period.
     billing_month: Option<Month>,
+    /// `source=invoice` by `charge_month`: the lines of the charges incurred in the month.
+    by_charge_month: bool,
     account: AccountState,
     catalog: Arc<Catalog>,
     page_span_ms: i64,
@@ -344,6 +347,7 @@ impl FocusReport {
             stage: Stage::Purchases { after: None },
             range,
             billing_month,
+            by_charge_month: q.charge_month.is_some(),
             account: row.state,
             catalog: engine.catalog(),
             page_span_ms: q.page_span_ms.max(1),
@@ -538,16 +542,61 @@ impl FocusReport {
             .collect()
     }
 
-    /// The usage of an invoice-billed account as its usage invoices bill it.
-    ///
-    /// This is where usage invoices plug in: tollgate issues only top-up invoices so far, so
-    /// there are no usage invoice lines to read yet. Once usage invoices exist (an
-    /// `invoice_lines` table, invoices of kind `usage`), read here the account's usage
-    /// invoices of the report's month (issued in it for `billing_month`, whose period is it
-    /// for `charge_month`) and their lines as [`UsageAggregate`]s, and return
-    /// [`invoiced_usage_rows`] of each invoice.
+    /// The usage of an invoice-billed account as its usage invoices bill it: the lines of its
+    /// usage invoices issued in the billing month (`billing_month`), or every line whose
+    /// usage was in the charge month, whichever invoice it is on (`charge_month`: an invoice
+    /// issued in that month or later, since a charge is invoiced after it is recorded). A
+    /// voided invoice bills nothing and is left out. An account has about one usage invoice a
+    /// month, so this reads a handful of invoices, newest first, down to the month's start.
     async fn invoiced_usage(&mut self) -> Result<Vec<FocusRow>, QueryError> {
-        Ok(Vec::new())
+        const PAGE: usize = 100;
+        let (start, end) = (self.range.start, self.range.end);
+        let by_charge = self.by_charge_month;
+        let charge_month = month_of(start);
+        let mut rows = Vec::new();
+        let mut before = None;
+        loop {
+            let q = InvoicesQuery {
+                account: Some(self.context.account.clone()),
+                status: None,
+                kind: Some(InvoiceKind::Usage),
+                before,
+                limit: PAGE,
+            };
+            let page = self.engine.read(move |r| r.invoices(&q)).await?;
+            let full = page.len() == PAGE;
+            for inv in &page {
+                before = Some((inv.year, inv.seq));
+                if inv.issued_at < start {
+                    return Ok(rows);
+                }
+                let wanted = by_charge || inv.issued_at < end;
+                if !wanted || inv.status == InvoiceStatus::Void {
+                    continue;
+                }
+                let lines: Vec<UsageAggregate> = inv
+                    .lines
+                    .iter()
+                    .filter(|l| !by_charge || l.charge_month == charge_month)
+                    .map(|l| {
+                        let (charge_start, charge_end) = l.charge_period();
+                        UsageAggregate {
+                            endpoint: l.endpoint.clone(),
+                            unit: l.unit.clone(),
+                            price: l.price,
+                            percent_discount: l.percent_discount,
+                            totals: l.totals.clone(),
+                            charge_start,
+                            charge_end,
+                        }
+                    })
+                    .collect();
+                rows.extend(invoiced_usage_rows(self, &inv.number(), &lines)?);
+            }
+            if !full {
+                return Ok(rows);
+            }
+        }
     }
 
     /// One usage aggregate as a FOCUS row: its list price from the public catalog, its

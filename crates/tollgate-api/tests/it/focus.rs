@@ -1,7 +1,8 @@
 //! FOCUS reports over HTTP (`GET /v1/account/focus`): the CSV of a prepaid account (a paid
 //! purchase billed on its top-up invoice, free credits, usage over several days and endpoints
 //! drawn from the credits), of an account with its own price and a discount (list and
-//! contracted prices differ), and of an invoice-billed account's estimate; each passes the
+//! contracted prices differ), and of an invoice-billed account's estimate and invoice reports
+//! (by billing month and by charge month, a late charge on the next invoice); each passes the
 //! FinOps Foundation's validator, its usage adds up to the billing events and the ledger and
 //! its purchases to the payments; the body streamed in pages of one charge period is the
 //! body read at once; refused parameters name themselves. On SQLite and PostgreSQL.
@@ -600,6 +601,101 @@ async fn negotiated_prices_differ_from_list_and_invoiced_usage_is_billed() {
         .await;
         r.expect(200);
         assert!(parse_csv(&r.text).rows.is_empty(), "{on}: {}", r.text);
+
+        // June closes (at July's start): its invoice bills June's usage. A late event of June,
+        // recorded in July, lands on July's invoice with June as its charge period.
+        const JULY: i64 = T0 + 30 * DAY;
+        const AUGUST: i64 = JULY + 31 * DAY;
+        let close = |until: i64| {
+            app.op(
+                Method::POST,
+                "/v1/admin/invoices/close",
+                json!({ "username": "corp", "until": crate::harness::rfc3339(until) }),
+            )
+        };
+        app.set_now(JULY + HOUR);
+        let june_invoice = close(JULY).await.expect(200)["issued"][0]
+            .as_str()
+            .expect("June's invoice")
+            .to_string();
+        app.set_now(JULY + DAY);
+        let late = json!({ "endpoint_id": FLUX_DEV, "username": "corp", "status_code": 200,
+            "event_id": new_id(), "timestamp": crate::harness::rfc3339(T0 + 5 * DAY),
+            "output": { "images": [{ "width": 1920, "height": 1080 }] } });
+        app.usage_events(json!([late])).await.expect(200);
+        app.set_now(AUGUST + HOUR);
+        let july_invoice = close(AUGUST).await.expect(200)["issued"][0]
+            .as_str()
+            .expect("July's invoice")
+            .to_string();
+        let invoice = |id: String| {
+            let corp = corp.clone();
+            let app = &app;
+            async move {
+                get(app, &corp, &format!("/v1/account/invoices/{id}"))
+                    .await
+                    .expect(200)
+                    .clone()
+            }
+        };
+        let (june, july) = (invoice(june_invoice).await, invoice(july_invoice).await);
+
+        // Billed in July: June's invoice, line by line, its rows summing to its total.
+        let report = |query: &'static str| {
+            let corp = corp.clone();
+            let app = &app;
+            async move {
+                let r = get(
+                    app,
+                    &corp,
+                    &format!("/v1/account/focus?source=invoice&{query}"),
+                )
+                .await;
+                r.expect(200);
+                assert_focus_valid(&r.text);
+                r.text.clone()
+            }
+        };
+        let text = report("billing_month=2026-07").await;
+        let csv = parse_csv(&text);
+        let usage = csv.of("Usage");
+        assert_eq!(usage.len(), june["lines"].as_array().unwrap().len(), "{on}");
+        for row in &usage {
+            assert_eq!(csv.get(row, "InvoiceId"), june["number"].as_str().unwrap());
+            assert_eq!(csv.get(row, "BilledCost"), csv.get(row, "EffectiveCost"));
+        }
+        assert_eq!(
+            csv.nanos(&usage, "BilledCost"),
+            int(&june["total_nano_usd"]),
+            "{on}"
+        );
+        assert_eq!(
+            int(&june["total_nano_usd"]),
+            50_000_000 + 11_100_000 + 50_000_000
+        );
+        // Billed in August: the late June image, on July's invoice, charged on June 6th.
+        let csv = parse_csv(&report("billing_month=2026-08").await);
+        let usage = csv.of("Usage");
+        assert_eq!(usage.len(), 1, "{on}");
+        assert_eq!(
+            csv.get(usage[0], "InvoiceId"),
+            july["number"].as_str().unwrap()
+        );
+        assert_eq!(
+            csv.get(usage[0], "ChargePeriodStart"),
+            "2026-06-06T00:00:00Z"
+        );
+        assert_eq!(
+            csv.nanos(&usage, "BilledCost"),
+            int(&july["total_nano_usd"])
+        );
+        // Charged in June: every June charge, whichever invoice bills it.
+        let csv = parse_csv(&report("charge_month=2026-06").await);
+        assert_eq!(
+            csv.nanos(&csv.of("Usage"), "BilledCost"),
+            int(&june["total_nano_usd"]) + int(&july["total_nano_usd"]),
+            "{on}"
+        );
         app.assert_reconciled().await;
     }
 }

@@ -517,7 +517,10 @@ async fn a_usage_invoice_is_its_accounts_alone_and_only_the_operator_closes_pays
             "Usage",
             "wire 7781",
         ] {
-            assert!(text.contains(needle), "{on}: `{needle}` missing from:\n{text}");
+            assert!(
+                text.contains(needle),
+                "{on}: `{needle}` missing from:\n{text}"
+            );
         }
         let total_line = text
             .lines()
