@@ -180,10 +180,10 @@ fn seed_history(dir: &Path, accounts: usize, history: usize, ids: Ids) -> anyhow
 const STATEMENT_DAYS: u32 = 365;
 
 /// Adds `days` days of statement history before today (by the system clock, which the bench's
-/// engine runs on) for every account of the database at `path`: a day row and a usage row
-/// per account and day, written day by day as the billing commits would have written them, so
-/// that the tables' pages are laid out as a year of traffic leaves them. Today's rows, which the
-/// run writes, come after them in time.
+/// engine runs on) for every account of the database at `path`: a day row, a usage row and its
+/// month's row per account and day, written day by day as the billing commits would have
+/// written them, so that the tables' pages are laid out as a year of traffic leaves them.
+/// Today's rows, which the run writes, come after them in time.
 fn seed_statement_history(path: &Path, days: u32) -> anyhow::Result<()> {
     const DAY_MS: i64 = 86_400_000;
     let now = tollgate_engine::system_clock()().0;
@@ -206,10 +206,18 @@ fn seed_statement_history(path: &Path, days: u32) -> anyhow::Result<()> {
             "INSERT INTO usage_days (account, day, endpoint_id, unit, quantity, requests, \
              cost_nanos) VALUES (?1, ?2, 'bench/image', 'image', '1', 1, ?3)",
         )?;
+        let mut month_row = tx.prepare(
+            "INSERT INTO balance_months (account, month, purchases_nanos, grants_nanos, \
+             usage_nanos, expired_nanos, refunds_nanos, disputes_nanos, adjustments_nanos, \
+             closing_nanos) VALUES (?1, ?2, 0, 0, ?3, 0, 0, 0, 0, ?4) \
+             ON CONFLICT DO UPDATE SET usage_nanos = usage_nanos + excluded.usage_nanos",
+        )?;
         for d in (1..=i64::from(days)).rev() {
             let day = today - d * DAY_MS;
+            let month = tollgate_core::statement::month_of(tollgate_core::Timestamp(day)).0;
             for name in &accounts {
                 day_row.execute(rusqlite::params![name, day, -COST_NANOS, START_BALANCE])?;
+                month_row.execute(rusqlite::params![name, month, -COST_NANOS, START_BALANCE])?;
                 usage_row.execute(rusqlite::params![name, day, COST_NANOS])?;
             }
         }
