@@ -1,6 +1,7 @@
 //! A batch's balance movements as statements and credit activity read them: per account and
 //! UTC day of the ledger's time (the transfers' `at`, the batch's `now`), the signed sum of each
-//! kind of movement and the balance the batch left; the individual movements other than usage
+//! kind of movement and the balance the batch left (and the same per UTC month, where a
+//! statement finds its opening balance); the individual movements other than usage
 //! (purchases, grants, expiries, adjustments: few), each with its reference; and the day's
 //! usage per endpoint and unit, so a statement's breakdown adds up to its usage exactly.
 //!
@@ -72,6 +73,27 @@ pub fn day_of(at: Timestamp) -> Timestamp {
 /// other movement of that day and before the next day's.
 pub fn end_of_day(day: Timestamp) -> Timestamp {
     Timestamp(day.0 + MS_PER_DAY - 1)
+}
+
+/// The start (midnight UTC of the first day) of the UTC calendar month of `at`.
+pub fn month_of(at: Timestamp) -> Timestamp {
+    use chrono::{Datelike, NaiveDate, NaiveTime};
+    let Some(date) = chrono::DateTime::from_timestamp_millis(at.0).map(|d| d.date_naive()) else {
+        return day_of(at);
+    };
+    NaiveDate::from_ymd_opt(date.year(), date.month(), 1)
+        .map(|first| Timestamp(first.and_time(NaiveTime::MIN).and_utc().timestamp_millis()))
+        .unwrap_or_else(|| day_of(at))
+}
+
+/// The start of the month before the one `month` falls in.
+pub fn previous_month(month: Timestamp) -> Timestamp {
+    month_of(month_of(month).minus_ms(1))
+}
+
+/// The start of the month after the one `month` falls in.
+pub fn next_month(month: Timestamp) -> Timestamp {
+    month_of(month_of(month).plus_ms(32 * MS_PER_DAY))
 }
 
 /// The signed sums of a day's movements, by kind.
@@ -167,6 +189,10 @@ pub struct UsageSum {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Daily {
     pub days: Vec<DayDelta>,
+    /// The same movements per account and UTC month (`day` is the month's start, see
+    /// [`month_of`]), with the balance the batch left: a statement's opening balance is the
+    /// closing of the account's last month before it.
+    pub months: Vec<DayDelta>,
     /// In the batch's order.
     pub movements: Vec<Movement>,
     pub usage: BTreeMap<UsageKey, UsageSum>,
@@ -259,23 +285,31 @@ pub fn daily(s: &BatchState) -> Result<Daily, MoneyError> {
         sum.requests += 1;
         sum.cost = sum.cost.checked_add(li.charge.total_nanos)?;
     }
-    let days = days
-        .into_iter()
-        .map(|((account, day), moved)| {
-            let closing = s
-                .accounts
-                .get(&account)
-                .map_or(Nanos::ZERO, |a| a.credit.balance);
-            DayDelta {
+    let mut months: BTreeMap<(AccountId, Timestamp), Movements> = BTreeMap::new();
+    for ((account, day), moved) in &days {
+        months
+            .entry((account.clone(), month_of(*day)))
+            .or_default()
+            .add(moved)?;
+    }
+    let closing_of = |account: &AccountId| {
+        s.accounts
+            .get(account)
+            .map_or(Nanos::ZERO, |a| a.credit.balance)
+    };
+    let deltas = |rows: BTreeMap<(AccountId, Timestamp), Movements>| -> Vec<DayDelta> {
+        rows.into_iter()
+            .map(|((account, day), moved)| DayDelta {
+                closing: closing_of(&account),
                 account,
                 day,
                 moved,
-                closing,
-            }
-        })
-        .collect();
+            })
+            .collect()
+    };
     Ok(Daily {
-        days,
+        days: deltas(days),
+        months: deltas(months),
         movements,
         usage,
     })
@@ -293,6 +327,19 @@ mod tests {
         assert_eq!(day_of(d.plus_ms(MS_PER_DAY)), d.plus_ms(MS_PER_DAY));
         assert_eq!(day_of(Timestamp(-1)), Timestamp(-MS_PER_DAY));
         assert_eq!(end_of_day(d), d.plus_ms(MS_PER_DAY - 1));
+        // Months: 2026-06-01, its last millisecond, the months around it, across a year.
+        assert_eq!(month_of(d), d);
+        assert_eq!(month_of(d.plus_ms(30 * MS_PER_DAY - 1)), d);
+        let july = d.plus_ms(30 * MS_PER_DAY);
+        assert_eq!(month_of(july), july);
+        assert_eq!(next_month(d), july);
+        assert_eq!(previous_month(july), d);
+        let may = Timestamp(1_777_593_600_000); // 2026-05-01T00:00:00Z
+        assert_eq!(previous_month(d.plus_ms(17 * MS_PER_DAY)), may);
+        let jan_2027 = Timestamp(1_798_761_600_000);
+        let dec_2026 = Timestamp(1_796_083_200_000);
+        assert_eq!(next_month(dec_2026), jan_2027);
+        assert_eq!(previous_month(jan_2027), dec_2026);
         for k in [
             MovementKind::Purchase,
             MovementKind::Grant,

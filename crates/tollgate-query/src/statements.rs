@@ -1,7 +1,8 @@
-//! An account's monthly statements and its credit activity, from the balance days and
-//! movements the write path keeps (see `tollgate_core::statement`): a statement is the last
-//! day before the month (its opening balance), the month's days (at most 31) and its usage by
-//! endpoint; credit activity pages the movements and the usage days by time. Months and days
+//! An account's monthly statements and its credit activity, from the balance months, days and
+//! movements the write path keeps (see `tollgate_core::statement`): a statement is the closing
+//! of the last month before it with a movement (its opening balance), the month's days (at most
+//! 31) and its usage by endpoint; credit activity pages the movements and the usage days by
+//! time. Months and days
 //! are UTC and movements are dated by the ledger (when tollgate recorded them), so a month's
 //! closing balance is the next month's opening and the ledger's balance at that instant.
 
@@ -140,6 +141,7 @@ pub async fn credit_activity(
         end: end.unwrap_or(Timestamp(i64::MAX)),
         before,
         limit: limit.saturating_add(1),
+        now: engine.now(),
     };
     let rows = engine.read(move |r| r.credit_activity(&q)).await?;
     Ok(Page::of(rows, limit, |r| (r.at.0, r.id)))

@@ -439,8 +439,8 @@ pub struct PaymentRecord {
     pub invoice: Option<(i64, i64)>,
 }
 
-/// A statement's rows: an account's balance days from `from` (a UTC midnight) to `to`
-/// (exclusive).
+/// A statement's rows: an account's balance days from `from` (a UTC midnight, a statement's
+/// month's first) to `to` (exclusive).
 #[derive(Clone, Debug)]
 pub struct StatementQuery {
     pub account: AccountId,
@@ -477,7 +477,9 @@ pub struct StatementRows {
 }
 
 /// A page of an account's credit activity, newest first: movements at `start` or later and
-/// before `end`, before the position `before` (`(at, id)`, exclusive), at most `limit`.
+/// before `end`, before the position `before` (`(at, id)`, exclusive), at most `limit`. `now`
+/// is the reader's clock: the months sought for usage end with the month after its month (no
+/// batch is dated later, whatever servers' clocks say), however far `end` is.
 #[derive(Clone, Debug)]
 pub struct ActivityQuery {
     pub account: AccountId,
@@ -485,6 +487,7 @@ pub struct ActivityQuery {
     pub end: Timestamp,
     pub before: Option<(i64, i64)>,
     pub limit: usize,
+    pub now: Timestamp,
 }
 
 /// The position of a day's usage row among the movements: after every other movement of its
@@ -547,8 +550,9 @@ pub struct Reconciliation {
     /// Accounts whose usage rollups do not add up to their line items, with (rollups, line
     /// items).
     pub rollup_mismatches: Vec<(AccountId, Nanos, Nanos)>,
-    /// Accounts whose balance days do not end at their balance (the last day's closing, and
-    /// the sum of every day's movements), with (balance, last closing, summed movements).
+    /// Accounts whose balance days or balance months do not end at their balance (the last
+    /// day's or month's closing, and the sum of every day's or month's movements), with
+    /// (balance, last closing, summed movements), once for each table that disagrees.
     pub statement_mismatches: Vec<(AccountId, Nanos, Nanos, Nanos)>,
     /// Usage invoices whose lines do not add up to their subtotal, discount and total, as
     /// `(year, seq)`.

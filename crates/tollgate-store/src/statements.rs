@@ -1,17 +1,25 @@
 //! The statement and credit-activity reads, shared by both stores: portable SQL over the
-//! `balance_days`, `balance_movements` and `usage_days` tables (written by each store's
-//! persist, in the billing commit), run by a store through [`Db`] in one read snapshot. Each
-//! read is a few index seeks on the account's rows of the period (at most a page of movements
-//! and a month of days), never a scan of its transfers or line items.
+//! `balance_days`, `balance_months`, `balance_movements` and `usage_days` tables (written by each
+//! store's persist, in the billing commit), run by a store through [`Db`] in one read snapshot.
+//! Each read is index seeks on the account's rows of the period (at most a page of movements,
+//! a month of days, the months since the account was created), never a scan of its transfers or
+//! line items.
+//!
+//! On SQLite the day, month and usage tables are keyed by time first (a batch's rows share the
+//! current day's pages), so the reads never ask for a range of one account's times: they seek
+//! `(day, account)` for each day of a month and `(month, account)` for each month, with the days
+//! or months listed (`day IN (...) AND account = ?`, one statement, a seek each). On PostgreSQL,
+//! keyed by account first, the same SQL is a scan of the account's entries for those keys.
 
 use crate::rows::Get;
 use crate::{
     corrupt, decimal, parse_id, ActivityQuery, ActivityRecord, BalanceDay, Reconciliation, Result,
     StatementQuery, StatementRows, StatementUsage, USAGE_ROW_ID,
 };
-use std::collections::HashMap;
 use tollgate_core::ids::{AccountId, EndpointId};
-use tollgate_core::statement::{day_label, day_of, end_of_day, MovementKind, Movements};
+use tollgate_core::statement::{
+    day_label, day_of, end_of_day, month_of, next_month, previous_month, MovementKind, Movements,
+};
 use tollgate_core::time::MS_PER_DAY;
 use tollgate_core::{Nanos, Timestamp};
 
@@ -55,50 +63,133 @@ fn day_row(r: &dyn Get) -> Result<BalanceDay> {
     })
 }
 
-fn account(a: &AccountId) -> Arg {
+fn account_arg(a: &AccountId) -> Arg {
     Arg::Text(a.as_str().to_string())
 }
 
-/// A statement's rows (see [`StatementRows`]).
-pub(crate) fn statement(db: &mut dyn Db, q: &StatementQuery) -> Result<StatementRows> {
-    let args = [account(&q.account), Arg::Int(q.from.0), Arg::Int(q.to.0)];
-    let (a, from, to) = (db.ph(1, "text"), db.ph(2, "bigint"), db.ph(3, "bigint"));
-    let mut opening = Nanos::ZERO;
+/// `values` as a list of SQL literals (integers only, so nothing to quote).
+fn list(values: &[i64]) -> String {
+    values
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The days from `from` (a midnight) to `to` (exclusive), newest first.
+fn days_between(from: Timestamp, to: Timestamp) -> Vec<i64> {
+    let mut days = Vec::new();
+    let mut day = day_of(Timestamp(to.0 - 1));
+    while day >= from {
+        days.push(day.0);
+        day = Timestamp(day.0 - MS_PER_DAY);
+    }
+    days
+}
+
+/// The first month that can have rows of `account`: the month before the one it was created in
+/// (a transfer is never recorded before its account, but servers' clocks may disagree by a
+/// moment across a month's end); `None` when the account does not exist.
+fn first_month(db: &mut dyn Db, account: &AccountId) -> Result<Option<Timestamp>> {
+    let mut created = None;
     db.each(
         &format!(
-            "SELECT closing_nanos FROM balance_days WHERE account = {a} AND day < {from} \
-             ORDER BY day DESC LIMIT 1"
+            "SELECT created_at FROM accounts WHERE username = {}",
+            db.ph(1, "text")
         ),
-        &args[..2],
+        &[account_arg(account)],
         &mut |r| {
-            opening = Nanos(r.int(0)?);
+            created = Some(Timestamp(r.int(0)?));
             Ok(())
         },
     )?;
-    let mut days = Vec::new();
+    Ok(created.map(|c| previous_month(month_of(c))))
+}
+
+/// The months that start before `to`, from the last of them down to `first`, newest first.
+fn months_before(first: Timestamp, to: Timestamp) -> Vec<i64> {
+    let mut months = Vec::new();
+    let mut month = month_of(Timestamp(to.0 - 1));
+    while month >= first {
+        months.push(month.0);
+        month = previous_month(month);
+    }
+    months
+}
+
+/// A statement's rows (see [`StatementRows`]): the opening balance is the closing of the
+/// account's last month before `from` (the months sought backwards, no further than its
+/// creation), the days and the usage are sought day by day.
+pub(crate) fn statement(db: &mut dyn Db, q: &StatementQuery) -> Result<StatementRows> {
+    let mut rows = StatementRows {
+        opening: Nanos::ZERO,
+        days: Vec::new(),
+        usage: Vec::new(),
+    };
+    let Some(first) = first_month(db, &q.account)? else {
+        return Ok(rows);
+    };
+    let a = db.ph(1, "text");
+    let args = [account_arg(&q.account)];
+    let earlier = months_before(first, month_of(q.from));
+    if !earlier.is_empty() {
+        db.each(
+            &format!(
+                "SELECT closing_nanos FROM balance_months WHERE month IN ({}) AND account = {a} \
+                 ORDER BY month DESC LIMIT 1",
+                list(&earlier)
+            ),
+            &args,
+            &mut |r| {
+                rows.opening = Nanos(r.int(0)?);
+                Ok(())
+            },
+        )?;
+    }
+    // A period starting within a month (not what statements ask): its opening is the last
+    // closing before it in that month, if there was one.
+    let lead = days_between(month_of(q.from), q.from);
+    if !lead.is_empty() {
+        db.each(
+            &format!(
+                "SELECT closing_nanos FROM balance_days WHERE day IN ({}) AND account = {a} \
+                 ORDER BY day DESC LIMIT 1",
+                list(&lead)
+            ),
+            &args,
+            &mut |r| {
+                rows.opening = Nanos(r.int(0)?);
+                Ok(())
+            },
+        )?;
+    }
+    let days = days_between(q.from, q.to);
+    if days.is_empty() {
+        return Ok(rows);
+    }
+    let days = list(&days);
     db.each(
         &format!(
-            "SELECT {DAY_COLS} FROM balance_days WHERE account = {a} AND day >= {from} \
-             AND day < {to} ORDER BY day"
+            "SELECT {DAY_COLS} FROM balance_days WHERE day IN ({days}) AND account = {a} \
+             ORDER BY day"
         ),
         &args,
         &mut |r| {
-            days.push(day_row(r)?);
+            rows.days.push(day_row(r)?);
             Ok(())
         },
     )?;
-    let mut usage = Vec::new();
     db.each(
         &format!(
             "SELECT endpoint_id, unit, {}, CAST(SUM(requests) AS BIGINT), \
                CAST(SUM(cost_nanos) AS BIGINT) \
-             FROM usage_days WHERE account = {a} AND day >= {from} AND day < {to} \
+             FROM usage_days WHERE day IN ({days}) AND account = {a} \
              GROUP BY endpoint_id, unit ORDER BY endpoint_id, unit",
             db.dec_sum("quantity")
         ),
         &args,
         &mut |r| {
-            usage.push(StatementUsage {
+            rows.usage.push(StatementUsage {
                 endpoint: parse_id(EndpointId::parse, &r.text(0)?)?,
                 unit: r.text(1)?,
                 quantity: decimal("usage_days", &r.text(2)?)?,
@@ -108,11 +199,7 @@ pub(crate) fn statement(db: &mut dyn Db, q: &StatementQuery) -> Result<Statement
             Ok(())
         },
     )?;
-    Ok(StatementRows {
-        opening,
-        days,
-        usage,
-    })
+    Ok(rows)
 }
 
 /// A page of credit activity (see [`ActivityQuery`]): the page's movements and usage days,
@@ -141,7 +228,7 @@ pub(crate) fn credit_activity(db: &mut dyn Db, q: &ActivityQuery) -> Result<Vec<
     db.each(
         &sql,
         &[
-            account(&q.account),
+            account_arg(&q.account),
             Arg::Int(q.start.0),
             Arg::Int(q.end.0),
             Arg::Int(b_at),
@@ -163,44 +250,78 @@ pub(crate) fn credit_activity(db: &mut dyn Db, q: &ActivityQuery) -> Result<Vec<
         },
     )?;
     // A day's usage row is at (end of day, USAGE_ROW_ID): in the range when its end of day is,
-    // and before the cursor when its end of day is (no id is above USAGE_ROW_ID).
+    // and before the cursor when its end of day is (no id is above USAGE_ROW_ID). The days are
+    // found month by month, newest first: the account's months in the range that have a row,
+    // then each one's days with usage, until the page is full.
     let last = MS_PER_DAY - 1;
     let (lo, hi) = (
         q.start.0.saturating_sub(last),
         q.end.0.min(b_at).saturating_sub(last),
     );
-    let mut days: HashMap<i64, (Nanos, Nanos)> = HashMap::new();
-    db.each(
-        &format!(
-            "SELECT day, usage_nanos, closing_nanos FROM balance_days \
-             WHERE account = {} AND day >= {} AND day < {} AND usage_nanos <> 0 \
-             ORDER BY day DESC LIMIT {}",
-            p(1),
-            p(2),
-            p(3),
-            p(4)
-        ),
-        &[
-            account(&q.account),
-            Arg::Int(lo),
-            Arg::Int(hi),
-            Arg::Int(limit),
-        ],
-        &mut |r| {
-            let day = Timestamp(r.int(0)?);
-            let (usage, closing) = (Nanos(r.int(1)?), Nanos(r.int(2)?));
-            days.insert(day.0, (usage, closing));
-            rows.push(ActivityRecord {
-                at: end_of_day(day),
-                id: USAGE_ROW_ID,
-                kind: MovementKind::Usage,
-                amount: usage,
-                reference: day_label(day),
-                balance_after: closing,
-            });
-            Ok(())
-        },
-    )?;
+    let first = match first_month(db, &q.account)? {
+        // `first` is a month's start: the month of the later of the two.
+        Some(first) if lo < hi => Some(month_of(Timestamp(lo.max(first.0)))),
+        _ => None,
+    };
+    let hi = hi.min(next_month(next_month(month_of(q.now))).0);
+    let months = first.map_or_else(Vec::new, |first| months_before(first, Timestamp(hi)));
+    let mut active = Vec::new();
+    if !months.is_empty() {
+        db.each(
+            &format!(
+                "SELECT month FROM balance_months WHERE month IN ({}) AND account = {} \
+                 ORDER BY month DESC",
+                list(&months),
+                p(1)
+            ),
+            &[account_arg(&q.account)],
+            &mut |r| {
+                active.push(Timestamp(r.int(0)?));
+                Ok(())
+            },
+        )?;
+    }
+    let mut found = 0;
+    for month in active {
+        if found >= q.limit {
+            break;
+        }
+        let in_range = days_between(
+            month.max(Timestamp(lo)),
+            Timestamp(hi.min(next_month(month).0)),
+        );
+        if in_range.is_empty() {
+            continue;
+        }
+        db.each(
+            &format!(
+                "SELECT day, usage_nanos, closing_nanos FROM balance_days \
+                 WHERE day IN ({}) AND account = {} AND usage_nanos <> 0 \
+                 ORDER BY day DESC LIMIT {}",
+                list(&in_range),
+                p(1),
+                p(2)
+            ),
+            &[
+                account_arg(&q.account),
+                Arg::Int(i64::try_from(q.limit - found).unwrap_or(i64::MAX)),
+            ],
+            &mut |r| {
+                let day = Timestamp(r.int(0)?);
+                let (usage, closing) = (Nanos(r.int(1)?), Nanos(r.int(2)?));
+                found += 1;
+                rows.push(ActivityRecord {
+                    at: end_of_day(day),
+                    id: USAGE_ROW_ID,
+                    kind: MovementKind::Usage,
+                    amount: usage,
+                    reference: day_label(day),
+                    balance_after: closing,
+                });
+                Ok(())
+            },
+        )?;
+    }
     rows.sort_by_key(|r| std::cmp::Reverse((r.at, r.id)));
     rows.truncate(q.limit);
     let Some(first) = rows.first() else {
@@ -216,11 +337,11 @@ pub(crate) fn credit_activity(db: &mut dyn Db, q: &ActivityQuery) -> Result<Vec<
         db.each(
             &format!(
                 "SELECT usage_nanos, closing_nanos FROM balance_days \
-                 WHERE account = {} AND day = {}",
-                p(1),
-                p(2)
+                 WHERE day = {} AND account = {}",
+                p(2),
+                p(1)
             ),
-            &[account(&q.account), Arg::Int(day.0)],
+            &[account_arg(&q.account), Arg::Int(day.0)],
             &mut |r| {
                 usage = Nanos(r.int(0)?);
                 closing = Some(Nanos(r.int(1)?));
@@ -245,7 +366,7 @@ pub(crate) fn credit_activity(db: &mut dyn Db, q: &ActivityQuery) -> Result<Vec<
                 p(4)
             ),
             &[
-                account(&q.account),
+                account_arg(&q.account),
                 Arg::Int(first.at.0),
                 Arg::Int(day.0 + MS_PER_DAY),
                 Arg::Int(first.id),
@@ -264,31 +385,38 @@ pub(crate) fn credit_activity(db: &mut dyn Db, q: &ActivityQuery) -> Result<Vec<
     Ok(rows)
 }
 
-/// Accounts whose balance days do not end at their stored balance: the last day's closing
-/// balance, and the sum of every day's movements (one grouped query per table).
+/// Accounts whose balance days, or balance months, do not end at their stored balance: the last
+/// day's (month's) closing balance, and the sum of every day's (month's) movements (one grouped
+/// query per table; an account may be listed once for each).
 pub(crate) fn mismatches(db: &mut dyn Db, rec: &mut Reconciliation) -> Result<()> {
     let mut found = Vec::new();
-    db.each(
-        "WITH d AS (SELECT account, CAST(SUM(purchases_nanos + grants_nanos + usage_nanos \
-             + expired_nanos + refunds_nanos + disputes_nanos + adjustments_nanos) AS BIGINT) \
-             AS net, MAX(day) AS last FROM balance_days GROUP BY account) \
-         SELECT a.username, a.balance_nanos, COALESCE(c.closing_nanos, 0), COALESCE(d.net, 0) \
-         FROM accounts a LEFT JOIN d ON d.account = a.username \
-         LEFT JOIN balance_days c ON c.account = a.username AND c.day = d.last \
-         WHERE a.balance_nanos <> COALESCE(c.closing_nanos, 0) \
-            OR a.balance_nanos <> COALESCE(d.net, 0) \
-         ORDER BY a.username",
-        &[],
-        &mut |r| {
-            found.push((
-                parse_id(AccountId::parse, &r.text(0)?)?,
-                Nanos(r.int(1)?),
-                Nanos(r.int(2)?),
-                Nanos(r.int(3)?),
-            ));
-            Ok(())
-        },
-    )?;
+    for (table, period) in [("balance_days", "day"), ("balance_months", "month")] {
+        db.each(
+            &format!(
+                "WITH d AS (SELECT account, CAST(SUM(purchases_nanos + grants_nanos \
+                     + usage_nanos + expired_nanos + refunds_nanos + disputes_nanos \
+                     + adjustments_nanos) AS BIGINT) AS net, MAX({period}) AS last \
+                     FROM {table} GROUP BY account) \
+                 SELECT a.username, a.balance_nanos, COALESCE(c.closing_nanos, 0), \
+                   COALESCE(d.net, 0) \
+                 FROM accounts a LEFT JOIN d ON d.account = a.username \
+                 LEFT JOIN {table} c ON c.{period} = d.last AND c.account = a.username \
+                 WHERE a.balance_nanos <> COALESCE(c.closing_nanos, 0) \
+                    OR a.balance_nanos <> COALESCE(d.net, 0) \
+                 ORDER BY a.username"
+            ),
+            &[],
+            &mut |r| {
+                found.push((
+                    parse_id(AccountId::parse, &r.text(0)?)?,
+                    Nanos(r.int(1)?),
+                    Nanos(r.int(2)?),
+                    Nanos(r.int(3)?),
+                ));
+                Ok(())
+            },
+        )?;
+    }
     rec.statement_mismatches = found;
     Ok(())
 }

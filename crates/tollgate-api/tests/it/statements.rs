@@ -354,3 +354,82 @@ async fn statements_and_credit_activity_follow_the_ledger() {
         app.assert_reconciled().await;
     }
 }
+
+/// An account that goes quiet for months: a statement after the gap opens where the last month
+/// with a movement closed (the months in between sought one by one, each empty), credit
+/// activity pages across the gap one row at a time, and a year later the same holds.
+#[tokio::test]
+async fn a_quiet_account_opens_where_it_last_moved() {
+    /// 2026-09-01T00:00:00Z and 2027-10-01T00:00:00Z.
+    const SEPTEMBER: i64 = JULY + 31 * DAY + 31 * DAY;
+    const OCTOBER_2027: i64 = SEPTEMBER + 395 * DAY;
+    for backend in backends() {
+        let on = backend.name();
+        let app = TestApp::spawn_at_on(&backend, MAY + HOUR).await;
+        app.create_account("quiet").await.expect(201);
+        let admin = app.create_key("quiet", "ADMIN").await;
+        app.purchase("quiet", "p-1", "10", "paid").await.expect(201);
+        app.set_now(MAY + 3 * DAY);
+        let may = usage(&app, "quiet", "q-1", FLUX_DEV, MAY + 3 * DAY, "2").await;
+        let may_end = balance(&app, "quiet").await;
+        assert_eq!(may_end, 10 * USD - may, "{on}");
+
+        // Nothing in June, July, August; usage on September 2.
+        app.set_now(SEPTEMBER + DAY + HOUR);
+        let september = usage(&app, "quiet", "q-2", SCHNELL, SEPTEMBER + DAY, "3").await;
+        for month in ["2026-06", "2026-07", "2026-08"] {
+            let s = statement(&app, &admin, month).await;
+            adds_up(&s);
+            assert_eq!(int(&s["opening_balance_nano_usd"]), may_end, "{on}: {s}");
+            assert_eq!(int(&s["closing_balance_nano_usd"]), may_end, "{on}: {s}");
+            assert_eq!(s["usage_by_endpoint"], json!([]), "{on}: {s}");
+        }
+        let s = statement(&app, &admin, "2026-09").await;
+        adds_up(&s);
+        assert_eq!(int(&s["opening_balance_nano_usd"]), may_end, "{on}");
+        assert_eq!(int(&s["usage_nano_usd"]), -september, "{on}");
+
+        // A year and more later, still quiet: October 2027 opens at September 2026's close.
+        app.set_now(OCTOBER_2027 + HOUR);
+        let now_balance = balance(&app, "quiet").await;
+        assert_eq!(now_balance, may_end - september, "{on}");
+        let s = statement(&app, &admin, "2027-10").await;
+        assert_eq!(int(&s["opening_balance_nano_usd"]), now_balance, "{on}");
+        assert_eq!(int(&s["closing_balance_nano_usd"]), now_balance, "{on}");
+
+        // Credit activity: the same rows in pages of one as in one page, across the gap.
+        let all = activity(&app, &admin, "", 100).await;
+        assert_eq!(activity(&app, &admin, "", 1).await, all, "{on}");
+        let seen: Vec<(&str, &str, i64)> = all
+            .iter()
+            .map(|r| {
+                (
+                    r["kind"].as_str().unwrap(),
+                    r["reference"].as_str().unwrap(),
+                    int(&r["balance_after_nano_usd"]),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("usage", "2026-09-02", now_balance),
+                ("usage", "2026-05-04", may_end),
+                ("purchase", "p-1", 10 * USD),
+            ],
+            "{on}"
+        );
+        // A range that ends in the far future and one within the gap.
+        assert_eq!(
+            activity(&app, &admin, "&start=2026-06-01&end=9998-12-31", 1).await,
+            all[..1].to_vec(),
+            "{on}"
+        );
+        assert_eq!(
+            activity(&app, &admin, "&start=2026-06-01&end=2026-09-01", 1).await,
+            Vec::<Value>::new(),
+            "{on}"
+        );
+        app.assert_reconciled().await;
+    }
+}

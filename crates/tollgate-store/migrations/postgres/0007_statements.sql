@@ -1,7 +1,14 @@
 -- tollgate schema, version 7: statements and credit activity, as in SQLite (see its
 -- 0011_statements.sql): per account and UTC day of the ledger's time, the signed sums of each
--- kind of movement and the closing balance; the movements other than usage; usage per day
--- (as charged), endpoint and unit. Written in the billing commit, backfilled here.
+-- kind of movement and the closing balance; the same per UTC month; the movements other than
+-- usage; usage per day (as charged), endpoint and unit. Written in the billing commit,
+-- backfilled here.
+--
+-- Keyed by account first, as the rollups are here, where SQLite keys them by time first: a
+-- PostgreSQL commit writes WAL records of the rows it changed, not the pages they sit on (a
+-- page goes whole into the WAL only at its first change after a checkpoint, and is written back
+-- by the checkpointer), so an account's row on a page of its own costs a commit little, and the
+-- reads stay one range of the account's index entries. The reads are the same SQL on both.
 CREATE TABLE balance_days (
     account            TEXT COLLATE "C" NOT NULL,
     day                BIGINT NOT NULL,
@@ -14,6 +21,20 @@ CREATE TABLE balance_days (
     adjustments_nanos  BIGINT NOT NULL,
     closing_nanos      BIGINT NOT NULL,
     PRIMARY KEY (account, day)
+);
+
+CREATE TABLE balance_months (
+    account            TEXT COLLATE "C" NOT NULL,
+    month              BIGINT NOT NULL,
+    purchases_nanos    BIGINT NOT NULL,
+    grants_nanos       BIGINT NOT NULL,
+    usage_nanos        BIGINT NOT NULL,
+    expired_nanos      BIGINT NOT NULL,
+    refunds_nanos      BIGINT NOT NULL,
+    disputes_nanos     BIGINT NOT NULL,
+    adjustments_nanos  BIGINT NOT NULL,
+    closing_nanos      BIGINT NOT NULL,
+    PRIMARY KEY (account, month)
 );
 
 CREATE TABLE balance_movements (
@@ -62,6 +83,24 @@ days AS (
 SELECT account, day, purchases, grants, used, expired, 0, 0, adjustments,
        CAST(SUM(net) OVER (PARTITION BY account ORDER BY day) AS BIGINT)
 FROM days;
+
+INSERT INTO balance_months
+WITH m AS (
+    SELECT account,
+           CAST(EXTRACT(EPOCH FROM date_trunc('month', to_timestamp(day / 1000)
+                                                       AT TIME ZONE 'UTC')) AS BIGINT) * 1000
+             AS month,
+           CAST(SUM(purchases_nanos) AS BIGINT) AS purchases,
+           CAST(SUM(grants_nanos) AS BIGINT) AS grants,
+           CAST(SUM(usage_nanos) AS BIGINT) AS used,
+           CAST(SUM(expired_nanos) AS BIGINT) AS expired,
+           CAST(SUM(refunds_nanos) AS BIGINT) AS refunds,
+           CAST(SUM(disputes_nanos) AS BIGINT) AS disputes,
+           CAST(SUM(adjustments_nanos) AS BIGINT) AS adjustments, MAX(day) AS last
+    FROM balance_days GROUP BY 1, 2)
+SELECT m.account, m.month, m.purchases, m.grants, m.used, m.expired, m.refunds, m.disputes,
+       m.adjustments, c.closing_nanos
+FROM m JOIN balance_days c ON c.account = m.account AND c.day = m.last;
 
 INSERT INTO balance_movements (account, at, kind, amount_nanos, reference)
 SELECT account, at, kind, amount, reference FROM (

@@ -3,7 +3,13 @@
 -- transfer's `at`, the batch's `now`), days are UTC (`day` is midnight, ms), and amounts are
 -- signed as they move the balance (credits positive; usage, expiries, debits negative).
 
--- Per account and day: the sum of each kind of movement and the balance the day's last batch
+-- The tables every billing commit writes (balance_days, balance_months, usage_days) are keyed
+-- by time first, as the rollups are: a batch's rows land in the current day's (month's) few
+-- pages however many accounts it touched, where keys led by the account would put each account's
+-- row for today on a page of its own, between its history and the next account's. Reads seek
+-- (day, account) day by day and (month, account) month by month.
+
+-- Per day and account: the sum of each kind of movement and the balance the day's last batch
 -- left (batches of one account commit in order, so the last write of a day is its closing).
 CREATE TABLE balance_days (
     account            TEXT    NOT NULL,
@@ -16,11 +22,30 @@ CREATE TABLE balance_days (
     disputes_nanos     INTEGER NOT NULL,
     adjustments_nanos  INTEGER NOT NULL,
     closing_nanos      INTEGER NOT NULL,
-    PRIMARY KEY (account, day)
+    PRIMARY KEY (day, account)
+) WITHOUT ROWID;
+
+-- The same per UTC month (`month` is midnight of its first day, ms) and account, with the balance
+-- the month's last batch left: a statement's opening balance is the closing of the account's
+-- last month before it, found by seeking the months backwards (no further than the account's
+-- creation), and credit activity finds the months with usage before it seeks their days.
+CREATE TABLE balance_months (
+    account            TEXT    NOT NULL,
+    month              INTEGER NOT NULL,
+    purchases_nanos    INTEGER NOT NULL,
+    grants_nanos       INTEGER NOT NULL,
+    usage_nanos        INTEGER NOT NULL,
+    expired_nanos      INTEGER NOT NULL,
+    refunds_nanos      INTEGER NOT NULL,
+    disputes_nanos     INTEGER NOT NULL,
+    adjustments_nanos  INTEGER NOT NULL,
+    closing_nanos      INTEGER NOT NULL,
+    PRIMARY KEY (month, account)
 ) WITHOUT ROWID;
 
 -- The movements other than usage (purchases, grants, expiries, adjustments), one row each, in
--- the order they were recorded (`id`), with their reference (purchase or adjustment id).
+-- the order they were recorded (`id`), with their reference (purchase or adjustment id). They
+-- are few (a batch of usage writes none), so they keep an index by account.
 CREATE TABLE balance_movements (
     id            INTEGER PRIMARY KEY,
     account       TEXT    NOT NULL,
@@ -41,7 +66,7 @@ CREATE TABLE usage_days (
     quantity     TEXT    NOT NULL,
     requests     INTEGER NOT NULL,
     cost_nanos   INTEGER NOT NULL,
-    PRIMARY KEY (account, day, endpoint_id, unit)
+    PRIMARY KEY (day, account, endpoint_id, unit)
 ) WITHOUT ROWID;
 
 -- Backfill from the ledger: every posted transfer of a customer, by day; the closing balance of
@@ -69,6 +94,21 @@ days AS (
 SELECT account, day, purchases, grants, used, expired, 0, 0, adjustments,
        SUM(net) OVER (PARTITION BY account ORDER BY day)
 FROM days;
+
+-- A month's sums are its days' and its closing balance its last day's.
+INSERT INTO balance_months
+WITH m AS (
+    SELECT account,
+           CAST(strftime('%s', day / 1000, 'unixepoch', 'start of month') AS INTEGER) * 1000
+             AS month,
+           SUM(purchases_nanos) AS purchases, SUM(grants_nanos) AS grants,
+           SUM(usage_nanos) AS used, SUM(expired_nanos) AS expired,
+           SUM(refunds_nanos) AS refunds, SUM(disputes_nanos) AS disputes,
+           SUM(adjustments_nanos) AS adjustments, MAX(day) AS last
+    FROM balance_days GROUP BY 1, 2)
+SELECT m.account, m.month, m.purchases, m.grants, m.used, m.expired, m.refunds, m.disputes,
+       m.adjustments, c.closing_nanos
+FROM m JOIN balance_days c ON c.day = m.last AND c.account = m.account;
 
 INSERT INTO balance_movements (account, at, kind, amount_nanos, reference)
 SELECT account, at, kind, amount, reference FROM (

@@ -638,35 +638,42 @@ fn activity_rows(a: &mut Args, grain: Grain, rows: Vec<ActivityRow>) -> String {
     )
 }
 
-/// The batch's movements added to each account's day (its closing balance set to what the
-/// batch left: the account is locked, so batches of one account write in commit order), its
+/// The batch's movements added to each account's day and month (their closing balance set to
+/// what the batch left: the account is locked, so batches of one account write in commit order), its
 /// movements other than usage (numbered in the batch's order), and its usage by endpoint and
 /// unit (see [`tollgate_core::statement`]).
-fn statement_rows(a: &mut Args, d: &Daily) -> [String; 3] {
-    let days = format!(
-        "INSERT INTO balance_days (account, day, purchases_nanos, grants_nanos, usage_nanos, \
-         expired_nanos, refunds_nanos, disputes_nanos, adjustments_nanos, closing_nanos) \
-         SELECT * FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}, {}) \
-         ON CONFLICT (account, day) DO UPDATE SET \
-         purchases_nanos = balance_days.purchases_nanos + excluded.purchases_nanos, \
-         grants_nanos = balance_days.grants_nanos + excluded.grants_nanos, \
-         usage_nanos = balance_days.usage_nanos + excluded.usage_nanos, \
-         expired_nanos = balance_days.expired_nanos + excluded.expired_nanos, \
-         refunds_nanos = balance_days.refunds_nanos + excluded.refunds_nanos, \
-         disputes_nanos = balance_days.disputes_nanos + excluded.disputes_nanos, \
-         adjustments_nanos = balance_days.adjustments_nanos + excluded.adjustments_nanos, \
-         closing_nanos = excluded.closing_nanos",
-        a.add(col(&d.days, |x| x.account.as_str().to_string()), "text[]"),
-        a.add(col(&d.days, |x| x.day.0), "bigint[]"),
-        a.add(col(&d.days, |x| x.moved.purchases.0), "bigint[]"),
-        a.add(col(&d.days, |x| x.moved.grants.0), "bigint[]"),
-        a.add(col(&d.days, |x| x.moved.usage.0), "bigint[]"),
-        a.add(col(&d.days, |x| x.moved.expired.0), "bigint[]"),
-        a.add(col(&d.days, |x| x.moved.refunds.0), "bigint[]"),
-        a.add(col(&d.days, |x| x.moved.disputes.0), "bigint[]"),
-        a.add(col(&d.days, |x| x.moved.adjustments.0), "bigint[]"),
-        a.add(col(&d.days, |x| x.closing.0), "bigint[]"),
-    );
+fn statement_rows(a: &mut Args, d: &Daily) -> [String; 4] {
+    let [days, months] = [
+        ("balance_days", "day", &d.days),
+        ("balance_months", "month", &d.months),
+    ]
+    .map(|(table, period, rows)| {
+        format!(
+            "INSERT INTO {table} (account, {period}, purchases_nanos, grants_nanos, \
+             usage_nanos, expired_nanos, refunds_nanos, disputes_nanos, adjustments_nanos, \
+             closing_nanos) \
+             SELECT * FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}, {}) \
+             ON CONFLICT (account, {period}) DO UPDATE SET \
+             purchases_nanos = {table}.purchases_nanos + excluded.purchases_nanos, \
+             grants_nanos = {table}.grants_nanos + excluded.grants_nanos, \
+             usage_nanos = {table}.usage_nanos + excluded.usage_nanos, \
+             expired_nanos = {table}.expired_nanos + excluded.expired_nanos, \
+             refunds_nanos = {table}.refunds_nanos + excluded.refunds_nanos, \
+             disputes_nanos = {table}.disputes_nanos + excluded.disputes_nanos, \
+             adjustments_nanos = {table}.adjustments_nanos + excluded.adjustments_nanos, \
+             closing_nanos = excluded.closing_nanos",
+            a.add(col(rows, |x| x.account.as_str().to_string()), "text[]"),
+            a.add(col(rows, |x| x.day.0), "bigint[]"),
+            a.add(col(rows, |x| x.moved.purchases.0), "bigint[]"),
+            a.add(col(rows, |x| x.moved.grants.0), "bigint[]"),
+            a.add(col(rows, |x| x.moved.usage.0), "bigint[]"),
+            a.add(col(rows, |x| x.moved.expired.0), "bigint[]"),
+            a.add(col(rows, |x| x.moved.refunds.0), "bigint[]"),
+            a.add(col(rows, |x| x.moved.disputes.0), "bigint[]"),
+            a.add(col(rows, |x| x.moved.adjustments.0), "bigint[]"),
+            a.add(col(rows, |x| x.closing.0), "bigint[]"),
+        )
+    });
     let m = &d.movements;
     let movements = format!(
         "INSERT INTO balance_movements (account, at, kind, amount_nanos, reference) \
@@ -697,5 +704,5 @@ fn statement_rows(a: &mut Args, d: &Daily) -> [String; 3] {
         a.add(col(&u, |(_, v)| count(v.requests)), "bigint[]"),
         a.add(col(&u, |(_, v)| v.cost.0), "bigint[]"),
     );
-    [days, movements, usage]
+    [days, months, movements, usage]
 }

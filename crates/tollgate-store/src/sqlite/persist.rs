@@ -316,41 +316,48 @@ fn rollup_rows(c: &Connection, s: &BatchState) -> Result<()> {
     Ok(())
 }
 
-/// The batch's movements, added to each account's day (and its closing balance set to what
-/// the batch left), its movements other than usage, and its usage by endpoint and unit (see
-/// [`tollgate_core::statement`]).
+/// The batch's movements, added to each account's day and month (and their closing balance set
+/// to what the batch left), its movements other than usage, and its usage by endpoint and unit
+/// (see [`tollgate_core::statement`]). The day, month and usage rows are keyed by time first, so
+/// a batch's rows share the current day's few pages.
 fn statement_rows(c: &Connection, s: &BatchState) -> Result<()> {
     let d = statement::daily(s).map_err(|e| StoreError::database(e.to_string(), e))?;
     if d.is_empty() {
         return Ok(());
     }
-    let mut st = c.prepare_cached(
-        "INSERT INTO balance_days (account, day, purchases_nanos, grants_nanos, usage_nanos, \
-         expired_nanos, refunds_nanos, disputes_nanos, adjustments_nanos, closing_nanos) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO UPDATE SET \
-         purchases_nanos = purchases_nanos + excluded.purchases_nanos, \
-         grants_nanos = grants_nanos + excluded.grants_nanos, \
-         usage_nanos = usage_nanos + excluded.usage_nanos, \
-         expired_nanos = expired_nanos + excluded.expired_nanos, \
-         refunds_nanos = refunds_nanos + excluded.refunds_nanos, \
-         disputes_nanos = disputes_nanos + excluded.disputes_nanos, \
-         adjustments_nanos = adjustments_nanos + excluded.adjustments_nanos, \
-         closing_nanos = excluded.closing_nanos",
-    )?;
-    for day in &d.days {
-        let m = &day.moved;
-        st.execute(params![
-            day.account.as_str(),
-            day.day.0,
-            m.purchases.0,
-            m.grants.0,
-            m.usage.0,
-            m.expired.0,
-            m.refunds.0,
-            m.disputes.0,
-            m.adjustments.0,
-            day.closing.0,
-        ])?;
+    for (table, period, rows) in [
+        ("balance_days", "day", &d.days),
+        ("balance_months", "month", &d.months),
+    ] {
+        let mut st = c.prepare_cached(&format!(
+            "INSERT INTO {table} (account, {period}, purchases_nanos, grants_nanos, \
+             usage_nanos, expired_nanos, refunds_nanos, disputes_nanos, adjustments_nanos, \
+             closing_nanos) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+             ON CONFLICT DO UPDATE SET \
+             purchases_nanos = purchases_nanos + excluded.purchases_nanos, \
+             grants_nanos = grants_nanos + excluded.grants_nanos, \
+             usage_nanos = usage_nanos + excluded.usage_nanos, \
+             expired_nanos = expired_nanos + excluded.expired_nanos, \
+             refunds_nanos = refunds_nanos + excluded.refunds_nanos, \
+             disputes_nanos = disputes_nanos + excluded.disputes_nanos, \
+             adjustments_nanos = adjustments_nanos + excluded.adjustments_nanos, \
+             closing_nanos = excluded.closing_nanos"
+        ))?;
+        for row in rows {
+            let m = &row.moved;
+            st.execute(params![
+                row.account.as_str(),
+                row.day.0,
+                m.purchases.0,
+                m.grants.0,
+                m.usage.0,
+                m.expired.0,
+                m.refunds.0,
+                m.disputes.0,
+                m.adjustments.0,
+                row.closing.0,
+            ])?;
+        }
     }
     if !d.movements.is_empty() {
         let mut st = c.prepare_cached(

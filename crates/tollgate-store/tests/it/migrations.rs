@@ -250,7 +250,7 @@ fn listing_an_accounts_keys_reads_an_index() {
 }
 
 /// A PostgreSQL database at schema version 2, as tollgate wrote it, upgraded: how each account
-/// paid becomes a term of its versions.
+/// paid becomes a term of its versions, and its statements are backfilled from its transfers.
 #[test]
 fn upgrading_postgres_makes_billing_a_term() {
     let Some(url) = std::env::var("TOLLGATE_TEST_POSTGRES_URL")
@@ -293,7 +293,11 @@ fn upgrading_postgres_makes_billing_a_term() {
              ('acme', 0, 'invoice', '[{\"effective_from\":0,\"discounts\":{\"percent_discount\":\"10\"},\
 \"concurrency_override\":7,\"lock_threshold_nanos\":5},{\"effective_from\":9000,\"discounts\":{},\
 \"concurrency_override\":null,\"lock_threshold_nanos\":0}]'), \
-             ('bob', 0, 'prepaid', '[]'), ('inv', 0, 'invoice', '[]')",
+             ('bob', 0, 'prepaid', '[]'), ('inv', 0, 'invoice', '[]'); \
+             INSERT INTO transfers (kind, debit, credit, amount_nanos, purchase_id, at) VALUES \
+             ('purchase', 'system:purchases', 'customer:acme', 1000000000, 'p-1', 1000), \
+             ('charge', 'customer:acme', 'system:revenue', 250000000, NULL, 3456000000); \
+             UPDATE accounts SET balance_nanos = 750000000 WHERE username = 'acme'",
         )
         .unwrap();
         tx.commit().unwrap();
@@ -326,14 +330,38 @@ fn upgrading_postgres_makes_billing_a_term() {
         (inv.billing, inv.state.credit.floor),
         (BillingMode::Invoice, None)
     );
+    // The statements are backfilled from the ledger: acme bought 1 USD in January 1970 and was
+    // charged 0.25 USD on February 10; March opens where February closed, through the months.
+    const DAY: i64 = 86_400_000;
+    let acme_id = AccountId::parse("acme").unwrap();
+    let month = |reader: &mut Box<dyn tollgate_store::Reader>, from: i64, to: i64| {
+        reader
+            .statement(&tollgate_store::StatementQuery {
+                account: acme_id.clone(),
+                from: Timestamp(from * DAY),
+                to: Timestamp(to * DAY),
+            })
+            .unwrap()
+    };
+    let february = month(&mut reader, 31, 59);
+    let days: Vec<(i64, i64, i64)> = february
+        .days
+        .iter()
+        .map(|d| (d.day.0, d.moved.usage.0, d.closing.0))
+        .collect();
+    assert_eq!(february.opening.0, 1_000_000_000);
+    assert_eq!(days, [(40 * DAY, -250_000_000, 750_000_000)]);
+    let march = month(&mut reader, 59, 90);
+    assert_eq!((march.opening.0, march.days.len()), (750_000_000, 0));
+    assert_eq!(reader.reconcile().unwrap().statement_mismatches, vec![]);
     drop(reader);
     drop(store);
     admin(format!("DROP SCHEMA {schema} CASCADE"));
 }
 
 /// An upgraded database's statements come from its ledger: the migration backfills each
-/// account's days (movements by kind and closing balance), its movements and its usage by the
-/// day each charge was posted.
+/// account's days and months (movements by kind and closing balance), its movements and its
+/// usage by the day each charge was posted.
 #[test]
 fn upgrading_backfills_statements_from_the_ledger() {
     use tollgate_core::statement::MovementKind;
@@ -419,6 +447,22 @@ fn upgrading_backfills_statements_from_the_ledger() {
         ),
         (Decimal::new(45, 1), 3, 112_500_000)
     );
+    // February 1970, without a movement, opens where January (its backfilled month) closed.
+    let february = reader
+        .statement(&StatementQuery {
+            account: acme.clone(),
+            from: Timestamp(31 * DAY),
+            to: Timestamp(59 * DAY),
+        })
+        .unwrap();
+    assert_eq!(
+        (
+            february.opening.0,
+            february.days.len(),
+            february.usage.len()
+        ),
+        (887_500_000, 0, 0)
+    );
     let activity = reader
         .credit_activity(&ActivityQuery {
             account: acme,
@@ -426,6 +470,7 @@ fn upgrading_backfills_statements_from_the_ledger() {
             end: Timestamp(i64::MAX),
             before: None,
             limit: 10,
+            now: Timestamp(40 * DAY),
         })
         .unwrap();
     let seen: Vec<(MovementKind, i64, i64, &str)> = activity

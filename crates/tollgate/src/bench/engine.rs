@@ -176,6 +176,57 @@ fn seed_history(dir: &Path, accounts: usize, history: usize, ids: Ids) -> anyhow
     Ok(path)
 }
 
+/// Days of statement history the `statement_history` scale row seeds for each account.
+const STATEMENT_DAYS: u32 = 365;
+
+/// Adds `days` days of statement history before today (by the system clock, which the bench's
+/// engine runs on) for every account of the database at `path`: a day row, a usage row and its
+/// month's row per account and day, written day by day as the billing commits would have
+/// written them, so that the tables' pages are laid out as a year of traffic leaves them.
+/// Today's rows, which the run writes, come after them in time.
+fn seed_statement_history(path: &Path, days: u32) -> anyhow::Result<()> {
+    const DAY_MS: i64 = 86_400_000;
+    let now = tollgate_engine::system_clock()().0;
+    let today = now - now.rem_euclid(DAY_MS);
+    let mut c = rusqlite::Connection::open(path)?;
+    c.pragma_update(None, "synchronous", "OFF")?;
+    let tx = c.transaction()?;
+    let accounts: Vec<String> = {
+        let mut st = tx.prepare("SELECT username FROM accounts ORDER BY username")?;
+        let names = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        names
+    };
+    {
+        let mut day_row = tx.prepare(
+            "INSERT INTO balance_days (account, day, purchases_nanos, grants_nanos, \
+             usage_nanos, expired_nanos, refunds_nanos, disputes_nanos, adjustments_nanos, \
+             closing_nanos) VALUES (?1, ?2, 0, 0, ?3, 0, 0, 0, 0, ?4)",
+        )?;
+        let mut usage_row = tx.prepare(
+            "INSERT INTO usage_days (account, day, endpoint_id, unit, quantity, requests, \
+             cost_nanos) VALUES (?1, ?2, 'bench/image', 'image', '1', 1, ?3)",
+        )?;
+        let mut month_row = tx.prepare(
+            "INSERT INTO balance_months (account, month, purchases_nanos, grants_nanos, \
+             usage_nanos, expired_nanos, refunds_nanos, disputes_nanos, adjustments_nanos, \
+             closing_nanos) VALUES (?1, ?2, 0, 0, ?3, 0, 0, 0, 0, ?4) \
+             ON CONFLICT DO UPDATE SET usage_nanos = usage_nanos + excluded.usage_nanos",
+        )?;
+        for d in (1..=i64::from(days)).rev() {
+            let day = today - d * DAY_MS;
+            let month = tollgate_core::statement::month_of(tollgate_core::Timestamp(day)).0;
+            for name in &accounts {
+                day_row.execute(rusqlite::params![name, day, -COST_NANOS, START_BALANCE])?;
+                month_row.execute(rusqlite::params![name, month, -COST_NANOS, START_BALANCE])?;
+                usage_row.execute(rusqlite::params![name, day, COST_NANOS])?;
+            }
+        }
+    }
+    tx.commit()?;
+    super::quiesce();
+    Ok(())
+}
+
 /// A fresh schema in the PostgreSQL database at `url`, named `schema`, with tollgate's tables
 /// and `accounts` funded accounts written in bulk as `seed` writes them (no history); returns
 /// the store, opened on that schema. Blocks: call it off the async runtime.
@@ -815,7 +866,7 @@ pub async fn scale(
         (&[1_000, 100_000, 1_000_000], 10_000_000)
     };
     let sc = Ids::Counter("sc");
-    let mut cases: Vec<(String, usize, usize, Ids)> = accounts
+    let mut cases: Vec<(String, usize, usize, Ids, u32)> = accounts
         .iter()
         .map(|&a| {
             (
@@ -823,23 +874,41 @@ pub async fn scale(
                 a,
                 0,
                 sc,
+                0,
             )
         })
         .collect();
     let long = format!("scale.usage_events.line_items_{}", human(history));
-    cases.push((long.clone(), ACCOUNTS, history, sc));
-    cases.push((format!("{long}.random_ids"), ACCOUNTS, history, Ids::Random));
+    cases.push((long.clone(), ACCOUNTS, history, sc, 0));
+    cases.push((
+        format!("{long}.random_ids"),
+        ACCOUNTS,
+        history,
+        Ids::Random,
+        0,
+    ));
+    cases.push((
+        format!("scale.usage_events.statement_history_{STATEMENT_DAYS}d"),
+        ACCOUNTS,
+        0,
+        sc,
+        STATEMENT_DAYS,
+    ));
     cases.retain(|(name, ..)| wanted(name));
     if cases.is_empty() {
         return Ok(());
     }
     let mut runs = Vec::new();
-    for (name, accounts, history, ids) in cases {
+    for (name, accounts, history, ids, statement_days) in cases {
         let dir = tempfile::tempdir()?;
         let t = Instant::now();
         let path = seed_history(dir.path(), accounts, history, ids)?;
+        if statement_days > 0 {
+            seed_statement_history(&path, statement_days)?;
+        }
         eprintln!(
-            "  (seeded {accounts} accounts and {history} line items in {:.1} s)",
+            "  (seeded {accounts} accounts, {history} line items and {statement_days} days of \
+             statement history in {:.1} s)",
             t.elapsed().as_secs_f64()
         );
         let engine = start_engine(&path).await?;
@@ -847,6 +916,7 @@ pub async fn scale(
             name,
             accounts,
             history,
+            statement_days,
             ids,
             engine,
             _dir: dir,
@@ -884,10 +954,12 @@ pub async fn scale(
             run.elapsed,
             Some(&run.latency),
             format!(
-                "events/s over {} accounts, {} line items before the run, {}; \
-                 rounds taken in turn with the other scale rows: {} events/s",
+                "events/s over {} accounts, {} line items and {} days of statement history \
+                 per account before the run, {}; rounds taken in turn with the other scale \
+                 rows: {} events/s",
                 run.accounts,
                 run.history,
+                run.statement_days,
                 run.ids.describe(),
                 run.rounds.join(", ")
             ),
@@ -901,6 +973,8 @@ struct ScaleRun {
     name: String,
     accounts: usize,
     history: usize,
+    /// Days of statement rows seeded per account before the run.
+    statement_days: u32,
     ids: Ids,
     engine: Engine,
     /// The database's directory, removed when the row is done.
