@@ -66,7 +66,7 @@ pub fn day_label(at: Timestamp) -> String {
 
 /// The start (midnight UTC) of the day of `at`, also before the epoch.
 pub fn day_of(at: Timestamp) -> Timestamp {
-    Timestamp(at.0 - at.0.rem_euclid(MS_PER_DAY))
+    Timestamp(at.0.saturating_sub(at.0.rem_euclid(MS_PER_DAY)))
 }
 
 /// The instant a day's usage is dated: the day's last millisecond, so it sorts after every

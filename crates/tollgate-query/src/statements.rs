@@ -123,6 +123,9 @@ pub async fn statement(
     })
 }
 
+/// The last millisecond of year 9999 (UTC): no movement is later.
+const LAST_INSTANT: Timestamp = Timestamp(253_402_300_799_999);
+
 /// One page of `account`'s credit activity at `start` or later and before `end` (default:
 /// everything), newest first. The cursor is the last row's `(at, id)`, a unique position, so
 /// a page never repeats or skips a row.
@@ -135,10 +138,15 @@ pub async fn credit_activity(
     limit: usize,
 ) -> Result<Page<ActivityRecord>, QueryError> {
     let before: Option<(i64, i64)> = Cursor::key(cursor)?;
+    // Every movement lies between the epoch and the end of year 9999; a cursor elsewhere was
+    // not made by this read (and would send the month arithmetic out of the calendar).
+    if before.is_some_and(|(at, _)| !(0..=LAST_INSTANT.0).contains(&at)) {
+        return Err(QueryError::BadCursor);
+    }
     let q = ActivityQuery {
         account,
-        start: start.unwrap_or(Timestamp(i64::MIN)),
-        end: end.unwrap_or(Timestamp(i64::MAX)),
+        start: start.unwrap_or(Timestamp(0)).max(Timestamp(0)),
+        end: end.unwrap_or(LAST_INSTANT).min(LAST_INSTANT),
         before,
         limit: limit.saturating_add(1),
         now: engine.now(),

@@ -109,6 +109,9 @@ fn first_month(db: &mut dyn Db, account: &AccountId) -> Result<Option<Timestamp>
 /// The months that start before `to`, from the last of them down to `first`, newest first.
 fn months_before(first: Timestamp, to: Timestamp) -> Vec<i64> {
     let mut months = Vec::new();
+    if to <= first {
+        return months;
+    }
     let mut month = month_of(Timestamp(to.0 - 1));
     while month >= first {
         months.push(month.0);

@@ -336,6 +336,12 @@ async fn statements_and_credit_activity_follow_the_ledger() {
             "end=2026-13-01",
             "limit=0",
             "cursor=nope",
+            // Well-formed cursors this read never makes: positions before the epoch, at the
+            // ends of the 64-bit range and past year 9999 (base64url of `[at, id]`).
+            "cursor=Wy05MjIzMzcyMDM2NzY4Mzc1ODA4LDBd",
+            "cursor=Wy0xLDBd",
+            "cursor=WzkyMjMzNzIwMzY4NTQ3NzU4MDcsOTIyMzM3MjAzNjg1NDc3NTgwN10",
+            "cursor=WzI1MzQwMjMwMDgwMDAwMCwwXQ",
             "month=2026-05",
         ] {
             let r = get(&app, &admin, &format!("/v1/account/credit-activity?{bad}")).await;
