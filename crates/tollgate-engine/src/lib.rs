@@ -873,6 +873,10 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
     let mut answers: Vec<Vec<Result<Outcome, Rejection>>> = Vec::new();
     // Per job: the accounts a close job closed (empty for other jobs).
     let mut closing: Vec<Vec<AccountId>> = Vec::new();
+    // Per job: the indices in `new_invoices` of the usage invoices it issued. A period closed
+    // because its month ended (before any operation) is the first close job's that names its
+    // account, so two closes of one account in a batch do not both report its invoice.
+    let mut issued_by: Vec<Vec<usize>> = Vec::new();
     let mut numbers: Vec<(i64, i64)> = Vec::new();
     let mut spent: Option<BatchState> = None;
     let mut runs = 0u64;
@@ -884,6 +888,7 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
         runs += 1;
         answers.clear();
         closing.clear();
+        issued_by.clear();
         let catalog = catalog_in_force(tx, shared)?;
         let mut ops_per_job: Vec<Vec<Op>> = Vec::with_capacity(jobs.len());
         for job in &jobs {
@@ -933,12 +938,24 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
         state.invoice_prefix = prefix.clone();
         // A period of an earlier month is closed before any operation adds to its account.
         close_elapsed_periods(&mut state, now);
-        for ops in ops_per_job {
+        let mut elapsed: Vec<usize> = (0..state.new_invoices.len()).collect();
+        for (ops, closed) in ops_per_job.into_iter().zip(&closing) {
+            let mut mine: Vec<usize> = Vec::new();
+            elapsed.retain(|&i| {
+                let named = closed.contains(&state.new_invoices[i].account);
+                if named {
+                    mine.push(i);
+                }
+                !named
+            });
+            let first = state.new_invoices.len();
             answers.push(
                 ops.into_iter()
                     .map(|op| apply(&mut state, &catalog, now, op))
                     .collect(),
             );
+            mine.extend(first..state.new_invoices.len());
+            issued_by.push(mine);
         }
         let persisted = tx.persist(&state);
         spent = Some(state);
@@ -976,22 +993,26 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
             }
         })
     };
-    // The usage invoices the batch issued, by account, with their numbers.
-    let usage_invoices: Vec<(AccountId, (i64, i64))> = match (&result, &*spent_now(&spent)) {
-        (Ok(()), Some(state)) => state
-            .new_invoices
+    // Per job, the numbers of the usage invoices it issued.
+    let issued: Vec<Vec<(i64, i64)>> = match (&result, &*spent_now(&spent)) {
+        (Ok(()), Some(state)) => issued_by
             .iter()
-            .zip(&numbers)
-            .filter(|(i, _)| i.kind == InvoiceKind::Usage)
-            .map(|(i, n)| (i.account.clone(), *n))
+            .map(|mine| {
+                mine.iter()
+                    .filter(|&&i| state.new_invoices[i].kind == InvoiceKind::Usage)
+                    .map(|&i| numbers[i])
+                    .collect()
+            })
             .collect(),
         _ => Vec::new(),
     };
+    let mut issued = issued.into_iter();
     let mut closing = closing.into_iter();
     let free: Answer = Box::new(move |_| drop(spent));
     std::iter::once(count)
         .chain(jobs.into_iter().map(|job| {
             let closed = closing.next().unwrap_or_default();
+            let issued = issued.next().unwrap_or_default();
             let (reply, ops) = match job {
                 Job::Ops { reply, ops } => (reply, ops),
                 Job::Sweep { reply } => (reply, Vec::new()),
@@ -999,11 +1020,6 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
                     let msg = match &result {
                         Ok(()) => {
                             let answers = answers.next().expect("one answer list per job");
-                            let issued = usage_invoices
-                                .iter()
-                                .filter(|(a, _)| closed.contains(a))
-                                .map(|(_, n)| *n)
-                                .collect();
                             Ok(CloseStep {
                                 closed: closed.into_iter().zip(answers).collect(),
                                 issued,

@@ -464,3 +464,37 @@ async fn an_open_invoice_is_paid_or_voided_once_and_its_amounts_never_change() {
         reconciled(&engine, on).await;
     }
 }
+
+/// Closes of one account racing each other (on demand and the month's close, several in one
+/// batch when they arrive together) issue its invoice once, and report it once between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_closes_issue_and_report_an_invoice_once() {
+    for backend in backends() {
+        let on = backend.name();
+        let db = TestDb::new(&backend);
+        let clock = Arc::new(AtomicI64::new(JUN + 3 * DAY));
+        let engine = engine(&db, &clock);
+        catalog_and_account(&engine, BillingMode::Invoice).await;
+        run(&engine, event("e1", JUN + 3 * DAY, 1)).await;
+        clock.store(JUL + 60_000, Ordering::SeqCst);
+        let closes = (0..16).map(|i| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                if i % 2 == 0 {
+                    engine.close_invoice_periods(Some(account()), None).await
+                } else {
+                    engine.close_elapsed_months().await
+                }
+            })
+        });
+        let mut reported = Vec::new();
+        for close in closes.collect::<Vec<_>>() {
+            reported.extend(close.await.unwrap().unwrap());
+        }
+        let all = invoices(&engine).await;
+        assert_eq!(all.len(), 1, "on {on}: {all:?}");
+        assert_eq!(reported, vec![(all[0].year, all[0].seq)], "on {on}");
+        assert_eq!(all[0].total, Nanos(THOUSAND));
+        reconciled(&engine, on).await;
+    }
+}
