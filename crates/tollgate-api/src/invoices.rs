@@ -627,7 +627,8 @@ async fn set_status(
 /// An open invoice becomes `paid`, with the `payment_reference` and the time (shown in the
 /// invoice as `payment_reference` and `paid_at`). Its amounts and lines never change. Only an
 /// open invoice can be paid: a paid (every top-up invoice is paid when issued) or void one
-/// answers 409 and nothing changes; an unknown id 404.
+/// answers 409 and nothing changes, except the same payment sent again (same reference),
+/// which answers the invoice as it is; an unknown id 404.
 #[utoipa::path(
     post, path = "/v1/admin/invoices/{invoice_id}/pay", tag = tags::OPERATOR,
     operation_id = "payInvoice", security(("Key" = ["OPERATOR"])),
@@ -662,7 +663,8 @@ pub async fn pay_invoice(
 ///
 /// An open invoice becomes `void`, with the `reason` and the time (shown in the invoice as
 /// `void_reason` and `voided_at`). Its amounts and lines never change. Only an open invoice
-/// can be voided: a paid or void one answers 409 and nothing changes; an unknown id 404.
+/// can be voided: a paid or void one answers 409 and nothing changes, except the same void
+/// sent again (same reason), which answers the invoice as it is; an unknown id 404.
 #[utoipa::path(
     post, path = "/v1/admin/invoices/{invoice_id}/void", tag = tags::OPERATOR,
     operation_id = "voidInvoice", security(("Key" = ["OPERATOR"])),

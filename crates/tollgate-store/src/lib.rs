@@ -803,9 +803,10 @@ pub trait Tx {
         limit: usize,
     ) -> Result<Vec<AccountId>>;
     /// Moves an open invoice to `to` (paid or void) at `at`, with the payment reference or
-    /// the reason: `Ok(None)` when done, `Ok(Some(status))` when the invoice is not open (it
-    /// is `status`, and nothing changed); [`StoreError::NotFound`] when there is no such
-    /// invoice. Amounts and lines are never touched.
+    /// the reason: `Ok(None)` when done (also when the invoice already had that status with
+    /// that reference: a repeated call, which writes nothing), `Ok(Some(status))` when the
+    /// invoice is not open (it is `status`, and nothing changed); [`StoreError::NotFound`]
+    /// when there is no such invoice. Amounts and lines are never touched.
     fn change_invoice_status(
         &mut self,
         year: i64,

@@ -1117,3 +1117,16 @@ fn rollup_mismatches(q: &mut Query, rec: &mut Reconciliation) -> Result<()> {
     }
     Ok(())
 }
+
+/// Whether changing an invoice that is not open (it is `status`, with the reference or reason
+/// `was`) to `to` with `reference` is refused: `None` when it is that same change made before
+/// (a repeat, answered as done; nothing is written), else the status that refuses it.
+pub(crate) fn status_change_refused(
+    status: &str,
+    was: Option<&str>,
+    to: InvoiceStatus,
+    reference: &str,
+) -> Result<Option<InvoiceStatus>> {
+    let is = InvoiceStatus::parse(status).ok_or_else(|| corrupt("invoice status", status))?;
+    Ok((is != to || was != Some(reference)).then_some(is))
+}

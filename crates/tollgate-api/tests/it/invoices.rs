@@ -490,6 +490,16 @@ async fn a_usage_invoice_is_its_accounts_alone_and_only_the_operator_closes_pays
             (&inv["lines"], &inv["total_nano_usd"]),
             "{on}: paying changes no amount"
         );
+        // The same payment sent again (a retry after a lost answer) is answered as done and
+        // changes nothing; another payment or a void is refused.
+        let again = app
+            .op(
+                Method::POST,
+                &format!("/v1/admin/invoices/{id}/pay"),
+                json!({"payment_reference": "wire 7781"}),
+            )
+            .await;
+        assert_eq!(again.expect(200), &paid, "{on}");
         for (action, body) in [
             ("pay", json!({"payment_reference": "again"})),
             ("void", json!({"reason": "too late"})),

@@ -181,7 +181,7 @@ impl Tx for PgTx<'_, '_> {
             return Ok(None);
         }
         let rows = self.rows(
-            "SELECT status FROM invoices WHERE year = $1 AND seq = $2",
+            "SELECT status, status_reference FROM invoices WHERE year = $1 AND seq = $2",
             &[&year, &seq],
         )?;
         let Some(row) = rows.first() else {
@@ -190,10 +190,8 @@ impl Tx for PgTx<'_, '_> {
                 crate::InvoiceRecord::id_of(year, seq)
             )));
         };
-        let status: String = row.try_get(0)?;
-        InvoiceStatus::parse(&status)
-            .map(Some)
-            .ok_or_else(|| crate::corrupt("invoice status", &status))
+        let (status, was): (String, Option<String>) = (row.try_get(0)?, row.try_get(1)?);
+        crate::rows::status_change_refused(&status, was.as_deref(), to, reference)
     }
 
     fn due_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<RequestId>> {

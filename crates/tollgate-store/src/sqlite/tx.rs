@@ -174,23 +174,21 @@ impl Tx for SqliteTx<'_> {
         if n == 1 {
             return Ok(None);
         }
-        let status: Option<String> = self
+        let found: Option<(String, Option<String>)> = self
             .conn
             .query_row(
-                "SELECT status FROM invoices WHERE year = ?1 AND seq = ?2",
+                "SELECT status, status_reference FROM invoices WHERE year = ?1 AND seq = ?2",
                 params![year, seq],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let status = status.ok_or_else(|| {
+        let (status, was) = found.ok_or_else(|| {
             StoreError::NotFound(format!(
                 "invoice {}",
                 crate::InvoiceRecord::id_of(year, seq)
             ))
         })?;
-        InvoiceStatus::parse(&status)
-            .map(Some)
-            .ok_or_else(|| crate::corrupt("invoice status", &status))
+        crate::rows::status_change_refused(&status, was.as_deref(), to, reference)
     }
 
     fn due_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<RequestId>> {
