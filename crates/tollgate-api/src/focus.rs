@@ -312,7 +312,7 @@ pub enum FocusExpand {
 #[allow(dead_code)]
 pub struct FocusParams {
     /// `invoice`: the charges of a billing month, as invoiced; `estimate`: the usage of a
-    /// range (default the last day, at most 90 days), not yet invoiced.
+    /// range (default the last day, at most 90 days), as it happened (invoiced since or not).
     #[param(value_type = FocusSourceName)]
     source: (),
     /// `source=invoice`: the month (`YYYY-MM`, UTC) whose invoices to report. Default: the

@@ -16,9 +16,10 @@
 //! - free credits are a `Credit` row, nothing billed (the amount is in `x_CreditAmountUsd`);
 //! - usage of a prepaid account is drawn from its credits: a `Usage` row with `BilledCost` 0
 //!   and `EffectiveCost` its cost;
-//! - usage of an invoice-billed account is billed on its usage invoice. Its estimate (usage
-//!   not yet invoiced) bills its cost (`BilledCost` = `EffectiveCost`, no `InvoiceId`); its
-//!   invoice report takes the usage from the invoices' lines ([`invoiced_usage_rows`]).
+//! - usage of an invoice-billed account is billed on its usage invoice: its invoice report
+//!   takes the usage from the invoices' lines ([`invoiced_usage_rows`]); its estimate (usage
+//!   as it happened, invoiced since or not) shows the cost (`BilledCost` = `EffectiveCost`,
+//!   no `InvoiceId`).
 
 use crate::timeframe::{self, Moment, Range, RangeError, RangeSpec, Timeframe};
 use crate::QueryError;
@@ -55,7 +56,7 @@ const DAY_MS: i64 = 86_400_000;
 pub enum FocusSource {
     /// Finalized invoice data for a billing month.
     Invoice,
-    /// Usage not yet invoiced, for a range.
+    /// The usage of a range as it happened (fal's pre-invoice data), invoiced since or not.
     Estimate,
 }
 
@@ -360,7 +361,9 @@ impl FocusReport {
             Stage::Purchases { after } => self.purchases(after).await.map(Some),
             Stage::Usage { from } => self.usage(from).await.map(Some),
             Stage::InvoicedUsage => {
-                self.stage = Stage::Done;
+                self.stage = Stage::Usage {
+                    from: self.range.start,
+                };
                 Ok(Some(self.invoiced_usage().await?))
             }
             Stage::Done => Ok(None),
@@ -376,17 +379,17 @@ impl FocusReport {
         Ok(rows)
     }
 
-    /// After the purchases: the usage. An invoice report of usage billed on invoices takes it
-    /// from the invoices; everything else from the rollups.
+    /// After the purchases: the usage. An invoice report takes the usage its usage invoices bill
+    /// from their lines, then the usage drawn from prepaid credits from the rollups (an account
+    /// may have been billed either way in the month: the rollup rows of the periods when it
+    /// was invoice-billed are left to its invoices); an estimate takes all of it from the
+    /// rollups.
     fn usage_stage(&self) -> Stage {
-        let invoiced = self.context.source == FocusSource::Invoice
-            && self.account.terms.at(self.range.start).billing == BillingMode::Invoice;
-        if invoiced {
-            Stage::InvoicedUsage
-        } else {
-            Stage::Usage {
+        match self.context.source {
+            FocusSource::Invoice => Stage::InvoicedUsage,
+            FocusSource::Estimate => Stage::Usage {
                 from: self.range.start,
-            }
+            },
         }
     }
 
@@ -518,9 +521,10 @@ impl FocusReport {
                 .add(&t)
                 .map_err(|e| QueryError::OutOfRange(format!("usage total: {e}")))?;
         }
+        let invoice_report = self.context.source == FocusSource::Invoice;
         groups
             .into_iter()
-            .map(
+            .filter_map(
                 |((bucket, endpoint, unit, price, percent_discount), totals)| {
                     let (charge_start, charge_end) = self.charge_period(bucket);
                     let agg = UsageAggregate {
@@ -534,9 +538,11 @@ impl FocusReport {
                     };
                     let billed = match self.account.terms.at(charge_start).billing {
                         BillingMode::Prepaid => UsageBilling::PrepaidCredits,
+                        // An invoice report has it from the invoices' lines.
+                        BillingMode::Invoice if invoice_report => return None,
                         BillingMode::Invoice => UsageBilling::NotYetInvoiced,
                     };
-                    self.usage_row(&agg, billed)
+                    Some(self.usage_row(&agg, billed))
                 },
             )
             .collect()
@@ -717,7 +723,7 @@ impl FocusReport {
 pub enum UsageBilling {
     /// Drawn from prepaid credits (billed when they were bought).
     PrepaidCredits,
-    /// Invoice-billed usage not invoiced yet (an estimate).
+    /// Invoice-billed usage shown as it happened (an estimate: no invoice named).
     NotYetInvoiced,
     /// Billed on the usage invoice numbered so.
     Invoiced { number: String },

@@ -602,6 +602,18 @@ async fn negotiated_prices_differ_from_list_and_invoiced_usage_is_billed() {
         r.expect(200);
         assert!(parse_csv(&r.text).rows.is_empty(), "{on}: {}", r.text);
 
+        // mixed: prepaid, then billed on invoice from June 10th. Its usage of June 3rd was
+        // drawn from credits; its usage of June 12th is billed on its invoice.
+        app.create_account("mixed").await.expect(201);
+        let mixed = app.create_key("mixed", "ADMIN").await;
+        app.purchase("mixed", "m", "10", "paid").await.expect(201);
+        bill_at(&app, T0 + 2 * DAY + HOUR, vec![flux("mixed")]).await;
+        app.set_now(T0 + 9 * DAY);
+        app.set_pricing("mixed", json!({ "billing": "invoice" }))
+            .await
+            .expect(200);
+        bill_at(&app, T0 + 11 * DAY, vec![flux("mixed")]).await;
+
         // June closes (at July's start): its invoice bills June's usage. A late event of June,
         // recorded in July, lands on July's invoice with June as its charge period.
         const JULY: i64 = T0 + 30 * DAY;
@@ -618,6 +630,25 @@ async fn negotiated_prices_differ_from_list_and_invoiced_usage_is_billed() {
             .as_str()
             .expect("June's invoice")
             .to_string();
+        let issued = app
+            .op(
+                Method::POST,
+                "/v1/admin/invoices/close",
+                json!({ "username": "mixed", "until": crate::harness::rfc3339(JULY) }),
+            )
+            .await;
+        let mixed_invoice = issued.expect(200)["issued"][0]
+            .as_str()
+            .expect("mixed's invoice")
+            .to_string();
+        let mixed_invoice = get(
+            &app,
+            &mixed,
+            &format!("/v1/account/invoices/{mixed_invoice}"),
+        )
+        .await
+        .expect(200)
+        .clone();
         app.set_now(JULY + DAY);
         let late = json!({ "endpoint_id": FLUX_DEV, "username": "corp", "status_code": 200,
             "event_id": new_id(), "timestamp": crate::harness::rfc3339(T0 + 5 * DAY),
@@ -694,6 +725,50 @@ async fn negotiated_prices_differ_from_list_and_invoiced_usage_is_billed() {
         assert_eq!(
             csv.nanos(&csv.of("Usage"), "BilledCost"),
             int(&june["total_nano_usd"]) + int(&july["total_nano_usd"]),
+            "{on}"
+        );
+
+        // mixed's June report: the usage drawn from its credits only (its invoice-billed usage
+        // is not June's to bill); its July report: its invoice of June 10th to 30th, issued
+        // when July began.
+        let mixed_report = |month: &'static str| {
+            let mixed = mixed.clone();
+            let app = &app;
+            async move {
+                let r = get(
+                    app,
+                    &mixed,
+                    &format!("/v1/account/focus?source=invoice&billing_month={month}"),
+                )
+                .await;
+                r.expect(200);
+                assert_focus_valid(&r.text);
+                r.text.clone()
+            }
+        };
+        let csv = parse_csv(&mixed_report("2026-06").await);
+        let usage = csv.of("Usage");
+        assert_eq!(usage.len(), 1, "{on}: {:?}", csv.rows);
+        assert_eq!(
+            csv.get(usage[0], "ChargePeriodStart"),
+            "2026-06-03T00:00:00Z"
+        );
+        assert_eq!(csv.get(usage[0], "BilledCost"), "0.0", "{on}");
+        assert_eq!(csv.get(usage[0], "InvoiceId"), "", "{on}");
+        let csv = parse_csv(&mixed_report("2026-07").await);
+        let usage = csv.of("Usage");
+        assert_eq!(usage.len(), 1, "{on}: {:?}", csv.rows);
+        assert_eq!(
+            csv.get(usage[0], "InvoiceId"),
+            mixed_invoice["number"].as_str().unwrap()
+        );
+        assert_eq!(
+            csv.get(usage[0], "ChargePeriodStart"),
+            "2026-06-12T00:00:00Z"
+        );
+        assert_eq!(
+            csv.nanos(&usage, "BilledCost"),
+            int(&mixed_invoice["total_nano_usd"]),
             "{on}"
         );
         app.assert_reconciled().await;
