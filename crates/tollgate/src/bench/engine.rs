@@ -117,11 +117,19 @@ fn seed_history(dir: &Path, accounts: usize, history: usize, ids: Ids) -> anyhow
             "INSERT INTO transfers (kind, debit, credit, amount_nanos, purchase_id, at) \
              VALUES ('grant', 'system:grants', ?1, ?2, 'seed', 0)",
         )?;
+        // The grant's movement on the statements, as its commit would have written it.
+        let mut statement = Vec::new();
+        for sql in SEED_STATEMENT_SQL {
+            statement.push(tx.prepare(&sql.replace('$', "?"))?);
+        }
         for i in 0..accounts {
             let name = account_name(i);
             acct.execute(rusqlite::params![name, START_BALANCE, UNLIMITED_TERMS])?;
             lot.execute(rusqlite::params![name, START_BALANCE])?;
             grant.execute(rusqlite::params![format!("customer:{name}"), START_BALANCE])?;
+            for st in &mut statement {
+                st.execute(rusqlite::params![name, START_BALANCE])?;
+            }
         }
         let mut req = tx.prepare(
             "INSERT INTO requests (request_id, source, account, endpoint_id, price_version, \
@@ -183,7 +191,9 @@ const STATEMENT_DAYS: u32 = 365;
 /// engine runs on) for every account of the database at `path`: a day row, a usage row and its
 /// month's row per account and day, written day by day as the billing commits would have
 /// written them, so that the tables' pages are laid out as a year of traffic leaves them.
-/// Today's rows, which the run writes, come after them in time.
+/// Each day's usage is matched by a purchase of the same amount, so the days still add up to
+/// the balance (the reconciliation after the run checks it). Today's rows, which the run
+/// writes, come after them in time.
 fn seed_statement_history(path: &Path, days: u32) -> anyhow::Result<()> {
     const DAY_MS: i64 = 86_400_000;
     let now = tollgate_engine::system_clock()().0;
@@ -200,7 +210,7 @@ fn seed_statement_history(path: &Path, days: u32) -> anyhow::Result<()> {
         let mut day_row = tx.prepare(
             "INSERT INTO balance_days (account, day, purchases_nanos, grants_nanos, \
              usage_nanos, expired_nanos, refunds_nanos, disputes_nanos, adjustments_nanos, \
-             closing_nanos) VALUES (?1, ?2, 0, 0, ?3, 0, 0, 0, 0, ?4)",
+             closing_nanos) VALUES (?1, ?2, ?3, 0, -?3, 0, 0, 0, 0, ?4)",
         )?;
         let mut usage_row = tx.prepare(
             "INSERT INTO usage_days (account, day, endpoint_id, unit, quantity, requests, \
@@ -209,15 +219,16 @@ fn seed_statement_history(path: &Path, days: u32) -> anyhow::Result<()> {
         let mut month_row = tx.prepare(
             "INSERT INTO balance_months (account, month, purchases_nanos, grants_nanos, \
              usage_nanos, expired_nanos, refunds_nanos, disputes_nanos, adjustments_nanos, \
-             closing_nanos) VALUES (?1, ?2, 0, 0, ?3, 0, 0, 0, 0, ?4) \
-             ON CONFLICT DO UPDATE SET usage_nanos = usage_nanos + excluded.usage_nanos",
+             closing_nanos) VALUES (?1, ?2, ?3, 0, -?3, 0, 0, 0, 0, ?4) \
+             ON CONFLICT DO UPDATE SET usage_nanos = usage_nanos + excluded.usage_nanos, \
+             purchases_nanos = purchases_nanos + excluded.purchases_nanos",
         )?;
         for d in (1..=i64::from(days)).rev() {
             let day = today - d * DAY_MS;
             let month = tollgate_core::statement::month_of(tollgate_core::Timestamp(day)).0;
             for name in &accounts {
-                day_row.execute(rusqlite::params![name, day, -COST_NANOS, START_BALANCE])?;
-                month_row.execute(rusqlite::params![name, month, -COST_NANOS, START_BALANCE])?;
+                day_row.execute(rusqlite::params![name, day, COST_NANOS, START_BALANCE])?;
+                month_row.execute(rusqlite::params![name, month, COST_NANOS, START_BALANCE])?;
                 usage_row.execute(rusqlite::params![name, day, COST_NANOS])?;
             }
         }
@@ -226,6 +237,19 @@ fn seed_statement_history(path: &Path, days: u32) -> anyhow::Result<()> {
     super::quiesce();
     Ok(())
 }
+
+/// The seed grant's rows on the statements (at the epoch, its time in `transfers`): its day,
+/// its month and its movement; `$1` the account, `$2` the amount.
+const SEED_STATEMENT_SQL: [&str; 3] = [
+    "INSERT INTO balance_days (account, day, purchases_nanos, grants_nanos, usage_nanos, \
+     expired_nanos, refunds_nanos, disputes_nanos, adjustments_nanos, closing_nanos) \
+     VALUES ($1, 0, 0, $2, 0, 0, 0, 0, 0, $2)",
+    "INSERT INTO balance_months (account, month, purchases_nanos, grants_nanos, usage_nanos, \
+     expired_nanos, refunds_nanos, disputes_nanos, adjustments_nanos, closing_nanos) \
+     VALUES ($1, 0, 0, $2, 0, 0, 0, 0, 0, $2)",
+    "INSERT INTO balance_movements (account, at, kind, amount_nanos, reference) \
+     VALUES ($1, 0, 'grant', $2, 'seed')",
+];
 
 /// A fresh schema in the PostgreSQL database at `url`, named `schema`, with tollgate's tables
 /// and `accounts` funded accounts written in bulk as `seed` writes them (no history); returns
@@ -253,6 +277,25 @@ fn seed_postgres(url: &str, schema: &str, accounts: usize) -> anyhow::Result<Box
         "INSERT INTO transfers (kind, debit, credit, amount_nanos, purchase_id, at) \
          SELECT 'grant', 'system:grants', 'customer:' || n, $2, 'seed', 0 \
          FROM unnest($1::text[]) n",
+        &[&names, &START_BALANCE],
+    )?;
+    // The grant's movement on the statements (see SEED_STATEMENT_SQL), for every account.
+    for table in [
+        "balance_days (account, day",
+        "balance_months (account, month",
+    ] {
+        tx.execute(
+            &format!(
+                "INSERT INTO {table}, purchases_nanos, grants_nanos, usage_nanos, \
+                 expired_nanos, refunds_nanos, disputes_nanos, adjustments_nanos, closing_nanos) \
+                 SELECT n, 0, 0, $2, 0, 0, 0, 0, 0, $2 FROM unnest($1::text[]) n"
+            ),
+            &[&names, &START_BALANCE],
+        )?;
+    }
+    tx.execute(
+        "INSERT INTO balance_movements (account, at, kind, amount_nanos, reference) \
+         SELECT n, 0, 'grant', $2, 'seed' FROM unnest($1::text[]) n",
         &[&names, &START_BALANCE],
     )?;
     tx.commit()?;
