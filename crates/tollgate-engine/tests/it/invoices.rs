@@ -3,7 +3,7 @@
 //! across accounts, under concurrency, across a year boundary, through a batch that lost a
 //! race, and through two engines sharing one database. On every store at hand.
 
-use crate::common::{account, catalog_and_account, Racing};
+use crate::common::{account, catalog_and_account, invoices, Racing};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use tollgate_core::ids::{AccountId, PurchaseId};
@@ -11,7 +11,7 @@ use tollgate_core::machine::{InvoiceKind, InvoiceStatus, Op, Outcome};
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::{AdminCmd, Engine};
 use tollgate_store::testing::{backends, TestDb};
-use tollgate_store::{BillingMode, InvoiceRecord, InvoicesQuery};
+use tollgate_store::{BillingMode, InvoiceRecord};
 
 /// 2026-06-01T00:00:00Z.
 const T0: i64 = 1_780_272_000_000;
@@ -42,21 +42,6 @@ async fn buy(engine: &Engine, who: &AccountId, id: &str, nanos: i64, paid: bool)
         Ok(Outcome::Purchased { replayed, .. }) => replayed,
         other => panic!("{other:?}"),
     }
-}
-
-/// Every invoice, oldest first.
-async fn invoices(engine: &Engine) -> Vec<InvoiceRecord> {
-    let mut all = engine
-        .read(|r| {
-            r.invoices(&InvoicesQuery {
-                limit: 10_000,
-                ..InvoicesQuery::default()
-            })
-        })
-        .await
-        .unwrap();
-    all.reverse();
-    all
 }
 
 async fn create(engine: &Engine, name: &str) -> AccountId {

@@ -4,7 +4,7 @@
 //! one open usage invoice whose lines (per endpoint, unit, price, discount and charge month)
 //! add up to it, and whose total is what the ledger charged. On every store at hand.
 
-use crate::common::{account, catalog_and_account, event};
+use crate::common::{account, catalog_and_account, event, invoices};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use tollgate_core::ids::{AccountId, PurchaseId};
@@ -12,7 +12,7 @@ use tollgate_core::machine::{InvoiceKind, InvoiceStatus, Op, Outcome};
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::{AdminCmd, Engine, EngineError};
 use tollgate_store::testing::{backends, TestDb};
-use tollgate_store::{BillingEventsQuery, BillingMode, InvoiceRecord, InvoicesQuery};
+use tollgate_store::{BillingEventsQuery, BillingMode, InvoiceRecord};
 
 /// 2026-06-01T00:00:00Z.
 const JUN: i64 = 1_780_272_000_000;
@@ -38,20 +38,6 @@ async fn run(engine: &Engine, op: Op) -> Outcome {
 }
 
 /// Every invoice, oldest first.
-async fn invoices(engine: &Engine) -> Vec<InvoiceRecord> {
-    let mut all = engine
-        .read(|r| {
-            r.invoices(&InvoicesQuery {
-                limit: 10_000,
-                ..InvoicesQuery::default()
-            })
-        })
-        .await
-        .unwrap();
-    all.reverse();
-    all
-}
-
 async fn invoice(engine: &Engine, (year, seq): (i64, i64)) -> InvoiceRecord {
     engine
         .read(move |r| r.invoice(year, seq))

@@ -10,7 +10,8 @@ use tollgate_core::price::Output;
 use tollgate_core::Timestamp;
 use tollgate_engine::{AdminCmd, Engine};
 use tollgate_store::{
-    BillingMode, DbError, ReaderFactory, Rerunnable, Result, Store, StoreError, SyncFn,
+    BillingMode, DbError, InvoiceRecord, InvoicesQuery, ReaderFactory, Rerunnable, Result, Store,
+    StoreError, SyncFn,
 };
 
 /// One text-to-speech endpoint, `test/tts`, billed per character, and one machine type.
@@ -118,4 +119,19 @@ pub fn sample(text: &str, name: &str) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .map(str::to_string)
+}
+
+/// Every invoice, oldest first.
+pub async fn invoices(engine: &Engine) -> Vec<InvoiceRecord> {
+    let mut all = engine
+        .read(|r| {
+            r.invoices(&InvoicesQuery {
+                limit: 10_000,
+                ..InvoicesQuery::default()
+            })
+        })
+        .await
+        .unwrap();
+    all.reverse();
+    all
 }
