@@ -41,7 +41,7 @@ const LIGHT_LOAD_OPS: usize = 256;
 const SWEEP_LIMIT: usize = 1000;
 /// Accounts whose usage periods one batch closes, when closing every account: a close is a
 /// few rows per account, and a bounded step keeps admission flowing between steps.
-pub const CLOSE_STEP_ACCOUNTS: usize = 256;
+pub const CLOSE_STEP_ACCOUNTS: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

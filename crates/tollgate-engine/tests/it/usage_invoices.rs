@@ -484,3 +484,48 @@ async fn racing_closes_issue_and_report_an_invoice_once() {
         reconciled(&engine, on).await;
     }
 }
+
+/// The month's close of more accounts than one step closes (`CLOSE_STEP_ACCOUNTS`) goes on
+/// step after step until every account with charges has its invoice, each once.
+#[tokio::test]
+async fn the_months_close_steps_through_every_account() {
+    for backend in backends() {
+        let on = backend.name();
+        let db = TestDb::new(&backend);
+        let clock = Arc::new(AtomicI64::new(JUN + DAY));
+        let engine = engine(&db, &clock);
+        catalog_and_account(&engine, BillingMode::Invoice).await;
+        let n = 2 * tollgate_engine::CLOSE_STEP_ACCOUNTS + 3;
+        let mut ops = Vec::new();
+        for i in 0..n {
+            let username = AccountId::parse(&format!("acct-{i:04}")).unwrap();
+            engine
+                .admin(AdminCmd::CreateAccount {
+                    username: username.clone(),
+                    billing: BillingMode::Invoice,
+                })
+                .await
+                .unwrap();
+            let Op::UsageEvent(mut e) = event(&format!("e-{i}"), JUN + DAY, 1) else {
+                unreachable!()
+            };
+            e.account = username;
+            ops.push(Op::UsageEvent(e));
+        }
+        for r in engine.execute_many(ops).await.unwrap() {
+            r.unwrap();
+        }
+        clock.store(JUL + 1, Ordering::SeqCst);
+        let issued = engine.close_elapsed_months().await.unwrap();
+        assert_eq!(issued.len(), n, "on {on}");
+        let all = invoices(&engine).await;
+        assert_eq!(all.len(), n, "on {on}");
+        let mut accounts: Vec<_> = all.iter().map(|i| i.account.clone()).collect();
+        accounts.sort();
+        accounts.dedup();
+        assert_eq!(accounts.len(), n, "on {on}: one invoice per account");
+        assert!(all.iter().all(|i| i.total == Nanos(THOUSAND)), "on {on}");
+        assert!(engine.close_elapsed_months().await.unwrap().is_empty());
+        reconciled(&engine, on).await;
+    }
+}
