@@ -18,8 +18,9 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_query::focus::{
-    FocusContext, FocusQuery, FocusReport, FocusRow, FocusSource, Month, DEFAULT_PAGE_SPAN_MS,
+    FocusContext, FocusQuery, FocusReport, FocusRow, FocusSource, DEFAULT_PAGE_SPAN_MS,
 };
+use tollgate_query::month::Month;
 use utoipa::{IntoParams, ToSchema};
 
 /// The report's columns, in order: FOCUS 1.0's, then later versions' that the 1.0 validator

@@ -136,7 +136,7 @@ pub fn spawn_month_close(engine: Engine, every: Duration) -> tokio::task::JoinHa
         let mut closed_for = None;
         loop {
             tick.tick().await;
-            let month = tollgate_core::machine::month_start(engine.now());
+            let month = tollgate_core::time::month_start(engine.now());
             if closed_for == Some(month) {
                 continue;
             }

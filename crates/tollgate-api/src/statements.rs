@@ -15,7 +15,7 @@ use serde::Serialize;
 use tollgate_core::ids::EndpointId;
 use tollgate_core::statement::MovementKind;
 use tollgate_core::{Nanos, Timestamp};
-use tollgate_query::statements::{Month, Statement};
+use tollgate_query::statements::{statement_month, Statement};
 use tollgate_query::timeframe::Moment;
 use tollgate_store::ActivityRecord;
 use utoipa::{IntoParams, ToSchema};
@@ -234,7 +234,7 @@ impl From<Statement> for StatementView {
         let (adjustments_nano_usd, adjustments_usd) = pair(m.adjustments);
         let (closing_balance_nano_usd, closing_balance_usd) = pair(s.closing);
         StatementView {
-            month: s.month.label(),
+            month: s.month.to_string(),
             opening_balance_nano_usd,
             opening_balance_usd,
             purchases_nano_usd,
@@ -290,7 +290,7 @@ pub async fn statement(
     _: Params<NoParams>,
     axum::extract::Path(month): axum::extract::Path<String>,
 ) -> Result<axum::Json<StatementView>, ApiError> {
-    let month = Month::parse(&month, state.engine.now())
+    let month = statement_month(&month, state.engine.now())
         .map_err(|e| ApiError::invalid("month", format!("month {e}")))?;
     let s = tollgate_query::statements::statement(&state.engine, who.account, month).await?;
     Ok(axum::Json(s.into()))

@@ -23,6 +23,7 @@ use crate::price::{Output, OutputMismatch, PriceRule, RateError, Rated, Unit, Us
 use crate::pricing::{Charge, Discounts};
 use crate::terms::{BillingMode, Terms, TermsSchedule};
 use crate::time::Timestamp;
+use crate::time::{month_start, next_month_start};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -92,6 +93,12 @@ pub struct OpenPeriod {
 }
 
 impl OpenPeriod {
+    /// Whether the period has charges and began in an earlier calendar month than `now`: it
+    /// ended at its month's end.
+    fn elapsed(&self, now: Timestamp) -> bool {
+        self.charges > 0 && self.start < month_start(now)
+    }
+
     /// Adds a charge recorded at `now`; returns the period's start (the key its line is
     /// accrued under).
     fn add(&mut self, charge: &Charge, now: Timestamp) -> Result<Timestamp, MoneyError> {
@@ -767,23 +774,6 @@ pub fn year_of(at: Timestamp) -> i32 {
     month_of(at) / 100
 }
 
-/// The start of the calendar month (UTC) of `at`.
-pub fn month_start(at: Timestamp) -> Timestamp {
-    use chrono::{Datelike, TimeZone};
-    let d = chrono::DateTime::from_timestamp_millis(at.0).unwrap_or_default();
-    let start = chrono::Utc
-        .with_ymd_and_hms(d.year(), d.month(), 1, 0, 0, 0)
-        .single()
-        .unwrap_or_default();
-    Timestamp(start.timestamp_millis())
-}
-
-/// The start of the calendar month (UTC) after the one of `at`.
-pub fn next_month_start(at: Timestamp) -> Timestamp {
-    // 32 days after a month's start is always in the next month.
-    month_start(month_start(at).plus_ms(32 * crate::time::MS_PER_DAY))
-}
-
 /// `yyyymm` of a timestamp, UTC.
 pub fn month_of(at: Timestamp) -> i32 {
     use chrono::Datelike;
@@ -915,14 +905,25 @@ pub fn close_elapsed_periods(state: &mut BatchState, now: Timestamp) {
     let mut due: Vec<AccountId> = state
         .accounts
         .iter()
-        .filter(|(_, a)| a.period.charges > 0 && a.period.start < month_start(now))
+        .filter(|(_, a)| a.period.elapsed(now))
         .map(|(id, _)| id.clone())
         .collect();
     due.sort();
     for id in due {
-        let end = next_month_start(state.accounts[&id].period.start);
-        issue_usage_invoice(state, &id, end, now);
+        close_if_elapsed(state, &id, now);
     }
+}
+
+/// Closes `id`'s open period at its month's end if it has charges and began in an earlier
+/// month than `now`; whether it did.
+fn close_if_elapsed(state: &mut BatchState, id: &AccountId, now: Timestamp) -> bool {
+    let p = &state.accounts[id].period;
+    if !p.elapsed(now) {
+        return false;
+    }
+    let end = next_month_start(p.start);
+    issue_usage_invoice(state, id, end, now);
+    true
 }
 
 /// Issues the usage invoice of `id`'s open period, ending at `end`, and starts the next
@@ -957,23 +958,16 @@ fn close_period(
     account: AccountId,
     until: Option<Timestamp>,
 ) -> Result<Outcome, Rejection> {
-    let p = &state
-        .accounts
-        .get(&account)
-        .ok_or_else(|| Rejection::UnknownAccount(account.clone()))?
-        .period;
+    if !state.accounts.contains_key(&account) {
+        return Err(Rejection::UnknownAccount(account));
+    }
     if until.is_some_and(|u| u > cx.now) {
         return Err(Rejection::Invalid {
             field: "until",
             reason: "is in the future".into(),
         });
     }
-    let mut issued = false;
-    if p.charges > 0 && p.start < month_start(cx.now) {
-        let end = next_month_start(p.start);
-        issue_usage_invoice(state, &account, end, cx.now);
-        issued = true;
-    }
+    let mut issued = close_if_elapsed(state, &account, cx.now);
     let p = &state.accounts[&account].period;
     // The period ends where the close says, after every charge in it (so periods never
     // overlap and each starts after the one before).

@@ -13,7 +13,7 @@ use crate::ids::{AccountId, EndpointId};
 use crate::ledger::{LedgerAccount, TransferKind};
 use crate::machine::BatchState;
 use crate::money::{MoneyError, Nanos};
-use crate::time::{Timestamp, MS_PER_DAY};
+use crate::time::{day_start, month_start, Timestamp, MS_PER_DAY};
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 
@@ -64,36 +64,10 @@ pub fn day_label(at: Timestamp) -> String {
         .unwrap_or_default()
 }
 
-/// The start (midnight UTC) of the day of `at`, also before the epoch.
-pub fn day_of(at: Timestamp) -> Timestamp {
-    Timestamp(at.0.saturating_sub(at.0.rem_euclid(MS_PER_DAY)))
-}
-
 /// The instant a day's usage is dated: the day's last millisecond, so it sorts after every
 /// other movement of that day and before the next day's.
 pub fn end_of_day(day: Timestamp) -> Timestamp {
     Timestamp(day.0 + MS_PER_DAY - 1)
-}
-
-/// The start (midnight UTC of the first day) of the UTC calendar month of `at`.
-pub fn month_of(at: Timestamp) -> Timestamp {
-    use chrono::{Datelike, NaiveDate, NaiveTime};
-    let Some(date) = chrono::DateTime::from_timestamp_millis(at.0).map(|d| d.date_naive()) else {
-        return day_of(at);
-    };
-    NaiveDate::from_ymd_opt(date.year(), date.month(), 1)
-        .map(|first| Timestamp(first.and_time(NaiveTime::MIN).and_utc().timestamp_millis()))
-        .unwrap_or_else(|| day_of(at))
-}
-
-/// The start of the month before the one `month` falls in.
-pub fn previous_month(month: Timestamp) -> Timestamp {
-    month_of(month_of(month).minus_ms(1))
-}
-
-/// The start of the month after the one `month` falls in.
-pub fn next_month(month: Timestamp) -> Timestamp {
-    month_of(month_of(month).plus_ms(32 * MS_PER_DAY))
 }
 
 /// The signed sums of a day's movements, by kind.
@@ -190,7 +164,7 @@ pub struct UsageSum {
 pub struct Daily {
     pub days: Vec<DayDelta>,
     /// The same movements per account and UTC month (`day` is the month's start, see
-    /// [`month_of`]), with the balance the batch left: a statement's opening balance is the
+    /// [`month_start`]), with the balance the batch left: a statement's opening balance is the
     /// closing of the account's last month before it.
     pub months: Vec<DayDelta>,
     /// In the batch's order.
@@ -244,7 +218,7 @@ pub fn daily(s: &BatchState) -> Result<Daily, MoneyError> {
         let Some((account, kind, amount)) = classify(x.kind, &x.debit, &x.credit, x.amount) else {
             continue;
         };
-        let day = day_of(t.at);
+        let day = day_start(t.at);
         let slot = days.entry((account.clone(), day)).or_default().slot(kind);
         *slot = slot.checked_add(amount)?;
         let reference = match kind {
@@ -273,7 +247,7 @@ pub fn daily(s: &BatchState) -> Result<Daily, MoneyError> {
     for li in &s.line_items {
         let key = UsageKey {
             account: li.account.clone(),
-            day: day_of(s.now),
+            day: day_start(s.now),
             endpoint: li.endpoint.clone(),
             unit: li.unit.clone(),
         };
@@ -288,7 +262,7 @@ pub fn daily(s: &BatchState) -> Result<Daily, MoneyError> {
     let mut months: BTreeMap<(AccountId, Timestamp), Movements> = BTreeMap::new();
     for ((account, day), moved) in &days {
         months
-            .entry((account.clone(), month_of(*day)))
+            .entry((account.clone(), month_start(*day)))
             .or_default()
             .add(moved)?;
     }
@@ -318,28 +292,29 @@ pub fn daily(s: &BatchState) -> Result<Daily, MoneyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::{next_month_start, previous_month_start};
 
     #[test]
     fn days_start_at_midnight_utc_and_usage_is_dated_their_last_millisecond() {
         let d = Timestamp(1_780_272_000_000); // 2026-06-01T00:00:00Z
-        assert_eq!(day_of(d), d);
-        assert_eq!(day_of(d.plus_ms(MS_PER_DAY - 1)), d);
-        assert_eq!(day_of(d.plus_ms(MS_PER_DAY)), d.plus_ms(MS_PER_DAY));
-        assert_eq!(day_of(Timestamp(-1)), Timestamp(-MS_PER_DAY));
+        assert_eq!(day_start(d), d);
+        assert_eq!(day_start(d.plus_ms(MS_PER_DAY - 1)), d);
+        assert_eq!(day_start(d.plus_ms(MS_PER_DAY)), d.plus_ms(MS_PER_DAY));
+        assert_eq!(day_start(Timestamp(-1)), Timestamp(-MS_PER_DAY));
         assert_eq!(end_of_day(d), d.plus_ms(MS_PER_DAY - 1));
         // Months: 2026-06-01, its last millisecond, the months around it, across a year.
-        assert_eq!(month_of(d), d);
-        assert_eq!(month_of(d.plus_ms(30 * MS_PER_DAY - 1)), d);
+        assert_eq!(month_start(d), d);
+        assert_eq!(month_start(d.plus_ms(30 * MS_PER_DAY - 1)), d);
         let july = d.plus_ms(30 * MS_PER_DAY);
-        assert_eq!(month_of(july), july);
-        assert_eq!(next_month(d), july);
-        assert_eq!(previous_month(july), d);
+        assert_eq!(month_start(july), july);
+        assert_eq!(next_month_start(d), july);
+        assert_eq!(previous_month_start(july), d);
         let may = Timestamp(1_777_593_600_000); // 2026-05-01T00:00:00Z
-        assert_eq!(previous_month(d.plus_ms(17 * MS_PER_DAY)), may);
+        assert_eq!(previous_month_start(d.plus_ms(17 * MS_PER_DAY)), may);
         let jan_2027 = Timestamp(1_798_761_600_000);
         let dec_2026 = Timestamp(1_796_083_200_000);
-        assert_eq!(next_month(dec_2026), jan_2027);
-        assert_eq!(previous_month(jan_2027), dec_2026);
+        assert_eq!(next_month_start(dec_2026), jan_2027);
+        assert_eq!(previous_month_start(jan_2027), dec_2026);
         for k in [
             MovementKind::Purchase,
             MovementKind::Grant,

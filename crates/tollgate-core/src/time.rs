@@ -23,3 +23,31 @@ impl Timestamp {
 }
 
 pub const MS_PER_DAY: i64 = 86_400_000;
+
+/// The start (midnight UTC) of the day of `at`, also before the epoch.
+pub fn day_start(at: Timestamp) -> Timestamp {
+    Timestamp(at.0.saturating_sub(at.0.rem_euclid(MS_PER_DAY)))
+}
+
+/// The start (midnight UTC of the first day) of the UTC calendar month of `at` (outside the
+/// calendar's range: its day's start).
+pub fn month_start(at: Timestamp) -> Timestamp {
+    use chrono::{Datelike, NaiveDate, NaiveTime};
+    let Some(date) = chrono::DateTime::from_timestamp_millis(at.0).map(|d| d.date_naive()) else {
+        return day_start(at);
+    };
+    NaiveDate::from_ymd_opt(date.year(), date.month(), 1)
+        .map(|first| Timestamp(first.and_time(NaiveTime::MIN).and_utc().timestamp_millis()))
+        .unwrap_or_else(|| day_start(at))
+}
+
+/// The start of the UTC calendar month after the one of `at`.
+pub fn next_month_start(at: Timestamp) -> Timestamp {
+    // 32 days after a month's start is always in the next month.
+    month_start(month_start(at).plus_ms(32 * MS_PER_DAY))
+}
+
+/// The start of the UTC calendar month before the one of `at`.
+pub fn previous_month_start(at: Timestamp) -> Timestamp {
+    month_start(month_start(at).minus_ms(1))
+}

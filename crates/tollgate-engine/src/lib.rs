@@ -23,10 +23,10 @@ use tollgate_core::catalog::plan::{self, CatalogPlan};
 use tollgate_core::catalog::Catalog;
 use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, PurchaseId};
 use tollgate_core::machine::{
-    apply, close_elapsed_periods, month_start, BatchState, InvoiceKind, InvoiceStatus, Op, Outcome,
-    Rejection,
+    apply, close_elapsed_periods, BatchState, InvoiceKind, InvoiceStatus, Op, Outcome, Rejection,
 };
 use tollgate_core::terms::{self, TermsChange};
+use tollgate_core::time::month_start;
 use tollgate_core::Timestamp;
 use tollgate_store::{
     ApiKeyRecord, BillingMode, Issuer, Reader, ReaderFactory, Store, StoreError, SyncFn, Tx,

@@ -7,71 +7,24 @@
 //! closing balance is the next month's opening and the ledger's balance at that instant.
 
 use crate::cursor::{Cursor, Page};
+use crate::month::Month;
 use crate::QueryError;
-use chrono::{Datelike, NaiveDate};
 use tollgate_core::ids::AccountId;
 use tollgate_core::statement::Movements;
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::Engine;
 use tollgate_store::{ActivityQuery, ActivityRecord, StatementQuery, StatementUsage};
 
-/// A calendar month, UTC.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Month {
-    first: NaiveDate,
-}
-
-impl Month {
-    /// `YYYY-MM`, not after the month of `now`. The message says what is wrong.
-    pub fn parse(text: &str, now: Timestamp) -> Result<Month, String> {
-        let bad = || format!("must be a month as YYYY-MM (e.g. 2026-05), got '{text}'");
-        let (y, m) = text.split_once('-').ok_or_else(bad)?;
-        if y.len() != 4 || m.len() != 2 || !(y.bytes().chain(m.bytes())).all(|b| b.is_ascii_digit())
-        {
-            return Err(bad());
-        }
-        let first = NaiveDate::from_ymd_opt(
-            y.parse().map_err(|_| bad())?,
-            m.parse().map_err(|_| bad())?,
-            1,
-        )
-        .ok_or_else(bad)?;
-        let month = Month { first };
-        if month.start() > now {
-            return Err(format!(
-                "{text} has not begun yet: statements cover months up to the current one"
-            ));
-        }
-        Ok(month)
+/// The month a statement covers: `YYYY-MM` ([`Month::parse`]), not after the month of
+/// `now`. The message says what is wrong.
+pub fn statement_month(text: &str, now: Timestamp) -> Result<Month, String> {
+    let month = Month::parse(text)?;
+    if month.start() > now {
+        return Err(format!(
+            "{text} has not begun yet: statements cover months up to the current one"
+        ));
     }
-
-    /// Midnight UTC of the month's first day.
-    pub fn start(&self) -> Timestamp {
-        Timestamp(
-            self.first
-                .and_time(chrono::NaiveTime::MIN)
-                .and_utc()
-                .timestamp_millis(),
-        )
-    }
-
-    /// Midnight UTC of the next month's first day.
-    pub fn end(&self) -> Timestamp {
-        let next = if self.first.month() == 12 {
-            NaiveDate::from_ymd_opt(self.first.year() + 1, 1, 1)
-        } else {
-            NaiveDate::from_ymd_opt(self.first.year(), self.first.month() + 1, 1)
-        };
-        Month {
-            first: next.unwrap_or(self.first),
-        }
-        .start()
-    }
-
-    /// `YYYY-MM`.
-    pub fn label(&self) -> String {
-        self.first.format("%Y-%m").to_string()
-    }
+    Ok(month)
 }
 
 /// A month's statement: the balance at its start, what moved it, by kind (signed: credits
@@ -108,7 +61,7 @@ pub async fn statement(
     if rows.opening.checked_add(moved.net().map_err(out_of_range)?) != Ok(closing) {
         return Err(QueryError::OutOfRange(format!(
             "the statement of {} does not add up: opening {} and movements {:?} but closing {}",
-            month.label(),
+            month,
             rows.opening,
             moved,
             closing
@@ -162,12 +115,12 @@ mod tests {
     #[test]
     fn months_are_utc_calendar_months_up_to_the_current_one() {
         let now = Timestamp(1_780_272_000_000); // 2026-06-01T00:00:00Z
-        let june = Month::parse("2026-06", now).unwrap();
+        let june = statement_month("2026-06", now).unwrap();
         assert_eq!(june.start(), now);
         assert_eq!(june.end().0 - june.start().0, 30 * 86_400_000);
-        let dec = Month::parse("2025-12", now).unwrap();
-        assert_eq!(dec.end(), Month::parse("2026-01", now).unwrap().start());
-        assert_eq!(dec.label(), "2025-12");
+        let dec = statement_month("2025-12", now).unwrap();
+        assert_eq!(dec.end(), statement_month("2026-01", now).unwrap().start());
+        assert_eq!(dec.to_string(), "2025-12");
         for bad in [
             "2026-13",
             "2026-00",
@@ -178,9 +131,9 @@ mod tests {
             "2026/05",
             "+026-05",
         ] {
-            assert!(Month::parse(bad, now).is_err(), "{bad}");
+            assert!(statement_month(bad, now).is_err(), "{bad}");
         }
-        let future = Month::parse("2026-07", now).unwrap_err();
+        let future = statement_month("2026-07", now).unwrap_err();
         assert!(future.contains("has not begun"), "{future}");
     }
 }

@@ -330,11 +330,10 @@ impl InvoiceLineRecord {
     /// The charge period: from the start of the UTC day of the earliest usage to the start of
     /// the day after the latest.
     pub fn charge_period(&self) -> (Timestamp, Timestamp) {
-        let day = tollgate_core::time::MS_PER_DAY;
-        let floor = |t: Timestamp| Timestamp(t.0.div_euclid(day) * day);
+        use tollgate_core::time::{day_start, MS_PER_DAY};
         (
-            floor(self.first_usage_at),
-            floor(self.last_usage_at).plus_ms(day),
+            day_start(self.first_usage_at),
+            day_start(self.last_usage_at).plus_ms(MS_PER_DAY),
         )
     }
 }

@@ -17,10 +17,10 @@ use crate::{
     StatementQuery, StatementRows, StatementUsage, USAGE_ROW_ID,
 };
 use tollgate_core::ids::{AccountId, EndpointId};
-use tollgate_core::statement::{
-    day_label, day_of, end_of_day, month_of, next_month, previous_month, MovementKind, Movements,
+use tollgate_core::statement::{day_label, end_of_day, MovementKind, Movements};
+use tollgate_core::time::{
+    day_start, month_start, next_month_start, previous_month_start, MS_PER_DAY,
 };
-use tollgate_core::time::MS_PER_DAY;
 use tollgate_core::{Nanos, Timestamp};
 
 /// A parameter of a query.
@@ -79,7 +79,7 @@ fn list(values: &[i64]) -> String {
 /// The days from `from` (a midnight) to `to` (exclusive), newest first.
 fn days_between(from: Timestamp, to: Timestamp) -> Vec<i64> {
     let mut days = Vec::new();
-    let mut day = day_of(Timestamp(to.0 - 1));
+    let mut day = day_start(Timestamp(to.0 - 1));
     while day >= from {
         days.push(day.0);
         day = Timestamp(day.0 - MS_PER_DAY);
@@ -103,7 +103,7 @@ fn first_month(db: &mut dyn Db, account: &AccountId) -> Result<Option<Timestamp>
             Ok(())
         },
     )?;
-    Ok(created.map(|c| previous_month(month_of(c))))
+    Ok(created.map(|c| previous_month_start(month_start(c))))
 }
 
 /// The months that start before `to`, from the last of them down to `first`, newest first.
@@ -112,10 +112,10 @@ fn months_before(first: Timestamp, to: Timestamp) -> Vec<i64> {
     if to <= first {
         return months;
     }
-    let mut month = month_of(Timestamp(to.0 - 1));
+    let mut month = month_start(Timestamp(to.0 - 1));
     while month >= first {
         months.push(month.0);
-        month = previous_month(month);
+        month = previous_month_start(month);
     }
     months
 }
@@ -134,7 +134,7 @@ pub(crate) fn statement(db: &mut dyn Db, q: &StatementQuery) -> Result<Statement
     };
     let a = db.ph(1, "text");
     let args = [account_arg(&q.account)];
-    let earlier = months_before(first, month_of(q.from));
+    let earlier = months_before(first, month_start(q.from));
     if !earlier.is_empty() {
         db.each(
             &format!(
@@ -151,7 +151,7 @@ pub(crate) fn statement(db: &mut dyn Db, q: &StatementQuery) -> Result<Statement
     }
     // A period starting within a month (not what statements ask): its opening is the last
     // closing before it in that month, if there was one.
-    let lead = days_between(month_of(q.from), q.from);
+    let lead = days_between(month_start(q.from), q.from);
     if !lead.is_empty() {
         db.each(
             &format!(
@@ -263,10 +263,10 @@ pub(crate) fn credit_activity(db: &mut dyn Db, q: &ActivityQuery) -> Result<Vec<
     );
     let first = match first_month(db, &q.account)? {
         // `first` is a month's start: the month of the later of the two.
-        Some(first) if lo < hi => Some(month_of(Timestamp(lo.max(first.0)))),
+        Some(first) if lo < hi => Some(month_start(Timestamp(lo.max(first.0)))),
         _ => None,
     };
-    let hi = hi.min(next_month(next_month(month_of(q.now))).0);
+    let hi = hi.min(next_month_start(next_month_start(month_start(q.now))).0);
     let months = first.map_or_else(Vec::new, |first| months_before(first, Timestamp(hi)));
     let mut active = Vec::new();
     if !months.is_empty() {
@@ -291,7 +291,7 @@ pub(crate) fn credit_activity(db: &mut dyn Db, q: &ActivityQuery) -> Result<Vec<
         }
         let in_range = days_between(
             month.max(Timestamp(lo)),
-            Timestamp(hi.min(next_month(month).0)),
+            Timestamp(hi.min(next_month_start(month).0)),
         );
         if in_range.is_empty() {
             continue;
@@ -335,7 +335,7 @@ pub(crate) fn credit_activity(db: &mut dyn Db, q: &ActivityQuery) -> Result<Vec<
     let mut balance = if first.id == USAGE_ROW_ID {
         first.balance_after
     } else {
-        let day = day_of(first.at);
+        let day = day_start(first.at);
         let (mut usage, mut closing) = (Nanos::ZERO, None);
         db.each(
             &format!(

@@ -225,7 +225,7 @@ fn seed_statement_history(path: &Path, days: u32) -> anyhow::Result<()> {
         )?;
         for d in (1..=i64::from(days)).rev() {
             let day = today - d * DAY_MS;
-            let month = tollgate_core::statement::month_of(tollgate_core::Timestamp(day)).0;
+            let month = tollgate_core::time::month_start(tollgate_core::Timestamp(day)).0;
             for name in &accounts {
                 day_row.execute(rusqlite::params![name, day, COST_NANOS, START_BALANCE])?;
                 month_row.execute(rusqlite::params![name, month, COST_NANOS, START_BALANCE])?;
@@ -1189,9 +1189,8 @@ async fn replay(plan: &Plan, name: &str, path: &Path) -> anyhow::Result<Row> {
 /// the year, then the twelve monthly reports (`source=invoice`, by charge month) read page by
 /// page and rendered as CSV, as `GET /v1/account/focus` streams them. Under `--quick`, a month.
 async fn focus_export(plan: &Plan, name: &str) -> anyhow::Result<Row> {
-    use tollgate_query::focus::{
-        FocusQuery, FocusReport, FocusSource, Month, DEFAULT_PAGE_SPAN_MS,
-    };
+    use tollgate_query::focus::{FocusQuery, FocusReport, FocusSource, DEFAULT_PAGE_SPAN_MS};
+    use tollgate_query::month::Month;
     let dir = tempfile::tempdir()?;
     let path = seed(dir.path(), 1)?;
     // 2025-01-01T00:00:00Z.
