@@ -61,10 +61,7 @@ pub async fn statement(
     if rows.opening.checked_add(moved.net().map_err(out_of_range)?) != Ok(closing) {
         return Err(QueryError::OutOfRange(format!(
             "the statement of {} does not add up: opening {} and movements {:?} but closing {}",
-            month,
-            rows.opening,
-            moved,
-            closing
+            month, rows.opening, moved, closing
         )));
     }
     Ok(Statement {
