@@ -36,6 +36,14 @@ pub fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
+/// A fresh random secret: 32 bytes from the OS's generator, as 64 hex digits (sign-in links,
+/// session cookies, CSRF tokens).
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
 pub fn mint_key(account: Option<AccountId>, scope: Scope, alias: String, now: Timestamp) -> NewKey {
     let mut bytes = [0u8; 24];
     rand::thread_rng().fill_bytes(&mut bytes);

@@ -283,15 +283,18 @@ impl From<Rejection> for ApiError {
     }
 }
 
-/// Gives every error the same envelope, including those axum answers by itself (405 for a
+/// Gives every error of the API the same envelope, including those axum answers by itself (405 for a
 /// method a path does not have, 413 for an oversized body, 400 for an undecodable path).
 pub async fn envelope(resp: Response) -> Response {
     let status = resp.status();
-    let is_json = resp
+    // JSON is the API's own; an HTML page is the dashboard's, which explains itself.
+    let is_own = resp
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        .is_some_and(|v| {
+            v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
+        });
+    if is_own || !(status.is_client_error() || status.is_server_error()) {
         return resp;
     }
     let (parts, body) = resp.into_parts();

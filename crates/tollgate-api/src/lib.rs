@@ -22,6 +22,7 @@ pub mod observe;
 pub mod openapi;
 pub mod payments;
 pub mod platform;
+pub mod portal;
 pub mod query_string;
 pub mod statements;
 pub mod wire;
@@ -70,6 +71,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::set_pricing))
         .routes(routes!(admin::adjust))
         .routes(routes!(admin::unlock))
+        .routes(routes!(portal::create))
         .routes(routes!(admin::apply_catalog).layer(body_limit(CATALOG_BODY_BYTES)))
         .routes(routes!(admin::reconciliation))
         .routes(routes!(invoices::admin_invoices))
@@ -111,17 +113,24 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// The whole API under `/v1`, and the operator's `/healthz`, `/readyz` and `/metrics`. Every
 /// call is observed ([`observe`]: request id, log line, metrics in the engine's registry).
 pub fn router(state: AppState) -> axum::Router {
+    router_with(state, axum::Router::new())
+}
+
+/// The API and other routes served beside it (the dashboard's pages), observed and limited the
+/// same way; a path neither has is the API's 404.
+pub fn router_with(state: AppState, pages: axum::Router) -> axum::Router {
     let (router, _) = routes().split_for_parts();
     let http = state
         .engine
         .metrics()
         .register_once(observe::HttpMetrics::new);
     router
+        .with_state(state)
+        .merge(pages)
         .fallback(|| async { error::ApiError::not_found("no such path; see GET /v1/openapi.json") })
         .layer(body_limit(DEFAULT_BODY_BYTES))
         .layer(axum::middleware::map_response(error::envelope))
         .layer(axum::middleware::from_fn_with_state(http, observe::observe))
-        .with_state(state)
 }
 
 /// Closes the usage billing periods of past months: at once (catching up on months missed

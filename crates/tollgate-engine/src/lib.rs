@@ -29,7 +29,8 @@ use tollgate_core::terms::{self, TermsChange};
 use tollgate_core::time::month_start;
 use tollgate_core::Timestamp;
 use tollgate_store::{
-    ApiKeyRecord, BillingMode, Issuer, Reader, ReaderFactory, Store, StoreError, SyncFn, Tx,
+    ApiKeyRecord, BillingMode, Issuer, PortalLink, Reader, ReaderFactory, Store, StoreError,
+    SyncFn, Tx, WebSession,
 };
 
 /// The most operations one db transaction applies.
@@ -136,6 +137,21 @@ pub enum AdminCmd {
     /// What applying the document would change, against the catalog as committed; writes
     /// nothing.
     PreviewCatalog(Box<CatalogDocument>),
+    /// Stores a one-time sign-in link to an account's dashboard.
+    MintPortalLink(PortalLink),
+    /// Uses a portal link and starts `session` for the link's account (its `account` is set
+    /// from the link), in one db transaction: [`AdminReply::SignedIn`] with the account, or
+    /// `None` when the link is unknown, used or expired (nothing written).
+    RedeemPortalLink {
+        token_sha256: String,
+        session: WebSession,
+    },
+    /// Starts a web session (a sign-in with a key).
+    StartWebSession(WebSession),
+    /// Signs a web session out ([`AdminReply::Ended`]: whether it was signed in).
+    EndWebSession {
+        id_sha256: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +171,10 @@ pub enum AdminReply {
     },
     /// What the document would change (nothing was written).
     CatalogPlanned(Box<CatalogPlan>),
+    /// The account a portal link signed in to (`None`: the link did not work).
+    SignedIn(Option<AccountId>),
+    /// Whether a session was signed in before it was ended.
+    Ended(bool),
 }
 
 type OpsReply = oneshot::Sender<Result<Vec<Result<Outcome, Rejection>>, EngineError>>;
@@ -1218,6 +1238,24 @@ fn run_admin(
                     let current = tx.load_catalog()?;
                     let plan = plan_catalog(&current, doc, now, &mut invalid)?;
                     reply = AdminReply::CatalogPlanned(Box::new(plan));
+                }
+                AdminCmd::MintPortalLink(link) => tx.insert_portal_link(link)?,
+                AdminCmd::RedeemPortalLink {
+                    token_sha256,
+                    session,
+                } => {
+                    let account = tx.redeem_portal_link(token_sha256, now)?;
+                    if let Some(account) = &account {
+                        tx.insert_web_session(&WebSession {
+                            account: Some(account.clone()),
+                            ..session.clone()
+                        })?;
+                    }
+                    reply = AdminReply::SignedIn(account);
+                }
+                AdminCmd::StartWebSession(session) => tx.insert_web_session(session)?,
+                AdminCmd::EndWebSession { id_sha256 } => {
+                    reply = AdminReply::Ended(tx.end_web_session(id_sha256, now)?)
                 }
             }
             Ok(())

@@ -254,6 +254,33 @@ pub struct ApiKeyRecord {
     pub revoked_at: Option<Timestamp>,
 }
 
+/// A one-time sign-in link to an account's dashboard, minted by an operator. Only the SHA-256
+/// of its token is stored; it works once, before `expires_at`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortalLink {
+    pub token_sha256: String,
+    pub account: AccountId,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// A browser signed in to an account's dashboard or to the operator console, found by the
+/// SHA-256 of its cookie.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebSession {
+    pub id_sha256: String,
+    /// The account whose dashboard it shows; `None` for the operator console.
+    pub account: Option<AccountId>,
+    /// The key it signed in with (its revocation ends the session); `None` for a portal link.
+    pub key_id: Option<ApiKeyId>,
+    /// The token every form of the session carries.
+    pub csrf: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// When it was signed out.
+    pub ended_at: Option<Timestamp>,
+}
+
 /// How an account pays: a term of the account ([`tollgate_core::terms::Terms::billing`]).
 pub use tollgate_core::terms::BillingMode;
 
@@ -843,6 +870,19 @@ pub trait Tx {
         account: Option<&AccountId>,
         now: Timestamp,
     ) -> Result<bool>;
+    /// Stores a new portal link ([`StoreError::AlreadyExists`] if its token is taken).
+    fn insert_portal_link(&mut self, link: &PortalLink) -> Result<()>;
+    /// Uses a portal link: marks it used at `now` and returns its account, unless it is
+    /// unknown, used or expired (`None`, nothing written).
+    fn redeem_portal_link(
+        &mut self,
+        token_sha256: &str,
+        now: Timestamp,
+    ) -> Result<Option<AccountId>>;
+    /// Stores a new web session.
+    fn insert_web_session(&mut self, session: &WebSession) -> Result<()>;
+    /// Signs a web session out at `now`; returns whether it was signed in.
+    fn end_web_session(&mut self, id_sha256: &str, now: Timestamp) -> Result<bool>;
     fn upsert_endpoint(&mut self, def: &EndpointDef, now: Timestamp) -> Result<()>;
     fn insert_price_version(
         &mut self,
@@ -923,6 +963,8 @@ pub trait Reader: Send {
     fn account(&mut self, username: &AccountId, now: Timestamp) -> Result<Option<AccountRow>>;
     fn request(&mut self, id: &RequestId) -> Result<Option<RequestRecord>>;
     fn api_key(&mut self, key_id: &ApiKeyId) -> Result<Option<ApiKeyRecord>>;
+    /// The web session whose cookie hashes to `id_sha256`, ended or expired ones too.
+    fn web_session(&mut self, id_sha256: &str) -> Result<Option<WebSession>>;
     /// An account's keys, revoked ones too, ordered by (created_at, key_id).
     fn api_keys(&mut self, account: &AccountId) -> Result<Vec<ApiKeyRecord>>;
     /// The operator keys (those of no account), revoked ones too, ordered by

@@ -5,7 +5,7 @@
 use crate::{
     corrupt, decimal, invoice_number, json, parse_id, to_json, AccountRow, ApiKeyRecord,
     BillingMode, InvoiceLineRecord, InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery,
-    PurchaseEntry, PurchasesQuery, Reconciliation, Result, Scope, SETTING_CONCURRENCY,
+    PurchaseEntry, PurchasesQuery, Reconciliation, Result, Scope, WebSession, SETTING_CONCURRENCY,
     SETTING_MACHINES,
 };
 use std::collections::HashMap;
@@ -745,6 +745,28 @@ impl KeyCols {
             revoked_at: self.revoked_at.map(Timestamp),
         })
     }
+}
+
+pub(crate) const WEB_SESSION_COLS: &str =
+    "id_sha256, account, key_id, csrf, created_at, expires_at, ended_at";
+
+/// A row of `SELECT {WEB_SESSION_COLS}`.
+pub(crate) fn web_session_row(r: &dyn Get) -> Result<WebSession> {
+    Ok(WebSession {
+        id_sha256: r.text(0)?,
+        account: r
+            .opt_text(1)?
+            .map(|a| parse_id(AccountId::parse, &a))
+            .transpose()?,
+        key_id: r
+            .opt_text(2)?
+            .map(|k| parse_id(ApiKeyId::parse, &k))
+            .transpose()?,
+        csrf: r.text(3)?,
+        created_at: Timestamp(r.int(4)?),
+        expires_at: Timestamp(r.int(5)?),
+        ended_at: r.opt_int(6)?.map(Timestamp),
+    })
 }
 
 pub(crate) const LINE_ITEM_COLS: &str = "request_id, account, endpoint_id, api_key, \

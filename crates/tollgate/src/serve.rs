@@ -202,9 +202,20 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     if let (Some(demo), Some(op)) = (&demo, &operator_key) {
         print_demo(settings.log_format, addr, op, demo);
     }
-    let app = tollgate_api::router(AppState {
+    let api = AppState {
         engine: engine.clone(),
-    });
+    };
+    let pages = tollgate_dashboard::router(tollgate_dashboard::DashboardState::new(
+        api.clone(),
+        tollgate_dashboard::DashboardConfig {
+            secure_cookies: settings
+                .public_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://")),
+            ..Default::default()
+        },
+    ));
+    let app = tollgate_api::router_with(api, pages);
     let report = http_server::serve(
         listener,
         app,

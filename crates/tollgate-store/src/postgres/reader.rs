@@ -10,7 +10,7 @@ use crate::{
     AccountRow, AccountsQuery, ActivityQuery, ActivityRecord, ApiKeyRecord, BillingEventsQuery,
     InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery, PurchaseEntry, PurchasesQuery,
     Reader, Reconciliation, RequestHistoryQuery, RequestOrder, RequestOutcome, Result, RollupQuery,
-    StatementQuery, StatementRows, StoreError,
+    StatementQuery, StatementRows, StoreError, WebSession,
 };
 use ::postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
@@ -86,6 +86,20 @@ impl Reader for PgReader {
             )?
             .first()
             .map(key_row)
+            .transpose()
+    }
+
+    fn web_session(&mut self, id_sha256: &str) -> Result<Option<WebSession>> {
+        self.conn()?
+            .rows(
+                &format!(
+                    "SELECT {} FROM web_sessions WHERE id_sha256 = $1",
+                    rows::WEB_SESSION_COLS
+                ),
+                &[&id_sha256],
+            )?
+            .first()
+            .map(|r| rows::web_session_row(r))
             .transpose()
     }
 

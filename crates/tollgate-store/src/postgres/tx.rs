@@ -4,10 +4,11 @@ use super::load::{load_accounts, load_catalog, load_requests, setting};
 use super::{persist, Run};
 use crate::rows::{
     terms_text, AdjustmentCols, PurchaseCols, ADJUSTMENT_COLS, KEY_COLS, PURCHASE_COLS,
+    WEB_SESSION_COLS,
 };
 use crate::{
-    parse_id, to_json, ApiKeyRecord, BillingMode, DbError, Result, StoreError, Tx,
-    SETTING_CATALOG_GENERATION,
+    parse_id, to_json, ApiKeyRecord, BillingMode, DbError, PortalLink, Result, StoreError, Tx,
+    WebSession, SETTING_CATALOG_GENERATION,
 };
 use ::postgres::types::ToSql;
 use ::postgres::{Row, Statement, Transaction};
@@ -251,6 +252,65 @@ impl Tx for PgTx<'_, '_> {
             return Err(StoreError::NotFound(format!("account {username}")));
         }
         Ok(())
+    }
+
+    fn insert_portal_link(&mut self, link: &PortalLink) -> Result<()> {
+        let n = self.exec(
+            "INSERT INTO portal_links (token_sha256, account, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (token_sha256) DO NOTHING",
+            &[
+                &link.token_sha256,
+                &link.account.as_str(),
+                &link.created_at.0,
+                &link.expires_at.0,
+            ],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists("portal link".into()));
+        }
+        Ok(())
+    }
+
+    fn redeem_portal_link(
+        &mut self,
+        token_sha256: &str,
+        now: Timestamp,
+    ) -> Result<Option<AccountId>> {
+        self.rows(
+            "UPDATE portal_links SET used_at = $2 \
+             WHERE token_sha256 = $1 AND used_at IS NULL AND expires_at > $2 \
+             RETURNING account",
+            &[&token_sha256, &now.0],
+        )?
+        .first()
+        .map(|r| crate::parse_id(AccountId::parse, &r.get::<_, String>(0)))
+        .transpose()
+    }
+
+    fn insert_web_session(&mut self, w: &WebSession) -> Result<()> {
+        self.exec(
+            &format!(
+                "INSERT INTO web_sessions ({WEB_SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            ),
+            &[
+                &w.id_sha256,
+                &w.account.as_ref().map(|a| a.as_str()),
+                &w.key_id.as_ref().map(|k| k.as_str()),
+                &w.csrf,
+                &w.created_at.0,
+                &w.expires_at.0,
+                &w.ended_at.map(|t| t.0),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn end_web_session(&mut self, id_sha256: &str, now: Timestamp) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE web_sessions SET ended_at = $2 WHERE id_sha256 = $1 AND ended_at IS NULL",
+            &[&id_sha256, &now.0],
+        )?;
+        Ok(n > 0)
     }
 
     fn insert_api_key(&mut self, k: &ApiKeyRecord) -> Result<bool> {

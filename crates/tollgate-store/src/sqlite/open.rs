@@ -59,6 +59,10 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/sqlite/0012_usage_invoices.sql"),
         None,
     ),
+    (
+        include_str!("../../migrations/sqlite/0013_web_sessions.sql"),
+        None,
+    ),
 ];
 
 /// A connection to the file at `path` with the settings every connection runs with.

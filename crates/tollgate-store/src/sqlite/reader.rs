@@ -8,7 +8,7 @@ use crate::{
     corrupt, AccountRow, AccountsQuery, ActivityQuery, ActivityRecord, ApiKeyRecord,
     BillingEventsQuery, InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery, PurchaseEntry,
     PurchasesQuery, Reader, Reconciliation, RequestHistoryQuery, RequestOrder, RequestOutcome,
-    Result, RollupQuery, StatementQuery, StatementRows,
+    Result, RollupQuery, StatementQuery, StatementRows, WebSession,
 };
 use rusqlite::Connection;
 use tollgate_core::catalog::{Catalog, PriceVersion};
@@ -38,6 +38,18 @@ impl Reader for SqliteReader {
         let mut rows = st.query([key_id.as_str()])?;
         match rows.next()? {
             Some(r) => Ok(Some(key_row(r)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn web_session(&mut self, id_sha256: &str) -> Result<Option<WebSession>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {} FROM web_sessions WHERE id_sha256 = ?1",
+            rows::WEB_SESSION_COLS
+        ))?;
+        let mut found = st.query([id_sha256])?;
+        match found.next()? {
+            Some(r) => Ok(Some(rows::web_session_row(r)?)),
             None => Ok(None),
         }
     }

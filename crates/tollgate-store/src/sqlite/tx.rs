@@ -5,10 +5,10 @@ use super::load::{load_account, load_catalog, request_row, setting};
 use super::persist;
 use crate::rows::{
     terms_text, AdjustmentCols, PurchaseCols, ADJUSTMENT_COLS, KEY_COLS, PURCHASE_COLS,
-    REQUEST_COLS,
+    REQUEST_COLS, WEB_SESSION_COLS,
 };
 use crate::{
-    parse_id, to_json, ApiKeyRecord, BillingMode, Result, StoreError, Tx,
+    parse_id, to_json, ApiKeyRecord, BillingMode, PortalLink, Result, StoreError, Tx, WebSession,
     SETTING_CATALOG_GENERATION,
 };
 use rusqlite::{params, Connection, OptionalExtension};
@@ -250,6 +250,69 @@ impl Tx for SqliteTx<'_> {
             return Err(StoreError::NotFound(format!("account {username}")));
         }
         Ok(())
+    }
+
+    fn insert_portal_link(&mut self, link: &PortalLink) -> Result<()> {
+        let n = self.conn.execute(
+            "INSERT INTO portal_links (token_sha256, account, created_at, expires_at) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (token_sha256) DO NOTHING",
+            params![
+                link.token_sha256,
+                link.account.as_str(),
+                link.created_at.0,
+                link.expires_at.0
+            ],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists("portal link".into()));
+        }
+        Ok(())
+    }
+
+    fn redeem_portal_link(
+        &mut self,
+        token_sha256: &str,
+        now: Timestamp,
+    ) -> Result<Option<AccountId>> {
+        let account: Option<String> = self
+            .conn
+            .query_row(
+                "UPDATE portal_links SET used_at = ?2 \
+                 WHERE token_sha256 = ?1 AND used_at IS NULL AND expires_at > ?2 \
+                 RETURNING account",
+                params![token_sha256, now.0],
+                |r| r.get(0),
+            )
+            .optional()?;
+        account
+            .map(|a| crate::parse_id(AccountId::parse, &a))
+            .transpose()
+    }
+
+    fn insert_web_session(&mut self, w: &WebSession) -> Result<()> {
+        self.conn.execute(
+            &format!(
+                "INSERT INTO web_sessions ({WEB_SESSION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            ),
+            params![
+                w.id_sha256,
+                w.account.as_ref().map(|a| a.as_str()),
+                w.key_id.as_ref().map(|k| k.as_str()),
+                w.csrf,
+                w.created_at.0,
+                w.expires_at.0,
+                w.ended_at.map(|t| t.0)
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn end_web_session(&mut self, id_sha256: &str, now: Timestamp) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE web_sessions SET ended_at = ?2 WHERE id_sha256 = ?1 AND ended_at IS NULL",
+            params![id_sha256, now.0],
+        )?;
+        Ok(n > 0)
     }
 
     fn insert_api_key(&mut self, k: &ApiKeyRecord) -> Result<bool> {

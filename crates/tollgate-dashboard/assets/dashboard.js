@@ -1,0 +1,131 @@
+// tollgate's dashboard script. Everything here is an enhancement: every page works without
+// it, charts then show their table. No inline script is needed (the pages' CSP forbids it).
+(function () {
+  "use strict";
+
+  var COLORS = ["#0b5cad", "#e8710a", "#1a7f37", "#8250df", "#bf3989", "#0a7ea4", "#9a6700", "#6e7781"];
+
+  // A chart's data, read from its table: x values (seconds) from the row headers' data-x,
+  // one series per column header with data-series, values from the cells' data-value.
+  function readTable(table) {
+    var heads = Array.prototype.slice.call(table.querySelectorAll("thead th[data-series]"));
+    var names = heads.map(function (th) { return th.textContent.trim(); });
+    var cols = heads.map(function (th) { return th.cellIndex; });
+    var xs = [], values = names.map(function () { return []; }), texts = names.map(function () { return []; });
+    table.querySelectorAll("tbody tr").forEach(function (tr) {
+      var x = tr.cells[0] && tr.cells[0].getAttribute("data-x");
+      if (x === null) { return; }
+      xs.push(Number(x));
+      cols.forEach(function (c, i) {
+        var cell = tr.cells[c];
+        values[i].push(cell ? Number(cell.getAttribute("data-value") || "0") : 0);
+        texts[i].push(cell ? cell.textContent.trim() : "");
+      });
+    });
+    return { names: names, xs: xs, values: values, texts: texts };
+  }
+
+  // Stacked bars: the first series is drawn on top of the stack, so each series is drawn as
+  // the sum of itself and every series after it, largest first (uPlot paints in order).
+  function stackedBars(figure) {
+    var table = figure.querySelector("table");
+    var plot = figure.querySelector(".plot");
+    if (!table || !plot || typeof uPlot === "undefined") { return; }
+    var d = readTable(table);
+    if (d.xs.length === 0 || d.names.length === 0) { return; }
+    var n = d.names.length;
+    var stacked = [];
+    for (var i = n - 1; i >= 0; i--) {
+      stacked[i] = d.values[i].map(function (v, j) { return v + (i + 1 < n ? stacked[i + 1][j] : 0); });
+    }
+    var bars = uPlot.paths.bars({ size: [0.7, 48], align: 0 });
+    var series = [{ label: "Day", value: function (u, v) { return v == null ? "" : new Date(v * 1000).toISOString().slice(0, 10); } }];
+    d.names.forEach(function (name, i) {
+      var color = COLORS[i % COLORS.length];
+      series.push({
+        label: name,
+        stroke: color,
+        fill: color,
+        width: 0,
+        paths: bars,
+        points: { show: false },
+        value: function (u, v, si, di) { return di == null ? "" : d.texts[i][di]; }
+      });
+    });
+    var opts = {
+      width: Math.max(280, plot.clientWidth || figure.clientWidth - 32),
+      height: 260,
+      scales: { x: { time: true } },
+      axes: [{}, { values: function (u, ticks) { return ticks.map(function (t) { return "$" + t.toFixed(t < 10 ? 2 : 0); }); }, size: 60 }],
+      series: series,
+      legend: { live: true },
+      cursor: { points: { show: false } }
+    };
+    var u = new uPlot(opts, [d.xs].concat(stacked), plot);
+    figure.classList.add("drawn");
+    figure.setAttribute("data-drawn-series", String(n));
+    var toggle = document.createElement("button");
+    toggle.type = "button";
+    toggle.className = "chart-toggle link";
+    toggle.textContent = "Show as a table";
+    toggle.setAttribute("aria-expanded", "false");
+    toggle.addEventListener("click", function () {
+      var box = figure.querySelector(".chart-table");
+      var open = box.classList.toggle("open");
+      toggle.textContent = open ? "Hide the table" : "Show as a table";
+      toggle.setAttribute("aria-expanded", String(open));
+    });
+    figure.appendChild(toggle);
+    window.addEventListener("resize", function () {
+      u.setSize({ width: Math.max(280, plot.clientWidth), height: 260 });
+    });
+  }
+
+  function drawCharts(root) {
+    root.querySelectorAll("figure.chart[data-chart='stacked-bars']:not(.drawn)").forEach(stackedBars);
+  }
+
+  // Copy buttons: <button data-copy="#id"> copies the text of the element #id.
+  function copyButtons(root) {
+    root.querySelectorAll("button[data-copy]").forEach(function (b) {
+      b.hidden = false;
+      b.addEventListener("click", function () {
+        var el = document.querySelector(b.getAttribute("data-copy"));
+        if (!el || !navigator.clipboard) { return; }
+        navigator.clipboard.writeText(el.textContent.trim()).then(function () {
+          b.textContent = "Copied";
+        });
+      });
+    });
+  }
+
+  // Forms with data-confirm ask before they are sent.
+  function confirmations(root) {
+    root.querySelectorAll("form[data-confirm]").forEach(function (f) {
+      f.addEventListener("submit", function (e) {
+        if (!window.confirm(f.getAttribute("data-confirm"))) { e.preventDefault(); }
+      });
+    });
+  }
+
+  // A time-zone select marked data-auto takes the browser's zone when the page was opened
+  // without one.
+  function browserZone(root) {
+    root.querySelectorAll("select[data-auto-tz]").forEach(function (s) {
+      var zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+      if (zone && s.querySelector("option[value='" + zone.replace(/'/g, "") + "']")) { s.value = zone; }
+    });
+  }
+
+  function enhance(root) {
+    drawCharts(root);
+    copyButtons(root);
+    confirmations(root);
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    browserZone(document);
+    enhance(document);
+  });
+  document.addEventListener("htmx:afterSettle", function (e) { enhance(e.target); });
+})();

@@ -1,0 +1,182 @@
+//! The customer's billing dashboard, `/dashboard`: every page shows the signed-in account only
+//! (the account comes from the session, never from the URL).
+
+pub mod overview;
+
+use crate::error::PageError;
+use crate::layout::{self, Chrome};
+use crate::session::{self, Area, CustomerSession};
+use crate::{fmt, DashboardState};
+use axum::routing::get;
+use maud::{html, Markup};
+use std::collections::BTreeMap;
+use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId};
+use tollgate_core::{Nanos, Timestamp};
+use tollgate_query::timeframe::{Range, RangeSpec};
+use tollgate_query::usage::{UsageQuery, UsageRow};
+
+pub fn routes() -> axum::Router<DashboardState> {
+    axum::Router::new()
+        .merge(session::routes(Area::Customer))
+        .route("/dashboard", get(overview::page))
+}
+
+/// The chrome of a customer page in `section`.
+pub fn chrome<'a>(who: &'a CustomerSession, section: &'static str) -> Chrome<'a> {
+    Chrome {
+        area: Area::Customer,
+        section,
+        who: who.account.as_str(),
+        csrf: &who.session.csrf,
+    }
+}
+
+/// How many endpoints a spend chart shows by name; the rest are one "Other" series.
+pub const TOP_ENDPOINTS: usize = 5;
+
+/// Spend per bucket of a range, per endpoint: what the spend charts draw, from the usage
+/// query's time series (the rollups), and the range's summary rows.
+pub struct Spend {
+    /// Each bucket's start and label, in order.
+    pub buckets: Vec<(Timestamp, String)>,
+    /// The top endpoints by total over the range, largest first, then "Other" if any endpoint
+    /// is left: each with its total per bucket.
+    pub series: Vec<(String, Vec<Nanos>)>,
+    /// The range's usage rows (fal's grouping: endpoint, unit, price, discount).
+    pub summary: Vec<UsageRow>,
+}
+
+impl Spend {
+    /// The total of the range: the sum of its summary rows.
+    pub fn total(&self) -> Result<Nanos, PageError> {
+        self.summary.iter().try_fold(Nanos::ZERO, |sum, r| {
+            sum.checked_add(r.total)
+                .map_err(|e| PageError::bad_request(e.to_string()))
+        })
+    }
+}
+
+/// Reads the account's spend over `spec` (resolved at the engine's clock), optionally only of
+/// some keys.
+pub async fn spend(
+    state: &DashboardState,
+    account: &AccountId,
+    spec: &RangeSpec,
+    api_keys: Vec<ApiKeyId>,
+) -> Result<(Range, Spend), PageError> {
+    let range = tollgate_query::timeframe::resolve(spec, state.engine().now())
+        .map_err(|e| PageError::bad_request(e.to_string()))?;
+    let mut q = UsageQuery {
+        account: account.clone(),
+        range: range.clone(),
+        endpoints: Vec::new(),
+        api_keys,
+        by_login: false,
+        time_series: true,
+        summary: true,
+        by_key: false,
+        cursor: None,
+        limit: 10_000,
+    };
+    let mut per_bucket: BTreeMap<String, BTreeMap<EndpointId, Nanos>> = BTreeMap::new();
+    let mut summary = None;
+    loop {
+        let page = tollgate_query::usage::usage(state.engine(), q.clone()).await?;
+        if summary.is_none() {
+            summary = page.summary;
+        }
+        for b in page.time_series.unwrap_or_default() {
+            let into = per_bucket.entry(b.bucket).or_default();
+            for r in b.results {
+                let sum = into.entry(r.endpoint).or_insert(Nanos::ZERO);
+                *sum = sum
+                    .checked_add(r.total)
+                    .map_err(|e| PageError::bad_request(e.to_string()))?;
+            }
+        }
+        match page.next_cursor {
+            Some(c) => {
+                q.cursor = Some(c);
+                q.summary = false;
+            }
+            None => break,
+        }
+    }
+    let summary = summary.unwrap_or_default();
+    let mut totals: BTreeMap<&EndpointId, Nanos> = BTreeMap::new();
+    for r in &summary {
+        let t = totals.entry(&r.endpoint).or_insert(Nanos::ZERO);
+        *t = Nanos(t.0.saturating_add(r.total.0));
+    }
+    let mut ranked: Vec<(&EndpointId, Nanos)> = totals.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let top: Vec<EndpointId> = ranked
+        .iter()
+        .take(TOP_ENDPOINTS)
+        .map(|(e, _)| (*e).clone())
+        .collect();
+    let buckets: Vec<(Timestamp, String)> = range
+        .buckets()
+        .into_iter()
+        .map(|b| (b.start, b.label))
+        .collect();
+    let mut series: Vec<(String, Vec<Nanos>)> = top
+        .iter()
+        .map(|e| (e.to_string(), vec![Nanos::ZERO; buckets.len()]))
+        .collect();
+    let has_other = ranked.len() > TOP_ENDPOINTS;
+    if has_other {
+        series.push(("Other".to_string(), vec![Nanos::ZERO; buckets.len()]));
+    }
+    for (i, (_, label)) in buckets.iter().enumerate() {
+        let Some(row) = per_bucket.get(label) else {
+            continue;
+        };
+        for (endpoint, total) in row {
+            let s = match top.iter().position(|e| e == endpoint) {
+                Some(s) => s,
+                None => top.len(),
+            };
+            let cell = &mut series[s].1[i];
+            *cell = Nanos(cell.0.saturating_add(total.0));
+        }
+    }
+    Ok((
+        range,
+        Spend {
+            buckets,
+            series,
+            summary,
+        },
+    ))
+}
+
+/// A spend chart: stacked bars per bucket, one series per top endpoint and "Other", over the
+/// table of the same figures (exact amounts).
+pub fn spend_chart(id: &str, caption: &str, spend: &Spend) -> Markup {
+    let table = html! {
+        div.table-wrap {
+            table {
+                thead {
+                    tr {
+                        th scope="col" { "Day" }
+                        @for (name, _) in &spend.series {
+                            th.num scope="col" data-series { (name) }
+                        }
+                    }
+                }
+                tbody {
+                    @for (i, (start, label)) in spend.buckets.iter().enumerate() {
+                        tr {
+                            th scope="row" data-x=(start.0 / 1000) { (label.get(..10).unwrap_or(label)) }
+                            @for (_, values) in &spend.series {
+                                td.num data-value=(values[i].to_usd().normalize()) { (fmt::usd(values[i])) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout::chart(id, caption, "stacked-bars", table)
+}

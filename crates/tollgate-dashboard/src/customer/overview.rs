@@ -1,0 +1,162 @@
+//! The overview: where the account stands (balance, holds, what it owes, whether it is locked
+//! and why), its concurrency limit and what raises it, its spend this month and last, the
+//! credits that expire next, and its spend per day over the last 30 days by endpoint.
+
+use super::{chrome, spend, spend_chart};
+use crate::error::PageError;
+use crate::layout::{self, empty, stat};
+use crate::session::CustomerSession;
+use crate::{fmt, DashboardState};
+use axum::extract::State;
+use axum::response::Html;
+use maud::html;
+use tollgate_core::machine::LockReason;
+use tollgate_core::time::{month_start, next_month_start, previous_month_start};
+use tollgate_core::{Nanos, Timestamp};
+use tollgate_query::timeframe::{Moment, RangeSpec, Timeframe};
+use tollgate_store::BillingMode;
+
+/// The range of the overview's chart: the last 30 days, whole UTC days, today included.
+const CHART_DAYS: i64 = 30;
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+fn between(start: Timestamp, end: Timestamp) -> RangeSpec {
+    RangeSpec {
+        start: Some(Moment::At(start)),
+        end: Some(Moment::At(end)),
+        timeframe: Some(Timeframe::Day),
+        bound_to_timeframe: false,
+        ..RangeSpec::default()
+    }
+}
+
+pub async fn page(
+    State(state): State<DashboardState>,
+    who: CustomerSession,
+) -> Result<Html<String>, PageError> {
+    let engine = state.engine();
+    let now = engine.now();
+    let row = tollgate_query::account(engine, &who.account).await?;
+    let s = &row.state;
+    let catalog = engine.catalog();
+
+    let this_month = month_start(now);
+    let (_, month) = spend(
+        &state,
+        &who.account,
+        &between(this_month, next_month_start(now)),
+        Vec::new(),
+    )
+    .await?;
+    let (_, last_month) = spend(
+        &state,
+        &who.account,
+        &between(previous_month_start(now), this_month),
+        Vec::new(),
+    )
+    .await?;
+    let today = tollgate_core::time::day_start(now);
+    let (_, days) = spend(
+        &state,
+        &who.account,
+        &between(
+            today.minus_ms((CHART_DAYS - 1) * DAY_MS),
+            today.plus_ms(DAY_MS),
+        ),
+        Vec::new(),
+    )
+    .await?;
+
+    let balance = s.credit.balance;
+    let owed = Nanos(balance.0.saturating_neg().max(0));
+    let limit = s.concurrency_limit(&catalog);
+    let next_tier = if s.concurrency_override.is_some() {
+        None
+    } else {
+        catalog
+            .concurrency
+            .rows()
+            .iter()
+            .find(|t| t.limit > limit)
+            .and_then(|t| {
+                Nanos::from_usd_exact(t.paid_28d_usd)
+                    .ok()
+                    .map(|n| (t.limit, n))
+            })
+    };
+    let expiring = s
+        .lots
+        .iter()
+        .filter(|l| l.remaining > Nanos::ZERO)
+        .filter_map(|l| l.expires_at.map(|at| (at, l.remaining)))
+        .min();
+    let invoiced = row.billing == BillingMode::Invoice;
+
+    let body = html! {
+        @if let Some(reason) = s.lock_reason() {
+            div.notice.error role="alert" {
+                strong { "Your account is locked. " }
+                @match reason {
+                    LockReason::ExhaustedBalance => {
+                        "Its balance is used up, so new requests are refused. Adding credits \
+                         unlocks it at once."
+                    }
+                    LockReason::PaymentDisputed => {
+                        "A payment is disputed with your bank, so new requests are refused until \
+                         the dispute is resolved. Adding credits does not lift this lock."
+                    }
+                }
+            }
+        }
+        dl.stats {
+            (stat("Balance", html! {
+                span data-nano-usd=(balance.0) title=(fmt::usd(balance)) { (fmt::usd_cents(balance)) }
+            }, Some(html! {
+                @if invoiced { "Billed monthly by invoice" } @else { "Prepaid credits" }
+            })))
+            (stat("Available", html! { (fmt::usd_cents(s.credit.available())) },
+                Some(html! { "Balance less what running requests hold" })))
+            (stat("Held", html! { (fmt::usd_cents(s.credit.held)) },
+                Some(html! { (s.in_progress) " request" @if s.in_progress != 1 { "s" } " running" })))
+            @if owed > Nanos::ZERO {
+                (stat("Owed", html! { span.bad { (fmt::usd_cents(owed)) } },
+                    Some(html! { "Your next credits repay this first" })))
+            }
+            (stat("Concurrency limit", html! { (limit) " at once" }, Some(html! {
+                @if s.concurrency_override.is_some() {
+                    "Set by your contract"
+                } @else if let Some((next, threshold)) = next_tier {
+                    @let more = Nanos(threshold.0.saturating_sub(s.paid_28d.0).max(0));
+                    "Next: " (next) " at " (fmt::usd_cents(threshold)) " bought in 28 days ("
+                    (fmt::usd_cents(more)) " more)"
+                } @else {
+                    "The highest self-serve limit"
+                }
+            })))
+            (stat("Spend this month", html! {
+                span #spend-month { (fmt::usd_cents(month.total()?)) }
+            }, Some(html! { "Last month: " (fmt::usd_cents(last_month.total()?)) })))
+            (stat("Credits expiring next", html! {
+                @if let Some((_, amount)) = expiring { (fmt::usd_cents(amount)) } @else { "None" }
+            }, Some(html! {
+                @if let Some((at, _)) = expiring { "on " (fmt::date(at)) } @else { "Your credits do not expire" }
+            })))
+        }
+        h2 { "Spend per day, last " (CHART_DAYS) " days" }
+        @if days.summary.is_empty() {
+            (empty("No usage in the last 30 days", html! {
+                "Requests you make with one of your "
+                a href="/dashboard/keys" { "API keys" }
+                " appear here, priced in each model's unit, within moments of finishing."
+            }))
+        } @else {
+            (spend_chart("spend-30d", "Spend per day (UTC), by endpoint", &days))
+            p.hint { a href="/dashboard/usage" { "See usage by endpoint" } " for any range and time zone." }
+        }
+    };
+    Ok(layout::html(layout::page(
+        &chrome(&who, "/dashboard"),
+        "Overview",
+        body,
+    )))
+}

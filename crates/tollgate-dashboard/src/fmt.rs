@@ -1,0 +1,109 @@
+//! How pages write amounts, quantities and times. Amounts are the exact nano-USD a query
+//! answered, written as decimals (never through a float): [`usd`] in full, [`usd_cents`]
+//! rounded to the cent for headline figures (half away from zero, as money is rounded
+//! everywhere in tollgate).
+
+use chrono::{DateTime, Utc};
+use rust_decimal::{Decimal, RoundingStrategy};
+use tollgate_core::{Nanos, Timestamp};
+
+fn dollars(d: Decimal) -> String {
+    let sign = if d.is_sign_negative() && !d.is_zero() {
+        "-"
+    } else {
+        ""
+    };
+    let text = d.abs().to_string();
+    let (whole, frac) = text.split_once('.').unwrap_or((&text, ""));
+    let mut grouped = String::new();
+    for (i, c) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    if frac.is_empty() {
+        format!("{sign}${grouped}")
+    } else {
+        format!("{sign}${grouped}.{frac}")
+    }
+}
+
+/// An exact amount: at least two decimals, and every nano-USD digit that is not zero
+/// (`$0.0012`, `$1,234.50`).
+pub fn usd(n: Nanos) -> String {
+    let mut d = n.to_usd().normalize();
+    if d.scale() < 2 {
+        d.rescale(2);
+    }
+    dollars(d)
+}
+
+/// An amount rounded to the cent (`$24.99`): headline figures.
+pub fn usd_cents(n: Nanos) -> String {
+    let mut d = n
+        .to_usd()
+        .round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+    d.rescale(2);
+    dollars(d)
+}
+
+/// A quantity, exactly, without trailing zeros.
+pub fn quantity(d: Decimal) -> String {
+    d.normalize().to_string()
+}
+
+/// A percent (`10` is `10%`).
+pub fn percent(d: Decimal) -> String {
+    format!("{}%", d.normalize())
+}
+
+fn utc(t: Timestamp) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_millis(t.0).unwrap_or_default()
+}
+
+/// `2026-12-06 11:47 UTC`.
+pub fn datetime(t: Timestamp) -> String {
+    utc(t).format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+/// `2026-12-06`.
+pub fn date(t: Timestamp) -> String {
+    utc(t).format("%Y-%m-%d").to_string()
+}
+
+/// A duration in milliseconds, as a person reads it (`850 ms`, `12.4 s`, `3 min 20 s`).
+pub fn duration_ms(ms: i64) -> String {
+    match ms {
+        ..=999 => format!("{ms} ms"),
+        1000..=59_999 => {
+            let tenths = (ms + 50) / 100;
+            format!("{}.{} s", tenths / 10, tenths % 10)
+        }
+        _ => format!("{} min {} s", ms / 60_000, (ms % 60_000) / 1000),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_are_written_exactly_or_to_the_cent() {
+        assert_eq!(usd(Nanos(1_200_000)), "$0.0012");
+        assert_eq!(usd(Nanos(1_234_500_000_000)), "$1,234.50");
+        assert_eq!(usd(Nanos(-25_000_000_000)), "-$25.00");
+        assert_eq!(usd(Nanos(0)), "$0.00");
+        assert_eq!(usd_cents(Nanos(24_995_000_000)), "$25.00");
+        assert_eq!(usd_cents(Nanos(24_994_999_999)), "$24.99");
+        assert_eq!(usd_cents(Nanos(-5_000_000)), "-$0.01");
+        assert_eq!(usd_cents(Nanos(1_000_000_000_000)), "$1,000.00");
+    }
+
+    #[test]
+    fn durations_read_as_a_person_says_them() {
+        assert_eq!(duration_ms(850), "850 ms");
+        assert_eq!(duration_ms(12_449), "12.4 s");
+        assert_eq!(duration_ms(200_000), "3 min 20 s");
+    }
+}
