@@ -1,0 +1,202 @@
+//! A real headless Chromium, driven over WebDriver (Debian's `chromium` and `chromedriver`;
+//! `TOLLGATE_CHROMIUM` and `TOLLGATE_CHROMEDRIVER` name others). Each [`Browser`] runs its own
+//! chromedriver on a free port and one browser session, both ended when it drops. A missing
+//! browser fails the test, loudly: it is never skipped.
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// Desktop and phone viewports of the screenshots.
+pub const DESKTOP: (u32, u32) = (1280, 900);
+pub const PHONE: (u32, u32) = (390, 844);
+
+pub struct Browser {
+    pub client: Client,
+    base: String,
+    driver: Child,
+}
+
+fn tool(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_string())
+}
+
+/// Where screenshots go: `target/dashboard-screenshots/`.
+pub fn screenshot_dir() -> PathBuf {
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tmp
+        .parent()
+        .expect("the target directory")
+        .join("dashboard-screenshots");
+    std::fs::create_dir_all(&dir).expect("create the screenshot directory");
+    dir
+}
+
+impl Browser {
+    /// Starts chromedriver and a headless Chromium at desktop size, browsing `base`.
+    pub async fn start(base: &str) -> Browser {
+        let driver_bin = tool("TOLLGATE_CHROMEDRIVER", "chromedriver");
+        let chromium = tool("TOLLGATE_CHROMIUM", "/usr/bin/chromium");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let driver = Command::new(&driver_bin)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {driver_bin} ({e}): the browser tests need Debian's chromium and \
+                     chromium-driver (scripts/test.sh installs them)"
+                )
+            });
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--hide-scrollbars", "--force-device-scale-factor=1",
+                    format!("--window-size={},{}", DESKTOP.0, DESKTOP.1),
+                ],
+            }),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let mut last = None;
+        // chromedriver takes a moment to listen: connecting is retried until it answers.
+        for _ in 0..100 {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => {
+                    return Browser {
+                        client,
+                        base: base.to_string(),
+                        driver,
+                    }
+                }
+                Err(e) => {
+                    last = Some(e.to_string());
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+        panic!("chromedriver at {url} never accepted a session: {last:?}");
+    }
+
+    pub async fn goto(&self, path: &str) {
+        self.client
+            .goto(&format!("{}{path}", self.base))
+            .await
+            .unwrap_or_else(|e| panic!("open {path}: {e}"));
+    }
+
+    /// The path of the page the browser shows.
+    pub async fn path(&self) -> String {
+        self.client
+            .current_url()
+            .await
+            .expect("the url")
+            .path()
+            .to_string()
+    }
+
+    /// The text of the first element matching `css`.
+    pub async fn text(&self, css: &str) -> String {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no element {css}: {e}"))
+            .text()
+            .await
+            .expect("its text")
+    }
+
+    /// An attribute of the first element matching `css`.
+    pub async fn attr(&self, css: &str, name: &str) -> Option<String> {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no element {css}: {e}"))
+            .attr(name)
+            .await
+            .expect("its attribute")
+    }
+
+    /// How many elements match `css`.
+    pub async fn count(&self, css: &str) -> usize {
+        self.client
+            .find_all(Locator::Css(css))
+            .await
+            .expect("a query")
+            .len()
+    }
+
+    pub async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no element {css}: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    }
+
+    pub async fn fill(&self, css: &str, text: &str) {
+        let el = self
+            .client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no element {css}: {e}"));
+        el.clear().await.expect("clear the field");
+        el.send_keys(text).await.expect("type into the field");
+    }
+
+    /// Runs a script in the page and returns its value.
+    pub async fn js(&self, script: &str) -> Value {
+        self.client
+            .execute(script, Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("script failed: {e}"))
+    }
+
+    /// Saves the page at desktop and phone widths as `<name>-desktop.png` and
+    /// `<name>-phone.png` under `target/dashboard-screenshots/`, and returns to desktop size.
+    pub async fn screenshots(&self, name: &str) {
+        let dir = screenshot_dir();
+        for (label, (w, h)) in [("desktop", DESKTOP), ("phone", PHONE)] {
+            self.client
+                .set_window_size(w, h)
+                .await
+                .expect("resize the window");
+            let png = self.client.screenshot().await.expect("a screenshot");
+            std::fs::write(dir.join(format!("{name}-{label}.png")), png).expect("save it");
+        }
+        self.client
+            .set_window_size(DESKTOP.0, DESKTOP.1)
+            .await
+            .expect("resize the window");
+    }
+
+    /// Ends the browser session (also done, less politely, on drop).
+    pub async fn close(mut self) {
+        let client = self.client.clone();
+        let _ = client.close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}

@@ -1,0 +1,4 @@
+//! The dashboard's integration tests: one binary, one harness (`common`).
+
+mod common;
+mod signin;
