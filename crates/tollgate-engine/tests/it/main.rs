@@ -12,3 +12,4 @@ mod rollup_folding;
 mod shared_database;
 mod shutdown;
 mod usage_invoices;
+mod web_sessions;
