@@ -7,16 +7,17 @@
 # It installs what the tests need that cargo does not (schemathesis, openapi-spec-validator,
 # prometheus_client and focus-validator, in a Python virtualenv at target/test-venv, at the
 # exact versions of scripts/requirements-test.txt; an existing venv that already has them is
-# reused; and `pdftotext`, from Debian's poppler-utils, with apt-get when it is not on the PATH,
-# to read back the text of invoice PDFs), tells the tests where those tools are
+# reused; `pdftotext`, from Debian's poppler-utils, with apt-get when it is not on the PATH,
+# to read back the text of invoice PDFs; and Debian's chromium and chromium-driver, for the
+# dashboard's browser tests), tells the tests where those tools are
 # (TOLLGATE_SCHEMATHESIS, TOLLGATE_OPENAPI_SPEC_VALIDATOR, TOLLGATE_PYTHON,
-# TOLLGATE_FOCUS_VALIDATOR, TOLLGATE_PDFTOTEXT), then runs
+# TOLLGATE_FOCUS_VALIDATOR, TOLLGATE_PDFTOTEXT, TOLLGATE_CHROMIUM, TOLLGATE_CHROMEDRIVER), then runs
 # `cargo test --workspace`. If a tool cannot be installed it stops and says which:
 # no test is ever skipped because a tool is missing.
 #
 # Needs the Rust toolchain and python3 with venv and pip (Debian: python3-venv), access to
-# PyPI the first time, and, where pdftotext is missing, apt-get run as root with access to
-# Debian's packages. PostgreSQL is optional: with TOLLGATE_TEST_POSTGRES_URL set (for example
+# PyPI the first time, and, where pdftotext or chromium is missing, apt-get run as root with
+# access to Debian's packages. PostgreSQL is optional: with TOLLGATE_TEST_POSTGRES_URL set (for example
 # postgres://postgres@127.0.0.1:5432/test) the PostgreSQL tests run too; without it they say
 # they were skipped.
 set -euo pipefail
@@ -104,9 +105,24 @@ pdftotext=$(command -v pdftotext) ||
 export TOLLGATE_PDFTOTEXT="$pdftotext"
 say "TOLLGATE_PDFTOTEXT=$TOLLGATE_PDFTOTEXT ($("$pdftotext" -v 2>&1 | head -n1))"
 
-# --- Browser: Debian `chromium` ----------------------------------------------------------------
-# Reserved for the browser tests to come: install Debian's `chromium` here (apt-get), fail with a
-# message naming it if it cannot be installed, and export its path for the tests, as above.
+# --- Browser: Debian `chromium` and `chromium-driver` ------------------------------------------
+# The dashboard's browser tests drive a real headless Chromium over WebDriver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  command -v apt-get >/dev/null 2>&1 ||
+    fail "chromium and chromedriver are not installed and there is no apt-get to install them: install Debian's chromium and chromium-driver (the dashboard's browser tests need them)"
+  say "installing chromium and chromium-driver with apt-get (the dashboard's browser tests)"
+  pkgs=(chromium chromium-driver)
+  { apt-get install -y --no-install-recommends "${pkgs[@]}" >/dev/null 2>&1 ||
+    { apt-get update >/dev/null && apt-get install -y --no-install-recommends "${pkgs[@]}" >/dev/null; }; } ||
+    fail "could not install chromium and chromium-driver with apt-get: the dashboard's browser tests need them"
+fi
+chromium=$(command -v chromium) || fail "chromium was installed but is not on the PATH"
+chromedriver=$(command -v chromedriver) || fail "chromium-driver was installed but chromedriver is not on the PATH"
+"$chromedriver" --version >/dev/null 2>&1 || fail "chromedriver ($chromedriver) does not run"
+export TOLLGATE_CHROMIUM="$chromium" TOLLGATE_CHROMEDRIVER="$chromedriver"
+say "TOLLGATE_CHROMIUM=$TOLLGATE_CHROMIUM ($("$chromium" --version 2>/dev/null | head -n1))"
+say "TOLLGATE_CHROMEDRIVER=$TOLLGATE_CHROMEDRIVER ($("$chromedriver" --version | head -n1))"
+say "the browser tests save screenshots of every page under target/dashboard-screenshots/"
 
 # --- The tests ---------------------------------------------------------------------------------
 if [ -n "${TOLLGATE_TEST_POSTGRES_URL:-}" ]; then
