@@ -55,7 +55,11 @@
     var opts = {
       width: Math.max(280, plot.clientWidth || figure.clientWidth - 32),
       height: 260,
-      scales: { x: { time: true } },
+      // Half a bucket of room on each side, so the first and last bars are whole.
+      scales: { x: { time: true, range: function (u, min, max) {
+        var half = d.xs.length > 1 ? (d.xs[1] - d.xs[0]) / 2 : 43200;
+        return [min - half, max + half];
+      } } },
       axes: [{}, { values: function (u, ticks) { return ticks.map(function (t) { return "$" + t.toFixed(t < 10 ? 2 : 0); }); }, size: 60 }],
       series: series,
       legend: { live: true },
@@ -108,15 +112,6 @@
     });
   }
 
-  // A time-zone select marked data-auto takes the browser's zone when the page was opened
-  // without one.
-  function browserZone(root) {
-    root.querySelectorAll("select[data-auto-tz]").forEach(function (s) {
-      var zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
-      if (zone && s.querySelector("option[value='" + zone.replace(/'/g, "") + "']")) { s.value = zone; }
-    });
-  }
-
   function enhance(root) {
     drawCharts(root);
     copyButtons(root);
@@ -124,7 +119,6 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
-    browserZone(document);
     enhance(document);
   });
   document.addEventListener("htmx:afterSettle", function (e) { enhance(e.target); });

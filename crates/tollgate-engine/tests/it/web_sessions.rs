@@ -82,12 +82,18 @@ async fn a_portal_link_works_once_before_it_expires_and_starts_its_session() {
         assert!(
             matches!(
                 again,
-                Err(tollgate_engine::EngineError::Store(StoreError::AlreadyExists(_)))
+                Err(tollgate_engine::EngineError::Store(
+                    StoreError::AlreadyExists(_)
+                ))
             ),
             "{backend:?}: {again:?}"
         );
 
-        assert_eq!(redeem(&e, "t1", "s1").await, Some(acme.clone()), "{backend:?}");
+        assert_eq!(
+            redeem(&e, "t1", "s1").await,
+            Some(acme.clone()),
+            "{backend:?}"
+        );
         let s1 = stored(&e, "s1").await.expect("the session was stored");
         assert_eq!(s1.account, Some(acme.clone()), "the link's account");
         assert_eq!(s1.csrf, "csrf-s1");

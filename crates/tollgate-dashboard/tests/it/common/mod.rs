@@ -32,7 +32,7 @@ pub const USD: i64 = 1_000_000_000;
 pub const MINUTE_MS: i64 = 60_000;
 pub const DAY_MS: i64 = 24 * 60 * MINUTE_MS;
 
-/// 2026-11-18T10:00:00Z: mid-month, so "this month" and "last month" both have days.
+/// 2026-11-24T10:00:00Z: late in the month, so "this month" and "last month" both have days.
 pub const T0: i64 = 1_795_514_400_000;
 
 /// An HTTP answer.

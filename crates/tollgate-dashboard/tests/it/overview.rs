@@ -1,0 +1,177 @@
+//! The overview: its figures are the API's (balance to the cent, spend this and last month),
+//! its chart has one series per top endpoint, and its notices say why an account is locked.
+
+use crate::common::browser::Browser;
+use crate::common::{DashApp, Resp, DAY_MS, T0};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// Seven endpoints (the chart names five and "Other"), spread over this month and last.
+const ENDPOINTS: [&str; 7] = [
+    "fal-ai/flux/dev",
+    "fal-ai/kling-video/v2.1/master/text-to-video",
+    "fal-ai/elevenlabs/tts/eleven-v3",
+    "fal-ai/flux/schnell",
+    "fal-ai/nano-banana",
+    "fal-ai/whisper",
+    "fal-ai/esrgan",
+];
+
+/// The `data-nano-usd` of the element with id `id` in a page.
+fn nano_attr(page: &Resp, marker: &str) -> i64 {
+    let at = page.text.find(marker).expect("the marker is on the page");
+    let rest = &page.text[at..];
+    let v = rest.find("data-nano-usd=\"").expect("an exact amount") + "data-nano-usd=\"".len();
+    let end = rest[v..].find('"').expect("closing quote");
+    rest[v..v + end].parse().expect("an integer")
+}
+
+/// The sum of `cost_total` of the usage summary over `[start, end)`, exactly (decimal text).
+async fn api_spend(app: &DashApp, key: &str, start: &str, end: &str) -> rust_decimal::Decimal {
+    let r = app
+        .call(
+            Method::GET,
+            &format!("/v1/models/usage?expand=summary&start={start}&end={end}"),
+            key,
+            None,
+        )
+        .await;
+    let body: Value = r.expect(200).json();
+    body["summary"]
+        .as_array()
+        .expect("a summary")
+        .iter()
+        .map(|row| {
+            row["cost_total"]
+                .to_string()
+                .parse::<rust_decimal::Decimal>()
+                .expect("a decimal")
+        })
+        .sum()
+}
+
+/// `$12.34` as a decimal.
+fn dollars(text: &str) -> rust_decimal::Decimal {
+    text.trim()
+        .replacen('$', "", 1)
+        .replace(',', "")
+        .parse()
+        .unwrap_or_else(|_| panic!("{text} is an amount"))
+}
+
+#[tokio::test]
+async fn the_overview_shows_the_apis_balance_spend_and_one_series_per_top_endpoint() {
+    let app = DashApp::spawn().await;
+    let c = app.customer("acme", Some("25.00")).await;
+    // This month (November, from the 4th to today the 24th) and last month (October).
+    for (i, endpoint) in ENDPOINTS.iter().enumerate() {
+        for day in [0, 3, 9, 20] {
+            let units = format!("{}", (i + day) % 3 + 1);
+            app.usage(&c, endpoint, &units, T0 - day as i64 * DAY_MS - 3_600_000)
+                .await;
+        }
+        app.usage(&c, endpoint, "2", T0 - 30 * DAY_MS).await;
+    }
+    let billing = app
+        .call(
+            Method::GET,
+            "/v1/account/billing?expand=credits",
+            &c.admin_key,
+            None,
+        )
+        .await;
+    let balance = billing.expect(200).json()["credits"]["balance_nano_usd"]
+        .as_i64()
+        .expect("a balance");
+
+    let v = app.signed_in("acme").await;
+    let page = v.page("/dashboard").await;
+    assert_eq!(nano_attr(&page, "Balance"), balance, "the exact balance");
+    let month = api_spend(&app, &c.admin_key, "2026-11-01", "2026-12-01").await;
+    let last = api_spend(&app, &c.admin_key, "2026-10-01", "2026-11-01").await;
+    assert!(month > rust_decimal::Decimal::ZERO && last > rust_decimal::Decimal::ZERO);
+
+    let b = Browser::start(&app.address).await;
+    b.goto(&app.sign_in_link("acme").await).await;
+    assert_eq!(b.path().await, "/dashboard");
+    // The balance shown equals the API's to the cent.
+    let shown = dollars(&b.text("dd span[data-nano-usd]").await);
+    let cents = (rust_decimal::Decimal::new(balance, 9))
+        .round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+    assert_eq!(shown, cents, "balance {balance} nano-USD");
+    assert_eq!(
+        dollars(&b.text("#spend-month").await),
+        month.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+    );
+    // Seven endpoints: five by name and "Other".
+    let drawn = b
+        .attr("figure#spend-30d", "data-drawn-series")
+        .await
+        .expect("the chart was drawn");
+    assert_eq!(drawn, "6");
+    assert_eq!(b.count("figure#spend-30d canvas").await, 1);
+    let legend = b.text("figure#spend-30d .u-legend").await;
+    assert!(
+        legend.contains("fal-ai/flux/dev") || legend.contains("Other"),
+        "{legend}"
+    );
+    b.screenshots("overview").await;
+    b.close().await;
+    app.assert_reconciled().await;
+}
+
+#[tokio::test]
+async fn a_new_account_reads_well_and_says_what_to_do_next() {
+    let app = DashApp::spawn().await;
+    app.customer("newcomer", None).await;
+    let v = app.signed_in("newcomer").await;
+    let page = v.page("/dashboard").await;
+    assert!(page.text.contains("No usage in the last 30 days"));
+    assert!(
+        page.text.contains("href=\"/dashboard/keys\""),
+        "a hint to the keys"
+    );
+    // With no credits a prepaid account is locked, and the page says why and what lifts it.
+    assert!(page.text.contains("Your account is locked"));
+    assert!(page.text.contains("Adding credits"));
+
+    let b = Browser::start(&app.address).await;
+    b.goto(&app.sign_in_link("newcomer").await).await;
+    b.screenshots("overview-empty").await;
+    b.close().await;
+    app.assert_reconciled().await;
+}
+
+#[tokio::test]
+async fn the_overview_shows_what_is_owed_the_next_tier_and_credits_that_expire() {
+    let app = DashApp::spawn().await;
+    app.customer("acme", Some("10.00")).await;
+    // Credits that expire in a week.
+    app.op(
+        Method::POST,
+        "/v1/admin/accounts/acme/purchases",
+        json!({"purchase_id": "promo", "amount_usd": "3.00", "kind": "free",
+               "expires_at": crate::common::rfc3339(T0 + 7 * DAY_MS)}),
+    )
+    .await
+    .expect(201);
+    let v = app.signed_in("acme").await;
+    let page = v.page("/dashboard").await;
+    assert!(page.text.contains("$3.00"), "the expiring credits");
+    assert!(page.text.contains("2026-12-01"), "their expiry date");
+    assert!(page.text.contains("Next: "), "the next concurrency tier");
+
+    // A debit larger than the balance: the account owes the difference and is locked.
+    app.op(
+        Method::POST,
+        "/v1/admin/accounts/acme/adjustments",
+        json!({"adjustment_id": "fix-1", "amount_usd": "-20.00", "reason": "correction"}),
+    )
+    .await
+    .expect(201);
+    let page = v.page("/dashboard").await;
+    assert!(page.text.contains("Owed"));
+    assert!(page.text.contains("$7.00"), "13 USD of credits less 20 USD");
+    assert!(page.text.contains("Your account is locked"));
+    app.assert_reconciled().await;
+}
