@@ -275,3 +275,26 @@ async fn in_a_browser_a_link_signs_in_once_and_sign_out_ends_the_session() {
     b.close().await;
     app.assert_reconciled().await;
 }
+
+#[tokio::test]
+async fn sign_in_by_link_and_by_key_and_sign_out_on_every_store() {
+    for backend in tollgate_store::testing::backends() {
+        let app = DashApp::spawn_on(&backend).await;
+        let c = app.customer("acme", Some("5.00")).await;
+        let v = app.signed_in("acme").await;
+        let page = v.page("/dashboard").await;
+        v.post_form("/dashboard/logout", &[("csrf", &page.csrf())])
+            .await
+            .expect(303);
+        v.get("/dashboard").await.expect(303);
+
+        let csrf = v.page("/dashboard/login").await.csrf();
+        v.post_form("/dashboard/login", &[("csrf", &csrf), ("key", &c.admin_key)])
+            .await
+            .expect(303);
+        v.page("/dashboard").await;
+        let op = app.operator().await;
+        op.page("/console").await;
+        app.assert_reconciled().await;
+    }
+}
