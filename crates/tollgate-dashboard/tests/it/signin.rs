@@ -289,9 +289,12 @@ async fn sign_in_by_link_and_by_key_and_sign_out_on_every_store() {
         v.get("/dashboard").await.expect(303);
 
         let csrf = v.page("/dashboard/login").await.csrf();
-        v.post_form("/dashboard/login", &[("csrf", &csrf), ("key", &c.admin_key)])
-            .await
-            .expect(303);
+        v.post_form(
+            "/dashboard/login",
+            &[("csrf", &csrf), ("key", &c.admin_key)],
+        )
+        .await
+        .expect(303);
         v.page("/dashboard").await;
         let op = app.operator().await;
         op.page("/console").await;

@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod common;
 mod crash;
+mod dashboard;
 mod hostile;
 mod keys;
 mod logs;
