@@ -116,6 +116,7 @@ async fn the_overview_shows_the_apis_balance_spend_and_one_series_per_top_endpoi
         "{legend}"
     );
     b.screenshots("overview").await;
+    b.assert_accessible("the overview").await;
     b.close().await;
     app.assert_reconciled().await;
 }
@@ -138,6 +139,7 @@ async fn a_new_account_reads_well_and_says_what_to_do_next() {
     let b = Browser::start(&app.address).await;
     b.goto(&app.sign_in_link("newcomer").await).await;
     b.screenshots("overview-empty").await;
+    b.assert_accessible("an empty overview").await;
     b.close().await;
     app.assert_reconciled().await;
 }

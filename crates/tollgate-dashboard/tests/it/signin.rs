@@ -255,6 +255,7 @@ async fn in_a_browser_a_link_signs_in_once_and_sign_out_ends_the_session() {
     let b = Browser::start(&app.address).await;
     b.goto("/dashboard/login").await;
     b.screenshots("login").await;
+    b.assert_accessible("the sign-in page").await;
 
     let link = app.sign_in_link("acme").await;
     b.goto(&link).await;

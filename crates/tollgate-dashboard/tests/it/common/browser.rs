@@ -167,6 +167,52 @@ impl Browser {
             .unwrap_or_else(|e| panic!("script failed: {e}"))
     }
 
+    /// The accessibility problems axe-core (Deque's WCAG checker, vendored under
+    /// `tests/assets/`) finds on the page as it is shown: one line per rule broken, with its
+    /// impact and where. WCAG 2.1 A and AA rules and best practices.
+    pub async fn accessibility_violations(&self) -> Vec<String> {
+        const AXE: &str = include_str!("../../assets/axe.min.js");
+        self.client
+            .execute(&format!("{AXE}\nreturn true;"), Vec::new())
+            .await
+            .expect("load axe-core into the page");
+        let found = self
+            .client
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 axe.run(document, {resultTypes: ['violations']}).then(r => done(
+                   r.violations.map(v => `${v.id} (${v.impact}): ${v.help}: ` +
+                     v.nodes.map(n => n.target.join(' ')).join(', '))));",
+                Vec::new(),
+            )
+            .await
+            .expect("axe-core runs");
+        found
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// Asserts the page has no accessibility problem axe-core finds, at desktop and at phone
+    /// width.
+    pub async fn assert_accessible(&self, what: &str) {
+        for (label, (w, h)) in [("desktop", DESKTOP), ("phone", PHONE)] {
+            self.client.set_window_size(w, h).await.expect("resize");
+            let found = self.accessibility_violations().await;
+            assert!(
+                found.is_empty(),
+                "{what} at {label} width:\n{}",
+                found.join("\n")
+            );
+        }
+        self.client
+            .set_window_size(DESKTOP.0, DESKTOP.1)
+            .await
+            .expect("resize");
+    }
+
     /// Saves the page at desktop and phone widths as `<name>-desktop.png` and
     /// `<name>-phone.png` under `target/dashboard-screenshots/`, and returns to desktop size.
     pub async fn screenshots(&self, name: &str) {
