@@ -87,6 +87,13 @@ async fn the_overview_shows_the_apis_balance_spend_and_one_series_per_top_endpoi
     let v = app.signed_in("acme").await;
     let page = v.page("/dashboard").await;
     assert_eq!(nano_attr(&page, "Balance"), balance, "the exact balance");
+    // Without JavaScript the chart is its table: every top endpoint a column, "Other" too.
+    let chart = &page.text[page.text.find("id=\"spend-30d\"").expect("the chart")..];
+    let table = &chart[..chart.find("</table>").expect("its table")];
+    for name in &ENDPOINTS[..5] {
+        assert!(table.contains(&format!(">{name}</th>")), "{name} in the chart's table");
+    }
+    assert!(table.contains(">Other</th>"));
     let month = api_spend(&app, &c.admin_key, "2026-11-01", "2026-12-01").await;
     let last = api_spend(&app, &c.admin_key, "2026-10-01", "2026-11-01").await;
     assert!(month > rust_decimal::Decimal::ZERO && last > rust_decimal::Decimal::ZERO);
