@@ -338,6 +338,19 @@ pub struct FocusArgs {
     range: tollgate_query::timeframe::RangeSpec,
 }
 
+impl FocusArgs {
+    /// `source=invoice&billing_month=<month>`: the report of a billing month, as the
+    /// dashboard's monthly download asks for it.
+    pub fn billing_month(month: Month) -> FocusArgs {
+        FocusArgs {
+            source: FocusSource::Invoice,
+            billing_month: Some(month),
+            charge_month: None,
+            range: tollgate_query::timeframe::RangeSpec::default(),
+        }
+    }
+}
+
 fn month(q: &Query, name: &str) -> Result<Option<Month>, ApiError> {
     q.one(name)?
         .map(|t| Month::parse(t.trim()).map_err(|e| ApiError::invalid(name, format!("{name} {e}"))))

@@ -54,22 +54,22 @@ pub enum InvoiceStatusView {
 #[derive(Serialize, ToSchema)]
 pub struct InvoiceLine {
     /// The endpoint charged; `null` on a top-up invoice.
-    endpoint_id: Option<String>,
+    pub endpoint_id: Option<String>,
     /// What the quantity counts (the price's unit); `credit_usd` on a top-up invoice.
-    unit: String,
-    quantity: Number,
+    pub unit: String,
+    pub quantity: Number,
     /// USD per unit before the discount (for blended prices, the line's average rate).
-    unit_price: Number,
-    percent_discount: Number,
-    cost_subtotal: Number,
-    cost_discount: Number,
-    cost_total: Number,
+    pub unit_price: Number,
+    pub percent_discount: Number,
+    pub cost_subtotal: Number,
+    pub cost_discount: Number,
+    pub cost_total: Number,
     /// The exact `cost_total`, nano-USD.
-    cost_total_nano_usd: i64,
+    pub cost_total_nano_usd: i64,
     /// When the usage happened: from the start of the UTC day of the line's earliest usage to
     /// the start of the day after its latest (a top-up invoice: its issue time).
-    charge_period_start: Time,
-    charge_period_end: Time,
+    pub charge_period_start: Time,
+    pub charge_period_end: Time,
 }
 
 /// The issuer printed on invoices.
@@ -79,15 +79,15 @@ pub struct InvoiceLine {
     "email": "billing@example.com", "tax_id": "US12-3456789"}))]
 pub struct IssuerBody {
     /// 1 to 200 characters.
-    name: String,
+    pub name: String,
     /// 1 to 500 characters.
-    address: String,
+    pub address: String,
     /// At most 200 characters.
     #[serde(default)]
-    email: Option<String>,
+    pub email: Option<String>,
     /// At most 100 characters.
     #[serde(default)]
-    tax_id: Option<String>,
+    pub tax_id: Option<String>,
 }
 
 impl From<Issuer> for IssuerBody {
@@ -104,44 +104,44 @@ impl From<Issuer> for IssuerBody {
 /// An issued invoice. Its amounts and lines never change.
 #[derive(Serialize, ToSchema)]
 pub struct InvoiceView {
-    invoice_id: String,
+    pub invoice_id: String,
     /// `<prefix>-<YYYY>-<NNNNNN>`: gapless in issue order across all accounts, restarting at
     /// 000001 each calendar year (UTC), six digits or more.
     #[schema(example = "TG-2026-000001")]
-    number: String,
+    pub number: String,
     /// The account invoiced.
-    username: AccountId,
-    kind: InvoiceKindView,
-    status: InvoiceStatusView,
-    issued_at: Time,
-    period_start: Time,
-    period_end: Time,
+    pub username: AccountId,
+    pub kind: InvoiceKindView,
+    pub status: InvoiceStatusView,
+    pub issued_at: Time,
+    pub period_start: Time,
+    pub period_end: Time,
     #[schema(value_type = String, example = "USD")]
-    currency: &'static str,
-    lines: Vec<InvoiceLine>,
-    subtotal: Number,
-    discount: Number,
-    total: Number,
+    pub currency: &'static str,
+    pub lines: Vec<InvoiceLine>,
+    pub subtotal: Number,
+    pub discount: Number,
+    pub total: Number,
     /// The exact `total`, nano-USD.
-    total_nano_usd: i64,
+    pub total_nano_usd: i64,
     /// The purchase a top-up invoice is for.
     #[serde(skip_serializing_if = "Option::is_none")]
-    purchase_id: Option<PurchaseId>,
+    pub purchase_id: Option<PurchaseId>,
     /// When it was paid: a top-up invoice when issued, an open invoice when an operator marked
     /// it paid.
     #[serde(skip_serializing_if = "Option::is_none")]
-    paid_at: Option<Time>,
+    pub paid_at: Option<Time>,
     /// The reference the operator gave when marking it paid.
     #[serde(skip_serializing_if = "Option::is_none")]
-    payment_reference: Option<String>,
+    pub payment_reference: Option<String>,
     /// When an operator voided it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    voided_at: Option<Time>,
+    pub voided_at: Option<Time>,
     /// Why it was voided.
     #[serde(skip_serializing_if = "Option::is_none")]
-    void_reason: Option<String>,
+    pub void_reason: Option<String>,
     /// Who issues the invoice; `null` until the operator sets it (`PUT /v1/admin/issuer`).
-    issuer: Option<IssuerBody>,
+    pub issuer: Option<IssuerBody>,
 }
 
 fn usage_line(l: &InvoiceLineRecord) -> InvoiceLine {
@@ -161,7 +161,8 @@ fn usage_line(l: &InvoiceLineRecord) -> InvoiceLine {
     }
 }
 
-fn view(i: InvoiceRecord, issuer: Option<&Issuer>) -> InvoiceView {
+/// An invoice as the API answers it and the dashboard shows it (the PDF is drawn from it too).
+pub fn view(i: InvoiceRecord, issuer: Option<&Issuer>) -> InvoiceView {
     let total = Number::usd(i.total);
     let zero = Number(Decimal::ZERO);
     let lines = match i.kind {
@@ -364,17 +365,20 @@ pub async fn account_invoice(
     _: Params<NoParams>,
     axum::extract::Path(invoice_id): axum::extract::Path<String>,
 ) -> Result<axum::Json<InvoiceView>, ApiError> {
-    Ok(axum::Json(own_invoice(&state, &who, &invoice_id).await?))
+    Ok(axum::Json(
+        own_invoice(&state, &who.account, &invoice_id).await?,
+    ))
 }
 
-/// The caller's own invoice `invoice_id` as shown, with the issuer; 404 when the account has
-/// none of that id.
-async fn own_invoice(
+/// `account`'s own invoice `invoice_id` as shown, with the issuer; 404 when the account has
+/// none of that id (another account's invoice is not found, like an unknown id). The API's
+/// invoice reads and the dashboard's invoice pages both answer this.
+pub async fn own_invoice(
     state: &AppState,
-    who: &Customer<Admin>,
+    account: &AccountId,
     invoice_id: &str,
 ) -> Result<InvoiceView, ApiError> {
-    let found = tollgate_query::invoices::show(&state.engine, Some(&who.account), invoice_id)
+    let found = tollgate_query::invoices::show(&state.engine, Some(account), invoice_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("invoice {invoice_id} not found")))?;
     let issuer = tollgate_query::invoices::issuer(&state.engine).await?;
@@ -423,17 +427,23 @@ pub async fn account_invoice_pdf(
     _: Params<NoParams>,
     axum::extract::Path(invoice_id): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
-    let invoice = own_invoice(&state, &who, &invoice_id).await?;
+    let invoice = own_invoice(&state, &who.account, &invoice_id).await?;
+    Ok(pdf_response(&invoice))
+}
+
+/// An invoice as a PDF answer (`application/pdf`, shown inline, named by its number): the
+/// same bytes from the API and from the dashboard.
+pub fn pdf_response(invoice: &InvoiceView) -> Response {
     let disposition = format!("inline; filename=\"{}.pdf\"", invoice.number);
-    let body = pdf::render(&invoice);
-    Ok((
+    let body = pdf::render(invoice);
+    (
         [
             (header::CONTENT_TYPE, "application/pdf".to_string()),
             (header::CONTENT_DISPOSITION, disposition),
         ],
         body,
     )
-        .into_response())
+        .into_response()
 }
 
 /// List all invoices

@@ -39,6 +39,16 @@ pub fn usd(n: Nanos) -> String {
     dollars(d)
 }
 
+/// An exact USD decimal as an API answer carries it (an invoice's amounts, a unit price): at
+/// least two decimals and every digit that is not zero, like [`usd`].
+pub fn usd_exact(d: Decimal) -> String {
+    let mut d = d.normalize();
+    if d.scale() < 2 {
+        d.rescale(2);
+    }
+    dollars(d)
+}
+
 /// An amount rounded to the cent (`$24.99`): headline figures.
 pub fn usd_cents(n: Nanos) -> String {
     let mut d = n
@@ -94,6 +104,9 @@ mod tests {
         assert_eq!(usd(Nanos(1_234_500_000_000)), "$1,234.50");
         assert_eq!(usd(Nanos(-25_000_000_000)), "-$25.00");
         assert_eq!(usd(Nanos(0)), "$0.00");
+        assert_eq!(usd_exact(Decimal::new(25, 0)), "$25.00");
+        assert_eq!(usd_exact(Decimal::new(15, 8)), "$0.00000015");
+        assert_eq!(usd_exact(Decimal::new(-123_450, 2)), "-$1,234.50");
         assert_eq!(usd_cents(Nanos(24_995_000_000)), "$25.00");
         assert_eq!(usd_cents(Nanos(24_994_999_999)), "$24.99");
         assert_eq!(usd_cents(Nanos(-5_000_000)), "-$0.01");

@@ -1,6 +1,8 @@
 //! The customer's billing dashboard, `/dashboard`: every page shows the signed-in account only
 //! (the account comes from the session, never from the URL).
 
+pub mod billing;
+pub mod keys;
 pub mod overview;
 
 use crate::error::PageError;
@@ -19,6 +21,8 @@ pub fn routes() -> axum::Router<DashboardState> {
     axum::Router::new()
         .merge(session::routes(Area::Customer))
         .route("/dashboard", get(overview::page))
+        .merge(billing::routes())
+        .merge(keys::routes())
 }
 
 /// The chrome of a customer page in `section`.

@@ -1,5 +1,7 @@
 //! The dashboard's integration tests: one binary, one harness (`common`).
 
+mod billing;
 mod common;
+mod keys;
 mod overview;
 mod signin;

@@ -1,0 +1,364 @@
+//! API keys: created through the form (the secret shown once), revoked, only the signed-in
+//! account's, CSRF-checked, and aliases shown as text.
+
+use crate::common::browser::Browser;
+use crate::common::{DashApp, Resp, Visitor};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const PRICING: &str = "/v1/models/pricing?endpoint_id=fal-ai/flux/dev";
+
+/// The text of the element with `id` (`<tag id="id">text</tag>`, no markup inside).
+#[track_caller]
+fn text_of(html: &str, id: &str) -> String {
+    let at = html
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("#{id} on the page"));
+    let start = at + html[at..].find('>').unwrap() + 1;
+    let end = start + html[start..].find('<').unwrap();
+    html[start..end].to_string()
+}
+
+/// The account's keys as the operator lists them.
+async fn keys_of(app: &DashApp, username: &str) -> Vec<Value> {
+    let r = app
+        .op_get(&format!("/v1/admin/accounts/{username}/keys"))
+        .await;
+    r.expect(200).json()["keys"].as_array().unwrap().clone()
+}
+
+async fn create(v: &Visitor, alias: &str, scope: &str) -> Resp {
+    let csrf = v.page("/dashboard/keys").await.csrf();
+    v.post_form(
+        "/dashboard/keys",
+        &[("csrf", &csrf), ("alias", alias), ("scope", scope)],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_key_created_in_the_form_is_shown_once_and_works_against_the_api() {
+    let app = DashApp::spawn().await;
+    app.customer("acme", Some("25.00")).await;
+    let v = app.signed_in("acme").await;
+    let before = keys_of(&app, "acme").await.len();
+
+    let r = create(&v, "ci runner", "API").await;
+    r.expect(200);
+    let key = text_of(&r.text, "new-key");
+    let (key_id, secret) = key.split_once(':').expect("key_id:key_secret");
+    assert_eq!(r.text.matches(secret).count(), 1, "the secret once");
+    assert!(r.text.contains("will not be shown again"));
+    assert!(r.text.contains("data-copy=\"#new-key\""));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    // It works for the models, and is an API key: billing reads need ADMIN.
+    app.call(Method::GET, PRICING, &key, None).await.expect(200);
+    app.call(Method::GET, "/v1/account/billing", &key, None)
+        .await
+        .expect(403);
+
+    let admin = create(&v, "finance tool", "ADMIN").await;
+    admin.expect(200);
+    let admin_key = text_of(&admin.text, "new-key");
+    app.call(Method::GET, "/v1/account/billing", &admin_key, None)
+        .await
+        .expect(200);
+
+    let keys = keys_of(&app, "acme").await;
+    assert_eq!(keys.len(), before + 2);
+    let made = keys.iter().find(|k| k["key_id"] == key_id).expect("listed");
+    assert_eq!(
+        (&made["alias"], &made["scope"]),
+        (&json!("ci runner"), &json!("API"))
+    );
+
+    // The keys page shows the keys, never a secret.
+    let page = v.page("/dashboard/keys").await;
+    assert!(page.text.contains(key_id) && page.text.contains("ci runner"));
+    assert!(page.text.contains("finance tool"));
+    let admin_secret = admin_key.split_once(':').unwrap().1;
+    assert!(!page.text.contains(secret) && !page.text.contains(admin_secret));
+    app.assert_reconciled().await;
+}
+
+#[tokio::test]
+async fn a_refused_form_creates_nothing_and_says_why() {
+    let app = DashApp::spawn().await;
+    app.customer("acme", Some("5.00")).await;
+    let v = app.signed_in("acme").await;
+    let before = keys_of(&app, "acme").await.len();
+
+    let r = create(&v, "", "API").await;
+    r.expect(400);
+    assert!(
+        r.text.contains("The alias must be 1 to 255 characters"),
+        "{}",
+        r.text
+    );
+    let r = create(&v, "bad\u{7}alias", "API").await;
+    r.expect(400);
+    assert!(r.text.contains("control character"));
+    let r = create(&v, "ops", "OPERATOR").await;
+    r.expect(400);
+    assert!(r.text.contains("API or ADMIN"));
+    assert!(
+        r.text.contains("value=\"ops\""),
+        "the form keeps what was typed"
+    );
+    // Without the form's token: refused before anything runs.
+    let r = v
+        .post_form("/dashboard/keys", &[("alias", "sneaky"), ("scope", "API")])
+        .await;
+    r.expect(403);
+    let csrf = v.page("/dashboard/keys").await.csrf();
+    let r = app
+        .visitor()
+        .post_form(
+            "/dashboard/keys",
+            &[("csrf", &csrf), ("alias", "sneaky"), ("scope", "API")],
+        )
+        .await;
+    r.expect(303);
+    assert_eq!(r.location(), "/dashboard/login", "no session, no key");
+    assert_eq!(keys_of(&app, "acme").await.len(), before, "nothing created");
+    app.assert_reconciled().await;
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused_by_the_api_and_only_the_accounts_own_keys_can_be() {
+    let app = DashApp::spawn().await;
+    let c = app.customer("acme", Some("5.00")).await;
+    let other = app.customer("globex", Some("5.00")).await;
+    let v = app.signed_in("acme").await;
+    let key_id = c.api_key.split_once(':').unwrap().0;
+    let revoke = format!("/dashboard/keys/{key_id}/revoke");
+
+    // Without the CSRF token: refused, and the key still works.
+    v.post_form(&revoke, &[("csrf", "forged")])
+        .await
+        .expect(403);
+    v.post_form(&revoke, &[]).await.expect(403);
+    app.call(Method::GET, PRICING, &c.api_key, None)
+        .await
+        .expect(200);
+
+    // Another account's key, an unknown and a malformed id: not found, nothing revoked.
+    let csrf = v.page("/dashboard/keys").await.csrf();
+    let their_id = other.api_key.split_once(':').unwrap().0;
+    let theirs = v
+        .post_form(
+            &format!("/dashboard/keys/{their_id}/revoke"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    theirs.expect(404);
+    let unknown = v
+        .post_form(
+            "/dashboard/keys/00000000-0000-4000-8000-000000000000/revoke",
+            &[("csrf", &csrf)],
+        )
+        .await;
+    unknown.expect(404);
+    assert_eq!(
+        theirs.text.replace(their_id, "ID"),
+        unknown
+            .text
+            .replace("00000000-0000-4000-8000-000000000000", "ID"),
+        "another account's key reads as an unknown one"
+    );
+    v.post_form("/dashboard/keys/not%20a%20key/revoke", &[("csrf", &csrf)])
+        .await
+        .expect(404);
+    app.call(Method::GET, PRICING, &other.api_key, None)
+        .await
+        .expect(200);
+    assert!(keys_of(&app, "globex")
+        .await
+        .iter()
+        .all(|k| k["state"] == "active"));
+
+    // Its own key: revoked, and the API refuses it.
+    let r = v.post_form(&revoke, &[("csrf", &csrf)]).await;
+    r.expect(303);
+    assert_eq!(r.location(), format!("/dashboard/keys?revoked={key_id}"));
+    let r = app.call(Method::GET, PRICING, &c.api_key, None).await;
+    r.expect(401);
+    let page = v.page(&format!("/dashboard/keys?revoked={key_id}")).await;
+    assert!(page.text.contains("is revoked"), "a notice says so");
+    let row = &page.text[page
+        .text
+        .find(&format!("data-key-id=\"{key_id}\""))
+        .unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains("Revoked"), "{row}");
+    assert!(
+        !row.contains("<form"),
+        "a revoked key has nothing to revoke"
+    );
+    // The session (signed in with a link) lives on.
+    v.page("/dashboard").await;
+    app.assert_reconciled().await;
+}
+
+#[tokio::test]
+async fn revoking_the_key_you_signed_in_with_says_so_and_signs_out() {
+    let app = DashApp::spawn().await;
+    let c = app.customer("acme", Some("5.00")).await;
+    let v = app.visitor();
+    let csrf = v.page("/dashboard/login").await.csrf();
+    v.post_form(
+        "/dashboard/login",
+        &[("csrf", &csrf), ("key", &c.admin_key)],
+    )
+    .await
+    .expect(303);
+    let page = v.page("/dashboard/keys").await;
+    let key_id = c.admin_key.split_once(':').unwrap().0;
+    let row = &page.text[page
+        .text
+        .find(&format!("data-key-id=\"{key_id}\""))
+        .unwrap()..];
+    assert!(row[..row.find("</tr>").unwrap()].contains("this session"));
+    assert!(
+        row.contains("You signed in with it"),
+        "the confirmation warns"
+    );
+
+    let r = v
+        .post_form(
+            &format!("/dashboard/keys/{key_id}/revoke"),
+            &[("csrf", &page.csrf())],
+        )
+        .await;
+    r.expect(200);
+    assert!(
+        r.text.contains("which this session signed in with"),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains("signed out"));
+    let back = v.get("/dashboard/keys").await;
+    back.expect(303);
+    assert_eq!(back.location(), "/dashboard/login");
+    app.call(Method::GET, "/v1/account/billing", &c.admin_key, None)
+        .await
+        .expect(401);
+    app.assert_reconciled().await;
+}
+
+#[tokio::test]
+async fn an_account_with_few_keys_is_told_what_to_do() {
+    let app = DashApp::spawn().await;
+    app.op(
+        Method::POST,
+        "/v1/admin/accounts",
+        json!({"username": "bare"}),
+    )
+    .await
+    .expect(201);
+    let v = app.signed_in("bare").await;
+    let page = v.page("/dashboard/keys").await;
+    assert!(page.text.contains("No keys yet"));
+    assert!(
+        page.text.contains("id=\"create-key\""),
+        "with the form to create one"
+    );
+
+    // Only an ADMIN key, as the platform gave it: no API key yet.
+    app.op(
+        Method::POST,
+        "/v1/admin/accounts/bare/keys",
+        json!({"scope": "ADMIN", "alias": "owner"}),
+    )
+    .await
+    .expect(201);
+    let page = v.page("/dashboard/keys").await;
+    assert!(page.text.contains("No API keys yet"));
+    assert!(page.text.contains("owner"));
+    create(&v, "backend", "API").await.expect(200);
+    let page = v.page("/dashboard/keys").await;
+    assert!(!page.text.contains("No API keys yet") && !page.text.contains("No keys yet"));
+    app.assert_reconciled().await;
+}
+
+const SCRIPT_ALIAS: &str = "<script>window.__xss=1</script>";
+const IMG_ALIAS: &str = "<img src=x onerror=\"window.__xss=2\">";
+
+#[tokio::test]
+async fn aliases_are_shown_as_text_never_as_markup() {
+    let app = DashApp::spawn().await;
+    app.customer("acme", Some("5.00")).await;
+    for alias in [SCRIPT_ALIAS, IMG_ALIAS] {
+        app.op(
+            Method::POST,
+            "/v1/admin/accounts/acme/keys",
+            json!({"scope": "API", "alias": alias}),
+        )
+        .await
+        .expect(201);
+    }
+    let v = app.signed_in("acme").await;
+    let page = v.page("/dashboard/keys").await;
+    assert!(page
+        .text
+        .contains("&lt;script&gt;window.__xss=1&lt;/script&gt;"));
+    assert!(page.text.contains("&lt;img src=x onerror="));
+    assert!(!page.text.contains("<script>window") && !page.text.contains("<img src=x"));
+
+    let b = Browser::start(&app.address).await;
+    b.goto(&app.sign_in_link("acme").await).await;
+    b.goto("/dashboard/keys").await;
+    let table = b.text("#keys-table").await;
+    assert!(table.contains(SCRIPT_ALIAS), "{table}");
+    assert!(table.contains(IMG_ALIAS), "{table}");
+    assert_eq!(b.js("return typeof window.__xss").await, "undefined");
+    assert_eq!(b.count("#keys-table img, #keys-table script").await, 0);
+    b.close().await;
+    app.assert_reconciled().await;
+}
+
+#[tokio::test]
+async fn in_a_browser_a_key_is_created_shown_once_and_revoked() {
+    let app = DashApp::spawn().await;
+    app.customer("acme", Some("25.00")).await;
+    let b = Browser::start(&app.address).await;
+    b.goto(&app.sign_in_link("acme").await).await;
+    b.click("nav a[href='/dashboard/keys']").await;
+    assert_eq!(b.path().await, "/dashboard/keys");
+    b.screenshots("keys").await;
+
+    b.fill("#alias", "staging worker").await;
+    b.click("#create-key input[value='API']").await;
+    b.click("#create-key button[type='submit']").await;
+    assert_eq!(b.path().await, "/dashboard/keys");
+    let key = b.text("#new-key").await;
+    let (key_id, secret) = key.split_once(':').expect("key_id:key_secret");
+    assert!(b.text("main").await.contains("will not be shown again"));
+    // The copy button shows with the script on.
+    assert_eq!(
+        b.js("return document.querySelector('#copy-key').hidden")
+            .await,
+        false
+    );
+    b.screenshots("key-created").await;
+    app.call(Method::GET, PRICING, &key, None).await.expect(200);
+
+    // Back to the list: the key is there, its secret is not.
+    b.click("main a.button.primary").await;
+    assert_eq!(b.path().await, "/dashboard/keys");
+    let source = b.client.source().await.expect("the page's source");
+    assert!(source.contains(key_id) && !source.contains(secret));
+
+    // Revoke it, confirming the question the page asks.
+    b.click(&format!(
+        "form[action='/dashboard/keys/{key_id}/revoke'] button"
+    ))
+    .await;
+    let question = b.client.get_alert_text().await.expect("a confirmation");
+    assert!(question.contains("staging worker"), "{question}");
+    b.client.accept_alert().await.expect("accept it");
+    assert!(b.text("main").await.contains("is revoked"));
+    app.call(Method::GET, PRICING, &key, None).await.expect(401);
+    b.close().await;
+    app.assert_reconciled().await;
+}
