@@ -39,6 +39,16 @@ pub fn usd(n: Nanos) -> String {
     dollars(d)
 }
 
+/// An exact rate in USD, such as a unit price (`$0.025`, `$0.0000015`): every digit of the
+/// decimal, at least two decimals.
+pub fn usd_rate(d: Decimal) -> String {
+    let mut d = d.normalize();
+    if d.scale() < 2 {
+        d.rescale(2);
+    }
+    dollars(d)
+}
+
 /// An amount rounded to the cent (`$24.99`): headline figures.
 pub fn usd_cents(n: Nanos) -> String {
     let mut d = n
@@ -65,6 +75,12 @@ fn utc(t: Timestamp) -> DateTime<Utc> {
 /// `2026-12-06 11:47 UTC`.
 pub fn datetime(t: Timestamp) -> String {
     utc(t).format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+/// `2026-12-06 11:47:05`: an event's time in UTC, to the second, in a column whose header
+/// names the zone.
+pub fn utc_seconds(t: Timestamp) -> String {
+    utc(t).format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 /// `2026-12-06`.
@@ -98,6 +114,9 @@ mod tests {
         assert_eq!(usd_cents(Nanos(24_994_999_999)), "$24.99");
         assert_eq!(usd_cents(Nanos(-5_000_000)), "-$0.01");
         assert_eq!(usd_cents(Nanos(1_000_000_000_000)), "$1,000.00");
+        assert_eq!(usd_rate(Decimal::new(25, 3)), "$0.025");
+        assert_eq!(usd_rate(Decimal::new(15, 7)), "$0.0000015");
+        assert_eq!(usd_rate(Decimal::new(4, 0)), "$4.00");
     }
 
     #[test]
