@@ -7,7 +7,7 @@
 //! The rows are the summary of `tollgate_query::usage`, the same read as the API's
 //! `GET /v1/models/usage?expand=summary`, so every figure is the API's. A range is whole local
 //! days, both dates included, at most [`MAX_DAYS`]; anything the page cannot show (an unknown
-//! zone, an end before the start, a range too long, a key of no key of the account) is a 400
+//! zone, an end before the start, a range too long, a key that is not the account's) is a 400
 //! page that says what is wrong, with the form to correct it.
 
 use super::{chrome, spend, spend_chart, Spend};
