@@ -97,7 +97,7 @@ fn time(t: Timestamp) -> String {
 
 /// An exact decimal as FOCUS tools read one: plain digits, always with a decimal point (`6.0`,
 /// `0.025`), so that a column of whole amounts is still read as decimals, never as integers.
-fn plain(d: Decimal) -> String {
+pub fn plain(d: Decimal) -> String {
     let s = d.normalize().to_string();
     if s.contains('.') {
         s
@@ -126,7 +126,9 @@ fn field(out: &mut String, value: &str) {
     }
 }
 
-fn line(out: &mut String, values: &[String]) {
+/// One CSV line of `values` (RFC 4180: quoted where needed, CRLF-terminated), for any CSV the
+/// server writes.
+pub fn line(out: &mut String, values: &[String]) {
     for (i, v) in values.iter().enumerate() {
         if i > 0 {
             out.push(',');

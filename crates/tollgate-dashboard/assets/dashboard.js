@@ -5,24 +5,26 @@
 
   var COLORS = ["#0b5cad", "#e8710a", "#1a7f37", "#8250df", "#bf3989", "#0a7ea4", "#9a6700", "#6e7781"];
 
-  // A chart's data, read from its table: x values (seconds) from the row headers' data-x,
-  // one series per column header with data-series, values from the cells' data-value.
+  // A chart's data, read from its table: x values (seconds) from the row headers' data-x and
+  // their labels from the headers' text, one series per column header with data-series,
+  // values from the cells' data-value.
   function readTable(table) {
     var heads = Array.prototype.slice.call(table.querySelectorAll("thead th[data-series]"));
     var names = heads.map(function (th) { return th.textContent.trim(); });
     var cols = heads.map(function (th) { return th.cellIndex; });
-    var xs = [], values = names.map(function () { return []; }), texts = names.map(function () { return []; });
+    var xs = [], labels = [], values = names.map(function () { return []; }), texts = names.map(function () { return []; });
     table.querySelectorAll("tbody tr").forEach(function (tr) {
       var x = tr.cells[0] && tr.cells[0].getAttribute("data-x");
       if (x === null) { return; }
       xs.push(Number(x));
+      labels.push(tr.cells[0].textContent.trim());
       cols.forEach(function (c, i) {
         var cell = tr.cells[c];
         values[i].push(cell ? Number(cell.getAttribute("data-value") || "0") : 0);
         texts[i].push(cell ? cell.textContent.trim() : "");
       });
     });
-    return { names: names, xs: xs, values: values, texts: texts };
+    return { names: names, xs: xs, labels: labels, values: values, texts: texts };
   }
 
   // Stacked bars: the first series is drawn on top of the stack, so each series is drawn as
@@ -39,7 +41,8 @@
       stacked[i] = d.values[i].map(function (v, j) { return v + (i + 1 < n ? stacked[i + 1][j] : 0); });
     }
     var bars = uPlot.paths.bars({ size: [0.7, 48], align: 0 });
-    var series = [{ label: "Day", value: function (u, v) { return v == null ? "" : new Date(v * 1000).toISOString().slice(0, 10); } }];
+    var xName = (table.querySelector("thead th") || {}).textContent || "Day";
+    var series = [{ label: xName.trim(), value: function (u, v, si, di) { return di == null ? "" : d.labels[di]; } }];
     d.names.forEach(function (name, i) {
       var color = COLORS[i % COLORS.length];
       series.push({
@@ -55,9 +58,9 @@
     var opts = {
       width: Math.max(280, plot.clientWidth || figure.clientWidth - 32),
       height: 260,
-      // Half a bucket of room on each side, so the first and last bars are whole.
+      // Half a bucket of room at each end, so the first and last bars are drawn whole.
       scales: { x: { time: true, range: function (u, min, max) {
-        var half = d.xs.length > 1 ? (d.xs[1] - d.xs[0]) / 2 : 43200;
+        var half = (d.xs.length > 1 ? d.xs[1] - d.xs[0] : 86400) / 2;
         return [min - half, max + half];
       } } },
       axes: [{}, { values: function (u, ticks) { return ticks.map(function (t) { return "$" + t.toFixed(t < 10 ? 2 : 0); }); }, size: 60 }],
@@ -65,6 +68,11 @@
       legend: { live: true },
       cursor: { points: { show: false } }
     };
+    // The axis in the table's time zone (the page's), not the browser's.
+    var tz = table.getAttribute("data-tz");
+    if (tz && uPlot.tzDate) {
+      opts.tzDate = function (ts) { return uPlot.tzDate(new Date(ts * 1000), tz); };
+    }
     var u = new uPlot(opts, [d.xs].concat(stacked), plot);
     figure.classList.add("drawn");
     figure.setAttribute("data-drawn-series", String(n));

@@ -32,15 +32,11 @@ fn dollars(d: Decimal) -> String {
 /// An exact amount: at least two decimals, and every nano-USD digit that is not zero
 /// (`$0.0012`, `$1,234.50`).
 pub fn usd(n: Nanos) -> String {
-    let mut d = n.to_usd().normalize();
-    if d.scale() < 2 {
-        d.rescale(2);
-    }
-    dollars(d)
+    usd_exact(n.to_usd())
 }
 
-/// An exact USD decimal as an API answer carries it (an invoice's amounts, a unit price): at
-/// least two decimals and every digit that is not zero, like [`usd`].
+/// An exact USD decimal as an API answer carries it (an invoice's amounts, a unit price such as
+/// `$0.0000015`): at least two decimals and every digit that is not zero, like [`usd`].
 pub fn usd_exact(d: Decimal) -> String {
     let mut d = d.normalize();
     if d.scale() < 2 {
@@ -77,6 +73,12 @@ pub fn datetime(t: Timestamp) -> String {
     utc(t).format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
+/// `2026-12-06 11:47:05`: an event's time in UTC, to the second, in a column whose header
+/// names the zone.
+pub fn utc_seconds(t: Timestamp) -> String {
+    utc(t).format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
 /// `2026-12-06`.
 pub fn date(t: Timestamp) -> String {
     utc(t).format("%Y-%m-%d").to_string()
@@ -111,6 +113,9 @@ mod tests {
         assert_eq!(usd_cents(Nanos(24_994_999_999)), "$24.99");
         assert_eq!(usd_cents(Nanos(-5_000_000)), "-$0.01");
         assert_eq!(usd_cents(Nanos(1_000_000_000_000)), "$1,000.00");
+        assert_eq!(usd_exact(Decimal::new(25, 3)), "$0.025");
+        assert_eq!(usd_exact(Decimal::new(15, 7)), "$0.0000015");
+        assert_eq!(usd_exact(Decimal::new(4, 0)), "$4.00");
     }
 
     #[test]

@@ -261,7 +261,14 @@ pub struct BillingEvent {
     pub request_id: RequestId,
     pub endpoint: EndpointId,
     pub billed_at: Timestamp,
+    /// The unit its quantity counts (`charge.quantity`).
+    pub unit: String,
     pub charge: Charge,
+    /// The status the request finished with (a usage event's reported status).
+    pub status_code: u16,
+    /// How long it waited before it started, and how long it ran, when known.
+    pub queue_ms: Option<i64>,
+    pub inference_ms: Option<i64>,
     /// Set when the query asks for keys.
     pub auth: Option<AuthMethod>,
 }
@@ -271,6 +278,23 @@ pub async fn billing_events(
     engine: &Engine,
     q: BillingEventsQuery,
 ) -> Result<Page<BillingEvent>, QueryError> {
+    events(engine, q, false).await
+}
+
+/// The same line items latest first: a page in descending (billed_at, request_id) order, its
+/// cursor continuing with the ones billed before (the dashboard's list of requests).
+pub async fn billing_events_newest_first(
+    engine: &Engine,
+    q: BillingEventsQuery,
+) -> Result<Page<BillingEvent>, QueryError> {
+    events(engine, q, true).await
+}
+
+async fn events(
+    engine: &Engine,
+    q: BillingEventsQuery,
+    newest_first: bool,
+) -> Result<Page<BillingEvent>, QueryError> {
     let eq = tollgate_store::BillingEventsQuery {
         account: q.account.clone(),
         from: q.from,
@@ -279,6 +303,7 @@ pub async fn billing_events(
         request_ids: q.request_ids,
         api_keys: q.api_keys,
         after: Cursor::key(q.cursor.as_ref())?,
+        newest_first,
         limit: q.limit.saturating_add(1),
     };
     let items = if q.by_login {
@@ -297,7 +322,11 @@ pub async fn billing_events(
                 request_id: li.request_id,
                 endpoint: li.endpoint,
                 billed_at: li.billed_at,
+                unit: li.unit,
                 charge: li.charge,
+                status_code: li.status_code,
+                queue_ms: li.queue_ms,
+                inference_ms: li.inference_ms,
             })
             .collect(),
         next_cursor: page.next_cursor,

@@ -728,7 +728,8 @@ impl RollupQuery {
 }
 
 /// A page of one account's billing events (line items) in `[from, to)`, ordered by
-/// (billed_at, request_id), strictly after `after`.
+/// (billed_at, request_id), strictly after `after`; with `newest_first`, in the reverse order,
+/// strictly before `after`.
 #[derive(Clone, Debug)]
 pub struct BillingEventsQuery {
     pub account: AccountId,
@@ -738,6 +739,8 @@ pub struct BillingEventsQuery {
     pub request_ids: Vec<RequestId>,
     pub api_keys: Vec<ApiKeyId>,
     pub after: Option<(Timestamp, RequestId)>,
+    /// Latest first (the same index, read backwards): a customer's list of recent requests.
+    pub newest_first: bool,
     pub limit: usize,
 }
 

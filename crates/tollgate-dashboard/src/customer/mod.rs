@@ -4,6 +4,8 @@
 pub mod billing;
 pub mod keys;
 pub mod overview;
+pub mod requests;
+pub mod usage;
 
 use crate::error::PageError;
 use crate::layout::{self, Chrome};
@@ -14,7 +16,7 @@ use maud::{html, Markup};
 use std::collections::BTreeMap;
 use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId};
 use tollgate_core::{Nanos, Timestamp};
-use tollgate_query::timeframe::{Range, RangeSpec};
+use tollgate_query::timeframe::{Range, RangeSpec, Timeframe};
 use tollgate_query::usage::{UsageQuery, UsageRow};
 
 pub fn routes() -> axum::Router<DashboardState> {
@@ -23,6 +25,8 @@ pub fn routes() -> axum::Router<DashboardState> {
         .route("/dashboard", get(overview::page))
         .merge(billing::routes())
         .merge(keys::routes())
+        .merge(usage::routes())
+        .merge(requests::routes())
 }
 
 /// The chrome of a customer page in `section`.
@@ -41,6 +45,9 @@ pub const TOP_ENDPOINTS: usize = 5;
 /// Spend per bucket of a range, per endpoint: what the spend charts draw, from the usage
 /// query's time series (the rollups), and the range's summary rows.
 pub struct Spend {
+    /// The buckets' width and the time zone their labels are in.
+    pub timeframe: Timeframe,
+    pub tz: chrono_tz::Tz,
     /// Each bucket's start and label, in order.
     pub buckets: Vec<(Timestamp, String)>,
     /// The top endpoints by total over the range, largest first, then "Other" if any endpoint
@@ -145,9 +152,12 @@ pub async fn spend(
             *cell = Nanos(cell.0.saturating_add(total.0));
         }
     }
+    let (timeframe, tz) = (range.timeframe, range.tz);
     Ok((
         range,
         Spend {
+            timeframe,
+            tz,
             buckets,
             series,
             summary,
@@ -156,14 +166,16 @@ pub async fn spend(
 }
 
 /// A spend chart: stacked bars per bucket, one series per top endpoint and "Other", over the
-/// table of the same figures (exact amounts).
+/// table of the same figures (exact amounts). Buckets are labelled in the range's time zone
+/// (`data-tz`, which the script draws the axis in): by date, or by hour for hourly buckets.
 pub fn spend_chart(id: &str, caption: &str, spend: &Spend) -> Markup {
+    let hourly = matches!(spend.timeframe, Timeframe::Hour | Timeframe::Minute);
     let table = html! {
         div.table-wrap {
-            table {
+            table data-tz=(spend.tz.name()) {
                 thead {
                     tr {
-                        th scope="col" { "Day" }
+                        th scope="col" { @if hourly { "Hour" } @else { "Day" } }
                         @for (name, _) in &spend.series {
                             th.num scope="col" data-series { (name) }
                         }
@@ -172,7 +184,13 @@ pub fn spend_chart(id: &str, caption: &str, spend: &Spend) -> Markup {
                 tbody {
                     @for (i, (start, label)) in spend.buckets.iter().enumerate() {
                         tr {
-                            th scope="row" data-x=(start.0 / 1000) { (label.get(..10).unwrap_or(label)) }
+                            th scope="row" data-x=(start.0 / 1000) {
+                                @if hourly {
+                                    (label.get(11..16).unwrap_or(label))
+                                } @else {
+                                    (label.get(..10).unwrap_or(label))
+                                }
+                            }
                             @for (_, values) in &spend.series {
                                 td.num data-value=(values[i].to_usd().normalize()) { (fmt::usd(values[i])) }
                             }

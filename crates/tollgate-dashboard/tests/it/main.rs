@@ -4,4 +4,6 @@ mod billing;
 mod common;
 mod keys;
 mod overview;
+mod requests;
 mod signin;
+mod usage;

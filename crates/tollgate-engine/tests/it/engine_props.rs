@@ -422,6 +422,7 @@ async fn reads(h: &Harness, mirror: &BatchState) -> Result<Reads, TestCaseError>
                 request_ids: Vec::new(),
                 api_keys: Vec::new(),
                 after: events.last().map(|l| (l.billed_at, l.request_id.clone())),
+                newest_first: false,
                 limit: 3,
             };
             let page = h

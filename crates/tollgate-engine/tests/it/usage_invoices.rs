@@ -72,6 +72,7 @@ async fn billed(engine: &Engine, who: &AccountId, from: i64, to: i64) -> Nanos {
         request_ids: vec![],
         api_keys: vec![],
         after: None,
+        newest_first: false,
         limit: 100_000,
     };
     let items = engine.read(move |r| r.billing_events(&q)).await.unwrap();

@@ -135,7 +135,7 @@ pub(super) fn activity(
 }
 
 /// One account's line items in [from, to), ordered by (billed_at, request_id), after the
-/// keyset position, at most `limit`.
+/// keyset position, at most `limit` (newest first: the reverse order, before the position).
 pub(super) fn billing_events(c: &mut dyn Run, q: &BillingEventsQuery) -> Result<Vec<LineItem>> {
     let (after_at, after_id) = match &q.after {
         Some((at, id)) => (Some(at.0), Some(id.as_str())),
@@ -146,17 +146,22 @@ pub(super) fn billing_events(c: &mut dyn Run, q: &BillingEventsQuery) -> Result<
     let requests = ids(&q.request_ids, |r| r.as_str());
     // By request id: through the requests table's primary key (a billed request's line item
     // carries the request's finish time), not a scan of the account's range.
+    let (beyond, order) = if q.newest_first {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
     let rows = c.rows(
         &format!(
             "SELECT {LINE_ITEM_COLS} FROM line_items WHERE account = $1 \
              AND billed_at >= $2 AND billed_at < $3 \
-             AND ($4::bigint IS NULL OR (billed_at, request_id) > ($4, $5::text)) \
+             AND ($4::bigint IS NULL OR (billed_at, request_id) {beyond} ($4, $5::text)) \
              AND (cardinality($6::text[]) = 0 OR endpoint_id = ANY($6)) \
              AND (cardinality($7::text[]) = 0 OR api_key = ANY($7)) \
              AND (cardinality($8::text[]) = 0 OR (billed_at, request_id) IN \
                (SELECT finished_at, request_id FROM requests \
                 WHERE request_id = ANY($8) AND account = $1)) \
-             ORDER BY billed_at, request_id LIMIT $9"
+             ORDER BY billed_at {order}, request_id {order} LIMIT $9"
         ),
         &[
             &q.account.as_str(),

@@ -468,9 +468,9 @@ pub(super) fn activity(
 }
 
 /// One account's line items in [from, to), ordered by (billed_at, request_id), after the
-/// keyset position, at most `limit`: the first `limit` of the account's range in the table
-/// clustered by account, with the recent line items not moved there yet (a scan of at most
-/// about `RECENT_LINE_ITEMS`), merged.
+/// keyset position, at most `limit` (newest first: the reverse order, before the position):
+/// the first `limit` of the account's range in the table clustered by account, with the recent
+/// line items not moved there yet (a scan of at most about `RECENT_LINE_ITEMS`), merged.
 pub(super) fn billing_events(conn: &Connection, q: &BillingEventsQuery) -> Result<Vec<LineItem>> {
     let cols = crate::rows::LINE_ITEM_COLS
         .split(", ")
@@ -485,12 +485,17 @@ pub(super) fn billing_events(conn: &Connection, q: &BillingEventsQuery) -> Resul
         q.to.0.into(),
         (q.limit as i64).into(),
     ];
+    let (beyond, order) = if q.newest_first {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
     let after = if let Some((at, id)) = &q.after {
         args.push(at.0.into());
         args.push(id.as_str().to_string().into());
-        " AND (li.billed_at, li.request_id) > (?5, ?6)"
+        format!(" AND (li.billed_at, li.request_id) {beyond} (?5, ?6)")
     } else {
-        ""
+        String::new()
     };
     let ids_from = args.len() + 1;
     args.extend(q.request_ids.iter().map(|r| r.as_str().to_string().into()));
@@ -511,10 +516,10 @@ pub(super) fn billing_events(conn: &Connection, q: &BillingEventsQuery) -> Resul
     let range = "li.account = ?1 AND li.billed_at >= ?2 AND li.billed_at < ?3";
     let sql = format!(
         "SELECT * FROM (SELECT {cols} FROM {by_account} WHERE {range}{after}{filters} \
-           ORDER BY li.billed_at, li.request_id LIMIT ?4) \
+           ORDER BY li.billed_at {order}, li.request_id {order} LIMIT ?4) \
          UNION ALL \
          SELECT {cols} FROM line_items_recent li WHERE {range}{after}{recent_ids}{filters} \
-         ORDER BY billed_at, request_id LIMIT ?4"
+         ORDER BY billed_at {order}, request_id {order} LIMIT ?4"
     );
     let mut st = conn.prepare_cached(&sql)?;
     let mut rows = st.query(params_from_iter(args))?;

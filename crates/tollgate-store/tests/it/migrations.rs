@@ -217,6 +217,7 @@ fn upgrading_builds_rollups_that_add_up_to_the_line_items() {
             request_ids: vec![],
             api_keys: vec![],
             after: None,
+            newest_first: false,
             limit: 10,
         })
         .unwrap();

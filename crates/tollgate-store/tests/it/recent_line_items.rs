@@ -69,6 +69,7 @@ fn query(account: &str) -> BillingEventsQuery {
         request_ids: vec![],
         api_keys: vec![],
         after: None,
+        newest_first: false,
         limit: 1_000,
     }
 }
@@ -182,6 +183,26 @@ fn billing_events_read_the_same_wherever_the_line_items_are() {
         .unwrap();
     let ids: Vec<&str> = page.iter().map(|l| l.request_id.as_str()).collect();
     assert_eq!(ids, ["a-1", "a-2"]);
+    // Newest first: the same items in reverse, paged backwards across both sides, and a page
+    // of either side alone does not cut short the other's later items.
+    let newest = BillingEventsQuery {
+        newest_first: true,
+        ..query("acme")
+    };
+    let reversed: Vec<String> = all.iter().rev().cloned().collect();
+    for limit in [1, 2, 4, 1_000] {
+        assert_eq!(
+            paged(reader.as_mut(), newest.clone(), limit),
+            reversed,
+            "newest first, limit {limit}"
+        );
+    }
+    let q = BillingEventsQuery {
+        from: Timestamp(T + 200),
+        to: Timestamp(T + 600),
+        ..newest.clone()
+    };
+    assert_eq!(paged(reader.as_mut(), q, 3), ["a-5", "a-4", "a-3", "a-2"]);
 
     // The time range, and every filter, on both sides at once.
     let q = BillingEventsQuery {
@@ -221,7 +242,12 @@ fn billing_events_read_the_same_wherever_the_line_items_are() {
             .collect(),
         ..query("acme")
     };
-    assert_eq!(paged(reader.as_mut(), q, 1), ["a-2", "a-6"]);
+    assert_eq!(paged(reader.as_mut(), q.clone(), 1), ["a-2", "a-6"]);
+    let q = BillingEventsQuery {
+        newest_first: true,
+        ..q
+    };
+    assert_eq!(paged(reader.as_mut(), q, 1), ["a-6", "a-2"]);
 
     // The account that went straight to its range, and one of the moved ones.
     let busy: Vec<String> = (0..10).map(|i| format!("busy-{i:02}")).collect();
