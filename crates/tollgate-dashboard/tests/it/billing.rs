@@ -524,7 +524,7 @@ async fn in_a_browser_billing_shows_invoices_statements_and_the_pdf_downloads() 
     let b = Browser::start(&app.address).await;
     b.goto(&app.sign_in_link("acme").await).await;
     assert_eq!(b.path().await, "/dashboard");
-    b.click("nav a[href='/dashboard/billing']").await;
+    b.follow("nav a[href='/dashboard/billing']").await;
     assert_eq!(b.path().await, "/dashboard/billing");
     assert_eq!(b.count("#invoices-table tbody tr").await, 2);
     assert!(b.text("#payments-table").await.contains("dec-top-up"));
@@ -534,7 +534,7 @@ async fn in_a_browser_billing_shows_invoices_statements_and_the_pdf_downloads() 
     b.goto("/dashboard/billing").await;
 
     // The newest invoice's page, and its PDF fetched as the browser would download it.
-    b.click("#invoices-table tbody tr:first-child th a").await;
+    b.follow("#invoices-table tbody tr:first-child th a").await;
     assert!(b.path().await.starts_with("/dashboard/invoices/inv_"));
     assert!(b.text("h1").await.starts_with("Invoice TG-2026-"));
     let got = b
@@ -559,7 +559,8 @@ async fn in_a_browser_billing_shows_invoices_statements_and_the_pdf_downloads() 
     b.screenshots("invoice").await;
 
     b.goto("/dashboard/billing").await;
-    b.click("#months-table tr[data-month='2026-11'] td a").await;
+    b.follow("#months-table tr[data-month='2026-11'] td a")
+        .await;
     assert_eq!(b.path().await, "/dashboard/statements/2026-11");
     assert_eq!(b.count("#statement-usage tbody tr").await, 2);
     b.screenshots("statement").await;

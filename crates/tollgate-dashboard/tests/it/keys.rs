@@ -323,13 +323,13 @@ async fn in_a_browser_a_key_is_created_shown_once_and_revoked() {
     app.customer("acme", Some("25.00")).await;
     let b = Browser::start(&app.address).await;
     b.goto(&app.sign_in_link("acme").await).await;
-    b.click("nav a[href='/dashboard/keys']").await;
+    b.follow("nav a[href='/dashboard/keys']").await;
     assert_eq!(b.path().await, "/dashboard/keys");
     b.screenshots("keys").await;
 
     b.fill("#alias", "staging worker").await;
     b.click("#create-key input[value='API']").await;
-    b.click("#create-key button[type='submit']").await;
+    b.follow("#create-key button[type='submit']").await;
     assert_eq!(b.path().await, "/dashboard/keys");
     let key = b.text("#new-key").await;
     let (key_id, secret) = key.split_once(':').expect("key_id:key_secret");
@@ -344,12 +344,14 @@ async fn in_a_browser_a_key_is_created_shown_once_and_revoked() {
     app.call(Method::GET, PRICING, &key, None).await.expect(200);
 
     // Back to the list: the key is there, its secret is not.
-    b.click("main a.button.primary").await;
+    b.follow("main a.button.primary").await;
     assert_eq!(b.path().await, "/dashboard/keys");
     let source = b.client.source().await.expect("the page's source");
     assert!(source.contains(key_id) && !source.contains(secret));
 
     // Revoke it, confirming the question the page asks.
+    b.js("window.__tollgate_before_click = true; return true;")
+        .await;
     b.click(&format!(
         "form[action='/dashboard/keys/{key_id}/revoke'] button"
     ))
@@ -357,6 +359,7 @@ async fn in_a_browser_a_key_is_created_shown_once_and_revoked() {
     let question = b.client.get_alert_text().await.expect("a confirmation");
     assert!(question.contains("staging worker"), "{question}");
     b.client.accept_alert().await.expect("accept it");
+    b.wait_for_new_page().await;
     assert!(b.text("main").await.contains("is revoked"));
     app.call(Method::GET, PRICING, &key, None).await.expect(401);
     b.close().await;

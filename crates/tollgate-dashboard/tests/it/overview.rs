@@ -91,7 +91,10 @@ async fn the_overview_shows_the_apis_balance_spend_and_one_series_per_top_endpoi
     let chart = &page.text[page.text.find("id=\"spend-30d\"").expect("the chart")..];
     let table = &chart[..chart.find("</table>").expect("its table")];
     for name in &ENDPOINTS[..5] {
-        assert!(table.contains(&format!(">{name}</th>")), "{name} in the chart's table");
+        assert!(
+            table.contains(&format!(">{name}</th>")),
+            "{name} in the chart's table"
+        );
     }
     assert!(table.contains(">Other</th>"));
     let month = api_spend(&app, &c.admin_key, "2026-11-01", "2026-12-01").await;

@@ -262,7 +262,7 @@ async fn in_a_browser_a_link_signs_in_once_and_sign_out_ends_the_session() {
     assert_eq!(b.path().await, "/dashboard");
     assert!(b.text("form.who .account").await.contains("acme"));
 
-    b.click("form.who button").await;
+    b.follow("form.who button").await;
     assert_eq!(b.path().await, "/dashboard/login");
     assert!(b.text("main").await.contains("You are signed out"));
     b.goto("/dashboard").await;

@@ -149,6 +149,35 @@ impl Browser {
             .unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 
+    /// Clicks a link or a submit button and waits until the browser shows the page it leads to
+    /// (a new document, loaded): WebDriver's click returns before the navigation ends.
+    pub async fn follow(&self, css: &str) {
+        self.js("window.__tollgate_before_click = true; return true;")
+            .await;
+        self.click(css).await;
+        self.wait_for_new_page().await;
+    }
+
+    /// Waits until the document marked before a navigation was replaced by a loaded one.
+    pub async fn wait_for_new_page(&self) {
+        for _ in 0..200 {
+            let done = self
+                .client
+                .execute(
+                    "return window.__tollgate_before_click === undefined \
+                     && document.readyState === 'complete';",
+                    Vec::new(),
+                )
+                .await
+                .unwrap_or(Value::Bool(false));
+            if done == Value::Bool(true) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("the page did not change within 5 s of the click");
+    }
+
     pub async fn fill(&self, css: &str, text: &str) {
         let el = self
             .client
