@@ -18,7 +18,7 @@ use tollgate_core::decimal::ExactDecimal;
 use tollgate_core::ids::{
     AccountId, AdjustmentId, ApiKeyId, EndpointId, KeyAlias, MachineType, PurchaseId,
 };
-use tollgate_core::machine::{AccountState, LockReason, Op, Outcome};
+use tollgate_core::machine::{AccountState, LockReason, Op, Outcome, PurchaseRecord};
 use tollgate_core::price::PriceRule;
 use tollgate_core::pricing::VolumeTier;
 use tollgate_core::terms::{Terms, TermsChange};
@@ -385,23 +385,15 @@ pub async fn purchase(
     Path(account): Path<AccountId>,
     Json(body): Json<PurchaseBody>,
 ) -> Result<(StatusCode, HeaderMap, axum::Json<Purchase>), ApiError> {
-    let outcome = state
-        .engine
-        .execute(Op::Purchase {
-            account,
-            purchase_id: body.purchase_id,
-            amount: body.amount_usd,
-            paid: body.kind.unwrap_or_default() == PurchaseKind::Paid,
-            expires_at: body.expires_at,
-        })
-        .await??;
-    let Outcome::Purchased {
-        purchase: p,
-        replayed,
-    } = outcome
-    else {
-        return Err(ApiError::server("unexpected outcome"));
-    };
+    let (p, replayed) = add_credits(
+        &state,
+        account,
+        body.purchase_id,
+        body.amount_usd,
+        body.kind.unwrap_or_default(),
+        body.expires_at,
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Replayed::header(replayed),
@@ -420,6 +412,33 @@ pub async fn purchase(
             expires_at: p.expires_at.map(Time),
         }),
     ))
+}
+
+/// Adds credits to `account` (see [`purchase`]): the purchase as recorded, and whether this
+/// was a repeat of a purchase already made with the same id (then nothing was added). The
+/// operator API and the console both add credits through this.
+pub async fn add_credits(
+    state: &AppState,
+    account: AccountId,
+    purchase_id: PurchaseId,
+    amount: Nanos,
+    kind: PurchaseKind,
+    expires_at: Option<Timestamp>,
+) -> Result<(PurchaseRecord, bool), ApiError> {
+    let outcome = state
+        .engine
+        .execute(Op::Purchase {
+            account,
+            purchase_id,
+            amount,
+            paid: kind == PurchaseKind::Paid,
+            expires_at,
+        })
+        .await??;
+    match outcome {
+        Outcome::Purchased { purchase, replayed } => Ok((purchase, replayed)),
+        _ => Err(ApiError::server("unexpected outcome")),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -828,17 +847,6 @@ pub async fn set_pricing(
     Path(account): Path<AccountId>,
     Json(body): Json<TermsBody>,
 ) -> Result<axum::Json<TermsSet>, ApiError> {
-    let now = state.engine.now();
-    if let Some(at) = body.effective_from.filter(|at| *at < now) {
-        return Err(ApiError::invalid(
-            "effective_from",
-            format!(
-                "{} is in the past: an account's terms and prices take effect now or later, so \
-                 what was already billed keeps what was in force",
-                wire::rfc3339(at)
-            ),
-        ));
-    }
     let change = TermsChange {
         percent_discount: body.percent_discount,
         volume_tiers: body.volume_tiers,
@@ -850,6 +858,33 @@ pub async fn set_pricing(
         prices: body.prices.into_iter().collect(),
         effective_from: body.effective_from,
     };
+    let price_versions_created = set_terms(&state, &account, change).await?;
+    let row = tollgate_query::account(&state.engine, &account).await?;
+    Ok(axum::Json(TermsSet {
+        account: account_view(&state, &row),
+        price_versions_created,
+    }))
+}
+
+/// Changes an account's terms (see [`set_pricing`]): refuses an `effective_from` in the past,
+/// then applies the change whole or not at all; answers how many price versions it created.
+/// The operator API and the console both change terms through this.
+pub async fn set_terms(
+    state: &AppState,
+    account: &AccountId,
+    change: TermsChange,
+) -> Result<usize, ApiError> {
+    let now = state.engine.now();
+    if let Some(at) = change.effective_from.filter(|at| *at < now) {
+        return Err(ApiError::invalid(
+            "effective_from",
+            format!(
+                "{} is in the past: an account's terms and prices take effect now or later, so \
+                 what was already billed keeps what was in force",
+                wire::rfc3339(at)
+            ),
+        ));
+    }
     let reply = state
         .engine
         .admin(AdminCmd::SetTerms {
@@ -857,17 +892,12 @@ pub async fn set_pricing(
             change,
         })
         .await?;
-    let AdminReply::TermsSet {
-        price_versions_created,
-    } = reply
-    else {
-        return Err(ApiError::server("unexpected reply"));
-    };
-    let row = tollgate_query::account(&state.engine, &account).await?;
-    Ok(axum::Json(TermsSet {
-        account: account_view(&state, &row),
-        price_versions_created,
-    }))
+    match reply {
+        AdminReply::TermsSet {
+            price_versions_created,
+        } => Ok(price_versions_created),
+        _ => Err(ApiError::server("unexpected reply")),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

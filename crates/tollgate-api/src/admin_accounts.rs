@@ -31,25 +31,33 @@ pub struct ListParams {
 impl FromQuery for ListParams {
     fn from_query(q: &Query) -> Result<Self, ApiError> {
         let prefix = q.one("q")?.unwrap_or_default();
-        if prefix.len() > MAX_PREFIX_BYTES {
-            return Err(ApiError::invalid(
-                "q",
-                format!("q is longer than a username ({MAX_PREFIX_BYTES} bytes)"),
-            ));
-        }
-        if let Some(c) = prefix
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-        {
-            return Err(ApiError::invalid(
-                "q",
-                format!("q: character {c:?} is in no username (letters, digits, `-`, `_` or `.`)"),
-            ));
-        }
+        check_prefix(prefix)?;
         Ok(ListParams {
             q: prefix.to_string(),
         })
     }
+}
+
+/// Whether `prefix` can start a username (the list's `q`): at most 64 bytes of letters,
+/// digits, `-`, `_` or `.`; `Err` names what is wrong. The operator API and the console both
+/// check a search through this.
+pub fn check_prefix(prefix: &str) -> Result<(), ApiError> {
+    if prefix.len() > MAX_PREFIX_BYTES {
+        return Err(ApiError::invalid(
+            "q",
+            format!("q is longer than a username ({MAX_PREFIX_BYTES} bytes)"),
+        ));
+    }
+    if let Some(c) = prefix
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(ApiError::invalid(
+            "q",
+            format!("q: character {c:?} is in no username (letters, digits, `-`, `_` or `.`)"),
+        ));
+    }
+    Ok(())
 }
 
 /// One account of the list: its balance, holds, requests in progress and lock state, as

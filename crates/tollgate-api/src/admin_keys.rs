@@ -238,9 +238,29 @@ pub async fn revoke_key(
     _: Params<NoParams>,
     Path(key_id): Path<ApiKeyId>,
 ) -> Result<StatusCode, ApiError> {
+    revoke(&state, key_id, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes a key (see [`revoke_key`]); with `of_account`, only a key of that account (another
+/// key, like an unknown one, is 404 and nothing changes). The operator API and the console
+/// both revoke keys through this.
+pub async fn revoke(
+    state: &AppState,
+    key_id: ApiKeyId,
+    of_account: Option<&AccountId>,
+) -> Result<(), ApiError> {
     // A key's account never changes, so a cached record names it as well as the database.
-    let Some(key) = state.engine.api_key(&key_id).await? else {
-        return Err(ApiError::not_found(format!("no key has the id {key_id}")));
+    let key = state
+        .engine
+        .api_key(&key_id)
+        .await?
+        .filter(|k| of_account.is_none_or(|a| k.account.as_ref() == Some(a)));
+    let Some(key) = key else {
+        return Err(ApiError::not_found(match of_account {
+            Some(a) => format!("account {a} has no key with the id {key_id}"),
+            None => format!("no key has the id {key_id}"),
+        }));
     };
     state
         .engine
@@ -249,5 +269,5 @@ pub async fn revoke_key(
             account: key.account,
         })
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }

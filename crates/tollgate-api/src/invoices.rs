@@ -569,16 +569,24 @@ pub async fn close_periods(
     _: Params<NoParams>,
     Json(body): Json<CloseBody>,
 ) -> Result<axum::Json<Closed>, ApiError> {
-    let issued = state
-        .engine
-        .close_invoice_periods(body.username, body.until)
-        .await?;
     Ok(axum::Json(Closed {
-        issued: issued
-            .into_iter()
-            .map(|(y, n)| InvoiceRecord::id_of(y, n))
-            .collect(),
+        issued: close(&state, body.username, body.until).await?,
     }))
+}
+
+/// Closes billing periods (see [`close_periods`]): `username`'s, or every account's; answers
+/// the ids of the usage invoices issued, in issue order. The operator API and the console
+/// both close periods through this.
+pub async fn close(
+    state: &AppState,
+    username: Option<AccountId>,
+    until: Option<Timestamp>,
+) -> Result<Vec<String>, ApiError> {
+    let issued = state.engine.close_invoice_periods(username, until).await?;
+    Ok(issued
+        .into_iter()
+        .map(|(y, n)| InvoiceRecord::id_of(y, n))
+        .collect())
 }
 
 /// Marks an invoice paid.
@@ -605,7 +613,7 @@ async fn set_status(
     invoice_id: &str,
     status: InvoiceStatus,
     reference: String,
-) -> Result<axum::Json<InvoiceView>, ApiError> {
+) -> Result<InvoiceRecord, ApiError> {
     let not_found = || ApiError::not_found(format!("invoice {invoice_id} not found"));
     let (year, seq) = InvoiceRecord::parse_id(invoice_id)
         .filter(|(y, n)| InvoiceRecord::id_of(*y, *n) == invoice_id)
@@ -625,11 +633,41 @@ async fn set_status(
             }
             other => other.into(),
         })?;
-    let found = tollgate_query::invoices::show(&state.engine, None, invoice_id)
+    tollgate_query::invoices::show(&state.engine, None, invoice_id)
         .await?
-        .ok_or_else(not_found)?;
+        .ok_or_else(not_found)
+}
+
+/// Answers the invoice `record` as shown, with the issuer.
+async fn shown(state: &AppState, record: InvoiceRecord) -> Result<InvoiceView, ApiError> {
     let issuer = tollgate_query::invoices::issuer(&state.engine).await?;
-    Ok(axum::Json(view(found, issuer.as_ref())))
+    Ok(view(record, issuer.as_ref()))
+}
+
+/// Marks an open invoice paid with `payment_reference` (see [`pay_invoice`]), checked first
+/// (1 to 200 characters, no control characters); answers the invoice as it now is. The
+/// operator API and the console both mark invoices paid through this.
+pub async fn pay(
+    state: &AppState,
+    invoice_id: &str,
+    payment_reference: String,
+) -> Result<InvoiceRecord, ApiError> {
+    text("payment_reference", &payment_reference, 1, 200)?;
+    control_free("payment_reference", &payment_reference)?;
+    set_status(state, invoice_id, InvoiceStatus::Paid, payment_reference).await
+}
+
+/// Voids an open invoice for `reason` (see [`void_invoice`]), checked first (1 to 500
+/// characters, no control characters); answers the invoice as it now is. The operator API and
+/// the console both void invoices through this.
+pub async fn void(
+    state: &AppState,
+    invoice_id: &str,
+    reason: String,
+) -> Result<InvoiceRecord, ApiError> {
+    text("reason", &reason, 1, 500)?;
+    control_free("reason", &reason)?;
+    set_status(state, invoice_id, InvoiceStatus::Void, reason).await
 }
 
 /// Mark an invoice paid
@@ -658,15 +696,8 @@ pub async fn pay_invoice(
     axum::extract::Path(invoice_id): axum::extract::Path<String>,
     Json(body): Json<PayBody>,
 ) -> Result<axum::Json<InvoiceView>, ApiError> {
-    text("payment_reference", &body.payment_reference, 1, 200)?;
-    control_free("payment_reference", &body.payment_reference)?;
-    set_status(
-        &state,
-        &invoice_id,
-        InvoiceStatus::Paid,
-        body.payment_reference,
-    )
-    .await
+    let paid = pay(&state, &invoice_id, body.payment_reference).await?;
+    Ok(axum::Json(shown(&state, paid).await?))
 }
 
 /// Void an invoice
@@ -694,9 +725,8 @@ pub async fn void_invoice(
     axum::extract::Path(invoice_id): axum::extract::Path<String>,
     Json(body): Json<VoidBody>,
 ) -> Result<axum::Json<InvoiceView>, ApiError> {
-    text("reason", &body.reason, 1, 500)?;
-    control_free("reason", &body.reason)?;
-    set_status(&state, &invoice_id, InvoiceStatus::Void, body.reason).await
+    let voided = void(&state, &invoice_id, body.reason).await?;
+    Ok(axum::Json(shown(&state, voided).await?))
 }
 
 fn control_free(field: &'static str, v: &str) -> Result<(), ApiError> {

@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 use tollgate_core::ids::AccountId;
+use tollgate_core::Timestamp;
 use tollgate_engine::AdminCmd;
 use tollgate_store::PortalLink;
 use utoipa::ToSchema;
@@ -51,6 +52,29 @@ pub async fn create(
     _: Params<NoParams>,
     Path(account): Path<AccountId>,
 ) -> Result<(StatusCode, axum::Json<PortalSession>), ApiError> {
+    let link = mint_link(&state, account).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(PortalSession {
+            url: link.url,
+            expires_at: Time(link.expires_at),
+        }),
+    ))
+}
+
+/// A freshly minted sign-in link: the path that signs in (its token is in it, and nowhere
+/// else), and when it stops working. (No `Debug`: the token is a secret, never logged.)
+#[derive(Clone)]
+pub struct MintedLink {
+    /// `/dashboard/link/<token>`: a path on this server.
+    pub url: String,
+    pub expires_at: Timestamp,
+}
+
+/// Mints a one-time sign-in link to `account`'s dashboard (an unknown account is 404): only
+/// the token's SHA-256 is stored. The operator API and the console both mint links through
+/// this.
+pub async fn mint_link(state: &AppState, account: AccountId) -> Result<MintedLink, ApiError> {
     tollgate_query::account(&state.engine, &account).await?;
     let token = random_token();
     let now = state.engine.now();
@@ -64,11 +88,8 @@ pub async fn create(
             expires_at,
         }))
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(PortalSession {
-            url: format!("{PORTAL_LINK_PATH}{token}"),
-            expires_at: Time(expires_at),
-        }),
-    ))
+    Ok(MintedLink {
+        url: format!("{PORTAL_LINK_PATH}{token}"),
+        expires_at,
+    })
 }

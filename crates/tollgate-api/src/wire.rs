@@ -111,16 +111,23 @@ pub fn usd<'de, D: Deserializer<'de>>(d: D) -> Result<Nanos, D::Error> {
             )
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Nanos, E> {
-            let n = Nanos::parse_usd(v).map_err(E::custom)?;
-            if n > MAX_AMOUNT {
-                return Err(E::custom(format!(
-                    "{v} USD exceeds the largest amount accepted ({MAX_AMOUNT})"
-                )));
-            }
-            Ok(n)
+            parse_usd(v).map_err(E::custom)
         }
     }
     d.deserialize_str(V)
+}
+
+/// A USD amount as [`usd`] reads it, from text (a form field): exactly, by the core's decimal
+/// grammar, at most 9 decimals, not negative, at most the core's [`MAX_AMOUNT`]; `Err` says
+/// why not.
+pub fn parse_usd(text: &str) -> Result<Nanos, String> {
+    let n = Nanos::parse_usd(text).map_err(|e| e.to_string())?;
+    if n > MAX_AMOUNT {
+        return Err(format!(
+            "{text} USD exceeds the largest amount accepted ({MAX_AMOUNT})"
+        ));
+    }
+    Ok(n)
 }
 
 /// `#[serde(deserialize_with = "wire::signed_usd")]`: as [`usd`], with an optional leading

@@ -1,4 +1,5 @@
-//! fal's `GET /models`: the catalog's endpoints, listed, found and searched.
+//! fal's `GET /models`: the catalog's endpoints, listed, found and searched; and the date its
+//! prices were read on.
 
 use crate::cursor::{Cursor, Page};
 use crate::QueryError;
@@ -90,4 +91,12 @@ fn model<'a>(catalog: &Catalog, def: &'a EndpointDef, now: Timestamp) -> Model<'
         date: first.unwrap_or_default(),
         updated_at: in_force.unwrap_or_default(),
     }
+}
+
+/// The date the catalog's prices were read on (the catalog document's `prices_read_on`), if a
+/// catalog was applied.
+pub async fn prices_read_on(
+    engine: &tollgate_engine::Engine,
+) -> Result<Option<String>, QueryError> {
+    Ok(engine.read(|r| r.prices_read_on()).await?)
 }

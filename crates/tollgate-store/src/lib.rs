@@ -1002,6 +1002,11 @@ pub trait Reader: Send {
     fn catalog_generation(&mut self) -> Result<i64> {
         generation(self.setting(SETTING_CATALOG_GENERATION)?)
     }
+    /// The date the catalog's prices were read on, as the last catalog document applied gave
+    /// it (`None` before any).
+    fn prices_read_on(&mut self) -> Result<Option<String>> {
+        self.setting(SETTING_PRICES_READ_ON)
+    }
     /// Checks the ledger end to end (used by tests and `tollgate` operators).
     fn reconcile(&mut self) -> Result<Reconciliation>;
     /// Usage rollup rows of one account, in slot order.

@@ -20,7 +20,8 @@ use tollgate_store::BillingMode;
 const CHART_DAYS: i64 = 30;
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
-fn between(start: Timestamp, end: Timestamp) -> RangeSpec {
+/// The range from `start` to `end`, by UTC day.
+pub fn between(start: Timestamp, end: Timestamp) -> RangeSpec {
     RangeSpec {
         start: Some(Moment::At(start)),
         end: Some(Moment::At(end)),

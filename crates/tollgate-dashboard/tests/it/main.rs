@@ -2,6 +2,7 @@
 
 mod billing;
 mod common;
+mod console;
 mod keys;
 mod overview;
 mod requests;

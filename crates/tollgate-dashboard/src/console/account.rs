@@ -1,0 +1,907 @@
+//! An account, `GET /console/accounts/{username}`: what its customer sees of it (balance,
+//! available, held, owed, the lock and why, the concurrency limit and where it comes from, the
+//! spend of this month and the last, the credits left and when they expire, the latest
+//! invoices), and what only an operator does with it:
+//!
+//! - add credits, a paid purchase or a free grant (`POST .../credits`): the form carries a
+//!   purchase id drawn when the page was rendered, so the same form sent twice credits once
+//!   (the engine's idempotency on `(username, purchase_id)`);
+//! - read its terms (in force and scheduled) and its own prices, and change its percent
+//!   discount, concurrency limit and billing mode (`POST .../terms`): the operator API's
+//!   `PUT .../pricing` change, through the same function;
+//! - mint a one-time sign-in link to the customer's dashboard (`POST .../sign-in-link`), shown
+//!   once;
+//! - list its keys, every scope and state, and revoke one (`POST .../keys/{key_id}/revoke`).
+
+use super::{chrome, done, form_error, invalid, parse_time, refusal, refused, respond};
+use crate::customer::overview::between;
+use crate::error::PageError;
+use crate::layout::{self, csrf, empty, stat};
+use crate::session::{ConsoleSession, Post};
+use crate::{fmt, DashboardState};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::{html, Markup};
+use rust_decimal::Decimal;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use tollgate_api::admin::PurchaseKind;
+use tollgate_api::auth::random_token;
+use tollgate_api::error::ApiError;
+use tollgate_core::ids::{AccountId, ApiKeyId, PurchaseId};
+use tollgate_core::machine::{LockReason, PurchaseRecord};
+use tollgate_core::terms::{BillingMode, Terms, TermsChange};
+use tollgate_core::time::{month_start, next_month_start, previous_month_start};
+use tollgate_core::{Nanos, Timestamp};
+use tollgate_query::invoices::InvoiceFilter;
+use tollgate_query::keys::KeyOwner;
+use tollgate_query::QueryError;
+use tollgate_store::AccountRow;
+
+pub fn routes() -> axum::Router<DashboardState> {
+    axum::Router::new()
+        .route("/console/accounts/{username}", get(show))
+        .route("/console/accounts/{username}/credits", post(add_credits))
+        .route("/console/accounts/{username}/terms", post(change_terms))
+        .route(
+            "/console/accounts/{username}/sign-in-link",
+            post(sign_in_link),
+        )
+        .route(
+            "/console/accounts/{username}/keys/{key_id}/revoke",
+            post(revoke_key),
+        )
+}
+
+/// Keys listed on the page (an account with more is told so).
+const KEYS_SHOWN: usize = 200;
+/// Invoices listed on the page (the invoices page has the rest).
+const RECENT_INVOICES: usize = 5;
+
+/// The add-credits form, as posted (every field as text).
+#[derive(Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct CreditsForm {
+    purchase_id: String,
+    amount_usd: String,
+    kind: String,
+    expires_on: String,
+}
+
+impl CreditsForm {
+    /// A blank form with a purchase id of its own.
+    fn fresh() -> CreditsForm {
+        CreditsForm {
+            purchase_id: new_purchase_id(),
+            kind: "paid".into(),
+            ..CreditsForm::default()
+        }
+    }
+}
+
+/// A purchase id for a rendered form: `console-` and 32 random hex digits.
+fn new_purchase_id() -> String {
+    format!("console-{}", &random_token()[..32])
+}
+
+/// The terms form, as posted.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct TermsForm {
+    percent_discount: String,
+    concurrency_limit: String,
+    billing: String,
+}
+
+impl TermsForm {
+    /// The form filled with the terms in force.
+    fn of(t: &Terms) -> TermsForm {
+        TermsForm {
+            percent_discount: t
+                .discounts
+                .percent_discount
+                .map(|p| p.normalize().to_string())
+                .unwrap_or_default(),
+            concurrency_limit: t
+                .concurrency_override
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+            billing: t.billing.as_str().into(),
+        }
+    }
+}
+
+/// What a form that redirected here did (`?done=...`): each notice states a fact of the
+/// request's own parameters, typed (an amount in nano-USD, a key id), never text to print.
+#[derive(Default, Deserialize)]
+pub struct DoneQuery {
+    done: Option<String>,
+    amount: Option<String>,
+    kind: Option<String>,
+    key: Option<String>,
+}
+
+impl DoneQuery {
+    fn notice(&self) -> Option<Markup> {
+        match self.done.as_deref()? {
+            "credited" => {
+                let amount = Nanos(self.amount.as_deref()?.parse().ok()?);
+                let what = match self.kind.as_deref() {
+                    Some("free") => "free credits (a grant)",
+                    _ => "paid credits",
+                };
+                Some(done(html! {
+                    "Added " strong { (fmt::usd(amount)) } " of " (what)
+                    ". The figures below include them."
+                }))
+            }
+            "replayed" => Some(done(html! {
+                "This form had already been sent: its credits were added once, not twice."
+            })),
+            "terms" => Some(done(html! {
+                "The terms are changed, in force from now (see Terms below)."
+            })),
+            "unchanged" => Some(done(html! {
+                "Nothing changed: the form held the terms already in force."
+            })),
+            "revoked" => {
+                let key = ApiKeyId::parse(self.key.as_deref()?).ok()?;
+                Some(done(html! {
+                    "Key " code { (key) } " is revoked: calls with it are refused (401) from now on."
+                }))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What the page shows besides the account: a notice, a minted link, forms as posted and why
+/// they were refused.
+#[derive(Default)]
+struct View {
+    notice: Option<Markup>,
+    /// A sign-in link just minted (its URL and expiry): shown this once.
+    link: Option<(String, Timestamp)>,
+    link_error: Option<String>,
+    credits: Option<CreditsForm>,
+    credits_error: Option<String>,
+    terms: Option<TermsForm>,
+    terms_error: Option<String>,
+    keys_error: Option<String>,
+}
+
+/// The account `username` names, if it exists.
+async fn lookup(state: &DashboardState, username: &str) -> Result<Option<AccountRow>, PageError> {
+    let Ok(id) = AccountId::parse(username) else {
+        return Ok(None);
+    };
+    match tollgate_query::account(state.engine(), &id).await {
+        Ok(row) => Ok(Some(row)),
+        Err(QueryError::UnknownAccount(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The page for a username no account has.
+fn unknown(who: &ConsoleSession, username: &str) -> Response {
+    super::not_found(
+        who,
+        "/console",
+        html! {
+            "No account is named " code { (username) } ". "
+            a href="/console" { "Search the accounts" } " by the start of their username."
+        },
+    )
+}
+
+/// The account's page.
+fn page_of(row: &AccountRow) -> String {
+    format!("/console/accounts/{}", row.state.credit.id)
+}
+
+async fn show(
+    State(state): State<DashboardState>,
+    who: ConsoleSession,
+    Path(username): Path<String>,
+    Query(q): Query<DoneQuery>,
+) -> Result<Response, PageError> {
+    let Some(row) = lookup(&state, &username).await? else {
+        return Ok(unknown(&who, &username));
+    };
+    let view = View {
+        notice: q.notice(),
+        ..View::default()
+    };
+    Ok(respond(
+        StatusCode::OK,
+        render(&state, &who, &row, view).await?,
+    ))
+}
+
+/// Adds the credits the form describes, by the operator API's own call.
+async fn credit(
+    state: &DashboardState,
+    account: AccountId,
+    form: &CreditsForm,
+) -> Result<(PurchaseRecord, bool), ApiError> {
+    let purchase_id = PurchaseId::parse(form.purchase_id.trim()).map_err(|_| {
+        invalid("This form has no purchase id: reload the page and fill it in again.")
+    })?;
+    let amount = form.amount_usd.trim();
+    if amount.is_empty() {
+        return Err(invalid(
+            "Amount: enter the credits to add in USD, such as 25.00.",
+        ));
+    }
+    let amount =
+        tollgate_api::wire::parse_usd(amount).map_err(|e| invalid(format!("Amount: {e}.")))?;
+    let kind = match form.kind.as_str() {
+        "paid" => PurchaseKind::Paid,
+        "free" => PurchaseKind::Free,
+        other => {
+            return Err(invalid(format!(
+                "Kind: `{other}` is neither a paid purchase nor a free grant."
+            )))
+        }
+    };
+    let expires_at = parse_time("Expires on", &form.expires_on)?;
+    tollgate_api::admin::add_credits(&state.api, account, purchase_id, amount, kind, expires_at)
+        .await
+}
+
+async fn add_credits(
+    State(state): State<DashboardState>,
+    Path(username): Path<String>,
+    Post { who, form }: Post<ConsoleSession, CreditsForm>,
+) -> Result<Response, PageError> {
+    let Some(row) = lookup(&state, &username).await? else {
+        return Ok(unknown(&who, &username));
+    };
+    let here = page_of(&row);
+    match credit(&state, row.state.credit.id.clone(), &form).await {
+        Ok((_, true)) => Ok(Redirect::to(&format!("{here}?done=replayed")).into_response()),
+        Ok((p, false)) => Ok(Redirect::to(&format!(
+            "{here}?done=credited&amount={}&kind={}",
+            p.amount.0,
+            if p.paid { "paid" } else { "free" }
+        ))
+        .into_response()),
+        Err(e) => {
+            let (status, message) = refusal(e);
+            let mut form = form;
+            // The id was used with other figures: a corrected form is a new purchase.
+            if status == StatusCode::CONFLICT {
+                form.purchase_id = new_purchase_id();
+            }
+            let view = View {
+                credits: Some(form),
+                credits_error: Some(message),
+                ..View::default()
+            };
+            Ok(respond(status, render(&state, &who, &row, view).await?))
+        }
+    }
+}
+
+/// The change the terms form asks for against the terms in force at `now`: only the fields
+/// that differ (`None` when none does). A percent discount left empty is none (0%); a
+/// concurrency limit left empty is the tier table's.
+fn terms_change(in_force: &Terms, form: &TermsForm) -> Result<Option<TermsChange>, ApiError> {
+    let percent = match form.percent_discount.trim() {
+        "" => Decimal::ZERO,
+        t => tollgate_core::decimal::parse(t)
+            .map_err(|e| invalid(format!("Percent discount: `{t}`: {e}.")))?,
+    };
+    let concurrency = match form.concurrency_limit.trim() {
+        "" => None,
+        t => Some(t.parse::<u32>().map_err(|_| {
+            invalid(format!(
+                "Concurrency limit: `{t}` is not a whole number of requests; leave it empty for \
+                 the tier table."
+            ))
+        })?),
+    };
+    let billing = match form.billing.as_str() {
+        "prepaid" => BillingMode::Prepaid,
+        "invoice" => BillingMode::Invoice,
+        other => {
+            return Err(invalid(format!(
+                "Billing: `{other}` is neither prepaid nor invoice."
+            )))
+        }
+    };
+    let mut change = TermsChange::default();
+    let now_percent = in_force.discounts.percent_discount.unwrap_or_default();
+    if percent.normalize() != now_percent.normalize() {
+        change.percent_discount = Some(percent);
+    }
+    if concurrency != in_force.concurrency_override {
+        change.concurrency_limit = Some(concurrency);
+    }
+    if billing != in_force.billing {
+        change.billing = Some(billing);
+    }
+    Ok(change.sets_terms().then_some(change))
+}
+
+async fn change_terms(
+    State(state): State<DashboardState>,
+    Path(username): Path<String>,
+    Post { who, form }: Post<ConsoleSession, TermsForm>,
+) -> Result<Response, PageError> {
+    let Some(row) = lookup(&state, &username).await? else {
+        return Ok(unknown(&who, &username));
+    };
+    let here = page_of(&row);
+    let in_force = row.state.terms_at(state.engine().now());
+    let result = match terms_change(&in_force, &form) {
+        Ok(None) => Ok(false),
+        Ok(Some(change)) => {
+            tollgate_api::admin::set_terms(&state.api, &row.state.credit.id, change)
+                .await
+                .map(|_| true)
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(true) => Ok(Redirect::to(&format!("{here}?done=terms")).into_response()),
+        Ok(false) => Ok(Redirect::to(&format!("{here}?done=unchanged")).into_response()),
+        Err(e) => {
+            let (status, message) = refusal(e);
+            let view = View {
+                terms: Some(form),
+                terms_error: Some(message),
+                ..View::default()
+            };
+            Ok(respond(status, render(&state, &who, &row, view).await?))
+        }
+    }
+}
+
+/// `path` on this server as the operator's browser reached it (the scheme from the cookie
+/// setting, the host from the request), for a link the operator hands on; the path alone
+/// when the request named no plain host.
+fn absolute(state: &DashboardState, headers: &HeaderMap, path: &str) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        });
+    match host {
+        Some(h) => {
+            let scheme = if state.config.secure_cookies {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{h}{path}")
+        }
+        None => path.to_string(),
+    }
+}
+
+/// Mints a sign-in link and shows it on the page, once (it is not kept anywhere it could be
+/// shown again).
+async fn sign_in_link(
+    State(state): State<DashboardState>,
+    Path(username): Path<String>,
+    headers: HeaderMap,
+    Post { who, .. }: Post<ConsoleSession, IgnoredAny>,
+) -> Result<Response, PageError> {
+    let Some(row) = lookup(&state, &username).await? else {
+        return Ok(unknown(&who, &username));
+    };
+    let (status, view) =
+        match tollgate_api::portal::mint_link(&state.api, row.state.credit.id.clone()).await {
+            Ok(link) => (
+                StatusCode::OK,
+                View {
+                    link: Some((absolute(&state, &headers, &link.url), link.expires_at)),
+                    ..View::default()
+                },
+            ),
+            Err(e) => {
+                let (status, message) = refusal(e);
+                (
+                    status,
+                    View {
+                        link_error: Some(message),
+                        ..View::default()
+                    },
+                )
+            }
+        };
+    Ok(respond(status, render(&state, &who, &row, view).await?))
+}
+
+async fn revoke_key(
+    State(state): State<DashboardState>,
+    Path((username, key_id)): Path<(String, String)>,
+    Post { who, .. }: Post<ConsoleSession, IgnoredAny>,
+) -> Result<Response, PageError> {
+    let Some(row) = lookup(&state, &username).await? else {
+        return Ok(unknown(&who, &username));
+    };
+    let account = &row.state.credit.id;
+    let result = match ApiKeyId::parse(&key_id) {
+        Ok(id) => tollgate_api::admin_keys::revoke(&state.api, id.clone(), Some(account))
+            .await
+            .map(|()| id),
+        Err(_) => Err(ApiError::not_found(format!(
+            "account {account} has no key with the id {key_id}"
+        ))),
+    };
+    match result {
+        Ok(id) => {
+            Ok(Redirect::to(&format!("{}?done=revoked&key={id}", page_of(&row))).into_response())
+        }
+        Err(e) => {
+            let (status, message) = refusal(e);
+            let view = View {
+                keys_error: Some(message),
+                ..View::default()
+            };
+            Ok(respond(status, render(&state, &who, &row, view).await?))
+        }
+    }
+}
+
+/// When a terms version takes effect, in words.
+fn since(from: Option<Timestamp>) -> String {
+    match from {
+        None | Some(Timestamp(0)) => "the account's start".into(),
+        Some(t) => fmt::datetime(t),
+    }
+}
+
+fn terms_row(label: &str, from: Option<Timestamp>, t: &Terms, limit_now: u32) -> Markup {
+    html! {
+        tr {
+            th scope="row" { (label) br; span.muted { "from " (since(from)) } }
+            td.num {
+                @match t.discounts.percent_discount {
+                    Some(p) => (fmt::percent(p)),
+                    None => span.muted { "none" },
+                }
+            }
+            td {
+                @if t.discounts.volume_tiers.is_empty() { span.muted { "none" } }
+                @for v in &t.discounts.volume_tiers {
+                    "from $" (v.from_usd.normalize()) ": " (fmt::percent(v.percent)) br;
+                }
+            }
+            td.num {
+                @match t.concurrency_override {
+                    Some(n) => { (n) " " span.muted { "(contract)" } },
+                    None => { span.muted { "tier table (now " (limit_now) ")" } },
+                }
+            }
+            td.num { (fmt::usd(t.lock_threshold)) }
+            td.num {
+                @match t.low_balance {
+                    Some(n) => (fmt::usd(n)),
+                    None => span.muted { "none" },
+                }
+            }
+            td { (super::accounts::billing_text(t.billing)) }
+            td {
+                @if t.machine_prices.is_empty() { span.muted { "the catalog's" } }
+                @for (m, p) in &t.machine_prices {
+                    code { (m) } " $" (p.normalize()) "/s" br;
+                }
+            }
+        }
+    }
+}
+
+async fn render(
+    state: &DashboardState,
+    who: &ConsoleSession,
+    row: &AccountRow,
+    view: View,
+) -> Result<Markup, PageError> {
+    let engine = state.engine();
+    let now = engine.now();
+    let catalog = engine.catalog();
+    let s = &row.state;
+    let account = &s.credit.id;
+    let here = format!("/console/accounts/{account}");
+
+    let this_month = month_start(now);
+    let (_, month) = crate::customer::spend(
+        state,
+        account,
+        &between(this_month, next_month_start(now)),
+        Vec::new(),
+    )
+    .await?;
+    let (_, last_month) = crate::customer::spend(
+        state,
+        account,
+        &between(previous_month_start(now), this_month),
+        Vec::new(),
+    )
+    .await?;
+    let keys = tollgate_query::keys::all_keys(
+        engine,
+        &KeyOwner::Account(account.clone()),
+        None,
+        KEYS_SHOWN,
+    )
+    .await?;
+    let invoices = tollgate_query::invoices::list(
+        engine,
+        InvoiceFilter {
+            account: Some(account.clone()),
+            ..InvoiceFilter::default()
+        },
+        None,
+        RECENT_INVOICES,
+    )
+    .await?;
+
+    let balance = s.credit.balance;
+    let owed = Nanos(balance.0.saturating_neg().max(0));
+    let limit = s.concurrency_limit(&catalog);
+    let in_force_since = s
+        .terms
+        .versions()
+        .iter()
+        .rev()
+        .find(|v| v.effective_from <= now)
+        .map(|v| v.effective_from);
+    let in_force = s.terms_at(now);
+    let scheduled = s.terms.after(now);
+    let own_prices: Vec<_> = catalog
+        .versions
+        .iter()
+        .filter(|((_, a), _)| a.as_ref() == Some(account))
+        .flat_map(|((endpoint, _), versions)| versions.iter().map(move |v| (endpoint, v)))
+        .collect();
+    let credits_form = view.credits.unwrap_or_else(CreditsForm::fresh);
+    let terms_form = view.terms.unwrap_or_else(|| TermsForm::of(&in_force));
+
+    let body = html! {
+        p.lead {
+            (super::accounts::billing_text(row.billing)) " billing · created " (fmt::date(row.created_at))
+            " · " a href="/console" { "All accounts" }
+        }
+        @if let Some(n) = &view.notice { (n) }
+        @if let Some(e) = &view.credits_error { (refused(e, "add-credits")) }
+        @if let Some(e) = &view.terms_error { (refused(e, "change-terms")) }
+        @if let Some(e) = &view.link_error { (refused(e, "sign-in-form")) }
+        @if let Some(e) = &view.keys_error { (refused(e, "keys")) }
+        @if let Some((url, expires_at)) = &view.link {
+            div.card.link-once role="status" {
+                h2 { "Sign-in link for " (account) }
+                p { "It signs its holder in to " (account) "'s billing dashboard once, until "
+                    strong { (fmt::datetime(*expires_at)) } ". It is shown only now: copy it and hand it to the customer." }
+                div.secret {
+                    code #sign-in-link { (url) }
+                    button type="button" data-copy="#sign-in-link" hidden { "Copy" }
+                }
+            }
+        }
+        nav.toc aria-label="On this page" {
+            ul {
+                li { a href="#standing" { "Standing" } }
+                li { a href="#credits" { "Credits" } }
+                li { a href="#terms" { "Terms and prices" } }
+                li { a href="#sign-in" { "Sign-in link" } }
+                li { a href="#keys" { "Keys" } }
+                li { a href="#invoices" { "Invoices" } }
+            }
+        }
+        h2 #standing { "Standing" }
+        @if let Some(reason) = s.lock_reason() {
+            div.notice.error role="alert" {
+                strong { "Locked: " (super::accounts::lock_text(reason)) ". " }
+                @match reason {
+                    LockReason::ExhaustedBalance => {
+                        "The balance is at or below the lock threshold ("
+                        (fmt::usd(s.credit.lock_threshold)) "), so new requests are refused. "
+                        "Credits lift the lock at once."
+                    }
+                    LockReason::PaymentDisputed => {
+                        "A payment is disputed, so new requests are refused until the dispute is \
+                         resolved; credits do not lift this lock."
+                    }
+                }
+            }
+        }
+        dl.stats {
+            (stat("Balance", html! {
+                span #balance data-nano-usd=(balance.0) title=(fmt::usd(balance)) { (fmt::usd_cents(balance)) }
+            }, Some(html! { (fmt::usd(balance)) " exactly" })))
+            (stat("Available", html! { (fmt::usd_cents(s.credit.available())) },
+                Some(html! { "Balance less what running requests hold" })))
+            (stat("Held", html! { (fmt::usd_cents(s.credit.held)) },
+                Some(html! { (s.in_progress) " request" @if s.in_progress != 1 { "s" } " running" })))
+            (stat("Owed", html! {
+                @if owed > Nanos::ZERO { span.bad { (fmt::usd_cents(owed)) } } @else { "$0.00" }
+            }, Some(html! { "Repaid first by the next credits" })))
+            (stat("Concurrency limit", html! { (limit) " at once" }, Some(html! {
+                @if s.concurrency_override.is_some() {
+                    "Set by contract"
+                } @else {
+                    "Tier: " (fmt::usd_cents(s.paid_28d)) " paid in 28 days"
+                }
+            })))
+            (stat("Spend this month", html! {
+                span #spend-month { (fmt::usd_cents(month.total()?)) }
+            }, Some(html! { "Last month: " (fmt::usd_cents(last_month.total()?)) })))
+        }
+
+        h2 #credits { "Credits" }
+        div.grid-2 {
+            div {
+                @if s.lots.iter().all(|l| l.remaining == Nanos::ZERO) && s.adjusted_credit == Nanos::ZERO {
+                    (empty("No credits left", html! { "Add credits with the form: a paid purchase or a free grant." }))
+                } @else {
+                    div.table-wrap {
+                        table {
+                            caption { "What is left of each purchase, in spending order" }
+                            thead { tr {
+                                th scope="col" { "Purchase" }
+                                th.num scope="col" { "Left" }
+                                th scope="col" { "Expires" }
+                            } }
+                            tbody {
+                                @for l in s.lots.iter().filter(|l| l.remaining > Nanos::ZERO) {
+                                    tr {
+                                        td.mono { (l.purchase_id) }
+                                        td.num { (fmt::usd(l.remaining)) }
+                                        td { @match l.expires_at { Some(t) => (fmt::date(t)), None => span.muted { "never" } } }
+                                    }
+                                }
+                                @if s.adjusted_credit > Nanos::ZERO {
+                                    tr {
+                                        td { "Operator adjustments" }
+                                        td.num { (fmt::usd(s.adjusted_credit)) }
+                                        td { span.muted { "never" } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                p.hint { "Paid in the last 28 days: " (fmt::usd_cents(s.paid_28d)) "; paid in all: " (fmt::usd_cents(s.paid_lifetime)) "." }
+            }
+            form.card #add-credits method="post" action={ (here) "/credits" } {
+                h3 { "Add credits" }
+                (csrf(&who.session.csrf))
+                input type="hidden" name="purchase_id" value=(credits_form.purchase_id);
+                @if let Some(e) = &view.credits_error { (form_error(e)) }
+                label for="amount_usd" { "Amount (USD)" }
+                input #amount_usd type="text" name="amount_usd" value=(credits_form.amount_usd)
+                    inputmode="decimal" required autocomplete="off" placeholder="25.00"
+                    aria-describedby="amount-hint";
+                p #amount-hint .hint { "Plain digits and a point, up to 9 decimals; at most 1,000,000." }
+                fieldset.choice {
+                    legend { "Kind" }
+                    label.inline {
+                        input type="radio" name="kind" value="paid" checked[credits_form.kind != "free"];
+                        " Paid purchase " span.muted { "(raises the concurrency tier; issues a top-up invoice)" }
+                    }
+                    label.inline {
+                        input type="radio" name="kind" value="free" checked[credits_form.kind == "free"];
+                        " Free grant"
+                    }
+                }
+                label for="expires_on" { "Expires on (optional)" }
+                input #expires_on type="date" name="expires_on" value=(credits_form.expires_on)
+                    aria-describedby="expires-hint";
+                p #expires-hint .hint { "What is left expires at 00:00 UTC that day. Empty: paid credits expire after 365 days, free credits never." }
+                button.primary type="submit" { "Add credits" }
+                p.hint { "Sending this form again adds nothing: it carries its own purchase id." }
+            }
+        }
+
+        h2 #terms { "Terms and prices" }
+        div.table-wrap {
+            table {
+                caption { "The terms in force and those scheduled" }
+                thead { tr {
+                    th scope="col" { "Version" }
+                    th.num scope="col" { "Discount" }
+                    th scope="col" { "Volume tiers" }
+                    th.num scope="col" { "Concurrency" }
+                    th.num scope="col" { "Lock threshold" }
+                    th.num scope="col" { "Low balance" }
+                    th scope="col" { "Billing" }
+                    th scope="col" { "Machine prices" }
+                } }
+                tbody {
+                    (terms_row("In force", in_force_since, &in_force, s.concurrency_limit(&catalog)))
+                    @for v in scheduled {
+                        (terms_row("Scheduled", Some(v.effective_from), &v.terms, s.concurrency_limit(&catalog)))
+                    }
+                }
+            }
+        }
+        div.grid-2 {
+            div {
+                h3 { "The account's own prices" }
+                @if own_prices.is_empty() {
+                    (empty("No prices of its own", html! {
+                        "It pays the public prices of the " a href="/console/catalog" { "catalog" }
+                        ". Its own prices are set with " code { "PUT /v1/admin/accounts/" (account) "/pricing" } "."
+                    }))
+                } @else {
+                    div.table-wrap {
+                        table {
+                            thead { tr {
+                                th scope="col" { "Endpoint" }
+                                th.num scope="col" { "Price" }
+                                th scope="col" { "From" }
+                            } }
+                            tbody {
+                                @for (endpoint, v) in &own_prices {
+                                    tr {
+                                        td.mono { (endpoint) }
+                                        td.num { (super::catalog::price_text(&catalog, endpoint, &v.rule)) }
+                                        td {
+                                            (fmt::datetime(v.effective_from))
+                                            @if v.effective_from > now { " " span.badge.warn { "scheduled" } }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            form.card #change-terms method="post" action={ (here) "/terms" } {
+                h3 { "Change terms" }
+                (csrf(&who.session.csrf))
+                @if let Some(e) = &view.terms_error { (form_error(e)) }
+                label for="percent_discount" { "Percent discount" }
+                input #percent_discount type="text" name="percent_discount" inputmode="decimal"
+                    value=(terms_form.percent_discount) autocomplete="off"
+                    aria-describedby="percent-hint";
+                p #percent-hint .hint { "0 to 100, off every charge but partner endpoints'. Empty: none." }
+                label for="concurrency_limit" { "Concurrency limit" }
+                input #concurrency_limit type="number" name="concurrency_limit" min="1" step="1"
+                    value=(terms_form.concurrency_limit) autocomplete="off"
+                    aria-describedby="concurrency-hint";
+                p #concurrency-hint .hint { "Requests at once by contract. Empty: the tier table's (now " (catalog.concurrency.limit_for(s.paid_28d)) ")." }
+                label for="billing" { "Billing" }
+                select #billing name="billing" {
+                    option value="prepaid" selected[terms_form.billing == "prepaid"] { "Prepaid credits" }
+                    option value="invoice" selected[terms_form.billing == "invoice"] { "Invoice (billed monthly)" }
+                }
+                p.hint { "Takes effect now, as a new version of the terms; what was already billed keeps the terms of its time." }
+                button.primary type="submit" { "Change terms" }
+            }
+        }
+
+        h2 #sign-in { "Sign-in link" }
+        form.card #sign-in-form method="post" action={ (here) "/sign-in-link" } {
+            (csrf(&who.session.csrf))
+            @if let Some(e) = &view.link_error { (form_error(e)) }
+            p { "A one-time link that signs the customer in to " (account)
+                "'s billing dashboard: it works once, for ten minutes, and is shown once." }
+            button type="submit" { "Create a sign-in link" }
+        }
+
+        h2 #keys { "Keys" }
+        @if let Some(e) = &view.keys_error { (form_error(e)) }
+        @if keys.items.is_empty() {
+            (empty("No keys", html! {
+                "The customer creates keys in their dashboard, or an operator with "
+                code { "POST /v1/admin/accounts/" (account) "/keys" } "."
+            }))
+        } @else {
+            div.table-wrap {
+                table {
+                    thead { tr {
+                        th scope="col" { "Key" }
+                        th scope="col" { "Scope" }
+                        th scope="col" { "State" }
+                        th scope="col" { "Created" }
+                        th scope="col" { span.visually-hidden { "Action" } }
+                    } }
+                    tbody {
+                        @for k in &keys.items {
+                            tr {
+                                td.wrap { (k.alias) br; span.mono.small.muted { (k.key_id) } }
+                                td { (k.scope.as_str()) }
+                                td {
+                                    @match k.revoked_at {
+                                        Some(t) => span.badge.bad title={ "revoked " (fmt::datetime(t)) } { "revoked " (fmt::date(t)) },
+                                        None => span.badge.ok { "active" },
+                                    }
+                                }
+                                td { (fmt::date(k.created_at)) }
+                                td {
+                                    @if k.revoked_at.is_none() {
+                                        form.inline method="post"
+                                            action={ (here) "/keys/" (k.key_id) "/revoke" }
+                                            data-confirm={ "Revoke the key “" (k.alias) "”? Calls with it are refused at once, for good." } {
+                                            (csrf(&who.session.csrf))
+                                            button.danger type="submit" aria-label={ "Revoke " (k.alias) } { "Revoke" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if keys.next_cursor.is_some() {
+                p.hint { "The first " (KEYS_SHOWN) " keys; " code { "GET /v1/admin/accounts/" (account) "/keys" } " lists them all." }
+            }
+        }
+
+        h2 #invoices { "Invoices" }
+        @if invoices.items.is_empty() {
+            (empty("No invoices yet", html! {
+                "A paid purchase issues a top-up invoice; an invoice-billed account gets a usage \
+                 invoice when its billing period closes."
+            }))
+        } @else {
+            (super::invoices::table(&invoices.items, false, None))
+            p.hint { a href={ "/console/invoices?username=" (account) } { "All of " (account) "'s invoices" } }
+        }
+    };
+    Ok(layout::page(
+        &chrome(who, "/console"),
+        account.as_str(),
+        body,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(percent: &str, limit: &str, billing: &str) -> TermsForm {
+        TermsForm {
+            percent_discount: percent.into(),
+            concurrency_limit: limit.into(),
+            billing: billing.into(),
+        }
+    }
+
+    #[test]
+    fn the_terms_form_changes_only_what_differs_from_the_terms_in_force() {
+        let t = Terms::default();
+        assert_eq!(terms_change(&t, &TermsForm::of(&t)).unwrap(), None);
+        assert_eq!(terms_change(&t, &form("0", "", "prepaid")).unwrap(), None);
+        let c = terms_change(&t, &form("12.5", "", "prepaid"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.percent_discount, Some(Decimal::new(125, 1)));
+        assert_eq!((c.concurrency_limit, c.billing), (None, None));
+        let c = terms_change(&t, &form("", "7", "invoice"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.percent_discount, None);
+        assert_eq!(c.concurrency_limit, Some(Some(7)));
+        assert_eq!(c.billing, Some(BillingMode::Invoice));
+        let with_limit = Terms {
+            concurrency_override: Some(7),
+            ..Terms::default()
+        };
+        let c = terms_change(&with_limit, &form("", "", "prepaid"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            c.concurrency_limit,
+            Some(None),
+            "empty: back to the tier table"
+        );
+        for bad in [
+            form("ten", "", "prepaid"),
+            form("", "-1", "prepaid"),
+            form("", "", "monthly"),
+        ] {
+            assert!(terms_change(&t, &bad).is_err());
+        }
+    }
+}
