@@ -643,7 +643,7 @@ async fn render(
                 @if s.lots.iter().all(|l| l.remaining == Nanos::ZERO) && s.adjusted_credit == Nanos::ZERO {
                     (empty("No credits left", html! { "Add credits with the form: a paid purchase or a free grant." }))
                 } @else {
-                    div.table-wrap {
+                    div.table-wrap tabindex="0" {
                         table {
                             caption { "What is left of each purchase, in spending order" }
                             thead { tr {
@@ -703,7 +703,7 @@ async fn render(
         }
 
         h2 #terms { "Terms and prices" }
-        div.table-wrap {
+        div.table-wrap tabindex="0" {
             table {
                 caption { "The terms in force and those scheduled" }
                 thead { tr {
@@ -733,7 +733,7 @@ async fn render(
                         ". Its own prices are set with " code { "PUT /v1/admin/accounts/" (account) "/pricing" } "."
                     }))
                 } @else {
-                    div.table-wrap {
+                    div.table-wrap tabindex="0" {
                         table {
                             thead { tr {
                                 th scope="col" { "Endpoint" }
@@ -797,7 +797,7 @@ async fn render(
                 code { "POST /v1/admin/accounts/" (account) "/keys" } "."
             }))
         } @else {
-            div.table-wrap {
+            div.table-wrap tabindex="0" {
                 table {
                     thead { tr {
                         th scope="col" { "Key" }

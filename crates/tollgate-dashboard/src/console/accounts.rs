@@ -77,7 +77,7 @@ pub async fn list(
                     }))
                 }
             } @else {
-                div.table-wrap {
+                div.table-wrap tabindex="0" {
                     table {
                         caption { "Accounts in username order" @if !prefix.is_empty() { ", starting with " code { (prefix) } } }
                         thead { tr {

@@ -84,7 +84,7 @@ async fn page(
                 }
             }
             h2 #endpoints { "Endpoints" }
-            div.table-wrap {
+            div.table-wrap tabindex="0" {
                 table #catalog-endpoints {
                     caption { "USD per unit: the public price in force now, before account discounts, and every price version, oldest first" }
                     thead { tr {
@@ -141,7 +141,7 @@ async fn page(
             @if catalog.machines.is_empty() {
                 (empty("No machine types", html! { "Add a " code { "[machines]" } " table to the catalog document to price GPU-seconds." }))
             } @else {
-                div.table-wrap {
+                div.table-wrap tabindex="0" {
                     table #catalog-machines {
                         caption { "Per second of one machine (per GPU for GPU types); accounts may have their own" }
                         thead { tr {
@@ -162,7 +162,7 @@ async fn page(
                 }
             }
             h2 #concurrency { "Concurrency tiers" }
-            div.table-wrap {
+            div.table-wrap tabindex="0" {
                 table #catalog-concurrency {
                     caption { "Requests at once, by paid purchases in the trailing 28 days (unless a contract sets a limit)" }
                     thead { tr {

@@ -109,7 +109,7 @@ fn rows(
     row_error: Option<&(String, StatusForm, String)>,
 ) -> Markup {
     html! {
-        div.table-wrap {
+        div.table-wrap tabindex="0" {
             table.invoices {
                 thead { tr {
                     th scope="col" { "Number" }

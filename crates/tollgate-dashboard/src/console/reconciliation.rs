@@ -41,7 +41,7 @@ fn mismatches(title: &str, meaning: &str, head: &[&str], rows: Vec<Markup>) -> M
             section.mismatch {
                 h3 { (title) " (" (rows.len()) ")" }
                 p.hint { (meaning) }
-                div.table-wrap {
+                div.table-wrap tabindex="0" {
                     table {
                         thead { tr { @for h in head { th scope="col" { (h) } } } }
                         tbody { @for r in rows { (r) } }

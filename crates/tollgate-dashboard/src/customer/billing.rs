@@ -191,7 +191,7 @@ fn invoice_href(id: &str) -> String {
 
 fn invoices_table(rows: &[InvoiceView]) -> Markup {
     html! {
-        div.table-wrap {
+        div.table-wrap tabindex="0" {
             table.rows #invoices-table {
                 thead { tr {
                     th scope="col" { "Number" }
@@ -225,7 +225,7 @@ fn invoices_table(rows: &[InvoiceView]) -> Markup {
 
 fn payments_table(rows: &[PaymentRecord]) -> Markup {
     html! {
-        div.table-wrap {
+        div.table-wrap tabindex="0" {
             table #payments-table {
                 thead { tr {
                     th scope="col" { "Date" }
@@ -262,7 +262,7 @@ fn payments_table(rows: &[PaymentRecord]) -> Markup {
 
 fn activity_table(rows: &[ActivityRecord]) -> Markup {
     html! {
-        div.table-wrap {
+        div.table-wrap tabindex="0" {
             table #activity-table {
                 thead { tr {
                     th scope="col" { "When (UTC)" }
@@ -428,7 +428,7 @@ pub async fn billing(
                 "A FOCUS report is the month's charges as a CSV in the FinOps Foundation's format, "
                 "for cost tools and spreadsheets."
             }
-            div.table-wrap {
+            div.table-wrap tabindex="0" {
                 table.rows #months-table {
                     thead { tr {
                         th scope="col" { "Month" }
@@ -599,7 +599,7 @@ pub async fn invoice(
             }
         }
         h2 { "Lines" }
-        div.table-wrap {
+        div.table-wrap tabindex="0" {
             table #invoice-lines {
                 thead { tr {
                     th scope="col" { "Endpoint" }
@@ -698,7 +698,7 @@ pub async fn statement(
             }, Some(html! { @if current { "Now" } @else { "On " (fmt::date(month.end())) } })))
         }
         h2 { "Movements" }
-        div.table-wrap.compact {
+        div.table-wrap.compact tabindex="0" {
             table.rows #statement-movements {
                 tbody {
                     tr { th scope="row" { "Opening balance" } td.num data-field="opening" data-nano-usd=(s.opening.0) { (fmt::usd(s.opening)) } }
@@ -721,7 +721,7 @@ pub async fn statement(
                 " appear here by endpoint and unit, on the day they were charged."
             }))
         } @else {
-            div.table-wrap {
+            div.table-wrap tabindex="0" {
                 table #statement-usage {
                     thead { tr {
                         th scope="col" { "Endpoint" }

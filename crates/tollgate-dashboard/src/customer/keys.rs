@@ -63,7 +63,7 @@ fn scope_badge(scope: Scope) -> Markup {
 
 fn keys_table(who: &CustomerSession, keys: &[ApiKeyRecord]) -> Markup {
     html! {
-        div.table-wrap {
+        div.table-wrap tabindex="0" {
             table #keys-table {
                 thead { tr {
                     th scope="col" { "Alias" }

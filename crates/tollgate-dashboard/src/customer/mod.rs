@@ -171,7 +171,7 @@ pub async fn spend(
 pub fn spend_chart(id: &str, caption: &str, spend: &Spend) -> Markup {
     let hourly = matches!(spend.timeframe, Timeframe::Hour | Timeframe::Minute);
     let table = html! {
-        div.table-wrap {
+        div.table-wrap tabindex="0" {
             table data-tz=(spend.tz.name()) {
                 thead {
                     tr {

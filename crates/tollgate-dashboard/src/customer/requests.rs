@@ -229,7 +229,7 @@ fn duration(ms: Option<i64>) -> Markup {
 
 fn table(items: &[BillingEvent]) -> Markup {
     html! {
-        div.table-wrap {
+        div.table-wrap tabindex="0" {
             table.dense #requests-table {
                 caption { "Billed requests, newest first (times in UTC)" }
                 thead { tr {

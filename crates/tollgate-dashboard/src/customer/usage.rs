@@ -555,7 +555,7 @@ fn render(
                         "Download CSV"
                     }
                 }
-                div.table-wrap {
+                div.table-wrap tabindex="0" {
                     table #usage-table {
                         caption { "Usage by endpoint: " (v.describe()) " (" (v.tz.name()) ")" }
                         thead { tr {

@@ -1,5 +1,6 @@
 //! The dashboard's integration tests: one binary, one harness (`common`).
 
+mod accessibility;
 mod billing;
 mod common;
 mod console;
