@@ -49,17 +49,27 @@ impl DashboardState {
 /// The dashboard's settings.
 #[derive(Clone, Debug)]
 pub struct DashboardConfig {
-    /// Session cookies are `Secure` (sent over https only): set when the server's public URL
-    /// is https.
-    pub secure_cookies: bool,
+    /// The URL customers reach tollgate at (`public_url`, without a trailing `/`), if the
+    /// operator set one: links handed on are built on it, and an https one makes session
+    /// cookies `Secure`.
+    pub public_url: Option<String>,
     /// How long a signed-in session lasts.
     pub session_ttl_ms: i64,
+}
+
+impl DashboardConfig {
+    /// Session cookies are `Secure` (sent over https only) when the public URL is https.
+    pub fn secure_cookies(&self) -> bool {
+        self.public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
+    }
 }
 
 impl Default for DashboardConfig {
     fn default() -> Self {
         DashboardConfig {
-            secure_cookies: false,
+            public_url: None,
             session_ttl_ms: DEFAULT_SESSION_TTL_MS,
         }
     }

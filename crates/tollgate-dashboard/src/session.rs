@@ -119,7 +119,7 @@ fn set_cookie(
     max_age_s: i64,
     same_site: &str,
 ) -> HeaderValue {
-    let secure = if state.config.secure_cookies {
+    let secure = if state.config.secure_cookies() {
         "; Secure"
     } else {
         ""

@@ -186,7 +186,8 @@ settings! {
     /// Log format: `text` (colours only on a terminal) or `json` (one JSON object per line,
     /// startup lines included). Default: text.
     log_format: LogFormat,
-    /// The URL customers see tollgate at (http:// or https://). Default: none.
+    /// The URL customers see tollgate at (http:// or https://): the dashboard's sign-in
+    /// links are built on it, and https makes its session cookies Secure. Default: none.
     public_url: PublicUrl,
     /// Apply this catalog file at start (prices that changed become new versions).
     catalog: PathBuf,

@@ -208,10 +208,7 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     let pages = tollgate_dashboard::router(tollgate_dashboard::DashboardState::new(
         api.clone(),
         tollgate_dashboard::DashboardConfig {
-            secure_cookies: settings
-                .public_url
-                .as_deref()
-                .is_some_and(|u| u.starts_with("https://")),
+            public_url: settings.public_url.clone(),
             ..Default::default()
         },
     ));

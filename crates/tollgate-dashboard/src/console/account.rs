@@ -360,10 +360,13 @@ async fn change_terms(
     }
 }
 
-/// `path` on this server as the operator's browser reached it (the scheme from the cookie
-/// setting, the host from the request), for a link the operator hands on; the path alone
-/// when the request named no plain host.
+/// `path` on this server as customers reach it: on the configured public URL, else as the
+/// operator's browser reached it (the request's host, when it is a plain one); the path alone
+/// when neither is known.
 fn absolute(state: &DashboardState, headers: &HeaderMap, path: &str) -> String {
+    if let Some(base) = &state.config.public_url {
+        return format!("{base}{path}");
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -373,14 +376,7 @@ fn absolute(state: &DashboardState, headers: &HeaderMap, path: &str) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
         });
     match host {
-        Some(h) => {
-            let scheme = if state.config.secure_cookies {
-                "https"
-            } else {
-                "http"
-            };
-            format!("{scheme}://{h}{path}")
-        }
+        Some(h) => format!("http://{h}{path}"),
         None => path.to_string(),
     }
 }
