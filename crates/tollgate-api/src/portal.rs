@@ -1,6 +1,7 @@
 //! Sign-in links to a customer's billing dashboard, minted by the operator's back office
 //! (API.md section 5). The link's token is random, stored only as its SHA-256, works once and
-//! for [`PORTAL_LINK_TTL_MS`]; the dashboard redeems it (`GET /dashboard/link/{token}`).
+//! for [`PORTAL_LINK_TTL_MS`]; the dashboard redeems it (opening `/dashboard/link/{token}`
+//! shows a page that posts it back; a GET alone never uses it).
 
 use crate::auth::{hash_secret, random_token};
 use crate::error::{ApiError, ErrorResponse};

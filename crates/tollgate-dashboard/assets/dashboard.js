@@ -120,6 +120,13 @@
     });
   }
 
+  // A form marked data-autosubmit is sent as soon as the page opens (the sign-in link's
+  // page: the POST, not the GET, uses the link).
+  function autosubmit(root) {
+    var f = root.querySelector("form[data-autosubmit]");
+    if (f) { f.submit(); }
+  }
+
   function enhance(root) {
     drawCharts(root);
     copyButtons(root);
@@ -127,6 +134,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    autosubmit(document);
     enhance(document);
   });
   document.addEventListener("htmx:afterSettle", function (e) { enhance(e.target); });

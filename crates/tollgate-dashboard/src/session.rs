@@ -1,8 +1,8 @@
 //! Signing in and out (API.md section 5), and who is signed in.
 //!
 //! A customer signs in through a one-time link the platform minted
-//! (`POST /v1/admin/accounts/{username}/portal-sessions`, redeemed at
-//! `GET /dashboard/link/{token}`) or with one of the account's `ADMIN` keys at
+//! (`POST /v1/admin/accounts/{username}/portal-sessions`; opening `/dashboard/link/{token}`
+//! shows a page that posts it back, and the POST redeems it) or with one of the account's `ADMIN` keys at
 //! `/dashboard/login`; an operator signs in at `/console/login` with an operator key. Either
 //! way the engine stores a web session (its id's SHA-256, the account, the key, a CSRF token
 //! and an expiry) and the browser gets the id in a cookie: `HttpOnly`, `SameSite=Lax`, `Secure`
@@ -93,7 +93,10 @@ pub fn routes(area: Area) -> axum::Router<DashboardState> {
             post(move |s: State<DashboardState>, r: Request| logout(s, r, area)),
         );
     match area {
-        Area::Customer => router.route("/dashboard/link/{token}", get(redeem_link)),
+        Area::Customer => router.route(
+            "/dashboard/link/{token}",
+            get(continue_page).post(redeem_link),
+        ),
         Area::Console => router,
     }
 }
@@ -469,8 +472,28 @@ fn started(state: &DashboardState, area: Area, id: &str) -> Response {
     resp
 }
 
-/// Redeems a one-time sign-in link: a session for the link's account, or a page saying the
-/// link is used or expired (410) and starting nothing.
+/// Opening a sign-in link shows a page that posts it back (at once, with JavaScript; with a
+/// button, without): a GET never uses the link, so the link checkers of mail and chat tools,
+/// which fetch every link they see, cannot spend it or receive the session.
+async fn continue_page(Path(token): Path<String>) -> Response {
+    let action = format!("/dashboard/link/{token}");
+    layout::html(layout::bare(
+        "Continue to your billing dashboard",
+        html! {
+            main.narrow {
+                h1 { "Your billing dashboard" }
+                form.card #continue-sign-in method="post" action=(action) data-autosubmit {
+                    p { "This one-time link signs you in. It works once, for ten minutes." }
+                    button.primary type="submit" { "Continue to your dashboard" }
+                }
+            }
+        },
+    ))
+    .into_response()
+}
+
+/// Redeems a one-time sign-in link (posted by its page): a session for the link's account, or
+/// a page saying the link is used or expired (410) and starting nothing.
 async fn redeem_link(State(state): State<DashboardState>, Path(token): Path<String>) -> Response {
     let now = state.engine().now();
     let id = random_token();

@@ -313,12 +313,12 @@ async fn the_consoles_sign_in_link_signs_the_customer_in_once() {
         .contains("/dashboard/link/"));
 
     let customer = app.visitor();
-    let signed = customer.get(&link).await;
+    let signed = customer.post_form(&link, &[]).await;
     signed.expect(303);
     assert_eq!(signed.location(), "/dashboard");
     assert!(customer.page("/dashboard").await.text.contains("acme"));
-    app.visitor().get(&link).await.expect(410);
-    customer.get(&link).await.expect(410);
+    app.visitor().post_form(&link, &[]).await.expect(410);
+    customer.post_form(&link, &[]).await.expect(410);
     app.assert_reconciled().await;
 }
 

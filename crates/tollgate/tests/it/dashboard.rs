@@ -44,8 +44,9 @@ fn session_cookie(flags: &[&str]) -> String {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("a client");
+    // The link's page posts it back; the POST signs in.
     let r = no_redirect
-        .get(format!("{}{url}", server.base))
+        .post(format!("{}{url}", server.base))
         .send()
         .expect("an answer");
     assert_eq!(r.status().as_u16(), 303);

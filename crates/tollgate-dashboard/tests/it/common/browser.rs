@@ -91,11 +91,36 @@ impl Browser {
         panic!("chromedriver at {url} never accepted a session: {last:?}");
     }
 
+    /// Opens `path`. A sign-in link's page posts itself back as it opens: this returns once
+    /// the page that answers the post has loaded.
     pub async fn goto(&self, path: &str) {
         self.client
             .goto(&format!("{}{path}", self.base))
             .await
             .unwrap_or_else(|e| panic!("open {path}: {e}"));
+        if path.starts_with("/dashboard/link/") {
+            self.wait_until(
+                "return document.getElementById('continue-sign-in') === null \
+                 && document.readyState === 'complete';",
+            )
+            .await;
+        }
+    }
+
+    /// Waits until `script` returns true (at most 5 s).
+    async fn wait_until(&self, script: &str) {
+        for _ in 0..200 {
+            let done = self
+                .client
+                .execute(script, Vec::new())
+                .await
+                .unwrap_or(Value::Bool(false));
+            if done == Value::Bool(true) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("the browser did not get there within 5 s: {script}");
     }
 
     /// The path of the page the browser shows.
@@ -160,22 +185,11 @@ impl Browser {
 
     /// Waits until the document marked before a navigation was replaced by a loaded one.
     pub async fn wait_for_new_page(&self) {
-        for _ in 0..200 {
-            let done = self
-                .client
-                .execute(
-                    "return window.__tollgate_before_click === undefined \
-                     && document.readyState === 'complete';",
-                    Vec::new(),
-                )
-                .await
-                .unwrap_or(Value::Bool(false));
-            if done == Value::Bool(true) {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-        }
-        panic!("the page did not change within 5 s of the click");
+        self.wait_until(
+            "return window.__tollgate_before_click === undefined \
+             && document.readyState === 'complete';",
+        )
+        .await;
     }
 
     pub async fn fill(&self, css: &str, text: &str) {

@@ -351,11 +351,13 @@ impl DashApp {
         }
     }
 
-    /// A visitor signed in to `username`'s dashboard through a minted link.
+    /// A visitor signed in to `username`'s dashboard through a minted link (opened, then posted
+    /// back, as its page does).
     pub async fn signed_in(&self, username: &str) -> Visitor {
         let v = self.visitor();
         let link = self.sign_in_link(username).await;
-        let r = v.get(&link).await;
+        v.page(&link).await;
+        let r = v.post_form(&link, &[]).await;
         r.expect(303);
         assert_eq!(r.location(), "/dashboard");
         v
