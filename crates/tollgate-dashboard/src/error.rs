@@ -26,6 +26,11 @@ impl PageError {
     pub fn forbidden(why: impl Into<String>) -> PageError {
         PageError::Status(StatusCode::FORBIDDEN, why.into())
     }
+
+    /// A fault of the server's (logged; the page says only that something went wrong).
+    pub fn internal(what: impl Into<String>) -> PageError {
+        ApiError::of_status(StatusCode::INTERNAL_SERVER_ERROR, what).into()
+    }
 }
 
 impl From<ApiError> for PageError {

@@ -84,6 +84,17 @@ pub fn date(t: Timestamp) -> String {
     utc(t).format("%Y-%m-%d").to_string()
 }
 
+/// A period `[start, end)` as the dates it covers, both included (`2026-11-01 – 2026-11-30`
+/// for November), or one date (a period within a day, or an instant such as a top-up's).
+pub fn period(start: Timestamp, end: Timestamp) -> String {
+    let last = if end > start { end.minus_ms(1) } else { end };
+    if date(start) == date(last) {
+        date(start)
+    } else {
+        format!("{} – {}", date(start), date(last))
+    }
+}
+
 /// A duration in milliseconds, as a person reads it (`850 ms`, `12.4 s`, `3 min 20 s`).
 pub fn duration_ms(ms: i64) -> String {
     match ms {
@@ -116,6 +127,15 @@ mod tests {
         assert_eq!(usd_exact(Decimal::new(25, 3)), "$0.025");
         assert_eq!(usd_exact(Decimal::new(15, 7)), "$0.0000015");
         assert_eq!(usd_exact(Decimal::new(4, 0)), "$4.00");
+    }
+
+    #[test]
+    fn a_period_shows_the_dates_it_covers() {
+        let nov = Timestamp(1_793_491_200_000); // 2026-11-01T00:00:00Z
+        let dec = Timestamp(1_796_083_200_000); // 2026-12-01T00:00:00Z
+        assert_eq!(period(nov, dec), "2026-11-01 – 2026-11-30");
+        assert_eq!(period(nov, nov.plus_ms(86_400_000)), "2026-11-01");
+        assert_eq!(period(nov, nov), "2026-11-01");
     }
 
     #[test]

@@ -151,14 +151,6 @@ fn status_badge(s: InvoiceStatusView) -> Markup {
     }
 }
 
-fn period(start: Timestamp, end: Timestamp) -> String {
-    if fmt::date(start) == fmt::date(end) {
-        fmt::date(start)
-    } else {
-        format!("{} – {}", fmt::date(start), fmt::date(end))
-    }
-}
-
 fn movement_label(k: MovementKind) -> &'static str {
     match k {
         MovementKind::Purchase => "Purchase",
@@ -208,7 +200,7 @@ fn invoices_table(rows: &[InvoiceView]) -> Markup {
                             th scope="row" { a href=(invoice_href(&i.invoice_id)) { (i.number) } }
                             td { (kind_label(i.kind)) }
                             td { (fmt::date(i.issued_at.0)) }
-                            td { (period(i.period_start.0, i.period_end.0)) }
+                            td { (fmt::period(i.period_start.0, i.period_end.0)) }
                             td { (status_badge(i.status)) }
                             td.num { (amount(Nanos(i.total_nano_usd))) }
                             td {
@@ -623,7 +615,7 @@ pub async fn invoice(
                             td.num { (fmt::usd_exact(l.cost_subtotal.0)) }
                             td.num { (fmt::usd_exact(l.cost_discount.0)) }
                             td.num data-nano-usd=(l.cost_total_nano_usd) { (fmt::usd_exact(l.cost_total.0)) }
-                            td { (period(l.charge_period_start.0, l.charge_period_end.0)) }
+                            td { (fmt::period(l.charge_period_start.0, l.charge_period_end.0)) }
                         }
                     }
                 }

@@ -60,11 +60,21 @@ pub struct Spend {
 impl Spend {
     /// The total of the range: the sum of its summary rows.
     pub fn total(&self) -> Result<Nanos, PageError> {
-        self.summary.iter().try_fold(Nanos::ZERO, |sum, r| {
-            sum.checked_add(r.total)
-                .map_err(|e| PageError::bad_request(e.to_string()))
-        })
+        let mut sum = Nanos::ZERO;
+        for r in &self.summary {
+            add(&mut sum, r.total)?;
+        }
+        Ok(sum)
     }
+}
+
+/// Adds an amount to a sum of amounts the store answered; an overflow is the server's fault
+/// (500), never a silently wrong figure.
+pub fn add(sum: &mut Nanos, amount: Nanos) -> Result<(), PageError> {
+    *sum = sum
+        .checked_add(amount)
+        .map_err(|e| PageError::internal(format!("a sum of amounts overflowed: {e}")))?;
+    Ok(())
 }
 
 /// Reads the account's spend over `spec` (resolved at the engine's clock), optionally only of
@@ -77,7 +87,9 @@ pub async fn spend(
 ) -> Result<(Range, Spend), PageError> {
     let range = tollgate_query::timeframe::resolve(spec, state.engine().now())
         .map_err(|e| PageError::bad_request(e.to_string()))?;
-    let mut q = UsageQuery {
+    // One read: the series and the summary come from the same rollup rows, so the chart and
+    // the table always agree (the page limit is above any range's rows: at most 366 days).
+    let q = UsageQuery {
         account: account.clone(),
         range: range.clone(),
         endpoints: Vec::new(),
@@ -87,37 +99,20 @@ pub async fn spend(
         summary: true,
         by_key: false,
         cursor: None,
-        limit: 10_000,
+        limit: usize::MAX / 2,
     };
+    let answer = tollgate_query::usage::usage(state.engine(), q).await?;
+    let summary = answer.summary.unwrap_or_default();
     let mut per_bucket: BTreeMap<String, BTreeMap<EndpointId, Nanos>> = BTreeMap::new();
-    let mut summary = None;
-    loop {
-        let page = tollgate_query::usage::usage(state.engine(), q.clone()).await?;
-        if summary.is_none() {
-            summary = page.summary;
-        }
-        for b in page.time_series.unwrap_or_default() {
-            let into = per_bucket.entry(b.bucket).or_default();
-            for r in b.results {
-                let sum = into.entry(r.endpoint).or_insert(Nanos::ZERO);
-                *sum = sum
-                    .checked_add(r.total)
-                    .map_err(|e| PageError::bad_request(e.to_string()))?;
-            }
-        }
-        match page.next_cursor {
-            Some(c) => {
-                q.cursor = Some(c);
-                q.summary = false;
-            }
-            None => break,
+    for b in answer.time_series.unwrap_or_default() {
+        let into = per_bucket.entry(b.bucket).or_default();
+        for r in b.results {
+            add(into.entry(r.endpoint).or_insert(Nanos::ZERO), r.total)?;
         }
     }
-    let summary = summary.unwrap_or_default();
     let mut totals: BTreeMap<&EndpointId, Nanos> = BTreeMap::new();
     for r in &summary {
-        let t = totals.entry(&r.endpoint).or_insert(Nanos::ZERO);
-        *t = Nanos(t.0.saturating_add(r.total.0));
+        add(totals.entry(&r.endpoint).or_insert(Nanos::ZERO), r.total)?;
     }
     let mut ranked: Vec<(&EndpointId, Nanos)> = totals.into_iter().collect();
     ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
@@ -135,21 +130,16 @@ pub async fn spend(
         .iter()
         .map(|e| (e.to_string(), vec![Nanos::ZERO; buckets.len()]))
         .collect();
-    let has_other = ranked.len() > TOP_ENDPOINTS;
-    if has_other {
-        series.push(("Other".to_string(), vec![Nanos::ZERO; buckets.len()]));
-    }
     for (i, (_, label)) in buckets.iter().enumerate() {
         let Some(row) = per_bucket.get(label) else {
             continue;
         };
         for (endpoint, total) in row {
-            let s = match top.iter().position(|e| e == endpoint) {
-                Some(s) => s,
-                None => top.len(),
-            };
-            let cell = &mut series[s].1[i];
-            *cell = Nanos(cell.0.saturating_add(total.0));
+            let s = top.iter().position(|e| e == endpoint).unwrap_or(top.len());
+            if s == series.len() {
+                series.push(("Other".to_string(), vec![Nanos::ZERO; buckets.len()]));
+            }
+            add(&mut series[s].1[i], *total)?;
         }
     }
     let (timeframe, tz) = (range.timeframe, range.tz);

@@ -85,12 +85,23 @@ pub async fn page(
                     .map(|n| (t.limit, n))
             })
     };
-    let expiring = s
+    // The credits that expire next: every lot left that expires at the earliest expiry.
+    let next_expiry = s
         .lots
         .iter()
         .filter(|l| l.remaining > Nanos::ZERO)
-        .filter_map(|l| l.expires_at.map(|at| (at, l.remaining)))
+        .filter_map(|l| l.expires_at)
         .min();
+    let expiring = match next_expiry {
+        Some(at) => {
+            let mut amount = Nanos::ZERO;
+            for lot in s.lots.iter().filter(|l| l.expires_at == Some(at)) {
+                super::add(&mut amount, lot.remaining)?;
+            }
+            Some((at, amount))
+        }
+        None => None,
+    };
     let invoiced = row.billing == BillingMode::Invoice;
 
     let body = html! {
