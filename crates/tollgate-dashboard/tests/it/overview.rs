@@ -167,9 +167,18 @@ async fn the_overview_shows_what_is_owed_the_next_tier_and_credits_that_expire()
     )
     .await
     .expect(201);
+    // Another lot expiring at the same time: what expires next is both.
+    app.op(
+        Method::POST,
+        "/v1/admin/accounts/acme/purchases",
+        json!({"purchase_id": "promo-2", "amount_usd": "2.00", "kind": "free",
+               "expires_at": crate::common::rfc3339(T0 + 7 * DAY_MS)}),
+    )
+    .await
+    .expect(201);
     let v = app.signed_in("acme").await;
     let page = v.page("/dashboard").await;
-    assert!(page.text.contains("$3.00"), "the expiring credits");
+    assert!(page.text.contains("$5.00"), "the expiring credits, both lots");
     assert!(page.text.contains("2026-12-01"), "their expiry date");
     assert!(page.text.contains("Next: "), "the next concurrency tier");
 
@@ -182,8 +191,8 @@ async fn the_overview_shows_what_is_owed_the_next_tier_and_credits_that_expire()
     .await
     .expect(201);
     let page = v.page("/dashboard").await;
-    assert!(page.text.contains("Owed"));
-    assert!(page.text.contains("$7.00"), "13 USD of credits less 20 USD");
+    let owed = &page.text[page.text.find(">Owed<").expect("what is owed")..];
+    assert!(owed[..300].contains("$5.00"), "15 USD of credits less 20 USD");
     assert!(page.text.contains("Your account is locked"));
     app.assert_reconciled().await;
 }
