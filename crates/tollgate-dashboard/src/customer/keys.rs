@@ -1,10 +1,16 @@
-//! API keys: the account's keys of both scopes (active and revoked), a form that creates one
-//! (by the same rules as `POST /v1/keys`, [`tollgate_api::auth::issue_key`]) and shows its
-//! secret once, and revocation.
+//! API keys: the account's keys of both scopes (active and revoked), a form that creates an
+//! `API` key (by the same rules as `POST /v1/keys`, [`tollgate_api::auth::issue_key`]) and
+//! shows its secret once, and the revocation of `API` keys.
+//!
+//! The page manages what fal's key management manages ([`tollgate_api::platform::keys`]):
+//! `API`-scope keys only. `ADMIN` keys (which read billing and manage keys, and which a
+//! session signs in with) are issued and revoked by the platform's operator: they are listed,
+//! marked as the platform's, but a form naming the `ADMIN` scope is refused (400) and so is a
+//! revocation of one (403), so a leaked sign-in link cannot mint or remove one.
 //!
 //! Only the signed-in account's keys are listed or revoked: another account's key id is not
-//! found, like an unknown one, and nothing is revoked. A session signed in with a key ends
-//! when that key is revoked ([`crate::session`]), so revoking it here says so and signs out.
+//! found, like an unknown one, and nothing is revoked. Revoking goes through
+//! [`tollgate_api::admin_keys::revoke`], as the operator API and the console do.
 
 use super::chrome;
 use crate::error::PageError;
@@ -17,9 +23,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{html, Markup};
 use serde::Deserialize;
+use tollgate_api::admin_keys;
 use tollgate_api::auth::issue_key;
+use tollgate_api::error::ApiError;
 use tollgate_core::ids::{ApiKeyId, KeyAlias};
-use tollgate_engine::AdminCmd;
 use tollgate_query::keys::KeyOwner;
 use tollgate_query::Cursor;
 use tollgate_store::{ApiKeyRecord, Scope};
@@ -34,6 +41,10 @@ const SECTION: &str = "/dashboard/keys";
 /// Keys per page.
 const PAGE_ROWS: usize = 100;
 
+/// Why the form makes `API` keys only, in the form and in a refusal.
+const ADMIN_BY_PLATFORM: &str = "ADMIN keys, which read billing and usage and manage keys, are \
+                                 issued by your platform: ask it if you need one.";
+
 #[derive(Deserialize)]
 pub struct ListQuery {
     #[serde(default)]
@@ -43,13 +54,14 @@ pub struct ListQuery {
     revoked: Option<String>,
 }
 
-/// The create form's fields (besides its CSRF token).
+/// The create form's fields (besides its CSRF token). The form sends no scope; a post that
+/// names one other than `API` is refused.
 #[derive(Deserialize, Default)]
 pub struct CreateForm {
     #[serde(default)]
     alias: String,
     #[serde(default)]
-    scope: String,
+    scope: Option<String>,
 }
 
 fn scope_badge(scope: Scope) -> Markup {
@@ -88,9 +100,11 @@ fn keys_table(who: &CustomerSession, keys: &[ApiKeyRecord]) -> Markup {
                                 }
                             }
                             td {
-                                @if k.revoked_at.is_none() {
+                                @if k.scope != Scope::Api {
+                                    span.issued.muted.small { "Issued by your platform" }
+                                } @else if k.revoked_at.is_none() {
                                     form.inline method="post" action={ "/dashboard/keys/" (k.key_id) "/revoke" }
-                                        data-confirm=(confirm_text(k, mine)) {
+                                        data-confirm={ "Revoke the key \u{201c}" (k.alias) "\u{201d}? Calls made with it are refused at once, for good." } {
                                         (layout::csrf(&who.session.csrf))
                                         button.danger.small type="submit" aria-label={ "Revoke key " (k.alias) } { "Revoke" }
                                     }
@@ -104,43 +118,20 @@ fn keys_table(who: &CustomerSession, keys: &[ApiKeyRecord]) -> Markup {
     }
 }
 
-fn confirm_text(k: &ApiKeyRecord, mine: bool) -> String {
-    if mine {
-        format!(
-            "Revoke the key \u{201c}{}\u{201d}? You signed in with it: this session ends too.",
-            k.alias
-        )
-    } else {
-        format!(
-            "Revoke the key \u{201c}{}\u{201d}? Calls made with it are refused at once, for good.",
-            k.alias
-        )
-    }
-}
-
 fn create_form(csrf: &str, form: &CreateForm, error: Option<&str>) -> Markup {
-    let admin = form.scope == Scope::Admin.as_str();
     html! {
         form.card #create-key method="post" action="/dashboard/keys" {
-            h2 { "Create a key" }
+            h2 { "Create an API key" }
             @if let Some(e) = error { p.notice.error role="alert" { (e) } }
             (layout::csrf(csrf))
             label for="alias" { "Alias" }
             input #alias type="text" name="alias" value=(form.alias) required maxlength="255"
-                autocomplete="off" aria-describedby="alias-hint";
+                autocomplete="off" aria-describedby="alias-hint scope-hint";
             p #alias-hint .hint { "A name you will recognize, such as the app or environment that uses it." }
-            fieldset.scopes {
-                legend { "Scope" }
-                label.choice {
-                    input type="radio" name="scope" value="API" checked[!admin];
-                    span { strong { "API" } " — calls the models. Use it in your applications." }
-                }
-                label.choice {
-                    input type="radio" name="scope" value="ADMIN" checked[admin];
-                    span { strong { "ADMIN" } " — also reads billing and usage and manages keys. Keep it for people and billing tools." }
-                }
+            p #scope-hint .hint {
+                "The key calls the models: use it in your applications. " (ADMIN_BY_PLATFORM)
             }
-            button.primary type="submit" { "Create key" }
+            button.primary type="submit" { "Create API key" }
         }
     }
 }
@@ -173,14 +164,14 @@ async fn keys_page(
         @if let Some(n) = notice { (n) }
         @if keys.is_empty() && cursor.is_none() {
             (empty("No keys yet", html! {
-                "Create an API key below for your applications' calls, and an ADMIN key if a \
-                 billing tool needs to read your invoices."
+                "Create an API key below for your applications' calls. A billing tool that \
+                 reads your invoices needs an ADMIN key: your platform issues those."
             }))
         } @else {
             @if !any_api && cursor.is_none() {
                 (empty("No API keys yet", html! {
-                    "Your account only has the keys it was given. Create an API key below for \
-                     your applications, so an ADMIN key never has to leave your hands."
+                    "Your account only has the keys your platform issued. Create an API key \
+                     below for your applications, so an ADMIN key never has to leave your hands."
                 }))
             }
             (keys_table(who, keys))
@@ -202,7 +193,18 @@ fn encode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
-/// `GET /dashboard/keys`.
+/// The key `id` if it is the signed-in account's.
+async fn account_key(
+    state: &DashboardState,
+    who: &CustomerSession,
+    id: &ApiKeyId,
+) -> Result<Option<ApiKeyRecord>, PageError> {
+    let found = state.engine().api_key(id).await?;
+    Ok(found.filter(|k| k.account.as_ref() == Some(&who.account)))
+}
+
+/// `GET /dashboard/keys`. `?revoked=<key id>` adds a notice, when that key of the account is
+/// revoked (a link naming an active key, or another account's, shows none).
 pub async fn list(
     State(state): State<DashboardState>,
     who: CustomerSession,
@@ -215,43 +217,39 @@ pub async fn list(
         .map(Cursor::new);
     let mut notice = None;
     if let Some(id) = q.revoked.as_deref().and_then(|k| ApiKeyId::parse(k).ok()) {
-        if let Some(k) = own_key(&state, &who, &id).await? {
-            notice = Some(html! {
-                p.notice role="status" {
-                    "The key \u{201c}" (k.alias) "\u{201d} (" code { (k.key_id) } ") is revoked: calls \
-                     made with it are refused from now on."
-                }
-            });
+        if let Some(k) = account_key(&state, &who, &id).await? {
+            if k.revoked_at.is_some() {
+                notice = Some(html! {
+                    p.notice role="status" {
+                        "The key \u{201c}" (k.alias) "\u{201d} (" code { (k.key_id) } ") is revoked: \
+                         calls made with it are refused from now on."
+                    }
+                });
+            }
         }
     }
     let page = keys_page(&state, &who, cursor, notice, &CreateForm::default(), None).await?;
     Ok(layout::html(page).into_response())
 }
 
-/// The key `id` if it is the signed-in account's.
-async fn own_key(
-    state: &DashboardState,
-    who: &CustomerSession,
-    id: &ApiKeyId,
-) -> Result<Option<ApiKeyRecord>, PageError> {
-    let found = state.engine().api_key(id).await?;
-    Ok(found.filter(|k| k.account.as_ref() == Some(&who.account)))
-}
-
-/// `POST /dashboard/keys`: creates a key and answers a page that shows its secret, once.
+/// `POST /dashboard/keys`: creates an `API` key and answers a page that shows its secret, once.
 pub async fn create(
     State(state): State<DashboardState>,
     Post { who, form }: Post<CustomerSession, CreateForm>,
 ) -> Result<Response, PageError> {
-    let scope = match Scope::parse(&form.scope) {
-        Some(s @ (Scope::Api | Scope::Admin)) => s,
-        _ => return refused(&state, &who, &form, "Choose the key's scope: API or ADMIN.").await,
-    };
+    if form
+        .scope
+        .as_deref()
+        .is_some_and(|s| s != Scope::Api.as_str())
+    {
+        let why = format!("This form creates API keys only. {ADMIN_BY_PLATFORM}");
+        return refused(&state, &who, &form, &why).await;
+    }
     let alias = match KeyAlias::parse(&form.alias) {
         Ok(a) => a,
         Err(e) => return refused(&state, &who, &form, &format!("The alias {}.", e.reason)).await,
     };
-    let key = issue_key(&state.api, who.account.clone(), scope, alias).await?;
+    let key = issue_key(&state.api, who.account.clone(), Scope::Api, alias).await?;
     let full = key.key();
     let r = &key.record;
     let body = html! {
@@ -291,47 +289,31 @@ async fn refused(
     Ok((StatusCode::BAD_REQUEST, layout::html(page)).into_response())
 }
 
-/// `POST /dashboard/keys/{key_id}/revoke`: revokes one of the account's keys. Revoking the key
-/// this session signed in with ends the session, and the answer says so.
+/// `POST /dashboard/keys/{key_id}/revoke`: revokes one of the account's `API` keys (revoking a
+/// revoked one changes nothing). The account's `ADMIN` keys are the platform's to revoke: 403,
+/// nothing revoked. Any other id, well formed or not, is not found.
 pub async fn revoke(
     State(state): State<DashboardState>,
     Path(key_id): Path<String>,
     Post { who, .. }: Post<CustomerSession, serde::de::IgnoredAny>,
 ) -> Result<Response, PageError> {
-    let not_found = || PageError::not_found(format!("No key {key_id} in your account."));
-    let id = ApiKeyId::parse(&key_id).map_err(|_| not_found())?;
-    let key = own_key(&state, &who, &id).await?.ok_or_else(not_found)?;
-    if key.revoked_at.is_none() {
-        state
-            .engine()
-            .admin(AdminCmd::RevokeKey {
-                key_id: id.clone(),
-                account: Some(who.account.clone()),
-            })
-            .await?;
+    let Ok(id) = ApiKeyId::parse(&key_id) else {
+        return Err(ApiError::not_found(format!(
+            "account {} has no key with the id {key_id}",
+            who.account
+        ))
+        .into());
+    };
+    // A key's account and scope never change, so the cached record is enough to refuse.
+    if let Some(k) = account_key(&state, &who, &id).await? {
+        if k.scope != Scope::Api {
+            return Err(PageError::forbidden(format!(
+                "The key \u{201c}{}\u{201d} is an ADMIN key: your platform issued it, and only \
+                 your platform can revoke it. Nothing was revoked.",
+                k.alias
+            )));
+        }
     }
-    if who.session.key_id.as_ref() == Some(&id) {
-        state
-            .engine()
-            .admin(AdminCmd::EndWebSession {
-                id_sha256: who.session.id_sha256.clone(),
-            })
-            .await?;
-        let page = layout::bare(
-            "Key revoked: signed out",
-            html! {
-                main.narrow {
-                    h1 { "Key revoked" }
-                    p.notice.warn role="status" {
-                        "You revoked the key \u{201c}" (key.alias) "\u{201d}, which this session \
-                         signed in with, so you are now signed out."
-                    }
-                    p { "Sign in again with another ADMIN key or a new sign-in link from your platform." }
-                    p { a.button.primary href="/dashboard/login" { "Sign in" } }
-                }
-            },
-        );
-        return Ok(layout::html(page).into_response());
-    }
+    admin_keys::revoke(&state.api, id.clone(), Some(&who.account)).await?;
     Ok(Redirect::to(&format!("{SECTION}?revoked={}", encode(id.as_str()))).into_response())
 }
