@@ -50,9 +50,7 @@ impl ToSchema for Number {
 
 /// `t` as RFC 3339 in UTC with milliseconds: `2026-09-15T12:00:00.000Z`.
 pub fn rfc3339(t: Timestamp) -> String {
-    chrono::DateTime::from_timestamp_millis(t.0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    tollgate_core::time::rfc3339(t)
 }
 
 /// A time in an answer: RFC 3339 in UTC with milliseconds.

@@ -150,7 +150,12 @@ impl Catalog {
                 .get(&(endpoint.clone(), Some(account.clone()))),
             at,
         )
-        .or_else(|| Self::latest_at(self.versions.get(&(endpoint.clone(), None)), at))
+        .or_else(|| self.public_price_at(endpoint, at))
+    }
+
+    /// The public price of `endpoint` in force at `at` (before any account's own).
+    pub fn public_price_at(&self, endpoint: &EndpointId, at: Timestamp) -> Option<&PriceVersion> {
+        Self::latest_at(self.versions.get(&(endpoint.clone(), None)), at)
     }
 
     /// The latest version of one scope (an endpoint's public price, or an account's own).

@@ -345,8 +345,8 @@ pub fn schedule(
             "effective_from",
             format!(
                 "the account's terms already have a version effective from a later time \
-                 ({} ms); versions cannot be back-dated",
-                latest.0
+                 ({}); versions cannot be back-dated",
+                crate::time::rfc3339(latest)
             ),
         )
     })?;
@@ -386,8 +386,8 @@ pub fn check_effective(
                     "effective_from",
                     format!(
                         "the account's price of {endpoint} already has a version effective \
-                         from a later time ({} ms); versions cannot be back-dated",
-                        latest.0
+                         from a later time ({}); versions cannot be back-dated",
+                        crate::time::rfc3339(latest)
                     ),
                 )
             })?;

@@ -24,6 +24,14 @@ impl Timestamp {
 
 pub const MS_PER_DAY: i64 = 86_400_000;
 
+/// `at` as RFC 3339 in UTC with milliseconds (`2026-09-15T12:00:00.000Z`): how answers and
+/// messages write a time (outside the calendar's range: the epoch).
+pub fn rfc3339(at: Timestamp) -> String {
+    chrono::DateTime::from_timestamp_millis(at.0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// The start (midnight UTC) of the day of `at`, also before the epoch.
 pub fn day_start(at: Timestamp) -> Timestamp {
     Timestamp(at.0.saturating_sub(at.0.rem_euclid(MS_PER_DAY)))

@@ -152,6 +152,12 @@ pub enum AdminCmd {
     EndWebSession {
         id_sha256: String,
     },
+    /// Signs out every dashboard session of `account` still signed in, however it signed in
+    /// (a key or a sign-in link): [`AdminReply::SessionsEnded`] with how many. Console
+    /// sessions are never touched.
+    EndAccountSessions {
+        account: AccountId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +181,8 @@ pub enum AdminReply {
     SignedIn(Option<AccountId>),
     /// Whether a session was signed in before it was ended.
     Ended(bool),
+    /// How many of an account's sessions [`AdminCmd::EndAccountSessions`] signed out.
+    SessionsEnded(usize),
 }
 
 type OpsReply = oneshot::Sender<Result<Vec<Result<Outcome, Rejection>>, EngineError>>;
@@ -1256,6 +1264,9 @@ fn run_admin(
                 AdminCmd::StartWebSession(session) => tx.insert_web_session(session)?,
                 AdminCmd::EndWebSession { id_sha256 } => {
                     reply = AdminReply::Ended(tx.end_web_session(id_sha256, now)?)
+                }
+                AdminCmd::EndAccountSessions { account } => {
+                    reply = AdminReply::SessionsEnded(tx.end_account_sessions(account, now)?)
                 }
             }
             Ok(())

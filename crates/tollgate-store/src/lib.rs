@@ -886,6 +886,9 @@ pub trait Tx {
     fn insert_web_session(&mut self, session: &WebSession) -> Result<()>;
     /// Signs a web session out at `now`; returns whether it was signed in.
     fn end_web_session(&mut self, id_sha256: &str, now: Timestamp) -> Result<bool>;
+    /// Signs out every web session of `account`'s dashboard still signed in, at `now`; returns
+    /// how many it ended (console sessions, which have no account, are never touched).
+    fn end_account_sessions(&mut self, account: &AccountId, now: Timestamp) -> Result<usize>;
     fn upsert_endpoint(&mut self, def: &EndpointDef, now: Timestamp) -> Result<()>;
     fn insert_price_version(
         &mut self,

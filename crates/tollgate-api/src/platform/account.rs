@@ -9,6 +9,7 @@ use crate::AppState;
 use axum::extract::State;
 use serde::Serialize;
 use tollgate_core::ids::AccountId;
+use tollgate_core::money::MoneyError;
 use tollgate_core::Nanos;
 use utoipa::{IntoParams, ToSchema};
 
@@ -91,7 +92,9 @@ pub async fn billing(
             currency: "USD",
             current_balance_nano_usd: balance.0,
             balance_nano_usd: signed.0,
-            owed_nano_usd: signed.0.saturating_neg().max(0),
+            owed_nano_usd: owed(signed)
+                .map_err(|e| ApiError::server(format!("account {}: owed: {e}", who.account)))?
+                .0,
         })
     } else {
         None
@@ -100,4 +103,31 @@ pub async fn billing(
         username: who.account,
         credits,
     }))
+}
+
+/// What an account with `balance` owes: the amount below zero (more spent than its credits
+/// covered, e.g. a refund or dispute of credits already used), zero when the balance is not
+/// negative; a purchase repays it first. The API's `owed_nano_usd` and the pages' "Owed".
+/// `Err` when it cannot be written as an amount (a balance of `i64::MIN` nano-USD), never a
+/// figure that is not the balance's.
+pub fn owed(balance: Nanos) -> Result<Nanos, MoneyError> {
+    if balance.is_negative() {
+        Nanos::ZERO.checked_sub(balance)
+    } else {
+        Ok(Nanos::ZERO)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_owed_is_the_balance_below_zero() {
+        assert_eq!(owed(Nanos(25)), Ok(Nanos::ZERO));
+        assert_eq!(owed(Nanos::ZERO), Ok(Nanos::ZERO));
+        assert_eq!(owed(Nanos(-1_500)), Ok(Nanos(1_500)));
+        assert_eq!(owed(Nanos(-i64::MAX)), Ok(Nanos(i64::MAX)));
+        assert_eq!(owed(Nanos(i64::MIN)), Err(MoneyError::Overflow));
+    }
 }

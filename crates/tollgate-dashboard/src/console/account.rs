@@ -10,7 +10,9 @@
 //!   discount, concurrency limit and billing mode (`POST .../terms`): the operator API's
 //!   `PUT .../pricing` change, through the same function;
 //! - mint a one-time sign-in link to the customer's dashboard (`POST .../sign-in-link`), shown
-//!   once;
+//!   once, on the configured public URL (without one, as a path to put the address before);
+//! - sign every dashboard session of the account out (`POST .../end-sessions`), those a
+//!   sign-in link opened included, which only the customer could end otherwise;
 //! - list its keys, every scope and state, and revoke one (`POST .../keys/{key_id}/revoke`).
 
 use super::{chrome, done, form_error, invalid, parse_time, refusal, refused, respond};
@@ -20,7 +22,7 @@ use crate::layout::{self, csrf, empty, stat};
 use crate::session::{ConsoleSession, Post};
 use crate::{fmt, DashboardState};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{html, Markup};
@@ -35,10 +37,11 @@ use tollgate_core::machine::{LockReason, PurchaseRecord};
 use tollgate_core::terms::{BillingMode, Terms, TermsChange};
 use tollgate_core::time::{month_start, next_month_start, previous_month_start};
 use tollgate_core::{Nanos, Timestamp};
+use tollgate_engine::{AdminCmd, AdminReply};
 use tollgate_query::invoices::InvoiceFilter;
 use tollgate_query::keys::KeyOwner;
 use tollgate_query::QueryError;
-use tollgate_store::AccountRow;
+use tollgate_store::{AccountRow, PurchaseEntry};
 
 pub fn routes() -> axum::Router<DashboardState> {
     axum::Router::new()
@@ -48,6 +51,10 @@ pub fn routes() -> axum::Router<DashboardState> {
         .route(
             "/console/accounts/{username}/sign-in-link",
             post(sign_in_link),
+        )
+        .route(
+            "/console/accounts/{username}/end-sessions",
+            post(end_sessions),
         )
         .route(
             "/console/accounts/{username}/keys/{key_id}/revoke",
@@ -113,48 +120,90 @@ impl TermsForm {
     }
 }
 
-/// What a form that redirected here did (`?done=...`): each notice states a fact of the
-/// request's own parameters, typed (an amount in nano-USD, a key id), never text to print.
+/// What a form that redirected here did (`?done=...`). The query string is anyone's to write,
+/// so a notice never states a figure or a fact from it: it names what to look up (a purchase by
+/// when it was made and its id, a key), and the notice shows what is stored, or nothing when
+/// there is no such thing.
 #[derive(Default, Deserialize)]
 pub struct DoneQuery {
     done: Option<String>,
-    amount: Option<String>,
-    kind: Option<String>,
+    /// The purchase a credits form made (or had made): its id and its `created_at` (ms).
+    purchase: Option<String>,
+    at: Option<String>,
     key: Option<String>,
 }
 
-impl DoneQuery {
-    fn notice(&self) -> Option<Markup> {
-        match self.done.as_deref()? {
-            "credited" => {
-                let amount = Nanos(self.amount.as_deref()?.parse().ok()?);
-                let what = match self.kind.as_deref() {
-                    Some("free") => "free credits (a grant)",
-                    _ => "paid credits",
-                };
-                Some(done(html! {
-                    "Added " strong { (fmt::usd(amount)) } " of " (what)
-                    ". The figures below include them."
-                }))
-            }
-            "replayed" => Some(done(html! {
-                "This form had already been sent: its credits were added once, not twice."
-            })),
-            "terms" => Some(done(html! {
-                "The terms are changed, in force from now (see Terms below)."
-            })),
-            "unchanged" => Some(done(html! {
-                "Nothing changed: the form held the terms already in force."
-            })),
-            "revoked" => {
-                let key = ApiKeyId::parse(self.key.as_deref()?).ok()?;
-                Some(done(html! {
-                    "Key " code { (key) } " is revoked: calls with it are refused (401) from now on."
-                }))
-            }
-            _ => None,
+/// The purchase a redirect names, as stored (`None`: the account made no such purchase then).
+async fn named_purchase(
+    state: &DashboardState,
+    account: &AccountId,
+    q: &DoneQuery,
+) -> Result<Option<PurchaseEntry>, PageError> {
+    let (Some(id), Some(at)) = (q.purchase.as_deref(), q.at.as_deref()) else {
+        return Ok(None);
+    };
+    let (Ok(id), Ok(at)) = (PurchaseId::parse(id), at.parse::<i64>()) else {
+        return Ok(None);
+    };
+    Ok(
+        tollgate_query::payments::purchase(state.engine(), account.clone(), Timestamp(at), id)
+            .await?,
+    )
+}
+
+/// The notice of what a form did, from what is stored.
+async fn notice(
+    state: &DashboardState,
+    account: &AccountId,
+    q: &DoneQuery,
+) -> Result<Option<Markup>, PageError> {
+    let Some(done_what) = q.done.as_deref() else {
+        return Ok(None);
+    };
+    let credits = |p: &PurchaseEntry| {
+        html! {
+            strong { (fmt::usd(p.amount)) } " of "
+            @if p.paid { "paid credits" } @else { "free credits (a grant)" }
         }
-    }
+    };
+    Ok(match done_what {
+        "credited" => named_purchase(state, account, q).await?.map(|p| {
+            done(html! {
+                "Added " (credits(&p)) " (purchase " code { (p.purchase_id) } ", "
+                (fmt::datetime(p.created_at)) "). The figures below include them."
+            })
+        }),
+        "replayed" => named_purchase(state, account, q).await?.map(|p| {
+            done(html! {
+                "This form had already been sent: its " (credits(&p)) " (purchase "
+                code { (p.purchase_id) } ") were added once, not twice."
+            })
+        }),
+        "terms" => Some(done(html! {
+            "The terms are changed, in force from now (see Terms below)."
+        })),
+        "unchanged" => Some(done(html! {
+            "Nothing changed: the form held the terms already in force."
+        })),
+        "revoked" => {
+            let Some(Ok(id)) = q.key.as_deref().map(ApiKeyId::parse) else {
+                return Ok(None);
+            };
+            state
+                .engine()
+                .api_key(&id)
+                .await?
+                .filter(|k| k.account.as_ref() == Some(account))
+                .and_then(|k| k.revoked_at.map(|at| (k, at)))
+                .map(|(k, at)| {
+                    done(html! {
+                        "Key " code { (k.key_id) } " (" (k.alias) ") is revoked since "
+                        (fmt::datetime(at)) ": calls with it are refused (401)."
+                    })
+                })
+        }
+        _ => None,
+    })
 }
 
 /// What the page shows besides the account: a notice, a minted link, forms as posted and why
@@ -162,14 +211,24 @@ impl DoneQuery {
 #[derive(Default)]
 struct View {
     notice: Option<Markup>,
-    /// A sign-in link just minted (its URL and expiry): shown this once.
-    link: Option<(String, Timestamp)>,
+    /// A sign-in link just minted: shown this once.
+    link: Option<ShownLink>,
     link_error: Option<String>,
+    sessions_error: Option<String>,
     credits: Option<CreditsForm>,
     credits_error: Option<String>,
     terms: Option<TermsForm>,
     terms_error: Option<String>,
     keys_error: Option<String>,
+}
+
+/// A sign-in link as the page shows it.
+struct ShownLink {
+    /// The whole link on the public URL, or the path alone when none is configured.
+    text: String,
+    /// Whether `text` is a whole link (else a path to put the address before).
+    whole: bool,
+    expires_at: Timestamp,
 }
 
 /// The account `username` names, if it exists.
@@ -211,7 +270,7 @@ async fn show(
         return Ok(unknown(&who, &username));
     };
     let view = View {
-        notice: q.notice(),
+        notice: notice(&state, &row.state.credit.id, &q).await?,
         ..View::default()
     };
     Ok(respond(
@@ -261,11 +320,11 @@ async fn add_credits(
     };
     let here = page_of(&row);
     match credit(&state, row.state.credit.id.clone(), &form).await {
-        Ok((_, true)) => Ok(Redirect::to(&format!("{here}?done=replayed")).into_response()),
-        Ok((p, false)) => Ok(Redirect::to(&format!(
-            "{here}?done=credited&amount={}&kind={}",
-            p.amount.0,
-            if p.paid { "paid" } else { "free" }
+        Ok((p, replayed)) => Ok(Redirect::to(&format!(
+            "{here}?done={}&purchase={}&at={}",
+            if replayed { "replayed" } else { "credited" },
+            p.purchase_id,
+            p.created_at.0
         ))
         .into_response()),
         Err(e) => {
@@ -360,24 +419,22 @@ async fn change_terms(
     }
 }
 
-/// `path` on this server as customers reach it: on the configured public URL, else as the
-/// operator's browser reached it (the request's host, when it is a plain one); the path alone
-/// when neither is known.
-fn absolute(state: &DashboardState, headers: &HeaderMap, path: &str) -> String {
-    if let Some(base) = &state.config.public_url {
-        return format!("{base}{path}");
-    }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            !h.is_empty()
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
-        });
-    match host {
-        Some(h) => format!("http://{h}{path}"),
-        None => path.to_string(),
+/// A sign-in link's `path` as the page shows it: on the configured public URL, the address
+/// customers reach tollgate at; without one, the path alone. Never on the request's `Host`:
+/// behind a TLS proxy the server is reached over http, and a link built on that would send
+/// its one-time token in clear.
+fn shown_link(state: &DashboardState, path: &str, expires_at: Timestamp) -> ShownLink {
+    match &state.config.public_url {
+        Some(base) => ShownLink {
+            text: format!("{base}{path}"),
+            whole: true,
+            expires_at,
+        },
+        None => ShownLink {
+            text: path.to_string(),
+            whole: false,
+            expires_at,
+        },
     }
 }
 
@@ -386,7 +443,6 @@ fn absolute(state: &DashboardState, headers: &HeaderMap, path: &str) -> String {
 async fn sign_in_link(
     State(state): State<DashboardState>,
     Path(username): Path<String>,
-    headers: HeaderMap,
     Post { who, .. }: Post<ConsoleSession, IgnoredAny>,
 ) -> Result<Response, PageError> {
     let Some(row) = lookup(&state, &username).await? else {
@@ -397,7 +453,7 @@ async fn sign_in_link(
             Ok(link) => (
                 StatusCode::OK,
                 View {
-                    link: Some((absolute(&state, &headers, &link.url), link.expires_at)),
+                    link: Some(shown_link(&state, &link.url, link.expires_at)),
                     ..View::default()
                 },
             ),
@@ -412,6 +468,59 @@ async fn sign_in_link(
                 )
             }
         };
+    Ok(respond(status, render(&state, &who, &row, view).await?))
+}
+
+/// Signs every dashboard session of the account out at once, however it signed in, and says
+/// how many were signed in.
+async fn end_sessions(
+    State(state): State<DashboardState>,
+    Path(username): Path<String>,
+    Post { who, .. }: Post<ConsoleSession, IgnoredAny>,
+) -> Result<Response, PageError> {
+    let Some(row) = lookup(&state, &username).await? else {
+        return Ok(unknown(&who, &username));
+    };
+    let account = row.state.credit.id.clone();
+    let ended = state
+        .engine()
+        .admin(AdminCmd::EndAccountSessions {
+            account: account.clone(),
+        })
+        .await;
+    let (status, view) = match ended {
+        Ok(AdminReply::SessionsEnded(n)) => (
+            StatusCode::OK,
+            View {
+                notice: Some(done(html! {
+                    @if n == 0 {
+                        "No dashboard session of " (account) " was signed in: nothing to end."
+                    } @else {
+                        "Signed out " strong { (n) " dashboard session" @if n != 1 { "s" } }
+                        " of " (account) ": whoever used "
+                        @if n == 1 { "it" } @else { "them" }
+                        " must sign in again. The account's keys still work."
+                    }
+                })),
+                ..View::default()
+            },
+        ),
+        Ok(other) => {
+            return Err(
+                ApiError::server(format!("ending {account}'s sessions answered {other:?}")).into(),
+            )
+        }
+        Err(e) => {
+            let (status, message) = refusal(e.into());
+            (
+                status,
+                View {
+                    sessions_error: Some(message),
+                    ..View::default()
+                },
+            )
+        }
+    };
     Ok(respond(status, render(&state, &who, &row, view).await?))
 }
 
@@ -468,7 +577,7 @@ fn terms_row(label: &str, from: Option<Timestamp>, t: &Terms, limit_now: u32) ->
             td {
                 @if t.discounts.volume_tiers.is_empty() { span.muted { "none" } }
                 @for v in &t.discounts.volume_tiers {
-                    "from $" (v.from_usd.normalize()) ": " (fmt::percent(v.percent)) br;
+                    "from " (fmt::usd_exact(v.from_usd)) ": " (fmt::percent(v.percent)) br;
                 }
             }
             td.num {
@@ -488,7 +597,7 @@ fn terms_row(label: &str, from: Option<Timestamp>, t: &Terms, limit_now: u32) ->
             td {
                 @if t.machine_prices.is_empty() { span.muted { "the catalog's" } }
                 @for (m, p) in &t.machine_prices {
-                    code { (m) } " $" (p.normalize()) "/s" br;
+                    code { (m) } " " (fmt::usd_exact(*p)) "/s" br;
                 }
             }
         }
@@ -542,7 +651,8 @@ async fn render(
     .await?;
 
     let balance = s.credit.balance;
-    let owed = Nanos(balance.0.saturating_neg().max(0));
+    let owed = tollgate_api::platform::account::owed(balance)
+        .map_err(|e| ApiError::server(format!("account {account}: owed: {e}")))?;
     let limit = s.concurrency_limit(&catalog);
     let in_force_since = s
         .terms
@@ -553,6 +663,8 @@ async fn render(
         .map(|v| v.effective_from);
     let in_force = s.terms_at(now);
     let scheduled = s.terms.after(now);
+    // A change from the form takes effect now: refused while a later version is scheduled.
+    let terms_blocked_until = s.terms.may_take_effect(now).err();
     let own_prices: Vec<_> = catalog
         .versions
         .iter()
@@ -571,15 +683,23 @@ async fn render(
         @if let Some(e) = &view.credits_error { (refused(e, "add-credits")) }
         @if let Some(e) = &view.terms_error { (refused(e, "change-terms")) }
         @if let Some(e) = &view.link_error { (refused(e, "sign-in-form")) }
+        @if let Some(e) = &view.sessions_error { (refused(e, "end-sessions")) }
         @if let Some(e) = &view.keys_error { (refused(e, "keys")) }
-        @if let Some((url, expires_at)) = &view.link {
+        @if let Some(link) = &view.link {
             div.card.link-once role="status" {
                 h2 { "Sign-in link for " (account) }
                 p { "It signs its holder in to " (account) "'s billing dashboard once, until "
-                    strong { (fmt::datetime(*expires_at)) } ". It is shown only now: copy it and hand it to the customer." }
+                    strong { (fmt::datetime(link.expires_at)) } ". It is shown only now: copy it and hand it to the customer." }
                 div.secret {
-                    code #sign-in-link { (url) }
+                    code #sign-in-link { (link.text) }
                     button type="button" data-copy="#sign-in-link" hidden { "Copy" }
+                }
+                @if !link.whole {
+                    p.hint #link-path-hint {
+                        "This is the link's path: put the address customers reach tollgate at "
+                        "(its https:// address, such as " code { "https://billing.example.com" } ") before it. "
+                        "Set " code { "public_url" } " in tollgate's configuration to have the whole link here."
+                    }
                 }
             }
         }
@@ -588,7 +708,7 @@ async fn render(
                 li { a href="#standing" { "Standing" } }
                 li { a href="#credits" { "Credits" } }
                 li { a href="#terms" { "Terms and prices" } }
-                li { a href="#sign-in" { "Sign-in link" } }
+                li { a href="#sign-in" { "Sign-in link and sessions" } }
                 li { a href="#keys" { "Keys" } }
                 li { a href="#invoices" { "Invoices" } }
             }
@@ -756,6 +876,15 @@ async fn render(
                 h3 { "Change terms" }
                 (csrf(&who.session.csrf))
                 @if let Some(e) = &view.terms_error { (form_error(e)) }
+                @if let Some(latest) = terms_blocked_until {
+                    p.notice.warn #terms-scheduled {
+                        "A version of the terms is scheduled from " strong { (fmt::datetime(latest)) }
+                        ". This form changes them from now, before that version, and versions are never "
+                        "back-dated, so it is refused until then. To change the terms sooner, send "
+                        code { "PUT /v1/admin/accounts/" (account) "/pricing" } " with "
+                        code { "effective_from" } " at or after " code { (tollgate_core::time::rfc3339(latest)) } "."
+                    }
+                }
                 label for="percent_discount" { "Percent discount" }
                 input #percent_discount type="text" name="percent_discount" inputmode="decimal"
                     value=(terms_form.percent_discount) autocomplete="off"
@@ -772,17 +901,31 @@ async fn render(
                     option value="invoice" selected[terms_form.billing == "invoice"] { "Invoice (billed monthly)" }
                 }
                 p.hint { "Takes effect now, as a new version of the terms; what was already billed keeps the terms of its time." }
-                button.primary type="submit" { "Change terms" }
+                button.primary type="submit" disabled[terms_blocked_until.is_some()]
+                    aria-describedby=[terms_blocked_until.map(|_| "terms-scheduled")] { "Change terms" }
             }
         }
 
-        h2 #sign-in { "Sign-in link" }
-        form.card #sign-in-form method="post" action={ (here) "/sign-in-link" } {
-            (csrf(&who.session.csrf))
-            @if let Some(e) = &view.link_error { (form_error(e)) }
-            p { "A one-time link that signs the customer in to " (account)
-                "'s billing dashboard: it works once, for ten minutes, and is shown once." }
-            button type="submit" { "Create a sign-in link" }
+        h2 #sign-in { "Sign-in link and sessions" }
+        div.grid-2 {
+            form.card #sign-in-form method="post" action={ (here) "/sign-in-link" } {
+                h3 { "A one-time sign-in link" }
+                (csrf(&who.session.csrf))
+                @if let Some(e) = &view.link_error { (form_error(e)) }
+                p { "A one-time link that signs the customer in to " (account)
+                    "'s billing dashboard: it works once, for ten minutes, and is shown once." }
+                button type="submit" { "Create a sign-in link" }
+            }
+            form.card #end-sessions method="post" action={ (here) "/end-sessions" }
+                data-confirm={ "Sign " (account) " out of every dashboard session? Whoever uses them must sign in again." } {
+                h3 { "Dashboard sessions" }
+                (csrf(&who.session.csrf))
+                @if let Some(e) = &view.sessions_error { (form_error(e)) }
+                p { "Signs out every browser signed in to " (account) "'s dashboard, by a sign-in link "
+                    "or with a key, at once: for a link handed to the wrong person, or a customer who "
+                    "lost a device. The account's keys keep working." }
+                button.danger type="submit" { "Sign out of every dashboard session" }
+            }
         }
 
         h2 #keys { "Keys" }

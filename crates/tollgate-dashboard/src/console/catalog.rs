@@ -14,22 +14,13 @@ use axum::response::Response;
 use axum::routing::get;
 use maud::{html, Markup};
 use rust_decimal::Decimal;
-use tollgate_core::catalog::{Catalog, EndpointStatus, PriceVersion};
+use tollgate_core::catalog::{Catalog, EndpointStatus};
 use tollgate_core::ids::EndpointId;
 use tollgate_core::price::PriceRule;
-use tollgate_core::{Nanos, Timestamp};
+use tollgate_core::Nanos;
 
 pub fn routes() -> axum::Router<DashboardState> {
     axum::Router::new().route("/console/catalog", get(page))
-}
-
-/// A USD price per unit, exactly, with at least two decimals (`$0.025`, `$0.10`).
-fn usd_price(d: Decimal) -> String {
-    let mut d = d.normalize();
-    if d.scale() < 2 {
-        d.rescale(2);
-    }
-    format!("${d}")
 }
 
 /// A price's headline USD per unit as the pricing API shows it (for a machine-priced rule,
@@ -41,7 +32,7 @@ fn price_amount(catalog: &Catalog, endpoint: &EndpointId, rule: &PriceRule) -> M
         .and_then(|d| catalog.machine_price(d.machine_type.as_ref()));
     html! {
         @match rule.headline_unit_price(machine) {
-            Some(p) => (usd_price(p)),
+            Some(p) => (fmt::usd_exact(p)),
             None => span.muted { "by its rule" },
         }
     }
@@ -52,9 +43,13 @@ pub fn price_text(catalog: &Catalog, endpoint: &EndpointId, rule: &PriceRule) ->
     html! { (price_amount(catalog, endpoint, rule)) span.muted { " / " (rule.unit_label()) } }
 }
 
-/// The version of `versions` in force at `now`, if any.
-fn in_force(versions: &[PriceVersion], now: Timestamp) -> Option<&PriceVersion> {
-    versions.iter().rev().find(|v| v.effective_from <= now)
+/// A machine's price per hour: per second times 3,600, exactly; a price too large for that
+/// (no real one is) shows per second instead, never a wrong figure.
+fn per_hour(per_second: Decimal) -> Markup {
+    match per_second.checked_mul(Decimal::from(3600)) {
+        Some(h) => html! { (fmt::usd_exact(h)) },
+        None => html! { (fmt::usd_exact(per_second)) span.muted { " / second" } },
+    }
 }
 
 async fn page(
@@ -95,9 +90,8 @@ async fn page(
                     } }
                     tbody {
                         @for (id, def) in &catalog.endpoints {
-                            @let public = catalog.versions.get(&(id.clone(), None)).map(Vec::as_slice).unwrap_or_default();
-                            @let current = in_force(public, now);
-                            @let unit = current.or(public.last()).map(|v| v.rule.unit_label()).unwrap_or_default();
+                            @let current = catalog.public_price_at(id, now);
+                            @let unit = current.or(catalog.latest(id, None)).map(|v| v.rule.unit_label()).unwrap_or_default();
                             tr {
                                 th scope="row" {
                                     code { (id) }
@@ -153,8 +147,8 @@ async fn page(
                             @for (m, p) in &catalog.machines {
                                 tr {
                                     th scope="row" { code { (m) } }
-                                    td.num { (usd_price(*p)) }
-                                    td.num { (usd_price(*p * Decimal::from(3600))) }
+                                    td.num { (fmt::usd_exact(*p)) }
+                                    td.num { (per_hour(*p)) }
                                 }
                             }
                         }
@@ -175,7 +169,7 @@ async fn page(
                                 td.num {
                                     @match Nanos::from_usd_exact(t.paid_28d_usd) {
                                         Ok(n) => (fmt::usd(n)),
-                                        Err(_) => (usd_price(t.paid_28d_usd)),
+                                        Err(_) => (fmt::usd_exact(t.paid_28d_usd)),
                                     }
                                 }
                                 td.num { (t.limit) }
@@ -190,4 +184,26 @@ async fn page(
         StatusCode::OK,
         layout::page(&chrome(&who, "/console/catalog"), "Catalog", body),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_machine_price_per_hour_is_exact_or_shown_per_second() {
+        assert_eq!(
+            per_hour(Decimal::new(125, 5)).into_string(),
+            "$4.50",
+            "0.00125 USD per second"
+        );
+        let huge = Decimal::MAX / Decimal::from(2);
+        assert_eq!(
+            per_hour(huge).into_string(),
+            format!(
+                "{}<span class=\"muted\"> / second</span>",
+                fmt::usd_exact(huge)
+            )
+        );
+    }
 }

@@ -69,7 +69,9 @@ pub async fn page(
     .await?;
 
     let balance = s.credit.balance;
-    let owed = Nanos(balance.0.saturating_neg().max(0));
+    let owed = tollgate_api::platform::account::owed(balance).map_err(|e| {
+        tollgate_api::error::ApiError::server(format!("account {}: owed: {e}", who.account))
+    })?;
     let limit = s.concurrency_limit(&catalog);
     let next_tier = if s.concurrency_override.is_some() {
         None

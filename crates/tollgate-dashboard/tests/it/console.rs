@@ -97,7 +97,7 @@ async fn credits_added_in_the_console_move_the_balance_by_the_amount_once() {
     r.expect(303);
     assert_eq!(
         r.location(),
-        "/console/accounts/acme?done=credited&amount=25500000000&kind=paid"
+        format!("/console/accounts/acme?done=credited&purchase={purchase_id}&at={T0}")
     );
     let after = account(&app, "acme").await;
     let moved = |a: &Value, b: &Value, f: &str| b[f].as_i64().unwrap() - a[f].as_i64().unwrap();
@@ -107,15 +107,19 @@ async fn credits_added_in_the_console_move_the_balance_by_the_amount_once() {
         25_500_000_000
     );
     let page = op.page(r.location()).await;
-    assert!(page
-        .text
-        .contains("Added <strong>$25.50</strong> of paid credits"));
+    assert!(page.text.contains(&format!(
+        "Added <strong>$25.50</strong> of paid credits (purchase <code>{purchase_id}</code>, {})",
+        shown(T0)
+    )));
     assert!(page.text.contains(&purchase_id), "the lot is listed");
 
     // The same form again (a double click, a resend): credited once.
     let again = add_credits(&op, "acme", &csrf, &purchase_id, "25.50", "paid", "").await;
     again.expect(303);
-    assert_eq!(again.location(), "/console/accounts/acme?done=replayed");
+    assert_eq!(
+        again.location(),
+        format!("/console/accounts/acme?done=replayed&purchase={purchase_id}&at={T0}")
+    );
     assert_eq!(
         balance(&app, "acme").await,
         after["balance_nano_usd"].as_i64().unwrap()
@@ -124,14 +128,18 @@ async fn credits_added_in_the_console_move_the_balance_by_the_amount_once() {
         .page(again.location())
         .await
         .text
-        .contains("added once, not twice"));
+        .contains("its <strong>$25.50</strong> of paid credits (purchase"));
 
     // A grant: free credits, with an expiry; the tier's paid figure does not move.
     let (_, grant_id) = credits_form(&op, "acme").await;
     assert_ne!(grant_id, purchase_id, "each rendered form has its own id");
     let r = add_credits(&op, "acme", &csrf, &grant_id, "5", "free", "2027-01-01").await;
     r.expect(303);
-    assert!(r.location().ends_with("&kind=free"), "{}", r.location());
+    assert!(op
+        .page(r.location())
+        .await
+        .text
+        .contains("Added <strong>$5.00</strong> of free credits (a grant)"));
     let granted = account(&app, "acme").await;
     assert_eq!(moved(&after, &granted, "balance_nano_usd"), 5 * USD);
     assert_eq!(moved(&after, &granted, "paid_last_28d_nano_usd"), 0);
@@ -284,6 +292,226 @@ async fn a_terms_change_in_the_console_is_what_the_api_shows() {
     app.assert_reconciled().await;
 }
 
+#[tokio::test]
+async fn the_consoles_sign_in_link_is_built_on_the_public_url() {
+    let app = DashApp::spawn_with(tollgate_dashboard::DashboardConfig {
+        public_url: Some("https://billing.example.com".into()),
+        ..tollgate_dashboard::DashboardConfig::default()
+    })
+    .await;
+    app.customer("acme", Some("10.00")).await;
+    let op = app.operator().await;
+    let csrf = op.page("/console/accounts/acme").await.csrf();
+    // Whatever host the request names.
+    let r = Resp::read(
+        op.client
+            .post(app.url("/console/accounts/acme/sign-in-link"))
+            .header("Host", "intranet.example:8080")
+            .form(&[("csrf", &csrf)])
+            .send()
+            .await
+            .expect("the server answers"),
+    )
+    .await;
+    r.expect(200);
+    assert!(
+        r.text
+            .contains("id=\"sign-in-link\">https://billing.example.com/dashboard/link/"),
+        "the whole link, on the public URL"
+    );
+    assert!(!r.text.contains("intranet.example") && !r.text.contains("id=\"link-path-hint\""));
+    // The path in it signs the customer in.
+    let customer = app.visitor();
+    let signed = customer.post_form(&link_in(&r.text), &[]).await;
+    signed.expect(303);
+    assert_eq!(signed.location(), "/dashboard");
+    app.assert_reconciled().await;
+}
+
+#[tokio::test]
+async fn staff_sign_an_account_out_of_every_dashboard_session() {
+    let app = DashApp::spawn().await;
+    let acme = app.customer("acme", Some("10.00")).await;
+    app.customer("globex", Some("10.00")).await;
+    // Two browsers signed in to acme's dashboard by links (no key, so only the customer
+    // could end them), and one to globex's.
+    let laptop = app.signed_in("acme").await;
+    let phone = app.signed_in("acme").await;
+    let other = app.signed_in("globex").await;
+    for v in [&laptop, &phone, &other] {
+        v.page("/dashboard").await;
+    }
+    let op = app.operator().await;
+    let page = op.page("/console/accounts/acme").await;
+    assert!(page.text.contains(
+        "data-confirm=\"Sign acme out of every dashboard session? Whoever uses them must sign in again.\""
+    ));
+    assert!(page
+        .text
+        .contains("action=\"/console/accounts/acme/end-sessions\""));
+    let csrf = page.csrf();
+
+    let r = op
+        .post_form("/console/accounts/acme/end-sessions", &[("csrf", &csrf)])
+        .await;
+    r.expect(200);
+    assert!(
+        r.text
+            .contains("Signed out <strong>2 dashboard sessions</strong> of acme"),
+        "how many ended"
+    );
+    for (who, v) in [("laptop", &laptop), ("phone", &phone)] {
+        let r = v.get("/dashboard").await;
+        r.expect(303);
+        assert_eq!(r.location(), "/dashboard/login", "{who} is signed out");
+        let r = v.get("/dashboard/billing").await;
+        r.expect(303);
+        assert_eq!(r.location(), "/dashboard/login", "{who}: every page");
+    }
+    // Another account's session and the operator's own are still signed in; acme's keys work.
+    assert!(other.page("/dashboard").await.text.contains("globex"));
+    op.page("/console/accounts/acme").await;
+    app.call(Method::GET, "/v1/models", &acme.api_key, None)
+        .await
+        .expect(200);
+
+    // Again: nothing left to end.
+    let r = op
+        .post_form("/console/accounts/acme/end-sessions", &[("csrf", &csrf)])
+        .await;
+    r.expect(200);
+    assert!(r
+        .text
+        .contains("No dashboard session of acme was signed in: nothing to end."));
+    // The customer signs in again with a new link.
+    app.signed_in("acme").await.page("/dashboard").await;
+    app.assert_reconciled().await;
+}
+
+#[tokio::test]
+async fn a_forged_notice_in_the_query_string_shows_nothing() {
+    let app = DashApp::spawn().await;
+    let c = app.customer("acme", Some("10.00")).await;
+    app.customer("globex", Some("10.00")).await;
+    let op = app.operator().await;
+    let key_id = c.api_key.split(':').next().unwrap();
+    for forged in [
+        // The old shape, with an amount of the link's own.
+        "done=credited&amount=999000000000&kind=paid".to_string(),
+        "done=credited&amount=999000000000&kind=free".to_string(),
+        // A purchase that does not exist, at a time or with an id that is not one.
+        format!("done=credited&purchase=console-forged&at={T0}"),
+        format!("done=replayed&purchase=console-forged&at={T0}"),
+        // A real purchase at another time, and another account's purchase.
+        format!("done=credited&purchase=initial-acme&at={}", T0 + 1),
+        format!("done=credited&purchase=initial-globex&at={T0}"),
+        "done=credited&purchase=initial-acme&at=soon".to_string(),
+        // An active key said to be revoked, and a key that does not exist.
+        format!("done=revoked&key={key_id}"),
+        "done=revoked&key=k_nope".to_string(),
+    ] {
+        let page = op.page(&format!("/console/accounts/acme?{forged}")).await;
+        assert!(
+            !page.text.contains("<p class=\"notice\" role=\"status\">"),
+            "{forged}: no notice in {}",
+            page.text
+        );
+        assert!(!page.text.contains("$999,000"), "{forged}");
+    }
+    // The real purchase, named as a redirect names it: its stored figures.
+    let page = op
+        .page(&format!(
+            "/console/accounts/acme?done=credited&purchase=initial-acme&at={T0}"
+        ))
+        .await;
+    assert!(page.text.contains(
+        "Added <strong>$10.00</strong> of paid credits (purchase <code>initial-acme</code>"
+    ));
+    app.assert_reconciled().await;
+}
+
+#[tokio::test]
+async fn the_terms_form_says_when_a_later_version_is_scheduled() {
+    let app = DashApp::spawn().await;
+    app.customer("acme", Some("10.00")).await;
+    let op = app.operator().await;
+    let page = op.page("/console/accounts/acme").await;
+    assert!(!page.text.contains("id=\"terms-scheduled\""));
+    let csrf = page.csrf();
+    // Later today: the operator's session (12 hours) still lasts when it is in force.
+    let later = T0 + 6 * 60 * MINUTE_MS;
+    app.op(
+        Method::PUT,
+        "/v1/admin/accounts/acme/pricing",
+        json!({"percent_discount": "5", "effective_from": crate::common::rfc3339(later)}),
+    )
+    .await
+    .expect(200);
+
+    let page = op.page("/console/accounts/acme").await;
+    let note = format!(
+        "A version of the terms is scheduled from <strong>{}</strong>",
+        shown(later)
+    );
+    assert!(page.text.contains(&note), "the form says so");
+    assert!(page.text.contains("<code>2026-11-24T16:00:00.000Z</code>"));
+    assert!(page.text.contains(
+        "<button class=\"primary\" type=\"submit\" disabled aria-describedby=\"terms-scheduled\">Change terms</button>"
+    ));
+    // Sent anyway (a page rendered before): refused, its time as a date, nothing written.
+    let before = account(&app, "acme").await["terms"].clone();
+    let r = op
+        .post_form(
+            "/console/accounts/acme/terms",
+            &[
+                ("csrf", &csrf),
+                ("percent_discount", "20"),
+                ("concurrency_limit", ""),
+                ("billing", "prepaid"),
+            ],
+        )
+        .await;
+    r.expect(400);
+    assert!(
+        r.text.contains(
+            "already have a version effective from a later time (2026-11-24T16:00:00.000Z)"
+        ),
+        "{}",
+        r.text
+    );
+    assert!(!r.text.contains(&later.to_string()), "no raw milliseconds");
+    assert!(r.text.contains(&note));
+    assert_eq!(account(&app, "acme").await["terms"], before);
+
+    // Once it is in force, the form changes the terms again.
+    app.set_now(later);
+    let page = op.page("/console/accounts/acme").await;
+    assert!(!page.text.contains("id=\"terms-scheduled\""));
+    assert!(page
+        .text
+        .contains("<button class=\"primary\" type=\"submit\">Change terms</button>"));
+    let r = op
+        .post_form(
+            "/console/accounts/acme/terms",
+            &[
+                ("csrf", &csrf),
+                ("percent_discount", "20"),
+                ("concurrency_limit", ""),
+                ("billing", "prepaid"),
+            ],
+        )
+        .await;
+    r.expect(303);
+    let a = account(&app, "acme").await;
+    assert_eq!(
+        a["terms"]["in_force"]["percent_discount"]
+            .to_string()
+            .trim_matches('"'),
+        "20"
+    );
+    app.assert_reconciled().await;
+}
+
 /// The sign-in path in a page: `/dashboard/link/` and its 64 hex digits.
 fn link_in(text: &str) -> String {
     let at = text
@@ -303,7 +531,16 @@ async fn the_consoles_sign_in_link_signs_the_customer_in_once() {
         .await;
     r.expect(200);
     assert!(r.text.contains(&shown(T0 + 10 * MINUTE_MS)), "its expiry");
-    assert!(r.text.contains(&format!("{}/dashboard/link/", app.address)));
+    // No public URL is configured: the path alone, never a link built on the request's host
+    // (an http:// one behind a TLS proxy would carry the token in clear), and what to do.
+    assert!(
+        r.text.contains(r#"id="sign-in-link">/dashboard/link/"#),
+        "the path"
+    );
+    assert!(!r.text.contains(&format!("{}/dashboard/link/", app.address)));
+    assert!(!r.text.contains("//127.0.0.1"), "no host in the page");
+    assert!(r.text.contains(r#"id="link-path-hint""#));
+    assert!(r.text.contains("<code>public_url</code>"));
     let link = link_in(&r.text);
     // Shown once: the page itself does not show it again.
     assert!(!op
@@ -631,6 +868,7 @@ async fn a_customer_session_is_sent_to_the_console_sign_in_for_every_console_url
                 ],
             ),
             ("/console/accounts/acme/sign-in-link".to_string(), vec![]),
+            ("/console/accounts/acme/end-sessions".to_string(), vec![]),
             (
                 format!("/console/accounts/acme/keys/{key_id}/revoke"),
                 vec![],
@@ -698,6 +936,7 @@ async fn console_forms_without_the_csrf_token_are_refused_and_change_nothing() {
                 ],
             ),
             ("/console/accounts/acme/sign-in-link".to_string(), vec![]),
+            ("/console/accounts/acme/end-sessions".to_string(), vec![]),
             (
                 format!("/console/accounts/acme/keys/{key_id}/revoke"),
                 vec![],
@@ -974,11 +1213,48 @@ async fn in_a_browser_an_operator_signs_in_opens_an_account_and_adds_credits() {
     b.click("#sign-in-form button[type='submit']").await;
     shown_in_page(&b, "#sign-in-link").await;
     let link = b.text("#sign-in-link").await;
-    assert!(
-        link.starts_with(&format!("{}/dashboard/link/", app.address)),
-        "{link}"
-    );
+    assert!(link.starts_with("/dashboard/link/"), "{link}");
+    assert!(b.text("#link-path-hint").await.contains("public_url"));
     assert_eq!(b.attr("button[data-copy]", "hidden").await, None);
+    b.screenshots("console-account-link").await;
+
+    // The same browser signed in to acme's dashboard by a link, then signed out of it by the
+    // console's form (its confirmation accepted).
+    b.goto(&app.sign_in_link("acme").await).await;
+    assert_eq!(b.path().await, "/dashboard");
+    b.goto("/console/accounts/acme").await;
+    b.js("window.confirm = function () { return true; };").await;
+    b.follow("#end-sessions button[type='submit']").await;
+    assert!(b
+        .text("p.notice")
+        .await
+        .contains("Signed out 1 dashboard session of acme"));
+    b.screenshots("console-account-sessions-ended").await;
+    b.js("document.getElementById('sign-in').scrollIntoView();")
+        .await;
+    b.screenshots("console-account-sessions").await;
+    b.goto("/dashboard").await;
+    assert_eq!(b.path().await, "/dashboard/login");
+
+    // A terms version scheduled: the form says so, its button disabled.
+    app.op(
+        Method::PUT,
+        "/v1/admin/accounts/acme/pricing",
+        json!({"concurrency_limit": 9, "effective_from": crate::common::rfc3339(T0 + DAY_MS)}),
+    )
+    .await
+    .expect(200);
+    b.goto("/console/accounts/acme").await;
+    assert!(b.text("#terms-scheduled").await.contains("scheduled from"));
+    assert_eq!(
+        b.attr("#change-terms button[type='submit']", "disabled")
+            .await
+            .as_deref(),
+        Some("true")
+    );
+    b.js("document.getElementById('change-terms').scrollIntoView();")
+        .await;
+    b.screenshots("console-account-terms").await;
 
     b.goto("/console/catalog").await;
     assert!(b

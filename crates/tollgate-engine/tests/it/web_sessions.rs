@@ -1,6 +1,7 @@
 //! The dashboard's sign-in records, on every store at hand: a portal link works once and only
 //! before it expires (also when two servers on one PostgreSQL database redeem it at once), a
-//! redeemed link starts its session in the same commit, and a session ends once.
+//! redeemed link starts its session in the same commit, a session ends once, and staff end
+//! every session of one account at once.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -121,6 +122,84 @@ async fn a_portal_link_works_once_before_it_expires_and_starts_its_session() {
             .await
             .unwrap();
         assert_eq!(stored(&e, "op").await.unwrap().account, None);
+        e.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn staff_end_every_session_of_one_account_and_only_its() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let clock = Arc::new(AtomicI64::new(T0));
+        let e = engine(&db, &clock);
+        let (acme, other) = (
+            AccountId::parse("acme").unwrap(),
+            AccountId::parse("globex").unwrap(),
+        );
+        for a in [&acme, &other] {
+            e.admin(AdminCmd::CreateAccount {
+                username: a.clone(),
+                billing: BillingMode::Prepaid,
+            })
+            .await
+            .unwrap();
+        }
+        let of = |id: &str, account: &AccountId| WebSession {
+            account: Some(account.clone()),
+            ..session(id)
+        };
+        for s in [
+            of("acme-1", &acme),
+            of("acme-2", &acme),
+            of("globex-1", &other),
+            session("console"),
+        ] {
+            e.admin(AdminCmd::StartWebSession(s)).await.unwrap();
+        }
+        // One of acme's was signed out already: it keeps the time it ended.
+        e.admin(AdminCmd::StartWebSession(of("acme-old", &acme)))
+            .await
+            .unwrap();
+        e.admin(AdminCmd::EndWebSession {
+            id_sha256: "acme-old".into(),
+        })
+        .await
+        .unwrap();
+
+        clock.store(T0 + 60_000, Ordering::SeqCst);
+        let end_acme = || AdminCmd::EndAccountSessions {
+            account: acme.clone(),
+        };
+        assert_eq!(
+            e.admin(end_acme()).await.unwrap(),
+            AdminReply::SessionsEnded(2),
+            "{backend:?}"
+        );
+        for id in ["acme-1", "acme-2"] {
+            assert_eq!(
+                stored(&e, id).await.unwrap().ended_at,
+                Some(Timestamp(T0 + 60_000)),
+                "{backend:?}: {id}"
+            );
+        }
+        assert_eq!(
+            stored(&e, "acme-old").await.unwrap().ended_at,
+            Some(Timestamp(T0)),
+            "{backend:?}: an ended session is not ended again"
+        );
+        for id in ["globex-1", "console"] {
+            assert_eq!(
+                stored(&e, id).await.unwrap().ended_at,
+                None,
+                "{backend:?}: {id} is still signed in"
+            );
+        }
+        // Nothing left to end.
+        assert_eq!(
+            e.admin(end_acme()).await.unwrap(),
+            AdminReply::SessionsEnded(0),
+            "{backend:?}"
+        );
         e.shutdown().await.unwrap();
     }
 }

@@ -22,3 +22,6 @@ CREATE TABLE web_sessions (
     expires_at BIGINT  NOT NULL,
     ended_at   BIGINT
 );
+
+-- An account's sessions, which staff end all at once.
+CREATE INDEX web_sessions_by_account ON web_sessions (account);

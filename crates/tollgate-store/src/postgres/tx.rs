@@ -313,6 +313,15 @@ impl Tx for PgTx<'_, '_> {
         Ok(n > 0)
     }
 
+    fn end_account_sessions(&mut self, account: &AccountId, now: Timestamp) -> Result<usize> {
+        let n = self.exec(
+            "UPDATE web_sessions SET ended_at = $2 WHERE account = $1 AND ended_at IS NULL",
+            &[&account.as_str(), &now.0],
+        )?;
+        usize::try_from(n)
+            .map_err(|_| StoreError::Corrupt(format!("{n} sessions ended: out of range")))
+    }
+
     fn insert_api_key(&mut self, k: &ApiKeyRecord) -> Result<bool> {
         let n = self.exec(
             &format!(

@@ -315,6 +315,13 @@ impl Tx for SqliteTx<'_> {
         Ok(n > 0)
     }
 
+    fn end_account_sessions(&mut self, account: &AccountId, now: Timestamp) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE web_sessions SET ended_at = ?2 WHERE account = ?1 AND ended_at IS NULL",
+            params![account.as_str(), now.0],
+        )?)
+    }
+
     fn insert_api_key(&mut self, k: &ApiKeyRecord) -> Result<bool> {
         let n = self.conn.execute(
             &format!(

@@ -45,7 +45,8 @@ pub struct Resp {
 }
 
 impl Resp {
-    async fn read(resp: reqwest::Response) -> Resp {
+    /// Reads a whole answer.
+    pub async fn read(resp: reqwest::Response) -> Resp {
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.expect("a readable body").to_vec();
@@ -139,6 +140,16 @@ impl DashApp {
 
     /// Like [`DashApp::spawn`], on a database of `backend`.
     pub async fn spawn_on(backend: &Backend) -> DashApp {
+        Self::start(backend, DashboardConfig::default()).await
+    }
+
+    /// Like [`DashApp::spawn`], with the dashboard's settings `config` (a public URL, a
+    /// session lifetime).
+    pub async fn spawn_with(config: DashboardConfig) -> DashApp {
+        Self::start(&Backend::Sqlite, config).await
+    }
+
+    async fn start(backend: &Backend, config: DashboardConfig) -> DashApp {
         let clock = Arc::new(AtomicI64::new(T0));
         let db = TestDb::new(backend);
         let store = db.open().expect("open the store");
@@ -167,10 +178,7 @@ impl DashApp {
         let api = AppState {
             engine: engine.clone(),
         };
-        let pages = tollgate_dashboard::router(DashboardState::new(
-            api.clone(),
-            DashboardConfig::default(),
-        ));
+        let pages = tollgate_dashboard::router(DashboardState::new(api.clone(), config));
         let router = tollgate_api::router_with(api, pages);
         tokio::spawn(async move {
             axum::serve(listener, router).await.expect("serve");
