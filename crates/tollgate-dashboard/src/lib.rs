@@ -31,6 +31,10 @@ use tollgate_api::AppState;
 pub struct DashboardState {
     pub api: AppState,
     pub config: Arc<DashboardConfig>,
+    /// The last reconciliation of the ledger the console ran on this server, and when: a check
+    /// reads the whole ledger (seconds on a large one), so it runs when staff ask for it and
+    /// the page shows its result.
+    pub last_reconciliation: Arc<std::sync::Mutex<Option<console::reconciliation::Checked>>>,
 }
 
 impl DashboardState {
@@ -38,6 +42,7 @@ impl DashboardState {
         DashboardState {
             api,
             config: Arc::new(config),
+            last_reconciliation: Arc::default(),
         }
     }
 

@@ -1,24 +1,58 @@
-//! The ledger's reconciliation, `GET /console/reconciliation`: the check
+//! The ledger's reconciliation, `/console/reconciliation`: the check
 //! `GET /v1/admin/reconciliation` runs (balances against transfers, holds, in-progress counts,
 //! credit lots, line items against charges, rollups, statements and invoices against their
-//! sources), read when the page is opened: clean, or each discrepancy.
+//! sources): clean, or each discrepancy. The check reads the whole ledger, seconds on a large
+//! one, so the page shows the last check this server ran, and runs one when staff ask
+//! (`POST /console/reconciliation`); opening the page reads nothing.
 
 use super::{chrome, respond};
 use crate::error::PageError;
 use crate::layout::{self, stat};
-use crate::session::ConsoleSession;
+use crate::session::{ConsoleSession, Post};
 use crate::{fmt, DashboardState};
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use maud::{html, Markup};
+use std::sync::Arc;
 use tollgate_core::ids::AccountId;
-use tollgate_core::Nanos;
+use tollgate_core::{Nanos, Timestamp};
 use tollgate_store::{InvoiceRecord, Reconciliation};
 
 pub fn routes() -> axum::Router<DashboardState> {
-    axum::Router::new().route("/console/reconciliation", get(page))
+    axum::Router::new().route("/console/reconciliation", get(page).post(check))
+}
+
+/// A reconciliation and when it ran.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    pub at: Timestamp,
+    pub result: Arc<Reconciliation>,
+}
+
+/// Runs the check and shows the page with its result.
+async fn check(
+    State(state): State<DashboardState>,
+    _: Post<ConsoleSession, serde::de::IgnoredAny>,
+) -> Result<Response, PageError> {
+    let engine = state.engine();
+    let at = engine.now();
+    let result = Arc::new(engine.read(|r| r.reconcile()).await?);
+    *state
+        .last_reconciliation
+        .lock()
+        .expect("the last reconciliation") = Some(Checked { at, result });
+    Ok(Redirect::to("/console/reconciliation").into_response())
+}
+
+fn check_form(csrf: &str, label: &str) -> Markup {
+    html! {
+        form.inline #check-now method="post" action="/console/reconciliation" {
+            (layout::csrf(csrf))
+            button.primary type="submit" { (label) }
+        }
+    }
 }
 
 /// A ledger total: exact, or the raw figure when it exceeds the amounts tollgate writes (a
@@ -110,12 +144,34 @@ async fn page(
     State(state): State<DashboardState>,
     who: ConsoleSession,
 ) -> Result<Response, PageError> {
-    let engine = state.engine();
-    let checked_at = engine.now();
-    let r = engine.read(|r| r.reconcile()).await?;
+    let last = state
+        .last_reconciliation
+        .lock()
+        .expect("the last reconciliation")
+        .clone();
+    let Some(Checked { at, result }) = last else {
+        let body = html! {
+            p.lead { "The check compares every balance, hold, credit lot, line item, rollup,                 statement and invoice with the ledger. It reads the whole ledger, so it runs                 when you ask." }
+            (layout::empty("Not checked yet on this server", html! {
+                (check_form(&who.session.csrf, "Check the ledger now"))
+            }))
+        };
+        return Ok(respond(
+            StatusCode::OK,
+            layout::page(
+                &chrome(&who, "/console/reconciliation"),
+                "Reconciliation",
+                body,
+            ),
+        ));
+    };
+    let r = &*result;
     let clean = r.is_clean();
     let body = html! {
-        p.lead { "Checked " strong #checked-at { (fmt::datetime(checked_at)) } " (when this page was opened; reload to check again)." }
+        div.actions {
+            p.lead { "Checked " strong #checked-at { (fmt::datetime(at)) } " on this server." }
+            (check_form(&who.session.csrf, "Check again"))
+        }
         @if clean {
             p.notice #verdict role="status" {
                 strong { "Clean." } " Every balance, hold, credit lot, line item, rollup, statement and invoice agrees with the ledger."
@@ -135,7 +191,7 @@ async fn page(
         }
         @if !clean {
             h2 { "Discrepancies" }
-            (discrepancies(&r))
+            (discrepancies(r))
         }
     };
     Ok(respond(

@@ -810,6 +810,15 @@ async fn the_catalog_page_shows_the_sample_catalog_and_the_reconciliation_is_cle
             "{path}"
         );
     }
+    // Opening the page checks nothing; staff run the check, and the page shows its result.
+    let r = op.page("/console/reconciliation").await;
+    assert!(r.text.contains("Not checked yet"));
+    assert!(!r.text.contains("Clean."));
+    let r = op
+        .post_form("/console/reconciliation", &[("csrf", &r.csrf())])
+        .await;
+    r.expect(303);
+    assert_eq!(r.location(), "/console/reconciliation");
     let r = op.page("/console/reconciliation").await;
     assert!(r.text.contains("<strong>Clean.</strong>"));
     assert!(r
@@ -869,6 +878,7 @@ async fn a_customer_session_is_sent_to_the_console_sign_in_for_every_console_url
             ),
             ("/console/accounts/acme/sign-in-link".to_string(), vec![]),
             ("/console/accounts/acme/end-sessions".to_string(), vec![]),
+            ("/console/reconciliation".to_string(), vec![]),
             (
                 format!("/console/accounts/acme/keys/{key_id}/revoke"),
                 vec![],
@@ -937,6 +947,7 @@ async fn console_forms_without_the_csrf_token_are_refused_and_change_nothing() {
             ),
             ("/console/accounts/acme/sign-in-link".to_string(), vec![]),
             ("/console/accounts/acme/end-sessions".to_string(), vec![]),
+            ("/console/reconciliation".to_string(), vec![]),
             (
                 format!("/console/accounts/acme/keys/{key_id}/revoke"),
                 vec![],
@@ -960,6 +971,11 @@ async fn console_forms_without_the_csrf_token_are_refused_and_change_nothing() {
         }
     }
     assert_eq!(account(&app, "acme").await, before);
+    assert!(op
+        .page("/console/reconciliation")
+        .await
+        .text
+        .contains("Not checked yet"));
     app.call(Method::GET, "/v1/models", &c.api_key, None)
         .await
         .expect(200);
@@ -1266,6 +1282,7 @@ async fn in_a_browser_an_operator_signs_in_opens_an_account_and_adds_credits() {
     assert!(b.text("main").await.contains("bigco"));
     b.screenshots("console-invoices").await;
     b.goto("/console/reconciliation").await;
+    b.follow("#check-now button").await;
     assert!(b.text("#verdict").await.contains("Clean."));
     b.screenshots("console-reconciliation").await;
     b.close().await;

@@ -178,7 +178,10 @@ async fn the_overview_shows_what_is_owed_the_next_tier_and_credits_that_expire()
     .expect(201);
     let v = app.signed_in("acme").await;
     let page = v.page("/dashboard").await;
-    assert!(page.text.contains("$5.00"), "the expiring credits, both lots");
+    assert!(
+        page.text.contains("$5.00"),
+        "the expiring credits, both lots"
+    );
     assert!(page.text.contains("2026-12-01"), "their expiry date");
     assert!(page.text.contains("Next: "), "the next concurrency tier");
 
@@ -192,7 +195,10 @@ async fn the_overview_shows_what_is_owed_the_next_tier_and_credits_that_expire()
     .expect(201);
     let page = v.page("/dashboard").await;
     let owed = &page.text[page.text.find(">Owed<").expect("what is owed")..];
-    assert!(owed[..300].contains("$5.00"), "15 USD of credits less 20 USD");
+    assert!(
+        owed[..300].contains("$5.00"),
+        "15 USD of credits less 20 USD"
+    );
     assert!(page.text.contains("Your account is locked"));
     app.assert_reconciled().await;
 }
