@@ -16,6 +16,7 @@
 pub mod assets;
 pub mod console;
 pub mod customer;
+pub mod demo;
 pub mod error;
 pub mod fmt;
 pub mod layout;

@@ -1,9 +1,11 @@
-//! The dashboard's integration tests: one binary, one harness (`common`).
+//! The dashboard's integration tests: one binary, one harness (`common`); `demo` (the demo
+//! history generator) is self-contained.
 
 mod accessibility;
 mod billing;
 mod common;
 mod console;
+mod demo;
 mod keys;
 mod overview;
 mod requests;
