@@ -9,14 +9,18 @@ use clap::Args;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tollgate_api::auth::mint_key;
 use tollgate_api::AppState;
 use tollgate_core::catalog::document;
 use tollgate_core::ids::{AccountId, PurchaseId};
 use tollgate_core::machine::Op;
-use tollgate_core::Nanos;
-use tollgate_engine::{system_clock, AdminCmd, AdminReply, Engine};
+use tollgate_core::time::{day_start, MS_PER_DAY};
+use tollgate_core::{Nanos, Timestamp};
+use tollgate_dashboard::demo::{self, Seeded};
+use tollgate_engine::{system_clock, AdminCmd, AdminReply, Clock, Engine};
 use tollgate_store::{BillingMode, Scope};
 
 pub const DEFAULT_DB: &str = "tollgate.db";
@@ -34,8 +38,9 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Start a demo: a fresh database with the sample catalog, an operator key and a demo
-    /// account with credits and keys, and print commands to try. Refused while another server
-    /// has the demo database open.
+    /// account with credits, keys and four weeks of usage history, and print a sign-in link
+    /// to its billing dashboard and commands to try. Refused while another server has the
+    /// demo database open.
     #[arg(long)]
     demo: bool,
     #[command(flatten)]
@@ -107,16 +112,30 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     .await?
     .with_context(|| format!("cannot open {db}"))?;
     let db = store.describe();
-    let engine = Engine::start(store, system_clock())?;
+    // The demo writes its account's past on a clock it sets back, then lets it follow the
+    // system clock; a server's clock is the system's.
+    let (clock, demo_clock) = if demo {
+        let pinned = Arc::new(AtomicI64::new(0));
+        (pinnable_clock(pinned.clone()), Some(pinned))
+    } else {
+        (system_clock(), None)
+    };
+    let engine = Engine::start(store, clock)?;
     // Checked with the settings already; the engine checks it again.
     engine
         .set_invoice_prefix(&settings.invoices.prefix)
         .map_err(|e| anyhow::anyhow!("invoices.prefix: {e}"))?;
 
+    // The demo's prices are in force from 90 days back, so its history is priced; a catalog
+    // file given too comes after them.
+    if demo {
+        let from = engine.now().minus_ms(DEMO_CATALOG_DAYS * MS_PER_DAY);
+        apply_catalog(&engine, SAMPLE_CATALOG, "the sample catalog", Some(from)).await?;
+    }
     if let Some(path) = &settings.catalog {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        apply_catalog(&engine, &text, &path.display().to_string()).await?;
+        apply_catalog(&engine, &text, &path.display().to_string(), None).await?;
     }
     let operator_key = match std::env::var("TOLLGATE_OPERATOR_KEY") {
         Ok(k) if !k.trim().is_empty() => {
@@ -165,9 +184,8 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
         }
     };
 
-    let demo = if demo {
-        apply_catalog(&engine, SAMPLE_CATALOG, "the sample catalog").await?;
-        Some(create_demo_account(&engine).await?)
+    let demo = if let Some(pinned) = &demo_clock {
+        Some(create_demo_account(&engine, pinned).await?)
     } else {
         if engine.catalog().endpoints.is_empty() {
             tracing::warn!(
@@ -250,8 +268,17 @@ fn conn_limits(settings: &Settings) -> ConnLimits {
     }
 }
 
-async fn apply_catalog(engine: &Engine, text: &str, name: &str) -> anyhow::Result<()> {
-    let doc = document::parse(text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+/// Applies a catalog document; `effective_from` overrides the document's.
+async fn apply_catalog(
+    engine: &Engine,
+    text: &str,
+    name: &str,
+    effective_from: Option<Timestamp>,
+) -> anyhow::Result<()> {
+    let mut doc = document::parse(text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    if effective_from.is_some() {
+        doc.effective_from = effective_from;
+    }
     if let AdminReply::CatalogApplied {
         endpoints,
         versions_created,
@@ -266,12 +293,43 @@ async fn apply_catalog(engine: &Engine, text: &str, name: &str) -> anyhow::Resul
     Ok(())
 }
 
+/// How far back the demo's prices take effect.
+const DEMO_CATALOG_DAYS: i64 = 90;
+/// How long before the history the demo account signed up and bought its credits.
+const DEMO_SIGNUP_DAYS: i64 = 30;
+
+/// A clock that follows the system clock while `pinned` is 0, and reads `pinned` otherwise.
+fn pinnable_clock(pinned: Arc<AtomicI64>) -> Clock {
+    let system = system_clock();
+    Arc::new(move || match pinned.load(Ordering::SeqCst) {
+        0 => system(),
+        at => Timestamp(at),
+    })
+}
+
 struct Demo {
     admin_key: String,
     api_key: String,
+    /// The usage history written for the account.
+    history: Seeded,
+    /// When the sample catalog's prices took effect.
+    prices_from: Timestamp,
+    /// A one-time sign-in link's path, and when it stops working.
+    link: String,
+    link_expires_at: Timestamp,
 }
 
-async fn create_demo_account(engine: &Engine) -> anyhow::Result<Demo> {
+/// The demo account: signed up, bought 25 USD of credits and got its keys
+/// [`DEMO_SIGNUP_DAYS`] ago, then used the API on the days 2 to 29 ago (the engine's clock
+/// pinned to each day as it is written, so the ledger dates the charges on their days), and
+/// a sign-in link to its dashboard minted now.
+async fn create_demo_account(engine: &Engine, pinned: &AtomicI64) -> anyhow::Result<Demo> {
+    let now = engine.now();
+    let prices_from = now.minus_ms(DEMO_CATALOG_DAYS * MS_PER_DAY);
+    pinned.store(
+        day_start(now).minus_ms(DEMO_SIGNUP_DAYS * MS_PER_DAY).0 + 9 * 3_600_000,
+        Ordering::SeqCst,
+    );
     let username = AccountId::parse("demo").expect("valid");
     engine
         .admin(AdminCmd::CreateAccount {
@@ -295,46 +353,118 @@ async fn create_demo_account(engine: &Engine) -> anyhow::Result<Demo> {
         "demo admin".into(),
         engine.now(),
     );
-    let api = mint_key(Some(username), Scope::Api, "demo api".into(), engine.now());
-    engine
-        .admin(AdminCmd::InsertKey(admin.record.clone()))
-        .await?;
-    engine
-        .admin(AdminCmd::InsertKey(api.record.clone()))
-        .await?;
+    let api = mint_key(
+        Some(username.clone()),
+        Scope::Api,
+        "demo api".into(),
+        engine.now(),
+    );
+    // A second API key, as a team's batch jobs have, so usage per key has two keys.
+    let batch = mint_key(
+        Some(username.clone()),
+        Scope::Api,
+        "demo batch jobs".into(),
+        engine.now(),
+    );
+    for key in [&admin, &api, &batch] {
+        engine
+            .admin(AdminCmd::InsertKey(key.record.clone()))
+            .await?;
+    }
+    // The history is written from the present's point of view: its days count back from
+    // today, and each batch pins the clock to its day.
+    pinned.store(now.0, Ordering::SeqCst);
+    let plan = demo::demo_history(
+        username.clone(),
+        vec![api.record.key_id.clone(), batch.record.key_id.clone()],
+    );
+    let set_clock = |t: Timestamp| pinned.store(t.0, Ordering::SeqCst);
+    let seeded = demo::seed_history(engine, &plan, Some(&set_clock)).await;
+    pinned.store(0, Ordering::SeqCst);
+    let history = seeded.map_err(|e| anyhow::anyhow!("demo history: {e}"))?;
+    let state = AppState {
+        engine: engine.clone(),
+    };
+    let minted = tollgate_api::portal::mint_link(&state, username)
+        .await
+        .map_err(|e| anyhow::anyhow!("demo sign-in link: {}", e.message))?;
+    let (link, link_expires_at) = (minted.url, minted.expires_at);
     Ok(Demo {
         admin_key: admin.key(),
         api_key: api.key(),
+        history,
+        prices_from,
+        link,
+        link_expires_at,
     })
 }
 
 fn print_demo(format: LogFormat, addr: SocketAddr, operator_key: &str, demo: &Demo) {
+    let base = format!("http://{addr}");
+    let h = &demo.history;
+    let bought = Nanos::parse_usd("25.00").expect("valid");
+    let balance = Nanos(bought.0 - h.total.0);
+    let usd = |n: Nanos| n.to_usd().normalize().to_string();
+    let date = |t: Timestamp| tollgate_api::wire::rfc3339(t)[..10].to_string();
+    let link = format!("{base}{}", demo.link);
+    let until = tollgate_api::wire::rfc3339(demo.link_expires_at);
     if format == LogFormat::Json {
         logging::startup(
             format,
             "",
-            "demo ready: sample catalog applied, account `demo` bought 25.00 USD of credits",
+            "demo ready: sample catalog applied, account `demo` bought 25.00 USD of credits \
+             and has four weeks of usage history",
             json!({
-                "address": format!("http://{addr}"),
+                "address": base,
                 "operator_key": operator_key,
                 "demo_admin_key": demo.admin_key,
                 "demo_api_key": demo.api_key,
+                "prices_from": tollgate_api::wire::rfc3339(demo.prices_from),
+                "history": {
+                    "requests": h.events,
+                    "billed": h.billed,
+                    "endpoints": h.endpoints,
+                    "total_usd": usd(h.total),
+                    "first": h.first.map(tollgate_api::wire::rfc3339),
+                    "last": h.last.map(tollgate_api::wire::rfc3339),
+                },
+                "balance_usd": usd(balance),
+                "dashboard_link": link,
+                "dashboard_link_expires_at": until,
+                "dashboard_login": format!("{base}/dashboard/login"),
+                "console_login": format!("{base}/console/login"),
             }),
         );
         return;
     }
     let request_id = uuid::Uuid::now_v7();
+    let (first, last) = (
+        h.first.map(date).unwrap_or_default(),
+        h.last.map(date).unwrap_or_default(),
+    );
     println!(
         r#"
-Demo ready: sample catalog applied, account `demo` bought 25.00 USD of credits.
+Demo ready: the sample catalog, its prices in force since {prices_from}; account `demo`, which
+bought 25.00 USD of credits 30 days ago, then made {events} requests to {endpoints} endpoints from
+{first} to {last} (billed {total} USD; the last 24 hours are left to you): its balance is
+{balance} USD.
 
-  operator key : {operator_key}
+  operator key  : {operator_key}
   demo ADMIN key: {admin}
   demo API key  : {api}
+  dashboard link: {link}
+  console       : {base}/console/login
+
+Open the dashboard link in a browser: it signs in to `demo`'s billing dashboard, once, within
+ten minutes (until {until_time} UTC). For a new link, run the first curl below, or sign in at
+/dashboard/login with the ADMIN key. The console (/console/login) takes the operator key.
 
 Try it (paste into another shell):
 
-  export TG=http://{addr} OP='Key {operator_key}' DEMO='{api}' REQ={request_id}
+  export TG={base} OP='Key {operator_key}' DEMO='{api}' REQ={request_id}
+
+  # a new dashboard sign-in link for `demo` (prefix its url with $TG)
+  curl -s -X POST $TG/v1/admin/accounts/demo/portal-sessions -H "Authorization: $OP"
 
   # the customer's balance, as fal's Platform API shows it
   curl -s "$TG/v1/account/billing?expand=credits" -H 'Authorization: Key {admin}'
@@ -346,16 +476,23 @@ Try it (paste into another shell):
   curl -s -X POST $TG/v1/requests/$REQ/complete -H "Authorization: $OP" -H 'Content-Type: application/json' \
     -d '{{"status_code": 200, "output": {{"images": [{{"width": 1920, "height": 1080}}]}}}}'
 
-  # 1920x1080 is 2 megapixels at 0.025 USD: the balance is now 24.95 USD
+  # 1920x1080 is 2 megapixels at 0.025 USD: the balance drops by exactly 0.05 USD
   curl -s $TG/v1/admin/accounts/demo -H "Authorization: $OP"
 
-  # what the customer sees, as fal's Platform API shows it: the billed request, usage, a price
+  # what the customer sees, as fal's Platform API shows it: the billed request, usage (the
+  # last day by default; add &start=YYYY-MM-DD for the history), a price
   curl -s "$TG/v1/models/billing-events" -H 'Authorization: Key {admin}'
   curl -s "$TG/v1/models/usage?expand=time_series,summary" -H 'Authorization: Key {admin}'
   curl -s "$TG/v1/models/pricing?endpoint_id=fal-ai/flux/dev" -H "Authorization: Key $DEMO"
 
   # a server error is never billed; the API contract is at $TG/v1/openapi.json
 "#,
+        prices_from = date(demo.prices_from),
+        until_time = &until[11..19],
+        events = h.events,
+        endpoints = h.endpoints,
+        total = usd(h.total),
+        balance = usd(balance),
         admin = demo.admin_key,
         api = demo.api_key,
     );

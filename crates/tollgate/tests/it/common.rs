@@ -69,7 +69,8 @@ impl Server {
 
     /// Starts `tollgate serve --demo --listen 127.0.0.1:0` in `dir` (where the demo creates its
     /// database) with no TOLLGATE_OPERATOR_KEY, so that the demo mints the operator key, and
-    /// returns it with the demo account's keys, all read from what the demo prints.
+    /// returns it with the demo account's keys and its dashboard sign-in link, all read from
+    /// what the demo prints.
     pub fn start_demo(dir: &Path, stderr: PathBuf) -> (Server, DemoKeys) {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--demo", "--listen", "127.0.0.1:0"])
@@ -78,13 +79,14 @@ impl Server {
             // Its log may end up in a test's failure message: plain text.
             .env("NO_COLOR", "1");
         let (server, lines) = Server::spawn(cmd, stderr);
-        let [mut operator, mut admin, mut api] = [None, None, None];
+        let [mut operator, mut admin, mut api, mut link] = [None, None, None, None];
         let deadline = Instant::now() + Duration::from_secs(20);
-        while operator.is_none() || admin.is_none() || api.is_none() {
+        while operator.is_none() || admin.is_none() || api.is_none() || link.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = lines.recv_timeout(left).unwrap_or_else(|e| {
                 panic!(
-                    "tollgate serve --demo did not print its three keys ({e:?}); stderr:\n{}",
+                    "tollgate serve --demo did not print its three keys and its dashboard link \
+                     ({e:?}); stderr:\n{}",
                     server.stderr_text()
                 )
             });
@@ -92,6 +94,7 @@ impl Server {
                 ("operator key", &mut operator),
                 ("demo ADMIN key", &mut admin),
                 ("demo API key", &mut api),
+                ("dashboard link", &mut link),
             ] {
                 if let Some(key) = line.trim_start().strip_prefix(label) {
                     if let Some(key) = key.trim_start().strip_prefix(':') {
@@ -104,6 +107,7 @@ impl Server {
             operator: operator.expect("read above"),
             admin: admin.expect("read above"),
             api: api.expect("read above"),
+            dashboard_link: link.expect("read above"),
         };
         (server, keys)
     }
@@ -213,6 +217,8 @@ pub struct DemoKeys {
     pub admin: String,
     /// The demo account's `API` key.
     pub api: String,
+    /// The one-time sign-in link to the demo account's dashboard (a full URL).
+    pub dashboard_link: String,
 }
 
 /// A blocking HTTP client that ignores proxy settings (the server is on localhost).

@@ -507,7 +507,150 @@ fn demo_refuses_to_start_over_a_demo_database_a_running_server_has_open() {
         "demo account",
     )
     .body;
-    assert_eq!(fresh["balance_nano_usd"], 25_000_000_000_i64, "{fresh}");
+    // The same history as the first demo's, on a fresh database: the same balance.
+    assert_eq!(
+        fresh["balance_nano_usd"], before["balance_nano_usd"],
+        "{fresh}"
+    );
+    let fresh = fresh["balance_nano_usd"].as_i64().expect("balance");
+    assert!(fresh < 25_000_000_000, "{fresh}");
+}
+
+/// The demo's dashboard link, followed without following redirects: the status, the session
+/// cookie it sets (`name=value`) and where it sends the browser.
+fn follow_link(link: &str) -> (u16, Option<String>, Option<String>) {
+    let c = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+    let resp = c.get(link).send().expect("GET the link");
+    let cookie = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("tollgate_session="))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_string);
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (resp.status().as_u16(), cookie, location)
+}
+
+/// Exact USD of a JSON number as tollgate renders it (at most nine decimals, so the shortest
+/// rendering of its double is its decimal).
+fn usd(v: &Value) -> rust_decimal::Decimal {
+    v.as_f64()
+        .map(|f| f.to_string())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("not a USD amount: {v}"))
+}
+
+#[test]
+fn the_demo_prints_a_dashboard_link_that_signs_in_once_over_four_weeks_of_history_that_reconcile() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (server, keys) = Server::start_demo(dir.path(), dir.path().join("demo.log"));
+    let base = &server.base;
+    assert!(
+        keys.dashboard_link
+            .starts_with(&format!("{base}/dashboard/link/")),
+        "{}",
+        keys.dashboard_link
+    );
+    let c = client();
+    let account = must(
+        send(
+            c.get(format!("{base}/v1/admin/accounts/demo")),
+            &keys.operator,
+        ),
+        200,
+        "demo account",
+    )
+    .body;
+    let balance = account["balance_nano_usd"].as_i64().expect("balance");
+
+    // The link signs in: a session cookie, and the dashboard, whose overview shows the balance.
+    let (status, cookie, location) = follow_link(&keys.dashboard_link);
+    assert_eq!(status, 303);
+    assert_eq!(location.as_deref(), Some("/dashboard"));
+    let cookie = cookie.expect("a session cookie");
+    let page = c
+        .get(format!("{base}/dashboard"))
+        .header("cookie", &cookie)
+        .send()
+        .expect("GET /dashboard");
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().expect("the page");
+    assert!(
+        html.contains(&format!("data-nano-usd=\"{balance}\"")),
+        "the overview does not show the balance {balance}:\n{html}"
+    );
+    // Once: used again, it is refused and signs nobody in.
+    let (again, cookie, _) = follow_link(&keys.dashboard_link);
+    assert_eq!((again, cookie), (410, None));
+
+    // Four weeks of history over several endpoints, none in the last 24 hours.
+    let start = (chrono::Utc::now() - chrono::Duration::days(30))
+        .format("%Y-%m-%d")
+        .to_string();
+    let usage = must(
+        send(
+            c.get(format!(
+                "{base}/v1/models/usage?expand=summary,time_series&start={start}"
+            )),
+            &keys.admin,
+        ),
+        200,
+        "usage over 30 days",
+    )
+    .body;
+    let summary = usage["summary"].as_array().expect("summary");
+    let endpoints: std::collections::BTreeSet<&str> = summary
+        .iter()
+        .map(|r| r["endpoint_id"].as_str().expect("endpoint"))
+        .collect();
+    assert!(endpoints.len() >= 8, "{endpoints:?}");
+    let days = usage["time_series"]
+        .as_array()
+        .expect("time series")
+        .iter()
+        .filter(|b| !b["results"].as_array().expect("results").is_empty())
+        .count();
+    assert_eq!(days, 28, "days with usage");
+    // What the history billed is what the balance lost from the 25 USD bought.
+    let billed: rust_decimal::Decimal = summary.iter().map(|r| usd(&r["cost_total"])).sum();
+    let spent = rust_decimal::Decimal::new(25_000_000_000 - balance, 9);
+    assert_eq!(billed, spent, "{usage}");
+    assert!(
+        spent > rust_decimal::Decimal::ONE && spent < rust_decimal::Decimal::TEN,
+        "{spent}"
+    );
+    let last_day = must(
+        send(
+            c.get(format!("{base}/v1/models/usage?expand=summary")),
+            &keys.admin,
+        ),
+        200,
+        "usage of the last day",
+    )
+    .body;
+    assert_eq!(last_day["summary"], json!([]), "{last_day}");
+
+    let reconciliation = must(
+        send(
+            c.get(format!("{base}/v1/admin/reconciliation")),
+            &keys.operator,
+        ),
+        200,
+        "reconciliation",
+    )
+    .body;
+    assert_eq!(reconciliation["clean"], true, "{reconciliation}");
 }
 
 /// What a burst worker had acknowledged: request or event id → cost in nano-USD.
