@@ -15,6 +15,7 @@ use axum::routing::get;
 use maud::{html, Markup};
 use std::collections::BTreeMap;
 use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId};
+use tollgate_core::machine::MAX_EVENT_SKEW_MS;
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_query::timeframe::{Range, RangeSpec, Timeframe};
 use tollgate_query::usage::{UsageQuery, UsageRow};
@@ -85,13 +86,19 @@ pub async fn spend(
     spec: &RangeSpec,
     api_keys: Vec<ApiKeyId>,
 ) -> Result<(Range, Spend), PageError> {
-    let range = tollgate_query::timeframe::resolve(spec, state.engine().now())
+    let now = state.engine().now();
+    let range = tollgate_query::timeframe::resolve(spec, now)
         .map_err(|e| PageError::bad_request(e.to_string()))?;
+    // No usage is dated later than the engine's clock allows (a usage event's timestamp at
+    // most `MAX_EVENT_SKEW_MS` ahead): the read stops there, so a range that runs into the
+    // future (this month, today) reads no empty hours; its buckets are still the whole range's.
+    let mut read = range.clone();
+    read.end = read.end.min(now.plus_ms(MAX_EVENT_SKEW_MS)).max(read.start);
     // One read: the series and the summary come from the same rollup rows, so the chart and
     // the table always agree (the page limit is above any range's rows: at most 366 days).
     let q = UsageQuery {
         account: account.clone(),
-        range: range.clone(),
+        range: read,
         endpoints: Vec::new(),
         api_keys,
         by_login: false,

@@ -2,7 +2,7 @@
 //! and why), its concurrency limit and what raises it, its spend this month and last, the
 //! credits that expire next, and its spend per day over the last 30 days by endpoint.
 
-use super::{chrome, spend, spend_chart};
+use super::{add, chrome, spend, spend_chart, Spend};
 use crate::error::PageError;
 use crate::layout::{self, empty, stat};
 use crate::session::CustomerSession;
@@ -10,7 +10,8 @@ use crate::{fmt, DashboardState};
 use axum::extract::State;
 use axum::response::Html;
 use maud::html;
-use tollgate_core::machine::LockReason;
+use tollgate_core::ids::AccountId;
+use tollgate_core::machine::{LockReason, MAX_EVENT_SKEW_MS};
 use tollgate_core::time::{month_start, next_month_start, previous_month_start};
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_query::timeframe::{Moment, RangeSpec, Timeframe};
@@ -31,6 +32,42 @@ pub fn between(start: Timestamp, end: Timestamp) -> RangeSpec {
     }
 }
 
+/// The account's spend in `[from, to)` (UTC day boundaries, as months are): the days of the
+/// chart's spend (`days`, over `chart`) that fall in it, and a read of only the parts outside
+/// the chart. The months overlap the chart's 30 days; reading them again would read most of
+/// those days' rollups twice or three times. Sums of the same rollup totals as the usage
+/// query's summary, so the same amounts.
+async fn spent(
+    state: &DashboardState,
+    account: &AccountId,
+    days: &Spend,
+    chart: (Timestamp, Timestamp),
+    (from, to): (Timestamp, Timestamp),
+) -> Result<Nanos, PageError> {
+    let mut total = Nanos::ZERO;
+    for (i, (start, _)) in days.buckets.iter().enumerate() {
+        if (from..to).contains(start) {
+            for (_, values) in &days.series {
+                add(&mut total, values[i])?;
+            }
+        }
+    }
+    // Before the chart.
+    if from < chart.0 {
+        let (_, before) =
+            spend(state, account, &between(from, to.min(chart.0)), Vec::new()).await?;
+        add(&mut total, before.total()?)?;
+    }
+    // After it: only usage stamped up to `MAX_EVENT_SKEW_MS` ahead of the clock, in the last
+    // minutes of a day.
+    let horizon = state.engine().now().plus_ms(MAX_EVENT_SKEW_MS);
+    if to > chart.1 && horizon > chart.1 {
+        let (_, after) = spend(state, account, &between(chart.1, to), Vec::new()).await?;
+        add(&mut total, after.total()?)?;
+    }
+    Ok(total)
+}
+
 pub async fn page(
     State(state): State<DashboardState>,
     who: CustomerSession,
@@ -42,29 +79,26 @@ pub async fn page(
     let catalog = engine.catalog();
 
     let this_month = month_start(now);
-    let (_, month) = spend(
-        &state,
-        &who.account,
-        &between(this_month, next_month_start(now)),
-        Vec::new(),
-    )
-    .await?;
-    let (_, last_month) = spend(
-        &state,
-        &who.account,
-        &between(previous_month_start(now), this_month),
-        Vec::new(),
-    )
-    .await?;
     let today = tollgate_core::time::day_start(now);
-    let (_, days) = spend(
+    let chart = (
+        today.minus_ms((CHART_DAYS - 1) * DAY_MS),
+        today.plus_ms(DAY_MS),
+    );
+    let (_, days) = spend(&state, &who.account, &between(chart.0, chart.1), Vec::new()).await?;
+    let month = spent(
         &state,
         &who.account,
-        &between(
-            today.minus_ms((CHART_DAYS - 1) * DAY_MS),
-            today.plus_ms(DAY_MS),
-        ),
-        Vec::new(),
+        &days,
+        chart,
+        (this_month, next_month_start(now)),
+    )
+    .await?;
+    let last_month = spent(
+        &state,
+        &who.account,
+        &days,
+        chart,
+        (previous_month_start(now), this_month),
     )
     .await?;
 
@@ -148,8 +182,8 @@ pub async fn page(
                 }
             })))
             (stat("Spend this month", html! {
-                span #spend-month { (fmt::usd_cents(month.total()?)) }
-            }, Some(html! { "Last month: " (fmt::usd_cents(last_month.total()?)) })))
+                span #spend-month { (fmt::usd_cents(month)) }
+            }, Some(html! { "Last month: " (fmt::usd_cents(last_month)) })))
             (stat("Credits expiring next", html! {
                 @if let Some((_, amount)) = expiring { (fmt::usd_cents(amount)) } @else { "None" }
             }, Some(html! {

@@ -1,8 +1,10 @@
 //! The demo history generator (`tollgate_dashboard::demo`): the same seed gives the same
 //! history; the history spreads over its days, their hours, the account's keys and the
 //! endpoints (a few dominant, a long tail) with plausible units; and seeding it bills every
-//! event through the engine, dated on its day in the usage and in the ledger, which reconciles.
-//! Self-contained: a fresh store of `tollgate_store::testing` and an engine on a manual clock.
+//! event through the engine, dated on its day in the usage and in the ledger, which reconciles;
+//! over that history, the overview's month figures are the usage query's (the overview reads
+//! the months' days outside its chart only). Self-contained: a fresh store of
+//! `tollgate_store::testing` and an engine on a manual clock.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -398,4 +400,119 @@ async fn seeding_bills_every_event_on_its_day_and_the_reads_and_the_ledger_agree
         assert_eq!((again.billed, again.total), (0, Nanos::ZERO));
         engine.shutdown().await.expect("shutdown");
     }
+}
+
+/// The account's usage total over `[from, to)`, as the usage query's summary gives it.
+async fn usage_total(engine: &Engine, account: &AccountId, from: i64, to: i64) -> Nanos {
+    let spec = RangeSpec {
+        start: Some(Moment::At(Timestamp(from))),
+        end: Some(Moment::At(Timestamp(to))),
+        timeframe: Some(Timeframe::Day),
+        bound_to_timeframe: false,
+        ..RangeSpec::default()
+    };
+    let range = tollgate_query::timeframe::resolve(&spec, engine.now()).expect("range");
+    let usage = tollgate_query::usage::usage(
+        engine,
+        UsageQuery {
+            account: account.clone(),
+            range,
+            endpoints: Vec::new(),
+            api_keys: Vec::new(),
+            by_login: false,
+            time_series: false,
+            summary: true,
+            by_key: false,
+            cursor: None,
+            limit: 10_000,
+        },
+    )
+    .await
+    .expect("usage");
+    usage
+        .summary
+        .expect("summary")
+        .iter()
+        .try_fold(Nanos::ZERO, |s, r| s.checked_add(r.total))
+        .expect("sum")
+}
+
+/// The text of the element after `marker` in `html`, up to the next tag.
+fn text_after<'a>(html: &'a str, marker: &str) -> &'a str {
+    let at = html
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker} in the page:\n{html}"));
+    let rest = &html[at + marker.len()..];
+    &rest[..rest.find('<').expect("a tag follows")]
+}
+
+#[tokio::test]
+async fn the_overview_shows_this_and_last_months_spend_as_the_usage_query_totals_them() {
+    use axum::body::Body;
+    use axum::http::{header, Request};
+    use tollgate_core::time::{month_start, previous_month_start};
+    use tower::ServiceExt;
+
+    let backend = Backend::Sqlite;
+    let (_db, engine, clock, h) = seeded_engine(&backend).await;
+    let set = |t: Timestamp| clock.store(t.0, Ordering::SeqCst);
+    demo::seed_history(&engine, &h, Some(&set))
+        .await
+        .expect("seeded");
+    let id = tollgate_api::auth::random_token();
+    engine
+        .admin(AdminCmd::StartWebSession(tollgate_store::WebSession {
+            id_sha256: tollgate_api::auth::hash_secret(&id),
+            account: Some(h.account.clone()),
+            key_id: None,
+            csrf: tollgate_api::auth::random_token(),
+            created_at: Timestamp(NOW),
+            expires_at: Timestamp(NOW + 30 * MS_PER_DAY),
+            ended_at: None,
+        }))
+        .await
+        .expect("session");
+    let app = tollgate_dashboard::router(tollgate_dashboard::DashboardState::new(
+        tollgate_api::AppState {
+            engine: engine.clone(),
+        },
+        tollgate_dashboard::DashboardConfig::default(),
+    ));
+    // At three times: the 6th (this month's days all in the chart's 30 days, last month's
+    // partly before them), the 31st (this month's first day before the chart, last month
+    // wholly) and the 1st (last month's first days before it).
+    for now in [NOW, NOW + 25 * MS_PER_DAY, NOW + 26 * MS_PER_DAY] {
+        clock.store(now, Ordering::SeqCst);
+        let this_month = month_start(Timestamp(now)).0;
+        let last_month = previous_month_start(Timestamp(now)).0;
+        let month = usage_total(&engine, &h.account, this_month, now + MS_PER_DAY).await;
+        let last = usage_total(&engine, &h.account, last_month, this_month).await;
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::get("/dashboard")
+                    .header(header::COOKIE, format!("tollgate_session={id}"))
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), 200);
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        let html = String::from_utf8(body.to_vec()).expect("utf-8");
+        assert!(last > Nanos::ZERO, "no usage last month at {now}");
+        assert_eq!(
+            text_after(&html, "<span id=\"spend-month\">"),
+            tollgate_dashboard::fmt::usd_cents(month),
+            "this month at {now}"
+        );
+        assert_eq!(
+            text_after(&html, "Last month: "),
+            tollgate_dashboard::fmt::usd_cents(last),
+            "last month at {now}"
+        );
+    }
+    engine.shutdown().await.expect("shutdown");
 }

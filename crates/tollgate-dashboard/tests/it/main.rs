@@ -1,5 +1,5 @@
 //! The dashboard's integration tests: one binary, one harness (`common`); `demo` (the demo
-//! history generator) is self-contained.
+//! history generator, and the overview's figures over its history) is self-contained.
 
 mod accessibility;
 mod billing;
