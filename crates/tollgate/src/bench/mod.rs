@@ -12,7 +12,9 @@
 //! (`tollgate-postgres`, in a schema created for the row and dropped after it, with the bench's
 //! callers and with as many as the naive PostgreSQL baseline); and tollgate over HTTP
 //! (`http.rs`, with wrk, and with reqwest the latency of `start`, also while hostile
-//! connections are held open). Every tollgate row is compared with the baselines
+//! connections are held open); and the dashboard's pages (`dashboard.rs`: every page of the
+//! customer's and the console's navigation rendered in-process for an account with a year of
+//! history, server time per page). Every tollgate row is compared with the baselines
 //! (`report.rs`), a `tollgate-postgres` row with the naive design on the same PostgreSQL
 //! server.
 //!
@@ -21,6 +23,7 @@
 #![allow(clippy::float_arithmetic)]
 
 mod baseline;
+mod dashboard;
 mod engine;
 mod http;
 mod invoices;
@@ -133,6 +136,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     baseline::run(&plan, &args, &wanted, &mut rows)?;
     rt.block_on(engine::run(&plan, &args, &wanted, &mut rows))?;
     rt.block_on(http::run(&plan, &wanted, &mut rows))?;
+    // The dashboard's pages, over a year of one account's history.
+    rt.block_on(dashboard::run(&plan, &wanted, &mut rows))?;
     // Last: seeding millions of rows leaves the disk busy writing back for a while.
     rt.block_on(engine::scale(&plan, &wanted, &mut rows))?;
 
