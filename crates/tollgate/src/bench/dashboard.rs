@@ -311,9 +311,9 @@ async fn seed(
     Ok((engine, operator.key(), seeded, days))
 }
 
-/// Renders `path` with `cookie` for the plan's time (at least 20 times, at most 2,000), after
-/// two renders not counted: the renders, the time they took, their latencies, the largest
-/// time and the body's size. `None` when the page is not served (404): not written yet.
+/// Renders `path` with `cookie` for the plan's time (at least 5 times, at most 2,000), after
+/// one render not counted: the renders, the time they took, their latencies, the largest time
+/// and the body's size. `None` when the page is not served (404): not written yet.
 async fn measure(
     app: &axum::Router,
     path: &str,
@@ -342,7 +342,7 @@ async fn measure(
     let mut h = histogram();
     let (mut n, mut max, mut bytes) = (0u64, Duration::ZERO, 0);
     let started = Instant::now();
-    while n < 20 || (started.elapsed() < duration && n < 2000) {
+    while n < 5 || (started.elapsed() < duration && n < 2000) {
         let req = get()?;
         let t = Instant::now();
         let (status, _, _, body) = call(app, req).await?;

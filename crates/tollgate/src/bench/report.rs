@@ -94,7 +94,7 @@ fn fmt_opt(v: Option<u64>) -> String {
 
 fn line(r: &Row) -> String {
     format!(
-        "{:<44} {:<17} {:>7} {:>12.0} {:>8} {:>8} {:>8}  {}",
+        "{:<48} {:<17} {:>7} {:>12.0} {:>8} {:>8} {:>8}  {}",
         r.workload,
         r.system,
         r.clients,
@@ -145,7 +145,7 @@ fn label(r: &Row) -> String {
 pub fn print(rows: &[Row]) {
     println!();
     println!(
-        "{:<44} {:<17} {:>7} {:>12} {:>8} {:>8} {:>8}  note",
+        "{:<48} {:<17} {:>7} {:>12} {:>8} {:>8} {:>8}  note",
         "workload", "system", "clients", "ops/s", "p50 us", "p99 us", "p999 us"
     );
     for r in rows {
