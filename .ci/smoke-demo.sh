@@ -51,20 +51,23 @@ echo "billing event $event nano-USD, usage summary $usage USD"
 [ "$((before - cost))" = "$after" ] || { echo "the balance did not move by exactly the cost"; exit 1; }
 [ "$clean" = "True" ] || { echo "the ledger does not reconcile"; exit 1; }
 
-# The dashboard sign-in link the demo prints: it signs in (a session cookie and a redirect to
-# the dashboard, whose overview shows the balance), and it works once.
+# The dashboard sign-in link the demo prints: opening it shows a page that posts it back
+# (a GET never spends it); the POST signs in (a session cookie and a redirect to the dashboard,
+# whose overview shows the balance), and works once.
 link=$(grep -m1 '^  dashboard link' "$out" | awk '{print $NF}')
 case "$link" in "$TG/dashboard/link/"*) ;; *) echo "no dashboard link printed: '$link'"; exit 1 ;; esac
 jar="$work/cookies"
-code=$(curl -s -o /dev/null -w '%{http_code}' -c "$jar" "$link")
-[ "$code" = "303" ] || { echo "the dashboard link answered $code, not 303"; exit 1; }
+opened=$(curl -s -o /dev/null -w '%{http_code}' "$link")
+[ "$opened" = "200" ] || { echo "opening the dashboard link answered $opened, not 200"; exit 1; }
+code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -c "$jar" "$link")
+[ "$code" = "303" ] || { echo "posting the dashboard link answered $code, not 303"; exit 1; }
 page=$(curl -s -w '\n%{http_code}' -b "$jar" "$TG/dashboard")
 [ "${page##*$'\n'}" = "200" ] || { echo "GET /dashboard with the session: ${page##*$'\n'}"; exit 1; }
 grep -q "data-nano-usd=\"$after\"" <<<"$page" \
   || { echo "the dashboard does not show the balance ($after nano-USD)"; exit 1; }
-again=$(curl -s -o /dev/null -w '%{http_code}' "$link")
+again=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$link")
 [ "$again" = "410" ] || { echo "the used link answered $again, not 410"; exit 1; }
-echo "dashboard link: signed in (303), overview shows the balance, used again: $again"
+echo "dashboard link: opened (200), signed in (303), overview shows the balance, used again: $again"
 
 kill -TERM "$pid"
 wait "$pid" || { echo "the server did not stop cleanly"; exit 1; }

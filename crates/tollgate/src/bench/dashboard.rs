@@ -4,7 +4,7 @@
 //! the same endpoints with `--quick`), by the server's own router (the API's with the
 //! dashboard's pages merged, as `serve` builds it) called in-process with `oneshot`, signed in
 //! as a browser is: the customer through a sign-in link minted by the operator API and
-//! followed, the operator through the console's sign-in form. One row per page: its server
+//! posted back, the operator through the console's sign-in form. One row per page: its server
 //! time (the whole body read) at p50, p99 and max; the target is under 100 ms.
 
 use super::report::{histogram, record, Row};
@@ -171,10 +171,15 @@ async fn customer_cookie(app: &axum::Router, operator_key: &str) -> anyhow::Resu
     let url = link["url"]
         .as_str()
         .ok_or_else(|| anyhow::anyhow!("no url in {link}"))?;
-    let (status, cookies, location, _) = call(app, Request::get(url).body(Body::empty())?).await?;
+    // The link's page posts it back; the POST signs in.
+    let post = Request::builder()
+        .method(Method::POST)
+        .uri(url)
+        .body(Body::empty())?;
+    let (status, cookies, location, _) = call(app, post).await?;
     anyhow::ensure!(
         status == StatusCode::SEE_OTHER && location.as_deref() == Some("/dashboard"),
-        "following the sign-in link: {status} to {location:?}"
+        "posting the sign-in link: {status} to {location:?}"
     );
     cookie_named(&cookies, "tollgate_session")
 }

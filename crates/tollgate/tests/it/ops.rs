@@ -516,16 +516,16 @@ fn demo_refuses_to_start_over_a_demo_database_a_running_server_has_open() {
     assert!(fresh < 25_000_000_000, "{fresh}");
 }
 
-/// The demo's dashboard link, followed without following redirects: the status, the session
-/// cookie it sets (`name=value`) and where it sends the browser.
-fn follow_link(link: &str) -> (u16, Option<String>, Option<String>) {
+/// The demo's dashboard link, posted back as its page does, without following redirects: the
+/// status, the session cookie it sets (`name=value`) and where it sends the browser.
+fn post_link(link: &str) -> (u16, Option<String>, Option<String>) {
     let c = reqwest::blocking::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
         .build()
         .expect("http client");
-    let resp = c.get(link).send().expect("GET the link");
+    let resp = c.post(link).send().expect("POST the link");
     let cookie = resp
         .headers()
         .get_all("set-cookie")
@@ -574,8 +574,12 @@ fn the_demo_prints_a_dashboard_link_that_signs_in_once_over_four_weeks_of_histor
     .body;
     let balance = account["balance_nano_usd"].as_i64().expect("balance");
 
-    // The link signs in: a session cookie, and the dashboard, whose overview shows the balance.
-    let (status, cookie, location) = follow_link(&keys.dashboard_link);
+    // Opening the link shows the page that posts it back, and spends nothing.
+    let opened = c.get(&keys.dashboard_link).send().expect("GET the link");
+    assert_eq!(opened.status().as_u16(), 200);
+    // Posted, it signs in: a session cookie, and the dashboard, whose overview shows the
+    // balance.
+    let (status, cookie, location) = post_link(&keys.dashboard_link);
     assert_eq!(status, 303);
     assert_eq!(location.as_deref(), Some("/dashboard"));
     let cookie = cookie.expect("a session cookie");
@@ -591,7 +595,7 @@ fn the_demo_prints_a_dashboard_link_that_signs_in_once_over_four_weeks_of_histor
         "the overview does not show the balance {balance}:\n{html}"
     );
     // Once: used again, it is refused and signs nobody in.
-    let (again, cookie, _) = follow_link(&keys.dashboard_link);
+    let (again, cookie, _) = post_link(&keys.dashboard_link);
     assert_eq!((again, cookie), (410, None));
 
     // Four weeks of history over several endpoints, none in the last 24 hours.
