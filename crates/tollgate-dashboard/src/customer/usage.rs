@@ -374,10 +374,11 @@ fn key_label(k: &ApiKeyRecord) -> String {
 }
 
 fn sum(rows: &[UsageRow], of: impl Fn(&UsageRow) -> Nanos) -> Result<Nanos, PageError> {
-    rows.iter().try_fold(Nanos::ZERO, |s, r| {
-        s.checked_add(of(r))
-            .map_err(|e| PageError::bad_request(e.to_string()))
-    })
+    let mut total = Nanos::ZERO;
+    for r in rows {
+        super::add(&mut total, of(r))?;
+    }
+    Ok(total)
 }
 
 pub async fn page(
