@@ -57,6 +57,7 @@ async fn every_page_is_accessible_at_desktop_and_phone_widths() {
     }
 
     b.goto("/console/login").await;
+    b.screenshots("console-login").await;
     b.assert_accessible("/console/login").await;
     b.fill("#key", &app.operator_key.clone()).await;
     b.follow("form.card button[type='submit']").await;
