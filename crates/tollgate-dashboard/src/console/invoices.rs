@@ -133,7 +133,7 @@ fn rows(
                             td { (kind_text(i.kind)) }
                             td.wrap[i.status_reference.is_some()] { (status_badge(i)) }
                             td { (fmt::date(i.issued_at)) }
-                            td { (fmt::date(i.period_start)) " – " (fmt::date(i.period_end)) }
+                            td { (fmt::period(i.period_start, i.period_end)) }
                             td.num { (fmt::usd(i.total)) }
                             @if let Some(token) = csrf_token {
                                 td {
