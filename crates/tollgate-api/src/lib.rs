@@ -71,7 +71,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::set_pricing))
         .routes(routes!(admin::adjust))
         .routes(routes!(admin::unlock))
-        .routes(routes!(portal::create))
+        .routes(routes!(portal::create, portal::end))
         .routes(routes!(admin::apply_catalog).layer(body_limit(CATALOG_BODY_BYTES)))
         .routes(routes!(admin::reconciliation))
         .routes(routes!(invoices::admin_invoices))

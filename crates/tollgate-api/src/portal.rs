@@ -94,3 +94,52 @@ pub async fn mint_link(state: &AppState, account: AccountId) -> Result<MintedLin
         expires_at,
     })
 }
+
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"ended": 2}))]
+pub struct SessionsEnded {
+    /// How many of the account's dashboard sessions were signed in and are now ended.
+    ended: usize,
+}
+
+/// End an account's dashboard sessions
+///
+/// Signs the account out of every dashboard session at once, however it signed in (a link or
+/// a key), on every server: for a platform whose customer signs out, or whose link went to the
+/// wrong person. Keys are not touched. Ending sessions of an account that has none answers
+/// `ended: 0`.
+#[utoipa::path(
+    delete, path = "/v1/admin/accounts/{username}/portal-sessions", tag = tags::OPERATOR,
+    operation_id = "endPortalSessions", security(("Key" = ["OPERATOR"])),
+    params(("username" = AccountId, Path, description = "The account's username.")),
+    responses(
+        OperatorErrors,
+        (status = 200, description = "How many sessions ended.", body = SessionsEnded),
+        (status = 404, description = "`not_found`: unknown account.", body = ErrorResponse),
+    )
+)]
+pub async fn end(
+    State(state): State<AppState>,
+    _: Operator,
+    _: Params<NoParams>,
+    Path(account): Path<AccountId>,
+) -> Result<axum::Json<SessionsEnded>, ApiError> {
+    let ended = end_sessions(&state, account).await?;
+    Ok(axum::Json(SessionsEnded { ended }))
+}
+
+/// Ends every dashboard session of an account (see [`end`]) and says how many were signed in:
+/// the operator API and the console both end sessions through this.
+pub async fn end_sessions(state: &AppState, account: AccountId) -> Result<usize, ApiError> {
+    tollgate_query::account(&state.engine, &account).await?;
+    match state
+        .engine
+        .admin(AdminCmd::EndAccountSessions { account })
+        .await?
+    {
+        tollgate_engine::AdminReply::SessionsEnded(ended) => Ok(ended),
+        other => Err(ApiError::server(format!(
+            "ending sessions answered {other:?}"
+        ))),
+    }
+}

@@ -936,6 +936,15 @@ async fn real_responses_match_the_document() {
     assert!(r.json["url"]
         .as_str()
         .is_some_and(|u| u.starts_with("/dashboard/link/")));
+    let r = f
+        .call(
+            Method::DELETE,
+            "/v1/admin/accounts/acme/portal-sessions",
+            f.op(),
+            Body::None,
+        )
+        .await;
+    assert_eq!((r.status, &r.json["ended"]), (200, &json!(0)));
 
     // --- the life of one request
     let r1 = uuid();

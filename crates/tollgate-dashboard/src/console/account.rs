@@ -37,7 +37,6 @@ use tollgate_core::machine::{LockReason, PurchaseRecord};
 use tollgate_core::terms::{BillingMode, Terms, TermsChange};
 use tollgate_core::time::{month_start, next_month_start, previous_month_start};
 use tollgate_core::{Nanos, Timestamp};
-use tollgate_engine::{AdminCmd, AdminReply};
 use tollgate_query::invoices::InvoiceFilter;
 use tollgate_query::keys::KeyOwner;
 use tollgate_query::QueryError;
@@ -482,14 +481,9 @@ async fn end_sessions(
         return Ok(unknown(&who, &username));
     };
     let account = row.state.credit.id.clone();
-    let ended = state
-        .engine()
-        .admin(AdminCmd::EndAccountSessions {
-            account: account.clone(),
-        })
-        .await;
+    let ended = tollgate_api::portal::end_sessions(&state.api, account.clone()).await;
     let (status, view) = match ended {
-        Ok(AdminReply::SessionsEnded(n)) => (
+        Ok(n) => (
             StatusCode::OK,
             View {
                 notice: Some(done(html! {
@@ -505,13 +499,8 @@ async fn end_sessions(
                 ..View::default()
             },
         ),
-        Ok(other) => {
-            return Err(
-                ApiError::server(format!("ending {account}'s sessions answered {other:?}")).into(),
-            )
-        }
         Err(e) => {
-            let (status, message) = refusal(e.into());
+            let (status, message) = refusal(e);
             (
                 status,
                 View {

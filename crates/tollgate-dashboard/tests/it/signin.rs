@@ -313,3 +313,53 @@ async fn sign_in_by_link_and_by_key_and_sign_out_on_every_store() {
         app.assert_reconciled().await;
     }
 }
+
+#[tokio::test]
+async fn the_platform_ends_an_accounts_dashboard_sessions_through_the_operator_api() {
+    let app = DashApp::spawn().await;
+    let c = app.customer("acme", Some("5.00")).await;
+    app.customer("globex", Some("5.00")).await;
+    let by_link = app.signed_in("acme").await;
+    let by_key = app.visitor();
+    let csrf = by_key.page("/dashboard/login").await.csrf();
+    by_key
+        .post_form(
+            "/dashboard/login",
+            &[("csrf", &csrf), ("key", &c.admin_key)],
+        )
+        .await
+        .expect(303);
+    let other = app.signed_in("globex").await;
+
+    let r = app
+        .op(
+            Method::DELETE,
+            "/v1/admin/accounts/acme/portal-sessions",
+            json!(null),
+        )
+        .await;
+    assert_eq!(r.expect(200).json()["ended"], 2);
+    by_link.get("/dashboard").await.expect(303);
+    by_key.get("/dashboard").await.expect(303);
+    other.page("/dashboard").await;
+    // The keys still work; a second call ends nothing; an unknown account is 404.
+    app.call(Method::GET, "/v1/account/billing", &c.admin_key, None)
+        .await
+        .expect(200);
+    let r = app
+        .op(
+            Method::DELETE,
+            "/v1/admin/accounts/acme/portal-sessions",
+            json!(null),
+        )
+        .await;
+    assert_eq!(r.expect(200).json()["ended"], 0);
+    app.op(
+        Method::DELETE,
+        "/v1/admin/accounts/nobody/portal-sessions",
+        json!(null),
+    )
+    .await
+    .expect(404);
+    app.assert_reconciled().await;
+}
