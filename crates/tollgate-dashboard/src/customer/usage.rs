@@ -386,14 +386,10 @@ pub async fn page(
     who: CustomerSession,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, PageError> {
-    let asked = Asked::parse(raw.as_deref());
-    let keys = account_keys(&state, &who.account).await?;
-    let now = state.engine().now();
-    let view = match View::check(&asked, &keys, now) {
-        Ok(view) => view,
-        Err(why) => return refused(&who, &asked, &keys, &why),
+    let (asked, keys, view, spec) = match checked(&state, &who, raw.as_deref()).await? {
+        Ok(checked) => checked,
+        Err(refusal) => return Ok(refusal),
     };
-    let spec = view.spec().map_err(PageError::bad_request)?;
     let api_keys = view.key.iter().map(|k| k.key_id.clone()).collect();
     let (_, spend) = spend(&state, &who.account, &spec, api_keys).await?;
     let body = render(&asked, &keys, Some((&view, &spend)), None)?;
@@ -406,6 +402,23 @@ pub async fn page(
 }
 
 /// The page saying what is wrong with the request (400), with the form as it was sent.
+/// What the query string asks, the account's keys, the view it resolves to and its range;
+/// or, when the input is refused, the page that says why (400).
+async fn checked(
+    state: &DashboardState,
+    who: &CustomerSession,
+    raw: Option<&str>,
+) -> Result<Result<(Asked, Vec<ApiKeyRecord>, View, RangeSpec), Response>, PageError> {
+    let asked = Asked::parse(raw);
+    let keys = account_keys(state, &who.account).await?;
+    let view = match View::check(&asked, &keys, state.engine().now()) {
+        Ok(view) => view,
+        Err(why) => return refused(who, &asked, &keys, &why).map(Err),
+    };
+    let spec = view.spec().map_err(PageError::bad_request)?;
+    Ok(Ok((asked, keys, view, spec)))
+}
+
 fn refused(
     who: &CustomerSession,
     asked: &Asked,
@@ -654,14 +667,11 @@ pub async fn csv(
     who: CustomerSession,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, PageError> {
-    let asked = Asked::parse(raw.as_deref());
-    let keys = account_keys(&state, &who.account).await?;
-    let now = state.engine().now();
-    let view = match View::check(&asked, &keys, now) {
-        Ok(view) => view,
-        Err(why) => return refused(&who, &asked, &keys, &why),
+    let (_, _, view, spec) = match checked(&state, &who, raw.as_deref()).await? {
+        Ok(checked) => checked,
+        Err(refusal) => return Ok(refusal),
     };
-    let spec = view.spec().map_err(PageError::bad_request)?;
+    let now = state.engine().now();
     let range = tollgate_query::timeframe::resolve(&spec, now)
         .map_err(|e| PageError::bad_request(e.to_string()))?;
     let usage = tollgate_query::usage::usage(
