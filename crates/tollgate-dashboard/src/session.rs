@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use maud::{html, Markup};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use tollgate_api::auth::{hash_secret, random_token, verify_key};
+use tollgate_api::auth::{hash_secret, random_token, same, verify_key};
 use tollgate_core::ids::{AccountId, ApiKeyId};
 use tollgate_engine::{AdminCmd, AdminReply};
 use tollgate_store::{Scope, WebSession};
@@ -131,15 +131,6 @@ fn set_cookie(
         "{name}={value}; Path={path}; Max-Age={max_age_s}; HttpOnly; SameSite={same_site}{secure}"
     ))
     .expect("cookie names, paths and hex values are header-safe")
-}
-
-/// Compares two secrets in time independent of where they differ.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 /// A signed-in session, as a page sees it.

@@ -828,6 +828,57 @@ async fn the_catalog_page_shows_the_sample_catalog_and_the_reconciliation_is_cle
     app.assert_reconciled().await;
 }
 
+/// Every form the console posts, with fields that would change something: acme's credits,
+/// terms, sign-in link, sessions and key `key_id`, the reconciliation, closing bigco's period,
+/// and paying and voiding `invoice` when there is one. A new form belongs here, so the tests of
+/// who may post and of CSRF cover it.
+fn every_console_form<'a>(
+    purchase_id: &'a str,
+    key_id: &str,
+    invoice: Option<&str>,
+) -> Vec<(String, Vec<(&'static str, &'a str)>)> {
+    let mut forms = vec![
+        (
+            "/console/accounts/acme/credits".to_string(),
+            vec![
+                ("purchase_id", purchase_id),
+                ("amount_usd", "50"),
+                ("kind", "paid"),
+            ],
+        ),
+        (
+            "/console/accounts/acme/terms".to_string(),
+            vec![
+                ("percent_discount", "50"),
+                ("concurrency_limit", "9"),
+                ("billing", "invoice"),
+            ],
+        ),
+        ("/console/accounts/acme/sign-in-link".to_string(), vec![]),
+        ("/console/accounts/acme/end-sessions".to_string(), vec![]),
+        ("/console/reconciliation".to_string(), vec![]),
+        (
+            format!("/console/accounts/acme/keys/{key_id}/revoke"),
+            vec![],
+        ),
+        (
+            "/console/invoices/close".to_string(),
+            vec![("username", "bigco"), ("until", "")],
+        ),
+    ];
+    if let Some(invoice) = invoice {
+        forms.push((
+            format!("/console/invoices/{invoice}/pay"),
+            vec![("payment_reference", "x")],
+        ));
+        forms.push((
+            format!("/console/invoices/{invoice}/void"),
+            vec![("reason", "x")],
+        ));
+    }
+    forms
+}
+
 #[tokio::test]
 async fn a_customer_session_is_sent_to_the_console_sign_in_for_every_console_url() {
     let app = DashApp::spawn().await;
@@ -859,43 +910,7 @@ async fn a_customer_session_is_sent_to_the_console_sign_in_for_every_console_url
             r.expect(303);
             assert_eq!(r.location(), "/console/login", "GET {path}");
         }
-        for (path, fields) in [
-            (
-                "/console/accounts/acme/credits".to_string(),
-                vec![
-                    ("purchase_id", "p-x"),
-                    ("amount_usd", "50"),
-                    ("kind", "paid"),
-                ],
-            ),
-            (
-                "/console/accounts/acme/terms".to_string(),
-                vec![
-                    ("percent_discount", "50"),
-                    ("concurrency_limit", ""),
-                    ("billing", "prepaid"),
-                ],
-            ),
-            ("/console/accounts/acme/sign-in-link".to_string(), vec![]),
-            ("/console/accounts/acme/end-sessions".to_string(), vec![]),
-            ("/console/reconciliation".to_string(), vec![]),
-            (
-                format!("/console/accounts/acme/keys/{key_id}/revoke"),
-                vec![],
-            ),
-            (
-                "/console/invoices/close".to_string(),
-                vec![("username", ""), ("until", "")],
-            ),
-            (
-                format!("/console/invoices/{invoice}/pay"),
-                vec![("payment_reference", "x")],
-            ),
-            (
-                format!("/console/invoices/{invoice}/void"),
-                vec![("reason", "x")],
-            ),
-        ] {
+        for (path, fields) in every_console_form("p-x", &key_id, Some(&invoice)) {
             let mut fields = fields;
             fields.push(("csrf", &csrf));
             let r = v.post_form(&path, &fields).await;
@@ -928,35 +943,7 @@ async fn console_forms_without_the_csrf_token_are_refused_and_change_nothing() {
     let before = account(&app, "acme").await;
 
     for token in [None, Some("forged")] {
-        for (path, fields) in [
-            (
-                "/console/accounts/acme/credits".to_string(),
-                vec![
-                    ("purchase_id", purchase_id.as_str()),
-                    ("amount_usd", "50"),
-                    ("kind", "paid"),
-                ],
-            ),
-            (
-                "/console/accounts/acme/terms".to_string(),
-                vec![
-                    ("percent_discount", "50"),
-                    ("concurrency_limit", "9"),
-                    ("billing", "invoice"),
-                ],
-            ),
-            ("/console/accounts/acme/sign-in-link".to_string(), vec![]),
-            ("/console/accounts/acme/end-sessions".to_string(), vec![]),
-            ("/console/reconciliation".to_string(), vec![]),
-            (
-                format!("/console/accounts/acme/keys/{key_id}/revoke"),
-                vec![],
-            ),
-            (
-                "/console/invoices/close".to_string(),
-                vec![("username", "bigco"), ("until", "")],
-            ),
-        ] {
+        for (path, fields) in every_console_form(&purchase_id, &key_id, None) {
             let mut fields = fields;
             if let Some(t) = token {
                 fields.push(("csrf", t));

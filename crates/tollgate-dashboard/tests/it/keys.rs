@@ -285,13 +285,7 @@ async fn the_accounts_admin_key_is_the_platforms_and_cannot_be_revoked_here() {
     let c = app.customer("acme", Some("5.00")).await;
     // Signed in with the ADMIN key itself.
     let v = app.visitor();
-    let csrf = v.page("/dashboard/login").await.csrf();
-    v.post_form(
-        "/dashboard/login",
-        &[("csrf", &csrf), ("key", &c.admin_key)],
-    )
-    .await
-    .expect(303);
+    v.sign_in("/dashboard/login", &c.admin_key).await;
     let page = v.page("/dashboard/keys").await;
     let key_id = c.admin_key.split_once(':').unwrap().0;
     let row = row_of(&page.text, key_id);

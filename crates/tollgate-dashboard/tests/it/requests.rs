@@ -66,45 +66,6 @@ async fn report(app: &DashApp, c: &Customer, events: &[(&str, &str, i64)]) -> Ve
     ids
 }
 
-/// A request that waits `queue_ms` before it starts and runs `run_ms` on the engine's clock,
-/// then completes with `status` and `output`; returns its id and the completion's answer.
-async fn timed_request(
-    app: &DashApp,
-    caller_key: &str,
-    endpoint: &str,
-    (queue_ms, run_ms): (i64, i64),
-    status: u16,
-    output: Value,
-) -> (String, Value) {
-    let id = uuid::Uuid::new_v4().to_string();
-    app.op(
-        Method::POST,
-        "/v1/requests",
-        json!({"request_id": id, "endpoint_id": endpoint, "caller_key": caller_key}),
-    )
-    .await
-    .expect(201);
-    app.set_now(app.now_ms() + queue_ms);
-    let op_key = app.operator_key.clone();
-    app.call(
-        Method::POST,
-        &format!("/v1/requests/{id}/start"),
-        &op_key,
-        None,
-    )
-    .await
-    .expect(200);
-    app.set_now(app.now_ms() + run_ms);
-    let done = app
-        .op(
-            Method::POST,
-            &format!("/v1/requests/{id}/complete"),
-            json!({"status_code": status, "output": output}),
-        )
-        .await;
-    (id, done.expect(200).json())
-}
-
 /// Every request id of the list, following "Older" to the end.
 async fn walk(v: &Visitor) -> (Vec<String>, usize) {
     let mut seen = Vec::new();
@@ -207,15 +168,15 @@ async fn a_request_shows_its_status_cost_durations_and_key() {
     let app = DashApp::spawn().await;
     let c = app.customer("acme", Some("25.00")).await;
     // Waits 1.5 s, runs 4.2 s and fails with a 422, which this endpoint bills by the second.
-    let (id, done) = timed_request(
-        &app,
-        &c.api_key,
-        "fal-ai/stable-audio",
-        (1_500, 4_200),
-        422,
-        json!({}),
-    )
-    .await;
+    let (id, done) = app
+        .timed_request(
+            &c.api_key,
+            "fal-ai/stable-audio",
+            (1_500, 4_200),
+            422,
+            json!({}),
+        )
+        .await;
     assert_eq!(done["billed"], true, "{done}");
     app.set_now(app.now_ms() + 1_000);
     let (ok, _) = app
@@ -334,7 +295,9 @@ async fn in_a_browser_the_search_finds_a_request_in_place() {
         ("fal-ai/nano-banana", 150),
     ] {
         let output = json!({"images": [{"width": 1024, "height": 1024}]});
-        let (id, _) = timed_request(&app, &c.api_key, endpoint, (queue, 3_100), 200, output).await;
+        let (id, _) = app
+            .timed_request(&c.api_key, endpoint, (queue, 3_100), 200, output)
+            .await;
         made.push(id);
     }
     let b = Browser::start(&app.address).await;

@@ -192,13 +192,7 @@ async fn a_session_signed_in_with_a_key_ends_when_the_key_is_revoked() {
     let app = DashApp::spawn().await;
     let c = app.customer("acme", Some("5.00")).await;
     let v = app.visitor();
-    let csrf = v.page("/dashboard/login").await.csrf();
-    v.post_form(
-        "/dashboard/login",
-        &[("csrf", &csrf), ("key", &c.admin_key)],
-    )
-    .await
-    .expect(303);
+    v.sign_in("/dashboard/login", &c.admin_key).await;
     v.page("/dashboard").await;
     let key_id = c.admin_key.split(':').next().expect("key id");
     app.op(
@@ -300,13 +294,7 @@ async fn sign_in_by_link_and_by_key_and_sign_out_on_every_store() {
             .expect(303);
         v.get("/dashboard").await.expect(303);
 
-        let csrf = v.page("/dashboard/login").await.csrf();
-        v.post_form(
-            "/dashboard/login",
-            &[("csrf", &csrf), ("key", &c.admin_key)],
-        )
-        .await
-        .expect(303);
+        v.sign_in("/dashboard/login", &c.admin_key).await;
         v.page("/dashboard").await;
         let op = app.operator().await;
         op.page("/console").await;
@@ -321,14 +309,7 @@ async fn the_platform_ends_an_accounts_dashboard_sessions_through_the_operator_a
     app.customer("globex", Some("5.00")).await;
     let by_link = app.signed_in("acme").await;
     let by_key = app.visitor();
-    let csrf = by_key.page("/dashboard/login").await.csrf();
-    by_key
-        .post_form(
-            "/dashboard/login",
-            &[("csrf", &csrf), ("key", &c.admin_key)],
-        )
-        .await
-        .expect(303);
+    by_key.sign_in("/dashboard/login", &c.admin_key).await;
     let other = app.signed_in("globex").await;
 
     let r = app

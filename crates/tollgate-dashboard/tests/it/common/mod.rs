@@ -303,6 +303,20 @@ impl DashApp {
         status_code: u16,
         output: Value,
     ) -> (String, Value) {
+        self.timed_request(caller_key, endpoint, (0, 0), status_code, output)
+            .await
+    }
+
+    /// [`DashApp::request`] that waits `queue_ms` before it starts and runs `run_ms`, on the
+    /// engine's clock.
+    pub async fn timed_request(
+        &self,
+        caller_key: &str,
+        endpoint: &str,
+        (queue_ms, run_ms): (i64, i64),
+        status_code: u16,
+        output: Value,
+    ) -> (String, Value) {
         let id = uuid::Uuid::new_v4().to_string();
         self.op(
             Method::POST,
@@ -311,6 +325,7 @@ impl DashApp {
         )
         .await
         .expect(201);
+        self.set_now(self.now_ms() + queue_ms);
         let op_key = self.operator_key.clone();
         self.call(
             Method::POST,
@@ -320,6 +335,7 @@ impl DashApp {
         )
         .await
         .expect(200);
+        self.set_now(self.now_ms() + run_ms);
         let done = self
             .op(
                 Method::POST,
@@ -374,13 +390,8 @@ impl DashApp {
     /// A visitor signed in to the console with the operator key.
     pub async fn operator(&self) -> Visitor {
         let v = self.visitor();
-        let form = v.get("/console/login").await;
-        let csrf = form.expect(200).csrf();
-        let key = self.operator_key.clone();
-        let r = v
-            .post_form("/console/login", &[("csrf", &csrf), ("key", &key)])
+        v.sign_in("/console/login", &self.operator_key.clone())
             .await;
-        r.expect(303);
         v
     }
 
@@ -436,6 +447,15 @@ impl Visitor {
                 .expect("the server answers"),
         )
         .await
+    }
+
+    /// Signs in with `key` through the sign-in form at `login` (`/dashboard/login` or
+    /// `/console/login`), as a person does: the form, then its post; asserts it worked.
+    pub async fn sign_in(&self, login: &str, key: &str) {
+        let csrf = self.page(login).await.csrf();
+        self.post_form(login, &[("csrf", &csrf), ("key", key)])
+            .await
+            .expect(303);
     }
 
     /// Gets a page and asserts 200.
