@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod concurrency;
 pub mod decimal;
+pub mod events;
 pub mod ids;
 pub mod ledger;
 pub mod machine;

@@ -767,6 +767,9 @@ pub struct BatchState {
     pub line_items: Vec<LineItem>,
     /// Requests completed (billed or not) by this batch, in order: the analytics rollups.
     pub completed: Vec<RequestId>,
+    /// Billing events the batch's operations caused, in order: the outbox the store writes in
+    /// the same db transaction (see [`crate::events`]).
+    pub events: Vec<crate::events::NewEvent>,
 }
 
 /// The calendar year of a timestamp, UTC (invoice numbers restart each year).
