@@ -29,8 +29,8 @@ use tollgate_core::terms::{self, TermsChange};
 use tollgate_core::time::month_start;
 use tollgate_core::Timestamp;
 use tollgate_store::{
-    ApiKeyRecord, BillingMode, Issuer, PortalLink, Reader, ReaderFactory, Store, StoreError,
-    SyncFn, Tx, WebSession,
+    ApiKeyRecord, BillingMode, ClaimedDelivery, DeliveryResult, Issuer, PortalLink, Reader,
+    ReaderFactory, Store, StoreError, SyncFn, Tx, WebSession, WebhookRecord,
 };
 
 /// The most operations one db transaction applies.
@@ -158,6 +158,28 @@ pub enum AdminCmd {
     EndAccountSessions {
         account: AccountId,
     },
+    /// Stores a new webhook: the events of every batch committed after it are delivered to it
+    /// (those of its types).
+    CreateWebhook(WebhookRecord),
+    /// Deletes a webhook ([`AdminReply::Found`]: whether a live one had the id); its pending
+    /// deliveries are given up.
+    DeleteWebhook {
+        webhook_id: String,
+    },
+    /// Claims up to `limit` deliveries due now, each leased for `lease_ms` on the engine's
+    /// clock ([`AdminReply::Claimed`]).
+    ClaimDeliveries {
+        limit: usize,
+        lease_ms: i64,
+    },
+    /// Records attempts of claimed deliveries (those whose lease still holds).
+    RecordDeliveries(Vec<DeliveryResult>),
+    /// Queues the delivery of event `event_seq` to a webhook again, due now
+    /// ([`AdminReply::Found`]: whether there is such a delivery).
+    Redeliver {
+        webhook_id: String,
+        event_seq: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +205,10 @@ pub enum AdminReply {
     Ended(bool),
     /// How many of an account's sessions [`AdminCmd::EndAccountSessions`] signed out.
     SessionsEnded(usize),
+    /// Whether the thing a command named was there.
+    Found(bool),
+    /// The deliveries [`AdminCmd::ClaimDeliveries`] leased.
+    Claimed(Vec<ClaimedDelivery>),
 }
 
 type OpsReply = oneshot::Sender<Result<Vec<Result<Outcome, Rejection>>, EngineError>>;
@@ -355,6 +381,9 @@ struct Shared {
     readiness: tokio::sync::Mutex<ReadinessCheck>,
     /// The prefix of the invoice numbers issued from now on (`None`: the store's default).
     invoice_prefix: RwLock<Option<Arc<str>>>,
+    /// Told when a committed (and synced) batch wrote events to the outbox, or a delivery was
+    /// queued again: the webhook dispatcher wakes on it ([`Engine::events_written`]).
+    events_written: Arc<tokio::sync::Notify>,
 }
 
 /// A handle to the write path and the read pool. Cheap to clone.
@@ -394,6 +423,7 @@ impl Engine {
             schema_version,
             readiness: tokio::sync::Mutex::default(),
             invoice_prefix: RwLock::new(None),
+            events_written: Arc::new(tokio::sync::Notify::new()),
         });
         let (outbox, syncer_thread) = match store.defer_sync()? {
             None => (Outbox::Direct, None),
@@ -463,6 +493,14 @@ impl Engine {
             self.shared.metrics.dequeued(ops);
             EngineError::Stopped
         })
+    }
+
+    /// Returns once a batch committed since the last call (or since the first, for the first
+    /// call) wrote events to the outbox, or a delivery was queued again: what the webhook
+    /// dispatcher waits for between its ticks. One waiter is woken per notice (a notice with
+    /// nobody waiting is kept for the next call).
+    pub async fn events_written(&self) {
+        self.shared.events_written.notified().await
     }
 
     /// Numbers the invoices issued from now on `<prefix>-<year>-<seq>` (checked by
@@ -1013,11 +1051,16 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
     let spent = Arc::new(Mutex::new(spent));
     let count: Answer = {
         let (metrics, spent) = (shared.metrics.clone(), spent.clone());
+        let events = shared.events_written.clone();
         Box::new(move |synced: Result<(), EngineError>| {
             if let (true, Ok(()), Some(state)) =
                 (committed, synced, &*spent.lock().expect("batch state"))
             {
                 metrics.billed(&state.line_items);
+                // The events are durable now: the dispatcher may claim their deliveries.
+                if !state.events.is_empty() {
+                    events.notify_one();
+                }
             }
         })
     };
@@ -1268,6 +1311,21 @@ fn run_admin(
                 AdminCmd::EndAccountSessions { account } => {
                     reply = AdminReply::SessionsEnded(tx.end_account_sessions(account, now)?)
                 }
+                AdminCmd::CreateWebhook(hook) => tx.insert_webhook(hook)?,
+                AdminCmd::DeleteWebhook { webhook_id } => {
+                    reply = AdminReply::Found(tx.delete_webhook(webhook_id, now)?)
+                }
+                AdminCmd::ClaimDeliveries { limit, lease_ms } => {
+                    let until = now.plus_ms(*lease_ms);
+                    reply = AdminReply::Claimed(tx.claim_deliveries(now, until, *limit)?)
+                }
+                AdminCmd::RecordDeliveries(results) => {
+                    tx.record_deliveries(results)?;
+                }
+                AdminCmd::Redeliver {
+                    webhook_id,
+                    event_seq,
+                } => reply = AdminReply::Found(tx.redeliver(webhook_id, *event_seq, now)?),
             }
             Ok(())
         })
@@ -1285,6 +1343,9 @@ fn run_admin(
         &cmd
     {
         shared.keys.lock().expect("key cache").forget(key_id);
+    }
+    if let (AdminCmd::Redeliver { .. }, AdminReply::Found(true)) = (&cmd, &reply) {
+        shared.events_written.notify_one();
     }
     Ok(reply)
 }

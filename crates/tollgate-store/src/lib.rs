@@ -18,6 +18,12 @@ pub mod sqlite;
 mod statements;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod webhooks;
+
+pub use webhooks::{
+    event_id, parse_event_id, AttemptRecord, ClaimedDelivery, DeliveriesQuery, DeliveryNext,
+    DeliveryRecord, DeliveryResult, DeliveryStatus, StoredEvent, WebhookEvents, WebhookRecord,
+};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -889,6 +895,27 @@ pub trait Tx {
     /// Signs out every web session of `account`'s dashboard still signed in, at `now`; returns
     /// how many it ended (console sessions, which have no account, are never touched).
     fn end_account_sessions(&mut self, account: &AccountId, now: Timestamp) -> Result<usize>;
+    /// Stores a new webhook, subscribed to its types from this commit on
+    /// ([`StoreError::AlreadyExists`] if its id is taken).
+    fn insert_webhook(&mut self, webhook: &WebhookRecord) -> Result<()>;
+    /// Deletes a live webhook at `now`: it is subscribed to nothing more, and its pending
+    /// deliveries are given up (`failed`). Returns whether a live webhook had this id.
+    fn delete_webhook(&mut self, webhook_id: &str, now: Timestamp) -> Result<bool>;
+    /// Claims up to `limit` deliveries due at `now` (see [`webhooks`]), leasing each until
+    /// `lease_until`: no claim takes them again before then. On a shared database, rows
+    /// another server is claiming are skipped, not waited for.
+    fn claim_deliveries(
+        &mut self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ClaimedDelivery>>;
+    /// Records attempts of claimed deliveries (an attempt whose lease no longer holds records
+    /// nothing); returns how many were recorded.
+    fn record_deliveries(&mut self, results: &[DeliveryResult]) -> Result<usize>;
+    /// Queues the delivery of event `event_seq` to a webhook again, due at `now`, whatever its
+    /// status; returns whether there is such a delivery.
+    fn redeliver(&mut self, webhook_id: &str, event_seq: i64, now: Timestamp) -> Result<bool>;
     fn upsert_endpoint(&mut self, def: &EndpointDef, now: Timestamp) -> Result<()>;
     fn insert_price_version(
         &mut self,
@@ -995,6 +1022,20 @@ pub trait Reader: Send {
     fn credit_activity(&mut self, q: &ActivityQuery) -> Result<Vec<ActivityRecord>>;
     /// An account's purchases in a time range, oldest first (see [`PurchasesQuery`]).
     fn purchases(&mut self, q: &PurchasesQuery) -> Result<Vec<PurchaseEntry>>;
+    /// The live webhooks, by (created_at, webhook_id).
+    fn webhooks(&mut self) -> Result<Vec<WebhookRecord>>;
+    /// The webhook with this id, deleted or not.
+    fn webhook(&mut self, webhook_id: &str) -> Result<Option<WebhookRecord>>;
+    /// A page of a webhook's deliveries, newest event first (see [`DeliveriesQuery`]).
+    fn webhook_deliveries(&mut self, q: &DeliveriesQuery) -> Result<Vec<DeliveryRecord>>;
+    /// The delivery of event `event_seq` to a webhook, with its attempts in order.
+    fn webhook_delivery(
+        &mut self,
+        webhook_id: &str,
+        event_seq: i64,
+    ) -> Result<Option<(DeliveryRecord, Vec<AttemptRecord>)>>;
+    /// Events of the outbox numbered after `after`, in order, at most `limit`.
+    fn webhook_events(&mut self, after: i64, limit: usize) -> Result<Vec<StoredEvent>>;
     /// The invoice issuer, if one was set.
     fn issuer(&mut self) -> Result<Option<Issuer>> {
         self.setting(SETTING_ISSUER)?

@@ -15,7 +15,8 @@
 //!
 //! Its parts: `open` (connecting, migrations), `tx` (the writer's db transaction) and
 //! `persist` (a batch's writes), `load` (rows into core types, for the writer and readers),
-//! `reader` (the read pool), `rollups` (the reads over rollups).
+//! `reader` (the read pool), `rollups` (the reads over rollups), `webhooks` (the outbox,
+//! subscriptions, claims and attempts, and their reads).
 
 mod load;
 mod open;
@@ -23,6 +24,7 @@ mod persist;
 mod reader;
 mod rollups;
 mod tx;
+mod webhooks;
 
 pub use open::redact;
 pub use reader::PgReader;

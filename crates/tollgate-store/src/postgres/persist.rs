@@ -107,19 +107,21 @@ pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<Vec<(i64, i64)>> {
         numbering.as_ref().map_or("SELECT 1", |c| c.1.as_str()),
     );
     let rows = t.rows(&sql, &a.refs())?;
-    if numbering.is_none() {
-        return Ok(Vec::new());
-    }
     let mut numbers = vec![(0, 0); s.new_invoices.len()];
-    for r in rows {
-        let ord: i64 = r.try_get(0)?;
-        let slot = usize::try_from(ord)
-            .ok()
-            .and_then(|o| numbers.get_mut(o))
-            .ok_or_else(|| StoreError::Corrupt(format!("invoice number {ord} out of range")))?;
-        *slot = (r.try_get(1)?, r.try_get(2)?);
+    if numbering.is_some() {
+        for r in rows {
+            let ord: i64 = r.try_get(0)?;
+            let slot = usize::try_from(ord)
+                .ok()
+                .and_then(|o| numbers.get_mut(o))
+                .ok_or_else(|| StoreError::Corrupt(format!("invoice number {ord} out of range")))?;
+            *slot = (r.try_get(1)?, r.try_get(2)?);
+        }
+        invoice_lines(t, s, &numbers)?;
     }
-    invoice_lines(t, s, &numbers)?;
+    // The outbox, only when the batch has events: a statement after the batch's one, which it
+    // follows for the invoice numbers its events name.
+    super::webhooks::outbox(t, &crate::webhooks::event_rows(s, &numbers)?)?;
     Ok(numbers)
 }
 

@@ -3,7 +3,7 @@
 use super::load::{
     key_row, load_accounts, load_catalog, load_requests, price_versions, request_row, setting,
 };
-use super::{rollups, Pool, Run};
+use super::{rollups, webhooks, Pool, Run};
 use crate::rows::{self, Cell, KEY_COLS, REQUEST_COLS};
 use crate::statements::{self, Arg};
 use crate::{
@@ -12,6 +12,7 @@ use crate::{
     Reader, Reconciliation, RequestHistoryQuery, RequestOrder, RequestOutcome, Result, RollupQuery,
     StatementQuery, StatementRows, StoreError, WebSession,
 };
+use crate::{AttemptRecord, DeliveriesQuery, DeliveryRecord, StoredEvent, WebhookRecord};
 use ::postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 use tollgate_core::catalog::{Catalog, PriceVersion};
@@ -245,6 +246,35 @@ impl Reader for PgReader {
             .iter()
             .map(|r| rows::purchase_entry(r))
             .collect()
+    }
+
+    fn webhooks(&mut self) -> Result<Vec<WebhookRecord>> {
+        webhooks::webhooks(&mut *self.conn()?)
+    }
+
+    fn webhook(&mut self, webhook_id: &str) -> Result<Option<WebhookRecord>> {
+        webhooks::webhook(&mut *self.conn()?, webhook_id)
+    }
+
+    fn webhook_deliveries(&mut self, q: &DeliveriesQuery) -> Result<Vec<DeliveryRecord>> {
+        webhooks::deliveries(&mut *self.conn()?, q)
+    }
+
+    // The delivery and its attempts from the same commit.
+    fn webhook_delivery(
+        &mut self,
+        webhook_id: &str,
+        event_seq: i64,
+    ) -> Result<Option<(DeliveryRecord, Vec<AttemptRecord>)>> {
+        let mut c = self.conn()?;
+        let mut tx = snapshot(&mut c)?;
+        let found = webhooks::delivery(&mut tx, webhook_id, event_seq)?;
+        tx.commit()?;
+        Ok(found)
+    }
+
+    fn webhook_events(&mut self, after: i64, limit: usize) -> Result<Vec<StoredEvent>> {
+        webhooks::events(&mut *self.conn()?, after, limit)
     }
 
     fn reconcile(&mut self) -> Result<Reconciliation> {

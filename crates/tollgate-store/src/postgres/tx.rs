@@ -1,14 +1,14 @@
 //! The writer's db transaction: what the engine loads, locks and writes through.
 
 use super::load::{load_accounts, load_catalog, load_requests, setting};
-use super::{persist, Run};
+use super::{persist, webhooks, Run};
 use crate::rows::{
     terms_text, AdjustmentCols, PurchaseCols, ADJUSTMENT_COLS, KEY_COLS, PURCHASE_COLS,
     WEB_SESSION_COLS,
 };
 use crate::{
-    parse_id, to_json, ApiKeyRecord, BillingMode, DbError, PortalLink, Result, StoreError, Tx,
-    WebSession, SETTING_CATALOG_GENERATION,
+    parse_id, to_json, ApiKeyRecord, BillingMode, ClaimedDelivery, DbError, DeliveryResult,
+    PortalLink, Result, StoreError, Tx, WebSession, WebhookRecord, SETTING_CATALOG_GENERATION,
 };
 use ::postgres::types::ToSql;
 use ::postgres::{Row, Statement, Transaction};
@@ -311,6 +311,31 @@ impl Tx for PgTx<'_, '_> {
             &[&id_sha256, &now.0],
         )?;
         Ok(n > 0)
+    }
+
+    fn insert_webhook(&mut self, hook: &WebhookRecord) -> Result<()> {
+        webhooks::insert_webhook(self, hook)
+    }
+
+    fn delete_webhook(&mut self, webhook_id: &str, now: Timestamp) -> Result<bool> {
+        webhooks::delete_webhook(self, webhook_id, now)
+    }
+
+    fn claim_deliveries(
+        &mut self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ClaimedDelivery>> {
+        webhooks::claim(self, now, lease_until, limit)
+    }
+
+    fn record_deliveries(&mut self, results: &[DeliveryResult]) -> Result<usize> {
+        webhooks::record(self, results)
+    }
+
+    fn redeliver(&mut self, webhook_id: &str, event_seq: i64, now: Timestamp) -> Result<bool> {
+        webhooks::redeliver(self, webhook_id, event_seq, now)
     }
 
     fn end_account_sessions(&mut self, account: &AccountId, now: Timestamp) -> Result<usize> {

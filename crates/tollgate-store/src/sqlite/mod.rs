@@ -14,7 +14,8 @@
 //! `durability` (the deferred sync and the checkpointer), `line_items` (the recent table and
 //! its move), `tx` (the writer's db transaction) and `persist` (a batch's writes, table by
 //! table), `load` (rows into core types, for the writer and readers), `reader` (the read
-//! side), `rollups` (the rollups, and the reads over them and line items).
+//! side), `rollups` (the rollups, and the reads over them and line items), `webhooks` (the
+//! outbox, subscriptions, claims and attempts, and their reads).
 
 mod account_cache;
 mod durability;
@@ -25,6 +26,7 @@ mod persist;
 mod reader;
 mod rollups;
 mod tx;
+mod webhooks;
 
 pub use reader::SqliteReader;
 

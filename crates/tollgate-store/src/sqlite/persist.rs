@@ -30,6 +30,8 @@ pub(super) fn persist(t: &mut SqliteTx, s: &BatchState) -> Result<Vec<(i64, i64)
     line_items(c, s)?;
     statement_rows(c, s)?;
     rollup_rows(c, s)?;
+    // After the invoices: an invoice.issued event names its invoice's number.
+    super::webhooks::outbox(c, &crate::webhooks::event_rows(s, &numbers)?)?;
     Ok(numbers)
 }
 

@@ -2,6 +2,7 @@
 
 use super::load::{get_account, get_request, key_row, load_catalog, price_versions, setting};
 use super::rollups;
+use super::webhooks;
 use crate::rows::{self, Cell, KEY_COLS};
 use crate::statements::{self, Arg};
 use crate::{
@@ -10,6 +11,7 @@ use crate::{
     PurchasesQuery, Reader, Reconciliation, RequestHistoryQuery, RequestOrder, RequestOutcome,
     Result, RollupQuery, StatementQuery, StatementRows, WebSession,
 };
+use crate::{AttemptRecord, DeliveriesQuery, DeliveryRecord, StoredEvent, WebhookRecord};
 use rusqlite::Connection;
 use tollgate_core::catalog::{Catalog, PriceVersion};
 use tollgate_core::ids::{AccountId, ApiKeyId, RequestId};
@@ -180,6 +182,32 @@ impl Reader for SqliteReader {
             out.push(rows::purchase_entry(r)?);
         }
         Ok(out)
+    }
+
+    fn webhooks(&mut self) -> Result<Vec<WebhookRecord>> {
+        webhooks::webhooks(&self.conn)
+    }
+
+    fn webhook(&mut self, webhook_id: &str) -> Result<Option<WebhookRecord>> {
+        webhooks::webhook(&self.conn, webhook_id)
+    }
+
+    fn webhook_deliveries(&mut self, q: &DeliveriesQuery) -> Result<Vec<DeliveryRecord>> {
+        webhooks::deliveries(&self.conn, q)
+    }
+
+    // The delivery and its attempts from the same commit.
+    fn webhook_delivery(
+        &mut self,
+        webhook_id: &str,
+        event_seq: i64,
+    ) -> Result<Option<(DeliveryRecord, Vec<AttemptRecord>)>> {
+        let tx = self.conn.transaction()?;
+        webhooks::delivery(&tx, webhook_id, event_seq)
+    }
+
+    fn webhook_events(&mut self, after: i64, limit: usize) -> Result<Vec<StoredEvent>> {
+        webhooks::events(&self.conn, after, limit)
     }
 
     // Each read in one read transaction: the fold setting and the rows from the same commit.

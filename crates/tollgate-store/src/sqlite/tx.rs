@@ -3,13 +3,14 @@
 use super::account_cache::CachedAccount;
 use super::load::{load_account, load_catalog, request_row, setting};
 use super::persist;
+use super::webhooks;
 use crate::rows::{
     terms_text, AdjustmentCols, PurchaseCols, ADJUSTMENT_COLS, KEY_COLS, PURCHASE_COLS,
     REQUEST_COLS, WEB_SESSION_COLS,
 };
 use crate::{
-    parse_id, to_json, ApiKeyRecord, BillingMode, PortalLink, Result, StoreError, Tx, WebSession,
-    SETTING_CATALOG_GENERATION,
+    parse_id, to_json, ApiKeyRecord, BillingMode, ClaimedDelivery, DeliveryResult, PortalLink,
+    Result, StoreError, Tx, WebSession, WebhookRecord, SETTING_CATALOG_GENERATION,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -320,6 +321,31 @@ impl Tx for SqliteTx<'_> {
             "UPDATE web_sessions SET ended_at = ?2 WHERE account = ?1 AND ended_at IS NULL",
             params![account.as_str(), now.0],
         )?)
+    }
+
+    fn insert_webhook(&mut self, hook: &WebhookRecord) -> Result<()> {
+        webhooks::insert_webhook(self.conn, hook)
+    }
+
+    fn delete_webhook(&mut self, webhook_id: &str, now: Timestamp) -> Result<bool> {
+        webhooks::delete_webhook(self.conn, webhook_id, now)
+    }
+
+    fn claim_deliveries(
+        &mut self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ClaimedDelivery>> {
+        webhooks::claim(self.conn, now, lease_until, limit)
+    }
+
+    fn record_deliveries(&mut self, results: &[DeliveryResult]) -> Result<usize> {
+        webhooks::record(self.conn, results)
+    }
+
+    fn redeliver(&mut self, webhook_id: &str, event_seq: i64, now: Timestamp) -> Result<bool> {
+        webhooks::redeliver(self.conn, webhook_id, event_seq, now)
     }
 
     fn insert_api_key(&mut self, k: &ApiKeyRecord) -> Result<bool> {

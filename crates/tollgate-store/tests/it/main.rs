@@ -6,3 +6,4 @@ mod catalog_settings;
 mod migrations;
 mod recent_line_items;
 mod wal;
+mod webhooks;

@@ -1,0 +1,397 @@
+//! The outbox and its deliveries, on every backend: a batch's events are numbered in commit
+//! order and fanned out in the same commit to the live webhooks that want their types; an
+//! `invoice.issued` event names the number the store gave its invoice; claims lease what is
+//! due, in each account's order; attempts are recorded only under their lease; a redelivery
+//! queues a delivery again; a deleted webhook is sent nothing more.
+
+use tollgate_core::events::{EventData, EventType, NewEvent};
+use tollgate_core::ids::AccountId;
+use tollgate_core::machine::{BatchState, InvoiceKind, InvoiceStatus, LockReason, NewInvoice};
+use tollgate_core::{Nanos, Timestamp};
+use tollgate_store::testing::{backends, TestDb};
+use tollgate_store::{
+    AttemptRecord, BillingMode, DeliveriesQuery, DeliveryNext, DeliveryResult, DeliveryStatus,
+    Store, WebhookEvents, WebhookRecord,
+};
+
+const T0: i64 = 1_767_225_600_000; // 2026-01-01
+
+fn hook(id: &str, events: WebhookEvents) -> WebhookRecord {
+    WebhookRecord {
+        webhook_id: id.into(),
+        url: format!("http://127.0.0.1:9/{id}"),
+        events,
+        description: None,
+        secret: format!("whsec_{id}"),
+        created_at: Timestamp(T0),
+        deleted_at: None,
+    }
+}
+
+fn acct(name: &str) -> AccountId {
+    AccountId::parse(name).unwrap()
+}
+
+fn event(account: &str, at: i64, data: EventData) -> NewEvent {
+    NewEvent {
+        account: acct(account),
+        at: Timestamp(at),
+        data,
+    }
+}
+
+fn low(balance: i64) -> EventData {
+    EventData::BalanceLow {
+        balance_nano_usd: Nanos(balance),
+        low_balance_nano_usd: Nanos(5_000_000_000),
+    }
+}
+
+/// Persists a batch of `state` in one db transaction.
+fn persist(store: &mut dyn Store, state: &BatchState) {
+    store
+        .transaction(&mut |tx| tx.persist(state).map(drop))
+        .unwrap();
+}
+
+fn claim(store: &mut dyn Store, now: i64, limit: usize) -> Vec<tollgate_store::ClaimedDelivery> {
+    let mut out = Vec::new();
+    store
+        .transaction(&mut |tx| {
+            out = tx.claim_deliveries(Timestamp(now), Timestamp(now + 60_000), limit)?;
+            Ok(())
+        })
+        .unwrap();
+    out
+}
+
+fn record(store: &mut dyn Store, results: Vec<DeliveryResult>) -> usize {
+    let mut n = 0;
+    store
+        .transaction(&mut |tx| {
+            n = tx.record_deliveries(&results)?;
+            Ok(())
+        })
+        .unwrap();
+    n
+}
+
+fn answered(
+    c: &tollgate_store::ClaimedDelivery,
+    at: i64,
+    code: u16,
+    next: DeliveryNext,
+) -> DeliveryResult {
+    DeliveryResult {
+        webhook_id: c.webhook_id.clone(),
+        event_seq: c.event.seq,
+        lease_until: c.lease_until,
+        attempt: AttemptRecord {
+            n: 0,
+            at: Timestamp(at),
+            status_code: Some(code),
+            error: None,
+            duration_ms: 3,
+        },
+        next,
+    }
+}
+
+#[test]
+fn a_batch_writes_its_events_and_their_deliveries_in_its_commit() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let mut store = db.open().unwrap();
+        let store = &mut *store;
+        store
+            .transaction(&mut |tx| {
+                tx.create_account(&acct("acme"), BillingMode::Prepaid, Timestamp(T0))?;
+                tx.insert_webhook(&hook(
+                    "wh_low",
+                    WebhookEvents::Only(vec![EventType::BalanceLow]),
+                ))?;
+                tx.insert_webhook(&hook("wh_all", WebhookEvents::All))?;
+                tx.insert_webhook(&hook(
+                    "wh_gone",
+                    WebhookEvents::Only(vec![EventType::BalanceLow, EventType::InvoiceIssued]),
+                ))?;
+                assert!(tx.delete_webhook("wh_gone", Timestamp(T0))?);
+                assert!(
+                    !tx.delete_webhook("wh_gone", Timestamp(T0))?,
+                    "deleted once"
+                );
+                Ok(())
+            })
+            .unwrap();
+
+        // A batch without events writes none.
+        persist(
+            store,
+            &BatchState {
+                now: Timestamp(T0),
+                ..BatchState::default()
+            },
+        );
+        let mut reader = (store.reader_factory())().unwrap();
+        assert!(
+            reader.webhook_events(0, 10).unwrap().is_empty(),
+            "{backend:?}"
+        );
+
+        // A batch with a top-up invoice and its event, and two other events.
+        let invoice = NewInvoice {
+            account: acct("acme"),
+            kind: InvoiceKind::TopUp,
+            status: InvoiceStatus::Paid,
+            issued_at: Timestamp(T0 + 1),
+            period_start: Timestamp(T0 + 1),
+            period_end: Timestamp(T0 + 1),
+            subtotal: Nanos(25_000_000_000),
+            discount: Nanos(0),
+            total: Nanos(25_000_000_000),
+            purchase_id: None,
+        };
+        let issued = EventData::InvoiceIssued {
+            invoice: 0,
+            invoice_id: String::new(),
+            number: String::new(),
+            kind: "top_up".into(),
+            status: "paid".into(),
+            total_nano_usd: Nanos(25_000_000_000),
+            period_start: Timestamp(T0 + 1),
+            period_end: Timestamp(T0 + 1),
+        };
+        let batch = BatchState {
+            now: Timestamp(T0 + 1),
+            new_invoices: vec![invoice],
+            events: vec![
+                event("acme", T0 + 1, low(4_000_000_000)),
+                event("acme", T0 + 1, issued),
+                event(
+                    "acme",
+                    T0 + 1,
+                    EventData::AccountLocked {
+                        lock_reason: LockReason::ExhaustedBalance,
+                        balance_nano_usd: Nanos(0),
+                    },
+                ),
+            ],
+            ..BatchState::default()
+        };
+        persist(store, &batch);
+
+        let events = reader.webhook_events(0, 10).unwrap();
+        let types: Vec<EventType> = events.iter().map(|e| e.data.event_type()).collect();
+        assert_eq!(
+            types,
+            [
+                EventType::BalanceLow,
+                EventType::InvoiceIssued,
+                EventType::AccountLocked
+            ],
+            "{backend:?}"
+        );
+        assert!(events.windows(2).all(|w| w[0].seq < w[1].seq), "{events:?}");
+        assert!(events
+            .iter()
+            .all(|e| e.account == acct("acme") && e.created_at == Timestamp(T0 + 1)));
+        let number = match &events[1].data {
+            EventData::InvoiceIssued {
+                invoice_id, number, ..
+            } => (invoice_id.clone(), number.clone()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            number,
+            ("inv_2026_000001".to_string(), "TG-2026-000001".to_string())
+        );
+        assert_eq!(events[0].data, low(4_000_000_000), "stored as recorded");
+
+        // The fan-out: wh_all gets all three, wh_low the balance.low, the deleted none.
+        let list = |reader: &mut Box<dyn tollgate_store::Reader>, id: &str| {
+            reader
+                .webhook_deliveries(&DeliveriesQuery {
+                    webhook_id: id.into(),
+                    before_seq: None,
+                    limit: 10,
+                })
+                .unwrap()
+        };
+        let all = list(&mut reader, "wh_all");
+        assert_eq!(all.len(), 3, "{backend:?}: {all:?}");
+        assert_eq!(all[0].event_seq, events[2].seq, "newest first");
+        assert!(all.iter().all(|d| d.status == DeliveryStatus::Pending
+            && d.attempts == 0
+            && d.next_attempt_at == Some(Timestamp(T0 + 1))));
+        let only = list(&mut reader, "wh_low");
+        assert_eq!(only.len(), 1);
+        assert_eq!(
+            (only[0].event_seq, only[0].event_type),
+            (events[0].seq, EventType::BalanceLow)
+        );
+        assert!(list(&mut reader, "wh_gone").is_empty());
+        let paged = reader
+            .webhook_deliveries(&DeliveriesQuery {
+                webhook_id: "wh_all".into(),
+                before_seq: Some(all[0].event_seq),
+                limit: 1,
+            })
+            .unwrap();
+        assert_eq!(paged.len(), 1);
+        assert_eq!(paged[0].event_seq, events[1].seq);
+        assert_eq!(reader.webhooks().unwrap().len(), 2, "live ones");
+        assert!(reader
+            .webhook("wh_gone")
+            .unwrap()
+            .unwrap()
+            .deleted_at
+            .is_some());
+    }
+}
+
+#[test]
+fn claims_lease_what_is_due_in_each_accounts_order_and_attempts_record_under_the_lease() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let mut store = db.open().unwrap();
+        let store = &mut *store;
+        store
+            .transaction(&mut |tx| tx.insert_webhook(&hook("wh_all", WebhookEvents::All)))
+            .unwrap();
+        // acme's two events, in two commits, and one of globex.
+        persist(
+            store,
+            &BatchState {
+                now: Timestamp(T0),
+                events: vec![event("acme", T0, low(1)), event("globex", T0, low(3))],
+                ..BatchState::default()
+            },
+        );
+        persist(
+            store,
+            &BatchState {
+                now: Timestamp(T0 + 5),
+                events: vec![event("acme", T0 + 5, low(2))],
+                ..BatchState::default()
+            },
+        );
+        let mut reader = (store.reader_factory())().unwrap();
+        let seqs: Vec<i64> = reader
+            .webhook_events(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+
+        // acme's second waits for its first: one claim takes acme's first and globex's.
+        let first = claim(store, T0 + 10, 10);
+        let mut claimed: Vec<i64> = first.iter().map(|c| c.event.seq).collect();
+        claimed.sort();
+        assert_eq!(claimed, [seqs[0], seqs[1]], "{backend:?}");
+        assert!(first
+            .iter()
+            .all(|c| c.secret == "whsec_wh_all" && c.tries == 0));
+        // Leased: nothing more is due, not even acme's second (its first is in flight).
+        assert!(claim(store, T0 + 11, 10).is_empty(), "{backend:?}");
+
+        // acme's first fails once: acme's second goes (the failing one delays it one attempt).
+        let acme = first.iter().find(|c| c.event.seq == seqs[0]).unwrap();
+        let retry = DeliveryNext::RetryAt(Timestamp(T0 + 1_000));
+        assert_eq!(record(store, vec![answered(acme, T0 + 12, 500, retry)]), 1);
+        // The same attempt again (its lease is gone) records nothing.
+        assert_eq!(record(store, vec![answered(acme, T0 + 12, 500, retry)]), 0);
+        let second = claim(store, T0 + 13, 10);
+        assert_eq!(
+            second.iter().map(|c| c.event.seq).collect::<Vec<_>>(),
+            [seqs[2]]
+        );
+        // The failed one is due at its retry time, with one try counted.
+        let again = claim(store, T0 + 1_000, 10);
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].event.seq, again[0].tries), (seqs[0], 1));
+        assert_eq!(
+            record(
+                store,
+                vec![answered(
+                    &again[0],
+                    T0 + 1_001,
+                    204,
+                    DeliveryNext::Delivered
+                )]
+            ),
+            1
+        );
+        let (d, attempts) = reader.webhook_delivery("wh_all", seqs[0]).unwrap().unwrap();
+        assert_eq!(d.status, DeliveryStatus::Delivered, "{backend:?}");
+        assert_eq!(
+            (d.attempts, d.last_status_code, d.next_attempt_at),
+            (2, Some(204), None)
+        );
+        assert_eq!(d.delivered_at, Some(Timestamp(T0 + 1_001)));
+        assert_eq!(
+            attempts
+                .iter()
+                .map(|a| (a.n, a.at.0, a.status_code))
+                .collect::<Vec<_>>(),
+            [(1, T0 + 12, Some(500)), (2, T0 + 1_001, Some(204))]
+        );
+
+        // A lease that passed is claimed again (a server died while sending): globex's.
+        let globex = first.iter().find(|c| c.event.seq == seqs[1]).unwrap();
+        let reclaimed = claim(store, globex.lease_until.0, 10);
+        assert!(
+            reclaimed.iter().any(|c| c.event.seq == seqs[1]),
+            "{backend:?}"
+        );
+        // The first claim's late answer records nothing; the second's does.
+        assert_eq!(
+            record(
+                store,
+                vec![answered(globex, T0 + 70_000, 200, DeliveryNext::Delivered)]
+            ),
+            0
+        );
+
+        // A redelivery queues a delivered one again, due now, its tries from zero.
+        let mut found = false;
+        store
+            .transaction(&mut |tx| {
+                found = tx.redeliver("wh_all", seqs[0], Timestamp(T0 + 200_000))?;
+                assert!(!tx.redeliver("wh_all", 999_999, Timestamp(T0))?);
+                Ok(())
+            })
+            .unwrap();
+        assert!(found);
+        let redo = claim(store, T0 + 200_000, 10);
+        let redo = redo
+            .iter()
+            .find(|c| c.event.seq == seqs[0])
+            .expect("queued again");
+        assert_eq!((redo.tries, redo.queued_at), (0, Timestamp(T0 + 200_000)));
+
+        // Deleting the webhook gives up what is pending, leased or not.
+        store
+            .transaction(&mut |tx| {
+                tx.delete_webhook("wh_all", Timestamp(T0 + 300_000))
+                    .map(drop)
+            })
+            .unwrap();
+        let all = reader
+            .webhook_deliveries(&DeliveriesQuery {
+                webhook_id: "wh_all".into(),
+                before_seq: None,
+                limit: 10,
+            })
+            .unwrap();
+        assert!(
+            all.iter().all(
+                |d| d.status == DeliveryStatus::Failed || d.status == DeliveryStatus::Delivered
+            ),
+            "{all:?}"
+        );
+        assert!(all
+            .iter()
+            .any(|d| d.last_error.as_deref() == Some("webhook deleted")));
+        assert!(claim(store, T0 + 10_000_000, 10).is_empty());
+    }
+}
