@@ -13,6 +13,7 @@
 //! nothing billed).
 
 use crate::catalog::{Catalog, EndpointDef, LateCompletion, MissingUnits, PriceVersion};
+use crate::events::{EventData, NewEvent};
 use crate::ids::{
     AccountId, AdjustmentId, ApiKeyId, EndpointId, MachineType, PurchaseId, RequestId,
 };
@@ -143,7 +144,13 @@ pub struct Lot {
     pub remaining: Nanos,
     pub expires_at: Option<Timestamp>,
     pub created_at: Timestamp,
+    /// Whether `credits.expiring` was recorded for the lot (once, [`EXPIRY_NOTICE_MS`]
+    /// ahead).
+    pub expiry_noticed: bool,
 }
+
+/// How long before credits expire the platform is told (`credits.expiring`).
+pub const EXPIRY_NOTICE_MS: i64 = 7 * crate::time::MS_PER_DAY;
 
 impl Lot {
     fn spend_order(&self) -> (bool, Option<Timestamp>, Timestamp, &PurchaseId) {
@@ -556,6 +563,11 @@ pub enum Op {
     ExpireCredits {
         account: AccountId,
     },
+    /// Records `credits.expiring` for each of the account's lots with credits left that expire
+    /// within [`EXPIRY_NOTICE_MS`] and were not noticed yet (issued by the sweeper).
+    NoticeExpiringCredits {
+        account: AccountId,
+    },
     UsageEvent(UsageEvent),
     /// An operator's correction of the balance: `amount` is signed (a credit or a debit).
     Adjust {
@@ -615,6 +627,7 @@ impl Op {
             Op::UsageEvent(e) => Some(&e.event_id),
             Op::Purchase { .. }
             | Op::ExpireCredits { .. }
+            | Op::NoticeExpiringCredits { .. }
             | Op::Adjust { .. }
             | Op::LockDisputed { .. }
             | Op::LiftDispute { .. }
@@ -627,6 +640,7 @@ impl Op {
             Op::Submit { account, .. }
             | Op::Purchase { account, .. }
             | Op::ExpireCredits { account }
+            | Op::NoticeExpiringCredits { account }
             | Op::Adjust { account, .. }
             | Op::LockDisputed { account }
             | Op::LiftDispute { account, .. }
@@ -667,6 +681,10 @@ pub enum Outcome {
     },
     CreditsExpired {
         amount: Nanos,
+    },
+    /// How many lots `credits.expiring` was recorded for.
+    ExpiryNoticed {
+        lots: usize,
     },
     Adjusted {
         adjustment: AdjustmentRecord,
@@ -801,12 +819,40 @@ fn inference_seconds_rule() -> PriceRule {
     PriceRule::per_unit(Unit::GpuSecond, None)
 }
 
+#[derive(Clone, Copy)]
 struct Ctx<'a> {
     catalog: &'a Catalog,
     now: Timestamp,
 }
 
 impl BatchState {
+    /// Records an event caused by the operation being applied (see [`crate::events`]).
+    fn event(&mut self, account: &AccountId, at: Timestamp, data: EventData) {
+        self.events.push(NewEvent {
+            account: account.clone(),
+            at,
+            data,
+        });
+    }
+
+    /// Issues an invoice (numbered by the store as the batch commits) and records its
+    /// `invoice.issued` event.
+    fn issue_invoice(&mut self, invoice: NewInvoice) {
+        let data = EventData::InvoiceIssued {
+            invoice: self.new_invoices.len(),
+            invoice_id: String::new(),
+            number: String::new(),
+            kind: invoice.kind.as_str().to_string(),
+            status: invoice.status.as_str().to_string(),
+            total_nano_usd: invoice.total,
+            period_start: invoice.period_start,
+            period_end: invoice.period_end,
+        };
+        let (account, at) = (invoice.account.clone(), invoice.issued_at);
+        self.new_invoices.push(invoice);
+        self.event(&account, at, data);
+    }
+
     fn account_mut(&mut self, id: &AccountId) -> Result<&mut AccountState, Rejection> {
         self.accounts
             .get_mut(id)
@@ -845,7 +891,76 @@ pub fn apply(
     now: Timestamp,
     op: Op,
 ) -> Result<Outcome, Rejection> {
-    let cx = Ctx { catalog, now };
+    let watched = op
+        .account()
+        .or_else(|| {
+            op.request_id()
+                .and_then(|r| state.requests.get(r))
+                .map(|r| &r.account)
+        })
+        .cloned();
+    let before = watched
+        .as_ref()
+        .and_then(|a| state.accounts.get(a))
+        .map(Watch::of);
+    let outcome = apply_op(state, &Ctx { catalog, now }, op);
+    if let (Ok(_), Some(account), Some(before)) = (&outcome, watched, before) {
+        notice_changes(state, account, before, now);
+    }
+    outcome
+}
+
+/// What an operation may change that the platform is told about: the balance against the
+/// account's low-balance level, and the lock.
+struct Watch {
+    balance: Nanos,
+    lock: Option<LockReason>,
+}
+
+impl Watch {
+    fn of(acct: &AccountState) -> Watch {
+        Watch {
+            balance: acct.credit.balance,
+            lock: acct.lock_reason(),
+        }
+    }
+}
+
+/// Records the events of what an applied operation changed on `account`: `account.locked`
+/// and `account.unlocked` when it started or stopped refusing requests, `balance.low` when
+/// its balance went from at or above its low-balance level (the terms in force at `now`) to
+/// below it. So each fires once per crossing, and again only after the account crossed back.
+fn notice_changes(state: &mut BatchState, account: AccountId, before: Watch, now: Timestamp) {
+    let Some(acct) = state.accounts.get(&account) else {
+        return;
+    };
+    let balance = acct.credit.balance;
+    let mut events = Vec::new();
+    if let Some(low) = acct.terms_at(now).low_balance {
+        if before.balance >= low && balance < low {
+            events.push(EventData::BalanceLow {
+                balance_nano_usd: balance,
+                low_balance_nano_usd: low,
+            });
+        }
+    }
+    match (before.lock, acct.lock_reason()) {
+        (None, Some(lock_reason)) => events.push(EventData::AccountLocked {
+            lock_reason,
+            balance_nano_usd: balance,
+        }),
+        (Some(_), None) => events.push(EventData::AccountUnlocked {
+            balance_nano_usd: balance,
+        }),
+        _ => {}
+    }
+    for data in events {
+        state.event(&account, now, data);
+    }
+}
+
+fn apply_op(state: &mut BatchState, cx: &Ctx, op: Op) -> Result<Outcome, Rejection> {
+    let cx = *cx;
     match op {
         Op::Submit {
             request_id,
@@ -884,6 +999,7 @@ pub fn apply(
             expires_at,
         } => purchase(state, &cx, account, purchase_id, amount, paid, expires_at),
         Op::ExpireCredits { account } => expire_credits(state, &cx, account),
+        Op::NoticeExpiringCredits { account } => notice_expiring_credits(state, &cx, account),
         Op::UsageEvent(e) => usage_event(state, &cx, e),
         Op::Adjust {
             account,
@@ -941,7 +1057,7 @@ fn issue_usage_invoice(state: &mut BatchState, id: &AccountId, end: Timestamp, n
         },
     );
     state.dirty_accounts.insert(id.clone());
-    state.new_invoices.push(NewInvoice {
+    state.issue_invoice(NewInvoice {
         account: id.clone(),
         kind: InvoiceKind::Usage,
         status: InvoiceStatus::Open,
@@ -1577,6 +1693,7 @@ fn purchase(
             remaining: amount,
             expires_at,
             created_at: cx.now,
+            expiry_noticed: false,
         },
         balance_before,
     );
@@ -1605,8 +1722,19 @@ fn purchase(
     });
     state.purchases.insert(key, record.clone());
     state.new_purchases.push(record.clone());
+    state.event(
+        &record.account,
+        cx.now,
+        EventData::PurchaseSucceeded {
+            purchase_id: record.purchase_id.clone(),
+            amount_nano_usd: amount,
+            kind: if paid { "paid" } else { "free" }.to_string(),
+            balance_nano_usd: record.balance_after,
+            expires_at,
+        },
+    );
     if paid {
-        state.new_invoices.push(NewInvoice {
+        state.issue_invoice(NewInvoice {
             account: record.account.clone(),
             kind: InvoiceKind::TopUp,
             status: InvoiceStatus::Paid,
@@ -1661,6 +1789,44 @@ fn expire_credits(
         }
     }
     Ok(Outcome::CreditsExpired { amount: expired })
+}
+
+/// Records `credits.expiring` once per lot, when what is left of it expires within
+/// [`EXPIRY_NOTICE_MS`].
+fn notice_expiring_credits(
+    state: &mut BatchState,
+    cx: &Ctx,
+    account: AccountId,
+) -> Result<Outcome, Rejection> {
+    let horizon = cx.now.plus_ms(EXPIRY_NOTICE_MS);
+    let acct = state.account_mut(&account)?;
+    let mut due = Vec::new();
+    for lot in &mut acct.lots {
+        let Some(expires_at) = lot.expires_at else {
+            continue;
+        };
+        if lot.expiry_noticed
+            || lot.remaining <= Nanos::ZERO
+            || expires_at <= cx.now
+            || expires_at > horizon
+        {
+            continue;
+        }
+        lot.expiry_noticed = true;
+        due.push(EventData::CreditsExpiring {
+            purchase_id: lot.purchase_id.clone(),
+            remaining_nano_usd: lot.remaining,
+            expires_at,
+        });
+    }
+    let lots = due.len();
+    if lots > 0 {
+        state.dirty_accounts.insert(account.clone());
+    }
+    for data in due {
+        state.event(&account, cx.now, data);
+    }
+    Ok(Outcome::ExpiryNoticed { lots })
 }
 
 fn usage_event(state: &mut BatchState, cx: &Ctx, e: UsageEvent) -> Result<Outcome, Rejection> {

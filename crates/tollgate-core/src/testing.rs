@@ -14,6 +14,7 @@ use crate::ledger::CreditAccount;
 use crate::machine::{AccountState, BatchState, Op, UsageEvent};
 use crate::price::{Dims, Output};
 use crate::pricing::{Discounts, VolumeTier};
+use crate::terms::{Terms, TermsSchedule, TermsVersion};
 use crate::{Nanos, Timestamp};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
@@ -71,12 +72,32 @@ pub fn discounts(i: usize) -> Discounts {
     }
 }
 
-/// The real accounts, prepaid, with their discounts, no credits and nothing else.
+/// The low-balance level of the real account `i` (`balance.low`): 0.40 USD for `alice`,
+/// 0.04 USD for `carol`, none for `bob`.
+pub fn low_balance(i: usize) -> Option<Nanos> {
+    match i {
+        0 => Some(Nanos(400_000_000)),
+        2 => Some(Nanos(40_000_000)),
+        _ => None,
+    }
+}
+
+/// The real accounts, prepaid, with their discounts and low-balance levels, no credits and
+/// nothing else.
 pub fn fresh_state() -> BatchState {
     let mut s = BatchState::default();
     for i in 0..REAL_ACCOUNTS {
         let mut a = AccountState::new(CreditAccount::new_prepaid(account_id(i)));
         a.discounts = discounts(i);
+        if let Some(low) = low_balance(i) {
+            a.terms = TermsSchedule::new(vec![TermsVersion {
+                effective_from: Timestamp(0),
+                terms: Terms {
+                    low_balance: Some(low),
+                    ..Terms::of(&a)
+                },
+            }]);
+        }
         s.accounts.insert(account_id(i), a);
     }
     s
@@ -137,6 +158,9 @@ pub enum Step {
         expires_in_ms: Option<i64>,
     },
     ExpireCredits {
+        account: usize,
+    },
+    NoticeExpiringCredits {
         account: usize,
     },
     Adjust {
@@ -277,6 +301,7 @@ pub fn step(statuses: Statuses) -> impl Strategy<Value = Step> {
                 expires_in_ms,
             }),
         2 => account_ix().prop_map(|account| Step::ExpireCredits { account }),
+        1 => account_ix().prop_map(|account| Step::NoticeExpiringCredits { account }),
         2 => (account_ix(), 0..ADJUSTMENT_IDS.len(), 0..ADJUSTMENT_AMOUNTS.len())
             .prop_map(|(account, id, amount)| Step::Adjust { account, id, amount }),
         1 => (account_ix(), prop::bool::weighted(0.6))
@@ -375,6 +400,9 @@ pub fn to_op(step: &Step, now: Timestamp) -> Op {
             expires_at: expires_in_ms.map(|ms| now.plus_ms(ms)),
         },
         Step::ExpireCredits { account } => Op::ExpireCredits {
+            account: account_id(*account),
+        },
+        Step::NoticeExpiringCredits { account } => Op::NoticeExpiringCredits {
             account: account_id(*account),
         },
         Step::Adjust {

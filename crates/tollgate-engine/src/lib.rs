@@ -24,6 +24,7 @@ use tollgate_core::catalog::Catalog;
 use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, PurchaseId};
 use tollgate_core::machine::{
     apply, close_elapsed_periods, BatchState, InvoiceKind, InvoiceStatus, Op, Outcome, Rejection,
+    EXPIRY_NOTICE_MS,
 };
 use tollgate_core::terms::{self, TermsChange};
 use tollgate_core::time::month_start;
@@ -607,8 +608,9 @@ impl Engine {
         rx.await.map_err(|_| EngineError::Stopped)?
     }
 
-    /// Voids every hold that has expired by now, and expires credits past their date. Returns
-    /// how many requests expired.
+    /// Voids every hold that has expired by now, expires credits past their date, and records
+    /// `credits.expiring` for credits that expire within a week. Returns how many requests
+    /// expired.
     pub async fn sweep_expired(&self) -> Result<usize, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.send(Job::Sweep { reply }).await?;
@@ -984,6 +986,8 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
                 Job::Sweep { .. } => {
                     let holds = tx.due_expiries(now, SWEEP_LIMIT)?;
                     let credits = tx.due_credit_expiries(now, SWEEP_LIMIT)?;
+                    let horizon = now.plus_ms(EXPIRY_NOTICE_MS);
+                    let notices = tx.due_expiry_notices(now, horizon, SWEEP_LIMIT)?;
                     holds
                         .into_iter()
                         .map(|request_id| Op::Expire { request_id })
@@ -991,6 +995,11 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
                             credits
                                 .into_iter()
                                 .map(|account| Op::ExpireCredits { account }),
+                        )
+                        .chain(
+                            notices
+                                .into_iter()
+                                .map(|account| Op::NoticeExpiringCredits { account }),
                         )
                         .collect()
                 }

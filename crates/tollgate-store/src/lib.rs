@@ -854,6 +854,14 @@ pub trait Tx {
     fn due_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<RequestId>>;
     /// Accounts with credits left in a lot whose expiry date has passed at `now`.
     fn due_credit_expiries(&mut self, now: Timestamp, limit: usize) -> Result<Vec<AccountId>>;
+    /// Accounts with credits left in a lot that expires after `now` and by `horizon`, not yet
+    /// noticed (`credits.expiring`).
+    fn due_expiry_notices(
+        &mut self,
+        now: Timestamp,
+        horizon: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<AccountId>>;
 
     /// Creates an account that pays by `billing`: its first terms version
     /// ([`TermsSchedule::first`]).

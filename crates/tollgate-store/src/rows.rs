@@ -583,12 +583,14 @@ pub(crate) fn lot(
     remaining: i64,
     expires_at: Option<i64>,
     created_at: i64,
+    expiry_noticed: bool,
 ) -> Result<Lot> {
     Ok(Lot {
         purchase_id: parse_id(PurchaseId::parse, purchase_id)?,
         remaining: Nanos(remaining),
         expires_at: expires_at.map(Timestamp),
         created_at: Timestamp(created_at),
+        expiry_noticed,
     })
 }
 

@@ -12,11 +12,12 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 use std::collections::{BTreeSet, HashMap};
 use tollgate_core::catalog::{Catalog, EndpointDef, EndpointStatus, PriceVersion};
+use tollgate_core::events::{EventData, EventType};
 use tollgate_core::ids::{AccountId, EndpointId, MachineType, PurchaseId, RequestId};
 use tollgate_core::ledger::{LedgerAccount, TransferKind};
 use tollgate_core::machine::{
     apply, AccountState, BatchState, LineItem, Lot, Op, Outcome, PurchaseRecord, Rejection,
-    RequestRecord, RequestStatus, Source, PAID_CREDITS_EXPIRE_MS,
+    RequestRecord, RequestStatus, Source, EXPIRY_NOTICE_MS, PAID_CREDITS_EXPIRE_MS,
 };
 use tollgate_core::policy::FourXxPolicy;
 use tollgate_core::price::{Dims, Output, PriceRule, Unit};
@@ -126,6 +127,7 @@ struct Snapshot {
     new_invoices: usize,
     transfers: usize,
     line_items: usize,
+    events: usize,
 }
 
 fn snapshot(s: &BatchState) -> Snapshot {
@@ -139,6 +141,7 @@ fn snapshot(s: &BatchState) -> Snapshot {
         new_invoices: s.new_invoices.len(),
         transfers: s.transfers.len(),
         line_items: s.line_items.len(),
+        events: s.events.len(),
     }
 }
 
@@ -153,6 +156,7 @@ fn is_replay(o: &Outcome) -> bool {
         Outcome::LockChanged { changed, .. } => !*changed,
         Outcome::Expired { expired } => !*expired,
         Outcome::CreditsExpired { amount } => *amount == Nanos::ZERO,
+        Outcome::ExpiryNoticed { lots } => *lots == 0,
         Outcome::PeriodClosed { issued } => !*issued,
     }
 }
@@ -268,6 +272,7 @@ fn check_step(
     }
 
     check_ledger(catalog, s)?;
+    check_events(before, s, op, now)?;
 
     // Only ExpireCredits expires credits.
     if !matches!(op, Op::ExpireCredits { .. }) {
@@ -473,6 +478,7 @@ fn check_step(
                 remaining: Nanos((amount.0 - debt).max(0)),
                 expires_at: expiry,
                 created_at: now,
+                expiry_noticed: false,
             };
             prop_assert_eq!(a.lots.len(), b.lots.len() + 1);
             prop_assert!(a.lots.contains(&lot), "{:?} not in {:?}", lot, a.lots);
@@ -650,6 +656,15 @@ fn check_step(
             prop_assert_eq!(s.requests[request_id].status, RequestStatus::InQueue);
             prop_assert!(new_transfers.is_empty() && new_items.is_empty());
         }
+        (Op::NoticeExpiringCredits { account }, Outcome::ExpiryNoticed { lots }) => {
+            // Only the noticed flags of lots with credits left change, and nothing moves.
+            prop_assert!(new_transfers.is_empty() && new_items.is_empty());
+            let (b, a) = (&before.accounts[account], &s.accounts[account]);
+            prop_assert_eq!(a.credit.balance, b.credit.balance);
+            let changed = a.lots.iter().zip(&b.lots).filter(|(x, y)| x != y).count();
+            prop_assert_eq!(a.lots.len(), b.lots.len());
+            prop_assert_eq!(changed, *lots);
+        }
         (_, o) if is_replay(o) => {}
         (op, o) => prop_assert!(false, "unexpected outcome {:?} for {:?}", o, op),
     }
@@ -821,6 +836,96 @@ fn check_ledger(catalog: &Catalog, s: &BatchState) -> Result<(), TestCaseError> 
             r.hold_expires_at.is_some(),
             r.status == RequestStatus::InProgress
         );
+    }
+    Ok(())
+}
+
+/// The events an operation recorded are exactly those its effects call for: for the account it
+/// touched, at `now`, `account.locked`/`account.unlocked` when its lock came or went,
+/// `balance.low` when its balance crossed below its low-balance level, `purchase.succeeded`
+/// per new purchase, `invoice.issued` per invoice issued (pointing at it), and
+/// `credits.expiring` once per lot, only from the sweep's notice and only within a week of the
+/// expiry. A rejected or repeated operation records none (the snapshot comparison covers it).
+fn check_events(
+    before: &Snapshot,
+    s: &BatchState,
+    op: &Op,
+    now: Timestamp,
+) -> Result<(), TestCaseError> {
+    let new = &s.events[before.events..];
+    let account = op.account().or_else(|| {
+        op.request_id()
+            .and_then(|r| s.requests.get(r))
+            .map(|r| &r.account)
+    });
+    let (Some(account), Some(was)) = (account, account.and_then(|a| before.accounts.get(a))) else {
+        prop_assert!(new.is_empty(), "{:?} recorded {:?}", op, new);
+        return Ok(());
+    };
+    let is = &s.accounts[account];
+    let mut expected: Vec<EventType> = Vec::new();
+    // Invoices first, as the operation issues them (a purchase records its purchase first).
+    let purchases = s.new_purchases.len() - before.new_purchases;
+    expected.extend(std::iter::repeat_n(EventType::PurchaseSucceeded, purchases));
+    let invoices = s.new_invoices.len() - before.new_invoices;
+    expected.extend(std::iter::repeat_n(EventType::InvoiceIssued, invoices));
+    let noticed = is
+        .lots
+        .iter()
+        .filter(|l| {
+            l.expiry_noticed
+                && !was
+                    .lots
+                    .iter()
+                    .any(|b| b.purchase_id == l.purchase_id && b.expiry_noticed)
+        })
+        .count();
+    expected.extend(std::iter::repeat_n(EventType::CreditsExpiring, noticed));
+    let low = is.terms_at(now).low_balance;
+    if low.is_some_and(|low| was.credit.balance >= low && is.credit.balance < low) {
+        expected.push(EventType::BalanceLow);
+    }
+    match (was.is_locked(), is.is_locked()) {
+        (false, true) => expected.push(EventType::AccountLocked),
+        (true, false) => expected.push(EventType::AccountUnlocked),
+        _ => {}
+    }
+    let mut got: Vec<EventType> = new.iter().map(|e| e.data.event_type()).collect();
+    got.sort();
+    expected.sort();
+    prop_assert_eq!(got, expected, "events of {:?}", op);
+    for e in new {
+        prop_assert_eq!(&e.account, account);
+        prop_assert_eq!(e.at, now);
+        match &e.data {
+            EventData::InvoiceIssued {
+                invoice,
+                total_nano_usd,
+                ..
+            } => {
+                prop_assert!(*invoice >= before.new_invoices);
+                prop_assert_eq!(s.new_invoices[*invoice].total, *total_nano_usd);
+                prop_assert_eq!(&s.new_invoices[*invoice].account, account);
+            }
+            EventData::CreditsExpiring {
+                expires_at,
+                remaining_nano_usd,
+                ..
+            } => {
+                let from_sweep = matches!(op, Op::NoticeExpiringCredits { .. });
+                prop_assert!(from_sweep, "credits.expiring from {:?}", op);
+                prop_assert!(*expires_at > now && *expires_at <= now.plus_ms(EXPIRY_NOTICE_MS));
+                prop_assert!(*remaining_nano_usd > Nanos::ZERO);
+            }
+            EventData::AccountLocked {
+                lock_reason,
+                balance_nano_usd,
+            } => {
+                prop_assert_eq!(Some(*lock_reason), is.lock_reason());
+                prop_assert_eq!(*balance_nano_usd, is.credit.balance);
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -1401,12 +1506,24 @@ fn generated_sequences_reach_every_path() {
     let catalog = catalog();
     let mut runner = TestRunner::deterministic();
     let mut seen: BTreeSet<&'static str> = BTreeSet::new();
-    for _ in 0..300 {
+    for _ in 0..500 {
         let steps = prop::collection::vec(timed(), 1..80)
             .new_tree(&mut runner)
             .unwrap()
             .current();
         run_observed(&catalog, &steps, |before, s, op, now, a| {
+            for e in &s.events[before.events..] {
+                seen.insert(match e.data.event_type() {
+                    EventType::BalanceLow => "event balance.low",
+                    EventType::AccountLocked => "event account.locked",
+                    EventType::AccountUnlocked => "event account.unlocked",
+                    EventType::PurchaseSucceeded => "event purchase.succeeded",
+                    EventType::InvoiceIssued => "event invoice.issued",
+                    EventType::CreditsExpiring => "event credits.expiring",
+                    EventType::SpendingLimitAlert => "event spending_limit.alert",
+                    EventType::SpendingLimitReached => "event spending_limit.reached",
+                });
+            }
             // Paths of the credit lots.
             match (op, a) {
                 (Op::ExpireCredits { account }, Ok(_)) => {
@@ -1479,6 +1596,7 @@ fn generated_sequences_reach_every_path() {
                     Outcome::Adjusted { .. } => "adjustment replayed",
                     Outcome::LockChanged { .. } => "lock unchanged",
                     Outcome::PeriodClosed { .. } => "period closed empty",
+                    Outcome::ExpiryNoticed { .. } => "nothing to notice",
                 },
                 (_, Ok(Outcome::PeriodClosed { .. })) => "period closed",
                 (Op::UsageEvent(_), Ok(Outcome::Completed { completion, .. })) => {
@@ -1517,6 +1635,7 @@ fn generated_sequences_reach_every_path() {
                 (_, Ok(Outcome::CreditsExpired { .. })) => "credits expired",
                 (_, Ok(Outcome::Adjusted { .. })) => "adjusted",
                 (_, Ok(Outcome::LockChanged { .. })) => "lock changed",
+                (_, Ok(Outcome::ExpiryNoticed { .. })) => "expiry noticed",
                 (_, Err(Rejection::AccountLocked { .. })) => "locked",
                 (_, Err(Rejection::ConcurrencyLimit { .. })) => "concurrency limit",
                 (_, Err(Rejection::InsufficientCredits { .. })) => "insufficient credits",
@@ -1571,6 +1690,13 @@ fn generated_sequences_reach_every_path() {
         "invalid usage",
         "bad status",
         "invalid",
+        "expiry noticed",
+        "event balance.low",
+        "event account.locked",
+        "event account.unlocked",
+        "event purchase.succeeded",
+        "event invoice.issued",
+        "event credits.expiring",
     ];
     let missing: Vec<_> = all.iter().filter(|k| !seen.contains(*k)).collect();
     assert!(

@@ -23,14 +23,14 @@ use tollgate_core::ledger::TransferKind;
 use tollgate_core::machine::LineItem;
 use tollgate_core::machine::{
     apply, AccountState, AdjustmentRecord, BatchState, Completion, Op, Outcome, PurchaseRecord,
-    Rejection, RequestStatus,
+    Rejection, RequestStatus, EXPIRY_NOTICE_MS,
 };
 use tollgate_core::price::{Dims, Output};
 use tollgate_core::rollup::{ActivityKey, ActivityTotals, UsageKey, UsageTotals};
 use tollgate_core::terms::TermsChange;
 use tollgate_core::testing::{
-    account_id, discounts, dt_ms, due_credits, fresh_state, to_op, Statuses, Step, Usage, ACCOUNTS,
-    EVENT_IDS, REAL_ACCOUNTS, REQUEST_IDS, T0,
+    account_id, discounts, dt_ms, due_credits, fresh_state, low_balance, to_op, Statuses, Step,
+    Usage, ACCOUNTS, EVENT_IDS, REAL_ACCOUNTS, REQUEST_IDS, T0,
 };
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::{AdminCmd, AdminReply, Engine};
@@ -205,6 +205,7 @@ impl Harness {
                     change: TermsChange {
                         percent_discount: discounts(i).percent_discount,
                         volume_tiers: Some(discounts(i).volume_tiers),
+                        low_balance: Some(low_balance(i)),
                         // In force from the beginning, as the pure mirror has them.
                         effective_from: Some(Timestamp(0)),
                         ..TermsChange::default()
@@ -282,9 +283,12 @@ fn has_due_credits(a: &AccountState, now: Timestamp) -> bool {
 }
 
 /// The account as the store returns it: lots spent to zero are not loaded.
+/// The account as the store loads it, less its terms' versions (compared apart, by the terms
+/// in force).
 fn as_stored(a: &AccountState) -> AccountState {
     let mut a = a.clone();
     a.lots.retain(|l| l.remaining > Nanos::ZERO);
+    a.terms = Default::default();
     a
 }
 
@@ -303,6 +307,27 @@ fn mirror_sweep(s: &mut BatchState, catalog: &Catalog, now: Timestamp) -> usize 
         let answer = apply(s, catalog, now, Op::ExpireCredits { account });
         assert!(
             matches!(answer, Ok(Outcome::CreditsExpired { .. })),
+            "{answer:?}"
+        );
+    }
+    let horizon = now.plus_ms(EXPIRY_NOTICE_MS);
+    let mut notices: Vec<AccountId> = s
+        .accounts
+        .iter()
+        .filter(|(_, a)| {
+            a.lots.iter().any(|l| {
+                !l.expiry_noticed
+                    && l.remaining > Nanos::ZERO
+                    && l.expires_at.is_some_and(|e| e > now && e <= horizon)
+            })
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    notices.sort();
+    for account in notices {
+        let answer = apply(s, catalog, now, Op::NoticeExpiringCredits { account });
+        assert!(
+            matches!(answer, Ok(Outcome::ExpiryNoticed { lots }) if lots > 0),
             "{answer:?}"
         );
     }

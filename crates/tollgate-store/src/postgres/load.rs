@@ -68,7 +68,7 @@ pub(super) fn load_accounts(
     let mut paid: HashMap<String, i64> = HashMap::new();
     for r in c.rows(
         "SELECT account, purchase_id, remaining_nanos, expires_at, created_at, amount_nanos, \
-         paid FROM purchases \
+         paid, expiry_noticed FROM purchases \
          WHERE account = ANY($1) AND (remaining_nanos > 0 OR (paid AND created_at > $2)) \
          ORDER BY account, expires_at IS NULL, expires_at, created_at, purchase_id",
         &[&ids, &since],
@@ -89,6 +89,7 @@ pub(super) fn load_accounts(
                 remaining,
                 r.try_get(3)?,
                 created_at,
+                r.try_get(7)?,
             )?);
         }
     }

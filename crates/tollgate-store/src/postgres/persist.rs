@@ -238,11 +238,10 @@ fn requests(a: &mut Args, s: &BatchState, found: &HashSet<RequestId>) -> [String
 /// New purchases with what is left of them after the batch, and what is left of the older
 /// lots of the accounts that changed.
 fn purchases(a: &mut Args, s: &BatchState) -> [String; 2] {
-    let left = |account: &tollgate_core::ids::AccountId, pid: &tollgate_core::ids::PurchaseId| {
+    let lot = |account: &tollgate_core::ids::AccountId, pid: &tollgate_core::ids::PurchaseId| {
         s.accounts
             .get(account)
             .and_then(|st| st.lots.iter().find(|l| &l.purchase_id == pid))
-            .map(|l| l.remaining.0)
     };
     let new = &s.new_purchases;
     let fresh: HashSet<(&str, &str)> = new
@@ -257,20 +256,27 @@ fn purchases(a: &mut Args, s: &BatchState) -> [String; 2] {
                     id.as_str().to_string(),
                     lot.purchase_id.as_str().to_string(),
                     lot.remaining.0,
+                    lot.expiry_noticed,
                 ));
             }
         }
     }
-    let inserted: Vec<PurchaseCols> = new
+    // A new lot's state after the batch (what is left of it, whether its expiry was
+    // noticed): the update below cannot see rows this statement inserts.
+    let (inserted, noticed): (Vec<PurchaseCols>, Vec<bool>) = new
         .iter()
         .map(|p| {
-            let remaining = left(&p.account, &p.purchase_id).unwrap_or(p.amount.0);
-            PurchaseCols::of(p, Nanos(remaining))
+            let after = lot(&p.account, &p.purchase_id);
+            let remaining = after.map_or(p.amount.0, |l| l.remaining.0);
+            (
+                PurchaseCols::of(p, Nanos(remaining)),
+                after.is_some_and(|l| l.expiry_noticed),
+            )
         })
-        .collect();
+        .unzip();
     let insert = format!(
-        "INSERT INTO purchases ({PURCHASE_COLS}) \
-         SELECT * FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+        "INSERT INTO purchases ({PURCHASE_COLS}, expiry_noticed) \
+         SELECT * FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
         a.add(col(&inserted, |p| p.account.clone()), "text[]"),
         a.add(col(&inserted, |p| p.purchase_id.clone()), "text[]"),
         a.add(col(&inserted, |p| p.amount), "bigint[]"),
@@ -281,15 +287,17 @@ fn purchases(a: &mut Args, s: &BatchState) -> [String; 2] {
         a.add(col(&inserted, |p| p.locked_after), "boolean[]"),
         a.add(col(&inserted, |p| p.expires_at), "bigint[]"),
         a.add(col(&inserted, |p| p.remaining), "bigint[]"),
+        a.add(noticed, "boolean[]"),
     );
     let update = format!(
-        "UPDATE purchases p SET remaining_nanos = x.remaining \
-         FROM unnest({}, {}, {}) AS x(account, purchase_id, remaining) \
+        "UPDATE purchases p SET remaining_nanos = x.remaining, expiry_noticed = x.noticed \
+         FROM unnest({}, {}, {}, {}) AS x(account, purchase_id, remaining, noticed) \
          WHERE p.account = x.account AND p.purchase_id = x.purchase_id \
-         AND p.remaining_nanos <> x.remaining",
+         AND (p.remaining_nanos <> x.remaining OR p.expiry_noticed <> x.noticed)",
         a.add(col(&lots, |l| l.0.clone()), "text[]"),
         a.add(col(&lots, |l| l.1.clone()), "text[]"),
         a.add(col(&lots, |l| l.2), "bigint[]"),
+        a.add(col(&lots, |l| l.3), "boolean[]"),
     );
     [insert, update]
 }

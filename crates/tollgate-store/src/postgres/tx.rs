@@ -222,6 +222,23 @@ impl Tx for PgTx<'_, '_> {
         .collect()
     }
 
+    fn due_expiry_notices(
+        &mut self,
+        now: Timestamp,
+        horizon: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<AccountId>> {
+        self.rows(
+            "SELECT DISTINCT account FROM purchases \
+             WHERE remaining_nanos > 0 AND expires_at IS NOT NULL AND NOT expiry_noticed \
+             AND expires_at > $1 AND expires_at <= $2 LIMIT $3",
+            &[&now.0, &horizon.0, &(limit as i64)],
+        )?
+        .iter()
+        .map(|r| parse_id(AccountId::parse, r.try_get(0)?))
+        .collect()
+    }
+
     fn create_account(
         &mut self,
         username: &AccountId,

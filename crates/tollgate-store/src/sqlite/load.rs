@@ -48,7 +48,8 @@ impl Get for Row<'_> {
 /// The account's lots with something left, in spending order.
 pub(super) fn open_lots(conn: &Connection, account: &str) -> Result<Vec<Lot>> {
     let mut st = conn.prepare_cached(
-        "SELECT purchase_id, remaining_nanos, expires_at, created_at FROM purchases \
+        "SELECT purchase_id, remaining_nanos, expires_at, created_at, expiry_noticed \
+         FROM purchases \
          WHERE account = ?1 AND remaining_nanos > 0 \
          ORDER BY expires_at IS NULL, expires_at, created_at, purchase_id",
     )?;
@@ -60,6 +61,7 @@ pub(super) fn open_lots(conn: &Connection, account: &str) -> Result<Vec<Lot>> {
             r.get(1)?,
             r.get(2)?,
             r.get(3)?,
+            r.get(4)?,
         )?);
     }
     Ok(lots)

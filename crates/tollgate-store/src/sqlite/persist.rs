@@ -261,15 +261,19 @@ fn lots(c: &Connection, cache: &HashMap<AccountId, CachedAccount>, s: &BatchStat
     // a lot bought and spent in the same batch is written as spent). The cache holds the
     // lots as the last commit left them, so only the lots this batch spent are written.
     let mut st = c.prepare_cached(
-        "UPDATE purchases SET remaining_nanos = ?3 WHERE account = ?1 AND purchase_id = ?2 \
-         AND remaining_nanos != ?3",
+        "UPDATE purchases SET remaining_nanos = ?3, expiry_noticed = ?4 \
+         WHERE account = ?1 AND purchase_id = ?2 \
+         AND (remaining_nanos != ?3 OR expiry_noticed != ?4)",
     )?;
     for id in &s.dirty_accounts {
         let before = cache.get(id).map(|c| c.state.lots.as_slice());
         for lot in &s.accounts[id].lots {
             let unchanged = before.is_some_and(|lots| {
-                lots.iter()
-                    .any(|b| b.purchase_id == lot.purchase_id && b.remaining == lot.remaining)
+                lots.iter().any(|b| {
+                    b.purchase_id == lot.purchase_id
+                        && b.remaining == lot.remaining
+                        && b.expiry_noticed == lot.expiry_noticed
+                })
             });
             if unchanged {
                 continue;
@@ -277,7 +281,8 @@ fn lots(c: &Connection, cache: &HashMap<AccountId, CachedAccount>, s: &BatchStat
             st.execute(params![
                 id.as_str(),
                 lot.purchase_id.as_str(),
-                lot.remaining.0
+                lot.remaining.0,
+                lot.expiry_noticed
             ])?;
         }
     }

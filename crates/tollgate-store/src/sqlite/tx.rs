@@ -220,6 +220,25 @@ impl Tx for SqliteTx<'_> {
         ids.iter().map(|s| parse_id(AccountId::parse, s)).collect()
     }
 
+    fn due_expiry_notices(
+        &mut self,
+        now: Timestamp,
+        horizon: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<AccountId>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT DISTINCT account FROM purchases \
+             WHERE remaining_nanos > 0 AND expires_at IS NOT NULL AND expiry_noticed = 0 \
+             AND expires_at > ?1 AND expires_at <= ?2 LIMIT ?3",
+        )?;
+        let ids = st
+            .query_map(params![now.0, horizon.0, limit as i64], |r| {
+                r.get::<_, String>(0)
+            })?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        ids.iter().map(|s| parse_id(AccountId::parse, s)).collect()
+    }
+
     fn create_account(
         &mut self,
         username: &AccountId,
