@@ -13,3 +13,4 @@ mod shared_database;
 mod shutdown;
 mod usage_invoices;
 mod web_sessions;
+mod webhook_outbox;
