@@ -267,6 +267,26 @@ impl<T: PathParam, S: Send + Sync> FromRequestParts<S> for Path<T> {
     }
 }
 
+/// A route's two path parameters, parsed (`/v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}`).
+pub struct Path2<A, B>(pub A, pub B);
+
+impl<A: PathParam, B: PathParam, S: Send + Sync> FromRequestParts<S> for Path2<A, B> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path((a, b)) =
+            <axum::extract::Path<(String, String)> as FromRequestParts<S>>::from_request_parts(
+                parts, state,
+            )
+            .await
+            .map_err(|e: axum::extract::rejection::PathRejection| {
+                ApiError::validation(e.body_text())
+            })?;
+        let a = A::parse(&a).map_err(|e| ApiError::invalid(A::NAME, e))?;
+        let b = B::parse(&b).map_err(|e| ApiError::invalid(B::NAME, e))?;
+        Ok(Path2(a, b))
+    }
+}
+
 /// An operation's query parameters, read from the parsed query string into a struct of domain
 /// types ([`FromQuery`]). A parameter the operation does not document is refused by name: a
 /// typo such as `endpoint=` must not silently widen a query.

@@ -25,20 +25,36 @@ pub mod platform;
 pub mod portal;
 pub mod query_string;
 pub mod statements;
+pub mod webhooks;
 pub mod wire;
 
 use extract::body_limit;
 use openapi::ApiDoc;
+use std::sync::Arc;
 use std::time::Duration;
 use tollgate_engine::Engine;
 use utoipa::OpenApi;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
+pub use webhooks::deliver::spawn_webhook_dispatcher;
+
 /// What every handler gets.
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,
+    /// The `[webhooks]` settings (the hosts a webhook URL may name; how deliveries are sent).
+    pub webhooks: Arc<webhooks::WebhookSettings>,
+}
+
+impl AppState {
+    /// The state of a server on `engine` with the default settings.
+    pub fn new(engine: Engine) -> AppState {
+        AppState {
+            engine,
+            webhooks: Arc::default(),
+        }
+    }
 }
 
 /// The largest request body a call takes, unless its route says otherwise.
@@ -79,6 +95,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(invoices::pay_invoice))
         .routes(routes!(invoices::void_invoice))
         .routes(routes!(invoices::set_issuer))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::show, webhooks::delete))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::delivery))
+        .routes(routes!(webhooks::redeliver))
         // Gateway
         .routes(routes!(gateway::submit))
         .routes(routes!(gateway::show))

@@ -26,6 +26,7 @@ pub mod requests;
 pub mod statements;
 pub mod timeframe;
 pub mod usage;
+pub mod webhooks;
 
 pub use cursor::{Cursor, Page};
 

@@ -220,9 +220,7 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     if let (Some(demo), Some(op)) = (&demo, &operator_key) {
         print_demo(settings.log_format, addr, op, demo);
     }
-    let api = AppState {
-        engine: engine.clone(),
-    };
+    let api = AppState::new(engine.clone());
     let pages = tollgate_dashboard::router(tollgate_dashboard::DashboardState::new(
         api.clone(),
         tollgate_dashboard::DashboardConfig {
@@ -382,9 +380,7 @@ async fn create_demo_account(engine: &Engine, pinned: &AtomicI64) -> anyhow::Res
     let seeded = demo::seed_history(engine, &plan, Some(&set_clock)).await;
     pinned.store(0, Ordering::SeqCst);
     let history = seeded.map_err(|e| anyhow::anyhow!("demo history: {e}"))?;
-    let state = AppState {
-        engine: engine.clone(),
-    };
+    let state = AppState::new(engine.clone());
     let minted = tollgate_api::portal::mint_link(&state, username)
         .await
         .map_err(|e| anyhow::anyhow!("demo sign-in link: {}", e.message))?;

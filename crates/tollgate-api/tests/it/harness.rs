@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_api::auth::mint_key;
+use tollgate_api::webhooks::deliver::Dispatcher;
+use tollgate_api::webhooks::WebhookSettings;
 use tollgate_api::AppState;
 use tollgate_core::catalog::document;
 use tollgate_core::Timestamp;
@@ -119,6 +121,8 @@ pub struct TestApp {
     /// `key_id:secret` of the operator key.
     pub operator_key: String,
     pub engine: Engine,
+    /// The server's `[webhooks]` settings.
+    pub webhooks: Arc<WebhookSettings>,
     /// The time the engine sees, in ms, when the test controls it ([`TestApp::spawn_at`]).
     manual_clock: Option<Arc<AtomicI64>>,
     reconciled: AtomicBool,
@@ -246,7 +250,37 @@ impl TestApp {
         &self._db
     }
 
+    /// Like [`TestApp::spawn_at`] (or [`TestApp::spawn`] without a time), with these
+    /// `[webhooks]` settings. No dispatcher runs: a test sends what is due with
+    /// [`TestApp::dispatcher`]'s `run_once`, or starts one with [`TestApp::spawn_dispatcher`].
+    pub async fn spawn_with_webhooks(at: Option<i64>, settings: WebhookSettings) -> TestApp {
+        let clock = at.map(|ms| Arc::new(AtomicI64::new(ms)));
+        Self::spawn_configured(&Backend::Sqlite, clock, settings).await
+    }
+
+    /// A webhook dispatcher on this app's engine and settings.
+    pub fn dispatcher(&self) -> Dispatcher {
+        Dispatcher::new(self.engine.clone(), self.webhooks.clone())
+    }
+
+    /// Starts the server's webhook dispatcher (as `serve` does), ticking every 100 ms.
+    pub fn spawn_dispatcher(&self) -> tokio::task::JoinHandle<()> {
+        tollgate_api::spawn_webhook_dispatcher(
+            self.engine.clone(),
+            self.webhooks.clone(),
+            Duration::from_millis(100),
+        )
+    }
+
     async fn spawn_with(backend: &Backend, manual_clock: Option<Arc<AtomicI64>>) -> TestApp {
+        Self::spawn_configured(backend, manual_clock, WebhookSettings::default()).await
+    }
+
+    async fn spawn_configured(
+        backend: &Backend,
+        manual_clock: Option<Arc<AtomicI64>>,
+        webhooks: WebhookSettings,
+    ) -> TestApp {
         let db = TestDb::new(backend);
         let store = db.open().expect("open the store");
         let clock: Clock = match &manual_clock {
@@ -278,8 +312,10 @@ impl TestApp {
             .await
             .expect("bind a free port");
         let address = format!("http://{}", listener.local_addr().expect("local addr"));
+        let webhooks = Arc::new(webhooks);
         let router = tollgate_api::router(AppState {
-            engine: engine.clone(),
+            webhooks: webhooks.clone(),
+            ..AppState::new(engine.clone())
         });
         tokio::spawn(async move {
             axum::serve(listener, router).await.expect("serve");
@@ -295,6 +331,7 @@ impl TestApp {
             client: reqwest::Client::new(),
             operator_key: key.key(),
             engine,
+            webhooks,
             manual_clock,
             reconciled: AtomicBool::new(false),
             _db: db,

@@ -609,9 +609,7 @@ async fn peer(app: &TestApp) -> (Engine, String) {
     let engine = Engine::start(store, app.clock()).expect("start the peer's engine");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
-    let router = tollgate_api::router(AppState {
-        engine: engine.clone(),
-    });
+    let router = tollgate_api::router(AppState::new(engine.clone()));
     tokio::spawn(async move { axum::serve(listener, router).await });
     (engine, address)
 }

@@ -3,6 +3,7 @@
 //! by checking that the ledger reconciles.
 
 mod harness;
+mod receiver;
 
 mod fal;
 mod focus;
@@ -23,3 +24,4 @@ mod statements;
 mod strict_input;
 mod terms;
 mod usage;
+mod webhooks;

@@ -197,7 +197,7 @@ async fn readiness_fails_naming_the_check_when_the_schema_moved_under_the_server
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let router = tollgate_api::router(AppState { engine });
+    let router = tollgate_api::router(AppState::new(engine));
     tokio::spawn(async move { axum::serve(listener, router).await });
     let client = reqwest::Client::new();
     let ready = || async {

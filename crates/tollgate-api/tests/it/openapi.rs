@@ -442,7 +442,9 @@ async fn every_documented_operation_is_served() {
             .replace("{request_id}", "0193e3b0-6d2a-7c41-9f0e-2b8f4c6a1d53")
             .replace("{key_id}", "k1")
             .replace("{invoice_id}", "inv_2026_000001")
-            .replace("{month}", "2026-05");
+            .replace("{month}", "2026-05")
+            .replace("{webhook_id}", "wh_1")
+            .replace("{delivery_id}", "dlv_1");
         assert!(!concrete.contains('{'), "{path}: a parameter to fill in");
         let r = app
             .client
@@ -1617,6 +1619,92 @@ async fn real_responses_match_the_document() {
         .call(
             Method::DELETE,
             "/v1/admin/keys/no-such-key",
+            f.op(),
+            Body::None,
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+
+    // --- webhooks: a subscription, the events of a purchase after it, their deliveries
+    let r = f
+        .post(
+            "/v1/admin/webhooks",
+            f.op(),
+            Body::Unchecked(json!({ "url": "ftp://example.com/x", "events": ["*"] })),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["error"]["field"].as_str()),
+        (400, Some("url"))
+    );
+    let r = f
+        .post(
+            "/v1/admin/webhooks",
+            f.op(),
+            Body::Json(json!({
+                "url": "http://127.0.0.1:9/events",
+                "events": ["purchase.succeeded", "invoice.issued"],
+                "description": "billing notices",
+            })),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let hook = r.json["webhook_id"]
+        .as_str()
+        .expect("webhook_id")
+        .to_string();
+    let r = f.get("/v1/admin/webhooks", f.op()).await;
+    assert_eq!(r.status, 200);
+    let r = f.get(&format!("/v1/admin/webhooks/{hook}"), f.op()).await;
+    assert_eq!(r.status, 200);
+    let r = f.get("/v1/admin/webhooks/wh_nope", f.op()).await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+    let r = f.purchase("acme", "p-webhook", "1.00").await;
+    assert_eq!(r.status, 201);
+    f.s.dispatcher().run_once().await.expect("a dispatch round");
+    let r = f
+        .get(
+            &format!("/v1/admin/webhooks/{hook}/deliveries?limit=1"),
+            f.op(),
+        )
+        .await;
+    assert_eq!((r.status, r.json["has_more"].as_bool()), (200, Some(true)));
+    let dlv = r.json["deliveries"][0]["delivery_id"]
+        .as_str()
+        .expect("delivery_id")
+        .to_string();
+    let one = format!("/v1/admin/webhooks/{hook}/deliveries/{dlv}");
+    let r = f.get(&one, f.op()).await;
+    assert_eq!(r.status, 200);
+    assert!(r.json["attempt_log"].is_array(), "{}", r.json);
+    let r = f
+        .post(&format!("{one}/redeliver"), f.op(), Body::None)
+        .await;
+    assert_eq!(
+        (r.status, r.json["status"].as_str()),
+        (202, Some("pending"))
+    );
+    let r = f
+        .post(
+            &format!("/v1/admin/webhooks/{hook}/deliveries/dlv_999999/redeliver"),
+            f.op(),
+            Body::None,
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+    let r = f
+        .call(
+            Method::DELETE,
+            &format!("/v1/admin/webhooks/{hook}"),
+            f.op(),
+            Body::None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let r = f
+        .call(
+            Method::DELETE,
+            &format!("/v1/admin/webhooks/{hook}"),
             f.op(),
             Body::None,
         )

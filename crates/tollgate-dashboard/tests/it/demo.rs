@@ -473,9 +473,7 @@ async fn the_overview_shows_this_and_last_months_spend_as_the_usage_query_totals
         .await
         .expect("session");
     let app = tollgate_dashboard::router(tollgate_dashboard::DashboardState::new(
-        tollgate_api::AppState {
-            engine: engine.clone(),
-        },
+        tollgate_api::AppState::new(engine.clone()),
         tollgate_dashboard::DashboardConfig::default(),
     ));
     // At three times: the 6th (this month's days all in the chart's 30 days, last month's

@@ -112,9 +112,7 @@ fn catalog(from: Timestamp) -> anyhow::Result<document::CatalogDocument> {
 
 /// The server's router (the API and the dashboard's pages), as `serve` builds it.
 fn router(engine: &Engine) -> axum::Router {
-    let api = AppState {
-        engine: engine.clone(),
-    };
+    let api = AppState::new(engine.clone());
     let pages = tollgate_dashboard::router(tollgate_dashboard::DashboardState::new(
         api.clone(),
         tollgate_dashboard::DashboardConfig::default(),

@@ -132,9 +132,7 @@ async fn server_with(limits: ConnLimits) -> anyhow::Result<Server> {
     engine.admin(AdminCmd::InsertKey(op.record.clone())).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let app = tollgate_api::router(tollgate_api::AppState {
-        engine: engine.clone(),
-    });
+    let app = tollgate_api::router(tollgate_api::AppState::new(engine.clone()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let stopped = async {

@@ -175,9 +175,7 @@ impl DashApp {
             .await
             .expect("bind a free port");
         let address = format!("http://{}", listener.local_addr().expect("local addr"));
-        let api = AppState {
-            engine: engine.clone(),
-        };
+        let api = AppState::new(engine.clone());
         let pages = tollgate_dashboard::router(DashboardState::new(api.clone(), config));
         let router = tollgate_api::router_with(api, pages);
         tokio::spawn(async move {
