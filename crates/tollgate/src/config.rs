@@ -208,6 +208,7 @@ settings! {
     /// Default: 10000.
     max_connections: Positive,
     [invoices] InvoicesLayer, InvoicesFlags;
+    [webhooks] WebhooksLayer, WebhooksFlags;
 }
 
 settings! {
@@ -217,6 +218,25 @@ settings! {
     /// characters, uppercase letters A-Z, digits and `-`, beginning and ending with a letter
     /// or digit. The sequence is shared whatever the prefix. Default: TG.
     prefix: InvoicePrefix,
+}
+
+settings! {
+    /// The `[webhooks]` section: where events may be sent and how they are delivered.
+    WebhooksLayer, WebhooksFlags, ("webhooks");
+    /// The host names a webhook URL may name (a list; in the environment and as a flag,
+    /// separated by commas). Default: none, any host.
+    allowed_hosts: HostList,
+    /// The longest delay before the first retry of a delivery, in seconds; each later retry's
+    /// doubles, up to 6 hours, and the delay is drawn at random up to it. Default: 10.
+    retry_base_s: Positive,
+    /// How long a delivery is retried, in seconds from its event (or its redelivery), before
+    /// it is failed. Default: 259200 (three days).
+    retry_for_s: Positive,
+    /// The connect timeout and the whole attempt's timeout of a delivery, in seconds.
+    /// Default: 10.
+    timeout_s: Positive,
+    /// The most deliveries a server sends at once. Default: 32.
+    max_in_flight: Positive,
 }
 
 /// `TOLLGATE_` and the name in capitals, a section's dot as `_` (`drain_timeout_s` →
@@ -241,6 +261,31 @@ pub struct Settings {
     pub request_timeout_s: u64,
     pub max_connections: u64,
     pub invoices: InvoiceSettings,
+    pub webhooks: WebhookSettings,
+}
+
+/// The `[webhooks]` settings `tollgate serve` runs with.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookSettings {
+    /// Lower case; `None`: any host.
+    pub allowed_hosts: Option<Vec<String>>,
+    pub retry_base_s: u64,
+    pub retry_for_s: u64,
+    pub timeout_s: u64,
+    pub max_in_flight: u64,
+}
+
+impl WebhookSettings {
+    /// What the API and the dispatcher take.
+    pub fn to_api(&self) -> tollgate_api::webhooks::WebhookSettings {
+        tollgate_api::webhooks::WebhookSettings {
+            retry_base: Duration::from_secs(self.retry_base_s),
+            retry_for: Duration::from_secs(self.retry_for_s),
+            timeout: Duration::from_secs(self.timeout_s),
+            max_in_flight: usize::try_from(self.max_in_flight).unwrap_or(usize::MAX),
+            allowed_hosts: self.allowed_hosts.clone(),
+        }
+    }
 }
 
 /// The `[invoices]` settings `tollgate serve` runs with.
@@ -275,6 +320,17 @@ impl Settings {
                         || tollgate_store::INVOICE_PREFIX.to_string(),
                         |p: InvoicePrefix| p.0,
                     ),
+                }
+            },
+            webhooks: {
+                let w = layer.webhooks.unwrap_or_default();
+                let defaults = tollgate_api::webhooks::WebhookSettings::default();
+                WebhookSettings {
+                    allowed_hosts: w.allowed_hosts.map(|h| h.0),
+                    retry_base_s: secs(w.retry_base_s, defaults.retry_base.as_secs()),
+                    retry_for_s: secs(w.retry_for_s, defaults.retry_for.as_secs()),
+                    timeout_s: secs(w.timeout_s, defaults.timeout.as_secs()),
+                    max_in_flight: secs(w.max_in_flight, defaults.max_in_flight as u64),
                 }
             },
         }
@@ -470,6 +526,48 @@ impl TryFrom<String> for InvoicePrefix {
     }
 }
 
+/// Host names: in a file a TOML array of strings, in the environment and as a flag a list
+/// separated by commas. Each is a host name or an IP address, without a scheme, port or path;
+/// kept in lower case (host names compare without case).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "Vec<String>")]
+pub struct HostList(Vec<String>);
+
+impl TryFrom<Vec<String>> for HostList {
+    type Error = String;
+    fn try_from(hosts: Vec<String>) -> Result<HostList, String> {
+        let mut out = Vec::with_capacity(hosts.len());
+        for h in hosts {
+            let host = h.trim();
+            let ok = !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'));
+            let port = host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err();
+            if !ok || port {
+                return Err(format!(
+                    "{h:?} is not a host name: write a name or an IP address, without a scheme, \
+                     port or path (e.g. hooks.example.com)"
+                ));
+            }
+            out.push(host.to_ascii_lowercase());
+        }
+        if out.is_empty() {
+            return Err(
+                "the list of hosts is empty: leave the setting out to allow any host".into(),
+            );
+        }
+        Ok(HostList(out))
+    }
+}
+
+impl FromStr for HostList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<HostList, String> {
+        HostList::try_from(s.split(',').map(str::to_string).collect::<Vec<_>>())
+    }
+}
+
 /// A count, a number of seconds or of milliseconds: a whole number of at least 1 (a timeout of
 /// 0 would close every connection at once, a cap of 0 refuse every one).
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -599,11 +697,13 @@ mod tests {
         // A section the flags leave empty keeps what is below it.
         let empty_flags = Layer::from(Flags::default());
         assert_eq!(prefix(file.under(none).under(empty_flags)), "FILE");
+        // Sections come after the top level's settings.
+        let names = Layer::names();
+        let at = |n: &str| names.iter().position(|x| *x == n).unwrap();
         assert_eq!(
-            Layer::names().last(),
-            Some(&"invoices.prefix"),
-            "{:?}",
-            Layer::names()
+            at("invoices.prefix"),
+            at("max_connections") + 1,
+            "{names:?}"
         );
         assert_eq!(env_name("invoices.prefix"), "TOLLGATE_INVOICES_PREFIX");
     }
@@ -655,12 +755,77 @@ mod tests {
                 "invoices.number",
                 "unknown field",
             ),
+            (
+                "[webhooks]\nallowed_hosts = [\"https://hooks.example.com\"]\n",
+                2,
+                "webhooks.allowed_hosts",
+                "not a host name",
+            ),
+            (
+                "[webhooks]\nallowed_hosts = \"hooks.example.com\"\n",
+                2,
+                "webhooks.allowed_hosts",
+                "invalid type",
+            ),
+            (
+                "[webhooks]\ntimeout_s = 0\n",
+                2,
+                "webhooks.timeout_s",
+                "at least 1",
+            ),
         ] {
             let e = parse_file(text).unwrap_err();
             assert!(
                 e.starts_with(&format!("line {line}, key `{key}`: ")) && e.contains(what),
                 "{text:?}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn webhook_hosts_are_a_list_in_the_file_and_separated_by_commas_elsewhere() {
+        let file = parse_file(
+            "[webhooks]\nallowed_hosts = [\"Hooks.example.com\", \"::1\"]\nretry_base_s = 30\n",
+        )
+        .unwrap();
+        let s = Settings::from_layer(file.clone());
+        assert_eq!(
+            s.webhooks.allowed_hosts,
+            Some(vec!["hooks.example.com".to_string(), "::1".to_string()])
+        );
+        assert_eq!(
+            (s.webhooks.retry_base_s, s.webhooks.retry_for_s),
+            (30, 259_200)
+        );
+        let api = s.webhooks.to_api();
+        assert_eq!(api.retry_base, Duration::from_secs(30));
+        assert_eq!(
+            (api.max_in_flight, api.timeout),
+            (32, Duration::from_secs(10))
+        );
+        let env = Layer::from_env(&env(&[(
+            "TOLLGATE_WEBHOOKS_ALLOWED_HOSTS",
+            "a.example.com, b.example.com",
+        )]))
+        .unwrap();
+        let s = Settings::from_layer(file.under(env));
+        assert_eq!(
+            s.webhooks.allowed_hosts,
+            Some(vec![
+                "a.example.com".to_string(),
+                "b.example.com".to_string()
+            ])
+        );
+        assert_eq!(
+            s.webhooks.retry_base_s, 30,
+            "the file's, under the environment's list"
+        );
+        assert!(Settings::from_layer(Layer::default())
+            .webhooks
+            .allowed_hosts
+            .is_none());
+        for bad in ["", "example.com:8080", "a b", "http://x"] {
+            assert!(bad.parse::<HostList>().is_err(), "{bad:?}");
         }
     }
 

@@ -1,5 +1,6 @@
-//! `tollgate serve`: resolve the settings, listen, claim and open the store, start the engine
-//! and the hold-expiry sweeper, serve HTTP; on SIGTERM or SIGINT drain and stop.
+//! `tollgate serve`: resolve the settings, listen, claim and open the store, start the engine,
+//! the hold-expiry sweeper and the webhook dispatcher, serve HTTP; on SIGTERM or SIGINT drain
+//! and stop.
 
 use crate::config::{self, LogFormat, Settings};
 use crate::http_server::{self, ConnLimits};
@@ -203,6 +204,11 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
         engine.clone(),
         Duration::from_millis(settings.sweep_interval_ms.max(10)),
     );
+    // Webhook deliveries: claimed through the writer, sent on tasks of their own; a tick
+    // catches the retries that come due.
+    let webhooks = Arc::new(settings.webhooks.to_api());
+    let dispatcher =
+        tollgate_api::spawn_webhook_dispatcher(engine.clone(), webhooks.clone(), WEBHOOK_TICK);
     tracing::info!(
         header_timeout_s = settings.header_timeout_s,
         idle_timeout_s = settings.idle_timeout_s,
@@ -220,7 +226,10 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     if let (Some(demo), Some(op)) = (&demo, &operator_key) {
         print_demo(settings.log_format, addr, op, demo);
     }
-    let api = AppState::new(engine.clone());
+    let api = AppState {
+        webhooks,
+        ..AppState::new(engine.clone())
+    };
     let pages = tollgate_dashboard::router(tollgate_dashboard::DashboardState::new(
         api.clone(),
         tollgate_dashboard::DashboardConfig {
@@ -239,6 +248,9 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     .await?;
     sweeper.abort();
     month_close.abort();
+    // Deliveries in flight are not recorded: their leases pass, and the next server sends
+    // them again (receivers drop duplicates by the event id).
+    dispatcher.abort();
     // Every call answered was committed and synced before its answer; what is still queued
     // (a sweep, a call cut off by the drain timeout) runs now, and the store is closed.
     engine.shutdown().await?;
@@ -290,6 +302,10 @@ async fn apply_catalog(
     }
     Ok(())
 }
+
+/// How often the webhook dispatcher looks for retries that came due (new events wake it at
+/// once).
+const WEBHOOK_TICK: Duration = Duration::from_secs(1);
 
 /// How far back the demo's prices take effect.
 const DEMO_CATALOG_DAYS: i64 = 90;

@@ -41,9 +41,11 @@ use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::{AdminCmd, AdminReply, Engine, EngineError};
 use tollgate_store::{AttemptRecord, ClaimedDelivery, DeliveryNext, DeliveryResult, StoredEvent};
 
-/// How long a claim is leased beyond the attempt's timeout: the time to record it. A lease
-/// that passes (the server died, or stalled) lets another claim the delivery again.
-pub const LEASE_SLACK: Duration = Duration::from_secs(60);
+/// How long a claim is leased beyond the attempt's timeout: as long again plus this, the time
+/// to record it. A lease that passes (the server died, or stalled) lets another claim the
+/// delivery again; an attempt recorded after its lease passed records nothing (its delivery is
+/// then sent again: at least once).
+pub const LEASE_SLACK: Duration = Duration::from_secs(5);
 
 /// How much of a receiver's answer is read (and dropped) before the connection is let go.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -204,7 +206,12 @@ impl Dispatcher {
     }
 
     fn lease_ms(&self) -> i64 {
-        i64::try_from((self.settings.timeout + LEASE_SLACK).as_millis()).unwrap_or(i64::MAX)
+        let lease = self
+            .settings
+            .timeout
+            .saturating_mul(2)
+            .saturating_add(LEASE_SLACK);
+        i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// Claims up to `limit` due deliveries.

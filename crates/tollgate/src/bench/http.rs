@@ -324,7 +324,145 @@ pub async fn run(
     if wanted("admission.start.http.hostile") {
         rows.push(admission_hostile(plan).await?);
     }
+    for (name, webhook) in [
+        ("admission.start.http.purchases", false),
+        ("admission.start.http.webhooks_dead_receiver", true),
+    ] {
+        if wanted(name) {
+            rows.push(admission_with_events(plan, name, webhook).await?);
+        }
+    }
     Ok(())
+}
+
+/// Purchases made per second beside the callers of the event rows (each writes two events:
+/// purchase.succeeded and invoice.issued).
+const EVENT_PURCHASES_PER_S: u64 = 50;
+
+/// The webhook row's attempt timeout.
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `admission.start.http` while purchases write events to the outbox, 50 a second, and, with
+/// `webhook`, while a webhook subscribed to every type sends them to a receiver that accepts
+/// connections and never answers: the dispatcher (as `serve` runs it, with a 2 s timeout so
+/// that attempts time out, are recorded and claimed again within the row) holds its 32 slots
+/// for the timeout of each attempt, then retries. The row without the webhook is the same
+/// load without deliveries, so the two differ by the dispatcher alone.
+async fn admission_with_events(plan: &Plan, name: &str, webhook: bool) -> anyhow::Result<Row> {
+    let s = server().await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut dispatcher = None;
+    let mut receiver = None;
+    if webhook {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/events", listener.local_addr()?);
+        // Accepts, reads, never answers; a connection ends when the sender gives up.
+        receiver = Some(tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        }));
+        s.engine
+            .admin(AdminCmd::CreateWebhook(tollgate_store::WebhookRecord {
+                webhook_id: "wh_bench".into(),
+                url,
+                events: tollgate_store::WebhookEvents::All,
+                description: None,
+                secret: "whsec_bench".into(),
+                created_at: s.engine.now(),
+                deleted_at: None,
+            }))
+            .await?;
+        dispatcher = Some(tollgate_api::spawn_webhook_dispatcher(
+            s.engine.clone(),
+            Arc::new(tollgate_api::webhooks::WebhookSettings {
+                timeout: WEBHOOK_TIMEOUT,
+                retry_base: Duration::from_secs(1),
+                ..tollgate_api::webhooks::WebhookSettings::default()
+            }),
+            Duration::from_secs(1),
+        ));
+    }
+    let purchases = {
+        let (engine, stop) = (s.engine.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval(Duration::from_micros(1_000_000 / EVENT_PURCHASES_PER_S));
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let op = tollgate_core::machine::Op::Purchase {
+                    account: AccountId::parse(&account_name(n % ACCOUNTS)).expect("valid"),
+                    purchase_id: tollgate_core::ids::PurchaseId::parse(&format!("wh-{n}"))
+                        .expect("valid"),
+                    amount: tollgate_core::Nanos(1_000_000_000),
+                    paid: true,
+                    expires_at: None,
+                };
+                engine.execute(op).await??;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        })
+    };
+    let measured = admission_http(&s, plan).await;
+    stop.store(true, Ordering::Relaxed);
+    let bought = purchases.await??;
+    let events = s
+        .engine
+        .read(|r| r.webhook_events(0, usize::MAX))
+        .await?
+        .len();
+    let metrics = s.engine.metrics().render();
+    let sample = |prefix: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or("0")
+            .trim()
+            .to_string()
+    };
+    let (attempts, in_flight) = (
+        sample("tollgate_webhook_deliveries_total{outcome=\"retry\"}"),
+        sample("tollgate_webhook_deliveries_in_flight"),
+    );
+    if let Some(d) = dispatcher {
+        d.abort();
+    }
+    if let Some(r) = receiver {
+        r.abort();
+    }
+    let r = s.engine.read(|r| r.reconcile()).await?;
+    anyhow::ensure!(r.is_clean(), "the ledger does not reconcile after {name}");
+    let (total, elapsed, latency) = measured?;
+    let note = if webhook {
+        format!(
+            "admission.start.http while {EVENT_PURCHASES_PER_S} purchases/s write events \
+             ({bought} purchases, {events} events) and a webhook subscribed to every type \
+             sends them to a receiver that never answers (32 slots, {} s timeout, retries from \
+             1 s: {attempts} attempts timed out and recorded, {in_flight} in flight at the \
+             end)",
+            WEBHOOK_TIMEOUT.as_secs()
+        )
+    } else {
+        format!(
+            "admission.start.http while {EVENT_PURCHASES_PER_S} purchases/s write events \
+             ({bought} purchases, {events} events), no webhook: the control of \
+             admission.start.http.webhooks_dead_receiver"
+        )
+    };
+    Ok(Row::new(
+        name,
+        "tollgate",
+        ADMISSION_CALLERS,
+        total,
+        elapsed,
+        Some(&latency),
+        note,
+    ))
 }
 
 async fn customer_keys(engine: &Engine, n: usize) -> anyhow::Result<Vec<String>> {

@@ -12,7 +12,8 @@
 //! (`tollgate-postgres`, in a schema created for the row and dropped after it, with the bench's
 //! callers and with as many as the naive PostgreSQL baseline); and tollgate over HTTP
 //! (`http.rs`, with wrk, and with reqwest the latency of `start`, also while hostile
-//! connections are held open); and the dashboard's pages (`dashboard.rs`: every page of the
+//! connections are held open, and while purchases write events, with and without a webhook
+//! whose receiver never answers); and the dashboard's pages (`dashboard.rs`: every page of the
 //! customer's and the console's navigation rendered in-process for an account with a year of
 //! history, server time per page). Every tollgate row is compared with the baselines
 //! (`report.rs`), a `tollgate-postgres` row with the naive design on the same PostgreSQL

@@ -277,3 +277,132 @@ pub fn must(r: Result<Reply, String>, status: u16, what: &str) -> Reply {
         Err(e) => panic!("{what}: {e}"),
     }
 }
+
+/// A webhook receiver on a free loopback port: records every request (path, headers, body)
+/// and answers 200, or, while `hang` is set, accepts and never answers (the connection stays
+/// open until the sender gives up or dies).
+pub struct Receiver {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    hang: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A request a [`Receiver`] got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let hang = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (g, h) = (got.clone(), hang.clone());
+        std::thread::spawn(move || {
+            // Connections held open without an answer.
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // The head, then the body by its content-length.
+                let (head_len, length) = loop {
+                    let Ok(n) = stream.read(&mut chunk) else {
+                        break (0, 0);
+                    };
+                    if n == 0 {
+                        break (0, 0);
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..at]).to_string();
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        break (at + 4, length);
+                    }
+                };
+                if head_len == 0 {
+                    continue;
+                }
+                while buf.len() < head_len + length {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf[..head_len]).to_string();
+                let mut lines = head.lines();
+                let path = lines
+                    .next()
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .unwrap_or_default()
+                    .to_string();
+                let headers = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                    .collect();
+                let body = buf[head_len..].to_vec();
+                g.lock().unwrap().push(Received {
+                    path,
+                    headers,
+                    body,
+                });
+                if h.load(Ordering::SeqCst) {
+                    held.push(stream);
+                } else {
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                }
+            }
+        });
+        Receiver { base, got, hang }
+    }
+
+    /// Whether it leaves requests unanswered from now on.
+    pub fn hang(&self, hang: bool) {
+        self.hang.store(hang, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Every request so far.
+    pub fn got(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived (polling; failing the test after `within`:
+    /// a failsafe for a server that never sends, not a timing assertion).
+    pub fn wait_for(&self, n: usize, within: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.got();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} webhook requests never arrived; got {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

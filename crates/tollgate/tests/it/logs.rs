@@ -1,11 +1,12 @@
 //! What the server writes to its log: one line per call, and never a key's secret. A run uses
 //! every kind of key (operator keys from the environment and from the API, a customer's ADMIN
 //! and API keys, a key the customer made itself, a caller's key inside a request body), fails
-//! to authenticate every way a caller can, and revokes a key; its whole log, at the most
-//! verbose level, must hold none of the secrets (nor their SHA-256, what the database keeps),
-//! and must hold the calls it served.
+//! to authenticate every way a caller can, and revokes a key; it creates a webhook, whose
+//! deliveries are signed with its secret; its whole log, at the most verbose level, must hold
+//! none of the secrets (nor their SHA-256, what the database keeps), and must hold the calls
+//! it served.
 
-use crate::common::{client, send, Server};
+use crate::common::{client, send, Receiver, Server};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -66,6 +67,20 @@ fn no_key_secret_reaches_the_log_of_a_run_that_used_every_kind_of_key() {
         .as_str()
         .expect("key")
         .to_string();
+    // A webhook, before the account: its events (the purchase's) are signed with its secret.
+    let receiver = Receiver::start();
+    let hook = call(
+        post(
+            &c,
+            &base,
+            "/v1/admin/webhooks",
+            &op2,
+            json!({"url": format!("{}/events", receiver.base), "events": ["*"]}),
+        ),
+        201,
+        "webhook",
+    );
+    secrets.push(hook["secret"].as_str().expect("secret").to_string());
     call(
         post(
             &c,
@@ -249,6 +264,9 @@ fn no_key_secret_reaches_the_log_of_a_run_that_used_every_kind_of_key() {
         401,
         "a revoked key",
     );
+
+    // The purchase's events were delivered (signed) before the log is read.
+    receiver.wait_for(2, Duration::from_secs(30));
 
     server.terminate();
     let status = server.wait_exit(Duration::from_secs(30));

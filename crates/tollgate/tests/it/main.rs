@@ -18,3 +18,4 @@ mod openapi;
 mod ops;
 mod schemathesis;
 mod uploads;
+mod webhooks;
