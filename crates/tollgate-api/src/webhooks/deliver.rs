@@ -303,15 +303,21 @@ impl Dispatcher {
         let body = serde_json::to_vec(&payload(&d.event)).expect("JSON values serialize");
         let t = at.0.div_euclid(1000);
         let started = Instant::now();
-        let answer = self
-            .client
-            .post(&d.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("tollgate-event-id", d.event.id())
-            .header("tollgate-signature", signature(&d.secret, t, &body))
-            .body(body)
-            .send()
-            .await;
+        // The hosts allowed now (the setting may have narrowed since the webhook was made).
+        let allowed = super::check_url(&d.url, self.settings.allowed_hosts.as_deref());
+        let answer = match allowed {
+            Err(refused) => Err(refused.message),
+            Ok(()) => self
+                .client
+                .post(&d.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header("tollgate-event-id", d.event.id())
+                .header("tollgate-signature", signature(&d.secret, t, &body))
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| send_error(&e, self.settings.timeout)),
+        };
         let (status_code, error) = match answer {
             Ok(mut resp) => {
                 let status = resp.status();
@@ -325,7 +331,7 @@ impl Dispatcher {
                 }
                 (Some(status.as_u16()), None)
             }
-            Err(e) => (None, Some(send_error(&e, self.settings.timeout))),
+            Err(e) => (None, Some(e)),
         };
         let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         self.metrics.in_flight.dec();
