@@ -559,7 +559,12 @@ async fn a_receiver_that_never_answers_does_not_slow_admission() {
 async fn a_host_no_longer_allowed_is_sent_nothing() {
     let app = TestApp::spawn_at(T0).await;
     let receiver = Receiver::start().await;
-    let hook = create(&app, &receiver.url("/events"), json!(["purchase.succeeded"])).await;
+    let hook = create(
+        &app,
+        &receiver.url("/events"),
+        json!(["purchase.succeeded"]),
+    )
+    .await;
     let id = hook["webhook_id"].as_str().unwrap();
     buy(&app, "acme", "p-1").await;
     // A server whose allowed_hosts no longer names the receiver's host.
@@ -573,7 +578,10 @@ async fn a_host_no_longer_allowed_is_sent_nothing() {
     assert_eq!(narrowed.run_once().await.unwrap().len(), 1);
     assert!(receiver.got().is_empty(), "nothing sent");
     let d = &deliveries(&app, id).await[0];
-    assert_eq!(d["status"], "pending", "retried: the setting may change back");
+    assert_eq!(
+        d["status"], "pending",
+        "retried: the setting may change back"
+    );
     assert!(
         d["last_error"].as_str().unwrap().contains("allowed_hosts"),
         "{d}"
