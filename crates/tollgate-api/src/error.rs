@@ -267,6 +267,21 @@ impl From<Rejection> for ApiError {
             } => ApiError::new(StatusCode::PAYMENT_REQUIRED, "insufficient_credits", msg)
                 .with("available_nano_usd", available.0)
                 .with("required_nano_usd", required.0),
+            Rejection::SpendingLimitExceeded {
+                limit_id,
+                amount,
+                spent,
+                held,
+                required,
+                resets_at,
+                ..
+            } => ApiError::new(StatusCode::FORBIDDEN, "spending_limit_exceeded", msg)
+                .with("limit_id", limit_id.as_str())
+                .with("resets_at", tollgate_core::time::rfc3339(resets_at))
+                .with("amount_nano_usd", amount.0)
+                .with("spent_nano_usd", spent.0)
+                .with("held_nano_usd", held.0)
+                .with("required_nano_usd", required.0),
             Rejection::WrongState { .. } | Rejection::Conflict(_) => ApiError::conflict(msg),
             Rejection::RequestExpired(_) => {
                 ApiError::new(StatusCode::CONFLICT, "request_expired", msg)
@@ -343,6 +358,7 @@ pub enum ErrorType {
     AccountLocked,
     InsufficientCredits,
     ConcurrentRequestsLimit,
+    SpendingLimitExceeded,
     PayloadTooLarge,
     RequestTimeout,
 }
@@ -375,7 +391,7 @@ pub struct ErrorDetail {
     index: Option<u64>,
     /// `insufficient_credits`: what the account can still hold, nano-USD.
     available_nano_usd: Option<i64>,
-    /// `insufficient_credits`: the hold the request needs, nano-USD.
+    /// `insufficient_credits`, `spending_limit_exceeded`: the hold the request needs, nano-USD.
     required_nano_usd: Option<i64>,
     /// `concurrent_requests_limit`: the account's limit of requests in progress.
     #[schema(minimum = 0)]
@@ -383,6 +399,16 @@ pub struct ErrorDetail {
     /// `concurrent_requests_limit`: the account's requests in progress.
     #[schema(minimum = 0)]
     in_progress: Option<u32>,
+    /// `spending_limit_exceeded`: the spending limit that refused the start.
+    limit_id: Option<String>,
+    /// `spending_limit_exceeded`: when the limit's period ends and it admits again (RFC 3339).
+    resets_at: Option<String>,
+    /// `spending_limit_exceeded`: the limit's amount, nano-USD.
+    amount_nano_usd: Option<i64>,
+    /// `spending_limit_exceeded`: the charges recorded in the limit's period, nano-USD.
+    spent_nano_usd: Option<i64>,
+    /// `spending_limit_exceeded`: the holds of the running requests the limit counts, nano-USD.
+    held_nano_usd: Option<i64>,
     /// `account_locked`: the account's balance, nano-USD.
     balance_nano_usd: Option<i64>,
     /// `payload_too_large`: the call's body limit, in bytes.

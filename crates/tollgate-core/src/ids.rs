@@ -134,6 +134,14 @@ text_id!(
      or `.`."
 );
 
+text_id!(
+    /// A spending limit of an account (`lim_...`, chosen by whoever creates it).
+    LimitId, "limit_id", 64, slug_char,
+    schema: "LimitId", "^[A-Za-z0-9._-]{1,64}$", "lim_0b1c2d3e4f5a6b7c8d9e0f1a",
+    "A spending limit's id: 1 to 64 letters, digits, `-`, `_` or `.` (tollgate gives \
+     `lim_` and 24 random hexadecimal digits)."
+);
+
 impl RequestId {
     /// The id of a request of the lifecycle API: a UUID in its one canonical spelling (lower
     /// case, hyphenated: `0193e3b0-6d2a-7c41-9f0e-2b8f4c6a1d53`), so that one request cannot be

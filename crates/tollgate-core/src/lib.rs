@@ -1,6 +1,6 @@
 //! tollgate's pure billing core: money, identifiers, price rules and rating, discounts, the
-//! outcome policy, the double-entry ledger, concurrency tiers, the catalog, account terms, and
-//! the request state machine that applies one operation at a time to a batch's state.
+//! outcome policy, the double-entry ledger, concurrency tiers, the catalog, account terms,
+//! spending limits, and the request state machine that applies one operation at a time to a batch's state.
 //!
 //! Architecture invariant: nothing here does I/O, reads a clock, spawns, or uses floats.
 //! Callers pass `now`; the engine loads what a batch needs and persists what it returns.
@@ -11,6 +11,7 @@ pub mod decimal;
 pub mod events;
 pub mod ids;
 pub mod ledger;
+pub mod limits;
 pub mod machine;
 pub mod money;
 pub mod policy;

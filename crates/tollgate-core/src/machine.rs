@@ -15,9 +15,10 @@
 use crate::catalog::{Catalog, EndpointDef, LateCompletion, MissingUnits, PriceVersion};
 use crate::events::{EventData, NewEvent};
 use crate::ids::{
-    AccountId, AdjustmentId, ApiKeyId, EndpointId, MachineType, PurchaseId, RequestId,
+    AccountId, AdjustmentId, ApiKeyId, EndpointId, LimitId, MachineType, PurchaseId, RequestId,
 };
 use crate::ledger::{CreditAccount, HoldError, Transfer, TransferKind};
+use crate::limits::{self, LimitState, Period};
 use crate::money::{MoneyError, Nanos};
 use crate::policy::{billing_for, BadStatus, Billing};
 use crate::price::{Output, OutputMismatch, PriceRule, RateError, Rated, Unit, Usage};
@@ -74,6 +75,9 @@ pub struct AccountState {
     /// The open usage billing period: the charges recorded while the account was
     /// invoice-billed since its previous usage invoice.
     pub period: OpenPeriod,
+    /// The account's spending limits (its own and its keys'), with their periods' spend, in
+    /// creation order (see [`crate::limits`]).
+    pub limits: Vec<LimitState>,
 }
 
 /// An account's open usage billing period (invoice billing). Every charge it counts was
@@ -179,6 +183,7 @@ impl AccountState {
             terms: TermsSchedule::default(),
             disputed_since: None,
             period: OpenPeriod::default(),
+            limits: Vec::new(),
         }
     }
 
@@ -729,6 +734,24 @@ pub enum Rejection {
     ConcurrencyLimit { limit: u32, in_progress: u32 },
     #[error("insufficient credits: {available} available, {required} required")]
     InsufficientCredits { available: Nanos, required: Nanos },
+    /// A `block` spending limit would be passed by the start's hold (see [`crate::limits`]).
+    #[error(
+        "spending limit {limit_id} ({} USD per {}) is reached: {} USD spent and {} USD held \
+         this period, {} USD more required; it resets at {}",
+        amount.to_usd(), period.as_str(), spent.to_usd(), held.to_usd(), required.to_usd(),
+        crate::time::rfc3339(*resets_at)
+    )]
+    SpendingLimitExceeded {
+        account: AccountId,
+        limit_id: LimitId,
+        period: Period,
+        amount: Nanos,
+        spent: Nanos,
+        held: Nanos,
+        /// The start's hold.
+        required: Nanos,
+        resets_at: Timestamp,
+    },
     #[error("request {id} is {status:?}; cannot {action}")]
     WrongState {
         id: RequestId,
@@ -878,13 +901,23 @@ impl BatchState {
         }
     }
 
+    /// Records the spending-limit notices an operation on `account` caused.
+    fn notify(&mut self, account: &AccountId, at: Timestamp, notices: Vec<EventData>) {
+        for data in notices {
+            self.event(account, at, data);
+        }
+    }
+
     fn put_request(&mut self, r: RequestRecord) {
         self.dirty_requests.insert(r.id.clone());
         self.requests.insert(r.id.clone(), r);
     }
 }
 
-/// Applies one operation at `now`. On `Err` nothing in `state` changed.
+/// Applies one operation at `now`. On `Err` nothing in `state` changed, with one exception,
+/// the core's own follow-up of a refusal: a start refused by a `block` spending limit marks
+/// that limit reached for its period and records the `spending_limit.reached` notice, the
+/// first time in the period ([`limits::refused`]; the account is then written).
 pub fn apply(
     state: &mut BatchState,
     catalog: &Catalog,
@@ -906,6 +939,17 @@ pub fn apply(
     let outcome = apply_op(state, &Ctx { catalog, now }, op);
     if let (Ok(_), Some(account), Some(before)) = (&outcome, watched, before) {
         notice_changes(state, account, before, now);
+    }
+    if let Err(Rejection::SpendingLimitExceeded {
+        account, limit_id, ..
+    }) = &outcome
+    {
+        if let Some(acct) = state.accounts.get_mut(account) {
+            if let Some(data) = limits::refused(&mut acct.limits, limit_id, now) {
+                state.dirty_accounts.insert(account.clone());
+                state.event(account, now, data);
+            }
+        }
     }
     outcome
 }
@@ -1340,6 +1384,26 @@ fn start(
         percent,
     )?
     .total_nanos;
+    // Spending limits: a block limit that the hold would pass refuses the start; the hold
+    // counts toward every limit that applies once it is placed.
+    let mut limits = Vec::new();
+    if !acct.limits.is_empty() {
+        let key = req.api_key.as_ref();
+        limits::admit(&acct.limits, key, hold, cx.now).map_err(|e| {
+            Rejection::SpendingLimitExceeded {
+                account: req.account.clone(),
+                limit_id: e.limit_id,
+                period: e.period,
+                amount: e.amount,
+                spent: e.spent,
+                held: e.held,
+                required: hold,
+                resets_at: e.resets_at,
+            }
+        })?;
+        limits = acct.limits.clone();
+        limits::hold(&mut limits, key, hold, cx.now)?;
+    }
     let transfer = acct.credit.hold(hold).map_err(|e| match e {
         HoldError::InsufficientCredits {
             available,
@@ -1350,6 +1414,9 @@ fn start(
         },
         HoldError::Money(m) => Rejection::Money(m),
     })?;
+    if !acct.limits.is_empty() {
+        acct.limits = limits;
+    }
     acct.in_progress += 1;
     let in_progress = acct.in_progress;
     let account = req.account.clone();
@@ -1532,6 +1599,18 @@ fn complete(
             vec![next.credit.release(req.hold, TransferKind::Void)?]
         }
     };
+    // Spending limits: the hold no longer runs (a late completion's was released when it
+    // expired), and the charge is spent in the period of `now`.
+    let mut notices = Vec::new();
+    if !next.limits.is_empty() {
+        let key = req.api_key.as_ref();
+        if !late {
+            limits::release(&mut next.limits, key, req.hold, cx.now)?;
+        }
+        if billed {
+            notices = limits::spend(&mut next.limits, key, charge.total_nanos, None, cx.now)?;
+        }
+    }
     let completion = Completion {
         status_code,
         billed,
@@ -1542,6 +1621,7 @@ fn complete(
     };
     *acct = next;
     state.dirty_accounts.insert(req.account.clone());
+    state.notify(&req.account, cx.now, notices);
     for t in transfers {
         state.record(t, Some(&request_id), cx.now);
     }
@@ -1628,6 +1708,7 @@ fn release(
         let mut next = acct.clone();
         let t = next.credit.release(req.hold, kind)?;
         next.in_progress = next.in_progress.saturating_sub(1);
+        limits::release(&mut next.limits, req.api_key.as_ref(), req.hold, cx.now)?;
         *acct = next;
         state.dirty_accounts.insert(req.account.clone());
         state.record(t, Some(&request_id), cx.now);
@@ -1885,9 +1966,21 @@ fn usage_event(state: &mut BatchState, cx: &Ctx, e: UsageEvent) -> Result<Outcom
     )?;
     let mut transfer = None;
     let mut accrued = None;
+    let mut notices = Vec::new();
     if billed {
         accrued = next.record_charge(&charge, cx.now)?;
         transfer = Some(next.credit.charge(charge.total_nanos)?);
+        // Spending limits: counted in the period of `now`, unless the event happened before
+        // that period began.
+        if !next.limits.is_empty() {
+            notices = limits::spend(
+                &mut next.limits,
+                e.api_key.as_ref(),
+                charge.total_nanos,
+                Some(e.timestamp),
+                cx.now,
+            )?;
+        }
     }
     let completion = Completion {
         status_code: e.status_code,
@@ -1899,6 +1992,7 @@ fn usage_event(state: &mut BatchState, cx: &Ctx, e: UsageEvent) -> Result<Outcom
     };
     *acct = next;
     state.dirty_accounts.insert(e.account.clone());
+    state.notify(&e.account, cx.now, notices);
     if let Some(t) = transfer {
         state.record(t, Some(&e.event_id), cx.now);
     }

@@ -110,6 +110,7 @@ impl AccountCols {
             terms: terms_schedule(&self.terms)?,
             disputed_since: self.disputed_since.map(Timestamp),
             period: self.period,
+            limits: Vec::new(),
         };
         state.use_terms_at(now);
         Ok(AccountRow {

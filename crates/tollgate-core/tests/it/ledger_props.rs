@@ -64,7 +64,7 @@ fn endpoint(
 }
 
 /// The generators' first three endpoints; the fourth (`test/unknown`) is not in it.
-fn catalog() -> Catalog {
+pub(crate) fn catalog() -> Catalog {
     let mut c = Catalog::default();
     c.machines
         .insert(MachineType::parse(MACHINE).unwrap(), d("0.000525"));

@@ -1,6 +1,8 @@
 //! The core's integration tests, in one test binary (one link, one run): the sample catalog as
-//! a rate card, and the property tests of rating and of the ledger's state machine.
+//! a rate card, and the property tests of rating, of the ledger's state machine and of spending
+//! limits.
 
 mod ledger_props;
+mod limits_props;
 mod price_props;
 mod rate_card;
