@@ -30,6 +30,7 @@ use std::sync::Arc;
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
 use tollgate_core::concurrency::ConcurrencyTable;
 use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, EndpointId, PurchaseId, RequestId};
+use tollgate_core::limits::LimitState;
 use tollgate_core::machine::{
     AccountState, AdjustmentRecord, BatchState, InvoiceKind, InvoiceStatus, LineItem,
     PurchaseRecord, RequestRecord,
@@ -875,6 +876,22 @@ pub trait Tx {
     /// account's lock, see [`Tx::lock_accounts`]). [`StoreError::NotFound`] when there is no
     /// such account.
     fn set_account_terms(&mut self, username: &AccountId, terms: &TermsSchedule) -> Result<()>;
+    /// Replaces an account's spending limits (the caller changed them under the account's
+    /// lock, as it loaded them). [`StoreError::NotFound`] when there is no such account.
+    fn set_account_limits(&mut self, username: &AccountId, limits: &[LimitState]) -> Result<()>;
+    /// The key with this id, as committed.
+    fn api_key(&mut self, key_id: &ApiKeyId) -> Result<Option<ApiKeyRecord>>;
+    /// The holds of the account's requests in progress (only those made with `key`, when
+    /// given): what a new spending limit starts with as `held`.
+    fn running_holds(&mut self, account: &AccountId, key: Option<&ApiKeyId>) -> Result<Nanos>;
+    /// What the account was charged at or after `since` (its line items billed then; only
+    /// those made with `key`, when given): what a new spending limit starts with as `spent`.
+    fn charged_since(
+        &mut self,
+        account: &AccountId,
+        key: Option<&ApiKeyId>,
+        since: Timestamp,
+    ) -> Result<Nanos>;
     /// Inserts a key unless one with its id exists (whatever its scope, secret or revocation):
     /// returns whether it was inserted. A stored key is never replaced, so a revoked key stays
     /// revoked and a stored secret is never changed by inserting the same id again.

@@ -12,9 +12,10 @@ use std::collections::HashMap;
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
 use tollgate_core::concurrency::ConcurrencyTable;
 use tollgate_core::ids::{
-    AccountId, AdjustmentId, ApiKeyId, EndpointId, MachineType, PurchaseId, RequestId,
+    AccountId, AdjustmentId, ApiKeyId, EndpointId, LimitId, MachineType, PurchaseId, RequestId,
 };
 use tollgate_core::ledger::CreditAccount;
+use tollgate_core::limits::{LimitAction, LimitScope, LimitState, Period, SpendingLimit};
 use tollgate_core::machine::{month_of, BatchState};
 use tollgate_core::machine::{
     AccountState, AdjustmentRecord, InvoiceKind, InvoiceStatus, LineItem, Lot, OpenPeriod,
@@ -38,7 +39,8 @@ pub(crate) trait Get {
 pub(crate) const ACCOUNT_COLS: &str = "username, balance_nanos, held_nanos, in_progress, \
      terms, adjusted_credit_nanos, disputed_since, paid_lifetime_nanos, \
      month, month_subtotal_nanos, created_at, period_start, period_charges, \
-     period_subtotal_nanos, period_discount_nanos, period_total_nanos, period_last_charge_at";
+     period_subtotal_nanos, period_discount_nanos, period_total_nanos, period_last_charge_at, \
+     limits";
 
 /// An `accounts` row.
 pub(crate) struct AccountCols {
@@ -54,6 +56,8 @@ pub(crate) struct AccountCols {
     pub month_subtotal: i64,
     pub created_at: i64,
     pub period: OpenPeriod,
+    /// `accounts.limits`: empty for an account without spending limits.
+    pub limits: String,
 }
 
 fn small(what: &str, v: i64) -> Result<u32> {
@@ -83,6 +87,7 @@ impl AccountCols {
                 total: Nanos(r.int(15)?),
                 last_charge_at: Timestamp(r.int(16)?),
             },
+            limits: r.text(17)?,
         })
     }
 
@@ -110,7 +115,7 @@ impl AccountCols {
             terms: terms_schedule(&self.terms)?,
             disputed_since: self.disputed_since.map(Timestamp),
             period: self.period,
-            limits: Vec::new(),
+            limits: limit_states(&self.limits)?,
         };
         state.use_terms_at(now);
         Ok(AccountRow {
@@ -172,6 +177,96 @@ fn terms_schedule(text: &str) -> Result<TermsSchedule> {
             })
             .collect(),
     ))
+}
+
+/// One spending limit with its period's state, as stored in `accounts.limits` (a JSON array
+/// of them; the empty text when there is none, so an account without limits parses nothing).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LimitCols {
+    id: String,
+    /// `account` or `api_key`.
+    scope: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    api_key: Option<String>,
+    period: String,
+    timezone: String,
+    amount_nanos: i64,
+    action: String,
+    alert_at_percent: Vec<u32>,
+    created_at: i64,
+    period_start: i64,
+    resets_at: i64,
+    spent_nanos: i64,
+    held_nanos: i64,
+    alerted: Vec<u32>,
+    reached: bool,
+}
+
+/// The stored text of an account's spending limits (`accounts.limits`).
+pub(crate) fn limits_text(limits: &[LimitState]) -> String {
+    if limits.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<LimitCols> = limits
+        .iter()
+        .map(|l| LimitCols {
+            id: l.limit.id.as_str().to_string(),
+            scope: l.limit.scope.as_str().to_string(),
+            api_key: l.limit.scope.api_key().map(|k| k.as_str().to_string()),
+            period: l.limit.period.as_str().to_string(),
+            timezone: l.limit.timezone.name().to_string(),
+            amount_nanos: l.limit.amount.0,
+            action: l.limit.action.as_str().to_string(),
+            alert_at_percent: l.limit.alert_at_percent.clone(),
+            created_at: l.limit.created_at.0,
+            period_start: l.period_start.0,
+            resets_at: l.resets_at.0,
+            spent_nanos: l.spent.0,
+            held_nanos: l.held.0,
+            alerted: l.alerted.clone(),
+            reached: l.reached,
+        })
+        .collect();
+    to_json(&rows)
+}
+
+fn limit_states(text: &str) -> Result<Vec<LimitState>> {
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<LimitCols> = json("limits", text)?;
+    rows.into_iter()
+        .map(|r| {
+            let scope = match (r.scope.as_str(), r.api_key) {
+                ("account", None) => LimitScope::Account,
+                ("api_key", Some(k)) => LimitScope::ApiKey(parse_id(ApiKeyId::parse, &k)?),
+                (other, _) => return Err(corrupt("limits.scope", other)),
+            };
+            Ok(LimitState {
+                limit: SpendingLimit {
+                    id: parse_id(LimitId::parse, &r.id)?,
+                    scope,
+                    period: Period::parse(&r.period)
+                        .ok_or_else(|| corrupt("limits.period", &r.period))?,
+                    timezone: r
+                        .timezone
+                        .parse()
+                        .map_err(|_| corrupt("limits.timezone", &r.timezone))?,
+                    amount: Nanos(r.amount_nanos),
+                    action: LimitAction::parse(&r.action)
+                        .ok_or_else(|| corrupt("limits.action", &r.action))?,
+                    alert_at_percent: r.alert_at_percent,
+                    created_at: Timestamp(r.created_at),
+                },
+                period_start: Timestamp(r.period_start),
+                resets_at: Timestamp(r.resets_at),
+                spent: Nanos(r.spent_nanos),
+                held: Nanos(r.held_nanos),
+                alerted: r.alerted,
+                reached: r.reached,
+            })
+        })
+        .collect()
 }
 
 pub(crate) const ADJUSTMENT_COLS: &str =

@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0007_statements.sql"),
     include_str!("../../migrations/postgres/0008_usage_invoices.sql"),
     include_str!("../../migrations/postgres/0009_web_sessions.sql"),
+    include_str!("../../migrations/postgres/0010_spending_limits.sql"),
     include_str!("../../migrations/postgres/0011_webhooks.sql"),
     include_str!("../../migrations/postgres/0012_expiry_notices.sql"),
 ];

@@ -7,7 +7,7 @@
 
 use super::rollups::{activity_totals, ACTIVITY_COLS};
 use super::{PgTx, Run};
-use crate::rows::INVOICE_COLS;
+use crate::rows::{limits_text, INVOICE_COLS};
 use crate::rows::{
     AdjustmentCols, LineItemCols, PurchaseCols, RequestCols, TransferCols, ADJUSTMENT_COLS,
     LINE_ITEM_COLS, PURCHASE_COLS, REQUEST_COLS, TRANSFER_COLS,
@@ -137,10 +137,10 @@ fn accounts(a: &mut Args, s: &BatchState) -> String {
          month_subtotal_nanos = x.subtotal, adjusted_credit_nanos = x.adjusted, \
          disputed_since = x.disputed, period_start = x.p_start, period_charges = x.p_charges, \
          period_subtotal_nanos = x.p_subtotal, period_discount_nanos = x.p_discount, \
-         period_total_nanos = x.p_total, period_last_charge_at = x.p_last \
-         FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}) \
+         period_total_nanos = x.p_total, period_last_charge_at = x.p_last, limits = x.limits \
+         FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}) \
            AS x(username, balance, held, in_progress, lifetime, month, subtotal, adjusted, \
-             disputed, p_start, p_charges, p_subtotal, p_discount, p_total, p_last) \
+             disputed, p_start, p_charges, p_subtotal, p_discount, p_total, p_last, limits) \
          WHERE a.username = x.username",
         a.add(col(&rows, |(id, _)| id.as_str().to_string()), "text[]"),
         a.add(col(&rows, |(_, s)| s.credit.balance.0), "bigint[]"),
@@ -160,6 +160,7 @@ fn accounts(a: &mut Args, s: &BatchState) -> String {
         a.add(col(&rows, |(_, s)| s.period.discount.0), "bigint[]"),
         a.add(col(&rows, |(_, s)| s.period.total.0), "bigint[]"),
         a.add(col(&rows, |(_, s)| s.period.last_charge_at.0), "bigint[]"),
+        a.add(col(&rows, |(_, s)| limits_text(&s.limits)), "text[]"),
     )
 }
 

@@ -3,8 +3,8 @@
 use super::load::{load_accounts, load_catalog, load_requests, setting};
 use super::{persist, webhooks, Run};
 use crate::rows::{
-    terms_text, AdjustmentCols, PurchaseCols, ADJUSTMENT_COLS, KEY_COLS, PURCHASE_COLS,
-    WEB_SESSION_COLS,
+    limits_text, terms_text, AdjustmentCols, PurchaseCols, ADJUSTMENT_COLS, KEY_COLS,
+    PURCHASE_COLS, WEB_SESSION_COLS,
 };
 use crate::{
     parse_id, to_json, ApiKeyRecord, BillingMode, ClaimedDelivery, DbError, DeliveryResult,
@@ -15,12 +15,13 @@ use ::postgres::{Row, Statement, Transaction};
 use std::collections::{HashMap, HashSet};
 use tollgate_core::catalog::{Catalog, EndpointDef};
 use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, EndpointId, PurchaseId, RequestId};
+use tollgate_core::limits::LimitState;
 use tollgate_core::machine::{
     AccountState, AdjustmentRecord, BatchState, InvoiceStatus, PurchaseRecord, RequestRecord,
 };
 use tollgate_core::price::PriceRule;
 use tollgate_core::terms::TermsSchedule;
-use tollgate_core::Timestamp;
+use tollgate_core::{Nanos, Timestamp};
 
 /// The writer's db transaction: statements are prepared once per connection.
 pub(super) struct PgTx<'a, 'b> {
@@ -269,6 +270,52 @@ impl Tx for PgTx<'_, '_> {
             return Err(StoreError::NotFound(format!("account {username}")));
         }
         Ok(())
+    }
+
+    fn set_account_limits(&mut self, username: &AccountId, limits: &[LimitState]) -> Result<()> {
+        let n = self.exec(
+            "UPDATE accounts SET limits = $2 WHERE username = $1",
+            &[&username.as_str(), &limits_text(limits)],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("account {username}")));
+        }
+        Ok(())
+    }
+
+    fn api_key(&mut self, key_id: &ApiKeyId) -> Result<Option<ApiKeyRecord>> {
+        self.rows(
+            &format!("SELECT {KEY_COLS} FROM api_keys WHERE key_id = $1"),
+            &[&key_id.as_str()],
+        )?
+        .first()
+        .map(super::load::key_row)
+        .transpose()
+    }
+
+    fn running_holds(&mut self, account: &AccountId, key: Option<&ApiKeyId>) -> Result<Nanos> {
+        let rows = self.rows(
+            "SELECT COALESCE(SUM(hold_nanos), 0)::bigint FROM requests \
+             WHERE account = $1 AND status = 'IN_PROGRESS' \
+             AND ($2::text IS NULL OR api_key = $2::text)",
+            &[&account.as_str(), &key.map(|k| k.as_str())],
+        )?;
+        Ok(Nanos(rows[0].try_get(0)?))
+    }
+
+    fn charged_since(
+        &mut self,
+        account: &AccountId,
+        key: Option<&ApiKeyId>,
+        since: Timestamp,
+    ) -> Result<Nanos> {
+        let rows = self.rows(
+            "SELECT COALESCE(SUM(total_nanos), 0)::bigint FROM line_items \
+             WHERE account = $1 AND billed_at >= $2 \
+             AND ($3::text IS NULL OR api_key = $3::text)",
+            &[&account.as_str(), &since.0, &key.map(|k| k.as_str())],
+        )?;
+        Ok(Nanos(rows[0].try_get(0)?))
     }
 
     fn insert_portal_link(&mut self, link: &PortalLink) -> Result<()> {

@@ -64,6 +64,10 @@ const MIGRATIONS: &[Migration] = &[
         None,
     ),
     (
+        include_str!("../../migrations/sqlite/0014_spending_limits.sql"),
+        None,
+    ),
+    (
         include_str!("../../migrations/sqlite/0015_webhooks.sql"),
         None,
     ),

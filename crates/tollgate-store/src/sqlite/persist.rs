@@ -3,7 +3,7 @@
 use super::account_cache::CachedAccount;
 use super::rollups;
 use super::tx::SqliteTx;
-use crate::rows::INVOICE_COLS;
+use crate::rows::{limits_text, INVOICE_COLS};
 use crate::rows::{
     AdjustmentCols, PurchaseCols, RequestCols, TransferCols, ADJUSTMENT_COLS, PURCHASE_COLS,
     REQUEST_COLS, TRANSFER_COLS,
@@ -77,21 +77,48 @@ fn accruals(c: &Connection, s: &BatchState) -> Result<()> {
     Ok(())
 }
 
-/// The balances and counters of the accounts the batch changed; each account is also kept, as
-/// the batch leaves it, to cache once the batch commits.
+/// The balances and counters of the accounts the batch changed, and the spending limits of
+/// those that have any (an account without limits keeps its empty column: limits are removed
+/// only by [`crate::Tx::set_account_limits`]); each account is also kept, as the batch leaves
+/// it, to cache once the batch commits.
 fn accounts(t: &mut SqliteTx, s: &BatchState) -> Result<()> {
-    let mut st = t.conn.prepare_cached(
-        "UPDATE accounts SET balance_nanos = ?2, held_nanos = ?3, in_progress = ?4, \
-         paid_lifetime_nanos = ?5, month = ?6, month_subtotal_nanos = ?7, \
+    const UPDATE: &str = "UPDATE accounts SET balance_nanos = ?2, held_nanos = ?3, \
+         in_progress = ?4, paid_lifetime_nanos = ?5, month = ?6, month_subtotal_nanos = ?7, \
          adjusted_credit_nanos = ?8, disputed_since = ?9, period_start = ?10, \
          period_charges = ?11, period_subtotal_nanos = ?12, period_discount_nanos = ?13, \
-         period_total_nanos = ?14, period_last_charge_at = ?15 WHERE username = ?1",
-    )?;
+         period_total_nanos = ?14, period_last_charge_at = ?15";
+    let mut st = t
+        .conn
+        .prepare_cached(&format!("{UPDATE} WHERE username = ?1"))?;
+    let mut with_limits = t
+        .conn
+        .prepare_cached(&format!("{UPDATE}, limits = ?16 WHERE username = ?1"))?;
     for id in &s.dirty_accounts {
         let a = &s.accounts[id];
         let before = t.written.get(id).or_else(|| t.cache.get(id));
         let written = CachedAccount::as_written(before, id, s);
         t.written.insert(id.clone(), written);
+        if !a.limits.is_empty() {
+            with_limits.execute(params![
+                id.as_str(),
+                a.credit.balance.0,
+                a.credit.held.0,
+                a.in_progress,
+                a.paid_lifetime.0,
+                a.month,
+                a.month_subtotal.0,
+                a.adjusted_credit.0,
+                a.disputed_since.map(|t| t.0),
+                a.period.start.0,
+                i64::try_from(a.period.charges).unwrap_or(i64::MAX),
+                a.period.subtotal.0,
+                a.period.discount.0,
+                a.period.total.0,
+                a.period.last_charge_at.0,
+                limits_text(&a.limits),
+            ])?;
+            continue;
+        }
         st.execute(params![
             id.as_str(),
             a.credit.balance.0,

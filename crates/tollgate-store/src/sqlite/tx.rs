@@ -5,8 +5,8 @@ use super::load::{load_account, load_catalog, request_row, setting};
 use super::persist;
 use super::webhooks;
 use crate::rows::{
-    terms_text, AdjustmentCols, PurchaseCols, ADJUSTMENT_COLS, KEY_COLS, PURCHASE_COLS,
-    REQUEST_COLS, WEB_SESSION_COLS,
+    limits_text, terms_text, AdjustmentCols, PurchaseCols, ADJUSTMENT_COLS, KEY_COLS,
+    PURCHASE_COLS, REQUEST_COLS, WEB_SESSION_COLS,
 };
 use crate::{
     parse_id, to_json, ApiKeyRecord, BillingMode, ClaimedDelivery, DeliveryResult, PortalLink,
@@ -16,12 +16,13 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use tollgate_core::catalog::{Catalog, EndpointDef};
 use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, EndpointId, PurchaseId, RequestId};
+use tollgate_core::limits::LimitState;
 use tollgate_core::machine::{
     AccountState, AdjustmentRecord, BatchState, InvoiceStatus, PurchaseRecord, RequestRecord,
 };
 use tollgate_core::price::PriceRule;
 use tollgate_core::terms::TermsSchedule;
-use tollgate_core::Timestamp;
+use tollgate_core::{Nanos, Timestamp};
 
 /// Counts one more catalog change, in the db transaction that makes it.
 fn bump_catalog_generation(conn: &Connection) -> Result<()> {
@@ -270,6 +271,59 @@ impl Tx for SqliteTx<'_> {
             return Err(StoreError::NotFound(format!("account {username}")));
         }
         Ok(())
+    }
+
+    fn set_account_limits(&mut self, username: &AccountId, limits: &[LimitState]) -> Result<()> {
+        self.forget.push(username.clone());
+        let n = self.conn.execute(
+            "UPDATE accounts SET limits = ?2 WHERE username = ?1",
+            params![username.as_str(), limits_text(limits)],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("account {username}")));
+        }
+        Ok(())
+    }
+
+    fn api_key(&mut self, key_id: &ApiKeyId) -> Result<Option<ApiKeyRecord>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {KEY_COLS} FROM api_keys WHERE key_id = ?1"
+        ))?;
+        let mut rows = st.query([key_id.as_str()])?;
+        match rows.next()? {
+            Some(r) => Ok(Some(super::load::key_row(r)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn running_holds(&mut self, account: &AccountId, key: Option<&ApiKeyId>) -> Result<Nanos> {
+        // Every request in progress has a hold deadline: the partial index of those.
+        let sum: i64 = self.conn.query_row(
+            "SELECT COALESCE(SUM(hold_nanos), 0) FROM requests \
+             WHERE hold_expires_at IS NOT NULL AND status = 'IN_PROGRESS' AND account = ?1 \
+             AND (?2 IS NULL OR api_key = ?2)",
+            params![account.as_str(), key.map(|k| k.as_str())],
+            |r| r.get(0),
+        )?;
+        Ok(Nanos(sum))
+    }
+
+    fn charged_since(
+        &mut self,
+        account: &AccountId,
+        key: Option<&ApiKeyId>,
+        since: Timestamp,
+    ) -> Result<Nanos> {
+        // The account's range of the clustered table, and the recent table's few pages.
+        let sum: i64 = self.conn.query_row(
+            "SELECT COALESCE((SELECT SUM(total_nanos) FROM line_items_by_account \
+               WHERE account = ?1 AND billed_at >= ?2 AND (?3 IS NULL OR api_key = ?3)), 0) \
+             + COALESCE((SELECT SUM(total_nanos) FROM line_items_recent \
+               WHERE account = ?1 AND billed_at >= ?2 AND (?3 IS NULL OR api_key = ?3)), 0)",
+            params![account.as_str(), since.0, key.map(|k| k.as_str())],
+            |r| r.get(0),
+        )?;
+        Ok(Nanos(sum))
     }
 
     fn insert_portal_link(&mut self, link: &PortalLink) -> Result<()> {

@@ -5,5 +5,6 @@ mod account_cache;
 mod catalog_settings;
 mod migrations;
 mod recent_line_items;
+mod spending_limits;
 mod wal;
 mod webhooks;

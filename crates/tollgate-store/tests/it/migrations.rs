@@ -113,7 +113,7 @@ fn upgrading_builds_rollups_that_add_up_to_the_line_items() {
     version_1_database(&path);
 
     let mut store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 15);
+    assert_eq!(store.schema_version().unwrap(), 16);
     let mut reader = (store.reader_factory())().unwrap();
     // The terms an account had are its first version, in force from the beginning.
     let terms = |reader: &mut Box<dyn tollgate_store::Reader>, name: &str| {
