@@ -107,7 +107,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Re
 /// (`tollgate_http_requests_total{route,status}`,
 /// `tollgate_http_request_duration_seconds{route}`); admission decisions
 /// (`tollgate_admission_total{outcome}`: `admitted`, `insufficient_credits`,
-/// `concurrency_limit`, `locked`); what was billed (`tollgate_billed_units_total{endpoint,unit}`,
+/// `concurrency_limit`, `locked`, `spending_limit`); what was billed (`tollgate_billed_units_total{endpoint,unit}`,
 /// `tollgate_billed_nano_usd_total{endpoint}`); the write path (`tollgate_batch_size`,
 /// `tollgate_commit_duration_seconds`, `tollgate_sync_duration_seconds`,
 /// `tollgate_queue_depth`, `tollgate_failed_batches_total`); `tollgate_hold_expiries_total`;

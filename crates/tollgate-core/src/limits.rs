@@ -140,6 +140,18 @@ pub struct SpendingLimit {
     pub created_at: Timestamp,
 }
 
+impl SpendingLimit {
+    /// The limit if its creator gave a valid one: its amount ([`check_amount`]) and its
+    /// thresholds ([`alert_thresholds`], normalized).
+    pub fn checked(self) -> Result<SpendingLimit, LimitError> {
+        Ok(SpendingLimit {
+            amount: check_amount(self.amount)?,
+            alert_at_percent: alert_thresholds(Some(&self.alert_at_percent))?,
+            ..self
+        })
+    }
+}
+
 /// A refused limit or change: the field at fault and why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("`{field}` {message}")]

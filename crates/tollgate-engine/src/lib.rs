@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 use tollgate_core::catalog::document::CatalogDocument;
 use tollgate_core::catalog::plan::{self, CatalogPlan};
 use tollgate_core::catalog::Catalog;
-use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, PurchaseId};
+use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, LimitId, PurchaseId};
+use tollgate_core::limits::{self, LimitChange, LimitState, SpendingLimit};
 use tollgate_core::machine::{
     apply, close_elapsed_periods, BatchState, InvoiceKind, InvoiceStatus, Op, Outcome, Rejection,
     EXPIRY_NOTICE_MS,
@@ -181,6 +182,32 @@ pub enum AdminCmd {
         webhook_id: String,
         event_seq: i64,
     },
+    /// Adds a spending limit to an account, under its lock, created now (whatever its
+    /// `created_at` says): [`AdminReply::Limit`]. It starts
+    /// in the period of now with what that period has already charged (the line items billed
+    /// since its start) and what the running requests it applies to hold, so its spend is
+    /// exact from the start. Refused, with nothing written: an invalid amount or thresholds, a
+    /// key that is not a live key of the account (`api_key_id`), more than
+    /// [`limits::MAX_LIMITS_PER_ACCOUNT`] limits ([`EngineError::Invalid`]); no such account
+    /// ([`StoreError::NotFound`]); an id the account already has
+    /// ([`StoreError::AlreadyExists`]).
+    CreateLimit {
+        username: AccountId,
+        limit: SpendingLimit,
+    },
+    /// Changes a limit's amount, action or thresholds, under the account's lock, keeping its id
+    /// and its period's state ([`LimitState::changed`]): [`AdminReply::Limit`]. An unknown
+    /// limit is [`StoreError::NotFound`]; invalid values [`EngineError::Invalid`].
+    ChangeLimit {
+        username: AccountId,
+        limit_id: LimitId,
+        change: LimitChange,
+    },
+    /// Removes a limit; an unknown one is [`StoreError::NotFound`].
+    DeleteLimit {
+        username: AccountId,
+        limit_id: LimitId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +237,8 @@ pub enum AdminReply {
     Found(bool),
     /// The deliveries [`AdminCmd::ClaimDeliveries`] leased.
     Claimed(Vec<ClaimedDelivery>),
+    /// A spending limit as created or changed, in the period of now.
+    Limit(Box<LimitState>),
 }
 
 type OpsReply = oneshot::Sender<Result<Vec<Result<Outcome, Rejection>>, EngineError>>;
@@ -1335,6 +1364,24 @@ fn run_admin(
                     webhook_id,
                     event_seq,
                 } => reply = AdminReply::Found(tx.redeliver(webhook_id, *event_seq, now)?),
+                AdminCmd::CreateLimit { username, limit } => {
+                    let created = create_limit(tx, username, limit, now, &mut invalid)?;
+                    reply = AdminReply::Limit(Box::new(created));
+                }
+                AdminCmd::ChangeLimit {
+                    username,
+                    limit_id,
+                    change,
+                } => {
+                    let changed = change_limit(tx, username, limit_id, change, now, &mut invalid)?;
+                    reply = AdminReply::Limit(Box::new(changed));
+                }
+                AdminCmd::DeleteLimit { username, limit_id } => {
+                    let mut limits = locked_limits(tx, username, now)?;
+                    let i = position(&limits, limit_id)?;
+                    limits.remove(i);
+                    tx.set_account_limits(username, &limits)?;
+                }
             }
             Ok(())
         })
@@ -1413,6 +1460,116 @@ fn set_terms(
         tx.insert_price_version(endpoint, Some(username), at, rule, now)?;
     }
     Ok(change.prices.len())
+}
+
+/// The spending limits of `username`, locked with the account (as stored).
+fn locked_limits(
+    tx: &mut dyn Tx,
+    username: &AccountId,
+    now: Timestamp,
+) -> Result<Vec<LimitState>, StoreError> {
+    let mut loaded = HashMap::new();
+    tx.lock_accounts(std::slice::from_ref(username), now, &mut loaded)?;
+    let account = loaded
+        .remove(username)
+        .ok_or_else(|| StoreError::NotFound(format!("account {username}")))?;
+    Ok(account.limits)
+}
+
+fn position(limits: &[LimitState], id: &LimitId) -> Result<usize, StoreError> {
+    limits
+        .iter()
+        .position(|l| &l.limit.id == id)
+        .ok_or_else(|| StoreError::NotFound(format!("spending limit {id}")))
+}
+
+/// Refuses input, with its reason in `invalid` (the db transaction then aborts).
+fn refuse(invalid: &mut Option<InvalidInput>, field: Option<&str>, message: String) -> StoreError {
+    let input = InvalidInput {
+        message,
+        field: field.map(str::to_string),
+        line: None,
+    };
+    let error = refused(&input);
+    *invalid = Some(input);
+    error
+}
+
+fn refuse_limit(invalid: &mut Option<InvalidInput>, e: limits::LimitError) -> StoreError {
+    refuse(invalid, Some(e.field), e.to_string())
+}
+
+/// See [`AdminCmd::CreateLimit`].
+fn create_limit(
+    tx: &mut dyn Tx,
+    username: &AccountId,
+    limit: &SpendingLimit,
+    now: Timestamp,
+    invalid: &mut Option<InvalidInput>,
+) -> Result<LimitState, StoreError> {
+    let mut limits = locked_limits(tx, username, now)?;
+    let limit = SpendingLimit {
+        created_at: now,
+        ..limit.clone()
+    }
+    .checked()
+    .map_err(|e| refuse_limit(invalid, e))?;
+    if limits.iter().any(|l| l.limit.id == limit.id) {
+        return Err(StoreError::AlreadyExists(format!(
+            "spending limit {}",
+            limit.id
+        )));
+    }
+    if limits.len() >= limits::MAX_LIMITS_PER_ACCOUNT {
+        return Err(refuse(
+            invalid,
+            None,
+            format!(
+                "account {username} has {} spending limits, the most it may have; delete one \
+                 first",
+                limits.len()
+            ),
+        ));
+    }
+    let key = limit.scope.api_key().cloned();
+    if let Some(key) = &key {
+        let ours = tx
+            .api_key(key)?
+            .is_some_and(|k| k.account.as_ref() == Some(username) && k.revoked_at.is_none());
+        if !ours {
+            return Err(refuse(
+                invalid,
+                Some("api_key_id"),
+                format!("`api_key_id` {key} names no live key of account {username}"),
+            ));
+        }
+    }
+    let (start, _) = limits::period_bounds(now, limit.period, limit.timezone);
+    let held = tx.running_holds(username, key.as_ref())?;
+    let spent = tx.charged_since(username, key.as_ref(), start)?;
+    let created = LimitState::new(limit, now, spent, held);
+    limits.push(created.clone());
+    tx.set_account_limits(username, &limits)?;
+    Ok(created)
+}
+
+/// See [`AdminCmd::ChangeLimit`].
+fn change_limit(
+    tx: &mut dyn Tx,
+    username: &AccountId,
+    limit_id: &LimitId,
+    change: &LimitChange,
+    now: Timestamp,
+    invalid: &mut Option<InvalidInput>,
+) -> Result<LimitState, StoreError> {
+    let mut limits = locked_limits(tx, username, now)?;
+    let i = position(&limits, limit_id)?;
+    let changed = limits[i]
+        .changed(change, now)
+        .map_err(|e| refuse_limit(invalid, e))?;
+    limits[i] = changed.clone();
+    tx.set_account_limits(username, &limits)?;
+    Ok(changed)
 }
 
 /// The change `doc` makes to `current` ([`plan::plan`]); a document that cannot be applied is

@@ -86,6 +86,7 @@ pub struct Metrics {
     insufficient_credits: Counter,
     concurrency_limit: Counter,
     locked: Counter,
+    spending_limit: Counter,
     billed_units: Family<BilledUnitsLabels, DecimalCounter>,
     billed_nanos: Family<EndpointLabels, Counter>,
     batch_size: Histogram,
@@ -103,17 +104,18 @@ impl Metrics {
         let mut registry = Registry::default();
         let admission = Family::<AdmissionLabels, Counter>::default();
         let outcome = |outcome| admission.get_or_create_owned(&AdmissionLabels { outcome });
-        let (admitted, insufficient_credits, concurrency_limit, locked) = (
+        let (admitted, insufficient_credits, concurrency_limit, locked, spending_limit) = (
             outcome("admitted"),
             outcome("insufficient_credits"),
             outcome("concurrency_limit"),
             outcome("locked"),
+            outcome("spending_limit"),
         );
         registry.register(
             "tollgate_admission",
             "Admission decisions by outcome: a start admitted (a hold placed), refused for \
-             insufficient credits or the concurrency limit, or a submit or start refused \
-             because the account is locked",
+             insufficient credits, the concurrency limit or a spending limit, or a submit or \
+             start refused because the account is locked",
             admission,
         );
         let m = Metrics {
@@ -123,6 +125,7 @@ impl Metrics {
             insufficient_credits,
             concurrency_limit,
             locked,
+            spending_limit,
             billed_units: Family::default(),
             billed_nanos: Family::default(),
             // 1 to 8192 operations.
@@ -244,7 +247,8 @@ impl Metrics {
         }
         self.batch_size.observe(ops as f64);
         self.commit_seconds.observe(took.as_secs_f64());
-        let [mut admitted, mut credits, mut concurrency, mut locked, mut expired] = [0u64; 5];
+        let [mut admitted, mut credits, mut concurrency, mut locked, mut limited, mut expired] =
+            [0u64; 6];
         for answer in answers {
             match answer {
                 Ok(Outcome::Started {
@@ -254,6 +258,7 @@ impl Metrics {
                 Err(Rejection::InsufficientCredits { .. }) => credits += 1,
                 Err(Rejection::ConcurrencyLimit { .. }) => concurrency += 1,
                 Err(Rejection::AccountLocked { .. }) => locked += 1,
+                Err(Rejection::SpendingLimitExceeded { .. }) => limited += 1,
                 _ => {}
             }
         }
@@ -262,6 +267,7 @@ impl Metrics {
             (&self.insufficient_credits, credits),
             (&self.concurrency_limit, concurrency),
             (&self.locked, locked),
+            (&self.spending_limit, limited),
             (&self.hold_expiries, expired),
         ] {
             if n > 0 {

@@ -11,6 +11,7 @@ mod metrics;
 mod rollup_folding;
 mod shared_database;
 mod shutdown;
+mod spending_limits;
 mod usage_invoices;
 mod web_sessions;
 mod webhook_outbox;
