@@ -21,7 +21,7 @@ use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequestParts, Req
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use std::marker::PhantomData;
-use tollgate_core::ids::{AccountId, ApiKeyId, RequestId};
+use tollgate_core::ids::{AccountId, ApiKeyId, LimitId, RequestId};
 use tollgate_store::Scope;
 use utoipa::openapi::path::ParameterIn;
 use utoipa::IntoParams;
@@ -249,6 +249,13 @@ impl PathParam for LifecycleId {
     }
 }
 
+impl PathParam for LimitId {
+    const NAME: &'static str = "limit_id";
+    fn parse(text: &str) -> Result<Self, String> {
+        LimitId::parse(text).map_err(|e| e.to_string())
+    }
+}
+
 /// The route's one path parameter, parsed.
 pub struct Path<T>(pub T);
 
@@ -267,7 +274,8 @@ impl<T: PathParam, S: Send + Sync> FromRequestParts<S> for Path<T> {
     }
 }
 
-/// A route's two path parameters, parsed (`/v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}`).
+/// A route's two path parameters, parsed (`/v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}`,
+/// `/v1/admin/accounts/{username}/spending-limits/{limit_id}`).
 pub struct Path2<A, B>(pub A, pub B);
 
 impl<A: PathParam, B: PathParam, S: Send + Sync> FromRequestParts<S> for Path2<A, B> {

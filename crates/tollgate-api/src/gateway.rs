@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tollgate_core::decimal::DecimalInput;
-use tollgate_core::ids::{AccountId, EndpointId, MachineType, RequestId};
+use tollgate_core::ids::{AccountId, ApiKeyId, EndpointId, MachineType, RequestId};
 use tollgate_core::machine::{Completion, Op, Outcome, RequestRecord, RequestStatus, UsageEvent};
 use tollgate_core::price::Output;
 use tollgate_core::Timestamp;
@@ -180,8 +180,11 @@ impl ToSchema for NeedsRetry {}
 /// concurrency limit (429 `concurrent_requests_limit` with header `x-fal-needs-retry: 1`; the
 /// request stays `IN_QUEUE` and may be started later), then holds the estimated cost: the
 /// endpoint's `hold_units` (or the body's) at the price version of the request, with the
-/// account's discount (402 `insufficient_credits` when the available balance cannot cover it).
-/// The request becomes `IN_PROGRESS` and must be completed within the endpoint's hold
+/// account's discount. A `block` spending limit of the account, or of the key the request was
+/// submitted with, refuses a start whose hold would take its period's spend (settled charges
+/// plus the holds of running requests) past its amount: 403 `spending_limit_exceeded` naming
+/// `error.limit_id` and when it resets (`error.resets_at`). Then the hold is placed (402
+/// `insufficient_credits` when the available balance cannot cover it). The request becomes `IN_PROGRESS` and must be completed within the endpoint's hold
 /// timeout, or it expires unbilled. Nothing is billed yet.
 ///
 /// The body is optional. Idempotent: starting a request in progress answers the same hold
@@ -199,7 +202,10 @@ impl ToSchema for NeedsRetry {}
             cover the hold (`error.available_nano_usd`, `error.required_nano_usd`). The \
             request stays `IN_QUEUE`.", body = ErrorResponse),
         (status = 403, description = "`authorization_error`: not an `OPERATOR` key; or \
-            `account_locked`: the account is locked.", body = ErrorResponse),
+            `account_locked`: the account is locked; or `spending_limit_exceeded`: a block \
+            spending limit would be passed (`error.limit_id`, `error.resets_at`, \
+            `error.amount_nano_usd`, `error.spent_nano_usd`, `error.held_nano_usd`, \
+            `error.required_nano_usd`). The request stays `IN_QUEUE`.", body = ErrorResponse),
         (status = 404, description = "`not_found`: unknown request (or its endpoint or price \
             left the catalog).", body = ErrorResponse),
         (status = 409, description = "`conflict`: the request is already finished, cancelled \
@@ -590,6 +596,11 @@ pub struct EventBody {
     #[serde(default, deserialize_with = "wire::num_gpus")]
     #[schema(minimum = 1, maximum = 64)]
     num_gpus: Option<u32>,
+    /// The customer key the usage was made with: a key of `username` (else this event alone
+    /// is refused, 400 naming `api_key_id`). Its spend counts toward that key's spending
+    /// limits, and usage reads can filter by it.
+    #[serde(default)]
+    api_key_id: Option<ApiKeyId>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -605,7 +616,7 @@ impl EventBody {
             event_id: self.event_id,
             account: self.username,
             endpoint: self.endpoint_id,
-            api_key: None,
+            api_key: self.api_key_id,
             timestamp: self.timestamp,
             status_code: self.status_code,
             output: self.output.unwrap_or_default(),
@@ -714,34 +725,71 @@ pub async fn usage_events(
             format!("at most {MAX_EVENTS_PER_CALL} events per call"),
         ));
     }
+    // An event's key must be one of its account's (the key cache answers; a key never changes
+    // account): an event naming another is refused alone, and the others are billed.
+    let mut refused: Vec<Option<ApiError>> = Vec::with_capacity(body.events.len());
+    for (i, e) in body.events.iter().enumerate() {
+        refused.push(match &e.api_key_id {
+            Some(key) => {
+                let ours = state
+                    .engine
+                    .api_key(key)
+                    .await?
+                    .is_some_and(|k| k.account.as_ref() == Some(&e.username));
+                (!ours).then(|| {
+                    ApiError::invalid(
+                        "api_key_id",
+                        format!(
+                            "events[{i}]: `api_key_id` {key} names no key of account {}",
+                            e.username
+                        ),
+                    )
+                    .with("index", i)
+                })
+            }
+            None => None,
+        });
+    }
     let ids: Vec<RequestId> = body.events.iter().map(|e| e.event_id.clone()).collect();
-    let ops = body.events.into_iter().map(EventBody::op).collect();
-    let answers = state.engine.execute_many(ops).await?;
-    let results = answers
+    let ops = body
+        .events
+        .into_iter()
+        .zip(&refused)
+        .filter(|(_, r)| r.is_none())
+        .map(|(e, _)| e.op())
+        .collect();
+    let mut answers = state.engine.execute_many(ops).await?.into_iter();
+    let results = refused
         .into_iter()
         .zip(ids)
-        .map(|(a, event_id)| match a {
-            Ok(Outcome::Completed {
-                request,
-                completion,
-                replayed,
-            }) => EventResult::Settled {
-                event_id,
-                duplicate: replayed,
-                result: billing_result(&request, &completion),
-            },
-            Ok(_) => EventResult::Refused {
-                event_id,
-                status_code: 500,
-                error: Box::new(ApiError::server("unexpected outcome")),
-            },
-            Err(rejection) => {
-                let e = ApiError::from(rejection);
-                EventResult::Refused {
+        .map(|(refused, event_id)| {
+            let answer = match refused {
+                Some(e) => Err(e),
+                None => answers
+                    .next()
+                    .expect("one answer per event sent")
+                    .map_err(ApiError::from),
+            };
+            match answer {
+                Ok(Outcome::Completed {
+                    request,
+                    completion,
+                    replayed,
+                }) => EventResult::Settled {
+                    event_id,
+                    duplicate: replayed,
+                    result: billing_result(&request, &completion),
+                },
+                Ok(_) => EventResult::Refused {
+                    event_id,
+                    status_code: 500,
+                    error: Box::new(ApiError::server("unexpected outcome")),
+                },
+                Err(e) => EventResult::Refused {
                     event_id,
                     status_code: e.status.as_u16(),
                     error: Box::new(e),
-                }
+                },
             }
         })
         .collect();

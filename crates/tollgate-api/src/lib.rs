@@ -17,6 +17,7 @@ pub mod focus;
 pub mod gateway;
 pub mod invoices;
 pub mod json;
+pub mod limits;
 pub mod meta;
 pub mod observe;
 pub mod openapi;
@@ -87,6 +88,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::set_pricing))
         .routes(routes!(admin::adjust))
         .routes(routes!(admin::unlock))
+        .routes(routes!(limits::create_for, limits::list_for))
+        .routes(routes!(limits::change_for, limits::delete_for))
         .routes(routes!(portal::create, portal::end))
         .routes(routes!(admin::apply_catalog).layer(body_limit(CATALOG_BODY_BYTES)))
         .routes(routes!(admin::reconciliation))
@@ -129,6 +132,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(statements::statement))
         // FOCUS billing reports (customer reads)
         .routes(routes!(focus::focus))
+        // Spending limits (customer, ADMIN key)
+        .routes(routes!(limits::create_own, limits::list_own))
+        .routes(routes!(limits::change_own, limits::delete_own))
 }
 
 /// The whole API under `/v1`, and the operator's `/healthz`, `/readyz` and `/metrics`. Every

@@ -23,7 +23,7 @@ pub mod tags {
     /// tollgate's own: the gateway's request lifecycle and usage events.
     pub const GATEWAY: &str = "Gateway";
     pub const META: &str = "Meta";
-    /// tollgate's own customer reads of invoices and billing documents.
+    /// tollgate's own customer calls: invoices and billing documents, spending limits.
     pub const BILLING: &str = "Billing";
 }
 
@@ -66,8 +66,8 @@ pub mod tags {
             and the catalog. `OPERATOR` key."),
         (name = tags::GATEWAY, description = "tollgate's own: the life of one request and \
             bulk usage events. `OPERATOR` key."),
-        (name = tags::BILLING, description = "tollgate's own customer reads: invoices. \
-            Customer `ADMIN` key, own account only."),
+        (name = tags::BILLING, description = "tollgate's own customer calls: invoices and \
+            billing documents, spending limits. Customer `ADMIN` key, own account only."),
         (name = tags::META, description = "This document; the server's liveness, readiness \
             and metrics (no key)."),
     ),

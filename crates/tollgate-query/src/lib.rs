@@ -19,6 +19,7 @@ mod cursor;
 pub mod focus;
 pub mod invoices;
 pub mod keys;
+pub mod limits;
 pub mod month;
 pub mod payments;
 pub mod prices;

@@ -9,6 +9,7 @@ mod fal;
 mod focus;
 mod invoices;
 mod keys_admin;
+mod limits;
 mod schema;
 
 mod adjustments;

@@ -444,7 +444,8 @@ async fn every_documented_operation_is_served() {
             .replace("{invoice_id}", "inv_2026_000001")
             .replace("{month}", "2026-05")
             .replace("{webhook_id}", "wh_1")
-            .replace("{delivery_id}", "dlv_1");
+            .replace("{delivery_id}", "dlv_1")
+            .replace("{limit_id}", "lim_0");
         assert!(!concrete.contains('{'), "{path}: a parameter to fill in");
         let r = app
             .client
@@ -1091,6 +1092,164 @@ async fn real_responses_match_the_document() {
     assert_eq!(r.status, 404);
     let r = f.get(&format!("/v1/requests/{r2}"), f.op()).await;
     assert_eq!(r.json["status"], "CANCELLED");
+
+    // --- spending limits: the customer's own, and the operator's of any account
+    let r = f
+        .post(
+            "/v1/account/spending-limits",
+            key(&admin),
+            Body::Json(json!({
+                "scope": "account", "period": "day", "timezone": "Europe/Berlin",
+                "amount_usd": "1000.00", "action": "alert",
+            })),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    assert_eq!(r.json["alert_at_percent"], json!([50, 80, 100]));
+    let own = r.json["limit_id"].as_str().expect("limit_id").to_string();
+    let r = f.get("/v1/account/spending-limits", key(&admin)).await;
+    assert_eq!(
+        (r.status, r.json["limits"][0]["limit_id"].as_str()),
+        (200, Some(own.as_str()))
+    );
+    let r = f.get("/v1/account/spending-limits", key(&api)).await;
+    assert_eq!(r.status, 403);
+    let r = f
+        .put(
+            &format!("/v1/account/spending-limits/{own}"),
+            key(&admin),
+            Body::Json(json!({ "amount_usd": "900", "alert_at_percent": [90] })),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["amount_nano_usd"].as_i64()),
+        (200, Some(900_000_000_000))
+    );
+    let r = f
+        .post(
+            "/v1/account/spending-limits",
+            key(&admin),
+            Body::Invalid(json!({
+                "scope": "account", "period": "year", "amount_usd": "1", "action": "block",
+            })),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["error"]["field"].as_str()),
+        (400, Some("period"))
+    );
+    let r = f
+        .put(
+            &format!("/v1/account/spending-limits/{own}"),
+            key(&admin),
+            Body::Invalid(json!({ "period": "week" })),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["error"]["field"].as_str()),
+        (400, Some("period"))
+    );
+    for status in [204, 404] {
+        let r = f
+            .call(
+                Method::DELETE,
+                &format!("/v1/account/spending-limits/{own}"),
+                key(&admin),
+                Body::None,
+            )
+            .await;
+        assert_eq!(r.status, status);
+    }
+    let r = f
+        .put(
+            &format!("/v1/account/spending-limits/{own}"),
+            key(&admin),
+            Body::Json(json!({ "amount_usd": "1" })),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+    // The operator's: a block limit of one nano-USD refuses every start (403, naming it).
+    let r = f
+        .post(
+            "/v1/admin/accounts/acme/spending-limits",
+            f.op(),
+            Body::Json(json!({
+                "scope": "account", "period": "month", "amount_usd": "0.000000001",
+                "action": "block", "alert_at_percent": [],
+            })),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let blocking = r.json["limit_id"].as_str().expect("limit_id").to_string();
+    let r = f
+        .get("/v1/admin/accounts/acme/spending-limits", f.op())
+        .await;
+    assert_eq!(
+        (r.status, r.json["limits"].as_array().map(Vec::len)),
+        (200, Some(1))
+    );
+    let r = f
+        .get("/v1/admin/accounts/nobody/spending-limits", f.op())
+        .await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+    let r = f
+        .post(
+            "/v1/admin/accounts/nobody/spending-limits",
+            f.op(),
+            Body::Json(json!({
+                "scope": "account", "period": "month", "amount_usd": "1", "action": "block",
+            })),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+    let r = f
+        .put(
+            &format!("/v1/admin/accounts/acme/spending-limits/{blocking}"),
+            f.op(),
+            Body::Json(json!({ "action": "block" })),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let limited = uuid();
+    assert_eq!(
+        f.submit(&limited, "fal-ai/flux/dev", &api).await.status,
+        201
+    );
+    let r = f.start(&limited).await;
+    assert_eq!((r.status, r.error_type()), (403, "spending_limit_exceeded"));
+    assert_eq!(r.json["error"]["limit_id"], blocking.as_str());
+    for status in [204, 404] {
+        let r = f
+            .call(
+                Method::DELETE,
+                &format!("/v1/admin/accounts/acme/spending-limits/{blocking}"),
+                f.op(),
+                Body::None,
+            )
+            .await;
+        assert_eq!(r.status, status);
+    }
+    let r = f
+        .put(
+            &format!("/v1/admin/accounts/acme/spending-limits/{blocking}"),
+            f.op(),
+            Body::Json(json!({ "action": "alert" })),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+    assert_eq!(
+        f.start(&limited).await.status,
+        200,
+        "no limit blocks it now"
+    );
+    let r = f
+        .post(
+            &format!("/v1/requests/{limited}/cancel"),
+            f.op(),
+            Body::None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
 
     // A server error is not billed; the hold is voided.
     let r3 = uuid();
