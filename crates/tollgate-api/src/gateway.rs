@@ -751,14 +751,19 @@ pub async fn usage_events(
         });
     }
     let ids: Vec<RequestId> = body.events.iter().map(|e| e.event_id.clone()).collect();
-    let ops = body
+    let ops: Vec<Op> = body
         .events
         .into_iter()
         .zip(&refused)
         .filter(|(_, r)| r.is_none())
         .map(|(e, _)| e.op())
         .collect();
-    let mut answers = state.engine.execute_many(ops).await?.into_iter();
+    let answers = if ops.is_empty() {
+        Vec::new()
+    } else {
+        state.engine.execute_many(ops).await?
+    };
+    let mut answers = answers.into_iter();
     let results = refused
         .into_iter()
         .zip(ids)

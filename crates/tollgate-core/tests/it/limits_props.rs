@@ -514,3 +514,147 @@ fn random_sequences_admit_and_refuse_starts_by_their_limits() {
         "admitted {admitted}, refused {refused}"
     );
 }
+
+/// The notices of one account's limits through [`apply`], in the batch's events: each alert
+/// threshold once per period, `reached` once per period (by spend, or by a block limit's first
+/// refusal), and all of it again in the next period.
+#[test]
+fn alert_thresholds_and_reached_are_notified_once_per_period_in_the_batch_events() {
+    let catalog = crate::ledger_props::catalog();
+    let alice = account_id(0);
+    let mut s = fresh_state();
+    let t0 = Timestamp(T0); // 2026-01-31T23:30:00Z
+    let limit = |id: &str, action, thresholds: &[u32]| {
+        LimitState::new(
+            SpendingLimit {
+                id: LimitId::parse(id).unwrap(),
+                scope: LimitScope::Account,
+                period: Period::Day,
+                timezone: "UTC".parse().unwrap(),
+                amount: Nanos(100_000_000),
+                action,
+                alert_at_percent: thresholds.to_vec(),
+                created_at: t0,
+            },
+            t0,
+            Nanos::ZERO,
+            Nanos::ZERO,
+        )
+    };
+    s.accounts.get_mut(&alice).unwrap().limits = vec![
+        limit("lim_alert", LimitAction::Alert, &[50, 100]),
+        limit("lim_block", LimitAction::Block, &[]),
+    ];
+    let mut n = 0;
+    // A usage event of `units` megapixels (0.025 USD each) at `now`, its notices as
+    // (limit, threshold; 0 for `reached`).
+    let mut event = |s: &mut BatchState, now: Timestamp, units: i64| {
+        n += 1;
+        let before = s.events.len();
+        let op = Op::UsageEvent(tollgate_core::machine::UsageEvent {
+            event_id: RequestId::parse(&format!("ev-{n}")).unwrap(),
+            account: alice.clone(),
+            endpoint: tollgate_core::ids::EndpointId::parse(tollgate_core::testing::EP_MP).unwrap(),
+            api_key: None,
+            timestamp: now,
+            status_code: 200,
+            output: Default::default(),
+            billable_units: Some(units.into()),
+            queue_seconds: None,
+            inference_seconds: None,
+            machine_type: None,
+            num_gpus: None,
+        });
+        assert!(apply(s, &catalog, now, op).is_ok());
+        notices(&s.events[before..])
+    };
+    let start = |s: &mut BatchState, now: Timestamp, id: &str| {
+        let before = s.events.len();
+        let rid = RequestId::parse(id).unwrap();
+        let submitted = apply(
+            s,
+            &catalog,
+            now,
+            Op::Submit {
+                request_id: rid.clone(),
+                account: alice.clone(),
+                api_key: None,
+                endpoint: tollgate_core::ids::EndpointId::parse(tollgate_core::testing::EP_MP)
+                    .unwrap(),
+            },
+        );
+        assert!(submitted.is_ok());
+        let started = apply(
+            s,
+            &catalog,
+            now,
+            Op::Start {
+                request_id: rid,
+                machine_type: None,
+                num_gpus: None,
+                hold_units: None,
+            },
+        );
+        (started, notices(&s.events[before..]))
+    };
+    let purchase = Op::Purchase {
+        account: alice.clone(),
+        purchase_id: PurchaseId::parse("fund").unwrap(),
+        amount: Nanos(1_000_000_000_000),
+        paid: true,
+        expires_at: None,
+    };
+    assert!(apply(&mut s, &catalog, t0, purchase).is_ok());
+
+    assert_eq!(event(&mut s, t0, 1), vec![]);
+    assert_eq!(event(&mut s, t0, 1), vec![("lim_alert".into(), 50)]);
+    assert_eq!(
+        event(&mut s, t0, 2),
+        vec![
+            ("lim_alert".into(), 100),
+            ("lim_alert".into(), 0),
+            ("lim_block".into(), 0)
+        ]
+    );
+    assert_eq!(event(&mut s, t0, 1), vec![]);
+    // A refusal by a limit already reached this period notifies nothing more.
+    let (refused, said) = start(&mut s, t0, "r-1");
+    assert!(matches!(
+        refused,
+        Err(Rejection::SpendingLimitExceeded { .. })
+    ));
+    assert_eq!(said, vec![]);
+
+    // The next UTC day: everything once more.
+    let t1 = Timestamp(T0 + 30 * 60_000);
+    assert_eq!(event(&mut s, t1, 2), vec![("lim_alert".into(), 50)]);
+    let (refused, said) = start(&mut s, t1, "r-2");
+    assert!(matches!(
+        refused,
+        Err(Rejection::SpendingLimitExceeded { .. })
+    ));
+    assert_eq!(
+        said,
+        vec![("lim_block".into(), 0)],
+        "a first refusal is `reached`"
+    );
+    let (_, said) = start(&mut s, t1, "r-3");
+    assert_eq!(said, vec![], "once per period");
+    assert!(s.dirty_accounts.contains(&alice));
+    let block = &s.accounts[&alice].limits[1];
+    assert!(block.reached && block.spent == Nanos(50_000_000));
+}
+
+fn notices(events: &[NewEvent]) -> Vec<(String, u32)> {
+    events
+        .iter()
+        .map(|e| match &e.data {
+            EventData::SpendingLimitAlert {
+                limit,
+                threshold_percent,
+            } => (limit.limit_id.clone(), *threshold_percent),
+            EventData::SpendingLimitReached { limit } => (limit.limit_id.clone(), 0),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect()
+}

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::catalog::document;
-use tollgate_core::ids::{AccountId, AdjustmentId, EndpointId, RequestId};
+use tollgate_core::ids::{AccountId, AdjustmentId, EndpointId, LimitId, RequestId};
+use tollgate_core::limits::{LimitAction, LimitScope, Period, SpendingLimit};
 use tollgate_core::machine::{Op, Outcome, UsageEvent};
 use tollgate_core::money::Nanos;
 use tollgate_core::price::{Dims, Output, Tokens};
@@ -592,6 +593,67 @@ async fn lifecycles(
     .await
 }
 
+/// Gives each of the first `accounts` bench accounts a block limit (1,000,000 USD a month in
+/// Berlin: never reached) and an alert limit (0.01 USD a day, notified at 50, 80 and 100%),
+/// through the engine as an operator would.
+async fn spending_limits(engine: &Engine, accounts: usize) -> anyhow::Result<()> {
+    for i in 0..accounts {
+        for (id, period, amount, action) in [
+            (
+                "lim_block",
+                Period::Month,
+                tollgate_core::money::MAX_AMOUNT,
+                LimitAction::Block,
+            ),
+            (
+                "lim_alert",
+                Period::Day,
+                Nanos(10 * COST_NANOS),
+                LimitAction::Alert,
+            ),
+        ] {
+            engine
+                .admin(AdminCmd::CreateLimit {
+                    username: AccountId::parse(&account_name(i)).expect("valid"),
+                    limit: SpendingLimit {
+                        id: LimitId::parse(id).expect("valid"),
+                        scope: LimitScope::Account,
+                        period,
+                        timezone: "Europe/Berlin".parse().expect("a zone"),
+                        amount,
+                        action,
+                        alert_at_percent: vec![50, 80, 100],
+                        created_at: engine.now(),
+                    },
+                })
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the block limits counted every charge of the run: their spend, summed over the
+/// accounts, is the `billed` requests' cost, and nothing is still held.
+async fn limits_counted(engine: &Engine, accounts: usize, billed: u64) -> anyhow::Result<String> {
+    let mut spent = 0i128;
+    for i in 0..accounts {
+        let id = AccountId::parse(&account_name(i)).expect("valid");
+        let limits = tollgate_query::limits::list(engine, &id).await?;
+        let block = limits
+            .iter()
+            .find(|l| l.limit.action == LimitAction::Block)
+            .ok_or_else(|| anyhow::anyhow!("{id} has no block limit"))?;
+        anyhow::ensure!(block.held == Nanos::ZERO, "{id}: {} still held", block.held);
+        spent += i128::from(block.spent.0);
+    }
+    let expected = i128::from(billed) * i128::from(COST_NANOS);
+    anyhow::ensure!(
+        spent == expected,
+        "the block limits counted {spent} nano-USD, the run billed {expected}"
+    );
+    Ok(format!("the block limits counted {spent} nano-USD"))
+}
+
 /// Checks that the ledger reconciles and that `billed` accepted requests (one image each, on
 /// a database without history) are all billed, no more and no fewer.
 async fn reconciled(engine: &Engine, billed: u64) -> anyhow::Result<String> {
@@ -737,6 +799,48 @@ pub async fn run(
             reconciled(&engine, n).await?
         );
         rows.push(Row::new(name, "tollgate", c, n, el, Some(&h), note));
+    }
+    // The same write path with spending limits on every account: a block limit (a month in
+    // Berlin, never reached) and an alert limit (a day, 0.01 USD: its thresholds are notified
+    // as an account's spend reaches them), kept by every admission, settlement and charge.
+    for (name, lifecycle_row, callers, per_call) in [
+        ("settle.usage_events.inprocess.spending_limits", false, c, 1),
+        (
+            "settle.usage_events_bulk.inprocess.spending_limits",
+            false,
+            BULK_CALLERS,
+            BULK_EVENTS,
+        ),
+        ("settle.lifecycle.inprocess.spending_limits", true, c, 1),
+    ] {
+        if !wanted(name) {
+            continue;
+        }
+        let dir = tempfile::tempdir()?;
+        let engine = start_engine(&seed(dir.path(), ACCOUNTS)?).await?;
+        spending_limits(&engine, ACCOUNTS).await?;
+        let plan = Plan {
+            clients: callers,
+            ..*plan
+        };
+        let (n, el, h) = if lifecycle_row {
+            lifecycles(&engine, callers, plan.duration, ACCOUNTS, false, "lc").await?
+        } else {
+            usage_events(&engine, &plan, per_call, ACCOUNTS, false, ev).await?
+        };
+        let what = if lifecycle_row {
+            "requests/s (submit+start+complete = 3 calls); latency of start".to_string()
+        } else if per_call == 1 {
+            "events/s, one per call; latency per call".to_string()
+        } else {
+            format!("events/s, {per_call} per call; latency per call")
+        };
+        let note = format!(
+            "{what}; a block and an alert spending limit on every account; {}; {}",
+            limits_counted(&engine, ACCOUNTS, n).await?,
+            reconciled(&engine, n).await?
+        );
+        rows.push(Row::new(name, "tollgate", callers, n, el, Some(&h), note));
     }
     let name = "focus.year_export.inprocess";
     if wanted(name) {
