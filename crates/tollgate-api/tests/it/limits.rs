@@ -415,3 +415,103 @@ async fn the_operator_manages_any_accounts_limits() {
     r.expect_error(403, "authorization_error");
     s.assert_reconciled().await;
 }
+
+/// The notices reach the platform's webhooks: each threshold once, `spending_limit.reached`
+/// when the spend reaches the amount and when a block limit first refuses a start, with the
+/// limit's facts (USD numbers beside the nano-USD).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spending_limit_notices_are_delivered_to_webhooks() {
+    let s = TestApp::spawn_at(ms("2026-06-10T12:00:00Z")).await;
+    let receiver = crate::receiver::Receiver::start().await;
+    s.op(
+        Method::POST,
+        "/v1/admin/webhooks",
+        json!({ "url": receiver.url("/hook"),
+                "events": ["spending_limit.alert", "spending_limit.reached"] }),
+    )
+    .await
+    .expect(201);
+    let caller = s.customer("acme", Some(("100", "paid"))).await.key;
+    let admin = s.create_key("acme", "ADMIN").await;
+    let alert = create(
+        &s,
+        &admin,
+        json!({ "scope": "account", "period": "day", "timezone": "Europe/Berlin",
+                "amount_usd": "0.10", "action": "alert", "alert_at_percent": [50] }),
+    )
+    .await
+    .expect(201)["limit_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let block = create(
+        &s,
+        &admin,
+        json!({ "scope": "account", "period": "day", "amount_usd": "0.15", "action": "block",
+                "alert_at_percent": [] }),
+    )
+    .await
+    .expect(201)["limit_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let now = s.now_ms();
+    // 0.05 USD: the alert limit's 50%.
+    s.usage_events(json!([event("acme", now, "2", None)]))
+        .await
+        .expect(200);
+    // 0.10: the alert limit reached; a start (a hold of 0.10) refused by the block limit,
+    // twice: one notice.
+    s.usage_events(json!([event("acme", now, "2", None)]))
+        .await
+        .expect(200);
+    for _ in 0..2 {
+        let (_, r) = submit_and_start(&s, &caller).await;
+        r.expect_error(403, "spending_limit_exceeded");
+    }
+    let d = s.dispatcher();
+    while !d.run_once().await.unwrap().is_empty() {}
+    let got: Vec<Value> = receiver.got().iter().map(|r| r.json()).collect();
+    let said: Vec<(String, String, Option<i64>)> = got
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["data"]["limit_id"].as_str().unwrap().to_string(),
+                e["data"]["threshold_percent"].as_i64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        said,
+        vec![
+            ("spending_limit.alert".into(), alert.clone(), Some(50)),
+            ("spending_limit.reached".into(), alert.clone(), None),
+            ("spending_limit.reached".into(), block.clone(), None),
+        ],
+        "{got:?}"
+    );
+    let first = &got[0];
+    assert_eq!(first["username"], "acme");
+    let data = &first["data"];
+    assert_eq!(
+        (
+            data["scope"].as_str(),
+            data["period"].as_str(),
+            data["action"].as_str()
+        ),
+        (Some("account"), Some("day"), Some("alert"))
+    );
+    assert_eq!(data["timezone"], "Europe/Berlin");
+    assert_eq!(int(&data["amount_nano_usd"]), 4 * MP);
+    assert_eq!(int(&data["spent_nano_usd"]), 2 * MP);
+    assert_eq!(data["spent_usd"].as_f64(), Some(0.05));
+    assert_eq!(data["period_start"], "2026-06-09T22:00:00.000Z");
+    assert_eq!(data["resets_at"], "2026-06-10T22:00:00.000Z");
+    assert_eq!(
+        int(&got[2]["data"]["spent_nano_usd"]),
+        4 * MP,
+        "refused at 0.10 of 0.15"
+    );
+    s.assert_reconciled().await;
+}
