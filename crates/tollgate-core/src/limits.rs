@@ -272,7 +272,7 @@ impl LimitState {
     /// The limit changed by `change`, keeping its id and period state: a threshold already
     /// notified this period stays notified while it is still listed and the spend still
     /// reaches it (so one whose amount moved past the spend is notified again when reached);
-    /// `reached` stays while the spend still reaches the amount. Thresholds the change puts
+    /// `reached` stays unless the amount rose past the spend. Thresholds the change puts
     /// behind the spend are notified with the next charge.
     pub fn changed(&self, change: &LimitChange, now: Timestamp) -> Result<LimitState, LimitError> {
         let mut next = self.at(now);
@@ -292,7 +292,11 @@ impl LimitState {
             .filter(|p| next.limit.alert_at_percent.contains(p) && next.passes(*p))
             .collect();
         next.alerted = kept;
-        next.reached = next.reached && next.spent >= next.limit.amount;
+        // Reached stays unless the amount rose past the spend: a block limit marked reached by
+        // a refusal (its spend below the amount, its holds past it) is not notified again
+        // because the thresholds or the action changed.
+        let rose = next.limit.amount > self.limit.amount;
+        next.reached = next.reached && (!rose || next.spent >= next.limit.amount);
         Ok(next)
     }
 
@@ -903,6 +907,29 @@ mod tests {
         assert!(refused(&mut limits, &id, now).is_none());
         assert!(refused(&mut limits, &id, ts("2026-01-15T23:00:00Z")).is_some());
         assert!(refused(&mut limits, &LimitId::parse("lim_other").unwrap(), now).is_none());
+    }
+
+    #[test]
+    fn a_change_that_does_not_raise_the_amount_keeps_a_refusals_reached_notice() {
+        let now = ts("2026-01-15T11:00:00Z");
+        let mut limits = vec![limit(LimitAction::Block, 1_000, &[50])];
+        let id = limits[0].limit.id.clone();
+        assert!(refused(&mut limits, &id, now).is_some());
+        let same = |change: LimitChange| limits[0].changed(&change, now).unwrap().reached;
+        assert!(same(LimitChange::default()));
+        assert!(same(LimitChange {
+            alert_at_percent: Some(vec![80]),
+            ..LimitChange::default()
+        }));
+        assert!(same(LimitChange {
+            amount: Some(Nanos(900)),
+            ..LimitChange::default()
+        }));
+        // A higher amount than the spend arms the notice again.
+        assert!(!same(LimitChange {
+            amount: Some(Nanos(2_000)),
+            ..LimitChange::default()
+        }));
     }
 
     #[test]
