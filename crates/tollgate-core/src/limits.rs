@@ -273,7 +273,7 @@ impl LimitState {
     /// notified this period stays notified while it is still listed and the spend still
     /// reaches it (so one whose amount moved past the spend is notified again when reached);
     /// `reached` stays unless the amount rose past the spend. Thresholds the change puts
-    /// behind the spend are notified with the next charge.
+    /// behind the spend are notified by the change's own commit ([`LimitState::notify`]).
     pub fn changed(&self, change: &LimitChange, now: Timestamp) -> Result<LimitState, LimitError> {
         let mut next = self.at(now);
         if let Some(amount) = change.amount {
@@ -322,8 +322,9 @@ impl LimitState {
     }
 
     /// The notices `spent` now calls for: thresholds reached and not yet notified, in
-    /// ascending order, then `reached`.
-    fn notify(&mut self, out: &mut Vec<EventData>) {
+    /// ascending order, then `reached` (also when a limit is created or changed, so one whose
+    /// spend already passes a threshold says so at once).
+    pub fn notify(&mut self, out: &mut Vec<EventData>) {
         let due: Vec<u32> = self
             .limit
             .alert_at_percent

@@ -1454,6 +1454,23 @@ fn set_terms(
     }
     if let Some(schedule) = &schedule {
         tx.set_account_terms(username, schedule)?;
+        // A change in force now may lock or unlock the account (its lock threshold, its
+        // billing mode): the platform is told as it is of any other cause.
+        let mut after = account.clone();
+        after.terms = schedule.clone();
+        after.use_terms_at(now);
+        let balance_nano_usd = after.credit.balance;
+        let event = match (account.lock_reason(), after.lock_reason()) {
+            (None, Some(lock_reason)) => Some(tollgate_core::events::EventData::AccountLocked {
+                lock_reason,
+                balance_nano_usd,
+            }),
+            (Some(_), None) => {
+                Some(tollgate_core::events::EventData::AccountUnlocked { balance_nano_usd })
+            }
+            _ => None,
+        };
+        record_events(tx, username, now, event.into_iter().collect())?;
     }
     let at = change.effective_from.unwrap_or(now);
     for (endpoint, rule) in &change.prices {
@@ -1547,10 +1564,39 @@ fn create_limit(
     let (start, _) = limits::period_bounds(now, limit.period, limit.timezone);
     let held = tx.running_holds(username, key.as_ref())?;
     let spent = tx.charged_since(username, key.as_ref(), start)?;
-    let created = LimitState::new(limit, now, spent, held);
+    let mut created = LimitState::new(limit, now, spent, held);
+    let mut events = Vec::new();
+    created.notify(&mut events);
     limits.push(created.clone());
     tx.set_account_limits(username, &limits)?;
+    record_events(tx, username, now, events)?;
     Ok(created)
+}
+
+/// Writes the events an admin command caused to the outbox, in its db transaction, as a
+/// batch writes its own (the same `persist`, with nothing else in it).
+fn record_events(
+    tx: &mut dyn Tx,
+    account: &AccountId,
+    now: Timestamp,
+    events: Vec<tollgate_core::events::EventData>,
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let state = BatchState {
+        now,
+        events: events
+            .into_iter()
+            .map(|data| tollgate_core::events::NewEvent {
+                account: account.clone(),
+                at: now,
+                data,
+            })
+            .collect(),
+        ..BatchState::default()
+    };
+    tx.persist(&state).map(|_| ())
 }
 
 /// See [`AdminCmd::ChangeLimit`].
@@ -1564,11 +1610,14 @@ fn change_limit(
 ) -> Result<LimitState, StoreError> {
     let mut limits = locked_limits(tx, username, now)?;
     let i = position(&limits, limit_id)?;
-    let changed = limits[i]
+    let mut changed = limits[i]
         .changed(change, now)
         .map_err(|e| refuse_limit(invalid, e))?;
+    let mut events = Vec::new();
+    changed.notify(&mut events);
     limits[i] = changed.clone();
     tx.set_account_limits(username, &limits)?;
+    record_events(tx, username, now, events)?;
     Ok(changed)
 }
 

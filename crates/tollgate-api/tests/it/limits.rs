@@ -515,3 +515,86 @@ async fn spending_limit_notices_are_delivered_to_webhooks() {
     );
     s.assert_reconciled().await;
 }
+
+/// An operator's change of terms that locks or unlocks the account, and a limit created or
+/// changed with its spend already past a threshold, are told in their own commits (they are
+/// not operations of a batch, but they write to the same outbox).
+#[tokio::test]
+async fn terms_that_lock_and_limits_set_below_their_spend_notify_in_their_own_commit() {
+    let s = TestApp::spawn_at(ms("2026-06-10T12:00:00Z")).await;
+    let receiver = crate::receiver::Receiver::start().await;
+    s.op(
+        Method::POST,
+        "/v1/admin/webhooks",
+        json!({ "url": receiver.url("/hook"),
+                "events": ["account.locked", "account.unlocked", "spending_limit.alert",
+                           "spending_limit.reached"] }),
+    )
+    .await
+    .expect(201);
+    s.customer("acme", Some(("1.00", "paid"))).await;
+    let admin = s.create_key("acme", "ADMIN").await;
+    let now = s.now_ms();
+    // 0.10 USD spent today.
+    for _ in 0..2 {
+        s.usage_events(json!([event("acme", now, "2", None)]))
+            .await
+            .expect(200);
+    }
+    let d = s.dispatcher();
+    // The purchase unlocked the new account (its balance was at the threshold, zero).
+    while !d.run_once().await.unwrap().is_empty() {}
+    let types = |from: usize| -> Vec<String> {
+        receiver.got()[from..]
+            .iter()
+            .map(|r| r.json()["type"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // A threshold of 2 USD locks a balance of 0.90; 0.50 unlocks it.
+    s.set_pricing("acme", json!({ "lock_threshold_usd": "2" }))
+        .await
+        .expect(200);
+    while !d.run_once().await.unwrap().is_empty() {}
+    assert_eq!(types(0), ["account.unlocked", "account.locked"]);
+    assert_eq!(
+        receiver.got()[1].json()["data"]["lock_reason"],
+        "exhausted_balance"
+    );
+    s.set_pricing("acme", json!({ "lock_threshold_usd": "0.5" }))
+        .await
+        .expect(200);
+    // A change that keeps the lock as it is says nothing.
+    s.set_pricing("acme", json!({ "lock_threshold_usd": "0.4" }))
+        .await
+        .expect(200);
+    while !d.run_once().await.unwrap().is_empty() {}
+    assert_eq!(types(2), ["account.unlocked"]);
+    // A limit of 0.15 created after 0.10 was spent: its 50% at once, in its creation's commit.
+    let id = create(
+        &s,
+        &admin,
+        json!({ "scope": "account", "period": "day", "amount_usd": "0.15", "action": "alert",
+                "alert_at_percent": [50, 80] }),
+    )
+    .await
+    .expect(201)["limit_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    while !d.run_once().await.unwrap().is_empty() {}
+    assert_eq!(types(3), ["spending_limit.alert"]);
+    assert_eq!(receiver.got()[3].json()["data"]["threshold_percent"], 50);
+    // Lowered to 0.10: 80% and the amount itself are reached by the change.
+    s.raw(
+        Method::PUT,
+        &format!("{OWN}/{id}"),
+        Some(&admin),
+        Body::Json(json!({ "amount_usd": "0.10" })),
+    )
+    .await
+    .expect(200);
+    while !d.run_once().await.unwrap().is_empty() {}
+    assert_eq!(types(4), ["spending_limit.alert", "spending_limit.reached"]);
+    assert_eq!(receiver.got()[4].json()["data"]["threshold_percent"], 80);
+    s.assert_reconciled().await;
+}
