@@ -927,13 +927,16 @@ pub trait Tx {
     /// deliveries are given up (`failed`). Returns whether a live webhook had this id.
     fn delete_webhook(&mut self, webhook_id: &str, now: Timestamp) -> Result<bool>;
     /// Claims up to `limit` deliveries due at `now` (see [`webhooks`]), leasing each until
-    /// `lease_until`: no claim takes them again before then. On a shared database, rows
-    /// another server is claiming are skipped, not waited for.
+    /// `lease_until`: no claim takes them again before then. Fair across webhooks: round-robin,
+    /// and no webhook gets more than `per_webhook` leased at once (those it already has
+    /// counted). On a shared database, rows another server is claiming are skipped, not
+    /// waited for.
     fn claim_deliveries(
         &mut self,
         now: Timestamp,
         lease_until: Timestamp,
         limit: usize,
+        per_webhook: usize,
     ) -> Result<Vec<ClaimedDelivery>>;
     /// Records attempts of claimed deliveries (an attempt whose lease no longer holds records
     /// nothing); returns how many were recorded.

@@ -6,8 +6,9 @@
 //! order, and in the same statements a `webhook_deliveries` row per live webhook subscribed to
 //! the event's type (or to `*`), due at once: the fan-out is SQL over `webhook_event_types`, so
 //! it is exact whichever server wrote the subscription. A dispatcher claims due deliveries
-//! ([`crate::Tx::claim_deliveries`]: a lease, so no other claims them while it sends), posts
-//! them, and records each attempt ([`crate::Tx::record_deliveries`]).
+//! ([`crate::Tx::claim_deliveries`]: a lease, so no other claims them while it sends; fairly
+//! across webhooks, so one receiver's backlog never holds the others back), posts them, and
+//! records each attempt ([`crate::Tx::record_deliveries`]).
 
 use crate::rows::Get;
 use crate::{corrupt, invoice_number, parse_id, InvoiceRecord, Result, StoreError, INVOICE_PREFIX};
@@ -403,24 +404,50 @@ pub(crate) fn attempt_row(r: &dyn Get) -> Result<AttemptRecord> {
     })
 }
 
-/// The due deliveries a claim takes, with placeholders: now, limit; `lock` is appended to the
-/// selection (PostgreSQL's `FOR UPDATE OF d SKIP LOCKED`). Due: pending, its time come, not
-/// leased (or its lease passed), its webhook live, and no earlier event of its account to the
-/// same webhook still waiting for its first try since it was queued (so a healthy receiver
-/// sees an account's events in order, and a failing one holds the next for one attempt).
-/// Rows: webhook, seq, tries, queued_at.
+/// The due deliveries a claim takes, with placeholders: now, limit, per webhook; `lock` is
+/// appended to the selection (PostgreSQL's `FOR UPDATE OF d SKIP LOCKED`, which locks only
+/// the rows taken). Due: pending, its time come, not leased (or its lease passed), its webhook
+/// live, and no earlier event of its account to the same webhook still waiting for its first
+/// try since it was queued (so a healthy receiver sees an account's events in order, and a
+/// failing one holds the next for one attempt).
+///
+/// Fair across webhooks: each due delivery gets a turn, its rank among its webhook's (by time
+/// due, then event) after the webhook's deliveries leased now (by any server); a webhook gets
+/// no turn past `per webhook`, and the claim takes turns in order (every webhook's first,
+/// then every webhook's second, ...). So a receiver that never answers holds at most its
+/// share of the slots, and its backlog never sorts ahead of another webhook's deliveries.
+/// The turns are ranked in a subquery over every due delivery (one pass, as the sort by time
+/// due was), and the rows taken are joined back and checked again at the outer level, the one
+/// PostgreSQL can lock (it locks no query with a window function). Rows: webhook, seq, tries,
+/// queued_at.
 pub(crate) fn due_sql(p: impl Fn(usize, &str) -> String, lock: &str) -> String {
+    let free = |d: &str| {
+        format!(
+            "({d}.lease_until IS NULL OR {d}.lease_until <= {now})",
+            now = p(1, "bigint")
+        )
+    };
     format!(
-        "SELECT d.webhook_id, d.event_seq, d.tries, d.queued_at FROM webhook_deliveries d \
-         JOIN webhooks w ON w.webhook_id = d.webhook_id AND w.deleted_at IS NULL \
-         WHERE d.status = 'pending' AND d.next_attempt_at <= {now} \
-         AND (d.lease_until IS NULL OR d.lease_until <= {now}) \
-         AND NOT EXISTS (SELECT 1 FROM webhook_deliveries b WHERE b.webhook_id = d.webhook_id \
-           AND b.account = d.account AND b.event_seq < d.event_seq AND b.status = 'pending' \
-           AND b.tries = 0) \
-         ORDER BY d.next_attempt_at, d.event_seq LIMIT {limit}{lock}",
+        "SELECT d.webhook_id, d.event_seq, d.tries, d.queued_at FROM \
+         (SELECT c.webhook_id, c.event_seq, c.next_attempt_at, COALESCE(l.n, 0) + ROW_NUMBER() \
+            OVER (PARTITION BY c.webhook_id ORDER BY c.next_attempt_at, c.event_seq) AS turn \
+          FROM webhook_deliveries c \
+          JOIN webhooks w ON w.webhook_id = c.webhook_id AND w.deleted_at IS NULL \
+          LEFT JOIN (SELECT webhook_id, COUNT(*) AS n FROM webhook_deliveries \
+            WHERE status = 'pending' AND lease_until > {now} GROUP BY webhook_id) l \
+            ON l.webhook_id = c.webhook_id \
+          WHERE c.status = 'pending' AND c.next_attempt_at <= {now} AND {free_c} \
+          AND NOT EXISTS (SELECT 1 FROM webhook_deliveries b WHERE b.webhook_id = c.webhook_id \
+            AND b.account = c.account AND b.event_seq < c.event_seq AND b.status = 'pending' \
+            AND b.tries = 0)) r \
+         JOIN webhook_deliveries d ON d.webhook_id = r.webhook_id AND d.event_seq = r.event_seq \
+         WHERE r.turn <= {per} AND d.status = 'pending' AND {free_d} \
+         ORDER BY r.turn, r.next_attempt_at, r.event_seq LIMIT {limit}{lock}",
         now = p(1, "bigint"),
         limit = p(2, "bigint"),
+        per = p(3, "bigint"),
+        free_c = free("c"),
+        free_d = free("d"),
     )
 }
 

@@ -1,8 +1,9 @@
 //! Webhooks end to end, against real receivers on loopback: subscriptions refused with the
 //! field named and nothing written; retries with growing backoff until a 2xx; signatures that
 //! verify with the webhook's secret only; a retry window that ends in `failed`; redelivery with
-//! the same event id; deletion that stops pending deliveries; and a receiver that never answers
-//! while admission goes on.
+//! the same event id; deletion that stops pending deliveries; a receiver that never answers
+//! while admission goes on, and while the other webhooks are sent their events in the same
+//! round.
 
 use crate::harness::{int, millis, TestApp};
 use crate::receiver::{Answer, Received, Receiver};
@@ -552,6 +553,48 @@ async fn a_receiver_that_never_answers_does_not_slow_admission() {
         .find_map(|l| l.strip_prefix("tollgate_webhook_deliveries_in_flight "))
         .expect("the in-flight gauge");
     assert_ne!(in_flight, "0", "{}", metrics.text);
+    app.assert_reconciled().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_answers_holds_its_share_of_the_slots_and_the_others_go_in_the_same_round(
+) {
+    // Four slots: a quarter, one, for each webhook.
+    let app = TestApp::spawn_with_webhooks(
+        Some(T0),
+        WebhookSettings {
+            max_in_flight: 4,
+            ..WebhookSettings::default()
+        },
+    )
+    .await;
+    let dead = Receiver::start().await;
+    dead.otherwise(Answer::Hang);
+    let healthy = Receiver::start().await;
+    create(&app, &dead.url("/dead"), json!(["*"])).await;
+    // A backlog for the dead receiver, due before anything else: six accounts' events.
+    for i in 0..6 {
+        buy(&app, &format!("early{i}"), "p-1").await;
+    }
+    let hook = create(&app, &healthy.url("/ok"), json!(["purchase.succeeded"])).await;
+    buy(&app, "late", "p-1").await;
+    assert_eq!(
+        deliveries(&app, hook["webhook_id"].as_str().unwrap())
+            .await
+            .len(),
+        1
+    );
+
+    // The first round sends the healthy webhook's delivery beside one of the dead one's.
+    let d = app.dispatcher();
+    assert_eq!(d.round().await.unwrap(), 2, "one per webhook");
+    let got = healthy.wait_for(1).await;
+    assert_eq!(got[0].json()["username"], "late");
+    assert_eq!(got[0].json()["type"], "purchase.succeeded");
+    dead.wait_for(1).await;
+    // The dead receiver holds its one slot; the free ones are not given to its backlog.
+    assert_eq!(d.round().await.unwrap(), 0);
+    assert_eq!(dead.got().len(), 1);
     app.assert_reconciled().await;
 }
 

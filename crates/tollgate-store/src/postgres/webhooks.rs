@@ -105,10 +105,11 @@ pub(super) fn claim(
     now: Timestamp,
     lease_until: Timestamp,
     limit: usize,
+    per_webhook: usize,
 ) -> Result<Vec<ClaimedDelivery>> {
     let sql = format!(
         "WITH due AS ({}), \
-         leased AS (UPDATE webhook_deliveries d SET lease_until = $3 FROM due \
+         leased AS (UPDATE webhook_deliveries d SET lease_until = $4 FROM due \
            WHERE d.webhook_id = due.webhook_id AND d.event_seq = due.event_seq \
            RETURNING d.webhook_id, d.event_seq, d.tries, d.queued_at, d.next_attempt_at) \
          SELECT w.url, w.secret, e.account, e.created_at, e.data, l.webhook_id, l.event_seq, \
@@ -123,6 +124,7 @@ pub(super) fn claim(
         &[
             &now.0,
             &i64::try_from(limit).unwrap_or(i64::MAX),
+            &i64::try_from(per_webhook).unwrap_or(i64::MAX),
             &lease_until.0,
         ],
     )?

@@ -1,8 +1,9 @@
 //! The outbox and its deliveries, on every backend: a batch's events are numbered in commit
 //! order and fanned out in the same commit to the live webhooks that want their types; an
 //! `invoice.issued` event names the number the store gave its invoice; claims lease what is
-//! due, in each account's order; attempts are recorded only under their lease; a redelivery
-//! queues a delivery again; a deleted webhook is sent nothing more.
+//! due, in each account's order, round-robin across webhooks up to each one's share; attempts
+//! are recorded only under their lease; a redelivery queues a delivery again; a deleted
+//! webhook is sent nothing more.
 
 use tollgate_core::events::{EventData, EventType, NewEvent};
 use tollgate_core::ids::AccountId;
@@ -55,10 +56,21 @@ fn persist(store: &mut dyn Store, state: &BatchState) {
 }
 
 fn claim(store: &mut dyn Store, now: i64, limit: usize) -> Vec<tollgate_store::ClaimedDelivery> {
+    claim_shared(store, now, limit, limit)
+}
+
+/// A claim of up to `limit`, at most `per_webhook` of one webhook's leased at once.
+fn claim_shared(
+    store: &mut dyn Store,
+    now: i64,
+    limit: usize,
+    per_webhook: usize,
+) -> Vec<tollgate_store::ClaimedDelivery> {
     let mut out = Vec::new();
     store
         .transaction(&mut |tx| {
-            out = tx.claim_deliveries(Timestamp(now), Timestamp(now + 60_000), limit)?;
+            out =
+                tx.claim_deliveries(Timestamp(now), Timestamp(now + 60_000), limit, per_webhook)?;
             Ok(())
         })
         .unwrap();
@@ -393,5 +405,118 @@ fn claims_lease_what_is_due_in_each_accounts_order_and_attempts_record_under_the
             .iter()
             .any(|d| d.last_error.as_deref() == Some("webhook deleted")));
         assert!(claim(store, T0 + 10_000_000, 10).is_empty());
+    }
+}
+
+/// `(webhook, account)` of each claimed delivery, sorted.
+fn whose(claimed: &[tollgate_store::ClaimedDelivery]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = claimed
+        .iter()
+        .map(|c| (c.webhook_id.clone(), c.event.account.as_str().to_string()))
+        .collect();
+    out.sort();
+    out
+}
+
+fn pair(webhook: &str, account: &str) -> (String, String) {
+    (webhook.to_string(), account.to_string())
+}
+
+fn unlocked() -> EventData {
+    EventData::AccountUnlocked {
+        balance_nano_usd: Nanos(1),
+    }
+}
+
+#[test]
+fn claims_share_the_slots_round_robin_across_webhooks_each_up_to_its_share() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let mut store = db.open().unwrap();
+        let store = &mut *store;
+        store
+            .transaction(&mut |tx| {
+                // A receiver that never answers, subscribed to everything, and a healthy one.
+                tx.insert_webhook(&hook("wh_dead", WebhookEvents::All))?;
+                tx.insert_webhook(&hook(
+                    "wh_ok",
+                    WebhookEvents::Only(vec![EventType::AccountUnlocked]),
+                ))
+            })
+            .unwrap();
+        // Six accounts' first events, due first: wh_dead's backlog, each claimable at once.
+        persist(
+            store,
+            &BatchState {
+                now: Timestamp(T0),
+                events: (1..=6)
+                    .map(|i| event(&format!("a{i}"), T0, low(i)))
+                    .collect(),
+                ..BatchState::default()
+            },
+        );
+        // Then one event both webhooks want.
+        persist(
+            store,
+            &BatchState {
+                now: Timestamp(T0 + 5),
+                events: vec![event("zeta", T0 + 5, unlocked())],
+                ..BatchState::default()
+            },
+        );
+
+        // Two slots: each webhook's first turn, not wh_dead's two oldest.
+        let first = claim_shared(store, T0 + 10, 2, 2);
+        assert_eq!(
+            whose(&first),
+            [pair("wh_dead", "a1"), pair("wh_ok", "zeta")],
+            "{backend:?}"
+        );
+        // Four more slots: wh_dead up to its share of two (its leased one counted), wh_ok has
+        // nothing more due.
+        let second = claim_shared(store, T0 + 11, 4, 2);
+        assert_eq!(whose(&second), [pair("wh_dead", "a2")], "{backend:?}");
+        assert!(claim_shared(store, T0 + 12, 4, 2).is_empty(), "{backend:?}");
+
+        // A new event for both: wh_ok (one leased) gets it, wh_dead (at its share) does not.
+        persist(
+            store,
+            &BatchState {
+                now: Timestamp(T0 + 13),
+                events: vec![event("omega", T0 + 13, unlocked())],
+                ..BatchState::default()
+            },
+        );
+        let third = claim_shared(store, T0 + 14, 4, 2);
+        assert_eq!(whose(&third), [pair("wh_ok", "omega")], "{backend:?}");
+
+        // wh_dead's attempts time out: its slots free, its next two go.
+        let timed_out: Vec<DeliveryResult> = first
+            .iter()
+            .chain(&second)
+            .filter(|c| c.webhook_id == "wh_dead")
+            .map(|c| {
+                let mut r = answered(c, T0 + 20, 0, DeliveryNext::RetryAt(Timestamp(T0 + 9_000)));
+                r.attempt.status_code = None;
+                r.attempt.error = Some("no answer within 10 s".into());
+                r
+            })
+            .collect();
+        assert_eq!(record(store, timed_out), 2, "{backend:?}");
+        let fourth = claim_shared(store, T0 + 21, 4, 2);
+        assert_eq!(
+            whose(&fourth),
+            [pair("wh_dead", "a3"), pair("wh_dead", "a4")],
+            "{backend:?}"
+        );
+        // A lease that passed (its server died) counts no more.
+        let later = fourth[0].lease_until.0;
+        let fifth = claim_shared(store, later, 4, 2);
+        assert_eq!(
+            whose(&fifth).iter().filter(|(w, _)| w == "wh_dead").count(),
+            2,
+            "{backend:?}: {:?}",
+            whose(&fifth)
+        );
     }
 }
