@@ -939,7 +939,8 @@ pub trait Tx {
         per_webhook: usize,
     ) -> Result<Vec<ClaimedDelivery>>;
     /// Records attempts of claimed deliveries (an attempt whose lease no longer holds records
-    /// nothing); returns how many were recorded.
+    /// nothing; one whose delivery was redelivered since its claim is recorded without
+    /// changing what the redelivery queued); returns how many were recorded.
     fn record_deliveries(&mut self, results: &[DeliveryResult]) -> Result<usize>;
     /// Queues the delivery of event `event_seq` to a webhook again, due at `now`, whatever its
     /// status; returns whether there is such a delivery.

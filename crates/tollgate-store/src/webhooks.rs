@@ -180,7 +180,8 @@ pub struct ClaimedDelivery {
     pub event: StoredEvent,
     /// Failed attempts since it was last queued (the backoff's exponent).
     pub tries: u32,
-    /// When it was last queued: the event, or a redelivery (the retry window's start).
+    /// When it was last queued: the event, or a redelivery (the retry window's start). Each
+    /// redelivery queues it strictly later than the time before, so this names one queueing.
     pub queued_at: Timestamp,
     /// The claim's lease: its attempt is recorded only while the delivery is still leased
     /// until this time (a claim after the lease passed is another).
@@ -219,6 +220,10 @@ pub struct DeliveryResult {
     pub event_seq: i64,
     /// The claim's lease ([`ClaimedDelivery::lease_until`]).
     pub lease_until: Timestamp,
+    /// When the claimed delivery was queued ([`ClaimedDelivery::queued_at`]). When it was
+    /// queued again since the claim (a redelivery while the attempt was in flight), the
+    /// attempt is recorded but `next` is not: the delivery stays as the redelivery queued it.
+    pub queued_at: Timestamp,
     /// The attempt (its `n` is given by the store: the delivery's next).
     pub attempt: AttemptRecord,
     pub next: DeliveryNext,
@@ -495,15 +500,20 @@ pub(crate) fn next_cols(
 }
 
 /// What an attempt records on its delivery, with placeholders: webhook, seq, lease, status,
-/// next attempt, status code, error, delivered at. Only while the claim's lease holds (and the
-/// delivery is pending): an attempt whose lease passed and was claimed again, or whose webhook
-/// was deleted meanwhile, records nothing. Returns the attempt's number.
+/// next attempt, status code, error, delivered at, queued at. Only while the claim's lease
+/// holds (and the delivery is pending): an attempt whose lease passed and was claimed again, or
+/// whose webhook was deleted meanwhile, records nothing. When the delivery was queued again
+/// since the claim (its `queued_at` is not the claim's: a redelivery while the attempt was in
+/// flight), the attempt is counted and its answer kept, but the status, the next attempt and
+/// the tries stay as the redelivery set them. Returns the attempt's number.
 pub(crate) fn record_sql(p: impl Fn(usize, &str) -> String) -> String {
     format!(
         "UPDATE webhook_deliveries SET attempts = attempts + 1, \
-         tries = CASE WHEN {status} = 'pending' THEN tries + 1 ELSE 0 END, \
-         status = {status}, next_attempt_at = {next}, lease_until = NULL, \
-         last_status_code = {code}, last_error = {error}, \
+         tries = CASE WHEN queued_at <> {queued} THEN tries \
+           WHEN {status} = 'pending' THEN tries + 1 ELSE 0 END, \
+         status = CASE WHEN queued_at = {queued} THEN {status} ELSE status END, \
+         next_attempt_at = CASE WHEN queued_at = {queued} THEN {next} ELSE next_attempt_at END, \
+         lease_until = NULL, last_status_code = {code}, last_error = {error}, \
          delivered_at = COALESCE({delivered}, delivered_at) \
          WHERE webhook_id = {w} AND event_seq = {seq} AND lease_until = {lease} \
          AND status = 'pending' RETURNING attempts",
@@ -515,15 +525,19 @@ pub(crate) fn record_sql(p: impl Fn(usize, &str) -> String) -> String {
         code = p(6, "bigint"),
         error = p(7, "text"),
         delivered = p(8, "bigint"),
+        queued = p(9, "bigint"),
     )
 }
 
 /// Queues a delivery again now, with placeholders: webhook, seq, now. Its retry window and
-/// backoff start over; a delivery being sent keeps its lease (the attempt in flight is
-/// recorded, and the next is due at once).
+/// backoff start over. It is queued strictly later than it was before (now,
+/// or a millisecond after the last queueing when the clock has not passed it), so a claim's
+/// `queued_at` names one queueing. A delivery being sent keeps its lease: the attempt in
+/// flight is recorded without undoing this (see [`record_sql`]), and the next is due at once.
 pub(crate) fn redeliver_sql(p: impl Fn(usize, &str) -> String) -> String {
     format!(
-        "UPDATE webhook_deliveries SET status = 'pending', tries = 0, queued_at = {now}, \
+        "UPDATE webhook_deliveries SET status = 'pending', tries = 0, \
+         queued_at = CASE WHEN {now} > queued_at THEN {now} ELSE queued_at + 1 END, \
          next_attempt_at = {now}, \
          lease_until = CASE WHEN status = 'pending' THEN lease_until ELSE NULL END \
          WHERE webhook_id = {w} AND event_seq = {seq}",

@@ -360,6 +360,7 @@ impl Dispatcher {
             webhook_id: d.webhook_id,
             event_seq: d.event.seq,
             lease_until: d.lease_until,
+            queued_at: d.queued_at,
             attempt: AttemptRecord {
                 n: 0,
                 at,

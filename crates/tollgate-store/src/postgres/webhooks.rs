@@ -152,11 +152,17 @@ pub(super) fn record(t: &mut dyn Run, results: &[DeliveryResult]) -> Result<usiz
         .collect();
     let n = t.exec(
         "WITH x AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], \
-           $5::bigint[], $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[]) \
-           AS x(webhook_id, seq, lease, status, next, code, error, delivered, at, duration)), \
+           $5::bigint[], $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], \
+           $11::bigint[]) \
+           AS x(webhook_id, seq, lease, status, next, code, error, delivered, at, duration, \
+             queued)), \
          u AS (UPDATE webhook_deliveries d SET attempts = d.attempts + 1, \
-           tries = CASE WHEN x.status = 'pending' THEN d.tries + 1 ELSE 0 END, \
-           status = x.status, next_attempt_at = x.next, lease_until = NULL, \
+           tries = CASE WHEN d.queued_at <> x.queued THEN d.tries \
+             WHEN x.status = 'pending' THEN d.tries + 1 ELSE 0 END, \
+           status = CASE WHEN d.queued_at = x.queued THEN x.status ELSE d.status END, \
+           next_attempt_at = CASE WHEN d.queued_at = x.queued THEN x.next \
+             ELSE d.next_attempt_at END, \
+           lease_until = NULL, \
            last_status_code = x.code, last_error = x.error, \
            delivered_at = COALESCE(x.delivered, d.delivered_at) \
            FROM x WHERE d.webhook_id = x.webhook_id AND d.event_seq = x.seq \
@@ -177,6 +183,7 @@ pub(super) fn record(t: &mut dyn Run, results: &[DeliveryResult]) -> Result<usiz
             &col(&next, |n| n.2),
             &col(results, |r| r.attempt.at.0),
             &col(results, |r| r.attempt.duration_ms),
+            &col(results, |r| r.queued_at.0),
         ],
     )?;
     usize::try_from(n).map_err(|_| StoreError::Corrupt(format!("{n} attempts recorded")))

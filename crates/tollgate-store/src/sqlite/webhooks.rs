@@ -151,7 +151,8 @@ pub(super) fn record(c: &Connection, results: &[DeliveryResult]) -> Result<usize
                     next,
                     a.status_code,
                     a.error,
-                    delivered
+                    delivered,
+                    r.queued_at.0
                 ],
                 |row| row.get(0),
             )

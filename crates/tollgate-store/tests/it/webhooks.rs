@@ -2,8 +2,8 @@
 //! order and fanned out in the same commit to the live webhooks that want their types; an
 //! `invoice.issued` event names the number the store gave its invoice; claims lease what is
 //! due, in each account's order, round-robin across webhooks up to each one's share; attempts
-//! are recorded only under their lease; a redelivery queues a delivery again; a deleted
-//! webhook is sent nothing more.
+//! are recorded only under their lease, and never undo a redelivery made while they were in
+//! flight; a redelivery queues a delivery again; a deleted webhook is sent nothing more.
 
 use tollgate_core::events::{EventData, EventType, NewEvent};
 use tollgate_core::ids::AccountId;
@@ -98,6 +98,7 @@ fn answered(
         webhook_id: c.webhook_id.clone(),
         event_seq: c.event.seq,
         lease_until: c.lease_until,
+        queued_at: c.queued_at,
         attempt: AttemptRecord {
             n: 0,
             at: Timestamp(at),
@@ -408,6 +409,17 @@ fn claims_lease_what_is_due_in_each_accounts_order_and_attempts_record_under_the
     }
 }
 
+fn redeliver(store: &mut dyn Store, webhook_id: &str, seq: i64, now: i64) -> bool {
+    let mut found = false;
+    store
+        .transaction(&mut |tx| {
+            found = tx.redeliver(webhook_id, seq, Timestamp(now))?;
+            Ok(())
+        })
+        .unwrap();
+    found
+}
+
 /// `(webhook, account)` of each claimed delivery, sorted.
 fn whose(claimed: &[tollgate_store::ClaimedDelivery]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = claimed
@@ -517,6 +529,89 @@ fn claims_share_the_slots_round_robin_across_webhooks_each_up_to_its_share() {
             2,
             "{backend:?}: {:?}",
             whose(&fifth)
+        );
+    }
+}
+
+#[test]
+fn a_redelivery_made_while_an_attempt_is_in_flight_is_kept_when_the_attempt_records() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let mut store = db.open().unwrap();
+        let store = &mut *store;
+        store
+            .transaction(&mut |tx| tx.insert_webhook(&hook("wh_all", WebhookEvents::All)))
+            .unwrap();
+        persist(
+            store,
+            &BatchState {
+                now: Timestamp(T0),
+                events: vec![event("acme", T0, low(1))],
+                ..BatchState::default()
+            },
+        );
+        let mut reader = (store.reader_factory())().unwrap();
+        let seq = reader.webhook_events(0, 10).unwrap()[0].seq;
+
+        // Claimed, then redelivered in the same millisecond the event was queued.
+        let claimed = claim(store, T0, 10);
+        assert_eq!(claimed.len(), 1, "{backend:?}");
+        assert!(redeliver(store, "wh_all", seq, T0));
+        // The attempt in flight fails and would retry in 50 s: recorded, but the delivery
+        // stays as the redelivery queued it, due now with its tries from zero.
+        let retry = DeliveryNext::RetryAt(Timestamp(T0 + 50_000));
+        assert_eq!(
+            record(store, vec![answered(&claimed[0], T0 + 1, 500, retry)]),
+            1
+        );
+        let (d, attempts) = reader.webhook_delivery("wh_all", seq).unwrap().unwrap();
+        assert_eq!(
+            (d.status, d.next_attempt_at, d.attempts, d.last_status_code),
+            (DeliveryStatus::Pending, Some(Timestamp(T0)), 1, Some(500)),
+            "{backend:?}"
+        );
+        assert_eq!(attempts.len(), 1, "the attempt is kept");
+        let again = claim(store, T0 + 2, 10);
+        assert_eq!(again.len(), 1, "{backend:?}: sent again at once");
+        assert_eq!(again[0].tries, 0, "{backend:?}");
+        assert!(again[0].queued_at > claimed[0].queued_at);
+
+        // Redelivered later while the next attempt is in flight, which gives up (its window
+        // ended): still pending, as the redelivery queued it.
+        assert!(redeliver(store, "wh_all", seq, T0 + 100));
+        assert_eq!(
+            record(
+                store,
+                vec![answered(&again[0], T0 + 101, 503, DeliveryNext::Failed)]
+            ),
+            1
+        );
+        let (d, attempts) = reader.webhook_delivery("wh_all", seq).unwrap().unwrap();
+        assert_eq!(
+            (d.status, d.next_attempt_at, d.attempts),
+            (DeliveryStatus::Pending, Some(Timestamp(T0 + 100)), 2),
+            "{backend:?}"
+        );
+        assert_eq!(attempts.len(), 2);
+        let third = claim(store, T0 + 102, 10);
+        assert_eq!(
+            (third.len(), third[0].queued_at),
+            (1, Timestamp(T0 + 100)),
+            "{backend:?}"
+        );
+        // Without a redelivery meanwhile, the attempt decides as before.
+        assert_eq!(
+            record(
+                store,
+                vec![answered(&third[0], T0 + 103, 204, DeliveryNext::Delivered)]
+            ),
+            1
+        );
+        let (d, _) = reader.webhook_delivery("wh_all", seq).unwrap().unwrap();
+        assert_eq!(
+            (d.status, d.next_attempt_at, d.delivered_at),
+            (DeliveryStatus::Delivered, None, Some(Timestamp(T0 + 103))),
+            "{backend:?}"
         );
     }
 }
