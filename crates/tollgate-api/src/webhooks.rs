@@ -624,8 +624,8 @@ pub async fn delivery(
 /// Queues the delivery again, due now, whatever its status (a `failed` one too): the same
 /// event, with the same `id` (receivers drop what they have already seen), retried with
 /// backoff for a new retry window if it fails. An attempt in flight at that moment is still
-/// logged, but does not undo this: the delivery is sent again once it ends. Answers the
-/// delivery as queued.
+/// logged, but does not undo this: the delivery is sent again once it ends. A deleted
+/// webhook's deliveries are not queued (404). Answers the delivery as queued.
 #[utoipa::path(
     post, path = "/v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
     tag = tags::OPERATOR, operation_id = "redeliverWebhookDelivery",

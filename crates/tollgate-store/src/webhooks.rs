@@ -321,9 +321,23 @@ pub(crate) fn event_row(r: &dyn Get) -> Result<StoredEvent> {
     event(r, r.int(0)?, 1)
 }
 
-pub(crate) const DELIVERY_COLS: &str = "d.webhook_id, d.event_seq, d.account, e.event_type, \
-     e.created_at, d.status, d.attempts, d.next_attempt_at, d.last_status_code, d.last_error, \
-     d.delivered_at";
+/// A delivery's columns, from `webhook_deliveries d JOIN webhook_events e JOIN webhooks w`. A
+/// pending delivery of a deleted webhook reads as given up, as its delete marks it: never
+/// `pending`, whatever wrote it (a row a batch fanned out while the webhook was being deleted,
+/// before subscription changes took the event counter's lock).
+fn delivery_cols() -> String {
+    let gone = "d.status = 'pending' AND w.deleted_at IS NOT NULL";
+    format!(
+        "d.webhook_id, d.event_seq, d.account, e.event_type, e.created_at, \
+         CASE WHEN {gone} THEN 'failed' ELSE d.status END, d.attempts, \
+         CASE WHEN {gone} THEN NULL ELSE d.next_attempt_at END, d.last_status_code, \
+         CASE WHEN {gone} THEN '{DELETED_WEBHOOK}' ELSE d.last_error END, d.delivered_at"
+    )
+}
+
+/// The tables [`delivery_cols`] reads.
+const DELIVERY_FROM: &str = "webhook_deliveries d JOIN webhook_events e ON e.seq = d.event_seq \
+     JOIN webhooks w ON w.webhook_id = d.webhook_id";
 
 fn count(what: &str, v: i64) -> Result<u32> {
     u32::try_from(v).map_err(|e| corrupt(what, e))
@@ -334,7 +348,7 @@ fn status_code(v: Option<i64>) -> Result<Option<u16>> {
         .transpose()
 }
 
-/// A row of `SELECT {DELIVERY_COLS} FROM webhook_deliveries d JOIN webhook_events e ...`.
+/// A row of `SELECT {delivery_cols()} FROM {DELIVERY_FROM}`.
 pub(crate) fn delivery_row(r: &dyn Get) -> Result<DeliveryRecord> {
     let event_type = r.text(3)?;
     Ok(DeliveryRecord {
@@ -357,9 +371,9 @@ pub(crate) fn delivery_row(r: &dyn Get) -> Result<DeliveryRecord> {
 /// before seq, limit.
 pub(crate) fn deliveries_sql(p: impl Fn(usize, &str) -> String) -> String {
     format!(
-        "SELECT {DELIVERY_COLS} FROM webhook_deliveries d \
-         JOIN webhook_events e ON e.seq = d.event_seq \
+        "SELECT {cols} FROM {DELIVERY_FROM} \
          WHERE d.webhook_id = {w} AND d.event_seq < {b} ORDER BY d.event_seq DESC LIMIT {l}",
+        cols = delivery_cols(),
         w = p(1, "text"),
         b = p(2, "bigint"),
         l = p(3, "bigint"),
@@ -378,9 +392,8 @@ pub(crate) fn deliveries_args(q: &DeliveriesQuery) -> (String, i64, i64) {
 /// One delivery, with placeholders: webhook, seq.
 pub(crate) fn delivery_sql(p: impl Fn(usize, &str) -> String) -> String {
     format!(
-        "SELECT {DELIVERY_COLS} FROM webhook_deliveries d \
-         JOIN webhook_events e ON e.seq = d.event_seq \
-         WHERE d.webhook_id = {} AND d.event_seq = {}",
+        "SELECT {} FROM {DELIVERY_FROM} WHERE d.webhook_id = {} AND d.event_seq = {}",
+        delivery_cols(),
         p(1, "text"),
         p(2, "bigint"),
     )
@@ -529,18 +542,21 @@ pub(crate) fn record_sql(p: impl Fn(usize, &str) -> String) -> String {
     )
 }
 
-/// Queues a delivery again now, with placeholders: webhook, seq, now. Its retry window and
-/// backoff start over. It is queued strictly later than it was before (now,
+/// Queues a delivery of a live webhook again now, with placeholders: webhook, seq, now. Its
+/// retry window and backoff start over. It is queued strictly later than it was before (now,
 /// or a millisecond after the last queueing when the clock has not passed it), so a claim's
 /// `queued_at` names one queueing. A delivery being sent keeps its lease: the attempt in
 /// flight is recorded without undoing this (see [`record_sql`]), and the next is due at once.
+/// A deleted webhook's delivery is not queued (the statement itself checks, not a read
+/// before it).
 pub(crate) fn redeliver_sql(p: impl Fn(usize, &str) -> String) -> String {
     format!(
         "UPDATE webhook_deliveries SET status = 'pending', tries = 0, \
          queued_at = CASE WHEN {now} > queued_at THEN {now} ELSE queued_at + 1 END, \
          next_attempt_at = {now}, \
          lease_until = CASE WHEN status = 'pending' THEN lease_until ELSE NULL END \
-         WHERE webhook_id = {w} AND event_seq = {seq}",
+         WHERE webhook_id = {w} AND event_seq = {seq} \
+         AND EXISTS (SELECT 1 FROM webhooks WHERE webhook_id = {w} AND deleted_at IS NULL)",
         w = p(1, "text"),
         seq = p(2, "bigint"),
         now = p(3, "bigint"),

@@ -1,9 +1,9 @@
 //! Webhooks end to end, against real receivers on loopback: subscriptions refused with the
 //! field named and nothing written; retries with growing backoff until a 2xx; signatures that
 //! verify with the webhook's secret only; a retry window that ends in `failed`; redelivery with
-//! the same event id; deletion that stops pending deliveries; a receiver that never answers
-//! while admission goes on, and while the other webhooks are sent their events in the same
-//! round.
+//! the same event id; deletion that stops pending deliveries and refuses their redelivery; a
+//! receiver that never answers while admission goes on, and while the other webhooks are sent
+//! their events in the same round.
 
 use crate::harness::{int, millis, TestApp};
 use crate::receiver::{Answer, Received, Receiver};
@@ -471,10 +471,8 @@ async fn a_deleted_webhook_is_sent_nothing_pending_and_a_redelivery_repeats_the_
         gone["webhook_id"].as_str().unwrap().to_string(),
     );
     buy(&app, "acme", "p-1").await;
-    assert!(
-        !deliveries(&app, &gone).await.is_empty(),
-        "pending for the one to delete"
-    );
+    let pending = deliveries(&app, &gone).await;
+    assert!(!pending.is_empty(), "pending for the one to delete");
     app.raw(
         Method::DELETE,
         &format!("/v1/admin/webhooks/{gone}"),
@@ -483,6 +481,40 @@ async fn a_deleted_webhook_is_sent_nothing_pending_and_a_redelivery_repeats_the_
     )
     .await
     .expect(204);
+    // Its deliveries cannot be queued again: 404, and none is pending.
+    for d in &pending {
+        let dlv = d["delivery_id"].as_str().unwrap();
+        app.raw(
+            Method::POST,
+            &format!("/v1/admin/webhooks/{gone}/deliveries/{dlv}/redeliver"),
+            Some(&app.operator_key),
+            crate::harness::Body::None,
+        )
+        .await
+        .expect_error(404, "not_found");
+    }
+    let stored = app
+        .engine
+        .read({
+            let gone = gone.clone();
+            move |r| {
+                r.webhook_deliveries(&tollgate_store::DeliveriesQuery {
+                    webhook_id: gone,
+                    before_seq: None,
+                    limit: 100,
+                })
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), pending.len());
+    assert!(
+        stored
+            .iter()
+            .all(|d| d.status == tollgate_store::DeliveryStatus::Failed
+                && d.next_attempt_at.is_none()),
+        "{stored:?}"
+    );
     let d = app.dispatcher();
     d.run_once().await.unwrap();
     let got = receiver.got();

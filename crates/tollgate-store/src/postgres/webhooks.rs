@@ -1,7 +1,8 @@
-//! Webhooks on PostgreSQL (see [`crate::webhooks`]): the outbox a batch writes (one statement
+//! Webhooks on PostgreSQL (see [`crate::webhooks`]): the outbox a batch writes (two statements
 //! after the batch's, only when it has events), the subscriptions, claims (`FOR UPDATE SKIP
 //! LOCKED`: servers claiming at once take different rows, never wait for each other) and
-//! attempts written by the writer, and their reads.
+//! attempts written by the writer, and their reads. The event counter row's lock orders the
+//! outbox with subscription changes and redeliveries ([`lock_subscriptions`]).
 
 use super::Run;
 use crate::webhooks::{self as w, EventCols, DELETED_WEBHOOK, WEBHOOK_COLS};
@@ -19,20 +20,40 @@ fn col<R, T>(rows: &[R], f: impl Fn(&R) -> T) -> Vec<T> {
     rows.iter().map(f).collect()
 }
 
-/// The batch's events, numbered from the counter row (which stays locked until the batch
-/// commits, so numbers increase in commit order across servers), and a delivery of each to
-/// every live webhook that wants its type, due at once: one statement.
+/// Takes the event counter row's lock, held until the db transaction ends: a batch with
+/// events takes it (advancing the counter), and so do the subscription changes (a webhook
+/// created or deleted) and redeliveries, before they read or write anything, so each waits
+/// for the others' commits.
+fn lock_subscriptions(t: &mut dyn Run) -> Result<()> {
+    t.rows("SELECT last_seq FROM webhook_event_counter FOR UPDATE", &[])?;
+    Ok(())
+}
+
+/// The batch's events, numbered from the counter row, and a delivery of each to every live
+/// webhook that wants its type, due at once. Two statements: the counter is advanced first
+/// (its lock stays held until the batch commits, so numbers increase in commit order across
+/// servers), then the events and their fan-out are written by a statement that starts once the
+/// lock is held. At READ COMMITTED a statement reads what was committed when it started, so
+/// the fan-out sees every subscription change committed before the lock was granted, and a
+/// later change waits for this commit: an event reaches exactly the webhooks live when it
+/// commits.
 pub(super) fn outbox(t: &mut dyn Run, events: &[EventCols]) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
     let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    let last: i64 = t
+        .rows(
+            "UPDATE webhook_event_counter SET last_seq = last_seq + $1 RETURNING last_seq",
+            &[&n],
+        )?
+        .first()
+        .ok_or_else(|| StoreError::Corrupt("no webhook event counter row".into()))?
+        .try_get(0)?;
     t.exec(
-        "WITH c AS (UPDATE webhook_event_counter SET last_seq = last_seq + $5 \
-           RETURNING last_seq), \
-         e AS (INSERT INTO webhook_events (seq, account, event_type, created_at, data) \
-           SELECT c.last_seq - $5 + x.n, x.account, x.event_type, x.at, x.data \
-           FROM c, unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) WITH ORDINALITY \
+        "WITH e AS (INSERT INTO webhook_events (seq, account, event_type, created_at, data) \
+           SELECT $5::bigint + x.n, x.account, x.event_type, x.at, x.data \
+           FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) WITH ORDINALITY \
              AS x(account, event_type, at, data, n) \
            RETURNING seq, account, event_type, created_at) \
          INSERT INTO webhook_deliveries (webhook_id, event_seq, account, status, attempts, \
@@ -45,13 +66,14 @@ pub(super) fn outbox(t: &mut dyn Run, events: &[EventCols]) -> Result<()> {
             &col(events, |e| e.event_type),
             &col(events, |e| e.created_at),
             &col(events, |e| e.data.clone()),
-            &n,
+            &(last - n),
         ],
     )?;
     Ok(())
 }
 
 pub(super) fn insert_webhook(t: &mut dyn Run, hook: &WebhookRecord) -> Result<()> {
+    lock_subscriptions(t)?;
     let n = t.exec(
         &format!(
             "INSERT INTO webhooks ({WEBHOOK_COLS}) VALUES ($1, $2, $3, $4, $5, $6, NULL) \
@@ -81,6 +103,7 @@ pub(super) fn insert_webhook(t: &mut dyn Run, hook: &WebhookRecord) -> Result<()
 }
 
 pub(super) fn delete_webhook(t: &mut dyn Run, webhook_id: &str, now: Timestamp) -> Result<bool> {
+    lock_subscriptions(t)?;
     let n = t.exec(
         "UPDATE webhooks SET deleted_at = $2 WHERE webhook_id = $1 AND deleted_at IS NULL",
         &[&webhook_id, &now.0],
@@ -195,6 +218,7 @@ pub(super) fn redeliver(
     event_seq: i64,
     now: Timestamp,
 ) -> Result<bool> {
+    lock_subscriptions(t)?;
     Ok(t.exec(&w::redeliver_sql(p), &[&webhook_id, &event_seq, &now.0])? > 0)
 }
 

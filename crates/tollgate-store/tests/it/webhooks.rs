@@ -3,16 +3,18 @@
 //! `invoice.issued` event names the number the store gave its invoice; claims lease what is
 //! due, in each account's order, round-robin across webhooks up to each one's share; attempts
 //! are recorded only under their lease, and never undo a redelivery made while they were in
-//! flight; a redelivery queues a delivery again; a deleted webhook is sent nothing more.
+//! flight; a redelivery queues a delivery again, never a deleted webhook's; a deleted webhook
+//! is sent nothing more and none of its deliveries reads as pending; on PostgreSQL, a
+//! subscription change and a batch writing events wait for each other's commit.
 
 use tollgate_core::events::{EventData, EventType, NewEvent};
 use tollgate_core::ids::AccountId;
 use tollgate_core::machine::{BatchState, InvoiceKind, InvoiceStatus, LockReason, NewInvoice};
 use tollgate_core::{Nanos, Timestamp};
-use tollgate_store::testing::{backends, TestDb};
+use tollgate_store::testing::{backends, postgres_url, Backend, TestDb};
 use tollgate_store::{
-    AttemptRecord, BillingMode, DeliveriesQuery, DeliveryNext, DeliveryResult, DeliveryStatus,
-    Store, WebhookEvents, WebhookRecord,
+    AttemptRecord, BillingMode, DeliveriesQuery, DeliveryNext, DeliveryRecord, DeliveryResult,
+    DeliveryStatus, Store, WebhookEvents, WebhookRecord,
 };
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01
@@ -420,6 +422,16 @@ fn redeliver(store: &mut dyn Store, webhook_id: &str, seq: i64, now: i64) -> boo
     found
 }
 
+fn list(reader: &mut dyn tollgate_store::Reader, webhook_id: &str) -> Vec<DeliveryRecord> {
+    reader
+        .webhook_deliveries(&DeliveriesQuery {
+            webhook_id: webhook_id.into(),
+            before_seq: None,
+            limit: 100,
+        })
+        .unwrap()
+}
+
 /// `(webhook, account)` of each claimed delivery, sorted.
 fn whose(claimed: &[tollgate_store::ClaimedDelivery]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = claimed
@@ -614,4 +626,209 @@ fn a_redelivery_made_while_an_attempt_is_in_flight_is_kept_when_the_attempt_reco
             "{backend:?}"
         );
     }
+}
+
+/// Runs `sql` on the test database over a connection of its own, outside the store.
+fn raw_sql(db: &TestDb, sql: &str) {
+    match db.backend() {
+        Backend::Sqlite => rusqlite::Connection::open(db.target())
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap(),
+        Backend::Postgres(_) => postgres::Client::connect(db.target(), postgres::NoTls)
+            .unwrap()
+            .batch_execute(sql)
+            .unwrap(),
+    }
+}
+
+#[test]
+fn a_deleted_webhooks_deliveries_are_never_pending_nor_redelivered() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let mut store = db.open().unwrap();
+        let store = &mut *store;
+        store
+            .transaction(&mut |tx| tx.insert_webhook(&hook("wh_gone", WebhookEvents::All)))
+            .unwrap();
+        persist(
+            store,
+            &BatchState {
+                now: Timestamp(T0),
+                events: vec![event("acme", T0, low(1)), event("globex", T0, low(2))],
+                ..BatchState::default()
+            },
+        );
+        let mut reader = (store.reader_factory())().unwrap();
+        let seqs: Vec<i64> = reader
+            .webhook_events(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        // One delivered, one pending, when the webhook is deleted.
+        let claimed = claim(store, T0, 10);
+        let acme = claimed.iter().find(|c| c.event.seq == seqs[0]).unwrap();
+        record(
+            store,
+            vec![answered(acme, T0 + 1, 200, DeliveryNext::Delivered)],
+        );
+        store
+            .transaction(&mut |tx| tx.delete_webhook("wh_gone", Timestamp(T0 + 2)).map(drop))
+            .unwrap();
+        let before = list(&mut *reader, "wh_gone");
+        assert_eq!(
+            before.iter().map(|d| d.status).collect::<Vec<_>>(),
+            [DeliveryStatus::Failed, DeliveryStatus::Delivered],
+            "{backend:?}"
+        );
+
+        // Neither is queued again, whatever its status.
+        for seq in &seqs {
+            assert!(
+                !redeliver(store, "wh_gone", *seq, T0 + 3),
+                "{backend:?}: {seq}"
+            );
+        }
+        assert_eq!(list(&mut *reader, "wh_gone"), before, "{backend:?}");
+        assert!(claim(store, T0 + 4, 10).is_empty(), "{backend:?}");
+
+        // A pending row a batch fanned out while the delete ran (before subscription changes
+        // took the event counter's lock) reads as given up, and is never claimed.
+        raw_sql(
+            &db,
+            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = 0, \
+             last_error = NULL WHERE webhook_id = 'wh_gone'",
+        );
+        let after = list(&mut *reader, "wh_gone");
+        assert!(
+            after.iter().all(|d| d.status == DeliveryStatus::Failed
+                && d.next_attempt_at.is_none()
+                && d.last_error.as_deref() == Some("webhook deleted")),
+            "{backend:?}: {after:?}"
+        );
+        let (one, _) = reader
+            .webhook_delivery("wh_gone", seqs[0])
+            .unwrap()
+            .unwrap();
+        assert_eq!(one.status, DeliveryStatus::Failed, "{backend:?}");
+        assert!(claim(store, T0 + 5, 10).is_empty(), "{backend:?}");
+    }
+}
+
+/// Runs `change` in a db transaction of `changes` that stays open while a batch with an event
+/// (at `at`) is persisted through `batches` on another thread, until that batch has either
+/// committed or is waiting for a lock; then commits the change and waits for the batch.
+/// Returns whether the batch waited.
+fn change_while_a_batch_commits(
+    db: &TestDb,
+    changes: &mut dyn Store,
+    batches: &mut dyn Store,
+    change: &mut dyn FnMut(&mut dyn tollgate_store::Tx) -> tollgate_store::Result<()>,
+    at: i64,
+) -> bool {
+    let Backend::Postgres(url) = db.backend() else {
+        panic!("PostgreSQL only");
+    };
+    let mut watch = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let schema = db.schema().unwrap().to_string();
+    let state = BatchState {
+        now: Timestamp(at),
+        events: vec![event("acme", at, low(at))],
+        ..BatchState::default()
+    };
+    std::thread::scope(|scope| {
+        let (go, started) = std::sync::mpsc::channel::<()>();
+        let (finished, done) = std::sync::mpsc::channel::<()>();
+        let batch = scope.spawn(move || {
+            started.recv().unwrap();
+            persist(batches, &state);
+            finished.send(()).unwrap();
+        });
+        let mut waited = None;
+        changes
+            .transaction(&mut |tx| {
+                change(tx)?;
+                go.send(()).unwrap();
+                // Until the batch is done, or its connection (named after the schema) waits
+                // for a lock; the change's own connection idles in its transaction meanwhile.
+                for _ in 0..2_000 {
+                    if done.try_recv().is_ok() {
+                        waited = Some(false);
+                        break;
+                    }
+                    let locked: i64 = watch
+                        .query_one(
+                            "SELECT count(*) FROM pg_stat_activity \
+                             WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                            &[&schema],
+                        )
+                        .unwrap()
+                        .get(0);
+                    if locked > 0 {
+                        waited = Some(true);
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Ok(())
+            })
+            .unwrap();
+        batch.join().unwrap();
+        waited.expect("the batch neither finished nor waited within 10 s")
+    })
+}
+
+#[test]
+fn on_postgres_a_subscription_change_and_a_batch_writing_events_wait_for_each_others_commit() {
+    let Some(url) = postgres_url() else {
+        eprintln!("skipped: needs TOLLGATE_TEST_POSTGRES_URL");
+        return;
+    };
+    let db = TestDb::new(&Backend::Postgres(url));
+    let mut changes = db.open().unwrap();
+    let mut batches = db.open().unwrap();
+    changes
+        .transaction(&mut |tx| tx.insert_webhook(&hook("wh_gone", WebhookEvents::All)))
+        .unwrap();
+    let mut reader = (changes.reader_factory())().unwrap();
+
+    // Deleted while a batch writes an event: the batch waits for the delete's commit, then
+    // fans out to the webhooks live at its own commit, so the deleted one gets nothing (before
+    // the lock it got a delivery the delete never saw, pending for good).
+    let waited = change_while_a_batch_commits(
+        &db,
+        &mut *changes,
+        &mut *batches,
+        &mut |tx| tx.delete_webhook("wh_gone", Timestamp(T0)).map(drop),
+        T0 + 1,
+    );
+    assert!(waited, "the batch waits for the delete");
+    assert_eq!(
+        list(&mut *reader, "wh_gone"),
+        [],
+        "nothing for a deleted webhook"
+    );
+
+    // Created while a batch writes an event: the batch commits after the webhook, so its
+    // event is delivered to it (its fan-out reads the subscriptions once the lock is held,
+    // not as of a statement that began before the webhook committed).
+    let waited = change_while_a_batch_commits(
+        &db,
+        &mut *changes,
+        &mut *batches,
+        &mut |tx| tx.insert_webhook(&hook("wh_new", WebhookEvents::All)),
+        T0 + 2,
+    );
+    assert!(waited, "the batch waits for the creation");
+    let events = reader.webhook_events(0, 10).unwrap();
+    let last = events.last().unwrap().seq;
+    let new = list(&mut *reader, "wh_new");
+    assert_eq!(
+        new.iter()
+            .map(|d| (d.event_seq, d.status))
+            .collect::<Vec<_>>(),
+        [(last, DeliveryStatus::Pending)],
+        "the event committed after the webhook reaches it"
+    );
 }
