@@ -46,6 +46,9 @@ pub struct WebhookSettings {
     pub timeout: Duration,
     /// The most deliveries in flight at once (a server's).
     pub max_in_flight: usize,
+    /// The most deliveries to one webhook in flight at once ([`Self::per_webhook`]); `None`: a
+    /// quarter of `max_in_flight`, at least one.
+    pub max_in_flight_per_webhook: Option<usize>,
     /// The host names a webhook URL may name (lower case); `None`: any.
     pub allowed_hosts: Option<Vec<String>>,
 }
@@ -60,8 +63,23 @@ impl Default for WebhookSettings {
             retry_for: Duration::from_secs(3 * 24 * 3600),
             timeout: Duration::from_secs(10),
             max_in_flight: 32,
+            max_in_flight_per_webhook: None,
             allowed_hosts: None,
         }
+    }
+}
+
+impl WebhookSettings {
+    /// The most deliveries to one webhook in flight at once: `max_in_flight_per_webhook`, or a
+    /// quarter of `max_in_flight`; at least one, at most `max_in_flight`. Claims fill a
+    /// dispatcher's free slots round-robin across webhooks up to this share (counting what a
+    /// webhook has in flight already, on every server), so a receiver that never answers
+    /// holds this many slots at most and the other webhooks keep theirs.
+    pub fn per_webhook(&self) -> usize {
+        let all = self.max_in_flight.max(1);
+        self.max_in_flight_per_webhook
+            .unwrap_or(all / 4)
+            .clamp(1, all)
     }
 }
 
@@ -605,7 +623,9 @@ pub async fn delivery(
 ///
 /// Queues the delivery again, due now, whatever its status (a `failed` one too): the same
 /// event, with the same `id` (receivers drop what they have already seen), retried with
-/// backoff for a new retry window if it fails. Answers the delivery as queued.
+/// backoff for a new retry window if it fails. An attempt in flight at that moment is still
+/// logged, but does not undo this: the delivery is sent again once it ends. A deleted
+/// webhook's deliveries are not queued (404). Answers the delivery as queued.
 #[utoipa::path(
     post, path = "/v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
     tag = tags::OPERATOR, operation_id = "redeliverWebhookDelivery",

@@ -169,9 +169,11 @@ pub enum AdminCmd {
         webhook_id: String,
     },
     /// Claims up to `limit` deliveries due now, each leased for `lease_ms` on the engine's
-    /// clock ([`AdminReply::Claimed`]).
+    /// clock ([`AdminReply::Claimed`]): round-robin across webhooks, at most `per_webhook` of
+    /// one webhook's leased at once (those already leased counted).
     ClaimDeliveries {
         limit: usize,
+        per_webhook: usize,
         lease_ms: i64,
     },
     /// Records attempts of claimed deliveries (those whose lease still holds).
@@ -1353,9 +1355,14 @@ fn run_admin(
                 AdminCmd::DeleteWebhook { webhook_id } => {
                     reply = AdminReply::Found(tx.delete_webhook(webhook_id, now)?)
                 }
-                AdminCmd::ClaimDeliveries { limit, lease_ms } => {
+                AdminCmd::ClaimDeliveries {
+                    limit,
+                    per_webhook,
+                    lease_ms,
+                } => {
                     let until = now.plus_ms(*lease_ms);
-                    reply = AdminReply::Claimed(tx.claim_deliveries(now, until, *limit)?)
+                    let claimed = tx.claim_deliveries(now, until, *limit, *per_webhook)?;
+                    reply = AdminReply::Claimed(claimed)
                 }
                 AdminCmd::RecordDeliveries(results) => {
                     tx.record_deliveries(results)?;

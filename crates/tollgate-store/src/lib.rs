@@ -920,26 +920,35 @@ pub trait Tx {
     /// Signs out every web session of `account`'s dashboard still signed in, at `now`; returns
     /// how many it ended (console sessions, which have no account, are never touched).
     fn end_account_sessions(&mut self, account: &AccountId, now: Timestamp) -> Result<usize>;
-    /// Stores a new webhook, subscribed to its types from this commit on
-    /// ([`StoreError::AlreadyExists`] if its id is taken).
+    /// Stores a new webhook, subscribed to its types from this commit on: every batch that
+    /// commits after it fans its events out to it, and none that committed before does
+    /// ([`StoreError::AlreadyExists`] if its id is taken). On a shared database it waits for
+    /// the batches writing events now (the event counter's lock).
     fn insert_webhook(&mut self, webhook: &WebhookRecord) -> Result<()>;
-    /// Deletes a live webhook at `now`: it is subscribed to nothing more, and its pending
-    /// deliveries are given up (`failed`). Returns whether a live webhook had this id.
+    /// Deletes a live webhook at `now`: it is subscribed to nothing more (no batch that
+    /// commits after it fans out to it), and its pending deliveries are given up (`failed`),
+    /// those of batches that committed just before too. Returns whether a live webhook had
+    /// this id.
     fn delete_webhook(&mut self, webhook_id: &str, now: Timestamp) -> Result<bool>;
     /// Claims up to `limit` deliveries due at `now` (see [`webhooks`]), leasing each until
-    /// `lease_until`: no claim takes them again before then. On a shared database, rows
-    /// another server is claiming are skipped, not waited for.
+    /// `lease_until`: no claim takes them again before then. Fair across webhooks: round-robin,
+    /// and no webhook gets more than `per_webhook` leased at once (those it already has
+    /// counted). On a shared database, rows another server is claiming are skipped, not
+    /// waited for.
     fn claim_deliveries(
         &mut self,
         now: Timestamp,
         lease_until: Timestamp,
         limit: usize,
+        per_webhook: usize,
     ) -> Result<Vec<ClaimedDelivery>>;
     /// Records attempts of claimed deliveries (an attempt whose lease no longer holds records
-    /// nothing); returns how many were recorded.
+    /// nothing; one whose delivery was redelivered since its claim is recorded without
+    /// changing what the redelivery queued); returns how many were recorded.
     fn record_deliveries(&mut self, results: &[DeliveryResult]) -> Result<usize>;
-    /// Queues the delivery of event `event_seq` to a webhook again, due at `now`, whatever its
-    /// status; returns whether there is such a delivery.
+    /// Queues the delivery of event `event_seq` to a live webhook again, due at `now`, whatever
+    /// its status; returns whether there is such a delivery (a deleted webhook's is not
+    /// queued).
     fn redeliver(&mut self, webhook_id: &str, event_seq: i64, now: Timestamp) -> Result<bool>;
     fn upsert_endpoint(&mut self, def: &EndpointDef, now: Timestamp) -> Result<()>;
     fn insert_price_version(

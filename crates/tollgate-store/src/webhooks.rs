@@ -6,8 +6,9 @@
 //! order, and in the same statements a `webhook_deliveries` row per live webhook subscribed to
 //! the event's type (or to `*`), due at once: the fan-out is SQL over `webhook_event_types`, so
 //! it is exact whichever server wrote the subscription. A dispatcher claims due deliveries
-//! ([`crate::Tx::claim_deliveries`]: a lease, so no other claims them while it sends), posts
-//! them, and records each attempt ([`crate::Tx::record_deliveries`]).
+//! ([`crate::Tx::claim_deliveries`]: a lease, so no other claims them while it sends; fairly
+//! across webhooks, so one receiver's backlog never holds the others back), posts them, and
+//! records each attempt ([`crate::Tx::record_deliveries`]).
 
 use crate::rows::Get;
 use crate::{corrupt, invoice_number, parse_id, InvoiceRecord, Result, StoreError, INVOICE_PREFIX};
@@ -179,7 +180,8 @@ pub struct ClaimedDelivery {
     pub event: StoredEvent,
     /// Failed attempts since it was last queued (the backoff's exponent).
     pub tries: u32,
-    /// When it was last queued: the event, or a redelivery (the retry window's start).
+    /// When it was last queued: the event, or a redelivery (the retry window's start). Each
+    /// redelivery queues it strictly later than the time before, so this names one queueing.
     pub queued_at: Timestamp,
     /// The claim's lease: its attempt is recorded only while the delivery is still leased
     /// until this time (a claim after the lease passed is another).
@@ -218,6 +220,10 @@ pub struct DeliveryResult {
     pub event_seq: i64,
     /// The claim's lease ([`ClaimedDelivery::lease_until`]).
     pub lease_until: Timestamp,
+    /// When the claimed delivery was queued ([`ClaimedDelivery::queued_at`]). When it was
+    /// queued again since the claim (a redelivery while the attempt was in flight), the
+    /// attempt is recorded but `next` is not: the delivery stays as the redelivery queued it.
+    pub queued_at: Timestamp,
     /// The attempt (its `n` is given by the store: the delivery's next).
     pub attempt: AttemptRecord,
     pub next: DeliveryNext,
@@ -315,9 +321,23 @@ pub(crate) fn event_row(r: &dyn Get) -> Result<StoredEvent> {
     event(r, r.int(0)?, 1)
 }
 
-pub(crate) const DELIVERY_COLS: &str = "d.webhook_id, d.event_seq, d.account, e.event_type, \
-     e.created_at, d.status, d.attempts, d.next_attempt_at, d.last_status_code, d.last_error, \
-     d.delivered_at";
+/// A delivery's columns, from `webhook_deliveries d JOIN webhook_events e JOIN webhooks w`. A
+/// pending delivery of a deleted webhook reads as given up, as its delete marks it: never
+/// `pending`, whatever wrote it (a row a batch fanned out while the webhook was being deleted,
+/// before subscription changes took the event counter's lock).
+fn delivery_cols() -> String {
+    let gone = "d.status = 'pending' AND w.deleted_at IS NOT NULL";
+    format!(
+        "d.webhook_id, d.event_seq, d.account, e.event_type, e.created_at, \
+         CASE WHEN {gone} THEN 'failed' ELSE d.status END, d.attempts, \
+         CASE WHEN {gone} THEN NULL ELSE d.next_attempt_at END, d.last_status_code, \
+         CASE WHEN {gone} THEN '{DELETED_WEBHOOK}' ELSE d.last_error END, d.delivered_at"
+    )
+}
+
+/// The tables [`delivery_cols`] reads.
+const DELIVERY_FROM: &str = "webhook_deliveries d JOIN webhook_events e ON e.seq = d.event_seq \
+     JOIN webhooks w ON w.webhook_id = d.webhook_id";
 
 fn count(what: &str, v: i64) -> Result<u32> {
     u32::try_from(v).map_err(|e| corrupt(what, e))
@@ -328,7 +348,7 @@ fn status_code(v: Option<i64>) -> Result<Option<u16>> {
         .transpose()
 }
 
-/// A row of `SELECT {DELIVERY_COLS} FROM webhook_deliveries d JOIN webhook_events e ...`.
+/// A row of `SELECT {delivery_cols()} FROM {DELIVERY_FROM}`.
 pub(crate) fn delivery_row(r: &dyn Get) -> Result<DeliveryRecord> {
     let event_type = r.text(3)?;
     Ok(DeliveryRecord {
@@ -351,9 +371,9 @@ pub(crate) fn delivery_row(r: &dyn Get) -> Result<DeliveryRecord> {
 /// before seq, limit.
 pub(crate) fn deliveries_sql(p: impl Fn(usize, &str) -> String) -> String {
     format!(
-        "SELECT {DELIVERY_COLS} FROM webhook_deliveries d \
-         JOIN webhook_events e ON e.seq = d.event_seq \
+        "SELECT {cols} FROM {DELIVERY_FROM} \
          WHERE d.webhook_id = {w} AND d.event_seq < {b} ORDER BY d.event_seq DESC LIMIT {l}",
+        cols = delivery_cols(),
         w = p(1, "text"),
         b = p(2, "bigint"),
         l = p(3, "bigint"),
@@ -372,9 +392,8 @@ pub(crate) fn deliveries_args(q: &DeliveriesQuery) -> (String, i64, i64) {
 /// One delivery, with placeholders: webhook, seq.
 pub(crate) fn delivery_sql(p: impl Fn(usize, &str) -> String) -> String {
     format!(
-        "SELECT {DELIVERY_COLS} FROM webhook_deliveries d \
-         JOIN webhook_events e ON e.seq = d.event_seq \
-         WHERE d.webhook_id = {} AND d.event_seq = {}",
+        "SELECT {} FROM {DELIVERY_FROM} WHERE d.webhook_id = {} AND d.event_seq = {}",
+        delivery_cols(),
         p(1, "text"),
         p(2, "bigint"),
     )
@@ -403,24 +422,50 @@ pub(crate) fn attempt_row(r: &dyn Get) -> Result<AttemptRecord> {
     })
 }
 
-/// The due deliveries a claim takes, with placeholders: now, limit; `lock` is appended to the
-/// selection (PostgreSQL's `FOR UPDATE OF d SKIP LOCKED`). Due: pending, its time come, not
-/// leased (or its lease passed), its webhook live, and no earlier event of its account to the
-/// same webhook still waiting for its first try since it was queued (so a healthy receiver
-/// sees an account's events in order, and a failing one holds the next for one attempt).
-/// Rows: webhook, seq, tries, queued_at.
+/// The due deliveries a claim takes, with placeholders: now, limit, per webhook; `lock` is
+/// appended to the selection (PostgreSQL's `FOR UPDATE OF d SKIP LOCKED`, which locks only
+/// the rows taken). Due: pending, its time come, not leased (or its lease passed), its webhook
+/// live, and no earlier event of its account to the same webhook still waiting for its first
+/// try since it was queued (so a healthy receiver sees an account's events in order, and a
+/// failing one holds the next for one attempt).
+///
+/// Fair across webhooks: each due delivery gets a turn, its rank among its webhook's (by time
+/// due, then event) after the webhook's deliveries leased now (by any server); a webhook gets
+/// no turn past `per webhook`, and the claim takes turns in order (every webhook's first,
+/// then every webhook's second, ...). So a receiver that never answers holds at most its
+/// share of the slots, and its backlog never sorts ahead of another webhook's deliveries.
+/// The turns are ranked in a subquery over every due delivery (one pass, as the sort by time
+/// due was), and the rows taken are joined back and checked again at the outer level, the one
+/// PostgreSQL can lock (it locks no query with a window function). Rows: webhook, seq, tries,
+/// queued_at.
 pub(crate) fn due_sql(p: impl Fn(usize, &str) -> String, lock: &str) -> String {
+    let free = |d: &str| {
+        format!(
+            "({d}.lease_until IS NULL OR {d}.lease_until <= {now})",
+            now = p(1, "bigint")
+        )
+    };
     format!(
-        "SELECT d.webhook_id, d.event_seq, d.tries, d.queued_at FROM webhook_deliveries d \
-         JOIN webhooks w ON w.webhook_id = d.webhook_id AND w.deleted_at IS NULL \
-         WHERE d.status = 'pending' AND d.next_attempt_at <= {now} \
-         AND (d.lease_until IS NULL OR d.lease_until <= {now}) \
-         AND NOT EXISTS (SELECT 1 FROM webhook_deliveries b WHERE b.webhook_id = d.webhook_id \
-           AND b.account = d.account AND b.event_seq < d.event_seq AND b.status = 'pending' \
-           AND b.tries = 0) \
-         ORDER BY d.next_attempt_at, d.event_seq LIMIT {limit}{lock}",
+        "SELECT d.webhook_id, d.event_seq, d.tries, d.queued_at FROM \
+         (SELECT c.webhook_id, c.event_seq, c.next_attempt_at, COALESCE(l.n, 0) + ROW_NUMBER() \
+            OVER (PARTITION BY c.webhook_id ORDER BY c.next_attempt_at, c.event_seq) AS turn \
+          FROM webhook_deliveries c \
+          JOIN webhooks w ON w.webhook_id = c.webhook_id AND w.deleted_at IS NULL \
+          LEFT JOIN (SELECT webhook_id, COUNT(*) AS n FROM webhook_deliveries \
+            WHERE status = 'pending' AND lease_until > {now} GROUP BY webhook_id) l \
+            ON l.webhook_id = c.webhook_id \
+          WHERE c.status = 'pending' AND c.next_attempt_at <= {now} AND {free_c} \
+          AND NOT EXISTS (SELECT 1 FROM webhook_deliveries b WHERE b.webhook_id = c.webhook_id \
+            AND b.account = c.account AND b.event_seq < c.event_seq AND b.status = 'pending' \
+            AND b.tries = 0)) r \
+         JOIN webhook_deliveries d ON d.webhook_id = r.webhook_id AND d.event_seq = r.event_seq \
+         WHERE r.turn <= {per} AND d.status = 'pending' AND {free_d} \
+         ORDER BY r.turn, r.next_attempt_at, r.event_seq LIMIT {limit}{lock}",
         now = p(1, "bigint"),
         limit = p(2, "bigint"),
+        per = p(3, "bigint"),
+        free_c = free("c"),
+        free_d = free("d"),
     )
 }
 
@@ -468,15 +513,20 @@ pub(crate) fn next_cols(
 }
 
 /// What an attempt records on its delivery, with placeholders: webhook, seq, lease, status,
-/// next attempt, status code, error, delivered at. Only while the claim's lease holds (and the
-/// delivery is pending): an attempt whose lease passed and was claimed again, or whose webhook
-/// was deleted meanwhile, records nothing. Returns the attempt's number.
+/// next attempt, status code, error, delivered at, queued at. Only while the claim's lease
+/// holds (and the delivery is pending): an attempt whose lease passed and was claimed again, or
+/// whose webhook was deleted meanwhile, records nothing. When the delivery was queued again
+/// since the claim (its `queued_at` is not the claim's: a redelivery while the attempt was in
+/// flight), the attempt is counted and its answer kept, but the status, the next attempt and
+/// the tries stay as the redelivery set them. Returns the attempt's number.
 pub(crate) fn record_sql(p: impl Fn(usize, &str) -> String) -> String {
     format!(
         "UPDATE webhook_deliveries SET attempts = attempts + 1, \
-         tries = CASE WHEN {status} = 'pending' THEN tries + 1 ELSE 0 END, \
-         status = {status}, next_attempt_at = {next}, lease_until = NULL, \
-         last_status_code = {code}, last_error = {error}, \
+         tries = CASE WHEN queued_at <> {queued} THEN tries \
+           WHEN {status} = 'pending' THEN tries + 1 ELSE 0 END, \
+         status = CASE WHEN queued_at = {queued} THEN {status} ELSE status END, \
+         next_attempt_at = CASE WHEN queued_at = {queued} THEN {next} ELSE next_attempt_at END, \
+         lease_until = NULL, last_status_code = {code}, last_error = {error}, \
          delivered_at = COALESCE({delivered}, delivered_at) \
          WHERE webhook_id = {w} AND event_seq = {seq} AND lease_until = {lease} \
          AND status = 'pending' RETURNING attempts",
@@ -488,18 +538,25 @@ pub(crate) fn record_sql(p: impl Fn(usize, &str) -> String) -> String {
         code = p(6, "bigint"),
         error = p(7, "text"),
         delivered = p(8, "bigint"),
+        queued = p(9, "bigint"),
     )
 }
 
-/// Queues a delivery again now, with placeholders: webhook, seq, now. Its retry window and
-/// backoff start over; a delivery being sent keeps its lease (the attempt in flight is
-/// recorded, and the next is due at once).
+/// Queues a delivery of a live webhook again now, with placeholders: webhook, seq, now. Its
+/// retry window and backoff start over. It is queued strictly later than it was before (now,
+/// or a millisecond after the last queueing when the clock has not passed it), so a claim's
+/// `queued_at` names one queueing. A delivery being sent keeps its lease: the attempt in
+/// flight is recorded without undoing this (see [`record_sql`]), and the next is due at once.
+/// A deleted webhook's delivery is not queued (the statement itself checks, not a read
+/// before it).
 pub(crate) fn redeliver_sql(p: impl Fn(usize, &str) -> String) -> String {
     format!(
-        "UPDATE webhook_deliveries SET status = 'pending', tries = 0, queued_at = {now}, \
+        "UPDATE webhook_deliveries SET status = 'pending', tries = 0, \
+         queued_at = CASE WHEN {now} > queued_at THEN {now} ELSE queued_at + 1 END, \
          next_attempt_at = {now}, \
          lease_until = CASE WHEN status = 'pending' THEN lease_until ELSE NULL END \
-         WHERE webhook_id = {w} AND event_seq = {seq}",
+         WHERE webhook_id = {w} AND event_seq = {seq} \
+         AND EXISTS (SELECT 1 FROM webhooks WHERE webhook_id = {w} AND deleted_at IS NULL)",
         w = p(1, "text"),
         seq = p(2, "bigint"),
         now = p(3, "bigint"),

@@ -237,6 +237,10 @@ settings! {
     timeout_s: Positive,
     /// The most deliveries a server sends at once. Default: 32.
     max_in_flight: Positive,
+    /// The most deliveries to one webhook in flight at once (counted across the servers of a
+    /// database), so a receiver that never answers cannot take every slot. Default: a quarter
+    /// of max_in_flight, at least 1.
+    max_in_flight_per_webhook: Positive,
 }
 
 /// `TOLLGATE_` and the name in capitals, a section's dot as `_` (`drain_timeout_s` →
@@ -273,6 +277,7 @@ pub struct WebhookSettings {
     pub retry_for_s: u64,
     pub timeout_s: u64,
     pub max_in_flight: u64,
+    pub max_in_flight_per_webhook: u64,
 }
 
 impl WebhookSettings {
@@ -283,6 +288,9 @@ impl WebhookSettings {
             retry_for: Duration::from_secs(self.retry_for_s),
             timeout: Duration::from_secs(self.timeout_s),
             max_in_flight: usize::try_from(self.max_in_flight).unwrap_or(usize::MAX),
+            max_in_flight_per_webhook: Some(
+                usize::try_from(self.max_in_flight_per_webhook).unwrap_or(usize::MAX),
+            ),
             allowed_hosts: self.allowed_hosts.clone(),
         }
     }
@@ -325,12 +333,20 @@ impl Settings {
             webhooks: {
                 let w = layer.webhooks.unwrap_or_default();
                 let defaults = tollgate_api::webhooks::WebhookSettings::default();
+                let max_in_flight = secs(w.max_in_flight, defaults.max_in_flight as u64);
+                // The API's default share of the slots, for the slots set here.
+                let share = tollgate_api::webhooks::WebhookSettings {
+                    max_in_flight: usize::try_from(max_in_flight).unwrap_or(usize::MAX),
+                    ..defaults.clone()
+                }
+                .per_webhook() as u64;
                 WebhookSettings {
                     allowed_hosts: w.allowed_hosts.map(|h| h.0),
                     retry_base_s: secs(w.retry_base_s, defaults.retry_base.as_secs()),
                     retry_for_s: secs(w.retry_for_s, defaults.retry_for.as_secs()),
                     timeout_s: secs(w.timeout_s, defaults.timeout.as_secs()),
-                    max_in_flight: secs(w.max_in_flight, defaults.max_in_flight as u64),
+                    max_in_flight,
+                    max_in_flight_per_webhook: secs(w.max_in_flight_per_webhook, share),
                 }
             },
         }
@@ -802,6 +818,21 @@ mod tests {
         assert_eq!(
             (api.max_in_flight, api.timeout),
             (32, Duration::from_secs(10))
+        );
+        assert_eq!(api.per_webhook(), 8, "a quarter of the slots by default");
+        let small = Settings::from_layer(parse_file("[webhooks]\nmax_in_flight = 6\n").unwrap());
+        assert_eq!(small.webhooks.max_in_flight_per_webhook, 1);
+        let set = Settings::from_layer(
+            parse_file("[webhooks]\nmax_in_flight = 6\nmax_in_flight_per_webhook = 4\n").unwrap(),
+        );
+        assert_eq!(set.webhooks.to_api().per_webhook(), 4);
+        let over = Settings::from_layer(
+            parse_file("[webhooks]\nmax_in_flight = 6\nmax_in_flight_per_webhook = 40\n").unwrap(),
+        );
+        assert_eq!(
+            over.webhooks.to_api().per_webhook(),
+            6,
+            "never past the slots"
         );
         let env = Layer::from_env(&env(&[(
             "TOLLGATE_WEBHOOKS_ALLOWED_HOSTS",

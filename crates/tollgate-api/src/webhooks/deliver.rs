@@ -15,7 +15,10 @@
 //! Sends are bounded (`max_in_flight` at once, each within `timeout`, connect included;
 //! redirects are not followed) and run on tasks of their own: a slow or dead receiver holds
 //! only its slots, never the writer, which does only the claims and the records, so billing
-//! never waits for a receiver. The dispatcher wakes when a commit wrote events
+//! never waits for a receiver. Claims fill the free slots round-robin across webhooks, each
+//! webhook up to its share ([`WebhookSettings::per_webhook`], counting what it already has in
+//! flight), so a receiver that never answers, however many of its deliveries are due, holds
+//! its share and the other webhooks are still sent theirs in the same round. The dispatcher wakes when a commit wrote events
 //! ([`tollgate_engine::Engine::events_written`]), when a send finishes, and on a tick (for
 //! retries that come due).
 //!
@@ -223,6 +226,7 @@ impl Dispatcher {
             .engine
             .admin(AdminCmd::ClaimDeliveries {
                 limit,
+                per_webhook: self.settings.per_webhook(),
                 lease_ms: self.lease_ms(),
             })
             .await?
@@ -356,6 +360,7 @@ impl Dispatcher {
             webhook_id: d.webhook_id,
             event_seq: d.event.seq,
             lease_until: d.lease_until,
+            queued_at: d.queued_at,
             attempt: AttemptRecord {
                 n: 0,
                 at,

@@ -1,8 +1,9 @@
 //! Webhooks end to end, against real receivers on loopback: subscriptions refused with the
 //! field named and nothing written; retries with growing backoff until a 2xx; signatures that
 //! verify with the webhook's secret only; a retry window that ends in `failed`; redelivery with
-//! the same event id; deletion that stops pending deliveries; and a receiver that never answers
-//! while admission goes on.
+//! the same event id; deletion that stops pending deliveries and refuses their redelivery; a
+//! receiver that never answers while admission goes on, and while the other webhooks are sent
+//! their events in the same round.
 
 use crate::harness::{int, millis, TestApp};
 use crate::receiver::{Answer, Received, Receiver};
@@ -470,10 +471,8 @@ async fn a_deleted_webhook_is_sent_nothing_pending_and_a_redelivery_repeats_the_
         gone["webhook_id"].as_str().unwrap().to_string(),
     );
     buy(&app, "acme", "p-1").await;
-    assert!(
-        !deliveries(&app, &gone).await.is_empty(),
-        "pending for the one to delete"
-    );
+    let pending = deliveries(&app, &gone).await;
+    assert!(!pending.is_empty(), "pending for the one to delete");
     app.raw(
         Method::DELETE,
         &format!("/v1/admin/webhooks/{gone}"),
@@ -482,6 +481,40 @@ async fn a_deleted_webhook_is_sent_nothing_pending_and_a_redelivery_repeats_the_
     )
     .await
     .expect(204);
+    // Its deliveries cannot be queued again: 404, and none is pending.
+    for d in &pending {
+        let dlv = d["delivery_id"].as_str().unwrap();
+        app.raw(
+            Method::POST,
+            &format!("/v1/admin/webhooks/{gone}/deliveries/{dlv}/redeliver"),
+            Some(&app.operator_key),
+            crate::harness::Body::None,
+        )
+        .await
+        .expect_error(404, "not_found");
+    }
+    let stored = app
+        .engine
+        .read({
+            let gone = gone.clone();
+            move |r| {
+                r.webhook_deliveries(&tollgate_store::DeliveriesQuery {
+                    webhook_id: gone,
+                    before_seq: None,
+                    limit: 100,
+                })
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), pending.len());
+    assert!(
+        stored
+            .iter()
+            .all(|d| d.status == tollgate_store::DeliveryStatus::Failed
+                && d.next_attempt_at.is_none()),
+        "{stored:?}"
+    );
     let d = app.dispatcher();
     d.run_once().await.unwrap();
     let got = receiver.got();
@@ -552,6 +585,48 @@ async fn a_receiver_that_never_answers_does_not_slow_admission() {
         .find_map(|l| l.strip_prefix("tollgate_webhook_deliveries_in_flight "))
         .expect("the in-flight gauge");
     assert_ne!(in_flight, "0", "{}", metrics.text);
+    app.assert_reconciled().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_answers_holds_its_share_of_the_slots_and_the_others_go_in_the_same_round(
+) {
+    // Four slots: a quarter, one, for each webhook.
+    let app = TestApp::spawn_with_webhooks(
+        Some(T0),
+        WebhookSettings {
+            max_in_flight: 4,
+            ..WebhookSettings::default()
+        },
+    )
+    .await;
+    let dead = Receiver::start().await;
+    dead.otherwise(Answer::Hang);
+    let healthy = Receiver::start().await;
+    create(&app, &dead.url("/dead"), json!(["*"])).await;
+    // A backlog for the dead receiver, due before anything else: six accounts' events.
+    for i in 0..6 {
+        buy(&app, &format!("early{i}"), "p-1").await;
+    }
+    let hook = create(&app, &healthy.url("/ok"), json!(["purchase.succeeded"])).await;
+    buy(&app, "late", "p-1").await;
+    assert_eq!(
+        deliveries(&app, hook["webhook_id"].as_str().unwrap())
+            .await
+            .len(),
+        1
+    );
+
+    // The first round sends the healthy webhook's delivery beside one of the dead one's.
+    let d = app.dispatcher();
+    assert_eq!(d.round().await.unwrap(), 2, "one per webhook");
+    let got = healthy.wait_for(1).await;
+    assert_eq!(got[0].json()["username"], "late");
+    assert_eq!(got[0].json()["type"], "purchase.succeeded");
+    dead.wait_for(1).await;
+    // The dead receiver holds its one slot; the free ones are not given to its backlog.
+    assert_eq!(d.round().await.unwrap(), 0);
+    assert_eq!(dead.got().len(), 1);
     app.assert_reconciled().await;
 }
 

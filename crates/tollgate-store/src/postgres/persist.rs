@@ -119,8 +119,9 @@ pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<Vec<(i64, i64)>> {
         }
         invoice_lines(t, s, &numbers)?;
     }
-    // The outbox, only when the batch has events: a statement after the batch's one, which it
-    // follows for the invoice numbers its events name.
+    // The outbox, only when the batch has events: after the batch's statement, which it
+    // follows for the invoice numbers its events name (and so takes the event counter's lock
+    // after the invoice counters').
     super::webhooks::outbox(t, &crate::webhooks::event_rows(s, &numbers)?)?;
     Ok(numbers)
 }

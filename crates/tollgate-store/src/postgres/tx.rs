@@ -390,8 +390,9 @@ impl Tx for PgTx<'_, '_> {
         now: Timestamp,
         lease_until: Timestamp,
         limit: usize,
+        per_webhook: usize,
     ) -> Result<Vec<ClaimedDelivery>> {
-        webhooks::claim(self, now, lease_until, limit)
+        webhooks::claim(self, now, lease_until, limit, per_webhook)
     }
 
     fn record_deliveries(&mut self, results: &[DeliveryResult]) -> Result<usize> {

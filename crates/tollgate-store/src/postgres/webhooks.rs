@@ -1,7 +1,8 @@
-//! Webhooks on PostgreSQL (see [`crate::webhooks`]): the outbox a batch writes (one statement
+//! Webhooks on PostgreSQL (see [`crate::webhooks`]): the outbox a batch writes (two statements
 //! after the batch's, only when it has events), the subscriptions, claims (`FOR UPDATE SKIP
 //! LOCKED`: servers claiming at once take different rows, never wait for each other) and
-//! attempts written by the writer, and their reads.
+//! attempts written by the writer, and their reads. The event counter row's lock orders the
+//! outbox with subscription changes and redeliveries ([`lock_subscriptions`]).
 
 use super::Run;
 use crate::webhooks::{self as w, EventCols, DELETED_WEBHOOK, WEBHOOK_COLS};
@@ -19,20 +20,40 @@ fn col<R, T>(rows: &[R], f: impl Fn(&R) -> T) -> Vec<T> {
     rows.iter().map(f).collect()
 }
 
-/// The batch's events, numbered from the counter row (which stays locked until the batch
-/// commits, so numbers increase in commit order across servers), and a delivery of each to
-/// every live webhook that wants its type, due at once: one statement.
+/// Takes the event counter row's lock, held until the db transaction ends: a batch with
+/// events takes it (advancing the counter), and so do the subscription changes (a webhook
+/// created or deleted) and redeliveries, before they read or write anything, so each waits
+/// for the others' commits.
+fn lock_subscriptions(t: &mut dyn Run) -> Result<()> {
+    t.rows("SELECT last_seq FROM webhook_event_counter FOR UPDATE", &[])?;
+    Ok(())
+}
+
+/// The batch's events, numbered from the counter row, and a delivery of each to every live
+/// webhook that wants its type, due at once. Two statements: the counter is advanced first
+/// (its lock stays held until the batch commits, so numbers increase in commit order across
+/// servers), then the events and their fan-out are written by a statement that starts once the
+/// lock is held. At READ COMMITTED a statement reads what was committed when it started, so
+/// the fan-out sees every subscription change committed before the lock was granted, and a
+/// later change waits for this commit: an event reaches exactly the webhooks live when it
+/// commits.
 pub(super) fn outbox(t: &mut dyn Run, events: &[EventCols]) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
     let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    let last: i64 = t
+        .rows(
+            "UPDATE webhook_event_counter SET last_seq = last_seq + $1 RETURNING last_seq",
+            &[&n],
+        )?
+        .first()
+        .ok_or_else(|| StoreError::Corrupt("no webhook event counter row".into()))?
+        .try_get(0)?;
     t.exec(
-        "WITH c AS (UPDATE webhook_event_counter SET last_seq = last_seq + $5 \
-           RETURNING last_seq), \
-         e AS (INSERT INTO webhook_events (seq, account, event_type, created_at, data) \
-           SELECT c.last_seq - $5 + x.n, x.account, x.event_type, x.at, x.data \
-           FROM c, unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) WITH ORDINALITY \
+        "WITH e AS (INSERT INTO webhook_events (seq, account, event_type, created_at, data) \
+           SELECT $5::bigint + x.n, x.account, x.event_type, x.at, x.data \
+           FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) WITH ORDINALITY \
              AS x(account, event_type, at, data, n) \
            RETURNING seq, account, event_type, created_at) \
          INSERT INTO webhook_deliveries (webhook_id, event_seq, account, status, attempts, \
@@ -45,13 +66,14 @@ pub(super) fn outbox(t: &mut dyn Run, events: &[EventCols]) -> Result<()> {
             &col(events, |e| e.event_type),
             &col(events, |e| e.created_at),
             &col(events, |e| e.data.clone()),
-            &n,
+            &(last - n),
         ],
     )?;
     Ok(())
 }
 
 pub(super) fn insert_webhook(t: &mut dyn Run, hook: &WebhookRecord) -> Result<()> {
+    lock_subscriptions(t)?;
     let n = t.exec(
         &format!(
             "INSERT INTO webhooks ({WEBHOOK_COLS}) VALUES ($1, $2, $3, $4, $5, $6, NULL) \
@@ -81,6 +103,7 @@ pub(super) fn insert_webhook(t: &mut dyn Run, hook: &WebhookRecord) -> Result<()
 }
 
 pub(super) fn delete_webhook(t: &mut dyn Run, webhook_id: &str, now: Timestamp) -> Result<bool> {
+    lock_subscriptions(t)?;
     let n = t.exec(
         "UPDATE webhooks SET deleted_at = $2 WHERE webhook_id = $1 AND deleted_at IS NULL",
         &[&webhook_id, &now.0],
@@ -105,10 +128,11 @@ pub(super) fn claim(
     now: Timestamp,
     lease_until: Timestamp,
     limit: usize,
+    per_webhook: usize,
 ) -> Result<Vec<ClaimedDelivery>> {
     let sql = format!(
         "WITH due AS ({}), \
-         leased AS (UPDATE webhook_deliveries d SET lease_until = $3 FROM due \
+         leased AS (UPDATE webhook_deliveries d SET lease_until = $4 FROM due \
            WHERE d.webhook_id = due.webhook_id AND d.event_seq = due.event_seq \
            RETURNING d.webhook_id, d.event_seq, d.tries, d.queued_at, d.next_attempt_at) \
          SELECT w.url, w.secret, e.account, e.created_at, e.data, l.webhook_id, l.event_seq, \
@@ -123,6 +147,7 @@ pub(super) fn claim(
         &[
             &now.0,
             &i64::try_from(limit).unwrap_or(i64::MAX),
+            &i64::try_from(per_webhook).unwrap_or(i64::MAX),
             &lease_until.0,
         ],
     )?
@@ -150,11 +175,17 @@ pub(super) fn record(t: &mut dyn Run, results: &[DeliveryResult]) -> Result<usiz
         .collect();
     let n = t.exec(
         "WITH x AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], \
-           $5::bigint[], $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[]) \
-           AS x(webhook_id, seq, lease, status, next, code, error, delivered, at, duration)), \
+           $5::bigint[], $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], \
+           $11::bigint[]) \
+           AS x(webhook_id, seq, lease, status, next, code, error, delivered, at, duration, \
+             queued)), \
          u AS (UPDATE webhook_deliveries d SET attempts = d.attempts + 1, \
-           tries = CASE WHEN x.status = 'pending' THEN d.tries + 1 ELSE 0 END, \
-           status = x.status, next_attempt_at = x.next, lease_until = NULL, \
+           tries = CASE WHEN d.queued_at <> x.queued THEN d.tries \
+             WHEN x.status = 'pending' THEN d.tries + 1 ELSE 0 END, \
+           status = CASE WHEN d.queued_at = x.queued THEN x.status ELSE d.status END, \
+           next_attempt_at = CASE WHEN d.queued_at = x.queued THEN x.next \
+             ELSE d.next_attempt_at END, \
+           lease_until = NULL, \
            last_status_code = x.code, last_error = x.error, \
            delivered_at = COALESCE(x.delivered, d.delivered_at) \
            FROM x WHERE d.webhook_id = x.webhook_id AND d.event_seq = x.seq \
@@ -175,6 +206,7 @@ pub(super) fn record(t: &mut dyn Run, results: &[DeliveryResult]) -> Result<usiz
             &col(&next, |n| n.2),
             &col(results, |r| r.attempt.at.0),
             &col(results, |r| r.attempt.duration_ms),
+            &col(results, |r| r.queued_at.0),
         ],
     )?;
     usize::try_from(n).map_err(|_| StoreError::Corrupt(format!("{n} attempts recorded")))
@@ -186,6 +218,7 @@ pub(super) fn redeliver(
     event_seq: i64,
     now: Timestamp,
 ) -> Result<bool> {
+    lock_subscriptions(t)?;
     Ok(t.exec(&w::redeliver_sql(p), &[&webhook_id, &event_seq, &now.0])? > 0)
 }
 

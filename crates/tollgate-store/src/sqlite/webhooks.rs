@@ -95,10 +95,11 @@ pub(super) fn claim(
     now: Timestamp,
     lease_until: Timestamp,
     limit: usize,
+    per_webhook: usize,
 ) -> Result<Vec<ClaimedDelivery>> {
     let mut due = c.prepare_cached(&w::due_sql(p, ""))?;
     let found = due
-        .query_map(params![now.0, limit as i64], |r| {
+        .query_map(params![now.0, limit as i64, per_webhook as i64], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, i64>(1)?,
@@ -150,7 +151,8 @@ pub(super) fn record(c: &Connection, results: &[DeliveryResult]) -> Result<usize
                     next,
                     a.status_code,
                     a.error,
-                    delivered
+                    delivered,
+                    r.queued_at.0
                 ],
                 |row| row.get(0),
             )
