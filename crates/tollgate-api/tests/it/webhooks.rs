@@ -663,3 +663,106 @@ async fn a_host_no_longer_allowed_is_sent_nothing() {
     );
     app.assert_reconciled().await;
 }
+
+/// Usage of `usd` on `fal-ai/flux/dev` (0.025 USD a megapixel), reported now.
+async fn spend(app: &TestApp, username: &str, usd: i64) {
+    app.usage_events(json!([{
+        "event_id": crate::harness::new_id(),
+        "endpoint_id": "fal-ai/flux/dev",
+        "username": username,
+        "timestamp": crate::harness::rfc3339(app.now_ms()),
+        "status_code": 200,
+        "billable_units": (usd * 40).to_string(),
+    }]))
+    .await
+    .expect(200);
+}
+
+/// Each billing event reaches a receiver subscribed to `*` once, in the order of its causes,
+/// and only when its cause happened: `balance.low` when the balance crosses below the
+/// account's level (not again while it stays below, again after it went back above),
+/// `account.unlocked` when credits lift the lock and `account.locked` when usage brings it
+/// back, `purchase.succeeded` per purchase, `invoice.issued` per paid purchase (naming the
+/// invoice's number), `credits.expiring` once, by the sweep, for credits that expire within a
+/// week.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_type_reaches_the_receiver_when_its_cause_commits() {
+    let app = TestApp::spawn_at(T0).await;
+    let receiver = Receiver::start().await;
+    create(&app, &receiver.url("/all"), json!(["*"])).await;
+    app.create_account("acme").await.expect(201);
+    app.set_pricing("acme", json!({ "low_balance_usd": "5" }))
+        .await
+        .expect(200);
+    let types = |from: usize| -> Vec<String> {
+        receiver.got()[from..]
+            .iter()
+            .map(|r| r.json()["type"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // 10 USD: the new account (locked at its zero balance) unlocks.
+    app.purchase("acme", "p1", "10.00", "paid")
+        .await
+        .expect(201);
+    drain(&app).await;
+    assert_eq!(
+        types(0),
+        ["purchase.succeeded", "invoice.issued", "account.unlocked"]
+    );
+    let invoices = app.op_get("/v1/admin/invoices").await.expect(200).clone();
+    let issued = receiver.got()[1].json();
+    assert_eq!(
+        issued["data"]["number"], invoices["invoices"][0]["number"],
+        "{issued}"
+    );
+    assert_eq!(int(&issued["data"]["total_nano_usd"]), 10_000_000_000);
+    // 6 USD spent: below 5 once; 1 more: still below, nothing.
+    spend(&app, "acme", 6).await;
+    spend(&app, "acme", 1).await;
+    drain(&app).await;
+    assert_eq!(types(3), ["balance.low"]);
+    assert_eq!(
+        int(&receiver.got()[3].json()["data"]["balance_nano_usd"]),
+        4_000_000_000
+    );
+    // Back above (3 + 4 = 7), then below again (7 - 3 = 4).
+    app.purchase("acme", "p2", "3.00", "paid").await.expect(201);
+    spend(&app, "acme", 3).await;
+    drain(&app).await;
+    assert_eq!(
+        types(4),
+        ["purchase.succeeded", "invoice.issued", "balance.low"]
+    );
+    // Free credits that expire in three days: noticed by the next sweep, once.
+    let expires_at = crate::harness::rfc3339(T0 + 3 * 86_400_000);
+    app.op(
+        Method::POST,
+        "/v1/admin/accounts/acme/purchases",
+        json!({ "purchase_id": "p3", "amount_usd": "2.00", "kind": "free",
+                "expires_at": expires_at }),
+    )
+    .await
+    .expect(201);
+    drain(&app).await;
+    assert_eq!(types(7), ["purchase.succeeded"]);
+    app.advance(1_000).await;
+    app.advance(1_000).await;
+    drain(&app).await;
+    assert_eq!(types(8), ["credits.expiring"]);
+    let expiring = receiver.got()[8].json();
+    assert_eq!(expiring["data"]["purchase_id"], "p3");
+    assert_eq!(expiring["data"]["expires_at"], expires_at);
+    assert_eq!(int(&expiring["data"]["remaining_nano_usd"]), 2_000_000_000);
+    // Usage past the balance (6 left, above the level again; 10 spent): below, and locked.
+    spend(&app, "acme", 10).await;
+    drain(&app).await;
+    assert_eq!(types(9), ["balance.low", "account.locked"]);
+    // Every event once, with an id of its own.
+    let ids: std::collections::BTreeSet<String> = receiver
+        .got()
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 11);
+    app.assert_reconciled().await;
+}
