@@ -113,27 +113,27 @@ impl ToSchema for ThresholdPercent {}
 #[schema(example = json!({"scope": "account", "period": "month", "timezone": "Europe/Berlin",
     "amount_usd": "500.00", "action": "block", "alert_at_percent": [50, 80, 100]}))]
 pub struct CreateLimitBody {
-    scope: ScopeName,
+    pub scope: ScopeName,
     /// The key an `api_key` limit counts: a live key of the account. Only with that scope.
     #[serde(default)]
-    api_key_id: Option<ApiKeyId>,
-    period: PeriodName,
+    pub api_key_id: Option<ApiKeyId>,
+    pub period: PeriodName,
     /// An IANA time zone (`UTC`, `America/New_York`) whose midnights start the periods.
     /// Default `UTC`.
     #[serde(default)]
-    timezone: Option<String>,
+    pub timezone: Option<String>,
     /// The most the period may spend, in USD: greater than 0 and at most 1000000.
     #[serde(deserialize_with = "wire::usd")]
     #[schema(value_type = UsdString)]
-    amount_usd: Nanos,
-    action: ActionName,
+    pub amount_usd: Nanos,
+    pub action: ActionName,
     /// Percents of the amount at which the period's spend is notified
     /// (`spending_limit.alert`), each 1 to 1000, at most 20; sorted and without duplicates in
     /// the answer. Default `[50, 80, 100]`; `[]` notifies only `spending_limit.reached`.
     #[serde(default)]
     #[schema(value_type = Option<Vec<ThresholdPercent>>, max_items = 20,
         example = json!([50, 80, 100]))]
-    alert_at_percent: Option<Vec<u32>>,
+    pub alert_at_percent: Option<Vec<u32>>,
 }
 
 /// `PUT`: the fields given are changed; the limit's id, scope, period and zone never change
@@ -145,13 +145,13 @@ pub struct ChangeLimitBody {
     /// The new amount, in USD: greater than 0 and at most 1000000.
     #[serde(default, deserialize_with = "usd_opt")]
     #[schema(value_type = Option<UsdString>)]
-    amount_usd: Option<Nanos>,
+    pub amount_usd: Option<Nanos>,
     #[serde(default)]
-    action: Option<ActionName>,
+    pub action: Option<ActionName>,
     /// The new thresholds (replaced as a whole), each 1 to 1000, at most 20.
     #[serde(default)]
     #[schema(value_type = Option<Vec<ThresholdPercent>>, max_items = 20)]
-    alert_at_percent: Option<Vec<u32>>,
+    pub alert_at_percent: Option<Vec<u32>>,
 }
 
 fn usd_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Nanos>, D::Error> {
@@ -277,24 +277,36 @@ fn limit_of(body: CreateLimitBody, now: Timestamp) -> Result<SpendingLimit, ApiE
     })
 }
 
-fn limit_reply(reply: AdminReply) -> Result<LimitView, ApiError> {
+fn limit_reply(reply: AdminReply) -> Result<LimitState, ApiError> {
     match reply {
-        AdminReply::Limit(l) => Ok(LimitView::of(&l)),
+        AdminReply::Limit(l) => Ok(*l),
         _ => Err(ApiError::server("unexpected answer")),
     }
 }
 
-async fn create(
+/// Creates a limit of the account, as `POST .../spending-limits` does (the dashboard's form
+/// calls it too): the new limit with its current period, or the refusal naming the field, with
+/// nothing written.
+pub async fn create(
     state: &AppState,
     username: AccountId,
     body: CreateLimitBody,
-) -> Result<(StatusCode, axum::Json<LimitView>), ApiError> {
+) -> Result<LimitState, ApiError> {
     let limit = limit_of(body, state.engine.now())?;
     let reply = state
         .engine
         .admin(AdminCmd::CreateLimit { username, limit })
         .await?;
-    Ok((StatusCode::CREATED, axum::Json(limit_reply(reply)?)))
+    limit_reply(reply)
+}
+
+async fn created(
+    state: &AppState,
+    username: AccountId,
+    body: CreateLimitBody,
+) -> Result<(StatusCode, axum::Json<LimitView>), ApiError> {
+    let l = create(state, username, body).await?;
+    Ok((StatusCode::CREATED, axum::Json(LimitView::of(&l))))
 }
 
 async fn list(state: &AppState, username: &AccountId) -> Result<axum::Json<LimitList>, ApiError> {
@@ -304,12 +316,14 @@ async fn list(state: &AppState, username: &AccountId) -> Result<axum::Json<Limit
     }))
 }
 
-async fn change(
+/// Changes a limit of the account, as `PUT .../spending-limits/{limit_id}` does: the limit
+/// after the change; 404 when the account has no such limit.
+pub async fn change(
     state: &AppState,
     username: AccountId,
     limit_id: LimitId,
     body: ChangeLimitBody,
-) -> Result<axum::Json<LimitView>, ApiError> {
+) -> Result<LimitState, ApiError> {
     let change = LimitChange {
         amount: body.amount_usd,
         action: body.action.map(Into::into),
@@ -323,19 +337,21 @@ async fn change(
             change,
         })
         .await?;
-    Ok(axum::Json(limit_reply(reply)?))
+    limit_reply(reply)
 }
 
-async fn delete(
+/// Deletes a limit of the account, as `DELETE .../spending-limits/{limit_id}` does; 404 when
+/// the account has no such limit.
+pub async fn delete(
     state: &AppState,
     username: AccountId,
     limit_id: LimitId,
-) -> Result<StatusCode, ApiError> {
+) -> Result<(), ApiError> {
     state
         .engine
         .admin(AdminCmd::DeleteLimit { username, limit_id })
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -372,7 +388,7 @@ pub async fn create_own(
     _: Params<NoParams>,
     Json(body): Json<CreateLimitBody>,
 ) -> Result<(StatusCode, axum::Json<LimitView>), ApiError> {
-    create(&state, who.account, body).await
+    created(&state, who.account, body).await
 }
 
 /// List spending limits
@@ -419,7 +435,9 @@ pub async fn change_own(
     Path(limit_id): Path<LimitId>,
     Json(body): Json<ChangeLimitBody>,
 ) -> Result<axum::Json<LimitView>, ApiError> {
-    change(&state, who.account, limit_id, body).await
+    Ok(axum::Json(LimitView::of(
+        &change(&state, who.account, limit_id, body).await?,
+    )))
 }
 
 /// Delete a spending limit
@@ -442,7 +460,8 @@ pub async fn delete_own(
     _: Params<NoParams>,
     Path(limit_id): Path<LimitId>,
 ) -> Result<StatusCode, ApiError> {
-    delete(&state, who.account, limit_id).await
+    delete(&state, who.account, limit_id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -469,7 +488,7 @@ pub async fn create_for(
     Path(username): Path<AccountId>,
     Json(body): Json<CreateLimitBody>,
 ) -> Result<(StatusCode, axum::Json<LimitView>), ApiError> {
-    create(&state, username, body).await
+    created(&state, username, body).await
 }
 
 /// List an account's spending limits
@@ -519,7 +538,9 @@ pub async fn change_for(
     Path2(username, limit_id): Path2<AccountId, LimitId>,
     Json(body): Json<ChangeLimitBody>,
 ) -> Result<axum::Json<LimitView>, ApiError> {
-    change(&state, username, limit_id, body).await
+    Ok(axum::Json(LimitView::of(
+        &change(&state, username, limit_id, body).await?,
+    )))
 }
 
 /// Delete an account's spending limit
@@ -546,5 +567,6 @@ pub async fn delete_for(
     _: Params<NoParams>,
     Path2(username, limit_id): Path2<AccountId, LimitId>,
 ) -> Result<StatusCode, ApiError> {
-    delete(&state, username, limit_id).await
+    delete(&state, username, limit_id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -255,6 +255,35 @@ fn check_description(d: &Option<String>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Subscribes `url` to the event types `events` names (`*` alone for every type), as
+/// `POST /v1/admin/webhooks` does (the console's form calls it too): the webhook with its
+/// secret, which only this answer holds, or the refusal naming the field (`url`, `events`,
+/// `description`), with nothing written.
+pub async fn subscribe(
+    state: &AppState,
+    url: String,
+    events: &[String],
+    description: Option<String>,
+) -> Result<WebhookRecord, ApiError> {
+    check_url(&url, state.webhooks.allowed_hosts.as_deref())?;
+    let events = event_types(events)?;
+    check_description(&description)?;
+    let record = WebhookRecord {
+        webhook_id: format!("wh_{}", &random_token()[..32]),
+        url,
+        events,
+        description,
+        secret: format!("whsec_{}", random_token()),
+        created_at: state.engine.now(),
+        deleted_at: None,
+    };
+    state
+        .engine
+        .admin(AdminCmd::CreateWebhook(record.clone()))
+        .await?;
+    Ok(record)
+}
+
 /// Create a webhook
 ///
 /// Subscribes a URL to event types. From the commit of this call on, every event of those
@@ -282,22 +311,7 @@ pub async fn create(
     _: Params<NoParams>,
     Json(body): Json<CreateWebhookBody>,
 ) -> Result<(StatusCode, axum::Json<WebhookCreated>), ApiError> {
-    check_url(&body.url, state.webhooks.allowed_hosts.as_deref())?;
-    let events = event_types(&body.events)?;
-    check_description(&body.description)?;
-    let record = WebhookRecord {
-        webhook_id: format!("wh_{}", &random_token()[..32]),
-        url: body.url,
-        events,
-        description: body.description,
-        secret: format!("whsec_{}", random_token()),
-        created_at: state.engine.now(),
-        deleted_at: None,
-    };
-    state
-        .engine
-        .admin(AdminCmd::CreateWebhook(record.clone()))
-        .await?;
+    let record = subscribe(&state, body.url, &body.events, body.description).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(WebhookCreated {
@@ -357,7 +371,7 @@ impl PathParam for DeliveryId {
 }
 
 /// The live webhook, or 404.
-async fn live(state: &AppState, webhook_id: &str) -> Result<WebhookRecord, ApiError> {
+pub async fn live(state: &AppState, webhook_id: &str) -> Result<WebhookRecord, ApiError> {
     tollgate_query::webhooks::webhook(&state.engine, webhook_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("webhook {webhook_id} not found")))
@@ -409,15 +423,24 @@ pub async fn delete(
     _: Params<NoParams>,
     Path(WebhookId(id)): Path<WebhookId>,
 ) -> Result<StatusCode, ApiError> {
+    unsubscribe(&state, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes the live webhook `webhook_id`, as `DELETE /v1/admin/webhooks/{webhook_id}` does;
+/// 404 when there is none.
+pub async fn unsubscribe(state: &AppState, webhook_id: &str) -> Result<(), ApiError> {
     match state
         .engine
         .admin(AdminCmd::DeleteWebhook {
-            webhook_id: id.clone(),
+            webhook_id: webhook_id.to_string(),
         })
         .await?
     {
-        AdminReply::Found(true) => Ok(StatusCode::NO_CONTENT),
-        _ => Err(ApiError::not_found(format!("webhook {id} not found"))),
+        AdminReply::Found(true) => Ok(()),
+        _ => Err(ApiError::not_found(format!(
+            "webhook {webhook_id} not found"
+        ))),
     }
 }
 
@@ -581,7 +604,13 @@ pub async fn deliveries(
     }))
 }
 
-async fn detail(state: &AppState, webhook_id: &str, seq: i64) -> Result<DeliveryDetail, ApiError> {
+/// The delivery `dlv_<seq>` of the live webhook `webhook_id`, with its attempts and event; 404
+/// when there is no such webhook or delivery.
+pub async fn detail(
+    state: &AppState,
+    webhook_id: &str,
+    seq: i64,
+) -> Result<DeliveryDetail, ApiError> {
     live(state, webhook_id).await?;
     tollgate_query::webhooks::delivery(&state.engine, webhook_id, seq)
         .await?
@@ -647,24 +676,35 @@ pub async fn redeliver(
     _: Params<NoParams>,
     Path2(WebhookId(id), DeliveryId(seq)): Path2<WebhookId, DeliveryId>,
 ) -> Result<(StatusCode, axum::Json<DeliveryView>), ApiError> {
-    live(&state, &id).await?;
-    let not_found = || ApiError::not_found(format!("webhook {id} has no delivery dlv_{seq}"));
-    match state
-        .engine
-        .admin(AdminCmd::Redeliver {
-            webhook_id: id.clone(),
-            event_seq: seq,
-        })
-        .await?
-    {
-        AdminReply::Found(true) => {}
-        _ => return Err(not_found()),
-    }
-    let d = detail(&state, &id, seq).await?;
+    let d = queue_again(&state, &id, seq).await?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(DeliveryView::from(&d.delivery)),
     ))
+}
+
+/// Queues the delivery `dlv_<seq>` of the live webhook `webhook_id` again, due now, as
+/// `POST .../redeliver` does: the delivery as it now is; 404 when there is no such webhook or
+/// delivery.
+pub async fn queue_again(
+    state: &AppState,
+    webhook_id: &str,
+    seq: i64,
+) -> Result<DeliveryDetail, ApiError> {
+    live(state, webhook_id).await?;
+    match state
+        .engine
+        .admin(AdminCmd::Redeliver {
+            webhook_id: webhook_id.to_string(),
+            event_seq: seq,
+        })
+        .await?
+    {
+        AdminReply::Found(true) => detail(state, webhook_id, seq).await,
+        _ => Err(ApiError::not_found(format!(
+            "webhook {webhook_id} has no delivery dlv_{seq}"
+        ))),
+    }
 }
 
 #[cfg(test)]

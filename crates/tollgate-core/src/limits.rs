@@ -305,6 +305,24 @@ impl LimitState {
         i128::from(self.spent.0) * 100 >= i128::from(self.limit.amount.0) * i128::from(percent)
     }
 
+    /// The thresholds of `alert_at_percent` the period's spend reaches now, ascending, whether
+    /// their notices went out yet or not (a change, or a new limit's starting spend, puts a
+    /// threshold behind the spend before the next charge notifies it).
+    pub fn thresholds_reached(&self) -> Vec<u32> {
+        self.limit
+            .alert_at_percent
+            .iter()
+            .copied()
+            .filter(|p| self.passes(*p))
+            .collect()
+    }
+
+    /// Whether the limit is reached this period: its spend reaches the amount, or (a `block`
+    /// limit) it refused a start.
+    pub fn is_reached(&self) -> bool {
+        self.reached || self.spent >= self.limit.amount
+    }
+
     /// What events say of the limit now.
     pub fn facts(&self) -> LimitFacts {
         LimitFacts {
@@ -904,7 +922,12 @@ mod tests {
         let now = ts("2026-01-15T11:00:00Z");
         let mut limits = vec![limit(LimitAction::Block, 1_000, &[])];
         let id = limits[0].limit.id.clone();
+        assert!(!limits[0].is_reached());
         assert!(refused(&mut limits, &id, now).is_some());
+        assert!(
+            limits[0].is_reached(),
+            "reached by a refusal, nothing spent"
+        );
         assert!(refused(&mut limits, &id, now).is_none());
         assert!(refused(&mut limits, &id, ts("2026-01-15T23:00:00Z")).is_some());
         assert!(refused(&mut limits, &LimitId::parse("lim_other").unwrap(), now).is_none());
@@ -939,6 +962,8 @@ mod tests {
         let mut limits = vec![limit(LimitAction::Alert, 1_000, &[50, 80, 100])];
         spend(&mut limits, None, Nanos(1_000), None, now).unwrap();
         assert_eq!(limits[0].alerted, [50, 80, 100]);
+        assert_eq!(limits[0].thresholds_reached(), [50, 80, 100]);
+        assert!(limits[0].is_reached());
         // Same amount, thresholds changed: 80 and 100 stay notified, 90 is new.
         let c = limits[0]
             .changed(
@@ -966,6 +991,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!((c.alerted.clone(), c.reached), (vec![50], false));
+        assert_eq!((c.thresholds_reached(), c.is_reached()), (vec![50], false));
         assert_eq!(c.limit.action, LimitAction::Block);
         assert_eq!(c.limit.id, limits[0].limit.id);
         for bad in [

@@ -203,6 +203,14 @@ impl AccountState {
         self.lock_reason().is_some()
     }
 
+    /// The account's low-balance level (its terms in force at `now`) when its balance is below
+    /// it: the state `balance.low` tells of when the balance crosses into it.
+    pub fn balance_low(&self, now: Timestamp) -> Option<Nanos> {
+        self.terms_at(now)
+            .low_balance
+            .filter(|low| self.credit.balance < *low)
+    }
+
     /// Makes the terms in force at `now` the account's current ones (see [`AccountState`]).
     pub fn use_terms_at(&mut self, now: Timestamp) {
         if self.terms.is_empty() {
@@ -980,8 +988,8 @@ fn notice_changes(state: &mut BatchState, account: AccountId, before: Watch, now
     };
     let balance = acct.credit.balance;
     let mut events = Vec::new();
-    if let Some(low) = acct.terms_at(now).low_balance {
-        if before.balance >= low && balance < low {
+    if let Some(low) = acct.balance_low(now) {
+        if before.balance >= low {
             events.push(EventData::BalanceLow {
                 balance_nano_usd: balance,
                 low_balance_nano_usd: low,

@@ -73,6 +73,25 @@ pub fn datetime(t: Timestamp) -> String {
     utc(t).format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
+/// `2026-12-01 00:00 Europe/Berlin`: a time in a time zone the reader chose (a spending
+/// limit's), to the minute.
+pub fn datetime_in(t: Timestamp, tz: chrono_tz::Tz) -> String {
+    format!(
+        "{} {}",
+        utc(t).with_timezone(&tz).format("%Y-%m-%d %H:%M"),
+        tz.name()
+    )
+}
+
+/// What share of `whole` `part` is, in whole percent rounded down (`37%`; past the whole,
+/// past 100%): how far a limit's period has gone, for reading (never an amount).
+pub fn share(part: Nanos, whole: Nanos) -> String {
+    if whole.0 <= 0 {
+        return "–".into();
+    }
+    format!("{}%", i128::from(part.0) * 100 / i128::from(whole.0))
+}
+
 /// `2026-12-06 11:47:05`: an event's time in UTC, to the second, in a column whose header
 /// names the zone.
 pub fn utc_seconds(t: Timestamp) -> String {
@@ -136,6 +155,23 @@ mod tests {
         assert_eq!(period(nov, dec), "2026-11-01 – 2026-11-30");
         assert_eq!(period(nov, nov.plus_ms(86_400_000)), "2026-11-01");
         assert_eq!(period(nov, nov), "2026-11-01");
+    }
+
+    #[test]
+    fn times_in_a_zone_and_shares_of_an_amount() {
+        let dec_utc = Timestamp(1_796_083_200_000); // 2026-12-01T00:00:00Z
+        assert_eq!(
+            datetime_in(dec_utc, chrono_tz::Tz::Europe__Berlin),
+            "2026-12-01 01:00 Europe/Berlin"
+        );
+        assert_eq!(
+            datetime_in(dec_utc, chrono_tz::Tz::UTC),
+            "2026-12-01 00:00 UTC"
+        );
+        assert_eq!(share(Nanos(3_999), Nanos(10_000)), "39%");
+        assert_eq!(share(Nanos(25_000), Nanos(10_000)), "250%");
+        assert_eq!(share(Nanos(0), Nanos(10_000)), "0%");
+        assert_eq!(share(Nanos(1), Nanos(0)), "–");
     }
 
     #[test]

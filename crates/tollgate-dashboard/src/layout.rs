@@ -32,6 +32,10 @@ pub const CUSTOMER_NAV: &[Section] = &[
         path: "/dashboard/billing",
     },
     Section {
+        label: "Limits",
+        path: "/dashboard/limits",
+    },
+    Section {
         label: "API keys",
         path: "/dashboard/keys",
     },
@@ -50,6 +54,10 @@ pub const CONSOLE_NAV: &[Section] = &[
     Section {
         label: "Invoices",
         path: "/console/invoices",
+    },
+    Section {
+        label: "Webhooks",
+        path: "/console/webhooks",
     },
     Section {
         label: "Reconciliation",

@@ -68,6 +68,12 @@ pub fn payload(event: &StoredEvent) -> Value {
     })
 }
 
+/// The bytes a delivery of `event` POSTs: [`payload`], serialized (what the signature signs,
+/// and what the console shows as sent).
+pub fn body(event: &StoredEvent) -> Vec<u8> {
+    serde_json::to_vec(&payload(event)).expect("JSON values serialize")
+}
+
 /// Beside every `<name>_nano_usd` integer, `<name>_usd`: its USD number.
 fn add_usd(v: &mut Value) {
     match v {
@@ -304,7 +310,7 @@ impl Dispatcher {
     async fn attempt(&self, d: ClaimedDelivery) -> DeliveryResult {
         self.metrics.in_flight.inc();
         let at = self.engine.now();
-        let body = serde_json::to_vec(&payload(&d.event)).expect("JSON values serialize");
+        let body = body(&d.event);
         let t = at.0.div_euclid(1000);
         let started = Instant::now();
         // The hosts allowed now (the setting may have narrowed since the webhook was made).

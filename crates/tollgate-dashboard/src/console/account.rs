@@ -13,6 +13,8 @@
 //!   once, on the configured public URL (without one, as a path to put the address before);
 //! - sign every dashboard session of the account out (`POST .../end-sessions`), those a
 //!   sign-in link opened included, which only the customer could end otherwise;
+//! - list its spending limits with this period's spend (read-only: operators change them
+//!   through the API);
 //! - list its keys, every scope and state, and revoke one (`POST .../keys/{key_id}/revoke`).
 
 use super::{chrome, done, form_error, invalid, parse_time, refusal, refused, respond};
@@ -639,6 +641,13 @@ async fn render(
     )
     .await?;
 
+    let limits = tollgate_query::limits::rolled(s, now);
+    let limit_keys = crate::customer::limits::key_names(state, &keys.items, &limits).await?;
+    let mut limit_cards = Vec::with_capacity(limits.len());
+    for l in &limits {
+        limit_cards.push(crate::customer::limits::limit_card(l, &limit_keys, None)?);
+    }
+
     let balance = s.credit.balance;
     let owed = tollgate_api::platform::account::owed(balance)
         .map_err(|e| ApiError::server(format!("account {account}: owed: {e}")))?;
@@ -698,6 +707,7 @@ async fn render(
                 li { a href="#credits" { "Credits" } }
                 li { a href="#terms" { "Terms and prices" } }
                 li { a href="#sign-in" { "Sign-in link and sessions" } }
+                li { a href="#limits" { "Spending limits" } }
                 li { a href="#keys" { "Keys" } }
                 li { a href="#invoices" { "Invoices" } }
             }
@@ -915,6 +925,17 @@ async fn render(
                     "lost a device. The account's keys keep working." }
                 button.danger type="submit" { "Sign out of every dashboard session" }
             }
+        }
+
+        h2 #limits { "Spending limits" }
+        @if limits.is_empty() {
+            (empty("No spending limits", html! {
+                "Nothing caps its spending but its balance. The customer sets limits in their "
+                "dashboard; operators with " code { "POST /v1/admin/accounts/" (account) "/spending-limits" } "."
+            }))
+        } @else {
+            div.grid-2.limits { @for c in &limit_cards { (c) } }
+            p.hint { "Change or delete them with " code { "PUT" } " and " code { "DELETE /v1/admin/accounts/" (account) "/spending-limits/{limit_id}" } "." }
         }
 
         h2 #keys { "Keys" }

@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod catalog;
 pub mod invoices;
 pub mod reconciliation;
+pub mod webhooks;
 
 use crate::error::PageError;
 use crate::layout::{self, Chrome};
@@ -32,6 +33,7 @@ pub fn routes() -> axum::Router<DashboardState> {
         .merge(catalog::routes())
         .merge(invoices::routes())
         .merge(reconciliation::routes())
+        .merge(webhooks::routes())
 }
 
 /// The chrome of a console page in `section`.

@@ -3,6 +3,7 @@
 
 pub mod billing;
 pub mod keys;
+pub mod limits;
 pub mod overview;
 pub mod requests;
 pub mod usage;
@@ -26,6 +27,7 @@ pub fn routes() -> axum::Router<DashboardState> {
         .route("/dashboard", get(overview::page))
         .merge(billing::routes())
         .merge(keys::routes())
+        .merge(limits::routes())
         .merge(usage::routes())
         .merge(requests::routes())
 }

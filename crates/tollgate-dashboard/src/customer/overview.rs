@@ -1,6 +1,8 @@
-//! The overview: where the account stands (balance, holds, what it owes, whether it is locked
-//! and why), its concurrency limit and what raises it, its spend this month and last, the
-//! credits that expire next, and its spend per day over the last 30 days by endpoint.
+//! The overview: what needs attention first (the account locked and why, the balance below its
+//! low-balance level, a spending limit past one of its alert thresholds or reached), where the
+//! account stands (balance, holds, what it owes), its concurrency limit and what raises it, its
+//! spend this month and last, the credits that expire next, and its spend per day over the
+//! last 30 days by endpoint.
 
 use super::{add, chrome, spend, spend_chart, Spend};
 use crate::error::PageError;
@@ -9,9 +11,10 @@ use crate::session::CustomerSession;
 use crate::{fmt, DashboardState};
 use axum::extract::State;
 use axum::response::Html;
-use maud::html;
+use maud::{html, Markup};
 use tollgate_core::ids::AccountId;
-use tollgate_core::machine::{LockReason, MAX_EVENT_SKEW_MS};
+use tollgate_core::limits::{LimitAction, LimitState};
+use tollgate_core::machine::{AccountState, LockReason, MAX_EVENT_SKEW_MS};
 use tollgate_core::time::{month_start, next_month_start, previous_month_start};
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_query::timeframe::{Moment, RangeSpec, Timeframe};
@@ -66,6 +69,91 @@ async fn spent(
         add(&mut total, after.total()?)?;
     }
     Ok(total)
+}
+
+/// The lines of "needs attention", most pressing first: the lock and why, the balance below the
+/// account's low-balance level, and each spending limit reached or past an alert threshold
+/// (a reached block limit says new requests are refused until it resets). None when all is
+/// well. Each state is the core's ([`AccountState::lock_reason`],
+/// [`AccountState::balance_low`], [`LimitState::is_reached`],
+/// [`LimitState::thresholds_reached`]).
+async fn attention(
+    state: &DashboardState,
+    s: &AccountState,
+    now: Timestamp,
+) -> Result<Vec<Markup>, PageError> {
+    let mut lines = Vec::new();
+    if let Some(reason) = s.lock_reason() {
+        lines.push(html! {
+            li.alert.bad {
+                strong { "Your account is locked. " }
+                @match reason {
+                    LockReason::ExhaustedBalance => {
+                        "Its balance is used up, so new requests are refused. Adding credits \
+                         unlocks it at once."
+                    }
+                    LockReason::PaymentDisputed => {
+                        "A payment is disputed with your bank, so new requests are refused until \
+                         the dispute is resolved. Adding credits does not lift this lock."
+                    }
+                }
+            }
+        });
+    }
+    if let Some(low) = s.balance_low(now) {
+        lines.push(html! {
+            li.alert.warn #low-balance {
+                strong { "Your balance is low: " }
+                (fmt::usd_cents(s.credit.balance)) ", below your low-balance level of "
+                (fmt::usd_cents(low)) ". Add credits before it runs out."
+            }
+        });
+    }
+    let limits = tollgate_query::limits::rolled(s, now);
+    let noted: Vec<&LimitState> = limits
+        .iter()
+        .filter(|l| l.is_reached() || !l.thresholds_reached().is_empty())
+        .collect();
+    if !noted.is_empty() {
+        let keys = super::limits::key_names(state, &[], &limits).await?;
+        for l in noted {
+            let mut total = l.spent;
+            add(&mut total, l.held)?;
+            let what = match l.limit.scope.api_key() {
+                None => html! { "The account's " (super::limits::every(l.limit.period)) " limit" },
+                Some(k) => html! {
+                    "The " (super::limits::every(l.limit.period)) " limit of the key \u{201c}"
+                    (keys.get(k).map_or(k.as_str(), |r| r.alias.as_str())) "\u{201d}"
+                },
+            };
+            let resets = fmt::datetime_in(l.resets_at, l.limit.timezone);
+            let figures = html! {
+                (fmt::usd_cents(total)) " of " (fmt::usd_cents(l.limit.amount))
+                " (" (fmt::share(total, l.limit.amount)) ")"
+            };
+            lines.push(html! {
+                li.alert.(if l.is_reached() { "bad" } else { "warn" }) data-limit-id=(l.limit.id) {
+                    @if l.is_reached() {
+                        strong { (what) " is reached: " } (figures) ". "
+                        @match l.limit.action {
+                            LimitAction::Block => {
+                                "New requests it counts are refused until " (resets) "."
+                            }
+                            LimitAction::Alert => {
+                                "It only alerts: requests go on. It resets " (resets) "."
+                            }
+                        }
+                    } @else {
+                        @let passed = l.thresholds_reached();
+                        strong { (what) " is past its " (passed.last().copied().unwrap_or_default()) "% alert: " }
+                        (figures) ". It resets " (resets) "."
+                    }
+                    " " a href={ "/dashboard/limits#" (l.limit.id) } { "See the limit" }
+                }
+            });
+        }
+    }
+    Ok(lines)
 }
 
 pub async fn page(
@@ -139,21 +227,13 @@ pub async fn page(
         None => None,
     };
     let invoiced = row.billing == BillingMode::Invoice;
+    let alerts = attention(&state, s, now).await?;
 
     let body = html! {
-        @if let Some(reason) = s.lock_reason() {
-            div.notice.error role="alert" {
-                strong { "Your account is locked. " }
-                @match reason {
-                    LockReason::ExhaustedBalance => {
-                        "Its balance is used up, so new requests are refused. Adding credits \
-                         unlocks it at once."
-                    }
-                    LockReason::PaymentDisputed => {
-                        "A payment is disputed with your bank, so new requests are refused until \
-                         the dispute is resolved. Adding credits does not lift this lock."
-                    }
-                }
+        @if !alerts.is_empty() {
+            section.attention #attention aria-labelledby="attention-title" {
+                h2 #attention-title { "Needs attention" }
+                ul { @for a in &alerts { (a) } }
             }
         }
         dl.stats {

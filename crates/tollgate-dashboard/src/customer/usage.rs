@@ -39,7 +39,7 @@ pub fn routes() -> axum::Router<DashboardState> {
 pub const MAX_DAYS: i64 = 366;
 
 /// Zones offered in the time-zone field's suggestions; any IANA name may be typed.
-const COMMON_ZONES: &[&str] = &[
+pub const COMMON_ZONES: &[&str] = &[
     "UTC",
     "America/Los_Angeles",
     "America/Denver",

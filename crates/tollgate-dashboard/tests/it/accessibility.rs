@@ -1,8 +1,11 @@
 //! Every page, with data in it, passes axe-core's WCAG 2.1 A/AA checks and best practices at
 //! desktop and phone widths, in a real browser: labels, contrast, landmarks, names of links
-//! and buttons, headings.
+//! and buttons, headings. The account has spending limits (one past a threshold, one reached)
+//! and a low balance, so the overview lists what needs attention; a webhook has deliveries
+//! that its receiver refused.
 
 use crate::common::browser::Browser;
+use crate::common::receiver::Receiver;
 use crate::common::{DashApp, DAY_MS, T0};
 use reqwest::Method;
 use serde_json::json;
@@ -11,6 +14,20 @@ use tollgate_dashboard::layout::{CONSOLE_NAV, CUSTOMER_NAV};
 #[tokio::test]
 async fn every_page_is_accessible_at_desktop_and_phone_widths() {
     let app = DashApp::spawn().await;
+    let receiver = Receiver::start().await;
+    receiver.fail_with(Some(503));
+    let webhook = app
+        .op(
+            Method::POST,
+            "/v1/admin/webhooks",
+            json!({"url": receiver.url("/events"), "events": ["*"], "description": "billing"}),
+        )
+        .await
+        .expect(201)
+        .json()["webhook_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let c = app.customer("acme", Some("25.00")).await;
     for (i, endpoint) in [
         "fal-ai/flux/dev",
@@ -37,6 +54,45 @@ async fn every_page_is_accessible_at_desktop_and_phone_widths() {
         json!({"images": [{"width": 1024, "height": 1024}]}),
     )
     .await;
+    let key_id = c.api_key.split(':').next().unwrap();
+    for body in [
+        json!({"scope": "account", "period": "month", "timezone": "Europe/Berlin",
+               "amount_usd": "1000", "action": "alert", "alert_at_percent": [50, 80]}),
+        json!({"scope": "account", "period": "day", "amount_usd": "0.01", "action": "block"}),
+        json!({"scope": "api_key", "api_key_id": key_id, "period": "week", "amount_usd": "5",
+               "action": "block", "alert_at_percent": [1]}),
+    ] {
+        app.call(
+            Method::POST,
+            "/v1/account/spending-limits",
+            &c.admin_key,
+            Some(body),
+        )
+        .await
+        .expect(201);
+    }
+    app.op(
+        Method::PUT,
+        "/v1/admin/accounts/acme/pricing",
+        json!({"low_balance_usd": "100"}),
+    )
+    .await
+    .expect(200);
+    app.deliver_due().await;
+    let deliveries = app
+        .op_get(&format!("/v1/admin/webhooks/{webhook}/deliveries"))
+        .await
+        .expect(200)
+        .json();
+    let retried = deliveries["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["status"] == "pending")
+        .expect("a delivery that failed")["delivery_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let invoices = app
         .call(Method::GET, "/v1/account/invoices", &c.admin_key, None)
         .await;
@@ -55,6 +111,11 @@ async fn every_page_is_accessible_at_desktop_and_phone_widths() {
         assert_eq!(&b.path().await, path, "the page opened");
         b.assert_accessible(path).await;
     }
+    b.goto("/dashboard").await;
+    assert!(b.text("#attention").await.contains("is reached"));
+    b.screenshots("overview-attention").await;
+    b.goto("/dashboard/limits").await;
+    b.screenshots("limits-three").await;
 
     b.goto("/console/login").await;
     b.screenshots("console-login").await;
@@ -63,11 +124,24 @@ async fn every_page_is_accessible_at_desktop_and_phone_widths() {
     b.follow("form.card button[type='submit']").await;
     let mut pages: Vec<String> = CONSOLE_NAV.iter().map(|s| s.path.to_string()).collect();
     pages.push("/console/accounts/acme".into());
+    pages.push(format!("/console/webhooks/{webhook}"));
+    pages.push(format!("/console/webhooks/{webhook}/deliveries/{retried}"));
     for path in &pages {
         b.goto(path).await;
         assert_eq!(&b.path().await, path, "the page opened");
         b.assert_accessible(path).await;
     }
+    b.goto("/console/webhooks").await;
+    b.screenshots("console-webhooks").await;
+    b.goto(&format!("/console/webhooks/{webhook}")).await;
+    b.screenshots("console-webhook-deliveries").await;
+    b.goto(&format!("/console/webhooks/{webhook}/deliveries/{retried}"))
+        .await;
+    b.screenshots("console-webhook-delivery").await;
+    b.goto("/console/accounts/acme").await;
+    b.js("document.getElementById('limits').scrollIntoView();")
+        .await;
+    b.screenshots("console-account-limits").await;
     b.close().await;
     app.assert_reconciled().await;
 }

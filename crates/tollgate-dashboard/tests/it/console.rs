@@ -830,12 +830,14 @@ async fn the_catalog_page_shows_the_sample_catalog_and_the_reconciliation_is_cle
 
 /// Every form the console posts, with fields that would change something: acme's credits,
 /// terms, sign-in link, sessions and key `key_id`, the reconciliation, closing bigco's period,
-/// and paying and voiding `invoice` when there is one. A new form belongs here, so the tests of
-/// who may post and of CSRF cover it.
+/// paying and voiding `invoice` when there is one, subscribing a webhook, and deleting the
+/// webhook and redelivering its delivery `(webhook_id, delivery_id)`. A new form belongs here,
+/// so the tests of who may post and of CSRF cover it.
 fn every_console_form<'a>(
     purchase_id: &'a str,
     key_id: &str,
     invoice: Option<&str>,
+    (webhook_id, delivery_id): (&str, &str),
 ) -> Vec<(String, Vec<(&'static str, &'a str)>)> {
     let mut forms = vec![
         (
@@ -865,6 +867,18 @@ fn every_console_form<'a>(
             "/console/invoices/close".to_string(),
             vec![("username", "bigco"), ("until", "")],
         ),
+        (
+            "/console/webhooks".to_string(),
+            vec![
+                ("url", "https://hooks.example.com/new"),
+                ("events[*]", "on"),
+            ],
+        ),
+        (format!("/console/webhooks/{webhook_id}/delete"), vec![]),
+        (
+            format!("/console/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"),
+            vec![],
+        ),
     ];
     if let Some(invoice) = invoice {
         forms.push((
@@ -879,9 +893,34 @@ fn every_console_form<'a>(
     forms
 }
 
+/// A webhook of every event type, made through the API before anything happens (so the
+/// accounts' events are delivered to it): its id.
+async fn webhook(app: &DashApp) -> String {
+    app.op(
+        Method::POST,
+        "/v1/admin/webhooks",
+        json!({"url": "https://hooks.example.com/events", "events": ["*"]}),
+    )
+    .await
+    .expect(201)
+    .json()["webhook_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The webhook's deliveries as the API lists them.
+async fn deliveries(app: &DashApp, webhook_id: &str) -> Value {
+    app.op_get(&format!("/v1/admin/webhooks/{webhook_id}/deliveries"))
+        .await
+        .expect(200)
+        .json()
+}
+
 #[tokio::test]
 async fn a_customer_session_is_sent_to_the_console_sign_in_for_every_console_url() {
     let app = DashApp::spawn().await;
+    let webhook_id = webhook(&app).await;
     let c = app.customer("acme", Some("10.00")).await;
     let bigco = invoiced(&app, "bigco").await;
     app.usage(&bigco, "fal-ai/flux/dev", "4", T0 - MINUTE_MS)
@@ -895,6 +934,11 @@ async fn a_customer_session_is_sent_to_the_console_sign_in_for_every_console_url
         .to_string();
     let key_id = c.api_key.split(':').next().unwrap().to_string();
     let before = balance(&app, "acme").await;
+    let sent = deliveries(&app, &webhook_id).await;
+    let delivery_id = sent["deliveries"][0]["delivery_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let customer = app.signed_in("acme").await;
     let csrf = customer.page("/dashboard").await.csrf();
@@ -905,12 +949,17 @@ async fn a_customer_session_is_sent_to_the_console_sign_in_for_every_console_url
             "/console/catalog",
             "/console/invoices",
             "/console/reconciliation",
+            "/console/webhooks",
+            &format!("/console/webhooks/{webhook_id}"),
+            &format!("/console/webhooks/{webhook_id}/deliveries/{delivery_id}"),
         ] {
             let r = v.get(path).await;
             r.expect(303);
             assert_eq!(r.location(), "/console/login", "GET {path}");
         }
-        for (path, fields) in every_console_form("p-x", &key_id, Some(&invoice)) {
+        for (path, fields) in
+            every_console_form("p-x", &key_id, Some(&invoice), (&webhook_id, &delivery_id))
+        {
             let mut fields = fields;
             fields.push(("csrf", &csrf));
             let r = v.post_form(&path, &fields).await;
@@ -927,12 +976,26 @@ async fn a_customer_session_is_sent_to_the_console_sign_in_for_every_console_url
         .await
         .expect(200);
     assert_eq!(invoices_of(&app, "bigco").await[0]["status"], "open");
+    assert_eq!(
+        deliveries(&app, &webhook_id).await,
+        sent,
+        "nothing redelivered"
+    );
+    assert_eq!(
+        app.op_get("/v1/admin/webhooks").await.json()["webhooks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "none subscribed, none deleted"
+    );
     app.assert_reconciled().await;
 }
 
 #[tokio::test]
 async fn console_forms_without_the_csrf_token_are_refused_and_change_nothing() {
     let app = DashApp::spawn().await;
+    let webhook_id = webhook(&app).await;
     let c = app.customer("acme", Some("10.00")).await;
     let bigco = invoiced(&app, "bigco").await;
     app.usage(&bigco, "fal-ai/flux/dev", "4", T0 - MINUTE_MS)
@@ -941,9 +1004,16 @@ async fn console_forms_without_the_csrf_token_are_refused_and_change_nothing() {
     let (_, purchase_id) = credits_form(&op, "acme").await;
     let key_id = c.api_key.split(':').next().unwrap().to_string();
     let before = account(&app, "acme").await;
+    let sent = deliveries(&app, &webhook_id).await;
+    let delivery_id = sent["deliveries"][0]["delivery_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     for token in [None, Some("forged")] {
-        for (path, fields) in every_console_form(&purchase_id, &key_id, None) {
+        for (path, fields) in
+            every_console_form(&purchase_id, &key_id, None, (&webhook_id, &delivery_id))
+        {
             let mut fields = fields;
             if let Some(t) = token {
                 fields.push(("csrf", t));
@@ -967,6 +1037,19 @@ async fn console_forms_without_the_csrf_token_are_refused_and_change_nothing() {
         .await
         .expect(200);
     assert!(invoices_of(&app, "bigco").await.is_empty());
+    assert_eq!(
+        deliveries(&app, &webhook_id).await,
+        sent,
+        "nothing redelivered"
+    );
+    assert_eq!(
+        app.op_get("/v1/admin/webhooks").await.json()["webhooks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "none subscribed, none deleted"
+    );
     // The same form with its token works: the forms were refused for the token alone.
     let (csrf, _) = credits_form(&op, "acme").await;
     add_credits(&op, "acme", &csrf, &purchase_id, "50", "paid", "")

@@ -1,8 +1,10 @@
 //! The overview: its figures are the API's (balance to the cent, spend this and last month),
-//! its chart has one series per top endpoint, and its notices say why an account is locked.
+//! its chart has one series per top endpoint, and its list of what needs attention says why an
+//! account is locked, that its balance is low, and which spending limits passed a threshold or
+//! are reached (nothing when all is well).
 
 use crate::common::browser::Browser;
-use crate::common::{DashApp, Resp, DAY_MS, T0};
+use crate::common::{DashApp, Resp, DAY_MS, MINUTE_MS, T0};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -200,5 +202,129 @@ async fn the_overview_shows_what_is_owed_the_next_tier_and_credits_that_expire()
         "15 USD of credits less 20 USD"
     );
     assert!(page.text.contains("Your account is locked"));
+    app.assert_reconciled().await;
+}
+
+/// The overview's "needs attention" list, if it has one.
+fn attention(page: &Resp) -> Option<&str> {
+    let at = page.text.find("id=\"attention\"")?;
+    let end = page.text[at..].find("</section>").expect("the list's end") + at;
+    Some(&page.text[at..end])
+}
+
+/// An account limit made through the API.
+async fn limit(app: &DashApp, admin_key: &str, body: Value) -> String {
+    app.call(
+        Method::POST,
+        "/v1/account/spending-limits",
+        admin_key,
+        Some(body),
+    )
+    .await
+    .expect(201)
+    .json()["limit_id"]
+        .as_str()
+        .expect("an id")
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_overview_lists_what_needs_attention_and_nothing_when_all_is_well() {
+    let app = DashApp::spawn().await;
+    let c = app.customer("acme", Some("25.00")).await;
+    let cost = app.usage(&c, "fal-ai/flux/dev", "4", T0 - MINUTE_MS).await;
+    // A limit far from its thresholds needs no attention.
+    limit(
+        &app,
+        &c.admin_key,
+        json!({"scope": "account", "period": "month", "amount_usd": "1000", "action": "alert",
+               "alert_at_percent": [50]}),
+    )
+    .await;
+    let v = app.signed_in("acme").await;
+    let page = v.page("/dashboard").await;
+    assert_eq!(attention(&page), None, "all is well");
+    assert!(!page.text.contains("Needs attention"));
+
+    // The balance below the account's low-balance level.
+    app.op(
+        Method::PUT,
+        "/v1/admin/accounts/acme/pricing",
+        json!({"low_balance_usd": "30"}),
+    )
+    .await
+    .expect(200);
+    let page = v.page("/dashboard").await;
+    let list = attention(&page).expect("a list");
+    assert!(list.contains("Your balance is low"), "{list}");
+    assert!(
+        list.contains("below your low-balance level of $30.00"),
+        "{list}"
+    );
+    assert!(
+        !list.contains("locked") && !list.contains("limit"),
+        "{list}"
+    );
+
+    // A limit whose 50% threshold the month's spend passed (not its amount).
+    let usd = |nanos: i64| rust_decimal::Decimal::new(nanos, 9).normalize().to_string();
+    let alert = limit(
+        &app,
+        &c.admin_key,
+        json!({"scope": "account", "period": "month", "amount_usd": usd(cost * 3 / 2),
+               "action": "alert", "alert_at_percent": [50, 90]}),
+    )
+    .await;
+    // A daily block limit below what the day spent: reached, new requests refused.
+    let block = limit(
+        &app,
+        &c.admin_key,
+        json!({"scope": "account", "period": "day", "amount_usd": usd(cost / 2),
+               "action": "block", "alert_at_percent": []}),
+    )
+    .await;
+    let page = v.page("/dashboard").await;
+    let list = attention(&page).expect("a list");
+    let line = |id: &str| {
+        let at = list
+            .find(&format!("data-limit-id=\"{id}\""))
+            .unwrap_or_else(|| panic!("no line of {id}: {list}"));
+        list[at..list[at..].find("</li>").unwrap() + at].to_string()
+    };
+    let passed = line(&alert);
+    assert!(
+        passed.contains("monthly limit is past its 50% alert"),
+        "{passed}"
+    );
+    assert!(passed.contains(&format!("href=\"/dashboard/limits#{alert}\"")));
+    let reached = line(&block);
+    assert!(reached.contains("daily limit is reached"), "{reached}");
+    assert!(
+        reached.contains("New requests it counts are refused until 2026-11-25 00:00 UTC"),
+        "{reached}"
+    );
+    assert!(list.contains("Your balance is low"));
+    // What the line says is so: the API refuses a start.
+    let id = uuid::Uuid::new_v4().to_string();
+    app.op(
+        Method::POST,
+        "/v1/requests",
+        json!({"request_id": id, "endpoint_id": "fal-ai/flux/dev", "caller_key": c.api_key}),
+    )
+    .await
+    .expect(201);
+    let refused = app
+        .op(Method::POST, &format!("/v1/requests/{id}/start"), json!({}))
+        .await;
+    refused.expect(403);
+    assert_eq!(refused.json()["error"]["type"], "spending_limit_exceeded");
+    assert_eq!(refused.json()["error"]["limit_id"], block.as_str());
+
+    // A locked account: the lock and why come first.
+    app.customer("newcomer", None).await;
+    let page = app.signed_in("newcomer").await.page("/dashboard").await;
+    let list = attention(&page).expect("a list");
+    assert!(list.contains("Your account is locked"), "{list}");
+    assert!(list.contains("Its balance is used up"), "{list}");
     app.assert_reconciled().await;
 }

@@ -36,6 +36,17 @@ pub fn screenshot_dir() -> PathBuf {
 impl Browser {
     /// Starts chromedriver and a headless Chromium at desktop size, browsing `base`.
     pub async fn start(base: &str) -> Browser {
+        Self::start_with(base, true).await
+    }
+
+    /// Like [`Browser::start`], with the pages' JavaScript off (as a browser with scripts
+    /// disabled): forms are plain posts, charts their tables. The test's own scripts
+    /// ([`Browser::js`]) still run, through WebDriver.
+    pub async fn start_without_javascript(base: &str) -> Browser {
+        Self::start_with(base, false).await
+    }
+
+    async fn start_with(base: &str, javascript: bool) -> Browser {
         let driver_bin = tool("TOLLGATE_CHROMEDRIVER", "chromedriver");
         let chromium = tool("TOLLGATE_CHROMIUM", "/usr/bin/chromium");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -63,6 +74,10 @@ impl Browser {
                     "--hide-scrollbars", "--force-device-scale-factor=1",
                     format!("--window-size={},{}", DESKTOP.0, DESKTOP.1),
                 ],
+                "prefs": {
+                    "profile.managed_default_content_settings.javascript":
+                        if javascript { 1 } else { 2 },
+                },
             }),
         );
         let url = format!("http://127.0.0.1:{port}");

@@ -10,12 +10,15 @@
 //! call fails the test.
 
 pub mod browser;
+pub mod receiver;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use tollgate_api::auth::mint_key;
+use tollgate_api::webhooks::deliver::Dispatcher;
+use tollgate_api::webhooks::WebhookSettings;
 use tollgate_api::AppState;
 use tollgate_core::catalog::document;
 use tollgate_core::Timestamp;
@@ -127,6 +130,8 @@ pub struct DashApp {
     pub client: reqwest::Client,
     pub operator_key: String,
     pub engine: Engine,
+    /// The `[webhooks]` settings the server runs with.
+    pub webhooks: Arc<WebhookSettings>,
     clock: Arc<AtomicI64>,
     reconciled: AtomicBool,
     _db: TestDb,
@@ -140,16 +145,32 @@ impl DashApp {
 
     /// Like [`DashApp::spawn`], on a database of `backend`.
     pub async fn spawn_on(backend: &Backend) -> DashApp {
-        Self::start(backend, DashboardConfig::default()).await
+        Self::start(
+            backend,
+            DashboardConfig::default(),
+            WebhookSettings::default(),
+        )
+        .await
     }
 
     /// Like [`DashApp::spawn`], with the dashboard's settings `config` (a public URL, a
     /// session lifetime).
     pub async fn spawn_with(config: DashboardConfig) -> DashApp {
-        Self::start(&Backend::Sqlite, config).await
+        Self::start(&Backend::Sqlite, config, WebhookSettings::default()).await
     }
 
-    async fn start(backend: &Backend, config: DashboardConfig) -> DashApp {
+    /// Like [`DashApp::spawn`], with the `[webhooks]` settings `webhooks` (the hosts a URL may
+    /// name). No webhook dispatcher runs: a test sends what is due with
+    /// [`DashApp::dispatcher`]'s `run_once`.
+    pub async fn spawn_with_webhooks(webhooks: WebhookSettings) -> DashApp {
+        Self::start(&Backend::Sqlite, DashboardConfig::default(), webhooks).await
+    }
+
+    async fn start(
+        backend: &Backend,
+        config: DashboardConfig,
+        webhooks: WebhookSettings,
+    ) -> DashApp {
         let clock = Arc::new(AtomicI64::new(T0));
         let db = TestDb::new(backend);
         let store = db.open().expect("open the store");
@@ -175,7 +196,11 @@ impl DashApp {
             .await
             .expect("bind a free port");
         let address = format!("http://{}", listener.local_addr().expect("local addr"));
-        let api = AppState::new(engine.clone());
+        let webhooks = Arc::new(webhooks);
+        let api = AppState {
+            webhooks: webhooks.clone(),
+            ..AppState::new(engine.clone())
+        };
         let pages = tollgate_dashboard::router(DashboardState::new(api.clone(), config));
         let router = tollgate_api::router_with(api, pages);
         tokio::spawn(async move {
@@ -186,6 +211,7 @@ impl DashApp {
             client: reqwest::Client::new(),
             operator_key: key.key(),
             engine,
+            webhooks,
             clock,
             reconciled: AtomicBool::new(false),
             _db: db,
@@ -202,6 +228,25 @@ impl DashApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
+    }
+
+    /// A webhook dispatcher on this app's engine and settings, as `serve` runs one.
+    pub fn dispatcher(&self) -> Dispatcher {
+        Dispatcher::new(self.engine.clone(), self.webhooks.clone())
+    }
+
+    /// Sends what is due until nothing is (an account's events go one at a time per webhook);
+    /// returns how many attempts were made.
+    pub async fn deliver_due(&self) -> usize {
+        let d = self.dispatcher();
+        let mut sent = 0;
+        loop {
+            let n = d.run_once().await.expect("a dispatcher round").len();
+            if n == 0 {
+                return sent;
+            }
+            sent += n;
+        }
     }
 
     // ----- the API ----------------------------------------------------------------------------
