@@ -1,7 +1,8 @@
 //! The dashboard's pages in-process: every page of the customer dashboard's navigation
 //! (`CUSTOMER_NAV`) and of the operator console's (`CONSOLE_NAV`), so a page added later is
 //! measured too, rendered for an account with a year of usage over 50 endpoints (a month over
-//! the same endpoints with `--quick`), by the server's own router (the API's with the
+//! the same endpoints with `--quick`), three spending limits (one of them reached, so the
+//! overview lists it) and a webhook, by the server's own router (the API's with the
 //! dashboard's pages merged, as `serve` builds it) called in-process with `oneshot`, signed in
 //! as a browser is: the customer through a sign-in link minted by the operator API and
 //! posted back, the operator through the console's sign-in form. One row per page: its server
@@ -17,7 +18,8 @@ use std::time::{Duration, Instant};
 use tollgate_api::auth::mint_key;
 use tollgate_api::AppState;
 use tollgate_core::catalog::document;
-use tollgate_core::ids::{AccountId, EndpointId, PurchaseId};
+use tollgate_core::ids::{AccountId, EndpointId, LimitId, PurchaseId};
+use tollgate_core::limits::{LimitAction, LimitScope, Period, SpendingLimit};
 use tollgate_core::machine::Op;
 use tollgate_core::time::{day_start, MS_PER_DAY};
 use tollgate_core::{Nanos, Timestamp};
@@ -25,7 +27,7 @@ use tollgate_dashboard::demo::{self, History};
 use tollgate_dashboard::layout::{Section, CONSOLE_NAV, CUSTOMER_NAV};
 use tollgate_engine::{system_clock, AdminCmd, Clock, Engine};
 use tollgate_store::sqlite::SqliteStore;
-use tollgate_store::{BillingMode, Scope};
+use tollgate_store::{BillingMode, Scope, WebhookEvents, WebhookRecord};
 use tower::ServiceExt;
 
 /// The target: every page under this, at p99.
@@ -275,6 +277,7 @@ async fn seed(
     }
 
     now.store(present.0, Ordering::SeqCst);
+    let history_keys = keys.clone();
     let history = History {
         account,
         api_keys: keys,
@@ -309,6 +312,65 @@ async fn seed(
         seeded.endpoints,
         started.elapsed().as_secs_f64()
     );
+    // Spending limits, as a customer keeps a few: the account's per month in its zone (blocks),
+    // one key's per day (alerts; reached by a day of its usage), and the account's per week
+    // (alerts). Each starts with what its period already charged.
+    let keyed = history_keys.first().cloned();
+    let limits = [
+        (
+            "lim_bench_month",
+            LimitScope::Account,
+            Period::Month,
+            "America/New_York",
+            "1000000",
+            LimitAction::Block,
+        ),
+        (
+            "lim_bench_key_day",
+            keyed.map_or(LimitScope::Account, LimitScope::ApiKey),
+            Period::Day,
+            "UTC",
+            "1",
+            LimitAction::Alert,
+        ),
+        (
+            "lim_bench_week",
+            LimitScope::Account,
+            Period::Week,
+            "Europe/Berlin",
+            "500000",
+            LimitAction::Alert,
+        ),
+    ];
+    for (id, scope, period, tz, usd, action) in limits {
+        engine
+            .admin(AdminCmd::CreateLimit {
+                username: AccountId::parse(ACCOUNT)?,
+                limit: SpendingLimit {
+                    id: LimitId::parse(id)?,
+                    scope,
+                    period,
+                    timezone: tz.parse().map_err(|e| anyhow::anyhow!("{tz}: {e}"))?,
+                    amount: Nanos::parse_usd(usd)?,
+                    action,
+                    alert_at_percent: vec![50, 80, 100],
+                    created_at: present,
+                },
+            })
+            .await?;
+    }
+    // A webhook, for the console's list.
+    engine
+        .admin(AdminCmd::CreateWebhook(WebhookRecord {
+            webhook_id: "wh_bench".into(),
+            url: "https://billing.example.com/tollgate-events".into(),
+            events: WebhookEvents::All,
+            description: Some("billing notices".into()),
+            secret: format!("whsec_{}", tollgate_api::auth::random_token()),
+            created_at: present,
+            deleted_at: None,
+        }))
+        .await?;
     let r = engine.read(|r| r.reconcile()).await?;
     anyhow::ensure!(r.is_clean(), "the seeded ledger: {}", r.summary());
     Ok((engine, operator.key(), seeded, days))
