@@ -419,11 +419,7 @@ pub fn hold(
     hold: Nanos,
     now: Timestamp,
 ) -> Result<(), MoneyError> {
-    for l in limits.iter_mut().filter(|l| l.limit.scope.applies_to(key)) {
-        l.roll(now);
-        l.held = l.held.checked_add(hold)?;
-    }
-    Ok(())
+    move_held(limits, key, now, |held| held.checked_add(hold))
 }
 
 /// Takes a finished request's hold (settled, voided, cancelled or expired) off every limit
@@ -435,9 +431,19 @@ pub fn release(
     hold: Nanos,
     now: Timestamp,
 ) -> Result<(), MoneyError> {
+    move_held(limits, key, now, |held| held.checked_sub(hold))
+}
+
+/// Rolls every limit that applies to `key` to `now` and moves its `held` by `change`.
+fn move_held(
+    limits: &mut [LimitState],
+    key: Option<&ApiKeyId>,
+    now: Timestamp,
+    change: impl Fn(Nanos) -> Result<Nanos, MoneyError>,
+) -> Result<(), MoneyError> {
     for l in limits.iter_mut().filter(|l| l.limit.scope.applies_to(key)) {
         l.roll(now);
-        l.held = l.held.checked_sub(hold)?;
+        l.held = change(l.held)?;
     }
     Ok(())
 }

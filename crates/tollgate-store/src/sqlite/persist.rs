@@ -98,44 +98,33 @@ fn accounts(t: &mut SqliteTx, s: &BatchState) -> Result<()> {
         let before = t.written.get(id).or_else(|| t.cache.get(id));
         let written = CachedAccount::as_written(before, id, s);
         t.written.insert(id.clone(), written);
-        if !a.limits.is_empty() {
-            with_limits.execute(params![
-                id.as_str(),
-                a.credit.balance.0,
-                a.credit.held.0,
-                a.in_progress,
-                a.paid_lifetime.0,
-                a.month,
-                a.month_subtotal.0,
-                a.adjusted_credit.0,
-                a.disputed_since.map(|t| t.0),
-                a.period.start.0,
-                i64::try_from(a.period.charges).unwrap_or(i64::MAX),
-                a.period.subtotal.0,
-                a.period.discount.0,
-                a.period.total.0,
-                a.period.last_charge_at.0,
-                limits_text(&a.limits),
-            ])?;
-            continue;
+        let charges = i64::try_from(a.period.charges).unwrap_or(i64::MAX);
+        let disputed_since = a.disputed_since.map(|t| t.0);
+        let columns: [&dyn rusqlite::ToSql; 15] = [
+            &id.as_str(),
+            &a.credit.balance.0,
+            &a.credit.held.0,
+            &a.in_progress,
+            &a.paid_lifetime.0,
+            &a.month,
+            &a.month_subtotal.0,
+            &a.adjusted_credit.0,
+            &disputed_since,
+            &a.period.start.0,
+            &charges,
+            &a.period.subtotal.0,
+            &a.period.discount.0,
+            &a.period.total.0,
+            &a.period.last_charge_at.0,
+        ];
+        // An account without limits keeps its empty column as it is (nothing to encode).
+        if a.limits.is_empty() {
+            st.execute(rusqlite::params_from_iter(columns))?;
+        } else {
+            let limits = limits_text(&a.limits);
+            let with: [&dyn rusqlite::ToSql; 1] = [&limits];
+            with_limits.execute(rusqlite::params_from_iter(columns.into_iter().chain(with)))?;
         }
-        st.execute(params![
-            id.as_str(),
-            a.credit.balance.0,
-            a.credit.held.0,
-            a.in_progress,
-            a.paid_lifetime.0,
-            a.month,
-            a.month_subtotal.0,
-            a.adjusted_credit.0,
-            a.disputed_since.map(|t| t.0),
-            a.period.start.0,
-            i64::try_from(a.period.charges).unwrap_or(i64::MAX),
-            a.period.subtotal.0,
-            a.period.discount.0,
-            a.period.total.0,
-            a.period.last_charge_at.0,
-        ])?;
     }
     Ok(())
 }
