@@ -415,7 +415,7 @@ pub async fn list_own(
 /// so does its period's spend. A threshold already notified this period is not notified again
 /// while it is still listed and the spend still reaches it; a threshold that is new, or that
 /// a larger amount put ahead of the spend, is notified when reached (thresholds a change puts
-/// behind the spend, with the next charge).
+/// behind the spend, by the change itself).
 #[utoipa::path(
     put, path = "/v1/account/spending-limits/{limit_id}", tag = tags::BILLING,
     operation_id = "changeSpendingLimit", security(("Key" = ["ADMIN"])),

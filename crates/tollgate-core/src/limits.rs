@@ -306,8 +306,7 @@ impl LimitState {
     }
 
     /// The thresholds of `alert_at_percent` the period's spend reaches now, ascending, whether
-    /// their notices went out yet or not (a change, or a new limit's starting spend, puts a
-    /// threshold behind the spend before the next charge notifies it).
+    /// their notices went out yet or not.
     pub fn thresholds_reached(&self) -> Vec<u32> {
         self.limit
             .alert_at_percent
