@@ -283,6 +283,12 @@ impl From<Rejection> for ApiError {
                 .with("held_nano_usd", held.0)
                 .with("required_nano_usd", required.0),
             Rejection::WrongState { .. } | Rejection::Conflict(_) => ApiError::conflict(msg),
+            Rejection::PaymentMethodRequired(_) => {
+                ApiError::new(StatusCode::CONFLICT, "payment_method_required", msg)
+            }
+            Rejection::NotRefundable { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "not_refundable", msg)
+            }
             Rejection::RequestExpired(_) => {
                 ApiError::new(StatusCode::CONFLICT, "request_expired", msg)
             }

@@ -39,6 +39,8 @@ pub enum InvoiceKindView {
     TopUp,
     /// An invoice-billed account's charges recorded in one billing period.
     Usage,
+    /// A refund of a top-up's purchase: negative amounts, correcting its top-up invoice.
+    CreditNote,
 }
 
 /// Where an invoice stands.
@@ -167,7 +169,7 @@ pub fn view(i: InvoiceRecord, issuer: Option<&Issuer>) -> InvoiceView {
     let zero = Number(Decimal::ZERO);
     let lines = match i.kind {
         InvoiceKind::Usage => i.lines.iter().map(usage_line).collect(),
-        InvoiceKind::TopUp => vec![InvoiceLine {
+        InvoiceKind::TopUp | InvoiceKind::CreditNote => vec![InvoiceLine {
             endpoint_id: None,
             unit: "credit_usd".into(),
             quantity: total,
@@ -203,6 +205,7 @@ pub fn view(i: InvoiceRecord, issuer: Option<&Issuer>) -> InvoiceView {
         kind: match i.kind {
             InvoiceKind::TopUp => InvoiceKindView::TopUp,
             InvoiceKind::Usage => InvoiceKindView::Usage,
+            InvoiceKind::CreditNote => InvoiceKindView::CreditNote,
         },
         status: match i.status {
             InvoiceStatus::Open => InvoiceStatusView::Open,

@@ -32,11 +32,23 @@ pub enum EventType {
     InvoiceIssued,
     #[serde(rename = "credits.expiring")]
     CreditsExpiring,
+    #[serde(rename = "top_up.started")]
+    TopUpStarted,
+    #[serde(rename = "top_up.succeeded")]
+    TopUpSucceeded,
+    #[serde(rename = "top_up.failed")]
+    TopUpFailed,
+    #[serde(rename = "top_up.paused")]
+    TopUpPaused,
+    #[serde(rename = "payment.refunded")]
+    PaymentRefunded,
+    #[serde(rename = "payment.disputed")]
+    PaymentDisputed,
 }
 
 impl EventType {
     /// Every type, in the order the documentation lists them.
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 14] = [
         EventType::BalanceLow,
         EventType::AccountLocked,
         EventType::AccountUnlocked,
@@ -45,6 +57,12 @@ impl EventType {
         EventType::PurchaseSucceeded,
         EventType::InvoiceIssued,
         EventType::CreditsExpiring,
+        EventType::TopUpStarted,
+        EventType::TopUpSucceeded,
+        EventType::TopUpFailed,
+        EventType::TopUpPaused,
+        EventType::PaymentRefunded,
+        EventType::PaymentDisputed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +75,12 @@ impl EventType {
             EventType::PurchaseSucceeded => "purchase.succeeded",
             EventType::InvoiceIssued => "invoice.issued",
             EventType::CreditsExpiring => "credits.expiring",
+            EventType::TopUpStarted => "top_up.started",
+            EventType::TopUpSucceeded => "top_up.succeeded",
+            EventType::TopUpFailed => "top_up.failed",
+            EventType::TopUpPaused => "top_up.paused",
+            EventType::PaymentRefunded => "payment.refunded",
+            EventType::PaymentDisputed => "payment.disputed",
         }
     }
 
@@ -156,6 +180,63 @@ pub enum EventData {
         #[serde(with = "rfc3339")]
         expires_at: Timestamp,
     },
+    /// An auto top-up was started: the provider is to charge `payment_method` of `customer`
+    /// off-session for `amount_nano_usd`, with the top-up's id as idempotency key. (The
+    /// payment provider's own delivery is subscribed to this type: it is how the charge leaves
+    /// the write path, through the outbox.)
+    #[serde(rename = "top_up.started")]
+    TopUpStarted {
+        top_up_id: PurchaseId,
+        /// `"auto"`.
+        kind: String,
+        amount_nano_usd: Nanos,
+        customer: String,
+        payment_method: String,
+    },
+    /// A top-up's payment succeeded and its credits were added (once per top-up).
+    #[serde(rename = "top_up.succeeded")]
+    TopUpSucceeded {
+        top_up_id: PurchaseId,
+        /// `"checkout"` or `"auto"`.
+        kind: String,
+        amount_nano_usd: Nanos,
+        balance_nano_usd: Nanos,
+    },
+    /// A top-up's payment failed (nothing was credited).
+    #[serde(rename = "top_up.failed")]
+    TopUpFailed {
+        top_up_id: PurchaseId,
+        kind: String,
+        amount_nano_usd: Nanos,
+        /// The provider's reason (`card_declined`, `authentication_required`, ...).
+        reason: String,
+        /// Auto top-ups: failures in a row so far.
+        failures: u32,
+    },
+    /// The auto top-up rule paused: `reason` is `authentication_required` or
+    /// `repeated_failures`; the customer enables it again.
+    #[serde(rename = "top_up.paused")]
+    TopUpPaused { reason: String, failures: u32 },
+    /// A payment was refunded (more): the credits taken back.
+    #[serde(rename = "payment.refunded")]
+    PaymentRefunded {
+        purchase_id: PurchaseId,
+        /// Taken back now.
+        amount_nano_usd: Nanos,
+        /// Refunded in all.
+        refunded_nano_usd: Nanos,
+        balance_nano_usd: Nanos,
+    },
+    /// A payment's dispute opened or was decided.
+    #[serde(rename = "payment.disputed")]
+    PaymentDisputed {
+        purchase_id: PurchaseId,
+        dispute_id: String,
+        /// `"open"`, `"won"` or `"lost"`.
+        status: String,
+        amount_nano_usd: Nanos,
+        balance_nano_usd: Nanos,
+    },
 }
 
 impl EventData {
@@ -169,6 +250,12 @@ impl EventData {
             EventData::PurchaseSucceeded { .. } => EventType::PurchaseSucceeded,
             EventData::InvoiceIssued { .. } => EventType::InvoiceIssued,
             EventData::CreditsExpiring { .. } => EventType::CreditsExpiring,
+            EventData::TopUpStarted { .. } => EventType::TopUpStarted,
+            EventData::TopUpSucceeded { .. } => EventType::TopUpSucceeded,
+            EventData::TopUpFailed { .. } => EventType::TopUpFailed,
+            EventData::TopUpPaused { .. } => EventType::TopUpPaused,
+            EventData::PaymentRefunded { .. } => EventType::PaymentRefunded,
+            EventData::PaymentDisputed { .. } => EventType::PaymentDisputed,
         }
     }
 }

@@ -21,6 +21,10 @@ pub enum LedgerAccount {
     Expired,
     /// The other side of operator adjustments: where a credit comes from, where a debit goes.
     Adjustments,
+    /// Where refunded credits go (the money went back to the customer).
+    Refunds,
+    /// Where disputed credits go while the dispute holds them (and come back from if it is won).
+    Disputes,
 }
 
 impl LedgerAccount {
@@ -32,6 +36,8 @@ impl LedgerAccount {
             LedgerAccount::Revenue => "system:revenue".into(),
             LedgerAccount::Expired => "system:expired".into(),
             LedgerAccount::Adjustments => "system:adjustments".into(),
+            LedgerAccount::Refunds => "system:refunds".into(),
+            LedgerAccount::Disputes => "system:disputes".into(),
         }
     }
 }
@@ -57,6 +63,12 @@ pub enum TransferKind {
     CreditExpiry,
     /// An operator's correction of a balance (a credit or a debit).
     Adjustment,
+    /// Credits taken back because their payment was refunded.
+    Refund,
+    /// Credits taken back because their payment was disputed.
+    Dispute,
+    /// Disputed credits given back: the dispute was won.
+    DisputeReversal,
 }
 
 impl TransferKind {
@@ -71,6 +83,9 @@ impl TransferKind {
             TransferKind::Charge => "charge",
             TransferKind::CreditExpiry => "credit_expiry",
             TransferKind::Adjustment => "adjustment",
+            TransferKind::Refund => "refund",
+            TransferKind::Dispute => "dispute",
+            TransferKind::DisputeReversal => "dispute_reversal",
         }
     }
     /// Whether the transfer moves posted money (as opposed to reserving or releasing it).
@@ -83,6 +98,9 @@ impl TransferKind {
                 | TransferKind::Charge
                 | TransferKind::CreditExpiry
                 | TransferKind::Adjustment
+                | TransferKind::Refund
+                | TransferKind::Dispute
+                | TransferKind::DisputeReversal
         )
     }
 }

@@ -14,6 +14,7 @@ pub mod ledger;
 pub mod limits;
 pub mod machine;
 pub mod money;
+pub mod payments;
 pub mod policy;
 pub mod price;
 pub mod pricing;

@@ -20,6 +20,10 @@ use crate::ids::{
 use crate::ledger::{CreditAccount, HoldError, Transfer, TransferKind};
 use crate::limits::{self, LimitState, Period};
 use crate::money::{MoneyError, Nanos};
+use crate::payments::{
+    AutoTopUpRule, DisputeRecord, PaymentEffect, PaymentProfile, ProviderEvent, ProviderRefund,
+    RefundRecord, TopUpRecord, TopUpSettings,
+};
 use crate::policy::{billing_for, BadStatus, Billing};
 use crate::price::{Output, OutputMismatch, PriceRule, RateError, Rated, Unit, Usage};
 use crate::pricing::{Charge, Discounts};
@@ -28,7 +32,7 @@ use crate::time::Timestamp;
 use crate::time::{month_start, next_month_start};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Paid credits expire this long after purchase unless the purchase says otherwise (fal's
 /// rule: 365 days).
@@ -78,6 +82,9 @@ pub struct AccountState {
     /// The account's spending limits (its own and its keys'), with their periods' spend, in
     /// creation order (see [`crate::limits`]).
     pub limits: Vec<LimitState>,
+    /// The payment provider's side of the account: its customer, the saved payment method, the
+    /// auto top-up rule, the dispute locks (see [`crate::payments`]).
+    pub payment: PaymentProfile,
 }
 
 /// An account's open usage billing period (invoice billing). Every charge it counts was
@@ -184,6 +191,7 @@ impl AccountState {
             disputed_since: None,
             period: OpenPeriod::default(),
             limits: Vec::new(),
+            payment: PaymentProfile::default(),
         }
     }
 
@@ -428,6 +436,11 @@ pub struct PurchaseRecord {
     pub balance_after: Nanos,
     pub concurrency_limit_after: u32,
     pub locked_after: bool,
+    /// Refunded so far (taken back from the balance; the provider's cumulative amount for a
+    /// purchase paid through it).
+    pub refunded: Nanos,
+    /// Taken back for disputes now (open and lost ones; a won dispute gives it back).
+    pub disputed: Nanos,
 }
 
 /// An invoice the batch issued. Its number is assigned by the store as the batch commits
@@ -466,6 +479,9 @@ pub enum InvoiceKind {
     TopUp,
     /// An invoice-billed account's charges recorded in one billing period.
     Usage,
+    /// Corrects a top-up invoice: a refund of its purchase (negative amounts; its
+    /// `purchase_id` names the purchase whose top-up invoice it corrects).
+    CreditNote,
 }
 
 impl InvoiceKind {
@@ -473,12 +489,14 @@ impl InvoiceKind {
         match self {
             InvoiceKind::TopUp => "top_up",
             InvoiceKind::Usage => "usage",
+            InvoiceKind::CreditNote => "credit_note",
         }
     }
     pub fn parse(s: &str) -> Option<InvoiceKind> {
         match s {
             "top_up" => Some(InvoiceKind::TopUp),
             "usage" => Some(InvoiceKind::Usage),
+            "credit_note" => Some(InvoiceKind::CreditNote),
             _ => None,
         }
     }
@@ -610,6 +628,45 @@ pub enum Op {
         account: AccountId,
         until: Option<Timestamp>,
     },
+    /// Records a checkout top-up awaiting payment (idempotent on `(account, top_up_id)`: the
+    /// same id again returns the first record; with another amount, a conflict).
+    CreateTopUp {
+        account: AccountId,
+        top_up_id: PurchaseId,
+        amount: Nanos,
+    },
+    /// Applies what the payment provider says of a top-up's payment (see
+    /// [`crate::payments::PaymentEffect`]). With `event`, once per event id: a repeat is
+    /// `replayed` and changes nothing.
+    Payment {
+        account: AccountId,
+        event: Option<ProviderEvent>,
+        effect: PaymentEffect,
+    },
+    /// An operator's refund of a paid purchase, idempotent on `(account, refund_id)`. With
+    /// `provider` (a purchase paid through the provider, already refunded there): takes back
+    /// what the charge's cumulative refunded amount adds to what was taken. Without (a manual
+    /// purchase): takes back `amount` from what is left of the purchase's credits, refused
+    /// beyond it. Either way a credit note is issued for what was taken.
+    Refund {
+        account: AccountId,
+        purchase_id: PurchaseId,
+        refund_id: PurchaseId,
+        amount: Nanos,
+        provider: Option<ProviderRefund>,
+    },
+    /// Sets the account's auto top-up rule (needs a saved payment method to enable); setting it
+    /// (again) makes it active, clearing a pause and the failures count.
+    SetAutoTopUp {
+        account: AccountId,
+        rule: AutoTopUpRule,
+    },
+    /// Records the provider's customer of the account; the first one recorded stays (the
+    /// outcome names the one in force).
+    SetPaymentCustomer {
+        account: AccountId,
+        customer: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -644,7 +701,12 @@ impl Op {
             | Op::Adjust { .. }
             | Op::LockDisputed { .. }
             | Op::LiftDispute { .. }
-            | Op::CloseInvoicePeriod { .. } => None,
+            | Op::CloseInvoicePeriod { .. }
+            | Op::CreateTopUp { .. }
+            | Op::Payment { .. }
+            | Op::Refund { .. }
+            | Op::SetAutoTopUp { .. }
+            | Op::SetPaymentCustomer { .. } => None,
         }
     }
     /// The account this operation names directly (others are found through their request).
@@ -657,7 +719,12 @@ impl Op {
             | Op::Adjust { account, .. }
             | Op::LockDisputed { account }
             | Op::LiftDispute { account, .. }
-            | Op::CloseInvoicePeriod { account, .. } => Some(account),
+            | Op::CloseInvoicePeriod { account, .. }
+            | Op::CreateTopUp { account, .. }
+            | Op::Payment { account, .. }
+            | Op::Refund { account, .. }
+            | Op::SetAutoTopUp { account, .. }
+            | Op::SetPaymentCustomer { account, .. } => Some(account),
             Op::UsageEvent(e) => Some(&e.account),
             _ => None,
         }
@@ -713,6 +780,24 @@ pub enum Outcome {
     /// or by the month's end before it).
     PeriodClosed {
         issued: bool,
+    },
+    TopUp {
+        top_up: TopUpRecord,
+        replayed: bool,
+    },
+    /// A provider's effect was applied (`replayed`: its event id was applied before, and
+    /// nothing changed). `top_up` is the top-up as it now stands, if it exists.
+    PaymentApplied {
+        top_up: Option<TopUpRecord>,
+        replayed: bool,
+    },
+    Refunded {
+        refund: RefundRecord,
+        replayed: bool,
+    },
+    /// The account's payment profile after the change (its auto top-up rule, its customer).
+    PaymentProfile {
+        profile: PaymentProfile,
     },
 }
 
@@ -787,6 +872,16 @@ pub enum Rejection {
     BadStatus(#[from] BadStatus),
     #[error("`{field}` {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// Auto top-up needs a payment method saved at an earlier checkout.
+    #[error("account {0} has no saved payment method: pay a top-up at checkout first, agreeing to save the card")]
+    PaymentMethodRequired(AccountId),
+    /// An operator refund of a purchase that is not a payment (free credits), or beyond what
+    /// the purchase allows.
+    #[error("purchase {purchase_id} cannot be refunded: {reason}")]
+    NotRefundable {
+        purchase_id: PurchaseId,
+        reason: String,
+    },
     #[error(transparent)]
     Money(#[from] MoneyError),
 }
@@ -819,6 +914,28 @@ pub struct BatchState {
     /// Billing events the batch's operations caused, in order: the outbox the store writes in
     /// the same db transaction (see [`crate::events`]).
     pub events: Vec<crate::events::NewEvent>,
+    /// Purchases loaded whose `refunded` or `disputed` the batch changed (the store updates
+    /// them; new purchases are in `new_purchases`).
+    pub dirty_purchases: BTreeSet<(AccountId, PurchaseId)>,
+    /// Top-ups named by the batch's operations that exist (loaded), and those it created.
+    pub top_ups: HashMap<(AccountId, PurchaseId), TopUpRecord>,
+    /// Top-ups the batch created or changed (the store upserts them).
+    pub dirty_top_ups: BTreeSet<(AccountId, PurchaseId)>,
+    /// The disputes of the top-ups the batch's payment operations name (loaded), and those it
+    /// created.
+    pub disputes: HashMap<(AccountId, String), DisputeRecord>,
+    /// Disputes the batch created or changed (the store upserts them).
+    pub dirty_disputes: BTreeSet<(AccountId, String)>,
+    /// Provider event ids already applied (loaded, for the batch's payment operations that
+    /// carry one) or applied by the batch.
+    pub provider_events: HashSet<String>,
+    /// Provider events the batch applied, in order (the store inserts them).
+    pub new_provider_events: Vec<(AccountId, ProviderEvent)>,
+    /// Operator refunds named by the batch's operations that exist (loaded), and those it made.
+    pub refunds: HashMap<(AccountId, PurchaseId), RefundRecord>,
+    pub new_refunds: Vec<RefundRecord>,
+    /// The deployment's top-up settings (configuration, set by the engine).
+    pub top_up_settings: TopUpSettings,
 }
 
 /// The calendar year of a timestamp, UTC (invoice numbers restart each year).
@@ -1062,6 +1179,37 @@ fn apply_op(state: &mut BatchState, cx: &Ctx, op: Op) -> Result<Outcome, Rejecti
         Op::LockDisputed { account } => lock_disputed(state, &cx, account),
         Op::LiftDispute { account, reason } => lift_dispute(state, account, reason),
         Op::CloseInvoicePeriod { account, until } => close_period(state, &cx, account, until),
+        Op::CreateTopUp {
+            account,
+            top_up_id,
+            amount,
+        } => crate::payments::create_top_up(state, cx.now, account, top_up_id, amount),
+        Op::Payment {
+            account,
+            event,
+            effect,
+        } => crate::payments::apply_payment(state, cx.catalog, cx.now, account, event, effect),
+        Op::Refund {
+            account,
+            purchase_id,
+            refund_id,
+            amount,
+            provider,
+        } => crate::payments::refund(
+            state,
+            cx.now,
+            account,
+            purchase_id,
+            refund_id,
+            amount,
+            provider,
+        ),
+        Op::SetAutoTopUp { account, rule } => {
+            crate::payments::set_auto_top_up(state, cx.now, account, rule)
+        }
+        Op::SetPaymentCustomer { account, customer } => {
+            crate::payments::set_customer(state, account, customer)
+        }
     }
 }
 
@@ -1800,6 +1948,8 @@ fn purchase(
         balance_after: next.credit.balance,
         concurrency_limit_after: next.concurrency_limit(cx.catalog),
         locked_after: next.is_locked(),
+        refunded: Nanos::ZERO,
+        disputed: Nanos::ZERO,
     };
     *acct = next;
     state.dirty_accounts.insert(account);

@@ -17,8 +17,7 @@ use crate::time::{day_start, month_start, Timestamp, MS_PER_DAY};
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 
-/// What moved a balance, as credit activity names it. Refunds and disputes come with payments:
-/// nothing produces them yet.
+/// What moved a balance, as credit activity names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum MovementKind {
     Purchase,
@@ -197,6 +196,8 @@ fn classify(
         TransferKind::Post | TransferKind::Charge => MovementKind::Usage,
         TransferKind::CreditExpiry => MovementKind::Expiry,
         TransferKind::Adjustment => MovementKind::Adjustment,
+        TransferKind::Refund => MovementKind::Refund,
+        TransferKind::Dispute | TransferKind::DisputeReversal => MovementKind::Dispute,
         TransferKind::Hold | TransferKind::Void | TransferKind::Expire => return None,
     };
     match (credited, debited) {

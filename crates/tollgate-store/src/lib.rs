@@ -35,6 +35,7 @@ use tollgate_core::machine::{
     AccountState, AdjustmentRecord, BatchState, InvoiceKind, InvoiceStatus, LineItem,
     PurchaseRecord, RequestRecord,
 };
+use tollgate_core::payments::{RefundRecord, TopUpRecord};
 use tollgate_core::price::{MachinePrices, PriceRule};
 use tollgate_core::rollup::{
     ActivityKey, ActivityTotals, Grain, UsageKey, UsagePrice, UsageTotals,
@@ -393,6 +394,8 @@ pub struct InvoiceRecord {
     /// reference or the reason given.
     pub status_changed_at: Option<Timestamp>,
     pub status_reference: Option<String>,
+    /// A credit note's corrected invoice (the top-up invoice of its purchase), `(year, seq)`.
+    pub corrects: Option<(i64, i64)>,
     /// A usage invoice's lines, in (charge month, endpoint, unit, price, discount) order;
     /// empty for a top-up invoice (its one line is its purchase).
     pub lines: Vec<InvoiceLineRecord>,
@@ -470,6 +473,26 @@ pub struct PaymentRecord {
     pub expires_at: Option<Timestamp>,
     /// The invoice's `(year, seq)`; `None` for a purchase made before invoices were issued.
     pub invoice: Option<(i64, i64)>,
+    /// Refunded so far, and taken back for disputes now (see [`PurchaseRecord`]).
+    pub refunded: Nanos,
+    pub disputed: Nanos,
+    /// Whether a dispute of it is open or lost (a dispute that took nothing yet counts).
+    pub dispute_open: bool,
+    /// The provider's payment (`pi_...`) when it was paid through the provider (its top-up).
+    pub provider_reference: Option<String>,
+}
+
+/// What a batch's payment operations name, for [`Tx::load_payments`].
+#[derive(Clone, Debug, Default)]
+pub struct PaymentKeys {
+    /// Top-ups to load, with their purchases and every dispute of each.
+    pub top_ups: Vec<(AccountId, PurchaseId)>,
+    /// Purchases to load (refunds name them).
+    pub purchases: Vec<(AccountId, PurchaseId)>,
+    /// Provider event ids: those already applied go to `BatchState::provider_events`.
+    pub events: Vec<String>,
+    /// Operator refunds to load (their first answers).
+    pub refunds: Vec<(AccountId, PurchaseId)>,
 }
 
 /// A statement's rows: an account's balance days from `from` (a UTC midnight, a statement's
@@ -824,6 +847,12 @@ pub trait Tx {
         keys: &[(AccountId, AdjustmentId)],
         out: &mut HashMap<(AccountId, AdjustmentId), AdjustmentRecord>,
     ) -> Result<()>;
+    /// Loads what the batch's payment operations name (see [`PaymentKeys`]) into `state`'s
+    /// `top_ups`, `purchases`, `disputes`, `provider_events` and `refunds`.
+    fn load_payments(&mut self, keys: &PaymentKeys, state: &mut BatchState) -> Result<()> {
+        let _ = (keys, state);
+        todo!("payments-store: load_payments")
+    }
     /// Writes what the core decided: dirty accounts and requests, new purchases and
     /// adjustments, transfers and line items, the accruals of usage periods, and the invoices
     /// the batch issued, numbered (a usage invoice gets its period's accruals as its lines).
@@ -1070,6 +1099,38 @@ pub trait Reader: Send {
     ) -> Result<Option<(DeliveryRecord, Vec<AttemptRecord>)>>;
     /// Events of the outbox numbered after `after`, in order, at most `limit`.
     fn webhook_events(&mut self, after: i64, limit: usize) -> Result<Vec<StoredEvent>>;
+    /// A top-up of an account.
+    fn top_up(
+        &mut self,
+        account: &AccountId,
+        top_up_id: &PurchaseId,
+    ) -> Result<Option<TopUpRecord>> {
+        let _ = (account, top_up_id);
+        todo!("payments-store: top_up")
+    }
+    /// The top-up whose payment is the provider's `payment_intent` (`pi_...`).
+    fn top_up_by_payment_intent(&mut self, payment_intent: &str) -> Result<Option<TopUpRecord>> {
+        let _ = payment_intent;
+        todo!("payments-store: top_up_by_payment_intent")
+    }
+    /// An operator refund (its first answer).
+    fn refund(
+        &mut self,
+        account: &AccountId,
+        refund_id: &PurchaseId,
+    ) -> Result<Option<RefundRecord>> {
+        let _ = (account, refund_id);
+        todo!("payments-store: refund")
+    }
+    /// A purchase with its refunded and disputed amounts.
+    fn purchase(
+        &mut self,
+        account: &AccountId,
+        purchase_id: &PurchaseId,
+    ) -> Result<Option<PurchaseRecord>> {
+        let _ = (account, purchase_id);
+        todo!("payments-store: purchase")
+    }
     /// The invoice issuer, if one was set.
     fn issuer(&mut self) -> Result<Option<Issuer>> {
         self.setting(SETTING_ISSUER)?

@@ -116,6 +116,8 @@ impl AccountCols {
             disputed_since: self.disputed_since.map(Timestamp),
             period: self.period,
             limits: limit_states(&self.limits)?,
+            // TODO(payments-store): read `accounts.payment`.
+            payment: Default::default(),
         };
         state.use_terms_at(now);
         Ok(AccountRow {
@@ -448,6 +450,8 @@ pub(crate) fn invoice_row(r: &dyn Get) -> Result<InvoiceRecord> {
         status_changed_at: r.opt_int(13)?.map(Timestamp),
         status_reference: r.opt_text(14)?,
         lines: Vec::new(),
+        // TODO(payments-store): read the corrected invoice.
+        corrects: None,
     })
 }
 
@@ -529,6 +533,11 @@ pub(crate) fn payment_row(r: &dyn Get) -> Result<PaymentRecord> {
         amount: Nanos(r.int(2)?),
         expires_at: r.opt_int(3)?.map(Timestamp),
         invoice,
+        // TODO(payments-store): read refunds, disputes and the provider's reference.
+        refunded: Nanos::ZERO,
+        disputed: Nanos::ZERO,
+        dispute_open: false,
+        provider_reference: None,
     })
 }
 
@@ -641,6 +650,9 @@ impl PurchaseCols {
             balance_after: Nanos(self.balance_after),
             concurrency_limit_after: small("limit_after", self.limit_after)?,
             locked_after: self.locked_after,
+            // TODO(payments-store): read `refunded_nanos`, `disputed_nanos`.
+            refunded: Nanos::ZERO,
+            disputed: Nanos::ZERO,
         })
     }
 }

@@ -152,7 +152,11 @@ fn is_replay(o: &Outcome) -> bool {
         | Outcome::Completed { replayed, .. }
         | Outcome::Cancelled { replayed }
         | Outcome::Purchased { replayed, .. }
-        | Outcome::Adjusted { replayed, .. } => *replayed,
+        | Outcome::Adjusted { replayed, .. }
+        | Outcome::TopUp { replayed, .. }
+        | Outcome::PaymentApplied { replayed, .. }
+        | Outcome::Refunded { replayed, .. } => *replayed,
+        Outcome::PaymentProfile { .. } => false,
         Outcome::LockChanged { changed, .. } => !*changed,
         Outcome::Expired { expired } => !*expired,
         Outcome::CreditsExpired { amount } => *amount == Nanos::ZERO,
@@ -1597,6 +1601,10 @@ fn generated_sequences_reach_every_path() {
                     Outcome::LockChanged { .. } => "lock unchanged",
                     Outcome::PeriodClosed { .. } => "period closed empty",
                     Outcome::ExpiryNoticed { .. } => "nothing to notice",
+                    Outcome::TopUp { .. } => "top-up replayed",
+                    Outcome::PaymentApplied { .. } => "provider event replayed",
+                    Outcome::Refunded { .. } => "refund replayed",
+                    Outcome::PaymentProfile { .. } => "payment profile",
                 },
                 (_, Ok(Outcome::PeriodClosed { .. })) => "period closed",
                 (Op::UsageEvent(_), Ok(Outcome::Completed { completion, .. })) => {

@@ -75,6 +75,7 @@ fn kind_text(k: InvoiceKind) -> &'static str {
     match k {
         InvoiceKind::TopUp => "top-up",
         InvoiceKind::Usage => "usage",
+        InvoiceKind::CreditNote => "credit note",
     }
 }
 

@@ -140,6 +140,7 @@ fn kind_label(k: InvoiceKindView) -> &'static str {
     match k {
         InvoiceKindView::TopUp => "Top-up",
         InvoiceKindView::Usage => "Usage",
+        InvoiceKindView::CreditNote => "Credit note",
     }
 }
 
@@ -557,6 +558,7 @@ pub async fn invoice(
                 @match inv.kind {
                     InvoiceKindView::TopUp => "A purchase of credits",
                     InvoiceKindView::Usage => "Charges of a billing period",
+                    InvoiceKindView::CreditNote => "A refund of a purchase of credits",
                 }
             })))
         }
