@@ -1431,3 +1431,649 @@ pub(crate) fn decide_auto_top_up(state: &mut BatchState, account: &AccountId, no
         },
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::CreditAccount;
+    use crate::machine::{apply, LockReason, Op};
+
+    const USD: i64 = 1_000_000_000;
+    const T: Timestamp = Timestamp(1_767_225_600_000); // 2026-01-01T00:00:00Z
+
+    fn acme() -> AccountId {
+        AccountId::parse("acme").unwrap()
+    }
+
+    fn id(s: &str) -> PurchaseId {
+        PurchaseId::parse(s).unwrap()
+    }
+
+    struct T1 {
+        s: BatchState,
+        catalog: Catalog,
+        now: Timestamp,
+        events: u32,
+    }
+
+    impl T1 {
+        fn new() -> T1 {
+            let mut s = BatchState::default();
+            s.accounts.insert(
+                acme(),
+                AccountState::new(CreditAccount::new_prepaid(acme())),
+            );
+            T1 {
+                s,
+                catalog: Catalog::default(),
+                now: T,
+                events: 0,
+            }
+        }
+        fn apply(&mut self, op: Op) -> Result<Outcome, Rejection> {
+            self.now = self.now.plus_ms(1_000);
+            apply(&mut self.s, &self.catalog, self.now, op)
+        }
+        fn top_up(&mut self, top_up: &str, usd: i64) {
+            self.apply(Op::CreateTopUp {
+                account: acme(),
+                top_up_id: id(top_up),
+                amount: Nanos(usd * USD),
+            })
+            .unwrap();
+        }
+        fn tell(&mut self, effect: PaymentEffect) -> Result<Outcome, Rejection> {
+            self.events += 1;
+            let event_id = format!("evt_{}", self.events);
+            self.apply(Op::Payment {
+                account: acme(),
+                event: Some(ProviderEvent {
+                    event_id,
+                    event_type: "test".into(),
+                }),
+                effect,
+            })
+        }
+        fn paid(&mut self, top_up: &str, usd: i64) -> Result<Outcome, Rejection> {
+            self.tell(PaymentEffect::Paid {
+                top_up_id: id(top_up),
+                amount: Nanos(usd * USD),
+                payment_intent: Some(format!("pi_{top_up}")),
+                payment_method: Some("pm_1".into()),
+            })
+        }
+        fn dispute(&mut self, top_up: &str, dispute: &str, usd: i64, status: DisputeStatus) {
+            self.tell(PaymentEffect::Disputed {
+                top_up_id: id(top_up),
+                dispute_id: dispute.into(),
+                amount: Nanos(usd * USD),
+                status,
+            })
+            .unwrap();
+        }
+        fn acct(&self) -> &AccountState {
+            &self.s.accounts[&acme()]
+        }
+        fn balance(&self) -> i64 {
+            self.acct().credit.balance.0 / USD
+        }
+        /// `op` is refused and changes nothing.
+        fn refused(&mut self, op: Op) -> Rejection {
+            let before = format!("{:?}", self.s);
+            let e = self.apply(op).expect_err("refused");
+            assert_eq!(
+                format!("{:?}", self.s),
+                before,
+                "a refusal changed the state"
+            );
+            e
+        }
+    }
+
+    #[test]
+    fn the_auto_top_up_is_the_shortfall_in_whole_amounts_trimmed_to_the_cap() {
+        let s = TopUpSettings::default(); // 5.00 .. 10,000.00 USD
+        let rule = AutoTopUp {
+            enabled: true,
+            threshold: Nanos(20 * USD),
+            amount: Nanos(10 * USD),
+            max_per_month: Nanos(100 * USD),
+            paused: None,
+            in_flight: None,
+            month: crate::machine::month_of(T),
+            month_total: Nanos(70 * USD),
+            month_count: 3,
+            failures: 0,
+            not_before: None,
+        };
+        let due = |available: i64, rule: &AutoTopUp, now| rule.due(Nanos(available), now, &s);
+        assert_eq!(due(20 * USD, &rule, T), None, "at the threshold");
+        assert_eq!(due(19 * USD, &rule, T), Some(Nanos(10 * USD)));
+        assert_eq!(
+            due(-5 * USD, &rule, T),
+            Some(Nanos(30 * USD)),
+            "25 short: 3 x 10"
+        );
+        assert_eq!(
+            due(-25 * USD, &rule, T),
+            Some(Nanos(30 * USD)),
+            "45 short, 30 left of the cap"
+        );
+        let spent = AutoTopUp {
+            month_total: Nanos(97 * USD),
+            ..rule.clone()
+        };
+        assert_eq!(
+            due(0, &spent, T),
+            None,
+            "3.00 left is below the smallest top-up"
+        );
+        // The next month counts from zero.
+        let february = Timestamp(T.0 + 31 * crate::time::MS_PER_DAY);
+        assert_eq!(due(-25 * USD, &spent, february), Some(Nanos(50 * USD)));
+        assert_eq!(spent.at(february).month_total, Nanos::ZERO);
+        assert_eq!(spent.at(february).month_count, 0);
+        assert_eq!(spent.at(T), spent);
+    }
+
+    #[test]
+    fn a_payment_is_credited_once_and_saves_the_card() {
+        let mut t = T1::new();
+        t.top_up("t1", 10);
+        let first = t.paid("t1", 10).unwrap();
+        let Outcome::PaymentApplied {
+            top_up: Some(top_up),
+            replayed: false,
+        } = first
+        else {
+            panic!("{first:?}")
+        };
+        assert_eq!(top_up.status, TopUpStatus::Succeeded);
+        assert_eq!(top_up.payment_intent.as_deref(), Some("pi_t1"));
+        // Another event of the same payment: nothing more.
+        t.paid("t1", 10).unwrap();
+        assert_eq!(t.balance(), 10);
+        assert_eq!(t.s.new_purchases.len(), 1);
+        assert_eq!(t.s.new_invoices.len(), 1);
+        assert_eq!(t.acct().payment.payment_method.as_deref(), Some("pm_1"));
+        assert_eq!(t.acct().paid_lifetime, Nanos(10 * USD));
+        let p = &t.s.purchases[&(acme(), id("t1"))];
+        assert!(
+            p.paid && p.expires_at.is_some(),
+            "paid credits, default expiry"
+        );
+        // A payment of another top-up (not this account's): acknowledged, nothing applied and
+        // its event not kept.
+        let other = t.paid("unknown", 10).unwrap();
+        assert_eq!(
+            other,
+            Outcome::PaymentApplied {
+                top_up: None,
+                replayed: false
+            }
+        );
+        assert_eq!(t.s.new_provider_events.len(), 1);
+    }
+
+    #[test]
+    fn a_payment_of_another_amount_credits_nothing_and_fails_the_top_up() {
+        let mut t = T1::new();
+        t.top_up("t1", 10);
+        t.paid("t1", 12).unwrap();
+        let top_up = &t.s.top_ups[&(acme(), id("t1"))];
+        assert_eq!(top_up.status, TopUpStatus::Failed);
+        assert_eq!(top_up.failure.as_deref(), Some("amount_mismatch"));
+        assert_eq!(t.balance(), 0);
+        assert!(t
+            .s
+            .events
+            .iter()
+            .any(|e| e.data.event_type() == crate::events::EventType::TopUpFailed));
+        // A failed top-up whose payment succeeds after all is credited.
+        t.paid("t1", 10).unwrap();
+        assert_eq!(t.balance(), 10);
+        assert_eq!(t.s.top_ups[&(acme(), id("t1"))].failure, None);
+    }
+
+    #[test]
+    fn a_refund_and_a_dispute_told_before_the_payment_are_applied_with_it() {
+        let mut t = T1::new();
+        t.top_up("t1", 20);
+        t.tell(PaymentEffect::Refunded {
+            top_up_id: id("t1"),
+            refunded_total: Nanos(5 * USD),
+        })
+        .unwrap();
+        t.dispute("t1", "dp1", 8, DisputeStatus::Open);
+        // Nothing to take yet, but the dispute locks.
+        assert_eq!(t.balance(), 0);
+        assert_eq!(t.acct().lock_reason(), Some(LockReason::PaymentDisputed));
+        assert_eq!(
+            t.s.top_ups[&(acme(), id("t1"))].provider_refunded,
+            Nanos(5 * USD)
+        );
+        t.paid("t1", 20).unwrap();
+        assert_eq!(t.balance(), 20 - 5 - 8);
+        let p = &t.s.purchases[&(acme(), id("t1"))];
+        assert_eq!((p.refunded, p.disputed), (Nanos(5 * USD), Nanos(8 * USD)));
+        assert_eq!(
+            t.s.new_purchases[0].refunded,
+            Nanos(5 * USD),
+            "written as it stands"
+        );
+        assert_eq!(t.s.disputes[&(acme(), "dp1".into())].taken, Nanos(8 * USD));
+        assert_eq!(t.acct().paid_lifetime, Nanos(7 * USD));
+        assert_eq!(t.acct().paid_28d, Nanos(7 * USD));
+        assert_eq!(
+            t.acct().lock_reason(),
+            Some(LockReason::PaymentDisputed),
+            "the purchase does not lift a dispute's lock"
+        );
+        let note = t.s.new_invoices.last().unwrap();
+        assert_eq!(note.kind, InvoiceKind::CreditNote);
+        assert_eq!(
+            (note.total, note.subtotal),
+            (Nanos(-5 * USD), Nanos(-5 * USD))
+        );
+        assert_eq!(note.purchase_id, Some(id("t1")));
+        // Won: given back, unlocked.
+        t.dispute("t1", "dp1", 8, DisputeStatus::Won);
+        assert_eq!(t.balance(), 15);
+        assert_eq!(t.acct().lock_reason(), None);
+        assert_eq!(t.acct().paid_lifetime, Nanos(15 * USD));
+        // Decided: a late `open` changes nothing.
+        t.dispute("t1", "dp1", 8, DisputeStatus::Open);
+        assert_eq!((t.balance(), t.acct().lock_reason()), (15, None));
+    }
+
+    #[test]
+    fn a_lost_dispute_keeps_its_lock_until_the_operator_unlocks_and_an_older_one_cannot_lift_a_newer(
+    ) {
+        let mut t = T1::new();
+        t.top_up("t1", 20);
+        t.paid("t1", 20).unwrap();
+        t.dispute("t1", "dp1", 5, DisputeStatus::Open);
+        t.dispute("t1", "dp1", 5, DisputeStatus::Lost);
+        assert_eq!(t.balance(), 15);
+        assert_eq!(t.acct().payment.dispute_locks, 1);
+        assert_eq!(t.acct().lock_reason(), Some(LockReason::PaymentDisputed));
+        let unlock = |t: &mut T1| {
+            t.apply(Op::LiftDispute {
+                account: acme(),
+                reason: "lost, written off".into(),
+            })
+            .unwrap()
+        };
+        unlock(&mut t);
+        assert_eq!(t.acct().lock_reason(), None);
+        assert_eq!(
+            (
+                t.acct().payment.dispute_locks,
+                t.acct().payment.dispute_epoch
+            ),
+            (0, 1)
+        );
+        assert_eq!(t.balance(), 15, "a lost dispute's amount stays taken");
+
+        // dp2 opens before the unlock, dp3 after it: dp2's win cannot lift dp3's lock.
+        t.top_up("t2", 10);
+        t.paid("t2", 10).unwrap();
+        t.dispute("t2", "dp2", 4, DisputeStatus::Open);
+        unlock(&mut t);
+        t.dispute("t2", "dp3", 6, DisputeStatus::Open);
+        assert_eq!(t.acct().payment.dispute_locks, 1);
+        t.dispute("t2", "dp2", 4, DisputeStatus::Won);
+        assert_eq!(t.acct().lock_reason(), Some(LockReason::PaymentDisputed));
+        assert_eq!(t.balance(), 25 - 6, "dp2's amount given back");
+        t.dispute("t2", "dp3", 6, DisputeStatus::Won);
+        assert_eq!(t.acct().lock_reason(), None);
+        assert_eq!(t.balance(), 25);
+        let kinds: Vec<TransferKind> =
+            t.s.transfers
+                .iter()
+                .map(|t| t.transfer.kind)
+                .filter(|k| *k != TransferKind::Purchase)
+                .collect();
+        use TransferKind::{Dispute, DisputeReversal};
+        assert_eq!(
+            kinds,
+            [Dispute, Dispute, Dispute, DisputeReversal, DisputeReversal]
+        );
+    }
+
+    #[test]
+    fn inconsistent_provider_amounts_are_refused_and_change_nothing() {
+        let mut t = T1::new();
+        t.top_up("t1", 10);
+        t.paid("t1", 10).unwrap();
+        let tell = |effect| Op::Payment {
+            account: acme(),
+            event: Some(ProviderEvent {
+                event_id: "evt_bad".into(),
+                event_type: "test".into(),
+            }),
+            effect,
+        };
+        let e = t.refused(tell(PaymentEffect::Refunded {
+            top_up_id: id("t1"),
+            refunded_total: Nanos(11 * USD),
+        }));
+        assert!(matches!(
+            e,
+            Rejection::Invalid {
+                field: "amount_refunded",
+                ..
+            }
+        ));
+        t.dispute("t1", "dp1", 6, DisputeStatus::Open);
+        let e = t.refused(tell(PaymentEffect::Disputed {
+            top_up_id: id("t1"),
+            dispute_id: "dp2".into(),
+            amount: Nanos(6 * USD),
+            status: DisputeStatus::Open,
+        }));
+        assert!(
+            matches!(
+                e,
+                Rejection::Invalid {
+                    field: "amount",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn operator_refunds_take_what_the_rules_allow() {
+        let mut t = T1::new();
+        let refund = |purchase: &str, refund: &str, usd: i64, provider: Option<i64>| Op::Refund {
+            account: acme(),
+            purchase_id: id(purchase),
+            refund_id: id(refund),
+            amount: Nanos(usd * USD),
+            provider: provider.map(|total| ProviderRefund {
+                reference: format!("re_{refund}"),
+                refunded_total: Nanos(total * USD),
+            }),
+        };
+        for (purchase, paid) in [("manual", true), ("free", false)] {
+            t.apply(Op::Purchase {
+                account: acme(),
+                purchase_id: id(purchase),
+                amount: Nanos(10 * USD),
+                paid,
+                expires_at: None,
+            })
+            .unwrap();
+        }
+        t.top_up("t1", 10);
+        t.paid("t1", 10).unwrap();
+        let not_refundable = |e: Rejection| matches!(e, Rejection::NotRefundable { .. });
+        assert!(not_refundable(t.refused(refund("free", "r1", 1, None))));
+        assert!(not_refundable(t.refused(refund("nothing", "r1", 1, None))));
+        // A provider's purchase is refunded at the provider first, and only it is.
+        assert!(matches!(
+            t.refused(refund("t1", "r1", 1, None)),
+            Rejection::Invalid {
+                field: "provider",
+                ..
+            }
+        ));
+        assert!(matches!(
+            t.refused(refund("manual", "r1", 1, Some(1))),
+            Rejection::Invalid {
+                field: "provider",
+                ..
+            }
+        ));
+        // By hand: from the purchase's own credits only (the lots spend earliest expiry
+        // first: `manual` and `t1` expire in a year, `free` never).
+        t.apply(Op::Adjust {
+            account: acme(),
+            adjustment_id: crate::ids::AdjustmentId::parse("spend").unwrap(),
+            amount: Nanos(-7 * USD),
+            reason: "usage elsewhere".into(),
+        })
+        .unwrap();
+        let left = |t: &T1, p: &str| {
+            t.acct()
+                .lots
+                .iter()
+                .find(|l| l.purchase_id == id(p))
+                .unwrap()
+                .remaining
+        };
+        assert_eq!(left(&t, "manual"), Nanos(3 * USD));
+        assert!(not_refundable(t.refused(refund("manual", "r1", 4, None))));
+        let Outcome::Refunded { refund: r, .. } = t.apply(refund("manual", "r1", 3, None)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((r.taken, r.provider_reference), (Nanos(3 * USD), None));
+        assert_eq!(left(&t, "manual"), Nanos::ZERO);
+        assert_eq!(t.balance(), 30 - 7 - 3);
+        // Through the provider: what its cumulative amount adds.
+        t.apply(refund("t1", "r2", 4, Some(4))).unwrap();
+        let Outcome::Refunded { refund: r, .. } = t.apply(refund("t1", "r3", 2, Some(6))).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(r.taken, Nanos(2 * USD));
+        assert_eq!(r.balance_after, Nanos(14 * USD));
+        assert_eq!(
+            t.s.top_ups[&(acme(), id("t1"))].provider_refunded,
+            Nanos(6 * USD)
+        );
+        assert_eq!(t.s.purchases[&(acme(), id("t1"))].refunded, Nanos(6 * USD));
+        // Replays answer the first answer.
+        let again = t.apply(refund("t1", "r3", 2, Some(6))).unwrap();
+        assert_eq!(
+            again,
+            Outcome::Refunded {
+                refund: r,
+                replayed: true
+            }
+        );
+        assert_eq!(t.s.new_refunds.len(), 3);
+        let notes =
+            t.s.new_invoices
+                .iter()
+                .filter(|i| i.kind == InvoiceKind::CreditNote)
+                .count();
+        assert_eq!(notes, 3);
+    }
+
+    #[test]
+    fn the_rule_needs_a_card_and_sane_amounts_and_setting_it_makes_it_active() {
+        let mut t = T1::new();
+        let set = |enabled, threshold: i64, amount: i64, max: i64| Op::SetAutoTopUp {
+            account: acme(),
+            rule: AutoTopUpRule {
+                enabled,
+                threshold: Nanos(threshold * USD),
+                amount: Nanos(amount * USD),
+                max_per_month: Nanos(max * USD),
+            },
+        };
+        assert!(matches!(
+            t.refused(set(true, 10, 20, 100)),
+            Rejection::PaymentMethodRequired(_)
+        ));
+        // Disabled, it needs none.
+        t.apply(set(false, 10, 20, 100)).unwrap();
+        t.top_up("t1", 20);
+        t.paid("t1", 20).unwrap();
+        assert!(
+            matches!(
+                t.refused(set(true, 10, 20, 100)),
+                Rejection::PaymentMethodRequired(_)
+            ),
+            "a card without a customer"
+        );
+        t.apply(Op::SetPaymentCustomer {
+            account: acme(),
+            customer: "cus_1".into(),
+        })
+        .unwrap();
+        let kept = t
+            .apply(Op::SetPaymentCustomer {
+                account: acme(),
+                customer: "cus_2".into(),
+            })
+            .unwrap();
+        let Outcome::PaymentProfile { profile } = kept else {
+            panic!()
+        };
+        assert_eq!(
+            profile.customer.as_deref(),
+            Some("cus_1"),
+            "the first one stays"
+        );
+        for (bad, field) in [
+            (set(true, -1, 20, 100), "threshold_usd"),
+            (set(true, 10, 4, 100), "amount_usd"),
+            (set(true, 10, 20_000, 100_000), "amount_usd"),
+            (set(true, 10, 20, 19), "max_per_month_usd"),
+        ] {
+            assert!(
+                matches!(t.refused(bad), Rejection::Invalid { field: f, .. } if f == field),
+                "{field}"
+            );
+        }
+        // A paused rule with a failure and a top-up in flight: set again, it is active, the
+        // failures and the wait are gone, what is in flight and the month's total stay.
+        let acct = t.s.accounts.get_mut(&acme()).unwrap();
+        acct.payment.auto_top_up = Some(AutoTopUp {
+            paused: Some(PausedReason::RepeatedFailures),
+            failures: 3,
+            not_before: Some(T.plus_ms(1 << 40)),
+            in_flight: Some(id("auto-7")),
+            month_total: Nanos(40 * USD),
+            ..acct.payment.auto_top_up.clone().unwrap()
+        });
+        t.apply(set(true, 10, 20, 100)).unwrap();
+        let r = t.acct().payment.auto_top_up.clone().unwrap();
+        assert_eq!((r.paused, r.failures, r.not_before), (None, 0, None));
+        assert_eq!(
+            (r.in_flight, r.month_total),
+            (Some(id("auto-7")), Nanos(40 * USD))
+        );
+    }
+
+    #[test]
+    fn top_up_ids_are_idempotent_in_range_and_auto_ones_are_the_rules() {
+        let mut t = T1::new();
+        let create = |top_up: &str, usd: i64| Op::CreateTopUp {
+            account: acme(),
+            top_up_id: id(top_up),
+            amount: Nanos(usd * USD),
+        };
+        let first = t.apply(create("t1", 10)).unwrap();
+        let Outcome::TopUp {
+            top_up,
+            replayed: false,
+        } = first
+        else {
+            panic!()
+        };
+        assert_eq!(
+            t.apply(create("t1", 10)).unwrap(),
+            Outcome::TopUp {
+                top_up,
+                replayed: true
+            }
+        );
+        assert!(matches!(
+            t.refused(create("t1", 11)),
+            Rejection::Conflict(_)
+        ));
+        assert!(matches!(
+            t.refused(create("t2", 4)),
+            Rejection::Invalid {
+                field: "amount_usd",
+                ..
+            }
+        ));
+        assert!(matches!(
+            t.refused(create("auto-1", 10)),
+            Rejection::Invalid {
+                field: "top_up_id",
+                ..
+            }
+        ));
+        assert!(matches!(
+            t.refused(Op::Purchase {
+                account: acme(),
+                purchase_id: id("auto-1"),
+                amount: Nanos(USD),
+                paid: true,
+                expires_at: None,
+            }),
+            Rejection::Invalid {
+                field: "purchase_id",
+                ..
+            }
+        ));
+        t.tell(PaymentEffect::CheckoutCreated {
+            top_up_id: id("t1"),
+            session: "cs_1".into(),
+            url: "https://pay.test/cs_1".into(),
+        })
+        .unwrap();
+        let top_up = &t.s.top_ups[&(acme(), id("t1"))];
+        assert_eq!(top_up.checkout_session.as_deref(), Some("cs_1"));
+        assert_eq!(
+            top_up.checkout_url.as_deref(),
+            Some("https://pay.test/cs_1")
+        );
+    }
+
+    #[test]
+    fn no_auto_top_up_while_a_dispute_locks_the_account_or_for_invoice_billing() {
+        let mut t = T1::new();
+        t.top_up("t1", 50);
+        t.paid("t1", 50).unwrap();
+        t.apply(Op::SetPaymentCustomer {
+            account: acme(),
+            customer: "cus_1".into(),
+        })
+        .unwrap();
+        t.dispute("t1", "dp1", 50, DisputeStatus::Open);
+        t.apply(Op::SetAutoTopUp {
+            account: acme(),
+            rule: AutoTopUpRule {
+                enabled: true,
+                threshold: Nanos(10 * USD),
+                amount: Nanos(10 * USD),
+                max_per_month: Nanos(100 * USD),
+            },
+        })
+        .unwrap();
+        assert_eq!(t.balance(), 0);
+        assert!(t.s.top_ups.values().all(|t| t.kind == TopUpKind::Checkout));
+        t.dispute("t1", "dp1", 50, DisputeStatus::Won);
+        // The balance is back above the threshold; a debit takes it below.
+        t.apply(Op::Adjust {
+            account: acme(),
+            adjustment_id: crate::ids::AdjustmentId::parse("a1").unwrap(),
+            amount: Nanos(-45 * USD),
+            reason: "usage".into(),
+        })
+        .unwrap();
+        let started = &t.s.top_ups[&(acme(), id("auto-1"))];
+        assert_eq!(started.amount, Nanos(10 * USD));
+        assert_eq!(started.status, TopUpStatus::AwaitingPayment);
+        let data = &t.s.events.last().unwrap().data;
+        assert_eq!(
+            data,
+            &crate::events::EventData::TopUpStarted {
+                top_up_id: id("auto-1"),
+                kind: "auto".into(),
+                amount_nano_usd: Nanos(10 * USD),
+                customer: "cus_1".into(),
+                payment_method: "pm_1".into(),
+            }
+        );
+    }
+}
