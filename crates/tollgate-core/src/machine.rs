@@ -670,9 +670,10 @@ pub enum Op {
         amount: Nanos,
         reason: String,
     },
-    /// A payment was disputed: the account locks until the dispute is lifted (credits do not
-    /// lift it). Setting it again keeps the first time. Sent by the payment provider's
-    /// dispute notification when payments are integrated; nothing in the HTTP API sets it.
+    /// Locks the account as a payment dispute does, without a dispute (credits do not lift
+    /// it; an operator's unlock does). Setting it again keeps the first time. The provider's
+    /// disputes lock through `Op::Payment` ([`crate::payments`]); nothing in the HTTP API sends
+    /// this one: it is kept for tests.
     LockDisputed {
         account: AccountId,
     },
