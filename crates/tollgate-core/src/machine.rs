@@ -1107,7 +1107,9 @@ impl BatchState {
 /// Applies one operation at `now`. On `Err` nothing in `state` changed, with one exception,
 /// the core's own follow-up of a refusal: a start refused by a `block` spending limit marks
 /// that limit reached for its period and records the `spending_limit.reached` notice, the
-/// first time in the period ([`limits::refused`]; the account is then written).
+/// first time in the period ([`limits::refused`]; the account is then written). An operation
+/// that changed something is followed by the account's notices (lock, low balance) and by its
+/// auto top-up rule's decision (see [`crate::payments`]), which may start a top-up.
 pub fn apply(
     state: &mut BatchState,
     catalog: &Catalog,
