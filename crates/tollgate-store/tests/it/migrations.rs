@@ -625,9 +625,9 @@ fn upgrading_postgres_to_payments_keeps_webhooks_purchases_and_invoices() {
              INSERT INTO webhook_event_types VALUES ('*', 'wh_old'); \
              UPDATE webhook_event_counter SET last_seq = 1; \
              INSERT INTO webhook_events VALUES (1, 'acme', 'purchase.succeeded', 1000, \
-               '{\"type\":\"purchase.succeeded\",\"purchase_id\":\"p-1\",\
+               '{\"type\":\"purchase.succeeded\",\"data\":{\"purchase_id\":\"p-1\",\
 \"amount_nano_usd\":1000000000,\"kind\":\"paid\",\"balance_nano_usd\":1000000000,\
-\"expires_at\":null}'); \
+\"expires_at\":null}}'); \
              INSERT INTO webhook_deliveries (webhook_id, event_seq, account, status, attempts, \
                tries, queued_at, next_attempt_at) VALUES ('wh_old', 1, 'acme', 'pending', 0, 0, \
                1000, 1000)",
