@@ -26,6 +26,8 @@ pub mod platform;
 pub mod portal;
 pub mod query_string;
 pub mod statements;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod webhooks;
 pub mod wire;
 
