@@ -163,7 +163,7 @@ pub enum EventData {
         invoice: usize,
         invoice_id: String,
         number: String,
-        /// `"top_up"` or `"usage"`.
+        /// `"top_up"`, `"usage"` or `"credit_note"`.
         kind: String,
         status: String,
         total_nano_usd: Nanos,

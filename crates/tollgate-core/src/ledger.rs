@@ -299,6 +299,36 @@ impl CreditAccount {
         })
     }
 
+    /// Takes back credits whose payment was refunded (`kind` [`TransferKind::Refund`], to
+    /// [`LedgerAccount::Refunds`]) or disputed ([`TransferKind::Dispute`], to
+    /// [`LedgerAccount::Disputes`]), whatever is held: the money left, so the credits go even if
+    /// they were spent (the balance is then owed).
+    pub fn take_back(&mut self, amount: Nanos, kind: TransferKind) -> Result<Transfer, MoneyError> {
+        let credit = match kind {
+            TransferKind::Refund => LedgerAccount::Refunds,
+            TransferKind::Dispute => LedgerAccount::Disputes,
+            _ => unreachable!("credits are taken back for a refund or a dispute"),
+        };
+        self.balance = self.balance.checked_sub(amount)?;
+        Ok(Transfer {
+            kind,
+            debit: self.me(),
+            credit,
+            amount,
+        })
+    }
+
+    /// Gives back credits a dispute took: it was won.
+    pub fn give_back(&mut self, amount: Nanos) -> Result<Transfer, MoneyError> {
+        self.balance = self.balance.checked_add(amount)?;
+        Ok(Transfer {
+            kind: TransferKind::DisputeReversal,
+            debit: LedgerAccount::Disputes,
+            credit: self.me(),
+            amount,
+        })
+    }
+
     /// Charges without a hold (usage reported after the fact: the work is done, so it is
     /// billed in full).
     pub fn charge(&mut self, cost: Nanos) -> Result<Transfer, MoneyError> {

@@ -306,6 +306,69 @@ impl AccountState {
         self.adjusted_credit = Nanos(self.adjusted_credit.0 - take.0);
     }
 
+    /// Takes back `amount` of `purchase`'s credits because its payment was refunded or disputed
+    /// (`kind`): from that purchase's lot first, then as a debit does (the lots that expire
+    /// first, then the adjusted credit), so the lots still hold `max(balance, 0)`; the paid
+    /// totals (lifetime, and the concurrency tier's 28 days) count the purchase net of it.
+    pub(crate) fn take_back(
+        &mut self,
+        purchase: &PurchaseRecord,
+        amount: Nanos,
+        kind: TransferKind,
+        now: Timestamp,
+    ) -> Result<Transfer, MoneyError> {
+        let t = self.credit.take_back(amount, kind)?;
+        let mut rest = amount;
+        if let Some(lot) = self
+            .lots
+            .iter_mut()
+            .find(|l| l.purchase_id == purchase.purchase_id)
+        {
+            let take = lot.remaining.min(rest).max(Nanos::ZERO);
+            lot.remaining = lot.remaining.checked_sub(take)?;
+            rest = rest.checked_sub(take)?;
+        }
+        self.spend_lots(rest);
+        self.count_paid(purchase, Nanos(-amount.0), now)?;
+        Ok(t)
+    }
+
+    /// Gives back `amount` of `purchase`'s credits that a dispute took (it was won), as a
+    /// credit adjustment does: what is owed is repaid first, and the rest never expires (the
+    /// lots it was taken from may have been spent or expired since).
+    pub(crate) fn give_back(
+        &mut self,
+        purchase: &PurchaseRecord,
+        amount: Nanos,
+        now: Timestamp,
+    ) -> Result<Transfer, MoneyError> {
+        let debt = (-self.credit.balance.0).max(0);
+        let t = self.credit.give_back(amount)?;
+        self.adjusted_credit = self
+            .adjusted_credit
+            .checked_add(Nanos((amount.0 - debt).max(0)))?;
+        self.count_paid(purchase, amount, now)?;
+        Ok(t)
+    }
+
+    /// Moves the paid totals by `delta` of a paid `purchase`: the lifetime one, and the
+    /// trailing 28 days' while the purchase is in them.
+    fn count_paid(
+        &mut self,
+        purchase: &PurchaseRecord,
+        delta: Nanos,
+        now: Timestamp,
+    ) -> Result<(), MoneyError> {
+        if !purchase.paid {
+            return Ok(());
+        }
+        self.paid_lifetime = self.paid_lifetime.checked_add(delta)?;
+        if purchase.created_at > now.minus_ms(crate::concurrency::TIER_WINDOW_MS) {
+            self.paid_28d = self.paid_28d.checked_add(delta)?;
+        }
+        Ok(())
+    }
+
     /// Adds a lot for new credits; an overdrawn balance is repaid from it first.
     fn add_lot(&mut self, lot: Lot, balance_before: Nanos) {
         let debt = Nanos((-balance_before.0).max(0));
@@ -607,14 +670,16 @@ pub enum Op {
         amount: Nanos,
         reason: String,
     },
-    /// A payment was disputed: the account locks until the dispute is lifted (credits do not
-    /// lift it). Setting it again keeps the first time. Sent by the payment provider's
-    /// dispute notification when payments are integrated; nothing in the HTTP API sets it.
+    /// Locks the account as a payment dispute does, without a dispute (credits do not lift
+    /// it; an operator's unlock does). Setting it again keeps the first time. The provider's
+    /// disputes lock through `Op::Payment` ([`crate::payments`]); nothing in the HTTP API sends
+    /// this one: it is kept for tests.
     LockDisputed {
         account: AccountId,
     },
-    /// Lifts a dispute lock (the dispute was won, or an operator unlocks the account). A lock
-    /// from an exhausted balance stays: only credits lift it.
+    /// Lifts a dispute lock (an operator unlocks the account): no dispute holds it any more
+    /// (`PaymentProfile::dispute_locks` 0, a new `dispute_epoch`). A lock from an exhausted
+    /// balance stays: only credits lift it.
     LiftDispute {
         account: AccountId,
         reason: String,
@@ -975,7 +1040,7 @@ struct Ctx<'a> {
 
 impl BatchState {
     /// Records an event caused by the operation being applied (see [`crate::events`]).
-    fn event(&mut self, account: &AccountId, at: Timestamp, data: EventData) {
+    pub(crate) fn event(&mut self, account: &AccountId, at: Timestamp, data: EventData) {
         self.events.push(NewEvent {
             account: account.clone(),
             at,
@@ -985,7 +1050,7 @@ impl BatchState {
 
     /// Issues an invoice (numbered by the store as the batch commits) and records its
     /// `invoice.issued` event.
-    fn issue_invoice(&mut self, invoice: NewInvoice) {
+    pub(crate) fn issue_invoice(&mut self, invoice: NewInvoice) {
         let data = EventData::InvoiceIssued {
             invoice: self.new_invoices.len(),
             invoice_id: String::new(),
@@ -1042,7 +1107,9 @@ impl BatchState {
 /// Applies one operation at `now`. On `Err` nothing in `state` changed, with one exception,
 /// the core's own follow-up of a refusal: a start refused by a `block` spending limit marks
 /// that limit reached for its period and records the `spending_limit.reached` notice, the
-/// first time in the period ([`limits::refused`]; the account is then written).
+/// first time in the period ([`limits::refused`]; the account is then written). An operation
+/// that changed something is followed by the account's notices (lock, low balance) and by its
+/// auto top-up rule's decision (see [`crate::payments`]), which may start a top-up.
 pub fn apply(
     state: &mut BatchState,
     catalog: &Catalog,
@@ -1061,9 +1128,18 @@ pub fn apply(
         .as_ref()
         .and_then(|a| state.accounts.get(a))
         .map(Watch::of);
-    let outcome = apply_op(state, &Ctx { catalog, now }, op);
-    if let (Ok(_), Some(account), Some(before)) = (&outcome, watched, before) {
-        notice_changes(state, account, before, now);
+    let mut outcome = apply_op(state, &Ctx { catalog, now }, op);
+    if let (Ok(o), Some(account), Some(before)) = (&mut outcome, watched, before) {
+        notice_changes(state, &account, before, now);
+        // The auto top-up rule looks at what the operation left (the available balance, the
+        // rule's state), when it changed something: a repeat leaves all as it was.
+        if o.changed_anything() {
+            crate::payments::decide_auto_top_up(state, &account, now);
+            if let Outcome::PaymentProfile { profile } = o {
+                // The answer shows the top-up the change started.
+                profile.clone_from(&state.accounts[&account].payment);
+            }
+        }
     }
     if let Err(Rejection::SpendingLimitExceeded {
         account, limit_id, ..
@@ -1099,8 +1175,8 @@ impl Watch {
 /// and `account.unlocked` when it started or stopped refusing requests, `balance.low` when
 /// its balance went from at or above its low-balance level (the terms in force at `now`) to
 /// below it. So each fires once per crossing, and again only after the account crossed back.
-fn notice_changes(state: &mut BatchState, account: AccountId, before: Watch, now: Timestamp) {
-    let Some(acct) = state.accounts.get(&account) else {
+fn notice_changes(state: &mut BatchState, account: &AccountId, before: Watch, now: Timestamp) {
+    let Some(acct) = state.accounts.get(account) else {
         return;
     };
     let balance = acct.credit.balance;
@@ -1124,7 +1200,31 @@ fn notice_changes(state: &mut BatchState, account: AccountId, before: Watch, now
         _ => {}
     }
     for data in events {
-        state.event(&account, now, data);
+        state.event(account, now, data);
+    }
+}
+
+impl Outcome {
+    /// Whether the operation changed anything: not a repeat answered from its first answer,
+    /// nor a sweep, lock change or close that found nothing to do.
+    pub fn changed_anything(&self) -> bool {
+        match self {
+            Outcome::Submitted { replayed, .. }
+            | Outcome::Started { replayed, .. }
+            | Outcome::Completed { replayed, .. }
+            | Outcome::Cancelled { replayed }
+            | Outcome::Purchased { replayed, .. }
+            | Outcome::Adjusted { replayed, .. }
+            | Outcome::TopUp { replayed, .. }
+            | Outcome::PaymentApplied { replayed, .. }
+            | Outcome::Refunded { replayed, .. } => !*replayed,
+            Outcome::LockChanged { changed, .. } => *changed,
+            Outcome::Expired { expired } => *expired,
+            Outcome::CreditsExpired { amount } => *amount > Nanos::ZERO,
+            Outcome::ExpiryNoticed { lots } => *lots > 0,
+            Outcome::PeriodClosed { issued } => *issued,
+            Outcome::PaymentProfile { .. } => true,
+        }
     }
 }
 
@@ -1892,6 +1992,77 @@ fn purchase(
     paid: bool,
     expires_at: Option<Timestamp>,
 ) -> Result<Outcome, Rejection> {
+    if crate::payments::is_auto_id(&purchase_id)
+        && !state
+            .purchases
+            .contains_key(&(account.clone(), purchase_id.clone()))
+    {
+        // An auto top-up's payment becomes the purchase of its id: an operator's purchase
+        // must not take it (the payment would find it credited, or in conflict).
+        return Err(Rejection::Invalid {
+            field: "purchase_id",
+            reason: format!(
+                "`{}...` is kept for the purchases of auto top-ups",
+                crate::payments::AUTO_PREFIX
+            ),
+        });
+    }
+    let planned = plan_purchase(
+        state,
+        cx.catalog,
+        cx.now,
+        &account,
+        &purchase_id,
+        amount,
+        paid,
+        expires_at,
+    )?;
+    let purchase = match planned {
+        PlannedPurchase::Replay(first) => {
+            return Ok(Outcome::Purchased {
+                purchase: first,
+                replayed: true,
+            })
+        }
+        PlannedPurchase::New {
+            account,
+            record,
+            transfer,
+        } => record_purchase(state, cx.now, *account, record, transfer),
+    };
+    Ok(Outcome::Purchased {
+        purchase,
+        replayed: false,
+    })
+}
+
+/// A purchase decided by [`plan_purchase`], not yet recorded.
+pub(crate) enum PlannedPurchase {
+    /// The purchase id was used before, for the same purchase: its first answer.
+    Replay(PurchaseRecord),
+    /// The account with the credits added (a copy: the caller may change it further), the
+    /// purchase's record and its transfer, for [`record_purchase`].
+    New {
+        account: Box<AccountState>,
+        record: PurchaseRecord,
+        transfer: Transfer,
+    },
+}
+
+/// Decides a purchase without changing `state`: the answer of `Op::Purchase`, which a paid
+/// top-up shares (its id is the purchase's), so a payment is credited once whatever reports
+/// it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn plan_purchase(
+    state: &BatchState,
+    catalog: &Catalog,
+    now: Timestamp,
+    account: &AccountId,
+    purchase_id: &PurchaseId,
+    amount: Nanos,
+    paid: bool,
+    expires_at: Option<Timestamp>,
+) -> Result<PlannedPurchase, Rejection> {
     let key = (account.clone(), purchase_id.clone());
     if let Some(first) = state.purchases.get(&key) {
         if first.amount != amount
@@ -1902,10 +2073,7 @@ fn purchase(
                 "purchase_id {purchase_id} was already used with a different amount, kind or expiry"
             )));
         }
-        return Ok(Outcome::Purchased {
-            purchase: first.clone(),
-            replayed: true,
-        });
+        return Ok(PlannedPurchase::Replay(first.clone()));
     }
     if amount <= Nanos::ZERO || amount > crate::money::MAX_AMOUNT {
         return Err(Rejection::Invalid {
@@ -1913,23 +2081,26 @@ fn purchase(
             reason: format!("must be positive and at most {}", crate::money::MAX_AMOUNT),
         });
     }
-    if expires_at.is_some_and(|e| e <= cx.now) {
+    if expires_at.is_some_and(|e| e <= now) {
         return Err(Rejection::Invalid {
             field: "expires_at",
             reason: "must be in the future".into(),
         });
     }
-    let expires_at = expires_at.or(paid.then(|| cx.now.plus_ms(PAID_CREDITS_EXPIRE_MS)));
-    let acct = state.account_mut(&account)?;
+    let expires_at = expires_at.or(paid.then(|| now.plus_ms(PAID_CREDITS_EXPIRE_MS)));
+    let acct = state
+        .accounts
+        .get(account)
+        .ok_or_else(|| Rejection::UnknownAccount(account.clone()))?;
     let mut next = acct.clone();
     let balance_before = next.credit.balance;
-    let t = next.credit.add_credits(amount, paid)?;
+    let transfer = next.credit.add_credits(amount, paid)?;
     next.add_lot(
         Lot {
             purchase_id: purchase_id.clone(),
             remaining: amount,
             expires_at,
-            created_at: cx.now,
+            created_at: now,
             expiry_noticed: false,
         },
         balance_before,
@@ -1943,53 +2114,71 @@ fn purchase(
         purchase_id: purchase_id.clone(),
         amount,
         paid,
-        created_at: cx.now,
+        created_at: now,
         expires_at,
         balance_after: next.credit.balance,
-        concurrency_limit_after: next.concurrency_limit(cx.catalog),
+        concurrency_limit_after: next.concurrency_limit(catalog),
         locked_after: next.is_locked(),
         refunded: Nanos::ZERO,
         disputed: Nanos::ZERO,
     };
-    *acct = next;
-    state.dirty_accounts.insert(account);
+    Ok(PlannedPurchase::New {
+        account: Box::new(next),
+        record,
+        transfer,
+    })
+}
+
+/// Records a purchase [`plan_purchase`] decided: `acct` becomes the account, and its transfer,
+/// its `purchase.succeeded` and, when paid, its top-up invoice are recorded. Returns the
+/// record.
+pub(crate) fn record_purchase(
+    state: &mut BatchState,
+    now: Timestamp,
+    acct: AccountState,
+    record: PurchaseRecord,
+    transfer: Transfer,
+) -> PurchaseRecord {
+    let account = record.account.clone();
+    state.accounts.insert(account.clone(), acct);
+    state.dirty_accounts.insert(account.clone());
     state.transfers.push(TransferRecord {
-        transfer: t,
+        transfer,
         request_id: None,
-        purchase_id: Some(purchase_id),
-        at: cx.now,
+        purchase_id: Some(record.purchase_id.clone()),
+        at: now,
     });
-    state.purchases.insert(key, record.clone());
+    state.purchases.insert(
+        (account.clone(), record.purchase_id.clone()),
+        record.clone(),
+    );
     state.new_purchases.push(record.clone());
     state.event(
-        &record.account,
-        cx.now,
+        &account,
+        now,
         EventData::PurchaseSucceeded {
             purchase_id: record.purchase_id.clone(),
-            amount_nano_usd: amount,
-            kind: if paid { "paid" } else { "free" }.to_string(),
+            amount_nano_usd: record.amount,
+            kind: if record.paid { "paid" } else { "free" }.to_string(),
             balance_nano_usd: record.balance_after,
-            expires_at,
+            expires_at: record.expires_at,
         },
     );
-    if paid {
+    if record.paid {
         state.issue_invoice(NewInvoice {
-            account: record.account.clone(),
+            account,
             kind: InvoiceKind::TopUp,
             status: InvoiceStatus::Paid,
-            issued_at: cx.now,
-            period_start: cx.now,
-            period_end: cx.now,
-            subtotal: amount,
+            issued_at: now,
+            period_start: now,
+            period_end: now,
+            subtotal: record.amount,
             discount: Nanos::ZERO,
-            total: amount,
+            total: record.amount,
             purchase_id: Some(record.purchase_id.clone()),
         });
     }
-    Ok(Outcome::Purchased {
-        purchase: record,
-        replayed: false,
-    })
+    record
 }
 
 /// Expires what is left of the account's lots whose date has passed, lot by lot, never
@@ -2310,6 +2499,10 @@ fn lift_dispute(
         });
     }
     acct.disputed_since = None;
+    // Every dispute that held the lock stops counting: the epoch moves on, so a dispute that
+    // locked before this unlock cannot lift a later one's lock when it is won.
+    acct.payment.dispute_locks = 0;
+    acct.payment.dispute_epoch = acct.payment.dispute_epoch.saturating_add(1);
     let lock_reason = acct.lock_reason();
     state.dirty_accounts.insert(account);
     Ok(Outcome::LockChanged {

@@ -6,12 +6,16 @@
 //! Operations are generated as small numbers ([`Step`]) that index small pools of accounts,
 //! endpoints, request, event and purchase ids, so that duplicates, conflicts and out-of-order
 //! calls (complete before start, start after cancel, ...) happen often; [`to_op`] turns a step
-//! into the [`Op`] it stands for at a given `now`. The catalog the endpoints refer to is each
-//! test's own.
+//! into the [`Op`] it stands for at a given `now`, and [`to_op_in`] in a given state (a
+//! provider's amounts are fractions of the top-up they are about, as the provider's are). The
+//! catalog the endpoints refer to is each test's own.
 
 use crate::ids::{AccountId, AdjustmentId, EndpointId, PurchaseId, RequestId};
 use crate::ledger::CreditAccount;
 use crate::machine::{AccountState, BatchState, Op, UsageEvent};
+use crate::payments::{
+    AutoTopUpRule, DisputeStatus, PaymentEffect, ProviderEvent, ProviderRefund, TopUpSettings,
+};
 use crate::price::{Dims, Output};
 use crate::pricing::{Discounts, VolumeTier};
 use crate::terms::{Terms, TermsSchedule, TermsVersion};
@@ -46,6 +50,39 @@ pub const ADJUSTMENT_IDS: [&str; 3] = ["a0", "a1", "a2"];
 /// Adjustment amounts in nano-USD: a credit of 0.03 USD, debits of 0.02 and 2.00 USD (which
 /// overdraws), and an invalid zero.
 pub const ADJUSTMENT_AMOUNTS: [i64; 4] = [30_000_000, -20_000_000, -2_000_000_000, 0];
+
+/// Top-up ids: checkout ones, the first auto top-ups (whose ids the core chooses), and one that
+/// is also a purchase id of [`PURCHASE_IDS`].
+pub const TOP_UP_IDS: [&str; 5] = ["t0", "t1", "auto-1", "auto-2", "p0"];
+/// Top-up amounts in nano-USD: 0.50 and 5.00 USD, and 0.01 (below [`top_up_settings`]'s
+/// smallest).
+pub const TOP_UP_AMOUNTS: [i64; 3] = [500_000_000, 5_000_000_000, 10_000_000];
+/// The payment provider's event ids.
+pub const PROVIDER_EVENT_IDS: [&str; 6] = ["evt0", "evt1", "evt2", "evt3", "evt4", "evt5"];
+pub const DISPUTE_IDS: [&str; 2] = ["dp0", "dp1"];
+pub const REFUND_IDS: [&str; 2] = ["rf0", "rf1"];
+/// Auto top-up thresholds in nano-USD: 0, 0.10, 1.00 and 5.00 USD.
+pub const THRESHOLDS: [i64; 4] = [0, 100_000_000, 1_000_000_000, 5_000_000_000];
+/// Monthly caps of auto top-ups in nano-USD: 0.50, 5.00 and 20.00 USD.
+pub const MONTHLY_CAPS: [i64; 3] = [500_000_000, 5_000_000_000, 20_000_000_000];
+/// A provider's amounts (refunded, disputed) in quarters of the payment's: a quarter, half,
+/// all of it, and more than all (refused).
+pub const QUARTERS: [i64; 4] = [1, 2, 4, 5];
+
+/// The top-up settings of the generated sequences: from 0.10 to 10.00 USD, a declined auto
+/// top-up waits 5 s.
+pub fn top_up_settings() -> TopUpSettings {
+    TopUpSettings {
+        min: Nanos(100_000_000),
+        max: Nanos(10_000_000_000),
+        retry_after_ms: 5_000,
+    }
+}
+
+/// The amount a top-up id is created with unless a step says otherwise.
+pub fn top_up_amount(top_up: usize) -> Nanos {
+    Nanos(TOP_UP_AMOUNTS[top_up % 2])
+}
 
 /// 2026-01-31T23:30:00Z: the month changes half an hour in.
 pub const T0: i64 = 1_769_902_200_000;
@@ -83,9 +120,12 @@ pub fn low_balance(i: usize) -> Option<Nanos> {
 }
 
 /// The real accounts, prepaid, with their discounts and low-balance levels, no credits and
-/// nothing else.
+/// nothing else; [`top_up_settings`].
 pub fn fresh_state() -> BatchState {
-    let mut s = BatchState::default();
+    let mut s = BatchState {
+        top_up_settings: top_up_settings(),
+        ..BatchState::default()
+    };
     for i in 0..REAL_ACCOUNTS {
         let mut a = AccountState::new(CreditAccount::new_prepaid(account_id(i)));
         a.discounts = discounts(i);
@@ -182,6 +222,77 @@ pub enum Step {
         usage: Usage,
         num_gpus: Option<u32>,
     },
+    /// A checkout top-up (`amount`: an index into [`TOP_UP_AMOUNTS`]; `None`, the top-up's
+    /// own, [`top_up_amount`]).
+    CreateTopUp {
+        account: usize,
+        top_up: usize,
+        amount: Option<usize>,
+    },
+    /// What the payment provider tells of a top-up, with one of its event ids or none (the
+    /// provider's answer to a call).
+    Provider {
+        account: usize,
+        event: Option<usize>,
+        top_up: Pick,
+        effect: EffectStep,
+    },
+    /// An operator's refund of a purchase (a pool's indexes [`PURCHASE_IDS`] then
+    /// [`TOP_UP_IDS`]; `amount` [`AMOUNTS`]); `provider_total` in [`QUARTERS`] of the
+    /// purchase's amount: refunded at the provider first.
+    Refund {
+        account: usize,
+        purchase: Pick,
+        refund: usize,
+        amount: usize,
+        provider_total: Option<usize>,
+    },
+    /// Sets the auto top-up rule (indexes into [`THRESHOLDS`], [`TOP_UP_AMOUNTS`],
+    /// [`MONTHLY_CAPS`]).
+    SetAutoTopUp {
+        account: usize,
+        enabled: bool,
+        threshold: usize,
+        amount: usize,
+        max_per_month: usize,
+    },
+    /// Records the account's customer at the provider (`cus_<account>`).
+    SetPaymentCustomer {
+        account: usize,
+    },
+}
+
+/// Which top-up or purchase a step is about: one the account has in the state it is sent to
+/// (the `n`-th by id, round; the pool's first when it has none), or one of the pool's, which
+/// may not exist.
+#[derive(Clone, Copy, Debug)]
+pub enum Pick {
+    Known(usize),
+    Pool(usize),
+    /// The auto top-up in flight (the pool's first when none is).
+    InFlight,
+}
+
+/// A provider's effect, as small numbers; amounts are in [`QUARTERS`] of the top-up's.
+#[derive(Clone, Debug)]
+pub enum EffectStep {
+    /// Paid the top-up's amount (`mismatch`: a quarter more), saving the card or not.
+    Paid {
+        mismatch: bool,
+        save_card: bool,
+    },
+    Failed {
+        needs_customer: bool,
+    },
+    Refunded {
+        total: usize,
+    },
+    Disputed {
+        dispute: usize,
+        amount: usize,
+        status: DisputeStatus,
+    },
+    CheckoutCreated,
 }
 
 #[derive(Clone, Debug)]
@@ -271,7 +382,24 @@ pub fn expires_in_ms() -> impl Strategy<Value = Option<i64>> {
     ]
 }
 
+/// How often payment operations come, against 26 for all the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Payments {
+    /// Now and then (3 in 29).
+    Some,
+    /// Often (20 in 46): top-ups, their payments, the rule and refunds meet within a sequence.
+    Many,
+}
+
 pub fn step(statuses: Statuses) -> impl Strategy<Value = Step> {
+    step_with(statuses, Payments::Some)
+}
+
+pub fn step_with(statuses: Statuses, payments: Payments) -> impl Strategy<Value = Step> {
+    let payment_weight = match payments {
+        Payments::Some => 3,
+        Payments::Many => 20,
+    };
     let req = 0..REQUEST_IDS.len();
     prop_oneof![
         4 => (req.clone(), account_ix(), endpoint_ix()).prop_map(|(req, account, endpoint)| {
@@ -306,6 +434,7 @@ pub fn step(statuses: Statuses) -> impl Strategy<Value = Step> {
             .prop_map(|(account, id, amount)| Step::Adjust { account, id, amount }),
         1 => (account_ix(), prop::bool::weighted(0.6))
             .prop_map(|(account, lift)| Step::Dispute { account, lift }),
+        payment_weight => payment_step(),
         2 => (
             0..EVENT_IDS.len(),
             account_ix(),
@@ -326,6 +455,88 @@ pub fn step(statuses: Statuses) -> impl Strategy<Value = Step> {
     ]
 }
 
+/// A payment operation: top-ups created, what the provider tells of them, operator refunds,
+/// the auto top-up rule and the provider's customer.
+pub fn payment_step() -> impl Strategy<Value = Step> {
+    // Payments come to one account more often than to the others, so that a top-up, its
+    // payment, the customer and the rule meet.
+    let account = || prop_oneof![6 => Just(0usize), 2 => Just(1), 2 => Just(2), 1 => Just(3)];
+    prop_oneof![
+        3 => (
+            account(),
+            prop_oneof![4 => Just(0usize), 2 => Just(1), 1 => Just(2), 1 => Just(4)],
+            prop_oneof![6 => Just(None), 1 => (0..TOP_UP_AMOUNTS.len()).prop_map(Some)],
+        )
+            .prop_map(|(account, top_up, amount)| Step::CreateTopUp { account, top_up, amount }),
+        8 => (
+            account(),
+            prop_oneof![6 => (0..PROVIDER_EVENT_IDS.len()).prop_map(Some), 1 => Just(None)],
+            prop_oneof![
+                6 => (0..4usize).prop_map(Pick::Known),
+                3 => Just(Pick::InFlight),
+                1 => (0..TOP_UP_IDS.len()).prop_map(Pick::Pool),
+            ],
+            effect_step(),
+        )
+            .prop_map(|(account, event, top_up, effect)| Step::Provider {
+                account,
+                event,
+                top_up,
+                effect,
+            }),
+        2 => (
+            account(),
+            prop_oneof![
+                4 => (0..4usize).prop_map(Pick::Known),
+                1 => (0..PURCHASE_IDS.len() + TOP_UP_IDS.len()).prop_map(Pick::Pool),
+            ],
+            0..REFUND_IDS.len(),
+            prop_oneof![6 => 0..3usize, 1 => Just(3)],
+            prop::option::weighted(0.4, 0..QUARTERS.len()),
+        )
+            .prop_map(|(account, purchase, refund, amount, provider_total)| Step::Refund {
+                account,
+                purchase,
+                refund,
+                amount,
+                provider_total,
+            }),
+        2 => (
+            account(),
+            prop::bool::weighted(0.8),
+            0..THRESHOLDS.len(),
+            prop_oneof![6 => 0..2usize, 1 => Just(2)],
+            0..MONTHLY_CAPS.len(),
+        )
+            .prop_map(|(account, enabled, threshold, amount, max_per_month)| Step::SetAutoTopUp {
+                account,
+                enabled,
+                threshold,
+                amount,
+                max_per_month,
+            }),
+        1 => account().prop_map(|account| Step::SetPaymentCustomer { account }),
+    ]
+}
+
+pub fn effect_step() -> impl Strategy<Value = EffectStep> {
+    let status = prop_oneof![
+        3 => Just(DisputeStatus::Open),
+        1 => Just(DisputeStatus::Won),
+        1 => Just(DisputeStatus::Lost),
+    ];
+    prop_oneof![
+        4 => (prop::bool::weighted(0.1), prop::bool::weighted(0.7))
+            .prop_map(|(mismatch, save_card)| EffectStep::Paid { mismatch, save_card }),
+        3 => prop::bool::weighted(0.3).prop_map(|needs_customer| EffectStep::Failed { needs_customer }),
+        2 => (0..QUARTERS.len()).prop_map(|total| EffectStep::Refunded { total }),
+        2 => (0..DISPUTE_IDS.len(), 0..3usize, status).prop_map(|(dispute, amount, status)| {
+            EffectStep::Disputed { dispute, amount, status }
+        }),
+        1 => Just(EffectStep::CheckoutCreated),
+    ]
+}
+
 /// How far the clock moves before a step: mostly a little, sometimes past the short hold
 /// timeouts and credit expiries, now and then far enough for every hold to time out.
 pub fn dt_ms() -> impl Strategy<Value = i64> {
@@ -333,7 +544,11 @@ pub fn dt_ms() -> impl Strategy<Value = i64> {
 }
 
 pub fn timed(statuses: Statuses) -> impl Strategy<Value = Timed> {
-    (dt_ms(), step(statuses)).prop_map(|(dt_ms, step)| Timed { dt_ms, step })
+    timed_with(statuses, Payments::Some)
+}
+
+pub fn timed_with(statuses: Statuses, payments: Payments) -> impl Strategy<Value = Timed> {
+    (dt_ms(), step_with(statuses, payments)).prop_map(|(dt_ms, step)| Timed { dt_ms, step })
 }
 
 pub fn output(u: &Usage) -> Output {
@@ -348,8 +563,19 @@ pub fn output(u: &Usage) -> Output {
     }
 }
 
-/// The operation `step` stands for, sent at `now`.
+/// The operation `step` stands for, sent at `now` (to an empty state: see [`to_op_in`]).
 pub fn to_op(step: &Step, now: Timestamp) -> Op {
+    to_op_in(step, now, &BatchState::default())
+}
+
+/// `q` quarters of `amount`.
+fn quarters(amount: Nanos, q: usize) -> Nanos {
+    Nanos(amount.0 / 4 * QUARTERS[q])
+}
+
+/// The operation `step` stands for, sent at `now` to `state`: a provider's amounts are those
+/// of the top-up (or purchase) they are about, as `state` has it.
+pub fn to_op_in(step: &Step, now: Timestamp, state: &BatchState) -> Op {
     let rid = |i: usize| RequestId::parse(REQUEST_IDS[i]).unwrap();
     let ep = |i: usize| EndpointId::parse(ENDPOINTS[i]).unwrap();
     match step {
@@ -449,5 +675,178 @@ pub fn to_op(step: &Step, now: Timestamp) -> Op {
             machine_type: None,
             num_gpus: *num_gpus,
         }),
+        Step::CreateTopUp {
+            account,
+            top_up,
+            amount,
+        } => Op::CreateTopUp {
+            account: account_id(*account),
+            top_up_id: top_up_id(*top_up),
+            amount: amount.map_or(top_up_amount(*top_up), |i| Nanos(TOP_UP_AMOUNTS[i])),
+        },
+        Step::Provider {
+            account,
+            event,
+            top_up,
+            effect,
+        } => {
+            let id = match top_up {
+                Pick::Known(n) => {
+                    let mut known: Vec<&PurchaseId> = state
+                        .top_ups
+                        .keys()
+                        .filter(|(a, _)| *a == account_id(*account))
+                        .map(|(_, t)| t)
+                        .collect();
+                    known.sort();
+                    known
+                        .get(n % known.len().max(1))
+                        .map_or(top_up_id(0), |t| (*t).clone())
+                }
+                Pick::Pool(i) => top_up_id(*i),
+                Pick::InFlight => state
+                    .accounts
+                    .get(&account_id(*account))
+                    .and_then(|a| a.payment.auto_top_up.as_ref())
+                    .and_then(|r| r.in_flight.clone())
+                    .unwrap_or_else(|| top_up_id(0)),
+            };
+            let amount = state
+                .top_ups
+                .get(&(account_id(*account), id.clone()))
+                .map_or(Nanos(TOP_UP_AMOUNTS[0]), |t| t.amount);
+            let (event_type, effect) = match effect {
+                EffectStep::Paid {
+                    mismatch,
+                    save_card,
+                } => (
+                    "payment_intent.succeeded",
+                    PaymentEffect::Paid {
+                        top_up_id: id.clone(),
+                        amount: if *mismatch {
+                            Nanos(amount.0 + amount.0 / 4)
+                        } else {
+                            amount
+                        },
+                        payment_intent: Some(format!("pi_{}_{id}", ACCOUNTS[*account])),
+                        payment_method: save_card.then(|| "pm_card".to_string()),
+                    },
+                ),
+                EffectStep::Failed { needs_customer } => (
+                    "payment_intent.payment_failed",
+                    PaymentEffect::Failed {
+                        top_up_id: id,
+                        reason: if *needs_customer {
+                            "authentication_required"
+                        } else {
+                            "card_declined"
+                        }
+                        .into(),
+                        needs_customer: *needs_customer,
+                    },
+                ),
+                EffectStep::Refunded { total } => (
+                    "charge.refunded",
+                    PaymentEffect::Refunded {
+                        top_up_id: id,
+                        refunded_total: quarters(amount, *total),
+                    },
+                ),
+                EffectStep::Disputed {
+                    dispute,
+                    amount: part,
+                    status,
+                } => (
+                    "charge.dispute.updated",
+                    PaymentEffect::Disputed {
+                        top_up_id: id,
+                        dispute_id: DISPUTE_IDS[*dispute].to_string(),
+                        // Half, all, or none of the payment (refused).
+                        amount: Nanos(amount.0 / 2 * *part as i64),
+                        status: *status,
+                    },
+                ),
+                EffectStep::CheckoutCreated => (
+                    "checkout.session.created",
+                    PaymentEffect::CheckoutCreated {
+                        top_up_id: id.clone(),
+                        session: format!("cs_{id}"),
+                        url: format!("https://checkout.test/{id}"),
+                    },
+                ),
+            };
+            Op::Payment {
+                account: account_id(*account),
+                event: event.map(|e| ProviderEvent {
+                    event_id: PROVIDER_EVENT_IDS[e].to_string(),
+                    event_type: event_type.to_string(),
+                }),
+                effect,
+            }
+        }
+        Step::Refund {
+            account,
+            purchase,
+            refund,
+            amount,
+            provider_total,
+        } => {
+            let purchase_id = match purchase {
+                Pick::Known(n) => {
+                    let mut known: Vec<&PurchaseId> = state
+                        .purchases
+                        .keys()
+                        .filter(|(a, _)| *a == account_id(*account))
+                        .map(|(_, p)| p)
+                        .collect();
+                    known.sort();
+                    known
+                        .get(n % known.len().max(1))
+                        .map_or(top_up_id(0), |p| (*p).clone())
+                }
+                Pick::Pool(i) if *i < PURCHASE_IDS.len() => {
+                    PurchaseId::parse(PURCHASE_IDS[*i]).unwrap()
+                }
+                Pick::Pool(i) => top_up_id(*i - PURCHASE_IDS.len()),
+                Pick::InFlight => top_up_id(2),
+            };
+            let paid = state
+                .purchases
+                .get(&(account_id(*account), purchase_id.clone()))
+                .map_or(Nanos(AMOUNTS[1]), |p| p.amount);
+            Op::Refund {
+                account: account_id(*account),
+                purchase_id,
+                refund_id: PurchaseId::parse(REFUND_IDS[*refund]).unwrap(),
+                amount: Nanos(AMOUNTS[*amount]),
+                provider: provider_total.map(|q| ProviderRefund {
+                    reference: format!("re_{}", REFUND_IDS[*refund]),
+                    refunded_total: quarters(paid, q),
+                }),
+            }
+        }
+        Step::SetAutoTopUp {
+            account,
+            enabled,
+            threshold,
+            amount,
+            max_per_month,
+        } => Op::SetAutoTopUp {
+            account: account_id(*account),
+            rule: AutoTopUpRule {
+                enabled: *enabled,
+                threshold: Nanos(THRESHOLDS[*threshold]),
+                amount: Nanos(TOP_UP_AMOUNTS[*amount]),
+                max_per_month: Nanos(MONTHLY_CAPS[*max_per_month]),
+            },
+        },
+        Step::SetPaymentCustomer { account } => Op::SetPaymentCustomer {
+            account: account_id(*account),
+            customer: format!("cus_{}", ACCOUNTS[*account]),
+        },
     }
+}
+
+pub fn top_up_id(i: usize) -> PurchaseId {
+    PurchaseId::parse(TOP_UP_IDS[i]).unwrap()
 }

@@ -15,7 +15,9 @@ use tollgate_core::limits::{LimitAction, LimitScope, LimitState, Period, Spendin
 use tollgate_core::machine::{
     apply, AccountState, BatchState, Op, Outcome, Rejection, RequestRecord, RequestStatus,
 };
-use tollgate_core::testing::{account_id, fresh_state, to_op, Statuses, Timed, REAL_ACCOUNTS, T0};
+use tollgate_core::testing::{
+    account_id, fresh_state, to_op_in, Statuses, Timed, REAL_ACCOUNTS, T0,
+};
 use tollgate_core::{Nanos, Timestamp};
 
 const KEYS: [&str; 2] = ["k0", "k1"];
@@ -64,8 +66,8 @@ fn key(i: usize) -> ApiKeyId {
     ApiKeyId::parse(KEYS[i]).unwrap()
 }
 
-fn op_of(step: &KeyedStep, now: Timestamp) -> Op {
-    let mut op = to_op(&step.timed.step, now);
+fn op_of(step: &KeyedStep, now: Timestamp, state: &BatchState) -> Op {
+    let mut op = to_op_in(&step.timed.step, now, state);
     let k = step.key.map(key);
     match &mut op {
         Op::Submit { api_key, .. } => *api_key = k,
@@ -458,7 +460,7 @@ fn run(setup: &Setup, steps: &[KeyedStep]) -> Result<(usize, usize), TestCaseErr
     let (mut admitted, mut refused) = (0, 0);
     for step in steps {
         now = now.plus_ms(step.timed.dt_ms + step.jump_ms);
-        let op = op_of(step, now);
+        let op = op_of(step, now, &s);
         let (accounts, requests, events) = (s.accounts.clone(), s.requests.clone(), s.events.len());
         let result = apply(&mut s, &catalog, now, op.clone());
         match &result {
