@@ -27,12 +27,13 @@ use tollgate_core::machine::{
     apply, close_elapsed_periods, BatchState, InvoiceKind, InvoiceStatus, Op, Outcome, Rejection,
     EXPIRY_NOTICE_MS,
 };
+use tollgate_core::payments::{PaymentEffect, TopUpSettings};
 use tollgate_core::terms::{self, TermsChange};
 use tollgate_core::time::month_start;
 use tollgate_core::Timestamp;
 use tollgate_store::{
-    ApiKeyRecord, BillingMode, ClaimedDelivery, DeliveryResult, Issuer, PortalLink, Reader,
-    ReaderFactory, Store, StoreError, SyncFn, Tx, WebSession, WebhookRecord,
+    ApiKeyRecord, BillingMode, ClaimedDelivery, DeliveryResult, Issuer, PaymentKeys, PortalLink,
+    Reader, ReaderFactory, Store, StoreError, SyncFn, Tx, WebSession, WebhookRecord,
 };
 
 /// The most operations one db transaction applies.
@@ -210,6 +211,11 @@ pub enum AdminCmd {
         username: AccountId,
         limit_id: LimitId,
     },
+    /// Creates the payment provider's subscription row unless it exists
+    /// ([`AdminReply::Found`]: whether it existed already), so every auto top-up started from
+    /// the next commit on is delivered to the provider (charged) through the outbox. Run when
+    /// payments are configured.
+    EnsureProviderWebhook,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -413,6 +419,8 @@ struct Shared {
     readiness: tokio::sync::Mutex<ReadinessCheck>,
     /// The prefix of the invoice numbers issued from now on (`None`: the store's default).
     invoice_prefix: RwLock<Option<Arc<str>>>,
+    /// The top-up settings every batch applies from now on (`[top_ups]`).
+    top_up_settings: RwLock<TopUpSettings>,
     /// Told when a committed (and synced) batch wrote events to the outbox, or a delivery was
     /// queued again: the webhook dispatcher wakes on it ([`Engine::events_written`]).
     events_written: Arc<tokio::sync::Notify>,
@@ -455,6 +463,7 @@ impl Engine {
             schema_version,
             readiness: tokio::sync::Mutex::default(),
             invoice_prefix: RwLock::new(None),
+            top_up_settings: RwLock::new(TopUpSettings::default()),
             events_written: Arc::new(tokio::sync::Notify::new()),
         });
         let (outbox, syncer_thread) = match store.defer_sync()? {
@@ -542,6 +551,50 @@ impl Engine {
             .map_err(|e| EngineError::Invalid(InvalidInput::new(format!("invoice prefix {e}"))))?;
         *self.shared.invoice_prefix.write().expect("prefix lock") = Some(Arc::from(prefix));
         Ok(())
+    }
+
+    /// The top-up settings the core applies from the next batch on (the allowed top-up range,
+    /// how long a declined auto top-up waits): the deployment's `[top_ups]`, like the invoice
+    /// prefix a setting of the process, not of the database. Refused
+    /// ([`EngineError::Invalid`]) unless `0 < min <= max` and `retry_after_ms >= 0`.
+    pub fn set_top_up_settings(&self, settings: TopUpSettings) -> Result<(), EngineError> {
+        if settings.min.0 <= 0 || settings.min > settings.max {
+            return Err(EngineError::Invalid(InvalidInput::new(format!(
+                "top-up range: the minimum ({}) must be positive and at most the maximum ({})",
+                settings.min, settings.max
+            ))));
+        }
+        if settings.retry_after_ms < 0 {
+            return Err(EngineError::Invalid(InvalidInput::new(
+                "top-up retry_after must not be negative",
+            )));
+        }
+        *self
+            .shared
+            .top_up_settings
+            .write()
+            .expect("top-up settings lock") = settings;
+        Ok(())
+    }
+
+    /// The top-up settings in force.
+    pub fn top_up_settings(&self) -> TopUpSettings {
+        *self
+            .shared
+            .top_up_settings
+            .read()
+            .expect("top-up settings lock")
+    }
+
+    /// Creates the payment provider's subscription row unless it exists (see
+    /// [`AdminCmd::EnsureProviderWebhook`]); returns whether it was created now.
+    pub async fn ensure_provider_webhook(&self) -> Result<bool, EngineError> {
+        match self.admin(AdminCmd::EnsureProviderWebhook).await? {
+            AdminReply::Found(existed) => Ok(!existed),
+            other => Err(EngineError::Internal(format!(
+                "unexpected answer to ensuring the provider's webhook: {other:?}"
+            ))),
+        }
     }
 
     /// Closes usage billing periods (see [`Op::CloseInvoicePeriod`]): `account`'s, or every
@@ -969,6 +1022,7 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
     }
     let now = (shared.clock)();
     let prefix = shared.invoice_prefix.read().expect("prefix lock").clone();
+    let top_up_settings = *shared.top_up_settings.read().expect("top-up settings lock");
     let mut answers: Vec<Vec<Result<Outcome, Rejection>>> = Vec::new();
     // Per job: the accounts a close job closed (empty for other jobs).
     let mut closing: Vec<Vec<AccountId>> = Vec::new();
@@ -1042,6 +1096,7 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
         }
         let mut state = load(tx, now, ops_per_job.iter().flatten())?;
         state.invoice_prefix = prefix.clone();
+        state.top_up_settings = top_up_settings;
         // A period of an earlier month is closed before any operation adds to its account.
         close_elapsed_periods(&mut state, now);
         let mut elapsed: Vec<usize> = (0..state.new_invoices.len()).collect();
@@ -1178,7 +1233,8 @@ fn catalog_in_force(tx: &mut dyn Tx, shared: &Shared) -> Result<Arc<Catalog>, St
 }
 
 /// Loads every row the operations touch: requests first (they name their accounts), then the
-/// accounts in sorted order (the lock order on a shared database), then purchases. On a shared
+/// accounts in sorted order (the lock order on a shared database), then purchases,
+/// adjustments, and what payment operations name (under the accounts' locks). On a shared
 /// database the requests are read again once their accounts are locked: another process may
 /// have changed them (or created them) in between. A request created meanwhile may name an
 /// account not yet locked; it is locked in a second round (out of order, which the database's
@@ -1236,6 +1292,7 @@ fn load<'a>(
         .collect();
     tx.load_purchases(&purchases, &mut state.purchases)?;
     let adjustments: Vec<(AccountId, AdjustmentId)> = ops
+        .clone()
         .filter_map(|op| match op {
             Op::Adjust {
                 account,
@@ -1248,7 +1305,54 @@ fn load<'a>(
     if !adjustments.is_empty() {
         tx.load_adjustments(&adjustments, &mut state.adjustments)?;
     }
+    let payments = payment_keys(ops);
+    if !payments.is_empty() {
+        tx.load_payments(&payments, &mut state)?;
+    }
     Ok(state)
+}
+
+/// What the batch's payment operations name: the top-up each creates or is told of (with its
+/// purchase and disputes), the provider event each applies, and for a refund, the purchase,
+/// the refund's first answer and the purchase's top-up (a top-up's id is its purchase's).
+fn payment_keys<'a>(ops: impl Iterator<Item = &'a Op>) -> PaymentKeys {
+    let mut keys = PaymentKeys::default();
+    for op in ops {
+        match op {
+            Op::CreateTopUp {
+                account, top_up_id, ..
+            } => keys.top_ups.push((account.clone(), top_up_id.clone())),
+            Op::Payment {
+                account,
+                event,
+                effect,
+            } => {
+                let top_up_id = match effect {
+                    PaymentEffect::Paid { top_up_id, .. }
+                    | PaymentEffect::Failed { top_up_id, .. }
+                    | PaymentEffect::Refunded { top_up_id, .. }
+                    | PaymentEffect::Disputed { top_up_id, .. }
+                    | PaymentEffect::CheckoutCreated { top_up_id, .. } => top_up_id,
+                };
+                keys.top_ups.push((account.clone(), top_up_id.clone()));
+                if let Some(e) = event {
+                    keys.events.push(e.event_id.clone());
+                }
+            }
+            Op::Refund {
+                account,
+                purchase_id,
+                refund_id,
+                ..
+            } => {
+                keys.purchases.push((account.clone(), purchase_id.clone()));
+                keys.refunds.push((account.clone(), refund_id.clone()));
+                keys.top_ups.push((account.clone(), purchase_id.clone()));
+            }
+            _ => {}
+        }
+    }
+    keys
 }
 
 /// Aborts an admin command's db transaction, so nothing of refused input is applied; the
@@ -1388,6 +1492,9 @@ fn run_admin(
                     let i = position(&limits, limit_id)?;
                     limits.remove(i);
                     tx.set_account_limits(username, &limits)?;
+                }
+                AdminCmd::EnsureProviderWebhook => {
+                    reply = AdminReply::Found(!tx.ensure_provider_webhook(now)?)
                 }
             }
             Ok(())

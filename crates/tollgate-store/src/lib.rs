@@ -22,7 +22,8 @@ mod webhooks;
 
 pub use webhooks::{
     event_id, parse_event_id, AttemptRecord, ClaimedDelivery, DeliveriesQuery, DeliveryNext,
-    DeliveryRecord, DeliveryResult, DeliveryStatus, StoredEvent, WebhookEvents, WebhookRecord,
+    DeliveryRecord, DeliveryResult, DeliveryStatus, StoredEvent, WebhookEvents, WebhookKind,
+    WebhookRecord, PROVIDER_WEBHOOK_ID,
 };
 
 use std::collections::HashMap;
@@ -495,6 +496,16 @@ pub struct PaymentKeys {
     pub refunds: Vec<(AccountId, PurchaseId)>,
 }
 
+impl PaymentKeys {
+    /// Whether it names nothing (a batch without payment operations loads nothing for them).
+    pub fn is_empty(&self) -> bool {
+        self.top_ups.is_empty()
+            && self.purchases.is_empty()
+            && self.events.is_empty()
+            && self.refunds.is_empty()
+    }
+}
+
 /// A statement's rows: an account's balance days from `from` (a UTC midnight, a statement's
 /// month's first) to `to` (exclusive).
 #[derive(Clone, Debug)]
@@ -613,6 +624,9 @@ pub struct Reconciliation {
     /// Usage invoices whose lines do not add up to their subtotal, discount and total, as
     /// `(year, seq)`.
     pub invoice_mismatches: Vec<(i64, i64)>,
+    /// Purchases whose refunded or disputed amounts differ from the refund and dispute
+    /// transfers that name them (refunds; disputes less their reversals).
+    pub payment_mismatches: Vec<(AccountId, PurchaseId)>,
     /// Posted to revenue (post and charge transfers).
     pub revenue_nanos: i128,
     /// Sum of line item totals.
@@ -652,6 +666,7 @@ impl Reconciliation {
         list(&mut out, "rollup mismatches", &self.rollup_mismatches);
         list(&mut out, "statement mismatches", &self.statement_mismatches);
         list(&mut out, "invoice mismatches", &self.invoice_mismatches);
+        list(&mut out, "payment mismatches", &self.payment_mismatches);
         if self.revenue_nanos != self.billed_nanos {
             out.push(format!(
                 "revenue {} != billed {} nano-USD",
@@ -686,6 +701,7 @@ impl Reconciliation {
             && self.rollup_mismatches.is_empty()
             && self.statement_mismatches.is_empty()
             && self.invoice_mismatches.is_empty()
+            && self.payment_mismatches.is_empty()
             && self.revenue_nanos == self.billed_nanos
             && self.purchased_nanos == self.credited_nanos
             && self.adjusted_nanos == self.adjusted_in_ledger_nanos
@@ -848,15 +864,18 @@ pub trait Tx {
         out: &mut HashMap<(AccountId, AdjustmentId), AdjustmentRecord>,
     ) -> Result<()>;
     /// Loads what the batch's payment operations name (see [`PaymentKeys`]) into `state`'s
-    /// `top_ups`, `purchases`, `disputes`, `provider_events` and `refunds`.
-    fn load_payments(&mut self, keys: &PaymentKeys, state: &mut BatchState) -> Result<()> {
-        let _ = (keys, state);
-        todo!("payments-store: load_payments")
-    }
-    /// Writes what the core decided: dirty accounts and requests, new purchases and
-    /// adjustments, transfers and line items, the accruals of usage periods, and the invoices
-    /// the batch issued, numbered (a usage invoice gets its period's accruals as its lines).
-    /// Returns the `(year, seq)` of each of `state.new_invoices`, in order.
+    /// `top_ups` (with each top-up's purchase, if it was paid, into `purchases`, and every
+    /// dispute of it into `disputes`), `purchases`, `provider_events` (the ids already applied)
+    /// and `refunds`. Called after [`Tx::lock_accounts`]: every row it reads belongs to a
+    /// locked account, so it reads them as the last commit left them.
+    fn load_payments(&mut self, keys: &PaymentKeys, state: &mut BatchState) -> Result<()>;
+    /// Writes what the core decided: dirty accounts (with their payment profiles) and
+    /// requests, new purchases and adjustments, what was taken back of purchases (refunded,
+    /// disputed), transfers and line items, the accruals of usage periods, the invoices the
+    /// batch issued, numbered (a usage invoice gets its period's accruals as its lines; a
+    /// credit note names the top-up invoice of its purchase as the invoice it corrects), the
+    /// top-ups and disputes it created or changed, the provider events it applied and the
+    /// refunds it made. Returns the `(year, seq)` of each of `state.new_invoices`, in order.
     fn persist(&mut self, state: &BatchState) -> Result<Vec<(i64, i64)>>;
     /// Accounts with charges in their open usage period, in name order after `after`, only
     /// those whose period began before `started_before` when it is given (an index of the
@@ -949,21 +968,27 @@ pub trait Tx {
     /// Signs out every web session of `account`'s dashboard still signed in, at `now`; returns
     /// how many it ended (console sessions, which have no account, are never touched).
     fn end_account_sessions(&mut self, account: &AccountId, now: Timestamp) -> Result<usize>;
+    /// Inserts the payment provider's subscription row ([`PROVIDER_WEBHOOK_ID`], kind
+    /// [`WebhookKind::Provider`], subscribed to `top_up.started`) unless it exists, created at
+    /// `now`; returns whether it was inserted. The outbox then fans each auto top-up's start
+    /// out to it, and the dispatcher's claims take those deliveries. On a shared database it
+    /// waits for the batches writing events now, as [`Tx::insert_webhook`] does.
+    fn ensure_provider_webhook(&mut self, now: Timestamp) -> Result<bool>;
     /// Stores a new webhook, subscribed to its types from this commit on: every batch that
     /// commits after it fans its events out to it, and none that committed before does
     /// ([`StoreError::AlreadyExists`] if its id is taken). On a shared database it waits for
     /// the batches writing events now (the event counter's lock).
     fn insert_webhook(&mut self, webhook: &WebhookRecord) -> Result<()>;
-    /// Deletes a live webhook at `now`: it is subscribed to nothing more (no batch that
-    /// commits after it fans out to it), and its pending deliveries are given up (`failed`),
-    /// those of batches that committed just before too. Returns whether a live webhook had
-    /// this id.
+    /// Deletes an operator's live webhook at `now`: it is subscribed to nothing more (no batch
+    /// that commits after it fans out to it), and its pending deliveries are given up
+    /// (`failed`), those of batches that committed just before too. Returns whether a live
+    /// webhook of the operator's had this id (the provider's row is not theirs: never deleted).
     fn delete_webhook(&mut self, webhook_id: &str, now: Timestamp) -> Result<bool>;
     /// Claims up to `limit` deliveries due at `now` (see [`webhooks`]), leasing each until
     /// `lease_until`: no claim takes them again before then. Fair across webhooks: round-robin,
     /// and no webhook gets more than `per_webhook` leased at once (those it already has
     /// counted). On a shared database, rows another server is claiming are skipped, not
-    /// waited for.
+    /// waited for. The provider's row's deliveries are claimed too, each saying its kind.
     fn claim_deliveries(
         &mut self,
         now: Timestamp,
@@ -975,9 +1000,9 @@ pub trait Tx {
     /// nothing; one whose delivery was redelivered since its claim is recorded without
     /// changing what the redelivery queued); returns how many were recorded.
     fn record_deliveries(&mut self, results: &[DeliveryResult]) -> Result<usize>;
-    /// Queues the delivery of event `event_seq` to a live webhook again, due at `now`, whatever
-    /// its status; returns whether there is such a delivery (a deleted webhook's is not
-    /// queued).
+    /// Queues the delivery of event `event_seq` to a live webhook of the operator's again, due
+    /// at `now`, whatever its status; returns whether there is such a delivery (a deleted
+    /// webhook's is not queued, nor the provider's: a charge is never sent again by hand).
     fn redeliver(&mut self, webhook_id: &str, event_seq: i64, now: Timestamp) -> Result<bool>;
     fn upsert_endpoint(&mut self, def: &EndpointDef, now: Timestamp) -> Result<()>;
     fn insert_price_version(
@@ -1085,9 +1110,9 @@ pub trait Reader: Send {
     fn credit_activity(&mut self, q: &ActivityQuery) -> Result<Vec<ActivityRecord>>;
     /// An account's purchases in a time range, oldest first (see [`PurchasesQuery`]).
     fn purchases(&mut self, q: &PurchasesQuery) -> Result<Vec<PurchaseEntry>>;
-    /// The live webhooks, by (created_at, webhook_id).
+    /// The operator's live webhooks, by (created_at, webhook_id) (not the provider's row).
     fn webhooks(&mut self) -> Result<Vec<WebhookRecord>>;
-    /// The webhook with this id, deleted or not.
+    /// The operator's webhook with this id, deleted or not (the provider's row reads as none).
     fn webhook(&mut self, webhook_id: &str) -> Result<Option<WebhookRecord>>;
     /// A page of a webhook's deliveries, newest event first (see [`DeliveriesQuery`]).
     fn webhook_deliveries(&mut self, q: &DeliveriesQuery) -> Result<Vec<DeliveryRecord>>;
@@ -1104,33 +1129,21 @@ pub trait Reader: Send {
         &mut self,
         account: &AccountId,
         top_up_id: &PurchaseId,
-    ) -> Result<Option<TopUpRecord>> {
-        let _ = (account, top_up_id);
-        todo!("payments-store: top_up")
-    }
+    ) -> Result<Option<TopUpRecord>>;
     /// The top-up whose payment is the provider's `payment_intent` (`pi_...`).
-    fn top_up_by_payment_intent(&mut self, payment_intent: &str) -> Result<Option<TopUpRecord>> {
-        let _ = payment_intent;
-        todo!("payments-store: top_up_by_payment_intent")
-    }
+    fn top_up_by_payment_intent(&mut self, payment_intent: &str) -> Result<Option<TopUpRecord>>;
     /// An operator refund (its first answer).
     fn refund(
         &mut self,
         account: &AccountId,
         refund_id: &PurchaseId,
-    ) -> Result<Option<RefundRecord>> {
-        let _ = (account, refund_id);
-        todo!("payments-store: refund")
-    }
+    ) -> Result<Option<RefundRecord>>;
     /// A purchase with its refunded and disputed amounts.
     fn purchase(
         &mut self,
         account: &AccountId,
         purchase_id: &PurchaseId,
-    ) -> Result<Option<PurchaseRecord>> {
-        let _ = (account, purchase_id);
-        todo!("payments-store: purchase")
-    }
+    ) -> Result<Option<PurchaseRecord>>;
     /// The invoice issuer, if one was set.
     fn issuer(&mut self) -> Result<Option<Issuer>> {
         self.setting(SETTING_ISSUER)?

@@ -21,6 +21,9 @@ use tollgate_core::machine::{
     AccountState, AdjustmentRecord, InvoiceKind, InvoiceStatus, LineItem, Lot, OpenPeriod,
     PurchaseRecord, RequestRecord, RequestStatus, Source, TransferRecord,
 };
+use tollgate_core::payments::{
+    DisputeRecord, DisputeStatus, PaymentProfile, RefundRecord, TopUpKind, TopUpRecord, TopUpStatus,
+};
 use tollgate_core::price::{MachinePrices, PriceRule};
 use tollgate_core::pricing::{Charge, Discounts};
 use tollgate_core::rollup::{UsagePrice, UsageTotals};
@@ -40,7 +43,7 @@ pub(crate) const ACCOUNT_COLS: &str = "username, balance_nanos, held_nanos, in_p
      terms, adjusted_credit_nanos, disputed_since, paid_lifetime_nanos, \
      month, month_subtotal_nanos, created_at, period_start, period_charges, \
      period_subtotal_nanos, period_discount_nanos, period_total_nanos, period_last_charge_at, \
-     limits";
+     limits, payment";
 
 /// An `accounts` row.
 pub(crate) struct AccountCols {
@@ -58,6 +61,8 @@ pub(crate) struct AccountCols {
     pub period: OpenPeriod,
     /// `accounts.limits`: empty for an account without spending limits.
     pub limits: String,
+    /// `accounts.payment`: empty for an account that never paid through the provider.
+    pub payment: String,
 }
 
 fn small(what: &str, v: i64) -> Result<u32> {
@@ -88,6 +93,7 @@ impl AccountCols {
                 last_charge_at: Timestamp(r.int(16)?),
             },
             limits: r.text(17)?,
+            payment: r.text(18)?,
         })
     }
 
@@ -116,8 +122,7 @@ impl AccountCols {
             disputed_since: self.disputed_since.map(Timestamp),
             period: self.period,
             limits: limit_states(&self.limits)?,
-            // TODO(payments-store): read `accounts.payment`.
-            payment: Default::default(),
+            payment: payment_profile(&self.payment)?,
         };
         state.use_terms_at(now);
         Ok(AccountRow {
@@ -271,6 +276,189 @@ fn limit_states(text: &str) -> Result<Vec<LimitState>> {
         .collect()
 }
 
+/// The stored text of an account's payment profile (`accounts.payment`): empty for the
+/// default (an account that never paid through the provider), so such an account encodes and
+/// parses nothing.
+pub(crate) fn payment_text(profile: &PaymentProfile) -> String {
+    if *profile == PaymentProfile::default() {
+        String::new()
+    } else {
+        to_json(profile)
+    }
+}
+
+fn payment_profile(text: &str) -> Result<PaymentProfile> {
+    if text.is_empty() {
+        return Ok(PaymentProfile::default());
+    }
+    json("payment", text)
+}
+
+pub(crate) const TOP_UP_COLS: &str = "account, top_up_id, kind, amount_nanos, status, \
+     created_at, updated_at, checkout_session, checkout_url, payment_intent, \
+     provider_refunded_nanos, failure";
+
+/// A `top_ups` row.
+pub(crate) struct TopUpCols {
+    pub account: String,
+    pub top_up_id: String,
+    pub kind: &'static str,
+    pub amount: i64,
+    pub status: &'static str,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub checkout_session: Option<String>,
+    pub checkout_url: Option<String>,
+    pub payment_intent: Option<String>,
+    pub provider_refunded: i64,
+    pub failure: Option<String>,
+}
+
+impl TopUpCols {
+    pub fn of(t: &TopUpRecord) -> TopUpCols {
+        TopUpCols {
+            account: t.account.as_str().to_string(),
+            top_up_id: t.top_up_id.as_str().to_string(),
+            kind: t.kind.as_str(),
+            amount: t.amount.0,
+            status: t.status.as_str(),
+            created_at: t.created_at.0,
+            updated_at: t.updated_at.0,
+            checkout_session: t.checkout_session.clone(),
+            checkout_url: t.checkout_url.clone(),
+            payment_intent: t.payment_intent.clone(),
+            provider_refunded: t.provider_refunded.0,
+            failure: t.failure.clone(),
+        }
+    }
+}
+
+/// A row of `SELECT {TOP_UP_COLS}`.
+pub(crate) fn top_up_row(r: &dyn Get) -> Result<TopUpRecord> {
+    let kind = r.text(2)?;
+    let status = r.text(4)?;
+    Ok(TopUpRecord {
+        account: parse_id(AccountId::parse, &r.text(0)?)?,
+        top_up_id: parse_id(PurchaseId::parse, &r.text(1)?)?,
+        kind: TopUpKind::parse(&kind).ok_or_else(|| corrupt("top-up kind", &kind))?,
+        amount: Nanos(r.int(3)?),
+        status: TopUpStatus::parse(&status).ok_or_else(|| corrupt("top-up status", &status))?,
+        created_at: Timestamp(r.int(5)?),
+        updated_at: Timestamp(r.int(6)?),
+        checkout_session: r.opt_text(7)?,
+        checkout_url: r.opt_text(8)?,
+        payment_intent: r.opt_text(9)?,
+        provider_refunded: Nanos(r.int(10)?),
+        failure: r.opt_text(11)?,
+    })
+}
+
+pub(crate) const DISPUTE_COLS: &str = "account, dispute_id, top_up_id, amount_nanos, status, \
+     taken_nanos, locking_epoch, created_at, updated_at";
+
+/// A `disputes` row.
+pub(crate) struct DisputeCols {
+    pub account: String,
+    pub dispute_id: String,
+    pub top_up_id: String,
+    pub amount: i64,
+    pub status: &'static str,
+    pub taken: i64,
+    pub locking_epoch: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl DisputeCols {
+    pub fn of(d: &DisputeRecord) -> DisputeCols {
+        DisputeCols {
+            account: d.account.as_str().to_string(),
+            dispute_id: d.dispute_id.clone(),
+            top_up_id: d.top_up_id.as_str().to_string(),
+            amount: d.amount.0,
+            status: d.status.as_str(),
+            taken: d.taken.0,
+            locking_epoch: d.locking_epoch.map(i64::from),
+            created_at: d.created_at.0,
+            updated_at: d.updated_at.0,
+        }
+    }
+}
+
+/// A row of `SELECT {DISPUTE_COLS}`.
+pub(crate) fn dispute_row(r: &dyn Get) -> Result<DisputeRecord> {
+    let status = r.text(4)?;
+    Ok(DisputeRecord {
+        account: parse_id(AccountId::parse, &r.text(0)?)?,
+        dispute_id: r.text(1)?,
+        top_up_id: parse_id(PurchaseId::parse, &r.text(2)?)?,
+        amount: Nanos(r.int(3)?),
+        status: DisputeStatus::parse(&status).ok_or_else(|| corrupt("dispute status", &status))?,
+        taken: Nanos(r.int(5)?),
+        locking_epoch: r
+            .opt_int(6)?
+            .map(|e| small("locking_epoch", e))
+            .transpose()?,
+        created_at: Timestamp(r.int(7)?),
+        updated_at: Timestamp(r.int(8)?),
+    })
+}
+
+pub(crate) const REFUND_COLS: &str = "account, refund_id, purchase_id, amount_nanos, \
+     taken_nanos, provider_reference, created_at, balance_after";
+
+/// A `refunds` row: the refund and its answer.
+pub(crate) struct RefundCols {
+    pub account: String,
+    pub refund_id: String,
+    pub purchase_id: String,
+    pub amount: i64,
+    pub taken: i64,
+    pub provider_reference: Option<String>,
+    pub created_at: i64,
+    pub balance_after: i64,
+}
+
+impl RefundCols {
+    pub fn of(r: &RefundRecord) -> RefundCols {
+        RefundCols {
+            account: r.account.as_str().to_string(),
+            refund_id: r.refund_id.as_str().to_string(),
+            purchase_id: r.purchase_id.as_str().to_string(),
+            amount: r.amount.0,
+            taken: r.taken.0,
+            provider_reference: r.provider_reference.clone(),
+            created_at: r.created_at.0,
+            balance_after: r.balance_after.0,
+        }
+    }
+}
+
+/// A row of `SELECT {REFUND_COLS}`.
+pub(crate) fn refund_row(r: &dyn Get) -> Result<RefundRecord> {
+    Ok(RefundRecord {
+        account: parse_id(AccountId::parse, &r.text(0)?)?,
+        refund_id: parse_id(PurchaseId::parse, &r.text(1)?)?,
+        purchase_id: parse_id(PurchaseId::parse, &r.text(2)?)?,
+        amount: Nanos(r.int(3)?),
+        taken: Nanos(r.int(4)?),
+        provider_reference: r.opt_text(5)?,
+        created_at: Timestamp(r.int(6)?),
+        balance_after: Nanos(r.int(7)?),
+    })
+}
+
+/// The batch's record of a row it marked changed (the core keeps both together).
+pub(crate) fn dirty<'a, K: std::fmt::Debug + Eq + std::hash::Hash, V>(
+    map: &'a HashMap<K, V>,
+    key: &K,
+    what: &str,
+) -> Result<&'a V> {
+    map.get(key).ok_or_else(|| {
+        crate::StoreError::Corrupt(format!("the batch changed {what} {key:?} it does not hold"))
+    })
+}
+
 pub(crate) const ADJUSTMENT_COLS: &str =
     "account, adjustment_id, amount_nanos, reason, created_at, balance_after, locked_after";
 
@@ -326,7 +514,7 @@ impl AdjustmentCols {
 
 pub(crate) const INVOICE_COLS: &str = "year, seq, prefix, account, kind, status, issued_at, \
      period_start, period_end, total_nanos, purchase_id, subtotal_nanos, discount_nanos, \
-     status_changed_at, status_reference";
+     status_changed_at, status_reference, corrects_year, corrects_seq";
 
 /// The columns of `invoice_lines` read as a line (the quantity as text on both stores).
 pub(crate) const INVOICE_LINE_COLS: &str = "charge_month, endpoint_id, unit, unit_price, \
@@ -450,8 +638,26 @@ pub(crate) fn invoice_row(r: &dyn Get) -> Result<InvoiceRecord> {
         status_changed_at: r.opt_int(13)?.map(Timestamp),
         status_reference: r.opt_text(14)?,
         lines: Vec::new(),
-        // TODO(payments-store): read the corrected invoice.
-        corrects: None,
+        corrects: match (r.opt_int(15)?, r.opt_int(16)?) {
+            (Some(year), Some(seq)) => Some((year, seq)),
+            _ => None,
+        },
+    })
+}
+
+/// The batch's own top-up invoice that its credit note `new_invoices[n]` corrects, as an
+/// index in `new_invoices`: the first top-up invoice issued before it to its account for its
+/// purchase (a refund told before the payment is applied in the payment's batch). `None`
+/// when that invoice was issued by an earlier batch, or never.
+pub(crate) fn corrected_in_batch(s: &BatchState, n: usize) -> Option<usize> {
+    let note = s.new_invoices.get(n)?;
+    if note.kind != InvoiceKind::CreditNote || note.purchase_id.is_none() {
+        return None;
+    }
+    s.new_invoices[..n].iter().position(|i| {
+        i.kind == InvoiceKind::TopUp
+            && i.account == note.account
+            && i.purchase_id == note.purchase_id
     })
 }
 
@@ -493,13 +699,23 @@ pub(crate) fn invoices_args(
     )
 }
 
+/// The join of a purchase `p` to its top-up invoice `i` (its credit notes name the same
+/// purchase).
+const TOP_UP_INVOICE: &str = "LEFT JOIN invoices i \
+     ON i.account = p.account AND i.purchase_id = p.purchase_id AND i.kind = 'top_up'";
+
 /// The payments read's SQL, with placeholders written by `p(n, type)`: account, before
 /// created_at, before purchase_id, limit. `paid` is the condition that a purchase was paid.
+/// Each row also says what was taken back of it, whether a dispute of it is open (or lost),
+/// and the provider's payment of its top-up, if it was one.
 pub(crate) fn payments_sql(p: impl Fn(usize, &str) -> String, paid: &str) -> String {
     format!(
-        "SELECT p.purchase_id, p.created_at, p.amount_nanos, p.expires_at, i.year, i.seq \
-         FROM purchases p LEFT JOIN invoices i \
-         ON i.account = p.account AND i.purchase_id = p.purchase_id \
+        "SELECT p.purchase_id, p.created_at, p.amount_nanos, p.expires_at, i.year, i.seq, \
+         p.refunded_nanos, p.disputed_nanos, EXISTS (SELECT 1 FROM disputes d \
+           WHERE d.account = p.account AND d.top_up_id = p.purchase_id \
+           AND d.status IN ('open', 'lost')), t.payment_intent \
+         FROM purchases p {TOP_UP_INVOICE} \
+         LEFT JOIN top_ups t ON t.account = p.account AND t.top_up_id = p.purchase_id \
          WHERE p.account = {a} AND {paid} \
          AND (p.created_at < {t} OR (p.created_at = {t} AND p.purchase_id < {id})) \
          ORDER BY p.created_at DESC, p.purchase_id DESC LIMIT {l}",
@@ -533,11 +749,10 @@ pub(crate) fn payment_row(r: &dyn Get) -> Result<PaymentRecord> {
         amount: Nanos(r.int(2)?),
         expires_at: r.opt_int(3)?.map(Timestamp),
         invoice,
-        // TODO(payments-store): read refunds, disputes and the provider's reference.
-        refunded: Nanos::ZERO,
-        disputed: Nanos::ZERO,
-        dispute_open: false,
-        provider_reference: None,
+        refunded: Nanos(r.int(6)?),
+        disputed: Nanos(r.int(7)?),
+        dispute_open: r.bool(8)?,
+        provider_reference: r.opt_text(9)?,
     })
 }
 
@@ -547,8 +762,7 @@ pub(crate) fn payment_row(r: &dyn Get) -> Result<PaymentRecord> {
 pub(crate) fn purchases_sql(p: impl Fn(usize, &str) -> String) -> String {
     format!(
         "SELECT p.purchase_id, p.created_at, p.amount_nanos, p.paid, i.prefix, i.year, i.seq \
-         FROM purchases p LEFT JOIN invoices i \
-         ON i.account = p.account AND i.purchase_id = p.purchase_id \
+         FROM purchases p {TOP_UP_INVOICE} \
          WHERE p.account = {a} AND p.created_at >= {from} AND p.created_at < {to} \
          AND (p.created_at > {t} OR (p.created_at = {t} AND p.purchase_id > {id})) \
          ORDER BY p.created_at, p.purchase_id LIMIT {l}",
@@ -592,7 +806,12 @@ pub(crate) fn purchase_entry(r: &dyn Get) -> Result<PurchaseEntry> {
 pub(crate) const PURCHASE_COLS: &str = "account, purchase_id, amount_nanos, paid, created_at, \
      balance_after, limit_after, locked_after, expires_at, remaining_nanos";
 
-/// A `purchases` row: the purchase's answer, and what is left of it as a credit lot.
+/// What was taken back of a purchase (read after [`PURCHASE_COLS`]; a new purchase has
+/// nothing taken unless the batch that made it took it, so inserts name them only then).
+pub(crate) const TAKEN_COLS: &str = "refunded_nanos, disputed_nanos";
+
+/// A `purchases` row: the purchase's answer, what is left of it as a credit lot, and what
+/// was taken back of it.
 pub(crate) struct PurchaseCols {
     pub account: String,
     pub purchase_id: String,
@@ -604,10 +823,12 @@ pub(crate) struct PurchaseCols {
     pub locked_after: bool,
     pub expires_at: Option<i64>,
     pub remaining: i64,
+    pub refunded: i64,
+    pub disputed: i64,
 }
 
 impl PurchaseCols {
-    /// A row of `SELECT {PURCHASE_COLS}`.
+    /// A row of `SELECT {PURCHASE_COLS}, {TAKEN_COLS}`.
     pub fn read(r: &dyn Get) -> Result<PurchaseCols> {
         Ok(PurchaseCols {
             account: r.text(0)?,
@@ -620,10 +841,12 @@ impl PurchaseCols {
             locked_after: r.bool(7)?,
             expires_at: r.opt_int(8)?,
             remaining: r.int(9)?,
+            refunded: r.int(10)?,
+            disputed: r.int(11)?,
         })
     }
 
-    /// A new purchase, with `remaining` of it left.
+    /// A purchase, with `remaining` of it left.
     pub fn of(p: &PurchaseRecord, remaining: Nanos) -> PurchaseCols {
         PurchaseCols {
             account: p.account.as_str().to_string(),
@@ -636,6 +859,8 @@ impl PurchaseCols {
             locked_after: p.locked_after,
             expires_at: p.expires_at.map(|t| t.0),
             remaining: remaining.0,
+            refunded: p.refunded.0,
+            disputed: p.disputed.0,
         }
     }
 
@@ -650,9 +875,8 @@ impl PurchaseCols {
             balance_after: Nanos(self.balance_after),
             concurrency_limit_after: small("limit_after", self.limit_after)?,
             locked_after: self.locked_after,
-            // TODO(payments-store): read `refunded_nanos`, `disputed_nanos`.
-            refunded: Nanos::ZERO,
-            disputed: Nanos::ZERO,
+            refunded: Nanos(self.refunded),
+            disputed: Nanos(self.disputed),
         })
     }
 }
@@ -1056,7 +1280,8 @@ impl Cell {
 pub(crate) type Query<'a> = dyn FnMut(&str) -> Result<Vec<Vec<Cell>>> + 'a;
 
 /// The transfer kinds that move posted money.
-const POSTED: &str = "('purchase', 'grant', 'post', 'charge', 'credit_expiry', 'adjustment')";
+const POSTED: &str = "('purchase', 'grant', 'post', 'charge', 'credit_expiry', 'adjustment', \
+     'refund', 'dispute', 'dispute_reversal')";
 
 /// Checks the ledger end to end with portable SQL (SQLite and PostgreSQL): every balance,
 /// hold, in-progress count and credit lot against the rows they summarise, every line item
@@ -1067,7 +1292,40 @@ pub(crate) fn reconcile(q: &mut Query) -> Result<Reconciliation> {
     line_item_mismatches(q, &mut rec)?;
     rollup_mismatches(q, &mut rec)?;
     invoice_mismatches(q, &mut rec)?;
+    payment_mismatches(q, &mut rec)?;
     Ok(rec)
+}
+
+/// Purchases whose refunded and disputed amounts are not what the transfers naming them took
+/// back: refunds, and disputes less the reversals of those won (and transfers naming a
+/// purchase that does not exist). A full pass over the purchases, as the lots' check is.
+fn payment_mismatches(q: &mut Query, rec: &mut Reconciliation) -> Result<()> {
+    for row in q(
+        "WITH moved AS (SELECT substr(CASE WHEN kind = 'dispute_reversal' THEN credit \
+             ELSE debit END, 10) AS account, purchase_id, \
+           CAST(SUM(CASE WHEN kind = 'refund' THEN amount_nanos ELSE 0 END) AS BIGINT) \
+             AS refunded, \
+           CAST(SUM(CASE WHEN kind = 'dispute' THEN amount_nanos \
+             WHEN kind = 'dispute_reversal' THEN -amount_nanos ELSE 0 END) AS BIGINT) \
+             AS disputed \
+           FROM transfers WHERE kind IN ('refund', 'dispute', 'dispute_reversal') \
+           GROUP BY 1, purchase_id) \
+         SELECT p.account, p.purchase_id FROM purchases p LEFT JOIN moved m \
+           ON m.account = p.account AND m.purchase_id = p.purchase_id \
+           WHERE COALESCE(m.refunded, 0) <> p.refunded_nanos \
+           OR COALESCE(m.disputed, 0) <> p.disputed_nanos \
+         UNION \
+         SELECT m.account, m.purchase_id FROM moved m LEFT JOIN purchases p \
+           ON p.account = m.account AND p.purchase_id = m.purchase_id \
+           WHERE p.purchase_id IS NULL AND m.purchase_id IS NOT NULL \
+         ORDER BY 1, 2",
+    )? {
+        rec.payment_mismatches.push((
+            parse_id(AccountId::parse, row[0].text()?)?,
+            parse_id(PurchaseId::parse, row[1].text()?)?,
+        ));
+    }
+    Ok(())
 }
 
 /// Usage invoices whose lines do not add up to their subtotal, discount and total (an issued

@@ -9,6 +9,14 @@
 //! ([`crate::Tx::claim_deliveries`]: a lease, so no other claims them while it sends; fairly
 //! across webhooks, so one receiver's backlog never holds the others back), posts them, and
 //! records each attempt ([`crate::Tx::record_deliveries`]).
+//!
+//! Beside the operator's webhooks (kind [`WebhookKind::Http`]) is one row of the payment
+//! provider's ([`PROVIDER_WEBHOOK_ID`], kind [`WebhookKind::Provider`], created by
+//! [`crate::Tx::ensure_provider_webhook`]): subscribed to `top_up.started`, its deliveries are
+//! the charges of auto top-ups, made through the provider's API by the dispatcher, so a charge
+//! decided in a commit leaves the write path durably, with the outbox's leases, retries and
+//! records. It is not the operator's: the listings, `webhook`, deletes and redeliveries never
+//! see it; claims include it, and say its kind.
 
 use crate::rows::Get;
 use crate::{corrupt, invoice_number, parse_id, InvoiceRecord, Result, StoreError, INVOICE_PREFIX};
@@ -16,6 +24,36 @@ use tollgate_core::events::{EventData, EventType};
 use tollgate_core::ids::AccountId;
 use tollgate_core::machine::BatchState;
 use tollgate_core::Timestamp;
+
+/// The id of the payment provider's subscription row.
+pub const PROVIDER_WEBHOOK_ID: &str = "wh_payment_provider";
+
+/// What a subscription's deliveries are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WebhookKind {
+    /// An operator's webhook: a signed POST to its URL.
+    Http,
+    /// The payment provider's row: each delivery (a `top_up.started`) is a charge made
+    /// through the provider's API, its answer applied as a payment effect.
+    Provider,
+}
+
+impl WebhookKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookKind::Http => "http",
+            WebhookKind::Provider => "provider",
+        }
+    }
+
+    fn parse(s: &str) -> Result<WebhookKind> {
+        match s {
+            "http" => Ok(WebhookKind::Http),
+            "provider" => Ok(WebhookKind::Provider),
+            other => Err(corrupt("webhook kind", other)),
+        }
+    }
+}
 
 /// Which event types a webhook receives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,6 +213,9 @@ pub struct AttemptRecord {
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClaimedDelivery {
     pub webhook_id: String,
+    /// How it is sent: a POST to `url`, or (the provider's row, whose `url` and `secret` are
+    /// empty) a charge through the payment provider's API.
+    pub kind: WebhookKind,
     pub url: String,
     pub secret: String,
     pub event: StoredEvent,
@@ -193,6 +234,7 @@ impl std::fmt::Debug for ClaimedDelivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClaimedDelivery")
             .field("webhook_id", &self.webhook_id)
+            .field("kind", &self.kind)
             .field("url", &self.url)
             .field("event", &self.event)
             .field("tries", &self.tries)
@@ -470,10 +512,10 @@ pub(crate) fn due_sql(p: impl Fn(usize, &str) -> String, lock: &str) -> String {
 }
 
 /// What a claimed delivery sends, with placeholders: webhook, seq. Rows: url, secret, then
-/// the event's account, created_at and data.
+/// the event's account, created_at and data, then the webhook's kind.
 pub(crate) fn claimed_sql(p: impl Fn(usize, &str) -> String) -> String {
     format!(
-        "SELECT w.url, w.secret, e.account, e.created_at, e.data FROM webhooks w \
+        "SELECT w.url, w.secret, e.account, e.created_at, e.data, w.kind FROM webhooks w \
          JOIN webhook_events e ON e.seq = {seq} WHERE w.webhook_id = {w}",
         w = p(1, "text"),
         seq = p(2, "bigint"),
@@ -491,6 +533,7 @@ pub(crate) fn claimed_row(
 ) -> Result<ClaimedDelivery> {
     Ok(ClaimedDelivery {
         webhook_id,
+        kind: WebhookKind::parse(&r.text(5)?)?,
         url: r.text(0)?,
         secret: r.text(1)?,
         event: event(r, seq, 2)?,
@@ -556,10 +599,36 @@ pub(crate) fn redeliver_sql(p: impl Fn(usize, &str) -> String) -> String {
          next_attempt_at = {now}, \
          lease_until = CASE WHEN status = 'pending' THEN lease_until ELSE NULL END \
          WHERE webhook_id = {w} AND event_seq = {seq} \
-         AND EXISTS (SELECT 1 FROM webhooks WHERE webhook_id = {w} AND deleted_at IS NULL)",
+         AND EXISTS (SELECT 1 FROM webhooks WHERE webhook_id = {w} AND deleted_at IS NULL \
+           AND {OPERATORS})",
         w = p(1, "text"),
         seq = p(2, "bigint"),
         now = p(3, "bigint"),
+    )
+}
+
+/// The condition that a `webhooks` row is the operator's (the provider's row is not listed,
+/// read, deleted or redelivered to by them).
+pub(crate) const OPERATORS: &str = "kind = 'http'";
+
+/// The provider's row, inserted unless it exists, with placeholders: created at. Its URL and
+/// secret are empty: it is not posted to, nor signed.
+pub(crate) fn provider_webhook_sql(p: impl Fn(usize, &str) -> String) -> String {
+    format!(
+        "INSERT INTO webhooks ({WEBHOOK_COLS}, kind) \
+         VALUES ('{PROVIDER_WEBHOOK_ID}', '', '[\"{started}\"]', NULL, '', {at}, NULL, \
+           'provider') ON CONFLICT (webhook_id) DO NOTHING",
+        started = EventType::TopUpStarted.as_str(),
+        at = p(1, "bigint"),
+    )
+}
+
+/// The provider row's subscription (kept if present).
+pub(crate) fn provider_types_sql() -> String {
+    format!(
+        "INSERT INTO webhook_event_types (event_type, webhook_id) \
+         VALUES ('{}', '{PROVIDER_WEBHOOK_ID}') ON CONFLICT DO NOTHING",
+        EventType::TopUpStarted.as_str()
     )
 }
 

@@ -320,6 +320,7 @@ fn numbers_widen_past_six_digits_and_ids_name_their_number() {
         purchase_id: None,
         status_changed_at: None,
         status_reference: None,
+        corrects: None,
         lines: Vec::new(),
     };
     assert_eq!(inv.number(), "TG-2026-1000000");

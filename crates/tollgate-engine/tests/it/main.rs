@@ -8,6 +8,7 @@ mod engine_props;
 mod idle;
 mod invoices;
 mod metrics;
+mod payments;
 mod rollup_folding;
 mod shared_database;
 mod shutdown;

@@ -66,9 +66,10 @@ pub(super) fn load_accounts(
     let since = now.minus_ms(TIER_WINDOW_MS).0;
     let mut lots: HashMap<String, Vec<Lot>> = HashMap::new();
     let mut paid: HashMap<String, i64> = HashMap::new();
+    // A paid purchase counts toward the tier net of what was refunded and what disputes hold.
     for r in c.rows(
-        "SELECT account, purchase_id, remaining_nanos, expires_at, created_at, amount_nanos, \
-         paid, expiry_noticed FROM purchases \
+        "SELECT account, purchase_id, remaining_nanos, expires_at, created_at, \
+         amount_nanos - refunded_nanos - disputed_nanos, paid, expiry_noticed FROM purchases \
          WHERE account = ANY($1) AND (remaining_nanos > 0 OR (paid AND created_at > $2)) \
          ORDER BY account, expires_at IS NULL, expires_at, created_at, purchase_id",
         &[&ids, &since],

@@ -15,11 +15,13 @@
 //!
 //! Its parts: `open` (connecting, migrations), `tx` (the writer's db transaction) and
 //! `persist` (a batch's writes), `load` (rows into core types, for the writer and readers),
-//! `reader` (the read pool), `rollups` (the reads over rollups), `webhooks` (the outbox,
+//! `reader` (the read pool), `rollups` (the reads over rollups), `payments` (top-ups, disputes,
+//! provider events and refunds: loaded, written and read), `webhooks` (the outbox,
 //! subscriptions, claims and attempts, and their reads).
 
 mod load;
 mod open;
+mod payments;
 mod persist;
 mod reader;
 mod rollups;
@@ -109,6 +111,7 @@ impl Store for PostgresStore {
                     tx: &mut tx,
                     statements,
                     found: HashSet::new(),
+                    profiles: HashMap::new(),
                 };
                 work(&mut w)?;
                 tx.commit()?;

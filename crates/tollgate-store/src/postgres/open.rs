@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0010_spending_limits.sql"),
     include_str!("../../migrations/postgres/0011_webhooks.sql"),
     include_str!("../../migrations/postgres/0012_expiry_notices.sql"),
+    include_str!("../../migrations/postgres/0013_payments.sql"),
 ];
 
 /// The advisory lock key migrations hold ("tollgate" in ASCII).

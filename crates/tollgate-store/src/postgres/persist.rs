@@ -1,35 +1,37 @@
 //! A batch's writes on PostgreSQL in two round trips, whatever its size: one query reads the
 //! activity rollup rows the batch adds to (duration histograms are merged in Rust), and one
 //! statement writes everything, each table once, set-based (`unnest` of arrays), as the parts
-//! of one `WITH`. PostgreSQL runs every part of it to completion, all against the same
+//! of one `WITH` (the payment tables among them, as parts the statement has only when the
+//! batch wrote such rows). PostgreSQL runs every part of it to completion, all against the same
 //! snapshot, so no part may touch a row another part writes: new purchases are inserted with
 //! what is left of them after the batch, and only older lots are updated.
 
 use super::rollups::{activity_totals, ACTIVITY_COLS};
 use super::{PgTx, Run};
-use crate::rows::{limits_text, INVOICE_COLS};
+use crate::rows::{dirty, limits_text, payment_text, INVOICE_COLS, TAKEN_COLS};
 use crate::rows::{
     AdjustmentCols, LineItemCols, PurchaseCols, RequestCols, TransferCols, ADJUSTMENT_COLS,
     LINE_ITEM_COLS, PURCHASE_COLS, REQUEST_COLS, TRANSFER_COLS,
 };
 use crate::{Result, StoreError, INVOICE_PREFIX};
 use postgres::types::ToSql;
-use std::collections::{HashMap, HashSet};
-use tollgate_core::ids::RequestId;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use tollgate_core::ids::{AccountId, PurchaseId, RequestId};
 use tollgate_core::machine::{year_of, BatchState, InvoiceKind};
+use tollgate_core::payments::PaymentProfile;
 use tollgate_core::rollup::{self, ActivityTotals, Deltas, Grain, UsagePrice};
 use tollgate_core::statement::{self, Daily};
 use tollgate_core::Nanos;
 
 /// A statement's parameters, numbered in the order they are added.
 #[derive(Default)]
-struct Args {
+pub(super) struct Args {
     values: Vec<Box<dyn ToSql + Sync>>,
 }
 
 impl Args {
     /// Adds `v` and returns its placeholder, cast to `ty`.
-    fn add<T: ToSql + Sync + 'static>(&mut self, v: T, ty: &str) -> String {
+    pub(super) fn add<T: ToSql + Sync + 'static>(&mut self, v: T, ty: &str) -> String {
         self.values.push(Box::new(v));
         format!("${}::{ty}", self.values.len())
     }
@@ -67,11 +69,12 @@ pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<Vec<(i64, i64)>> {
 
     let mut a = Args::default();
     let mut parts = vec![
-        accounts(&mut a, s),
+        accounts(&mut a, s, &t.profiles),
         transfers(&mut a, s),
         line_items(&mut a, s),
     ];
-    parts.extend(purchases(&mut a, s));
+    parts.extend(purchases(&mut a, s)?);
+    parts.extend(super::payments::parts(&mut a, s)?);
     if !s.new_adjustments.is_empty() {
         parts.push(adjustments(&mut a, s));
     }
@@ -126,22 +129,46 @@ pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<Vec<(i64, i64)>> {
     Ok(numbers)
 }
 
-fn accounts(a: &mut Args, s: &BatchState) -> String {
+/// The accounts the batch changed, and the payment profiles it changed (compared with the
+/// profiles the batch loaded, `profiles`: most batches change none, and then the statement
+/// neither encodes nor names the column).
+fn accounts(a: &mut Args, s: &BatchState, profiles: &HashMap<AccountId, PaymentProfile>) -> String {
     let rows: Vec<_> = s
         .dirty_accounts
         .iter()
         .map(|id| (id, &s.accounts[id]))
         .collect();
+    let default = PaymentProfile::default();
+    let payments: Vec<Option<String>> = rows
+        .iter()
+        .map(|(id, st)| {
+            let before = profiles.get(*id).unwrap_or(&default);
+            (before != &st.payment).then(|| payment_text(&st.payment))
+        })
+        .collect();
+    // (SET, the array, its name in `x`), when the batch changed a profile.
+    let payment = payments.iter().any(Option::is_some).then(|| {
+        (
+            ", payment = COALESCE(x.payment, a.payment)",
+            format!(", {}", a.add(payments, "text[]")),
+            ", payment",
+        )
+    });
+    let (set, array, name) = payment
+        .as_ref()
+        .map_or(("", "", ""), |(s, a, n)| (*s, a, *n));
     format!(
         "UPDATE accounts a SET balance_nanos = x.balance, held_nanos = x.held, \
          in_progress = x.in_progress, paid_lifetime_nanos = x.lifetime, month = x.month, \
          month_subtotal_nanos = x.subtotal, adjusted_credit_nanos = x.adjusted, \
          disputed_since = x.disputed, period_start = x.p_start, period_charges = x.p_charges, \
          period_subtotal_nanos = x.p_subtotal, period_discount_nanos = x.p_discount, \
-         period_total_nanos = x.p_total, period_last_charge_at = x.p_last, limits = x.limits \
-         FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}) \
+         period_total_nanos = x.p_total, period_last_charge_at = x.p_last, \
+         limits = x.limits{set} \
+         FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}{array}) \
            AS x(username, balance, held, in_progress, lifetime, month, subtotal, adjusted, \
-             disputed, p_start, p_charges, p_subtotal, p_discount, p_total, p_last, limits) \
+             disputed, p_start, p_charges, p_subtotal, p_discount, p_total, p_last, \
+             limits{name}) \
          WHERE a.username = x.username",
         a.add(col(&rows, |(id, _)| id.as_str().to_string()), "text[]"),
         a.add(col(&rows, |(_, s)| s.credit.balance.0), "bigint[]"),
@@ -238,47 +265,74 @@ fn requests(a: &mut Args, s: &BatchState, found: &HashSet<RequestId>) -> [String
 }
 
 /// New purchases with what is left of them after the batch, and what is left of the older
-/// lots of the accounts that changed.
-fn purchases(a: &mut Args, s: &BatchState) -> [String; 2] {
-    let lot = |account: &tollgate_core::ids::AccountId, pid: &tollgate_core::ids::PurchaseId| {
+/// lots of the accounts that changed; with what the batch took back of purchases (refunded,
+/// disputed), when it took any. One part per table: a statement may not update a row twice,
+/// so a purchase both spent and taken back is updated once, with both.
+fn purchases(a: &mut Args, s: &BatchState) -> Result<[String; 2]> {
+    let lot = |account: &AccountId, pid: &PurchaseId| {
         s.accounts
             .get(account)
             .and_then(|st| st.lots.iter().find(|l| &l.purchase_id == pid))
     };
     let new = &s.new_purchases;
-    let fresh: HashSet<(&str, &str)> = new
-        .iter()
-        .map(|p| (p.account.as_str(), p.purchase_id.as_str()))
-        .collect();
-    let mut lots = Vec::new();
+    let fresh: HashSet<(&AccountId, &PurchaseId)> =
+        new.iter().map(|p| (&p.account, &p.purchase_id)).collect();
+    // What changed of each older purchase: (remaining, expiry noticed) of a lot of an account
+    // that changed, (refunded, disputed) of a purchase the batch took back of.
+    type Changed = (Option<i64>, Option<bool>, Option<i64>, Option<i64>);
+    let mut older: BTreeMap<(&AccountId, &PurchaseId), Changed> = BTreeMap::new();
     for id in &s.dirty_accounts {
         for lot in &s.accounts[id].lots {
-            if !fresh.contains(&(id.as_str(), lot.purchase_id.as_str())) {
-                lots.push((
-                    id.as_str().to_string(),
-                    lot.purchase_id.as_str().to_string(),
-                    lot.remaining.0,
-                    lot.expiry_noticed,
-                ));
+            if !fresh.contains(&(id, &lot.purchase_id)) {
+                let row = older.entry((id, &lot.purchase_id)).or_default();
+                (row.0, row.1) = (Some(lot.remaining.0), Some(lot.expiry_noticed));
             }
         }
     }
-    // A new lot's state after the batch (what is left of it, whether its expiry was
-    // noticed): the update below cannot see rows this statement inserts.
+    let mut taken = false;
+    for key in &s.dirty_purchases {
+        if !fresh.contains(&(&key.0, &key.1)) {
+            let p = dirty(&s.purchases, key, "purchase")?;
+            let row = older.entry((&key.0, &key.1)).or_default();
+            (row.2, row.3) = (Some(p.refunded.0), Some(p.disputed.0));
+            taken = true;
+        }
+    }
+    // A new purchase's state after the batch (what is left of it, whether its expiry was
+    // noticed, what was taken back of it): the update below cannot see rows this statement
+    // inserts.
     let (inserted, noticed): (Vec<PurchaseCols>, Vec<bool>) = new
         .iter()
         .map(|p| {
             let after = lot(&p.account, &p.purchase_id);
             let remaining = after.map_or(p.amount.0, |l| l.remaining.0);
+            let record = s
+                .purchases
+                .get(&(p.account.clone(), p.purchase_id.clone()))
+                .unwrap_or(p);
             (
-                PurchaseCols::of(p, Nanos(remaining)),
+                PurchaseCols::of(record, Nanos(remaining)),
                 after.is_some_and(|l| l.expiry_noticed),
             )
         })
         .unzip();
+    // Named only when a new purchase has something taken back (else the columns' default).
+    let new_taken = inserted.iter().any(|p| p.refunded != 0 || p.disputed != 0);
+    let (taken_cols, taken_arrays) = if new_taken {
+        (
+            format!(", {TAKEN_COLS}"),
+            format!(
+                ", {}, {}",
+                a.add(col(&inserted, |p| p.refunded), "bigint[]"),
+                a.add(col(&inserted, |p| p.disputed), "bigint[]"),
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     let insert = format!(
-        "INSERT INTO purchases ({PURCHASE_COLS}, expiry_noticed) \
-         SELECT * FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+        "INSERT INTO purchases ({PURCHASE_COLS}, expiry_noticed{taken_cols}) \
+         SELECT * FROM unnest({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}{taken_arrays})",
         a.add(col(&inserted, |p| p.account.clone()), "text[]"),
         a.add(col(&inserted, |p| p.purchase_id.clone()), "text[]"),
         a.add(col(&inserted, |p| p.amount), "bigint[]"),
@@ -291,17 +345,42 @@ fn purchases(a: &mut Args, s: &BatchState) -> [String; 2] {
         a.add(col(&inserted, |p| p.remaining), "bigint[]"),
         a.add(noticed, "boolean[]"),
     );
-    let update = format!(
-        "UPDATE purchases p SET remaining_nanos = x.remaining, expiry_noticed = x.noticed \
-         FROM unnest({}, {}, {}, {}) AS x(account, purchase_id, remaining, noticed) \
-         WHERE p.account = x.account AND p.purchase_id = x.purchase_id \
-         AND (p.remaining_nanos <> x.remaining OR p.expiry_noticed <> x.noticed)",
-        a.add(col(&lots, |l| l.0.clone()), "text[]"),
-        a.add(col(&lots, |l| l.1.clone()), "text[]"),
-        a.add(col(&lots, |l| l.2), "bigint[]"),
-        a.add(col(&lots, |l| l.3), "boolean[]"),
-    );
-    [insert, update]
+    let older: Vec<_> = older.into_iter().collect();
+    let accounts = a.add(col(&older, |(k, _)| k.0.as_str().to_string()), "text[]");
+    let ids = a.add(col(&older, |(k, _)| k.1.as_str().to_string()), "text[]");
+    let update = if taken {
+        format!(
+            "UPDATE purchases p SET remaining_nanos = x.remaining, \
+             expiry_noticed = x.noticed, refunded_nanos = x.refunded, \
+             disputed_nanos = x.disputed \
+             FROM (SELECT y.account, y.purchase_id, \
+                 COALESCE(y.remaining, q.remaining_nanos) AS remaining, \
+                 COALESCE(y.noticed, q.expiry_noticed) AS noticed, \
+                 COALESCE(y.refunded, q.refunded_nanos) AS refunded, \
+                 COALESCE(y.disputed, q.disputed_nanos) AS disputed \
+               FROM unnest({accounts}, {ids}, {}, {}, {}, {}) \
+                 AS y(account, purchase_id, remaining, noticed, refunded, disputed) \
+               JOIN purchases q ON q.account = y.account AND q.purchase_id = y.purchase_id) x \
+             WHERE p.account = x.account AND p.purchase_id = x.purchase_id \
+             AND (p.remaining_nanos <> x.remaining OR p.expiry_noticed <> x.noticed \
+               OR p.refunded_nanos <> x.refunded OR p.disputed_nanos <> x.disputed)",
+            a.add(col(&older, |(_, c)| c.0), "bigint[]"),
+            a.add(col(&older, |(_, c)| c.1), "boolean[]"),
+            a.add(col(&older, |(_, c)| c.2), "bigint[]"),
+            a.add(col(&older, |(_, c)| c.3), "bigint[]"),
+        )
+    } else {
+        format!(
+            "UPDATE purchases p SET remaining_nanos = x.remaining, expiry_noticed = x.noticed \
+             FROM unnest({accounts}, {ids}, {}, {}) AS x(account, purchase_id, remaining, \
+               noticed) \
+             WHERE p.account = x.account AND p.purchase_id = x.purchase_id \
+             AND (p.remaining_nanos <> x.remaining OR p.expiry_noticed <> x.noticed)",
+            a.add(col(&older, |(_, c)| c.0), "bigint[]"),
+            a.add(col(&older, |(_, c)| c.1), "boolean[]"),
+        )
+    };
+    Ok([insert, update])
 }
 
 /// The name of the statement's part that takes the batch's invoice numbers.
@@ -313,7 +392,8 @@ const INVOICE_SEQ: &str = "invoice_seq";
 /// and a batch rolled back took none), and the insert that numbers them in issue order from
 /// where the counter was. The counter is locked after the accounts (locked when loaded).
 /// The third string is the query of the numbers taken, `(ord, year, seq)` per invoice, `ord`
-/// its index in `new_invoices`.
+/// its index in `new_invoices`. A credit note corrects the top-up invoice of its purchase:
+/// one the batch issues (numbered by the same query), or one committed before it.
 fn invoices(a: &mut Args, s: &BatchState) -> Option<(String, String, String)> {
     if s.new_invoices.is_empty() {
         return None;
@@ -349,16 +429,52 @@ fn invoices(a: &mut Args, s: &BatchState) -> Option<(String, String, String)> {
     let years = a.add(col(&rows, |r| r.0), "bigint[]");
     let ranks = a.add(col(&rows, |r| r.1), "bigint[]");
     let ords = a.add((0..rows.len() as i64).collect::<Vec<_>>(), "bigint[]");
-    let insert = format!(
-        "INSERT INTO invoices ({INVOICE_COLS}) \
-         SELECT x.year, c.last_seq - n.count + x.rank, x.prefix, x.account, x.kind, x.status, \
-           x.issued_at, x.period_start, x.period_end, x.total, x.purchase_id, x.subtotal, \
-           x.discount, NULL, NULL \
-         FROM unnest({years}, {ranks}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}) AS x(year, rank, \
-           prefix, account, kind, status, issued_at, period_start, period_end, total, \
-           purchase_id, subtotal, discount) \
+    let counts = (
+        a.add(col(&per_year, |p| p.0), "bigint[]"),
+        a.add(col(&per_year, |p| p.1), "bigint[]"),
+    );
+    let numbers = format!(
+        "SELECT x.ord, x.year, c.last_seq - n.count + x.rank AS seq \
+         FROM unnest({years}, {ranks}, {ords}) AS x(year, rank, ord) \
          JOIN unnest({}, {}) AS n(year, count) ON n.year = x.year \
          JOIN {INVOICE_SEQ} c ON c.year = x.year",
+        counts.0, counts.1,
+    );
+    // The invoice each credit note corrects: issued by this batch (its `ord`), else the first
+    // top-up invoice committed for its purchase.
+    let corrects = if s
+        .new_invoices
+        .iter()
+        .any(|i| i.kind == InvoiceKind::CreditNote)
+    {
+        let in_batch: Vec<Option<i64>> = (0..s.new_invoices.len())
+            .map(|n| crate::rows::corrected_in_batch(s, n).map(|j| j as i64))
+            .collect();
+        let in_batch = a.add(in_batch, "bigint[]");
+        (
+            "COALESCE(b.year, t.year), COALESCE(b.seq, t.seq)".to_string(),
+            format!(
+                "JOIN unnest({ords}, {in_batch}) AS k(ord, corrects) ON k.ord = m.ord \
+                 LEFT JOIN ({numbers}) b ON b.ord = k.corrects \
+                 LEFT JOIN LATERAL (SELECT i.year, i.seq FROM invoices i \
+                   WHERE x.kind = 'credit_note' AND k.corrects IS NULL \
+                   AND i.account = x.account AND i.purchase_id = x.purchase_id \
+                   AND i.kind = 'top_up' ORDER BY i.year, i.seq LIMIT 1) t ON true"
+            ),
+        )
+    } else {
+        ("NULL, NULL".to_string(), String::new())
+    };
+    let insert = format!(
+        "INSERT INTO invoices ({INVOICE_COLS}) \
+         SELECT m.year, m.seq, x.prefix, x.account, x.kind, x.status, \
+           x.issued_at, x.period_start, x.period_end, x.total, x.purchase_id, x.subtotal, \
+           x.discount, NULL, NULL, {} \
+         FROM unnest({ords}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}) AS x(ord, \
+           prefix, account, kind, status, issued_at, period_start, period_end, total, \
+           purchase_id, subtotal, discount) \
+         JOIN ({numbers}) m ON m.ord = x.ord {}",
+        corrects.0,
         a.add(col(&rows, |_| prefix.clone()), "text[]"),
         a.add(col(&rows, |r| r.2.account.as_str().to_string()), "text[]"),
         a.add(col(&rows, |r| r.2.kind.as_str().to_string()), "text[]"),
@@ -377,16 +493,7 @@ fn invoices(a: &mut Args, s: &BatchState) -> Option<(String, String, String)> {
         ),
         a.add(col(&rows, |r| r.2.subtotal.0), "bigint[]"),
         a.add(col(&rows, |r| r.2.discount.0), "bigint[]"),
-        a.add(col(&per_year, |p| p.0), "bigint[]"),
-        a.add(col(&per_year, |p| p.1), "bigint[]"),
-    );
-    let numbers = format!(
-        "SELECT x.ord, x.year, c.last_seq - n.count + x.rank \
-         FROM unnest({years}, {ranks}, {ords}) AS x(year, rank, ord) \
-         JOIN unnest({}, {}) AS n(year, count) ON n.year = x.year \
-         JOIN {INVOICE_SEQ} c ON c.year = x.year",
-        a.add(col(&per_year, |p| p.0), "bigint[]"),
-        a.add(col(&per_year, |p| p.1), "bigint[]"),
+        corrects.1,
     );
     Some((counters, insert, numbers))
 }

@@ -16,8 +16,9 @@ use crate::{AttemptRecord, DeliveriesQuery, DeliveryRecord, StoredEvent, Webhook
 use ::postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 use tollgate_core::catalog::{Catalog, PriceVersion};
-use tollgate_core::ids::{AccountId, ApiKeyId, RequestId};
-use tollgate_core::machine::{LineItem, RequestRecord};
+use tollgate_core::ids::{AccountId, ApiKeyId, PurchaseId, RequestId};
+use tollgate_core::machine::{LineItem, PurchaseRecord, RequestRecord};
+use tollgate_core::payments::{RefundRecord, TopUpRecord};
 use tollgate_core::rollup::{ActivityKey, ActivityTotals, UsageKey, UsageTotals};
 use tollgate_core::Timestamp;
 
@@ -246,6 +247,34 @@ impl Reader for PgReader {
             .iter()
             .map(|r| rows::purchase_entry(r))
             .collect()
+    }
+
+    fn top_up(
+        &mut self,
+        account: &AccountId,
+        top_up_id: &PurchaseId,
+    ) -> Result<Option<TopUpRecord>> {
+        super::payments::top_up(&mut *self.conn()?, account, top_up_id)
+    }
+
+    fn top_up_by_payment_intent(&mut self, payment_intent: &str) -> Result<Option<TopUpRecord>> {
+        super::payments::top_up_by_payment_intent(&mut *self.conn()?, payment_intent)
+    }
+
+    fn refund(
+        &mut self,
+        account: &AccountId,
+        refund_id: &PurchaseId,
+    ) -> Result<Option<RefundRecord>> {
+        super::payments::refund(&mut *self.conn()?, account, refund_id)
+    }
+
+    fn purchase(
+        &mut self,
+        account: &AccountId,
+        purchase_id: &PurchaseId,
+    ) -> Result<Option<PurchaseRecord>> {
+        super::payments::purchase(&mut *self.conn()?, account, purchase_id)
     }
 
     fn webhooks(&mut self) -> Result<Vec<WebhookRecord>> {

@@ -4,7 +4,7 @@ use super::load::{load_accounts, load_catalog, load_requests, setting};
 use super::{persist, webhooks, Run};
 use crate::rows::{
     limits_text, terms_text, AdjustmentCols, PurchaseCols, ADJUSTMENT_COLS, KEY_COLS,
-    PURCHASE_COLS, WEB_SESSION_COLS,
+    PURCHASE_COLS, TAKEN_COLS, WEB_SESSION_COLS,
 };
 use crate::{
     parse_id, to_json, ApiKeyRecord, BillingMode, ClaimedDelivery, DbError, DeliveryResult,
@@ -19,6 +19,7 @@ use tollgate_core::limits::LimitState;
 use tollgate_core::machine::{
     AccountState, AdjustmentRecord, BatchState, InvoiceStatus, PurchaseRecord, RequestRecord,
 };
+use tollgate_core::payments::PaymentProfile;
 use tollgate_core::price::PriceRule;
 use tollgate_core::terms::TermsSchedule;
 use tollgate_core::{Nanos, Timestamp};
@@ -31,6 +32,9 @@ pub(super) struct PgTx<'a, 'b> {
     /// request another process inserted meanwhile then fails the insert, and the batch is run
     /// again).
     pub(super) found: HashSet<RequestId>,
+    /// The payment profiles of the accounts locked, those not the default: a batch writes the
+    /// profiles it changed, and only those (see `persist::accounts`).
+    pub(super) profiles: HashMap<AccountId, PaymentProfile>,
 }
 
 impl PgTx<'_, '_> {
@@ -95,7 +99,13 @@ impl Tx for PgTx<'_, '_> {
     ) -> Result<()> {
         let names: Vec<&str> = ids.iter().map(|a| a.as_str()).collect();
         for row in load_accounts(self, &names, now, true)? {
-            out.insert(row.state.credit.id.clone(), row.state);
+            let id = row.state.credit.id.clone();
+            if row.state.payment != PaymentProfile::default() {
+                self.profiles.insert(id.clone(), row.state.payment.clone());
+            } else {
+                self.profiles.remove(&id);
+            }
+            out.insert(id, row.state);
         }
         Ok(())
     }
@@ -108,7 +118,8 @@ impl Tx for PgTx<'_, '_> {
         for (account, pid) in keys {
             let found = self.rows(
                 &format!(
-                    "SELECT {PURCHASE_COLS} FROM purchases WHERE account = $1 AND purchase_id = $2"
+                    "SELECT {PURCHASE_COLS}, {TAKEN_COLS} FROM purchases \
+                     WHERE account = $1 AND purchase_id = $2"
                 ),
                 &[&account.as_str(), &pid.as_str()],
             )?;
@@ -139,6 +150,10 @@ impl Tx for PgTx<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    fn load_payments(&mut self, keys: &crate::PaymentKeys, state: &mut BatchState) -> Result<()> {
+        super::payments::load(self, keys, state)
     }
 
     fn persist(&mut self, s: &BatchState) -> Result<Vec<(i64, i64)>> {
@@ -375,6 +390,10 @@ impl Tx for PgTx<'_, '_> {
             &[&id_sha256, &now.0],
         )?;
         Ok(n > 0)
+    }
+
+    fn ensure_provider_webhook(&mut self, now: Timestamp) -> Result<bool> {
+        webhooks::ensure_provider(self, now)
     }
 
     fn insert_webhook(&mut self, hook: &WebhookRecord) -> Result<()> {

@@ -5,7 +5,7 @@
 //! outbox with subscription changes and redeliveries ([`lock_subscriptions`]).
 
 use super::Run;
-use crate::webhooks::{self as w, EventCols, DELETED_WEBHOOK, WEBHOOK_COLS};
+use crate::webhooks::{self as w, EventCols, DELETED_WEBHOOK, OPERATORS, WEBHOOK_COLS};
 use crate::{
     AttemptRecord, ClaimedDelivery, DeliveriesQuery, DeliveryRecord, DeliveryResult, Result,
     StoreError, StoredEvent, WebhookRecord,
@@ -102,10 +102,20 @@ pub(super) fn insert_webhook(t: &mut dyn Run, hook: &WebhookRecord) -> Result<()
     Ok(())
 }
 
+pub(super) fn ensure_provider(t: &mut dyn Run, now: Timestamp) -> Result<bool> {
+    lock_subscriptions(t)?;
+    let n = t.exec(&w::provider_webhook_sql(p), &[&now.0])?;
+    t.exec(&w::provider_types_sql(), &[])?;
+    Ok(n > 0)
+}
+
 pub(super) fn delete_webhook(t: &mut dyn Run, webhook_id: &str, now: Timestamp) -> Result<bool> {
     lock_subscriptions(t)?;
     let n = t.exec(
-        "UPDATE webhooks SET deleted_at = $2 WHERE webhook_id = $1 AND deleted_at IS NULL",
+        &format!(
+            "UPDATE webhooks SET deleted_at = $2 WHERE webhook_id = $1 AND deleted_at IS NULL \
+             AND {OPERATORS}"
+        ),
         &[&webhook_id, &now.0],
     )?;
     if n == 0 {
@@ -135,8 +145,8 @@ pub(super) fn claim(
          leased AS (UPDATE webhook_deliveries d SET lease_until = $4 FROM due \
            WHERE d.webhook_id = due.webhook_id AND d.event_seq = due.event_seq \
            RETURNING d.webhook_id, d.event_seq, d.tries, d.queued_at, d.next_attempt_at) \
-         SELECT w.url, w.secret, e.account, e.created_at, e.data, l.webhook_id, l.event_seq, \
-           l.tries, l.queued_at \
+         SELECT w.url, w.secret, e.account, e.created_at, e.data, w.kind, l.webhook_id, \
+           l.event_seq, l.tries, l.queued_at \
          FROM leased l JOIN webhooks w ON w.webhook_id = l.webhook_id \
          JOIN webhook_events e ON e.seq = l.event_seq \
          ORDER BY l.next_attempt_at, l.event_seq",
@@ -155,10 +165,10 @@ pub(super) fn claim(
     .map(|r| {
         w::claimed_row(
             r,
-            r.try_get(5)?,
             r.try_get(6)?,
             r.try_get(7)?,
             r.try_get(8)?,
+            r.try_get(9)?,
             lease_until,
         )
     })
@@ -228,7 +238,7 @@ pub(super) fn redeliver(
 pub(super) fn webhooks(c: &mut dyn Run) -> Result<Vec<WebhookRecord>> {
     c.rows(
         &format!(
-            "SELECT {WEBHOOK_COLS} FROM webhooks WHERE deleted_at IS NULL \
+            "SELECT {WEBHOOK_COLS} FROM webhooks WHERE deleted_at IS NULL AND {OPERATORS} \
              ORDER BY created_at, webhook_id"
         ),
         &[],
@@ -240,7 +250,7 @@ pub(super) fn webhooks(c: &mut dyn Run) -> Result<Vec<WebhookRecord>> {
 
 pub(super) fn webhook(c: &mut dyn Run, webhook_id: &str) -> Result<Option<WebhookRecord>> {
     c.rows(
-        &format!("SELECT {WEBHOOK_COLS} FROM webhooks WHERE webhook_id = $1"),
+        &format!("SELECT {WEBHOOK_COLS} FROM webhooks WHERE webhook_id = $1 AND {OPERATORS}"),
         &[&webhook_id],
     )?
     .first()

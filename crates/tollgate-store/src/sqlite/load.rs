@@ -2,29 +2,36 @@
 
 use super::account_cache::PaidPurchases;
 use crate::rows::{self, AccountCols, Get, KeyCols, RequestCols, ACCOUNT_COLS, REQUEST_COLS};
-use crate::{AccountRow, ApiKeyRecord, Result};
+use crate::{parse_id, AccountRow, ApiKeyRecord, Result};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::HashMap;
 use tollgate_core::catalog::{Catalog, PriceVersion};
 use tollgate_core::concurrency::TIER_WINDOW_MS;
-use tollgate_core::ids::{AccountId, RequestId};
+use tollgate_core::ids::{AccountId, PurchaseId, RequestId};
 use tollgate_core::machine::{Lot, RequestRecord};
 use tollgate_core::{Nanos, Timestamp};
 
-/// Paid purchases of the account within the tier window of `now`.
+/// Paid purchases of the account within the tier window of `now`, each net of what was
+/// refunded and what disputes hold of it.
 pub(super) fn recent_paid(
     conn: &Connection,
     account: &str,
     now: Timestamp,
 ) -> Result<PaidPurchases> {
     let mut st = conn.prepare_cached(
-        "SELECT created_at, amount_nanos FROM purchases \
-         WHERE account = ?1 AND paid = 1 AND created_at > ?2",
+        "SELECT created_at, purchase_id, amount_nanos - refunded_nanos - disputed_nanos \
+         FROM purchases WHERE account = ?1 AND paid = 1 AND created_at > ?2",
     )?;
-    let rows = st.query_map(params![account, now.minus_ms(TIER_WINDOW_MS).0], |r| {
-        Ok((Timestamp(r.get(0)?), Nanos(r.get(1)?)))
-    })?;
-    Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    let mut rows = st.query(params![account, now.minus_ms(TIER_WINDOW_MS).0])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push((
+            Timestamp(r.get(0)?),
+            parse_id(PurchaseId::parse, &r.get::<_, String>(1)?)?,
+            Nanos(r.get(2)?),
+        ));
+    }
+    Ok(out)
 }
 
 impl Get for Row<'_> {
@@ -80,7 +87,7 @@ pub(super) fn load_account(
     match rows.next()? {
         Some(r) => {
             let recent = recent_paid(conn, id.as_str(), now)?;
-            let paid_28d = Nanos(recent.iter().map(|(_, n)| n.0).sum());
+            let paid_28d = Nanos(recent.iter().map(|(_, _, n)| n.0).sum());
             let row =
                 AccountCols::read(r)?.into_row(open_lots(conn, id.as_str())?, paid_28d, now)?;
             Ok(Some((row, recent)))

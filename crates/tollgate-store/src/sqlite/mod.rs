@@ -14,14 +14,16 @@
 //! `durability` (the deferred sync and the checkpointer), `line_items` (the recent table and
 //! its move), `tx` (the writer's db transaction) and `persist` (a batch's writes, table by
 //! table), `load` (rows into core types, for the writer and readers), `reader` (the read
-//! side), `rollups` (the rollups, and the reads over them and line items), `webhooks` (the
-//! outbox, subscriptions, claims and attempts, and their reads).
+//! side), `rollups` (the rollups, and the reads over them and line items), `payments` (top-ups,
+//! disputes, provider events and refunds: loaded, written and read), `webhooks` (the outbox,
+//! subscriptions, claims and attempts, and their reads).
 
 mod account_cache;
 mod durability;
 mod line_items;
 mod load;
 mod open;
+mod payments;
 mod persist;
 mod reader;
 mod rollups;

@@ -75,6 +75,10 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/sqlite/0016_expiry_notices.sql"),
         None,
     ),
+    (
+        include_str!("../../migrations/sqlite/0017_payments.sql"),
+        None,
+    ),
 ];
 
 /// A connection to the file at `path` with the settings every connection runs with.

@@ -3,13 +3,13 @@
 use super::account_cache::CachedAccount;
 use super::rollups;
 use super::tx::SqliteTx;
-use crate::rows::{limits_text, INVOICE_COLS};
+use crate::rows::{limits_text, payment_text, INVOICE_COLS};
 use crate::rows::{
     AdjustmentCols, PurchaseCols, RequestCols, TransferCols, ADJUSTMENT_COLS, PURCHASE_COLS,
-    REQUEST_COLS, TRANSFER_COLS,
+    REQUEST_COLS, TAKEN_COLS, TRANSFER_COLS,
 };
 use crate::{Result, StoreError, INVOICE_PREFIX};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use tollgate_core::ids::AccountId;
 use tollgate_core::machine::{year_of, BatchState, InvoiceKind};
@@ -25,6 +25,14 @@ pub(super) fn persist(t: &mut SqliteTx, s: &BatchState) -> Result<Vec<(i64, i64)
     accruals(c, s)?;
     let numbers = invoices(c, s)?;
     lots(c, t.cache, s)?;
+    super::payments::persist(c, s)?;
+    // A purchase taken back of counts less toward its account's tier: an account the batch
+    // did not write is read again rather than cached with its old sum.
+    for (account, _) in &s.dirty_purchases {
+        if !s.dirty_accounts.contains(account) {
+            t.forget.push(account.clone());
+        }
+    }
     adjustments(c, s)?;
     transfers(c, s)?;
     line_items(c, s)?;
@@ -77,25 +85,37 @@ fn accruals(c: &Connection, s: &BatchState) -> Result<()> {
     Ok(())
 }
 
-/// The balances and counters of the accounts the batch changed, and the spending limits of
-/// those that have any (an account without limits keeps its empty column: limits are removed
-/// only by [`crate::Tx::set_account_limits`]); each account is also kept, as the batch leaves
-/// it, to cache once the batch commits.
+/// The balances and counters of the accounts the batch changed, the spending limits of those
+/// that have any (an account without limits keeps its empty column: limits are removed only
+/// by [`crate::Tx::set_account_limits`]), and the payment profile of those whose profile the
+/// batch changed (from the cached row: most batches change none, and encode none); each
+/// account is also kept, as the batch leaves it, to cache once the batch commits.
 fn accounts(t: &mut SqliteTx, s: &BatchState) -> Result<()> {
     const UPDATE: &str = "UPDATE accounts SET balance_nanos = ?2, held_nanos = ?3, \
          in_progress = ?4, paid_lifetime_nanos = ?5, month = ?6, month_subtotal_nanos = ?7, \
          adjusted_credit_nanos = ?8, disputed_since = ?9, period_start = ?10, \
          period_charges = ?11, period_subtotal_nanos = ?12, period_discount_nanos = ?13, \
          period_total_nanos = ?14, period_last_charge_at = ?15";
-    let mut st = t
-        .conn
-        .prepare_cached(&format!("{UPDATE} WHERE username = ?1"))?;
-    let mut with_limits = t
-        .conn
-        .prepare_cached(&format!("{UPDATE}, limits = ?16 WHERE username = ?1"))?;
+    // The statement of each set of columns written (with or without limits, payment), each
+    // prepared once per batch.
+    let update_sql = |limits: bool, payment: bool| {
+        let mut sql = UPDATE.to_string();
+        let mut n = 15;
+        for (column, written) in [("limits", limits), ("payment", payment)] {
+            if written {
+                n += 1;
+                sql.push_str(&format!(", {column} = ?{n}"));
+            }
+        }
+        sql + " WHERE username = ?1"
+    };
+    let conn = t.conn;
+    let mut statements: [Option<rusqlite::CachedStatement>; 4] = Default::default();
     for id in &s.dirty_accounts {
         let a = &s.accounts[id];
         let before = t.written.get(id).or_else(|| t.cache.get(id));
+        // A row not read through the cache (never, from the engine) is written whole.
+        let payment_changed = before.is_none_or(|b| b.state.payment != a.payment);
         let written = CachedAccount::as_written(before, id, s);
         t.written.insert(id.clone(), written);
         let charges = i64::try_from(a.period.charges).unwrap_or(i64::MAX);
@@ -118,13 +138,21 @@ fn accounts(t: &mut SqliteTx, s: &BatchState) -> Result<()> {
             &a.period.last_charge_at.0,
         ];
         // An account without limits keeps its empty column as it is (nothing to encode).
-        if a.limits.is_empty() {
-            st.execute(rusqlite::params_from_iter(columns))?;
-        } else {
-            let limits = limits_text(&a.limits);
-            let with: [&dyn rusqlite::ToSql; 1] = [&limits];
-            with_limits.execute(rusqlite::params_from_iter(columns.into_iter().chain(with)))?;
-        }
+        let limits = (!a.limits.is_empty()).then(|| limits_text(&a.limits));
+        let payment = payment_changed.then(|| payment_text(&a.payment));
+        let more: Vec<&dyn rusqlite::ToSql> = [&limits, &payment]
+            .into_iter()
+            .flatten()
+            .map(|v| v as &dyn rusqlite::ToSql)
+            .collect();
+        let which = usize::from(limits.is_some()) | usize::from(payment.is_some()) << 1;
+        let st = match &mut statements[which] {
+            Some(st) => st,
+            slot @ None => {
+                slot.insert(conn.prepare_cached(&update_sql(limits.is_some(), payment.is_some()))?)
+            }
+        };
+        st.execute(rusqlite::params_from_iter(columns.into_iter().chain(more)))?;
     }
     Ok(())
 }
@@ -189,16 +217,19 @@ fn adjustments(c: &Connection, s: &BatchState) -> Result<()> {
     Ok(())
 }
 
-/// The batch's new purchases, each a lot with all of it left (spent below, by `lots`).
+/// The batch's new purchases, each a lot with all of it left (spent below, by `lots`), with
+/// what the batch took back of it (a refund or dispute told before the payment, applied with
+/// it).
 fn purchases(c: &Connection, s: &BatchState) -> Result<()> {
     let mut st = c.prepare_cached(&format!(
-        "INSERT INTO purchases ({PURCHASE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        "INSERT INTO purchases ({PURCHASE_COLS}, {TAKEN_COLS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
     ))?;
-    for p in s
-        .new_purchases
-        .iter()
-        .map(|p| PurchaseCols::of(p, p.amount))
-    {
+    for p in s.new_purchases.iter().map(|p| {
+        let key = (p.account.clone(), p.purchase_id.clone());
+        let after = s.purchases.get(&key).unwrap_or(p);
+        PurchaseCols::of(after, p.amount)
+    }) {
         st.execute(params![
             p.account,
             p.purchase_id,
@@ -210,6 +241,8 @@ fn purchases(c: &Connection, s: &BatchState) -> Result<()> {
             p.locked_after,
             p.expires_at,
             p.remaining,
+            p.refunded,
+            p.disputed,
         ])?;
     }
     Ok(())
@@ -217,7 +250,8 @@ fn purchases(c: &Connection, s: &BatchState) -> Result<()> {
 
 /// The batch's invoices, numbered in issue order from their year's counter row; a usage
 /// invoice's lines are its period's accrual rows, moved (the accruals of a closed period are
-/// deleted: the invoice lines are what remains of them).
+/// deleted: the invoice lines are what remains of them); a credit note corrects the top-up
+/// invoice of its purchase, issued by this batch or before it.
 fn invoices(c: &Connection, s: &BatchState) -> Result<Vec<(i64, i64)>> {
     if s.new_invoices.is_empty() {
         return Ok(Vec::new());
@@ -241,9 +275,13 @@ fn invoices(c: &Connection, s: &BatchState) -> Result<Vec<(i64, i64)>> {
     )?;
     let mut st = c.prepare_cached(&format!(
         "INSERT INTO invoices ({INVOICE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
-         ?11, ?12, ?13, NULL, NULL)"
+         ?11, ?12, ?13, NULL, NULL, ?14, ?15)"
     ))?;
-    for i in &s.new_invoices {
+    let mut top_up = c.prepare_cached(
+        "SELECT year, seq FROM invoices WHERE account = ?1 AND purchase_id = ?2 \
+         AND kind = 'top_up' ORDER BY year, seq LIMIT 1",
+    )?;
+    for (n, i) in s.new_invoices.iter().enumerate() {
         let year = i64::from(year_of(i.issued_at));
         let seq: i64 = next.query_row([year], |r| r.get(0))?;
         if i.kind == InvoiceKind::Usage {
@@ -251,6 +289,17 @@ fn invoices(c: &Connection, s: &BatchState) -> Result<Vec<(i64, i64)>> {
             lines.execute(params![year, seq, at.0, at.1])?;
             moved.execute(params![at.0, at.1])?;
         }
+        let corrects = match (i.kind, &i.purchase_id) {
+            (InvoiceKind::CreditNote, Some(pid)) => match crate::rows::corrected_in_batch(s, n) {
+                Some(j) => Some(numbers[j]),
+                None => top_up
+                    .query_row(params![i.account.as_str(), pid.as_str()], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                    })
+                    .optional()?,
+            },
+            _ => None,
+        };
         numbers.push((year, seq));
         st.execute(params![
             year,
@@ -266,6 +315,8 @@ fn invoices(c: &Connection, s: &BatchState) -> Result<Vec<(i64, i64)>> {
             i.purchase_id.as_ref().map(|p| p.as_str()),
             i.subtotal.0,
             i.discount.0,
+            corrects.map(|c| c.0),
+            corrects.map(|c| c.1),
         ])?;
     }
     Ok(numbers)

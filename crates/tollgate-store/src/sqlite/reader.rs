@@ -14,8 +14,9 @@ use crate::{
 use crate::{AttemptRecord, DeliveriesQuery, DeliveryRecord, StoredEvent, WebhookRecord};
 use rusqlite::Connection;
 use tollgate_core::catalog::{Catalog, PriceVersion};
-use tollgate_core::ids::{AccountId, ApiKeyId, RequestId};
-use tollgate_core::machine::{LineItem, RequestRecord};
+use tollgate_core::ids::{AccountId, ApiKeyId, PurchaseId, RequestId};
+use tollgate_core::machine::{LineItem, PurchaseRecord, RequestRecord};
+use tollgate_core::payments::{RefundRecord, TopUpRecord};
 use tollgate_core::rollup::{ActivityKey, ActivityTotals, UsageKey, UsageTotals};
 use tollgate_core::Timestamp;
 
@@ -182,6 +183,34 @@ impl Reader for SqliteReader {
             out.push(rows::purchase_entry(r)?);
         }
         Ok(out)
+    }
+
+    fn top_up(
+        &mut self,
+        account: &AccountId,
+        top_up_id: &PurchaseId,
+    ) -> Result<Option<TopUpRecord>> {
+        super::payments::top_up(&self.conn, account, top_up_id)
+    }
+
+    fn top_up_by_payment_intent(&mut self, payment_intent: &str) -> Result<Option<TopUpRecord>> {
+        super::payments::top_up_by_payment_intent(&self.conn, payment_intent)
+    }
+
+    fn refund(
+        &mut self,
+        account: &AccountId,
+        refund_id: &PurchaseId,
+    ) -> Result<Option<RefundRecord>> {
+        super::payments::refund(&self.conn, account, refund_id)
+    }
+
+    fn purchase(
+        &mut self,
+        account: &AccountId,
+        purchase_id: &PurchaseId,
+    ) -> Result<Option<PurchaseRecord>> {
+        super::payments::purchase(&self.conn, account, purchase_id)
     }
 
     fn webhooks(&mut self) -> Result<Vec<WebhookRecord>> {

@@ -6,7 +6,7 @@ use super::persist;
 use super::webhooks;
 use crate::rows::{
     limits_text, terms_text, AdjustmentCols, PurchaseCols, ADJUSTMENT_COLS, KEY_COLS,
-    PURCHASE_COLS, REQUEST_COLS, WEB_SESSION_COLS,
+    PURCHASE_COLS, REQUEST_COLS, TAKEN_COLS, WEB_SESSION_COLS,
 };
 use crate::{
     parse_id, to_json, ApiKeyRecord, BillingMode, ClaimedDelivery, DeliveryResult, PortalLink,
@@ -103,7 +103,8 @@ impl Tx for SqliteTx<'_> {
         out: &mut HashMap<(AccountId, PurchaseId), PurchaseRecord>,
     ) -> Result<()> {
         let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {PURCHASE_COLS} FROM purchases WHERE account = ?1 AND purchase_id = ?2"
+            "SELECT {PURCHASE_COLS}, {TAKEN_COLS} FROM purchases \
+             WHERE account = ?1 AND purchase_id = ?2"
         ))?;
         for (account, pid) in keys {
             let mut rows = st.query(params![account.as_str(), pid.as_str()])?;
@@ -131,6 +132,10 @@ impl Tx for SqliteTx<'_> {
             }
         }
         Ok(())
+    }
+
+    fn load_payments(&mut self, keys: &crate::PaymentKeys, state: &mut BatchState) -> Result<()> {
+        super::payments::load(self.conn, keys, state)
     }
 
     fn persist(&mut self, s: &BatchState) -> Result<Vec<(i64, i64)>> {
@@ -394,6 +399,10 @@ impl Tx for SqliteTx<'_> {
             "UPDATE web_sessions SET ended_at = ?2 WHERE account = ?1 AND ended_at IS NULL",
             params![account.as_str(), now.0],
         )?)
+    }
+
+    fn ensure_provider_webhook(&mut self, now: Timestamp) -> Result<bool> {
+        webhooks::ensure_provider(self.conn, now)
     }
 
     fn insert_webhook(&mut self, hook: &WebhookRecord) -> Result<()> {

@@ -1,7 +1,7 @@
 //! Webhooks on SQLite (see [`crate::webhooks`]): the outbox written by a batch, the
 //! subscriptions, claims and attempts written by the writer, and their reads.
 
-use crate::webhooks::{self as w, EventCols, DELETED_WEBHOOK, WEBHOOK_COLS};
+use crate::webhooks::{self as w, EventCols, DELETED_WEBHOOK, OPERATORS, WEBHOOK_COLS};
 use crate::{
     AttemptRecord, ClaimedDelivery, DeliveriesQuery, DeliveryRecord, DeliveryResult, Result,
     StoreError, StoredEvent, WebhookRecord,
@@ -70,9 +70,18 @@ pub(super) fn insert_webhook(c: &Connection, hook: &WebhookRecord) -> Result<()>
     Ok(())
 }
 
+pub(super) fn ensure_provider(c: &Connection, now: Timestamp) -> Result<bool> {
+    let n = c.execute(&w::provider_webhook_sql(p), [now.0])?;
+    c.execute(&w::provider_types_sql(), [])?;
+    Ok(n > 0)
+}
+
 pub(super) fn delete_webhook(c: &Connection, webhook_id: &str, now: Timestamp) -> Result<bool> {
     let n = c.execute(
-        "UPDATE webhooks SET deleted_at = ?2 WHERE webhook_id = ?1 AND deleted_at IS NULL",
+        &format!(
+            "UPDATE webhooks SET deleted_at = ?2 WHERE webhook_id = ?1 AND deleted_at IS NULL \
+             AND {OPERATORS}"
+        ),
         params![webhook_id, now.0],
     )?;
     if n == 0 {
@@ -188,7 +197,7 @@ pub(super) fn redeliver(
 
 pub(super) fn webhooks(c: &Connection) -> Result<Vec<WebhookRecord>> {
     let mut st = c.prepare_cached(&format!(
-        "SELECT {WEBHOOK_COLS} FROM webhooks WHERE deleted_at IS NULL \
+        "SELECT {WEBHOOK_COLS} FROM webhooks WHERE deleted_at IS NULL AND {OPERATORS} \
          ORDER BY created_at, webhook_id"
     ))?;
     let mut rows = st.query([])?;
@@ -201,7 +210,7 @@ pub(super) fn webhooks(c: &Connection) -> Result<Vec<WebhookRecord>> {
 
 pub(super) fn webhook(c: &Connection, webhook_id: &str) -> Result<Option<WebhookRecord>> {
     let mut st = c.prepare_cached(&format!(
-        "SELECT {WEBHOOK_COLS} FROM webhooks WHERE webhook_id = ?1"
+        "SELECT {WEBHOOK_COLS} FROM webhooks WHERE webhook_id = ?1 AND {OPERATORS}"
     ))?;
     let mut rows = st.query([webhook_id])?;
     rows.next()?.map(|r| w::webhook_row(r)).transpose()

@@ -4,6 +4,7 @@
 mod account_cache;
 mod catalog_settings;
 mod migrations;
+mod payments;
 mod recent_line_items;
 mod spending_limits;
 mod wal;

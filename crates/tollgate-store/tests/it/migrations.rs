@@ -1,6 +1,7 @@
 //! Upgrading a database written by an earlier tollgate: the rollups migration reshapes line
 //! items and builds the usage and activity rollups from what is already there, so an upgraded
-//! account's usage adds up to its line items from the first query.
+//! account's usage adds up to its line items from the first query; the payments migration
+//! keeps purchases, invoices and webhooks as they were, with nothing taken back.
 
 use rusqlite::{params, Connection};
 use rust_decimal::Decimal;
@@ -113,7 +114,7 @@ fn upgrading_builds_rollups_that_add_up_to_the_line_items() {
     version_1_database(&path);
 
     let mut store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 16);
+    assert_eq!(store.schema_version().unwrap(), 17);
     let mut reader = (store.reader_factory())().unwrap();
     // The terms an account had are its first version, in force from the beginning.
     let terms = |reader: &mut Box<dyn tollgate_store::Reader>, name: &str| {
@@ -487,4 +488,196 @@ fn upgrading_backfills_statements_from_the_ledger() {
     );
     // Every account's days end at its balance (bob and inv, without transfers, have none).
     assert_eq!(reader.reconcile().unwrap().statement_mismatches, vec![]);
+}
+
+/// An upgraded SQLite database's purchases read as payments with nothing taken back, no
+/// dispute and no provider payment, and its accounts with the default payment profile; the
+/// reconciliation finds them consistent.
+#[test]
+fn upgrading_reads_earlier_purchases_with_nothing_taken_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    version_1_database(&path);
+    {
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "INSERT INTO purchases (account, purchase_id, amount_nanos, paid, created_at, \
+               expires_at, remaining_nanos, balance_after, limit_after, locked_after) \
+             VALUES ('bob', 'p-1', 2000000000, 1, 5000, NULL, 2000000000, 2000000000, 2, 0); \
+             INSERT INTO transfers (kind, debit, credit, amount_nanos, purchase_id, at) \
+             VALUES ('purchase', 'system:purchases', 'customer:bob', 2000000000, 'p-1', 5000); \
+             UPDATE accounts SET balance_nanos = 2000000000, paid_lifetime_nanos = 2000000000 \
+             WHERE username = 'bob'",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let mut reader = (store.reader_factory())().unwrap();
+    let bob = AccountId::parse("bob").unwrap();
+    let p1 = tollgate_core::ids::PurchaseId::parse("p-1").unwrap();
+    let payments = reader
+        .payments(&tollgate_store::PaymentsQuery {
+            account: bob.clone(),
+            before: None,
+            limit: 10,
+        })
+        .unwrap();
+    let seen: Vec<_> = payments
+        .iter()
+        .map(|p| {
+            (
+                p.purchase_id.as_str(),
+                p.amount.0,
+                p.refunded.0,
+                p.disputed.0,
+                p.dispute_open,
+                p.provider_reference.clone(),
+                p.invoice,
+            )
+        })
+        .collect();
+    assert_eq!(seen, [("p-1", 2_000_000_000, 0, 0, false, None, None)]);
+    let purchase = reader.purchase(&bob, &p1).unwrap().unwrap();
+    assert_eq!((purchase.refunded.0, purchase.disputed.0), (0, 0));
+    assert!(reader.top_up(&bob, &p1).unwrap().is_none());
+    let row = reader.account(&bob, Timestamp(6_000)).unwrap().unwrap();
+    assert_eq!(
+        (row.state.payment, row.state.paid_28d.0),
+        (Default::default(), 2_000_000_000)
+    );
+    let rec = reader.reconcile().unwrap();
+    assert_eq!(
+        (
+            rec.payment_mismatches,
+            rec.balance_mismatches,
+            rec.lot_mismatches
+        ),
+        (vec![], vec![], vec![])
+    );
+}
+
+/// A PostgreSQL database at schema version 12, as tollgate wrote it, upgraded to payments: its
+/// webhook stays the operator's (listed, claimed as an `http` delivery), its purchase reads as
+/// a payment with nothing taken back and its top-up invoice corrects nothing.
+#[test]
+fn upgrading_postgres_to_payments_keeps_webhooks_purchases_and_invoices() {
+    let Some(url) = std::env::var("TOLLGATE_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+    else {
+        return;
+    };
+    let schema = format!("tollgate_test_upgrade_payments_{}", std::process::id());
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let target = format!("{url}{sep}options=-csearch_path%3D{schema}");
+    let admin = |sql: String| {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            postgres::Client::connect(&url, postgres::NoTls)
+                .unwrap()
+                .batch_execute(&sql)
+                .unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    admin(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+    ));
+    let t = target.clone();
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&t, postgres::NoTls).unwrap();
+        let mut tx = c.transaction().unwrap();
+        for sql in [
+            include_str!("../../migrations/postgres/0001_init.sql"),
+            include_str!("../../migrations/postgres/0002_terms_adjustments.sql"),
+            include_str!("../../migrations/postgres/0003_billing_term.sql"),
+            include_str!("../../migrations/postgres/0004_requests_by_endpoint.sql"),
+            include_str!("../../migrations/postgres/0005_invoices.sql"),
+            include_str!("../../migrations/postgres/0006_payments.sql"),
+            include_str!("../../migrations/postgres/0007_statements.sql"),
+            include_str!("../../migrations/postgres/0008_usage_invoices.sql"),
+            include_str!("../../migrations/postgres/0009_web_sessions.sql"),
+            include_str!("../../migrations/postgres/0010_spending_limits.sql"),
+            include_str!("../../migrations/postgres/0011_webhooks.sql"),
+            include_str!("../../migrations/postgres/0012_expiry_notices.sql"),
+        ] {
+            tx.batch_execute(sql).unwrap();
+        }
+        tx.batch_execute(
+            "CREATE TABLE tollgate_schema (version INTEGER NOT NULL); \
+             INSERT INTO tollgate_schema SELECT generate_series(1, 12); \
+             INSERT INTO accounts (username, created_at, terms, balance_nanos, \
+               paid_lifetime_nanos) VALUES ('acme', 0, '[]', 1000000000, 1000000000); \
+             INSERT INTO purchases (account, purchase_id, amount_nanos, paid, created_at, \
+               expires_at, remaining_nanos, balance_after, limit_after, locked_after) \
+             VALUES ('acme', 'p-1', 1000000000, true, 1000, NULL, 1000000000, 1000000000, 2, \
+               false); \
+             INSERT INTO transfers (kind, debit, credit, amount_nanos, purchase_id, at) VALUES \
+             ('purchase', 'system:purchases', 'customer:acme', 1000000000, 'p-1', 1000); \
+             INSERT INTO invoice_counters VALUES (1970, 1); \
+             INSERT INTO invoices (year, seq, prefix, account, kind, status, issued_at, \
+               period_start, period_end, total_nanos, purchase_id, subtotal_nanos) VALUES \
+             (1970, 1, 'TG', 'acme', 'top_up', 'paid', 1000, 1000, 1000, 1000000000, 'p-1', \
+               1000000000); \
+             INSERT INTO webhooks (webhook_id, url, events, secret, created_at) VALUES \
+             ('wh_old', 'http://127.0.0.1:9/old', '[\"*\"]', 'whsec_old', 0); \
+             INSERT INTO webhook_event_types VALUES ('*', 'wh_old'); \
+             UPDATE webhook_event_counter SET last_seq = 1; \
+             INSERT INTO webhook_events VALUES (1, 'acme', 'purchase.succeeded', 1000, \
+               '{\"type\":\"purchase.succeeded\",\"data\":{\"purchase_id\":\"p-1\",\
+\"amount_nano_usd\":1000000000,\"kind\":\"paid\",\"balance_nano_usd\":1000000000,\
+\"expires_at\":null}}'); \
+             INSERT INTO webhook_deliveries (webhook_id, event_seq, account, status, attempts, \
+               tries, queued_at, next_attempt_at) VALUES ('wh_old', 1, 'acme', 'pending', 0, 0, \
+               1000, 1000)",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    })
+    .join()
+    .unwrap();
+    let mut store = tollgate_store::open(&target).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 13);
+    let mut reader = (store.reader_factory())().unwrap();
+    let listed: Vec<String> = reader
+        .webhooks()
+        .unwrap()
+        .into_iter()
+        .map(|w| w.webhook_id)
+        .collect();
+    assert_eq!(listed, ["wh_old"]);
+    let mut claimed = Vec::new();
+    store
+        .transaction(&mut |tx| {
+            claimed = tx.claim_deliveries(Timestamp(2_000), Timestamp(60_000), 10, 10)?;
+            Ok(())
+        })
+        .unwrap();
+    let kinds: Vec<_> = claimed
+        .iter()
+        .map(|c| (c.webhook_id.as_str(), c.kind))
+        .collect();
+    assert_eq!(kinds, [("wh_old", tollgate_store::WebhookKind::Http)]);
+    let acme = AccountId::parse("acme").unwrap();
+    let payments = reader
+        .payments(&tollgate_store::PaymentsQuery {
+            account: acme.clone(),
+            before: None,
+            limit: 10,
+        })
+        .unwrap();
+    assert_eq!(payments.len(), 1);
+    let p = &payments[0];
+    assert_eq!(
+        (p.invoice, p.refunded.0, p.disputed.0, p.dispute_open),
+        (Some((1970, 1)), 0, 0, false)
+    );
+    assert_eq!(reader.invoice(1970, 1).unwrap().unwrap().corrects, None);
+    let row = reader.account(&acme, Timestamp(2_000)).unwrap().unwrap();
+    assert_eq!(row.state.payment, Default::default());
+    assert_eq!(reader.reconcile().unwrap().payment_mismatches, vec![]);
+    drop(reader);
+    drop(store);
+    admin(format!("DROP SCHEMA {schema} CASCADE"));
 }
