@@ -130,10 +130,12 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     // Payments: the top-up range reaches the core's auto top-up decision whether or not the
     // provider is configured; with it, the provider's row among the webhooks (which charges
     // the automatic top-ups) is made if it is not there.
-    // PENDING(paystore): engine.set_top_up_settings(settings.top_ups.to_core());
+    engine
+        .set_top_up_settings(settings.top_ups.to_core())
+        .map_err(|e| anyhow::anyhow!("top_ups: {e}"))?;
     let payments = settings.stripe.to_api(&settings.top_ups);
     if payments.is_some() {
-        // PENDING(paystore): engine.ensure_provider_webhook().await?;
+        engine.ensure_provider_webhook().await?;
         tracing::info!(
             api_base = %settings.stripe.api_base,
             webhook_secrets = settings.stripe.webhook_secrets.len(),

@@ -22,13 +22,13 @@ use axum::http::HeaderMap;
 use serde::Serialize;
 use tollgate_core::ids::{AccountId, PurchaseId};
 use tollgate_core::machine::{Op, Outcome};
-use tollgate_core::payments::{PaymentEffect, ProviderEvent};
+use tollgate_core::payments::ProviderEvent;
 use utoipa::ToSchema;
 
 /// What became of an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum EventResult {
+pub enum StripeEventResult {
     /// Its effect was applied (in the commit that stored its id).
     Applied,
     /// Its id was applied before: nothing changed.
@@ -43,10 +43,10 @@ pub enum EventResult {
 
 /// The acknowledgement.
 #[derive(Serialize, ToSchema)]
-pub struct Received {
+pub struct StripeEventReceived {
     /// Always `true`.
     received: bool,
-    result: EventResult,
+    result: StripeEventResult,
 }
 
 /// Receive a Stripe event
@@ -70,7 +70,7 @@ pub struct Received {
         description = "`t=<unix seconds>,v1=<hex>`: Stripe's signature of the raw body.")),
     responses(
         (status = 200, description = "Acknowledged: applied, a repeat, or nothing to apply.",
-            body = Received),
+            body = StripeEventReceived),
         (status = 400, description = "`validation_error`: the signature is missing, does not \
             match a configured secret, or is more than 300 s from now (`error.field` \
             `Stripe-Signature`); or the body is not an event. Nothing was written.",
@@ -89,7 +89,7 @@ pub async fn receive(
     _: Params<NoParams>,
     headers: HeaderMap,
     Body(body): Body,
-) -> Result<axum::Json<Received>, ApiError> {
+) -> Result<axum::Json<StripeEventReceived>, ApiError> {
     let payments = configured(&state)?.clone();
     let header = headers
         .get("stripe-signature")
@@ -109,7 +109,7 @@ pub async fn receive(
     })?;
     let event = Event::parse(&body).map_err(ApiError::validation)?;
     let result = handle(&state, &payments, &event).await?;
-    Ok(axum::Json(Received {
+    Ok(axum::Json(StripeEventReceived {
         received: true,
         result,
     }))
@@ -120,14 +120,14 @@ pub async fn handle(
     state: &AppState,
     payments: &Payments,
     event: &Event,
-) -> Result<EventResult, ApiError> {
+) -> Result<StripeEventResult, ApiError> {
     let ignored = |why: &str| {
         tracing::info!(
             event_id = %event.id,
             event_type = %event.event_type,
             "payment provider event acknowledged, nothing to apply: {why}"
         );
-        Ok(EventResult::Ignored)
+        Ok(StripeEventResult::Ignored)
     };
     let (account, effect) = match events::translate(event) {
         Err(why) => {
@@ -137,7 +137,7 @@ pub async fn handle(
                 "payment provider event acknowledged, not applied: its object is not what its \
                  type promises: {why}"
             );
-            return Ok(EventResult::Ignored);
+            return Ok(StripeEventResult::Ignored);
         }
         Ok(Translation::Ignored(why)) => return ignored(&why),
         Ok(Translation::Effect { account, effect }) => (account, effect),
@@ -150,7 +150,7 @@ pub async fn handle(
             None => return ignored("the payment is not a tollgate top-up"),
         },
     };
-    let top_up_id = top_up_id(&effect).clone();
+    let top_up_id = effect.top_up_id().clone();
     let exists = {
         let (account, id) = (account.clone(), top_up_id.clone());
         state.engine.read(move |r| r.top_up(&account, &id)).await?
@@ -179,9 +179,9 @@ pub async fn handle(
                 "payment provider event applied"
             );
             Ok(if replayed {
-                EventResult::Replayed
+                StripeEventResult::Replayed
             } else {
-                EventResult::Applied
+                StripeEventResult::Applied
             })
         }
         Ok(other) => Err(ApiError::server(format!("unexpected outcome {other:?}"))),
@@ -195,19 +195,8 @@ pub async fn handle(
                 "payment provider event refused: nothing applied; it is acknowledged, and can \
                  be sent again from the provider's dashboard once the cause is fixed"
             );
-            Ok(EventResult::Refused)
+            Ok(StripeEventResult::Refused)
         }
-    }
-}
-
-/// The top-up an effect is about.
-pub fn top_up_id(effect: &PaymentEffect) -> &PurchaseId {
-    match effect {
-        PaymentEffect::Paid { top_up_id, .. }
-        | PaymentEffect::Failed { top_up_id, .. }
-        | PaymentEffect::Refunded { top_up_id, .. }
-        | PaymentEffect::Disputed { top_up_id, .. }
-        | PaymentEffect::CheckoutCreated { top_up_id, .. } => top_up_id,
     }
 }
 

@@ -263,7 +263,8 @@ impl StripeStandIn {
             "metadata": session["__payment_metadata"], "latest_charge": ch_id,
             "last_payment_error": null,
         });
-        o.charges.insert(ch_id.clone(), charge(&ch_id, &pi_id, amount));
+        o.charges
+            .insert(ch_id.clone(), charge(&ch_id, &pi_id, amount));
         o.payment_intents.insert(pi_id.clone(), pi.clone());
         session["payment_intent"] = json!(pi_id);
         session["payment_status"] = json!("paid");
@@ -308,7 +309,13 @@ impl StripeStandIn {
     }
 
     /// A dispute of the payment, as `charge.dispute.*` carry it.
-    pub fn dispute(&self, dispute_id: &str, payment_intent: &str, cents: i64, status: &str) -> Value {
+    pub fn dispute(
+        &self,
+        dispute_id: &str,
+        payment_intent: &str,
+        cents: i64,
+        status: &str,
+    ) -> Value {
         let ch = self.charge_of(payment_intent)["id"].clone();
         json!({"id": dispute_id, "object": "dispute", "amount": cents, "currency": "usd",
             "charge": ch, "payment_intent": payment_intent, "status": status,
@@ -372,7 +379,12 @@ async fn create(
     });
     s.arrived.notify_waiters();
     if !authorized(&headers) {
-        let (st, b) = error(401, "invalid_request_error", "api_key_invalid", "Invalid API Key");
+        let (st, b) = error(
+            401,
+            "invalid_request_error",
+            "api_key_invalid",
+            "Invalid API Key",
+        );
         return reply(st, b);
     }
     // Stripe's idempotency: the first answer of a key, again.
@@ -394,7 +406,10 @@ async fn create(
         let mut script = s.script.lock().unwrap();
         if script.front() == Some(&PaymentScript::Unavailable) {
             script.pop_front();
-            return reply(503, json!({"error": {"type": "api_error", "message": "unavailable"}}));
+            return reply(
+                503,
+                json!({"error": {"type": "api_error", "message": "unavailable"}}),
+            );
         }
     }
     let (status, body, answered) = match uri.path() {
@@ -408,7 +423,11 @@ async fn create(
         "/v1/checkout/sessions" => create_session(&s, &form),
         "/v1/payment_intents" => create_payment(&s, &form),
         "/v1/refunds" => create_refund(&s, &form),
-        _ => (404, json!({"error": {"type": "invalid_request_error"}}), None),
+        _ => (
+            404,
+            json!({"error": {"type": "invalid_request_error"}}),
+            None,
+        ),
     };
     if let Some(k) = key {
         s.answers
@@ -478,7 +497,9 @@ fn create_session(s: &Shared, form: &[(String, String)]) -> Created {
 /// An off-session payment, as scripted. Returns the key's answer, and (for a 500 after
 /// recording) the different answer this request gets.
 fn create_payment(s: &Shared, form: &[(String, String)]) -> Created {
-    let amount: i64 = field(form, "amount").and_then(|a| a.parse().ok()).unwrap_or(0);
+    let amount: i64 = field(form, "amount")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
     let id = s.id("pi");
     let mut pi = json!({
         "id": id, "object": "payment_intent", "amount": amount, "amount_received": 0,
@@ -532,8 +553,12 @@ fn create_payment(s: &Shared, form: &[(String, String)]) -> Created {
 
 /// A refund of a payment: at most what is left of its charge.
 fn create_refund(s: &Shared, form: &[(String, String)]) -> Created {
-    let pi = field(form, "payment_intent").unwrap_or_default().to_string();
-    let amount: i64 = field(form, "amount").and_then(|a| a.parse().ok()).unwrap_or(0);
+    let pi = field(form, "payment_intent")
+        .unwrap_or_default()
+        .to_string();
+    let amount: i64 = field(form, "amount")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
     let mut o = s.objects.lock().unwrap();
     let Some(ch) = o
         .payment_intents
@@ -584,7 +609,12 @@ async fn retrieve(
     });
     s.arrived.notify_waiters();
     if !authorized(&headers) {
-        let (st, b) = error(401, "invalid_request_error", "api_key_invalid", "Invalid API Key");
+        let (st, b) = error(
+            401,
+            "invalid_request_error",
+            "api_key_invalid",
+            "Invalid API Key",
+        );
         return reply(st, b);
     }
     let o = s.objects.lock().unwrap();

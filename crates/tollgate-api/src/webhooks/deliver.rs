@@ -49,7 +49,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::{AdminCmd, AdminReply, Engine, EngineError};
-use tollgate_store::{AttemptRecord, ClaimedDelivery, DeliveryNext, DeliveryResult, StoredEvent};
+use tollgate_store::{
+    AttemptRecord, ClaimedDelivery, DeliveryNext, DeliveryResult, StoredEvent, WebhookKind,
+};
 
 /// How long a claim is leased beyond the attempt's timeout: as long again plus this, the time
 /// to record it. A lease that passes (the server died, or stalled) lets another claim the
@@ -57,9 +59,7 @@ use tollgate_store::{AttemptRecord, ClaimedDelivery, DeliveryNext, DeliveryResul
 /// then sent again: at least once).
 pub const LEASE_SLACK: Duration = Duration::from_secs(5);
 
-/// The payment provider's row among the webhooks: its deliveries are automatic top-ups to
-/// charge ([`crate::payments::off_session`]).
-pub const PROVIDER_WEBHOOK_ID: &str = "wh_payment_provider";
+pub use tollgate_store::PROVIDER_WEBHOOK_ID;
 
 /// How much of a receiver's answer is read (and dropped) before the connection is let go.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -336,7 +336,7 @@ impl Dispatcher {
 
     /// Sends one delivery and says what follows.
     async fn attempt(&self, d: ClaimedDelivery) -> DeliveryResult {
-        if d.webhook_id == PROVIDER_WEBHOOK_ID {
+        if d.kind == WebhookKind::Provider {
             return self.charge(d).await;
         }
         self.metrics.in_flight.inc();

@@ -335,9 +335,14 @@ impl TestApp {
             .await
             .expect("bind a free port");
         let address = format!("http://{}", listener.local_addr().expect("local addr"));
-        if let Some(_p) = &payments {
-            // PENDING(paystore): engine.set_top_up_settings(p.top_ups);
-            // PENDING(paystore): engine.ensure_provider_webhook().await.expect("the provider's row");
+        if let Some(p) = &payments {
+            engine
+                .set_top_up_settings(p.top_ups)
+                .expect("the top-up settings");
+            engine
+                .ensure_provider_webhook()
+                .await
+                .expect("the payment provider's webhook row");
         }
         let payments = payments.map(|p| Arc::new(Payments::new(p)));
         let webhooks = Arc::new(webhooks);

@@ -9,15 +9,15 @@
 //!    sent agree with its request schemas.
 
 use crate::harness::{TestApp, SAMPLE_CATALOG};
-use tollgate_api::payments::stripe::signature;
-use tollgate_api::testing::stripe::{StripeStandIn, WEBHOOK_SECRET};
-use tollgate_api::webhooks::WebhookSettings;
-use tollgate_store::testing::Backend;
 use crate::schema;
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
+use tollgate_api::payments::stripe::signature;
+use tollgate_api::testing::stripe::{StripeStandIn, WEBHOOK_SECRET};
+use tollgate_api::webhooks::WebhookSettings;
+use tollgate_store::testing::Backend;
 
 const ROUTER_SOURCE: &str = include_str!("../../src/lib.rs");
 const HTTP_METHODS: [&str; 8] = [
@@ -1896,8 +1896,10 @@ async fn real_responses_match_the_document() {
         .put(
             "/v1/account/auto-top-up",
             key(&admin),
-            Body::Json(json!({"enabled": true, "threshold_usd": "1", "amount_usd": "5",
-                "max_per_month_usd": "50"})),
+            Body::Json(
+                json!({"enabled": true, "threshold_usd": "1", "amount_usd": "5",
+                "max_per_month_usd": "50"}),
+            ),
         )
         .await;
     assert_eq!((r.status, r.error_type()), (409, "payment_method_required"));
@@ -1905,8 +1907,10 @@ async fn real_responses_match_the_document() {
         .post(
             "/v1/account/top-ups",
             key(&admin),
-            Body::Unchecked(json!({"amount_usd": "1", "success_url": "https://a.example/ok",
-                "cancel_url": "https://a.example/no"})),
+            Body::Unchecked(
+                json!({"amount_usd": "1", "success_url": "https://a.example/ok",
+                "cancel_url": "https://a.example/no"}),
+            ),
         )
         .await;
     assert_eq!(
@@ -1917,8 +1921,10 @@ async fn real_responses_match_the_document() {
         .post(
             "/v1/account/top-ups",
             key(&admin),
-            Body::Json(json!({"amount_usd": "25.00", "success_url": "https://a.example/ok",
-                "cancel_url": "https://a.example/no", "save_payment_method": true})),
+            Body::Json(
+                json!({"amount_usd": "25.00", "success_url": "https://a.example/ok",
+                "cancel_url": "https://a.example/no", "save_payment_method": true}),
+            ),
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.json);
@@ -1931,7 +1937,10 @@ async fn real_responses_match_the_document() {
     let r = f
         .get(&format!("/v1/account/top-ups/{top_up}"), key(&admin))
         .await;
-    assert_eq!((r.status, r.json["status"].as_str()), (200, Some("awaiting_payment")));
+    assert_eq!(
+        (r.status, r.json["status"].as_str()),
+        (200, Some("awaiting_payment"))
+    );
     let r = f.get("/v1/account/top-ups/top_nope", key(&admin)).await;
     assert_eq!((r.status, r.error_type()), (404, "not_found"));
     let (session, pi) = stripe.pay_checkout(&session);
@@ -1943,9 +1952,16 @@ async fn real_responses_match_the_document() {
         let text = event.to_string();
         let header = signature::sign(text.as_bytes(), WEBHOOK_SECRET, now);
         let r = f
-            .post("/v1/payments/stripe/webhook", None, Body::Signed(text, header))
+            .post(
+                "/v1/payments/stripe/webhook",
+                None,
+                Body::Signed(text, header),
+            )
             .await;
-        assert_eq!((r.status, r.json["result"].as_str()), (200, Some("applied")));
+        assert_eq!(
+            (r.status, r.json["result"].as_str()),
+            (200, Some("applied"))
+        );
     }
     let r = f
         .post(
@@ -1959,13 +1975,23 @@ async fn real_responses_match_the_document() {
         .put(
             "/v1/account/auto-top-up",
             key(&admin),
-            Body::Json(json!({"enabled": true, "threshold_usd": "1", "amount_usd": "5",
-                "max_per_month_usd": "50"})),
+            Body::Json(
+                json!({"enabled": true, "threshold_usd": "1", "amount_usd": "5",
+                "max_per_month_usd": "50"}),
+            ),
         )
         .await;
-    assert_eq!((r.status, r.json["status"].as_str()), (200, Some("active")), "{}", r.json);
+    assert_eq!(
+        (r.status, r.json["status"].as_str()),
+        (200, Some("active")),
+        "{}",
+        r.json
+    );
     let r = f.get("/v1/account/auto-top-up", key(&admin)).await;
-    assert_eq!((r.status, r.json["payment_method_saved"].as_bool()), (200, Some(true)));
+    assert_eq!(
+        (r.status, r.json["payment_method_saved"].as_bool()),
+        (200, Some(true))
+    );
     let refund = format!("/v1/admin/accounts/acme/purchases/{top_up}/refund");
     for replayed in [false, true] {
         let r = f

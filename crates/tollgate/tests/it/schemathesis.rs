@@ -19,11 +19,11 @@
 //! installing the pinned version (`scripts/requirements-test.txt`); without it the test fails.
 
 use crate::common::Server;
-use tollgate_api::testing::stripe::{self, StripeStandIn};
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use tollgate_api::testing::stripe::{self, StripeStandIn};
 
 /// The checks: exactly "no 5xx, and every response is what the document says".
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\

@@ -24,8 +24,10 @@ async fn ready(p: &Pay, username: &str, threshold: &str, amount: &str, cap: &str
             &admin,
             Method::PUT,
             "/v1/account/auto-top-up",
-            Some(json!({"enabled": true, "threshold_usd": threshold, "amount_usd": amount,
-                "max_per_month_usd": cap})),
+            Some(
+                json!({"enabled": true, "threshold_usd": threshold, "amount_usd": amount,
+                "max_per_month_usd": cap}),
+            ),
         )
         .await;
     let rule = r.expect(200);
@@ -73,13 +75,20 @@ async fn fifty_concurrent_settlements_crossing_the_threshold_start_one_top_up() 
         assert_eq!(p.balance("acme").await, 50 * USD, "{name}");
         let rule = p.rule(&admin).await;
         assert_eq!(rule["in_flight"], "auto-1", "{name}: {rule}");
-        assert_eq!(rule["month_total_nano_usd"], 20 * USD, "in flight counts toward the cap");
+        assert_eq!(
+            rule["month_total_nano_usd"],
+            20 * USD,
+            "in flight counts toward the cap"
+        );
         // The dispatcher charges it: one payment, the top-up's key, the shortfall's amount.
         p.app.dispatcher().run_once().await.expect("a round");
         p.app.dispatcher().run_once().await.expect("a round");
         assert_eq!(
             charges(&p),
-            [("tollgate-top-up-acme-auto-1".to_string(), "2000".to_string())],
+            [(
+                "tollgate-top-up-acme-auto-1".to_string(),
+                "2000".to_string()
+            )],
             "{name}"
         );
         let req = &p.stripe.requests("POST", "/v1/payment_intents")[0];
@@ -87,7 +96,9 @@ async fn fifty_concurrent_settlements_crossing_the_threshold_start_one_top_up() 
         assert_eq!(req.field("confirm"), Some("true"));
         assert_eq!(req.field("currency"), Some("usd"));
         assert!(req.field("customer").is_some_and(|c| c.starts_with("cus_")));
-        assert!(req.field("payment_method").is_some_and(|c| c.starts_with("pm_")));
+        assert!(req
+            .field("payment_method")
+            .is_some_and(|c| c.starts_with("pm_")));
         assert_eq!(req.field("metadata[tollgate_account]"), Some("acme"));
         assert_eq!(req.field("metadata[tollgate_top_up_id]"), Some("auto-1"));
         assert_eq!(p.balance("acme").await, 70 * USD, "{name}: credited once");
@@ -104,7 +115,10 @@ async fn fifty_concurrent_settlements_crossing_the_threshold_start_one_top_up() 
             .await
             .expect(200)
             .clone();
-        assert_eq!((auto["kind"].as_str(), auto["status"].as_str()), (Some("auto"), Some("succeeded")));
+        assert_eq!(
+            (auto["kind"].as_str(), auto["status"].as_str()),
+            (Some("auto"), Some("succeeded"))
+        );
         p.app.assert_reconciled().await;
     }
 }
@@ -126,7 +140,11 @@ async fn a_crash_after_the_provider_was_called_creates_no_second_charge() {
     round.abort();
     let _ = round.await;
     p.stripe.release();
-    assert_eq!(p.balance("acme").await, 55 * USD, "nothing credited: no answer recorded");
+    assert_eq!(
+        p.balance("acme").await,
+        55 * USD,
+        "nothing credited: no answer recorded"
+    );
     // Its lease holds meanwhile: no other round claims it.
     p.app.dispatcher().run_once().await.expect("a round");
     assert_eq!(charges(&p).len(), 1);
@@ -135,8 +153,15 @@ async fn a_crash_after_the_provider_was_called_creates_no_second_charge() {
     p.app.dispatcher().run_once().await.expect("a round");
     let sent = charges(&p);
     assert_eq!(sent.len(), 2, "sent twice");
-    assert!(sent.iter().all(|(k, _)| k == "tollgate-top-up-acme-auto-1"), "{sent:?}");
-    assert_eq!(p.stripe.payment_intents().len(), 2, "the checkout's and one charge");
+    assert!(
+        sent.iter().all(|(k, _)| k == "tollgate-top-up-acme-auto-1"),
+        "{sent:?}"
+    );
+    assert_eq!(
+        p.stripe.payment_intents().len(),
+        2,
+        "the checkout's and one charge"
+    );
     assert_eq!(p.balance("acme").await, 75 * USD, "credited once");
 
     // A lost answer (a 500 after the payment was made) is retried to the same payment too.
@@ -233,7 +258,10 @@ async fn three_declines_in_a_row_pause_the_rule_and_tell_a_receiver() {
         let rule = p.rule(&admin).await;
         assert_eq!(rule["failures"], round, "{rule}");
         assert_eq!(rule["in_flight"], Value::Null);
-        assert_eq!(rule["month_total_nano_usd"], 0, "a failed top-up leaves the cap");
+        assert_eq!(
+            rule["month_total_nano_usd"], 0,
+            "a failed top-up leaves the cap"
+        );
         // No new one before retry_after (an hour), even below the threshold.
         spend(&p, "acme", &format!("b{round}"), 1).await;
         assert_eq!(p.rule(&admin).await["in_flight"], Value::Null);
@@ -249,7 +277,7 @@ async fn three_declines_in_a_row_pause_the_rule_and_tell_a_receiver() {
     assert_eq!(rule["in_flight"], Value::Null, "paused: nothing started");
     assert_eq!(charges(&p).len(), 3);
     // The receiver heard every outcome.
-    p.app.dispatcher().run_once().await.expect("a round");
+    p.deliver_all().await;
     let got = hooks.wait_for(7).await;
     assert_eq!(
         types(&got),
@@ -273,12 +301,17 @@ async fn three_declines_in_a_row_pause_the_rule_and_tell_a_receiver() {
             &admin,
             Method::PUT,
             "/v1/account/auto-top-up",
-            Some(json!({"enabled": true, "threshold_usd": "60", "amount_usd": "20",
-                "max_per_month_usd": "500"})),
+            Some(
+                json!({"enabled": true, "threshold_usd": "60", "amount_usd": "20",
+                "max_per_month_usd": "500"}),
+            ),
         )
         .await;
     let rule = r.expect(200).clone();
-    assert_eq!((rule["status"].as_str(), rule["failures"].as_i64()), (Some("active"), Some(0)));
+    assert_eq!(
+        (rule["status"].as_str(), rule["failures"].as_i64()),
+        (Some("active"), Some(0))
+    );
     spend(&p, "acme", "d", 1).await;
     p.app.dispatcher().run_once().await.expect("a round");
     assert_eq!(p.rule(&admin).await["month_count"], 1);
@@ -308,9 +341,12 @@ async fn a_bank_asking_the_customer_to_authenticate_pauses_the_rule_at_once() {
     p.app.set_now(p.app.now_ms() + DAY);
     spend(&p, "acme", "b", 1).await;
     assert_eq!(p.rule(&admin).await["in_flight"], Value::Null, "paused");
-    p.app.dispatcher().run_once().await.expect("a round");
+    p.deliver_all().await;
     let got = hooks.wait_for(3).await;
-    assert_eq!(types(&got), ["top_up.started", "top_up.failed", "top_up.paused"]);
+    assert_eq!(
+        types(&got),
+        ["top_up.started", "top_up.failed", "top_up.paused"]
+    );
     assert_eq!(got[2].json()["data"]["reason"], "authentication_required");
     assert_eq!(p.balance("acme").await, 58 * USD);
     p.app.assert_reconciled().await;
@@ -323,24 +359,60 @@ async fn the_rule_needs_a_card_saved_at_a_checkout() {
     let rule = json!({"enabled": true, "threshold_usd": "10", "amount_usd": "20",
         "max_per_month_usd": "100"});
     let shown = p.rule(&admin).await;
-    assert_eq!((shown["enabled"].as_bool(), shown["payment_method_saved"].as_bool()), (Some(false), Some(false)));
+    assert_eq!(
+        (
+            shown["enabled"].as_bool(),
+            shown["payment_method_saved"].as_bool()
+        ),
+        (Some(false), Some(false))
+    );
     assert_eq!(shown["amount_usd"], Value::Null);
-    p.call(&admin, Method::PUT, "/v1/account/auto-top-up", Some(rule.clone()))
-        .await
-        .expect_error(409, "payment_method_required");
+    p.call(
+        &admin,
+        Method::PUT,
+        "/v1/account/auto-top-up",
+        Some(rule.clone()),
+    )
+    .await
+    .expect_error(409, "payment_method_required");
     // A checkout without saving the card is not enough.
     p.paid_top_up(&admin, "10", false).await;
-    p.call(&admin, Method::PUT, "/v1/account/auto-top-up", Some(rule.clone()))
-        .await
-        .expect_error(409, "payment_method_required");
+    p.call(
+        &admin,
+        Method::PUT,
+        "/v1/account/auto-top-up",
+        Some(rule.clone()),
+    )
+    .await
+    .expect_error(409, "payment_method_required");
     p.paid_top_up(&admin, "10", true).await;
     for (bad, field) in [
-        (json!({"enabled": true, "threshold_usd": "10", "amount_usd": "20.001", "max_per_month_usd": "100"}), "amount_usd"),
-        (json!({"enabled": true, "threshold_usd": "10", "amount_usd": "1", "max_per_month_usd": "100"}), "amount_usd"),
-        (json!({"enabled": true, "threshold_usd": "10", "amount_usd": "20", "max_per_month_usd": "100.5001"}), "max_per_month_usd"),
+        (
+            json!({"enabled": true, "threshold_usd": "10", "amount_usd": "20.001", "max_per_month_usd": "100"}),
+            "amount_usd",
+        ),
+        (
+            json!({"enabled": true, "threshold_usd": "10", "amount_usd": "1", "max_per_month_usd": "100"}),
+            "amount_usd",
+        ),
+        (
+            json!({"enabled": true, "threshold_usd": "10", "amount_usd": "20", "max_per_month_usd": "100.5001"}),
+            "max_per_month_usd",
+        ),
     ] {
-        let r = p.call(&admin, Method::PUT, "/v1/account/auto-top-up", Some(bad.clone())).await;
-        assert_eq!(r.expect_error(400, "validation_error")["field"], field, "{bad}");
+        let r = p
+            .call(
+                &admin,
+                Method::PUT,
+                "/v1/account/auto-top-up",
+                Some(bad.clone()),
+            )
+            .await;
+        assert_eq!(
+            r.expect_error(400, "validation_error")["field"],
+            field,
+            "{bad}"
+        );
     }
     let set = p
         .call(&admin, Method::PUT, "/v1/account/auto-top-up", Some(rule))
@@ -358,7 +430,8 @@ async fn the_rule_needs_a_card_saved_at_a_checkout() {
 async fn a_provider_that_never_answers_fails_the_top_up_after_23_hours() {
     let p = Pay::start(&Backend::Sqlite).await;
     let admin = ready(&p, "acme", "60", "20", "500").await;
-    p.stripe.script(std::iter::repeat_n(PaymentScript::Unavailable, 100));
+    p.stripe
+        .script(std::iter::repeat_n(PaymentScript::Unavailable, 100));
     spend(&p, "acme", "a", 41).await;
     let started = p.app.now_ms();
     let mut rounds = 0;
@@ -367,7 +440,10 @@ async fn a_provider_that_never_answers_fails_the_top_up_after_23_hours() {
         assert!(rounds < 40, "never given up");
         let results = p.app.dispatcher().run_once().await.expect("a round");
         if p.app.now_ms() - started < 22 * HOUR {
-            assert!(results.iter().all(|r| r.attempt.status_code == Some(503)), "{results:?}");
+            assert!(
+                results.iter().all(|r| r.attempt.status_code == Some(503)),
+                "{results:?}"
+            );
         }
         p.app.set_now(p.app.now_ms() + 2 * HOUR);
     }
@@ -382,7 +458,11 @@ async fn a_provider_that_never_answers_fails_the_top_up_after_23_hours() {
         (top["status"].as_str(), top["failure_reason"].as_str()),
         (Some("failed"), Some("provider_unreachable"))
     );
-    assert_eq!(p.stripe.payment_intents().len(), 1, "only the checkout's payment");
+    assert_eq!(
+        p.stripe.payment_intents().len(),
+        1,
+        "only the checkout's payment"
+    );
     assert_eq!(int(&p.rule(&admin).await["failures"]), 1);
     p.app.assert_reconciled().await;
 }

@@ -18,7 +18,11 @@ async fn a_top_up_end_to_end_credits_once_with_its_invoice_and_unlock() {
         let p = Pay::start(&backend).await;
         let name = backend.name();
         let admin = p.account("acme").await;
-        assert_eq!(p.app.account("acme").await["locked"], true, "no credits yet");
+        assert_eq!(
+            p.app.account("acme").await["locked"],
+            true,
+            "no credits yet"
+        );
         // A receiver of the billing events the payment causes.
         let receiver = Receiver::start().await;
         p.app
@@ -48,7 +52,10 @@ async fn a_top_up_end_to_end_credits_once_with_its_invoice_and_unlock() {
             customers[0].idempotency_key.as_deref(),
             Some("tollgate-customer-acme")
         );
-        assert_eq!(customers[0].field("metadata[tollgate_account]"), Some("acme"));
+        assert_eq!(
+            customers[0].field("metadata[tollgate_account]"),
+            Some("acme")
+        );
         let sessions = p.stripe.requests("POST", "/v1/checkout/sessions");
         assert_eq!(sessions.len(), 2);
         let customer = p.stripe.session(&session_id(&first))["customer"].clone();
@@ -64,14 +71,25 @@ async fn a_top_up_end_to_end_credits_once_with_its_invoice_and_unlock() {
             assert_eq!(s.field("mode"), Some("payment"));
             assert_eq!(s.field("customer"), customer.as_str(), "the same customer");
             assert_eq!(s.field("line_items[0][price_data][currency]"), Some("usd"));
-            assert_eq!(s.field("line_items[0][price_data][unit_amount]"), Some(cents));
+            assert_eq!(
+                s.field("line_items[0][price_data][unit_amount]"),
+                Some(cents)
+            );
             assert_eq!(s.field("line_items[0][quantity]"), Some("1"));
-            assert!(s.field("line_items[0][price_data][product_data][name]").is_some());
+            assert!(s
+                .field("line_items[0][price_data][product_data][name]")
+                .is_some());
             assert_eq!(s.field("client_reference_id"), Some(id));
             assert_eq!(s.field("success_url"), Some("https://app.example.com/done"));
-            assert_eq!(s.field("cancel_url"), Some("https://app.example.com/billing"));
+            assert_eq!(
+                s.field("cancel_url"),
+                Some("https://app.example.com/billing")
+            );
             for prefix in ["metadata", "payment_intent_data[metadata]"] {
-                assert_eq!(s.field(&format!("{prefix}[tollgate_account]")), Some("acme"));
+                assert_eq!(
+                    s.field(&format!("{prefix}[tollgate_account]")),
+                    Some("acme")
+                );
                 assert_eq!(s.field(&format!("{prefix}[tollgate_top_up_id]")), Some(id));
             }
             assert_eq!(
@@ -84,7 +102,10 @@ async fn a_top_up_end_to_end_credits_once_with_its_invoice_and_unlock() {
             .call(
                 &admin,
                 Method::GET,
-                &format!("/v1/account/top-ups/{}", first["top_up_id"].as_str().unwrap()),
+                &format!(
+                    "/v1/account/top-ups/{}",
+                    first["top_up_id"].as_str().unwrap()
+                ),
                 None,
             )
             .await;
@@ -100,14 +121,20 @@ async fn a_top_up_end_to_end_credits_once_with_its_invoice_and_unlock() {
         assert_eq!(account["locked"], false);
         // The same event again, and the payment's own event: nothing more.
         p.expect(&completed, "replayed").await;
-        p.expect(&p.stripe.event("payment_intent.succeeded", pi.clone()), "applied")
-            .await;
+        p.expect(
+            &p.stripe.event("payment_intent.succeeded", pi.clone()),
+            "applied",
+        )
+        .await;
         assert_eq!(p.balance("acme").await, 25 * USD, "credited once");
         let top = p
             .call(
                 &admin,
                 Method::GET,
-                &format!("/v1/account/top-ups/{}", first["top_up_id"].as_str().unwrap()),
+                &format!(
+                    "/v1/account/top-ups/{}",
+                    first["top_up_id"].as_str().unwrap()
+                ),
                 None,
             )
             .await
@@ -135,7 +162,10 @@ async fn a_top_up_end_to_end_credits_once_with_its_invoice_and_unlock() {
             .call(
                 &admin,
                 Method::GET,
-                &format!("/v1/account/invoices/{}", pay["invoice_id"].as_str().unwrap()),
+                &format!(
+                    "/v1/account/invoices/{}",
+                    pay["invoice_id"].as_str().unwrap()
+                ),
                 None,
             )
             .await
@@ -145,7 +175,7 @@ async fn a_top_up_end_to_end_credits_once_with_its_invoice_and_unlock() {
         assert_eq!(invoice["total_nano_usd"], 25 * USD);
 
         // The events reached a real receiver.
-        p.app.dispatcher().run_once().await.expect("a dispatch round");
+        p.deliver_all().await;
         let got = receiver.wait_for(4).await;
         let mut types: Vec<String> = got
             .iter()
@@ -176,7 +206,10 @@ async fn a_top_up_end_to_end_credits_once_with_its_invoice_and_unlock() {
             .call(
                 &other,
                 Method::GET,
-                &format!("/v1/account/top-ups/{}", first["top_up_id"].as_str().unwrap()),
+                &format!(
+                    "/v1/account/top-ups/{}",
+                    first["top_up_id"].as_str().unwrap()
+                ),
                 None,
             )
             .await;
@@ -191,22 +224,55 @@ async fn a_refused_top_up_writes_nothing_and_asks_the_provider_nothing() {
     let admin = p.account("acme").await;
     let api = p.app.create_key("acme", "API").await;
     for (body, field) in [
-        (json!({"amount_usd": "4.99", "success_url": "https://a.example/x", "cancel_url": "https://a.example/y"}), "amount_usd"),
-        (json!({"amount_usd": "10000.01", "success_url": "https://a.example/x", "cancel_url": "https://a.example/y"}), "amount_usd"),
-        (json!({"amount_usd": "10.005", "success_url": "https://a.example/x", "cancel_url": "https://a.example/y"}), "amount_usd"),
-        (json!({"amount_usd": 10, "success_url": "https://a.example/x", "cancel_url": "https://a.example/y"}), "amount_usd"),
-        (json!({"amount_usd": "10", "success_url": "javascript:alert(1)", "cancel_url": "https://a.example/y"}), "success_url"),
-        (json!({"amount_usd": "10", "success_url": "https://a.example/x", "cancel_url": "/relative"}), "cancel_url"),
-        (json!({"amount_usd": "10", "success_url": "https://a.example/x"}), "cancel_url"),
+        (
+            json!({"amount_usd": "4.99", "success_url": "https://a.example/x", "cancel_url": "https://a.example/y"}),
+            "amount_usd",
+        ),
+        (
+            json!({"amount_usd": "10000.01", "success_url": "https://a.example/x", "cancel_url": "https://a.example/y"}),
+            "amount_usd",
+        ),
+        (
+            json!({"amount_usd": "10.005", "success_url": "https://a.example/x", "cancel_url": "https://a.example/y"}),
+            "amount_usd",
+        ),
+        (
+            json!({"amount_usd": 10, "success_url": "https://a.example/x", "cancel_url": "https://a.example/y"}),
+            "amount_usd",
+        ),
+        (
+            json!({"amount_usd": "10", "success_url": "javascript:alert(1)", "cancel_url": "https://a.example/y"}),
+            "success_url",
+        ),
+        (
+            json!({"amount_usd": "10", "success_url": "https://a.example/x", "cancel_url": "/relative"}),
+            "cancel_url",
+        ),
+        (
+            json!({"amount_usd": "10", "success_url": "https://a.example/x"}),
+            "cancel_url",
+        ),
     ] {
-        let r = p.call(&admin, Method::POST, "/v1/account/top-ups", Some(body.clone())).await;
+        let r = p
+            .call(
+                &admin,
+                Method::POST,
+                "/v1/account/top-ups",
+                Some(body.clone()),
+            )
+            .await;
         let e = r.expect_error(400, "validation_error");
         assert_eq!(e["field"], field, "{body}");
     }
-    p.call(&api, Method::POST, "/v1/account/top-ups", Some(json!({"amount_usd": "10",
-        "success_url": "https://a.example/x", "cancel_url": "https://a.example/y"})))
-        .await
-        .expect_error(403, "authorization_error");
+    p.call(
+        &api,
+        Method::POST,
+        "/v1/account/top-ups",
+        Some(json!({"amount_usd": "10",
+        "success_url": "https://a.example/x", "cancel_url": "https://a.example/y"})),
+    )
+    .await
+    .expect_error(403, "authorization_error");
     assert!(p.stripe.got().is_empty(), "{:?}", p.stripe.got());
     assert_eq!(p.balance("acme").await, 0);
     p.app.assert_reconciled().await;
@@ -224,10 +290,14 @@ async fn without_a_provider_the_payment_calls_answer_503() {
             app.raw(method, path, Some(&admin), body).await
         }
     };
-    call(Method::POST, "/v1/account/top-ups", Some(json!({"amount_usd": "10",
-        "success_url": "https://a.example/x", "cancel_url": "https://a.example/y"})))
-        .await
-        .expect_error(503, "payments_not_configured");
+    call(
+        Method::POST,
+        "/v1/account/top-ups",
+        Some(json!({"amount_usd": "10",
+        "success_url": "https://a.example/x", "cancel_url": "https://a.example/y"})),
+    )
+    .await
+    .expect_error(503, "payments_not_configured");
     call(Method::GET, "/v1/account/auto-top-up", None)
         .await
         .expect_error(503, "payments_not_configured");
@@ -253,17 +323,26 @@ async fn events_in_any_order_a_refund_before_the_checkout_completes() {
         // Refunded 10 in the provider's dashboard, told before the payment itself: kept (the
         // top-up is found through the payment's metadata at the provider).
         let charge = p.stripe.refund_in_dashboard(pi_id, 1000);
-        p.expect(&p.stripe.event("charge.refunded", charge.clone()), "applied")
-            .await;
+        p.expect(
+            &p.stripe.event("charge.refunded", charge.clone()),
+            "applied",
+        )
+        .await;
         assert_eq!(p.balance("acme").await, 0, "{}", backend.name());
-        p.expect(&p.stripe.event("checkout.session.completed", session), "applied")
-            .await;
+        p.expect(
+            &p.stripe.event("checkout.session.completed", session),
+            "applied",
+        )
+        .await;
         assert_eq!(p.balance("acme").await, 15 * USD, "25 paid, 10 refunded");
         // The same state told again (another event id): nothing more.
         p.expect(&p.stripe.event("charge.refunded", charge), "applied")
             .await;
-        p.expect(&p.stripe.event("payment_intent.succeeded", pi.clone()), "applied")
-            .await;
+        p.expect(
+            &p.stripe.event("payment_intent.succeeded", pi.clone()),
+            "applied",
+        )
+        .await;
         assert_eq!(p.balance("acme").await, 15 * USD);
         // 5 more: the cumulative 15 takes 5.
         let charge = p.stripe.refund_in_dashboard(pi_id, 500);
@@ -313,10 +392,22 @@ async fn bad_and_stale_signatures_are_refused_with_nothing_written() {
     };
     let good = signature::sign(&body, WEBHOOK_SECRET, now);
     for (what, body, header) in [
-        ("another secret", body.clone(), Some(signature::sign(&body, "whsec_other", now))),
+        (
+            "another secret",
+            body.clone(),
+            Some(signature::sign(&body, "whsec_other", now)),
+        ),
         ("a changed body", tampered, Some(good.clone())),
-        ("stale", body.clone(), Some(signature::sign(&body, WEBHOOK_SECRET, now - 301))),
-        ("from the future", body.clone(), Some(signature::sign(&body, WEBHOOK_SECRET, now + 301))),
+        (
+            "stale",
+            body.clone(),
+            Some(signature::sign(&body, WEBHOOK_SECRET, now - 301)),
+        ),
+        (
+            "from the future",
+            body.clone(),
+            Some(signature::sign(&body, WEBHOOK_SECRET, now + 301)),
+        ),
         ("no header", body.clone(), None),
         ("no v1", body.clone(), Some(format!("t={now}"))),
         ("garbage", body.clone(), Some("whatever".to_string())),
@@ -328,7 +419,12 @@ async fn bad_and_stale_signatures_are_refused_with_nothing_written() {
     }
     // Nothing was written: the top-up still awaits, no credits.
     let shown = p
-        .call(&admin, Method::GET, &format!("/v1/account/top-ups/{}", t["top_up_id"].as_str().unwrap()), None)
+        .call(
+            &admin,
+            Method::GET,
+            &format!("/v1/account/top-ups/{}", t["top_up_id"].as_str().unwrap()),
+            None,
+        )
         .await
         .expect(200)
         .clone();
@@ -372,7 +468,11 @@ async fn a_rolled_secret_is_accepted_beside_the_old_one_and_an_unknown_one_is_re
         if secret == "whsec_unknown" {
             assert_eq!(status, 400, "{answer}");
         } else {
-            assert_eq!((status, answer["result"].as_str()), (200, Some("applied")), "{secret}");
+            assert_eq!(
+                (status, answer["result"].as_str()),
+                (200, Some("applied")),
+                "{secret}"
+            );
             paid.push(t);
         }
     }
@@ -386,26 +486,42 @@ async fn unknown_types_and_events_about_other_payments_are_acknowledged_and_igno
     let admin = p.account("acme").await;
     let t = p.top_up(&admin, "10", false).await.expect(201).clone();
     let (mut session, _) = p.stripe.pay_checkout(&session_id(&t));
-    p.expect(&p.stripe.event("customer.created", json!({"id": "cus_x", "object": "customer"})), "ignored")
-        .await;
+    p.expect(
+        &p.stripe.event(
+            "customer.created",
+            json!({"id": "cus_x", "object": "customer"}),
+        ),
+        "ignored",
+    )
+    .await;
     // Another system's payment on the same provider account: no tollgate metadata.
     let theirs = json!({"id": "pi_theirs", "object": "payment_intent", "amount": 999,
         "amount_received": 999, "currency": "usd", "status": "succeeded", "metadata": {}});
-    p.expect(&p.stripe.event("payment_intent.succeeded", theirs), "ignored")
-        .await;
+    p.expect(
+        &p.stripe.event("payment_intent.succeeded", theirs),
+        "ignored",
+    )
+    .await;
     // A top-up this tollgate does not have (another deployment's account of the same name).
     let mut elsewhere = session.clone();
     elsewhere["metadata"]["tollgate_top_up_id"] = json!("top_000000000000000000000000");
-    p.expect(&p.stripe.event("checkout.session.completed", elsewhere), "ignored")
-        .await;
+    p.expect(
+        &p.stripe.event("checkout.session.completed", elsewhere),
+        "ignored",
+    )
+    .await;
     // Another currency is not tollgate's.
     session["currency"] = json!("eur");
-    p.expect(&p.stripe.event("checkout.session.completed", session), "ignored")
-        .await;
+    p.expect(
+        &p.stripe.event("checkout.session.completed", session),
+        "ignored",
+    )
+    .await;
     // A refund of a charge whose payment is nobody's here (404 at the provider).
     let orphan = json!({"id": "ch_orphan", "object": "charge", "amount": 100,
         "amount_refunded": 100, "currency": "usd", "payment_intent": "pi_nobody"});
-    p.expect(&p.stripe.event("charge.refunded", orphan), "ignored").await;
+    p.expect(&p.stripe.event("charge.refunded", orphan), "ignored")
+        .await;
     assert_eq!(p.balance("acme").await, 0);
     p.app.assert_reconciled().await;
 }
@@ -416,18 +532,33 @@ async fn an_expired_checkout_fails_its_top_up_and_a_late_payment_still_credits_i
     let admin = p.account("acme").await;
     let t = p.top_up(&admin, "10", false).await.expect(201).clone();
     let id = t["top_up_id"].as_str().unwrap().to_string();
-    let expired = p.stripe.event("checkout.session.expired", p.stripe.session(&session_id(&t)));
+    let expired = p.stripe.event(
+        "checkout.session.expired",
+        p.stripe.session(&session_id(&t)),
+    );
     p.expect(&expired, "applied").await;
     let shown = p
-        .call(&admin, Method::GET, &format!("/v1/account/top-ups/{id}"), None)
+        .call(
+            &admin,
+            Method::GET,
+            &format!("/v1/account/top-ups/{id}"),
+            None,
+        )
         .await
         .expect(200)
         .clone();
-    assert_eq!((shown["status"].as_str(), shown["failure_reason"].as_str()), (Some("failed"), Some("checkout_expired")));
+    assert_eq!(
+        (shown["status"].as_str(), shown["failure_reason"].as_str()),
+        (Some("failed"), Some("checkout_expired"))
+    );
     // An asynchronous payment that succeeded after all: the provider's payment is the truth.
     let (session, _) = p.stripe.pay_checkout(&session_id(&t));
-    p.expect(&p.stripe.event("checkout.session.async_payment_succeeded", session), "applied")
-        .await;
+    p.expect(
+        &p.stripe
+            .event("checkout.session.async_payment_succeeded", session),
+        "applied",
+    )
+    .await;
     assert_eq!(p.balance("acme").await, 10 * USD);
     p.app.assert_reconciled().await;
 }

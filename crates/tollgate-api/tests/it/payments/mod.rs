@@ -47,8 +47,9 @@ impl Pay {
             retry_base: std::time::Duration::from_secs(10),
             ..WebhookSettings::default()
         };
-        let app = TestApp::spawn_with_payments(backend, Some(T0), change(stripe.settings()), settings)
-            .await;
+        let app =
+            TestApp::spawn_with_payments(backend, Some(T0), change(stripe.settings()), settings)
+                .await;
         let events = EventSender::new(&app.address);
         Pay {
             app,
@@ -75,8 +76,10 @@ impl Pay {
             key,
             Method::POST,
             "/v1/account/top-ups",
-            Some(json!({"amount_usd": amount, "success_url": "https://app.example.com/done",
-                "cancel_url": "https://app.example.com/billing", "save_payment_method": save})),
+            Some(
+                json!({"amount_usd": amount, "success_url": "https://app.example.com/done",
+                "cancel_url": "https://app.example.com/billing", "save_payment_method": save}),
+            ),
         )
         .await
     }
@@ -111,8 +114,11 @@ impl Pay {
             "applied",
         )
         .await;
-        self.expect(&self.stripe.event("payment_intent.succeeded", pi.clone()), "applied")
-            .await;
+        self.expect(
+            &self.stripe.event("payment_intent.succeeded", pi.clone()),
+            "applied",
+        )
+        .await;
         (
             t["top_up_id"].as_str().unwrap().to_string(),
             pi["id"].as_str().unwrap().to_string(),
@@ -141,6 +147,20 @@ impl Pay {
         json!({"event_id": id, "endpoint_id": "fal-ai/flux/dev", "username": username,
             "timestamp": crate::harness::rfc3339(self.app.now_ms()), "status_code": 200,
             "output": {"images": [{"width": 64, "height": 64}]}})
+    }
+
+    /// Dispatch rounds until nothing is due (one account's events go to a webhook one at a
+    /// time, in order): how many attempts were made.
+    pub async fn deliver_all(&self) -> usize {
+        let mut made = 0;
+        for _ in 0..100 {
+            let round = self.app.dispatcher().run_once().await.expect("a round");
+            if round.is_empty() {
+                return made;
+            }
+            made += round.len();
+        }
+        panic!("deliveries were still due after 100 rounds");
     }
 
     /// `GET /v1/account/auto-top-up`.

@@ -44,14 +44,18 @@ async fn refunds_and_disputes_move_the_balance_exactly_in_every_order() {
         let r10 = p.stripe.refund_in_dashboard(&pi_id, 1000);
         let r25 = p.stripe.refund_in_dashboard(&pi_id, 1500);
         let events: Vec<(&str, Value)> = vec![
-            ("paid", p.stripe.event("checkout.session.completed", session)),
+            (
+                "paid",
+                p.stripe.event("checkout.session.completed", session),
+            ),
             ("refund10", p.stripe.event("charge.refunded", r10)),
             ("refund25", p.stripe.event("charge.refunded", r25)),
             (
                 "dispute",
                 p.stripe.event(
                     "charge.dispute.created",
-                    p.stripe.dispute(&format!("dp_{n}"), &pi_id, 2000, "needs_response"),
+                    p.stripe
+                        .dispute(&format!("dp_{n}"), &pi_id, 2000, "needs_response"),
                 ),
             ),
         ];
@@ -64,7 +68,11 @@ async fn refunds_and_disputes_move_the_balance_exactly_in_every_order() {
         let (status, body) = p.send(&by_name(order[n % 4])).await;
         assert_eq!(status, 200, "{order:?}: {body}");
         let account = p.app.account(&user).await;
-        assert_eq!(int(&account["balance_nano_usd"]), 5 * USD, "{order:?}: {account}");
+        assert_eq!(
+            int(&account["balance_nano_usd"]),
+            5 * USD,
+            "{order:?}: {account}"
+        );
         assert_eq!(account["lock_reason"], "payment_disputed", "{order:?}");
         let won = p.stripe.event(
             "charge.dispute.closed",
@@ -77,7 +85,8 @@ async fn refunds_and_disputes_move_the_balance_exactly_in_every_order() {
         // A late open status of the won dispute changes nothing: won is final.
         let late = p.stripe.event(
             "charge.dispute.updated",
-            p.stripe.dispute(&format!("dp_{n}"), &pi_id, 2000, "under_review"),
+            p.stripe
+                .dispute(&format!("dp_{n}"), &pi_id, 2000, "under_review"),
         );
         p.send(&late).await;
         assert_eq!(p.balance(&user).await, 25 * USD, "{order:?}");
@@ -115,7 +124,10 @@ async fn a_dispute_locks_purchases_do_not_lift_it_and_a_won_dispute_does() {
             "payment_disputed"
         );
         // Credits do not lift it.
-        p.app.purchase("acme", "more", "100", "paid").await.expect(201);
+        p.app
+            .purchase("acme", "more", "100", "paid")
+            .await
+            .expect(201);
         let account = p.app.account("acme").await;
         assert_eq!(int(&account["balance_nano_usd"]), 90 * USD);
         assert_eq!(account["lock_reason"], "payment_disputed", "{name}");
@@ -175,8 +187,11 @@ async fn a_lost_dispute_keeps_the_lock_until_the_operator_unlocks() {
     let admin = p.account("acme").await;
     let (_, pi) = p.paid_top_up(&admin, "30", false).await;
     let open = p.stripe.dispute("dp_9", &pi, 3000, "needs_response");
-    p.expect(&p.stripe.event("charge.dispute.created", open.clone()), "applied")
-        .await;
+    p.expect(
+        &p.stripe.event("charge.dispute.created", open.clone()),
+        "applied",
+    )
+    .await;
     let lost = p.stripe.dispute("dp_9", &pi, 3000, "lost");
     p.expect(&p.stripe.event("charge.dispute.closed", lost), "applied")
         .await;
@@ -184,10 +199,17 @@ async fn a_lost_dispute_keeps_the_lock_until_the_operator_unlocks() {
     assert_eq!(int(&account["balance_nano_usd"]), 0);
     assert_eq!(account["lock_reason"], "payment_disputed");
     // Lost is final: a late open status changes nothing.
-    p.send(&p.stripe.event("charge.dispute.updated", open)).await;
+    p.send(&p.stripe.event("charge.dispute.updated", open))
+        .await;
     assert_eq!(p.balance("acme").await, 0);
-    p.app.purchase("acme", "p-1", "20", "paid").await.expect(201);
-    assert_eq!(p.app.account("acme").await["lock_reason"], "payment_disputed");
+    p.app
+        .purchase("acme", "p-1", "20", "paid")
+        .await
+        .expect(201);
+    assert_eq!(
+        p.app.account("acme").await["lock_reason"],
+        "payment_disputed"
+    );
     let r = p
         .app
         .op(
@@ -223,15 +245,25 @@ async fn operator_refunds_through_the_provider_or_of_what_is_left_with_credit_no
         };
 
         // A purchase paid through the provider: refunded there, then taken back.
-        let r = refund(top_up.clone(), json!({"refund_id": "rf-1", "amount_usd": "20"})).await;
+        let r = refund(
+            top_up.clone(),
+            json!({"refund_id": "rf-1", "amount_usd": "20"}),
+        )
+        .await;
         let first = r.expect(201).clone();
         assert!(r.header("idempotent-replayed").is_none());
         assert_eq!(first["taken_nano_usd"], 20 * USD, "{name}: {first}");
         assert_eq!(first["balance_nano_usd"], 30 * USD);
-        assert!(first["provider_reference"].as_str().unwrap().starts_with("re_"));
+        assert!(first["provider_reference"]
+            .as_str()
+            .unwrap()
+            .starts_with("re_"));
         let sent = p.stripe.requests("POST", "/v1/refunds");
         assert_eq!(sent.len(), 1);
-        assert_eq!(sent[0].idempotency_key.as_deref(), Some("tollgate-refund-acme-rf-1"));
+        assert_eq!(
+            sent[0].idempotency_key.as_deref(),
+            Some("tollgate-refund-acme-rf-1")
+        );
         assert_eq!(sent[0].field("payment_intent"), Some(pi.as_str()));
         assert_eq!(sent[0].field("amount"), Some("2000"));
         // The credit note: negative, correcting the top-up invoice.
@@ -239,7 +271,10 @@ async fn operator_refunds_through_the_provider_or_of_what_is_left_with_credit_no
             .call(
                 &admin,
                 Method::GET,
-                &format!("/v1/account/invoices/{}", first["credit_note_id"].as_str().unwrap()),
+                &format!(
+                    "/v1/account/invoices/{}",
+                    first["credit_note_id"].as_str().unwrap()
+                ),
                 None,
             )
             .await
@@ -253,50 +288,84 @@ async fn operator_refunds_through_the_provider_or_of_what_is_left_with_credit_no
             .await
             .expect(200)["payments"]
             .clone();
-        assert_eq!(note["corrects_invoice_id"], payments[0]["invoice_id"], "{name}");
+        assert_eq!(
+            note["corrects_invoice_id"], payments[0]["invoice_id"],
+            "{name}"
+        );
         assert_eq!(payments[0]["status"], "partially_refunded");
         // The same refund again: the first answer, nothing moved, the provider not asked.
-        let again = refund(top_up.clone(), json!({"refund_id": "rf-1", "amount_usd": "20"})).await;
+        let again = refund(
+            top_up.clone(),
+            json!({"refund_id": "rf-1", "amount_usd": "20"}),
+        )
+        .await;
         assert_eq!(again.header("idempotent-replayed"), Some("true"));
         assert_eq!(again.expect(201), &first);
         assert_eq!(p.stripe.requests("POST", "/v1/refunds").len(), 1);
-        refund(top_up.clone(), json!({"refund_id": "rf-1", "amount_usd": "21"}))
-            .await
-            .expect_error(409, "conflict");
+        refund(
+            top_up.clone(),
+            json!({"refund_id": "rf-1", "amount_usd": "21"}),
+        )
+        .await
+        .expect_error(409, "conflict");
         // The provider's event of the same refund takes nothing more.
         let charge = p.stripe.charge_of(&pi);
         assert_eq!(charge["amount_refunded"], 2000);
         p.send(&p.stripe.event("charge.refunded", charge)).await;
         assert_eq!(p.balance("acme").await, 30 * USD, "{name}");
         // More than is left: refused, the provider not asked.
-        refund(top_up.clone(), json!({"refund_id": "rf-2", "amount_usd": "30.01"}))
-            .await
-            .expect_error(409, "not_refundable");
-        refund(top_up.clone(), json!({"refund_id": "rf-3", "amount_usd": "1.005"}))
-            .await
-            .expect_error(400, "validation_error");
+        refund(
+            top_up.clone(),
+            json!({"refund_id": "rf-2", "amount_usd": "30.01"}),
+        )
+        .await
+        .expect_error(409, "not_refundable");
+        refund(
+            top_up.clone(),
+            json!({"refund_id": "rf-3", "amount_usd": "1.005"}),
+        )
+        .await
+        .expect_error(400, "validation_error");
         assert_eq!(p.stripe.requests("POST", "/v1/refunds").len(), 1);
 
         // A manual purchase: what is left of its credits only.
-        p.app.purchase("acme", "m-1", "10", "paid").await.expect(201);
-        let manual = refund("m-1".into(), json!({"refund_id": "rf-m", "amount_usd": "4.5"}))
+        p.app
+            .purchase("acme", "m-1", "10", "paid")
             .await
-            .expect(201)
-            .clone();
+            .expect(201);
+        let manual = refund(
+            "m-1".into(),
+            json!({"refund_id": "rf-m", "amount_usd": "4.5"}),
+        )
+        .await
+        .expect(201)
+        .clone();
         assert_eq!(manual["taken_nano_usd"], 4_500_000_000i64, "{name}");
         assert_eq!(manual["provider_reference"], Value::Null);
         assert!(manual["credit_note_id"].is_string());
-        refund("m-1".into(), json!({"refund_id": "rf-m2", "amount_usd": "6"}))
-            .await
-            .expect_error(409, "not_refundable");
+        refund(
+            "m-1".into(),
+            json!({"refund_id": "rf-m2", "amount_usd": "6"}),
+        )
+        .await
+        .expect_error(409, "not_refundable");
         // Free credits are not a payment.
-        p.app.purchase("acme", "gift", "5", "free").await.expect(201);
-        refund("gift".into(), json!({"refund_id": "rf-g", "amount_usd": "1"}))
+        p.app
+            .purchase("acme", "gift", "5", "free")
             .await
-            .expect_error(409, "not_refundable");
-        refund("nope".into(), json!({"refund_id": "rf-n", "amount_usd": "1"}))
-            .await
-            .expect_error(404, "not_found");
+            .expect(201);
+        refund(
+            "gift".into(),
+            json!({"refund_id": "rf-g", "amount_usd": "1"}),
+        )
+        .await
+        .expect_error(409, "not_refundable");
+        refund(
+            "nope".into(),
+            json!({"refund_id": "rf-n", "amount_usd": "1"}),
+        )
+        .await
+        .expect_error(404, "not_found");
         assert_eq!(p.balance("acme").await, (30 + 10 + 5) * USD - 4_500_000_000);
         assert_eq!(p.stripe.requests("POST", "/v1/refunds").len(), 1);
         p.app.assert_reconciled().await;

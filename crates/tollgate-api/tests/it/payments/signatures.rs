@@ -115,9 +115,18 @@ async fn signatures_made_by_the_providers_library_verify_and_ours_verify_there()
         &json!({"payload": payload, "t": engine_t, "ours": ours,
             "secrets": ["whsec_current", "whsec_rolled_out", "whsec_unknown"]}),
     );
-    assert_eq!(answer["ours"], event["id"], "the package accepts ours: {answer}");
-    assert!(answer["ours_other_secret"].as_str().unwrap().starts_with("refused"));
-    assert!(answer["ours_changed_body"].as_str().unwrap().starts_with("refused"));
+    assert_eq!(
+        answer["ours"], event["id"],
+        "the package accepts ours: {answer}"
+    );
+    assert!(answer["ours_other_secret"]
+        .as_str()
+        .unwrap()
+        .starts_with("refused"));
+    assert!(answer["ours_changed_body"]
+        .as_str()
+        .unwrap()
+        .starts_with("refused"));
     // The package's HMAC is ours.
     let mine = signature::sign(payload.as_bytes(), "whsec_current", engine_t);
     assert_eq!(
@@ -156,12 +165,20 @@ async fn signatures_made_by_the_providers_library_verify_and_ours_verify_there()
         .events
         .send_raw(payload.clone().into_bytes(), Some(&headers[0]))
         .await;
-    assert_eq!((status, body["result"].as_str()), (200, Some("applied")), "{body}");
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (200, Some("applied")),
+        "{body}"
+    );
     let (status, body) = p
         .events
         .send_raw(payload.into_bytes(), Some(&headers[1]))
         .await;
-    assert_eq!((status, body["result"].as_str()), (200, Some("replayed")), "{body}");
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (200, Some("replayed")),
+        "{body}"
+    );
     assert_eq!(p.balance("acme").await, 12 * USD + 340_000_000);
     p.app.assert_reconciled().await;
 }
