@@ -635,8 +635,8 @@ async fn spending_limits(engine: &Engine, accounts: usize) -> anyhow::Result<()>
 }
 
 /// Gives each of the first `accounts` bench accounts a saved card (a checkout top-up of 10 USD,
-/// paid, saving its payment method) and an auto top-up rule whose threshold is above the
-/// balance: setting it starts the account's one auto top-up, which stays in flight for the run
+/// paid, saving its payment method), a debit that takes its balance below 1,000,000 USD, and
+/// an auto top-up rule with that threshold (the highest a rule takes): setting it starts the account's one auto top-up, which stays in flight for the run
 /// (its charge waits in the outbox: the bench has no provider), so every operation of the run
 /// takes the rule's decision and finds it in flight, and writes the account's payment profile
 /// only if it changed.
@@ -665,11 +665,17 @@ async fn auto_top_up_rules(engine: &Engine, accounts: usize) -> anyhow::Result<(
                     payment_method: Some(format!("pm_bench_{i}")),
                 },
             },
+            Op::Adjust {
+                account: account.clone(),
+                adjustment_id: AdjustmentId::parse("adj-bench-below").expect("valid id"),
+                amount: usd(-100),
+                reason: "bench: below the auto top-up threshold".to_string(),
+            },
             Op::SetAutoTopUp {
                 account,
                 rule: AutoTopUpRule {
                     enabled: true,
-                    threshold: Nanos(START_BALANCE).checked_add(usd(100))?,
+                    threshold: Nanos(START_BALANCE),
                     amount: usd(100),
                     max_per_month: usd(1_000),
                 },

@@ -6,7 +6,8 @@
 //! per-request transaction on SQLite and, with a PostgreSQL URL, on PostgreSQL (`naive-sqlite`,
 //! `naive-postgres`); tollgate in-process (`engine.rs`: usage events and lifecycles spread over
 //! accounts and on one hot account, and spread over accounts that each have a block and an alert
-//! spending limit (`*.spending_limits`), operator adjustments spread over accounts, admission with
+//! spending limit (`*.spending_limits`), and over accounts that each have an auto top-up rule with
+//! its one top-up in flight (`*.auto_top_up`), operator adjustments spread over accounts, admission with
 //! requests in progress (saturated, and at fixed offered loads in an open loop), the trace
 //! replays, and the scale rows; `invoices.rs`: the month's close of usage invoices for many
 //! invoice-billed accounts, alone and with `start` decisions made while it runs), with a PostgreSQL URL also the usage-event rows on a PostgreSQL store
