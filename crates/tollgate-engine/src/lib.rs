@@ -27,7 +27,7 @@ use tollgate_core::machine::{
     apply, close_elapsed_periods, BatchState, InvoiceKind, InvoiceStatus, Op, Outcome, Rejection,
     EXPIRY_NOTICE_MS,
 };
-use tollgate_core::payments::{PaymentEffect, TopUpSettings};
+use tollgate_core::payments::TopUpSettings;
 use tollgate_core::terms::{self, TermsChange};
 use tollgate_core::time::month_start;
 use tollgate_core::Timestamp;
@@ -1327,14 +1327,8 @@ fn payment_keys<'a>(ops: impl Iterator<Item = &'a Op>) -> PaymentKeys {
                 event,
                 effect,
             } => {
-                let top_up_id = match effect {
-                    PaymentEffect::Paid { top_up_id, .. }
-                    | PaymentEffect::Failed { top_up_id, .. }
-                    | PaymentEffect::Refunded { top_up_id, .. }
-                    | PaymentEffect::Disputed { top_up_id, .. }
-                    | PaymentEffect::CheckoutCreated { top_up_id, .. } => top_up_id,
-                };
-                keys.top_ups.push((account.clone(), top_up_id.clone()));
+                keys.top_ups
+                    .push((account.clone(), effect.top_up_id().clone()));
                 if let Some(e) = event {
                     keys.events.push(e.event_id.clone());
                 }
