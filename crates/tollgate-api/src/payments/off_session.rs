@@ -110,8 +110,8 @@ pub fn stale(
 
 /// The effect of the provider's answer to an off-session charge of `top_up_id`: `Paid` when
 /// the payment succeeded; `Failed` (`needs_customer`) when the bank asks the customer to
-/// authenticate; `Failed` for a card error or a refusal; `None` while the payment is still
-/// processing (its event will tell) or for no answer (retried).
+/// authenticate; `Failed` for a card error; `None` while the payment is still processing (its
+/// event will tell), for no answer, and for a refusal that is not the card's (both retried).
 pub fn effect_of(
     top_up_id: &PurchaseId,
     answer: &Result<super::stripe::client::PaymentIntent, StripeError>,

@@ -274,7 +274,9 @@ pub async fn refund(
 /// refundable (409). Every refund that takes credits issues a credit note (negative total,
 /// correcting the purchase's top-up invoice). Idempotent on `refund_id`: the same id with the
 /// same purchase and amount answers the first answer again (header `idempotent-replayed`)
-/// and moves nothing; with another, 409 `conflict`.
+/// and moves nothing; with another, 409 `conflict`. A repeat of a refund whose answer was
+/// lost (502) finds the refund already made at the provider by its id, however late, and
+/// records it: the money goes back once.
 #[utoipa::path(
     post, path = "/v1/admin/accounts/{username}/purchases/{purchase_id}/refund",
     tag = tags::OPERATOR, operation_id = "refundPurchase", security(("Key" = ["OPERATOR"])),

@@ -3,12 +3,15 @@
 //! form-encoded (`application/x-www-form-urlencoded`, nested fields as `a[b][c]=v`), with
 //! `Authorization: Bearer <secret key>`, and every `POST` carries an `Idempotency-Key`: the
 //! provider answers a repeated key with its first answer (for 24 hours), so a retry never
-//! creates a second customer, session, charge or refund.
+//! creates a second customer, session, charge or refund. Keys and metadata name the
+//! installation ([`keys`], `tollgate_installation`). Past the 24 hours, a refund is found again
+//! by its metadata ([`Client::find_refund`]).
 //!
 //! Errors are typed by what the caller does next ([`StripeError`]): a card error (declined,
 //! authentication required: the customer's bank said no), a retryable one (no answer, a 5xx,
 //! 429, or a 409 for a key still in use: the same call with the same key is safe), or a
-//! refusal (any other 4xx: the request itself is wrong, or the thing it names is gone).
+//! refusal (any other 4xx: 401 or 403 for the key, `idempotency_error`, a request that is
+//! wrong or names something gone), which is never the card's fault.
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
