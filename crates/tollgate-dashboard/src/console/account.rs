@@ -15,7 +15,10 @@
 //!   sign-in link opened included, which only the customer could end otherwise;
 //! - list its spending limits with this period's spend (read-only: operators change them
 //!   through the API);
-//! - list its keys, every scope and state, and revoke one (`POST .../keys/{key_id}/revoke`).
+//! - list its keys, every scope and state, and revoke one (`POST .../keys/{key_id}/revoke`);
+//! - see its payment profile at the provider (customer, saved card, the auto top-up rule and
+//!   where it stands) and lift a disputed payment's lock (`POST .../unlock`, the operator API's
+//!   own call, [`tollgate_api::admin::lift_dispute_lock`]).
 
 use super::{chrome, done, form_error, invalid, parse_time, refusal, refused, respond};
 use crate::customer::overview::between;
@@ -61,6 +64,7 @@ pub fn routes() -> axum::Router<DashboardState> {
             "/console/accounts/{username}/keys/{key_id}/revoke",
             post(revoke_key),
         )
+        .route("/console/accounts/{username}/unlock", post(unlock))
 }
 
 /// Keys listed on the page (an account with more is told so).
@@ -186,6 +190,21 @@ async fn notice(
         "unchanged" => Some(done(html! {
             "Nothing changed: the form held the terms already in force."
         })),
+        "unlocked" => {
+            let row = tollgate_query::account(state.engine(), account).await?;
+            (row.state.disputed_since.is_none()).then(|| {
+                done(html! {
+                    "The dispute lock is lifted: "
+                    @match row.state.lock_reason() {
+                        Some(LockReason::ExhaustedBalance) => {
+                            "the account is still locked because its balance is used up, which \
+                             credits lift."
+                        }
+                        _ => "new requests are accepted.",
+                    }
+                })
+            })
+        }
         "revoked" => {
             let Some(Ok(id)) = q.key.as_deref().map(ApiKeyId::parse) else {
                 return Ok(None);
@@ -221,6 +240,9 @@ struct View {
     terms: Option<TermsForm>,
     terms_error: Option<String>,
     keys_error: Option<String>,
+    /// The unlock form's reason as posted, and why it was refused.
+    unlock_reason: Option<String>,
+    unlock_error: Option<String>,
 }
 
 /// A sign-in link as the page shows it.
@@ -547,6 +569,40 @@ async fn revoke_key(
     }
 }
 
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub struct UnlockForm {
+    reason: String,
+}
+
+/// Lifts the account's dispute lock by the operator API's own call (the reason is checked
+/// there: 1 to 500 characters).
+async fn unlock(
+    State(state): State<DashboardState>,
+    Path(username): Path<String>,
+    Post { who, form }: Post<ConsoleSession, UnlockForm>,
+) -> Result<Response, PageError> {
+    let Some(row) = lookup(&state, &username).await? else {
+        return Ok(unknown(&who, &username));
+    };
+    let account = row.state.credit.id.clone();
+    let reason = form.reason.trim().to_string();
+    match tollgate_api::admin::lift_dispute_lock(&state.api, &account, reason).await {
+        Ok(_) => {
+            Ok(Redirect::to(&format!("{}?done=unlocked#payments", page_of(&row))).into_response())
+        }
+        Err(e) => {
+            let (status, message) = refusal(e);
+            let view = View {
+                unlock_reason: Some(form.reason),
+                unlock_error: Some(message),
+                ..View::default()
+            };
+            Ok(respond(status, render(&state, &who, &row, view).await?))
+        }
+    }
+}
+
 /// When a terms version takes effect, in words.
 fn since(from: Option<Timestamp>) -> String {
     match from {
@@ -683,6 +739,7 @@ async fn render(
         @if let Some(e) = &view.link_error { (refused(e, "sign-in-form")) }
         @if let Some(e) = &view.sessions_error { (refused(e, "end-sessions")) }
         @if let Some(e) = &view.keys_error { (refused(e, "keys")) }
+        @if let Some(e) = &view.unlock_error { (refused(e, "unlock")) }
         @if let Some(link) = &view.link {
             div.card.link-once role="status" {
                 h2 { "Sign-in link for " (account) }
@@ -705,6 +762,7 @@ async fn render(
             ul {
                 li { a href="#standing" { "Standing" } }
                 li { a href="#credits" { "Credits" } }
+                li { a href="#payments" { "Payments" } }
                 li { a href="#terms" { "Terms and prices" } }
                 li { a href="#sign-in" { "Sign-in link and sessions" } }
                 li { a href="#limits" { "Spending limits" } }
@@ -724,7 +782,8 @@ async fn render(
                     }
                     LockReason::PaymentDisputed => {
                         "A payment is disputed, so new requests are refused until the dispute is \
-                         resolved; credits do not lift this lock."
+                         won or an operator lifts the lock; credits do not lift it. "
+                        a href="#unlock" { "Lift the dispute lock" }
                     }
                 }
             }
@@ -814,6 +873,15 @@ async fn render(
                 p #expires-hint .hint { "What is left expires at 00:00 UTC that day. Empty: paid credits expire after 365 days, free credits never." }
                 button.primary type="submit" { "Add credits" }
                 p.hint { "Sending this form again adds nothing: it carries its own purchase id." }
+            }
+        }
+
+        h2 #payments { "Payments" }
+        div.grid-2 {
+            (super::payments::profile(&s.payment, now))
+            @if s.disputed_since.is_some() {
+                (super::payments::unlock_form(&here, &who.session.csrf,
+                    view.unlock_reason.as_deref().unwrap_or_default(), view.unlock_error.as_deref()))
             }
         }
 

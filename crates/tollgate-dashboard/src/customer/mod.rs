@@ -1,6 +1,7 @@
 //! The customer's billing dashboard, `/dashboard`: every page shows the signed-in account only
 //! (the account comes from the session, never from the URL).
 
+pub mod auto_top_up;
 pub mod billing;
 pub mod keys;
 pub mod limits;

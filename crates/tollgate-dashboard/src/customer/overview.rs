@@ -1,8 +1,8 @@
-//! The overview: what needs attention first (the account locked and why, the balance below its
-//! low-balance level, a spending limit past one of its alert thresholds or reached), where the
-//! account stands (balance, holds, what it owes), its concurrency limit and what raises it, its
-//! spend this month and last, the credits that expire next, and its spend per day over the
-//! last 30 days by endpoint.
+//! The overview: what needs attention first (the account locked and why, automatic top-ups
+//! paused and why, the balance below its low-balance level, a spending limit past one of its
+//! alert thresholds or reached), where the account stands (balance, holds, what it owes), its
+//! concurrency limit and what raises it, its spend this month and last, the credits that
+//! expire next, and its spend per day over the last 30 days by endpoint.
 
 use super::{add, chrome, spend, spend_chart, Spend};
 use crate::error::PageError;
@@ -71,7 +71,8 @@ async fn spent(
     Ok(total)
 }
 
-/// The lines of "needs attention", most pressing first: the lock and why, the balance below the
+/// The lines of "needs attention", most pressing first: the lock and why, automatic top-ups
+/// paused (the rule's `paused`, when it is turned on), the balance below the
 /// account's low-balance level, and each spending limit reached or past an alert threshold
 /// (a reached block limit says new requests are refused until it resets). None when all is
 /// well. Each state is the core's ([`AccountState::lock_reason`],
@@ -93,10 +94,21 @@ async fn attention(
                          unlocks it at once."
                     }
                     LockReason::PaymentDisputed => {
-                        "A payment is disputed with your bank, so new requests are refused until \
-                         the dispute is resolved. Adding credits does not lift this lock."
+                        "One of your payments is disputed with your bank (a chargeback), so new \
+                         requests are refused until the dispute is resolved or your platform \
+                         lifts the lock. Adding credits does not lift this lock. "
+                        a href="/dashboard/billing#payments" { "See your payments" }
                     }
                 }
+            }
+        });
+    }
+    if let Some(reason) = super::auto_top_up::paused(s.payment.auto_top_up.as_ref()) {
+        lines.push(html! {
+            li.alert.warn #auto-top-up-paused {
+                strong { "Automatic top-ups are paused: " }
+                (super::auto_top_up::paused_words(reason)) " "
+                a href=(super::auto_top_up::SECTION) { "See automatic top-ups" }
             }
         });
     }
