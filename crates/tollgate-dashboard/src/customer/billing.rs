@@ -152,14 +152,17 @@ fn status_badge(s: InvoiceStatusView) -> Markup {
     }
 }
 
-fn movement_label(k: MovementKind) -> &'static str {
+/// What a movement was, in words. A dispute takes a payment's credits back while it is open
+/// (or lost) and gives them back when it is won: the sign tells which.
+fn movement_label(k: MovementKind, amount: Nanos) -> &'static str {
     match k {
         MovementKind::Purchase => "Purchase",
         MovementKind::Grant => "Free credits",
         MovementKind::Usage => "Usage",
         MovementKind::Expiry => "Credits expired",
-        MovementKind::Refund => "Refund",
-        MovementKind::Dispute => "Dispute",
+        MovementKind::Refund => "Refund of a payment",
+        MovementKind::Dispute if amount > Nanos::ZERO => "Dispute won: credits given back",
+        MovementKind::Dispute => "Payment disputed: credits taken back",
         MovementKind::Adjustment => "Adjustment",
     }
 }
@@ -271,7 +274,7 @@ fn activity_table(rows: &[ActivityRecord]) -> Markup {
                                 @if r.kind == MovementKind::Usage { (r.reference) }
                                 @else { (fmt::datetime(r.at)) }
                             }
-                            td { (movement_label(r.kind)) }
+                            td { (movement_label(r.kind, r.amount)) }
                             td {
                                 @if r.kind == MovementKind::Usage {
                                     @let month = r.reference.get(..7).unwrap_or_default();

@@ -259,3 +259,91 @@ async fn the_console_shows_the_payment_profile_and_lifts_a_dispute_lock() {
     );
     app.assert_reconciled().await;
 }
+
+/// The rows of the billing page's credit activity: (kind, amount in nano-USD, what it says).
+async fn activity(v: &Visitor) -> Vec<(String, i64, String)> {
+    let page = v.page("/dashboard/billing/activity").await;
+    page.text
+        .split("<tr data-kind=\"")
+        .skip(1)
+        .map(|row| {
+            let kind = row[..row.find('"').unwrap()].to_string();
+            let cells: Vec<&str> = row.split("<td").collect();
+            let what = cells[2]
+                .split_once('>')
+                .unwrap()
+                .1
+                .split("</td>")
+                .next()
+                .unwrap()
+                .to_string();
+            let amount = cells[4].split("data-nano-usd=\"").nth(1).unwrap();
+            let amount = amount[..amount.find('"').unwrap()].parse().unwrap();
+            (kind, amount, what)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn credit_activity_shows_refunds_and_disputes_with_their_payment() {
+    let app = DashApp::spawn().await;
+    app.customer("acme", Some("10.00")).await;
+    paid_top_up(&app, "acme", "t1", 30).await;
+    // An operator refunds part of the manual purchase; a dispute of the top-up opens, then is
+    // won.
+    apply(
+        &app,
+        Op::Refund {
+            account: account("acme"),
+            purchase_id: id("initial-acme"),
+            refund_id: id("r1"),
+            amount: Nanos(4 * USD),
+            provider: None,
+        },
+    )
+    .await;
+    for (event, status) in [
+        ("evt_open", DisputeStatus::Open),
+        ("evt_won", DisputeStatus::Won),
+    ] {
+        app.set_now(app.now_ms() + 60_000);
+        tell(
+            &app,
+            "acme",
+            event,
+            PaymentEffect::Disputed {
+                top_up_id: id("t1"),
+                dispute_id: "dp_1".into(),
+                amount: Nanos(30 * USD),
+                status,
+            },
+        )
+        .await;
+    }
+    let v = app.signed_in("acme").await;
+    let rows = activity(&v).await;
+    let kinds: Vec<(&str, i64, &str)> = rows
+        .iter()
+        .map(|(k, a, w)| (k.as_str(), *a, w.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("dispute", 30 * USD, "Dispute won: credits given back"),
+            ("dispute", -30 * USD, "Payment disputed: credits taken back"),
+            ("refund", -4 * USD, "Refund of a payment"),
+            ("purchase", 30 * USD, "Purchase"),
+            ("purchase", 10 * USD, "Purchase"),
+        ]
+    );
+    let page = v.page("/dashboard/billing/activity").await;
+    assert!(
+        page.text.contains("<code>initial-acme</code>"),
+        "the refunded purchase"
+    );
+    assert!(
+        page.text.contains("<code>t1</code>"),
+        "the disputed purchase"
+    );
+    app.assert_reconciled().await;
+}
