@@ -5,7 +5,7 @@
 #   scripts/test.sh -p tollgate     # extra arguments go to `cargo test` (-p: that package only)
 #
 # It installs what the tests need that cargo does not (schemathesis, openapi-spec-validator,
-# prometheus_client and focus-validator, in a Python virtualenv at target/test-venv, at the
+# prometheus_client, stripe and focus-validator, in a Python virtualenv at target/test-venv, at the
 # exact versions of scripts/requirements-test.txt; an existing venv that already has them is
 # reused; `pdftotext`, from Debian's poppler-utils, with apt-get when it is not on the PATH,
 # to read back the text of invoice PDFs; and Debian's chromium and chromium-driver, for the
@@ -81,8 +81,10 @@ say "TOLLGATE_OPENAPI_SPEC_VALIDATOR=$TOLLGATE_OPENAPI_SPEC_VALIDATOR"
 python="$venv/bin/python"
 "$python" -c 'import prometheus_client' >/dev/null 2>&1 ||
   fail "prometheus_client was installed in $venv but does not import"
+"$python" -c 'import stripe' >/dev/null 2>&1 ||
+  fail "stripe was installed in $venv but does not import"
 export TOLLGATE_PYTHON="$python"
-say "TOLLGATE_PYTHON=$TOLLGATE_PYTHON (with prometheus_client, Prometheus' parser of the metrics text)"
+say "TOLLGATE_PYTHON=$TOLLGATE_PYTHON (with prometheus_client, Prometheus' parser of the metrics text, and stripe, Stripe's signatures)"
 focus="$venv/bin/focus-validator"
 "$focus" --help >/dev/null 2>&1 ||
   fail "focus-validator was installed in $venv but does not run"

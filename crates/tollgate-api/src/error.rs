@@ -367,6 +367,14 @@ pub enum ErrorType {
     SpendingLimitExceeded,
     PayloadTooLarge,
     RequestTimeout,
+    /// `PUT /v1/account/auto-top-up` without a card saved for off-session charges.
+    PaymentMethodRequired,
+    /// An operator refund of free credits, or beyond what the purchase allows.
+    NotRefundable,
+    /// A payment call on a server without a payment provider.
+    PaymentsNotConfigured,
+    /// The payment provider refused a call or did not answer.
+    PaymentProviderError,
 }
 
 /// Error details.

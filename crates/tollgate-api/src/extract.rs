@@ -21,7 +21,7 @@ use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequestParts, Req
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use std::marker::PhantomData;
-use tollgate_core::ids::{AccountId, ApiKeyId, LimitId, RequestId};
+use tollgate_core::ids::{AccountId, ApiKeyId, LimitId, PurchaseId, RequestId};
 use tollgate_store::Scope;
 use utoipa::openapi::path::ParameterIn;
 use utoipa::IntoParams;
@@ -210,6 +210,13 @@ impl PathParam for ApiKeyId {
     const NAME: &'static str = "key_id";
     fn parse(text: &str) -> Result<Self, String> {
         ApiKeyId::parse(text).map_err(|e| e.to_string())
+    }
+}
+
+impl PathParam for PurchaseId {
+    const NAME: &'static str = "purchase_id";
+    fn parse(text: &str) -> Result<Self, String> {
+        PurchaseId::parse(text).map_err(|e| e.to_string())
     }
 }
 

@@ -126,9 +126,13 @@ pub struct InvoiceView {
     pub total: Number,
     /// The exact `total`, nano-USD.
     pub total_nano_usd: i64,
-    /// The purchase a top-up invoice is for.
+    /// The purchase a top-up invoice is for (a credit note: the refunded purchase).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub purchase_id: Option<PurchaseId>,
+    /// A credit note's corrected invoice: the refunded purchase's top-up invoice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "inv_2026_000001")]
+    pub corrects_invoice_id: Option<String>,
     /// When it was paid: a top-up invoice when issued, an open invoice when an operator marked
     /// it paid.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -222,6 +226,7 @@ pub fn view(i: InvoiceRecord, issuer: Option<&Issuer>) -> InvoiceView {
         total,
         total_nano_usd: i.total.0,
         purchase_id: i.purchase_id,
+        corrects_invoice_id: i.corrects.map(|(y, n)| InvoiceRecord::id_of(y, n)),
         paid_at,
         payment_reference,
         voided_at,

@@ -26,6 +26,8 @@ pub mod platform;
 pub mod portal;
 pub mod query_string;
 pub mod statements;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod webhooks;
 pub mod wire;
 
@@ -38,7 +40,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
-pub use webhooks::deliver::spawn_webhook_dispatcher;
+pub use webhooks::deliver::{spawn_dispatcher, spawn_webhook_dispatcher};
 
 /// What every handler gets.
 #[derive(Clone)]
@@ -46,6 +48,9 @@ pub struct AppState {
     pub engine: Engine,
     /// The `[webhooks]` settings (the hosts a webhook URL may name; how deliveries are sent).
     pub webhooks: Arc<webhooks::WebhookSettings>,
+    /// The payment provider (`[stripe]`, `[top_ups]`); `None`: payments are off, and their
+    /// calls answer 503 `payments_not_configured`.
+    pub payments: Option<Arc<payments::Payments>>,
 }
 
 impl AppState {
@@ -54,6 +59,7 @@ impl AppState {
         AppState {
             engine,
             webhooks: Arc::default(),
+            payments: None,
         }
     }
 }
@@ -103,6 +109,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::deliveries))
         .routes(routes!(webhooks::delivery))
         .routes(routes!(webhooks::redeliver))
+        .routes(routes!(payments::refunds::refund_purchase))
         // Gateway
         .routes(routes!(gateway::submit))
         .routes(routes!(gateway::show))
@@ -125,8 +132,15 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(invoices::account_invoices))
         .routes(routes!(invoices::account_invoice))
         .routes(routes!(invoices::account_invoice_pdf))
-        // Payment history (customer reads)
-        .routes(routes!(payments::account_payments))
+        // Payments: history, top-ups, the auto top-up rule, the provider's events
+        .routes(routes!(payments::history::account_payments))
+        .routes(routes!(payments::top_ups::create_own))
+        .routes(routes!(payments::top_ups::show_own))
+        .routes(routes!(
+            payments::auto_top_up::set_own,
+            payments::auto_top_up::show_own
+        ))
+        .routes(routes!(payments::webhook::receive))
         // Credit activity and statements (customer reads)
         .routes(routes!(statements::credit_activity))
         .routes(routes!(statements::statement))

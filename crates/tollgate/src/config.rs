@@ -209,6 +209,8 @@ settings! {
     max_connections: Positive,
     [invoices] InvoicesLayer, InvoicesFlags;
     [webhooks] WebhooksLayer, WebhooksFlags;
+    [stripe] StripeLayer, StripeFlags;
+    [top_ups] TopUpsLayer, TopUpsFlags;
 }
 
 settings! {
@@ -243,6 +245,34 @@ settings! {
     max_in_flight_per_webhook: Positive,
 }
 
+settings! {
+    /// The `[stripe]` section: the payment provider. Payments are on when `secret_key` is set.
+    StripeLayer, StripeFlags, ("stripe");
+    /// The provider's secret API key (`sk_live_...`, `sk_test_...`, or a restricted key
+    /// `rk_...`). Never printed. Left out: payments are off (their calls answer 503).
+    secret_key: Secret,
+    /// The signing secrets (`whsec_...`) of the provider's webhook endpoint that sends to
+    /// `/v1/payments/stripe/webhook`: a list (in the environment and as a flag, separated by
+    /// commas), several while one is rotated; an event signed with any of them is accepted.
+    /// Never printed.
+    webhook_secrets: SecretList,
+    /// The provider's API base URL. Default: https://api.stripe.com.
+    api_base: ApiBase,
+}
+
+settings! {
+    /// The `[top_ups]` section: the top-ups customers may buy.
+    TopUpsLayer, TopUpsFlags, ("top_ups");
+    /// The smallest top-up, in USD (whole cents): checkouts below it are refused, and an
+    /// automatic top-up that the monthly cap would trim below it is not started. Default: 5.
+    min_usd: UsdAmount,
+    /// The largest top-up, in USD (whole cents). Default: 10000.
+    max_usd: UsdAmount,
+    /// How long after a declined automatic top-up the next one may start, in seconds.
+    /// Default: 3600.
+    retry_after_s: Positive,
+}
+
 /// `TOLLGATE_` and the name in capitals, a section's dot as `_` (`drain_timeout_s` →
 /// `TOLLGATE_DRAIN_TIMEOUT_S`, `invoices.prefix` → `TOLLGATE_INVOICES_PREFIX`).
 pub fn env_name(name: &str) -> String {
@@ -266,6 +296,56 @@ pub struct Settings {
     pub max_connections: u64,
     pub invoices: InvoiceSettings,
     pub webhooks: WebhookSettings,
+    pub stripe: StripeSettings,
+    pub top_ups: TopUpSettings,
+}
+
+/// The `[stripe]` settings `tollgate serve` runs with. Printed (`config check`) without its
+/// secrets: each shows as set, never its value.
+#[derive(Debug, Clone, Serialize)]
+pub struct StripeSettings {
+    /// `None`: payments are off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<Secret>,
+    pub webhook_secrets: Vec<Secret>,
+    pub api_base: String,
+}
+
+/// The `[top_ups]` settings `tollgate serve` runs with.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopUpSettings {
+    pub min_usd: UsdAmount,
+    pub max_usd: UsdAmount,
+    pub retry_after_s: u64,
+}
+
+impl TopUpSettings {
+    /// What the engine (the auto top-up decision) and the API (checkouts) take.
+    pub fn to_core(&self) -> tollgate_core::payments::TopUpSettings {
+        tollgate_core::payments::TopUpSettings {
+            min: self.min_usd.0,
+            max: self.max_usd.0,
+            retry_after_ms: i64::try_from(self.retry_after_s.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+        }
+    }
+}
+
+impl StripeSettings {
+    /// What the API takes: `None` when payments are off (no secret key).
+    pub fn to_api(
+        &self,
+        top_ups: &TopUpSettings,
+    ) -> Option<tollgate_api::payments::PaymentSettings> {
+        let key = self.secret_key.as_ref()?;
+        Some(tollgate_api::payments::PaymentSettings {
+            secret_key: key.0.clone(),
+            webhook_secrets: self.webhook_secrets.iter().map(|s| s.0.clone()).collect(),
+            api_base: self.api_base.clone(),
+            top_ups: top_ups.to_core(),
+            ..tollgate_api::payments::PaymentSettings::default()
+        })
+    }
 }
 
 /// The `[webhooks]` settings `tollgate serve` runs with.
@@ -349,7 +429,53 @@ impl Settings {
                     max_in_flight_per_webhook: secs(w.max_in_flight_per_webhook, share),
                 }
             },
+            stripe: {
+                let st = layer.stripe.unwrap_or_default();
+                StripeSettings {
+                    secret_key: st.secret_key,
+                    webhook_secrets: st.webhook_secrets.map(|l| l.0).unwrap_or_default(),
+                    api_base: st.api_base.map_or_else(
+                        || tollgate_api::payments::STRIPE_API_BASE.to_string(),
+                        |b| b.0,
+                    ),
+                }
+            },
+            top_ups: {
+                let t = layer.top_ups.unwrap_or_default();
+                let defaults = tollgate_core::payments::TopUpSettings::default();
+                TopUpSettings {
+                    min_usd: t.min_usd.unwrap_or(UsdAmount(defaults.min)),
+                    max_usd: t.max_usd.unwrap_or(UsdAmount(defaults.max)),
+                    retry_after_s: secs(
+                        t.retry_after_s,
+                        u64::try_from(defaults.retry_after_ms / 1000).unwrap_or(3600),
+                    ),
+                }
+            },
         }
+    }
+
+    /// What no single setting can tell: the top-up range is not empty, and payments with a
+    /// secret key have a webhook signing secret (without one, no payment would ever be
+    /// credited).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.top_ups.min_usd.0 > self.top_ups.max_usd.0 {
+            bail!(
+                "top_ups.min_usd ({}) is more than top_ups.max_usd ({}): no top-up would be \
+                 allowed",
+                self.top_ups.min_usd.0,
+                self.top_ups.max_usd.0
+            );
+        }
+        if self.stripe.secret_key.is_some() && self.stripe.webhook_secrets.is_empty() {
+            bail!(
+                "stripe.secret_key is set but stripe.webhook_secrets is not: the provider's \
+                 events (which credit the payments) could not be verified; set the signing \
+                 secret of the webhook endpoint ({})",
+                env_name("stripe.webhook_secrets")
+            );
+        }
+        Ok(())
     }
 
     /// Flags over the environment over the file (`--config`, or `TOLLGATE_CONFIG`) over the
@@ -360,7 +486,9 @@ impl Settings {
             None => Layer::default(),
         };
         let env = Layer::from_env(&|k| std::env::var(k).ok())?;
-        Ok(Settings::from_layer(file.under(env).under(flags.into())))
+        let settings = Settings::from_layer(file.under(env).under(flags.into()));
+        settings.validate()?;
+        Ok(settings)
     }
 
     pub fn drain_timeout(&self) -> Duration {
@@ -432,6 +560,7 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     let env = Layer::from_env(&|k| std::env::var(k).ok())?;
     let (from_file, from_env) = (file.names_set(), env.names_set());
     let mut settings = Settings::from_layer(file.under(env));
+    settings.validate()?;
     // A PostgreSQL URL is printed without its password.
     settings.db = settings.db.map(|db| tollgate_store::postgres::redact(&db));
     println!("# {}: valid", path.display());
@@ -581,6 +710,159 @@ impl FromStr for HostList {
     type Err = String;
     fn from_str(s: &str) -> Result<HostList, String> {
         HostList::try_from(s.split(',').map(str::to_string).collect::<Vec<_>>())
+    }
+}
+
+/// A secret (the provider's API key, a webhook signing secret). Never printed: its `Debug`
+/// and its place in `config check`'s output show only that it is set.
+#[derive(Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Secret(String);
+
+impl Secret {
+    /// What a secret shows instead of its value.
+    pub const SHOWN: &'static str = "(set, not shown)";
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(Secret::SHOWN)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(Secret::SHOWN)
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Secret, String> {
+        let s = s.trim();
+        // The value is never repeated in the error: it may be a real secret mistyped.
+        if s.is_empty() {
+            return Err("the secret is empty: leave the setting out instead".into());
+        }
+        if !s.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(
+                "the secret has spaces or characters that are not visible ASCII (a copy and \
+                 paste that took too much?)"
+                    .into(),
+            );
+        }
+        Ok(Secret(s.to_string()))
+    }
+}
+
+impl TryFrom<String> for Secret {
+    type Error = String;
+    fn try_from(s: String) -> Result<Secret, String> {
+        s.parse()
+    }
+}
+
+/// Secrets: in a file a TOML array of strings, in the environment and as a flag a list
+/// separated by commas.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "Vec<String>")]
+pub struct SecretList(Vec<Secret>);
+
+impl TryFrom<Vec<String>> for SecretList {
+    type Error = String;
+    fn try_from(items: Vec<String>) -> Result<SecretList, String> {
+        let secrets = items
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.parse().map_err(|e| format!("secret {}: {e}", i + 1)))
+            .collect::<Result<Vec<Secret>, String>>()?;
+        if secrets.is_empty() {
+            return Err("the list of secrets is empty: leave the setting out instead".into());
+        }
+        Ok(SecretList(secrets))
+    }
+}
+
+impl FromStr for SecretList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<SecretList, String> {
+        SecretList::try_from(s.split(',').map(str::to_string).collect::<Vec<_>>())
+    }
+}
+
+/// The provider's API base URL: `http://` or `https://` and a host, without a trailing `/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ApiBase(String);
+
+impl FromStr for ApiBase {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ApiBase, String> {
+        let rest = s
+            .strip_prefix("https://")
+            .or_else(|| s.strip_prefix("http://"));
+        match rest {
+            Some(host) if !host.is_empty() && !s.contains(char::is_whitespace) => {
+                Ok(ApiBase(s.trim_end_matches('/').to_string()))
+            }
+            _ => Err(format!(
+                "{s:?} is not an API base URL: write http:// or https:// and a host"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for ApiBase {
+    type Error = String;
+    fn try_from(s: String) -> Result<ApiBase, String> {
+        s.parse()
+    }
+}
+
+/// A USD amount of a setting: a decimal (`"5"`, `"12.50"`; in a file a string or a whole
+/// number), in whole cents (what the provider charges), greater than 0 and at most 1000000.
+#[derive(Debug, Clone, Copy)]
+pub struct UsdAmount(pub tollgate_core::Nanos);
+
+impl FromStr for UsdAmount {
+    type Err = String;
+    fn from_str(s: &str) -> Result<UsdAmount, String> {
+        let n = tollgate_core::Nanos::parse_usd(s.trim())
+            .map_err(|e| format!("{s:?} is not a USD amount: {e}"))?;
+        if n.0 <= 0 || n > tollgate_core::money::MAX_AMOUNT {
+            return Err(format!(
+                "{s} USD is not allowed: must be more than 0 and at most 1000000"
+            ));
+        }
+        if n.0 % tollgate_api::payments::NANOS_PER_CENT != 0 {
+            return Err(format!(
+                "{s} USD is not a whole number of cents, which is what is charged"
+            ));
+        }
+        Ok(UsdAmount(n))
+    }
+}
+
+impl<'de> Deserialize<'de> for UsdAmount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<UsdAmount, D::Error> {
+        /// A TOML string or integer (never a float: it may be inexact).
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            Int(i64),
+            Str(String),
+        }
+        let text = match Text::deserialize(d)? {
+            Text::Int(n) => n.to_string(),
+            Text::Str(s) => s,
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for UsdAmount {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_usd().normalize().to_string())
     }
 }
 
@@ -858,6 +1140,88 @@ mod tests {
         for bad in ["", "example.com:8080", "a b", "http://x"] {
             assert!(bad.parse::<HostList>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn stripe_secrets_are_a_list_in_the_file_and_separated_by_commas_elsewhere_never_shown() {
+        let file = parse_file(
+            "[stripe]\nsecret_key = \"sk_test_hunter2\"\nwebhook_secrets = [\"whsec_old\", \"whsec_new\"]\n",
+        )
+        .unwrap();
+        let s = Settings::from_layer(file.clone());
+        s.validate().unwrap();
+        let api = s.stripe.to_api(&s.top_ups).expect("payments are on");
+        assert_eq!(api.secret_key, "sk_test_hunter2");
+        assert_eq!(api.webhook_secrets, ["whsec_old", "whsec_new"]);
+        assert_eq!(api.api_base, "https://api.stripe.com", "the default");
+        let env = Layer::from_env(&env(&[
+            (
+                "TOLLGATE_STRIPE_WEBHOOK_SECRETS",
+                "whsec_a, whsec_b,whsec_c",
+            ),
+            ("TOLLGATE_STRIPE_API_BASE", "http://127.0.0.1:9999/"),
+        ]))
+        .unwrap();
+        let s = Settings::from_layer(file.under(env));
+        let api = s.stripe.to_api(&s.top_ups).unwrap();
+        assert_eq!(api.webhook_secrets, ["whsec_a", "whsec_b", "whsec_c"]);
+        assert_eq!(api.api_base, "http://127.0.0.1:9999");
+        // Never shown: not printed, not in Debug, not in an error.
+        let shown = format!("{}{s:?}", s.to_toml());
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("whsec_a"),
+            "{shown}"
+        );
+        let e = parse_file("[stripe]\nsecret_key = \"sk live hunter2\"\n").unwrap_err();
+        assert!(
+            e.contains("stripe.secret_key") && !e.contains("hunter2"),
+            "{e}"
+        );
+        // No key: payments are off.
+        let off = Settings::from_layer(Layer::default());
+        assert!(off.stripe.to_api(&off.top_ups).is_none());
+        // A key without a signing secret could never credit a payment.
+        let half = Settings::from_layer(parse_file("[stripe]\nsecret_key = \"sk_x\"\n").unwrap());
+        assert!(half
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("webhook_secrets"));
+    }
+
+    #[test]
+    fn top_ups_are_usd_in_whole_cents_within_a_range() {
+        let d = Settings::from_layer(Layer::default()).top_ups.to_core();
+        assert_eq!(d, tollgate_core::payments::TopUpSettings::default());
+        let s = Settings::from_layer(
+            parse_file("[top_ups]\nmin_usd = 10\nmax_usd = \"250.50\"\nretry_after_s = 60\n")
+                .unwrap(),
+        );
+        let core = s.top_ups.to_core();
+        assert_eq!(core.min, tollgate_core::Nanos(10_000_000_000));
+        assert_eq!(core.max, tollgate_core::Nanos(250_500_000_000));
+        assert_eq!(core.retry_after_ms, 60_000);
+        assert!(
+            s.to_toml().contains("max_usd = \"250.5\""),
+            "{}",
+            s.to_toml()
+        );
+        let env = Layer::from_env(&env(&[("TOLLGATE_TOP_UPS_MIN_USD", "300")])).unwrap();
+        let inverted = Settings::from_layer(s_layer().under(env));
+        assert!(inverted
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("min_usd"));
+        for bad in ["0", "-1", "1.005", "abc", "1000001"] {
+            assert!(bad.parse::<UsdAmount>().is_err(), "{bad}");
+        }
+        let e = parse_file("[top_ups]\nmin_usd = 1.5\n").unwrap_err();
+        assert!(e.contains("top_ups.min_usd"), "{e}");
+    }
+
+    fn s_layer() -> Layer {
+        parse_file("[top_ups]\nmax_usd = \"250.50\"\n").unwrap()
     }
 
     #[test]

@@ -43,7 +43,7 @@ enum Command {
     /// (status 1 if drain_timeout_s passed first). With --demo, starts on a fresh database with
     /// the sample catalog, an operator key and a demo account with credits and keys, and prints
     /// commands to try.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Check a configuration file for `serve --config`.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -109,7 +109,7 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Config(ConfigCmd::Check { file }) => config::check(&file),
         Command::Backup(args) => backup::run(args),
         Command::Migrate { db } => {

@@ -127,6 +127,27 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
         .set_invoice_prefix(&settings.invoices.prefix)
         .map_err(|e| anyhow::anyhow!("invoices.prefix: {e}"))?;
 
+    // Payments: the top-up range reaches the core's auto top-up decision whether or not the
+    // provider is configured; with it, the provider's row among the webhooks (which charges
+    // the automatic top-ups) is made if it is not there.
+    engine
+        .set_top_up_settings(settings.top_ups.to_core())
+        .map_err(|e| anyhow::anyhow!("top_ups: {e}"))?;
+    let payments = settings.stripe.to_api(&settings.top_ups);
+    if payments.is_some() {
+        engine.ensure_provider_webhook().await?;
+        tracing::info!(
+            api_base = %settings.stripe.api_base,
+            webhook_secrets = settings.stripe.webhook_secrets.len(),
+            "payments are on: the payment provider's events are taken at \
+             /v1/payments/stripe/webhook"
+        );
+    } else {
+        tracing::info!(
+            "payments are off ([stripe] secret_key is not set): the payment calls answer 503"
+        );
+    }
+
     // The demo's prices are in force from 90 days back, so its history is priced; a catalog
     // file given too comes after them.
     if demo {
@@ -204,11 +225,15 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
         engine.clone(),
         Duration::from_millis(settings.sweep_interval_ms.max(10)),
     );
-    // Webhook deliveries: claimed through the writer, sent on tasks of their own; a tick
-    // catches the retries that come due.
-    let webhooks = Arc::new(settings.webhooks.to_api());
-    let dispatcher =
-        tollgate_api::spawn_webhook_dispatcher(engine.clone(), webhooks.clone(), WEBHOOK_TICK);
+    let api = AppState {
+        webhooks: Arc::new(settings.webhooks.to_api()),
+        payments: payments.map(|p| Arc::new(tollgate_api::payments::Payments::new(p))),
+        ..AppState::new(engine.clone())
+    };
+    // Webhook deliveries (and the automatic top-ups, which the payment provider's row among
+    // them charges): claimed through the writer, sent on tasks of their own; a tick catches
+    // the retries that come due.
+    let dispatcher = tollgate_api::spawn_dispatcher(&api, WEBHOOK_TICK);
     tracing::info!(
         header_timeout_s = settings.header_timeout_s,
         idle_timeout_s = settings.idle_timeout_s,
@@ -226,10 +251,6 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     if let (Some(demo), Some(op)) = (&demo, &operator_key) {
         print_demo(settings.log_format, addr, op, demo);
     }
-    let api = AppState {
-        webhooks,
-        ..AppState::new(engine.clone())
-    };
     let pages = tollgate_dashboard::router(tollgate_dashboard::DashboardState::new(
         api.clone(),
         tollgate_dashboard::DashboardConfig {

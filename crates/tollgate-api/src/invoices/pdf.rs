@@ -728,6 +728,7 @@ mod tests {
             total: Number(subtotal - discount),
             total_nano_usd: 0,
             purchase_id: None,
+            corrects_invoice_id: None,
             paid_at: None,
             payment_reference: None,
             voided_at: None,

@@ -26,8 +26,15 @@
 //! is still waiting for its first try (since it was queued), so a healthy receiver sees each
 //! account's events in order, and a failing one holds the account's next events back for one
 //! attempt, no more.
+//!
+//! The payment provider has a row of its own among the webhooks ([`PROVIDER_WEBHOOK_ID`],
+//! subscribed to `top_up.started`): its deliveries are claimed, leased, retried and recorded
+//! like the others, but "sent" by charging the automatic top-up at the provider and applying
+//! its answer ([`crate::payments::off_session`]), retried for at most 23 hours, after which the
+//! top-up fails.
 
 use super::{WebhookSettings, MAX_RETRY_DELAY};
+use crate::payments::{off_session, Payments};
 use crate::wire::{rfc3339, Number};
 use hmac::{Hmac, KeyInit, Mac};
 use prometheus_client::metrics::counter::Counter;
@@ -42,13 +49,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::{AdminCmd, AdminReply, Engine, EngineError};
-use tollgate_store::{AttemptRecord, ClaimedDelivery, DeliveryNext, DeliveryResult, StoredEvent};
+use tollgate_store::{
+    AttemptRecord, ClaimedDelivery, DeliveryNext, DeliveryResult, StoredEvent, WebhookKind,
+};
 
 /// How long a claim is leased beyond the attempt's timeout: as long again plus this, the time
 /// to record it. A lease that passes (the server died, or stalled) lets another claim the
 /// delivery again; an attempt recorded after its lease passed records nothing (its delivery is
 /// then sent again: at least once).
 pub const LEASE_SLACK: Duration = Duration::from_secs(5);
+
+pub use tollgate_store::PROVIDER_WEBHOOK_ID;
 
 /// How much of a receiver's answer is read (and dropped) before the connection is let go.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -189,6 +200,9 @@ pub struct Dispatcher {
     finished: Arc<Mutex<Vec<DeliveryResult>>>,
     /// Told when an attempt finishes.
     woken: Arc<Notify>,
+    /// The payment provider, which charges the automatic top-ups (`None`: this server has
+    /// none; its deliveries are retried, for a server that has it).
+    payments: Option<Arc<Payments>>,
 }
 
 impl Dispatcher {
@@ -211,7 +225,21 @@ impl Dispatcher {
             metrics,
             finished: Arc::default(),
             woken: Arc::default(),
+            payments: None,
         }
+    }
+
+    /// The dispatcher of a server: its engine, its `[webhooks]` settings and its payment
+    /// provider.
+    pub fn for_app(state: &crate::AppState) -> Dispatcher {
+        Dispatcher::new(state.engine.clone(), state.webhooks.clone())
+            .with_payments(state.payments.clone())
+    }
+
+    /// This dispatcher with the payment provider that charges automatic top-ups.
+    pub fn with_payments(mut self, payments: Option<Arc<Payments>>) -> Dispatcher {
+        self.payments = payments;
+        self
     }
 
     fn lease_ms(&self) -> i64 {
@@ -308,6 +336,9 @@ impl Dispatcher {
 
     /// Sends one delivery and says what follows.
     async fn attempt(&self, d: ClaimedDelivery) -> DeliveryResult {
+        if d.kind == WebhookKind::Provider {
+            return self.charge(d).await;
+        }
         self.metrics.in_flight.inc();
         let at = self.engine.now();
         let body = body(&d.event);
@@ -378,6 +409,69 @@ impl Dispatcher {
         }
     }
 
+    /// "Sends" a delivery of the payment provider's row: charges the automatic top-up and
+    /// applies the answer. No answer is retried with the backoff within the provider's
+    /// idempotency window ([`off_session::RETRY_WINDOW`]), after which the top-up fails.
+    async fn charge(&self, d: ClaimedDelivery) -> DeliveryResult {
+        self.metrics.in_flight.inc();
+        let at = self.engine.now();
+        let started = Instant::now();
+        let charged = off_session::charge(
+            &self.engine,
+            self.payments.as_deref(),
+            &d.event,
+            self.settings.timeout,
+        )
+        .await;
+        let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.metrics.in_flight.dec();
+        let next = if charged.done {
+            DeliveryNext::Delivered
+        } else {
+            let now = self.engine.now();
+            let window = WebhookSettings {
+                retry_for: self.settings.retry_for.min(off_session::RETRY_WINDOW),
+                ..(*self.settings).clone()
+            };
+            match after_failure(&window, d.tries + 1, d.queued_at, now, |max| {
+                rand::thread_rng().gen_range(0..=max)
+            }) {
+                DeliveryNext::Failed => match off_session::give_up(&self.engine, &d.event).await {
+                    Ok(()) => DeliveryNext::Failed,
+                    // The top-up must not stay in flight: failing it is tried again.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "failing an unreachable top-up failed; will retry");
+                        DeliveryNext::RetryAt(now.plus_ms(
+                            i64::try_from(self.settings.retry_base.as_millis()).unwrap_or(i64::MAX),
+                        ))
+                    }
+                },
+                other => other,
+            }
+        };
+        tracing::debug!(
+            event_id = %d.event.id(),
+            status_code = charged.status_code,
+            error = charged.error.as_deref().unwrap_or(""),
+            duration_ms,
+            "automatic top-up charge attempt"
+        );
+        DeliveryResult {
+            webhook_id: d.webhook_id,
+            event_seq: d.event.seq,
+            lease_until: d.lease_until,
+            queued_at: d.queued_at,
+            attempt: AttemptRecord {
+                n: 0,
+                at,
+                status_code: charged.status_code,
+                error: charged.error,
+                duration_ms,
+            },
+            next,
+        }
+    }
+
     /// Runs rounds until the engine stops: when a commit wrote events, when an attempt
     /// finishes, and every `tick` (retries that came due).
     pub async fn run(self, tick: Duration) {
@@ -425,7 +519,14 @@ fn send_error(e: &reqwest::Error, timeout: Duration) -> String {
     text
 }
 
-/// Starts the dispatcher on its own task (see [`Dispatcher::run`]).
+/// Starts a server's dispatcher ([`Dispatcher::for_app`]: with its payment provider) on its
+/// own task (see [`Dispatcher::run`]).
+pub fn spawn_dispatcher(state: &crate::AppState, tick: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(Dispatcher::for_app(state).run(tick))
+}
+
+/// Starts the dispatcher on its own task (see [`Dispatcher::run`]), without a payment
+/// provider.
 pub fn spawn_webhook_dispatcher(
     engine: Engine,
     settings: Arc<WebhookSettings>,

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_api::auth::mint_key;
+use tollgate_api::payments::{PaymentSettings, Payments};
 use tollgate_api::webhooks::deliver::Dispatcher;
 use tollgate_api::webhooks::WebhookSettings;
 use tollgate_api::AppState;
@@ -123,6 +124,8 @@ pub struct TestApp {
     pub engine: Engine,
     /// The server's `[webhooks]` settings.
     pub webhooks: Arc<WebhookSettings>,
+    /// The server's payment provider, when it has one ([`TestApp::spawn_with_payments`]).
+    pub payments: Option<Arc<Payments>>,
     /// The time the engine sees, in ms, when the test controls it ([`TestApp::spawn_at`]).
     manual_clock: Option<Arc<AtomicI64>>,
     reconciled: AtomicBool,
@@ -258,18 +261,29 @@ impl TestApp {
         Self::spawn_configured(&Backend::Sqlite, clock, settings).await
     }
 
-    /// A webhook dispatcher on this app's engine and settings.
+    /// Like [`TestApp::spawn_at_on`] (or [`TestApp::spawn_on`] without a time), with a payment provider (`payments`: a stand-in's
+    /// settings) and these `[webhooks]` settings, as `serve` starts with `[stripe]` set: the
+    /// top-up settings reach the engine and the provider's row among the webhooks is made. No
+    /// dispatcher runs (see [`TestApp::spawn_with_webhooks`]).
+    pub async fn spawn_with_payments(
+        backend: &Backend,
+        at: Option<i64>,
+        payments: PaymentSettings,
+        webhooks: WebhookSettings,
+    ) -> TestApp {
+        let clock = at.map(|ms| Arc::new(AtomicI64::new(ms)));
+        Self::spawn_full(backend, clock, webhooks, Some(payments)).await
+    }
+
+    /// A webhook dispatcher on this app's engine and settings, with its payment provider.
     pub fn dispatcher(&self) -> Dispatcher {
         Dispatcher::new(self.engine.clone(), self.webhooks.clone())
+            .with_payments(self.payments.clone())
     }
 
     /// Starts the server's webhook dispatcher (as `serve` does), ticking every 100 ms.
     pub fn spawn_dispatcher(&self) -> tokio::task::JoinHandle<()> {
-        tollgate_api::spawn_webhook_dispatcher(
-            self.engine.clone(),
-            self.webhooks.clone(),
-            Duration::from_millis(100),
-        )
+        tokio::spawn(self.dispatcher().run(Duration::from_millis(100)))
     }
 
     async fn spawn_with(backend: &Backend, manual_clock: Option<Arc<AtomicI64>>) -> TestApp {
@@ -280,6 +294,15 @@ impl TestApp {
         backend: &Backend,
         manual_clock: Option<Arc<AtomicI64>>,
         webhooks: WebhookSettings,
+    ) -> TestApp {
+        Self::spawn_full(backend, manual_clock, webhooks, None).await
+    }
+
+    async fn spawn_full(
+        backend: &Backend,
+        manual_clock: Option<Arc<AtomicI64>>,
+        webhooks: WebhookSettings,
+        payments: Option<PaymentSettings>,
     ) -> TestApp {
         let db = TestDb::new(backend);
         let store = db.open().expect("open the store");
@@ -312,9 +335,20 @@ impl TestApp {
             .await
             .expect("bind a free port");
         let address = format!("http://{}", listener.local_addr().expect("local addr"));
+        if let Some(p) = &payments {
+            engine
+                .set_top_up_settings(p.top_ups)
+                .expect("the top-up settings");
+            engine
+                .ensure_provider_webhook()
+                .await
+                .expect("the payment provider's webhook row");
+        }
+        let payments = payments.map(|p| Arc::new(Payments::new(p)));
         let webhooks = Arc::new(webhooks);
         let router = tollgate_api::router(AppState {
             webhooks: webhooks.clone(),
+            payments: payments.clone(),
             ..AppState::new(engine.clone())
         });
         tokio::spawn(async move {
@@ -332,6 +366,7 @@ impl TestApp {
             operator_key: key.key(),
             engine,
             webhooks,
+            payments,
             manual_clock,
             reconciled: AtomicBool::new(false),
             _db: db,

@@ -14,6 +14,10 @@ use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
+use tollgate_api::payments::stripe::signature;
+use tollgate_api::testing::stripe::{StripeStandIn, WEBHOOK_SECRET};
+use tollgate_api::webhooks::WebhookSettings;
+use tollgate_store::testing::Backend;
 
 const ROUTER_SOURCE: &str = include_str!("../../src/lib.rs");
 const HTTP_METHODS: [&str; 8] = [
@@ -119,6 +123,8 @@ enum Body {
     Unchecked(Value),
     /// Raw bytes with a content type.
     Raw(String, &'static str),
+    /// A payment provider's event: JSON with its `Stripe-Signature` header.
+    Signed(String, String),
 }
 
 struct Resp {
@@ -206,6 +212,12 @@ impl Flow {
             }
             Body::Unchecked(v) => req = req.json(&v),
             Body::Raw(text, ct) => req = req.header(CONTENT_TYPE, ct).body(text),
+            Body::Signed(text, signature) => {
+                req = req
+                    .header(CONTENT_TYPE, "application/json")
+                    .header("stripe-signature", signature)
+                    .body(text)
+            }
         }
         let r = req.send().await.unwrap_or_else(|e| panic!("{what}: {e}"));
         let status = r.status().as_u16();
@@ -445,7 +457,9 @@ async fn every_documented_operation_is_served() {
             .replace("{month}", "2026-05")
             .replace("{webhook_id}", "wh_1")
             .replace("{delivery_id}", "dlv_1")
-            .replace("{limit_id}", "lim_0");
+            .replace("{limit_id}", "lim_0")
+            .replace("{top_up_id}", "top_1")
+            .replace("{purchase_id}", "p-1");
         assert!(!concrete.contains('{'), "{path}: a parameter to fill in");
         let r = app
             .client
@@ -556,7 +570,14 @@ fn document_is_internally_consistent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_responses_match_the_document() {
-    let s = TestApp::spawn().await;
+    let stripe = StripeStandIn::start().await;
+    let s = TestApp::spawn_with_payments(
+        &Backend::Sqlite,
+        None,
+        stripe.settings(),
+        WebhookSettings::default(),
+    )
+    .await;
     let root = fetch_document(&s).await;
     let mut f = Flow {
         s,
@@ -1866,6 +1887,136 @@ async fn real_responses_match_the_document() {
             &format!("/v1/admin/webhooks/{hook}"),
             f.op(),
             Body::None,
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+
+    // --- payments: a checkout top-up, the provider's events, the auto top-up rule, a refund
+    let r = f
+        .put(
+            "/v1/account/auto-top-up",
+            key(&admin),
+            Body::Json(
+                json!({"enabled": true, "threshold_usd": "1", "amount_usd": "5",
+                "max_per_month_usd": "50"}),
+            ),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (409, "payment_method_required"));
+    let r = f
+        .post(
+            "/v1/account/top-ups",
+            key(&admin),
+            Body::Unchecked(
+                json!({"amount_usd": "1", "success_url": "https://a.example/ok",
+                "cancel_url": "https://a.example/no"}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["error"]["field"].as_str()),
+        (400, Some("amount_usd"))
+    );
+    let r = f
+        .post(
+            "/v1/account/top-ups",
+            key(&admin),
+            Body::Json(
+                json!({"amount_usd": "25.00", "success_url": "https://a.example/ok",
+                "cancel_url": "https://a.example/no", "save_payment_method": true}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let top_up = r.json["top_up_id"].as_str().expect("top_up_id").to_string();
+    let session = r.json["checkout_url"]
+        .as_str()
+        .and_then(|u| u.rsplit('/').next())
+        .expect("a checkout URL")
+        .to_string();
+    let r = f
+        .get(&format!("/v1/account/top-ups/{top_up}"), key(&admin))
+        .await;
+    assert_eq!(
+        (r.status, r.json["status"].as_str()),
+        (200, Some("awaiting_payment"))
+    );
+    let r = f.get("/v1/account/top-ups/top_nope", key(&admin)).await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+    let (session, pi) = stripe.pay_checkout(&session);
+    let now = chrono::Utc::now().timestamp();
+    for event in [
+        stripe.event("checkout.session.completed", session),
+        stripe.event("payment_intent.succeeded", pi),
+    ] {
+        let text = event.to_string();
+        let header = signature::sign(text.as_bytes(), WEBHOOK_SECRET, now);
+        let r = f
+            .post(
+                "/v1/payments/stripe/webhook",
+                None,
+                Body::Signed(text, header),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.json["result"].as_str()),
+            (200, Some("applied"))
+        );
+    }
+    let r = f
+        .post(
+            "/v1/payments/stripe/webhook",
+            None,
+            Body::Signed("{}".into(), format!("t={now},v1=00")),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (400, "validation_error"));
+    let r = f
+        .put(
+            "/v1/account/auto-top-up",
+            key(&admin),
+            Body::Json(
+                json!({"enabled": true, "threshold_usd": "1", "amount_usd": "5",
+                "max_per_month_usd": "50"}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["status"].as_str()),
+        (200, Some("active")),
+        "{}",
+        r.json
+    );
+    let r = f.get("/v1/account/auto-top-up", key(&admin)).await;
+    assert_eq!(
+        (r.status, r.json["payment_method_saved"].as_bool()),
+        (200, Some(true))
+    );
+    let refund = format!("/v1/admin/accounts/acme/purchases/{top_up}/refund");
+    for replayed in [false, true] {
+        let r = f
+            .post(
+                &refund,
+                f.op(),
+                Body::Json(json!({"refund_id": "rf-1", "amount_usd": "5"})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.json);
+        assert_eq!(r.header("idempotent-replayed").is_some(), replayed);
+    }
+    let r = f
+        .post(
+            &refund,
+            f.op(),
+            Body::Json(json!({"refund_id": "rf-2", "amount_usd": "1000"})),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (409, "not_refundable"));
+    let r = f
+        .post(
+            "/v1/admin/accounts/acme/purchases/nope/refund",
+            f.op(),
+            Body::Json(json!({"refund_id": "rf-3", "amount_usd": "1"})),
         )
         .await;
     assert_eq!((r.status, r.error_type()), (404, "not_found"));

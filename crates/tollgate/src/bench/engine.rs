@@ -11,11 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::catalog::document;
-use tollgate_core::ids::{AccountId, AdjustmentId, EndpointId, LimitId, RequestId};
+use tollgate_core::ids::{AccountId, AdjustmentId, EndpointId, LimitId, PurchaseId, RequestId};
 use tollgate_core::limits::{LimitAction, LimitScope, Period, SpendingLimit};
 use tollgate_core::machine::{Op, Outcome, UsageEvent};
 use tollgate_core::money::Nanos;
+use tollgate_core::payments::{AutoTopUpRule, PaymentEffect};
 use tollgate_core::price::{Dims, Output, Tokens};
+use tollgate_core::Timestamp;
 use tollgate_engine::{system_clock, AdminCmd, Clock, Engine};
 use tollgate_store::sqlite::SqliteStore;
 use tollgate_store::Store;
@@ -632,6 +634,76 @@ async fn spending_limits(engine: &Engine, accounts: usize) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Gives each of the first `accounts` bench accounts a saved card (a checkout top-up of 10 USD,
+/// paid, saving its payment method) and an auto top-up rule whose threshold is above the
+/// balance: setting it starts the account's one auto top-up, which stays in flight for the run
+/// (its charge waits in the outbox: the bench has no provider), so every operation of the run
+/// takes the rule's decision and finds it in flight, and writes the account's payment profile
+/// only if it changed.
+async fn auto_top_up_rules(engine: &Engine, accounts: usize) -> anyhow::Result<()> {
+    let usd = |n: i64| Nanos(n * 1_000_000_000);
+    for i in 0..accounts {
+        let account = AccountId::parse(&account_name(i)).expect("valid");
+        let top_up_id = PurchaseId::parse("tu_bench_card").expect("valid");
+        let ops = vec![
+            Op::SetPaymentCustomer {
+                account: account.clone(),
+                customer: format!("cus_bench_{i}"),
+            },
+            Op::CreateTopUp {
+                account: account.clone(),
+                top_up_id: top_up_id.clone(),
+                amount: usd(10),
+            },
+            Op::Payment {
+                account: account.clone(),
+                event: None,
+                effect: PaymentEffect::Paid {
+                    top_up_id,
+                    amount: usd(10),
+                    payment_intent: Some(format!("pi_bench_{i}")),
+                    payment_method: Some(format!("pm_bench_{i}")),
+                },
+            },
+            Op::SetAutoTopUp {
+                account,
+                rule: AutoTopUpRule {
+                    enabled: true,
+                    threshold: Nanos(START_BALANCE).checked_add(usd(100))?,
+                    amount: usd(100),
+                    max_per_month: usd(1_000),
+                },
+            },
+        ];
+        for answer in engine.execute_many(ops).await? {
+            answer?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks that each of the first `accounts` accounts has exactly one auto top-up in flight.
+async fn auto_top_ups_started(engine: &Engine, accounts: usize) -> anyhow::Result<String> {
+    let mut started = 0;
+    for i in 0..accounts {
+        let id = AccountId::parse(&account_name(i)).expect("valid");
+        let row = engine
+            .read({
+                let id = id.clone();
+                move |r| r.account(&id, Timestamp(0))
+            })
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("{id} is gone"))?;
+        let rule = row.state.payment.auto_top_up.as_ref();
+        anyhow::ensure!(
+            rule.is_some_and(|r| r.in_flight.is_some()),
+            "{id} has no auto top-up in flight"
+        );
+        started += 1;
+    }
+    Ok(format!("{started} auto top-ups started, one per account"))
+}
+
 /// Checks that the block limits counted every charge of the run: their spend, summed over the
 /// accounts, is the `billed` requests' cost, and nothing is still held.
 async fn limits_counted(engine: &Engine, accounts: usize, billed: u64) -> anyhow::Result<String> {
@@ -841,6 +913,35 @@ pub async fn run(
             reconciled(&engine, n).await?
         );
         rows.push(Row::new(name, "tollgate", callers, n, el, Some(&h), note));
+    }
+    // The same write path with an auto top-up rule on every account, its one top-up in flight:
+    // every operation takes the rule's decision.
+    for (name, lifecycle_row) in [
+        ("settle.usage_events.inprocess.auto_top_up", false),
+        ("settle.lifecycle.inprocess.auto_top_up", true),
+    ] {
+        if !wanted(name) {
+            continue;
+        }
+        let dir = tempfile::tempdir()?;
+        let engine = start_engine(&seed(dir.path(), ACCOUNTS)?).await?;
+        auto_top_up_rules(&engine, ACCOUNTS).await?;
+        let (n, el, h) = if lifecycle_row {
+            lifecycles(&engine, c, plan.duration, ACCOUNTS, false, "lc").await?
+        } else {
+            usage_events(&engine, plan, 1, ACCOUNTS, false, ev).await?
+        };
+        let what = if lifecycle_row {
+            "requests/s (submit+start+complete = 3 calls); latency of start"
+        } else {
+            "events/s, one per call; latency per call"
+        };
+        let note = format!(
+            "{what}; an auto top-up rule and a saved card on every account; {}; {}",
+            auto_top_ups_started(&engine, ACCOUNTS).await?,
+            reconciled(&engine, n).await?
+        );
+        rows.push(Row::new(name, "tollgate", c, n, el, Some(&h), note));
     }
     let name = "focus.year_export.inprocess";
     if wanted(name) {

@@ -72,12 +72,22 @@ impl Server {
     /// returns it with the demo account's keys and its dashboard sign-in link, all read from
     /// what the demo prints.
     pub fn start_demo(dir: &Path, stderr: PathBuf) -> (Server, DemoKeys) {
+        Server::start_demo_with(dir, stderr, &[])
+    }
+
+    /// [`Server::start_demo`] with these environment variables set (`TOLLGATE_STRIPE_...`).
+    pub fn start_demo_with(
+        dir: &Path,
+        stderr: PathBuf,
+        env: &[(&str, &str)],
+    ) -> (Server, DemoKeys) {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--demo", "--listen", "127.0.0.1:0"])
             .current_dir(dir)
             .env_remove("TOLLGATE_OPERATOR_KEY")
             // Its log may end up in a test's failure message: plain text.
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied());
         let (server, lines) = Server::spawn(cmd, stderr);
         let [mut operator, mut admin, mut api, mut link] = [None, None, None, None];
         let deadline = Instant::now() + Duration::from_secs(20);

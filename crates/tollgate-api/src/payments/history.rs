@@ -1,5 +1,7 @@
 //! The customer's payment history (`GET /v1/account/payments`, docs/reference/API.md section 4,
-//! ADMIN scope): the account's paid purchases, newest first, each with its top-up invoice.
+//! ADMIN scope): the account's paid purchases, newest first, each with its top-up invoice,
+//! what was refunded or disputed of it, and the provider's reference when it was paid
+//! through the provider.
 
 use crate::error::ApiError;
 use crate::extract::{Admin, Customer, Page, Params};
@@ -13,12 +15,33 @@ use tollgate_core::ids::PurchaseId;
 use tollgate_store::{InvoiceRecord, PaymentRecord};
 use utoipa::ToSchema;
 
-/// Where a payment stands. Every payment is `succeeded` for now: refunds and disputes come
-/// with the payment provider.
-#[derive(Clone, Copy, Serialize, ToSchema)]
+/// Where a payment stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentStatus {
+    /// Paid, nothing refunded or disputed.
     Succeeded,
+    /// Part of it was refunded.
+    PartiallyRefunded,
+    /// All of it was refunded.
+    Refunded,
+    /// A dispute (chargeback) of it is open or was lost.
+    Disputed,
+}
+
+impl PaymentStatus {
+    /// A dispute first (it locks the account), then what was refunded.
+    pub fn of(p: &PaymentRecord) -> PaymentStatus {
+        if p.dispute_open {
+            PaymentStatus::Disputed
+        } else if p.refunded.0 > 0 && p.refunded >= p.amount {
+            PaymentStatus::Refunded
+        } else if p.refunded.0 > 0 {
+            PaymentStatus::PartiallyRefunded
+        } else {
+            PaymentStatus::Succeeded
+        }
+    }
 }
 
 /// A paid purchase of credits.
@@ -30,13 +53,17 @@ pub struct PaymentView {
     amount_usd: Number,
     /// The exact `amount_usd`, nano-USD.
     amount_nano_usd: i64,
-    /// Always `succeeded` for now (refunds and disputes come with the payment provider).
     status: PaymentStatus,
-    /// Refunded so far, nano-USD; always 0 for now.
+    /// Refunded so far (credits taken back), nano-USD.
     refunded_nano_usd: i64,
-    /// The payment provider; `null` for now (purchases are recorded by the operator).
+    /// `refunded_nano_usd` in USD.
+    refunded_usd: Number,
+    /// Taken back for disputes now (open and lost ones), nano-USD.
+    disputed_nano_usd: i64,
+    /// The payment provider (`stripe`) when it was paid through it; `null` for a purchase the
+    /// operator recorded.
     provider: Option<String>,
-    /// The provider's reference of the payment; `null` for now.
+    /// The provider's payment (`pi_...`); `null` for a purchase the operator recorded.
     provider_reference: Option<String>,
     /// The top-up invoice issued with the purchase (`GET /v1/account/invoices/{invoice_id}`);
     /// `null` for a purchase made before invoices were issued.
@@ -48,15 +75,21 @@ pub struct PaymentView {
 
 impl From<PaymentRecord> for PaymentView {
     fn from(p: PaymentRecord) -> Self {
+        let status = PaymentStatus::of(&p);
         PaymentView {
             purchase_id: p.purchase_id,
             created_at: Time(p.created_at),
             amount_usd: Number::usd(p.amount),
             amount_nano_usd: p.amount.0,
-            status: PaymentStatus::Succeeded,
-            refunded_nano_usd: 0,
-            provider: None,
-            provider_reference: None,
+            status,
+            refunded_nano_usd: p.refunded.0,
+            refunded_usd: Number::usd(p.refunded),
+            disputed_nano_usd: p.disputed.0,
+            provider: p
+                .provider_reference
+                .as_ref()
+                .map(|_| super::PROVIDER.to_string()),
+            provider_reference: p.provider_reference.clone(),
             invoice_id: p.invoice.map(|(y, n)| InvoiceRecord::id_of(y, n)),
             credits_expire_at: p.expires_at.map(Time),
         }
@@ -76,9 +109,10 @@ pub struct PaymentList {
 ///
 /// The authenticated account's payments (its paid purchases; free credits are grants, not
 /// payments), newest first, with keyset paging (`limit` default 100, at most 1000;
-/// `next_cursor` is opaque). Each shows the top-up invoice issued with it. Every payment is
-/// `succeeded` for now, with nothing refunded and no provider: refunds, disputes and payment
-/// providers come later. Needs a customer key with `ADMIN` scope (an `API` key answers 403).
+/// `next_cursor` is opaque). Each shows the top-up invoice issued with it, its status
+/// (`succeeded`, `partially_refunded`, `refunded`, `disputed`), what was refunded and is
+/// disputed, and the payment provider's reference when it was paid through it (a top-up).
+/// Needs a customer key with `ADMIN` scope (an `API` key answers 403).
 #[utoipa::path(
     get, path = "/v1/account/payments", tag = tags::BILLING, operation_id = "listPayments",
     security(("Key" = ["ADMIN"])),
