@@ -7,6 +7,7 @@ pub mod keys;
 pub mod limits;
 pub mod overview;
 pub mod requests;
+pub mod top_ups;
 pub mod usage;
 
 use crate::error::PageError;
@@ -31,6 +32,8 @@ pub fn routes() -> axum::Router<DashboardState> {
         .merge(limits::routes())
         .merge(usage::routes())
         .merge(requests::routes())
+        .merge(top_ups::routes())
+        .merge(auto_top_up::routes())
 }
 
 /// The chrome of a customer page in `section`.

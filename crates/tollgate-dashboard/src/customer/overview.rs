@@ -84,6 +84,12 @@ async fn attention(
     now: Timestamp,
 ) -> Result<Vec<Markup>, PageError> {
     let mut lines = Vec::new();
+    // Where credits are bought, when they can be bought here.
+    let buy = html! {
+        @if super::top_ups::available(state) {
+            " " a href=(super::top_ups::NEW) { "Add credits" }
+        }
+    };
     if let Some(reason) = s.lock_reason() {
         lines.push(html! {
             li.alert.bad {
@@ -92,6 +98,7 @@ async fn attention(
                     LockReason::ExhaustedBalance => {
                         "Its balance is used up, so new requests are refused. Adding credits \
                          unlocks it at once."
+                        (buy)
                     }
                     LockReason::PaymentDisputed => {
                         "One of your payments is disputed with your bank (a chargeback), so new \
@@ -117,7 +124,7 @@ async fn attention(
             li.alert.warn #low-balance {
                 strong { "Your balance is low: " }
                 (fmt::usd_cents(s.credit.balance)) ", below your low-balance level of "
-                (fmt::usd_cents(low)) ". Add credits before it runs out."
+                (fmt::usd_cents(low)) ". Add credits before it runs out." (buy)
             }
         });
     }
@@ -247,6 +254,9 @@ pub async fn page(
                 h2 #attention-title { "Needs attention" }
                 ul { @for a in &alerts { (a) } }
             }
+        }
+        @if !invoiced && super::top_ups::available(&state) {
+            p.actions { (super::top_ups::add_credits_button(&state)) }
         }
         dl.stats {
             (stat("Balance", html! {
