@@ -1,16 +1,142 @@
 //! The payments part of an account's console page (`/console/accounts/{username}#payments`):
 //! its payment profile at the provider (the customer, whether a card is saved, the auto top-up
-//! rule and where it stands, the disputes holding its lock) and the dispute lock's "Unlock"
-//! form. The forms' handlers are the account page's ([`super::account`]), which renders these
-//! pieces.
+//! rule and where it stands, the disputes holding its lock), its payments (status, what was
+//! refunded and disputed, the provider's reference) each with a refund form, and the dispute
+//! lock's "Unlock" form. The forms' handlers are the account page's ([`super::account`]), which
+//! renders these pieces.
 
 use super::form_error;
 use crate::customer::auto_top_up::paused_words;
+use crate::customer::billing::payment_status_badge;
 use crate::fmt;
 use crate::layout::csrf;
 use maud::{html, Markup};
+use serde::Deserialize;
+use tollgate_api::auth::random_token;
+use tollgate_api::payments::history::PaymentStatus;
+use tollgate_core::ids::PurchaseId;
 use tollgate_core::payments::{PausedReason, PaymentProfile};
-use tollgate_core::Timestamp;
+use tollgate_core::{Nanos, Timestamp};
+use tollgate_store::{InvoiceRecord, PaymentRecord};
+
+/// A refund form, as posted (every field as text).
+#[derive(Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RefundForm {
+    pub refund_id: String,
+    pub amount_usd: String,
+}
+
+impl RefundForm {
+    /// A blank form with a refund id of its own, drawn when the page is rendered: the same
+    /// form sent twice refunds once (the API is idempotent on the refund id).
+    pub fn fresh() -> RefundForm {
+        RefundForm {
+            refund_id: new_refund_id(),
+            amount_usd: String::new(),
+        }
+    }
+}
+
+/// A refund id for a rendered form: `refund-` and 24 random hex digits.
+pub fn new_refund_id() -> String {
+    format!("refund-{}", &random_token()[..24])
+}
+
+/// A refund form refused: the purchase it was for, the form as posted, and why.
+pub type RefusedRefund = (PurchaseId, RefundForm, String);
+
+/// The account's payments, newest first, each with its status, what was refunded and taken
+/// back for disputes, the provider's payment, its invoice, and a refund form (folded; open with
+/// the reason when it was refused).
+pub fn payments_table(
+    rows: &[PaymentRecord],
+    here: &str,
+    csrf_token: &str,
+    refused: Option<&RefusedRefund>,
+) -> Markup {
+    html! {
+        div.table-wrap tabindex="0" {
+            table #payments-table {
+                caption { "Its payments, newest first" }
+                thead { tr {
+                    th scope="col" { "Purchase" }
+                    th.num scope="col" { "Amount" }
+                    th scope="col" { "Status" }
+                    th.num scope="col" { "Refunded" }
+                    th.num scope="col" { "Disputed" }
+                    th scope="col" { "Provider payment" }
+                    th scope="col" { "Invoice" }
+                    th scope="col" { span.visually-hidden { "Refund" } }
+                } }
+                tbody {
+                    @for p in rows {
+                        @let error = refused.filter(|(id, _, _)| *id == p.purchase_id);
+                        tr data-purchase=(p.purchase_id) {
+                            td.wrap { span.mono { (p.purchase_id) } br; span.small.muted { (fmt::datetime(p.created_at)) } }
+                            td.num { (fmt::usd(p.amount)) }
+                            td { (payment_status_badge(PaymentStatus::of(p))) }
+                            td.num data-field="refunded" { (fmt::usd(p.refunded)) }
+                            td.num data-field="disputed" { (fmt::usd(p.disputed)) }
+                            td {
+                                @match &p.provider_reference {
+                                    Some(r) => code { (r) },
+                                    None => span.muted { "manual" },
+                                }
+                            }
+                            td {
+                                @if let Some((y, n)) = p.invoice { span.mono { (InvoiceRecord::id_of(y, n)) } }
+                            }
+                            td { (refund_form(p, here, csrf_token, error)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A purchase id as a path segment: ids may hold any printable character, `/` and `?` too.
+fn segment(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// The refund form of a payment, folded.
+fn refund_form(
+    p: &PaymentRecord,
+    here: &str,
+    csrf_token: &str,
+    refused: Option<&RefusedRefund>,
+) -> Markup {
+    let form = refused.map_or_else(RefundForm::fresh, |(_, f, _)| f.clone());
+    let left = Nanos(p.amount.0.saturating_sub(p.refunded.0).max(0));
+    let field = |name: &str| format!("{name}-{}", p.purchase_id);
+    html! {
+        details.actions-fold open[refused.is_some()] {
+            summary aria-label={ "Refund " (p.purchase_id) } { "Refund" }
+            @if let Some((_, _, message)) = refused { (form_error(message)) }
+            form method="post" action={ (here) "/purchases/" (segment(p.purchase_id.as_str())) "/refund" }
+                data-confirm={ "Refund purchase " (p.purchase_id) "? The credits are taken back at once." } {
+                (csrf(csrf_token))
+                label for=(field("refund-id")) { "Refund id" }
+                input id=(field("refund-id")) type="text" name="refund_id" value=(form.refund_id)
+                    required maxlength="128" autocomplete="off" spellcheck="false";
+                label for=(field("refund-amount")) { "Amount (USD)" }
+                input id=(field("refund-amount")) type="text" name="amount_usd" value=(form.amount_usd)
+                    inputmode="decimal" required autocomplete="off" placeholder=(fmt::usd_field(left))
+                    aria-describedby=(field("refund-hint"));
+                p.hint id=(field("refund-hint")) {
+                    @if p.provider_reference.is_some() {
+                        "Refunded at the payment provider first, at most " (fmt::usd(left)) " (whole cents)."
+                    } @else {
+                        "Takes back only what is left of this purchase's credits."
+                    }
+                }
+                button.danger type="submit" { "Refund" }
+            }
+        }
+    }
+}
 
 /// Why a rule is paused, for the operator: the provider's word and the customer's words.
 fn paused_text(reason: PausedReason) -> Markup {
@@ -23,7 +149,7 @@ fn paused_text(reason: PausedReason) -> Markup {
 /// has passed counts no automatic top-up).
 pub fn profile(p: &PaymentProfile, now: Timestamp) -> Markup {
     html! {
-        div.panel #payment-profile {
+        div.card #payment-profile {
             h3 { "Payment profile" }
             dl.details {
                 dt { "Provider customer" }
