@@ -481,6 +481,10 @@ async fn adding_credits_creates_a_checkout_at_the_provider_and_answers_the_link_
         assert!(r.text.contains("id=\"top-up-form\""), "the form again");
     }
     assert!(app.stripe().got().is_empty(), "{:?}", app.stripe().got());
+    let row = tollgate_query::account(&app.engine, &account("acme"))
+        .await
+        .unwrap();
+    assert_eq!(row.state.payment, Default::default(), "nothing recorded");
 
     let r = add_credits(&v, "25.00", true).await;
     r.expect(200);
