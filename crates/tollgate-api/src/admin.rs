@@ -573,11 +573,24 @@ pub async fn unlock(
     Path(account): Path<AccountId>,
     Json(body): Json<UnlockBody>,
 ) -> Result<axum::Json<AccountView>, ApiError> {
+    let (row, _) = lift_dispute_lock(&state, &account, body.reason).await?;
+    Ok(axum::Json(account_view(&state, &row)))
+}
+
+/// Lifts `account`'s `payment_disputed` lock, as `POST .../unlock` does (the console's form
+/// calls it too): the account after it, and whether the lock was lifted (`false`: it was not
+/// locked by a dispute, nothing changed). 409 `conflict` when the account is locked only
+/// because its balance is exhausted, which only credits lift.
+pub async fn lift_dispute_lock(
+    state: &AppState,
+    account: &AccountId,
+    reason: String,
+) -> Result<(AccountRow, bool), ApiError> {
     let outcome = state
         .engine
         .execute(Op::LiftDispute {
             account: account.clone(),
-            reason: body.reason.clone(),
+            reason: reason.clone(),
         })
         .await??;
     let Outcome::LockChanged {
@@ -587,9 +600,9 @@ pub async fn unlock(
     else {
         return Err(ApiError::server("unexpected outcome"));
     };
-    let row = tollgate_query::account(&state.engine, &account).await?;
+    let row = tollgate_query::account(&state.engine, account).await?;
     if changed {
-        tracing::info!(account = %account, reason = %body.reason, "dispute lock lifted by an operator");
+        tracing::info!(account = %account, reason = %reason, "dispute lock lifted by an operator");
     } else if lock_reason == Some(LockReason::ExhaustedBalance) {
         let s = &row.state;
         return Err(ApiError::conflict(format!(
@@ -599,7 +612,7 @@ pub async fn unlock(
         ))
         .with("lock_reason", LockReason::ExhaustedBalance.as_str()));
     }
-    Ok(axum::Json(account_view(&state, &row)))
+    Ok((row, changed))
 }
 
 // ---------------------------------------------------------------------------------------------

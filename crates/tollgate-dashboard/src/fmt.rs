@@ -54,6 +54,16 @@ pub fn usd_cents(n: Nanos) -> String {
     dollars(d)
 }
 
+/// An amount as a form's field holds it, exactly, without a sign or separators: `25.00`,
+/// `12.345` (what the API reads back as the same amount).
+pub fn usd_field(n: Nanos) -> String {
+    let mut d = n.to_usd().normalize();
+    if d.scale() < 2 {
+        d.rescale(2);
+    }
+    d.to_string()
+}
+
 /// A quantity, exactly, without trailing zeros.
 pub fn quantity(d: Decimal) -> String {
     d.normalize().to_string()

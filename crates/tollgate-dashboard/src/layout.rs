@@ -32,6 +32,10 @@ pub const CUSTOMER_NAV: &[Section] = &[
         path: "/dashboard/billing",
     },
     Section {
+        label: "Auto top-up",
+        path: "/dashboard/auto-top-up",
+    },
+    Section {
         label: "Limits",
         path: "/dashboard/limits",
     },

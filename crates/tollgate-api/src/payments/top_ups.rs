@@ -117,7 +117,7 @@ impl From<&TopUpRecord> for TopUpView {
 }
 
 /// A new checkout top-up's id: `top_` and 24 random hexadecimal digits.
-fn new_top_up_id() -> PurchaseId {
+pub fn new_top_up_id() -> PurchaseId {
     let mut bytes = [0u8; 12];
     rand::thread_rng().fill_bytes(&mut bytes);
     PurchaseId::parse(&format!("top_{}", hex::encode(bytes))).expect("a valid purchase id")
@@ -216,12 +216,24 @@ pub async fn create(
     account: AccountId,
     body: CreateTopUpBody,
 ) -> Result<TopUpRecord, ApiError> {
+    create_as(state, account, new_top_up_id(), body).await
+}
+
+/// [`create`] with the top-up's id drawn by the caller ([`new_top_up_id`]): the dashboard
+/// names the page the customer returns to (`success_url`, `cancel_url`) after the top-up, so
+/// it draws the id first. A new id each time: an id already used with the same amount is the
+/// same top-up again, with another amount 409 `conflict`.
+pub async fn create_as(
+    state: &AppState,
+    account: AccountId,
+    top_up_id: PurchaseId,
+    body: CreateTopUpBody,
+) -> Result<TopUpRecord, ApiError> {
     let payments = configured(state)?.clone();
     check_amount(&payments, "amount_usd", body.amount_usd)?;
     check_return_url("success_url", &body.success_url)?;
     check_return_url("cancel_url", &body.cancel_url)?;
     let customer = customer_of(state, &payments, &account).await?;
-    let top_up_id = new_top_up_id();
     let outcome = state
         .engine
         .execute(Op::CreateTopUp {

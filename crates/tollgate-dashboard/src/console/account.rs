@@ -15,7 +15,13 @@
 //!   sign-in link opened included, which only the customer could end otherwise;
 //! - list its spending limits with this period's spend (read-only: operators change them
 //!   through the API);
-//! - list its keys, every scope and state, and revoke one (`POST .../keys/{key_id}/revoke`).
+//! - list its keys, every scope and state, and revoke one (`POST .../keys/{key_id}/revoke`);
+//! - see its payment profile at the provider (customer, saved card, the auto top-up rule and
+//!   where it stands) and its payments, refund one (`POST .../purchases/{purchase_id}/refund`,
+//!   the operator API's own call, [`tollgate_api::payments::refunds::refund`]: the form carries
+//!   a refund id drawn when the page was rendered, so the same form sent twice refunds once),
+//!   and lift a disputed payment's lock (`POST .../unlock`,
+//!   [`tollgate_api::admin::lift_dispute_lock`]).
 
 use super::{chrome, done, form_error, invalid, parse_time, refusal, refused, respond};
 use crate::customer::overview::between;
@@ -61,10 +67,17 @@ pub fn routes() -> axum::Router<DashboardState> {
             "/console/accounts/{username}/keys/{key_id}/revoke",
             post(revoke_key),
         )
+        .route("/console/accounts/{username}/unlock", post(unlock))
+        .route(
+            "/console/accounts/{username}/purchases/{purchase_id}/refund",
+            post(refund),
+        )
 }
 
 /// Keys listed on the page (an account with more is told so).
 const KEYS_SHOWN: usize = 200;
+/// Payments listed on the page, newest first.
+const RECENT_PAYMENTS: usize = 20;
 /// Invoices listed on the page (the invoices page has the rest).
 const RECENT_INVOICES: usize = 5;
 
@@ -132,6 +145,8 @@ pub struct DoneQuery {
     purchase: Option<String>,
     at: Option<String>,
     key: Option<String>,
+    /// The refund a refund form made: its id.
+    refund: Option<String>,
 }
 
 /// The purchase a redirect names, as stored (`None`: the account made no such purchase then).
@@ -186,6 +201,44 @@ async fn notice(
         "unchanged" => Some(done(html! {
             "Nothing changed: the form held the terms already in force."
         })),
+        "refunded" | "refund_replayed" => {
+            let Some(Ok(id)) = q.refund.as_deref().map(PurchaseId::parse) else {
+                return Ok(None);
+            };
+            let (a, rid) = (account.clone(), id.clone());
+            match state.engine().read(move |r| r.refund(&a, &rid)).await? {
+                Some(r) => Some(done(html! {
+                    @if done_what == "refund_replayed" {
+                        "This refund form had already been sent: refund " code { (r.refund_id) }
+                        " was made once, not twice. "
+                    } @else {
+                        "Refund " code { (r.refund_id) } " of purchase " code { (r.purchase_id) } ": "
+                    }
+                    strong { (fmt::usd(r.amount)) } " refunded"
+                    @if let Some(re) = &r.provider_reference { " at the payment provider (" code { (re) } ")" }
+                    ", " (fmt::usd(r.taken)) " taken from the balance (then "
+                    (fmt::usd(r.balance_after)) ")"
+                    @if r.taken > Nanos::ZERO { ", with a credit note" }
+                    "."
+                })),
+                None => None,
+            }
+        }
+        "unlocked" => {
+            let row = tollgate_query::account(state.engine(), account).await?;
+            (row.state.disputed_since.is_none()).then(|| {
+                done(html! {
+                    "The dispute lock is lifted: "
+                    @match row.state.lock_reason() {
+                        Some(LockReason::ExhaustedBalance) => {
+                            "the account is still locked because its balance is used up, which \
+                             credits lift."
+                        }
+                        _ => "new requests are accepted.",
+                    }
+                })
+            })
+        }
         "revoked" => {
             let Some(Ok(id)) = q.key.as_deref().map(ApiKeyId::parse) else {
                 return Ok(None);
@@ -221,6 +274,11 @@ struct View {
     terms: Option<TermsForm>,
     terms_error: Option<String>,
     keys_error: Option<String>,
+    /// The unlock form's reason as posted, and why it was refused.
+    unlock_reason: Option<String>,
+    unlock_error: Option<String>,
+    /// A refund form refused: the purchase, the form as posted, and why.
+    refund: Option<super::payments::RefusedRefund>,
 }
 
 /// A sign-in link as the page shows it.
@@ -547,6 +605,98 @@ async fn revoke_key(
     }
 }
 
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub struct UnlockForm {
+    reason: String,
+}
+
+/// Lifts the account's dispute lock by the operator API's own call (the reason is checked
+/// there: 1 to 500 characters).
+async fn unlock(
+    State(state): State<DashboardState>,
+    Path(username): Path<String>,
+    Post { who, form }: Post<ConsoleSession, UnlockForm>,
+) -> Result<Response, PageError> {
+    let Some(row) = lookup(&state, &username).await? else {
+        return Ok(unknown(&who, &username));
+    };
+    let account = row.state.credit.id.clone();
+    let reason = form.reason.trim().to_string();
+    match tollgate_api::admin::lift_dispute_lock(&state.api, &account, reason).await {
+        Ok(_) => {
+            Ok(Redirect::to(&format!("{}?done=unlocked#payments", page_of(&row))).into_response())
+        }
+        Err(e) => {
+            let (status, message) = refusal(e);
+            let view = View {
+                unlock_reason: Some(form.reason),
+                unlock_error: Some(message),
+                ..View::default()
+            };
+            Ok(respond(status, render(&state, &who, &row, view).await?))
+        }
+    }
+}
+
+/// Refunds a purchase by the operator API's own call: at the provider first for a purchase
+/// paid through it, else from what is left of its credits; a credit note for what it took.
+async fn refund(
+    State(state): State<DashboardState>,
+    Path((username, purchase_id)): Path<(String, String)>,
+    Post { who, form }: Post<ConsoleSession, super::payments::RefundForm>,
+) -> Result<Response, PageError> {
+    let Some(row) = lookup(&state, &username).await? else {
+        return Ok(unknown(&who, &username));
+    };
+    let account = row.state.credit.id.clone();
+    let purchase = PurchaseId::parse(&purchase_id).map_err(|_| {
+        ApiError::not_found(format!("account {account} has no purchase {purchase_id}"))
+    });
+    let refund_id = PurchaseId::parse(form.refund_id.trim())
+        .map_err(|_| invalid("This form has no refund id: reload the page and fill it in again."));
+    let amount = match form.amount_usd.trim() {
+        "" => Err(invalid(
+            "Amount: enter what to refund in USD, such as 10.00.",
+        )),
+        t => tollgate_api::wire::parse_usd(t).map_err(|e| invalid(format!("Amount: {e}."))),
+    };
+    let result = match (purchase, refund_id, amount) {
+        (Ok(p), Ok(r), Ok(a)) => {
+            tollgate_api::payments::refunds::refund(&state.api, account, p, r, a).await
+        }
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+    };
+    match result {
+        Ok((r, replayed)) => Ok(Redirect::to(&format!(
+            "{}?done={}&refund={}#payments",
+            page_of(&row),
+            if replayed {
+                "refund_replayed"
+            } else {
+                "refunded"
+            },
+            form_urlencoded::byte_serialize(r.refund_id.as_str().as_bytes()).collect::<String>()
+        ))
+        .into_response()),
+        Err(e) => {
+            let (status, message) = refusal(e);
+            let mut form = form;
+            // The id was used for another refund: a corrected form is a new refund.
+            if status == StatusCode::CONFLICT {
+                form.refund_id = super::payments::new_refund_id();
+            }
+            let view = View {
+                refund: PurchaseId::parse(&purchase_id)
+                    .ok()
+                    .map(|p| (p, form, message)),
+                ..View::default()
+            };
+            Ok(respond(status, render(&state, &who, &row, view).await?))
+        }
+    }
+}
+
 /// When a terms version takes effect, in words.
 fn since(from: Option<Timestamp>) -> String {
     match from {
@@ -641,6 +791,8 @@ async fn render(
     )
     .await?;
 
+    let payments =
+        tollgate_query::payments::list(engine, account.clone(), None, RECENT_PAYMENTS).await?;
     let limits = tollgate_query::limits::rolled(s, now);
     let limit_keys = crate::customer::limits::key_names(state, &keys.items, &limits).await?;
     let mut limit_cards = Vec::with_capacity(limits.len());
@@ -683,6 +835,8 @@ async fn render(
         @if let Some(e) = &view.link_error { (refused(e, "sign-in-form")) }
         @if let Some(e) = &view.sessions_error { (refused(e, "end-sessions")) }
         @if let Some(e) = &view.keys_error { (refused(e, "keys")) }
+        @if let Some(e) = &view.unlock_error { (refused(e, "unlock")) }
+        @if let Some((_, _, e)) = &view.refund { (refused(e, "payments-table")) }
         @if let Some(link) = &view.link {
             div.card.link-once role="status" {
                 h2 { "Sign-in link for " (account) }
@@ -705,6 +859,7 @@ async fn render(
             ul {
                 li { a href="#standing" { "Standing" } }
                 li { a href="#credits" { "Credits" } }
+                li { a href="#payments" { "Payments" } }
                 li { a href="#terms" { "Terms and prices" } }
                 li { a href="#sign-in" { "Sign-in link and sessions" } }
                 li { a href="#limits" { "Spending limits" } }
@@ -724,7 +879,8 @@ async fn render(
                     }
                     LockReason::PaymentDisputed => {
                         "A payment is disputed, so new requests are refused until the dispute is \
-                         resolved; credits do not lift this lock."
+                         won or an operator lifts the lock; credits do not lift it. "
+                        a href="#unlock" { "Lift the dispute lock" }
                     }
                 }
             }
@@ -814,6 +970,26 @@ async fn render(
                 p #expires-hint .hint { "What is left expires at 00:00 UTC that day. Empty: paid credits expire after 365 days, free credits never." }
                 button.primary type="submit" { "Add credits" }
                 p.hint { "Sending this form again adds nothing: it carries its own purchase id." }
+            }
+        }
+
+        h2 #payments { "Payments" }
+        div.grid-2 {
+            (super::payments::profile(&s.payment, now))
+            @if s.disputed_since.is_some() {
+                (super::payments::unlock_form(&here, &who.session.csrf,
+                    view.unlock_reason.as_deref().unwrap_or_default(), view.unlock_error.as_deref()))
+            }
+        }
+        @if payments.items.is_empty() {
+            (empty("No payments", html! {
+                "Paid purchases appear here, through the payment provider or added by an operator, \
+                 each with a refund form."
+            }))
+        } @else {
+            (super::payments::payments_table(&payments.items, &here, &who.session.csrf, view.refund.as_ref()))
+            @if payments.next_cursor.is_some() {
+                p.hint { "The newest " (RECENT_PAYMENTS) " payments; the customer's billing page lists them all." }
             }
         }
 

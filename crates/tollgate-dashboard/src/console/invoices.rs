@@ -131,7 +131,12 @@ fn rows(
                             @if show_account {
                                 td { a href={ "/console/accounts/" (i.account) } { (i.account) } }
                             }
-                            td { (kind_text(i.kind)) }
+                            td {
+                                (kind_text(i.kind))
+                                @if let Some((y, n)) = i.corrects {
+                                    br; span.small.muted { "corrects " (InvoiceRecord::id_of(y, n)) }
+                                }
+                            }
                             td.wrap[i.status_reference.is_some()] { (status_badge(i)) }
                             td { (fmt::date(i.issued_at)) }
                             td { (fmt::period(i.period_start, i.period_end)) }

@@ -11,6 +11,7 @@ pub mod account;
 pub mod accounts;
 pub mod catalog;
 pub mod invoices;
+pub mod payments;
 pub mod reconciliation;
 pub mod webhooks;
 

@@ -19,13 +19,15 @@ use axum::response::{Html, Response};
 use axum::routing::get;
 use maud::{html, Markup};
 use serde::Deserialize;
+use std::collections::HashMap;
 use tollgate_api::invoices::{InvoiceKindView, InvoiceStatusView, InvoiceView};
+use tollgate_api::payments::history::PaymentStatus;
 use tollgate_core::statement::MovementKind;
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_query::invoices::InvoiceFilter;
 use tollgate_query::month::Month;
 use tollgate_query::{Cursor, Page};
-use tollgate_store::{ActivityRecord, InvoiceRecord, PaymentRecord};
+use tollgate_store::{ActivityRecord, BillingMode, InvoiceRecord, PaymentRecord};
 
 pub fn routes() -> axum::Router<DashboardState> {
     axum::Router::new()
@@ -85,6 +87,27 @@ async fn invoice_page(
             .collect(),
         next_cursor: page.next_cursor,
     })
+}
+
+/// The numbers of the invoices the credit notes among `rows` correct, by invoice id (their
+/// own account's top-up invoices, read one by one: a page holds few credit notes).
+async fn corrected_numbers(
+    state: &DashboardState,
+    rows: &[InvoiceView],
+) -> Result<HashMap<String, String>, PageError> {
+    let mut numbers = HashMap::new();
+    for id in rows.iter().filter_map(|i| i.corrects_invoice_id.as_deref()) {
+        if numbers.contains_key(id) {
+            continue;
+        }
+        let Some((year, seq)) = InvoiceRecord::parse_id(id) else {
+            continue;
+        };
+        if let Some(i) = state.engine().read(move |r| r.invoice(year, seq)).await? {
+            numbers.insert(id.to_string(), i.number());
+        }
+    }
+    Ok(numbers)
 }
 
 async fn payment_page(
@@ -152,14 +175,17 @@ fn status_badge(s: InvoiceStatusView) -> Markup {
     }
 }
 
-fn movement_label(k: MovementKind) -> &'static str {
+/// What a movement was, in words. A dispute takes a payment's credits back while it is open
+/// (or lost) and gives them back when it is won: the sign tells which.
+fn movement_label(k: MovementKind, amount: Nanos) -> &'static str {
     match k {
         MovementKind::Purchase => "Purchase",
         MovementKind::Grant => "Free credits",
         MovementKind::Usage => "Usage",
         MovementKind::Expiry => "Credits expired",
-        MovementKind::Refund => "Refund",
-        MovementKind::Dispute => "Dispute",
+        MovementKind::Refund => "Refund of a payment",
+        MovementKind::Dispute if amount > Nanos::ZERO => "Dispute won: credits given back",
+        MovementKind::Dispute => "Payment disputed: credits taken back",
         MovementKind::Adjustment => "Adjustment",
     }
 }
@@ -182,7 +208,9 @@ fn invoice_href(id: &str) -> String {
     format!("/dashboard/invoices/{id}")
 }
 
-fn invoices_table(rows: &[InvoiceView]) -> Markup {
+/// The invoices, with the number of the invoice each credit note corrects (`corrected`, by
+/// id; its id when it was not found).
+fn invoices_table(rows: &[InvoiceView], corrected: &HashMap<String, String>) -> Markup {
     html! {
         div.table-wrap tabindex="0" {
             table.rows #invoices-table {
@@ -199,7 +227,14 @@ fn invoices_table(rows: &[InvoiceView]) -> Markup {
                     @for i in rows {
                         tr data-invoice=(i.invoice_id) {
                             th scope="row" { a href=(invoice_href(&i.invoice_id)) { (i.number) } }
-                            td { (kind_label(i.kind)) }
+                            td {
+                                (kind_label(i.kind))
+                                @if let Some(c) = &i.corrects_invoice_id {
+                                    br; span.small {
+                                        "corrects " a href=(invoice_href(c)) { (corrected.get(c).unwrap_or(c)) }
+                                    }
+                                }
+                            }
                             td { (fmt::date(i.issued_at.0)) }
                             td { (fmt::period(i.period_start.0, i.period_end.0)) }
                             td { (status_badge(i.status)) }
@@ -216,6 +251,19 @@ fn invoices_table(rows: &[InvoiceView]) -> Markup {
     }
 }
 
+/// A payment's status as the API answers it (`PaymentStatus::of`: a dispute first, then what
+/// was refunded), as a badge.
+pub fn payment_status_badge(s: PaymentStatus) -> Markup {
+    match s {
+        PaymentStatus::Succeeded => html! { span.badge.ok data-status="succeeded" { "Succeeded" } },
+        PaymentStatus::PartiallyRefunded => {
+            html! { span.badge.warn data-status="partially_refunded" { "Partially refunded" } }
+        }
+        PaymentStatus::Refunded => html! { span.badge data-status="refunded" { "Refunded" } },
+        PaymentStatus::Disputed => html! { span.badge.bad data-status="disputed" { "Disputed" } },
+    }
+}
+
 fn payments_table(rows: &[PaymentRecord]) -> Markup {
     html! {
         div.table-wrap tabindex="0" {
@@ -223,7 +271,10 @@ fn payments_table(rows: &[PaymentRecord]) -> Markup {
                 thead { tr {
                     th scope="col" { "Date" }
                     th.num scope="col" { "Amount" }
+                    th scope="col" { "Status" }
+                    th.num scope="col" { "Refunded" }
                     th scope="col" { "Purchase" }
+                    th scope="col" { "Payment reference" }
                     th scope="col" { "Invoice" }
                     th scope="col" { "Credits expire" }
                 } }
@@ -232,7 +283,23 @@ fn payments_table(rows: &[PaymentRecord]) -> Markup {
                         tr data-purchase=(p.purchase_id) {
                             td { (fmt::datetime(p.created_at)) }
                             td.num { (amount(p.amount)) }
+                            td {
+                                (payment_status_badge(PaymentStatus::of(p)))
+                                @if p.disputed > Nanos::ZERO {
+                                    br; span.small.muted { (fmt::usd(p.disputed)) " taken back while disputed" }
+                                }
+                            }
+                            td.num data-field="refunded" {
+                                @if p.refunded > Nanos::ZERO { (amount(p.refunded)) }
+                                @else { span.muted { "—" } }
+                            }
                             td { code { (p.purchase_id) } }
+                            td data-field="provider-reference" {
+                                @match &p.provider_reference {
+                                    Some(r) => code { (r) },
+                                    None => span.muted { "Added by your platform" },
+                                }
+                            }
                             td {
                                 @if let Some((y, n)) = p.invoice {
                                     @let id = InvoiceRecord::id_of(y, n);
@@ -271,7 +338,7 @@ fn activity_table(rows: &[ActivityRecord]) -> Markup {
                                 @if r.kind == MovementKind::Usage { (r.reference) }
                                 @else { (fmt::datetime(r.at)) }
                             }
-                            td { (movement_label(r.kind)) }
+                            td { (movement_label(r.kind, r.amount)) }
                             td {
                                 @if r.kind == MovementKind::Usage {
                                     @let month = r.reference.get(..7).unwrap_or_default();
@@ -361,13 +428,19 @@ pub async fn billing(
     let now = engine.now();
     let account = tollgate_query::account(engine, &who.account).await?;
     let invoices = invoice_page(&state, &who, None, SUMMARY_ROWS).await?;
+    let corrected = corrected_numbers(&state, &invoices.items).await?;
     let payments = payment_page(&state, &who, None, SUMMARY_ROWS).await?;
     let activity = activity_page(&state, &who, None, SUMMARY_ROWS).await?;
     let months = months_since(account.created_at, now);
     let balance = account.state.credit.balance;
 
     let body = html! {
-        p.lead { "Invoices, payments and every movement of your balance. Amounts are USD, times UTC." }
+        div.section-head {
+            p.lead { "Invoices, payments and every movement of your balance. Amounts are USD, times UTC." }
+            @if account.billing != BillingMode::Invoice {
+                (super::top_ups::add_credits_button(&state))
+            }
+        }
         nav.subnav aria-label="Billing sections" {
             ul {
                 li { a href="#invoices" { "Invoices" } }
@@ -391,7 +464,7 @@ pub async fn billing(
                     a href="/dashboard/billing/invoices" { "All invoices →" }
                 }
             }
-            @if invoices.items.is_empty() { (no_invoices()) } @else { (invoices_table(&invoices.items)) }
+            @if invoices.items.is_empty() { (no_invoices()) } @else { (invoices_table(&invoices.items, &corrected)) }
         }
 
         section #payments aria-labelledby="payments-h" {
@@ -462,10 +535,11 @@ pub async fn invoices(
 ) -> Result<Html<String>, PageError> {
     let cursor = q.cursor();
     let page = invoice_page(&state, &who, cursor.as_ref(), PAGE_ROWS).await?;
+    let corrected = corrected_numbers(&state, &page.items).await?;
     let path = "/dashboard/billing/invoices";
     let body = html! {
         (back_to_billing())
-        @if page.items.is_empty() { (no_invoices()) } @else { (invoices_table(&page.items)) }
+        @if page.items.is_empty() { (no_invoices()) } @else { (invoices_table(&page.items, &corrected)) }
         (pager(path, cursor.is_some(), page.next_cursor.as_ref()))
     };
     Ok(layout::html(layout::page(
@@ -529,6 +603,7 @@ pub async fn invoice(
     Path(invoice_id): Path<String>,
 ) -> Result<Html<String>, PageError> {
     let inv = tollgate_api::invoices::own_invoice(&state.api, &who.account, &invoice_id).await?;
+    let corrected = corrected_numbers(&state, std::slice::from_ref(&inv)).await?;
     let pdf = format!("{}/pdf", invoice_href(&inv.invoice_id));
     let body = html! {
         (back_to_billing())
@@ -574,6 +649,9 @@ pub async fn invoice(
                     }
                     @if let Some(p) = &inv.purchase_id {
                         dt { "Purchase" } dd { code { (p) } }
+                    }
+                    @if let Some(c) = &inv.corrects_invoice_id {
+                        dt { "Corrects" } dd { a #corrects href=(invoice_href(c)) { "invoice " (corrected.get(c).unwrap_or(c)) } }
                     }
                     dt { "Billed to" } dd { (inv.username) }
                 }

@@ -1,11 +1,13 @@
 //! The customer's billing dashboard, `/dashboard`: every page shows the signed-in account only
 //! (the account comes from the session, never from the URL).
 
+pub mod auto_top_up;
 pub mod billing;
 pub mod keys;
 pub mod limits;
 pub mod overview;
 pub mod requests;
+pub mod top_ups;
 pub mod usage;
 
 use crate::error::PageError;
@@ -30,6 +32,8 @@ pub fn routes() -> axum::Router<DashboardState> {
         .merge(limits::routes())
         .merge(usage::routes())
         .merge(requests::routes())
+        .merge(top_ups::routes())
+        .merge(auto_top_up::routes())
 }
 
 /// The chrome of a customer page in `section`.

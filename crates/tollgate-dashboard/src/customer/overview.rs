@@ -1,8 +1,8 @@
-//! The overview: what needs attention first (the account locked and why, the balance below its
-//! low-balance level, a spending limit past one of its alert thresholds or reached), where the
-//! account stands (balance, holds, what it owes), its concurrency limit and what raises it, its
-//! spend this month and last, the credits that expire next, and its spend per day over the
-//! last 30 days by endpoint.
+//! The overview: what needs attention first (the account locked and why, automatic top-ups
+//! paused and why, the balance below its low-balance level, a spending limit past one of its
+//! alert thresholds or reached), where the account stands (balance, holds, what it owes), its
+//! concurrency limit and what raises it, its spend this month and last, the credits that
+//! expire next, and its spend per day over the last 30 days by endpoint.
 
 use super::{add, chrome, spend, spend_chart, Spend};
 use crate::error::PageError;
@@ -71,7 +71,8 @@ async fn spent(
     Ok(total)
 }
 
-/// The lines of "needs attention", most pressing first: the lock and why, the balance below the
+/// The lines of "needs attention", most pressing first: the lock and why, automatic top-ups
+/// paused (the rule's `paused`, when it is turned on), the balance below the
 /// account's low-balance level, and each spending limit reached or past an alert threshold
 /// (a reached block limit says new requests are refused until it resets). None when all is
 /// well. Each state is the core's ([`AccountState::lock_reason`],
@@ -83,6 +84,12 @@ async fn attention(
     now: Timestamp,
 ) -> Result<Vec<Markup>, PageError> {
     let mut lines = Vec::new();
+    // Where credits are bought, when they can be bought here.
+    let buy = html! {
+        @if super::top_ups::available(state) {
+            " " a href=(super::top_ups::NEW) { "Add credits" }
+        }
+    };
     if let Some(reason) = s.lock_reason() {
         lines.push(html! {
             li.alert.bad {
@@ -91,12 +98,24 @@ async fn attention(
                     LockReason::ExhaustedBalance => {
                         "Its balance is used up, so new requests are refused. Adding credits \
                          unlocks it at once."
+                        (buy)
                     }
                     LockReason::PaymentDisputed => {
-                        "A payment is disputed with your bank, so new requests are refused until \
-                         the dispute is resolved. Adding credits does not lift this lock."
+                        "One of your payments is disputed with your bank (a chargeback), so new \
+                         requests are refused until the dispute is resolved or your platform \
+                         lifts the lock. Adding credits does not lift this lock. "
+                        a href="/dashboard/billing#payments" { "See your payments" }
                     }
                 }
+            }
+        });
+    }
+    if let Some(reason) = super::auto_top_up::paused(s.payment.auto_top_up.as_ref()) {
+        lines.push(html! {
+            li.alert.warn #auto-top-up-paused {
+                strong { "Automatic top-ups are paused: " }
+                (super::auto_top_up::paused_words(reason)) " "
+                a href=(super::auto_top_up::SECTION) { "See automatic top-ups" }
             }
         });
     }
@@ -105,7 +124,7 @@ async fn attention(
             li.alert.warn #low-balance {
                 strong { "Your balance is low: " }
                 (fmt::usd_cents(s.credit.balance)) ", below your low-balance level of "
-                (fmt::usd_cents(low)) ". Add credits before it runs out."
+                (fmt::usd_cents(low)) ". Add credits before it runs out." (buy)
             }
         });
     }
@@ -235,6 +254,9 @@ pub async fn page(
                 h2 #attention-title { "Needs attention" }
                 ul { @for a in &alerts { (a) } }
             }
+        }
+        @if !invoiced && super::top_ups::available(&state) {
+            p.actions { (super::top_ups::add_credits_button(&state)) }
         }
         dl.stats {
             (stat("Balance", html! {

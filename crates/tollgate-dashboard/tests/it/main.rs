@@ -9,6 +9,7 @@ mod demo;
 mod keys;
 mod limits;
 mod overview;
+mod payments;
 mod requests;
 mod signin;
 mod usage;

@@ -124,7 +124,13 @@ impl Browser {
 
     /// Waits until `script` returns true (at most 5 s).
     async fn wait_until(&self, script: &str) {
-        for _ in 0..200 {
+        self.wait_until_within(script, 5).await
+    }
+
+    /// Waits until `script` returns true, at most `seconds` (a failsafe, not a timing
+    /// assertion: a page that refreshes itself every few seconds gets there in one or two).
+    pub async fn wait_until_within(&self, script: &str, seconds: u64) {
+        for _ in 0..seconds * 40 {
             let done = self
                 .client
                 .execute(script, Vec::new())
@@ -135,7 +141,7 @@ impl Browser {
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
-        panic!("the browser did not get there within 5 s: {script}");
+        panic!("the browser did not get there within {seconds} s: {script}");
     }
 
     /// The path of the page the browser shows.

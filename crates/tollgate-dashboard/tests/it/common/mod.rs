@@ -17,6 +17,8 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use tollgate_api::auth::mint_key;
+use tollgate_api::payments::Payments;
+use tollgate_api::testing::stripe::{EventSender, StripeStandIn};
 use tollgate_api::webhooks::deliver::Dispatcher;
 use tollgate_api::webhooks::WebhookSettings;
 use tollgate_api::AppState;
@@ -132,6 +134,10 @@ pub struct DashApp {
     pub engine: Engine,
     /// The `[webhooks]` settings the server runs with.
     pub webhooks: Arc<WebhookSettings>,
+    /// The stand-in of the payment provider and the sender of its signed events, when the
+    /// server has payments ([`DashApp::spawn_with_payments`]).
+    pub stripe: Option<(StripeStandIn, EventSender)>,
+    payments: Option<Arc<Payments>>,
     clock: Arc<AtomicI64>,
     reconciled: AtomicBool,
     _db: TestDb,
@@ -166,10 +172,38 @@ impl DashApp {
         Self::start(&Backend::Sqlite, DashboardConfig::default(), webhooks).await
     }
 
+    /// Like [`DashApp::spawn`], with payments through a new stand-in of the payment provider
+    /// ([`DashApp::stripe`]), the top-up settings on the engine, the provider's subscription
+    /// row, and the server's own address as its `public_url` (where the provider sends
+    /// customers back).
+    pub async fn spawn_with_payments() -> DashApp {
+        let stripe = StripeStandIn::start().await;
+        let settings = stripe.settings();
+        let mut app = Self::start_full(
+            &Backend::Sqlite,
+            DashboardConfig::default(),
+            WebhookSettings::default(),
+            Some(settings),
+        )
+        .await;
+        let events = EventSender::new(&app.address);
+        app.stripe = Some((stripe, events));
+        app
+    }
+
     async fn start(
         backend: &Backend,
         config: DashboardConfig,
         webhooks: WebhookSettings,
+    ) -> DashApp {
+        Self::start_full(backend, config, webhooks, None).await
+    }
+
+    async fn start_full(
+        backend: &Backend,
+        mut config: DashboardConfig,
+        webhooks: WebhookSettings,
+        payments: Option<tollgate_api::payments::PaymentSettings>,
     ) -> DashApp {
         let clock = Arc::new(AtomicI64::new(T0));
         let db = TestDb::new(backend);
@@ -197,8 +231,20 @@ impl DashApp {
             .expect("bind a free port");
         let address = format!("http://{}", listener.local_addr().expect("local addr"));
         let webhooks = Arc::new(webhooks);
+        if let Some(p) = &payments {
+            engine
+                .set_top_up_settings(p.top_ups)
+                .expect("the top-up settings");
+            engine
+                .ensure_provider_webhook()
+                .await
+                .expect("the provider's subscription row");
+            config.public_url = Some(address.clone());
+        }
+        let payments = payments.map(|p| Arc::new(Payments::new(p)));
         let api = AppState {
             webhooks: webhooks.clone(),
+            payments: payments.clone(),
             ..AppState::new(engine.clone())
         };
         let pages = tollgate_dashboard::router(DashboardState::new(api.clone(), config));
@@ -212,6 +258,8 @@ impl DashApp {
             operator_key: key.key(),
             engine,
             webhooks,
+            stripe: None,
+            payments,
             clock,
             reconciled: AtomicBool::new(false),
             _db: db,
@@ -230,9 +278,30 @@ impl DashApp {
         format!("{}{path}", self.address)
     }
 
-    /// A webhook dispatcher on this app's engine and settings, as `serve` runs one.
+    /// A webhook dispatcher on this app's engine and settings, with its payment provider, as
+    /// `serve` runs one.
     pub fn dispatcher(&self) -> Dispatcher {
         Dispatcher::new(self.engine.clone(), self.webhooks.clone())
+            .with_payments(self.payments.clone())
+    }
+
+    /// The stand-in of the payment provider ([`DashApp::spawn_with_payments`]).
+    #[track_caller]
+    pub fn stripe(&self) -> &StripeStandIn {
+        &self.stripe.as_ref().expect("a tollgate with payments").0
+    }
+
+    /// Signs `event` at the engine's clock and POSTs it to the provider's webhook; asserts it
+    /// was answered 200 with `result` (`applied`, `replayed`, `ignored`).
+    pub async fn provider_event(&self, event: &Value, result: &str) {
+        let sender = &self.stripe.as_ref().expect("a tollgate with payments").1;
+        let (status, body) = sender.send_at(event, self.now_ms().div_euclid(1000)).await;
+        assert_eq!(
+            (status, body["result"].as_str()),
+            (200, Some(result)),
+            "{} {body}",
+            event["type"]
+        );
     }
 
     /// Sends what is due until nothing is (an account's events go one at a time per webhook);
