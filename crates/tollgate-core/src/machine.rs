@@ -720,8 +720,9 @@ pub enum Op {
         amount: Nanos,
         provider: Option<ProviderRefund>,
     },
-    /// Sets the account's auto top-up rule (needs a saved payment method to enable); setting it
-    /// (again) makes it active, clearing a pause and the failures count.
+    /// Sets the account's auto top-up rule (needs a saved payment method to enable; its amounts
+    /// are checked only when enabling, so turning it off is never refused); setting it (again)
+    /// makes it active, clearing a pause and the failures count.
     SetAutoTopUp {
         account: AccountId,
         rule: AutoTopUpRule,
@@ -1109,7 +1110,8 @@ impl BatchState {
 /// that limit reached for its period and records the `spending_limit.reached` notice, the
 /// first time in the period ([`limits::refused`]; the account is then written). An operation
 /// that changed something is followed by the account's notices (lock, low balance) and by its
-/// auto top-up rule's decision (see [`crate::payments`]), which may start a top-up.
+/// auto top-up rule's decision (see [`crate::payments`]), which may start a top-up (not after
+/// a refund, a dispute or an operator's unlock: `payments::decision_follows`).
 pub fn apply(
     state: &mut BatchState,
     catalog: &Catalog,
@@ -1128,12 +1130,15 @@ pub fn apply(
         .as_ref()
         .and_then(|a| state.accounts.get(a))
         .map(Watch::of);
+    let decides = crate::payments::decision_follows(&op);
     let mut outcome = apply_op(state, &Ctx { catalog, now }, op);
     if let (Ok(o), Some(account), Some(before)) = (&mut outcome, watched, before) {
         notice_changes(state, &account, before, now);
         // The auto top-up rule looks at what the operation left (the available balance, the
-        // rule's state), when it changed something: a repeat leaves all as it was.
-        if o.changed_anything() {
+        // rule's state), when it changed something: a repeat leaves all as it was. Money given
+        // or taken back through the card (a refund, a dispute) and an operator's unlock are
+        // not followed by a charge of the same card.
+        if decides && o.changed_anything() {
             crate::payments::decide_auto_top_up(state, &account, now);
             if let Outcome::PaymentProfile { profile } = o {
                 // The answer shows the top-up the change started.

@@ -217,6 +217,11 @@ pub enum PausedReason {
     AuthenticationRequired,
     /// [`MAX_FAILURES`] charges in a row failed.
     RepeatedFailures,
+    /// A payment of the account was disputed (a chargeback, open or lost): the saved card is
+    /// forgotten, so the rule waits for the customer to pay a checkout saving a card again
+    /// (their renewed consent) and to set it again. A card whose holder disputed a charge is
+    /// never charged again off-session on tollgate's own initiative.
+    PaymentDisputed,
 }
 
 impl PausedReason {
@@ -224,6 +229,7 @@ impl PausedReason {
         match self {
             PausedReason::AuthenticationRequired => "authentication_required",
             PausedReason::RepeatedFailures => "repeated_failures",
+            PausedReason::PaymentDisputed => "payment_disputed",
         }
     }
 }
@@ -290,7 +296,8 @@ pub enum PaymentEffect {
     /// top-up's: a different amount credits nothing and fails the top-up). Credits it once
     /// (an `Op::Purchase`, paid, with its invoice), then applies what the top-up and its
     /// disputes already hold (a refund or dispute told first). Saves `payment_method` for
-    /// off-session charges when given (the customer agreed at checkout).
+    /// off-session charges when given for a checkout top-up (the customer agreed at checkout),
+    /// unless the payment is disputed.
     Paid {
         top_up_id: PurchaseId,
         amount: Nanos,
@@ -313,7 +320,11 @@ pub enum PaymentEffect {
         top_up_id: PurchaseId,
         refunded_total: Nanos,
     },
-    /// Dispute `dispute_id` of `top_up_id`'s payment is now `status` for `amount`.
+    /// Dispute `dispute_id` of `top_up_id`'s payment is now `status` for `amount`. Open or
+    /// lost, it holds its amount and the account's lock, forgets the saved payment method and
+    /// pauses an enabled auto top-up rule ([`PausedReason::PaymentDisputed`]); won, it gives
+    /// the amount back and lets go of the lock. (An inquiry, which takes nothing, is not a
+    /// dispute here: the edge does not tell it.)
     Disputed {
         top_up_id: PurchaseId,
         dispute_id: String,
@@ -327,7 +338,18 @@ pub enum PaymentEffect {
         session: String,
         url: String,
     },
+    /// The charge of `top_up_id` is not made: the decision that started it no longer holds
+    /// when its delivery comes to charge the card (the rule was disabled or paused, the card
+    /// changed or was forgotten, a dispute locks the account), or the provider refused every
+    /// attempt for a reason that is not the card's. A top-up awaiting payment fails with
+    /// reason [`CANCELLED`]; for an auto top-up, the rule's `in_flight` clears and its amount
+    /// leaves `month_total`, but it is **not** a failure of the card: `failures` and the wait
+    /// after a decline (`not_before`) stay as they are.
+    Cancelled { top_up_id: PurchaseId },
 }
+
+/// The failure reason of a top-up whose charge was not made ([`PaymentEffect::Cancelled`]).
+pub const CANCELLED: &str = "cancelled";
 
 /// The provider's event that carried an effect: applied once per id.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -402,8 +424,19 @@ impl PaymentEffect {
             | PaymentEffect::Failed { top_up_id, .. }
             | PaymentEffect::Refunded { top_up_id, .. }
             | PaymentEffect::Disputed { top_up_id, .. }
-            | PaymentEffect::CheckoutCreated { top_up_id, .. } => top_up_id,
+            | PaymentEffect::CheckoutCreated { top_up_id, .. }
+            | PaymentEffect::Cancelled { top_up_id } => top_up_id,
         }
+    }
+
+    /// Whether the effect gives money back to the card or takes it back through the card's
+    /// bank: a refund or a dispute. The auto top-up decision does not follow such an effect
+    /// (see `decision_follows`).
+    pub fn returns_money(&self) -> bool {
+        matches!(
+            self,
+            PaymentEffect::Refunded { .. } | PaymentEffect::Disputed { .. }
+        )
     }
 }
 
@@ -698,6 +731,7 @@ pub(crate) fn apply_payment(
         PaymentEffect::CheckoutCreated { session, url, .. } => {
             checkout_created(state, now, top_up, session, url)
         }
+        PaymentEffect::Cancelled { .. } => cancelled(state, now, top_up),
     };
     // An event that changed something is applied once: its id is kept with its effect. One
     // that changed nothing (a late or repeated state) would change nothing again.
@@ -724,6 +758,15 @@ fn paid(
     payment_method: Option<String>,
 ) -> Result<bool, Rejection> {
     let id = top_up.account.clone();
+    // A card is saved by a checkout the customer agreed at, never by an automatic top-up's
+    // payment (which charged the card saved already: after a dispute forgot it, its late
+    // report must not save it again); nor is the card of a disputed payment, whichever comes
+    // first, the dispute or (a report of) the payment: its holder disputed a charge.
+    let disputed = state
+        .disputes
+        .values()
+        .any(|d| d.account == id && d.top_up_id == top_up.top_up_id);
+    let payment_method = payment_method.filter(|_| top_up.kind == TopUpKind::Checkout && !disputed);
     if top_up.status == TopUpStatus::Succeeded {
         // Another report of the same payment: credited already; it may name the payment or
         // the saved payment method where the first did not.
@@ -931,6 +974,50 @@ fn failed(
     true
 }
 
+/// The charge of `top_up` is not made ([`PaymentEffect::Cancelled`]): a top-up awaiting
+/// payment fails with reason [`CANCELLED`] (one that succeeded or failed already is left as it
+/// is); an auto top-up leaves its rule's `in_flight` and month's total, without counting as a
+/// failure of the card. Whether anything changed.
+fn cancelled(state: &mut BatchState, now: Timestamp, top_up: TopUpRecord) -> bool {
+    if top_up.status != TopUpStatus::AwaitingPayment {
+        return false;
+    }
+    let id = top_up.account.clone();
+    let acct = state.accounts.get_mut(&id).expect("checked");
+    let mut failures = 0;
+    if top_up.kind == TopUpKind::Auto {
+        if let Some(rule) = acct.payment.auto_top_up.as_mut() {
+            rule.roll(now);
+            if rule.in_flight.as_ref() == Some(&top_up.top_up_id) {
+                rule.in_flight = None;
+            }
+            if month_of(top_up.created_at) == rule.month {
+                rule.month_total = Nanos((rule.month_total.0 - top_up.amount.0).max(0));
+            }
+            failures = rule.failures;
+        }
+        state.dirty_accounts.insert(id.clone());
+    }
+    let data = EventData::TopUpFailed {
+        top_up_id: top_up.top_up_id.clone(),
+        kind: top_up.kind.as_str().to_string(),
+        amount_nano_usd: top_up.amount,
+        reason: CANCELLED.to_string(),
+        failures,
+    };
+    put_top_up(
+        state,
+        TopUpRecord {
+            status: TopUpStatus::Failed,
+            failure: Some(CANCELLED.to_string()),
+            updated_at: now,
+            ..top_up
+        },
+    );
+    state.event(&id, now, data);
+    true
+}
+
 /// The charge of `top_up` is refunded `total` in all. Kept on the top-up; taken back from its
 /// purchase once the payment is credited. Whether anything changed.
 fn refunded(
@@ -1051,6 +1138,7 @@ fn disputed(
             return Ok(false);
         }
     }
+    let first_told = existing.is_none();
     let mut d = existing.unwrap_or(DisputeRecord {
         account: id.clone(),
         dispute_id,
@@ -1083,12 +1171,26 @@ fn disputed(
     // The lock: an open or lost dispute holds it from when it is first told; a won one lets
     // go of it if it locked since the last operator unlock, and the last to let go lifts it.
     let profile = &mut next.payment;
+    let mut paused = None;
     match status {
         DisputeStatus::Open | DisputeStatus::Lost => {
             if d.locking_epoch.is_none() {
                 profile.dispute_locks = profile.dispute_locks.saturating_add(1);
                 d.locking_epoch = Some(profile.dispute_epoch);
                 next.disputed_since.get_or_insert(now);
+            }
+            // The card's holder disputed a charge: it is not charged again off-session. When
+            // the dispute is first told, the saved card is forgotten and the rule pauses until
+            // the customer saves a card at a checkout again (consenting anew) and sets it
+            // again; the dispute's later states, won included, change nothing of that.
+            if first_told {
+                profile.payment_method = None;
+                if let Some(rule) = profile.auto_top_up.as_mut() {
+                    if rule.enabled && rule.paused != Some(PausedReason::PaymentDisputed) {
+                        rule.paused = Some(PausedReason::PaymentDisputed);
+                        paused = Some(rule.failures);
+                    }
+                }
             }
         }
         DisputeStatus::Won => {
@@ -1118,6 +1220,16 @@ fn disputed(
             balance_nano_usd: balance,
         },
     );
+    if let Some(failures) = paused {
+        state.event(
+            &id,
+            now,
+            EventData::TopUpPaused {
+                reason: PausedReason::PaymentDisputed.as_str().to_string(),
+                failures,
+            },
+        );
+    }
     put_dispute(state, d);
     Ok(true)
 }
@@ -1278,21 +1390,11 @@ pub(crate) fn set_auto_top_up(
     rule: AutoTopUpRule,
 ) -> Result<Outcome, Rejection> {
     let acct = self::account(state, &account)?;
-    if rule.threshold < Nanos::ZERO || rule.threshold > crate::money::MAX_AMOUNT {
-        return Err(Rejection::Invalid {
-            field: "threshold_usd",
-            reason: format!(
-                "must be between 0 and {} USD",
-                crate::money::MAX_AMOUNT.to_usd()
-            ),
-        });
-    }
-    check_top_up_amount(&state.top_up_settings, "amount_usd", rule.amount)?;
-    if rule.max_per_month < rule.amount {
-        return Err(Rejection::Invalid {
-            field: "max_per_month_usd",
-            reason: "must be at least amount_usd".into(),
-        });
+    // The amounts are checked when the rule is enabled, the only time they are used: turning
+    // it off is never refused for them (the deployment's range may have narrowed since they
+    // were set, and a customer must always be able to stop automatic charges).
+    if rule.enabled {
+        check_rule_amounts(&state.top_up_settings, &rule)?;
     }
     let profile = &acct.payment;
     if rule.enabled && (profile.payment_method.is_none() || profile.customer.is_none()) {
@@ -1324,6 +1426,28 @@ pub(crate) fn set_auto_top_up(
     })
 }
 
+/// An enabled rule's amounts: a threshold from 0 to [`crate::money::MAX_AMOUNT`], an amount
+/// the deployment allows as a top-up, a monthly cap of at least the amount.
+fn check_rule_amounts(settings: &TopUpSettings, rule: &AutoTopUpRule) -> Result<(), Rejection> {
+    if rule.threshold < Nanos::ZERO || rule.threshold > crate::money::MAX_AMOUNT {
+        return Err(Rejection::Invalid {
+            field: "threshold_usd",
+            reason: format!(
+                "must be between 0 and {} USD",
+                crate::money::MAX_AMOUNT.to_usd()
+            ),
+        });
+    }
+    check_top_up_amount(settings, "amount_usd", rule.amount)?;
+    if rule.max_per_month < rule.amount {
+        return Err(Rejection::Invalid {
+            field: "max_per_month_usd",
+            reason: "must be at least amount_usd".into(),
+        });
+    }
+    Ok(())
+}
+
 /// [`crate::machine::Op::SetPaymentCustomer`].
 pub(crate) fn set_customer(
     state: &mut BatchState,
@@ -1347,8 +1471,23 @@ pub(crate) fn set_customer(
     })
 }
 
+/// Whether the auto top-up decision follows `op` (when it changed something). Not after money
+/// went back to the card or was taken back through its bank (an operator's refund, the
+/// provider's refund or dispute), nor after an operator's unlock of a dispute lock: the money
+/// just returned or disputed is not charged again to the same card on tollgate's initiative.
+/// The next operation that spends below the threshold decides as usual (a dispute has then
+/// paused the rule and forgotten the card).
+pub(crate) fn decision_follows(op: &crate::machine::Op) -> bool {
+    use crate::machine::Op;
+    match op {
+        Op::Refund { .. } | Op::LiftDispute { .. } => false,
+        Op::Payment { effect, .. } => !effect.returns_money(),
+        _ => true,
+    }
+}
+
 /// The auto top-up decision, taken in the write path after each operation that changed
-/// something on `account`: when its rule is enabled and active, a payment method and customer
+/// something on `account` (except those [`decision_follows`] excludes): when its rule is enabled and active, a payment method and customer
 /// are saved, no top-up is in flight, a declined one's wait is over, the account is prepaid
 /// and not locked by a dispute (its card is not charged again while a chargeback is open), and
 /// its available balance (balance − holds) is below the threshold, one top-up of
@@ -2029,51 +2168,282 @@ mod tests {
         );
     }
 
-    #[test]
-    fn no_auto_top_up_while_a_dispute_locks_the_account_or_for_invoice_billing() {
-        let mut t = T1::new();
-        t.top_up("t1", 50);
-        t.paid("t1", 50).unwrap();
+    /// The rule `threshold`/`amount` (cap 100) set on `t`, whose customer is `cus_1`.
+    fn rule_on(t: &mut T1, threshold: i64, amount: i64) -> Result<Outcome, Rejection> {
         t.apply(Op::SetPaymentCustomer {
             account: acme(),
             customer: "cus_1".into(),
         })
         .unwrap();
-        t.dispute("t1", "dp1", 50, DisputeStatus::Open);
         t.apply(Op::SetAutoTopUp {
             account: acme(),
             rule: AutoTopUpRule {
                 enabled: true,
-                threshold: Nanos(10 * USD),
-                amount: Nanos(10 * USD),
+                threshold: Nanos(threshold * USD),
+                amount: Nanos(amount * USD),
                 max_per_month: Nanos(100 * USD),
             },
         })
-        .unwrap();
-        assert_eq!(t.balance(), 0);
-        assert!(t.s.top_ups.values().all(|t| t.kind == TopUpKind::Checkout));
-        t.dispute("t1", "dp1", 50, DisputeStatus::Won);
-        // The balance is back above the threshold; a debit takes it below.
+    }
+
+    fn auto_top_ups(t: &T1) -> usize {
+        t.s.top_ups
+            .values()
+            .filter(|t| t.kind == TopUpKind::Auto)
+            .count()
+    }
+
+    fn debit(t: &mut T1, n: &str, usd: i64) {
         t.apply(Op::Adjust {
             account: acme(),
-            adjustment_id: crate::ids::AdjustmentId::parse("a1").unwrap(),
-            amount: Nanos(-45 * USD),
+            adjustment_id: crate::ids::AdjustmentId::parse(n).unwrap(),
+            amount: Nanos(-usd * USD),
             reason: "usage".into(),
         })
         .unwrap();
-        let started = &t.s.top_ups[&(acme(), id("auto-1"))];
-        assert_eq!(started.amount, Nanos(10 * USD));
-        assert_eq!(started.status, TopUpStatus::AwaitingPayment);
-        let data = &t.s.events.last().unwrap().data;
+    }
+
+    #[test]
+    fn a_dispute_pauses_the_rule_and_forgets_the_card_until_a_new_checkout_saves_one() {
+        let mut t = T1::new();
+        t.top_up("t1", 50);
+        t.paid("t1", 50).unwrap();
+        rule_on(&mut t, 10, 10).unwrap();
+        t.dispute("t1", "dp1", 50, DisputeStatus::Open);
+        assert_eq!(t.balance(), 0);
+        assert_eq!(auto_top_ups(&t), 0, "no top-up after a dispute");
+        let p = &t.acct().payment;
+        assert_eq!(p.payment_method, None, "the card is forgotten");
         assert_eq!(
-            data,
-            &crate::events::EventData::TopUpStarted {
-                top_up_id: id("auto-1"),
-                kind: "auto".into(),
-                amount_nano_usd: Nanos(10 * USD),
-                customer: "cus_1".into(),
-                payment_method: "pm_1".into(),
-            }
+            p.auto_top_up.as_ref().unwrap().paused,
+            Some(PausedReason::PaymentDisputed)
         );
+        let paused = |t: &T1| {
+            t.s.events
+                .iter()
+                .filter(|e| matches!(e.data, EventData::TopUpPaused { .. }))
+                .map(|e| e.data.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            paused(&t),
+            [EventData::TopUpPaused {
+                reason: "payment_disputed".into(),
+                failures: 0
+            }]
+        );
+        // Lost: still paused, told once. A later report of the disputed payment does not save
+        // its card again.
+        t.dispute("t1", "dp1", 50, DisputeStatus::Lost);
+        assert_eq!(paused(&t).len(), 1);
+        t.tell(PaymentEffect::Paid {
+            top_up_id: id("t1"),
+            amount: Nanos(50 * USD),
+            payment_intent: Some("pi_t1".into()),
+            payment_method: Some("pm_1".into()),
+        })
+        .unwrap();
+        assert_eq!(t.acct().payment.payment_method, None);
+        // Unlocked by the operator, the balance topped up by hand: the rule stays paused, and
+        // cannot be set again without a card.
+        t.apply(Op::LiftDispute {
+            account: acme(),
+            reason: "written off".into(),
+        })
+        .unwrap();
+        t.apply(Op::Purchase {
+            account: acme(),
+            purchase_id: id("wire"),
+            amount: Nanos(30 * USD),
+            paid: true,
+            expires_at: None,
+        })
+        .unwrap();
+        debit(&mut t, "a1", 25);
+        assert_eq!((t.balance(), auto_top_ups(&t)), (5, 0));
+        assert!(matches!(
+            rule_on(&mut t, 10, 10),
+            Err(Rejection::PaymentMethodRequired(_))
+        ));
+        // The customer pays a checkout saving a card (consenting again) and sets the rule.
+        t.top_up("t2", 10);
+        t.tell(PaymentEffect::Paid {
+            top_up_id: id("t2"),
+            amount: Nanos(10 * USD),
+            payment_intent: Some("pi_t2".into()),
+            payment_method: Some("pm_2".into()),
+        })
+        .unwrap();
+        rule_on(&mut t, 20, 10).unwrap();
+        let started = &t.s.top_ups[&(acme(), id("auto-1"))];
+        assert_eq!(started.amount, Nanos(10 * USD), "15 is 5 short of 20");
+        assert!(matches!(
+            &t.s.events.last().unwrap().data,
+            EventData::TopUpStarted { payment_method, .. } if payment_method == "pm_2"
+        ));
+    }
+
+    #[test]
+    fn a_card_disputed_before_its_payment_is_reported_is_not_saved() {
+        let mut t = T1::new();
+        t.top_up("t1", 20);
+        t.dispute("t1", "dp1", 20, DisputeStatus::Open);
+        t.paid("t1", 20).unwrap();
+        assert_eq!(t.acct().payment.payment_method, None);
+        assert_eq!(t.balance(), 0);
+    }
+
+    #[test]
+    fn a_refund_a_dispute_or_an_unlock_never_starts_a_top_up() {
+        let mut t = T1::new();
+        t.top_up("t1", 40);
+        t.paid("t1", 40).unwrap();
+        rule_on(&mut t, 30, 10).unwrap();
+        assert_eq!(auto_top_ups(&t), 0, "40 is above 30");
+        // The operator refunds 15 at the provider: 25, below 30, and no charge follows.
+        let Outcome::Refunded { refund, .. } = t
+            .apply(Op::Refund {
+                account: acme(),
+                purchase_id: id("t1"),
+                refund_id: id("r1"),
+                amount: Nanos(15 * USD),
+                provider: Some(ProviderRefund {
+                    reference: "re_1".into(),
+                    refunded_total: Nanos(15 * USD),
+                }),
+            })
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(refund.taken, Nanos(15 * USD));
+        assert_eq!((t.balance(), auto_top_ups(&t)), (25, 0));
+        // The provider's refund event of more.
+        t.tell(PaymentEffect::Refunded {
+            top_up_id: id("t1"),
+            refunded_total: Nanos(20 * USD),
+        })
+        .unwrap();
+        assert_eq!((t.balance(), auto_top_ups(&t)), (20, 0));
+        // A dispute told already decided for the platform (no lock, nothing taken).
+        t.dispute("t1", "dp1", 5, DisputeStatus::Won);
+        assert_eq!((t.balance(), auto_top_ups(&t)), (20, 0));
+        // An operator's unlock of a lock set by hand.
+        t.apply(Op::LockDisputed { account: acme() }).unwrap();
+        t.apply(Op::LiftDispute {
+            account: acme(),
+            reason: "checked".into(),
+        })
+        .unwrap();
+        assert_eq!(t.acct().lock_reason(), None);
+        assert_eq!(auto_top_ups(&t), 0, "no top-up after an unlock");
+        // Spending decides again: the rule was neither paused nor its card forgotten.
+        debit(&mut t, "a1", 1);
+        assert_eq!(
+            t.s.top_ups[&(acme(), id("auto-1"))].amount,
+            Nanos(20 * USD),
+            "19 is 11 short of 30: two amounts"
+        );
+    }
+
+    #[test]
+    fn a_cancelled_top_up_fails_without_counting_as_a_failure_of_the_card() {
+        let mut t = T1::new();
+        t.top_up("t1", 20);
+        t.paid("t1", 20).unwrap();
+        rule_on(&mut t, 30, 10).unwrap();
+        let rule = |t: &T1| t.acct().payment.auto_top_up.clone().unwrap();
+        assert_eq!(rule(&t).in_flight, Some(id("auto-1")));
+        // It is declined once (the next waits), then the next one is cancelled.
+        t.tell(PaymentEffect::Failed {
+            top_up_id: id("auto-1"),
+            reason: "card_declined".into(),
+            needs_customer: false,
+        })
+        .unwrap();
+        let waits_until = rule(&t).not_before;
+        assert!(waits_until.is_some());
+        t.now = waits_until.unwrap();
+        debit(&mut t, "a1", 1);
+        assert_eq!(rule(&t).in_flight, Some(id("auto-2")));
+        assert_eq!(rule(&t).month_total, Nanos(20 * USD));
+        // Its delivery finds the decision stale (the card changed, say): cancelled.
+        t.apply(Op::Payment {
+            account: acme(),
+            event: None,
+            effect: PaymentEffect::Cancelled {
+                top_up_id: id("auto-2"),
+            },
+        })
+        .unwrap();
+        let top_up = &t.s.top_ups[&(acme(), id("auto-2"))];
+        assert_eq!(
+            (top_up.status, top_up.failure.as_deref()),
+            (TopUpStatus::Failed, Some(CANCELLED))
+        );
+        let failed: Vec<&EventData> = t
+            .s
+            .events
+            .iter()
+            .map(|e| &e.data)
+            .filter(|d| matches!(d, EventData::TopUpFailed { top_up_id, .. } if *top_up_id == id("auto-2")))
+            .collect();
+        assert_eq!(
+            failed,
+            [&EventData::TopUpFailed {
+                top_up_id: id("auto-2"),
+                kind: "auto".into(),
+                amount_nano_usd: Nanos(20 * USD),
+                reason: "cancelled".into(),
+                failures: 1,
+            }]
+        );
+        let r = rule(&t);
+        assert_eq!(r.failures, 1, "not counted as a failure");
+        assert_eq!(r.paused, None);
+        // No wait after a cancel: the rule decides again at once (with the card saved now),
+        // and the month counts only the new one.
+        assert_eq!(r.in_flight, Some(id("auto-3")));
+        assert_eq!(r.month_total, Nanos(20 * USD));
+        assert_eq!(t.balance(), 19, "nothing credited");
+        // A top-up already decided is left as it is.
+        let before = format!("{:?}", t.s.top_ups);
+        t.apply(Op::Payment {
+            account: acme(),
+            event: None,
+            effect: PaymentEffect::Cancelled {
+                top_up_id: id("t1"),
+            },
+        })
+        .unwrap();
+        assert_eq!(format!("{:?}", t.s.top_ups), before);
+    }
+
+    #[test]
+    fn turning_the_rule_off_is_never_refused_for_its_amounts() {
+        let mut t = T1::new();
+        let off = |threshold: i64, amount: i64, max: i64| Op::SetAutoTopUp {
+            account: acme(),
+            rule: AutoTopUpRule {
+                enabled: false,
+                threshold: Nanos(threshold * USD),
+                amount: Nanos(amount * USD),
+                max_per_month: Nanos(max * USD),
+            },
+        };
+        // Amounts the deployment no longer allows (below its smallest top-up, beyond its
+        // largest), a cap below the amount, a negative threshold: off all the same.
+        for (threshold, amount, max) in [
+            (10, 1, 100),
+            (10, 20_000, 100_000),
+            (10, 20, 19),
+            (-1, 20, 100),
+        ] {
+            let Outcome::PaymentProfile { profile } = t.apply(off(threshold, amount, max)).unwrap()
+            else {
+                panic!()
+            };
+            assert!(!profile.auto_top_up.unwrap().enabled);
+        }
     }
 }

@@ -293,6 +293,8 @@ pub enum EffectStep {
         status: DisputeStatus,
     },
     CheckoutCreated,
+    /// The top-up's charge not made (its delivery found the decision stale).
+    Cancelled,
 }
 
 #[derive(Clone, Debug)]
@@ -534,6 +536,7 @@ pub fn effect_step() -> impl Strategy<Value = EffectStep> {
             EffectStep::Disputed { dispute, amount, status }
         }),
         1 => Just(EffectStep::CheckoutCreated),
+        1 => Just(EffectStep::Cancelled),
     ]
 }
 
@@ -773,6 +776,10 @@ pub fn to_op_in(step: &Step, now: Timestamp, state: &BatchState) -> Op {
                         session: format!("cs_{id}"),
                         url: format!("https://checkout.test/{id}"),
                     },
+                ),
+                EffectStep::Cancelled => (
+                    "tollgate.cancelled",
+                    PaymentEffect::Cancelled { top_up_id: id },
                 ),
             };
             Op::Payment {

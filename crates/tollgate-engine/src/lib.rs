@@ -27,7 +27,7 @@ use tollgate_core::machine::{
     apply, close_elapsed_periods, BatchState, InvoiceKind, InvoiceStatus, Op, Outcome, Rejection,
     EXPIRY_NOTICE_MS,
 };
-use tollgate_core::payments::{PaymentEffect, TopUpSettings};
+use tollgate_core::payments::TopUpSettings;
 use tollgate_core::terms::{self, TermsChange};
 use tollgate_core::time::month_start;
 use tollgate_core::Timestamp;
@@ -216,6 +216,12 @@ pub enum AdminCmd {
     /// the next commit on is delivered to the provider (charged) through the outbox. Run when
     /// payments are configured.
     EnsureProviderWebhook,
+    /// The deployment's payments installation id
+    /// ([`tollgate_store::SETTING_PAYMENTS_INSTALLATION`]): the one stored, or `fresh`, stored
+    /// now ([`AdminReply::Setting`]). Servers of one database share the first one stored.
+    PaymentsInstallation {
+        fresh: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,6 +253,8 @@ pub enum AdminReply {
     Claimed(Vec<ClaimedDelivery>),
     /// A spending limit as created or changed, in the period of now.
     Limit(Box<LimitState>),
+    /// A setting's value as stored.
+    Setting(String),
 }
 
 type OpsReply = oneshot::Sender<Result<Vec<Result<Outcome, Rejection>>, EngineError>>;
@@ -593,6 +601,31 @@ impl Engine {
             AdminReply::Found(existed) => Ok(!existed),
             other => Err(EngineError::Internal(format!(
                 "unexpected answer to ensuring the provider's webhook: {other:?}"
+            ))),
+        }
+    }
+
+    /// The deployment's payments installation id: the one stored at the first start, or
+    /// `fresh` (drawn at random by the caller), stored now when there is none (see
+    /// [`AdminCmd::PaymentsInstallation`]). Refused ([`EngineError::Invalid`]) when `fresh`
+    /// is not 1 to 32 ASCII letters and digits: it goes into the provider's idempotency keys
+    /// and metadata.
+    pub async fn payments_installation(&self, fresh: &str) -> Result<String, EngineError> {
+        if fresh.is_empty() || fresh.len() > 32 || !fresh.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(EngineError::Invalid(InvalidInput::new(
+                "a payments installation id is 1 to 32 ASCII letters and digits",
+            )));
+        }
+        match self
+            .admin(AdminCmd::PaymentsInstallation {
+                fresh: fresh.to_string(),
+            })
+            .await?
+        {
+            AdminReply::Setting(id) => Ok(id),
+            other => Err(EngineError::Internal(format!(
+                "unexpected answer to reading the payments installation: {other:?}"
             ))),
         }
     }
@@ -1327,14 +1360,8 @@ fn payment_keys<'a>(ops: impl Iterator<Item = &'a Op>) -> PaymentKeys {
                 event,
                 effect,
             } => {
-                let top_up_id = match effect {
-                    PaymentEffect::Paid { top_up_id, .. }
-                    | PaymentEffect::Failed { top_up_id, .. }
-                    | PaymentEffect::Refunded { top_up_id, .. }
-                    | PaymentEffect::Disputed { top_up_id, .. }
-                    | PaymentEffect::CheckoutCreated { top_up_id, .. } => top_up_id,
-                };
-                keys.top_ups.push((account.clone(), top_up_id.clone()));
+                keys.top_ups
+                    .push((account.clone(), effect.top_up_id().clone()));
                 if let Some(e) = event {
                     keys.events.push(e.event_id.clone());
                 }
@@ -1495,6 +1522,12 @@ fn run_admin(
                 }
                 AdminCmd::EnsureProviderWebhook => {
                     reply = AdminReply::Found(!tx.ensure_provider_webhook(now)?)
+                }
+                AdminCmd::PaymentsInstallation { fresh } => {
+                    reply = AdminReply::Setting(tx.insert_setting_if_absent(
+                        tollgate_store::SETTING_PAYMENTS_INSTALLATION,
+                        fresh,
+                    )?)
                 }
             }
             Ok(())

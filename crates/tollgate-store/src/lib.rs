@@ -170,6 +170,11 @@ const SETTING_PRICES_READ_ON: &str = "prices_read_on";
 /// Counts catalog changes (endpoints, price versions, settings): a process whose catalog
 /// snapshot is of an older generation reloads it. Written by the stores, never by callers.
 pub const SETTING_CATALOG_GENERATION: &str = "catalog_generation";
+/// The deployment's payments installation id: drawn at random at the first start with payments
+/// ([`Tx::insert_setting_if_absent`]), then read at every start, and put in every idempotency
+/// key and metadata tollgate sends the payment provider, so two deployments that share one
+/// provider account (production and staging, say) never take each other's keys or events.
+pub const SETTING_PAYMENTS_INSTALLATION: &str = "payments_installation_id";
 /// The start (ms) of the first minute not yet folded into the hour rollup rows: an hour row
 /// holds its hour's minutes before it, and no later one; the minutes from it on are read from
 /// their minute rows (see [`RollupQuery::ranges`]). Absent: every minute is in its hour row (a
@@ -974,6 +979,11 @@ pub trait Tx {
     /// out to it, and the dispatcher's claims take those deliveries. On a shared database it
     /// waits for the batches writing events now, as [`Tx::insert_webhook`] does.
     fn ensure_provider_webhook(&mut self, now: Timestamp) -> Result<bool>;
+    /// Writes the setting `key` unless it is there, and returns the value stored: `value`, or
+    /// the one written before (on a shared database, by a server that started beside this
+    /// one: the first to commit wins, the other reads its value). Not a catalog setting: the
+    /// catalog's generation does not move.
+    fn insert_setting_if_absent(&mut self, key: &str, value: &str) -> Result<String>;
     /// Stores a new webhook, subscribed to its types from this commit on: every batch that
     /// commits after it fans its events out to it, and none that committed before does
     /// ([`StoreError::AlreadyExists`] if its id is taken). On a shared database it waits for

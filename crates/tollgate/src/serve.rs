@@ -133,12 +133,17 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     engine
         .set_top_up_settings(settings.top_ups.to_core())
         .map_err(|e| anyhow::anyhow!("top_ups: {e}"))?;
-    let payments = settings.stripe.to_api(&settings.top_ups);
-    if payments.is_some() {
-        engine.ensure_provider_webhook().await?;
+    // The provider's row is made and the deployment's installation id read (drawn and stored
+    // at the first start), which every idempotency key and metadata sent to the provider names.
+    let payments = match settings.stripe.to_api(&settings.top_ups) {
+        Some(p) => Some(tollgate_api::payments::Payments::start(&engine, p).await?),
+        None => None,
+    };
+    if let Some(p) = &payments {
         tracing::info!(
             api_base = %settings.stripe.api_base,
             webhook_secrets = settings.stripe.webhook_secrets.len(),
+            installation = %p.settings.installation,
             "payments are on: the payment provider's events are taken at \
              /v1/payments/stripe/webhook"
         );
@@ -227,7 +232,7 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     );
     let api = AppState {
         webhooks: Arc::new(settings.webhooks.to_api()),
-        payments: payments.map(|p| Arc::new(tollgate_api::payments::Payments::new(p))),
+        payments: payments.map(Arc::new),
         ..AppState::new(engine.clone())
     };
     // Webhook deliveries (and the automatic top-ups, which the payment provider's row among

@@ -61,6 +61,9 @@ pub enum PausedReasonView {
     AuthenticationRequired,
     /// Three charges in a row failed.
     RepeatedFailures,
+    /// A payment of the account was disputed: the saved card was forgotten. Pay a top-up at
+    /// checkout saving a card (`save_payment_method`), then set the rule again.
+    PaymentDisputed,
 }
 
 /// The account's auto top-up rule and this month's top-ups.
@@ -142,6 +145,7 @@ impl AutoTopUpView {
             paused_reason: r.paused.map(|p| match p {
                 PausedReason::AuthenticationRequired => PausedReasonView::AuthenticationRequired,
                 PausedReason::RepeatedFailures => PausedReasonView::RepeatedFailures,
+                PausedReason::PaymentDisputed => PausedReasonView::PaymentDisputed,
             }),
             month_count: count,
             month_total_usd: Number::usd(total),
@@ -170,18 +174,21 @@ pub async fn set(
     body: AutoTopUpBody,
 ) -> Result<PaymentProfile, ApiError> {
     let payments = configured(state)?;
-    for (field, n) in [
-        ("amount_usd", body.amount_usd),
-        ("max_per_month_usd", body.max_per_month_usd),
-    ] {
-        if cents(n).is_none() {
-            return Err(ApiError::invalid(
-                field,
-                format!("{n} is not a whole number of cents, which is what is charged"),
-            ));
-        }
-    }
+    // The amounts are checked when the rule is enabled, the only time they are charged:
+    // turning it off is never refused for them (the server's `[top_ups]` range may have
+    // narrowed since they were set).
     if body.enabled {
+        for (field, n) in [
+            ("amount_usd", body.amount_usd),
+            ("max_per_month_usd", body.max_per_month_usd),
+        ] {
+            if cents(n).is_none() {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("{n} is not a whole number of cents, which is what is charged"),
+                ));
+            }
+        }
         super::top_ups::check_amount(payments, "amount_usd", body.amount_usd)?;
     }
     let outcome = state
@@ -211,10 +218,12 @@ pub async fn set(
 /// earlier checkout is charged off-session, and the credits come with the confirmed payment.
 /// Never two in flight; a declined charge waits `[top_ups] retry_after_s` before the next;
 /// three failures in a row, or a bank that asks the customer to authenticate, pause the rule
-/// (`top_up.paused`) until it is set again. Setting the rule (again) makes it active. Refused
-/// with nothing written: 409 `payment_method_required` when no card was saved (pay a top-up
-/// with `save_payment_method` first); 400 naming the field for an amount outside
-/// `[top_ups]`, not in whole cents, or a monthly cap below the amount.
+/// (`top_up.paused`) until it is set again; a disputed payment pauses it and forgets the saved
+/// card, so a new checkout must save one first. Setting the rule (again) makes it active.
+/// Refused with nothing written, when enabling: 409 `payment_method_required` when no card is
+/// saved (pay a top-up with `save_payment_method` first); 400 naming the field for an amount
+/// outside `[top_ups]`, not in whole cents, or a monthly cap below the amount. Turning the
+/// rule off (`enabled` `false`) is never refused for its amounts.
 #[utoipa::path(
     put, path = "/v1/account/auto-top-up", tag = tags::BILLING,
     operation_id = "setAutoTopUp", security(("Key" = ["ADMIN"])),

@@ -11,10 +11,17 @@
 //! dispute its status), so a repeated, late or reordered event moves nothing twice.
 //!
 //! Every call to the provider that creates something carries an idempotency key derived from
-//! tollgate's own ids (`tollgate-customer-<account>`, `tollgate-checkout-<account>-<top_up>`,
-//! `tollgate-top-up-<account>-<top_up>`, `tollgate-refund-<account>-<refund>`), so a retry
-//! after a lost answer, a crash or a second server gets the provider's first answer back and
-//! never a second charge.
+//! the deployment's installation id and tollgate's own ids
+//! (`tollgate-<installation>-customer-<account>`,
+//! `tollgate-<installation>-checkout-<account>-<top_up>`,
+//! `tollgate-<installation>-top-up-<account>-<top_up>`,
+//! `tollgate-<installation>-refund-<account>-<refund>`), so a retry after a lost answer, a
+//! crash or a second server gets the provider's first answer back and never a second charge;
+//! and everything created names the installation in its metadata (`tollgate_installation`),
+//! so two deployments sharing one provider account (production and staging, whose accounts
+//! and `auto-<n>` top-ups may bear the same names) never take each other's keys or events.
+//! The installation id is drawn at random at the first start and stored in the database
+//! ([`Payments::start`]): the servers of one database share it.
 //!
 //! Payments are on when the provider's secret key is configured ([`PaymentSettings`]);
 //! otherwise their calls answer 503 `payments_not_configured`.
@@ -58,6 +65,10 @@ pub struct PaymentSettings {
     pub top_ups: TopUpSettings,
     /// The connect timeout and the whole call's timeout of a call to the provider.
     pub timeout: Duration,
+    /// This deployment's installation id: in every idempotency key and metadata sent to the
+    /// provider, and events naming another are ignored. [`Payments::start`] sets it from the
+    /// database (drawn at the first start); empty until then.
+    pub installation: String,
 }
 
 impl Default for PaymentSettings {
@@ -68,6 +79,7 @@ impl Default for PaymentSettings {
             api_base: STRIPE_API_BASE.to_string(),
             top_ups: TopUpSettings::default(),
             timeout: Duration::from_secs(20),
+            installation: String::new(),
         }
     }
 }
@@ -80,6 +92,7 @@ impl std::fmt::Debug for PaymentSettings {
             .field("api_base", &self.api_base)
             .field("top_ups", &self.top_ups)
             .field("timeout", &self.timeout)
+            .field("installation", &self.installation)
             .finish_non_exhaustive()
     }
 }
@@ -93,10 +106,35 @@ pub struct Payments {
 }
 
 impl Payments {
+    /// Payments with these settings, as they are (`installation` included: see
+    /// [`Payments::start`]).
     pub fn new(settings: PaymentSettings) -> Payments {
-        let client =
-            stripe::client::Client::new(&settings.api_base, &settings.secret_key, settings.timeout);
+        let client = stripe::client::Client::new(
+            &settings.api_base,
+            &settings.secret_key,
+            settings.timeout,
+            &settings.installation,
+        );
         Payments { settings, client }
+    }
+
+    /// Payments as a server starts them on `engine`: the provider's row among the webhooks
+    /// made if it is not there (it charges the automatic top-ups), and the deployment's
+    /// installation id read from the database, or drawn at random (16 hexadecimal digits) and
+    /// stored there at the first start, in place of `settings.installation`.
+    pub async fn start(
+        engine: &tollgate_engine::Engine,
+        settings: PaymentSettings,
+    ) -> Result<Payments, tollgate_engine::EngineError> {
+        use rand::RngCore;
+        engine.ensure_provider_webhook().await?;
+        let mut fresh = [0u8; 8];
+        rand::thread_rng().fill_bytes(&mut fresh);
+        let installation = engine.payments_installation(&hex::encode(fresh)).await?;
+        Ok(Payments::new(PaymentSettings {
+            installation,
+            ..settings
+        }))
     }
 }
 

@@ -7,21 +7,31 @@
 //! idempotency key, and the provider's answer is applied as an `Op::Payment` effect before the
 //! delivery is recorded as delivered.
 //!
+//! Before calling the provider, the delivery reads the top-up and the account: the decision
+//! was taken at the event's commit, and much may have changed since. A top-up no longer
+//! awaiting payment (paid or failed meanwhile) is acknowledged without a charge; one whose
+//! decision no longer holds (the rule disabled or paused, the card it names changed or
+//! forgotten, the account locked by a dispute) is cancelled (`PaymentEffect::Cancelled`: not
+//! a failure of the card) and acknowledged, without a charge.
+//!
 //! So a crash anywhere is safe: before the call, the lease passes and the delivery is sent
 //! again; after the call and before the answer's record, it is sent again with the same key,
 //! the provider answers the same payment, and the effect (a purchase whose id is the top-up's)
 //! is applied once. No answer (a timeout, a 5xx) is retried with the webhook backoff for at
 //! most [`RETRY_WINDOW`] (the provider keeps an idempotency key 24 hours), after which the
 //! top-up fails (`provider_unreachable`); a payment that went through after all is still
-//! credited by its `payment_intent.succeeded` event.
+//! credited by its `payment_intent.succeeded` event. An answer that is no card's fault (401 or
+//! 403: the key; `idempotency_error`; any other 4xx that is not a card error: tollgate's
+//! configuration or request) is logged as an error and retried the same way, never counted
+//! toward the rule's failures; if it lasts the whole window, the top-up is cancelled.
 
 use super::stripe::client::{OffSessionRequest, StripeError};
 use super::{cents, from_cents, Payments};
 use std::time::Duration;
 use tollgate_core::events::EventData;
 use tollgate_core::ids::{AccountId, PurchaseId};
-use tollgate_core::machine::Op;
-use tollgate_core::payments::PaymentEffect;
+use tollgate_core::machine::{AccountState, Op};
+use tollgate_core::payments::{PaymentEffect, TopUpRecord, TopUpStatus};
 use tollgate_engine::{Engine, EngineError};
 use tollgate_store::StoredEvent;
 
@@ -41,6 +51,10 @@ pub struct Charged {
     pub error: Option<String>,
     /// `true`: the answer is applied (delivered); `false`: to be sent again.
     pub done: bool,
+    /// The provider refused the call for a reason that is not the card's (its key, an
+    /// idempotency error, another 4xx that is not a card error): retried, and if that lasts
+    /// the whole [`RETRY_WINDOW`], the top-up is cancelled rather than failed.
+    pub refused: bool,
 }
 
 impl Charged {
@@ -49,14 +63,55 @@ impl Charged {
             status_code,
             error: Some(error),
             done: false,
+            refused: false,
         }
+    }
+
+    fn done(status_code: Option<u16>, error: Option<String>) -> Charged {
+        Charged {
+            status_code,
+            error,
+            done: true,
+            refused: false,
+        }
+    }
+}
+
+/// Why the decision that started `top_up` no longer holds for `account` as it stands, if it
+/// does not: the rule is gone, disabled or paused, the top-up is not the one in flight, the
+/// card or customer the event names is no longer the saved one, or a dispute locks the
+/// account.
+pub fn stale(
+    account: &AccountState,
+    top_up: &TopUpRecord,
+    customer: &str,
+    payment_method: &str,
+) -> Option<&'static str> {
+    let p = &account.payment;
+    let Some(rule) = &p.auto_top_up else {
+        return Some("the account has no auto top-up rule");
+    };
+    if !rule.enabled {
+        Some("the rule was disabled")
+    } else if rule.paused.is_some() {
+        Some("the rule is paused")
+    } else if rule.in_flight.as_ref() != Some(&top_up.top_up_id) {
+        Some("the top-up is not the rule's one in flight")
+    } else if p.payment_method.as_deref() != Some(payment_method) {
+        Some("the card it names is no longer the saved one")
+    } else if p.customer.as_deref() != Some(customer) {
+        Some("the customer it names is no longer the account's")
+    } else if account.disputed_since.is_some() {
+        Some("a dispute locks the account")
+    } else {
+        None
     }
 }
 
 /// The effect of the provider's answer to an off-session charge of `top_up_id`: `Paid` when
 /// the payment succeeded; `Failed` (`needs_customer`) when the bank asks the customer to
-/// authenticate; `Failed` for a card error or a refusal; `None` while the payment is still
-/// processing (its event will tell) or for no answer (retried).
+/// authenticate; `Failed` for a card error; `None` while the payment is still processing (its
+/// event will tell), for no answer, and for a refusal that is not the card's (both retried).
 pub fn effect_of(
     top_up_id: &PurchaseId,
     answer: &Result<super::stripe::client::PaymentIntent, StripeError>,
@@ -90,14 +145,14 @@ pub fn effect_of(
         Err(StripeError::Card { code, .. }) => {
             Some(failed(code, code == "authentication_required"))
         }
-        Err(e @ StripeError::Refused { .. }) => Some(failed(&e.reason(), false)),
-        Err(StripeError::Retryable { .. }) => None,
+        // Not the card's: retried (see the module's documentation).
+        Err(StripeError::Refused { .. } | StripeError::Retryable { .. }) => None,
     }
 }
 
-/// Charges the top-up a `top_up.started` event announced and applies the answer (see the
-/// module's documentation). `payments` is `None` on a server without the provider: retried,
-/// for a server that has it.
+/// Charges the top-up a `top_up.started` event announced, if its decision still holds, and
+/// applies the answer (see the module's documentation). `payments` is `None` on a server
+/// without the provider: retried, for a server that has it.
 pub async fn charge(
     engine: &Engine,
     payments: Option<&Payments>,
@@ -113,14 +168,13 @@ pub async fn charge(
     } = &event.data
     else {
         // Only `top_up.started` is subscribed; anything else has nothing to charge.
-        return Charged {
-            status_code: None,
-            error: Some(format!(
+        return Charged::done(
+            None,
+            Some(format!(
                 "the payment provider takes top_up.started only, not {}",
                 event.data.event_type().as_str()
             )),
-            done: true,
-        };
+        );
     };
     let Some(payments) = payments else {
         return Charged::retry(
@@ -128,6 +182,47 @@ pub async fn charge(
             "payments are not configured on this server ([stripe] secret_key)".into(),
         );
     };
+    // The decision as it stands now.
+    let (top_up, account) = {
+        let (a, id, now) = (event.account.clone(), top_up_id.clone(), engine.now());
+        match engine
+            .read(move |r| Ok((r.top_up(&a, &id)?, r.account(&a, now)?)))
+            .await
+        {
+            Ok(read) => read,
+            Err(e) => return Charged::retry(None, format!("the top-up could not be read: {e}")),
+        }
+    };
+    let (Some(top_up), Some(account)) = (top_up, account) else {
+        return Charged::done(None, Some("no such top-up: nothing to charge".into()));
+    };
+    if top_up.status != TopUpStatus::AwaitingPayment {
+        tracing::info!(
+            account = %event.account,
+            top_up_id = %top_up_id,
+            status = top_up.status.as_str(),
+            "automatic top-up not charged: it is no longer awaiting payment"
+        );
+        return Charged::done(
+            None,
+            Some(format!(
+                "not charged: the top-up is {}",
+                top_up.status.as_str()
+            )),
+        );
+    }
+    if let Some(why) = stale(&account.state, &top_up, customer, payment_method) {
+        tracing::info!(
+            account = %event.account,
+            top_up_id = %top_up_id,
+            "automatic top-up cancelled before its charge: {why}"
+        );
+        let effect = PaymentEffect::Cancelled {
+            top_up_id: top_up_id.clone(),
+        };
+        let note = Some(format!("cancelled, not charged: {why}"));
+        return apply(engine, &event.account, top_up_id, effect, None, note).await;
+    }
     let Some(amount_cents) = cents(*amount_nano_usd) else {
         let effect = PaymentEffect::Failed {
             top_up_id: top_up_id.clone(),
@@ -172,10 +267,22 @@ pub async fn charge(
                     status = %pi.status,
                     "automatic top-up charged, awaiting the payment's outcome"
                 );
+                Charged::done(status_code, None)
+            }
+            Err(e @ StripeError::Refused { .. }) => {
+                // tollgate's key, request or configuration, not the card: the operator must
+                // act; the charge is tried again meanwhile and the rule counts no failure.
+                tracing::error!(
+                    account = %event.account,
+                    top_up_id = %top_up_id,
+                    error = %e,
+                    "the payment provider refused an automatic top-up's charge for a reason \
+                     that is not the card's (check [stripe] secret_key and the provider \
+                     account); it is tried again"
+                );
                 Charged {
-                    status_code,
-                    error: None,
-                    done: true,
+                    refused: true,
+                    ..Charged::retry(status_code, e.to_string())
                 }
             }
             Err(e) => Charged::retry(status_code, e.to_string()),
@@ -194,6 +301,7 @@ async fn apply(
 ) -> Charged {
     let what = match &effect {
         PaymentEffect::Paid { .. } => "paid",
+        PaymentEffect::Cancelled { .. } => "cancelled",
         _ => "failed",
     };
     match engine
@@ -206,11 +314,7 @@ async fn apply(
     {
         Ok(Ok(_)) => {
             tracing::info!(account = %account, top_up_id = %top_up_id, "automatic top-up {what}");
-            Charged {
-                status_code,
-                error: note,
-                done: true,
-            }
+            Charged::done(status_code, note)
         }
         Ok(Err(rejection)) => {
             // The same answer would be refused again: recorded, not retried.
@@ -220,11 +324,10 @@ async fn apply(
                 error = %rejection,
                 "the answer to an automatic top-up's charge was refused"
             );
-            Charged {
+            Charged::done(
                 status_code,
-                error: Some(format!("the answer was refused: {rejection}")),
-                done: true,
-            }
+                Some(format!("the answer was refused: {rejection}")),
+            )
         }
         Err(e) => Charged::retry(
             status_code,
@@ -233,26 +336,44 @@ async fn apply(
     }
 }
 
-/// Fails the top-up a `top_up.started` event announced: its charge got no answer within
-/// [`RETRY_WINDOW`].
-pub async fn give_up(engine: &Engine, event: &StoredEvent) -> Result<(), EngineError> {
+/// Ends the top-up a `top_up.started` event announced whose charge was retried for
+/// [`RETRY_WINDOW`]: failed (`provider_unreachable`) when the provider did not answer, or
+/// cancelled (not a failure of the card) when it `refused` the call for a reason that is not
+/// the card's.
+pub async fn give_up(
+    engine: &Engine,
+    event: &StoredEvent,
+    refused: bool,
+) -> Result<(), EngineError> {
     let EventData::TopUpStarted { top_up_id, .. } = &event.data else {
         return Ok(());
     };
-    tracing::warn!(
-        account = %event.account,
-        top_up_id = %top_up_id,
-        "automatic top-up failed: the payment provider did not answer within 23 hours"
-    );
+    let effect = if refused {
+        tracing::error!(
+            account = %event.account,
+            top_up_id = %top_up_id,
+            "automatic top-up cancelled: the payment provider refused its charge for 23 hours"
+        );
+        PaymentEffect::Cancelled {
+            top_up_id: top_up_id.clone(),
+        }
+    } else {
+        tracing::warn!(
+            account = %event.account,
+            top_up_id = %top_up_id,
+            "automatic top-up failed: the payment provider did not answer within 23 hours"
+        );
+        PaymentEffect::Failed {
+            top_up_id: top_up_id.clone(),
+            reason: UNREACHABLE.into(),
+            needs_customer: false,
+        }
+    };
     match engine
         .execute(Op::Payment {
             account: event.account.clone(),
             event: None,
-            effect: PaymentEffect::Failed {
-                top_up_id: top_up_id.clone(),
-                reason: UNREACHABLE.into(),
-                needs_customer: false,
-            },
+            effect,
         })
         .await?
     {
@@ -338,16 +459,37 @@ mod tests {
             needs(&effect_of(&t, &Err(card("card_declined")))),
             Some((false, "card_declined".into()))
         );
-        let gone = StripeError::Refused {
-            status: 400,
-            kind: "invalid_request_error".into(),
-            code: Some("resource_missing".into()),
-            message: "No such PaymentMethod".into(),
-        };
-        assert_eq!(
-            needs(&effect_of(&t, &Err(gone))),
-            Some((false, "resource_missing".into()))
-        );
+        // Refusals that are not the card's are retried, never a failure.
+        for refused in [
+            StripeError::Refused {
+                status: 401,
+                kind: "invalid_request_error".into(),
+                code: Some("api_key_invalid".into()),
+                message: "Invalid API Key".into(),
+            },
+            StripeError::Refused {
+                status: 403,
+                kind: "invalid_request_error".into(),
+                code: None,
+                message: "The provided key does not have access".into(),
+            },
+            StripeError::Refused {
+                status: 400,
+                kind: "idempotency_error".into(),
+                code: Some("idempotency_key_in_use".into()),
+                message: "Keys for idempotent requests can only be used with the same \
+                          parameters"
+                    .into(),
+            },
+            StripeError::Refused {
+                status: 400,
+                kind: "invalid_request_error".into(),
+                code: Some("resource_missing".into()),
+                message: "No such PaymentMethod".into(),
+            },
+        ] {
+            assert_eq!(effect_of(&t, &Err(refused.clone())), None, "{refused}");
+        }
         let down = StripeError::Retryable {
             status: Some(503),
             message: "x".into(),

@@ -1,10 +1,17 @@
 //! Operator refunds (`POST /v1/admin/accounts/{username}/purchases/{purchase_id}/refund`),
 //! idempotent on `refund_id`. A purchase paid through the provider (its top-up has a payment)
-//! is refunded there first (the refund's idempotency key is the refund id), then the charge's
-//! cumulative refunded amount is read back and applied, so the provider's `charge.refunded`
-//! event for the same refund, before or after, takes nothing twice. A manual purchase (an
-//! operator's paid purchase) gives back only what is left of its credits. Either way the
-//! credits taken are a credit note correcting the purchase's top-up invoice.
+//! is refunded there first, then the charge's cumulative refunded amount is read back and
+//! applied, so the provider's `charge.refunded` event for the same refund, before or after,
+//! takes nothing twice. A manual purchase (an operator's paid purchase) gives back only what
+//! is left of its credits. Either way the credits taken are a credit note correcting the
+//! purchase's top-up invoice.
+//!
+//! A refund id is refunded at the provider once, however late it is repeated: the refund's
+//! idempotency key is the refund id, but the provider keeps keys 24 hours only, so before
+//! creating a refund the payment's refunds are listed and one whose metadata names the same
+//! refund id (`tollgate_refund_id`, with the installation and account) is taken as the one
+//! made. A first attempt whose answer was lost, or whose record never committed, is thus
+//! completed by its repeat days later, not made twice.
 
 use super::{cents, configured, from_cents, provider_error};
 use crate::error::{ApiError, ErrorResponse};
@@ -153,31 +160,58 @@ pub async fn refund(
                     format!("{amount} is not a whole number of cents, which is what the provider refunds"),
                 )
             })?;
-            let left = purchase
-                .amount
-                .checked_sub(purchase.refunded)
-                .unwrap_or(Nanos::ZERO);
-            if amount > left {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "not_refundable",
-                    format!(
-                        "purchase {purchase_id} has {left} left to refund of {}; {amount} is more",
-                        purchase.amount
-                    ),
-                ));
-            }
             let client = &payments.client;
-            let made = client
-                .create_refund(
-                    &account,
-                    &refund_id,
-                    &purchase_id,
-                    &payment_intent,
-                    amount_cents,
-                )
+            // Made before (an attempt whose answer or record was lost)? Then it is the one.
+            let before = client
+                .find_refund(&account, &refund_id, &payment_intent)
                 .await
-                .map_err(|e| provider_error("refund the payment", &e))?;
+                .map_err(|e| provider_error("list the payment's refunds", &e))?;
+            let made = match before {
+                Some(made) => {
+                    if made.amount != amount_cents {
+                        return Err(ApiError::conflict(format!(
+                            "refund {refund_id} was made at the payment provider for {} \
+                             cents ({}); a refund id is used once",
+                            made.amount, made.id
+                        )));
+                    }
+                    tracing::info!(
+                        account = %account,
+                        purchase_id = %purchase_id,
+                        refund_id = %refund_id,
+                        provider_refund = %made.id,
+                        "the refund was made at the payment provider before; recording it"
+                    );
+                    made
+                }
+                None => {
+                    let left = purchase
+                        .amount
+                        .checked_sub(purchase.refunded)
+                        .unwrap_or(Nanos::ZERO);
+                    if amount > left {
+                        return Err(ApiError::new(
+                            StatusCode::CONFLICT,
+                            "not_refundable",
+                            format!(
+                                "purchase {purchase_id} has {left} left to refund of {}; \
+                                 {amount} is more",
+                                purchase.amount
+                            ),
+                        ));
+                    }
+                    client
+                        .create_refund(
+                            &account,
+                            &refund_id,
+                            &purchase_id,
+                            &payment_intent,
+                            amount_cents,
+                        )
+                        .await
+                        .map_err(|e| provider_error("refund the payment", &e))?
+                }
+            };
             let charge = match made.charge.clone() {
                 Some(c) => c,
                 None => client
@@ -240,7 +274,9 @@ pub async fn refund(
 /// refundable (409). Every refund that takes credits issues a credit note (negative total,
 /// correcting the purchase's top-up invoice). Idempotent on `refund_id`: the same id with the
 /// same purchase and amount answers the first answer again (header `idempotent-replayed`)
-/// and moves nothing; with another, 409 `conflict`.
+/// and moves nothing; with another, 409 `conflict`. A repeat of a refund whose answer was
+/// lost (502) finds the refund already made at the provider by its id, however late, and
+/// records it: the money goes back once.
 #[utoipa::path(
     post, path = "/v1/admin/accounts/{username}/purchases/{purchase_id}/refund",
     tag = tags::OPERATOR, operation_id = "refundPurchase", security(("Key" = ["OPERATOR"])),

@@ -129,7 +129,8 @@ pub async fn handle(
         );
         Ok(StripeEventResult::Ignored)
     };
-    let (account, effect) = match events::translate(event) {
+    let installation = payments.client.installation();
+    let (account, effect) = match events::translate(event, installation) {
         Err(why) => {
             tracing::warn!(
                 event_id = %event.id,
@@ -146,8 +147,8 @@ pub async fn handle(
             charge,
             change,
         }) => match top_up_of_payment(state, payments, payment_intent, charge).await? {
-            Some((account, top_up_id)) => (account, change.effect(top_up_id)),
-            None => return ignored("the payment is not a tollgate top-up"),
+            Ok((account, top_up_id)) => (account, change.effect(top_up_id)),
+            Err(why) => return ignored(&format!("the payment: {why}")),
         },
     };
     let top_up_id = effect.top_up_id().clone();
@@ -202,25 +203,26 @@ pub async fn handle(
 
 /// The top-up whose payment is `payment_intent` (or, without one, the payment of `charge`):
 /// tollgate's record of the payment, else the payment's metadata at the provider (a refund or
-/// dispute told before the payment itself, whose id tollgate has not recorded yet). `None`: not
-/// a tollgate top-up.
+/// dispute told before the payment itself, whose id tollgate has not recorded yet), when it
+/// is this installation's. `Err`: why it is not a top-up of this installation.
 async fn top_up_of_payment(
     state: &AppState,
     payments: &Payments,
     payment_intent: Option<String>,
     charge: Option<String>,
-) -> Result<Option<(AccountId, PurchaseId)>, ApiError> {
+) -> Result<Result<(AccountId, PurchaseId), String>, ApiError> {
     let client = &payments.client;
+    let none = || Ok(Err("it names no payment".to_string()));
     let payment_intent = match (payment_intent, charge) {
         (Some(pi), _) => pi,
         (None, Some(ch)) => match client.charge(&ch).await {
             Ok(c) => match c.payment_intent {
                 Some(pi) => pi,
-                None => return Ok(None),
+                None => return none(),
             },
             Err(e) => return Err(super::provider_error("read the disputed charge", &e)),
         },
-        (None, None) => return Ok(None),
+        (None, None) => return none(),
     };
     let known = {
         let pi = payment_intent.clone();
@@ -230,11 +232,16 @@ async fn top_up_of_payment(
             .await?
     };
     if let Some(t) = known {
-        return Ok(Some((t.account, t.top_up_id)));
+        return Ok(Ok((t.account, t.top_up_id)));
     }
     match client.payment_intent(&payment_intent).await {
-        Ok(pi) => Ok(events::top_up_of(&serde_json::json!(pi.metadata))),
-        Err(super::stripe::client::StripeError::Refused { status: 404, .. }) => Ok(None),
+        Ok(pi) => Ok(events::ours(
+            &serde_json::json!(pi.metadata),
+            client.installation(),
+        )),
+        Err(super::stripe::client::StripeError::Refused { status: 404, .. }) => {
+            Ok(Err(format!("the provider has no payment {payment_intent}")))
+        }
         Err(e) => Err(super::provider_error(
             "read the refunded or disputed payment",
             &e,

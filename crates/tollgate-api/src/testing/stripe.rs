@@ -2,10 +2,13 @@
 //! answers the calls tollgate makes in Stripe's shapes (form-encoded requests, `Bearer` key,
 //! JSON objects and error envelopes), records every request (method, path, form, idempotency
 //! key), and keeps Stripe's idempotency: a repeated `Idempotency-Key` gets the first answer
-//! again (a different request under the same key is refused, as Stripe does). Off-session
-//! payments follow a script ([`PaymentScript`]: succeed, decline, authentication required, a
-//! 500 after the payment was made), and can be held ([`StripeStandIn::hold_payments`]) to
-//! model a crash between the provider's work and its answer.
+//! again (a different request under the same key is refused, as Stripe does), until it
+//! forgets them ([`StripeStandIn::forget_idempotency_keys`], as Stripe does after 24 hours).
+//! Off-session payments follow a script ([`PaymentScript`]: succeed, decline, authentication
+//! required, a 500 after the payment was made, a 401), and can be held
+//! ([`StripeStandIn::hold_payments`]) to model a crash between the provider's work and its
+//! answer; reads can be made to fail ([`StripeStandIn::fail_reads`]) to lose what follows a
+//! call. A payment's refunds are listed (`GET /v1/refunds?payment_intent=...`).
 //!
 //! The customer's side of a checkout and the provider's dashboard are methods
 //! ([`StripeStandIn::pay_checkout`], [`StripeStandIn::refund_in_dashboard`],
@@ -28,6 +31,8 @@ use tokio::sync::{Notify, Semaphore};
 /// The secret key the stand-in accepts, and the webhook signing secret tests configure.
 pub const SECRET_KEY: &str = "sk_test_tollgate_stand_in";
 pub const WEBHOOK_SECRET: &str = "whsec_tollgate_stand_in";
+/// The installation id of [`StripeStandIn::settings`].
+pub const INSTALLATION: &str = "standin";
 
 /// What the next off-session payment does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +48,8 @@ pub enum PaymentScript {
     FailAfterRecording,
     /// The provider is down: 503, nothing made, nothing kept for the key.
     Unavailable,
+    /// The key is refused: 401 `api_key_invalid`, nothing made, nothing kept for the key.
+    Unauthorized,
 }
 
 /// A request the stand-in got.
@@ -93,6 +100,8 @@ struct Shared {
     hold: Mutex<Option<Arc<Semaphore>>>,
     arrived: Notify,
     base: Mutex<String>,
+    /// Reads (`GET`) of paths starting with a prefix that answer 500, and how many more.
+    failing_reads: Mutex<Vec<(String, usize)>>,
 }
 
 impl Shared {
@@ -149,7 +158,7 @@ impl StripeStandIn {
             .route("/v1/customers", post(create))
             .route("/v1/checkout/sessions", post(create))
             .route("/v1/payment_intents", post(create))
-            .route("/v1/refunds", post(create))
+            .route("/v1/refunds", post(create).get(list_refunds))
             .route("/v1/charges/{id}", get(retrieve))
             .route("/v1/payment_intents/{id}", get(retrieve))
             .route("/checkout/{id}", get(checkout_page))
@@ -163,13 +172,16 @@ impl StripeStandIn {
         StripeStandIn { base, shared }
     }
 
-    /// The payment settings of a tollgate that talks to this stand-in.
+    /// The payment settings of a tollgate that talks to this stand-in (the installation
+    /// [`INSTALLATION`], which [`crate::payments::Payments::start`] replaces with the
+    /// database's).
     pub fn settings(&self) -> crate::payments::PaymentSettings {
         crate::payments::PaymentSettings {
             secret_key: SECRET_KEY.into(),
             webhook_secrets: vec![WEBHOOK_SECRET.into()],
             api_base: self.base.clone(),
             timeout: Duration::from_secs(5),
+            installation: INSTALLATION.into(),
             ..crate::payments::PaymentSettings::default()
         }
     }
@@ -211,6 +223,38 @@ impl StripeStandIn {
     /// [`StripeStandIn::release`] (a crash of the caller meanwhile loses it).
     pub fn hold_payments(&self) {
         *self.shared.hold.lock().unwrap() = Some(Arc::new(Semaphore::new(0)));
+    }
+
+    /// Forgets every idempotency key, as the provider does 24 hours after a key's first use:
+    /// a repeated key then makes the thing again.
+    pub fn forget_idempotency_keys(&self) {
+        self.shared.answers.lock().unwrap().clear();
+    }
+
+    /// The next `n` reads (`GET`) of a path starting with `prefix` (`/v1/charges/`) answer
+    /// 500, as a provider's blip or a lost connection would: what the caller wanted to do
+    /// after them is not done.
+    pub fn fail_reads(&self, prefix: &str, n: usize) {
+        self.shared
+            .failing_reads
+            .lock()
+            .unwrap()
+            .push((prefix.to_string(), n));
+    }
+
+    /// The refunds made, in creation order.
+    pub fn refunds(&self) -> Vec<Value> {
+        let mut v: Vec<Value> = self
+            .shared
+            .objects
+            .lock()
+            .unwrap()
+            .refunds
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        v
     }
 
     /// Lets the held answers go, and answers at once from now on.
@@ -404,12 +448,25 @@ async fn create(
     }
     if uri.path() == "/v1/payment_intents" {
         let mut script = s.script.lock().unwrap();
-        if script.front() == Some(&PaymentScript::Unavailable) {
-            script.pop_front();
-            return reply(
-                503,
-                json!({"error": {"type": "api_error", "message": "unavailable"}}),
-            );
+        match script.front() {
+            Some(PaymentScript::Unavailable) => {
+                script.pop_front();
+                return reply(
+                    503,
+                    json!({"error": {"type": "api_error", "message": "unavailable"}}),
+                );
+            }
+            Some(PaymentScript::Unauthorized) => {
+                script.pop_front();
+                let (st, b) = error(
+                    401,
+                    "invalid_request_error",
+                    "api_key_invalid",
+                    "Invalid API Key provided",
+                );
+                return reply(st, b);
+            }
+            _ => {}
         }
     }
     let (status, body, answered) = match uri.path() {
@@ -545,7 +602,9 @@ fn create_payment(s: &Shared, form: &[(String, String)]) -> Created {
             let body = declined(&mut pi, "authentication_required", None);
             (402, body, None)
         }
-        PaymentScript::Unavailable => unreachable!("answered before"),
+        PaymentScript::Unavailable | PaymentScript::Unauthorized => {
+            unreachable!("answered before")
+        }
     };
     objects.payment_intents.insert(id, pi);
     (status, body, answered)
@@ -595,27 +654,96 @@ fn create_refund(s: &Shared, form: &[(String, String)]) -> Created {
     (200, refund, None)
 }
 
-async fn retrieve(
-    State(s): State<Arc<Shared>>,
-    uri: Uri,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
+/// Records a read, and answers it if it is refused: 401 without the key, 500 if it is one of
+/// the reads made to fail ([`StripeStandIn::fail_reads`]).
+fn read(s: &Shared, uri: &Uri, headers: &HeaderMap) -> Option<Response> {
     s.got.lock().unwrap().push(Recorded {
         method: "GET".into(),
         path: uri.path().to_string(),
-        form: Vec::new(),
+        form: form_of(uri.query().unwrap_or_default().as_bytes()),
         idempotency_key: None,
     });
     s.arrived.notify_waiters();
-    if !authorized(&headers) {
+    if !authorized(headers) {
         let (st, b) = error(
             401,
             "invalid_request_error",
             "api_key_invalid",
             "Invalid API Key",
         );
+        return Some(reply(st, b));
+    }
+    let mut failing = s.failing_reads.lock().unwrap();
+    if let Some((_, n)) = failing
+        .iter_mut()
+        .find(|(prefix, n)| *n > 0 && uri.path().starts_with(prefix.as_str()))
+    {
+        *n -= 1;
+        return Some(reply(
+            500,
+            json!({"error": {"type": "api_error", "message": "An unknown error occurred"}}),
+        ));
+    }
+    None
+}
+
+/// A payment's refunds, newest first, a page of `limit` (10 by default) after
+/// `starting_after`, as Stripe lists them.
+async fn list_refunds(State(s): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -> Response {
+    if let Some(refused) = read(&s, &uri, &headers) {
+        return refused;
+    }
+    let query = form_of(uri.query().unwrap_or_default().as_bytes());
+    let Some(pi) = field(&query, "payment_intent") else {
+        let (st, b) = error(
+            400,
+            "invalid_request_error",
+            "parameter_missing",
+            "This stand-in lists refunds of a payment_intent only",
+        );
         return reply(st, b);
+    };
+    let limit: usize = field(&query, "limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(10)
+        .clamp(1, 100);
+    let o = s.objects.lock().unwrap();
+    let mut of: Vec<&Value> = o
+        .refunds
+        .values()
+        .filter(|r| r["payment_intent"] == pi)
+        .collect();
+    of.sort_by(|a, b| b["id"].as_str().cmp(&a["id"].as_str()));
+    if let Some(after) = field(&query, "starting_after") {
+        match of.iter().position(|r| r["id"] == after) {
+            Some(i) => of.drain(..=i).for_each(drop),
+            None => {
+                let (st, b) = error(
+                    400,
+                    "invalid_request_error",
+                    "resource_missing",
+                    &format!("No such refund: '{after}'"),
+                );
+                return reply(st, b);
+            }
+        }
+    }
+    let has_more = of.len() > limit;
+    of.truncate(limit);
+    reply(
+        200,
+        json!({"object": "list", "url": "/v1/refunds", "has_more": has_more, "data": of}),
+    )
+}
+
+async fn retrieve(
+    State(s): State<Arc<Shared>>,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(refused) = read(&s, &uri, &headers) {
+        return refused;
     }
     let o = s.objects.lock().unwrap();
     let found = if uri.path().starts_with("/v1/charges/") {

@@ -436,16 +436,21 @@ impl Dispatcher {
             match after_failure(&window, d.tries + 1, d.queued_at, now, |max| {
                 rand::thread_rng().gen_range(0..=max)
             }) {
-                DeliveryNext::Failed => match off_session::give_up(&self.engine, &d.event).await {
-                    Ok(()) => DeliveryNext::Failed,
-                    // The top-up must not stay in flight: failing it is tried again.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "failing an unreachable top-up failed; will retry");
-                        DeliveryNext::RetryAt(now.plus_ms(
-                            i64::try_from(self.settings.retry_base.as_millis()).unwrap_or(i64::MAX),
-                        ))
+                DeliveryNext::Failed => {
+                    match off_session::give_up(&self.engine, &d.event, charged.refused).await {
+                        Ok(()) => DeliveryNext::Failed,
+                        // The top-up must not stay in flight: failing it is tried again.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "failing an unreachable top-up failed; will retry");
+                            DeliveryNext::RetryAt(
+                                now.plus_ms(
+                                    i64::try_from(self.settings.retry_base.as_millis())
+                                        .unwrap_or(i64::MAX),
+                                ),
+                            )
+                        }
                     }
-                },
+                }
                 other => other,
             }
         };

@@ -335,16 +335,18 @@ impl TestApp {
             .await
             .expect("bind a free port");
         let address = format!("http://{}", listener.local_addr().expect("local addr"));
-        if let Some(p) = &payments {
-            engine
-                .set_top_up_settings(p.top_ups)
-                .expect("the top-up settings");
-            engine
-                .ensure_provider_webhook()
-                .await
-                .expect("the payment provider's webhook row");
-        }
-        let payments = payments.map(|p| Arc::new(Payments::new(p)));
+        let payments = match payments {
+            Some(p) => {
+                engine
+                    .set_top_up_settings(p.top_ups)
+                    .expect("the top-up settings");
+                let started = Payments::start(&engine, p)
+                    .await
+                    .expect("the payment provider's webhook row and the installation id");
+                Some(Arc::new(started))
+            }
+            None => None,
+        };
         let webhooks = Arc::new(webhooks);
         let router = tollgate_api::router(AppState {
             webhooks: webhooks.clone(),

@@ -1194,14 +1194,9 @@ fn check_events(
             _ => {}
         }
     }
-    let paused = |a: &AccountState| {
-        a.payment
-            .auto_top_up
-            .as_ref()
-            .and_then(|r| r.paused)
-            .is_some()
-    };
-    if !paused(was) && paused(is) {
+    // A pause begins, or a dispute's pause takes over another's.
+    let paused = |a: &AccountState| a.payment.auto_top_up.as_ref().and_then(|r| r.paused);
+    if paused(is).is_some() && paused(was) != paused(is) {
         expected.push(EventType::TopUpPaused);
     }
     let credit_notes = s.new_invoices[before.new_invoices..]

@@ -510,8 +510,21 @@ enum AutoStep {
     Wait(i64),
     /// To just after the next UTC month starts.
     NextMonth,
-    /// The customer sets the rule again (active again).
+    /// The customer sets the rule again (active again; refused without a saved card).
     SetAgain,
+    /// One more USD of the 5.00 USD checkout `t-0` refunded (up to 4.00 in all): by the
+    /// operator (through the provider) or told by the provider's event.
+    Refund {
+        operator: bool,
+    },
+    /// The provider tells the state of the one dispute of `t-0` (1.00 USD).
+    Dispute(DisputeStatus),
+    /// The operator unlocks the account's dispute lock.
+    Unlock,
+    /// The customer pays a 5.00 USD checkout saving a new card (consenting again).
+    Checkout,
+    /// The top-up in flight is cancelled (its delivery found the decision stale).
+    Cancel,
 }
 
 #[derive(Clone, Debug)]
@@ -563,6 +576,16 @@ fn auto_step() -> impl Strategy<Value = AutoStep> {
         2 => prop_oneof![Just(1_000i64), Just(6_000), Just(3_600_000)].prop_map(AutoStep::Wait),
         1 => Just(AutoStep::NextMonth),
         1 => Just(AutoStep::SetAgain),
+        1 => any::<bool>().prop_map(|operator| AutoStep::Refund { operator }),
+        1 => prop_oneof![
+            2 => Just(DisputeStatus::Open),
+            1 => Just(DisputeStatus::Won),
+            1 => Just(DisputeStatus::Lost),
+        ]
+        .prop_map(AutoStep::Dispute),
+        1 => Just(AutoStep::Unlock),
+        1 => Just(AutoStep::Checkout),
+        1 => Just(AutoStep::Cancel),
     ]
 }
 
@@ -596,15 +619,33 @@ fn auto_world(rule: &Rule) -> World {
             endpoint: EndpointId::parse(EP_MP).unwrap(),
         });
     }
+    // The checkouts the customer may pay later ([`AutoStep::Checkout`]), created before the
+    // rule is set.
+    for n in 1..=CHECKOUTS {
+        w.top_up(&format!("t-c{n}"), Nanos(5 * USD));
+    }
     w.ok(rule.op());
     w
 }
+
+/// Checkouts created ahead for [`AutoStep::Checkout`].
+const CHECKOUTS: u32 = 40;
 
 /// What the test knows of the rule, kept by hand.
 #[derive(Default)]
 struct Model {
     failures: u32,
     paused: Option<PausedReason>,
+    /// The card saved for off-session charges (`None`: forgotten by a dispute).
+    card: Option<String>,
+    /// Checkouts paid after the first.
+    checkouts: u32,
+    /// What of `t-0` is refunded, in all.
+    refunded: i64,
+    /// The state of `t-0`'s dispute, once told.
+    dispute: Option<DisputeStatus>,
+    /// Whether the dispute holds the account's lock (open or lost, and not unlocked since).
+    locked: bool,
     /// Auto top-ups started and not failed, per UTC month of their start.
     per_month: BTreeMap<i32, i64>,
     /// The credits expected: paid top-ups minus charges.
@@ -613,6 +654,11 @@ struct Model {
     /// Pauses begun, and top-ups the cap trimmed.
     pauses: u32,
     trimmed: u32,
+    /// Pauses for a dispute, top-ups cancelled, and refunds, disputes or unlocks after which
+    /// a top-up would have been due and none started.
+    dispute_pauses: u32,
+    cancelled: u32,
+    not_after_returns: u32,
 }
 
 fn auto_top_ups_awaiting(w: &World) -> Vec<PurchaseId> {
@@ -628,8 +674,10 @@ fn run_auto(rule: &Rule, steps: &[AutoStep]) -> Result<Model, TestCaseError> {
     let mut w = auto_world(rule);
     let mut m = Model {
         balance: 5 * USD,
+        card: Some("pm_card".into()),
         ..Model::default()
     };
+    let mut refunds = 0;
     let mut n_events = 0;
     for step in steps {
         w.now = w.now.plus_ms(500);
@@ -726,9 +774,142 @@ fn run_auto(rule: &Rule, steps: &[AutoStep]) -> Result<Model, TestCaseError> {
                 continue;
             }
             AutoStep::SetAgain => {
-                w.ok(rule.op());
-                m.failures = 0;
-                m.paused = None;
+                let set = w.apply(rule.op());
+                if m.card.is_some() {
+                    prop_assert!(set.is_ok(), "{:?}", set);
+                    m.failures = 0;
+                    m.paused = None;
+                } else {
+                    prop_assert!(
+                        matches!(set, Err(Rejection::PaymentMethodRequired(_))),
+                        "{:?}",
+                        set
+                    );
+                    changed = false;
+                }
+            }
+            AutoStep::Refund { operator } => {
+                if m.refunded >= 4 * USD {
+                    continue;
+                }
+                m.refunded += USD;
+                refunds += 1;
+                let total = Nanos(m.refunded);
+                if *operator {
+                    w.ok(Op::Refund {
+                        account: alice(),
+                        purchase_id: pid("t-0"),
+                        refund_id: pid(&format!("rf-{refunds}")),
+                        amount: Nanos(USD),
+                        provider: Some(ProviderRefund {
+                            reference: format!("re_{refunds}"),
+                            refunded_total: total,
+                        }),
+                    });
+                } else {
+                    n_events += 1;
+                    let answer = w.pay(
+                        Some(&format!("evt_{n_events}")),
+                        PaymentEffect::Refunded {
+                            top_up_id: pid("t-0"),
+                            refunded_total: total,
+                        },
+                    );
+                    prop_assert!(answer.is_ok(), "{:?}", answer);
+                }
+                m.balance -= USD;
+                changed = false;
+            }
+            AutoStep::Dispute(status) => {
+                n_events += 1;
+                let answer = w.pay(
+                    Some(&format!("evt_{n_events}")),
+                    PaymentEffect::Disputed {
+                        top_up_id: pid("t-0"),
+                        dispute_id: "dp_0".into(),
+                        amount: Nanos(USD),
+                        status: *status,
+                    },
+                );
+                prop_assert!(answer.is_ok(), "{:?}", answer);
+                let was = m.dispute;
+                match (was, status) {
+                    // Decided, or told again: nothing.
+                    (Some(DisputeStatus::Won | DisputeStatus::Lost), _)
+                    | (Some(DisputeStatus::Open), DisputeStatus::Open) => {}
+                    (_, DisputeStatus::Won) => {
+                        if was == Some(DisputeStatus::Open) {
+                            m.balance += USD;
+                            m.locked = false;
+                        }
+                        m.dispute = Some(DisputeStatus::Won);
+                    }
+                    (_, DisputeStatus::Open | DisputeStatus::Lost) => {
+                        if was.is_none() {
+                            // First told: its amount taken, the account locked, the card
+                            // forgotten, the rule paused.
+                            m.balance -= USD;
+                            m.locked = true;
+                            m.card = None;
+                            if m.paused != Some(PausedReason::PaymentDisputed) {
+                                m.paused = Some(PausedReason::PaymentDisputed);
+                                m.pauses += 1;
+                                m.dispute_pauses += 1;
+                            }
+                        }
+                        m.dispute = Some(*status);
+                    }
+                }
+                changed = false;
+            }
+            AutoStep::Unlock => {
+                w.ok(Op::LiftDispute {
+                    account: alice(),
+                    reason: "checked".into(),
+                });
+                m.locked = false;
+                changed = false;
+            }
+            AutoStep::Checkout => {
+                if m.checkouts == CHECKOUTS {
+                    continue;
+                }
+                m.checkouts += 1;
+                let id = format!("t-c{}", m.checkouts);
+                let card = format!("pm_card{}", m.checkouts);
+                n_events += 1;
+                let answer = w.pay(
+                    Some(&format!("evt_{n_events}")),
+                    PaymentEffect::Paid {
+                        top_up_id: pid(&id),
+                        amount: Nanos(5 * USD),
+                        payment_intent: Some(format!("pi_{id}")),
+                        payment_method: Some(card.clone()),
+                    },
+                );
+                prop_assert!(answer.is_ok(), "{:?}", answer);
+                m.balance += 5 * USD;
+                m.card = Some(card);
+            }
+            AutoStep::Cancel => {
+                let Some(id) = in_flight_before.first().cloned() else {
+                    continue;
+                };
+                let t = &w.s.top_ups[&(alice(), id.clone())];
+                let (amount, created) = (t.amount, t.created_at);
+                let answer = w.pay(
+                    None,
+                    PaymentEffect::Cancelled {
+                        top_up_id: id.clone(),
+                    },
+                );
+                prop_assert!(answer.is_ok(), "{:?}", answer);
+                *m.per_month.get_mut(&month_of(created)).unwrap() -= amount.0;
+                prop_assert_eq!(
+                    w.s.top_ups[&(alice(), id)].failure.as_deref(),
+                    Some("cancelled")
+                );
+                m.cancelled += 1;
             }
         }
         let a = &w.s.accounts[&alice()];
@@ -739,6 +920,8 @@ fn run_auto(rule: &Rule, steps: &[AutoStep]) -> Result<Model, TestCaseError> {
         prop_assert_eq!(awaiting.first(), r.in_flight.as_ref());
         prop_assert_eq!(r.failures, m.failures);
         prop_assert_eq!(r.paused, m.paused);
+        prop_assert_eq!(&a.payment.payment_method, &m.card);
+        prop_assert_eq!(a.disputed_since.is_some(), m.locked);
         prop_assert_eq!(
             a.credit.balance.0,
             m.balance,
@@ -762,16 +945,29 @@ fn run_auto(rule: &Rule, steps: &[AutoStep]) -> Result<Model, TestCaseError> {
         {
             prop_assert_eq!(started.len(), 1);
             m.started += 1;
-            // Only when none was in flight (an answer clears the one it answers first).
+            // Never after money given or taken back through the card, nor after an unlock.
             prop_assert!(
-                in_flight_before.is_empty() || matches!(step, AutoStep::Answer(..)),
+                !matches!(
+                    step,
+                    AutoStep::Refund { .. } | AutoStep::Dispute(_) | AutoStep::Unlock
+                ),
+                "{:?} started {}",
+                step,
+                top_up_id
+            );
+            // Only when none was in flight (an answer or a cancel clears the one it answers
+            // first).
+            prop_assert!(
+                in_flight_before.is_empty()
+                    || matches!(step, AutoStep::Answer(..) | AutoStep::Cancel),
                 "started {} with {:?} in flight",
                 top_up_id,
                 in_flight_before
             );
             prop_assert_eq!(customer.as_str(), "cus_alice");
-            prop_assert_eq!(payment_method.as_str(), "pm_card");
+            prop_assert_eq!(Some(payment_method), m.card.as_ref());
             prop_assert!(m.paused.is_none());
+            prop_assert!(!m.locked);
             // The smallest multiple of the amount that covers the shortfall, trimmed to what
             // the month's cap left.
             let month = month_of(w.now);
@@ -784,6 +980,20 @@ fn run_auto(rule: &Rule, steps: &[AutoStep]) -> Result<Model, TestCaseError> {
             m.trimmed += u32::from(expected < wanted);
             prop_assert!(expected >= settings.min.0);
             *m.per_month.entry(month).or_default() += expected;
+        } else if matches!(
+            step,
+            AutoStep::Refund { .. } | AutoStep::Dispute(_) | AutoStep::Unlock
+        ) && awaiting.is_empty()
+            && m.paused.is_none()
+            && m.card.is_some()
+            && !m.locked
+            && r.not_before.is_none_or(|t| w.now >= t)
+            && available < rule.threshold
+            && rule.max_per_month - *m.per_month.get(&month_of(w.now)).unwrap_or(&0)
+                >= settings.min.0
+        {
+            // A top-up was due, and none followed the money given or taken back.
+            m.not_after_returns += 1;
         } else if changed && awaiting.is_empty() && m.paused.is_none() {
             // Nothing started: then nothing was due.
             let waiting = r.not_before.is_some_and(|t| w.now < t);
@@ -791,7 +1001,7 @@ fn run_auto(rule: &Rule, steps: &[AutoStep]) -> Result<Model, TestCaseError> {
             let left = rule.max_per_month - *m.per_month.get(&month).unwrap_or(&0);
             let due = available < rule.threshold && left >= settings.min.0;
             prop_assert!(
-                waiting || !due || a.disputed_since.is_some(),
+                waiting || !due || a.disputed_since.is_some() || m.card.is_none(),
                 "available {} below {} with {} of the cap left, and nothing started",
                 available,
                 rule.threshold,
@@ -841,6 +1051,7 @@ fn auto_top_up_sequences_start_pay_fail_and_pause() {
     use proptest::strategy::ValueTree;
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let (mut started, mut paused, mut trimmed) = (0, 0, 0);
+    let (mut dispute_pauses, mut cancelled, mut not_after_returns) = (0, 0, 0);
     for _ in 0..64 {
         let r = rule().new_tree(&mut runner).unwrap().current();
         let steps = prop::collection::vec(auto_step(), 60..120)
@@ -851,7 +1062,15 @@ fn auto_top_up_sequences_start_pay_fail_and_pause() {
         started += m.started;
         paused += m.pauses;
         trimmed += m.trimmed;
+        dispute_pauses += m.dispute_pauses;
+        cancelled += m.cancelled;
+        not_after_returns += m.not_after_returns;
     }
+    assert!(
+        dispute_pauses > 10 && cancelled > 10 && not_after_returns > 10,
+        "paused for a dispute {dispute_pauses}, cancelled {cancelled}, nothing after a refund, \
+         dispute or unlock that left a top-up due {not_after_returns}"
+    );
     assert!(
         started > 200 && paused > 20 && trimmed > 20,
         "started {started}, paused {paused}, trimmed {trimmed}"

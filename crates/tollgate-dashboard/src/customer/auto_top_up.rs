@@ -51,6 +51,11 @@ pub fn paused_words(reason: PausedReason) -> Markup {
             (MAX_FAILURES) " payments failed in a row. Check your card with your bank, or pay a \
              top-up with another card and save it, then turn automatic top-ups on again."
         },
+        PausedReason::PaymentDisputed => html! {
+            "a payment of this account was disputed with your bank, so the saved card is no \
+             longer charged automatically. Pay a top-up with \u{201c}Add credits\u{201d} and \
+             save the card, then turn automatic top-ups on again."
+        },
     }
 }
 

@@ -206,10 +206,12 @@ async fn the_console_shows_the_payment_profile_and_lifts_a_dispute_lock() {
     )
     .await;
     let page = op.page("/console/accounts/acme").await;
+    // The dispute forgot the saved card and paused the rule.
     for shown in [
         "<code>cus_1</code>",
-        "saved for automatic top-ups (<code>pm_1</code>)",
+        "none: the customer saves one when paying a top-up",
         "below $10.00, by $20.00, at most $100.00 a month",
+        "paused (<code>payment_disputed</code>)",
         "Locked: payment disputed",
         "id=\"unlock\"",
     ] {

@@ -80,6 +80,48 @@ async fn the_provider_webhook_is_created_once_and_is_not_the_operators() {
 }
 
 #[tokio::test]
+async fn the_payments_installation_is_drawn_once_and_shared_by_the_databases_servers() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let (a, b) = (engine(&db), engine(&db));
+        let generation = || async { a.read(|r| r.catalog_generation()).await.unwrap() };
+        let before = generation().await;
+        // Two servers starting at once: the first to commit wins, both use its id.
+        let (x, y) = tokio::join!(
+            a.payments_installation("aaa1"),
+            b.payments_installation("bbb2")
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert_eq!(x, y, "{backend:?}");
+        assert!(x == "aaa1" || x == "bbb2", "{x}");
+        // Every later start reads it.
+        a.shutdown().await.unwrap();
+        let c = engine(&db);
+        assert_eq!(
+            c.payments_installation("ccc3").await.unwrap(),
+            x,
+            "{backend:?}"
+        );
+        assert_eq!(
+            c.read(|r| r.catalog_generation()).await.unwrap(),
+            before,
+            "not a catalog change"
+        );
+        for bad in ["", "has-dash", "a b", &"x".repeat(33)] {
+            assert!(
+                matches!(
+                    c.payments_installation(bad).await,
+                    Err(EngineError::Invalid(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        b.shutdown().await.unwrap();
+        c.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn top_up_settings_are_checked_before_they_apply() {
     let db = TestDb::new(&tollgate_store::testing::Backend::Sqlite);
     let engine = engine(&db);

@@ -396,6 +396,17 @@ impl Tx for PgTx<'_, '_> {
         webhooks::ensure_provider(self, now)
     }
 
+    fn insert_setting_if_absent(&mut self, key: &str, value: &str) -> Result<String> {
+        // A server inserting at once waits for this one's row and inserts nothing; the value
+        // read is the one committed first.
+        self.exec(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            &[&key, &value],
+        )?;
+        setting(self, key)?
+            .ok_or_else(|| StoreError::Corrupt(format!("setting {key} was not written")))
+    }
+
     fn insert_webhook(&mut self, hook: &WebhookRecord) -> Result<()> {
         webhooks::insert_webhook(self, hook)
     }

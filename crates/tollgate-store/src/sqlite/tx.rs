@@ -405,6 +405,15 @@ impl Tx for SqliteTx<'_> {
         webhooks::ensure_provider(self.conn, now)
     }
 
+    fn insert_setting_if_absent(&mut self, key: &str, value: &str) -> Result<String> {
+        self.conn.execute(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+            params![key, value],
+        )?;
+        setting(self.conn, key)?
+            .ok_or_else(|| StoreError::Corrupt(format!("setting {key} was not written")))
+    }
+
     fn insert_webhook(&mut self, hook: &WebhookRecord) -> Result<()> {
         webhooks::insert_webhook(self.conn, hook)
     }

@@ -3,12 +3,15 @@
 //! form-encoded (`application/x-www-form-urlencoded`, nested fields as `a[b][c]=v`), with
 //! `Authorization: Bearer <secret key>`, and every `POST` carries an `Idempotency-Key`: the
 //! provider answers a repeated key with its first answer (for 24 hours), so a retry never
-//! creates a second customer, session, charge or refund.
+//! creates a second customer, session, charge or refund. Keys and metadata name the
+//! installation ([`keys`], `tollgate_installation`). Past the 24 hours, a refund is found again
+//! by its metadata ([`Client::find_refund`]).
 //!
 //! Errors are typed by what the caller does next ([`StripeError`]): a card error (declined,
 //! authentication required: the customer's bank said no), a retryable one (no answer, a 5xx,
 //! 429, or a 409 for a key still in use: the same call with the same key is safe), or a
-//! refusal (any other 4xx: the request itself is wrong, or the thing it names is gone).
+//! refusal (any other 4xx: 401 or 403 for the key, `idempotency_error`, a request that is
+//! wrong or names something gone), which is never the card's fault.
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -168,6 +171,8 @@ pub struct Refund {
     pub charge: Option<String>,
     #[serde(default)]
     pub status: Option<String>,
+    #[serde(default, deserialize_with = "metadata")]
+    pub metadata: HashMap<String, String>,
 }
 
 /// A charge (`ch_...`): what a payment took from the card, and how much of it is refunded.
@@ -210,9 +215,11 @@ fn metadata<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashMap<String, St
 }
 
 /// The metadata keys tollgate sets on what it creates at the provider: every event about
-/// them names the account and the top-up.
+/// them names the installation, the account and the top-up (a refund its own id too).
+pub const META_INSTALLATION: &str = "tollgate_installation";
 pub const META_ACCOUNT: &str = "tollgate_account";
 pub const META_TOP_UP: &str = "tollgate_top_up_id";
+pub const META_REFUND: &str = "tollgate_refund_id";
 
 /// A Checkout Session to create for a top-up.
 #[derive(Clone, Debug)]
@@ -240,31 +247,35 @@ pub struct OffSessionRequest<'a> {
     pub payment_method: &'a str,
 }
 
-/// The idempotency keys of what tollgate creates at the provider: one per tollgate id, so a
-/// repeat is the same call.
+/// The idempotency keys of what tollgate creates at the provider: one per tollgate id of this
+/// installation, so a repeat is the same call, and another deployment on the same provider
+/// account (whose accounts and `auto-<n>` top-ups may bear the same names) never gets this
+/// one's answer.
 pub mod keys {
     use tollgate_core::ids::{AccountId, PurchaseId};
 
-    pub fn customer(account: &AccountId) -> String {
-        format!("tollgate-customer-{account}")
+    pub fn customer(installation: &str, account: &AccountId) -> String {
+        format!("tollgate-{installation}-customer-{account}")
     }
-    pub fn checkout(account: &AccountId, top_up_id: &PurchaseId) -> String {
-        format!("tollgate-checkout-{account}-{top_up_id}")
+    pub fn checkout(installation: &str, account: &AccountId, top_up_id: &PurchaseId) -> String {
+        format!("tollgate-{installation}-checkout-{account}-{top_up_id}")
     }
-    pub fn top_up(account: &AccountId, top_up_id: &PurchaseId) -> String {
-        format!("tollgate-top-up-{account}-{top_up_id}")
+    pub fn top_up(installation: &str, account: &AccountId, top_up_id: &PurchaseId) -> String {
+        format!("tollgate-{installation}-top-up-{account}-{top_up_id}")
     }
-    pub fn refund(account: &AccountId, refund_id: &PurchaseId) -> String {
-        format!("tollgate-refund-{account}-{refund_id}")
+    pub fn refund(installation: &str, account: &AccountId, refund_id: &PurchaseId) -> String {
+        format!("tollgate-{installation}-refund-{account}-{refund_id}")
     }
 }
 
-/// The client: one pooled HTTP client, the API's base URL and the secret key.
+/// The client: one pooled HTTP client, the API's base URL, the secret key, and the
+/// installation whose keys and metadata it sends.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
     secret_key: String,
+    installation: String,
 }
 
 /// Never prints the key.
@@ -272,9 +283,22 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("base", &self.base)
+            .field("installation", &self.installation)
             .finish_non_exhaustive()
     }
 }
+
+/// A list the provider answers (`{"object": "list", "data": [...], "has_more": ...}`).
+#[derive(Clone, Debug, Deserialize)]
+struct List<T> {
+    data: Vec<T>,
+    #[serde(default)]
+    has_more: bool,
+}
+
+/// The most refunds of one payment [`Client::refunds_of`] reads (pages of 100): far more than
+/// a payment ever has.
+const MAX_REFUNDS_LISTED: usize = 1000;
 
 type Form = Vec<(String, String)>;
 
@@ -283,9 +307,10 @@ fn field(form: &mut Form, name: &str, value: impl ToString) {
 }
 
 impl Client {
-    /// A client of the API at `base` (`https://api.stripe.com`), with `secret_key`; each call
+    /// A client of the API at `base` (`https://api.stripe.com`), with `secret_key`, for the
+    /// deployment `installation` (in every idempotency key and metadata it sends); each call
     /// connects within `timeout` and is answered within it, or fails as retryable.
-    pub fn new(base: &str, secret_key: &str, timeout: Duration) -> Client {
+    pub fn new(base: &str, secret_key: &str, timeout: Duration, installation: &str) -> Client {
         let http = reqwest::Client::builder()
             .connect_timeout(timeout)
             .timeout(timeout)
@@ -297,6 +322,32 @@ impl Client {
             http,
             base: base.trim_end_matches('/').to_string(),
             secret_key: secret_key.to_string(),
+            installation: installation.to_string(),
+        }
+    }
+
+    /// The installation whose keys and metadata this client sends.
+    pub fn installation(&self) -> &str {
+        &self.installation
+    }
+
+    /// The metadata of this installation and `account` (and the top-up it is about) on what
+    /// is created, under `prefix` (`metadata`, `payment_intent_data[metadata]`).
+    fn metadata(
+        &self,
+        form: &mut Form,
+        prefix: &str,
+        account: &AccountId,
+        top_up_id: Option<&PurchaseId>,
+    ) {
+        field(
+            form,
+            &format!("{prefix}[{META_INSTALLATION}]"),
+            &self.installation,
+        );
+        field(form, &format!("{prefix}[{META_ACCOUNT}]"), account);
+        if let Some(t) = top_up_id {
+            field(form, &format!("{prefix}[{META_TOP_UP}]"), t);
         }
     }
 
@@ -304,14 +355,18 @@ impl Client {
     /// account's.
     pub async fn create_customer(&self, account: &AccountId) -> Result<Customer, StripeError> {
         let mut form = Form::new();
-        field(&mut form, &format!("metadata[{META_ACCOUNT}]"), account);
+        self.metadata(&mut form, "metadata", account, None);
         field(
             &mut form,
             "description",
             format!("tollgate account {account}"),
         );
-        self.post("/v1/customers", &form, &keys::customer(account))
-            .await
+        self.post(
+            "/v1/customers",
+            &form,
+            &keys::customer(&self.installation, account),
+        )
+        .await
     }
 
     /// Creates the Checkout Session of a top-up (`POST /v1/checkout/sessions`): one line of
@@ -344,8 +399,7 @@ impl Client {
         field(&mut form, "cancel_url", r.cancel_url);
         field(&mut form, "client_reference_id", r.top_up_id);
         for prefix in ["metadata", "payment_intent_data[metadata]"] {
-            field(&mut form, &format!("{prefix}[{META_ACCOUNT}]"), r.account);
-            field(&mut form, &format!("{prefix}[{META_TOP_UP}]"), r.top_up_id);
+            self.metadata(&mut form, prefix, r.account, Some(r.top_up_id));
         }
         if r.save_payment_method {
             field(
@@ -357,7 +411,7 @@ impl Client {
         self.post(
             "/v1/checkout/sessions",
             &form,
-            &keys::checkout(r.account, r.top_up_id),
+            &keys::checkout(&self.installation, r.account, r.top_up_id),
         )
         .await
     }
@@ -376,8 +430,7 @@ impl Client {
         field(&mut form, "payment_method", r.payment_method);
         field(&mut form, "off_session", "true");
         field(&mut form, "confirm", "true");
-        field(&mut form, &format!("metadata[{META_ACCOUNT}]"), r.account);
-        field(&mut form, &format!("metadata[{META_TOP_UP}]"), r.top_up_id);
+        self.metadata(&mut form, "metadata", r.account, Some(r.top_up_id));
         field(
             &mut form,
             "description",
@@ -386,12 +439,14 @@ impl Client {
         self.post(
             "/v1/payment_intents",
             &form,
-            &keys::top_up(r.account, r.top_up_id),
+            &keys::top_up(&self.installation, r.account, r.top_up_id),
         )
         .await
     }
 
-    /// Refunds `amount_cents` of a payment (`POST /v1/refunds`), once per refund id.
+    /// Refunds `amount_cents` of a payment (`POST /v1/refunds`), once per refund id: its key
+    /// is the refund's (kept 24 hours by the provider), and its metadata names the refund
+    /// (`tollgate_refund_id`), so [`Client::refunds_of`] finds it later.
     pub async fn create_refund(
         &self,
         account: &AccountId,
@@ -403,11 +458,59 @@ impl Client {
         let mut form = Form::new();
         field(&mut form, "payment_intent", payment_intent);
         field(&mut form, "amount", amount_cents);
-        field(&mut form, &format!("metadata[{META_ACCOUNT}]"), account);
-        field(&mut form, &format!("metadata[{META_TOP_UP}]"), purchase_id);
-        field(&mut form, "metadata[tollgate_refund_id]", refund_id);
-        self.post("/v1/refunds", &form, &keys::refund(account, refund_id))
-            .await
+        self.metadata(&mut form, "metadata", account, Some(purchase_id));
+        field(&mut form, &format!("metadata[{META_REFUND}]"), refund_id);
+        self.post(
+            "/v1/refunds",
+            &form,
+            &keys::refund(&self.installation, account, refund_id),
+        )
+        .await
+    }
+
+    /// The refunds of a payment (`GET /v1/refunds?payment_intent=...`), every page, newest
+    /// first as the provider lists them.
+    pub async fn refunds_of(&self, payment_intent: &str) -> Result<Vec<Refund>, StripeError> {
+        let mut all: Vec<Refund> = Vec::new();
+        loop {
+            let query = {
+                let mut q = form_urlencoded::Serializer::new(String::new());
+                q.append_pair("payment_intent", payment_intent);
+                q.append_pair("limit", "100");
+                if let Some(last) = all.last() {
+                    q.append_pair("starting_after", &last.id);
+                }
+                q.finish()
+            };
+            let page: List<Refund> = self.get(&format!("/v1/refunds?{query}")).await?;
+            let more = page.has_more && !page.data.is_empty();
+            all.extend(page.data);
+            if !more || all.len() >= MAX_REFUNDS_LISTED {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// The refund this installation made as `refund_id` of `account`'s payment
+    /// `payment_intent`, if the provider has one: its metadata names them.
+    pub async fn find_refund(
+        &self,
+        account: &AccountId,
+        refund_id: &PurchaseId,
+        payment_intent: &str,
+    ) -> Result<Option<Refund>, StripeError> {
+        let named = |r: &Refund, key: &str, value: &str| {
+            r.metadata.get(key).map(String::as_str) == Some(value)
+        };
+        Ok(self
+            .refunds_of(payment_intent)
+            .await?
+            .into_iter()
+            .find(|r| {
+                named(r, META_REFUND, refund_id.as_str())
+                    && named(r, META_ACCOUNT, account.as_str())
+                    && named(r, META_INSTALLATION, &self.installation)
+            }))
     }
 
     /// A charge (`GET /v1/charges/{id}`): its cumulative refunded amount.
@@ -573,12 +676,27 @@ mod tests {
     }
 
     #[test]
-    fn idempotency_keys_name_the_tollgate_ids() {
+    fn idempotency_keys_name_the_installation_and_the_tollgate_ids() {
         let a = AccountId::parse("acme").unwrap();
         let t = PurchaseId::parse("auto-3").unwrap();
-        assert_eq!(keys::customer(&a), "tollgate-customer-acme");
-        assert_eq!(keys::checkout(&a, &t), "tollgate-checkout-acme-auto-3");
-        assert_eq!(keys::top_up(&a, &t), "tollgate-top-up-acme-auto-3");
-        assert_eq!(keys::refund(&a, &t), "tollgate-refund-acme-auto-3");
+        let i = "9f2c0d1e4b5a6c7d";
+        assert_eq!(
+            keys::customer(i, &a),
+            "tollgate-9f2c0d1e4b5a6c7d-customer-acme"
+        );
+        assert_eq!(
+            keys::checkout(i, &a, &t),
+            "tollgate-9f2c0d1e4b5a6c7d-checkout-acme-auto-3"
+        );
+        assert_eq!(
+            keys::top_up(i, &a, &t),
+            "tollgate-9f2c0d1e4b5a6c7d-top-up-acme-auto-3"
+        );
+        assert_eq!(
+            keys::refund(i, &a, &t),
+            "tollgate-9f2c0d1e4b5a6c7d-refund-acme-auto-3"
+        );
+        // Another installation's keys for the same ids are other keys.
+        assert_ne!(keys::top_up("0000", &a, &t), keys::top_up(i, &a, &t));
     }
 }

@@ -7,21 +7,24 @@
 //! | `checkout.session.completed` (`payment_status` `paid`), `checkout.session.async_payment_succeeded` | `Paid` |
 //! | `checkout.session.async_payment_failed`, `checkout.session.expired` | `Failed` |
 //! | `payment_intent.succeeded` | `Paid` (the payment method saved when `setup_future_usage` is `off_session`) |
-//! | `payment_intent.payment_failed` | `Failed` (`needs_customer` for `authentication_required`) |
+//! | `payment_intent.payment_failed` | `Failed` of an automatic top-up (`needs_customer` for `authentication_required`); nothing for a checkout's payment, which the customer may try again on the same session |
 //! | `charge.refunded` | `Refunded` (the charge's cumulative `amount_refunded`) |
-//! | `charge.dispute.*` | `Disputed` (`won`, `warning_closed` → won; `lost` → lost; else open) |
+//! | `charge.dispute.*` | `Disputed` (`won`, `charge_refunded` → won; `lost` → lost; `needs_response`, `under_review` → open); an inquiry (`warning_*`) → nothing |
 //!
-//! Sessions and payments name their top-up in their metadata (`tollgate_account`,
-//! `tollgate_top_up_id`, set when tollgate created them). Charges and disputes name the
-//! payment (`payment_intent`) only: [`Translation::OfPayment`] leaves finding its top-up to the
-//! caller (tollgate's record of the payment, else the payment's metadata at the provider).
-//! Amounts are cents (× 10,000,000 nano-USD) of `usd`; another currency is not tollgate's.
+//! Sessions and payments name their top-up in their metadata (`tollgate_installation`,
+//! `tollgate_account`, `tollgate_top_up_id`, set when tollgate created them); one that names
+//! another installation is another deployment's (on the same provider account), and so is one
+//! of an automatic top-up (`auto-<n>`, a name every deployment gives) that names none.
+//! Charges and disputes name the payment (`payment_intent`) only: [`Translation::OfPayment`]
+//! leaves finding its top-up to the caller (tollgate's record of the payment, else the
+//! payment's metadata at the provider, checked the same way). Amounts are cents (×
+//! 10,000,000 nano-USD) of `usd`; another currency is not tollgate's.
 
-use super::client::{id_of, META_ACCOUNT, META_TOP_UP};
+use super::client::{id_of, META_ACCOUNT, META_INSTALLATION, META_TOP_UP};
 use crate::payments::{from_cents, CURRENCY};
 use serde_json::Value;
 use tollgate_core::ids::{AccountId, PurchaseId};
-use tollgate_core::payments::{DisputeStatus, PaymentEffect};
+use tollgate_core::payments::{is_auto_id, DisputeStatus, PaymentEffect};
 use tollgate_core::Nanos;
 
 /// A provider event: its id, type and object.
@@ -121,15 +124,41 @@ pub fn top_up_of(metadata: &Value) -> Option<(AccountId, PurchaseId)> {
     Some((account, top_up))
 }
 
-/// A dispute's status, as tollgate holds it: `won` and `warning_closed` (an inquiry closed
-/// without a chargeback) are won; `lost` is lost; `charge_refunded` (closed because the
-/// charge was refunded: the refund takes the money back, not the dispute) is won; every other
-/// status (`needs_response`, `under_review`, `warning_needs_response`, ...) is open.
-pub fn dispute_status(status: &str) -> DisputeStatus {
+/// The account and top-up a provider object's metadata names, when they are this
+/// installation's: `Err` says whose they are not. Metadata naming another installation is
+/// another deployment's; metadata naming none is accepted for a checkout top-up (whose id is
+/// random, and which an installation of before the installation ids created), not for an
+/// automatic one (`auto-<n>`: every deployment has an `auto-1`).
+pub fn ours(metadata: &Value, installation: &str) -> Result<(AccountId, PurchaseId), String> {
+    let Some((account, top_up_id)) = top_up_of(metadata) else {
+        return Err("it names no tollgate top-up".into());
+    };
+    match metadata[META_INSTALLATION].as_str() {
+        Some(i) if i == installation => Ok((account, top_up_id)),
+        Some(other) => Err(format!(
+            "it is another installation's ({other}; this one is {installation})"
+        )),
+        None if is_auto_id(&top_up_id) => Err(format!(
+            "it names the automatic top-up {top_up_id} and no installation: another \
+             deployment's"
+        )),
+        None => Ok((account, top_up_id)),
+    }
+}
+
+/// A dispute's status, as tollgate holds it: `won` is won; `lost` is lost; `charge_refunded`
+/// (closed because the charge was refunded: the refund takes the money back, not the
+/// dispute) is won; `needs_response` and `under_review` are open. `None` for an inquiry
+/// (`warning_needs_response`, `warning_under_review`, `warning_closed`): the bank asks, no
+/// funds are withdrawn, so nothing is taken or locked; if the inquiry escalates, the provider
+/// tells the same dispute as `needs_response`. An unknown status is held open (the money may
+/// be gone).
+pub fn dispute_status(status: &str) -> Option<DisputeStatus> {
     match status {
-        "won" | "warning_closed" | "charge_refunded" => DisputeStatus::Won,
-        "lost" => DisputeStatus::Lost,
-        _ => DisputeStatus::Open,
+        "won" | "charge_refunded" => Some(DisputeStatus::Won),
+        "lost" => Some(DisputeStatus::Lost),
+        s if s.starts_with("warning_") => None,
+        _ => Some(DisputeStatus::Open),
     }
 }
 
@@ -149,19 +178,23 @@ fn usd(object: &Value) -> Result<(), String> {
     }
 }
 
-/// What a verified event means (see the module's table). `Err` is an event whose object is not
-/// what its type promises (logged, acknowledged, nothing applied).
-pub fn translate(event: &Event) -> Result<Translation, String> {
+/// What a verified event means to the installation `installation` (see the module's table).
+/// `Err` is an event whose object is not what its type promises (logged, acknowledged,
+/// nothing applied).
+pub fn translate(event: &Event, installation: &str) -> Result<Translation, String> {
     let o = &event.object;
     let ignored = |why: &str| Ok(Translation::Ignored(why.to_string()));
+    let ours =
+        |what: &str| ours(&o["metadata"], installation).map_err(|why| format!("the {what}: {why}"));
     match event.event_type.as_str() {
         "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
             if o["payment_status"].as_str() != Some("paid") {
                 // An asynchronous method (a bank debit): `async_payment_*` follows.
                 return ignored("the session is not paid (yet)");
             }
-            let Some((account, top_up_id)) = top_up_of(&o["metadata"]) else {
-                return ignored("the session names no tollgate top-up");
+            let (account, top_up_id) = match ours("session") {
+                Ok(ids) => ids,
+                Err(why) => return ignored(&why),
             };
             if let Err(why) = usd(o) {
                 return ignored(&why);
@@ -178,8 +211,9 @@ pub fn translate(event: &Event) -> Result<Translation, String> {
             })
         }
         "checkout.session.async_payment_failed" | "checkout.session.expired" => {
-            let Some((account, top_up_id)) = top_up_of(&o["metadata"]) else {
-                return ignored("the session names no tollgate top-up");
+            let (account, top_up_id) = match ours("session") {
+                Ok(ids) => ids,
+                Err(why) => return ignored(&why),
             };
             let reason = if event.event_type.ends_with("expired") {
                 "checkout_expired"
@@ -196,8 +230,9 @@ pub fn translate(event: &Event) -> Result<Translation, String> {
             })
         }
         "payment_intent.succeeded" => {
-            let Some((account, top_up_id)) = top_up_of(&o["metadata"]) else {
-                return ignored("the payment names no tollgate top-up");
+            let (account, top_up_id) = match ours("payment") {
+                Ok(ids) => ids,
+                Err(why) => return ignored(&why),
             };
             if let Err(why) = usd(o) {
                 return ignored(&why);
@@ -218,9 +253,16 @@ pub fn translate(event: &Event) -> Result<Translation, String> {
             })
         }
         "payment_intent.payment_failed" => {
-            let Some((account, top_up_id)) = top_up_of(&o["metadata"]) else {
-                return ignored("the payment names no tollgate top-up");
+            let (account, top_up_id) = match ours("payment") {
+                Ok(ids) => ids,
+                Err(why) => return ignored(&why),
             };
+            if !is_auto_id(&top_up_id) {
+                // A checkout's payment attempt failed: the customer may try again on the same
+                // session (another card); only the session's expiry or its asynchronous
+                // payment's failure fails the top-up.
+                return ignored("a checkout's payment attempt failed; its session stays open");
+            }
             let err = &o["last_payment_error"];
             let code = err["code"]
                 .as_str()
@@ -253,13 +295,18 @@ pub fn translate(event: &Event) -> Result<Translation, String> {
             }
             let dispute_id = id_of(&o["id"]).ok_or("the dispute has no id")?;
             let status = o["status"].as_str().ok_or("the dispute has no status")?;
+            let Some(held) = dispute_status(status) else {
+                return ignored(&format!(
+                    "an inquiry ({status}): no funds are withdrawn, nothing is taken or locked"
+                ));
+            };
             Ok(Translation::OfPayment {
                 payment_intent: id_of(&o["payment_intent"]),
                 charge: id_of(&o["charge"]),
                 change: PaymentChange::Disputed {
                     dispute_id,
                     amount: amount(o, "amount")?,
-                    status: dispute_status(status),
+                    status: held,
                 },
             })
         }
@@ -281,8 +328,15 @@ mod tests {
         .unwrap()
     }
 
+    const HERE: &str = "inst1";
+
+    fn translate_here(e: &Event) -> Result<Translation, String> {
+        translate(e, HERE)
+    }
+
     fn meta() -> Value {
-        json!({"tollgate_account": "acme", "tollgate_top_up_id": "top_1"})
+        json!({"tollgate_installation": HERE, "tollgate_account": "acme",
+            "tollgate_top_up_id": "top_1"})
     }
 
     fn top() -> PurchaseId {
@@ -308,7 +362,7 @@ mod tests {
             "checkout.session.async_payment_succeeded",
         ] {
             assert_eq!(
-                translate(&event(t, session.clone())),
+                translate_here(&event(t, session.clone())),
                 Ok(Translation::Effect {
                     account: acme(),
                     effect: paid.clone()
@@ -319,13 +373,13 @@ mod tests {
         let mut unpaid = session.clone();
         unpaid["payment_status"] = json!("unpaid");
         assert!(matches!(
-            translate(&event("checkout.session.completed", unpaid)),
+            translate_here(&event("checkout.session.completed", unpaid)),
             Ok(Translation::Ignored(_))
         ));
         let mut euro = session.clone();
         euro["currency"] = json!("eur");
         assert!(matches!(
-            translate(&event("checkout.session.completed", euro)),
+            translate_here(&event("checkout.session.completed", euro)),
             Ok(Translation::Ignored(_))
         ));
         for (t, reason) in [
@@ -336,7 +390,7 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                translate(&event(t, session.clone())),
+                translate_here(&event(t, session.clone())),
                 Ok(Translation::Effect {
                     account: acme(),
                     effect: PaymentEffect::Failed {
@@ -351,7 +405,7 @@ mod tests {
         let pi = json!({"id": "pi_1", "object": "payment_intent", "amount": 2500,
             "amount_received": 2500, "currency": "usd", "payment_method": "pm_1",
             "setup_future_usage": "off_session", "status": "succeeded", "metadata": meta()});
-        let saved = translate(&event("payment_intent.succeeded", pi.clone())).unwrap();
+        let saved = translate_here(&event("payment_intent.succeeded", pi.clone())).unwrap();
         assert_eq!(
             saved,
             Translation::Effect {
@@ -366,22 +420,32 @@ mod tests {
         );
         let mut once = pi.clone();
         once["setup_future_usage"] = Value::Null;
-        match translate(&event("payment_intent.succeeded", once)).unwrap() {
+        match translate_here(&event("payment_intent.succeeded", once)).unwrap() {
             Translation::Effect {
                 effect: PaymentEffect::Paid { payment_method, .. },
                 ..
             } => assert_eq!(payment_method, None, "not agreed: not saved"),
             other => panic!("{other:?}"),
         }
+        // A failed attempt of a checkout's payment fails nothing: the customer may try again
+        // on the same session.
         let mut failed = pi.clone();
+        failed["last_payment_error"] = json!({"code": "card_declined", "type": "card_error"});
+        assert!(matches!(
+            translate_here(&event("payment_intent.payment_failed", failed.clone())),
+            Ok(Translation::Ignored(_))
+        ));
+        // An automatic top-up's fails it.
+        failed["metadata"]["tollgate_top_up_id"] = json!("auto-1");
+        let auto = PurchaseId::parse("auto-1").unwrap();
         failed["last_payment_error"] =
             json!({"code": "authentication_required", "type": "card_error"});
         assert_eq!(
-            translate(&event("payment_intent.payment_failed", failed.clone())),
+            translate_here(&event("payment_intent.payment_failed", failed.clone())),
             Ok(Translation::Effect {
                 account: acme(),
                 effect: PaymentEffect::Failed {
-                    top_up_id: top(),
+                    top_up_id: auto.clone(),
                     reason: "authentication_required".into(),
                     needs_customer: true
                 }
@@ -389,7 +453,7 @@ mod tests {
         );
         failed["last_payment_error"] =
             json!({"code": "card_declined", "decline_code": "insufficient_funds"});
-        match translate(&event("payment_intent.payment_failed", failed)).unwrap() {
+        match translate_here(&event("payment_intent.payment_failed", failed)).unwrap() {
             Translation::Effect {
                 effect:
                     PaymentEffect::Failed {
@@ -401,18 +465,40 @@ mod tests {
             } => assert_eq!((reason.as_str(), needs_customer), ("card_declined", false)),
             other => panic!("{other:?}"),
         }
+        // Not this installation's: another's, or an automatic top-up's naming none; a
+        // checkout's naming none is (made before installation ids).
+        let mut other = pi.clone();
+        other["metadata"]["tollgate_installation"] = json!("inst2");
+        assert!(matches!(
+            translate_here(&event("payment_intent.succeeded", other.clone())),
+            Ok(Translation::Ignored(why)) if why.contains("another installation")
+        ));
+        other["metadata"]["tollgate_top_up_id"] = json!("auto-1");
+        other["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("tollgate_installation");
+        assert!(matches!(
+            translate_here(&event("payment_intent.succeeded", other.clone())),
+            Ok(Translation::Ignored(_))
+        ));
+        other["metadata"]["tollgate_top_up_id"] = json!("top_1");
+        assert!(matches!(
+            translate_here(&event("payment_intent.succeeded", other)),
+            Ok(Translation::Effect { .. })
+        ));
         // Not tollgate's: no metadata, or metadata that is not a tollgate id.
         let mut theirs = pi.clone();
         theirs["metadata"] = json!({"order": "42"});
         assert!(matches!(
-            translate(&event("payment_intent.succeeded", theirs)),
+            translate_here(&event("payment_intent.succeeded", theirs)),
             Ok(Translation::Ignored(_))
         ));
         let mut bad = pi;
         bad["metadata"] =
             json!({"tollgate_account": "no spaces allowed", "tollgate_top_up_id": "x"});
         assert!(matches!(
-            translate(&event("payment_intent.succeeded", bad)),
+            translate_here(&event("payment_intent.succeeded", bad)),
             Ok(Translation::Ignored(_))
         ));
     }
@@ -422,7 +508,7 @@ mod tests {
         let charge = json!({"id": "ch_1", "object": "charge", "amount": 2500,
             "amount_refunded": 1000, "currency": "usd", "payment_intent": "pi_1", "refunded": false});
         assert_eq!(
-            translate(&event("charge.refunded", charge)),
+            translate_here(&event("charge.refunded", charge)),
             Ok(Translation::OfPayment {
                 payment_intent: Some("pi_1".into()),
                 charge: Some("ch_1".into()),
@@ -434,15 +520,14 @@ mod tests {
         for (status, held) in [
             ("needs_response", DisputeStatus::Open),
             ("under_review", DisputeStatus::Open),
-            ("warning_needs_response", DisputeStatus::Open),
             ("won", DisputeStatus::Won),
-            ("warning_closed", DisputeStatus::Won),
+            ("charge_refunded", DisputeStatus::Won),
             ("lost", DisputeStatus::Lost),
         ] {
             let dispute = json!({"id": "dp_1", "object": "dispute", "amount": 2500,
                 "currency": "usd", "charge": "ch_1", "payment_intent": "pi_1", "status": status});
             for t in ["charge.dispute.created", "charge.dispute.closed"] {
-                let got = translate(&event(t, dispute.clone())).unwrap();
+                let got = translate_here(&event(t, dispute.clone())).unwrap();
                 let Translation::OfPayment { change, .. } = got else {
                     panic!("{got:?}")
                 };
@@ -461,13 +546,38 @@ mod tests {
     }
 
     #[test]
+    fn an_inquiry_takes_nothing_and_locks_nothing() {
+        for status in [
+            "warning_needs_response",
+            "warning_under_review",
+            "warning_closed",
+        ] {
+            let inquiry = json!({"id": "dp_1", "object": "dispute", "amount": 2500,
+                "currency": "usd", "charge": "ch_1", "payment_intent": "pi_1", "status": status});
+            for t in [
+                "charge.dispute.created",
+                "charge.dispute.updated",
+                "charge.dispute.closed",
+            ] {
+                assert!(
+                    matches!(
+                        translate_here(&event(t, inquiry.clone())),
+                        Ok(Translation::Ignored(why)) if why.contains("inquiry")
+                    ),
+                    "{t} {status}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn unknown_types_are_ignored_and_malformed_events_refused() {
         assert!(matches!(
-            translate(&event("customer.created", json!({"id": "cus_1"}))),
+            translate_here(&event("customer.created", json!({"id": "cus_1"}))),
             Ok(Translation::Ignored(_))
         ));
         let no_amount = json!({"id": "ch_1", "currency": "usd", "payment_intent": "pi_1"});
-        assert!(translate(&event("charge.refunded", no_amount)).is_err());
+        assert!(translate_here(&event("charge.refunded", no_amount)).is_err());
         for bad in [
             "not json",
             "{}",

@@ -85,10 +85,7 @@ async fn fifty_concurrent_settlements_crossing_the_threshold_start_one_top_up() 
         p.app.dispatcher().run_once().await.expect("a round");
         assert_eq!(
             charges(&p),
-            [(
-                "tollgate-top-up-acme-auto-1".to_string(),
-                "2000".to_string()
-            )],
+            [(p.key("top-up-acme-auto-1"), "2000".to_string())],
             "{name}"
         );
         let req = &p.stripe.requests("POST", "/v1/payment_intents")[0];
@@ -101,6 +98,11 @@ async fn fifty_concurrent_settlements_crossing_the_threshold_start_one_top_up() 
             .is_some_and(|c| c.starts_with("pm_")));
         assert_eq!(req.field("metadata[tollgate_account]"), Some("acme"));
         assert_eq!(req.field("metadata[tollgate_top_up_id]"), Some("auto-1"));
+        assert_eq!(
+            req.field("metadata[tollgate_installation]"),
+            Some(p.installation().as_str())
+        );
+        assert_eq!(p.installation().len(), 16, "drawn at the first start");
         assert_eq!(p.balance("acme").await, 70 * USD, "{name}: credited once");
         let rule = p.rule(&admin).await;
         assert_eq!(rule["in_flight"], Value::Null, "{name}");
@@ -154,7 +156,7 @@ async fn a_crash_after_the_provider_was_called_creates_no_second_charge() {
     let sent = charges(&p);
     assert_eq!(sent.len(), 2, "sent twice");
     assert!(
-        sent.iter().all(|(k, _)| k == "tollgate-top-up-acme-auto-1"),
+        sent.iter().all(|(k, _)| *k == p.key("top-up-acme-auto-1")),
         "{sent:?}"
     );
     assert_eq!(
@@ -177,7 +179,7 @@ async fn a_crash_after_the_provider_was_called_creates_no_second_charge() {
     assert_eq!(p.balance("acme").await, 75 * USD);
     let auto2: Vec<_> = charges(&p)
         .into_iter()
-        .filter(|(k, _)| k == "tollgate-top-up-acme-auto-2")
+        .filter(|(k, _)| *k == p.key("top-up-acme-auto-2"))
         .collect();
     assert_eq!(auto2.len(), 2, "one key, sent twice");
     assert_eq!(p.stripe.payment_intents().len(), 3, "one payment for it");
@@ -464,5 +466,304 @@ async fn a_provider_that_never_answers_fails_the_top_up_after_23_hours() {
         "only the checkout's payment"
     );
     assert_eq!(int(&p.rule(&admin).await["failures"]), 1);
+    p.app.assert_reconciled().await;
+}
+
+/// The checkout's payment (the first the provider made).
+fn checkout_payment(p: &Pay) -> String {
+    p.stripe.payment_intents()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `GET /v1/account/top-ups/{id}`: its status and failure reason.
+async fn top_up_state(p: &Pay, admin: &str, id: &str) -> (String, Option<String>) {
+    let t = p
+        .call(
+            admin,
+            Method::GET,
+            &format!("/v1/account/top-ups/{id}"),
+            None,
+        )
+        .await
+        .expect(200)
+        .clone();
+    (
+        t["status"].as_str().unwrap().to_string(),
+        t["failure_reason"].as_str().map(str::to_string),
+    )
+}
+
+#[tokio::test]
+async fn a_rule_turned_off_before_its_delivery_charges_nothing() {
+    for backend in backends() {
+        let p = Pay::start(&backend).await;
+        let name = backend.name();
+        let admin = ready(&p, "acme", "60", "20", "500").await;
+        spend(&p, "acme", "a", 41).await;
+        assert_eq!(p.rule(&admin).await["in_flight"], "auto-1", "{name}");
+        p.call(
+            &admin,
+            Method::PUT,
+            "/v1/account/auto-top-up",
+            Some(
+                json!({"enabled": false, "threshold_usd": "60", "amount_usd": "20",
+                "max_per_month_usd": "500"}),
+            ),
+        )
+        .await
+        .expect(200);
+        // The delivery finds the decision stale: cancelled, not charged.
+        let results = p.app.dispatcher().run_once().await.expect("a round");
+        assert_eq!(results.len(), 1, "{name}");
+        assert_eq!(
+            results[0].attempt.status_code, None,
+            "the provider not asked"
+        );
+        assert!(p.stripe.requests("POST", "/v1/payment_intents").is_empty());
+        assert_eq!(p.stripe.payment_intents().len(), 1, "the checkout's only");
+        let rule = p.rule(&admin).await;
+        assert_eq!(rule["in_flight"], Value::Null, "{name}: {rule}");
+        assert_eq!(rule["failures"], 0, "not a failure of the card");
+        assert_eq!(rule["month_total_nano_usd"], 0);
+        assert_eq!(
+            top_up_state(&p, &admin, "auto-1").await,
+            ("failed".into(), Some("cancelled".into()))
+        );
+        // Nothing more is due: the delivery is done.
+        p.app.set_now(p.app.now_ms() + HOUR);
+        assert!(p
+            .app
+            .dispatcher()
+            .run_once()
+            .await
+            .expect("a round")
+            .is_empty());
+        assert_eq!(p.balance("acme").await, 59 * USD, "{name}");
+        p.app.assert_reconciled().await;
+    }
+}
+
+#[tokio::test]
+async fn a_dispute_before_the_delivery_charges_nothing_and_the_card_must_be_saved_again() {
+    for backend in backends() {
+        let p = Pay::start(&backend).await;
+        let name = backend.name();
+        let admin = ready(&p, "acme", "60", "20", "500").await;
+        let hooks = receiver(&p).await;
+        spend(&p, "acme", "a", 41).await;
+        assert_eq!(p.rule(&admin).await["in_flight"], "auto-1", "{name}");
+        // The customer disputes 10 USD of the checkout's payment.
+        let pi = checkout_payment(&p);
+        let open = p.stripe.dispute("dp_1", &pi, 1000, "needs_response");
+        p.expect(&p.stripe.event("charge.dispute.created", open), "applied")
+            .await;
+        let rule = p.rule(&admin).await;
+        assert_eq!(
+            (rule["status"].as_str(), rule["paused_reason"].as_str()),
+            (Some("paused"), Some("payment_disputed")),
+            "{name}: {rule}"
+        );
+        assert_eq!(rule["payment_method_saved"], false, "the card is forgotten");
+        assert_eq!(p.balance("acme").await, 49 * USD);
+        // The delivery charges nothing.
+        p.app.dispatcher().run_once().await.expect("a round");
+        assert!(
+            p.stripe.requests("POST", "/v1/payment_intents").is_empty(),
+            "{name}"
+        );
+        let rule = p.rule(&admin).await;
+        assert_eq!(rule["in_flight"], Value::Null, "{name}: {rule}");
+        assert_eq!(rule["failures"], 0);
+        assert_eq!(
+            top_up_state(&p, &admin, "auto-1").await,
+            ("failed".into(), Some("cancelled".into()))
+        );
+        // Won: the amount is back, and the card still is not: the rule needs a new checkout
+        // saving one.
+        let won = p.stripe.dispute("dp_1", &pi, 1000, "won");
+        p.expect(&p.stripe.event("charge.dispute.closed", won), "applied")
+            .await;
+        assert_eq!(p.balance("acme").await, 59 * USD);
+        let enable = json!({"enabled": true, "threshold_usd": "60", "amount_usd": "20",
+            "max_per_month_usd": "500"});
+        p.call(
+            &admin,
+            Method::PUT,
+            "/v1/account/auto-top-up",
+            Some(enable.clone()),
+        )
+        .await
+        .expect_error(409, "payment_method_required");
+        assert!(p.stripe.requests("POST", "/v1/payment_intents").is_empty());
+        p.paid_top_up(&admin, "10", true).await;
+        let mut higher = enable;
+        higher["threshold_usd"] = json!("80");
+        let set = p
+            .call(&admin, Method::PUT, "/v1/account/auto-top-up", Some(higher))
+            .await
+            .expect(200)
+            .clone();
+        assert_eq!(set["in_flight"], "auto-2", "{name}: 69 is below 80: {set}");
+        p.deliver_all().await;
+        assert_eq!(p.balance("acme").await, 89 * USD, "{name}");
+        let got = hooks.wait_for(6).await;
+        assert_eq!(
+            types(&got),
+            [
+                "top_up.started",
+                "top_up.paused",
+                "top_up.failed",
+                "top_up.succeeded",
+                "top_up.started",
+                "top_up.succeeded"
+            ],
+            "{name}"
+        );
+        assert_eq!(got[1].json()["data"]["reason"], "payment_disputed");
+        assert_eq!(got[2].json()["data"]["reason"], "cancelled");
+        assert_eq!(got[2].json()["data"]["failures"], 0);
+        p.app.assert_reconciled().await;
+    }
+}
+
+#[tokio::test]
+async fn a_refused_key_is_retried_and_never_counted_as_a_failure_of_the_card() {
+    let p = Pay::start(&Backend::Sqlite).await;
+    let admin = ready(&p, "acme", "60", "20", "500").await;
+    p.stripe.script([PaymentScript::Unauthorized]);
+    spend(&p, "acme", "a", 41).await;
+    let results = p.app.dispatcher().run_once().await.expect("a round");
+    assert_eq!(results[0].attempt.status_code, Some(401));
+    let rule = p.rule(&admin).await;
+    assert_eq!(rule["failures"], 0, "{rule}");
+    assert_eq!(rule["in_flight"], "auto-1", "still to be charged");
+    assert_eq!(rule["status"], "active");
+    assert_eq!(
+        top_up_state(&p, &admin, "auto-1").await,
+        ("awaiting_payment".into(), None)
+    );
+    // Retried after the backoff, with the same key: charged once.
+    p.app.set_now(p.app.now_ms() + MINUTE);
+    let results = p.app.dispatcher().run_once().await.expect("a round");
+    assert_eq!(results[0].attempt.status_code, Some(200));
+    let sent = charges(&p);
+    assert_eq!(sent.len(), 2);
+    assert!(sent.iter().all(|(k, _)| *k == p.key("top-up-acme-auto-1")));
+    assert_eq!(p.balance("acme").await, 79 * USD);
+    let rule = p.rule(&admin).await;
+    assert_eq!(
+        (rule["failures"].as_i64(), rule["month_count"].as_i64()),
+        (Some(0), Some(1))
+    );
+
+    // Refused for the whole window: the top-up is cancelled, still no failure.
+    p.stripe
+        .script(std::iter::repeat_n(PaymentScript::Unauthorized, 100));
+    spend(&p, "acme", "b", 20).await;
+    assert_eq!(p.rule(&admin).await["in_flight"], "auto-2");
+    let mut rounds = 0;
+    while top_up_state(&p, &admin, "auto-2").await.0 == "awaiting_payment" {
+        rounds += 1;
+        assert!(rounds < 40, "never given up");
+        p.app.dispatcher().run_once().await.expect("a round");
+        p.app.set_now(p.app.now_ms() + 2 * HOUR);
+    }
+    assert_eq!(
+        top_up_state(&p, &admin, "auto-2").await,
+        ("failed".into(), Some("cancelled".into()))
+    );
+    let rule = p.rule(&admin).await;
+    assert_eq!(
+        (rule["failures"].as_i64(), rule["status"].as_str()),
+        (Some(0), Some("active"))
+    );
+    // No wait after a cancel: the next one is in flight at once, for when the key is fixed.
+    assert_eq!(rule["in_flight"], "auto-3", "{rule}");
+    assert_eq!(
+        p.stripe.payment_intents().len(),
+        2,
+        "the checkout's and auto-1's"
+    );
+    p.app.assert_reconciled().await;
+}
+
+#[tokio::test]
+async fn an_event_of_another_installation_about_an_auto_top_up_of_the_same_name_is_ignored() {
+    let p = Pay::start(&Backend::Sqlite).await;
+    let admin = ready(&p, "acme", "60", "20", "500").await;
+    spend(&p, "acme", "a", 41).await;
+    assert_eq!(p.rule(&admin).await["in_flight"], "auto-1");
+    // Another deployment on the same provider account (staging, say) has an account `acme`
+    // whose `auto-1` was paid: its event reaches this webhook too.
+    let theirs = |metadata: Value| {
+        json!({"id": "pi_staging", "object": "payment_intent", "amount": 2000,
+            "amount_received": 2000, "currency": "usd", "status": "succeeded",
+            "payment_method": "pm_staging", "setup_future_usage": null, "metadata": metadata})
+    };
+    for metadata in [
+        json!({"tollgate_installation": "0123456789abcdef", "tollgate_account": "acme",
+            "tollgate_top_up_id": "auto-1"}),
+        // One of before installation ids: an `auto-<n>` of no installation is not this one's.
+        json!({"tollgate_account": "acme", "tollgate_top_up_id": "auto-1"}),
+    ] {
+        p.expect(
+            &p.stripe
+                .event("payment_intent.succeeded", theirs(metadata.clone())),
+            "ignored",
+        )
+        .await;
+        let mut failed = theirs(metadata);
+        failed["status"] = json!("requires_payment_method");
+        failed["last_payment_error"] = json!({"code": "card_declined"});
+        p.expect(
+            &p.stripe.event("payment_intent.payment_failed", failed),
+            "ignored",
+        )
+        .await;
+    }
+    assert_eq!(p.balance("acme").await, 59 * USD, "nothing credited");
+    assert_eq!(
+        top_up_state(&p, &admin, "auto-1").await,
+        ("awaiting_payment".into(), None)
+    );
+    // Its own charge is credited.
+    p.app.dispatcher().run_once().await.expect("a round");
+    assert_eq!(p.balance("acme").await, 79 * USD);
+    p.app.assert_reconciled().await;
+}
+
+#[tokio::test]
+async fn turning_the_rule_off_is_never_refused_for_its_amounts() {
+    let p = Pay::start(&Backend::Sqlite).await;
+    let admin = ready(&p, "acme", "10", "20", "500").await;
+    for (amount, cap) in [
+        ("1", "500"),
+        ("20.001", "500"),
+        ("20", "0.5"),
+        ("50000", "100000"),
+    ] {
+        let body = json!({"enabled": false, "threshold_usd": "10", "amount_usd": amount,
+            "max_per_month_usd": cap});
+        let off = p
+            .call(
+                &admin,
+                Method::PUT,
+                "/v1/account/auto-top-up",
+                Some(body.clone()),
+            )
+            .await
+            .expect(200)
+            .clone();
+        assert_eq!(off["enabled"], false, "{body}");
+        // Enabled, the same amounts are refused.
+        let mut on = body;
+        on["enabled"] = json!(true);
+        p.call(&admin, Method::PUT, "/v1/account/auto-top-up", Some(on))
+            .await
+            .expect_error(400, "validation_error");
+    }
+    assert_eq!(p.rule(&admin).await["enabled"], false);
     p.app.assert_reconciled().await;
 }

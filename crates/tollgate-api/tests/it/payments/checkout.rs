@@ -48,10 +48,7 @@ async fn a_top_up_end_to_end_credits_once_with_its_invoice_and_unlock() {
         assert_eq!(first["amount_usd"], json!(25.0));
         let customers = p.stripe.requests("POST", "/v1/customers");
         assert_eq!(customers.len(), 1, "{name}: one customer per account");
-        assert_eq!(
-            customers[0].idempotency_key.as_deref(),
-            Some("tollgate-customer-acme")
-        );
+        assert_eq!(customers[0].idempotency_key, Some(p.key("customer-acme")));
         assert_eq!(
             customers[0].field("metadata[tollgate_account]"),
             Some("acme")
@@ -65,8 +62,8 @@ async fn a_top_up_end_to_end_credits_once_with_its_invoice_and_unlock() {
         ] {
             let id = t["top_up_id"].as_str().unwrap();
             assert_eq!(
-                s.idempotency_key.as_deref(),
-                Some(format!("tollgate-checkout-acme-{id}").as_str())
+                s.idempotency_key,
+                Some(p.key(&format!("checkout-acme-{id}")))
             );
             assert_eq!(s.field("mode"), Some("payment"));
             assert_eq!(s.field("customer"), customer.as_str(), "the same customer");
@@ -91,6 +88,10 @@ async fn a_top_up_end_to_end_credits_once_with_its_invoice_and_unlock() {
                     Some("acme")
                 );
                 assert_eq!(s.field(&format!("{prefix}[tollgate_top_up_id]")), Some(id));
+                assert_eq!(
+                    s.field(&format!("{prefix}[tollgate_installation]")),
+                    Some(p.installation().as_str())
+                );
             }
             assert_eq!(
                 s.field("payment_intent_data[setup_future_usage]"),
@@ -556,6 +557,50 @@ async fn an_expired_checkout_fails_its_top_up_and_a_late_payment_still_credits_i
     p.expect(
         &p.stripe
             .event("checkout.session.async_payment_succeeded", session),
+        "applied",
+    )
+    .await;
+    assert_eq!(p.balance("acme").await, 10 * USD);
+    p.app.assert_reconciled().await;
+}
+
+#[tokio::test]
+async fn a_failed_payment_attempt_leaves_the_checkout_open_for_another_try() {
+    let p = Pay::start(&Backend::Sqlite).await;
+    let admin = p.account("acme").await;
+    let t = p.top_up(&admin, "10", false).await.expect(201).clone();
+    let id = t["top_up_id"].as_str().unwrap().to_string();
+    // The customer's first card is declined on the checkout page: the provider tells the
+    // payment's failure, and the session stays open for another card.
+    let attempt = json!({"id": "pi_attempt", "object": "payment_intent", "amount": 1000,
+        "amount_received": 0, "currency": "usd", "status": "requires_payment_method",
+        "last_payment_error": {"code": "card_declined", "decline_code": "insufficient_funds"},
+        "metadata": {"tollgate_installation": p.installation(), "tollgate_account": "acme",
+            "tollgate_top_up_id": id}});
+    p.expect(
+        &p.stripe.event("payment_intent.payment_failed", attempt),
+        "ignored",
+    )
+    .await;
+    let shown = p
+        .call(
+            &admin,
+            Method::GET,
+            &format!("/v1/account/top-ups/{id}"),
+            None,
+        )
+        .await
+        .expect(200)
+        .clone();
+    assert_eq!(shown["status"], "awaiting_payment", "{shown}");
+    assert_eq!(
+        shown["checkout_url"], t["checkout_url"],
+        "still where to pay"
+    );
+    // The second card is accepted.
+    let (session, _) = p.stripe.pay_checkout(&session_id(&t));
+    p.expect(
+        &p.stripe.event("checkout.session.completed", session),
         "applied",
     )
     .await;

@@ -58,6 +58,22 @@ impl Pay {
         }
     }
 
+    /// This tollgate's payments installation id (drawn at its first start, in its database).
+    pub fn installation(&self) -> String {
+        self.app
+            .payments
+            .as_ref()
+            .expect("payments")
+            .settings
+            .installation
+            .clone()
+    }
+
+    /// The idempotency key `tollgate-<installation>-<rest>`.
+    pub fn key(&self, rest: &str) -> String {
+        format!("tollgate-{}-{rest}", self.installation())
+    }
+
     /// A new account without credits (locked), and its ADMIN key.
     pub async fn account(&self, username: &str) -> String {
         self.app.create_account(username).await.expect(201);

@@ -1,10 +1,11 @@
 //! Refunds and disputes: the provider's events move the balance by exactly the state they
 //! tell, in every order and repeated; a dispute locks the account (`payment_disputed`), which
 //! credits never lift, a won one gives the amount back and lifts it, a lost one keeps both
-//! until the operator unlocks; operator refunds go through the provider for its payments and
-//! take back only what is left of a manual purchase, each with a credit note.
+//! until the operator unlocks; an inquiry takes and locks nothing; operator refunds go through
+//! the provider for its payments (once per refund id, however late repeated) and take back only
+//! what is left of a manual purchase, each with a credit note.
 
-use super::{session_id, Pay, MINUTE};
+use super::{session_id, Pay, DAY, HOUR, MINUTE};
 use crate::harness::{int, USD};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -260,9 +261,11 @@ async fn operator_refunds_through_the_provider_or_of_what_is_left_with_credit_no
             .starts_with("re_"));
         let sent = p.stripe.requests("POST", "/v1/refunds");
         assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].idempotency_key, Some(p.key("refund-acme-rf-1")));
+        assert_eq!(sent[0].field("metadata[tollgate_refund_id]"), Some("rf-1"));
         assert_eq!(
-            sent[0].idempotency_key.as_deref(),
-            Some("tollgate-refund-acme-rf-1")
+            sent[0].field("metadata[tollgate_installation]"),
+            Some(p.installation().as_str())
         );
         assert_eq!(sent[0].field("payment_intent"), Some(pi.as_str()));
         assert_eq!(sent[0].field("amount"), Some("2000"));
@@ -370,4 +373,111 @@ async fn operator_refunds_through_the_provider_or_of_what_is_left_with_credit_no
         assert_eq!(p.stripe.requests("POST", "/v1/refunds").len(), 1);
         p.app.assert_reconciled().await;
     }
+}
+
+#[tokio::test]
+async fn a_refund_repeated_after_the_providers_idempotency_window_is_made_once() {
+    for backend in backends() {
+        let p = Pay::start(&backend).await;
+        let name = backend.name();
+        let admin = p.account("acme").await;
+        let (top_up, pi) = p.paid_top_up(&admin, "50", false).await;
+        let refund = |id: &str, usd: &str| {
+            let (p, top_up) = (&p, top_up.clone());
+            let body = json!({"refund_id": id, "amount_usd": usd});
+            async move {
+                p.app
+                    .op(
+                        Method::POST,
+                        &format!("/v1/admin/accounts/acme/purchases/{top_up}/refund"),
+                        body,
+                    )
+                    .await
+            }
+        };
+
+        // rf-1: made at the provider, then the charge's read fails: nothing is recorded.
+        p.stripe.fail_reads("/v1/charges/", 1);
+        refund("rf-1", "20")
+            .await
+            .expect_error(502, "payment_provider_error");
+        assert_eq!(p.stripe.refunds().len(), 1, "{name}");
+        assert_eq!(p.balance("acme").await, 50 * USD);
+        // More than a day later the provider has forgotten the key; the repeat finds the
+        // refund by its metadata instead of making another.
+        p.app.set_now(p.app.now_ms() + DAY + HOUR);
+        p.stripe.forget_idempotency_keys();
+        let made = refund("rf-1", "20").await.expect(201).clone();
+        assert_eq!(made["taken_nano_usd"], 20 * USD, "{name}: {made}");
+        assert_eq!(made["provider_reference"], p.stripe.refunds()[0]["id"]);
+        assert_eq!(p.stripe.refunds().len(), 1, "{name}: refunded once");
+        assert_eq!(p.stripe.requests("POST", "/v1/refunds").len(), 1);
+        assert_eq!(p.stripe.charge_of(&pi)["amount_refunded"], 2000);
+        assert_eq!(p.balance("acme").await, 30 * USD, "{name}");
+        let listed = p.stripe.requests("GET", "/v1/refunds");
+        assert!(listed
+            .iter()
+            .all(|r| r.field("payment_intent") == Some(pi.as_str())));
+
+        // rf-2: made, its answer lost; the provider's event tells it first, and the repeat a
+        // day later records it, taking nothing more.
+        p.stripe.fail_reads("/v1/charges/", 1);
+        refund("rf-2", "30")
+            .await
+            .expect_error(502, "payment_provider_error");
+        p.expect(
+            &p.stripe.event("charge.refunded", p.stripe.charge_of(&pi)),
+            "applied",
+        )
+        .await;
+        assert_eq!(p.balance("acme").await, 0, "{name}");
+        p.app.set_now(p.app.now_ms() + DAY + HOUR);
+        p.stripe.forget_idempotency_keys();
+        let made = refund("rf-2", "30").await.expect(201).clone();
+        assert_eq!(made["taken_nano_usd"], 0, "{name}: {made}");
+        assert_eq!(made["provider_reference"], p.stripe.refunds()[1]["id"]);
+        assert_eq!(p.stripe.refunds().len(), 2, "{name}");
+        assert_eq!(p.balance("acme").await, 0);
+        // Nothing is left to refund: a new refund id is refused, the provider not asked.
+        refund("rf-3", "0.5")
+            .await
+            .expect_error(409, "not_refundable");
+        assert_eq!(p.stripe.requests("POST", "/v1/refunds").len(), 2);
+        assert_eq!(p.stripe.refunds().len(), 2);
+        p.app.assert_reconciled().await;
+    }
+}
+
+#[tokio::test]
+async fn an_inquiry_takes_nothing_and_locks_nothing_until_it_escalates() {
+    let p = Pay::start(&Backend::Sqlite).await;
+    let admin = p.account("acme").await;
+    let (_, pi) = p.paid_top_up(&admin, "30", false).await;
+    for (t, status) in [
+        ("charge.dispute.created", "warning_needs_response"),
+        ("charge.dispute.updated", "warning_under_review"),
+    ] {
+        let inquiry = p.stripe.dispute("dp_inq", &pi, 3000, status);
+        p.expect(&p.stripe.event(t, inquiry), "ignored").await;
+        let account = p.app.account("acme").await;
+        assert_eq!(int(&account["balance_nano_usd"]), 30 * USD, "{status}");
+        assert_eq!(account["locked"], false, "{status}");
+    }
+    // The inquiry escalates: the provider tells the same dispute as needing a response.
+    let escalated = p.stripe.dispute("dp_inq", &pi, 3000, "needs_response");
+    p.expect(
+        &p.stripe.event("charge.dispute.updated", escalated),
+        "applied",
+    )
+    .await;
+    let account = p.app.account("acme").await;
+    assert_eq!(int(&account["balance_nano_usd"]), 0);
+    assert_eq!(account["lock_reason"], "payment_disputed");
+    // An inquiry of another payment closed without a dispute: nothing either.
+    let (_, other) = p.paid_top_up(&admin, "10", false).await;
+    let closed = p.stripe.dispute("dp_inq2", &other, 1000, "warning_closed");
+    p.expect(&p.stripe.event("charge.dispute.closed", closed), "ignored")
+        .await;
+    assert_eq!(p.balance("acme").await, 10 * USD);
+    p.app.assert_reconciled().await;
 }
