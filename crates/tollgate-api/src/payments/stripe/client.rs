@@ -604,6 +604,16 @@ pub fn error_of(status: u16, text: &str) -> StripeError {
             message,
         };
     }
+    // A saved card the customer removed (or the bank closed) is gone for good: a failure of the
+    // card, counted toward the rule's pause, not a refusal retried for a day.
+    if code.as_deref() == Some("resource_missing") && err["param"] == "payment_method" {
+        return StripeError::Card {
+            code: "payment_method_missing".into(),
+            decline_code: None,
+            message,
+            payment_intent: None,
+        };
+    }
     if status == 402 || kind == "card_error" {
         return StripeError::Card {
             code: code.unwrap_or_else(|| "card_declined".into()),
@@ -658,6 +668,11 @@ mod tests {
         assert_eq!(e.reason(), "resource_missing");
         assert_eq!(e.status(), Some(400));
         assert!(e.to_string().contains("No such payment_method"), "{e}");
+        let detached = json!({"error": {"type": "invalid_request_error", "code": "resource_missing",
+            "param": "payment_method", "message": "No such PaymentMethod: 'pm_x'"}});
+        assert!(
+            matches!(error_of(400, &detached.to_string()), StripeError::Card { code, .. } if code == "payment_method_missing")
+        );
         let unauthorized = error_of(401, "{\"error\": {\"type\": \"invalid_request_error\"}}");
         assert_eq!(unauthorized.reason(), "invalid_request_error");
     }
