@@ -153,11 +153,18 @@ pub fn effect_of(
 /// Charges the top-up a `top_up.started` event announced, if its decision still holds, and
 /// applies the answer (see the module's documentation). `payments` is `None` on a server
 /// without the provider: retried, for a server that has it.
+///
+/// `earlier_attempts` counts the delivery's attempts that got no definite answer. After one,
+/// the charge may already exist at Stripe (a timeout after Stripe charged), so the decision is
+/// not re-judged: the same request is sent again with the same idempotency key, which answers
+/// that payment if it exists; cancelling instead would let the next decision charge a second
+/// time for one shortfall.
 pub async fn charge(
     engine: &Engine,
     payments: Option<&Payments>,
     event: &StoredEvent,
     timeout: Duration,
+    earlier_attempts: u32,
 ) -> Charged {
     let EventData::TopUpStarted {
         top_up_id,
@@ -211,7 +218,10 @@ pub async fn charge(
             )),
         );
     }
-    if let Some(why) = stale(&account.state, &top_up, customer, payment_method) {
+    let judged = (earlier_attempts == 0)
+        .then(|| stale(&account.state, &top_up, customer, payment_method))
+        .flatten();
+    if let Some(why) = judged {
         tracing::info!(
             account = %event.account,
             top_up_id = %top_up_id,

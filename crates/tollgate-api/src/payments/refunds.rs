@@ -150,6 +150,8 @@ pub async fn refund(
         let (a, id) = (account.clone(), purchase_id.clone());
         state.engine.read(move |r| r.top_up(&a, &id)).await?
     };
+    // The provider's amount in cents when a refund of this id was made there for another amount.
+    let mut differs: Option<i64> = None;
     let provider = match top_up.and_then(|t| t.payment_intent) {
         None => None,
         Some(payment_intent) => {
@@ -169,11 +171,10 @@ pub async fn refund(
             let made = match before {
                 Some(made) => {
                     if made.amount != amount_cents {
-                        return Err(ApiError::conflict(format!(
-                            "refund {refund_id} was made at the payment provider for {} \
-                             cents ({}); a refund id is used once",
-                            made.amount, made.id
-                        )));
+                        // Made at the provider for another amount (an attempt whose answer was
+                        // lost, then a changed form): the money went back, so it is recorded
+                        // as made, for what it was, and the caller is told.
+                        differs = Some(made.amount);
                     }
                     tracing::info!(
                         account = %account,
@@ -247,16 +248,27 @@ pub async fn refund(
             })
         }
     };
+    let amount = match differs {
+        Some(c) => from_cents(c)
+            .ok_or_else(|| ApiError::server("the provider's refund amount is out of range"))?,
+        None => amount,
+    };
     let outcome = state
         .engine
         .execute(Op::Refund {
             account,
             purchase_id,
-            refund_id,
+            refund_id: refund_id.clone(),
             amount,
             provider,
         })
         .await??;
+    if let Some(c) = differs {
+        return Err(ApiError::conflict(format!(
+            "refund {refund_id} was made at the payment provider for {c} cents, not the amount \
+             asked; it is recorded as made, for what it was (a refund id is used once)"
+        )));
+    }
     match outcome {
         Outcome::Refunded { refund, replayed } => Ok((refund, replayed)),
         other => Err(ApiError::server(format!("unexpected outcome {other:?}"))),

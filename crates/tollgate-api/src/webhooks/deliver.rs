@@ -421,6 +421,7 @@ impl Dispatcher {
             self.payments.as_deref(),
             &d.event,
             self.settings.timeout,
+            d.tries,
         )
         .await;
         let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);

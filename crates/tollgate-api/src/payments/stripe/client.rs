@@ -604,11 +604,14 @@ pub fn error_of(status: u16, text: &str) -> StripeError {
             message,
         };
     }
-    // A saved card the customer removed (or the bank closed) is gone for good: a failure of the
-    // card, counted toward the rule's pause, not a refusal retried for a day.
-    if code.as_deref() == Some("resource_missing") && err["param"] == "payment_method" {
+    // A saved card the customer removed, or a Stripe customer deleted, is gone for good: a
+    // failure of the charge, counted toward the rule's pause, not a refusal retried for a day.
+    let gone = ["payment_method", "customer"]
+        .into_iter()
+        .find(|p| code.as_deref() == Some("resource_missing") && err["param"] == *p);
+    if let Some(param) = gone {
         return StripeError::Card {
-            code: "payment_method_missing".into(),
+            code: format!("{param}_missing"),
             decline_code: None,
             message,
             payment_intent: None,
@@ -672,6 +675,11 @@ mod tests {
             "param": "payment_method", "message": "No such PaymentMethod: 'pm_x'"}});
         assert!(
             matches!(error_of(400, &detached.to_string()), StripeError::Card { code, .. } if code == "payment_method_missing")
+        );
+        let deleted = json!({"error": {"type": "invalid_request_error", "code": "resource_missing",
+            "param": "customer", "message": "No such customer: 'cus_x'"}});
+        assert!(
+            matches!(error_of(400, &deleted.to_string()), StripeError::Card { code, .. } if code == "customer_missing")
         );
         let unauthorized = error_of(401, "{\"error\": {\"type\": \"invalid_request_error\"}}");
         assert_eq!(unauthorized.reason(), "invalid_request_error");

@@ -148,14 +148,16 @@ pub fn ours(metadata: &Value, installation: &str) -> Result<(AccountId, Purchase
 
 /// A dispute's status, as tollgate holds it: `won` is won; `lost` is lost; `charge_refunded`
 /// (closed because the charge was refunded: the refund takes the money back, not the
-/// dispute) is won; `needs_response` and `under_review` are open. `None` for an inquiry
+/// dispute) is won; `prevented` (stopped before it was filed, e.g. by the card network's
+/// rapid resolution, which refunds the charge instead: the refund takes the money back) is won;
+/// `needs_response` and `under_review` are open. `None` for an inquiry
 /// (`warning_needs_response`, `warning_under_review`, `warning_closed`): the bank asks, no
 /// funds are withdrawn, so nothing is taken or locked; if the inquiry escalates, the provider
 /// tells the same dispute as `needs_response`. An unknown status is held open (the money may
 /// be gone).
 pub fn dispute_status(status: &str) -> Option<DisputeStatus> {
     match status {
-        "won" | "charge_refunded" => Some(DisputeStatus::Won),
+        "won" | "charge_refunded" | "prevented" => Some(DisputeStatus::Won),
         "lost" => Some(DisputeStatus::Lost),
         s if s.starts_with("warning_") => None,
         _ => Some(DisputeStatus::Open),
@@ -522,6 +524,7 @@ mod tests {
             ("under_review", DisputeStatus::Open),
             ("won", DisputeStatus::Won),
             ("charge_refunded", DisputeStatus::Won),
+            ("prevented", DisputeStatus::Won),
             ("lost", DisputeStatus::Lost),
         ] {
             let dispute = json!({"id": "dp_1", "object": "dispute", "amount": 2500,

@@ -496,6 +496,52 @@ async fn top_up_state(p: &Pay, admin: &str, id: &str) -> (String, Option<String>
 }
 
 #[tokio::test]
+async fn after_an_attempt_without_an_answer_the_charge_is_sent_again_not_cancelled() {
+    let p = Pay::start(&Backend::Sqlite).await;
+    let admin = ready(&p, "acme", "60", "20", "500").await;
+    spend(&p, "acme", "a", 41).await;
+    assert_eq!(p.rule(&admin).await["in_flight"], "auto-1");
+    // The provider makes the payment and its answer is lost (a 500 after it was made).
+    p.stripe.script([PaymentScript::FailAfterRecording]);
+    let results = p.app.dispatcher().run_once().await.expect("a round");
+    assert_eq!(results[0].attempt.status_code, Some(500));
+    // Then the customer turns the rule off: a first attempt would now be cancelled, but this
+    // one may be paid already, and a cancel would let the next decision charge again.
+    p.call(
+        &admin,
+        Method::PUT,
+        "/v1/account/auto-top-up",
+        Some(
+            json!({"enabled": false, "threshold_usd": "60", "amount_usd": "20",
+            "max_per_month_usd": "500"}),
+        ),
+    )
+    .await
+    .expect(200);
+    p.app.set_now(p.app.now_ms() + 10 * MINUTE);
+    p.app.dispatcher().run_once().await.expect("a round");
+    let sent = charges(&p);
+    assert_eq!(sent.len(), 2, "sent again: {sent:?}");
+    assert!(sent.iter().all(|(k, _)| *k == p.key("top-up-acme-auto-1")));
+    assert_eq!(
+        p.stripe.payment_intents().len(),
+        2,
+        "the checkout's and one charge"
+    );
+    assert_eq!(
+        p.balance("acme").await,
+        79 * USD,
+        "the payment credited once"
+    );
+    assert_eq!(
+        top_up_state(&p, &admin, "auto-1").await,
+        ("succeeded".into(), None)
+    );
+    assert_eq!(p.rule(&admin).await["in_flight"], Value::Null);
+    p.app.assert_reconciled().await;
+}
+
+#[tokio::test]
 async fn a_rule_turned_off_before_its_delivery_charges_nothing() {
     for backend in backends() {
         let p = Pay::start(&backend).await;

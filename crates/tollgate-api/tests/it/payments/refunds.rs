@@ -407,6 +407,12 @@ async fn a_refund_repeated_after_the_providers_idempotency_window_is_made_once()
         // refund by its metadata instead of making another.
         p.app.set_now(p.app.now_ms() + DAY + HOUR);
         p.stripe.forget_idempotency_keys();
+        // A changed form (the same id, another amount) finds the refund made for 20: the money
+        // went back, so it is recorded for what it was, and the caller is told; nothing is
+        // refunded again.
+        refund("rf-1", "15").await.expect_error(409, "conflict");
+        assert_eq!(p.stripe.refunds().len(), 1, "{name}: refunded once");
+        assert_eq!(p.balance("acme").await, 30 * USD, "{name}");
         let made = refund("rf-1", "20").await.expect(201).clone();
         assert_eq!(made["taken_nano_usd"], 20 * USD, "{name}: {made}");
         assert_eq!(made["provider_reference"], p.stripe.refunds()[0]["id"]);
