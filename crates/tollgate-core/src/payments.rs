@@ -1487,8 +1487,9 @@ pub(crate) fn decision_follows(op: &crate::machine::Op) -> bool {
 }
 
 /// The auto top-up decision, taken in the write path after each operation that changed
-/// something on `account` (except those [`decision_follows`] excludes): when its rule is enabled and active, a payment method and customer
-/// are saved, no top-up is in flight, a declined one's wait is over, the account is prepaid
+/// something on `account` (except those [`decision_follows`] excludes): when its rule is
+/// enabled and active, a payment method and customer are saved, no top-up is in flight, a
+/// declined one's wait is over, the account is prepaid
 /// and not locked by a dispute (its card is not charged again while a chargeback is open), and
 /// its available balance (balance − holds) is below the threshold, one top-up of
 /// [`AutoTopUp::due`] starts: recorded awaiting payment, in flight, counted toward the month,
