@@ -379,6 +379,19 @@ pub struct ProviderRefund {
 }
 
 impl AutoTopUp {
+    /// `top_up` (an auto top-up that failed or was cancelled) no longer counts: not in flight,
+    /// and off the month's total when it was of this month (the cap counts what was charged
+    /// or may be).
+    fn let_go(&mut self, top_up: &TopUpRecord, now: Timestamp) {
+        self.roll(now);
+        if self.in_flight.as_ref() == Some(&top_up.top_up_id) {
+            self.in_flight = None;
+        }
+        if crate::machine::month_of(top_up.created_at) == self.month {
+            self.month_total = Nanos((self.month_total.0 - top_up.amount.0).max(0));
+        }
+    }
+
     /// The rule as it stands at `now`: a new UTC month starts its monthly total and count at
     /// zero.
     pub fn at(&self, now: Timestamp) -> AutoTopUp {
@@ -922,14 +935,7 @@ fn failed(
     let mut paused = None;
     if top_up.kind == TopUpKind::Auto {
         if let Some(rule) = acct.payment.auto_top_up.as_mut() {
-            rule.roll(now);
-            if rule.in_flight.as_ref() == Some(&top_up.top_up_id) {
-                rule.in_flight = None;
-            }
-            if month_of(top_up.created_at) == rule.month {
-                // What the cap counts is what was charged or may be.
-                rule.month_total = Nanos((rule.month_total.0 - top_up.amount.0).max(0));
-            }
+            rule.let_go(&top_up, now);
             rule.failures = rule.failures.saturating_add(1);
             rule.not_before = Some(now.plus_ms(retry_after_ms));
             if rule.paused.is_none() {
@@ -944,23 +950,7 @@ fn failed(
         }
         state.dirty_accounts.insert(id.clone());
     }
-    let data = EventData::TopUpFailed {
-        top_up_id: top_up.top_up_id.clone(),
-        kind: top_up.kind.as_str().to_string(),
-        amount_nano_usd: top_up.amount,
-        reason: reason.clone(),
-        failures,
-    };
-    put_top_up(
-        state,
-        TopUpRecord {
-            status: TopUpStatus::Failed,
-            failure: Some(reason),
-            updated_at: now,
-            ..top_up
-        },
-    );
-    state.event(&id, now, data);
+    record_failed(state, now, top_up, reason, failures);
     if let Some(reason) = paused {
         state.event(
             &id,
@@ -987,35 +977,42 @@ fn cancelled(state: &mut BatchState, now: Timestamp, top_up: TopUpRecord) -> boo
     let mut failures = 0;
     if top_up.kind == TopUpKind::Auto {
         if let Some(rule) = acct.payment.auto_top_up.as_mut() {
-            rule.roll(now);
-            if rule.in_flight.as_ref() == Some(&top_up.top_up_id) {
-                rule.in_flight = None;
-            }
-            if month_of(top_up.created_at) == rule.month {
-                rule.month_total = Nanos((rule.month_total.0 - top_up.amount.0).max(0));
-            }
+            rule.let_go(&top_up, now);
             failures = rule.failures;
         }
         state.dirty_accounts.insert(id.clone());
     }
+    record_failed(state, now, top_up, CANCELLED.to_string(), failures);
+    true
+}
+
+/// Records `top_up` failed for `reason`, and its `top_up.failed` event (`failures`: the rule's
+/// failures in a row, 0 for a checkout top-up).
+fn record_failed(
+    state: &mut BatchState,
+    now: Timestamp,
+    top_up: TopUpRecord,
+    reason: String,
+    failures: u32,
+) {
+    let id = top_up.account.clone();
     let data = EventData::TopUpFailed {
         top_up_id: top_up.top_up_id.clone(),
         kind: top_up.kind.as_str().to_string(),
         amount_nano_usd: top_up.amount,
-        reason: CANCELLED.to_string(),
+        reason: reason.clone(),
         failures,
     };
     put_top_up(
         state,
         TopUpRecord {
             status: TopUpStatus::Failed,
-            failure: Some(CANCELLED.to_string()),
+            failure: Some(reason),
             updated_at: now,
             ..top_up
         },
     );
     state.event(&id, now, data);
-    true
 }
 
 /// The charge of `top_up` is refunded `total` in all. Kept on the top-up; taken back from its
