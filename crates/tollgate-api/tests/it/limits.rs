@@ -422,7 +422,7 @@ async fn the_operator_manages_any_accounts_limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spending_limit_notices_are_delivered_to_webhooks() {
     let s = TestApp::spawn_at(ms("2026-06-10T12:00:00Z")).await;
-    let receiver = crate::receiver::Receiver::start().await;
+    let receiver = tollgate_api::testing::receiver::Receiver::start().await;
     s.op(
         Method::POST,
         "/v1/admin/webhooks",
@@ -522,7 +522,7 @@ async fn spending_limit_notices_are_delivered_to_webhooks() {
 #[tokio::test]
 async fn terms_that_lock_and_limits_set_below_their_spend_notify_in_their_own_commit() {
     let s = TestApp::spawn_at(ms("2026-06-10T12:00:00Z")).await;
-    let receiver = crate::receiver::Receiver::start().await;
+    let receiver = tollgate_api::testing::receiver::Receiver::start().await;
     s.op(
         Method::POST,
         "/v1/admin/webhooks",

@@ -3,7 +3,6 @@
 //! by checking that the ledger reconciles.
 
 mod harness;
-mod receiver;
 
 mod fal;
 mod focus;

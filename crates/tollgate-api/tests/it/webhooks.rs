@@ -6,12 +6,12 @@
 //! their events in the same round.
 
 use crate::harness::{int, millis, TestApp};
-use crate::receiver::{Answer, Received, Receiver};
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::Sha256;
 use std::time::Duration;
+use tollgate_api::testing::receiver::{Answer, Received, Receiver};
 use tollgate_api::webhooks::deliver::max_delay;
 use tollgate_api::webhooks::WebhookSettings;
 

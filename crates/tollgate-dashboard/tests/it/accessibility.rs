@@ -5,17 +5,17 @@
 //! that its receiver refused.
 
 use crate::common::browser::Browser;
-use crate::common::receiver::Receiver;
 use crate::common::{DashApp, DAY_MS, T0};
 use reqwest::Method;
 use serde_json::json;
+use tollgate_api::testing::receiver::{Answer, Receiver};
 use tollgate_dashboard::layout::{CONSOLE_NAV, CUSTOMER_NAV};
 
 #[tokio::test]
 async fn every_page_is_accessible_at_desktop_and_phone_widths() {
     let app = DashApp::spawn().await;
     let receiver = Receiver::start().await;
-    receiver.fail_with(Some(503));
+    receiver.otherwise(Answer::Status(503));
     let webhook = app
         .op(
             Method::POST,

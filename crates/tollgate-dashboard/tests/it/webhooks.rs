@@ -4,11 +4,11 @@
 //! same event again; deletion stops the webhook; a URL the server does not allow is refused
 //! with the API's reason and nothing written.
 
-use crate::common::receiver::Receiver;
 use crate::common::{DashApp, Resp, Visitor, T0};
 use crate::limits::escaped;
 use reqwest::Method;
 use serde_json::{json, Value};
+use tollgate_api::testing::receiver::{Answer, Receiver};
 use tollgate_api::webhooks::WebhookSettings;
 
 /// Subscribes `url` through the console's form, with these event checkboxes.
@@ -133,7 +133,7 @@ async fn a_webhook_subscribed_in_the_console_shows_its_secret_once_and_it_signs(
 async fn deliveries_to_a_real_receiver_are_listed_with_their_attempts_and_redelivered() {
     let app = DashApp::spawn().await;
     let receiver = Receiver::start().await;
-    receiver.fail_with(Some(500));
+    receiver.otherwise(Answer::Status(500));
     let op = app.operator().await;
     subscribe(&op, &receiver.url("/events"), &["*"], "")
         .await
@@ -183,7 +183,7 @@ async fn deliveries_to_a_real_receiver_are_listed_with_their_attempts_and_redeli
     }
 
     // It answers again and the retries come due: delivered.
-    receiver.fail_with(None);
+    receiver.otherwise(Answer::Status(200));
     app.set_now(T0 + 3_600_000);
     assert_eq!(app.deliver_due().await, api.len());
     let dlv = api[0]["delivery_id"].as_str().unwrap().to_string();

@@ -6,10 +6,10 @@
 
 use super::{Pay, DAY, HOUR, MINUTE, T0};
 use crate::harness::{int, USD};
-use crate::receiver::Receiver;
 use futures::future::join_all;
 use reqwest::Method;
 use serde_json::{json, Value};
+use tollgate_api::testing::receiver::Receiver;
 use tollgate_api::testing::stripe::PaymentScript;
 use tollgate_store::testing::{backends, Backend};
 
@@ -236,7 +236,7 @@ async fn receiver(p: &Pay) -> Receiver {
     r
 }
 
-fn types(got: &[crate::receiver::Received]) -> Vec<String> {
+fn types(got: &[tollgate_api::testing::receiver::Received]) -> Vec<String> {
     got.iter()
         .map(|r| r.json()["type"].as_str().unwrap().to_string())
         .collect()

@@ -5,10 +5,10 @@
 
 use super::{session_id, Pay, DAY, MINUTE, T0};
 use crate::harness::{int, TestApp, USD};
-use crate::receiver::Receiver;
 use reqwest::Method;
 use serde_json::{json, Value};
 use tollgate_api::payments::stripe::signature;
+use tollgate_api::testing::receiver::Receiver;
 use tollgate_api::testing::stripe::WEBHOOK_SECRET;
 use tollgate_store::testing::{backends, Backend};
 

@@ -10,7 +10,6 @@
 //! call fails the test.
 
 pub mod browser;
-pub mod receiver;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};

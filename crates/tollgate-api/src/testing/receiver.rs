@@ -1,4 +1,4 @@
-//! A webhook receiver for the tests: a real HTTP server on a free loopback port that records
+//! A webhook receiver for tests: a real HTTP server on a free loopback port that records
 //! every request it gets (path, headers, body) and answers what the test scripts: a status, or
 //! nothing at all (it accepts and hangs).
 
