@@ -36,24 +36,11 @@ print(json.dumps(out))
 
 /// The Python interpreter named by TOLLGATE_PYTHON, checked to have `prometheus_client`.
 fn python() -> String {
-    const HOW: &str = "run the tests with `scripts/test.sh`, which installs prometheus_client (at \
-                       the version of scripts/requirements-test.txt) and sets TOLLGATE_PYTHON";
-    let Some(path) = std::env::var("TOLLGATE_PYTHON")
-        .ok()
-        .filter(|p| !p.is_empty())
-    else {
-        panic!("TOLLGATE_PYTHON is not set: {HOW}");
-    };
-    let out = Command::new(&path)
-        .args(["-c", "import prometheus_client"])
-        .output()
-        .unwrap_or_else(|e| panic!("TOLLGATE_PYTHON={path} does not run ({e}): {HOW}"));
-    assert!(
-        out.status.success(),
-        "TOLLGATE_PYTHON={path} has no prometheus_client ({}): {HOW}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    path
+    tollgate_api::testing::python::with(
+        "prometheus_client",
+        "run the tests with `scripts/test.sh`, which installs prometheus_client (at the version \
+         of scripts/requirements-test.txt) and sets TOLLGATE_PYTHON",
+    )
 }
 
 /// One scrape, as Prometheus' parser reads it.

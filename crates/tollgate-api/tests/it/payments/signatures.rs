@@ -18,22 +18,7 @@ const HOW: &str = "run the tests with `scripts/test.sh`, which installs the `str
 
 /// The Python named by TOLLGATE_PYTHON, checked to have the `stripe` package.
 fn python() -> String {
-    let Some(path) = std::env::var("TOLLGATE_PYTHON")
-        .ok()
-        .filter(|p| !p.is_empty())
-    else {
-        panic!("TOLLGATE_PYTHON is not set: {HOW}");
-    };
-    let out = Command::new(&path)
-        .args(["-c", "import stripe"])
-        .output()
-        .unwrap_or_else(|e| panic!("TOLLGATE_PYTHON={path} does not run ({e}): {HOW}"));
-    assert!(
-        out.status.success(),
-        "TOLLGATE_PYTHON={path} has no stripe package ({}): {HOW}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    path
+    tollgate_api::testing::python::with("stripe", HOW)
 }
 
 /// Signs with the package's own code and verifies tollgate's header with it; reads a JSON
