@@ -238,6 +238,9 @@ impl From<Rejection> for ApiError {
             Rejection::BadStatus(_) => ApiError::invalid("status_code", msg),
             Rejection::UnknownMachine(_) => ApiError::invalid("machine_type", msg),
             Rejection::InvalidUsage(_) | Rejection::Money(_) => ApiError::validation(msg),
+            Rejection::InvalidRunnerEvent { index, event_id, .. } => ApiError::validation(msg)
+                .with("index", index)
+                .with("event_id", event_id),
             Rejection::AccountLocked {
                 balance, reason, ..
             } => ApiError::new(

@@ -119,6 +119,9 @@ pub struct Catalog {
     /// Per (endpoint, account scope), sorted by `effective_from` then `id`.
     pub versions: BTreeMap<(EndpointId, Option<AccountId>), Vec<PriceVersion>>,
     pub machines: MachinePrices,
+    /// Per-second prices of surge serverless usage (`[machines_surge]`, the same machine
+    /// names as `machines`).
+    pub machines_surge: MachinePrices,
     pub concurrency: ConcurrencyTable,
 }
 

@@ -125,6 +125,11 @@ pub enum EventData {
     AccountLocked {
         lock_reason: LockReason,
         balance_nano_usd: Nanos,
+        /// The account's serverless runners alive when it locked (filled in before the batch
+        /// is written, [`crate::serverless::name_live_runners`]); the platform decides
+        /// whether to stop them.
+        #[serde(default)]
+        running_runners: Vec<crate::serverless::LiveRunner>,
     },
     /// The account accepts requests again.
     #[serde(rename = "account.unlocked")]

@@ -135,6 +135,35 @@ text_id!(
 );
 
 text_id!(
+    /// A serverless runner, named by the platform that runs it.
+    RunnerId, "runner_id", 100, client_id_char,
+    schema: "RunnerId", "^[!-~]{1,100}$", "rn-7f3a2c",
+    "A runner's id, chosen by the platform: 1 to 100 printable ASCII characters without \
+     spaces, unique across the platform."
+);
+text_id!(
+    /// The platform's idempotency id of a runner event.
+    RunnerEventId, "event_id", 128, client_id_char,
+    schema: "RunnerEventId", "^[!-~]{1,128}$", "re-0001",
+    "A runner event's id, chosen by the platform: 1 to 128 printable ASCII characters \
+     without spaces; an event sent again with the same id is a duplicate."
+);
+text_id!(
+    /// A customer's serverless app (its deployed name, without the owner), such as
+    /// `my-app-dev`.
+    AppName, "app", 64, slug_char,
+    schema: "AppName", "^[A-Za-z0-9._-]{1,64}$", "my-app",
+    "A serverless app's name as deployed (without the owner): 1 to 64 letters, digits, `-`, \
+     `_` or `.`."
+);
+text_id!(
+    /// The deployment environment of a serverless app, such as `production`.
+    EnvironmentName, "environment", 32, slug_char,
+    schema: "EnvironmentName", "^[A-Za-z0-9._-]{1,32}$", "production",
+    "A serverless app's environment: 1 to 32 letters, digits, `-`, `_` or `.`."
+);
+
+text_id!(
     /// A spending limit of an account (`lim_...`, chosen by whoever creates it).
     LimitId, "limit_id", 64, slug_char,
     schema: "LimitId", "^[A-Za-z0-9._-]{1,64}$", "lim_0b1c2d3e4f5a6b7c8d9e0f1a",

@@ -20,6 +20,7 @@ pub mod price;
 pub mod pricing;
 pub mod quote;
 pub mod rollup;
+pub mod serverless;
 pub mod statement;
 pub mod terms;
 #[cfg(feature = "testing")]

@@ -663,6 +663,14 @@ pub enum Op {
         account: AccountId,
     },
     UsageEvent(UsageEvent),
+    /// A bulk of runner events, validated whole and applied in order
+    /// ([`crate::serverless::apply_events`]); its accounts are `RunnerEvent::account`.
+    RunnerEvents(Vec<crate::serverless::RunnerEvent>),
+    /// Settles a runner's time up to the current minute (issued by the sweeper,
+    /// [`crate::serverless::settle`]).
+    SettleRunner {
+        runner: crate::ids::RunnerId,
+    },
     /// An operator's correction of the balance: `amount` is signed (a credit or a debit).
     Adjust {
         account: AccountId,
@@ -772,7 +780,9 @@ impl Op {
             | Op::Payment { .. }
             | Op::Refund { .. }
             | Op::SetAutoTopUp { .. }
-            | Op::SetPaymentCustomer { .. } => None,
+            | Op::SetPaymentCustomer { .. }
+            | Op::RunnerEvents(_)
+            | Op::SettleRunner { .. } => None,
         }
     }
     /// The account this operation names directly (others are found through their request).
@@ -800,6 +810,15 @@ impl Op {
 /// Answers, one per accepted operation. `replayed` marks a repeat that changed nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// A bulk of runner events applied: one result per event, in order.
+    RunnerEvents {
+        results: Vec<crate::serverless::RunnerEventResult>,
+    },
+    /// A runner settled (`billed`: what this settlement charged; zero when there was nothing
+    /// to settle).
+    RunnerSettled {
+        billed: Nanos,
+    },
     Submitted {
         request: RequestRecord,
         replayed: bool,
@@ -938,6 +957,13 @@ pub enum Rejection {
     BadStatus(#[from] BadStatus),
     #[error("`{field}` {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// One event of a bulk of runner events is refused, so the bulk is (nothing is written).
+    #[error("events[{index}] (event_id {event_id}): {reason}")]
+    InvalidRunnerEvent {
+        index: usize,
+        event_id: String,
+        reason: String,
+    },
     /// Auto top-up needs a payment method saved at an earlier checkout.
     #[error("account {0} has no saved payment method: pay a top-up at checkout first, agreeing to save the card")]
     PaymentMethodRequired(AccountId),
@@ -1002,6 +1028,19 @@ pub struct BatchState {
     pub new_refunds: Vec<RefundRecord>,
     /// The deployment's top-up settings (configuration, set by the engine).
     pub top_up_settings: TopUpSettings,
+    /// The deployment's serverless settings (configuration, set by the engine).
+    pub serverless: crate::serverless::ServerlessSettings,
+    /// Runners named by the batch's operations that exist (loaded), and those it created.
+    pub runners: HashMap<crate::ids::RunnerId, crate::serverless::RunnerRecord>,
+    /// Runners the batch created or changed (the store upserts them).
+    pub dirty_runners: BTreeSet<crate::ids::RunnerId>,
+    /// Runner events named by the batch's operations that were applied before (loaded), and
+    /// those it applied.
+    pub runner_events: HashMap<crate::ids::RunnerEventId, crate::serverless::RunnerEventRecord>,
+    /// Runner events the batch applied, in order (the store inserts them).
+    pub new_runner_events: Vec<crate::serverless::RunnerEventRecord>,
+    /// The runner-state history's deltas (the store adds them to its per-minute rollup).
+    pub runner_minutes: Vec<crate::serverless::RunnerMinute>,
 }
 
 /// The calendar year of a timestamp, UTC (invoice numbers restart each year).
@@ -1198,6 +1237,7 @@ fn notice_changes(state: &mut BatchState, account: &AccountId, before: Watch, no
         (None, Some(lock_reason)) => events.push(EventData::AccountLocked {
             lock_reason,
             balance_nano_usd: balance,
+            running_runners: Vec::new(),
         }),
         (Some(_), None) => events.push(EventData::AccountUnlocked {
             balance_nano_usd: balance,
@@ -1229,6 +1269,8 @@ impl Outcome {
             Outcome::ExpiryNoticed { lots } => *lots > 0,
             Outcome::PeriodClosed { issued } => *issued,
             Outcome::PaymentProfile { .. } => true,
+            Outcome::RunnerEvents { results } => results.iter().any(|r| !r.duplicate),
+            Outcome::RunnerSettled { .. } => true,
         }
     }
 }
@@ -1275,6 +1317,10 @@ fn apply_op(state: &mut BatchState, cx: &Ctx, op: Op) -> Result<Outcome, Rejecti
         Op::ExpireCredits { account } => expire_credits(state, &cx, account),
         Op::NoticeExpiringCredits { account } => notice_expiring_credits(state, &cx, account),
         Op::UsageEvent(e) => usage_event(state, &cx, e),
+        Op::RunnerEvents(events) => {
+            crate::serverless::apply_events(state, cx.catalog, cx.now, events)
+        }
+        Op::SettleRunner { runner } => crate::serverless::settle(state, cx.catalog, cx.now, runner),
         Op::Adjust {
             account,
             adjustment_id,

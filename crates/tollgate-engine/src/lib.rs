@@ -1611,6 +1611,7 @@ fn set_terms(
             (None, Some(lock_reason)) => Some(tollgate_core::events::EventData::AccountLocked {
                 lock_reason,
                 balance_nano_usd,
+                running_runners: Vec::new(),
             }),
             (Some(_), None) => {
                 Some(tollgate_core::events::EventData::AccountUnlocked { balance_nano_usd })

@@ -152,6 +152,7 @@ pub async fn analytics(engine: &Engine, q: AnalyticsQuery) -> Result<Analytics, 
         endpoints: q.endpoints.clone(),
         api_keys: Vec::new(),
         whole_hours: q.range.whole_hours(),
+        service: Some(tollgate_store::Service::Models),
     };
     let rows = engine.read(move |r| r.activity(&rq)).await?;
     let mut buckets: BTreeMap<(Timestamp, EndpointId), ActivityTotals> = BTreeMap::new();

@@ -436,6 +436,7 @@ impl FocusReport {
             endpoints: Vec::new(),
             api_keys: Vec::new(),
             whole_hours: page.whole_hours(),
+            service: None,
         };
         let rows = self.engine.read(move |r| r.usage(&rq)).await?;
         type Key = (Timestamp, EndpointId, String, UsagePrice, Option<Decimal>);

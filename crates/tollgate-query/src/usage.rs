@@ -177,6 +177,7 @@ pub async fn usage(engine: &Engine, q: UsageQuery) -> Result<Usage, QueryError> 
             endpoints: q.endpoints.clone(),
             api_keys: q.api_keys.clone(),
             whole_hours: q.range.whole_hours(),
+            service: Some(tollgate_store::Service::Models),
         };
         engine.read(move |r| r.usage(&rq)).await?
     };

@@ -165,6 +165,7 @@ pub fn open(target: &str) -> Result<Box<dyn Store>> {
 /// Settings keys of the catalog, written through [`Tx::set_machine_prices`],
 /// [`Tx::set_concurrency_table`] and [`Tx::set_prices_read_on`], read into [`Catalog`].
 const SETTING_MACHINES: &str = "machines";
+const SETTING_MACHINES_SURGE: &str = "machines_surge";
 const SETTING_CONCURRENCY: &str = "concurrency";
 const SETTING_PRICES_READ_ON: &str = "prices_read_on";
 /// Counts catalog changes (endpoints, price versions, settings): a process whose catalog
@@ -725,6 +726,36 @@ pub struct RollupQuery {
     /// The caller groups rows into buckets that never split a UTC hour, so hour rows may stand
     /// in for their minutes (the rows' `slot` is then the hour's start).
     pub whole_hours: bool,
+    /// Which usage: model endpoints' (`Some(Models)`), serverless lines' (`Some(Serverless)`,
+    /// endpoints under `tollgate_core::serverless::ENDPOINT_PREFIX`), or both (`None`: the
+    /// FOCUS report). `endpoints`, when not empty, filters within it.
+    pub service: Option<Service>,
+}
+
+/// What a usage row bills: a model endpoint's requests or a serverless app's runner time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    Models,
+    Serverless,
+}
+
+/// One account's runner-state history of one app in whole minutes `[from, to)`: per minute
+/// slot, the runner-milliseconds in each column (slots with none are left out).
+#[derive(Clone, Debug)]
+pub struct RunnerHistoryQuery {
+    pub account: AccountId,
+    pub app: tollgate_core::ids::AppName,
+    pub from: Timestamp,
+    pub to: Timestamp,
+}
+
+/// A minute of a runner-state history: runner-milliseconds per column.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunnerMinuteTotals {
+    pub running_ms: i64,
+    pub idle_ms: i64,
+    pub pending_ms: i64,
+    pub draining_ms: i64,
 }
 
 /// Where the rows of a [`RollupQuery::ranges`] range come from.
@@ -881,6 +912,29 @@ pub trait Tx {
     /// credit note names the top-up invoice of its purchase as the invoice it corrects), the
     /// top-ups and disputes it created or changed, the provider events it applied and the
     /// refunds it made. Returns the `(year, seq)` of each of `state.new_invoices`, in order.
+    /// Loads the runners named (`state.runners`) and the runner events already applied among
+    /// `event_ids` (`state.runner_events`). On a shared database, after the accounts are
+    /// locked (a runner's account never changes; every change to it is under that lock).
+    fn load_runners(
+        &mut self,
+        runners: &[tollgate_core::ids::RunnerId],
+        event_ids: &[tollgate_core::ids::RunnerEventId],
+        state: &mut BatchState,
+    ) -> Result<()>;
+    /// Runners due for settlement up to `until` (the start of the current minute): those with
+    /// `settled_until < min(cap_at, until)`, oldest `settled_until` first, at most `limit`.
+    fn due_runner_settlements(
+        &mut self,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<tollgate_core::ids::RunnerId>>;
+    /// The runners of `accounts` alive at `now` (not terminated, `now < cap_at`), for the
+    /// `account.locked` events that name them.
+    fn live_runners(
+        &mut self,
+        accounts: &[AccountId],
+        now: Timestamp,
+    ) -> Result<Vec<tollgate_core::serverless::RunnerRecord>>;
     fn persist(&mut self, state: &BatchState) -> Result<Vec<(i64, i64)>>;
     /// Accounts with charges in their open usage period, in name order after `after`, only
     /// those whose period began before `started_before` when it is given (an index of the
@@ -1035,6 +1089,10 @@ pub trait Tx {
     fn set_machine_prices(&mut self, machines: &MachinePrices) -> Result<()> {
         self.set_setting(SETTING_MACHINES, &rows::machine_prices_text(machines))
     }
+    /// The catalog's surge prices of serverless machines, replacing those stored.
+    fn set_surge_prices(&mut self, machines: &MachinePrices) -> Result<()> {
+        self.set_setting(SETTING_MACHINES_SURGE, &rows::machine_prices_text(machines))
+    }
     /// The catalog's concurrency tier table, replacing the one stored.
     fn set_concurrency_table(&mut self, table: &ConcurrencyTable) -> Result<()> {
         self.set_setting(SETTING_CONCURRENCY, &rows::concurrency_table_text(table))
@@ -1176,7 +1234,19 @@ pub trait Reader: Send {
     /// Analytics rollup rows of one account (`api_keys` does not apply), in slot order.
     fn activity(&mut self, q: &RollupQuery) -> Result<Vec<(ActivityKey, ActivityTotals)>>;
     /// One account's line items in keyset order.
+    /// A page of model billing events (serverless line items are not among them).
     fn billing_events(&mut self, q: &BillingEventsQuery) -> Result<Vec<LineItem>>;
+    /// Runner-state history: per minute slot with any runner time, its totals.
+    fn runner_history(
+        &mut self,
+        q: &RunnerHistoryQuery,
+    ) -> Result<Vec<(Timestamp, RunnerMinuteTotals)>>;
+    /// An account's runners, the latest reported first, at most `limit`.
+    fn runners(
+        &mut self,
+        account: &AccountId,
+        limit: usize,
+    ) -> Result<Vec<tollgate_core::serverless::RunnerRecord>>;
     /// One account's finished requests to one endpoint, a page in the query's order.
     fn request_history(&mut self, q: &RequestHistoryQuery) -> Result<Vec<RequestRecord>>;
     /// Billed requests of an account for one endpoint in `[since, until)`, and their total.
@@ -1194,6 +1264,7 @@ pub trait Reader: Send {
             endpoints: vec![endpoint.clone()],
             api_keys: Vec::new(),
             whole_hours: true,
+            service: Some(Service::Models),
         })?;
         let mut total = UsageTotals::default();
         for (_, t) in &rows {
@@ -1240,6 +1311,7 @@ mod tests {
             endpoints: Vec::new(),
             api_keys: Vec::new(),
             whole_hours,
+            service: Some(Service::Models),
         };
         let t = Timestamp;
         use RollupRows::*;

@@ -218,6 +218,8 @@ fn is_replay(o: &Outcome) -> bool {
         Outcome::CreditsExpired { amount } => *amount == Nanos::ZERO,
         Outcome::ExpiryNoticed { lots } => *lots == 0,
         Outcome::PeriodClosed { issued } => !*issued,
+        Outcome::RunnerEvents { results } => results.iter().all(|r| r.duplicate),
+        Outcome::RunnerSettled { billed } => *billed == Nanos::ZERO,
     }
 }
 
@@ -1255,6 +1257,7 @@ fn check_events(
             EventData::AccountLocked {
                 lock_reason,
                 balance_nano_usd,
+                ..
             } => {
                 prop_assert_eq!(Some(*lock_reason), is.lock_reason());
                 prop_assert_eq!(*balance_nano_usd, is.credit.balance);
@@ -1976,6 +1979,8 @@ fn generated_sequences_reach_every_path() {
                     Outcome::PaymentApplied { .. } => "provider event replayed",
                     Outcome::Refunded { .. } => "refund replayed",
                     Outcome::PaymentProfile { .. } => "payment profile",
+                    Outcome::RunnerEvents { .. } => "runner events replayed",
+                    Outcome::RunnerSettled { .. } => "runner settled nothing",
                 },
                 (_, Ok(Outcome::PeriodClosed { .. })) => "period closed",
                 (Op::UsageEvent(_), Ok(Outcome::Completed { completion, .. })) => {
@@ -2025,6 +2030,8 @@ fn generated_sequences_reach_every_path() {
                     }
                 }
                 (_, Ok(Outcome::PaymentProfile { .. })) => "payment profile set",
+                (_, Ok(Outcome::RunnerEvents { .. })) => "runner events applied",
+                (_, Ok(Outcome::RunnerSettled { .. })) => "runner settled",
                 (_, Err(Rejection::PaymentMethodRequired(_))) => "payment method required",
                 (_, Err(Rejection::NotRefundable { .. })) => "not refundable",
                 (_, Err(Rejection::AccountLocked { .. })) => "locked",

@@ -443,6 +443,7 @@ async fn reads(h: &Harness, mirror: &BatchState) -> Result<Reads, TestCaseError>
                 endpoints: Vec::new(),
                 api_keys: Vec::new(),
                 whole_hours,
+                service: Some(tollgate_store::Service::Models),
             };
             let q2 = q.clone();
             out.usage

@@ -70,6 +70,7 @@ impl Fixture {
             endpoints: vec![],
             api_keys: vec![],
             whole_hours,
+            service: Some(tollgate_store::Service::Models),
         };
         let q2 = q.clone();
         let usage = self.engine.read(move |r| r.usage(&q)).await.unwrap();

@@ -340,6 +340,23 @@ impl Reader for PgReader {
         rollups::activity(&mut *self.conn()?, q)
     }
 
+    fn runner_history(
+        &mut self,
+        q: &crate::RunnerHistoryQuery,
+    ) -> Result<Vec<(tollgate_core::Timestamp, crate::RunnerMinuteTotals)>> {
+        let _ = q;
+        todo!("runner_history")
+    }
+
+    fn runners(
+        &mut self,
+        account: &tollgate_core::ids::AccountId,
+        limit: usize,
+    ) -> Result<Vec<tollgate_core::serverless::RunnerRecord>> {
+        let _ = (account, limit);
+        todo!("runners")
+    }
+
     fn billing_events(&mut self, q: &BillingEventsQuery) -> Result<Vec<LineItem>> {
         rollups::billing_events(&mut *self.conn()?, q)
     }

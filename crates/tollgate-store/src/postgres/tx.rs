@@ -152,6 +152,34 @@ impl Tx for PgTx<'_, '_> {
         Ok(())
     }
 
+    fn load_runners(
+        &mut self,
+        runners: &[tollgate_core::ids::RunnerId],
+        event_ids: &[tollgate_core::ids::RunnerEventId],
+        state: &mut BatchState,
+    ) -> Result<()> {
+        let _ = (runners, event_ids, state);
+        todo!("load_runners")
+    }
+
+    fn due_runner_settlements(
+        &mut self,
+        until: tollgate_core::Timestamp,
+        limit: usize,
+    ) -> Result<Vec<tollgate_core::ids::RunnerId>> {
+        let _ = (until, limit);
+        todo!("due_runner_settlements")
+    }
+
+    fn live_runners(
+        &mut self,
+        accounts: &[tollgate_core::ids::AccountId],
+        now: tollgate_core::Timestamp,
+    ) -> Result<Vec<tollgate_core::serverless::RunnerRecord>> {
+        let _ = (accounts, now);
+        todo!("live_runners")
+    }
+
     fn load_payments(&mut self, keys: &crate::PaymentKeys, state: &mut BatchState) -> Result<()> {
         super::payments::load(self, keys, state)
     }

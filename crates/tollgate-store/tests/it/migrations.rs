@@ -171,6 +171,7 @@ fn upgrading_builds_rollups_that_add_up_to_the_line_items() {
                 endpoints: vec![],
                 api_keys: vec![],
                 whole_hours,
+                service: Some(tollgate_store::Service::Models),
             })
             .unwrap();
         let quantity: Decimal = rows.iter().map(|(_, t)| t.quantity).sum();
@@ -188,6 +189,7 @@ fn upgrading_builds_rollups_that_add_up_to_the_line_items() {
                 endpoints: vec![flux.clone()],
                 api_keys: vec![],
                 whole_hours,
+                service: Some(tollgate_store::Service::Models),
             })
             .unwrap();
         let completed: u64 = activity.iter().map(|(_, t)| t.requests).sum();
@@ -203,6 +205,7 @@ fn upgrading_builds_rollups_that_add_up_to_the_line_items() {
             endpoints: vec![],
             api_keys: vec![],
             whole_hours: false,
+            service: Some(tollgate_store::Service::Models),
         })
         .unwrap();
     let slots: Vec<i64> = minute_rows.iter().map(|(k, _)| k.slot.0).collect();

@@ -188,6 +188,7 @@ fn a_batch_writes_its_events_and_their_deliveries_in_its_commit() {
                     EventData::AccountLocked {
                         lock_reason: LockReason::ExhaustedBalance,
                         balance_nano_usd: Nanos(0),
+                        running_runners: Vec::new(),
                     },
                 ),
             ],
