@@ -1972,10 +1972,14 @@ fn apply_catalog(
         }
     }
     // Documents merge into the catalog: endpoints and machine types a document does not name
-    // are kept, so a document that adds one endpoint cannot erase the machine prices.
+    // are kept (standard and surge prices alike), so a document that adds one endpoint cannot
+    // erase the machine prices.
     let mut machines = current.machines.clone();
     machines.extend(doc.machines.clone());
     tx.set_machine_prices(&machines)?;
+    let mut surge = current.machines_surge.clone();
+    surge.extend(doc.machines_surge.clone());
+    tx.set_surge_prices(&surge)?;
     if let Some(table) = &doc.concurrency {
         tx.set_concurrency_table(table)?;
     }

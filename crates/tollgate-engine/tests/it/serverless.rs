@@ -512,3 +512,55 @@ async fn one_sweep_settles_more_than_a_page_of_due_runners() {
         f.engine.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_catalogs_surge_prices_are_stored_and_bill_surge_runners() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let f = Fixture::new(&db, BillingMode::Prepaid, Some("10.00")).await;
+        // The catalog again, with surge prices: stored with it, and merged like machine prices.
+        let text = crate::common::CATALOG.replace(
+            "[machines]\nGPU-H100 = \"0.000525\"\n",
+            "[machines]\nGPU-H100 = \"0.000525\"\n\n[machines_surge]\nGPU-H100 = \"0.0007875\"\n",
+        );
+        let doc = tollgate_core::catalog::document::parse(&text).unwrap();
+        assert_eq!(doc.machines_surge.len(), 1);
+        f.engine
+            .admin(tollgate_engine::AdminCmd::ApplyCatalog(Box::new(doc)))
+            .await
+            .unwrap();
+        let h100 = MachineType::parse("GPU-H100").unwrap();
+        let surge = Decimal::new(7_875, 7);
+        assert_eq!(f.engine.catalog().machines_surge.get(&h100), Some(&surge));
+        let stored = f.engine.read(|r| r.load_catalog()).await.unwrap();
+        assert_eq!(
+            stored.machines_surge.get(&h100),
+            Some(&surge),
+            "{backend:?}"
+        );
+        // A document without surge prices keeps them.
+        let doc = tollgate_core::catalog::document::parse(crate::common::CATALOG).unwrap();
+        f.engine
+            .admin(tollgate_engine::AdminCmd::ApplyCatalog(Box::new(doc)))
+            .await
+            .unwrap();
+        let stored = f.engine.read(|r| r.load_catalog()).await.unwrap();
+        assert_eq!(
+            stored.machines_surge.get(&h100),
+            Some(&surge),
+            "{backend:?}"
+        );
+
+        // A surge runner's minute, at the surge price.
+        let mut start = report("ev-1", "rn-s", 1, RunnerState::Running, T0);
+        start.is_surge = true;
+        let mut stop = report("ev-2", "rn-s", 1, RunnerState::Terminated, T0 + MIN);
+        stop.is_surge = true;
+        f.at(T0 + MIN);
+        let results = f.bulk(vec![start, stop]).await.unwrap();
+        let billed = Nanos(results.iter().map(|r| r.billed.0).sum());
+        assert_eq!(billed, Nanos(60 * 787_500), "{backend:?}");
+        f.reconciled(backend.name()).await;
+        f.engine.shutdown().await.unwrap();
+    }
+}
