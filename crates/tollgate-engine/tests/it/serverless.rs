@@ -2,8 +2,10 @@
 //! runner events is billed in its batch and a repeat is a duplicate; a refused bulk writes
 //! nothing; the sweep settles due runners every minute (more than a page of them in one
 //! sweep), so a prepaid account that runs out locks within a minute and its `account.locked`
-//! event names its running runners; a silent runner is billed up to its last report and the
-//! grace, and no further; an invoice-billed account accrues runner time on its usage invoice.
+//! event names its running runners (as does the event of a change of terms that locks it); a
+//! silent runner is billed up to its last report and the
+//! grace, and no further; an invoice-billed account accrues runner time on its usage invoice;
+//! a catalog's surge prices are stored and bill surge runners.
 
 use crate::common::{account, catalog_and_account, invoices, sample};
 use rust_decimal::Decimal;
@@ -561,6 +563,51 @@ async fn a_catalogs_surge_prices_are_stored_and_bill_surge_runners() {
         let billed = Nanos(results.iter().map(|r| r.billed.0).sum());
         assert_eq!(billed, Nanos(60 * 787_500), "{backend:?}");
         f.reconciled(backend.name()).await;
+        f.engine.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_change_of_terms_that_locks_the_account_names_its_live_runners() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let f = Fixture::new(&db, BillingMode::Prepaid, Some("10.00")).await;
+        f.bulk(vec![
+            report("ev-1", "rn-live", 1, RunnerState::Idle, T0),
+            report("ev-2", "rn-gone", 1, RunnerState::Running, T0),
+            report("ev-3", "rn-gone", 1, RunnerState::Terminated, T0 + 30 * SEC),
+        ])
+        .await
+        .unwrap();
+        // A lock threshold above the balance locks the account at once.
+        f.at(T0 + MIN);
+        f.engine
+            .admin(tollgate_engine::AdminCmd::SetTerms {
+                username: account(),
+                change: tollgate_core::terms::TermsChange {
+                    lock_threshold: Some(Nanos::parse_usd("20.00").unwrap()),
+                    ..Default::default()
+                },
+            })
+            .await
+            .unwrap();
+        let named: Vec<Vec<LiveRunner>> = f
+            .events()
+            .await
+            .into_iter()
+            .filter_map(|e| match e.data {
+                EventData::AccountLocked {
+                    running_runners, ..
+                } => Some(running_runners),
+                _ => None,
+            })
+            .collect();
+        let ids: Vec<Vec<&str>> = named
+            .iter()
+            .map(|runners| runners.iter().map(|r| r.runner_id.as_str()).collect())
+            .collect();
+        assert_eq!(ids, [["rn-live"]], "{backend:?}");
+        assert_eq!(named[0][0].state, RunnerState::Idle);
         f.engine.shutdown().await.unwrap();
     }
 }
