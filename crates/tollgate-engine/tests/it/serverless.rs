@@ -3,9 +3,9 @@
 //! nothing; the sweep settles due runners every minute (more than a page of them in one
 //! sweep), so a prepaid account that runs out locks within a minute and its `account.locked`
 //! event names its running runners (as does the event of a change of terms that locks it); a
-//! silent runner is billed up to its last report and the
-//! grace, and no further; an invoice-billed account accrues runner time on its usage invoice;
-//! a catalog's surge prices are stored and bill surge runners.
+//! silent runner is billed up to its last report and the grace, and no further; an
+//! invoice-billed account accrues runner time on its usage invoice; a catalog's surge prices
+//! are stored and bill surge runners.
 
 use crate::common::{account, catalog_and_account, invoices, sample};
 use rust_decimal::Decimal;
