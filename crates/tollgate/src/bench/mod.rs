@@ -31,6 +31,7 @@ mod engine;
 mod http;
 mod invoices;
 mod report;
+mod runners;
 
 use clap::Args;
 use report::Row;
