@@ -6,6 +6,7 @@ pub mod billing;
 pub mod keys;
 pub mod limits;
 pub mod overview;
+pub mod range;
 pub mod requests;
 pub mod top_ups;
 pub mod usage;

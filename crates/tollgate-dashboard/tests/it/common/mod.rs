@@ -12,7 +12,9 @@
 pub mod browser;
 
 use reqwest::{Method, StatusCode};
+use rust_decimal::Decimal;
 use serde_json::{json, Value};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use tollgate_api::auth::mint_key;
@@ -527,6 +529,45 @@ pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .expect("a time in range")
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Milliseconds of an RFC 3339 instant.
+pub fn ms(text: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .expect("a valid test instant")
+        .timestamp_millis()
+}
+
+/// A decimal as a page or an answer writes it (plain or in scientific notation).
+pub fn dec(text: &str) -> Decimal {
+    Decimal::from_str(text)
+        .or_else(|_| Decimal::from_scientific(text))
+        .unwrap_or_else(|e| panic!("a decimal: {text}: {e}"))
+}
+
+/// USD (a decimal) in nano-USD, exactly.
+pub fn nanos(usd: Decimal) -> i64 {
+    let n = usd * Decimal::from(1_000_000_000);
+    assert_eq!(n.fract(), Decimal::ZERO, "{usd} is whole nano-USD");
+    i64::try_from(n.trunc()).expect("in range")
+}
+
+/// The value of attribute `name` in the start tag `tag`.
+pub fn attr(tag: &str, name: &str) -> Option<String> {
+    let key = format!(" {name}=\"");
+    let at = tag.find(&key)? + key.len();
+    let end = tag[at..].find('"')?;
+    Some(tag[at..at + end].to_string())
+}
+
+/// The start tags in `html` that begin with `prefix` (e.g. `<tr data-endpoint=`).
+pub fn tags<'a>(html: &'a str, prefix: &str) -> Vec<&'a str> {
+    html.match_indices(prefix)
+        .map(|(i, _)| {
+            let end = html[i..].find('>').expect("a closed tag");
+            &html[i..i + end]
+        })
+        .collect()
 }
 
 /// A browser-like HTTP client: keeps its cookies, does not follow redirects.
