@@ -1,8 +1,9 @@
-//! Usage, `/dashboard/usage`: what the account was billed per endpoint over a range it
+//! Usage, `/dashboard/usage`: what the account was billed per model endpoint over a range it
 //! picks (a preset or its own dates, in the time zone it names, optionally of one API key), as
 //! fal's usage rows (endpoint, unit, unit price, discount) with their total, a chart of spend
 //! per day (per hour for a range of one or two days), and the same rows as CSV
-//! (`/dashboard/usage.csv`, the same parameters).
+//! (`/dashboard/usage.csv`, the same parameters). Serverless runner time is not here: it has
+//! its own page ([`super::serverless`]), which the page links to.
 //!
 //! The rows are the summary of `tollgate_query::usage`, the same read as the API's
 //! `GET /v1/models/usage?expand=summary`, so every figure is the API's. The range controls are
@@ -11,7 +12,7 @@
 //! wrong, with the form to correct it.
 
 use super::range::{self, key_label, Asked, Controls, View};
-use super::{chrome, spend, spend_chart, Spend};
+use super::{chrome, spend, spend_chart, Of, Spend};
 use crate::error::PageError;
 use crate::layout::{self, empty};
 use crate::session::CustomerSession;
@@ -71,7 +72,7 @@ pub async fn page(
         Err(refusal) => return Ok(refusal),
     };
     let api_keys = view.key.iter().map(|k| k.key_id.clone()).collect();
-    let (_, spend) = spend(&state, &who.account, &spec, api_keys).await?;
+    let (_, spend) = spend(&state, &who.account, &spec, api_keys, Of::Models).await?;
     let body = render(&asked, &keys, Some((&view, &spend)), None)?;
     Ok(layout::html(layout::page(
         &chrome(&who, "/dashboard/usage"),
@@ -140,6 +141,10 @@ fn render(
     );
     let body = html! {
         (controls)
+        p.hint #serverless-hint {
+            "Your serverless apps' runner time is on its own page: "
+            a href=(super::serverless::SECTION) { "Serverless" } "."
+        }
         @if let Some((v, spend)) = shown {
             (range::shown(v, html! {
                 @if let Some(k) = &v.key { ", only key " strong { (key_label(k)) } }
