@@ -278,7 +278,7 @@ impl AccountState {
     /// What billing a charge changes besides the balance: the month's subtotal (volume tiers),
     /// the lots it is paid from, and, for an account invoice-billed at `now`, its open usage
     /// period (returned: the start of the period the charge accrues to).
-    fn record_charge(
+    pub(crate) fn record_charge(
         &mut self,
         charge: &Charge,
         now: Timestamp,
@@ -1122,7 +1122,7 @@ impl BatchState {
     }
 
     /// Records that the last line item accrues to the period starting at `period_start`.
-    fn accrue(&mut self, period_start: Option<Timestamp>) {
+    pub(crate) fn accrue(&mut self, period_start: Option<Timestamp>) {
         if let Some(period_start) = period_start {
             self.accruals.push(Accrual {
                 item: self.line_items.len() - 1,
@@ -1132,7 +1132,7 @@ impl BatchState {
     }
 
     /// Records the spending-limit notices an operation on `account` caused.
-    fn notify(&mut self, account: &AccountId, at: Timestamp, notices: Vec<EventData>) {
+    pub(crate) fn notify(&mut self, account: &AccountId, at: Timestamp, notices: Vec<EventData>) {
         for data in notices {
             self.event(account, at, data);
         }
@@ -1147,41 +1147,41 @@ impl BatchState {
 /// Applies one operation at `now`. On `Err` nothing in `state` changed, with one exception,
 /// the core's own follow-up of a refusal: a start refused by a `block` spending limit marks
 /// that limit reached for its period and records the `spending_limit.reached` notice, the
-/// first time in the period ([`limits::refused`]; the account is then written). An operation
-/// that changed something is followed by the account's notices (lock, low balance) and by its
-/// auto top-up rule's decision (see [`crate::payments`]), which may start a top-up (not after
-/// a refund, a dispute or an operator's unlock: `payments::decision_follows`).
+/// first time in the period ([`limits::refused`]; the account is then written). An applied
+/// operation is followed, for each account it may change (`watched_accounts`: one, or every
+/// account of a bulk of runner events), by the account's notices (lock, low balance) and, when
+/// it changed something, by its auto top-up rule's decision (see [`crate::payments`]), which
+/// may start a top-up (not after a refund, a dispute or an operator's unlock:
+/// `payments::decision_follows`).
 pub fn apply(
     state: &mut BatchState,
     catalog: &Catalog,
     now: Timestamp,
     op: Op,
 ) -> Result<Outcome, Rejection> {
-    let watched = op
-        .account()
-        .or_else(|| {
-            op.request_id()
-                .and_then(|r| state.requests.get(r))
-                .map(|r| &r.account)
+    let watched: Vec<(AccountId, Watch)> = watched_accounts(state, &op)
+        .into_iter()
+        .filter_map(|a| {
+            let before = state.accounts.get(&a).map(Watch::of)?;
+            Some((a, before))
         })
-        .cloned();
-    let before = watched
-        .as_ref()
-        .and_then(|a| state.accounts.get(a))
-        .map(Watch::of);
+        .collect();
     let decides = crate::payments::decision_follows(&op);
     let mut outcome = apply_op(state, &Ctx { catalog, now }, op);
-    if let (Ok(o), Some(account), Some(before)) = (&mut outcome, watched, before) {
-        notice_changes(state, &account, before, now);
+    if let Ok(o) = &mut outcome {
         // The auto top-up rule looks at what the operation left (the available balance, the
         // rule's state), when it changed something: a repeat leaves all as it was. Money given
         // or taken back through the card (a refund, a dispute) and an operator's unlock are
         // not followed by a charge of the same card.
-        if decides && o.changed_anything() {
-            crate::payments::decide_auto_top_up(state, &account, now);
-            if let Outcome::PaymentProfile { profile } = o {
-                // The answer shows the top-up the change started.
-                profile.clone_from(&state.accounts[&account].payment);
+        let decide = decides && o.changed_anything();
+        for (account, before) in watched {
+            notice_changes(state, &account, before, now);
+            if decide {
+                crate::payments::decide_auto_top_up(state, &account, now);
+                if let Outcome::PaymentProfile { profile } = o {
+                    // The answer shows the top-up the change started.
+                    profile.clone_from(&state.accounts[&account].payment);
+                }
             }
         }
     }
@@ -1197,6 +1197,38 @@ pub fn apply(
         }
     }
     outcome
+}
+
+/// The accounts an operation may change, each followed by its notices and auto top-up
+/// decision: the one it names or its request's, every account of a bulk of runner events (in
+/// the order they first appear), a settled runner's.
+fn watched_accounts(state: &BatchState, op: &Op) -> Vec<AccountId> {
+    match op {
+        Op::RunnerEvents(events) => {
+            let mut seen = HashSet::new();
+            events
+                .iter()
+                .filter(|e| seen.insert(&e.account))
+                .map(|e| e.account.clone())
+                .collect()
+        }
+        Op::SettleRunner { runner } => state
+            .runners
+            .get(runner)
+            .map(|r| r.account.clone())
+            .into_iter()
+            .collect(),
+        _ => op
+            .account()
+            .or_else(|| {
+                op.request_id()
+                    .and_then(|r| state.requests.get(r))
+                    .map(|r| &r.account)
+            })
+            .cloned()
+            .into_iter()
+            .collect(),
+    }
 }
 
 /// What an operation may change that the platform is told about: the balance against the
@@ -1270,7 +1302,7 @@ impl Outcome {
             Outcome::PeriodClosed { issued } => *issued,
             Outcome::PaymentProfile { .. } => true,
             Outcome::RunnerEvents { results } => results.iter().any(|r| !r.duplicate),
-            Outcome::RunnerSettled { .. } => true,
+            Outcome::RunnerSettled { billed } => *billed > Nanos::ZERO,
         }
     }
 }
@@ -1551,12 +1583,18 @@ fn discount_for(
     now: Timestamp,
     terms_at: Timestamp,
 ) -> Option<Decimal> {
+    roll_month(acct, now);
+    percent_discount(acct, acct.discounts_at(terms_at), def, now)
+}
+
+/// Starts the month's subtotal (volume tiers) anew when a charge recorded at `now` falls in
+/// another calendar month than the one it counts.
+pub(crate) fn roll_month(acct: &mut AccountState, now: Timestamp) {
     let month = month_of(now);
     if acct.month != month {
         acct.month = month;
         acct.month_subtotal = Nanos::ZERO;
     }
-    percent_discount(acct, acct.discounts_at(terms_at), def, now)
 }
 
 /// The most GPUs one request may run on.

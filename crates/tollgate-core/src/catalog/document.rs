@@ -7,6 +7,9 @@
 //! [machines]                                 # machine type -> USD per second (a string)
 //! GPU-H100 = "0.000525"
 //!
+//! [machines_surge]                           # optional: surge serverless prices, per second,
+//! GPU-H100 = "0.0007875"                     # of machine types listed in [machines]
+//!
 //! [[concurrency]]                            # optional; the default table when absent
 //! paid_28d_usd = "0"
 //! limit = 2
@@ -76,6 +79,9 @@ pub struct CatalogDocument {
     /// In file order.
     pub endpoints: Vec<EndpointEntry>,
     pub machines: MachinePrices,
+    /// Surge prices of serverless runners (`[machines_surge]`), of machine types of
+    /// `machines`.
+    pub machines_surge: MachinePrices,
     /// `None`: the document keeps the current (or default) table.
     pub concurrency: Option<ConcurrencyTable>,
 }
@@ -116,6 +122,8 @@ struct RawDocument {
     effective_from: Option<Spanned<DateText>>,
     #[serde(default)]
     machines: BTreeMap<String, Spanned<PlainDecimal>>,
+    #[serde(default)]
+    machines_surge: BTreeMap<String, Spanned<PlainDecimal>>,
     #[serde(default)]
     concurrency: Option<Spanned<Vec<ConcurrencyTier>>>,
     #[serde(default)]
@@ -429,15 +437,21 @@ fn validate(text: &str, raw: RawDocument) -> Result<CatalogDocument, CatalogErro
         .map(|v| parse_effective_from(text, v))
         .transpose()?;
 
-    let mut machines = MachinePrices::new();
-    for (name, price) in &raw.machines {
-        let line = line_at(price.span());
-        let field = format!("machines.{name}");
-        let machine = MachineType::parse(name).map_err(|e| err(line, &field, e.to_string()))?;
-        if is_negative(&price.get_ref().0) {
-            return Err(err(line, &field, "a machine price must not be negative"));
-        }
-        machines.insert(machine, price.get_ref().0);
+    let machines = machine_prices(text, "machines", &raw.machines)?;
+    let machines_surge = machine_prices(text, "machines_surge", &raw.machines_surge)?;
+    if let Some((m, price)) = raw
+        .machines_surge
+        .iter()
+        .find(|(m, _)| !machines.keys().any(|k| k.as_str() == m.as_str()))
+    {
+        return Err(err(
+            line_at(price.span()),
+            format!("machines_surge.{m}"),
+            format!(
+                "machine type `{m}` is not in [machines]: a surge price is another price of a \
+                 listed machine"
+            ),
+        ));
     }
 
     let concurrency = match &raw.concurrency {
@@ -478,8 +492,29 @@ fn validate(text: &str, raw: RawDocument) -> Result<CatalogDocument, CatalogErro
         effective_from,
         endpoints,
         machines,
+        machines_surge,
         concurrency,
     })
+}
+
+/// A table of machine prices (`[machines]`, `[machines_surge]`): machine types and their
+/// non-negative USD per second.
+fn machine_prices(
+    text: &str,
+    table: &str,
+    raw: &BTreeMap<String, Spanned<PlainDecimal>>,
+) -> Result<MachinePrices, CatalogError> {
+    let mut prices = MachinePrices::new();
+    for (name, price) in raw {
+        let line = Some(line_of(text, price.span().start));
+        let field = format!("{table}.{name}");
+        let machine = MachineType::parse(name).map_err(|e| err(line, &field, e.to_string()))?;
+        if is_negative(&price.get_ref().0) {
+            return Err(err(line, &field, "a machine price must not be negative"));
+        }
+        prices.insert(machine, price.get_ref().0);
+    }
+    Ok(prices)
 }
 
 fn validate_endpoint(
@@ -496,6 +531,15 @@ fn validate_endpoint(
         Ok(id) => id,
         Err(e) => return fail("id", e.to_string()),
     };
+    if crate::serverless::Line::is_key(id.as_str()) {
+        return fail(
+            "id",
+            format!(
+                "`{id}`: endpoint ids under `{}` are kept for serverless runner time",
+                crate::serverless::ENDPOINT_PREFIX
+            ),
+        );
+    }
     if raw.name.trim().is_empty() {
         return fail("name", "must not be empty".into());
     }
@@ -932,6 +976,72 @@ GPU-A100 = "0.000275"
         .unwrap();
         assert_eq!(d.endpoints[1].def.four_xx, FourXxPolicy::InferenceSeconds);
         assert_eq!(d.machine_price(&d.endpoints[1]), Some(Decimal::new(275, 6)));
+    }
+
+    #[test]
+    fn surge_prices_are_machine_prices_of_listed_machines() {
+        let surge = |table: &str| {
+            format!(
+                "{HEAD}\n[machines_surge]\n{table}{}",
+                ok_endpoint("fal-ai/ok")
+            )
+        };
+        let d = parse(&surge("GPU-H100 = \"0.0007875\"\n")).unwrap();
+        assert_eq!(
+            d.machines_surge,
+            MachinePrices::from([(
+                MachineType::parse("GPU-H100").unwrap(),
+                Decimal::new(7875, 7)
+            )])
+        );
+        assert!(parse(&doc("")).unwrap().machines_surge.is_empty());
+        let e = fails(&surge("GPU-B300 = \"0.001\"\n"));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(8), "machines_surge.GPU-B300"),
+            "{e}"
+        );
+        assert!(e.message.contains("`GPU-B300` is not in [machines]"), "{e}");
+        let e = fails(&surge("GPU-H100 = \"-0.001\"\n"));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(8), "machines_surge.GPU-H100"),
+            "{e}"
+        );
+        assert!(e.message.contains("negative"), "{e}");
+        let e = fails(&surge("GPU-H100 = 0.001\n"));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(8), "machines_surge.GPU-H100"),
+            "{e}"
+        );
+        assert!(e.message.contains("inexact"), "{e}");
+        let e = fails(&surge("\"GPU H100\" = \"0.001\"\n"));
+        assert_eq!(e.field, "machines_surge.GPU H100", "{e}");
+    }
+
+    #[test]
+    fn endpoint_ids_under_serverless_are_refused() {
+        for id in [
+            "serverless/my-app/production/GPU-H100/standard",
+            "serverless/x",
+        ] {
+            assert_err(
+                &doc(&format!(
+                    "[[endpoint]]\nid = \"{id}\"\nname = \"X\"\ncategory = \"c\"\n\
+                     price = {{ unit = \"image\", unit_price = \"1\" }}\n"
+                )),
+                13,
+                "endpoint[1].id",
+                "kept for serverless runner time",
+            );
+        }
+        // A model whose id merely contains the word is fine.
+        parse(&doc(
+            "[[endpoint]]\nid = \"fal-ai/serverless/x\"\nname = \"X\"\ncategory = \"c\"\n\
+             price = { unit = \"image\", unit_price = \"1\" }\n",
+        ))
+        .unwrap();
     }
 
     #[test]

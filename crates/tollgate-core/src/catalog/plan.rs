@@ -6,10 +6,12 @@
 //! An endpoint the catalog does not have is *added*; one it has is *changed* when its metadata
 //! differs (named field by field) or its price differs from the endpoint's latest public price
 //! version (a new version, effective from the document's `effective_from` or the time of the
-//! apply); otherwise it is unchanged. A price whose headline rate moves by more than
-//! [`WARN_FACTOR`] in either direction (or whose unit changes) is named in `warnings`, as is a
-//! machine price that does: such a change is more often a typo (a missing zero, a price per
-//! hour written per second) than a decision.
+//! apply); otherwise it is unchanged. Machine prices and surge prices (`[machines]`,
+//! `[machines_surge]`) merge into the current ones and are listed when added or repriced. A
+//! price whose headline rate moves by more than [`WARN_FACTOR`] in either direction (or whose
+//! unit changes) is named in `warnings`, as is a machine or surge price that does: such a
+//! change is more often a typo (a missing zero, a price per hour written per second) than a
+//! decision.
 
 use super::document::{CatalogDocument, CatalogError};
 use super::{Catalog, EndpointDef};
@@ -34,6 +36,8 @@ pub struct CatalogPlan {
     pub unchanged: usize,
     /// Machine types added or repriced, by name.
     pub machines: Vec<MachineChange>,
+    /// Surge prices (`[machines_surge]`) added or changed, by machine type.
+    pub machines_surge: Vec<MachineChange>,
     /// The document replaces the concurrency table with a different one.
     pub concurrency_changed: bool,
     pub warnings: Vec<Warning>,
@@ -129,6 +133,41 @@ fn metadata_changes(old: &EndpointDef, new: &EndpointDef) -> Vec<&'static str> {
     v
 }
 
+/// The machine prices of `table` (`machines` or `machines_surge`) that `doc` adds or changes
+/// in `current` (its machines merge: the document's win, the others stay); a price that jumps
+/// is warned of.
+fn changed_machines(
+    table: &str,
+    kind: &str,
+    current: &MachinePrices,
+    doc: &MachinePrices,
+    warnings: &mut Vec<Warning>,
+) -> Vec<MachineChange> {
+    let mut changes = Vec::new();
+    for (m, to) in doc {
+        let from = current.get(m).copied();
+        if from == Some(*to) {
+            continue;
+        }
+        if let Some(from) = from.filter(|f| jumps(*f, *to)) {
+            warnings.push(Warning {
+                field: format!("{table}.{m}"),
+                line: None,
+                message: format!(
+                    "the {kind}price of machine type {m} changes from {from} to {to} USD per \
+                     second, by more than {WARN_FACTOR}x"
+                ),
+            });
+        }
+        changes.push(MachineChange {
+            machine_type: m.clone(),
+            from,
+            to: *to,
+        });
+    }
+    changes
+}
+
 /// The change `doc` makes to `current` when applied at `now`. Refuses, as the apply does, a
 /// new price that would take effect before its endpoint's latest version (versions are never
 /// back-dated), naming the endpoint's line and `effective_from`.
@@ -142,29 +181,20 @@ pub fn plan(
     let mut machines: MachinePrices = current.machines.clone();
     machines.extend(doc.machines.clone());
     let mut warnings = Vec::new();
-
-    let mut machine_changes = Vec::new();
-    for (m, to) in &doc.machines {
-        let from = current.machines.get(m).copied();
-        if from == Some(*to) {
-            continue;
-        }
-        if let Some(from) = from.filter(|f| jumps(*f, *to)) {
-            warnings.push(Warning {
-                field: format!("machines.{m}"),
-                line: None,
-                message: format!(
-                    "the price of machine type {m} changes from {from} to {to} USD per second, \
-                     by more than {WARN_FACTOR}x"
-                ),
-            });
-        }
-        machine_changes.push(MachineChange {
-            machine_type: m.clone(),
-            from,
-            to: *to,
-        });
-    }
+    let machine_changes = changed_machines(
+        "machines",
+        "",
+        &current.machines,
+        &doc.machines,
+        &mut warnings,
+    );
+    let surge_changes = changed_machines(
+        "machines_surge",
+        "surge ",
+        &current.machines_surge,
+        &doc.machines_surge,
+        &mut warnings,
+    );
 
     let mut changes = Vec::new();
     let mut unchanged = 0;
@@ -258,6 +288,7 @@ pub fn plan(
         changes,
         unchanged,
         machines: machine_changes,
+        machines_surge: surge_changes,
         concurrency_changed: doc
             .concurrency
             .as_ref()
@@ -399,6 +430,45 @@ mod tests {
         let p = plan(&cur, &cheap, T).unwrap();
         assert_eq!(p.machines[0].from, Some(Decimal::new(525, 6)));
         assert_eq!(p.warnings[0].field, "machines.GPU-H100");
+    }
+
+    #[test]
+    fn surge_prices_are_listed_like_machine_prices() {
+        let h100 = MachineType::parse("GPU-H100").unwrap();
+        let mut before = doc(&endpoint("a/x", IMAGE, ""));
+        before
+            .machines_surge
+            .insert(h100.clone(), Decimal::new(7875, 7));
+        let mut cur = applied(&before, T);
+        cur.machines_surge = before.machines_surge.clone();
+        let p = plan(&Catalog::default(), &before, T).unwrap();
+        assert_eq!(
+            p.machines_surge,
+            vec![MachineChange {
+                machine_type: h100.clone(),
+                from: None,
+                to: Decimal::new(7875, 7),
+            }]
+        );
+        assert!(plan(&cur, &before, T).unwrap().machines_surge.is_empty());
+        // A jump is warned of, under its table's name; a document without surge prices keeps
+        // the current ones (nothing listed).
+        let mut after = before.clone();
+        after
+            .machines_surge
+            .insert(h100.clone(), Decimal::new(7875, 8));
+        let p = plan(&cur, &after, T).unwrap();
+        assert_eq!(p.machines_surge[0].from, Some(Decimal::new(7875, 7)));
+        assert!(p.machines.is_empty());
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+        assert_eq!(p.warnings[0].field, "machines_surge.GPU-H100");
+        assert!(
+            p.warnings[0].message.contains("surge price"),
+            "{:?}",
+            p.warnings
+        );
+        let p = plan(&cur, &doc(&endpoint("a/x", IMAGE, "")), T).unwrap();
+        assert!(p.machines_surge.is_empty() && p.warnings.is_empty());
     }
 
     #[test]

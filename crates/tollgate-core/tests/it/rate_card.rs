@@ -224,6 +224,24 @@ fn machine_prices_are_hourly_over_3600_rounded_up_to_12_places() {
     );
 }
 
+#[test]
+fn every_gpu_machine_has_a_surge_price_of_one_and_a_half_times_its_own() {
+    let doc = catalog();
+    let gpus: Vec<_> = doc
+        .machines
+        .keys()
+        .filter(|m| m.as_str().starts_with("GPU-"))
+        .collect();
+    assert_eq!(doc.machines_surge.keys().collect::<Vec<_>>(), gpus);
+    for m in gpus {
+        assert_eq!(
+            doc.machines_surge[m],
+            doc.machines[m] * d("1.5"),
+            "{m}: 1.5 x the standard price, exactly"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The rate card, pattern by pattern.
 
