@@ -16,6 +16,9 @@
 //! - free credits are a `Credit` row, nothing billed (the amount is in `x_CreditAmountUsd`);
 //! - usage of a prepaid account is drawn from its credits: a `Usage` row with `BilledCost` 0
 //!   and `EffectiveCost` its cost;
+//! - serverless runner time (line items of a `serverless/` key) is usage like a model's, its
+//!   row named by its [`Line`] (`ServiceName` `Serverless`, the app its resource, the machine
+//!   type its SKU, the catalog's machine price its list price);
 //! - usage of an invoice-billed account is billed on its usage invoice: its invoice report
 //!   takes the usage from the invoices' lines ([`invoiced_usage_rows`]); its estimate (usage
 //!   as it happened, invoiced since or not) shows the cost (`BilledCost` = `EffectiveCost`,
