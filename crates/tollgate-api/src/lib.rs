@@ -214,7 +214,9 @@ pub fn spawn_month_close(engine: Engine, every: Duration) -> tokio::task::JoinHa
     })
 }
 
-/// Voids expired holds every `every` until the engine stops.
+/// Sweeps every `every` until the engine stops: voids expired holds, expires credits and
+/// settles the serverless runners due ([`Engine::sweep_expired`], which sweeps again at once
+/// while it finds a full page, so thousands of runners are settled each minute).
 pub fn spawn_sweeper(engine: Engine, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);

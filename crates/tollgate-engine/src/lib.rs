@@ -21,13 +21,17 @@ use tokio::sync::{mpsc, oneshot};
 use tollgate_core::catalog::document::CatalogDocument;
 use tollgate_core::catalog::plan::{self, CatalogPlan};
 use tollgate_core::catalog::Catalog;
-use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, LimitId, PurchaseId};
+use tollgate_core::events::EventData;
+use tollgate_core::ids::{
+    AccountId, AdjustmentId, ApiKeyId, LimitId, PurchaseId, RunnerEventId, RunnerId,
+};
 use tollgate_core::limits::{self, LimitChange, LimitState, SpendingLimit};
 use tollgate_core::machine::{
     apply, close_elapsed_periods, BatchState, InvoiceKind, InvoiceStatus, Op, Outcome, Rejection,
     EXPIRY_NOTICE_MS,
 };
 use tollgate_core::payments::TopUpSettings;
+use tollgate_core::serverless::{self, ServerlessSettings};
 use tollgate_core::terms::{self, TermsChange};
 use tollgate_core::time::month_start;
 use tollgate_core::Timestamp;
@@ -43,6 +47,13 @@ pub const MAX_BATCH_OPS: usize = 8192;
 const LIGHT_LOAD_OPS: usize = 256;
 /// Expired holds voided per sweep batch.
 const SWEEP_LIMIT: usize = 1000;
+/// Runners settled per sweep batch: a settlement writes a few rows per minute of a runner's
+/// time, so a page keeps the batch short; a sweep that finds a full page sweeps again at once
+/// (see [`Engine::sweep_expired`]).
+pub const RUNNER_SWEEP_LIMIT: usize = 256;
+/// The most batches one [`Engine::sweep_expired`] runs while each finds a full page: a bound
+/// should something stay due however often it is swept (the next sweep takes it up again).
+const MAX_SWEEP_STEPS: usize = 64;
 /// Accounts whose usage periods one batch closes, when closing every account: a close is a
 /// few rows per account, and a bounded step keeps admission flowing between steps.
 pub const CLOSE_STEP_ACCOUNTS: usize = 32;
@@ -272,6 +283,13 @@ enum CloseScope {
     },
 }
 
+/// What one sweep batch did: its answers, and whether it found a full page of something due
+/// (expired holds, runners to settle), so more may be due now.
+struct SweepStep {
+    results: Vec<Result<Outcome, Rejection>>,
+    full: bool,
+}
+
 /// What one close job did.
 struct CloseStep {
     /// Each account closed, with its answer.
@@ -286,7 +304,7 @@ enum Job {
         reply: OpsReply,
     },
     Sweep {
-        reply: OpsReply,
+        reply: oneshot::Sender<Result<SweepStep, EngineError>>,
     },
     Close {
         scope: CloseScope,
@@ -319,7 +337,10 @@ impl Job {
     /// Answers the caller with `error` at once, without running the job.
     fn fail(self, error: EngineError) {
         match self {
-            Job::Ops { reply, .. } | Job::Sweep { reply } => {
+            Job::Ops { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Job::Sweep { reply } => {
                 let _ = reply.send(Err(error));
             }
             Job::Admin { reply, .. } => {
@@ -429,6 +450,8 @@ struct Shared {
     invoice_prefix: RwLock<Option<Arc<str>>>,
     /// The top-up settings every batch applies from now on (`[top_ups]`).
     top_up_settings: RwLock<TopUpSettings>,
+    /// The serverless settings every batch applies from now on (`[serverless]`).
+    serverless: RwLock<ServerlessSettings>,
     /// Told when a committed (and synced) batch wrote events to the outbox, or a delivery was
     /// queued again: the webhook dispatcher wakes on it ([`Engine::events_written`]).
     events_written: Arc<tokio::sync::Notify>,
@@ -472,6 +495,7 @@ impl Engine {
             readiness: tokio::sync::Mutex::default(),
             invoice_prefix: RwLock::new(None),
             top_up_settings: RwLock::new(TopUpSettings::default()),
+            serverless: RwLock::new(ServerlessSettings::default()),
             events_written: Arc::new(tokio::sync::Notify::new()),
         });
         let (outbox, syncer_thread) = match store.defer_sync()? {
@@ -592,6 +616,35 @@ impl Engine {
             .top_up_settings
             .read()
             .expect("top-up settings lock")
+    }
+
+    /// The serverless settings the core applies from the next batch on (how long after its
+    /// last report a runner is still accounted): the deployment's `[serverless]`, like the
+    /// top-up settings a setting of the process. Refused ([`EngineError::Invalid`]) unless the
+    /// grace is 1 s to [`serverless::MAX_GRACE_MS`].
+    pub fn set_serverless_settings(&self, settings: ServerlessSettings) -> Result<(), EngineError> {
+        if !(1_000..=serverless::MAX_GRACE_MS).contains(&settings.grace_ms) {
+            return Err(EngineError::Invalid(InvalidInput::new(format!(
+                "the serverless grace ({} ms) must be 1 s to {} s",
+                settings.grace_ms,
+                serverless::MAX_GRACE_MS / 1_000
+            ))));
+        }
+        *self
+            .shared
+            .serverless
+            .write()
+            .expect("serverless settings lock") = settings;
+        Ok(())
+    }
+
+    /// The serverless settings in force.
+    pub fn serverless_settings(&self) -> ServerlessSettings {
+        *self
+            .shared
+            .serverless
+            .read()
+            .expect("serverless settings lock")
     }
 
     /// Creates the payment provider's subscription row unless it exists (see
@@ -725,17 +778,28 @@ impl Engine {
         rx.await.map_err(|_| EngineError::Stopped)?
     }
 
-    /// Voids every hold that has expired by now, expires credits past their date, and records
-    /// `credits.expiring` for credits that expire within a week. Returns how many requests
-    /// expired.
+    /// Voids every hold that has expired by now, expires credits past their date, records
+    /// `credits.expiring` for credits that expire within a week, and settles every serverless
+    /// runner due up to the start of the current minute. Each batch takes a page of each
+    /// ([`RUNNER_SWEEP_LIMIT`] runners), and while a batch finds a full page of expired holds
+    /// or due runners another follows at once (other callers' operations run between them), so
+    /// a sweep keeps up with thousands of runners. Returns how many requests expired.
     pub async fn sweep_expired(&self) -> Result<usize, EngineError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Job::Sweep { reply }).await?;
-        let results = rx.await.map_err(|_| EngineError::Stopped)??;
-        Ok(results
-            .iter()
-            .filter(|r| matches!(r, Ok(Outcome::Expired { expired: true })))
-            .count())
+        let mut expired = 0;
+        for _ in 0..MAX_SWEEP_STEPS {
+            let (reply, rx) = oneshot::channel();
+            self.send(Job::Sweep { reply }).await?;
+            let step = rx.await.map_err(|_| EngineError::Stopped)??;
+            expired += step
+                .results
+                .iter()
+                .filter(|r| matches!(r, Ok(Outcome::Expired { expired: true })))
+                .count();
+            if !step.full {
+                break;
+            }
+        }
+        Ok(expired)
     }
 
     pub async fn admin(&self, cmd: AdminCmd) -> Result<AdminReply, EngineError> {
@@ -1056,9 +1120,12 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
     let now = (shared.clock)();
     let prefix = shared.invoice_prefix.read().expect("prefix lock").clone();
     let top_up_settings = *shared.top_up_settings.read().expect("top-up settings lock");
+    let serverless = *shared.serverless.read().expect("serverless settings lock");
     let mut answers: Vec<Vec<Result<Outcome, Rejection>>> = Vec::new();
     // Per job: the accounts a close job closed (empty for other jobs).
     let mut closing: Vec<Vec<AccountId>> = Vec::new();
+    // Per job: whether a sweep job found a full page of something due.
+    let mut full_pages: Vec<bool> = Vec::new();
     // Per job: the indices in `new_invoices` of the usage invoices it issued. A period closed
     // because its month ended (before any operation) is the first close job's that names its
     // account, so two closes of one account in a batch do not both report its invoice.
@@ -1074,11 +1141,13 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
         runs += 1;
         answers.clear();
         closing.clear();
+        full_pages.clear();
         issued_by.clear();
         let catalog = catalog_in_force(tx, shared)?;
         let mut ops_per_job: Vec<Vec<Op>> = Vec::with_capacity(jobs.len());
         for job in &jobs {
             let mut closed = Vec::new();
+            let mut full = false;
             ops_per_job.push(match job {
                 Job::Ops { ops, .. } => ops.clone(),
                 Job::Close { scope, until, .. } => {
@@ -1106,6 +1175,10 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
                     let credits = tx.due_credit_expiries(now, SWEEP_LIMIT)?;
                     let horizon = now.plus_ms(EXPIRY_NOTICE_MS);
                     let notices = tx.due_expiry_notices(now, horizon, SWEEP_LIMIT)?;
+                    // Runners are settled up to the start of the current minute.
+                    let minute = tollgate_core::rollup::Grain::Minute.slot_of(now);
+                    let runners = tx.due_runner_settlements(minute, RUNNER_SWEEP_LIMIT)?;
+                    full = holds.len() >= SWEEP_LIMIT || runners.len() >= RUNNER_SWEEP_LIMIT;
                     holds
                         .into_iter()
                         .map(|request_id| Op::Expire { request_id })
@@ -1119,6 +1192,11 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
                                 .into_iter()
                                 .map(|account| Op::NoticeExpiringCredits { account }),
                         )
+                        .chain(
+                            runners
+                                .into_iter()
+                                .map(|runner| Op::SettleRunner { runner }),
+                        )
                         .collect()
                 }
                 Job::Admin { .. } | Job::Stop { .. } | Job::Ping { .. } => {
@@ -1126,10 +1204,12 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
                 }
             });
             closing.push(closed);
+            full_pages.push(full);
         }
         let mut state = load(tx, now, ops_per_job.iter().flatten())?;
         state.invoice_prefix = prefix.clone();
         state.top_up_settings = top_up_settings;
+        state.serverless = serverless;
         // A period of an earlier month is closed before any operation adds to its account.
         close_elapsed_periods(&mut state, now);
         let mut elapsed: Vec<usize> = (0..state.new_invoices.len()).collect();
@@ -1151,6 +1231,7 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
             mine.extend(first..state.new_invoices.len());
             issued_by.push(mine);
         }
+        name_live_runners(tx, &mut state, now)?;
         let persisted = tx.persist(&state);
         spent = Some(state);
         numbers = persisted?;
@@ -1207,14 +1288,27 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
     };
     let mut issued = issued.into_iter();
     let mut closing = closing.into_iter();
+    let mut full_pages = full_pages.into_iter();
     let free: Answer = Box::new(move |_| drop(spent));
     std::iter::once(count)
         .chain(jobs.into_iter().map(|job| {
             let closed = closing.next().unwrap_or_default();
             let issued = issued.next().unwrap_or_default();
+            let full = full_pages.next().unwrap_or_default();
             let (reply, ops) = match job {
                 Job::Ops { reply, ops } => (reply, ops),
-                Job::Sweep { reply } => (reply, Vec::new()),
+                Job::Sweep { reply } => {
+                    let msg = match &result {
+                        Ok(()) => Ok(SweepStep {
+                            results: answers.next().expect("one answer list per job"),
+                            full,
+                        }),
+                        Err(e) => Err(EngineError::Store(e.clone())),
+                    };
+                    return Box::new(move |synced: Result<(), EngineError>| {
+                        let _ = reply.send(synced.and(msg));
+                    }) as Answer;
+                }
                 Job::Close { reply, .. } => {
                     let msg = match &result {
                         Ok(()) => {
@@ -1265,13 +1359,67 @@ fn catalog_in_force(tx: &mut dyn Tx, shared: &Shared) -> Result<Arc<Catalog>, St
     Ok(catalog)
 }
 
-/// Loads every row the operations touch: requests first (they name their accounts), then the
-/// accounts in sorted order (the lock order on a shared database), then purchases,
-/// adjustments, and what payment operations name (under the accounts' locks). On a shared
-/// database the requests are read again once their accounts are locked: another process may
-/// have changed them (or created them) in between. A request created meanwhile may name an
-/// account not yet locked; it is locked in a second round (out of order, which the database's
-/// deadlock detection and the store's retry cover).
+/// Names, in each of the batch's `account.locked` events, the account's serverless runners
+/// alive at `now`: those the batch holds and those stored (the locked accounts' rows, read
+/// under their locks). A batch without such an event reads nothing.
+fn name_live_runners(
+    tx: &mut dyn Tx,
+    state: &mut BatchState,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let locked: Vec<AccountId> = state
+        .events
+        .iter()
+        .filter(|e| matches!(e.data, EventData::AccountLocked { .. }))
+        .map(|e| e.account.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if locked.is_empty() {
+        return Ok(());
+    }
+    let stored = tx.live_runners(&locked, now)?;
+    serverless::name_live_runners(state, stored, now);
+    Ok(())
+}
+
+/// What the batch's runner operations name: the runners (of its events and settlements), the
+/// event ids (to find those applied before), and the events' accounts.
+fn runner_keys<'a>(
+    ops: impl Iterator<Item = &'a Op>,
+) -> (Vec<RunnerId>, Vec<RunnerEventId>, BTreeSet<AccountId>) {
+    let (mut runners, mut events, mut accounts) =
+        (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    for op in ops {
+        match op {
+            Op::RunnerEvents(bulk) => {
+                for e in bulk {
+                    runners.insert(e.runner.clone());
+                    events.insert(e.event_id.clone());
+                    accounts.insert(e.account.clone());
+                }
+            }
+            Op::SettleRunner { runner } => {
+                runners.insert(runner.clone());
+            }
+            _ => {}
+        }
+    }
+    (
+        runners.into_iter().collect(),
+        events.into_iter().collect(),
+        accounts,
+    )
+}
+
+/// Loads every row the operations touch: requests and runners first (they name their
+/// accounts), then the accounts in sorted order (the lock order on a shared database), then
+/// purchases, adjustments, and what payment operations name (under the accounts' locks). On a
+/// shared database the requests and runners (and the runner events applied) are read again
+/// once their accounts are locked: another process may have changed them (or created them) in
+/// between. One created meanwhile may name an account not yet locked; it is locked in a
+/// second round (out of order, which the database's deadlock detection and the store's retry
+/// cover).
 fn load<'a>(
     tx: &mut dyn Tx,
     now: Timestamp,
@@ -1290,12 +1438,21 @@ fn load<'a>(
     // Every request the batch touches lands here, loaded or new: sized once, not regrown.
     state.requests.reserve(request_ids.len());
     tx.load_requests(&request_ids, &mut state.requests)?;
-    let named: BTreeSet<AccountId> = ops.clone().filter_map(|op| op.account().cloned()).collect();
+    let (runner_ids, event_ids, event_accounts) = runner_keys(ops.clone());
+    let runner_ops = !runner_ids.is_empty() || !event_ids.is_empty();
+    if runner_ops {
+        tx.load_runners(&runner_ids, &event_ids, &mut state)?;
+    }
+    let mut named: BTreeSet<AccountId> =
+        ops.clone().filter_map(|op| op.account().cloned()).collect();
+    // A runner event names its account; a settlement, its runner's.
+    named.extend(event_accounts);
     let mut locked: BTreeSet<AccountId> = BTreeSet::new();
     loop {
         let wanted: Vec<AccountId> = named
             .iter()
             .chain(state.requests.values().map(|r| &r.account))
+            .chain(state.runners.values().map(|r| &r.account))
             .filter(|a| !locked.contains(*a))
             .cloned()
             .collect::<BTreeSet<_>>()
@@ -1311,6 +1468,11 @@ fn load<'a>(
         }
         state.requests.clear();
         tx.load_requests(&request_ids, &mut state.requests)?;
+        if runner_ops {
+            state.runners.clear();
+            state.runner_events.clear();
+            tx.load_runners(&runner_ids, &event_ids, &mut state)?;
+        }
     }
     let purchases: Vec<(AccountId, PurchaseId)> = ops
         .clone()
@@ -1732,7 +1894,7 @@ fn record_events(
     if events.is_empty() {
         return Ok(());
     }
-    let state = BatchState {
+    let mut state = BatchState {
         now,
         events: events
             .into_iter()
@@ -1744,6 +1906,8 @@ fn record_events(
             .collect(),
         ..BatchState::default()
     };
+    // An account locked by the change names its live runners, as a batch's lock does.
+    name_live_runners(tx, &mut state, now)?;
     tx.persist(&state).map(|_| ())
 }
 
@@ -1808,10 +1972,14 @@ fn apply_catalog(
         }
     }
     // Documents merge into the catalog: endpoints and machine types a document does not name
-    // are kept, so a document that adds one endpoint cannot erase the machine prices.
+    // are kept (standard and surge prices alike), so a document that adds one endpoint cannot
+    // erase the machine prices.
     let mut machines = current.machines.clone();
     machines.extend(doc.machines.clone());
     tx.set_machine_prices(&machines)?;
+    let mut surge = current.machines_surge.clone();
+    surge.extend(doc.machines_surge.clone());
+    tx.set_surge_prices(&surge)?;
     if let Some(table) = &doc.concurrency {
         tx.set_concurrency_table(table)?;
     }

@@ -37,6 +37,12 @@ struct AdmissionLabels {
     outcome: &'static str,
 }
 
+/// `tollgate_runner_events_total{result}`: runner events applied, and repeats of applied ones.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunnerEventLabels {
+    result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BilledUnitsLabels {
     endpoint: String,
@@ -47,6 +53,9 @@ struct BilledUnitsLabels {
 struct EndpointLabels {
     endpoint: String,
 }
+
+/// The endpoint label of every serverless line's billed units and amount.
+pub const SERVERLESS_LABEL: &str = "serverless";
 
 /// A counter of an exact decimal sum (billed units: megapixels, seconds, tokens).
 #[derive(Clone, Debug, Default)]
@@ -95,6 +104,9 @@ pub struct Metrics {
     failed_batches: Counter,
     queue_depth: Gauge,
     hold_expiries: Counter,
+    runner_events_applied: Counter,
+    runner_events_duplicate: Counter,
+    runner_settlements: Counter,
     store_conflicts: Counter,
     store_retries: Counter,
 }
@@ -118,6 +130,19 @@ impl Metrics {
              start refused because the account is locked",
             admission,
         );
+        let runner_events = Family::<RunnerEventLabels, Counter>::default();
+        let (runner_events_applied, runner_events_duplicate) = (
+            runner_events.get_or_create_owned(&RunnerEventLabels { result: "applied" }),
+            runner_events.get_or_create_owned(&RunnerEventLabels {
+                result: "duplicate",
+            }),
+        );
+        registry.register(
+            "tollgate_runner_events",
+            "Serverless runner events by result: applied, or a duplicate of one applied before \
+             (answered as such, changing nothing)",
+            runner_events,
+        );
         let m = Metrics {
             registry: Mutex::new(Registry::default()),
             others: Mutex::new(HashMap::new()),
@@ -136,13 +161,16 @@ impl Metrics {
             failed_batches: Counter::default(),
             queue_depth: Gauge::default(),
             hold_expiries: Counter::default(),
+            runner_events_applied,
+            runner_events_duplicate,
+            runner_settlements: Counter::default(),
             store_conflicts: Counter::default(),
             store_retries: Counter::default(),
         };
         registry.register(
             "tollgate_billed_units",
-            "Units billed (the endpoint's billing unit: images, megapixels, seconds, tokens), \
-             by endpoint and unit",
+            "Units billed (the endpoint's billing unit: images, megapixels, seconds, tokens; \
+             GPU-seconds of serverless runners, endpoint `serverless`), by endpoint and unit",
             m.billed_units.clone(),
         );
         registry.register(
@@ -182,6 +210,11 @@ impl Metrics {
             "tollgate_hold_expiries",
             "Holds voided because their request was not completed in time",
             m.hold_expiries.clone(),
+        );
+        registry.register(
+            "tollgate_runner_settlements",
+            "Settlements of serverless runners' time up to the current minute (by the sweep)",
+            m.runner_settlements.clone(),
         );
         registry.register(
             "tollgate_store_conflicts",
@@ -249,12 +282,19 @@ impl Metrics {
         self.commit_seconds.observe(took.as_secs_f64());
         let [mut admitted, mut credits, mut concurrency, mut locked, mut limited, mut expired] =
             [0u64; 6];
+        let [mut applied, mut duplicate, mut settled] = [0u64; 3];
         for answer in answers {
             match answer {
                 Ok(Outcome::Started {
                     replayed: false, ..
                 }) => admitted += 1,
                 Ok(Outcome::Expired { expired: true }) => expired += 1,
+                Ok(Outcome::RunnerEvents { results }) => {
+                    let repeats = results.iter().filter(|r| r.duplicate).count() as u64;
+                    duplicate += repeats;
+                    applied += results.len() as u64 - repeats;
+                }
+                Ok(Outcome::RunnerSettled { .. }) => settled += 1,
                 Err(Rejection::InsufficientCredits { .. }) => credits += 1,
                 Err(Rejection::ConcurrencyLimit { .. }) => concurrency += 1,
                 Err(Rejection::AccountLocked { .. }) => locked += 1,
@@ -269,6 +309,9 @@ impl Metrics {
             (&self.locked, locked),
             (&self.spending_limit, limited),
             (&self.hold_expiries, expired),
+            (&self.runner_events_applied, applied),
+            (&self.runner_events_duplicate, duplicate),
+            (&self.runner_settlements, settled),
         ] {
             if n > 0 {
                 counter.inc_by(n);
@@ -277,13 +320,17 @@ impl Metrics {
     }
 
     /// The line items a committed batch recorded: units and nano-USD per endpoint, summed
-    /// within the batch first so each series is touched once.
+    /// within the batch first so each series is touched once. Serverless lines (keyed by the
+    /// customer's app, which would make a series per app) are counted under the one endpoint
+    /// label `serverless`.
     pub(crate) fn billed(&self, items: &[LineItem]) {
         let mut sums: HashMap<(&str, &str), (Decimal, i64)> = HashMap::new();
         for item in items {
-            let sum = sums
-                .entry((item.endpoint.as_str(), item.unit.as_str()))
-                .or_default();
+            let endpoint = match item.endpoint.as_str() {
+                e if tollgate_core::serverless::Line::is_key(e) => SERVERLESS_LABEL,
+                e => e,
+            };
+            let sum = sums.entry((endpoint, item.unit.as_str())).or_default();
             sum.0 = sum
                 .0
                 .checked_add(item.charge.quantity)

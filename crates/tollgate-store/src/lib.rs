@@ -633,6 +633,9 @@ pub struct Reconciliation {
     /// Purchases whose refunded or disputed amounts differ from the refund and dispute
     /// transfers that name them (refunds; disputes less their reversals).
     pub payment_mismatches: Vec<(AccountId, PurchaseId)>,
+    /// Serverless runners whose billed amount differs from the total of their line items (and
+    /// runner line items of no runner).
+    pub runner_mismatches: Vec<tollgate_core::ids::RunnerId>,
     /// Posted to revenue (post and charge transfers).
     pub revenue_nanos: i128,
     /// Sum of line item totals.
@@ -673,6 +676,7 @@ impl Reconciliation {
         list(&mut out, "statement mismatches", &self.statement_mismatches);
         list(&mut out, "invoice mismatches", &self.invoice_mismatches);
         list(&mut out, "payment mismatches", &self.payment_mismatches);
+        list(&mut out, "runner mismatches", &self.runner_mismatches);
         if self.revenue_nanos != self.billed_nanos {
             out.push(format!(
                 "revenue {} != billed {} nano-USD",
@@ -708,6 +712,7 @@ impl Reconciliation {
             && self.statement_mismatches.is_empty()
             && self.invoice_mismatches.is_empty()
             && self.payment_mismatches.is_empty()
+            && self.runner_mismatches.is_empty()
             && self.revenue_nanos == self.billed_nanos
             && self.purchased_nanos == self.credited_nanos
             && self.adjusted_nanos == self.adjusted_in_ledger_nanos
@@ -905,16 +910,10 @@ pub trait Tx {
     /// and `refunds`. Called after [`Tx::lock_accounts`]: every row it reads belongs to a
     /// locked account, so it reads them as the last commit left them.
     fn load_payments(&mut self, keys: &PaymentKeys, state: &mut BatchState) -> Result<()>;
-    /// Writes what the core decided: dirty accounts (with their payment profiles) and
-    /// requests, new purchases and adjustments, what was taken back of purchases (refunded,
-    /// disputed), transfers and line items, the accruals of usage periods, the invoices the
-    /// batch issued, numbered (a usage invoice gets its period's accruals as its lines; a
-    /// credit note names the top-up invoice of its purchase as the invoice it corrects), the
-    /// top-ups and disputes it created or changed, the provider events it applied and the
-    /// refunds it made. Returns the `(year, seq)` of each of `state.new_invoices`, in order.
-    /// Loads the runners named (`state.runners`) and the runner events already applied among
-    /// `event_ids` (`state.runner_events`). On a shared database, after the accounts are
-    /// locked (a runner's account never changes; every change to it is under that lock).
+    /// Loads the runners named that exist (into `state.runners`) and the runner events already
+    /// applied among `event_ids` (into `state.runner_events`), adding to what `state` holds.
+    /// On a shared database, again after the accounts are locked (a runner's account never
+    /// changes; every change to it is under that lock).
     fn load_runners(
         &mut self,
         runners: &[tollgate_core::ids::RunnerId],
@@ -922,7 +921,8 @@ pub trait Tx {
         state: &mut BatchState,
     ) -> Result<()>;
     /// Runners due for settlement up to `until` (the start of the current minute): those with
-    /// `settled_until < min(cap_at, until)`, oldest `settled_until` first, at most `limit`.
+    /// `settled_until < min(cap_at, until)`, oldest `settled_until` first (then by runner id),
+    /// at most `limit`.
     fn due_runner_settlements(
         &mut self,
         until: Timestamp,
@@ -935,6 +935,15 @@ pub trait Tx {
         accounts: &[AccountId],
         now: Timestamp,
     ) -> Result<Vec<tollgate_core::serverless::RunnerRecord>>;
+    /// Writes what the core decided: dirty accounts (with their payment profiles) and
+    /// requests, new purchases and adjustments, what was taken back of purchases (refunded,
+    /// disputed), transfers and line items, the accruals of usage periods, the invoices the
+    /// batch issued, numbered (a usage invoice gets its period's accruals as its lines; a
+    /// credit note names the top-up invoice of its purchase as the invoice it corrects), the
+    /// top-ups and disputes it created or changed, the provider events it applied and the
+    /// refunds it made, the runners it created or changed (upserted), the runner events it
+    /// applied and its runner-state history (added to the minute rows). Returns the
+    /// `(year, seq)` of each of `state.new_invoices`, in order.
     fn persist(&mut self, state: &BatchState) -> Result<Vec<(i64, i64)>>;
     /// Accounts with charges in their open usage period, in name order after `after`, only
     /// those whose period began before `started_before` when it is given (an index of the
@@ -1233,8 +1242,8 @@ pub trait Reader: Send {
     fn usage(&mut self, q: &RollupQuery) -> Result<Vec<(UsageKey, UsageTotals)>>;
     /// Analytics rollup rows of one account (`api_keys` does not apply), in slot order.
     fn activity(&mut self, q: &RollupQuery) -> Result<Vec<(ActivityKey, ActivityTotals)>>;
-    /// One account's line items in keyset order.
-    /// A page of model billing events (serverless line items are not among them).
+    /// A page of one account's model billing events, its line items in keyset order
+    /// (serverless line items are not among them).
     fn billing_events(&mut self, q: &BillingEventsQuery) -> Result<Vec<LineItem>>;
     /// Runner-state history: per minute slot with any runner time, its totals.
     fn runner_history(

@@ -5,14 +5,15 @@
 use crate::{
     corrupt, decimal, invoice_number, json, parse_id, to_json, AccountRow, ApiKeyRecord,
     BillingMode, InvoiceLineRecord, InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery,
-    PurchaseEntry, PurchasesQuery, Reconciliation, Result, Scope, WebSession, SETTING_CONCURRENCY,
-    SETTING_MACHINES,
+    PurchaseEntry, PurchasesQuery, Reconciliation, Result, RunnerMinuteTotals, Scope, Service,
+    WebSession, SETTING_CONCURRENCY, SETTING_MACHINES, SETTING_MACHINES_SURGE,
 };
 use std::collections::HashMap;
 use tollgate_core::catalog::{Catalog, EndpointDef, PriceVersion};
 use tollgate_core::concurrency::ConcurrencyTable;
 use tollgate_core::ids::{
-    AccountId, AdjustmentId, ApiKeyId, EndpointId, LimitId, MachineType, PurchaseId, RequestId,
+    AccountId, AdjustmentId, ApiKeyId, AppName, EndpointId, EnvironmentName, LimitId, MachineType,
+    PurchaseId, RequestId, RunnerEventId, RunnerId,
 };
 use tollgate_core::ledger::CreditAccount;
 use tollgate_core::limits::{LimitAction, LimitScope, LimitState, Period, SpendingLimit};
@@ -27,6 +28,9 @@ use tollgate_core::payments::{
 use tollgate_core::price::{MachinePrices, PriceRule};
 use tollgate_core::pricing::{Charge, Discounts};
 use tollgate_core::rollup::{UsagePrice, UsageTotals};
+use tollgate_core::serverless::{
+    HistoryState, RunnerEventRecord, RunnerRecord, RunnerState, Segment, ENDPOINT_PREFIX,
+};
 use tollgate_core::terms::{Terms, TermsSchedule, TermsVersion};
 use tollgate_core::{Nanos, Timestamp};
 
@@ -1249,6 +1253,9 @@ pub(crate) fn catalog(
     if let Some(m) = settings.get(SETTING_MACHINES) {
         catalog.machines = json::<MachinePrices>("machines", m)?;
     }
+    if let Some(m) = settings.get(SETTING_MACHINES_SURGE) {
+        catalog.machines_surge = json::<MachinePrices>("machines_surge", m)?;
+    }
     if let Some(c) = settings.get(SETTING_CONCURRENCY) {
         catalog.concurrency = json::<ConcurrencyTable>("concurrency", c)?;
     }
@@ -1293,7 +1300,30 @@ pub(crate) fn reconcile(q: &mut Query) -> Result<Reconciliation> {
     rollup_mismatches(q, &mut rec)?;
     invoice_mismatches(q, &mut rec)?;
     payment_mismatches(q, &mut rec)?;
+    runner_mismatches(q, &mut rec)?;
     Ok(rec)
+}
+
+/// Runners whose billed amount is not the total of their line items (those of their line's
+/// key, request id `runner:<runner_id>`), and runner line items of no runner. A full pass over
+/// the serverless line items.
+fn runner_mismatches(q: &mut Query, rec: &mut Reconciliation) -> Result<()> {
+    let serverless = service_filter("endpoint_id", Some(Service::Serverless));
+    for row in q(&format!(
+        "WITH billed AS (SELECT request_id, CAST(SUM(total_nanos) AS BIGINT) AS total \
+           FROM line_items WHERE 1 = 1{serverless} GROUP BY request_id) \
+         SELECT r.runner_id FROM runners r LEFT JOIN billed b \
+           ON b.request_id = 'runner:' || r.runner_id \
+           WHERE COALESCE(b.total, 0) <> r.billed_nanos \
+         UNION \
+         SELECT substr(b.request_id, 8) FROM billed b LEFT JOIN runners r \
+           ON 'runner:' || r.runner_id = b.request_id WHERE r.runner_id IS NULL \
+         ORDER BY 1"
+    ))? {
+        rec.runner_mismatches
+            .push(parse_id(RunnerId::parse, row[0].text()?)?);
+    }
+    Ok(())
 }
 
 /// Purchases whose refunded and disputed amounts are not what the transfers naming them took
@@ -1519,4 +1549,217 @@ pub(crate) fn status_change_refused(
 ) -> Result<Option<InvoiceStatus>> {
     let is = InvoiceStatus::parse(status).ok_or_else(|| corrupt("invoice status", status))?;
     Ok((is != to || was != Some(reference)).then_some(is))
+}
+
+pub(crate) const RUNNER_COLS: &str = "runner_id, account, app, environment, machine_type, \
+     num_gpus, is_surge, state, state_at, last_at, settled_until, cap_at, first_at, \
+     seg_unit_price, seg_percent_discount, seg_quantity, seg_subtotal_nanos, seg_total_nanos, \
+     billed_nanos";
+
+/// A `runners` row: the runner's fixed fields, its timeline, and its current price segment
+/// (the `seg_*` columns, all `None` before its first billed second).
+pub(crate) struct RunnerCols {
+    pub runner_id: String,
+    pub account: String,
+    pub app: String,
+    pub environment: Option<String>,
+    pub machine_type: String,
+    pub num_gpus: i64,
+    pub is_surge: bool,
+    pub state: &'static str,
+    pub state_at: i64,
+    pub last_at: i64,
+    pub settled_until: i64,
+    pub cap_at: i64,
+    pub first_at: i64,
+    pub seg_unit_price: Option<String>,
+    pub seg_percent_discount: Option<String>,
+    pub seg_quantity: Option<String>,
+    pub seg_subtotal: Option<i64>,
+    pub seg_total: Option<i64>,
+    pub billed: i64,
+}
+
+impl RunnerCols {
+    pub fn of(r: &RunnerRecord) -> RunnerCols {
+        let seg = r.segment.as_ref();
+        RunnerCols {
+            runner_id: r.id.as_str().to_string(),
+            account: r.account.as_str().to_string(),
+            app: r.app.as_str().to_string(),
+            environment: r.environment.as_ref().map(|e| e.as_str().to_string()),
+            machine_type: r.machine_type.as_str().to_string(),
+            num_gpus: i64::from(r.num_gpus),
+            is_surge: r.is_surge,
+            state: r.state.as_str(),
+            state_at: r.state_at.0,
+            last_at: r.last_at.0,
+            settled_until: r.settled_until.0,
+            cap_at: r.cap_at.0,
+            first_at: r.first_at.0,
+            seg_unit_price: seg.map(|s| s.unit_price.to_string()),
+            seg_percent_discount: seg.and_then(|s| s.percent_discount.map(|p| p.to_string())),
+            seg_quantity: seg.map(|s| s.quantity.to_string()),
+            seg_subtotal: seg.map(|s| s.subtotal.0),
+            seg_total: seg.map(|s| s.total.0),
+            billed: r.billed.0,
+        }
+    }
+}
+
+/// A row of `SELECT {RUNNER_COLS}`.
+pub(crate) fn runner_row(r: &dyn Get) -> Result<RunnerRecord> {
+    let state = r.text(7)?;
+    let segment = match (
+        r.opt_text(13)?,
+        r.opt_text(15)?,
+        r.opt_int(16)?,
+        r.opt_int(17)?,
+    ) {
+        (None, None, None, None) => None,
+        (Some(price), Some(quantity), Some(subtotal), Some(total)) => Some(Segment {
+            unit_price: decimal("runner segment unit price", &price)?,
+            percent_discount: r
+                .opt_text(14)?
+                .map(|p| decimal("runner segment percent discount", &p))
+                .transpose()?,
+            quantity: decimal("runner segment quantity", &quantity)?,
+            subtotal: Nanos(subtotal),
+            total: Nanos(total),
+        }),
+        _ => return Err(corrupt("runner segment", "some of its columns are missing")),
+    };
+    Ok(RunnerRecord {
+        id: parse_id(RunnerId::parse, &r.text(0)?)?,
+        account: parse_id(AccountId::parse, &r.text(1)?)?,
+        app: parse_id(AppName::parse, &r.text(2)?)?,
+        environment: r
+            .opt_text(3)?
+            .map(|e| parse_id(EnvironmentName::parse, &e))
+            .transpose()?,
+        machine_type: parse_id(MachineType::parse, &r.text(4)?)?,
+        num_gpus: small("num_gpus", r.int(5)?)?,
+        is_surge: r.bool(6)?,
+        state: RunnerState::parse(&state).ok_or_else(|| corrupt("runner state", &state))?,
+        state_at: Timestamp(r.int(8)?),
+        last_at: Timestamp(r.int(9)?),
+        settled_until: Timestamp(r.int(10)?),
+        cap_at: Timestamp(r.int(11)?),
+        first_at: Timestamp(r.int(12)?),
+        segment,
+        billed: Nanos(r.int(18)?),
+    })
+}
+
+pub(crate) const RUNNER_EVENT_COLS: &str = "event_id, runner_id, account, state, at, received_at";
+
+/// A row of `SELECT {RUNNER_EVENT_COLS}`.
+pub(crate) fn runner_event_row(r: &dyn Get) -> Result<RunnerEventRecord> {
+    let state = r.text(3)?;
+    Ok(RunnerEventRecord {
+        event_id: parse_id(RunnerEventId::parse, &r.text(0)?)?,
+        runner: parse_id(RunnerId::parse, &r.text(1)?)?,
+        account: parse_id(AccountId::parse, &r.text(2)?)?,
+        state: RunnerState::parse(&state).ok_or_else(|| corrupt("runner event state", &state))?,
+        at: Timestamp(r.int(4)?),
+        received_at: Timestamp(r.int(5)?),
+    })
+}
+
+/// A batch's runner-state history deltas summed per `runner_minutes` row (account, app, slot):
+/// a row takes one upsert.
+pub(crate) fn runner_minute_rows(
+    s: &BatchState,
+) -> Result<std::collections::BTreeMap<(String, String, i64), RunnerMinuteTotals>> {
+    let mut out: std::collections::BTreeMap<(String, String, i64), RunnerMinuteTotals> =
+        std::collections::BTreeMap::new();
+    for m in &s.runner_minutes {
+        let row = out
+            .entry((
+                m.account.as_str().to_string(),
+                m.app.as_str().to_string(),
+                m.slot.0,
+            ))
+            .or_default();
+        let column = match m.state {
+            HistoryState::Running => &mut row.running_ms,
+            HistoryState::Idle => &mut row.idle_ms,
+            HistoryState::Pending => &mut row.pending_ms,
+            HistoryState::Draining => &mut row.draining_ms,
+        };
+        *column = column
+            .checked_add(m.ms)
+            .ok_or_else(|| corrupt("runner minutes", "their sum overflows"))?;
+    }
+    Ok(out)
+}
+
+/// The condition (`AND ...`, or nothing for both) that keeps a read's rows to one service:
+/// model endpoints, or serverless lines (endpoints under [`ENDPOINT_PREFIX`]). A range of the
+/// endpoint column, compared bytewise as both stores compare identifiers: the keys under the
+/// prefix are those from the prefix up to the prefix with its last byte incremented.
+pub(crate) fn service_filter(column: &str, service: Option<Service>) -> String {
+    let (low, high) = service_range();
+    match service {
+        None => String::new(),
+        Some(Service::Serverless) => format!(" AND {column} >= '{low}' AND {column} < '{high}'"),
+        Some(Service::Models) => format!(" AND ({column} < '{low}' OR {column} >= '{high}')"),
+    }
+}
+
+/// `[low, high)`: the endpoint keys of serverless lines (see [`service_filter`]).
+fn service_range() -> (&'static str, String) {
+    let low = ENDPOINT_PREFIX;
+    let (last, head) = low
+        .as_bytes()
+        .split_last()
+        .expect("the serverless prefix is not empty");
+    let high = format!("{}{}", &low[..head.len()], char::from(last + 1));
+    (low, high)
+}
+
+/// The earliest `last_at` of a runner alive at `now`: its cap is at most the longest grace
+/// after its last report, so older reports name no live runner (the bound that keeps a read of
+/// an account's live runners to its recent range of `runners_by_account`).
+pub(crate) fn live_since(now: Timestamp) -> i64 {
+    now.0
+        .saturating_sub(tollgate_core::serverless::MAX_GRACE_MS)
+}
+
+/// The runner-state history read (`Reader::runner_history`): `p(i, type)` spells the i-th
+/// parameter (SQLite `?i`, PostgreSQL `$i::type`): account, app, from, to. One app's range of
+/// `runner_minutes`, in slot order.
+pub(crate) fn runner_history_sql(p: impl Fn(usize, &str) -> String) -> String {
+    format!(
+        "SELECT slot, running_ms, idle_ms, pending_ms, draining_ms FROM runner_minutes \
+         WHERE account = {a} AND app = {app} AND slot >= {from} AND slot < {to} ORDER BY slot",
+        a = p(1, "text"),
+        app = p(2, "text"),
+        from = p(3, "bigint"),
+        to = p(4, "bigint"),
+    )
+}
+
+/// A row of [`runner_history_sql`].
+pub(crate) fn runner_minute_row(r: &dyn Get) -> Result<(Timestamp, RunnerMinuteTotals)> {
+    Ok((
+        Timestamp(r.int(0)?),
+        RunnerMinuteTotals {
+            running_ms: r.int(1)?,
+            idle_ms: r.int(2)?,
+            pending_ms: r.int(3)?,
+            draining_ms: r.int(4)?,
+        },
+    ))
+}
+
+/// An account's runners, the latest reported first (`Reader::runners`), with the parameters
+/// account and limit: a range of `runners_by_account`, read backwards.
+pub(crate) fn runners_sql(p: impl Fn(usize, &str) -> String) -> String {
+    format!(
+        "SELECT {RUNNER_COLS} FROM runners WHERE account = {a} \
+         ORDER BY last_at DESC, runner_id DESC LIMIT {l}",
+        a = p(1, "text"),
+        l = p(2, "bigint"),
+    )
 }

@@ -10,6 +10,7 @@ mod invoices;
 mod metrics;
 mod payments;
 mod rollup_folding;
+mod serverless;
 mod shared_database;
 mod shutdown;
 mod spending_limits;

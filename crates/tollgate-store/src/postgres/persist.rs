@@ -13,6 +13,7 @@ use crate::rows::{
     AdjustmentCols, LineItemCols, PurchaseCols, RequestCols, TransferCols, ADJUSTMENT_COLS,
     LINE_ITEM_COLS, PURCHASE_COLS, REQUEST_COLS, TRANSFER_COLS,
 };
+use crate::rows::{RunnerCols, RUNNER_COLS, RUNNER_EVENT_COLS};
 use crate::{Result, StoreError, INVOICE_PREFIX};
 use postgres::types::ToSql;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -75,6 +76,7 @@ pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<Vec<(i64, i64)>> {
     ];
     parts.extend(purchases(&mut a, s)?);
     parts.extend(super::payments::parts(&mut a, s)?);
+    parts.extend(runners(&mut a, s)?);
     if !s.new_adjustments.is_empty() {
         parts.push(adjustments(&mut a, s));
     }
@@ -190,6 +192,87 @@ fn accounts(a: &mut Args, s: &BatchState, profiles: &HashMap<AccountId, PaymentP
         a.add(col(&rows, |(_, s)| s.period.last_charge_at.0), "bigint[]"),
         a.add(col(&rows, |(_, s)| limits_text(&s.limits)), "text[]"),
     )
+}
+
+/// The runners the batch created or changed (a runner's fixed fields are written once, by the
+/// insert), the runner events it applied, and its runner-state history added to the minute
+/// rows (summed per row first: one statement may not update a row twice). Parts only for
+/// what the batch has.
+fn runners(a: &mut Args, s: &BatchState) -> Result<Vec<String>> {
+    let mut parts = Vec::new();
+    if !s.dirty_runners.is_empty() {
+        let r = s
+            .dirty_runners
+            .iter()
+            .map(|id| dirty(&s.runners, id, "runner").map(RunnerCols::of))
+            .collect::<Result<Vec<_>>>()?;
+        parts.push(format!(
+            "INSERT INTO runners ({RUNNER_COLS}) SELECT * FROM unnest({}, {}, {}, {}, {}, {}, \
+             {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}) \
+             ON CONFLICT (runner_id) DO UPDATE SET state = excluded.state, \
+             state_at = excluded.state_at, last_at = excluded.last_at, \
+             settled_until = excluded.settled_until, cap_at = excluded.cap_at, \
+             seg_unit_price = excluded.seg_unit_price, \
+             seg_percent_discount = excluded.seg_percent_discount, \
+             seg_quantity = excluded.seg_quantity, \
+             seg_subtotal_nanos = excluded.seg_subtotal_nanos, \
+             seg_total_nanos = excluded.seg_total_nanos, billed_nanos = excluded.billed_nanos",
+            a.add(col(&r, |r| r.runner_id.clone()), "text[]"),
+            a.add(col(&r, |r| r.account.clone()), "text[]"),
+            a.add(col(&r, |r| r.app.clone()), "text[]"),
+            a.add(col(&r, |r| r.environment.clone()), "text[]"),
+            a.add(col(&r, |r| r.machine_type.clone()), "text[]"),
+            a.add(col(&r, |r| r.num_gpus), "bigint[]"),
+            a.add(col(&r, |r| r.is_surge), "boolean[]"),
+            a.add(col(&r, |r| r.state.to_string()), "text[]"),
+            a.add(col(&r, |r| r.state_at), "bigint[]"),
+            a.add(col(&r, |r| r.last_at), "bigint[]"),
+            a.add(col(&r, |r| r.settled_until), "bigint[]"),
+            a.add(col(&r, |r| r.cap_at), "bigint[]"),
+            a.add(col(&r, |r| r.first_at), "bigint[]"),
+            a.add(col(&r, |r| r.seg_unit_price.clone()), "text[]"),
+            a.add(col(&r, |r| r.seg_percent_discount.clone()), "text[]"),
+            a.add(col(&r, |r| r.seg_quantity.clone()), "text[]"),
+            a.add(col(&r, |r| r.seg_subtotal), "bigint[]"),
+            a.add(col(&r, |r| r.seg_total), "bigint[]"),
+            a.add(col(&r, |r| r.billed), "bigint[]"),
+        ));
+    }
+    if !s.new_runner_events.is_empty() {
+        let e = &s.new_runner_events;
+        // Another process inserting the same id fails the statement, and the batch runs again
+        // (and finds it applied).
+        parts.push(format!(
+            "INSERT INTO runner_events ({RUNNER_EVENT_COLS}) \
+             SELECT * FROM unnest({}, {}, {}, {}, {}, {})",
+            a.add(col(e, |e| e.event_id.as_str().to_string()), "text[]"),
+            a.add(col(e, |e| e.runner.as_str().to_string()), "text[]"),
+            a.add(col(e, |e| e.account.as_str().to_string()), "text[]"),
+            a.add(col(e, |e| e.state.as_str().to_string()), "text[]"),
+            a.add(col(e, |e| e.at.0), "bigint[]"),
+            a.add(col(e, |e| e.received_at.0), "bigint[]"),
+        ));
+    }
+    if !s.runner_minutes.is_empty() {
+        let m: Vec<_> = crate::rows::runner_minute_rows(s)?.into_iter().collect();
+        parts.push(format!(
+            "INSERT INTO runner_minutes (account, app, slot, running_ms, idle_ms, pending_ms, \
+             draining_ms) SELECT * FROM unnest({}, {}, {}, {}, {}, {}, {}) \
+             ON CONFLICT (account, app, slot) DO UPDATE SET \
+             running_ms = runner_minutes.running_ms + excluded.running_ms, \
+             idle_ms = runner_minutes.idle_ms + excluded.idle_ms, \
+             pending_ms = runner_minutes.pending_ms + excluded.pending_ms, \
+             draining_ms = runner_minutes.draining_ms + excluded.draining_ms",
+            a.add(col(&m, |(k, _)| k.0.clone()), "text[]"),
+            a.add(col(&m, |(k, _)| k.1.clone()), "text[]"),
+            a.add(col(&m, |(k, _)| k.2), "bigint[]"),
+            a.add(col(&m, |(_, t)| t.running_ms), "bigint[]"),
+            a.add(col(&m, |(_, t)| t.idle_ms), "bigint[]"),
+            a.add(col(&m, |(_, t)| t.pending_ms), "bigint[]"),
+            a.add(col(&m, |(_, t)| t.draining_ms), "bigint[]"),
+        ));
+    }
+    Ok(parts)
 }
 
 /// The batch's new adjustments.

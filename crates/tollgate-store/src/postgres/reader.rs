@@ -10,7 +10,7 @@ use crate::{
     AccountRow, AccountsQuery, ActivityQuery, ActivityRecord, ApiKeyRecord, BillingEventsQuery,
     InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery, PurchaseEntry, PurchasesQuery,
     Reader, Reconciliation, RequestHistoryQuery, RequestOrder, RequestOutcome, Result, RollupQuery,
-    StatementQuery, StatementRows, StoreError, WebSession,
+    RunnerHistoryQuery, RunnerMinuteTotals, StatementQuery, StatementRows, StoreError, WebSession,
 };
 use crate::{AttemptRecord, DeliveriesQuery, DeliveryRecord, StoredEvent, WebhookRecord};
 use ::postgres::{Client, NoTls, Transaction};
@@ -20,6 +20,7 @@ use tollgate_core::ids::{AccountId, ApiKeyId, PurchaseId, RequestId};
 use tollgate_core::machine::{LineItem, PurchaseRecord, RequestRecord};
 use tollgate_core::payments::{RefundRecord, TopUpRecord};
 use tollgate_core::rollup::{ActivityKey, ActivityTotals, UsageKey, UsageTotals};
+use tollgate_core::serverless::RunnerRecord;
 use tollgate_core::Timestamp;
 
 /// The process's read connections. The driver closes a connection by blocking on a runtime of
@@ -342,19 +343,28 @@ impl Reader for PgReader {
 
     fn runner_history(
         &mut self,
-        q: &crate::RunnerHistoryQuery,
-    ) -> Result<Vec<(tollgate_core::Timestamp, crate::RunnerMinuteTotals)>> {
-        let _ = q;
-        todo!("runner_history")
+        q: &RunnerHistoryQuery,
+    ) -> Result<Vec<(Timestamp, RunnerMinuteTotals)>> {
+        self.conn()?
+            .query(
+                &rows::runner_history_sql(|i, t| format!("${i}::{t}")),
+                &[&q.account.as_str(), &q.app.as_str(), &q.from.0, &q.to.0],
+            )?
+            .iter()
+            .map(|r| rows::runner_minute_row(r))
+            .collect()
     }
 
-    fn runners(
-        &mut self,
-        account: &tollgate_core::ids::AccountId,
-        limit: usize,
-    ) -> Result<Vec<tollgate_core::serverless::RunnerRecord>> {
-        let _ = (account, limit);
-        todo!("runners")
+    fn runners(&mut self, account: &AccountId, limit: usize) -> Result<Vec<RunnerRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.conn()?
+            .query(
+                &rows::runners_sql(|i, t| format!("${i}::{t}")),
+                &[&account.as_str(), &limit],
+            )?
+            .iter()
+            .map(|r| rows::runner_row(r))
+            .collect()
     }
 
     fn billing_events(&mut self, q: &BillingEventsQuery) -> Result<Vec<LineItem>> {

@@ -59,10 +59,11 @@ pub(super) fn usage(c: &mut dyn Run, q: &RollupQuery) -> Result<Vec<(UsageKey, U
                  blend_version FROM {} \
                  WHERE account = $1 AND slot >= $2 AND slot < $3 \
                  AND (cardinality($4::text[]) = 0 OR endpoint_id = ANY($4)) \
-                 AND (cardinality($5::text[]) = 0 OR api_key = ANY($5)) \
+                 AND (cardinality($5::text[]) = 0 OR api_key = ANY($5)){} \
                  ORDER BY slot, endpoint_id, api_key, unit, unit_price, blend_version, \
                    percent_discount",
-                tables(grain).0
+                tables(grain).0,
+                crate::rows::service_filter("endpoint_id", q.service),
             ),
             &[&q.account.as_str(), &from.0, &to.0, &endpoints, &keys],
         )?;
@@ -114,9 +115,10 @@ pub(super) fn activity(
             &format!(
                 "SELECT slot, endpoint_id, {ACTIVITY_COLS} FROM {} \
                  WHERE account = $1 AND slot >= $2 AND slot < $3 \
-                 AND (cardinality($4::text[]) = 0 OR endpoint_id = ANY($4)) \
+                 AND (cardinality($4::text[]) = 0 OR endpoint_id = ANY($4)){} \
                  ORDER BY slot, endpoint_id",
-                tables(grain).1
+                tables(grain).1,
+                crate::rows::service_filter("endpoint_id", q.service),
             ),
             &[&q.account.as_str(), &from.0, &to.0, &endpoints],
         )?;
@@ -160,8 +162,10 @@ pub(super) fn billing_events(c: &mut dyn Run, q: &BillingEventsQuery) -> Result<
              AND (cardinality($7::text[]) = 0 OR api_key = ANY($7)) \
              AND (cardinality($8::text[]) = 0 OR (billed_at, request_id) IN \
                (SELECT finished_at, request_id FROM requests \
-                WHERE request_id = ANY($8) AND account = $1)) \
-             ORDER BY billed_at {order}, request_id {order} LIMIT $9"
+                WHERE request_id = ANY($8) AND account = $1)){models} \
+             ORDER BY billed_at {order}, request_id {order} LIMIT $9",
+            // Model billing events only: serverless lines are read by their own reads.
+            models = crate::rows::service_filter("endpoint_id", Some(crate::Service::Models)),
         ),
         &[
             &q.account.as_str(),

@@ -3,8 +3,9 @@
 use super::load::{load_accounts, load_catalog, load_requests, setting};
 use super::{persist, webhooks, Run};
 use crate::rows::{
-    limits_text, terms_text, AdjustmentCols, PurchaseCols, ADJUSTMENT_COLS, KEY_COLS,
-    PURCHASE_COLS, TAKEN_COLS, WEB_SESSION_COLS,
+    limits_text, runner_event_row, runner_row, terms_text, AdjustmentCols, PurchaseCols,
+    ADJUSTMENT_COLS, KEY_COLS, PURCHASE_COLS, RUNNER_COLS, RUNNER_EVENT_COLS, TAKEN_COLS,
+    WEB_SESSION_COLS,
 };
 use crate::{
     parse_id, to_json, ApiKeyRecord, BillingMode, ClaimedDelivery, DbError, DeliveryResult,
@@ -14,13 +15,16 @@ use ::postgres::types::ToSql;
 use ::postgres::{Row, Statement, Transaction};
 use std::collections::{HashMap, HashSet};
 use tollgate_core::catalog::{Catalog, EndpointDef};
-use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, EndpointId, PurchaseId, RequestId};
+use tollgate_core::ids::{
+    AccountId, AdjustmentId, ApiKeyId, EndpointId, PurchaseId, RequestId, RunnerEventId, RunnerId,
+};
 use tollgate_core::limits::LimitState;
 use tollgate_core::machine::{
     AccountState, AdjustmentRecord, BatchState, InvoiceStatus, PurchaseRecord, RequestRecord,
 };
 use tollgate_core::payments::PaymentProfile;
 use tollgate_core::price::PriceRule;
+use tollgate_core::serverless::RunnerRecord;
 use tollgate_core::terms::TermsSchedule;
 use tollgate_core::{Nanos, Timestamp};
 
@@ -154,30 +158,66 @@ impl Tx for PgTx<'_, '_> {
 
     fn load_runners(
         &mut self,
-        runners: &[tollgate_core::ids::RunnerId],
-        event_ids: &[tollgate_core::ids::RunnerEventId],
+        runners: &[RunnerId],
+        event_ids: &[RunnerEventId],
         state: &mut BatchState,
     ) -> Result<()> {
-        let _ = (runners, event_ids, state);
-        todo!("load_runners")
+        if !runners.is_empty() {
+            let ids: Vec<&str> = runners.iter().map(|r| r.as_str()).collect();
+            for r in self.rows(
+                &format!("SELECT {RUNNER_COLS} FROM runners WHERE runner_id = ANY($1)"),
+                &[&ids],
+            )? {
+                let r = runner_row(&r)?;
+                state.runners.insert(r.id.clone(), r);
+            }
+        }
+        if !event_ids.is_empty() {
+            let ids: Vec<&str> = event_ids.iter().map(|e| e.as_str()).collect();
+            for r in self.rows(
+                &format!("SELECT {RUNNER_EVENT_COLS} FROM runner_events WHERE event_id = ANY($1)"),
+                &[&ids],
+            )? {
+                let e = runner_event_row(&r)?;
+                state.runner_events.insert(e.event_id.clone(), e);
+            }
+        }
+        Ok(())
     }
 
-    fn due_runner_settlements(
-        &mut self,
-        until: tollgate_core::Timestamp,
-        limit: usize,
-    ) -> Result<Vec<tollgate_core::ids::RunnerId>> {
-        let _ = (until, limit);
-        todo!("due_runner_settlements")
+    fn due_runner_settlements(&mut self, until: Timestamp, limit: usize) -> Result<Vec<RunnerId>> {
+        // The partial index of the runners not accounted up to their cap, from the oldest
+        // cursor. Servers sweeping together may find the same runners: each settles under the
+        // account's lock, and the second finds nothing left to settle.
+        self.rows(
+            "SELECT runner_id FROM runners WHERE settled_until < cap_at \
+             AND settled_until < $1 ORDER BY settled_until, runner_id LIMIT $2",
+            &[&until.0, &(limit as i64)],
+        )?
+        .iter()
+        .map(|r| parse_id(RunnerId::parse, r.try_get(0)?))
+        .collect()
     }
 
     fn live_runners(
         &mut self,
-        accounts: &[tollgate_core::ids::AccountId],
-        now: tollgate_core::Timestamp,
-    ) -> Result<Vec<tollgate_core::serverless::RunnerRecord>> {
-        let _ = (accounts, now);
-        todo!("live_runners")
+        accounts: &[AccountId],
+        now: Timestamp,
+    ) -> Result<Vec<RunnerRecord>> {
+        if accounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<&str> = accounts.iter().map(|a| a.as_str()).collect();
+        self.rows(
+            &format!(
+                "SELECT {RUNNER_COLS} FROM runners WHERE account = ANY($1) AND last_at > $2 \
+                 AND cap_at > $3 AND state <> 'TERMINATED' ORDER BY account, runner_id"
+            ),
+            &[&names, &crate::rows::live_since(now), &now.0],
+        )?
+        .iter()
+        .map(|r| runner_row(r))
+        .collect()
     }
 
     fn load_payments(&mut self, keys: &crate::PaymentKeys, state: &mut BatchState) -> Result<()> {

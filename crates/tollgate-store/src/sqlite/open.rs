@@ -79,6 +79,10 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/sqlite/0017_payments.sql"),
         None,
     ),
+    (
+        include_str!("../../migrations/sqlite/0018_serverless.sql"),
+        None,
+    ),
 ];
 
 /// A connection to the file at `path` with the settings every connection runs with.

@@ -3,11 +3,12 @@
 use super::account_cache::CachedAccount;
 use super::rollups;
 use super::tx::SqliteTx;
-use crate::rows::{limits_text, payment_text, INVOICE_COLS};
+use crate::rows::{dirty, limits_text, payment_text, RunnerCols, INVOICE_COLS};
 use crate::rows::{
     AdjustmentCols, PurchaseCols, RequestCols, TransferCols, ADJUSTMENT_COLS, PURCHASE_COLS,
     REQUEST_COLS, TAKEN_COLS, TRANSFER_COLS,
 };
+use crate::rows::{RUNNER_COLS, RUNNER_EVENT_COLS};
 use crate::{Result, StoreError, INVOICE_PREFIX};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ pub(super) fn persist(t: &mut SqliteTx, s: &BatchState) -> Result<Vec<(i64, i64)
     adjustments(c, s)?;
     transfers(c, s)?;
     line_items(c, s)?;
+    runners(c, s)?;
     statement_rows(c, s)?;
     rollup_rows(c, s)?;
     // After the invoices: an invoice.issued event names its invoice's number.
@@ -379,6 +381,87 @@ fn transfers(c: &Connection, s: &BatchState) -> Result<()> {
 fn line_items(c: &Connection, s: &BatchState) -> Result<()> {
     super::line_items::append(c, &s.line_items)?;
     super::line_items::move_if_full(c)
+}
+
+/// The runners the batch created or changed (a runner's fixed fields are written once, by the
+/// insert), the runner events it applied, and its runner-state history added to the minute
+/// rows.
+fn runners(c: &Connection, s: &BatchState) -> Result<()> {
+    if !s.dirty_runners.is_empty() {
+        let mut st = c.prepare_cached(&format!(
+            "INSERT INTO runners ({RUNNER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
+             ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
+             ON CONFLICT (runner_id) DO UPDATE SET state = excluded.state, \
+             state_at = excluded.state_at, last_at = excluded.last_at, \
+             settled_until = excluded.settled_until, cap_at = excluded.cap_at, \
+             seg_unit_price = excluded.seg_unit_price, \
+             seg_percent_discount = excluded.seg_percent_discount, \
+             seg_quantity = excluded.seg_quantity, \
+             seg_subtotal_nanos = excluded.seg_subtotal_nanos, \
+             seg_total_nanos = excluded.seg_total_nanos, billed_nanos = excluded.billed_nanos"
+        ))?;
+        for id in &s.dirty_runners {
+            let r = RunnerCols::of(dirty(&s.runners, id, "runner")?);
+            st.execute(params![
+                r.runner_id,
+                r.account,
+                r.app,
+                r.environment,
+                r.machine_type,
+                r.num_gpus,
+                r.is_surge,
+                r.state,
+                r.state_at,
+                r.last_at,
+                r.settled_until,
+                r.cap_at,
+                r.first_at,
+                r.seg_unit_price,
+                r.seg_percent_discount,
+                r.seg_quantity,
+                r.seg_subtotal,
+                r.seg_total,
+                r.billed,
+            ])?;
+        }
+    }
+    if !s.new_runner_events.is_empty() {
+        let mut st = c.prepare_cached(&format!(
+            "INSERT INTO runner_events ({RUNNER_EVENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+        ))?;
+        for e in &s.new_runner_events {
+            st.execute(params![
+                e.event_id.as_str(),
+                e.runner.as_str(),
+                e.account.as_str(),
+                e.state.as_str(),
+                e.at.0,
+                e.received_at.0,
+            ])?;
+        }
+    }
+    if !s.runner_minutes.is_empty() {
+        let mut st = c.prepare_cached(
+            "INSERT INTO runner_minutes (account, app, slot, running_ms, idle_ms, pending_ms, \
+             draining_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO UPDATE SET \
+             running_ms = running_ms + excluded.running_ms, \
+             idle_ms = idle_ms + excluded.idle_ms, \
+             pending_ms = pending_ms + excluded.pending_ms, \
+             draining_ms = draining_ms + excluded.draining_ms",
+        )?;
+        for ((account, app, slot), t) in crate::rows::runner_minute_rows(s)? {
+            st.execute(params![
+                account,
+                app,
+                slot,
+                t.running_ms,
+                t.idle_ms,
+                t.pending_ms,
+                t.draining_ms
+            ])?;
+        }
+    }
+    Ok(())
 }
 
 /// The batch's usage and activity, added to the rollup rows.

@@ -9,7 +9,8 @@ use crate::{
     corrupt, AccountRow, AccountsQuery, ActivityQuery, ActivityRecord, ApiKeyRecord,
     BillingEventsQuery, InvoiceRecord, InvoicesQuery, PaymentRecord, PaymentsQuery, PurchaseEntry,
     PurchasesQuery, Reader, Reconciliation, RequestHistoryQuery, RequestOrder, RequestOutcome,
-    Result, RollupQuery, StatementQuery, StatementRows, WebSession,
+    Result, RollupQuery, RunnerHistoryQuery, RunnerMinuteTotals, StatementQuery, StatementRows,
+    WebSession,
 };
 use crate::{AttemptRecord, DeliveriesQuery, DeliveryRecord, StoredEvent, WebhookRecord};
 use rusqlite::Connection;
@@ -18,6 +19,7 @@ use tollgate_core::ids::{AccountId, ApiKeyId, PurchaseId, RequestId};
 use tollgate_core::machine::{LineItem, PurchaseRecord, RequestRecord};
 use tollgate_core::payments::{RefundRecord, TopUpRecord};
 use tollgate_core::rollup::{ActivityKey, ActivityTotals, UsageKey, UsageTotals};
+use tollgate_core::serverless::RunnerRecord;
 use tollgate_core::Timestamp;
 
 /// A read-only connection.
@@ -250,19 +252,35 @@ impl Reader for SqliteReader {
 
     fn runner_history(
         &mut self,
-        q: &crate::RunnerHistoryQuery,
-    ) -> Result<Vec<(tollgate_core::Timestamp, crate::RunnerMinuteTotals)>> {
-        let _ = q;
-        todo!("runner_history")
+        q: &RunnerHistoryQuery,
+    ) -> Result<Vec<(Timestamp, RunnerMinuteTotals)>> {
+        let mut st = self
+            .conn
+            .prepare_cached(&rows::runner_history_sql(|i, _| format!("?{i}")))?;
+        let mut found = st.query(rusqlite::params![
+            q.account.as_str(),
+            q.app.as_str(),
+            q.from.0,
+            q.to.0
+        ])?;
+        let mut out = Vec::new();
+        while let Some(r) = found.next()? {
+            out.push(rows::runner_minute_row(r)?);
+        }
+        Ok(out)
     }
 
-    fn runners(
-        &mut self,
-        account: &tollgate_core::ids::AccountId,
-        limit: usize,
-    ) -> Result<Vec<tollgate_core::serverless::RunnerRecord>> {
-        let _ = (account, limit);
-        todo!("runners")
+    fn runners(&mut self, account: &AccountId, limit: usize) -> Result<Vec<RunnerRecord>> {
+        let mut st = self
+            .conn
+            .prepare_cached(&rows::runners_sql(|i, _| format!("?{i}")))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut found = st.query(rusqlite::params![account.as_str(), limit])?;
+        let mut out = Vec::new();
+        while let Some(r) = found.next()? {
+            out.push(rows::runner_row(r)?);
+        }
+        Ok(out)
     }
 
     fn billing_events(&mut self, q: &BillingEventsQuery) -> Result<Vec<LineItem>> {

@@ -295,7 +295,8 @@ fn endpoint_key_filters(
 
 /// One slot of a rollup read of one account: where its rows come from, and the parameters of
 /// its SQL: `?1` the slot, `?2` the account, for an open hour `?3` the first minute not
-/// folded, then the values of `filters` (the query's endpoints, and its keys if asked).
+/// folded, then the values of `filters` (the query's endpoints, and its keys if asked; and
+/// its service, which takes no parameter).
 struct SlotRead {
     rows: RollupRows,
     slot: Timestamp,
@@ -317,7 +318,8 @@ fn slot_reads(conn: &Connection, q: &RollupQuery, by_key: bool) -> Result<Vec<Sl
             if rows == RollupRows::OpenHours {
                 args.push(folded.0.into());
             }
-            let filters = endpoint_key_filters("", &q.endpoints, keys, &mut args);
+            let filters = endpoint_key_filters("", &q.endpoints, keys, &mut args)
+                + &crate::rows::service_filter("endpoint_id", q.service);
             out.push(SlotRead {
                 rows,
                 slot: t,
@@ -499,7 +501,9 @@ pub(super) fn billing_events(conn: &Connection, q: &BillingEventsQuery) -> Resul
     };
     let ids_from = args.len() + 1;
     args.extend(q.request_ids.iter().map(|r| r.as_str().to_string().into()));
-    let filters = endpoint_key_filters("li.", &q.endpoints, &q.api_keys, &mut args);
+    // Model billing events only: serverless lines are read by their own reads.
+    let filters = endpoint_key_filters("li.", &q.endpoints, &q.api_keys, &mut args)
+        + &crate::rows::service_filter("li.endpoint_id", Some(crate::Service::Models));
     // By request id, the clustered side goes through the requests table's unique index (a
     // billed request's line item carries the request's finish time), not a scan of the
     // account's range: CROSS JOIN makes SQLite's planner keep that order.

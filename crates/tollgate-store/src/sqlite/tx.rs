@@ -5,8 +5,9 @@ use super::load::{load_account, load_catalog, request_row, setting};
 use super::persist;
 use super::webhooks;
 use crate::rows::{
-    limits_text, terms_text, AdjustmentCols, PurchaseCols, ADJUSTMENT_COLS, KEY_COLS,
-    PURCHASE_COLS, REQUEST_COLS, TAKEN_COLS, WEB_SESSION_COLS,
+    limits_text, runner_event_row, runner_row, terms_text, AdjustmentCols, PurchaseCols,
+    ADJUSTMENT_COLS, KEY_COLS, PURCHASE_COLS, REQUEST_COLS, RUNNER_COLS, RUNNER_EVENT_COLS,
+    TAKEN_COLS, WEB_SESSION_COLS,
 };
 use crate::{
     parse_id, to_json, ApiKeyRecord, BillingMode, ClaimedDelivery, DeliveryResult, PortalLink,
@@ -15,12 +16,15 @@ use crate::{
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use tollgate_core::catalog::{Catalog, EndpointDef};
-use tollgate_core::ids::{AccountId, AdjustmentId, ApiKeyId, EndpointId, PurchaseId, RequestId};
+use tollgate_core::ids::{
+    AccountId, AdjustmentId, ApiKeyId, EndpointId, PurchaseId, RequestId, RunnerEventId, RunnerId,
+};
 use tollgate_core::limits::LimitState;
 use tollgate_core::machine::{
     AccountState, AdjustmentRecord, BatchState, InvoiceStatus, PurchaseRecord, RequestRecord,
 };
 use tollgate_core::price::PriceRule;
+use tollgate_core::serverless::RunnerRecord;
 use tollgate_core::terms::TermsSchedule;
 use tollgate_core::{Nanos, Timestamp};
 
@@ -136,30 +140,70 @@ impl Tx for SqliteTx<'_> {
 
     fn load_runners(
         &mut self,
-        runners: &[tollgate_core::ids::RunnerId],
-        event_ids: &[tollgate_core::ids::RunnerEventId],
+        runners: &[RunnerId],
+        event_ids: &[RunnerEventId],
         state: &mut BatchState,
     ) -> Result<()> {
-        let _ = (runners, event_ids, state);
-        todo!("load_runners")
+        // One statement each: the ids as a JSON array, each looked up in its primary key.
+        if !runners.is_empty() {
+            let mut st = self.conn.prepare_cached(&format!(
+                "SELECT {RUNNER_COLS} FROM runners \
+                 WHERE runner_id IN (SELECT value FROM json_each(?1))"
+            ))?;
+            let mut rows = st.query([crate::to_json(&runners)])?;
+            while let Some(r) = rows.next()? {
+                let r = runner_row(r)?;
+                state.runners.insert(r.id.clone(), r);
+            }
+        }
+        if !event_ids.is_empty() {
+            let mut st = self.conn.prepare_cached(&format!(
+                "SELECT {RUNNER_EVENT_COLS} FROM runner_events \
+                 WHERE event_id IN (SELECT value FROM json_each(?1))"
+            ))?;
+            let mut rows = st.query([crate::to_json(&event_ids)])?;
+            while let Some(r) = rows.next()? {
+                let e = runner_event_row(r)?;
+                state.runner_events.insert(e.event_id.clone(), e);
+            }
+        }
+        Ok(())
     }
 
-    fn due_runner_settlements(
-        &mut self,
-        until: tollgate_core::Timestamp,
-        limit: usize,
-    ) -> Result<Vec<tollgate_core::ids::RunnerId>> {
-        let _ = (until, limit);
-        todo!("due_runner_settlements")
+    fn due_runner_settlements(&mut self, until: Timestamp, limit: usize) -> Result<Vec<RunnerId>> {
+        // The partial index of the runners not accounted up to their cap, from the oldest
+        // cursor.
+        let mut st = self.conn.prepare_cached(
+            "SELECT runner_id FROM runners WHERE settled_until < cap_at \
+             AND settled_until < ?1 ORDER BY settled_until, runner_id LIMIT ?2",
+        )?;
+        let ids = st
+            .query_map(params![until.0, limit as i64], |r| r.get::<_, String>(0))?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        ids.iter().map(|s| parse_id(RunnerId::parse, s)).collect()
     }
 
     fn live_runners(
         &mut self,
-        accounts: &[tollgate_core::ids::AccountId],
-        now: tollgate_core::Timestamp,
-    ) -> Result<Vec<tollgate_core::serverless::RunnerRecord>> {
-        let _ = (accounts, now);
-        todo!("live_runners")
+        accounts: &[AccountId],
+        now: Timestamp,
+    ) -> Result<Vec<RunnerRecord>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {RUNNER_COLS} FROM runners WHERE account = ?1 AND last_at > ?2 \
+             AND cap_at > ?3 AND state <> 'TERMINATED' ORDER BY runner_id"
+        ))?;
+        let mut out = Vec::new();
+        for account in accounts {
+            let mut rows = st.query(params![
+                account.as_str(),
+                crate::rows::live_since(now),
+                now.0
+            ])?;
+            while let Some(r) = rows.next()? {
+                out.push(runner_row(r)?);
+            }
+        }
+        Ok(out)
     }
 
     fn load_payments(&mut self, keys: &crate::PaymentKeys, state: &mut BatchState) -> Result<()> {

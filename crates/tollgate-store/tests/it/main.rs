@@ -6,6 +6,7 @@ mod catalog_settings;
 mod migrations;
 mod payments;
 mod recent_line_items;
+mod serverless;
 mod spending_limits;
 mod wal;
 mod webhooks;
