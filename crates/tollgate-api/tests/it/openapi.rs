@@ -459,7 +459,9 @@ async fn every_documented_operation_is_served() {
             .replace("{delivery_id}", "dlv_1")
             .replace("{limit_id}", "lim_0")
             .replace("{top_up_id}", "top_1")
-            .replace("{purchase_id}", "p-1");
+            .replace("{purchase_id}", "p-1")
+            .replace("{owner}", "nobody")
+            .replace("{name}", "my-app");
         assert!(!concrete.contains('{'), "{path}: a parameter to fill in");
         let r = app
             .client
