@@ -416,8 +416,18 @@ async fn runner_events(plan: &Plan) -> anyhow::Result<Row> {
         w.non2xx
     );
     let accepted = (w.requests - w.non2xx) * batch as u64;
-    let applied = counter(&s.engine, EVENTS_APPLIED);
-    // Calls still in flight when wrk stopped may be applied without wrk counting them.
+    // Calls still in flight when wrk stopped are applied after it: the checks wait for them
+    // (until no event was applied for a quarter of a second).
+    let mut applied = counter(&s.engine, EVENTS_APPLIED);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = counter(&s.engine, EVENTS_APPLIED);
+        if now == applied {
+            break;
+        }
+        applied = now;
+    }
+    // Those calls are applied without wrk counting them.
     anyhow::ensure!(
         applied >= accepted && accepted > 0,
         "{accepted} runner events acknowledged but {applied} applied"
