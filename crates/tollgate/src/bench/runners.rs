@@ -19,7 +19,7 @@ use tollgate_core::ids::{AccountId, AppName, MachineType, RunnerEventId, RunnerI
 use tollgate_core::machine::{Op, Outcome};
 use tollgate_core::serverless::{RunnerEvent, RunnerState};
 use tollgate_core::Timestamp;
-use tollgate_engine::{system_clock, Clock, Engine};
+use tollgate_engine::{system_clock, Clock, Engine, RUNNER_SWEEP_LIMIT};
 use tollgate_store::sqlite::SqliteStore;
 
 /// The bench catalog's machine type (`[machines]` in `BENCH_CATALOG`).
@@ -188,11 +188,11 @@ pub async fn billed_as_reported(engine: &Engine, accounts: usize) -> anyhow::Res
 /// into the next minute, the sweep run until no runner is due): every runner now has its price
 /// segment and a line item, as in steady state. Then 4 callers make submit/start/complete on
 /// the other 500 accounts for the row's time, nothing due (the baseline); then the clock moves
-/// into the next minute and the same callers run while the sweep settles every runner (256 a
-/// batch) until none is due: the runners settled per second over the settlement's time, the
-/// latency of the `start`s made meanwhile. Checked after it: every runner billed exactly one
-/// more minute × its GPUs and settled up to the minute, the ledger reconciled with the
-/// lifecycles' charges besides.
+/// into the next minute and the same callers run while the sweep settles every runner
+/// (`RUNNER_SWEEP_LIMIT` a batch) until none is due: the runners settled per second over the
+/// settlement's time, the latency of the `start`s made meanwhile. Checked after it: every
+/// runner billed exactly one more minute × its GPUs and settled up to the minute, the ledger
+/// reconciled with the lifecycles' charges besides.
 pub async fn run(plan: &Plan, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result<Vec<Row>> {
     let baseline_row = format!("{SETTLE_ROW}.start_baseline");
     let (want_settle, want_baseline) = (wanted(SETTLE_ROW), wanted(&baseline_row));
@@ -274,11 +274,12 @@ pub async fn run(plan: &Plan, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result<V
             Some(&h),
             format!(
                 "runners settled/s: the minute's settlement of {runners} running runners (over \
-                 {RUNNER_ACCOUNTS} accounts, 1-8 GPUs each; the sweep, {sweeps} call(s), 256 \
+                 {RUNNER_ACCOUNTS} accounts, 1-8 GPUs each; the sweep, {sweeps} call(s), {} \
                  runners a batch) took {:.0} ms in all (the first minute's, alone: {:.0} ms); \
                  latency of start of {START_CALLERS} callers (submit+start+complete on the \
                  {} other accounts) during it, {n} starts; the same callers without the \
                  settlement ({baseline_row}): p50/p99 {}/{} us; {check}",
+                RUNNER_SWEEP_LIMIT,
                 took.as_secs_f64() * 1000.0,
                 first_took.as_secs_f64() * 1000.0,
                 ACCOUNTS - RUNNER_ACCOUNTS,
