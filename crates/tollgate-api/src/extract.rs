@@ -21,7 +21,7 @@ use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequestParts, Req
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use std::marker::PhantomData;
-use tollgate_core::ids::{AccountId, ApiKeyId, LimitId, PurchaseId, RequestId};
+use tollgate_core::ids::{AccountId, ApiKeyId, AppName, LimitId, PurchaseId, RequestId};
 use tollgate_store::Scope;
 use utoipa::openapi::path::ParameterIn;
 use utoipa::IntoParams;
@@ -260,6 +260,25 @@ impl PathParam for LimitId {
     const NAME: &'static str = "limit_id";
     fn parse(text: &str) -> Result<Self, String> {
         LimitId::parse(text).map_err(|e| e.to_string())
+    }
+}
+
+impl PathParam for AppName {
+    const NAME: &'static str = "name";
+    fn parse(text: &str) -> Result<Self, String> {
+        AppName::parse(text).map_err(|e| e.to_string())
+    }
+}
+
+/// The owner of a serverless app in a path (`/v1/serverless/apps/{owner}/{name}/...`): a
+/// username.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner(pub AccountId);
+
+impl PathParam for Owner {
+    const NAME: &'static str = "owner";
+    fn parse(text: &str) -> Result<Self, String> {
+        AccountId::parse(text).map(Owner).map_err(|e| e.to_string())
     }
 }
 

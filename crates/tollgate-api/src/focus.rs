@@ -18,7 +18,8 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_query::focus::{
-    FocusContext, FocusQuery, FocusReport, FocusRow, FocusSource, DEFAULT_PAGE_SPAN_MS,
+    FocusContext, FocusQuery, FocusReport, FocusRow, FocusService, FocusSource,
+    DEFAULT_PAGE_SPAN_MS,
 };
 use tollgate_query::month::Month;
 use utoipa::{IntoParams, ToSchema};
@@ -148,6 +149,40 @@ pub fn header_line() -> String {
     out
 }
 
+/// The FOCUS service columns of what a row is a charge for.
+struct ServiceColumns {
+    name: &'static str,
+    category: &'static str,
+    subcategory: &'static str,
+    resource_type: &'static str,
+}
+
+impl ServiceColumns {
+    fn of(service: FocusService) -> ServiceColumns {
+        match service {
+            FocusService::ModelApis => ServiceColumns {
+                name: "Model APIs",
+                category: "AI and Machine Learning",
+                subcategory: "Generative AI",
+                resource_type: "Model endpoint",
+            },
+            // A customer's own app on GPU machines billed by the second.
+            FocusService::Serverless => ServiceColumns {
+                name: "Serverless",
+                category: "Compute",
+                subcategory: "Serverless Compute",
+                resource_type: "Serverless app",
+            },
+            FocusService::Credits => ServiceColumns {
+                name: "Credits",
+                category: "AI and Machine Learning",
+                subcategory: "Other (AI and Machine Learning)",
+                resource_type: "",
+            },
+        }
+    }
+}
+
 /// One row's fields, in [`COLUMNS`]' order.
 pub fn fields(ctx: &FocusContext, r: &FocusRow) -> Vec<String> {
     let account = ctx.account.to_string();
@@ -162,6 +197,7 @@ pub fn fields(ctx: &FocusContext, r: &FocusRow) -> Vec<String> {
         None => (String::new(), String::new()),
     };
     let category = r.category.as_str().to_string();
+    let service = ServiceColumns::of(r.service);
     let invoice = r.invoice.clone().unwrap_or_default();
     let s = String::new;
     let values = vec![
@@ -200,9 +236,9 @@ pub fn fields(ctx: &FocusContext, r: &FocusRow) -> Vec<String> {
         s(),                                                   // RegionName
         resource_id.clone(),                                   // ResourceId
         resource_name,                                         // ResourceName
-        if usage { "Model endpoint" } else { "" }.into(),      // ResourceType
-        "AI and Machine Learning".into(),                      // ServiceCategory
-        if usage { "Model APIs" } else { "Credits" }.into(),   // ServiceName
+        service.resource_type.into(),                          // ResourceType
+        service.category.into(),                               // ServiceCategory
+        service.name.into(),                                   // ServiceName
         r.sku_id.clone(),                                      // SkuId
         r.sku_price_id.clone(),                                // SkuPriceId
         s(),                                                   // SubAccountId
@@ -210,12 +246,7 @@ pub fn fields(ctx: &FocusContext, r: &FocusRow) -> Vec<String> {
         s(),                                                   // Tags
         invoice,                                               // InvoiceId
         "USD".into(),                                          // PricingCurrency
-        if usage {
-            "Generative AI"
-        } else {
-            "Other (AI and Machine Learning)"
-        }
-        .into(), // ServiceSubcategory
+        service.subcategory.into(),                            // ServiceSubcategory
         unit,                                                  // SkuMeter
         category,                                              // ChargeType
         provider.clone(),                                      // InvoiceIssuer

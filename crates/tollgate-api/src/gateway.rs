@@ -657,7 +657,7 @@ pub enum EventResult {
 
 /// A refused body's error, placed in the event it came from: `events[3].timestamp` becomes
 /// `error.index` 3 and `error.field` `timestamp`.
-fn place_in_event(mut e: ApiError) -> ApiError {
+pub(crate) fn place_in_event(mut e: ApiError) -> ApiError {
     let Some(Value::String(field)) = e.extra.get("field").cloned() else {
         return e;
     };

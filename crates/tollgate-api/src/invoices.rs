@@ -21,8 +21,9 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use tollgate_core::ids::{AccountId, PurchaseId};
+use tollgate_core::ids::{AccountId, EndpointId, PurchaseId};
 use tollgate_core::machine::{InvoiceKind, InvoiceStatus};
+use tollgate_core::serverless::Line;
 use tollgate_core::Timestamp;
 use tollgate_engine::AdminCmd;
 use tollgate_query::invoices::InvoiceFilter;
@@ -55,8 +56,15 @@ pub enum InvoiceStatusView {
 /// One line of an invoice.
 #[derive(Serialize, ToSchema)]
 pub struct InvoiceLine {
-    /// The endpoint charged; `null` on a top-up invoice.
+    /// The endpoint charged (a serverless app's runner time: its line's key,
+    /// `serverless/<app>/<environment>/<machine type>/<standard|surge>`); `null` on a top-up
+    /// invoice.
     pub endpoint_id: Option<String>,
+    /// What the line is, as the invoice names it: the endpoint id; a serverless app's runner
+    /// time by its app, environment, machine type and surge; `Prepaid credits` on a top-up
+    /// invoice.
+    #[schema(example = "fal-ai/flux/dev")]
+    pub description: String,
     /// What the quantity counts (the price's unit); `credit_usd` on a top-up invoice.
     pub unit: String,
     pub quantity: Number,
@@ -150,10 +158,20 @@ pub struct InvoiceView {
     pub issuer: Option<IssuerBody>,
 }
 
+/// How an invoice or a statement names what an endpoint key billed: a model endpoint by its
+/// id, a serverless line by [`Line::describe`].
+pub fn line_name(endpoint: &EndpointId) -> String {
+    match Line::of(endpoint) {
+        Some(line) => line.describe(),
+        None => endpoint.to_string(),
+    }
+}
+
 fn usage_line(l: &InvoiceLineRecord) -> InvoiceLine {
     let (start, end) = l.charge_period();
     InvoiceLine {
         endpoint_id: Some(l.endpoint.as_str().to_string()),
+        description: line_name(&l.endpoint),
         unit: l.unit.clone(),
         quantity: Number(l.totals.quantity.normalize()),
         unit_price: Number(l.price.unit_price(&l.totals)),
@@ -175,6 +193,7 @@ pub fn view(i: InvoiceRecord, issuer: Option<&Issuer>) -> InvoiceView {
         InvoiceKind::Usage => i.lines.iter().map(usage_line).collect(),
         InvoiceKind::TopUp | InvoiceKind::CreditNote => vec![InvoiceLine {
             endpoint_id: None,
+            description: "Prepaid credits".into(),
             unit: "credit_usd".into(),
             quantity: total,
             unit_price: Number(Decimal::ONE),

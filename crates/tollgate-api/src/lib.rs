@@ -25,6 +25,7 @@ pub mod payments;
 pub mod platform;
 pub mod portal;
 pub mod query_string;
+pub mod serverless;
 pub mod statements;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -66,7 +67,8 @@ impl AppState {
 
 /// The largest request body a call takes, unless its route says otherwise.
 pub const DEFAULT_BODY_BYTES: usize = 1024 * 1024;
-/// The largest body of `POST /v1/usage-events` (a bulk call of 10,000 events fits).
+/// The largest body of `POST /v1/usage-events` and `POST /v1/runners/events` (a bulk call
+/// of 10,000 events fits).
 pub const BULK_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// The largest catalog document `PUT /v1/admin/catalog` takes.
 pub const CATALOG_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -117,6 +119,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(gateway::complete))
         .routes(routes!(gateway::cancel))
         .routes(routes!(gateway::usage_events).layer(body_limit(BULK_BODY_BYTES)))
+        .routes(routes!(serverless::runner_events).layer(body_limit(BULK_BODY_BYTES)))
         // fal's Platform API
         .routes(routes!(platform::keys::list, platform::keys::create))
         .routes(routes!(platform::keys::revoke))
@@ -128,6 +131,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(platform::usage::billing_events))
         .routes(routes!(platform::requests::by_endpoint))
         .routes(routes!(platform::analytics::analytics))
+        .routes(routes!(platform::serverless::usage))
+        .routes(routes!(platform::serverless::runner_history))
         // Invoices (customer reads)
         .routes(routes!(invoices::account_invoices))
         .routes(routes!(invoices::account_invoice))

@@ -20,7 +20,7 @@ pub mod tags {
     pub const FAL: &str = "fal Platform API";
     /// tollgate's own: the operator's accounts, credits, keys, terms and catalog.
     pub const OPERATOR: &str = "Operator";
-    /// tollgate's own: the gateway's request lifecycle and usage events.
+    /// tollgate's own: the gateway's request lifecycle, usage events and runner events.
     pub const GATEWAY: &str = "Gateway";
     pub const META: &str = "Meta";
     /// tollgate's own customer calls: invoices and billing documents, spending limits.
@@ -40,9 +40,10 @@ pub mod tags {
             `Authorization: Key <key_id>:<key_secret>`:\n\n\
             - **Operator** (`/v1/admin/...`, `OPERATOR` key): accounts, credits, customer keys, \
             account terms, the catalog, reconciliation.\n\
-            - **Gateway** (`/v1/requests...`, `/v1/usage-events`, `OPERATOR` key): the life of \
-            one request (submit, start, complete or cancel) and bulk usage events. Every call \
-            is idempotent on its request or event id.\n\
+            - **Gateway** (`/v1/requests...`, `/v1/usage-events`, `/v1/runners/events`, \
+            `OPERATOR` key): the life of one request (submit, start, complete or cancel), bulk \
+            usage events and serverless runners' states. Every call is idempotent on its \
+            request or event id.\n\
             - **fal Platform API** (customer `API` and `ADMIN` keys): the same paths, \
             parameters, fields and errors as fal's; a key sees only its own account.\n\n\
             Errors use fal's envelope `{\"error\": {\"type\", \"message\", ...}}`; a refused \
@@ -51,7 +52,7 @@ pub mod tags {
             Request bodies are one JSON object and nothing after it; decimals are plain digits \
             with an optional point (`\"0.025\"`), USD amounts decimal strings.\n\n\
             A body is read only after the key is checked, and up to its call's limit: 1 MiB, \
-            16 MiB for `POST /v1/usage-events`, 4 MiB for `PUT /v1/admin/catalog`; a larger \
+            16 MiB for `POST /v1/usage-events` and `POST /v1/runners/events`, 4 MiB for `PUT /v1/admin/catalog`; a larger \
             one is refused with 413 `payload_too_large` naming the limit in \
             `error.limit_bytes`. Every answer carries `x-request-id`: the caller's (1 to 128 \
             visible ASCII characters), or a new one; an error envelope repeats it as \
@@ -64,8 +65,8 @@ pub mod tags {
             against tollgate."),
         (name = tags::OPERATOR, description = "tollgate's own: accounts, credits, keys, terms \
             and the catalog. `OPERATOR` key."),
-        (name = tags::GATEWAY, description = "tollgate's own: the life of one request and \
-            bulk usage events. `OPERATOR` key."),
+        (name = tags::GATEWAY, description = "tollgate's own: the life of one request, bulk \
+            usage events and serverless runners' states. `OPERATOR` key."),
         (name = tags::BILLING, description = "tollgate's own customer calls: invoices and \
             billing documents, spending limits. Customer `ADMIN` key, own account only."),
         (name = tags::META, description = "This document; the server's liveness, readiness \
@@ -80,6 +81,8 @@ pub mod tags {
         crate::platform::usage::UsageExpand, crate::platform::usage::EventsExpand,
         crate::platform::usage::TimeframeName, crate::platform::usage::BoundToTimeframe,
         crate::platform::analytics::AnalyticsExpand,
+        crate::platform::serverless::ServerlessExpand,
+        crate::platform::serverless::AggregationName,
         crate::platform::requests::RequestStatusFilter, crate::platform::requests::RequestSort,
         crate::invoices::InvoiceStatusView, crate::invoices::InvoiceKindView,
         crate::focus::FocusSourceName, crate::focus::FocusExpand,

@@ -168,12 +168,18 @@ pub async fn credit_activity(
 /// A month's usage of one endpoint and unit, by the days it was charged.
 #[derive(Serialize, ToSchema)]
 pub struct StatementUsageView {
+    /// The endpoint charged (a serverless app's runner time: its line's key,
+    /// `serverless/<app>/<environment>/<machine type>/<standard|surge>`).
     endpoint_id: EndpointId,
+    /// What it is, as invoices name it: the endpoint id, or a serverless app's runner time by
+    /// its app, environment, machine type and surge.
+    #[schema(example = "fal-ai/flux/dev")]
+    description: String,
     #[schema(example = "megapixel")]
     unit: String,
     /// Billed units.
     quantity: Number,
-    /// Billed requests.
+    /// Billed requests (serverless runner time: its pieces, one per runner and minute).
     requests: u64,
     /// What it cost, nano-USD (positive; the usage lines add up to `-usage_nano_usd`).
     cost_nano_usd: i64,
@@ -257,6 +263,7 @@ impl From<Statement> for StatementView {
                 .usage
                 .into_iter()
                 .map(|u| StatementUsageView {
+                    description: crate::invoices::line_name(&u.endpoint),
                     endpoint_id: u.endpoint,
                     unit: u.unit,
                     quantity: Number(u.quantity.normalize()),

@@ -216,6 +216,12 @@ pub fn num_gpus<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error
         .transpose()
 }
 
+/// `#[serde(deserialize_with = "wire::gpus")]`: as [`num_gpus`], required.
+pub fn gpus<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    tollgate_core::machine::num_gpus_in_range(n).map_err(de::Error::custom)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

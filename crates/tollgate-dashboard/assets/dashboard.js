@@ -27,20 +27,29 @@
     return { names: names, xs: xs, labels: labels, values: values, texts: texts };
   }
 
-  // Stacked bars: the first series is drawn on top of the stack, so each series is drawn as
-  // the sum of itself and every series after it, largest first (uPlot paints in order).
-  function stackedBars(figure) {
+  // The chart of a figure, drawn by uPlot from its table. Stacked bars (amounts): the first
+  // series is drawn on top of the stack, so each series is drawn as the sum of itself and
+  // every series after it, largest first (uPlot paints in order). Lines (counts): one stepped
+  // line per series, as read.
+  function draw(figure) {
+    var kind = figure.getAttribute("data-chart");
     var table = figure.querySelector("table");
     var plot = figure.querySelector(".plot");
     if (!table || !plot || typeof uPlot === "undefined") { return; }
     var d = readTable(table);
     if (d.xs.length === 0 || d.names.length === 0) { return; }
     var n = d.names.length;
-    var stacked = [];
-    for (var i = n - 1; i >= 0; i--) {
-      stacked[i] = d.values[i].map(function (v, j) { return v + (i + 1 < n ? stacked[i + 1][j] : 0); });
+    var stacked = kind === "stacked-bars";
+    var data = [];
+    if (stacked) {
+      for (var i = n - 1; i >= 0; i--) {
+        data[i] = d.values[i].map(function (v, j) { return v + (i + 1 < n ? data[i + 1][j] : 0); });
+      }
+    } else {
+      data = d.values;
     }
-    var bars = uPlot.paths.bars({ size: [0.7, 48], align: 0 });
+    // A step holds a bucket's count over the whole bucket, the last one to the plot's edge.
+    var paths = stacked ? uPlot.paths.bars({ size: [0.7, 48], align: 0 }) : uPlot.paths.stepped({ align: 1, extend: true });
     var xName = (table.querySelector("thead th") || {}).textContent || "Day";
     var series = [{ label: xName.trim(), value: function (u, v, si, di) { return di == null ? "" : d.labels[di]; } }];
     d.names.forEach(function (name, i) {
@@ -48,32 +57,40 @@
       series.push({
         label: name,
         stroke: color,
-        fill: color,
-        width: 0,
-        paths: bars,
+        fill: stacked ? color : undefined,
+        width: stacked ? 0 : 2,
+        paths: paths,
         points: { show: false },
         value: function (u, v, si, di) { return di == null ? "" : d.texts[i][di]; }
       });
     });
+    var yValues = stacked
+      ? function (u, ticks) { return ticks.map(function (t) { return "$" + t.toFixed(t < 10 ? 2 : 0); }); }
+      : function (u, ticks) { return ticks.map(function (t) { return String(Math.round(t * 100) / 100); }); };
     var opts = {
       width: Math.max(280, plot.clientWidth || figure.clientWidth - 32),
       height: 260,
-      // Half a bucket of room at each end, so the first and last bars are drawn whole.
+      // Bars: half a bucket of room at each end, so the first and last bars are drawn whole.
+      // Steps: from the first bucket's start to the last one's end.
       scales: { x: { time: true, range: function (u, min, max) {
-        var half = (d.xs.length > 1 ? d.xs[1] - d.xs[0] : 86400) / 2;
-        return [min - half, max + half];
+        var step = d.xs.length > 1 ? d.xs[1] - d.xs[0] : 86400;
+        return stacked ? [min - step / 2, max + step / 2] : [min, max + step];
       } } },
-      axes: [{}, { values: function (u, ticks) { return ticks.map(function (t) { return "$" + t.toFixed(t < 10 ? 2 : 0); }); }, size: 60 }],
+      axes: [{}, { values: yValues, size: 60 }],
       series: series,
       legend: { live: true },
       cursor: { points: { show: false } }
     };
+    // Counts start at zero and show at least one runner's height.
+    if (!stacked) {
+      opts.scales.y = { range: function (u, min, max) { return [0, Math.max(1, max)]; } };
+    }
     // The axis in the table's time zone (the page's), not the browser's.
     var tz = table.getAttribute("data-tz");
     if (tz && uPlot.tzDate) {
       opts.tzDate = function (ts) { return uPlot.tzDate(new Date(ts * 1000), tz); };
     }
-    var u = new uPlot(opts, [d.xs].concat(stacked), plot);
+    var u = new uPlot(opts, [d.xs].concat(data), plot);
     figure.classList.add("drawn");
     figure.setAttribute("data-drawn-series", String(n));
     var toggle = document.createElement("button");
@@ -94,7 +111,7 @@
   }
 
   function drawCharts(root) {
-    root.querySelectorAll("figure.chart[data-chart='stacked-bars']:not(.drawn)").forEach(stackedBars);
+    root.querySelectorAll("figure.chart[data-chart='stacked-bars']:not(.drawn), figure.chart[data-chart='lines']:not(.drawn)").forEach(draw);
   }
 
   // Copy buttons: <button data-copy="#id"> copies the text of the element #id.

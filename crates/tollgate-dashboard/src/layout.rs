@@ -24,6 +24,10 @@ pub const CUSTOMER_NAV: &[Section] = &[
         path: "/dashboard/usage",
     },
     Section {
+        label: "Serverless",
+        path: "/dashboard/serverless",
+    },
+    Section {
         label: "Requests",
         path: "/dashboard/requests",
     },
@@ -198,9 +202,10 @@ pub fn csrf(token: &str) -> Markup {
 }
 
 /// A chart drawn by the dashboard's script from the table inside it: the table is the
-/// chart's data and what a browser without JavaScript shows. `kind` is `stacked-bars`; the
-/// table's first column is the x axis (labels), each other column a series, amounts in
-/// `data-value` attributes of the cells (exact USD decimals).
+/// chart's data and what a browser without JavaScript shows. `kind` is `stacked-bars`
+/// (amounts: `data-value` attributes of the cells are exact USD decimals, stacked) or `lines`
+/// (counts: one line per series, drawn as steps over the buckets); the table's first column is
+/// the x axis (labels, `data-x` in seconds), each other column a series.
 pub fn chart(id: &str, caption: &str, kind: &str, table: Markup) -> Markup {
     html! {
         figure.chart id=(id) data-chart=(kind) {

@@ -16,6 +16,9 @@
 //! - free credits are a `Credit` row, nothing billed (the amount is in `x_CreditAmountUsd`);
 //! - usage of a prepaid account is drawn from its credits: a `Usage` row with `BilledCost` 0
 //!   and `EffectiveCost` its cost;
+//! - serverless runner time (line items of a `serverless/` key) is usage like a model's, its
+//!   row named by its [`Line`] (`ServiceName` `Serverless`, the app its resource, the machine
+//!   type its SKU, the catalog's machine price its list price);
 //! - usage of an invoice-billed account is billed on its usage invoice: its invoice report
 //!   takes the usage from the invoices' lines ([`invoiced_usage_rows`]); its estimate (usage
 //!   as it happened, invoiced since or not) shows the cost (`BilledCost` = `EffectiveCost`,
@@ -33,6 +36,7 @@ use tollgate_core::machine::AccountState;
 use tollgate_core::machine::{month_of, InvoiceKind, InvoiceStatus};
 use tollgate_core::money::round_usd_to_nanos;
 use tollgate_core::rollup::{UsagePrice, UsageTotals};
+use tollgate_core::serverless::Line;
 use tollgate_core::terms::BillingMode;
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_engine::Engine;
@@ -111,6 +115,15 @@ impl ChargeCategory {
     }
 }
 
+/// What a row is a charge for: a model's requests, a serverless app's runner time, or credits
+/// (a purchase or a grant).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FocusService {
+    ModelApis,
+    Serverless,
+    Credits,
+}
+
 /// What a usage aggregate billed: an endpoint, unit, price and discount over a charge period.
 /// The rollups and a usage invoice's lines are read into these.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,6 +142,8 @@ pub struct UsageAggregate {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FocusRow {
     pub category: ChargeCategory,
+    /// What the row is a charge for.
+    pub service: FocusService,
     pub charge_start: Timestamp,
     pub charge_end: Timestamp,
     pub billing_start: Timestamp,
@@ -142,8 +157,9 @@ pub struct FocusRow {
     /// Billed quantity and its unit (usage rows).
     pub quantity: Option<(Decimal, String)>,
     pub percent_discount: Option<Decimal>,
-    /// The endpoint, and its name in the catalog (usage rows).
-    pub resource: Option<(EndpointId, String)>,
+    /// `ResourceId` and `ResourceName` (usage rows): a model endpoint and its name in the
+    /// catalog, or a serverless app (`<owner>/<app>`) and its name.
+    pub resource: Option<(String, String)>,
     pub sku_id: String,
     pub sku_price_id: String,
     /// The invoice number that bills the row.
@@ -383,6 +399,7 @@ impl FocusReport {
                 };
                 FocusRow {
                     category,
+                    service: FocusService::Credits,
                     charge_start,
                     charge_end,
                     billing_start,
@@ -557,7 +574,11 @@ impl FocusReport {
             None => rate,
         }
         .normalize();
-        let (list_rate, list_cost) = match self.list_rate(agg) {
+        let sku = match Line::of(&agg.endpoint) {
+            Some(line) => self.serverless_sku(agg, &line),
+            None => self.model_sku(agg),
+        };
+        let (list_rate, list_cost) = match sku.list_rate {
             Some(list) if list != rate => (
                 list,
                 t.quantity
@@ -568,6 +589,61 @@ impl FocusReport {
             // At the list rate (or without a comparable public one): the billed subtotal.
             _ => (rate, t.subtotal),
         };
+        let (billing_start, billing_end) = self.billing_period(agg.charge_start);
+        let (billed, invoice) = match billing {
+            UsageBilling::PrepaidCredits => (Nanos::ZERO, None),
+            UsageBilling::NotYetInvoiced => (t.total, None),
+            UsageBilling::Invoiced { number } => (t.total, Some(number)),
+        };
+        let discount = agg
+            .percent_discount
+            .map(|p| format!(", {}% discount", p.normalize()))
+            .unwrap_or_default();
+        let description = match sku.service {
+            FocusService::Serverless => format!(
+                "{}: {} GPU-seconds at {} USD per GPU-second{discount}",
+                sku.what,
+                t.quantity.normalize(),
+                rate.normalize(),
+            ),
+            FocusService::ModelApis | FocusService::Credits => format!(
+                "{}: {} {} at {} USD per {}{discount} ({} requests)",
+                sku.what,
+                t.quantity.normalize(),
+                agg.unit,
+                rate.normalize(),
+                agg.unit,
+                t.requests
+            ),
+        };
+        Ok(FocusRow {
+            category: ChargeCategory::Usage,
+            service: sku.service,
+            charge_start: agg.charge_start,
+            charge_end: agg.charge_end,
+            billing_start,
+            billing_end,
+            billed_cost: billed,
+            effective_cost: t.total,
+            list_cost,
+            contracted_cost: t.total,
+            list_unit_price: Some(list_rate.normalize()),
+            contracted_unit_price: Some(contracted_rate),
+            quantity: Some((t.quantity.normalize(), agg.unit.clone())),
+            percent_discount: agg.percent_discount,
+            description,
+            resource: Some(sku.resource),
+            sku_id: sku.sku_id,
+            sku_price_id: sku.sku_price_id,
+            invoice,
+            purchase_id: None,
+            credit_amount: None,
+        })
+    }
+
+    /// A model endpoint's aggregate: the endpoint is the resource and the SKU, priced by its
+    /// price version.
+    fn model_sku(&self, agg: &UsageAggregate) -> Sku {
         let version = match agg.price {
             UsagePrice::Blended { version } => Some(version),
             UsagePrice::Rate(_) => self
@@ -584,46 +660,37 @@ impl FocusReport {
             .endpoints
             .get(&agg.endpoint)
             .map_or_else(|| agg.endpoint.to_string(), |d| d.display_name.clone());
-        let (billing_start, billing_end) = self.billing_period(agg.charge_start);
-        let (billed, invoice) = match billing {
-            UsageBilling::PrepaidCredits => (Nanos::ZERO, None),
-            UsageBilling::NotYetInvoiced => (t.total, None),
-            UsageBilling::Invoiced { number } => (t.total, Some(number)),
-        };
-        let discount = agg
-            .percent_discount
-            .map(|p| format!(", {}% discount", p.normalize()))
-            .unwrap_or_default();
-        Ok(FocusRow {
-            category: ChargeCategory::Usage,
-            charge_start: agg.charge_start,
-            charge_end: agg.charge_end,
-            billing_start,
-            billing_end,
-            billed_cost: billed,
-            effective_cost: t.total,
-            list_cost,
-            contracted_cost: t.total,
-            list_unit_price: Some(list_rate.normalize()),
-            contracted_unit_price: Some(contracted_rate),
-            quantity: Some((t.quantity.normalize(), agg.unit.clone())),
-            percent_discount: agg.percent_discount,
-            description: format!(
-                "{}: {} {} at {} USD per {}{discount} ({} requests)",
-                agg.endpoint,
-                t.quantity.normalize(),
-                agg.unit,
-                rate.normalize(),
-                agg.unit,
-                t.requests
-            ),
-            resource: Some((agg.endpoint.clone(), name)),
+        Sku {
+            service: FocusService::ModelApis,
+            resource: (agg.endpoint.to_string(), name),
             sku_id: agg.endpoint.to_string(),
             sku_price_id,
-            invoice,
-            purchase_id: None,
-            credit_amount: None,
-        })
+            list_rate: self.list_rate(agg),
+            what: agg.endpoint.to_string(),
+        }
+    }
+
+    /// A serverless line's aggregate: the app (`<owner>/<app>`, as fal names it) is the
+    /// resource, the machine type the SKU; its list price is the catalog's machine price (the
+    /// surge price for surge time).
+    fn serverless_sku(&self, agg: &UsageAggregate, line: &Line) -> Sku {
+        let prices = if line.is_surge {
+            &self.catalog.machines_surge
+        } else {
+            &self.catalog.machines
+        };
+        let kind = if line.is_surge { "surge" } else { "standard" };
+        Sku {
+            service: FocusService::Serverless,
+            resource: (
+                format!("{}/{}", self.context.account, line.app),
+                line.app.to_string(),
+            ),
+            sku_id: line.machine_type.to_string(),
+            sku_price_id: format!("{}:{}:{kind}", line.machine_type, agg.unit),
+            list_rate: prices.get(&line.machine_type).map(|p| p.normalize()),
+            what: line.describe(),
+        }
     }
 
     /// The public catalog's rate for the aggregate's unit, in force at its start (with the
@@ -650,6 +717,19 @@ impl FocusReport {
             .and_then(|d| self.catalog.machine_price(d.machine_type.as_ref()));
         public.rule.headline_unit_price(machine)
     }
+}
+
+/// What a usage aggregate is of, as a report names it.
+struct Sku {
+    service: FocusService,
+    /// `ResourceId`, `ResourceName`.
+    resource: (String, String),
+    sku_id: String,
+    sku_price_id: String,
+    /// The public list rate to compare with, when there is one.
+    list_rate: Option<Decimal>,
+    /// What the description names.
+    what: String,
 }
 
 /// Who pays a usage aggregate, and how.

@@ -24,6 +24,7 @@ pub mod month;
 pub mod payments;
 pub mod prices;
 pub mod requests;
+pub mod serverless;
 pub mod statements;
 pub mod timeframe;
 pub mod usage;

@@ -163,6 +163,66 @@ fn add(into: &mut UsageTotals, t: &UsageTotals) -> Result<(), QueryError> {
         .map_err(|e| QueryError::OutOfRange(format!("usage total: {e}")))
 }
 
+/// Usage rollup rows summed per (bucket, group) and per group over the whole range; a row
+/// whose group is `None` is left out. Shared by the model usage and the serverless usage,
+/// which group the same rows by different keys.
+pub(crate) struct Grouped<G> {
+    /// Filled when the time series is asked for.
+    pub buckets: BTreeMap<(Timestamp, G), UsageTotals>,
+    /// Filled when the summary is asked for.
+    pub summary: BTreeMap<G, UsageTotals>,
+}
+
+impl<G: Ord + Clone> Grouped<G> {
+    pub(crate) fn of(
+        rows: &[(UsageKey, UsageTotals)],
+        range: &Range,
+        time_series: bool,
+        summary: bool,
+        group_of: impl Fn(&UsageKey) -> Option<G>,
+    ) -> Result<Grouped<G>, QueryError> {
+        let mut grouped = Grouped {
+            buckets: BTreeMap::new(),
+            summary: BTreeMap::new(),
+        };
+        for (k, t) in rows {
+            let Some(g) = group_of(k) else {
+                continue;
+            };
+            if summary {
+                add(grouped.summary.entry(g.clone()).or_default(), t)?;
+            }
+            if time_series {
+                add(
+                    grouped
+                        .buckets
+                        .entry((range.bucket_start(k.slot), g))
+                        .or_default(),
+                    t,
+                )?;
+            }
+        }
+        Ok(grouped)
+    }
+
+    /// One page of the time series' rows after `after` (the request's cursor, decoded:
+    /// fal's paging, `limit` rows in (bucket, group) order), rendered, and the next page's
+    /// cursor.
+    pub(crate) fn series_page<R>(
+        &self,
+        range: &Range,
+        after: Option<&(Timestamp, G)>,
+        limit: usize,
+        render: impl Fn(&G, &UsageTotals) -> R,
+    ) -> (Vec<SeriesBucket<R>>, Option<Cursor>)
+    where
+        G: Serialize,
+    {
+        let page = Page::of(after_cursor(&self.buckets, after), limit, |(k, _)| *k);
+        (range.time_series(page.items, render), page.next_cursor)
+    }
+}
+
 /// fal's `GET /models/usage`: every minute row of the range into its bucket and group, the
 /// summary over the whole range, and one page of the series' rows in (bucket, group) order.
 pub async fn usage(engine: &Engine, q: UsageQuery) -> Result<Usage, QueryError> {
@@ -182,39 +242,25 @@ pub async fn usage(engine: &Engine, q: UsageQuery) -> Result<Usage, QueryError> 
         engine.read(move |r| r.usage(&rq)).await?
     };
     let labels = AuthLabels::load(engine, &q.account).await?;
-
-    let mut buckets: BTreeMap<(Timestamp, Group), UsageTotals> = BTreeMap::new();
-    let mut summary: BTreeMap<Group, UsageTotals> = BTreeMap::new();
-    for (k, t) in &rows {
-        let g = Group::of(k, q.by_key);
-        if q.summary {
-            add(summary.entry(g.clone()).or_default(), t)?;
-        }
-        if q.time_series {
-            add(
-                buckets
-                    .entry((q.range.bucket_start(k.slot), g))
-                    .or_default(),
-                t,
-            )?;
-        }
-    }
+    let grouped = Grouped::of(&rows, &q.range, q.time_series, q.summary, |k| {
+        Some(Group::of(k, q.by_key))
+    })?;
     let mut answer = Usage {
         time_series: None,
         summary: None,
         next_cursor: None,
     };
     if q.time_series {
-        let page = Page::of(after_cursor(&buckets, after.as_ref()), q.limit, |(k, _)| *k);
-        answer.next_cursor = page.next_cursor;
-        answer.time_series = Some(
-            q.range
-                .time_series(page.items, |g, t| g.row(t, &labels, q.by_key)),
-        );
+        let (series, next) = grouped.series_page(&q.range, after.as_ref(), q.limit, |g, t| {
+            g.row(t, &labels, q.by_key)
+        });
+        answer.time_series = Some(series);
+        answer.next_cursor = next;
     }
     if q.summary {
         answer.summary = Some(
-            summary
+            grouped
+                .summary
                 .iter()
                 .map(|(g, t)| g.row(t, &labels, q.by_key))
                 .collect(),

@@ -211,6 +211,7 @@ settings! {
     [webhooks] WebhooksLayer, WebhooksFlags;
     [stripe] StripeLayer, StripeFlags;
     [top_ups] TopUpsLayer, TopUpsFlags;
+    [serverless] ServerlessLayer, ServerlessFlags;
 }
 
 settings! {
@@ -273,6 +274,15 @@ settings! {
     retry_after_s: Positive,
 }
 
+settings! {
+    /// The `[serverless]` section: how serverless runners are billed.
+    ServerlessLayer, ServerlessFlags, ("serverless");
+    /// How long after its last report a serverless runner is still billed, in seconds (1 to
+    /// 86400): a runner that stops reporting is billed up to its last report plus this, and
+    /// no further until it reports again. Default: 300.
+    grace_s: GraceSeconds,
+}
+
 /// `TOLLGATE_` and the name in capitals, a section's dot as `_` (`drain_timeout_s` →
 /// `TOLLGATE_DRAIN_TIMEOUT_S`, `invoices.prefix` → `TOLLGATE_INVOICES_PREFIX`).
 pub fn env_name(name: &str) -> String {
@@ -298,6 +308,22 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub stripe: StripeSettings,
     pub top_ups: TopUpSettings,
+    pub serverless: ServerlessSettings,
+}
+
+/// The `[serverless]` settings `tollgate serve` runs with.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerlessSettings {
+    pub grace_s: u64,
+}
+
+impl ServerlessSettings {
+    /// What the engine (the core's runner billing) takes.
+    pub fn to_core(&self) -> tollgate_core::serverless::ServerlessSettings {
+        tollgate_core::serverless::ServerlessSettings {
+            grace_ms: i64::try_from(self.grace_s.saturating_mul(1000)).unwrap_or(i64::MAX),
+        }
+    }
 }
 
 /// The `[stripe]` settings `tollgate serve` runs with. Printed (`config check`) without its
@@ -451,6 +477,13 @@ impl Settings {
                         u64::try_from(defaults.retry_after_ms / 1000).unwrap_or(3600),
                     ),
                 }
+            },
+            serverless: ServerlessSettings {
+                grace_s: layer
+                    .serverless
+                    .unwrap_or_default()
+                    .grace_s
+                    .map_or(GraceSeconds::DEFAULT.0, |g| g.0),
             },
         }
     }
@@ -900,6 +933,44 @@ impl FromStr for Positive {
     }
 }
 
+/// A serverless runner's grace: whole seconds, 1 to 86400 (the core's
+/// [`tollgate_core::serverless::MAX_GRACE_MS`]).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "i64")]
+pub struct GraceSeconds(u64);
+
+impl GraceSeconds {
+    /// [`tollgate_core::serverless::DEFAULT_GRACE_MS`], in seconds.
+    pub const DEFAULT: GraceSeconds =
+        GraceSeconds((tollgate_core::serverless::DEFAULT_GRACE_MS / 1000) as u64);
+    const MAX_S: i64 = tollgate_core::serverless::MAX_GRACE_MS / 1000;
+}
+
+impl TryFrom<i64> for GraceSeconds {
+    type Error = String;
+    fn try_from(n: i64) -> Result<GraceSeconds, String> {
+        if (1..=GraceSeconds::MAX_S).contains(&n) {
+            Ok(GraceSeconds(n.unsigned_abs()))
+        } else {
+            Err(format!(
+                "{n} is not allowed: must be a whole number of seconds from 1 to {}",
+                GraceSeconds::MAX_S
+            ))
+        }
+    }
+}
+
+impl FromStr for GraceSeconds {
+    type Err = String;
+    fn from_str(s: &str) -> Result<GraceSeconds, String> {
+        let n: i64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a whole number"))?;
+        GraceSeconds::try_from(n)
+    }
+}
+
 impl fmt::Display for LogFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -1218,6 +1289,53 @@ mod tests {
         }
         let e = parse_file("[top_ups]\nmin_usd = 1.5\n").unwrap_err();
         assert!(e.contains("top_ups.min_usd"), "{e}");
+    }
+
+    #[test]
+    fn the_serverless_grace_is_whole_seconds_up_to_a_day() {
+        let default = Settings::from_layer(Layer::default());
+        assert_eq!(default.serverless.grace_s, 300);
+        assert_eq!(
+            default.serverless.to_core(),
+            tollgate_core::serverless::ServerlessSettings::default()
+        );
+        assert!(
+            default.to_toml().contains("[serverless]\ngrace_s = 300"),
+            "{}",
+            default.to_toml()
+        );
+        let file = parse_file("[serverless]\ngrace_s = 120\n").unwrap();
+        assert_eq!(Settings::from_layer(file.clone()).serverless.grace_s, 120);
+        let e = Layer::from_env(&env(&[("TOLLGATE_SERVERLESS_GRACE_S", "0")])).unwrap_err();
+        assert!(e.to_string().contains("TOLLGATE_SERVERLESS_GRACE_S"), "{e}");
+        let env = Layer::from_env(&env(&[("TOLLGATE_SERVERLESS_GRACE_S", "600")])).unwrap();
+        assert_eq!(env.names_set(), ["serverless.grace_s"]);
+        let flags = Layer::from(Flags {
+            serverless: ServerlessFlags {
+                grace_s: Some("86400".parse().unwrap()),
+            },
+            ..Flags::default()
+        });
+        let grace = |layer: Layer| Settings::from_layer(layer).serverless;
+        assert_eq!(grace(file.clone().under(env.clone())).grace_s, 600);
+        let flagged = grace(file.under(env).under(flags));
+        assert_eq!(flagged.grace_s, 86_400);
+        assert_eq!(flagged.to_core().grace_ms, 86_400_000);
+        for bad in ["0", "-5", "86401", "5m", ""] {
+            assert!(bad.parse::<GraceSeconds>().is_err(), "{bad:?}");
+        }
+        for (text, what) in [
+            ("[serverless]\ngrace_s = 0\n", "from 1 to 86400"),
+            ("[serverless]\ngrace_s = 90000\n", "from 1 to 86400"),
+            ("[serverless]\ngrace_s = \"300\"\n", "invalid type"),
+            ("[serverless]\ngrace = 300\n", "unknown field"),
+        ] {
+            let e = parse_file(text).unwrap_err();
+            assert!(
+                e.starts_with("line 2, key `serverless.grace") && e.contains(what),
+                "{text:?}: {e}"
+            );
+        }
     }
 
     fn s_layer() -> Layer {

@@ -4,7 +4,8 @@
 //! An A4 page: the title with the invoice's number and status; the issuer (`PUT
 //! /v1/admin/issuer`; while none is set the block says so rather than inventing a seller);
 //! the customer; the invoice's details (id, kind, status, issue date, period, currency,
-//! purchase); the lines (endpoint, unit, quantity, unit price, discount, line total, charge
+//! purchase); the lines (what each bills, by its description: an endpoint, or a serverless
+//! app's runner time; unit, quantity, unit price, discount, line total, charge
 //! period); subtotal, discount and total in USD. Amounts are written from their exact decimals
 //! (at least two decimals, every significant nano-USD digit, no grouping), never through a
 //! float; times are UTC.
@@ -12,8 +13,8 @@
 //! Many lines (a usage invoice may have dozens): the table first shrinks its type, from 9 pt
 //! down to 7 pt, to keep the invoice on one page; when even that does not fit, it continues
 //! on further pages (the table's head repeated, the totals after the last line, "Page i of n"
-//! on every page). Columns are as wide as their widest cell; the endpoint column takes the rest
-//! of the width, and only an endpoint id too long for it even at 7 pt is shortened ("...").
+//! on every page). Columns are as wide as their widest cell; the item column takes the rest of
+//! the width, and only a description too long for it even at 7 pt is shortened ("...").
 //!
 //! Text is set in the PDF standard fonts Helvetica and Helvetica-Bold (every reader has them,
 //! nothing is embedded) with WinAnsiEncoding, so it is real text that `pdftotext` and screen
@@ -57,7 +58,7 @@ const MUTED: f32 = 0.42;
 
 /// The table's columns: heading and alignment (`true`: right-aligned figures).
 const COLUMNS: [(&str, bool); 7] = [
-    ("Endpoint", false),
+    ("Item", false),
     ("Unit", false),
     ("Quantity", true),
     ("Unit price (USD)", true),
@@ -158,13 +159,8 @@ fn label(v: &impl Serialize) -> String {
 /// One line's cells, in the order of [`COLUMNS`].
 fn cells(line: &InvoiceLine) -> [String; 7] {
     let unit: &str = &line.unit;
-    let endpoint = match &line.endpoint_id {
-        Some(e) => e.to_string(),
-        None if unit == "credit_usd" => "Prepaid credits".to_string(),
-        None => "-".to_string(),
-    };
     [
-        endpoint,
+        line.description.clone(),
         unit.to_string(),
         quantity(line.quantity.0),
         money(line.unit_price.0),
@@ -285,7 +281,7 @@ impl Table {
         }
     }
 
-    /// Each column's width at `size` (the endpoint column takes what the others leave), and
+    /// Each column's width at `size` (the item column takes what the others leave), and
     /// whether every endpoint fits in it.
     fn widths(rows: &[[String; 7]], size: f32) -> ([f32; 7], bool) {
         let mut w = [0.0f32; 7];
@@ -697,8 +693,10 @@ mod tests {
                 let off = sub * d("0.1");
                 subtotal += sub;
                 discount += off;
+                let endpoint = format!("fal-ai/model-{i:03}/text-to-image");
                 InvoiceLine {
-                    endpoint_id: Some(format!("fal-ai/model-{i:03}/text-to-image")),
+                    description: endpoint.clone(),
+                    endpoint_id: Some(endpoint),
                     unit: "image".into(),
                     quantity: Number(q),
                     unit_price: Number(d("0.025")),
@@ -862,6 +860,7 @@ mod tests {
         let mut short = usage_invoice(3);
         for l in &mut short.lines {
             l.endpoint_id = Some("fal-ai/flux/dev".into());
+            l.description = "fal-ai/flux/dev".into();
         }
         assert_eq!(fitted(&short).size, TABLE_SIZES[0]);
         let pdf = render(&inv);

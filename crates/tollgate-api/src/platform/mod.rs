@@ -8,6 +8,7 @@ pub mod analytics;
 pub mod keys;
 pub mod models;
 pub mod requests;
+pub mod serverless;
 pub mod usage;
 
 use crate::query_string::Query;

@@ -18,7 +18,7 @@ use tollgate_query::Cursor;
 use utoipa::{IntoParams, ToSchema};
 
 /// Usage rows per page by default, and at most.
-const USAGE_LIMIT: (usize, usize) = (1000, 10_000);
+pub(crate) const USAGE_LIMIT: (usize, usize) = (1000, 10_000);
 /// Billing events per page by default, and at most (fal's cap).
 const EVENTS_LIMIT: (usize, usize) = (100, 10_000);
 
@@ -52,13 +52,24 @@ pub struct RangeParams {
 /// A bucket width.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
-#[allow(dead_code)]
 pub enum TimeframeName {
     Minute,
     Hour,
     Day,
     Week,
     Month,
+}
+
+impl TimeframeName {
+    pub fn of(t: Timeframe) -> TimeframeName {
+        match t {
+            Timeframe::Minute => TimeframeName::Minute,
+            Timeframe::Hour => TimeframeName::Hour,
+            Timeframe::Day => TimeframeName::Day,
+            Timeframe::Week => TimeframeName::Week,
+            Timeframe::Month => TimeframeName::Month,
+        }
+    }
 }
 
 /// `true` or `false`, as fal sends it.
@@ -71,7 +82,7 @@ pub enum BoundToTimeframe {
 }
 
 /// A `start` or `end` parameter, parsed.
-fn moment(q: &Query, name: &str) -> Result<Option<Moment>, ApiError> {
+pub(crate) fn moment(q: &Query, name: &str) -> Result<Option<Moment>, ApiError> {
     q.one(name)?
         .map(|t| Moment::parse(t).map_err(|e| ApiError::invalid(name, format!("{name} {e}"))))
         .transpose()
@@ -87,19 +98,23 @@ pub(crate) fn range_spec(q: &Query) -> Result<RangeSpec, ApiError> {
             .unwrap_or(chrono_tz::Tz::UTC),
         end: moment(q, "end")?,
         start: moment(q, "start")?,
-        timeframe: q
-            .one("timeframe")?
-            .map(|t| {
-                Timeframe::parse(t).ok_or_else(|| {
-                    ApiError::invalid(
-                        "timeframe",
-                        format!("unknown timeframe '{t}'; allowed: minute, hour, day, week, month"),
-                    )
-                })
-            })
-            .transpose()?,
+        timeframe: timeframe(q)?,
         bound_to_timeframe: q.flag("bound_to_timeframe", true)?,
     })
+}
+
+/// The `timeframe` parameter, parsed.
+pub(crate) fn timeframe(q: &Query) -> Result<Option<Timeframe>, ApiError> {
+    q.one("timeframe")?
+        .map(|t| {
+            Timeframe::parse(t).ok_or_else(|| {
+                ApiError::invalid(
+                    "timeframe",
+                    format!("unknown timeframe '{t}'; allowed: minute, hour, day, week, month"),
+                )
+            })
+        })
+        .transpose()
 }
 
 /// fal's `auth_method` and `auth_method_structured` fields of a row, when asked for.

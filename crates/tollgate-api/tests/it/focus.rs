@@ -25,12 +25,12 @@ const FLUX_DEV: &str = "fal-ai/flux/dev";
 const WHISPER: &str = "fal-ai/whisper";
 
 /// A CSV as header → column index, and its rows (RFC 4180: quoted fields, `""` in quotes).
-struct Csv {
+pub(crate) struct Csv {
     columns: HashMap<String, usize>,
-    rows: Vec<Vec<String>>,
+    pub(crate) rows: Vec<Vec<String>>,
 }
 
-fn parse_csv(text: &str) -> Csv {
+pub(crate) fn parse_csv(text: &str) -> Csv {
     let mut records: Vec<Vec<String>> = Vec::new();
     let (mut record, mut field) = (Vec::new(), String::new());
     let (mut quoted, mut chars) = (false, text.chars().peekable());
@@ -71,14 +71,14 @@ fn parse_csv(text: &str) -> Csv {
 }
 
 impl Csv {
-    fn get<'a>(&self, row: &'a [String], column: &str) -> &'a str {
+    pub(crate) fn get<'a>(&self, row: &'a [String], column: &str) -> &'a str {
         &row[*self
             .columns
             .get(column)
             .unwrap_or_else(|| panic!("no column {column}"))]
     }
 
-    fn of(&self, category: &str) -> Vec<&Vec<String>> {
+    pub(crate) fn of(&self, category: &str) -> Vec<&Vec<String>> {
         self.rows
             .iter()
             .filter(|r| self.get(r, "ChargeCategory") == category)
@@ -86,7 +86,7 @@ impl Csv {
     }
 
     /// The sum of a money column over rows, in nano-USD, exactly.
-    fn nanos(&self, rows: &[&Vec<String>], column: &str) -> i64 {
+    pub(crate) fn nanos(&self, rows: &[&Vec<String>], column: &str) -> i64 {
         let usd: Decimal = rows.iter().map(|r| dec(self.get(r, column))).sum();
         let n = usd * Decimal::from(USD);
         assert_eq!(n.fract(), Decimal::ZERO, "{column} is whole nano-USD");
@@ -114,7 +114,7 @@ fn dec(s: &str) -> Decimal {
 /// Runs the FinOps Foundation's validator (`TOLLGATE_FOCUS_VALIDATOR`, installed by
 /// scripts/test.sh) on `csv` for FOCUS 1.0 and asserts that every rule passed. It exits 0
 /// even when rules fail, so its JUnit report is read.
-fn assert_focus_valid(csv: &str) {
+pub(crate) fn assert_focus_valid(csv: &str) {
     let validator = std::env::var("TOLLGATE_FOCUS_VALIDATOR").expect(
         "TOLLGATE_FOCUS_VALIDATOR is not set: run the tests with scripts/test.sh, which installs \
          the FinOps Foundation's focus-validator and names it",

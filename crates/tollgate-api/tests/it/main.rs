@@ -20,6 +20,7 @@ mod observe;
 mod openapi;
 mod payments;
 mod request_history;
+mod serverless;
 mod statements;
 mod strict_input;
 mod terms;

@@ -336,6 +336,7 @@ async fn a_body_over_its_calls_limit_is_refused_with_413_naming_the_limit() {
         ("POST", "/v1/requests", mib),
         ("PUT", "/v1/admin/catalog", 4 * mib),
         ("POST", "/v1/usage-events", 16 * mib),
+        ("POST", "/v1/runners/events", 16 * mib),
     ] {
         let head = format!("{method} {path} HTTP/1.1\r\n{op}x-request-id: big-{limit}\r\n");
         // The whole body is sent; the server reads up to the limit and stops there.

@@ -459,7 +459,9 @@ async fn every_documented_operation_is_served() {
             .replace("{delivery_id}", "dlv_1")
             .replace("{limit_id}", "lim_0")
             .replace("{top_up_id}", "top_1")
-            .replace("{purchase_id}", "p-1");
+            .replace("{purchase_id}", "p-1")
+            .replace("{owner}", "nobody")
+            .replace("{name}", "my-app");
         assert!(!concrete.contains('{'), "{path}: a parameter to fill in");
         let r = app
             .client
@@ -1679,6 +1681,96 @@ async fn real_responses_match_the_document() {
     assert_eq!(
         (r.status, r.json["error"]["field"].as_str()),
         (400, Some("endpoint_id"))
+    );
+
+    // --- serverless: runner events (a bulk, its repeat, a refused one) and the reads
+    let ago = |s: i64| {
+        (chrono::Utc::now() - chrono::Duration::seconds(s))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let runner = |id: &str, state: &str, at: String| {
+        json!({ "event_id": id, "runner_id": "rn-openapi", "username": "acme", "app": "my-app",
+                "environment": "production", "machine_type": "GPU-H100", "num_gpus": 2,
+                "state": state, "at": at })
+    };
+    let bulk =
+        json!({ "events": [runner("re-1", "SETUP", ago(30)), runner("re-2", "RUNNING", ago(10))] });
+    let r = f
+        .post("/v1/runners/events", f.op(), Body::Json(bulk.clone()))
+        .await;
+    assert_eq!(r.status, 200);
+    let results = r.json["results"].as_array().expect("results").clone();
+    assert_eq!(results.len(), 2);
+    assert!(
+        results[1]["billed_nano_usd"].as_i64().expect("billed") > 0,
+        "{results:?}"
+    );
+    let r = f.post("/v1/runners/events", f.op(), Body::Json(bulk)).await;
+    assert_eq!(
+        (r.status, &r.json["results"][1]["duplicate"]),
+        (200, &json!(true))
+    );
+    let r = f
+        .post(
+            "/v1/runners/events",
+            f.op(),
+            Body::Invalid(json!({ "events": [runner("re-3", "ASLEEP", ago(5))] })),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["error"]["field"].as_str()),
+        (400, Some("state"))
+    );
+    let r = f
+        .post(
+            "/v1/runners/events",
+            key(&admin),
+            Body::Json(json!({ "events": [runner("re-4", "IDLE", ago(5))] })),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let r = f
+        .get(
+            "/v1/serverless/usage?expand=time_series,summary&app=my-app",
+            key(&admin),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["summary"][0]["app"], "my-app");
+    assert_eq!(r.json["summary"][0]["environment"], "production");
+    let r = f.get("/v1/serverless/usage", key(&api)).await;
+    assert_eq!(r.status, 403);
+    let r = f.get("/v1/serverless/usage?search=", key(&admin)).await;
+    assert_eq!(
+        (r.status, r.json["error"]["field"].as_str()),
+        (400, Some("search"))
+    );
+    let r = f
+        .get(
+            "/v1/serverless/apps/acme/my-app/runners/history?aggregation=avg",
+            key(&api),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["endpoint_id"].as_str()),
+        (200, Some("acme/my-app"))
+    );
+    let r = f
+        .get(
+            "/v1/serverless/apps/bigco/my-app/runners/history",
+            key(&api),
+        )
+        .await;
+    assert_eq!((r.status, r.error_type()), (403, "authorization_error"));
+    let r = f
+        .get(
+            "/v1/serverless/apps/acme/my-app/runners/history?timeframe=fortnight",
+            key(&api),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["error"]["field"].as_str()),
+        (400, Some("timeframe"))
     );
 
     // --- the customer's keys, models, prices and estimates

@@ -21,7 +21,8 @@
 //!   the operator API's own call, [`tollgate_api::payments::refunds::refund`]: the form carries
 //!   a refund id drawn when the page was rendered, so the same form sent twice refunds once),
 //!   and lift a disputed payment's lock (`POST .../unlock`,
-//!   [`tollgate_api::admin::lift_dispute_lock`]).
+//!   [`tollgate_api::admin::lift_dispute_lock`]);
+//! - see its live serverless runners, when it has any ([`super::serverless`]).
 
 use super::{chrome, done, form_error, invalid, parse_time, refusal, refused, respond};
 use crate::customer::overview::between;
@@ -764,6 +765,7 @@ async fn render(
         account,
         &between(this_month, next_month_start(now)),
         Vec::new(),
+        crate::customer::Of::All,
     )
     .await?;
     let (_, last_month) = crate::customer::spend(
@@ -771,6 +773,7 @@ async fn render(
         account,
         &between(previous_month_start(now), this_month),
         Vec::new(),
+        crate::customer::Of::All,
     )
     .await?;
     let keys = tollgate_query::keys::all_keys(
@@ -793,6 +796,7 @@ async fn render(
 
     let payments =
         tollgate_query::payments::list(engine, account.clone(), None, RECENT_PAYMENTS).await?;
+    let runners = super::serverless::live_runners(state, account, now).await?;
     let limits = tollgate_query::limits::rolled(s, now);
     let limit_keys = crate::customer::limits::key_names(state, &keys.items, &limits).await?;
     let mut limit_cards = Vec::with_capacity(limits.len());
@@ -858,6 +862,7 @@ async fn render(
         nav.toc aria-label="On this page" {
             ul {
                 li { a href="#standing" { "Standing" } }
+                @if !runners.is_empty() { li { a href="#serverless" { "Serverless" } } }
                 li { a href="#credits" { "Credits" } }
                 li { a href="#payments" { "Payments" } }
                 li { a href="#terms" { "Terms and prices" } }
@@ -907,6 +912,7 @@ async fn render(
                 span #spend-month { (fmt::usd_cents(month.total()?)) }
             }, Some(html! { "Last month: " (fmt::usd_cents(last_month.total()?)) })))
         }
+        (super::serverless::card(&runners))
 
         h2 #credits { "Credits" }
         div.grid-2 {

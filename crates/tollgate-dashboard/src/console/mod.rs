@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod invoices;
 pub mod payments;
 pub mod reconciliation;
+pub mod serverless;
 pub mod webhooks;
 
 use crate::error::PageError;

@@ -22,6 +22,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use tollgate_api::invoices::{InvoiceKindView, InvoiceStatusView, InvoiceView};
 use tollgate_api::payments::history::PaymentStatus;
+use tollgate_core::serverless::Line;
 use tollgate_core::statement::MovementKind;
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_query::invoices::InvoiceFilter;
@@ -687,7 +688,13 @@ pub async fn invoice(
                 tbody {
                     @for l in &inv.lines {
                         tr {
-                            td { @if let Some(e) = &l.endpoint_id { code { (e) } } @else { "Credits" } }
+                            td {
+                                @match &l.endpoint_id {
+                                    Some(e) if !Line::is_key(e) => { code { (e) } }
+                                    Some(_) => { (l.description) }
+                                    None => { "Credits" }
+                                }
+                            }
                             td { (l.unit) }
                             td.num { (fmt::quantity(l.quantity.0)) }
                             td.num { (fmt::usd_exact(l.unit_price.0)) }
@@ -805,7 +812,13 @@ pub async fn statement(
                     tbody {
                         @for u in &s.usage {
                             tr data-endpoint=(u.endpoint) {
-                                td { code { (u.endpoint) } }
+                                td {
+                                    @if Line::is_key(u.endpoint.as_str()) {
+                                        (tollgate_api::invoices::line_name(&u.endpoint))
+                                    } @else {
+                                        code { (u.endpoint) }
+                                    }
+                                }
                                 td { (u.unit) }
                                 td.num { (fmt::quantity(u.quantity)) }
                                 td.num { (u.requests) }

@@ -380,7 +380,7 @@ fn create_form(
     form: &CreateForm,
     error: Option<&str>,
 ) -> Markup {
-    let mut zones: Vec<&str> = super::usage::COMMON_ZONES.to_vec();
+    let mut zones: Vec<&str> = super::range::COMMON_ZONES.to_vec();
     if !form.timezone.is_empty() && !zones.contains(&form.timezone.as_str()) {
         zones.insert(0, &form.timezone);
     }

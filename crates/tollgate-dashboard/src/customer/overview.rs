@@ -2,9 +2,11 @@
 //! paused and why, the balance below its low-balance level, a spending limit past one of its
 //! alert thresholds or reached), where the account stands (balance, holds, what it owes), its
 //! concurrency limit and what raises it, its spend this month and last, the credits that
-//! expire next, and its spend per day over the last 30 days by endpoint.
+//! expire next, and its spend per day over the last 30 days by endpoint. Spend counts all the
+//! usage the ledger charged: model endpoints and serverless runner time (each serverless line
+//! named by `Line::describe`, as invoices name it).
 
-use super::{add, chrome, spend, spend_chart, Spend};
+use super::{add, chrome, spend, spend_chart, Of, Spend};
 use crate::error::PageError;
 use crate::layout::{self, empty, stat};
 use crate::session::CustomerSession;
@@ -57,15 +59,21 @@ async fn spent(
     }
     // Before the chart.
     if from < chart.0 {
-        let (_, before) =
-            spend(state, account, &between(from, to.min(chart.0)), Vec::new()).await?;
+        let (_, before) = spend(
+            state,
+            account,
+            &between(from, to.min(chart.0)),
+            Vec::new(),
+            Of::All,
+        )
+        .await?;
         add(&mut total, before.total()?)?;
     }
     // After it: only usage stamped up to `MAX_EVENT_SKEW_MS` ahead of the clock, in the last
     // minutes of a day.
     let horizon = state.engine().now().plus_ms(MAX_EVENT_SKEW_MS);
     if to > chart.1 && horizon > chart.1 {
-        let (_, after) = spend(state, account, &between(chart.1, to), Vec::new()).await?;
+        let (_, after) = spend(state, account, &between(chart.1, to), Vec::new(), Of::All).await?;
         add(&mut total, after.total()?)?;
     }
     Ok(total)
@@ -191,7 +199,14 @@ pub async fn page(
         today.minus_ms((CHART_DAYS - 1) * DAY_MS),
         today.plus_ms(DAY_MS),
     );
-    let (_, days) = spend(&state, &who.account, &between(chart.0, chart.1), Vec::new()).await?;
+    let (_, days) = spend(
+        &state,
+        &who.account,
+        &between(chart.0, chart.1),
+        Vec::new(),
+        Of::All,
+    )
+    .await?;
     let month = spent(
         &state,
         &who.account,
@@ -293,15 +308,20 @@ pub async fn page(
             })))
         }
         h2 { "Spend per day, last " (CHART_DAYS) " days" }
-        @if days.summary.is_empty() {
+        @if days.is_empty() {
             (empty("No usage in the last 30 days", html! {
                 "Requests you make with one of your "
                 a href="/dashboard/keys" { "API keys" }
-                " appear here, priced in each model's unit, within moments of finishing."
+                " appear here, priced in each model's unit, within moments of finishing; so does \
+                 the runner time of your serverless apps."
             }))
         } @else {
-            (spend_chart("spend-30d", "Spend per day (UTC), by endpoint", &days))
-            p.hint { a href="/dashboard/usage" { "See usage by endpoint" } " for any range and time zone." }
+            (spend_chart("spend-30d", "Spend per day (UTC), by endpoint or serverless app", &days))
+            p.hint {
+                a href="/dashboard/usage" { "See usage by endpoint" } " and "
+                a href=(super::serverless::SECTION) { "serverless apps" }
+                " for any range and time zone."
+            }
         }
     };
     Ok(layout::html(layout::page(

@@ -2,10 +2,12 @@
 //! desktop and phone widths, in a real browser: labels, contrast, landmarks, names of links
 //! and buttons, headings. The account has spending limits (one past a threshold, one reached)
 //! and a low balance, so the overview lists what needs attention; a webhook has deliveries
-//! that its receiver refused.
+//! that its receiver refused; serverless runners ran (one at surge prices, one still live, so
+//! the serverless page has its table and both charts and the console's account page its card
+//! of live runners).
 
 use crate::common::browser::Browser;
-use crate::common::{DashApp, DAY_MS, T0};
+use crate::common::{DashApp, Runner, DAY_MS, MINUTE_MS, T0};
 use reqwest::Method;
 use serde_json::json;
 use tollgate_api::testing::receiver::{Answer, Receiver};
@@ -47,6 +49,20 @@ async fn every_page_is_accessible_at_desktop_and_phone_widths() {
             .await;
         }
     }
+    let done = Runner::new("acme", "img-gen", "GPU-H100", 2).environment("production");
+    let live = Runner::new("acme", "tts", "GPU-A100", 1).surge();
+    let t = T0 + MINUTE_MS;
+    app.runner_events(t, vec![done.event("SETUP", t), live.event("RUNNING", t)])
+        .await;
+    let t = t + 2 * MINUTE_MS;
+    app.runner_events(t, vec![done.event("RUNNING", t), live.event("IDLE", t)])
+        .await;
+    let t = t + 2 * MINUTE_MS;
+    app.runner_events(
+        t,
+        vec![done.event("TERMINATED", t), live.event("RUNNING", t)],
+    )
+    .await;
     app.request(
         &c.api_key,
         "fal-ai/flux/dev",
@@ -139,6 +155,7 @@ async fn every_page_is_accessible_at_desktop_and_phone_widths() {
         .await;
     b.screenshots("console-webhook-delivery").await;
     b.goto("/console/accounts/acme").await;
+    assert!(b.text("#live-runners").await.contains("tts"));
     b.js("document.getElementById('limits').scrollIntoView();")
         .await;
     b.screenshots("console-account-limits").await;

@@ -11,6 +11,7 @@ mod limits;
 mod overview;
 mod payments;
 mod requests;
+mod serverless;
 mod signin;
 mod usage;
 mod webhooks;

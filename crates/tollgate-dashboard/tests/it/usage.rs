@@ -3,19 +3,11 @@
 //! input answered 400 with the reason; the chart drawn in a real browser.
 
 use crate::common::browser::Browser;
-use crate::common::{Customer, DashApp, Resp, DAY_MS, T0};
+use crate::common::{attr, dec, ms, nanos, tags, Customer, DashApp, Resp, DAY_MS, T0};
 use fantoccini::Locator;
 use reqwest::Method;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use std::str::FromStr;
-
-/// Milliseconds of an RFC 3339 instant.
-fn ms(text: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(text)
-        .expect("a valid test instant")
-        .timestamp_millis()
-}
 
 /// One row of a usage table or CSV: endpoint, unit, quantity, unit price, total (nano-USD).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -25,37 +17,6 @@ struct Row {
     quantity: Decimal,
     unit_price: Decimal,
     total_nanos: i64,
-}
-
-fn dec(text: &str) -> Decimal {
-    Decimal::from_str(text)
-        .or_else(|_| Decimal::from_scientific(text))
-        .unwrap_or_else(|e| panic!("a decimal: {text}: {e}"))
-}
-
-/// USD (a decimal) in nano-USD, exactly.
-fn nanos(usd: Decimal) -> i64 {
-    let n = usd * Decimal::from(1_000_000_000);
-    assert_eq!(n.fract(), Decimal::ZERO, "{usd} is whole nano-USD");
-    i64::try_from(n.trunc()).expect("in range")
-}
-
-/// The value of attribute `name` in the start tag `tag`.
-fn attr(tag: &str, name: &str) -> Option<String> {
-    let key = format!(" {name}=\"");
-    let at = tag.find(&key)? + key.len();
-    let end = tag[at..].find('"')?;
-    Some(tag[at..at + end].to_string())
-}
-
-/// The start tags in `html` that begin with `prefix` (e.g. `<tr data-endpoint=`).
-fn tags<'a>(html: &'a str, prefix: &str) -> Vec<&'a str> {
-    html.match_indices(prefix)
-        .map(|(i, _)| {
-            let end = html[i..].find('>').expect("a closed tag");
-            &html[i..i + end]
-        })
-        .collect()
 }
 
 /// The rows of the page's usage table, in order.

@@ -61,6 +61,8 @@ fn the_example_configuration_passes_config_check_and_a_bad_file_names_its_line_a
         "drain_timeout_s = 30",
         "max_connections = 10000",
         "# header_timeout_s: from the file",
+        "[serverless]\ngrace_s = 300",
+        "# serverless.grace_s: from the file",
     ] {
         assert!(stdout.contains(line), "missing {line:?}:\n{stdout}");
     }

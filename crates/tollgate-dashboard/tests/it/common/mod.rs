@@ -12,7 +12,9 @@
 pub mod browser;
 
 use reqwest::{Method, StatusCode};
+use rust_decimal::Decimal;
 use serde_json::{json, Value};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use tollgate_api::auth::mint_key;
@@ -458,6 +460,35 @@ impl DashApp {
         (id, body)
     }
 
+    /// Reports runner events (`POST /v1/runners/events`) at the engine's time `at_ms` (the
+    /// clock moved there first), then settles every runner due by then, as the per-minute
+    /// sweep does; asserts the bulk was applied, none a duplicate.
+    pub async fn runner_events(&self, at_ms: i64, events: Vec<Value>) {
+        self.set_now(at_ms);
+        let r = self
+            .op(
+                Method::POST,
+                "/v1/runners/events",
+                json!({ "events": events }),
+            )
+            .await;
+        let body = r.expect(200).json();
+        let results = body["results"].as_array().expect("results");
+        assert_eq!(results.len(), events.len(), "one result per event: {body}");
+        assert!(
+            results.iter().all(|r| r["duplicate"] == false),
+            "no duplicate: {body}"
+        );
+        self.settle_at(at_ms).await;
+    }
+
+    /// Moves the clock to `at_ms` and runs the sweep there: runners are settled up to the
+    /// start of that minute (within their grace).
+    pub async fn settle_at(&self, at_ms: i64) {
+        self.set_now(at_ms);
+        self.engine.sweep_expired().await.expect("the sweep runs");
+    }
+
     /// A one-time sign-in link to the account's dashboard (a path).
     pub async fn sign_in_link(&self, username: &str) -> String {
         let r = self
@@ -527,6 +558,103 @@ pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .expect("a time in range")
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Milliseconds of an RFC 3339 instant.
+pub fn ms(text: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .expect("a valid test instant")
+        .timestamp_millis()
+}
+
+/// A decimal as a page or an answer writes it (plain or in scientific notation).
+pub fn dec(text: &str) -> Decimal {
+    Decimal::from_str(text)
+        .or_else(|_| Decimal::from_scientific(text))
+        .unwrap_or_else(|e| panic!("a decimal: {text}: {e}"))
+}
+
+/// USD (a decimal) in nano-USD, exactly.
+pub fn nanos(usd: Decimal) -> i64 {
+    let n = usd * Decimal::from(1_000_000_000);
+    assert_eq!(n.fract(), Decimal::ZERO, "{usd} is whole nano-USD");
+    i64::try_from(n.trunc()).expect("in range")
+}
+
+/// The value of attribute `name` in the start tag `tag`.
+pub fn attr(tag: &str, name: &str) -> Option<String> {
+    let key = format!(" {name}=\"");
+    let at = tag.find(&key)? + key.len();
+    let end = tag[at..].find('"')?;
+    Some(tag[at..at + end].to_string())
+}
+
+/// The start tags in `html` that begin with `prefix` (e.g. `<tr data-endpoint=`).
+pub fn tags<'a>(html: &'a str, prefix: &str) -> Vec<&'a str> {
+    html.match_indices(prefix)
+        .map(|(i, _)| {
+            let end = html[i..].find('>').expect("a closed tag");
+            &html[i..i + end]
+        })
+        .collect()
+}
+
+/// A serverless runner as the platform reports it ([`DashApp::runner_events`]).
+#[derive(Clone, Debug)]
+pub struct Runner {
+    pub id: String,
+    pub username: String,
+    pub app: String,
+    pub environment: Option<String>,
+    pub machine_type: String,
+    pub num_gpus: u32,
+    pub is_surge: bool,
+}
+
+impl Runner {
+    /// A standard-priced runner of `username`'s `app` without an environment.
+    pub fn new(username: &str, app: &str, machine_type: &str, num_gpus: u32) -> Runner {
+        Runner {
+            id: format!("rn-{}", uuid::Uuid::new_v4()),
+            username: username.to_string(),
+            app: app.to_string(),
+            environment: None,
+            machine_type: machine_type.to_string(),
+            num_gpus,
+            is_surge: false,
+        }
+    }
+
+    pub fn environment(mut self, environment: &str) -> Runner {
+        self.environment = Some(environment.to_string());
+        self
+    }
+
+    pub fn surge(mut self) -> Runner {
+        self.is_surge = true;
+        self
+    }
+
+    /// A report of `state` (`RUNNING`, `IDLE`, ...) at `at_ms`, with a new event id.
+    pub fn event(&self, state: &str, at_ms: i64) -> Value {
+        let mut e = json!({
+            "event_id": format!("re-{}", uuid::Uuid::new_v4()),
+            "runner_id": self.id,
+            "username": self.username,
+            "app": self.app,
+            "machine_type": self.machine_type,
+            "num_gpus": self.num_gpus,
+            "state": state,
+            "at": rfc3339(at_ms),
+        });
+        if let Some(env) = &self.environment {
+            e["environment"] = json!(env);
+        }
+        if self.is_surge {
+            e["is_surge"] = json!(true);
+        }
+        e
+    }
 }
 
 /// A browser-like HTTP client: keeps its cookies, does not follow redirects.
