@@ -91,7 +91,8 @@ pub struct AccountState {
 /// recorded at or after `start` and in `start`'s calendar month (UTC): the first batch that
 /// touches the account in a later month closes it ([`close_elapsed_periods`]), and a charge
 /// recorded into an empty period that began in an earlier month moves `start` to its own
-/// month's start.
+/// month's start. (Runner time of the month before now's, settled just before that month's
+/// periods are closed, is the one charge recorded later: it accrues as of its own month.)
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OpenPeriod {
     pub start: Timestamp,
@@ -107,16 +108,23 @@ pub struct OpenPeriod {
 impl OpenPeriod {
     /// Whether the period has charges and began in an earlier calendar month than `now`: it
     /// ended at its month's end.
-    fn elapsed(&self, now: Timestamp) -> bool {
+    pub fn elapsed(&self, now: Timestamp) -> bool {
         self.charges > 0 && self.start < month_start(now)
     }
 
-    /// Adds a charge recorded at `now`; returns the period's start (the key its line is
-    /// accrued under).
-    fn add(&mut self, charge: &Charge, now: Timestamp) -> Result<Timestamp, MoneyError> {
+    /// Adds a charge recorded at `now` as of `at` (`now`, or for runner time of an earlier
+    /// month settled before its period closes, the time's own start): an empty period that
+    /// began before `at`'s month starts there. Returns the period's start (the key its line
+    /// is accrued under).
+    fn add(
+        &mut self,
+        charge: &Charge,
+        now: Timestamp,
+        at: Timestamp,
+    ) -> Result<Timestamp, MoneyError> {
         let mut next = self.clone();
-        if next.charges == 0 && next.start < month_start(now) {
-            next.start = month_start(now);
+        if next.charges == 0 && next.start < month_start(at) {
+            next.start = month_start(at);
         }
         next.charges += 1;
         next.subtotal = next.subtotal.checked_add(charge.subtotal_nanos)?;
@@ -283,10 +291,22 @@ impl AccountState {
         charge: &Charge,
         now: Timestamp,
     ) -> Result<Option<Timestamp>, MoneyError> {
+        self.record_charge_as_of(charge, now, now)
+    }
+
+    /// [`AccountState::record_charge`] of a charge recorded at `now` for time of an earlier
+    /// month, `at`, settled before that month's period is closed: an empty open period that
+    /// began before `at`'s month starts at it (see [`OpenPeriod`]).
+    pub(crate) fn record_charge_as_of(
+        &mut self,
+        charge: &Charge,
+        now: Timestamp,
+        at: Timestamp,
+    ) -> Result<Option<Timestamp>, MoneyError> {
         self.month_subtotal = self.month_subtotal.checked_add(charge.subtotal_nanos)?;
         self.spend_lots(charge.total_nanos);
         if self.billing() == BillingMode::Invoice {
-            return self.period.add(charge, now).map(Some);
+            return self.period.add(charge, now, at).map(Some);
         }
         Ok(None)
     }
@@ -667,9 +687,11 @@ pub enum Op {
     /// ([`crate::serverless::apply_events`]); its accounts are `RunnerEvent::account`.
     RunnerEvents(Vec<crate::serverless::RunnerEvent>),
     /// Settles a runner's time up to the current minute (issued by the sweeper,
-    /// [`crate::serverless::settle`]).
+    /// [`crate::serverless::settle`]), or, with `until`, no further than that
+    /// ([`crate::serverless::settle_until`]: the month's end, before its usage periods close).
     SettleRunner {
         runner: crate::ids::RunnerId,
+        until: Option<Timestamp>,
     },
     /// An operator's correction of the balance: `amount` is signed (a credit or a debit).
     Adjust {
@@ -815,9 +837,11 @@ pub enum Outcome {
         results: Vec<crate::serverless::RunnerEventResult>,
     },
     /// A runner settled (`billed`: what this settlement charged; zero when there was nothing
-    /// to settle).
+    /// to settle or its state is free; `moved`: whether its time was accounted further, its
+    /// cursor moved).
     RunnerSettled {
         billed: Nanos,
+        moved: bool,
     },
     Submitted {
         request: RequestRecord,
@@ -1212,7 +1236,7 @@ fn watched_accounts(state: &BatchState, op: &Op) -> Vec<AccountId> {
                 .map(|e| e.account.clone())
                 .collect()
         }
-        Op::SettleRunner { runner } => state
+        Op::SettleRunner { runner, .. } => state
             .runners
             .get(runner)
             .map(|r| r.account.clone())
@@ -1302,7 +1326,8 @@ impl Outcome {
             Outcome::PeriodClosed { issued } => *issued,
             Outcome::PaymentProfile { .. } => true,
             Outcome::RunnerEvents { results } => results.iter().any(|r| !r.duplicate),
-            Outcome::RunnerSettled { billed } => *billed > Nanos::ZERO,
+            // The auto top-up rule follows a charge; time in a free state charges nothing.
+            Outcome::RunnerSettled { billed, .. } => *billed > Nanos::ZERO,
         }
     }
 }
@@ -1352,7 +1377,14 @@ fn apply_op(state: &mut BatchState, cx: &Ctx, op: Op) -> Result<Outcome, Rejecti
         Op::RunnerEvents(events) => {
             crate::serverless::apply_events(state, cx.catalog, cx.now, events)
         }
-        Op::SettleRunner { runner } => crate::serverless::settle(state, cx.catalog, cx.now, runner),
+        Op::SettleRunner {
+            runner,
+            until: None,
+        } => crate::serverless::settle(state, cx.catalog, cx.now, runner),
+        Op::SettleRunner {
+            runner,
+            until: Some(until),
+        } => crate::serverless::settle_until(state, cx.catalog, cx.now, runner, until),
         Op::Adjust {
             account,
             adjustment_id,
@@ -1403,7 +1435,22 @@ fn apply_op(state: &mut BatchState, cx: &Ctx, op: Op) -> Result<Outcome, Rejecti
 /// its start). The engine calls this once a batch's rows are loaded, before any operation, so
 /// a charge is never added to a period of an earlier month; accounts in name order, so the
 /// numbers follow it.
-pub fn close_elapsed_periods(state: &mut BatchState, now: Timestamp) {
+///
+/// First, the batch's serverless runners of those accounts are settled up to the start of
+/// now's month ([`crate::serverless::settle_before_close`]), so the month's last minutes of
+/// runner time accrue to the period they belong to: the engine loads the due runners of the
+/// accounts [`elapsed_periods`] names before it calls this. (That settlement may also give an
+/// empty period of an earlier month its first charges, which are then closed with it.)
+pub fn close_elapsed_periods(state: &mut BatchState, catalog: &Catalog, now: Timestamp) {
+    crate::serverless::settle_before_close(state, catalog, now);
+    for id in elapsed_periods(state, now) {
+        close_if_elapsed(state, &id, now);
+    }
+}
+
+/// The batch's accounts whose open period has charges and began in an earlier calendar month
+/// than `now` (those [`close_elapsed_periods`] closes), in name order.
+pub fn elapsed_periods(state: &BatchState, now: Timestamp) -> Vec<AccountId> {
     let mut due: Vec<AccountId> = state
         .accounts
         .iter()
@@ -1411,9 +1458,7 @@ pub fn close_elapsed_periods(state: &mut BatchState, now: Timestamp) {
         .map(|(id, _)| id.clone())
         .collect();
     due.sort();
-    for id in due {
-        close_if_elapsed(state, &id, now);
-    }
+    due
 }
 
 /// Closes `id`'s open period at its month's end if it has charges and began in an earlier
@@ -1511,6 +1556,7 @@ fn submit(
     api_key: Option<ApiKeyId>,
     endpoint: EndpointId,
 ) -> Result<Outcome, Rejection> {
+    not_a_runners_id("request_id", &request_id)?;
     if let Some(existing) = state.requests.get(&request_id) {
         if existing.source != Source::Lifecycle
             || existing.account != account
@@ -2346,7 +2392,24 @@ fn notice_expiring_credits(
     Ok(Outcome::ExpiryNoticed { lots })
 }
 
+/// Refuses a request id (or usage event id) under [`crate::serverless::REQUEST_ID_PREFIX`],
+/// the request id of serverless runner time: its line items would mix with a runner's.
+fn not_a_runners_id(field: &'static str, id: &RequestId) -> Result<(), Rejection> {
+    let prefix = crate::serverless::REQUEST_ID_PREFIX;
+    if id.as_str().starts_with(prefix) {
+        return Err(Rejection::Invalid {
+            field,
+            reason: format!(
+                "may not start with `{prefix}`: that prefix is the request id of serverless \
+                 runner time"
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn usage_event(state: &mut BatchState, cx: &Ctx, e: UsageEvent) -> Result<Outcome, Rejection> {
+    not_a_runners_id("event_id", &e.event_id)?;
     if let Some(existing) = state.requests.get(&e.event_id) {
         if existing.source != Source::Event
             || existing.account != e.account

@@ -28,7 +28,19 @@
 //! below zero; the account then locks by the derived rule), the month's subtotal (volume
 //! tiers), the credit lots, an invoice-billed account's open period, and the account's own
 //! spending limits (a runner has no key) in the period of the piece's start. Every piece, billed
-//! or not, adds its runner-milliseconds to the runner-state history ([`RunnerMinute`]).
+//! or not, adds its runner-milliseconds to the runner-state history ([`RunnerMinute`]). A piece
+//! also ends where the account's next terms take effect (`effective_from`), so it is priced
+//! whole by the terms in force through it: machine price and discount. (The catalog's
+//! `[machines]` and `[machines_surge]` are not versioned: a change applies to the time not yet
+//! accounted.)
+//!
+//! **Months.** An invoice-billed account's piece accrues to its open period when the piece is
+//! accounted. Before the first batch of a month closes the periods of the month before, the
+//! runners of those accounts with time due are settled up to the month's start
+//! ([`settle_before_close`]), so a month's last minute is on its own invoice; what arrives
+//! later still (a report of that time after the close) accrues to the next period, like a late
+//! usage event. Request ids under [`REQUEST_ID_PREFIX`] are the runners': a request or usage
+//! event may not take one.
 //!
 //! **Exact sums.** A runner keeps its current [`Segment`], a (unit price, percent discount)
 //! with the GPU-seconds billed under it and the nano-USD charged so far. A piece is charged the
@@ -54,7 +66,7 @@ use crate::ids::{
 };
 use crate::limits;
 use crate::machine::{
-    roll_month, AccountState, BatchState, LineItem, Outcome, Rejection, TransferRecord,
+    month_of, roll_month, AccountState, BatchState, LineItem, Outcome, Rejection, TransferRecord,
 };
 use crate::money::{round_usd_to_nanos, MoneyError, Nanos};
 use crate::pricing::Charge;
@@ -249,10 +261,14 @@ impl Line {
 const STANDARD: &str = "standard";
 const SURGE: &str = "surge";
 
+/// The prefix of the request id of every runner's line items: no request or usage event may
+/// take an id under it.
+pub const REQUEST_ID_PREFIX: &str = "runner:";
+
 /// The request id of a runner's line items and charge transfers: `runner:<runner_id>`.
 pub fn line_item_request_id(runner: &RunnerId) -> RequestId {
     // A runner id is at most 100 printable characters: with the prefix, a valid request id.
-    RequestId::parse(&format!("runner:{runner}")).expect("a runner's request id")
+    RequestId::parse(&format!("{REQUEST_ID_PREFIX}{runner}")).expect("a runner's request id")
 }
 
 /// One report of a runner's state (an element of `POST /v1/runners/events`).
@@ -447,22 +463,77 @@ pub fn settle(
     now: Timestamp,
     runner: RunnerId,
 ) -> Result<Outcome, Rejection> {
+    settle_until(state, catalog, now, runner, minute_of(now))
+}
+
+/// Settles one runner up to `min(cap_at, until, the start of now's UTC minute)`
+/// (`Op::SettleRunner` with `until`); a no-op when there is nothing to settle or the runner is
+/// unknown. Time that ends by the start of now's month (settled before that month's usage
+/// periods are closed, [`settle_before_close`]) is charged as of its own month: an empty open
+/// period of an invoice-billed account that began before that month starts in it, and the
+/// month's subtotal (volume tiers) it counts toward is its own while the account's is not
+/// already a later one's.
+pub fn settle_until(
+    state: &mut BatchState,
+    catalog: &Catalog,
+    now: Timestamp,
+    runner: RunnerId,
+    until: Timestamp,
+) -> Result<Outcome, Rejection> {
     let nothing = Ok(Outcome::RunnerSettled {
         billed: Nanos::ZERO,
+        moved: false,
     });
     let Some(r) = state.runners.get(&runner) else {
         return nothing;
     };
-    let until = r.cap_at.min(minute_of(now));
+    let until = r.cap_at.min(until).min(minute_of(now));
     if r.settled_until >= until {
         return nothing;
     }
     let mut r = r.clone();
     let mut work = Work::new(state, catalog, now);
+    work.as_of_piece = until <= crate::time::month_start(now);
     let billed = work.account(&mut r, until)?;
     work.runners.insert(r.id.clone(), r);
     work.into_effects().write(state);
-    Ok(Outcome::RunnerSettled { billed })
+    Ok(Outcome::RunnerSettled {
+        billed,
+        moved: true,
+    })
+}
+
+/// Settles, before the batch's elapsed usage periods are closed
+/// ([`crate::machine::close_elapsed_periods`]), the time of an earlier month still due of the
+/// batch's runners (`state.runners`) whose account is invoice-billed at `now` with an open
+/// period that began before now's month: each up to `min(cap_at, the start of now's month)`,
+/// as an `Op::SettleRunner` with that `until` (so notices and the auto top-up rule follow as
+/// for any settlement), so the month's last minutes accrue to the month's invoice, not the
+/// next one's. In runner id order. A settlement refused (an overflow, a machine price gone
+/// from the catalog) leaves its runner as it was; the sweep settles it later, like late time,
+/// into the next period.
+pub fn settle_before_close(state: &mut BatchState, catalog: &Catalog, now: Timestamp) {
+    let edge = crate::time::month_start(now);
+    let mut due: Vec<RunnerId> = state
+        .runners
+        .values()
+        .filter(|r| r.settled_until < r.cap_at.min(edge))
+        .filter(|r| {
+            state.accounts.get(&r.account).is_some_and(|a| {
+                a.billing() == crate::terms::BillingMode::Invoice && a.period.start < edge
+            })
+        })
+        .map(|r| r.id.clone())
+        .collect();
+    due.sort();
+    for runner in due {
+        let op = crate::machine::Op::SettleRunner {
+            runner,
+            until: Some(edge),
+        };
+        // A refusal changes nothing (see above).
+        let _ = crate::machine::apply(state, catalog, now, op);
+    }
 }
 
 /// Fills the `running_runners` of the batch's `account.locked` events: the runners alive at
@@ -685,6 +756,8 @@ struct Work<'s> {
     accounts: HashMap<AccountId, AccountState>,
     /// Copies of the runners reported or settled.
     runners: HashMap<RunnerId, RunnerRecord>,
+    /// Whether the time accounted is charged as of its own month (see [`settle_until`]).
+    as_of_piece: bool,
     effects: Effects,
 }
 
@@ -710,6 +783,7 @@ impl<'s> Work<'s> {
             now,
             accounts: HashMap::new(),
             runners: HashMap::new(),
+            as_of_piece: false,
             effects: Effects {
                 now,
                 ..Effects::default()
@@ -787,13 +861,18 @@ impl<'s> Work<'s> {
     }
 
     /// Accounts `r`'s time from `settled_until` to `until` in its current state, minute piece
-    /// by minute piece, and moves `settled_until` there; returns what it billed.
+    /// by minute piece (a piece also ends where the account's next terms take effect, so each
+    /// piece is priced whole by the terms in force through it), and moves `settled_until`
+    /// there; returns what it billed.
     fn account(&mut self, r: &mut RunnerRecord, until: Timestamp) -> Result<Nanos, Rejection> {
         let mut billed = Nanos::ZERO;
         let mut from = r.settled_until;
         while from < until {
             let slot = minute_of(from);
-            let to = until.min(slot.plus_ms(60_000));
+            let mut to = until.min(slot.plus_ms(60_000));
+            if let Some(next) = self.next_terms_after(&r.account, from) {
+                to = to.min(next);
+            }
             let ms = to.ms_since(from);
             if let Some(state) = r.state.history() {
                 self.effects.minutes.push(RunnerMinute {
@@ -811,6 +890,16 @@ impl<'s> Work<'s> {
         }
         r.settled_until = r.settled_until.max(until);
         Ok(billed)
+    }
+
+    /// When the account's next terms after `at` take effect (its machine prices and discounts
+    /// may change there), if it has any.
+    fn next_terms_after(&self, account: &AccountId, at: Timestamp) -> Option<Timestamp> {
+        let acct = self
+            .accounts
+            .get(account)
+            .or_else(|| self.state.accounts.get(account))?;
+        acct.terms.after(at).first().map(|v| v.effective_from)
     }
 
     /// The account being charged, copied from the batch the first time.
@@ -835,7 +924,7 @@ impl<'s> Work<'s> {
         start: Timestamp,
         ms: i64,
     ) -> Result<Nanos, Rejection> {
-        let (catalog, now) = (self.catalog, self.now);
+        let (catalog, now, as_of_piece) = (self.catalog, self.now, self.as_of_piece);
         let acct = self.account_mut(&r.account)?;
         let unit_price = if r.is_surge {
             catalog.machines_surge.get(&r.machine_type).copied()
@@ -843,7 +932,14 @@ impl<'s> Work<'s> {
             acct.machine_price_at(catalog, Some(&r.machine_type), start)
         }
         .ok_or_else(|| Rejection::UnknownMachine(r.machine_type.clone()))?;
-        roll_month(acct, now);
+        // Time of an earlier month settled before its period closes counts toward its own
+        // month's subtotal, unless the account's is already a later month's.
+        let recorded_as_of = if as_of_piece { start } else { now };
+        if month_of(recorded_as_of) > acct.month {
+            roll_month(acct, recorded_as_of);
+        } else if !as_of_piece {
+            roll_month(acct, now);
+        }
         let percent = acct
             .discounts_at(start)
             .percent_for(acct.month_subtotal)
@@ -859,7 +955,7 @@ impl<'s> Work<'s> {
                 ..Segment::default()
             })
             .add(quantity)?;
-        let accrued = acct.record_charge(&charge, now)?;
+        let accrued = acct.record_charge_as_of(&charge, now, recorded_as_of)?;
         let transfer = acct.credit.charge(charge.total_nanos)?;
         let notices = if acct.limits.is_empty() {
             Vec::new()
@@ -1056,9 +1152,10 @@ mod tests {
     fn settle_at(s: &mut BatchState, now: i64, runner: &str) -> Nanos {
         let op = Op::SettleRunner {
             runner: rid(runner),
+            until: None,
         };
         match apply(s, &catalog(), Timestamp(now), op).unwrap() {
-            Outcome::RunnerSettled { billed } => billed,
+            Outcome::RunnerSettled { billed, .. } => billed,
             o => panic!("{o:?}"),
         }
     }
@@ -1530,6 +1627,206 @@ mod tests {
         let discount: i64 = s.line_items.iter().map(|i| i.charge.discount_nanos.0).sum();
         assert_eq!(subtotal, round_usd_to_nanos(q * dec("0.0004")).unwrap().0);
         assert_eq!(subtotal - discount, items_total(&s));
+    }
+
+    #[test]
+    fn a_price_change_mid_minute_cuts_the_piece_there() {
+        use crate::terms::{schedule, TermsChange};
+        // 2026-01-31T12:00:00Z; from 12:00:30 acme pays 0.0004 USD a GPU-second on GPU-H100.
+        let noon = T0 - 690 * MIN;
+        let mut s = state(100);
+        let change = TermsChange {
+            machine_prices: BTreeMap::from([(mt("GPU-H100"), Some(dec("0.0004")))]),
+            effective_from: Some(Timestamp(noon + 30_000)),
+            ..TermsChange::default()
+        };
+        let acct = s.accounts.get_mut(&acme()).unwrap();
+        acct.terms = schedule(acct, &change, Timestamp(noon)).unwrap().unwrap();
+        send(
+            &mut s,
+            noon,
+            vec![ev("e0", "rn-1", RunnerState::Running, noon)],
+        )
+        .unwrap();
+        settle_at(&mut s, noon + 2 * MIN + 5, "rn-1");
+        let got: Vec<(i64, Decimal, Decimal)> = s
+            .line_items
+            .iter()
+            .map(|i| (i.billed_at.0 - noon, i.charge.quantity, i.charge.unit_price))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, dec("60"), dec("0.000525")),
+                (30_000, dec("60"), dec("0.0004")),
+                (MIN, dec("120"), dec("0.0004")),
+            ]
+        );
+        assert_eq!(
+            items_total(&s),
+            t(dec("60"), "0.000525", 0) + t(dec("180"), "0.0004", 0)
+        );
+        let segment = s.runners[&rid("rn-1")].segment.clone().unwrap();
+        assert_eq!(
+            (segment.unit_price, segment.quantity),
+            (dec("0.0004"), dec("180"))
+        );
+        // The history's minute is whole: one piece's time each.
+        let ms: Vec<(i64, i64)> = s
+            .runner_minutes
+            .iter()
+            .map(|m| (m.slot.0 - noon, m.ms))
+            .collect();
+        assert_eq!(ms, vec![(0, 30_000), (0, 30_000), (MIN, MIN)]);
+    }
+
+    /// `acme` invoice-billed from the beginning (and `usd` of credits, unused by invoices).
+    fn invoiced(usd: i64) -> BatchState {
+        let mut s = state(usd);
+        let acct = s.accounts.get_mut(&acme()).unwrap();
+        acct.terms = TermsSchedule::first(crate::terms::BillingMode::Invoice);
+        acct.use_terms_at(Timestamp(T0));
+        s
+    }
+
+    /// The line items' totals, before and from 1 February (`T0 + 30 MIN`), and the periods
+    /// their accruals went to, in order.
+    fn by_month(s: &BatchState) -> ((i64, i64), Vec<i64>) {
+        let feb = T0 + 30 * MIN;
+        let sum = |f: &dyn Fn(i64) -> bool| -> i64 {
+            s.line_items
+                .iter()
+                .filter(|i| f(i.billed_at.0))
+                .map(|i| i.charge.total_nanos.0)
+                .sum()
+        };
+        let periods = s.accruals.iter().map(|a| a.period_start.0).collect();
+        ((sum(&|at| at < feb), sum(&|at| at >= feb)), periods)
+    }
+
+    #[test]
+    fn the_months_last_minute_is_settled_into_its_invoice_before_it_closes() {
+        let (jan, feb) = (crate::time::month_start(Timestamp(T0)).0, T0 + 30 * MIN);
+        let mut s = invoiced(1);
+        // Running from 23:58; the sweep at 23:59:05 settles its first minute into January's
+        // period; the next sweep runs at 00:01:05 in February.
+        let start = T0 + 28 * MIN;
+        send(
+            &mut s,
+            start,
+            vec![ev("e0", "rn-1", RunnerState::Running, start)],
+        )
+        .unwrap();
+        settle_at(&mut s, start + MIN + 5_000, "rn-1");
+        assert_eq!(s.accounts[&acme()].period.start.0, jan);
+        // February's first batch: the close settles up to the month's start first.
+        let now = Timestamp(feb + MIN + 5_000);
+        crate::machine::close_elapsed_periods(&mut s, &catalog(), now);
+        settle_at(&mut s, now.0, "rn-1");
+        let ((before, after), periods) = by_month(&s);
+        let minute = t(gpu_seconds(MIN, 2), "0.000525", 0);
+        assert_eq!((before, after), (2 * minute, minute));
+        assert_eq!(periods, vec![jan, jan, feb]);
+        let invoice = &s.new_invoices[0];
+        assert_eq!(
+            (
+                invoice.period_start.0,
+                invoice.period_end.0,
+                invoice.total.0
+            ),
+            (jan, feb, before)
+        );
+        assert_eq!(s.accounts[&acme()].period.start.0, feb);
+        assert_eq!(s.accounts[&acme()].period.total.0, after);
+    }
+
+    #[test]
+    fn a_months_only_runner_time_settled_after_it_is_invoiced_in_it() {
+        let (jan, feb) = (crate::time::month_start(Timestamp(T0)).0, T0 + 30 * MIN);
+        let mut s = invoiced(1);
+        // An account with nothing else in January: its runner starts at 23:59:30, and its
+        // first settlement runs in February.
+        let start = T0 + 29 * MIN + 30_000;
+        send(
+            &mut s,
+            start,
+            vec![ev("e0", "rn-1", RunnerState::Running, start)],
+        )
+        .unwrap();
+        assert_eq!(s.accounts[&acme()].period.charges, 0);
+        let now = Timestamp(feb + 30_000);
+        crate::machine::close_elapsed_periods(&mut s, &catalog(), now);
+        // Counted in January's subtotal (volume tiers), as it would have been in January.
+        let acct = &s.accounts[&acme()];
+        assert_eq!(
+            (acct.month, acct.month_subtotal),
+            (
+                crate::machine::month_of(Timestamp(start)),
+                s.line_items[0].charge.subtotal_nanos
+            )
+        );
+        let op = Op::SettleRunner {
+            runner: rid("rn-1"),
+            until: None,
+        };
+        apply(&mut s, &catalog(), now, op).unwrap();
+        // Nothing more until the minute ends; then February's first minute.
+        settle_at(&mut s, feb + MIN, "rn-1");
+        let ((before, after), periods) = by_month(&s);
+        assert_eq!(before, t(gpu_seconds(30_000, 2), "0.000525", 0));
+        assert_eq!(periods, vec![jan, feb]);
+        assert_eq!(s.new_invoices.len(), 1);
+        let invoice = &s.new_invoices[0];
+        assert_eq!(
+            (
+                invoice.period_start.0,
+                invoice.period_end.0,
+                invoice.total.0
+            ),
+            (jan, feb, before)
+        );
+        assert_eq!(s.accounts[&acme()].period.total.0, after);
+        // Time settled after the month closed goes to the next period, like late usage.
+        let mut late = invoiced(1);
+        send(
+            &mut late,
+            start,
+            vec![ev("e0", "rn-1", RunnerState::Running, start)],
+        )
+        .unwrap();
+        late.accounts.get_mut(&acme()).unwrap().period.start = Timestamp(feb);
+        crate::machine::close_elapsed_periods(&mut late, &catalog(), now);
+        apply(
+            &mut late,
+            &catalog(),
+            now,
+            Op::SettleRunner {
+                runner: rid("rn-1"),
+                until: None,
+            },
+        )
+        .unwrap();
+        assert!(late.new_invoices.is_empty());
+        assert_eq!(by_month(&late).1, vec![feb]);
+    }
+
+    #[test]
+    fn a_settlement_that_moves_nothing_says_so() {
+        let mut s = state(100);
+        send(&mut s, T0, vec![ev("e0", "rn-1", RunnerState::Pending, T0)]).unwrap();
+        let mut settle = |now: i64| {
+            let op = Op::SettleRunner {
+                runner: rid("rn-1"),
+                until: None,
+            };
+            match apply(&mut s, &catalog(), Timestamp(now), op).unwrap() {
+                Outcome::RunnerSettled { billed, moved } => (billed, moved),
+                o => panic!("{o:?}"),
+            }
+        };
+        // A free state moves the cursor without billing; then nothing is left in the minute.
+        assert_eq!(settle(T0 + MIN + 1), (Nanos::ZERO, true));
+        assert_eq!(settle(T0 + MIN + 2), (Nanos::ZERO, false));
     }
 
     /// `T(q)` at 0.0004 with 12.5 % off.

@@ -27,8 +27,8 @@ use tollgate_core::ids::{
 };
 use tollgate_core::limits::{self, LimitChange, LimitState, SpendingLimit};
 use tollgate_core::machine::{
-    apply, close_elapsed_periods, BatchState, InvoiceKind, InvoiceStatus, Op, Outcome, Rejection,
-    EXPIRY_NOTICE_MS,
+    apply, close_elapsed_periods, elapsed_periods, BatchState, InvoiceKind, InvoiceStatus, Op,
+    Outcome, Rejection, EXPIRY_NOTICE_MS,
 };
 use tollgate_core::payments::TopUpSettings;
 use tollgate_core::serverless::{self, ServerlessSettings};
@@ -1192,11 +1192,10 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
                                 .into_iter()
                                 .map(|account| Op::NoticeExpiringCredits { account }),
                         )
-                        .chain(
-                            runners
-                                .into_iter()
-                                .map(|runner| Op::SettleRunner { runner }),
-                        )
+                        .chain(runners.into_iter().map(|runner| Op::SettleRunner {
+                            runner,
+                            until: None,
+                        }))
                         .collect()
                 }
                 Job::Admin { .. } | Job::Stop { .. } | Job::Ping { .. } => {
@@ -1210,8 +1209,17 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
         state.invoice_prefix = prefix.clone();
         state.top_up_settings = top_up_settings;
         state.serverless = serverless;
-        // A period of an earlier month is closed before any operation adds to its account.
-        close_elapsed_periods(&mut state, now);
+        // A period of an earlier month is closed before any operation adds to its account,
+        // once the account's runners are settled up to the month's end (their due time of
+        // that month accrues to it): those the batch loaded, and the due ones of accounts
+        // whose period is closed (locked, so read as committed).
+        let elapsed_accounts = elapsed_periods(&state, now);
+        if !elapsed_accounts.is_empty() {
+            for r in tx.due_runners(&elapsed_accounts, month_start(now))? {
+                state.runners.entry(r.id.clone()).or_insert(r);
+            }
+        }
+        close_elapsed_periods(&mut state, &catalog, now);
         let mut elapsed: Vec<usize> = (0..state.new_invoices.len()).collect();
         for (ops, closed) in ops_per_job.into_iter().zip(&closing) {
             let mut mine: Vec<usize> = Vec::new();
@@ -1399,7 +1407,7 @@ fn runner_keys<'a>(
                     accounts.insert(e.account.clone());
                 }
             }
-            Op::SettleRunner { runner } => {
+            Op::SettleRunner { runner, .. } => {
                 runners.insert(runner.clone());
             }
             _ => {}

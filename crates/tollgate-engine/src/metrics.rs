@@ -213,7 +213,8 @@ impl Metrics {
         );
         registry.register(
             "tollgate_runner_settlements",
-            "Settlements of serverless runners' time up to the current minute (by the sweep)",
+            "Settlements by the sweep that accounted serverless runners' time (moved a runner's \
+             cursor toward the current minute, billed or in a free state)",
             m.runner_settlements.clone(),
         );
         registry.register(
@@ -294,7 +295,7 @@ impl Metrics {
                     duplicate += repeats;
                     applied += results.len() as u64 - repeats;
                 }
-                Ok(Outcome::RunnerSettled { .. }) => settled += 1,
+                Ok(Outcome::RunnerSettled { moved: true, .. }) => settled += 1,
                 Err(Rejection::InsufficientCredits { .. }) => credits += 1,
                 Err(Rejection::ConcurrencyLimit { .. }) => concurrency += 1,
                 Err(Rejection::AccountLocked { .. }) => locked += 1,

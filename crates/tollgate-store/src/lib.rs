@@ -928,6 +928,15 @@ pub trait Tx {
         until: Timestamp,
         limit: usize,
     ) -> Result<Vec<tollgate_core::ids::RunnerId>>;
+    /// The runners of `accounts` with time due before `before` (the start of the month whose
+    /// usage periods the batch closes): `settled_until < min(cap_at, before)`, live or silent
+    /// within their grace, in runner id order. Called after [`Tx::lock_accounts`] locked
+    /// `accounts` (a range of the due runners' partial index, not of each account's runners).
+    fn due_runners(
+        &mut self,
+        accounts: &[AccountId],
+        before: Timestamp,
+    ) -> Result<Vec<tollgate_core::serverless::RunnerRecord>>;
     /// The runners of `accounts` alive at `now` (not terminated, `now < cap_at`), for the
     /// `account.locked` events that name them.
     fn live_runners(

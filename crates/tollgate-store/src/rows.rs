@@ -1721,6 +1721,15 @@ fn service_range() -> (&'static str, String) {
 /// The earliest `last_at` of a runner alive at `now`: its cap is at most the longest grace
 /// after its last report, so older reports name no live runner (the bound that keeps a read of
 /// an account's live runners to its recent range of `runners_by_account`).
+/// The conflict of a batch that would write runner `id` over another account's row of the
+/// same id (created by another process since the batch read it): run again, the batch
+/// finds the runner and refuses the event that names another account.
+pub(crate) fn runner_of_another_account(id: &tollgate_core::ids::RunnerId) -> crate::StoreError {
+    crate::StoreError::Conflict(crate::DbError::msg(format!(
+        "runner {id} was created for another account meanwhile"
+    )))
+}
+
 pub(crate) fn live_since(now: Timestamp) -> i64 {
     now.0
         .saturating_sub(tollgate_core::serverless::MAX_GRACE_MS)

@@ -1173,6 +1173,29 @@ async fn usage_events_are_billed_once_each() {
     app.assert_reconciled().await;
 }
 
+#[tokio::test]
+async fn a_usage_event_id_under_the_runner_prefix_is_refused() {
+    let app = TestApp::spawn().await;
+    app.customer("metered", Some(("5.00", "paid"))).await;
+    // `runner:<runner_id>` is the request id of serverless runner time (a request's id is a
+    // UUID): a usage event under it is refused alone, and the others are billed.
+    let runners = event("runner:rn-1", FLUX_DEV, "metered", 200);
+    let fine = event("evt-runner-rn-1", FLUX_DEV, "metered", 200);
+    let r = app.usage_events(json!([runners, fine])).await;
+    let results = r.expect(200)["results"].as_array().unwrap().clone();
+    assert_eq!(results[0]["status_code"], 400, "{}", r.text);
+    assert_eq!(results[0]["error"]["type"], "validation_error");
+    assert_eq!(results[0]["error"]["field"], "event_id");
+    let message = results[0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`runner:`"), "{message}");
+    assert_eq!(results[1]["billed"], true);
+    app.get_request("runner:rn-1")
+        .await
+        .expect_error(404, "not_found");
+    assert_eq!(app.position("metered").await, (5 * USD - FLUX_2MP, 0, 0));
+    app.assert_reconciled().await;
+}
+
 // 12 --------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

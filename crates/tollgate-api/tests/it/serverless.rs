@@ -746,9 +746,9 @@ async fn runner_time_falls_in_the_buckets_of_every_time_zone_and_the_invoice_of_
             assert_eq!(buckets(tz, timeframe, from, to).await, want, "{on}: {path}");
         }
 
-        // June's usage invoice, issued when July's first report arrived (00:02), bills the
-        // runner time recorded in June; July's, closed now, the rest (the last June half
-        // minute was recorded in July: a line of its own, charged in June).
+        // June's usage invoice, issued when July's first report arrived (00:02), bills June's
+        // runner time, the last half minute too (settled up to the month's end before June
+        // closed); July's, closed now, July's.
         let close = app
             .op(Method::POST, "/v1/admin/invoices/close", json!({}))
             .await;
@@ -784,10 +784,10 @@ async fn runner_time_falls_in_the_buckets_of_every_time_zone_and_the_invoice_of_
         assert_eq!(line["unit"], "second");
         assert_eq!(
             dec(&line["quantity"]),
-            Decimal::from(21_570),
+            Decimal::from(21_600),
             "{on}: {line}"
         );
-        assert_eq!(int(&line["cost_total_nano_usd"]), 21_570 * per_second);
+        assert_eq!(int(&line["cost_total_nano_usd"]), 21_600 * per_second);
         assert_eq!(line["charge_period_start"], "2026-06-30T00:00:00.000Z");
         assert_eq!(line["charge_period_end"], "2026-07-01T00:00:00.000Z");
         let july_lines = july["lines"].as_array().unwrap();
@@ -803,10 +803,7 @@ async fn runner_time_falls_in_the_buckets_of_every_time_zone_and_the_invoice_of_
         quantities.sort();
         assert_eq!(
             quantities,
-            vec![
-                ("2026-06-30T00:00:00.000Z".to_string(), Decimal::from(30)),
-                ("2026-07-01T00:00:00.000Z".to_string(), Decimal::from(300)),
-            ],
+            vec![("2026-07-01T00:00:00.000Z".to_string(), Decimal::from(300))],
             "{on}: {july}"
         );
         assert_eq!(

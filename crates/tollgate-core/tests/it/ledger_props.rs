@@ -219,7 +219,7 @@ fn is_replay(o: &Outcome) -> bool {
         Outcome::ExpiryNoticed { lots } => *lots == 0,
         Outcome::PeriodClosed { issued } => !*issued,
         Outcome::RunnerEvents { results } => results.iter().all(|r| r.duplicate),
-        Outcome::RunnerSettled { billed } => *billed == Nanos::ZERO,
+        Outcome::RunnerSettled { moved, .. } => !*moved,
     }
 }
 
@@ -2228,4 +2228,70 @@ fn compute_is_billed_at_the_accounts_machine_price_in_force_at_submission_or_tim
         s.accounts[&alice].credit.balance,
         Nanos(5_000_000_000 - 2 * 5_250_000 - 2 * 4_000_000)
     );
+}
+
+#[test]
+fn a_usage_event_or_request_under_the_runner_prefix_is_refused_and_writes_nothing() {
+    use tollgate_core::machine::UsageEvent;
+    let catalog = catalog();
+    let mut s = fresh_state();
+    let alice = account_id(0);
+    let gpu = EndpointId::parse(EP_GPU).unwrap();
+    let at = Timestamp(T0);
+    apply(
+        &mut s,
+        &catalog,
+        at,
+        Op::Purchase {
+            account: alice.clone(),
+            purchase_id: PurchaseId::parse("p0").unwrap(),
+            amount: Nanos(5_000_000_000),
+            paid: true,
+            expires_at: None,
+        },
+    )
+    .unwrap();
+    let event = |id: &str| {
+        Op::UsageEvent(UsageEvent {
+            event_id: RequestId::parse(id).unwrap(),
+            account: alice.clone(),
+            endpoint: gpu.clone(),
+            api_key: None,
+            timestamp: at,
+            status_code: 200,
+            output: Output::default(),
+            billable_units: None,
+            queue_seconds: None,
+            inference_seconds: Some(d("10")),
+            machine_type: None,
+            num_gpus: None,
+        })
+    };
+    let submit = |id: &str| Op::Submit {
+        request_id: RequestId::parse(id).unwrap(),
+        account: alice.clone(),
+        api_key: None,
+        endpoint: gpu.clone(),
+    };
+    // A runner's line items are `runner:<runner_id>`: an event or a request under that prefix
+    // would be read as the runner's.
+    for (op, field) in [
+        (event("runner:rn-1"), "event_id"),
+        (event("runner:"), "event_id"),
+        (submit("runner:rn-1"), "request_id"),
+    ] {
+        let before = format!("{s:?}");
+        let e = apply(&mut s, &catalog, at, op).unwrap_err();
+        let Rejection::Invalid { field: f, reason } = &e else {
+            panic!("{e:?}");
+        };
+        assert_eq!(*f, field);
+        assert!(reason.contains("`runner:`"), "{reason}");
+        assert_eq!(format!("{s:?}"), before);
+    }
+    // Ids that only look alike are fine.
+    apply(&mut s, &catalog, at, event("runner-rn-1")).unwrap();
+    apply(&mut s, &catalog, at, event("Runner:rn-1")).unwrap();
+    apply(&mut s, &catalog, at, submit("xrunner:rn-1")).unwrap();
+    assert_eq!(s.line_items.len(), 2);
 }

@@ -264,7 +264,16 @@ fn run(c: &Case, credits: Nanos) -> (BatchState, Vec<Vec<RunnerEvent>>) {
             }
             Action::Settle(i) => {
                 let runner = RunnerId::parse(&format!("rn-{i}")).unwrap();
-                apply(&mut s, cat, now, Op::SettleRunner { runner }).unwrap();
+                apply(
+                    &mut s,
+                    cat,
+                    now,
+                    Op::SettleRunner {
+                        runner,
+                        until: None,
+                    },
+                )
+                .unwrap();
             }
         }
     }
@@ -272,7 +281,16 @@ fn run(c: &Case, credits: Nanos) -> (BatchState, Vec<Vec<RunnerEvent>>) {
     let end = Timestamp(last + 86_400_000);
     for i in 0..events.len() {
         let runner = RunnerId::parse(&format!("rn-{i}")).unwrap();
-        apply(&mut s, cat, end, Op::SettleRunner { runner }).unwrap();
+        apply(
+            &mut s,
+            cat,
+            end,
+            Op::SettleRunner {
+                runner,
+                until: None,
+            },
+        )
+        .unwrap();
     }
     (s, events)
 }

@@ -4,8 +4,9 @@
 //! sweep), so a prepaid account that runs out locks within a minute and its `account.locked`
 //! event names its running runners (as does the event of a change of terms that locks it); a
 //! silent runner is billed up to its last report and the grace, and no further; an
-//! invoice-billed account accrues runner time on its usage invoice; a catalog's surge prices
-//! are stored and bill surge runners.
+//! invoice-billed account accrues runner time on its usage invoice, the time of a month's last
+//! minute on that month's invoice whatever operation comes first in the next month; a
+//! catalog's surge prices are stored and bill surge runners.
 
 use crate::common::{account, catalog_and_account, invoices, sample};
 use rust_decimal::Decimal;
@@ -471,6 +472,151 @@ async fn an_invoice_billed_account_accrues_runner_time_on_its_usage_invoice() {
         );
         f.reconciled(backend.name()).await;
         f.engine.shutdown().await.unwrap();
+    }
+}
+
+/// The first operation of a new month that touches an invoice-billed account with a runner.
+#[derive(Clone, Copy, Debug)]
+enum FirstOfMonth {
+    /// The month's close (`close_elapsed_months`), which names the account, not its runner.
+    Close,
+    /// The sweep, which settles the runner.
+    Sweep,
+    /// A usage event of the account.
+    UsageEvent,
+}
+
+#[tokio::test]
+async fn runner_time_across_a_months_end_lands_on_each_months_invoice() {
+    // 2026-07-01T00:00:00Z.
+    let july = T0 + 30 * 1_440 * MIN;
+    for backend in backends() {
+        for first in [
+            FirstOfMonth::Close,
+            FirstOfMonth::Sweep,
+            FirstOfMonth::UsageEvent,
+        ] {
+            let on = format!("{backend:?}, {first:?} first");
+            let db = TestDb::new(&backend);
+            let f = Fixture::new(&db, BillingMode::Invoice, None).await;
+            // 4 GPUs from 23:58:20 on 30 June to 00:01:40 on 1 July: 100 s in each month. The
+            // sweep runs every minute; the month's first operation comes before it.
+            let start = july - 2 * MIN + 20 * SEC;
+            f.at(start);
+            f.bulk(vec![report("ev-1", "rn-1", 4, RunnerState::Running, start)])
+                .await
+                .unwrap();
+            f.at(july - MIN + 5 * SEC);
+            f.engine.sweep_expired().await.unwrap();
+            f.at(july + 2 * SEC);
+            let mut usage = Nanos::ZERO;
+            match first {
+                FirstOfMonth::Close => {
+                    let issued = f.engine.close_elapsed_months().await.unwrap();
+                    assert_eq!(issued.len(), 1, "{on}");
+                }
+                FirstOfMonth::Sweep => {
+                    f.engine.sweep_expired().await.unwrap();
+                }
+                FirstOfMonth::UsageEvent => {
+                    let o = f
+                        .engine
+                        .execute(crate::common::event("u-1", july + SEC, 1))
+                        .await
+                        .unwrap();
+                    let Ok(Outcome::Completed { completion, .. }) = o else {
+                        panic!("{on}: {o:?}");
+                    };
+                    usage = completion.charge.total_nanos;
+                }
+            }
+            for sweep in [july + 5 * SEC, july + MIN + 5 * SEC] {
+                f.at(sweep);
+                f.engine.sweep_expired().await.unwrap();
+            }
+            f.at(july + MIN + 45 * SEC);
+            f.bulk(vec![report(
+                "ev-2",
+                "rn-1",
+                4,
+                RunnerState::Terminated,
+                july + MIN + 40 * SEC,
+            )])
+            .await
+            .unwrap();
+            f.at(july + 2 * MIN + 5 * SEC);
+            f.engine.sweep_expired().await.unwrap();
+            f.engine
+                .close_invoice_periods(Some(account()), None)
+                .await
+                .unwrap();
+
+            let hundred_seconds = Nanos(100 * 4 * H100_NANOS_PER_S);
+            let usage_invoices: Vec<_> = invoices(&f.engine)
+                .await
+                .into_iter()
+                .filter(|i| i.kind == InvoiceKind::Usage)
+                .collect();
+            let got: Vec<_> = usage_invoices
+                .iter()
+                .map(|i| (i.period_end.0 <= july, i.total))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    (true, hundred_seconds),
+                    (false, Nanos(hundred_seconds.0 + usage.0))
+                ],
+                "{on}"
+            );
+            let june = &usage_invoices[0];
+            assert_eq!(june.period_end, Timestamp(july), "{on}");
+            let runner_lines = |i: &tollgate_store::InvoiceRecord| -> Vec<(Decimal, Nanos)> {
+                i.lines
+                    .iter()
+                    .filter(|l| tollgate_core::serverless::Line::is_key(l.endpoint.as_str()))
+                    .map(|l| (l.totals.quantity, l.totals.total))
+                    .collect()
+            };
+            for invoice in &usage_invoices {
+                assert_eq!(
+                    runner_lines(invoice),
+                    [(Decimal::from(400), hundred_seconds)],
+                    "{on}"
+                );
+            }
+            // The line items, the rollups and the runner agree: 200 s in all, 100 s of them
+            // dated in June.
+            let rows = f
+                .engine
+                .read(move |r| {
+                    r.usage(&RollupQuery {
+                        account: account(),
+                        from: Timestamp(july - 60 * MIN),
+                        to: Timestamp(july),
+                        endpoints: vec![],
+                        api_keys: vec![],
+                        whole_hours: false,
+                        service: Some(Service::Serverless),
+                    })
+                })
+                .await
+                .unwrap();
+            let june_quantity: Decimal = rows.iter().map(|(_, u)| u.quantity).sum();
+            assert_eq!(june_quantity, Decimal::from(400), "{on}");
+            let runner = &f.runners().await[0];
+            assert_eq!(runner.billed, Nanos(2 * hundred_seconds.0), "{on}");
+            // The sweeps at 23:59:05 and 00:01:05 settled time; the one at 00:00:02 (when it
+            // comes first) found it settled before the close, and is not counted.
+            let text = f.engine.metrics().render();
+            assert_eq!(
+                sample(&text, "tollgate_runner_settlements_total").as_deref(),
+                Some("2"),
+                "{on}"
+            );
+            f.reconciled(&on).await;
+            f.engine.shutdown().await.unwrap();
+        }
     }
 }
 

@@ -76,6 +76,14 @@ pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<Vec<(i64, i64)>> {
     ];
     parts.extend(purchases(&mut a, s)?);
     parts.extend(super::payments::parts(&mut a, s)?);
+    // The runner upsert, when the batch has one, is the first of the runners' parts: the
+    // statement also answers how many rows it wrote.
+    let runners_written = (!s.dirty_runners.is_empty()).then(|| {
+        format!(
+            "SELECT {RUNNERS_WRITTEN}::bigint, count(*)::bigint, 0::bigint FROM w{}",
+            parts.len()
+        )
+    });
     parts.extend(runners(&mut a, s)?);
     if !s.new_adjustments.is_empty() {
         parts.push(adjustments(&mut a, s));
@@ -98,6 +106,12 @@ pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<Vec<(i64, i64)>> {
     if !daily.is_empty() {
         parts.extend(statement_rows(&mut a, &daily));
     }
+    let last = match (&numbering, runners_written) {
+        (Some(c), Some(w)) => format!("{} UNION ALL {w}", c.1),
+        (Some(c), None) => c.1.clone(),
+        (None, Some(w)) => w,
+        (None, None) => "SELECT 1".to_string(),
+    };
     let sql = format!(
         "WITH {}{} {}",
         numbering
@@ -109,13 +123,26 @@ pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<Vec<(i64, i64)>> {
             .map(|(i, p)| format!("w{i} AS ({p})"))
             .collect::<Vec<_>>()
             .join(", "),
-        numbering.as_ref().map_or("SELECT 1", |c| c.1.as_str()),
+        last,
     );
     let rows = t.rows(&sql, &a.refs())?;
     let mut numbers = vec![(0, 0); s.new_invoices.len()];
+    // A runner row of another account under the same id is not updated (see `runners`).
+    if let Some(r) = rows
+        .iter()
+        .find(|r| r.try_get::<_, i64>(0).ok() == Some(RUNNERS_WRITTEN))
+    {
+        let written: i64 = r.try_get(1)?;
+        if usize::try_from(written).ok() != Some(s.dirty_runners.len()) {
+            return Err(runner_of_another_account(t, s));
+        }
+    }
     if numbering.is_some() {
         for r in rows {
             let ord: i64 = r.try_get(0)?;
+            if ord == RUNNERS_WRITTEN {
+                continue;
+            }
             let slot = usize::try_from(ord)
                 .ok()
                 .and_then(|o| numbers.get_mut(o))
@@ -194,10 +221,44 @@ fn accounts(a: &mut Args, s: &BatchState, profiles: &HashMap<AccountId, PaymentP
     )
 }
 
+/// The `ord` of the statement's row that counts the runner rows written (invoice numbers'
+/// are 0 and up).
+const RUNNERS_WRITTEN: i64 = -1;
+
+/// The conflict of a batch that found one of its runners stored for another account (read
+/// to name it; any failure to read is the conflict all the same).
+fn runner_of_another_account(t: &mut PgTx, s: &BatchState) -> StoreError {
+    let mut ids: Vec<&str> = s.dirty_runners.iter().map(|r| r.as_str()).collect();
+    ids.sort_unstable();
+    let stored = t
+        .rows(
+            "SELECT runner_id, account FROM runners WHERE runner_id = ANY($1) \
+             ORDER BY runner_id",
+            &[&ids],
+        )
+        .unwrap_or_default();
+    let theirs = stored.iter().find_map(|r| {
+        let id: String = r.try_get(0).ok()?;
+        let account: String = r.try_get(1).ok()?;
+        let runner = s.runners.values().find(|m| m.id.as_str() == id)?;
+        (runner.account.as_str() != account).then(|| runner.id.clone())
+    });
+    match theirs {
+        Some(id) => crate::rows::runner_of_another_account(&id),
+        None => StoreError::Conflict(crate::DbError::msg(
+            "a runner of the batch was created for another account meanwhile",
+        )),
+    }
+}
+
 /// The runners the batch created or changed (a runner's fixed fields are written once, by the
 /// insert), the runner events it applied, and its runner-state history added to the minute
 /// rows (summed per row first: one statement may not update a row twice). Parts only for
-/// what the batch has.
+/// what the batch has. A runner row is only updated by a batch of its own account (which
+/// holds the account's lock): two servers creating one new runner id for two accounts at once
+/// both insert, and the second, waiting on the first's row, finds it of another account and
+/// writes nothing, which `persist` finds in the count of rows written and answers as a
+/// conflict (the batch runs again, loads the runner and refuses the other account's event).
 fn runners(a: &mut Args, s: &BatchState) -> Result<Vec<String>> {
     let mut parts = Vec::new();
     if !s.dirty_runners.is_empty() {
@@ -216,7 +277,8 @@ fn runners(a: &mut Args, s: &BatchState) -> Result<Vec<String>> {
              seg_percent_discount = excluded.seg_percent_discount, \
              seg_quantity = excluded.seg_quantity, \
              seg_subtotal_nanos = excluded.seg_subtotal_nanos, \
-             seg_total_nanos = excluded.seg_total_nanos, billed_nanos = excluded.billed_nanos",
+             seg_total_nanos = excluded.seg_total_nanos, billed_nanos = excluded.billed_nanos \
+             WHERE runners.account = excluded.account RETURNING 1",
             a.add(col(&r, |r| r.runner_id.clone()), "text[]"),
             a.add(col(&r, |r| r.account.clone()), "text[]"),
             a.add(col(&r, |r| r.app.clone()), "text[]"),

@@ -199,6 +199,29 @@ impl Tx for PgTx<'_, '_> {
         .collect()
     }
 
+    fn due_runners(
+        &mut self,
+        accounts: &[AccountId],
+        before: Timestamp,
+    ) -> Result<Vec<RunnerRecord>> {
+        if accounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The partial index of the runners not accounted up to their cap (every account's
+        // runners live now, the few due before `before`), not each account's runners ever.
+        let names: Vec<&str> = accounts.iter().map(|a| a.as_str()).collect();
+        self.rows(
+            &format!(
+                "SELECT {RUNNER_COLS} FROM runners WHERE settled_until < cap_at \
+                 AND settled_until < $1 AND account = ANY($2) ORDER BY runner_id"
+            ),
+            &[&before.0, &names],
+        )?
+        .iter()
+        .map(|r| runner_row(r))
+        .collect()
+    }
+
     fn live_runners(
         &mut self,
         accounts: &[AccountId],

@@ -385,7 +385,9 @@ fn line_items(c: &Connection, s: &BatchState) -> Result<()> {
 
 /// The runners the batch created or changed (a runner's fixed fields are written once, by the
 /// insert), the runner events it applied, and its runner-state history added to the minute
-/// rows.
+/// rows. A runner row is only ever updated by its own account's batch: a row of another
+/// account under the same id (never written by this file's one writer) fails the batch as a
+/// conflict, as on PostgreSQL.
 fn runners(c: &Connection, s: &BatchState) -> Result<()> {
     if !s.dirty_runners.is_empty() {
         let mut st = c.prepare_cached(&format!(
@@ -398,11 +400,12 @@ fn runners(c: &Connection, s: &BatchState) -> Result<()> {
              seg_percent_discount = excluded.seg_percent_discount, \
              seg_quantity = excluded.seg_quantity, \
              seg_subtotal_nanos = excluded.seg_subtotal_nanos, \
-             seg_total_nanos = excluded.seg_total_nanos, billed_nanos = excluded.billed_nanos"
+             seg_total_nanos = excluded.seg_total_nanos, billed_nanos = excluded.billed_nanos \
+             WHERE runners.account = excluded.account"
         ))?;
         for id in &s.dirty_runners {
             let r = RunnerCols::of(dirty(&s.runners, id, "runner")?);
-            st.execute(params![
+            let written = st.execute(params![
                 r.runner_id,
                 r.account,
                 r.app,
@@ -423,6 +426,9 @@ fn runners(c: &Connection, s: &BatchState) -> Result<()> {
                 r.seg_total,
                 r.billed,
             ])?;
+            if written == 0 {
+                return Err(crate::rows::runner_of_another_account(id));
+            }
         }
     }
     if !s.new_runner_events.is_empty() {

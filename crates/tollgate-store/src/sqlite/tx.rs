@@ -183,6 +183,29 @@ impl Tx for SqliteTx<'_> {
         ids.iter().map(|s| parse_id(RunnerId::parse, s)).collect()
     }
 
+    fn due_runners(
+        &mut self,
+        accounts: &[AccountId],
+        before: Timestamp,
+    ) -> Result<Vec<RunnerRecord>> {
+        if accounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The partial index of the runners not accounted up to their cap (every account's
+        // runners live now, the few due before `before`), not each account's runners ever.
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {RUNNER_COLS} FROM runners INDEXED BY runners_due \
+             WHERE settled_until < cap_at AND settled_until < ?1 \
+             AND account IN (SELECT value FROM json_each(?2)) ORDER BY runner_id"
+        ))?;
+        let mut rows = st.query(params![before.0, crate::to_json(&accounts)])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(runner_row(r)?);
+        }
+        Ok(out)
+    }
+
     fn live_runners(
         &mut self,
         accounts: &[AccountId],

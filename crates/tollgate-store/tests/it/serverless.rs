@@ -546,6 +546,153 @@ fn live_runners_are_the_accounts_runners_not_terminated_within_their_cap() {
     }
 }
 
+#[test]
+fn an_accounts_due_runners_are_those_with_time_left_before_the_months_start() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let mut store = db.open().unwrap();
+        // The month starts at `edge`; the batch that closes the last one runs just after it.
+        let edge = NOW;
+        let mut theirs = runner(
+            "z-theirs",
+            RunnerState::Running,
+            edge - MIN,
+            edge - MIN,
+            edge + 4 * MIN,
+        );
+        theirs.account = AccountId::parse("other").unwrap();
+        let mut stored = runner(
+            "stored",
+            RunnerState::Running,
+            edge - MIN,
+            edge - MIN,
+            edge + 4 * MIN,
+        );
+        stored.segment = Some(Segment {
+            unit_price: Decimal::new(525, 6),
+            percent_discount: None,
+            quantity: Decimal::from(60),
+            subtotal: Nanos(31_500_000),
+            total: Nanos(31_500_000),
+        });
+        stored.billed = Nanos(31_500_000);
+        persist(
+            &mut *store,
+            &with_runners(
+                edge + 10,
+                vec![
+                    stored.clone(),
+                    // Silent, within its grace: due, though not live.
+                    runner(
+                        "silent",
+                        RunnerState::Idle,
+                        edge - 4 * MIN,
+                        edge - 2 * MIN,
+                        edge + MIN,
+                    ),
+                    runner(
+                        "pending",
+                        RunnerState::Pending,
+                        edge - 30_000,
+                        edge - 30_000,
+                        edge + 4 * MIN,
+                    ),
+                    // Settled past the month's start, settled to its cap, terminated.
+                    runner("past", RunnerState::Running, edge, edge + 5, edge + 5 * MIN),
+                    runner(
+                        "at-cap",
+                        RunnerState::Running,
+                        edge - 6 * MIN,
+                        edge - MIN,
+                        edge - MIN,
+                    ),
+                    runner(
+                        "ended",
+                        RunnerState::Terminated,
+                        edge - 2 * MIN,
+                        edge - 2 * MIN,
+                        edge - 2 * MIN,
+                    ),
+                    theirs,
+                ],
+            ),
+        );
+        let due = |store: &mut dyn Store, accounts: &[AccountId]| {
+            let mut out = Vec::new();
+            store
+                .transaction(&mut |tx| {
+                    out = tx.due_runners(accounts, Timestamp(edge))?;
+                    Ok(())
+                })
+                .unwrap();
+            out
+        };
+        let ids = |runners: &[RunnerRecord]| -> Vec<String> {
+            runners.iter().map(|r| r.id.as_str().to_string()).collect()
+        };
+        let mine = due(&mut *store, &[acme()]);
+        assert_eq!(ids(&mine), ["pending", "silent", "stored"], "{backend:?}");
+        // Read whole, as the batch settles them.
+        assert_eq!(mine[2], stored, "{backend:?}");
+        let other = AccountId::parse("other").unwrap();
+        assert_eq!(
+            ids(&due(&mut *store, &[acme(), other])),
+            ["pending", "silent", "stored", "z-theirs"]
+        );
+        assert!(due(&mut *store, &[]).is_empty());
+        assert!(due(&mut *store, &[AccountId::parse("nobody").unwrap()]).is_empty());
+    }
+}
+
+#[test]
+fn a_runner_row_of_another_account_is_never_overwritten() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let mut store = db.open().unwrap();
+        // Another server created runner "rn-1" for "other" after this batch found no such
+        // runner and created it for "acme".
+        let mut theirs = runner("rn-1", RunnerState::Idle, NOW, NOW, NOW + 5 * MIN);
+        theirs.account = AccountId::parse("other").unwrap();
+        persist(&mut *store, &with_runners(NOW, vec![theirs.clone()]));
+        let mine = with_runners(
+            NOW + MIN,
+            vec![
+                runner(
+                    "rn-0",
+                    RunnerState::Running,
+                    NOW + MIN,
+                    NOW + MIN,
+                    NOW + 6 * MIN,
+                ),
+                runner(
+                    "rn-1",
+                    RunnerState::Running,
+                    NOW + MIN,
+                    NOW + MIN,
+                    NOW + 6 * MIN,
+                ),
+            ],
+        );
+        let e = store
+            .transaction(&mut |tx| tx.persist(&mine).map(drop))
+            .unwrap_err();
+        assert!(
+            matches!(e, tollgate_store::StoreError::Conflict(_)),
+            "{backend:?}: {e}"
+        );
+        assert!(e.to_string().contains("rn-1"), "{e}");
+        // Nothing of the batch was written; the other account's runner is as it was.
+        let (found, _) = load(&mut *store, &["rn-0", "rn-1"], &[]);
+        assert_eq!(found.len(), 1, "{backend:?}");
+        assert_eq!(found[&rid("rn-1")], theirs, "{backend:?}");
+        // The account's own runner is updated as before.
+        let mut again = theirs.clone();
+        again.settled_until = Timestamp(NOW + MIN);
+        persist(&mut *store, &with_runners(NOW + MIN, vec![again.clone()]));
+        assert_eq!(load(&mut *store, &["rn-1"], &[]).0[&rid("rn-1")], again);
+    }
+}
+
 /// A line item of "acme" billed at `at`: 2 units at 0.5 USD, 1 USD.
 fn item(id: &str, endpoint: &str, at: i64) -> LineItem {
     LineItem {
