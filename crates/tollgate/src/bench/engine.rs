@@ -22,10 +22,15 @@ use tollgate_engine::{system_clock, AdminCmd, Clock, Engine};
 use tollgate_store::sqlite::SqliteStore;
 use tollgate_store::Store;
 
-/// The bench's catalog: a flat image price (0.001 USD, the naive baseline's cost) and a
-/// token-priced LLM endpoint for the trace replay.
+/// The bench's catalog: a flat image price (0.001 USD, the naive baseline's cost), a
+/// token-priced LLM endpoint for the trace replay, and a machine type for the serverless
+/// runners (0.0005 USD per GPU-second: 500 nano-USD per GPU-millisecond, so a runner's bill is
+/// a whole number of nano-USD for any time it reports).
 pub const BENCH_CATALOG: &str = r#"
 prices_read_on = "2026-09-15"
+
+[machines]
+GPU-H100 = "0.0005"
 
 [[endpoint]]
 id = "bench/image"
@@ -449,7 +454,7 @@ where
     Ok((total, start.elapsed(), all))
 }
 
-fn pick(client: usize, n: u64, accounts: usize) -> usize {
+pub(super) fn pick(client: usize, n: u64, accounts: usize) -> usize {
     (client.wrapping_mul(7919).wrapping_add(n as usize)) % accounts
 }
 
@@ -771,6 +776,15 @@ pub async fn run(
             BULK_EVENTS,
             ev,
         ),
+        // Runner events beside usage events: the same callers and events per call (not usage
+        // events: see below).
+        (
+            super::runners::BULK_ROW,
+            false,
+            BULK_CALLERS,
+            BULK_EVENTS,
+            ev,
+        ),
         (
             "settle.usage_events_bulk.inprocess.random_ids",
             false,
@@ -791,6 +805,19 @@ pub async fn run(
         }
         let dir = tempfile::tempdir()?;
         let engine = start_engine(&seed(dir.path(), ACCOUNTS)?).await?;
+        if name == super::runners::BULK_ROW {
+            let (n, el, h) =
+                super::runners::heartbeats(&engine, callers, plan.duration, ACCOUNTS).await?;
+            let note = format!(
+                "events/s, {per_call} per call (as the HTTP rows' calls): each call reports its \
+                 caller's {per_call} live runners RUNNING (heartbeats; runners spread over the \
+                 accounts, each report billing the runner's time since its previous one: a \
+                 line item per event, as a usage event's); latency per call; {}",
+                super::runners::billed_as_reported(&engine, ACCOUNTS).await?
+            );
+            rows.push(Row::new(name, "tollgate", callers, n, el, Some(&h), note));
+            continue;
+        }
         let plan = Plan {
             clients: callers,
             ..*plan
@@ -957,6 +984,9 @@ pub async fn run(
     // The month's close of usage invoices, and the start latency while it runs (beside the
     // admission rows).
     rows.extend(super::invoices::run(plan, wanted).await?);
+    // The minute's settlement of 10,000 running serverless runners, and the start latency while
+    // it runs (beside the month's close).
+    rows.extend(super::runners::run(plan, wanted).await?);
     for path in trace_files(args) {
         let name = format!(
             "trace.replay.{}",

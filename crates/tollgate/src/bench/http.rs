@@ -55,6 +55,53 @@ function request()
 end
 "#;
 
+/// `k` runner events per call: heartbeats of live runners spread over `accounts`. A thread's
+/// runners are in groups of `k` (`w<tid>-<n>`, the group's runners numbered on from
+/// `(group - 1) * k + 1`); each call takes a free group (a new one when none is free) and
+/// reports its runners `RUNNING` at the thread's next time, and `response()` frees the group
+/// its answer names, so a runner is in one call at a time and its reports arrive in time
+/// order. The thread's time starts at `base` (epoch ms, in the past) and moves `step` ms a
+/// call, never past the wall clock: every report bills the runner's time since its previous
+/// one.
+const RUNNER_EVENTS_SCRIPT: &str = r#"
+function init(args)
+  n = 0
+  k = tonumber(args[1])
+  accounts = tonumber(args[2])
+  auth = args[3]
+  base = tonumber(args[4])
+  step = tonumber(args[5])
+  free = {}
+  groups = 0
+  headers = { ["Content-Type"] = "application/json", ["Authorization"] = auth }
+end
+function request()
+  local g = table.remove(free)
+  if g == nil then
+    groups = groups + 1
+    g = groups
+  end
+  n = n + 1
+  local t = math.min(base + n * step, os.time() * 1000)
+  local at = os.date("!%Y-%m-%dT%H:%M:%S", math.floor(t / 1000)) .. string.format(".%03dZ", t % 1000)
+  local parts = {}
+  for i = 1, k do
+    local r = (g - 1) * k + i
+    local acct = (tid * 7919 + r) % accounts
+    parts[i] = string.format('{"event_id":"w%d-e%d-%d","runner_id":"w%d-%d","username":"bench-%d","app":"bench-app","machine_type":"GPU-H100","num_gpus":%d,"state":"RUNNING","at":"%s"}', tid, n, i, tid, r, acct, 1 + r % 8, at)
+  end
+  return wrk.format("POST", "/v1/runners/events", headers, '{"events":[' .. table.concat(parts, ",") .. ']}')
+end
+function response(status, headers, body)
+  if status >= 300 then
+    if os.getenv("TOLLGATE_BENCH_DEBUG") then io.stderr:write("refused: " .. status .. " " .. body .. "\n") end
+    return
+  end
+  local r = string.match(body, '"runner_id":"w%d+%-(%d+)"')
+  if r then free[#free + 1] = math.floor((tonumber(r) - 1) / k) + 1 end
+end
+"#;
+
 /// Each request id goes submit -> start -> complete. Answers carry the request id and its
 /// status, so `response()` queues the id's next step and `request()` sends queued steps first,
 /// else submits a new id: any number of connections per wrk thread.
@@ -241,13 +288,19 @@ pub async fn run(
         want && have_wrk
     };
     let batch = super::engine::BULK_EVENTS;
+    // Runner events beside usage events: the same calls, connections and threads.
     for (name, hot) in [
-        ("settle.usage_events.http", false),
-        ("hot_account.usage_events.http", true),
+        ("settle.usage_events.http", Some(false)),
+        (RUNNER_EVENTS_ROW, None),
+        ("hot_account.usage_events.http", Some(true)),
     ] {
         if !runs(name) {
             continue;
         }
+        let Some(hot) = hot else {
+            rows.push(runner_events(plan).await?);
+            continue;
+        };
         let s = server().await?;
         let ts = chrono::Utc::now().to_rfc3339();
         let connections = super::engine::BULK_CALLERS;
@@ -333,6 +386,67 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+const RUNNER_EVENTS_ROW: &str = "settle.runner_events.http";
+
+/// `settle.runner_events.http`: `POST /v1/runners/events` driven by wrk as
+/// `settle.usage_events.http` drives `POST /v1/usage-events` (100 events per call, 32
+/// connections, 2 threads), each call's events the heartbeats of a group of live runners (see
+/// `RUNNER_EVENTS_SCRIPT`); checked after it: every runner billed its reported time, the ledger
+/// reconciled, every acknowledged event applied.
+async fn runner_events(plan: &Plan) -> anyhow::Result<Row> {
+    use super::runners::{
+        billed_as_reported, counter, EVENTS_APPLIED, HEARTBEAT_BACK_MS, HEARTBEAT_STEP_MS,
+    };
+    let batch = super::engine::BULK_EVENTS;
+    let connections = super::engine::BULK_CALLERS;
+    let s = server().await?;
+    let args = vec![
+        batch.to_string(),
+        ACCOUNTS.to_string(),
+        s.operator.clone(),
+        (s.engine.now().0 - HEARTBEAT_BACK_MS).to_string(),
+        HEARTBEAT_STEP_MS.to_string(),
+    ];
+    let w = wrk(plan, RUNNER_EVENTS_SCRIPT, 2, connections, &s.url, &args).await?;
+    anyhow::ensure!(
+        w.non2xx == 0,
+        "{} runner-event calls were refused",
+        w.non2xx
+    );
+    let accepted = (w.requests - w.non2xx) * batch as u64;
+    // Calls still in flight when wrk stopped are applied after it: the checks wait for them
+    // (until no event was applied for a quarter of a second).
+    let mut applied = counter(&s.engine, EVENTS_APPLIED);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = counter(&s.engine, EVENTS_APPLIED);
+        if now == applied {
+            break;
+        }
+        applied = now;
+    }
+    // Those calls are applied without wrk counting them.
+    anyhow::ensure!(
+        applied >= accepted && accepted > 0,
+        "{accepted} runner events acknowledged but {applied} applied"
+    );
+    let check = billed_as_reported(&s.engine, ACCOUNTS).await?;
+    Ok(wrk_row(
+        RUNNER_EVENTS_ROW,
+        connections,
+        accepted,
+        &w,
+        format!(
+            "events/s via POST /v1/runners/events ({batch} per call, wrk, as \
+             settle.usage_events.http): each call the heartbeats of a group of {batch} live \
+             runners spread over the accounts, each report billing the runner's time since its \
+             previous one; latency per call; {accepted} acknowledged, {applied} applied, {} \
+             socket errors; {check}",
+            w.errors
+        ),
+    ))
 }
 
 /// Purchases made per second beside the callers of the event rows (each writes two events:

@@ -24,8 +24,8 @@ use tollgate_store::sqlite::SqliteStore;
 
 /// Usage events per invoice-billed account before the close (one image each, 0.001 USD).
 const EVENTS_PER_ACCOUNT: usize = 3;
-/// The callers making `start` decisions while the month closes.
-const START_CALLERS: usize = 4;
+/// The callers making `start` decisions while the month closes (and while runners settle).
+pub(super) const START_CALLERS: usize = 4;
 
 /// The invoice-billed accounts' terms: invoice billing from the beginning.
 const INVOICE_TERMS: &str = r#"[{"effective_from":0,"discounts":{},"concurrency_override":1000000,"lock_threshold_nanos":0,"billing":"invoice"}]"#;
@@ -235,26 +235,37 @@ async fn charge(engine: &Engine, accounts: usize) -> anyhow::Result<()> {
 /// One caller's starts and their latencies.
 type Caller = (u64, Histogram<u64>);
 
-/// `START_CALLERS` callers making lifecycles (the latency of their `start`) on the prepaid
+/// `START_CALLERS` callers making lifecycles (the latency of their `start`) on prepaid
 /// accounts until ended.
-struct Starts {
+pub(super) struct Starts {
     stop: Arc<AtomicBool>,
     started: Instant,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Caller>>>,
 }
 
 impl Starts {
+    /// On every prepaid bench account.
     fn begin(engine: &Engine, tag: &'static str) -> Starts {
+        Starts::begin_on(engine, tag, 0..ACCOUNTS)
+    }
+
+    /// On the prepaid bench accounts numbered in `accounts`.
+    pub(super) fn begin_on(
+        engine: &Engine,
+        tag: &'static str,
+        accounts: std::ops::Range<usize>,
+    ) -> Starts {
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..START_CALLERS)
             .map(|c| {
-                let (engine, stop) = (engine.clone(), stop.clone());
+                let (engine, stop, accounts) = (engine.clone(), stop.clone(), accounts.clone());
                 tokio::spawn(async move {
                     let mut h = histogram();
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        let account =
-                            AccountId::parse(&account_name((c * 7919 + n as usize) % ACCOUNTS))?;
+                        let account = AccountId::parse(&account_name(
+                            accounts.start + (c * 7919 + n as usize) % accounts.len(),
+                        ))?;
                         let latency =
                             lifecycle(engine.clone(), account, format!("{tag}-{c}-{n}")).await?;
                         record(&mut h, latency);
@@ -273,7 +284,7 @@ impl Starts {
 
     /// Stops the callers (each finishes its lifecycle in flight): the starts made, the time,
     /// their latencies.
-    async fn end(self) -> anyhow::Result<(u64, Duration, Histogram<u64>)> {
+    pub(super) async fn end(self) -> anyhow::Result<(u64, Duration, Histogram<u64>)> {
         self.stop.store(true, Ordering::Relaxed);
         let mut all = histogram();
         let mut total = 0;

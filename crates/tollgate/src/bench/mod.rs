@@ -10,12 +10,15 @@
 //! its one top-up in flight (`*.auto_top_up`), operator adjustments spread over accounts, admission with
 //! requests in progress (saturated, and at fixed offered loads in an open loop), the trace
 //! replays, and the scale rows; `invoices.rs`: the month's close of usage invoices for many
-//! invoice-billed accounts, alone and with `start` decisions made while it runs), with a PostgreSQL URL also the usage-event rows on a PostgreSQL store
+//! invoice-billed accounts, alone and with `start` decisions made while it runs; `runners.rs`:
+//! serverless runner events that heartbeat live runners, beside the bulk usage events, and the
+//! minute's settlement of 10,000 running runners with `start` decisions made while it runs and
+//! without it), with a PostgreSQL URL also the usage-event rows on a PostgreSQL store
 //! (`tollgate-postgres`, in a schema created for the row and dropped after it, with the bench's
 //! callers and with as many as the naive PostgreSQL baseline); and tollgate over HTTP
-//! (`http.rs`, with wrk, and with reqwest the latency of `start`, also while hostile
-//! connections are held open, and while purchases write events, with and without a webhook
-//! whose receiver never answers); and the dashboard's pages (`dashboard.rs`: every page of the
+//! (`http.rs`, with wrk: usage events, runner events beside them, lifecycle calls; and with
+//! reqwest the latency of `start`, also while hostile connections are held open, and while
+//! purchases write events, with and without a webhook whose receiver never answers); and the dashboard's pages (`dashboard.rs`: every page of the
 //! customer's and the console's navigation rendered in-process for an account with a year of
 //! history, server time per page). Every tollgate row is compared with the baselines
 //! (`report.rs`), a `tollgate-postgres` row with the naive design on the same PostgreSQL
@@ -31,6 +34,7 @@ mod engine;
 mod http;
 mod invoices;
 mod report;
+mod runners;
 
 use clap::Args;
 use report::Row;

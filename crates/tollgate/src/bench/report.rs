@@ -117,8 +117,12 @@ fn baselines(rows: &[Row]) -> Vec<&Row> {
 }
 
 /// Rows whose operations are not requests (`invoices.close_month`: accounts closed;
-/// `dashboard.page`: pages rendered), so never compared with the baselines.
+/// `dashboard.page`: pages rendered), so never compared with the baselines: those whose name
+/// starts with one of these.
 const NOT_REQUESTS: &[&str] = &["invoices.close_month", "dashboard.page"];
+/// The same, by the whole name (`runners.settle_10k`: runners settled; its
+/// `.start_baseline` row counts requests).
+const NOT_REQUEST_ROWS: &[&str] = &[super::runners::SETTLE_ROW];
 
 /// Whether tollgate row `r` is compared with baseline `b`: tollgate on SQLite with every
 /// baseline, tollgate on PostgreSQL with the naive design on the same server; not a row whose
@@ -127,6 +131,7 @@ fn compared(r: &Row, b: &Row) -> bool {
     b.ops_per_s > 0.0
         && (r.system == "tollgate" || b.system == "naive-postgres")
         && !NOT_REQUESTS.iter().any(|w| r.workload.starts_with(w))
+        && !NOT_REQUEST_ROWS.contains(&r.workload.as_str())
 }
 
 /// A tollgate row's label in the ratio table.
