@@ -36,8 +36,8 @@ use tollgate_core::terms::{self, TermsChange};
 use tollgate_core::time::month_start;
 use tollgate_core::Timestamp;
 use tollgate_store::{
-    ApiKeyRecord, BillingMode, ClaimedDelivery, DeliveryResult, Issuer, PaymentKeys, PortalLink,
-    Reader, ReaderFactory, Store, StoreError, SyncFn, Tx, WebSession, WebhookRecord,
+    ApiKeyRecord, BillingMode, ClaimedDelivery, DeliveryResult, DueRunner, Issuer, PaymentKeys,
+    PortalLink, Reader, ReaderFactory, Store, StoreError, SyncFn, Tx, WebSession, WebhookRecord,
 };
 
 /// The most operations one db transaction applies.
@@ -48,12 +48,15 @@ const LIGHT_LOAD_OPS: usize = 256;
 /// Expired holds voided per sweep batch.
 const SWEEP_LIMIT: usize = 1000;
 /// Runners settled per sweep batch: a settlement writes a few rows per minute of a runner's
-/// time, so a page keeps the batch short; a sweep that finds a full page sweeps again at once
-/// (see [`Engine::sweep_expired`]).
-pub const RUNNER_SWEEP_LIMIT: usize = 256;
+/// time, and a request that reaches the writer while a sweep batch runs waits for it, so a
+/// page keeps the batch to about a millisecond or two; a sweep that finds a full page sweeps
+/// the next page at once (see [`Engine::sweep_expired`]).
+pub const RUNNER_SWEEP_LIMIT: usize = 16;
 /// The most batches one [`Engine::sweep_expired`] runs while each finds a full page: a bound
-/// should something stay due however often it is swept (the next sweep takes it up again).
-const MAX_SWEEP_STEPS: usize = 64;
+/// should expired holds keep arriving as fast as they are voided (the next sweep takes them
+/// up again). Runners are paged by key, so one sweep reads each due runner once and
+/// 100,000 runners take 6,250 of its batches.
+const MAX_SWEEP_STEPS: usize = 16_384;
 /// Accounts whose usage periods one batch closes, when closing every account: a close is a
 /// few rows per account, and a bounded step keeps admission flowing between steps.
 pub const CLOSE_STEP_ACCOUNTS: usize = 32;
@@ -283,11 +286,19 @@ enum CloseScope {
     },
 }
 
-/// What one sweep batch did: its answers, and whether it found a full page of something due
-/// (expired holds, runners to settle), so more may be due now.
+/// What one sweep batch did: its answers, whether it found a full page of something due
+/// (expired holds, runners to settle), so more may be due now, and the key of the last runner
+/// it read (the next batch of the sweep reads the runners after it).
 struct SweepStep {
     results: Vec<Result<Outcome, Rejection>>,
+    page: SweepPage,
+}
+
+/// Where a sweep batch's pages ended.
+#[derive(Clone, Debug, Default)]
+struct SweepPage {
     full: bool,
+    last_runner: Option<DueRunner>,
 }
 
 /// What one close job did.
@@ -303,7 +314,9 @@ enum Job {
         ops: Vec<Op>,
         reply: OpsReply,
     },
+    /// A step of a sweep: expired holds and credits, and the due runners after `after`.
     Sweep {
+        after: Option<DueRunner>,
         reply: oneshot::Sender<Result<SweepStep, EngineError>>,
     },
     Close {
@@ -340,7 +353,7 @@ impl Job {
             Job::Ops { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
-            Job::Sweep { reply } => {
+            Job::Sweep { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
             Job::Admin { reply, .. } => {
@@ -786,18 +799,24 @@ impl Engine {
     /// a sweep keeps up with thousands of runners. Returns how many requests expired.
     pub async fn sweep_expired(&self) -> Result<usize, EngineError> {
         let mut expired = 0;
+        let mut after: Option<DueRunner> = None;
         for _ in 0..MAX_SWEEP_STEPS {
             let (reply, rx) = oneshot::channel();
-            self.send(Job::Sweep { reply }).await?;
+            self.send(Job::Sweep {
+                after: after.clone(),
+                reply,
+            })
+            .await?;
             let step = rx.await.map_err(|_| EngineError::Stopped)??;
             expired += step
                 .results
                 .iter()
                 .filter(|r| matches!(r, Ok(Outcome::Expired { expired: true })))
                 .count();
-            if !step.full {
+            if !step.page.full {
                 break;
             }
+            after = step.page.last_runner.or(after);
         }
         Ok(expired)
     }
@@ -1091,9 +1110,14 @@ fn writer(
 }
 
 /// Groups consecutive operation jobs into one batch; admin commands run in their own db
-/// transaction, in order.
+/// transaction, in order. The background steps among the jobs (a sweep's, a close's) run
+/// last, in a batch of their own: callers' operations never wait for a step that was queued
+/// with them, only for one already running when they arrive, and a step is kept short.
+/// (Jobs queued together were sent concurrently, so running them in another order is one of
+/// the orders they could have arrived in.)
 fn run_jobs(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>, outbox: &Outbox) {
     let mut batch: Vec<Job> = Vec::new();
+    let mut background: Vec<Job> = Vec::new();
     for job in jobs {
         match job {
             Job::Ping { reply } => {
@@ -1106,10 +1130,12 @@ fn run_jobs(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>, outbox: &Out
                     let _ = reply.send(synced.and(result));
                 })]);
             }
+            job @ (Job::Sweep { .. } | Job::Close { .. }) => background.push(job),
             other => batch.push(other),
         }
     }
     outbox.deliver(run_batch(store, shared, batch));
+    outbox.deliver(run_batch(store, shared, background));
 }
 
 /// Runs one batch in one db transaction; returns its callers' answers.
@@ -1124,8 +1150,8 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
     let mut answers: Vec<Vec<Result<Outcome, Rejection>>> = Vec::new();
     // Per job: the accounts a close job closed (empty for other jobs).
     let mut closing: Vec<Vec<AccountId>> = Vec::new();
-    // Per job: whether a sweep job found a full page of something due.
-    let mut full_pages: Vec<bool> = Vec::new();
+    // Per job: where a sweep job's pages ended.
+    let mut pages: Vec<SweepPage> = Vec::new();
     // Per job: the indices in `new_invoices` of the usage invoices it issued. A period closed
     // because its month ended (before any operation) is the first close job's that names its
     // account, so two closes of one account in a batch do not both report its invoice.
@@ -1141,13 +1167,13 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
         runs += 1;
         answers.clear();
         closing.clear();
-        full_pages.clear();
+        pages.clear();
         issued_by.clear();
         let catalog = catalog_in_force(tx, shared)?;
         let mut ops_per_job: Vec<Vec<Op>> = Vec::with_capacity(jobs.len());
         for job in &jobs {
             let mut closed = Vec::new();
-            let mut full = false;
+            let mut page = SweepPage::default();
             ops_per_job.push(match job {
                 Job::Ops { ops, .. } => ops.clone(),
                 Job::Close { scope, until, .. } => {
@@ -1170,15 +1196,19 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
                         })
                         .collect()
                 }
-                Job::Sweep { .. } => {
+                Job::Sweep { after, .. } => {
                     let holds = tx.due_expiries(now, SWEEP_LIMIT)?;
                     let credits = tx.due_credit_expiries(now, SWEEP_LIMIT)?;
                     let horizon = now.plus_ms(EXPIRY_NOTICE_MS);
                     let notices = tx.due_expiry_notices(now, horizon, SWEEP_LIMIT)?;
                     // Runners are settled up to the start of the current minute.
                     let minute = tollgate_core::rollup::Grain::Minute.slot_of(now);
-                    let runners = tx.due_runner_settlements(minute, RUNNER_SWEEP_LIMIT)?;
-                    full = holds.len() >= SWEEP_LIMIT || runners.len() >= RUNNER_SWEEP_LIMIT;
+                    let runners =
+                        tx.due_runner_settlements(minute, after.as_ref(), RUNNER_SWEEP_LIMIT)?;
+                    page = SweepPage {
+                        full: holds.len() >= SWEEP_LIMIT || runners.len() >= RUNNER_SWEEP_LIMIT,
+                        last_runner: runners.last().cloned(),
+                    };
                     holds
                         .into_iter()
                         .map(|request_id| Op::Expire { request_id })
@@ -1192,8 +1222,8 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
                                 .into_iter()
                                 .map(|account| Op::NoticeExpiringCredits { account }),
                         )
-                        .chain(runners.into_iter().map(|runner| Op::SettleRunner {
-                            runner,
+                        .chain(runners.into_iter().map(|due| Op::SettleRunner {
+                            runner: due.id,
                             until: None,
                         }))
                         .collect()
@@ -1203,7 +1233,7 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
                 }
             });
             closing.push(closed);
-            full_pages.push(full);
+            pages.push(page);
         }
         let mut state = load(tx, now, ops_per_job.iter().flatten())?;
         state.invoice_prefix = prefix.clone();
@@ -1296,20 +1326,20 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
     };
     let mut issued = issued.into_iter();
     let mut closing = closing.into_iter();
-    let mut full_pages = full_pages.into_iter();
+    let mut pages = pages.into_iter();
     let free: Answer = Box::new(move |_| drop(spent));
     std::iter::once(count)
         .chain(jobs.into_iter().map(|job| {
             let closed = closing.next().unwrap_or_default();
             let issued = issued.next().unwrap_or_default();
-            let full = full_pages.next().unwrap_or_default();
+            let page = pages.next().unwrap_or_default();
             let (reply, ops) = match job {
                 Job::Ops { reply, ops } => (reply, ops),
-                Job::Sweep { reply } => {
+                Job::Sweep { reply, .. } => {
                     let msg = match &result {
                         Ok(()) => Ok(SweepStep {
                             results: answers.next().expect("one answer list per job"),
-                            full,
+                            page,
                         }),
                         Err(e) => Err(EngineError::Store(e.clone())),
                     };

@@ -754,6 +754,13 @@ pub struct RunnerHistoryQuery {
     pub to: Timestamp,
 }
 
+/// A runner due for settlement, by its key in the sweep's order ([`Tx::due_runner_settlements`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueRunner {
+    pub settled_until: Timestamp,
+    pub id: tollgate_core::ids::RunnerId,
+}
+
 /// A minute of a runner-state history: runner-milliseconds per column.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RunnerMinuteTotals {
@@ -922,12 +929,15 @@ pub trait Tx {
     ) -> Result<()>;
     /// Runners due for settlement up to `until` (the start of the current minute): those with
     /// `settled_until < min(cap_at, until)`, oldest `settled_until` first (then by runner id),
-    /// at most `limit`.
+    /// after the key `after` when given (a sweep's previous page ended there: a runner whose
+    /// settlement was refused keeps its key and is not read again by the same sweep), at most
+    /// `limit`, each with its key `(settled_until, runner id)`.
     fn due_runner_settlements(
         &mut self,
         until: Timestamp,
+        after: Option<&DueRunner>,
         limit: usize,
-    ) -> Result<Vec<tollgate_core::ids::RunnerId>>;
+    ) -> Result<Vec<DueRunner>>;
     /// The runners of `accounts` with time due before `before` (the start of the month whose
     /// usage periods the batch closes): `settled_until < min(cap_at, before)`, live or silent
     /// within their grace, in runner id order. Called after [`Tx::lock_accounts`] locked

@@ -662,6 +662,79 @@ async fn one_sweep_settles_more_than_a_page_of_due_runners() {
 }
 
 #[tokio::test]
+async fn runners_whose_settlement_is_refused_do_not_hold_back_the_others() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let f = Fixture::new(&db, BillingMode::Prepaid, Some("1000.00")).await;
+        // A second machine type, whose runners come first in the sweep's order (same cursor,
+        // lower ids), then its price gone from the catalog: their settlements are refused, and
+        // more than two pages of them do not keep one sweep from the runners after them.
+        let with_a100 = crate::common::CATALOG.replace(
+            "[machines]\nGPU-H100 = \"0.000525\"\n",
+            "[machines]\nGPU-H100 = \"0.000525\"\nGPU-A100 = \"0.0003\"\n",
+        );
+        let doc = tollgate_core::catalog::document::parse(&with_a100).unwrap();
+        f.engine
+            .admin(tollgate_engine::AdminCmd::ApplyCatalog(Box::new(doc)))
+            .await
+            .unwrap();
+        let stuck = RUNNER_SWEEP_LIMIT * 2 + 3;
+        let mut bulk: Vec<RunnerEvent> = (0..stuck)
+            .map(|i| {
+                let mut e = report(
+                    &format!("ev-a-{i:04}"),
+                    &format!("rn-a-{i:04}"),
+                    1,
+                    RunnerState::Running,
+                    T0,
+                );
+                e.machine_type = MachineType::parse("GPU-A100").unwrap();
+                e
+            })
+            .collect();
+        bulk.extend((0..5).map(|i| {
+            report(
+                &format!("ev-h-{i}"),
+                &format!("rn-h-{i}"),
+                1,
+                RunnerState::Running,
+                T0,
+            )
+        }));
+        f.at(T0 + 10 * SEC);
+        f.bulk(bulk).await.unwrap();
+        // A catalog document cannot take a machine price away; the stored prices can lose
+        // one (written by hand, or by an older version of the catalog).
+        let mut h100_only = tollgate_core::price::MachinePrices::new();
+        h100_only.insert(MachineType::parse("GPU-H100").unwrap(), Decimal::new(525, 6));
+        let mut other = db.open().unwrap();
+        other
+            .transaction(&mut |tx| tx.set_machine_prices(&h100_only))
+            .unwrap();
+        drop(other);
+        f.at(T0 + MIN + 10 * SEC);
+        f.engine.sweep_expired().await.unwrap();
+        let runners = f.runners().await;
+        let (a100, h100): (Vec<_>, Vec<_>) = runners
+            .iter()
+            .partition(|r| r.machine_type.as_str() == "GPU-A100");
+        assert_eq!((a100.len(), h100.len()), (stuck, 5));
+        assert!(
+            h100.iter().all(|r| r.settled_until == Timestamp(T0 + MIN)
+                && r.billed == Nanos(60 * H100_NANOS_PER_S)),
+            "{backend:?}: {h100:?}"
+        );
+        assert!(
+            a100.iter()
+                .all(|r| r.settled_until == Timestamp(T0) && r.billed == Nanos::ZERO),
+            "{backend:?}"
+        );
+        f.reconciled(backend.name()).await;
+        f.engine.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn a_catalogs_surge_prices_are_stored_and_bill_surge_runners() {
     for backend in backends() {
         let db = TestDb::new(&backend);

@@ -9,7 +9,8 @@ use crate::rows::{
 };
 use crate::{
     parse_id, to_json, ApiKeyRecord, BillingMode, ClaimedDelivery, DbError, DeliveryResult,
-    PortalLink, Result, StoreError, Tx, WebSession, WebhookRecord, SETTING_CATALOG_GENERATION,
+    DueRunner, PortalLink, Result, StoreError, Tx, WebSession, WebhookRecord,
+    SETTING_CATALOG_GENERATION,
 };
 use ::postgres::types::ToSql;
 use ::postgres::{Row, Statement, Transaction};
@@ -185,17 +186,30 @@ impl Tx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn due_runner_settlements(&mut self, until: Timestamp, limit: usize) -> Result<Vec<RunnerId>> {
+    fn due_runner_settlements(
+        &mut self,
+        until: Timestamp,
+        after: Option<&DueRunner>,
+        limit: usize,
+    ) -> Result<Vec<DueRunner>> {
         // The partial index of the runners not accounted up to their cap, from the oldest
-        // cursor. Servers sweeping together may find the same runners: each settles under the
-        // account's lock, and the second finds nothing left to settle.
+        // cursor (or from the key after which the sweep's previous page ended). Servers
+        // sweeping together may find the same runners: each settles under the account's lock,
+        // and the second finds nothing left to settle.
+        let (from, after_id) = after.map_or((i64::MIN, ""), |d| (d.settled_until.0, d.id.as_str()));
         self.rows(
-            "SELECT runner_id FROM runners WHERE settled_until < cap_at \
-             AND settled_until < $1 ORDER BY settled_until, runner_id LIMIT $2",
-            &[&until.0, &(limit as i64)],
+            "SELECT settled_until, runner_id FROM runners WHERE settled_until < cap_at \
+             AND settled_until < $1 AND (settled_until, runner_id) > ($2, $3) \
+             ORDER BY settled_until, runner_id LIMIT $4",
+            &[&until.0, &from, &after_id, &(limit as i64)],
         )?
         .iter()
-        .map(|r| parse_id(RunnerId::parse, r.try_get(0)?))
+        .map(|r| {
+            Ok(DueRunner {
+                settled_until: Timestamp(r.try_get(0)?),
+                id: parse_id(RunnerId::parse, r.try_get(1)?)?,
+            })
+        })
         .collect()
     }
 

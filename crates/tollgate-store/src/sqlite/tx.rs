@@ -10,8 +10,8 @@ use crate::rows::{
     TAKEN_COLS, WEB_SESSION_COLS,
 };
 use crate::{
-    parse_id, to_json, ApiKeyRecord, BillingMode, ClaimedDelivery, DeliveryResult, PortalLink,
-    Result, StoreError, Tx, WebSession, WebhookRecord, SETTING_CATALOG_GENERATION,
+    parse_id, to_json, ApiKeyRecord, BillingMode, ClaimedDelivery, DeliveryResult, DueRunner,
+    PortalLink, Result, StoreError, Tx, WebSession, WebhookRecord, SETTING_CATALOG_GENERATION,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -170,17 +170,34 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn due_runner_settlements(&mut self, until: Timestamp, limit: usize) -> Result<Vec<RunnerId>> {
+    fn due_runner_settlements(
+        &mut self,
+        until: Timestamp,
+        after: Option<&DueRunner>,
+        limit: usize,
+    ) -> Result<Vec<DueRunner>> {
         // The partial index of the runners not accounted up to their cap, from the oldest
-        // cursor.
+        // cursor (or from the key after which the sweep's previous page ended).
+        let (from, after_id) = after.map_or((i64::MIN, ""), |d| (d.settled_until.0, d.id.as_str()));
         let mut st = self.conn.prepare_cached(
-            "SELECT runner_id FROM runners WHERE settled_until < cap_at \
-             AND settled_until < ?1 ORDER BY settled_until, runner_id LIMIT ?2",
+            "SELECT settled_until, runner_id FROM runners INDEXED BY runners_due \
+             WHERE settled_until < cap_at AND settled_until < ?1 AND settled_until >= ?2 \
+             AND (settled_until > ?2 OR runner_id > ?3) \
+             ORDER BY settled_until, runner_id LIMIT ?4",
         )?;
-        let ids = st
-            .query_map(params![until.0, limit as i64], |r| r.get::<_, String>(0))?
+        let rows = st
+            .query_map(params![until.0, from, after_id, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        ids.iter().map(|s| parse_id(RunnerId::parse, s)).collect()
+        rows.into_iter()
+            .map(|(at, id)| {
+                Ok(DueRunner {
+                    settled_until: Timestamp(at),
+                    id: parse_id(RunnerId::parse, &id)?,
+                })
+            })
+            .collect()
     }
 
     fn due_runners(

@@ -21,8 +21,8 @@ use tollgate_core::serverless::{
 use tollgate_core::{Nanos, Timestamp};
 use tollgate_store::testing::{backends, Backend, TestDb};
 use tollgate_store::{
-    BillingEventsQuery, BillingMode, RollupQuery, RunnerHistoryQuery, RunnerMinuteTotals, Service,
-    Store,
+    BillingEventsQuery, BillingMode, DueRunner, RollupQuery, RunnerHistoryQuery,
+    RunnerMinuteTotals, Service, Store,
 };
 
 /// 2026-06-01T00:00:00Z.
@@ -119,14 +119,26 @@ fn load(
 }
 
 fn due(store: &mut dyn Store, until: i64, limit: usize) -> Vec<String> {
+    due_after(store, until, None, limit)
+        .iter()
+        .map(|r| r.id.as_str().to_string())
+        .collect()
+}
+
+fn due_after(
+    store: &mut dyn Store,
+    until: i64,
+    after: Option<&DueRunner>,
+    limit: usize,
+) -> Vec<DueRunner> {
     let mut out = Vec::new();
     store
         .transaction(&mut |tx| {
-            out = tx.due_runner_settlements(Timestamp(until), limit)?;
+            out = tx.due_runner_settlements(Timestamp(until), after, limit)?;
             Ok(())
         })
         .unwrap();
-    out.iter().map(|r| r.as_str().to_string()).collect()
+    out
 }
 
 fn live(store: &mut dyn Store, accounts: &[AccountId], now: i64) -> Vec<String> {
@@ -379,6 +391,38 @@ fn due_settlements_are_the_oldest_cursors_below_their_cap_and_the_minute() {
             "{backend:?}"
         );
         assert_eq!(due(&mut *store, until, 2), ["b-early", "c-capped"]);
+        // Paged by key: the page after the first two holds the third, with its key; after
+        // the last there is nothing, whatever the limit.
+        let first = due_after(&mut *store, until, None, 2);
+        assert_eq!(
+            first[1],
+            DueRunner {
+                settled_until: Timestamp(NOW + 2 * MIN),
+                id: rid("c-capped")
+            }
+        );
+        let rest = due_after(&mut *store, until, Some(&first[1]), 2);
+        assert_eq!(
+            rest,
+            [DueRunner {
+                settled_until: Timestamp(NOW + 5 * MIN),
+                id: rid("a-late")
+            }],
+            "{backend:?}"
+        );
+        assert!(due_after(&mut *store, until, Some(&rest[0]), 100).is_empty());
+        // A key between two runners of one cursor pages by runner id.
+        let between = DueRunner {
+            settled_until: Timestamp(NOW + MIN),
+            id: rid("b-earlz"),
+        };
+        assert_eq!(
+            due_after(&mut *store, until, Some(&between), 100)
+                .iter()
+                .map(|d| d.id.as_str())
+                .collect::<Vec<_>>(),
+            ["c-capped", "a-late"]
+        );
         // An earlier minute: only those accounted to before it.
         assert_eq!(due(&mut *store, NOW + 2 * MIN, 100), ["b-early"]);
 
