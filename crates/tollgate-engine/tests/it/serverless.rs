@@ -706,7 +706,10 @@ async fn runners_whose_settlement_is_refused_do_not_hold_back_the_others() {
         // A catalog document cannot take a machine price away; the stored prices can lose
         // one (written by hand, or by an older version of the catalog).
         let mut h100_only = tollgate_core::price::MachinePrices::new();
-        h100_only.insert(MachineType::parse("GPU-H100").unwrap(), Decimal::new(525, 6));
+        h100_only.insert(
+            MachineType::parse("GPU-H100").unwrap(),
+            Decimal::new(525, 6),
+        );
         let mut other = db.open().unwrap();
         other
             .transaction(&mut |tx| tx.set_machine_prices(&h100_only))
