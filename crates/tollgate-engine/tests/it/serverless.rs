@@ -710,11 +710,15 @@ async fn runners_whose_settlement_is_refused_do_not_hold_back_the_others() {
             MachineType::parse("GPU-H100").unwrap(),
             Decimal::new(525, 6),
         );
-        let mut other = db.open().unwrap();
-        other
-            .transaction(&mut |tx| tx.set_machine_prices(&h100_only))
-            .unwrap();
-        drop(other);
+        // (On its own thread: PostgreSQL's blocking client runs a runtime of its own.)
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut other = db.open().unwrap();
+                other
+                    .transaction(&mut |tx| tx.set_machine_prices(&h100_only))
+                    .unwrap();
+            });
+        });
         f.at(T0 + MIN + 10 * SEC);
         f.engine.sweep_expired().await.unwrap();
         let runners = f.runners().await;
