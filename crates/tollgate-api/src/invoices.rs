@@ -88,14 +88,14 @@ pub struct InvoiceLine {
 #[schema(example = json!({"name": "Example AI Inc.", "address": "1 Main St, Springfield",
     "email": "billing@example.com", "tax_id": "US12-3456789"}))]
 pub struct IssuerBody {
-    /// 1 to 200 characters.
+    /// 1 to 200 characters, no control characters.
     pub name: String,
-    /// 1 to 500 characters.
+    /// 1 to 500 characters, printed as lines split at `\n`; no other control characters.
     pub address: String,
-    /// At most 200 characters.
+    /// At most 200 characters, no control characters.
     #[serde(default)]
     pub email: Option<String>,
-    /// At most 100 characters.
+    /// At most 100 characters, no control characters.
     #[serde(default)]
     pub tax_id: Option<String>,
 }
@@ -510,7 +510,9 @@ fn text(field: &'static str, v: &str, min: usize, max: usize) -> Result<(), ApiE
 /// Set the invoice issuer
 ///
 /// Replaces who issues the invoices (`name`, `address`, optional `email` and `tax_id`), as
-/// every invoice shows it from then on. Refused input answers 400 and changes nothing.
+/// every invoice shows it from then on. Refused input (a field too long or too short, or with
+/// a control character other than the address's line breaks) answers 400 naming the field and
+/// changes nothing.
 #[utoipa::path(
     put, path = "/v1/admin/issuer", tag = tags::OPERATOR, operation_id = "setIssuer",
     security(("Key" = ["OPERATOR"])),
@@ -523,13 +525,21 @@ pub async fn set_issuer(
     _: Params<NoParams>,
     Json(body): Json<IssuerBody>,
 ) -> Result<axum::Json<IssuerBody>, ApiError> {
-    text("name", &body.name, 1, 200)?;
-    text("address", &body.address, 1, 500)?;
-    if let Some(e) = &body.email {
-        text("email", e, 1, 200)?;
-    }
-    if let Some(t) = &body.tax_id {
-        text("tax_id", t, 1, 100)?;
+    for (field, value, min, max) in [
+        ("name", Some(&body.name), 1, 200),
+        ("address", Some(&body.address), 1, 500),
+        ("email", body.email.as_ref(), 1, 200),
+        ("tax_id", body.tax_id.as_ref(), 1, 100),
+    ] {
+        if let Some(v) = value {
+            text(field, v, min, max)?;
+            // The address is printed as lines: its line breaks are text.
+            if field == "address" {
+                control_free(field, &v.replace('\n', " "))?;
+            } else {
+                control_free(field, v)?;
+            }
+        }
     }
     let issuer = Issuer {
         name: body.name,

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use tollgate_query::focus::{FocusQuery, FocusReport, FocusSource};
 use tollgate_query::timeframe::{Moment, RangeSpec};
-use tollgate_store::testing::backends;
+use tollgate_store::testing::{backends, Backend};
 
 /// 2026-06-01T00:00:00Z.
 const T0: i64 = 1_780_272_000_000;
@@ -483,18 +483,26 @@ async fn a_prepaid_accounts_report_is_valid_focus_and_adds_up() {
     }
 }
 
+/// A tollgate at [`T0`] on `backend`, its invoices issued by Acme Cloud Inc.
+async fn spawn_with_issuer(backend: &Backend) -> TestApp {
+    let app = TestApp::spawn_at_on(backend, T0).await;
+    app.op(
+        Method::PUT,
+        "/v1/admin/issuer",
+        json!({ "name": "Acme Cloud Inc", "address": "1 Main St" }),
+    )
+    .await
+    .expect(200);
+    app
+}
+
+/// An account with its own price and a discount: its estimate shows the list and the
+/// contracted prices apart, and its costs add up to its billing events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn negotiated_prices_differ_from_list_and_invoiced_usage_is_billed() {
+async fn negotiated_prices_differ_from_list_prices_in_the_estimate() {
     for backend in backends() {
         let on = backend.name();
-        let app = TestApp::spawn_at_on(&backend, T0).await;
-        app.op(
-            Method::PUT,
-            "/v1/admin/issuer",
-            json!({ "name": "Acme Cloud Inc", "address": "1 Main St" }),
-        )
-        .await
-        .expect(200);
+        let app = spawn_with_issuer(&backend).await;
         // bigco: its own flux/dev price (0.02 USD/MP, list 0.025) and a 10% discount.
         app.create_account("bigco").await.expect(201);
         let big = app.create_key("bigco", "ADMIN").await;
@@ -506,15 +514,6 @@ async fn negotiated_prices_differ_from_list_and_invoiced_usage_is_billed() {
         )
         .await
         .expect(200);
-        // corp: billed on invoices.
-        app.op(
-            Method::POST,
-            "/v1/admin/accounts",
-            json!({ "username": "corp", "billing": "invoice" }),
-        )
-        .await
-        .expect(201);
-        let corp = app.create_key("corp", "ADMIN").await;
 
         bill_at(
             &app,
@@ -522,13 +521,6 @@ async fn negotiated_prices_differ_from_list_and_invoiced_usage_is_billed() {
             vec![flux("bigco"), flux("bigco"), whisper("bigco", "100")],
         )
         .await;
-        bill_at(
-            &app,
-            T0 + 3 * HOUR,
-            vec![flux("corp"), whisper("corp", "10")],
-        )
-        .await;
-        bill_at(&app, T0 + DAY + 3 * HOUR, vec![flux("corp")]).await;
         app.set_now(T0 + 2 * DAY);
 
         let r = get(
@@ -561,6 +553,38 @@ async fn negotiated_prices_differ_from_list_and_invoiced_usage_is_billed() {
             "{on}"
         );
         assert_focus_valid(&r.text);
+
+        app.assert_reconciled().await;
+    }
+}
+
+/// An invoice-billed account: its estimate bills its usage at cost, its invoice report holds
+/// only issued invoices, by billing month (a late charge on the next invoice) and by charge
+/// month.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invoice_accounts_usage_is_billed_at_cost_then_on_its_invoices_by_billing_and_charge_month(
+) {
+    for backend in backends() {
+        let on = backend.name();
+        let app = spawn_with_issuer(&backend).await;
+        // corp: billed on invoices.
+        app.op(
+            Method::POST,
+            "/v1/admin/accounts",
+            json!({ "username": "corp", "billing": "invoice" }),
+        )
+        .await
+        .expect(201);
+        let corp = app.create_key("corp", "ADMIN").await;
+
+        bill_at(
+            &app,
+            T0 + 3 * HOUR,
+            vec![flux("corp"), whisper("corp", "10")],
+        )
+        .await;
+        bill_at(&app, T0 + DAY + 3 * HOUR, vec![flux("corp")]).await;
+        app.set_now(T0 + 2 * DAY);
 
         // corp's estimate: its usage billed at cost, not on an invoice yet.
         let r = get(
@@ -602,18 +626,6 @@ async fn negotiated_prices_differ_from_list_and_invoiced_usage_is_billed() {
         r.expect(200);
         assert!(parse_csv(&r.text).rows.is_empty(), "{on}: {}", r.text);
 
-        // mixed: prepaid, then billed on invoice from June 10th. Its usage of June 3rd was
-        // drawn from credits; its usage of June 12th is billed on its invoice.
-        app.create_account("mixed").await.expect(201);
-        let mixed = app.create_key("mixed", "ADMIN").await;
-        app.purchase("mixed", "m", "10", "paid").await.expect(201);
-        bill_at(&app, T0 + 2 * DAY + HOUR, vec![flux("mixed")]).await;
-        app.set_now(T0 + 9 * DAY);
-        app.set_pricing("mixed", json!({ "billing": "invoice" }))
-            .await
-            .expect(200);
-        bill_at(&app, T0 + 11 * DAY, vec![flux("mixed")]).await;
-
         // June closes (at July's start): its invoice bills June's usage. A late event of June,
         // recorded in July, lands on July's invoice with June as its charge period.
         const JULY: i64 = T0 + 30 * DAY;
@@ -630,25 +642,6 @@ async fn negotiated_prices_differ_from_list_and_invoiced_usage_is_billed() {
             .as_str()
             .expect("June's invoice")
             .to_string();
-        let issued = app
-            .op(
-                Method::POST,
-                "/v1/admin/invoices/close",
-                json!({ "username": "mixed", "until": crate::harness::rfc3339(JULY) }),
-            )
-            .await;
-        let mixed_invoice = issued.expect(200)["issued"][0]
-            .as_str()
-            .expect("mixed's invoice")
-            .to_string();
-        let mixed_invoice = get(
-            &app,
-            &mixed,
-            &format!("/v1/account/invoices/{mixed_invoice}"),
-        )
-        .await
-        .expect(200)
-        .clone();
         app.set_now(JULY + DAY);
         let late = json!({ "endpoint_id": FLUX_DEV, "username": "corp", "status_code": 200,
             "event_id": new_id(), "timestamp": crate::harness::rfc3339(T0 + 5 * DAY),
@@ -727,6 +720,51 @@ async fn negotiated_prices_differ_from_list_and_invoiced_usage_is_billed() {
             int(&june["total_nano_usd"]) + int(&july["total_nano_usd"]),
             "{on}"
         );
+
+        app.assert_reconciled().await;
+    }
+}
+
+/// An account moved from credits to invoices mid-month: the usage drawn from its credits and
+/// the usage billed on its invoice are reported in their own billing months.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_moved_to_invoices_reports_its_credit_usage_apart_from_its_invoice() {
+    for backend in backends() {
+        let on = backend.name();
+        let app = spawn_with_issuer(&backend).await;
+        // mixed: prepaid, then billed on invoice from June 10th. Its usage of June 3rd was
+        // drawn from credits; its usage of June 12th is billed on its invoice.
+        app.create_account("mixed").await.expect(201);
+        let mixed = app.create_key("mixed", "ADMIN").await;
+        app.purchase("mixed", "m", "10", "paid").await.expect(201);
+        bill_at(&app, T0 + 2 * DAY + HOUR, vec![flux("mixed")]).await;
+        app.set_now(T0 + 9 * DAY);
+        app.set_pricing("mixed", json!({ "billing": "invoice" }))
+            .await
+            .expect(200);
+        bill_at(&app, T0 + 11 * DAY, vec![flux("mixed")]).await;
+
+        const JULY: i64 = T0 + 30 * DAY;
+        app.set_now(JULY + HOUR);
+        let issued = app
+            .op(
+                Method::POST,
+                "/v1/admin/invoices/close",
+                json!({ "username": "mixed", "until": crate::harness::rfc3339(JULY) }),
+            )
+            .await;
+        let mixed_invoice = issued.expect(200)["issued"][0]
+            .as_str()
+            .expect("mixed's invoice")
+            .to_string();
+        let mixed_invoice = get(
+            &app,
+            &mixed,
+            &format!("/v1/account/invoices/{mixed_invoice}"),
+        )
+        .await
+        .expect(200)
+        .clone();
 
         // mixed's June report: the usage drawn from its credits only (its invoice-billed usage
         // is not June's to bill); its July report: its invoice of June 10th to 30th, issued

@@ -10,7 +10,7 @@ use crate::harness::{dec, int, rfc3339, Body, Resp, TestApp, USD};
 use reqwest::Method;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use tollgate_store::testing::backends;
+use tollgate_store::testing::{backends, Backend};
 
 /// 2026-05-01T00:00:00Z.
 const MAY: i64 = 1_777_593_600_000;
@@ -106,11 +106,27 @@ fn adds_up(s: &Value) {
     assert_eq!(by_endpoint, -int(&s["usage_nano_usd"]), "{s}");
 }
 
-#[tokio::test]
-async fn statements_and_credit_activity_follow_the_ledger() {
-    for backend in backends() {
+/// acme's and other's movements from May to July 2026, on `backend`, with the figures they
+/// come to (each checked as it is made).
+struct History {
+    app: TestApp,
+    admin: String,
+    api: String,
+    other_admin: String,
+    may1: i64,
+    may2: i64,
+    expired: i64,
+    may_end: i64,
+    june1: i64,
+    june15: i64,
+    june_end: i64,
+    now_balance: i64,
+}
+
+impl History {
+    async fn on(backend: &Backend) -> History {
         let on = backend.name();
-        let app = TestApp::spawn_at_on(&backend, MAY + HOUR).await;
+        let app = TestApp::spawn_at_on(backend, MAY + HOUR).await;
         app.create_account("acme").await.expect(201);
         app.create_account("other").await.expect(201);
         let admin = app.create_key("acme", "ADMIN").await;
@@ -124,7 +140,7 @@ async fn statements_and_credit_activity_follow_the_ledger() {
             Method::POST,
             "/v1/admin/accounts/acme/purchases",
             json!({"purchase_id": "g-exp", "amount_usd": "5", "kind": "free",
-                   "expires_at": rfc3339(MAY + 2 * DAY)}),
+                       "expires_at": rfc3339(MAY + 2 * DAY)}),
         )
         .await
         .expect(201);
@@ -170,7 +186,43 @@ async fn statements_and_credit_activity_follow_the_ledger() {
         let july1 = usage(&app, "acme", "e-7", FLUX_DEV, JULY + HOUR, "2").await;
         let now_balance = balance(&app, "acme").await;
         assert_eq!(now_balance, june_end - july1, "{on}");
+        History {
+            app,
+            admin,
+            api,
+            other_admin,
+            may1,
+            may2,
+            expired,
+            may_end,
+            june1,
+            june15,
+            june_end,
+            now_balance,
+        }
+    }
+}
 
+/// May's statement has every kind of movement and adds up to the balance at May's end; June
+/// opens where May closed; July so far closes at the balance now; April, before any movement,
+/// is all zeros.
+#[tokio::test]
+async fn each_months_statement_adds_up_to_its_closing_balance_and_opens_the_next() {
+    for backend in backends() {
+        let on = backend.name();
+        let History {
+            app,
+            admin,
+            may1,
+            may2,
+            expired,
+            may_end,
+            june1,
+            june15,
+            june_end,
+            now_balance,
+            ..
+        } = History::on(&backend).await;
         // May's statement: every kind, adding up to the balance at the month's end.
         let may = statement(&app, &admin, "2026-05").await;
         assert_eq!(may["month"], "2026-05");
@@ -229,6 +281,27 @@ async fn statements_and_credit_activity_follow_the_ledger() {
         assert_eq!(int(&april["closing_balance_nano_usd"]), 0);
         assert_eq!(april["usage_by_endpoint"], json!([]));
 
+        app.assert_reconciled().await;
+    }
+}
+
+/// Credit activity, newest first, is the same in one page and in pages of two; each row's
+/// balance follows from the next older one, the newest is the balance now, usage is one row
+/// per day at its end, and a month's rows add up to its statement.
+#[tokio::test]
+async fn credit_activity_runs_the_balance_back_from_now_in_any_page_size() {
+    for backend in backends() {
+        let on = backend.name();
+        let History {
+            app,
+            admin,
+            may2,
+            expired,
+            may_end,
+            june_end,
+            now_balance,
+            ..
+        } = History::on(&backend).await;
         // Credit activity, newest first, in one page and in pages of two: the same rows.
         let all = activity(&app, &admin, "", 1000).await;
         assert_eq!(activity(&app, &admin, "", 2).await, all, "{on}");
@@ -286,6 +359,7 @@ async fn statements_and_credit_activity_follow_the_ledger() {
         assert_eq!(int(&all[5]["amount_nano_usd"]), -expired);
         assert_eq!(int(&all[4]["amount_nano_usd"]), -1_500_000_000);
         // May's rows add up to May's statement.
+        let may = statement(&app, &admin, "2026-05").await;
         let in_may = activity(&app, &admin, "&start=2026-05-01&end=2026-06-01", 3).await;
         assert_eq!(in_may, all[4..].to_vec(), "{on}");
         let may_usage: i64 = in_may
@@ -295,6 +369,22 @@ async fn statements_and_credit_activity_follow_the_ledger() {
             .sum();
         assert_eq!(may_usage, int(&may["usage_nano_usd"]));
 
+        app.assert_reconciled().await;
+    }
+}
+
+/// Another account sees only its own movements, even with acme's cursor, and its own
+/// statement.
+#[tokio::test]
+async fn another_accounts_movements_never_show() {
+    for backend in backends() {
+        let on = backend.name();
+        let History {
+            app,
+            admin,
+            other_admin,
+            ..
+        } = History::on(&backend).await;
         // Another account sees only its own movements, even with acme's cursor.
         let theirs = activity(&app, &other_admin, "", 10).await;
         let theirs: Vec<&str> = theirs.iter().map(|r| r["kind"].as_str().unwrap()).collect();
@@ -322,6 +412,23 @@ async fn statements_and_credit_activity_follow_the_ledger() {
             7 * USD - 100_000_000
         );
 
+        app.assert_reconciled().await;
+    }
+}
+
+/// Bad months (naming `month`), bad ranges and paging, and API keys are refused; nothing the
+/// refusals did moved money.
+#[tokio::test]
+async fn bad_months_ranges_paging_and_api_keys_are_refused_and_move_nothing() {
+    for backend in backends() {
+        let on = backend.name();
+        let History {
+            app,
+            admin,
+            api,
+            now_balance,
+            ..
+        } = History::on(&backend).await;
         // Refused: bad months (naming `month`), bad ranges and paging, API keys.
         for bad in [
             "2026-13", "2026-00", "2026-5", "202605", "2026-08", "9999-01", "x",
