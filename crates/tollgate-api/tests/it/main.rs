@@ -16,6 +16,7 @@ mod billing_holes;
 mod catalog;
 mod catalog_preview;
 mod lifecycle;
+mod month_close;
 mod observe;
 mod openapi;
 mod payments;
