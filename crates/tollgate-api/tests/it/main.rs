@@ -6,6 +6,7 @@ mod harness;
 
 mod fal;
 mod focus;
+mod invoice_lines;
 mod invoices;
 mod keys_admin;
 mod limits;
