@@ -185,12 +185,29 @@ pub fn router_with(state: AppState, pages: axum::Router) -> axum::Router {
 /// at the next look. (A period is closed at its month's end whenever this runs: the first
 /// batch that touches an account in a later month closes its period too.)
 pub fn spawn_month_close(engine: Engine, every: Duration) -> tokio::task::JoinHandle<()> {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is at once: the catch-up at startup.
+    let looks = futures_util::stream::unfold(tick, |mut tick| async move {
+        tick.tick().await;
+        Some(((), tick))
+    });
+    spawn_month_close_on(engine, looks)
+}
+
+/// The month's close of [`spawn_month_close`], looking each time `looks` yields (the server's
+/// timer, or whatever else paces it) until `looks` ends or the engine stops. A look closes the
+/// periods of past months unless it already did so in the current month (by the engine's
+/// clock). The next look is awaited only once the last one is over.
+pub fn spawn_month_close_on<S>(engine: Engine, looks: S) -> tokio::task::JoinHandle<()>
+where
+    S: futures_util::Stream<Item = ()> + Send + 'static,
+{
+    use futures_util::StreamExt;
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut looks = std::pin::pin!(looks);
         let mut closed_for = None;
-        loop {
-            tick.tick().await;
+        while looks.next().await.is_some() {
             let month = tollgate_core::time::month_start(engine.now());
             if closed_for == Some(month) {
                 continue;

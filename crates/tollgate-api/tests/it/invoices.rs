@@ -199,7 +199,7 @@ async fn a_refused_issuer_writes_nothing() {
 
 /// The text `pdftotext -layout` extracts from `pdf`. The tool is TOLLGATE_PDFTOTEXT, which
 /// scripts/test.sh sets after installing poppler-utils; without it the test fails.
-fn pdftotext(pdf: &[u8]) -> String {
+pub(crate) fn pdftotext(pdf: &[u8]) -> String {
     let tool = std::env::var("TOLLGATE_PDFTOTEXT")
         .ok()
         .filter(|t| !t.is_empty())

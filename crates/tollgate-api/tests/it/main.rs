@@ -6,6 +6,7 @@ mod harness;
 
 mod fal;
 mod focus;
+mod invoice_lines;
 mod invoices;
 mod keys_admin;
 mod limits;
@@ -16,6 +17,7 @@ mod billing_holes;
 mod catalog;
 mod catalog_preview;
 mod lifecycle;
+mod month_close;
 mod observe;
 mod openapi;
 mod payments;

@@ -9,8 +9,9 @@
 //! Then, through the survivors: every id was applied exactly once (at most one answer is not a
 //! replay, every answer for an id is the same), every acknowledged cost is in the request's
 //! record and in the account's billing events exactly once, the ledger reconciles, no balance is
-//! negative, nothing is held or in progress, and every balance is exactly its purchases minus
-//! its billed costs, to the nano-USD.
+//! negative, nothing is held or in progress, every balance is exactly its purchases minus
+//! its billed costs, to the nano-USD, and every paid purchase, whichever server applied it, has
+//! exactly one top-up invoice, the numbers unique and gapless across the servers.
 //!
 //! Runs when `TOLLGATE_TEST_POSTGRES_URL` names a PostgreSQL server (CI sets it); otherwise it
 //! says so and passes. Timing only decides when the server is killed and how the calls
@@ -834,6 +835,28 @@ fn billing_events(c: &Client, base: &str, admin_key: &str, start: &str, end: &st
     }
 }
 
+/// Every invoice, as the operator lists them from `base`, newest first (there are only
+/// top-up invoices: no account is invoice-billed).
+fn top_up_invoices(c: &Client, base: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = "/v1/admin/invoices?limit=1000".to_string();
+        if let Some(cur) = &cursor {
+            path.push_str(&format!("&cursor={cur}"));
+        }
+        let page = must(get(c, base, &path), 200, "invoices").body;
+        for i in page["invoices"].as_array().expect("invoices") {
+            assert_eq!(i["kind"], "top_up", "{i}");
+            out.push(i.clone());
+        }
+        match page["next_cursor"].as_str() {
+            Some(cur) if page["has_more"] == true => cursor = Some(cur.to_string()),
+            _ => return out,
+        }
+    }
+}
+
 #[test]
 fn three_servers_on_one_postgres_database_bill_each_request_once_through_a_sigkill() {
     let Some(url) = postgres_url() else {
@@ -1121,6 +1144,60 @@ fn three_servers_on_one_postgres_database_bill_each_request_once_through_a_sigki
             ));
         }
     }
+    // Every paid purchase, whichever server applied it, has exactly one top-up invoice, and
+    // the numbers the servers gave them are unique and gapless in issue order.
+    let mut purchases: BTreeSet<String> = ACCOUNTS.iter().map(|u| format!("init-{u}")).collect();
+    let mut applied_by = BTreeSet::new();
+    for op in ops.iter().filter(|op| op.kind == Kind::Purchase) {
+        purchases.insert(op.id.clone());
+        applied_by.extend(
+            op.answers
+                .iter()
+                .filter(|(_, r)| !r.replayed)
+                .map(|(s, _)| *s),
+        );
+    }
+    if applied_by.len() < 2 {
+        problems.push(format!(
+            "the purchases were applied by servers {applied_by:?} only"
+        ));
+    }
+    let invoices = top_up_invoices(&c, &bases[survivors[1]]);
+    let mut numbers = BTreeMap::<String, Vec<u64>>::new();
+    let mut invoiced = BTreeSet::new();
+    for i in &invoices {
+        let number = i["number"].as_str().expect("number");
+        let mut parts = number.rsplitn(2, '-');
+        let seq = parts.next().and_then(|n| n.parse::<u64>().ok());
+        let (Some(seq), Some(prefix)) = (seq, parts.next()) else {
+            problems.push(format!(
+                "invoice number {number} is not <prefix>-<year>-<seq>"
+            ));
+            continue;
+        };
+        numbers.entry(prefix.to_string()).or_default().push(seq);
+        let purchase = i["purchase_id"].as_str().expect("purchase_id").to_string();
+        if !invoiced.insert(purchase.clone()) {
+            problems.push(format!("purchase {purchase} has two top-up invoices"));
+        }
+    }
+    if invoiced != purchases {
+        problems.push(format!(
+            "top-up invoices ({}) do not match the paid purchases ({}): missing {:?}, extra {:?}",
+            invoiced.len(),
+            purchases.len(),
+            purchases.difference(&invoiced).collect::<Vec<_>>(),
+            invoiced.difference(&purchases).collect::<Vec<_>>()
+        ));
+    }
+    for (prefix, mut seqs) in numbers {
+        // Listed newest first: issue order is the reverse.
+        seqs.reverse();
+        if seqs != (1..=seqs.len() as u64).collect::<Vec<_>>() {
+            problems.push(format!("{prefix}: the numbers are not gapless: {seqs:?}"));
+        }
+    }
+
     // No server logged an error or panicked (a batch that lost a race is retried quietly).
     for (n, s) in servers.iter().enumerate() {
         for line in s.stderr_text().lines() {
@@ -1142,7 +1219,8 @@ fn three_servers_on_one_postgres_database_bill_each_request_once_through_a_sigki
          {VICTIM} killed after {killed_at} of {} iterations; {} operations in {load_took:.1?}, \
          {} calls failed over ({} of them cut by the kill; {} ids had been applied but not \
          answered), {} replays, refusals (402) per account {:?}, billed {:?}, \
-         balances {:?}; {:.1?} in all",
+         balances {:?}, {} top-up invoices numbered without gaps (purchases applied by \
+         servers {applied_by:?}); {:.1?} in all",
         SERVERS,
         THREADS * ITERS,
         ops.len(),
@@ -1155,6 +1233,7 @@ fn three_servers_on_one_postgres_database_bill_each_request_once_through_a_sigki
         (0..ACCOUNTS.len())
             .map(|a| ledger.purchased[a] - ledger.billed[a])
             .collect::<Vec<_>>(),
+        invoices.len(),
         began.elapsed()
     );
     drop(servers);
