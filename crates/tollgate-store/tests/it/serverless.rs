@@ -490,11 +490,16 @@ fn the_due_settlements_read_only_the_runners_not_yet_at_their_cap() {
     let c = rusqlite::Connection::open(db.target()).unwrap();
     let plan: Vec<String> = c
         .prepare(
-            "EXPLAIN QUERY PLAN SELECT runner_id FROM runners WHERE settled_until < cap_at \
-             AND settled_until < ?1 ORDER BY settled_until, runner_id LIMIT ?2",
+            "EXPLAIN QUERY PLAN SELECT settled_until, runner_id FROM runners \
+             INDEXED BY runners_due \
+             WHERE settled_until < cap_at AND settled_until < ?1 AND settled_until >= ?2 \
+             AND (settled_until > ?2 OR runner_id > ?3) \
+             ORDER BY settled_until, runner_id LIMIT ?4",
         )
         .unwrap()
-        .query_map(rusqlite::params![NOW + MIN, 10], |r| r.get::<_, String>(3))
+        .query_map(rusqlite::params![NOW + MIN, NOW, "a", 10], |r| {
+            r.get::<_, String>(3)
+        })
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
