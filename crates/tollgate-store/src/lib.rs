@@ -20,6 +20,99 @@ mod statements;
 pub mod testing;
 mod webhooks;
 
+/// The SQL behind the reads that must stay ranges of an account's index entries (statements,
+/// credit activity, invoices and their lines, the close of a usage period, FOCUS reports,
+/// request history), exactly as each store runs it, so that tests can ask each database for its
+/// plan. Not an API: nothing outside this crate's tests uses it.
+#[doc(hidden)]
+pub mod sql {
+    pub use crate::rows::Get;
+    pub use crate::statements::{credit_activity, statement, Arg, Db};
+
+    /// A placeholder as SQLite's reads spell it.
+    pub fn sqlite_ph(i: usize, _: &str) -> String {
+        format!("?{i}")
+    }
+
+    /// A placeholder as PostgreSQL's reads spell it.
+    pub fn postgres_ph(i: usize, ty: &str) -> String {
+        format!("${i}::{ty}")
+    }
+
+    /// The invoices read (`Reader::invoices`) of one account (`by_account`) or of all;
+    /// parameters: account, status, kind (NULL: any), before year, before seq, limit.
+    pub fn invoices(p: impl Fn(usize, &str) -> String, by_account: bool) -> String {
+        crate::rows::invoices_sql(p, by_account)
+    }
+
+    /// An invoice's lines (with every invoice `Reader::invoices` and `Reader::invoice` read);
+    /// parameters: year, seq.
+    pub fn invoice_lines(p: impl Fn(usize, &str) -> String) -> String {
+        crate::rows::invoice_lines_sql(p)
+    }
+
+    /// The purchases read (`Reader::purchases`, FOCUS's purchase rows); parameters: account,
+    /// from, to, after created_at, after purchase id, limit.
+    pub fn purchases(p: impl Fn(usize, &str) -> String) -> String {
+        crate::rows::purchases_sql(p)
+    }
+
+    /// A connection to the SQLite file at `path` as the store's readers open it (its settings
+    /// and the SQL functions its reads call).
+    pub fn sqlite_connection(path: &std::path::Path) -> crate::Result<rusqlite::Connection> {
+        crate::sqlite::open_conn(path)
+    }
+
+    /// The statement and credit-activity reads' connection on SQLite.
+    pub fn sqlite_db<'a>(tx: &'a rusqlite::Transaction<'a>) -> impl Db + 'a {
+        crate::sqlite::SqliteDb(tx)
+    }
+
+    /// The statement and credit-activity reads' connection on PostgreSQL.
+    pub fn postgres_db<'a, 'b: 'a>(tx: &'a mut ::postgres::Transaction<'b>) -> Box<dyn Db + 'a> {
+        Box::new(crate::postgres::PgDb(tx))
+    }
+
+    /// SQLite: a closed period's accruals copied into its invoice's lines (`?1` year, `?2` seq,
+    /// `?3` account, `?4` period start), then deleted (`?1` account, `?2` period start).
+    pub const SQLITE_ACCRUALS_TO_LINES: &str = crate::sqlite::ACCRUALS_TO_LINES;
+    pub const SQLITE_ACCRUALS_MOVED: &str = crate::sqlite::ACCRUALS_MOVED;
+
+    /// PostgreSQL: the closed periods' accruals moved into their invoices' lines (`$1`
+    /// accounts, `$2` period starts, `$3` years, `$4` seqs).
+    pub const POSTGRES_ACCRUALS_TO_LINES: &str = crate::postgres::ACCRUALS_TO_LINES;
+
+    /// SQLite: the statements of a usage read (`Reader::usage`), with their parameters.
+    pub fn sqlite_usage(
+        conn: &rusqlite::Connection,
+        q: &crate::RollupQuery,
+    ) -> crate::Result<Vec<(String, Vec<rusqlite::types::Value>)>> {
+        crate::sqlite::usage_statements(conn, q)
+    }
+
+    /// PostgreSQL: the statements of a usage read (`Reader::usage`), each with its range of
+    /// slots (`$1` account, `$2`..`$3` the range, `$4` endpoints, `$5` keys).
+    pub fn postgres_usage(
+        q: &crate::RollupQuery,
+    ) -> Vec<(String, tollgate_core::Timestamp, tollgate_core::Timestamp)> {
+        crate::postgres::usage_statements(q)
+    }
+
+    /// SQLite: the request history read (`Reader::request_history`) and its parameters.
+    pub fn sqlite_request_history(
+        q: &crate::RequestHistoryQuery,
+    ) -> (String, Vec<rusqlite::types::Value>) {
+        crate::sqlite::request_history_sql(q)
+    }
+
+    /// PostgreSQL: the request history read (`Reader::request_history`) and its parameters.
+    pub fn postgres_request_history(
+        q: &crate::RequestHistoryQuery,
+    ) -> (String, Vec<Box<dyn ::postgres::types::ToSql + Sync>>) {
+        crate::postgres::request_history_sql(q)
+    }
+}
+
 pub use webhooks::{
     event_id, parse_event_id, AttemptRecord, ClaimedDelivery, DeliveriesQuery, DeliveryNext,
     DeliveryRecord, DeliveryResult, DeliveryStatus, StoredEvent, WebhookEvents, WebhookKind,

@@ -35,7 +35,7 @@ use tollgate_core::terms::{Terms, TermsSchedule, TermsVersion};
 use tollgate_core::{Nanos, Timestamp};
 
 /// A result row, whichever driver read it: the few column types the schema uses.
-pub(crate) trait Get {
+pub trait Get {
     fn text(&self, i: usize) -> Result<String>;
     fn opt_text(&self, i: usize) -> Result<Option<String>>;
     fn int(&self, i: usize) -> Result<i64>;
@@ -529,6 +529,17 @@ pub(crate) const INVOICE_LINE_COLS: &str = "charge_month, endpoint_id, unit, uni
 pub(crate) const INVOICE_LINE_ORDER: &str =
     "charge_month, endpoint_id, unit, blend_version, unit_price, percent_discount";
 
+/// One invoice's lines, in their order: parameters its year and sequence number (a range of
+/// the lines' primary key).
+pub(crate) fn invoice_lines_sql(p: impl Fn(usize, &str) -> String) -> String {
+    format!(
+        "SELECT {INVOICE_LINE_COLS} FROM invoice_lines WHERE year = {} AND seq = {} \
+         ORDER BY {INVOICE_LINE_ORDER}",
+        p(1, "bigint"),
+        p(2, "bigint"),
+    )
+}
+
 /// A row of `SELECT {INVOICE_LINE_COLS}`.
 pub(crate) fn invoice_line_row(r: &dyn Get) -> Result<InvoiceLineRecord> {
     let price = match r.int(4)? {
@@ -666,13 +677,22 @@ pub(crate) fn corrected_in_batch(s: &BatchState, n: usize) -> Option<usize> {
 }
 
 /// The invoices read's SQL, with `?N`-style placeholders written by `p(n)`: account, status,
-/// kind (each NULL for any), before year, before seq, limit.
-pub(crate) fn invoices_sql(p: impl Fn(usize, &str) -> String) -> String {
+/// kind (each NULL for any), before year, before seq, limit. One account's invoices
+/// (`by_account`, the account given) are a range of `invoices_by_account`, newest first; all
+/// accounts' (the account NULL), the primary key's. (A condition `(? IS NULL OR account = ?)`
+/// would keep SQLite, which plans a statement before its parameters are known, on the primary
+/// key: a scan of every account's invoices for each page of one account's.)
+pub(crate) fn invoices_sql(p: impl Fn(usize, &str) -> String, by_account: bool) -> String {
+    let a = p(1, "text");
+    let account = if by_account {
+        format!("account = {a}")
+    } else {
+        format!("{a} IS NULL")
+    };
     format!(
-        "SELECT {INVOICE_COLS} FROM invoices WHERE ({a} IS NULL OR account = {a}) \
+        "SELECT {INVOICE_COLS} FROM invoices WHERE {account} \
          AND ({s} IS NULL OR status = {s}) AND ({k} IS NULL OR kind = {k}) \
          AND (year < {y} OR (year = {y} AND seq < {n})) ORDER BY year DESC, seq DESC LIMIT {l}",
-        a = p(1, "text"),
         s = p(2, "text"),
         k = p(3, "text"),
         y = p(4, "bigint"),

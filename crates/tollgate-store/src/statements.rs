@@ -24,13 +24,14 @@ use tollgate_core::time::{
 use tollgate_core::{Nanos, Timestamp};
 
 /// A parameter of a query.
-pub(crate) enum Arg {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arg {
     Int(i64),
     Text(String),
 }
 
 /// A store's connection in a read snapshot, as these reads use it.
-pub(crate) trait Db {
+pub trait Db {
     /// The placeholder of the `i`th parameter (from 1), of SQL type `ty` (`bigint`, `text`).
     fn ph(&self, i: usize, ty: &str) -> String;
     /// The SQL aggregate of a column of exact decimals, as text.
@@ -123,7 +124,7 @@ fn months_before(first: Timestamp, to: Timestamp) -> Vec<i64> {
 /// A statement's rows (see [`StatementRows`]): the opening balance is the closing of the
 /// account's last month before `from` (the months sought backwards, no further than its
 /// creation), the days and the usage are sought day by day.
-pub(crate) fn statement(db: &mut dyn Db, q: &StatementQuery) -> Result<StatementRows> {
+pub fn statement(db: &mut dyn Db, q: &StatementQuery) -> Result<StatementRows> {
     let mut rows = StatementRows {
         opening: Nanos::ZERO,
         days: Vec::new(),
@@ -208,7 +209,7 @@ pub(crate) fn statement(db: &mut dyn Db, q: &StatementQuery) -> Result<Statement
 /// A page of credit activity (see [`ActivityQuery`]): the page's movements and usage days,
 /// merged newest first; then the balance after its first row (its day's closing, less what
 /// came after it that day), and each older row's balance is the one after it less its amount.
-pub(crate) fn credit_activity(db: &mut dyn Db, q: &ActivityQuery) -> Result<Vec<ActivityRecord>> {
+pub fn credit_activity(db: &mut dyn Db, q: &ActivityQuery) -> Result<Vec<ActivityRecord>> {
     let (b_at, b_id) = q.before.unwrap_or((i64::MAX, i64::MAX));
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
     let mut rows: Vec<ActivityRecord> = Vec::new();

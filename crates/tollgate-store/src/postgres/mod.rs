@@ -28,6 +28,10 @@ mod rollups;
 mod tx;
 mod webhooks;
 
+pub(crate) use persist::ACCRUALS_TO_LINES;
+pub(crate) use reader::{request_history_sql, PgDb};
+pub(crate) use rollups::usage_statements;
+
 pub use open::redact;
 pub use reader::PgReader;
 

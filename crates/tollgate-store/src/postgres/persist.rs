@@ -684,6 +684,22 @@ fn accruals(a: &mut Args, s: &BatchState) -> Result<String> {
     ))
 }
 
+/// The closed periods' accrual rows moved into their invoices' lines: `$1` the accounts, `$2`
+/// the periods' starts, `$3` and `$4` their invoices' years and sequence numbers (arrays of one
+/// element per invoice; each a range of the accruals' primary key).
+pub(crate) const ACCRUALS_TO_LINES: &str =
+    "WITH x AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) \
+       AS x(account, period_start, year, seq)), \
+     moved AS (DELETE FROM invoice_accruals a USING x \
+       WHERE a.account = x.account AND a.period_start = x.period_start RETURNING a.*) \
+     INSERT INTO invoice_lines (year, seq, charge_month, endpoint_id, unit, unit_price, \
+       blend_version, percent_discount, quantity, requests, subtotal_nanos, discount_nanos, \
+       total_nanos, first_usage_at, last_usage_at) \
+     SELECT x.year, x.seq, m.charge_month, m.endpoint_id, m.unit, m.unit_price, \
+       m.blend_version, m.percent_discount, m.quantity, m.requests, m.subtotal_nanos, \
+       m.discount_nanos, m.total_nanos, m.first_usage_at, m.last_usage_at \
+     FROM moved m JOIN x ON x.account = m.account AND x.period_start = m.period_start";
+
 /// Moves the accrual rows of the periods the batch's usage invoices closed into those
 /// invoices' lines (a statement after the batch's one statement, which it must see: the
 /// batch's own accruals and numbers).
@@ -701,20 +717,7 @@ fn invoice_lines(t: &mut PgTx, s: &BatchState, numbers: &[(i64, i64)]) -> Result
     let starts = col(&usage, |(i, _)| i.period_start.0);
     let years = col(&usage, |(_, n)| n.0);
     let seqs = col(&usage, |(_, n)| n.1);
-    t.exec(
-        "WITH x AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) \
-           AS x(account, period_start, year, seq)), \
-         moved AS (DELETE FROM invoice_accruals a USING x \
-           WHERE a.account = x.account AND a.period_start = x.period_start RETURNING a.*) \
-         INSERT INTO invoice_lines (year, seq, charge_month, endpoint_id, unit, unit_price, \
-           blend_version, percent_discount, quantity, requests, subtotal_nanos, discount_nanos, \
-           total_nanos, first_usage_at, last_usage_at) \
-         SELECT x.year, x.seq, m.charge_month, m.endpoint_id, m.unit, m.unit_price, \
-           m.blend_version, m.percent_discount, m.quantity, m.requests, m.subtotal_nanos, \
-           m.discount_nanos, m.total_nanos, m.first_usage_at, m.last_usage_at \
-         FROM moved m JOIN x ON x.account = m.account AND x.period_start = m.period_start",
-        &[&accounts, &starts, &years, &seqs],
-    )?;
+    t.exec(ACCRUALS_TO_LINES, &[&accounts, &starts, &years, &seqs])?;
     Ok(())
 }
 

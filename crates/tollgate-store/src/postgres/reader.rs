@@ -13,6 +13,7 @@ use crate::{
     RunnerHistoryQuery, RunnerMinuteTotals, StatementQuery, StatementRows, StoreError, WebSession,
 };
 use crate::{AttemptRecord, DeliveriesQuery, DeliveryRecord, StoredEvent, WebhookRecord};
+use ::postgres::types::ToSql;
 use ::postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 use tollgate_core::catalog::{Catalog, PriceVersion};
@@ -179,7 +180,7 @@ impl Reader for PgReader {
         let mut c = self.conn()?;
         let mut out = c
             .rows(
-                &rows::invoices_sql(|i, ty| format!("${i}::{ty}")),
+                &rows::invoices_sql(|i, ty| format!("${i}::{ty}"), q.account.is_some()),
                 &[&a, &s, &k, &y, &n, &l],
             )?
             .iter()
@@ -372,56 +373,62 @@ impl Reader for PgReader {
     }
 
     fn request_history(&mut self, q: &RequestHistoryQuery) -> Result<Vec<RequestRecord>> {
-        // A range of the requests_by_endpoint index; ordered by duration, the range is sorted.
-        let key = match q.order {
-            RequestOrder::EndedAt => "finished_at",
-            RequestOrder::Duration => "(finished_at - submitted_at)",
-        };
-        let code = "(completion::jsonb ->> 'status_code')::int";
-        let outcome = match q.outcome {
-            None => String::new(),
-            Some(RequestOutcome::Success) => " AND status = 'COMPLETED'".to_string(),
-            Some(RequestOutcome::UserError) => {
-                format!(" AND status = 'FAILED' AND {code} < 500")
-            }
-            Some(RequestOutcome::Error) => {
-                format!(" AND (status = 'EXPIRED' OR (status = 'FAILED' AND {code} >= 500))")
-            }
-        };
-        let (after_at, after_id) = match &q.after {
-            Some((at, id)) => (Some(*at), Some(id.as_str())),
-            None => (None, None),
-        };
-        let request_id = q.request_id.as_ref().map(|r| r.as_str());
+        let (sql, args) = request_history_sql(q);
+        let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| &**a as _).collect();
         self.conn()?
-            .rows(
-                &format!(
-                    "SELECT {REQUEST_COLS} FROM requests \
-                     WHERE account = $1 AND endpoint_id = $2 AND finished_at IS NOT NULL \
-                     AND finished_at >= $3 AND finished_at < $4 \
-                     AND ($5::text IS NULL OR request_id = $5) \
-                     AND ($6::bigint IS NULL OR ({key}, request_id) < ($6, $7::text)){outcome} \
-                     ORDER BY {key} DESC, request_id DESC LIMIT $8"
-                ),
-                &[
-                    &q.account.as_str(),
-                    &q.endpoint.as_str(),
-                    &q.from.0,
-                    &q.to.0,
-                    &request_id,
-                    &after_at,
-                    &after_id,
-                    &(q.limit as i64),
-                ],
-            )?
+            .rows(&sql, &refs)?
             .iter()
             .map(request_row)
             .collect()
     }
 }
 
+/// The request history read's SQL and its parameters: a range of the requests_by_endpoint
+/// index; ordered by duration, the range is sorted.
+pub(crate) fn request_history_sql(q: &RequestHistoryQuery) -> (String, Vec<Box<dyn ToSql + Sync>>) {
+    let key = match q.order {
+        RequestOrder::EndedAt => "finished_at",
+        RequestOrder::Duration => "(finished_at - submitted_at)",
+    };
+    let code = "(completion::jsonb ->> 'status_code')::int";
+    let outcome = match q.outcome {
+        None => String::new(),
+        Some(RequestOutcome::Success) => " AND status = 'COMPLETED'".to_string(),
+        Some(RequestOutcome::UserError) => {
+            format!(" AND status = 'FAILED' AND {code} < 500")
+        }
+        Some(RequestOutcome::Error) => {
+            format!(" AND (status = 'EXPIRED' OR (status = 'FAILED' AND {code} >= 500))")
+        }
+    };
+    let (after_at, after_id) = match &q.after {
+        Some((at, id)) => (Some(*at), Some(id.as_str().to_string())),
+        None => (None, None),
+    };
+    let request_id = q.request_id.as_ref().map(|r| r.as_str().to_string());
+    let sql = format!(
+        "SELECT {REQUEST_COLS} FROM requests \
+         WHERE account = $1 AND endpoint_id = $2 AND finished_at IS NOT NULL \
+         AND finished_at >= $3 AND finished_at < $4 \
+         AND ($5::text IS NULL OR request_id = $5) \
+         AND ($6::bigint IS NULL OR ({key}, request_id) < ($6, $7::text)){outcome} \
+         ORDER BY {key} DESC, request_id DESC LIMIT $8"
+    );
+    let args: Vec<Box<dyn ToSql + Sync>> = vec![
+        Box::new(q.account.as_str().to_string()),
+        Box::new(q.endpoint.as_str().to_string()),
+        Box::new(q.from.0),
+        Box::new(q.to.0),
+        Box::new(request_id),
+        Box::new(after_at),
+        Box::new(after_id),
+        Box::new(q.limit as i64),
+    ];
+    (sql, args)
+}
+
 /// A read snapshot as the statement reads use it.
-struct PgDb<'a, 'b>(&'a mut Transaction<'b>);
+pub(crate) struct PgDb<'a, 'b>(pub(crate) &'a mut Transaction<'b>);
 
 impl statements::Db for PgDb<'_, '_> {
     fn ph(&self, i: usize, ty: &str) -> String {
@@ -462,11 +469,7 @@ fn invoice_lines(c: &mut Client, i: &mut InvoiceRecord) -> Result<()> {
         return Ok(());
     }
     for r in c.rows(
-        &format!(
-            "SELECT {} FROM invoice_lines WHERE year = $1 AND seq = $2 ORDER BY {}",
-            rows::INVOICE_LINE_COLS,
-            rows::INVOICE_LINE_ORDER
-        ),
+        &rows::invoice_lines_sql(|i, ty| format!("${i}::{ty}")),
         &[&i.year, &i.seq],
     )? {
         i.lines.push(rows::invoice_line_row(&r)?);

@@ -44,16 +44,14 @@ fn ids<T>(v: &[T], f: impl Fn(&T) -> &str) -> Vec<&str> {
     v.iter().map(f).collect()
 }
 
-/// Usage rows of one account in [from, to), in slot order.
-pub(super) fn usage(c: &mut dyn Run, q: &RollupQuery) -> Result<Vec<(UsageKey, UsageTotals)>> {
-    let endpoints = ids(&q.endpoints, |e| e.as_str());
-    let keys = ids(&q.api_keys, |k| k.as_str());
-    let mut out = Vec::new();
-    // PostgreSQL writes the hour rows with their minutes, so every hour has them.
-    for (rows, from, to) in q.ranges(crate::ALL_FOLDED) {
-        let grain = rows.grain();
-        let rows = c.rows(
-            &format!(
+/// The statements a usage read of `q` runs, in order, each with the range of slots it reads:
+/// `$1` the account, `$2` and `$3` the range, `$4` the endpoints and `$5` the keys asked for
+/// (empty: all). PostgreSQL writes the hour rows with their minutes, so every hour has them.
+pub(crate) fn usage_statements(q: &RollupQuery) -> Vec<(String, Timestamp, Timestamp)> {
+    q.ranges(crate::ALL_FOLDED)
+        .into_iter()
+        .map(|(rows, from, to)| {
+            let sql = format!(
                 "SELECT slot, endpoint_id, api_key, unit, unit_price, percent_discount, \
                  CAST(quantity AS TEXT), requests, subtotal_nanos, discount_nanos, total_nanos, \
                  blend_version FROM {} \
@@ -62,9 +60,22 @@ pub(super) fn usage(c: &mut dyn Run, q: &RollupQuery) -> Result<Vec<(UsageKey, U
                  AND (cardinality($5::text[]) = 0 OR api_key = ANY($5)){} \
                  ORDER BY slot, endpoint_id, api_key, unit, unit_price, blend_version, \
                    percent_discount",
-                tables(grain).0,
+                tables(rows.grain()).0,
                 crate::rows::service_filter("endpoint_id", q.service),
-            ),
+            );
+            (sql, from, to)
+        })
+        .collect()
+}
+
+/// Usage rows of one account in [from, to), in slot order.
+pub(super) fn usage(c: &mut dyn Run, q: &RollupQuery) -> Result<Vec<(UsageKey, UsageTotals)>> {
+    let endpoints = ids(&q.endpoints, |e| e.as_str());
+    let keys = ids(&q.api_keys, |k| k.as_str());
+    let mut out = Vec::new();
+    for (sql, from, to) in usage_statements(q) {
+        let rows = c.rows(
+            &sql,
             &[&q.account.as_str(), &from.0, &to.0, &endpoints, &keys],
         )?;
         for r in rows {

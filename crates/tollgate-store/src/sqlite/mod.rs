@@ -30,13 +30,17 @@ mod rollups;
 mod tx;
 mod webhooks;
 
+pub(crate) use open::open_conn;
+pub(crate) use persist::{ACCRUALS_MOVED, ACCRUALS_TO_LINES};
+pub(crate) use reader::{request_history_sql, SqliteDb};
+pub(crate) use rollups::usage_statements;
+
 pub use reader::SqliteReader;
 
 use crate::{Reader, ReaderFactory, Rerunnable, Result, Store, SyncFn};
 use account_cache::AccountCache;
 use durability::Checkpointer;
 use load::{request_row, setting};
-use open::open_conn;
 use rusqlite::Connection;
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -86,7 +86,7 @@ const MIGRATIONS: &[Migration] = &[
 ];
 
 /// A connection to the file at `path` with the settings every connection runs with.
-pub(super) fn open_conn(path: &Path) -> Result<Connection> {
+pub(crate) fn open_conn(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;

@@ -250,6 +250,22 @@ fn purchases(c: &Connection, s: &BatchState) -> Result<()> {
     Ok(())
 }
 
+/// A closed period's accrual rows copied into its invoice's lines: `?1` the invoice's year,
+/// `?2` its sequence number, `?3` the account, `?4` the period's start (a range of the
+/// accruals' primary key).
+pub(crate) const ACCRUALS_TO_LINES: &str =
+    "INSERT INTO invoice_lines (year, seq, charge_month, endpoint_id, unit, unit_price, \
+     blend_version, percent_discount, quantity, requests, subtotal_nanos, discount_nanos, \
+     total_nanos, first_usage_at, last_usage_at) \
+     SELECT ?1, ?2, charge_month, endpoint_id, unit, unit_price, blend_version, \
+     percent_discount, quantity, requests, subtotal_nanos, discount_nanos, total_nanos, \
+     first_usage_at, last_usage_at FROM invoice_accruals \
+     WHERE account = ?3 AND period_start = ?4";
+
+/// A closed period's accrual rows deleted once moved: `?1` the account, `?2` the period's start.
+pub(crate) const ACCRUALS_MOVED: &str =
+    "DELETE FROM invoice_accruals WHERE account = ?1 AND period_start = ?2";
+
 /// The batch's invoices, numbered in issue order from their year's counter row; a usage
 /// invoice's lines are its period's accrual rows, moved (the accruals of a closed period are
 /// deleted: the invoice lines are what remains of them); a credit note corrects the top-up
@@ -260,17 +276,8 @@ fn invoices(c: &Connection, s: &BatchState) -> Result<Vec<(i64, i64)>> {
     }
     let prefix = s.invoice_prefix.as_deref().unwrap_or(INVOICE_PREFIX);
     let mut numbers = Vec::with_capacity(s.new_invoices.len());
-    let mut lines = c.prepare_cached(
-        "INSERT INTO invoice_lines (year, seq, charge_month, endpoint_id, unit, unit_price, \
-         blend_version, percent_discount, quantity, requests, subtotal_nanos, discount_nanos, \
-         total_nanos, first_usage_at, last_usage_at) \
-         SELECT ?1, ?2, charge_month, endpoint_id, unit, unit_price, blend_version, \
-         percent_discount, quantity, requests, subtotal_nanos, discount_nanos, total_nanos, \
-         first_usage_at, last_usage_at FROM invoice_accruals \
-         WHERE account = ?3 AND period_start = ?4",
-    )?;
-    let mut moved =
-        c.prepare_cached("DELETE FROM invoice_accruals WHERE account = ?1 AND period_start = ?2")?;
+    let mut lines = c.prepare_cached(ACCRUALS_TO_LINES)?;
+    let mut moved = c.prepare_cached(ACCRUALS_MOVED)?;
     let mut next = c.prepare_cached(
         "INSERT INTO invoice_counters (year, last_seq) VALUES (?1, 1) ON CONFLICT (year) \
          DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",

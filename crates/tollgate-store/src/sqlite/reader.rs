@@ -126,9 +126,10 @@ impl Reader for SqliteReader {
 
     fn invoices(&mut self, q: &InvoicesQuery) -> Result<Vec<InvoiceRecord>> {
         let (a, s, k, y, n, l) = rows::invoices_args(q);
-        let mut st = self
-            .conn
-            .prepare_cached(&rows::invoices_sql(|i, _| format!("?{i}")))?;
+        let mut st = self.conn.prepare_cached(&rows::invoices_sql(
+            |i, _| format!("?{i}"),
+            q.account.is_some(),
+        ))?;
         let mut rows = st.query(rusqlite::params![a, s, k, y, n, l])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
@@ -288,52 +289,8 @@ impl Reader for SqliteReader {
     }
 
     fn request_history(&mut self, q: &RequestHistoryQuery) -> Result<Vec<RequestRecord>> {
-        // ?1 the account, ?2 the endpoint, ?3 and ?4 the range of end times, ?5 the limit,
-        // then the request id and the keyset position when given. A range of the
-        // requests_by_endpoint index; ordered by duration, the range is sorted.
-        let key = match q.order {
-            RequestOrder::EndedAt => "finished_at",
-            RequestOrder::Duration => "(finished_at - submitted_at)",
-        };
-        let mut args: Vec<rusqlite::types::Value> = vec![
-            q.account.as_str().to_string().into(),
-            q.endpoint.as_str().to_string().into(),
-            q.from.0.into(),
-            q.to.0.into(),
-            (q.limit as i64).into(),
-        ];
-        let mut filters = String::new();
-        if let Some(id) = &q.request_id {
-            args.push(id.as_str().to_string().into());
-            filters.push_str(&format!(" AND request_id = ?{}", args.len()));
-        }
-        if let Some((at, id)) = &q.after {
-            args.push((*at).into());
-            args.push(id.as_str().to_string().into());
-            filters.push_str(&format!(
-                " AND ({key}, request_id) < (?{}, ?{})",
-                args.len() - 1,
-                args.len()
-            ));
-        }
-        let code = "json_extract(completion, '$.status_code')";
-        filters.push_str(&match q.outcome {
-            None => String::new(),
-            Some(RequestOutcome::Success) => " AND status = 'COMPLETED'".to_string(),
-            Some(RequestOutcome::UserError) => {
-                format!(" AND status = 'FAILED' AND {code} < 500")
-            }
-            Some(RequestOutcome::Error) => {
-                format!(" AND (status = 'EXPIRED' OR (status = 'FAILED' AND {code} >= 500))")
-            }
-        });
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {} FROM requests INDEXED BY requests_by_endpoint \
-             WHERE account = ?1 AND endpoint_id = ?2 AND finished_at IS NOT NULL \
-             AND finished_at >= ?3 AND finished_at < ?4{filters} \
-             ORDER BY {key} DESC, request_id DESC LIMIT ?5",
-            rows::REQUEST_COLS
-        ))?;
+        let (sql, args) = request_history_sql(q);
+        let mut st = self.conn.prepare_cached(&sql)?;
         let mut rows = st.query(rusqlite::params_from_iter(args))?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
@@ -369,8 +326,61 @@ impl Reader for SqliteReader {
     }
 }
 
+/// The request history read's SQL and its parameters.
+pub(crate) fn request_history_sql(
+    q: &RequestHistoryQuery,
+) -> (String, Vec<rusqlite::types::Value>) {
+    // ?1 the account, ?2 the endpoint, ?3 and ?4 the range of end times, ?5 the limit,
+    // then the request id and the keyset position when given. A range of the
+    // requests_by_endpoint index; ordered by duration, the range is sorted.
+    let key = match q.order {
+        RequestOrder::EndedAt => "finished_at",
+        RequestOrder::Duration => "(finished_at - submitted_at)",
+    };
+    let mut args: Vec<rusqlite::types::Value> = vec![
+        q.account.as_str().to_string().into(),
+        q.endpoint.as_str().to_string().into(),
+        q.from.0.into(),
+        q.to.0.into(),
+        (q.limit as i64).into(),
+    ];
+    let mut filters = String::new();
+    if let Some(id) = &q.request_id {
+        args.push(id.as_str().to_string().into());
+        filters.push_str(&format!(" AND request_id = ?{}", args.len()));
+    }
+    if let Some((at, id)) = &q.after {
+        args.push((*at).into());
+        args.push(id.as_str().to_string().into());
+        filters.push_str(&format!(
+            " AND ({key}, request_id) < (?{}, ?{})",
+            args.len() - 1,
+            args.len()
+        ));
+    }
+    let code = "json_extract(completion, '$.status_code')";
+    filters.push_str(&match q.outcome {
+        None => String::new(),
+        Some(RequestOutcome::Success) => " AND status = 'COMPLETED'".to_string(),
+        Some(RequestOutcome::UserError) => {
+            format!(" AND status = 'FAILED' AND {code} < 500")
+        }
+        Some(RequestOutcome::Error) => {
+            format!(" AND (status = 'EXPIRED' OR (status = 'FAILED' AND {code} >= 500))")
+        }
+    });
+    let sql = format!(
+        "SELECT {} FROM requests INDEXED BY requests_by_endpoint \
+         WHERE account = ?1 AND endpoint_id = ?2 AND finished_at IS NOT NULL \
+         AND finished_at >= ?3 AND finished_at < ?4{filters} \
+         ORDER BY {key} DESC, request_id DESC LIMIT ?5",
+        rows::REQUEST_COLS
+    );
+    (sql, args)
+}
+
 /// A read transaction as the statement reads use it.
-struct SqliteDb<'a>(&'a rusqlite::Transaction<'a>);
+pub(crate) struct SqliteDb<'a>(pub(crate) &'a rusqlite::Transaction<'a>);
 
 impl statements::Db for SqliteDb<'_> {
     fn ph(&self, i: usize, _: &str) -> String {
@@ -405,11 +415,7 @@ fn invoice_lines(conn: &Connection, i: &mut InvoiceRecord) -> Result<()> {
     if i.kind != tollgate_core::machine::InvoiceKind::Usage {
         return Ok(());
     }
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT {} FROM invoice_lines WHERE year = ?1 AND seq = ?2 ORDER BY {}",
-        rows::INVOICE_LINE_COLS,
-        rows::INVOICE_LINE_ORDER
-    ))?;
+    let mut st = conn.prepare_cached(&rows::invoice_lines_sql(|i, _| format!("?{i}")))?;
     let mut rows = st.query([i.year, i.seq])?;
     while let Some(r) = rows.next()? {
         i.lines.push(rows::invoice_line_row(r)?);

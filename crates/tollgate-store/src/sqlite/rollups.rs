@@ -362,6 +362,32 @@ fn slot_rows_sql(
     }
 }
 
+/// The SQL of one slot of a usage read (see [`slot_rows_sql`]).
+fn usage_sql(rows: RollupRows, filters: &str) -> String {
+    slot_rows_sql(
+        rows,
+        "usage",
+        "endpoint_id, api_key, unit, unit_price, percent_discount, quantity, requests, \
+         subtotal_nanos, discount_nanos, total_nanos, blend_version",
+        "endpoint_id, api_key, unit, unit_price, percent_discount, \
+         tollgate_dec_sum(quantity), SUM(requests), SUM(subtotal_nanos), \
+         SUM(discount_nanos), SUM(total_nanos), blend_version",
+        filters,
+        "endpoint_id, api_key, unit, unit_price, blend_version, percent_discount",
+    )
+}
+
+/// The statements a usage read of `q` runs, with their parameters, in order.
+pub(crate) fn usage_statements(
+    conn: &Connection,
+    q: &RollupQuery,
+) -> Result<Vec<(String, Vec<rusqlite::types::Value>)>> {
+    Ok(slot_reads(conn, q, true)?
+        .into_iter()
+        .map(|s| (usage_sql(s.rows, &s.filters), s.args))
+        .collect())
+}
+
 /// Usage rows of one account in [from, to), in slot order.
 pub(super) fn usage(conn: &Connection, q: &RollupQuery) -> Result<Vec<(UsageKey, UsageTotals)>> {
     let mut out = Vec::new();
@@ -372,17 +398,7 @@ pub(super) fn usage(conn: &Connection, q: &RollupQuery) -> Result<Vec<(UsageKey,
         args,
     } in slot_reads(conn, q, true)?
     {
-        let sql = slot_rows_sql(
-            rows,
-            "usage",
-            "endpoint_id, api_key, unit, unit_price, percent_discount, quantity, requests, \
-             subtotal_nanos, discount_nanos, total_nanos, blend_version",
-            "endpoint_id, api_key, unit, unit_price, percent_discount, \
-             tollgate_dec_sum(quantity), SUM(requests), SUM(subtotal_nanos), \
-             SUM(discount_nanos), SUM(total_nanos), blend_version",
-            &filters,
-            "endpoint_id, api_key, unit, unit_price, blend_version, percent_discount",
-        );
+        let sql = usage_sql(rows, &filters);
         let mut st = conn.prepare_cached(&sql)?;
         let mut rows = st.query(params_from_iter(args))?;
         while let Some(r) = rows.next()? {

@@ -5,6 +5,7 @@ mod account_cache;
 mod catalog_settings;
 mod migrations;
 mod payments;
+mod read_plans;
 mod recent_line_items;
 mod serverless;
 mod spending_limits;
