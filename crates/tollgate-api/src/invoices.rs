@@ -287,7 +287,9 @@ impl FromQuery for InvoiceParams {
                 .transpose()?,
             kind: q
                 .one("kind")?
-                .map(|s| InvoiceKind::parse(s).ok_or_else(|| bad("kind", "top_up, usage")))
+                .map(|s| {
+                    InvoiceKind::parse(s).ok_or_else(|| bad("kind", "top_up, usage, credit_note"))
+                })
                 .transpose()?,
         })
     }

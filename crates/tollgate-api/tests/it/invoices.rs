@@ -544,3 +544,81 @@ async fn a_usage_invoice_is_its_accounts_alone_and_only_the_operator_closes_pays
         app.assert_reconciled().await;
     }
 }
+
+#[tokio::test]
+async fn an_account_lists_its_invoices_by_kind_and_status() {
+    let app = TestApp::spawn_at(T0).await;
+    app.op(
+        Method::POST,
+        "/v1/admin/accounts",
+        json!({"username": "bigco", "billing": "invoice"}),
+    )
+    .await
+    .expect(201);
+    let admin = app.create_key("bigco", "ADMIN").await;
+    // A paid top-up, then an image billed on the account's open period, closed by the operator.
+    app.purchase("bigco", "p-1", "10.00", "paid")
+        .await
+        .expect(201);
+    app.set_now(T0 + 3_600_000);
+    let r = app
+        .usage_events(json!([{
+            "event_id": "bigco-1",
+            "endpoint_id": "fal-ai/flux/dev",
+            "username": "bigco",
+            "timestamp": rfc3339(T0 + 3_600_000),
+            "status_code": 200,
+            "output": { "images": [{ "width": 1024, "height": 1024 }] },
+        }]))
+        .await;
+    assert!(r.expect(200)["results"][0].get("error").is_none());
+    app.op(
+        Method::POST,
+        "/v1/admin/invoices/close",
+        json!({"username": "bigco"}),
+    )
+    .await
+    .expect(200);
+
+    let listed = |query: &'static str| {
+        let (app, admin) = (&app, &admin);
+        async move {
+            let r = get(app, admin, &format!("/v1/account/invoices{query}")).await;
+            r.expect(200)["invoices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| {
+                    (
+                        i["kind"].as_str().unwrap().to_string(),
+                        i["status"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let pair = |k: &str, s: &str| (k.to_string(), s.to_string());
+    assert_eq!(
+        listed("").await,
+        [pair("usage", "open"), pair("top_up", "paid")]
+    );
+    assert_eq!(listed("?kind=top_up").await, [pair("top_up", "paid")]);
+    assert_eq!(listed("?kind=usage").await, [pair("usage", "open")]);
+    assert_eq!(listed("?status=open").await, [pair("usage", "open")]);
+    assert_eq!(
+        listed("?status=paid&kind=top_up").await,
+        [pair("top_up", "paid")]
+    );
+    assert!(listed("?kind=credit_note").await.is_empty());
+    assert!(listed("?status=void").await.is_empty());
+    for (query, field, allowed) in [
+        ("?kind=refund", "kind", "top_up, usage, credit_note"),
+        ("?status=unpaid", "status", "open, paid, void"),
+    ] {
+        let r = get(&app, &admin, &format!("/v1/account/invoices{query}")).await;
+        let err = r.expect_error(400, "validation_error");
+        assert_eq!(err["field"], field, "{query}: {err}");
+        assert!(err["message"].as_str().unwrap().contains(allowed), "{err}");
+    }
+    app.assert_reconciled().await;
+}
