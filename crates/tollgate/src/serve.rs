@@ -133,10 +133,11 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     engine
         .set_top_up_settings(settings.top_ups.to_core())
         .map_err(|e| anyhow::anyhow!("top_ups: {e}"))?;
-    // Serverless runners: how long after its last report a runner is still billed.
+    // Serverless runners: how long after its last report a runner is still billed, and how
+    // long applied event ids are kept.
     engine
         .set_serverless_settings(settings.serverless.to_core())
-        .map_err(|e| anyhow::anyhow!("serverless.grace_s: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("serverless: {e}"))?;
     // The provider's row is made and the deployment's installation id read (drawn and stored
     // at the first start), which every idempotency key and metadata sent to the provider names.
     let payments = match settings.stripe.to_api(&settings.top_ups) {
