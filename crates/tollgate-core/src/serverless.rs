@@ -50,10 +50,17 @@
 //! exactly `T(total GPU-seconds)`, however many settlements cut its time. A new price or
 //! discount starts a new segment.
 //!
-//! **Idempotency.** Every event id is kept (`RunnerEventRecord`); an event whose id is known is
-//! a duplicate (answered as one, changing nothing) if it says the same thing, else refused.
-//! An event of a runner older than its last report is refused (`time going backwards`) unless
-//! it is a duplicate. A bulk of events is validated whole before any is applied: one refused
+//! **Idempotency.** Every event id is kept (`RunnerEventRecord`) for the retention
+//! (`ServerlessSettings::event_retention_ms`, a week by default, after which the sweep deletes
+//! it); an event whose id is known is a duplicate (answered as one, changing nothing) if it says
+//! the same thing, else refused. An event of a runner older than its last report is refused
+//! (`time going backwards`) unless it is a duplicate. So an event sent again after its id was
+//! deleted is judged as a new one: if the runner reported a later time since, it is refused as
+//! going backwards; if its `at` is the runner's last report's, it is applied as a report at that
+//! instant, whose time before it is already accounted (the cursor is there or beyond), so it
+//! bills nothing then (its state is the runner's from that instant: the same one, unless the
+//! runner reported another state at that very millisecond). Billing never depends on the ids:
+//! the cursor only moves forward, so no second is billed twice. A bulk of events is validated whole before any is applied: one refused
 //! event refuses the bulk, and nothing is written ([`crate::machine::Rejection::InvalidRunnerEvent`]).
 //! An operation's accounting is computed on copies of its runners and accounts and written to
 //! the batch's state only when all of it succeeded, so a refusal at any point changes nothing.
@@ -81,12 +88,17 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 pub struct ServerlessSettings {
     /// How long after its last report a runner is still accounted (`[serverless] grace_s`).
     pub grace_ms: i64,
+    /// How long an applied event id is kept to answer its repeat as a duplicate
+    /// (`[serverless] event_retention_h`): the sweep deletes the ids received longer ago. An
+    /// event whose id is gone is judged as a new one (see the module's "Idempotency").
+    pub event_retention_ms: i64,
 }
 
 impl Default for ServerlessSettings {
     fn default() -> Self {
         ServerlessSettings {
             grace_ms: DEFAULT_GRACE_MS,
+            event_retention_ms: DEFAULT_EVENT_RETENTION_MS,
         }
     }
 }
@@ -95,6 +107,12 @@ impl Default for ServerlessSettings {
 pub const DEFAULT_GRACE_MS: i64 = 300_000;
 /// The longest grace accepted (one day).
 pub const MAX_GRACE_MS: i64 = 86_400_000;
+/// `[serverless] event_retention_h` when unset: 168 hours (a week).
+pub const DEFAULT_EVENT_RETENTION_MS: i64 = 168 * 3_600_000;
+/// The shortest event-id retention accepted (one hour).
+pub const MIN_EVENT_RETENTION_MS: i64 = 3_600_000;
+/// The longest event-id retention accepted (8760 hours, a year).
+pub const MAX_EVENT_RETENTION_MS: i64 = 8_760 * 3_600_000;
 /// How far in the future (tollgate's clock) a report's `at` may be.
 pub const MAX_EVENT_SKEW_MS: i64 = 300_000;
 /// The most GPUs one runner may report.
@@ -286,7 +304,7 @@ pub struct RunnerEvent {
     pub is_surge: bool,
 }
 
-/// A runner event as stored (its id kept forever: duplicates are found by it).
+/// A runner event as stored (its id kept for the retention: duplicates are found by it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunnerEventRecord {
     pub event_id: RunnerEventId,
@@ -1930,6 +1948,68 @@ mod tests {
             [true, false, true]
         );
         assert_eq!(s.new_runner_events.len(), 3);
+    }
+
+    #[test]
+    fn an_event_sent_again_after_its_id_was_deleted_is_judged_as_new_and_bills_nothing_twice() {
+        let mut s = state(100);
+        let e0 = ev("e0", "rn-1", RunnerState::Running, T0);
+        let e1 = ev("e1", "rn-1", RunnerState::Idle, T0 + 70_000);
+        send(&mut s, T0 + 70_000, vec![e0.clone(), e1.clone()]).unwrap();
+        // Idle until its grace ran out: 70 s running and 300 s idle, on 2 GPUs.
+        settle_at(&mut s, T0 + 30 * MIN, "rn-1");
+        let billed = s.runners[&rid("rn-1")].billed;
+        assert_eq!(billed, Nanos(items_total(&s)));
+        assert_eq!(billed, Nanos(t(gpu_seconds(370_000, 2), "0.000525", 0)));
+        // The retention passed: the sweep deleted both ids (the batch no longer finds them).
+        s.runner_events.clear();
+        s.new_runner_events.clear();
+        let before = format!("{s:?}");
+        let later = T0 + 8 * 24 * 60 * MIN;
+        // The first report, sent again: older than the runner's last, refused as any such
+        // report is, alone or with the rest of its bulk, and nothing changes.
+        for bulk in [vec![e0.clone()], vec![e0.clone(), e1.clone()]] {
+            match send(&mut s, later, bulk) {
+                Err(Rejection::InvalidRunnerEvent {
+                    index,
+                    event_id,
+                    reason,
+                }) => {
+                    assert_eq!((index, event_id.as_str()), (0, "e0"));
+                    assert!(reason.contains("time going backwards"), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(format!("{s:?}"), before);
+        }
+        // The last report, sent again: a new report at the instant the runner is already
+        // accounted past. Applied (not a duplicate), it bills nothing, now or at the next
+        // settlement; the runner's timeline is as it was.
+        let balance = s.accounts[&acme()].credit.balance;
+        let r = send(&mut s, later, vec![e1.clone()]).unwrap();
+        assert_eq!((r[0].duplicate, r[0].billed), (false, Nanos::ZERO));
+        assert_eq!(r[0].balance_after, balance);
+        assert_eq!(settle_at(&mut s, later + MIN, "rn-1"), Nanos::ZERO);
+        let runner = &s.runners[&rid("rn-1")];
+        assert_eq!(
+            (
+                runner.state,
+                runner.settled_until,
+                runner.cap_at,
+                runner.billed
+            ),
+            (
+                RunnerState::Idle,
+                Timestamp(T0 + 370_000),
+                Timestamp(T0 + 370_000),
+                billed
+            )
+        );
+        assert_eq!(s.accounts[&acme()].credit.balance, balance);
+        assert_eq!(Nanos(items_total(&s)), billed);
+        // Its id is kept again, from now.
+        assert_eq!(s.new_runner_events.len(), 1);
+        assert_eq!(s.new_runner_events[0].received_at, Timestamp(later));
     }
 
     #[test]

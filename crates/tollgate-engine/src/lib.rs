@@ -52,6 +52,10 @@ const SWEEP_LIMIT: usize = 1000;
 /// page keeps the batch to about a millisecond or two; a sweep that finds a full page sweeps
 /// the next page at once (see [`Engine::sweep_expired`]).
 pub const RUNNER_SWEEP_LIMIT: usize = 16;
+/// Applied runner event ids deleted per sweep batch once older than the retention
+/// (`ServerlessSettings::event_retention_ms`): a range of one index and a row each, so a step
+/// stays short; a sweep that deletes a full page deletes the next at once.
+pub const EVENT_PRUNE_LIMIT: usize = 1000;
 /// The most batches one [`Engine::sweep_expired`] runs while each finds a full page: a bound
 /// should expired holds keep arriving as fast as they are voided (the next sweep takes them
 /// up again). Runners are paged by key, so one sweep reads each due runner once and
@@ -299,6 +303,8 @@ struct SweepStep {
 struct SweepPage {
     full: bool,
     last_runner: Option<DueRunner>,
+    /// Runner event ids deleted (older than the retention).
+    pruned: usize,
 }
 
 /// What one close job did.
@@ -641,6 +647,15 @@ impl Engine {
                 "the serverless grace ({} ms) must be 1 s to {} s",
                 settings.grace_ms,
                 serverless::MAX_GRACE_MS / 1_000
+            ))));
+        }
+        let retention = serverless::MIN_EVENT_RETENTION_MS..=serverless::MAX_EVENT_RETENTION_MS;
+        if !retention.contains(&settings.event_retention_ms) {
+            return Err(EngineError::Invalid(InvalidInput::new(format!(
+                "the runner event retention ({} ms) must be {} h to {} h",
+                settings.event_retention_ms,
+                serverless::MIN_EVENT_RETENTION_MS / 3_600_000,
+                serverless::MAX_EVENT_RETENTION_MS / 3_600_000
             ))));
         }
         *self
@@ -1205,9 +1220,15 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
                     let minute = tollgate_core::rollup::Grain::Minute.slot_of(now);
                     let runners =
                         tx.due_runner_settlements(minute, after.as_ref(), RUNNER_SWEEP_LIMIT)?;
+                    // Event ids past the retention: they only answer repeats, never bill.
+                    let cutoff = now.minus_ms(serverless.event_retention_ms);
+                    let pruned = tx.prune_runner_events(cutoff, EVENT_PRUNE_LIMIT)?;
                     page = SweepPage {
-                        full: holds.len() >= SWEEP_LIMIT || runners.len() >= RUNNER_SWEEP_LIMIT,
+                        full: holds.len() >= SWEEP_LIMIT
+                            || runners.len() >= RUNNER_SWEEP_LIMIT
+                            || pruned >= EVENT_PRUNE_LIMIT,
                         last_runner: runners.last().cloned(),
+                        pruned,
                     };
                     holds
                         .into_iter()
@@ -1279,11 +1300,14 @@ fn run_batch(store: &mut dyn Store, shared: &Shared, jobs: Vec<Job>) -> Vec<Answ
     let metrics = &shared.metrics;
     metrics.store_runs(runs, result.as_ref().err());
     match &result {
-        Ok(()) => metrics.batch(
-            answers.iter().map(Vec::len).sum(),
-            took,
-            answers.iter().flatten(),
-        ),
+        Ok(()) => {
+            metrics.batch(
+                answers.iter().map(Vec::len).sum(),
+                took,
+                answers.iter().flatten(),
+            );
+            metrics.runner_events_pruned(pages.iter().map(|p| p.pruned).sum());
+        }
         Err(e) => {
             metrics.failed_batch();
             tracing::error!(error = %e, "batch failed; every operation in it is answered with an error");

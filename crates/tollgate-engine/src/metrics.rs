@@ -107,6 +107,7 @@ pub struct Metrics {
     runner_events_applied: Counter,
     runner_events_duplicate: Counter,
     runner_settlements: Counter,
+    runner_events_pruned: Counter,
     store_conflicts: Counter,
     store_retries: Counter,
 }
@@ -164,6 +165,7 @@ impl Metrics {
             runner_events_applied,
             runner_events_duplicate,
             runner_settlements: Counter::default(),
+            runner_events_pruned: Counter::default(),
             store_conflicts: Counter::default(),
             store_retries: Counter::default(),
         };
@@ -216,6 +218,13 @@ impl Metrics {
             "Settlements by the sweep that accounted serverless runners' time (moved a runner's \
              cursor toward the current minute, billed or in a free state)",
             m.runner_settlements.clone(),
+        );
+        registry.register(
+            "tollgate_runner_events_pruned",
+            "Applied serverless runner event ids deleted by the sweep once older than the \
+             retention ([serverless] event_retention_h); a repeat of one is then judged as a \
+             new event",
+            m.runner_events_pruned.clone(),
         );
         registry.register(
             "tollgate_store_conflicts",
@@ -317,6 +326,13 @@ impl Metrics {
             if n > 0 {
                 counter.inc_by(n);
             }
+        }
+    }
+
+    /// Runner event ids a committed sweep batch deleted (see [`crate::EVENT_PRUNE_LIMIT`]).
+    pub(crate) fn runner_events_pruned(&self, n: usize) {
+        if n > 0 {
+            self.runner_events_pruned.inc_by(n as u64);
         }
     }
 

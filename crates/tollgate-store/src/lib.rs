@@ -1040,6 +1040,11 @@ pub trait Tx {
         accounts: &[AccountId],
         before: Timestamp,
     ) -> Result<Vec<tollgate_core::serverless::RunnerRecord>>;
+    /// Deletes the applied runner event ids received before `before` (the retention's cutoff),
+    /// at most `limit` of them, oldest first (an index on `received_at`), and returns how many
+    /// it deleted: a page of the sweep's, so a step stays short. On a shared database, rows
+    /// another server is deleting meanwhile are skipped, not waited for.
+    fn prune_runner_events(&mut self, before: Timestamp, limit: usize) -> Result<usize>;
     /// The runners of `accounts` alive at `now` (not terminated, `now < cap_at`), for the
     /// `account.locked` events that name them.
     fn live_runners(

@@ -281,6 +281,10 @@ settings! {
     /// 86400): a runner that stops reporting is billed up to its last report plus this, and
     /// no further until it reports again. Default: 300.
     grace_s: GraceSeconds,
+    /// How long an applied runner event id is kept to answer its repeat as a duplicate, in
+    /// hours (1 to 8760); the sweep deletes older ones. A repeat after that is judged as a new
+    /// event: refused if its runner reported later since, and never billed twice. Default: 168.
+    event_retention_h: RetentionHours,
 }
 
 /// `TOLLGATE_` and the name in capitals, a section's dot as `_` (`drain_timeout_s` →
@@ -315,6 +319,7 @@ pub struct Settings {
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerlessSettings {
     pub grace_s: u64,
+    pub event_retention_h: u64,
 }
 
 impl ServerlessSettings {
@@ -322,6 +327,8 @@ impl ServerlessSettings {
     pub fn to_core(&self) -> tollgate_core::serverless::ServerlessSettings {
         tollgate_core::serverless::ServerlessSettings {
             grace_ms: i64::try_from(self.grace_s.saturating_mul(1000)).unwrap_or(i64::MAX),
+            event_retention_ms: i64::try_from(self.event_retention_h.saturating_mul(3_600_000))
+                .unwrap_or(i64::MAX),
         }
     }
 }
@@ -478,12 +485,14 @@ impl Settings {
                     ),
                 }
             },
-            serverless: ServerlessSettings {
-                grace_s: layer
-                    .serverless
-                    .unwrap_or_default()
-                    .grace_s
-                    .map_or(GraceSeconds::DEFAULT.0, |g| g.0),
+            serverless: {
+                let sl = layer.serverless.unwrap_or_default();
+                ServerlessSettings {
+                    grace_s: sl.grace_s.map_or(GraceSeconds::DEFAULT.0, |g| g.0),
+                    event_retention_h: sl
+                        .event_retention_h
+                        .map_or(RetentionHours::DEFAULT.0, |h| h.0),
+                }
             },
         }
     }
@@ -971,6 +980,46 @@ impl FromStr for GraceSeconds {
     }
 }
 
+/// How long runner event ids are kept: whole hours, 1 to 8760 (the core's
+/// [`tollgate_core::serverless::MIN_EVENT_RETENTION_MS`] and `MAX_EVENT_RETENTION_MS`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "i64")]
+pub struct RetentionHours(u64);
+
+impl RetentionHours {
+    /// [`tollgate_core::serverless::DEFAULT_EVENT_RETENTION_MS`], in hours.
+    pub const DEFAULT: RetentionHours =
+        RetentionHours((tollgate_core::serverless::DEFAULT_EVENT_RETENTION_MS / 3_600_000) as u64);
+    const MIN_H: i64 = tollgate_core::serverless::MIN_EVENT_RETENTION_MS / 3_600_000;
+    const MAX_H: i64 = tollgate_core::serverless::MAX_EVENT_RETENTION_MS / 3_600_000;
+}
+
+impl TryFrom<i64> for RetentionHours {
+    type Error = String;
+    fn try_from(n: i64) -> Result<RetentionHours, String> {
+        if (RetentionHours::MIN_H..=RetentionHours::MAX_H).contains(&n) {
+            Ok(RetentionHours(n.unsigned_abs()))
+        } else {
+            Err(format!(
+                "{n} is not allowed: must be a whole number of hours from {} to {}",
+                RetentionHours::MIN_H,
+                RetentionHours::MAX_H
+            ))
+        }
+    }
+}
+
+impl FromStr for RetentionHours {
+    type Err = String;
+    fn from_str(s: &str) -> Result<RetentionHours, String> {
+        let n: i64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a whole number"))?;
+        RetentionHours::try_from(n)
+    }
+}
+
 impl fmt::Display for LogFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -1313,6 +1362,7 @@ mod tests {
         let flags = Layer::from(Flags {
             serverless: ServerlessFlags {
                 grace_s: Some("86400".parse().unwrap()),
+                ..ServerlessFlags::default()
             },
             ..Flags::default()
         });
@@ -1333,6 +1383,77 @@ mod tests {
             let e = parse_file(text).unwrap_err();
             assert!(
                 e.starts_with("line 2, key `serverless.grace") && e.contains(what),
+                "{text:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_runner_event_retention_is_whole_hours_up_to_a_year() {
+        let default = Settings::from_layer(Layer::default());
+        assert_eq!(default.serverless.event_retention_h, 168);
+        assert_eq!(
+            default.serverless.to_core().event_retention_ms,
+            tollgate_core::serverless::DEFAULT_EVENT_RETENTION_MS
+        );
+        assert!(
+            default
+                .to_toml()
+                .contains("[serverless]\ngrace_s = 300\nevent_retention_h = 168"),
+            "{}",
+            default.to_toml()
+        );
+        let file = parse_file("[serverless]\nevent_retention_h = 24\n").unwrap();
+        let retention = |layer: Layer| Settings::from_layer(layer).serverless;
+        assert_eq!(retention(file.clone()).event_retention_h, 24);
+        // Setting the retention leaves the grace at its default.
+        assert_eq!(retention(file.clone()).grace_s, 300);
+        let e =
+            Layer::from_env(&env(&[("TOLLGATE_SERVERLESS_EVENT_RETENTION_H", "0")])).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("TOLLGATE_SERVERLESS_EVENT_RETENTION_H"),
+            "{e}"
+        );
+        let env =
+            Layer::from_env(&env(&[("TOLLGATE_SERVERLESS_EVENT_RETENTION_H", "72")])).unwrap();
+        assert_eq!(env.names_set(), ["serverless.event_retention_h"]);
+        let flags = Layer::from(Flags {
+            serverless: ServerlessFlags {
+                event_retention_h: Some("8760".parse().unwrap()),
+                ..ServerlessFlags::default()
+            },
+            ..Flags::default()
+        });
+        assert_eq!(
+            retention(file.clone().under(env.clone())).event_retention_h,
+            72
+        );
+        let flagged = retention(file.under(env).under(flags));
+        assert_eq!(flagged.event_retention_h, 8760);
+        assert_eq!(flagged.to_core().event_retention_ms, 8760 * 3_600_000);
+        assert_eq!(
+            flagged.to_core().event_retention_ms,
+            tollgate_core::serverless::MAX_EVENT_RETENTION_MS
+        );
+        for bad in ["0", "-1", "8761", "7d", ""] {
+            assert!(bad.parse::<RetentionHours>().is_err(), "{bad:?}");
+        }
+        for (text, what) in [
+            ("[serverless]\nevent_retention_h = 0\n", "from 1 to 8760"),
+            ("[serverless]\nevent_retention_h = 8761\n", "from 1 to 8760"),
+            (
+                "[serverless]\nevent_retention_h = \"168\"\n",
+                "invalid type",
+            ),
+            (
+                "[serverless]\nevent_retention_hours = 168\n",
+                "unknown field",
+            ),
+        ] {
+            let e = parse_file(text).unwrap_err();
+            assert!(
+                e.starts_with("line 2, key `serverless.event_retention") && e.contains(what),
                 "{text:?}: {e}"
             );
         }

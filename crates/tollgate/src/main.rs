@@ -6,6 +6,7 @@ mod bench;
 mod client;
 mod config;
 mod dblock;
+mod demo_runners;
 mod drain;
 mod http_server;
 mod logging;

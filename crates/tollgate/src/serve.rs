@@ -3,6 +3,7 @@
 //! and stop.
 
 use crate::config::{self, LogFormat, Settings};
+use crate::demo_runners::{self, SeededRunners};
 use crate::http_server::{self, ConnLimits};
 use crate::{dblock, drain, logging};
 use anyhow::{bail, Context};
@@ -133,10 +134,11 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
     engine
         .set_top_up_settings(settings.top_ups.to_core())
         .map_err(|e| anyhow::anyhow!("top_ups: {e}"))?;
-    // Serverless runners: how long after its last report a runner is still billed.
+    // Serverless runners: how long after its last report a runner is still billed, and how
+    // long applied event ids are kept.
     engine
         .set_serverless_settings(settings.serverless.to_core())
-        .map_err(|e| anyhow::anyhow!("serverless.grace_s: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("serverless: {e}"))?;
     // The provider's row is made and the deployment's installation id read (drawn and stored
     // at the first start), which every idempotency key and metadata sent to the provider names.
     let payments = match settings.stripe.to_api(&settings.top_ups) {
@@ -356,6 +358,8 @@ struct Demo {
     api_key: String,
     /// The usage history written for the account.
     history: Seeded,
+    /// The serverless runner time written for it.
+    runners: SeededRunners,
     /// When the sample catalog's prices took effect.
     prices_from: Timestamp,
     /// A one-time sign-in link's path, and when it stops working.
@@ -364,9 +368,10 @@ struct Demo {
 }
 
 /// The demo account: signed up, bought 25 USD of credits and got its keys
-/// [`DEMO_SIGNUP_DAYS`] ago, then used the API on the days 2 to 29 ago (the engine's clock
-/// pinned to each day as it is written, so the ledger dates the charges on their days), and
-/// a sign-in link to its dashboard minted now.
+/// [`DEMO_SIGNUP_DAYS`] ago, then used the API on the days 2 to 29 ago and ran its own app on
+/// serverless runners on the days 4 to 2 ago (the engine's clock pinned to each day as it is
+/// written, so the ledger dates the charges on their days), and a sign-in link to its
+/// dashboard minted now.
 async fn create_demo_account(engine: &Engine, pinned: &AtomicI64) -> anyhow::Result<Demo> {
     let now = engine.now();
     let prices_from = now.minus_ms(DEMO_CATALOG_DAYS * MS_PER_DAY);
@@ -424,8 +429,15 @@ async fn create_demo_account(engine: &Engine, pinned: &AtomicI64) -> anyhow::Res
     );
     let set_clock = |t: Timestamp| pinned.store(t.0, Ordering::SeqCst);
     let seeded = demo::seed_history(engine, &plan, Some(&set_clock)).await;
+    let runners = match &seeded {
+        Ok(_) => Some(demo_runners::seed(engine, &username, now, &set_clock).await),
+        Err(_) => None,
+    };
     pinned.store(0, Ordering::SeqCst);
     let history = seeded.map_err(|e| anyhow::anyhow!("demo history: {e}"))?;
+    let runners = runners
+        .expect("seeded after the history")
+        .context("demo serverless history")?;
     let state = AppState::new(engine.clone());
     let minted = tollgate_api::portal::mint_link(&state, username)
         .await
@@ -435,6 +447,7 @@ async fn create_demo_account(engine: &Engine, pinned: &AtomicI64) -> anyhow::Res
         admin_key: admin.key(),
         api_key: api.key(),
         history,
+        runners,
         prices_from,
         link,
         link_expires_at,
@@ -444,8 +457,9 @@ async fn create_demo_account(engine: &Engine, pinned: &AtomicI64) -> anyhow::Res
 fn print_demo(format: LogFormat, addr: SocketAddr, operator_key: &str, demo: &Demo) {
     let base = format!("http://{addr}");
     let h = &demo.history;
+    let r = &demo.runners;
     let bought = Nanos::parse_usd("25.00").expect("valid");
-    let balance = Nanos(bought.0 - h.total.0);
+    let balance = Nanos(bought.0 - h.total.0 - r.total.0);
     let usd = |n: Nanos| n.to_usd().normalize().to_string();
     let date = |t: Timestamp| tollgate_api::wire::rfc3339(t)[..10].to_string();
     let link = format!("{base}{}", demo.link);
@@ -455,7 +469,7 @@ fn print_demo(format: LogFormat, addr: SocketAddr, operator_key: &str, demo: &De
             format,
             "",
             "demo ready: sample catalog applied, account `demo` bought 25.00 USD of credits \
-             and has four weeks of usage history",
+             and has four weeks of usage history and three days of serverless runner time",
             json!({
                 "address": base,
                 "operator_key": operator_key,
@@ -469,6 +483,15 @@ fn print_demo(format: LogFormat, addr: SocketAddr, operator_key: &str, demo: &De
                     "total_usd": usd(h.total),
                     "first": h.first.map(tollgate_api::wire::rfc3339),
                     "last": h.last.map(tollgate_api::wire::rfc3339),
+                },
+                "serverless": {
+                    "app": demo_runners::APP,
+                    "runners": r.runners,
+                    "events": r.events,
+                    "days": r.days,
+                    "total_usd": usd(r.total),
+                    "first": r.first.map(tollgate_api::wire::rfc3339),
+                    "last": r.last.map(tollgate_api::wire::rfc3339),
                 },
                 "balance_usd": usd(balance),
                 "dashboard_link": link,
@@ -488,8 +511,9 @@ fn print_demo(format: LogFormat, addr: SocketAddr, operator_key: &str, demo: &De
         r#"
 Demo ready: the sample catalog, its prices in force since {prices_from}; account `demo`, which
 bought 25.00 USD of credits 30 days ago, then made {events} requests to {endpoints} endpoints from
-{first} to {last} (billed {total} USD; the last 24 hours are left to you): its balance is
-{balance} USD.
+{first} to {last} (billed {total} USD; the last 24 hours are left to you), and
+ran its own app `{app}` on {runners} serverless runners over {runner_days} days from
+{runners_first} (billed {runners_total} USD of runner time): its balance is {balance} USD.
 
   operator key  : {operator_key}
   demo ADMIN key: {admin}
@@ -527,6 +551,12 @@ Try it (paste into another shell):
   curl -s "$TG/v1/models/usage?expand=time_series,summary" -H 'Authorization: Key {admin}'
   curl -s "$TG/v1/models/pricing?endpoint_id=fal-ai/flux/dev" -H "Authorization: Key $DEMO"
 
+  # its serverless app's runner time (the dashboard's Serverless page shows the same): cost
+  # by line, surge apart, and how many runners ran each hour
+  curl -s "$TG/v1/serverless/usage?expand=summary&start={runners_first}" -H 'Authorization: Key {admin}'
+  curl -s "$TG/v1/serverless/apps/demo/{app}/runners/history?start={runners_first}&timeframe=hour" \
+    -H "Authorization: Key $DEMO"
+
   # a server error is never billed; the API contract is at $TG/v1/openapi.json
 "#,
         prices_from = date(demo.prices_from),
@@ -534,6 +564,11 @@ Try it (paste into another shell):
         events = h.events,
         endpoints = h.endpoints,
         total = usd(h.total),
+        app = demo_runners::APP,
+        runners = r.runners,
+        runner_days = r.days,
+        runners_first = r.first.map(date).unwrap_or_default(),
+        runners_total = usd(r.total),
         balance = usd(balance),
         admin = demo.admin_key,
         api = demo.api_key,

@@ -6,7 +6,9 @@
 //! silent runner is billed up to its last report and the grace, and no further; an
 //! invoice-billed account accrues runner time on its usage invoice, the time of a month's last
 //! minute on that month's invoice whatever operation comes first in the next month; a
-//! catalog's surge prices are stored and bill surge runners.
+//! catalog's surge prices are stored and bill surge runners; the sweep deletes event ids past
+//! their retention, more than a page in one sweep, after which a repeat is judged as a new
+//! event and never bills twice.
 
 use crate::common::{account, catalog_and_account, invoices, sample};
 use rust_decimal::Decimal;
@@ -19,10 +21,10 @@ use tollgate_core::ids::{
 use tollgate_core::machine::{InvoiceKind, Op, Outcome, Rejection};
 use tollgate_core::serverless::{
     LiveRunner, RunnerEvent, RunnerEventResult, RunnerRecord, RunnerState, ServerlessSettings,
-    MAX_GRACE_MS,
+    MAX_EVENT_RETENTION_MS, MAX_GRACE_MS, MIN_EVENT_RETENTION_MS,
 };
 use tollgate_core::{Nanos, Timestamp};
-use tollgate_engine::{Engine, EngineError, RUNNER_SWEEP_LIMIT};
+use tollgate_engine::{Engine, EngineError, EVENT_PRUNE_LIMIT, RUNNER_SWEEP_LIMIT};
 use tollgate_store::testing::{backends, TestDb};
 use tollgate_store::{BillingEventsQuery, BillingMode, RollupQuery, Service};
 
@@ -350,8 +352,10 @@ async fn a_silent_runner_is_billed_to_its_last_report_and_the_grace_and_no_furth
         for grace_ms in [999, 0, MAX_GRACE_MS + 1] {
             assert!(
                 matches!(
-                    f.engine
-                        .set_serverless_settings(ServerlessSettings { grace_ms }),
+                    f.engine.set_serverless_settings(ServerlessSettings {
+                        grace_ms,
+                        ..ServerlessSettings::default()
+                    }),
                     Err(EngineError::Invalid(_))
                 ),
                 "{grace_ms}"
@@ -360,6 +364,7 @@ async fn a_silent_runner_is_billed_to_its_last_report_and_the_grace_and_no_furth
         f.engine
             .set_serverless_settings(ServerlessSettings {
                 grace_ms: 150 * SEC,
+                ..ServerlessSettings::default()
             })
             .unwrap();
         assert_eq!(f.engine.serverless_settings().grace_ms, 150 * SEC);
@@ -834,6 +839,125 @@ async fn a_change_of_terms_that_locks_the_account_names_its_live_runners() {
             .collect();
         assert_eq!(ids, [["rn-live"]], "{backend:?}");
         assert_eq!(named[0][0].state, RunnerState::Idle);
+        f.engine.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_sweep_prunes_event_ids_past_the_retention_and_a_repeat_after_it_never_bills_twice() {
+    const HOUR: i64 = 60 * MIN;
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let f = Fixture::new(&db, BillingMode::Prepaid, Some("100.00")).await;
+        // The retention is checked: 1 hour to 8760 hours.
+        for event_retention_ms in [0, MIN_EVENT_RETENTION_MS - 1, MAX_EVENT_RETENTION_MS + 1] {
+            assert!(
+                matches!(
+                    f.engine.set_serverless_settings(ServerlessSettings {
+                        event_retention_ms,
+                        ..ServerlessSettings::default()
+                    }),
+                    Err(EngineError::Invalid(_))
+                ),
+                "{event_retention_ms}"
+            );
+        }
+        f.engine
+            .set_serverless_settings(ServerlessSettings {
+                event_retention_ms: HOUR,
+                ..ServerlessSettings::default()
+            })
+            .unwrap();
+        assert_eq!(f.engine.serverless_settings().event_retention_ms, HOUR);
+        // More than two pages of event ids: a runner reporting every second, running, then
+        // idle at its last report.
+        let n = EVENT_PRUNE_LIMIT * 2 + 10;
+        let last_at = T0 + (n as i64 - 1) * SEC;
+        let bulk: Vec<RunnerEvent> = (0..n)
+            .map(|i| {
+                let state = if i + 1 == n {
+                    RunnerState::Idle
+                } else {
+                    RunnerState::Running
+                };
+                report(&format!("ev-{i:05}"), "rn-1", 1, state, T0 + i as i64 * SEC)
+            })
+            .collect();
+        let (first, last) = (bulk[0].clone(), bulk[n - 1].clone());
+        f.at(last_at + SEC);
+        f.bulk(bulk).await.unwrap();
+
+        // Within the retention: a repeat is a duplicate, and the sweep keeps every id (it
+        // settles the runner's idle time up to its grace).
+        f.at(last_at + 30 * MIN);
+        let again = f.bulk(vec![first.clone()]).await.unwrap();
+        assert!(
+            again[0].duplicate && again[0].billed == Nanos::ZERO,
+            "{backend:?}: {again:?}"
+        );
+        f.engine.sweep_expired().await.unwrap();
+        let pruned = |f: &Fixture| {
+            sample(
+                &f.engine.metrics().render(),
+                "tollgate_runner_events_pruned_total",
+            )
+        };
+        assert_eq!(pruned(&f).as_deref(), Some("0"), "{backend:?}");
+        let balance = f.balance().await;
+        let usage = f.serverless_usage().await;
+        let runners = f.runners().await;
+        // Running n - 1 seconds, then idle for the grace.
+        assert_eq!(
+            runners[0].billed,
+            Nanos((n as i64 - 1 + 300) * H100_NANOS_PER_S),
+            "{backend:?}"
+        );
+        assert_eq!(usage.2, runners[0].billed);
+
+        // Past the retention: one sweep deletes every id, page after full page.
+        f.at(last_at + 3 * HOUR);
+        f.engine.sweep_expired().await.unwrap();
+        assert_eq!(pruned(&f), Some(n.to_string()), "{backend:?}");
+        // The first report sent again is no longer a duplicate: judged as a new event, it is
+        // older than the runner's last report and refused, and nothing is written.
+        match f.bulk(vec![first.clone()]).await {
+            Err(Rejection::InvalidRunnerEvent {
+                index,
+                event_id,
+                reason,
+            }) => {
+                assert_eq!((index, event_id.as_str()), (0, "ev-00000"), "{backend:?}");
+                assert!(reason.contains("time going backwards"), "{reason}");
+            }
+            other => panic!("{backend:?}: {other:?}"),
+        }
+        // The last report sent again: applied at the instant the runner is already accounted
+        // past, it bills nothing, and neither does the next sweep.
+        let r = f.bulk(vec![last.clone()]).await.unwrap();
+        assert_eq!(
+            (r[0].duplicate, r[0].billed, r[0].balance_after),
+            (false, Nanos::ZERO, balance),
+            "{backend:?}"
+        );
+        f.at(last_at + 3 * HOUR + 2 * MIN);
+        f.engine.sweep_expired().await.unwrap();
+        assert_eq!(f.balance().await, balance, "{backend:?}");
+        assert_eq!(f.serverless_usage().await, usage, "{backend:?}");
+        let after = f.runners().await;
+        assert_eq!(
+            (after[0].settled_until, after[0].cap_at, after[0].billed),
+            (
+                runners[0].settled_until,
+                runners[0].cap_at,
+                runners[0].billed
+            ),
+            "{backend:?}"
+        );
+        // Its id is kept again from now: a repeat within the retention is a duplicate.
+        let dup = f.bulk(vec![last]).await.unwrap();
+        assert!(dup[0].duplicate, "{backend:?}");
+        assert_eq!(pruned(&f), Some(n.to_string()), "{backend:?}");
+        f.reconciled(backend.name()).await;
         f.engine.shutdown().await.unwrap();
     }
 }

@@ -26,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0012_expiry_notices.sql"),
     include_str!("../../migrations/postgres/0013_payments.sql"),
     include_str!("../../migrations/postgres/0014_serverless.sql"),
+    include_str!("../../migrations/postgres/0015_runner_event_retention.sql"),
 ];
 
 /// The advisory lock key migrations hold ("tollgate" in ASCII).

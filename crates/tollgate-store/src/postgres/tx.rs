@@ -236,6 +236,17 @@ impl Tx for PgTx<'_, '_> {
         .collect()
     }
 
+    fn prune_runner_events(&mut self, before: Timestamp, limit: usize) -> Result<usize> {
+        // Rows another server's sweep is deleting are skipped rather than waited for: the
+        // next page finds what is left.
+        let n = self.exec(
+            "DELETE FROM runner_events WHERE event_id IN (SELECT event_id FROM runner_events \
+             WHERE received_at < $1 ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            &[&before.0, &(limit as i64)],
+        )?;
+        Ok(n as usize)
+    }
+
     fn live_runners(
         &mut self,
         accounts: &[AccountId],

@@ -223,6 +223,17 @@ impl Tx for SqliteTx<'_> {
         Ok(out)
     }
 
+    fn prune_runner_events(&mut self, before: Timestamp, limit: usize) -> Result<usize> {
+        // The oldest page of the `received_at` index (which holds each row's key), then each
+        // row by its key.
+        let mut st = self.conn.prepare_cached(
+            "DELETE FROM runner_events WHERE event_id IN (SELECT event_id FROM runner_events \
+             INDEXED BY runner_events_received WHERE received_at < ?1 \
+             ORDER BY received_at LIMIT ?2)",
+        )?;
+        Ok(st.execute(params![before.0, limit as i64])?)
+    }
+
     fn live_runners(
         &mut self,
         accounts: &[AccountId],

@@ -4,7 +4,8 @@
 //! oldest cursor first; an account's live runners are those not terminated within their cap;
 //! runner time is billed as line items of its line's key, which usage reads keep to their
 //! service and billing events leave out, and which the reconciliation checks against each
-//! runner's billed amount.
+//! runner's billed amount; applied event ids received before the retention's cutoff are
+//! deleted a page at a time, oldest first, from their index.
 
 use rust_decimal::Decimal;
 use std::collections::HashMap;
@@ -330,6 +331,115 @@ fn a_runner_event_id_is_written_once() {
             Nanos::ZERO
         );
     }
+}
+
+/// A batch that records the applied runner events `ids`, each received at its time.
+fn with_events(received: &[(&str, i64)]) -> BatchState {
+    let mut s = with_runners(NOW, vec![]);
+    s.new_runner_events = received
+        .iter()
+        .map(|(id, at)| RunnerEventRecord {
+            event_id: RunnerEventId::parse(id).unwrap(),
+            runner: rid("rn-1"),
+            account: acme(),
+            state: RunnerState::Running,
+            at: Timestamp(*at),
+            received_at: Timestamp(*at),
+        })
+        .collect();
+    s
+}
+
+fn prune(store: &mut dyn Store, before: i64, limit: usize) -> usize {
+    let mut n = 0;
+    store
+        .transaction(&mut |tx| {
+            n = tx.prune_runner_events(Timestamp(before), limit)?;
+            Ok(())
+        })
+        .unwrap();
+    n
+}
+
+#[test]
+fn pruning_deletes_only_event_ids_received_before_the_cutoff_a_page_at_a_time() {
+    for backend in backends() {
+        let db = TestDb::new(&backend);
+        let mut store = db.open().unwrap();
+        // Five ids received a minute apart (written out of order), and one at the cutoff.
+        let received: Vec<(String, i64)> = [3, 0, 4, 1, 2, 5]
+            .iter()
+            .map(|&i| (format!("ev-{i}"), NOW + i * MIN))
+            .collect();
+        let refs: Vec<(&str, i64)> = received.iter().map(|(id, at)| (id.as_str(), *at)).collect();
+        persist(&mut *store, &with_events(&refs));
+        let ids: Vec<String> = (0..6).map(|i| format!("ev-{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let kept = |store: &mut dyn Store| {
+            let mut kept: Vec<String> = load(store, &[], &ids)
+                .1
+                .into_keys()
+                .map(|e| e.to_string())
+                .collect();
+            kept.sort();
+            kept
+        };
+        let cutoff = NOW + 5 * MIN;
+        // A page of two: the two oldest.
+        assert_eq!(prune(&mut *store, cutoff, 2), 2, "{backend:?}");
+        assert_eq!(
+            kept(&mut *store),
+            ["ev-2", "ev-3", "ev-4", "ev-5"],
+            "{backend:?}"
+        );
+        // The rest before the cutoff: a page that is not full says it was the last.
+        assert_eq!(prune(&mut *store, cutoff, 10), 3, "{backend:?}");
+        assert_eq!(kept(&mut *store), ["ev-5"], "{backend:?}");
+        // The id received at the cutoff stays (only those before it go), and so does a
+        // runner's row: pruning touches event ids only.
+        assert_eq!(prune(&mut *store, cutoff, 10), 0, "{backend:?}");
+        assert_eq!(kept(&mut *store), ["ev-5"], "{backend:?}");
+        // A pruned id can be applied again (its repeat was judged as a new event).
+        persist(&mut *store, &with_events(&[("ev-0", cutoff + MIN)]));
+        assert_eq!(kept(&mut *store), ["ev-0", "ev-5"], "{backend:?}");
+    }
+}
+
+#[test]
+fn pruning_reads_the_oldest_ids_from_the_received_at_index() {
+    // SQLite: the page is a range of the index on `received_at`, not a scan of every id.
+    let db = TestDb::new(&Backend::Sqlite);
+    let mut store = db.open().unwrap();
+    let received: Vec<(String, i64)> = (0..50)
+        .map(|i| (format!("ev-{i:02}"), NOW + i * MIN))
+        .collect();
+    let refs: Vec<(&str, i64)> = received.iter().map(|(id, at)| (id.as_str(), *at)).collect();
+    persist(&mut *store, &with_events(&refs));
+    drop(store);
+    let c = rusqlite::Connection::open(db.target()).unwrap();
+    let plan: Vec<String> = c
+        .prepare(
+            "EXPLAIN QUERY PLAN DELETE FROM runner_events WHERE event_id IN (SELECT event_id \
+             FROM runner_events INDEXED BY runner_events_received WHERE received_at < ?1 \
+             ORDER BY received_at LIMIT ?2)",
+        )
+        .unwrap()
+        .query_map(rusqlite::params![NOW + 10 * MIN, 5], |r| {
+            r.get::<_, String>(3)
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        plan.iter()
+            .any(|p| p.contains("COVERING INDEX runner_events_received")),
+        "{plan:?}"
+    );
+    assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
+    assert!(
+        !plan.iter().any(|p| p.starts_with("SCAN runner_events")),
+        "{plan:?}"
+    );
 }
 
 #[test]

@@ -987,6 +987,9 @@ pub async fn run(
     // The minute's settlement of 10,000 running serverless runners, and the start latency while
     // it runs (beside the month's close).
     rows.extend(super::runners::run(plan, wanted).await?);
+    // The sweep's deletion of runner event ids past their retention, and the start latency
+    // while it runs.
+    rows.extend(super::runners::prune(plan, wanted).await?);
     for path in trace_files(args) {
         let name = format!(
             "trace.replay.{}",

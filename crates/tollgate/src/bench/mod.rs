@@ -13,7 +13,7 @@
 //! invoice-billed accounts, alone and with `start` decisions made while it runs; `runners.rs`:
 //! serverless runner events that heartbeat live runners, beside the bulk usage events, and the
 //! minute's settlement of 10,000 running runners with `start` decisions made while it runs and
-//! without it), with a PostgreSQL URL also the usage-event rows on a PostgreSQL store
+//! without it, and the sweep's deletion of runner event ids past their retention), with a PostgreSQL URL also the usage-event rows on a PostgreSQL store
 //! (`tollgate-postgres`, in a schema created for the row and dropped after it, with the bench's
 //! callers and with as many as the naive PostgreSQL baseline); and tollgate over HTTP
 //! (`http.rs`, with wrk: usage events, runner events beside them, lifecycle calls; and with

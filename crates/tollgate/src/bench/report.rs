@@ -120,9 +120,9 @@ fn baselines(rows: &[Row]) -> Vec<&Row> {
 /// `dashboard.page`: pages rendered), so never compared with the baselines: those whose name
 /// starts with one of these.
 const NOT_REQUESTS: &[&str] = &["invoices.close_month", "dashboard.page"];
-/// The same, by the whole name (`runners.settle_10k`: runners settled; its
-/// `.start_baseline` row counts requests).
-const NOT_REQUEST_ROWS: &[&str] = &[super::runners::SETTLE_ROW];
+/// The same, by the whole name (`runners.settle_10k`: runners settled, its `.start_baseline`
+/// row counts requests; `runners.prune_events`: event ids deleted).
+const NOT_REQUEST_ROWS: &[&str] = &[super::runners::SETTLE_ROW, super::runners::PRUNE_ROW];
 
 /// Whether tollgate row `r` is compared with baseline `b`: tollgate on SQLite with every
 /// baseline, tollgate on PostgreSQL with the naive design on the same server; not a row whose

@@ -2,7 +2,9 @@
 //! the bulk usage events: `settle.runner_events_bulk.inprocess`, driven from `engine.rs`), and
 //! the per-minute settlement of 10,000 running runners on a clock the bench moves, with
 //! `start` decisions made while it runs (`runners.settle_10k`) and the same `start` load
-//! without it (`runners.settle_10k.start_baseline`).
+//! without it (`runners.settle_10k.start_baseline`), and the sweep's deletion of runner event
+//! ids past their retention, with `start` decisions made while it runs
+//! (`runners.prune_events`).
 
 use super::baseline::{ACCOUNTS, COST_NANOS};
 use super::engine::{account_name, drive, pick, seed, start_engine_with, BULK_EVENTS};
@@ -17,9 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::ids::{AccountId, AppName, MachineType, RunnerEventId, RunnerId};
 use tollgate_core::machine::{Op, Outcome};
-use tollgate_core::serverless::{RunnerEvent, RunnerState};
+use tollgate_core::serverless::{
+    RunnerEvent, RunnerState, ServerlessSettings, MIN_EVENT_RETENTION_MS,
+};
 use tollgate_core::Timestamp;
-use tollgate_engine::{system_clock, Clock, Engine, RUNNER_SWEEP_LIMIT};
+use tollgate_engine::{system_clock, Clock, Engine, EVENT_PRUNE_LIMIT, RUNNER_SWEEP_LIMIT};
 use tollgate_store::sqlite::SqliteStore;
 
 /// The bench catalog's machine type (`[machines]` in `BENCH_CATALOG`).
@@ -42,6 +46,8 @@ const MIN: i64 = 60_000;
 pub const BULK_ROW: &str = "settle.runner_events_bulk.inprocess";
 /// The settlement row's name (its operations are runners settled, not requests).
 pub const SETTLE_ROW: &str = "runners.settle_10k";
+/// The pruning row's name (its operations are event ids deleted, not requests).
+pub const PRUNE_ROW: &str = "runners.prune_events";
 /// Runner events per bulk when the settlement row seeds its runners.
 const SEED_BULK: usize = 1_000;
 /// The settlement rows' runners are on the first half of the bench accounts; their `start`
@@ -305,6 +311,111 @@ pub async fn run(plan: &Plan, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result<V
         ));
     }
     Ok(rows)
+}
+
+/// 200,000 applied runner event ids (20,000 with `--quick`): 1,000 runners on the first 500
+/// bench accounts, each reporting `PENDING` (free, so no line items) 200 times (20) a few
+/// milliseconds apart, then `TERMINATED` (so no runner is due for settlement), one bulk per
+/// round. The retention is set to its shortest (an hour) and the clock moved past it; then 4
+/// callers make submit/start/complete on the other 500 accounts while the sweep deletes every
+/// id (`EVENT_PRUNE_LIMIT` a batch): the ids deleted per second over the sweep's time, the
+/// latency of the `start`s made meanwhile. Checked after it: the pruning counter counts every
+/// id and the table is empty.
+pub async fn prune(plan: &Plan, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result<Vec<Row>> {
+    if !wanted(PRUNE_ROW) {
+        return Ok(Vec::new());
+    }
+    const PRUNED: &str = "tollgate_runner_events_pruned_total";
+    let runners = SEED_BULK;
+    let rounds = if plan.quick { 20 } else { 200 };
+    let ids = runners * rounds;
+    let dir = tempfile::tempdir()?;
+    let path = seed(dir.path(), ACCOUNTS)?;
+    let system = system_clock()().0;
+    let minute0 = system - system.rem_euclid(MIN);
+    let now = Arc::new(AtomicI64::new(minute0 + SEC));
+    let clock: Clock = {
+        let now = now.clone();
+        Arc::new(move || Timestamp(now.load(Ordering::SeqCst)))
+    };
+    let engine = start_engine_with(Box::new(SqliteStore::open(&path)?), clock).await?;
+    engine.set_serverless_settings(ServerlessSettings {
+        event_retention_ms: MIN_EVENT_RETENTION_MS,
+        ..ServerlessSettings::default()
+    })?;
+    let t = Instant::now();
+    for round in 0..rounds {
+        let state = if round + 1 == rounds {
+            RunnerState::Terminated
+        } else {
+            RunnerState::Pending
+        };
+        let events: Vec<RunnerEvent> = (0..runners)
+            .map(|i| RunnerEvent {
+                state,
+                ..running(
+                    &format!("old-{round}-{i}"),
+                    &runner_id(i),
+                    AccountId::parse(&account_name(i % RUNNER_ACCOUNTS)).expect("valid"),
+                    gpus(i),
+                    minute0 + round as i64 * 5,
+                )
+            })
+            .collect();
+        match engine.execute(Op::RunnerEvents(events)).await? {
+            Ok(Outcome::RunnerEvents { results })
+                if results.len() == runners && results.iter().all(|r| !r.duplicate) => {}
+            other => anyhow::bail!("the runners' reports were not applied: {other:?}"),
+        }
+    }
+    eprintln!(
+        "  ({ids} runner event ids applied in {:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+    // Past the retention: every id is due for deletion.
+    now.store(
+        minute0 + MIN_EVENT_RETENTION_MS + MIN + SEC,
+        Ordering::SeqCst,
+    );
+    let pruned_before = counter(&engine, PRUNED);
+    let starts = Starts::begin_on(&engine, "pruning", RUNNER_ACCOUNTS..ACCOUNTS);
+    let (mut took, mut sweeps) = (Duration::ZERO, 0);
+    while counter(&engine, PRUNED) - pruned_before < ids as u64 {
+        anyhow::ensure!(sweeps < 10, "ids still kept after {sweeps} sweeps");
+        let t = Instant::now();
+        engine.sweep_expired().await?;
+        took += t.elapsed();
+        sweeps += 1;
+    }
+    let (n, _, h) = starts.end().await?;
+    let pruned = counter(&engine, PRUNED) - pruned_before;
+    let c =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let left: i64 = c.query_row("SELECT COUNT(*) FROM runner_events", [], |r| r.get(0))?;
+    anyhow::ensure!(
+        pruned == ids as u64 && left == 0,
+        "the sweep deleted {pruned} event ids of {ids}; {left} are left"
+    );
+    let q = |p: f64| h.value_at_quantile(p);
+    Ok(vec![Row::new(
+        PRUNE_ROW,
+        "tollgate",
+        START_CALLERS,
+        ids as u64,
+        took,
+        Some(&h),
+        format!(
+            "runner event ids deleted/s: the sweep ({sweeps} call(s), {EVENT_PRUNE_LIMIT} ids a \
+             batch) deleted {ids} ids past the retention (of {runners} runners) in {:.0} ms; \
+             latency of start of {START_CALLERS} callers (submit+start+complete on the {} \
+             other accounts) during it, {n} starts, p50/p99 {}/{} us; every id deleted and \
+             counted",
+            took.as_secs_f64() * 1000.0,
+            ACCOUNTS - RUNNER_ACCOUNTS,
+            q(0.5),
+            q(0.99),
+        ),
+    )])
 }
 
 fn runner_id(i: usize) -> String {

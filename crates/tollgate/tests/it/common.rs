@@ -90,6 +90,7 @@ impl Server {
             .envs(env.iter().copied());
         let (server, lines) = Server::spawn(cmd, stderr);
         let [mut operator, mut admin, mut api, mut link] = [None, None, None, None];
+        let mut printed = String::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         while operator.is_none() || admin.is_none() || api.is_none() || link.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -100,6 +101,8 @@ impl Server {
                     server.stderr_text()
                 )
             });
+            printed.push_str(&line);
+            printed.push('\n');
             for (label, slot) in [
                 ("operator key", &mut operator),
                 ("demo ADMIN key", &mut admin),
@@ -118,6 +121,7 @@ impl Server {
             admin: admin.expect("read above"),
             api: api.expect("read above"),
             dashboard_link: link.expect("read above"),
+            printed,
         };
         (server, keys)
     }
@@ -229,6 +233,8 @@ pub struct DemoKeys {
     pub api: String,
     /// The one-time sign-in link to the demo account's dashboard (a full URL).
     pub dashboard_link: String,
+    /// What the demo printed up to its last key (its summary of the account's history).
+    pub printed: String,
 }
 
 /// A blocking HTTP client that ignores proxy settings (the server is on localhost).

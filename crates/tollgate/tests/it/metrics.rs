@@ -298,6 +298,9 @@ fn metrics_parse_and_move_exactly_with_billed_traffic_and_admissions() {
         ("tollgate_sync_duration_seconds", "histogram"),
         ("tollgate_queue_depth", "gauge"),
         ("tollgate_hold_expiries", "counter"),
+        ("tollgate_runner_events", "counter"),
+        ("tollgate_runner_settlements", "counter"),
+        ("tollgate_runner_events_pruned", "counter"),
         ("tollgate_store_conflicts", "counter"),
         ("tollgate_store_retries", "counter"),
     ] {

@@ -569,6 +569,8 @@ fn usd(v: &Value) -> rust_decimal::Decimal {
 
 #[test]
 fn the_demo_prints_a_dashboard_link_that_signs_in_once_over_four_weeks_of_history_that_reconcile() {
+    // The history: four weeks of model usage and three days of a serverless app's runners,
+    // which add up with the balance the demo prints and the ledger.
     let dir = tempfile::tempdir().expect("temp dir");
     let (server, keys) = Server::start_demo(dir.path(), dir.path().join("demo.log"));
     let base = &server.base;
@@ -642,13 +644,95 @@ fn the_demo_prints_a_dashboard_link_that_signs_in_once_over_four_weeks_of_histor
         .filter(|b| !b["results"].as_array().expect("results").is_empty())
         .count();
     assert_eq!(days, 28, "days with usage");
-    // What the history billed is what the balance lost from the 25 USD bought.
-    let billed: rust_decimal::Decimal = summary.iter().map(|r| usd(&r["cost_total"])).sum();
-    let spent = rust_decimal::Decimal::new(25_000_000_000 - balance, 9);
-    assert_eq!(billed, spent, "{usage}");
+    // Its serverless app's runner time: two runners a day on three days (one of them surge
+    // time), none in the last 24 hours.
+    let serverless = must(
+        send(
+            c.get(format!(
+                "{base}/v1/serverless/usage?expand=summary,time_series&start={start}"
+            )),
+            &keys.admin,
+        ),
+        200,
+        "serverless usage over 30 days",
+    )
+    .body;
+    let lines = serverless["summary"].as_array().expect("summary");
     assert!(
-        spent > rust_decimal::Decimal::ONE && spent < rust_decimal::Decimal::TEN,
-        "{spent}"
+        lines.iter().any(|r| r["is_surge"] == true) && lines.iter().any(|r| r["is_surge"] == false),
+        "{serverless}"
+    );
+    assert!(lines.iter().all(|r| r["app"] == "img-gen"), "{serverless}");
+    let runner_days = serverless["time_series"]
+        .as_array()
+        .expect("time series")
+        .iter()
+        .filter(|b| !b["results"].as_array().expect("results").is_empty())
+        .count();
+    assert_eq!(runner_days, 3, "days with runner time: {serverless}");
+    let history = must(
+        send(
+            c.get(format!(
+                "{base}/v1/serverless/apps/demo/img-gen/runners/history?start={start}&timeframe=day"
+            )),
+            &keys.api,
+        ),
+        200,
+        "runner history",
+    )
+    .body;
+    let busiest = history["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|b| b["running"].as_f64().expect("running"))
+        .fold(0.0, f64::max);
+    assert_eq!(busiest, 2.0, "{history}");
+
+    // What the history billed, models and runners, is what the balance lost from the 25 USD
+    // bought, and what the demo printed.
+    let billed: rust_decimal::Decimal = summary.iter().map(|r| usd(&r["cost_total"])).sum();
+    let runner_time: rust_decimal::Decimal = lines.iter().map(|r| usd(&r["cost_total"])).sum();
+    let spent = rust_decimal::Decimal::new(25_000_000_000 - balance, 9);
+    assert_eq!(billed + runner_time, spent, "{usage}\n{serverless}");
+    assert!(
+        billed > rust_decimal::Decimal::ONE && billed < rust_decimal::Decimal::TEN,
+        "{billed}"
+    );
+    assert!(
+        runner_time > rust_decimal::Decimal::ONE && runner_time < rust_decimal::Decimal::TEN,
+        "{runner_time}"
+    );
+    let printed = keys
+        .printed
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let amount = |before: &str, after: &str| -> rust_decimal::Decimal {
+        let end = printed
+            .find(after)
+            .unwrap_or_else(|| panic!("{after:?} is not printed: {printed}"));
+        let start = printed[..end]
+            .rfind(before)
+            .unwrap_or_else(|| panic!("{before:?} is not printed: {printed}"));
+        printed[start + before.len()..end]
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}: {printed}"))
+    };
+    assert_eq!(
+        amount("billed ", " USD; the last 24 hours"),
+        billed,
+        "{printed}"
+    );
+    assert_eq!(
+        amount("billed ", " USD of runner time"),
+        runner_time,
+        "{printed}"
+    );
+    assert_eq!(
+        amount("its balance is ", " USD."),
+        rust_decimal::Decimal::new(balance, 9),
+        "{printed}"
     );
     let last_day = must(
         send(
