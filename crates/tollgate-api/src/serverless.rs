@@ -134,7 +134,8 @@ pub struct RunnerEventResults {
 /// unknown state, GPUs outside 1 to 64, a bad id or time, no events, more than 10000) or an
 /// event refused by the billing rules (an unknown account, a machine type the catalog does
 /// not price, a time before the runner's previous report or more than 5 minutes ahead, a
-/// runner's fixed fields changed, an event id reused for another report) refuses the whole
+/// report of a runner already `TERMINATED`, a runner's fixed fields changed, an event id
+/// reused for another report) refuses the whole
 /// call with 400 `validation_error`, `error.index` naming the event (and `error.field` the
 /// field, or `error.event_id` the event): nothing is written, so the corrected bulk can be
 /// sent again. Idempotent on `event_id`.

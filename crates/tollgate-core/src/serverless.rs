@@ -59,7 +59,9 @@
 //! going backwards; if its `at` is the runner's last report's, it is applied as a report at that
 //! instant, whose time before it is already accounted (the cursor is there or beyond), so it
 //! bills nothing then (its state is the runner's from that instant: the same one, unless the
-//! runner reported another state at that very millisecond). Billing never depends on the ids:
+//! runner reported another state at that very millisecond). A runner reported `TERMINATED`
+//! takes no more reports (refused, however late or early they are, unless duplicates), so no
+//! report sent again can bring it back. Billing never depends on the ids:
 //! the cursor only moves forward, so no second is billed twice. A bulk of events is validated whole before any is applied: one refused
 //! event refuses the bulk, and nothing is written ([`crate::machine::Rejection::InvalidRunnerEvent`]).
 //! An operation's accounting is computed on copies of its runners and accounts and written to
@@ -662,8 +664,9 @@ fn validate(
     now: Timestamp,
     events: &[RunnerEvent],
 ) -> Result<Vec<bool>, Rejection> {
-    // The runners and event ids as the bulk's earlier events leave them.
-    let mut runners: HashMap<&RunnerId, (Fixed, Timestamp)> = HashMap::new();
+    // The runners (what they are, their last report's time and state) and event ids as the
+    // bulk's earlier events leave them.
+    let mut runners: HashMap<&RunnerId, (Fixed, Timestamp, RunnerState)> = HashMap::new();
     let mut ids: HashMap<&RunnerEventId, String> = HashMap::new();
     let mut duplicates = Vec::with_capacity(events.len());
     for (index, e) in events.iter().enumerate() {
@@ -674,15 +677,18 @@ fn validate(
         };
         check_event(state, catalog, e).map_err(refuse)?;
         let known = match runners.get(&e.runner) {
-            Some((fixed, last_at)) => Some((fixed.changed_by(&Fixed::of_event(e)), *last_at)),
+            Some((fixed, last_at, last_state)) => {
+                Some((fixed.changed_by(&Fixed::of_event(e)), *last_at, *last_state))
+            }
             None => state.runners.get(&e.runner).map(|r| {
                 (
                     Fixed::of_runner(r).changed_by(&Fixed::of_event(e)),
                     r.last_at,
+                    r.state,
                 )
             }),
         };
-        if let Some((Some((field, was)), _)) = &known {
+        if let Some((Some((field, was)), _, _)) = &known {
             return Err(refuse(format!(
                 "runner {} was reported with {field} {was}; a runner's username, app, \
                  environment, machine_type, num_gpus and is_surge never change",
@@ -706,8 +712,16 @@ fn validate(
             duplicates.push(true);
             continue;
         }
-        check_time(now, e, known.map(|(_, last_at)| last_at)).map_err(refuse)?;
-        runners.insert(&e.runner, (Fixed::of_event(e), e.at));
+        if let Some((_, last_at, RunnerState::Terminated)) = known {
+            return Err(refuse(format!(
+                "runner {} was reported TERMINATED at {}: a terminated runner takes no more \
+                 reports (a new runner needs a new runner_id)",
+                e.runner,
+                crate::time::rfc3339(last_at)
+            )));
+        }
+        check_time(now, e, known.map(|(_, last_at, _)| last_at)).map_err(refuse)?;
+        runners.insert(&e.runner, (Fixed::of_event(e), e.at, e.state));
         ids.insert(&e.event_id, said);
         duplicates.push(false);
     }
@@ -2010,6 +2024,59 @@ mod tests {
         // Its id is kept again, from now.
         assert_eq!(s.new_runner_events.len(), 1);
         assert_eq!(s.new_runner_events[0].received_at, Timestamp(later));
+    }
+
+    #[test]
+    fn a_terminated_runner_takes_no_more_reports_and_no_resend_brings_it_back() {
+        let mut s = state(100);
+        // Draining, then terminated at the same millisecond.
+        let draining = ev("e0", "rn-1", RunnerState::Draining, T0);
+        let terminated = ev("e1", "rn-1", RunnerState::Terminated, T0);
+        send(
+            &mut s,
+            T0 + 1_000,
+            vec![draining.clone(), terminated.clone()],
+        )
+        .unwrap();
+        // Within the bulk too: a report after TERMINATED refuses the bulk it is in.
+        let mut other = state(100);
+        match send(
+            &mut other,
+            T0 + 1_000,
+            vec![
+                ev("x0", "rn-2", RunnerState::Terminated, T0),
+                ev("x1", "rn-2", RunnerState::Running, T0 + 500),
+            ],
+        ) {
+            Err(Rejection::InvalidRunnerEvent { index, reason, .. }) => {
+                assert_eq!(index, 1);
+                assert!(reason.contains("terminated runner"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The termination repeated is a duplicate; anything else is refused, whether at the
+        // same millisecond (the draining report sent again once its id was deleted) or later,
+        // and nothing changes.
+        let r = send(&mut s, T0 + 2_000, vec![terminated.clone()]).unwrap();
+        assert!(r[0].duplicate);
+        s.runner_events.clear();
+        s.new_runner_events.clear();
+        let before = format!("{s:?}");
+        for e in [
+            draining.clone(),
+            ev("e2", "rn-1", RunnerState::Running, T0),
+            ev("e3", "rn-1", RunnerState::Running, T0 + MIN),
+        ] {
+            match send(&mut s, T0 + 8 * 24 * 60 * MIN, vec![e]) {
+                Err(Rejection::InvalidRunnerEvent { reason, .. }) => {
+                    assert!(reason.contains("terminated runner"), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(format!("{s:?}"), before);
+        }
+        assert_eq!(settle_at(&mut s, T0 + 10 * MIN, "rn-1"), Nanos::ZERO);
+        assert_eq!(s.runners[&rid("rn-1")].billed, Nanos::ZERO);
     }
 
     #[test]

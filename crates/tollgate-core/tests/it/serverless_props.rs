@@ -92,13 +92,22 @@ fn runner_plan() -> impl Strategy<Value = RunnerPlan> {
         ),
     )
         .prop_map(
-            |(account, machine, num_gpus, surge, start_ms, reports)| RunnerPlan {
-                account,
-                machine,
-                num_gpus,
-                surge: surge && MACHINES[machine] != "XS",
-                start_ms,
-                reports,
+            |(account, machine, num_gpus, surge, start_ms, mut reports)| {
+                // A terminated runner reports nothing more.
+                if let Some(end) = reports
+                    .iter()
+                    .position(|(_, state)| *state == RunnerState::Terminated)
+                {
+                    reports.truncate(end + 1);
+                }
+                RunnerPlan {
+                    account,
+                    machine,
+                    num_gpus,
+                    surge: surge && MACHINES[machine] != "XS",
+                    start_ms,
+                    reports,
+                }
             },
         )
 }
