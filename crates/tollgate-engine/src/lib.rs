@@ -55,7 +55,7 @@ pub const RUNNER_SWEEP_LIMIT: usize = 16;
 /// Applied runner event ids deleted per sweep batch once older than the retention
 /// (`ServerlessSettings::event_retention_ms`): a range of one index and a row each, so a step
 /// stays short; a sweep that deletes a full page deletes the next at once.
-pub const EVENT_PRUNE_LIMIT: usize = 1000;
+pub const EVENT_PRUNE_LIMIT: usize = 256;
 /// The most batches one [`Engine::sweep_expired`] runs while each finds a full page: a bound
 /// should expired holds keep arriving as fast as they are voided (the next sweep takes them
 /// up again). Runners are paged by key, so one sweep reads each due runner once and
