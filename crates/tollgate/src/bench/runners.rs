@@ -206,16 +206,13 @@ pub async fn run(plan: &Plan, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result<V
         return Ok(Vec::new());
     }
     let runners = if plan.quick { 1_000 } else { 10_000 };
-    let dir = tempfile::tempdir()?;
-    let path = seed(dir.path(), ACCOUNTS)?;
-    let system = system_clock()().0;
-    let minute0 = system - system.rem_euclid(MIN);
-    let now = Arc::new(AtomicI64::new(minute0 + SEC));
-    let clock: Clock = {
-        let now = now.clone();
-        Arc::new(move || Timestamp(now.load(Ordering::SeqCst)))
-    };
-    let engine = start_engine_with(Box::new(SqliteStore::open(&path)?), clock).await?;
+    let HeldClock {
+        dir: _dir,
+        path,
+        minute0,
+        now,
+        engine,
+    } = HeldClock::start().await?;
 
     let t = Instant::now();
     for from in (0..runners).step_by(SEED_BULK) {
@@ -329,16 +326,13 @@ pub async fn prune(plan: &Plan, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result
     let runners = SEED_BULK;
     let rounds = if plan.quick { 20 } else { 200 };
     let ids = runners * rounds;
-    let dir = tempfile::tempdir()?;
-    let path = seed(dir.path(), ACCOUNTS)?;
-    let system = system_clock()().0;
-    let minute0 = system - system.rem_euclid(MIN);
-    let now = Arc::new(AtomicI64::new(minute0 + SEC));
-    let clock: Clock = {
-        let now = now.clone();
-        Arc::new(move || Timestamp(now.load(Ordering::SeqCst)))
-    };
-    let engine = start_engine_with(Box::new(SqliteStore::open(&path)?), clock).await?;
+    let HeldClock {
+        dir: _dir,
+        path,
+        minute0,
+        now,
+        engine,
+    } = HeldClock::start().await?;
     engine.set_serverless_settings(ServerlessSettings {
         event_retention_ms: MIN_EVENT_RETENTION_MS,
         ..ServerlessSettings::default()
@@ -416,6 +410,39 @@ pub async fn prune(plan: &Plan, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result
             q(0.99),
         ),
     )])
+}
+
+/// A seeded database of the bench accounts and an engine on it whose clock the bench holds:
+/// at the start of the current minute plus a second (`minute0 + SEC`), moved by storing into
+/// `now`.
+struct HeldClock {
+    dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    minute0: i64,
+    now: Arc<AtomicI64>,
+    engine: Engine,
+}
+
+impl HeldClock {
+    async fn start() -> anyhow::Result<HeldClock> {
+        let dir = tempfile::tempdir()?;
+        let path = seed(dir.path(), ACCOUNTS)?;
+        let system = system_clock()().0;
+        let minute0 = system - system.rem_euclid(MIN);
+        let now = Arc::new(AtomicI64::new(minute0 + SEC));
+        let clock: Clock = {
+            let now = now.clone();
+            Arc::new(move || Timestamp(now.load(Ordering::SeqCst)))
+        };
+        let engine = start_engine_with(Box::new(SqliteStore::open(&path)?), clock).await?;
+        Ok(HeldClock {
+            dir,
+            path,
+            minute0,
+            now,
+            engine,
+        })
+    }
 }
 
 fn runner_id(i: usize) -> String {
