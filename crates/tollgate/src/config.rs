@@ -908,6 +908,26 @@ impl Serialize for UsdAmount {
     }
 }
 
+/// A setting's text read as a whole number, then checked as `T` is.
+fn whole_number<T: TryFrom<i64, Error = String>>(s: &str) -> Result<T, String> {
+    let n: i64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number"))?;
+    T::try_from(n)
+}
+
+/// `n` if it is from `lo` to `hi` (`unit` names what it counts, for the refusal).
+fn within(n: i64, lo: i64, hi: i64, unit: &str) -> Result<u64, String> {
+    if (lo..=hi).contains(&n) {
+        Ok(n.unsigned_abs())
+    } else {
+        Err(format!(
+            "{n} is not allowed: must be a whole number of {unit} from {lo} to {hi}"
+        ))
+    }
+}
+
 /// A count, a number of seconds or of milliseconds: a whole number of at least 1 (a timeout of
 /// 0 would close every connection at once, a cap of 0 refuse every one).
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -934,11 +954,7 @@ impl TryFrom<i64> for Positive {
 impl FromStr for Positive {
     type Err = String;
     fn from_str(s: &str) -> Result<Positive, String> {
-        let n: i64 = s
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not a whole number"))?;
-        Positive::try_from(n)
+        whole_number(s)
     }
 }
 
@@ -958,25 +974,14 @@ impl GraceSeconds {
 impl TryFrom<i64> for GraceSeconds {
     type Error = String;
     fn try_from(n: i64) -> Result<GraceSeconds, String> {
-        if (1..=GraceSeconds::MAX_S).contains(&n) {
-            Ok(GraceSeconds(n.unsigned_abs()))
-        } else {
-            Err(format!(
-                "{n} is not allowed: must be a whole number of seconds from 1 to {}",
-                GraceSeconds::MAX_S
-            ))
-        }
+        within(n, 1, GraceSeconds::MAX_S, "seconds").map(GraceSeconds)
     }
 }
 
 impl FromStr for GraceSeconds {
     type Err = String;
     fn from_str(s: &str) -> Result<GraceSeconds, String> {
-        let n: i64 = s
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not a whole number"))?;
-        GraceSeconds::try_from(n)
+        whole_number(s)
     }
 }
 
@@ -997,26 +1002,14 @@ impl RetentionHours {
 impl TryFrom<i64> for RetentionHours {
     type Error = String;
     fn try_from(n: i64) -> Result<RetentionHours, String> {
-        if (RetentionHours::MIN_H..=RetentionHours::MAX_H).contains(&n) {
-            Ok(RetentionHours(n.unsigned_abs()))
-        } else {
-            Err(format!(
-                "{n} is not allowed: must be a whole number of hours from {} to {}",
-                RetentionHours::MIN_H,
-                RetentionHours::MAX_H
-            ))
-        }
+        within(n, RetentionHours::MIN_H, RetentionHours::MAX_H, "hours").map(RetentionHours)
     }
 }
 
 impl FromStr for RetentionHours {
     type Err = String;
     fn from_str(s: &str) -> Result<RetentionHours, String> {
-        let n: i64 = s
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not a whole number"))?;
-        RetentionHours::try_from(n)
+        whole_number(s)
     }
 }
 
