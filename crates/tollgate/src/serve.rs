@@ -428,16 +428,19 @@ async fn create_demo_account(engine: &Engine, pinned: &AtomicI64) -> anyhow::Res
         vec![api.record.key_id.clone(), batch.record.key_id.clone()],
     );
     let set_clock = |t: Timestamp| pinned.store(t.0, Ordering::SeqCst);
-    let seeded = demo::seed_history(engine, &plan, Some(&set_clock)).await;
-    let runners = match &seeded {
-        Ok(_) => Some(demo_runners::seed(engine, &username, now, &set_clock).await),
-        Err(_) => None,
-    };
+    // Both seeded before the clock is released, whichever fails.
+    let seeded = async {
+        let history = demo::seed_history(engine, &plan, Some(&set_clock))
+            .await
+            .map_err(|e| anyhow::anyhow!("demo history: {e}"))?;
+        let runners = demo_runners::seed(engine, &username, now, &set_clock)
+            .await
+            .context("demo serverless history")?;
+        anyhow::Ok((history, runners))
+    }
+    .await;
     pinned.store(0, Ordering::SeqCst);
-    let history = seeded.map_err(|e| anyhow::anyhow!("demo history: {e}"))?;
-    let runners = runners
-        .expect("seeded after the history")
-        .context("demo serverless history")?;
+    let (history, runners) = seeded?;
     let state = AppState::new(engine.clone());
     let minted = tollgate_api::portal::mint_link(&state, username)
         .await
