@@ -285,7 +285,9 @@ impl From<Rejection> for ApiError {
                 .with("spent_nano_usd", spent.0)
                 .with("held_nano_usd", held.0)
                 .with("required_nano_usd", required.0),
-            Rejection::WrongState { .. } | Rejection::Conflict(_) => ApiError::conflict(msg),
+            Rejection::WrongState { .. } | Rejection::Conflict(_) | Rejection::Leased { .. } => {
+                ApiError::conflict(msg)
+            }
             Rejection::PaymentMethodRequired(_) => {
                 ApiError::new(StatusCode::CONFLICT, "payment_method_required", msg)
             }

@@ -51,6 +51,25 @@ pub struct EndpointDef {
     /// What a completion that arrives after the request's hold expired does.
     #[serde(default)]
     pub late_completion: LateCompletion,
+    /// The model servers tollgate's gateway calls for this endpoint (API.md section 10); none:
+    /// the endpoint is not served by the gateway.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<Upstream>,
+}
+
+/// A model server of an endpoint, as the catalog's `[[endpoint.upstream]]` names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    /// The base URL: the request's path below the endpoint is appended to it.
+    pub url: String,
+    /// How many requests it takes at once.
+    pub slots: u32,
+    /// How long one call may take, in seconds.
+    pub timeout_s: u32,
+    /// What it runs on: compute seconds are billed at this machine's price (else the
+    /// endpoint's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_type: Option<MachineType>,
 }
 
 /// What a successful completion is billed when its output lacks what the endpoint's price

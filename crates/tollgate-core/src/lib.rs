@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod concurrency;
 pub mod decimal;
 pub mod events;
+pub mod gateway;
 pub mod ids;
 pub mod ledger;
 pub mod limits;

@@ -451,6 +451,9 @@ pub enum Source {
     Lifecycle,
     /// A usage event reported after the fact.
     Event,
+    /// Queued and dispatched by tollgate's own gateway ([`crate::gateway`]); the lifecycle
+    /// calls do not see it.
+    Gateway,
 }
 
 /// The settled result of a request, stored with it so that a repeat returns it unchanged.
@@ -660,6 +663,37 @@ pub enum Op {
     Cancel {
         request_id: RequestId,
     },
+    /// A request queued by the gateway, with what it runs on ([`crate::gateway`]).
+    GatewaySubmit {
+        request_id: RequestId,
+        account: AccountId,
+        api_key: Option<ApiKeyId>,
+        endpoint: EndpointId,
+        input: crate::gateway::GatewayInput,
+    },
+    /// A gateway request's turn: held and leased to `lease.owner` (a queued one), or taken
+    /// over (a running one whose lease ran out, or its owner's again).
+    Dispatch {
+        request_id: RequestId,
+        lease: crate::gateway::Lease,
+        machine_type: Option<MachineType>,
+    },
+    /// A gateway request's answer (or last failure), billed as `bill` says.
+    GatewayAnswer {
+        request_id: RequestId,
+        result: crate::gateway::GatewayResult,
+        bill: crate::gateway::Bill,
+    },
+    /// The units a model server posts for a request whose billing it deferred.
+    GatewayUnits {
+        request_id: RequestId,
+        billable_units: Decimal,
+    },
+    /// A caller's cancellation of its gateway request: never billed.
+    GatewayCancel {
+        request_id: RequestId,
+        account: AccountId,
+    },
     /// Voids a started request whose hold timed out (issued by the sweeper; a no-op unless
     /// the request is still in progress and past its deadline).
     Expire {
@@ -789,7 +823,12 @@ impl Op {
             | Op::Start { request_id, .. }
             | Op::Complete { request_id, .. }
             | Op::Cancel { request_id }
-            | Op::Expire { request_id } => Some(request_id),
+            | Op::Expire { request_id }
+            | Op::GatewaySubmit { request_id, .. }
+            | Op::Dispatch { request_id, .. }
+            | Op::GatewayAnswer { request_id, .. }
+            | Op::GatewayUnits { request_id, .. }
+            | Op::GatewayCancel { request_id, .. } => Some(request_id),
             Op::UsageEvent(e) => Some(&e.event_id),
             Op::Purchase { .. }
             | Op::ExpireCredits { .. }
@@ -807,10 +846,22 @@ impl Op {
             | Op::SettleRunner { .. } => None,
         }
     }
+    /// The gateway request whose row this operation reads (a submission writes a new one).
+    pub fn gateway_request(&self) -> Option<&RequestId> {
+        match self {
+            Op::Dispatch { request_id, .. }
+            | Op::GatewayAnswer { request_id, .. }
+            | Op::GatewayUnits { request_id, .. }
+            | Op::GatewayCancel { request_id, .. } => Some(request_id),
+            _ => None,
+        }
+    }
     /// The account this operation names directly (others are found through their request).
     pub fn account(&self) -> Option<&AccountId> {
         match self {
             Op::Submit { account, .. }
+            | Op::GatewaySubmit { account, .. }
+            | Op::GatewayCancel { account, .. }
             | Op::Purchase { account, .. }
             | Op::ExpireCredits { account }
             | Op::NoticeExpiringCredits { account }
@@ -845,6 +896,16 @@ pub enum Outcome {
     },
     Submitted {
         request: RequestRecord,
+        replayed: bool,
+    },
+    /// A gateway request dispatched (`resumed`: taken over, its hold already taken).
+    Dispatched {
+        gateway: crate::gateway::GatewayRecord,
+        request: RequestRecord,
+        resumed: bool,
+    },
+    /// A gateway request answered; billed when its model server posts the units.
+    AwaitingUnits {
         replayed: bool,
     },
     Started {
@@ -962,6 +1023,13 @@ pub enum Rejection {
     },
     #[error("{0}")]
     Conflict(String),
+    /// A gateway request another dispatcher holds the lease of.
+    #[error("request {id} is being dispatched by {owner} until {}", crate::time::rfc3339(*until))]
+    Leased {
+        id: RequestId,
+        owner: std::sync::Arc<str>,
+        until: Timestamp,
+    },
     /// A completion of a request whose hold expired, on an endpoint that refuses them.
     #[error(
         "request {0} expired before it was completed; its endpoint does not bill late completions"
@@ -1054,6 +1122,11 @@ pub struct BatchState {
     pub top_up_settings: TopUpSettings,
     /// The deployment's serverless settings (configuration, set by the engine).
     pub serverless: crate::serverless::ServerlessSettings,
+    /// Gateway requests named by the batch's gateway operations (loaded), and those it
+    /// submitted.
+    pub gateway: HashMap<RequestId, crate::gateway::GatewayRecord>,
+    /// Gateway requests the batch submitted or changed (the store upserts them).
+    pub dirty_gateway: BTreeSet<RequestId>,
     /// Runners named by the batch's operations that exist (loaded), and those it created.
     pub runners: HashMap<crate::ids::RunnerId, crate::serverless::RunnerRecord>,
     /// Runners the batch created or changed (the store upserts them).
@@ -1097,9 +1170,9 @@ fn inference_seconds_rule() -> PriceRule {
 }
 
 #[derive(Clone, Copy)]
-struct Ctx<'a> {
-    catalog: &'a Catalog,
-    now: Timestamp,
+pub(crate) struct Ctx<'a> {
+    pub(crate) catalog: &'a Catalog,
+    pub(crate) now: Timestamp,
 }
 
 impl BatchState {
@@ -1130,7 +1203,7 @@ impl BatchState {
         self.event(&account, at, data);
     }
 
-    fn account_mut(&mut self, id: &AccountId) -> Result<&mut AccountState, Rejection> {
+    pub(crate) fn account_mut(&mut self, id: &AccountId) -> Result<&mut AccountState, Rejection> {
         self.accounts
             .get_mut(id)
             .ok_or_else(|| Rejection::UnknownAccount(id.clone()))
@@ -1162,7 +1235,7 @@ impl BatchState {
         }
     }
 
-    fn put_request(&mut self, r: RequestRecord) {
+    pub(crate) fn put_request(&mut self, r: RequestRecord) {
         self.dirty_requests.insert(r.id.clone());
         self.requests.insert(r.id.clone(), r);
     }
@@ -1311,6 +1384,7 @@ impl Outcome {
     pub fn changed_anything(&self) -> bool {
         match self {
             Outcome::Submitted { replayed, .. }
+            | Outcome::AwaitingUnits { replayed }
             | Outcome::Started { replayed, .. }
             | Outcome::Completed { replayed, .. }
             | Outcome::Cancelled { replayed }
@@ -1324,7 +1398,7 @@ impl Outcome {
             Outcome::CreditsExpired { amount } => *amount > Nanos::ZERO,
             Outcome::ExpiryNoticed { lots } => *lots > 0,
             Outcome::PeriodClosed { issued } => *issued,
-            Outcome::PaymentProfile { .. } => true,
+            Outcome::PaymentProfile { .. } | Outcome::Dispatched { .. } => true,
             Outcome::RunnerEvents { results } => results.iter().any(|r| !r.duplicate),
             // The auto top-up rule follows a charge; time in a free state charges nothing.
             Outcome::RunnerSettled { billed, .. } => *billed > Nanos::ZERO,
@@ -1340,13 +1414,29 @@ fn apply_op(state: &mut BatchState, cx: &Ctx, op: Op) -> Result<Outcome, Rejecti
             account,
             api_key,
             endpoint,
-        } => submit(state, &cx, request_id, account, api_key, endpoint),
+        } => submit(
+            state,
+            &cx,
+            request_id,
+            account,
+            api_key,
+            endpoint,
+            Source::Lifecycle,
+        ),
         Op::Start {
             request_id,
             machine_type,
             num_gpus,
             hold_units,
-        } => start(state, &cx, request_id, machine_type, num_gpus, hold_units),
+        } => start(
+            state,
+            &cx,
+            request_id,
+            Source::Lifecycle,
+            machine_type,
+            num_gpus,
+            hold_units,
+        ),
         Op::Complete {
             request_id,
             status_code,
@@ -1357,13 +1447,55 @@ fn apply_op(state: &mut BatchState, cx: &Ctx, op: Op) -> Result<Outcome, Rejecti
             state,
             &cx,
             request_id,
-            status_code,
-            output,
-            billable_units,
-            inference_seconds,
+            Source::Lifecycle,
+            Rating::Rate {
+                status_code,
+                output,
+                billable_units,
+                inference_seconds,
+            },
         ),
-        Op::Cancel { request_id } => release(state, &cx, request_id, TransferKind::Void),
-        Op::Expire { request_id } => release(state, &cx, request_id, TransferKind::Expire),
+        Op::Cancel { request_id } => release(
+            state,
+            &cx,
+            request_id,
+            TransferKind::Void,
+            &[Source::Lifecycle],
+        ),
+        // The sweeper expires any request whose hold timed out: a gateway request's while it
+        // awaits its model server's units.
+        Op::Expire { request_id } => release(
+            state,
+            &cx,
+            request_id,
+            TransferKind::Expire,
+            &[Source::Lifecycle, Source::Gateway],
+        ),
+        Op::GatewaySubmit {
+            request_id,
+            account,
+            api_key,
+            endpoint,
+            input,
+        } => crate::gateway::submit(state, &cx, request_id, account, api_key, endpoint, input),
+        Op::Dispatch {
+            request_id,
+            lease,
+            machine_type,
+        } => crate::gateway::dispatch(state, &cx, request_id, lease, machine_type),
+        Op::GatewayAnswer {
+            request_id,
+            result,
+            bill,
+        } => crate::gateway::answer(state, &cx, request_id, result, bill),
+        Op::GatewayUnits {
+            request_id,
+            billable_units,
+        } => crate::gateway::units(state, &cx, request_id, billable_units),
+        Op::GatewayCancel {
+            request_id,
+            account,
+        } => crate::gateway::cancel(state, &cx, request_id, account),
         Op::Purchase {
             account,
             purchase_id,
@@ -1548,19 +1680,18 @@ fn endpoint_and_price<'c>(
     Ok((def, price))
 }
 
-fn submit(
+pub(crate) fn submit(
     state: &mut BatchState,
     cx: &Ctx,
     request_id: RequestId,
     account: AccountId,
     api_key: Option<ApiKeyId>,
     endpoint: EndpointId,
+    source: Source,
 ) -> Result<Outcome, Rejection> {
     not_a_runners_id("request_id", &request_id)?;
     if let Some(existing) = state.requests.get(&request_id) {
-        if existing.source != Source::Lifecycle
-            || existing.account != account
-            || existing.endpoint != endpoint
+        if existing.source != source || existing.account != account || existing.endpoint != endpoint
         {
             return Err(Rejection::Conflict(format!(
                 "request_id {request_id} was already used for another request"
@@ -1582,7 +1713,7 @@ fn submit(
     }
     let record = RequestRecord {
         id: request_id,
-        source: Source::Lifecycle,
+        source,
         account,
         endpoint,
         api_key,
@@ -1606,11 +1737,17 @@ fn submit(
     })
 }
 
-fn lookup<'s>(state: &'s BatchState, id: &RequestId) -> Result<&'s RequestRecord, Rejection> {
+/// The request `id` if it came from one of `sources` (the lifecycle calls never see a gateway
+/// request, nor the gateway's a lifecycle one).
+pub(crate) fn lookup<'s>(
+    state: &'s BatchState,
+    id: &RequestId,
+    sources: &[Source],
+) -> Result<&'s RequestRecord, Rejection> {
     state
         .requests
         .get(id)
-        .filter(|r| r.source == Source::Lifecycle)
+        .filter(|r| sources.contains(&r.source))
         .ok_or_else(|| Rejection::UnknownRequest(id.clone()))
 }
 
@@ -1691,15 +1828,16 @@ fn percent_discount(
     discounts.percent_for(month_subtotal)
 }
 
-fn start(
+pub(crate) fn start(
     state: &mut BatchState,
     cx: &Ctx,
     request_id: RequestId,
+    source: Source,
     machine_type: Option<MachineType>,
     num_gpus: Option<u32>,
     hold_units: Option<Decimal>,
 ) -> Result<Outcome, Rejection> {
-    let req = lookup(state, &request_id)?.clone();
+    let req = lookup(state, &request_id, &[source])?.clone();
     match req.status {
         RequestStatus::InQueue => {}
         RequestStatus::InProgress => {
@@ -1902,16 +2040,28 @@ fn rate_finished(
     Ok((billed, rule.unit_label(), charge))
 }
 
-fn complete(
+/// How a completion is billed (a value passed down once, not stored: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Rating {
+    /// By the endpoint's price and the outcome policy for `status_code`.
+    Rate {
+        status_code: u16,
+        output: Output,
+        billable_units: Option<Decimal>,
+        inference_seconds: Option<Decimal>,
+    },
+    /// Not at all, whatever the status (a gateway request whose every attempt failed).
+    Unbilled { status_code: u16 },
+}
+
+pub(crate) fn complete(
     state: &mut BatchState,
     cx: &Ctx,
     request_id: RequestId,
-    status_code: u16,
-    output: Output,
-    billable_units: Option<Decimal>,
-    inference_seconds: Option<Decimal>,
+    source: Source,
+    rating: Rating,
 ) -> Result<Outcome, Rejection> {
-    let req = lookup(state, &request_id)?.clone();
+    let req = lookup(state, &request_id, &[source])?.clone();
     let late = req.status == RequestStatus::Expired;
     match req.status {
         RequestStatus::InProgress => {}
@@ -1954,23 +2104,40 @@ fn complete(
         cx.now
     };
     let measured_ms = end.ms_since(req.started_at.unwrap_or(end));
-    let inference = inference_seconds.unwrap_or_else(|| ms_to_seconds(measured_ms));
-
     let acct = state.account_mut(&req.account)?;
     let mut next = acct.clone();
-    let (billed, unit, charge) = rate_finished(
-        cx,
-        req.submitted_at,
-        &mut next,
-        def,
-        rule,
-        status_code,
-        output,
-        billable_units,
-        Some(inference),
-        req.machine_type.as_ref(),
-        req.num_gpus,
-    )?;
+    let (status_code, inference, (billed, unit, charge)) = match rating {
+        Rating::Rate {
+            status_code,
+            output,
+            billable_units,
+            inference_seconds,
+        } => {
+            let inference = inference_seconds.unwrap_or_else(|| ms_to_seconds(measured_ms));
+            let rated = rate_finished(
+                cx,
+                req.submitted_at,
+                &mut next,
+                def,
+                rule,
+                status_code,
+                output,
+                billable_units,
+                Some(inference),
+                req.machine_type.as_ref(),
+                req.num_gpus,
+            )?;
+            (status_code, inference, rated)
+        }
+        Rating::Unbilled { status_code } => {
+            crate::policy::final_status(status_code)?;
+            (
+                status_code,
+                ms_to_seconds(measured_ms),
+                (false, rule.unit_label(), Charge::FREE),
+            )
+        }
+    };
     let mut accrued = None;
     let transfers = if late {
         // The hold was voided and the slot freed when it expired: the work done is charged
@@ -2058,13 +2225,14 @@ fn line_item(req: &RequestRecord, c: &Completion, at: Timestamp) -> LineItem {
 }
 
 /// Cancel (`Void`) or expire (`Expire`) a request: nothing billed, hold and slot released.
-fn release(
+pub(crate) fn release(
     state: &mut BatchState,
     cx: &Ctx,
     request_id: RequestId,
     kind: TransferKind,
+    sources: &[Source],
 ) -> Result<Outcome, Rejection> {
-    let req = lookup(state, &request_id)?.clone();
+    let req = lookup(state, &request_id, sources)?.clone();
     let expiring = kind == TransferKind::Expire;
     let target = if expiring {
         RequestStatus::Expired

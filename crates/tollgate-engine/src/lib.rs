@@ -23,7 +23,7 @@ use tollgate_core::catalog::plan::{self, CatalogPlan};
 use tollgate_core::catalog::Catalog;
 use tollgate_core::events::EventData;
 use tollgate_core::ids::{
-    AccountId, AdjustmentId, ApiKeyId, LimitId, PurchaseId, RunnerEventId, RunnerId,
+    AccountId, AdjustmentId, ApiKeyId, LimitId, PurchaseId, RequestId, RunnerEventId, RunnerId,
 };
 use tollgate_core::limits::{self, LimitChange, LimitState, SpendingLimit};
 use tollgate_core::machine::{
@@ -240,6 +240,23 @@ pub enum AdminCmd {
     PaymentsInstallation {
         fresh: String,
     },
+    /// Extends the gateway leases `owner` holds on `requests` to `lease_ms` from now
+    /// ([`AdminReply::Held`]: those it still holds; a request finished or cancelled meanwhile
+    /// is not among them).
+    RenewGatewayLeases {
+        owner: String,
+        requests: Vec<RequestId>,
+        lease_ms: i64,
+    },
+    /// Ends every gateway lease: a store with one server, whose gateway starts, takes over at
+    /// once the requests its previous process was running.
+    EndGatewayLeases,
+    /// Deletes up to `limit` gateway requests finished before `before` (their results past the
+    /// retention): [`AdminReply::Count`].
+    PruneGatewayResults {
+        before: Timestamp,
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,6 +290,10 @@ pub enum AdminReply {
     Limit(Box<LimitState>),
     /// A setting's value as stored.
     Setting(String),
+    /// The gateway requests whose leases [`AdminCmd::RenewGatewayLeases`] extended.
+    Held(Vec<RequestId>),
+    /// How many rows a command changed.
+    Count(usize),
 }
 
 type OpsReply = oneshot::Sender<Result<Vec<Result<Outcome, Rejection>>, EngineError>>;
@@ -1536,6 +1557,18 @@ fn load<'a>(
             tx.load_runners(&runner_ids, &event_ids, &mut state)?;
         }
     }
+    // Gateway rows after the locks: on a shared database, a dispatch reads the lease as the
+    // last commit under the account's lock left it, so two dispatchers start a request once.
+    let gateway: Vec<RequestId> = ops
+        .clone()
+        .filter_map(Op::gateway_request)
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !gateway.is_empty() {
+        tx.load_gateway(&gateway, &mut state.gateway)?;
+    }
     let purchases: Vec<(AccountId, PurchaseId)> = ops
         .clone()
         .filter_map(|op| match op {
@@ -1752,6 +1785,18 @@ fn run_admin(
                         tollgate_store::SETTING_PAYMENTS_INSTALLATION,
                         fresh,
                     )?)
+                }
+                AdminCmd::RenewGatewayLeases {
+                    owner,
+                    requests,
+                    lease_ms,
+                } => {
+                    let until = now.plus_ms(*lease_ms);
+                    reply = AdminReply::Held(tx.renew_gateway_leases(owner, requests, until)?)
+                }
+                AdminCmd::EndGatewayLeases => tx.end_gateway_leases()?,
+                AdminCmd::PruneGatewayResults { before, limit } => {
+                    reply = AdminReply::Count(tx.prune_gateway_results(*before, *limit)?)
                 }
             }
             Ok(())

@@ -12,6 +12,7 @@
 //! Architecture invariant: the store holds no billing logic. It loads rows into core types and
 //! writes what the core decided; every rule lives in `tollgate-core`.
 
+mod gateway;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
@@ -113,6 +114,7 @@ pub mod sql {
     }
 }
 
+pub use gateway::{Candidate as GatewayCandidate, GatewayView};
 pub use webhooks::{
     event_id, parse_event_id, AttemptRecord, ClaimedDelivery, DeliveriesQuery, DeliveryNext,
     DeliveryRecord, DeliveryResult, DeliveryStatus, StoredEvent, WebhookEvents, WebhookKind,
@@ -1045,6 +1047,37 @@ pub trait Tx {
     /// it deleted: a page of the sweep's, so a step stays short. On a shared database, rows
     /// another server is deleting meanwhile are skipped, not waited for.
     fn prune_runner_events(&mut self, before: Timestamp, limit: usize) -> Result<usize>;
+    /// The db transaction as the portable SQL runs in it ([`statements::Db`]).
+    fn db(&mut self) -> Box<dyn statements::Db + '_>;
+    /// Loads the gateway rows of `ids` that exist (called after the accounts are locked, so
+    /// on a shared database they are as the last commit left them).
+    fn load_gateway(
+        &mut self,
+        ids: &[RequestId],
+        out: &mut HashMap<RequestId, tollgate_core::gateway::GatewayRecord>,
+    ) -> Result<()> {
+        gateway::load(&mut *self.db(), ids, out)
+    }
+    /// Extends the leases `owner` holds on `ids` to `until`; returns the requests it still
+    /// holds (one finished or cancelled meanwhile is not).
+    fn renew_gateway_leases(
+        &mut self,
+        owner: &str,
+        ids: &[RequestId],
+        until: Timestamp,
+    ) -> Result<Vec<RequestId>> {
+        gateway::renew(&mut *self.db(), owner, ids, until)
+    }
+    /// Ends every gateway lease (a store with one server, as it starts: the leases are of a
+    /// process that stopped).
+    fn end_gateway_leases(&mut self) -> Result<()> {
+        gateway::end_leases(&mut *self.db())
+    }
+    /// Deletes up to `limit` gateway requests finished before `before` (their results past
+    /// the retention), oldest first; returns how many.
+    fn prune_gateway_results(&mut self, before: Timestamp, limit: usize) -> Result<usize> {
+        gateway::prune(&mut *self.db(), before, limit)
+    }
     /// The runners of `accounts` alive at `now` (not terminated, `now < cap_at`), for the
     /// `account.locked` events that name them.
     fn live_runners(
@@ -1355,6 +1388,18 @@ pub trait Reader: Send {
     }
     /// Checks the ledger end to end (used by tests and `tollgate` operators).
     fn reconcile(&mut self) -> Result<Reconciliation>;
+    /// The next gateway requests of `endpoint` to dispatch at `now` (queued, or running on a
+    /// lease that ran out): at most `per_account` of each account's, oldest first, the
+    /// accounts taking turns, up to `limit`.
+    fn gateway_candidates(
+        &mut self,
+        endpoint: &EndpointId,
+        now: Timestamp,
+        per_account: usize,
+        limit: usize,
+    ) -> Result<Vec<GatewayCandidate>>;
+    /// A gateway request's row, with its queue position while queued.
+    fn gateway_request(&mut self, id: &RequestId) -> Result<Option<GatewayView>>;
     /// Usage rollup rows of one account, in slot order.
     fn usage(&mut self, q: &RollupQuery) -> Result<Vec<(UsageKey, UsageTotals)>>;
     /// Analytics rollup rows of one account (`api_keys` does not apply), in slot order.

@@ -41,6 +41,7 @@ pub trait Get {
     fn int(&self, i: usize) -> Result<i64>;
     fn opt_int(&self, i: usize) -> Result<Option<i64>>;
     fn bool(&self, i: usize) -> Result<bool>;
+    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>>;
 }
 
 pub(crate) const ACCOUNT_COLS: &str = "username, balance_nanos, held_nanos, in_progress, \
@@ -1005,6 +1006,7 @@ impl RequestCols {
             source: match r.source {
                 Source::Lifecycle => "lifecycle",
                 Source::Event => "event",
+                Source::Gateway => "gateway",
             }
             .to_string(),
             account: r.account.as_str().to_string(),
@@ -1030,6 +1032,7 @@ impl RequestCols {
             id: parse_id(RequestId::parse, &self.request_id)?,
             source: match self.source.as_str() {
                 "event" => Source::Event,
+                "gateway" => Source::Gateway,
                 _ => Source::Lifecycle,
             },
             account: parse_id(AccountId::parse, &self.account)?,

@@ -28,6 +28,35 @@ use tollgate_core::{Nanos, Timestamp};
 pub enum Arg {
     Int(i64),
     Text(String),
+    OptInt(Option<i64>),
+    OptText(Option<String>),
+    /// Bytes (`BLOB`, `BYTEA`), or `NULL`.
+    Bytes(Option<Vec<u8>>),
+}
+
+impl Arg {
+    /// The value as SQLite binds it.
+    pub fn sqlite(&self) -> rusqlite::types::Value {
+        use rusqlite::types::Value;
+        match self {
+            Arg::Int(v) => Value::Integer(*v),
+            Arg::Text(t) => Value::Text(t.clone()),
+            Arg::OptInt(v) => v.map_or(Value::Null, Value::Integer),
+            Arg::OptText(t) => t.clone().map_or(Value::Null, Value::Text),
+            Arg::Bytes(b) => b.clone().map_or(Value::Null, Value::Blob),
+        }
+    }
+
+    /// The value as PostgreSQL binds it.
+    pub fn postgres(&self) -> Box<dyn ::postgres::types::ToSql + Sync> {
+        match self {
+            Arg::Int(v) => Box::new(*v),
+            Arg::Text(t) => Box::new(t.clone()),
+            Arg::OptInt(v) => Box::new(*v),
+            Arg::OptText(t) => Box::new(t.clone()),
+            Arg::Bytes(b) => Box::new(b.clone()),
+        }
+    }
 }
 
 /// A store's connection in a read snapshot, as these reads use it.

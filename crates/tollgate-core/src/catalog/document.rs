@@ -154,8 +154,29 @@ struct RawEndpoint {
     missing_units: MissingUnits,
     #[serde(default)]
     late_completion: LateCompletion,
+    #[serde(default)]
+    upstream: Vec<RawUpstream>,
     price: PriceRule,
 }
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: String,
+    #[serde(default)]
+    slots: Option<u32>,
+    #[serde(default)]
+    timeout_s: Option<u32>,
+    #[serde(default)]
+    machine_type: Option<String>,
+}
+
+/// An upstream's `slots` when it does not say.
+pub const DEFAULT_UPSTREAM_SLOTS: u32 = 1;
+/// The most requests one upstream takes at once.
+pub const MAX_UPSTREAM_SLOTS: u32 = 10_000;
+/// An upstream's `timeout_s` when it does not say.
+pub const DEFAULT_UPSTREAM_TIMEOUT_S: u32 = 300;
 
 /// A date or date-time written either as a string or as a bare TOML date(-time).
 enum DateText {
@@ -348,8 +369,10 @@ fn from_toml_error(text: &str, index: Option<&Index>, e: &toml::de::Error) -> Ca
 }
 
 /// Fields that take whole numbers rather than decimals.
-const INTEGER_FIELDS: [&str; 4] = [
+const INTEGER_FIELDS: [&str; 6] = [
     "hold_timeout_s",
+    "slots",
+    "timeout_s",
     "limit",
     "megapixel_divisor",
     "frames_above",
@@ -608,6 +631,63 @@ fn validate_endpoint(
         );
     }
 
+    let mut upstreams = Vec::with_capacity(raw.upstream.len());
+    for (i, u) in raw.upstream.iter().enumerate() {
+        let at = |field: &str| format!("upstream[{i}].{field}");
+        let url = u.url.trim();
+        let valid = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .is_some_and(|rest| {
+                !rest.is_empty()
+                    && !rest.starts_with('/')
+                    && !rest.contains(['?', '#'])
+                    && !rest.chars().any(|c| c.is_whitespace() || c.is_control())
+            });
+        if !valid {
+            return fail(
+                &at("url"),
+                format!(
+                    "`{url}` is not an http(s) base URL (such as \"http://10.0.0.7:8080\"; no \
+                     query or fragment)"
+                ),
+            );
+        }
+        let slots = u.slots.unwrap_or(DEFAULT_UPSTREAM_SLOTS);
+        if !(1..=MAX_UPSTREAM_SLOTS).contains(&slots) {
+            return fail(
+                &at("slots"),
+                format!("must be between 1 and {MAX_UPSTREAM_SLOTS}"),
+            );
+        }
+        let timeout_s = u.timeout_s.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_S);
+        if !(1..=hold_timeout_s).contains(&timeout_s) {
+            return fail(
+                &at("timeout_s"),
+                format!("must be between 1 and the endpoint's hold_timeout_s ({hold_timeout_s} s)"),
+            );
+        }
+        let machine_type = match &u.machine_type {
+            None => None,
+            Some(m) => match MachineType::parse(m) {
+                Err(e) => return fail(&at("machine_type"), e.to_string()),
+                Ok(m) if !machines.contains_key(&m) => {
+                    return fail(
+                        &at("machine_type"),
+                        format!("machine type `{m}` is not in [machines]"),
+                    )
+                }
+                Ok(m) => Some(m),
+            },
+        };
+        upstreams.push(super::Upstream {
+            url: url.trim_end_matches('/').to_string(),
+            slots,
+            timeout_s,
+            machine_type,
+        });
+    }
+
     Ok(EndpointEntry {
         def: EndpointDef {
             id,
@@ -622,6 +702,7 @@ fn validate_endpoint(
             hold_timeout_s,
             missing_units: raw.missing_units,
             late_completion: raw.late_completion,
+            upstreams,
         },
         rule: raw.price.clone(),
         line,

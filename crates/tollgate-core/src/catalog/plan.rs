@@ -130,6 +130,7 @@ fn metadata_changes(old: &EndpointDef, new: &EndpointDef) -> Vec<&'static str> {
         "late_completion",
         old.late_completion != new.late_completion,
     );
+    check("upstream", old.upstreams != new.upstreams);
     v
 }
 

@@ -61,6 +61,7 @@ fn endpoint(
         hold_timeout_s,
         missing_units: Default::default(),
         late_completion: Default::default(),
+        upstreams: Vec::new(),
     }
 }
 
@@ -211,8 +212,9 @@ fn is_replay(o: &Outcome) -> bool {
         | Outcome::Adjusted { replayed, .. }
         | Outcome::TopUp { replayed, .. }
         | Outcome::PaymentApplied { replayed, .. }
-        | Outcome::Refunded { replayed, .. } => *replayed,
-        Outcome::PaymentProfile { .. } => false,
+        | Outcome::Refunded { replayed, .. }
+        | Outcome::AwaitingUnits { replayed } => *replayed,
+        Outcome::PaymentProfile { .. } | Outcome::Dispatched { .. } => false,
         Outcome::LockChanged { changed, .. } => !*changed,
         Outcome::Expired { expired } => !*expired,
         Outcome::CreditsExpired { amount } => *amount == Nanos::ZERO,
@@ -1981,6 +1983,8 @@ fn generated_sequences_reach_every_path() {
                     Outcome::PaymentProfile { .. } => "payment profile",
                     Outcome::RunnerEvents { .. } => "runner events replayed",
                     Outcome::RunnerSettled { .. } => "runner settled nothing",
+                    Outcome::AwaitingUnits { .. } => "gateway answer replayed",
+                    Outcome::Dispatched { .. } => unreachable!("a dispatch always changes"),
                 },
                 (_, Ok(Outcome::PeriodClosed { .. })) => "period closed",
                 (Op::UsageEvent(_), Ok(Outcome::Completed { completion, .. })) => {
@@ -2032,6 +2036,9 @@ fn generated_sequences_reach_every_path() {
                 (_, Ok(Outcome::PaymentProfile { .. })) => "payment profile set",
                 (_, Ok(Outcome::RunnerEvents { .. })) => "runner events applied",
                 (_, Ok(Outcome::RunnerSettled { .. })) => "runner settled",
+                (_, Ok(Outcome::Dispatched { .. })) => "dispatched",
+                (_, Ok(Outcome::AwaitingUnits { .. })) => "awaiting units",
+                (_, Err(Rejection::Leased { .. })) => "leased",
                 (_, Err(Rejection::PaymentMethodRequired(_))) => "payment method required",
                 (_, Err(Rejection::NotRefundable { .. })) => "not refundable",
                 (_, Err(Rejection::AccountLocked { .. })) => "locked",

@@ -33,6 +33,9 @@ impl Get for Row {
     fn bool(&self, i: usize) -> Result<bool> {
         Ok(self.try_get(i)?)
     }
+    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>> {
+        Ok(self.try_get(i)?)
+    }
 }
 
 pub(super) fn request_row(r: &Row) -> Result<RequestRecord> {

@@ -27,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0013_payments.sql"),
     include_str!("../../migrations/postgres/0014_serverless.sql"),
     include_str!("../../migrations/postgres/0015_runner_event_retention.sql"),
+    include_str!("../../migrations/postgres/0016_gateway.sql"),
 ];
 
 /// The advisory lock key migrations hold ("tollgate" in ASCII).

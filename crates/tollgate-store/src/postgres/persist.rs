@@ -155,6 +155,9 @@ pub(super) fn persist(t: &mut PgTx, s: &BatchState) -> Result<Vec<(i64, i64)>> {
     // follows for the invoice numbers its events name (and so takes the event counter's lock
     // after the invoice counters').
     super::webhooks::outbox(t, &crate::webhooks::event_rows(s, &numbers)?)?;
+    if !s.dirty_gateway.is_empty() {
+        crate::gateway::persist(&mut super::reader::PgDb(t.tx), s)?;
+    }
     Ok(numbers)
 }
 

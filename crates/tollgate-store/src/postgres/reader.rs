@@ -308,6 +308,29 @@ impl Reader for PgReader {
         webhooks::events(&mut *self.conn()?, after, limit)
     }
 
+    fn gateway_candidates(
+        &mut self,
+        endpoint: &tollgate_core::ids::EndpointId,
+        now: Timestamp,
+        per_account: usize,
+        limit: usize,
+    ) -> Result<Vec<crate::GatewayCandidate>> {
+        let mut c = self.conn()?;
+        let mut tx = snapshot(&mut c)?;
+        let rows =
+            crate::gateway::candidates(&mut PgDb(&mut tx), endpoint, now, per_account, limit)?;
+        tx.commit()?;
+        Ok(rows)
+    }
+
+    fn gateway_request(&mut self, id: &RequestId) -> Result<Option<crate::GatewayView>> {
+        let mut c = self.conn()?;
+        let mut tx = snapshot(&mut c)?;
+        let view = crate::gateway::view(&mut PgDb(&mut tx), id)?;
+        tx.commit()?;
+        Ok(view)
+    }
+
     fn reconcile(&mut self) -> Result<Reconciliation> {
         let mut c = self.conn()?;
         let mut tx = snapshot(&mut c)?;
@@ -445,15 +468,8 @@ impl statements::Db for PgDb<'_, '_> {
         args: &[Arg],
         row: &mut dyn FnMut(&dyn rows::Get) -> Result<()>,
     ) -> Result<()> {
-        let values: Vec<Box<dyn ::postgres::types::ToSql + Sync>> = args
-            .iter()
-            .map(|a| -> Box<dyn ::postgres::types::ToSql + Sync> {
-                match a {
-                    Arg::Int(v) => Box::new(*v),
-                    Arg::Text(t) => Box::new(t.clone()),
-                }
-            })
-            .collect();
+        let values: Vec<Box<dyn ::postgres::types::ToSql + Sync>> =
+            args.iter().map(Arg::postgres).collect();
         let refs: Vec<&(dyn ::postgres::types::ToSql + Sync)> =
             values.iter().map(|b| &**b as _).collect();
         for r in self.0.query(sql, &refs)? {

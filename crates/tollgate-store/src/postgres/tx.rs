@@ -236,6 +236,10 @@ impl Tx for PgTx<'_, '_> {
         .collect()
     }
 
+    fn db(&mut self) -> Box<dyn crate::statements::Db + '_> {
+        Box::new(super::reader::PgDb(self.tx))
+    }
+
     fn prune_runner_events(&mut self, before: Timestamp, limit: usize) -> Result<usize> {
         // Rows another server's sweep is deleting are skipped rather than waited for: the
         // next page finds what is left.

@@ -50,6 +50,9 @@ impl Get for Row<'_> {
     fn bool(&self, i: usize) -> Result<bool> {
         Ok(self.get(i)?)
     }
+    fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>> {
+        Ok(self.get(i)?)
+    }
 }
 
 /// The account's lots with something left, in spending order.

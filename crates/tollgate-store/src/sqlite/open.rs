@@ -87,6 +87,10 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/sqlite/0019_runner_event_retention.sql"),
         None,
     ),
+    (
+        include_str!("../../migrations/sqlite/0020_gateway.sql"),
+        None,
+    ),
 ];
 
 /// A connection to the file at `path` with the settings every connection runs with.

@@ -42,6 +42,9 @@ pub(super) fn persist(t: &mut SqliteTx, s: &BatchState) -> Result<Vec<(i64, i64)
     rollup_rows(c, s)?;
     // After the invoices: an invoice.issued event names its invoice's number.
     super::webhooks::outbox(c, &crate::webhooks::event_rows(s, &numbers)?)?;
+    if !s.dirty_gateway.is_empty() {
+        crate::gateway::persist(&mut super::reader::SqliteDb(c), s)?;
+    }
     Ok(numbers)
 }
 

@@ -168,11 +168,11 @@ impl Reader for SqliteReader {
     }
 
     fn statement(&mut self, q: &StatementQuery) -> Result<StatementRows> {
-        statements::statement(&mut SqliteDb(&self.conn.transaction()?), q)
+        statements::statement(&mut SqliteDb(&*self.conn.transaction()?), q)
     }
 
     fn credit_activity(&mut self, q: &ActivityQuery) -> Result<Vec<ActivityRecord>> {
-        statements::credit_activity(&mut SqliteDb(&self.conn.transaction()?), q)
+        statements::credit_activity(&mut SqliteDb(&*self.conn.transaction()?), q)
     }
 
     fn purchases(&mut self, q: &PurchasesQuery) -> Result<Vec<PurchaseEntry>> {
@@ -299,6 +299,20 @@ impl Reader for SqliteReader {
         Ok(out)
     }
 
+    fn gateway_candidates(
+        &mut self,
+        endpoint: &tollgate_core::ids::EndpointId,
+        now: Timestamp,
+        per_account: usize,
+        limit: usize,
+    ) -> Result<Vec<crate::GatewayCandidate>> {
+        crate::gateway::candidates(&mut SqliteDb(&self.conn), endpoint, now, per_account, limit)
+    }
+
+    fn gateway_request(&mut self, id: &RequestId) -> Result<Option<crate::GatewayView>> {
+        crate::gateway::view(&mut SqliteDb(&*self.conn.transaction()?), id)
+    }
+
     fn reconcile(&mut self) -> Result<Reconciliation> {
         // One read transaction: every query sees the same commit.
         let tx = self.conn.transaction()?;
@@ -380,7 +394,7 @@ pub(crate) fn request_history_sql(
 }
 
 /// A read transaction as the statement reads use it.
-pub(crate) struct SqliteDb<'a>(pub(crate) &'a rusqlite::Transaction<'a>);
+pub(crate) struct SqliteDb<'a>(pub(crate) &'a rusqlite::Connection);
 
 impl statements::Db for SqliteDb<'_> {
     fn ph(&self, i: usize, _: &str) -> String {
@@ -398,10 +412,7 @@ impl statements::Db for SqliteDb<'_> {
         row: &mut dyn FnMut(&dyn rows::Get) -> Result<()>,
     ) -> Result<()> {
         let mut st = self.0.prepare_cached(sql)?;
-        let values = args.iter().map(|a| match a {
-            Arg::Int(v) => rusqlite::types::Value::Integer(*v),
-            Arg::Text(t) => rusqlite::types::Value::Text(t.clone()),
-        });
+        let values = args.iter().map(Arg::sqlite);
         let mut rows = st.query(rusqlite::params_from_iter(values))?;
         while let Some(r) = rows.next()? {
             row(r)?;

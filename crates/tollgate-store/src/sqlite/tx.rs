@@ -223,6 +223,10 @@ impl Tx for SqliteTx<'_> {
         Ok(out)
     }
 
+    fn db(&mut self) -> Box<dyn crate::statements::Db + '_> {
+        Box::new(super::reader::SqliteDb(self.conn))
+    }
+
     fn prune_runner_events(&mut self, before: Timestamp, limit: usize) -> Result<usize> {
         // The oldest page of the `received_at` index (which holds each row's key), then each
         // row by its key.

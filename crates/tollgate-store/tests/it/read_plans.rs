@@ -332,12 +332,7 @@ fn sqlite_plan(
 }
 
 fn sqlite_args(args: &[Arg]) -> Vec<rusqlite::types::Value> {
-    args.iter()
-        .map(|a| match a {
-            Arg::Int(v) => rusqlite::types::Value::Integer(*v),
-            Arg::Text(t) => rusqlite::types::Value::Text(t.clone()),
-        })
-        .collect()
+    args.iter().map(Arg::sqlite).collect()
 }
 
 /// `plan` (of `what`) reads each of `reads` (a table or its alias) by a `SEARCH` whose key
@@ -651,14 +646,7 @@ fn pg_check(what: &str, plan: &[(String, String, String)], reads: &[(&str, &str)
 }
 
 fn pg_args(args: &[Arg]) -> Vec<Box<dyn postgres::types::ToSql + Sync>> {
-    args.iter()
-        .map(|a| -> Box<dyn postgres::types::ToSql + Sync> {
-            match a {
-                Arg::Int(v) => Box::new(*v),
-                Arg::Text(t) => Box::new(t.clone()),
-            }
-        })
-        .collect()
+    args.iter().map(Arg::postgres).collect()
 }
 
 fn refs(
