@@ -433,6 +433,83 @@ pub async fn complete(
     Ok((headers, axum::Json(billing_result(&request, &completion))))
 }
 
+/// The units a model server bills for a request it answered with
+/// `x-fal-billable-units-webhook: 1`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"billable_units": "2.5"}))]
+pub struct BillableUnitsBody {
+    #[serde(deserialize_with = "tollgate_core::decimal::de")]
+    #[schema(value_type = DecimalInput)]
+    billable_units: Decimal,
+}
+
+/// Post a request's billable units
+///
+/// fal's deferred billing: a model server that answered a gateway request with
+/// `x-fal-billable-units-webhook: 1` (API.md section 10) posts the units here once it knows
+/// them, with the request's `x-fal-request-id`. The request is then billed those units, as a
+/// completion with its answer's status, and completed. Idempotent: a second post answers the
+/// first billing result and bills nothing more (`idempotent-replayed: true`).
+#[utoipa::path(
+    post, path = "/v1/requests/billable-units/{request_id}", tag = tags::GATEWAY,
+    operation_id = "postBillableUnits", security(("Key" = ["OPERATOR"])),
+    params(("request_id" = String, Path, format = Uuid,
+        description = "The request's id (the model server's `x-fal-request-id`).")),
+    request_body = BillableUnitsBody,
+    responses(
+        OperatorErrors,
+        (status = 200, description = "The billing result (the first answer, when replayed).",
+            body = BillingResult, headers(("idempotent-replayed" = Replayed))),
+        (status = 404, description = "`not_found`: unknown request.", body = ErrorResponse),
+        (status = 409, description = "`conflict`: the request was cancelled or its hold \
+            expired and its endpoint refuses late completions.", body = ErrorResponse),
+    )
+)]
+pub async fn billable_units(
+    State(state): State<AppState>,
+    _: Operator,
+    _: Params<NoParams>,
+    Path(LifecycleId(request_id)): Path<LifecycleId>,
+    Json(body): Json<BillableUnitsBody>,
+) -> Result<(HeaderMap, axum::Json<BillingResult>), ApiError> {
+    let id = request_id.clone();
+    let source = state
+        .engine
+        .read(move |r| r.request(&id))
+        .await?
+        .map(|r| r.source)
+        .ok_or_else(|| ApiError::not_found(format!("unknown request {request_id}")))?;
+    // A queued gateway request's units complete it with its stored answer; a direct one's
+    // (a lifecycle request) complete it as a success.
+    let op = if source == tollgate_core::machine::Source::Gateway {
+        Op::GatewayUnits {
+            request_id,
+            billable_units: body.billable_units,
+        }
+    } else {
+        Op::Complete {
+            request_id,
+            status_code: 200,
+            output: Output::default(),
+            billable_units: Some(body.billable_units),
+            inference_seconds: None,
+        }
+    };
+    let Outcome::Completed {
+        request,
+        completion,
+        replayed,
+    } = state.engine.execute(op).await??
+    else {
+        return Err(ApiError::server("unexpected outcome"));
+    };
+    Ok((
+        Replayed::header(replayed),
+        axum::Json(billing_result(&request, &completion)),
+    ))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Cancel and show
 

@@ -118,6 +118,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(gateway::start))
         .routes(routes!(gateway::complete))
         .routes(routes!(gateway::cancel))
+        .routes(routes!(gateway::billable_units))
         .routes(routes!(gateway::usage_events).layer(body_limit(BULK_BODY_BYTES)))
         .routes(routes!(serverless::runner_events).layer(body_limit(BULK_BODY_BYTES)))
         // fal's Platform API

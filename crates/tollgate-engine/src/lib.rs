@@ -248,8 +248,9 @@ pub enum AdminCmd {
         requests: Vec<RequestId>,
         lease_ms: i64,
     },
-    /// Ends every gateway lease: a store with one server, whose gateway starts, takes over at
-    /// once the requests its previous process was running.
+    /// Ends every gateway lease on a store with one server (SQLite): its gateway, starting,
+    /// takes over at once the requests its previous process was running. Does nothing on a
+    /// shared database, where the leases are other servers'.
     EndGatewayLeases,
     /// Deletes up to `limit` gateway requests finished before `before` (their results past the
     /// retention): [`AdminReply::Count`].
@@ -1794,7 +1795,9 @@ fn run_admin(
                     let until = now.plus_ms(*lease_ms);
                     reply = AdminReply::Held(tx.renew_gateway_leases(owner, requests, until)?)
                 }
-                AdminCmd::EndGatewayLeases => tx.end_gateway_leases()?,
+                // On a shared database other servers' leases are live: they run out instead.
+                AdminCmd::EndGatewayLeases if !tx.is_shared() => tx.end_gateway_leases()?,
+                AdminCmd::EndGatewayLeases => {}
                 AdminCmd::PruneGatewayResults { before, limit } => {
                     reply = AdminReply::Count(tx.prune_gateway_results(*before, *limit)?)
                 }

@@ -212,6 +212,7 @@ settings! {
     [stripe] StripeLayer, StripeFlags;
     [top_ups] TopUpsLayer, TopUpsFlags;
     [serverless] ServerlessLayer, ServerlessFlags;
+    [gateway] GatewayLayer, GatewayFlags;
 }
 
 settings! {
@@ -287,6 +288,41 @@ settings! {
     event_retention_h: RetentionHours,
 }
 
+settings! {
+    /// The `[gateway]` section: gateway mode, fal's queue and direct APIs in front of the
+    /// catalog's upstreams (API.md section 10). On when `queue_listen` is set.
+    GatewayLayer, GatewayFlags, ("gateway");
+    /// Address fal's queue API listens on (fal clients' FAL_QUEUE_RUN_HOST), IP:port.
+    /// Default: none, gateway mode off.
+    queue_listen: Listen,
+    /// Address fal's direct API listens on (fal clients' FAL_RUN_HOST), IP:port. Default:
+    /// none, not served.
+    direct_listen: Listen,
+    /// The certificate chain (PEM, leaf first) both gateway listeners serve TLS with; set
+    /// with tls_key, or neither for plain HTTP. Default: none.
+    tls_cert: PathBuf,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of tls_cert. Default: none.
+    tls_key: PathBuf,
+    /// The base of the URLs in the queue's answers (status_url, response_url, cancel_url),
+    /// http:// or https://. Default: the request's Host, with the listener's scheme.
+    public_queue_url: PublicUrl,
+    /// The base URL the direct API is reached at, as the deployment publishes it. Default:
+    /// none.
+    public_direct_url: PublicUrl,
+    /// How long a finished request's result is kept, in seconds. Default: 604800 (a week).
+    result_retention_s: Positive,
+    /// The largest input taken and the largest model server answer kept, in bytes.
+    /// Default: 10485760 (10 MiB).
+    max_body_bytes: Positive,
+    /// How long a dispatcher's lease on a running request lasts, in seconds (renewed while
+    /// it runs): a request whose server died is taken over by another this long after.
+    /// Default: 30.
+    lease_s: Positive,
+    /// The longest delay before a failed call is retried, in milliseconds; each later retry
+    /// doubles it, up to 30 s. Default: 500.
+    retry_base_ms: Positive,
+}
+
 /// `TOLLGATE_` and the name in capitals, a section's dot as `_` (`drain_timeout_s` →
 /// `TOLLGATE_DRAIN_TIMEOUT_S`, `invoices.prefix` → `TOLLGATE_INVOICES_PREFIX`).
 pub fn env_name(name: &str) -> String {
@@ -313,6 +349,49 @@ pub struct Settings {
     pub stripe: StripeSettings,
     pub top_ups: TopUpSettings,
     pub serverless: ServerlessSettings,
+    /// `None`: gateway mode is off.
+    pub gateway: Option<GatewaySettings>,
+}
+
+/// The `[gateway]` settings `tollgate serve` runs with.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewaySettings {
+    /// Always set once validated: a `[gateway]` section without it is refused.
+    pub queue_listen: Option<SocketAddr>,
+    pub direct_listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub public_queue_url: Option<String>,
+    pub public_direct_url: Option<String>,
+    pub result_retention_s: u64,
+    pub max_body_bytes: u64,
+    pub lease_s: u64,
+    pub retry_base_ms: u64,
+}
+
+impl GatewaySettings {
+    /// What the gateway takes.
+    pub fn to_gateway(&self) -> tollgate_gateway::GatewayConfig {
+        let queue_listen = self
+            .queue_listen
+            .expect("validated: gateway.queue_listen is set");
+        let mut c = tollgate_gateway::GatewayConfig::new(queue_listen);
+        c.direct_listen = self.direct_listen;
+        c.tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(tollgate_gateway::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        c.public_queue_url.clone_from(&self.public_queue_url);
+        c.public_direct_url.clone_from(&self.public_direct_url);
+        c.result_retention = Duration::from_secs(self.result_retention_s);
+        c.max_body_bytes = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
+        c.lease = Duration::from_secs(self.lease_s);
+        c.retry_base = Duration::from_millis(self.retry_base_ms);
+        c
+    }
 }
 
 /// The `[serverless]` settings `tollgate serve` runs with.
@@ -494,6 +573,27 @@ impl Settings {
                         .map_or(RetentionHours::DEFAULT.0, |h| h.0),
                 }
             },
+            gateway: layer.gateway.map(|g| {
+                let defaults = tollgate_gateway::GatewayConfig::new(([127, 0, 0, 1], 0).into());
+                GatewaySettings {
+                    queue_listen: g.queue_listen.map(|l| l.0),
+                    direct_listen: g.direct_listen.map(|l| l.0),
+                    tls_cert: g.tls_cert,
+                    tls_key: g.tls_key,
+                    public_queue_url: g.public_queue_url.map(|u| u.0),
+                    public_direct_url: g.public_direct_url.map(|u| u.0),
+                    result_retention_s: secs(
+                        g.result_retention_s,
+                        defaults.result_retention.as_secs(),
+                    ),
+                    max_body_bytes: secs(g.max_body_bytes, defaults.max_body_bytes as u64),
+                    lease_s: secs(g.lease_s, defaults.lease.as_secs()),
+                    retry_base_ms: secs(
+                        g.retry_base_ms,
+                        u64::try_from(defaults.retry_base.as_millis()).unwrap_or(500),
+                    ),
+                }
+            }),
         }
     }
 
@@ -508,6 +608,21 @@ impl Settings {
                 self.top_ups.min_usd.0,
                 self.top_ups.max_usd.0
             );
+        }
+        if let Some(g) = &self.gateway {
+            if g.queue_listen.is_none() {
+                bail!(
+                    "the [gateway] section is set but gateway.queue_listen is not: gateway mode \
+                     needs the address of its queue API ({})",
+                    env_name("gateway.queue_listen")
+                );
+            }
+            if g.tls_cert.is_some() != g.tls_key.is_some() {
+                bail!(
+                    "gateway.tls_cert and gateway.tls_key go together: set both to serve TLS, \
+                     or neither for plain HTTP"
+                );
+            }
         }
         if self.stripe.secret_key.is_some() && self.stripe.webhook_secrets.is_empty() {
             bail!(

@@ -269,6 +269,38 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
             ..Default::default()
         },
     ));
+    // Gateway mode: fal's queue and direct APIs on listeners of their own, the dispatcher
+    // beside them.
+    let gateway = match &settings.gateway {
+        Some(g) => {
+            let handle = tollgate_gateway::start(api.clone(), g.to_gateway())
+                .await
+                .context("cannot start the gateway")?;
+            let scheme = if g.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let direct = handle
+                .direct_addr
+                .map(|a| format!(", direct API on {scheme}://{a}"))
+                .unwrap_or_default();
+            logging::startup(
+                settings.log_format,
+                &format!(
+                    "gateway: fal's queue API on {scheme}://{}{direct}",
+                    handle.queue_addr
+                ),
+                "gateway listening",
+                json!({
+                    "queue": format!("{scheme}://{}", handle.queue_addr),
+                    "direct": handle.direct_addr.map(|a| format!("{scheme}://{a}")),
+                }),
+            );
+            Some(handle)
+        }
+        None => None,
+    };
     let app = tollgate_api::router_with(api, pages);
     let report = http_server::serve(
         listener,
@@ -278,6 +310,11 @@ async fn serve(settings: Settings, demo: bool) -> anyhow::Result<()> {
         settings.drain_timeout(),
     )
     .await?;
+    // Calls to model servers in flight are dropped: their requests' leases run out, and they
+    // are dispatched again (by this server when it starts again).
+    if let Some(g) = gateway {
+        g.stop();
+    }
     sweeper.abort();
     month_close.abort();
     // Deliveries in flight are not recorded: their leases pass, and the next server sends
