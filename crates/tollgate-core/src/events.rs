@@ -44,6 +44,11 @@ pub enum EventType {
     PaymentRefunded,
     #[serde(rename = "payment.disputed")]
     PaymentDisputed,
+    /// Internal: a gateway request with a `fal_webhook` completed. Not subscribable (not in
+    /// [`EventType::ALL`], nor sent to `*` subscriptions): it is the outbox entry of the
+    /// request's own webhook, delivered by the row subscribed to it by name.
+    #[serde(rename = "request.completed")]
+    RequestCompleted,
 }
 
 impl EventType {
@@ -81,11 +86,24 @@ impl EventType {
             EventType::TopUpPaused => "top_up.paused",
             EventType::PaymentRefunded => "payment.refunded",
             EventType::PaymentDisputed => "payment.disputed",
+            EventType::RequestCompleted => "request.completed",
         }
     }
 
+    /// The types only tollgate's own rows receive (see [`EventType::RequestCompleted`]).
+    pub const INTERNAL: [EventType; 1] = [EventType::RequestCompleted];
+
+    /// A type by its name: a subscribable one or an internal one.
     pub fn parse(s: &str) -> Option<EventType> {
-        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+        EventType::ALL
+            .into_iter()
+            .chain(EventType::INTERNAL)
+            .find(|t| t.as_str() == s)
+    }
+
+    /// Whether a subscription may name it (it is in [`EventType::ALL`]).
+    pub fn is_subscribable(self) -> bool {
+        EventType::ALL.contains(&self)
     }
 }
 
@@ -242,6 +260,13 @@ pub enum EventData {
         amount_nano_usd: Nanos,
         balance_nano_usd: Nanos,
     },
+    /// A gateway request with a `fal_webhook` completed: its answer is posted to `url`.
+    #[serde(rename = "request.completed")]
+    RequestCompleted {
+        request_id: crate::ids::RequestId,
+        endpoint_id: crate::ids::EndpointId,
+        url: String,
+    },
 }
 
 impl EventData {
@@ -261,6 +286,7 @@ impl EventData {
             EventData::TopUpPaused { .. } => EventType::TopUpPaused,
             EventData::PaymentRefunded { .. } => EventType::PaymentRefunded,
             EventData::PaymentDisputed { .. } => EventType::PaymentDisputed,
+            EventData::RequestCompleted { .. } => EventType::RequestCompleted,
         }
     }
 }

@@ -359,6 +359,18 @@ fn replay(req: &RequestRecord) -> Result<Outcome, Rejection> {
 }
 
 fn finish(state: &mut BatchState, cx: &Ctx, g: GatewayRecord, result: GatewayResult) {
+    if let Some(url) = &g.input.webhook {
+        // Posted to the caller's `fal_webhook` through the outbox, from this commit on.
+        state.event(
+            &g.account,
+            cx.now,
+            crate::events::EventData::RequestCompleted {
+                request_id: g.request_id.clone(),
+                endpoint_id: g.endpoint.clone(),
+                url: url.clone(),
+            },
+        );
+    }
     put(
         state,
         GatewayRecord {

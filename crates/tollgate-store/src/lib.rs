@@ -118,7 +118,7 @@ pub use gateway::{Candidate as GatewayCandidate, GatewayView};
 pub use webhooks::{
     event_id, parse_event_id, AttemptRecord, ClaimedDelivery, DeliveriesQuery, DeliveryNext,
     DeliveryRecord, DeliveryResult, DeliveryStatus, StoredEvent, WebhookEvents, WebhookKind,
-    WebhookRecord, PROVIDER_WEBHOOK_ID,
+    WebhookRecord, FAL_WEBHOOK_ID, PROVIDER_WEBHOOK_ID,
 };
 
 use std::collections::HashMap;

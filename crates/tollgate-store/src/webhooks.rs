@@ -27,6 +27,21 @@ use tollgate_core::Timestamp;
 
 /// The id of the payment provider's subscription row.
 pub const PROVIDER_WEBHOOK_ID: &str = "wh_payment_provider";
+/// The id of the row that posts completed gateway requests to their `fal_webhook` (made by
+/// the gateway's migration, subscribed to `request.completed`).
+pub const FAL_WEBHOOK_ID: &str = "wh_fal_webhooks";
+
+/// The fan-out's condition on a subscription's `event_type` (`t`) for an event of type `e`
+/// (both SQL expressions): its own type, or `*` for a type anyone may subscribe to (internal
+/// types go only to the row that names them).
+pub(crate) fn fans_out_to(t: &str, e: &str) -> String {
+    let internal = tollgate_core::events::EventType::INTERNAL
+        .iter()
+        .map(|t| format!("'{}'", t.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("({t} = {e} OR ({t} = '*' AND {e} NOT IN ({internal})))")
+}
 
 /// What a subscription's deliveries are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -36,6 +51,9 @@ pub enum WebhookKind {
     /// The payment provider's row: each delivery (a `top_up.started`) is a charge made
     /// through the provider's API, its answer applied as a payment effect.
     Provider,
+    /// The gateway's row ([`FAL_WEBHOOK_ID`]): each delivery (a `request.completed`) posts a
+    /// gateway request's answer to the `fal_webhook` its caller gave, in fal's format.
+    Fal,
 }
 
 impl WebhookKind {
@@ -43,6 +61,7 @@ impl WebhookKind {
         match self {
             WebhookKind::Http => "http",
             WebhookKind::Provider => "provider",
+            WebhookKind::Fal => "fal",
         }
     }
 
@@ -50,6 +69,7 @@ impl WebhookKind {
         match s {
             "http" => Ok(WebhookKind::Http),
             "provider" => Ok(WebhookKind::Provider),
+            "fal" => Ok(WebhookKind::Fal),
             other => Err(corrupt("webhook kind", other)),
         }
     }

@@ -336,28 +336,56 @@ impl Dispatcher {
 
     /// Sends one delivery and says what follows.
     async fn attempt(&self, d: ClaimedDelivery) -> DeliveryResult {
-        if d.kind == WebhookKind::Provider {
-            return self.charge(d).await;
+        match d.kind {
+            WebhookKind::Provider => self.charge(d).await,
+            WebhookKind::Fal => {
+                let (url, body) = fal_delivery(&self.engine, &d.event).await;
+                let window = WebhookSettings {
+                    retry_for: self.settings.retry_for.min(FAL_RETRY_WINDOW),
+                    ..(*self.settings).clone()
+                };
+                self.post(d, &url, body, false, &window).await
+            }
+            WebhookKind::Http => {
+                let (url, body) = (d.url.clone(), body(&d.event));
+                self.post(d, &url, body, true, &self.settings).await
+            }
         }
+    }
+
+    /// POSTs `body` to `url` for delivery `d` (signed with its webhook's secret when `signed`),
+    /// and says what follows, retrying within `settings.retry_for`.
+    async fn post(
+        &self,
+        d: ClaimedDelivery,
+        url: &str,
+        body: Vec<u8>,
+        signed: bool,
+        settings: &WebhookSettings,
+    ) -> DeliveryResult {
         self.metrics.in_flight.inc();
         let at = self.engine.now();
-        let body = body(&d.event);
         let t = at.0.div_euclid(1000);
         let started = Instant::now();
         // The hosts allowed now (the setting may have narrowed since the webhook was made).
-        let allowed = super::check_url(&d.url, self.settings.allowed_hosts.as_deref());
+        let allowed = super::check_url(url, self.settings.allowed_hosts.as_deref());
         let answer = match allowed {
             Err(refused) => Err(refused.message),
-            Ok(()) => self
-                .client
-                .post(&d.url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header("tollgate-event-id", d.event.id())
-                .header("tollgate-signature", signature(&d.secret, t, &body))
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| send_error(&e, self.settings.timeout)),
+            Ok(()) => {
+                let mut request = self
+                    .client
+                    .post(url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .header("tollgate-event-id", d.event.id());
+                if signed {
+                    request = request.header("tollgate-signature", signature(&d.secret, t, &body));
+                }
+                request
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| send_error(&e, self.settings.timeout))
+            }
         };
         let (status_code, error) = match answer {
             Ok(mut resp) => {
@@ -381,7 +409,7 @@ impl Dispatcher {
             DeliveryNext::Delivered
         } else {
             let now = self.engine.now();
-            after_failure(&self.settings, d.tries + 1, d.queued_at, now, |max| {
+            after_failure(settings, d.tries + 1, d.queued_at, now, |max| {
                 rand::thread_rng().gen_range(0..=max)
             })
         };
@@ -523,6 +551,59 @@ fn send_error(e: &reqwest::Error, timeout: Duration) -> String {
         cause = c.source();
     }
     text
+}
+
+/// How long a `fal_webhook` delivery is retried (fal's gateway: two hours).
+pub const FAL_RETRY_WINDOW: Duration = Duration::from_secs(2 * 3600);
+
+/// Where and what a `request.completed` delivery posts: the gateway request's answer in fal's
+/// webhook format (`request_id`, `gateway_request_id`, `status` `OK` or `ERROR`, `payload`:
+/// the model server's JSON output, or its error body; `error`: why it is an error).
+pub async fn fal_delivery(engine: &Engine, event: &StoredEvent) -> (String, Vec<u8>) {
+    let tollgate_core::events::EventData::RequestCompleted {
+        request_id, url, ..
+    } = &event.data
+    else {
+        return (String::new(), Vec::new());
+    };
+    let id = request_id.clone();
+    let view = engine
+        .read(move |r| r.gateway_request(&id))
+        .await
+        .ok()
+        .flatten();
+    let result = view.as_ref().and_then(|v| v.record.result.as_ref());
+    let (status, payload, error) = match result {
+        None => (
+            "ERROR",
+            Value::Null,
+            Value::from("the request's result is no longer kept"),
+        ),
+        Some(r) => {
+            let payload = serde_json::from_slice::<Value>(&r.body)
+                .unwrap_or_else(|_| Value::from(String::from_utf8_lossy(&r.body).into_owned()));
+            if (200..300).contains(&r.status_code) {
+                ("OK", payload, Value::Null)
+            } else {
+                let why = match &r.error_type {
+                    Some(kind) => format!("{kind} (status {})", r.status_code),
+                    None => format!("Invalid status code: {}", r.status_code),
+                };
+                ("ERROR", payload, Value::from(why))
+            }
+        }
+    };
+    let body = json!({
+        "request_id": request_id.as_str(),
+        "gateway_request_id": request_id.as_str(),
+        "status": status,
+        "payload": payload,
+        "error": error,
+    });
+    (
+        url.clone(),
+        serde_json::to_vec(&body).expect("JSON values serialize"),
+    )
 }
 
 /// Starts a server's dispatcher ([`Dispatcher::for_app`]: with its payment provider) on its

@@ -1418,6 +1418,37 @@ async fn the_life_of_a_request() -> Seen {
     assert_eq!(r.json["error"]["available_nano_usd"], 50_000_000);
     assert_eq!(r.json["error"]["required_nano_usd"], 100_000_000);
 
+    // A model server's deferred units (fal's `x-fal-billable-units-webhook`) complete a
+    // started request: billed those units once; a second post answers the first billing.
+    f.create_account("deferred").await;
+    let deferred = f.create_key("deferred", "API").await;
+    assert_eq!(f.purchase("deferred", "p-1", "10").await.status, 201);
+    let d1 = uuid();
+    assert_eq!(
+        f.submit(&d1, "fal-ai/flux/dev", &deferred).await.status,
+        201
+    );
+    assert_eq!(f.start(&d1).await.status, 200);
+    let units = |id: &str| {
+        (
+            format!("/v1/requests/billable-units/{id}"),
+            Body::Json(json!({ "billable_units": "3" })),
+        )
+    };
+    let (path, body) = units(&d1);
+    let r = f.post(&path, f.op(), body).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["output_units"], json!(3.0));
+    assert_eq!(r.json["cost_total"], json!(0.075));
+    let billed = r.json.clone();
+    let (path, body) = units(&d1);
+    let r = f.post(&path, f.op(), body).await;
+    assert_eq!(r.header("idempotent-replayed"), Some("true"));
+    assert_eq!(r.json, billed);
+    let (path, body) = units(&uuid());
+    let r = f.post(&path, f.op(), body).await;
+    assert_eq!((r.status, r.error_type()), (404, "not_found"));
+
     f.finish().await
 }
 

@@ -1902,6 +1902,7 @@ fn generated_sequences_reach_every_path() {
                     EventType::TopUpPaused => "event top_up.paused",
                     EventType::PaymentRefunded => "event payment.refunded",
                     EventType::PaymentDisputed => "event payment.disputed",
+                    EventType::RequestCompleted => "event request.completed",
                 });
             }
             // Paths of the credit lots.

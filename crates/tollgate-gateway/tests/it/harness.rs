@@ -280,7 +280,15 @@ impl TestGateway {
             .admin(AdminCmd::InsertKey(key.record.clone()))
             .await
             .unwrap();
-        let state = AppState::new(engine.clone());
+        // Webhook deliveries (the `fal_webhook`s) retried quickly.
+        let state = AppState {
+            webhooks: Arc::new(tollgate_api::webhooks::WebhookSettings {
+                retry_base: Duration::from_millis(20),
+                ..Default::default()
+            }),
+            ..AppState::new(engine.clone())
+        };
+        tollgate_api::spawn_dispatcher(&state, Duration::from_millis(50));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = format!("http://{}", listener.local_addr().unwrap());
         let router = tollgate_api::router(state.clone());

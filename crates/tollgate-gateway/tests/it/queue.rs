@@ -497,3 +497,58 @@ async fn acknowledged_requests_complete_after_a_restart_and_are_billed_once() {
     assert_eq!(gw.balance(&c.account).await, 100 * USD - 4 * IMAGE);
     gw.assert_reconciled().await;
 }
+
+#[tokio::test]
+async fn a_completed_request_is_posted_to_its_fal_webhook_until_acknowledged() {
+    use tollgate_api::testing::receiver::{Answer, Receiver};
+    let gw = TestGateway::spawn().await;
+    let c = gw.customer("ana", Some(10)).await;
+    let receiver = Receiver::start().await;
+    // The first attempt fails: the outbox tries again.
+    receiver.script([Answer::Status(500)]);
+    let hook = receiver.url("/fal/done");
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("fal_webhook", &hook)
+        .finish();
+    let (status, ok) = gw
+        .submit_raw(
+            &c.key,
+            &format!("acme/image?{query}"),
+            &json!({"units": "1"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{ok}");
+    let (status, failed) = gw
+        .submit_raw(
+            &c.key,
+            &format!("acme/image?{query}"),
+            &json!({"mode": "status", "status": 422}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{failed}");
+    gw.wait(&c, &ok).await;
+    gw.wait(&c, &failed).await;
+    let got = receiver.wait_for(3).await;
+    assert!(got.iter().all(|r| r.path == "/fal/done"));
+    let bodies: Vec<Value> = got.iter().map(|r| r.json()).collect();
+    let of = |submitted: &Value| -> Vec<&Value> {
+        bodies
+            .iter()
+            .filter(|b| b["request_id"] == submitted["request_id"])
+            .collect()
+    };
+    let ok_posts = of(&ok);
+    let last = ok_posts.last().expect("the answer was posted");
+    assert_eq!(last["gateway_request_id"], ok["request_id"]);
+    assert_eq!(last["status"], "OK");
+    assert_eq!(last["payload"]["images"][0]["width"], 1024);
+    assert_eq!(last["error"], Value::Null);
+    let failed_posts = of(&failed);
+    let last = failed_posts.last().expect("the error was posted");
+    assert_eq!(last["status"], "ERROR");
+    assert_eq!(last["payload"]["detail"], "as asked");
+    assert_eq!(last["error"], "Invalid status code: 422");
+    // One of the two was refused once and posted again; neither is posted after a 2xx.
+    assert_eq!(got.len(), 3);
+    gw.assert_reconciled().await;
+}

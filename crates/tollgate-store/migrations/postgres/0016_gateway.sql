@@ -25,3 +25,9 @@ CREATE TABLE gateway_requests (
 CREATE INDEX gateway_queue ON gateway_requests (endpoint_id, seq)
     WHERE state IN ('queued', 'running');
 CREATE INDEX gateway_finished ON gateway_requests (finished_at) WHERE state = 'done';
+
+-- The row that posts completed gateway requests to their `fal_webhook` URLs (see SQLite's).
+INSERT INTO webhooks (webhook_id, url, events, description, secret, created_at, deleted_at, kind)
+    VALUES ('wh_fal_webhooks', '', '["request.completed"]', NULL, '', 0, NULL, 'fal');
+INSERT INTO webhook_event_types (event_type, webhook_id)
+    VALUES ('request.completed', 'wh_fal_webhooks');

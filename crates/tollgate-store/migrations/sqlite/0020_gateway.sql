@@ -33,3 +33,13 @@ CREATE INDEX gateway_queue ON gateway_requests (endpoint_id, seq)
     WHERE state IN ('queued', 'running');
 -- Finished requests by age: their results are deleted after the retention.
 CREATE INDEX gateway_finished ON gateway_requests (finished_at) WHERE state = 'done';
+
+-- The row that posts completed gateway requests to their callers' `fal_webhook` URLs: the
+-- outbox's `request.completed` events (one per request that gave a URL; an internal type, not
+-- sent to `*` subscriptions) are delivered through it, with the outbox's leases and retries.
+-- It is not the operator's (kind `fal`): never listed, read, deleted or redelivered to by
+-- them; the URL of each delivery is its event's.
+INSERT INTO webhooks (webhook_id, url, events, description, secret, created_at, deleted_at, kind)
+    VALUES ('wh_fal_webhooks', '', '["request.completed"]', NULL, '', 0, NULL, 'fal');
+INSERT INTO webhook_event_types (event_type, webhook_id)
+    VALUES ('request.completed', 'wh_fal_webhooks');

@@ -51,7 +51,8 @@ pub(super) fn outbox(t: &mut dyn Run, events: &[EventCols]) -> Result<()> {
         .ok_or_else(|| StoreError::Corrupt("no webhook event counter row".into()))?
         .try_get(0)?;
     t.exec(
-        "WITH e AS (INSERT INTO webhook_events (seq, account, event_type, created_at, data) \
+        &format!(
+            "WITH e AS (INSERT INTO webhook_events (seq, account, event_type, created_at, data) \
            SELECT $5::bigint + x.n, x.account, x.event_type, x.at, x.data \
            FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) WITH ORDINALITY \
              AS x(account, event_type, at, data, n) \
@@ -60,7 +61,9 @@ pub(super) fn outbox(t: &mut dyn Run, events: &[EventCols]) -> Result<()> {
            tries, queued_at, next_attempt_at) \
          SELECT DISTINCT t.webhook_id, e.seq, e.account, 'pending', 0, 0, e.created_at, \
            e.created_at \
-         FROM e JOIN webhook_event_types t ON t.event_type IN (e.event_type, '*')",
+         FROM e JOIN webhook_event_types t ON {}",
+            crate::webhooks::fans_out_to("t.event_type", "e.event_type")
+        ),
         &[
             &col(events, |e| e.account.clone()),
             &col(events, |e| e.event_type),

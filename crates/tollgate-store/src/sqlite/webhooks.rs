@@ -24,12 +24,13 @@ pub(super) fn outbox(c: &Connection, events: &[EventCols]) -> Result<()> {
         "INSERT INTO webhook_events (account, event_type, created_at, data) \
          VALUES (?1, ?2, ?3, ?4) RETURNING seq",
     )?;
-    let mut fan_out = c.prepare_cached(
+    let mut fan_out = c.prepare_cached(&format!(
         "INSERT INTO webhook_deliveries (webhook_id, event_seq, account, status, attempts, \
          tries, queued_at, next_attempt_at) \
          SELECT DISTINCT webhook_id, ?1, ?2, 'pending', 0, 0, ?4, ?4 FROM webhook_event_types \
-         WHERE event_type IN (?3, '*')",
-    )?;
+         WHERE {}",
+        crate::webhooks::fans_out_to("event_type", "?3")
+    ))?;
     for e in events {
         let seq: i64 = insert.query_row(
             params![e.account, e.event_type, e.created_at, e.data],
