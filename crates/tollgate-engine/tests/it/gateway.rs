@@ -4,7 +4,8 @@
 //! units posted for it, once, or expired by the sweeper, after which late units bill once;
 //! two dispatchers taking one request in one batch, or through two engines sharing the
 //! database, start it once; a lease that ran out, or that the engine ended, lets another
-//! dispatcher take the request over without a second hold.
+//! dispatcher take the request over without a second hold; a dispatch that holds counts as an
+//! admission in the metrics, a takeover does not.
 
 use crate::common::account;
 use rust_decimal::Decimal;
@@ -585,4 +586,46 @@ async fn two_engines_sharing_the_database_dispatch_a_request_once() {
         f.reconciled(on).await;
         other.shutdown().await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_dispatch_that_holds_is_counted_as_an_admission_and_a_takeover_is_not() {
+    let db = TestDb::new(&tollgate_store::testing::Backend::Sqlite);
+    let f = Fixture::new(&db).await;
+    let admission = |outcome: &str| {
+        let text = f.engine.metrics().render();
+        let name = format!("tollgate_admission_total{{outcome=\"{outcome}\"}}");
+        crate::common::sample(&text, &name).unwrap_or_else(|| "0".into())
+    };
+    for id in ["gw-1", "gw-2", "gw-3"] {
+        assert!(f.run(submit(id)).await.is_ok());
+    }
+    // Held: admitted, as a start is.
+    let d = f.run(dispatch("gw-1", "server-a", T0 + 30 * SEC)).await;
+    assert!(
+        matches!(d, Ok(Outcome::Dispatched { resumed: false, .. })),
+        "{d:?}"
+    );
+    assert_eq!(admission("admitted"), "1");
+    // Taken over once its lease ran out: no second hold, no second admission.
+    f.at(T0 + 30 * SEC);
+    let d = f.run(dispatch("gw-1", "server-b", T0 + 60 * SEC)).await;
+    assert!(
+        matches!(d, Ok(Outcome::Dispatched { resumed: true, .. })),
+        "{d:?}"
+    );
+    assert_eq!(admission("admitted"), "1");
+    // The second fills the account's two slots; the third waits, refused.
+    assert!(f
+        .run(dispatch("gw-2", "server-a", T0 + 60 * SEC))
+        .await
+        .is_ok());
+    assert_eq!(admission("admitted"), "2");
+    let d = f.run(dispatch("gw-3", "server-a", T0 + 60 * SEC)).await;
+    assert!(
+        matches!(d, Err(Rejection::ConcurrencyLimit { .. })),
+        "{d:?}"
+    );
+    assert_eq!(admission("concurrency_limit"), "1");
+    assert_eq!(admission("admitted"), "2");
 }
