@@ -8,8 +8,11 @@
 //! calls (complete before start, start after cancel, ...) happen often; [`to_op`] turns a step
 //! into the [`Op`] it stands for at a given `now`, and [`to_op_in`] in a given state (a
 //! provider's amounts are fractions of the top-up they are about, as the provider's are). The
-//! catalog the endpoints refer to is each test's own.
+//! catalog the endpoints refer to is each test's own. Gateway requests ([`crate::gateway`]:
+//! submitted, dispatched under leases, answered, their units posted, cancelled) come only in
+//! the sequences that ask for them ([`Gateway`]).
 
+use crate::gateway::{Bill, GatewayInput, GatewayResult, Lease};
 use crate::ids::{AccountId, AdjustmentId, EndpointId, PurchaseId, RequestId};
 use crate::ledger::CreditAccount;
 use crate::machine::{AccountState, BatchState, Op, UsageEvent};
@@ -43,6 +46,13 @@ pub const REAL_ACCOUNTS: usize = 3;
 pub const REQUEST_IDS: [&str; 6] = ["r0", "r1", "r2", "r3", "r4", "r5"];
 pub const EVENT_IDS: [&str; 4] = ["e0", "e1", "e2", "r0"];
 pub const PURCHASE_IDS: [&str; 4] = ["p0", "p1", "p2", "p3"];
+/// Gateway request ids: `r5` is also a lifecycle request id, so the two kinds meet (a
+/// lifecycle call never sees a gateway request, nor a gateway call a lifecycle one).
+pub const GATEWAY_IDS: [&str; 4] = ["g0", "g1", "g2", "r5"];
+/// The gateway's dispatchers (one per server process).
+pub const DISPATCHERS: [&str; 2] = ["d0", "d1"];
+/// Lease lengths in ms: one that often runs out before the next step, one that lasts.
+pub const LEASES_MS: [i64; 2] = [2_000, 60_000];
 /// Purchase amounts in nano-USD: 0.05, 0.50, 5.00 USD, and an invalid zero.
 pub const AMOUNTS: [i64; 4] = [50_000_000, 500_000_000, 5_000_000_000, 0];
 
@@ -260,6 +270,59 @@ pub enum Step {
     SetPaymentCustomer {
         account: usize,
     },
+    /// A gateway request queued (`req`: an index into [`GATEWAY_IDS`]).
+    GatewaySubmit {
+        req: usize,
+        account: usize,
+        endpoint: usize,
+    },
+    /// Its turn, taken by a dispatcher ([`DISPATCHERS`]) on a lease ([`LEASES_MS`]).
+    Dispatch {
+        req: usize,
+        owner: usize,
+        lease: usize,
+    },
+    /// The model server's answer with `status`, billed as `bill` says (rated by `usage`).
+    GatewayAnswer {
+        req: usize,
+        status: u16,
+        usage: Usage,
+        bill: BillStep,
+    },
+    /// The units a model server posts for a deferred answer.
+    GatewayUnits {
+        req: usize,
+        units: i64,
+    },
+    /// A caller's cancellation: by the request's own account (`None`; the first account when
+    /// there is no such request), or by the pool's `account`.
+    GatewayCancel {
+        req: usize,
+        account: Option<usize>,
+    },
+    /// The sweeper's [`Op::Expire`] of a gateway request.
+    GatewayExpire {
+        req: usize,
+    },
+}
+
+/// How a gateway answer is billed ([`Bill`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BillStep {
+    Rate,
+    Deferred,
+    Unbilled,
+}
+
+/// How often gateway requests come besides the other operations (26, and the payments').
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gateway {
+    Without,
+    /// Now and then (10 in 39 with [`Payments::Some`]).
+    Some,
+    /// Often (40 in 69 with [`Payments::Some`]): a request's submission, dispatches, answers
+    /// and units meet within a sequence.
+    Many,
 }
 
 /// Which top-up or purchase a step is about: one the account has in the state it is sent to
@@ -398,6 +461,29 @@ pub fn step(statuses: Statuses) -> impl Strategy<Value = Step> {
 }
 
 pub fn step_with(statuses: Statuses, payments: Payments) -> impl Strategy<Value = Step> {
+    step_mixed(statuses, payments, Gateway::Without)
+}
+
+/// [`step_with`], with gateway requests or without.
+pub fn step_mixed(
+    statuses: Statuses,
+    payments: Payments,
+    gateway: Gateway,
+) -> impl Strategy<Value = Step> {
+    let others = other_step(statuses, payments);
+    let others_weight = match payments {
+        Payments::Some => 29,
+        Payments::Many => 46,
+    };
+    let gateway_weight = match gateway {
+        Gateway::Without => return others.boxed(),
+        Gateway::Some => 10,
+        Gateway::Many => 40,
+    };
+    prop_oneof![others_weight => others, gateway_weight => gateway_step(statuses)].boxed()
+}
+
+fn other_step(statuses: Statuses, payments: Payments) -> impl Strategy<Value = Step> {
     let payment_weight = match payments {
         Payments::Some => 3,
         Payments::Many => 20,
@@ -454,6 +540,37 @@ pub fn step_with(statuses: Statuses, payments: Payments) -> impl Strategy<Value 
                 usage,
                 num_gpus,
             }),
+    ]
+}
+
+/// A gateway operation: submissions, dispatches, answers, posted units, cancellations and the
+/// sweeper's expiry, over [`GATEWAY_IDS`].
+pub fn gateway_step(statuses: Statuses) -> impl Strategy<Value = Step> {
+    let req = 0..GATEWAY_IDS.len();
+    let status = prop_oneof![
+        5 => status_code(statuses),
+        1 => Just(402u16),
+        1 => Just(403u16),
+    ];
+    let bill = prop_oneof![
+        4 => Just(BillStep::Rate),
+        2 => Just(BillStep::Deferred),
+        2 => Just(BillStep::Unbilled),
+    ];
+    prop_oneof![
+        3 => (req.clone(), account_ix(), endpoint_ix()).prop_map(|(req, account, endpoint)| {
+            Step::GatewaySubmit { req, account, endpoint }
+        }),
+        3 => (req.clone(), 0..DISPATCHERS.len(), 0..LEASES_MS.len())
+            .prop_map(|(req, owner, lease)| Step::Dispatch { req, owner, lease }),
+        3 => (req.clone(), status, usage(statuses), bill).prop_map(|(req, status, usage, bill)| {
+            Step::GatewayAnswer { req, status, usage, bill }
+        }),
+        1 => (req.clone(), prop_oneof![8 => 0i64..40, 1 => Just(-1i64)])
+            .prop_map(|(req, units)| Step::GatewayUnits { req, units }),
+        1 => (req.clone(), prop_oneof![4 => Just(None), 1 => account_ix().prop_map(Some)])
+            .prop_map(|(req, account)| Step::GatewayCancel { req, account }),
+        1 => req.prop_map(|req| Step::GatewayExpire { req }),
     ]
 }
 
@@ -554,6 +671,16 @@ pub fn timed_with(statuses: Statuses, payments: Payments) -> impl Strategy<Value
     (dt_ms(), step_with(statuses, payments)).prop_map(|(dt_ms, step)| Timed { dt_ms, step })
 }
 
+/// [`timed_with`], with gateway requests or without.
+pub fn timed_mixed(
+    statuses: Statuses,
+    payments: Payments,
+    gateway: Gateway,
+) -> impl Strategy<Value = Timed> {
+    (dt_ms(), step_mixed(statuses, payments, gateway))
+        .prop_map(|(dt_ms, step)| Timed { dt_ms, step })
+}
+
 pub fn output(u: &Usage) -> Output {
     Output {
         images: u
@@ -580,6 +707,7 @@ fn quarters(amount: Nanos, q: usize) -> Nanos {
 /// of the top-up (or purchase) they are about, as `state` has it.
 pub fn to_op_in(step: &Step, now: Timestamp, state: &BatchState) -> Op {
     let rid = |i: usize| RequestId::parse(REQUEST_IDS[i]).unwrap();
+    let gid = |i: usize| RequestId::parse(GATEWAY_IDS[i]).unwrap();
     let ep = |i: usize| EndpointId::parse(ENDPOINTS[i]).unwrap();
     match step {
         Step::Submit {
@@ -850,6 +978,70 @@ pub fn to_op_in(step: &Step, now: Timestamp, state: &BatchState) -> Op {
         Step::SetPaymentCustomer { account } => Op::SetPaymentCustomer {
             account: account_id(*account),
             customer: format!("cus_{}", ACCOUNTS[*account]),
+        },
+        Step::GatewaySubmit {
+            req,
+            account,
+            endpoint,
+        } => Op::GatewaySubmit {
+            request_id: gid(*req),
+            account: account_id(*account),
+            api_key: None,
+            endpoint: ep(*endpoint),
+            input: GatewayInput {
+                path: String::new(),
+                input: std::sync::Arc::from(format!(r#"{{"n":{req}}}"#)),
+                webhook: None,
+                no_retry: false,
+            },
+        },
+        Step::Dispatch { req, owner, lease } => Op::Dispatch {
+            request_id: gid(*req),
+            lease: Lease {
+                owner: std::sync::Arc::from(DISPATCHERS[*owner]),
+                until: now.plus_ms(LEASES_MS[*lease]),
+            },
+            machine_type: None,
+        },
+        Step::GatewayAnswer {
+            req,
+            status,
+            usage,
+            bill,
+        } => Op::GatewayAnswer {
+            request_id: gid(*req),
+            result: GatewayResult {
+                status_code: *status,
+                content_type: Some("application/json".into()),
+                body: std::sync::Arc::from(format!(r#"{{"status":{status}}}"#).as_bytes()),
+                error_type: (*bill == BillStep::Unbilled).then(|| "upstream_error".to_string()),
+            },
+            bill: match bill {
+                BillStep::Rate => Bill::Rate {
+                    billable_units: usage.billable_units.map(Decimal::from),
+                    output: Box::new(output(usage)),
+                    inference_seconds: Decimal::new(usage.inference_ms.unwrap_or(1_500), 3),
+                },
+                BillStep::Deferred => Bill::Deferred,
+                BillStep::Unbilled => Bill::Unbilled,
+            },
+        },
+        Step::GatewayUnits { req, units } => Op::GatewayUnits {
+            request_id: gid(*req),
+            billable_units: Decimal::from(*units),
+        },
+        Step::GatewayCancel { req, account } => Op::GatewayCancel {
+            request_id: gid(*req),
+            account: match account {
+                Some(i) => account_id(*i),
+                None => state
+                    .requests
+                    .get(&gid(*req))
+                    .map_or_else(|| account_id(0), |r| r.account.clone()),
+            },
+        },
+        Step::GatewayExpire { req } => Op::Expire {
+            request_id: gid(*req),
         },
     }
 }

@@ -295,9 +295,11 @@ impl Metrics {
         let [mut applied, mut duplicate, mut settled] = [0u64; 3];
         for answer in answers {
             match answer {
+                // A gateway request's dispatch starts it (a takeover holds nothing new).
                 Ok(Outcome::Started {
                     replayed: false, ..
-                }) => admitted += 1,
+                })
+                | Ok(Outcome::Dispatched { resumed: false, .. }) => admitted += 1,
                 Ok(Outcome::Expired { expired: true }) => expired += 1,
                 Ok(Outcome::RunnerEvents { results }) => {
                     let repeats = results.iter().filter(|r| r.duplicate).count() as u64;

@@ -5,7 +5,9 @@
 //! request, event and purchase ids, so that duplicates, conflicts and out-of-order calls
 //! (complete before start, start after cancel, ...) happen often; `now` only moves forward,
 //! sometimes far enough for holds to time out and for the calendar month to change, and for
-//! credit lots bought with a short expiry to expire. After every operation the whole state is
+//! credit lots bought with a short expiry to expire. Gateway requests come among them: queued,
+//! dispatched by two dispatchers on leases that run out, answered (billed, deferred to their
+//! posted units, unbilled), cancelled and expired. After every operation the whole state is
 //! checked against the ledger's invariants.
 
 use proptest::prelude::*;
@@ -13,6 +15,7 @@ use rust_decimal::Decimal;
 use std::collections::{BTreeSet, HashMap};
 use tollgate_core::catalog::{Catalog, EndpointDef, EndpointStatus, PriceVersion};
 use tollgate_core::events::{EventData, EventType};
+use tollgate_core::gateway::{Bill, GatewayRecord, GatewayState};
 use tollgate_core::ids::{AccountId, EndpointId, MachineType, PurchaseId, RequestId};
 use tollgate_core::ledger::{LedgerAccount, TransferKind};
 use tollgate_core::machine::{
@@ -23,8 +26,8 @@ use tollgate_core::payments::{DisputeRecord, RefundRecord, TopUpKind, TopUpRecor
 use tollgate_core::policy::FourXxPolicy;
 use tollgate_core::price::{Dims, Output, PriceRule, Unit};
 use tollgate_core::testing::{
-    account_id, due_credits, fresh_state, to_op_in, Payments, Statuses, Step, Timed, Usage, EP_GPU,
-    EP_MP, EP_VIDEO, REAL_ACCOUNTS, T0,
+    account_id, due_credits, fresh_state, timed_mixed, to_op_in, Gateway, Payments, Statuses, Step,
+    Timed, Usage, EP_GPU, EP_MP, EP_VIDEO, REAL_ACCOUNTS, T0,
 };
 use tollgate_core::{Nanos, Timestamp};
 
@@ -109,9 +112,33 @@ pub(crate) fn catalog() -> Catalog {
     c
 }
 
-/// Operation sequences: completions and usage events report 503 as well as 500.
+/// Operation sequences, gateway requests among them: completions, usage events and gateway
+/// answers report 503 as well as 500.
 fn timed() -> impl Strategy<Value = Timed> {
-    tollgate_core::testing::timed(Statuses::With503)
+    timed_mixed(Statuses::With503, Payments::Some, Gateway::Some)
+}
+
+/// Sequences of up to `len` operations with gateway requests often, after every account
+/// bought 5.00 USD of credits, so that their requests are held, run, answered and billed
+/// within a sequence.
+fn gateway_sequences(len: usize) -> impl Strategy<Value = Vec<Timed>> {
+    let setup: Vec<Timed> = (0..REAL_ACCOUNTS)
+        .map(|account| Timed {
+            dt_ms: 0,
+            step: Step::Purchase {
+                account,
+                pid: 0,
+                amount: 2,
+                paid: true,
+                expires_in_ms: None,
+            },
+        })
+        .collect();
+    prop::collection::vec(
+        timed_mixed(Statuses::With503, Payments::Some, Gateway::Many),
+        1..len,
+    )
+    .prop_map(move |steps| setup.iter().cloned().chain(steps).collect())
 }
 
 /// Sequences with payment operations often, after `alice` saved a card at a checkout, has a
@@ -145,7 +172,7 @@ fn payment_sequences() -> impl Strategy<Value = Vec<Timed>> {
     ]
     .map(|step| Timed { dt_ms: 0, step });
     prop::collection::vec(
-        tollgate_core::testing::timed_with(Statuses::With503, Payments::Many),
+        timed_mixed(Statuses::With503, Payments::Many, Gateway::Some),
         1..80,
     )
     .prop_map(move |steps| setup.iter().cloned().chain(steps).collect())
@@ -176,6 +203,8 @@ struct Snapshot {
     dirty_disputes: BTreeSet<(AccountId, String)>,
     new_refunds: usize,
     new_provider_events: usize,
+    gateway: HashMap<RequestId, GatewayRecord>,
+    dirty_gateway: BTreeSet<RequestId>,
 }
 
 fn snapshot(s: &BatchState) -> Snapshot {
@@ -199,6 +228,8 @@ fn snapshot(s: &BatchState) -> Snapshot {
         dirty_disputes: s.dirty_disputes.clone(),
         new_refunds: s.new_refunds.len(),
         new_provider_events: s.new_provider_events.len(),
+        gateway: s.gateway.clone(),
+        dirty_gateway: s.dirty_gateway.clone(),
     }
 }
 
@@ -370,6 +401,12 @@ fn check_step(
             prop_assert_eq!(now_r, r, "finished request {} changed", id);
         }
     }
+    // A finished gateway request's row never changes again.
+    for (id, g) in &before.gateway {
+        if g.state == GatewayState::Done {
+            prop_assert_eq!(&s.gateway[id], g, "finished gateway request {} changed", id);
+        }
+    }
 
     let Ok(outcome) = result else { return Ok(()) };
     match (op, outcome) {
@@ -413,7 +450,42 @@ fn check_step(
             prop_assert_eq!(r.hold_expires_at.is_some_and(|t| t > now), true);
         }
         (
-            Op::Complete { request_id, .. },
+            Op::GatewayAnswer {
+                request_id,
+                result,
+                bill,
+            },
+            Outcome::Completed {
+                completion,
+                replayed: false,
+                ..
+            },
+        ) if before.requests[request_id].status == RequestStatus::InQueue => {
+            // A request that could not start when its turn came: completed unbilled, having
+            // held nothing.
+            prop_assert_eq!(bill, &Bill::Unbilled);
+            prop_assert_eq!(before.gateway[request_id].state, GatewayState::Queued);
+            let r = &s.requests[request_id];
+            prop_assert!(matches!(
+                r.status,
+                RequestStatus::Completed | RequestStatus::Failed
+            ));
+            prop_assert_eq!(completion.status_code, result.status_code);
+            prop_assert!(!completion.billed);
+            prop_assert_eq!(completion.charge.total_nanos, Nanos::ZERO);
+            prop_assert!(new_transfers.is_empty() && new_items.is_empty());
+            let (a, b) = (&s.accounts[&r.account], &before.accounts[&r.account]);
+            prop_assert_eq!(
+                (a.credit.balance, a.credit.held, a.in_progress),
+                (b.credit.balance, b.credit.held, b.in_progress)
+            );
+            prop_assert_eq!(completion.balance_after, a.credit.balance);
+            check_gateway_done(s, request_id, Some(result), now)?;
+        }
+        (
+            Op::Complete { request_id, .. }
+            | Op::GatewayAnswer { request_id, .. }
+            | Op::GatewayUnits { request_id, .. },
             Outcome::Completed {
                 completion,
                 replayed: false,
@@ -431,6 +503,36 @@ fn check_step(
             let cost = completion.charge.total_nanos;
             prop_assert_eq!(completion.balance_after, a.credit.balance);
             prop_assert_eq!(completion.late, prev.status == RequestStatus::Expired);
+            match op {
+                Op::GatewayAnswer {
+                    result, bill: b, ..
+                } => {
+                    // Answered while it ran, billed as the answer says.
+                    prop_assert_eq!(before.gateway[request_id].state, GatewayState::Running);
+                    prop_assert_eq!(completion.status_code, result.status_code);
+                    if matches!(b, Bill::Unbilled) {
+                        prop_assert!(!completion.billed);
+                    }
+                    check_gateway_done(s, request_id, Some(result), now)?;
+                }
+                Op::GatewayUnits { billable_units, .. } => {
+                    // The deferred answer, billed with the units posted.
+                    let was = &before.gateway[request_id];
+                    prop_assert_eq!(was.state, GatewayState::AwaitingUnits);
+                    let answered = was.result.as_ref().expect("an awaiting answer is kept");
+                    prop_assert_eq!(completion.status_code, answered.status_code);
+                    if completion.billed && answered.status_code < 400 {
+                        let rule = &catalog.version(r.price_version).unwrap().rule;
+                        let min = rule.min_units.unwrap_or(Decimal::ZERO);
+                        prop_assert_eq!(
+                            completion.charge.quantity,
+                            (*billable_units).max(min).normalize()
+                        );
+                    }
+                    check_gateway_done(s, request_id, Some(answered), now)?;
+                }
+                _ => {}
+            }
             if completion.late {
                 // Billed without a hold and without a slot: a charge of the cost, or nothing.
                 prop_assert_eq!(a.credit.held, b.credit.held);
@@ -486,13 +588,42 @@ fn check_step(
                 prop_assert_eq!(&a.lots, &b.lots);
             }
         }
-        (Op::Cancel { request_id } | Op::Expire { request_id }, o)
-            if matches!(
-                o,
-                Outcome::Cancelled { replayed: false } | Outcome::Expired { expired: true }
-            ) =>
+        (
+            Op::Cancel { request_id }
+            | Op::Expire { request_id }
+            | Op::GatewayCancel { request_id, .. },
+            o,
+        ) if matches!(
+            o,
+            Outcome::Cancelled { replayed: false } | Outcome::Expired { expired: true }
+        ) =>
         {
             let prev = &before.requests[request_id];
+            match (op, before.gateway.get(request_id)) {
+                (Op::GatewayCancel { account, .. }, Some(was)) => {
+                    // The owner's, from the queue or while it ran; its row done with the
+                    // cancellation as its result.
+                    prop_assert_eq!(&prev.account, account);
+                    prop_assert!(matches!(
+                        was.state,
+                        GatewayState::Queued | GatewayState::Running
+                    ));
+                    check_gateway_done(s, request_id, None, now)?;
+                    let result = s.gateway[request_id].result.as_ref().unwrap();
+                    prop_assert_eq!(result.error_type.as_deref(), Some("request_cancelled"));
+                }
+                (Op::GatewayCancel { .. }, None) => {
+                    prop_assert!(false, "a gateway cancel of a request without a row")
+                }
+                (_, Some(was)) => {
+                    // The sweeper's, of a gateway request whose units never came: the row
+                    // still awaits them (posted late, they bill as a late completion).
+                    prop_assert!(matches!(op, Op::Expire { .. }), "{:?}", op);
+                    prop_assert_eq!(was.state, GatewayState::AwaitingUnits);
+                    prop_assert_eq!(&s.gateway[request_id], was);
+                }
+                _ => {}
+            }
             let r = &s.requests[request_id];
             let a = &s.accounts[&r.account];
             let b = &before.accounts[&r.account];
@@ -520,6 +651,125 @@ fn check_step(
             } else {
                 prop_assert!(new_transfers.is_empty());
             }
+        }
+        (
+            Op::GatewaySubmit {
+                request_id,
+                account,
+                endpoint,
+                input,
+                ..
+            },
+            Outcome::Submitted {
+                request,
+                replayed: false,
+            },
+        ) => {
+            prop_assert!(!before.requests.contains_key(request_id));
+            prop_assert!(!before.gateway.contains_key(request_id));
+            prop_assert_eq!(&s.requests[request_id], request);
+            prop_assert_eq!(request.status, RequestStatus::InQueue);
+            prop_assert_eq!(request.source, Source::Gateway);
+            let g = &s.gateway[request_id];
+            prop_assert_eq!(
+                (g.state, &g.account, &g.endpoint, &g.input, g.submitted_at),
+                (GatewayState::Queued, account, endpoint, input, now)
+            );
+            prop_assert_eq!(
+                (g.lease.as_ref(), g.dispatches, g.result.as_ref()),
+                (None, 0, None)
+            );
+            // Queued holds nothing.
+            prop_assert!(new_transfers.is_empty() && new_items.is_empty());
+            let (a, b) = (&s.accounts[account], &before.accounts[account]);
+            prop_assert_eq!(
+                (a.credit.balance, a.credit.held, a.in_progress),
+                (b.credit.balance, b.credit.held, b.in_progress)
+            );
+        }
+        (
+            Op::Dispatch {
+                request_id, lease, ..
+            },
+            Outcome::Dispatched {
+                gateway,
+                request,
+                resumed,
+            },
+        ) => {
+            let (prev, r) = (&before.requests[request_id], &s.requests[request_id]);
+            let was = before.gateway.get(request_id);
+            prop_assert!(was.is_some(), "dispatched {} without a row", request_id);
+            let was = was.unwrap();
+            let g = &s.gateway[request_id];
+            prop_assert_eq!(g, gateway);
+            prop_assert_eq!(r, request);
+            prop_assert_eq!(
+                (g.state, g.lease.as_ref(), g.dispatches),
+                (GatewayState::Running, Some(lease), was.dispatches + 1)
+            );
+            prop_assert_eq!(r.status, RequestStatus::InProgress);
+            prop_assert_eq!(r.hold_expires_at, None);
+            prop_assert!(new_items.is_empty());
+            let (a, b) = (&s.accounts[&r.account], &before.accounts[&r.account]);
+            if *resumed {
+                // Taken over from a lease that ran out, or its owner's again: the hold as it
+                // was, nothing moves.
+                prop_assert_eq!(
+                    (prev.status, was.state),
+                    (RequestStatus::InProgress, GatewayState::Running)
+                );
+                let held = was.lease.as_ref();
+                prop_assert!(
+                    held.is_none_or(|l| l.until <= now || l.owner == lease.owner),
+                    "taken over from the live lease {:?}",
+                    held
+                );
+                prop_assert_eq!(r.hold, prev.hold);
+                prop_assert!(new_transfers.is_empty(), "a second hold");
+                prop_assert_eq!(
+                    (a.credit.balance, a.credit.held, a.in_progress),
+                    (b.credit.balance, b.credit.held, b.in_progress)
+                );
+            } else {
+                // Its turn: held as a start holds.
+                prop_assert_eq!(
+                    (prev.status, was.state),
+                    (RequestStatus::InQueue, GatewayState::Queued)
+                );
+                prop_assert_eq!(a.credit.held, Nanos(b.credit.held.0 + r.hold.0));
+                prop_assert_eq!(a.credit.balance, b.credit.balance);
+                prop_assert_eq!(a.in_progress, b.in_progress + 1);
+                prop_assert!(a.credit.available() >= Nanos::ZERO);
+                prop_assert_eq!(&a.lots, &b.lots, "a hold spends no lot");
+                prop_assert_eq!(new_transfers.len(), 1);
+                prop_assert_eq!(new_transfers[0].transfer.kind, TransferKind::Hold);
+                prop_assert_eq!(new_transfers[0].transfer.amount, r.hold);
+            }
+        }
+        (
+            Op::GatewayAnswer {
+                request_id, result, ..
+            },
+            Outcome::AwaitingUnits { replayed: false },
+        ) => {
+            // Kept aside until its units come; the hold runs on, now to a deadline.
+            let (prev, r) = (&before.requests[request_id], &s.requests[request_id]);
+            prop_assert_eq!(prev.status, RequestStatus::InProgress);
+            prop_assert_eq!(before.gateway[request_id].state, GatewayState::Running);
+            let g = &s.gateway[request_id];
+            prop_assert_eq!(
+                (g.state, g.lease.as_ref(), g.result.as_ref(), g.finished_at),
+                (GatewayState::AwaitingUnits, None, Some(result), None)
+            );
+            prop_assert_eq!(r.status, RequestStatus::InProgress);
+            prop_assert!(r.hold_expires_at.is_some_and(|t| t > now));
+            prop_assert!(new_transfers.is_empty() && new_items.is_empty());
+            let (a, b) = (&s.accounts[&r.account], &before.accounts[&r.account]);
+            prop_assert_eq!(
+                (a.credit.balance, a.credit.held, a.in_progress),
+                (b.credit.balance, b.credit.held, b.in_progress)
+            );
         }
         (
             Op::Purchase {
@@ -851,6 +1101,23 @@ fn check_step(
     Ok(())
 }
 
+/// The gateway row of `id` is done at `now`, its lease ended, with `result` when given.
+fn check_gateway_done(
+    s: &BatchState,
+    id: &RequestId,
+    result: Option<&tollgate_core::gateway::GatewayResult>,
+    now: Timestamp,
+) -> Result<(), TestCaseError> {
+    let g = &s.gateway[id];
+    prop_assert_eq!(g.state, GatewayState::Done);
+    prop_assert_eq!((g.lease.as_ref(), g.finished_at), (None, Some(now)));
+    prop_assert!(g.result.is_some());
+    if let Some(result) = result {
+        prop_assert_eq!(g.result.as_ref(), Some(result));
+    }
+    Ok(())
+}
+
 /// Invariants of the whole state, whatever happened.
 fn check_ledger(catalog: &Catalog, s: &BatchState) -> Result<(), TestCaseError> {
     // Every transfer has two different sides and a non-negative amount.
@@ -1018,11 +1285,60 @@ fn check_ledger(catalog: &Catalog, s: &BatchState) -> Result<(), TestCaseError> 
         if r.source == Source::Event {
             prop_assert_eq!(r.hold, Nanos::ZERO);
         }
+        let g = s.gateway.get(&r.id);
         prop_assert_eq!(
-            r.hold_expires_at.is_some(),
-            r.status == RequestStatus::InProgress
+            r.source == Source::Gateway,
+            g.is_some(),
+            "{}: a gateway request and its row",
+            r.id
         );
+        match g {
+            None => prop_assert_eq!(
+                r.hold_expires_at.is_some(),
+                r.status == RequestStatus::InProgress
+            ),
+            Some(g) => {
+                // Where the gateway has it agrees with the request's status; a running
+                // request's hold lasts while its lease is renewed, an answered one's until its
+                // units come or its deadline passes.
+                prop_assert_eq!(&g.account, &r.account);
+                prop_assert_eq!(&g.endpoint, &r.endpoint);
+                let ok = match g.state {
+                    GatewayState::Queued => {
+                        r.status == RequestStatus::InQueue && g.lease.is_none() && g.dispatches == 0
+                    }
+                    GatewayState::Running => {
+                        r.status == RequestStatus::InProgress
+                            && g.lease.is_some()
+                            && r.hold_expires_at.is_none()
+                            && g.result.is_none()
+                    }
+                    GatewayState::AwaitingUnits => {
+                        g.lease.is_none()
+                            && g.result.is_some()
+                            && g.finished_at.is_none()
+                            && match r.status {
+                                RequestStatus::InProgress => r.hold_expires_at.is_some(),
+                                RequestStatus::Expired => r.hold_expires_at.is_none(),
+                                _ => false,
+                            }
+                    }
+                    GatewayState::Done => {
+                        r.status.is_final()
+                            && r.status != RequestStatus::Expired
+                            && g.lease.is_none()
+                            && g.result.is_some()
+                            && g.finished_at == r.finished_at
+                    }
+                };
+                prop_assert!(ok, "gateway row {:?} of request {:?}", g, r);
+            }
+        }
     }
+    prop_assert!(
+        s.gateway.keys().all(|id| s.requests.contains_key(id)),
+        "a gateway row without its request"
+    );
     Ok(())
 }
 
@@ -1358,10 +1674,21 @@ proptest! {
         run_checked(&catalog, &steps)?;
     }
 
+    /// And of one where gateway requests come often: dispatched by two dispatchers on leases
+    /// that run out, answered (billed, deferred, unbilled), their units posted, cancelled,
+    /// expired while awaiting their units.
+    #[test]
+    fn invariants_hold_with_gateway_requests_after_every_operation(steps in gateway_sequences(80)) {
+        let catalog = catalog();
+        run_checked(&catalog, &steps)?;
+    }
+
     /// Sending every operation twice in a row ends exactly where sending it once does: the
     /// second copy is answered as a repeat (or refused as the first was) and changes nothing.
     #[test]
-    fn sending_everything_twice_changes_nothing(steps in prop::collection::vec(timed(), 1..60)) {
+    fn sending_everything_twice_changes_nothing(
+        steps in prop_oneof![prop::collection::vec(timed(), 1..60), gateway_sequences(60)]
+    ) {
         let catalog = catalog();
         let (once, answers) = run_checked(&catalog, &steps)?;
 
@@ -1371,12 +1698,38 @@ proptest! {
             now = now.plus_ms(t.dt_ms);
             let op = to_op_in(&t.step, now, &twice);
             let a = apply(&mut twice, &catalog, now, op.clone());
-            prop_assert_eq!(&a, first_answer, "same history, same answer");
+            // Same history, same answer (a dispatch counts the second copies too).
+            prop_assert_eq!(
+                uncounted(&a),
+                uncounted(first_answer),
+                "same history, same answer"
+            );
             let before = snapshot(&twice);
             let b = apply(&mut twice, &catalog, now, op.clone());
             check_step(&catalog, &before, &twice, &op, now, &b)?;
             match (&a, &b) {
                 (Err(e1), Err(e2)) => prop_assert_eq!(e1, e2),
+                // A dispatch sent again is its owner's again: the same lease on the same hold,
+                // only counted once more.
+                (
+                    Ok(Outcome::Dispatched { gateway: g1, .. }),
+                    Ok(Outcome::Dispatched {
+                        gateway: g2,
+                        resumed: true,
+                        ..
+                    }),
+                ) => {
+                    prop_assert_eq!(
+                        g2,
+                        &GatewayRecord {
+                            dispatches: g1.dispatches + 1,
+                            ..g1.clone()
+                        }
+                    );
+                    let mut after = snapshot(&twice);
+                    after.gateway.clone_from(&before.gateway);
+                    prop_assert_eq!(&after, &before, "a dispatch sent again");
+                }
                 // Without an id of its own (a rule, a customer, the provider's answer to a
                 // call), an operation is idempotent by the state it leaves: the second finds
                 // it so and changes nothing.
@@ -1412,6 +1765,32 @@ proptest! {
         prop_assert_eq!(&twice.requests, &once.requests);
         prop_assert_eq!(&twice.transfers, &once.transfers);
         prop_assert_eq!(&twice.line_items, &once.line_items);
+        let rows = |s: &BatchState| -> HashMap<RequestId, GatewayRecord> {
+            s.gateway
+                .iter()
+                .map(|(id, g)| (id.clone(), GatewayRecord { dispatches: 0, ..g.clone() }))
+                .collect()
+        };
+        prop_assert_eq!(rows(&twice), rows(&once));
+    }
+}
+
+/// An answer with a dispatch's count left out (sent twice, a dispatch is counted twice).
+fn uncounted(a: &Result<Outcome, Rejection>) -> Result<Outcome, Rejection> {
+    match a {
+        Ok(Outcome::Dispatched {
+            gateway,
+            request,
+            resumed,
+        }) => Ok(Outcome::Dispatched {
+            gateway: GatewayRecord {
+                dispatches: 0,
+                ..gateway.clone()
+            },
+            request: request.clone(),
+            resumed: *resumed,
+        }),
+        other => other.clone(),
     }
 }
 
@@ -1875,15 +2254,21 @@ fn generated_sequences_reach_every_path() {
     let catalog = catalog();
     let mut runner = TestRunner::deterministic();
     let mut seen: BTreeSet<&'static str> = BTreeSet::new();
-    // Most sequences as the properties above draw them, some with payments often.
-    for n in 0..800 {
+    // Most sequences as the properties above draw them, some with payments often, some with
+    // gateway requests often.
+    for n in 0..1000 {
         let steps = if n < 500 {
             prop::collection::vec(timed(), 1..80)
                 .new_tree(&mut runner)
                 .unwrap()
                 .current()
-        } else {
+        } else if n < 800 {
             payment_sequences().new_tree(&mut runner).unwrap().current()
+        } else {
+            gateway_sequences(80)
+                .new_tree(&mut runner)
+                .unwrap()
+                .current()
         };
         run_observed(&catalog, &steps, |before, s, op, now, a| {
             for e in &s.events[before.events..] {
@@ -1987,6 +2372,47 @@ fn generated_sequences_reach_every_path() {
                     Outcome::AwaitingUnits { .. } => "gateway answer replayed",
                     Outcome::Dispatched { .. } => unreachable!("a dispatch always changes"),
                 },
+                (Op::GatewaySubmit { .. }, Ok(Outcome::Submitted { .. })) => "gateway submitted",
+                (Op::Dispatch { .. }, Ok(Outcome::Dispatched { resumed, .. })) => {
+                    if *resumed {
+                        "dispatch resumed"
+                    } else {
+                        "dispatched"
+                    }
+                }
+                (
+                    Op::Dispatch { .. },
+                    Err(Rejection::ConcurrencyLimit { .. } | Rejection::InsufficientCredits { .. }),
+                ) => "dispatch refused",
+                (
+                    Op::GatewayAnswer { .. },
+                    Ok(Outcome::Completed {
+                        request,
+                        completion,
+                        ..
+                    }),
+                ) => {
+                    if request.started_at.is_none() {
+                        "gateway answer of a queued request"
+                    } else if completion.billed {
+                        "gateway answer billed"
+                    } else {
+                        "gateway answer unbilled"
+                    }
+                }
+                (Op::GatewayUnits { .. }, Ok(Outcome::Completed { completion, .. })) => {
+                    if completion.late {
+                        "gateway units late"
+                    } else {
+                        "gateway units billed"
+                    }
+                }
+                (Op::GatewayCancel { .. }, Ok(Outcome::Cancelled { .. })) => "gateway cancelled",
+                (Op::Expire { request_id }, Ok(Outcome::Expired { .. }))
+                    if s.gateway.contains_key(request_id) =>
+                {
+                    "gateway expired awaiting units"
+                }
                 (_, Ok(Outcome::PeriodClosed { .. })) => "period closed",
                 (Op::UsageEvent(_), Ok(Outcome::Completed { completion, .. })) => {
                     if completion.billed {
@@ -2119,6 +2545,20 @@ fn generated_sequences_reach_every_path() {
         "event top_up.paused",
         "event payment.refunded",
         "event payment.disputed",
+        "gateway submitted",
+        "dispatched",
+        "dispatch resumed",
+        "dispatch refused",
+        "leased",
+        "awaiting units",
+        "gateway answer replayed",
+        "gateway answer billed",
+        "gateway answer unbilled",
+        "gateway answer of a queued request",
+        "gateway units billed",
+        "gateway units late",
+        "gateway cancelled",
+        "gateway expired awaiting units",
     ];
     let missing: Vec<_> = all.iter().filter(|k| !seen.contains(*k)).collect();
     assert!(

@@ -2,6 +2,7 @@
 //! a rate card, and the property tests of rating, of the ledger's state machine, of spending
 //! limits, of payments and of serverless runner billing.
 
+mod gateway;
 mod ledger_props;
 mod limits_props;
 mod payments_props;

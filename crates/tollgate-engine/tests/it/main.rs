@@ -5,6 +5,7 @@ mod account_terms;
 mod common;
 mod deferred_sync;
 mod engine_props;
+mod gateway;
 mod idle;
 mod invoices;
 mod metrics;

@@ -3,6 +3,7 @@
 
 mod account_cache;
 mod catalog_settings;
+mod gateway;
 mod migrations;
 mod payments;
 mod read_plans;
