@@ -5,11 +5,11 @@
 #   scripts/test.sh -p tollgate     # extra arguments go to `cargo test` (-p: that package only)
 #
 # It installs what the tests need that cargo does not (schemathesis, openapi-spec-validator,
-# prometheus_client, stripe and focus-validator, in a Python virtualenv at target/test-venv, at the
-# exact versions of scripts/requirements-test.txt; an existing venv that already has them is
-# reused; `pdftotext`, from Debian's poppler-utils, with apt-get when it is not on the PATH,
-# to read back the text of invoice PDFs; and Debian's chromium and chromium-driver, for the
-# dashboard's browser tests), tells the tests where those tools are
+# prometheus_client, stripe, fal-client and focus-validator, in a Python virtualenv at
+# target/test-venv, at the exact versions of scripts/requirements-test.txt; an existing venv
+# that already has them is reused; `pdftotext`, from Debian's poppler-utils, with apt-get when
+# it is not on the PATH, to read back the text of invoice PDFs; and Debian's chromium and
+# chromium-driver, for the dashboard's browser tests), tells the tests where those tools are
 # (TOLLGATE_SCHEMATHESIS, TOLLGATE_OPENAPI_SPEC_VALIDATOR, TOLLGATE_PYTHON,
 # TOLLGATE_FOCUS_VALIDATOR, TOLLGATE_PDFTOTEXT, TOLLGATE_CHROMIUM, TOLLGATE_CHROMEDRIVER), then runs
 # `cargo test --workspace`. If a tool cannot be installed it stops and says which:
@@ -83,8 +83,10 @@ python="$venv/bin/python"
   fail "prometheus_client was installed in $venv but does not import"
 "$python" -c 'import stripe' >/dev/null 2>&1 ||
   fail "stripe was installed in $venv but does not import"
+"$python" -c 'import fal_client' >/dev/null 2>&1 ||
+  fail "fal-client was installed in $venv but fal_client does not import"
 export TOLLGATE_PYTHON="$python"
-say "TOLLGATE_PYTHON=$TOLLGATE_PYTHON (with prometheus_client, Prometheus' parser of the metrics text, and stripe, Stripe's signatures)"
+say "TOLLGATE_PYTHON=$TOLLGATE_PYTHON (with prometheus_client, Prometheus' parser of the metrics text; stripe, Stripe's signatures; fal_client, fal's own client of the gateway)"
 focus="$venv/bin/focus-validator"
 "$focus" --help >/dev/null 2>&1 ||
   fail "focus-validator was installed in $venv but does not run"

@@ -327,7 +327,11 @@ fn status_body(
     if status == "COMPLETED" {
         let mut metrics = json!({});
         if let Some(ms) = request.inference_ms {
-            metrics["inference_time"] = json!(rust_decimal::Decimal::new(ms, 3));
+            // Seconds in a JSON number, as fal's clients read it (a Decimal would render as
+            // a string).
+            metrics["inference_time"] = json!(tollgate_api::wire::Number(
+                rust_decimal::Decimal::new(ms, 3)
+            ));
         }
         // A cancelled request has no billing: it cost nothing.
         metrics["cost_nano_usd"] = json!(cost(request).unwrap_or(0));

@@ -8,6 +8,9 @@
 //!
 //! Tests wait for a request by reading its status stream (server-sent events) to the end,
 //! never by sleeping.
+//!
+//! The gateway's listeners serve plain HTTP, or TLS with a certificate made for the test
+//! ([`TestTls`], [`TestGateway::spawn_tls`]); the harness's client trusts it.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -16,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +30,7 @@ use tollgate_core::ids::{AccountId, PurchaseId};
 use tollgate_core::machine::Op;
 use tollgate_core::Nanos;
 use tollgate_engine::{system_clock, AdminCmd, Engine};
-use tollgate_gateway::{GatewayConfig, GatewayHandle};
+use tollgate_gateway::{GatewayConfig, GatewayHandle, TlsFiles};
 use tollgate_store::testing::{Backend, TestDb};
 use tollgate_store::{BillingMode, Scope};
 
@@ -43,6 +47,8 @@ pub struct ModelLog {
     pub most_at_once: AtomicUsize,
     /// Calls ended by the caller before they answered.
     pub ended_early: AtomicUsize,
+    /// Counts every call as it arrives, so a test can wait for one without sleeping.
+    pub arrived: tokio::sync::watch::Sender<usize>,
 }
 
 impl Default for ModelLog {
@@ -53,6 +59,7 @@ impl Default for ModelLog {
             running: AtomicUsize::default(),
             most_at_once: AtomicUsize::default(),
             ended_early: AtomicUsize::default(),
+            arrived: tokio::sync::watch::channel(0).0,
         }
     }
 }
@@ -60,6 +67,14 @@ impl Default for ModelLog {
 impl ModelLog {
     pub fn calls_of(&self, id: &str) -> usize {
         self.calls.lock().unwrap().get(id).copied().unwrap_or(0)
+    }
+
+    /// Waits until the model server got a call for request `id`.
+    pub async fn called(&self, id: &str) {
+        let mut arrived = self.arrived.subscribe();
+        while self.calls_of(id) == 0 {
+            arrived.changed().await.expect("the model server's log");
+        }
     }
 }
 
@@ -84,6 +99,7 @@ async fn model(State(log): State<Arc<ModelLog>>, headers: HeaderMap, body: Bytes
         *n += 1;
         *n
     };
+    log.arrived.send_modify(|n| *n += 1);
     let input: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let now = log.running.fetch_add(1, Ordering::SeqCst) + 1;
     log.most_at_once.fetch_max(now, Ordering::SeqCst);
@@ -220,6 +236,66 @@ timeout_s = 5
     )
 }
 
+/// A certificate made for the TLS tests: a CA of the test's own and a server certificate it
+/// signed for `localhost` and `127.0.0.1`, as PEM files in a temp dir (removed when dropped).
+pub struct TestTls {
+    _dir: tempfile::TempDir,
+    /// The CA's certificate: what a client trusts (`SSL_CERT_FILE` for Python's httpx).
+    pub ca: PathBuf,
+    /// What the gateway serves: the chain (server certificate, then the CA's) and its key.
+    pub files: TlsFiles,
+}
+
+impl TestTls {
+    pub fn new() -> TestTls {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let ca_key = KeyPair::generate().expect("a CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        ca.distinguished_name
+            .push(DnType::CommonName, "tollgate gateway test CA");
+        let ca_cert = ca.self_signed(&ca_key).expect("the CA's certificate");
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().expect("a server key");
+        let mut server = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("server parameters");
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "tollgate gateway test");
+        server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        server.use_authority_key_identifier_extension = true;
+        let server_cert = server
+            .signed_by(&key, &issuer)
+            .expect("the server's certificate");
+        let dir = tempfile::tempdir().expect("a temp dir for the certificates");
+        let path = |name: &str| dir.path().join(name);
+        std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(
+            path("chain.pem"),
+            format!("{}{}", server_cert.pem(), ca_cert.pem()),
+        )
+        .unwrap();
+        std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
+        TestTls {
+            ca: path("ca.pem"),
+            files: TlsFiles {
+                cert: path("chain.pem"),
+                key: path("key.pem"),
+            },
+            _dir: dir,
+        }
+    }
+}
+
 /// A customer: its account and an `API` key.
 pub struct Customer {
     pub account: String,
@@ -235,7 +311,10 @@ pub struct TestGateway {
     pub api: String,
     pub operator_key: String,
     pub model: Arc<ModelLog>,
+    /// Trusts the gateway's certificate when its listeners serve TLS.
     pub client: reqwest::Client,
+    /// The certificate the listeners serve, when they serve TLS ([`TestGateway::spawn_tls`]).
+    pub tls: Option<TestTls>,
     reconciled: AtomicBool,
     pub db: TestDb,
 }
@@ -253,6 +332,17 @@ pub fn config() -> GatewayConfig {
 impl TestGateway {
     pub async fn spawn() -> TestGateway {
         Self::spawn_with(&Backend::Sqlite, 8, config()).await
+    }
+
+    /// As [`spawn`](Self::spawn), the listeners serving TLS with a certificate made for the
+    /// test: `queue` and `direct` are `https://127.0.0.1:<port>`.
+    pub async fn spawn_tls() -> TestGateway {
+        let tls = TestTls::new();
+        let mut config = config();
+        config.tls = Some(tls.files.clone());
+        let mut gw = Self::spawn_with(&Backend::Sqlite, 8, config).await;
+        gw.tls = Some(tls);
+        gw
     }
 
     pub async fn spawn_with(backend: &Backend, slots: u32, config: GatewayConfig) -> TestGateway {
@@ -293,13 +383,26 @@ impl TestGateway {
         let api = format!("http://{}", listener.local_addr().unwrap());
         let router = tollgate_api::router(state.clone());
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        // With TLS, the client trusts the certificates of the served chain (the test's CA).
+        let mut client = reqwest::Client::builder();
+        let scheme = match &config.tls {
+            Some(files) => {
+                let chain = std::fs::read(&files.cert).expect("the served chain");
+                for cert in reqwest::Certificate::from_pem_bundle(&chain).expect("PEM") {
+                    client = client.add_root_certificate(cert);
+                }
+                "https"
+            }
+            None => "http",
+        };
+        let client = client.build().expect("the test's HTTP client");
         let gateway = tollgate_gateway::start(state, config)
             .await
             .expect("the gateway starts");
-        let queue = format!("http://{}", gateway.queue_addr);
+        let queue = format!("{scheme}://{}", gateway.queue_addr);
         let direct = gateway
             .direct_addr
-            .map(|a: SocketAddr| format!("http://{a}"))
+            .map(|a: SocketAddr| format!("{scheme}://{a}"))
             .unwrap_or_default();
         TestGateway {
             engine,
@@ -309,7 +412,8 @@ impl TestGateway {
             api,
             operator_key: key.key(),
             model,
-            client: reqwest::Client::new(),
+            client,
+            tls: None,
             reconciled: AtomicBool::new(false),
             db,
         }
