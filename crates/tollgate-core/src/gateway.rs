@@ -492,7 +492,9 @@ pub(crate) fn cancel(
     let outcome = release(state, cx, request_id, TransferKind::Void, GATEWAY)?;
     if let Outcome::Cancelled { replayed: false } = outcome {
         let body: Arc<[u8]> =
-            Arc::from(&br#"{"detail":"Request was cancelled before it completed"}"#[..]);
+            Arc::from(
+            &br#"{"detail":"Request was cancelled before it completed","error_type":"request_cancelled"}"#[..],
+        );
         finish(
             state,
             cx,

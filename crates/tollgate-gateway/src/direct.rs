@@ -63,11 +63,6 @@ async fn call(
         .get(&endpoint)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("unknown endpoint {endpoint}")))?;
-    let slot = gw
-        .upstreams
-        .take(&def, None)
-        .await
-        .ok_or_else(|| ApiError::not_found(format!("endpoint {endpoint} has no upstream")))?;
     let request_id = RequestId::parse_uuid(&uuid::Uuid::new_v4().to_string())
         .expect("a v4 UUID is a request id");
     let ops = vec![
@@ -77,9 +72,11 @@ async fn call(
             api_key: Some(customer.key_id.clone()),
             endpoint: endpoint.clone(),
         },
+        // Held (and counted against the concurrency limit) before waiting for a slot, so a
+        // call over the limit is refused at once. Priced on the first upstream's machine.
         Op::Start {
             request_id: request_id.clone(),
-            machine_type: slot.upstream.def.machine_type.clone(),
+            machine_type: def.upstreams.first().and_then(|u| u.machine_type.clone()),
             num_gpus: None,
             hold_units: None,
         },
@@ -96,6 +93,12 @@ async fn call(
             .await;
         return Err(e.into());
     }
+    let Some(slot) = gw.upstreams.take(&def, None).await else {
+        let _ = api.engine.execute(Op::Cancel { request_id }).await;
+        return Err(ApiError::not_found(format!(
+            "endpoint {endpoint} has no upstream"
+        )));
+    };
     let verdict = attempt_call(&gw, &slot.upstream, &request_id, &input).await;
     drop(slot);
     gw.wake.notify_one();

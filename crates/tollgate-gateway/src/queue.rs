@@ -325,6 +325,11 @@ fn status_body(
         body["queue_position"] = json!(view.queue_position.unwrap_or(0));
     }
     if status == "COMPLETED" {
+        // fal's `Completed` tells a failed request apart by its `error` and `error_type`.
+        if let Some(r) = view.record.result.as_ref().filter(|r| r.status_code >= 400) {
+            body["error"] = json!(format!("Invalid status code: {}", r.status_code));
+            body["error_type"] = json!(r.error_type);
+        }
         let mut metrics = json!({});
         if let Some(ms) = request.inference_ms {
             // Seconds in a JSON number, as fal's clients read it (a Decimal would render as
@@ -353,6 +358,9 @@ fn result(view: &GatewayView, request: &RequestRecord) -> Result<Response, ApiEr
     let mut resp = (status, result.body.to_vec()).into_response();
     if let Some(ct) = result.content_type.as_ref().and_then(|c| c.parse().ok()) {
         resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    if let Some(kind) = result.error_type.as_ref().and_then(|k| k.parse().ok()) {
+        resp.headers_mut().insert("x-fal-error-type", kind);
     }
     if let Some(nanos) = cost(request) {
         resp.headers_mut().insert(

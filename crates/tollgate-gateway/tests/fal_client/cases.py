@@ -145,9 +145,17 @@ def cancel(args):
     )
 
 
-# fal_webhook: `fal_client.submit(..., webhook_url=...)`, the completed request posted to the
-# URL by the gateway, goes here as a case of its own once webhook delivery lands.
+def webhook(args):
+    """submit with a webhook_url (fal's `fal_webhook`), then wait for the result."""
+    handle = fal_client.submit(
+        args["endpoint"], arguments=args["arguments"], webhook_url=args["url"]
+    )
+    emit("submitted", request_id=handle.request_id)
+    emit("done", request_id=handle.request_id, result=handle.get())
+
+
 CASES = {
+    "webhook": webhook,
     "subscribe": subscribe,
     "run": run,
     "lifecycle": lifecycle,

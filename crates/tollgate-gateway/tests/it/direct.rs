@@ -64,9 +64,9 @@ async fn a_direct_call_over_the_concurrency_limit_is_refused_with_429() {
     };
     let a = tokio::spawn(slow());
     let b = tokio::spawn(slow());
-    while gw.model.running.load(std::sync::atomic::Ordering::SeqCst) < 2 {
-        tokio::task::yield_now().await;
-    }
+    gw.model
+        .until(|log| log.running.load(std::sync::atomic::Ordering::SeqCst) == 2)
+        .await;
     let resp = gw
         .client
         .post(format!("{}/acme/image", gw.direct))

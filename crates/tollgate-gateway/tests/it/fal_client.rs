@@ -9,17 +9,14 @@
 //! test fails. The script prints what the client returned or raised as JSON lines; the test
 //! checks that, and on its side what the model server was sent and what the account was billed.
 //!
-//! `fal_webhook` (`submit(..., webhook_url=...)`) has no case here yet: it comes with the
-//! gateway's webhook delivery, as a test `fal_webhook_...` in this module and a case
-//! `fal_webhook` in cases.py.
+//! Tests wait for the gateway through its channel of answers, never by sleeping.
 
-use crate::harness::{Customer, TestGateway, USD};
+use crate::harness::{answered, answers, Customer, TestGateway, USD};
 use serde_json::{json, Value};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
-use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tollgate_core::gateway::GatewayState;
 use tollgate_core::ids::RequestId;
@@ -192,32 +189,6 @@ async fn subscribe(gw: &TestGateway, c: &Customer, endpoint: &str, arguments: Va
     let done = fal.done().await;
     assert_eq!(done["request_id"], enqueued["request_id"], "{done}");
     done
-}
-
-/// The requests the gateway answers from now on (completed, or awaiting their units).
-fn answers(gw: &TestGateway) -> broadcast::Receiver<RequestId> {
-    gw.gateway
-        .as_ref()
-        .expect("the gateway runs")
-        .gateway
-        .finished
-        .subscribe()
-}
-
-/// Waits until the gateway has recorded the model server's answer to `id`.
-async fn answered(answers: &mut broadcast::Receiver<RequestId>, id: &str) {
-    let wait = async {
-        loop {
-            match answers.recv().await {
-                Ok(got) if got.as_str() == id => return,
-                Ok(_) => continue,
-                Err(e) => panic!("the gateway's answers: {e}"),
-            }
-        }
-    };
-    tokio::time::timeout(STEP, wait)
-        .await
-        .unwrap_or_else(|_| panic!("request {id} was not answered within {STEP:?}"));
 }
 
 /// Where the gateway has request `id`.
@@ -525,5 +496,32 @@ async fn deferred_units_posted_while_the_client_waits_are_billed_once() {
     assert_eq!(gw.model.calls_of(&id), 1);
     assert_eq!(gw.charged(&c.account).await, (7 * IMAGE, 1));
     assert_eq!(gw.balance(&c.account).await, 10 * USD - 7 * IMAGE);
+    gw.assert_reconciled().await;
+}
+
+#[tokio::test]
+async fn submit_with_a_webhook_url_posts_the_completed_request_to_it() {
+    use tollgate_api::testing::receiver::Receiver;
+    let gw = TestGateway::spawn_tls().await;
+    let c = gw.customer("ana", Some(10)).await;
+    let receiver = Receiver::start().await;
+    let args = json!({
+        "endpoint": "acme/image",
+        "arguments": {"prompt": "a heron", "units": "2"},
+        "url": receiver.url("/hooks/fal"),
+    });
+    let mut fal = Fal::start(&gw, &c, "webhook", args).await;
+    let submitted = fal.next("submitted").await;
+    let id = submitted["request_id"].as_str().unwrap().to_string();
+    let done = fal.done().await;
+    assert_eq!(done["result"]["echo"]["prompt"], "a heron", "{done}");
+    let got = receiver.wait_for(1).await;
+    assert_eq!(got[0].path, "/hooks/fal");
+    let posted = got[0].json();
+    assert_eq!(posted["request_id"], id.as_str(), "{posted}");
+    assert_eq!(posted["gateway_request_id"], id.as_str());
+    assert_eq!(posted["status"], "OK");
+    assert_eq!(posted["payload"]["echo"]["prompt"], "a heron");
+    assert_eq!(gw.charged(&c.account).await, (2 * IMAGE, 1));
     gw.assert_reconciled().await;
 }

@@ -23,10 +23,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::broadcast;
 use tollgate_api::auth::mint_key;
 use tollgate_api::AppState;
 use tollgate_core::catalog::document;
-use tollgate_core::ids::{AccountId, PurchaseId};
+use tollgate_core::ids::{AccountId, PurchaseId, RequestId};
 use tollgate_core::machine::Op;
 use tollgate_core::Nanos;
 use tollgate_engine::{system_clock, AdminCmd, Engine};
@@ -47,7 +48,7 @@ pub struct ModelLog {
     pub most_at_once: AtomicUsize,
     /// Calls ended by the caller before they answered.
     pub ended_early: AtomicUsize,
-    /// Counts every call as it arrives, so a test can wait for one without sleeping.
+    /// Changes as every call arrives and ends, so a test can wait for one without sleeping.
     pub arrived: tokio::sync::watch::Sender<usize>,
 }
 
@@ -71,9 +72,14 @@ impl ModelLog {
 
     /// Waits until the model server got a call for request `id`.
     pub async fn called(&self, id: &str) {
-        let mut arrived = self.arrived.subscribe();
-        while self.calls_of(id) == 0 {
-            arrived.changed().await.expect("the model server's log");
+        self.until(|log| log.calls_of(id) > 0).await;
+    }
+
+    /// Waits until `done` holds of the log (looked at again as each call arrives or ends).
+    pub async fn until(&self, done: impl Fn(&ModelLog) -> bool) {
+        let mut changed = self.arrived.subscribe();
+        while !done(self) {
+            changed.changed().await.expect("the model server's log");
         }
     }
 }
@@ -99,10 +105,10 @@ async fn model(State(log): State<Arc<ModelLog>>, headers: HeaderMap, body: Bytes
         *n += 1;
         *n
     };
-    log.arrived.send_modify(|n| *n += 1);
     let input: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let now = log.running.fetch_add(1, Ordering::SeqCst) + 1;
     log.most_at_once.fetch_max(now, Ordering::SeqCst);
+    log.arrived.send_modify(|n| *n += 1);
     struct Done(Arc<ModelLog>, bool);
     impl Drop for Done {
         fn drop(&mut self) {
@@ -110,6 +116,7 @@ async fn model(State(log): State<Arc<ModelLog>>, headers: HeaderMap, body: Bytes
             if !self.1 {
                 self.0.ended_early.fetch_add(1, Ordering::SeqCst);
             }
+            self.0.arrived.send_modify(|n| *n += 1);
         }
     }
     let mut done = Done(log.clone(), false);
@@ -632,4 +639,31 @@ impl Drop for TestGateway {
             panic!("a gateway test must end with assert_reconciled()");
         }
     }
+}
+
+/// The requests the gateway answers from now on (completed, or awaiting their units).
+pub fn answers(gw: &TestGateway) -> broadcast::Receiver<RequestId> {
+    gw.gateway
+        .as_ref()
+        .expect("the gateway runs")
+        .gateway
+        .finished
+        .subscribe()
+}
+
+/// Waits until the gateway has recorded the model server's answer to `id`.
+pub async fn answered(answers: &mut broadcast::Receiver<RequestId>, id: &str) {
+    let wait = async {
+        loop {
+            match answers.recv().await {
+                Ok(got) if got.as_str() == id => return,
+                Ok(_) => continue,
+                Err(e) => panic!("the gateway's answers: {e}"),
+            }
+        }
+    };
+    // A failsafe, not a timing assertion.
+    tokio::time::timeout(Duration::from_secs(90), wait)
+        .await
+        .unwrap_or_else(|_| panic!("request {id} was not answered within 90 s"));
 }

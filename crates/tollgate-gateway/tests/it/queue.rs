@@ -1,6 +1,6 @@
 //! fal's queue API end to end: submissions answered by the stand-in, billed once.
 
-use crate::harness::{TestGateway, USD};
+use crate::harness::{answered, answers, TestGateway, USD};
 use serde_json::{json, Value};
 
 /// One image at 0.01 USD.
@@ -154,25 +154,24 @@ async fn a_server_error_is_not_retried_nor_billed_and_a_4xx_is_the_callers() {
 async fn deferred_units_are_billed_exactly_once_however_often_they_are_posted() {
     let gw = TestGateway::spawn().await;
     let c = gw.customer("ana", Some(10)).await;
+    let mut answers = answers(&gw);
     let submitted = gw
         .submit(&c, "acme/image", json!({"mode": "deferred"}))
         .await;
     let id = submitted["request_id"].as_str().unwrap();
-    // Answered, but in progress until the units come.
-    let status_url = submitted["status_url"].as_str().unwrap();
-    loop {
-        if gw.model.calls_of(id) == 1 {
-            let (code, _, body) = gw.get(&c.key, status_url).await;
-            let body: Value = serde_json::from_slice(&body).unwrap();
-            if body["status"] == "IN_PROGRESS" {
-                assert_eq!(code, 202);
-                let (first, billed) = gw.post_units(id, "7").await;
-                assert_eq!(first, 200, "{billed}");
-                break;
-            }
-        }
-        tokio::task::yield_now().await;
-    }
+    // Answered, and in progress until the units come.
+    answered(&mut answers, id).await;
+    let (code, _, body) = gw
+        .get(&c.key, submitted["status_url"].as_str().unwrap())
+        .await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (202, Some("IN_PROGRESS")),
+        "{body}"
+    );
+    let (first, billed) = gw.post_units(id, "7").await;
+    assert_eq!(first, 200, "{billed}");
     // A second post answers the first billing, and bills nothing more.
     let (again, replay) = gw.post_units(id, "9").await;
     assert_eq!(again, 200);
@@ -309,9 +308,7 @@ async fn cancelling_a_queued_or_a_running_request_bills_nothing() {
         .await;
     let queued = gw.submit(&c, "acme/small", json!({"units": "1"})).await;
     let running_id = running["request_id"].as_str().unwrap().to_string();
-    while gw.model.calls_of(&running_id) == 0 {
-        tokio::task::yield_now().await;
-    }
+    gw.model.called(&running_id).await;
     for submitted in [&queued, &running] {
         let resp = gw
             .client
@@ -330,14 +327,9 @@ async fn cancelling_a_queued_or_a_running_request_bills_nothing() {
     }
     assert_eq!(gw.model.calls_of(queued["request_id"].as_str().unwrap()), 0);
     // The running call was ended.
-    while gw
-        .model
-        .ended_early
-        .load(std::sync::atomic::Ordering::SeqCst)
-        == 0
-    {
-        tokio::task::yield_now().await;
-    }
+    gw.model
+        .until(|log| log.ended_early.load(std::sync::atomic::Ordering::SeqCst) > 0)
+        .await;
     // A second cancel: already completed.
     let resp = gw
         .client
@@ -477,9 +469,7 @@ async fn acknowledged_requests_complete_after_a_restart_and_are_billed_once() {
         all.push(gw.submit(&c, "acme/small", json!({"units": "1"})).await);
     }
     let first = all[0]["request_id"].as_str().unwrap().to_string();
-    while gw.model.calls_of(&first) == 0 {
-        tokio::task::yield_now().await;
-    }
+    gw.model.called(&first).await;
     let (db, model) = gw.stop().await;
     // Started again on the same database: the running request is taken over at once.
     let engine =
