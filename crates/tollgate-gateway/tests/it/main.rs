@@ -4,4 +4,5 @@
 mod direct;
 mod fal_client;
 mod harness;
+mod platform;
 mod queue;
