@@ -1497,6 +1497,52 @@ mod tests {
     }
 
     #[test]
+    fn gateway_mode_is_on_with_a_queue_address_and_its_tls_files_go_together() {
+        assert!(Settings::from_layer(Layer::default()).gateway.is_none());
+        let file = parse_file(
+            "[gateway]\nqueue_listen = \"127.0.0.1:8443\"\nlease_s = 5\n\
+             public_queue_url = \"https://queue.example.com/\"\n",
+        )
+        .unwrap();
+        let settings = Settings::from_layer(file.clone());
+        settings.validate().unwrap();
+        let g = settings.gateway.as_ref().unwrap().to_gateway();
+        assert_eq!(g.queue_listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(g.lease, Duration::from_secs(5));
+        assert_eq!(
+            g.public_queue_url.as_deref(),
+            Some("https://queue.example.com")
+        );
+        assert_eq!(g.tls, None);
+        assert_eq!(g.result_retention, Duration::from_secs(604_800));
+        let env = Layer::from_env(&env(&[(
+            "TOLLGATE_GATEWAY_DIRECT_LISTEN",
+            "127.0.0.1:8444",
+        )]))
+        .unwrap();
+        assert_eq!(env.names_set(), ["gateway.direct_listen"]);
+        let both = Settings::from_layer(file.under(env));
+        assert_eq!(
+            both.gateway.unwrap().direct_listen,
+            Some("127.0.0.1:8444".parse().unwrap())
+        );
+        for (text, what) in [
+            ("[gateway]\nlease_s = 5\n", "gateway.queue_listen is not"),
+            (
+                "[gateway]\nqueue_listen = \"127.0.0.1:1\"\ntls_cert = \"c.pem\"\n",
+                "go together",
+            ),
+        ] {
+            let e = Settings::from_layer(parse_file(text).unwrap())
+                .validate()
+                .unwrap_err();
+            assert!(e.to_string().contains(what), "{text:?}: {e}");
+        }
+        let e = parse_file("[gateway]\nqueue_listen = \"localhost\"\n").unwrap_err();
+        assert!(e.starts_with("line 2, key `gateway.queue_listen`"), "{e}");
+    }
+
+    #[test]
     fn the_runner_event_retention_is_whole_hours_up_to_a_year() {
         let default = Settings::from_layer(Layer::default());
         assert_eq!(default.serverless.event_retention_h, 168);

@@ -25,7 +25,9 @@ async fn gateway_requests_are_in_the_request_history_billing_events_usage_and_an
     let admin = admin.key();
     // The second waits in the queue behind the first on acme/small's one slot.
     gw.model.gate.send_replace(false);
-    let first = gw.submit(&c, "acme/small", json!({"mode": "gated", "units": "2"})).await;
+    let first = gw
+        .submit(&c, "acme/small", json!({"mode": "gated", "units": "2"}))
+        .await;
     let second = gw.submit(&c, "acme/small", json!({"units": "1"})).await;
     gw.model.called(first["request_id"].as_str().unwrap()).await;
     gw.model.gate.send_replace(true);
@@ -59,16 +61,18 @@ async fn gateway_requests_are_in_the_request_history_billing_events_usage_and_an
         assert!(listed.contains(&id.as_str()), "{id} not in {history}");
     }
     let events = get(format!("/v1/models/billing-events?request_id={}", ids[0])).await;
-    assert_eq!(events["billing_events"][0]["request_id"], ids[0].as_str(), "{events}");
+    assert_eq!(
+        events["billing_events"][0]["request_id"],
+        ids[0].as_str(),
+        "{events}"
+    );
     let usage = get("/v1/models/usage?endpoint_id=acme/small&expand=summary".into()).await;
     let summary = &usage["summary"][0];
     assert_eq!(summary["quantity"], json!(3.0), "{usage}");
     assert_eq!(summary["cost"], json!(0.03), "{usage}");
-    let analytics = get(
-        "/v1/models/analytics?endpoint_id=acme/small\
+    let analytics = get("/v1/models/analytics?endpoint_id=acme/small\
          &expand=summary,request_count,success_count,p99_prepare_duration,p99_duration"
-            .into(),
-    )
+        .into())
     .await;
     let summary = &analytics["summary"][0];
     assert_eq!(summary["request_count"], 2, "{analytics}");
