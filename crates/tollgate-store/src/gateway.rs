@@ -187,24 +187,39 @@ pub(crate) fn end_leases(db: &mut dyn Db) -> Result<()> {
 }
 
 /// Deletes up to `limit` rows of requests finished before `before` (their results are past
-/// the retention), oldest first; returns how many.
+/// the retention), oldest first; then, within what is left of `limit`, rows whose units never
+/// came and whose request expired before `before` (answered, never billed); returns how many.
 pub(crate) fn prune(db: &mut dyn Db, before: Timestamp, limit: usize) -> Result<usize> {
-    let sql = format!(
+    let done = format!(
         "DELETE FROM gateway_requests WHERE seq IN (SELECT seq FROM gateway_requests \
          WHERE state = 'done' AND finished_at < {} ORDER BY finished_at LIMIT {}) \
          RETURNING seq",
         db.ph(1, "bigint"),
         db.ph(2, "bigint")
     );
+    let abandoned = format!(
+        "DELETE FROM gateway_requests WHERE seq IN (SELECT g.seq FROM gateway_requests g \
+         JOIN requests r ON r.request_id = g.request_id \
+         WHERE g.state = 'awaiting_units' AND r.status = 'EXPIRED' AND r.finished_at < {} \
+         ORDER BY g.seq LIMIT {}) RETURNING seq",
+        db.ph(1, "bigint"),
+        db.ph(2, "bigint")
+    );
     let mut n = 0;
-    db.each(
-        &sql,
-        &[Arg::Int(before.0), Arg::Int(limit as i64)],
-        &mut |_| {
-            n += 1;
-            Ok(())
-        },
-    )?;
+    for sql in [done, abandoned] {
+        let left = limit.saturating_sub(n);
+        if left == 0 {
+            break;
+        }
+        db.each(
+            &sql,
+            &[Arg::Int(before.0), Arg::Int(left as i64)],
+            &mut |_| {
+                n += 1;
+                Ok(())
+            },
+        )?;
+    }
     Ok(n)
 }
 

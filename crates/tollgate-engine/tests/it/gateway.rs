@@ -434,6 +434,49 @@ async fn a_deferred_answer_is_billed_by_its_units_once_or_expired_by_the_sweeper
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_units_never_came_is_deleted_after_the_retention_like_a_finished_one() {
+    for backend in backends() {
+        let on = backend.name();
+        let db = TestDb::new(&backend);
+        let f = Fixture::new(&db).await;
+        for id in ["gw-abandoned", "gw-waiting"] {
+            assert!(f.run(submit(id)).await.is_ok(), "{on}");
+            assert!(
+                f.run(dispatch(id, "server-a", T0 + 30 * SEC)).await.is_ok(),
+                "{on}"
+            );
+        }
+        let defer = |id: &str| Op::GatewayAnswer {
+            request_id: rid(id),
+            result: result(b"{}"),
+            bill: Bill::Deferred,
+        };
+        assert!(f.run(defer("gw-abandoned")).await.is_ok(), "{on}");
+        // Its hold runs out (60 s) before the other is answered.
+        f.at(T0 + 60 * SEC);
+        assert_eq!(f.engine.sweep_expired().await.unwrap(), 1, "{on}");
+        assert!(f.run(defer("gw-waiting")).await.is_ok(), "{on}");
+        let prune = |before: i64| AdminCmd::PruneGatewayResults {
+            before: Timestamp(before),
+            limit: 10,
+        };
+        // Expired at T0 + 60 s: kept until the retention's cutoff passes it.
+        let reply = f.engine.admin(prune(T0 + 60 * SEC)).await.unwrap();
+        assert_eq!(reply, AdminReply::Count(0), "{on}");
+        let reply = f.engine.admin(prune(T0 + 61 * SEC)).await.unwrap();
+        assert_eq!(reply, AdminReply::Count(1), "{on}");
+        assert!(f.view("gw-abandoned").await.is_none(), "{on}");
+        // Still awaiting its units within its hold: kept.
+        assert_eq!(
+            f.row("gw-waiting").await.state,
+            GatewayState::AwaitingUnits,
+            "{on}"
+        );
+        f.reconciled(on).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_dispatchers_in_one_batch_start_a_request_once_and_a_lease_that_ran_out_is_taken_over()
 {
     for backend in backends() {

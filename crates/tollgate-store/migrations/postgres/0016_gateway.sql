@@ -25,6 +25,7 @@ CREATE TABLE gateway_requests (
 CREATE INDEX gateway_queue ON gateway_requests (endpoint_id, seq)
     WHERE state IN ('queued', 'running');
 CREATE INDEX gateway_finished ON gateway_requests (finished_at) WHERE state = 'done';
+CREATE INDEX gateway_awaiting ON gateway_requests (seq) WHERE state = 'awaiting_units';
 
 -- The row that posts completed gateway requests to their `fal_webhook` URLs (see SQLite's).
 INSERT INTO webhooks (webhook_id, url, events, description, secret, created_at, deleted_at, kind)

@@ -33,6 +33,9 @@ CREATE INDEX gateway_queue ON gateway_requests (endpoint_id, seq)
     WHERE state IN ('queued', 'running');
 -- Finished requests by age: their results are deleted after the retention.
 CREATE INDEX gateway_finished ON gateway_requests (finished_at) WHERE state = 'done';
+-- Answered requests awaiting their units: those whose request expired are deleted after the
+-- retention too.
+CREATE INDEX gateway_awaiting ON gateway_requests (seq) WHERE state = 'awaiting_units';
 
 -- The row that posts completed gateway requests to their callers' `fal_webhook` URLs: the
 -- outbox's `request.completed` events (one per request that gave a URL; an internal type, not
