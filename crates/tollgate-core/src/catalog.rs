@@ -55,6 +55,21 @@ pub struct EndpointDef {
     /// the endpoint is not served by the gateway.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<Upstream>,
+    /// What a gateway request cancelled while its model server runs it is billed.
+    #[serde(default)]
+    pub cancellation: Cancellation,
+}
+
+/// What a gateway request cancelled while running is billed (a queued one never is).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cancellation {
+    /// Nothing: the hold is voided.
+    #[default]
+    Free,
+    /// The seconds it ran, from its dispatch to the cancellation, x GPUs at its machine's
+    /// price (as a 4xx under `four_xx = "inference_seconds"`, status 499).
+    ComputeSeconds,
 }
 
 /// A model server of an endpoint, as the catalog's `[[endpoint.upstream]]` names it.

@@ -489,8 +489,30 @@ pub(crate) fn cancel(
             action: "cancel",
         });
     }
-    let outcome = release(state, cx, request_id, TransferKind::Void, GATEWAY)?;
-    if let Outcome::Cancelled { replayed: false } = outcome {
+    let bills = cx
+        .catalog
+        .endpoints
+        .get(&req.endpoint)
+        .is_some_and(|d| d.cancellation == crate::catalog::Cancellation::ComputeSeconds);
+    let outcome = if bills && req.status == RequestStatus::InProgress {
+        complete(
+            state,
+            cx,
+            request_id,
+            Source::Gateway,
+            Rating::CancelledComputeSeconds,
+        )?
+    } else {
+        release(state, cx, request_id, TransferKind::Void, GATEWAY)?
+    };
+    if matches!(
+        outcome,
+        Outcome::Cancelled { replayed: false }
+            | Outcome::Completed {
+                replayed: false,
+                ..
+            }
+    ) {
         let body: Arc<[u8]> =
             Arc::from(
             &br#"{"detail":"Request was cancelled before it completed","error_type":"request_cancelled"}"#[..],

@@ -24,7 +24,7 @@ use crate::payments::{
     AutoTopUpRule, DisputeRecord, PaymentEffect, PaymentProfile, ProviderEvent, ProviderRefund,
     RefundRecord, TopUpRecord, TopUpSettings,
 };
-use crate::policy::{billing_for, BadStatus, Billing};
+use crate::policy::{billing_for, BadStatus, Billing, FourXxPolicy};
 use crate::price::{Output, OutputMismatch, PriceRule, RateError, Rated, Unit, Usage};
 use crate::pricing::{Charge, Discounts};
 use crate::terms::{BillingMode, Terms, TermsSchedule};
@@ -2040,6 +2040,9 @@ fn rate_finished(
     Ok((billed, rule.unit_label(), charge))
 }
 
+/// The status a billed cancellation is recorded with (nginx's "client closed request").
+pub const CANCELLED_STATUS: u16 = 499;
+
 /// How a completion is billed (a value passed down once, not stored: its size does not matter).
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Rating {
@@ -2052,6 +2055,10 @@ pub(crate) enum Rating {
     },
     /// Not at all, whatever the status (a gateway request whose every attempt failed).
     Unbilled { status_code: u16 },
+    /// A running request cancelled on an endpoint that bills it
+    /// ([`Cancellation::ComputeSeconds`](crate::catalog::Cancellation)): status 499, the seconds
+    /// since its start at its machine's price.
+    CancelledComputeSeconds,
 }
 
 pub(crate) fn complete(
@@ -2128,6 +2135,27 @@ pub(crate) fn complete(
                 req.num_gpus,
             )?;
             (status_code, inference, rated)
+        }
+        Rating::CancelledComputeSeconds => {
+            let inference = ms_to_seconds(measured_ms);
+            let billed_as = EndpointDef {
+                four_xx: FourXxPolicy::InferenceSeconds,
+                ..def.clone()
+            };
+            let rated = rate_finished(
+                cx,
+                req.submitted_at,
+                &mut next,
+                &billed_as,
+                rule,
+                CANCELLED_STATUS,
+                Output::default(),
+                None,
+                Some(inference),
+                req.machine_type.as_ref(),
+                req.num_gpus,
+            )?;
+            (CANCELLED_STATUS, inference, rated)
         }
         Rating::Unbilled { status_code } => {
             crate::policy::final_status(status_code)?;

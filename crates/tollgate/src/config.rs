@@ -318,8 +318,8 @@ settings! {
     /// it runs): a request whose server died is taken over by another this long after.
     /// Default: 30.
     lease_s: Positive,
-    /// The longest delay before a failed call is retried, in milliseconds; each later retry
-    /// doubles it, up to 30 s. Default: 500.
+    /// The delay before a failed call to a model server is first retried, in milliseconds;
+    /// each later retry's doubles, up to 30 s. Default: 500.
     retry_base_ms: Positive,
 }
 

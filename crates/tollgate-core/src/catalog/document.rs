@@ -156,6 +156,8 @@ struct RawEndpoint {
     late_completion: LateCompletion,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
+    #[serde(default)]
+    cancellation: super::Cancellation,
     price: PriceRule,
 }
 
@@ -688,6 +690,15 @@ fn validate_endpoint(
         });
     }
 
+    if raw.cancellation == super::Cancellation::ComputeSeconds && machine_type.is_none() {
+        return fail(
+            "cancellation",
+            "`compute_seconds` bills the seconds a cancelled request ran at the machine price, \
+             so it needs the endpoint's `machine_type` (listed in [machines])"
+                .into(),
+        );
+    }
+
     Ok(EndpointEntry {
         def: EndpointDef {
             id,
@@ -703,6 +714,7 @@ fn validate_endpoint(
             missing_units: raw.missing_units,
             late_completion: raw.late_completion,
             upstreams,
+            cancellation: raw.cancellation,
         },
         rule: raw.price.clone(),
         line,
@@ -1226,6 +1238,70 @@ GPU-A100 = "0.000275"
             13,
             "endpoint[1].missing_units",
             "token",
+        );
+    }
+
+    #[test]
+    fn upstreams_and_the_cancellation_rule_are_read_and_checked() {
+        let p = "price = { unit = \"megapixel\", unit_price = \"0.025\" }";
+        let up = |keys: &str| endpoint(&format!("{p}\n[[endpoint.upstream]]\n{keys}"));
+        let d = parse(&up("url = \"http://10.0.0.7:8080/\"\nslots = 4")).unwrap();
+        let def = &d.endpoints[1].def;
+        assert_eq!(
+            def.upstreams,
+            [crate::catalog::Upstream {
+                url: "http://10.0.0.7:8080".into(),
+                slots: 4,
+                timeout_s: DEFAULT_UPSTREAM_TIMEOUT_S,
+                machine_type: None,
+            }]
+        );
+        assert_eq!(def.cancellation, crate::catalog::Cancellation::Free);
+        assert!(d.endpoints[0].def.upstreams.is_empty());
+        for (keys, field, what) in [
+            ("url = \"ftp://x\"", "url", "http(s) base URL"),
+            ("url = \"http://x/a?b=1\"", "url", "no query"),
+            ("url = \"http://\"", "url", "http(s) base URL"),
+            (
+                "url = \"http://x\"\nslots = 0",
+                "slots",
+                "between 1 and 10000",
+            ),
+            (
+                "url = \"http://x\"\ntimeout_s = 601",
+                "timeout_s",
+                "hold_timeout_s (600 s)",
+            ),
+            (
+                "url = \"http://x\"\nmachine_type = \"GPU-Z9\"",
+                "machine_type",
+                "not in [machines]",
+            ),
+        ] {
+            let e = fails(&up(keys));
+            assert_eq!(
+                e.field,
+                format!("endpoint[1].upstream[0].{field}"),
+                "{keys}: {e}"
+            );
+            assert!(e.message.contains(what), "{keys}: {e}");
+        }
+        assert!(fails(&up("url = \"http://x\"\nport = 1"))
+            .message
+            .contains("unknown field"));
+        let d = parse(&endpoint(&format!(
+            "machine_type = \"GPU-H100\"\ncancellation = \"compute_seconds\"\n{p}"
+        )))
+        .unwrap();
+        assert_eq!(
+            d.endpoints[1].def.cancellation,
+            crate::catalog::Cancellation::ComputeSeconds
+        );
+        assert_err(
+            &endpoint(&format!("cancellation = \"compute_seconds\"\n{p}")),
+            13,
+            "endpoint[1].cancellation",
+            "machine_type",
         );
     }
 

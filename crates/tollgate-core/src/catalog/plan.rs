@@ -131,6 +131,7 @@ fn metadata_changes(old: &EndpointDef, new: &EndpointDef) -> Vec<&'static str> {
         old.late_completion != new.late_completion,
     );
     check("upstream", old.upstreams != new.upstreams);
+    check("cancellation", old.cancellation != new.cancellation);
     v
 }
 

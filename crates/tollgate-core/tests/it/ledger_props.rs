@@ -65,6 +65,7 @@ fn endpoint(
         missing_units: Default::default(),
         late_completion: Default::default(),
         upstreams: Vec::new(),
+        cancellation: Default::default(),
     }
 }
 

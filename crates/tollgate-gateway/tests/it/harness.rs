@@ -184,7 +184,8 @@ pub async fn spawn_model(log: Arc<ModelLog>) -> String {
 
 /// The catalog of the tests: endpoints served by the stand-in at `model`.
 /// - `acme/image`: 0.01 USD per image (measured from the output, or the units header);
-/// - `acme/gpu`: GPU-seconds on an H100, compute seconds when no units are reported;
+/// - `acme/gpu`: GPU-seconds on an H100, compute seconds when no units are reported, and the
+///   seconds a cancelled request ran;
 /// - `acme/small`: 0.01 USD per image on one slot.
 pub fn catalog(model: &str, slots: u32) -> String {
     format!(
@@ -219,6 +220,7 @@ name = "Acme GPU"
 category = "text-to-image"
 machine_type = "GPU-H100"
 missing_units = "compute_seconds"
+cancellation = "compute_seconds"
 hold_units = "10"
 price = {{ unit = "gpu_second" }}
 

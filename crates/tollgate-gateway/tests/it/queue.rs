@@ -542,3 +542,38 @@ async fn a_completed_request_is_posted_to_its_fal_webhook_until_acknowledged() {
     assert_eq!(got.len(), 3);
     gw.assert_reconciled().await;
 }
+
+#[tokio::test]
+async fn a_running_request_cancelled_on_an_endpoint_that_bills_cancellations_pays_the_seconds_it_ran(
+) {
+    let gw = TestGateway::spawn().await;
+    let c = gw.customer("ana", Some(10)).await;
+    gw.model.gate.send_replace(false);
+    let submitted = gw.submit(&c, "acme/gpu", json!({"mode": "gated"})).await;
+    let id = submitted["request_id"].as_str().unwrap();
+    gw.model.called(id).await;
+    let resp = gw
+        .client
+        .put(submitted["cancel_url"].as_str().unwrap())
+        .header("authorization", format!("Key {}", c.key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let done = gw.wait(&c, &submitted).await;
+    let rid = tollgate_core::ids::RequestId::parse(id).unwrap();
+    let request = gw
+        .engine
+        .read(move |r| r.request(&rid))
+        .await
+        .unwrap()
+        .unwrap();
+    // Billed from its dispatch to the cancellation, at the H100's 525 nano-USD per ms.
+    let ran_ms = request.inference_ms.unwrap();
+    assert_eq!(done["metrics"]["cost_nano_usd"], ran_ms * 525, "{done}");
+    assert_eq!(request.completion.unwrap().status_code, 499);
+    assert_eq!(gw.charged(&c.account).await, (ran_ms * 525, 1));
+    assert_eq!(gw.balance(&c.account).await, 10 * USD - ran_ms * 525);
+    assert_eq!(gw.result(&c, &submitted).await.0, 400);
+    gw.assert_reconciled().await;
+}
