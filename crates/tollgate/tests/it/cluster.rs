@@ -17,7 +17,7 @@
 //! says so and passes. Timing only decides when the server is killed and how the calls
 //! interleave; no assertion depends on it.
 
-use crate::common::{must, send, Reply, Server, SAMPLE_CATALOG};
+use crate::common::{billing_events, must, send, Reply, Server, SAMPLE_CATALOG};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -807,30 +807,6 @@ impl Ledger {
                 }
                 self.purchased[op.account] += amount;
             }
-        }
-    }
-}
-
-/// Every billing event of the account behind `admin_key`, from `start` to `end`.
-fn billing_events(c: &Client, base: &str, admin_key: &str, start: &str, end: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url =
-            format!("{base}/v1/models/billing-events?limit=10000&start={start}&end={end}");
-        if let Some(cur) = &cursor {
-            url.push_str(&format!("&cursor={cur}"));
-        }
-        let page = must(send(c.get(url), admin_key), 200, "billing events").body;
-        out.extend(
-            page["billing_events"]
-                .as_array()
-                .expect("billing_events")
-                .clone(),
-        );
-        match page["next_cursor"].as_str() {
-            Some(cur) if page["has_more"] == true => cursor = Some(cur.to_string()),
-            _ => return out,
         }
     }
 }

@@ -41,6 +41,50 @@ impl Server {
         prefix: &[&str],
         flags: &[&str],
     ) -> Server {
+        let cmd = Server::command(db, operator_key, catalog, prefix, flags);
+        Server::spawn(cmd, stderr).0
+    }
+
+    /// [`Server::start`] in gateway mode: `flags` (at least `--gateway-queue-listen`) added to
+    /// `tollgate serve`. Returns the server and its queue listener's base,
+    /// `http://<addr>`, as the server printed it.
+    pub fn start_gateway(
+        db: &Path,
+        stderr: PathBuf,
+        operator_key: &str,
+        catalog: Option<&Path>,
+        flags: &[&str],
+    ) -> (Server, String) {
+        let cmd = Server::command(db, operator_key, catalog, &[], flags);
+        let (server, lines) = Server::spawn(cmd, stderr);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines.recv_timeout(left).unwrap_or_else(|e| {
+                panic!(
+                    "tollgate serve never printed `gateway: fal's queue API on http://` ({e:?}); \
+                     stderr:\n{}",
+                    server.stderr_text()
+                )
+            });
+            if let Some(rest) = line.strip_prefix("gateway: fal's queue API on http://") {
+                let addr = rest
+                    .split(|c: char| c == ',' || c.is_whitespace())
+                    .next()
+                    .expect("an address");
+                return (server, format!("http://{addr}"));
+            }
+        }
+    }
+
+    /// The `tollgate serve` command of [`Server::start_with`].
+    fn command(
+        db: &Path,
+        operator_key: &str,
+        catalog: Option<&Path>,
+        prefix: &[&str],
+        flags: &[&str],
+    ) -> Command {
         let mut cmd = match prefix.split_first() {
             Some((program, args)) => {
                 let mut cmd = Command::new(program);
@@ -58,7 +102,7 @@ impl Server {
         }
         cmd.args(flags);
         cmd.env("TOLLGATE_OPERATOR_KEY", operator_key);
-        Server::spawn(cmd, stderr).0
+        cmd
     }
 
     /// Starts `cmd`, a `tollgate serve` command built by the test, with its stderr going to the
@@ -291,6 +335,36 @@ pub fn must(r: Result<Reply, String>, status: u16, what: &str) -> Reply {
         Ok(r) if r.status == status => r,
         Ok(r) => panic!("{what}: expected {status}, got {} {}", r.status, r.body),
         Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+/// Every billing event of the account behind `admin_key`, from `start` to `end`.
+pub fn billing_events(
+    c: &Client,
+    base: &str,
+    admin_key: &str,
+    start: &str,
+    end: &str,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url =
+            format!("{base}/v1/models/billing-events?limit=10000&start={start}&end={end}");
+        if let Some(cur) = &cursor {
+            url.push_str(&format!("&cursor={cur}"));
+        }
+        let page = must(send(c.get(url), admin_key), 200, "billing events").body;
+        out.extend(
+            page["billing_events"]
+                .as_array()
+                .expect("billing_events")
+                .clone(),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cur) if page["has_more"] == true => cursor = Some(cur.to_string()),
+            _ => return out,
+        }
     }
 }
 
