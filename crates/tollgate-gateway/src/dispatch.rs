@@ -112,28 +112,26 @@ async fn dispatch_endpoint(gw: &Arc<Gateway>, def: &EndpointDef) -> Result<bool,
                 | Rejection::Leased { .. }
                 | Rejection::WrongState { .. },
             ) => {}
-            Err(
-                e @ (Rejection::InsufficientCredits { .. }
-                | Rejection::SpendingLimitExceeded { .. }
-                | Rejection::AccountLocked { .. }),
-            ) => {
-                moved = true;
-                let result = error_result(ApiError::from(e), None).await;
+            Ok(other) => {
+                tracing::error!(request_id = %candidate.request_id, ?other, "unexpected answer to a dispatch")
+            }
+            // It cannot start (its hold is not covered, a spending limit or a lock refuses it,
+            // its price is gone): it completes unbilled with that error as its result.
+            Err(e) => {
+                let result = error_result(ApiError::from(e)).await;
                 let op = Op::GatewayAnswer {
                     request_id: candidate.request_id.clone(),
                     result,
                     bill: Bill::Unbilled,
                 };
-                if let Ok(Err(e)) = engine.execute(op).await {
-                    tracing::warn!(request_id = %candidate.request_id, error = %e, "a refused gateway request could not be completed");
+                match engine.execute(op).await? {
+                    Ok(_) => moved = true,
+                    // Left queued: the next round tries it again.
+                    Err(e) => {
+                        tracing::warn!(request_id = %candidate.request_id, error = %e, "a refused gateway request could not be completed")
+                    }
                 }
                 let _ = gw.finished.send(candidate.request_id.clone());
-            }
-            Ok(other) => {
-                tracing::error!(request_id = %candidate.request_id, ?other, "unexpected answer to a dispatch")
-            }
-            Err(e) => {
-                tracing::warn!(request_id = %candidate.request_id, error = %e, "a gateway request could not be dispatched")
             }
         }
     }
@@ -325,13 +323,10 @@ pub(crate) async fn attempt_call(
     let needs_retry = text("x-fal-needs-retry").map(|v| v == "1" || v == "true");
     let result = GatewayResult {
         status_code: status,
-        content_type: text("content-type").map(|_| {
-            headers
-                .get(reqwest::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string()
-        }),
+        content_type: headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         body: Arc::from(body.as_slice()),
         error_type: None,
     };
@@ -437,7 +432,7 @@ pub fn tollgate_error(status: u16, kind: &str, message: &str) -> GatewayResult {
 }
 
 /// An API error as a stored result: its status and envelope.
-pub async fn error_result(e: ApiError, _: Option<()>) -> GatewayResult {
+pub async fn error_result(e: ApiError) -> GatewayResult {
     let kind = e.kind.to_string();
     let resp = e.into_response();
     let status = resp.status().as_u16();

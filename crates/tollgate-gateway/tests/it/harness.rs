@@ -542,6 +542,19 @@ impl TestGateway {
         panic!("the status stream ended before the request completed: {last}");
     }
 
+    /// `PUT <cancel_url>` with `key`: the status and the body.
+    pub async fn cancel(&self, key: &str, submitted: &Value) -> (u16, Value) {
+        let resp = self
+            .client
+            .put(self.url(submitted, "cancel_url"))
+            .header("authorization", format!("Key {key}"))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     /// The result: status, headers, JSON body.
     pub async fn result(&self, c: &Customer, submitted: &Value) -> (u16, HeaderMap, Value) {
         let (status, headers, body) = self.get(&c.key, &self.url(submitted, "response_url")).await;

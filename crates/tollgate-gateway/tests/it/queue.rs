@@ -194,14 +194,7 @@ async fn another_accounts_key_gets_404_on_a_request() {
         let (status, _, _) = gw.get(&bob.key, submitted[url].as_str().unwrap()).await;
         assert_eq!(status, 404, "{url}");
     }
-    let resp = gw
-        .client
-        .put(submitted["cancel_url"].as_str().unwrap())
-        .header("authorization", format!("Key {}", bob.key))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
+    assert_eq!(gw.cancel(&bob.key, &submitted).await.0, 404);
     // And the right key under another endpoint's name is not found either.
     let id = submitted["request_id"].as_str().unwrap();
     let (status, _, _) = gw
@@ -310,16 +303,11 @@ async fn cancelling_a_queued_or_a_running_request_bills_nothing() {
     let running_id = running["request_id"].as_str().unwrap().to_string();
     gw.model.called(&running_id).await;
     for submitted in [&queued, &running] {
-        let resp = gw
-            .client
-            .put(submitted["cancel_url"].as_str().unwrap())
-            .header("authorization", format!("Key {}", c.key))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 202);
-        let body: Value = resp.json().await.unwrap();
-        assert_eq!(body["status"], "CANCELLATION_REQUESTED");
+        let (status, body) = gw.cancel(&c.key, submitted).await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (202, Some("CANCELLATION_REQUESTED"))
+        );
         let done = gw.wait(&c, submitted).await;
         assert_eq!(done["metrics"]["cost_nano_usd"], 0);
         let (status, _, _) = gw.result(&c, submitted).await;
@@ -331,17 +319,10 @@ async fn cancelling_a_queued_or_a_running_request_bills_nothing() {
         .until(|log| log.ended_early.load(std::sync::atomic::Ordering::SeqCst) > 0)
         .await;
     // A second cancel: already completed.
-    let resp = gw
-        .client
-        .put(running["cancel_url"].as_str().unwrap())
-        .header("authorization", format!("Key {}", c.key))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
+    let (status, body) = gw.cancel(&c.key, &running).await;
     assert_eq!(
-        resp.json::<Value>().await.unwrap()["status"],
-        "ALREADY_COMPLETED"
+        (status, body["status"].as_str()),
+        (400, Some("ALREADY_COMPLETED"))
     );
     assert_eq!(gw.balance(&c.account).await, 200 * USD);
     gw.assert_reconciled().await;
@@ -552,14 +533,7 @@ async fn a_running_request_cancelled_on_an_endpoint_that_bills_cancellations_pay
     let submitted = gw.submit(&c, "acme/gpu", json!({"mode": "gated"})).await;
     let id = submitted["request_id"].as_str().unwrap();
     gw.model.called(id).await;
-    let resp = gw
-        .client
-        .put(submitted["cancel_url"].as_str().unwrap())
-        .header("authorization", format!("Key {}", c.key))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    assert_eq!(gw.cancel(&c.key, &submitted).await.0, 202);
     let done = gw.wait(&c, &submitted).await;
     let rid = tollgate_core::ids::RequestId::parse(id).unwrap();
     let request = gw
