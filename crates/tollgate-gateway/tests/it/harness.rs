@@ -43,6 +43,8 @@ pub struct ModelLog {
     pub gate: tokio::sync::watch::Sender<bool>,
     /// Calls per request id.
     pub calls: Mutex<HashMap<String, usize>>,
+    /// Calls per path (an upstream's base path and the request's path below the endpoint).
+    pub paths: Mutex<HashMap<String, usize>>,
     /// Calls running now, and the most at once.
     pub running: AtomicUsize,
     pub most_at_once: AtomicUsize,
@@ -57,6 +59,7 @@ impl Default for ModelLog {
         ModelLog {
             gate: tokio::sync::watch::channel(true).0,
             calls: Mutex::default(),
+            paths: Mutex::default(),
             running: AtomicUsize::default(),
             most_at_once: AtomicUsize::default(),
             ended_early: AtomicUsize::default(),
@@ -93,7 +96,22 @@ impl ModelLog {
 /// - `gated`: as `ok` once the test opens [`ModelLog::gate`];
 /// - `status`: answers `status` (a 4xx, a 500, ...), with `x-fal-needs-retry: <needs_retry>`
 ///   when given.
-async fn model(State(log): State<Arc<ModelLog>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn model(
+    State(log): State<Arc<ModelLog>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    log.paths
+        .lock()
+        .unwrap()
+        .entry(uri.path().to_string())
+        .and_modify(|n| *n += 1)
+        .or_insert(1);
+    // The upstream at `/broken` is down.
+    if uri.path().starts_with("/broken") {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+    }
     let id = headers
         .get("x-fal-request-id")
         .and_then(|v| v.to_str().ok())
@@ -186,7 +204,8 @@ pub async fn spawn_model(log: Arc<ModelLog>) -> String {
 /// - `acme/image`: 0.01 USD per image (measured from the output, or the units header);
 /// - `acme/gpu`: GPU-seconds on an H100, compute seconds when no units are reported, and the
 ///   seconds a cancelled request ran;
-/// - `acme/small`: 0.01 USD per image on one slot.
+/// - `acme/small`: 0.01 USD per image on one slot;
+/// - `acme/pair`: 0.01 USD per image on two upstreams, one of them down (`/broken`).
 pub fn catalog(model: &str, slots: u32) -> String {
     format!(
         r#"prices_read_on = "2026-09-15"
@@ -240,6 +259,23 @@ price = {{ unit = "image", unit_price = "0.01" }}
 [[endpoint.upstream]]
 url = "{model}"
 slots = 1
+timeout_s = 5
+
+[[endpoint]]
+id = "acme/pair"
+name = "Acme Pair"
+category = "text-to-image"
+hold_units = "1"
+price = {{ unit = "image", unit_price = "0.01" }}
+
+[[endpoint.upstream]]
+url = "{model}/broken"
+slots = 4
+timeout_s = 5
+
+[[endpoint.upstream]]
+url = "{model}/up"
+slots = 4
 timeout_s = 5
 "#
     )

@@ -551,3 +551,60 @@ async fn a_running_request_cancelled_on_an_endpoint_that_bills_cancellations_pay
     assert_eq!(gw.result(&c, &submitted).await.0, 400);
     gw.assert_reconciled().await;
 }
+
+#[tokio::test]
+async fn an_upstream_that_fails_is_skipped_for_a_while() {
+    let mut config = crate::harness::config();
+    config.upstream_cooldown = std::time::Duration::from_secs(3600);
+    let gw = TestGateway::spawn_with(&tollgate_store::testing::Backend::Sqlite, 8, config).await;
+    let c = gw.customer("ana", Some(10)).await;
+    for _ in 0..10 {
+        let submitted = gw.submit(&c, "acme/pair", json!({"units": "1"})).await;
+        let done = gw.wait(&c, &submitted).await;
+        assert_eq!(done["metrics"]["cost_nano_usd"], IMAGE);
+    }
+    let paths = gw.model.paths.lock().unwrap().clone();
+    // Tried at most once, then skipped; every request answered by the other, billed once.
+    assert!(paths.get("/broken").copied().unwrap_or(0) <= 1, "{paths:?}");
+    assert_eq!(paths.get("/up").copied(), Some(10), "{paths:?}");
+    assert_eq!(gw.charged(&c.account).await, (10 * IMAGE, 10));
+    gw.assert_reconciled().await;
+}
+
+#[tokio::test]
+async fn answers_and_inputs_over_the_size_cap_are_refused_and_not_billed() {
+    let mut config = crate::harness::config();
+    config.max_body_bytes = 512;
+    let gw = TestGateway::spawn_with(&tollgate_store::testing::Backend::Sqlite, 8, config).await;
+    let c = gw.customer("ana", Some(10)).await;
+    // The stand-in echoes the input: 400 bytes of it make an answer over 512.
+    let submitted = gw
+        .submit(
+            &c,
+            "acme/image",
+            json!({"units": "1", "pad": "x".repeat(400)}),
+        )
+        .await;
+    let done = gw.wait(&c, &submitted).await;
+    assert_eq!(done["metrics"]["cost_nano_usd"], 0, "{done}");
+    let (status, _, body) = gw.result(&c, &submitted).await;
+    assert_eq!(
+        (status, body["error_type"].as_str()),
+        (502, Some("result_too_large")),
+        "{body}"
+    );
+    let (status, body) = gw
+        .submit_raw(
+            &c.key,
+            "acme/image",
+            &json!({"pad": "x".repeat(600)}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["type"].as_str()),
+        (413, Some("payload_too_large")),
+        "{body}"
+    );
+    assert_eq!(gw.balance(&c.account).await, 10 * USD);
+    gw.assert_reconciled().await;
+}
