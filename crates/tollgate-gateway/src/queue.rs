@@ -434,8 +434,10 @@ async fn stream(
     n: Named,
     base: String,
 ) -> Result<Response, ApiError> {
-    let first = find(&api, &customer, &n).await?;
+    // Listening before the first read: a request that finishes between the two is seen
+    // finished by the read or wakes the stream, rather than waiting for the next poll.
     let finished = gw.finished.subscribe();
+    let first = find(&api, &customer, &n).await?;
     struct S {
         api: AppState,
         customer: Customer<Api>,

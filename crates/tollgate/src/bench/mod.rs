@@ -18,7 +18,10 @@
 //! callers and with as many as the naive PostgreSQL baseline); and tollgate over HTTP
 //! (`http.rs`, with wrk: usage events, runner events beside them, lifecycle calls; and with
 //! reqwest the latency of `start`, also while hostile connections are held open, and while
-//! purchases write events, with and without a webhook whose receiver never answers); and the dashboard's pages (`dashboard.rs`: every page of the
+//! purchases write events, with and without a webhook whose receiver never answers); gateway mode
+//! (`gateway.rs`: the latency the gateway adds through its queue and direct APIs against the
+//! same model server called straight, the queue's requests/s with 1,000 callers on 100
+//! upstream slots, a request retried once and billed once); and the dashboard's pages (`dashboard.rs`: every page of the
 //! customer's and the console's navigation rendered in-process for an account with a year of
 //! history, server time per page). Every tollgate row is compared with the baselines
 //! (`report.rs`), a `tollgate-postgres` row with the naive design on the same PostgreSQL
@@ -31,6 +34,7 @@
 mod baseline;
 mod dashboard;
 mod engine;
+mod gateway;
 mod http;
 mod invoices;
 mod report;
@@ -143,6 +147,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     baseline::run(&plan, &args, &wanted, &mut rows)?;
     rt.block_on(engine::run(&plan, &args, &wanted, &mut rows))?;
     rt.block_on(http::run(&plan, &wanted, &mut rows))?;
+    // Gateway mode: the gateway's added latency, its queue's throughput, a retried request.
+    rt.block_on(gateway::run(&plan, &wanted, &mut rows))?;
     // The dashboard's pages, over a year of one account's history.
     rt.block_on(dashboard::run(&plan, &wanted, &mut rows))?;
     // Last: seeding millions of rows leaves the disk busy writing back for a while.

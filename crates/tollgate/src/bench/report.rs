@@ -9,7 +9,8 @@ use std::time::Duration;
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
     pub workload: String,
-    /// `tollgate` (on SQLite), `tollgate-postgres`, `naive-sqlite`, `naive-postgres` or `disk`.
+    /// `tollgate` (on SQLite), `tollgate-postgres`, `naive-sqlite`, `naive-postgres`, `disk`,
+    /// or `no-gateway` (the gateway rows' model server called straight).
     pub system: String,
     pub clients: usize,
     pub ops_per_s: f64,
@@ -111,9 +112,17 @@ fn is_tollgate(r: &Row) -> bool {
     r.system == "tollgate" || r.system == "tollgate-postgres"
 }
 
+/// The gateway's rows (`gateway.rs`): compared with their own model server called straight,
+/// in their notes, never with the write path's baselines nor as one.
+fn is_gateway(r: &Row) -> bool {
+    r.workload.starts_with("gateway.")
+}
+
 /// The baselines tollgate's figures are compared with.
 fn baselines(rows: &[Row]) -> Vec<&Row> {
-    rows.iter().filter(|r| !is_tollgate(r)).collect()
+    rows.iter()
+        .filter(|r| !is_tollgate(r) && !is_gateway(r))
+        .collect()
 }
 
 /// Rows whose operations are not requests (`invoices.close_month`: accounts closed;
@@ -132,6 +141,7 @@ fn compared(r: &Row, b: &Row) -> bool {
         && (r.system == "tollgate" || b.system == "naive-postgres")
         && !NOT_REQUESTS.iter().any(|w| r.workload.starts_with(w))
         && !NOT_REQUEST_ROWS.contains(&r.workload.as_str())
+        && !is_gateway(r)
 }
 
 /// A tollgate row's label in the ratio table.

@@ -539,6 +539,9 @@ fn bench_refuses_bad_input_and_writes_nothing() {
             "admission.start.inprocess.rate_1000",
             "admission.start.inprocess.while_closing",
             "invoices.close_month.inprocess",
+            "gateway.latency.queue",
+            "gateway.queue.throughput",
+            "gateway.queue.retry_once",
         ],
     );
     assert!(typo.stdout.trim().is_empty(), "{typo:#?}");
