@@ -573,27 +573,31 @@ impl Settings {
                         .map_or(RetentionHours::DEFAULT.0, |h| h.0),
                 }
             },
-            gateway: layer.gateway.map(|g| {
-                let defaults = tollgate_gateway::GatewayConfig::new(([127, 0, 0, 1], 0).into());
-                GatewaySettings {
-                    queue_listen: g.queue_listen.map(|l| l.0),
-                    direct_listen: g.direct_listen.map(|l| l.0),
-                    tls_cert: g.tls_cert,
-                    tls_key: g.tls_key,
-                    public_queue_url: g.public_queue_url.map(|u| u.0),
-                    public_direct_url: g.public_direct_url.map(|u| u.0),
-                    result_retention_s: secs(
-                        g.result_retention_s,
-                        defaults.result_retention.as_secs(),
-                    ),
-                    max_body_bytes: secs(g.max_body_bytes, defaults.max_body_bytes as u64),
-                    lease_s: secs(g.lease_s, defaults.lease.as_secs()),
-                    retry_base_ms: secs(
-                        g.retry_base_ms,
-                        u64::try_from(defaults.retry_base.as_millis()).unwrap_or(500),
-                    ),
-                }
-            }),
+            // An empty `[gateway]` table sets nothing: gateway mode stays off.
+            gateway: layer
+                .gateway
+                .filter(|g| !g.names_set().is_empty())
+                .map(|g| {
+                    let defaults = tollgate_gateway::GatewayConfig::new(([127, 0, 0, 1], 0).into());
+                    GatewaySettings {
+                        queue_listen: g.queue_listen.map(|l| l.0),
+                        direct_listen: g.direct_listen.map(|l| l.0),
+                        tls_cert: g.tls_cert,
+                        tls_key: g.tls_key,
+                        public_queue_url: g.public_queue_url.map(|u| u.0),
+                        public_direct_url: g.public_direct_url.map(|u| u.0),
+                        result_retention_s: secs(
+                            g.result_retention_s,
+                            defaults.result_retention.as_secs(),
+                        ),
+                        max_body_bytes: secs(g.max_body_bytes, defaults.max_body_bytes as u64),
+                        lease_s: secs(g.lease_s, defaults.lease.as_secs()),
+                        retry_base_ms: secs(
+                            g.retry_base_ms,
+                            u64::try_from(defaults.retry_base.as_millis()).unwrap_or(500),
+                        ),
+                    }
+                }),
         }
     }
 
@@ -1499,6 +1503,10 @@ mod tests {
     #[test]
     fn gateway_mode_is_on_with_a_queue_address_and_its_tls_files_go_together() {
         assert!(Settings::from_layer(Layer::default()).gateway.is_none());
+        // An empty table (the example file's, its keys commented out) sets nothing.
+        assert!(Settings::from_layer(parse_file("[gateway]\n").unwrap())
+            .gateway
+            .is_none());
         let file = parse_file(
             "[gateway]\nqueue_listen = \"127.0.0.1:8443\"\nlease_s = 5\n\
              public_queue_url = \"https://queue.example.com/\"\n",
