@@ -8,8 +8,8 @@ use crate::dispatch::{attempt_call, Verdict};
 use crate::queue::{cost, endpoint_at, json_input};
 use crate::Gateway;
 use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
 use axum::{Extension, Router};
 use std::sync::Arc;
 use tollgate_api::error::ApiError;
@@ -161,21 +161,10 @@ async fn call(
 }
 
 fn answer(result: &GatewayResult, request_id: &RequestId, cost: Option<i64>) -> Response {
-    let status = StatusCode::from_u16(result.status_code).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut resp = (status, result.body.to_vec()).into_response();
-    let headers = resp.headers_mut();
-    if let Some(ct) = result.content_type.as_ref().and_then(|c| c.parse().ok()) {
-        headers.insert(header::CONTENT_TYPE, ct);
-    }
-    headers.insert(
+    let mut resp = crate::queue::answer(result, cost);
+    resp.headers_mut().insert(
         "x-fal-request-id",
         request_id.as_str().parse().expect("a UUID"),
     );
-    if let Some(nanos) = cost {
-        headers.insert(
-            "x-tollgate-cost-nano-usd",
-            nanos.to_string().parse().expect("digits"),
-        );
-    }
     resp
 }

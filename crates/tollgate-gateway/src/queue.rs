@@ -23,7 +23,7 @@ use std::time::Duration;
 use tollgate_api::error::ApiError;
 use tollgate_api::extract::{Api, Customer};
 use tollgate_api::AppState;
-use tollgate_core::gateway::{GatewayInput, GatewayState};
+use tollgate_core::gateway::{GatewayInput, GatewayResult, GatewayState};
 use tollgate_core::ids::{EndpointId, RequestId};
 use tollgate_core::machine::{Op, Outcome, Rejection, RequestRecord, RequestStatus};
 use tollgate_store::GatewayView;
@@ -354,21 +354,28 @@ fn result(view: &GatewayView, request: &RequestRecord) -> Result<Response, ApiEr
         )
             .into_response());
     };
+    Ok(answer(result, cost(request)))
+}
+
+/// A stored answer as the caller gets it: the model server's status, media type and body
+/// (`x-fal-error-type` when tollgate ended the request), and its cost once billed.
+pub(crate) fn answer(result: &GatewayResult, cost: Option<i64>) -> Response {
     let status = StatusCode::from_u16(result.status_code).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut resp = (status, result.body.to_vec()).into_response();
+    let headers = resp.headers_mut();
     if let Some(ct) = result.content_type.as_ref().and_then(|c| c.parse().ok()) {
-        resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+        headers.insert(header::CONTENT_TYPE, ct);
     }
     if let Some(kind) = result.error_type.as_ref().and_then(|k| k.parse().ok()) {
-        resp.headers_mut().insert("x-fal-error-type", kind);
+        headers.insert("x-fal-error-type", kind);
     }
-    if let Some(nanos) = cost(request) {
-        resp.headers_mut().insert(
+    if let Some(nanos) = cost {
+        headers.insert(
             "x-tollgate-cost-nano-usd",
             nanos.to_string().parse().expect("digits"),
         );
     }
-    Ok(resp)
+    resp
 }
 
 async fn cancel(
